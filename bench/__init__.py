@@ -1,0 +1,3 @@
+"""peft-bench: compare parameter-efficient fine-tuning methods honestly."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""One cell, start to finish: load model and data -> apply method -> train -> evaluate -> measure.
+
+`run_cell` never raises for a problem of the cell itself: the returned record says what happened
+(ok, failed, unsupported, oom). Executors run it in a process of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import torch
+
+from bench import env, methods
+from bench.errors import Unsupported
+from bench.grid import Cell
+from bench.measure import PeakMemory, count_params, stored_size, timed
+from bench.methods.base import ApplyContext
+from bench.methods.compose import apply_composition
+from bench.models import load_bundle
+from bench.record import error_info, finish, new_record
+from bench.tasks import metrics
+from bench.tasks.data import load_rows, subsample
+from bench.tasks.evaluate import evaluate
+from bench.tasks.features import collate, eval_features, train_features
+from bench.train import autocast_for, batches, total_steps, train
+
+
+def device_for_run() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def apply_method(cell: Cell, model, ctx: ApplyContext):
+    if cell.method_config.get("parts") is not None and cell.method.startswith("compose("):
+        return apply_composition(cell.method_config["parts"], model, ctx)
+    return methods.get(cell.method).apply(model, cell.method_config, ctx)
+
+
+# Known, harmless messages from libraries that would bury a cell's own output.
+_QUIET_WARNINGS = [r".*is_gradient_checkpointing.*", r"Position ids are not supported.*"]
+
+
+def quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run_cell(cell: Cell, quiet: bool = False) -> dict:
+    quiet_libraries()
+    record = new_record(cell)
+    record["env"] = env.collect()
+    times = record["time"]
+    device = device_for_run()
+    try:
+        seed_everything(cell.seed)
+        task, tcfg = cell.task, cell.train
+        with timed(times, "load_s"):
+            bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device)
+            rows = subsample(load_rows(task, "train", cell.data_dir), tcfg.max_train_samples, cell.seed)
+            eval_rows = load_rows(task, "eval", cell.data_dir)[: tcfg.max_eval_samples]
+            feats = train_features(task, bundle, rows, tcfg.max_length)
+            evalset = eval_features(task, bundle, eval_rows, tcfg.max_length)
+            pad = bundle.tokenizer.pad_token_id
+
+            def calibration(n_batches: int) -> list[dict]:
+                data = batches(feats, tcfg.batch_size, cell.seed)
+                return [{k: v.to(device) for k, v in collate(next(data), pad).items()} for _ in range(n_batches)]
+
+            ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device)
+            adapted = apply_method(cell, bundle.model, ctx)
+            adapted.model.to(device)
+        record["params"].update(count_params(adapted.model))
+        if adapted.trains and not record["params"]["trainable"]:
+            raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
+        autocast = autocast_for(device, tcfg.precision)
+        higher = metrics.METRICS[task.main_metric].higher_is_better
+
+        def main_score() -> float | None:
+            return evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size, device, autocast)[
+                task.main_metric]
+
+        with PeakMemory(device) as peak:
+            result = train(adapted, feats, pad, tcfg, cell.seed, device, quiet, main_score, higher) \
+                if adapted.trains else None
+        if result is not None:
+            record["memory"].update(peak_bytes=peak.peak_bytes, peak_source=peak.source)
+            record["train"] = result.summary()
+            times["train_s"] = result.train_s
+            times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
+            times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
+            times["step_s_median"] = record["train"]["step_s_median"]
+        with timed(times, "eval_s"):
+            record["scores"]["metrics"] = evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size,
+                                                   device, autocast)
+        record["scores"]["n_examples"] = len(evalset.features)
+        record["params"].update(stored_size(adapted.state_to_store()))
+        _check_finite(record)
+        return finish(record, "ok")
+    except Unsupported as e:
+        return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,
+                                              "traceback": None})
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        return finish(record, "oom", error_info(e))
+    except Exception as e:  # the cell failed; the grid goes on
+        return finish(record, "failed", error_info(e))
+
+
+def _check_finite(record: dict) -> None:
+    """A diverged run is data: non-finite losses become null and the run is marked diverged."""
+    summary = record["train"]
+    if not summary:
+        return
+    bad = [x for x in (summary.get("first_loss"), summary.get("final_loss")) if x is not None and not math.isfinite(x)]
+    summary["diverged"] = bool(bad)
+    for key in ("first_loss", "final_loss"):
+        if summary.get(key) is not None and not math.isfinite(summary[key]):
+            summary[key] = None

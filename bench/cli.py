@@ -1,0 +1,152 @@
+"""Command line: parse, then call one function per subcommand.
+
+Exit codes: 0 success (failed cells are data: still 0, and counted), 2 bad input, 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bench.errors import BadInput
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got '{value}'") from None
+
+
+def _quiet(args) -> bool:
+    return bool(getattr(args, "quiet", False)) or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def cmd_run(args) -> int:
+    from bench import grid, suite
+    from bench.executors import EXECUTORS
+    from bench.runner import run_grid
+    from bench.store import Store
+    from bench.tasks.data import check_available
+
+    s = suite.load_suite(args.suite, args.data_dir)
+    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds)
+    if args.dry_run:
+        for cell in cells:
+            print(cell.line())
+        print(f"{len(cells)} cells", file=sys.stderr)
+        return 0
+    for name in sorted({c.task.name for c in cells}):  # data problems surface before any training
+        check_available(s.task_registry[name], s.data_dir)
+    summary = run_grid(cells, Store(args.results), EXECUTORS[args.executor](quiet=_quiet(args)),
+                       force=args.force, retry_failed=args.retry_failed, quiet=_quiet(args))
+    for line in summary.problems:
+        print(line, file=sys.stderr)
+    print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
+    return 0
+
+
+def suite_name(name_or_path: str) -> str:
+    """The records folder of a suite given by name or YAML path (its `name:`), else the name as given."""
+    from bench.suite import find_suite
+    from bench.yamlfile import load_yaml
+
+    try:
+        data = load_yaml(find_suite(name_or_path)).data
+    except BadInput:
+        return name_or_path  # records of a suite whose file is not here
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else name_or_path
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    for path in write_report(suite_name(args.suite), args.results, args.out):
+        print(path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from bench import methods, models, suite, tasks
+
+    if args.what == "methods":
+        entries = [m.describe() for m in methods.REGISTRY.values()]
+        lines = [f"{e['name']:<18} {e['family']:<16} {e['description']}" for e in entries]
+    elif args.what == "models":
+        entries = models.describe()
+        lines = [f"{e['name']:<18} {e['kind']:<16} {e['description']}" for e in entries]
+    elif args.what == "tasks":
+        entries = [t.describe() for t in tasks.builtin_tasks().values()]
+        lines = [f"{e['name']:<18} {e['type']:<16} {e['description']}" for e in entries]
+    else:
+        entries = []
+        for name, path in suite.suite_names().items():
+            s = suite.load_suite(str(path))
+            entries.append({"name": name, "path": str(path), "description": s.description})
+        lines = [f"{e['name']:<18} {e['description']}" for e in entries]
+    print(json.dumps(entries, indent=1, default=str) if args.json else "\n".join(lines))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peft-bench", description="Compare parameter-efficient fine-tuning methods.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite's grid (cells with an ok record are skipped)")
+    run.add_argument("--suite", required=True, help="suite name (suites/NAME.yaml) or path to a YAML file")
+    run.add_argument("--methods", type=_csv, help="only these methods (suite labels or registry names)")
+    run.add_argument("--models", type=_csv, help="only these models (registry names, hub ids or folders)")
+    run.add_argument("--tasks", type=_csv, help="only these tasks")
+    run.add_argument("--seeds", type=_seeds, help="these seeds instead of the suite's, e.g. 1,2,3")
+    run.add_argument("--results", default="results", help="results store folder (default: results)")
+    run.add_argument("--data-dir", help="read datasets from DIR/<dataset>/<config>/<split>.jsonl instead of the hub")
+    run.add_argument("--executor", default="local", choices=["local"], help="where cells run")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell) and exit")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
+    run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="write a suite's report from its records")
+    rep.add_argument("--suite", required=True, help="suite name or YAML path (its records folder under --results)")
+    rep.add_argument("--results", default="results", help="results store folder (default: results)")
+    rep.add_argument("--out", default="reports", help="reports folder (default: reports)")
+    rep.set_defaults(func=cmd_report)
+
+    lst = sub.add_parser("list", help="list methods, models, tasks or suites")
+    lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BadInput as e:
+        print(f"error: {e.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; records written so far are kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so, with the traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

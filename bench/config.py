@@ -1,0 +1,118 @@
+"""The training configuration of a cell, and the type checks shared by every YAML mapping.
+
+Training settings are resolved in layers, most general first: these defaults, the method's
+recommended settings (registry), the suite's `train:`, the method entry's `train:`, then CLI flags.
+A layer that sets `max_steps` clears `epochs` from the layers below it, and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bench.errors import BadInput, did_you_mean
+
+PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adamw",)
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_steps: int | None = 300  # optimizer steps; exclusive with `epochs`
+    epochs: float | None = None
+    max_length: int = 128  # tokens per input after truncation
+    warmup_ratio: float = 0.06  # fraction of total steps with linearly rising learning rate
+    weight_decay: float = 0.0  # AdamW decay, never applied to biases and norm weights
+    max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
+    eval_batch_size: int = 64
+    eval_every: int | None = None  # steps between evaluations; null = only after training
+    keep_best: bool = False  # with eval_every: restore the best-scoring weights at the end
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    optimizer: str = "adamw"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TRAIN_TYPES = {
+    "lr": float, "batch_size": int, "max_steps": (int, None), "epochs": (float, None),
+    "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
+    "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
+    "max_train_samples": (int, None), "max_eval_samples": (int, None),
+    "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+}
+_POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
+             "max_train_samples", "max_eval_samples", "max_grad_norm"}
+_EXCLUSIVE = {"max_steps": "epochs", "epochs": "max_steps"}
+
+
+def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> TrainConfig:
+    """Merge override layers (each a mapping and a function giving the location of a key)."""
+    values = TrainConfig().as_dict()
+    for mapping, where in layers:
+        check_keys(mapping, TRAIN_FIELDS, "training setting", where)
+        for key, raw in mapping.items():
+            value = coerce(raw, _TRAIN_TYPES[key], where(key), key)
+            if key in _POSITIVE and value is not None and value <= 0:
+                raise BadInput(f"'{key}' must be positive, got {raw!r}", where(key))
+            if key in ("warmup_ratio",) and not 0 <= value < 1:
+                raise BadInput(f"'{key}' must be in [0, 1), got {raw!r}", where(key))
+            values[key] = value
+            if key in _EXCLUSIVE and value is not None:
+                values[_EXCLUSIVE[key]] = None
+    if values["max_steps"] is None and values["epochs"] is None:
+        raise BadInput("training needs 'max_steps' or 'epochs'", layers[-1][1]("max_steps") if layers else None)
+    return TrainConfig(**values)
+
+
+def check_keys(mapping: Any, allowed, what: str, where: Callable[[str], str], required=()) -> None:
+    if not isinstance(mapping, dict):
+        raise BadInput(f"expected a mapping of {what}s, got {type(mapping).__name__}", where(""))
+    for key in mapping:
+        if key not in allowed:
+            raise BadInput(f"unknown {what} '{key}'{did_you_mean(str(key), map(str, allowed))}",
+                           where(key), map(str, allowed))
+    for key in required:
+        if key not in mapping:
+            raise BadInput(f"missing required {what} '{key}'", where(""))
+
+
+def coerce(value: Any, spec: Any, where: str, key: str) -> Any:
+    """Check `value` against `spec`: a type, a tuple of types (None allowed) or a tuple of choices.
+
+    YAML 1.1 reads `5e-4` as a string, so numeric strings are accepted for float settings.
+    """
+    specs = spec if isinstance(spec, tuple) else (spec,)
+    if all(isinstance(s, str) for s in specs):  # a set of choices
+        if value in specs:
+            return value
+        raise BadInput(f"'{key}' must be one of {', '.join(specs)}, got {value!r}", where, specs)
+    if value is None and None in specs:
+        return None
+    for s in specs:
+        if s is bool and isinstance(value, bool):
+            return value
+        if s is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if s is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+                return float(value)
+        if s is str and isinstance(value, str):
+            return value
+        if s is list and isinstance(value, list):
+            return value
+        if s is dict and isinstance(value, dict):
+            return value
+    names = " or ".join("null" if s is None else s.__name__ for s in specs)
+    raise BadInput(f"'{key}' must be {names}, got {value!r}", where)

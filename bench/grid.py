@@ -1,0 +1,130 @@
+"""Suite -> cells. A cell is one (method + config, model, task, seed, training config); its id is a
+hash of the fully resolved configuration, so an unchanged cell keeps its id (and its record) and any
+changed hyperparameter makes a new cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from bench import methods
+from bench.config import TrainConfig, resolve_train
+from bench.errors import BadInput, did_you_mean
+from bench.models import ModelSpec, resolve_model
+from bench.suite import MethodEntry, Suite
+from bench.tasks import TaskSpec
+
+ID_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    suite: str
+    label: str  # the method's display name in this suite
+    method: str  # registry name, or compose(a+b)
+    family: str
+    model: ModelSpec
+    task: TaskSpec
+    seed: int
+    method_config: dict  # resolved settings ({"parts": [...]} for a composition)
+    train: TrainConfig
+    timeout_s: float
+    data_dir: str | None
+
+    @property
+    def config(self) -> dict:
+        """The fully resolved configuration; its hash is the id."""
+        return {"method": {"name": self.method, "config": self.method_config}, "model": self.model.identity(),
+                "task": self.task.identity(), "seed": self.seed, "train": self.train.as_dict()}
+
+    def line(self) -> str:
+        return (f"{self.id}  method={self.label} model={self.model.name} task={self.task.name} "
+                f"seed={self.seed}")
+
+
+def cell_id(config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
+
+
+def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict]:
+    """(identity name, family, resolved config, recommended train settings) of an entry on `arch`."""
+    if entry.name != "compose":
+        m = methods.get(entry.name)
+        return m.name, m.family, m.resolve(entry.overrides, arch, lambda k: entry.where("overrides", k)), m.train
+    parts = [_resolve_method(p, arch) for p in entry.parts]
+    name = "compose(" + "+".join(p[0] for p in parts) + ")"
+    return name, "unified", {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {}
+
+
+def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None) -> list[Cell]:
+    """All cells of the suite, restricted by the CLI's selections, minus the suite's exclusions."""
+    entries = _select_methods(suite, only_methods)
+    model_names = _select(only_models, suite.models, "model", "--models", allow_new=True)
+    task_names = _select(only_tasks, suite.tasks, "task", "--tasks", allow_new=suite.task_registry)
+    seeds = only_seeds if only_seeds is not None else suite.seeds
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    for model_name in model_names:
+        spec = resolve_model(model_name, "--models")
+        for entry in entries:
+            name, family, config, recommended = _resolve_method(entry, spec.arch)
+            train = resolve_train([
+                (recommended, lambda k: f"method '{name}' recommended settings"),
+                (suite.train, lambda k: suite.where("train", k)),
+                (entry.train, lambda k, e=entry: e.where("train", k)),
+            ])
+            for task_name in task_names:
+                task = suite.task_registry[task_name]
+                for seed in seeds:
+                    if _excluded(suite, entry.label, model_name, task_name, seed):
+                        continue
+                    cell = Cell("", suite.name, entry.label, name, family, spec, task, seed, config, train,
+                                suite.cell_timeout_s, suite.data_dir)
+                    cid = cell_id(cell.config)
+                    if cid in seen and seen[cid] != entry.label:
+                        raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
+                                       "configuration; drop one", suite.where("methods"))
+                    seen[cid] = entry.label
+                    cells.append(dataclasses.replace(cell, id=cid))
+    return cells
+
+
+def _excluded(suite: Suite, label: str, model: str, task: str, seed: int) -> bool:
+    cell = {"method": label, "model": model, "task": task, "seed": seed}
+    return any(all(cell[k] == v for k, v in rule.items()) for rule in suite.exclude)
+
+
+def _select_methods(suite: Suite, names: list[str] | None) -> list[MethodEntry]:
+    """CLI --methods: suite labels first, then any registry method (with the suite's settings)."""
+    if names is None:
+        return suite.methods
+    by_label = {m.label: m for m in suite.methods}
+    chosen = []
+    for name in names:
+        if name in by_label:
+            chosen.append(by_label[name])
+        elif name in methods.REGISTRY:
+            chosen.append(MethodEntry(label=name, name=name, where=lambda *k: "--methods"))
+        else:
+            choices = sorted(set(by_label) | set(methods.REGISTRY))
+            raise BadInput(f"unknown method '{name}'{did_you_mean(name, choices)}", "--methods", choices)
+    return chosen
+
+
+def _select(names, suite_names, what, flag, allow_new=()):
+    if names is None:
+        return suite_names
+    for name in names:
+        if name in suite_names:
+            continue
+        if allow_new is True:  # models: anything resolve_model accepts
+            resolve_model(name, flag)
+        elif name not in allow_new:
+            choices = sorted(set(suite_names) | set(allow_new))
+            raise BadInput(f"unknown {what} '{name}'{did_you_mean(name, choices)}", flag, choices)
+    return names

@@ -1,0 +1,123 @@
+"""What a method is: a name, its family and paper, explicit defaults and per-architecture targets,
+and a `build` function that adapts a model in place and says what trains and what must be stored.
+
+A comparison is only fair if it says what was adapted, so target modules are never left to a
+library's defaults: each method lists them per architecture, and the resolved config is recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import TrainConfig, check_keys, coerce
+from bench.errors import Unsupported
+
+FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
+
+
+@dataclass
+class ApplyContext:
+    """What a method may need besides the model: the task head, the training plan, calibration data."""
+
+    bundle: Any  # models.Bundle
+    train: TrainConfig
+    total_steps: int
+    calibration: Callable[[int], list[dict]] | None = None  # n training batches (Fisher-based methods)
+    device: Any = "cpu"
+
+
+@dataclass
+class Adapted:
+    """A model after a method was applied."""
+
+    model: nn.Module
+    trains: bool = True  # False: evaluate only (zero-shot, in-context learning)
+    after_backward: list[Callable[[int], None]] = field(default_factory=list)  # e.g. gradient masks
+    after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. AdaLoRA's rank budget
+    stored_state: Callable[[], dict[str, torch.Tensor]] | None = None  # default: trainable tensors
+
+    def state_to_store(self) -> dict[str, torch.Tensor]:
+        """The tensors that must be saved to restore the fine-tuned model (task head included)."""
+        if self.stored_state is not None:
+            return self.stored_state()
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+Build = Callable[[nn.Module, dict, ApplyContext], Adapted]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    description: str
+    paper: str
+    build: Build
+    defaults: dict = field(default_factory=dict)
+    targets: dict[str, dict] = field(default_factory=dict)  # architecture -> target settings
+    train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
+    mergeable: bool = False
+
+    def __post_init__(self):
+        assert self.family in FAMILIES, self.family
+
+    @property
+    def target_keys(self) -> set[str]:
+        return {k for t in self.targets.values() for k in t}
+
+    def resolve(self, overrides: dict, arch: str, where: Callable[[str], str]) -> dict:
+        """Defaults, then this architecture's targets, then the suite's overrides (type-checked)."""
+        allowed = {**self.defaults, **{k: None for k in self.target_keys}}
+        check_keys(overrides, allowed, f"{self.name} setting", where)
+        config = copy.deepcopy(self.defaults)
+        config.update({k: None for k in self.target_keys})
+        config.update(copy.deepcopy(self.targets.get(arch, {})))
+        for key, value in overrides.items():
+            default = allowed[key]
+            config[key] = value if default is None else coerce(value, _type_of(default), where(key), key)
+        return config
+
+    def apply(self, model: nn.Module, config: dict, ctx: ApplyContext) -> Adapted:
+        missing = [k for k in self.target_keys if config.get(k) is None]
+        if missing:
+            raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
+                              f"'{ctx.bundle.arch}'; set them in the method's overrides")
+        return self.build(model, config, ctx)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
+                "defaults": self.defaults, "targets": self.targets, "train": self.train,
+                "mergeable": self.mergeable}
+
+
+def _type_of(default: Any):
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, float):
+        return float
+    if isinstance(default, int):
+        return int
+    if isinstance(default, (list, tuple)):
+        return (list, str)  # a list of names, or one regular expression
+    return type(default)
+
+
+# Helpers shared by the in-house methods.
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def train_head(model: nn.Module, ctx: ApplyContext) -> None:
+    """Every trained method trains the task head, so scores compare the method, not a frozen head."""
+    for name in ctx.bundle.head_modules:
+        for p in getattr(model, name).parameters():
+            p.requires_grad_(True)
+

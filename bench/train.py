@@ -1,0 +1,161 @@
+"""The training loop: plain PyTorch, top to bottom.
+
+AdamW (no decay on biases and norm weights), linear warmup then linear decay to zero, gradient
+clipping, dynamic padding, a seeded data order, bf16 autocast on CUDA. Methods hook in after
+backward (gradient masks) and after each optimizer step (rank reallocation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.config import TrainConfig
+from bench.methods.base import Adapted
+from bench.tasks.features import IGNORE, collate
+
+def total_steps(train: TrainConfig, n_examples: int) -> int:
+    if train.max_steps is not None:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * n_examples / train.batch_size))
+
+
+def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    device_type = torch.device(device).type
+    bf16 = precision == "bf16" or (precision == "auto" and device_type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def batches(features: list[dict], batch_size: int, seed: int):
+    """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries."""
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            order += torch.randperm(len(features), generator=gen).tolist()
+        chunk, order = order[:batch_size], order[batch_size:]
+        yield [features[i] for i in chunk]
+
+
+def optimizer_for(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; biases and the weights of normalisation layers (LayerNorm, RMSNorm, ...) never decay."""
+    norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(False)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr)
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def tokens_in(batch: dict) -> int:
+    """Non-padding tokens a step processes: inputs, plus decoder targets of encoder-decoders."""
+    n = int(batch["attention_mask"].sum())
+    labels = batch.get("labels")
+    if labels is not None and labels.dim() == 2 and labels.shape != batch["input_ids"].shape:
+        n += int((labels != IGNORE).sum())
+    return n
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # {"step": n, "score": main metric}
+    best_step: int | None = None
+
+    def summary(self) -> dict:
+        tail = self.losses[-10:]
+        return {"steps": self.steps, "samples": self.samples, "tokens": self.tokens,
+                "first_loss": self.losses[0] if self.losses else None,
+                "final_loss": sum(tail) / len(tail) if tail else None,
+                "evals": self.evals, "best_step": self.best_step,
+                "step_s_median": statistics.median(self.step_s) if self.step_s else None}
+
+
+def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfig, seed: int, device,
+          quiet: bool = False, evaluate: Callable[[], float | None] | None = None,
+          higher_is_better: bool = True) -> TrainResult:
+    """Train `adapted.model` on `features`; `evaluate` (if given) returns the main score.
+
+    A step's time runs from batch collation to the end of the optimizer step (CUDA synchronised);
+    evaluations during training are not part of it.
+    """
+    result = TrainResult()
+    model = adapted.model
+    steps = total_steps(train, len(features))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optimizer_for(model, train)
+    schedule = linear_schedule(optimizer, int(train.warmup_ratio * steps), steps)
+    autocast = autocast_for(device, train.precision)
+    cuda = torch.device(device).type == "cuda"
+    best, best_state = None, None
+    data = batches(features, train.batch_size, seed)
+    model.train()
+    bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)
+    for step in range(steps):
+        start = time.perf_counter()
+        batch = {k: v.to(device) for k, v in collate(next(data), pad_id).items()}
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
+        for hook in adapted.after_backward:
+            hook(step)
+        if train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        for hook in adapted.after_step:
+            hook(step)
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        result.step_s.append(time.perf_counter() - start)
+        result.losses.append(float(loss.detach()))
+        result.steps += 1
+        result.samples += batch["input_ids"].shape[0]
+        result.tokens += tokens_in(batch)
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
+        if evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps:
+            score = evaluate()
+            model.train()
+            result.evals.append({"step": step + 1, "score": score})
+            if train.keep_best and score is not None and (
+                    best is None or (score > best if higher_is_better else score < best)):
+                best, result.best_step = score, step + 1
+                best_state = {id(p): p.detach().clone() for p in params}
+    bar.close()
+    result.train_s = sum(result.step_s)
+    if best_state is not None:  # compare the end of training with the best checkpoint seen
+        final = evaluate()
+        result.evals.append({"step": steps, "score": final})
+        if final is None or (final < best if higher_is_better else final > best):
+            with torch.no_grad():
+                for p in params:
+                    p.copy_(best_state[id(p)])
+        else:
+            result.best_step = steps
+    return result

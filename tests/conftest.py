@@ -1,0 +1,54 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PEFT_BENCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked shared_data skip without ../shared/data, unless CI demands it (then they fail)."""
+    if SHARED_DATA.is_dir():
+        return
+    if os.environ.get("PEFT_BENCH_REQUIRE_SHARED") == "1":
+        raise pytest.UsageError(f"PEFT_BENCH_REQUIRE_SHARED=1 but {SHARED_DATA} does not exist")
+    skip = pytest.mark.skip(reason=f"needs real data in {SHARED_DATA}")
+    for item in items:
+        if "shared_data" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    """Write a suite YAML into tmp_path and return its path."""
+
+    def write(text: str, name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+TINY_SUITE = """\
+name: tiny
+description: test suite
+methods:
+  - {name: full, train: {lr: 1.0e-3}}
+  - {name: lora, train: {lr: 5.0e-3}}
+models: [tiny-encoder]
+tasks: [synth-polarity]
+seeds: [1]
+train: {batch_size: 16, max_steps: 20, max_length: 32, eval_batch_size: 64, max_eval_samples: 64}
+"""

@@ -1,0 +1,51 @@
+"""The command line: exit codes and messages."""
+
+import json
+
+from bench.cli import main
+from tests.conftest import TINY_SUITE
+
+
+def test_typo_in_methods_exits_2_naming_the_method(tmp_path, capsys):
+    code = main(["run", "--suite", "smoke", "--methods", "lorra", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'lora'" in err and "--methods" in err
+    assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_malformed_suite_exits_2_with_file_and_line(write_suite, capsys):
+    path = write_suite(TINY_SUITE.replace("seeds: [1]", "seeds: [1"))
+    assert main(["run", "--suite", str(path), "--dry-run"]) == 2
+    assert f"{path}:" in capsys.readouterr().err
+
+
+def test_unknown_suite_exits_2(capsys):
+    assert main(["run", "--suite", "smok", "--dry-run"]) == 2
+    assert "did you mean 'smoke'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_one_line_per_cell(write_suite, capsys):
+    assert main(["run", "--suite", str(write_suite(TINY_SUITE)), "--dry-run", "--seeds", "1,2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(len(line.split()[0]) == 12 for line in lines)
+
+
+def test_list_methods_json_has_families(capsys):
+    assert main(["list", "methods", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    names = {e["name"]: e for e in entries}
+    assert {"full", "lora", "bitfit", "ia3", "prompt-tuning"} <= set(names)
+    assert names["lora"]["family"] == "reparameterized" and names["bitfit"]["family"] == "partial"
+    assert all(e["description"] and e["paper"] for e in entries)
+
+
+def test_list_models_tasks_suites(capsys):
+    for what in ("models", "tasks", "suites"):
+        assert main(["list", what, "--json"]) == 0
+        entries = json.loads(capsys.readouterr().out)
+        assert entries and all(e["name"] and "description" in e for e in entries)
+
+
+def test_report_without_records_exits_2(tmp_path, capsys):
+    assert main(["report", "--suite", "smoke", "--results", str(tmp_path)]) == 2
+    assert "no records" in capsys.readouterr().err

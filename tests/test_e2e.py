@@ -1,0 +1,99 @@
+"""End to end through the CLI: grids run in isolated cell processes and land in the store."""
+
+import json
+
+import pytest
+
+from bench import tiny
+from bench.cli import main
+from tests.conftest import TINY_SUITE
+
+pytestmark = pytest.mark.slow
+
+
+def records(results, suite="tiny") -> dict:
+    out = {}
+    for path in (results / suite).glob("*.json"):
+        r = json.loads(path.read_text())
+        out[r["cell"]["label"]] = r
+    return out
+
+
+def tiny_encoder_params(num_labels=2) -> tuple[int, int]:
+    """(body, head) parameter counts of the tiny RoBERTa classifier, from its dimensions."""
+    h, L, f, v = tiny.WIDTH, tiny.DEPTH, tiny.FFN, len(tiny.tokenizer())
+    embeddings = (v + 514 + 1) * h + 2 * h  # word + position + token type, LayerNorm
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    head = (h * h + h) + (h * num_labels + num_labels)
+    return embeddings + L * layer, head
+
+
+def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
+    suite, results = write_suite(TINY_SUITE), tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
+    assert "2 ok" in capsys.readouterr().out
+    recs = records(results)
+    body, head = tiny_encoder_params()
+    full, lora = recs["full"], recs["lora"]
+    for r in (full, lora):
+        assert r["status"] == "ok" and r["error"] is None
+        assert set(r["scores"]["metrics"]) == {"accuracy", "f1"} and r["scores"]["main_metric"] == "accuracy"
+        assert 0 <= r["scores"]["metrics"]["accuracy"] <= 100
+        assert r["memory"]["peak_source"] == "cpu_peak_rss_bytes" and r["memory"]["peak_bytes"] > 0
+        assert r["time"]["train_s"] > 0 and r["train"]["steps"] == 20
+        assert r["env"]["torch"] and r["env"]["device"] == "cpu"
+    assert full["params"]["total"] == full["params"]["trainable"] == body + head
+    lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each
+    assert lora["params"]["trainable"] == lora_params + head
+    assert lora["params"]["total"] == body + head + lora_params + head  # peft keeps the original head too
+    assert lora["params"]["stored"] == lora_params + head
+    assert lora["params"]["trainable_pct"] == pytest.approx(100 * (lora_params + head) / lora["params"]["total"])
+    before = {p.name: p.stat().st_mtime_ns for p in (results / "tiny").glob("*.json")}
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
+    assert "nothing run; 2 already recorded" in capsys.readouterr().out
+    assert before == {p.name: p.stat().st_mtime_ns for p in (results / "tiny").glob("*.json")}
+    assert main(["report", "--suite", "tiny", "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
+    report = (tmp_path / "rep" / "tiny" / "report.md").read_text()
+    assert "### synth-polarity" in report and "| lora | reparameterized | tiny-encoder |" in report
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path, write_suite, capsys):
+    text = TINY_SUITE.replace("  - {name: full, train: {lr: 1.0e-3}}\n", "").replace(
+        "  - {name: lora, train: {lr: 5.0e-3}}\n",
+        "  - {name: lora, label: broken, overrides: {target_modules: [no_such_module]}}\n"
+        "  - {name: full, train: {lr: 1.0e-3}}\n")
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(results), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "1 failed" in captured.out and "1 ok" in captured.out and "broken" in captured.err
+    recs = records(results)
+    assert recs["full"]["status"] == "ok"
+    broken = recs["broken"]
+    assert broken["status"] == "failed" and broken["error"]["type"] == "NoMatchingPeftModuleError"
+    assert "No modules were targeted" in broken["error"]["message"] and broken["error"]["where"]
+    assert broken["params"]["trainable"] is None and broken["scores"]["metrics"] == {}  # null, not 0
+
+    # --retry-failed reruns only the failed cell, and the old record goes to history
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(results), "--quiet",
+                 "--retry-failed"]) == 0
+    assert "1 failed; 1 already recorded" in capsys.readouterr().out
+    assert len(list((results / "tiny" / "history").glob("*.json"))) == 1
+
+
+def test_unsupported_cell(tmp_path, write_suite):
+    text = TINY_SUITE.replace("tasks: [synth-polarity]", "tasks: [synth-digits]")
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(results), "--quiet",
+                 "--methods", "full"]) == 0
+    rec = records(results)["full"]
+    assert rec["status"] == "unsupported" and "cannot do generation" in rec["error"]["message"]
+
+
+def test_a_hanging_cell_times_out(tmp_path, write_suite):
+    # 10^6 steps cannot finish within a 2 s limit; the executor kills the process and records it
+    text = TINY_SUITE.replace("max_steps: 20", "max_steps: 1000000") + "cell_timeout_s: 2\n"
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(results), "--quiet",
+                 "--methods", "full"]) == 0
+    rec = records(results)["full"]
+    assert rec["status"] == "timeout" and "2 s limit" in rec["error"]["message"]

@@ -1,0 +1,82 @@
+"""Grid expansion and cell ids."""
+
+import pytest
+
+from bench import grid
+from bench.errors import BadInput
+from bench.suite import load_suite
+from tests.conftest import TINY_SUITE
+
+SUITE = TINY_SUITE.replace("models: [tiny-encoder]", "models: [tiny-encoder, tiny-t5]") \
+    .replace("tasks: [synth-polarity]", "tasks: [synth-polarity, synth-digits]") \
+    .replace("seeds: [1]", "seeds: [1, 2]")
+
+
+def cells_of(write_suite, text=SUITE, **select):
+    return grid.expand(load_suite(str(write_suite(text))), **select)
+
+
+def test_full_product(write_suite):
+    cells = cells_of(write_suite)
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert len({c.id for c in cells}) == len(cells)
+    assert all(len(c.id) == grid.ID_LENGTH for c in cells)
+
+
+def test_exclusions(write_suite):
+    text = SUITE + "exclude:\n  - {model: tiny-encoder, task: synth-digits}\n  - {method: lora, seed: 2}\n"
+    cells = cells_of(write_suite, text)
+    assert not any(c.model.name == "tiny-encoder" and c.task.name == "synth-digits" for c in cells)
+    assert not any(c.label == "lora" and c.seed == 2 for c in cells)
+    assert len(cells) == 16 - 4 - 3  # 4 encoder×digits cells; 4 lora×seed2 cells, one already excluded
+
+
+def test_ids_are_stable_and_track_configuration(write_suite):
+    first = {c.line() for c in cells_of(write_suite)}
+    assert first == {c.line() for c in cells_of(write_suite)}  # same suite, same ids
+    relabelled = cells_of(write_suite, SUITE.replace("{name: lora,", "{name: lora, label: low-rank,"))
+    assert {c.id for c in relabelled} == {line.split()[0] for line in first}  # a label is cosmetic
+    changed = cells_of(write_suite, SUITE.replace("lr: 5.0e-3", "lr: 4.0e-3"))
+    lora_before = {line.split()[0] for line in first if "method=lora" in line}
+    lora_after = {c.id for c in changed if c.label == "lora"}
+    assert lora_before.isdisjoint(lora_after)  # a changed hyperparameter is a new cell
+    assert {c.id for c in changed if c.label == "full"} == {line.split()[0] for line in first if "method=full" in line}
+
+
+def test_id_is_hash_of_resolved_config(write_suite):
+    cell = cells_of(write_suite)[0]
+    assert cell.id == grid.cell_id(cell.config)
+    assert cell.config["method"] == {"name": "full", "config": {}}
+    lora = next(c for c in cells_of(write_suite) if c.label == "lora" and c.model.name == "tiny-t5")
+    assert lora.method_config["target_modules"] == ["q", "v"]  # resolved for T5 explicitly
+    assert lora.train.lr == 5e-3 and lora.train.max_steps == 20
+
+
+def test_training_layers(write_suite):
+    text = SUITE.replace("{name: full, train: {lr: 1.0e-3}}", "{name: full, train: {epochs: 2}}")
+    full = next(c for c in cells_of(write_suite, text) if c.label == "full")
+    assert full.train.epochs == 2 and full.train.max_steps is None  # epochs replaces max_steps
+    assert full.train.lr == 2e-5  # the method's recommended rate, as the suite sets none for it
+
+
+def test_cli_selection(write_suite):
+    cells = cells_of(write_suite, only_methods=["lora"], only_models=["tiny-t5"], only_seeds=[7])
+    assert {(c.label, c.model.name, c.seed) for c in cells} == {("lora", "tiny-t5", 7)}
+    extra = cells_of(write_suite, only_methods=["bitfit"])  # a registry method not in the suite
+    assert {c.method for c in extra} == {"bitfit"}
+
+
+def test_cli_selection_typo(write_suite):
+    with pytest.raises(BadInput) as info:
+        cells_of(write_suite, only_methods=["lorra"])
+    assert info.value.where == "--methods" and "did you mean 'lora'" in info.value.message
+    with pytest.raises(BadInput) as info:
+        cells_of(write_suite, only_tasks=["synth-digit"])
+    assert info.value.where == "--tasks" and "synth-digits" in info.value.message
+
+
+def test_identical_entries_rejected(write_suite):
+    text = SUITE.replace("{name: full, train: {lr: 1.0e-3}}", "{name: lora, label: again, train: {lr: 5.0e-3}}")
+    with pytest.raises(BadInput) as info:
+        cells_of(write_suite, text)
+    assert "resolve to the same configuration" in info.value.message

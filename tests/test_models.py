@@ -1,0 +1,84 @@
+"""Model registry, tiny models and weightless (meta-device) construction."""
+
+import json
+
+import pytest
+
+from bench import tiny
+from bench.errors import BadInput, Unsupported
+from bench.measure import count_params
+from bench.models import REGISTRY, head_for, load_bundle, resolve_model
+from bench.tasks.synthetic import lexicon
+
+
+def test_tiny_tokenizer_is_deterministic_and_keeps_words_whole():
+    tiny.tokenizer_json.cache_clear()
+    first = tiny.tokenizer_json()
+    tiny.tokenizer_json.cache_clear()
+    assert tiny.tokenizer_json() == first
+    tok = tiny.tokenizer()
+    for word in lexicon():
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    assert tok.decode(tok("unseen wörds", add_special_tokens=False)["input_ids"]).strip() == "unseen wörds"
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (tiny.PAD, tiny.BOS, tiny.EOS)
+
+
+@pytest.mark.parametrize("name,task_type,head", [
+    ("tiny-encoder", "classification", "classifier"), ("tiny-bert", "regression", "classifier"),
+    ("tiny-t5", "classification", "lm"), ("tiny-t5", "regression", "classifier"),
+    ("tiny-gpt2", "generation", "lm"), ("tiny-llama", "classification", "lm"),
+])
+def test_tiny_models_load_with_the_right_head(name, task_type, head):
+    bundle = load_bundle(REGISTRY[name], task_type, 2 if task_type == "classification" else 1, seed=3)
+    assert bundle.head == head
+    assert bool(bundle.head_modules) == (head == "classifier")
+
+
+def test_tiny_weights_fixed_head_seeded():
+    a = load_bundle(REGISTRY["tiny-encoder"], "classification", 2, seed=1).model
+    b = load_bundle(REGISTRY["tiny-encoder"], "classification", 2, seed=2).model
+    body_a, body_b = a.roberta.state_dict(), b.roberta.state_dict()
+    assert all((body_a[k] == body_b[k]).all() for k in body_a)  # same "pretrained" weights
+    assert not (a.classifier.out_proj.weight == b.classifier.out_proj.weight).all()  # a head per seed
+
+
+def test_encoders_cannot_generate():
+    with pytest.raises(Unsupported):
+        head_for("encoder", "generation")
+
+
+# Totals of well-known checkpoints, computed from their configs with no weights allocated.
+KNOWN_TOTALS = {
+    "llama-2-7b": 6_738_415_616, "llama-2-70b": 68_976_648_192, "llama-3-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096, "gpt2": 124_439_808, "t5-base": 222_903_552,
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
+def test_meta_device_totals(name):
+    bundle = load_bundle(REGISTRY[name], "generation", None, seed=0, meta=True)
+    assert count_params(bundle.model)["total"] == KNOWN_TOTALS[name]
+
+
+def test_meta_roberta_total_matches_closed_form():
+    cfg = json.loads(REGISTRY["roberta-base"].config_path().read_text())
+    h, L, f, v, p = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"],
+                     cfg["max_position_embeddings"])
+    embeddings = (v + p + cfg["type_vocab_size"]) * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    head = (h * h + h) + (h * 2 + 2)  # RobertaClassificationHead: dense + out_proj, 2 labels
+    bundle = load_bundle(REGISTRY["roberta-base"], "classification", 2, seed=0, meta=True)
+    assert count_params(bundle.model)["total"] == embeddings + L * layer + head
+
+
+def test_resolve_model_forms(tmp_path):
+    assert resolve_model("tiny-t5").kind == "encoder-decoder"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    local = resolve_model(str(tmp_path))
+    assert (local.source, local.arch) == ("path", "gpt2")
+    with pytest.raises(BadInput) as info:
+        resolve_model("tiny-gtp2")
+    assert "did you mean 'tiny-gpt2'" in info.value.message
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(BadInput):
+        resolve_model(str(tmp_path))

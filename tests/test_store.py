@@ -1,0 +1,88 @@
+"""The results store: round trip, atomic writes, history, unreadable records, locks."""
+
+import json
+import os
+
+import pytest
+
+from bench import grid, record as rec
+from bench.store import Store, atomic_write, load_frame
+from bench.suite import load_suite
+from tests.conftest import TINY_SUITE
+
+
+@pytest.fixture
+def cell(write_suite):
+    return grid.expand(load_suite(str(write_suite(TINY_SUITE))))[0]
+
+
+def ok_record(cell, accuracy=91.0):
+    r = rec.new_record(cell)
+    r["params"].update(total=100, trainable=10, trainable_pct=10.0)
+    r["scores"]["metrics"] = {"accuracy": accuracy}
+    return rec.finish(r, "ok")
+
+
+def test_record_round_trip(tmp_path, cell):
+    store = Store(tmp_path)
+    r = ok_record(cell)
+    path = store.write(r)
+    assert path == tmp_path / "tiny" / f"{cell.id}.json"
+    assert store.read("tiny", cell.id) == json.loads(json.dumps(r))
+    assert r["schema_version"] == rec.SCHEMA_VERSION and rec.problems(r) == []
+    for section in ("memory", "time", "params"):
+        assert all(v is None or isinstance(v, (int, float, str)) for v in r[section].values())
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "x.json"
+    atomic_write(target, b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_overwrite_keeps_history(tmp_path, cell):
+    store = Store(tmp_path)
+    first = ok_record(cell, 80.0)
+    store.write(first)
+    second = ok_record(cell, 90.0)
+    second["created_at"] = "2099-01-01T00:00:00+00:00"
+    store.write(second)
+    assert store.read("tiny", cell.id)["scores"]["metrics"]["accuracy"] == 90.0
+    history = list((tmp_path / "tiny" / "history").glob("*.json"))
+    assert len(history) == 1 and json.loads(history[0].read_text())["scores"]["metrics"]["accuracy"] == 80.0
+    frame, bad = load_frame(tmp_path, "tiny")
+    assert len(frame) == 1 and not bad  # history is not read as current records
+
+
+def test_loader_reports_unreadable_records(tmp_path, cell):
+    store = Store(tmp_path)
+    store.write(ok_record(cell))
+    (tmp_path / "tiny" / "broken.json").write_text("{not json")
+    (tmp_path / "tiny" / "old.json").write_text(json.dumps({"schema_version": 0}))
+    frame, bad = load_frame(tmp_path, "tiny")
+    assert len(frame) == 1
+    assert frame.loc[0, "score"] == 91.0 and frame.loc[0, "params.trainable"] == 10
+    assert len(bad) == 2 and any("unreadable" in b for b in bad) and any("schema_version" in b for b in bad)
+    assert store.read("tiny", "broken") is None
+
+
+def test_claim_is_exclusive_and_recovers_stale_locks(tmp_path, cell):
+    store = Store(tmp_path)
+    with store.claim("tiny", cell.id) as first:
+        with store.claim("tiny", cell.id) as second:
+            assert first and not second
+    lock = tmp_path / "tiny" / f"{cell.id}.lock"
+    assert not lock.exists()
+    import socket
+
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 12345}))  # no such process
+    with store.claim("tiny", cell.id) as mine:
+        assert mine

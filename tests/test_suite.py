@@ -1,0 +1,105 @@
+"""Suite validation: every mistake is one clear error with file:line and the valid choices."""
+
+import pytest
+
+from bench.errors import BadInput
+from bench.suite import load_suite
+from tests.conftest import TINY_SUITE
+
+
+def error_of(write_suite, text: str) -> BadInput:
+    path = write_suite(text)
+    with pytest.raises(BadInput) as info:
+        load_suite(str(path))
+    return info.value
+
+
+def test_valid_suite_loads(write_suite):
+    suite = load_suite(str(write_suite(TINY_SUITE)))
+    assert suite.name == "tiny"
+    assert [m.label for m in suite.methods] == ["full", "lora"]
+    assert suite.train["max_steps"] == 20
+
+
+def test_unknown_method_names_line_and_suggestion(write_suite):
+    err = error_of(write_suite, TINY_SUITE.replace("{name: lora,", "{name: lorra,"))
+    assert err.where.endswith("suite.yaml:5")
+    assert "unknown method 'lorra'" in err.message and "did you mean 'lora'" in err.message
+    assert "lora" in err.choices
+
+
+def test_unknown_top_level_key(write_suite):
+    err = error_of(write_suite, TINY_SUITE + "tranin: {lr: 1}\n")
+    assert "unknown suite key 'tranin'" in err.message and "did you mean 'train'" in err.message
+    assert err.where.endswith(":10")
+
+
+def test_unknown_training_setting_reports_its_line(write_suite):
+    from bench import grid
+
+    suite = load_suite(str(write_suite(TINY_SUITE.replace("max_steps: 20", "max_stepz: 20"))))
+    with pytest.raises(BadInput) as info:
+        grid.expand(suite)
+    assert "unknown training setting 'max_stepz'" in info.value.message
+    assert info.value.where.endswith(":9")
+
+
+def test_wrong_type(write_suite):
+    err = error_of(write_suite, TINY_SUITE.replace("seeds: [1]", "seeds: [one]"))
+    assert "'seed' must be int" in err.message and err.where.endswith(":8")
+
+
+def test_malformed_yaml_gives_file_and_line(write_suite):
+    err = error_of(write_suite, TINY_SUITE.replace("models: [tiny-encoder]", "models: [tiny-encoder"))
+    assert "malformed YAML" in err.message
+    assert err.where.rsplit(":", 1)[1].isdigit()
+
+
+def test_unknown_model_and_task(write_suite):
+    err = error_of(write_suite, TINY_SUITE.replace("[tiny-encoder]", "[tiny-encodr]"))
+    assert "did you mean 'tiny-encoder'" in err.message and err.where.endswith(":6")
+    err = error_of(write_suite, TINY_SUITE.replace("[synth-polarity]", "[synth-polarty]"))
+    assert "did you mean 'synth-polarity'" in err.message and err.where.endswith(":7")
+
+
+def test_duplicate_labels_rejected(write_suite):
+    err = error_of(write_suite, TINY_SUITE.replace("{name: full,", "{name: lora,"))
+    assert "label 'lora' is used twice" in err.message
+
+
+def test_exclusion_must_name_suite_members(write_suite):
+    err = error_of(write_suite, TINY_SUITE + "exclude:\n  - {model: tiny-t5}\n")
+    assert "exclude names model 'tiny-t5'" in err.message and err.where.endswith(":11")
+
+
+def test_method_override_checked_against_its_settings(write_suite):
+    from bench import grid
+
+    text = TINY_SUITE.replace("{name: lora, train", "{name: lora, overrides: {rank: 4}, train")
+    with pytest.raises(BadInput) as info:
+        grid.expand(load_suite(str(write_suite(text))))
+    assert "unknown lora setting 'rank'" in info.value.message and "r" in info.value.choices
+    assert info.value.where.endswith(":5")
+
+
+def test_yaml_1_1_float_strings_accepted(write_suite):
+    from bench import grid
+
+    cells = grid.expand(load_suite(str(write_suite(TINY_SUITE.replace("lr: 5.0e-3", "lr: 5e-3")))))
+    assert {c.train.lr for c in cells} == {1e-3, 5e-3}
+
+
+def test_composition_parses(write_suite):
+    text = TINY_SUITE.replace("  - {name: full, train: {lr: 1.0e-3}}\n",
+                              "  - {compose: [bitfit, lora], label: hybrid}\n")
+    suite = load_suite(str(write_suite(text)))
+    assert suite.methods[0].name == "compose" and [p.name for p in suite.methods[0].parts] == ["bitfit", "lora"]
+
+
+def test_shipped_suites_are_valid():
+    from bench.suite import suite_names
+
+    names = suite_names()
+    assert "smoke" in names
+    for name in names:
+        load_suite(name)

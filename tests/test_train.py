@@ -1,0 +1,42 @@
+"""The training loop's parts: schedule, data order, optimizer groups."""
+
+import pytest
+import torch
+
+from bench.config import TrainConfig
+from bench.train import batches, linear_schedule, optimizer_for, total_steps
+
+
+def test_linear_schedule_warmup_then_decay():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = linear_schedule(opt, warmup=2, total=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+
+
+def test_batches_are_seeded_and_cover_each_epoch():
+    feats = [{"i": i} for i in range(10)]
+    a = batches(feats, 4, seed=3)
+    first_epoch = [f["i"] for _ in range(2) for f in next(a)] + [f["i"] for f in next(a)][:2]
+    assert sorted(first_epoch) == list(range(10))
+    b = batches(feats, 4, seed=3)
+    assert [f["i"] for f in next(b)] == first_epoch[:4]
+    assert [f["i"] for f in next(batches(feats, 4, seed=4))] != first_epoch[:4]
+
+
+def test_total_steps_from_epochs():
+    assert total_steps(TrainConfig(max_steps=None, epochs=2.0, batch_size=16), 100) == 13
+    assert total_steps(TrainConfig(max_steps=7), 100) == 7
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    names = dict(model.named_parameters())
+    opt = optimizer_for(model, TrainConfig(weight_decay=0.1))
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decay == {id(names["0.weight"])}  # not the bias, not the LayerNorm's weight or bias
