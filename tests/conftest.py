@@ -10,14 +10,15 @@ SHARED_DATA = Path(os.environ.get("PEFT_BENCH_SHARED_DATA", ROOT.parent / "share
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if os.environ.get("PEFT_BENCH_REQUIRE_SHARED") == "1" and not SHARED_DATA.is_dir():
+        raise pytest.UsageError(f"PEFT_BENCH_REQUIRE_SHARED=1 (CI) but {SHARED_DATA} does not exist: "
+                                "tests that read real data would be skipped")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked shared_data skip without ../shared/data, unless CI demands it (then they fail)."""
+    """Tests marked shared_data skip without ../shared/data (CI requires it: see pytest_configure)."""
     if SHARED_DATA.is_dir():
         return
-    if os.environ.get("PEFT_BENCH_REQUIRE_SHARED") == "1":
-        raise pytest.UsageError(f"PEFT_BENCH_REQUIRE_SHARED=1 but {SHARED_DATA} does not exist")
     skip = pytest.mark.skip(reason=f"needs real data in {SHARED_DATA}")
     for item in items:
         if "shared_data" in item.keywords:
