@@ -15,7 +15,7 @@ import torch
 from bench import env, methods
 from bench.errors import Unsupported
 from bench.grid import Cell
-from bench.measure import PeakMemory, count_params, stored_size, timed
+from bench.measure import PeakMemory, stored_size, timed
 from bench.methods.base import ApplyContext
 from bench.methods.compose import apply_composition
 from bench.models import load_bundle
@@ -85,7 +85,7 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
             ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device)
             adapted = apply_method(cell, bundle.model, ctx)
             adapted.model.to(device)
-        record["params"].update(count_params(adapted.model))
+        record["params"].update(adapted.params())
         if adapted.trains and not record["params"]["trainable"]:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
         autocast = autocast_for(device, tcfg.precision)

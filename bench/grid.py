@@ -95,8 +95,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
 
 
 def _excluded(suite: Suite, label: str, model: str, task: str, seed: int) -> bool:
+    """A rule matches a cell when every key it names matches (a list value matches any of its items)."""
     cell = {"method": label, "model": model, "task": task, "seed": seed}
-    return any(all(cell[k] == v for k, v in rule.items()) for rule in suite.exclude)
+    return any(all(cell[k] in (v if isinstance(v, list) else [v]) for k, v in rule.items())
+               for rule in suite.exclude)
 
 
 def _select_methods(suite: Suite, names: list[str] | None) -> list[MethodEntry]:

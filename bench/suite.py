@@ -155,7 +155,8 @@ def _check_names(suite: Suite) -> None:
     for i, rule in enumerate(suite.exclude):
         check_keys(rule, _EXCLUDE_KEYS, "exclude key", lambda k, i=i: suite.where("exclude", i, k))
         for key, value in rule.items():
-            if value not in valid[key]:
-                raise BadInput(f"exclude names {key} '{value}', which is not in this suite"
-                               f"{did_you_mean(str(value), map(str, valid[key]))}",
-                               suite.where("exclude", i, key), map(str, valid[key]))
+            for one in value if isinstance(value, list) else [value]:
+                if one not in valid[key]:
+                    raise BadInput(f"exclude names {key} '{one}', which is not in this suite"
+                                   f"{did_you_mean(str(one), map(str, valid[key]))}",
+                                   suite.where("exclude", i, key), map(str, valid[key]))

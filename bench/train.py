@@ -46,13 +46,18 @@ def batches(features: list[dict], batch_size: int, seed: int):
         yield [features[i] for i in chunk]
 
 
-def optimizer_for(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; biases and the weights of normalisation layers (LayerNorm, RMSNorm, ...) never decay."""
-    norms = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(False)}
+def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
+    """AdamW; biases and the weights of normalisation layers (LayerNorm, RMSNorm, ...) never decay.
+
+    `no_decay_ids` are further parameters that must not decay: partly frozen tensors (gradient masks),
+    whose frozen entries AdamW's decoupled decay would otherwise change.
+    """
+    exempt = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(False)}
+    exempt |= set(no_decay_ids)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name.endswith("bias") or id(p) in norms else decay).append(p)
+            (no_decay if name.endswith("bias") or id(p) in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr)
 
@@ -107,7 +112,7 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
     model = adapted.model
     steps = total_steps(train, len(features))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer_for(model, train)
+    optimizer = optimizer_for(model, train, {id(p) for p, _ in adapted.grad_masks})
     schedule = linear_schedule(optimizer, int(train.warmup_ratio * steps), steps)
     autocast = autocast_for(device, train.precision)
     cuda = torch.device(device).type == "cuda"

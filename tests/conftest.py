@@ -1,7 +1,13 @@
 import os
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist every worker is a process of its own: one thread each keeps 2 workers on
+# 2 cores from oversubscribing OpenMP, which slows torch down by orders of magnitude. Set before
+# torch is imported (cell processes inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PEFT_BENCH_SHARED_DATA", ROOT.parent / "shared" / "data"))

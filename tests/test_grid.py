@@ -24,7 +24,7 @@ def test_full_product(write_suite):
 
 
 def test_exclusions(write_suite):
-    text = SUITE + "exclude:\n  - {model: tiny-encoder, task: synth-digits}\n  - {method: lora, seed: 2}\n"
+    text = SUITE + "exclude:\n  - {model: tiny-encoder, task: [synth-digits]}\n  - {method: lora, seed: 2}\n"
     cells = cells_of(write_suite, text)
     assert not any(c.model.name == "tiny-encoder" and c.task.name == "synth-digits" for c in cells)
     assert not any(c.label == "lora" and c.seed == 2 for c in cells)

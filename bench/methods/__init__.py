@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from bench.errors import unknown
-from bench.methods import baselines, ia3, lora, partial, prompts
+from bench.methods import (adapters, baselines, compacter, fisher, fourierft, hybrid, ia3, lora, lycoris,
+                           orthogonal, partial, prompts, qlora, vera)
 from bench.methods.base import FAMILIES, Method
 
 REGISTRY: dict[str, Method] = {
     m.name: m
-    for module in (baselines, prompts, ia3, partial, lora)
+    for module in (baselines, adapters, prompts, ia3, partial, fisher, lora, qlora, vera, lycoris, orthogonal,
+                   fourierft, hybrid, compacter)
     for m in module.METHODS
 }
 

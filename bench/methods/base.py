@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.config import TrainConfig, check_keys, coerce
 from bench.errors import Unsupported
+from bench.measure import count_params, unique_tensors
 
 FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
 
@@ -34,19 +35,42 @@ class ApplyContext:
 
 @dataclass
 class Adapted:
-    """A model after a method was applied."""
+    """A model after a method was applied, with what the harness needs to train, store and check it."""
 
     model: nn.Module
     trains: bool = True  # False: evaluate only (zero-shot, in-context learning)
     after_backward: list[Callable[[int], None]] = field(default_factory=list)  # e.g. gradient masks
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. AdaLoRA's rank budget
     stored_state: Callable[[], dict[str, torch.Tensor]] | None = None  # default: trainable tensors
+    load_stored: Callable[[dict[str, torch.Tensor]], None] | None = None  # inverse of stored_state
+    merge: Callable[[], nn.Module] | None = None  # mergeable methods: the model with the update folded in
+    # Methods that update only some entries of a tensor: (parameter, bool mask of the entries that train).
+    grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
 
     def state_to_store(self) -> dict[str, torch.Tensor]:
         """The tensors that must be saved to restore the fine-tuned model (task head included)."""
         if self.stored_state is not None:
             return self.stored_state()
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_to_store` saved into a model with the same method freshly applied."""
+        if self.load_stored is not None:
+            return self.load_stored(state)
+        result = self.model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"stored tensors not in the model: {result.unexpected_keys}")
+
+    def params(self) -> dict:
+        """measure.count_params, with masked tensors counting only the entries that train."""
+        counts = count_params(self.model)
+        if self.grad_masks:
+            masked = {id(p) for p, _ in self.grad_masks}
+            free = sum(p.numel() for p in unique_tensors(self.model.parameters())
+                       if p.requires_grad and id(p) not in masked)
+            counts["trainable"] = free + sum(int(mask.sum()) for _, mask in self.grad_masks)
+            counts["trainable_pct"] = 100.0 * counts["trainable"] / counts["total"]
+        return counts
 
 
 Build = Callable[[nn.Module, dict, ApplyContext], Adapted]
@@ -63,6 +87,7 @@ class Method:
     targets: dict[str, dict] = field(default_factory=dict)  # architecture -> target settings
     train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
     mergeable: bool = False
+    unsupported: dict[str, str] = field(default_factory=dict)  # architecture -> why this cannot work
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -84,6 +109,8 @@ class Method:
         return config
 
     def apply(self, model: nn.Module, config: dict, ctx: ApplyContext) -> Adapted:
+        if ctx.bundle.arch in self.unsupported:
+            raise Unsupported(self.unsupported[ctx.bundle.arch])
         missing = [k for k in self.target_keys if config.get(k) is None]
         if missing:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
@@ -93,7 +120,7 @@ class Method:
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
                 "defaults": self.defaults, "targets": self.targets, "train": self.train,
-                "mergeable": self.mergeable}
+                "mergeable": self.mergeable, "unsupported": self.unsupported}
 
 
 def _type_of(default: Any):
@@ -116,8 +143,14 @@ def freeze(model: nn.Module) -> None:
 
 
 def train_head(model: nn.Module, ctx: ApplyContext) -> None:
-    """Every trained method trains the task head, so scores compare the method, not a frozen head."""
-    for name in ctx.bundle.head_modules:
-        for p in getattr(model, name).parameters():
-            p.requires_grad_(True)
+    """Every trained method trains the task head, so scores compare the method, not a frozen head.
+
+    When peft already wraps the head (modules_to_save), only its trainable copy trains.
+    """
+    heads = set(ctx.bundle.head_modules)
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in heads:
+            target = getattr(module, "modules_to_save", module)
+            for p in target.parameters():
+                p.requires_grad_(True)
 

@@ -1,0 +1,169 @@
+"""In-house prefix tuning: trainable keys and values prepended in every self-attention module.
+
+The hybrids (MAM, UniPELT) need prefixes that peft cannot give them (UniPELT gates them), so the
+prefix is injected here through transformers' attention interface: the model's attention
+implementation is swapped for a registered wrapper that prepends the module's prefix keys/values,
+opens the attention mask (and T5's position bias) to them, and calls the original implementation.
+Modules without a prefix pass through untouched; generation with a KV cache keeps working because
+the cache only ever holds token keys.
+
+Prefixes come from one bank per model: `length` vectors per attention module, either stored directly
+or produced by Li & Liang's reparameterisation (embedding -> MLP), which is folded away for storage.
+With gating (UniPELT) each module scales its prefix keys and values by σ(W·mean(hidden)), per example.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+from torch import nn
+
+from bench.errors import Unsupported
+from bench.methods import sites
+
+_WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
+
+
+def kv_shape(config, arch: str) -> tuple[int, int]:
+    """(key/value heads, head dim) of a self-attention module, from the model config."""
+    if arch == "t5":
+        return config.num_heads, config.d_kv
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return kv_heads, head_dim
+
+
+class PrefixBank(nn.Module):
+    """Prefix keys and values for `n_modules` attention modules: [length, n_modules · 2 · kv_heads · head_dim]."""
+
+    def __init__(self, n_modules: int, length: int, kv_heads: int, head_dim: int, hidden: int, mid_dim: int = 0):
+        super().__init__()
+        self.shape = (n_modules, 2, kv_heads, head_dim)
+        width = n_modules * 2 * kv_heads * head_dim
+        self.length = length
+        if mid_dim:  # Li & Liang 2021: a smaller embedding through an MLP trains more stably
+            self.embedding = nn.Embedding(length, hidden)
+            self.mlp = nn.Sequential(nn.Linear(hidden, mid_dim), nn.Tanh(), nn.Linear(mid_dim, width))
+        else:
+            self.prefix = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def folded(self) -> torch.Tensor:
+        if hasattr(self, "prefix"):
+            return self.prefix
+        return self.mlp(self.embedding.weight)
+
+    def keys_values(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[kv_heads, length, head_dim] keys and values of attention module `index`."""
+        table = self.folded().view(self.length, *self.shape)[:, index]  # [length, 2, kv_heads, head_dim]
+        return table[:, 0].transpose(0, 1), table[:, 1].transpose(0, 1)
+
+
+class PrefixSite:
+    """What one attention module knows about its prefix (a plain object: not a submodule)."""
+
+    def __init__(self, bank: PrefixBank, index: int, gate: nn.Module | None):
+        self.bank, self.index, self.gate = bank, index, gate
+        self.gate_values: torch.Tensor | None = None  # [batch, 2] for keys and values
+
+
+def _stash_gate(module, args, kwargs):
+    site = module.bench_prefix
+    hidden = args[0] if args else kwargs["hidden_states"]
+    site.gate_values = torch.sigmoid(site.gate(hidden.mean(dim=1)))
+
+
+def _open_mask(mask, length: int, q_len: int, k_len: int, causal: bool, device):
+    """The mask with `length` visible columns in front (bool: True = attend; float: additive)."""
+    if mask is None:
+        if not causal:
+            return None
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
+    pad = torch.ones if mask.dtype == torch.bool else torch.zeros
+    front = pad(*mask.shape[:-1], length, dtype=mask.dtype, device=mask.device)
+    return torch.cat([front, mask], dim=-1)
+
+
+def _prefix_attention(implementation: str, module, query, key, value, attention_mask, **kwargs):
+    original = _original(implementation, module)
+    site = getattr(module, "bench_prefix", None)
+    if site is None:
+        return original(module, query, key, value, attention_mask, **kwargs)
+    batch, length = key.shape[0], site.bank.length
+    pk, pv = (t.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1) for t in site.bank.keys_values(site.index))
+    if site.gate is not None:
+        gates = site.gate_values.to(key.dtype)
+        pk, pv = pk * gates[:, 0, None, None, None], pv * gates[:, 1, None, None, None]
+    causal = kwargs.pop("is_causal", None)
+    causal = getattr(module, "is_causal", False) if causal is None else causal
+    attention_mask = _open_mask(attention_mask, length, query.shape[2], key.shape[2], causal, key.device)
+    if kwargs.get("position_bias") is not None:  # T5: prefixes have no relative position
+        bias = kwargs["position_bias"]
+        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], length), bias], dim=-1)
+    key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+    return original(module, query, key, value, attention_mask, is_causal=False, **kwargs)
+
+
+def _original(implementation: str, module):
+    if implementation == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward
+    return sys.modules[type(module).__module__].eager_attention_forward  # each modeling file defines it
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    for base, name in _WRAPPED.items():
+        AttentionInterface.register(name, functools.partial(_prefix_attention, base))
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+
+
+def add_prefix(model: nn.Module, arch: str, length: int, mid_dim: int = 0, gated: bool = False) -> PrefixBank:
+    """Give every self-attention module of `model` a prefix; returns the bank (registered on the model)."""
+    implementation = model.config._attn_implementation
+    if implementation not in _WRAPPED:
+        raise Unsupported(f"in-house prefixes wrap the sdpa or eager attention, not '{implementation}'")
+    attention = sites.find(model, arch, "self_attention")
+    kv_heads, head_dim = kv_shape(model.config, arch)
+    hidden = getattr(model.config, "hidden_size", None) or model.config.d_model
+    bank = sites.place_like(PrefixBank(len(attention), length, kv_heads, head_dim, hidden, mid_dim),
+                            attention[0][1])
+    model.add_module("bench_prefix_bank", bank)
+    for index, (_, module) in enumerate(attention):
+        gate = None
+        if gated:
+            gate = sites.place_like(nn.Linear(hidden, 2), module)
+            module.add_module("bench_prefix_gate", gate)
+            module.register_forward_pre_hook(_stash_gate, with_kwargs=True)
+        object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate))
+    _register()
+    model.set_attn_implementation(_WRAPPED[implementation])
+    return bank
+
+
+FOLDED = "bench_prefix_bank.prefix"
+
+
+def stored_prefix_state(model: nn.Module, bank: PrefixBank) -> dict[str, torch.Tensor]:
+    """Trainable tensors with the prefix MLP folded into the prefix it produces (what inference needs)."""
+    mine = {id(p) for p in bank.parameters()}
+    state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in mine}
+    state[FOLDED] = bank.folded().detach()
+    return state
+
+
+def load_prefix_state(model: nn.Module, bank: PrefixBank, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of stored_prefix_state: the bank now holds the folded prefix directly (no MLP)."""
+    for name in ("embedding", "mlp"):
+        if hasattr(bank, name):
+            delattr(bank, name)
+    bank.prefix = nn.Parameter(state[FOLDED].clone().to(next(model.parameters()).device))
+    rest = {k: v for k, v in state.items() if k != FOLDED}
+    result = model.load_state_dict(rest, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"stored tensors not in the model: {result.unexpected_keys}")

@@ -1,0 +1,125 @@
+"""Partial fine-tuning by Fisher information: train only the entries that matter most (in-house).
+
+Both methods score every eligible weight entry by empirical Fisher information (mean squared
+gradient of the loss) on a few training batches before training, keep the top share, and mask the
+gradients of all other entries to zero, so those entries never change (they are also exempt from
+weight decay). The task head trains in full.
+- fishmask (Sung et al. 2021): per-example squared gradients over `fisher_samples` examples, top
+  `keep_ratio` of all model parameters (0.5 %); a fixed sparse mask.
+- child-tuning (Child-Tuning_D, Xu et al. 2021): squared mini-batch gradients over `fisher_batches`
+  batches, top `reserve_ratio` (30 %) of the transformer layers' parameters (embeddings stay frozen).
+Only the selected values (and their indices) are stored.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from bench.methods.base import Adapted, Method, freeze, train_head
+
+LAYER_PARAM = re.compile(r"\.(layer|block|h|layers)\.\d+\.")
+
+
+def _eligible(model, ctx, layers_only: bool) -> list[tuple[str, torch.nn.Parameter]]:
+    heads = tuple(ctx.bundle.head_modules)
+    return [(n, p) for n, p in model.named_parameters()
+            if not n.startswith(heads) and (not layers_only or LAYER_PARAM.search(n))]
+
+
+def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool) -> list[torch.Tensor]:
+    """Mean over examples (or batches) of the squared gradient of the loss, per entry."""
+    for p in params:
+        p.requires_grad_(True)
+    scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    was_training = model.training
+    model.eval()  # no dropout: the score of the model as it is
+    # One-row slices keep their batch's right padding, which the attention mask and the -100
+    # labels make irrelevant to the loss.
+    pieces = [{k: v[i: i + 1] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))] \
+        if per_example else batches
+    for piece in pieces:
+        model.zero_grad(set_to_none=True)
+        model(**piece).loss.backward()
+        for score, p in zip(scores, params):
+            if p.grad is not None:
+                score += p.grad.float() ** 2 / len(pieces)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return scores
+
+
+def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tensor]:
+    """Masks keeping the `share` highest-scoring entries over all tensors together (round(share·N) entries)."""
+    flat = torch.cat([s.flatten() for s in scores])
+    keep = max(1, int(round(share * flat.numel())))
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[torch.topk(flat, keep, sorted=False).indices] = True
+    return [m.view_as(s) for m, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores)]
+
+
+def _masked(model, ctx, masks_for) -> Adapted:
+    freeze(model)  # Fisher scores need gradients of the eligible tensors only
+    named = masks_for()
+    freeze(model)
+    for _, p, _ in named:
+        p.requires_grad_(True)
+    train_head(model, ctx)
+    pairs = [(p, m) for _, p, m in named]
+
+    def mask_gradients(step: int) -> None:
+        for p, m in pairs:
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    def stored() -> dict[str, torch.Tensor]:
+        state = {n: p.detach() for n, p in model.named_parameters()
+                 if p.requires_grad and all(p is not q for q, _ in pairs)}
+        for name, p, m in named:
+            index = m.flatten().nonzero().squeeze(1)
+            state[f"{name}.values"] = p.detach().flatten()[index]
+            state[f"{name}.indices"] = index.to(torch.int32 if p.numel() < 2 ** 31 else torch.int64)
+        return state
+
+    def load(state: dict[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key, values in state.items():
+                if key.endswith(".values"):
+                    name = key[: -len(".values")]
+                    params[name].view(-1)[state[f"{name}.indices"].long()] = values.to(params[name].dtype)
+                elif not key.endswith(".indices"):
+                    params[key].copy_(values)
+
+    return Adapted(model, after_backward=[mask_gradients], stored_state=stored, load_stored=load, grad_masks=pairs)
+
+
+def _fishmask(model, config, ctx):
+    def masks():
+        named = _eligible(model, ctx, layers_only=False)
+        batches = ctx.calibration(-(-config["fisher_samples"] // ctx.train.batch_size))
+        scores = fisher_scores(model, [p for _, p in named], batches, per_example=True)
+        return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
+
+    return _masked(model, ctx, masks)
+
+
+def _child_tuning(model, config, ctx):
+    def masks():
+        named = _eligible(model, ctx, layers_only=True)
+        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(config["fisher_batches"]),
+                               per_example=False)
+        return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["reserve_ratio"]))]
+
+    return _masked(model, ctx, masks)
+
+
+METHODS = [
+    Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
+           "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
+           defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}),
+    Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) trains",
+           "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
+           defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5}),
+]

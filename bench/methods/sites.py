@@ -1,0 +1,98 @@
+"""Where in-house methods attach, per architecture, and how they attach: forward hooks.
+
+Hooks leave every pretrained weight under its own name (state dicts, merging and peft keep
+working); the added modules are registered as children of the module they hook, so they belong to
+the model's parameters, move with `.to()`, and appear once in its state dict.
+
+Sites (regular expressions searched against full module names):
+- self_attention: the self-attention module (prefixes are injected there);
+- attention_output: the attention block's output projection (Houlsby's first adapter);
+- ffn_output: the feed-forward block's output projection (before dropout, residual and norm);
+- ffn_input: the module whose positional argument `ffn_input_arg` is the feed-forward block's input
+  (BERT's `output` module receives (intermediate, attention_output); elsewhere the FFN block itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from torch import nn
+
+from bench.errors import Unsupported
+
+_BERT = {"self_attention": r"layer\.\d+\.attention\.self$", "attention_output": r"layer\.\d+\.attention\.output\.dense$",
+         "ffn_output": r"layer\.\d+\.output\.dense$", "ffn_input": r"layer\.\d+\.output$", "ffn_input_arg": 1}
+SITES = {
+    "roberta": _BERT,
+    "bert": _BERT,
+    "t5": {"self_attention": r"\.SelfAttention$", "attention_output": r"\.SelfAttention\.o$",
+           "ffn_output": r"\.DenseReluDense\.wo$", "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0},
+    "gpt2": {"self_attention": r"\.attn$", "attention_output": r"\.attn\.c_proj$",
+             "ffn_output": r"\.mlp\.c_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
+    "llama": {"self_attention": r"\.self_attn$", "attention_output": r"\.self_attn\.o_proj$",
+              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
+}
+
+
+def find(model: nn.Module, arch: str, site: str) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every module at `site`, in model order; Unsupported when there are none."""
+    if arch not in SITES:
+        raise Unsupported(f"no attachment sites are declared for architecture '{arch}'")
+    pattern = re.compile(SITES[arch][site])
+    found = [(n, m) for n, m in model.named_modules() if pattern.search(n)]
+    if not found:
+        raise Unsupported(f"no module matches the {site} site ({SITES[arch][site]}) in this {arch} model")
+    return found
+
+
+def out_features(module: nn.Module) -> int:
+    """Output width of a Linear or transformers' Conv1D (GPT-2 stores its weight transposed)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.weight.shape[-1]
+
+
+def place_like(new: nn.Module, module: nn.Module) -> nn.Module:
+    weight = next(module.parameters())
+    return new.to(device=weight.device, dtype=weight.dtype)
+
+
+def _add_output(name: str, module, args, output):
+    """Sequential: the added module maps the output to a correction of it."""
+    return output + getattr(module, name)(output)
+
+
+def _stash_input(name: str, index: int, module, args, kwargs):
+    getattr(module, name).stash = args[index] if len(args) > index else next(iter(kwargs.values()))
+
+
+def _add_from_stash(name: str, module, args, output):
+    """Parallel: the added module maps the stashed block input to a correction of the output."""
+    branch = getattr(module, name)
+    x = branch.stash
+    branch.stash = None
+    return output + branch(x)
+
+
+def attach_sequential(module: nn.Module, name: str, branch: nn.Module) -> None:
+    module.add_module(name, place_like(branch, module))
+    module.register_forward_hook(functools.partial(_add_output, name))
+
+
+def attach_parallel(model: nn.Module, arch: str, name: str, make_branch) -> list[nn.Module]:
+    """A branch per layer from the FFN block's input to its output projection's output."""
+    inputs = find(model, arch, "ffn_input")
+    index = SITES[arch]["ffn_input_arg"]
+    branches = []
+    for out_name, out_module in find(model, arch, "ffn_output"):
+        _, in_module = max(((n, m) for n, m in inputs if out_name.startswith(n + ".")), key=lambda x: len(x[0]))
+        branch = place_like(make_branch(out_features(out_module)), out_module)
+        branch.stash = None
+        out_module.add_module(name, branch)
+        # the input module holds a reference (not a child) so the branch appears once in state dicts
+        object.__setattr__(in_module, name, branch)
+        in_module.register_forward_pre_hook(functools.partial(_stash_input, name, index), with_kwargs=True)
+        out_module.register_forward_hook(functools.partial(_add_from_stash, name))
+        branches.append(branch)
+    return branches

@@ -1,0 +1,75 @@
+"""The in-house mechanisms against independent computations."""
+
+import copy
+
+import peft
+import pytest
+import torch
+
+from bench.methods.attention_prefix import add_prefix
+from bench.methods.compacter import PHMLinear, SharedFactors
+from bench.methods.fisher import top_share_masks
+from bench.models import REGISTRY, load_bundle
+from bench.tasks.features import collate
+
+
+@pytest.mark.parametrize("name,task_type", [("tiny-encoder", "classification"), ("tiny-gpt2", "generation"),
+                                            ("tiny-llama", "generation")])
+def test_inhouse_prefix_equals_peft_prefix_tuning(name, task_type):
+    """Same prefix vectors -> same outputs as peft's prefix tuning, once positions are matched: peft
+    passes prefixes as past keys/values, which shift token positions by the prefix length; ours are
+    positionless, so here the shifted positions are given explicitly."""
+    bundle = load_bundle(REGISTRY[name], task_type, 2 if task_type == "classification" else None, seed=0)
+    base = bundle.model.eval()
+    ours = copy.deepcopy(base)
+    theirs = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type=bundle.peft_task_type,
+                                                                num_virtual_tokens=4)).eval()
+    table = theirs.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        table.normal_()
+        add_prefix(ours, bundle.arch, length=4).prefix.copy_(table)
+    batch = collate([{"input_ids": [1, 5, 6, 7, 8]}, {"input_ids": [1, 9, 10]}], 0)
+    mask = batch["attention_mask"]
+    if name == "tiny-encoder":  # RoBERTa numbers positions from padding_idx + 1, past length included
+        positions = (torch.cumsum(mask, 1) + 4) * mask
+    else:
+        positions = torch.arange(4, 4 + mask.shape[1])[None].expand_as(mask)
+    with torch.no_grad():
+        expected = theirs(**batch).logits
+        got = ours(**batch, position_ids=positions).logits
+    if got.dim() == 3:  # compare real tokens only
+        expected, got = expected[mask.bool()], got[mask.bool()]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_leaves_a_model_unchanged_where_it_has_none():
+    bundle = load_bundle(REGISTRY["tiny-t5"], "generation", None, seed=0)
+    model = bundle.model.eval()
+    batch = collate([{"input_ids": [1, 5, 6], "labels": [7, 8, 2]}], 0)
+    with torch.no_grad():
+        before = model(**batch).logits
+        bank = add_prefix(model, "t5", length=3)
+        bank.prefix.zero_()  # zero keys and values still take attention mass: outputs must change...
+        changed = model(**batch).logits
+        for module in model.modules():
+            if hasattr(module, "bench_prefix"):
+                object.__delattr__(module, "bench_prefix")  # ...and without sites they must not
+        after = model(**batch).logits
+    assert not torch.allclose(before, changed)
+    torch.testing.assert_close(after, before)
+
+
+def test_phm_weight_is_a_sum_of_kronecker_products():
+    factors = SharedFactors(4)
+    layer = PHMLinear(8, 12, factors, rank=1)
+    expected = sum(torch.kron(factors.a[i], layer.s[i] @ layer.t[i]) for i in range(4))
+    torch.testing.assert_close(layer.weight(), expected)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), x @ expected + layer.bias)
+
+
+def test_top_share_masks_keep_the_largest_entries_across_tensors():
+    scores = [torch.tensor([[0.1, 0.9], [0.3, 0.0]]), torch.tensor([0.8, 0.2, 0.7, 0.4])]
+    masks = top_share_masks(scores, 0.375)  # 3 of 8 entries: 0.9, 0.8, 0.7
+    assert masks[0].tolist() == [[False, True], [False, False]]
+    assert masks[1].tolist() == [True, False, True, False]

@@ -1,0 +1,237 @@
+"""The method matrix: every registry method × tiny encoder, encoder-decoder and decoders.
+
+For each pair: the method applies (or is unsupported for a declared reason); a forward/backward step
+runs; every trainable parameter gets a gradient; an optimizer step changes nothing frozen; the
+trainable count equals a closed form computed here from the model dimensions; storing and loading
+into a fresh model reproduces the outputs; mergeable methods give the same outputs merged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench import methods, tiny
+from bench.config import TrainConfig
+from bench.errors import Unsupported
+from bench.methods.base import ApplyContext
+from bench.models import REGISTRY, load_bundle
+from bench.tasks import builtin_tasks
+from bench.tasks.data import load_rows
+from bench.tasks.features import collate, train_features
+from bench.train import batches, optimizer_for
+
+MODELS = {"tiny-encoder": "synth-polarity", "tiny-t5": "synth-digits", "tiny-gpt2": "synth-digits",
+          "tiny-llama": "synth-digits"}
+# Settings that keep the matrix fast; everything else is the registry default.
+FAST = {"fishmask": {"fisher_samples": 16}, "child-tuning": {"fisher_batches": 2}}
+H, L, F = tiny.WIDTH, tiny.DEPTH, tiny.FFN
+KV = H // 2  # tiny LLaMA: 2 of 4 heads for keys/values
+HEAD = (H * H + H) + (H * 2 + 2)  # RoBERTa classification head, 2 labels
+
+
+def qv(arch) -> list[tuple[int, int]]:
+    """(in, out) of every module LoRA-style methods adapt: q and v projections (GPT-2: fused c_attn)."""
+    return {"roberta": [(H, H), (H, H)] * L, "t5": [(H, H), (H, H)] * 3 * L,  # T5: self + cross attention
+            "gpt2": [(H, 3 * H)] * L, "llama": [(H, H), (H, KV)] * L}[arch]
+
+
+def layer_params(arch) -> int:
+    """Parameters inside the transformer layers (what Child-Tuning selects from)."""
+    return {"roberta": L * (4 * (H * H + H) + 2 * H + (H * F + F) + (F * H + H) + 2 * H),
+            # T5 encoder block: attention, FFN, 2 norms; decoder block: 2 attentions, FFN, 3 norms;
+            # a relative position bias (32 buckets × 4 heads) in the first block of each stack
+            "t5": L * (4 * H * H + 2 * H * F + 2 * H) + L * (8 * H * H + 2 * H * F + 3 * H) + 2 * 32 * 4,
+            "gpt2": L * (4 * H + (H * 3 * H + 3 * H) + (H * H + H) + (H * F + F) + (F * H + H)),
+            "llama": L * (2 * H * H + 2 * H * KV + 3 * H * F + 2 * H)}[arch]
+
+
+def body_params(arch, vocab) -> int:
+    """Every parameter of the tiny model but a classification head."""
+    outside = {"roberta": (vocab + 514 + 1) * H + 2 * H,  # embeddings (word, position, type) + LayerNorm
+               "t5": vocab * H + 2 * H,  # shared embedding (tied LM head) + 2 final norms
+               "gpt2": (vocab + 512) * H + 2 * H,  # word + position embeddings (tied LM head) + ln_f
+               "llama": vocab * H + H + vocab * H}[arch]  # embeddings, final norm, untied LM head
+    return outside + layer_params(arch)
+
+
+def bottleneck(dim, width) -> int:
+    return dim * width + width + width * dim + dim
+
+
+def prefix_bank(arch, length, mid) -> int:
+    """Embedding + MLP of an in-house prefix bank covering every self-attention module."""
+    modules = 2 * L if arch == "t5" else L
+    width = modules * 2 * (KV if arch == "llama" else H)
+    return length * H + (H * mid + mid) + (mid * width + width)
+
+
+def lokr(i, o) -> int:
+    def split(n):  # peft's factorization(n, -1): the factor pair closest to sqrt(n), smaller first
+        m = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+        return m, n // m
+    (om, on), (im, in_) = split(o), split(i)
+    return om * im + on * in_
+
+
+def expected_trainable(method: str, arch: str, vocab: int) -> int:
+    """Trainable parameters, task head excluded, from the dimensions alone."""
+    mods = qv(arch)
+    attn = {"roberta": L, "t5": 2 * L, "gpt2": L, "llama": L}[arch]  # self-attention modules
+    ffn = attn  # one FFN per block
+    peft_token_dim = KV if arch == "llama" else H
+    table = {
+        "full": body_params(arch, vocab),
+        "head-only": vocab * H if arch == "llama" else 0,
+        "adapter-houlsby": (attn + ffn) * bottleneck(H, H // 16),
+        "adapter-pfeiffer": ffn * bottleneck(H, H // 16),
+        "adapter-parallel": ffn * bottleneck(H, H // 16),
+        "prompt-tuning": 20 * H,
+        "prefix-tuning": 20 * peft_token_dim + (peft_token_dim * 512 + 512) + (512 + 1) * L * 2 * peft_token_dim,
+        "p-tuning": 20 * H + (H * 128 + 128) + (128 * 128 + 128) + (128 * H + H),
+        "ia3": {"roberta": L * (H + H + F), "t5": L * (2 * H + F) + L * (4 * H + F),
+                "gpt2": L * (3 * H + F), "llama": L * (2 * KV + F)}[arch],
+        "bitfit": {"roberta": H + L * (7 * H + F), "gpt2": H + L * (7 * H + F)}.get(arch),
+        "ln-tuning": {"roberta": 2 * H + L * 4 * H, "t5": H * (2 * L + 1 + 3 * L + 1), "gpt2": L * 4 * H + 2 * H,
+                      "llama": 2 * L * H + H}[arch],
+        "fishmask": round(0.005 * body_params(arch, vocab)),
+        "child-tuning": round(0.3 * layer_params(arch)),
+        "lora": sum(8 * (i + o) for i, o in mods),
+        "rslora": sum(8 * (i + o) for i, o in mods),
+        "pissa": sum(8 * (i + o) for i, o in mods),
+        "dora": sum(8 * (i + o) + o for i, o in mods),
+        "adalora": sum(12 * (i + o + 1) for i, o in mods),
+        "vera": sum(256 + o for i, o in mods),
+        "loha": sum(2 * 8 * (i + o) for i, o in mods),
+        "lokr": sum(lokr(i, o) for i, o in mods),
+        "oft": sum((i // 32) * 32 * 31 // 2 for i, o in mods),
+        "boft": sum(i * 4 + o for i, o in mods),
+        "fourierft": 1000 * len(mods),
+        "mam-adapter": prefix_bank(arch, 30, 800) + ffn * bottleneck(H, 512),
+        "unipelt": sum(8 * (i + o) + i + 1 for i, o in mods) + prefix_bank(arch, 10, 512) + attn * (2 * H + 2)
+        + ffn * (bottleneck(H, H // 16) + H + 1),
+        "compacter": (attn + ffn) * (3 * H + 3 * 4) + 4 ** 3,
+    }
+    return table[method]
+
+
+# (method, architecture) pairs that cannot work, with a word the reason must contain.
+UNSUPPORTED = {
+    ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied",
+    ("bitfit", "t5"): "has none", ("bitfit", "llama"): "has none",
+    **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
+    **{("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")},
+}
+
+
+def fresh(model_name: str, method: str):
+    task = builtin_tasks()[MODELS[model_name]]
+    bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
+    feats = train_features(task, bundle, load_rows(task, "train")[:64], 32)
+
+    def calibration(n):
+        data = batches(feats, 8, 0)
+        return [collate(next(data), bundle.tokenizer.pad_token_id) for _ in range(n)]
+
+    m = methods.get(method)
+    config = m.resolve(FAST.get(method, {}), bundle.arch, lambda k: k)
+    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration))
+    return bundle, adapted, collate(feats[:4], bundle.tokenizer.pad_token_id)
+
+
+def logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("method", list(methods.REGISTRY))
+def test_method_matrix(method, model_name):
+    torch.manual_seed(0)
+    arch = REGISTRY[model_name].arch
+    try:
+        bundle, adapted, batch = fresh(model_name, method)
+    except Unsupported as e:
+        assert (method, arch) in UNSUPPORTED, f"unexpectedly unsupported: {e}"
+        assert UNSUPPORTED[(method, arch)] in str(e)
+        return
+    assert (method, arch) not in UNSUPPORTED, "expected to be unsupported"
+    model = adapted.model
+    if not adapted.trains:  # zero-shot: nothing may train
+        assert adapted.params()["trainable"] == 0
+        return
+    head = HEAD if bundle.head_modules else 0
+    counts = adapted.params()
+    assert counts["trainable"] - head == expected_trainable(method, arch, len(bundle.tokenizer))
+
+    # a training step: gradients reach exactly the trainable tensors, and nothing frozen moves
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    model(**batch).loss.backward()
+    for hook in adapted.after_backward:
+        hook(0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+    optimizer_for(model, TrainConfig(lr=1e-2, weight_decay=0.1), {id(p) for p, _ in adapted.grad_masks}).step()
+    masks = {id(p): m for p, m in adapted.grad_masks}
+    changed = 0
+    for name, p in model.named_parameters():
+        moved = p.detach() != before[name]
+        if name not in trainable:
+            assert not moved.any(), f"frozen {name} changed"
+        elif id(p) in masks:
+            assert not moved[~masks[id(p)]].any(), f"masked-out entries of {name} changed"
+        changed += int(moved.sum())
+    assert changed > 0
+
+    # stored state -> a fresh model with the method applied -> the same outputs
+    trained = logits(model, batch)
+    state = {k: v.clone() for k, v in adapted.state_to_store().items()}
+    torch.manual_seed(1)  # a different init for anything the method creates
+    _, again, _ = fresh(model_name, method)
+    again.load_state(state)
+    torch.testing.assert_close(logits(again.model, batch), trained, rtol=1e-5, atol=1e-5)
+
+    if methods.get(method).mergeable:  # in float64, so float32 round-off cannot hide a wrong merge
+        assert adapted.merge is not None
+        model.double()
+        unmerged = logits(model, batch)
+        torch.testing.assert_close(logits(adapted.merge(), batch), unmerged, rtol=1e-5, atol=1e-9)
+
+
+def test_known_counts_on_roberta_base_without_weights():
+    """From the roberta-base config on the meta device: LoRA r=8 on q,v and BitFit, head excluded."""
+    for method, expected in (("lora", 294_912), ("bitfit", 102_144)):
+        bundle = load_bundle(REGISTRY["roberta-base"], "classification", 2, seed=0, meta=True)
+        m = methods.get(method)
+        adapted = m.apply(bundle.model, m.resolve({}, "roberta", lambda k: k),
+                          ApplyContext(bundle, TrainConfig(), 10))
+        head = 768 * 768 + 768 + 768 * 2 + 2
+        assert adapted.params()["trainable"] - head == expected
+
+
+def test_every_method_is_declared_fully():
+    for m in methods.REGISTRY.values():
+        assert m.family in methods.FAMILIES and m.paper and m.description
+        for arch in ("roberta", "bert", "t5", "gpt2", "llama"):
+            if m.target_keys and arch not in m.unsupported:
+                assert arch in m.targets, f"{m.name} declares no targets for {arch}"
+
+
+def test_composition_trains_the_union_of_its_parts():
+    from bench.methods.compose import apply_composition
+
+    task = builtin_tasks()["synth-polarity"]
+    bundle = load_bundle(REGISTRY["tiny-encoder"], task.type, 2, seed=0)
+    parts = [{"name": n, "config": methods.get(n).resolve({}, "roberta", lambda k: k)}
+             for n in ("prefix-tuning", "adapter-parallel")]
+    adapted = apply_composition(parts, bundle.model, ApplyContext(bundle, TrainConfig(), 10))
+    prefix = expected_trainable("prefix-tuning", "roberta", len(bundle.tokenizer))
+    parallel = expected_trainable("adapter-parallel", "roberta", len(bundle.tokenizer))
+    assert adapted.params()["trainable"] == prefix + parallel + HEAD
+    feats = train_features(task, bundle, load_rows(task, "train")[:4], 32)
+    adapted.model(**collate(feats, 0)).loss.backward()
+    assert all(p.grad is not None for p in adapted.model.parameters() if p.requires_grad)
