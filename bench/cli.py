@@ -71,7 +71,8 @@ def suite_name(name_or_path: str) -> str:
 def cmd_report(args) -> int:
     from bench.report import write_report
 
-    for path in write_report(suite_name(args.suite), args.results, args.out):
+    paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
+    for path in paths:
         print(path)
     return 0
 
@@ -121,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--suite", required=True, help="suite name or YAML path (its records folder under --results)")
     rep.add_argument("--results", default="results", help="results store folder (default: results)")
     rep.add_argument("--out", default="reports", help="reports folder (default: reports)")
+    rep.add_argument("--format", help="comma-separated formats among md, tex, csv, html (default: all four)")
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")
