@@ -77,6 +77,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from bench.report.compare import Tolerances, compare, render
+
+    tolerances = Tolerances(args.score_tol, args.memory_rtol, args.time_ratio)
+    result = compare(args.results_a, args.results_b, suite_name(args.suite) if args.suite else None, tolerances)
+    print(json.dumps(result.to_json(), indent=1, default=str) if args.json else render(result))
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench import methods, models, suite, tasks
 
@@ -124,6 +133,17 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reports", help="reports folder (default: reports)")
     rep.add_argument("--format", help="comma-separated formats among md, tex, csv, html (default: all four)")
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="compare two results stores cell by cell (versions, machines)")
+    cmp.add_argument("results_a", metavar="RESULTS_A", help="results store (or one suite's folder) to compare from")
+    cmp.add_argument("results_b", metavar="RESULTS_B", help="results store (or one suite's folder) to compare to")
+    cmp.add_argument("--suite", help="only this suite's records (name or YAML path)")
+    cmp.add_argument("--json", action="store_true", help="machine-readable output with every figure")
+    cmp.add_argument("--score-tol", type=float, default=0.5, help="flag score changes above this (points, default 0.5)")
+    cmp.add_argument("--memory-rtol", type=float, default=0.10,
+                     help="flag measured-memory changes above this fraction (default 0.10)")
+    cmp.add_argument("--time-ratio", type=float, default=1.5, help="warn when a time changes by this factor (default 1.5)")
+    cmp.set_defaults(func=cmd_compare)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")
     lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])
