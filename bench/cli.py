@@ -109,6 +109,10 @@ def cmd_list(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from bench.report import FORMATS
+    from bench.report.compare import Tolerances
+
+    tolerances = Tolerances()
     p = argparse.ArgumentParser(prog="peft-bench", description="Compare parameter-efficient fine-tuning methods.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -131,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--suite", required=True, help="suite name or YAML path (its records folder under --results)")
     rep.add_argument("--results", default="results", help="results store folder (default: results)")
     rep.add_argument("--out", default="reports", help="reports folder (default: reports)")
-    rep.add_argument("--format", help="comma-separated formats among md, tex, csv, html (default: all four)")
+    rep.add_argument("--format", help=f"comma-separated formats among {', '.join(FORMATS)} (default: all)")
     rep.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser("compare", help="compare two results stores cell by cell (versions, machines)")
@@ -139,10 +143,12 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("results_b", metavar="RESULTS_B", help="results store (or one suite's folder) to compare to")
     cmp.add_argument("--suite", help="only this suite's records (name or YAML path)")
     cmp.add_argument("--json", action="store_true", help="machine-readable output with every figure")
-    cmp.add_argument("--score-tol", type=float, default=0.5, help="flag score changes above this (points, default 0.5)")
-    cmp.add_argument("--memory-rtol", type=float, default=0.10,
-                     help="flag measured-memory changes above this fraction (default 0.10)")
-    cmp.add_argument("--time-ratio", type=float, default=1.5, help="warn when a time changes by this factor (default 1.5)")
+    cmp.add_argument("--score-tol", type=float, default=tolerances.score_tol,
+                     help="flag score changes above this many points (default %(default)s)")
+    cmp.add_argument("--memory-rtol", type=float, default=tolerances.memory_rtol,
+                     help="flag measured-memory changes above this fraction (default %(default)s)")
+    cmp.add_argument("--time-ratio", type=float, default=tolerances.time_ratio,
+                     help="warn when a time changes by this factor (default %(default)s)")
     cmp.set_defaults(func=cmd_compare)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")

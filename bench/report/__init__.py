@@ -14,9 +14,6 @@ import shutil
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.report import csvfiles, latex, markdown, page
-from bench.report.build import build
-from bench.store import load_frame
 
 FORMATS = ("md", "tex", "csv", "html")
 
@@ -37,6 +34,11 @@ def parse_formats(value: str | list[str] | None) -> list[str]:
 def write_report(suite: str, results: str | Path = "results", out: str | Path = "reports",
                  formats: list[str] | None = None, suite_source: str | None = None) -> list[Path]:
     """Write the report of `suite`'s records; `suite_source` (a suite name or YAML path) finds the suite file."""
+    # Imported here: pandas and matplotlib load only when a report is written, not for `peft-bench list`.
+    from bench.report import csvfiles, latex, markdown, page
+    from bench.report.build import build
+    from bench.store import load_frame
+
     formats = parse_formats(formats)
     frame, problems = load_frame(results, suite)
     if frame.empty:
