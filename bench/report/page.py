@@ -17,7 +17,7 @@ from bench.report.table import Cell, Table
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1a1a1a; margin: 0 auto;
-       max-width: 1200px; padding: 1em 2em 4em; background: #fff; }
+       max-width: 1500px; padding: 1em 2em 4em; background: #fff; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #333; padding-bottom: 0.2em; margin-top: 2em; }
 nav a { margin-right: 1em; }
 .scroll { overflow-x: auto; }

@@ -72,11 +72,12 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
     for model, rows in summary.groupby("model", sort=True):
         tasks = agg[agg["model"] == model].drop_duplicates("task")[["task", "main_metric"]]
         peak, name_source = peak_header(rows, "GB")
+        with_delta = any(reference_row(summary, r) is not None for _, r in rows.iterrows())  # a full FT row
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
         columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
-        columns += [Column("Average", "higher"), Column("Δ avg vs full"), Column("Trainable params", "lower"),
-                    Column("Trainable %", "lower"), Column("Stored", "lower"), Column(peak, "lower"),
-                    Column("Train time (s)", "lower")]
+        columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
+        columns += [Column("Trainable params", "lower"), Column("Trainable %", "lower"), Column("Stored", "lower"),
+                    Column(peak, "lower"), Column("Train time (s)", "lower")]
         table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
@@ -89,8 +90,9 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
                                                "no average, and its costs cover the other tasks only"))
             cells = [Cell(row["method_family"] or DASH), method]
             cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
-            cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"]), delta_cell(summary, row),
-                      Cell(fmt.count(row["params.trainable"]), row["params.trainable"]),
+            cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
+            cells += [delta_cell(summary, row)] if with_delta else []
+            cells += [Cell(fmt.count(row["params.trainable"]), row["params.trainable"]),
                       Cell(fmt.pct(row["params.trainable_pct"]), row["params.trainable_pct"]),
                       Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]),
                       peak_cell(row, 2**30, name_source),
