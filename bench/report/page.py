@@ -31,7 +31,8 @@ td[title] { cursor: help; text-decoration: underline dotted #999; }
 sup { color: #a00; }
 .caption, .notes, figcaption { color: #444; font-size: 12px; }
 .notes { margin-top: 0; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 1.5em; }
+figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 .skipped { color: #7a4b00; }
 """
@@ -61,15 +62,15 @@ def table_html(table: Table) -> str:
 
 
 def plots_html(report) -> str:
-    parts = []
+    figures, skipped = [], []
     for plot in report.plots:
         if plot.skipped:
-            parts.append(f'<p class="skipped">{escape(plot.title)}: not drawn: {escape(plot.skipped)}</p>')
+            skipped.append(f'<p class="skipped">{escape(plot.title)}: not drawn: {escape(plot.skipped)}</p>')
             continue
         data = base64.b64encode(plot.svg.read_bytes()).decode("ascii")
-        parts.append(f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{escape(plot.title)}">'
-                     f"<figcaption><strong>{escape(plot.title)}.</strong> {escape(plot.caption)}</figcaption></figure>")
-    return "\n".join(parts)
+        figures.append(f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{escape(plot.title)}">'
+                       f"<figcaption><strong>{escape(plot.title)}.</strong> {escape(plot.caption)}</figcaption></figure>")
+    return f'<div class="plots">{"".join(figures)}</div>' + "".join(skipped)
 
 
 def suite_html(report, suite_source: str) -> str:
