@@ -98,8 +98,8 @@ def test_plots_are_drawn_or_skipped_with_a_reason(report_dir):
 
 def test_plots_skip_when_figures_are_missing(tmp_path):
     records = [r for r in survey_records() if r["cell"]["label"] in ("full", "lora")]
-    for r in records:  # no memory recorded at all
-        r["memory"] = {"peak_bytes": None, "peak_source": None}
+    for r in records:  # no memory and no time recorded at all, not even as nulls
+        r["memory"], r["time"] = {}, {}
     write_store(tmp_path / "results", records)
     write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
     text = (tmp_path / "reports" / "hand" / "report.md").read_text()

@@ -49,7 +49,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     frame = frame.assign(shots=frame["record"].map(shots_of))
-    measured = measured_columns(frame)
+    # the figures tables and plots read exist as columns (null) even when no record has them
+    measured = sorted(set(measured_columns(frame)) | set(LARGEST_OVER_TASKS + MEAN_OVER_TASKS) - set(FIRST_COLUMNS))
     rows = []
     for key, group in frame.groupby(KEYS, sort=False, dropna=False):
         ok = group[group["status"] == "ok"]
