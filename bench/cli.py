@@ -71,8 +71,18 @@ def suite_name(name_or_path: str) -> str:
 def cmd_report(args) -> int:
     from bench.report import write_report
 
-    for path in write_report(suite_name(args.suite), args.results, args.out):
+    paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
+    for path in paths:
         print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bench.report.compare import Tolerances, compare, render
+
+    tolerances = Tolerances(args.score_tol, args.memory_rtol, args.time_ratio)
+    result = compare(args.results_a, args.results_b, suite_name(args.suite) if args.suite else None, tolerances)
+    print(json.dumps(result.to_json(), indent=1, default=str) if args.json else render(result))
     return 0
 
 
@@ -99,6 +109,10 @@ def cmd_list(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from bench.report import FORMATS
+    from bench.report.compare import Tolerances
+
+    tolerances = Tolerances()
     p = argparse.ArgumentParser(prog="peft-bench", description="Compare parameter-efficient fine-tuning methods.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -121,7 +135,21 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--suite", required=True, help="suite name or YAML path (its records folder under --results)")
     rep.add_argument("--results", default="results", help="results store folder (default: results)")
     rep.add_argument("--out", default="reports", help="reports folder (default: reports)")
+    rep.add_argument("--format", help=f"comma-separated formats among {', '.join(FORMATS)} (default: all)")
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="compare two results stores cell by cell (versions, machines)")
+    cmp.add_argument("results_a", metavar="RESULTS_A", help="results store (or one suite's folder) to compare from")
+    cmp.add_argument("results_b", metavar="RESULTS_B", help="results store (or one suite's folder) to compare to")
+    cmp.add_argument("--suite", help="only this suite's records (name or YAML path)")
+    cmp.add_argument("--json", action="store_true", help="machine-readable output with every figure")
+    cmp.add_argument("--score-tol", type=float, default=tolerances.score_tol,
+                     help="flag score changes above this many points (default %(default)s)")
+    cmp.add_argument("--memory-rtol", type=float, default=tolerances.memory_rtol,
+                     help="flag measured-memory changes above this fraction (default %(default)s)")
+    cmp.add_argument("--time-ratio", type=float, default=tolerances.time_ratio,
+                     help="warn when a time changes by this factor (default %(default)s)")
+    cmp.set_defaults(func=cmd_compare)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")
     lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])

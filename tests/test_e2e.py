@@ -58,7 +58,7 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
     assert before == {p.name: p.stat().st_mtime_ns for p in (results / "tiny").glob("*.json")}
     assert main(["report", "--suite", "tiny", "--results", str(results), "--out", str(tmp_path / "rep")]) == 0
     report = (tmp_path / "rep" / "tiny" / "report.md").read_text()
-    assert "### synth-polarity" in report and "| lora | reparameterized | tiny-encoder |" in report
+    assert "### tiny-encoder: methods compared" in report and "| reparameterized | lora |" in report
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(tmp_path, write_suite, capsys):

@@ -1,7 +1,14 @@
-"""Records -> one row per (model, task, method label), aggregated over seeds.
+"""Records -> the numbers every table and plot shows. Each figure is defined once, here.
 
-Only `ok` records enter means and standard deviations. Cells that did not end ok are counted by
-status and keep their reasons, so a table can show them instead of silently dropping them.
+`aggregate`: one row per (model, task, method label, shots), over seeds. Only `ok` records enter
+means and standard deviations (sample std, ddof=1). Cells that did not end ok are counted by status
+and keep their reasons, so a table shows them instead of silently dropping them.
+
+`method_summary`: one row per (model, method label, shots), across the model's tasks:
+- `score_avg`: the mean over tasks of the per-task means, only when the method has an ok score on
+  every task of that model (else null, with the missing tasks in `missing_tasks`);
+- params, stored bytes and memory: the largest over tasks (what the most demanding task needs);
+- time and FLOPs: the mean over the tasks that have the figure (a cost per training run).
 """
 
 from __future__ import annotations
@@ -9,21 +16,46 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.methods.base import FAMILIES
+from bench.report.fmt import missing
 
-KEYS = ["model", "task", "label"]
-# Figures averaged over seeds (first = identical across seeds by construction).
-MEAN_COLUMNS = ["memory.peak_bytes", "time.train_s", "time.eval_s", "time.train_samples_per_s"]
+KEYS = ["model", "task", "label", "shots"]
+# Fixed by the cell's config, so identical across seeds: the first ok value stands for all.
 FIRST_COLUMNS = ["method", "method_family", "main_metric", "params.total", "params.trainable",
                  "params.trainable_pct", "params.stored", "params.stored_bytes", "memory.peak_source"]
+# Every other numeric figure of these sections is a mean over the ok seeds.
+MEASURED_SECTIONS = ("memory.", "time.", "flops.")
+# Cross-task rule per figure in method_summary (see the module docstring).
+LARGEST_OVER_TASKS = ["params.total", "params.trainable", "params.trainable_pct", "params.stored",
+                      "params.stored_bytes", "memory.peak_bytes"]
+MEAN_OVER_TASKS = ["time.train_s", "time.eval_s", "time.train_samples_per_s", "flops.train_total",
+                   "flops.inference_per_example", "flops.cost_model_train_total",
+                   "flops.cost_model_inference_per_example"]
+
+
+def shots_of(record: dict):
+    """Training examples of a few-shot cell (`config.train.shots`), None for a full-data cell."""
+    train = ((record.get("cell") or {}).get("config") or {}).get("train") or {}
+    shots = train.get("shots")
+    return int(shots) if isinstance(shots, (int, float)) and not isinstance(shots, bool) else None
+
+
+def measured_columns(frame: pd.DataFrame) -> list[str]:
+    """The numeric figures of the measured sections (a text figure such as a source name is not one)."""
+    return [c for c in frame.columns if c.startswith(MEASURED_SECTIONS) and c not in FIRST_COLUMNS
+            and frame[c].dropna().map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()]
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
+    frame = frame.assign(shots=frame["record"].map(shots_of))
+    # the figures tables and plots read exist as columns (null) even when no record has them
+    measured = sorted(set(measured_columns(frame)) | set(LARGEST_OVER_TASKS + MEAN_OVER_TASKS) - set(FIRST_COLUMNS))
     rows = []
-    for key, group in frame.groupby(KEYS, sort=False):
+    for key, group in frame.groupby(KEYS, sort=False, dropna=False):
         ok = group[group["status"] == "ok"]
         row = dict(zip(KEYS, key))
+        row["shots"] = None if missing(row["shots"]) else int(row["shots"])
         source = ok if len(ok) else group
         for col in FIRST_COLUMNS:
             row[col] = _first(source, col)
@@ -33,15 +65,56 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         row["score_mean"], row["score_std"] = _mean_std(ok, "score")
         for col in [c for c in frame.columns if c.startswith("scores.")]:
             row[f"{col}.mean"], row[f"{col}.std"] = _mean_std(ok, col)
-        for col in MEAN_COLUMNS:
+        for col in measured:
             row[col] = _mean_std(ok, col)[0]
         bad = group[group["status"] != "ok"]
         row["statuses"] = dict(bad["status"].value_counts()) if len(bad) else {}
         row["reasons"] = sorted({r for r in bad["error"].dropna()}) if len(bad) else []
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["family_order"] = out["method_family"].map({f: i for i, f in enumerate(FAMILIES)}).fillna(len(FAMILIES))
+    out["family_order"] = family_order(out["method_family"])
     return out.sort_values(["model", "task", "family_order", "label"], kind="stable").reset_index(drop=True)
+
+
+def family_order(families: pd.Series) -> pd.Series:
+    """Position of each family in FAMILIES (unknown families last), the row order of every table."""
+    return families.map({f: i for i, f in enumerate(FAMILIES)}).fillna(len(FAMILIES))
+
+
+def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, method label, shots) across the model's tasks; `tasks` maps task -> agg row."""
+    if agg.empty:
+        return pd.DataFrame()
+    rows = []
+    for model, per_model in agg.groupby("model", sort=True):
+        model_tasks = sorted(per_model["task"].unique())
+        for (label, shots), group in per_model.groupby(["label", "shots"], sort=False, dropna=False):
+            by_task = {r["task"]: r for _, r in group.iterrows()}
+            row = {"model": model, "label": label, "shots": None if missing(shots) else int(shots),
+                   "method": _first(group, "method"), "method_family": _first(group, "method_family"),
+                   "tasks": by_task}
+            scored = {t: r["score_mean"] for t, r in by_task.items() if not missing(r["score_mean"])}
+            row["missing_tasks"] = [t for t in model_tasks if t not in scored]
+            row["score_avg"] = (sum(scored.values()) / len(scored)) if not row["missing_tasks"] else None
+            for col in LARGEST_OVER_TASKS:
+                values = _values(group, col)
+                row[col] = max(values) if values else None
+            for col in MEAN_OVER_TASKS:
+                values = _values(group, col)
+                row[col] = sum(values) / len(values) if values else None
+            sources = sorted(set(group["memory.peak_source"].dropna()))
+            row["memory.peak_source"] = sources[0] if len(sources) == 1 else None
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    out["family_order"] = family_order(out["method_family"])
+    return out.sort_values(["model", "family_order", "label", "shots"], kind="stable",
+                           na_position="first").reset_index(drop=True)
+
+
+def _values(group: pd.DataFrame, col: str) -> list[float]:
+    if col not in group:
+        return []
+    return [float(v) for v in pd.to_numeric(group[col], errors="coerce").dropna()]
 
 
 def _first(group: pd.DataFrame, col: str):

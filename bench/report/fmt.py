@@ -1,18 +1,21 @@
-"""Number formatting shared by every report format."""
+"""Number formatting shared by every report format (and the names of figures shown to readers)."""
 
 from __future__ import annotations
 
 import math
 
+DASH = "–"  # an unknown figure: never 0, never blank
+PEAK_NAMES = {"device_peak_allocated_bytes": "CUDA allocated", "cpu_peak_rss_bytes": "CPU RSS"}
 
-def _missing(value) -> bool:
+
+def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def count(value) -> str:
     """Parameter counts: 294,912 -> '294.9K', 124,645,632 -> '124.6M'."""
-    if _missing(value):
-        return "–"
+    if missing(value):
+        return DASH
     value = float(value)
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= size:
@@ -21,36 +24,61 @@ def count(value) -> str:
 
 
 def pct(value) -> str:
-    if _missing(value):
-        return "–"
+    if missing(value):
+        return DASH
     return f"{value:.3g}%" if value < 1 else f"{value:.1f}%"
 
 
-def gib(value) -> str:
-    """Bytes as GB (2^30 bytes), the unit GPU memory is quoted in."""
-    if _missing(value):
-        return "–"
-    return f"{value / 2**30:.2f}"
+def in_unit(value, scale: float) -> str:
+    """Bytes in a table's unit (scale = bytes per unit, e.g. 2**30 for GB), two decimals."""
+    if missing(value):
+        return DASH
+    return f"{value / scale:.2f}"
 
 
-def mib(value) -> str:
-    if _missing(value):
-        return "–"
-    return f"{value / 2**20:.2f}"
+def size(value) -> str:
+    """A file size with its unit (powers of 2): 7112 -> '6.9 KB'."""
+    if missing(value):
+        return DASH
+    value = float(value)
+    for unit, power in (("GB", 30), ("MB", 20), ("KB", 10)):
+        if abs(value) >= 2**power:
+            return f"{value / 2**power:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def flops(value) -> str:
+    """FLOPs in scientific notation, as T-Few quotes them: 3.1e12."""
+    if missing(value):
+        return DASH
+    return "0" if value == 0 else f"{value:.1e}".replace("e+", "e")
 
 
 def seconds(value) -> str:
-    if _missing(value):
-        return "–"
+    if missing(value):
+        return DASH
     return f"{value:.1f}"
 
 
+def signed(value) -> str:
+    """A difference in score points: '+1.5', '-0.3'."""
+    if missing(value):
+        return DASH
+    return f"{value:+.1f}"
+
+
 def score(mean, std=None, n=None) -> str:
-    if _missing(mean):
-        return "–"
+    """'mean ± std (n=k)'; the std only exists with two or more seeds."""
+    if missing(mean):
+        return DASH
     text = f"{mean:.1f}"
-    if not _missing(std):
+    if not missing(std):
         text += f" ± {std:.1f}"
-    if n is not None and n > 1:
+    if n is not None:
         text += f" (n={n})"
     return text
+
+
+def peak_name(source) -> str:
+    """What a peak-memory figure measured, for headers: 'CPU RSS', 'CUDA allocated'."""
+    return PEAK_NAMES.get(source, source or "source unknown")

@@ -1,45 +1,43 @@
-"""Markdown tables: pasteable into a README or a pull request."""
+"""Markdown: tables pasteable into a README or a pull request, and the report.md document."""
 
 from __future__ import annotations
 
-import pandas as pd
-
-from bench.report import fmt
-
-PEAK_NAMES = {"device_peak_allocated_bytes": "CUDA allocated", "cpu_peak_rss_bytes": "CPU RSS"}
+from bench.report.table import Cell, Table
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def cell_text(cell: Cell) -> str:
+    text = cell.text.replace("|", "\\|")
+    if cell.bold:
+        text = f"**{text}**"
+    return text + "".join(f" [{n}]" for n in cell.notes)
 
 
-def status_text(row) -> str:
-    """'failed ×2' etc. for cells that did not end ok; '' when all did."""
-    return ", ".join(f"{s} ×{n}" if n > 1 else s for s, n in sorted(row["statuses"].items()))
+def render(table: Table, level: str = "###") -> str:
+    lines = [f"{level} {table.title}", ""]
+    if table.caption:
+        lines += [table.caption, ""]
+    lines += ["| " + " | ".join(c.header for c in table.columns) + " |",
+              "|" + "|".join("---:" if c.numeric else "---" for c in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell_text(c) for c in row) + " |" for row in table.rows]
+    if table.notes:
+        lines += [""] + [f"[{i}] {note}  " for i, note in enumerate(table.notes, 1)]
+    return "\n".join(lines) + "\n"
 
 
-def task_tables(agg: pd.DataFrame) -> str:
-    """One table per task: a row per (method, model), failures shown with their reasons below."""
-    parts = []
-    for task, group in agg.groupby("task", sort=True):
-        metric = group["main_metric"].dropna().iloc[0] if group["main_metric"].notna().any() else "score"
-        notes: list[str] = []
-        rows = []
-        for _, r in group.iterrows():
-            score = fmt.score(r["score_mean"], r["score_std"], r["n"])
-            status = status_text(r)
-            if status:
-                notes += [f"{r['label']} on {r['model']}: {reason}" for reason in r["reasons"]]
-                score = f"{score} [{status}]" if r["n"] else status
-            source = PEAK_NAMES.get(r["memory.peak_source"], "")
-            peak = fmt.gib(r["memory.peak_bytes"]) + (f" ({source})" if source else "")
-            rows.append([r["label"], r["method_family"] or "–", r["model"], score, fmt.count(r["params.trainable"]),
-                         fmt.pct(r["params.trainable_pct"]), peak, fmt.seconds(r["time.train_s"])])
-        parts.append(f"### {task}\n\n" + table(
-            ["Method", "Family", "Model", f"{metric} (mean ± std)", "Trainable params", "Trainable %",
-             "Peak memory (GB)", "Train time (s)"], rows))
-        if notes:
-            parts.append("\n".join(f"- {n}" for n in notes))
-    return "\n\n".join(parts) + "\n"
+def document(report) -> str:
+    """report.md: the tables, then the plots (linked), the skipped plots and unreadable records."""
+    parts = [f"# {report.suite}\n", report.summary_line() + "\n",
+             "Scores are on a 0-100 scale. Each figure is defined in docs/reports.md and docs/measurement.md.\n"]
+    for heading, tables in report.sections():
+        parts.append(f"## {heading}\n")
+        parts += [render(t) for t in tables]
+    if report.plots:
+        parts.append("## Plots\n")
+        for plot in report.plots:
+            if plot.skipped:
+                parts.append(f"- {plot.title}: not drawn: {plot.skipped}\n")
+            else:
+                parts.append(f"### {plot.title}\n\n{plot.caption}\n\n![{plot.title}]({plot.png.relative_to(report.folder)})\n")
+    if report.problems:
+        parts.append("## Unreadable records\n\n" + "\n".join(f"- {p}" for p in report.problems) + "\n")
+    return "\n".join(parts) + "\n"

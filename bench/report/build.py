@@ -1,0 +1,50 @@
+"""A suite's report before it is written: its records, tables and plots, shared by every format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.aggregate import aggregate, method_summary
+from bench.report.plots import Plot, draw_all
+from bench.report.table import Table
+from bench.report.tables import fewshot_table, memory_tables, survey_tables
+
+
+@dataclass
+class Report:
+    suite: str
+    folder: Path  # reports/<suite>: plots and files are written below it
+    frame: pd.DataFrame  # one row per record (store.load_frame)
+    survey: list[Table]
+    memory: list[Table]
+    fewshot: Table | None
+    problems: list[str]  # files of the suite that are not usable records
+    plots: list[Plot] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        counts = self.frame["status"].value_counts()
+        by_status = ", ".join(f"{int(n)} {status}" for status, n in counts.items())
+        return (f"{len(self.frame)} records ({by_status}) of {self.frame['model'].nunique()} model(s), "
+                f"{self.frame['task'].nunique()} task(s), {self.frame['label'].nunique()} method(s).")
+
+    def sections(self) -> list[tuple[str, list[Table]]]:
+        out = [("Methods compared", self.survey), ("Memory", self.memory)]
+        if self.fewshot is not None:
+            out.append(("Few-shot cost", [self.fewshot]))
+        return out
+
+    def tables(self) -> list[Table]:
+        return [t for _, tables in self.sections() for t in tables]
+
+
+def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool) -> Report:
+    agg = aggregate(frame)
+    summary = method_summary(agg)
+    report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
+                    fewshot_table(summary), problems)
+    if plots:
+        report.plots = draw_all(agg, summary, folder / "plots")
+    return report

@@ -1,0 +1,177 @@
+"""Compare two results stores cell by cell: two library versions, two machines, before and after a change.
+
+For every cell id present in both, each figure (params, memory, scores, time, flops) is compared
+under the rule its kind calls for:
+
+- exact: counts and bytes that follow from the config (params, stored bytes, the predicted memory
+  parts, FLOPs, the peak's source): any change is flagged;
+- score: metrics (0-100) flagged when they move by more than `score_tol` points (default 0.5);
+- measured memory: peaks read from the allocator or the OS, flagged when they move by more than
+  `memory_rtol` of A's value (default 0.10);
+- time: wall-clock figures only warn when one is `time_ratio` times the other (default 1.5), as
+  they depend on the machine and its load.
+A status change (ok -> failed, ...) is always flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import BadInput
+from bench.report.fmt import missing
+from bench.store import Store, flatten
+
+SECTIONS = ("params.", "memory.", "scores.", "time.", "flops.")
+MEASURED_MEMORY = {"memory.peak_bytes", "memory.device_peak_allocated_bytes", "memory.device_peak_reserved_bytes",
+                   "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "memory.cpu_peak_rss_bytes",
+                   "memory.activation_bytes"}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    score_tol: float = 0.5  # points on the 0-100 scale
+    memory_rtol: float = 0.10  # fraction of A's measured memory
+    time_ratio: float = 1.5  # slower or faster by this factor warns
+
+
+@dataclass
+class Change:
+    figure: str
+    a: object
+    b: object
+    rule: str  # exact | score | memory | time
+    verdict: str  # same | ok (within tolerance) | flag | warn
+
+
+@dataclass
+class CellDiff:
+    suite: str
+    id: str
+    label: str
+    model: str
+    task: str
+    seed: object
+    changes: list[Change] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(c.verdict == verdict for c in self.changes)
+
+
+@dataclass
+class Comparison:
+    cells: list[CellDiff]
+    only_a: list[str]
+    only_b: list[str]
+    tolerances: Tolerances
+
+    def to_json(self) -> dict:
+        return {"tolerances": asdict(self.tolerances), "only_a": self.only_a, "only_b": self.only_b,
+                "flagged": sum(c.count("flag") for c in self.cells), "warnings": sum(c.count("warn") for c in self.cells),
+                "cells": [asdict(c) for c in self.cells]}
+
+
+def rule_for(figure: str) -> str:
+    if figure == "status":
+        return "exact"
+    if figure.startswith("scores."):
+        return "score"
+    if figure.startswith("time."):
+        return "time"
+    if figure in MEASURED_MEMORY:
+        return "memory"
+    return "exact"
+
+
+def verdict(rule: str, a, b, tol: Tolerances) -> str:
+    if a == b or (missing(a) and missing(b)):
+        return "same"
+    if missing(a) or missing(b) or not all(isinstance(v, (int, float)) for v in (a, b)):
+        return "warn" if rule == "time" else "flag"  # a figure appeared, vanished or changed kind
+    if rule == "score":
+        return "flag" if abs(b - a) > tol.score_tol else "ok"
+    if rule == "memory":
+        return "flag" if abs(b - a) > tol.memory_rtol * abs(a) else "ok"
+    if rule == "time":
+        low, high = sorted((abs(a), abs(b)))
+        return "warn" if low == 0 or high / low >= tol.time_ratio else "ok"
+    return "flag"
+
+
+def figures(record: dict) -> dict:
+    """Status and every figure of the compared sections, by its flattened name."""
+    row = flatten(record)
+    out = {"status": row["status"]}
+    out.update({k: v for k, v in row.items() if k.startswith(SECTIONS)})
+    return out
+
+
+def diff_cell(a: dict, b: dict, tol: Tolerances) -> CellDiff:
+    cell = a["cell"]
+    fa, fb = figures(a), figures(b)
+    diff = CellDiff(cell.get("suite"), cell["id"], cell.get("label") or cell["method"], cell["model"],
+                    cell["task"], cell["seed"])
+    for name in sorted(set(fa) | set(fb), key=lambda n: (n != "status", n)):
+        rule = rule_for(name)
+        diff.changes.append(Change(name, fa.get(name), fb.get(name), rule, verdict(rule, fa.get(name), fb.get(name), tol)))
+    return diff
+
+
+def load_records(path: str | Path, suite: str | None, flag: str) -> dict[tuple, dict]:
+    """Records by (suite, cell id): a store root (all suites, or --suite), or one suite's folder."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInput(f"results folder not found: {root}", flag)
+    if suite is None and any(root.glob("*.json")):
+        root, suite = root.parent, root.name  # a suite's own folder, e.g. results/smoke
+    records, _ = Store(root).records(suite)
+    if not records:
+        raise BadInput(f"no records in {root / suite if suite else root}", flag)
+    return {(r["cell"].get("suite"), r["cell"]["id"]): r for r in records}
+
+
+def compare(path_a: str | Path, path_b: str | Path, suite: str | None = None,
+            tol: Tolerances = Tolerances()) -> Comparison:
+    a = load_records(path_a, suite, "RESULTS_A")
+    b = load_records(path_b, suite, "RESULTS_B")
+    both = [k for k in sorted(a) if k in b]
+    return Comparison([diff_cell(a[k], b[k], tol) for k in both],
+                      [f"{s}/{i}" for s, i in sorted(set(a) - set(b))],
+                      [f"{s}/{i}" for s, i in sorted(set(b) - set(a))], tol)
+
+
+def show(value) -> str:
+    if missing(value):
+        return "null"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def change_text(c: Change) -> str:
+    text = f"{c.figure}: {show(c.a)} -> {show(c.b)}"
+    if isinstance(c.a, (int, float)) and isinstance(c.b, (int, float)) and not missing(c.a) and not missing(c.b):
+        text += f" ({c.b - c.a:+.6g}" + (f", {100 * (c.b - c.a) / abs(c.a):+.1f}%)" if c.a else ")")
+    return text
+
+
+def render(comparison: Comparison) -> str:
+    """Per cell, every figure that changed (FLAG beyond tolerance, warn for time); then a summary."""
+    tol = comparison.tolerances
+    lines = [f"tolerances: scores ±{tol.score_tol} points, measured memory ±{100 * tol.memory_rtol:g}%, "
+             f"time warns at ×{tol.time_ratio:g}, everything else exact"]
+    for cell in comparison.cells:
+        changed = [c for c in cell.changes if c.verdict != "same"]
+        head = f"{cell.suite}/{cell.id} {cell.label} {cell.model} {cell.task} seed={cell.seed}"
+        if not changed:
+            lines.append(f"{head}: {len(cell.changes)} figures identical")
+            continue
+        lines.append(f"{head}: {len(changed)} of {len(cell.changes)} figures changed")
+        mark = {"flag": "FLAG", "warn": "warn", "ok": "ok  "}
+        lines += [f"  {mark[c.verdict]} {change_text(c)}" for c in changed]
+    flagged = sum(c.count("flag") for c in comparison.cells)
+    warned = sum(c.count("warn") for c in comparison.cells)
+    lines.append(f"{len(comparison.cells)} cells in both: {flagged} flagged change(s), {warned} time warning(s); "
+                 f"{len(comparison.only_a)} only in A, {len(comparison.only_b)} only in B")
+    lines += [f"only in A: {k}" for k in comparison.only_a] + [f"only in B: {k}" for k in comparison.only_b]
+    return "\n".join(lines)

@@ -1,0 +1,198 @@
+"""The report's tables, built from aggregate.py's rows: survey comparison, memory, few-shot cost.
+
+A cell that did not end ok shows its status (failed, oom, timeout, unsupported) with the reason in a
+footnote; it never enters a mean. A figure nobody recorded shows a dash, never a zero.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.report import fmt
+from bench.report.fmt import DASH, missing
+from bench.report.table import Cell, Column, Table
+
+REASON_CHARS = 300  # footnotes quote an error message up to this length
+MEMORY_PARTS = [("memory.weights_bytes", "Weights"), ("memory.grad_bytes", "Gradients"),
+                ("memory.optimizer_bytes", "Optimizer"), ("memory.activation_bytes", "Activations"),
+                ("memory.predicted_peak_bytes", "Predicted peak")]
+
+
+def display_label(row) -> str:
+    """A method's row name: its suite label, with the shots of a few-shot cell."""
+    return row["label"] if missing(row["shots"]) else f"{row['label']} ({int(row['shots'])}-shot)"
+
+
+def status_text(statuses: dict) -> str:
+    """'failed ×2, oom' for cells that did not end ok; '' when all did."""
+    return ", ".join(f"{s} ×{n}" if n > 1 else s for s, n in sorted(statuses.items()))
+
+
+def reference_row(summary: pd.DataFrame, row) -> pd.Series | None:
+    """The full fine-tuning row other rows of the same model (and shots) are compared with."""
+    same = summary[(summary["model"] == row["model"]) & (summary["method"] == "full")]
+    same = same[same["shots"].isna()] if missing(row["shots"]) else same[same["shots"] == row["shots"]]
+    return same.iloc[0] if len(same) else None
+
+
+def score_cell(table: Table, task_row, where: str) -> Cell:
+    """'mean ± std (n=k)', plus the statuses of the seeds that did not end ok, with their reasons."""
+    if task_row is None:
+        return Cell(DASH, notes=[table.note(f"{where}: no record (not in the grid)")])
+    bad = status_text(task_row["statuses"])
+    notes = [table.note(f"{where}: {reason[:REASON_CHARS]}") for reason in task_row["reasons"]]
+    if bad and not task_row["reasons"]:
+        notes.append(table.note(f"{where}: {bad} (no reason recorded)"))
+    extra = {"std": task_row["score_std"], "n": task_row["n"], "status": bad or "ok"}
+    if not task_row["n"]:
+        return Cell(bad, None, extra, notes)
+    text = fmt.score(task_row["score_mean"], task_row["score_std"], task_row["n"])
+    return Cell(f"{text} [{bad}]" if bad else text, task_row["score_mean"], extra, notes)
+
+
+def peak_header(rows: pd.DataFrame, unit: str, name: str = "Peak memory") -> tuple[str, bool]:
+    """The peak-memory header naming its figure, and whether cells must name theirs (mixed sources)."""
+    sources = set(rows["memory.peak_source"].dropna())
+    if len(sources) == 1:
+        return f"{name} ({unit}, {fmt.peak_name(sources.pop())})", False
+    return f"{name} ({unit})", True
+
+
+def peak_cell(row, scale: float, name_source: bool) -> Cell:
+    value = row["memory.peak_bytes"]
+    text = fmt.in_unit(value, scale)
+    if name_source and not missing(value):
+        text += f" ({fmt.peak_name(row['memory.peak_source'])})"
+    return Cell(text, value)
+
+
+def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
+    """One table per model: a row per method (by family), a column per task's main metric, then costs."""
+    tables = []
+    for model, rows in summary.groupby("model", sort=True):
+        tasks = agg[agg["model"] == model].drop_duplicates("task")[["task", "main_metric"]]
+        peak, name_source = peak_header(rows, "GB")
+        with_delta = any(reference_row(summary, r) is not None for _, r in rows.iterrows())  # a full FT row
+        columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
+        columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
+        columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
+        columns += [Column("Trainable params", "lower"), Column("Trainable %", "lower"), Column("Stored", "lower"),
+                    Column(peak, "lower"), Column("Train time (s)", "lower")]
+        table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
+                      caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
+                              "task means. Costs: the largest over tasks (params, stored, memory); train "
+                              "time is the mean over tasks.")
+        for _, row in rows.iterrows():
+            name = display_label(row)
+            method = Cell(name)
+            if row["missing_tasks"] and len(row["missing_tasks"]) < len(tasks):
+                method.notes.append(table.note(f"{name}: no ok score on {', '.join(row['missing_tasks'])}; "
+                                               "no average, and its costs cover the other tasks only"))
+            cells = [Cell(row["method_family"] or DASH), method]
+            cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
+            cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
+            cells += [delta_cell(summary, row)] if with_delta else []
+            cells += [Cell(fmt.count(row["params.trainable"]), row["params.trainable"]),
+                      Cell(fmt.pct(row["params.trainable_pct"]), row["params.trainable_pct"]),
+                      Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]),
+                      peak_cell(row, 2**30, name_source),
+                      Cell(fmt.seconds(row["time.train_s"]), row["time.train_s"])]
+            table.add(row["method_family"] or DASH, cells)
+        table.mark_best()
+        tables.append(table)
+    return tables
+
+
+def delta_cell(summary: pd.DataFrame, row) -> Cell:
+    ref = reference_row(summary, row)
+    if ref is None or missing(ref["score_avg"]):
+        return Cell(DASH)
+    if ref["label"] == row["label"]:
+        return Cell("ref.")
+    delta = None if missing(row["score_avg"]) else row["score_avg"] - ref["score_avg"]
+    return Cell(fmt.signed(delta), delta)
+
+
+def memory_rows(agg: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, method, shots): the task whose measured peak is largest (its breakdown is shown)."""
+    ok = agg[agg["n"] > 0].copy()
+    if ok.empty:
+        return ok
+    ok["_peak"] = pd.to_numeric(ok["memory.peak_bytes"], errors="coerce").fillna(-1)
+    ok = ok.sort_values("_peak", ascending=False, kind="stable")
+    keep = ok.drop_duplicates(["model", "label", "shots"]).drop(columns="_peak")
+    return keep.sort_values(["model", "family_order", "label"], kind="stable").reset_index(drop=True)
+
+
+def memory_unit(values) -> tuple[str, float]:
+    """GB when any figure reaches 1 GB, else MB: one unit per table, named in its headers."""
+    known = [float(v) for v in values if not missing(v)]
+    return ("GB", 2**30) if known and max(known) >= 2**30 else ("MB", 2**20)
+
+
+def memory_tables(agg: pd.DataFrame) -> list[Table]:
+    """One table per model: the memory breakdown next to the predicted and the measured peak."""
+    tables = []
+    for model, rows in memory_rows(agg).groupby("model", sort=True):
+        parts = [(col, name) for col, name in MEMORY_PARTS if col in rows and rows[col].notna().any()]
+        absent = [name.lower() for col, name in MEMORY_PARTS if (col, name) not in parts]
+        unit, scale = memory_unit(v for c in [c for c, _ in parts] + ["memory.peak_bytes"] for v in rows[c])
+        peak, name_source = peak_header(rows, unit, "Measured peak")
+        columns = [Column("Family", numeric=False), Column("Method", numeric=False),
+                   Column("Task (largest peak)", numeric=False)]
+        columns += [Column(f"{name} ({unit})") for _, name in parts] + [Column(peak)]
+        caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
+                   "Definitions: docs/measurement.md.")
+        if absent:
+            caption += f" Not recorded: {', '.join(absent)}."
+        table = Table(f"memory-{slug(model)}", f"{model}: memory", columns, caption=caption)
+        for _, row in rows.iterrows():
+            cells = [Cell(row["method_family"] or DASH), Cell(display_label(row)), Cell(row["task"])]
+            cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
+            cells.append(peak_cell(row, scale, name_source))
+            table.add(row["method_family"] or DASH, cells)
+        tables.append(table)
+    return tables
+
+
+def flops_column(rows: pd.DataFrame, measured: str, cost_model: str) -> tuple[str, str]:
+    """(column, how it was obtained): the measured figure when any row has it, else the cost model's."""
+    if measured in rows and rows[measured].notna().any():
+        return measured, "measured"
+    return cost_model, "cost model"
+
+
+def fewshot_table(summary: pd.DataFrame) -> Table | None:
+    """T-Few's Table 1: inference FLOPs per example, training FLOPs, disk space and accuracy per method."""
+    rows = summary[summary["shots"].notna()] if "shots" in summary else summary.iloc[0:0]
+    if rows.empty:
+        return None
+    infer, infer_how = flops_column(rows, "flops.inference_per_example", "flops.cost_model_inference_per_example")
+    train, train_how = flops_column(rows, "flops.train_total", "flops.cost_model_train_total")
+    metrics = {r["main_metric"] for _, row in rows.iterrows() for r in row["tasks"].values() if r["main_metric"]}
+    score_name = "Accuracy" if metrics == {"accuracy"} else "Score"
+    columns = [Column("Family", numeric=False), Column("Method", numeric=False), Column("Model", numeric=False),
+               Column("Shots"), Column(f"Inference FLOPs per example ({infer_how})", "lower"),
+               Column(f"Training FLOPs ({train_how})", "lower"), Column("Disk space", "lower"),
+               Column(f"{score_name} (mean over tasks)", "higher")]
+    table = Table("few-shot", "Few-shot: cost and accuracy", columns,
+                  caption="The structure of T-Few's Table 1. FLOPs are means over tasks; disk space is the "
+                          "stored state (largest over tasks); the score is the mean over tasks of the main metric.")
+    for _, row in rows.sort_values(["family_order", "label", "model", "shots"], kind="stable").iterrows():
+        name = display_label(row)
+        score = Cell(fmt.score(row["score_avg"]), row["score_avg"])
+        if row["missing_tasks"]:
+            score.notes.append(table.note(f"{name} on {row['model']}: no ok score on "
+                                          f"{', '.join(row['missing_tasks'])}, so no mean over tasks"))
+        table.add(row["method_family"] or DASH, [
+            Cell(row["method_family"] or DASH), Cell(row["label"]), Cell(row["model"]),
+            Cell(str(int(row["shots"])), float(row["shots"])),
+            Cell(fmt.flops(row.get(infer)), row.get(infer)), Cell(fmt.flops(row.get(train)), row.get(train)),
+            Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]), score])
+    table.mark_best()
+    return table
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a model or task name (hub ids contain '/')."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(name)).strip("-") or "x"

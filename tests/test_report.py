@@ -1,0 +1,125 @@
+"""Report tables and plots from the hand-made records in tests/handmade.py (numbers worked out by hand)."""
+
+import csv
+import math
+
+import pytest
+
+from bench.cli import main
+from bench.report import write_report
+from bench.report.pareto import pareto_front
+from tests.handmade import fewshot_records, survey_records, write_store
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    write_store(root / "results", survey_records() + fewshot_records())
+    write_report("hand", root / "results", root / "reports")
+    return root / "reports" / "hand"
+
+
+def md_rows(text: str, title: str) -> list[str]:
+    """The body rows of the Markdown table under heading `title`."""
+    block = text.split(f"### {title}\n", 1)[1].split("\n\n### ", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("| ")][1:]
+
+
+def csv_rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_survey_table_markdown(report_dir):
+    text = (report_dir / "report.md").read_text()
+    rows = md_rows(text, "m1: methods compared")
+    assert rows == [  # family order (FAMILIES), best per column bold, failures shown with footnotes
+        "| baseline | full | 82.0 ± 2.0 (n=3) | 62.0 ± 3.5 (n=3) | 72.0 | ref. | 1.0K | 100.0% | 3.9 KB | 4.00 | 16.0 |",
+        "| additive | prompt-tuning [1] | 50.0 (n=1) | unsupported [2] | – | – | 20 | 2.0% | 80 B | **1.00** | 6.0 |",
+        "| partial | bitfit [3] | 70.0 ± 0.0 (n=3) | failed ×3 [4] | – | – | **10** | **1.0%** | **40 B** | **1.00** | **4.0** |",
+        "| reparameterized | lora | **86.0 ± 1.0 (n=3)** | **71.0 ± 1.4 (n=2) [failed]** [5] | **78.5** | +6.5 | 50 "
+        "| 4.8% | 200 B | 1.50 | 5.0 |",
+    ]
+    assert "| Family | Method | t1 (accuracy) | t2 (chrf) | Average | Δ avg vs full |" in text
+    assert "Peak memory (GB, CPU RSS)" in text
+    assert "[2] prompt-tuning on t2: Unsupported: cannot do generation" in text
+    assert "[4] bitfit on t2: ValueError: boom" in text
+    assert "[5] lora on t2: RuntimeError: loss is nan" in text
+    assert "[1] prompt-tuning: no ok score on t2" in text
+
+
+def test_survey_table_csv_holds_the_numbers(report_dir):
+    rows = {r["Method"]: r for r in csv_rows(report_dir / "csv" / "survey-m1.csv")}
+    full, lora, bitfit = rows["full"], rows["lora"], rows["bitfit"]
+    assert float(full["t1 (accuracy)"]) == 82 and float(full["t1 (accuracy) std"]) == 2
+    assert math.isclose(float(full["t2 (chrf) std"]), math.sqrt(12))  # sample std of 60, 60, 66
+    assert float(lora["t2 (chrf)"]) == 71 and math.isclose(float(lora["t2 (chrf) std"]), math.sqrt(2))
+    assert lora["t2 (chrf) n"] == "2" and lora["t2 (chrf) status"] == "failed"
+    assert float(lora["Average"]) == 78.5 and float(lora["Δ avg vs full"]) == 6.5
+    assert bitfit["t2 (chrf)"] == "" and bitfit["t2 (chrf) status"] == "failed ×3" and bitfit["Average"] == ""
+    assert float(full["Peak memory (GB, CPU RSS)"]) == 4 * 2**30  # largest over tasks, in bytes
+    assert float(full["Train time (s)"]) == 16  # mean over tasks of 12 and 20
+    assert "loss is nan" in lora["notes"]
+
+
+def test_memory_table_shows_breakdown_of_the_largest_peak(report_dir):
+    rows = md_rows((report_dir / "report.md").read_text(), "m1: memory")
+    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 3.00 | 4.00 |"
+    assert rows[-1] == "| reparameterized | lora | t2 | – | – | – | – | – | 1.50 |"  # t2 recorded no parts
+
+
+def test_fewshot_table(report_dir):
+    rows = md_rows((report_dir / "report.md").read_text(), "Few-shot: cost and accuracy")
+    assert rows == ["| baseline | icl | t0 | 16 | 1.0e12 | **0** | 15.6 KB | 55.0 |",
+                    "| additive | ia3 | t0 | 16 | **1.0e11** | 1.0e15 | **1.2 KB** | **75.0** |"]
+    text = (report_dir / "report.md").read_text()
+    assert "Inference FLOPs per example (cost model)" in text and "Accuracy (mean over tasks)" in text
+    # the survey table of t0 has no full fine-tuning row, so no delta column
+    assert "| Family | Method | cb (accuracy) | rte (accuracy) | Average | Trainable params |" in text
+
+
+def test_latex_is_booktabs_and_escaped(report_dir):
+    tex = (report_dir / "tables.tex").read_text()
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 5  # survey and memory for m1 and t0, few-shot
+    assert r"82.0 $\pm$ 2.0 (n=3)" in tex and r"\textbf{86.0 $\pm$ 1.0 (n=3)}" in tex
+    assert r"prompt-tuning$^{1}$" in tex and r"failed $\times$3$^{4}$" in tex
+    assert "100.0\\%" in tex and "_" not in tex.replace(r"\_", "")
+
+
+def test_plots_are_drawn_or_skipped_with_a_reason(report_dir):
+    plots = sorted(p.name for p in (report_dir / "plots").iterdir())
+    for name in ("params-m1", "peak-memory-m1", "memory-m1", "heatmap-m1", "few-shot"):
+        assert f"{name}.png" in plots and f"{name}.svg" in plots
+    assert (report_dir / "plots" / "params-m1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (report_dir / "report.md").read_text()
+    assert "Not shown (no ok score on every task): prompt-tuning, bitfit." in text
+    assert "params-t0.png" not in plots  # few-shot cells are drawn against FLOPs, not in the full-data plots
+
+
+def test_plots_skip_when_figures_are_missing(tmp_path):
+    records = [r for r in survey_records() if r["cell"]["label"] in ("full", "lora")]
+    for r in records:  # no memory and no time recorded at all, not even as nulls
+        r["memory"], r["time"] = {}, {}
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert "m1: average score vs peak memory: not drawn: no method has both an average score and " \
+           "memory.peak_bytes" in text
+    assert "Memory breakdown: not drawn" in text and "Few-shot: score vs inference FLOPs: not drawn" in text
+    assert (tmp_path / "reports" / "hand" / "plots" / "params-m1.png").exists()
+    assert not (tmp_path / "reports" / "hand" / "index.html").exists()  # only the formats asked for
+
+
+def test_pareto_front_on_hand_made_points():
+    points = [(1, 10), (2, 20), (2, 15), (3, 20), (0.5, 5), (4, 30), (4, 30), (5, 25)]
+    # (2,15) and (3,20) lose to (2,20); (5,25) to (4,30); identical points both stay
+    assert pareto_front(points) == [4, 0, 1, 5, 6]
+    assert pareto_front([]) == []
+    assert pareto_front([(1, 1)]) == [0]
+
+
+def test_unknown_format_exits_2_naming_the_flag(tmp_path, capsys):
+    write_store(tmp_path, survey_records())
+    assert main(["report", "--suite", "hand", "--results", str(tmp_path), "--format", "md,pdf"]) == 2
+    err = capsys.readouterr().err
+    assert "--format" in err and "'pdf'" in err and "csv, html, md, tex" in err
