@@ -1,7 +1,8 @@
 """The training configuration of a cell, and the type checks shared by every YAML mapping.
 
 Training settings are resolved in layers, most general first: these defaults, the method's
-recommended settings (registry), the suite's `train:`, the method entry's `train:`, then CLI flags.
+recommended settings (registry), the suite's `train:`, the task entry's `train:`, then the method
+entry's `train:`.
 A layer that sets `max_steps` clears `epochs` from the layers below it, and vice versa.
 """
 
@@ -16,6 +17,7 @@ from bench.errors import BadInput, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw",)
+OBJECTIVES = ("lm", "tfew")  # see bench/objectives.py
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -33,8 +35,10 @@ class TrainConfig:
     eval_batch_size: int = 64
     eval_every: int | None = None  # steps between evaluations; null = only after training
     keep_best: bool = False  # with eval_every: restore the best-scoring weights at the end
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    max_train_samples: int | None = None  # a random subset drawn with the seed (same for every method)
+    max_eval_samples: int | None = None  # the first N evaluation rows
+    shots: int | None = None  # few-shot: train on k examples drawn with the seed (same for every method)
+    objective: str = "lm"  # lm, or tfew (L_LM + L_UL + L_LN) for tasks with answer options
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     optimizer: str = "adamw"
 
@@ -48,10 +52,10 @@ _TRAIN_TYPES = {
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None),
-    "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "shots": (int, None), "objective": OBJECTIVES,
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
-             "max_train_samples", "max_eval_samples", "max_grad_norm"}
+             "max_train_samples", "max_eval_samples", "max_grad_norm", "shots"}
 _EXCLUSIVE = {"max_steps": "epochs", "epochs": "max_steps"}
 
 

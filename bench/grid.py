@@ -73,13 +73,14 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
         spec = resolve_model(model_name, "--models")
         for entry in entries:
             name, family, config, recommended = _resolve_method(entry, spec.arch)
-            train = resolve_train([
-                (recommended, lambda k: f"method '{name}' recommended settings"),
-                (suite.train, lambda k: suite.where("train", k)),
-                (entry.train, lambda k, e=entry: e.where("train", k)),
-            ])
             for task_name in task_names:
                 task = suite.task_registry[task_name]
+                train = resolve_train([
+                    (recommended, lambda k: f"method '{name}' recommended settings"),
+                    (suite.train, lambda k: suite.where("train", k)),
+                    (suite.task_train.get(task_name, {}), lambda k, t=task_name: _task_where(suite, t, k)),
+                    (entry.train, lambda k, e=entry: e.where("train", k)),
+                ])
                 for seed in seeds:
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
@@ -92,6 +93,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     seen[cid] = entry.label
                     cells.append(dataclasses.replace(cell, id=cid))
     return cells
+
+
+def _task_where(suite: Suite, task: str, key: str) -> str:
+    return suite.where("tasks", suite.tasks.index(task), "train", key)
 
 
 def _excluded(suite: Suite, label: str, model: str, task: str, seed: int) -> bool:

@@ -45,6 +45,7 @@ class Suite:
     methods: list[MethodEntry]
     models: list[str]
     tasks: list[str]
+    task_train: dict[str, dict]  # per-task training settings (e.g. fewer epochs on MNLI)
     seeds: list[int]
     train: dict
     exclude: list[dict]
@@ -94,7 +95,9 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         name=values["name"], description=values.get("description", ""), path=str(path),
         methods=[_method_entry(item, doc, ("methods", i)) for i, item in enumerate(values["methods"])],
         models=[_name(m, doc, ("models", i), "model") for i, m in enumerate(values["models"])],
-        tasks=[_name(t, doc, ("tasks", i), "task") for i, t in enumerate(values["tasks"])],
+        tasks=[_task_entry(t, doc, ("tasks", i))[0] for i, t in enumerate(values["tasks"])],
+        task_train={name: train for name, train in (_task_entry(t, doc, ("tasks", i))
+                                                    for i, t in enumerate(values["tasks"])) if train},
         seeds=[coerce(s, int, doc.where("seeds", i), "seed") for i, s in enumerate(values.get("seeds", [1]))],
         train=values.get("train", {}), exclude=values.get("exclude", []),
         cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
@@ -114,6 +117,16 @@ def _name(value: Any, doc: YamlDoc, key: tuple, what: str) -> str:
     if not isinstance(value, str):
         raise BadInput(f"each {what} must be a name, got {value!r}", doc.where(*key))
     return value
+
+
+def _task_entry(item: Any, doc: YamlDoc, key: tuple) -> tuple[str, dict]:
+    """A `tasks:` item: a name, or {name, train} with training settings for that task."""
+    if isinstance(item, str):
+        return item, {}
+    check_keys(item, {"name": str, "train": dict}, "task entry key", lambda k: doc.where(*key, k),
+               required=("name",))
+    return _name(item["name"], doc, key + ("name",), "task"), coerce(item.get("train", {}), dict,
+                                                                     doc.where(*key, "train"), "train")
 
 
 def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:

@@ -119,7 +119,7 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
 
 # (method, architecture) pairs that cannot work, with a word the reason must contain.
 UNSUPPORTED = {
-    ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied",
+    ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied", ("icl", "roberta"): "text-to-text",
     ("bitfit", "t5"): "has none", ("bitfit", "llama"): "has none",
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
     **{("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")},

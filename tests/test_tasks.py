@@ -75,3 +75,96 @@ def test_sequence_logprob_matches_a_direct_computation():
             logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
             expected = sum(logp[t - 1, feat["input_ids"][t]] for t, y in enumerate(feat["labels"]) if y != IGNORE)
             assert value == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_templates_choices_and_demonstrations():
+    bundle = load_bundle(REGISTRY["tiny-t5"], "multiple_choice", None, seed=0)
+    task = builtin_tasks()["synth-choice"]
+    rows = [{"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0},
+            {"sentence": "the dull plot", "choice1": "great", "choice2": "dull", "label": 1}]
+    tok = bundle.tokenizer
+    for prompt in task.prompts:
+        evalset = eval_features(task, bundle, rows, 64, prompt)
+        assert evalset.gold == [0, 1]
+        assert [[tok.decode(c, skip_special_tokens=True).strip() for c in opts] for opts in evalset.choices] == \
+            [["great", "dull"], ["great", "dull"]]
+    demo = eval_features(task, bundle, rows[1:], 128, task.prompts[0], demos=rows[:1])
+    text = tok.decode(demo.features[0]["input_ids"], skip_special_tokens=True)
+    assert text.index("a great movie") < text.index("great") + 1 < text.index("the dull plot")
+    feats = train_features(task, bundle, rows, 64, seed=3)
+    assert [f["gold"] for f in feats] == [0, 1] and all(len(f["choice_ids"]) == 2 for f in feats)
+
+
+def test_nested_columns_and_string_labels(tmp_path):
+    from bench.tasks import registry
+
+    (tmp_path / "train.jsonl").write_text('{"pair": {"a": "x y", "b": "z"}, "verdict": "no"}\n')
+    (tmp_path / "eval.jsonl").write_text('{"pair": {"a": "x", "b": "z z"}, "verdict": "yes"}\n')
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: mine\n    type: classification\n"
+        "    source: {files: {train: train.jsonl, eval: eval.jsonl}}\n"
+        "    text: [pair]\n    label: verdict\n    labels: ['no', 'yes']\n"
+        "    template: 'a: {pair[a]} b: {pair[b]}'\n    metrics: [accuracy]\n")
+    task = registry([tmp_path / "tasks.yaml"])["mine"]
+    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+    evalset = eval_features(task, bundle, load_rows(task, "eval"), 64)
+    assert evalset.gold == [1]
+    text = bundle.tokenizer.decode(evalset.features[0]["input_ids"], skip_special_tokens=True)
+    assert text.strip() == "a: x b: z z"
+
+
+def test_unquoted_yes_no_labels_are_caught(tmp_path):
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: t\n    type: classification\n    source: {synthetic: polarity}\n"
+        "    text: [sentence]\n    label: label\n    labels: [no, yes]\n    metrics: [accuracy]\n")
+    with pytest.raises(BadInput) as info:
+        load_task_file(tmp_path / "tasks.yaml")
+    assert "quote the labels" in info.value.message and info.value.where.endswith(":7")
+
+
+def test_eval_task_and_more_eval_splits_resolve():
+    tasks = builtin_tasks()
+    assert tasks["alpaca-mmlu"].eval_task is tasks["mmlu"]
+    assert tasks["alpaca-mmlu"].evaluation.main_metric == "accuracy"
+    from bench.tasks.data import eval_splits, hub_split
+
+    mnli = tasks["mnli"]
+    assert eval_splits(mnli) == {"": "eval", "mismatched": "eval:mismatched"}
+    assert hub_split(mnli, "eval:mismatched") == "validation_mismatched"
+
+
+def test_every_builtin_task_is_complete():
+    from bench.tasks import metrics as m
+
+    for task in builtin_tasks().values():
+        assert task.description and task.metrics and task.main_metric in task.metrics
+        assert all(name in m.METRICS for name in task.evaluation.metrics)
+        if task.type in ("classification", "multiple_choice"):
+            assert task.prompts and all(p.answers or task.labels for p in task.prompts)
+
+
+def test_offline_without_local_data_is_one_clear_error(tmp_path, monkeypatch):
+    from bench.tasks.data import DataUnavailable, check_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataUnavailable) as info:
+        check_available(builtin_tasks()["sst2"], None)
+    assert "nyu-mll/glue (sst2)" in info.value.message and "--data-dir" in info.value.message
+    with pytest.raises(DataUnavailable) as info:
+        check_available(builtin_tasks()["sst2"], tmp_path)
+    assert str(tmp_path / "glue" / "sst2") in info.value.message
+
+
+@pytest.mark.shared_data
+def test_local_data_dir_reads_the_hub_layout(shared_data):
+    from bench.tasks.data import check_available
+
+    task = builtin_tasks()["rte"]
+    check_available(task, shared_data)
+    rows = load_rows(task, "train", shared_data)
+    assert len(rows) == 1244 and set(rows[0]) >= {"sentence1", "sentence2", "label"}
+    e2e = builtin_tasks()["e2e"]
+    check_available(e2e, shared_data)
+    bundle = load_bundle(REGISTRY["tiny-gpt2"], "generation", None, seed=0)
+    evalset = eval_features(e2e, bundle, load_rows(e2e, "eval", shared_data)[:200], 64)
+    assert len(evalset.features) < 200 and max(len(g) for g in evalset.gold) > 1  # grouped references

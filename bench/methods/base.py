@@ -39,6 +39,7 @@ class Adapted:
 
     model: nn.Module
     trains: bool = True  # False: evaluate only (zero-shot, in-context learning)
+    in_context: bool = False  # evaluation prompts start with the training examples, solved
     after_backward: list[Callable[[int], None]] = field(default_factory=list)  # e.g. gradient masks
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. AdaLoRA's rank budget
     stored_state: Callable[[], dict[str, torch.Tensor]] | None = None  # default: trainable tensors

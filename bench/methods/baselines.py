@@ -30,6 +30,13 @@ def _zero_shot(model, config, ctx):
     return Adapted(model, trains=False)
 
 
+def _in_context(model, config, ctx):
+    if ctx.bundle.head != "lm":
+        raise Unsupported("in-context learning needs a text-to-text model (an LM head reads the demonstrations)")
+    freeze(model)
+    return Adapted(model, trains=False, in_context=True)
+
+
 METHODS = [
     Method("full", "baseline", "full fine-tuning: every parameter trains",
            "Devlin et al. 2019 / Howard & Ruder 2018", _full, train={"lr": 2e-5}),
@@ -37,4 +44,6 @@ METHODS = [
            "Peters et al. 2019 (feature extraction)", _head_only, train={"lr": 1e-3}),
     Method("zero-shot", "baseline", "no training: the pretrained model (with its new head) is evaluated as is",
            "Brown et al. 2020 (zero-shot evaluation)", _zero_shot),
+    Method("icl", "baseline", "in-context learning: the training examples (k shots), solved, precede each prompt",
+           "Brown et al. 2020, Language Models are Few-Shot Learners", _in_context),
 ]

@@ -1,11 +1,15 @@
 """Task registry: tasks are YAML definitions (bench/tasks/defs/*.yaml, or a suite's `task_files`).
 
-A definition names its data source, the columns to read, how labels map to names and answer words,
-the text-to-text template, and its metrics. Adding a classification task from a CSV needs only YAML.
+A definition names its data source (pinned hub dataset, local files or a synthetic generator), the
+columns to read, how labels map to names, the prompts text-to-text models see (one or several
+templates, each with its answer options), and its metrics. A classification task from a CSV needs
+only YAML. Columns may be nested (`translation.ro`); templates use Python format syntax
+(`{translation[en]}`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import string
 from dataclasses import asdict, dataclass, field
@@ -20,11 +24,21 @@ from bench.yamlfile import load_yaml
 
 TASK_TYPES = ("classification", "regression", "generation", "multiple_choice")
 _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "text": list, "label": str,
-         "labels": list, "verbalizers": list, "target": str, "template": str, "metrics": list,
-         "main_metric": str, "generation": dict, "group_by": str}
+         "labels": list, "verbalizers": list, "choices": list, "target": str, "template": str, "templates": list,
+         "metrics": list, "main_metric": str, "generation": dict, "group_by": str, "length_normalize": bool,
+         "eval_task": str}
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
-                "revision": str, "train_split": str, "eval_split": str, "files": dict}
+                "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict}
 _GENERATION_KEYS = {"max_new_tokens": int, "num_beams": int}
+_TEMPLATE_KEYS = {"prompt": str, "answers": list}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A text-to-text template and its answer options (format strings; None for generation)."""
+
+    text: str
+    answers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,11 +52,12 @@ class TaskSpec:
     main_metric: str
     label: str | None = None
     labels: tuple[str, ...] | None = None
-    verbalizers: tuple[str, ...] | None = None
     target: str | None = None
-    template: str | None = None
+    prompts: tuple[Prompt, ...] = ()  # several: evaluated with each, scores are the median (T-Few)
     generation: dict = field(default_factory=lambda: {"max_new_tokens": 32, "num_beams": 1})
     group_by: str | None = None  # rows sharing this column are one example with several references
+    length_normalize: bool = False  # rank classification by mean (not total) log-likelihood per token
+    eval_task: "TaskSpec | None" = None  # evaluate on another task (instruction tuning -> MMLU)
     origin: str = ""  # the file:line that defined it
 
     @property
@@ -51,30 +66,63 @@ class TaskSpec:
             return 1
         return len(self.labels) if self.labels else None
 
+    @property
+    def evaluation(self) -> "TaskSpec":
+        return self.eval_task or self
+
     def identity(self) -> dict:
         """Everything that changes results: goes into the cell id."""
         ident = asdict(self)
         for key in ("description", "origin"):
             ident.pop(key)
+        if self.eval_task is not None:
+            ident["eval_task"] = self.eval_task.identity()
         return ident
 
     def describe(self) -> dict:
+        ev = self.evaluation
         return {"name": self.name, "description": self.description, "type": self.type,
-                "source": self.source, "main_metric": self.main_metric,
+                "source": self.source, "main_metric": ev.main_metric, "prompts": len(self.prompts),
+                "eval_task": self.eval_task.name if self.eval_task else None,
                 "metrics": [{"name": m, "higher_is_better": metric_fns.METRICS[m].higher_is_better}
-                            for m in self.metrics]}
+                            for m in ev.metrics]}
+
+
+def template_fields(template: str) -> set[str]:
+    """Top-level column names a format string reads ({translation[en]} reads 'translation')."""
+    return {f.split("[")[0].split(".")[0] for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+def _prompts(values: dict, name: str, where) -> tuple[Prompt, ...]:
+    if "template" in values and "templates" in values:
+        raise BadInput(f"task '{name}': give 'template' or 'templates', not both", where("templates"))
+    if "templates" in values:
+        prompts = []
+        for i, item in enumerate(values["templates"]):
+            check_keys(item, _TEMPLATE_KEYS, "template key", lambda k, i=i: where("templates", i, k),
+                       required=("prompt",))
+            answers = item.get("answers")
+            prompts.append(Prompt(str(item["prompt"]), tuple(map(str, answers)) if answers else None))
+        return tuple(prompts)
+    if "verbalizers" in values and "choices" in values:
+        raise BadInput(f"task '{name}': 'verbalizers' (fixed answers) or 'choices' (per example), not both",
+                       where("choices"))
+    answers = values.get("verbalizers") or values.get("choices")
+    if "template" not in values:
+        return (Prompt(" ".join("{" + c + "}" for c in values.get("text", [])), _tuple(answers)),) \
+            if values.get("text") else ()
+    return (Prompt(values["template"], _tuple(answers)),)
 
 
 def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     """Validate one task definition; `where(*keys)` gives file:line for error messages."""
     check_keys(raw, _KEYS, "task key", lambda k: where(k), required=("name", "type", "source", "metrics"))
     values = {k: coerce(v, _KEYS[k], where(k), k) for k, v in raw.items()}
-    name = values["name"]
+    name, ttype = values["name"], values["type"]
     src = values["source"]
     check_keys(src, _SOURCE_KEYS, "source key", lambda k: where("source", k))
     src = {k: coerce(v, _SOURCE_KEYS[k], where("source", k), k) for k, v in src.items()}
-    kinds = [k for k in ("synthetic", "dataset", "files") if k in src]
-    if len(kinds) != 1:
+    if len([k for k in ("synthetic", "dataset", "files") if k in src]) != 1:
         raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files", where("source"))
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
@@ -86,20 +134,26 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     main = values.get("main_metric", values["metrics"][0])
     if main not in values["metrics"]:
         raise BadInput(f"task '{name}': main_metric '{main}' is not in its metrics", where("main_metric"))
-    ttype = values["type"]
     needs = {"classification": ("label", "labels"), "regression": ("label",), "generation": ("target",),
              "multiple_choice": ("label",)}[ttype]
     for key in needs:
-        if key not in values:
+        if key not in values and not (key == "target" and "eval_task" in values):
             raise BadInput(f"task '{name}' of type {ttype} needs '{key}'", where())
-    if "verbalizers" in values and len(values["verbalizers"]) != len(values.get("labels", [])):
-        raise BadInput(f"task '{name}': one verbalizer per label is needed", where("verbalizers"))
-    if "template" in values:
-        fields = {f for _, f, _, _ in string.Formatter().parse(values["template"]) if f}
-        missing = fields - set(values.get("text", []))
+    for key in ("labels", "verbalizers", "choices"):
+        if any(isinstance(v, bool) for v in values.get(key, [])):
+            raise BadInput(f"task '{name}': YAML reads unquoted yes/no/true/false as booleans; quote the {key}",
+                           where(key))
+    prompts = _prompts(values, name, where)
+    for prompt in prompts:
+        used = template_fields(prompt.text).union(*(template_fields(a) for a in prompt.answers or ()))
+        missing = used - set(values.get("text", []))
         if missing:
-            raise BadInput(f"task '{name}': template uses {sorted(missing)}, which are not in 'text'",
-                           where("template"))
+            raise BadInput(f"task '{name}': a template reads {sorted(missing)}, which are not listed in 'text'",
+                           where("templates" if "templates" in values else "template"))
+        if ttype == "classification" and prompt.answers and len(prompt.answers) != len(values["labels"]):
+            raise BadInput(f"task '{name}': one answer per label is needed in every template", where("labels"))
+    if ttype == "multiple_choice" and not all(p.answers for p in prompts):
+        raise BadInput(f"task '{name}': multiple-choice templates need their answer options ('choices')", where())
     generation = {"max_new_tokens": 32, "num_beams": 1}
     if "generation" in values:
         check_keys(values["generation"], _GENERATION_KEYS, "generation key", lambda k: where("generation", k))
@@ -107,9 +161,10 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     return TaskSpec(
         name=name, description=values.get("description", ""), type=ttype, source=src,
         text=tuple(values.get("text", [])), metrics=tuple(values["metrics"]), main_metric=main,
-        label=values.get("label"), labels=_tuple(values.get("labels")),
-        verbalizers=_tuple(values.get("verbalizers")), target=values.get("target"),
-        template=values.get("template"), generation=generation, group_by=values.get("group_by"),
+        label=values.get("label"), labels=_tuple(values.get("labels")), target=values.get("target"),
+        prompts=prompts, generation=generation, group_by=values.get("group_by"),
+        length_normalize=values.get("length_normalize", False),
+        eval_task=values.get("eval_task"),  # a name until registry() resolves it
         origin=where(),
     )
 
@@ -132,6 +187,20 @@ def load_task_file(path: str | Path) -> dict[str, TaskSpec]:
     return specs
 
 
+def _resolve_eval_tasks(specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
+    out = {}
+    for name, spec in specs.items():
+        if isinstance(spec.eval_task, str):
+            target = specs.get(spec.eval_task)
+            if target is None:
+                raise unknown("eval_task", spec.eval_task, specs, spec.origin)
+            if target.eval_task is not None:
+                raise BadInput(f"task '{name}': eval_task '{target.name}' has an eval_task of its own", spec.origin)
+            spec = dataclasses.replace(spec, eval_task=target)
+        out[name] = spec
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def builtin_tasks() -> dict[str, TaskSpec]:
     specs: dict[str, TaskSpec] = {}
@@ -139,7 +208,7 @@ def builtin_tasks() -> dict[str, TaskSpec]:
     for entry in sorted(defs.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
             specs.update(load_task_file(Path(str(entry))))
-    return specs
+    return _resolve_eval_tasks(specs)
 
 
 def registry(task_files: list[str | Path] = ()) -> dict[str, TaskSpec]:
@@ -150,4 +219,4 @@ def registry(task_files: list[str | Path] = ()) -> dict[str, TaskSpec]:
             if name in specs:
                 raise BadInput(f"task '{name}' is already defined at {specs[name].origin}", spec.origin)
             specs[name] = spec
-    return specs
+    return _resolve_eval_tasks(specs)

@@ -23,7 +23,25 @@ class DataUnavailable(BadInput):
     """The data a task needs cannot be read here; the message says how to provide it."""
 
 
+def field_value(row: dict, column: str):
+    """A column's value; dotted names reach into nested columns (`translation.ro`)."""
+    if column in row:
+        return row[column]
+    value = row
+    for part in column.split("."):
+        value = value[part]
+    return value
+
+
+def eval_splits(task: TaskSpec) -> dict[str, str]:
+    """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI)."""
+    return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})}}
+
+
 def hub_split(task: TaskSpec, split: str) -> str:
+    """The dataset's split name for "train", "eval" or "eval:<name>" (a more_eval_splits entry)."""
+    if split.startswith("eval:"):
+        return task.source["more_eval_splits"][split[5:]]
     return task.source.get("train_split" if split == "train" else "eval_split",
                            "train" if split == "train" else "validation")
 
@@ -40,16 +58,25 @@ def local_file(task: TaskSpec, split: str, data_dir: str | Path) -> Path | None:
     return None
 
 
-def check_available(task: TaskSpec, data_dir: str | Path | None) -> None:
+def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
+    """The splits a cell reads: training data, and evaluation data unless another task evaluates."""
+    train = [] if evaluation_only else ["train"]
+    return train if task.eval_task is not None else train + list(eval_splits(task).values())
+
+
+def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only: bool = False) -> None:
     """Fail before any work when a task's data cannot be read (local files missing, hub offline)."""
     src = task.source
+    splits = needed_splits(task, evaluation_only)
     if "files" in src:
-        for split, path in src["files"].items():
-            if not Path(path).is_file():
-                raise DataUnavailable(f"task '{task.name}': {split} file not found: {path}", task.origin)
+        for split in splits:
+            key = split.replace("eval:", "")
+            path = src["files"].get(key)
+            if path is None or not Path(path).is_file():
+                raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
     elif "dataset" in src:
         if data_dir is not None:
-            for split in ("train", "eval"):
+            for split in splits:
                 if local_file(task, split, data_dir) is None:
                     folder = Path(data_dir) / src["dataset"].split("/")[-1] / (src.get("config") or "")
                     raise DataUnavailable(
@@ -60,6 +87,8 @@ def check_available(task: TaskSpec, data_dir: str | Path | None) -> None:
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
                 f"{' (' + src['config'] + ')' if src.get('config') else ''}, and the hub is offline here; "
                 "pass --data-dir DIR with DIR/<dataset>/<config>/<split>.jsonl in the hub's columns")
+    if task.eval_task is not None:
+        check_available(task.eval_task, data_dir, evaluation_only=True)
 
 
 def _hub_offline() -> bool:
@@ -75,13 +104,13 @@ def _hub_offline() -> bool:
 
 
 def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[dict]:
-    """All rows of the train or eval split, in the hub's column schema."""
+    """All rows of a split ("train", "eval" or "eval:<name>"), in the hub's column schema."""
     src = task.source
     if "synthetic" in src:
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
         return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
     if "files" in src:
-        return read_file(Path(src["files"][split]))
+        return read_file(Path(src["files"][split.replace("eval:", "")]))
     check_available(task, data_dir)
     if data_dir is not None:
         return read_file(local_file(task, split, data_dir))

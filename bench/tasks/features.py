@@ -2,20 +2,25 @@
 
 - "classifier": the text columns go through the tokenizer as a (pair of) sequence(s); the label is
   the class index (or a float for regression).
-- "lm" (text-to-text): the template renders the input; the target is the label's answer word
-  (classification, scored by rank classification at evaluation) or the reference text (generation).
-  Decoder-only models see prompt + target in one sequence, with the prompt masked out of the loss.
+- "lm" (text-to-text): a template renders the input; the target is the gold answer option
+  (classification: the label's word; multiple choice: the row's option) or the reference text
+  (generation). Decoder-only models see prompt + target in one sequence, the prompt masked out of
+  the loss. Evaluation scores every answer option (rank classification) or generates.
+In-context learning prepends rendered demonstrations (with their answers) to every prompt.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 
-from bench.tasks import TaskSpec
+from bench.tasks import Prompt, TaskSpec
+from bench.tasks.data import field_value
 
 IGNORE = -100
+DEMO_SEPARATOR = "\n\n"
 
 
 @dataclass
@@ -24,39 +29,55 @@ class EvalSet:
 
     features: list[dict]  # input ids per example (prompts only for "lm")
     gold: list  # class index / float per example, or a list of reference strings
-    choices: list[list[int]] | None = None  # answer-word token ids (rank classification)
-
-
-def render(task: TaskSpec, row: dict) -> str:
-    if task.template:
-        return task.template.format(**{c: row[c] for c in task.text})
-    return " ".join(str(row[c]) for c in task.text)
-
-
-def answers(task: TaskSpec) -> list[str]:
-    return list(task.verbalizers or task.labels)
+    choices: list[list[list[int]]] | None = None  # per example, the token ids of each answer option
 
 
 def gold(task: TaskSpec, row: dict):
     """The row's label as a class index (names and numeric strings accepted) or a float."""
-    value = row[task.label]
+    value = field_value(row, task.label)
     if task.type == "regression":
         return float(value)
     if isinstance(value, str) and task.labels and value in task.labels:
         return task.labels.index(value)
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"task '{task.name}': label {value!r} is neither a class index nor one of "
+                         f"{list(task.labels or [])}") from None
 
 
-def _encode_prompt(tokenizer, bundle_kind: str, text: str, max_length: int) -> list[int]:
-    if bundle_kind == "encoder-decoder":
-        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+def render(task: TaskSpec, prompt: Prompt, row: dict) -> str:
+    return prompt.text.format(**{c: row[c] for c in task.text})
+
+
+def answers(task: TaskSpec, prompt: Prompt, row: dict) -> list[str]:
+    """The answer options of a row under a template (the label names when the task gives none)."""
+    options = prompt.answers or task.labels
+    return [a.format(**{c: row[c] for c in task.text}) for a in options]
+
+
+def target_text(task: TaskSpec, prompt: Prompt, row: dict) -> str:
+    if task.type in ("classification", "multiple_choice"):
+        return answers(task, prompt, row)[gold(task, row)]
+    return str(field_value(row, task.target))
+
+
+def demonstrations(task: TaskSpec, prompt: Prompt, rows: list[dict]) -> str:
+    """Solved examples for in-context learning, each rendered with its answer."""
+    return "".join(f"{render(task, prompt, r)} {target_text(task, prompt, r)}{DEMO_SEPARATOR}" for r in rows)
+
+
+def _encode_prompt(tokenizer, kind: str, text: str, max_length: int) -> list[int]:
+    if kind == "encoder-decoder":
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return ids[-max_length:]  # keep the end: it holds the question (and after demonstrations, the query)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + ids[-(max_length - len(bos)):]  # keep the end: it holds the question
+    return bos + ids[-(max_length - len(bos)):]
 
 
-def _encode_target(tokenizer, bundle_kind: str, text: str, max_length: int) -> list[int]:
-    if bundle_kind == "decoder" and not text.startswith(" "):
+def _encode_target(tokenizer, kind: str, text: str, max_length: int) -> list[int]:
+    if kind == "decoder" and not text.startswith(" "):
         text = " " + text  # a new word after the prompt, as the model saw text in pretraining
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 1]
     return ids + [tokenizer.eos_token_id]
@@ -68,38 +89,54 @@ def lm_example(kind: str, prompt: list[int], target: list[int]) -> dict:
     return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
-def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int) -> list[dict]:
+def prompt_per_row(task: TaskSpec, n: int, seed: int) -> list[int]:
+    """Which template each training row uses: drawn with the seed, so every method sees the same."""
+    rng = random.Random(seed)
+    return [rng.randrange(len(task.prompts)) for _ in range(n)]
+
+
+def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, seed: int = 0) -> list[dict]:
     tok, kind = bundle.tokenizer, bundle.kind
     if bundle.head == "classifier":
         out = []
         for row in rows:
-            enc = tok(*[str(row[c]) for c in task.text], truncation=True, max_length=max_length)
+            enc = tok(*[str(field_value(row, c)) for c in task.text], truncation=True, max_length=max_length)
             out.append({"input_ids": enc["input_ids"], "labels": gold(task, row)})
         return out
-    targets = answers(task) if task.type == "classification" else None
     out = []
-    for row in rows:
-        target = targets[gold(task, row)] if targets else str(row[task.target])
-        out.append(lm_example(kind, _encode_prompt(tok, kind, render(task, row), max_length),
-                              _encode_target(tok, kind, target, max_length)))
+    for row, p in zip(rows, prompt_per_row(task, len(rows), seed)):
+        prompt = task.prompts[p]
+        ids = _encode_prompt(tok, kind, render(task, prompt, row), max_length)
+        feature = lm_example(kind, ids, _encode_target(tok, kind, target_text(task, prompt, row), max_length))
+        if task.type in ("classification", "multiple_choice"):  # what the T-Few losses need
+            feature["prompt_ids"] = ids
+            feature["choice_ids"] = [_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, row)]
+            feature["gold"] = gold(task, row)
+        out.append(feature)
     return out
 
 
-def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int) -> EvalSet:
+def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, prompt: Prompt | None = None,
+                  demos: list[dict] = ()) -> EvalSet:
+    """Inputs for evaluating `rows` under one template (with `demos` prepended for in-context learning)."""
     tok, kind = bundle.tokenizer, bundle.kind
     if bundle.head == "classifier":
         feats = train_features(task, bundle, rows, max_length)
         return EvalSet([{"input_ids": f["input_ids"]} for f in feats], [f["labels"] for f in feats])
-    if task.type == "classification":
-        choices = [_encode_target(tok, kind, a, max_length) for a in answers(task)]
-        feats = [{"input_ids": _encode_prompt(tok, kind, render(task, r), max_length)} for r in rows]
-        return EvalSet(feats, [gold(task, r) for r in rows], choices)
+    prompt = prompt or task.prompts[0]
+    prefix = demonstrations(task, prompt, list(demos))
+
+    def encode(row):
+        return {"input_ids": _encode_prompt(tok, kind, prefix + render(task, prompt, row), max_length)}
+
+    if task.type in ("classification", "multiple_choice"):
+        choices = [[_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, r)] for r in rows]
+        return EvalSet([encode(r) for r in rows], [gold(task, r) for r in rows], choices)
     groups: dict = {}
-    for row in rows:  # one example per group_by value, with all its references
-        key = row[task.group_by] if task.group_by else id(row)
-        groups.setdefault(key, (row, []))[1].append(str(row[task.target]))
-    feats = [{"input_ids": _encode_prompt(tok, kind, render(task, r), max_length)} for r, _ in groups.values()]
-    return EvalSet(feats, [refs for _, refs in groups.values()])
+    for i, row in enumerate(rows):  # one example per group_by value, with all its references
+        key = field_value(row, task.group_by) if task.group_by else i
+        groups.setdefault(key, (row, []))[1].append(str(field_value(row, task.target)))
+    return EvalSet([encode(r) for r, _ in groups.values()], [refs for _, refs in groups.values()])
 
 
 def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ NEUTRAL = ["the", "a", "movie", "film", "plot", "actor", "scene", "story", "was"
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # Words templates and verbalizers use; listed so the tiny tokenizer keeps each one a single token.
 PROMPT_WORDS = ["review", "sentiment", "positive", "negative", "score", "spell", "answer", "question",
-                "premise", "hypothesis", "sentence", "yes", "no", "entailment"]
+                "premise", "hypothesis", "sentence", "yes", "no", "entailment", "which", "word", "appears",
+                "in", "does", "it", "say", "or"]
 
 # Polar word counts (positive, negative) a sentence may hold; never a tie, so labels are unambiguous.
 _POLAR_COUNTS = [(p, n) for p in range(5) for n in range(5) if p != n and 1 <= p + n <= 4]
@@ -66,4 +67,20 @@ def digits(n: int, seed: int) -> list[dict]:
     return rows
 
 
-GENERATORS = {"polarity": polarity, "intensity": intensity, "digits": digits}
+def choice(n: int, seed: int) -> list[dict]:
+    """Multiple choice: which of two words appears in the sentence? (chance 50%)"""
+    rng = random.Random(seed)
+    vocabulary = POSITIVE + NEGATIVE + NEUTRAL
+    rows = []
+    for i in range(n):
+        sentence, _, _ = _polar_sentence(rng)
+        words = sentence.split()
+        present = rng.choice(words)
+        absent = rng.choice([w for w in vocabulary if w not in words])
+        label = rng.randrange(2)
+        options = [present, absent] if label == 0 else [absent, present]
+        rows.append({"idx": i, "sentence": sentence, "choice1": options[0], "choice2": options[1], "label": label})
+    return rows
+
+
+GENERATORS = {"polarity": polarity, "intensity": intensity, "digits": digits, "choice": choice}

@@ -1,0 +1,48 @@
+"""Training objectives for text-to-text training on tasks with answer options.
+
+- lm: cross-entropy of the gold answer's tokens (the model's own loss).
+- tfew: T-Few's L_LM + L_UL + L_LN (Liu et al. 2022): the LM loss, an unlikelihood loss that pushes
+  down every token of the wrong options (-log(1 - p)), and a softmax cross-entropy over the options'
+  length-normalised log-likelihoods (mean log-probability per token).
+Tasks without answer options (generation, classifier heads) always train with `lm`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.tasks.evaluate import token_logprobs
+from bench.tasks.features import collate, lm_example
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:
+    """Every (example, option) pair as one padded batch, with each pair's example and gold flag."""
+    pairs, example, is_gold = [], [], []
+    for i, f in enumerate(features):
+        for j, option in enumerate(f["choice_ids"]):
+            pairs.append(lm_example(kind, f["prompt_ids"], option))
+            example.append(i)
+            is_gold.append(int(j == f["gold"]))
+    return collate(pairs, pad_id), example, is_gold
+
+
+def tfew_loss(model, batch: dict, example: list[int], is_gold: list[int]) -> torch.Tensor:
+    token_logp, mask = token_logprobs(model, batch)
+    n_tokens = mask.sum(-1).clamp(min=1)
+    gold = torch.tensor(is_gold, dtype=torch.bool, device=token_logp.device)
+    l_lm = -(token_logp[gold].sum(-1) / n_tokens[gold]).mean()
+    wrong_tokens = mask[~gold]
+    p = token_logp[~gold].exp().clamp(max=1 - 1e-6)
+    l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
+    mean_logp = token_logp.sum(-1) / n_tokens
+    index = torch.tensor(example, device=token_logp.device)
+    n_examples = int(index.max()) + 1
+    l_ln = 0.0
+    for i in range(n_examples):  # options per example may differ in number
+        scores = mean_logp[index == i]
+        l_ln = l_ln - torch.log_softmax(scores, dim=0)[gold[index == i].nonzero()[0, 0]]
+    return l_lm + l_ul + l_ln / n_examples

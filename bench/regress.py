@@ -1,0 +1,239 @@
+"""The regression gate: run a suite, compare every cell with a committed baseline, fail on regressions.
+
+Rules (defaults; a tolerance file can change the numbers):
+- parameter counts, stored bytes and static memory (weights, trainable, gradients, optimizer state)
+  must be equal: they are exact functions of the code and the configuration;
+- activation bytes and counted FLOPs must be equal on the baseline's torch version, and within a
+  relative tolerance on another (kernels differ in what they save);
+- scores must be within an absolute tolerance, per metric (points on the 0-100 scale);
+- times and throughputs only warn, as a ratio: machines are noisy;
+- a baseline cell that is missing or did not end ok is a regression; a new cell is reported only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.config import check_keys, coerce
+from bench.errors import BadInput
+from bench.record import SCHEMA_VERSION
+from bench.store import atomic_write
+from bench.yamlfile import load_yaml
+
+EXACT = ("params.total", "params.trainable", "params.stored", "params.stored_bytes", "memory.weights_bytes",
+         "memory.trainable_bytes", "memory.grad_bytes", "memory.optimizer_bytes")
+VERSIONED = ("memory.activation_bytes", "flops.train_total", "flops.inference_per_example")
+TIMES = ("time.train_s", "time.step_s_median", "time.train_samples_per_s")
+BASELINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    score_abs: float = 1.0  # points on the 0-100 scale
+    score_abs_per_metric: dict = field(default_factory=dict)
+    versioned_rtol: float = 0.05  # activation bytes and FLOPs on another torch version
+    time_warn_ratio: float = 1.5
+
+    def score(self, metric: str) -> float:
+        return self.score_abs_per_metric.get(metric, self.score_abs)
+
+
+_TOLERANCE_KEYS = {"score_abs": float, "score_abs_per_metric": dict, "versioned_rtol": float,
+                   "time_warn_ratio": float}
+
+
+def load_tolerances(path: str | None) -> Tolerances:
+    if path is None:
+        return Tolerances()
+    doc = load_yaml(path)
+    check_keys(doc.data, _TOLERANCE_KEYS, "tolerance", doc.where)
+    values = {k: coerce(v, _TOLERANCE_KEYS[k], doc.where(k), k) for k, v in doc.data.items()}
+    per_metric = {m: coerce(v, float, doc.where("score_abs_per_metric", m), m)
+                  for m, v in values.get("score_abs_per_metric", {}).items()}
+    return Tolerances(**{**values, "score_abs_per_metric": per_metric})
+
+
+@dataclass
+class Finding:
+    cell: str  # human-readable cell name
+    figure: str
+    baseline: object
+    new: object
+    level: str  # fail | warn | new
+    why: str
+
+    @property
+    def delta(self):
+        if isinstance(self.baseline, (int, float)) and isinstance(self.new, (int, float)):
+            return self.new - self.baseline
+        return None
+
+    def severity(self) -> float:
+        """For ordering, worst first: failures before warnings, larger relative changes first."""
+        rank = {"fail": 2, "warn": 1, "new": 0}[self.level]
+        d = self.delta
+        rel = abs(d) / abs(self.baseline) if d is not None and self.baseline else math.inf
+        return rank * 1e12 + (rel if math.isfinite(rel) else 1e11)
+
+
+@dataclass
+class Verdict:
+    findings: list[Finding]
+    compared: int
+
+    @property
+    def failed(self) -> bool:
+        return any(f.level == "fail" for f in self.findings)
+
+    def line(self) -> str:
+        fails = [f for f in self.findings if f.level == "fail"]
+        warns = sum(f.level == "warn" for f in self.findings)
+        new = sum(f.level == "new" for f in self.findings)
+        cells = len({f.cell for f in fails})
+        head = f"FAIL: {len(fails)} regression(s) in {cells} cell(s)" if fails else "PASS: no regression"
+        return f"{head}; {self.compared} cells compared, {warns} warning(s), {new} new cell(s)"
+
+
+def cell_name(entry: dict) -> str:
+    return f"{entry['label']} · {entry['model']} · {entry['task']} · seed {entry['seed']}"
+
+
+def summarise(record: dict) -> dict:
+    """The part of a record the gate keeps in a baseline."""
+    cell = record["cell"]
+    figures = {f"{section}.{key}": value for section in ("params", "memory", "flops", "time")
+               for key, value in (record.get(section) or {}).items() if isinstance(value, (int, float))}
+    for metric, value in (record.get("scores") or {}).get("metrics", {}).items():
+        figures[f"scores.{metric}"] = value
+    return {"label": cell["label"], "method": cell["method"], "model": cell["model"], "task": cell["task"],
+            "seed": cell["seed"], "status": record["status"], "torch": (record.get("env") or {}).get("torch"),
+            "figures": figures}
+
+
+def make_baseline(suite: str, records: list[dict], env: dict) -> dict:
+    return {"baseline_version": BASELINE_VERSION, "record_schema_version": SCHEMA_VERSION, "suite": suite,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "env": env,
+            "cells": {r["cell"]["id"]: summarise(r) for r in sorted(records, key=lambda r: r["cell"]["id"])}}
+
+
+def read_baseline(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise BadInput(f"cannot read the baseline: {e.strerror} (make one with --update)", "--baseline") from None
+    except ValueError as e:
+        raise BadInput(f"the baseline is not valid JSON: {e}", "--baseline") from None
+    if not isinstance(data, dict) or data.get("baseline_version") != BASELINE_VERSION or "cells" not in data:
+        raise BadInput(f"{path} is not a version-{BASELINE_VERSION} baseline (rewrite it with --update)",
+                       "--baseline")
+    return data
+
+
+def write_baseline(path: str | Path, baseline: dict) -> None:
+    atomic_write(Path(path), (json.dumps(baseline, indent=1) + "\n").encode())
+
+
+def compare(baseline: dict, records: list[dict], tolerances: Tolerances) -> Verdict:
+    current = {r["cell"]["id"]: summarise(r) for r in records}
+    findings: list[Finding] = []
+    for cid, old in baseline["cells"].items():
+        name = cell_name(old)
+        new = current.get(cid)
+        if new is None:
+            findings.append(Finding(name, "cell", old["status"], None, "fail", "in the baseline, missing now"))
+            continue
+        if old["status"] != new["status"]:
+            level = "fail" if old["status"] == "ok" else "warn"
+            findings.append(Finding(name, "status", old["status"], new["status"], level, "status changed"))
+            if new["status"] != "ok":
+                continue
+        findings += _figures(name, old, new, tolerances)
+    for cid, new in current.items():
+        if cid not in baseline["cells"]:
+            findings.append(Finding(cell_name(new), "cell", None, new["status"], "new", "not in the baseline"))
+    findings.sort(key=Finding.severity, reverse=True)
+    return Verdict(findings, sum(1 for cid in baseline["cells"] if cid in current))
+
+
+def _figures(name: str, old: dict, new: dict, tol: Tolerances) -> list[Finding]:
+    out = []
+    a, b = old["figures"], new["figures"]
+    same_torch = old.get("torch") == new.get("torch")
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if x is None and y is None:
+            continue
+        if key in EXACT or (key in VERSIONED and same_torch):
+            if x != y:
+                out.append(Finding(name, key, x, y, "fail", "must be equal" if key in EXACT else
+                                   "must be equal on the same torch version"))
+        elif key in VERSIONED:
+            if x is None or y is None or abs(y - x) > tol.versioned_rtol * abs(x):
+                out.append(Finding(name, key, x, y, "fail", f"beyond ±{tol.versioned_rtol:.0%} across torch versions"))
+        elif key.startswith("scores."):
+            limit = tol.score(key[len("scores."):])
+            if x is None or y is None or abs(y - x) > limit:
+                out.append(Finding(name, key, x, y, "fail", f"beyond ±{limit:g} points"))
+        elif key in TIMES and x and y:
+            ratio = y / x
+            if max(ratio, 1 / ratio) > tol.time_warn_ratio:
+                out.append(Finding(name, key, x, y, "warn", f"×{ratio:.2f} (times only warn)"))
+    return out
+
+
+def render(verdict: Verdict, markdown: bool = False) -> str:
+    rows = [[f.level.upper(), f.cell, f.figure, _num(f.baseline), _num(f.new), _num(f.delta), f.why]
+            for f in verdict.findings]
+    header = ["", "cell", "figure", "baseline", "new", "delta", "rule"]
+    if markdown:
+        from bench.report.markdown import table
+
+        body = table(header, rows) if rows else "_No change beyond tolerances._"
+        return f"**Regression gate — {verdict.line()}**\n\n{body}\n"
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    return "\n".join(lines[1:] if not rows else lines) + ("\n" if rows else "") + verdict.line()
+
+
+def _num(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def gate(suite_name: str, baseline_path: str, results: str, tolerances: Tolerances, executor,
+         update: bool = False, reuse: bool = False, quiet: bool = False) -> Verdict | None:
+    """Run the suite (every cell anew, or with `reuse` only cells without a fresh record), then
+    rewrite the baseline (`update`, returns None) or compare against it.
+
+    A record is fresh when this repository's commit made it from a clean tree: a cell id says what
+    was configured, not which code ran it, so older records cannot stand in for the current code.
+    """
+    from bench import env, grid
+    from bench.runner import run_grid
+    from bench.store import Store
+    from bench.suite import load_suite
+
+    baseline = None if update else read_baseline(baseline_path)  # bad input fails before any work
+    suite = load_suite(suite_name)
+    cells = grid.expand(suite)
+    store = Store(results)
+    sha, dirty = env.repo_state()
+
+    def fresh(record: dict | None) -> bool:
+        e = (record or {}).get("env") or {}
+        return record is not None and sha is not None and e.get("git_sha") == sha and e.get("git_dirty") is False
+
+    stale = [c for c in cells if not (reuse and fresh(store.read(c.suite, c.id)))]
+    run_grid(stale, store, executor, force=True, quiet=quiet)
+    records = [r for r in (store.read(c.suite, c.id) for c in cells) if r is not None]
+    if update:
+        write_baseline(baseline_path, make_baseline(suite.name, records, env.collect(probe_device=False)))
+        return None
+    return compare(baseline, records, tolerances)

@@ -1,0 +1,56 @@
+"""A disk cache of tokenised data, so cells that share a (task, split, tokenizer, length, template)
+tokenise once. Keys hash everything the features depend on; entries are JSON (data, never code),
+written atomically, and a damaged entry is rebuilt. Location: $PEFT_BENCH_CACHE, else
+~/.cache/peft-bench.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.store import atomic_write
+
+VERSION = 1  # bump when the feature format changes
+
+
+def root() -> Path:
+    return Path(os.environ.get("PEFT_BENCH_CACHE", "~/.cache/peft-bench")).expanduser() / "features"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides a tokenizer's output: its full serialisation (fast tokenizers) or name and size."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(task, data_dir: str | None) -> dict:
+    """Where the rows come from: local files by path, size and modification time."""
+    from bench.tasks.data import local_file, needed_splits
+
+    if "files" in task.source:
+        paths = [Path(p) for p in task.source["files"].values()]
+    elif "dataset" in task.source and data_dir is not None:
+        paths = [local_file(task, s, data_dir) for s in needed_splits(task)]
+    else:
+        return {}  # synthetic (its parameters are in the task) or the hub (revision in the task)
+    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p is not None}
+
+
+def cached(key: dict, build: Callable[[], Any]) -> Any:
+    """`build()`'s (JSON-able) result, from disk when the same key was built before."""
+    digest = hashlib.sha256(json.dumps({"version": VERSION, **key}, sort_keys=True, default=str).encode())
+    path = root() / f"{digest.hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # damaged: rebuild it
+            path.unlink(missing_ok=True)
+    value = build()
+    atomic_write(path, json.dumps(value, separators=(",", ":")).encode())
+    return value
