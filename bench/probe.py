@@ -12,10 +12,11 @@ memory.activation_bytes  bytes of the distinct storages autograd saves for backw
                          storage, once. Under bf16 autocast this includes the bf16 copies of weights
                          that matrix products save.
 memory.grad_bytes        bytes of the distinct gradients that exist after the backward pass
-memory.workspace_bytes   transient memory beside the parts above, taken as the larger of the largest
-                         saved storage (backward materialises a gradient of its size next to it) and
-                         trainable_bytes (an optimizer's multi-tensor update makes one temporary per
-                         parameter)
+memory.workspace_bytes   what the busier of a step's two crowded moments adds to weights + grads +
+                         optimizer + activations: early in backward, a gradient the size of the largest
+                         saved storage beside all activations; at the optimizer update, activations are
+                         gone but a multi-tensor update (CUDA's default) holds one temporary per
+                         trainable element. max(largest saved, trainable_bytes - activation_bytes)
 flops.*                  FlopCounterMode's count: 2 × multiply-accumulates of matrix products,
                          convolutions and attention (full L×L, causal masking not discounted);
                          elementwise work, norms and softmax are not counted
@@ -136,7 +137,7 @@ def probe_batch(features: list[dict], batch_size: int, seed: int, pad_id: int) -
 
 
 def workspace_bytes(step: StepMeasure, trainable_bytes: int) -> int:
-    return max(step.largest_saved_bytes, trainable_bytes)
+    return max(step.largest_saved_bytes, trainable_bytes - step.activation_bytes)
 
 
 # T-Few's cost model (Liu et al. 2022): FLOPs per token are (inference, training) × N, N the

@@ -13,7 +13,7 @@ from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_byt
 from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
 from bench.probe import COST_MODEL, StepMeasure, example_flops, instrumented_step, measure_step, probe_batch, \
-    training_flops
+    training_flops, workspace_bytes
 from bench.train import batches, train
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
@@ -52,6 +52,13 @@ def test_predicted_peak_is_the_sum_of_its_parts_or_null():
     parts = {"weights_bytes": 1, "grad_bytes": 2, "optimizer_bytes": 4, "activation_bytes": 8, "workspace_bytes": 16}
     assert predicted_peak(parts) == 31
     assert predicted_peak({**parts, "optimizer_bytes": None}) is None
+
+
+def test_workspace_is_the_busier_moment_of_a_step():
+    step = StepMeasure(activation_bytes=100, largest_saved_bytes=30, grad_bytes=0, forward_flops=0,
+                       backward_flops=0, rows=1, positions=1, tokens=1)
+    assert workspace_bytes(step, trainable_bytes=10) == 30  # backward: activations + the largest one's gradient
+    assert workspace_bytes(step, trainable_bytes=500) == 400  # update: one temporary per trainable element
 
 
 def _adapted(method: str, name: str = "tiny-encoder"):
