@@ -115,11 +115,8 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int)
     model.train()
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
     labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
-    try:
-        with _fake_weights(model, mode):
-            return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode)
-    except Exception as e:
-        raise BadInput(f"the adapted model cannot run on fake tensors: {type(e).__name__}: {e}", "--method") from None
+    with _fake_weights(model, mode):
+        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -193,7 +190,12 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     spec = resolve_model(model, "--model")
     bundle, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype)
     params = count_params(adapted)
-    step = fake_step(adapted, spec.kind, batch_size, seq_len)
+    try:
+        step = fake_step(adapted, spec.kind, batch_size, seq_len)
+    except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
+        hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
+        raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
+                       f"{type(e).__name__}: {e}", "--method") from None
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     memory = weight_bytes(adapted)
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizer_bytes_for(optimizer, trainable),
