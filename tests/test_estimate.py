@@ -134,3 +134,16 @@ def test_cli_json_and_text(capsys):
 def test_bad_input_exits_2_naming_the_flag(args, message, capsys):
     assert main(["estimate", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_step_that_cannot_run_on_fake_tensors_is_refused(monkeypatch, capsys):
+    import bench.estimate
+
+    def reads_a_value(*args, **kwargs):  # what a forward branching on a tensor's value raises
+        raise RuntimeError("aten._local_scalar_dense.default")
+
+    monkeypatch.setattr(bench.estimate, "fake_step", reads_a_value)
+    assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "--method: method 'lora' on tiny-gpt2 cannot run a training step on fake tensors" in err
+    assert "reads a tensor's value" in err
