@@ -15,16 +15,17 @@ import torch
 from bench import env, methods
 from bench.errors import Unsupported
 from bench.grid import Cell
-from bench.measure import PeakMemory, stored_size, timed
+from bench.measure import PeakMemory, predicted_peak, stored_size, timed, weight_bytes
 from bench.methods.base import ApplyContext
 from bench.methods.compose import apply_composition
 from bench.models import load_bundle
+from bench.probe import StepMeasure, example_flops, measure_step, probe_batch, training_flops, workspace_bytes
 from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
 from bench.tasks.data import load_rows, subsample
 from bench.tasks.evaluate import evaluate
 from bench.tasks.features import collate, eval_features, train_features
-from bench.train import autocast_for, batches, total_steps, train
+from bench.train import TrainResult, autocast_for, batches, total_steps, train
 
 
 def device_for_run() -> torch.device:
@@ -64,8 +65,8 @@ def quiet_libraries() -> None:
 def run_cell(cell: Cell, quiet: bool = False) -> dict:
     quiet_libraries()
     record = new_record(cell)
-    record["env"] = env.collect()
-    times = record["time"]
+    record["env"].update(env.collect())
+    times, memory = record["time"], record["memory"]
     device = device_for_run()
     try:
         seed_everything(cell.seed)
@@ -86,28 +87,30 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
             adapted = apply_method(cell, bundle.model, ctx)
             adapted.model.to(device)
         record["params"].update(adapted.params())
+        memory.update(weight_bytes(adapted.model))
         if adapted.trains and not record["params"]["trainable"]:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
         autocast = autocast_for(device, tcfg.precision)
         higher = metrics.METRICS[task.main_metric].higher_is_better
+        # The instrumented step is also the warm-up: the training window's peaks start after it.
+        probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, pad).items()}
+        step = measure_step(adapted.model, probe, device, autocast)
+        record["flops"].update(example_flops(step, record["params"]["total"], bundle.kind))
+        peak = PeakMemory(device)
 
         def main_score() -> float | None:
-            return evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size, device, autocast)[
-                task.main_metric]
+            with peak.excluded():  # evaluations are not part of the training window
+                return evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size, device, autocast)[
+                    task.main_metric]
 
-        with PeakMemory(device) as peak:
-            result = train(adapted, feats, pad, tcfg, cell.seed, device, quiet, main_score, higher) \
-                if adapted.trains else None
-        if result is not None:
-            record["memory"].update(peak_bytes=peak.peak_bytes, peak_source=peak.source)
-            record["train"] = result.summary()
-            times["train_s"] = result.train_s
-            times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
-            times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
-            times["step_s_median"] = record["train"]["step_s_median"]
-        with timed(times, "eval_s"):
+        if adapted.trains:
+            with peak:
+                result = train(adapted, feats, pad, tcfg, cell.seed, device, quiet, main_score, higher)
+            _record_training(record, result, step, peak, bundle.kind)
+        with PeakMemory(device) as eval_peak, timed(times, "eval_s"):
             record["scores"]["metrics"] = evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size,
                                                    device, autocast)
+        memory["eval_peak_allocated_bytes"] = eval_peak.figures["device_peak_allocated_bytes"]
         record["scores"]["n_examples"] = len(evalset.features)
         record["params"].update(stored_size(adapted.state_to_store()))
         _check_finite(record)
@@ -119,6 +122,22 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
         return finish(record, "oom", error_info(e))
     except Exception as e:  # the cell failed; the grid goes on
         return finish(record, "failed", error_info(e))
+
+
+def _record_training(record: dict, result: TrainResult, step: StepMeasure, peak: PeakMemory, kind: str) -> None:
+    """The figures of a training run: memory breakdown and peaks, FLOPs, times, the loss curve summary."""
+    memory, times = record["memory"], record["time"]
+    memory.update(peak.figures, peak_bytes=peak.peak_bytes, peak_source=peak.source,
+                  activation_bytes=step.activation_bytes, grad_bytes=step.grad_bytes,
+                  optimizer_bytes=result.optimizer_bytes,
+                  workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
+    memory["predicted_peak_bytes"] = predicted_peak(memory)
+    record["flops"].update(training_flops(step, record["params"]["total"], kind, result.positions, result.tokens))
+    record["train"] = result.summary()
+    times["train_s"] = result.train_s
+    times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
+    times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
+    times["step_s_median"] = record["train"]["step_s_median"]
 
 
 def _check_finite(record: dict) -> None:

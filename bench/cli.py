@@ -108,6 +108,16 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from bench.cell import quiet_libraries
+    from bench.estimate import estimate, render
+
+    quiet_libraries()
+    result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.dtype)
+    print(json.dumps(result, indent=1) if args.json else render(result))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from bench.report import FORMATS
     from bench.report.compare import Tolerances
@@ -155,6 +165,16 @@ def parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.set_defaults(func=cmd_list)
+
+    est = sub.add_parser("estimate", help="parameters, memory and FLOPs of a training step, without weights")
+    est.add_argument("--model", required=True, help="registry name, local folder with config.json, or hub id")
+    est.add_argument("--method", required=True, help="registry method name")
+    est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
+    est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
+    est.add_argument("--optimizer", default="adamw", help="adamw, adafactor or sgd (default: adamw)")
+    est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
+    est.add_argument("--json", action="store_true", help="machine-readable output")
+    est.set_defaults(func=cmd_estimate)
     return p
 
 

@@ -49,7 +49,7 @@ def repo_state() -> tuple[str | None, bool | None]:
 
 @functools.lru_cache(maxsize=2)
 def collect(probe_device: bool = True) -> dict:
-    """Everything but the seed (the record's cell has it). Unknown values are null.
+    """Everything but the seed (bench.record.new_record puts it in). Unknown values are null.
 
     probe_device=False leaves CUDA uninitialised (the runner's process must not hold a GPU context);
     the device fields are then null.

@@ -72,7 +72,7 @@ class LocalExecutor:
 
 def _failure(cell: Cell, status: str, kind: str, message: str) -> dict:
     record = new_record(cell)
-    record["env"] = env.collect(probe_device=False)
+    record["env"].update(env.collect(probe_device=False))
     return finish(record, status, {"type": kind, "message": message, "where": None, "traceback": None})
 
 

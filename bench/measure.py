@@ -6,9 +6,13 @@ params.trainable      elements of parameters with requires_grad=True after the m
 params.trainable_pct  100 × trainable / total
 params.stored         elements of the tensors that must be saved to restore the fine-tuned model
 params.stored_bytes   size in bytes of those tensors written as one safetensors file
-memory.peak_bytes     the training window's peak: CUDA max_memory_allocated on a GPU, else the process's
-                      peak resident set (VmHWM after resetting it with /proc/self/clear_refs); which one
-                      is in memory.peak_source
+memory.weights_bytes  bytes of all parameters in their own dtype, each tensor once
+memory.trainable_bytes  bytes of the trainable parameters
+memory.grad_bytes     bytes of the gradients that exist after one backward (bench/probe.py)
+memory.optimizer_bytes  bytes of the optimizer's state tensors after its first step, step counters included
+memory.activation_bytes, workspace_bytes: bench/probe.py
+memory.predicted_peak_bytes  weights + grads + optimizer + activations + workspace
+memory.*_peak_*       peaks over the training window: see PeakMemory
 time.*                wall-clock seconds: load_s (data + model + method), train_s (optimizer steps only),
                       eval_s (final evaluation); train_samples_per_s = samples / train_s
 """
@@ -16,19 +20,25 @@ time.*                wall-clock seconds: load_s (data + model + method), train_
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of the storage under a tensor (views share it). Unlike data_ptr this also tells
+    meta and fake tensors apart, which all report address 0."""
+    return t.untyped_storage()._cdata
+
+
 def _key(t: torch.Tensor):
     """Identity of a tensor's memory: same storage, offset and shape means the same tensor."""
-    if t.device.type == "meta":
-        return id(t)
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+    return storage_key(t), t.storage_offset(), tuple(t.shape)
 
 
 def unique_tensors(tensors) -> list[torch.Tensor]:
@@ -41,12 +51,38 @@ def unique_tensors(tensors) -> list[torch.Tensor]:
     return out
 
 
+def tensor_bytes(tensors) -> int:
+    """Bytes of the distinct tensors among `tensors`, each in its own dtype."""
+    return sum(t.nbytes for t in unique_tensors(tensors))
+
+
 def count_params(model: torch.nn.Module) -> dict:
     params = unique_tensors(model.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     return {"total": total, "trainable": trainable,
             "trainable_pct": 100.0 * trainable / total if total else None}
+
+
+def weight_bytes(model: torch.nn.Module) -> dict:
+    """memory.weights_bytes and memory.trainable_bytes of a model."""
+    params = unique_tensors(model.parameters())
+    return {"weights_bytes": tensor_bytes(params),
+            "trainable_bytes": tensor_bytes(p for p in params if p.requires_grad)}
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """memory.optimizer_bytes: every tensor in the optimizer's state (moments, step counters, ...)."""
+    return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+PREDICTED_PARTS = ("weights_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes")
+
+
+def predicted_peak(memory: dict) -> int | None:
+    """memory.predicted_peak_bytes: the sum of PREDICTED_PARTS, null if any part is unknown."""
+    parts = [memory.get(k) for k in PREDICTED_PARTS]
+    return None if any(p is None for p in parts) else sum(parts)
 
 
 def stored_size(state: dict[str, torch.Tensor]) -> dict:
@@ -83,29 +119,139 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-class PeakMemory:
-    """Peak memory over a window: CUDA allocator peak on a GPU, else the process's peak RSS."""
+def nvml_process_bytes(device: torch.device):
+    """A function reading this process's device memory through NVML (CUDA context included), or
+    None when NVML (the nvidia-ml-py distribution's pynvml module) or the device is not available.
 
-    def __init__(self, device: torch.device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.peak_bytes: int | None = None
-        self.source: str | None = None
+    In a container the process may be listed under a host PID; if the device then lists exactly one
+    compute process, that process is taken to be this one.
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(device))
+    except Exception:  # no module, no driver, no device: the figure stays null
+        return None
+    pid = os.getpid()
+
+    def read() -> int | None:
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except pynvml.NVMLError:  # a failed reading is a missing one, never a crash of the cell
+            return None
+        mine = [p for p in procs if p.pid == pid] or (procs if len(procs) == 1 else [])
+        return mine[0].usedGpuMemory if mine else None
+
+    return read
+
+
+class Sampler:
+    """The largest value `read()` returns, polled every `interval_s` on a thread while running."""
+
+    def __init__(self, read, interval_s: float = 0.05):
+        self.read, self.interval_s = read, interval_s
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        value = self.read()
+        if value is not None and (self.peak is None or value > self.peak):
+            self.peak = value
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+
+PEAK_FIELDS = ("device_peak_allocated_bytes", "device_peak_reserved_bytes", "nvml_peak_bytes", "cpu_peak_rss_bytes")
+
+
+class PeakMemory:
+    """Peaks over a window (a `with` block); a figure that cannot be read stays null.
+
+    device_peak_allocated_bytes  CUDA: torch.cuda.max_memory_allocated (tensors alive at once)
+    device_peak_reserved_bytes   CUDA: torch.cuda.max_memory_reserved (what the caching allocator holds)
+    nvml_peak_bytes              CUDA: the process's device memory as NVML reports it (CUDA context
+                                 included), sampled every 50 ms and at both ends of the window
+    cpu_peak_rss_bytes           the process's peak resident set (VmHWM after resetting it through
+                                 /proc/self/clear_refs): interpreter, libraries and CPU tensors
+    Work inside `excluded()` (evaluations during training) does not count towards the peaks.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.figures: dict[str, int | None] = dict.fromkeys(PEAK_FIELDS)
+        self._rss_reset = False
+        read = nvml_process_bytes(self.device) if self.cuda else None
+        self._nvml = Sampler(read) if read else None
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """memory.peak_bytes: the allocated peak on CUDA, else the peak RSS (see `source`)."""
+        return self.figures[self.source] if self.source else None
+
+    @property
+    def source(self) -> str | None:
+        """memory.peak_source: which figure peak_bytes is."""
+        if self.cuda:
+            return "device_peak_allocated_bytes"
+        return "cpu_peak_rss_bytes" if self._rss_reset else None
+
+    def _start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._rss_reset = _reset_peak_rss()
+        if self._nvml:
+            self._nvml.start()
+
+    def _fold(self) -> None:
+        """Merge the peaks since the last start into the window's figures."""
+        readings = {}
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            readings["device_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            readings["device_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
+        if self._nvml:
+            self._nvml.stop()
+            readings["nvml_peak_bytes"] = self._nvml.peak
+        if self._rss_reset:  # without a reset, VmHWM would include everything before the window
+            readings["cpu_peak_rss_bytes"] = _peak_rss_bytes()
+        for key, value in readings.items():
+            if value is not None:
+                old = self.figures[key]
+                self.figures[key] = value if old is None else max(old, value)
 
     def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self._reset = _reset_peak_rss()
+        self._start()
         return self
 
     def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak_bytes, self.source = torch.cuda.max_memory_allocated(), "device_peak_allocated_bytes"
-        elif self._reset:  # without a reset, VmHWM would include everything before the window
-            self.peak_bytes, self.source = _peak_rss_bytes(), "cpu_peak_rss_bytes"
+        self._fold()
         return False
+
+    @contextlib.contextmanager
+    def excluded(self):
+        self._fold()
+        try:
+            yield
+        finally:
+            self._start()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,13 @@ from typing import Any
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "unsupported", "oom", "timeout")
 SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
+# The measured figures of each section, defined in bench/measure.py, bench/probe.py and docs/measurement.md.
+MEMORY_FIGURES = ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
+                  "workspace_bytes", "predicted_peak_bytes", "device_peak_allocated_bytes",
+                  "device_peak_reserved_bytes", "eval_peak_allocated_bytes", "nvml_peak_bytes",
+                  "cpu_peak_rss_bytes", "peak_bytes", "peak_source")
+TIME_FIGURES = ("load_s", "train_s", "eval_s", "step_s_median", "train_samples_per_s", "train_tokens_per_s")
+FLOP_FIGURES = ("train_total", "inference_per_example", "cost_model_train_total", "cost_model_inference_per_example")
 
 
 def new_record(cell) -> dict[str, Any]:
@@ -26,12 +33,12 @@ def new_record(cell) -> dict[str, Any]:
         "status": None,
         "error": None,
         "params": {"total": None, "trainable": None, "trainable_pct": None, "stored": None, "stored_bytes": None},
-        "memory": {"peak_bytes": None, "peak_source": None},
-        "time": {"load_s": None, "train_s": None, "eval_s": None, "train_samples_per_s": None},
-        "flops": {},
+        "memory": dict.fromkeys(MEMORY_FIGURES),
+        "time": dict.fromkeys(TIME_FIGURES),
+        "flops": dict.fromkeys(FLOP_FIGURES),
         "scores": {"main_metric": cell.task.main_metric, "metrics": {}},
         "train": {},
-        "env": {},
+        "env": {"seed": cell.seed},
         "created_at": None,
     }
 

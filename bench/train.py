@@ -18,8 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import TrainConfig
+from bench.measure import optimizer_state_bytes
 from bench.methods.base import Adapted
 from bench.tasks.features import IGNORE, collate
+
 
 def total_steps(train: TrainConfig, n_examples: int) -> int:
     if train.max_steps is not None:
@@ -71,13 +73,28 @@ def linear_schedule(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def tokens_in(batch: dict) -> int:
-    """Non-padding tokens a step processes: inputs, plus decoder targets of encoder-decoders."""
-    n = int(batch["attention_mask"].sum())
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def _decoder_targets(batch: dict, encoder_decoder: bool) -> torch.Tensor | None:
+    """The target ids an encoder-decoder's decoder runs on (None for other models and heads).
+    The model's kind decides, not the shapes: inputs and targets can have the same width."""
     labels = batch.get("labels")
-    if labels is not None and labels.dim() == 2 and labels.shape != batch["input_ids"].shape:
-        n += int((labels != IGNORE).sum())
-    return n
+    return labels if encoder_decoder and labels is not None and labels.dim() == 2 else None
+
+
+def tokens_in(batch: dict, encoder_decoder: bool) -> int:
+    """Non-padding tokens a step processes: inputs, plus decoder targets of encoder-decoders."""
+    targets = _decoder_targets(batch, encoder_decoder)
+    n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    return n + (int((targets != IGNORE).sum()) if targets is not None else 0)
+
+
+def positions_in(batch: dict, encoder_decoder: bool) -> int:
+    """Positions a step computes on, padding included: inputs, plus decoder targets of encoder-decoders."""
+    targets = _decoder_targets(batch, encoder_decoder)
+    return batch["input_ids"].numel() + (targets.numel() if targets is not None else 0)
 
 
 @dataclass
@@ -85,6 +102,8 @@ class TrainResult:
     steps: int = 0
     samples: int = 0
     tokens: int = 0
+    positions: int = 0
+    optimizer_bytes: int | None = None  # bench.measure.optimizer_state_bytes after the first step
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -93,7 +112,7 @@ class TrainResult:
 
     def summary(self) -> dict:
         tail = self.losses[-10:]
-        return {"steps": self.steps, "samples": self.samples, "tokens": self.tokens,
+        return {"steps": self.steps, "samples": self.samples, "tokens": self.tokens, "positions": self.positions,
                 "first_loss": self.losses[0] if self.losses else None,
                 "final_loss": sum(tail) / len(tail) if tail else None,
                 "evals": self.evals, "best_step": self.best_step,
@@ -106,7 +125,8 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
     """Train `adapted.model` on `features`; `evaluate` (if given) returns the main score.
 
     A step's time runs from batch collation to the end of the optimizer step (CUDA synchronised);
-    evaluations during training are not part of it.
+    evaluations during training are not part of it. The optimizer's state is measured after the
+    first step, outside the step's time.
     """
     result = TrainResult()
     model = adapted.model
@@ -116,6 +136,7 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
     schedule = linear_schedule(optimizer, int(train.warmup_ratio * steps), steps)
     autocast = autocast_for(device, train.precision)
     cuda = torch.device(device).type == "cuda"
+    encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
     data = batches(features, train.batch_size, seed)
     model.train()
@@ -138,10 +159,13 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
         if cuda:
             torch.cuda.synchronize()
         result.step_s.append(time.perf_counter() - start)
+        if step == 0:
+            result.optimizer_bytes = optimizer_state_bytes(optimizer)
         result.losses.append(float(loss.detach()))
         result.steps += 1
         result.samples += batch["input_ids"].shape[0]
-        result.tokens += tokens_in(batch)
+        result.tokens += tokens_in(batch, encoder_decoder)
+        result.positions += positions_in(batch, encoder_decoder)
         bar.update(1)
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
         if evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps:

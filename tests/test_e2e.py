@@ -52,6 +52,25 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
     assert lora["params"]["total"] == body + head + lora_params + head  # peft keeps the original head too
     assert lora["params"]["stored"] == lora_params + head
     assert lora["params"]["trainable_pct"] == pytest.approx(100 * (lora_params + head) / lora["params"]["total"])
+    # memory breakdown, in fp32; AdamW keeps two moments per element and a 4-byte step counter per tensor
+    tensors = {"full": 5 + tiny.DEPTH * 16 + 4,  # embeddings 3 + LayerNorm 2; per layer 8 linear + 2 LayerNorm
+               "lora": tiny.DEPTH * 2 * 2 + 4}  # lora_A and lora_B per adapted projection; head: 2 weights, 2 biases
+    for label, r in (("full", full), ("lora", lora)):
+        m, trainable = r["memory"], r["params"]["trainable"]
+        assert m["weights_bytes"] == 4 * r["params"]["total"]
+        assert m["trainable_bytes"] == m["grad_bytes"] == 4 * trainable
+        assert m["optimizer_bytes"] == 2 * 4 * trainable + 4 * tensors[label]
+        assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "grad_bytes", "optimizer_bytes",
+                                                               "activation_bytes", "workspace_bytes"))
+        assert m["cpu_peak_rss_bytes"] == m["peak_bytes"] > m["predicted_peak_bytes"]  # RSS holds the interpreter too
+        assert all(m[k] is None for k in ("device_peak_allocated_bytes", "device_peak_reserved_bytes",
+                                          "eval_peak_allocated_bytes", "nvml_peak_bytes"))
+        f = r["flops"]
+        assert f["cost_model_train_total"] == 6 * r["params"]["total"] * r["train"]["tokens"]  # encoder: 6N per token
+        assert 0 < f["inference_per_example"] < f["train_total"]
+        assert r["time"]["step_s_median"] > 0 and r["time"]["train_tokens_per_s"] > 0
+        assert r["env"]["seed"] == 1
+    assert 0 < lora["memory"]["activation_bytes"] < full["memory"]["activation_bytes"]
     before = {p.name: p.stat().st_mtime_ns for p in (results / "tiny").glob("*.json")}
     assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
     assert "nothing run; 2 already recorded" in capsys.readouterr().out

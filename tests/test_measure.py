@@ -1,9 +1,22 @@
 """Measurements against independent computations."""
 
+import contextlib
+
+import pytest
 import torch
 from safetensors.torch import save
 
-from bench.measure import PeakMemory, count_params, stored_size
+from bench import methods, tiny
+from bench.config import TrainConfig
+from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_bytes, predicted_peak, stored_size, \
+    weight_bytes
+from bench.methods.base import ApplyContext
+from bench.models import REGISTRY, load_bundle
+from bench.probe import COST_MODEL, StepMeasure, example_flops, instrumented_step, measure_step, probe_batch, \
+    training_flops, workspace_bytes
+from bench.train import batches, train
+
+H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
 
 
 def test_tied_weights_count_once():
@@ -18,6 +31,15 @@ def test_tied_weights_count_once():
     assert counts["trainable_pct"] == 100 * 42 / 50
 
 
+def test_weight_bytes_in_each_dtype_tied_once():
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    frozen = torch.nn.Linear(4, 3).to(torch.bfloat16).requires_grad_(False)
+    model = torch.nn.ModuleDict({"emb": emb, "head": head, "frozen": frozen})
+    assert weight_bytes(model) == {"weights_bytes": 40 * 4 + (12 + 3) * 2, "trainable_bytes": 40 * 4}
+
+
 def test_stored_size_is_the_safetensors_file():
     a, b = torch.randn(3, 5), torch.randn(7)
     state = {"a": a, "b": b, "tied": a}
@@ -26,11 +48,183 @@ def test_stored_size_is_the_safetensors_file():
     assert out["stored_bytes"] == len(save({"a": a, "b": b}))
 
 
+def test_predicted_peak_is_the_sum_of_its_parts_or_null():
+    parts = {"weights_bytes": 1, "grad_bytes": 2, "optimizer_bytes": 4, "activation_bytes": 8, "workspace_bytes": 16}
+    assert predicted_peak(parts) == 31
+    assert predicted_peak({**parts, "optimizer_bytes": None}) is None
+
+
+def test_workspace_is_the_busier_moment_of_a_step():
+    step = StepMeasure(activation_bytes=100, largest_saved_bytes=30, grad_bytes=0, forward_flops=0,
+                       backward_flops=0, rows=1, positions=1, tokens=1)
+    assert workspace_bytes(step, trainable_bytes=10) == 30  # backward: activations + the largest one's gradient
+    assert workspace_bytes(step, trainable_bytes=500) == 400  # update: one temporary per trainable element
+
+
+def _adapted(method: str, name: str = "tiny-encoder"):
+    spec = REGISTRY[name]
+    task_type = "classification" if spec.kind == "encoder" else "generation"
+    bundle = load_bundle(spec, task_type, 2 if spec.kind == "encoder" else None, seed=1)
+    m = methods.get(method)
+    config = m.resolve({}, spec.arch, str)
+    return bundle, m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(), 10))
+
+
+def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
+    ids = torch.randint(5, 100, (rows, length), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(rows) % 2 if classes else ids
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_lora_optimizer_state_is_two_moments_and_a_step_counter_per_tensor():
+    bundle, adapted = _adapted("lora")
+    feats = [{"input_ids": [1, 7, 8, 9, 2], "labels": i % 2} for i in range(8)]
+    result = train(adapted, feats, tiny.PAD, TrainConfig(max_steps=1, batch_size=4), seed=0, device="cpu",
+                   quiet=True)
+    lora = DEPTH * 2 * 8 * (H + H)  # q and v, r=8: A (8 × in) and B (out × 8)
+    head = (H * H + H) + (H * 2 + 2)
+    tensors = DEPTH * 2 * 2 + 4  # lora_A, lora_B per adapted module; head: dense and out_proj, weight and bias
+    assert count_params(adapted.model)["trainable"] == lora + head
+    assert result.optimizer_bytes == 2 * 4 * (lora + head) + 4 * tensors
+
+
+def test_optimizer_state_bytes_dedupes_shared_tensors():
+    p = torch.nn.Parameter(torch.zeros(3, 2))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert optimizer_state_bytes(opt) == 2 * 6 * 4 + 4
+
+
+METHODS = ("head-only", "lora", "full", "prompt-tuning", "bitfit", "ia3")
+
+
+@pytest.fixture(scope="module")
+def steps() -> dict:
+    """Per method: the tiny encoder's trainable count and two instrumented steps on the same batch."""
+    out = {}
+    for method in METHODS:
+        model = _adapted(method)[1].model
+        out[method] = (count_params(model)["trainable"], *(
+            measure_step(model, _batch(), "cpu", contextlib.nullcontext) for _ in range(2)))
+        assert all(p.grad is None for p in model.parameters())  # the step's gradients are dropped
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_instrumented_step_is_deterministic(steps, method):
+    _, first, second = steps[method]
+    assert first == second and first.activation_bytes > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grad_bytes_are_the_trainable_parameters_in_fp32(steps, method):
+    trainable, step, _ = steps[method]
+    assert step.grad_bytes == 4 * trainable
+
+
+def test_activation_bytes_order_methods(steps):
+    """What a step keeps for backward: a linear probe keeps the head's input only; LoRA keeps the
+    inputs of the adapted projections beside what backpropagation through the body needs; full
+    fine-tuning keeps the inputs of every linear layer. Prompt tuning keeps less per token than full
+    fine-tuning (frozen linear layers need no input), but its 20 virtual tokens more than double a
+    16-token batch, so at the same batch it keeps more (at 128 tokens it keeps less: see
+    docs/measurement.md)."""
+    saved = {m: steps[m][1].activation_bytes for m in METHODS}
+    assert 100 * saved["head-only"] < saved["lora"] < saved["full"] < saved["prompt-tuning"]
+
+
+def test_measure_step_does_not_change_training():
+    """Training after the instrumented step ends with the very same weights (dropout included)."""
+    feats = [{"input_ids": [1] + [5 + (i * 7 + j) % 50 for j in range(6 + i % 3)] + [2], "labels": i % 2}
+             for i in range(16)]
+    finals = []
+    for probe_first in (False, True):
+        torch.manual_seed(0)
+        bundle, adapted = _adapted("lora")
+        if probe_first:
+            measure_step(adapted.model, probe_batch(feats, 8, 0, tiny.PAD), "cpu",
+                         contextlib.nullcontext)
+        result = train(adapted, feats, tiny.PAD, TrainConfig(max_steps=3, batch_size=8), 0, "cpu", quiet=True)
+        finals.append(([p.detach().clone() for p in adapted.model.parameters()], result.losses))
+    assert finals[0][1] == finals[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(finals[0][0], finals[1][0]))
+
+
+def test_probe_batch_is_the_first_batch_at_the_longest_width():
+    feats = [{"input_ids": list(range(2 + i)), "labels": [7] * (1 + i % 4)} for i in range(10)]
+    batch = probe_batch(feats, 3, seed=5, pad_id=0)
+    first = next(batches(feats, 3, seed=5))
+    assert batch["input_ids"].shape == (3, 11) and batch["labels"].shape == (3, 4)
+    assert batch["attention_mask"].sum(1).tolist() == [len(f["input_ids"]) for f in first]
+
+
+def test_forward_flops_of_the_tiny_encoder_match_its_matrix_products():
+    """2 × multiply-accumulates: q, k, v, o and the two FFN projections per token and layer, the two
+    attention products (L² per head dimension), the head on the first token; embeddings are lookups."""
+    _, adapted = _adapted("full")
+    rows, length = 4, 12
+    step = instrumented_step(adapted.model, _batch(rows, length))
+    tokens = rows * length
+    layer = 2 * tokens * (4 * H * H + 2 * H * F) + 2 * 2 * rows * length * length * H
+    head = 2 * rows * (H * H + H * 2)
+    assert step.forward_flops == DEPTH * layer + head
+    # backward: gradients for inputs and for weights, each as costly as the forward product, except
+    # that no gradient flows into the token ids (the first layer still needs its input gradient for
+    # the embeddings, which train)
+    assert step.backward_flops == 2 * step.forward_flops
+
+
+def test_flop_scaling_and_cost_model():
+    step = StepMeasure(activation_bytes=0, largest_saved_bytes=0, grad_bytes=0, forward_flops=1000,
+                       backward_flops=2000, rows=4, positions=100, tokens=80)
+    assert example_flops(step, 50, "decoder") == {"inference_per_example": 250,
+                                                  "cost_model_inference_per_example": 2 * 50 * 80 // 4}
+    assert training_flops(step, 50, "encoder-decoder", positions=1000, tokens=700) == {
+        "train_total": 30 * 1000, "cost_model_train_total": 3 * 50 * 700}
+    assert COST_MODEL == {"encoder-decoder": (1, 3), "decoder": (2, 6), "encoder": (2, 6)}
+
+
 def test_peak_memory_window_sees_an_allocation():
     with PeakMemory("cpu") as outer:
         pass
     with PeakMemory("cpu") as peak:
         block = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
         del block
-    assert peak.source == "cpu_peak_rss_bytes"
+    assert peak.source == "cpu_peak_rss_bytes" and peak.peak_bytes == peak.figures["cpu_peak_rss_bytes"]
     assert peak.peak_bytes - outer.peak_bytes >= 60 * 2 ** 20
+    assert peak.figures["device_peak_allocated_bytes"] is None and peak.figures["nvml_peak_bytes"] is None
+
+
+def test_peak_memory_leaves_out_excluded_work():
+    with PeakMemory("cpu") as outer:
+        pass
+    with PeakMemory("cpu") as peak:
+        with peak.excluded():
+            block = torch.ones(256 * 2 ** 20 // 4)  # 256 MiB, touched and freed inside the exclusion
+            del block
+    assert peak.peak_bytes - outer.peak_bytes < 128 * 2 ** 20
+
+
+def test_sampler_keeps_the_largest_reading():
+    readings = iter([5, None, 9, 3, 7])
+    sampler = Sampler(lambda: next(readings, None), interval_s=3600)
+    sampler.start()  # reads once now
+    for _ in range(3):
+        sampler.sample()
+    sampler.stop()  # and once at the end
+    assert sampler.peak == 9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peaks_see_an_allocation_outside_exclusions():
+    with PeakMemory("cuda") as peak:
+        block = torch.ones(256 * 2 ** 20 // 4, device="cuda")
+        del block
+        with peak.excluded():
+            block = torch.ones(1024 * 2 ** 20 // 4, device="cuda")
+            del block
+    allocated = peak.figures["device_peak_allocated_bytes"]
+    assert 256 * 2 ** 20 <= allocated < 1024 * 2 ** 20
+    assert peak.figures["device_peak_reserved_bytes"] >= allocated
+    assert peak.source == "device_peak_allocated_bytes" and peak.peak_bytes == allocated

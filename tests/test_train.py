@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.config import TrainConfig
-from bench.train import batches, linear_schedule, optimizer_for, total_steps
+from bench.train import batches, linear_schedule, optimizer_for, positions_in, tokens_in, total_steps
 
 
 def test_linear_schedule_warmup_then_decay():
@@ -40,3 +40,14 @@ def test_no_weight_decay_on_biases_and_norms():
     opt = optimizer_for(model, TrainConfig(weight_decay=0.1))
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decay == {id(names["0.weight"])}  # not the bias, not the LayerNorm's weight or bias
+
+
+def test_tokens_and_positions_follow_the_model_kind_not_the_shapes():
+    # inputs and targets of the same width: the decoder's targets of an encoder-decoder still count
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+             "labels": torch.tensor([[4, 5, -100], [6, -100, -100]])}
+    assert (tokens_in(batch, encoder_decoder=True), positions_in(batch, encoder_decoder=True)) == (5 + 3, 6 + 6)
+    assert (tokens_in(batch, encoder_decoder=False), positions_in(batch, encoder_decoder=False)) == (5, 6)
+    classes = {"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.tensor([0, 1])}
+    assert (tokens_in(classes, encoder_decoder=True), positions_in(classes, encoder_decoder=True)) == (6, 6)

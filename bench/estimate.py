@@ -1,0 +1,233 @@
+"""`peft-bench estimate`: parameters, memory and FLOPs of one training step, without weights or a device.
+
+How: the model is built on the `meta` device from its config (shipped configs need no network), the
+method is applied as in a cell (same registry, same config resolution), and bench.probe's
+instrumented step runs on fake tensors (torch's FakeTensorMode): every operator computes shapes and
+dtypes only, so the storages saved for backward, the gradients and the FLOPs are those of a real step,
+at no memory cost. Why not a real probe on a shrunk copy: scaling it back up needs a rule per
+architecture (width, depth, attention's L², grouped-query heads, vocabulary), while the fake pass is
+exact at full size, deterministic, and uses the very code that measures a cell; on the tiny models it
+reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
+
+Fake tensors claim the CPU device, so operators are chosen as on a CPU: attention uses PyTorch's flash
+kernel for CPU, which, like CUDA's flash and memory-efficient kernels, saves its output and log-sum-exp
+rather than the L×L probabilities. The batch is B rows of exactly L tokens with no padding (without a
+mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
+classification head, the others their LM head. `--dtype` is the dtype the model is built in; gradients
+and optimizer moments follow their parameter's dtype (peft keeps adapter weights in fp32 under a bf16
+base model, as it does in training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+from bench.errors import BadInput, Unsupported, unknown
+from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
+from bench.probe import StepMeasure, example_flops, instrumented_step, training_flops, workspace_bytes
+
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+STEP_COUNTER_BYTES = 4  # torch's optimizers count steps in a float32 scalar tensor per parameter
+EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
+_LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
+
+
+def optimizer_bytes_for(optimizer: str, trainable: list[torch.Tensor]) -> int:
+    """The state torch's optimizer (default settings) holds after its first step for these parameters.
+
+    torch's optimizers cannot step on meta tensors (Adafactor reads values), so this follows their
+    state initialisation: adamw keeps exp_avg and exp_avg_sq like the parameter; adafactor keeps row
+    and column factors (shape[:-1] and shape[:-2] + shape[-1:]) for a matrix, a full variance
+    otherwise; both keep a step counter per parameter; sgd without momentum keeps nothing.
+    """
+    if optimizer == "sgd":
+        return 0
+    total = 0
+    for p in trainable:
+        if optimizer == "adamw":
+            total += 2 * p.nbytes
+        elif p.dim() > 1:
+            total += (p.numel() // p.shape[-1] + p.numel() // p.shape[-2]) * p.element_size()
+        else:
+            total += p.nbytes
+        total += STEP_COUNTER_BYTES
+    return total
+
+
+def _needs_data(n_batches: int):
+    raise RuntimeError("it needs calibration batches, i.e. real weights and data")
+
+
+def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str):
+    from bench import methods
+    from bench.config import TrainConfig
+    from bench.methods.base import ApplyContext
+    from bench.models import load_bundle
+
+    method = methods.get(method_name, "--method")
+    encoder = spec.kind == "encoder"
+    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
+                         meta=True)
+    bundle.model.to(DTYPES[dtype])
+    config = method.resolve({}, spec.arch, lambda key: f"--method {method_name}")
+    train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
+    try:
+        with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
+            return bundle, method, config, method.apply(bundle.model, config, ApplyContext(
+                bundle, train, total_steps=1, calibration=_needs_data, device="meta")).model
+    except Unsupported as e:
+        raise BadInput(f"method '{method_name}' does not apply to {spec.name}: {e}", "--method") from None
+    except Exception as e:  # the method's own reason, said plainly
+        raise BadInput(f"method '{method_name}' cannot be built on {spec.name} without weights (on the meta "
+                       f"device): {type(e).__name__}: {e}", "--method") from None
+
+
+@contextlib.contextmanager
+def _fake_weights(model: torch.nn.Module, mode):
+    """Every parameter and buffer of the meta `model` replaced by a fake CPU tensor within the block
+    (one fake per tensor, so tied weights stay tied)."""
+    fakes, originals = {}, []
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is not None:
+                    if id(t) not in fakes:
+                        fake = mode.fake_tensor_converter.from_meta_and_device(mode, t, torch.device("cpu"))
+                        fakes[id(t)] = torch.nn.Parameter(fake, t.requires_grad) if table is module._parameters \
+                            else fake
+                    originals.append((table, name, t))
+                    table[name] = fakes[id(t)]
+    try:
+        yield
+    finally:
+        for table, name, t in originals:
+            table[name] = t
+
+
+def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int) -> StepMeasure:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
+    model.train()
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
+    with _fake_weights(model, mode):
+        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode)
+
+
+def _signature(block: torch.nn.Module) -> tuple:
+    return tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in block.named_parameters())
+
+
+def block_stacks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.ModuleList]]:
+    """The model's stacks of repeated blocks (parent, name, list): ModuleLists of at least
+    EXTRAPOLATE_FROM + 2 modules of one class whose blocks after the first have identical parameters
+    (names, shapes, dtypes, trainability), i.e. the layers of a Transformer's encoder or decoder as a
+    method left them. A method adapting only some layers leaves no such stack."""
+    stacks = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) >= EXTRAPOLATE_FROM + 2 \
+                    and len({type(block) for block in child}) == 1 \
+                    and len({_signature(block) for block in list(child)[1:]}) == 1:
+                stacks.append((parent, name, child))
+    return stacks
+
+
+@contextlib.contextmanager
+def _truncated(stacks, depths: list[int]):
+    """The stacks cut to their first `depths` blocks for the duration of the block."""
+    for (parent, name, blocks), depth in zip(stacks, depths):
+        parent._modules[name] = torch.nn.ModuleList(list(blocks)[:depth])
+    try:
+        yield
+    finally:
+        for parent, name, blocks in stacks:
+            parent._modules[name] = blocks
+
+
+def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
+              extrapolate: bool = True) -> StepMeasure:
+    """The instrumented step on fake tensors, at the model's full depth.
+
+    Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
+    is run with every stack cut to EXTRAPOLATE_FROM blocks, then once per stack with one block more,
+    and each figure is extended linearly to the full depth (the largest saved storage is the largest
+    seen). A 70B model thus costs a few blocks' passes, not 80; tests check this against full passes
+    (extrapolate=False).
+    """
+    stacks = block_stacks(model) if extrapolate else []
+    base_depths = [EXTRAPOLATE_FROM] * len(stacks)
+    with _truncated(stacks, base_depths):
+        base = _fake_pass(model, kind, batch_size, seq_len)
+    result = dataclasses.replace(base)
+    for i, (_, _, blocks) in enumerate(stacks):
+        with _truncated(stacks, [d + (j == i) for j, d in enumerate(base_depths)]):
+            deeper = _fake_pass(model, kind, batch_size, seq_len)
+        more = len(blocks) - EXTRAPOLATE_FROM
+        for field in _LINEAR_FIELDS:
+            setattr(result, field, getattr(result, field) + more * (getattr(deeper, field) - getattr(base, field)))
+        result.largest_saved_bytes = max(result.largest_saved_bytes, deeper.largest_saved_bytes)
+    return result
+
+
+def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
+             dtype: str = "fp32") -> dict:
+    """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md)."""
+    from bench.models import resolve_model
+
+    if optimizer not in OPTIMIZERS:
+        raise unknown("optimizer", optimizer, OPTIMIZERS, "--optimizer")
+    if dtype not in DTYPES:
+        raise unknown("dtype", dtype, DTYPES, "--dtype")
+    for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
+        if value < 1:
+            raise BadInput(f"must be a positive integer, got {value}", flag)
+    spec = resolve_model(model, "--model")
+    bundle, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype)
+    params = count_params(adapted)
+    try:
+        step = fake_step(adapted, spec.kind, batch_size, seq_len)
+    except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
+        hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
+        raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
+                       f"{type(e).__name__}: {e}", "--method") from None
+    trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
+    memory = weight_bytes(adapted)
+    memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizer_bytes_for(optimizer, trainable),
+                  activation_bytes=step.activation_bytes,
+                  workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
+    memory["predicted_peak_bytes"] = predicted_peak(memory)
+    one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
+    flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
+             **example_flops(step, params["total"], spec.kind)}
+    return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
+            "method": chosen.name, "family": chosen.family, "config": config,
+            "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
+            "dtype": dtype, "params": params, "memory": memory, "flops": flops}
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"
+
+
+def render(result: dict) -> str:
+    """The estimate as text, each figure under its record name."""
+    p, m, f = result["params"], result["memory"], result["flops"]
+    lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
+             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}",
+             f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)"]
+    for key in ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
+                "workspace_bytes", "predicted_peak_bytes"):
+        lines.append(f"memory   {key:<22}{_size(m[key]):>14}  ({m[key]:,} bytes)")
+    for key, value in f.items():
+        lines.append(f"flops    {key:<34}{value:>12.4g}")
+    lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
+    return "\n".join(lines)

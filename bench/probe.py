@@ -1,0 +1,163 @@
+"""The instrumented step: one forward and backward that measures what training holds beside the weights.
+
+A cell runs it once before training, on the probe batch: the rows of the first training batch,
+padded to the longest example of the training set, which is the largest shape any training step
+can have. It does not touch training: the random number generators are restored afterwards, its
+gradients are dropped, the optimizer does not exist yet, and its time counts in no figure.
+`peft-bench estimate` runs the same step on fake tensors (bench/estimate.py).
+
+memory.activation_bytes  bytes of the distinct storages autograd saves for backward during the
+                         forward pass (torch.autograd.graph.saved_tensors_hooks), parameter and
+                         buffer storages excluded (they exist anyway). A view counts as its whole
+                         storage, once. Under bf16 autocast this includes the bf16 copies of weights
+                         that matrix products save.
+memory.grad_bytes        bytes of the distinct gradients that exist after the backward pass
+memory.workspace_bytes   what the busier of a step's two crowded moments adds to weights + grads +
+                         optimizer + activations: early in backward, a gradient the size of the largest
+                         saved storage beside all activations; at the optimizer update, activations are
+                         gone but a multi-tensor update (CUDA's default) holds one temporary per
+                         trainable element. max(largest saved, trainable_bytes - activation_bytes)
+flops.*                  FlopCounterMode's count: 2 × multiply-accumulates of matrix products,
+                         convolutions and attention (full L×L, causal masking not discounted);
+                         elementwise work, norms and softmax are not counted
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch.utils import flop_counter
+
+from bench.measure import storage_key, tensor_bytes
+from bench.tasks.features import collate
+from bench.train import batches, is_encoder_decoder, positions_in, tokens_in
+
+_aten = torch.ops.aten
+# PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
+_CPU_ATTENTION_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+@dataclass
+class StepMeasure:
+    activation_bytes: int
+    largest_saved_bytes: int
+    grad_bytes: int
+    forward_flops: int
+    backward_flops: int
+    rows: int  # examples in the batch
+    positions: int  # padded positions computed on (bench.train.positions_in)
+    tokens: int  # non-padding tokens (bench.train.tokens_in)
+
+
+class SavedTensors:
+    """Within the block: the storages autograd saves for backward, except those in `exclude`.
+
+    References are held until the block ends so that no storage freed inside it can be reused at the
+    same address and be mistaken for one already seen.
+    """
+
+    def __init__(self, exclude: set[int]):
+        self.exclude = exclude
+        self.sizes: dict[int, int] = {}
+        self._held: list[torch.Tensor] = []
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in self.exclude and key not in self.sizes:
+            self.sizes[key] = t.untyped_storage().nbytes()
+            self._held.append(t)
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._held.clear()
+        return False
+
+
+def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
+                      fake_mode=None) -> StepMeasure:
+    """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs.
+
+    With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
+    step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
+    only when something requires a gradient.
+    """
+    encoder_decoder = is_encoder_decoder(model)
+    rows, positions = batch["input_ids"].shape[0], positions_in(batch, encoder_decoder)
+    tokens = tokens_in(batch, encoder_decoder)
+    if fake_mode is not None:
+        batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
+    tensors = [*model.parameters(), *model.buffers()]
+    saved = SavedTensors({storage_key(t) for t in tensors})
+    with fake_mode or contextlib.nullcontext(), \
+            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
+        with saved, autocast():
+            loss = model(**batch).loss
+        forward_flops = flops.get_total_flops()
+        if loss.requires_grad:
+            loss.backward()
+        total_flops = flops.get_total_flops()
+    return StepMeasure(
+        activation_bytes=sum(saved.sizes.values()), largest_saved_bytes=max(saved.sizes.values(), default=0),
+        grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
+        forward_flops=forward_flops, backward_flops=total_flops - forward_flops,
+        rows=rows, positions=positions, tokens=tokens)
+
+
+def measure_step(model: torch.nn.Module, batch: dict, device, autocast) -> StepMeasure:
+    """instrumented_step in training mode, leaving no trace: RNG state restored, gradients dropped."""
+    cuda = torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
+        model.train()
+        step = instrumented_step(model, batch, autocast=autocast)
+    for p in model.parameters():
+        p.grad = None
+    return step
+
+
+def probe_batch(features: list[dict], batch_size: int, seed: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """The rows of the first training batch, padded to the training set's longest input (and target)."""
+    rows = next(batches(features, batch_size, seed))
+    longest = [max(features, key=lambda f: len(f["input_ids"]))]
+    if isinstance(features[0].get("labels"), list):
+        longest.append(max(features, key=lambda f: len(f["labels"])))
+    return {k: v[: len(rows)] for k, v in collate(rows + longest, pad_id).items()}
+
+
+def workspace_bytes(step: StepMeasure, trainable_bytes: int) -> int:
+    return max(step.largest_saved_bytes, trainable_bytes - step.activation_bytes)
+
+
+# T-Few's cost model (Liu et al. 2022): FLOPs per token are (inference, training) × N, N the
+# parameter count. An encoder-decoder token passes through about half the parameters (encoder or
+# decoder), so N and 3N; decoder-only: 2N and 6N. Encoder-only models: every token passes through
+# all parameters, as in a decoder, so 2N and 6N too.
+COST_MODEL = {"encoder-decoder": (1, 3), "decoder": (2, 6), "encoder": (2, 6)}
+
+
+def example_flops(step: StepMeasure, n_params: int, kind: str) -> dict:
+    """flops.inference_per_example (counted, forward of the probe batch / its rows) and the cost
+    model's figure for the same examples (inference factor × N × their non-padding tokens / rows)."""
+    return {"inference_per_example": step.forward_flops // step.rows,
+            "cost_model_inference_per_example": COST_MODEL[kind][0] * n_params * step.tokens // step.rows}
+
+
+def training_flops(step: StepMeasure, n_params: int, kind: str, positions: int, tokens: int) -> dict:
+    """flops.train_total: the probe's forward + backward FLOPs per padded position × the padded
+    positions trained (linear in length, so attention's L² term makes it an upper bound), and the
+    cost model's figure: training factor × N × non-padding tokens trained."""
+    per_position = (step.forward_flops + step.backward_flops) / step.positions
+    return {"train_total": round(per_position * positions),
+            "cost_model_train_total": COST_MODEL[kind][1] * n_params * tokens}

@@ -1,0 +1,149 @@
+"""`peft-bench estimate`: weightless figures against configs, real optimizers and real steps."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import methods
+from bench.cli import main
+from bench.config import TrainConfig
+from bench.estimate import estimate, fake_step, optimizer_bytes_for
+from bench.measure import optimizer_state_bytes
+from bench.methods.base import ApplyContext
+from bench.models import REGISTRY, load_bundle, resolve_model
+from bench.probe import instrumented_step
+from tests.conftest import ROOT
+
+LLAMA_2_7B = 6_738_415_616
+LLAMA_2_7B_LORA = 32 * 2 * 8 * (4096 + 4096)  # 32 layers, q_proj and v_proj (4096 → 4096), r=8: r·(in+out)
+
+
+def test_llama_2_7b_lora_known_values():
+    r = estimate("llama-2-7b", "lora", batch_size=1, seq_len=64)
+    assert LLAMA_2_7B_LORA == 4_194_304
+    assert r["params"]["trainable"] == LLAMA_2_7B_LORA
+    assert r["params"]["total"] == LLAMA_2_7B + LLAMA_2_7B_LORA
+    m = r["memory"]
+    assert m["weights_bytes"] == 4 * (LLAMA_2_7B + LLAMA_2_7B_LORA)
+    assert m["trainable_bytes"] == m["grad_bytes"] == 4 * LLAMA_2_7B_LORA
+    assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + 4 * (32 * 2 * 2)  # + a step counter per A and B
+    assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "grad_bytes", "optimizer_bytes",
+                                                           "activation_bytes", "workspace_bytes"))
+
+
+def test_bf16_base_keeps_peft_adapters_in_fp32():
+    m = estimate("llama-2-7b", "lora", batch_size=1, seq_len=64, dtype="bf16", optimizer="adafactor")["memory"]
+    assert m["weights_bytes"] == 2 * LLAMA_2_7B + 4 * LLAMA_2_7B_LORA
+    # Adafactor: per matrix a row factor (shape[:-1]) and a column factor, plus a step counter
+    a, b = 8 + 4096, 4096 + 8  # lora_A (8 × 4096): 8 rows + 4096 columns; lora_B (4096 × 8)
+    assert m["optimizer_bytes"] == 32 * 2 * ((a + b) * 4 + 2 * 4)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "sgd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_optimizer_rule_matches_the_real_optimizer(name, dtype):
+    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in [(5, 3), (7,), (2, 3, 4)]]
+    optimizer = {"adamw": torch.optim.AdamW, "adafactor": torch.optim.Adafactor, "sgd": torch.optim.SGD}[name](
+        params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert optimizer_bytes_for(name, params) == optimizer_state_bytes(optimizer)
+
+
+def _adapted(name: str, method: str, meta: bool):
+    spec = REGISTRY[name]
+    encoder = spec.kind == "encoder"
+    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, 0, meta=meta)
+    m = methods.get(method)
+    with torch.device("meta" if meta else "cpu"):
+        model = m.apply(bundle.model, m.resolve({}, spec.arch, str), ApplyContext(bundle, TrainConfig(), 1)).model
+    return spec, model
+
+
+@pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),
+                                         ("tiny-t5", "full"), ("tiny-t5", "ia3"), ("tiny-gpt2", "prompt-tuning"),
+                                         ("tiny-llama", "lora")])
+def test_fake_step_reproduces_a_real_cpu_step(name, method):
+    rows, length = 3, 10
+    spec, model = _adapted(name, method, meta=True)
+    fake = fake_step(model, spec.kind, rows, length)
+    _, real_model = _adapted(name, method, meta=False)
+    real_model.train()
+    ids = torch.randint(5, 100, (rows, length))
+    labels = torch.zeros(rows, dtype=torch.long) if spec.kind == "encoder" else ids
+    real = instrumented_step(real_model, {"input_ids": ids, "labels": labels})
+    if method == "prompt-tuning":
+        # peft moves its prompt token ids (expanded to the batch) to the model's device: a copy for the
+        # meta-built model, as on a GPU, but not on a CPU, where the saved view keeps the 20 ids only
+        real.activation_bytes += 8 * 20 * (rows - 1)
+    assert fake == real
+
+
+@pytest.mark.parametrize("name,method", [("gpt2", "lora"), ("t5-small", "prompt-tuning"),
+                                         ("bert-base-uncased", "full")])
+def test_extrapolated_depth_equals_the_full_pass(name, method):
+    spec, model = _adapted(name, method, meta=True)
+    assert fake_step(model, spec.kind, 2, 8) == fake_step(model, spec.kind, 2, 8, extrapolate=False)
+
+
+def test_70b_estimates_in_little_memory():
+    code = ("import json, resource, time; start = time.perf_counter(); from bench.estimate import estimate; "
+            "r = estimate('llama-2-70b', 'lora'); print(json.dumps({'total': r['params']['total'], "
+            "'s': time.perf_counter() - start, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"llama-2-70b + lora estimate: {figures['s']:.1f} s, {figures['rss'] / 2**20:.0f} MiB peak RSS")
+    assert figures["total"] == 68_976_648_192 + 80 * 8 * ((8192 + 8192) + (8192 + 1024))  # q: 8192², v: 8192→1024
+    assert figures["rss"] < 2 * 2**30
+
+
+def test_local_config_folder(tmp_path):
+    h, layers, vocab, positions = 32, 4, 300, 64
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": h, "n_layer": layers,
+                                                      "n_head": 4, "vocab_size": vocab, "n_positions": positions}))
+    r = estimate(str(tmp_path), "full", batch_size=2, seq_len=16)
+    layer = 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + 2 * h + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    assert r["params"]["total"] == r["params"]["trainable"] == vocab * h + positions * h + layers * layer + 2 * h
+    assert r["kind"] == "decoder" and resolve_model(str(tmp_path)).source == "path"
+
+
+def test_cli_json_and_text(capsys):
+    assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora", "--batch-size", "2", "--seq-len", "8",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["memory"]["activation_bytes"] > 0 and result["tokens"] == 16
+    assert set(result["flops"]) == {"train_step", "cost_model_train_step", "inference_per_example",
+                                    "cost_model_inference_per_example"}
+    assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 0
+    text = capsys.readouterr().out
+    assert "activation_bytes" in text and "predicted_peak_bytes" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "tiny-gpt2", "--method", "lora", "--optimizer", "adam"], "did you mean 'adamw'"),
+    (["--model", "tiny-gpt2", "--method", "lora", "--dtype", "fp16"], "valid choices: bf16, fp32"),
+    (["--model", "llama-2-7", "--method", "lora"], "did you mean 'llama-2-7b'"),
+    (["--model", "tiny-gpt2", "--method", "lorra"], "did you mean 'lora'"),
+    (["--model", "tiny-llama", "--method", "bitfit"], "does not apply to tiny-llama"),
+    (["--model", "tiny-gpt2", "--method", "lora", "--seq-len", "0"], "--seq-len: must be a positive integer"),
+])
+def test_bad_input_exits_2_naming_the_flag(args, message, capsys):
+    assert main(["estimate", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_step_that_cannot_run_on_fake_tensors_is_refused(monkeypatch, capsys):
+    import bench.estimate
+
+    def reads_a_value(*args, **kwargs):  # what a forward branching on a tensor's value raises
+        raise RuntimeError("aten._local_scalar_dense.default")
+
+    monkeypatch.setattr(bench.estimate, "fake_step", reads_a_value)
+    assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "--method: method 'lora' on tiny-gpt2 cannot run a training step on fake tensors" in err
+    assert "reads a tensor's value" in err
