@@ -19,12 +19,14 @@ from bench.measure import PeakMemory, predicted_peak, stored_size, timed, weight
 from bench.methods.base import ApplyContext
 from bench.methods.compose import apply_composition
 from bench.models import load_bundle
-from bench.probe import StepMeasure, example_flops, measure_step, probe_batch, training_flops, workspace_bytes
+from bench.probe import (StepMeasure, inference_flops, measure_step, probe_batch, training_flops,
+                         workspace_bytes)
 from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
-from bench.tasks.data import load_rows, subsample
-from bench.tasks.evaluate import evaluate
-from bench.tasks.features import collate, eval_features, train_features
+from bench.objectives import objective_for
+from bench.tasks.evaluate import evaluate, evaluate_all
+from bench.tasks.features import collate
+from bench.tasks.prepare import evaluation_sets, training_data
 from bench.train import TrainResult, autocast_for, batches, total_steps, train
 
 
@@ -50,7 +52,8 @@ def apply_method(cell: Cell, model, ctx: ApplyContext):
 
 
 # Known, harmless messages from libraries that would bury a cell's own output.
-_QUIET_WARNINGS = [r".*is_gradient_checkpointing.*", r"Position ids are not supported.*"]
+_QUIET_WARNINGS = [r".*is_gradient_checkpointing.*", r"Position ids are not supported.*",
+                   r"fan_in_fan_out is set to False but the target module is `Conv1D`.*"]
 
 
 def quiet_libraries() -> None:
@@ -71,47 +74,56 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
     try:
         seed_everything(cell.seed)
         task, tcfg = cell.task, cell.train
+        evaluation = task.evaluation
+        record["scores"]["main_metric"] = evaluation.main_metric
         with timed(times, "load_s"):
             bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device)
-            rows = subsample(load_rows(task, "train", cell.data_dir), tcfg.max_train_samples, cell.seed)
-            eval_rows = load_rows(task, "eval", cell.data_dir)[: tcfg.max_eval_samples]
-            feats = train_features(task, bundle, rows, tcfg.max_length)
-            evalset = eval_features(task, bundle, eval_rows, tcfg.max_length)
-            pad = bundle.tokenizer.pad_token_id
+            data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
+            feats = data.features
+            objective = objective_for(tcfg.objective, bundle, task.type)
 
             def calibration(n_batches: int) -> list[dict]:
-                data = batches(feats, tcfg.batch_size, cell.seed)
-                return [{k: v.to(device) for k, v in collate(next(data), pad).items()} for _ in range(n_batches)]
+                rows = batches(feats, tcfg.batch_size, cell.seed)
+                return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
+                        for _ in range(n_batches)]
 
             ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device)
             adapted = apply_method(cell, bundle.model, ctx)
             adapted.model.to(device)
+            if adapted.in_context and task.eval_task is not None:
+                raise Unsupported("in-context demonstrations come from the task's own training rows, and "
+                                  f"{task.name} is evaluated on another task ({evaluation.name})")
+            evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
+        record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
         record["params"].update(adapted.params())
         memory.update(weight_bytes(adapted.model))
         if adapted.trains and not record["params"]["trainable"]:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
         autocast = autocast_for(device, tcfg.precision)
-        higher = metrics.METRICS[task.main_metric].higher_is_better
+        higher = metrics.METRICS[evaluation.main_metric].higher_is_better
         # The instrumented step is also the warm-up: the training window's peaks start after it.
-        probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, pad).items()}
-        step = measure_step(adapted.model, probe, device, autocast)
-        record["flops"].update(example_flops(step, record["params"]["total"], bundle.kind))
+        probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate).items()}
+        step = measure_step(adapted.model, probe, device, autocast, objective.loss)
+        record["flops"].update(inference_flops(bundle, adapted.model, evalsets[""][0], evaluation, device, autocast))
         peak = PeakMemory(device)
 
         def main_score() -> float | None:
             with peak.excluded():  # evaluations are not part of the training window
-                return evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size, device, autocast)[
-                    task.main_metric]
+                return evaluate(bundle, adapted.model, evalsets[""][0], evaluation, tcfg.eval_batch_size, device,
+                                autocast)[evaluation.main_metric]
 
         if adapted.trains:
             with peak:
-                result = train(adapted, feats, pad, tcfg, cell.seed, device, quiet, main_score, higher)
+                result = train(adapted, feats, objective, tcfg, cell.seed, device, quiet, main_score, higher)
             _record_training(record, result, step, peak, bundle.kind)
         with PeakMemory(device) as eval_peak, timed(times, "eval_s"):
-            record["scores"]["metrics"] = evaluate(bundle, adapted.model, evalset, task, tcfg.eval_batch_size,
-                                                   device, autocast)
+            scores, per_template = evaluate_all(bundle, adapted.model, evalsets, evaluation, tcfg.eval_batch_size,
+                                                device, autocast)
+        record["scores"]["metrics"] = scores
+        if len(per_template) > 1:
+            record["scores"]["per_template"] = per_template
         memory["eval_peak_allocated_bytes"] = eval_peak.figures["device_peak_allocated_bytes"]
-        record["scores"]["n_examples"] = len(evalset.features)
+        record["scores"]["n_examples"] = len(evalsets[""][0].features)
         record["params"].update(stored_size(adapted.state_to_store()))
         _check_finite(record)
         return finish(record, "ok")
@@ -133,7 +145,7 @@ def _record_training(record: dict, result: TrainResult, step: StepMeasure, peak:
                   workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     record["flops"].update(training_flops(step, record["params"]["total"], kind, result.positions, result.tokens))
-    record["train"] = result.summary()
+    record["train"].update(result.summary())
     times["train_s"] = result.train_s
     times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
     times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None

@@ -27,7 +27,7 @@ import torch
 
 from bench.errors import BadInput, Unsupported, unknown
 from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
-from bench.probe import StepMeasure, example_flops, instrumented_step, training_flops, workspace_bytes
+from bench.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -204,7 +204,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
-             **example_flops(step, params["total"], spec.kind)}
+             **forward_flops_per_example(step, params["total"], spec.kind)}
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,

@@ -9,14 +9,48 @@ Tasks without answer options (generation, classifier heads) always train with `l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
+from bench.errors import Unsupported
 from bench.tasks.evaluate import token_logprobs
 from bench.tasks.features import collate, lm_example
 
 
+@dataclass(frozen=True)
+class Objective:
+    """How a training step turns features into a batch, and a batch into the loss."""
+
+    name: str
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    loss: Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
 def lm_loss(model, batch: dict) -> torch.Tensor:
     return model(**batch).loss
+
+
+def objective_for(name: str, bundle, task_type: str) -> Objective:
+    pad = bundle.tokenizer.pad_token_id
+    if name == "lm":
+        return Objective("lm", lambda features: collate(features, pad), lm_loss)
+    if bundle.head != "lm" or task_type not in ("classification", "multiple_choice"):
+        raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
+                          "classification or multiple-choice task")
+    return Objective("tfew", lambda features: _tfew_collate(features, bundle.kind, pad), _tfew_loss_of_batch)
+
+
+def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, torch.Tensor]:
+    batch, example, is_gold = option_batch(features, kind, pad_id)
+    return {**batch, "option_example": torch.tensor(example), "option_gold": torch.tensor(is_gold)}
+
+
+def _tfew_loss_of_batch(model, batch: dict) -> torch.Tensor:
+    batch = dict(batch)
+    example, is_gold = batch.pop("option_example"), batch.pop("option_gold")
+    return tfew_loss(model, batch, example.tolist(), is_gold.tolist())
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:

@@ -31,7 +31,7 @@ import torch
 from torch.utils import flop_counter
 
 from bench.measure import storage_key, tensor_bytes
-from bench.tasks.features import collate
+from bench.objectives import lm_loss
 from bench.train import batches, is_encoder_decoder, positions_in, tokens_in
 
 _aten = torch.ops.aten
@@ -87,7 +87,7 @@ class SavedTensors:
 
 
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
-                      fake_mode=None) -> StepMeasure:
+                      fake_mode=None, loss_fn=lm_loss) -> StepMeasure:
     """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
@@ -104,7 +104,7 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     with fake_mode or contextlib.nullcontext(), \
             flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
         with saved, autocast():
-            loss = model(**batch).loss
+            loss = loss_fn(model, batch)
         forward_flops = flops.get_total_flops()
         if loss.requires_grad:
             loss.backward()
@@ -116,24 +116,29 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         rows=rows, positions=positions, tokens=tokens)
 
 
-def measure_step(model: torch.nn.Module, batch: dict, device, autocast) -> StepMeasure:
+def measure_step(model: torch.nn.Module, batch: dict, device, autocast, loss_fn=lm_loss) -> StepMeasure:
     """instrumented_step in training mode, leaving no trace: RNG state restored, gradients dropped."""
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
         model.train()
-        step = instrumented_step(model, batch, autocast=autocast)
+        step = instrumented_step(model, batch, autocast=autocast, loss_fn=loss_fn)
     for p in model.parameters():
         p.grad = None
     return step
 
 
-def probe_batch(features: list[dict], batch_size: int, seed: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """The rows of the first training batch, padded to the training set's longest input (and target)."""
+def probe_batch(features: list[dict], batch_size: int, seed: int, collate_fn) -> dict[str, torch.Tensor]:
+    """The rows of the first training batch, padded to the training set's longest input (and target).
+
+    `collate_fn` is the training objective's; for the LM objective, a row is a sequence.
+    """
     rows = next(batches(features, batch_size, seed))
     longest = [max(features, key=lambda f: len(f["input_ids"]))]
     if isinstance(features[0].get("labels"), list):
         longest.append(max(features, key=lambda f: len(f["labels"])))
-    return {k: v[: len(rows)] for k, v in collate(rows + longest, pad_id).items()}
+    batch = collate_fn(rows + longest)
+    n = batch["input_ids"].shape[0] - collate_fn(longest)["input_ids"].shape[0]
+    return {k: v[:n] for k, v in batch.items()}
 
 
 def workspace_bytes(step: StepMeasure, trainable_bytes: int) -> int:
@@ -147,11 +152,44 @@ def workspace_bytes(step: StepMeasure, trainable_bytes: int) -> int:
 COST_MODEL = {"encoder-decoder": (1, 3), "decoder": (2, 6), "encoder": (2, 6)}
 
 
-def example_flops(step: StepMeasure, n_params: int, kind: str) -> dict:
-    """flops.inference_per_example (counted, forward of the probe batch / its rows) and the cost
-    model's figure for the same examples (inference factor × N × their non-padding tokens / rows)."""
-    return {"inference_per_example": step.forward_flops // step.rows,
-            "cost_model_inference_per_example": COST_MODEL[kind][0] * n_params * step.tokens // step.rows}
+def forward_flops_per_example(step: StepMeasure, n_params: int, kind: str) -> dict:
+    """The estimate's per-example forward cost (no evaluation runs there): the step's forward FLOPs /
+    its rows, and the cost model's inference factor × N × its non-padding tokens / its rows."""
+    return {"forward_per_example": step.forward_flops // step.rows,
+            "cost_model_forward_per_example": COST_MODEL[kind][0] * n_params * step.tokens // step.rows}
+
+
+def inference_flops(bundle, model, evalset, task, device, autocast, n: int = 8) -> dict:
+    """flops.inference_per_example: FLOPs counted while predicting the first `n` evaluation examples
+    the way evaluation predicts them (the forward pass of a classifier, every answer option of rank
+    classification, the whole decoding loop of generation), divided by their number; in-context
+    demonstrations and soft prompts are part of what is counted. cost_model_inference_per_example:
+    the cost model's factor × N × the tokens of those examples (prompt, plus prompt + option for each
+    option of rank classification, plus the first reference of generation) / their number."""
+    from bench.tasks.evaluate import predict
+    from bench.tasks.features import EvalSet
+
+    sample = EvalSet(evalset.features[:n], evalset.gold[:n], evalset.choices[:n] if evalset.choices else None)
+    rows = len(sample.features)
+    cuda = torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
+            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
+        predict(bundle, model, sample, task, rows, device, autocast, task.length_normalize)
+    prompts = [len(f["input_ids"]) for f in sample.features]
+    if sample.choices is not None:
+        tokens = sum(p * len(opts) + sum(map(len, opts)) for p, opts in zip(prompts, sample.choices))
+    elif bundle.head == "lm":
+        tokens = sum(prompts) + sum(len(bundle.tokenizer(refs[0])["input_ids"]) for refs in sample.gold)
+    else:
+        tokens = sum(prompts)
+    return {"inference_per_example": counter.get_total_flops() // rows,
+            "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * model_params(model) * tokens // rows}
+
+
+def model_params(model: torch.nn.Module) -> int:
+    from bench.measure import count_params
+
+    return count_params(model)["total"]
 
 
 def training_flops(step: StepMeasure, n_params: int, kind: str, positions: int, tokens: int) -> dict:

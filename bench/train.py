@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from bench.config import TrainConfig
 from bench.measure import optimizer_state_bytes
 from bench.methods.base import Adapted
-from bench.tasks.features import IGNORE, collate
+from bench.objectives import Objective
+from bench.tasks.features import IGNORE
 
 
 def total_steps(train: TrainConfig, n_examples: int) -> int:
@@ -119,10 +120,10 @@ class TrainResult:
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
 
 
-def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfig, seed: int, device,
+def train(adapted: Adapted, features: list[dict], objective: Objective, train: TrainConfig, seed: int, device,
           quiet: bool = False, evaluate: Callable[[], float | None] | None = None,
           higher_is_better: bool = True) -> TrainResult:
-    """Train `adapted.model` on `features`; `evaluate` (if given) returns the main score.
+    """Train `adapted.model` on `features` with `objective`; `evaluate` (if given) returns the main score.
 
     A step's time runs from batch collation to the end of the optimizer step (CUDA synchronised);
     evaluations during training are not part of it. The optimizer's state is measured after the
@@ -143,9 +144,10 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)
     for step in range(steps):
         start = time.perf_counter()
-        batch = {k: v.to(device) for k, v in collate(next(data), pad_id).items()}
+        rows = next(data)
+        batch = {k: v.to(device) for k, v in objective.collate(rows).items()}
         with autocast():
-            loss = model(**batch).loss
+            loss = objective.loss(model, batch)
         loss.backward()
         for hook in adapted.after_backward:
             hook(step)
@@ -163,7 +165,7 @@ def train(adapted: Adapted, features: list[dict], pad_id: int, train: TrainConfi
             result.optimizer_bytes = optimizer_state_bytes(optimizer)
         result.losses.append(float(loss.detach()))
         result.steps += 1
-        result.samples += batch["input_ids"].shape[0]
+        result.samples += len(rows)
         result.tokens += tokens_in(batch, encoder_decoder)
         result.positions += positions_in(batch, encoder_decoder)
         bar.update(1)

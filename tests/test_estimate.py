@@ -116,8 +116,8 @@ def test_cli_json_and_text(capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["memory"]["activation_bytes"] > 0 and result["tokens"] == 16
-    assert set(result["flops"]) == {"train_step", "cost_model_train_step", "inference_per_example",
-                                    "cost_model_inference_per_example"}
+    assert set(result["flops"]) == {"train_step", "cost_model_train_step", "forward_per_example",
+                                    "cost_model_forward_per_example"}
     assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 0
     text = capsys.readouterr().out
     assert "activation_bytes" in text and "predicted_peak_bytes" in text

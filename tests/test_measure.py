@@ -12,8 +12,10 @@ from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_byt
     weight_bytes
 from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
-from bench.probe import COST_MODEL, StepMeasure, example_flops, instrumented_step, measure_step, probe_batch, \
+from bench.probe import COST_MODEL, StepMeasure, forward_flops_per_example, instrumented_step, measure_step, probe_batch, \
     training_flops, workspace_bytes
+from bench.objectives import objective_for
+from bench.tasks.features import collate
 from bench.train import batches, train
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
@@ -79,8 +81,8 @@ def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
 def test_lora_optimizer_state_is_two_moments_and_a_step_counter_per_tensor():
     bundle, adapted = _adapted("lora")
     feats = [{"input_ids": [1, 7, 8, 9, 2], "labels": i % 2} for i in range(8)]
-    result = train(adapted, feats, tiny.PAD, TrainConfig(max_steps=1, batch_size=4), seed=0, device="cpu",
-                   quiet=True)
+    result = train(adapted, feats, objective_for("lm", bundle, "classification"),
+                   TrainConfig(max_steps=1, batch_size=4), seed=0, device="cpu", quiet=True)
     lora = DEPTH * 2 * 8 * (H + H)  # q and v, r=8: A (8 × in) and B (out × 8)
     head = (H * H + H) + (H * 2 + 2)
     tensors = DEPTH * 2 * 2 + 4  # lora_A, lora_B per adapted module; head: dense and out_proj, weight and bias
@@ -142,10 +144,11 @@ def test_measure_step_does_not_change_training():
     for probe_first in (False, True):
         torch.manual_seed(0)
         bundle, adapted = _adapted("lora")
+        objective = objective_for("lm", bundle, "classification")
         if probe_first:
-            measure_step(adapted.model, probe_batch(feats, 8, 0, tiny.PAD), "cpu",
+            measure_step(adapted.model, probe_batch(feats, 8, 0, objective.collate), "cpu",
                          contextlib.nullcontext)
-        result = train(adapted, feats, tiny.PAD, TrainConfig(max_steps=3, batch_size=8), 0, "cpu", quiet=True)
+        result = train(adapted, feats, objective, TrainConfig(max_steps=3, batch_size=8), 0, "cpu", quiet=True)
         finals.append(([p.detach().clone() for p in adapted.model.parameters()], result.losses))
     assert finals[0][1] == finals[1][1]
     assert all(torch.equal(a, b) for a, b in zip(finals[0][0], finals[1][0]))
@@ -153,7 +156,7 @@ def test_measure_step_does_not_change_training():
 
 def test_probe_batch_is_the_first_batch_at_the_longest_width():
     feats = [{"input_ids": list(range(2 + i)), "labels": [7] * (1 + i % 4)} for i in range(10)]
-    batch = probe_batch(feats, 3, seed=5, pad_id=0)
+    batch = probe_batch(feats, 3, seed=5, collate_fn=lambda rows: collate(rows, 0))
     first = next(batches(feats, 3, seed=5))
     assert batch["input_ids"].shape == (3, 11) and batch["labels"].shape == (3, 4)
     assert batch["attention_mask"].sum(1).tolist() == [len(f["input_ids"]) for f in first]
@@ -178,8 +181,8 @@ def test_forward_flops_of_the_tiny_encoder_match_its_matrix_products():
 def test_flop_scaling_and_cost_model():
     step = StepMeasure(activation_bytes=0, largest_saved_bytes=0, grad_bytes=0, forward_flops=1000,
                        backward_flops=2000, rows=4, positions=100, tokens=80)
-    assert example_flops(step, 50, "decoder") == {"inference_per_example": 250,
-                                                  "cost_model_inference_per_example": 2 * 50 * 80 // 4}
+    assert forward_flops_per_example(step, 50, "decoder") == {"forward_per_example": 250,
+                                                              "cost_model_forward_per_example": 2 * 50 * 80 // 4}
     assert training_flops(step, 50, "encoder-decoder", positions=1000, tokens=700) == {
         "train_total": 30 * 1000, "cost_model_train_total": 3 * 50 * 700}
     assert COST_MODEL == {"encoder-decoder": (1, 3), "decoder": (2, 6), "encoder": (2, 6)}
