@@ -86,6 +86,23 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from bench.executors import LocalExecutor
+    from bench.regress import gate, load_tolerances, render
+
+    tolerances = load_tolerances(args.tolerances)
+    verdict = gate(args.suite, args.baseline, args.results, tolerances, LocalExecutor(quiet=_quiet(args)),
+                   update=args.update, reuse=args.reuse, quiet=_quiet(args))
+    if verdict is None:
+        print(f"baseline written: {args.baseline}")
+        return 0
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=1, default=str))
+    else:
+        print(render(verdict, markdown=args.format == "md"))
+    return 1 if verdict.failed else 0
+
+
 def cmd_list(args) -> int:
     from bench import methods, models, suite, tasks
 
@@ -160,6 +177,20 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--time-ratio", type=float, default=tolerances.time_ratio,
                      help="warn when a time changes by this factor (default %(default)s)")
     cmp.set_defaults(func=cmd_compare)
+
+    reg = sub.add_parser("regress", help="run a suite and compare it with a committed baseline (exit 1 on regression)")
+    reg.add_argument("--suite", required=True, help="suite name or YAML path (e.g. ci)")
+    reg.add_argument("--baseline", required=True, help="baseline JSON (e.g. results/baselines/ci.json)")
+    reg.add_argument("--results", default="results", help="results store the suite runs into (default: results)")
+    reg.add_argument("--tolerances", help="YAML file with score_abs, score_abs_per_metric, versioned_rtol, "
+                                          "time_warn_ratio (see docs/regression.md)")
+    reg.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    reg.add_argument("--reuse", action="store_true",
+                     help="reuse records made by this commit from a clean tree instead of rerunning every cell")
+    reg.add_argument("--format", choices=["text", "md"], default="text", help="md: a table for a CI comment")
+    reg.add_argument("--json", action="store_true", help="machine-readable verdict and findings")
+    reg.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
+    reg.set_defaults(func=cmd_regress)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")
     lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])

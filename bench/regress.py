@@ -6,7 +6,7 @@ Rules (defaults; a tolerance file can change the numbers):
 - activation bytes and counted FLOPs must be equal on the baseline's torch version, and within a
   relative tolerance on another (kernels differ in what they save);
 - scores must be within an absolute tolerance, per metric (points on the 0-100 scale);
-- times and throughputs only warn, as a ratio: machines are noisy;
+- times, throughputs and the measured memory peak only warn, as a ratio: machines are noisy;
 - a baseline cell that is missing or did not end ok is a regression; a new cell is reported only.
 """
 
@@ -26,8 +26,9 @@ from bench.yamlfile import load_yaml
 
 EXACT = ("params.total", "params.trainable", "params.stored", "params.stored_bytes", "memory.weights_bytes",
          "memory.trainable_bytes", "memory.grad_bytes", "memory.optimizer_bytes")
-VERSIONED = ("memory.activation_bytes", "flops.train_total", "flops.inference_per_example")
-TIMES = ("time.train_s", "time.step_s_median", "time.train_samples_per_s")
+VERSIONED = ("memory.activation_bytes", "memory.workspace_bytes", "memory.predicted_peak_bytes",
+             "flops.train_total", "flops.inference_per_example")
+NOISY = ("time.train_s", "time.step_s_median", "time.train_samples_per_s", "memory.peak_bytes")
 BASELINE_VERSION = 1
 
 
@@ -88,6 +89,11 @@ class Verdict:
     @property
     def failed(self) -> bool:
         return any(f.level == "fail" for f in self.findings)
+
+    def to_json(self) -> dict:
+        return {"verdict": "fail" if self.failed else "pass", "line": self.line(), "compared": self.compared,
+                "findings": [{**{k: getattr(f, k) for k in ("cell", "figure", "baseline", "new", "level", "why")},
+                              "delta": f.delta} for f in self.findings]}
 
     def line(self) -> str:
         fails = [f for f in self.findings if f.level == "fail"]
@@ -178,10 +184,10 @@ def _figures(name: str, old: dict, new: dict, tol: Tolerances) -> list[Finding]:
             limit = tol.score(key[len("scores."):])
             if x is None or y is None or abs(y - x) > limit:
                 out.append(Finding(name, key, x, y, "fail", f"beyond ±{limit:g} points"))
-        elif key in TIMES and x and y:
+        elif key in NOISY and x and y:
             ratio = y / x
             if max(ratio, 1 / ratio) > tol.time_warn_ratio:
-                out.append(Finding(name, key, x, y, "warn", f"×{ratio:.2f} (times only warn)"))
+                out.append(Finding(name, key, x, y, "warn", f"×{ratio:.2f} (noisy figures only warn)"))
     return out
 
 
@@ -190,10 +196,15 @@ def render(verdict: Verdict, markdown: bool = False) -> str:
             for f in verdict.findings]
     header = ["", "cell", "figure", "baseline", "new", "delta", "rule"]
     if markdown:
-        from bench.report.markdown import table
+        from bench.report import markdown as md
+        from bench.report.table import Cell, Column, Table
 
-        body = table(header, rows) if rows else "_No change beyond tolerances._"
-        return f"**Regression gate — {verdict.line()}**\n\n{body}\n"
+        if not rows:
+            return f"### Regression gate — {verdict.line()}\n\nNo change beyond tolerances.\n"
+        table = Table("regress", f"Regression gate — {verdict.line()}", [Column(h, numeric=False) for h in header])
+        for row in rows:
+            table.add("", [Cell(str(c)) for c in row])
+        return md.render(table)
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     return "\n".join(lines[1:] if not rows else lines) + ("\n" if rows else "") + verdict.line()

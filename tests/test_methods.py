@@ -235,3 +235,11 @@ def test_composition_trains_the_union_of_its_parts():
     feats = train_features(task, bundle, load_rows(task, "train")[:4], 32)
     adapted.model(**collate(feats, 0)).loss.backward()
     assert all(p.grad is not None for p in adapted.model.parameters() if p.requires_grad)
+
+
+def test_docs_list_every_method():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
+    for name, m in methods.REGISTRY.items():
+        assert f"| `{name}` | {m.family} |" in text, f"docs/methods.md lacks {name}"

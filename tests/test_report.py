@@ -80,7 +80,8 @@ def test_fewshot_table(report_dir):
 
 def test_latex_is_booktabs_and_escaped(report_dir):
     tex = (report_dir / "tables.tex").read_text()
-    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 5  # survey and memory for m1 and t0, few-shot
+    # survey and memory for m1 and t0, few-shot scores and cost
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 6
     assert r"82.0 $\pm$ 2.0 (n=3)" in tex and r"\textbf{86.0 $\pm$ 1.0 (n=3)}" in tex
     assert r"prompt-tuning$^{1}$" in tex and r"failed $\times$3$^{4}$" in tex
     assert "100.0\\%" in tex and "_" not in tex.replace(r"\_", "")
@@ -123,3 +124,18 @@ def test_unknown_format_exits_2_naming_the_flag(tmp_path, capsys):
     assert main(["report", "--suite", "hand", "--results", str(tmp_path), "--format", "md,pdf"]) == 2
     err = capsys.readouterr().err
     assert "--format" in err and "'pdf'" in err and "csv, html, md, tex" in err
+
+
+def test_fewshot_scores_are_median_and_iqr_over_seeds(tmp_path):
+    from bench.report import write_report
+    from tests.handmade import params, record
+
+    p = params(3000, 30, 1200)
+    scores = {1: 70, 2: 72, 3: 60, 4: 80}  # median 71; quartiles 67.5 and 74 (linear) -> IQR 6.5
+    records = [record("ia3", "additive", "t0", "rte", seed, s, params=p, shots=32) for seed, s in scores.items()]
+    records.append(record("ia3", "additive", "t0", "cb", 1, status="failed", error=("ValueError", "boom"), params=p,
+                          shots=32))
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    rows = md_rows((tmp_path / "reports" / "hand" / "report.md").read_text(), "Few-shot scores on t0")
+    assert rows == ["| additive | ia3 (32-shot) | failed [1] | **71.0 (IQR 6.5, n=4)** |"]

@@ -168,3 +168,13 @@ def test_local_data_dir_reads_the_hub_layout(shared_data):
     bundle = load_bundle(REGISTRY["tiny-gpt2"], "generation", None, seed=0)
     evalset = eval_features(e2e, bundle, load_rows(e2e, "eval", shared_data)[:200], 64)
     assert len(evalset.features) < 200 and max(len(g) for g in evalset.gold) > 1  # grouped references
+
+
+def test_docs_define_every_task_key():
+    from pathlib import Path
+
+    from bench.tasks import _KEYS, _SOURCE_KEYS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "tasks.md").read_text()
+    for key in list(_KEYS) + list(_SOURCE_KEYS):
+        assert f"`{key}`" in text, f"docs/tasks.md does not define {key}"

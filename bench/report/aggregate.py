@@ -1,7 +1,7 @@
 """Records -> the numbers every table and plot shows. Each figure is defined once, here.
 
 `aggregate`: one row per (model, task, method label, shots), over seeds. Only `ok` records enter
-means and standard deviations (sample std, ddof=1). Cells that did not end ok are counted by status
+means and standard deviations (sample std, ddof=1), medians and interquartile ranges (few-shot). Cells that did not end ok are counted by status
 and keep their reasons, so a table shows them instead of silently dropping them.
 
 `method_summary`: one row per (model, method label, shots), across the model's tasks:
@@ -63,6 +63,7 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         row["n_cells"] = len(group)
         row["seeds"] = sorted(group["seed"].tolist())
         row["score_mean"], row["score_std"] = _mean_std(ok, "score")
+        row["score_median"], row["score_iqr"] = _median_iqr(ok, "score")
         for col in [c for c in frame.columns if c.startswith("scores.")]:
             row[f"{col}.mean"], row[f"{col}.std"] = _mean_std(ok, col)
         for col in measured:
@@ -122,6 +123,18 @@ def _first(group: pd.DataFrame, col: str):
         return None
     values = group[col].dropna()
     return values.iloc[0] if len(values) else None
+
+
+def _median_iqr(group: pd.DataFrame, col: str) -> tuple[float | None, float | None]:
+    """Median and interquartile range (75th - 25th percentile, linear interpolation) over seeds, as
+    T-Few reports few-shot results; the IQR needs two or more seeds."""
+    if col not in group:
+        return None, None
+    values = pd.to_numeric(group[col], errors="coerce").dropna()
+    if values.empty:
+        return None, None
+    iqr = float(values.quantile(0.75) - values.quantile(0.25)) if len(values) > 1 else None
+    return float(values.median()), iqr
 
 
 def _mean_std(group: pd.DataFrame, col: str) -> tuple[float | None, float | None]:

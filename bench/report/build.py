@@ -10,7 +10,7 @@ import pandas as pd
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.plots import Plot, draw_all
 from bench.report.table import Table
-from bench.report.tables import fewshot_table, memory_tables, survey_tables
+from bench.report.tables import fewshot_score_tables, fewshot_table, memory_tables, survey_tables
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Report:
     survey: list[Table]
     memory: list[Table]
     fewshot: Table | None
+    fewshot_scores: list[Table]
     problems: list[str]  # files of the suite that are not usable records
     plots: list[Plot] = field(default_factory=list)
 
@@ -33,7 +34,7 @@ class Report:
     def sections(self) -> list[tuple[str, list[Table]]]:
         out = [("Methods compared", self.survey), ("Memory", self.memory)]
         if self.fewshot is not None:
-            out.append(("Few-shot cost", [self.fewshot]))
+            out.append(("Few-shot", self.fewshot_scores + [self.fewshot]))
         return out
 
     def tables(self) -> list[Table]:
@@ -44,7 +45,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
     agg = aggregate(frame)
     summary = method_summary(agg)
     report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
-                    fewshot_table(summary), problems)
+                    fewshot_table(summary), fewshot_score_tables(agg), problems)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots")
     return report

@@ -79,6 +79,15 @@ def score(mean, std=None, n=None) -> str:
     return text
 
 
+def median_iqr(median, iqr=None, n=None) -> str:
+    """'median (IQR x, n=k)': T-Few's summary of few-shot scores over seeds."""
+    if missing(median):
+        return DASH
+    text = f"{median:.1f}"
+    inner = ([f"IQR {iqr:.1f}"] if not missing(iqr) else []) + ([f"n={n}"] if n is not None else [])
+    return f"{text} ({', '.join(inner)})" if inner else text
+
+
 def peak_name(source) -> str:
     """What a peak-memory figure measured, for headers: 'CPU RSS', 'CUDA allocated'."""
     return PEAK_NAMES.get(source, source or "source unknown")

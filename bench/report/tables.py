@@ -162,6 +162,37 @@ def flops_column(rows: pd.DataFrame, measured: str, cost_model: str) -> tuple[st
     return cost_model, "cost model"
 
 
+def fewshot_score_tables(agg: pd.DataFrame) -> list[Table]:
+    """Few-shot scores per task, one table per model: median over seeds with the interquartile range
+    (T-Few's summary; each seed's score is itself the median over the task's templates)."""
+    rows = agg[agg["shots"].notna()] if "shots" in agg else agg.iloc[0:0]
+    tables = []
+    for model, per_model in rows.groupby("model", sort=True):
+        tasks = sorted(per_model["task"].unique())
+        table = Table(f"few-shot-scores-{slug(model)}", f"Few-shot scores on {model}",
+                      [Column("Family", numeric=False), Column("Method", numeric=False)]
+                      + [Column(t, "higher", ("iqr", "n", "status")) for t in tasks],
+                      caption="Median over seeds (interquartile range, seeds); a seed's score is the median over "
+                              "the task's templates.")
+        methods = per_model.drop_duplicates(["label", "shots"]).sort_values(["family_order", "label", "shots"])
+        for _, method in methods.iterrows():
+            cells = [Cell(method["method_family"] or DASH), Cell(display_label(method))]
+            for task in tasks:
+                match = per_model[(per_model["label"] == method["label"]) & (per_model["shots"] == method["shots"])
+                                  & (per_model["task"] == task)]
+                r = match.iloc[0] if len(match) else None
+                cell = score_cell(table, r, f"{display_label(method)} on {task}")
+                if r is not None and r["n"]:
+                    cell.text = fmt.median_iqr(r["score_median"], r["score_iqr"], r["n"])
+                    cell.value = r["score_median"]
+                    cell.extra = {**cell.extra, "iqr": r["score_iqr"]}
+                cells.append(cell)
+            table.add(method["method_family"] or DASH, cells)
+        table.mark_best()
+        tables.append(table)
+    return tables
+
+
 def fewshot_table(summary: pd.DataFrame) -> Table | None:
     """T-Few's Table 1: inference FLOPs per example, training FLOPs, disk space and accuracy per method."""
     rows = summary[summary["shots"].notna()] if "shots" in summary else summary.iloc[0:0]
