@@ -19,11 +19,12 @@ from bench.measure import PeakMemory, predicted_peak, stored_size, timed, weight
 from bench.methods.base import ApplyContext
 from bench.methods.compose import apply_composition
 from bench.models import load_bundle
+from bench.objectives import objective_for
 from bench.probe import (StepMeasure, inference_flops, measure_step, probe_batch, training_flops,
                          workspace_bytes)
 from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
-from bench.objectives import objective_for
+from bench.tasks.data import resolved_revision
 from bench.tasks.evaluate import evaluate, evaluate_all
 from bench.tasks.features import collate
 from bench.tasks.prepare import evaluation_sets, training_data
@@ -95,6 +96,8 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
                                   f"{task.name} is evaluated on another task ({evaluation.name})")
             evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
         record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
+        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
+                                           for t in {task.name: task, evaluation.name: evaluation}.values()}
         record["params"].update(adapted.params())
         memory.update(weight_bytes(adapted.model))
         if adapted.trains and not record["params"]["trainable"]:
@@ -153,12 +156,8 @@ def _record_training(record: dict, result: TrainResult, step: StepMeasure, peak:
 
 
 def _check_finite(record: dict) -> None:
-    """A diverged run is data: non-finite losses become null and the run is marked diverged."""
+    """A diverged run is data: marked here; its non-finite losses become null when the record is finished."""
     summary = record["train"]
-    if not summary:
-        return
-    bad = [x for x in (summary.get("first_loss"), summary.get("final_loss")) if x is not None and not math.isfinite(x)]
-    summary["diverged"] = bool(bad)
-    for key in ("first_loss", "final_loss"):
-        if summary.get(key) is not None and not math.isfinite(summary[key]):
-            summary[key] = None
+    if "first_loss" in summary:
+        summary["diverged"] = any(x is not None and not math.isfinite(x)
+                                  for x in (summary.get("first_loss"), summary.get("final_loss")))

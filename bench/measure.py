@@ -98,7 +98,8 @@ def stored_size(state: dict[str, torch.Tensor]) -> dict:
         path = Path(tmp) / "adapter.safetensors"
         save_file(tensors, str(path))
         size = path.stat().st_size
-    return {"stored": sum(t.numel() for t in tensors.values()), "stored_bytes": size}
+    # index tensors (sparse updates) are saved, so they count in bytes, but they are not parameters
+    return {"stored": sum(t.numel() for t in tensors.values() if t.is_floating_point()), "stored_bytes": size}
 
 
 _HWM = re.compile(r"VmHWM:\s+(\d+) kB")

@@ -7,6 +7,7 @@ changes meaning; readers refuse versions they do not know instead of misreading 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import traceback
 from typing import Any
@@ -45,10 +46,21 @@ def new_record(cell) -> dict[str, Any]:
 
 def finish(record: dict, status: str, error: dict | None = None) -> dict:
     assert status in STATUSES, status
+    _null_non_finite(record)
     record["status"] = status
     record["error"] = error
     record["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return record
+
+
+def _null_non_finite(value):
+    """NaN and infinities are not JSON and not numbers anyone can use: they become null in place."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            value[key] = None
+        else:
+            _null_non_finite(item)
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:

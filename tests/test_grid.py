@@ -80,3 +80,14 @@ def test_identical_entries_rejected(write_suite):
     with pytest.raises(BadInput) as info:
         cells_of(write_suite, text)
     assert "resolve to the same configuration" in info.value.message
+
+
+def test_task_entries_carry_their_own_training_settings(write_suite):
+    text = SUITE.replace("tasks: [synth-polarity, synth-digits]",
+                         "tasks:\n  - synth-polarity\n  - {name: synth-digits, train: {max_steps: 50, lr: 0.5}}")
+    cells = cells_of(write_suite, text)
+    digits = {c.label: c.train for c in cells if c.task.name == "synth-digits"}
+    polarity = {c.label: c.train for c in cells if c.task.name == "synth-polarity"}
+    assert digits["lora"].max_steps == 50 and polarity["lora"].max_steps == 20
+    assert digits["lora"].lr == 5e-3  # the method entry's lr is more specific than the task's
+    assert digits["full"].lr == 1e-3

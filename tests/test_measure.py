@@ -42,6 +42,12 @@ def test_weight_bytes_in_each_dtype_tied_once():
     assert weight_bytes(model) == {"weights_bytes": 40 * 4 + (12 + 3) * 2, "trainable_bytes": 40 * 4}
 
 
+def test_stored_counts_parameters_and_bytes_count_indices_too():
+    values, index = torch.randn(5), torch.arange(5, dtype=torch.int32)
+    out = stored_size({"w.values": values, "w.indices": index})
+    assert out["stored"] == 5 and out["stored_bytes"] == len(save({"w.values": values, "w.indices": index}))
+
+
 def test_stored_size_is_the_safetensors_file():
     a, b = torch.randn(3, 5), torch.randn(7)
     state = {"a": a, "b": b, "tied": a}

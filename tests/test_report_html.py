@@ -89,7 +89,7 @@ def test_index_html_in_chromium(browser, tmp_path):
     assert all(done and width > 100 for done, width, _ in images), images
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
     tables = browser.execute_script("return document.querySelectorAll('table').length")
-    assert tables == 6  # survey ×2, memory ×2, few-shot, environment
+    assert tables == 7  # survey ×2, memory ×2, few-shot scores and cost, environment
     text = browser.find_element("tag name", "body").text
     for expected in ("82.0 ± 2.0 (n=3)", "failed ×3", "unsupported", "Suite definition", "Environment",
                      "abc1234", "2.13.0+cpu"):

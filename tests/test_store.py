@@ -28,10 +28,19 @@ def test_record_round_trip(tmp_path, cell):
     r = ok_record(cell)
     path = store.write(r)
     assert path == tmp_path / "tiny" / f"{cell.id}.json"
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the others sharing the store
     assert store.read("tiny", cell.id) == json.loads(json.dumps(r))
     assert r["schema_version"] == rec.SCHEMA_VERSION and rec.problems(r) == []
     for section in ("memory", "time", "params"):
         assert all(v is None or isinstance(v, (int, float, str)) for v in r[section].values())
+
+
+def test_non_finite_figures_become_null(cell):
+    r = rec.new_record(cell)
+    r["train"] = {"losses": [0.5, float("nan")], "final_loss": float("inf")}
+    r["time"]["train_s"] = float("nan")
+    rec.finish(r, "ok")
+    assert r["train"] == {"losses": [0.5, None], "final_loss": None} and r["time"]["train_s"] is None
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):

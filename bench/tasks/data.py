@@ -121,6 +121,20 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
     return [dict(row) for row in ds]
 
 
+def resolved_revision(task: TaskSpec, data_dir) -> str | None:
+    """The hub commit a task's rows come from: its pinned revision, else the one the hub resolves
+    now (recorded with the run, since the shipped definitions do not pin); None for other sources."""
+    src = task.source
+    if "dataset" not in src or data_dir is not None:
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(src["dataset"], revision=src.get("revision")).sha
+    except Exception:  # offline or unknown: the record says null rather than guessing
+        return src.get("revision")
+
+
 def read_file(path: Path) -> list[dict]:
     if path.suffix in (".jsonl", ".json"):
         with path.open() as f:
