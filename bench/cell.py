@@ -27,7 +27,7 @@ from bench.tasks import metrics
 from bench.tasks.data import resolved_revision
 from bench.tasks.evaluate import evaluate, evaluate_all
 from bench.tasks.features import collate
-from bench.tasks.prepare import evaluation_sets, training_data
+from bench.tasks.prepare import demonstration_ids, evaluation_sets, training_data
 from bench.train import TrainResult, autocast_for, batches, total_steps, train
 
 
@@ -95,6 +95,9 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
                 raise Unsupported("in-context demonstrations come from the task's own training rows, and "
                                   f"{task.name} is evaluated on another task ({evaluation.name})")
             evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
+            if adapted.in_context:  # its "weights" are its demonstrations: stored as token ids
+                demos = torch.tensor(demonstration_ids(task, bundle, data.rows), dtype=torch.int32)
+                adapted.stored_state = lambda: {"demonstrations": demos}
         record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
                                            for t in {task.name: task, evaluation.name: evaluation}.values()}
@@ -132,7 +135,7 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
         return finish(record, "ok")
     except Unsupported as e:
         return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,
-                                              "traceback": None})
+                                              "traceback": None, "environment": e.environment})
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         return finish(record, "oom", error_info(e))
     except Exception as e:  # the cell failed; the grid goes on

@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", default="local", choices=["local"], help="where cells run")
     run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell) and exit")
     run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
-    run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells")
+    run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells unsupported on this machine only")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
     run.set_defaults(func=cmd_run)
 

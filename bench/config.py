@@ -73,6 +73,9 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
             values[key] = value
             if key in _EXCLUSIVE and value is not None:
                 values[_EXCLUSIVE[key]] = None
+    if values["keep_best"] and not values["eval_every"]:
+        raise BadInput("'keep_best' needs 'eval_every' (evaluations to choose the best from)",
+                       layers[-1][1]("keep_best") if layers else None)
     if values["max_steps"] is None and values["epochs"] is None:
         raise BadInput("training needs 'max_steps' or 'epochs'", layers[-1][1]("max_steps") if layers else None)
     return TrainConfig(**values)

@@ -27,7 +27,15 @@ class BadInput(Exception):
 
 
 class Unsupported(Exception):
-    """A (method, model, task) combination that cannot work; recorded as status `unsupported`."""
+    """A (method, model, task) combination that cannot work; recorded as status `unsupported`.
+
+    environment=True when it could work elsewhere (a GPU, an installed package): --retry-failed
+    reruns such cells, since their cell id does not change with the machine.
+    """
+
+    def __init__(self, message: str, environment: bool = False):
+        super().__init__(message)
+        self.environment = environment
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -27,6 +27,7 @@ import torch
 
 from bench.errors import BadInput, Unsupported, unknown
 from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
+from bench.report import fmt
 from bench.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -211,13 +212,6 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "dtype": dtype, "params": params, "memory": memory, "flops": flops}
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {unit}"
-    return f"{n} B"
-
-
 def render(result: dict) -> str:
     """The estimate as text, each figure under its record name."""
     p, m, f = result["params"], result["memory"], result["flops"]
@@ -226,7 +220,7 @@ def render(result: dict) -> str:
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)"]
     for key in ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
                 "workspace_bytes", "predicted_peak_bytes"):
-        lines.append(f"memory   {key:<22}{_size(m[key]):>14}  ({m[key]:,} bytes)")
+        lines.append(f"memory   {key:<22}{fmt.size(m[key]):>14}  ({m[key]:,} bytes)")
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")

@@ -53,15 +53,17 @@ class LocalExecutor:
             proc = ctx.Process(target=_run_in_child, args=(cell, self.quiet, out), name=f"cell-{cell.id}")
             proc.start()
             proc.join(cell.timeout_s)
-            if proc.is_alive():
+            timed_out = proc.is_alive()
+            if timed_out:
                 proc.kill()
                 proc.join()
-                return _failure(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
-                                "(suite key cell_timeout_s) and was killed")
-            try:
+            try:  # a record written before the deadline stands, even if the process was slow to exit
                 return json.loads(Path(out).read_text())
             except (OSError, ValueError):
                 pass
+            if timed_out:
+                return _failure(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
+                                "(suite key cell_timeout_s) and was killed")
             code = proc.exitcode
             if code == -signal.SIGKILL:
                 return _failure(cell, "oom", "Killed", "cell process was killed by SIGKILL; the kernel's "

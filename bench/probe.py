@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils import flop_counter
 
-from bench.measure import storage_key, tensor_bytes
+from bench.measure import count_params, storage_key, tensor_bytes
 from bench.objectives import lm_loss
-from bench.train import batches, is_encoder_decoder, positions_in, tokens_in
+from bench.models import is_encoder_decoder
+from bench.train import batches, positions_in, tokens_in
 
 _aten = torch.ops.aten
 # PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
@@ -183,13 +184,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n: int = 8) 
     else:
         tokens = sum(prompts)
     return {"inference_per_example": counter.get_total_flops() // rows,
-            "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * model_params(model) * tokens // rows}
-
-
-def model_params(model: torch.nn.Module) -> int:
-    from bench.measure import count_params
-
-    return count_params(model)["total"]
+            "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * count_params(model)["total"] * tokens // rows}
 
 
 def training_flops(step: StepMeasure, n_params: int, kind: str, positions: int, tokens: int) -> dict:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import check_keys, coerce
-from bench.errors import BadInput
+from bench.errors import BadInput, did_you_mean
+from bench.report.compare import show
 from bench.record import SCHEMA_VERSION
 from bench.store import atomic_write
 from bench.yamlfile import load_yaml
@@ -33,7 +34,7 @@ BASELINE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class Tolerances:
+class GateTolerances:
     score_abs: float = 1.0  # points on the 0-100 scale
     score_abs_per_metric: dict = field(default_factory=dict)
     versioned_rtol: float = 0.05  # activation bytes and FLOPs on another torch version
@@ -47,15 +48,21 @@ _TOLERANCE_KEYS = {"score_abs": float, "score_abs_per_metric": dict, "versioned_
                    "time_warn_ratio": float}
 
 
-def load_tolerances(path: str | None) -> Tolerances:
+def load_tolerances(path: str | None) -> GateTolerances:
     if path is None:
-        return Tolerances()
+        return GateTolerances()
     doc = load_yaml(path)
     check_keys(doc.data, _TOLERANCE_KEYS, "tolerance", doc.where)
     values = {k: coerce(v, _TOLERANCE_KEYS[k], doc.where(k), k) for k, v in doc.data.items()}
-    per_metric = {m: coerce(v, float, doc.where("score_abs_per_metric", m), m)
-                  for m, v in values.get("score_abs_per_metric", {}).items()}
-    return Tolerances(**{**values, "score_abs_per_metric": per_metric})
+    from bench.tasks.metrics import METRICS
+
+    per_metric = {}
+    for m, v in values.get("score_abs_per_metric", {}).items():
+        if m not in METRICS:
+            raise BadInput(f"unknown metric '{m}'{did_you_mean(str(m), METRICS)}", doc.where("score_abs_per_metric", m),
+                           METRICS)
+        per_metric[m] = coerce(v, float, doc.where("score_abs_per_metric", m), m)
+    return GateTolerances(**{**values, "score_abs_per_metric": per_metric})
 
 
 @dataclass
@@ -143,7 +150,7 @@ def write_baseline(path: str | Path, baseline: dict) -> None:
     atomic_write(Path(path), (json.dumps(baseline, indent=1) + "\n").encode())
 
 
-def compare(baseline: dict, records: list[dict], tolerances: Tolerances) -> Verdict:
+def compare(baseline: dict, records: list[dict], tolerances: GateTolerances) -> Verdict:
     current = {r["cell"]["id"]: summarise(r) for r in records}
     findings: list[Finding] = []
     for cid, old in baseline["cells"].items():
@@ -153,10 +160,12 @@ def compare(baseline: dict, records: list[dict], tolerances: Tolerances) -> Verd
             findings.append(Finding(name, "cell", old["status"], None, "fail", "in the baseline, missing now"))
             continue
         if old["status"] != new["status"]:
-            level = "fail" if old["status"] == "ok" else "warn"
-            findings.append(Finding(name, "status", old["status"], new["status"], level, "status changed"))
-            if new["status"] != "ok":
-                continue
+            if old["status"] == "ok":
+                findings.append(Finding(name, "status", "ok", new["status"], "fail", "was ok"))
+            else:  # nothing to compare against: the baseline is out of date, not the code
+                findings.append(Finding(name, "status", old["status"], new["status"], "warn",
+                                        "status changed; figures not compared (update the baseline)"))
+            continue
         findings += _figures(name, old, new, tolerances)
     for cid, new in current.items():
         if cid not in baseline["cells"]:
@@ -165,7 +174,7 @@ def compare(baseline: dict, records: list[dict], tolerances: Tolerances) -> Verd
     return Verdict(findings, sum(1 for cid in baseline["cells"] if cid in current))
 
 
-def _figures(name: str, old: dict, new: dict, tol: Tolerances) -> list[Finding]:
+def _figures(name: str, old: dict, new: dict, tol: GateTolerances) -> list[Finding]:
     out = []
     a, b = old["figures"], new["figures"]
     same_torch = old.get("torch") == new.get("torch")
@@ -192,7 +201,7 @@ def _figures(name: str, old: dict, new: dict, tol: Tolerances) -> list[Finding]:
 
 
 def render(verdict: Verdict, markdown: bool = False) -> str:
-    rows = [[f.level.upper(), f.cell, f.figure, _num(f.baseline), _num(f.new), _num(f.delta), f.why]
+    rows = [[f.level.upper(), f.cell, f.figure, show(f.baseline), show(f.new), show(f.delta), f.why]
             for f in verdict.findings]
     header = ["", "cell", "figure", "baseline", "new", "delta", "rule"]
     if markdown:
@@ -210,15 +219,7 @@ def render(verdict: Verdict, markdown: bool = False) -> str:
     return "\n".join(lines[1:] if not rows else lines) + ("\n" if rows else "") + verdict.line()
 
 
-def _num(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def gate(suite_name: str, baseline_path: str, results: str, tolerances: Tolerances, executor,
+def gate(suite_name: str, baseline_path: str, results: str, tolerances: GateTolerances, executor,
          update: bool = False, reuse: bool = False, quiet: bool = False) -> Verdict | None:
     """Run the suite (every cell anew, or with `reuse` only cells without a fresh record), then
     rewrite the baseline (`update`, returns None) or compare against it.
@@ -231,9 +232,13 @@ def gate(suite_name: str, baseline_path: str, results: str, tolerances: Toleranc
     from bench.store import Store
     from bench.suite import load_suite
 
+    from bench.tasks.data import check_available
+
     baseline = None if update else read_baseline(baseline_path)  # bad input fails before any work
     suite = load_suite(suite_name)
     cells = grid.expand(suite)
+    for name in sorted({c.task.name for c in cells}):
+        check_available(suite.task_registry[name], suite.data_dir)
     store = Store(results)
     sha, dirty = env.repo_state()
 

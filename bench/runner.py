@@ -1,7 +1,7 @@
 """Running a grid: decide which cells need a run, run them through an executor, store each record.
 
 A cell with an `ok` record is skipped; --force reruns it, --retry-failed reruns failed, oom and
-timeout cells. Records are written as each cell finishes, so an interrupted grid keeps its work.
+timeout cells, and unsupported cells whose reason lies in the environment (no GPU, a missing package). Records are written as each cell finishes, so an interrupted grid keeps its work.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: boo
     todo, skip = [], []
     for cell in cells:
         record = store.read(cell.suite, cell.id)
-        rerun = record is None or force or (retry_failed and record["status"] in RETRYABLE)
+        retryable = record is not None and (record["status"] in RETRYABLE or (record.get("error") or {}).get("environment"))
+        rerun = record is None or force or (retry_failed and retryable)
         (todo if rerun else skip).append(cell)
     return todo, skip
 
@@ -63,8 +64,8 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
                 summary.statuses[status] += 1
                 if status != "ok":
                     error = record.get("error") or {}
-                    summary.problems.append(f"{status:<11} {cell.line()}: {error.get('type')}: "
-                                            f"{(error.get('message') or '').splitlines()[0][:200]}")
+                    first_line = ((error.get("message") or "").splitlines() or [""])[0]
+                    summary.problems.append(f"{status:<11} {cell.line()}: {error.get('type')}: {first_line[:200]}")
         bar.update(1)
         bar.set_postfix(ok=summary.statuses["ok"], failed=summary.failed, skipped=summary.skipped, refresh=False)
     bar.close()

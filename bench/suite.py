@@ -63,7 +63,7 @@ class Suite:
 
 
 def suite_names() -> dict[str, Path]:
-    """Suites found by name: ./suites first, then the suites shipped beside the package."""
+    """Suites found by name: those shipped beside the package, overridden by ./suites of the same name."""
     found: dict[str, Path] = {}
     for folder in (REPO_SUITES, Path.cwd() / "suites"):
         if folder.is_dir():
@@ -91,13 +91,13 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     values = {k: coerce(v, SUITE_KEYS[k], doc.where(k), k) for k, v in raw.items()}
     task_files = [_relative(path, p) for p in values.get("task_files", [])]
     registry = tasks.registry(task_files)
+    task_entries = [_task_entry(t, doc, ("tasks", i)) for i, t in enumerate(values["tasks"])]
     suite = Suite(
         name=values["name"], description=values.get("description", ""), path=str(path),
         methods=[_method_entry(item, doc, ("methods", i)) for i, item in enumerate(values["methods"])],
         models=[_name(m, doc, ("models", i), "model") for i, m in enumerate(values["models"])],
-        tasks=[_task_entry(t, doc, ("tasks", i))[0] for i, t in enumerate(values["tasks"])],
-        task_train={name: train for name, train in (_task_entry(t, doc, ("tasks", i))
-                                                    for i, t in enumerate(values["tasks"])) if train},
+        tasks=[name for name, _ in task_entries],
+        task_train={name: train for name, train in task_entries if train},
         seeds=[coerce(s, int, doc.where("seeds", i), "seed") for i, s in enumerate(values.get("seeds", [1]))],
         train=values.get("train", {}), exclude=values.get("exclude", []),
         cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
@@ -154,6 +154,12 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
 
 
 def _check_names(suite: Suite) -> None:
+    if suite.cell_timeout_s <= 0:
+        raise BadInput(f"'cell_timeout_s' must be positive, got {suite.cell_timeout_s:g}", suite.where("cell_timeout_s"))
+    for key, values in (("models", suite.models), ("tasks", suite.tasks), ("seeds", suite.seeds)):
+        for i, value in enumerate(values):
+            if values.index(value) != i:  # the same cells twice would run twice and look like more seeds
+                raise BadInput(f"{key[:-1]} '{value}' is listed twice", suite.where(key, i))
     labels = [m.label for m in suite.methods]
     for i, label in enumerate(labels):
         if labels.index(label) != i:

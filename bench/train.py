@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from bench.config import TrainConfig
 from bench.measure import optimizer_state_bytes
 from bench.methods.base import Adapted
+from bench.models import is_encoder_decoder
 from bench.objectives import Objective
 from bench.tasks.features import IGNORE
 
@@ -40,6 +41,8 @@ def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractCont
 
 def batches(features: list[dict], batch_size: int, seed: int):
     """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries."""
+    if not features:
+        raise ValueError("no training examples to draw batches from")
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     while True:
@@ -47,6 +50,10 @@ def batches(features: list[dict], batch_size: int, seed: int):
             order += torch.randperm(len(features), generator=gen).tolist()
         chunk, order = order[:batch_size], order[batch_size:]
         yield [features[i] for i in chunk]
+
+
+# The optimizers a suite can name (bench.config.OPTIMIZERS lists the same names, for validation).
+OPTIMIZERS = {"adamw": torch.optim.AdamW}
 
 
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
@@ -62,7 +69,7 @@ def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=froze
         if p.requires_grad:
             (no_decay if name.endswith("bias") or id(p) in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr)
+    return OPTIMIZERS[train.optimizer]([g for g in groups if g["params"]], lr=train.lr)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -72,10 +79,6 @@ def linear_schedule(optimizer, warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def is_encoder_decoder(model: torch.nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 def _decoder_targets(batch: dict, encoder_decoder: bool) -> torch.Tensor | None:

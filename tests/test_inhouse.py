@@ -73,3 +73,37 @@ def test_top_share_masks_keep_the_largest_entries_across_tensors():
     masks = top_share_masks(scores, 0.375)  # 3 of 8 entries: 0.9, 0.8, 0.7
     assert masks[0].tolist() == [[False, True], [False, False]]
     assert masks[1].tolist() == [True, False, True, False]
+
+
+def _perturbed(name, method):
+    from bench import methods
+    from bench.config import TrainConfig
+    from bench.methods.base import ApplyContext
+
+    task_type = "classification" if name == "tiny-encoder" else "generation"
+    bundle = load_bundle(REGISTRY[name], task_type, 2 if name == "tiny-encoder" else None, seed=0)
+    m = methods.get(method)
+    adapted = m.apply(bundle.model, m.resolve({}, bundle.arch, str), ApplyContext(bundle, TrainConfig(), 10))
+    with torch.no_grad():  # move the zero-initialised parts, so every gate and branch matters
+        for p in adapted.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return adapted.model.eval()
+
+
+@pytest.mark.parametrize("method", ["unipelt", "mam-adapter", "compacter", "adapter-parallel"])
+def test_inhouse_methods_keep_decoders_causal(method):
+    model = _perturbed("tiny-gpt2", method)
+    a, b = torch.tensor([[1, 5, 6, 7, 8, 9]]), torch.tensor([[1, 5, 6, 7, 8, 30]])
+    with torch.no_grad():
+        la, lb = model(input_ids=a).logits, model(input_ids=b).logits
+    torch.testing.assert_close(la[:, :-1], lb[:, :-1])  # no earlier position sees the last token
+
+
+@pytest.mark.parametrize("method", ["unipelt", "mam-adapter"])
+def test_inhouse_methods_ignore_padding(method):
+    model = _perturbed("tiny-encoder", method)
+    alone = collate([{"input_ids": [1, 5, 6, 2]}], 0)
+    padded = collate([{"input_ids": [1, 5, 6, 2]}, {"input_ids": [1, 5, 6, 7, 8, 9, 10, 2]}], 0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**alone).logits[0], model(**padded).logits[0], rtol=1e-5, atol=1e-5)

@@ -82,10 +82,12 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
     attn = {"roberta": L, "t5": 2 * L, "gpt2": L, "llama": L}[arch]  # self-attention modules
     ffn = attn  # one FFN per block
     peft_token_dim = KV if arch == "llama" else H
+    norms = {"roberta": 2 * H + L * 4 * H, "t5": H * (2 * L + 1 + 3 * L + 1), "gpt2": L * 4 * H + 2 * H,
+             "llama": 2 * L * H + H}[arch]  # every LayerNorm / RMSNorm of the body
     table = {
         "full": body_params(arch, vocab),
         "head-only": vocab * H if arch == "llama" else 0,
-        "adapter-houlsby": (attn + ffn) * bottleneck(H, H // 16),
+        "adapter-houlsby": (attn + ffn) * bottleneck(H, H // 16) + norms,  # Houlsby et al. train the norms
         "adapter-pfeiffer": ffn * bottleneck(H, H // 16),
         "adapter-parallel": ffn * bottleneck(H, H // 16),
         "prompt-tuning": 20 * H,
@@ -94,10 +96,10 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
         "ia3": {"roberta": L * (H + H + F), "t5": L * (2 * H + F) + L * (4 * H + F),
                 "gpt2": L * (3 * H + F), "llama": L * (2 * KV + F)}[arch],
         "bitfit": {"roberta": H + L * (7 * H + F), "gpt2": H + L * (7 * H + F)}.get(arch),
-        "ln-tuning": {"roberta": 2 * H + L * 4 * H, "t5": H * (2 * L + 1 + 3 * L + 1), "gpt2": L * 4 * H + 2 * H,
-                      "llama": 2 * L * H + H}[arch],
+        "ln-tuning": norms,
         "fishmask": round(0.005 * body_params(arch, vocab)),
-        "child-tuning": round(0.3 * layer_params(arch)),
+        # the Fisher-selected 30 % of the layers, and everything outside the layers in full
+        "child-tuning": round(0.3 * layer_params(arch)) + body_params(arch, vocab) - layer_params(arch),
         "lora": sum(8 * (i + o) for i, o in mods),
         "rslora": sum(8 * (i + o) for i, o in mods),
         "pissa": sum(8 * (i + o) for i, o in mods),
@@ -243,3 +245,41 @@ def test_docs_list_every_method():
     text = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     for name, m in methods.REGISTRY.items():
         assert f"| `{name}` | {m.family} |" in text, f"docs/methods.md lacks {name}"
+
+
+@pytest.mark.parametrize("parts", [("prefix-tuning", "adapter-parallel"), ("fishmask", "adapter-pfeiffer")])
+def test_composition_keeps_what_its_parts_declare(parts):
+    from bench.methods.compose import apply_composition
+
+    task = builtin_tasks()["synth-polarity"]
+
+    def build():
+        bundle = load_bundle(REGISTRY["tiny-encoder"], task.type, 2, seed=0)
+        feats = train_features(task, bundle, load_rows(task, "train")[:32], 32)
+        calibration = lambda n: [collate(feats[8 * i: 8 * i + 8], 0) for i in range(n)]  # noqa: E731
+        config = [{"name": n, "config": methods.get(n).resolve(FAST.get(n, {}), "roberta", str)} for n in parts]
+        return apply_composition(config, bundle.model, ApplyContext(bundle, TrainConfig(), 10, calibration)), feats
+
+    adapted, feats = build()
+    vocab = len(load_bundle(REGISTRY["tiny-encoder"], task.type, 2, seed=0).tokenizer)
+    expected = sum(expected_trainable(p, "roberta", vocab) for p in parts)
+    assert adapted.params()["trainable"] == expected + HEAD
+    batch = collate(feats[:4], 0)
+    adapted.model.train()
+    adapted.model(**batch).loss.backward()
+    for hook in adapted.after_backward:
+        hook(0)
+    optimizer_for(adapted.model, TrainConfig(lr=1e-2, weight_decay=0.1), {id(p) for p, _ in adapted.grad_masks}).step()
+    for p, mask in adapted.grad_masks:  # (fishmask) masked-out entries were not trained
+        assert p.grad is None or not p.grad[~mask].any()
+    state = adapted.state_to_store()
+    if "prefix-tuning" in parts:  # the prefix is stored folded, not as its MLP
+        assert any(k.startswith("part0/") and k.endswith("prompt_embeddings") for k in state)
+        assert not any("transform" in k for k in state)
+    if "fishmask" in parts:  # a sparse update, not dense tensors
+        assert any(k.endswith(".indices") for k in state)
+    trained = logits(adapted.model, batch)
+    torch.manual_seed(1)
+    again, _ = build()
+    again.load_state({k: v.clone() for k, v in state.items()})
+    torch.testing.assert_close(logits(again.model, batch), trained, rtol=1e-5, atol=1e-5)

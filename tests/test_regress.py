@@ -5,7 +5,7 @@ import pytest
 from bench.cli import main
 from bench.errors import BadInput
 from bench.executors import LocalExecutor
-from bench.regress import Tolerances, compare, gate, load_tolerances, make_baseline, read_baseline
+from bench.regress import GateTolerances, compare, gate, load_tolerances, make_baseline, read_baseline
 
 
 def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000, torch_version="2.13.0",
@@ -19,7 +19,7 @@ def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000
             "scores": {"main_metric": "accuracy", "metrics": {"accuracy": accuracy}}}
 
 
-def verdict(new, old=None, tolerances=Tolerances()):
+def verdict(new, old=None, tolerances=GateTolerances()):
     baseline = make_baseline("t", old or [record()], {})
     return compare(baseline, new, tolerances)
 
@@ -51,6 +51,10 @@ def test_scores_within_tolerance_and_a_tolerance_file(tmp_path):
     assert not verdict([record(accuracy=78.5)], tolerances=load_tolerances(str(path))).failed
     path.write_text("score_abs: 0.1\n")
     assert verdict([record(accuracy=80.2)], tolerances=load_tolerances(str(path))).failed
+    path.write_text("score_abs_per_metric: {acuracy: 2}\n")
+    with pytest.raises(BadInput) as info:
+        load_tolerances(str(path))
+    assert "did you mean 'accuracy'" in info.value.message
     path.write_text("score_tol: 1\n")
     with pytest.raises(BadInput) as info:
         load_tolerances(str(path))
@@ -68,6 +72,9 @@ def test_missing_and_failed_cells_fail_new_cells_are_reported():
     assert v.failed and {f.level for f in v.findings} == {"fail", "new"}
     v = verdict([record(status="failed")])
     assert v.failed and v.findings[0].figure == "status"
+    # a baseline cell that was unsupported and runs now is news, not a regression
+    v = verdict([record()], old=[record(status="unsupported")])
+    assert not v.failed and [(f.figure, f.level) for f in v.findings] == [("status", "warn")]
 
 
 def test_baseline_file_errors_are_bad_input(tmp_path):
@@ -90,15 +97,15 @@ train: {batch_size: 8, max_steps: 5, max_length: 32, max_eval_samples: 32}
 def test_an_injected_regression_fails_the_gate(write_suite, tmp_path, monkeypatch):
     suite, baseline = str(write_suite(GATE_SUITE)), str(tmp_path / "baseline.json")
     inline = LocalExecutor("inline", quiet=True)  # in-process, so the patch below reaches the cells
-    assert gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, update=True, quiet=True) is None
-    unchanged = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
+    assert gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, update=True, quiet=True) is None
+    unchanged = gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, quiet=True)
     assert not unchanged.failed and unchanged.compared == 2
 
     from bench.methods import adapters
 
     width = adapters.bottleneck_width
     monkeypatch.setattr(adapters, "bottleneck_width", lambda dim, config: 2 * width(dim, config))  # doubled adapters
-    broken = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
+    broken = gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, quiet=True)
     assert broken.failed
     failing = {(f.cell.split(" · ")[0], f.figure) for f in broken.findings if f.level == "fail"}
     assert ("adapter-houlsby", "params.trainable") in failing

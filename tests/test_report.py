@@ -139,3 +139,18 @@ def test_fewshot_scores_are_median_and_iqr_over_seeds(tmp_path):
     write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
     rows = md_rows((tmp_path / "reports" / "hand" / "report.md").read_text(), "Few-shot scores on t0")
     assert rows == ["| additive | ia3 (32-shot) | failed [1] | **71.0 (IQR 6.5, n=4)** |"]
+
+
+def test_records_of_an_older_configuration_are_not_averaged_in(tmp_path):
+    from bench.report import write_report
+    from tests.handmade import params, record
+
+    old = record("lora", "reparameterized", "m1", "t1", 1, 50, params=params(100, 10, 40))
+    new = record("lora", "reparameterized", "m1", "t1", 1, 90, params=params(100, 10, 40))
+    old["cell"]["id"], old["created_at"] = "old-config", "2026-01-01T00:00:00+00:00"
+    new["cell"]["id"], new["created_at"] = "new-config", "2026-02-01T00:00:00+00:00"  # e.g. after an lr change
+    write_store(tmp_path / "results", [old, new])
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert "| reparameterized | lora | **90.0 (n=1)** |" in text
+    assert "old-config (lora · m1 · t1 · seed 1" in text and "superseded" in text

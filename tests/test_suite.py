@@ -103,3 +103,21 @@ def test_shipped_suites_are_valid():
     assert "smoke" in names
     for name in names:
         load_suite(name)
+
+
+def test_more_mistakes_caught_before_any_work(write_suite):
+    from bench import grid
+
+    err = error_of(write_suite, TINY_SUITE.replace("seeds: [1]", "seeds: [1, 1]"))
+    assert "seed '1' is listed twice" in err.message and err.where.endswith(":8")
+    err = error_of(write_suite, TINY_SUITE + "cell_timeout_s: -5\n")
+    assert "'cell_timeout_s' must be positive" in err.message
+    for text, message in (
+        (TINY_SUITE.replace("max_steps: 20,", "max_steps: 20, keep_best: true,"), "'keep_best' needs 'eval_every'"),
+        (TINY_SUITE.replace("{name: lora, train", "{name: lora, overrides: {target_modules: 5}, train"),
+         "'target_modules' must be list or str"),
+        (TINY_SUITE.replace("{name: full, train: {lr: 1.0e-3}}", "icl"), "icl needs 'shots'"),
+    ):
+        with pytest.raises(BadInput) as info:
+            grid.expand(load_suite(str(write_suite(text))))
+        assert message in info.value.message, info.value.message

@@ -178,3 +178,29 @@ def test_docs_define_every_task_key():
     text = (Path(__file__).resolve().parent.parent / "docs" / "tasks.md").read_text()
     for key in list(_KEYS) + list(_SOURCE_KEYS):
         assert f"`{key}`" in text, f"docs/tasks.md does not define {key}"
+
+
+def test_long_prompts_keep_their_beginning_and_demonstrations_give_way():
+    from bench.tasks import Prompt
+
+    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+    task = builtin_tasks()["synth-polarity"]
+    row = {"sentence": " ".join(["good"] + ["movie"] * 100), "label": 1}
+    evalset = eval_features(task, bundle, [row], 16)
+    text = bundle.tokenizer.decode(evalset.features[0]["input_ids"], skip_special_tokens=True)
+    assert text.strip().startswith("review: good movie") and len(evalset.features[0]["input_ids"]) == 16
+    demo = {"sentence": "a dull film", "label": 0}
+    short = {"sentence": "a great film", "label": 1}
+    evalset = eval_features(task, bundle, [short], 12, Prompt("review: {sentence} sentiment:", ("negative", "positive")),
+                            demos=[demo])
+    text = bundle.tokenizer.decode(evalset.features[0]["input_ids"], skip_special_tokens=True)
+    assert text.endswith("review: a great film sentiment:") and "a dull film" not in text  # no room: cut first
+
+
+def test_a_task_without_metrics_is_bad_input(tmp_path):
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: t\n    type: regression\n    source: {synthetic: intensity}\n"
+        "    text: [sentence]\n    label: label\n    metrics: []\n")
+    with pytest.raises(BadInput) as info:
+        load_task_file(tmp_path / "tasks.yaml")
+    assert "lists no metrics" in info.value.message and info.value.where.endswith(":7")

@@ -56,5 +56,6 @@ train: {shots: 8, objective: tfew, batch_size: 4, max_steps: 6, max_length: 256,
     lora = next(r for r in records if r["cell"]["label"] == "lora")
     icl = next(r for r in records if r["cell"]["label"] == "icl" and r["cell"]["model"] == lora["cell"]["model"])
     assert lora["train"]["steps"] == 6 and icl["train"].get("steps") is None
+    assert icl["params"]["stored"] == 0 and icl["params"]["stored_bytes"] > 4 * 8 * 10  # 8 demonstrations' ids
     # eight solved demonstrations in every prompt make in-context learning the costly one at inference
     assert icl["flops"]["inference_per_example"] > 3 * lora["flops"]["inference_per_example"]

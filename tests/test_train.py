@@ -51,3 +51,9 @@ def test_tokens_and_positions_follow_the_model_kind_not_the_shapes():
     assert (tokens_in(batch, encoder_decoder=False), positions_in(batch, encoder_decoder=False)) == (5, 6)
     classes = {"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.tensor([0, 1])}
     assert (tokens_in(classes, encoder_decoder=True), positions_in(classes, encoder_decoder=True)) == (6, 6)
+
+
+def test_every_configurable_optimizer_exists():
+    from bench import config, train
+
+    assert set(config.OPTIMIZERS) == set(train.OPTIMIZERS)

@@ -3,7 +3,8 @@
 A bottleneck maps width d -> b -> d (down, non-linearity, up). Its up projection starts at zero, so
 an adapted model starts out computing exactly what the pretrained model computes.
 - adapter-houlsby: sequential, after the attention output projection and after the FFN output
-  projection of every layer (Houlsby et al. 2019), swish, reduction factor 16 (AdapterHub's defaults).
+  projection of every layer, and the layer norms train too (Houlsby et al. 2019); swish, reduction
+  factor 16 (AdapterHub's defaults).
 - adapter-pfeiffer: sequential, after the FFN output projection only (Pfeiffer et al. 2021), ReLU, 16.
 - adapter-parallel: from the FFN block's input, added to its output, scaled (He et al. 2022).
 Sequential adapters sit before dropout, residual and layer norm, as in Houlsby et al.
@@ -53,10 +54,21 @@ def add_sequential(model, arch: str, positions: list[str], config: dict, name: s
                                                              config["activation"], gated=gated))
 
 
+def train_norms(model, ctx) -> None:
+    """Unfreeze every normalisation layer of the model body (LayerNorm, T5's and LLaMA's RMSNorm)."""
+    heads = tuple(ctx.bundle.head_modules)
+    for name, module in model.named_modules():
+        if "norm" in type(module).__name__.lower() and not name.startswith(heads):
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(True)
+
+
 def _sequential(positions: list[str]):
     def build(model, config, ctx):
         freeze(model)
         add_sequential(model, ctx.bundle.arch, positions, config, "adapter")
+        if config.get("train_layer_norm"):
+            train_norms(model, ctx)
         train_head(model, ctx)
         return Adapted(model)
 
@@ -78,10 +90,10 @@ def _parallel(model, config, ctx):
 _SEQ_DEFAULTS = {"reduction_factor": 16, "bottleneck_dim": 0}  # bottleneck_dim > 0 overrides the factor
 
 METHODS = [
-    Method("adapter-houlsby", "additive", "sequential bottleneck adapters after attention and after the FFN",
-           "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP",
-           _sequential(["attention_output", "ffn_output"]), defaults={**_SEQ_DEFAULTS, "activation": "swish"},
-           train={"lr": 1e-3}),
+    Method("adapter-houlsby", "additive", "sequential bottleneck adapters after attention and after the FFN, "
+           "plus the layer norms", "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP",
+           _sequential(["attention_output", "ffn_output"]),
+           defaults={**_SEQ_DEFAULTS, "activation": "swish", "train_layer_norm": True}, train={"lr": 1e-3}),
     Method("adapter-pfeiffer", "additive", "sequential bottleneck adapter after the FFN only",
            "Pfeiffer et al. 2021, AdapterFusion", _sequential(["ffn_output"]),
            defaults={**_SEQ_DEFAULTS, "activation": "relu"}, train={"lr": 1e-3}),

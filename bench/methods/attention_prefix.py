@@ -9,7 +9,7 @@ the cache only ever holds token keys.
 
 Prefixes come from one bank per model: `length` vectors per attention module, either stored directly
 or produced by Li & Liang's reparameterisation (embedding -> MLP), which is folded away for storage.
-With gating (UniPELT) each module scales its prefix keys and values by σ(W·mean(hidden)), per example.
+With gating (UniPELT) each module scales its prefix keys and values by a learned gate (see _stash_gate).
 """
 
 from __future__ import annotations
@@ -70,9 +70,29 @@ class PrefixSite:
 
 
 def _stash_gate(module, args, kwargs):
+    """UniPELT's prefix gate, one value for keys and one for values per example.
+
+    Bidirectional attention: σ(W · mean of the attention input over real tokens), so padding cannot
+    move it. Causal attention: a summary of the sequence would let each token see later ones, so the
+    gate there is learned but input-free, σ(c).
+    """
     site = module.bench_prefix
     hidden = args[0] if args else kwargs["hidden_states"]
-    site.gate_values = torch.sigmoid(site.gate(hidden.mean(dim=1)))
+    if getattr(module, "is_causal", False):
+        summary = hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
+    else:
+        valid = _real_tokens(kwargs.get("attention_mask", kwargs.get("mask")), hidden)
+        summary = (hidden * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    site.gate_values = torch.sigmoid(site.gate(summary))
+
+
+def _real_tokens(mask, hidden) -> torch.Tensor:
+    """[batch, length, 1]: 1 for tokens a 4-D attention mask lets the first query see, else 0."""
+    if mask is None:
+        return hidden.new_ones(*hidden.shape[:2], 1)
+    keys = mask[:, 0, 0, :]
+    visible = keys if keys.dtype == torch.bool else keys > torch.finfo(keys.dtype).min / 2
+    return visible.to(hidden.dtype).unsqueeze(-1)
 
 
 def _open_mask(mask, length: int, q_len: int, k_len: int, causal: bool, device):

@@ -105,8 +105,9 @@ class Method:
         config.update({k: None for k in self.target_keys})
         config.update(copy.deepcopy(self.targets.get(arch, {})))
         for key, value in overrides.items():
-            default = allowed[key]
-            config[key] = value if default is None else coerce(value, _type_of(default), where(key), key)
+            # module names are a list, or one regular expression / peft keyword ("all-linear")
+            spec = (list, str) if key in self.target_keys or key == "target_modules" else _type_of(allowed[key])
+            config[key] = coerce(value, spec, where(key), key)
         return config
 
     def apply(self, model: nn.Module, config: dict, ctx: ApplyContext) -> Adapted:

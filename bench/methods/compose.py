@@ -1,12 +1,17 @@
 """Unified fine-tuning: a suite composes a hybrid from registry methods, `{compose: [a, b]}`.
 
 Parts are applied in order to the same model. A part may freeze the whole model before adding its
-own parameters, so what trains afterwards is the union of what each part left trainable. Stored
-state is every trainable tensor of the result. peft wraps the model it adapts and cannot adapt its
-own wrapper again, so a composition holds at most one peft-based part.
+own parameters, so what trains afterwards is the union of what each part left trainable. Each part
+keeps what it declared: its gradient masks, and its own stored state (a folded prefix, a sparse
+update), saved under `part<i>/`; trainable tensors no part stores its own way are saved by name. A
+tensor two parts train keeps the mask of the part that masks it (the stricter rule wins).
+peft wraps the model it adapts and cannot adapt its own wrapper again, so a composition holds at
+most one peft-based part.
 """
 
 from __future__ import annotations
+
+import torch
 
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
@@ -19,16 +24,34 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
     peft_parts = [m.name for m in chosen if getattr(m.build, "peft_config_class", None)]
     if len(peft_parts) > 1:
         raise Unsupported(f"a composition can hold one peft-based method, not {', '.join(peft_parts)}")
-    trainable: dict[int, object] = {}
-    hooks_backward, hooks_step = [], []
+    applied: list[tuple[Adapted, set[int]]] = []  # each part, and the tensors it left trainable
     for method, part in zip(chosen, parts):
         adapted = method.apply(model, part["config"], ctx)
         if not adapted.trains:
             raise Unsupported(f"'{method.name}' trains nothing, so it cannot be part of a composition")
         model = adapted.model
-        trainable.update({id(p): p for p in model.parameters() if p.requires_grad})
-        hooks_backward += adapted.after_backward
-        hooks_step += adapted.after_step
-    for p in trainable.values():
-        p.requires_grad_(True)
-    return Adapted(model, after_backward=hooks_backward, after_step=hooks_step)
+        applied.append((adapted, {id(p) for p in model.parameters() if p.requires_grad}))
+    params = {id(p): p for p in model.parameters()}
+    for _, trainable in applied:
+        for pid in trainable:
+            params[pid].requires_grad_(True)
+    own_state = [(i, a) for i, (a, _) in enumerate(applied) if a.stored_state is not None]
+    covered = set().union(*(applied[i][1] for i, _ in own_state))
+
+    def stored() -> dict[str, torch.Tensor]:
+        state = {f"part{i}/{k}": v for i, a in own_state for k, v in a.state_to_store().items()}
+        state.update({n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered})
+        return state
+
+    def load(state: dict[str, torch.Tensor]) -> None:
+        for i, a in own_state:
+            prefix = f"part{i}/"
+            a.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        rest = {k: v for k, v in state.items() if "/" not in k}  # parameter names never hold a "/"
+        unexpected = model.load_state_dict(rest, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"stored tensors not in the model: {unexpected}")
+
+    return Adapted(model, after_backward=[h for a, _ in applied for h in a.after_backward],
+                   after_step=[h for a, _ in applied for h in a.after_step], stored_state=stored,
+                   load_stored=load, grad_masks=[m for a, _ in applied for m in a.grad_masks])

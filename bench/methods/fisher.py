@@ -7,8 +7,10 @@ weight decay). The task head trains in full.
 - fishmask (Sung et al. 2021): per-example squared gradients over `fisher_samples` examples, top
   `keep_ratio` of all model parameters (0.5 %); a fixed sparse mask.
 - child-tuning (Child-Tuning_D, Xu et al. 2021): squared mini-batch gradients over `fisher_batches`
-  batches, top `reserve_ratio` (30 %) of the transformer layers' parameters (embeddings stay frozen).
-Only the selected values (and their indices) are stored.
+  batches, top `reserve_ratio` (30 %) of the transformer layers' parameters; as in the authors'
+  code, parameters outside the layers (embeddings, final norms) are not masked and train in full.
+Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
+entry are not trained at all (no gradient, no optimizer state).
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tens
     return [m.view_as(s) for m, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores)]
 
 
-def _masked(model, ctx, masks_for) -> Adapted:
+def _masked(model, ctx, masks_for, unmasked=()) -> Adapted:
+    """Train the selected entries of masked tensors, the `unmasked` tensors in full, and the head."""
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
-    named = masks_for()
+    named = [(n, p, m) for n, p, m in masks_for() if m.any()]
     freeze(model)
-    for _, p, _ in named:
+    for p in [p for _, p, _ in named] + list(unmasked):
         p.requires_grad_(True)
     train_head(model, ctx)
     pairs = [(p, m) for _, p, m in named]
@@ -106,20 +109,24 @@ def _fishmask(model, config, ctx):
 
 
 def _child_tuning(model, config, ctx):
-    def masks():
-        named = _eligible(model, ctx, layers_only=True)
-        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(config["fisher_batches"]),
-                               per_example=False)
-        return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["reserve_ratio"]))]
+    layers = _eligible(model, ctx, layers_only=True)
+    in_layers = {id(p) for _, p in layers}
+    outside = [p for _, p in _eligible(model, ctx, layers_only=False) if id(p) not in in_layers]
 
-    return _masked(model, ctx, masks)
+    def masks():
+        scores = fisher_scores(model, [p for _, p in layers], ctx.calibration(config["fisher_batches"]),
+                               per_example=False)
+        return [(n, p, m) for (n, p), m in zip(layers, top_share_masks(scores, config["reserve_ratio"]))]
+
+    return _masked(model, ctx, masks, unmasked=outside)
 
 
 METHODS = [
     Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
            defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}),
-    Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) trains",
+    Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
+           "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
            defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5}),
 ]

@@ -3,7 +3,9 @@
 - mam-adapter (He et al. 2022): prefix tuning on attention (30 vectors, MLP reparameterisation) plus a
   scaled parallel adapter on the FFN (bottleneck 512, s = 4), the paper's best "mix-and-match" setting.
 - unipelt (Mao et al. 2022): LoRA on q and v, prefix tuning and a sequential adapter after the FFN,
-  each scaled by its own learned gate σ(W·x): the model learns which mechanism to use where.
+  each scaled by its own learned gate σ(W·x): the model learns which mechanism to use where. The
+  LoRA and adapter gates are per token; the prefix gate is per example (see attention_prefix), so
+  no gate lets a decoder token read later tokens or lets padding change a prediction.
 Prefix MLPs are folded away for storage.
 """
 
@@ -36,7 +38,7 @@ def _mam(model, config, ctx):
 
 
 class GatedLoRA(nn.Module):
-    """x -> g(x) · (alpha/r) · B·A·x, with g = σ(w·mean_t(x) + c) per example; B starts at zero."""
+    """x -> g(x) · (alpha/r) · B·A·x, with g = σ(w·x + c) per token; B starts at zero."""
 
     def __init__(self, in_features: int, out_features: int, r: int, alpha: float):
         super().__init__()
@@ -48,8 +50,7 @@ class GatedLoRA(nn.Module):
         self.gate = nn.Linear(in_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = torch.sigmoid(self.gate(x.mean(dim=1, keepdim=True)))
-        return gate * self.b(self.a(x)) * self.scaling
+        return torch.sigmoid(self.gate(x)) * self.b(self.a(x)) * self.scaling
 
 
 def _add_from_input(name: str, module, args, output):

@@ -6,7 +6,8 @@ from bench.methods.base import Method
 from bench.methods.peft_common import peft_build
 
 # Regular expressions (full match) so "output.dense" names the FFN output of each layer only, not
-# the attention output, which a suffix match would also catch on BERT-style models.
+# the attention output, which a suffix match would also catch on BERT-style models. GPT-2 fuses
+# queries, keys and values into one Conv1D (c_attn), so there the queries are rescaled too.
 _BERT_FFN = r".*layer\.\d+\.output\.dense"
 IA3_TARGETS = {
     "roberta": {"target_modules": rf".*layer\.\d+\.attention\.self\.(key|value)|{_BERT_FFN}",

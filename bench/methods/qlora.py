@@ -39,11 +39,12 @@ def _quantise(model: nn.Module, keep: tuple[str, ...]) -> int:
 
 def _qlora(model, config, ctx) -> Adapted:
     if not torch.cuda.is_available():
-        raise Unsupported("QLoRA quantises the base model with bitsandbytes, which needs a CUDA device")
+        raise Unsupported("QLoRA quantises the base model with bitsandbytes, which needs a CUDA device",
+                          environment=True)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise Unsupported("QLoRA needs bitsandbytes (pip install 'peft-bench[gpu]')") from None
+        raise Unsupported("QLoRA needs bitsandbytes (pip install 'peft-bench[gpu]')", environment=True) from None
     import peft
 
     if not _quantise(model, tuple(ctx.bundle.head_modules)):

@@ -36,11 +36,14 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     """Write the report of `suite`'s records; `suite_source` (a suite name or YAML path) finds the suite file."""
     # Imported here: pandas and matplotlib load only when a report is written, not for `peft-bench list`.
     from bench.report import csvfiles, latex, markdown, page
+    from bench.report.aggregate import latest_records
     from bench.report.build import build
     from bench.store import load_frame
 
     formats = parse_formats(formats)
     frame, problems = load_frame(results, suite)
+    frame, superseded = latest_records(frame)
+    problems = problems + superseded
     if frame.empty:
         raise BadInput(f"no records for suite '{suite}' in {Path(results) / suite}; run it first "
                        f"(peft-bench run --suite {suite})", "--suite")

@@ -45,6 +45,25 @@ def measured_columns(frame: pd.DataFrame) -> list[str]:
             and frame[c].dropna().map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()]
 
 
+def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One record per (model, task, method label, shots, seed): the newest.
+
+    A suite whose settings changed leaves its older records (other cell ids) in the store; they are
+    other configurations, not more seeds, so they must not enter the same mean. Returns the kept
+    rows and a line per superseded record.
+    """
+    if frame.empty:
+        return frame, []
+    frame = frame.assign(shots=frame["record"].map(shots_of))
+    order = frame.sort_values("created_at", kind="stable", na_position="first")
+    keys = ["model", "task", "label", "shots", "seed"]
+    newest = order.drop_duplicates(keys, keep="last")
+    superseded = order.drop(newest.index)
+    notes = [f"{r['id']} ({r['label']} · {r['model']} · {r['task']} · seed {r['seed']}, {r['created_at']}): "
+             "superseded by a newer record of another configuration; not shown" for _, r in superseded.iterrows()]
+    return frame.loc[sorted(newest.index)], notes
+
+
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()

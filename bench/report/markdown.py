@@ -39,5 +39,5 @@ def document(report) -> str:
             else:
                 parts.append(f"### {plot.title}\n\n{plot.caption}\n\n![{plot.title}]({plot.png.relative_to(report.folder)})\n")
     if report.problems:
-        parts.append("## Unreadable records\n\n" + "\n".join(f"- {p}" for p in report.problems) + "\n")
+        parts.append("## Records not shown\n\n" + "\n".join(f"- {p}" for p in report.problems) + "\n")
     return "\n".join(parts) + "\n"

@@ -115,7 +115,7 @@ def document(report, suite_source: str) -> str:
     sections.append(("plots", "Plots", plots_html(report)))
     if report.problems:
         items = "".join(f"<li>{escape(p)}</li>" for p in report.problems)
-        sections.append(("unreadable", "Unreadable records", f"<ul>{items}</ul>"))
+        sections.append(("unreadable", "Records not shown", f"<ul>{items}</ul>"))
     sections += [("suite", "Suite definition", suite_html(report, suite_source)),
                  ("environment", "Environment", env_html(report))]
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)

@@ -128,6 +128,8 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
     if "files" in src:  # paths relative to the definition file, so a task folder can move
         src["files"] = {split: str((base_dir / p).resolve()) for split, p in src["files"].items()}
+    if not values["metrics"]:
+        raise BadInput(f"task '{name}' lists no metrics", where("metrics"), metric_fns.METRICS)
     for metric in values["metrics"]:
         if metric not in metric_fns.METRICS:
             raise unknown("metric", str(metric), metric_fns.METRICS, where("metrics"))

@@ -16,6 +16,7 @@ import statistics
 
 import torch
 
+from bench.models import is_encoder_decoder
 from bench.tasks import TaskSpec, metrics
 from bench.tasks.features import IGNORE, EvalSet, collate, lm_example
 
@@ -75,7 +76,7 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """
     batch = dict(batch)
     labels = batch.pop("labels")
-    decoder_only = _is_decoder(model)
+    decoder_only = not is_encoder_decoder(model)
     # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids
     logits = model(**batch, **({} if decoder_only else {"labels": labels})).logits
     if logits.shape[1] != labels.shape[1]:  # decoder: prompt tuning prepends virtual tokens
@@ -94,11 +95,6 @@ def sequence_logprob(model, batch: dict, length_normalize: bool = False) -> list
     if length_normalize:
         total = total / mask.sum(-1).clamp(min=1)
     return total.tolist()
-
-
-def _is_decoder(model) -> bool:
-    config = getattr(model, "config", None)
-    return not getattr(config, "is_encoder_decoder", False)
 
 
 def evaluate(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device,

@@ -67,13 +67,17 @@ def demonstrations(task: TaskSpec, prompt: Prompt, rows: list[dict]) -> str:
     return "".join(f"{render(task, prompt, r)} {target_text(task, prompt, r)}{DEMO_SEPARATOR}" for r in rows)
 
 
-def _encode_prompt(tokenizer, kind: str, text: str, max_length: int) -> list[int]:
+def _encode_prompt(tokenizer, kind: str, text: str, max_length: int, demos: str = "") -> list[int]:
+    """A prompt's token ids: the row's text cut at its end when too long (as classifier inputs are);
+    in-context demonstrations go before it in whatever room is left, losing their beginning first."""
     if kind == "encoder-decoder":
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        return ids[-max_length:]  # keep the end: it holds the question (and after demonstrations, the query)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + ids[-(max_length - len(bos)):]
+        head, query = [], tokenizer(text, truncation=True, max_length=max_length)["input_ids"]  # keeps </s>
+    else:
+        head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        query = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - len(head)]
+    room = max_length - len(head) - len(query)
+    shown = tokenizer(demos, add_special_tokens=False)["input_ids"][-room:] if demos and room > 0 else []
+    return head + shown + query
 
 
 def _encode_target(tokenizer, kind: str, text: str, max_length: int) -> list[int]:
@@ -127,7 +131,7 @@ def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, pro
     prefix = demonstrations(task, prompt, list(demos))
 
     def encode(row):
-        return {"input_ids": _encode_prompt(tok, kind, prefix + render(task, prompt, row), max_length)}
+        return {"input_ids": _encode_prompt(tok, kind, render(task, prompt, row), max_length, prefix)}
 
     if task.type in ("classification", "multiple_choice"):
         choices = [[_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, r)] for r in rows]
