@@ -30,14 +30,20 @@ def test_train_and_eval_splits_differ():
     assert len(train) == 4000 and len(evals) == 500 and train[:50] != evals[:50]
 
 
-def test_task_file_errors_name_file_and_line(tmp_path):
-    path = tmp_path / "tasks.yaml"
-    path.write_text("tasks:\n  - name: t\n    type: classification\n    source: {synthetic: polarity}\n"
-                    "    text: [sentence]\n    label: label\n    labels: [a, b]\n    metrics: [acuracy]\n")
+def task_file_error(tmp_path, text: str) -> BadInput:
+    """The error loading a task file with this text raises."""
+    (tmp_path / "tasks.yaml").write_text(text)
     with pytest.raises(BadInput) as info:
-        load_task_file(path)
-    assert "unknown metric 'acuracy'" in info.value.message and "did you mean 'accuracy'" in info.value.message
-    assert info.value.where == f"{path}:8"
+        load_task_file(tmp_path / "tasks.yaml")
+    return info.value
+
+
+def test_task_file_errors_name_file_and_line(tmp_path):
+    error = task_file_error(
+        tmp_path, "tasks:\n  - name: t\n    type: classification\n    source: {synthetic: polarity}\n"
+                  "    text: [sentence]\n    label: label\n    labels: [a, b]\n    metrics: [acuracy]\n")
+    assert "unknown metric 'acuracy'" in error.message and "did you mean 'accuracy'" in error.message
+    assert error.where == f"{tmp_path / 'tasks.yaml'}:8"
 
 
 def test_decoder_features_mask_the_prompt():
@@ -114,12 +120,10 @@ def test_nested_columns_and_string_labels(tmp_path):
 
 
 def test_unquoted_yes_no_labels_are_caught(tmp_path):
-    (tmp_path / "tasks.yaml").write_text(
-        "tasks:\n  - name: t\n    type: classification\n    source: {synthetic: polarity}\n"
-        "    text: [sentence]\n    label: label\n    labels: [no, yes]\n    metrics: [accuracy]\n")
-    with pytest.raises(BadInput) as info:
-        load_task_file(tmp_path / "tasks.yaml")
-    assert "quote the labels" in info.value.message and info.value.where.endswith(":7")
+    error = task_file_error(
+        tmp_path, "tasks:\n  - name: t\n    type: classification\n    source: {synthetic: polarity}\n"
+                  "    text: [sentence]\n    label: label\n    labels: [no, yes]\n    metrics: [accuracy]\n")
+    assert "quote the labels" in error.message and error.where.endswith(":7")
 
 
 def test_eval_task_and_more_eval_splits_resolve():
@@ -198,9 +202,7 @@ def test_long_prompts_keep_their_beginning_and_demonstrations_give_way():
 
 
 def test_a_task_without_metrics_is_bad_input(tmp_path):
-    (tmp_path / "tasks.yaml").write_text(
-        "tasks:\n  - name: t\n    type: regression\n    source: {synthetic: intensity}\n"
-        "    text: [sentence]\n    label: label\n    metrics: []\n")
-    with pytest.raises(BadInput) as info:
-        load_task_file(tmp_path / "tasks.yaml")
-    assert "lists no metrics" in info.value.message and info.value.where.endswith(":7")
+    error = task_file_error(
+        tmp_path, "tasks:\n  - name: t\n    type: regression\n    source: {synthetic: intensity}\n"
+                  "    text: [sentence]\n    label: label\n    metrics: []\n")
+    assert "lists no metrics" in error.message and error.where.endswith(":7")
