@@ -159,6 +159,17 @@ def test_offline_without_local_data_is_one_clear_error(tmp_path, monkeypatch):
     assert str(tmp_path / "glue" / "sst2") in info.value.message
 
 
+def test_an_evaluation_task_reads_without_its_training_split(tmp_path):
+    from bench.tasks.data import check_available
+
+    (tmp_path / "mmlu" / "all").mkdir(parents=True)
+    (tmp_path / "mmlu" / "all" / "test.jsonl").write_text(
+        '{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}\n')
+    mmlu = builtin_tasks()["mmlu"]
+    check_available(mmlu, tmp_path, evaluation_only=True)
+    assert load_rows(mmlu, "eval", tmp_path) == [{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}]
+
+
 @pytest.mark.shared_data
 def test_local_data_dir_reads_the_hub_layout(shared_data):
     from bench.tasks.data import check_available

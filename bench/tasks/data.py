@@ -66,29 +66,32 @@ def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
 
 def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only: bool = False) -> None:
     """Fail before any work when a task's data cannot be read (local files missing, hub offline)."""
+    for split in needed_splits(task, evaluation_only):
+        check_split(task, split, data_dir)
+    if task.eval_task is not None:
+        check_available(task.eval_task, data_dir, evaluation_only=True)
+
+
+def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
+    """Raise DataUnavailable when one split of a task cannot be read."""
     src = task.source
-    splits = needed_splits(task, evaluation_only)
     if "files" in src:
-        for split in splits:
-            key = split.replace("eval:", "")
-            path = src["files"].get(key)
-            if path is None or not Path(path).is_file():
-                raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
+        key = split.replace("eval:", "")
+        path = src["files"].get(key)
+        if path is None or not Path(path).is_file():
+            raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
     elif "dataset" in src:
         if data_dir is not None:
-            for split in splits:
-                if local_file(task, split, data_dir) is None:
-                    folder = Path(data_dir) / src["dataset"].split("/")[-1] / (src.get("config") or "")
-                    raise DataUnavailable(
-                        f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
-                        f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
+            if local_file(task, split, data_dir) is None:
+                folder = Path(data_dir) / src["dataset"].split("/")[-1] / (src.get("config") or "")
+                raise DataUnavailable(
+                    f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
+                    f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
         elif _hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
                 f"{' (' + src['config'] + ')' if src.get('config') else ''}, and the hub is offline here; "
                 "pass --data-dir DIR with DIR/<dataset>/<config>/<split>.jsonl in the hub's columns")
-    if task.eval_task is not None:
-        check_available(task.eval_task, data_dir, evaluation_only=True)
 
 
 def _hub_offline() -> bool:
@@ -109,9 +112,9 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
     if "synthetic" in src:
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
         return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
+    check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
     if "files" in src:
         return read_file(Path(src["files"][split.replace("eval:", "")]))
-    check_available(task, data_dir)
     if data_dir is not None:
         return read_file(local_file(task, split, data_dir))
     import datasets
