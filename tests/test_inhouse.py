@@ -6,7 +6,7 @@ import peft
 import pytest
 import torch
 
-from bench.methods.attention_prefix import add_prefix
+from bench.methods.attention_prefix import PrefixBank, add_prefix
 from bench.methods.compacter import PHMLinear, SharedFactors
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
@@ -57,6 +57,16 @@ def test_prefix_leaves_a_model_unchanged_where_it_has_none():
         after = model(**batch).logits
     assert not torch.allclose(before, changed)
     torch.testing.assert_close(after, before)
+
+
+@pytest.mark.parametrize("mid_dim", [0, 16])
+def test_each_module_reads_its_own_block_of_the_folded_prefix(mid_dim):
+    bank = PrefixBank(n_modules=5, length=3, kv_heads=2, head_dim=4, hidden=8, mid_dim=mid_dim).double()
+    table = bank.folded().view(3, 5, 2, 2, 4)  # [length, module, key|value, kv_heads, head_dim]
+    for index in range(5):
+        keys, values = bank.keys_values(index)
+        torch.testing.assert_close(keys, table[:, index, 0].transpose(0, 1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(values, table[:, index, 1].transpose(0, 1), rtol=0, atol=1e-12)
 
 
 def test_phm_weight_is_a_sum_of_kronecker_products():

@@ -57,7 +57,14 @@ class PrefixBank(nn.Module):
 
     def keys_values(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[kv_heads, length, head_dim] keys and values of attention module `index`."""
-        table = self.folded().view(self.length, *self.shape)[:, index]  # [length, 2, kv_heads, head_dim]
+        width = self.shape[1] * self.shape[2] * self.shape[3]
+        columns = slice(index * width, (index + 1) * width)  # module `index` owns one block of columns
+        if hasattr(self, "prefix"):
+            table = self.prefix[:, columns]
+        else:  # only this module's rows of the last layer: the full MLP per module would repeat it n_modules times
+            hidden, last = self.mlp[1](self.mlp[0](self.embedding.weight)), self.mlp[2]
+            table = nn.functional.linear(hidden, last.weight[columns], last.bias[columns])
+        table = table.reshape(self.length, *self.shape[1:])  # [length, 2, kv_heads, head_dim]
         return table[:, 0].transpose(0, 1), table[:, 1].transpose(0, 1)
 
 
