@@ -76,7 +76,6 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
         seed_everything(cell.seed)
         task, tcfg = cell.task, cell.train
         evaluation = task.evaluation
-        record["scores"]["main_metric"] = evaluation.main_metric
         with timed(times, "load_s"):
             bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device)
             data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
@@ -107,9 +106,9 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
         autocast = autocast_for(device, tcfg.precision)
         higher = metrics.METRICS[evaluation.main_metric].higher_is_better
-        # The instrumented step is also the warm-up: the training window's peaks start after it.
-        probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate).items()}
-        step = measure_step(adapted.model, probe, device, autocast, objective.loss)
+        if adapted.trains:  # the instrumented step is also the warm-up: the training window's peaks start after it
+            probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate).items()}
+            step = measure_step(adapted.model, probe, device, autocast, objective.loss)
         record["flops"].update(inference_flops(bundle, adapted.model, evalsets[""][0], evaluation, device, autocast))
         peak = PeakMemory(device)
 

@@ -37,7 +37,7 @@ def new_record(cell) -> dict[str, Any]:
         "memory": dict.fromkeys(MEMORY_FIGURES),
         "time": dict.fromkeys(TIME_FIGURES),
         "flops": dict.fromkeys(FLOP_FIGURES),
-        "scores": {"main_metric": cell.task.main_metric, "metrics": {}},
+        "scores": {"main_metric": cell.task.evaluation.main_metric, "metrics": {}},
         "train": {},
         "env": {"seed": cell.seed},
         "created_at": None,
