@@ -26,8 +26,8 @@ from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
 from bench.tasks.data import resolved_revision
 from bench.tasks.evaluate import evaluate, evaluate_all
-from bench.tasks.features import collate
-from bench.tasks.prepare import demonstration_ids, evaluation_sets, training_data
+from bench.tasks.features import collate, demonstration_ids
+from bench.tasks.prepare import evaluation_sets, training_data
 from bench.train import TrainResult, autocast_for, batches, total_steps, train
 
 
@@ -95,7 +95,8 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
                                   f"{task.name} is evaluated on another task ({evaluation.name})")
             evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
             if adapted.in_context:  # its "weights" are its demonstrations: stored as token ids
-                demos = torch.tensor(demonstration_ids(task, bundle, data.rows), dtype=torch.int32)
+                demos = torch.tensor(demonstration_ids(task, bundle.tokenizer, task.prompts[0], data.rows),
+                                     dtype=torch.int32)
                 adapted.stored_state = lambda: {"demonstrations": demos}
         record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
@@ -107,9 +108,11 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
         autocast = autocast_for(device, tcfg.precision)
         higher = metrics.METRICS[evaluation.main_metric].higher_is_better
         if adapted.trains:  # the instrumented step is also the warm-up: the training window's peaks start after it
-            probe = {k: v.to(device) for k, v in probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate).items()}
+            probe = probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate)
+            probe = {k: v.to(device) for k, v in probe.items()}
             step = measure_step(adapted.model, probe, device, autocast, objective.loss)
-        record["flops"].update(inference_flops(bundle, adapted.model, evalsets[""][0], evaluation, device, autocast))
+        record["flops"].update(inference_flops(bundle, adapted.model, evalsets[""][0], evaluation, device, autocast,
+                                               record["params"]["total"]))
         peak = PeakMemory(device)
 
         def main_score() -> float | None:

@@ -56,10 +56,14 @@ def tensor_bytes(tensors) -> int:
     return sum(t.nbytes for t in unique_tensors(tensors))
 
 
-def count_params(model: torch.nn.Module) -> dict:
+def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
+    """params.total, trainable and trainable_pct, each tensor once; a tensor with a gradient mask
+    ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries that train."""
     params = unique_tensors(model.parameters())
+    masked = {id(p) for p, _ in grad_masks}
     total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable = (sum(p.numel() for p in params if p.requires_grad and id(p) not in masked)
+                 + sum(int(mask.sum()) for _, mask in grad_masks))
     return {"total": total, "trainable": trainable,
             "trainable_pct": 100.0 * trainable / total if total else None}
 

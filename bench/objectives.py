@@ -49,8 +49,7 @@ def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, tor
 
 def _tfew_loss_of_batch(model, batch: dict) -> torch.Tensor:
     batch = dict(batch)
-    example, is_gold = batch.pop("option_example"), batch.pop("option_gold")
-    return tfew_loss(model, batch, example.tolist(), is_gold.tolist())
+    return tfew_loss(model, batch, batch.pop("option_example"), batch.pop("option_gold"))
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:
@@ -64,16 +63,16 @@ def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, li
     return collate(pairs, pad_id), example, is_gold
 
 
-def tfew_loss(model, batch: dict, example: list[int], is_gold: list[int]) -> torch.Tensor:
+def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
+    """`example` and `is_gold`: each option's example and gold flag (lists or tensors, as option_batch made them)."""
     token_logp, mask = token_logprobs(model, batch)
-    n_tokens = mask.sum(-1).clamp(min=1)
-    gold = torch.tensor(is_gold, dtype=torch.bool, device=token_logp.device)
-    l_lm = -(token_logp[gold].sum(-1) / n_tokens[gold]).mean()
+    mean_logp = token_logp.sum(-1) / mask.sum(-1).clamp(min=1)
+    gold = torch.as_tensor(is_gold, device=token_logp.device).bool()
+    l_lm = -mean_logp[gold].mean()
     wrong_tokens = mask[~gold]
     p = token_logp[~gold].exp().clamp(max=1 - 1e-6)
     l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
-    mean_logp = token_logp.sum(-1) / n_tokens
-    index = torch.tensor(example, device=token_logp.device)
+    index = torch.as_tensor(example, device=token_logp.device)
     n_examples = int(index.max()) + 1
     l_ln = 0.0
     for i in range(n_examples):  # options per example may differ in number

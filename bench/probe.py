@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import flop_counter
 
-from bench.measure import count_params, storage_key, tensor_bytes
+from bench.measure import storage_key, tensor_bytes
 from bench.objectives import lm_loss
 from bench.models import is_encoder_decoder
 from bench.train import batches, positions_in, tokens_in
@@ -160,7 +160,7 @@ def forward_flops_per_example(step: StepMeasure, n_params: int, kind: str) -> di
             "cost_model_forward_per_example": COST_MODEL[kind][0] * n_params * step.tokens // step.rows}
 
 
-def inference_flops(bundle, model, evalset, task, device, autocast, n: int = 8) -> dict:
+def inference_flops(bundle, model, evalset, task, device, autocast, n_params: int, n: int = 8) -> dict:
     """flops.inference_per_example: FLOPs counted while predicting the first `n` evaluation examples
     the way evaluation predicts them (the forward pass of a classifier, every answer option of rank
     classification, the whole decoding loop of generation), divided by their number; in-context
@@ -175,7 +175,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n: int = 8) 
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
             flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
-        predict(bundle, model, sample, task, rows, device, autocast, task.length_normalize)
+        predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
     if sample.choices is not None:
         tokens = sum(p * len(opts) + sum(map(len, opts)) for p, opts in zip(prompts, sample.choices))
@@ -184,7 +184,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n: int = 8) 
     else:
         tokens = sum(prompts)
     return {"inference_per_example": counter.get_total_flops() // rows,
-            "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * count_params(model)["total"] * tokens // rows}
+            "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * n_params * tokens // rows}
 
 
 def training_flops(step: StepMeasure, n_params: int, kind: str, positions: int, tokens: int) -> dict:

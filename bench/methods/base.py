@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.config import TrainConfig, check_keys, coerce
 from bench.errors import Unsupported
-from bench.measure import count_params, unique_tensors
+from bench.measure import count_params
 
 FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
 
@@ -63,15 +63,7 @@ class Adapted:
             raise ValueError(f"stored tensors not in the model: {result.unexpected_keys}")
 
     def params(self) -> dict:
-        """measure.count_params, with masked tensors counting only the entries that train."""
-        counts = count_params(self.model)
-        if self.grad_masks:
-            masked = {id(p) for p, _ in self.grad_masks}
-            free = sum(p.numel() for p in unique_tensors(self.model.parameters())
-                       if p.requires_grad and id(p) not in masked)
-            counts["trainable"] = free + sum(int(mask.sum()) for _, mask in self.grad_masks)
-            counts["trainable_pct"] = 100.0 * counts["trainable"] / counts["total"]
-        return counts
+        return count_params(self.model, self.grad_masks)
 
 
 Build = Callable[[nn.Module, dict, ApplyContext], Adapted]

@@ -32,7 +32,7 @@ def _to(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device,
-            autocast=contextlib.nullcontext, length_normalize: bool = False) -> list:
+            autocast=contextlib.nullcontext) -> list:
     model.eval()
     pad = bundle.tokenizer.pad_token_id
     preds: list = []
@@ -48,7 +48,7 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
         scores: list[float] = []
         for chunk in _batches(pairs, batch_size):
             with autocast():
-                scores += sequence_logprob(model, _to(collate(chunk, pad), device), length_normalize)
+                scores += sequence_logprob(model, _to(collate(chunk, pad), device), task.length_normalize)
         preds, start = [], 0
         for options in evalset.choices:
             row = scores[start: start + len(options)]
@@ -100,7 +100,7 @@ def sequence_logprob(model, batch: dict, length_normalize: bool = False) -> list
 def evaluate(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device,
              autocast=contextlib.nullcontext) -> dict:
     """{metric: value} on the 0-100 scale, for the task's metrics."""
-    preds = predict(bundle, model, evalset, task, batch_size, device, autocast, task.length_normalize)
+    preds = predict(bundle, model, evalset, task, batch_size, device, autocast)
     return metrics.compute(task.metrics, preds, evalset.gold)
 
 

@@ -67,7 +67,13 @@ def demonstrations(task: TaskSpec, prompt: Prompt, rows: list[dict]) -> str:
     return "".join(f"{render(task, prompt, r)} {target_text(task, prompt, r)}{DEMO_SEPARATOR}" for r in rows)
 
 
-def _encode_prompt(tokenizer, kind: str, text: str, max_length: int, demos: str = "") -> list[int]:
+def demonstration_ids(task: TaskSpec, tokenizer, prompt: Prompt, rows: list[dict]) -> list[int]:
+    """Token ids of the in-context demonstrations: tokenised once, shared by every evaluated row, and
+    (under the first template) what in-context learning keeps per task in place of trained weights."""
+    return tokenizer(demonstrations(task, prompt, rows), add_special_tokens=False)["input_ids"]
+
+
+def _encode_prompt(tokenizer, kind: str, text: str, max_length: int, demo_ids: list[int] = ()) -> list[int]:
     """A prompt's token ids: the row's text cut at its end when too long (as classifier inputs are);
     in-context demonstrations go before it in whatever room is left, losing their beginning first."""
     if kind == "encoder-decoder":
@@ -76,7 +82,7 @@ def _encode_prompt(tokenizer, kind: str, text: str, max_length: int, demos: str 
         head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         query = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - len(head)]
     room = max_length - len(head) - len(query)
-    shown = tokenizer(demos, add_special_tokens=False)["input_ids"][-room:] if demos and room > 0 else []
+    shown = list(demo_ids[-room:]) if demo_ids and room > 0 else []
     return head + shown + query
 
 
@@ -111,11 +117,13 @@ def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, se
     for row, p in zip(rows, prompt_per_row(task, len(rows), seed)):
         prompt = task.prompts[p]
         ids = _encode_prompt(tok, kind, render(task, prompt, row), max_length)
-        feature = lm_example(kind, ids, _encode_target(tok, kind, target_text(task, prompt, row), max_length))
-        if task.type in ("classification", "multiple_choice"):  # what the T-Few losses need
-            feature["prompt_ids"] = ids
-            feature["choice_ids"] = [_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, row)]
-            feature["gold"] = gold(task, row)
+        if task.type in ("classification", "multiple_choice"):  # the target is the gold choice; T-Few needs all
+            choice_ids = [_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, row)]
+            label = gold(task, row)
+            feature = lm_example(kind, ids, list(choice_ids[label]))  # a copy: it may become `labels` itself
+            feature.update(prompt_ids=ids, choice_ids=choice_ids, gold=label)
+        else:
+            feature = lm_example(kind, ids, _encode_target(tok, kind, target_text(task, prompt, row), max_length))
         out.append(feature)
     return out
 
@@ -128,10 +136,10 @@ def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, pro
         feats = train_features(task, bundle, rows, max_length)
         return EvalSet([{"input_ids": f["input_ids"]} for f in feats], [f["labels"] for f in feats])
     prompt = prompt or task.prompts[0]
-    prefix = demonstrations(task, prompt, list(demos))
+    demo_ids = demonstration_ids(task, tok, prompt, list(demos)) if demos else []
 
     def encode(row):
-        return {"input_ids": _encode_prompt(tok, kind, render(task, prompt, row), max_length, prefix)}
+        return {"input_ids": _encode_prompt(tok, kind, render(task, prompt, row), max_length, demo_ids)}
 
     if task.type in ("classification", "multiple_choice"):
         choices = [[_encode_target(tok, kind, a, max_length) for a in answers(task, prompt, r)] for r in rows]

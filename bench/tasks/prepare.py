@@ -15,7 +15,7 @@ from bench.config import TrainConfig
 from bench.tasks import TaskSpec
 from bench.tasks.cache import cached, data_fingerprint, tokenizer_fingerprint
 from bench.tasks.data import eval_splits, load_rows, subsample
-from bench.tasks.features import EvalSet, demonstrations, eval_features, train_features
+from bench.tasks.features import EvalSet, eval_features, train_features
 
 
 @dataclass
@@ -57,10 +57,3 @@ def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir, demos:
             built = cached(key, lambda: asdict(eval_features(task, bundle, rows, train.max_length, prompt, demos)))
             out[name].append(EvalSet(**built))
     return out
-
-
-def demonstration_ids(task: TaskSpec, bundle, rows: list[dict]) -> list[int]:
-    """Token ids of the in-context demonstrations under the first template: what in-context
-    learning keeps per task in place of trained weights."""
-    text = demonstrations(task, task.prompts[0], rows)
-    return bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
