@@ -22,6 +22,7 @@ from torch import nn
 
 from bench.errors import Unsupported
 from bench.methods import sites
+from bench.methods.base import load_by_name, trainable_state
 
 _WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
 
@@ -178,8 +179,7 @@ FOLDED = "bench_prefix_bank.prefix"
 
 def stored_prefix_state(model: nn.Module, bank: PrefixBank) -> dict[str, torch.Tensor]:
     """Trainable tensors with the prefix MLP folded into the prefix it produces (what inference needs)."""
-    mine = {id(p) for p in bank.parameters()}
-    state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in mine}
+    state = trainable_state(model, skip={id(p) for p in bank.parameters()})
     state[FOLDED] = bank.folded().detach()
     return state
 
@@ -190,7 +190,4 @@ def load_prefix_state(model: nn.Module, bank: PrefixBank, state: dict[str, torch
         if hasattr(bank, name):
             delattr(bank, name)
     bank.prefix = nn.Parameter(state[FOLDED].clone().to(next(model.parameters()).device))
-    rest = {k: v for k, v in state.items() if k != FOLDED}
-    result = model.load_state_dict(rest, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"stored tensors not in the model: {result.unexpected_keys}")
+    load_by_name(model, {k: v for k, v in state.items() if k != FOLDED})

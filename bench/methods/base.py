@@ -33,6 +33,18 @@ class ApplyContext:
     device: Any = "cpu"
 
 
+def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
+    """The trainable tensors by name, but those whose id is in `skip` (a method stores them its own way)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in skip}
+
+
+def load_by_name(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load tensors by parameter name; a name the model does not have is an error."""
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"stored tensors not in the model: {unexpected}")
+
+
 @dataclass
 class Adapted:
     """A model after a method was applied, with what the harness needs to train, store and check it."""
@@ -52,15 +64,13 @@ class Adapted:
         """The tensors that must be saved to restore the fine-tuned model (task head included)."""
         if self.stored_state is not None:
             return self.stored_state()
-        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        return trainable_state(self.model)
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `state_to_store` saved into a model with the same method freshly applied."""
         if self.load_stored is not None:
             return self.load_stored(state)
-        result = self.model.load_state_dict(state, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"stored tensors not in the model: {result.unexpected_keys}")
+        load_by_name(self.model, state)
 
     def params(self) -> dict:
         return count_params(self.model, self.grad_masks)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, ApplyContext
+from bench.methods.base import Adapted, ApplyContext, load_by_name, trainable_state
 
 
 def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
@@ -40,7 +40,7 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
 
     def stored() -> dict[str, torch.Tensor]:
         state = {f"part{i}/{k}": v for i, a in own_state for k, v in a.state_to_store().items()}
-        state.update({n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered})
+        state.update(trainable_state(model, skip=covered))
         return state
 
     def load(state: dict[str, torch.Tensor]) -> None:
@@ -48,9 +48,7 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
             prefix = f"part{i}/"
             a.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         rest = {k: v for k, v in state.items() if "/" not in k}  # parameter names never hold a "/"
-        unexpected = model.load_state_dict(rest, strict=False).unexpected_keys
-        if unexpected:
-            raise ValueError(f"stored tensors not in the model: {unexpected}")
+        load_by_name(model, rest)
 
     return Adapted(model, after_backward=[h for a, _ in applied for h in a.after_backward],
                    after_step=[h for a, _ in applied for h in a.after_step], stored_state=stored,

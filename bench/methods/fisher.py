@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, train_head, trainable_state
 
 LAYER_PARAM = re.compile(r"\.(layer|block|h|layers)\.\d+\.")
 
@@ -77,8 +77,7 @@ def _masked(model, ctx, masks_for, unmasked=()) -> Adapted:
                 p.grad.mul_(m)
 
     def stored() -> dict[str, torch.Tensor]:
-        state = {n: p.detach() for n, p in model.named_parameters()
-                 if p.requires_grad and all(p is not q for q, _ in pairs)}
+        state = trainable_state(model, skip={id(p) for p, _ in pairs})
         for name, p, m in named:
             index = m.flatten().nonzero().squeeze(1)
             state[f"{name}.values"] = p.detach().flatten()[index]
