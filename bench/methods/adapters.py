@@ -47,11 +47,8 @@ def bottleneck_width(dim: int, config: dict) -> int:
 
 
 def add_sequential(model, arch: str, positions: list[str], config: dict, name: str, gated: bool = False) -> None:
-    for position in positions:
-        for _, module in sites.find(model, arch, position):
-            dim = sites.out_features(module)
-            sites.attach_sequential(module, name, Bottleneck(dim, bottleneck_width(dim, config),
-                                                             config["activation"], gated=gated))
+    sites.attach_sequential(model, arch, positions, name, lambda dim: Bottleneck(
+        dim, bottleneck_width(dim, config), config["activation"], gated=gated))
 
 
 def train_norms(model, ctx) -> None:

@@ -70,11 +70,8 @@ def _compacter(model, config, ctx):
     first = sites.find(model, arch, "ffn_output")[0][1]
     factors = sites.place_like(SharedFactors(config["phm_dim"]), first)
     model.add_module("compacter_factors", factors)
-    for position in ("attention_output", "ffn_output"):
-        for _, module in sites.find(model, arch, position):
-            dim = sites.out_features(module)
-            sites.attach_sequential(module, "compacter", CompacterAdapter(dim, width_for(dim, config), factors,
-                                                                          config["phm_rank"]))
+    sites.attach_sequential(model, arch, ("attention_output", "ffn_output"), "compacter", lambda dim: CompacterAdapter(
+        dim, width_for(dim, config), factors, config["phm_rank"]))
     train_head(model, ctx)
     return Adapted(model)
 

@@ -11,8 +11,6 @@ Prefix MLPs are folded away for storage.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -53,18 +51,12 @@ class GatedLoRA(nn.Module):
         return torch.sigmoid(self.gate(x)) * self.b(self.a(x)) * self.scaling
 
 
-def _add_from_input(name: str, module, args, output):
-    return output + getattr(module, name)(args[0])
-
-
 def add_gated_lora(model, arch: str, r: int, alpha: float) -> None:
     targets = tuple("." + t for t in QV_TARGETS[arch]["target_modules"])
     found = [(n, m) for n, m in model.named_modules() if n.endswith(targets) and hasattr(m, "weight")]
     for _, module in found:
-        out = sites.out_features(module)
-        in_features = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
-        module.add_module("gated_lora", sites.place_like(GatedLoRA(in_features, out, r, alpha), module))
-        module.register_forward_hook(functools.partial(_add_from_input, "gated_lora"))
+        sites.attach_beside(module, "gated_lora", GatedLoRA(sites.in_features(module), sites.out_features(module),
+                                                            r, alpha))
 
 
 def _unipelt(model, config, ctx):

@@ -53,6 +53,13 @@ def out_features(module: nn.Module) -> int:
     return module.weight.shape[-1]
 
 
+def in_features(module: nn.Module) -> int:
+    """Input width of a Linear or transformers' Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.weight.shape[0]
+
+
 def place_like(new: nn.Module, module: nn.Module) -> nn.Module:
     weight = next(module.parameters())
     return new.to(device=weight.device, dtype=weight.dtype)
@@ -61,6 +68,11 @@ def place_like(new: nn.Module, module: nn.Module) -> nn.Module:
 def _add_output(name: str, module, args, output):
     """Sequential: the added module maps the output to a correction of it."""
     return output + getattr(module, name)(output)
+
+
+def _add_from_input(name: str, module, args, output):
+    """Beside: the added module maps the hooked module's own input to a correction of its output."""
+    return output + getattr(module, name)(args[0])
 
 
 def _stash_input(name: str, index: int, module, args, kwargs):
@@ -75,16 +87,24 @@ def _add_from_stash(name: str, module, args, output):
     return output + branch(x)
 
 
-def attach_sequential(module: nn.Module, name: str, branch: nn.Module) -> None:
+def attach_sequential(model: nn.Module, arch: str, positions, name: str, make_branch) -> None:
+    """A branch `make_branch(output width)` after every module at each of `positions`, in model order."""
+    for position in positions:
+        for _, module in find(model, arch, position):
+            module.add_module(name, place_like(make_branch(out_features(module)), module))
+            module.register_forward_hook(functools.partial(_add_output, name))
+
+
+def attach_beside(module: nn.Module, name: str, branch: nn.Module) -> None:
+    """`branch` reads the module's input and adds to its output (a LoRA-like bypass)."""
     module.add_module(name, place_like(branch, module))
-    module.register_forward_hook(functools.partial(_add_output, name))
+    module.register_forward_hook(functools.partial(_add_from_input, name))
 
 
-def attach_parallel(model: nn.Module, arch: str, name: str, make_branch) -> list[nn.Module]:
+def attach_parallel(model: nn.Module, arch: str, name: str, make_branch) -> None:
     """A branch per layer from the FFN block's input to its output projection's output."""
     inputs = find(model, arch, "ffn_input")
     index = SITES[arch]["ffn_input_arg"]
-    branches = []
     for out_name, out_module in find(model, arch, "ffn_output"):
         _, in_module = max(((n, m) for n, m in inputs if out_name.startswith(n + ".")), key=lambda x: len(x[0]))
         branch = place_like(make_branch(out_features(out_module)), out_module)
@@ -94,5 +114,3 @@ def attach_parallel(model: nn.Module, arch: str, name: str, make_branch) -> list
         object.__setattr__(in_module, name, branch)
         in_module.register_forward_pre_hook(functools.partial(_stash_input, name, index), with_kwargs=True)
         out_module.register_forward_hook(functools.partial(_add_from_stash, name))
-        branches.append(branch)
-    return branches
