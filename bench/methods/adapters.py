@@ -84,18 +84,18 @@ def _parallel(model, config, ctx):
     return Adapted(model)
 
 
-_SEQ_DEFAULTS = {"reduction_factor": 16, "bottleneck_dim": 0}  # bottleneck_dim > 0 overrides the factor
+_BOTTLENECK_DEFAULTS = {"reduction_factor": 16, "bottleneck_dim": 0}  # bottleneck_dim > 0 overrides the factor
 
 METHODS = [
     Method("adapter-houlsby", "additive", "sequential bottleneck adapters after attention and after the FFN, "
            "plus the layer norms", "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP",
            _sequential(["attention_output", "ffn_output"]),
-           defaults={**_SEQ_DEFAULTS, "activation": "swish", "train_layer_norm": True}, train={"lr": 1e-3}),
+           defaults={**_BOTTLENECK_DEFAULTS, "activation": "swish", "train_layer_norm": True}, train={"lr": 1e-3}),
     Method("adapter-pfeiffer", "additive", "sequential bottleneck adapter after the FFN only",
            "Pfeiffer et al. 2021, AdapterFusion", _sequential(["ffn_output"]),
-           defaults={**_SEQ_DEFAULTS, "activation": "relu"}, train={"lr": 1e-3}),
+           defaults={**_BOTTLENECK_DEFAULTS, "activation": "relu"}, train={"lr": 1e-3}),
     Method("adapter-parallel", "additive", "parallel bottleneck adapter on the FFN, output scaled by s",
            "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning", _parallel,
-           defaults={"reduction_factor": 16, "bottleneck_dim": 0, "activation": "relu", "scaling": 4.0},
+           defaults={**_BOTTLENECK_DEFAULTS, "activation": "relu", "scaling": 4.0},
            train={"lr": 1e-3}),
 ]

@@ -32,13 +32,6 @@ def _adalora_schedule(config: dict, ctx) -> dict:
     return kwargs
 
 
-def _adalora_allocate(model):
-    def allocate(step: int) -> None:
-        model.base_model.update_and_allocate(step)
-
-    return allocate
-
-
 METHODS = [
     Method("lora", "reparameterized", "low-rank update W + (alpha/r)·B·A on the attention q and v projections",
            PAPER, peft_build("LoraConfig"), defaults=LORA_DEFAULTS, targets=QV_TARGETS,
@@ -58,7 +51,8 @@ METHODS = [
            train={"lr": 2e-5}, mergeable=True),
     Method("adalora", "reparameterized", "SVD-form LoRA whose rank budget moves to important matrices in training",
            "Zhang et al. 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning",
-           peft_build("AdaLoraConfig", translate=_adalora_schedule, after_step=_adalora_allocate),
+           peft_build("AdaLoraConfig", translate=_adalora_schedule,
+                      after_step=lambda wrapped: wrapped.base_model.update_and_allocate),  # AdaLoRA's rank budget
            defaults={"init_r": 12, "target_r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "beta1": 0.85,
                      "beta2": 0.85, "orth_reg_weight": 0.5, "deltaT": 10, "tinit_ratio": 0.1,
                      "tfinal_ratio": 0.2},

@@ -53,7 +53,7 @@ def _qlora(model, config, ctx) -> Adapted:
     return _LORA(model, config, ctx)
 
 
-_qlora.peft_config_class = "LoraConfig"
+_qlora.peft_config_class = _LORA.peft_config_class
 
 METHODS = [
     Method("qlora", "reparameterized", "LoRA on all linear layers of a 4-bit NF4 base (double quantisation)",
