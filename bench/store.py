@@ -143,12 +143,20 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def shots_of(record: dict) -> int | None:
+    """Training examples of a few-shot cell (`config.train.shots`), None for a full-data cell."""
+    train = ((record.get("cell") or {}).get("config") or {}).get("train") or {}
+    shots = train.get("shots")
+    return int(shots) if isinstance(shots, (int, float)) and not isinstance(shots, bool) else None
+
+
 def flatten(record: dict) -> dict[str, Any]:
     """One row: cell fields by name, then `section.figure` columns, metrics as `scores.<metric>`."""
     cell = record["cell"]
     row: dict[str, Any] = {k: cell.get(k) for k in ("id", "suite", "label", "method", "method_family",
                                                     "model", "task", "seed")}
     row["label"] = row["label"] or row["method"]
+    row["shots"] = shots_of(record)
     row["status"] = record["status"]
     error = record.get("error") or {}
     row["error"] = f"{error.get('type')}: {error.get('message')}" if error else None

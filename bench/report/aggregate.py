@@ -32,13 +32,6 @@ MEAN_OVER_TASKS = ["time.train_s", "time.eval_s", "time.train_samples_per_s", "f
                    "flops.cost_model_inference_per_example"]
 
 
-def shots_of(record: dict):
-    """Training examples of a few-shot cell (`config.train.shots`), None for a full-data cell."""
-    train = ((record.get("cell") or {}).get("config") or {}).get("train") or {}
-    shots = train.get("shots")
-    return int(shots) if isinstance(shots, (int, float)) and not isinstance(shots, bool) else None
-
-
 def measured_columns(frame: pd.DataFrame) -> list[str]:
     """The numeric figures of the measured sections (a text figure such as a source name is not one)."""
     return [c for c in frame.columns if c.startswith(MEASURED_SECTIONS) and c not in FIRST_COLUMNS
@@ -54,7 +47,6 @@ def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """
     if frame.empty:
         return frame, []
-    frame = frame.assign(shots=frame["record"].map(shots_of))
     order = frame.sort_values("created_at", kind="stable", na_position="first")
     keys = ["model", "task", "label", "shots", "seed"]
     newest = order.drop_duplicates(keys, keep="last")
@@ -67,7 +59,6 @@ def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
-    frame = frame.assign(shots=frame["record"].map(shots_of))
     # the figures tables and plots read exist as columns (null) even when no record has them
     measured = sorted(set(measured_columns(frame)) | set(LARGEST_OVER_TASKS + MEAN_OVER_TASKS) - set(FIRST_COLUMNS))
     rows = []

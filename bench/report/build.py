@@ -45,7 +45,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
     agg = aggregate(frame)
     summary = method_summary(agg)
     report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
-                    fewshot_table(summary), fewshot_score_tables(agg), problems)
+                    fewshot_table(summary), fewshot_score_tables(summary), problems)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots")
     return report

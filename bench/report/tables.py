@@ -162,25 +162,22 @@ def flops_column(rows: pd.DataFrame, measured: str, cost_model: str) -> tuple[st
     return cost_model, "cost model"
 
 
-def fewshot_score_tables(agg: pd.DataFrame) -> list[Table]:
+def fewshot_score_tables(summary: pd.DataFrame) -> list[Table]:
     """Few-shot scores per task, one table per model: median over seeds with the interquartile range
     (T-Few's summary; each seed's score is itself the median over the task's templates)."""
-    rows = agg[agg["shots"].notna()] if "shots" in agg else agg.iloc[0:0]
+    rows = summary[summary["shots"].notna()] if "shots" in summary else summary.iloc[0:0]
     tables = []
     for model, per_model in rows.groupby("model", sort=True):
-        tasks = sorted(per_model["task"].unique())
+        tasks = sorted({task for by_task in per_model["tasks"] for task in by_task})
         table = Table(f"few-shot-scores-{slug(model)}", f"Few-shot scores on {model}",
                       [Column("Family", numeric=False), Column("Method", numeric=False)]
                       + [Column(t, "higher", ("iqr", "n", "status")) for t in tasks],
                       caption="Median over seeds (interquartile range, seeds); a seed's score is the median over "
                               "the task's templates.")
-        methods = per_model.drop_duplicates(["label", "shots"]).sort_values(["family_order", "label", "shots"])
-        for _, method in methods.iterrows():
+        for _, method in per_model.iterrows():  # method_summary's order: family, label, shots
             cells = [Cell(method["method_family"] or DASH), Cell(display_label(method))]
             for task in tasks:
-                match = per_model[(per_model["label"] == method["label"]) & (per_model["shots"] == method["shots"])
-                                  & (per_model["task"] == task)]
-                r = match.iloc[0] if len(match) else None
+                r = method["tasks"].get(task)
                 cell = score_cell(table, r, f"{display_label(method)} on {task}")
                 if r is not None and r["n"]:
                     cell.text = fmt.median_iqr(r["score_median"], r["score_iqr"], r["n"])
