@@ -16,6 +16,7 @@ from pathlib import Path
 from bench.errors import BadInput
 
 FORMATS = ("md", "tex", "csv", "html")
+PLOT_FORMATS = {"md", "html"}  # the formats that show the plots
 
 
 def parse_formats(value: str | list[str] | None) -> list[str]:
@@ -48,11 +49,11 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
         raise BadInput(f"no records for suite '{suite}' in {Path(results) / suite}; run it first "
                        f"(peft-bench run --suite {suite})", "--suite")
     folder = Path(out) / suite
-    for owned, wanted in (("plots", {"md", "html"}), ("csv", {"csv"})):
+    for owned, wanted in (("plots", PLOT_FORMATS), ("csv", {"csv"})):
         if wanted & set(formats):  # rewritten whole: no file of a model or table that is gone stays behind
             shutil.rmtree(folder / owned, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    report = build(suite, frame, problems, folder, plots=bool({"md", "html"} & set(formats)))
+    report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
     if "md" in formats:
         written.append(_write(folder / "report.md", markdown.document(report)))

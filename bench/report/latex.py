@@ -29,7 +29,7 @@ def render(table: Table) -> str:
              r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(escape(c.header) for c in table.columns) + r" \\", r"\midrule"]
     for i, row in enumerate(table.rows):
-        if i and table.groups[i] != table.groups[i - 1]:
+        if table.starts_group(i):
             lines.append(r"\midrule")
         lines.append(" & ".join(cell_text(c) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
@@ -43,4 +43,4 @@ def render(table: Table) -> str:
 def document(report) -> str:
     header = (f"% peft-bench report for suite {report.suite}: {report.summary_line()}\n"
               "% Needs \\usepackage{booktabs} and \\usepackage{graphicx} (for \\resizebox).\n")
-    return header + "\n".join(render(t) for _, tables in report.sections() for t in tables)
+    return header + "\n".join(render(t) for t in report.tables())

@@ -52,7 +52,7 @@ def table_html(table: Table) -> str:
     head = "".join(f"<th>{escape(c.header)}</th>" for c in table.columns)
     body = []
     for i, row in enumerate(table.rows):
-        start = ' class="group-start"' if i and table.groups[i] != table.groups[i - 1] else ""
+        start = ' class="group-start"' if table.starts_group(i) else ""
         cells = "".join(cell_html(c, table, col.numeric) for c, col in zip(row, table.columns))
         body.append(f"<tr{start}>{cells}</tr>")
     notes = "".join(f'<li id="{table.slug}-note-{i}">{escape(n)}</li>' for i, n in enumerate(table.notes, 1))

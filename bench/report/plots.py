@@ -117,7 +117,7 @@ def memory_breakdown(agg: pd.DataFrame, folder: Path) -> list[Plot]:
                                               "optimizer, activations bytes)")]
     plots = []
     for model, rows in rows_all.groupby("model", sort=True):
-        unit, scale = memory_unit(v for c in [c for c, _ in parts] + ["memory.peak_bytes"] for v in rows[c])
+        unit, scale = memory_unit(rows, parts)
         fig = Figure(figsize=(6.4, 0.5 * len(rows) + 1.6))
         ax = fig.subplots()
         ys = np.arange(len(rows))
@@ -166,9 +166,9 @@ def heatmap(summary: pd.DataFrame, agg: pd.DataFrame, folder: Path) -> list[Plot
             for j, task in enumerate(tasks):
                 cell, base = r["tasks"].get(task), ref.get(task)
                 if cell is None or base is None or missing(base["score_mean"]):
-                    text[i][j] = "–"
+                    text[i][j] = fmt.DASH
                 elif missing(cell["score_mean"]):
-                    text[i][j] = ", ".join(sorted(cell["statuses"])) or "–"
+                    text[i][j] = ", ".join(sorted(cell["statuses"])) or fmt.DASH
                 else:
                     grid[i, j] = cell["score_mean"] - base["score_mean"]
                     text[i][j] = fmt.signed(grid[i, j])

@@ -49,6 +49,10 @@ class Table:
         self.rows.append(cells)
         self.groups.append(group)
 
+    def starts_group(self, i: int) -> bool:
+        """Row `i` begins a new family (a rule above it in LaTeX and HTML)."""
+        return i > 0 and self.groups[i] != self.groups[i - 1]
+
     def mark_best(self) -> None:
         """Bold the best value of every column that has a direction, and every value shown the same
         (0.431 and 0.434 GB both read 0.43: bolding one of them would rank noise)."""

@@ -72,7 +72,8 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
     for model, rows in summary.groupby("model", sort=True):
         tasks = agg[agg["model"] == model].drop_duplicates("task")[["task", "main_metric"]]
         peak, name_source = peak_header(rows, "GB")
-        with_delta = any(reference_row(summary, r) is not None for _, r in rows.iterrows())  # a full FT row
+        references = {i: reference_row(summary, r) for i, r in rows.iterrows()}
+        with_delta = any(ref is not None for ref in references.values())  # a full FT row
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
         columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
         columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
@@ -82,7 +83,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
                               "time is the mean over tasks.")
-        for _, row in rows.iterrows():
+        for i, row in rows.iterrows():
             name = display_label(row)
             method = Cell(name)
             if row["missing_tasks"] and len(row["missing_tasks"]) < len(tasks):
@@ -91,7 +92,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells = [Cell(row["method_family"] or DASH), method]
             cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
             cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
-            cells += [delta_cell(summary, row)] if with_delta else []
+            cells += [delta_cell(row, references[i])] if with_delta else []
             cells += [Cell(fmt.count(row["params.trainable"]), row["params.trainable"]),
                       Cell(fmt.pct(row["params.trainable_pct"]), row["params.trainable_pct"]),
                       Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]),
@@ -103,8 +104,8 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
     return tables
 
 
-def delta_cell(summary: pd.DataFrame, row) -> Cell:
-    ref = reference_row(summary, row)
+def delta_cell(row, ref) -> Cell:
+    """The row's average minus its reference row's (full fine-tuning), in score points."""
     if ref is None or missing(ref["score_avg"]):
         return Cell(DASH)
     if ref["label"] == row["label"]:
@@ -124,9 +125,9 @@ def memory_rows(agg: pd.DataFrame) -> pd.DataFrame:
     return keep.sort_values(["model", "family_order", "label"], kind="stable").reset_index(drop=True)
 
 
-def memory_unit(values) -> tuple[str, float]:
-    """GB when any figure reaches 1 GB, else MB: one unit per table, named in its headers."""
-    known = [float(v) for v in values if not missing(v)]
+def memory_unit(rows: pd.DataFrame, parts: list[tuple[str, str]]) -> tuple[str, float]:
+    """GB when any shown part or measured peak reaches 1 GB, else MB: one unit per table or plot."""
+    known = [float(v) for c in [c for c, _ in parts] + ["memory.peak_bytes"] for v in rows[c] if not missing(v)]
     return ("GB", 2**30) if known and max(known) >= 2**30 else ("MB", 2**20)
 
 
@@ -136,7 +137,7 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
     for model, rows in memory_rows(agg).groupby("model", sort=True):
         parts = [(col, name) for col, name in MEMORY_PARTS if col in rows and rows[col].notna().any()]
         absent = [name.lower() for col, name in MEMORY_PARTS if (col, name) not in parts]
-        unit, scale = memory_unit(v for c in [c for c, _ in parts] + ["memory.peak_bytes"] for v in rows[c])
+        unit, scale = memory_unit(rows, parts)
         peak, name_source = peak_header(rows, unit, "Measured peak")
         columns = [Column("Family", numeric=False), Column("Method", numeric=False),
                    Column("Task (largest peak)", numeric=False)]
