@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
     from bench.executors import EXECUTORS
     from bench.runner import run_grid
     from bench.store import Store
-    from bench.tasks.data import check_available
+    from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
     cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds)
@@ -45,8 +45,7 @@ def cmd_run(args) -> int:
             print(cell.line())
         print(f"{len(cells)} cells", file=sys.stderr)
         return 0
-    for name in sorted({c.task.name for c in cells}):  # data problems surface before any training
-        check_available(s.task_registry[name], s.data_dir)
+    check_cells(cells)
     summary = run_grid(cells, Store(args.results), EXECUTORS[args.executor](quiet=_quiet(args)),
                        force=args.force, retry_failed=args.retry_failed, quiet=_quiet(args))
     for line in summary.problems:

@@ -231,14 +231,12 @@ def gate(suite_name: str, baseline_path: str, results: str, tolerances: GateTole
     from bench.runner import run_grid
     from bench.store import Store
     from bench.suite import load_suite
-
-    from bench.tasks.data import check_available
+    from bench.tasks.data import check_cells
 
     baseline = None if update else read_baseline(baseline_path)  # bad input fails before any work
     suite = load_suite(suite_name)
     cells = grid.expand(suite)
-    for name in sorted({c.task.name for c in cells}):
-        check_available(suite.task_registry[name], suite.data_dir)
+    check_cells(cells)
     store = Store(results)
     sha, dirty = env.repo_state()
 

@@ -72,6 +72,16 @@ def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only
         check_available(task.eval_task, data_dir, evaluation_only=True)
 
 
+def check_cells(cells) -> None:
+    """check_available for every task a grid's cells read, once each: data problems surface before
+    any training."""
+    first: dict = {}
+    for cell in cells:
+        first.setdefault(cell.task.name, cell)
+    for name in sorted(first):
+        check_available(first[name].task, first[name].data_dir)
+
+
 def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
     """Raise DataUnavailable when one split of a task cannot be read."""
     src = task.source
