@@ -38,10 +38,12 @@ class GridSummary:
 def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: bool = False) -> tuple[list, list]:
     """(cells to run, cells to skip)."""
     todo, skip = [], []
+    if force:  # whatever is recorded, everything reruns: no record needs reading
+        return list(cells), []
     for cell in cells:
         record = store.read(cell.suite, cell.id)
         retryable = record is not None and (record["status"] in RETRYABLE or (record.get("error") or {}).get("environment"))
-        rerun = record is None or force or (retry_failed and retryable)
+        rerun = record is None or (retry_failed and retryable)
         (todo if rerun else skip).append(cell)
     return todo, skip
 
