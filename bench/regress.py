@@ -219,13 +219,21 @@ def render(verdict: Verdict, markdown: bool = False) -> str:
     return "\n".join(lines[1:] if not rows else lines) + ("\n" if rows else "") + verdict.line()
 
 
+def is_fresh(record: dict | None, sha: str | None, dirty: bool | None) -> bool:
+    """The record was made from a clean tree at commit `sha`, and the tree is still clean there: with
+    local edits (dirty) no record can be known to come from the code that runs now."""
+    e = (record or {}).get("env") or {}
+    return (record is not None and sha is not None and dirty is False
+            and e.get("git_sha") == sha and e.get("git_dirty") is False)
+
+
 def gate(suite_name: str, baseline_path: str, results: str, tolerances: GateTolerances, executor,
          update: bool = False, reuse: bool = False, quiet: bool = False) -> Verdict | None:
     """Run the suite (every cell anew, or with `reuse` only cells without a fresh record), then
     rewrite the baseline (`update`, returns None) or compare against it.
 
-    A record is fresh when this repository's commit made it from a clean tree: a cell id says what
-    was configured, not which code ran it, so older records cannot stand in for the current code.
+    A record is fresh (see `is_fresh`) when it is what the current code would write: a cell id says
+    what was configured, not which code ran it, so older records cannot stand in for the current code.
     """
     from bench import env, grid
     from bench.runner import run_grid
@@ -239,12 +247,7 @@ def gate(suite_name: str, baseline_path: str, results: str, tolerances: GateTole
     check_cells(cells)
     store = Store(results)
     sha, dirty = env.repo_state()
-
-    def fresh(record: dict | None) -> bool:
-        e = (record or {}).get("env") or {}
-        return record is not None and sha is not None and e.get("git_sha") == sha and e.get("git_dirty") is False
-
-    stale = [c for c in cells if not (reuse and fresh(store.read(c.suite, c.id)))]
+    stale = [c for c in cells if not (reuse and is_fresh(store.read(c.suite, c.id), sha, dirty))]
     run_grid(stale, store, executor, force=True, quiet=quiet)
     records = [r for r in (store.read(c.suite, c.id) for c in cells) if r is not None]
     if update:

@@ -5,7 +5,7 @@ import pytest
 from bench.cli import main
 from bench.errors import BadInput
 from bench.executors import LocalExecutor
-from bench.regress import GateTolerances, compare, gate, load_tolerances, make_baseline, read_baseline
+from bench.regress import GateTolerances, compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
 
 
 def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000, torch_version="2.13.0",
@@ -75,6 +75,14 @@ def test_missing_and_failed_cells_fail_new_cells_are_reported():
     # a baseline cell that was unsupported and runs now is news, not a regression
     v = verdict([record()], old=[record(status="unsupported")])
     assert not v.failed and [(f.figure, f.level) for f in v.findings] == [("status", "warn")]
+
+
+def test_reuse_takes_only_records_of_this_commit_from_clean_trees():
+    made = {"env": {"git_sha": "abc", "git_dirty": False}}
+    assert is_fresh(made, "abc", False)
+    assert not is_fresh(made, "abc", True)  # local edits since: the code differs from what made it
+    assert not is_fresh(made, "def", False) and not is_fresh(made, None, None) and not is_fresh(None, "abc", False)
+    assert not is_fresh({"env": {"git_sha": "abc", "git_dirty": True}}, "abc", False)
 
 
 def test_baseline_file_errors_are_bad_input(tmp_path):
