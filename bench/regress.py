@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, did_you_mean
-from bench.report.compare import show
+from bench.report.compare import figures, show
 from bench.record import SCHEMA_VERSION
 from bench.store import atomic_write
 from bench.yamlfile import load_yaml
@@ -118,13 +118,11 @@ def cell_name(entry: dict) -> str:
 def summarise(record: dict) -> dict:
     """The part of a record the gate keeps in a baseline."""
     cell = record["cell"]
-    figures = {f"{section}.{key}": value for section in ("params", "memory", "flops", "time")
-               for key, value in (record.get(section) or {}).items() if isinstance(value, (int, float))}
-    for metric, value in (record.get("scores") or {}).get("metrics", {}).items():
-        figures[f"scores.{metric}"] = value
+    kept = {name: value for name, value in figures(record).items()  # every metric; other figures when numeric
+            if name.startswith("scores.") or (name != "status" and isinstance(value, (int, float)))}
     return {"label": cell["label"], "method": cell["method"], "model": cell["model"], "task": cell["task"],
             "seed": cell["seed"], "status": record["status"], "torch": (record.get("env") or {}).get("torch"),
-            "figures": figures}
+            "figures": kept}
 
 
 def make_baseline(suite: str, records: list[dict], env: dict) -> dict:
