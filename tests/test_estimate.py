@@ -7,14 +7,12 @@ import sys
 import pytest
 import torch
 
-from bench import methods
 from bench.cli import main
-from bench.config import TrainConfig
 from bench.estimate import estimate, fake_step, optimizer_bytes_for
 from bench.measure import optimizer_state_bytes
-from bench.methods.base import ApplyContext
-from bench.models import REGISTRY, load_bundle, resolve_model
+from bench.models import REGISTRY, resolve_model
 from bench.probe import instrumented_step
+from tests.adapting import adapt
 from tests.conftest import ROOT
 
 LLAMA_2_7B = 6_738_415_616
@@ -55,13 +53,7 @@ def test_optimizer_rule_matches_the_real_optimizer(name, dtype):
 
 
 def _adapted(name: str, method: str, meta: bool):
-    spec = REGISTRY[name]
-    encoder = spec.kind == "encoder"
-    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, 0, meta=meta)
-    m = methods.get(method)
-    with torch.device("meta" if meta else "cpu"):
-        model = m.apply(bundle.model, m.resolve({}, spec.arch, str), ApplyContext(bundle, TrainConfig(), 1)).model
-    return spec, model
+    return REGISTRY[name], adapt(name, method, total_steps=1, meta=meta)[1].model
 
 
 @pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),

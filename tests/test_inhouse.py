@@ -11,6 +11,7 @@ from bench.methods.compacter import PHMLinear, SharedFactors
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
 from bench.tasks.features import collate
+from tests.adapting import adapt
 
 
 @pytest.mark.parametrize("name,task_type", [("tiny-encoder", "classification"), ("tiny-gpt2", "generation"),
@@ -86,14 +87,7 @@ def test_top_share_masks_keep_the_largest_entries_across_tensors():
 
 
 def _perturbed(name, method):
-    from bench import methods
-    from bench.config import TrainConfig
-    from bench.methods.base import ApplyContext
-
-    task_type = "classification" if name == "tiny-encoder" else "generation"
-    bundle = load_bundle(REGISTRY[name], task_type, 2 if name == "tiny-encoder" else None, seed=0)
-    m = methods.get(method)
-    adapted = m.apply(bundle.model, m.resolve({}, bundle.arch, str), ApplyContext(bundle, TrainConfig(), 10))
+    _, adapted = adapt(name, method)
     with torch.no_grad():  # move the zero-initialised parts, so every gate and branch matters
         for p in adapted.model.parameters():
             if p.requires_grad:

@@ -6,17 +6,16 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from bench import methods, tiny
+from bench import tiny
 from bench.config import TrainConfig
 from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_bytes, predicted_peak, stored_size, \
     weight_bytes
-from bench.methods.base import ApplyContext
-from bench.models import REGISTRY, load_bundle
 from bench.probe import COST_MODEL, StepMeasure, forward_flops_per_example, instrumented_step, measure_step, probe_batch, \
     training_flops, workspace_bytes
 from bench.objectives import objective_for
 from bench.tasks.features import collate
 from bench.train import batches, train
+from tests.adapting import adapt
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
 
@@ -69,15 +68,6 @@ def test_workspace_is_the_busier_moment_of_a_step():
     assert workspace_bytes(step, trainable_bytes=500) == 400  # update: one temporary per trainable element
 
 
-def _adapted(method: str, name: str = "tiny-encoder"):
-    spec = REGISTRY[name]
-    task_type = "classification" if spec.kind == "encoder" else "generation"
-    bundle = load_bundle(spec, task_type, 2 if spec.kind == "encoder" else None, seed=1)
-    m = methods.get(method)
-    config = m.resolve({}, spec.arch, str)
-    return bundle, m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(), 10))
-
-
 def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
     ids = torch.randint(5, 100, (rows, length), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(rows) % 2 if classes else ids
@@ -85,7 +75,7 @@ def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
 
 
 def test_lora_optimizer_state_is_two_moments_and_a_step_counter_per_tensor():
-    bundle, adapted = _adapted("lora")
+    bundle, adapted = adapt("tiny-encoder", "lora", seed=1)
     feats = [{"input_ids": [1, 7, 8, 9, 2], "labels": i % 2} for i in range(8)]
     result = train(adapted, feats, objective_for("lm", bundle, "classification"),
                    TrainConfig(max_steps=1, batch_size=4), seed=0, device="cpu", quiet=True)
@@ -112,7 +102,7 @@ def steps() -> dict:
     """Per method: the tiny encoder's trainable count and two instrumented steps on the same batch."""
     out = {}
     for method in METHODS:
-        model = _adapted(method)[1].model
+        model = adapt("tiny-encoder", method, seed=1)[1].model
         out[method] = (count_params(model)["trainable"], *(
             measure_step(model, _batch(), "cpu", contextlib.nullcontext) for _ in range(2)))
         assert all(p.grad is None for p in model.parameters())  # the step's gradients are dropped
@@ -149,7 +139,7 @@ def test_measure_step_does_not_change_training():
     finals = []
     for probe_first in (False, True):
         torch.manual_seed(0)
-        bundle, adapted = _adapted("lora")
+        bundle, adapted = adapt("tiny-encoder", "lora", seed=1)
         objective = objective_for("lm", bundle, "classification")
         if probe_first:
             measure_step(adapted.model, probe_batch(feats, 8, 0, objective.collate), "cpu",
@@ -171,7 +161,7 @@ def test_probe_batch_is_the_first_batch_at_the_longest_width():
 def test_forward_flops_of_the_tiny_encoder_match_its_matrix_products():
     """2 × multiply-accumulates: q, k, v, o and the two FFN projections per token and layer, the two
     attention products (L² per head dimension), the head on the first token; embeddings are lookups."""
-    _, adapted = _adapted("full")
+    _, adapted = adapt("tiny-encoder", "full", seed=1)
     rows, length = 4, 12
     step = instrumented_step(adapted.model, _batch(rows, length))
     tokens = rows * length

@@ -8,7 +8,7 @@ import pytest
 from bench.cli import main
 from bench.report import write_report
 from bench.report.pareto import pareto_front
-from tests.handmade import fewshot_records, survey_records, write_store
+from tests.handmade import fewshot_records, params, record, survey_records, write_store
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,6 @@ def test_unknown_format_exits_2_naming_the_flag(tmp_path, capsys):
 
 
 def test_fewshot_scores_are_median_and_iqr_over_seeds(tmp_path):
-    from bench.report import write_report
-    from tests.handmade import params, record
-
     p = params(3000, 30, 1200)
     scores = {1: 70, 2: 72, 3: 60, 4: 80}  # median 71; quartiles 67.5 and 74 (linear) -> IQR 6.5
     records = [record("ia3", "additive", "t0", "rte", seed, s, params=p, shots=32) for seed, s in scores.items()]
@@ -142,9 +139,6 @@ def test_fewshot_scores_are_median_and_iqr_over_seeds(tmp_path):
 
 
 def test_records_of_an_older_configuration_are_not_averaged_in(tmp_path):
-    from bench.report import write_report
-    from tests.handmade import params, record
-
     old = record("lora", "reparameterized", "m1", "t1", 1, 50, params=params(100, 10, 40))
     new = record("lora", "reparameterized", "m1", "t1", 1, 90, params=params(100, 10, 40))
     old["cell"]["id"], old["created_at"] = "old-config", "2026-01-01T00:00:00+00:00"
