@@ -47,13 +47,14 @@ def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir, demos:
     """{split name ("" = main): [an EvalSet per template]} of the task's evaluation side."""
     task = task.evaluation
     prompts = task.prompts if bundle.head == "lm" and task.prompts else [None]
+    shared = _key(task, bundle, data_dir, n=train.max_eval_samples, max_length=train.max_length,
+                  demos=[d.get("idx") for d in demos])  # fingerprints the tokenizer and data files once
     out = {}
     for name, split in eval_splits(task).items():
         rows = load_rows(task, split, data_dir)[: train.max_eval_samples]
         out[name] = []
         for i, prompt in enumerate(prompts):
-            key = _key(task, bundle, data_dir, split=split, template=i, n=train.max_eval_samples,
-                       max_length=train.max_length, demos=[d.get("idx") for d in demos])
+            key = {**shared, "split": split, "template": i}
             built = cached(key, lambda: asdict(eval_features(task, bundle, rows, train.max_length, prompt, demos)))
             out[name].append(EvalSet(**built))
     return out
