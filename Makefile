@@ -1,26 +1,34 @@
 # peft-bench: `make bench` runs the default suite and writes its report; `make test` runs the tests.
-# Both create .venv on first use. torch is installed first, pinned, so that resolving the package's
-# dependencies never pulls a CUDA build onto a CPU machine (on a GPU box the same pin is the CUDA build).
+# Both create .venv on first use and install the tested environment: torch first, pinned, so that
+# resolving dependencies never pulls a CUDA build onto a CPU machine (on a GPU box the same pin is the
+# CUDA build), then every other package at the exact version in requirements-lock.txt, then this
+# package without resolving anything again.
 
 PYTHON ?= python3
 VENV ?= .venv
+LATEST_VENV ?= .venv-latest
 SUITE ?= smoke
 RESULTS ?= results
 REPORTS ?= reports
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev
+LOCK ?= requirements-lock.txt
+# uv resolves the lock for every supported Python in one file (see the README's "Install").
+UV ?= uv==0.13.9
 ARGS ?=
 PYTEST_ARGS ?= -n 2
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: bench report test install clean
+.PHONY: bench report test install lock test-latest clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python $(PIP) $(TORCH) --constraint $(LOCK)
+	$(BIN)/python $(PIP) --requirement $(LOCK)
+	$(BIN)/python $(PIP) --no-deps --no-build-isolation -e .
+	$(BIN)/peft-bench env --check-lock
 	touch $@
 
 install: $(STAMP)
@@ -34,6 +42,28 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-resolve the lock from pyproject.toml's ranges (every extra) and torch's own requirements. torch
+# itself stays out of the lock: its build (CPU or CUDA) belongs to the machine, and TORCH pins it.
+lock: $(STAMP)
+	$(BIN)/python $(PIP) $(UV)
+	mkdir -p $(VENV)/lock
+	$(BIN)/python -c "import importlib.metadata as m, re; print('\n'.join(r for r in m.requires('torch') \
+	  if 'extra ==' not in r and not re.match(r'(nvidia|triton|cuda)', r)))" > $(VENV)/lock/torch-requires.in
+	echo "torch ; sys_platform == 'never'" > $(VENV)/lock/without-torch.txt
+	$(BIN)/uv pip compile --quiet pyproject.toml $(VENV)/lock/torch-requires.in --all-extras --universal \
+	  --python-version 3.10 --overrides $(VENV)/lock/without-torch.txt --no-emit-package torch \
+	  --custom-compile-command "make lock" --output-file $(LOCK)
+
+# The newest releases pyproject.toml's ranges allow (torch stays at TORCH: the machine's build), in a
+# venv of their own, then the tests. Run it before every merge; a failure names what differs from the lock.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python $(PIP) $(TORCH)
+	$(LATEST_VENV)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e '.[dev,gpu]'
+	$(LATEST_VENV)/bin/peft-bench env
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) || { $(LATEST_VENV)/bin/peft-bench env --differs; exit 1; }
 
 clean:
 	rm -rf $(REPORTS) .pytest_cache

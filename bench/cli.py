@@ -134,6 +134,22 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from bench.env import LOCK_FILE, lock_state
+
+    state = lock_state()
+    if args.json:
+        print(json.dumps(state, indent=1))
+    elif not args.differs:
+        where = LOCK_FILE.name if state["status"] != "unknown" else "no lock file"
+        print(f"environment: {state['status']} ({where}), {len(state['packages'])} packages, "
+              f"sha256 {state['sha256'][:16]}")
+    for name, v in state["differs"].items():
+        if not args.json:
+            print(f"  {name}: locked {v['locked']}, installed {v['installed'] or 'nothing'}")
+    return 1 if args.check_lock and state["status"] != "locked" else 0
+
+
 def parser() -> argparse.ArgumentParser:
     from bench.report import FORMATS
     from bench.report.compare import Tolerances
@@ -205,6 +221,12 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
+
+    env = sub.add_parser("env", help="the installed package versions against requirements-lock.txt")
+    env.add_argument("--differs", action="store_true", help="print only the packages that differ from the lock")
+    env.add_argument("--check-lock", action="store_true", help="exit 1 unless every locked version is installed")
+    env.add_argument("--json", action="store_true", help="machine-readable output, every installed version")
+    env.set_defaults(func=cmd_env)
     return p
 
 

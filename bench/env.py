@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "peft", "datasets", "tokenizers", "accelerate", "numpy")
+# The tested environment (`make lock`): exact versions of every dependency but torch, whose build
+# (CPU or CUDA) belongs to the machine and is pinned by the Makefile instead.
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements-lock.txt"
 
 
 def _version(dist: str) -> str | None:
@@ -18,6 +24,81 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _normal(name: str) -> str:
+    """PEP 503 normal form of a distribution name (`Typing_Extensions` -> `typing-extensions`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions(path: Path | None = None) -> dict[str, str] | None:
+    """Distribution -> version the lock pins for this Python and platform; None without a lock file
+    (an install from a wheel, or a checkout without one)."""
+    from packaging.markers import Marker
+
+    try:
+        text = (path or LOCK_FILE).read_text()
+    except OSError:
+        return None
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, _, marker = line.partition(";")
+        name, _, version = requirement.partition("==")
+        if not marker.strip() or Marker(marker.strip()).evaluate():
+            pins[_normal(name)] = version.strip()
+    return pins
+
+
+def _declared() -> list[str]:
+    """Without a lock: the distributions peft-bench itself requires (extras included)."""
+    try:
+        requires = importlib.metadata.requires("peft-bench") or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    return [_normal(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0]) for r in requires]
+
+
+@functools.lru_cache(maxsize=1)
+def lock_state() -> dict:
+    """The installed versions against the lock.
+
+    status: `locked` (every pinned distribution installed at its pinned version), `unlocked` (some
+    differ: `differs` names them, locked and installed version; null installed = missing), or
+    `unknown` (no lock file). `packages`: the installed version of every locked distribution and
+    torch (without a lock: of every declared dependency), and `sha256` a hash of that map, so two
+    records made in the same environment carry the same hash.
+    """
+    pins = locked_versions()
+    names = sorted({*(pins or _declared()), "torch"})
+    installed = {name: _version(name) for name in names}
+    differs = {name: {"locked": version, "installed": installed[name]}
+               for name, version in (pins or {}).items() if installed[name] != version}
+    status = "unknown" if pins is None else ("unlocked" if differs else "locked")
+    digest = hashlib.sha256(json.dumps(installed, sort_keys=True).encode()).hexdigest()
+    return {"status": status, "sha256": digest, "differs": differs, "packages": installed}
+
+
+def environment_difference(a: list[dict], b: list[dict]) -> str | None:
+    """One line naming the packages whose versions differ between two sets of records' `env`
+    sections (each side's versions taken from its records' `env.lock.packages`); None when the same."""
+    def versions(envs: list[dict]) -> dict[str, set]:
+        out: dict[str, set] = {}
+        for e in envs:
+            for name, version in (((e or {}).get("lock") or {}).get("packages") or {}).items():
+                out.setdefault(name, set()).add(version)
+        return out
+
+    va, vb = versions(a), versions(b)
+    shown = lambda v: "/".join(sorted(str(x) for x in v)) if v else "absent"  # noqa: E731
+    changed = [f"{n} {shown(va.get(n))} -> {shown(vb.get(n))}" for n in sorted(set(va) | set(vb))
+               if va.get(n) != vb.get(n)]
+    if not changed:
+        return None
+    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+    return f"warning: the environments differ in {len(changed)} package(s): {', '.join(changed[:8])}{more}"
 
 
 def _cpu_model() -> str | None:
@@ -72,4 +153,5 @@ def collect(probe_device: bool = True) -> dict:
         "git_dirty": dirty,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
+        "lock": lock_state(),
     }

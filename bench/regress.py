@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import check_keys, coerce
+from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
 from bench.report.compare import figures, show
 from bench.record import SCHEMA_VERSION
@@ -92,6 +93,7 @@ class Finding:
 class Verdict:
     findings: list[Finding]
     compared: int
+    environment: str | None = None  # a warning naming the packages whose versions differ from the baseline's
 
     @property
     def failed(self) -> bool:
@@ -99,6 +101,7 @@ class Verdict:
 
     def to_json(self) -> dict:
         return {"verdict": "fail" if self.failed else "pass", "line": self.line(), "compared": self.compared,
+                "environment": self.environment,
                 "findings": [{**{k: getattr(f, k) for k in ("cell", "figure", "baseline", "new", "level", "why")},
                               "delta": f.delta} for f in self.findings]}
 
@@ -169,7 +172,8 @@ def compare(baseline: dict, records: list[dict], tolerances: GateTolerances) -> 
         if cid not in baseline["cells"]:
             findings.append(Finding(cell_name(new), "cell", None, new["status"], "new", "not in the baseline"))
     findings.sort(key=Finding.severity, reverse=True)
-    return Verdict(findings, sum(1 for cid in baseline["cells"] if cid in current))
+    environment = environment_difference([baseline.get("env")], [r.get("env") for r in records])
+    return Verdict(findings, sum(1 for cid in baseline["cells"] if cid in current), environment)
 
 
 def _figures(name: str, old: dict, new: dict, tol: GateTolerances) -> list[Finding]:
@@ -199,6 +203,11 @@ def _figures(name: str, old: dict, new: dict, tol: GateTolerances) -> list[Findi
 
 
 def render(verdict: Verdict, markdown: bool = False) -> str:
+    warning = f"{verdict.environment}\n" if verdict.environment else ""
+    return warning + _render_findings(verdict, markdown)
+
+
+def _render_findings(verdict: Verdict, markdown: bool) -> str:
     rows = [[f.level.upper(), f.cell, f.figure, show(f.baseline), show(f.new), show(f.delta), f.why]
             for f in verdict.findings]
     header = ["", "cell", "figure", "baseline", "new", "delta", "rule"]

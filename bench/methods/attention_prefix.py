@@ -1,7 +1,9 @@
-"""In-house prefix tuning: trainable keys and values prepended in every self-attention module.
+"""In-house prefix tuning: trainable keys and values prepended in every attention module: encoder
+and decoder self-attention, and an encoder-decoder's cross-attention (Li & Liang prefix all three).
 
-The hybrids (MAM, UniPELT) need prefixes that peft cannot give them (UniPELT gates them), so the
-prefix is injected here through transformers' attention interface: the model's attention
+peft passes prefixes as past keys/values, which prefixes only T5's decoder and which transformers
+5.24 no longer accepts on encoders; the hybrids (MAM, UniPELT) also need prefixes that peft cannot
+give them (UniPELT gates them). So the prefix is injected here through transformers' attention interface: the model's attention
 implementation is swapped for a registered wrapper that prepends the module's prefix keys/values,
 opens the attention mask (and T5's position bias) to them, and calls the original implementation.
 Modules without a prefix pass through untouched; generation with a KV cache keeps working because
@@ -22,13 +24,13 @@ from torch import nn
 
 from bench.errors import Unsupported
 from bench.methods import sites
-from bench.methods.base import load_by_name, trainable_state
+from bench.methods.base import Adapted, load_by_name, trainable_state
 
 _WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
 
 
 def kv_shape(config, arch: str) -> tuple[int, int]:
-    """(key/value heads, head dim) of a self-attention module, from the model config."""
+    """(key/value heads, head dim) of an attention module, from the model config."""
     if arch == "t5":
         return config.num_heads, config.d_kv
     heads = config.num_attention_heads
@@ -72,8 +74,9 @@ class PrefixBank(nn.Module):
 class PrefixSite:
     """What one attention module knows about its prefix (a plain object: not a submodule)."""
 
-    def __init__(self, bank: PrefixBank, index: int, gate: nn.Module | None):
+    def __init__(self, bank: PrefixBank, index: int, gate: nn.Module | None, input_free_gate: bool):
         self.bank, self.index, self.gate = bank, index, gate
+        self.input_free_gate = input_free_gate  # queries are decoder tokens: see _stash_gate
         self.gate_values: torch.Tensor | None = None  # [batch, 2] for keys and values
 
 
@@ -81,12 +84,13 @@ def _stash_gate(module, args, kwargs):
     """UniPELT's prefix gate, one value for keys and one for values per example.
 
     Bidirectional attention: σ(W · mean of the attention input over real tokens), so padding cannot
-    move it. Causal attention: a summary of the sequence would let each token see later ones, so the
-    gate there is learned but input-free, σ(c).
+    move it. Causal self-attention and cross-attention (whose queries are decoder tokens): a summary
+    of the sequence would let each token see later ones, so the gate there is learned but
+    input-free, σ(c).
     """
     site = module.bench_prefix
     hidden = args[0] if args else kwargs["hidden_states"]
-    if getattr(module, "is_causal", False):
+    if site.input_free_gate:
         summary = hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
     else:
         valid = _real_tokens(kwargs.get("attention_mask", kwargs.get("mask")), hidden)
@@ -151,24 +155,33 @@ def _register() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
+def attention_modules(model: nn.Module, arch: str) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, queries are decoder tokens) of every attention module, self and cross, in model order."""
+    found = [(n, m, bool(getattr(m, "is_causal", False))) for n, m in sites.find(model, arch, "self_attention")]
+    if "cross_attention" in sites.SITES[arch]:
+        found += [(n, m, True) for n, m in sites.find(model, arch, "cross_attention")]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(found, key=lambda entry: order[entry[0]])
+
+
 def add_prefix(model: nn.Module, arch: str, length: int, mid_dim: int = 0, gated: bool = False) -> PrefixBank:
-    """Give every self-attention module of `model` a prefix; returns the bank (registered on the model)."""
+    """Give every attention module of `model` a prefix; returns the bank (registered on the model)."""
     implementation = model.config._attn_implementation
     if implementation not in _WRAPPED:
         raise Unsupported(f"in-house prefixes wrap the sdpa or eager attention, not '{implementation}'")
-    attention = sites.find(model, arch, "self_attention")
+    attention = attention_modules(model, arch)
     kv_heads, head_dim = kv_shape(model.config, arch)
     hidden = getattr(model.config, "hidden_size", None) or model.config.d_model
     bank = sites.place_like(PrefixBank(len(attention), length, kv_heads, head_dim, hidden, mid_dim),
                             attention[0][1])
     model.add_module("bench_prefix_bank", bank)
-    for index, (_, module) in enumerate(attention):
+    for index, (_, module, decoder_queries) in enumerate(attention):
         gate = None
         if gated:
             gate = sites.place_like(nn.Linear(hidden, 2), module)
             module.add_module("bench_prefix_gate", gate)
             module.register_forward_pre_hook(_stash_gate, with_kwargs=True)
-        object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate))
+        object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate, decoder_queries))
     _register()
     model.set_attn_implementation(_WRAPPED[implementation])
     return bank
@@ -191,3 +204,9 @@ def load_prefix_state(model: nn.Module, bank: PrefixBank, state: dict[str, torch
             delattr(bank, name)
     bank.prefix = nn.Parameter(state[FOLDED].clone().to(next(model.parameters()).device))
     load_by_name(model, {k: v for k, v in state.items() if k != FOLDED})
+
+
+def prefixed(model: nn.Module, bank: PrefixBank) -> Adapted:
+    """The adapted model of a method with a prefix bank: stored with the prefix MLP folded away."""
+    return Adapted(model, stored_state=lambda: stored_prefix_state(model, bank),
+                   load_stored=lambda state: load_prefix_state(model, bank, state))

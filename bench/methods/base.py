@@ -91,6 +91,9 @@ class Method:
     train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
     mergeable: bool = False
     unsupported: dict[str, str] = field(default_factory=dict)  # architecture -> why this cannot work
+    # Which code runs the method, where two exist for one mechanism; it goes into the resolved config
+    # (and so the cell id), so a record of one is never taken for the other.
+    implementation: str | None = None
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -110,6 +113,8 @@ class Method:
             # module names are a list, or one regular expression / peft keyword ("all-linear")
             spec = (list, str) if key in self.target_keys or key == "target_modules" else _type_of(allowed[key])
             config[key] = coerce(value, spec, where(key), key)
+        if self.implementation:
+            config["implementation"] = self.implementation
         return config
 
     def apply(self, model: nn.Module, config: dict, ctx: ApplyContext) -> Adapted:
@@ -119,12 +124,12 @@ class Method:
         if missing:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
                               f"'{ctx.bundle.arch}'; set them in the method's overrides")
-        return self.build(model, config, ctx)
+        return self.build(model, {k: v for k, v in config.items() if k != "implementation"}, ctx)
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
                 "defaults": self.defaults, "targets": self.targets, "train": self.train,
-                "mergeable": self.mergeable, "unsupported": self.unsupported}
+                "mergeable": self.mergeable, "unsupported": self.unsupported, "implementation": self.implementation}
 
 
 def _type_of(default: Any):

@@ -15,14 +15,9 @@ import torch
 from torch import nn
 
 from bench.methods import adapters, sites
-from bench.methods.attention_prefix import add_prefix, load_prefix_state, stored_prefix_state
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.attention_prefix import add_prefix, prefixed
+from bench.methods.base import Method, freeze, train_head
 from bench.methods.lora import QV_TARGETS
-
-
-def _prefixed(model, bank) -> Adapted:
-    return Adapted(model, stored_state=lambda: stored_prefix_state(model, bank),
-                   load_stored=lambda state: load_prefix_state(model, bank, state))
 
 
 def _mam(model, config, ctx):
@@ -32,7 +27,7 @@ def _mam(model, config, ctx):
     adapters.add_parallel(model, arch, {"bottleneck_dim": config["bottleneck_dim"], "reduction_factor": 1,
                                         "activation": "relu", "scaling": config["scaling"]}, "parallel_adapter")
     train_head(model, ctx)
-    return _prefixed(model, bank)
+    return prefixed(model, bank)
 
 
 class GatedLoRA(nn.Module):
@@ -68,7 +63,7 @@ def _unipelt(model, config, ctx):
                                                           "bottleneck_dim": 0, "activation": "relu"},
                             "gated_adapter", gated=True)
     train_head(model, ctx)
-    return _prefixed(model, bank)
+    return prefixed(model, bank)
 
 
 METHODS = [

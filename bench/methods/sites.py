@@ -6,6 +6,8 @@ the model's parameters, move with `.to()`, and appear once in its state dict.
 
 Sites (regular expressions searched against full module names):
 - self_attention: the self-attention module (prefixes are injected there);
+- cross_attention: an encoder-decoder's decoder attention over the encoder output (prefixed too);
+  only architectures that have one declare it;
 - attention_output: the attention block's output projection (Houlsby's first adapter);
 - ffn_output: the feed-forward block's output projection (before dropout, residual and norm);
 - ffn_input: the module whose positional argument `ffn_input_arg` is the feed-forward block's input
@@ -26,7 +28,8 @@ _BERT = {"self_attention": r"layer\.\d+\.attention\.self$", "attention_output": 
 SITES = {
     "roberta": _BERT,
     "bert": _BERT,
-    "t5": {"self_attention": r"\.SelfAttention$", "attention_output": r"\.SelfAttention\.o$",
+    "t5": {"self_attention": r"\.SelfAttention$", "cross_attention": r"\.EncDecAttention$",
+           "attention_output": r"\.SelfAttention\.o$",
            "ffn_output": r"\.DenseReluDense\.wo$", "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0},
     "gpt2": {"self_attention": r"\.attn$", "attention_output": r"\.attn\.c_proj$",
              "ffn_output": r"\.mlp\.c_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.env import environment_difference
 from bench.errors import BadInput
 from bench.report.fmt import missing
 from bench.store import Store, flatten
@@ -64,9 +65,10 @@ class Comparison:
     only_a: list[str]
     only_b: list[str]
     tolerances: Tolerances
+    environment: str | None = None  # a warning naming the packages whose versions differ between A and B
 
     def to_json(self) -> dict:
-        return {"tolerances": asdict(self.tolerances), "only_a": self.only_a, "only_b": self.only_b,
+        return {"tolerances": asdict(self.tolerances), "environment": self.environment, "only_a": self.only_a, "only_b": self.only_b,
                 "flagged": sum(c.count("flag") for c in self.cells), "warnings": sum(c.count("warn") for c in self.cells),
                 "cells": [asdict(c) for c in self.cells]}
 
@@ -135,9 +137,10 @@ def compare(path_a: str | Path, path_b: str | Path, suite: str | None = None,
     a = load_records(path_a, suite, "RESULTS_A")
     b = load_records(path_b, suite, "RESULTS_B")
     both = [k for k in sorted(a) if k in b]
+    environment = environment_difference([r.get("env") for r in a.values()], [r.get("env") for r in b.values()])
     return Comparison([diff_cell(a[k], b[k], tol) for k in both],
                       [f"{s}/{i}" for s, i in sorted(set(a) - set(b))],
-                      [f"{s}/{i}" for s, i in sorted(set(b) - set(a))], tol)
+                      [f"{s}/{i}" for s, i in sorted(set(b) - set(a))], tol, environment)
 
 
 def show(value) -> str:
@@ -160,6 +163,8 @@ def render(comparison: Comparison) -> str:
     tol = comparison.tolerances
     lines = [f"tolerances: scores ±{tol.score_tol} points, measured memory ±{100 * tol.memory_rtol:g}%, "
              f"time warns at ×{tol.time_ratio:g}, everything else exact"]
+    if comparison.environment:
+        lines.insert(0, comparison.environment)
     for cell in comparison.cells:
         changed = [c for c in cell.changes if c.verdict != "same"]
         head = f"{cell.suite}/{cell.id} {cell.label} {cell.model} {cell.task} seed={cell.seed}"
