@@ -60,8 +60,10 @@ lock: $(STAMP)
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
+	echo '$(TORCH)' > $(LATEST_VENV)/torch-pin.txt
 	$(LATEST_VENV)/bin/python $(PIP) $(TORCH)
-	$(LATEST_VENV)/bin/python $(PIP) --upgrade --upgrade-strategy eager -e '.[dev,gpu]'
+	$(LATEST_VENV)/bin/python $(PIP) --upgrade --upgrade-strategy eager --constraint $(LATEST_VENV)/torch-pin.txt \
+	  -e '.[dev,gpu]'
 	$(LATEST_VENV)/bin/peft-bench env
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) || { $(LATEST_VENV)/bin/peft-bench env --differs; exit 1; }
 

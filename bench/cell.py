@@ -1,12 +1,11 @@
 """One cell, start to finish: load model and data -> apply method -> train -> evaluate -> measure.
 
 `run_cell` never raises for a problem of the cell itself: the returned record says what happened
-(ok, failed, unsupported, oom). Executors run it in a process of its own.
+(ok, failed, unsupported, oom, diverged). Executors run it in a process of its own.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 
@@ -15,7 +14,7 @@ import torch
 from bench import env, methods
 from bench.errors import Unsupported
 from bench.grid import Cell
-from bench.measure import PeakMemory, predicted_peak, stored_size, timed, weight_bytes
+from bench.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
 from bench.methods.base import ApplyContext
 from bench.methods.compose import apply_composition
 from bench.models import load_bundle
@@ -28,7 +27,7 @@ from bench.tasks.data import resolved_revision
 from bench.tasks.evaluate import evaluate, evaluate_all
 from bench.tasks.features import collate, demonstration_ids
 from bench.tasks.prepare import evaluation_sets, training_data
-from bench.train import TrainResult, autocast_for, batches, total_steps, train
+from bench.train import TrainResult, autocast_for, batches, compute_dtype, total_steps, train
 
 
 def device_for_run() -> torch.device:
@@ -68,6 +67,7 @@ def quiet_libraries() -> None:
 
 def run_cell(cell: Cell, quiet: bool = False) -> dict:
     quiet_libraries()
+    methods.import_modules(cell.method_modules)
     record = new_record(cell)
     record["env"].update(env.collect())
     times, memory = record["time"], record["memory"]
@@ -124,6 +124,11 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
             with peak:
                 result = train(adapted, feats, objective, tcfg, cell.seed, device, quiet, main_score, higher)
             _record_training(record, result, step, peak, bundle.kind)
+            times.update(utilisation(record["flops"]["train_total"], times["train_s"], record["env"]["device"],
+                                     compute_dtype(device, tcfg.precision)))
+            if result.diverged_at_step is not None:  # nothing trained is left to evaluate
+                return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
+                              f"non-finite at step {result.diverged_at_step}", "where": None, "traceback": None})
         with PeakMemory(device) as eval_peak, timed(times, "eval_s"):
             scores, per_template = evaluate_all(bundle, adapted.model, evalsets, evaluation, tcfg.eval_batch_size,
                                                 device, autocast)
@@ -133,7 +138,6 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
         memory["eval_peak_allocated_bytes"] = eval_peak.figures["device_peak_allocated_bytes"]
         record["scores"]["n_examples"] = len(evalsets[""][0].features)
         record["params"].update(stored_size(adapted.state_to_store()))
-        _check_finite(record)
         return finish(record, "ok")
     except Unsupported as e:
         return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,
@@ -160,9 +164,3 @@ def _record_training(record: dict, result: TrainResult, step: StepMeasure, peak:
     times["step_s_median"] = record["train"]["step_s_median"]
 
 
-def _check_finite(record: dict) -> None:
-    """A diverged run is data: marked here; its non-finite losses become null when the record is finished."""
-    summary = record["train"]
-    if "first_loss" in summary:
-        summary["diverged"] = any(x is not None and not math.isfinite(x)
-                                  for x in (summary.get("first_loss"), summary.get("final_loss")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from bench.errors import BadInput
@@ -46,12 +47,29 @@ def cmd_run(args) -> int:
         print(f"{len(cells)} cells", file=sys.stderr)
         return 0
     check_cells(cells)
-    summary = run_grid(cells, Store(args.results), EXECUTORS[args.executor](quiet=_quiet(args)),
-                       force=args.force, retry_failed=args.retry_failed, quiet=_quiet(args))
-    for line in summary.problems:
+    store = Store(args.results)
+    print_store_problems(store, s.name)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the running cell is recorded `interrupted`
+    summary = run_grid(cells, store, EXECUTORS[args.executor](quiet=_quiet(args)), force=args.force,
+                       retry_failed=args.retry_failed, quiet=_quiet(args), steal=args.steal_locks)
+    for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def print_store_problems(store, suite: str | None) -> None:
+    """One line on stderr when the store holds files that are not usable records (they are skipped)."""
+    bad = store.problems(suite) if store.root.is_dir() else []
+    if bad:
+        older = sum("schema_version" in line for line in bad)
+        kinds = f" ({older} of another schema version, which this version cannot read)" if older else ""
+        print(f"note: {len(bad)} file(s) under {store.root} are not usable records and are ignored{kinds}; "
+              f"first: {bad[0]}", file=sys.stderr)
 
 
 def suite_name(name_or_path: str) -> str:
@@ -69,7 +87,9 @@ def suite_name(name_or_path: str) -> str:
 
 def cmd_report(args) -> int:
     from bench.report import write_report
+    from bench.store import Store
 
+    print_store_problems(Store(args.results), suite_name(args.suite))
     paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
     for path in paths:
         print(path)
@@ -79,6 +99,11 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from bench.report.compare import Tolerances, compare, render
 
+    for flag, value in (("--score-tol", args.score_tol), ("--memory-rtol", args.memory_rtol)):
+        if not value >= 0:
+            raise BadInput(f"{flag} must be a number >= 0, got {value}", flag)
+    if not args.time_ratio >= 1:
+        raise BadInput(f"--time-ratio must be >= 1 (a factor), got {args.time_ratio}", "--time-ratio")
     tolerances = Tolerances(args.score_tol, args.memory_rtol, args.time_ratio)
     result = compare(args.results_a, args.results_b, suite_name(args.suite) if args.suite else None, tolerances)
     print(json.dumps(result.to_json(), indent=1, default=str) if args.json else render(result))
@@ -170,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell) and exit")
     run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells unsupported on this machine only")
+    run.add_argument("--steal-locks", action="store_true",
+                     help="remove the locks of this grid's cells whoever holds them (say which), then run")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
     run.set_defaults(func=cmd_run)
 
@@ -238,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.render()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; records written so far are kept", file=sys.stderr)
+        print("interrupted; records written so far are kept. Run the same command again to resume: "
+              "recorded cells are skipped, the interrupted one runs again.", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: say so, with the traceback
         import traceback

@@ -57,6 +57,10 @@ _TRAIN_TYPES = {
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
              "max_train_samples", "max_eval_samples", "max_grad_norm", "shots"}
 _EXCLUSIVE = {"max_steps": "epochs", "epochs": "max_steps"}
+# Upper bounds that catch typos before a cell allocates for them (a batch of 10^11 rows grew one cell
+# to 20 GB before the kernel killed it); each is far beyond any real setting.
+_LIMITS = {"batch_size": 2 ** 16, "eval_batch_size": 2 ** 16, "max_length": 2 ** 20, "shots": 2 ** 20,
+           "max_steps": 10 ** 9, "epochs": 10 ** 4}
 
 
 def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> TrainConfig:
@@ -68,6 +72,8 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
             value = coerce(raw, _TRAIN_TYPES[key], where(key), key)
             if key in _POSITIVE and value is not None and value <= 0:
                 raise BadInput(f"'{key}' must be positive, got {raw!r}", where(key))
+            if key in _LIMITS and value is not None and value > _LIMITS[key]:
+                raise BadInput(f"'{key}' = {raw!r} is beyond {_LIMITS[key]:,}: a typo?", where(key))
             if key in ("warmup_ratio",) and not 0 <= value < 1:
                 raise BadInput(f"'{key}' must be in [0, 1), got {raw!r}", where(key))
             values[key] = value

@@ -14,7 +14,7 @@ from bench import methods
 from bench.config import TrainConfig, resolve_train
 from bench.errors import BadInput, did_you_mean
 from bench.models import ModelSpec, resolve_model
-from bench.suite import MethodEntry, Suite
+from bench.suite import MethodEntry, Suite, check_seeds
 from bench.tasks import TaskSpec
 
 ID_LENGTH = 12
@@ -34,6 +34,7 @@ class Cell:
     train: TrainConfig
     timeout_s: float
     data_dir: str | None
+    method_modules: tuple[str, ...] = ()  # the suite's own method modules: a cell process imports them first
 
     @property
     def config(self) -> dict:
@@ -66,7 +67,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     entries = _select_methods(suite, only_methods)
     model_names = _select(only_models, suite.models, "model", "--models", allow_new=True)
     task_names = _select(only_tasks, suite.tasks, "task", "--tasks", allow_new=suite.task_registry)
-    seeds = only_seeds if only_seeds is not None else suite.seeds
+    seeds = suite.seeds
+    if only_seeds is not None:
+        seeds = list(dict.fromkeys(only_seeds))  # `--seeds 1,1` is seed 1 once
+        check_seeds(seeds, lambda i: "--seeds")
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     for model_name in model_names:
@@ -88,11 +92,13 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
                     cell = Cell("", suite.name, entry.label, name, family, spec, task, seed, config, train,
-                                suite.cell_timeout_s, suite.data_dir)
+                                suite.cell_timeout_s, suite.data_dir, suite.method_modules)
                     cid = cell_id(cell.config)
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
                                        "configuration; drop one", suite.where("methods"))
+                    if cid in seen:  # the same cell named twice on the command line: run it once
+                        continue
                     seen[cid] = entry.label
                     cells.append(dataclasses.replace(cell, id=cid))
     return cells

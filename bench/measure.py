@@ -266,3 +266,33 @@ def timed(times: dict, key: str):
         yield
     finally:
         times[key] = time.perf_counter() - start
+
+
+# Dense (no sparsity) peak matrix throughput per GPU, FLOP/s, from the vendors' datasheets, by the
+# dtype products run in: bf16 on tensor cores, fp32 without TF32 (torch's default for matmuls).
+# The first entry whose key occurs in the device's name wins, so specific names come first.
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}),
+    ("H200", {"bf16": 989.4e12, "fp32": 66.9e12}),
+    ("H100", {"bf16": 989.4e12, "fp32": 66.9e12}),
+    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
+    ("L40S", {"bf16": 362e12, "fp32": 91.6e12}),
+    ("L4", {"bf16": 121e12, "fp32": 30.3e12}),
+    ("RTX 4090", {"bf16": 165.2e12, "fp32": 82.6e12}),
+)
+
+
+def peak_flops(device_name: str | None, dtype: str) -> float | None:
+    """The datasheet peak of a GPU for `dtype`, None for a CPU or a GPU not in PEAK_FLOPS."""
+    for key, peaks in PEAK_FLOPS:
+        if device_name and key in device_name:
+            return peaks.get(dtype)
+    return None
+
+
+def utilisation(train_flops: int | None, train_s: float | None, device_name: str | None, dtype: str) -> dict:
+    """time.train_flops_per_s = flops.train_total / time.train_s; time.mfu = that / the device's
+    datasheet peak for the dtype products ran in (null where the peak is unknown, e.g. on a CPU)."""
+    rate = train_flops / train_s if train_flops and train_s else None
+    peak = peak_flops(device_name, dtype)
+    return {"train_flops_per_s": rate, "mfu": rate / peak if rate is not None and peak else None}

@@ -105,8 +105,13 @@ def resolve_model(name: str, where: str | None = None) -> ModelSpec:
         return REGISTRY[name]
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
-        return ModelSpec(name, f"local model at {path}", "path", str(path.resolve()),
-                         _arch_of(json.loads((path / "config.json").read_text()), name, where))
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"{path / 'config.json'} is not readable JSON ({e})", where) from None
+        if not isinstance(config, dict):
+            raise BadInput(f"{path / 'config.json'} is not a JSON object", where)
+        return ModelSpec(name, f"local model at {path}", "path", str(path.resolve()), _arch_of(config, name, where))
     if "/" in name and not path.exists():
         ref, _, revision = name.partition("@")
         try:

@@ -13,14 +13,21 @@ import traceback
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "unsupported", "oom", "timeout")
+# ok: a result. Every other status is not one: never ranked, averaged or plotted as a score.
+# failed: an exception; unsupported: the method cannot serve this model (or machine); oom: out of memory
+# (an allocator error, or a kill the kernel's OOM killer is known to have made); timeout: killed at
+# cell_timeout_s; killed: ended by a signal for another (or an unknown) reason; diverged: the loss became
+# non-finite (`train.diverged_at_step`); interrupted: the runner was stopped (SIGINT/SIGTERM) mid-cell.
+STATUSES = ("ok", "failed", "unsupported", "oom", "timeout", "killed", "diverged", "interrupted")
 SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
 # The measured figures of each section, defined in bench/measure.py, bench/probe.py and docs/measurement.md.
 MEMORY_FIGURES = ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
                   "workspace_bytes", "predicted_peak_bytes", "device_peak_allocated_bytes",
                   "device_peak_reserved_bytes", "eval_peak_allocated_bytes", "nvml_peak_bytes",
                   "cpu_peak_rss_bytes", "peak_bytes", "peak_source")
-TIME_FIGURES = ("load_s", "train_s", "eval_s", "step_s_median", "train_samples_per_s", "train_tokens_per_s")
+PARAM_FIGURES = ("total", "trainable", "trainable_pct", "stored", "stored_bytes")
+TIME_FIGURES = ("load_s", "train_s", "eval_s", "step_s_median", "train_samples_per_s", "train_tokens_per_s",
+                "train_flops_per_s", "mfu")
 FLOP_FIGURES = ("train_total", "inference_per_example", "cost_model_train_total", "cost_model_inference_per_example")
 
 
@@ -33,7 +40,7 @@ def new_record(cell) -> dict[str, Any]:
                  "seed": cell.seed, "config": cell.config},
         "status": None,
         "error": None,
-        "params": {"total": None, "trainable": None, "trainable_pct": None, "stored": None, "stored_bytes": None},
+        "params": dict.fromkeys(PARAM_FIGURES),
         "memory": dict.fromkeys(MEMORY_FIGURES),
         "time": dict.fromkeys(TIME_FIGURES),
         "flops": dict.fromkeys(FLOP_FIGURES),
@@ -75,7 +82,8 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 
 
 def problems(record: Any) -> list[str]:
-    """Why a loaded document is not a usable record (empty list when it is)."""
+    """Why a loaded document is not a usable record (empty list when it is): the one shape check
+    every reader (store, report, compare, regress) relies on, so a record that passes cannot crash them."""
     if not isinstance(record, dict):
         return ["not a JSON object"]
     out = []
@@ -85,9 +93,44 @@ def problems(record: Any) -> list[str]:
     cell = record.get("cell")
     if not isinstance(cell, dict) or not all(k in cell for k in ("id", "method", "model", "task", "seed")):
         out.append("no cell identity (id, method, model, task, seed)")
+    else:
+        for key in ("id", "method", "model", "task"):
+            if not isinstance(cell[key], str):
+                out.append(f"cell.{key} is not a string")
+        if not isinstance(cell["seed"], int) or isinstance(cell["seed"], bool):
+            out.append("cell.seed is not an integer")
+        for key in ("suite", "label", "method_family"):
+            if cell.get(key) is not None and not isinstance(cell[key], str):
+                out.append(f"cell.{key} is not a string")
+        if cell.get("config") is not None and not isinstance(cell["config"], dict):
+            out.append("cell.config is not an object")
     if record.get("status") not in STATUSES:
         out.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    if record.get("error") is not None and not isinstance(record["error"], dict):
+        out.append("'error' is neither null nor an object")
+    if record.get("created_at") is not None and not isinstance(record["created_at"], str):
+        out.append("'created_at' is neither null nor a string")
     for section in SECTIONS:
         if section in record and not isinstance(record[section], dict):
             out.append(f"'{section}' is not an object")
+    scores = record.get("scores")
+    if isinstance(scores, dict):
+        metrics = scores.get("metrics", {})
+        if not isinstance(metrics, dict):
+            out.append("scores.metrics is not an object")
+        elif not all(_number_or_null(v) for v in metrics.values()):
+            out.append("scores.metrics holds a value that is not a number")
+        if scores.get("main_metric") is not None and not isinstance(scores["main_metric"], str):
+            out.append("scores.main_metric is not a string")
+    for section, known in (("params", PARAM_FIGURES), ("memory", MEMORY_FIGURES), ("time", TIME_FIGURES),
+                           ("flops", FLOP_FIGURES)):
+        figures = record.get(section)
+        if isinstance(figures, dict):
+            bad = sorted(k for k in known if k in figures and k != "peak_source" and not _number_or_null(figures[k]))
+            if bad:
+                out.append(f"{section}: {', '.join(bad)} not a number")
     return out
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))

@@ -1,20 +1,32 @@
 """Running a grid: decide which cells need a run, run them through an executor, store each record.
 
-A cell with an `ok` record is skipped; --force reruns it, --retry-failed reruns failed, oom and
-timeout cells, and unsupported cells whose reason lies in the environment (no GPU, a missing package). Records are written as each cell finishes, so an interrupted grid keeps its work.
+A cell with a record is skipped unless it was `interrupted`; --force reruns every cell,
+--retry-failed reruns failed, oom, timeout, killed and diverged cells, and unsupported cells whose
+reason lies in the environment (no GPU, a missing package). Records are written as each cell
+finishes, so an interrupted grid keeps its work.
+
+Several runners may share one store: a cell is run only under its lock, and only if its record is
+still what it was when the runner planned (another runner may have run it meanwhile). A record a
+cell process finished but its runner never stored (the runner was killed) waits in the suite's
+`.incoming/` folder; the next run adopts it instead of training the cell again.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from bench.executors import interrupted, spool_files
 from bench.grid import Cell
-from bench.store import Store
+from bench.record import problems
+from bench.store import Store, lock_problem
 
-RETRYABLE = ("failed", "oom", "timeout")
+RETRYABLE = ("failed", "oom", "timeout", "killed", "diverged")
+INCOMING = ".incoming"
 
 
 @dataclass
@@ -22,8 +34,10 @@ class GridSummary:
     total: int = 0
     statuses: Counter = field(default_factory=Counter)  # statuses of the cells run now
     skipped: int = 0  # cells with a record that needed no run
-    busy: int = 0  # cells another runner was running
+    busy: int = 0  # cells another runner was running, or ran while this one waited
+    adopted: int = 0  # records finished by a runner that died before storing them
     problems: list[str] = field(default_factory=list)  # one line per cell that did not end ok
+    notes: list[str] = field(default_factory=list)  # stolen locks, adopted and unusable leftovers
 
     @property
     def failed(self) -> int:
@@ -31,44 +45,123 @@ class GridSummary:
 
     def line(self, suite: str, results: str) -> str:
         ran = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items())) or "nothing run"
-        extra = f", {self.busy} running elsewhere" if self.busy else ""
+        extra = f", {self.busy} run by another runner" if self.busy else ""
+        extra += f", {self.adopted} adopted from an interrupted run" if self.adopted else ""
         return f"{suite}: {self.total} cells: {ran}; {self.skipped} already recorded{extra} (records in {results})"
+
+
+def needs_run(record: dict | None, retry_failed: bool) -> bool:
+    if record is None or record["status"] == "interrupted":
+        return True
+    retryable = record["status"] in RETRYABLE or (record.get("error") or {}).get("environment")
+    return bool(retry_failed and retryable)
 
 
 def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: bool = False) -> tuple[list, list]:
     """(cells to run, cells to skip)."""
-    todo, skip = [], []
     if force:  # whatever is recorded, everything reruns: no record needs reading
         return list(cells), []
+    todo, skip = [], []
     for cell in cells:
-        record = store.read(cell.suite, cell.id)
-        retryable = record is not None and (record["status"] in RETRYABLE or (record.get("error") or {}).get("environment"))
-        rerun = record is None or (retry_failed and retryable)
-        (todo if rerun else skip).append(cell)
+        (todo if needs_run(store.read(cell.suite, cell.id), retry_failed) else skip).append(cell)
     return todo, skip
 
 
+def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
+    """Store the records cell processes finished while their runner died; returns (count, notes).
+
+    A leftover whose cell is locked by a live runner is that runner's and stays. A record is adopted
+    only where the store has none or an older one (history keeps the replaced one); output logs of
+    cells no runner holds are removed once their record is settled.
+    """
+    adopted, notes = 0, []
+    for suite in sorted(suites):
+        folder = store.suite_dir(suite) / INCOMING
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            cell_id = path.name.split(".", 1)[0]
+            if lock_problem(store.lock_path(suite, cell_id)) is None:
+                continue  # a live runner's cell
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                record = None
+            if record is None or problems(record) or record["cell"].get("suite") != suite \
+                    or record["cell"]["id"] != cell_id:
+                path.rename(path.with_suffix(".unusable"))
+                notes.append(f"kept aside an unusable leftover record: {path.with_suffix('.unusable')}")
+                continue
+            current = store.read(suite, cell_id)
+            if current is None or needs_run(current, False) or \
+                    str(current.get("created_at") or "") < str(record.get("created_at") or ""):
+                store.write(record)
+                adopted += 1
+                notes.append(f"adopted {suite}/{cell_id} ({record['status']}), finished after its runner died")
+            path.unlink(missing_ok=True)
+        for log in sorted(folder.glob("*.log")) if folder.is_dir() else []:
+            if lock_problem(store.lock_path(suite, log.name.split(".", 1)[0])) is not None \
+                    and not log.with_suffix(".json").exists():
+                log.unlink(missing_ok=True)
+    return adopted, notes
+
+
+def steal_locks(cells: list[Cell], store: Store) -> list[str]:
+    """Remove the locks of these cells, whoever holds them (`run --steal-locks`); a line per stolen lock."""
+    lines = []
+    for cell in cells:
+        owner = store.steal(cell.suite, cell.id)
+        if owner is not None:
+            held = ", ".join(f"{k} {owner[k]}" for k in ("host", "pid") if k in owner) or "an unreadable lock"
+            lines.append(f"stole the lock of {cell.suite}/{cell.id} ({cell.label} · {cell.model.name} · "
+                         f"{cell.task.name} · s{cell.seed}), held by {held}")
+    return lines
+
+
 def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, retry_failed: bool = False,
-             quiet: bool = False) -> GridSummary:
+             quiet: bool = False, steal: bool = False) -> GridSummary:
+    summary = GridSummary(total=len(cells))
+    if steal:
+        summary.notes += steal_locks(cells, store)
+    summary.adopted, notes = adopt_incoming(store, {c.suite for c in cells})
+    summary.notes += notes
     todo, skip = plan(cells, store, force, retry_failed)
-    summary = GridSummary(total=len(cells), skipped=len(skip))
+    summary.skipped = len(skip)
+    planned = {c.id: store.stamp(c.suite, c.id) for c in todo}  # what each record was when planned
     bar = tqdm(total=len(cells), initial=len(skip), desc="grid", unit="cell", disable=quiet, position=0,
                dynamic_ncols=True)
     for cell in todo:
         bar.set_description(f"grid [{cell.label} · {cell.model.name} · {cell.task.name} · s{cell.seed}]")
         with store.claim(cell.suite, cell.id) as mine:
-            if not mine:
-                summary.busy += 1
+            if not mine or store.stamp(cell.suite, cell.id) != planned[cell.id]:
+                summary.busy += 1  # another runner holds it, or ran it since this runner planned
             else:
-                record = executor.run(cell)
-                store.write(record)
-                status = record["status"]
-                summary.statuses[status] += 1
-                if status != "ok":
-                    error = record.get("error") or {}
-                    first_line = ((error.get("message") or "").splitlines() or [""])[0]
-                    summary.problems.append(f"{status:<11} {cell.line()}: {error.get('type')}: {first_line[:200]}")
+                _run_one(cell, store, executor, summary)
         bar.update(1)
         bar.set_postfix(ok=summary.statuses["ok"], failed=summary.failed, skipped=summary.skipped, refresh=False)
     bar.close()
     return summary
+
+
+def _run_one(cell: Cell, store: Store, executor, summary: GridSummary) -> None:
+    spool = store.suite_dir(cell.suite) / INCOMING
+    try:
+        record = executor.run(cell, spool)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the executor has stopped the cell; say so, then stop
+        store.write(interrupted(cell))
+        _clear_spool(spool, cell.id)
+        raise
+    store.write(record)
+    _clear_spool(spool, cell.id)
+    status = record["status"]
+    summary.statuses[status] += 1
+    if status != "ok":
+        error = record.get("error") or {}
+        first_line = ((error.get("message") or "").splitlines() or [""])[0]
+        output = [line for line in (error.get("traceback") or "").splitlines() if line.strip()]
+        if output and error.get("type") in ("CellCrashed", "Killed", "Timeout"):  # what the process said last
+            first_line += f" — last output: {output[-1].strip()}"
+        summary.problems.append(f"{status:<11} {cell.line()}: {error.get('type')}: {first_line[:300]}")
+
+
+def _clear_spool(spool: Path, cell_id: str) -> None:
+    for path in spool_files(spool, cell_id):
+        path.unlink(missing_ok=True)

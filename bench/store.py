@@ -3,7 +3,9 @@
 Writes are atomic (temp file, fsync, rename), so a reader never sees half a record and a crash never
 leaves one. A record that is replaced (--force, --retry-failed) is first copied to
 `results/<suite>/history/`, so nothing recorded is ever lost. A cell being run holds
-`<id>.lock`, so runners sharing one store never run the same cell twice at once.
+`<id>.lock` (owner and heartbeat: see `Store.claim`), so runners sharing one store never run the
+same cell twice at once; a runner re-reads a cell's record after claiming it, so none runs a cell
+another runner finished meanwhile.
 """
 
 from __future__ import annotations
@@ -11,14 +13,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.errors import BadInput
 from bench.record import problems
 
 HISTORY = "history"
+# Suite names and cell ids become file and folder names under the store and the reports folder: one
+# path component, no separator, no leading dot (so no `..` and no hidden file), printable ASCII only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_name(name) -> bool:
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
+
+
+def checked(name, what: str) -> str:
+    """`name` if it is safe as one file or folder name; else BadInput (a record or suite naming a path)."""
+    if not safe_name(name):
+        raise BadInput(f"{what} {name!r} is not a safe file name (letters, digits, '.', '_', '-'; "
+                       "starting with a letter or digit)", what)
+    return name
 
 
 class Store:
@@ -26,10 +47,10 @@ class Store:
         self.root = Path(root)
 
     def suite_dir(self, suite: str) -> Path:
-        return self.root / suite
+        return self.root / checked(suite, "suite name")
 
     def path(self, suite: str, cell_id: str) -> Path:
-        return self.suite_dir(suite) / f"{cell_id}.json"
+        return self.suite_dir(suite) / f"{checked(cell_id, 'cell id')}.json"
 
     def read(self, suite: str, cell_id: str) -> dict | None:
         """The record of a cell, or None when there is none or it cannot be used."""
@@ -68,59 +89,131 @@ class Store:
                     found.append(record)
         return found, bad
 
+    def stamp(self, suite: str, cell_id: str) -> tuple[int, int] | None:
+        """(mtime in ns, size) of a cell's record file, None without one: a cheap way to see that
+        another runner wrote the record since it was last looked at."""
+        try:
+            st = self.path(suite, cell_id).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def lock_path(self, suite: str, cell_id: str) -> Path:
+        return self.suite_dir(suite) / f"{checked(cell_id, 'cell id')}.lock"
+
+    def problems(self, suite: str | None = None) -> list[str]:
+        """A line per file of the suite (or the store) that is not a usable record."""
+        return self.records(suite)[1]
+
     @contextlib.contextmanager
     def claim(self, suite: str, cell_id: str) -> Iterator[bool]:
-        """Hold the cell's lock while running it; yields False when another live runner holds it."""
-        lock = self.suite_dir(suite) / f"{cell_id}.lock"
+        """Hold the cell's lock while running it; yields False when another live runner holds it.
+
+        The lock names its owner (host, pid, the process's start time) and its file's mtime is a
+        heartbeat, renewed every HEARTBEAT_S while held: see `lock_problem` for when it is stale.
+        """
+        lock = self.lock_path(suite, cell_id)
         lock.parent.mkdir(parents=True, exist_ok=True)
-        owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        if not _try_lock(lock, owner):
-            if not _stale(lock):
+        if not _try_lock(lock):
+            if lock_problem(lock) is None:
                 yield False
                 return
-            lock.unlink(missing_ok=True)  # its runner died: take over
-            if not _try_lock(lock, owner):
+            lock.unlink(missing_ok=True)  # its runner is gone: take over
+            if not _try_lock(lock):
                 yield False
                 return
+        beating = threading.Event()
+        heart = threading.Thread(target=_heartbeat, args=(lock, beating), daemon=True, name="lock-heartbeat")
+        heart.start()
         try:
             yield True
         finally:
+            beating.set()
+            heart.join()
             lock.unlink(missing_ok=True)
 
+    def steal(self, suite: str, cell_id: str) -> dict | None:
+        """Remove a cell's lock whoever holds it (`run --steal-locks`); returns what the lock said of its owner."""
+        lock = self.lock_path(suite, cell_id)
+        try:
+            owner = json.loads(lock.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            owner = {"unreadable": True}
+        lock.unlink(missing_ok=True)
+        return owner if isinstance(owner, dict) else {"unreadable": True}
 
-def _try_lock(lock: Path, owner: dict) -> bool:
+
+# A runner renews its lock's heartbeat every HEARTBEAT_S; a lock whose heartbeat is older than LEASE_S
+# is stale on any host (its runner died, or its machine did). Documented in README (Results).
+HEARTBEAT_S = 30.0
+LEASE_S = 120.0
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _try_lock(lock: Path) -> bool:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+             "since": time.time()}
     with os.fdopen(fd, "w") as f:
         json.dump(owner, f)
     return True
 
 
-def _stale(lock: Path) -> bool:
-    """A lock whose process is gone (same host only: another host's pid cannot be checked)."""
+def _heartbeat(lock: Path, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        with contextlib.suppress(OSError):
+            os.utime(lock)
+
+
+def lock_problem(lock: Path, now: float | None = None) -> str | None:
+    """Why a lock is stale (its holder is gone), or None while its holder may be running.
+
+    Stale: unreadable; a heartbeat older than LEASE_S (any host); on this host, a process that is gone
+    or whose start time differs from the lock's (the pid was reused, e.g. PID 1 in a container).
+    """
     try:
         owner = json.loads(lock.read_text())
+        age = (now or time.time()) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return "gone"
     except (OSError, ValueError):
-        return True
-    if owner.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
+        return "unreadable lock"
+    if not isinstance(owner, dict):
+        return "unreadable lock"
+    if age > LEASE_S:
+        return f"heartbeat {age:.0f} s old (lease {LEASE_S:g} s)"
+    if owner.get("host") == socket.gethostname():
+        pid = owner.get("pid")
+        started = _process_start(pid) if isinstance(pid, int) else None
+        if started is None:
+            return f"process {pid} is gone"
+        if owner.get("started") != started:
+            return f"pid {pid} now belongs to another process"
+    return None
 
 
 def _stamp(old: bytes) -> str:
+    """A history file name part from the replaced record's created_at (whatever the old file holds)."""
     try:
-        created = json.loads(old).get("created_at") or "unknown"
+        created = json.loads(old)
     except ValueError:
-        created = "unreadable"
-    return "".join(c for c in created if c.isalnum()) or "unknown"
+        created = None
+    created = created.get("created_at") if isinstance(created, dict) else None
+    stamp = "".join(c for c in created if c.isalnum()) if isinstance(created, str) else ""
+    return f"{stamp or 'unknown'}-{time.time_ns()}"  # two replaced records never share a history name
 
 
 def atomic_write(path: Path, data: bytes) -> None:

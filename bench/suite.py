@@ -13,15 +13,19 @@ from typing import Any, Callable
 from bench import methods, models, tasks
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
+from bench.store import safe_name
 from bench.yamlfile import YamlDoc, load_yaml
 
 SUITE_KEYS = {
     "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
     "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
+    "method_modules": list,
 }
 _ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list}
 _EXCLUDE_KEYS = ("method", "model", "task", "seed")
 DEFAULT_CELL_TIMEOUT_S = 3600.0
+SEED_LIMIT = 2 ** 32  # seeds are numpy / torch generator seeds: 0 <= seed < 2^32
+MAX_SEEDS = 1000
 REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
@@ -53,6 +57,7 @@ class Suite:
     data_dir: str | None
     task_registry: dict
     doc: YamlDoc
+    method_modules: tuple[str, ...] = ()  # importable modules that register methods of their own
 
     def where(self, *keys: Any) -> str:
         return self.doc.where(*keys)
@@ -90,6 +95,9 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     check_keys(raw, SUITE_KEYS, "suite key", doc.where, required=("name", "methods", "models", "tasks"))
     values = {k: coerce(v, SUITE_KEYS[k], doc.where(k), k) for k, v in raw.items()}
     task_files = [_relative(path, p) for p in values.get("task_files", [])]
+    method_modules = tuple(_name(m, doc, ("method_modules", i), "method module")
+                           for i, m in enumerate(values.get("method_modules", [])))
+    methods.import_modules(method_modules, lambda i: doc.where("method_modules", i))
     registry = tasks.registry(task_files)
     task_entries = [_task_entry(t, doc, ("tasks", i)) for i, t in enumerate(values["tasks"])]
     suite = Suite(
@@ -102,7 +110,7 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         train=values.get("train", {}), exclude=values.get("exclude", []),
         cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
         data_dir=data_dir or (_relative(path, values["data_dir"]) if "data_dir" in values else None),
-        task_registry=registry, doc=doc,
+        task_registry=registry, doc=doc, method_modules=method_modules,
     )
     _check_names(suite)
     return suite
@@ -153,7 +161,28 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
                        overrides=item.get("overrides", {}), train=item.get("train", {}), where=where)
 
 
+def check_name(name: str, where: str) -> str:
+    """A suite name that is safe as one folder name (NAME_PATTERN), else BadInput."""
+    if not safe_name(name):
+        raise BadInput(f"suite name {name!r} cannot be a folder name: use 1-100 letters, digits, '.', '_' or '-', "
+                       "starting with a letter or digit", where)
+    return name
+
+
+def check_seeds(seeds: list[int], where: Callable[[int], str]) -> None:
+    if len(seeds) > MAX_SEEDS:
+        raise BadInput(f"{len(seeds)} seeds is more than {MAX_SEEDS}; a grid that size is a typo", where(MAX_SEEDS))
+    for i, seed in enumerate(seeds):
+        if not 0 <= seed < SEED_LIMIT:
+            raise BadInput(f"seed {seed} is outside 0 .. 2^32-1 (what torch and numpy accept)", where(i))
+
+
 def _check_names(suite: Suite) -> None:
+    check_name(suite.name, suite.where("name"))
+    for key in ("methods", "models", "tasks", "seeds"):
+        if not getattr(suite, key):
+            raise BadInput(f"'{key}' is empty: a suite needs at least one", suite.where(key))
+    check_seeds(suite.seeds, lambda i: suite.where("seeds", i))
     if suite.cell_timeout_s <= 0:
         raise BadInput(f"'cell_timeout_s' must be positive, got {suite.cell_timeout_s:g}", suite.where("cell_timeout_s"))
     for key, values in (("models", suite.models), ("tasks", suite.tasks), ("seeds", suite.seeds)):

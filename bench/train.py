@@ -31,12 +31,15 @@ def total_steps(train: TrainConfig, n_examples: int) -> int:
     return max(1, math.ceil(train.epochs * n_examples / train.batch_size))
 
 
+def compute_dtype(device, precision: str) -> str:
+    """The dtype matrix products run in: bf16 under autocast (`bf16`, or `auto` on CUDA), else fp32."""
+    return "bf16" if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda") else "fp32"
+
+
 def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    device_type = torch.device(device).type
-    bf16 = precision == "bf16" or (precision == "auto" and device_type == "cuda")
-    if not bf16:
+    if compute_dtype(device, precision) == "fp32":
         return contextlib.nullcontext
-    return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def batches(features: list[dict], batch_size: int, seed: int):
@@ -113,13 +116,14 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # {"step": n, "score": main metric}
     best_step: int | None = None
+    diverged_at_step: int | None = None  # the first step (1-based) whose loss was not finite; training stopped there
 
     def summary(self) -> dict:
         tail = self.losses[-10:]
         return {"steps": self.steps, "samples": self.samples, "tokens": self.tokens, "positions": self.positions,
                 "first_loss": self.losses[0] if self.losses else None,
                 "final_loss": sum(tail) / len(tail) if tail else None,
-                "evals": self.evals, "best_step": self.best_step,
+                "evals": self.evals, "best_step": self.best_step, "diverged_at_step": self.diverged_at_step,
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
 
 
@@ -172,6 +176,9 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         result.tokens += tokens_in(batch, encoder_decoder)
         result.positions += positions_in(batch, encoder_decoder)
         bar.update(1)
+        if not math.isfinite(result.losses[-1]):  # every later step would train on non-finite weights
+            result.diverged_at_step = step + 1
+            break
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
         if evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps:
             score = evaluate()
@@ -183,7 +190,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
                 best_state = {id(p): p.detach().clone() for p in params}
     bar.close()
     result.train_s = sum(result.step_s)
-    if best_state is not None:  # compare the end of training with the best checkpoint seen
+    if best_state is not None and result.diverged_at_step is None:  # compare the end of training with the best checkpoint seen
         final = evaluate()
         result.evals.append({"step": steps, "score": final})
         if final is None or (final < best if higher_is_better else final > best):

@@ -2,24 +2,92 @@
 
 Importing torch, transformers' model code, peft and the metric libraries costs seconds; a forked
 child inherits them for free. Only imports and pure caches belong here: nothing may start threads
-or touch CUDA before the fork.
+or touch CUDA before the fork. A child of a process that initialised CUDA cannot use CUDA at all
+("Cannot re-initialize CUDA in forked subprocess"), and some libraries touch it on import
+(bitsandbytes, which peft imports when it is installed, asks for the device's capability). So each
+module is imported with CUDA forbidden: one that reaches for CUDA is unloaded again and left for
+the cell to import itself, on a machine where that is fine.
 """
 
+from __future__ import annotations
+
+import contextlib
 import importlib
+import sys
 
-import bench.cell  # noqa: F401  (torch, transformers, peft, the harness)
-from bench import env, tiny
+import torch
 
-for _module in (
+# torch's entry points that initialise CUDA or mark a process unable to fork with it: the lazy
+# initialiser, and the device count, which CUDA builds compute by initialising the driver.
+_CUDA_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
+MODULES = (
+    "bench.cell",  # torch, transformers, the harness
     "transformers.models.roberta.modeling_roberta", "transformers.models.bert.modeling_bert",
     "transformers.models.t5.modeling_t5", "transformers.models.gpt2.modeling_gpt2",
     "transformers.models.llama.modeling_llama", "peft.tuners", "safetensors.torch",
     "sklearn.metrics", "scipy.stats", "sacrebleu", "rouge_score.rouge_scorer",
-):
+)
+
+
+class CudaTouched(RuntimeError):
+    """An import asked for CUDA while the fork server was preloading."""
+
+
+@contextlib.contextmanager
+def cuda_forbidden(touched: list[str]):
+    """Within: every CUDA entry point raises CudaTouched and is logged in `touched` (even when the
+    importing library catches the exception and carries on with CUDA marked unavailable).
+
+    Only entry points the torch build has are replaced: on a CPU build `torch.cuda.is_available()`
+    answers from their absence, and adding them would change that answer.
+    """
+    def refuse(name: str):
+        def call(*args, **kwargs):
+            touched.append(name)
+            raise CudaTouched(f"torch.{name} called while preloading")
+        return call
+
+    saved = {name: getattr(torch._C, name) for name in _CUDA_ENTRY_POINTS if hasattr(torch._C, name)}
+    saved_lazy = torch.cuda._lazy_init
+    for name in saved:
+        setattr(torch._C, name, refuse(name))
+    torch.cuda._lazy_init = refuse("cuda._lazy_init")
     try:
-        importlib.import_module(_module)
-    except ImportError:  # an optional extra: the cell imports (and reports) it if it needs it
-        pass
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(torch._C, name, original)
+        torch.cuda._lazy_init = saved_lazy
+
+
+def preload(modules=MODULES) -> dict[str, str]:
+    """Import `modules` with CUDA forbidden; returns the modules left out, with the reason.
+
+    A module that touched CUDA, and every module its import brought in, is removed from
+    sys.modules, so the cell imports it afresh (a library that caught the refusal may have cached
+    "no CUDA"). A module that is not installed is an optional extra the cell reports if it needs it.
+    """
+    skipped: dict[str, str] = {}
+    for name in modules:
+        before = set(sys.modules)
+        touched: list[str] = []
+        try:
+            with cuda_forbidden(touched):
+                importlib.import_module(name)
+        except ImportError as e:
+            skipped[name] = f"not installed ({e})"
+        except CudaTouched:
+            pass
+        if touched:
+            for new in set(sys.modules) - before:
+                del sys.modules[new]
+            skipped[name] = f"touches CUDA on import ({', '.join(sorted(set(touched)))})"
+    return skipped
+
+
+SKIPPED = preload()
+
+from bench import env, tiny  # noqa: E402  (after the guarded imports: both are CUDA-free)
 
 tiny.tokenizer_json()
 env.repo_state()

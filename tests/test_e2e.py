@@ -3,12 +3,17 @@
 import json
 
 import pytest
+import torch
 
 from bench import tiny
 from bench.cli import main
 from tests.conftest import TINY_SUITE
 
 pytestmark = pytest.mark.slow
+# Cells run on the GPU where there is one: expectations come from the device, not from this machine.
+CUDA = torch.cuda.is_available()
+PEAK_SOURCE = "device_peak_allocated_bytes" if CUDA else "cpu_peak_rss_bytes"
+DEVICE = torch.cuda.get_device_properties(0).name if CUDA else "cpu"
 
 
 def records(results, suite="tiny") -> dict:
@@ -40,12 +45,15 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
         assert r["status"] == "ok" and r["error"] is None
         assert set(r["scores"]["metrics"]) == {"accuracy", "f1"} and r["scores"]["main_metric"] == "accuracy"
         assert 0 <= r["scores"]["metrics"]["accuracy"] <= 100
-        assert r["memory"]["peak_source"] == "cpu_peak_rss_bytes" and r["memory"]["peak_bytes"] > 0
+        assert r["memory"]["peak_source"] == PEAK_SOURCE and r["memory"]["peak_bytes"] > 0
         assert r["time"]["train_s"] > 0 and r["train"]["steps"] == 20
         assert [e["step"] for e in r["train"]["evals"]] == [10, 20]  # every 10 steps, then the end
         best = max(r["train"]["evals"], key=lambda e: e["score"])
         assert r["scores"]["metrics"]["accuracy"] == pytest.approx(best["score"])  # the best weights are kept
-        assert r["env"]["torch"] and r["env"]["device"] == "cpu"
+        assert r["env"]["torch"] and r["env"]["device"] == DEVICE
+        assert r["time"]["train_flops_per_s"] == pytest.approx(r["flops"]["train_total"] / r["time"]["train_s"])
+        mfu = r["time"]["mfu"]
+        assert mfu is None if not CUDA else (mfu is None or 0 < mfu < 1)  # no datasheet peak for a CPU
     assert full["params"]["total"] == full["params"]["trainable"] == body + head
     lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each
     assert lora["params"]["trainable"] == lora_params + head

@@ -227,3 +227,16 @@ def test_cuda_peaks_see_an_allocation_outside_exclusions():
     assert 256 * 2 ** 20 <= allocated < 1024 * 2 ** 20
     assert peak.figures["device_peak_reserved_bytes"] >= allocated
     assert peak.source == "device_peak_allocated_bytes" and peak.peak_bytes == allocated
+
+
+def test_utilisation_against_the_datasheet_peaks():
+    from bench.measure import peak_flops, utilisation
+
+    assert peak_flops("NVIDIA H200", "bf16") == 989.4e12
+    assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12  # not the SXM part's figure
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert peak_flops("cpu", "fp32") is None and peak_flops(None, "bf16") is None
+    assert utilisation(10 ** 15, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == {"train_flops_per_s": 5e14,
+                                                                          "mfu": 5e14 / 312e12}
+    assert utilisation(10 ** 15, 2.0, "cpu", "fp32") == {"train_flops_per_s": 5e14, "mfu": None}
+    assert utilisation(None, 2.0, "NVIDIA H200", "bf16") == {"train_flops_per_s": None, "mfu": None}

@@ -135,8 +135,9 @@ UNSUPPORTED = {
     ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied", ("icl", "roberta"): "text-to-text",
     ("bitfit", "t5"): "has none", ("bitfit", "llama"): "has none",
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
-    **{("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")},
 }
+if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
+    UNSUPPORTED.update({("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")})
 if Version(transformers.__version__) >= Version("5.24"):  # peft can no longer pass encoders past keys/values
     UNSUPPORTED[("prefix-tuning-peft", "roberta")] = "past key values"
 
@@ -151,9 +152,13 @@ def fresh(model_name: str, method: str):
         return [collate(next(data), bundle.tokenizer.pad_token_id) for _ in range(n)]
 
     m = methods.get(method)
+    device = "cuda" if method == "qlora" and torch.cuda.is_available() else "cpu"  # QLoRA's base lives on the GPU
+    bundle.model.to(device)
     config = m.resolve(FAST.get(method, {}), bundle.arch, lambda k: k)
-    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration))
-    return bundle, adapted, collate(feats[:4], bundle.tokenizer.pad_token_id)
+    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration, device))
+    adapted.model.to(device)
+    batch = {k: v.to(device) for k, v in collate(feats[:4], bundle.tokenizer.pad_token_id).items()}
+    return bundle, adapted, batch
 
 
 def logits(model, batch):
@@ -180,7 +185,8 @@ def test_method_matrix(method, model_name):
         return
     head = HEAD if bundle.head_modules else 0
     counts = adapted.params()
-    assert counts["trainable"] - head == expected_trainable(method, arch, len(bundle.tokenizer))
+    if method != "qlora":  # no closed form yet for peft's all-linear choice on a quantised model (GPU only)
+        assert counts["trainable"] - head == expected_trainable(method, arch, len(bundle.tokenizer))
 
     # a training step: gradients reach exactly the trainable tensors, and nothing frozen moves
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

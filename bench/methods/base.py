@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.config import TrainConfig, check_keys, coerce
-from bench.errors import Unsupported
+from bench.errors import BadInput, Unsupported
 from bench.measure import count_params
 
 FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
@@ -113,6 +113,7 @@ class Method:
             # module names are a list, or one regular expression / peft keyword ("all-linear")
             spec = (list, str) if key in self.target_keys or key == "target_modules" else _type_of(allowed[key])
             config[key] = coerce(value, spec, where(key), key)
+            _check_sign(key, config[key], allowed[key], where(key))
         if self.implementation:
             config["implementation"] = self.implementation
         return config
@@ -130,6 +131,17 @@ class Method:
         return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
                 "defaults": self.defaults, "targets": self.targets, "train": self.train,
                 "mergeable": self.mergeable, "unsupported": self.unsupported, "implementation": self.implementation}
+
+
+def _check_sign(key: str, value: Any, default: Any, where: str) -> None:
+    """Numeric settings keep the sign of their default: positive where it is positive (ranks, sizes,
+    ratios, learning-rate-like scales), not negative where it is zero (dropouts, seeds)."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)) or isinstance(value, bool):
+        return
+    if default > 0 and not value > 0:
+        raise BadInput(f"'{key}' must be positive, got {value!r}", where)
+    if default == 0 and not value >= 0:
+        raise BadInput(f"'{key}' must not be negative, got {value!r}", where)
 
 
 def _type_of(default: Any):

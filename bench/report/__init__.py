@@ -10,10 +10,11 @@ reports/<suite>/
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 from bench.errors import BadInput
+from bench.store import checked
 
 FORMATS = ("md", "tex", "csv", "html")
 PLOT_FORMATS = {"md", "html"}  # the formats that show the plots
@@ -45,13 +46,13 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     frame, problems = load_frame(results, suite)
     frame, superseded = latest_records(frame)
     problems = problems + superseded
+    if frame.empty and problems:
+        raise BadInput(f"no usable records for suite '{suite}' in {Path(results) / suite}: {len(problems)} "
+                       f"file(s) could not be used, e.g. {problems[0]}", "--suite")
     if frame.empty:
         raise BadInput(f"no records for suite '{suite}' in {Path(results) / suite}; run it first "
                        f"(peft-bench run --suite {suite})", "--suite")
-    folder = Path(out) / suite
-    for owned, wanted in (("plots", PLOT_FORMATS), ("csv", {"csv"})):
-        if wanted & set(formats):  # rewritten whole: no file of a model or table that is gone stays behind
-            shutil.rmtree(folder / owned, ignore_errors=True)
+    folder = Path(out) / checked(suite, "suite name")
     folder.mkdir(parents=True, exist_ok=True)
     report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
@@ -63,7 +64,37 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
         written += [_write(folder / "csv" / f"{t.slug}.csv", csvfiles.render(t)) for t in report.tables()]
     if "html" in formats:
         written.append(_write(folder / "index.html", page.document(report, suite_source or suite)))
+    _forget_stale(folder, written, formats)
     return written
+
+
+MANIFEST = ".peft-bench-files.json"  # the files the last report wrote here: the only ones it may remove
+
+
+def _kind(relative: str) -> set[str]:
+    """The formats whose writing rewrites this generated file."""
+    if relative.startswith("plots/"):
+        return PLOT_FORMATS
+    return {"csv/": {"csv"}, "report.md": {"md"}, "tables.tex": {"tex"}, "index.html": {"html"}}.get(
+        "csv/" if relative.startswith("csv/") else relative, set())
+
+
+def _forget_stale(folder: Path, written: list[Path], formats: list[str]) -> None:
+    """Remove the files an earlier report wrote that this one, writing the same formats, did not (a model
+    or a table that is gone); never a file the tool did not write. Then record what is there now."""
+    manifest = folder / MANIFEST
+    try:
+        previous = json.loads(manifest.read_text())
+        previous = {p for p in previous if isinstance(p, str)} if isinstance(previous, list) else set()
+    except (OSError, ValueError):
+        previous = set()
+    now = {str(p.relative_to(folder)) for p in written}
+    stale = {p for p in previous - now if _kind(p) & set(formats)}
+    for relative in stale:
+        path = (folder / relative).resolve()
+        if path.is_relative_to(folder.resolve()) and path.is_file():
+            path.unlink()
+    manifest.write_text(json.dumps(sorted((previous - stale) | now), indent=0) + "\n")
 
 
 def _write(path: Path, text: str) -> Path:

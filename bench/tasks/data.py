@@ -150,8 +150,17 @@ def resolved_revision(task: TaskSpec, data_dir) -> str | None:
 
 def read_file(path: Path) -> list[dict]:
     if path.suffix in (".jsonl", ".json"):
+        rows = []
         with path.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:  # name the user's file and line, not the parser's column in it
+                    raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}",
+                                   f"{path}:{number}") from None
+        return rows
     import pandas as pd
 
     frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)

@@ -1,0 +1,92 @@
+"""Methods that fail on purpose, for tests/test_faults.py: each breaks a cell in one way a real run can
+break (an exception, a hang, a diverging loss, a crash with output, a kill, memory exhaustion), plus
+one that logs every training it starts, so tests can count trainings rather than records.
+
+A suite names this module in `method_modules`; importing it registers the methods."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+
+import torch
+
+from bench import methods
+from bench.methods.base import Adapted, Method
+
+
+def _full(model) -> Adapted:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Adapted(model)
+
+
+def _raise(model, config, ctx):
+    raise RuntimeError("injected failure in build")
+
+
+def _hang(model, config, ctx):
+    time.sleep(3600)
+
+
+def _crash(model, config, ctx):
+    print("the last words of a crashing cell", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
+def _kill(model, config, ctx):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exhaust(model, config, ctx):
+    """Allocate until the allocator says no, under an address-space limit: an OOM without the OOM killer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + (256 << 20), hard))
+    hoard = []
+    try:
+        while True:
+            hoard.append(bytearray(16 << 20))
+    finally:
+        hoard.clear()
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _nan(model, config, ctx):
+    """Full fine-tuning whose weights turn NaN after the second optimizer step."""
+    adapted = _full(model)
+
+    def poison(step: int) -> None:
+        if step == 1:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+    adapted.after_step.append(poison)
+    return adapted
+
+
+def _logged(model, config, ctx):
+    """Full fine-tuning that appends a line to `config['log']` for every training it starts."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if config["sleep_s"]:
+        time.sleep(config["sleep_s"])
+    return _full(model)
+
+
+PAPER = "fault injection (tests only)"
+methods.register(
+    Method("fault-raise", "baseline", "raises in build", PAPER, _raise),
+    Method("fault-hang", "baseline", "sleeps for an hour in build", PAPER, _hang),
+    Method("fault-crash", "baseline", "prints a line and exits with code 3", PAPER, _crash),
+    Method("fault-kill", "baseline", "SIGKILLs its own process", PAPER, _kill),
+    Method("fault-exhaust", "baseline", "allocates until MemoryError", PAPER, _exhaust),
+    Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
+    Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,
+           defaults={"log": "", "sleep_s": 0.0}),
+)
