@@ -92,6 +92,9 @@ def environment_difference(a: list[dict], b: list[dict]) -> str | None:
         return out
 
     va, vb = versions(a), versions(b)
+    if bool(va) != bool(vb):  # one side predates env.lock: nothing to compare package by package
+        return (f"warning: only {'B' if vb else 'A'}'s records name their package versions (the other side's "
+                "predate env.lock), so the environments cannot be compared")
     shown = lambda v: "/".join(sorted(str(x) for x in v)) if v else "absent"  # noqa: E731
     changed = [f"{n} {shown(va.get(n))} -> {shown(vb.get(n))}" for n in sorted(set(va) | set(vb))
                if va.get(n) != vb.get(n)]
