@@ -80,6 +80,20 @@ def test_prefix_tuning_reaches_every_attention(name, task_type, expected):
     assert not unchanged, f"attention modules that ignore the prefix: {unchanged}"
 
 
+def test_a_prefix_the_attention_never_reads_is_an_error_not_a_silent_no_op():
+    """Regression (seen on a GPU machine with transformers 5.17: MAM and UniPELT on T5 left prefix
+    parameters without gradients): an attention computed outside the attention interface must not
+    silently ignore its prefix."""
+    from bench.errors import Unsupported
+
+    _, adapted = adapt("tiny-t5", "prefix-tuning")
+    model = adapted.model.eval()
+    batch = collate([{"input_ids": [1, 5, 6], "labels": [7, 8, 2]}], 0)
+    model.set_attn_implementation("eager")  # as if the modeling code bypassed the registered wrapper
+    with pytest.raises(Unsupported, match="did not call the attention interface"):
+        model(**batch)
+
+
 def test_prefix_leaves_a_model_unchanged_where_it_has_none():
     bundle = load_bundle(REGISTRY["tiny-t5"], "generation", None, seed=0)
     model = bundle.model.eval()

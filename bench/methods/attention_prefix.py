@@ -78,6 +78,7 @@ class PrefixSite:
         self.bank, self.index, self.gate = bank, index, gate
         self.input_free_gate = input_free_gate  # queries are decoder tokens: see _stash_gate
         self.gate_values: torch.Tensor | None = None  # [batch, 2] for keys and values
+        self.read = False  # set by the attention wrapper: proof that this module's prefix was used
 
 
 def _stash_gate(module, args, kwargs):
@@ -123,6 +124,7 @@ def _prefix_attention(implementation: str, module, query, key, value, attention_
     site = getattr(module, "bench_prefix", None)
     if site is None:
         return original(module, query, key, value, attention_mask, **kwargs)
+    site.read = True
     batch, length = key.shape[0], site.bank.length
     pk, pv = (t.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1) for t in site.bank.keys_values(site.index))
     if site.gate is not None:
@@ -136,6 +138,20 @@ def _prefix_attention(implementation: str, module, query, key, value, attention_
         kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], length), bias], dim=-1)
     key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
     return original(module, query, key, value, attention_mask, is_causal=False, **kwargs)
+
+
+def _check_read(module, args, output):
+    """A prefixed module whose forward never reached the attention wrapper ignored its prefix: some
+    transformers versions compute an architecture's attention without the attention interface.
+    Fail loudly instead of training a prefix that does nothing."""
+    site = getattr(module, "bench_prefix", None)
+    if site is not None and not site.read:
+        import transformers
+
+        raise Unsupported(f"{type(module).__name__} did not call the attention interface under transformers "
+                          f"{transformers.__version__}, so its prefix would be ignored", environment=True)
+    if site is not None:
+        site.read = False
 
 
 def _original(implementation: str, module):
@@ -182,6 +198,7 @@ def add_prefix(model: nn.Module, arch: str, length: int, mid_dim: int = 0, gated
             module.add_module("bench_prefix_gate", gate)
             module.register_forward_pre_hook(_stash_gate, with_kwargs=True)
         object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate, decoder_queries))
+        module.register_forward_hook(_check_read)
     _register()
     model.set_attn_implementation(_WRAPPED[implementation])
     return bank
