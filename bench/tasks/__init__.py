@@ -28,7 +28,8 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
          "metrics": list, "main_metric": str, "generation": dict, "group_by": str, "length_normalize": bool,
          "eval_task": str}
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
-                "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict}
+                "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
+                "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none")}
 _GENERATION_KEYS = {"max_new_tokens": int, "num_beams": int}
 _TEMPLATE_KEYS = {"prompt": str, "answers": list}
 
@@ -128,6 +129,7 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
     if "files" in src:  # paths relative to the definition file, so a task folder can move
         src["files"] = {split: str((base_dir / p).resolve()) for split, p in src["files"].items()}
+        _check_tables(name, src, where)
     if not values["metrics"]:
         raise BadInput(f"task '{name}' lists no metrics", where("metrics"), metric_fns.METRICS)
     for metric in values["metrics"]:
@@ -171,12 +173,35 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     )
 
 
+def _check_tables(name: str, src: dict, where) -> None:
+    """Local files in a format we read, with consistent table options (header: false needs columns)."""
+    from bench.tasks.data import FORMATS, file_format
+
+    for split, path in src["files"].items():
+        if file_format(path) is None:
+            raise BadInput(f"task '{name}': cannot read '{Path(path).name}': supported files are "
+                           f"{', '.join(FORMATS)} (any but .parquet may end in .gz)", where("source", "files", split),
+                           FORMATS)
+    if src.get("header", True) is False and not src.get("columns"):
+        raise BadInput(f"task '{name}': 'header: false' needs 'columns', the names of the file's columns in order",
+                       where("source", "header"))
+    if "columns" in src and src.get("header", True):
+        raise BadInput(f"task '{name}': 'columns' names the columns of a file without a header row; "
+                       "add 'header: false'", where("source", "columns"))
+    if "delimiter" in src and len(src["delimiter"]) != 1:
+        raise BadInput(f"task '{name}': 'delimiter' must be one character, got {src['delimiter']!r}",
+                       where("source", "delimiter"))
+
+
 def _tuple(value):
     return tuple(str(v) for v in value) if value is not None else None
 
 
 def load_task_file(path: str | Path) -> dict[str, TaskSpec]:
     doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise BadInput("expected a mapping with a top-level `tasks:` list (see docs/tasks.md for a complete "
+                       f"file), got a {type(doc.data).__name__}", doc.where())
     check_keys(doc.data, {"tasks"}, "top-level key", lambda k: doc.where(k), required=("tasks",))
     if not isinstance(doc.data["tasks"], list):
         raise BadInput("'tasks' must be a list of task definitions", doc.where("tasks"))

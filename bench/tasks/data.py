@@ -2,7 +2,13 @@
 
 Local files follow the hub's layout and column schema: `DIR/<dataset>/<config>/<split>.{jsonl,csv,parquet}`
 where <dataset> is the last part of the hub id (nyu-mll/glue -> glue), so the same code path serves
-`--data-dir ../shared/data` and the hub.
+`--data-dir ../shared/data` and the hub. A task's own `files` may also be TSV or plain text tables
+(tab-separated), any of them gzip'd, read with the source's table options (`delimiter`, `header`,
+`columns`, `quoting`).
+
+Before any work, `check_cells` reads the first rows of every local file a grid needs and checks the
+columns the task names and the label values, so a wrong column or label fails at once, naming the
+file, the task definition's file:line and the columns the file has.
 """
 
 from __future__ import annotations
@@ -16,7 +22,21 @@ from bench.errors import BadInput
 from bench.tasks import TaskSpec
 from bench.tasks.synthetic import GENERATORS
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the hub layout's (--data-dir)
+# Every table a task's `files` may name: suffix -> the reader and its default delimiter.
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": "parquet"}
+QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # csv.QUOTE_* by name
+HEAD_ROWS = 100  # rows read from each file by the checks before work
+
+
+def file_format(path: str | Path) -> str | None:
+    """The reader of a data file by its suffix (a `.gz` after it is allowed), None when unsupported."""
+    suffixes = Path(path).suffixes
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # parquet compresses inside the file
+    return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
 class DataUnavailable(BadInput):
@@ -90,6 +110,7 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
+        check_rows(task, read_file(Path(path), src, limit=HEAD_ROWS), Path(path))
     elif "dataset" in src:
         if data_dir is not None:
             if local_file(task, split, data_dir) is None:
@@ -97,6 +118,8 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                 raise DataUnavailable(
                     f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
                     f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
+            path = local_file(task, split, data_dir)
+            check_rows(task, read_file(path, limit=HEAD_ROWS), path)
         elif _hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
@@ -124,7 +147,7 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
         return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
     if "files" in src:
-        return read_file(Path(src["files"][split.replace("eval:", "")]))
+        return read_file(Path(src["files"][split.replace("eval:", "")]), src)
     if data_dir is not None:
         return read_file(local_file(task, split, data_dir))
     import datasets
@@ -148,23 +171,76 @@ def resolved_revision(task: TaskSpec, data_dir) -> str | None:
         return src.get("revision")
 
 
-def read_file(path: Path) -> list[dict]:
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open() as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:  # name the user's file and line, not the parser's column in it
-                    raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}",
-                                   f"{path}:{number}") from None
-        return rows
+def read_file(path: Path, options: dict | None = None, limit: int | None = None) -> list[dict]:
+    """The rows of a data file (the first `limit` only, when given); `options` are a task source's
+    table options. Malformed content is BadInput naming the file (and the line, for JSON lines)."""
+    options = options or {}
+    kind = file_format(path)
+    if kind == "json":
+        return _read_json_lines(path, limit)
     import pandas as pd
 
-    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+            frame = frame.head(limit) if limit else frame
+        else:
+            header = options.get("header", True)
+            frame = pd.read_csv(path, sep=options.get("delimiter", kind), header=0 if header else None,
+                                names=None if header else options.get("columns"), nrows=limit,
+                                quoting=QUOTING[options.get("quoting", "minimal")], keep_default_na=False,
+                                compression="infer")
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise BadInput(f"cannot read this {kind if kind == 'parquet' else 'table'}: {e}", str(path)) from None
     return frame.to_dict("records")
+
+
+def _read_json_lines(path: Path, limit: int | None) -> list[dict]:
+    import gzip
+
+    rows = []
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
+        for number, line in enumerate(f, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:  # name the user's file and line, not the parser's column in it
+                raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}", f"{path}:{number}") from None
+            if not isinstance(rows[-1], dict):
+                raise BadInput(f"not a JSON object per line: {type(rows[-1]).__name__}", f"{path}:{number}")
+    return rows
+
+
+def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
+    """The first rows of a file against what the task reads: non-empty, its columns present, its
+    label values among the class indices or names. BadInput names the file, the task and the columns."""
+    where = f"{path} (task '{task.name}' defined at {task.origin})"
+    if not rows:
+        raise BadInput("the file has no rows", where)
+    columns = list(rows[0])
+    needed = [*task.text, task.label, task.target, task.group_by]
+    missing = sorted({c.split(".")[0] for c in needed if c} - set(columns))
+    if missing:
+        raise BadInput(f"no column {', '.join(map(repr, missing))}; the file's columns are "
+                       f"{', '.join(map(repr, columns))}", where)
+    if task.type == "classification" and task.label and task.labels:
+        names, n = set(task.labels), len(task.labels)
+        bad = sorted({repr(v) for row in rows for v in [field_value(row, task.label)]
+                      if str(v) not in names and not _class_index(v, n)})
+        if bad:
+            raise BadInput(f"label values {', '.join(bad[:5])} are neither class indices 0..{n - 1} nor among "
+                           f"the task's labels {list(task.labels)}", where)
+
+
+def _class_index(value, n: int) -> bool:
+    try:
+        index = int(value)
+    except (TypeError, ValueError):
+        return False
+    return str(index) == str(value).strip() and 0 <= index < n
 
 
 def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
