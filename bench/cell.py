@@ -66,10 +66,11 @@ def quiet_libraries() -> None:
 
 
 def run_cell(cell: Cell, quiet: bool = False) -> dict:
+    torch.set_num_threads(cell.threads)  # before anything runs: env.threads records it
     quiet_libraries()
     methods.import_modules(cell.method_modules)
     record = new_record(cell)
-    record["env"].update(env.collect())
+    record["env"].update(env.collect(), threads=torch.get_num_threads())  # collect() is cached per process
     times, memory = record["time"], record["memory"]
     device = device_for_run()
     try:

@@ -40,7 +40,7 @@ def cmd_run(args) -> int:
     from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
-    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds)
+    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds, args.threads)
     if args.dry_run:
         for cell in cells:
             print(cell.line())
@@ -195,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell) and exit")
     run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells unsupported on this machine only")
+    run.add_argument("--threads", type=int, help="torch threads per cell (default: the suite's `threads`, else the "
+                                                 "cores this process may use); recorded in env.threads")
     run.add_argument("--steal-locks", action="store_true",
                      help="remove the locks of this grid's cells whoever holds them (say which), then run")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")

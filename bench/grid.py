@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 from bench import methods
@@ -35,6 +36,7 @@ class Cell:
     timeout_s: float
     data_dir: str | None
     method_modules: tuple[str, ...] = ()  # the suite's own method modules: a cell process imports them first
+    threads: int = 1  # torch's intra-op threads in the cell process (recorded in env.threads)
 
     @property
     def config(self) -> dict:
@@ -62,7 +64,20 @@ def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict
     return name, "unified", {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {}
 
 
-def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None) -> list[Cell]:
+def cell_threads(requested: int | None, concurrent: int = 1) -> int:
+    """Torch threads per cell: as requested, else OMP_NUM_THREADS when set (the usual way to ask), else
+    the cores this process may use (its CPU affinity, which container limits narrow) shared among the
+    cells that run at once. Never more: oversubscribed threads make steps many times slower."""
+    if requested is not None:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // concurrent)
+
+
+def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None,
+           threads: int | None = None) -> list[Cell]:
     """All cells of the suite, restricted by the CLI's selections, minus the suite's exclusions."""
     entries = _select_methods(suite, only_methods)
     model_names = _select(only_models, suite.models, "model", "--models", allow_new=True)
@@ -71,6 +86,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     if only_seeds is not None:
         seeds = list(dict.fromkeys(only_seeds))  # `--seeds 1,1` is seed 1 once
         check_seeds(seeds, lambda i: "--seeds")
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {threads}", "--threads")
+    per_cell = cell_threads(threads if threads is not None else suite.threads)
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     for model_name in model_names:
@@ -92,7 +110,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
                     cell = Cell("", suite.name, entry.label, name, family, spec, task, seed, config, train,
-                                suite.cell_timeout_s, suite.data_dir, suite.method_modules)
+                                suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell)
                     cid = cell_id(cell.config)
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "

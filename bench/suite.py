@@ -19,7 +19,7 @@ from bench.yamlfile import YamlDoc, load_yaml
 SUITE_KEYS = {
     "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
     "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
-    "method_modules": list,
+    "method_modules": list, "threads": int,
 }
 _ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list}
 _EXCLUDE_KEYS = ("method", "model", "task", "seed")
@@ -58,6 +58,7 @@ class Suite:
     task_registry: dict
     doc: YamlDoc
     method_modules: tuple[str, ...] = ()  # importable modules that register methods of their own
+    threads: int | None = None  # torch threads per cell; None: the machine's cores (see grid.cell_threads)
 
     def where(self, *keys: Any) -> str:
         return self.doc.where(*keys)
@@ -110,7 +111,7 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         train=values.get("train", {}), exclude=values.get("exclude", []),
         cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
         data_dir=data_dir or (_relative(path, values["data_dir"]) if "data_dir" in values else None),
-        task_registry=registry, doc=doc, method_modules=method_modules,
+        task_registry=registry, doc=doc, method_modules=method_modules, threads=values.get("threads"),
     )
     _check_names(suite)
     return suite
@@ -183,6 +184,8 @@ def _check_names(suite: Suite) -> None:
         if not getattr(suite, key):
             raise BadInput(f"'{key}' is empty: a suite needs at least one", suite.where(key))
     check_seeds(suite.seeds, lambda i: suite.where("seeds", i))
+    if suite.threads is not None and suite.threads < 1:
+        raise BadInput(f"'threads' must be at least 1, got {suite.threads}", suite.where("threads"))
     if suite.cell_timeout_s <= 0:
         raise BadInput(f"'cell_timeout_s' must be positive, got {suite.cell_timeout_s:g}", suite.where("cell_timeout_s"))
     for key, values in (("models", suite.models), ("tasks", suite.tasks), ("seeds", suite.seeds)):

@@ -91,10 +91,16 @@ def test_a_headerless_tsv_task_runs_end_to_end(tmp_path, capsys):
         "    text: [sentence]\n    label: label\n    labels: [negative, positive]\n    metrics: [accuracy]\n")
     results = tmp_path / "results"
     assert main(["run", "--suite", suite(tmp_path, str(tmp_path / "tasks.yaml")), "--results", str(results),
-                 "--quiet"]) == 0
+                 "--quiet", "--threads", "1"]) == 0
     assert "1 ok" in capsys.readouterr().out
     (record,) = [json.loads(p.read_text()) for p in (results / "own").glob("*.json")]
     assert record["status"] == "ok" and record["scores"]["n_examples"] == 16
+    assert record["env"]["threads"] == 1  # --threads, recorded
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    assert main(["run", "--suite", suite(tmp_path, tsv_task(tmp_path)), "--threads", "0", "--dry-run"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change,message", [

@@ -57,7 +57,8 @@ def test_survey_table_csv_holds_the_numbers(report_dir):
     assert lora["t2 (chrf) n"] == "2" and lora["t2 (chrf) status"] == "failed"
     assert float(lora["Average"]) == 78.5 and float(lora["Δ avg vs full"]) == 6.5
     assert bitfit["t2 (chrf)"] == "" and bitfit["t2 (chrf) status"] == "failed ×3" and bitfit["Average"] == ""
-    assert float(full["Peak memory (GB, CPU RSS)"]) == 4 * 2**30  # largest over tasks, in bytes
+    assert float(full["Peak memory (bytes, CPU RSS)"]) == 4 * 2**30  # largest over tasks, in bytes
+    assert "Stored (bytes)" in full and not any("GB" in header for header in full)  # CSV headers name bytes
     assert float(full["Train time (s)"]) == 16  # mean over tasks of 12 and 20
     assert "loss is nan" in lora["notes"]
 
@@ -148,3 +149,10 @@ def test_records_of_an_older_configuration_are_not_averaged_in(tmp_path):
     text = (tmp_path / "reports" / "hand" / "report.md").read_text()
     assert "| reparameterized | lora | **90.0 (n=1)** |" in text
     assert "old-config (lora · m1 · t1 · seed 1" in text and "superseded" in text
+
+
+def test_csv_headers_name_the_unit_they_hold(report_dir):
+    for name in ("memory-m1.csv", "survey-m1.csv"):
+        headers = list(csv_rows(report_dir / "csv" / name)[0])
+        sized = [h for h in headers if "(" in h and ("B" in h.split("(", 1)[1] or "bytes" in h)]
+        assert sized and all("(bytes" in h for h in sized), headers

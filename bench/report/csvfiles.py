@@ -10,11 +10,13 @@ from bench.report.table import Table
 
 
 def render(table: Table) -> str:
-    """A column's value, then its extra fields (std, n, status); text columns as shown; notes last."""
+    """A column's value, then its extra fields (std, n, status); text columns as shown; notes last.
+    Sizes are bytes, whatever unit the display tables use, and the headers say so."""
     header = []
     for column in table.columns:
-        header.append(column.header)
-        header += [f"{column.header} {name}" for name in column.extra]
+        name = column.csv_header or column.header  # CSV holds raw values: its header names their unit
+        header.append(name)
+        header += [f"{name} {extra}" for extra in column.extra]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header + ["notes"])

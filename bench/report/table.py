@@ -26,6 +26,7 @@ class Column:
     better: str | None = None  # "higher" or "lower": which end of the column is bold; None: no bold
     extra: tuple[str, ...] = ()  # names of the Cell.extra fields CSV writes after the value
     numeric: bool = True  # False: a text column (method, family), CSV writes the text
+    csv_header: str | None = None  # the CSV header when its raw value has another unit than the display (bytes)
 
 
 @dataclass

@@ -58,6 +58,11 @@ def peak_header(rows: pd.DataFrame, unit: str, name: str = "Peak memory") -> tup
     return f"{name} ({unit})", True
 
 
+def in_bytes(header: str, unit: str) -> str:
+    """The CSV header of a size column shown in `unit`: CSV holds the bytes."""
+    return header.replace(f"({unit}", "(bytes", 1)
+
+
 def peak_cell(row, scale: float, name_source: bool) -> Cell:
     value = row["memory.peak_bytes"]
     text = fmt.in_unit(value, scale)
@@ -77,8 +82,9 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
         columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
         columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
-        columns += [Column("Trainable params", "lower"), Column("Trainable %", "lower"), Column("Stored", "lower"),
-                    Column(peak, "lower"), Column("Train time (s)", "lower")]
+        columns += [Column("Trainable params", "lower"), Column("Trainable %", "lower"),
+                    Column("Stored", "lower", csv_header="Stored (bytes)"),
+                    Column(peak, "lower", csv_header=in_bytes(peak, "GB")), Column("Train time (s)", "lower")]
         table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
@@ -141,7 +147,8 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
         peak, name_source = peak_header(rows, unit, "Measured peak")
         columns = [Column("Family", numeric=False), Column("Method", numeric=False),
                    Column("Task (largest peak)", numeric=False)]
-        columns += [Column(f"{name} ({unit})") for _, name in parts] + [Column(peak)]
+        columns += [Column(f"{name} ({unit})", csv_header=f"{name} (bytes)") for _, name in parts]
+        columns += [Column(peak, csv_header=in_bytes(peak, unit))]
         caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
                    "Definitions: docs/measurement.md.")
         if absent:
@@ -202,7 +209,8 @@ def fewshot_table(summary: pd.DataFrame) -> Table | None:
     score_name = "Accuracy" if metrics == {"accuracy"} else "Score"
     columns = [Column("Family", numeric=False), Column("Method", numeric=False), Column("Model", numeric=False),
                Column("Shots"), Column(f"Inference FLOPs per example ({infer_how})", "lower"),
-               Column(f"Training FLOPs ({train_how})", "lower"), Column("Disk space", "lower"),
+               Column(f"Training FLOPs ({train_how})", "lower"),
+               Column("Disk space", "lower", csv_header="Disk space (bytes)"),
                Column(f"{score_name} (mean over tasks)", "higher")]
     table = Table("few-shot", "Few-shot: cost and accuracy", columns,
                   caption="The structure of T-Few's Table 1. FLOPs are means over tasks; disk space is the "
