@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -65,7 +66,9 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def run_cell(cell: Cell, quiet: bool = False) -> dict:
+def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """The cell's record. `checkpoint` (if given) receives the record as filled so far after loading
+    and then with training progress, so a cell killed later (timeout, kill) keeps what it measured."""
     torch.set_num_threads(cell.threads)  # before anything runs: env.threads records it
     quiet_libraries()
     methods.import_modules(cell.method_modules)
@@ -108,6 +111,8 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
         autocast = autocast_for(device, tcfg.precision)
         higher = metrics.METRICS[evaluation.main_metric].higher_is_better
+        if checkpoint:
+            checkpoint(record)
         if adapted.trains:  # the instrumented step is also the warm-up: the training window's peaks start after it
             probe = probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate)
             probe = {k: v.to(device) for k, v in probe.items()}
@@ -123,7 +128,8 @@ def run_cell(cell: Cell, quiet: bool = False) -> dict:
 
         if adapted.trains:
             with peak:
-                result = train(adapted, feats, objective, tcfg, cell.seed, device, quiet, main_score, higher)
+                result = train(adapted, feats, objective, tcfg, cell.seed, device, quiet, main_score, higher,
+                               progress=checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}})))
             _record_training(record, result, step, peak, bundle.kind)
             times.update(utilisation(record["flops"]["train_total"], times["train_s"], record["env"]["device"],
                                      compute_dtype(device, tcfg.precision)))

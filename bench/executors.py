@@ -55,7 +55,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str) -> None:
+def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str) -> None:
     _die_with_parent()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -68,13 +68,19 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str) -> None
     from bench.cell import run_cell
     from bench.store import atomic_write
 
-    record = run_cell(cell, quiet)
+    def checkpoint(partial: dict) -> None:
+        atomic_write(Path(partial_path), json.dumps(partial, default=str).encode())
+
+    record = run_cell(cell, quiet, checkpoint)
     atomic_write(Path(out_path), json.dumps(record).encode())
 
 
-def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path]:
-    """(record, output log) a cell process of this runner writes into the spool folder."""
-    return spool / f"{cell_id}.{os.getpid()}.json", spool / f"{cell_id}.{os.getpid()}.log"
+def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
+    """(record, output log, partial record) a cell process of this runner writes into the spool folder.
+    The partial record (what the cell measured so far, training progress) is not a `.json`: it is
+    never adopted as a result."""
+    stem = spool / f"{cell_id}.{os.getpid()}"
+    return stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".partial")
 
 
 class LocalExecutor:
@@ -95,10 +101,10 @@ class LocalExecutor:
 
     def _run_process(self, cell: Cell, spool: Path) -> dict:
         spool.mkdir(parents=True, exist_ok=True)
-        out, log = spool_files(spool, cell.id)
+        out, log, partial = spool_files(spool, cell.id)
         log.write_bytes(b"")
         kills_before = oom_kills()
-        proc = _context().Process(target=_run_in_child, args=(cell, self.quiet, str(out), str(log)),
+        proc = _context().Process(target=_run_in_child, args=(cell, self.quiet, str(out), str(log), str(partial)),
                                   name=f"cell-{cell.id}")
         with open(log, "rb") as output:
             try:
@@ -117,20 +123,20 @@ class LocalExecutor:
             return json.loads(out.read_text())
         except (OSError, ValueError):
             pass
-        evidence = tail(log)
+        evidence, measured = tail(log), _read_partial(partial)
         if timed_out:
             return _failure(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
-                            "(suite key cell_timeout_s) and was killed", evidence)
+                            "(suite key cell_timeout_s) and was killed", evidence, measured)
         code = proc.exitcode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             if code == -signal.SIGKILL and oom_kills() not in (None, kills_before):
                 return _failure(cell, "oom", "Killed", "cell process was killed by the kernel's out-of-memory "
-                                "killer (the cgroup's oom_kill count rose)", evidence)
+                                "killer (the cgroup's oom_kill count rose)", evidence, measured)
             return _failure(cell, "killed", "Killed", f"cell process was killed by {name} before writing a "
-                            "record (no out-of-memory kill was counted)", evidence)
+                            "record (no out-of-memory kill was counted)", evidence, measured)
         return _failure(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} before "
-                        "writing a record", evidence)
+                        "writing a record", evidence, measured)
 
     def _show(self, output) -> None:
         """Pass the cell's new output (progress bars, warnings) through to the runner's stderr."""
@@ -163,8 +169,26 @@ def oom_kills() -> int | None:
     return None
 
 
-def _failure(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None) -> dict:
+def _read_partial(path: Path) -> dict:
+    """The last partial record a killed cell wrote (empty when none, or unreadable)."""
+    try:
+        partial = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return partial if isinstance(partial, dict) else {}
+
+
+# What a killed cell's record keeps of its partial record: the figures it measured before the kill
+# (parameters, static memory, FLOPs at inference, training progress: steps, last_loss, elapsed_s).
+KEPT_SECTIONS = ("params", "memory", "time", "flops", "train")
+
+
+def _failure(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
+             measured: dict | None = None) -> dict:
     record = new_record(cell)
+    for section in KEPT_SECTIONS:
+        if isinstance((measured or {}).get(section), dict):
+            record[section].update(measured[section])
     record["env"].update(env.collect(probe_device=False))
     return finish(record, status, {"type": kind, "message": message, "where": None, "traceback": evidence})
 

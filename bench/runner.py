@@ -14,6 +14,7 @@ cell process finished but its runner never stored (the runner was killed) waits 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,8 @@ def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
     """Store the records cell processes finished while their runner died; returns (count, notes).
 
     A leftover whose cell is locked by a live runner is that runner's and stays. A record is adopted
-    only where the store has none or an older one (history keeps the replaced one); output logs of
-    cells no runner holds are removed once their record is settled.
+    only where the store has none or an older one (history keeps the replaced one); output logs and
+    partial records of cells no runner holds are removed once their record is settled.
     """
     adopted, notes = 0, []
     for suite in sorted(suites):
@@ -97,10 +98,10 @@ def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
                 adopted += 1
                 notes.append(f"adopted {suite}/{cell_id} ({record['status']}), finished after its runner died")
             path.unlink(missing_ok=True)
-        for log in sorted(folder.glob("*.log")) if folder.is_dir() else []:
-            if lock_problem(store.lock_path(suite, log.name.split(".", 1)[0])) is not None \
-                    and not log.with_suffix(".json").exists():
-                log.unlink(missing_ok=True)
+        for leftover in sorted([*folder.glob("*.log"), *folder.glob("*.partial")]) if folder.is_dir() else []:
+            if lock_problem(store.lock_path(suite, leftover.name.split(".", 1)[0])) is not None \
+                    and not leftover.with_suffix(".json").exists():
+                leftover.unlink(missing_ok=True)
     return adopted, notes
 
 
@@ -134,14 +135,14 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
             if not mine or store.stamp(cell.suite, cell.id) != planned[cell.id]:
                 summary.busy += 1  # another runner holds it, or ran it since this runner planned
             else:
-                _run_one(cell, store, executor, summary)
+                _run_one(cell, store, executor, summary, quiet)
         bar.update(1)
         bar.set_postfix(ok=summary.statuses["ok"], failed=summary.failed, skipped=summary.skipped, refresh=False)
     bar.close()
     return summary
 
 
-def _run_one(cell: Cell, store: Store, executor, summary: GridSummary) -> None:
+def _run_one(cell: Cell, store: Store, executor, summary: GridSummary, quiet: bool) -> None:
     spool = store.suite_dir(cell.suite) / INCOMING
     try:
         record = executor.run(cell, spool)
@@ -153,6 +154,11 @@ def _run_one(cell: Cell, store: Store, executor, summary: GridSummary) -> None:
     _clear_spool(spool, cell.id)
     status = record["status"]
     summary.statuses[status] += 1
+    if quiet:  # no bars: one line per finished cell instead, so a long quiet grid still shows it is alive
+        scores = record.get("scores") or {}
+        score = (scores.get("metrics") or {}).get(scores.get("main_metric"))
+        shown = f" {scores['main_metric']}={score:.2f}" if isinstance(score, (int, float)) else ""
+        print(f"{status:<11} {cell.line()}{shown}", file=sys.stderr, flush=True)
     if status != "ok":
         error = record.get("error") or {}
         first_line = ((error.get("message") or "").splitlines() or [""])[0]

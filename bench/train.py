@@ -127,10 +127,14 @@ class TrainResult:
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
 
 
+PROGRESS_EVERY_S = 2.0  # how often training reports its progress (a killed cell keeps the last report)
+
+
 def train(adapted: Adapted, features: list[dict], objective: Objective, train: TrainConfig, seed: int, device,
           quiet: bool = False, evaluate: Callable[[], float | None] | None = None,
-          higher_is_better: bool = True) -> TrainResult:
-    """Train `adapted.model` on `features` with `objective`; `evaluate` (if given) returns the main score.
+          higher_is_better: bool = True, progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `adapted.model` on `features` with `objective`; `evaluate` (if given) returns the main score;
+    `progress` (if given) receives {steps, last_loss, elapsed_s} every PROGRESS_EVERY_S seconds.
 
     A step's time runs from batch collation to the end of the optimizer step (CUDA synchronised);
     evaluations during training are not part of it. The optimizer's state is measured after the
@@ -147,6 +151,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
     data = batches(features, train.batch_size, seed)
+    began = reported = time.monotonic()
     model.train()
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)
     for step in range(steps):
@@ -179,6 +184,9 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         if not math.isfinite(result.losses[-1]):  # every later step would train on non-finite weights
             result.diverged_at_step = step + 1
             break
+        if progress and time.monotonic() - reported >= PROGRESS_EVERY_S:
+            reported = time.monotonic()
+            progress({"steps": result.steps, "last_loss": result.losses[-1], "elapsed_s": reported - began})
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
         if evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps:
             score = evaluate()

@@ -70,6 +70,13 @@ def _nan(model, config, ctx):
     return adapted
 
 
+def _slow(model, config, ctx):
+    """Full fine-tuning at one step per second: a cell that times out mid-training."""
+    adapted = _full(model)
+    adapted.after_step.append(lambda step: time.sleep(1.0))
+    return adapted
+
+
 def _logged(model, config, ctx):
     """Full fine-tuning that appends a line to `config['log']` for every training it starts."""
     with open(config["log"], "a") as f:
@@ -86,6 +93,7 @@ methods.register(
     Method("fault-crash", "baseline", "prints a line and exits with code 3", PAPER, _crash),
     Method("fault-kill", "baseline", "SIGKILLs its own process", PAPER, _kill),
     Method("fault-exhaust", "baseline", "allocates until MemoryError", PAPER, _exhaust),
+    Method("fault-slow", "baseline", "full fine-tuning at one step per second", PAPER, _slow),
     Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
     Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,
            defaults={"log": "", "sleep_s": 0.0}),

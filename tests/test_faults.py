@@ -230,6 +230,16 @@ def test_a_hanging_cell_times_out(tmp_path, write_suite):
     assert record["status"] == "timeout"
 
 
+def test_a_cell_killed_mid_training_keeps_what_it_measured(tmp_path, write_suite):
+    text = suite_text("[fault-slow]", timeout=8).replace("max_steps: 3", "max_steps: 100")
+    run_grid(grid.expand(load_suite(str(write_suite(text)))), Store(tmp_path), LocalExecutor(quiet=True), quiet=True)
+    (record,) = records(tmp_path).values()
+    assert record["status"] == "timeout"
+    assert record["params"]["total"] > 0 and record["memory"]["weights_bytes"] == 4 * record["params"]["total"]
+    progress = record["train"]
+    assert 1 <= progress["steps"] < 100 and progress["last_loss"] > 0 and 0 < progress["elapsed_s"] < 8
+
+
 def test_a_diverged_cell_is_never_a_result(tmp_path):
     from bench.report.aggregate import aggregate
     from bench.store import load_frame
