@@ -156,3 +156,26 @@ def test_csv_headers_name_the_unit_they_hold(report_dir):
         headers = list(csv_rows(report_dir / "csv" / name)[0])
         sized = [h for h in headers if "(" in h and ("B" in h.split("(", 1)[1] or "bytes" in h)]
         assert sized and all("(bytes" in h for h in sized), headers
+
+
+def test_point_labels_never_overlap_on_a_crowded_plot():
+    import itertools
+
+    from matplotlib.figure import Figure
+
+    from bench.report.labels import place_labels
+
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    # twelve methods in a tight cluster, as LoRA variants and adapters land on one score-vs-params plot
+    points = [(1e5 * (1 + 0.04 * i), 80 + 0.3 * (i % 4)) for i in range(12)]
+    labels = ["lora", "loraadapter-pfeiffer", "adapter-pfeiffer", "adapter-houlsby", "rslora", "dora",
+              "pissa", "adalora", "vera", "ia3", "prefix-tuning", "prompt-tuning"]
+    ax.scatter(*zip(*points))
+    ax.set_xscale("log")
+    notes = place_labels(ax, points, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [n.get_window_extent(renderer) for n in notes]
+    assert len(boxes) == 12 and [n.get_text() for n in notes] == labels
+    clashes = [(labels[i], labels[j]) for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2) if a.overlaps(b)]
+    assert not clashes, clashes

@@ -1,7 +1,8 @@
 """The report's plots (matplotlib, PNG + SVG), drawn from the same rows as the tables.
 
 Readable in greyscale: each family has its own marker shape (and hatch in bars), colour only repeats
-that; heatmap cells print their values. A plot whose figures no record has is skipped with the
+that; heatmap cells print their values. Point labels never overlap (bench.report.labels) and legends
+sit outside the axes, so neither hides a marker. A plot whose figures no record has is skipped with the
 reason (the report says so); a null is never drawn as zero.
 """
 
@@ -20,6 +21,7 @@ from matplotlib.patches import Rectangle
 from bench.methods.base import FAMILIES
 from bench.report import fmt
 from bench.report.fmt import missing
+from bench.report.labels import place_labels
 from bench.report.pareto import pareto_front
 from bench.report.tables import MEMORY_PARTS, display_label, flops_column, memory_rows, memory_unit, slug
 
@@ -51,7 +53,9 @@ def family_legend(ax, families, extra: list | None = None) -> None:
     present = [f for f in FAMILIES if f in set(families)] + sorted({f for f in families if f not in FAMILIES} - {None})
     handles = [Line2D([], [], linestyle="", marker=style(f)[0], color=style(f)[1], markeredgecolor="black",
                       markersize=8, label=f) for f in present]
-    ax.legend(handles=handles + (extra or []), fontsize=8, loc="best", framealpha=0.9)
+    # outside the axes, so it never hides a marker or a label
+    ax.legend(handles=handles + (extra or []), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0, framealpha=0.9)
 
 
 def save(fig: Figure, folder: Path, name: str, plot: Plot) -> Plot:
@@ -87,7 +91,6 @@ def scatter_with_front(summary: pd.DataFrame, folder: Path, kind: str, x_col: st
         for (px, py), (_, r) in zip(points, shown.iterrows()):
             marker, colour = style(r["method_family"])
             ax.scatter([px], [py], marker=marker, color=colour, edgecolors="black", s=60, zorder=3)
-            ax.annotate(display_label(r), (px, py), textcoords="offset points", xytext=(5, 4), fontsize=7)
         front = pareto_front(points)
         (staircase,) = ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post",
                                linestyle="--", color="black", linewidth=1, zorder=2, label="Pareto front")
@@ -99,6 +102,7 @@ def scatter_with_front(summary: pd.DataFrame, folder: Path, kind: str, x_col: st
         ax.grid(True, which="major", linewidth=0.3)
         ax.margins(x=0.12, y=0.1)
         family_legend(ax, shown["method_family"], [staircase])
+        place_labels(ax, points, [display_label(r) for _, r in shown.iterrows()])
         caption = ("Each marker is a method (mean over tasks of its per-task mean score); the dashed "
                    "staircase joins the methods no other beats on both cost and score.")
         caption += not_shown(rows[~rows["score_avg"].notna()], "no ok score on every task")
@@ -138,7 +142,7 @@ def memory_breakdown(agg: pd.DataFrame, folder: Path) -> list[Plot]:
         ax.invert_yaxis()
         ax.set_xlabel(f"memory ({unit})")
         ax.set_title(f"{model}: {title.lower()}", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         missing_parts = [r for _, r in rows.iterrows() if any(missing(r[c]) for c, _ in parts)]
         caption = ("Bars: the predicted parts of training memory, per method on its task with the largest "
                    "measured peak; diamond: the measured peak; bar mark: the predicted peak.")
@@ -215,8 +219,6 @@ def fewshot(summary: pd.DataFrame, folder: Path) -> list[Plot]:
         icl = r["method"] == "icl"
         ax.scatter([px], [r["score_avg"]], marker="o" if icl else marker, s=70, zorder=3, linewidths=1.5,
                    color="none" if icl else colour, edgecolors="black")
-        ax.annotate(f"{display_label(r)}, {r['model']}", (px, r["score_avg"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"inference FLOPs per example ({how}, log scale)")
     ax.set_ylabel("score, mean over tasks (0-100)")
@@ -226,6 +228,8 @@ def fewshot(summary: pd.DataFrame, folder: Path) -> list[Plot]:
     family_legend(ax, rows[usable & (rows["method"] != "icl")]["method_family"],
                   [Line2D([], [], linestyle="", marker="o", markerfacecolor="none", markeredgecolor="black",
                           markersize=8, label="in-context learning (no training)")])
+    place_labels(ax, list(zip(x[usable], rows[usable]["score_avg"])),
+                 [f"{display_label(r)}, {r['model']}" for _, r in rows[usable].iterrows()])
     caption = "Filled markers: fine-tuned few-shot methods; hollow circles: in-context learning."
     caption += not_shown(rows[~usable], "no score on every task or no inference FLOPs")
     return [save(fig, folder, "few-shot", Plot("few-shot", title, caption))]
