@@ -74,14 +74,9 @@ def print_store_problems(store, suite: str | None) -> None:
 
 def suite_name(name_or_path: str) -> str:
     """The records folder of a suite given by name or YAML path (its `name:`), else the name as given."""
-    from bench.suite import find_suite
-    from bench.yamlfile import load_yaml
+    from bench.suite import raw_suite
 
-    try:
-        data = load_yaml(find_suite(name_or_path)).data
-    except BadInput:
-        return name_or_path  # records of a suite whose file is not here
-    name = data.get("name") if isinstance(data, dict) else None
+    name = raw_suite(name_or_path).get("name")
     return name if isinstance(name, str) else name_or_path
 
 

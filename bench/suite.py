@@ -89,6 +89,16 @@ def find_suite(name_or_path: str) -> Path:
     return names[name_or_path]
 
 
+def raw_suite(name_or_path: str) -> dict:
+    """A suite file's mapping as written, unvalidated (for readers of records whose suite file may be
+    gone or changed): {} when it cannot be found or read."""
+    try:
+        data = load_yaml(find_suite(name_or_path)).data
+    except BadInput:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     path = find_suite(name_or_path)
     doc = load_yaml(path)

@@ -179,3 +179,15 @@ def test_point_labels_never_overlap_on_a_crowded_plot():
     assert len(boxes) == 12 and [n.get_text() for n in notes] == labels
     clashes = [(labels[i], labels[j]) for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2) if a.overlaps(b)]
     assert not clashes, clashes
+
+
+def test_tables_list_tasks_in_the_suite_order(tmp_path):
+    from bench.report.aggregate import aggregate
+    from bench.store import load_frame
+    from tests.handmade import survey_records, write_store
+
+    frame, _ = load_frame(write_store(tmp_path / "results", survey_records()), "hand")
+    tasks = sorted(set(frame["task"]))
+    assert len(tasks) >= 2
+    assert list(dict.fromkeys(aggregate(frame)["task"])) == tasks  # no suite: alphabetical
+    assert list(dict.fromkeys(aggregate(frame, tasks[::-1])["task"])) == tasks[::-1]

@@ -54,7 +54,8 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
                        f"(peft-bench run --suite {suite})", "--suite")
     folder = Path(out) / checked(suite, "suite name")
     folder.mkdir(parents=True, exist_ok=True)
-    report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)))
+    report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)),
+                   task_order=suite_task_order(suite_source or suite))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
     if "md" in formats:
         written.append(_write(folder / "report.md", markdown.document(report)))
@@ -95,6 +96,15 @@ def _forget_stale(folder: Path, written: list[Path], formats: list[str]) -> None
         if path.is_relative_to(folder.resolve()) and path.is_file():
             path.unlink()
     manifest.write_text(json.dumps(sorted((previous - stale) | now), indent=0) + "\n")
+
+
+def suite_task_order(name_or_path: str) -> list[str]:
+    """The task names in the order the suite file lists them (tables follow it); [] without the file."""
+    from bench.suite import raw_suite
+
+    tasks = raw_suite(name_or_path).get("tasks")
+    entries = tasks if isinstance(tasks, list) else []
+    return [t if isinstance(t, str) else t.get("name") for t in entries if isinstance(t, (str, dict))]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -56,7 +56,9 @@ def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame.loc[sorted(newest.index)], notes
 
 
-def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.DataFrame:
+    """Rows sorted by model, task (in `task_order`, the suite's, when given; others after it,
+    alphabetically), family and label."""
     if frame.empty:
         return pd.DataFrame()
     # the figures tables and plots read exist as columns (null) even when no record has them
@@ -84,7 +86,10 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     out["family_order"] = family_order(out["method_family"])
-    return out.sort_values(["model", "task", "family_order", "label"], kind="stable").reset_index(drop=True)
+    rank = {task: i for i, task in enumerate(task_order or [])}
+    out["task_order"] = out["task"].map(lambda t: (rank.get(t, len(rank)), t))
+    out = out.sort_values(["model", "task_order", "family_order", "label"], kind="stable")
+    return out.drop(columns="task_order").reset_index(drop=True)
 
 
 def family_order(families: pd.Series) -> pd.Series:

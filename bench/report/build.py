@@ -41,8 +41,9 @@ class Report:
         return [t for _, tables in self.sections() for t in tables]
 
 
-def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool) -> Report:
-    agg = aggregate(frame)
+def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool,
+          task_order: list[str] | None = None) -> Report:
+    agg = aggregate(frame, task_order)
     summary = method_summary(agg)
     report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), problems)
