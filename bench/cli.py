@@ -170,6 +170,19 @@ def cmd_env(args) -> int:
     return 1 if args.check_lock and state["status"] != "locked" else 0
 
 
+def cmd_cache(args) -> int:
+    from bench.tasks import cache
+
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        print(f"removed {removed} cached feature file(s), {freed / 2**20:.1f} MB, from {cache.root()}")
+    else:
+        entries = list(cache.root().glob("*.json")) if cache.root().is_dir() else []
+        print(f"{cache.root()}: {len(entries)} file(s), {sum(p.stat().st_size for p in entries) / 2**20:.1f} MB "
+              "(set PEFT_BENCH_CACHE to move it)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from bench.report import FORMATS
     from bench.report.compare import Tolerances
@@ -245,6 +258,10 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
+
+    cch = sub.add_parser("cache", help="the tokenised-data cache: where it is and how big, or clear it")
+    cch.add_argument("action", choices=["info", "clear"])
+    cch.set_defaults(func=cmd_cache)
 
     env = sub.add_parser("env", help="the installed package versions against requirements-lock.txt")
     env.add_argument("--differs", action="store_true", help="print only the packages that differ from the lock")

@@ -49,3 +49,15 @@ def test_list_models_tasks_suites(capsys):
 def test_report_without_records_exits_2(tmp_path, capsys):
     assert main(["report", "--suite", "smoke", "--results", str(tmp_path)]) == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_cache_clear_removes_only_cache_entries(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+    from bench.tasks import cache
+
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
+    cache.cached({"k": 1}, lambda: [1, 2, 3])
+    (cache.root() / "keep.txt").write_text("not ours")
+    assert main(["cache", "info"]) == 0 and "1 file(s)" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0 and "removed 1 cached feature file(s)" in capsys.readouterr().out
+    assert [p.name for p in cache.root().iterdir()] == ["keep.txt"]

@@ -38,7 +38,7 @@ def reference_row(summary: pd.DataFrame, row) -> pd.Series | None:
 def score_cell(table: Table, task_row, where: str) -> Cell:
     """'mean ± std (n=k)', plus the statuses of the seeds that did not end ok, with their reasons."""
     if task_row is None:
-        return Cell(DASH, notes=[table.note(f"{where}: no record (not in the grid)")])
+        return Cell(DASH, notes=[table.note(f"{where}: no record yet (not run, or not in the grid)")])
     bad = status_text(task_row["statuses"])
     notes = [table.note(f"{where}: {reason[:REASON_CHARS]}") for reason in task_row["reasons"]]
     if bad and not task_row["reasons"]:

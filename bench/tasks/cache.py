@@ -54,3 +54,14 @@ def cached(key: dict, build: Callable[[], Any]) -> Any:
     value = build()
     atomic_write(path, json.dumps(value, separators=(",", ":")).encode())
     return value
+
+
+def clear() -> tuple[int, int]:
+    """Remove every cache entry this harness wrote (the `*.json` files in root(), nothing else);
+    returns (files removed, bytes freed)."""
+    removed = freed = 0
+    for path in root().glob("*.json") if root().is_dir() else []:
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        removed, freed = removed + 1, freed + size
+    return removed, freed
