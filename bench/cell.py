@@ -81,7 +81,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         task, tcfg = cell.task, cell.train
         evaluation = task.evaluation
         with timed(times, "load_s"):
-            bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device)
+            bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling)
             data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
             feats = data.features
             objective = objective_for(tcfg.objective, bundle, task.type)

@@ -17,7 +17,8 @@ from bench.errors import BadInput, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw",)
-OBJECTIVES = ("lm", "tfew")  # see bench/objectives.py
+OBJECTIVES = ("lm", "tfew", "head")  # see bench/objectives.py; `head` is resolved, not chosen
+POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -41,6 +42,9 @@ class TrainConfig:
     objective: str = "lm"  # lm, or tfew (L_LM + L_UL + L_LN) for tasks with answer options
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     optimizer: str = "adamw"
+    # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
+    # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
+    pooling: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,7 +56,8 @@ _TRAIN_TYPES = {
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None),
-    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "shots": (int, None), "objective": OBJECTIVES,
+    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "shots": (int, None), "objective": ("lm", "tfew"),
+    "pooling": POOLINGS,
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
              "max_train_samples", "max_eval_samples", "max_grad_norm", "shots"}

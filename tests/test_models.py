@@ -89,6 +89,10 @@ def test_minilm_is_the_real_pretrained_encoder():
     bundle = load_bundle(REGISTRY["minilm-l6"], "classification", 2, seed=0)
     counts = count_params(bundle.model)
     h = bundle.model.config.hidden_size
-    assert counts["total"] == 22_713_216 + (h * 2 + 2)  # all-MiniLM-L6-v2 (with pooler) + a 2-way head
+    # all-MiniLM-L6-v2 is 22,713,216 with its pooler; it pools by mean (its default here), which
+    # replaces the pooler (h·h + h), plus a 2-way head
+    assert counts["total"] == 22_713_216 - (h * h + h) + (h * 2 + 2)
+    with_pooler = load_bundle(REGISTRY["minilm-l6"], "classification", 2, seed=0, pooling="cls")
+    assert count_params(with_pooler.model)["total"] == 22_713_216 + (h * 2 + 2)
     ids = bundle.tokenizer("a great movie")["input_ids"]
     assert bundle.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "a", "great", "movie", "[SEP]"]
