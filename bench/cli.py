@@ -92,14 +92,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.report.compare import Tolerances, compare, render
+    from bench.figures import Tolerances
+    from bench.report.compare import compare, render
 
     for flag, value in (("--score-tol", args.score_tol), ("--memory-rtol", args.memory_rtol)):
         if not value >= 0:
             raise BadInput(f"{flag} must be a number >= 0, got {value}", flag)
     if not args.time_ratio >= 1:
         raise BadInput(f"--time-ratio must be >= 1 (a factor), got {args.time_ratio}", "--time-ratio")
-    tolerances = Tolerances(args.score_tol, args.memory_rtol, args.time_ratio)
+    tolerances = Tolerances(score_abs=args.score_tol, memory_rtol=args.memory_rtol, time_warn_ratio=args.time_ratio)
     result = compare(args.results_a, args.results_b, suite_name(args.suite) if args.suite else None, tolerances)
     print(json.dumps(result.to_json(), indent=1, default=str) if args.json else render(result))
     return 0
@@ -170,6 +171,18 @@ def cmd_env(args) -> int:
     return 1 if args.check_lock and state["status"] != "locked" else 0
 
 
+def cmd_figures(args) -> int:
+    from bench import figures
+
+    if args.markdown:
+        print("\n\n".join([f"## {s}\n\n{figures.markdown_table(s)}" for s in figures.SECTIONS]
+                          + [f"## How a change is judged\n\n{figures.rules_table()}"]))
+        return 0
+    for f in figures.FIGURES.values():
+        print(f"{f.key:<42} {f.unit:<9} {f.rule:<10} {f.definition.split('. ')[0].rstrip('.')}")
+    return 0
+
+
 def cmd_cache(args) -> int:
     from bench.tasks import cache
 
@@ -185,9 +198,8 @@ def cmd_cache(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from bench.report import FORMATS
-    from bench.report.compare import Tolerances
+    from bench.report.compare import DEFAULTS as tolerances
 
-    tolerances = Tolerances()
     p = argparse.ArgumentParser(prog="peft-bench", description="Compare parameter-efficient fine-tuning methods.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -222,11 +234,11 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("results_b", metavar="RESULTS_B", help="results store (or one suite's folder) to compare to")
     cmp.add_argument("--suite", help="only this suite's records (name or YAML path)")
     cmp.add_argument("--json", action="store_true", help="machine-readable output with every figure")
-    cmp.add_argument("--score-tol", type=float, default=tolerances.score_tol,
+    cmp.add_argument("--score-tol", type=float, default=tolerances.score_abs,
                      help="flag score changes above this many points (default %(default)s)")
     cmp.add_argument("--memory-rtol", type=float, default=tolerances.memory_rtol,
-                     help="flag measured-memory changes above this fraction (default %(default)s)")
-    cmp.add_argument("--time-ratio", type=float, default=tolerances.time_ratio,
+                     help="warn when measured memory moves by more than this fraction (default %(default)s)")
+    cmp.add_argument("--time-ratio", type=float, default=tolerances.time_warn_ratio,
                      help="warn when a time changes by this factor (default %(default)s)")
     cmp.set_defaults(func=cmd_compare)
 
@@ -258,6 +270,10 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
+
+    fig = sub.add_parser("figures", help="every figure a record holds: unit, rule, definition (the figure registry)")
+    fig.add_argument("--markdown", action="store_true", help="docs/measurement.md's tables")
+    fig.set_defaults(func=cmd_figures)
 
     cch = sub.add_parser("cache", help="the tokenised-data cache: where it is and how big, or clear it")
     cch.add_argument("action", choices=["info", "clear"])

@@ -27,7 +27,7 @@ import torch
 
 from bench.errors import BadInput, Unsupported, unknown
 from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
-from bench.report import fmt
+from bench.figures import FIGURES
 from bench.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -218,9 +218,8 @@ def render(result: dict) -> str:
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}",
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)"]
-    for key in ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
-                "workspace_bytes", "predicted_peak_bytes"):
-        lines.append(f"memory   {key:<22}{fmt.size(m[key]):>14}  ({m[key]:,} bytes)")
+    for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
+        lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")

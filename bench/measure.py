@@ -1,20 +1,8 @@
-"""Measurements recorded per cell. Each figure has one definition, here and in docs/measurement.md.
+"""How the params and memory figures (and the utilisation of time) are measured.
 
-params.total          parameter elements in the adapted model, each tensor counted once (tied weights
-                      once); includes frozen copies a method keeps (e.g. peft's modules_to_save originals)
-params.trainable      elements of parameters with requires_grad=True after the method is applied
-params.trainable_pct  100 × trainable / total
-params.stored         elements of the tensors that must be saved to restore the fine-tuned model
-params.stored_bytes   size in bytes of those tensors written as one safetensors file
-memory.weights_bytes  bytes of all parameters in their own dtype, each tensor once
-memory.trainable_bytes  bytes of the trainable parameters
-memory.grad_bytes     bytes of the gradients that exist after one backward (bench/probe.py)
-memory.optimizer_bytes  bytes of the optimizer's state tensors after its first step, step counters included
-memory.activation_bytes, workspace_bytes: bench/probe.py
-memory.predicted_peak_bytes  weights + grads + optimizer + activations + workspace
-memory.*_peak_*       peaks over the training window: see PeakMemory
-time.*                wall-clock seconds: load_s (data + model + method), train_s (optimizer steps only),
-                      eval_s (final evaluation); train_samples_per_s = samples / train_s
+What each figure means is declared once, in the figure registry (bench/figures.py), which
+docs/measurement.md writes out; this module computes them: parameter counts and stored sizes, exact
+byte sums of tensors, the peaks of the training window (PeakMemory), wall-clock timers and MFU.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import os
 import traceback
 from typing import Any
 
+from bench import figures
+
 SCHEMA_VERSION = 1
 # ok: a result. Every other status is not one: never ranked, averaged or plotted as a score.
 # failed: an exception; unsupported: the method cannot serve this model (or machine); oom: out of memory
@@ -20,15 +22,6 @@ SCHEMA_VERSION = 1
 # non-finite (`train.diverged_at_step`); interrupted: the runner was stopped (SIGINT/SIGTERM) mid-cell.
 STATUSES = ("ok", "failed", "unsupported", "oom", "timeout", "killed", "diverged", "interrupted")
 SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
-# The measured figures of each section, defined in bench/measure.py, bench/probe.py and docs/measurement.md.
-MEMORY_FIGURES = ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes",
-                  "workspace_bytes", "predicted_peak_bytes", "device_peak_allocated_bytes",
-                  "device_peak_reserved_bytes", "eval_peak_allocated_bytes", "nvml_peak_bytes",
-                  "cpu_peak_rss_bytes", "peak_bytes", "peak_source")
-PARAM_FIGURES = ("total", "trainable", "trainable_pct", "stored", "stored_bytes")
-TIME_FIGURES = ("load_s", "train_s", "eval_s", "step_s_median", "train_samples_per_s", "train_tokens_per_s",
-                "train_flops_per_s", "mfu")
-FLOP_FIGURES = ("train_total", "inference_per_example", "cost_model_train_total", "cost_model_inference_per_example")
 
 
 def new_record(cell) -> dict[str, Any]:
@@ -40,10 +33,7 @@ def new_record(cell) -> dict[str, Any]:
                  "seed": cell.seed, "config": cell.config},
         "status": None,
         "error": None,
-        "params": dict.fromkeys(PARAM_FIGURES),
-        "memory": dict.fromkeys(MEMORY_FIGURES),
-        "time": dict.fromkeys(TIME_FIGURES),
-        "flops": dict.fromkeys(FLOP_FIGURES),
+        **{section: dict.fromkeys(figures.names(section)) for section in figures.SECTIONS},
         "scores": {"main_metric": cell.task.evaluation.main_metric, "metrics": {}},
         "train": {},
         "env": {"seed": cell.seed},
@@ -122,11 +112,11 @@ def problems(record: Any) -> list[str]:
             out.append("scores.metrics holds a value that is not a number")
         if scores.get("main_metric") is not None and not isinstance(scores["main_metric"], str):
             out.append("scores.main_metric is not a string")
-    for section, known in (("params", PARAM_FIGURES), ("memory", MEMORY_FIGURES), ("time", TIME_FIGURES),
-                           ("flops", FLOP_FIGURES)):
-        figures = record.get(section)
-        if isinstance(figures, dict):
-            bad = sorted(k for k in known if k in figures and k != "peak_source" and not _number_or_null(figures[k]))
+    for section in figures.SECTIONS:
+        values = record.get(section)
+        if isinstance(values, dict):
+            bad = sorted(k for k in figures.names(section) if k in values and figures.FIGURES[f"{section}.{k}"].unit
+                         != "text" and not _number_or_null(values[k]))
             if bad:
                 out.append(f"{section}: {', '.join(bad)} not a number")
     return out

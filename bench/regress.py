@@ -1,13 +1,9 @@
 """The regression gate: run a suite, compare every cell with a committed baseline, fail on regressions.
 
-Rules (defaults; a tolerance file can change the numbers):
-- parameter counts, stored bytes and static memory (weights, trainable, gradients, optimizer state)
-  must be equal: they are exact functions of the code and the configuration;
-- activation bytes and counted FLOPs must be equal on the baseline's torch version, and within a
-  relative tolerance on another (kernels differ in what they save);
-- scores must be within an absolute tolerance, per metric (points on the 0-100 scale);
-- times, throughputs and the measured memory peak only warn, as a ratio: machines are noisy;
-- a baseline cell that is missing or did not end ok is a regression; a new cell is reported only.
+Each figure is judged by its rule in the figure registry (`bench.figures.judge`, shared with
+`compare`): a flagged change is a regression, a machine-dependent figure (times, measured memory)
+only warns. A baseline cell that is missing or did not end ok now is a regression; a new cell is
+reported only.
 """
 
 from __future__ import annotations
@@ -21,37 +17,21 @@ from pathlib import Path
 from bench.config import check_keys, coerce
 from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
+from bench.figures import Tolerances, judge
 from bench.report.compare import figures, show
 from bench.record import SCHEMA_VERSION
 from bench.store import atomic_write
 from bench.yamlfile import load_yaml
 
-EXACT = ("params.total", "params.trainable", "params.stored", "params.stored_bytes", "memory.weights_bytes",
-         "memory.trainable_bytes", "memory.grad_bytes", "memory.optimizer_bytes")
-VERSIONED = ("memory.activation_bytes", "memory.workspace_bytes", "memory.predicted_peak_bytes",
-             "flops.train_total", "flops.inference_per_example")
-NOISY = ("time.train_s", "time.step_s_median", "time.train_samples_per_s", "memory.peak_bytes")
 BASELINE_VERSION = 1
 
-
-@dataclass(frozen=True)
-class GateTolerances:
-    score_abs: float = 1.0  # points on the 0-100 scale
-    score_abs_per_metric: dict = field(default_factory=dict)
-    versioned_rtol: float = 0.05  # activation bytes and FLOPs on another torch version
-    time_warn_ratio: float = 1.5
-
-    def score(self, metric: str) -> float:
-        return self.score_abs_per_metric.get(metric, self.score_abs)
-
-
 _TOLERANCE_KEYS = {"score_abs": float, "score_abs_per_metric": dict, "versioned_rtol": float,
-                   "time_warn_ratio": float}
+                   "memory_rtol": float, "time_warn_ratio": float}
 
 
-def load_tolerances(path: str | None) -> GateTolerances:
+def load_tolerances(path: str | None) -> Tolerances:
     if path is None:
-        return GateTolerances()
+        return Tolerances()
     doc = load_yaml(path)
     check_keys(doc.data, _TOLERANCE_KEYS, "tolerance", doc.where)
     values = {k: coerce(v, _TOLERANCE_KEYS[k], doc.where(k), k) for k, v in doc.data.items()}
@@ -63,7 +43,7 @@ def load_tolerances(path: str | None) -> GateTolerances:
             raise BadInput(f"unknown metric '{m}'{did_you_mean(str(m), METRICS)}", doc.where("score_abs_per_metric", m),
                            METRICS)
         per_metric[m] = coerce(v, float, doc.where("score_abs_per_metric", m), m)
-    return GateTolerances(**{**values, "score_abs_per_metric": per_metric})
+    return Tolerances(**{**values, "score_abs_per_metric": per_metric})
 
 
 @dataclass
@@ -151,7 +131,7 @@ def write_baseline(path: str | Path, baseline: dict) -> None:
     atomic_write(Path(path), (json.dumps(baseline, indent=1) + "\n").encode())
 
 
-def compare(baseline: dict, records: list[dict], tolerances: GateTolerances) -> Verdict:
+def compare(baseline: dict, records: list[dict], tolerances: Tolerances) -> Verdict:
     current = {r["cell"]["id"]: summarise(r) for r in records}
     findings: list[Finding] = []
     for cid, old in baseline["cells"].items():
@@ -176,29 +156,14 @@ def compare(baseline: dict, records: list[dict], tolerances: GateTolerances) -> 
     return Verdict(findings, sum(1 for cid in baseline["cells"] if cid in current), environment)
 
 
-def _figures(name: str, old: dict, new: dict, tol: GateTolerances) -> list[Finding]:
-    out = []
+def _figures(name: str, old: dict, new: dict, tol: Tolerances) -> list[Finding]:
     a, b = old["figures"], new["figures"]
     same_torch = old.get("torch") == new.get("torch")
+    out = []
     for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if x is None and y is None:
-            continue
-        if key in EXACT or (key in VERSIONED and same_torch):
-            if x != y:
-                out.append(Finding(name, key, x, y, "fail", "must be equal" if key in EXACT else
-                                   "must be equal on the same torch version"))
-        elif key in VERSIONED:
-            if x is None or y is None or abs(y - x) > tol.versioned_rtol * abs(x):
-                out.append(Finding(name, key, x, y, "fail", f"beyond ±{tol.versioned_rtol:.0%} across torch versions"))
-        elif key.startswith("scores."):
-            limit = tol.score(key[len("scores."):])
-            if x is None or y is None or abs(y - x) > limit:
-                out.append(Finding(name, key, x, y, "fail", f"beyond ±{limit:g} points"))
-        elif key in NOISY and x and y:
-            ratio = y / x
-            if max(ratio, 1 / ratio) > tol.time_warn_ratio:
-                out.append(Finding(name, key, x, y, "warn", f"×{ratio:.2f} (noisy figures only warn)"))
+        verdict, why = judge(key, a.get(key), b.get(key), tol, same_torch)
+        if verdict in ("flag", "warn"):
+            out.append(Finding(name, key, a.get(key), b.get(key), "fail" if verdict == "flag" else "warn", why))
     return out
 
 
@@ -234,7 +199,7 @@ def is_fresh(record: dict | None, sha: str | None, dirty: bool | None) -> bool:
             and e.get("git_sha") == sha and e.get("git_dirty") is False)
 
 
-def gate(suite_name: str, baseline_path: str, results: str, tolerances: GateTolerances, executor,
+def gate(suite_name: str, baseline_path: str, results: str, tolerances: Tolerances, executor,
          update: bool = False, reuse: bool = False, quiet: bool = False) -> Verdict | None:
     """Run the suite (every cell anew, or with `reuse` only cells without a fresh record), then
     rewrite the baseline (`update`, returns None) or compare against it.

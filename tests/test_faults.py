@@ -19,7 +19,8 @@ import pytest
 from bench import grid, store as store_module
 from bench.cli import main
 from bench.executors import LocalExecutor
-from bench.regress import GateTolerances, compare as gate_compare, make_baseline
+from bench.figures import Tolerances
+from bench.regress import compare as gate_compare, make_baseline
 from bench.runner import run_grid
 from bench.store import Store, lock_problem
 from bench.suite import load_suite
@@ -255,7 +256,7 @@ def test_a_diverged_cell_is_never_a_result(tmp_path):
     row = agg[(agg.label == "lora") & (agg.model == cell["model"]) & (agg.task == cell["task"])].iloc[0]
     assert row["statuses"] == {"diverged": 1} and row["score_mean"] != 100.0
     baseline = make_baseline("hand", survey_records(), {})
-    verdict = gate_compare(baseline, recs, GateTolerances())
+    verdict = gate_compare(baseline, recs, Tolerances())
     assert verdict.failed and any(f.figure == "status" and f.new == "diverged" for f in verdict.findings)
 
 

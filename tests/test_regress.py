@@ -5,7 +5,8 @@ import pytest
 from bench.cli import main
 from bench.errors import BadInput
 from bench.executors import LocalExecutor
-from bench.regress import GateTolerances, compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
+from bench.figures import Tolerances
+from bench.regress import compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
 
 
 def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000, torch_version="2.13.0",
@@ -19,7 +20,7 @@ def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000
             "scores": {"main_metric": "accuracy", "metrics": {"accuracy": accuracy}}}
 
 
-def verdict(new, old=None, tolerances=GateTolerances()):
+def verdict(new, old=None, tolerances=Tolerances()):
     baseline = make_baseline("t", old or [record()], {})
     return compare(baseline, new, tolerances)
 
@@ -105,15 +106,15 @@ train: {batch_size: 8, max_steps: 5, max_length: 32, max_eval_samples: 32}
 def test_an_injected_regression_fails_the_gate(write_suite, tmp_path, monkeypatch):
     suite, baseline = str(write_suite(GATE_SUITE)), str(tmp_path / "baseline.json")
     inline = LocalExecutor("inline", quiet=True)  # in-process, so the patch below reaches the cells
-    assert gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, update=True, quiet=True) is None
-    unchanged = gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, quiet=True)
+    assert gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, update=True, quiet=True) is None
+    unchanged = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
     assert not unchanged.failed and unchanged.compared == 2
 
     from bench.methods import adapters
 
     width = adapters.bottleneck_width
     monkeypatch.setattr(adapters, "bottleneck_width", lambda dim, config: 2 * width(dim, config))  # doubled adapters
-    broken = gate(suite, baseline, str(tmp_path / "r"), GateTolerances(), inline, quiet=True)
+    broken = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
     assert broken.failed
     failing = {(f.cell.split(" · ")[0], f.figure) for f in broken.findings if f.level == "fail"}
     assert ("adapter-houlsby", "params.trainable") in failing

@@ -7,29 +7,26 @@ and keep their reasons, so a table shows them instead of silently dropping them.
 `method_summary`: one row per (model, method label, shots), across the model's tasks:
 - `score_avg`: the mean over tasks of the per-task means, only when the method has an ok score on
   every task of that model (else null, with the missing tasks in `missing_tasks`);
-- params, stored bytes and memory: the largest over tasks (what the most demanding task needs);
-- time and FLOPs: the mean over the tasks that have the figure (a cost per training run).
+- each figure as its registry entry says (`Figure.tasks` in bench/figures.py): params, stored bytes and
+  the measured peak the largest over tasks (what the most demanding task needs); time and FLOPs the mean
+  over the tasks that have the figure (a cost per training run); the peak's source when all tasks agree.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from bench.figures import FIGURES
 from bench.methods.base import FAMILIES
 from bench.report.fmt import missing
 
 KEYS = ["model", "task", "label", "shots"]
 # Fixed by the cell's config, so identical across seeds: the first ok value stands for all.
-FIRST_COLUMNS = ["method", "method_family", "main_metric", "params.total", "params.trainable",
-                 "params.trainable_pct", "params.stored", "params.stored_bytes", "memory.peak_source"]
+FIRST_COLUMNS = ["method", "method_family", "main_metric"] + [f.key for f in FIGURES.values() if f.seeds == "first"]
 # Every other numeric figure of these sections is a mean over the ok seeds.
 MEASURED_SECTIONS = ("memory.", "time.", "flops.")
 # Cross-task rule per figure in method_summary (see the module docstring).
-LARGEST_OVER_TASKS = ["params.total", "params.trainable", "params.trainable_pct", "params.stored",
-                      "params.stored_bytes", "memory.peak_bytes"]
-MEAN_OVER_TASKS = ["time.train_s", "time.eval_s", "time.train_samples_per_s", "flops.train_total",
-                   "flops.inference_per_example", "flops.cost_model_train_total",
-                   "flops.cost_model_inference_per_example"]
+OVER_TASKS = {f.key: f.tasks for f in FIGURES.values() if f.tasks}
 
 
 def measured_columns(frame: pd.DataFrame) -> list[str]:
@@ -62,7 +59,7 @@ def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.Da
     if frame.empty:
         return pd.DataFrame()
     # the figures tables and plots read exist as columns (null) even when no record has them
-    measured = sorted(set(measured_columns(frame)) | set(LARGEST_OVER_TASKS + MEAN_OVER_TASKS) - set(FIRST_COLUMNS))
+    measured = sorted(set(measured_columns(frame)) | set(OVER_TASKS) - set(FIRST_COLUMNS))
     rows = []
     for key, group in frame.groupby(KEYS, sort=False, dropna=False):
         ok = group[group["status"] == "ok"]
@@ -112,19 +109,24 @@ def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
             scored = {t: r["score_mean"] for t, r in by_task.items() if not missing(r["score_mean"])}
             row["missing_tasks"] = [t for t in model_tasks if t not in scored]
             row["score_avg"] = (sum(scored.values()) / len(scored)) if not row["missing_tasks"] else None
-            for col in LARGEST_OVER_TASKS:
-                values = _values(group, col)
-                row[col] = max(values) if values else None
-            for col in MEAN_OVER_TASKS:
-                values = _values(group, col)
-                row[col] = sum(values) / len(values) if values else None
-            sources = sorted(set(group["memory.peak_source"].dropna()))
-            row["memory.peak_source"] = sources[0] if len(sources) == 1 else None
+            for col, rule in OVER_TASKS.items():
+                row[col] = _over_tasks(group, col, rule)
             rows.append(row)
     out = pd.DataFrame(rows)
     out["family_order"] = family_order(out["method_family"])
     return out.sort_values(["model", "family_order", "label", "shots"], kind="stable",
                            na_position="first").reset_index(drop=True)
+
+
+def _over_tasks(group: pd.DataFrame, col: str, rule: str):
+    """largest, mean (of the tasks that have the figure), or same (the one value all tasks agree on)."""
+    if rule == "same":
+        values = sorted(set(group[col].dropna())) if col in group else []
+        return values[0] if len(values) == 1 else None
+    values = _values(group, col)
+    if not values:
+        return None
+    return max(values) if rule == "largest" else sum(values) / len(values)
 
 
 def _values(group: pd.DataFrame, col: str) -> list[float]:

@@ -1,16 +1,9 @@
 """Compare two results stores cell by cell: two library versions, two machines, before and after a change.
 
-For every cell id present in both, each figure (params, memory, scores, time, flops) is compared
-under the rule its kind calls for:
-
-- exact: counts and bytes that follow from the config (params, stored bytes, the predicted memory
-  parts, FLOPs, the peak's source): any change is flagged;
-- score: metrics (0-100) flagged when they move by more than `score_tol` points (default 0.5);
-- measured memory: peaks read from the allocator or the OS, flagged when they move by more than
-  `memory_rtol` of A's value (default 0.10);
-- time: wall-clock figures only warn when one is `time_ratio` times the other (default 1.5), as
-  they depend on the machine and its load.
-A status change (ok -> failed, ...) is always flagged.
+For every cell id present in both, each figure (params, memory, scores, time, flops) is judged by its
+rule in the figure registry (`bench.figures.judge`, the same rule the regression gate applies): exact
+and versioned figures and scores beyond their tolerance are flagged; machine-dependent figures
+(measured memory, times) only warn. A status change (ok -> failed, ...) is always flagged.
 """
 
 from __future__ import annotations
@@ -19,21 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.env import environment_difference
+from bench.figures import SECTIONS as FIGURE_SECTIONS, Tolerances, figure, judge
 from bench.errors import BadInput
 from bench.report.fmt import missing
 from bench.store import Store, flatten
 
-SECTIONS = ("params.", "memory.", "scores.", "time.", "flops.")
-MEASURED_MEMORY = {"memory.peak_bytes", "memory.device_peak_allocated_bytes", "memory.device_peak_reserved_bytes",
-                   "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "memory.cpu_peak_rss_bytes",
-                   "memory.activation_bytes"}
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    score_tol: float = 0.5  # points on the 0-100 scale
-    memory_rtol: float = 0.10  # fraction of A's measured memory
-    time_ratio: float = 1.5  # slower or faster by this factor warns
+SECTIONS = tuple(f"{section}." for section in (*FIGURE_SECTIONS, "scores"))
+DEFAULTS = Tolerances(score_abs=0.5)  # two stores side by side: a half-point move in a score is worth seeing
 
 
 @dataclass
@@ -41,7 +26,7 @@ class Change:
     figure: str
     a: object
     b: object
-    rule: str  # exact | score | memory | time
+    rule: str  # the figure's rule (bench.figures.RULES)
     verdict: str  # same | ok (within tolerance) | flag | warn
 
 
@@ -73,33 +58,6 @@ class Comparison:
                 "cells": [asdict(c) for c in self.cells]}
 
 
-def rule_for(figure: str) -> str:
-    if figure == "status":
-        return "exact"
-    if figure.startswith("scores."):
-        return "score"
-    if figure.startswith("time."):
-        return "time"
-    if figure in MEASURED_MEMORY:
-        return "memory"
-    return "exact"
-
-
-def verdict(rule: str, a, b, tol: Tolerances) -> str:
-    if a == b or (missing(a) and missing(b)):
-        return "same"
-    if missing(a) or missing(b) or not all(isinstance(v, (int, float)) for v in (a, b)):
-        return "warn" if rule == "time" else "flag"  # a figure appeared, vanished or changed kind
-    if rule == "score":
-        return "flag" if abs(b - a) > tol.score_tol else "ok"
-    if rule == "memory":
-        return "flag" if abs(b - a) > tol.memory_rtol * abs(a) else "ok"
-    if rule == "time":
-        low, high = sorted((abs(a), abs(b)))
-        return "warn" if low == 0 or high / low >= tol.time_ratio else "ok"
-    return "flag"
-
-
 def figures(record: dict) -> dict:
     """Status and every figure of the compared sections, by its flattened name."""
     row = flatten(record)
@@ -113,9 +71,11 @@ def diff_cell(a: dict, b: dict, tol: Tolerances) -> CellDiff:
     fa, fb = figures(a), figures(b)
     diff = CellDiff(cell.get("suite"), cell["id"], cell.get("label") or cell["method"], cell["model"],
                     cell["task"], cell["seed"])
+    same_torch = (a.get("env") or {}).get("torch") == (b.get("env") or {}).get("torch")
     for name in sorted(set(fa) | set(fb), key=lambda n: (n != "status", n)):
-        rule = rule_for(name)
-        diff.changes.append(Change(name, fa.get(name), fb.get(name), rule, verdict(rule, fa.get(name), fb.get(name), tol)))
+        rule = figure(name).rule if figure(name) else "exact"
+        verdict, _ = judge(name, fa.get(name), fb.get(name), tol, same_torch)
+        diff.changes.append(Change(name, fa.get(name), fb.get(name), rule, verdict))
     return diff
 
 
@@ -133,7 +93,7 @@ def load_records(path: str | Path, suite: str | None, flag: str) -> dict[tuple, 
 
 
 def compare(path_a: str | Path, path_b: str | Path, suite: str | None = None,
-            tol: Tolerances = Tolerances()) -> Comparison:
+            tol: Tolerances = DEFAULTS) -> Comparison:
     a = load_records(path_a, suite, "RESULTS_A")
     b = load_records(path_b, suite, "RESULTS_B")
     both = [k for k in sorted(a) if k in b]
@@ -161,8 +121,9 @@ def change_text(c: Change) -> str:
 def render(comparison: Comparison) -> str:
     """Per cell, every figure that changed (FLAG beyond tolerance, warn for time); then a summary."""
     tol = comparison.tolerances
-    lines = [f"tolerances: scores ±{tol.score_tol} points, measured memory ±{100 * tol.memory_rtol:g}%, "
-             f"time warns at ×{tol.time_ratio:g}, everything else exact"]
+    lines = [f"tolerances: scores ±{tol.score_abs:g} points, measured memory warns beyond ±{100 * tol.memory_rtol:g}%, "
+             f"time warns at ×{tol.time_warn_ratio:g}, activation bytes and FLOPs within ±{100 * tol.versioned_rtol:g}% "
+             "across torch versions, everything else exact"]
     if comparison.environment:
         lines.insert(0, comparison.environment)
     for cell in comparison.cells:
@@ -176,7 +137,7 @@ def render(comparison: Comparison) -> str:
         lines += [f"  {mark[c.verdict]} {change_text(c)}" for c in changed]
     flagged = sum(c.count("flag") for c in comparison.cells)
     warned = sum(c.count("warn") for c in comparison.cells)
-    lines.append(f"{len(comparison.cells)} cells in both: {flagged} flagged change(s), {warned} time warning(s); "
+    lines.append(f"{len(comparison.cells)} cells in both: {flagged} flagged change(s), {warned} warning(s); "
                  f"{len(comparison.only_a)} only in A, {len(comparison.only_b)} only in B")
     lines += [f"only in A: {k}" for k in comparison.only_a] + [f"only in B: {k}" for k in comparison.only_b]
     return "\n".join(lines)

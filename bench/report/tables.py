@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.figures import FIGURES
 from bench.report import fmt
 from bench.report.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
@@ -48,6 +49,12 @@ def score_cell(table: Table, task_row, where: str) -> Cell:
         return Cell(bad, None, extra, notes)
     text = fmt.score(task_row["score_mean"], task_row["score_std"], task_row["n"])
     return Cell(f"{text} [{bad}]" if bad else text, task_row["score_mean"], extra, notes)
+
+
+def figure_cell(row, key: str) -> Cell:
+    """A registered figure written as its registry entry says, with its value (CSV, best marks)."""
+    value = row.get(key)
+    return Cell(FIGURES[key].show(value), value)
 
 
 def peak_header(rows: pd.DataFrame, unit: str, name: str = "Peak memory") -> tuple[str, bool]:
@@ -99,11 +106,9 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
             cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
             cells += [delta_cell(row, references[i])] if with_delta else []
-            cells += [Cell(fmt.count(row["params.trainable"]), row["params.trainable"]),
-                      Cell(fmt.pct(row["params.trainable_pct"]), row["params.trainable_pct"]),
-                      Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]),
-                      peak_cell(row, 2**30, name_source),
-                      Cell(fmt.seconds(row["time.train_s"]), row["time.train_s"])]
+            cells += [figure_cell(row, "params.trainable"), figure_cell(row, "params.trainable_pct"),
+                      figure_cell(row, "params.stored_bytes"), peak_cell(row, 2**30, name_source),
+                      figure_cell(row, "time.train_s")]
             table.add(row["method_family"] or DASH, cells)
         table.mark_best()
         tables.append(table)
@@ -224,8 +229,7 @@ def fewshot_table(summary: pd.DataFrame) -> Table | None:
         table.add(row["method_family"] or DASH, [
             Cell(row["method_family"] or DASH), Cell(row["label"]), Cell(row["model"]),
             Cell(str(int(row["shots"])), float(row["shots"])),
-            Cell(fmt.flops(row.get(infer)), row.get(infer)), Cell(fmt.flops(row.get(train)), row.get(train)),
-            Cell(fmt.size(row["params.stored_bytes"]), row["params.stored_bytes"]), score])
+            figure_cell(row, infer), figure_cell(row, train), figure_cell(row, "params.stored_bytes"), score])
     table.mark_best()
     return table
 

@@ -1,0 +1,230 @@
+"""The figure registry: every figure a record holds, declared once.
+
+A figure's entry says where it lives (`section.name`), its unit, its definition (docs/measurement.md's
+tables are generated from these entries, and a test keeps them equal), how it aggregates over seeds and
+over a model's tasks (bench/report/aggregate.py), how a change in it is judged (`judge`: the one rule
+that `compare` and `regress` share) and how it is written for people (`show`).
+
+Adding a figure = an entry here + the code that measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.report import fmt
+
+SECTIONS = ("params", "memory", "time", "flops")
+# How a change between two records of one cell is judged (`judge`):
+RULES = {
+    "exact": "equal: a function of code and configuration; any change is a regression",
+    "versioned": "equal on the same torch version; within `versioned_rtol` across versions (kernels differ in "
+                 "what they save and count)",
+    "score": "within `score_abs` points (per metric: `score_abs_per_metric`)",
+    "measured": "read from the allocator or the OS, so it moves with the machine: beyond `memory_rtol` of the "
+                "first value it warns",
+    "timing": "wall-clock, so it moves with the machine and its load: when one is `time_warn_ratio` times the "
+              "other it warns",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    section: str
+    name: str
+    unit: str  # elements, %, bytes, text, s, 1/s, tokens/s, FLOPs, FLOP/s, ratio
+    rule: str  # a key of RULES
+    definition: str
+    seeds: str = "mean"  # first: fixed by the cell's configuration, one value stands for all seeds
+    # across a model's tasks (method summary): largest | mean | same (the value all agree on) | None (not kept)
+    tasks: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def determined(self) -> bool:
+        """A function of code, configuration (and torch version): what `estimate` can predict."""
+        return self.rule in ("exact", "versioned")
+
+    def show(self, value) -> str:
+        """The figure as a table shows it: counts '124.6M', sizes '6.9 KB', FLOPs '3.1e12', ..."""
+        return _SHOW.get(self.unit, _general)(value)
+
+
+def _general(value) -> str:
+    return fmt.DASH if fmt.missing(value) else value if isinstance(value, str) else f"{value:.4g}"
+
+
+_SHOW = {"elements": fmt.count, "%": fmt.pct, "bytes": fmt.size, "s": fmt.seconds, "FLOPs": fmt.flops,
+         "FLOP/s": fmt.flops}
+
+_CUDA_PEAK = "CUDA only: `torch.cuda.max_memory_allocated`"
+_FIGURES = [
+    # params
+    Figure("params", "total", "elements", "exact", "parameter elements in the adapted model, each tensor counted "
+           "once (tied weights once, shared storage once). Frozen copies a method keeps are included (peft's "
+           "`modules_to_save` keeps the original task head beside the trained copy).", "first", "largest"),
+    Figure("params", "trainable", "elements", "exact", "elements of the parameters with `requires_grad=True` after "
+           "the method is applied (the task head included: every trained method trains it).", "first", "largest"),
+    Figure("params", "trainable_pct", "%", "exact", "`100 × trainable / total`.", "first", "largest"),
+    Figure("params", "stored", "elements", "exact", "parameter elements (floating-point tensors) that must be saved "
+           "to restore the fine-tuned model: the method's state (peft's adapter state dict, or the trainable "
+           "tensors) including the task head. Integer tensors saved beside them (the indices of a sparse update) "
+           "count in `stored_bytes` only.", "first", "largest"),
+    Figure("params", "stored_bytes", "bytes", "exact", "size in bytes of those tensors written as one safetensors "
+           "file (header included).", "first", "largest"),
+    # memory
+    Figure("memory", "weights_bytes", "bytes", "exact", "all parameters in their own dtype, each tensor once (tied "
+           "weights once)."),
+    Figure("memory", "trainable_bytes", "bytes", "exact", "the parameters with `requires_grad=True`, whole tensors: "
+           "a method that trains masked entries of a tensor (FishMask, Child-Tuning) still holds a whole gradient "
+           "and whole optimizer moments for it, so `trainable_bytes` can exceed `4 × params.trainable`."),
+    Figure("memory", "grad_bytes", "bytes", "exact", "the distinct gradients that exist after the instrumented "
+           "step's backward pass (a gradient has its parameter's dtype, so fp32 weights give `4 × trainable`)."),
+    Figure("memory", "optimizer_bytes", "bytes", "exact", "every tensor in the optimizer's state after its first "
+           "step: AdamW's `exp_avg` and `exp_avg_sq` (`2 × 4 × trainable` bytes for fp32 parameters) plus its step "
+           "counters (a 4-byte float32 scalar per parameter tensor)."),
+    Figure("memory", "activation_bytes", "bytes", "versioned", "bytes saved for backward during the instrumented "
+           "step's forward pass at the probe batch: the distinct storages that "
+           "`torch.autograd.graph.saved_tensors_hooks` sees, parameter and buffer storages excluded (they exist "
+           "anyway). A saved view counts as its whole storage, once. Deterministic for one torch version and "
+           "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save."),
+    Figure("memory", "workspace_bytes", "bytes", "versioned", "what the busier of a step's two crowded moments adds "
+           "to the four parts above: early in backward, a gradient the size of the largest saved storage (e.g. the "
+           "logits' gradient) next to all activations; at the optimizer update, the activations are freed but a "
+           "multi-tensor update (the default on CUDA) holds one temporary per trainable element. So `max(largest "
+           "saved storage, trainable_bytes − activation_bytes)`."),
+    Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + grad_bytes + optimizer_bytes + "
+           "activation_bytes + workspace_bytes`, i.e. weights + gradients + optimizer state + the larger of "
+           "(activations + largest saved storage) and `trainable_bytes`. High rather than low: it counts all "
+           "gradients beside all activations, although backward frees activations as gradients appear."),
+    Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
+           "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),
+    Figure("memory", "device_peak_reserved_bytes", "bytes", "measured", "CUDA only: "
+           "`torch.cuda.max_memory_reserved` over the training window: what the caching allocator held from the "
+           "driver, cached free blocks included."),
+    Figure("memory", "eval_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the final evaluation, "
+           "reset at its start."),
+    Figure("memory", "nvml_peak_bytes", "bytes", "measured", "CUDA with NVML (the `nvidia-ml-py` distribution's "
+           "`pynvml` module, extra `gpu`): this process's device memory as the driver reports it (what "
+           "`nvidia-smi` shows: CUDA context and the allocator's reservations included), sampled every 50 ms and at "
+           "both ends of the training window; the largest reading. In a container the process may be listed under "
+           "a host PID; if the device then lists exactly one compute process, that one is taken."),
+    Figure("memory", "cpu_peak_rss_bytes", "bytes", "measured", "the process's peak resident set over the training "
+           "window (`VmHWM` after writing `5` to `/proc/self/clear_refs`): interpreter, libraries and, on CPU, "
+           "every tensor. Null where `/proc` cannot be reset."),
+    Figure("memory", "peak_bytes", "bytes", "measured", "the report's \"measured peak\": "
+           "`device_peak_allocated_bytes` on CUDA, else `cpu_peak_rss_bytes`.", tasks="largest"),
+    Figure("memory", "peak_source", "text", "exact", "which of the two `peak_bytes` is.", "first", "same"),
+    # time
+    Figure("time", "load_s", "s", "timing", "reading data, tokenising, building the model and applying the method."),
+    Figure("time", "train_s", "s", "timing", "the sum of training-step times; a step runs from collating its batch "
+           "to the end of the optimizer step (CUDA synchronised). Evaluations during training, the instrumented "
+           "step and the optimizer-state reading are excluded.", tasks="mean"),
+    Figure("time", "eval_s", "s", "timing", "the final evaluation.", tasks="mean"),
+    Figure("time", "step_s_median", "s", "timing", "median step time."),
+    Figure("time", "train_samples_per_s", "1/s", "timing", "training examples processed / `train_s`.", tasks="mean"),
+    Figure("time", "train_tokens_per_s", "tokens/s", "timing", "non-padding tokens processed / `train_s`: input "
+           "tokens, plus decoder target tokens for encoder-decoders (decided by the model's kind, not by tensor "
+           "shapes)."),
+    Figure("time", "train_flops_per_s", "FLOP/s", "timing", "`flops.train_total` / `train_s`: the counted training "
+           "FLOPs per second of step time."),
+    Figure("time", "mfu", "ratio", "timing", "model FLOPs utilisation: `train_flops_per_s` / the device's datasheet "
+           "peak (dense, no sparsity) for the dtype the matrix products ran in (bf16 under autocast, else fp32 "
+           "without TF32), from the table `PEAK_FLOPS` in `bench/measure.py`; null on a CPU or a GPU the table "
+           "lacks. A datasheet peak rather than a measured matmul rate, so records of one GPU model compare across "
+           "machines."),
+    # flops
+    Figure("flops", "train_total", "FLOPs", "versioned", "the instrumented step's forward + backward FLOPs per "
+           "padded position, × the padded positions trained (`train.positions`). Linear in length: attention's L² "
+           "term, measured at the longest width, makes this an upper bound when batches are shorter.", tasks="mean"),
+    Figure("flops", "inference_per_example", "FLOPs", "versioned", "FLOPs counted while predicting the first 8 "
+           "evaluation examples exactly as evaluation predicts them (a classifier's forward pass; every answer "
+           "option of rank classification; the whole decoding loop of generation), / 8. In-context demonstrations "
+           "and soft prompts are part of the count, which is what makes in-context learning expensive at "
+           "inference.", tasks="mean"),
+    Figure("flops", "cost_model_train_total", "FLOPs", "exact", "T-Few's cost model (Liu et al. 2022): training "
+           "factor × N × tokens trained (`train.tokens`, non-padding).", tasks="mean"),
+    Figure("flops", "cost_model_inference_per_example", "FLOPs", "exact", "inference factor × N × the tokens of "
+           "those examples / 8: the prompt; for rank classification prompt + option for every option; for "
+           "generation, plus the first reference.", tasks="mean"),
+]
+FIGURES: dict[str, Figure] = {f.key: f for f in _FIGURES}
+SCORE = Figure("scores", "<metric>", "points", "score", "the metric on the 0-100 scale (bench/tasks/metrics.py).")
+
+
+def names(section: str) -> tuple[str, ...]:
+    """The figures of a record section, in the registry's order."""
+    return tuple(f.name for f in _FIGURES if f.section == section)
+
+
+def figure(key: str) -> Figure | None:
+    """The registered figure behind a flattened name ('memory.peak_bytes', 'scores.accuracy')."""
+    return SCORE if key.startswith("scores.") else FIGURES.get(key)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The numbers the rules use; `compare` takes them from flags, `regress` from a tolerance file."""
+
+    score_abs: float = 1.0  # points on the 0-100 scale
+    score_abs_per_metric: dict = field(default_factory=dict)
+    versioned_rtol: float = 0.05  # fraction of the first value, across torch versions
+    memory_rtol: float = 0.10  # fraction of the first value
+    time_warn_ratio: float = 1.5
+
+    def score(self, metric: str) -> float:
+        return self.score_abs_per_metric.get(metric, self.score_abs)
+
+
+def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str, str]:
+    """(verdict, why) for a figure that is `a` in the first record and `b` in the second.
+
+    Verdicts: same; ok (within tolerance); flag (a change the figure's rule does not allow: a regression
+    for `regress`); warn (a machine-dependent figure moved). A figure present on one side only is
+    flagged, or warned about for machine-dependent figures. Unregistered figures are compared exactly.
+    """
+    rule = (figure(key) or Figure("", key, "", "exact", "")).rule
+    soft = rule in ("measured", "timing")
+    if a == b or (fmt.missing(a) and fmt.missing(b)):
+        return "same", ""
+    if fmt.missing(a) or fmt.missing(b) or not all(_number(v) for v in (a, b)):
+        why = "appeared" if fmt.missing(a) else "vanished" if fmt.missing(b) else "changed"
+        return ("warn" if soft else "flag"), why
+    if rule == "exact" or (rule == "versioned" and same_torch):
+        return "flag", "must be equal" if rule == "exact" else "must be equal on the same torch version"
+    if rule == "versioned":
+        return ("ok", "") if abs(b - a) <= tol.versioned_rtol * abs(a) else \
+            ("flag", f"beyond ±{tol.versioned_rtol:.0%} across torch versions")
+    if rule == "score":
+        limit = tol.score(key[len("scores."):])
+        return ("ok", "") if abs(b - a) <= limit else ("flag", f"beyond ±{limit:g} points")
+    if rule == "measured":
+        return ("ok", "") if abs(b - a) <= tol.memory_rtol * abs(a) else \
+            ("warn", f"beyond ±{tol.memory_rtol:.0%} (machine-dependent: warns)")
+    low, high = sorted((abs(a), abs(b)))
+    if low == 0 or high / low >= tol.time_warn_ratio:
+        return "warn", f"×{b / a:.2f} (machine-dependent: warns)" if a else "from zero (machine-dependent: warns)"
+    return "ok", ""
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def markdown_table(section: str) -> str:
+    """docs/measurement.md's table of a section (tests/test_figures.py keeps the docs equal to it)."""
+    rows = [f"| `{f.name}` | {f.unit} | {f.rule} | {f.definition} |" for f in _FIGURES if f.section == section]
+    return "\n".join(["| figure | unit | rule | definition |", "|---|---|---|---|", *rows])
+
+
+def rules_table() -> str:
+    """The rules `compare` and `regress` apply, with the figures each one covers."""
+    rows = []
+    for rule, meaning in RULES.items():
+        covered = "`scores.<metric>`" if rule == "score" else \
+            ", ".join(f"`{f.key}`" for f in _FIGURES if f.rule == rule)
+        rows.append(f"| {rule} | {covered} | {meaning} |")
+    return "\n".join(["| rule | figures | how a change is judged |", "|---|---|---|", *rows])
