@@ -17,7 +17,6 @@ from bench.errors import Unsupported
 from bench.grid import Cell
 from bench.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
 from bench.methods.base import ApplyContext
-from bench.methods.compose import apply_composition
 from bench.models import load_bundle
 from bench.objectives import objective_for
 from bench.probe import (StepMeasure, inference_flops, measure_step, probe_batch, training_flops,
@@ -26,7 +25,7 @@ from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
 from bench.tasks.data import resolved_revision
 from bench.tasks.evaluate import evaluate, evaluate_all
-from bench.tasks.features import collate, demonstration_ids
+from bench.tasks.features import collate
 from bench.tasks.prepare import evaluation_sets, training_data
 from bench.train import TrainResult, autocast_for, batches, compute_dtype, total_steps, train
 
@@ -44,12 +43,6 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:
         pass
-
-
-def apply_method(cell: Cell, model, ctx: ApplyContext):
-    if cell.method_config.get("parts") is not None and cell.method.startswith("compose("):
-        return apply_composition(cell.method_config["parts"], model, ctx)
-    return methods.get(cell.method).apply(model, cell.method_config, ctx)
 
 
 # Known, harmless messages from libraries that would bury a cell's own output.
@@ -91,17 +84,10 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
                 return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
                         for _ in range(n_batches)]
 
-            ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device)
-            adapted = apply_method(cell, bundle.model, ctx)
+            ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device, task, data.rows)
+            adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
             adapted.model.to(device)
-            if adapted.in_context and task.eval_task is not None:
-                raise Unsupported("in-context demonstrations come from the task's own training rows, and "
-                                  f"{task.name} is evaluated on another task ({evaluation.name})")
             evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
-            if adapted.in_context:  # its "weights" are its demonstrations: stored as token ids
-                demos = torch.tensor(demonstration_ids(task, bundle.tokenizer, task.prompts[0], data.rows),
-                                     dtype=torch.int32)
-                adapted.stored_state = lambda: {"demonstrations": demos}
         record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
                                            for t in {task.name: task, evaluation.name: evaluation}.values()}

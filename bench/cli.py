@@ -266,7 +266,7 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--method", required=True, help="registry method name")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
-    est.add_argument("--optimizer", default="adamw", help="adamw, adafactor or sgd (default: adamw)")
+    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/optimizers.py: adamw, adafactor or sgd (default: adamw)")
     est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)

@@ -27,36 +27,13 @@ import torch
 
 from bench.errors import BadInput, Unsupported, unknown
 from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
+from bench import optimizers
 from bench.figures import FIGURES
 from bench.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 
-OPTIMIZERS = ("adamw", "adafactor", "sgd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-STEP_COUNTER_BYTES = 4  # torch's optimizers count steps in a float32 scalar tensor per parameter
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
-
-
-def optimizer_bytes_for(optimizer: str, trainable: list[torch.Tensor]) -> int:
-    """The state torch's optimizer (default settings) holds after its first step for these parameters.
-
-    torch's optimizers cannot step on meta tensors (Adafactor reads values), so this follows their
-    state initialisation: adamw keeps exp_avg and exp_avg_sq like the parameter; adafactor keeps row
-    and column factors (shape[:-1] and shape[:-2] + shape[-1:]) for a matrix, a full variance
-    otherwise; both keep a step counter per parameter; sgd without momentum keeps nothing.
-    """
-    if optimizer == "sgd":
-        return 0
-    total = 0
-    for p in trainable:
-        if optimizer == "adamw":
-            total += 2 * p.nbytes
-        elif p.dim() > 1:
-            total += (p.numel() // p.shape[-1] + p.numel() // p.shape[-2]) * p.element_size()
-        else:
-            total += p.nbytes
-        total += STEP_COUNTER_BYTES
-    return total
 
 
 def _needs_data(n_batches: int):
@@ -181,8 +158,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md)."""
     from bench.models import resolve_model
 
-    if optimizer not in OPTIMIZERS:
-        raise unknown("optimizer", optimizer, OPTIMIZERS, "--optimizer")
+    if optimizer not in optimizers.OPTIMIZERS:
+        raise unknown("optimizer", optimizer, optimizers.OPTIMIZERS, "--optimizer")
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES, "--dtype")
     for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
@@ -199,7 +176,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
                        f"{type(e).__name__}: {e}", "--method") from None
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     memory = weight_bytes(adapted)
-    memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizer_bytes_for(optimizer, trainable),
+    memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes,
                   workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
     memory["predicted_peak_bytes"] = predicted_peak(memory)

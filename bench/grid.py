@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from bench import methods
+from bench.methods.compose import FAMILY as COMPOSITION_FAMILY, composition_name
 from bench.config import TrainConfig, resolve_train
 from bench.errors import BadInput, Unsupported, did_you_mean
 from bench.models import ModelSpec, head_for, resolve_model
@@ -60,8 +61,8 @@ def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict
         m = methods.get(entry.name)
         return m.name, m.family, m.resolve(entry.overrides, arch, lambda k: entry.where("overrides", k)), m.train
     parts = [_resolve_method(p, arch) for p in entry.parts]
-    name = "compose(" + "+".join(p[0] for p in parts) + ")"
-    return name, "unified", {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {}
+    return (composition_name([p[0] for p in parts]), COMPOSITION_FAMILY,
+            {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {})
 
 
 def head_settings(train: TrainConfig, spec: ModelSpec, task_type: str) -> TrainConfig:
@@ -119,9 +120,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     (entry.train, lambda k, e=entry: e.where("train", k)),
                 ])
                 train = head_settings(train, spec, task.type)
-                if name == "icl" and train.shots is None:
-                    raise BadInput("icl needs 'shots' in its training settings: the examples it shows in the "
-                                   "prompt (without it, the whole training set would be)", entry.where())
+                if entry.name in methods.REGISTRY and methods.get(entry.name).in_context and train.shots is None:
+                    raise BadInput(f"{name} needs 'shots' in its training settings: the examples it shows in "
+                                   "the prompt (without it, the whole training set would be)", entry.where())
                 for seed in seeds:
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue

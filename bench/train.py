@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from bench.config import TrainConfig
 from bench.measure import optimizer_state_bytes
+from bench.optimizers import OPTIMIZERS
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
 from bench.objectives import Objective
@@ -55,15 +56,12 @@ def batches(features: list[dict], batch_size: int, seed: int):
         yield [features[i] for i in chunk]
 
 
-# The optimizers a suite can name (bench.config.OPTIMIZERS lists the same names, for validation).
-OPTIMIZERS = {"adamw": torch.optim.AdamW}
-
-
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
-    """AdamW; biases and the weights of normalisation layers (LayerNorm, RMSNorm, ...) never decay.
+    """The configured optimizer (bench/optimizers.py); biases and the weights of normalisation layers
+    (LayerNorm, RMSNorm, ...) never decay.
 
     `no_decay_ids` are further parameters that must not decay: partly frozen tensors (gradient masks),
-    whose frozen entries AdamW's decoupled decay would otherwise change.
+    whose frozen entries a decoupled decay would otherwise change.
     """
     exempt = {id(p) for m in model.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(False)}
     exempt |= set(no_decay_ids)
@@ -72,7 +70,7 @@ def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=froze
         if p.requires_grad:
             (no_decay if name.endswith("bias") or id(p) in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS[train.optimizer]([g for g in groups if g["params"]], lr=train.lr)
+    return OPTIMIZERS[train.optimizer].build([g for g in groups if g["params"]], train.lr)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):

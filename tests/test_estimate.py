@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.estimate import estimate, fake_step, optimizer_bytes_for
+from bench.estimate import estimate, fake_step
+from bench.optimizers import state_bytes
 from bench.measure import optimizer_state_bytes
 from bench.models import REGISTRY, resolve_model
 from bench.probe import instrumented_step
@@ -49,7 +50,7 @@ def test_optimizer_rule_matches_the_real_optimizer(name, dtype):
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
-    assert optimizer_bytes_for(name, params) == optimizer_state_bytes(optimizer)
+    assert state_bytes(name, params) == optimizer_state_bytes(optimizer)
 
 
 def _adapted(name: str, method: str, meta: bool):

@@ -145,7 +145,8 @@ if Version(transformers.__version__) >= Version("5.24"):  # peft can no longer p
 def fresh(model_name: str, method: str):
     task = builtin_tasks()[MODELS[model_name]]
     bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
-    feats = train_features(task, bundle, load_rows(task, "train")[:64], 32)
+    rows = load_rows(task, "train")[:64]
+    feats = train_features(task, bundle, rows, 32)
 
     def calibration(n):
         data = batches(feats, 8, 0)
@@ -155,7 +156,8 @@ def fresh(model_name: str, method: str):
     device = "cuda" if method == "qlora" and torch.cuda.is_available() else "cpu"  # QLoRA's base lives on the GPU
     bundle.model.to(device)
     config = m.resolve(FAST.get(method, {}), bundle.arch, lambda k: k)
-    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration, device))
+    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration, device,
+                                                         task, rows[:4]))
     adapted.model.to(device)
     batch = {k: v.to(device) for k, v in collate(feats[:4], bundle.tokenizer.pad_token_id).items()}
     return bundle, adapted, batch

@@ -1,41 +1,21 @@
-"""The method registry: each module lists its methods; one line here adds a module."""
+"""The method registry. Every module of this package is imported here, and each registers its own
+methods (`register(Method(...))`), so a new method is one file, with no line to add here."""
 
 from __future__ import annotations
 
-from bench.errors import unknown
-from bench.methods import (adapters, baselines, compacter, fisher, fourierft, hybrid, ia3, lora, lycoris,
-                           orthogonal, partial, prompts, qlora, vera)
-from bench.methods.base import FAMILIES, Method
+import importlib
+import pkgutil
 
-REGISTRY: dict[str, Method] = {
-    m.name: m
-    for module in (baselines, adapters, prompts, ia3, partial, fisher, lora, qlora, vera, lycoris, orthogonal,
-                   fourierft, hybrid, compacter)
-    for m in module.METHODS
-}
+from bench.errors import BadInput, unknown
+from bench.methods.base import FAMILIES, REGISTRY, Method, register
+from bench.methods.compose import apply_composition, is_composition
 
-
-def register(*new: Method) -> None:
-    """Add methods to the registry: how a module outside the package (a suite's `method_modules`)
-    contributes its methods when it is imported."""
-    for method in new:
-        known = REGISTRY.get(method.name)
-        if known is not None and _definition(known) != _definition(method):
-            raise ValueError(f"a method named '{method.name}' is already registered")
-        REGISTRY[method.name] = method
-
-
-def _definition(method: Method) -> tuple:
-    """What identifies a method's definition, so one module imported under two names registers once."""
-    return method.family, method.description, method.paper, method.build.__qualname__
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def import_modules(names, where=None) -> None:
     """Import each named module (it registers its methods); a module that cannot be imported is BadInput."""
-    import importlib
-
-    from bench.errors import BadInput
-
     for i, name in enumerate(names):
         try:
             importlib.import_module(name)
@@ -49,4 +29,17 @@ def get(name: str, where: str | None = None) -> Method:
     return REGISTRY[name]
 
 
-__all__ = ["FAMILIES", "Method", "REGISTRY", "get", "import_modules", "register"]
+def declared(name: str) -> Method | None:
+    """The registered method of a record's `cell.method` (None for a composition, or a method whose
+    module this process has not imported): what reports ask about a method's nature."""
+    return REGISTRY.get(name)
+
+
+def apply(name: str, config: dict, model, ctx):
+    """Adapt `model` by the method (or composition) a cell names, with its resolved config."""
+    if is_composition(name):
+        return apply_composition(config["parts"], model, ctx)
+    return get(name).apply(model, config, ctx)
+
+
+__all__ = ["FAMILIES", "Method", "REGISTRY", "apply", "declared", "get", "import_modules", "register"]

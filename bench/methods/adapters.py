@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.methods import sites
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, register, train_head
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -86,7 +86,7 @@ def _parallel(model, config, ctx):
 
 _BOTTLENECK_DEFAULTS = {"reduction_factor": 16, "bottleneck_dim": 0}  # bottleneck_dim > 0 overrides the factor
 
-METHODS = [
+register(
     Method("adapter-houlsby", "additive", "sequential bottleneck adapters after attention and after the FFN, "
            "plus the layer norms", "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP",
            _sequential(["attention_output", "ffn_output"]),
@@ -98,4 +98,4 @@ METHODS = [
            "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning", _parallel,
            defaults={**_BOTTLENECK_DEFAULTS, "activation": "relu", "scaling": 4.0},
            train={"lr": 1e-3}),
-]
+)

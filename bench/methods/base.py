@@ -31,6 +31,8 @@ class ApplyContext:
     total_steps: int
     calibration: Callable[[int], list[dict]] | None = None  # n training batches (Fisher-based methods)
     device: Any = "cpu"
+    task: Any = None  # tasks.TaskSpec of the cell (in-context learning renders its demonstrations)
+    train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
@@ -50,8 +52,8 @@ class Adapted:
     """A model after a method was applied, with what the harness needs to train, store and check it."""
 
     model: nn.Module
-    trains: bool = True  # False: evaluate only (zero-shot, in-context learning)
-    in_context: bool = False  # evaluation prompts start with the training examples, solved
+    trains: bool = True  # set from the Method by Method.apply
+    in_context: bool = False  # set from the Method by Method.apply
     after_backward: list[Callable[[int], None]] = field(default_factory=list)  # e.g. gradient masks
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. AdaLoRA's rank budget
     stored_state: Callable[[], dict[str, torch.Tensor]] | None = None  # default: trainable tensors
@@ -90,6 +92,9 @@ class Method:
     targets: dict[str, dict] = field(default_factory=dict)  # architecture -> target settings
     train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
     mergeable: bool = False
+    trains: bool = True  # False: evaluated as applied (zero-shot, in-context learning)
+    in_context: bool = False  # evaluation prompts start with the training examples, solved (needs `shots`)
+    reference: bool = False  # the row other methods of a model are compared with (full fine-tuning)
     unsupported: dict[str, str] = field(default_factory=dict)  # architecture -> why this cannot work
     # Which code runs the method, where two exist for one mechanism; it goes into the resolved config
     # (and so the cell id), so a record of one is never taken for the other.
@@ -125,12 +130,34 @@ class Method:
         if missing:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
                               f"'{ctx.bundle.arch}'; set them in the method's overrides")
-        return self.build(model, {k: v for k, v in config.items() if k != "implementation"}, ctx)
+        adapted = self.build(model, {k: v for k, v in config.items() if k != "implementation"}, ctx)
+        adapted.trains, adapted.in_context = self.trains, self.in_context  # declared here, not by the build
+        return adapted
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
                 "defaults": self.defaults, "targets": self.targets, "train": self.train,
-                "mergeable": self.mergeable, "unsupported": self.unsupported, "implementation": self.implementation}
+                "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
+                "reference": self.reference, "unsupported": self.unsupported, "implementation": self.implementation}
+
+
+# Every method by name. A method module registers its methods when it is imported: the package imports
+# each of its own modules (bench/methods/__init__.py), a suite's `method_modules` import theirs.
+REGISTRY: dict[str, Method] = {}
+
+
+def register(*new: Method) -> None:
+    """Add methods to the registry; registering the same definition twice (one module imported under
+    two names) is harmless, a different method under a taken name is an error."""
+    for method in new:
+        known = REGISTRY.get(method.name)
+        if known is not None and _definition(known) != _definition(method):
+            raise ValueError(f"a method named '{method.name}' is already registered")
+        REGISTRY[method.name] = method
+
+
+def _definition(method: Method) -> tuple:
+    return method.family, method.description, method.paper, method.build.__qualname__
 
 
 def _check_sign(key: str, value: Any, default: Any, where: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, register, train_head
 
 
 def _full(model, config, ctx):
@@ -27,23 +29,34 @@ def _head_only(model, config, ctx):
 
 def _zero_shot(model, config, ctx):
     freeze(model)
-    return Adapted(model, trains=False)
+    return Adapted(model)
 
 
 def _in_context(model, config, ctx):
+    """Its "weights" are its demonstrations: the training rows, solved, stored as token ids."""
+    from bench.tasks.features import demonstration_ids
+
     if ctx.bundle.head != "lm":
         raise Unsupported("in-context learning needs a text-to-text model (an LM head reads the demonstrations)")
+    if ctx.task is None:
+        raise Unsupported("in-context learning needs a task: its demonstrations are the task's training rows")
+    if ctx.task.eval_task is not None:
+        raise Unsupported("in-context demonstrations come from the task's own training rows, and "
+                          f"{ctx.task.name} is evaluated on another task ({ctx.task.evaluation.name})")
     freeze(model)
-    return Adapted(model, trains=False, in_context=True)
+    demos = torch.tensor(demonstration_ids(ctx.task, ctx.bundle.tokenizer, ctx.task.prompts[0], ctx.train_rows),
+                         dtype=torch.int32)
+    return Adapted(model, stored_state=lambda: {"demonstrations": demos})
 
 
-METHODS = [
+register(
     Method("full", "baseline", "full fine-tuning: every parameter trains",
-           "Devlin et al. 2019 / Howard & Ruder 2018", _full, train={"lr": 2e-5}),
+           "Devlin et al. 2019 / Howard & Ruder 2018", _full, train={"lr": 2e-5}, reference=True),
     Method("head-only", "baseline", "linear probe: only the task head trains, the model is frozen",
            "Peters et al. 2019 (feature extraction)", _head_only, train={"lr": 1e-3}),
     Method("zero-shot", "baseline", "no training: the pretrained model (with its new head) is evaluated as is",
-           "Brown et al. 2020 (zero-shot evaluation)", _zero_shot),
+           "Brown et al. 2020 (zero-shot evaluation)", _zero_shot, trains=False),
     Method("icl", "baseline", "in-context learning: the training examples (k shots), solved, precede each prompt",
-           "Brown et al. 2020, Language Models are Few-Shot Learners", _in_context),
-]
+           "Brown et al. 2020, Language Models are Few-Shot Learners", _in_context, trains=False,
+           in_context=True),
+)

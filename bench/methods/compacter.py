@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bench.methods import sites
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, register, train_head
 
 
 class SharedFactors(nn.Module):
@@ -76,8 +76,8 @@ def _compacter(model, config, ctx):
     return Adapted(model)
 
 
-METHODS = [
+register(
     Method("compacter", "hybrid", "Compacter: adapters of Kronecker sums with shared factors and rank-1 parts",
            "Karimi Mahabadi et al. 2021, Compacter: Efficient Low-Rank Hypercomplex Adapter Layers", _compacter,
            defaults={"reduction_factor": 32, "phm_dim": 4, "phm_rank": 1}, train={"lr": 3e-3}),
-]
+)

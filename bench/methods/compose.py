@@ -14,21 +14,32 @@ from __future__ import annotations
 import torch
 
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, ApplyContext, load_by_name, trainable_state
+from bench.methods.base import REGISTRY, Adapted, ApplyContext, load_by_name, trainable_state
+
+
+FAMILY = "unified"
+
+
+def composition_name(parts: list[str]) -> str:
+    """The name a composition's records carry: compose(a+b)."""
+    return "compose(" + "+".join(parts) + ")"
+
+
+def is_composition(name: str) -> bool:
+    return name.startswith("compose(")
 
 
 def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
-    from bench import methods
-
-    chosen = [methods.get(p["name"]) for p in parts]
+    chosen = [REGISTRY[p["name"]] for p in parts]
     peft_parts = [m.name for m in chosen if getattr(m.build, "peft_config_class", None)]
     if len(peft_parts) > 1:
         raise Unsupported(f"a composition can hold one peft-based method, not {', '.join(peft_parts)}")
+    for method in chosen:
+        if not method.trains:
+            raise Unsupported(f"'{method.name}' trains nothing, so it cannot be part of a composition")
     applied: list[tuple[Adapted, set[int]]] = []  # each part, and the tensors it left trainable
     for method, part in zip(chosen, parts):
         adapted = method.apply(model, part["config"], ctx)
-        if not adapted.trains:
-            raise Unsupported(f"'{method.name}' trains nothing, so it cannot be part of a composition")
         model = adapted.model
         applied.append((adapted, {id(p) for p in model.parameters() if p.requires_grad}))
     params = {id(p): p for p in model.parameters()}

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from bench.methods.base import Adapted, Method, freeze, train_head, trainable_state
+from bench.methods.base import Adapted, Method, freeze, register, train_head, trainable_state
 
 LAYER_PARAM = re.compile(r"\.(layer|block|h|layers)\.\d+\.")
 
@@ -120,7 +120,7 @@ def _child_tuning(model, config, ctx):
     return _masked(model, ctx, masks, unmasked=outside)
 
 
-METHODS = [
+register(
     Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
            defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}),
@@ -128,4 +128,4 @@ METHODS = [
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
            defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5}),
-]
+)

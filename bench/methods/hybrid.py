@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.methods import adapters, sites
 from bench.methods.attention_prefix import add_prefix, prefixed
-from bench.methods.base import Method, freeze, train_head
+from bench.methods.base import Method, freeze, register, train_head
 from bench.methods.lora import QV_TARGETS
 
 
@@ -66,7 +66,7 @@ def _unipelt(model, config, ctx):
     return prefixed(model, bank)
 
 
-METHODS = [
+register(
     Method("mam-adapter", "hybrid", "prefix tuning on attention + scaled parallel adapter on the FFN",
            "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning", _mam,
            defaults={"prefix_length": 30, "prefix_mid_dim": 800, "bottleneck_dim": 512, "scaling": 4.0},
@@ -75,4 +75,4 @@ METHODS = [
            "Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning", _unipelt,
            defaults={"lora_r": 8, "lora_alpha": 16, "prefix_length": 10, "prefix_mid_dim": 512,
                      "reduction_factor": 16}, train={"lr": 5e-4}),
-]
+)

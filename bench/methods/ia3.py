@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.methods.base import Method
+from bench.methods.base import Method, register
 from bench.methods.peft_common import peft_build
 
 # Regular expressions (full match) so "output.dense" names the FFN output of each layer only, not
@@ -19,8 +19,8 @@ IA3_TARGETS = {
     "llama": {"target_modules": r".*\.(k_proj|v_proj|down_proj)", "feedforward_modules": r".*\.down_proj"},
 }
 
-METHODS = [
+register(
     Method("ia3", "additive", "(IA)³: learned rescaling of keys, values and FFN intermediate activations",
            "Liu et al. 2022, T-Few", peft_build("IA3Config"), targets=IA3_TARGETS,
            train={"lr": 3e-3}, mergeable=True),
-]
+)

@@ -7,7 +7,7 @@ A and B from the weight's principal singular vectors, AdaLoRA reallocates rank d
 
 from __future__ import annotations
 
-from bench.methods.base import Method
+from bench.methods.base import Method, register
 from bench.methods.peft_common import peft_build
 
 # Attention query and value projections, as in the LoRA paper's GLUE runs. GPT-2 fuses q, k and v
@@ -32,7 +32,7 @@ def _adalora_schedule(config: dict, ctx) -> dict:
     return kwargs
 
 
-METHODS = [
+register(
     Method("lora", "reparameterized", "low-rank update W + (alpha/r)·B·A on the attention q and v projections",
            PAPER, peft_build("LoraConfig"), defaults=LORA_DEFAULTS, targets=QV_TARGETS,
            train={"lr": 5e-4}, mergeable=True),
@@ -57,4 +57,4 @@ METHODS = [
                      "beta2": 0.85, "orth_reg_weight": 0.5, "deltaT": 10, "tinit_ratio": 0.1,
                      "tfinal_ratio": 0.2},
            targets=QV_TARGETS, train={"lr": 5e-4}, mergeable=True),
-]
+)

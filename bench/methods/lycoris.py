@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bench.methods.base import Method
+from bench.methods.base import Method, register
 from bench.methods.lora import QV_TARGETS
 from bench.methods.peft_common import peft_build
 
 _CONV1D = "peft's {} adapts nn.Linear and convolutions, not GPT-2's Conv1D layers"
 
-METHODS = [
+register(
     Method("loha", "reparameterized", "low-rank Hadamard product update (B1·A1) ⊙ (B2·A2) on q and v",
            "Hyeon-Woo et al. 2022, FedPara (LoHa)", peft_build("LoHaConfig"),
            defaults={"r": 8, "alpha": 8, "rank_dropout": 0.0, "module_dropout": 0.0}, targets=QV_TARGETS,
@@ -19,4 +19,4 @@ METHODS = [
            defaults={"r": 8, "alpha": 8, "rank_dropout": 0.0, "module_dropout": 0.0}, targets=QV_TARGETS,
            train={"lr": 5e-4}, mergeable=True,
            unsupported={"gpt2": _CONV1D.format("LoKr")}),
-]
+)

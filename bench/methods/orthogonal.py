@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bench.methods.base import Method
+from bench.methods.base import Method, register
 from bench.methods.lora import QV_TARGETS
 from bench.methods.peft_common import peft_build
 
 _CONV1D = "peft's {} rotates nn.Linear weights; GPT-2's Conv1D layers are not supported"
 
-METHODS = [
+register(
     Method("oft", "reparameterized", "block-diagonal orthogonal rotation (Cayley) of q and v weights",
            "Qiu et al. 2023, Controlling Text-to-Image Diffusion by Orthogonal Finetuning", peft_build("OFTConfig"),
            defaults={"oft_block_size": 32, "r": 0, "module_dropout": 0.0, "coft": False, "block_share": False},
@@ -18,4 +18,4 @@ METHODS = [
            peft_build("BOFTConfig"),
            defaults={"boft_block_size": 4, "boft_block_num": 0, "boft_n_butterfly_factor": 1, "boft_dropout": 0.0},
            targets=QV_TARGETS, train={"lr": 1e-3}, mergeable=True, unsupported={"gpt2": _CONV1D.format("BOFT")}),
-]
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, register, train_head
 from bench.methods.peft_common import peft_build
 
 # Every normalisation layer: embeddings, attention and FFN sublayers, final norms.
@@ -27,10 +27,10 @@ def _bitfit(model, config, ctx):
     return Adapted(model)
 
 
-METHODS = [
+register(
     Method("bitfit", "partial", "bias terms only (all of them, LayerNorm biases included)",
            "Ben Zaken et al. 2022, BitFit", _bitfit, train={"lr": 1e-3}),
     Method("ln-tuning", "partial", "LayerNorm (RMSNorm) gains and biases only",
            "Zhao et al. 2024, Tuning LayerNorm in Attention", peft_build("LNTuningConfig"),
            targets=NORM_TARGETS, train={"lr": 1e-3}),
-]
+)

@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.errors import Unsupported
 from bench.methods.attention_prefix import add_prefix, prefixed
-from bench.methods.base import Adapted, Method, freeze, train_head
+from bench.methods.base import Adapted, Method, freeze, register, train_head
 from bench.methods.peft_common import peft_build
 
 
@@ -92,7 +92,7 @@ def _unsupported_where_peft_refuses(build):
     return guarded
 
 
-METHODS = [
+register(
     Method("prompt-tuning", "additive", "trainable embeddings prepended to the input (encoder input for T5)",
            "Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning",
            peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}),
@@ -111,4 +111,4 @@ METHODS = [
            _folded_loader(peft_build("PromptEncoderConfig", fixed={"num_transformer_submodules": 1})),
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128, "encoder_reparameterization_type": "MLP"},
            train={"lr": 1e-2}),
-]
+)

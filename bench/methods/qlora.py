@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, Method
+from bench.methods.base import Adapted, Method, register
 from bench.methods.peft_common import peft_build
 
 _LORA = peft_build("LoraConfig")
@@ -55,11 +55,11 @@ def _qlora(model, config, ctx) -> Adapted:
 
 _qlora.peft_config_class = _LORA.peft_config_class
 
-METHODS = [
+register(
     Method("qlora", "reparameterized", "LoRA on all linear layers of a 4-bit NF4 base (double quantisation)",
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", _qlora,
            defaults={"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
            train={"lr": 2e-4},
            unsupported={"gpt2": "GPT-2's Conv1D layers are not nn.Linear; load it through transformers' "
                                 "BitsAndBytesConfig for 4-bit"}),
-]
+)

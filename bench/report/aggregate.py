@@ -17,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.figures import FIGURES
+from bench import methods
 from bench.methods.base import FAMILIES
 from bench.report.fmt import missing
 
@@ -95,7 +96,8 @@ def family_order(families: pd.Series) -> pd.Series:
 
 
 def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, method label, shots) across the model's tasks; `tasks` maps task -> agg row."""
+    """One row per (model, method label, shots) across the model's tasks; `tasks` maps task -> agg row;
+    `reference` and `in_context` are what the method's registry entry declares."""
     if agg.empty:
         return pd.DataFrame()
     rows = []
@@ -103,9 +105,12 @@ def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
         model_tasks = sorted(per_model["task"].unique())
         for (label, shots), group in per_model.groupby(["label", "shots"], sort=False, dropna=False):
             by_task = {r["task"]: r for _, r in group.iterrows()}
+            method = _first(group, "method")
+            declared = methods.declared(method)  # None for compositions and methods of unimported modules
             row = {"model": model, "label": label, "shots": None if missing(shots) else int(shots),
-                   "method": _first(group, "method"), "method_family": _first(group, "method_family"),
-                   "tasks": by_task}
+                   "method": method, "method_family": _first(group, "method_family"), "tasks": by_task,
+                   "reference": bool(declared and declared.reference),
+                   "in_context": bool(declared and declared.in_context)}
             scored = {t: r["score_mean"] for t, r in by_task.items() if not missing(r["score_mean"])}
             row["missing_tasks"] = [t for t in model_tasks if t not in scored]
             row["score_avg"] = (sum(scored.values()) / len(scored)) if not row["missing_tasks"] else None

@@ -157,8 +157,8 @@ def heatmap(summary: pd.DataFrame, agg: pd.DataFrame, folder: Path) -> list[Plot
     plots = []
     for model, rows in summary[summary["shots"].isna()].groupby("model", sort=True):
         title = f"{model}: score relative to full fine-tuning"
-        full = rows[rows["method"] == "full"]
-        others = rows[rows["method"] != "full"]
+        full = rows[rows["reference"]]
+        others = rows[~rows["reference"]]
         if full.empty or others.empty:
             plots.append(Plot("heatmap", title, skipped="needs a full fine-tuning row and another method"))
             continue
@@ -216,7 +216,7 @@ def fewshot(summary: pd.DataFrame, folder: Path) -> list[Plot]:
     ax = fig.subplots()
     for (_, r), px in zip(rows[usable].iterrows(), x[usable]):
         marker, colour = style(r["method_family"])
-        icl = r["method"] == "icl"
+        icl = r["in_context"]
         ax.scatter([px], [r["score_avg"]], marker="o" if icl else marker, s=70, zorder=3, linewidths=1.5,
                    color="none" if icl else colour, edgecolors="black")
     ax.set_xscale("log")
@@ -225,7 +225,7 @@ def fewshot(summary: pd.DataFrame, folder: Path) -> list[Plot]:
     ax.set_title(title, fontsize=10)
     ax.grid(True, linewidth=0.3)
     ax.margins(x=0.12, y=0.1)
-    family_legend(ax, rows[usable & (rows["method"] != "icl")]["method_family"],
+    family_legend(ax, rows[usable & ~rows["in_context"].astype(bool)]["method_family"],
                   [Line2D([], [], linestyle="", marker="o", markerfacecolor="none", markeredgecolor="black",
                           markersize=8, label="in-context learning (no training)")])
     place_labels(ax, list(zip(x[usable], rows[usable]["score_avg"])),

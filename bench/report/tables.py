@@ -30,8 +30,8 @@ def status_text(statuses: dict) -> str:
 
 
 def reference_row(summary: pd.DataFrame, row) -> pd.Series | None:
-    """The full fine-tuning row other rows of the same model (and shots) are compared with."""
-    same = summary[(summary["model"] == row["model"]) & (summary["method"] == "full")]
+    """The reference row (full fine-tuning) other rows of the same model (and shots) are compared with."""
+    same = summary[(summary["model"] == row["model"]) & summary["reference"]]
     same = same[same["shots"].isna()] if missing(row["shots"]) else same[same["shots"] == row["shots"]]
     return same.iloc[0] if len(same) else None
 
