@@ -11,8 +11,7 @@ Adding a figure = an entry here + the code that measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from bench.report import fmt
+from importlib import import_module
 
 SECTIONS = ("params", "memory", "time", "flops")
 # How a change between two records of one cell is judged (`judge`):
@@ -50,15 +49,18 @@ class Figure:
 
     def show(self, value) -> str:
         """The figure as a table shows it: counts '124.6M', sizes '6.9 KB', FLOPs '3.1e12', ..."""
-        return _SHOW.get(self.unit, _general)(value)
+        fmt = _fmt()
+        if fmt.missing(value):
+            return fmt.DASH
+        writer = {"elements": fmt.count, "%": fmt.pct, "bytes": fmt.size, "s": fmt.seconds, "FLOPs": fmt.flops,
+                  "FLOP/s": fmt.flops}.get(self.unit)
+        return writer(value) if writer else value if isinstance(value, str) else f"{value:.4g}"
 
 
-def _general(value) -> str:
-    return fmt.DASH if fmt.missing(value) else value if isinstance(value, str) else f"{value:.4g}"
-
-
-_SHOW = {"elements": fmt.count, "%": fmt.pct, "bytes": fmt.size, "s": fmt.seconds, "FLOPs": fmt.flops,
-         "FLOP/s": fmt.flops}
+def _fmt():
+    """bench.report.fmt, imported when first used: the record (which reads this registry) is written by
+    processes that never render, and the report package imports the store, which imports the record."""
+    return import_module("bench.report.fmt")
 
 _CUDA_PEAK = "CUDA only: `torch.cuda.max_memory_allocated`"
 _FIGURES = [
@@ -188,6 +190,7 @@ def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str
     """
     rule = (figure(key) or Figure("", key, "", "exact", "")).rule
     soft = rule in ("measured", "timing")
+    fmt = _fmt()
     if a == b or (fmt.missing(a) and fmt.missing(b)):
         return "same", ""
     if fmt.missing(a) or fmt.missing(b) or not all(_number(v) for v in (a, b)):
