@@ -15,16 +15,9 @@ from pathlib import Path
 import torch
 
 from bench import tiny
+from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
 from bench.errors import BadInput, Unsupported, did_you_mean
 
-# model_type (config.json) -> architecture key used by method target tables.
-ARCH_OF_MODEL_TYPE = {
-    "roberta": "roberta", "xlm-roberta": "roberta", "bert": "bert",
-    "t5": "t5", "mt5": "t5", "gpt2": "gpt2",
-    "llama": "llama", "mistral": "llama", "qwen2": "llama",
-}
-KIND_OF_ARCH = {"roberta": "encoder", "bert": "encoder", "t5": "encoder-decoder", "gpt2": "decoder",
-                "llama": "decoder"}
 # Module names under which transformers puts a freshly initialised sequence-classification head.
 HEAD_MODULES = ("classifier", "score", "classification_head")
 
@@ -35,7 +28,7 @@ class ModelSpec:
     description: str
     source: str  # tiny | package | hub | path
     ref: str  # tiny architecture, package name, hub id or folder
-    arch: str
+    arch: str  # a key of bench.archs.ARCHS
     revision: str | None = None
     # How a classification head reads an encoder's sequence: `cls` (the first token, BERT/RoBERTa's
     # convention) or `mean` (masked mean over tokens: sentence-embedding models are trained so).
@@ -43,7 +36,7 @@ class ModelSpec:
 
     @property
     def kind(self) -> str:
-        return KIND_OF_ARCH[self.arch]
+        return ARCHS[self.arch].kind
 
     @property
     def native_pooling(self) -> str:

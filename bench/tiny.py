@@ -12,6 +12,7 @@ import hashlib
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from bench.archs import ARCHS
 from bench.tasks.synthetic import lexicon
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
@@ -54,23 +55,11 @@ def tokenizer():
 
 
 def config(arch: str, vocab_size: int):
-    """A real architecture's config at toy size (random init; tokenizer vocabulary)."""
+    """A real architecture's config at toy size (bench/archs.py; random init; tokenizer vocabulary)."""
     import transformers as tf
 
-    ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocab_size=vocab_size)
-    if arch == "roberta":
-        return tf.RobertaConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                intermediate_size=FFN, max_position_embeddings=514, type_vocab_size=1, **ids)
-    if arch == "bert":
-        return tf.BertConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                             intermediate_size=FFN, max_position_embeddings=512, **ids)
-    if arch == "t5":
-        return tf.T5Config(d_model=WIDTH, d_kv=WIDTH // HEADS, d_ff=FFN, num_layers=DEPTH, num_heads=HEADS,
-                           decoder_start_token_id=PAD, **ids)
-    if arch == "gpt2":
-        return tf.GPT2Config(n_embd=WIDTH, n_layer=DEPTH, n_head=HEADS, n_inner=FFN, n_positions=512, **ids)
-    if arch == "llama":
-        return tf.LlamaConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                              num_key_value_heads=HEADS // 2, intermediate_size=FFN,
-                              max_position_embeddings=512, **ids)
-    raise ValueError(f"no tiny config for architecture '{arch}'")
+    if arch not in ARCHS:
+        raise ValueError(f"no tiny config for architecture '{arch}'")
+    spec = ARCHS[arch]
+    return getattr(tf, spec.config_class)(**spec.tiny(WIDTH, DEPTH, HEADS, FFN), pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                                          vocab_size=vocab_size)

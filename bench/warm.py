@@ -17,14 +17,14 @@ import sys
 
 import torch
 
+from bench.archs import ARCHS
+
 # torch's entry points that initialise CUDA or mark a process unable to fork with it: the lazy
 # initialiser, and the device count, which CUDA builds compute by initialising the driver.
 _CUDA_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
 MODULES = (
     "bench.cell",  # torch, transformers, the harness
-    "transformers.models.roberta.modeling_roberta", "transformers.models.bert.modeling_bert",
-    "transformers.models.t5.modeling_t5", "transformers.models.gpt2.modeling_gpt2",
-    "transformers.models.llama.modeling_llama", "peft.tuners", "safetensors.torch",
+    *(arch.modeling for arch in ARCHS.values()), "peft.tuners", "safetensors.torch",
     "sklearn.metrics", "scipy.stats", "sacrebleu", "rouge_score.rouge_scorer",
 )
 

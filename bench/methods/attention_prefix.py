@@ -22,6 +22,7 @@ import sys
 import torch
 from torch import nn
 
+from bench.archs import ARCHS
 from bench.errors import Unsupported
 from bench.methods import sites
 from bench.methods.base import Adapted, load_by_name, trainable_state
@@ -174,7 +175,7 @@ def _register() -> None:
 def attention_modules(model: nn.Module, arch: str) -> list[tuple[str, nn.Module, bool]]:
     """(name, module, queries are decoder tokens) of every attention module, self and cross, in model order."""
     found = [(n, m, bool(getattr(m, "is_causal", False))) for n, m in sites.find(model, arch, "self_attention")]
-    if "cross_attention" in sites.SITES[arch]:
+    if "cross_attention" in ARCHS[arch].sites:
         found += [(n, m, True) for n, m in sites.find(model, arch, "cross_attention")]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(found, key=lambda entry: order[entry[0]])

@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bench.archs import ARCHS
 from bench.methods import adapters, sites
 from bench.methods.attention_prefix import add_prefix, prefixed
 from bench.methods.base import Method, freeze, register, train_head
-from bench.methods.lora import QV_TARGETS
 
 
 def _mam(model, config, ctx):
@@ -47,7 +47,7 @@ class GatedLoRA(nn.Module):
 
 
 def add_gated_lora(model, arch: str, r: int, alpha: float) -> None:
-    targets = tuple("." + t for t in QV_TARGETS[arch]["target_modules"])
+    targets = tuple("." + t for t in ARCHS[arch].q_v)
     found = [(n, m) for n, m in model.named_modules() if n.endswith(targets) and hasattr(m, "weight")]
     for _, module in found:
         sites.attach_beside(module, "gated_lora", GatedLoRA(sites.in_features(module), sites.out_features(module),

@@ -7,18 +7,11 @@ A and B from the weight's principal singular vectors, AdaLoRA reallocates rank d
 
 from __future__ import annotations
 
+from bench.archs import targets
 from bench.methods.base import Method, register
 from bench.methods.peft_common import peft_build
 
-# Attention query and value projections, as in the LoRA paper's GLUE runs. GPT-2 fuses q, k and v
-# into one Conv1D (c_attn), so there the update covers all three.
-QV_TARGETS = {
-    "roberta": {"target_modules": ["query", "value"]},
-    "bert": {"target_modules": ["query", "value"]},
-    "t5": {"target_modules": ["q", "v"]},
-    "gpt2": {"target_modules": ["c_attn"]},
-    "llama": {"target_modules": ["q_proj", "v_proj"]},
-}
+QV_TARGETS = targets(lambda arch: {"target_modules": arch.q_v})  # bench/archs.py: ArchSpec.q_v
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 PAPER = "Hu et al. 2022, LoRA: Low-Rank Adaptation of Large Language Models"
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+from bench.archs import targets
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, freeze, register, train_head
 from bench.methods.peft_common import peft_build
 
-# Every normalisation layer: embeddings, attention and FFN sublayers, final norms.
-NORM_TARGETS = {
-    "roberta": {"target_modules": ["LayerNorm"]},
-    "bert": {"target_modules": ["LayerNorm"]},
-    "t5": {"target_modules": ["layer_norm", "final_layer_norm"]},
-    "gpt2": {"target_modules": ["ln_1", "ln_2", "ln_f"]},
-    "llama": {"target_modules": ["input_layernorm", "post_attention_layernorm", "norm"]},
-}
+# Every normalisation layer: embeddings, attention and FFN sublayers, final norms (bench/archs.py).
+NORM_TARGETS = targets(lambda arch: {"target_modules": arch.norms})
 
 
 def _bitfit(model, config, ctx):

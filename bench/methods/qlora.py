@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from bench.errors import Unsupported
+from bench.archs import unsupported_on_conv1d
 from bench.methods.base import Adapted, Method, register
 from bench.methods.peft_common import peft_build
 
@@ -60,6 +61,6 @@ register(
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", _qlora,
            defaults={"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
            train={"lr": 2e-4},
-           unsupported={"gpt2": "GPT-2's Conv1D layers are not nn.Linear; load it through transformers' "
-                                "BitsAndBytesConfig for 4-bit"}),
+           unsupported=unsupported_on_conv1d("{arch}'s Conv1D layers are not nn.Linear; load it through "
+                                             "transformers' BitsAndBytesConfig for 4-bit")),
 )

@@ -4,7 +4,8 @@ Hooks leave every pretrained weight under its own name (state dicts, merging and
 working); the added modules are registered as children of the module they hook, so they belong to
 the model's parameters, move with `.to()`, and appear once in its state dict.
 
-Sites (regular expressions searched against full module names):
+Sites (regular expressions searched against full module names), declared per architecture in
+bench/archs.py (`ArchSpec.sites`):
 - self_attention: the self-attention module (prefixes are injected there);
 - cross_attention: an encoder-decoder's decoder attention over the encoder output (prefixed too);
   only architectures that have one declare it;
@@ -21,31 +22,18 @@ import re
 
 from torch import nn
 
+from bench.archs import ARCHS
 from bench.errors import Unsupported
-
-_BERT = {"self_attention": r"layer\.\d+\.attention\.self$", "attention_output": r"layer\.\d+\.attention\.output\.dense$",
-         "ffn_output": r"layer\.\d+\.output\.dense$", "ffn_input": r"layer\.\d+\.output$", "ffn_input_arg": 1}
-SITES = {
-    "roberta": _BERT,
-    "bert": _BERT,
-    "t5": {"self_attention": r"\.SelfAttention$", "cross_attention": r"\.EncDecAttention$",
-           "attention_output": r"\.SelfAttention\.o$",
-           "ffn_output": r"\.DenseReluDense\.wo$", "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0},
-    "gpt2": {"self_attention": r"\.attn$", "attention_output": r"\.attn\.c_proj$",
-             "ffn_output": r"\.mlp\.c_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
-    "llama": {"self_attention": r"\.self_attn$", "attention_output": r"\.self_attn\.o_proj$",
-              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
-}
-
 
 def find(model: nn.Module, arch: str, site: str) -> list[tuple[str, nn.Module]]:
     """(name, module) of every module at `site`, in model order; Unsupported when there are none."""
-    if arch not in SITES:
-        raise Unsupported(f"no attachment sites are declared for architecture '{arch}'")
-    pattern = re.compile(SITES[arch][site])
+    declared = ARCHS[arch].sites if arch in ARCHS else {}
+    if site not in declared:
+        raise Unsupported(f"no {site} site is declared for architecture '{arch}'")
+    pattern = re.compile(declared[site])
     found = [(n, m) for n, m in model.named_modules() if pattern.search(n)]
     if not found:
-        raise Unsupported(f"no module matches the {site} site ({SITES[arch][site]}) in this {arch} model")
+        raise Unsupported(f"no module matches the {site} site ({declared[site]}) in this {arch} model")
     return found
 
 
@@ -107,7 +95,7 @@ def attach_beside(module: nn.Module, name: str, branch: nn.Module) -> None:
 def attach_parallel(model: nn.Module, arch: str, name: str, make_branch) -> None:
     """A branch per layer from the FFN block's input to its output projection's output."""
     inputs = find(model, arch, "ffn_input")
-    index = SITES[arch]["ffn_input_arg"]
+    index = ARCHS[arch].sites["ffn_input_arg"]
     for out_name, out_module in find(model, arch, "ffn_output"):
         _, in_module = max(((n, m) for n, m in inputs if out_name.startswith(n + ".")), key=lambda x: len(x[0]))
         branch = place_like(make_branch(out_features(out_module)), out_module)
