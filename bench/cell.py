@@ -1,7 +1,12 @@
-"""One cell, start to finish: load model and data -> apply method -> train -> evaluate -> measure.
+"""One cell, read top to bottom: setup -> train -> evaluate.
 
-`run_cell` never raises for a problem of the cell itself: the returned record says what happened
-(ok, failed, unsupported, oom, diverged). Executors run it in a process of its own.
+setup: the model with its head, the training data and objective, the method, the evaluation sets.
+train: the training loop (bench/train.py), with evaluations during training if configured.
+evaluate: the final evaluation of every split and template.
+What is measured is not written here: instruments (bench/instruments.py) hook these phases and write
+their own figures (bench/figures.py). `run_cell` never raises for a problem of the cell itself: the
+returned record says what happened (ok, failed, unsupported, oom, diverged). Executors run it in a
+process of its own.
 """
 
 from __future__ import annotations
@@ -9,29 +14,139 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from bench import env, methods
+from bench import env, instruments, methods
+from bench import train as training
+from bench.cellspec import Cell
+from bench.batching import collate
 from bench.errors import Unsupported
-from bench.grid import Cell
-from bench.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
-from bench.methods.base import ApplyContext
-from bench.models import load_bundle
-from bench.objectives import objective_for
-from bench.probe import (StepMeasure, inference_flops, measure_step, probe_batch, training_flops,
-                         workspace_bytes)
+from bench.methods.base import Adapted, ApplyContext
+from bench.models import Bundle, load_bundle
+from bench.objectives import Objective, objective_for
 from bench.record import error_info, finish, new_record
-from bench.tasks import metrics
+from bench.tasks import TaskSpec, metrics
+from bench.tasks import evaluate as scoring
 from bench.tasks.data import resolved_revision
-from bench.tasks.evaluate import evaluate, evaluate_all
-from bench.tasks.features import collate
-from bench.tasks.prepare import evaluation_sets, training_data
-from bench.train import TrainResult, autocast_for, batches, compute_dtype, total_steps, train
+from bench.tasks.features import EvalSet
+from bench.tasks.prepare import TrainingData, evaluation_sets, training_data
+
+
+@dataclass
+class Run:
+    """What setup made, for the phases after it."""
+
+    cell: Cell
+    device: torch.device
+    bundle: Bundle
+    data: TrainingData
+    objective: Objective
+    adapted: Adapted
+    evaluation: TaskSpec  # the task scored (the cell's task, or the one it is evaluated on)
+    evalsets: dict[str, list[EvalSet]]
+    autocast: Callable
+    result: training.TrainResult | None = None  # set by train
+
+
+def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """The cell's record. `checkpoint` (if given) receives the record as filled so far after loading
+    and then with training progress, so a cell killed later (timeout, kill) keeps what it measured."""
+    prepare_process(cell)
+    record = new_record(cell)
+    record["env"].update(env.collect(), threads=torch.get_num_threads())  # collect() is cached per process
+    tools = instruments.standard()
+    try:
+        seed_everything(cell.seed)
+        with tools.window("loading", None, record):
+            run = setup(cell, device_for_run())
+        record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
+        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
+                                           for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
+        tools.at("loaded", run, record)
+        if run.adapted.trains and not record["params"]["trainable"]:
+            raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
+        if checkpoint:
+            checkpoint(record)
+        tools.at("before_training", run, record)
+        if run.adapted.trains:
+            with tools.window("training", run, record):
+                run.result = train(run, record, tools, quiet, checkpoint)
+            record["train"].update(run.result.summary())
+            tools.at("trained", run, record)
+            if run.result.diverged_at_step is not None:  # nothing trained is left to evaluate
+                return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
+                              f"non-finite at step {run.result.diverged_at_step}", "where": None, "traceback": None})
+        with tools.window("evaluating", run, record):
+            evaluate(run, record)
+        tools.at("evaluated", run, record)
+        return finish(record, "ok")
+    except Unsupported as e:
+        return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,
+                                              "traceback": None, "environment": e.environment})
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        return finish(record, "oom", error_info(e))
+    except Exception as e:  # the cell failed; the grid goes on
+        return finish(record, "failed", error_info(e))
+
+
+def setup(cell: Cell, device: torch.device) -> Run:
+    """Model, data, objective, method and evaluation sets, in the order each needs the previous."""
+    task, tcfg = cell.task, cell.train
+    bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling)
+    data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
+    objective = objective_for(tcfg.objective, bundle, task.type)
+
+    def calibration(n_batches: int) -> list[dict]:  # training batches for methods that look at data first
+        rows = training.batches(data.features, tcfg.batch_size, cell.seed)
+        return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
+                for _ in range(n_batches)]
+
+    ctx = ApplyContext(bundle, tcfg, training.total_steps(tcfg, len(data.features)), calibration, device, task,
+                       data.rows)
+    adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
+    adapted.model.to(device)
+    evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
+    return Run(cell, device, bundle, data, objective, adapted, task.evaluation, evalsets,
+               training.autocast_for(device, tcfg.precision))
+
+
+def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
+          checkpoint: Callable[[dict], None] | None) -> training.TrainResult:
+    """The training loop, scoring the main split when `eval_every` asks (outside the measured window)."""
+    cell = run.cell
+    higher = metrics.METRICS[run.evaluation.main_metric].higher_is_better
+
+    def main_score() -> float | None:
+        with tools.window("paused", run, record):
+            return scoring.evaluate(run.bundle, run.adapted.model, run.evalsets[""][0], run.evaluation,
+                                    cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
+
+    progress = checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}}))
+    return training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device, quiet,
+                          main_score, higher, progress=progress)
+
+
+def evaluate(run: Run, record: dict) -> None:
+    """Every split under every template; the main split's metrics are the cell's scores."""
+    scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
+                                                run.cell.train.eval_batch_size, run.device, run.autocast)
+    record["scores"]["metrics"] = scores
+    if len(per_template) > 1:
+        record["scores"]["per_template"] = per_template
+    record["scores"]["n_examples"] = len(run.evalsets[""][0].features)
 
 
 def device_for_run() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_process(cell: Cell) -> None:
+    """Threads, quiet libraries and the suite's own method modules, before anything of the cell runs."""
+    torch.set_num_threads(cell.threads)  # env.threads records it
+    quiet_libraries()
+    methods.import_modules(cell.method_modules)
 
 
 def seed_everything(seed: int) -> None:
@@ -57,103 +172,4 @@ def quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-
-
-def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None] | None = None) -> dict:
-    """The cell's record. `checkpoint` (if given) receives the record as filled so far after loading
-    and then with training progress, so a cell killed later (timeout, kill) keeps what it measured."""
-    torch.set_num_threads(cell.threads)  # before anything runs: env.threads records it
-    quiet_libraries()
-    methods.import_modules(cell.method_modules)
-    record = new_record(cell)
-    record["env"].update(env.collect(), threads=torch.get_num_threads())  # collect() is cached per process
-    times, memory = record["time"], record["memory"]
-    device = device_for_run()
-    try:
-        seed_everything(cell.seed)
-        task, tcfg = cell.task, cell.train
-        evaluation = task.evaluation
-        with timed(times, "load_s"):
-            bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling)
-            data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
-            feats = data.features
-            objective = objective_for(tcfg.objective, bundle, task.type)
-
-            def calibration(n_batches: int) -> list[dict]:
-                rows = batches(feats, tcfg.batch_size, cell.seed)
-                return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
-                        for _ in range(n_batches)]
-
-            ctx = ApplyContext(bundle, tcfg, total_steps(tcfg, len(feats)), calibration, device, task, data.rows)
-            adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
-            adapted.model.to(device)
-            evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
-        record["train"]["example_ids"] = data.example_ids if (tcfg.shots or tcfg.max_train_samples) else None
-        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
-                                           for t in {task.name: task, evaluation.name: evaluation}.values()}
-        record["params"].update(adapted.params())
-        memory.update(weight_bytes(adapted.model))
-        if adapted.trains and not record["params"]["trainable"]:
-            raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
-        autocast = autocast_for(device, tcfg.precision)
-        higher = metrics.METRICS[evaluation.main_metric].higher_is_better
-        if checkpoint:
-            checkpoint(record)
-        if adapted.trains:  # the instrumented step is also the warm-up: the training window's peaks start after it
-            probe = probe_batch(feats, tcfg.batch_size, cell.seed, objective.collate)
-            probe = {k: v.to(device) for k, v in probe.items()}
-            step = measure_step(adapted.model, probe, device, autocast, objective.loss)
-        record["flops"].update(inference_flops(bundle, adapted.model, evalsets[""][0], evaluation, device, autocast,
-                                               record["params"]["total"]))
-        peak = PeakMemory(device)
-
-        def main_score() -> float | None:
-            with peak.excluded():  # evaluations are not part of the training window
-                return evaluate(bundle, adapted.model, evalsets[""][0], evaluation, tcfg.eval_batch_size, device,
-                                autocast)[evaluation.main_metric]
-
-        if adapted.trains:
-            with peak:
-                result = train(adapted, feats, objective, tcfg, cell.seed, device, quiet, main_score, higher,
-                               progress=checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}})))
-            _record_training(record, result, step, peak, bundle.kind)
-            times.update(utilisation(record["flops"]["train_total"], times["train_s"], record["env"]["device"],
-                                     compute_dtype(device, tcfg.precision)))
-            if result.diverged_at_step is not None:  # nothing trained is left to evaluate
-                return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
-                              f"non-finite at step {result.diverged_at_step}", "where": None, "traceback": None})
-        with PeakMemory(device) as eval_peak, timed(times, "eval_s"):
-            scores, per_template = evaluate_all(bundle, adapted.model, evalsets, evaluation, tcfg.eval_batch_size,
-                                                device, autocast)
-        record["scores"]["metrics"] = scores
-        if len(per_template) > 1:
-            record["scores"]["per_template"] = per_template
-        memory["eval_peak_allocated_bytes"] = eval_peak.figures["device_peak_allocated_bytes"]
-        record["scores"]["n_examples"] = len(evalsets[""][0].features)
-        record["params"].update(stored_size(adapted.state_to_store()))
-        return finish(record, "ok")
-    except Unsupported as e:
-        return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,
-                                              "traceback": None, "environment": e.environment})
-    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        return finish(record, "oom", error_info(e))
-    except Exception as e:  # the cell failed; the grid goes on
-        return finish(record, "failed", error_info(e))
-
-
-def _record_training(record: dict, result: TrainResult, step: StepMeasure, peak: PeakMemory, kind: str) -> None:
-    """The figures of a training run: memory breakdown and peaks, FLOPs, times, the loss curve summary."""
-    memory, times = record["memory"], record["time"]
-    memory.update(peak.figures, peak_bytes=peak.peak_bytes, peak_source=peak.source,
-                  activation_bytes=step.activation_bytes, grad_bytes=step.grad_bytes,
-                  optimizer_bytes=result.optimizer_bytes,
-                  workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
-    memory["predicted_peak_bytes"] = predicted_peak(memory)
-    record["flops"].update(training_flops(step, record["params"]["total"], kind, result.positions, result.tokens))
-    record["train"].update(result.summary())
-    times["train_s"] = result.train_s
-    times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
-    times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
-    times["step_s_median"] = record["train"]["step_s_median"]
-
 

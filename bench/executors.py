@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench import env
-from bench.grid import Cell
+from bench.cellspec import Cell
 from bench.record import finish, new_record
 
 PRELOAD = ["bench.warm"]

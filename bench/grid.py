@@ -1,58 +1,19 @@
-"""Suite -> cells. A cell is one (method + config, model, task, seed, training config); its id is a
-hash of the fully resolved configuration, so an unchanged cell keeps its id (and its record) and any
-changed hyperparameter makes a new cell.
-"""
+"""Suite -> cells (bench/cellspec.py): every (method, model, task, seed) of a suite, resolved, with
+the CLI's selections and the suite's exclusions applied."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 
 from bench import methods
-from bench.methods.compose import FAMILY as COMPOSITION_FAMILY, composition_name
+from bench.cellspec import Cell, cell_id
 from bench.config import TrainConfig, resolve_train
 from bench.errors import BadInput, Unsupported, did_you_mean
+from bench.methods.compose import FAMILY as COMPOSITION_FAMILY, composition_name
 from bench.models import ModelSpec, head_for, resolve_model
 from bench.suite import MethodEntry, Suite, check_seeds
-from bench.tasks import TaskSpec
 
-ID_LENGTH = 12
-
-
-@dataclass(frozen=True)
-class Cell:
-    id: str
-    suite: str
-    label: str  # the method's display name in this suite
-    method: str  # registry name, or compose(a+b)
-    family: str
-    model: ModelSpec
-    task: TaskSpec
-    seed: int
-    method_config: dict  # resolved settings ({"parts": [...]} for a composition)
-    train: TrainConfig
-    timeout_s: float
-    data_dir: str | None
-    method_modules: tuple[str, ...] = ()  # the suite's own method modules: a cell process imports them first
-    threads: int = 1  # torch's intra-op threads in the cell process (recorded in env.threads)
-
-    @property
-    def config(self) -> dict:
-        """The fully resolved configuration; its hash is the id."""
-        return {"method": {"name": self.method, "config": self.method_config}, "model": self.model.identity(),
-                "task": self.task.identity(), "seed": self.seed, "train": self.train.as_dict()}
-
-    def line(self) -> str:
-        return (f"{self.id}  method={self.label} model={self.model.name} task={self.task.name} "
-                f"seed={self.seed}")
-
-
-def cell_id(config: dict) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
 
 
 def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict]:

@@ -16,7 +16,7 @@ import torch
 
 from bench.errors import Unsupported
 from bench.tasks.evaluate import token_logprobs
-from bench.tasks.features import collate, lm_example
+from bench.batching import collate, lm_example
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
 
 
 def new_record(cell) -> dict[str, Any]:
-    """An empty record for `cell` (a grid.Cell): every figure null."""
+    """An empty record for `cell` (a cellspec.Cell): every figure null."""
     return {
         "schema_version": SCHEMA_VERSION,
         "cell": {"id": cell.id, "suite": cell.suite, "label": cell.label, "method": cell.method,

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench.executors import interrupted, spool_files
-from bench.grid import Cell
+from bench.cellspec import Cell
 from bench.record import problems
 from bench.store import Store, lock_problem
 

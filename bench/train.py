@@ -23,7 +23,7 @@ from bench.optimizers import OPTIMIZERS
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
 from bench.objectives import Objective
-from bench.tasks.features import IGNORE
+from bench.batching import IGNORE
 
 
 def total_steps(train: TrainConfig, n_examples: int) -> int:

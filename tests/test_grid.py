@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import grid
+from bench import cellspec, grid
 from bench.errors import BadInput
 from bench.suite import load_suite
 from tests.conftest import TINY_SUITE
@@ -20,7 +20,7 @@ def test_full_product(write_suite):
     cells = cells_of(write_suite)
     assert len(cells) == 2 * 2 * 2 * 2
     assert len({c.id for c in cells}) == len(cells)
-    assert all(len(c.id) == grid.ID_LENGTH for c in cells)
+    assert all(len(c.id) == cellspec.ID_LENGTH for c in cells)
 
 
 def test_exclusions(write_suite):
@@ -45,7 +45,7 @@ def test_ids_are_stable_and_track_configuration(write_suite):
 
 def test_id_is_hash_of_resolved_config(write_suite):
     cell = cells_of(write_suite)[0]
-    assert cell.id == grid.cell_id(cell.config)
+    assert cell.id == cellspec.cell_id(cell.config)
     assert cell.config["method"] == {"name": "full", "config": {}}
     lora = next(c for c in cells_of(write_suite) if c.label == "lora" and c.model.name == "tiny-t5")
     assert lora.method_config["target_modules"] == ["q", "v"]  # resolved for T5 explicitly

@@ -12,7 +12,7 @@ from bench.methods.attention_prefix import PrefixBank, add_prefix, attention_mod
 from bench.methods.compacter import PHMLinear, SharedFactors
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
-from bench.tasks.features import collate
+from bench.batching import collate
 from tests.adapting import adapt
 
 

@@ -13,7 +13,7 @@ from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_byt
 from bench.probe import COST_MODEL, StepMeasure, forward_flops_per_example, instrumented_step, measure_step, probe_batch, \
     training_flops, workspace_bytes
 from bench.objectives import objective_for
-from bench.tasks.features import collate
+from bench.batching import collate
 from bench.train import batches, train
 from tests.adapting import adapt
 

@@ -23,7 +23,8 @@ from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks
 from bench.tasks.data import load_rows
-from bench.tasks.features import collate, train_features
+from bench.batching import collate
+from bench.tasks.features import train_features
 from bench.train import batches, optimizer_for
 
 MODELS = {"tiny-encoder": "synth-polarity", "tiny-t5": "synth-digits", "tiny-gpt2": "synth-digits",

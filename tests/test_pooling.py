@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.models import REGISTRY, load_bundle
-from bench.tasks.features import collate
+from bench.batching import collate
 
 BATCH = [{"input_ids": [1, 5, 6, 7, 8, 2]}, {"input_ids": [1, 9, 10, 2]}]
 

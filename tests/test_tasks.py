@@ -8,7 +8,8 @@ from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks, load_task_file, synthetic
 from bench.tasks.data import load_rows
 from bench.tasks.evaluate import sequence_logprob
-from bench.tasks.features import IGNORE, collate, eval_features, train_features
+from bench.batching import IGNORE, collate
+from bench.tasks.features import eval_features, train_features
 
 
 def test_synthetic_data_is_deterministic_and_labelled_by_its_rule():

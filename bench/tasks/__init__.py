@@ -22,6 +22,8 @@ from bench.tasks import metrics as metric_fns
 from bench.tasks.synthetic import GENERATORS
 from bench.yamlfile import load_yaml
 
+DEMO_SEPARATOR = "\n\n"  # between in-context demonstrations, and before the evaluated prompt
+
 TASK_TYPES = ("classification", "regression", "generation", "multiple_choice")
 _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "text": list, "label": str,
          "labels": list, "verbalizers": list, "choices": list, "target": str, "template": str, "templates": list,
@@ -70,6 +72,47 @@ class TaskSpec:
     @property
     def evaluation(self) -> "TaskSpec":
         return self.eval_task or self
+
+    # Row access and prompt rendering: what a row of this task says, before any tokenizer sees it.
+
+    @staticmethod
+    def value(row: dict, column: str):
+        """A column's value; dotted names reach into nested columns (`translation.ro`)."""
+        if column in row:
+            return row[column]
+        value = row
+        for part in column.split("."):
+            value = value[part]
+        return value
+
+    def gold(self, row: dict):
+        """The row's label as a class index (names and numeric strings accepted) or a float."""
+        value = self.value(row, self.label)
+        if self.type == "regression":
+            return float(value)
+        if isinstance(value, str) and self.labels and value in self.labels:
+            return self.labels.index(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"task '{self.name}': label {value!r} is neither a class index nor one of "
+                             f"{list(self.labels or [])}") from None
+
+    def render(self, prompt: Prompt, row: dict) -> str:
+        return prompt.text.format(**{c: row[c] for c in self.text})
+
+    def answers(self, prompt: Prompt, row: dict) -> list[str]:
+        """The answer options of a row under a template (the label names when the task gives none)."""
+        return [a.format(**{c: row[c] for c in self.text}) for a in prompt.answers or self.labels]
+
+    def target_text(self, prompt: Prompt, row: dict) -> str:
+        if self.type in ("classification", "multiple_choice"):
+            return self.answers(prompt, row)[self.gold(row)]
+        return str(self.value(row, self.target))
+
+    def demonstrations(self, prompt: Prompt, rows: list[dict]) -> str:
+        """Solved examples for in-context learning, each rendered with its answer."""
+        return "".join(f"{self.render(prompt, r)} {self.target_text(prompt, r)}{DEMO_SEPARATOR}" for r in rows)
 
     def identity(self) -> dict:
         """Everything that changes results: goes into the cell id."""

@@ -29,19 +29,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def data_fingerprint(task, data_dir: str | None) -> dict:
-    """Where the rows come from: local files by path, size and modification time."""
-    from bench.tasks.data import local_file, needed_splits
-
-    if "files" in task.source:
-        paths = [Path(p) for p in task.source["files"].values()]
-    elif "dataset" in task.source and data_dir is not None:
-        paths = [local_file(task, s, data_dir) for s in needed_splits(task)]
-    else:
-        return {}  # synthetic (its parameters are in the task) or the hub (revision in the task)
-    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p is not None}
-
-
 def cached(key: dict, build: Callable[[], Any]) -> Any:
     """`build()`'s (JSON-able) result, from disk when the same key was built before."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, **key}, sort_keys=True, default=str).encode())

@@ -43,16 +43,6 @@ class DataUnavailable(BadInput):
     """The data a task needs cannot be read here; the message says how to provide it."""
 
 
-def field_value(row: dict, column: str):
-    """A column's value; dotted names reach into nested columns (`translation.ro`)."""
-    if column in row:
-        return row[column]
-    value = row
-    for part in column.split("."):
-        value = value[part]
-    return value
-
-
 def eval_splits(task: TaskSpec) -> dict[str, str]:
     """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI)."""
     return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})}}
@@ -157,6 +147,17 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
     return [dict(row) for row in ds]
 
 
+def files_fingerprint(task, data_dir: str | None) -> dict:
+    """Where the rows come from: local files by path, size and modification time."""
+    if "files" in task.source:
+        paths = [Path(p) for p in task.source["files"].values()]
+    elif "dataset" in task.source and data_dir is not None:
+        paths = [local_file(task, s, data_dir) for s in needed_splits(task)]
+    else:
+        return {}  # synthetic (its parameters are in the task) or the hub (revision in the task)
+    return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p is not None}
+
+
 def resolved_revision(task: TaskSpec, data_dir) -> str | None:
     """The hub commit a task's rows come from: its pinned revision, else the one the hub resolves
     now (recorded with the run, since the shipped definitions do not pin); None for other sources."""
@@ -228,7 +229,7 @@ def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
                        f"{', '.join(map(repr, columns))}", where)
     if task.type == "classification" and task.label and task.labels:
         names, n = set(task.labels), len(task.labels)
-        bad = sorted({repr(v) for row in rows for v in [field_value(row, task.label)]
+        bad = sorted({repr(v) for row in rows for v in [task.value(row, task.label)]
                       if str(v) not in names and not _class_index(v, n)})
         if bad:
             raise BadInput(f"label values {', '.join(bad[:5])} are neither class indices 0..{n - 1} nor among "

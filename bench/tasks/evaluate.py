@@ -18,7 +18,8 @@ import torch
 
 from bench.models import is_encoder_decoder
 from bench.tasks import TaskSpec, metrics
-from bench.tasks.features import IGNORE, EvalSet, collate, lm_example
+from bench.batching import IGNORE, collate, lm_example
+from bench.tasks.features import EvalSet
 
 
 def _batches(items: list, size: int):

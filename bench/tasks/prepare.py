@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 from bench.config import TrainConfig
 from bench.tasks import TaskSpec
-from bench.tasks.cache import cached, data_fingerprint, tokenizer_fingerprint
-from bench.tasks.data import eval_splits, load_rows, subsample
+from bench.tasks.cache import cached, tokenizer_fingerprint
+from bench.tasks.data import eval_splits, files_fingerprint, load_rows, subsample
 from bench.tasks.features import EvalSet, eval_features, train_features
 
 
@@ -27,7 +27,7 @@ class TrainingData:
 
 def _key(task: TaskSpec, bundle, data_dir, **parts) -> dict:
     return {"task": task.identity(), "tokenizer": tokenizer_fingerprint(bundle.tokenizer), "head": bundle.head,
-            "kind": bundle.kind, "data": data_fingerprint(task, data_dir), **parts}
+            "kind": bundle.kind, "data": files_fingerprint(task, data_dir), **parts}
 
 
 def training_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir) -> TrainingData:

@@ -1,0 +1,51 @@
+"""A cell: one (method + config, model, task, seed, training config), as the grid resolved it.
+
+Its id is a hash of the fully resolved configuration, so an unchanged cell keeps its id (and its
+record) and any changed hyperparameter makes a new cell. Kept apart from the grid, so a process that
+runs a cell (a fork-server child, a Ray worker) imports the cell, not the suite parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from bench.config import TrainConfig
+from bench.models import ModelSpec
+from bench.tasks import TaskSpec
+
+ID_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    suite: str
+    label: str  # the method's display name in this suite
+    method: str  # registry name, or compose(a+b)
+    family: str
+    model: ModelSpec
+    task: TaskSpec
+    seed: int
+    method_config: dict  # resolved settings ({"parts": [...]} for a composition)
+    train: TrainConfig
+    timeout_s: float
+    data_dir: str | None
+    method_modules: tuple[str, ...] = ()  # the suite's own method modules: a cell process imports them first
+    threads: int = 1  # torch's intra-op threads in the cell process (recorded in env.threads)
+
+    @property
+    def config(self) -> dict:
+        """The fully resolved configuration; its hash is the id."""
+        return {"method": {"name": self.method, "config": self.method_config}, "model": self.model.identity(),
+                "task": self.task.identity(), "seed": self.seed, "train": self.train.as_dict()}
+
+    def line(self) -> str:
+        return (f"{self.id}  method={self.label} model={self.model.name} task={self.task.name} "
+                f"seed={self.seed}")
+
+
+def cell_id(config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]

@@ -1,0 +1,152 @@
+"""Instruments: what measures a cell, kept out of the recipe (bench/cell.py) that it measures.
+
+The recipe announces its moments, and each instrument writes its own figures (bench/figures.py) at
+the moments it cares about, in the order of INSTRUMENTS:
+
+    loading          (window)  setup: model, data, objective, method, evaluation sets
+    loaded           the adapted model exists, untrained
+    before_training  the untrained model, just before training would start (also for methods that
+                     do not train: their costs are measured on the same model)
+    training         (window)  the training loop
+    paused           (window, inside training) an evaluation during training: not part of its peaks
+    trained          training ended (the run's `result` is set)
+    evaluating       (window)  the final evaluation
+    evaluated        the scores are in
+
+An instrument defines any of these as methods taking (run, record); windows are context managers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from bench.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
+from bench.probe import inference_flops, measure_step, probe_batch, training_flops, workspace_bytes
+from bench.train import compute_dtype
+
+
+class Timer:
+    """time.load_s and time.eval_s: wall-clock seconds of the loading and evaluating windows."""
+
+    def loading(self, run, record):
+        return timed(record["time"], "load_s")
+
+    def evaluating(self, run, record):
+        return timed(record["time"], "eval_s")
+
+
+class StaticFigures:
+    """params.* and the weights' bytes of the adapted model; after evaluation, the stored state's size."""
+
+    def loaded(self, run, record):
+        record["params"].update(run.adapted.params())
+        record["memory"].update(weight_bytes(run.adapted.model))
+
+    def evaluated(self, run, record):
+        record["params"].update(stored_size(run.adapted.state_to_store()))
+
+
+class StepProbe:
+    """The instrumented step (bench/probe.py) before training, on the probe batch; it is also the
+    warm-up, so the training window's peaks start after it. After training: the memory breakdown,
+    the predicted peak and the training FLOPs."""
+
+    def __init__(self):
+        self.step = None
+
+    def before_training(self, run, record):
+        if not run.adapted.trains:
+            return
+        tcfg = run.cell.train
+        batch = probe_batch(run.data.features, tcfg.batch_size, run.cell.seed, run.objective.collate)
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        self.step = measure_step(run.adapted.model, batch, run.device, run.autocast, run.objective.loss)
+
+    def trained(self, run, record):
+        memory, result = record["memory"], run.result
+        memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
+                      optimizer_bytes=result.optimizer_bytes,
+                      workspace_bytes=workspace_bytes(self.step, memory["trainable_bytes"]))
+        memory["predicted_peak_bytes"] = predicted_peak(memory)
+        record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
+                                              result.positions, result.tokens))
+
+
+class InferenceFlops:
+    """flops.inference_per_example (and the cost model's) on the untrained model: generation's decoding
+    length depends on the weights, so every method is counted at the same starting point."""
+
+    def before_training(self, run, record):
+        record["flops"].update(inference_flops(run.bundle, run.adapted.model, run.evalsets[""][0],
+                                               run.evaluation, run.device, run.autocast, record["params"]["total"]))
+
+
+class TrainingPeak:
+    """memory.*_peak_* of the training window (bench/measure.py: PeakMemory); evaluations during
+    training are left out."""
+
+    def __init__(self):
+        self.peak = None
+
+    @contextlib.contextmanager
+    def training(self, run, record):
+        self.peak = PeakMemory(run.device)
+        with self.peak:
+            yield
+
+    def paused(self, run, record):
+        return self.peak.excluded()
+
+    def trained(self, run, record):
+        record["memory"].update(self.peak.figures, peak_bytes=self.peak.peak_bytes, peak_source=self.peak.source)
+
+
+class Throughput:
+    """time.train_s and the rates over it (samples, tokens, FLOPs per second, MFU)."""
+
+    def trained(self, run, record):
+        times, result = record["time"], run.result
+        times["train_s"] = result.train_s
+        times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
+        times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
+        times["step_s_median"] = record["train"]["step_s_median"]
+        times.update(utilisation(record["flops"]["train_total"], times["train_s"], record["env"]["device"],
+                                 compute_dtype(run.device, run.cell.train.precision)))
+
+
+class EvaluationPeak:
+    """memory.eval_peak_allocated_bytes: the CUDA allocator's peak over the final evaluation."""
+
+    @contextlib.contextmanager
+    def evaluating(self, run, record):
+        with PeakMemory(run.device) as peak:
+            yield
+        record["memory"]["eval_peak_allocated_bytes"] = peak.figures["device_peak_allocated_bytes"]
+
+
+class Instruments:
+    """The instruments of one cell, called at the recipe's moments in list order (windows nest in it)."""
+
+    def __init__(self, *instruments):
+        self.items = instruments
+
+    def at(self, moment: str, run, record) -> None:
+        for instrument in self.items:
+            if hasattr(instrument, moment):
+                getattr(instrument, moment)(run, record)
+
+    @contextlib.contextmanager
+    def window(self, moment: str, run, record):
+        with contextlib.ExitStack() as stack:
+            for instrument in self.items:
+                if hasattr(instrument, moment):
+                    stack.enter_context(getattr(instrument, moment)(run, record))
+            yield
+
+
+def standard() -> Instruments:
+    """Every cell's instruments. Order matters where one reads another's figures: the step probe writes
+    flops.train_total before Throughput divides it by time; the probe runs before the training window
+    opens (its warm-up must not count in the peaks)."""
+    return Instruments(Timer(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(), Throughput(),
+                       EvaluationPeak())

@@ -1,0 +1,106 @@
+"""How often one cell's code path enters each harness module: a readability check of the cell.
+
+    PYTHONPATH=. python benchmarks/cell_trace.py [--suite smoke] [--method lora] [--show]
+
+Runs one tiny cell in this process under `sys.setprofile`. An *entry* is a call into a `bench.*`
+module from outside it while that module is not already on the stack (a module calling a helper
+and getting control back has not been left; a reader following the cell has). Entries are counted
+once per (phase, function entered), so a loop's later iterations add nothing a reader would not
+already have read; properties and dataclass-made methods are not counted (nothing to go and read). Phases: setup, train, evaluate (the recipe's functions, bench/cell.py), each
+instrument moment ("measure loaded", bench/instruments.py), and run (the recipe's own lines between).
+A module whose code a phase reads in one contiguous stretch has one entry in that phase; every
+further entry is a *return* to a module already left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+PHASES = ("setup", "train", "evaluate")  # the recipe's functions, bench/cell.py
+
+
+def phase_and_stack(frame) -> tuple[str, set[str]]:
+    """The innermost recipe phase or instrument moment on the stack, and the bench modules on it."""
+    phase, modules = None, set()
+    while frame is not None:
+        name, module = frame.f_code.co_name, frame.f_globals.get("__name__", "")
+        if module.startswith("bench."):
+            modules.add(module)
+        if phase is None and module == "bench.instruments" and name in ("at", "window"):
+            phase = f"measure {frame.f_locals.get('moment')}"
+        if phase is None and module == "bench.cell" and name in PHASES:
+            phase = name
+        frame = frame.f_back
+    return phase or "run", modules
+
+
+def not_read(frame) -> bool:
+    """Code a reader does not go and read: a property of an object in hand (`bundle.kind`), or what a
+    dataclass generated (its `__init__`)."""
+    if not frame.f_code.co_filename.endswith(".py"):
+        return True
+    owner = frame.f_locals.get("self")
+    return owner is not None and isinstance(getattr(type(owner), frame.f_code.co_name, None), property)
+
+
+def trace(cell) -> list[tuple[str, str, str]]:
+    """(phase, module, function) of each entry into a harness module, in order."""
+    from bench import cell as recipe
+
+    entries: list[tuple[str, str, str]] = []
+    seen: set = set()
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("bench.") or not_read(frame):
+            return
+        phase, on_stack = phase_and_stack(frame.f_back)
+        if module in on_stack or (phase, frame.f_code) in seen:
+            return
+        seen.add((phase, frame.f_code))
+        entries.append((phase, module, frame.f_code.co_name))
+
+    sys.setprofile(profile)
+    try:
+        record = recipe.run_cell(cell, quiet=True)
+    finally:
+        sys.setprofile(None)
+    assert record["status"] == "ok", record["error"]
+    return entries
+
+
+def returns(entries: list[tuple[str, str, str]]) -> Counter:
+    """Per (phase, module): its entries beyond the first."""
+    count = Counter((phase, module) for phase, module, _ in entries)
+    return Counter({key: n - 1 for key, n in count.items() if n > 1})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="smoke")
+    parser.add_argument("--method", default="lora")
+    parser.add_argument("--show", action="store_true", help="print every entry, in order")
+    args = parser.parse_args()
+    from bench import grid
+    from bench.suite import load_suite
+
+    cell = next(c for c in grid.expand(load_suite(args.suite)) if c.method == args.method)
+    entries = trace(cell)
+    back = returns(entries)
+    if args.show:
+        for phase, module, function in entries:
+            print(f"{phase:<24} {module:<28} {function}")
+    print(f"{cell.label} · {cell.model.name} · {cell.task.name}: {len(entries)} entries into "
+          f"{len({m for _, m, _ in entries})} modules, {sum(back.values())} returns to a module already left "
+          "in the same phase")
+    for (phase, module), n in sorted(back.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {phase:<24} {module}: {n} return(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
