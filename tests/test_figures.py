@@ -94,3 +94,23 @@ def test_figures_command_lists_the_registry(capsys):
     assert main(["figures"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(FIGURES) and lines[0].startswith("params.total")
+
+
+def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
+    """A real tiny cell in this process: each registry figure is measured by some instrument, except
+    those that only a GPU (or a GPU the datasheet table knows) gives."""
+    import torch
+
+    from bench import grid
+    from bench.cell import run_cell
+    from bench.suite import load_suite
+
+    cell = next(c for c in grid.expand(load_suite("smoke")) if c.method == "lora")
+    record = run_cell(cell, quiet=True)
+    assert record["status"] == "ok", record["error"]
+    cuda_only = {"memory.device_peak_allocated_bytes", "memory.device_peak_reserved_bytes",
+                 "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "time.mfu"}
+    if torch.cuda.is_available():
+        cuda_only = {"memory.nvml_peak_bytes", "time.mfu"}  # NVML is an extra; MFU needs a known GPU
+    missing = {key for key, f in FIGURES.items() if record[f.section][f.name] is None} - cuda_only
+    assert not missing, f"no instrument wrote {sorted(missing)}"
