@@ -33,10 +33,10 @@ def _quiet(args) -> bool:
 
 
 def cmd_run(args) -> int:
-    from bench import grid, suite
-    from bench.executors import EXECUTORS
-    from bench.runner import run_grid
-    from bench.store import Store
+    from bench.plan import grid, suite
+    from bench.run.executors import EXECUTORS
+    from bench.run.runner import run_grid
+    from bench.run.store import Store
     from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
@@ -74,7 +74,7 @@ def print_store_problems(store, suite: str | None) -> None:
 
 def suite_name(name_or_path: str) -> str:
     """The records folder of a suite given by name or YAML path (its `name:`), else the name as given."""
-    from bench.suite import raw_suite
+    from bench.plan.suite import raw_suite
 
     name = raw_suite(name_or_path).get("name")
     return name if isinstance(name, str) else name_or_path
@@ -82,7 +82,7 @@ def suite_name(name_or_path: str) -> str:
 
 def cmd_report(args) -> int:
     from bench.report import write_report
-    from bench.store import Store
+    from bench.run.store import Store
 
     print_store_problems(Store(args.results), suite_name(args.suite))
     paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
@@ -107,8 +107,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_regress(args) -> int:
-    from bench.executors import LocalExecutor
-    from bench.regress import gate, load_tolerances, render
+    from bench.run.executors import LocalExecutor
+    from bench.tools.regress import gate, load_tolerances, render
 
     tolerances = load_tolerances(args.tolerances)
     verdict = gate(args.suite, args.baseline, args.results, tolerances, LocalExecutor(quiet=_quiet(args)),
@@ -124,7 +124,8 @@ def cmd_regress(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench import methods, models, suite, tasks
+    from bench import methods, models, tasks
+    from bench.plan import suite
 
     if args.what == "methods":
         entries = [m.describe() for m in methods.REGISTRY.values()]
@@ -146,8 +147,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from bench.cell import quiet_libraries
-    from bench.estimate import estimate, render
+    from bench.cell.recipe import quiet_libraries
+    from bench.tools.estimate import estimate, render
 
     quiet_libraries()
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.dtype)
@@ -266,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--method", required=True, help="registry method name")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
-    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/optimizers.py: adamw, adafactor or sgd (default: adamw)")
+    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/cell/optimizers.py: adamw, adafactor or sgd (default: adamw)")
     est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)

@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench import optimizers
+from bench.cell import optimizers
 from bench.errors import BadInput, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
-OBJECTIVES = ("lm", "tfew", "head")  # see bench/objectives.py; `head` is resolved, not chosen
+OBJECTIVES = ("lm", "tfew", "head")  # see bench/cell/objectives.py; `head` is resolved, not chosen
 POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -42,7 +42,7 @@ class TrainConfig:
     shots: int | None = None  # few-shot: train on k examples drawn with the seed (same for every method)
     objective: str = "lm"  # lm, or tfew (L_LM + L_UL + L_LN) for tasks with answer options
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    optimizer: str = "adamw"  # a name in bench/optimizers.py
+    optimizer: str = "adamw"  # a name in bench/cell/optimizers.py
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"

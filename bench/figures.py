@@ -135,7 +135,7 @@ _FIGURES = [
            "FLOPs per second of step time."),
     Figure("time", "mfu", "ratio", "timing", "model FLOPs utilisation: `train_flops_per_s` / the device's datasheet "
            "peak (dense, no sparsity) for the dtype the matrix products ran in (bf16 under autocast, else fp32 "
-           "without TF32), from the table `PEAK_FLOPS` in `bench/measure.py`; null on a CPU or a GPU the table "
+           "without TF32), from the table `PEAK_FLOPS` in `bench/cell/measure.py`; null on a CPU or a GPU the table "
            "lacks. A datasheet peak rather than a measured matmul rate, so records of one GPU model compare across "
            "machines."),
     # flops

@@ -6,8 +6,8 @@ Runs one tiny cell in this process under `sys.setprofile`. An *entry* is a call 
 module from outside it while that module is not already on the stack (a module calling a helper
 and getting control back has not been left; a reader following the cell has). Entries are counted
 once per (phase, function entered), so a loop's later iterations add nothing a reader would not
-already have read; properties and dataclass-made methods are not counted (nothing to go and read). Phases: setup, train, evaluate (the recipe's functions, bench/cell.py), each
-instrument moment ("measure loaded", bench/instruments.py), and run (the recipe's own lines between).
+already have read; properties and dataclass-made methods are not counted (nothing to go and read). Phases: setup, train, evaluate (the recipe's functions, bench/cell/recipe.py), each
+instrument moment ("measure loaded", bench/cell/instruments.py), and run (the recipe's own lines between).
 A module whose code a phase reads in one contiguous stretch has one entry in that phase; every
 further entry is a *return* to a module already left.
 """
@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections import Counter
 
-PHASES = ("setup", "train", "evaluate")  # the recipe's functions, bench/cell.py
+PHASES = ("setup", "train", "evaluate")  # the recipe's functions, bench/cell/recipe.py
 
 
 def phase_and_stack(frame) -> tuple[str, set[str]]:
@@ -28,9 +28,9 @@ def phase_and_stack(frame) -> tuple[str, set[str]]:
         name, module = frame.f_code.co_name, frame.f_globals.get("__name__", "")
         if module.startswith("bench."):
             modules.add(module)
-        if phase is None and module == "bench.instruments" and name in ("at", "window"):
+        if phase is None and module == "bench.cell.instruments" and name in ("at", "window"):
             phase = f"measure {frame.f_locals.get('moment')}"
-        if phase is None and module == "bench.cell" and name in PHASES:
+        if phase is None and module == "bench.cell.recipe" and name in PHASES:
             phase = name
         frame = frame.f_back
     return phase or "run", modules
@@ -47,7 +47,7 @@ def not_read(frame) -> bool:
 
 def trace(cell) -> list[tuple[str, str, str]]:
     """(phase, module, function) of each entry into a harness module, in order."""
-    from bench import cell as recipe
+    from bench.cell import recipe
 
     entries: list[tuple[str, str, str]] = []
     seen: set = set()
@@ -85,8 +85,8 @@ def main() -> int:
     parser.add_argument("--method", default="lora")
     parser.add_argument("--show", action="store_true", help="print every entry, in order")
     args = parser.parse_args()
-    from bench import grid
-    from bench.suite import load_suite
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
 
     cell = next(c for c in grid.expand(load_suite(args.suite)) if c.method == args.method)
     entries = trace(cell)

@@ -71,7 +71,8 @@ def test_compare_missing_folder_exits_2(tmp_path, capsys):
 def test_compare_and_regress_judge_a_figure_alike(tmp_path):
     """One rule per figure: activation bytes are exact on one torch version (compare used to let them
     move 10 % as if measured, while regress required them equal), a measured peak only warns in both."""
-    from bench.regress import compare as gate_compare, make_baseline
+    from bench.tools.regress import compare as gate_compare
+    from bench.tools.regress import make_baseline
 
     a = survey_records()
     b = copy.deepcopy(a)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bench import env
 from bench.cli import main
-from bench.regress import compare as gate_compare, make_baseline
+from bench.tools.regress import compare as gate_compare
+from bench.tools.regress import make_baseline
 from tests.handmade import survey_records, write_store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
+from bench.cell.measure import optimizer_state_bytes
+from bench.cell.optimizers import state_bytes
+from bench.cell.probe import instrumented_step
 from bench.cli import main
-from bench.estimate import estimate, fake_step
-from bench.optimizers import state_bytes
-from bench.measure import optimizer_state_bytes
 from bench.models import REGISTRY, resolve_model
-from bench.probe import instrumented_step
+from bench.tools.estimate import estimate, fake_step
 from tests.adapting import adapt
 from tests.conftest import ROOT
 
@@ -84,7 +84,7 @@ def test_extrapolated_depth_equals_the_full_pass(name, method):
 
 
 def test_70b_estimates_in_little_memory():
-    code = ("import json, resource, time; start = time.perf_counter(); from bench.estimate import estimate; "
+    code = ("import json, resource, time; start = time.perf_counter(); from bench.tools.estimate import estimate; "
             "r = estimate('llama-2-70b', 'lora'); print(json.dumps({'total': r['params']['total'], "
             "'s': time.perf_counter() - start, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -130,12 +130,12 @@ def test_bad_input_exits_2_naming_the_flag(args, message, capsys):
 
 
 def test_a_step_that_cannot_run_on_fake_tensors_is_refused(monkeypatch, capsys):
-    import bench.estimate
+    import bench.tools.estimate
 
     def reads_a_value(*args, **kwargs):  # what a forward branching on a tensor's value raises
         raise RuntimeError("aten._local_scalar_dense.default")
 
-    monkeypatch.setattr(bench.estimate, "fake_step", reads_a_value)
+    monkeypatch.setattr(bench.tools.estimate, "fake_step", reads_a_value)
     assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 2
     err = capsys.readouterr().err
     assert "--method: method 'lora' on tiny-gpt2 cannot run a training step on fake tensors" in err

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import grid, store as store_module
 from bench.cli import main
-from bench.executors import LocalExecutor
 from bench.figures import Tolerances
-from bench.regress import compare as gate_compare, make_baseline
-from bench.runner import run_grid
-from bench.store import Store, lock_problem
-from bench.suite import load_suite
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.run import store as store_module
+from bench.run.executors import LocalExecutor
+from bench.run.runner import run_grid
+from bench.run.store import Store, lock_problem
+from bench.tools.regress import compare as gate_compare
+from bench.tools.regress import make_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "{batch_size: 8, max_steps: 3, max_length: 16, eval_batch_size: 64, max_eval_samples: 32}"
@@ -243,7 +245,7 @@ def test_a_cell_killed_mid_training_keeps_what_it_measured(tmp_path, write_suite
 
 def test_a_diverged_cell_is_never_a_result(tmp_path):
     from bench.report.aggregate import aggregate
-    from bench.store import load_frame
+    from bench.run.store import load_frame
     from tests.handmade import survey_records, write_store
 
     recs = survey_records()

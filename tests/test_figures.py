@@ -22,9 +22,9 @@ def test_the_docs_tables_are_the_registry():
 
 
 def test_a_new_record_holds_exactly_the_registered_figures():
-    from bench import grid
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
     from bench.record import new_record
-    from bench.suite import load_suite
 
     record = new_record(grid.expand(load_suite("smoke"))[0])
     for section in figures.SECTIONS:
@@ -101,9 +101,9 @@ def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
     those that only a GPU (or a GPU the datasheet table knows) gives."""
     import torch
 
-    from bench import grid
-    from bench.cell import run_cell
-    from bench.suite import load_suite
+    from bench.cell.recipe import run_cell
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
 
     cell = next(c for c in grid.expand(load_suite("smoke")) if c.method == "lora")
     record = run_cell(cell, quiet=True)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from bench import cellspec, grid
 from bench.errors import BadInput
-from bench.suite import load_suite
+from bench.plan import cellspec, grid
+from bench.plan.suite import load_suite
 from tests.conftest import TINY_SUITE
 
 SUITE = TINY_SUITE.replace("models: [tiny-encoder]", "models: [tiny-encoder, tiny-t5]") \

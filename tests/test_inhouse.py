@@ -8,11 +8,11 @@ import torch
 import transformers
 from packaging.version import Version
 
+from bench.cell.batching import collate
 from bench.methods.attention_prefix import PrefixBank, add_prefix, attention_modules
 from bench.methods.compacter import PHMLinear, SharedFactors
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
-from bench.batching import collate
 from tests.adapting import adapt
 
 

@@ -7,14 +7,29 @@ import torch
 from safetensors.torch import save
 
 from bench import tiny
+from bench.cell.batching import collate
+from bench.cell.measure import (
+    PeakMemory,
+    Sampler,
+    count_params,
+    optimizer_state_bytes,
+    predicted_peak,
+    stored_size,
+    weight_bytes,
+)
+from bench.cell.objectives import objective_for
+from bench.cell.probe import (
+    COST_MODEL,
+    StepMeasure,
+    forward_flops_per_example,
+    instrumented_step,
+    measure_step,
+    probe_batch,
+    training_flops,
+    workspace_bytes,
+)
+from bench.cell.train import batches, train
 from bench.config import TrainConfig
-from bench.measure import PeakMemory, Sampler, count_params, optimizer_state_bytes, predicted_peak, stored_size, \
-    weight_bytes
-from bench.probe import COST_MODEL, StepMeasure, forward_flops_per_example, instrumented_step, measure_step, probe_batch, \
-    training_flops, workspace_bytes
-from bench.objectives import objective_for
-from bench.batching import collate
-from bench.train import batches, train
 from tests.adapting import adapt
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
@@ -230,7 +245,7 @@ def test_cuda_peaks_see_an_allocation_outside_exclusions():
 
 
 def test_utilisation_against_the_datasheet_peaks():
-    from bench.measure import peak_flops, utilisation
+    from bench.cell.measure import peak_flops, utilisation
 
     assert peak_flops("NVIDIA H200", "bf16") == 989.4e12
     assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12  # not the SXM part's figure

@@ -16,6 +16,8 @@ import transformers
 from packaging.version import Version
 
 from bench import methods, tiny
+from bench.cell.batching import collate
+from bench.cell.train import batches, optimizer_for
 from bench.config import TrainConfig
 from bench.errors import Unsupported
 from bench.methods.attention_prefix import FOLDED
@@ -23,9 +25,7 @@ from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks
 from bench.tasks.data import load_rows
-from bench.batching import collate
 from bench.tasks.features import train_features
-from bench.train import batches, optimizer_for
 
 MODELS = {"tiny-encoder": "synth-polarity", "tiny-t5": "synth-digits", "tiny-gpt2": "synth-digits",
           "tiny-llama": "synth-digits"}

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from bench import tiny
+from bench.cell.measure import count_params
 from bench.errors import BadInput, Unsupported
-from bench.measure import count_params
 from bench.models import REGISTRY, head_for, load_bundle, resolve_model
 from bench.tasks.synthetic import lexicon
 

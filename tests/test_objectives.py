@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from bench.cell.objectives import option_batch, tfew_loss
 from bench.models import REGISTRY, load_bundle
-from bench.objectives import option_batch, tfew_loss
 from bench.tasks import builtin_tasks
 from bench.tasks.features import train_features
 

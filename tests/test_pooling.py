@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.cell.batching import collate
 from bench.models import REGISTRY, load_bundle
-from bench.batching import collate
 
 BATCH = [{"input_ids": [1, 5, 6, 7, 8, 2]}, {"input_ids": [1, 9, 10, 2]}]
 
@@ -39,8 +39,8 @@ def test_mean_pooling_feeds_the_head_the_masked_mean(name):
 
 
 def test_the_registry_default_and_the_grid_resolve_pooling(write_suite):
-    from bench import grid
-    from bench.suite import load_suite
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
 
     assert REGISTRY["minilm-l6"].pooling == "mean" and REGISTRY["tiny-encoder"].pooling == "cls"
     suite = load_suite(str(write_suite(
@@ -60,14 +60,14 @@ def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_featur
     from sklearn.linear_model import LogisticRegression
 
     from bench import methods
+    from bench.cell.objectives import objective_for
+    from bench.cell.train import train
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.objectives import objective_for
     from bench.tasks import builtin_tasks
     from bench.tasks.data import load_rows
     from bench.tasks.evaluate import evaluate
     from bench.tasks.features import eval_features, train_features
-    from bench.train import train
 
     task = builtin_tasks()["synth-polarity"]
     bundle = load_bundle(REGISTRY["minilm-l6"], "classification", 2, seed=1, pooling="mean")

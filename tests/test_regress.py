@@ -4,9 +4,9 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BadInput
-from bench.executors import LocalExecutor
 from bench.figures import Tolerances
-from bench.regress import compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
+from bench.run.executors import LocalExecutor
+from bench.tools.regress import compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
 
 
 def record(cid="c1", label="lora", trainable=100, accuracy=80.0, activation=5000, torch_version="2.13.0",
@@ -29,7 +29,7 @@ def test_unchanged_passes_and_noise_only_warns():
     v = verdict([record(train_s=30.0)])
     assert not v.failed and [f.level for f in v.findings] == ["warn"] and v.findings[0].figure == "time.train_s"
     assert v.line().startswith("PASS")
-    from bench.regress import render
+    from bench.tools.regress import render
 
     assert render(v, markdown=True).startswith("### Regression gate — PASS") and "| WARN |" in render(v, markdown=True)
     assert v.to_json()["verdict"] == "pass" and v.to_json()["findings"][0]["figure"] == "time.train_s"

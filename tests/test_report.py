@@ -183,7 +183,7 @@ def test_point_labels_never_overlap_on_a_crowded_plot():
 
 def test_tables_list_tasks_in_the_suite_order(tmp_path):
     from bench.report.aggregate import aggregate
-    from bench.store import load_frame
+    from bench.run.store import load_frame
     from tests.handmade import survey_records, write_store
 
     frame, _ = load_frame(write_store(tmp_path / "results", survey_records()), "hand")

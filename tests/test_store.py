@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from bench import grid, record as rec
-from bench.store import Store, atomic_write, load_frame
-from bench.suite import load_suite
+from bench import record as rec
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.run.store import Store, atomic_write, load_frame
 from tests.conftest import TINY_SUITE
 
 

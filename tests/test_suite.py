@@ -3,7 +3,7 @@
 import pytest
 
 from bench.errors import BadInput
-from bench.suite import load_suite
+from bench.plan.suite import load_suite
 from tests.conftest import TINY_SUITE
 
 
@@ -35,7 +35,7 @@ def test_unknown_top_level_key(write_suite):
 
 
 def test_unknown_training_setting_reports_its_line(write_suite):
-    from bench import grid
+    from bench.plan import grid
 
     suite = load_suite(str(write_suite(TINY_SUITE.replace("max_steps: 20", "max_stepz: 20"))))
     with pytest.raises(BadInput) as info:
@@ -73,7 +73,7 @@ def test_exclusion_must_name_suite_members(write_suite):
 
 
 def test_method_override_checked_against_its_settings(write_suite):
-    from bench import grid
+    from bench.plan import grid
 
     text = TINY_SUITE.replace("{name: lora, train", "{name: lora, overrides: {rank: 4}, train")
     with pytest.raises(BadInput) as info:
@@ -83,7 +83,7 @@ def test_method_override_checked_against_its_settings(write_suite):
 
 
 def test_yaml_1_1_float_strings_accepted(write_suite):
-    from bench import grid
+    from bench.plan import grid
 
     cells = grid.expand(load_suite(str(write_suite(TINY_SUITE.replace("lr: 5.0e-3", "lr: 5e-3")))))
     assert {c.train.lr for c in cells} == {1e-3, 5e-3}
@@ -97,7 +97,7 @@ def test_composition_parses(write_suite):
 
 
 def test_shipped_suites_are_valid():
-    from bench.suite import suite_names
+    from bench.plan.suite import suite_names
 
     names = suite_names()
     assert "smoke" in names
@@ -106,7 +106,7 @@ def test_shipped_suites_are_valid():
 
 
 def test_more_mistakes_caught_before_any_work(write_suite):
-    from bench import grid
+    from bench.plan import grid
 
     err = error_of(write_suite, TINY_SUITE.replace("seeds: [1]", "seeds: [1, 1]"))
     assert "seed '1' is listed twice" in err.message and err.where.endswith(":8")

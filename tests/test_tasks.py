@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from bench.cell.batching import IGNORE, collate
 from bench.errors import BadInput
 from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks, load_task_file, synthetic
 from bench.tasks.data import load_rows
 from bench.tasks.evaluate import sequence_logprob
-from bench.batching import IGNORE, collate
 from bench.tasks.features import eval_features, train_features
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from bench.cell.optimizers import OPTIMIZERS
+from bench.cell.train import batches, linear_schedule, optimizer_for, positions_in, tokens_in, total_steps
 from bench.config import TrainConfig
-from bench.optimizers import OPTIMIZERS
-from bench.train import batches, linear_schedule, optimizer_for, positions_in, tokens_in, total_steps
 
 
 def test_linear_schedule_warmup_then_decay():
@@ -58,9 +58,9 @@ def test_tokens_and_positions_follow_the_model_kind_not_the_shapes():
 def test_every_optimizer_of_the_table_trains_and_holds_the_state_it_declares(name):
     """One table: a suite may name it (the config accepts it), training builds it, and after a step it
     holds the state `estimate` predicts for the same tensors."""
+    from bench.cell.measure import optimizer_state_bytes
+    from bench.cell.optimizers import state_bytes
     from bench.config import resolve_train
-    from bench.measure import optimizer_state_bytes
-    from bench.optimizers import state_bytes
 
     train_config = resolve_train([({"optimizer": name, "lr": 1e-2, "weight_decay": 0.1}, lambda k: k)])
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))

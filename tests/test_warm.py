@@ -1,4 +1,4 @@
-"""The fork server's preload (bench.warm) never leaves CUDA initialised, whatever its imports do."""
+"""The fork server's preload (bench.run.warm) never leaves CUDA initialised, whatever its imports do."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ def python(code: str, *paths: Path) -> dict:
 
 def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
     assert importlib.util.find_spec("bitsandbytes") is not None, "the locked environment installs bitsandbytes"
-    got = python("import json, sys, torch, bench.warm as w\n"
+    got = python("import json, sys, torch, bench.run.warm as w\n"
                  "print(json.dumps({'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED,"
                  " 'loaded': sorted(m for m in w.MODULES if m in sys.modules)}))")
     assert got["cuda"] is False
     touching = {m for m, why in got["skipped"].items() if "touches CUDA" in why}
     assert not touching & set(got["loaded"])  # what touched CUDA is left for the cell to import
-    assert "bench.cell" in got["loaded"] and "transformers.models.llama.modeling_llama" in got["loaded"]
+    assert "bench.cell.recipe" in got["loaded"] and "transformers.models.llama.modeling_llama" in got["loaded"]
 
 
 def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
@@ -37,7 +37,7 @@ def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
     (tmp_path / "swallower.py").write_text("import torch\ntry:\n    torch.cuda.init()\nexcept Exception:\n"
                                            "    pass\nCUDA = False\n")
     (tmp_path / "calm.py").write_text("import torch\nX = torch.zeros(2)\n")
-    got = python("import json, sys, torch\nfrom bench.warm import preload\n"
+    got = python("import json, sys, torch\nfrom bench.run.warm import preload\n"
                  "skipped = preload(['touchy', 'swallower', 'calm', 'not_installed_anywhere'])\n"
                  "print(json.dumps({'skipped': skipped, 'cuda': torch.cuda.is_initialized(),"
                  " 'modules': [m for m in ('touchy', 'touchy_dep', 'swallower', 'calm') if m in sys.modules],"

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.cell.measure import count_params
 from bench.config import TrainConfig, check_keys, coerce
 from bench.errors import BadInput, Unsupported
-from bench.measure import count_params
 
 FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
 

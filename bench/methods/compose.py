@@ -16,7 +16,6 @@ import torch
 from bench.errors import Unsupported
 from bench.methods.base import REGISTRY, Adapted, ApplyContext, load_by_name, trainable_state
 
-
 FAMILY = "unified"
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.errors import Unsupported
 from bench.archs import unsupported_on_conv1d
+from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, register
 from bench.methods.peft_common import peft_build
 

@@ -25,6 +25,7 @@ from torch import nn
 from bench.archs import ARCHS
 from bench.errors import Unsupported
 
+
 def find(model: nn.Module, arch: str, site: str) -> list[tuple[str, nn.Module]]:
     """(name, module) of every module at `site`, in model order; Unsupported when there are none."""
     declared = ARCHS[arch].sites if arch in ARCHS else {}

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.store import checked
+from bench.run.store import checked
 
 FORMATS = ("md", "tex", "csv", "html")
 PLOT_FORMATS = {"md", "html"}  # the formats that show the plots
@@ -40,7 +40,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     from bench.report import csvfiles, latex, markdown, page
     from bench.report.aggregate import latest_records
     from bench.report.build import build
-    from bench.store import load_frame
+    from bench.run.store import load_frame
 
     formats = parse_formats(formats)
     frame, problems = load_frame(results, suite)
@@ -100,7 +100,7 @@ def _forget_stale(folder: Path, written: list[Path], formats: list[str]) -> None
 
 def suite_task_order(name_or_path: str) -> list[str]:
     """The task names in the order the suite file lists them (tables follow it); [] without the file."""
-    from bench.suite import raw_suite
+    from bench.plan.suite import raw_suite
 
     tasks = raw_suite(name_or_path).get("tasks")
     entries = tasks if isinstance(tasks, list) else []

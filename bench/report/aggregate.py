@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.figures import FIGURES
 from bench import methods
+from bench.figures import FIGURES
 from bench.methods.base import FAMILIES
 from bench.report.fmt import missing
 

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.env import environment_difference
-from bench.figures import SECTIONS as FIGURE_SECTIONS, Tolerances, figure, judge
 from bench.errors import BadInput
+from bench.figures import SECTIONS as FIGURE_SECTIONS
+from bench.figures import Tolerances, figure, judge
 from bench.report.fmt import missing
-from bench.store import Store, flatten
+from bench.run.store import Store, flatten
 
 SECTIONS = tuple(f"{section}." for section in (*FIGURE_SECTIONS, "scores"))
 DEFAULTS = Tolerances(score_abs=0.5)  # two stores side by side: a half-point move in a score is worth seeing

@@ -75,7 +75,7 @@ def plots_html(report) -> str:
 
 def suite_html(report, suite_source: str) -> str:
     """The suite's YAML text when its file is found, and the resolved configurations from the records."""
-    from bench.suite import find_suite
+    from bench.plan.suite import find_suite
 
     try:
         path = find_suite(suite_source)

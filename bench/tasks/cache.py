@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.store import atomic_write
+from bench.run.store import atomic_write
 
 VERSION = 1  # bump when the feature format changes
 

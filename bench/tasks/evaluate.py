@@ -16,9 +16,9 @@ import statistics
 
 import torch
 
+from bench.cell.batching import IGNORE, collate, lm_example
 from bench.models import is_encoder_decoder
 from bench.tasks import TaskSpec, metrics
-from bench.batching import IGNORE, collate, lm_example
 from bench.tasks.features import EvalSet
 
 

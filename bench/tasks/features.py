@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bench.batching import lm_example
+from bench.cell.batching import lm_example
 from bench.tasks import Prompt, TaskSpec
 
 

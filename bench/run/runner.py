@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.executors import interrupted, spool_files
-from bench.cellspec import Cell
+from bench.plan.cellspec import Cell
 from bench.record import problems
-from bench.store import Store, lock_problem
+from bench.run.executors import interrupted, spool_files
+from bench.run.store import Store, lock_problem
 
 RETRYABLE = ("failed", "oom", "timeout", "killed", "diverged")
 INCOMING = ".incoming"

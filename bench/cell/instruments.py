@@ -1,4 +1,4 @@
-"""Instruments: what measures a cell, kept out of the recipe (bench/cell.py) that it measures.
+"""Instruments: what measures a cell, kept out of the recipe (bench/cell/recipe.py) that it measures.
 
 The recipe announces its moments, and each instrument writes its own figures (bench/figures.py) at
 the moments it cares about, in the order of INSTRUMENTS:
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 
-from bench.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
-from bench.probe import inference_flops, measure_step, probe_batch, training_flops, workspace_bytes
-from bench.train import compute_dtype
+from bench.cell.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
+from bench.cell.probe import inference_flops, measure_step, probe_batch, training_flops, workspace_bytes
+from bench.cell.train import compute_dtype
 
 
 class Timer:
@@ -47,7 +47,7 @@ class StaticFigures:
 
 
 class StepProbe:
-    """The instrumented step (bench/probe.py) before training, on the probe batch; it is also the
+    """The instrumented step (bench/cell/probe.py) before training, on the probe batch; it is also the
     warm-up, so the training window's peaks start after it. After training: the memory breakdown,
     the predicted peak and the training FLOPs."""
 
@@ -82,7 +82,7 @@ class InferenceFlops:
 
 
 class TrainingPeak:
-    """memory.*_peak_* of the training window (bench/measure.py: PeakMemory); evaluations during
+    """memory.*_peak_* of the training window (bench/cell/measure.py: PeakMemory); evaluations during
     training are left out."""
 
     def __init__(self):

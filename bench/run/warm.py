@@ -23,7 +23,7 @@ from bench.archs import ARCHS
 # initialiser, and the device count, which CUDA builds compute by initialising the driver.
 _CUDA_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
 MODULES = (
-    "bench.cell",  # torch, transformers, the harness
+    "bench.cell.recipe",  # torch, transformers, the harness
     *(arch.modeling for arch in ARCHS.values()), "peft.tuners", "safetensors.torch",
     "sklearn.metrics", "scipy.stats", "sacrebleu", "rouge_score.rouge_scorer",
 )

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from bench.cell.batching import IGNORE
+from bench.cell.measure import optimizer_state_bytes
+from bench.cell.objectives import Objective
+from bench.cell.optimizers import OPTIMIZERS
 from bench.config import TrainConfig
-from bench.measure import optimizer_state_bytes
-from bench.optimizers import OPTIMIZERS
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
-from bench.objectives import Objective
-from bench.batching import IGNORE
 
 
 def total_steps(train: TrainConfig, n_examples: int) -> int:
@@ -57,7 +57,7 @@ def batches(features: list[dict], batch_size: int, seed: int):
 
 
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
-    """The configured optimizer (bench/optimizers.py); biases and the weights of normalisation layers
+    """The configured optimizer (bench/cell/optimizers.py); biases and the weights of normalisation layers
     (LayerNorm, RMSNorm, ...) never decay.
 
     `no_decay_ids` are further parameters that must not decay: partly frozen tensors (gradient masks),
@@ -108,7 +108,7 @@ class TrainResult:
     samples: int = 0
     tokens: int = 0
     positions: int = 0
-    optimizer_bytes: int | None = None  # bench.measure.optimizer_state_bytes after the first step
+    optimizer_bytes: int | None = None  # bench.cell.measure.optimizer_state_bytes after the first step
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.config import check_keys, coerce
 from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
 from bench.figures import Tolerances, judge
-from bench.report.compare import figures, show
 from bench.record import SCHEMA_VERSION
-from bench.store import atomic_write
+from bench.report.compare import figures, show
+from bench.run.store import atomic_write
 from bench.yamlfile import load_yaml
 
 BASELINE_VERSION = 1
@@ -207,10 +207,11 @@ def gate(suite_name: str, baseline_path: str, results: str, tolerances: Toleranc
     A record is fresh (see `is_fresh`) when it is what the current code would write: a cell id says
     what was configured, not which code ran it, so older records cannot stand in for the current code.
     """
-    from bench import env, grid
-    from bench.runner import run_grid
-    from bench.store import Store
-    from bench.suite import load_suite
+    from bench import env
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.run.runner import run_grid
+    from bench.run.store import Store
     from bench.tasks.data import check_cells
 
     baseline = None if update else read_baseline(baseline_path)  # bad input fails before any work

@@ -1,4 +1,4 @@
-"""Suite -> cells (bench/cellspec.py): every (method, model, task, seed) of a suite, resolved, with
+"""Suite -> cells (bench/plan/cellspec.py): every (method, model, task, seed) of a suite, resolved, with
 the CLI's selections and the suite's exclusions applied."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import dataclasses
 import os
 
 from bench import methods
-from bench.cellspec import Cell, cell_id
 from bench.config import TrainConfig, resolve_train
 from bench.errors import BadInput, Unsupported, did_you_mean
-from bench.methods.compose import FAMILY as COMPOSITION_FAMILY, composition_name
+from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
+from bench.methods.compose import composition_name
 from bench.models import ModelSpec, head_for, resolve_model
-from bench.suite import MethodEntry, Suite, check_seeds
-
+from bench.plan.cellspec import Cell, cell_id
+from bench.plan.suite import MethodEntry, Suite, check_seeds
 
 
 def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.cell.batching import collate, lm_example
 from bench.errors import Unsupported
 from bench.tasks.evaluate import token_logprobs
-from bench.batching import collate, lm_example
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from bench import methods, models, tasks
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
-from bench.store import safe_name
+from bench.run.store import safe_name
 from bench.yamlfile import YamlDoc, load_yaml
 
 SUITE_KEYS = {

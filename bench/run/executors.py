@@ -3,11 +3,11 @@
 `LocalExecutor` runs one cell at a time, each in a process of its own, so memory peaks are the
 cell's own and a crash, OOM kill or hang stays inside it. Processes come from a fork server that has
 already imported torch and transformers, which saves seconds per cell without sharing any state
-(nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.warm).
+(nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.run.warm).
 
 A cell process writes its record and its output (stdout and stderr, which the executor shows as it
 comes) into the runner's spool folder, `results/<suite>/.incoming/`: a record finished just before
-the runner died is still there for the next run to adopt (bench.runner), and a crash keeps the end
+the runner died is still there for the next run to adopt (bench.run.runner), and a crash keeps the end
 of its output as evidence. The cell dies with the fork server, which dies with the runner.
 """
 
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from bench import env
-from bench.cellspec import Cell
+from bench.plan.cellspec import Cell
 from bench.record import finish, new_record
 
-PRELOAD = ["bench.warm"]
+PRELOAD = ["bench.run.warm"]
 EVIDENCE_LINES = 100  # lines of a crashed cell's output kept in its record
 PR_SET_PDEATHSIG = 1
 
@@ -65,8 +65,8 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
     import faulthandler
 
     faulthandler.enable()  # a segfault still leaves a Python traceback in the output
-    from bench.cell import run_cell
-    from bench.store import atomic_write
+    from bench.cell.recipe import run_cell
+    from bench.run.store import atomic_write
 
     def checkpoint(partial: dict) -> None:
         atomic_write(Path(partial_path), json.dumps(partial, default=str).encode())
@@ -94,7 +94,7 @@ class LocalExecutor:
 
     def run(self, cell: Cell, spool: Path) -> dict:
         if self.isolation == "inline":  # for debugging: no isolation, no timeout
-            from bench.cell import run_cell
+            from bench.cell.recipe import run_cell
 
             return run_cell(cell, self.quiet)
         return self._run_process(cell, spool)

@@ -1,9 +1,9 @@
 """One cell, read top to bottom: setup -> train -> evaluate.
 
 setup: the model with its head, the training data and objective, the method, the evaluation sets.
-train: the training loop (bench/train.py), with evaluations during training if configured.
+train: the training loop (bench/cell/train.py), with evaluations during training if configured.
 evaluate: the final evaluation of every split and template.
-What is measured is not written here: instruments (bench/instruments.py) hook these phases and write
+What is measured is not written here: instruments (bench/cell/instruments.py) hook these phases and write
 their own figures (bench/figures.py). `run_cell` never raises for a problem of the cell itself: the
 returned record says what happened (ok, failed, unsupported, oom, diverged). Executors run it in a
 process of its own.
@@ -18,14 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import env, instruments, methods
-from bench import train as training
-from bench.cellspec import Cell
-from bench.batching import collate
+from bench import env, methods
+from bench.cell import instruments
+from bench.cell import train as training
+from bench.cell.batching import collate
+from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.models import Bundle, load_bundle
-from bench.objectives import Objective, objective_for
+from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import TaskSpec, metrics
 from bench.tasks import evaluate as scoring

@@ -4,7 +4,7 @@ A cell runs it once before training, on the probe batch: the rows of the first t
 padded to the longest example of the training set, which is the largest shape any training step
 can have. It does not touch training: the random number generators are restored afterwards, its
 gradients are dropped, the optimizer does not exist yet, and its time counts in no figure.
-`peft-bench estimate` runs the same step on fake tensors (bench/estimate.py).
+`peft-bench estimate` runs the same step on fake tensors (bench/tools/estimate.py).
 
 memory.activation_bytes  bytes of the distinct storages autograd saves for backward during the
                          forward pass (torch.autograd.graph.saved_tensors_hooks), parameter and
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils import flop_counter
 
-from bench.measure import storage_key, tensor_bytes
-from bench.objectives import lm_loss
+from bench.cell.measure import storage_key, tensor_bytes
+from bench.cell.objectives import lm_loss
+from bench.cell.train import batches, positions_in, tokens_in
 from bench.models import is_encoder_decoder
-from bench.train import batches, positions_in, tokens_in
 
 _aten = torch.ops.aten
 # PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
@@ -53,8 +53,8 @@ class StepMeasure:
     forward_flops: int
     backward_flops: int
     rows: int  # examples in the batch
-    positions: int  # padded positions computed on (bench.train.positions_in)
-    tokens: int  # non-padding tokens (bench.train.tokens_in)
+    positions: int  # padded positions computed on (bench.cell.train.positions_in)
+    tokens: int  # non-padding tokens (bench.cell.train.tokens_in)
 
 
 class SavedTensors:

@@ -1,7 +1,7 @@
 """`peft-bench estimate`: parameters, memory and FLOPs of one training step, without weights or a device.
 
 How: the model is built on the `meta` device from its config (shipped configs need no network), the
-method is applied as in a cell (same registry, same config resolution), and bench.probe's
+method is applied as in a cell (same registry, same config resolution), and bench.cell.probe's
 instrumented step runs on fake tensors (torch's FakeTensorMode): every operator computes shapes and
 dtypes only, so the storages saved for backward, the gradients and the FLOPs are those of a real step,
 at no memory cost. Why not a real probe on a shrunk copy: scaling it back up needs a rule per
@@ -25,11 +25,11 @@ import dataclasses
 
 import torch
 
+from bench.cell import optimizers
+from bench.cell.measure import count_params, predicted_peak, unique_tensors, weight_bytes
+from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 from bench.errors import BadInput, Unsupported, unknown
-from bench.measure import count_params, predicted_peak, unique_tensors, weight_bytes
-from bench import optimizers
 from bench.figures import FIGURES
-from bench.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)

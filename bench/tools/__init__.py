@@ -1,0 +1,1 @@
+"""Tools built on the pipeline: weightless estimates and the regression gate."""
