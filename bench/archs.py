@@ -37,6 +37,9 @@ class ArchSpec:
     q_v: list[str]
     ia3: dict  # (IA)³: keys, values and the FFN's inner activation; which of them are feed-forward
     norms: list[str]  # normalisation layers (LN-tuning)
+    # The children under which transformers puts a freshly initialised sequence-classification head:
+    # every trained method trains them, and a tiny model re-draws them per seed.
+    head_modules: tuple[str, ...]
     sites: dict = field(default_factory=dict)  # where in-house methods attach (bench/methods/sites.py)
     conv1d: bool = False  # linear layers are transformers' Conv1D (weight stored transposed), not nn.Linear
 
@@ -57,25 +60,25 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
              ["query", "value"],
              {"target_modules": rf".*layer\.\d+\.attention\.self\.(key|value)|{_BERT_FFN}",
               "feedforward_modules": _BERT_FFN},
-             ["LayerNorm"], _BERT_SITES),
+             ["LayerNorm"], ("classifier",), _BERT_SITES),
     ArchSpec("bert", "BERT", "encoder", ("bert",), "transformers.models.bert.modeling_bert",
              "BertConfig", _bert_tiny(512),
              ["query", "value"],
              {"target_modules": rf".*layer\.\d+\.attention\.self\.(key|value)|{_BERT_FFN}",
               "feedforward_modules": _BERT_FFN},
-             ["LayerNorm"], _BERT_SITES),
+             ["LayerNorm"], ("classifier",), _BERT_SITES),
     ArchSpec("t5", "T5", "encoder-decoder", ("t5", "mt5"), "transformers.models.t5.modeling_t5",
              "T5Config", lambda w, d, h, f: dict(d_model=w, d_kv=w // h, d_ff=f, num_layers=d, num_heads=h,
                                                  decoder_start_token_id=0),  # the tiny tokenizer's <pad>
              ["q", "v"], {"target_modules": r".*\.(k|v|wo)", "feedforward_modules": r".*\.wo"},
-             ["layer_norm", "final_layer_norm"],
+             ["layer_norm", "final_layer_norm"], ("classification_head",),
              {"self_attention": r"\.SelfAttention$", "cross_attention": r"\.EncDecAttention$",
               "attention_output": r"\.SelfAttention\.o$", "ffn_output": r"\.DenseReluDense\.wo$",
               "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0}),
     ArchSpec("gpt2", "GPT-2", "decoder", ("gpt2",), "transformers.models.gpt2.modeling_gpt2",
              "GPT2Config", lambda w, d, h, f: dict(n_embd=w, n_layer=d, n_head=h, n_inner=f, n_positions=512),
              ["c_attn"], {"target_modules": r".*\.(attn\.c_attn|mlp\.c_proj)", "feedforward_modules": r".*\.mlp\.c_proj"},
-             ["ln_1", "ln_2", "ln_f"],
+             ["ln_1", "ln_2", "ln_f"], ("score",),
              {"self_attention": r"\.attn$", "attention_output": r"\.attn\.c_proj$", "ffn_output": r"\.mlp\.c_proj$",
               "ffn_input": r"\.mlp$", "ffn_input_arg": 0}, conv1d=True),
     # Mistral and Qwen2 name their modules as LLaMA does (q_proj, v_proj, mlp.down_proj, ...).
@@ -85,7 +88,7 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
                                                    max_position_embeddings=512),
              ["q_proj", "v_proj"], {"target_modules": r".*\.(k_proj|v_proj|down_proj)",
                                     "feedforward_modules": r".*\.down_proj"},
-             ["input_layernorm", "post_attention_layernorm", "norm"],
+             ["input_layernorm", "post_attention_layernorm", "norm"], ("score",),
              {"self_attention": r"\.self_attn$", "attention_output": r"\.self_attn\.o_proj$",
               "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0}),
 )}

@@ -18,10 +18,6 @@ from bench import tiny
 from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
 from bench.errors import BadInput, Unsupported, did_you_mean
 
-# Module names under which transformers puts a freshly initialised sequence-classification head.
-HEAD_MODULES = ("classifier", "score", "classification_head")
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -170,7 +166,7 @@ class Bundle:
         """Names of the task-head modules that every trained method trains (empty for "lm")."""
         if self.head != "classifier":
             return []
-        return [n for n, _ in self.model.named_children() if n in HEAD_MODULES]
+        return [n for n, _ in self.model.named_children() if n in ARCHS[self.arch].head_modules]
 
     @property
     def peft_task_type(self) -> str:
@@ -223,7 +219,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
             model = auto.from_config(config)
         if not meta:  # a fresh head per seed, as loading a checkpoint gives
             torch.manual_seed(seed)
-            for name in HEAD_MODULES:
+            for name in ARCHS[spec.arch].head_modules:
                 if hasattr(model, name) and head == "classifier":
                     getattr(model, name).apply(model._init_weights)
     else:

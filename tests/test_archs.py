@@ -62,3 +62,12 @@ def test_an_unknown_site_is_unsupported_not_a_crash():
 
 def test_targets_helper_covers_every_architecture():
     assert set(archs.targets(lambda a: a.kind)) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_the_declared_head_is_the_classification_model_s_new_head(arch):
+    """A sequence-classification model of each architecture has exactly the declared head children."""
+    spec = next(s for s in models.REGISTRY.values() if s.source == "tiny" and s.arch == arch)
+    task_type = "classification" if spec.kind == "encoder" else "regression"  # the classifier head elsewhere
+    bundle = models.load_bundle(spec, task_type, 2, seed=0)
+    assert bundle.head == "classifier" and bundle.head_modules == list(ARCHS[arch].head_modules)
