@@ -21,7 +21,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: bench report test install lock test-latest clean
+.PHONY: bench report test docs install lock test-latest clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Rewrite the docs' tables generated from the figure registry (bench/figures.py).
+docs: $(STAMP)
+	$(BIN)/python -m bench.tools.docs docs
 
 # Re-resolve the lock from pyproject.toml's ranges (every extra) and torch's own requirements. torch
 # itself stays out of the lock: its build (CPU or CUDA) belongs to the machine, and TORCH pins it.

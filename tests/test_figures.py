@@ -14,8 +14,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def test_the_docs_tables_are_the_registry():
     text = (DOCS / "measurement.md").read_text()
     for section in figures.SECTIONS:
-        assert figures.markdown_table(section) in text, f"docs/measurement.md: rewrite the {section} table " \
-                                                        "from `peft-bench figures --markdown`"
+        assert figures.markdown_table(section) in text, f"docs/measurement.md: {section} table out of date (make docs)"
     assert figures.rules_table() in text and figures.rules_table() in (DOCS / "regression.md").read_text()
     documented = set(re.findall(r"^\| `(\w+)` \|", text, flags=re.M))
     assert documented == {f.name for f in FIGURES.values()}
@@ -114,3 +113,15 @@ def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
         cuda_only = {"memory.nvml_peak_bytes", "time.mfu"}  # NVML is an extra; MFU needs a known GPU
     missing = {key for key, f in FIGURES.items() if record[f.section][f.name] is None} - cuda_only
     assert not missing, f"no instrument wrote {sorted(missing)}"
+
+
+def test_make_docs_rewrites_a_stale_table_and_keeps_the_prose(tmp_path):
+    from bench.tools.docs import main
+
+    for name in ("measurement.md", "regression.md"):
+        (tmp_path / name).write_text((DOCS / name).read_text())
+    stale = (tmp_path / "measurement.md").read_text().replace("| `load_s` | s | timing |", "| `load_s` | s | exact |")
+    (tmp_path / "measurement.md").write_text(stale)
+    assert main([str(tmp_path)]) == 0
+    assert (tmp_path / "measurement.md").read_text() == (DOCS / "measurement.md").read_text()
+    assert (tmp_path / "regression.md").read_text() == (DOCS / "regression.md").read_text()
