@@ -35,6 +35,19 @@ def test_unchanged_passes_and_noise_only_warns():
     assert v.to_json()["verdict"] == "pass" and v.to_json()["findings"][0]["figure"] == "time.train_s"
 
 
+def test_a_figure_warning_in_many_cells_is_one_row():
+    from bench.tools.regress import render
+
+    old = [record(cid=f"c{i}", label=f"m{i}", train_s=10.0) for i in range(3)]
+    new = [record(cid=f"c{i}", label=f"m{i}", train_s=t) for i, t in enumerate((4.0, 5.0, 10.0))]
+    v = verdict(new, old)
+    assert [f.level for f in v.findings] == ["warn", "warn"]  # every finding stays in the verdict (and --json)
+    text = render(v)
+    assert "2 cells  time.train_s" in text and "×0.40 to ×0.50" in text and "m0 ·" not in text
+    assert render(verdict([record(train_s=30.0)])).count("time.train_s") == 1  # one cell: its own row
+    assert "lora · tiny-encoder" in render(verdict([record(train_s=30.0)]))
+
+
 def test_one_more_trainable_tensor_fails_naming_cell_and_figure():
     v = verdict([record(trainable=164)])
     assert v.failed

@@ -172,9 +172,30 @@ def render(verdict: Verdict, markdown: bool = False) -> str:
     return warning + _render_findings(verdict, markdown)
 
 
+def _rows(findings: list[Finding]) -> list[list]:
+    """A row per finding, except that a figure warning in several cells is one row: a machine that runs
+    faster than the baseline's warns on every time of every cell, and one line per figure says that."""
+    warned: dict[str, list[Finding]] = {}
+    for f in findings:
+        if f.level == "warn":
+            warned.setdefault(f.figure, []).append(f)
+    rows, grouped = [], set()
+    for f in findings:
+        group = warned.get(f.figure) if f.level == "warn" else None
+        if group and len(group) > 1:
+            if f.figure not in grouped:
+                grouped.add(f.figure)
+                ratios = [g.new / g.baseline for g in group if isinstance(g.new, (int, float))
+                          and isinstance(g.baseline, (int, float)) and g.baseline]
+                spread = f"×{min(ratios):.2f} to ×{max(ratios):.2f}" if ratios else ""
+                rows.append(["WARN", f"{len(group)} cells", f.figure, "", "", spread, "machine-dependent: warns"])
+            continue
+        rows.append([f.level.upper(), f.cell, f.figure, show(f.baseline), show(f.new), show(f.delta), f.why])
+    return rows
+
+
 def _render_findings(verdict: Verdict, markdown: bool) -> str:
-    rows = [[f.level.upper(), f.cell, f.figure, show(f.baseline), show(f.new), show(f.delta), f.why]
-            for f in verdict.findings]
+    rows = _rows(verdict.findings)
     header = ["", "cell", "figure", "baseline", "new", "delta", "rule"]
     if markdown:
         from bench.report import markdown as md
