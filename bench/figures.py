@@ -167,6 +167,12 @@ def figure(key: str) -> Figure | None:
     return SCORE if key.startswith("scores.") else FIGURES.get(key)
 
 
+def rule_of(key: str) -> str:
+    """The rule that judges a flattened figure name; unregistered names (status, ...) are exact."""
+    registered = figure(key)
+    return registered.rule if registered else "exact"
+
+
 @dataclass(frozen=True)
 class Tolerances:
     """The numbers the rules use; `compare` takes them from flags, `regress` from a tolerance file."""
@@ -188,7 +194,7 @@ def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str
     for `regress`); warn (a machine-dependent figure moved). A figure present on one side only is
     flagged, or warned about for machine-dependent figures. Unregistered figures are compared exactly.
     """
-    rule = (figure(key) or Figure("", key, "", "exact", "")).rule
+    rule = rule_of(key)
     soft = rule in ("measured", "timing")
     fmt = _fmt()
     if a == b or (fmt.missing(a) and fmt.missing(b)):

@@ -18,6 +18,7 @@ from bench import tiny
 from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
 from bench.errors import BadInput, Unsupported, did_you_mean
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

@@ -115,8 +115,8 @@ def problems(record: Any) -> list[str]:
     for section in figures.SECTIONS:
         values = record.get(section)
         if isinstance(values, dict):
-            bad = sorted(k for k in figures.names(section) if k in values and figures.FIGURES[f"{section}.{k}"].unit
-                         != "text" and not _number_or_null(values[k]))
+            bad = sorted(f.name for f in figures.FIGURES.values() if f.section == section and f.unit != "text"
+                         and f.name in values and not _number_or_null(values[f.name]))
             if bad:
                 out.append(f"{section}: {', '.join(bad)} not a number")
     return out

@@ -20,26 +20,13 @@ STEP_COUNTER_BYTES = 4  # torch's AdamW and Adafactor count steps in a float32 s
 class Optimizer:
     name: str
     description: str
-    build: Callable  # (param groups, lr) -> torch.optim.Optimizer
+    torch_class: str  # in torch.optim
     state_bytes: Callable  # (trainable tensor) -> bytes of state after the first step
 
+    def build(self, groups, lr: float):
+        import torch  # the table is read by config checks, which need no torch
 
-def _adamw(groups, lr):
-    import torch
-
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def _adafactor(groups, lr):
-    import torch
-
-    return torch.optim.Adafactor(groups, lr=lr)
-
-
-def _sgd(groups, lr):
-    import torch
-
-    return torch.optim.SGD(groups, lr=lr)
+        return getattr(torch.optim, self.torch_class)(groups, lr=lr)
 
 
 def _adafactor_state(p) -> int:
@@ -50,11 +37,11 @@ def _adafactor_state(p) -> int:
 
 
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
-    Optimizer("adamw", "AdamW (decoupled weight decay; betas 0.9, 0.999; eps 1e-8)", _adamw,
+    Optimizer("adamw", "AdamW (decoupled weight decay; betas 0.9, 0.999; eps 1e-8)", "AdamW",
               lambda p: 2 * p.numel() * p.element_size() + STEP_COUNTER_BYTES),
     Optimizer("adafactor", "Adafactor (factored second moments, no first moment; torch's defaults: "
-              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", _adafactor, _adafactor_state),
-    Optimizer("sgd", "plain SGD (no momentum: no state)", _sgd, lambda p: 0),
+              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", "Adafactor", _adafactor_state),
+    Optimizer("sgd", "plain SGD (no momentum: no state)", "SGD", lambda p: 0),
 )}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.env import environment_difference
 from bench.errors import BadInput
 from bench.figures import SECTIONS as FIGURE_SECTIONS
-from bench.figures import Tolerances, figure, judge
+from bench.figures import Tolerances, judge, rule_of
 from bench.report.fmt import missing
 from bench.run.store import Store, flatten
 
@@ -74,9 +74,8 @@ def diff_cell(a: dict, b: dict, tol: Tolerances) -> CellDiff:
                     cell["task"], cell["seed"])
     same_torch = (a.get("env") or {}).get("torch") == (b.get("env") or {}).get("torch")
     for name in sorted(set(fa) | set(fb), key=lambda n: (n != "status", n)):
-        rule = figure(name).rule if figure(name) else "exact"
         verdict, _ = judge(name, fa.get(name), fb.get(name), tol, same_torch)
-        diff.changes.append(Change(name, fa.get(name), fb.get(name), rule, verdict))
+        diff.changes.append(Change(name, fa.get(name), fb.get(name), rule_of(name), verdict))
     return diff
 
 
