@@ -1,7 +1,7 @@
 """Instruments: what measures a cell, kept out of the recipe (bench/cell/recipe.py) that it measures.
 
 The recipe announces its moments, and each instrument writes its own figures (bench/figures.py) at
-the moments it cares about, in the order of INSTRUMENTS:
+the moments it cares about, in the order `standard()` lists them:
 
     loading          (window)  setup: model, data, objective, method, evaluation sets
     loaded           the adapted model exists, untrained
@@ -145,8 +145,9 @@ class Instruments:
 
 
 def standard() -> Instruments:
-    """Every cell's instruments. Order matters where one reads another's figures: the step probe writes
-    flops.train_total before Throughput divides it by time; the probe runs before the training window
-    opens (its warm-up must not count in the peaks)."""
-    return Instruments(Timer(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(), Throughput(),
-                       EvaluationPeak())
+    """Every cell's instruments. Order matters where one reads another's figures or windows nest: the
+    step probe writes flops.train_total before Throughput divides it by time; the probe runs before the
+    training window opens (its warm-up must not count in the peaks); the evaluation's peak window
+    encloses its timer, so eval_s does not include resetting and reading the peaks."""
+    return Instruments(EvaluationPeak(), Timer(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(),
+                       Throughput())

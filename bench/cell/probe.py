@@ -6,20 +6,8 @@ can have. It does not touch training: the random number generators are restored 
 gradients are dropped, the optimizer does not exist yet, and its time counts in no figure.
 `peft-bench estimate` runs the same step on fake tensors (bench/tools/estimate.py).
 
-memory.activation_bytes  bytes of the distinct storages autograd saves for backward during the
-                         forward pass (torch.autograd.graph.saved_tensors_hooks), parameter and
-                         buffer storages excluded (they exist anyway). A view counts as its whole
-                         storage, once. Under bf16 autocast this includes the bf16 copies of weights
-                         that matrix products save.
-memory.grad_bytes        bytes of the distinct gradients that exist after the backward pass
-memory.workspace_bytes   what the busier of a step's two crowded moments adds to weights + grads +
-                         optimizer + activations: early in backward, a gradient the size of the largest
-                         saved storage beside all activations; at the optimizer update, activations are
-                         gone but a multi-tensor update (CUDA's default) holds one temporary per
-                         trainable element. max(largest saved, trainable_bytes - activation_bytes)
-flops.*                  FlopCounterMode's count: 2 × multiply-accumulates of matrix products,
-                         convolutions and attention (full L×L, causal masking not discounted);
-                         elementwise work, norms and softmax are not counted
+What it measures (memory.activation_bytes, grad_bytes, workspace_bytes and the counted FLOPs) is
+defined once, in the figure registry (bench/figures.py; docs/measurement.md writes it out).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training loop: plain PyTorch, top to bottom.
 
-AdamW (no decay on biases and norm weights), linear warmup then linear decay to zero, gradient
+The configured optimizer (bench/cell/optimizers.py; no decay on biases and norm weights), linear warmup then linear decay to zero, gradient
 clipping, dynamic padding, a seeded data order, bf16 autocast on CUDA. Methods hook in after
 backward (gradient masks) and after each optimizer step (rank reallocation).
 """
