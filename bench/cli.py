@@ -34,24 +34,28 @@ def _quiet(args) -> bool:
 
 def cmd_run(args) -> int:
     from bench.plan import grid, suite
-    from bench.run.executors import EXECUTORS
+    from bench.run.executors import make_executor
     from bench.run.runner import run_grid
     from bench.run.store import Store
     from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
-    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds, args.threads)
+    executor = make_executor(args.executor, _quiet(args), args.jobs, args.gpus, args.ray_address,
+                             args.gpus_per_cell, args.cpus_per_cell)
+    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
+                        args.threads if args.threads is not None else getattr(executor, "threads_per_cell", None),
+                        executor.slots or 1)
     if args.dry_run:
-        for cell in cells:
-            print(cell.line())
-        print(f"{len(cells)} cells", file=sys.stderr)
+        from bench.tools.plan_cost import print_plan
+
+        print_plan(cells, executor, args.tflops, Store(args.results))
         return 0
     check_cells(cells)
     store = Store(args.results)
     print_store_problems(store, s.name)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the running cell is recorded `interrupted`
-    summary = run_grid(cells, store, EXECUTORS[args.executor](quiet=_quiet(args)), force=args.force,
-                       retry_failed=args.retry_failed, quiet=_quiet(args), steal=args.steal_locks)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
+    summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
+                       quiet=_quiet(args), steal=args.steal_locks)
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
@@ -111,6 +115,8 @@ def cmd_regress(args) -> int:
     from bench.tools.regress import gate, load_tolerances, render
 
     tolerances = load_tolerances(args.tolerances)
+    # One cell at a time, always: the baseline's timings were measured so, and cells side by side would
+    # change the figures the gate warns on.
     verdict = gate(args.suite, args.baseline, args.results, tolerances, LocalExecutor(quiet=_quiet(args)),
                    update=args.update, reuse=args.reuse, quiet=_quiet(args))
     if verdict is None:
@@ -121,6 +127,25 @@ def cmd_regress(args) -> int:
     else:
         print(render(verdict, markdown=args.format == "md"))
     return 1 if verdict.failed else 0
+
+
+def cmd_results(args) -> int:
+    from bench.run import exchange
+
+    if args.action == "merge":
+        if not args.into or not args.stores:
+            raise BadInput("merge needs stores to read and --into DIR", "--into" if not args.into else "DIR")
+        summary = exchange.merge(args.stores, args.into)
+        for line in summary.conflicts + [f"skipped: {bad}" for bad in summary.unusable]:
+            print(line, file=sys.stderr)
+        print(summary.line(args.into))
+        return 0
+    if not args.suite or args.stores:
+        raise BadInput("export takes --suite S (and --results DIR), no store arguments", "--suite")
+    name = suite_name(args.suite)
+    out = args.out or os.path.join(args.reports, f"{name}-records.{args.format}")
+    print(exchange.export(args.results, name, args.format, out))
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -212,8 +237,21 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, help="these seeds instead of the suite's, e.g. 1,2,3")
     run.add_argument("--results", default="results", help="results store folder (default: results)")
     run.add_argument("--data-dir", help="read datasets from DIR/<dataset>/<config>/<split>.jsonl instead of the hub")
-    run.add_argument("--executor", default="local", choices=["local"], help="where cells run")
-    run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell) and exit")
+    run.add_argument("--executor", default="local", help="where cells run: local (this machine) or ray (a Ray "
+                                                         "cluster; needs the `ray` extra)")
+    run.add_argument("--jobs", type=int, default=1, help="local: cells at once on CPU, torch threads shared "
+                                                          "between them (default 1)")
+    run.add_argument("--gpus", help="local: 'all' or GPU indices 0,1,…: one cell per GPU at a time, each pinned "
+                                    "with CUDA_VISIBLE_DEVICES")
+    run.add_argument("--ray-address", help="ray: the cluster to join (auto, or HOST:PORT); default: start a "
+                                           "local Ray instance for this run")
+    run.add_argument("--gpus-per-cell", type=float, help="ray: GPUs one cell asks for (default 0)")
+    run.add_argument("--cpus-per-cell", type=float, help="ray: CPUs one cell asks for, also its torch threads "
+                                                         "(default 1)")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell, with "
+                                                            "its FLOPs and estimated time) and exit")
+    run.add_argument("--tflops", type=float, help="--dry-run: the rate (TFLOP/s per cell) to estimate times "
+                                                  "with (default: measured by this store's records)")
     run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells unsupported on this machine only")
     run.add_argument("--threads", type=int, help="torch threads per cell (default: the suite's `threads`, else the "
@@ -256,6 +294,17 @@ def parser() -> argparse.ArgumentParser:
     reg.add_argument("--json", action="store_true", help="machine-readable verdict and findings")
     reg.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
     reg.set_defaults(func=cmd_regress)
+
+    res = sub.add_parser("results", help="merge stores from several machines, or export a suite's records as a table")
+    res.add_argument("action", choices=["merge", "export"])
+    res.add_argument("stores", nargs="*", metavar="DIR", help="merge: the stores to read (only read)")
+    res.add_argument("--into", help="merge: the store to merge into (created if absent)")
+    res.add_argument("--suite", help="export: suite name or YAML path")
+    res.add_argument("--results", default="results", help="export: results store folder (default: results)")
+    res.add_argument("--format", default="csv", choices=["parquet", "csv", "jsonl"], help="export: file format")
+    res.add_argument("--out", help="export: the file to write (default: REPORTS/<suite>-records.<format>)")
+    res.add_argument("--reports", default="reports", help="export: reports folder of the default --out")
+    res.set_defaults(func=cmd_results)
 
     lst = sub.add_parser("list", help="list methods, models, tasks or suites")
     lst.add_argument("what", choices=["methods", "models", "tasks", "suites"])

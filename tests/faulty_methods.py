@@ -41,6 +41,15 @@ def _kill(model, config, ctx):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _kill_worker(model, config, ctx):
+    """SIGKILL the process that started this cell's fork server: under Ray, the Ray worker running the
+    cell (a lost worker); never use it locally, where that process is the runner."""
+    with open(f"/proc/{os.getppid()}/stat") as f:
+        worker = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(60)  # the cell dies with its fork server
+
+
 def _exhaust(model, config, ctx):
     """Allocate until the allocator says no, under an address-space limit: an OOM without the OOM killer."""
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -86,15 +95,25 @@ def _logged(model, config, ctx):
     return _full(model)
 
 
+def _visible_gpus(model, config, ctx):
+    """Full fine-tuning that appends the GPUs its process may see (CUDA_VISIBLE_DEVICES) to `config['log']`."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
+    return _full(model)
+
+
 PAPER = "fault injection (tests only)"
 methods.register(
     Method("fault-raise", "baseline", "raises in build", PAPER, _raise),
     Method("fault-hang", "baseline", "sleeps for an hour in build", PAPER, _hang),
     Method("fault-crash", "baseline", "prints a line and exits with code 3", PAPER, _crash),
     Method("fault-kill", "baseline", "SIGKILLs its own process", PAPER, _kill),
+    Method("fault-kill-worker", "baseline", "SIGKILLs the Ray worker running it", PAPER, _kill_worker),
     Method("fault-exhaust", "baseline", "allocates until MemoryError", PAPER, _exhaust),
     Method("fault-slow", "baseline", "full fine-tuning at one step per second", PAPER, _slow),
     Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
     Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,
            defaults={"log": "", "sleep_s": 0.0}),
+    Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,
+           defaults={"log": ""}),
 )

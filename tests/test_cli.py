@@ -26,8 +26,9 @@ def test_unknown_suite_exits_2(capsys):
 
 def test_dry_run_prints_one_line_per_cell(write_suite, capsys):
     assert main(["run", "--suite", str(write_suite(TINY_SUITE)), "--dry-run", "--seeds", "1,2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(len(line.split()[0]) == 12 for line in lines)
+    *lines, total = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(len(line.split()[0]) == 12 and "train FLOPs" in line for line in lines)
+    assert total.startswith("4 cells, ")
 
 
 def test_list_methods_json_has_families(capsys):

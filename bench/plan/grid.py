@@ -54,8 +54,9 @@ def cell_threads(requested: int | None, concurrent: int = 1) -> int:
 
 
 def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None,
-           threads: int | None = None) -> list[Cell]:
-    """All cells of the suite, restricted by the CLI's selections, minus the suite's exclusions."""
+           threads: int | None = None, concurrent: int = 1) -> list[Cell]:
+    """All cells of the suite, restricted by the CLI's selections, minus the suite's exclusions.
+    `concurrent`: how many cells will run at once, which share the cores when no thread count is asked."""
     entries = _select_methods(suite, only_methods)
     model_names = _select(only_models, suite.models, "model", "--models", allow_new=True)
     task_names = _select(only_tasks, suite.tasks, "task", "--tasks", allow_new=suite.task_registry)
@@ -65,7 +66,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
         check_seeds(seeds, lambda i: "--seeds")
     if threads is not None and threads < 1:
         raise BadInput(f"--threads must be at least 1, got {threads}", "--threads")
-    per_cell = cell_threads(threads if threads is not None else suite.threads)
+    per_cell = cell_threads(threads if threads is not None else suite.threads, concurrent)
     cells: list[Cell] = []
     seen: dict[str, str] = {}
     for model_name in model_names:

@@ -1,25 +1,39 @@
 """Executors run cells and hand back records; the runner decides what to run and stores results.
 
-`LocalExecutor` runs one cell at a time, each in a process of its own, so memory peaks are the
-cell's own and a crash, OOM kill or hang stays inside it. Processes come from a fork server that has
-already imported torch and transformers, which saves seconds per cell without sharing any state
+The interface is one call: `submit(cells)` takes an iterable of cells and yields `(cell, record)` as
+each finishes, in whatever order they finish. It pulls a cell from the iterable only when it has room
+to start it, so the runner can claim each cell just before it starts; closing the iterator (or an
+interrupt while waiting on it) stops every running cell. `slots` is how many cells run at once.
+
+`LocalExecutor` runs each cell in a process of its own, so memory peaks are the cell's own and a
+crash, OOM kill or hang stays inside it: `jobs` cells at once on CPU, or one cell per GPU with
+`gpus`, each process pinned to its GPU by CUDA_VISIBLE_DEVICES. Processes come from a fork server that
+has already imported torch and transformers, which saves seconds per cell without sharing any state
 (nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.run.warm).
+`bench.run.ray_executor` runs the same cell processes on a Ray cluster.
 
 A cell process writes its record and its output (stdout and stderr, which the executor shows as it
-comes) into the runner's spool folder, `results/<suite>/.incoming/`: a record finished just before
-the runner died is still there for the next run to adopt (bench.run.runner), and a crash keeps the end
-of its output as evidence. The cell dies with the fork server, which dies with the runner.
+comes when one cell runs at a time) into the runner's spool folder, `results/<suite>/.incoming/`: a
+record finished just before the runner died is still there for the next run to adopt
+(bench.run.runner), and a crash keeps the end of its output as evidence. The cell dies with the fork
+server, which dies with the runner.
+
+Each record's `env` says where and beside what it ran: `device_index` (the GPU it was pinned to,
+null on CPU), `threads` and `cells_beside` (the most other cells of this executor running at one moment
+of its run, null where unknown), since cells sharing a machine change each other's timings.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from bench import env
 from bench.plan.cellspec import Cell
@@ -28,6 +42,7 @@ from bench.record import finish, new_record
 PRELOAD = ["bench.run.warm"]
 EVIDENCE_LINES = 100  # lines of a crashed cell's output kept in its record
 PR_SET_PDEATHSIG = 1
+POLL_S = 0.25  # how often running cells' output and deadlines are looked at
 
 
 def _die_with_parent() -> None:
@@ -55,8 +70,11 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str) -> None:
+def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
+                  device: str | None) -> None:
     _die_with_parent()
+    if device is not None:  # before anything initialises CUDA, which reads it once
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -83,67 +101,142 @@ def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".partial")
 
 
-class LocalExecutor:
-    name = "local"
+class CellProcess:
+    """One cell running in a process of its own: start it, `poll` until it gives its record, or `kill`."""
 
-    def __init__(self, isolation: str = "process", quiet: bool = False):
-        if isolation not in ("process", "inline"):
-            raise ValueError(isolation)
-        self.isolation = isolation
-        self.quiet = quiet
-
-    def run(self, cell: Cell, spool: Path) -> dict:
-        if self.isolation == "inline":  # for debugging: no isolation, no timeout
-            from bench.cell.recipe import run_cell
-
-            return run_cell(cell, self.quiet)
-        return self._run_process(cell, spool)
-
-    def _run_process(self, cell: Cell, spool: Path) -> dict:
+    def __init__(self, cell: Cell, spool: Path, quiet: bool, device: str | None = None, show: bool = True):
+        self.cell, self.device, self.quiet, self.show = cell, device, quiet, show
         spool.mkdir(parents=True, exist_ok=True)
-        out, log, partial = spool_files(spool, cell.id)
-        log.write_bytes(b"")
-        kills_before = oom_kills()
-        proc = _context().Process(target=_run_in_child, args=(cell, self.quiet, str(out), str(log), str(partial)),
-                                  name=f"cell-{cell.id}")
-        with open(log, "rb") as output:
-            try:
-                proc.start()  # returns once the fork server has forked the cell: the deadline starts now
-                deadline = time.monotonic() + cell.timeout_s
-                while proc.is_alive() and time.monotonic() < deadline:
-                    proc.join(0.25)
-                    self._show(output)
-            finally:  # the deadline, or the runner interrupted: the cell never outlives its wait
-                timed_out = proc.is_alive()
-                if timed_out:
-                    proc.kill()
-                    proc.join()
-                self._show(output)
+        self.out, self.log, self.partial = spool_files(spool, cell.id)
+        self.log.write_bytes(b"")
+        self.kills_before = oom_kills()
+        self.proc = _context().Process(target=_run_in_child, name=f"cell-{cell.id}", args=(
+            cell, quiet, str(self.out), str(self.log), str(self.partial), device))
+        self.output = open(self.log, "rb")
+        self.proc.start()  # returns once the fork server has forked the cell: the deadline starts now
+        self.started = time.monotonic()
+        self.deadline = self.started + cell.timeout_s
+
+    @property
+    def sentinel(self) -> int:
+        return self.proc.sentinel
+
+    def poll(self) -> dict | None:
+        """The cell's record once its process has ended or passed its deadline (then it is killed)."""
+        self._show()
+        if self.proc.is_alive() and time.monotonic() < self.deadline:
+            return None
+        timed_out = self.proc.is_alive()
+        self.kill()
+        self.proc.join()
+        self._show()
+        self.output.close()
+        return self._record(timed_out)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+    def _record(self, timed_out: bool) -> dict:
+        cell = self.cell
         try:  # a record written before the deadline stands, even if the process was slow to exit
-            return json.loads(out.read_text())
+            return json.loads(self.out.read_text())
         except (OSError, ValueError):
             pass
-        evidence, measured = tail(log), _read_partial(partial)
+        evidence, measured = tail(self.log), _read_partial(self.partial)
         if timed_out:
-            return _failure(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
+            return failure_record(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
                             "(suite key cell_timeout_s) and was killed", evidence, measured)
-        code = proc.exitcode
+        code = self.proc.exitcode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
-            if code == -signal.SIGKILL and oom_kills() not in (None, kills_before):
-                return _failure(cell, "oom", "Killed", "cell process was killed by the kernel's out-of-memory "
+            if code == -signal.SIGKILL and oom_kills() not in (None, self.kills_before):
+                return failure_record(cell, "oom", "Killed", "cell process was killed by the kernel's out-of-memory "
                                 "killer (the cgroup's oom_kill count rose)", evidence, measured)
-            return _failure(cell, "killed", "Killed", f"cell process was killed by {name} before writing a "
+            return failure_record(cell, "killed", "Killed", f"cell process was killed by {name} before writing a "
                             "record (no out-of-memory kill was counted)", evidence, measured)
-        return _failure(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} before "
+        return failure_record(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} before "
                         "writing a record", evidence, measured)
 
-    def _show(self, output) -> None:
+    def _show(self) -> None:
         """Pass the cell's new output (progress bars, warnings) through to the runner's stderr."""
-        data = output.read()
-        if data and not self.quiet:
+        data = self.output.read()
+        if data and self.show and not self.quiet:
             sys.stderr.buffer.write(data)
             sys.stderr.flush()
+
+
+class Overlaps:
+    """When each cell of one submit ran, to say how many ran beside each (`env.cells_beside`): the most
+    other cells running at any one moment of its run."""
+
+    def __init__(self):
+        self.spans: dict[str, list[float | None]] = {}
+
+    def start(self, cell_id: str) -> None:
+        self.spans[cell_id] = [time.monotonic(), None]
+
+    def end(self, cell_id: str) -> int:
+        span = self.spans[cell_id]
+        span[1] = time.monotonic()
+        events = []  # (moment, +1 starts / -1 ends) of the other cells, clipped to this cell's run
+        for other, (start, end) in self.spans.items():
+            if other != cell_id and start < span[1] and (end is None or end > span[0]):
+                events += [(max(start, span[0]), 1), (min(end if end is not None else span[1], span[1]), -1)]
+        most = running = 0
+        for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at one moment
+            running += change
+            most = max(most, running)
+        return most
+
+
+class LocalExecutor:
+    """Cells in processes of this machine: `jobs` at once (CPU), or one per GPU of `gpus`."""
+
+    name = "local"
+
+    def __init__(self, isolation: str = "process", quiet: bool = False, jobs: int = 1,
+                 gpus: list[str] | None = None):
+        if isolation not in ("process", "inline"):
+            raise ValueError(isolation)
+        if jobs < 1:
+            raise ValueError(jobs)
+        self.isolation, self.quiet = isolation, quiet
+        self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
+        self.slots = 1 if isolation == "inline" else len(self.devices)
+
+    def submit(self, cells: Iterable[Cell], spool) -> Iterator[tuple[Cell, dict]]:
+        """Yield (cell, record) as cells finish; `spool(cell)` is the folder its process writes into."""
+        if self.isolation == "inline":  # for debugging: no isolation, no timeout, one at a time
+            from bench.cell.recipe import run_cell
+
+            for cell in cells:
+                yield cell, run_cell(cell, self.quiet)
+            return
+        yield from self._submit_processes(iter(cells), spool)
+
+    def _submit_processes(self, cells: Iterator[Cell], spool) -> Iterator[tuple[Cell, dict]]:
+        free, running, overlaps = list(self.devices), [], Overlaps()
+        try:
+            while True:
+                while free and (cell := next(cells, None)) is not None:
+                    running.append(CellProcess(cell, spool(cell), self.quiet, free.pop(0), show=self.slots == 1))
+                    overlaps.start(cell.id)
+                if not running:
+                    return
+                mp.connection.wait([p.sentinel for p in running], timeout=POLL_S)
+                for proc in list(running):
+                    record = proc.poll()
+                    if record is not None:
+                        running.remove(proc)
+                        free.append(proc.device)
+                        record["env"].update(device_index=proc.device, threads=proc.cell.threads,
+                                             cells_beside=overlaps.end(proc.cell.id))
+                        yield proc.cell, record
+        finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
+            for proc in running:
+                proc.kill()
 
 
 def tail(path: Path, lines: int = EVIDENCE_LINES) -> str | None:
@@ -183,7 +276,7 @@ def _read_partial(path: Path) -> dict:
 KEPT_SECTIONS = ("params", "memory", "time", "flops", "train")
 
 
-def _failure(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
+def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
              measured: dict | None = None) -> dict:
     record = new_record(cell)
     for section in KEPT_SECTIONS:
@@ -195,7 +288,7 @@ def _failure(cell: Cell, status: str, kind: str, message: str, evidence: str | N
 
 def interrupted(cell: Cell) -> dict:
     """The record of a cell the runner stopped (SIGINT/SIGTERM) before it finished."""
-    return _failure(cell, "interrupted", "Interrupted", "the runner was stopped while this cell ran; "
+    return failure_record(cell, "interrupted", "Interrupted", "the runner was stopped while this cell ran; "
                     "rerun the same command to run it again")
 
 
@@ -213,4 +306,62 @@ def _context():
     return _CONTEXT
 
 
-EXECUTORS = {"local": LocalExecutor}
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, quiet: bool = False, jobs: int = 1, gpus: str | None = None,
+                  ray_address: str | None = None, gpus_per_cell: float | None = None,
+                  cpus_per_cell: float | None = None):
+    """The executor a command line asks for, its options checked before any work (BadInput names the flag)."""
+    from bench.errors import BadInput
+
+    if name not in EXECUTORS:
+        raise BadInput(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}", "--executor")
+    if name == "ray":
+        if jobs != 1 or gpus is not None:
+            raise BadInput("--jobs and --gpus are for the local executor; on Ray say what one cell needs with "
+                           "--cpus-per-cell and --gpus-per-cell", "--jobs" if jobs != 1 else "--gpus")
+        from bench.run.ray_executor import RayExecutor
+
+        return RayExecutor(quiet=quiet, address=ray_address, gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell)
+    for flag, value in (("--ray-address", ray_address), ("--gpus-per-cell", gpus_per_cell),
+                        ("--cpus-per-cell", cpus_per_cell)):
+        if value is not None:
+            raise BadInput(f"{flag} is an option of --executor ray", flag)
+    if jobs < 1:
+        raise BadInput(f"--jobs must be at least 1, got {jobs}", "--jobs")
+    if gpus is not None and jobs != 1:
+        raise BadInput("give --jobs or --gpus, not both: with --gpus one cell runs on each GPU at a time", "--jobs")
+    return LocalExecutor(quiet=quiet, jobs=jobs, gpus=parse_gpus(gpus) if gpus is not None else None)
+
+
+def parse_gpus(value: str) -> list[str]:
+    """`--gpus all` (every GPU this process may use) or `0,1,…` (indices among them), checked against them."""
+    from bench.errors import BadInput
+
+    visible = visible_gpus()
+    if value.strip() == "all":
+        if not visible:
+            raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
+                           "--gpus")
+        return visible
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in visible]
+    if not wanted or unknown or len(set(wanted)) != len(wanted):
+        raise BadInput(f"--gpus {value!r}: give 'all' or distinct GPU indices among the visible ones: "
+                       f"{', '.join(visible) or 'none (no GPU found)'}", "--gpus")
+    return wanted
+
+
+def visible_gpus() -> list[str]:
+    """The GPU indices cells may be pinned to: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists.
+    Asked without torch, so the runner never initialises CUDA (its fork server must not inherit it)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip() and v.strip() != "-1"]
+    import subprocess
+
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]

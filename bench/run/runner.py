@@ -3,7 +3,8 @@
 A cell with a record is skipped unless it was `interrupted`; --force reruns every cell,
 --retry-failed reruns failed, oom, timeout, killed and diverged cells, and unsupported cells whose
 reason lies in the environment (no GPU, a missing package). Records are written as each cell
-finishes, so an interrupted grid keeps its work.
+finishes (in the order cells finish when the executor runs several at once), so an interrupted
+grid keeps its work.
 
 Several runners may share one store: a cell is run only under its lock, and only if its record is
 still what it was when the runner planned (another runner may have run it meanwhile). A record a
@@ -18,13 +19,14 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
 from bench.plan.cellspec import Cell
 from bench.record import problems
 from bench.run.executors import interrupted, spool_files
-from bench.run.store import Store, lock_problem
+from bench.run.store import Claim, Store, lock_problem
 
 RETRYABLE = ("failed", "oom", "timeout", "killed", "diverged")
 INCOMING = ".incoming"
@@ -119,6 +121,8 @@ def steal_locks(cells: list[Cell], store: Store) -> list[str]:
 
 def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, retry_failed: bool = False,
              quiet: bool = False, steal: bool = False) -> GridSummary:
+    """Run the cells that need it through `executor` (as many at once as it has slots), storing each
+    record as it arrives. A cell runs only under its lock, taken just before the executor starts it."""
     summary = GridSummary(total=len(cells))
     if steal:
         summary.notes += steal_locks(cells, store)
@@ -129,29 +133,56 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
     planned = {c.id: store.stamp(c.suite, c.id) for c in todo}  # what each record was when planned
     bar = tqdm(total=len(cells), initial=len(skip), desc="grid", unit="cell", disable=quiet, position=0,
                dynamic_ncols=True)
-    for cell in todo:
-        bar.set_description(f"grid [{cell.label} · {cell.model.name} · {cell.task.name} · s{cell.seed}]")
-        with store.claim(cell.suite, cell.id) as mine:
-            if not mine or store.stamp(cell.suite, cell.id) != planned[cell.id]:
-                summary.busy += 1  # another runner holds it, or ran it since this runner planned
-            else:
-                _run_one(cell, store, executor, summary, quiet)
-        bar.update(1)
-        bar.set_postfix(ok=summary.statuses["ok"], failed=summary.failed, skipped=summary.skipped, refresh=False)
-    bar.close()
+    held: dict[str, tuple[Cell, Claim]] = {}  # cells claimed and not yet stored: the running ones
+
+    def show() -> None:
+        if len(held) == 1:
+            cell = next(iter(held.values()))[0]
+            bar.set_description(f"grid [{cell.label} · {cell.model.name} · {cell.task.name} · s{cell.seed}]")
+        else:
+            bar.set_description(f"grid [{len(held)} running]" if held else "grid")
+        bar.set_postfix(ok=summary.statuses["ok"], failed=summary.failed, running=len(held),
+                        skipped=summary.skipped, refresh=False)
+        bar.refresh()
+
+    def claimed() -> Iterator[Cell]:
+        for cell in todo:
+            claim = store.acquire(cell.suite, cell.id)
+            if claim is not None and store.stamp(cell.suite, cell.id) != planned[cell.id]:
+                claim.release()  # another runner ran it since this runner planned
+                claim = None
+            if claim is None:
+                summary.busy += 1
+                bar.update(1)
+                continue
+            held[cell.id] = (cell, claim)
+            show()
+            yield cell
+
+    finished = executor.submit(claimed(), lambda cell: store.suite_dir(cell.suite) / INCOMING)
+    try:
+        for cell, record in finished:
+            _store(cell, record, store, summary, quiet)
+            held.pop(cell.id)[1].release()
+            bar.update(1)
+            show()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: stop the running cells, say so for each, then stop
+        finished.close()
+        for cell, _ in held.values():
+            store.write(interrupted(cell))
+            _clear_spool(store.suite_dir(cell.suite) / INCOMING, cell.id)
+        raise
+    finally:
+        finished.close()
+        for _, claim in held.values():
+            claim.release()
+        bar.close()
     return summary
 
 
-def _run_one(cell: Cell, store: Store, executor, summary: GridSummary, quiet: bool) -> None:
-    spool = store.suite_dir(cell.suite) / INCOMING
-    try:
-        record = executor.run(cell, spool)
-    except KeyboardInterrupt:  # SIGINT or SIGTERM: the executor has stopped the cell; say so, then stop
-        store.write(interrupted(cell))
-        _clear_spool(spool, cell.id)
-        raise
+def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: bool) -> None:
     store.write(record)
-    _clear_spool(spool, cell.id)
+    _clear_spool(store.suite_dir(cell.suite) / INCOMING, cell.id)
     status = record["status"]
     summary.statuses[status] += 1
     if quiet:  # no bars: one line per finished cell instead, so a long quiet grid still shows it is alive

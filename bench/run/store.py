@@ -65,11 +65,15 @@ class Store:
         target = self.path(suite, cell_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            old = target.read_bytes()
-            stamp = _stamp(old)
-            atomic_write(target.parent / HISTORY / f"{cell_id}.{stamp}.json", old)
+            self.archive(suite, cell_id, target.read_bytes())
         atomic_write(target, (json.dumps(record, indent=1, sort_keys=False) + "\n").encode())
         return target
+
+    def archive(self, suite: str, cell_id: str, data: bytes) -> Path:
+        """Keep a record that is not (or no longer) the cell's current one in the suite's history."""
+        path = self.suite_dir(suite) / HISTORY / f"{checked(cell_id, 'cell id')}.{_stamp(data)}.json"
+        atomic_write(path, data)
+        return path
 
     def records(self, suite: str | None = None) -> tuple[list[dict], list[str]]:
         """Every usable record (of one suite, or all), and a line per unusable file."""
@@ -105,9 +109,8 @@ class Store:
         """A line per file of the suite (or the store) that is not a usable record."""
         return self.records(suite)[1]
 
-    @contextlib.contextmanager
-    def claim(self, suite: str, cell_id: str) -> Iterator[bool]:
-        """Hold the cell's lock while running it; yields False when another live runner holds it.
+    def acquire(self, suite: str, cell_id: str) -> "Claim | None":
+        """Take the cell's lock to run it, or None when another live runner holds it.
 
         The lock names its owner (host, pid, the process's start time) and its file's mtime is a
         heartbeat, renewed every HEARTBEAT_S while held: see `lock_problem` for when it is stale.
@@ -116,21 +119,21 @@ class Store:
         lock.parent.mkdir(parents=True, exist_ok=True)
         if not _try_lock(lock):
             if lock_problem(lock) is None:
-                yield False
-                return
+                return None
             lock.unlink(missing_ok=True)  # its runner is gone: take over
             if not _try_lock(lock):
-                yield False
-                return
-        beating = threading.Event()
-        heart = threading.Thread(target=_heartbeat, args=(lock, beating), daemon=True, name="lock-heartbeat")
-        heart.start()
+                return None
+        return Claim(lock)
+
+    @contextlib.contextmanager
+    def claim(self, suite: str, cell_id: str) -> Iterator[bool]:
+        """`acquire` for one block: yields False when another live runner holds the cell."""
+        held = self.acquire(suite, cell_id)
         try:
-            yield True
+            yield held is not None
         finally:
-            beating.set()
-            heart.join()
-            lock.unlink(missing_ok=True)
+            if held is not None:
+                held.release()
 
     def steal(self, suite: str, cell_id: str) -> dict | None:
         """Remove a cell's lock whoever holds it (`run --steal-locks`); returns what the lock said of its owner."""
@@ -172,10 +175,24 @@ def _try_lock(lock: Path) -> bool:
     return True
 
 
-def _heartbeat(lock: Path, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
-        with contextlib.suppress(OSError):
-            os.utime(lock)
+class Claim:
+    """A held cell lock, its heartbeat renewed by a thread of this runner until `release`."""
+
+    def __init__(self, lock: Path):
+        self.lock = lock
+        self._stop = threading.Event()
+        self._heart = threading.Thread(target=self._beat, daemon=True, name="lock-heartbeat")
+        self._heart.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.lock)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._heart.join()
+        self.lock.unlink(missing_ok=True)
 
 
 def lock_problem(lock: Path, now: float | None = None) -> str | None:

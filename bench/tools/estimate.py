@@ -40,7 +40,7 @@ def _needs_data(n_batches: int):
     raise RuntimeError("it needs calibration batches, i.e. real weights and data")
 
 
-def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str):
+def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None = None):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
@@ -51,7 +51,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
                          meta=True)
     bundle.model.to(DTYPES[dtype])
-    config = method.resolve({}, spec.arch, lambda key: f"--method {method_name}")
+    config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
@@ -154,8 +154,9 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
-             dtype: str = "fp32") -> dict:
-    """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md)."""
+             dtype: str = "fp32", settings: dict | None = None) -> dict:
+    """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
+    the method's (default: its defaults)."""
     from bench.models import resolve_model
 
     if optimizer not in optimizers.OPTIMIZERS:
@@ -166,7 +167,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
         if value < 1:
             raise BadInput(f"must be a positive integer, got {value}", flag)
     spec = resolve_model(model, "--model")
-    bundle, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype)
+    bundle, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings)
     params = count_params(adapted)
     try:
         step = fake_step(adapted, spec.kind, batch_size, seq_len)

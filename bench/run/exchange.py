@@ -1,0 +1,129 @@
+"""Stores from several machines: merge them into one, and export a suite's records as a flat table.
+
+`merge` copies every usable record of the source stores into the target store. A cell recorded in
+both with the same content is kept once. A cell recorded differently (two machines ran it, or one
+reran it) is a conflict: the current record becomes the better one (an `ok` record over any other
+status, then the newer `created_at`) and the other goes to the suite's history, so nothing recorded
+is lost; each conflict is reported. Source histories are copied too. Sources are only read.
+
+`export` writes one row per usable record with the columns the report reads (bench.run.store.flatten:
+cell fields, every figure as `section.name`, metrics as `scores.<metric>`), the cell's resolved
+configuration as JSON, and where it ran (`env.*`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import BadInput
+from bench.run.store import HISTORY, Store, atomic_write, flatten, safe_name
+
+FORMATS = ("parquet", "csv", "jsonl")
+ENV_COLUMNS = ("device", "device_index", "threads", "cells_beside", "hostname", "git_sha", "torch", "transformers",
+               "peft")
+
+
+@dataclass
+class MergeSummary:
+    added: int = 0
+    duplicates: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    history: int = 0  # history files copied
+    unusable: list[str] = field(default_factory=list)
+
+    def line(self, into: str) -> str:
+        return (f"merged into {into}: {self.added} records added, {self.duplicates} identical ones kept once, "
+                f"{len(self.conflicts)} conflicts (the other record kept in history), {self.history} history "
+                f"files copied, {len(self.unusable)} unusable files skipped")
+
+
+def _preferred(record: dict) -> tuple:
+    return record["status"] == "ok", str(record.get("created_at") or "")
+
+
+def merge(sources: list[str], into: str) -> MergeSummary:
+    target = Store(into)
+    for source in sources:
+        if not Path(source).is_dir():
+            raise BadInput(f"no results store at {source} (not a folder)", source)
+        if Path(source).resolve() == target.root.resolve():
+            raise BadInput(f"{source} is the store merged into (--into {into})", source)
+    summary = MergeSummary()
+    for source in sources:
+        store = Store(source)
+        for folder in sorted(p for p in store.root.iterdir() if p.is_dir() and safe_name(p.name)):
+            records, bad = store.records(folder.name)
+            summary.unusable += bad
+            for record in records:
+                _merge_record(target, record, summary)
+            summary.history += _copy_history(folder / HISTORY, target.suite_dir(folder.name) / HISTORY)
+    return summary
+
+
+def _merge_record(target: Store, record: dict, summary: MergeSummary) -> None:
+    suite, cell_id = record["cell"]["suite"], record["cell"]["id"]
+    current = target.read(suite, cell_id)
+    if current is None:
+        target.write(record)
+        summary.added += 1
+        return
+    if current == record:
+        summary.duplicates += 1
+        return
+    winner, loser = (record, current) if _preferred(record) > _preferred(current) else (current, record)
+    if winner is record:
+        target.write(record)  # the current one goes to history
+    else:
+        target.archive(suite, cell_id, (json.dumps(record, indent=1) + "\n").encode())
+    summary.conflicts.append(f"conflict {suite}/{cell_id} ({record['cell']['label']} · {record['cell']['model']} "
+                             f"· {record['cell']['task']} · s{record['cell']['seed']}): kept {_describe(winner)}; "
+                             f"{_describe(loser)} is in history")
+
+
+def _describe(record: dict) -> str:
+    host = (record.get("env") or {}).get("hostname")
+    return f"{record['status']} of {record.get('created_at')}" + (f" on {host}" if host else "")
+
+
+def _copy_history(source: Path, target: Path) -> int:
+    copied = 0
+    for path in sorted(source.glob("*.json")) if source.is_dir() else []:
+        if not (target / path.name).exists():
+            atomic_write(target / path.name, path.read_bytes())
+            copied += 1
+    return copied
+
+
+def table(results: str, suite: str):
+    """The suite's records as a DataFrame, one row each (see the module's docstring for the columns)."""
+    import pandas as pd
+
+    records, _ = Store(results).records(suite)
+    if not records:
+        raise BadInput(f"no usable records of suite {suite!r} under {results}", "--suite")
+    rows = []
+    for record in records:
+        row = flatten(record)
+        row.pop("record")
+        row["config"] = json.dumps(record["cell"]["config"], sort_keys=True)
+        env = record.get("env") or {}
+        row.update({f"env.{key}": env.get(key) for key in ENV_COLUMNS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def export(results: str, suite: str, fmt: str, out: str) -> Path:
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown format {fmt!r}", "--format", FORMATS)
+    frame = table(results, suite)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path

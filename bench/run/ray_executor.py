@@ -1,0 +1,152 @@
+"""Cells as Ray tasks: the grid on a Ray cluster, or on a local Ray instance started for the run.
+
+Each cell is one Ray task. The task starts the same cell process a local run starts
+(bench.run.executors.CellProcess) inside its Ray worker and waits for it, so a cell is isolated as it
+is locally (its own memory peak; a crash, hang or OOM kill stays inside it and becomes a record) and
+its deadline counts from the moment it starts, not from when Ray queued it. The worker returns the
+record and the driver, the runner, writes it: workers need no access to the results store, so a
+cluster needs no shared filesystem for results. Cells are handed to Ray only as the cluster has room
+for them (its CPUs and GPUs over what one cell asks), so a cell's lock is taken just before it runs.
+
+Workers read the cell's data and task files at the paths the driver gave; a worker on another host
+that cannot read them returns a `failed` record saying which file and why (docs/scale.md: use a
+filesystem every node mounts at the same path, or the hub). Every node needs peft-bench installed.
+
+Without an address a local Ray instance is started for the run, and its session files (sockets,
+logs, object spill) stay in a temporary folder removed afterwards; its authentication token is
+generated for the run and never written to the home folder.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from bench.errors import BadInput
+from bench.plan.cellspec import Cell
+from bench.run.executors import POLL_S, CellProcess, failure_record
+
+INSTALL_HINT = "pip install 'peft-bench[ray]' (from a checkout: pip install -e '.[ray]')"
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BadInput(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}", "--executor") from None
+    return ray
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, quiet: bool = False, address: str | None = None, gpus_per_cell: float | None = None,
+                 cpus_per_cell: float | None = None, local_cpus: int | None = None):
+        self.ray = _import_ray()
+        for flag, value, least in (("--gpus-per-cell", gpus_per_cell, 0), ("--cpus-per-cell", cpus_per_cell, 1)):
+            if value is not None and not value >= least:
+                raise BadInput(f"{flag} must be at least {least}, got {value:g}", flag)
+        self.quiet, self.address = quiet, address
+        self.gpus_per_cell = gpus_per_cell or 0
+        self.cpus_per_cell = cpus_per_cell or 1
+        self.local_cpus = local_cpus  # a local instance's CPUs (default: this process's usable cores)
+        self.threads_per_cell = int(self.cpus_per_cell)  # torch threads of a cell: the CPUs Ray gives it
+        self.slots = None  # as many as the cluster has room for
+
+    def submit(self, cells: Iterable[Cell], spool=None) -> Iterator[tuple[Cell, dict]]:
+        """Yield (cell, record) as cells finish on the cluster; `spool` is unused (records come back)."""
+        ray, started = self.ray, self._connect()
+        source, pending, driver = iter(cells), {}, socket.gethostname()
+        try:
+            task = ray.remote(_cell_on_worker).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell,
+                                                       max_retries=0)
+            while True:
+                while len(pending) < self._room() and (cell := next(source, None)) is not None:
+                    pending[task.remote(cell, driver)] = cell
+                if not pending:
+                    return
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    cell = pending.pop(ref)
+                    yield cell, self._result(ref, cell)
+        finally:  # interrupted, or the runner stopped asking: cancel what still runs
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if started is not None:
+                ray.shutdown()
+                shutil.rmtree(started, ignore_errors=True)
+
+    def _result(self, ref, cell: Cell) -> dict:
+        exceptions = self.ray.exceptions
+        try:
+            return self.ray.get(ref)
+        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ActorDiedError) as e:
+            what = "its node was lost" if isinstance(e, exceptions.NodeDiedError) else "the worker process died"
+            return failure_record(cell, "killed", "WorkerLost", f"the Ray worker running this cell ended before "
+                            f"returning a record: {what} ({type(e).__name__})", str(e)[-4000:])
+        except exceptions.RayError as e:
+            return failure_record(cell, "failed", type(e).__name__, f"Ray could not run this cell: {str(e)[:500]}",
+                            str(e)[-4000:])
+
+    def _room(self) -> int:
+        """Cells the cluster can run at once: its CPUs (and GPUs) over what one cell asks for."""
+        total = self.ray.cluster_resources()
+        room = int(total.get("CPU", 0) // self.cpus_per_cell)
+        if self.gpus_per_cell:
+            room = min(room, int(total.get("GPU", 0) // self.gpus_per_cell))
+        return max(1, room)
+
+    def _connect(self) -> str | None:
+        """Join the cluster at `address`, or start a local instance; returns a started instance's folder."""
+        ray = self.ray
+        if self.address is not None:
+            ray.init(address=self.address, log_to_driver=not self.quiet, logging_level="ERROR")
+            return None
+        folder = tempfile.mkdtemp(prefix="peft-bench-ray-")
+        if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # else Ray writes one to ~/.ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cpus = self.local_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        # Workers import the suite's method modules as the driver does: give them the driver's path.
+        path = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+        ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
+                 logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": path}})
+        return folder
+
+
+def _cell_on_worker(cell: Cell, driver_host: str) -> dict:
+    """The body of a cell's Ray task: the cell in a process of its own, as locally; returns its record."""
+    import ray
+
+    host = socket.gethostname()
+    if host != driver_host:  # the driver checked its own paths before any work; this host may see others
+        problem = _unreadable(cell)
+        if problem:
+            return failure_record(cell, "failed", "DataUnavailable", f"Ray worker on {host}: {problem}; workers read "
+                            "data and task files at the driver's paths: put them on a filesystem every node "
+                            "mounts at the same path (docs/scale.md)")
+    gpus = ray.get_gpu_ids()
+    device = ",".join(str(g) for g in gpus) if gpus else None
+    with tempfile.TemporaryDirectory(prefix="peft-bench-cell-") as spool:
+        process = CellProcess(cell, Path(spool), quiet=True, device=device, show=False)
+        while (record := process.poll()) is None:
+            multiprocessing.connection.wait([process.sentinel], timeout=POLL_S)
+    # cells_beside: Ray places tasks where it likes, so which cells shared this node is not known here.
+    record["env"].update(device_index=device, threads=cell.threads, cells_beside=None)
+    return record
+
+
+def _unreadable(cell: Cell) -> str | None:
+    from bench.tasks.data import check_available
+
+    try:
+        check_available(cell.task, cell.data_dir)
+    except Exception as e:  # DataUnavailable, or an OSError reading a folder
+        return str(e)
+    return None

@@ -1,0 +1,282 @@
+"""Scale-out: several cells at once (`--jobs`, `--gpus`), Ray, stores merged from several machines,
+exports, and the cost of a grid before it runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import figures
+from bench.cli import main
+from bench.errors import BadInput
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.run import executors
+from bench.run.executors import LocalExecutor, Overlaps, make_executor
+from bench.run.runner import run_grid
+from bench.run.store import Store
+
+TRAIN = "{batch_size: 8, max_steps: 4, max_length: 16, eval_batch_size: 64, max_eval_samples: 64}"
+# 6 cells: 3 methods × 2 seeds on the tiny encoder
+SUITE = (f"name: scale\nmethods: [full, lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+         f"seeds: [1, 2]\ntrain: {TRAIN}\ncell_timeout_s: 300\n")
+
+
+@pytest.fixture
+def six_cells(tmp_path):
+    path = tmp_path / "scale.yaml"
+    path.write_text(SUITE)
+    return grid.expand(load_suite(str(path)), threads=1)
+
+
+def by_id(results: Path, suite: str = "scale") -> dict[str, dict]:
+    return {r["cell"]["id"]: r for r in (json.loads(p.read_text()) for p in (results / suite).glob("*.json"))}
+
+
+def determined(record: dict) -> dict:
+    """What must not depend on how cells were scheduled: every exact or versioned figure, and the scores."""
+    out = {key: record[fig.section][fig.name] for key, fig in figures.FIGURES.items() if fig.determined}
+    return {**out, "scores": record["scores"], "status": record["status"]}
+
+
+def test_two_jobs_give_the_records_of_one_job_with_two_cells_at_once(six_cells, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_grid(six_cells, Store(one), LocalExecutor(quiet=True), quiet=True)
+    summary = run_grid(six_cells, Store(two), LocalExecutor(quiet=True, jobs=2), quiet=True)
+    assert summary.statuses == {"ok": 6}
+    a, b = by_id(one), by_id(two)
+    assert a.keys() == b.keys() and len(a) == 6
+    for cell_id in a:
+        assert determined(a[cell_id]) == determined(b[cell_id]), cell_id
+    assert {r["env"]["cells_beside"] for r in a.values()} == {0}
+    beside = [r["env"]["cells_beside"] for r in b.values()]
+    assert max(beside) == 1 and all(n in (0, 1) for n in beside)  # never more than the other slot's cell
+    assert all(r["env"]["device_index"] is None and r["env"]["threads"] == 1 for r in b.values())
+
+
+def test_cells_beside_counts_the_most_at_one_moment(monkeypatch):
+    clock = iter([0, 1, 2, 3, 4, 10, 11, 12, 13, 14])
+    monkeypatch.setattr(executors.time, "monotonic", lambda: next(clock))
+    spans = Overlaps()
+    spans.start("a")  # 0
+    spans.start("b")  # 1
+    assert spans.end("b") == 1  # 2: a ran beside b
+    spans.start("c")  # 3
+    assert spans.end("a") == 1  # 4: b and then c ran beside a, never both at once
+    spans.start("d")  # 10
+    spans.start("e")  # 11
+    assert spans.end("c") == 2  # 12: d and e at once
+
+
+def test_threads_are_shared_between_the_cells_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    path = tmp_path / "scale.yaml"
+    path.write_text(SUITE)
+    suite = load_suite(str(path))
+    assert {c.threads for c in grid.expand(suite, concurrent=1)} == {8}
+    assert {c.threads for c in grid.expand(suite, concurrent=3)} == {2}
+    assert {c.threads for c in grid.expand(suite, threads=5, concurrent=3)} == {5}  # asked for: as asked
+
+
+def test_gpus_pin_each_cell_process_to_its_gpu(six_cells, tmp_path, monkeypatch):
+    """On any machine: the cell process sees CUDA_VISIBLE_DEVICES as its slot's GPU (the cells here run
+    on CPU, so no GPU is needed to check the pinning), one cell per GPU at a time."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert executors.visible_gpus() == ["3", "5"]
+    assert executors.parse_gpus("all") == ["3", "5"] and executors.parse_gpus("5") == ["5"]
+    seen = tmp_path / "seen"
+    cells = [c for c in six_cells if c.label == "full"]
+    from dataclasses import replace
+
+    probe = [replace(c, method_modules=("tests.faulty_methods",), method="visible-gpus-full",
+                     method_config={"log": str(seen)}) for c in cells]
+    records = [r for _, r in LocalExecutor(quiet=True, gpus=["3", "5"]).submit(probe, lambda c: tmp_path / "spool")]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert sorted(seen.read_text().split()) == ["3", "5"]
+    assert sorted(r["env"]["device_index"] for r in records) == ["3", "5"]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--jobs", "0"], "--jobs"),
+    (["--jobs", "2", "--gpus", "all"], "--jobs"),
+    (["--gpus", "7"], "--gpus"),
+    (["--cpus-per-cell", "2"], "--cpus-per-cell"),
+    (["--executor", "slurm"], "--executor"),
+    (["--executor", "ray", "--jobs", "2"], "--jobs"),
+])
+def test_bad_scale_flags_exit_2_before_any_work(args, flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    code = main(["run", "--suite", "smoke", "--results", str(tmp_path), *args])
+    assert code == 2
+    assert flag in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(BadInput, match=r"peft-bench\[ray\]"):
+        make_executor("ray")
+
+
+# ---- stores from several machines ----
+
+def test_merge_and_export_round_trip(six_cells, tmp_path, capsys):
+    first, second, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    cells = six_cells[:3]
+    run_grid(cells[:2], Store(first), LocalExecutor(quiet=True), quiet=True)
+    run_grid(cells[1:], Store(second), LocalExecutor(quiet=True), quiet=True)
+    shared = cells[1].id
+    same = json.loads(Store(first).path("scale", shared).read_text())
+    Store(second).write(same)  # the overlapping cell, identical in both (the copy went to b's history)
+    conflicting = json.loads(Store(second).path("scale", cells[2].id).read_text())
+    older = {**conflicting, "status": "failed", "created_at": "2020-01-01T00:00:00+00:00",
+             "error": {"type": "RuntimeError", "message": "x", "where": None, "traceback": None}}
+    Store(first).write(older)  # the same cell recorded differently on the first machine: a failure, older
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.json")}
+
+    assert main(["results", "merge", str(first), str(second), "--into", str(merged)]) == 0
+    out = capsys.readouterr()
+    assert f"conflict scale/{cells[2].id}" in out.err and "kept ok" in out.err
+    assert "3 records added, 1 identical ones kept once, 1 conflicts" in out.out
+    assert {p: p.read_bytes() for p in before} == before  # sources only read
+    result = by_id(merged)
+    assert set(result) == {c.id for c in cells}
+    assert result[cells[2].id] == conflicting  # ok beats failed
+    history = [json.loads(p.read_text()) for p in (merged / "scale" / "history").glob(f"{cells[2].id}.*.json")]
+    assert older in history  # the loser is kept
+    assert main(["results", "merge", str(first), str(second), "--into", str(merged)]) == 0  # again: nothing new
+    assert "0 records added" in capsys.readouterr().out
+
+    for fmt, read in (("csv", pd.read_csv), ("jsonl", lambda p: pd.read_json(p, lines=True)),
+                      ("parquet", pd.read_parquet)):
+        out_file = tmp_path / "reports" / f"x.{fmt}"
+        assert main(["results", "export", "--suite", "scale", "--results", str(merged), "--format", fmt,
+                     "--out", str(out_file)]) == 0
+        frame = read(out_file)
+        assert sorted(frame["id"]) == sorted(c.id for c in cells)
+        for record in result.values():
+            row = frame[frame["id"] == record["cell"]["id"]].iloc[0]
+            assert row["params.trainable"] == record["params"]["trainable"]
+            assert math.isclose(row["score"], record["scores"]["metrics"]["accuracy"])
+            assert json.loads(row["config"]) == record["cell"]["config"]
+
+
+def test_merge_refuses_what_is_not_a_store(tmp_path, capsys):
+    assert main(["results", "merge", str(tmp_path / "nowhere"), "--into", str(tmp_path / "m")]) == 2
+    assert "no results store" in capsys.readouterr().err
+    assert main(["results", "merge", str(tmp_path), "--into", str(tmp_path)]) == 2
+
+
+# ---- the cost of a grid before it runs ----
+
+def test_dry_run_prints_flops_and_time_from_the_estimate(tmp_path, capsys):
+    from bench.tools.estimate import estimate
+
+    text = SUITE.replace("max_steps: 4", "epochs: 0.5").replace("seeds: [1, 2]", "seeds: [1]")
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    assert main(["run", "--suite", str(path), "--dry-run", "--tflops", "2", "--jobs", "2",
+                 "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    steps = math.ceil(0.5 * 4000 / 8)  # synth-polarity has 4000 training rows
+    total = 0
+    for method in ("full", "lora", "bitfit"):
+        step = estimate("tiny-encoder", method, 8, 16)["flops"]["train_step"]
+        line = next(line for line in out if f"method={method} " in line)
+        assert f"train FLOPs {steps * step:.3g} ({steps} steps)" in line
+        total += steps * step
+    assert out[-1].startswith(f"3 cells, {total:.3g} training FLOPs")
+    assert "on 2 slots at once" in out[-1] and "--tflops 2" in out[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_rate_is_measured_by_the_suites_records(six_cells, tmp_path, capsys):
+    from bench.tools.plan_cost import measured_rate
+
+    store = Store(tmp_path)
+    run_grid(six_cells[:2], store, LocalExecutor(quiet=True), quiet=True)
+    records = list(by_id(tmp_path).values())
+    rate, overhead, n = measured_rate(store, "scale")
+    rates = sorted(r["time"]["train_flops_per_s"] for r in records)
+    assert n == 2 and math.isclose(rate, sum(rates) / 2)
+    assert math.isclose(overhead, sum(r["time"]["load_s"] + r["time"]["eval_s"] for r in records) / 2)
+
+
+# ---- Ray ----
+
+def _ray_executor():
+    pytest.importorskip("ray", reason="Ray is installed by the `ray` and `dev` extras")
+    from bench.run.ray_executor import RayExecutor
+
+    return RayExecutor(quiet=True, local_cpus=2)
+
+
+def test_ray_runs_the_grid_as_the_local_executor_does_and_survives_a_lost_worker(six_cells, tmp_path):
+    """One local Ray instance with 2 CPUs: the 6-cell grid gives the local executor's records; then a
+    cell whose Ray worker is killed mid-cell gives a `killed` record and the grid goes on."""
+    ray = _ray_executor()
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_grid(six_cells, Store(local), LocalExecutor(quiet=True), quiet=True)
+    home = Path.home() / ".ray"
+    before = sorted(home.rglob("*")) if home.exists() else None
+    from dataclasses import replace
+
+    doomed = replace(six_cells[0], id="doomedcell01", method="fault-kill-worker", method_config={},
+                     method_modules=("tests.faulty_methods",))
+    summary = run_grid([*six_cells, doomed], Store(remote), ray, quiet=True)
+    assert summary.statuses == {"ok": 6, "killed": 1}, summary.problems
+    a, b = by_id(local), by_id(remote)
+    for cell_id in a:
+        assert determined(a[cell_id]) == determined(b[cell_id]), cell_id
+    lost = b["doomedcell01"]
+    assert lost["error"]["type"] == "WorkerLost" and "Ray worker" in lost["error"]["message"]
+    assert {r["env"]["threads"] for r in b.values() if r["status"] == "ok"} == {1}
+    assert (sorted(home.rglob("*")) if home.exists() else None) == before  # nothing written to ~/.ray
+    rerun = run_grid([*six_cells, doomed], Store(remote), ray, quiet=True)  # resumes as locally
+    assert rerun.skipped == 7 and not rerun.statuses
+
+
+def test_sigterm_with_two_jobs_records_both_running_cells_interrupted_and_kill_9_takes_them_along(tmp_path,
+                                                                                                  write_suite):
+    from tests.test_faults import cli, gone, suite_text, wait_for
+
+    log = tmp_path / "trainings.log"
+    suite = write_suite(suite_text(f"[{{name: logged-full, overrides: {{log: '{log}', sleep_s: 600}}}}]",
+                                   seeds="[1, 2, 3]"))
+    results = tmp_path / "results"
+
+    def two_started() -> list[int]:
+        pids = log.read_text().split() if log.exists() else []
+        return [int(p) for p in pids] if len(pids) == 2 else []
+
+    runner = cli("run", "--suite", str(suite), "--results", str(results), "--jobs", "2")
+    cells = wait_for(two_started)
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (results / "faults").glob("*.json"))
+    assert statuses == ["interrupted", "interrupted"]  # the third never started: no record
+    assert all(gone(pid) for pid in cells) and not list((results / "faults").glob("*.lock"))
+
+    log.unlink()
+    runner = cli("run", "--suite", str(suite), "--results", str(results), "--jobs", "2")
+    cells = wait_for(two_started)  # the two interrupted cells run again
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate()
+    assert all(gone(pid) for pid in cells), "a cell outlived its runner"
