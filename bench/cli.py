@@ -176,7 +176,7 @@ def cmd_estimate(args) -> int:
     from bench.tools.estimate import estimate, render
 
     quiet_libraries()
-    result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.dtype)
+    result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 
@@ -317,7 +317,9 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
     est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/cell/optimizers.py: adamw, adafactor or sgd (default: adamw)")
-    est.add_argument("--dtype", default="fp32", help="dtype the model is built in: fp32 or bf16 (default: fp32)")
+    est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
+                     help="dtype the weights are built in, the training setting weights_dtype: auto (the checkpoint's "
+                          "dtype, from the shipped config; else fp32), bf16, fp16 or fp32 (default: auto)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
 

@@ -17,6 +17,9 @@ from bench.cell import optimizers
 from bench.errors import BadInput, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# The dtype a model's weights are loaded in: auto = the checkpoint's own (a tiny or config-built model: its
+# config's, else fp32), as users of large checkpoints load them (bench.models.load_bundle).
+WEIGHTS_DTYPES = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
 OBJECTIVES = ("lm", "tfew", "head")  # see bench/cell/objectives.py; `head` is resolved, not chosen
 POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)
@@ -42,13 +45,19 @@ class TrainConfig:
     shots: int | None = None  # few-shot: train on k examples drawn with the seed (same for every method)
     objective: str = "lm"  # lm, or tfew (L_LM + L_UL + L_LN) for tasks with answer options
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    weights_dtype: str = "auto"  # see WEIGHTS_DTYPES; train.weights_dtype records what was loaded
     optimizer: str = "adamw"  # a name in bench/cell/optimizers.py
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as the cell id hashes them. A setting added after cells were first recorded is
+        left out while at the value that behaves as before, so upgrading keeps every recorded cell's id."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ADDED_LATER or ADDED_LATER[k] != v}
+
+
+ADDED_LATER = {"weights_dtype": "auto"}  # setting -> the value it is left out of the id at
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -57,7 +66,8 @@ _TRAIN_TYPES = {
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None),
-    "precision": PRECISIONS, "optimizer": OPTIMIZERS, "shots": (int, None), "objective": ("lm", "tfew"),
+    "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "optimizer": OPTIMIZERS, "shots": (int, None),
+    "objective": ("lm", "tfew"),
     "pooling": POOLINGS,
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",

@@ -191,12 +191,15 @@ def head_for(kind: str, task_type: str) -> str:
 
 
 def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: int,
-                device: torch.device | str = "cpu", meta: bool = False, pooling: str | None = None) -> Bundle:
+                device: torch.device | str = "cpu", meta: bool = False, pooling: str | None = None,
+                weights_dtype: str = "auto") -> Bundle:
     """Build the model for a task. The head (and any random init) is seeded with `seed`.
 
     meta=True builds on the `meta` device: shapes and dtypes only, no memory for weights.
     pooling: how an encoder's classification head reads the sequence (`cls` or `mean`; None: the
-    model's default, `spec.pooling`).
+    model's default, `spec.pooling`). weights_dtype (bench.config.WEIGHTS_DTYPES): `auto` loads a
+    checkpoint in its own dtype (transformers' dtype="auto") and builds a model from a config in the
+    config's `dtype`, else fp32; the others load every weight in that dtype.
     """
     import transformers as tf
 
@@ -217,7 +220,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
             setattr(config, key, value)
         torch.manual_seed(tiny.INIT_SEED)
         with torch.device("meta" if meta else "cpu"):
-            model = auto.from_config(config)
+            model = auto.from_config(config, dtype=config_dtype(config, weights_dtype))
         if not meta:  # a fresh head per seed, as loading a checkpoint gives
             torch.manual_seed(seed)
             for name in ARCHS[spec.arch].head_modules:
@@ -234,11 +237,12 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
                 config = tf.AutoConfig.from_pretrained(ref, revision=spec.revision, **head_kwargs)
             tokenizer = None
             with torch.device("meta"):
-                model = auto.from_config(config)
+                model = auto.from_config(config, dtype=config_dtype(config, weights_dtype))
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
             torch.manual_seed(seed)
-            model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs)
+            model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs,
+                                         dtype="auto" if weights_dtype == "auto" else TORCH_DTYPES[weights_dtype])
     if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 and LLaMA ship without one
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None and tokenizer is not None:
@@ -248,6 +252,29 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
     if not meta:
         model.to(device)
     return Bundle(spec, model, tokenizer, head, num_labels if head == "classifier" else None)
+
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def config_dtype(config, weights_dtype: str) -> torch.dtype:
+    """The dtype a model built from `config` gets: as asked, or for `auto` the config's own, else fp32."""
+    if weights_dtype != "auto":
+        return TORCH_DTYPES[weights_dtype]
+    own = getattr(config, "dtype", None)
+    own = getattr(torch, own) if isinstance(own, str) else own
+    return own if isinstance(own, torch.dtype) and own.is_floating_point else torch.float32
+
+
+def dtype_name(model: torch.nn.Module) -> str | None:
+    """The dtype most of the model's parameter elements are stored in (bf16, fp16, fp32; quantised
+    storage shows as its container dtype), None for a model without floating parameters."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    names = {v: k for k, v in TORCH_DTYPES.items()}
+    common = max(counts, key=counts.get) if counts else None
+    return names.get(common, str(common).replace("torch.", "")) if common is not None else None
 
 
 class MaskedMean(torch.nn.Module):

@@ -128,3 +128,21 @@ def test_a_hanging_cell_times_out(tmp_path, write_suite):
                  "--methods", "full"]) == 0
     rec = records(results)["full"]
     assert rec["status"] == "timeout" and "2 s limit" in rec["error"]["message"]
+
+
+def test_a_bf16_weights_cell_trains_and_records_its_dtype(tmp_path, write_suite, capsys):
+    """weights_dtype: bf16 loads every weight in bf16 (the adapters peft adds stay fp32), on any device."""
+    text = TINY_SUITE.replace("train: {batch_size", "train: {weights_dtype: bf16, batch_size")
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(results), "--quiet"]) == 0
+    recs = records(results)
+    body, head = tiny_encoder_params()
+    full, lora = recs["full"], recs["lora"]
+    for r in (full, lora):
+        assert r["status"] == "ok" and r["train"]["weights_dtype"] == "bf16"
+        assert r["cell"]["config"]["train"]["weights_dtype"] == "bf16"
+    assert full["memory"]["weights_bytes"] == 2 * (body + head)
+    lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)
+    assert lora["params"]["trainable"] == lora_params + head
+    # peft keeps the LoRA factors in fp32; its trainable copy of the head (modules_to_save) stays bf16
+    assert lora["memory"]["weights_bytes"] == 2 * (lora["params"]["total"] - lora_params) + 4 * lora_params

@@ -118,7 +118,7 @@ def test_cli_json_and_text(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "tiny-gpt2", "--method", "lora", "--optimizer", "adam"], "did you mean 'adamw'"),
-    (["--model", "tiny-gpt2", "--method", "lora", "--dtype", "fp16"], "valid choices: bf16, fp32"),
+    (["--model", "tiny-gpt2", "--method", "lora", "--dtype", "fp8"], "valid choices: auto, bf16, fp16, fp32"),
     (["--model", "llama-2-7", "--method", "lora"], "did you mean 'llama-2-7b'"),
     (["--model", "tiny-gpt2", "--method", "lorra"], "did you mean 'lora'"),
     (["--model", "tiny-llama", "--method", "bitfit"], "does not apply to tiny-llama"),
@@ -140,3 +140,16 @@ def test_a_step_that_cannot_run_on_fake_tensors_is_refused(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "--method: method 'lora' on tiny-gpt2 cannot run a training step on fake tensors" in err
     assert "reads a tensor's value" in err
+
+
+def test_weights_dtype_sets_the_weight_bytes_in_closed_form():
+    """Every weight in the dtype asked: weights_bytes = 2 bytes × parameters for fp16/bf16 full fine-tuning;
+    `auto` follows the checkpoint (LLaMA-2 ships fp16)."""
+    fp32 = estimate("tiny-gpt2", "full", batch_size=1, seq_len=8, dtype="fp32")
+    fp16 = estimate("tiny-gpt2", "full", batch_size=1, seq_len=8, dtype="fp16")
+    assert fp16["dtype"] == "fp16" and fp32["dtype"] == "fp32"
+    assert fp16["memory"]["weights_bytes"] == 2 * fp16["params"]["total"] == fp32["memory"]["weights_bytes"] // 2
+    llama = estimate("llama-2-7b", "lora", batch_size=1, seq_len=16, dtype="auto")
+    assert llama["dtype"] == "fp16"
+    lora = llama["params"]["trainable"]  # peft keeps adapters in fp32 over a half-precision base
+    assert llama["memory"]["weights_bytes"] == 2 * (llama["params"]["total"] - lora) + 4 * lora

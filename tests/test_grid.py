@@ -91,3 +91,15 @@ def test_task_entries_carry_their_own_training_settings(write_suite):
     assert digits["lora"].max_steps == 50 and polarity["lora"].max_steps == 20
     assert digits["lora"].lr == 5e-3  # the method entry's lr is more specific than the task's
     assert digits["full"].lr == 1e-3
+
+
+def test_weights_dtype_enters_the_id_only_when_set(write_suite):
+    """`weights_dtype` came after cells were first recorded: at `auto` (what loading did before) it is
+    left out of the id, so recorded cells keep theirs; set, it is a new cell."""
+    before = cells_of(write_suite)
+    assert "weights_dtype" not in before[0].config["train"]
+    assert [c.id for c in cells_of(write_suite, SUITE.replace("train: {batch_size", "train: {weights_dtype: auto, batch_size"))] == \
+        [c.id for c in before]
+    bf16 = cells_of(write_suite, SUITE.replace("train: {batch_size", "train: {weights_dtype: bf16, batch_size"))
+    assert bf16[0].config["train"]["weights_dtype"] == "bf16"
+    assert {c.id for c in bf16}.isdisjoint(c.id for c in before)

@@ -3,11 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from bench import tiny
 from bench.cell.measure import count_params
 from bench.errors import BadInput, Unsupported
-from bench.models import REGISTRY, head_for, load_bundle, resolve_model
+from bench.models import REGISTRY, dtype_name, head_for, load_bundle, resolve_model
 from bench.tasks.synthetic import lexicon
 
 
@@ -96,3 +97,24 @@ def test_minilm_is_the_real_pretrained_encoder():
     assert count_params(with_pooler.model)["total"] == 22_713_216 + (h * 2 + 2)
     ids = bundle.tokenizer("a great movie")["input_ids"]
     assert bundle.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "a", "great", "movie", "[SEP]"]
+
+
+@pytest.mark.parametrize("weights_dtype, expected", [("auto", torch.float32), ("bf16", torch.bfloat16),
+                                                     ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_weights_dtype_loads_every_weight_in_it(weights_dtype, expected):
+    bundle = load_bundle(resolve_model("tiny-gpt2"), "generation", None, seed=1, weights_dtype=weights_dtype)
+    assert {p.dtype for p in bundle.model.parameters()} == {expected}
+    assert dtype_name(bundle.model) == {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[expected]
+    fp32 = load_bundle(resolve_model("tiny-gpt2"), "generation", None, seed=1)
+    for (name, a), b in zip(bundle.model.named_parameters(), fp32.model.parameters()):  # the same weights, cast
+        assert torch.equal(a, b.to(expected)), name
+
+
+def test_auto_is_the_checkpoints_dtype_as_its_config_says():
+    """A shipped config carries its checkpoint's dtype (LLaMA-2: fp16), which `auto` builds in; the
+    tiny models and configs without one are fp32."""
+    llama = load_bundle(resolve_model("llama-2-7b"), "generation", None, seed=0, meta=True)
+    assert dtype_name(llama.model) == "fp16"
+    assert dtype_name(load_bundle(resolve_model("llama-2-7b"), "generation", None, seed=0, meta=True,
+                                  weights_dtype="bf16").model) == "bf16"
+    assert dtype_name(load_bundle(resolve_model("t5-small"), "generation", None, seed=0, meta=True).model) == "fp32"

@@ -191,3 +191,22 @@ def test_tables_list_tasks_in_the_suite_order(tmp_path):
     assert len(tasks) >= 2
     assert list(dict.fromkeys(aggregate(frame)["task"])) == tasks  # no suite: alphabetical
     assert list(dict.fromkeys(aggregate(frame, tasks[::-1])["task"])) == tasks[::-1]
+
+
+def test_memory_table_shows_the_training_rate_and_mfu_where_recorded(tmp_path):
+    records = survey_records()
+    for r in records:
+        if r["cell"]["label"] == "full" and r["status"] == "ok":
+            r["time"].update(train_flops_per_s=2.5e12, mfu=0.42)
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md", "csv"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    rows = md_rows(text, "m1: memory")
+    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 3.00 | 4.00 | 2.500 | 42.0 |"
+    assert rows[-1].endswith("| 1.50 | – | – |")  # lora recorded neither
+    (full,) = [r for r in csv_rows(tmp_path / "reports" / "hand" / "csv" / "memory-m1.csv") if r["Method"] == "full"]
+    assert float(full["Train FLOP/s"]) == 2.5e12 and float(full["MFU (ratio)"]) == 0.42
+    write_store(tmp_path / "plain", survey_records())
+    write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
+    assert "Not recorded: Train TFLOP/s, MFU (MFU needs a CUDA device" in \
+        (tmp_path / "plain-reports" / "hand" / "report.md").read_text()

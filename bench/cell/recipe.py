@@ -25,7 +25,7 @@ from bench.cell.batching import collate
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
-from bench.models import Bundle, load_bundle
+from bench.models import Bundle, dtype_name, load_bundle
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import TaskSpec, metrics
@@ -63,6 +63,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         with tools.window("loading", None, record):
             run = setup(cell, device_for_run())
         record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
+        record["train"]["weights_dtype"] = dtype_name(run.bundle.model)  # what `weights_dtype` resolved to
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
                                            for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
         tools.at("loaded", run, record)
@@ -95,7 +96,8 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
 def setup(cell: Cell, device: torch.device) -> Run:
     """Model, data, objective, method and evaluation sets, in the order each needs the previous."""
     task, tcfg = cell.task, cell.train
-    bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling)
+    bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
+                         weights_dtype=tcfg.weights_dtype)
     data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
     objective = objective_for(tcfg.objective, bundle, task.type)
 

@@ -17,6 +17,10 @@ REASON_CHARS = 300  # footnotes quote an error message up to this length
 MEMORY_PARTS = [("memory.weights_bytes", "Weights"), ("memory.grad_bytes", "Gradients"),
                 ("memory.optimizer_bytes", "Optimizer"), ("memory.activation_bytes", "Activations"),
                 ("memory.predicted_peak_bytes", "Predicted peak")]
+# Beside the memory of the same cell, the rate its training ran at: counted FLOPs per second and, where the
+# device has a datasheet peak (CUDA), the utilisation. (header, csv header, figure, scale, decimals)
+SPEED_PARTS = [("Train TFLOP/s", "Train FLOP/s", "time.train_flops_per_s", 1e12, 3),
+               ("MFU (%)", "MFU (ratio)", "time.mfu", 0.01, 1)]
 
 
 def display_label(row) -> str:
@@ -142,11 +146,15 @@ def memory_unit(rows: pd.DataFrame, parts: list[tuple[str, str]]) -> tuple[str, 
     return ("GB", 2**30) if known and max(known) >= 2**30 else ("MB", 2**20)
 
 
+def part_absent(rows: pd.DataFrame, column: str) -> bool:
+    return column not in rows or not rows[column].notna().any()
+
+
 def memory_tables(agg: pd.DataFrame) -> list[Table]:
     """One table per model: the memory breakdown next to the predicted and the measured peak."""
     tables = []
     for model, rows in memory_rows(agg).groupby("model", sort=True):
-        parts = [(col, name) for col, name in MEMORY_PARTS if col in rows and rows[col].notna().any()]
+        parts = [(col, name) for col, name in MEMORY_PARTS if not part_absent(rows, col)]
         absent = [name.lower() for col, name in MEMORY_PARTS if (col, name) not in parts]
         unit, scale = memory_unit(rows, parts)
         peak, name_source = peak_header(rows, unit, "Measured peak")
@@ -154,15 +162,21 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
                    Column("Task (largest peak)", numeric=False)]
         columns += [Column(f"{name} ({unit})", csv_header=f"{name} (bytes)") for _, name in parts]
         columns += [Column(peak, csv_header=in_bytes(peak, unit))]
+        speed = [part for part in SPEED_PARTS if not part_absent(rows, part[2])]
+        columns += [Column(header, "higher", csv_header=csv_header) for header, csv_header, *_ in speed]
         caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
                    "Definitions: docs/measurement.md.")
+        absent += [header.split(" (")[0] for header, _, figure, *_ in SPEED_PARTS if part_absent(rows, figure)]
         if absent:
-            caption += f" Not recorded: {', '.join(absent)}."
+            caption += f" Not recorded: {', '.join(absent)}" + (" (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)"
+                                                              if "MFU" in absent else "") + "."
         table = Table(f"memory-{slug(model)}", f"{model}: memory", columns, caption=caption)
         for _, row in rows.iterrows():
             cells = [Cell(row["method_family"] or DASH), Cell(display_label(row)), Cell(row["task"])]
             cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
             cells.append(peak_cell(row, scale, name_source))
+            cells += [Cell(DASH if missing(row[figure]) else f"{row[figure] / per:.{decimals}f}", row[figure])
+                      for _, _, figure, per, decimals in speed]
             table.add(row["method_family"] or DASH, cells)
         tables.append(table)
     return tables

@@ -110,14 +110,14 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                     f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
             path = local_file(task, split, data_dir)
             check_rows(task, read_file(path, limit=HEAD_ROWS), path)
-        elif _hub_offline():
+        elif hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
                 f"{' (' + src['config'] + ')' if src.get('config') else ''}, and the hub is offline here; "
                 "pass --data-dir DIR with DIR/<dataset>/<config>/<split>.jsonl in the hub's columns")
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return True
     import socket

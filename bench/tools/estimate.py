@@ -13,7 +13,8 @@ Fake tensors claim the CPU device, so operators are chosen as on a CPU: attentio
 kernel for CPU, which, like CUDA's flash and memory-efficient kernels, saves its output and log-sum-exp
 rather than the L×L probabilities. The batch is B rows of exactly L tokens with no padding (without a
 mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
-classification head, the others their LM head. `--dtype` is the dtype the model is built in; gradients
+classification head, the others their LM head. `--weights-dtype` is the dtype the model is built in, the
+training setting `weights_dtype` (`auto`: the shipped config's `dtype`, as a checkpoint loads; else fp32); gradients
 and optimizer moments follow their parameter's dtype (peft keeps adapter weights in fp32 under a bf16
 base model, as it does in training).
 """
@@ -28,10 +29,10 @@ import torch
 from bench.cell import optimizers
 from bench.cell.measure import count_params, predicted_peak, unique_tensors, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
+from bench.config import WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
 
@@ -49,8 +50,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     method = methods.get(method_name, "--method")
     encoder = spec.kind == "encoder"
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
-                         meta=True)
-    bundle.model.to(DTYPES[dtype])
+                         meta=True, weights_dtype=dtype)
     config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
     try:
@@ -157,12 +157,13 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
              dtype: str = "fp32", settings: dict | None = None) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults)."""
+    from bench import models
     from bench.models import resolve_model
 
     if optimizer not in optimizers.OPTIMIZERS:
         raise unknown("optimizer", optimizer, optimizers.OPTIMIZERS, "--optimizer")
-    if dtype not in DTYPES:
-        raise unknown("dtype", dtype, DTYPES, "--dtype")
+    if dtype not in WEIGHTS_DTYPES:
+        raise unknown("weights dtype", dtype, WEIGHTS_DTYPES, "--weights-dtype")
     for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value < 1:
             raise BadInput(f"must be a positive integer, got {value}", flag)
@@ -187,7 +188,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
-            "dtype": dtype, "params": params, "memory": memory, "flops": flops}
+            "dtype": models.dtype_name(bundle.model), "params": params, "memory": memory, "flops": flops}
 
 
 def render(result: dict) -> str:

@@ -32,9 +32,11 @@ def train_rows(cell: Cell) -> int | None:
 def split_rows(task, data_dir) -> int | None:
     """Rows of a task's training split: counted where they are local or synthetic, the hub's stated size
     otherwise (None offline)."""
-    from bench.tasks.data import hub_split, load_rows
+    from bench.tasks.data import hub_offline, hub_split, load_rows
 
     if "dataset" in task.source and data_dir is None:
+        if hub_offline():
+            return None
         try:
             from datasets import load_dataset_builder
 
@@ -61,7 +63,7 @@ def cell_flops(cell: Cell, step_flops: dict) -> tuple[int | None, str]:
             return None, "unknown: the training split's size (hub offline?)"
         steps = total_steps(cell.train, rows)
     key = (cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
-           cell.train.max_length)
+           cell.train.max_length, cell.train.weights_dtype)
     if key not in step_flops:
         step_flops[key] = _step_flops(cell)
     per_step, why = step_flops[key]
@@ -73,7 +75,7 @@ def _step_flops(cell: Cell) -> tuple[int | None, str]:
 
     try:
         result = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
-                          settings=cell.method_config)
+                          dtype=cell.train.weights_dtype, settings=cell.method_config)
     except BadInput as e:
         return None, f"unknown: {e.message.splitlines()[0][:120]}"
     return result["flops"]["train_step"], ""
