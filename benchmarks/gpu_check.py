@@ -98,8 +98,8 @@ def write_suite(folder: Path, name: str, model: Path, methods: list[str], tasks:
 
 def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
     """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU."""
-    lines = ["| model | method | status | predicted MB | measured MB | ratio | step ms | TFLOP/s | MFU |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | step ms | TFLOP/s | MFU |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for suite, order in suites:
         found = [json.loads(path.read_text()) for path in (results / suite).glob("*.json")]
         for r in sorted(found, key=lambda r: order.index(r["cell"]["label"])):
@@ -107,13 +107,14 @@ def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
             measured = m.get("device_peak_allocated_bytes") or m.get("peak_bytes")
             predicted = m.get("predicted_peak_bytes")
             ratio = f"{predicted / measured:.2f}" if predicted and measured else "–"
-            cells = [suite, r["cell"]["label"], r["status"], _mb(predicted), _mb(measured), ratio,
+            cells = [suite, (r.get("train") or {}).get("weights_dtype") or "–", r["cell"]["label"], r["status"],
+                     _mb(predicted), _mb(measured), ratio,
                      f"{1000 * t['step_s_median']:.1f}" if t.get("step_s_median") else "–",
                      f"{t['train_flops_per_s'] / 1e12:.3g}" if t.get("train_flops_per_s") else "–",
                      f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "–"]
             lines.append("| " + " | ".join(cells) + " |")
             if r["status"] not in ("ok", "unsupported"):
-                lines.append(f"|  | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | |")
+                lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | |")
     return "\n".join(lines)
 
 

@@ -227,6 +227,14 @@ def _ray_executor():
     return RayExecutor(quiet=True, local_cpus=2)
 
 
+def test_a_ray_address_nobody_answers_at_exits_2_before_any_work(tmp_path, capsys):
+    _ray_executor()
+    assert main(["run", "--suite", "smoke", "--results", str(tmp_path / "r"), "--executor", "ray",
+                 "--ray-address", "127.0.0.1:1"]) == 2
+    assert "--ray-address: cannot join a Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_ray_runs_the_grid_as_the_local_executor_does_and_survives_a_lost_worker(six_cells, tmp_path):
     """One local Ray instance with 2 CPUs: the 6-cell grid gives the local executor's records; then a
     cell whose Ray worker is killed mid-cell gives a `killed` record and the grid goes on."""

@@ -52,6 +52,8 @@ class RayExecutor:
         for flag, value, least in (("--gpus-per-cell", gpus_per_cell, 0), ("--cpus-per-cell", cpus_per_cell, 1)):
             if value is not None and not value >= least:
                 raise BadInput(f"{flag} must be at least {least}, got {value:g}", flag)
+        if address is not None:
+            _reachable(address)
         self.quiet, self.address = quiet, address
         self.gpus_per_cell = gpus_per_cell or 0
         self.cpus_per_cell = cpus_per_cell or 1
@@ -106,7 +108,11 @@ class RayExecutor:
         """Join the cluster at `address`, or start a local instance; returns a started instance's folder."""
         ray = self.ray
         if self.address is not None:
-            ray.init(address=self.address, log_to_driver=not self.quiet, logging_level="ERROR")
+            try:
+                ray.init(address=self.address, log_to_driver=not self.quiet, logging_level="ERROR")
+            except Exception as e:  # no cluster there, or one that refuses this driver: before any cell ran
+                raise BadInput(f"cannot join a Ray cluster at {self.address}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}", "--ray-address") from None
             return None
         folder = tempfile.mkdtemp(prefix="peft-bench-ray-")
         if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
@@ -118,6 +124,19 @@ class RayExecutor:
         ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
                  logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": path}})
         return folder
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody answers at: Ray itself retries connecting for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # `auto` and other forms Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BadInput(f"cannot join a Ray cluster at {address}: nothing answers there ({e.strerror or e}); "
+                       "start one with `ray start --head`, or leave --ray-address out to start a local one",
+                       "--ray-address") from None
 
 
 def _cell_on_worker(cell: Cell, driver_host: str) -> dict:
