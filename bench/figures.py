@@ -76,7 +76,7 @@ _FIGURES = [
            "tensors) including the task head. Integer tensors saved beside them (the indices of a sparse update) "
            "count in `stored_bytes` only.", "first", "largest"),
     Figure("params", "stored_bytes", "bytes", "exact", "size in bytes of those tensors written as one safetensors "
-           "file (header included).", "first", "largest"),
+           "file (header included); 0 when there is nothing to store (zero-shot).", "first", "largest"),
     # memory
     Figure("memory", "weights_bytes", "bytes", "exact", "all parameters in their own dtype, each tensor once (tied "
            "weights once)."),

@@ -62,6 +62,11 @@ def test_stored_counts_parameters_and_bytes_count_indices_too():
     assert out["stored"] == 5 and out["stored_bytes"] == len(save({"w.values": values, "w.indices": index}))
 
 
+def test_nothing_to_store_is_zero_bytes_not_an_empty_files_header():
+    assert stored_size({}) == {"stored": 0, "stored_bytes": 0}
+    assert len(save({})) > 0  # what an empty safetensors file would have counted
+
+
 def test_stored_size_is_the_safetensors_file():
     a, b = torch.randn(3, 5), torch.randn(7)
     state = {"a": a, "b": b, "tied": a}

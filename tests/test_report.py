@@ -210,3 +210,19 @@ def test_memory_table_shows_the_training_rate_and_mfu_where_recorded(tmp_path):
     write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
     assert "Not recorded: Train TFLOP/s, MFU (MFU needs a CUDA device" in \
         (tmp_path / "plain-reports" / "hand" / "report.md").read_text()
+
+
+def test_fewshot_cost_table_uses_the_median_and_zero_shot_uses_no_shots(tmp_path):
+    """One statistic for both few-shot tables (median over seeds); zero-shot sees 0 examples and stores 0 B,
+    whatever `shots` the grid gave its cell."""
+    p = params(3000, 30, 1200)
+    scores = {1: 70, 2: 72, 3: 60, 4: 80}  # mean 70.5, median 71
+    records = [record("ia3", "additive", "t0", "rte", seed, s, params=p, shots=32) for seed, s in scores.items()]
+    records.append(record("zero-shot", "baseline", "t0", "rte", 1, 55, params=params(3000, 0, 0), shots=32))
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    rows = md_rows((tmp_path / "reports" / "hand" / "report.md").read_text(), "Few-shot: cost and accuracy")
+    zero = next(r for r in rows if "zero-shot" in r)
+    ia3 = next(r for r in rows if "| ia3 |" in r)
+    assert "| t0 | 0 |" in zero and "| **0 B** |" in zero
+    assert "| t0 | 32 |" in ia3 and ia3.endswith("| **71.0** |")

@@ -86,6 +86,8 @@ def stored_size(state: dict[str, torch.Tensor]) -> dict:
         if _key(t) not in seen:  # safetensors refuses shared tensors; tied weights are stored once
             seen.add(_key(t))
             tensors[name] = t.detach().to("cpu").contiguous()
+    if not tensors:  # nothing to keep (zero-shot): no file, not an empty file's header
+        return {"stored": 0, "stored_bytes": 0}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "adapter.safetensors"
         save_file(tensors, str(path))

@@ -97,7 +97,8 @@ def family_order(families: pd.Series) -> pd.Series:
 
 def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, method label, shots) across the model's tasks; `tasks` maps task -> agg row;
-    `reference` and `in_context` are what the method's registry entry declares."""
+    `reference`, `in_context` and `uses_examples` are what the method's registry entry declares.
+    score_avg: the mean over tasks of the seeds' mean; score_median_avg: of the seeds' median (few-shot)."""
     if agg.empty:
         return pd.DataFrame()
     rows = []
@@ -110,10 +111,14 @@ def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
             row = {"model": model, "label": label, "shots": None if missing(shots) else int(shots),
                    "method": method, "method_family": _first(group, "method_family"), "tasks": by_task,
                    "reference": bool(declared and declared.reference),
-                   "in_context": bool(declared and declared.in_context)}
+                   "in_context": bool(declared and declared.in_context),
+                   # zero-shot sees no example, whatever `shots` its cell carries (the grid shares one setting)
+                   "uses_examples": declared is None or declared.trains or declared.in_context}
             scored = {t: r["score_mean"] for t, r in by_task.items() if not missing(r["score_mean"])}
             row["missing_tasks"] = [t for t in model_tasks if t not in scored]
             row["score_avg"] = (sum(scored.values()) / len(scored)) if not row["missing_tasks"] else None
+            medians = [r["score_median"] for r in by_task.values() if not missing(r["score_median"])]
+            row["score_median_avg"] = sum(medians) / len(medians) if not row["missing_tasks"] else None
             for col, rule in OVER_TASKS.items():
                 row[col] = _over_tasks(group, col, rule)
             rows.append(row)

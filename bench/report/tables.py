@@ -232,17 +232,19 @@ def fewshot_table(summary: pd.DataFrame) -> Table | None:
                Column("Disk space", "lower", csv_header="Disk space (bytes)"),
                Column(f"{score_name} (mean over tasks)", "higher")]
     table = Table("few-shot", "Few-shot: cost and accuracy", columns,
-                  caption="The structure of T-Few's Table 1. FLOPs are means over tasks; disk space is the "
-                          "stored state (largest over tasks); the score is the mean over tasks of the main metric.")
+                  caption="The structure of T-Few's Table 1. Shots: the examples a method uses (0 for zero-shot). "
+                          "FLOPs are means over tasks; disk space is the stored state (largest over tasks); the "
+                          "score is the mean over tasks of the median over seeds, as in the few-shot score table.")
     for _, row in rows.sort_values(["family_order", "label", "model", "shots"], kind="stable").iterrows():
         name = display_label(row)
-        score = Cell(fmt.score(row["score_avg"]), row["score_avg"])
+        score = Cell(fmt.score(row["score_median_avg"]), row["score_median_avg"])
+        shots = int(row["shots"]) if row["uses_examples"] else 0
         if row["missing_tasks"]:
             score.notes.append(table.note(f"{name} on {row['model']}: no ok score on "
                                           f"{', '.join(row['missing_tasks'])}, so no mean over tasks"))
         table.add(row["method_family"] or DASH, [
             Cell(row["method_family"] or DASH), Cell(row["label"]), Cell(row["model"]),
-            Cell(str(int(row["shots"])), float(row["shots"])),
+            Cell(str(shots), float(shots)),
             figure_cell(row, infer), figure_cell(row, train), figure_cell(row, "params.stored_bytes"), score])
     table.mark_best()
     return table
