@@ -316,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--method", required=True, help="registry method name")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
-    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/cell/optimizers.py: adamw, adafactor or sgd (default: adamw)")
+    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/cell/optimizers.py: "
+                     "adamw, adafactor, adafactor-tfew or sgd (default: adamw)")
     est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
                      help="dtype the weights are built in, the training setting weights_dtype: auto (the checkpoint's "
                           "dtype, from the shipped config; else fp32), bf16, fp16 or fp32 (default: auto)")

@@ -41,12 +41,15 @@ def test_bf16_base_keeps_peft_adapters_in_fp32():
     assert m["optimizer_bytes"] == 32 * 2 * ((a + b) * 4 + 2 * 4)
 
 
-@pytest.mark.parametrize("name", ["adamw", "adafactor", "sgd"])
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "adafactor-tfew", "sgd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_optimizer_rule_matches_the_real_optimizer(name, dtype):
     params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in [(5, 3), (7,), (2, 3, 4)]]
-    optimizer = {"adamw": torch.optim.AdamW, "adafactor": torch.optim.Adafactor, "sgd": torch.optim.SGD}[name](
-        params, lr=1e-3)
+    from transformers.optimization import Adafactor
+
+    optimizer = {"adamw": torch.optim.AdamW, "adafactor": torch.optim.Adafactor, "sgd": torch.optim.SGD,
+                 "adafactor-tfew": lambda ps, lr: Adafactor(ps, lr=lr, scale_parameter=True, relative_step=False,
+                                                            warmup_init=False)}[name](params, lr=1e-3)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()

@@ -121,3 +121,20 @@ def test_more_mistakes_caught_before_any_work(write_suite):
         with pytest.raises(BadInput) as info:
             grid.expand(load_suite(str(write_suite(text))))
         assert message in info.value.message, info.value.message
+
+
+def test_fewshot_suite_is_t_fews_regime():
+    """T-Few's settings (configs/*.json in r-three/t-few): Adafactor as T-Few runs it, 32 shots but 50 for
+    ANLI, length normalisation on every task, T-Few's loss, 1000 steps of batch 8, bf16 weights."""
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    cells = grid.expand(load_suite("fewshot"), threads=1)
+    trained = [c for c in cells if c.label not in ("zero-shot", "icl")]
+    assert {c.train.optimizer for c in trained} == {"adafactor-tfew"}
+    assert {c.task.name: c.train.shots for c in cells} == {
+        "rte-fewshot": 32, "cb": 32, "copa": 32, "anli-r1": 50, "anli-r2": 50, "anli-r3": 50, "wic": 32, "wsc": 32,
+        "winogrande": 32}
+    assert all(c.task.length_normalize for c in cells)
+    assert {(c.train.objective, c.train.max_steps, c.train.batch_size, c.train.weights_dtype) for c in trained} == \
+        {("tfew", 1000, 8, "bf16")}

@@ -2,7 +2,9 @@
 against, and `estimate` predicts the state of.
 
 Each is torch's implementation with torch's defaults but the learning rate and weight decay (which
-the training settings give). `state_bytes` is what the optimizer holds for one trainable tensor after
+the training settings give), except `adafactor-tfew`: transformers' Adafactor configured as T-Few
+configures it (r-three/t-few src/utils/get_optimizer.py: scale_parameter on, relative_step and
+warmup_init off), since its step differs from torch's (the update is scaled by each parameter's RMS). `state_bytes` is what the optimizer holds for one trainable tensor after
 its first step, following torch's state initialisation (`tests/test_train.py` checks it against the
 state a real step leaves): it is `memory.optimizer_bytes` before a step has run (`estimate`, which
 works on meta tensors that no optimizer can step).
@@ -20,13 +22,26 @@ STEP_COUNTER_BYTES = 4  # torch's AdamW and Adafactor count steps in a float32 s
 class Optimizer:
     name: str
     description: str
-    torch_class: str  # in torch.optim
+    make: Callable  # (parameter groups, lr) -> a torch optimizer
     state_bytes: Callable  # (trainable tensor) -> bytes of state after the first step
 
     def build(self, groups, lr: float):
+        return self.make(groups, lr)
+
+
+def _torch(class_name: str) -> Callable:
+    def make(groups, lr: float):
         import torch  # the table is read by config checks, which need no torch
 
-        return getattr(torch.optim, self.torch_class)(groups, lr=lr)
+        return getattr(torch.optim, class_name)(groups, lr=lr)
+
+    return make
+
+
+def _tfew_adafactor(groups, lr: float):
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False)
 
 
 def _adafactor_state(p) -> int:
@@ -36,12 +51,22 @@ def _adafactor_state(p) -> int:
     return moments * p.element_size() + STEP_COUNTER_BYTES
 
 
+def _tfew_adafactor_state(p) -> int:
+    """transformers' Adafactor keeps the same factored moments, always in fp32 (it steps half-precision
+    parameters through an fp32 copy), plus the update's RMS as a 0-d fp32 tensor; its step is a Python int."""
+    moments = p.numel() // p.shape[-1] + p.numel() // p.shape[-2] if p.dim() > 1 else p.numel()
+    return 4 * moments + 4
+
+
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
-    Optimizer("adamw", "AdamW (decoupled weight decay; betas 0.9, 0.999; eps 1e-8)", "AdamW",
+    Optimizer("adamw", "AdamW (decoupled weight decay; betas 0.9, 0.999; eps 1e-8)", _torch("AdamW"),
               lambda p: 2 * p.numel() * p.element_size() + STEP_COUNTER_BYTES),
-    Optimizer("adafactor", "Adafactor (factored second moments, no first moment; torch's defaults: "
-              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", "Adafactor", _adafactor_state),
-    Optimizer("sgd", "plain SGD (no momentum: no state)", "SGD", lambda p: 0),
+    Optimizer("adafactor", "torch's Adafactor (factored second moments, no first moment; torch's defaults: "
+              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", _torch("Adafactor"), _adafactor_state),
+    Optimizer("adafactor-tfew", "transformers' Adafactor as T-Few runs it: the step scaled by the parameter's "
+              "RMS (scale_parameter), the given lr (no relative step, no warmup init), fp32 factored moments",
+              _tfew_adafactor, _tfew_adafactor_state),
+    Optimizer("sgd", "plain SGD (no momentum: no state)", _torch("SGD"), lambda p: 0),
 )}
 
 
