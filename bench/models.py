@@ -86,6 +86,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _hub("t5-v1_1-large", "google/t5-v1_1-large", "t5", "T5 v1.1 large"),
     _hub("t5-v1_1-xl", "google/t5-v1_1-xl", "t5", "T5 v1.1 XL, 3B"),
     _hub("t0-3b", "bigscience/T0_3B", "t5", "T0 3B (T5 v1.1 LM-adapted, multitask-prompted), T-Few's model"),
+    _hub("t0", "bigscience/T0", "t5", "T0 11B (T5 v1.1 LM-adapted XXL, multitask-prompted), T-Few's headline model"),
     _hub("gpt2", "openai-community/gpt2", "gpt2", "GPT-2 small, 124M"),
     _hub("gpt2-medium", "openai-community/gpt2-medium", "gpt2", "GPT-2 medium, 355M"),
     _hub("gpt2-large", "openai-community/gpt2-large", "gpt2", "GPT-2 large, 774M"),
@@ -234,10 +235,12 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
                 fields = json.loads(shipped.read_text())
                 config = tf.AutoConfig.for_model(fields.pop("model_type"), **fields, **head_kwargs)
             else:
+                fields = tf.PretrainedConfig.get_config_dict(ref, revision=spec.revision)[0]  # as written
                 config = tf.AutoConfig.from_pretrained(ref, revision=spec.revision, **head_kwargs)
             tokenizer = None
             with torch.device("meta"):
                 model = auto.from_config(config, dtype=config_dtype(config, weights_dtype))
+                untie_as_checkpoints_are(model, fields)
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
             torch.manual_seed(seed)
@@ -255,6 +258,18 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
 
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def untie_as_checkpoints_are(model: torch.nn.Module, fields: dict) -> None:
+    """Give the LM head a tensor of its own when the checkpoint's config says it is not tied.
+
+    transformers 5 builds T5 from a config with the head tied to the embeddings whatever
+    `tie_word_embeddings` says (T5Config forces True), while loading a T5 v1.1 / T0 checkpoint keeps its
+    separate head: a model built from its config (estimate, dry-run) must count that head as loading does.
+    """
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if fields.get("tie_word_embeddings") is False and out is not None and out.weight is emb.weight:
+        out.weight = torch.nn.Parameter(torch.empty_like(emb.weight), requires_grad=emb.weight.requires_grad)
 
 
 def config_dtype(config, weights_dtype: str) -> torch.dtype:

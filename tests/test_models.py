@@ -61,6 +61,37 @@ def test_meta_device_totals(name):
     assert count_params(bundle.model)["total"] == KNOWN_TOTALS[name]
 
 
+def t5_v1_1_total(cfg: dict) -> int:
+    """T5 v1.1 (T0): shared embeddings; per encoder block self-attention (q, k, v, o), a gated FFN (wi_0,
+    wi_1, wo) and 2 RMS norms; per decoder block also cross-attention and a third norm; a relative position
+    bias in each stack's first block; a final norm per stack; an LM head of its own (not tied)."""
+    d, inner, ff = cfg["d_model"], cfg["num_heads"] * cfg["d_kv"], cfg["d_ff"]
+    v, L = cfg["vocab_size"], cfg["num_layers"]
+    attention, ffn, bias = 4 * d * inner, 3 * d * ff, cfg["relative_attention_num_buckets"] * cfg["num_heads"]
+    encoder = L * (attention + ffn + 2 * d) + bias + d
+    decoder = cfg["num_decoder_layers"] * (2 * attention + ffn + 3 * d) + bias + d
+    return v * d + encoder + decoder + v * d
+
+
+@pytest.mark.parametrize("name, published", [("t0-3b", 2_849_757_184), ("t0", 11_135_332_352),
+                                             ("t5-v1_1-base", 247_577_856), ("t5-v1_1-xl", None)])
+def test_t5_v1_1_totals_count_their_untied_head_as_a_checkpoint_loads(name, published):
+    cfg = json.loads(REGISTRY[name].config_path().read_text())
+    bundle = load_bundle(REGISTRY[name], "generation", None, seed=0, meta=True)
+    assert bundle.model.lm_head.weight is not bundle.model.shared.weight
+    total = count_params(bundle.model)["total"]
+    assert total == t5_v1_1_total(cfg) and (published is None or total == published)
+
+
+def test_meta_mistral_total_matches_closed_form():
+    cfg = json.loads(REGISTRY["mistral-7b"].config_path().read_text())
+    d, L, ff, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = cfg["num_key_value_heads"] * d // cfg["num_attention_heads"]  # grouped-query attention
+    layer = 2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d
+    bundle = load_bundle(REGISTRY["mistral-7b"], "generation", None, seed=0, meta=True)
+    assert count_params(bundle.model)["total"] == v * d + L * layer + d + v * d == 7_241_732_096
+
+
 def test_meta_roberta_total_matches_closed_form():
     cfg = json.loads(REGISTRY["roberta-base"].config_path().read_text())
     h, L, f, v, p = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"],

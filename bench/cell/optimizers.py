@@ -4,10 +4,11 @@ against, and `estimate` predicts the state of.
 Each is torch's implementation with torch's defaults but the learning rate and weight decay (which
 the training settings give), except `adafactor-tfew`: transformers' Adafactor configured as T-Few
 configures it (r-three/t-few src/utils/get_optimizer.py: scale_parameter on, relative_step and
-warmup_init off), since its step differs from torch's (the update is scaled by each parameter's RMS). `state_bytes` is what the optimizer holds for one trainable tensor after
-its first step, following torch's state initialisation (`tests/test_train.py` checks it against the
-state a real step leaves): it is `memory.optimizer_bytes` before a step has run (`estimate`, which
-works on meta tensors that no optimizer can step).
+warmup_init off), since its step differs from torch's (the update is scaled by each parameter's RMS).
+`state_bytes` is what the optimizer holds for one trainable tensor after its first step, following
+the optimizer's state initialisation (`tests/test_train.py` checks it against the state a real step
+leaves): it is `memory.optimizer_bytes` before a step has run (`estimate`, which works on meta tensors
+that no optimizer can step).
 """
 
 from __future__ import annotations

@@ -168,8 +168,8 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
                    "Definitions: docs/measurement.md.")
         absent += [header.split(" (")[0] for header, _, figure, *_ in SPEED_PARTS if part_absent(rows, figure)]
         if absent:
-            caption += f" Not recorded: {', '.join(absent)}" + (" (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)"
-                                                              if "MFU" in absent else "") + "."
+            reason = " (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)" if "MFU" in absent else ""
+            caption += f" Not recorded: {', '.join(absent)}{reason}."
         table = Table(f"memory-{slug(model)}", f"{model}: memory", columns, caption=caption)
         for _, row in rows.iterrows():
             cells = [Cell(row["method_family"] or DASH), Cell(display_label(row)), Cell(row["task"])]
