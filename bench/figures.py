@@ -71,6 +71,14 @@ _FIGURES = [
     Figure("params", "trainable", "elements", "exact", "elements of the parameters with `requires_grad=True` after "
            "the method is applied (the task head included: every trained method trains it).", "first", "largest"),
     Figure("params", "trainable_pct", "%", "exact", "`100 × trainable / total`.", "first", "largest"),
+    Figure("params", "method", "elements", "exact", "trainable elements outside the task head: what the method "
+           "adds or unfreezes, as papers count a method (LoRA r=8 on RoBERTa-base's query and value: 294,912). The "
+           "head is every parameter under a classifier's head modules (peft's trained copy included); `trainable "
+           "− method` is what of it trains. Equal to `trainable` for a model predicting with its LM head.",
+           "first", "largest"),
+    Figure("params", "method_pct", "%", "exact", "`100 × method /` the pretrained model's parameter elements "
+           "without its task head, counted before the method is applied (full fine-tuning: 100).", "first",
+           "largest"),
     Figure("params", "stored", "elements", "exact", "parameter elements (floating-point tensors) that must be saved "
            "to restore the fine-tuned model: the method's state (peft's adapter state dict, or the trainable "
            "tensors) including the task head. Integer tensors saved beside them (the indices of a sparse update) "

@@ -39,8 +39,10 @@ def record(label, family, model, task, seed, score=None, status="ok", error=None
     }
 
 
-def params(total, trainable, stored_bytes) -> dict:
+def params(total, trainable, stored_bytes, head=0) -> dict:
+    """params.* of a record; `head`: elements of the task head among the trainable ones."""
     return {"total": total, "trainable": trainable, "trainable_pct": 100.0 * trainable / total,
+            "method": trainable - head, "method_pct": 100.0 * (trainable - head) / (total - head),
             "stored": trainable, "stored_bytes": stored_bytes}
 
 

@@ -58,6 +58,9 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
     lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each
     assert lora["params"]["trainable"] == lora_params + head
     assert lora["params"]["total"] == body + head + lora_params + head  # peft keeps the original head too
+    assert (lora["params"]["method"], full["params"]["method"]) == (lora_params, body)  # the head is not the method's
+    assert lora["params"]["method_pct"] == pytest.approx(100 * lora_params / body)
+    assert full["params"]["method_pct"] == 100.0
     assert lora["params"]["stored"] == lora_params + head
     assert lora["params"]["trainable_pct"] == pytest.approx(100 * (lora_params + head) / lora["params"]["total"])
     # memory breakdown, in fp32; AdamW keeps two moments per element and a 4-byte step counter per tensor

@@ -156,3 +156,14 @@ def test_weights_dtype_sets_the_weight_bytes_in_closed_form():
     assert llama["dtype"] == "fp16"
     lora = llama["params"]["trainable"]  # peft keeps adapters in fp32 over a half-precision base
     assert llama["memory"]["weights_bytes"] == 2 * (llama["params"]["total"] - lora) + 4 * lora
+
+
+def test_method_count_is_the_papers_lora_count_without_the_head():
+    """LoRA r=8 on RoBERTa-base's query and value: 12 layers × 2 × 8 × (768 + 768) = 294,912 (the LoRA
+    paper's 0.3M); the classification head (768·768 + 768 + 768·2 + 2 = 592,130) trains too, outside it."""
+    r = estimate("roberta-base", "lora", batch_size=1, seq_len=16)["params"]
+    assert r["method"] == 12 * 2 * 8 * (768 + 768) == 294_912
+    assert r["trainable"] - r["method"] == 768 * 768 + 768 + 768 * 2 + 2
+    full = estimate("roberta-base", "full", batch_size=1, seq_len=16)["params"]
+    assert full["method_pct"] == 100.0 and full["method"] == full["trainable"] - 592_130
+    assert r["method_pct"] == pytest.approx(100 * 294_912 / full["method"])

@@ -76,7 +76,7 @@ def test_fewshot_table(report_dir):
     text = (report_dir / "report.md").read_text()
     assert "Inference FLOPs per example (cost model)" in text and "Accuracy (mean over tasks)" in text
     # the survey table of t0 has no full fine-tuning row, so no delta column
-    assert "| Family | Method | cb (accuracy) | rte (accuracy) | Average | Trainable params |" in text
+    assert "| Family | Method | cb (accuracy) | rte (accuracy) | Average | Method params |" in text
 
 
 def test_latex_is_booktabs_and_escaped(report_dir):
@@ -226,3 +226,16 @@ def test_fewshot_cost_table_uses_the_median_and_zero_shot_uses_no_shots(tmp_path
     ia3 = next(r for r in rows if "| ia3 |" in r)
     assert "| t0 | 0 |" in zero and "| **0 B** |" in zero
     assert "| t0 | 32 |" in ia3 and ia3.endswith("| **71.0** |")
+
+
+def test_survey_table_counts_methods_as_papers_do_and_names_the_head(tmp_path):
+    """LoRA r=8 on RoBERTa-base's query and value is 294,912 parameters in the papers; the head (592,130
+    for two labels, trained with it) is named in the caption, not added to the method."""
+    lora = params(125_534_978, 294_912 + 592_130, 4_000_000, head=592_130)
+    write_store(tmp_path / "results", [record("lora", "reparameterized", "roberta-base", "t1", 1, 94.0,
+                                              params=lora)])
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    (row,) = md_rows(text, "roberta-base: methods compared")
+    assert "| **294.9K** | **0.236%** |" in row  # the only row: best in every column
+    assert "The task head (592.1K parameters) trains too." in text

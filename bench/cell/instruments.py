@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import contextlib
 
-from bench.cell.measure import PeakMemory, predicted_peak, stored_size, timed, utilisation, weight_bytes
+from bench.cell.measure import (
+    PeakMemory,
+    head_elements,
+    method_params,
+    predicted_peak,
+    stored_size,
+    timed,
+    utilisation,
+    weight_bytes,
+)
 from bench.cell.probe import inference_flops, measure_step, probe_batch, training_flops, workspace_bytes
 from bench.cell.train import compute_dtype
 
@@ -40,6 +49,8 @@ class StaticFigures:
 
     def loaded(self, run, record):
         record["params"].update(run.adapted.params())
+        head_trainable = head_elements(run.adapted.model, run.bundle.head_modules)[1]
+        record["params"].update(method_params(record["params"], head_trainable, run.body_params))
         record["memory"].update(weight_bytes(run.adapted.model))
 
     def evaluated(self, run, record):

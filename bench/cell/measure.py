@@ -56,6 +56,22 @@ def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
             "trainable_pct": 100.0 * trainable / total if total else None}
 
 
+def head_elements(model: torch.nn.Module, head_modules) -> tuple[int, int]:
+    """(all, trainable) parameter elements of a classifier's task head: every parameter with a head
+    module's name in its path, so peft's trained copy of the head (modules_to_save) and the original it
+    keeps count too. An LM-head model has no head modules: (0, 0)."""
+    heads = set(head_modules)
+    inside = [p for name, p in model.named_parameters() if heads & set(name.split("."))]
+    return sum(p.numel() for p in inside), sum(p.numel() for p in inside if p.requires_grad)
+
+
+def method_params(params: dict, head_trainable: int, body: int) -> dict:
+    """params.method and params.method_pct: what the method trains outside the task head, as papers count
+    a method, over the pretrained model's parameters without its head (`body`)."""
+    method = params["trainable"] - head_trainable
+    return {"method": method, "method_pct": 100.0 * method / body if body else None}
+
+
 def weight_bytes(model: torch.nn.Module) -> dict:
     """memory.weights_bytes and memory.trainable_bytes of a model."""
     params = unique_tensors(model.parameters())

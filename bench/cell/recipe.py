@@ -22,6 +22,7 @@ from bench import env, methods
 from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import collate
+from bench.cell.measure import count_params, head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
@@ -42,6 +43,7 @@ class Run:
     cell: Cell
     device: torch.device
     bundle: Bundle
+    body_params: int  # the pretrained model's parameter elements without its task head, before the method
     data: TrainingData
     objective: Objective
     adapted: Adapted
@@ -98,6 +100,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     task, tcfg = cell.task, cell.train
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype)
+    body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
     objective = objective_for(tcfg.objective, bundle, task.type)
 
@@ -111,7 +114,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
     adapted.model.to(device)
     evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
-    return Run(cell, device, bundle, data, objective, adapted, task.evaluation, evalsets,
+    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets,
                training.autocast_for(device, tcfg.precision))
 
 

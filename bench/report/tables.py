@@ -93,13 +93,13 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
         columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
         columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
-        columns += [Column("Trainable params", "lower"), Column("Trainable %", "lower"),
+        columns += [Column("Method params", "lower"), Column("Method %", "lower"),
                     Column("Stored", "lower", csv_header="Stored (bytes)"),
                     Column(peak, "lower", csv_header=in_bytes(peak, "GB")), Column("Train time (s)", "lower")]
         table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
-                              "time is the mean over tasks.")
+                              "time is the mean over tasks." + head_caption(rows))
         for i, row in rows.iterrows():
             name = display_label(row)
             method = Cell(name)
@@ -110,13 +110,24 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
             cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
             cells += [delta_cell(row, references[i])] if with_delta else []
-            cells += [figure_cell(row, "params.trainable"), figure_cell(row, "params.trainable_pct"),
+            cells += [figure_cell(row, "params.method"), figure_cell(row, "params.method_pct"),
                       figure_cell(row, "params.stored_bytes"), peak_cell(row, 2**30, name_source),
                       figure_cell(row, "time.train_s")]
             table.add(row["method_family"] or DASH, cells)
         table.mark_best()
         tables.append(table)
     return tables
+
+
+def head_caption(rows: pd.DataFrame) -> str:
+    """The note on what the method columns leave out: the task head every trained method trains."""
+    heads = {int(t - m) for t, m in zip(rows.get("params.trainable", []), rows.get("params.method", []))
+             if not missing(t) and not missing(m) and t > m}
+    text = (" Method params: what the method trains outside the task head (params.method), as papers count "
+            "a method; %: of the pretrained model without its head.")
+    if heads:
+        text += f" The task head ({' or '.join(fmt.count(h) for h in sorted(heads))} parameters) trains too."
+    return text
 
 
 def delta_cell(row, ref) -> Cell:

@@ -27,7 +27,7 @@ import dataclasses
 import torch
 
 from bench.cell import optimizers
-from bench.cell.measure import count_params, predicted_peak, unique_tensors, weight_bytes
+from bench.cell.measure import count_params, head_elements, method_params, predicted_peak, unique_tensors, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
 from bench.config import WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
@@ -51,11 +51,12 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     encoder = spec.kind == "encoder"
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
                          meta=True, weights_dtype=dtype)
+    body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
-            return bundle, method, config, method.apply(bundle.model, config, ApplyContext(
+            return bundle, body, method, config, method.apply(bundle.model, config, ApplyContext(
                 bundle, train, total_steps=1, calibration=_needs_data, device="meta")).model
     except Unsupported as e:
         raise BadInput(f"method '{method_name}' does not apply to {spec.name}: {e}", "--method") from None
@@ -168,8 +169,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
         if value < 1:
             raise BadInput(f"must be a positive integer, got {value}", flag)
     spec = resolve_model(model, "--model")
-    bundle, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings)
+    bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings)
     params = count_params(adapted)
+    params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     try:
         step = fake_step(adapted, spec.kind, batch_size, seq_len)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
@@ -196,7 +198,8 @@ def render(result: dict) -> str:
     p, m, f = result["params"], result["memory"], result["flops"]
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}",
-             f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)"]
+             f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
+             f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
         lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
     for key, value in f.items():
