@@ -3,7 +3,7 @@
 Writes are atomic (temp file, fsync, rename), so a reader never sees half a record and a crash never
 leaves one. A record that is replaced (--force, --retry-failed) is first copied to
 `results/<suite>/history/`, so nothing recorded is ever lost. A cell being run holds
-`<id>.lock` (owner and heartbeat: see `Store.claim`), so runners sharing one store never run the
+`<id>.lock` (owner and heartbeat: see `Store.acquire`), so runners sharing one store never run the
 same cell twice at once; a runner re-reads a cell's record after claiming it, so none runs a cell
 another runner finished meanwhile.
 """
@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench.errors import BadInput
 from bench.record import problems
@@ -124,16 +124,6 @@ class Store:
             if not _try_lock(lock):
                 return None
         return Claim(lock)
-
-    @contextlib.contextmanager
-    def claim(self, suite: str, cell_id: str) -> Iterator[bool]:
-        """`acquire` for one block: yields False when another live runner holds the cell."""
-        held = self.acquire(suite, cell_id)
-        try:
-            yield held is not None
-        finally:
-            if held is not None:
-                held.release()
 
     def steal(self, suite: str, cell_id: str) -> dict | None:
         """Remove a cell's lock whoever holds it (`run --steal-locks`); returns what the lock said of its owner."""
