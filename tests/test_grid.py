@@ -103,3 +103,10 @@ def test_weights_dtype_enters_the_id_only_when_set(write_suite):
     bf16 = cells_of(write_suite, SUITE.replace("train: {batch_size", "train: {weights_dtype: bf16, batch_size"))
     assert bf16[0].config["train"]["weights_dtype"] == "bf16"
     assert {c.id for c in bf16}.isdisjoint(c.id for c in before)
+
+
+def test_balanced_batches_need_classes(write_suite):
+    text = TINY_SUITE.replace("train: {batch_size", "train: {balanced_batches: true, batch_size")
+    assert all(c.train.balanced_batches for c in cells_of(write_suite, text))  # synth-polarity has classes
+    with pytest.raises(BadInput, match=r"suite.yaml:\d+: 'balanced_batches' .* task 'synth-digits' is generation"):
+        cells_of(write_suite, text.replace("tasks: [synth-polarity]", "tasks: [synth-polarity, synth-digits]"))

@@ -70,3 +70,21 @@ def test_every_optimizer_of_the_table_trains_and_holds_the_state_it_declares(nam
     optimizer.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert optimizer_state_bytes(optimizer) == state_bytes(name, list(model.parameters()))
+
+
+def test_balanced_batches_draw_every_class_as_often():
+    """T-Few's sampler: with replacement, each example weighted by 1 / its class's count. 30 examples of
+    class 0 and 2 of class 1: uniform batches show class 1 about 2/32 of the time, balanced ones half."""
+    features = [{"input_ids": [i], "gold": 0} for i in range(30)] + [{"input_ids": [i], "gold": 1} for i in (30, 31)]
+
+    def share_of_class_1(balanced: bool) -> float:
+        draws = batches(features, 8, seed=3, balanced=balanced)
+        rows = [row for _ in range(250) for row in next(draws)]
+        return sum(r["gold"] for r in rows) / len(rows)
+
+    assert abs(share_of_class_1(False) - 2 / 32) < 0.01
+    assert 0.45 < share_of_class_1(True) < 0.55
+    first, again = batches(features, 8, 3, True), batches(features, 8, 3, True)
+    assert [next(first) for _ in range(5)] == [next(again) for _ in range(5)]  # seeded
+    with pytest.raises(ValueError, match="a class per training example"):
+        next(batches([{"input_ids": [1], "labels": [5, 6]}], 2, 0, balanced=True))

@@ -43,11 +43,23 @@ def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractCont
     return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def batches(features: list[dict], batch_size: int, seed: int):
-    """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries."""
+def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = False):
+    """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries; or,
+    `balanced`, each batch drawn with replacement with every example weighted by 1 / its class's count,
+    so every class is drawn as often (T-Few's WeightedRandomSampler)."""
     if not features:
         raise ValueError("no training examples to draw batches from")
     gen = torch.Generator().manual_seed(seed)
+    if balanced:
+        classes = [f.get("gold", f.get("labels")) for f in features]
+        if not all(isinstance(c, int) for c in classes):
+            raise ValueError("balanced_batches needs a class per training example (a classification or "
+                             "multiple-choice task)")
+        counts = {c: classes.count(c) for c in set(classes)}
+        weights = torch.tensor([1.0 / counts[c] for c in classes], dtype=torch.float64)
+        while True:
+            drawn = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
+            yield [features[i] for i in drawn.tolist()]
     order: list[int] = []
     while True:
         while len(order) < batch_size:
@@ -148,7 +160,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     cuda = torch.device(device).type == "cuda"
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
-    data = batches(features, train.batch_size, seed)
+    data = batches(features, train.batch_size, seed, train.balanced_batches)
     began = reported = time.monotonic()
     model.train()
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)

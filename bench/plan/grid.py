@@ -82,6 +82,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     (entry.train, lambda k, e=entry: e.where("train", k)),
                 ])
                 train = head_settings(train, spec, task.type)
+                if train.balanced_batches and task.type not in ("classification", "multiple_choice"):
+                    raise BadInput(f"'balanced_batches' draws examples by class, and task '{task_name}' is "
+                                   f"{task.type} (it needs classification or multiple_choice)",
+                                   _where_set(suite, entry, task_name, "balanced_batches"))
                 if entry.name in methods.REGISTRY and methods.get(entry.name).in_context and train.shots is None:
                     raise BadInput(f"{name} needs 'shots' in its training settings: the examples it shows in "
                                    "the prompt (without it, the whole training set would be)", entry.where())
@@ -99,6 +103,15 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     seen[cid] = entry.label
                     cells.append(dataclasses.replace(cell, id=cid))
     return cells
+
+
+def _where_set(suite: Suite, entry, task: str, key: str) -> str:
+    """The file:line of the layer that set a training key: the method entry, the task entry or the suite."""
+    if key in entry.train:
+        return entry.where("train", key)
+    if key in suite.task_train.get(task, {}):
+        return _task_where(suite, task, key)
+    return suite.where("train", key)
 
 
 def _task_where(suite: Suite, task: str, key: str) -> str:
