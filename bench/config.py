@@ -49,6 +49,8 @@ class TrainConfig:
     # Batches drawn with replacement, each example weighted by 1 / its class's count (T-Few's sampler);
     # classification and multiple-choice tasks only.
     balanced_batches: bool = False
+    # Every drawn example under a template drawn afresh each step (T-Few), instead of one fixed per row.
+    redraw_templates: bool = False
     optimizer: str = "adamw"  # a name in bench/cell/optimizers.py
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
@@ -60,7 +62,7 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ADDED_LATER or ADDED_LATER[k] != v}
 
 
-ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False}  # setting -> the value it is left out of the id at
+ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False}  # setting -> the value it is left out of the id at
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -69,6 +71,7 @@ _TRAIN_TYPES = {
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None), "balanced_batches": bool,
+    "redraw_templates": bool,
     "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "optimizer": OPTIMIZERS, "shots": (int, None),
     "objective": ("lm", "tfew"),
     "pooling": POOLINGS,

@@ -136,6 +136,6 @@ def test_fewshot_suite_is_t_fews_regime():
         "rte-fewshot": 32, "cb": 32, "copa": 32, "anli-r1": 50, "anli-r2": 50, "anli-r3": 50, "wic": 32, "wsc": 32,
         "winogrande": 32}
     assert all(c.task.length_normalize for c in cells)
-    assert all(c.train.balanced_batches for c in trained)
+    assert all(c.train.balanced_batches and c.train.redraw_templates for c in trained)
     assert {(c.train.objective, c.train.max_steps, c.train.batch_size, c.train.weights_dtype) for c in trained} == \
         {("tfew", 1000, 8, "bf16")}

@@ -218,3 +218,26 @@ def test_a_task_without_metrics_is_bad_input(tmp_path):
         tmp_path, "tasks:\n  - name: t\n    type: regression\n    source: {synthetic: intensity}\n"
                   "    text: [sentence]\n    label: label\n    metrics: []\n")
     assert "lists no metrics" in error.message and error.where.endswith(":7")
+
+
+def test_redrawn_templates_change_across_steps_for_the_same_row():
+    """T-Few draws a template per example per step: with `redraw_templates` one row meets every template of
+    synth-choice over a few steps (seeded: the same draws again), while the fixed draw shows only one."""
+    from bench.cell.train import batches, redrawn
+    from bench.models import REGISTRY, load_bundle
+    from bench.tasks import builtin_tasks
+
+    task = builtin_tasks()["synth-choice"]
+    bundle = load_bundle(REGISTRY["tiny-t5"], task.type, None, seed=0)
+    row = {"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0}
+    (fixed,) = train_features(task, bundle, [row], 64, seed=3)
+    (feature,) = train_features(task, bundle, [row], 64, seed=3, all_templates=True)
+    prompts = [tuple(v["prompt_ids"]) for v in feature["variants"]]
+    assert len(set(prompts)) == len(task.prompts) == 2 and tuple(fixed["prompt_ids"]) in prompts
+
+    def seen(data) -> list[tuple]:
+        return [tuple(f["prompt_ids"]) for _ in range(6) for f in next(data)]
+
+    assert set(seen(redrawn(batches([feature], 4, 0), seed=0))) == set(prompts)
+    assert seen(redrawn(batches([feature], 4, 0), 0)) == seen(redrawn(batches([feature], 4, 0), 0))
+    assert set(seen(batches([fixed], 4, 0))) == {tuple(fixed["prompt_ids"])}

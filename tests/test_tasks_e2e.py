@@ -36,15 +36,28 @@ exclude: [{model: tiny-encoder, task: synth-digits}]
 
 
 def test_fewshot_rank_classification_tfew_and_icl(write_suite, tmp_path):
+    """The whole T-Few recipe offline (the fewshot suite's settings on tiny models and a synthetic
+    multiple-choice task with two templates and length normalisation), then its cost table."""
     records = run(write_suite, tmp_path, """\
 name: t
-methods: [{name: lora, train: {lr: 5.0e-3}}, icl]
+methods: [{name: lora, train: {lr: 5.0e-3}}, icl, zero-shot]
 models: [tiny-t5, tiny-gpt2]
 tasks: [synth-choice]
 seeds: [1, 2]
-train: {shots: 8, objective: tfew, batch_size: 4, max_steps: 6, max_length: 256, max_eval_samples: 24}
+train: {shots: 8, objective: tfew, batch_size: 4, max_steps: 6, max_length: 256, max_eval_samples: 24,
+        optimizer: adafactor-tfew, balanced_batches: true, redraw_templates: true}
 """)
     assert all(r["status"] == "ok" for r in records), [r["error"] for r in records]
+    assert all(r["cell"]["config"]["train"]["optimizer"] == "adafactor-tfew" for r in records)
+    assert all(r["cell"]["config"]["train"]["redraw_templates"] for r in records)
+    from bench.report import write_report
+    from tests.test_report import md_rows
+
+    write_report("t", tmp_path / "results", tmp_path / "reports", ["md"])
+    cost = md_rows((tmp_path / "reports" / "t" / "report.md").read_text(), "Few-shot: cost and accuracy")
+    shots = {row.split(" | ")[1]: row.split(" | ")[3] for row in cost}
+    assert shots == {"icl": "8", "lora": "8", "zero-shot": "0"}, cost
+    records = [r for r in records if r["cell"]["label"] != "zero-shot"]
     ids = {(r["cell"]["label"], r["cell"]["model"], r["cell"]["seed"]): r["train"]["example_ids"] for r in records}
     for model in ("tiny-t5", "tiny-gpt2"):
         assert ids["lora", model, 1] == ids["icl", model, 1] and len(ids["lora", model, 1]) == 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -66,6 +67,15 @@ def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = F
             order += torch.randperm(len(features), generator=gen).tolist()
         chunk, order = order[:batch_size], order[batch_size:]
         yield [features[i] for i in chunk]
+
+
+def redrawn(data, seed: int):
+    """The batches of `data` with each example under a template drawn afresh (seeded) from its
+    `variants` (bench.tasks.features.train_features with all_templates), as T-Few draws one per
+    example per step; an example without variants is as it is."""
+    rng = random.Random(seed)
+    for rows in data:
+        yield [rng.choice(f["variants"]) if "variants" in f else f for f in rows]
 
 
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
@@ -161,6 +171,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
     data = batches(features, train.batch_size, seed, train.balanced_batches)
+    if train.redraw_templates:
+        data = redrawn(data, seed)
     began = reported = time.monotonic()
     model.train()
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)

@@ -59,7 +59,10 @@ def prompt_per_row(task: TaskSpec, n: int, seed: int) -> list[int]:
     return [rng.randrange(len(task.prompts)) for _ in range(n)]
 
 
-def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, seed: int = 0) -> list[dict]:
+def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, seed: int = 0,
+                   all_templates: bool = False) -> list[dict]:
+    """A feature per row, under the template the seed drew for it; `all_templates` (a task with several)
+    adds the row's feature under every template as `variants`, for training to redraw from each step."""
     tok, kind = bundle.tokenizer, bundle.kind
     if bundle.head == "classifier":
         out = []
@@ -69,17 +72,23 @@ def train_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, se
         return out
     out = []
     for row, p in zip(rows, prompt_per_row(task, len(rows), seed)):
-        prompt = task.prompts[p]
-        ids = _encode_prompt(tok, kind, task.render(prompt, row), max_length)
-        if task.type in ("classification", "multiple_choice"):  # the target is the gold choice; T-Few needs all
-            choice_ids = [_encode_target(tok, kind, a, max_length) for a in task.answers(prompt, row)]
-            label = task.gold(row)
-            feature = lm_example(kind, ids, list(choice_ids[label]))  # a copy: it may become `labels` itself
-            feature.update(prompt_ids=ids, choice_ids=choice_ids, gold=label)
+        if all_templates and len(task.prompts) > 1:
+            variants = [_lm_feature(task, tok, kind, prompt, row, max_length) for prompt in task.prompts]
+            out.append({**variants[p], "variants": variants})
         else:
-            feature = lm_example(kind, ids, _encode_target(tok, kind, task.target_text(prompt, row), max_length))
-        out.append(feature)
+            out.append(_lm_feature(task, tok, kind, task.prompts[p], row, max_length))
     return out
+
+
+def _lm_feature(task: TaskSpec, tok, kind: str, prompt: Prompt, row: dict, max_length: int) -> dict:
+    ids = _encode_prompt(tok, kind, task.render(prompt, row), max_length)
+    if task.type in ("classification", "multiple_choice"):  # the target is the gold choice; T-Few needs all
+        choice_ids = [_encode_target(tok, kind, a, max_length) for a in task.answers(prompt, row)]
+        label = task.gold(row)
+        feature = lm_example(kind, ids, list(choice_ids[label]))  # a copy: it may become `labels` itself
+        feature.update(prompt_ids=ids, choice_ids=choice_ids, gold=label)
+        return feature
+    return lm_example(kind, ids, _encode_target(tok, kind, task.target_text(prompt, row), max_length))
 
 
 def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, prompt: Prompt | None = None,

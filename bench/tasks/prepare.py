@@ -38,8 +38,9 @@ def training_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_di
         row.setdefault("idx", i)
     rows = subsample(rows, train.shots or train.max_train_samples, seed)
     ids = [r["idx"] for r in rows]
-    features = cached(_key(task, bundle, data_dir, split="train", rows=ids, max_length=train.max_length, seed=seed),
-                      lambda: train_features(task, bundle, rows, train.max_length, seed))
+    redraw = {"all_templates": True} if train.redraw_templates else {}  # the key as before when off
+    features = cached(_key(task, bundle, data_dir, split="train", rows=ids, max_length=train.max_length, seed=seed,
+                           **redraw), lambda: train_features(task, bundle, rows, train.max_length, seed, **redraw))
     return TrainingData(rows, features, ids)
 
 
