@@ -42,6 +42,9 @@ class ArchSpec:
     head_modules: tuple[str, ...]
     sites: dict = field(default_factory=dict)  # where in-house methods attach (bench/methods/sites.py)
     conv1d: bool = False  # linear layers are transformers' Conv1D (weight stored transposed), not nn.Linear
+    # Linear layers built without a bias, which BitFit gives zero biases to train (T-Few's BitFit on T0:
+    # its `bitfit_layers` "q|k|v|o|wi_[01]|w_o"; `w_o` names no T5 module, so T5's `wo` gets none).
+    bias_free: tuple[str, ...] = ()
 
 
 _BERT_SITES = {"self_attention": r"layer\.\d+\.attention\.self$",
@@ -74,7 +77,8 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
              ["layer_norm", "final_layer_norm"], ("classification_head",),
              {"self_attention": r"\.SelfAttention$", "cross_attention": r"\.EncDecAttention$",
               "attention_output": r"\.SelfAttention\.o$", "ffn_output": r"\.DenseReluDense\.wo$",
-              "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0}),
+              "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0},
+             bias_free=("q", "k", "v", "o", "wi_0", "wi_1")),
     ArchSpec("gpt2", "GPT-2", "decoder", ("gpt2",), "transformers.models.gpt2.modeling_gpt2",
              "GPT2Config", lambda w, d, h, f: dict(n_embd=w, n_layer=d, n_head=h, n_inner=f, n_positions=512),
              ["c_attn"], {"target_modules": r".*\.(attn\.c_attn|mlp\.c_proj)", "feedforward_modules": r".*\.mlp\.c_proj"},
@@ -90,7 +94,8 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
                                     "feedforward_modules": r".*\.down_proj"},
              ["input_layernorm", "post_attention_layernorm", "norm"], ("score",),
              {"self_attention": r"\.self_attn$", "attention_output": r"\.self_attn\.o_proj$",
-              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0}),
+              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
+             bias_free=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 )}
 ARCH_OF_MODEL_TYPE = {t: a.name for a in ARCHS.values() for t in a.model_types}
 

@@ -124,7 +124,7 @@ def test_cli_json_and_text(capsys):
     (["--model", "tiny-gpt2", "--method", "lora", "--dtype", "fp8"], "valid choices: auto, bf16, fp16, fp32"),
     (["--model", "llama-2-7", "--method", "lora"], "did you mean 'llama-2-7b'"),
     (["--model", "tiny-gpt2", "--method", "lorra"], "did you mean 'lora'"),
-    (["--model", "tiny-llama", "--method", "bitfit"], "does not apply to tiny-llama"),
+    (["--model", "tiny-gpt2", "--method", "loha"], "does not apply to tiny-gpt2"),
     (["--model", "tiny-gpt2", "--method", "lora", "--seq-len", "0"], "--seq-len: must be a positive integer"),
 ])
 def test_bad_input_exits_2_naming_the_flag(args, message, capsys):

@@ -26,6 +26,7 @@ from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks
 from bench.tasks.data import load_rows
 from bench.tasks.features import train_features
+from tests.adapting import adapt
 
 MODELS = {"tiny-encoder": "synth-polarity", "tiny-t5": "synth-digits", "tiny-gpt2": "synth-digits",
           "tiny-llama": "synth-digits"}
@@ -106,7 +107,10 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
         "p-tuning": 20 * H + (H * 128 + 128) + (128 * 128 + 128) + (128 * H + H),
         "ia3": {"roberta": L * (H + H + F), "t5": L * (2 * H + F) + L * (4 * H + F),
                 "gpt2": L * (3 * H + F), "llama": L * (2 * KV + F)}[arch],
-        "bitfit": {"roberta": H + L * (7 * H + F), "gpt2": H + L * (7 * H + F)}.get(arch),
+        # T5 and LLaMA have no biases: zero ones are added to their projections (T-Few), T5's on q, k, v, o of
+        # every attention (the tiny T5's FFN is not gated: no wi_0, wi_1), LLaMA's on all seven
+        "bitfit": {"roberta": H + L * (7 * H + F), "gpt2": H + L * (7 * H + F), "t5": 12 * L * H,
+                   "llama": L * (3 * H + 2 * KV + 2 * F)}[arch],
         "ln-tuning": norms,
         "fishmask": round(0.005 * body_params(arch, vocab)),
         # the Fisher-selected 30 % of the layers, and everything outside the layers in full
@@ -134,7 +138,6 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
 # (method, architecture) pairs that cannot work, with a word the reason must contain.
 UNSUPPORTED = {
     ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied", ("icl", "roberta"): "text-to-text",
-    ("bitfit", "t5"): "has none", ("bitfit", "llama"): "has none",
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
 }
 if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
@@ -305,3 +308,18 @@ def test_composition_keeps_what_its_parts_declare(parts):
     again, _ = build()
     again.load_state({k: v.clone() for k, v in state.items()})
     torch.testing.assert_close(logits(again.model, batch), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_bitfit_added_biases_change_nothing_until_trained_and_count_as_t_few_adds_them():
+    """On T5 the added biases start at zero (the same outputs as the base model); on T0-3B they are T-Few's
+    q, k, v, o and wi_0, wi_1 biases: (4·2048 + 2·5120)·24 in the encoder, (8·2048 + 2·5120)·24 in the decoder."""
+    from bench.tools.estimate import estimate
+
+    bundle, adapted = adapt("tiny-t5", "bitfit", total_steps=1)
+    base = load_bundle(bundle.spec, "generation", None, seed=0).model.eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(adapted.model.eval()(input_ids=ids, decoder_input_ids=ids).logits,
+                           base(input_ids=ids, decoder_input_ids=ids).logits)
+    t0 = estimate("t0-3b", "bitfit", batch_size=1, seq_len=8)["params"]
+    assert t0["trainable"] == t0["method"] == (4 * 2048 + 2 * 5120) * 24 + (8 * 2048 + 2 * 5120) * 24 == 1_081_344

@@ -90,6 +90,9 @@ class Method:
     build: Build
     defaults: dict = field(default_factory=dict)
     targets: dict[str, dict] = field(default_factory=dict)  # architecture -> target settings
+    # architecture -> settings only some architectures need; unlike targets, absent elsewhere (so the
+    # other architectures' cells keep their ids) and never required
+    arch_defaults: dict[str, dict] = field(default_factory=dict)
     train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
     mergeable: bool = False
     trains: bool = True  # False: evaluated as applied (zero-shot, in-context learning)
@@ -109,14 +112,16 @@ class Method:
 
     def resolve(self, overrides: dict, arch: str, where: Callable[[str], str]) -> dict:
         """Defaults, then this architecture's targets, then the suite's overrides (type-checked)."""
-        allowed = {**self.defaults, **{k: None for k in self.target_keys}}
+        per_arch = self.target_keys | {k for d in self.arch_defaults.values() for k in d}
+        allowed = {**self.defaults, **{k: None for k in per_arch}}
         check_keys(overrides, allowed, f"{self.name} setting", where)
         config = copy.deepcopy(self.defaults)
         config.update({k: None for k in self.target_keys})
         config.update(copy.deepcopy(self.targets.get(arch, {})))
+        config.update(copy.deepcopy(self.arch_defaults.get(arch, {})))
         for key, value in overrides.items():
             # module names are a list, or one regular expression / peft keyword ("all-linear")
-            spec = (list, str) if key in self.target_keys or key == "target_modules" else _type_of(allowed[key])
+            spec = (list, str) if key in per_arch or key == "target_modules" else _type_of(allowed[key])
             config[key] = coerce(value, spec, where(key), key)
             _check_sign(key, config[key], allowed[key], where(key))
         if self.implementation:
@@ -136,7 +141,8 @@ class Method:
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "description": self.description, "paper": self.paper,
-                "defaults": self.defaults, "targets": self.targets, "train": self.train,
+                "defaults": self.defaults, "targets": self.targets, "arch_defaults": self.arch_defaults,
+                "train": self.train,
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
                 "reference": self.reference, "unsupported": self.unsupported, "implementation": self.implementation}
 
