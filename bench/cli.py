@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
     executor = make_executor(args.executor, _quiet(args), args.jobs, args.gpus, args.ray_address,
                              args.gpus_per_cell, args.cpus_per_cell)
     cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
-                        args.threads if args.threads is not None else getattr(executor, "threads_per_cell", None),
+                        args.threads if args.threads is not None else executor.threads_per_cell,
                         executor.slots or 1)
     if args.dry_run:
         from bench.tools.plan_cost import print_plan

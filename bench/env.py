@@ -104,6 +104,11 @@ def environment_difference(a: list[dict], b: list[dict]) -> str | None:
     return f"warning: the environments differ in {len(changed)} package(s): {', '.join(changed[:8])}{more}"
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (which container limits narrow), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -8,6 +8,7 @@ import os
 
 from bench import methods
 from bench.config import TrainConfig, resolve_train
+from bench.env import usable_cores
 from bench.errors import BadInput, Unsupported, did_you_mean
 from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
 from bench.methods.compose import composition_name
@@ -49,8 +50,7 @@ def cell_threads(requested: int | None, concurrent: int = 1) -> int:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // concurrent)
+    return max(1, usable_cores() // concurrent)
 
 
 def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None,

@@ -146,18 +146,18 @@ class CellProcess:
             pass
         evidence, measured = tail(self.log), _read_partial(self.partial)
         if timed_out:
-            return failure_record(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s limit "
-                            "(suite key cell_timeout_s) and was killed", evidence, measured)
+            return failure_record(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s "
+                                  "limit (suite key cell_timeout_s) and was killed", evidence, measured)
         code = self.proc.exitcode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             if code == -signal.SIGKILL and oom_kills() not in (None, self.kills_before):
-                return failure_record(cell, "oom", "Killed", "cell process was killed by the kernel's out-of-memory "
-                                "killer (the cgroup's oom_kill count rose)", evidence, measured)
-            return failure_record(cell, "killed", "Killed", f"cell process was killed by {name} before writing a "
-                            "record (no out-of-memory kill was counted)", evidence, measured)
-        return failure_record(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} before "
-                        "writing a record", evidence, measured)
+                return failure_record(cell, "oom", "Killed", "cell process was killed by the kernel's "
+                                      "out-of-memory killer (the cgroup's oom_kill count rose)", evidence, measured)
+            return failure_record(cell, "killed", "Killed", f"cell process was killed by {name} before writing "
+                                  "a record (no out-of-memory kill was counted)", evidence, measured)
+        return failure_record(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} "
+                              "before writing a record", evidence, measured)
 
     def _show(self) -> None:
         """Pass the cell's new output (progress bars, warnings) through to the runner's stderr."""
@@ -205,6 +205,7 @@ class LocalExecutor:
         self.isolation, self.quiet = isolation, quiet
         self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
         self.slots = 1 if isolation == "inline" else len(self.devices)
+        self.threads_per_cell = None  # the cores are shared between the slots (bench.plan.grid.cell_threads)
 
     def submit(self, cells: Iterable[Cell], spool) -> Iterator[tuple[Cell, dict]]:
         """Yield (cell, record) as cells finish; `spool(cell)` is the folder its process writes into."""
@@ -277,7 +278,7 @@ KEPT_SECTIONS = ("params", "memory", "time", "flops", "train")
 
 
 def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
-             measured: dict | None = None) -> dict:
+                   measured: dict | None = None) -> dict:
     record = new_record(cell)
     for section in KEPT_SECTIONS:
         if isinstance((measured or {}).get(section), dict):
@@ -289,7 +290,7 @@ def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: s
 def interrupted(cell: Cell) -> dict:
     """The record of a cell the runner stopped (SIGINT/SIGTERM) before it finished."""
     return failure_record(cell, "interrupted", "Interrupted", "the runner was stopped while this cell ran; "
-                    "rerun the same command to run it again")
+                          "rerun the same command to run it again")
 
 
 _CONTEXT = None

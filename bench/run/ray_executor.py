@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from bench.env import usable_cores
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
 from bench.run.executors import POLL_S, CellProcess, failure_record
@@ -69,7 +70,8 @@ class RayExecutor:
             task = ray.remote(_cell_on_worker).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell,
                                                        max_retries=0)
             while True:
-                while len(pending) < self._room() and (cell := next(source, None)) is not None:
+                room = self._room()  # asked once per poll: the cluster may grow or shrink meanwhile
+                while len(pending) < room and (cell := next(source, None)) is not None:
                     pending[task.remote(cell, driver)] = cell
                 if not pending:
                     return
@@ -91,10 +93,10 @@ class RayExecutor:
         except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ActorDiedError) as e:
             what = "its node was lost" if isinstance(e, exceptions.NodeDiedError) else "the worker process died"
             return failure_record(cell, "killed", "WorkerLost", f"the Ray worker running this cell ended before "
-                            f"returning a record: {what} ({type(e).__name__})", str(e)[-4000:])
+                                  f"returning a record: {what} ({type(e).__name__})", str(e)[-4000:])
         except exceptions.RayError as e:
             return failure_record(cell, "failed", type(e).__name__, f"Ray could not run this cell: {str(e)[:500]}",
-                            str(e)[-4000:])
+                                  str(e)[-4000:])
 
     def _room(self) -> int:
         """Cells the cluster can run at once: its CPUs (and GPUs) over what one cell asks for."""
@@ -118,7 +120,7 @@ class RayExecutor:
         if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # else Ray writes one to ~/.ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        cpus = self.local_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        cpus = self.local_cpus or usable_cores()
         # Workers import the suite's method modules as the driver does: give them the driver's path.
         path = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
         ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
@@ -147,9 +149,9 @@ def _cell_on_worker(cell: Cell, driver_host: str) -> dict:
     if host != driver_host:  # the driver checked its own paths before any work; this host may see others
         problem = _unreadable(cell)
         if problem:
-            return failure_record(cell, "failed", "DataUnavailable", f"Ray worker on {host}: {problem}; workers read "
-                            "data and task files at the driver's paths: put them on a filesystem every node "
-                            "mounts at the same path (docs/scale.md)")
+            return failure_record(cell, "failed", "DataUnavailable", f"Ray worker on {host}: {problem}; workers "
+                                  "read data and task files at the driver's paths: put them on a filesystem every "
+                                  "node mounts at the same path (docs/scale.md)")
     gpus = ray.get_gpu_ids()
     device = ",".join(str(g) for g in gpus) if gpus else None
     with tempfile.TemporaryDirectory(prefix="peft-bench-cell-") as spool:

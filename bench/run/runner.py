@@ -159,7 +159,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
             show()
             yield cell
 
-    finished = executor.submit(claimed(), lambda cell: store.suite_dir(cell.suite) / INCOMING)
+    finished = executor.submit(claimed(), lambda cell: _spool(store, cell))
     try:
         for cell, record in finished:
             _store(cell, record, store, summary, quiet)
@@ -170,7 +170,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
         finished.close()
         for cell, _ in held.values():
             store.write(interrupted(cell))
-            _clear_spool(store.suite_dir(cell.suite) / INCOMING, cell.id)
+            _clear_spool(_spool(store, cell), cell.id)
         raise
     finally:
         finished.close()
@@ -182,7 +182,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
 
 def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: bool) -> None:
     store.write(record)
-    _clear_spool(store.suite_dir(cell.suite) / INCOMING, cell.id)
+    _clear_spool(_spool(store, cell), cell.id)
     status = record["status"]
     summary.statuses[status] += 1
     if quiet:  # no bars: one line per finished cell instead, so a long quiet grid still shows it is alive
@@ -197,6 +197,11 @@ def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: 
         if output and error.get("type") in ("CellCrashed", "Killed", "Timeout"):  # what the process said last
             first_line += f" — last output: {output[-1].strip()}"
         summary.problems.append(f"{status:<11} {cell.line()}: {error.get('type')}: {first_line[:300]}")
+
+
+def _spool(store: Store, cell: Cell) -> Path:
+    """The folder a cell's process writes its record and output into (see adopt_incoming)."""
+    return store.suite_dir(cell.suite) / INCOMING
 
 
 def _clear_spool(spool: Path, cell_id: str) -> None:

@@ -20,10 +20,14 @@ from bench.errors import BadInput
 from bench.plan.cellspec import Cell
 
 
-def train_rows(cell: Cell) -> int | None:
-    """Training rows the cell trains on (shots or max_train_samples of the split), None when unknown."""
+def train_rows(cell: Cell, known: dict) -> int | None:
+    """Training rows the cell trains on (shots or max_train_samples of the split), None when unknown;
+    `known` keeps each task's split size, read once per plan."""
     cap = cell.train.shots or cell.train.max_train_samples
-    rows = split_rows(cell.task, cell.data_dir)
+    key = ("rows", cell.task.name, cell.data_dir)
+    if key not in known:
+        known[key] = split_rows(cell.task, cell.data_dir)
+    rows = known[key]
     if rows is None:
         return cap if cap is not None and cell.train.shots else None
     return min(rows, cap) if cap is not None else rows
@@ -51,22 +55,23 @@ def split_rows(task, data_dir) -> int | None:
         return None
 
 
-def cell_flops(cell: Cell, step_flops: dict) -> tuple[int | None, str]:
-    """(training FLOPs, how they were found or why unknown). `step_flops` caches one estimate per shape."""
+def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
+    """(training FLOPs, how they were found or why unknown). `known` caches what cells share: one estimate
+    per shape, one row count per task."""
     from bench.cell.train import total_steps
 
     if cell.train.max_steps is not None:
         steps = cell.train.max_steps
     else:
-        rows = train_rows(cell)
+        rows = train_rows(cell, known)
         if rows is None:
             return None, "unknown: the training split's size (hub offline?)"
         steps = total_steps(cell.train, rows)
-    key = (cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
+    key = ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
            cell.train.max_length, cell.train.weights_dtype)
-    if key not in step_flops:
-        step_flops[key] = _step_flops(cell)
-    per_step, why = step_flops[key]
+    if key not in known:
+        known[key] = _step_flops(cell)
+    per_step, why = known[key]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
 
 
@@ -100,10 +105,10 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     quiet_libraries()  # the estimates build every method once: their warnings are not the plan's news
     suite = cells[0].suite if cells else None
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
-    step_flops: dict = {}
+    known: dict = {}
     total_flops, total_s, unknown = 0, 0.0, 0
     for cell in cells:
-        flops, how = cell_flops(cell, step_flops)
+        flops, how = cell_flops(cell, known)
         if flops is None:
             unknown += 1
             print(f"{cell.line()}  train FLOPs {how}")
