@@ -10,7 +10,7 @@ from packaging.version import Version
 
 from bench.cell.batching import collate
 from bench.methods.attention_prefix import PrefixBank, add_prefix, attention_modules
-from bench.methods.compacter import PHMLinear, SharedFactors
+from bench.methods.compacter import PHMLinear, PHMRule
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
 from tests.adapting import adapt
@@ -122,9 +122,9 @@ def test_each_module_reads_its_own_block_of_the_folded_prefix(mid_dim):
 
 
 def test_phm_weight_is_a_sum_of_kronecker_products():
-    factors = SharedFactors(4)
-    layer = PHMLinear(8, 12, factors, rank=1)
-    expected = sum(torch.kron(factors.a[i], layer.s[i] @ layer.t[i]) for i in range(4))
+    rule = PHMRule(4)
+    layer = PHMLinear(8, 12, rule, rank=1)
+    expected = sum(torch.kron(rule.a[i], layer.s[i] @ layer.t[i]) for i in range(4))
     torch.testing.assert_close(layer.weight(), expected)
     x = torch.randn(3, 8)
     torch.testing.assert_close(layer(x), x @ expected + layer.bias)
@@ -162,3 +162,18 @@ def test_inhouse_methods_ignore_padding(method):
     padded = collate([{"input_ids": [1, 5, 6, 2]}, {"input_ids": [1, 5, 6, 7, 8, 9, 10, 2]}], 0)
     with torch.no_grad():
         torch.testing.assert_close(model(**alone).logits[0], model(**padded).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_compacter_pp_starts_near_the_base_model_and_trains_every_layer_norm():
+    """T-Few's initialisation (rules from N(0, 10⁻⁴)) moves the outputs by little, but not by nothing; the
+    layer norms of both stacks train, the rest of the body does not."""
+    bundle, adapted = adapt("tiny-t5", "compacter-pp")
+    base = load_bundle(bundle.spec, "generation", None, seed=0).model.eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        ours, theirs = (m(input_ids=ids, decoder_input_ids=ids).logits for m in (adapted.model.eval(), base))
+    assert 0 < (ours - theirs).abs().max() < 1e-4 * theirs.abs().max()
+    trainable = {n for n, p in adapted.model.named_parameters() if p.requires_grad}
+    norms = {n for n in trainable if "layer_norm" in n}
+    assert {n.split(".")[0] for n in norms} == {"encoder", "decoder"} and any("final_layer_norm" in n for n in norms)
+    assert trainable - norms and all(".compacter." in n for n in trainable - norms)

@@ -131,6 +131,8 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
         + prefixed_attention(arch) * (2 * H + 2)
         + ffn * (bottleneck(H, H // 16) + H + 1),
         "compacter": (attn + ffn) * (3 * H + 3 * 4) + 4 ** 3,
+        # a rule of its own per PHM layer (4³ each), down H→4 and up 4→H with rank-1 parts and biases
+        "compacter-pp": ffn * (3 * H + 3 * 4 + 2 * 4 ** 3) + norms,
     }
     return table[method]
 
@@ -323,3 +325,16 @@ def test_bitfit_added_biases_change_nothing_until_trained_and_count_as_t_few_add
                            base(input_ids=ids, decoder_input_ids=ids).logits)
     t0 = estimate("t0-3b", "bitfit", batch_size=1, seq_len=8)["params"]
     assert t0["trainable"] == t0["method"] == (4 * 2048 + 2 * 5120) * 24 + (8 * 2048 + 2 * 5120) * 24 == 1_081_344
+
+
+def test_compacter_pp_counts_on_t0_3b_as_t_few_configures_it():
+    """T-Few's Compacter++ on T0-3B (d_model 2048, 24 + 24 blocks): after each of the 48 FFNs a PHM adapter
+    2048 → 64 → 2048 with n = 4, rank 1 and a 4×4×4 rule per PHM layer; plus the 122 layer norms (2 per
+    encoder block, 3 per decoder block, 2 final), 2048 weights each."""
+    from bench.tools.estimate import estimate
+
+    down = 4 ** 3 + 4 * (2048 // 4) * 1 + 4 * 1 * (64 // 4) + 64
+    up = 4 ** 3 + 4 * (64 // 4) * 1 + 4 * 1 * (2048 // 4) + 2048
+    norms = (2 * 24 + 3 * 24 + 2) * 2048
+    t0 = estimate("t0-3b", "compacter-pp", batch_size=1, seq_len=8)["params"]
+    assert t0["trainable"] == t0["method"] == 48 * (down + up) + norms == 560_128

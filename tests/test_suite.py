@@ -125,7 +125,8 @@ def test_more_mistakes_caught_before_any_work(write_suite):
 
 def test_fewshot_suite_is_t_fews_regime():
     """T-Few's settings (configs/*.json in r-three/t-few): Adafactor as T-Few runs it, 32 shots but 50 for
-    ANLI, length normalisation on every task, T-Few's loss, 1000 steps of batch 8, bf16 weights."""
+    ANLI, 20 for HellaSwag and 70 for StoryCloze, length normalisation on every task, T-Few's loss, 1000 steps
+    of batch 8 (Compacter++ 500, full fine-tuning 300), bf16 weights, each method's own settings."""
     from bench.plan import grid
     from bench.plan.suite import load_suite
 
@@ -134,8 +135,13 @@ def test_fewshot_suite_is_t_fews_regime():
     assert {c.train.optimizer for c in trained} == {"adafactor-tfew"}
     assert {c.task.name: c.train.shots for c in cells} == {
         "rte-fewshot": 32, "cb": 32, "copa": 32, "anli-r1": 50, "anli-r2": 50, "anli-r3": 50, "wic": 32, "wsc": 32,
-        "winogrande": 32}
+        "winogrande": 32, "hellaswag": 20, "story-cloze": 70}
     assert all(c.task.length_normalize for c in cells)
     assert all(c.train.balanced_batches and c.train.redraw_templates for c in trained)
-    assert {(c.train.objective, c.train.max_steps, c.train.batch_size, c.train.weights_dtype) for c in trained} == \
-        {("tfew", 1000, 8, "bf16")}
+    assert {(c.train.objective, c.train.batch_size, c.train.weights_dtype) for c in trained} == {("tfew", 8, "bf16")}
+    settings = {c.label: (c.train.max_steps, c.train.lr) for c in trained}
+    assert settings == {"ia3": (1000, 3e-3), "lora": (1000, 3e-3), "prompt-tuning": (1000, 0.3),
+                        "prefix-tuning": (1000, 1e-2), "bitfit": (1000, 3e-4), "compacter-pp": (500, 3e-3),
+                        "full": (300, 3e-4)}
+    lora = next(c for c in trained if c.label == "lora").method_config
+    assert (lora["r"], lora["lora_alpha"], lora["target_modules"]) == (4, 1, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])

@@ -241,3 +241,83 @@ def test_redrawn_templates_change_across_steps_for_the_same_row():
     assert set(seen(redrawn(batches([feature], 4, 0), seed=0))) == set(prompts)
     assert seen(redrawn(batches([feature], 4, 0), 0)) == seen(redrawn(batches([feature], 4, 0), 0))
     assert set(seen(batches([fixed], 4, 0))) == {tuple(fixed["prompt_ids"])}
+
+
+def _hellaswag_row(label: str) -> dict:
+    """One row in Rowan/hellaswag's schema (string labels, four endings in a list)."""
+    return {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
+            "ctx_b": "then", "ctx": "Then, the man writes over the snow. then",
+            "endings": [", the man adds wax to the windshield.", ", a person is seen.", ", the man continues.",
+                        ", the man stops."], "source_id": "activitynet~v_-1IBHYS3L-Y", "split": "val",
+            "split_type": "indomain", "label": label}
+
+
+def test_hellaswag_reads_the_hub_schema_and_offers_the_four_endings(tmp_path):
+    import json
+
+    task = builtin_tasks()["hellaswag"]
+    folder = tmp_path / "hellaswag"
+    folder.mkdir()
+    for split, label in (("train", "2"), ("validation", "3")):
+        (folder / f"{split}.jsonl").write_text(json.dumps(_hellaswag_row(label)) + "\n")
+    rows = load_rows(task, "eval", tmp_path)
+    assert task.gold(rows[0]) == 3 and len(task.prompts) == 4
+    for prompt in task.prompts:
+        assert task.answers(prompt, rows[0]) == rows[0]["endings"]
+        assert "Then, the man writes over the snow. then" in task.render(prompt, rows[0])
+    bundle = load_bundle(REGISTRY["tiny-t5"], "multiple_choice", None, seed=0)
+    evalset = eval_features(task, bundle, rows, 64, task.prompts[1])
+    assert evalset.gold == [3] and len(evalset.choices[0]) == 4
+
+
+STORY_CLOZE_CSV = (
+    "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,RandomFifthSentenceQuiz1,"
+    "RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+    "b929f263,Rick grew up in a troubled household.,He never found good support in family.,He turned to gangs.,"
+    "It was long before Rick got shot in a robbery.,He is happy now.,He ended up in jail.,2\n"
+    "7cbbc0af,Laverne needs to prepare something.,She bakes cookies.,She tastes one.,They are good.,"
+    "She is proud.,She hates cookies.,1\n")
+
+
+def test_story_cloze_missing_files_say_where_to_get_and_put_them(tmp_path, monkeypatch):
+    from bench.tasks.data import DataUnavailable, check_available
+
+    monkeypatch.setenv("PEFT_BENCH_MANUAL_DATA", str(tmp_path))
+    task = builtin_tasks()["story-cloze"]
+    with pytest.raises(DataUnavailable) as info:
+        check_available(task, None)
+    message = info.value.message
+    assert "https://cs.rochester.edu/nlp/rocstories/" in message and "PEFT_BENCH_MANUAL_DATA" in message
+    assert str(tmp_path / "story_cloze" / "2016") in message and "cloze_test_val__spring2016" in message
+    assert "--tasks" in message and info.value.where == task.origin
+    with pytest.raises(DataUnavailable) as info:
+        check_available(task, tmp_path / "data")  # under --data-dir, that folder instead
+    assert str(tmp_path / "data" / "story_cloze" / "2016") in info.value.message
+
+
+def test_story_cloze_reads_the_distributed_files_in_the_hub_columns(tmp_path, monkeypatch):
+    from bench.tasks.data import check_available, files_fingerprint
+
+    monkeypatch.setenv("PEFT_BENCH_MANUAL_DATA", str(tmp_path))
+    task = builtin_tasks()["story-cloze"]
+    folder = tmp_path / "story_cloze" / "2016"
+    folder.mkdir(parents=True)
+    for name in task.source["manual"]["files"].values():
+        (folder / name).write_text(STORY_CLOZE_CSV)
+    check_available(task, None)
+    rows = load_rows(task, "train", None)
+    assert [task.gold(r) for r in rows] == [1, 0]
+    assert rows[0]["input_sentence_1"] == "Rick grew up in a troubled household."
+    assert task.answers(task.prompts[0], rows[0]) == ["He is happy now.", "He ended up in jail."]
+    distributed = task.source["manual"]["files"].values()
+    assert sorted(files_fingerprint(task, None)) == sorted(str(folder / n) for n in distributed)
+    # the hub layout in the same folder serves too (e.g. a copy saved from `datasets`)
+    hub = tmp_path / "hub" / "story_cloze" / "2016"
+    hub.mkdir(parents=True)
+    row = {"story_id": "x", **{f"input_sentence_{i}": f"s{i}." for i in range(1, 5)}, "sentence_quiz1": "a.",
+           "sentence_quiz2": "b.", "answer_right_ending": 2}
+    import json
+
+    for split in ("validation", "test"):
+        (hub / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    assert [task.gold(r) for r in load_rows(task, "eval", tmp_path / "hub")] == [1]

@@ -31,7 +31,11 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
          "eval_task": str}
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
-                "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none")}
+                "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
+                "manual": dict}
+# A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
+# split, and the renaming of their columns to the hub's schema.
+_MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
 _GENERATION_KEYS = {"max_new_tokens": int, "num_beams": int}
 _TEMPLATE_KEYS = {"prompt": str, "answers": list}
 
@@ -86,12 +90,14 @@ class TaskSpec:
         return value
 
     def gold(self, row: dict):
-        """The row's label as a class index (names and numeric strings accepted) or a float."""
+        """The row's label as a class index or a float. A value equal to a label's name is that label, even
+        when the file stores it as a number (StoryCloze's endings 1 and 2 under labels ["1", "2"]); other
+        integers and numeric strings are class indices."""
         value = self.value(row, self.label)
         if self.type == "regression":
             return float(value)
-        if isinstance(value, str) and self.labels and value in self.labels:
-            return self.labels.index(value)
+        if self.labels and not isinstance(value, (bool, float)) and str(value) in self.labels:
+            return self.labels.index(str(value))
         try:
             return int(value)
         except ValueError:
@@ -170,6 +176,11 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
         raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files", where("source"))
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
+    if "manual" in src:
+        check_keys(src["manual"], _MANUAL_KEYS, "manual source key", lambda k: where("source", "manual", k),
+                   required=("url", "files"))
+        if "dataset" not in src:
+            raise BadInput(f"task '{name}': a manual source names its 'dataset' (its folder's name)", where("source"))
     if "files" in src:  # paths relative to the definition file, so a task folder can move
         src["files"] = {split: str((base_dir / p).resolve()) for split, p in src["files"].items()}
         _check_tables(name, src, where)

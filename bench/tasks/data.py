@@ -2,9 +2,11 @@
 
 Local files follow the hub's layout and column schema: `DIR/<dataset>/<config>/<split>.{jsonl,csv,parquet}`
 where <dataset> is the last part of the hub id (nyu-mll/glue -> glue), so the same code path serves
-`--data-dir ../shared/data` and the hub. A task's own `files` may also be TSV or plain text tables
-(tab-separated), any of them gzip'd, read with the source's table options (`delimiter`, `header`,
-`columns`, `quoting`).
+`--data-dir ../shared/data` and the hub. A `manual` source (a dataset users must request, StoryCloze)
+is read from the same folder under --data-dir, else under $PEFT_BENCH_MANUAL_DATA (default
+~/.cache/peft-bench/manual): its files as distributed, renamed to the hub's columns, or the hub layout.
+A task's own `files` may also be TSV or plain text tables (tab-separated), any of them gzip'd, read with
+the source's table options (`delimiter`, `header`, `columns`, `quoting`).
 
 Before any work, `check_cells` reads the first rows of every local file a grid needs and checks the
 columns the task names and the label values, so a wrong column or label fails at once, naming the
@@ -56,16 +58,36 @@ def hub_split(task: TaskSpec, split: str) -> str:
                            "train" if split == "train" else "validation")
 
 
+def dataset_folder(task: TaskSpec, root: str | Path) -> Path:
+    """ROOT/<dataset>/<config>: where a hub dataset's local copy lives."""
+    return Path(root) / task.source["dataset"].split("/")[-1] / (task.source.get("config") or "")
+
+
 def local_file(task: TaskSpec, split: str, data_dir: str | Path) -> Path | None:
-    src = task.source
-    folder = Path(data_dir) / src["dataset"].split("/")[-1]
-    if src.get("config"):
-        folder = folder / src["config"]
+    folder = dataset_folder(task, data_dir)
     for suffix in SUFFIXES:
         path = folder / f"{hub_split(task, split)}{suffix}"
         if path.is_file():
             return path
     return None
+
+
+MANUAL_DATA = "PEFT_BENCH_MANUAL_DATA"
+
+
+def manual_root(data_dir: str | Path | None) -> Path:
+    return Path(data_dir if data_dir is not None else
+                os.environ.get(MANUAL_DATA, "~/.cache/peft-bench/manual")).expanduser()
+
+
+def manual_file(task: TaskSpec, split: str, data_dir: str | Path | None) -> tuple[Path | None, bool]:
+    """(the file of a split of a manual source, whether it is the distributed file whose columns need
+    renaming); (None, False) when neither it nor a hub-layout file is there."""
+    folder = dataset_folder(task, manual_root(data_dir))
+    distributed = folder / task.source["manual"]["files"].get(hub_split(task, split), "")
+    if distributed.is_file():
+        return distributed, True
+    return local_file(task, split, manual_root(data_dir)), False
 
 
 def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
@@ -95,7 +117,18 @@ def check_cells(cells) -> None:
 def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
     """Raise DataUnavailable when one split of a task cannot be read."""
     src = task.source
-    if "files" in src:
+    if "manual" in src:
+        path, distributed = manual_file(task, split, data_dir)
+        if path is None:
+            manual = src["manual"]
+            raise DataUnavailable(
+                f"task '{task.name}': {src['dataset']} is not served by the hub; request it at {manual['url']}, "
+                f"then put {', '.join(repr(f) for f in manual['files'].values())} in "
+                f"{dataset_folder(task, manual_root(data_dir))} "
+                f"({'under --data-dir' if data_dir is not None else f'set {MANUAL_DATA} to keep them elsewhere'}), "
+                "or leave the task out with --tasks", task.origin)
+        check_rows(task, _read_manual(task, path, distributed, HEAD_ROWS), path)
+    elif "files" in src:
         key = split.replace("eval:", "")
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
@@ -136,6 +169,8 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
         return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
+    if "manual" in src:
+        return _read_manual(task, *manual_file(task, split, data_dir))
     if "files" in src:
         return read_file(Path(src["files"][split.replace("eval:", "")]), src)
     if data_dir is not None:
@@ -151,6 +186,8 @@ def files_fingerprint(task, data_dir: str | None) -> dict:
     """Where the rows come from: local files by path, size and modification time."""
     if "files" in task.source:
         paths = [Path(p) for p in task.source["files"].values()]
+    elif "manual" in task.source:
+        paths = [manual_file(task, s, data_dir)[0] for s in needed_splits(task)]
     elif "dataset" in task.source and data_dir is not None:
         paths = [local_file(task, s, data_dir) for s in needed_splits(task)]
     else:
@@ -162,7 +199,7 @@ def resolved_revision(task: TaskSpec, data_dir) -> str | None:
     """The hub commit a task's rows come from: its pinned revision, else the one the hub resolves
     now (recorded with the run, since the shipped definitions do not pin); None for other sources."""
     src = task.source
-    if "dataset" not in src or data_dir is not None:
+    if "dataset" not in src or "manual" in src or data_dir is not None:
         return None
     try:
         from huggingface_hub import HfApi
@@ -194,6 +231,12 @@ def read_file(path: Path, options: dict | None = None, limit: int | None = None)
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise BadInput(f"cannot read this {kind if kind == 'parquet' else 'table'}: {e}", str(path)) from None
     return frame.to_dict("records")
+
+
+def _read_manual(task: TaskSpec, path: Path, distributed: bool, limit: int | None = None) -> list[dict]:
+    rows = read_file(path, task.source if distributed else None, limit)
+    rename = task.source["manual"].get("rename", {}) if distributed else {}
+    return [{rename.get(k, k): v for k, v in row.items()} for row in rows]
 
 
 def _read_json_lines(path: Path, limit: int | None) -> list[dict]:

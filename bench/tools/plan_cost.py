@@ -38,7 +38,7 @@ def split_rows(task, data_dir) -> int | None:
     otherwise (None offline)."""
     from bench.tasks.data import hub_offline, hub_split, load_rows
 
-    if "dataset" in task.source and data_dir is None:
+    if "dataset" in task.source and "manual" not in task.source and data_dir is None:
         if hub_offline():
             return None
         try:
