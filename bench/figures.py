@@ -62,6 +62,7 @@ def _fmt():
     processes that never render, and the report package imports the store, which imports the record."""
     return import_module("bench.report.fmt")
 
+LATENCY_EXAMPLES = 8  # single-example predictions timed for time.infer_latency_s
 _CUDA_PEAK = "CUDA only: `torch.cuda.max_memory_allocated`"
 _FIGURES = [
     # params
@@ -146,6 +147,19 @@ _FIGURES = [
            "without TF32), from the table `PEAK_FLOPS` in `bench/cell/measure.py`; null on a CPU or a GPU the table "
            "lacks. A datasheet peak rather than a measured matmul rate, so records of one GPU model compare across "
            "machines."),
+    Figure("time", "infer_latency_s", "s", "timing", "seconds to predict one evaluation example alone (batch 1) "
+           "as evaluation predicts it (a forward pass; every answer option of rank classification; the whole "
+           "decoding loop of generation), CUDA synchronised, tokenisation excluded: the median over the main "
+           f"split's first {LATENCY_EXAMPLES} examples, after one warm-up prediction, with the trained model.",
+           tasks="mean"),
+    Figure("time", "infer_examples_per_s", "1/s", "timing", "examples predicted per second in batches of "
+           "`eval_batch_size`, over the main split's first 2 × `eval_batch_size` examples (all, when fewer).",
+           tasks="mean"),
+    Figure("time", "infer_latency_merged_s", "s", "timing", "`infer_latency_s` with the method's update merged "
+           "into the weights (mergeable methods; null for the others, and when the merged copy does not fit in "
+           "memory).", tasks="mean"),
+    Figure("time", "infer_examples_per_s_merged", "1/s", "timing", "`infer_examples_per_s` of that merged model.",
+           tasks="mean"),
     # flops
     Figure("flops", "train_total", "FLOPs", "versioned", "the instrumented step's forward + backward FLOPs per "
            "padded position, × the padded positions trained (`train.positions`). Linear in length: attention's L² "

@@ -54,6 +54,10 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
         assert r["time"]["train_flops_per_s"] == pytest.approx(r["flops"]["train_total"] / r["time"]["train_s"])
         mfu = r["time"]["mfu"]
         assert mfu is None if not CUDA else (mfu is None or 0 < mfu < 1)  # no datasheet peak for a CPU
+        assert r["time"]["infer_latency_s"] > 0 and r["time"]["infer_examples_per_s"] > 0
+    # LoRA can fold its update into the weights, full fine-tuning has nothing to fold
+    assert lora["time"]["infer_latency_merged_s"] > 0 and lora["time"]["infer_examples_per_s_merged"] > 0
+    assert full["time"]["infer_latency_merged_s"] is None and full["time"]["infer_examples_per_s_merged"] is None
     assert full["params"]["total"] == full["params"]["trainable"] == body + head
     lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each
     assert lora["params"]["trainable"] == lora_params + head

@@ -260,3 +260,30 @@ def test_utilisation_against_the_datasheet_peaks():
                                                                           "mfu": 5e14 / 312e12}
     assert utilisation(10 ** 15, 2.0, "cpu", "fp32") == {"train_flops_per_s": 5e14, "mfu": None}
     assert utilisation(None, 2.0, "NVIDIA H200", "bf16") == {"train_flops_per_s": None, "mfu": None}
+
+
+def test_inference_speed_is_the_median_single_prediction_and_the_batched_rate(monkeypatch):
+    """On a clock that only prediction moves (10 ms per call plus 2 ms per example), the latency is the median
+    of one-example calls after a warm-up, and the rate is 2 × batch examples over one batched pass."""
+    from bench.cell import measure
+    from bench.figures import LATENCY_EXAMPLES
+    from bench.tasks import evaluate
+    from bench.tasks.features import EvalSet
+
+    now, calls = [0.0], []
+
+    def predict(bundle, model, sample, task, batch_size, device, autocast):
+        calls.append((len(sample.features), batch_size))
+        now[0] += 0.010 + 0.002 * len(sample.features) + (0.5 if len(calls) == 1 else 0)  # a slow first call
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
+    evalset = EvalSet([{"input_ids": [i]} for i in range(50)], list(range(50)))
+    speed = measure.inference_speed(None, None, evalset, None, 16, "cpu", None)
+    assert calls == [(1, 1)] * (1 + LATENCY_EXAMPLES) + [(32, 16)]
+    assert speed["infer_latency_s"] == pytest.approx(0.012)
+    assert speed["infer_examples_per_s"] == pytest.approx(32 / (0.010 + 0.002 * 32))
+    few = EvalSet([{"input_ids": [1]}] * 3, [0] * 3)  # fewer examples than asked for: all of them
+    calls.clear()
+    measure.inference_speed(None, None, few, None, 16, "cpu", None)
+    assert calls == [(1, 1)] * 4 + [(3, 16)]

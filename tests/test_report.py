@@ -239,3 +239,31 @@ def test_survey_table_counts_methods_as_papers_do_and_names_the_head(tmp_path):
     (row,) = md_rows(text, "roberta-base: methods compared")
     assert "| **294.9K** | **0.236%** |" in row  # the only row: best in every column
     assert "The task head (592.1K parameters) trains too." in text
+
+
+def test_inference_table_shows_latency_in_ms_and_the_merged_model_where_recorded(tmp_path):
+    """Means over the ok cells: full (t1 10 ms, t2 30 ms -> 20 ms; nothing merged), lora (4 ms unmerged on both
+    tasks, 2 ms merged; best marked); inference FLOPs were not recorded (a dash); the caption names the device the records were measured on."""
+    records = survey_records()
+    for r in records:
+        if r["status"] == "ok" and r["cell"]["label"] in ("full", "lora"):
+            slow = r["cell"]["label"] == "full" and r["cell"]["task"] == "t2"
+            r["time"].update(infer_latency_s=0.030 if slow else 0.010 if r["cell"]["label"] == "full" else 0.004,
+                             infer_examples_per_s=100.0 if r["cell"]["label"] == "full" else 150.0)
+            if r["cell"]["label"] == "lora":
+                r["time"].update(infer_latency_merged_s=0.002, infer_examples_per_s_merged=200.0)
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md", "csv"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert "## Inference speed" in text and "Measured on cpu;" in text
+    rows = md_rows(text, "m1: inference speed")
+    full = next(r for r in rows if "| full |" in r)
+    lora = next(r for r in rows if "| lora |" in r)
+    assert "| full | 20.00 | 100.0 | – | – | – |" in full and "| **4.00** | **150.0** | **2.00** | **200.0** |" in lora
+    assert any("| bitfit | – | – | – | – |" in r for r in rows)  # recorded none: dashes, never zeros
+    (csv_lora,) = [r for r in csv_rows(tmp_path / "reports" / "hand" / "csv" / "inference-m1.csv")
+                   if r["Method"] == "lora"]
+    assert float(csv_lora["Latency, batch 1 (s)"]) == pytest.approx(0.004)
+    write_store(tmp_path / "plain", survey_records())  # no record measured speed: no section
+    write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
+    assert "Inference speed" not in (tmp_path / "plain-reports" / "hand" / "report.md").read_text()

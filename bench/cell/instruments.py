@@ -11,7 +11,7 @@ the moments it cares about, in the order `standard()` lists them:
     paused           (window, inside training) an evaluation during training: not part of its peaks
     trained          training ended (the run's `result` is set)
     evaluating       (window)  the final evaluation
-    evaluated        the scores are in
+    evaluated        the scores are in (the stored state's size, then the prediction speed)
 
 An instrument defines any of these as methods taking (run, record); windows are context managers.
 """
@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from bench.cell.measure import (
     PeakMemory,
     head_elements,
+    inference_speed,
     method_params,
     predicted_peak,
     stored_size,
@@ -135,6 +138,26 @@ class EvaluationPeak:
         record["memory"]["eval_peak_allocated_bytes"] = peak.figures["device_peak_allocated_bytes"]
 
 
+class InferenceSpeed:
+    """time.infer_*: how fast the trained model predicts, one example at a time and in evaluation batches;
+    then the same with the method's update merged into a copy of the weights (mergeable methods)."""
+
+    def evaluated(self, run, record):
+        args = (run.evalsets[""][0], run.evaluation, run.cell.train.eval_batch_size, run.device, run.autocast)
+        record["time"].update(inference_speed(run.bundle, run.adapted.model, *args))
+        if run.adapted.merge is None:
+            return
+        try:
+            merged = run.adapted.merge()
+        except torch.cuda.OutOfMemoryError:  # no room for a merged copy beside the model: those figures stay null
+            torch.cuda.empty_cache()
+            return
+        speed = inference_speed(run.bundle, merged, *args)
+        record["time"].update({"infer_latency_merged_s": speed["infer_latency_s"],
+                               "infer_examples_per_s_merged": speed["infer_examples_per_s"]})
+        del merged
+
+
 class Instruments:
     """The instruments of one cell, called at the recipe's moments in list order (windows nest in it)."""
 
@@ -159,6 +182,7 @@ def standard() -> Instruments:
     """Every cell's instruments. Order matters where one reads another's figures or windows nest: the
     step probe writes flops.train_total before Throughput divides it by time; the probe runs before the
     training window opens (its warm-up must not count in the peaks); the evaluation's peak window
-    encloses its timer, so eval_s does not include resetting and reading the peaks."""
+    encloses its timer, so eval_s does not include resetting and reading the peaks; the speed of prediction
+    is measured after the stored state's size is read, as merging may change the adapted model."""
     return Instruments(EvaluationPeak(), Timer(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(),
-                       Throughput())
+                       Throughput(), InferenceSpeed())

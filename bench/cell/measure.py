@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import statistics
 import tempfile
 import threading
 import time
@@ -302,3 +303,33 @@ def utilisation(train_flops: int | None, train_s: float | None, device_name: str
     rate = train_flops / train_s if train_flops and train_s else None
     peak = peak_flops(device_name, dtype)
     return {"train_flops_per_s": rate, "mfu": rate / peak if rate is not None and peak else None}
+
+
+def inference_speed(bundle, model, evalset, task, batch_size: int, device, autocast) -> dict:
+    """time.infer_latency_s and time.infer_examples_per_s of `model` (bench/figures.py defines them)."""
+    from bench.figures import LATENCY_EXAMPLES
+    from bench.tasks.evaluate import predict
+    from bench.tasks.features import EvalSet
+
+    def first(start: int, stop: int) -> EvalSet:
+        choices = evalset.choices[start:stop] if evalset.choices is not None else None
+        return EvalSet(evalset.features[start:stop], evalset.gold[start:stop], choices)
+
+    def seconds(sample: EvalSet, size: int) -> float:
+        _synchronize(device)
+        start = time.perf_counter()
+        predict(bundle, model, sample, task, size, device, autocast)
+        _synchronize(device)
+        return time.perf_counter() - start
+
+    n = len(evalset.features)
+    seconds(first(0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
+    singles = [seconds(first(i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
+    batched = min(n, 2 * batch_size)
+    return {"infer_latency_s": statistics.median(singles),
+            "infer_examples_per_s": batched / seconds(first(0, batched), batch_size)}
+
+
+def _synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

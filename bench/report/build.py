@@ -10,7 +10,7 @@ import pandas as pd
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.plots import Plot, draw_all
 from bench.report.table import Table
-from bench.report.tables import fewshot_score_tables, fewshot_table, memory_tables, survey_tables
+from bench.report.tables import fewshot_score_tables, fewshot_table, inference_tables, memory_tables, survey_tables
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Report:
     memory: list[Table]
     fewshot: Table | None
     fewshot_scores: list[Table]
+    inference: list[Table]
     problems: list[str]  # files of the suite that are not usable records
     plots: list[Plot] = field(default_factory=list)
 
@@ -33,6 +34,8 @@ class Report:
 
     def sections(self) -> list[tuple[str, list[Table]]]:
         out = [("Methods compared", self.survey), ("Memory", self.memory)]
+        if self.inference:
+            out.append(("Inference speed", self.inference))
         if self.fewshot is not None:
             out.append(("Few-shot", self.fewshot_scores + [self.fewshot]))
         return out
@@ -45,8 +48,10 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
           task_order: list[str] | None = None) -> Report:
     agg = aggregate(frame, task_order)
     summary = method_summary(agg)
+    devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
     report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
-                    fewshot_table(summary), fewshot_score_tables(summary), problems)
+                    fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
+                    problems)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots")
     return report

@@ -193,6 +193,41 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
     return tables
 
 
+# The inference table's figures: (header, csv header, figure, multiplier, decimals); latencies in ms.
+INFERENCE_PARTS = [("Latency, batch 1 (ms)", "Latency, batch 1 (s)", "time.infer_latency_s", 1e3, 2),
+                   ("Examples/s, eval batch", "Examples/s, eval batch", "time.infer_examples_per_s", 1, 1),
+                   ("Merged latency (ms)", "Merged latency (s)", "time.infer_latency_merged_s", 1e3, 2),
+                   ("Merged examples/s", "Merged examples/s", "time.infer_examples_per_s_merged", 1, 1)]
+
+
+def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
+    """One table per model: how fast each trained method predicts, unmerged and (where it can) merged, beside
+    the FLOPs one prediction counts: the inference overhead of additive methods, measured."""
+    tables = []
+    for model, rows in summary.groupby("model", sort=True):
+        parts = [part for part in INFERENCE_PARTS if not part_absent(rows, part[2])]
+        if not parts:
+            continue
+        columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
+        columns += [Column(header, "lower" if "atency" in header else "higher", csv_header=csv)
+                    for header, csv, *_ in parts]
+        columns += [Column("Inference FLOPs per example", "lower")]
+        table = Table(f"inference-{slug(model)}", f"{model}: inference speed", columns,
+                      caption=f"Measured on {', '.join(devices) or 'an unrecorded device'}; means over tasks and "
+                              "seeds. Latency: the median time to predict one example alone; examples/s: in batches "
+                              "of the suite's eval_batch_size. Merged: the method's update folded into the weights "
+                              "(mergeable methods). Definitions: docs/measurement.md.")
+        for _, row in rows.sort_values(["family_order", "label"], kind="stable").iterrows():
+            cells = [Cell(row["method_family"] or DASH), Cell(display_label(row))]
+            cells += [Cell(DASH if missing(row.get(figure)) else f"{row[figure] * times:.{decimals}f}", row.get(figure))
+                      for _, _, figure, times, decimals in parts]
+            cells.append(figure_cell(row, "flops.inference_per_example"))
+            table.add(row["method_family"] or DASH, cells)
+        table.mark_best()
+        tables.append(table)
+    return tables
+
+
 def flops_column(rows: pd.DataFrame, measured: str, cost_model: str) -> tuple[str, str]:
     """(column, how it was obtained): the measured figure when any row has it, else the cost model's."""
     if measured in rows and rows[measured].notna().any():
