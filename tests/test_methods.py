@@ -133,6 +133,10 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
         "compacter": (attn + ffn) * (3 * H + 3 * 4) + 4 ** 3,
         # a rule of its own per PHM layer (4³ each), down H→4 and up 4→H with rank-1 parts and biases
         "compacter-pp": ffn * (3 * H + 3 * 4 + 2 * 4 ** 3) + norms,
+        # one shared prototype (adapter: reduction 12; LoRA: r = 32 per target) + a float score per mask entry per layer
+        "propetl-adapter": bottleneck(H, H // 12) + ffn * 2 * H * (H // 12),
+        "propetl-lora": sum(32 * (i + o) for i, o in mods[: 1 if arch == "gpt2" else 2])
+        + sum(32 * (i + o) for i, o in mods),
     }
     return table[method]
 
