@@ -6,6 +6,7 @@ Exit codes: 0 success (failed cells are data: still 0, and counted), 2 bad input
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -52,6 +53,8 @@ def cmd_run(args) -> int:
         return 0
     check_cells(cells)
     store = Store(args.results)
+    if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
+        cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
     print_store_problems(store, s.name)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
     summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
@@ -59,6 +62,28 @@ def cmd_run(args) -> int:
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bench.run.executors import make_executor
+    from bench.run.runner import run_grid
+    from bench.run.store import Store
+    from bench.tasks.data import check_cells
+    from bench.tools.eval_adapter import adapter_cells
+
+    suite, cells = adapter_cells(args.adapter, args.suite, args.model, args.task, args.seed, args.label,
+                                 args.data_dir, args.threads)
+    check_cells(cells)
+    store = Store(args.results)
+    signal.signal(signal.SIGTERM, _interrupt)
+    summary = run_grid(cells, store, make_executor("local", _quiet(args)), force=args.force, quiet=_quiet(args))
+    for line in summary.notes + summary.problems:
+        print(line, file=sys.stderr)
+    record = store.read(suite.name, cells[0].id) or {}
+    scores = (record.get("scores") or {}).get("metrics") or {}
+    print(f"{cells[0].line()}: {record.get('status')} " + " ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+    print(summary.line(suite.name, str(store.suite_dir(suite.name))))
     return 0
 
 
@@ -258,8 +283,30 @@ def parser() -> argparse.ArgumentParser:
                                                  "cores this process may use); recorded in env.threads")
     run.add_argument("--steal-locks", action="store_true",
                      help="remove the locks of this grid's cells whoever holds them (say which), then run")
+    run.add_argument("--save-adapters", action="store_true",
+                     help="write each trained cell's adapter to <results>/<suite>/adapters/<cell id> (peft's format "
+                          "too for peft methods), for `eval --adapter`; with --force for cells already recorded")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
     run.set_defaults(func=cmd_run)
+
+    evl = sub.add_parser("eval", help="evaluate an adapter trained elsewhere as a cell of a suite (its record "
+                                      "joins the suite's, so reports compare it with the methods trained here)")
+    evl.add_argument("--adapter", required=True, help="a peft adapter folder or hub id, or a folder that "
+                                                      "`run --save-adapters` wrote (results/<suite>/adapters/<id>)")
+    evl.add_argument("--model", help="the base model (registry name, hub id or folder); default: the saved one")
+    evl.add_argument("--task", help="the task to evaluate on; default: the one the adapter was trained on")
+    evl.add_argument("--suite", help="the suite whose settings evaluate it and whose records it joins; default: "
+                                     "the one it was trained in")
+    evl.add_argument("--seed", type=int, help="the seed (a random-init base model's weights, a new head's init); "
+                                              "default: the training cell's, else the suite's first")
+    evl.add_argument("--label", help="its name in the report (default: the saved label and cell id, or the "
+                                     "folder's name)")
+    evl.add_argument("--results", default="results", help="results store folder (default: results)")
+    evl.add_argument("--data-dir", help="read datasets from DIR/<dataset>/<config>/<split>.jsonl instead of the hub")
+    evl.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
+    evl.add_argument("--force", action="store_true", help="evaluate again although an ok record exists")
+    evl.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
+    evl.set_defaults(func=cmd_eval)
 
     rep = sub.add_parser("report", help="write a suite's report from its records")
     rep.add_argument("--suite", required=True, help="suite name or YAML path (its records folder under --results)")

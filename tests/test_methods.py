@@ -145,6 +145,8 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
 UNSUPPORTED = {
     ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied", ("icl", "roberta"): "text-to-text",
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
+    # it loads a saved adapter, so it needs a path (tests/test_eval_adapter.py runs it with one)
+    **{("external-adapter", a): "--adapter" for a in ("roberta", "t5", "gpt2", "llama")},
 }
 if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
     UNSUPPORTED.update({("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")})

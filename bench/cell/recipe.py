@@ -15,6 +15,7 @@ import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,7 @@ from bench.cell.measure import count_params, head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
+from bench.methods.external import save_adapter
 from bench.models import Bundle, dtype_name, load_bundle
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
@@ -68,6 +70,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)  # what `weights_dtype` resolved to
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
                                            for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
+        record["cell"]["source"] = "external" if run.adapted.external else "harness"
         tools.at("loaded", run, record)
         if run.adapted.trains and not record["params"]["trainable"]:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
@@ -85,6 +88,8 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         with tools.window("evaluating", run, record):
             evaluate(run, record)
         tools.at("evaluated", run, record)
+        if cell.adapter_dir and run.adapted.trains:
+            save_adapter(run.adapted, cell, Path(cell.adapter_dir))
         return finish(record, "ok")
     except Unsupported as e:
         return finish(record, "unsupported", {"type": "Unsupported", "message": str(e), "where": None,

@@ -19,7 +19,8 @@ from bench.cell.measure import count_params
 from bench.config import TrainConfig, check_keys, coerce
 from bench.errors import BadInput, Unsupported
 
-FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified")
+# external: adapters trained elsewhere, evaluated as given (bench/methods/external.py)
+FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified", "external")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Adapted:
     model: nn.Module
     trains: bool = True  # set from the Method by Method.apply
     in_context: bool = False  # set from the Method by Method.apply
+    external: bool = False  # set from the Method by Method.apply
     after_backward: list[Callable[[int], None]] = field(default_factory=list)  # e.g. gradient masks
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. AdaLoRA's rank budget
     stored_state: Callable[[], dict[str, torch.Tensor]] | None = None  # default: trainable tensors
@@ -98,6 +100,7 @@ class Method:
     trains: bool = True  # False: evaluated as applied (zero-shot, in-context learning)
     in_context: bool = False  # evaluation prompts start with the training examples, solved (needs `shots`)
     reference: bool = False  # the row other methods of a model are compared with (full fine-tuning)
+    external: bool = False  # loads weights trained elsewhere: the record's cell.source is "external"
     unsupported: dict[str, str] = field(default_factory=dict)  # architecture -> why this cannot work
     # Which code runs the method, where two exist for one mechanism; it goes into the resolved config
     # (and so the cell id), so a record of one is never taken for the other.
@@ -136,7 +139,8 @@ class Method:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
                               f"'{ctx.bundle.arch}'; set them in the method's overrides")
         adapted = self.build(model, {k: v for k, v in config.items() if k != "implementation"}, ctx)
-        adapted.trains, adapted.in_context = self.trains, self.in_context  # declared here, not by the build
+        # declared here, not by the build
+        adapted.trains, adapted.in_context, adapted.external = self.trains, self.in_context, self.external
         return adapted
 
     def describe(self) -> dict:
@@ -144,7 +148,8 @@ class Method:
                 "defaults": self.defaults, "targets": self.targets, "arch_defaults": self.arch_defaults,
                 "train": self.train,
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
-                "reference": self.reference, "unsupported": self.unsupported, "implementation": self.implementation}
+                "reference": self.reference, "external": self.external, "unsupported": self.unsupported,
+                "implementation": self.implementation}
 
 
 # Every method by name. A method module registers its methods when it is imported: the package imports

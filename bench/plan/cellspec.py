@@ -34,6 +34,8 @@ class Cell:
     data_dir: str | None
     method_modules: tuple[str, ...] = ()  # the suite's own method modules: a cell process imports them first
     threads: int = 1  # torch's intra-op threads in the cell process (recorded in env.threads)
+    # where the trained adapter is written (run --save-adapters); like threads, not part of what is measured
+    adapter_dir: str | None = None
 
     @property
     def config(self) -> dict:

@@ -1,0 +1,91 @@
+"""`eval --adapter`: adapters saved by a cell (this harness's folder, and peft's own files alone) are scored
+exactly as the cell that trained them; bad input fails before any work."""
+
+import json
+import shutil
+
+import pytest
+
+from bench.cli import main
+from tests.conftest import TINY_SUITE
+
+pytestmark = pytest.mark.slow
+
+SUITE = TINY_SUITE.replace("  - {name: full, train: {lr: 1.0e-3}}\n", "  - {name: full, train: {lr: 1.0e-3}}\n"
+                           "  - {name: adapter-pfeiffer, train: {lr: 5.0e-3}}\n")
+
+
+def by_label(results) -> dict:
+    return {r["cell"]["label"]: r for r in (json.loads(p.read_text()) for p in (results / "tiny").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    (root / "suite.yaml").write_text(SUITE)
+    assert main(["run", "--suite", str(root / "suite.yaml"), "--results", str(root / "results"), "--quiet",
+                 "--save-adapters", "--methods", "lora,adapter-pfeiffer"]) == 0
+    return root, by_label(root / "results")
+
+
+def test_a_saved_lora_scores_as_the_cell_that_trained_it_from_either_folder(trained, capsys):
+    root, cells = trained
+    lora = cells["lora"]
+    folder = root / "results" / "tiny" / "adapters" / lora["cell"]["id"]
+    assert {"peft_bench_adapter.json", "state.safetensors", "adapter_config.json",
+            "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+    peft_only = root / "peft-lora"  # what a peft user has: peft's two files, nothing of ours
+    peft_only.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(folder / name, peft_only / name)
+    suite, results = str(root / "suite.yaml"), str(root / "results")
+    assert main(["eval", "--adapter", str(folder), "--suite", suite, "--results", results, "--quiet"]) == 0
+    assert main(["eval", "--adapter", str(peft_only), "--suite", suite, "--model", "tiny-encoder", "--task",
+                 "synth-polarity", "--seed", "1", "--results", results, "--quiet"]) == 0
+    records = by_label(root / "results")
+    ours, theirs = records[f"lora ({lora['cell']['id']})"], records["peft-lora"]
+    for r in (ours, theirs):
+        assert r["status"] == "ok" and r["cell"]["source"] == "external" and r["cell"]["method"] == "external-adapter"
+        assert r["scores"]["metrics"] == lora["scores"]["metrics"]  # the same predictions, metric for metric
+        assert (r["params"]["method"], r["params"]["trainable"]) == (lora["params"]["method"], lora["params"]["trainable"])
+        assert "steps" not in r["train"] and r["time"]["train_s"] is None  # nothing trained
+        assert r["time"]["infer_latency_merged_s"] > 0  # peft's LoRA merges
+    assert lora["cell"]["source"] == "harness"
+    digests = [r["cell"]["config"]["method"]["config"]["sha256"] for r in (ours, theirs)]
+    assert digests[0] != digests[1]  # different files, different cells
+    # evaluated again: already recorded, nothing runs
+    assert main(["eval", "--adapter", str(folder), "--suite", suite, "--results", results, "--quiet"]) == 0
+    assert "1 already recorded" in capsys.readouterr().out
+
+
+def test_an_in_house_adapter_round_trips_through_its_harness_folder(trained):
+    root, cells = trained
+    pfeiffer = cells["adapter-pfeiffer"]
+    folder = root / "results" / "tiny" / "adapters" / pfeiffer["cell"]["id"]
+    assert not (folder / "adapter_config.json").exists()  # not a peft method: our folder only
+    assert main(["eval", "--adapter", str(folder), "--suite", str(root / "suite.yaml"), "--results",
+                 str(root / "results"), "--quiet", "--label", "pfeiffer-again"]) == 0
+    again = by_label(root / "results")["pfeiffer-again"]
+    assert again["scores"]["metrics"] == pfeiffer["scores"]["metrics"]
+    assert again["params"]["stored_bytes"] == pfeiffer["params"]["stored_bytes"]
+
+
+def test_bad_adapters_fail_before_any_work(trained, tmp_path, capsys):
+    root, cells = trained
+    results = str(tmp_path / "results")
+    assert main(["eval", "--adapter", str(tmp_path), "--results", results]) == 2  # an empty folder
+    assert "holds no adapter" in capsys.readouterr().err
+    (tmp_path / "peft").mkdir()
+    shutil.copy(root / "results" / "tiny" / "adapters" / cells["lora"]["cell"]["id"] / "adapter_config.json",
+                tmp_path / "peft")
+    assert main(["eval", "--adapter", str(tmp_path / "peft"), "--results", results]) == 2
+    err = capsys.readouterr().err
+    assert "--suite" in err and "--model" in err and "does not record" in err
+    folder = root / "results" / "tiny" / "adapters" / cells["lora"]["cell"]["id"]
+    assert main(["eval", "--adapter", str(folder), "--results", results]) == 2  # its suite was a file
+    assert "pass --suite with its YAML file" in capsys.readouterr().err
+    assert main(["eval", "--adapter", str(folder), "--suite", str(root / "suite.yaml"), "--label", "lora",
+                 "--results", results]) == 2
+    assert "give another with --label" in capsys.readouterr().err
+    assert main(["eval", "--adapter", "../no/such/adapter", "--results", results]) == 2
+    assert not (tmp_path / "results").exists()  # nothing written
