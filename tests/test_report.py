@@ -243,7 +243,8 @@ def test_survey_table_counts_methods_as_papers_do_and_names_the_head(tmp_path):
 
 def test_inference_table_shows_latency_in_ms_and_the_merged_model_where_recorded(tmp_path):
     """Means over the ok cells: full (t1 10 ms, t2 30 ms -> 20 ms; nothing merged), lora (4 ms unmerged on both
-    tasks, 2 ms merged; best marked); inference FLOPs were not recorded (a dash); the caption names the device the records were measured on."""
+    tasks, 2 ms merged; best marked); inference FLOPs were not recorded (a dash); the caption names the device
+    the records were measured on."""
     records = survey_records()
     for r in records:
         if r["status"] == "ok" and r["cell"]["label"] in ("full", "lora"):
@@ -267,3 +268,21 @@ def test_inference_table_shows_latency_in_ms_and_the_merged_model_where_recorded
     write_store(tmp_path / "plain", survey_records())  # no record measured speed: no section
     write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
     assert "Inference speed" not in (tmp_path / "plain-reports" / "hand" / "report.md").read_text()
+
+
+def test_further_evaluations_get_their_own_column_outside_the_average(tmp_path):
+    """A 5-shot score recorded beside the main one (accuracy_5shot: full 90, lora 60 on t1) shows next to t1's
+    column; the Average is still over the main scores only (lora: (86 + 71) / 2 = 78.5)."""
+    records = survey_records()
+    for r in records:
+        if r["status"] == "ok" and r["cell"]["task"] == "t1" and r["cell"]["label"] in ("full", "lora"):
+            r["scores"]["metrics"]["accuracy_5shot"] = 90.0 if r["cell"]["label"] == "full" else 60.0
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert "| Family | Method | t1 (accuracy) | t1 (accuracy_5shot) | t2 (chrf) | Average |" in text
+    rows = {r.split(" | ")[1]: r for r in md_rows(text, "m1: methods compared")}
+    assert "| **86.0 ± 1.0 (n=3)** | 60.0 ± 0.0 (n=3) | **71.0 ± 1.4 (n=2) [failed]** [" in rows["lora"]
+    assert "| **78.5** |" in rows["lora"] and "| 82.0 ± 2.0 (n=3) | **90.0 ± 0.0 (n=3)** |" in rows["full"]
+    assert "| 70.0 ± 0.0 (n=3) | – |" in rows["bitfit [3]"]  # not evaluated that way: a dash
+    assert "the Average leaves them out" in text

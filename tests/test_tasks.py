@@ -1,5 +1,7 @@
 """Task definitions, synthetic data and features."""
 
+import json
+
 import pytest
 import torch
 
@@ -164,11 +166,66 @@ def test_an_evaluation_task_reads_without_its_training_split(tmp_path):
     from bench.tasks.data import check_available
 
     (tmp_path / "mmlu" / "all").mkdir(parents=True)
-    (tmp_path / "mmlu" / "all" / "test.jsonl").write_text(
-        '{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}\n')
+    row = {"question": "q", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2}
+    for split in ("test", "dev"):
+        (tmp_path / "mmlu" / "all" / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
     mmlu = builtin_tasks()["mmlu"]
     check_available(mmlu, tmp_path, evaluation_only=True)
-    assert load_rows(mmlu, "eval", tmp_path) == [{"question": "q", "choices": ["a", "b", "c", "d"], "answer": 2}]
+    assert load_rows(mmlu, "eval", tmp_path) == [row]
+
+
+def _mmlu_dir(tmp_path, dev_per_subject=5):
+    """MMLU in the hub's layout: 3 test questions over 2 subjects (interleaved), and solved dev questions."""
+    folder = tmp_path / "mmlu" / "all"
+    folder.mkdir(parents=True)
+
+    def row(subject, q, answer):
+        return json.dumps({"question": q, "subject": subject, "choices": ["w", "x", "y", "z"], "answer": answer})
+
+    (folder / "test.jsonl").write_text("\n".join([row("college_physics", "P1?", 1), row("anatomy", "A1?", 2),
+                                                  row("college_physics", "P2?", 3)]) + "\n")
+    dev = [row(s, f"{s[:3]}-dev{i}?", i % 4) for s in ("anatomy", "college_physics") for i in range(dev_per_subject)]
+    (folder / "dev.jsonl").write_text("\n".join(dev) + "\n")
+    return tmp_path
+
+
+def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_question(tmp_path):
+    """The standard protocol (Hendrycks et al.): header naming the subject, its first 5 dev questions with
+    their answers, then the question; the zero-shot evaluation beside it has none; rows keep their order."""
+    from bench.config import TrainConfig
+    from bench.tasks.prepare import evaluation_sets
+
+    data = _mmlu_dir(tmp_path)
+    mmlu = builtin_tasks()["mmlu"]
+    bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
+    sets = evaluation_sets(mmlu, bundle, TrainConfig(max_length=1024), data)
+    zero, five = sets[""][0], sets["5shot"][0]
+    assert zero.gold == five.gold == [1, 2, 3]
+    def words(features):  # the tiny tokenizer's decoding adds spaces at piece joins: compare the words
+        return [" ".join(bundle.tokenizer.decode(f["input_ids"], skip_special_tokens=True).split()) for f in features]
+
+    def question(q, answer=""):
+        return f"{q} A. w B. x C. y D. z Answer:" + (f" {answer}" if answer else "")
+
+    texts = words(five.features)
+    header = "The following are multiple choice questions (with answers) about college physics."
+    physics = [question(f"col-dev{i}?", "ABCD"[i % 4]) for i in range(5)]
+    assert texts[0] == " ".join([header, *physics, question("P1?")])
+    assert texts[2] == " ".join([header, *physics, question("P2?")])
+    assert texts[1].startswith("The following are multiple choice questions (with answers) about anatomy.")
+    assert "ana-dev4?" in texts[1] and "col-" not in texts[1]
+    assert words(zero.features) == [question("P1?"), question("A1?"), question("P2?")]
+    assert five.choices == zero.choices
+
+
+def test_mmlu_five_shot_without_enough_solved_questions_says_which_subject(tmp_path):
+    from bench.config import TrainConfig
+    from bench.tasks.prepare import evaluation_sets
+
+    data = _mmlu_dir(tmp_path, dev_per_subject=4)
+    bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
+    with pytest.raises(ValueError, match="4 solved rows for subject 'college_physics', 5 needed"):
+        evaluation_sets(builtin_tasks()["mmlu"], bundle, TrainConfig(), data)
 
 
 @pytest.mark.shared_data

@@ -40,19 +40,33 @@ def reference_row(summary: pd.DataFrame, row) -> pd.Series | None:
     return same.iloc[0] if len(same) else None
 
 
-def score_cell(table: Table, task_row, where: str) -> Cell:
-    """'mean ± std (n=k)', plus the statuses of the seeds that did not end ok, with their reasons."""
+def score_cell(table: Table, task_row, where: str, metric: str | None = None) -> Cell:
+    """'mean ± std (n=k)' of the main score (or of `metric`), plus the statuses of the seeds that did not end
+    ok, with their reasons."""
     if task_row is None:
         return Cell(DASH, notes=[table.note(f"{where}: no record yet (not run, or not in the grid)")])
     bad = status_text(task_row["statuses"])
     notes = [table.note(f"{where}: {reason[:REASON_CHARS]}") for reason in task_row["reasons"]]
     if bad and not task_row["reasons"]:
         notes.append(table.note(f"{where}: {bad} (no reason recorded)"))
-    extra = {"std": task_row["score_std"], "n": task_row["n"], "status": bad or "ok"}
+    mean, std = ((task_row["score_mean"], task_row["score_std"]) if metric is None else
+                 (task_row.get(f"scores.{metric}.mean"), task_row.get(f"scores.{metric}.std")))
+    extra = {"std": std, "n": task_row["n"], "status": bad or "ok"}
     if not task_row["n"]:
         return Cell(bad, None, extra, notes)
-    text = fmt.score(task_row["score_mean"], task_row["score_std"], task_row["n"])
-    return Cell(f"{text} [{bad}]" if bad else text, task_row["score_mean"], extra, notes)
+    text = fmt.score(mean, std, task_row["n"]) if not missing(mean) else DASH
+    return Cell(f"{text} [{bad}]" if bad else text, mean, extra, notes)
+
+
+def further_evaluations(agg: pd.DataFrame, task: str, main_metric: str | None) -> list[str]:
+    """The metrics of a task's further evaluations of the same trained model, `<main>_<split>` (MNLI's
+    accuracy_mismatched, MMLU's accuracy_5shot), that some record of the task has."""
+    if not main_metric:
+        return []
+    rows = agg[agg["task"] == task]
+    prefix = f"scores.{main_metric}_"
+    return sorted(c[len("scores."):-len(".mean")] for c in agg.columns
+                  if c.startswith(prefix) and c.endswith(".mean") and rows[c].notna().any())
 
 
 def figure_cell(row, key: str) -> Cell:
@@ -90,8 +104,11 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         peak, name_source = peak_header(rows, "GB")
         references = {i: reference_row(summary, r) for i, r in rows.iterrows()}
         with_delta = any(ref is not None for ref in references.values())  # a full FT row
+        further = {t: further_evaluations(agg, t, m) for t, m in tasks.values}
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
-        columns += [Column(f"{t} ({m or 'score'})", "higher", ("std", "n", "status")) for t, m in tasks.values]
+        for t, m in tasks.values:
+            columns += [Column(f"{t} ({metric or 'score'})", "higher", ("std", "n", "status"))
+                        for metric in [m, *further[t]]]
         columns += [Column("Average", "higher")] + ([Column("Δ avg vs full")] if with_delta else [])
         columns += [Column("Method params", "lower"), Column("Method %", "lower"),
                     Column("Stored", "lower", csv_header="Stored (bytes)"),
@@ -99,7 +116,10 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
-                              "time is the mean over tasks." + head_caption(rows))
+                              "time is the mean over tasks." + head_caption(rows)
+                              + (" Columns such as accuracy_5shot are further evaluations of the same model "
+                                 "(MMLU 5-shot, MNLI mismatched); the Average leaves them out."
+                                 if any(further.values()) else ""))
         for i, row in rows.iterrows():
             name = display_label(row)
             method = Cell(name)
@@ -107,7 +127,9 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
                 method.notes.append(table.note(f"{name}: no ok score on {', '.join(row['missing_tasks'])}; "
                                                "no average, and its costs cover the other tasks only"))
             cells = [Cell(row["method_family"] or DASH), method]
-            cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}") for t in tasks["task"]]
+            for t in tasks["task"]:
+                cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}", metric)
+                          for metric in [None, *further[t]]]
             cells += [Cell(fmt.score(row["score_avg"]), row["score_avg"])]
             cells += [delta_cell(row, references[i])] if with_delta else []
             cells += [figure_cell(row, "params.method"), figure_cell(row, "params.method_pct"),

@@ -28,14 +28,18 @@ TASK_TYPES = ("classification", "regression", "generation", "multiple_choice")
 _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "text": list, "label": str,
          "labels": list, "verbalizers": list, "choices": list, "target": str, "template": str, "templates": list,
          "metrics": list, "main_metric": str, "generation": dict, "group_by": str, "length_normalize": bool,
-         "eval_task": str}
+         "eval_task": str, "demonstrations": dict}
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
                 "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
-                "manual": dict}
+                "manual": dict, "demo_split": str}
 # A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
 # split, and the renaming of their columns to the hub's schema.
 _MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
+# A k-shot evaluation protocol (MMLU's 5-shot): which evaluation split it applies to ("" = the main one, or
+# a more_eval_splits name), how many solved rows of the source's `demo_split` precede each row, taken from
+# the rows sharing its `per` column, in the split's order, after a `header` naming that group.
+_DEMONSTRATION_KEYS = {"eval": str, "shots": int, "per": str, "header": str}
 _GENERATION_KEYS = {"max_new_tokens": int, "num_beams": int}
 _TEMPLATE_KEYS = {"prompt": str, "answers": list}
 
@@ -65,6 +69,7 @@ class TaskSpec:
     group_by: str | None = None  # rows sharing this column are one example with several references
     length_normalize: bool = False  # rank classification by mean (not total) log-likelihood per token
     eval_task: "TaskSpec | None" = None  # evaluate on another task (instruction tuning -> MMLU)
+    demonstrations: dict | None = None  # a fixed k-shot evaluation (_DEMONSTRATION_KEYS)
     origin: str = ""  # the file:line that defined it
 
     @property
@@ -116,15 +121,18 @@ class TaskSpec:
             return self.answers(prompt, row)[self.gold(row)]
         return str(self.value(row, self.target))
 
-    def demonstrations(self, prompt: Prompt, rows: list[dict]) -> str:
-        """Solved examples for in-context learning, each rendered with its answer."""
-        return "".join(f"{self.render(prompt, r)} {self.target_text(prompt, r)}{DEMO_SEPARATOR}" for r in rows)
+    def solved(self, prompt: Prompt, rows: list[dict], header: str = "") -> str:
+        """Solved examples for in-context learning, each rendered with its answer, after a header."""
+        return (header + DEMO_SEPARATOR if header else "") + "".join(
+            f"{self.render(prompt, r)} {self.target_text(prompt, r)}{DEMO_SEPARATOR}" for r in rows)
 
     def identity(self) -> dict:
         """Everything that changes results: goes into the cell id."""
         ident = asdict(self)
         for key in ("description", "origin"):
             ident.pop(key)
+        if ident["demonstrations"] is None:  # added later: tasks without it keep their cells' ids
+            ident.pop("demonstrations")
         if self.eval_task is not None:
             ident["eval_task"] = self.eval_task.identity()
         return ident
@@ -223,8 +231,28 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
         prompts=prompts, generation=generation, group_by=values.get("group_by"),
         length_normalize=values.get("length_normalize", False),
         eval_task=values.get("eval_task"),  # a name until registry() resolves it
+        demonstrations=_demonstrations(values, src, name, where),
         origin=where(),
     )
+
+
+def _demonstrations(values: dict, src: dict, name: str, where) -> dict | None:
+    if "demonstrations" not in values:
+        return None
+    spec = values["demonstrations"]
+    check_keys(spec, _DEMONSTRATION_KEYS, "demonstrations key", lambda k: where("demonstrations", k),
+               required=("eval", "shots", "per"))
+    spec = {"header": "", **{k: coerce(v, _DEMONSTRATION_KEYS[k], where("demonstrations", k), k)
+                             for k, v in spec.items()}}
+    splits = ["", *src.get("more_eval_splits", {})]
+    if spec["eval"] not in splits:
+        raise BadInput(f"task '{name}': demonstrations apply to an evaluation split, one of {splits}",
+                       where("demonstrations", "eval"), splits)
+    if "demo_split" not in src:
+        raise BadInput(f"task '{name}': demonstrations are read from the source's 'demo_split'", where("source"))
+    if spec["shots"] < 1:
+        raise BadInput(f"task '{name}': demonstrations need at least one shot", where("demonstrations", "shots"))
+    return spec
 
 
 def _check_tables(name: str, src: dict, where) -> None:

@@ -46,7 +46,8 @@ class DataUnavailable(BadInput):
 
 
 def eval_splits(task: TaskSpec) -> dict[str, str]:
-    """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI)."""
+    """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI), each its split key
+    for load_rows ("eval", "eval:<name>")."""
     return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})}}
 
 
@@ -54,6 +55,8 @@ def hub_split(task: TaskSpec, split: str) -> str:
     """The dataset's split name for "train", "eval" or "eval:<name>" (a more_eval_splits entry)."""
     if split.startswith("eval:"):
         return task.source["more_eval_splits"][split[5:]]
+    if split == "demos":  # the solved rows of a k-shot evaluation (task.demonstrations)
+        return task.source["demo_split"]
     return task.source.get("train_split" if split == "train" else "eval_split",
                            "train" if split == "train" else "validation")
 
@@ -93,7 +96,8 @@ def manual_file(task: TaskSpec, split: str, data_dir: str | Path | None) -> tupl
 def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
     """The splits a cell reads: training data, and evaluation data unless another task evaluates."""
     train = [] if evaluation_only else ["train"]
-    return train if task.eval_task is not None else train + list(eval_splits(task).values())
+    demos = ["demos"] if task.demonstrations else []
+    return train if task.eval_task is not None else train + list(eval_splits(task).values()) + demos
 
 
 def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only: bool = False) -> None:
@@ -265,7 +269,7 @@ def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
     if not rows:
         raise BadInput("the file has no rows", where)
     columns = list(rows[0])
-    needed = [*task.text, task.label, task.target, task.group_by]
+    needed = [*task.text, task.label, task.target, task.group_by, (task.demonstrations or {}).get("per")]
     missing = sorted({c.split(".")[0] for c in needed if c} - set(columns))
     if missing:
         raise BadInput(f"no column {', '.join(map(repr, missing))}; the file's columns are "

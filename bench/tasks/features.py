@@ -27,10 +27,10 @@ class EvalSet:
     choices: list[list[list[int]]] | None = None  # per example, the token ids of each answer option
 
 
-def demonstration_ids(task: TaskSpec, tokenizer, prompt: Prompt, rows: list[dict]) -> list[int]:
-    """Token ids of the in-context demonstrations: tokenised once, shared by every evaluated row, and
-    (under the first template) what in-context learning keeps per task in place of trained weights."""
-    return tokenizer(task.demonstrations(prompt, rows), add_special_tokens=False)["input_ids"]
+def demonstration_ids(task: TaskSpec, tokenizer, prompt: Prompt, rows: list[dict], header: str = "") -> list[int]:
+    """Token ids of the in-context demonstrations (after a header): tokenised once, shared by every evaluated
+    row, and (under the first template) what in-context learning keeps per task in place of trained weights."""
+    return tokenizer(task.solved(prompt, rows, header), add_special_tokens=False)["input_ids"]
 
 
 def _encode_prompt(tokenizer, kind: str, text: str, max_length: int, demo_ids: list[int] = ()) -> list[int]:
@@ -92,14 +92,15 @@ def _lm_feature(task: TaskSpec, tok, kind: str, prompt: Prompt, row: dict, max_l
 
 
 def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, prompt: Prompt | None = None,
-                  demos: list[dict] = ()) -> EvalSet:
-    """Inputs for evaluating `rows` under one template (with `demos` prepended for in-context learning)."""
+                  demos: list[dict] = (), header: str = "") -> EvalSet:
+    """Inputs for evaluating `rows` under one template (with `demos` prepended, after `header`, for
+    in-context learning and k-shot evaluation)."""
     tok, kind = bundle.tokenizer, bundle.kind
     if bundle.head == "classifier":
         feats = train_features(task, bundle, rows, max_length)
         return EvalSet([{"input_ids": f["input_ids"]} for f in feats], [f["labels"] for f in feats])
     prompt = prompt or task.prompts[0]
-    demo_ids = demonstration_ids(task, tok, prompt, list(demos)) if demos else []
+    demo_ids = demonstration_ids(task, tok, prompt, list(demos), header) if demos or header else []
 
     def encode(row):
         return {"input_ids": _encode_prompt(tok, kind, task.render(prompt, row), max_length, demo_ids)}
@@ -112,3 +113,30 @@ def eval_features(task: TaskSpec, bundle, rows: list[dict], max_length: int, pro
         key = task.value(row, task.group_by) if task.group_by else i
         groups.setdefault(key, (row, []))[1].append(str(task.value(row, task.target)))
     return EvalSet([encode(r) for r, _ in groups.values()], [refs for _, refs in groups.values()])
+
+
+def fixed_shot_features(task: TaskSpec, bundle, rows: list[dict], solved: list[dict], max_length: int,
+                        prompt: Prompt | None = None) -> EvalSet:
+    """A k-shot evaluation (task.demonstrations; MMLU's 5-shot protocol, Hendrycks et al. 2021): each row
+    after its group's header and the first k solved rows of its group (its subject), in `solved`'s order:
+    the same demonstrations for every method and seed. Rows keep their order."""
+    spec = task.demonstrations
+    pools: dict = {}
+    for row in solved:
+        pools.setdefault(task.value(row, spec["per"]), []).append(row)
+    groups: dict = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(task.value(row, spec["per"]), []).append(i)
+    features, gold, choices = [None] * len(rows), [None] * len(rows), [None] * len(rows)
+    for key, where in groups.items():
+        if len(pools.get(key, [])) < spec["shots"]:
+            raise ValueError(f"task '{task.name}': {len(pools.get(key, []))} solved rows for "
+                             f"{spec['per']} {key!r}, {spec['shots']} needed")
+        # group names such as MMLU's "abstract_algebra" read as words in the header
+        header = spec["header"].format(**{spec["per"]: str(key).replace("_", " ")})
+        part = eval_features(task, bundle, [rows[i] for i in where], max_length, prompt,
+                             pools[key][: spec["shots"]], header)
+        for j, i in enumerate(where):
+            features[i], gold[i] = part.features[j], part.gold[j]
+            choices[i] = part.choices[j] if part.choices is not None else None
+    return EvalSet(features, gold, choices if rows and choices[0] is not None else None)

@@ -15,7 +15,7 @@ from bench.config import TrainConfig
 from bench.tasks import TaskSpec
 from bench.tasks.cache import cached, tokenizer_fingerprint
 from bench.tasks.data import eval_splits, files_fingerprint, load_rows, subsample
-from bench.tasks.features import EvalSet, eval_features, train_features
+from bench.tasks.features import EvalSet, eval_features, fixed_shot_features, train_features
 
 
 @dataclass
@@ -51,11 +51,19 @@ def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir, demos:
     shared = _key(task, bundle, data_dir, n=train.max_eval_samples, max_length=train.max_length,
                   demos=[d.get("idx") for d in demos])  # fingerprints the tokenizer and data files once
     out = {}
+    # a k-shot evaluation split, unless in-context learning brings its own demonstrations
+    k_shot = task.demonstrations["eval"] if task.demonstrations and not demos else None
+    solved = load_rows(task, "demos", data_dir) if k_shot is not None else []
+
+    def build(name: str, rows: list[dict], prompt) -> EvalSet:
+        if name == k_shot:
+            return fixed_shot_features(task, bundle, rows, solved, train.max_length, prompt)
+        return eval_features(task, bundle, rows, train.max_length, prompt, demos)
+
     for name, split in eval_splits(task).items():
         rows = load_rows(task, split, data_dir)[: train.max_eval_samples]
         out[name] = []
         for i, prompt in enumerate(prompts):
             key = {**shared, "split": split, "template": i}
-            built = cached(key, lambda: asdict(eval_features(task, bundle, rows, train.max_length, prompt, demos)))
-            out[name].append(EvalSet(**built))
+            out[name].append(EvalSet(**cached(key, lambda: asdict(build(name, rows, prompt)))))
     return out
