@@ -5,7 +5,8 @@ reports/<suite>/
   tables.tex       every table (LaTeX, booktabs)
   csv/<table>.csv  the numbers behind each table
   plots/*.png|svg  the plots (drawn when md or html is written: the formats that show them)
-  index.html       one self-contained page: tables, plots, suite definition, environment
+  index.html       one self-contained page: the Explore table and Pareto plot (sort, filter, pick the
+                   axes), tables, plots, suite definition, environment
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ class Report:
     suite: str
     folder: Path  # reports/<suite>: plots and files are written below it
     frame: pd.DataFrame  # one row per record (store.load_frame)
+    agg: pd.DataFrame  # one row per (model, task, method label, shots): aggregate.aggregate
     survey: list[Table]
     memory: list[Table]
     fewshot: Table | None
@@ -49,7 +50,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
     agg = aggregate(frame, task_order)
     summary = method_summary(agg)
     devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
-    report = Report(suite, folder, frame, survey_tables(agg, summary), memory_tables(agg),
+    report = Report(suite, folder, frame, agg, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
                     problems)
     if plots:

@@ -1,8 +1,10 @@
-"""index.html: one self-contained page (inline CSS, plots as data URIs, no script, no network).
+"""index.html: one self-contained page (inline CSS, plots as data URIs, one inline script, no network).
 
-It holds the tables (reasons for cells that did not end ok as footnotes and tooltips), the plots,
-the suite definition (its YAML file when found, and the resolved configurations the records carry)
-and the environment the records were made in.
+It opens with the Explore section (bench/report/interactive.py: a sortable, filterable table of every ok
+result and a Pareto plot on axes the reader picks), then holds the tables (reasons for cells that did not
+end ok as footnotes and tooltips), the plots, the suite definition (its YAML file when found, and the
+resolved configurations the records carry) and the environment the records were made in. Everything but
+the Explore section's sorting, filtering and plot reads without JavaScript.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import Counter
 from html import escape
 
 from bench.errors import BadInput
+from bench.report import interactive
 from bench.report.table import Cell, Table
 
 CSS = """
@@ -35,7 +38,11 @@ sup { color: #a00; }
 figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 .skipped { color: #7a4b00; }
-"""
+""" + interactive.CSS
+# What the page may load: its own inline styles, data: images and the one inline script (by its hash). The
+# browser then refuses any request a later change (or a value in a record) might slip in.
+CSP = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {interactive.script_hash()}; "
+       "base-uri 'none'; form-action 'none'")
 
 
 def cell_html(cell: Cell, table: Table, numeric: bool) -> str:
@@ -110,8 +117,10 @@ def env_html(report) -> str:
 
 
 def document(report, suite_source: str) -> str:
-    sections = [(heading.lower().replace(" ", "-"), heading, "".join(table_html(t) for t in tables))
-                for heading, tables in report.sections()]
+    explore = interactive.explore_html(report)
+    sections = [("explore", "Explore", explore)]
+    sections += [(heading.lower().replace(" ", "-"), heading, "".join(table_html(t) for t in tables))
+                 for heading, tables in report.sections()]
     sections.append(("plots", "Plots", plots_html(report)))
     if report.problems:
         items = "".join(f"<li>{escape(p)}</li>" for p in report.problems)
@@ -122,6 +131,7 @@ def document(report, suite_source: str) -> str:
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{html}</section>\n' for key, title, html in sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<link rel="icon" href="data:,"><title>peft-bench: {escape(report.suite)}</title>'
             f"<style>{CSS}</style></head><body>\n<h1>peft-bench: {escape(report.suite)}</h1>\n"
             f"<p>{escape(report.summary_line())} Scores are on a 0-100 scale; hover a cell with a dotted "
