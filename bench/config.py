@@ -52,6 +52,11 @@ class TrainConfig:
     # Every drawn example under a template drawn afresh each step (T-Few), instead of one fixed per row.
     redraw_templates: bool = False
     optimizer: str = "adamw"  # a name in bench/cell/optimizers.py
+    # Speed options (docs/performance.md). They change what is measured (memory, time; compile and
+    # checkpointing may move the last bits of the losses), so they are part of the cell.
+    gradient_checkpointing: bool = False  # recompute layers' activations in backward instead of keeping them
+    compile: bool = False  # torch.compile the adapted model before training (the probe runs uncompiled)
+    group_by_length: bool = False  # batches of similar lengths (less padding), as HF's group_by_length
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
@@ -62,7 +67,9 @@ class TrainConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ADDED_LATER or ADDED_LATER[k] != v}
 
 
-ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False}  # setting -> the value it is left out of the id at
+# setting -> the value it is left out of the id at
+ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
+               "gradient_checkpointing": False, "compile": False, "group_by_length": False}
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -71,7 +78,7 @@ _TRAIN_TYPES = {
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None), "balanced_batches": bool,
-    "redraw_templates": bool,
+    "redraw_templates": bool, "gradient_checkpointing": bool, "compile": bool, "group_by_length": bool,
     "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "optimizer": OPTIMIZERS, "shots": (int, None),
     "objective": ("lm", "tfew"),
     "pooling": POOLINGS,
@@ -101,6 +108,9 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
             values[key] = value
             if key in _EXCLUSIVE and value is not None:
                 values[_EXCLUSIVE[key]] = None
+    if values.get("group_by_length") and values.get("balanced_batches"):
+        raise BadInput("'group_by_length' orders a uniform draw; 'balanced_batches' draws by class: choose one",
+                       layers[-1][1]("group_by_length") if layers else None)
     if values["keep_best"] and not values["eval_every"]:
         raise BadInput("'keep_best' needs 'eval_every' (evaluations to choose the best from)",
                        layers[-1][1]("keep_best") if layers else None)

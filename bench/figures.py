@@ -147,6 +147,9 @@ _FIGURES = [
            "without TF32), from the table `PEAK_FLOPS` in `bench/cell/measure.py`; null on a CPU or a GPU the table "
            "lacks. A datasheet peak rather than a measured matmul rate, so records of one GPU model compare across "
            "machines."),
+    Figure("time", "compile_s", "s", "timing", "`train.compile` only: seconds of `torch.compile` (dynamic shapes) "
+           "and the one warm-up forward and backward on the first training batch that triggers it, before the "
+           "timed steps (so not in `train_s`); null without compile."),
     Figure("time", "infer_latency_s", "s", "timing", "seconds to predict one evaluation example alone (batch 1) "
            "as evaluation predicts it (a forward pass; every answer option of rank classification; the whole "
            "decoding loop of generation), CUDA synchronised, tokenisation excluded: the median over the main "

@@ -305,6 +305,19 @@ class MaskedMean(torch.nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in backward instead of keeping them: transformers' checkpointing,
+    non-reentrant, so it works when the layers' inputs need no gradient (frozen embeddings under PEFT)."""
+    from bench.errors import Unsupported
+
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+    raise Unsupported(f"{type(model).__name__} has no gradient checkpointing (transformers' "
+                      "supports_gradient_checkpointing)")
+
+
 def use_mean_pooling(model: torch.nn.Module) -> None:
     """Make the classification head read the masked mean of the encoder's outputs instead of its first
     token. BERT's head reads the pooler's output: the pooler (dense + tanh over [CLS]) is replaced by

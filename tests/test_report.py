@@ -286,3 +286,18 @@ def test_further_evaluations_get_their_own_column_outside_the_average(tmp_path):
     assert "| **78.5** |" in rows["lora"] and "| 82.0 ± 2.0 (n=3) | **90.0 ± 0.0 (n=3)** |" in rows["full"]
     assert "| 70.0 ± 0.0 (n=3) | – |" in rows["bitfit [3]"]  # not evaluated that way: a dash
     assert "the Average leaves them out" in text
+
+
+def test_gradient_checkpointing_is_named_in_the_survey_and_memory_captions(tmp_path):
+    records = survey_records()
+    for r in records:
+        if r["cell"]["label"] == "lora":
+            r["train"]["gradient_checkpointing"] = True
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert text.count("Gradient checkpointing (activations recomputed in backward: less memory, more time) was on "
+                      "for: lora.") == 2
+    write_store(tmp_path / "plain", survey_records())
+    write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
+    assert "Gradient checkpointing" not in (tmp_path / "plain-reports" / "hand" / "report.md").read_text()

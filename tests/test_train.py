@@ -88,3 +88,89 @@ def test_balanced_batches_draw_every_class_as_often():
     assert [next(first) for _ in range(5)] == [next(again) for _ in range(5)]  # seeded
     with pytest.raises(ValueError, match="a class per training example"):
         next(batches([{"input_ids": [1], "labels": [5, 6]}], 2, 0, balanced=True))
+
+
+def test_length_grouped_batches_sort_each_group_of_the_same_draw_longest_first():
+    """Each group of LENGTH_GROUP batches holds the examples the plain seeded permutation would put there,
+    longest first; every batch is full."""
+    from bench.cell.train import LENGTH_GROUP
+
+    features = [{"input_ids": list(range(1 + (i * 7) % 23))} for i in range(500)]
+    plain, grouped = batches(features, 4, seed=5), batches(features, 4, seed=5, by_length=True)
+    for _ in range(2):  # two groups: 2 × 50 batches of 4 (the 500 examples span them)
+        drawn = [next(plain) for _ in range(LENGTH_GROUP)]
+        sorted_batches = [next(grouped) for _ in range(LENGTH_GROUP)]
+        lengths = [len(f["input_ids"]) for b in sorted_batches for f in b]
+        assert all(len(b) == 4 for b in sorted_batches) and lengths == sorted(lengths, reverse=True)
+        assert sorted(id(f) for b in drawn for f in b) == sorted(id(f) for b in sorted_batches for f in b)
+
+
+def test_length_grouping_and_balanced_batches_exclude_each_other():
+    from bench.config import resolve_train
+    from bench.errors import BadInput
+
+    with pytest.raises(BadInput, match="choose one"):
+        resolve_train([({"group_by_length": True, "balanced_batches": True}, lambda k: f"suite.yaml:{k}")])
+
+
+def test_gradient_checkpointing_keeps_the_gradients_and_saves_fewer_activations():
+    """Recomputed activations give the same loss and gradients, and the instrumented step sees fewer bytes
+    saved for backward."""
+    import contextlib
+
+    from bench.cell.batching import collate
+    from bench.cell.probe import measure_step
+    from bench.models import enable_gradient_checkpointing
+    from tests.adapting import adapt
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = {k: v.to(device) for k, v in collate([{"input_ids": list(range(1, 30)), "labels": 1}] * 4, 0).items()}
+    runs = []
+    for checkpointing in (False, True):
+        _, adapted = adapt("tiny-encoder", "lora")
+        model = adapted.model.to(device)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        step = measure_step(model, batch, device, contextlib.nullcontext)
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        runs.append((step.activation_bytes, loss.detach(), grads))
+    (plain_bytes, plain_loss, plain_grads), (ckpt_bytes, ckpt_loss, ckpt_grads) = runs
+    assert ckpt_bytes < plain_bytes
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    for a, b in zip(plain_grads, ckpt_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_training_keeps_its_compilation_out_of_the_step_times(monkeypatch):
+    """train.compile on a real tiny cell in this process, compiled by dynamo's `eager` backend (the same
+    arithmetic as without compile, and quick: inductor's C++ build takes minutes on a CPU): the same losses
+    and scores as the uncompiled cell (the warm-up that compiles takes no batch and no random draw from
+    training), compile_s recorded apart from train_s."""
+    import dataclasses
+
+    from bench.cell.recipe import run_cell
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
+    cell = next(c for c in grid.expand(load_suite("smoke")) if c.method == "lora" and c.model.name == "tiny-encoder")
+    plain = run_cell(dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_steps=6)), quiet=True)
+    fast = run_cell(dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_steps=6, compile=True)),
+                    quiet=True)
+    assert plain["status"] == fast["status"] == "ok", fast["error"]
+    assert fast["time"]["compile_s"] > 0 and plain["time"]["compile_s"] is None
+    assert fast["train"]["steps"] == 6 and fast["train"]["samples"] == plain["train"]["samples"]
+    assert fast["train"]["first_loss"] == pytest.approx(plain["train"]["first_loss"], rel=1e-5)
+    assert fast["train"]["final_loss"] == pytest.approx(plain["train"]["final_loss"], rel=1e-4)
+    assert fast["scores"]["metrics"] == pytest.approx(plain["scores"]["metrics"])
+
+
+def test_adamw_is_fused_on_cuda_and_torchs_default_elsewhere():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch.nn.Linear(4, 2).to(device)
+    optimizer = optimizer_for(model, TrainConfig())
+    assert optimizer.defaults["fused"] is (True if device == "cuda" else None)

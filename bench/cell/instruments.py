@@ -116,11 +116,12 @@ class TrainingPeak:
 
 
 class Throughput:
-    """time.train_s and the rates over it (samples, tokens, FLOPs per second, MFU)."""
+    """time.train_s, compile_s and the rates over train_s (samples, tokens, FLOPs per second, MFU)."""
 
     def trained(self, run, record):
         times, result = record["time"], run.result
         times["train_s"] = result.train_s
+        times["compile_s"] = result.compile_s
         times["train_samples_per_s"] = result.samples / result.train_s if result.train_s else None
         times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
         times["step_s_median"] = record["train"]["step_s_median"]

@@ -28,7 +28,7 @@ from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import save_adapter
-from bench.models import Bundle, dtype_name, load_bundle
+from bench.models import Bundle, dtype_name, enable_gradient_checkpointing, load_bundle
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import TaskSpec, metrics
@@ -68,6 +68,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
             run = setup(cell, device_for_run())
         record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)  # what `weights_dtype` resolved to
+        record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
                                            for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
         record["cell"]["source"] = "external" if run.adapted.external else "harness"
@@ -118,6 +119,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
                        data.rows)
     adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
     adapted.model.to(device)
+    if tcfg.gradient_checkpointing:
+        enable_gradient_checkpointing(adapted.model)
     evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
     return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets,
                training.autocast_for(device, tcfg.precision))

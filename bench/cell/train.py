@@ -8,6 +8,7 @@ backward (gradient masks) and after each optimizer step (rank reallocation).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import statistics
@@ -44,10 +45,15 @@ def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractCont
     return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = False):
+LENGTH_GROUP = 50  # batches per length-sorted group, as HF's LengthGroupedSampler (its megabatch_mult)
+
+
+def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = False, by_length: bool = False):
     """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries; or,
     `balanced`, each batch drawn with replacement with every example weighted by 1 / its class's count,
-    so every class is drawn as often (T-Few's WeightedRandomSampler)."""
+    so every class is drawn as often (T-Few's WeightedRandomSampler). `by_length`: the permutation is cut
+    into groups of LENGTH_GROUP batches, each sorted longest first, so a batch pads little (and the first
+    batch of a group is its longest: an out-of-memory shows at once)."""
     if not features:
         raise ValueError("no training examples to draw batches from")
     gen = torch.Generator().manual_seed(seed)
@@ -62,11 +68,15 @@ def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = F
             drawn = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
             yield [features[i] for i in drawn.tolist()]
     order: list[int] = []
+    group = batch_size * (LENGTH_GROUP if by_length else 1)
     while True:
-        while len(order) < batch_size:
+        while len(order) < group:
             order += torch.randperm(len(features), generator=gen).tolist()
-        chunk, order = order[:batch_size], order[batch_size:]
-        yield [features[i] for i in chunk]
+        chunk, order = order[:group], order[group:]
+        if by_length:
+            chunk.sort(key=lambda i: -len(features[i]["input_ids"]))
+        for start in range(0, group, batch_size):
+            yield [features[i] for i in chunk[start:start + batch_size]]
 
 
 def redrawn(data, seed: int):
@@ -76,6 +86,25 @@ def redrawn(data, seed: int):
     rng = random.Random(seed)
     for rows in data:
         yield [rng.choice(f["variants"]) if "variants" in f else f for f in rows]
+
+
+def compile_model(model: torch.nn.Module, batch: dict, objective: Objective, autocast, device) -> float:
+    """torch.compile `model` in place (parameter names, so stored states, stay as they are; dynamic shapes:
+    one graph for every padded length) and run one forward and backward on `batch`, so compilation happens
+    here and not in the timed steps. Returns its seconds. Gradients are dropped and the random state
+    restored: training then runs as it would have."""
+    cuda = torch.device(device).type == "cuda"
+    start = time.perf_counter()
+    model.compile(dynamic=True)
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
+        with autocast():
+            loss = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
+        loss.backward()
+    for p in model.parameters():
+        p.grad = None
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
@@ -131,6 +160,7 @@ class TrainResult:
     tokens: int = 0
     positions: int = 0
     optimizer_bytes: int | None = None  # bench.cell.measure.optimizer_state_bytes after the first step
+    compile_s: float | None = None  # train.compile: the warm-up that compiled the model (not in train_s)
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -170,9 +200,13 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     cuda = torch.device(device).type == "cuda"
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
-    data = batches(features, train.batch_size, seed, train.balanced_batches)
+    data = batches(features, train.batch_size, seed, train.balanced_batches, train.group_by_length)
     if train.redraw_templates:
         data = redrawn(data, seed)
+    if train.compile:
+        first = next(data)
+        result.compile_s = compile_model(model, objective.collate(first), objective, autocast, device)
+        data = itertools.chain([first], data)
     began = reported = time.monotonic()
     model.train()
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)

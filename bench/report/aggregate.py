@@ -23,7 +23,8 @@ from bench.report.fmt import missing
 
 KEYS = ["model", "task", "label", "shots"]
 # Fixed by the cell's config, so identical across seeds: the first ok value stands for all.
-FIRST_COLUMNS = ["method", "method_family", "main_metric"] + [f.key for f in FIGURES.values() if f.seeds == "first"]
+FIRST_COLUMNS = ["method", "method_family", "main_metric", "train.gradient_checkpointing"] + [
+    f.key for f in FIGURES.values() if f.seeds == "first"]
 # Every other numeric figure of these sections is a mean over the ok seeds.
 MEASURED_SECTIONS = ("memory.", "time.", "flops.")
 # Cross-task rule per figure in method_summary (see the module docstring).

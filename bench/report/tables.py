@@ -116,7 +116,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         table = Table(f"survey-{slug(model)}", f"{model}: methods compared", columns,
                       caption="Scores: mean ± std over seeds (n = ok seeds), 0-100. Average: mean of the "
                               "task means. Costs: the largest over tasks (params, stored, memory); train "
-                              "time is the mean over tasks." + head_caption(rows)
+                              "time is the mean over tasks." + head_caption(rows) + checkpointing_caption(agg, model)
                               + (" Columns such as accuracy_5shot are further evaluations of the same model "
                                  "(MMLU 5-shot, MNLI mismatched); the Average leaves them out."
                                  if any(further.values()) else ""))
@@ -139,6 +139,17 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
         table.mark_best()
         tables.append(table)
     return tables
+
+
+def checkpointing_caption(agg: pd.DataFrame, model: str) -> str:
+    """Which methods trained with gradient checkpointing: their memory is lower and their time higher for it,
+    which a fair reading of the table must know."""
+    column = "train.gradient_checkpointing"
+    if column not in agg:
+        return ""
+    on = sorted(set(agg[(agg["model"] == model) & (agg[column] == True)]["label"]))  # noqa: E712 (null is not off)
+    return (f" Gradient checkpointing (activations recomputed in backward: less memory, more time) was on for: "
+            f"{', '.join(on)}." if on else "")
 
 
 def head_caption(rows: pd.DataFrame) -> str:
@@ -198,7 +209,7 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
         speed = [part for part in SPEED_PARTS if not part_absent(rows, part[2])]
         columns += [Column(header, "higher", csv_header=csv_header) for header, csv_header, *_ in speed]
         caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
-                   "Definitions: docs/measurement.md.")
+                   "Definitions: docs/measurement.md." + checkpointing_caption(agg, model))
         absent += [header.split(" (")[0] for header, _, figure, *_ in SPEED_PARTS if part_absent(rows, figure)]
         if absent:
             reason = " (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)" if "MFU" in absent else ""
