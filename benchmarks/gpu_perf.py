@@ -1,0 +1,175 @@
+"""GPU performance: MFU of full fine-tuning and LoRA on a 1.1B LLaMA-shaped model at 16k tokens per step, the
+harness's step time against a plain PyTorch loop on the same model and batch, and the harness's load time.
+
+    PYTHONPATH=. python benchmarks/gpu_perf.py [--out docs/measurements/gpu-perf-DATE.md]   # one GPU, <= 6 min
+    PYTHONPATH=. python benchmarks/gpu_perf.py --device cpu                                # smoke, any machine
+
+The model is random-init (TinyLlama's shape: 22 layers of 2048, 4 key/value heads, 32k vocabulary; 1.10B
+parameters) saved as a local bf16 checkpoint, the task a local one of 1,024-token rows, so nothing comes
+from the hub. Each harness cell runs in its own process (bf16 autocast; full fine-tuning keeps fp32 weights,
+LoRA loads them in bf16, as their users do); the plain loop runs in another process on the same checkpoint,
+batches and optimizer (fused AdamW, autocast bf16, gradient clipping) and times its steps the way the harness
+does (CUDA synchronised). MFU is the harness's counted training FLOPs per step over the median step time and
+the device's datasheet peak (bench/cell/measure.py). Goals (docs/performance.md): MFU >= 40 % for full
+fine-tuning, harness step <= 1.03 x plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINYLLAMA = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                 intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
+METHODS = {"full": {"weights_dtype": "fp32", "lr": 2e-5}, "lora": {"weights_dtype": "bf16", "lr": 2e-4}}
+
+
+def sizes(smoke: bool) -> dict:
+    return ({"batch": 2, "length": 64, "steps": 4} if smoke else {"batch": 16, "length": 1024, "steps": 12})
+
+
+def build(folder: Path, smoke: bool) -> tuple[Path, Path]:
+    """The checkpoint (random init, bf16) and a task file of rows that fill the length."""
+    import torch
+    import transformers as tf
+
+    from bench import tiny
+    from bench.tasks.synthetic import lexicon
+
+    tokenizer = tiny.tokenizer()
+    config = (tiny.config("llama", len(tokenizer)) if smoke else
+              tf.LlamaConfig(**TINYLLAMA, pad_token_id=tiny.PAD, bos_token_id=tiny.BOS, eos_token_id=tiny.EOS))
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters", file=sys.stderr)
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    words, rng = sorted(set(lexicon())), random.Random(0)
+    n_words = sizes(smoke)["length"] + 16  # every lexicon word is one token: rows are cut at the length
+    for split, n in (("train", 512), ("eval", 16)):
+        with (folder / f"{split}.jsonl").open("w") as f:
+            for _ in range(n):
+                row = [rng.choice(words) for _ in range(n_words)]
+                f.write(json.dumps({"text": " ".join(row), "label": int(row[0] < row[-1])}) + "\n")
+    (folder / "tasks.yaml").write_text(
+        "tasks:\n  - name: long-binary\n    description: rows as long as the length, binary label\n"
+        "    type: classification\n    source: {files: {train: train.jsonl, eval: eval.jsonl}}\n"
+        "    text: [text]\n    label: label\n    labels: ['0', '1']\n    verbalizers: ['no', 'yes']\n"
+        "    template: '{text} label:'\n    metrics: [accuracy]\n")
+    return folder / "model", folder / "tasks.yaml"
+
+
+def harness(work: Path, model: Path, tasks: Path, method: str, smoke: bool, env: dict) -> dict:
+    s, settings = sizes(smoke), METHODS[method]
+    suite = work / f"perf-{method}.yaml"
+    suite.write_text(f"name: perf-{method}\nmethods: [{method}]\nmodels: ['{model}']\ntasks: [long-binary]\n"
+                     f"seeds: [1]\ntask_files: ['{tasks}']\ncell_timeout_s: 900\n"
+                     f"train: {{batch_size: {s['batch']}, max_steps: {s['steps']}, max_length: {s['length']}, "
+                     f"lr: {settings['lr']}, weights_dtype: {settings['weights_dtype']}, "
+                     f"precision: {'fp32' if smoke else 'bf16'}, eval_batch_size: {s['batch']}, "
+                     f"max_eval_samples: {s['batch']}}}\n")
+    subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(work / "results"),
+                    "--force", "--quiet"], check=True, env=env, cwd=ROOT)
+    (path,) = (work / "results" / f"perf-{method}").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def plain(model_dir: str, tasks_dir: str, method: str, smoke: bool) -> dict:
+    """The same training steps without the harness: load, adapt (LoRA as the harness configures it on LLaMA),
+    train. As the harness trains a decoder on a classification task: the causal LM's loss on the answer word
+    after the prompt (rank classification's training side), padding on the right."""
+    import peft
+    import torch
+    import transformers as tf
+
+    s, settings = sizes(smoke), METHODS[method]
+    device = "cpu" if smoke else "cuda"
+    start = time.perf_counter()
+    tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
+    dtype = torch.float32 if settings["weights_dtype"] == "fp32" else torch.bfloat16
+    model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if method == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
+                                                           target_modules=["q_proj", "v_proj"]))
+    model.to(device).train()
+    load_s = time.perf_counter() - start
+    rows = [json.loads(line) for line in (Path(tasks_dir) / "train.jsonl").read_text().splitlines()]
+    batches = []  # tokenised before the timed steps, as the harness tokenises before training
+    for step in range(s["steps"]):
+        examples = []
+        for row in rows[step * s["batch"]:(step + 1) * s["batch"]]:
+            answer = tokenizer(" " + ("yes" if row["label"] else "no"), add_special_tokens=False)["input_ids"]
+            prompt = tokenizer(row["text"] + " label:")["input_ids"][: s["length"] - len(answer)]
+            examples.append((prompt + answer, [-100] * len(prompt) + answer))
+        width = max(len(ids) for ids, _ in examples)
+        pad = tokenizer.pad_token_id
+        batches.append({"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in examples]),
+                        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids))
+                                                        for ids, _ in examples]),
+                        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in examples])})
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], fused=True if device == "cuda" else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if not smoke else torch.autocast("cpu", enabled=False)
+    step_s = []
+    for batch in batches:
+        begin = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        step_s.append(time.perf_counter() - begin)
+    return {"step_s_median": statistics.median(step_s[1:]), "load_s": load_s}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run at toy size")
+    p.add_argument("--out", help="also write the table (Markdown) to this file")
+    p.add_argument("--worker", nargs=3, metavar=("MODEL", "TASKS", "METHOD"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    smoke = args.device == "cpu"
+    if args.worker:
+        print(json.dumps(plain(*args.worker, smoke)))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="peft-bench-gpu-perf-"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "CI": "true", **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {})}
+    start = time.monotonic()
+    model, tasks = build(work, smoke)
+    lines = ["| method | weights | tokens/step | harness step ms | plain step ms | harness / plain | MFU | load s "
+             "(harness, plain) |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for method in METHODS:
+        record = harness(work, model, tasks, method, smoke, env)
+        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--worker", str(model),
+                              str(tasks.parent), method], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
+        base = json.loads(out.stdout.strip().splitlines()[-1])
+        t, s = record["time"], sizes(smoke)
+        ratio = t["step_s_median"] / base["step_s_median"] if t.get("step_s_median") else None
+        mfu = f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "– (no datasheet peak)"
+        lines.append(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
+                     f"{1000 * t['step_s_median']:.1f} | {1000 * base['step_s_median']:.1f} | "
+                     f"{ratio:.3f} | {mfu} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
+    head = f"gpu_perf ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s, work folder {work}"
+    text = head + "\n\n" + "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
