@@ -105,6 +105,19 @@ def test_shipped_suites_are_valid():
         load_suite(name)
 
 
+def test_shipped_suites_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    """Not only from the checkout's root: the suites beside the package (they once were looked for in
+    bench/suites, which does not exist, so `--suite smoke` failed anywhere else)."""
+    from pathlib import Path
+
+    from bench.plan.suite import suite_names
+
+    monkeypatch.chdir(tmp_path)
+    names = suite_names()
+    assert {"smoke", "ci", "fewshot"} <= set(names)
+    assert names["smoke"] == Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
+
+
 def test_more_mistakes_caught_before_any_work(write_suite):
     from bench.plan import grid
 

@@ -26,7 +26,7 @@ _EXCLUDE_KEYS = ("method", "model", "task", "seed")
 DEFAULT_CELL_TIMEOUT_S = 3600.0
 SEED_LIMIT = 2 ** 32  # seeds are numpy / torch generator seeds: 0 <= seed < 2^32
 MAX_SEEDS = 1000
-REPO_SUITES = Path(__file__).resolve().parent.parent / "suites"
+REPO_SUITES = Path(__file__).resolve().parents[2] / "suites"  # the checkout's suites/, beside bench/
 
 
 @dataclass
