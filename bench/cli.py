@@ -55,10 +55,11 @@ def cmd_run(args) -> int:
     store = Store(args.results)
     if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
         cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
-    print_store_problems(store, s.name)
+    recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
+    print_store_problems(store, bad)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
     summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
-                       quiet=_quiet(args), steal=args.steal_locks)
+                       quiet=_quiet(args), steal=args.steal_locks, recorded=recorded)
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
@@ -91,9 +92,8 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def print_store_problems(store, suite: str | None) -> None:
+def print_store_problems(store, bad: list[str]) -> None:
     """One line on stderr when the store holds files that are not usable records (they are skipped)."""
-    bad = store.problems(suite) if store.root.is_dir() else []
     if bad:
         older = sum("schema_version" in line for line in bad)
         kinds = f" ({older} of another schema version, which this version cannot read)" if older else ""
@@ -113,7 +113,8 @@ def cmd_report(args) -> int:
     from bench.report import write_report
     from bench.run.store import Store
 
-    print_store_problems(Store(args.results), suite_name(args.suite))
+    store, suite = Store(args.results), suite_name(args.suite)
+    print_store_problems(store, store.problems(suite) if store.root.is_dir() else [])
     paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
     for path in paths:
         print(path)

@@ -112,14 +112,19 @@ def problems(record: Any) -> list[str]:
             out.append("scores.metrics holds a value that is not a number")
         if scores.get("main_metric") is not None and not isinstance(scores["main_metric"], str):
             out.append("scores.main_metric is not a string")
-    for section in figures.SECTIONS:
+    for section, numeric in _NUMERIC_FIGURES.items():
         values = record.get(section)
         if isinstance(values, dict):
-            bad = sorted(f.name for f in figures.FIGURES.values() if f.section == section and f.unit != "text"
-                         and f.name in values and not _number_or_null(values[f.name]))
+            bad = sorted(name for name, value in values.items() if name in numeric and not _number_or_null(value))
             if bad:
                 out.append(f"{section}: {', '.join(bad)} not a number")
     return out
+
+
+# Per section, the registered figures that must be numbers (or null); worked out once, as every record a
+# reader loads is checked against them.
+_NUMERIC_FIGURES = {section: frozenset(f.name for f in figures.FIGURES.values()
+                                       if f.section == section and f.unit != "text") for section in figures.SECTIONS}
 
 
 def _number_or_null(value: Any) -> bool:

@@ -41,6 +41,7 @@ def tokenizer_json() -> str:
     return tok.to_str()
 
 
+@functools.lru_cache(maxsize=1)
 def tokenizer_sha256() -> str:
     return hashlib.sha256(tokenizer_json().encode()).hexdigest()[:16]
 

@@ -97,3 +97,20 @@ def test_claim_is_exclusive_and_recovers_stale_locks(tmp_path, cell):
     mine = store.acquire("tiny", cell.id)
     assert mine is not None
     mine.release()
+
+
+def test_planning_from_one_scan_looks_again_at_what_it_would_run(tmp_path, cell):
+    """run reads the suite's records once (Store.scan) to plan; a cell that scan says must run is read again,
+    so a record written since (another runner, an adopted spool) is not trained twice."""
+    from bench.run.runner import plan
+
+    store = Store(tmp_path)
+    assert plan([cell], store, recorded={}) == ([cell], [])
+    failed = rec.finish(rec.new_record(cell), "failed", {"type": "E", "message": "x", "where": None, "traceback": None})
+    store.write(failed)
+    recorded, bad = store.scan("tiny")
+    assert list(recorded) == [cell.id] and bad == []
+    assert plan([cell], store, recorded=recorded) == ([], [cell])  # failed: kept unless --retry-failed
+    store.write(ok_record(cell))  # another runner finished it after the scan
+    assert plan([cell], store, retry_failed=True, recorded=recorded) == ([], [cell])
+    assert plan([cell], Store(tmp_path / "empty"), recorded={cell.id: ok_record(cell)}) == ([], [cell])

@@ -40,12 +40,19 @@ class Cell:
     @property
     def config(self) -> dict:
         """The fully resolved configuration; its hash is the id."""
-        return {"method": {"name": self.method, "config": self.method_config}, "model": self.model.identity(),
-                "task": self.task.identity(), "seed": self.seed, "train": self.train.as_dict()}
+        return cell_config(self.method, self.method_config, self.model.identity(), self.task.identity(), self.seed,
+                           self.train.as_dict())
 
     def line(self) -> str:
         return (f"{self.id}  method={self.label} model={self.model.name} task={self.task.name} "
                 f"seed={self.seed}")
+
+
+def cell_config(method: str, method_config: dict, model_identity: dict, task_identity: dict, seed: int,
+                train_settings: dict) -> dict:
+    """A cell's configuration from its parts' identities (the grid computes each part once, not per cell)."""
+    return {"method": {"name": method, "config": method_config}, "model": model_identity, "task": task_identity,
+            "seed": seed, "train": train_settings}
 
 
 def cell_id(config: dict) -> str:

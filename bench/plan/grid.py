@@ -13,7 +13,7 @@ from bench.errors import BadInput, Unsupported, did_you_mean
 from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
 from bench.methods.compose import composition_name
 from bench.models import ModelSpec, head_for, resolve_model
-from bench.plan.cellspec import Cell, cell_id
+from bench.plan.cellspec import Cell, cell_config, cell_id
 from bench.plan.suite import MethodEntry, Suite, check_seeds
 
 
@@ -69,8 +69,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     per_cell = cell_threads(threads if threads is not None else suite.threads, concurrent)
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    task_identities: dict[str, dict] = {}  # each identity once: 10,000 cells share a few dozen parts
     for model_name in model_names:
         spec = resolve_model(model_name, "--models")
+        model_identity = spec.identity()
         for entry in entries:
             name, family, config, recommended = _resolve_method(entry, spec.arch)
             for task_name in task_names:
@@ -89,19 +91,20 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 if entry.name in methods.REGISTRY and methods.get(entry.name).in_context and train.shots is None:
                     raise BadInput(f"{name} needs 'shots' in its training settings: the examples it shows in "
                                    "the prompt (without it, the whole training set would be)", entry.where())
+                task_identity = task_identities.setdefault(task_name, task.identity())
+                train_settings = train.as_dict()
                 for seed in seeds:
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
-                    cell = Cell("", suite.name, entry.label, name, family, spec, task, seed, config, train,
-                                suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell)
-                    cid = cell_id(cell.config)
+                    cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings))
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
                                        "configuration; drop one", suite.where("methods"))
                     if cid in seen:  # the same cell named twice on the command line: run it once
                         continue
                     seen[cid] = entry.label
-                    cells.append(dataclasses.replace(cell, id=cid))
+                    cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
+                                      suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell))
     return cells
 
 

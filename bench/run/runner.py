@@ -60,13 +60,18 @@ def needs_run(record: dict | None, retry_failed: bool) -> bool:
     return bool(retry_failed and retryable)
 
 
-def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: bool = False) -> tuple[list, list]:
-    """(cells to run, cells to skip)."""
+def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: bool = False,
+         recorded: dict[str, dict] | None = None) -> tuple[list, list]:
+    """(cells to run, cells to skip). `recorded`: the suite's records by cell id (Store.scan), when the
+    caller has read them already; a cell they say must run is looked at again (another runner, or a record
+    adopted from the spool, may have finished it since)."""
     if force:  # whatever is recorded, everything reruns: no record needs reading
         return list(cells), []
     todo, skip = [], []
     for cell in cells:
-        (todo if needs_run(store.read(cell.suite, cell.id), retry_failed) else skip).append(cell)
+        known = recorded.get(cell.id) if recorded is not None else None
+        record = known if known is not None and not needs_run(known, retry_failed) else store.read(cell.suite, cell.id)
+        (todo if needs_run(record, retry_failed) else skip).append(cell)
     return todo, skip
 
 
@@ -120,7 +125,7 @@ def steal_locks(cells: list[Cell], store: Store) -> list[str]:
 
 
 def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, retry_failed: bool = False,
-             quiet: bool = False, steal: bool = False) -> GridSummary:
+             quiet: bool = False, steal: bool = False, recorded: dict[str, dict] | None = None) -> GridSummary:
     """Run the cells that need it through `executor` (as many at once as it has slots), storing each
     record as it arrives. A cell runs only under its lock, taken just before the executor starts it."""
     summary = GridSummary(total=len(cells))
@@ -128,7 +133,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
         summary.notes += steal_locks(cells, store)
     summary.adopted, notes = adopt_incoming(store, {c.suite for c in cells})
     summary.notes += notes
-    todo, skip = plan(cells, store, force, retry_failed)
+    todo, skip = plan(cells, store, force, retry_failed, recorded)
     summary.skipped = len(skip)
     planned = {c.id: store.stamp(c.suite, c.id) for c in todo}  # what each record was when planned
     bar = tqdm(total=len(cells), initial=len(skip), desc="grid", unit="cell", disable=quiet, position=0,

@@ -80,17 +80,30 @@ class Store:
         folders = [self.suite_dir(suite)] if suite else sorted(p for p in self.root.glob("*") if p.is_dir())
         found, bad = [], []
         for folder in folders:
-            for path in sorted(folder.glob("*.json")):
-                try:
-                    record = json.loads(path.read_text())
-                except (OSError, ValueError) as e:
-                    bad.append(f"{path}: unreadable ({e})")
-                    continue
-                issues = problems(record)
-                if issues:
-                    bad.append(f"{path}: " + "; ".join(issues))
-                else:
-                    found.append(record)
+            usable, unusable = self._scan(folder)
+            found += usable.values()
+            bad += unusable
+        return found, bad
+
+    def scan(self, suite: str) -> tuple[dict[str, dict], list[str]]:
+        """A suite's usable records by the cell id their file is named for (what `read` would return for
+        it), and a line per unusable file: one pass over the folder for a whole grid's planning."""
+        return self._scan(self.suite_dir(suite))
+
+    @staticmethod
+    def _scan(folder: Path) -> tuple[dict[str, dict], list[str]]:
+        found, bad = {}, []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                bad.append(f"{path}: unreadable ({e})")
+                continue
+            issues = problems(record)
+            if issues:
+                bad.append(f"{path}: " + "; ".join(issues))
+            else:
+                found[path.stem] = record
         return found, bad
 
     def stamp(self, suite: str, cell_id: str) -> tuple[int, int] | None:
