@@ -96,10 +96,12 @@ def suite_html(report, suite_source: str) -> str:
         label = cell.get("label") or cell["method"]
         for key, value in ((f"method {label}", {"method": config.get("method"), "train": config.get("train")}),
                            (f"model {cell['model']}", config.get("model")), (f"task {cell['task']}", config.get("task"))):
-            configs.setdefault(key, Counter())[json.dumps(value, indent=1, sort_keys=True, default=str)] += 1
+            # counted in compact form (json's C encoder; `indent` would leave it): pretty-printed once each below
+            configs.setdefault(key, Counter())[json.dumps(value, sort_keys=True, default=str)] += 1
     details = []
     for key in sorted(configs):
-        variants = "".join(f"<p>{n} record(s):</p><pre>{escape(v)}</pre>" for v, n in configs[key].most_common())
+        variants = "".join(f"<p>{n} record(s):</p><pre>{escape(json.dumps(json.loads(v), indent=1))}</pre>"
+                           for v, n in configs[key].most_common())
         details.append(f"<details><summary>{escape(key)}</summary>{variants}</details>")
     return text + "<h3>Resolved configurations (from the records)</h3>" + "".join(details)
 
