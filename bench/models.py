@@ -312,7 +312,10 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         if getattr(module, "supports_gradient_checkpointing", False):
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(module, "activation_checkpointing_enable"):  # its name since transformers 5.24
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             return
     raise Unsupported(f"{type(model).__name__} has no gradient checkpointing (transformers' "
                       "supports_gradient_checkpointing)")
@@ -322,28 +325,33 @@ def use_mean_pooling(model: torch.nn.Module) -> None:
     """Make the classification head read the masked mean of the encoder's outputs instead of its first
     token. BERT's head reads the pooler's output: the pooler (dense + tanh over [CLS]) is replaced by
     the mean, so its pretrained weights, which mean pooling does not use, are not counted or trained.
-    Heads that read position 0 themselves (RoBERTa) find the mean there."""
+    Heads that read position 0 themselves (RoBERTa) find the mean there. The hooks find the mean through
+    the module they are called on, never a closure, so a copy of the model (a merged copy) pools its own
+    inputs."""
     backbone = getattr(model, model.base_model_prefix)
-    mean = MaskedMean()
-
-    def stash_mask(module, args, kwargs):
-        mean.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-
-    backbone.register_forward_pre_hook(stash_mask, with_kwargs=True)
+    backbone.register_forward_pre_hook(_stash_mask, with_kwargs=True)
     if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = mean
+        backbone.pooler = MaskedMean()
         return
+    backbone.add_module("bench_mean_pool", MaskedMean())
+    backbone.register_forward_hook(_mean_at_first_position)
 
-    def mean_at_first_position(module, args, output):
-        hidden = output[0]
-        first = torch.cat([mean(hidden).unsqueeze(1), hidden[:, 1:]], dim=1)  # the head reads [:, 0]
-        if isinstance(output, tuple):
-            return (first, *output[1:])
-        output.last_hidden_state = first
-        return output
 
-    backbone.add_module("bench_mean_pool", mean)
-    backbone.register_forward_hook(mean_at_first_position)
+def _mean_of(backbone: torch.nn.Module) -> "MaskedMean":
+    return backbone.pooler if isinstance(getattr(backbone, "pooler", None), MaskedMean) else backbone.bench_mean_pool
+
+
+def _stash_mask(backbone, args, kwargs):
+    _mean_of(backbone).mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+
+def _mean_at_first_position(backbone, args, output):
+    hidden = output[0]
+    first = torch.cat([_mean_of(backbone)(hidden).unsqueeze(1), hidden[:, 1:]], dim=1)  # the head reads [:, 0]
+    if isinstance(output, tuple):
+        return (first, *output[1:])
+    output.last_hidden_state = first
+    return output
 
 
 def _package_path(spec: ModelSpec) -> str:

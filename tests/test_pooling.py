@@ -38,6 +38,23 @@ def test_mean_pooling_feeds_the_head_the_masked_mean(name):
         assert not any("pooler.dense" in n for n, _ in mean.named_parameters())  # unused weights are gone
 
 
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-encoder"])
+def test_a_copy_of_a_mean_pooled_model_pools_its_own_inputs(name):
+    """A merged LoRA is a deep copy: it once pooled with the mask its original saw last (a RuntimeError on
+    MiniLM when the lengths differed, or a silently wrong mean when they matched)."""
+    import copy
+
+    model = load_bundle(REGISTRY[name], "classification", 2, seed=3, pooling="mean").model.eval()
+    long, short = collate(BATCH[:1], 0), collate(BATCH[1:], 0)
+    with torch.no_grad():
+        expected = model(**short).logits
+        model(**long)  # the original's last input is longer
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(twin(**short).logits, expected)
+        model(**long)  # and the original's calls do not reach the copy
+        torch.testing.assert_close(twin(**short).logits, expected)
+
+
 def test_the_registry_default_and_the_grid_resolve_pooling(write_suite):
     from bench.plan import grid
     from bench.plan.suite import load_suite
