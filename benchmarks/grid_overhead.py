@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -42,6 +41,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # benchmarks/, also for workers run elsewhere
+from benchmarks.machine import loadavg, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_SHARE = 15.0  # % of wall time outside training and evaluation, on CPU
@@ -374,27 +376,6 @@ def import_costs(work: Path, n: int = 12) -> tuple[float, list[str]]:
             rows.append((int(m.group(2)) / 1e6, m.group(4)))
     rows.sort(reverse=True)
     return wall, [f"    {name:48}{seconds:8.2f} s" for seconds, name in rows[:n]]
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"machine: {cpu}; {cores} usable cores ({os.cpu_count()} online); Python {platform.python_version()}, "
-            f"torch {torch.__version__}; {platform.platform()}")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def main(argv=None) -> int:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -64,6 +63,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # benchmarks/, also for workers run elsewhere
+from benchmarks.machine import loadavg, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO  # the folder whose `bench` package is measured (--source); children find it first on PYTHONPATH
@@ -410,30 +412,6 @@ def child_env(work: Path) -> dict:
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", CI="true",
                TOKENIZERS_PARALLELISM="false")
     return env
-
-
-def machine() -> str:
-    import peft
-    import torch
-    import transformers
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"machine: {cpu}; {cores} usable cores ({os.cpu_count()} online); Python {platform.python_version()}, "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
-            f"{platform.platform()}")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def med(runs: list[dict], key: str) -> float | None:
