@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # benchmarks/, also for workers run elsewhere
-from benchmarks.machine import loadavg, machine  # noqa: E402
+from benchmarks.machine import loadavg, machine, print_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_SHARE = 15.0  # % of wall time outside training and evaluation, on CPU
@@ -420,14 +420,7 @@ def main(argv=None) -> int:
     else:
         args.suite = str(Path(args.suite).resolve())
 
-    print("Grid overhead: the share of wall time outside training and evaluation")
-    print(machine())
-    python = Path(sys.executable)
-    python = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else str(python)
-    print("reproduce (from the repository root): PYTHONPATH=. " + shlex.join(
-        [python, os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])]))
-    if SOURCE != REPO:
-        print(f"measuring the bench package in {SOURCE}")
+    print_header("Grid overhead: the share of wall time outside training and evaluation", __file__, argv if argv is not None else sys.argv[1:], REPO, SOURCE)
     print(f"load average at start: {loadavg()}\n", flush=True)
     summary: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="grid-overhead-") as tmp:

@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # benchmarks/, also for workers run elsewhere
-from benchmarks.machine import loadavg, machine  # noqa: E402
+from benchmarks.machine import loadavg, machine, print_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO  # the folder whose `bench` package is measured (--source); children find it first on PYTHONPATH
@@ -597,14 +597,7 @@ def main(argv=None) -> int:
                                max_eval_samples=args.minilm_eval_samples)
     args.data_dir = args.data_dir.resolve()
 
-    print("Harness overhead: (a) peft-bench run, (b) a plain PyTorch + peft loop, (c) HF Trainer + peft")
-    print(machine())
-    python = Path(sys.executable)
-    python = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else str(python)
-    print("reproduce (from the repository root): PYTHONPATH=. " + shlex.join(
-        [python, os.path.relpath(__file__, REPO), *(argv if argv is not None else sys.argv[1:])]))
-    if SOURCE != REPO:
-        print(f"measuring the bench package in {SOURCE}")
+    print_header("Harness overhead: (a) peft-bench run, (b) a plain PyTorch + peft loop, (c) HF Trainer + peft", __file__, argv if argv is not None else sys.argv[1:], REPO, SOURCE)
     print("(b) and (c) build the model with bench.models.load_bundle and tokenise with bench's train_features/"
           "eval_features (no disk cache), so model and data are the harness's: what differs is the loop and what "
           "surrounds it. (c) gets the same AdamW and LambdaLR objects; its sampler draws its own batch order.")

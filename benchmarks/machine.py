@@ -31,3 +31,18 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
+
+
+def print_header(title: str, script: str, argv: list[str], repo: Path, source: Path) -> None:
+    """The title, the machine, the command that reproduces the run, and which code it measures."""
+    import shlex
+    import sys
+
+    print(title)
+    print(machine())
+    python = Path(sys.executable)
+    python = os.path.relpath(python, repo) if python.is_relative_to(repo) else str(python)
+    print("reproduce (from the repository root): PYTHONPATH=. " + shlex.join([python, os.path.relpath(script, repo),
+                                                                              *argv]))
+    if source != repo:
+        print(f"measuring the bench package in {source}")
