@@ -647,6 +647,8 @@ def main(argv=None) -> int:
                 text, summary = table(model, method, cfg, runs, args, inproc)
                 print("\n" + text + "\n", flush=True)
                 everything.append(summary)
+                if args.json:  # after each (model, method), so a run stopped later keeps what it measured
+                    args.json.write_text(json.dumps({"machine": machine(), "cells": everything}, indent=1))
         if args.keep:
             kept = Path(tempfile.mkdtemp(prefix="harness-overhead-kept-"))
             import shutil
