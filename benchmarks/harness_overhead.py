@@ -248,6 +248,8 @@ def worker(kind: str, spec: dict, out: Path) -> None:
     marks["imported"] = time.time() - launched
     if kind == "inprocess":
         return inprocess(spec, out)
+    if kind == "null":
+        return null_loop(spec, out)
 
     t0 = time.perf_counter()
     bundle, model, features, evalset, tok_s = build(spec)
@@ -310,6 +312,55 @@ def inprocess(spec: dict, out: Path) -> None:
     write_json(out, {"variant": "inprocess", "block": block, "rounds": rounds,
                      "harness_step_s": [s for blk in a for s in blk], "plain_step_s": [s for blk in b for s in blk],
                      "round_ratios": [statistics.median(x) / statistics.median(y) for x, y in zip(a, b)]})
+
+
+def null_loop(spec: dict, out: Path) -> None:
+    """The loops' own cost per step, where the model costs next to nothing: an embedding bag and a linear
+    layer on the tiny cell's real batches (bench's collate included), trained by bench.cell.train.train and by
+    the plain loop in ABBA blocks of `null_steps` steps. Each variant's median step (the timed window) and its
+    whole loop's wall time per step (what the window leaves out: loss read-out, token counts, progress) are
+    microseconds that a real step's milliseconds then carry."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.cell import train as harness
+    from bench.cell.batching import collate
+    from bench.cell.objectives import Objective, lm_loss
+    from bench.config import TrainConfig
+    from bench.methods.base import Adapted
+
+    bundle, _, features, _, _ = build({**spec, "method": "full"})
+    pad, steps = bundle.tokenizer.pad_token_id, spec["null_steps"]
+
+    class Null(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = torch.nn.Embedding(len(bundle.tokenizer), 8), torch.nn.Linear(8, 2)
+
+        def forward(self, input_ids, attention_mask=None, labels=None):
+            logits = self.head(self.emb(input_ids).mean(1))
+            return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits, labels), logits=logits)
+
+    config = TrainConfig(lr=1e-3, batch_size=spec["batch_size"], max_steps=steps, max_length=spec["max_length"],
+                         warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
+    objective = Objective("head", lambda rows: collate(rows, pad), lm_loss)
+    found = {"harness": [], "plain": []}
+
+    def run(variant: str) -> dict:
+        model = Null()
+        start = time.perf_counter()
+        if variant == "harness":
+            step_s = harness.train(Adapted(model), features, objective, config, spec["seed"], "cpu", quiet=True).step_s
+        else:
+            step_s = plain_train(model, features, pad, steps, spec["batch_size"], 1e-3, spec["seed"])[0]
+        return {"median_s": statistics.median(step_s), "loop_per_step_s": (time.perf_counter() - start) / steps}
+
+    run("harness"), run("plain")  # warm-up, not counted
+    for r in range(spec["rounds"]):
+        for variant in (("harness", "plain") if r % 2 == 0 else ("plain", "harness")):
+            found[variant].append(run(variant))
+    write_json(out, {"variant": "null", "steps": steps, "rounds": spec["rounds"], **found})
 
 
 def write_json(out: Path, result: dict) -> None:
@@ -383,7 +434,8 @@ def run_harness(work: Path, model: str, method: str, cfg: dict, args, tag: str) 
 
 
 def run_worker(kind: str, work: Path, model: str, method: str, cfg: dict, args, tag: str) -> dict:
-    spec = {"block": cfg["block"], "rounds": args.inprocess_rounds, "model": model, "method": method,
+    spec = {"block": cfg["block"], "rounds": 6 if cfg.get("null") else args.inprocess_rounds,
+            "null_steps": args.null_steps, "model": model, "method": method,
             "task": cfg["task"], "steps": cfg["steps"],
             "batch_size": cfg["batch_size"], "max_length": cfg["max_length"], "eval_batch_size": cfg["eval_batch_size"],
             "max_train_samples": cfg["max_train_samples"], "max_eval_samples": cfg["max_eval_samples"],
@@ -422,6 +474,23 @@ def med(runs: list[dict], key: str) -> float | None:
 def ratio_range(num: list[dict], den: list[dict], key: str) -> str:
     ratios = [a[key] / b[key] for a, b in zip(num, den)]
     return f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "n/a"
+
+
+def null_table(null: dict) -> str:
+    h, p = null["harness"], null["plain"]
+    med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
+    window = med(h, "median_s") - med(p, "median_s")
+    loop = med(h, "loop_per_step_s") - med(p, "loop_per_step_s")
+    return "\n".join([
+        f"The loops alone (a near-free model on the tiny cell's batches, {null['rounds']} ABBA rounds of "
+        f"{null['steps']} steps, one process): what each loop itself costs per step",
+        f"  {'':44}{'harness':>12}{'plain':>12}{'harness - plain':>17}",
+        f"  {'median step, the timed window (us)':44}{1e6 * med(h, 'median_s'):12.1f}{1e6 * med(p, 'median_s'):12.1f}"
+        f"{1e6 * window:17.1f}",
+        f"  {'whole loop / steps (us)':44}{1e6 * med(h, 'loop_per_step_s'):12.1f}"
+        f"{1e6 * med(p, 'loop_per_step_s'):12.1f}{1e6 * loop:17.1f}",
+        f"  (a 25 ms tiny step carries {100 * window / 0.025:+.2f} % in its window and {100 * loop / 0.025:+.2f} % over the "
+        f"whole loop; a 1 s MiniLM step {100 * window / 1.0:+.3f} % and {100 * loop / 1.0:+.3f} %)", ""])
 
 
 def inprocess_medians(inproc: dict) -> tuple[float, float]:
@@ -565,13 +634,17 @@ def main(argv=None) -> int:
     p.add_argument("--inprocess-rounds", type=int, default=6,
                    help="rounds of the in-process A/B of the two loops (ABBA blocks of 25 steps on tiny, 4 on MiniLM); "
                         "0 skips it (default %(default)s)")
+    p.add_argument("--null-steps", type=int, default=1000,
+                   help="steps per block of the loops-only comparison on a near-free model (tiny cell's batches; "
+                        "6 ABBA rounds); 0 skips it (default %(default)s)")
+    p.add_argument("--null-only", action="store_true", help="run only the loops-only comparison")
     p.add_argument("--json", type=Path, help="also write every run's figures to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (suites, records, worker output)")
     p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a run saved with --json; run nothing")
     p.add_argument("--source", type=Path, default=REPO,
                    help="folder whose bench package is measured (default: this checkout), e.g. one commit's code: "
                         "git archive HEAD bench suites | tar -x -C DIR")
-    p.add_argument("--worker", choices=["plain", "trainer", "inprocess"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["plain", "trainer", "inprocess", "null"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -584,7 +657,7 @@ def main(argv=None) -> int:
 
     if args.report:
         return report(args.report)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if not args.null_only else []
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name, known in (("model", MODELS), ("method", METHODS)):
         for value in (models if name == "model" else methods):
@@ -649,6 +722,13 @@ def main(argv=None) -> int:
                 everything.append(summary)
                 if args.json:  # after each (model, method), so a run stopped later keeps what it measured
                     args.json.write_text(json.dumps({"machine": machine(), "cells": everything}, indent=1))
+        if args.null_steps > 0:
+            null = run_worker("null", work, "tiny-encoder", "full", {**MODELS["tiny-encoder"], "null": True}, args,
+                              "null")
+            print(null_table(null))
+            null_summary = null
+        else:
+            null_summary = None
         if args.keep:
             kept = Path(tempfile.mkdtemp(prefix="harness-overhead-kept-"))
             import shutil
@@ -659,7 +739,7 @@ def main(argv=None) -> int:
     print_summary(everything)
     print(f"load average at end: {loadavg()}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "cells": everything}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "cells": everything, "null": null_summary}, indent=1))
     return 0
 
 
