@@ -156,7 +156,7 @@ def optimizer_and_schedule(model, lr: float, steps: int):
 
 
 def plain_train(model, features: list[dict], pad: int, steps: int, bs: int, lr: float, seed: int):
-    """The minimal loop: the harness's seeded batch order (bench.cell.train.batches), each step timed from
+    """The minimal loop: the harness's seeded batch order (bench.cell.batching.batches), each step timed from
     batch collation to the end of the optimizer step. Returns (step seconds, losses)."""
     import torch
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save
 
 from bench import tiny
-from bench.cell.batching import collate
+from bench.cell.batching import batches, collate
 from bench.cell.measure import (
     PeakMemory,
     Sampler,
@@ -28,7 +28,7 @@ from bench.cell.probe import (
     training_flops,
     workspace_bytes,
 )
-from bench.cell.train import batches, train
+from bench.cell.train import train
 from bench.config import TrainConfig
 from tests.adapting import adapt
 

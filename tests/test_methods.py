@@ -16,8 +16,8 @@ import transformers
 from packaging.version import Version
 
 from bench import methods, tiny
-from bench.cell.batching import collate
-from bench.cell.train import batches, optimizer_for
+from bench.cell.batching import batches, collate
+from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
 from bench.errors import Unsupported
 from bench.methods.attention_prefix import FOLDED

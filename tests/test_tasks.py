@@ -280,7 +280,8 @@ def test_a_task_without_metrics_is_bad_input(tmp_path):
 def test_redrawn_templates_change_across_steps_for_the_same_row():
     """T-Few draws a template per example per step: with `redraw_templates` one row meets every template of
     synth-choice over a few steps (seeded: the same draws again), while the fixed draw shows only one."""
-    from bench.cell.train import batches, redrawn
+    from bench.cell.batching import batches
+    from bench.cell.train import redrawn
     from bench.models import REGISTRY, load_bundle
     from bench.tasks import builtin_tasks
 

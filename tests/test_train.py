@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from bench.cell.batching import batches, positions_in, tokens_in
 from bench.cell.optimizers import OPTIMIZERS
-from bench.cell.train import batches, linear_schedule, optimizer_for, positions_in, tokens_in, total_steps
+from bench.cell.train import linear_schedule, optimizer_for, total_steps
 from bench.config import TrainConfig
 
 
@@ -93,7 +94,7 @@ def test_balanced_batches_draw_every_class_as_often():
 def test_length_grouped_batches_sort_each_group_of_the_same_draw_longest_first():
     """Each group of LENGTH_GROUP batches holds the examples the plain seeded permutation would put there,
     longest first; every batch is full."""
-    from bench.cell.train import LENGTH_GROUP
+    from bench.cell.batching import LENGTH_GROUP
 
     features = [{"input_ids": list(range(1 + (i * 7) % 23))} for i in range(500)]
     plain, grouped = batches(features, 4, seed=5), batches(features, 4, seed=5, by_length=True)

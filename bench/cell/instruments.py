@@ -4,7 +4,7 @@ The recipe announces its moments, and each instrument writes its own figures (be
 the moments it cares about, in the order `standard()` lists them:
 
     loading          (window)  setup: model, data, objective, method, evaluation sets
-    loaded           the adapted model exists, untrained
+    loaded           the adapted model exists, untrained (what setup resolved is written first)
     before_training  the untrained model, just before training would start (also for methods that
                      do not train: their costs are measured on the same model)
     training         (window)  the training loop
@@ -33,8 +33,23 @@ from bench.cell.measure import (
     utilisation,
     weight_bytes,
 )
-from bench.cell.probe import inference_flops, measure_step, probe_batch, training_flops, workspace_bytes
-from bench.cell.train import compute_dtype
+from bench.cell.probe import first_step, inference_flops, training_flops, workspace_bytes
+from bench.models import dtype_name
+from bench.tasks.data import resolved_revision
+
+
+class Resolved:
+    """What setup resolved that the cell's configuration leaves open: the weights' dtype (`auto`), the data's
+    hub revisions, the training rows drawn (few-shot and subsampled cells), where the weights came from."""
+
+    def loaded(self, run, record):
+        cell = run.cell
+        record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
+        record["train"]["weights_dtype"] = dtype_name(run.bundle.model)
+        record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
+        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
+                                           for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
+        record["cell"]["source"] = "external" if run.adapted.external else "harness"
 
 
 class Timer:
@@ -71,26 +86,25 @@ class StepProbe:
     def before_training(self, run, record):
         if not run.adapted.trains:
             return
-        tcfg = run.cell.train
-        batch = probe_batch(run.data.features, tcfg.batch_size, run.cell.seed, run.objective.collate)
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        self.step = measure_step(run.adapted.model, batch, run.device, run.autocast, run.objective.loss)
+        self.step = first_step(run.adapted.model, run.data.features, run.cell.train.batch_size, run.cell.seed,
+                               run.objective, run.device, run.autocast)
 
     def trained(self, run, record):
         memory, result = record["memory"], run.result
         memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
                       optimizer_bytes=result.optimizer_bytes,
                       workspace_bytes=workspace_bytes(self.step, memory["trainable_bytes"]))
-        memory["predicted_peak_bytes"] = predicted_peak(memory)
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
+        memory["predicted_peak_bytes"] = predicted_peak(memory)
 
 
 class InferenceFlops:
-    """flops.inference_per_example (and the cost model's) on the untrained model: generation's decoding
-    length depends on the weights, so every method is counted at the same starting point."""
+    """flops.inference_per_example (and the cost model's) on the untrained model, once it is loaded:
+    generation's decoding length depends on the weights, so every method is counted at the same
+    starting point."""
 
-    def before_training(self, run, record):
+    def loaded(self, run, record):
         record["flops"].update(inference_flops(run.bundle, run.adapted.model, run.evalsets[""][0],
                                                run.evaluation, run.device, run.autocast, record["params"]["total"]))
 
@@ -126,7 +140,7 @@ class Throughput:
         times["train_tokens_per_s"] = result.tokens / result.train_s if result.train_s else None
         times["step_s_median"] = record["train"]["step_s_median"]
         times.update(utilisation(record["flops"]["train_total"], times["train_s"], record["env"]["device"],
-                                 compute_dtype(run.device, run.cell.train.precision)))
+                                 run.compute_dtype))
 
 
 class EvaluationPeak:
@@ -185,5 +199,5 @@ def standard() -> Instruments:
     training window opens (its warm-up must not count in the peaks); the evaluation's peak window
     encloses its timer, so eval_s does not include resetting and reading the peaks; the speed of prediction
     is measured after the stored state's size is read, as merging may change the adapted model."""
-    return Instruments(EvaluationPeak(), Timer(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(),
+    return Instruments(EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(),
                        Throughput(), InferenceSpeed())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -35,11 +36,11 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
 def objective_for(name: str, bundle, task_type: str) -> Objective:
     pad = bundle.tokenizer.pad_token_id
     if name in ("lm", "head"):  # the model's own loss: token cross-entropy, or its classification head's
-        return Objective(name, lambda features: collate(features, pad), lm_loss)
+        return Objective(name, partial(collate, pad_id=pad), lm_loss)
     if bundle.head != "lm" or task_type not in ("classification", "multiple_choice"):
         raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
                           "classification or multiple-choice task")
-    return Objective("tfew", lambda features: _tfew_collate(features, bundle.kind, pad), _tfew_loss_of_batch)
+    return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad), _tfew_loss_of_batch)
 
 
 def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, torch.Tensor]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils import flop_counter
 
+from bench.cell.batching import batches, positions_in, tokens_in
 from bench.cell.measure import storage_key, tensor_bytes
 from bench.cell.objectives import lm_loss
-from bench.cell.train import batches, positions_in, tokens_in
 from bench.models import is_encoder_decoder
 
 _aten = torch.ops.aten
@@ -41,29 +41,34 @@ class StepMeasure:
     forward_flops: int
     backward_flops: int
     rows: int  # examples in the batch
-    positions: int  # padded positions computed on (bench.cell.train.positions_in)
-    tokens: int  # non-padding tokens (bench.cell.train.tokens_in)
+    positions: int  # padded positions computed on (bench.cell.batching.positions_in)
+    tokens: int  # non-padding tokens (bench.cell.batching.tokens_in)
 
 
 class SavedTensors:
-    """Within the block: the storages autograd saves for backward, except those in `exclude`.
+    """Within the block: the storages autograd saves for backward, by storage (bench.cell.measure.storage_key).
 
     References are held until the block ends so that no storage freed inside it can be reused at the
-    same address and be mistaken for one already seen.
+    same address and be mistaken for one already seen. Which of them are the model's own weights is
+    asked afterwards (`sizes_without`), so the block's only call into measure is the hook's.
     """
 
-    def __init__(self, exclude: set[int]):
-        self.exclude = exclude
+    def __init__(self):
         self.sizes: dict[int, int] = {}
         self._held: list[torch.Tensor] = []
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         key = storage_key(t)
-        if key not in self.exclude and key not in self.sizes:
+        if key not in self.sizes:
             self.sizes[key] = t.untyped_storage().nbytes()
             self._held.append(t)
         return t
+
+    def sizes_without(self, tensors) -> list[int]:
+        """Bytes of each saved storage that is not one of `tensors`' (the parameters and buffers)."""
+        own = {storage_key(t) for t in tensors}
+        return [size for key, size in self.sizes.items() if key not in own]
 
     def __enter__(self):
         self._hooks.__enter__()
@@ -76,20 +81,21 @@ class SavedTensors:
 
 
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
-                      fake_mode=None, loss_fn=lm_loss) -> StepMeasure:
+                      fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None) -> StepMeasure:
     """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
     step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
-    only when something requires a gradient.
+    only when something requires a gradient. `encoder_decoder` is the model's kind if the caller knows it.
     """
-    encoder_decoder = is_encoder_decoder(model)
+    if encoder_decoder is None:
+        encoder_decoder = is_encoder_decoder(model)
     rows, positions = batch["input_ids"].shape[0], positions_in(batch, encoder_decoder)
     tokens = tokens_in(batch, encoder_decoder)
     if fake_mode is not None:
         batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
     tensors = [*model.parameters(), *model.buffers()]
-    saved = SavedTensors({storage_key(t) for t in tensors})
+    saved = SavedTensors()
     with fake_mode or contextlib.nullcontext(), \
             flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
         with saved, autocast():
@@ -98,19 +104,29 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         if loss.requires_grad:
             loss.backward()
         total_flops = flops.get_total_flops()
+    activations = saved.sizes_without(tensors)
     return StepMeasure(
-        activation_bytes=sum(saved.sizes.values()), largest_saved_bytes=max(saved.sizes.values(), default=0),
+        activation_bytes=sum(activations), largest_saved_bytes=max(activations, default=0),
         grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
         forward_flops=forward_flops, backward_flops=total_flops - forward_flops,
         rows=rows, positions=positions, tokens=tokens)
 
 
-def measure_step(model: torch.nn.Module, batch: dict, device, autocast, loss_fn=lm_loss) -> StepMeasure:
+def first_step(model: torch.nn.Module, features: list[dict], batch_size: int, seed: int, objective, device,
+               autocast) -> StepMeasure:
+    """The cell's probe: measure_step on the probe batch of its training features (a cell's one call here)."""
+    encoder_decoder = is_encoder_decoder(model)
+    batch = {k: v.to(device) for k, v in probe_batch(features, batch_size, seed, objective.collate).items()}
+    return measure_step(model, batch, device, autocast, objective.loss, encoder_decoder)
+
+
+def measure_step(model: torch.nn.Module, batch: dict, device, autocast, loss_fn=lm_loss,
+                 encoder_decoder: bool | None = None) -> StepMeasure:
     """instrumented_step in training mode, leaving no trace: RNG state restored, gradients dropped."""
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
         model.train()
-        step = instrumented_step(model, batch, autocast=autocast, loss_fn=loss_fn)
+        step = instrumented_step(model, batch, autocast=autocast, loss_fn=loss_fn, encoder_decoder=encoder_decoder)
     for p in model.parameters():
         p.grad = None
     return step

@@ -1,6 +1,6 @@
 """One cell, read top to bottom: setup -> train -> evaluate.
 
-setup: the model with its head, the training data and objective, the method, the evaluation sets.
+setup: the model with its head, the training data, evaluation sets and objective, the method applied.
 train: the training loop (bench/cell/train.py), with evaluations during training if configured.
 evaluate: the final evaluation of every split and template.
 What is measured is not written here: instruments (bench/cell/instruments.py) hook these phases and write
@@ -22,20 +22,19 @@ import torch
 from bench import env, methods
 from bench.cell import instruments
 from bench.cell import train as training
-from bench.cell.batching import collate
+from bench.cell.batching import batches, collate
 from bench.cell.measure import count_params, head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import save_adapter
-from bench.models import Bundle, dtype_name, enable_gradient_checkpointing, load_bundle
+from bench.models import Bundle, enable_gradient_checkpointing, load_bundle
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import TaskSpec, metrics
 from bench.tasks import evaluate as scoring
-from bench.tasks.data import resolved_revision
 from bench.tasks.features import EvalSet
-from bench.tasks.prepare import TrainingData, evaluation_sets, training_data
+from bench.tasks.prepare import TrainingData, datasets
 
 
 @dataclass
@@ -52,6 +51,7 @@ class Run:
     evaluation: TaskSpec  # the task scored (the cell's task, or the one it is evaluated on)
     evalsets: dict[str, list[EvalSet]]
     autocast: Callable
+    compute_dtype: str  # what matrix products run in (bench.cell.train.compute_dtype)
     result: training.TrainResult | None = None  # set by train
 
 
@@ -66,12 +66,6 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         seed_everything(cell.seed)
         with tools.window("loading", None, record):
             run = setup(cell, device_for_run())
-        record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
-        record["train"]["weights_dtype"] = dtype_name(run.bundle.model)  # what `weights_dtype` resolved to
-        record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
-        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
-                                           for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
-        record["cell"]["source"] = "external" if run.adapted.external else "harness"
         tools.at("loaded", run, record)
         if run.adapted.trains and not record["params"]["trainable"]:
             raise Unsupported(f"{cell.method} leaves no parameter of {cell.model.name} trainable here")
@@ -81,7 +75,6 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
         if run.adapted.trains:
             with tools.window("training", run, record):
                 run.result = train(run, record, tools, quiet, checkpoint)
-            record["train"].update(run.result.summary())
             tools.at("trained", run, record)
             if run.result.diverged_at_step is not None:  # nothing trained is left to evaluate
                 return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
@@ -102,33 +95,35 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
 
 
 def setup(cell: Cell, device: torch.device) -> Run:
-    """Model, data, objective, method and evaluation sets, in the order each needs the previous."""
+    """Model, method, data, objective and evaluation sets, then the method applied: in the order each needs
+    the previous."""
     task, tcfg = cell.task, cell.train
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
-    data = training_data(task, bundle, tcfg, cell.seed, cell.data_dir)
+    method = methods.for_cell(cell.method)
+    data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
     objective = objective_for(tcfg.objective, bundle, task.type)
+    steps = training.total_steps(tcfg, len(data.features))
+    autocast, compute_dtype = training.autocast_for(device, tcfg.precision), training.compute_dtype(device, tcfg.precision)
 
     def calibration(n_batches: int) -> list[dict]:  # training batches for methods that look at data first
-        rows = training.batches(data.features, tcfg.batch_size, cell.seed)
+        rows = batches(data.features, tcfg.batch_size, cell.seed)
         return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
                 for _ in range(n_batches)]
 
-    ctx = ApplyContext(bundle, tcfg, training.total_steps(tcfg, len(data.features)), calibration, device, task,
-                       data.rows)
-    adapted = methods.apply(cell.method, cell.method_config, bundle.model, ctx)
+    adapted = method.apply(bundle.model, cell.method_config,
+                           ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
-    evalsets = evaluation_sets(task, bundle, tcfg, cell.data_dir, data.rows if adapted.in_context else ())
-    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets,
-               training.autocast_for(device, tcfg.precision))
+    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype)
 
 
 def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
           checkpoint: Callable[[dict], None] | None) -> training.TrainResult:
-    """The training loop, scoring the main split when `eval_every` asks (outside the measured window)."""
+    """The training loop, scoring the main split when `eval_every` asks (outside the measured window);
+    its summary (steps, losses, evaluations) goes into the record."""
     cell = run.cell
     higher = metrics.METRICS[run.evaluation.main_metric].higher_is_better
 
@@ -138,8 +133,10 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
                                     cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
 
     progress = checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}}))
-    return training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device, quiet,
-                          main_score, higher, progress=progress)
+    result = training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device, quiet,
+                            main_score, higher, progress=progress)
+    record["train"].update(result.summary())
+    return result
 
 
 def evaluate(run: Run, record: dict) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from bench.cell.batching import IGNORE
+from bench.cell.batching import batches, positions_in, tokens_in
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
 from bench.cell.optimizers import OPTIMIZERS
@@ -43,40 +43,6 @@ def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractCont
     if compute_dtype(device, precision) == "fp32":
         return contextlib.nullcontext
     return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-
-
-LENGTH_GROUP = 50  # batches per length-sorted group, as HF's LengthGroupedSampler (its megabatch_mult)
-
-
-def batches(features: list[dict], batch_size: int, seed: int, balanced: bool = False, by_length: bool = False):
-    """Endless batches: a fresh seeded permutation each epoch, batches spanning epoch boundaries; or,
-    `balanced`, each batch drawn with replacement with every example weighted by 1 / its class's count,
-    so every class is drawn as often (T-Few's WeightedRandomSampler). `by_length`: the permutation is cut
-    into groups of LENGTH_GROUP batches, each sorted longest first, so a batch pads little (and the first
-    batch of a group is its longest: an out-of-memory shows at once)."""
-    if not features:
-        raise ValueError("no training examples to draw batches from")
-    gen = torch.Generator().manual_seed(seed)
-    if balanced:
-        classes = [f.get("gold", f.get("labels")) for f in features]
-        if not all(isinstance(c, int) for c in classes):
-            raise ValueError("balanced_batches needs a class per training example (a classification or "
-                             "multiple-choice task)")
-        counts = {c: classes.count(c) for c in set(classes)}
-        weights = torch.tensor([1.0 / counts[c] for c in classes], dtype=torch.float64)
-        while True:
-            drawn = torch.multinomial(weights, batch_size, replacement=True, generator=gen)
-            yield [features[i] for i in drawn.tolist()]
-    order: list[int] = []
-    group = batch_size * (LENGTH_GROUP if by_length else 1)
-    while True:
-        while len(order) < group:
-            order += torch.randperm(len(features), generator=gen).tolist()
-        chunk, order = order[:group], order[group:]
-        if by_length:
-            chunk.sort(key=lambda i: -len(features[i]["input_ids"]))
-        for start in range(0, group, batch_size):
-            yield [features[i] for i in chunk[start:start + batch_size]]
 
 
 def redrawn(data, seed: int):
@@ -133,26 +99,6 @@ def linear_schedule(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _decoder_targets(batch: dict, encoder_decoder: bool) -> torch.Tensor | None:
-    """The target ids an encoder-decoder's decoder runs on (None for other models and heads).
-    The model's kind decides, not the shapes: inputs and targets can have the same width."""
-    labels = batch.get("labels")
-    return labels if encoder_decoder and labels is not None and labels.dim() == 2 else None
-
-
-def tokens_in(batch: dict, encoder_decoder: bool) -> int:
-    """Non-padding tokens a step processes: inputs, plus decoder targets of encoder-decoders."""
-    targets = _decoder_targets(batch, encoder_decoder)
-    n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-    return n + (int((targets != IGNORE).sum()) if targets is not None else 0)
-
-
-def positions_in(batch: dict, encoder_decoder: bool) -> int:
-    """Positions a step computes on, padding included: inputs, plus decoder targets of encoder-decoders."""
-    targets = _decoder_targets(batch, encoder_decoder)
-    return batch["input_ids"].numel() + (targets.numel() if targets is not None else 0)
-
-
 @dataclass
 class TrainResult:
     steps: int = 0
@@ -200,9 +146,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     cuda = torch.device(device).type == "cuda"
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
-    data = batches(features, train.batch_size, seed, train.balanced_batches, train.group_by_length)
-    if train.redraw_templates:
-        data = redrawn(data, seed)
+    source = batches(features, train.batch_size, seed, train.balanced_batches, train.group_by_length)
+    data = redrawn(source, seed) if train.redraw_templates else source
     if train.compile:
         first = next(data)
         result.compile_s = compile_model(model, objective.collate(first), objective, autocast, device)
@@ -213,7 +158,11 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     for step in range(steps):
         start = time.perf_counter()
         rows = next(data)
-        batch = {k: v.to(device) for k, v in objective.collate(rows).items()}
+        batch = objective.collate(rows)
+        # counted on the host batch: a count of a device tensor would wait for the device
+        result.tokens += tokens_in(batch, encoder_decoder)
+        result.positions += positions_in(batch, encoder_decoder)
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
             loss = objective.loss(model, batch)
         loss.backward()
@@ -234,8 +183,6 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         result.losses.append(float(loss.detach()))
         result.steps += 1
         result.samples += len(rows)
-        result.tokens += tokens_in(batch, encoder_decoder)
-        result.positions += positions_in(batch, encoder_decoder)
         bar.update(1)
         if not math.isfinite(result.losses[-1]):  # every later step would train on non-finite weights
             result.diverged_at_step = step + 1
@@ -253,6 +200,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
                 best, result.best_step = score, step + 1
                 best_state = {id(p): p.detach().clone() for p in params}
     bar.close()
+    source.close()  # here, not whenever the collector finds it
     result.train_s = sum(result.step_s)
     if best_state is not None and result.diverged_at_step is None:  # compare the end of training with the best checkpoint seen
         final = evaluate()

@@ -8,7 +8,7 @@ import pkgutil
 
 from bench.errors import BadInput, unknown
 from bench.methods.base import FAMILIES, REGISTRY, Method, register
-from bench.methods.compose import apply_composition, is_composition
+from bench.methods.compose import Composition, is_composition
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -35,11 +35,10 @@ def declared(name: str) -> Method | None:
     return REGISTRY.get(name)
 
 
-def apply(name: str, config: dict, model, ctx):
-    """Adapt `model` by the method (or composition) a cell names, with its resolved config."""
-    if is_composition(name):
-        return apply_composition(config["parts"], model, ctx)
-    return get(name).apply(model, config, ctx)
+def for_cell(name: str) -> Method | Composition:
+    """What applies the method (or composition) a cell names: `.apply(model, resolved config, ctx)`,
+    and `.in_context`, which the cell's evaluation sets need before it is applied."""
+    return Composition() if is_composition(name) else get(name)
 
 
-__all__ = ["FAMILIES", "Method", "REGISTRY", "apply", "declared", "get", "import_modules", "register"]
+__all__ = ["FAMILIES", "Method", "REGISTRY", "declared", "for_cell", "get", "import_modules", "register"]

@@ -28,6 +28,15 @@ def is_composition(name: str) -> bool:
     return name.startswith("compose(")
 
 
+class Composition:
+    """What applies a compose(a+b) cell's method, as a registered Method applies its own."""
+
+    in_context = False
+
+    def apply(self, model, config: dict, ctx: ApplyContext) -> Adapted:
+        return apply_composition(config["parts"], model, ctx)
+
+
 def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
     chosen = [REGISTRY[p["name"]] for p in parts]
     peft_parts = [m.name for m in chosen if getattr(m.build, "peft_config_class", None)]

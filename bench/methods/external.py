@@ -90,7 +90,7 @@ def _load(model, config, ctx):
     if meta is not None:
         from safetensors.torch import load_file
 
-        adapted = methods.apply(meta["method"], meta["method_config"], model, ctx)
+        adapted = methods.for_cell(meta["method"]).apply(model, meta["method_config"], ctx)
         adapted.model.to(ctx.device)
         adapted.load_state(load_file(str(folder / STATE_FILE), device=str(ctx.device)))
         return adapted

@@ -3,8 +3,9 @@
 Training rows: all of them, or `shots` (few-shot) or `max_train_samples` rows drawn with the seed,
 so every method sees the same examples under a seed; their ids are recorded. Evaluation: the
 (evaluation) task's main split and any more splits, each under every template, with the training
-rows as demonstrations for in-context learning. Tokenised sets come from the disk cache when a cell
-with the same task, split, tokenizer, length and template made them before.
+rows as demonstrations for in-context learning. Every split is read first, then tokenised: tokenised
+sets come from the disk cache when a cell with the same task, split, tokenizer, length and template
+made them before.
 """
 
 from __future__ import annotations
@@ -25,45 +26,75 @@ class TrainingData:
     example_ids: list  # the rows' `idx` (or position) in the training split
 
 
-def _key(task: TaskSpec, bundle, data_dir, **parts) -> dict:
-    return {"task": task.identity(), "tokenizer": tokenizer_fingerprint(bundle.tokenizer), "head": bundle.head,
-            "kind": bundle.kind, "data": files_fingerprint(task, data_dir), **parts}
+@dataclass
+class EvaluationRows:
+    """The evaluation side as read: each split's rows ({name ("" = main): rows}), the solved questions
+    of a k-shot split and which split that is, and the in-context demonstrations."""
+
+    task: TaskSpec
+    splits: dict[str, tuple[str, list[dict]]]  # name -> (split, rows)
+    demos: list[dict]
+    k_shot: str | None = None
+    solved: list[dict] = ()
 
 
-def training_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir) -> TrainingData:
+def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
+             in_context: bool = False) -> tuple[TrainingData, dict[str, list[EvalSet]]]:
+    """The training data and the evaluation sets ({split name: [an EvalSet per template]}); with
+    `in_context`, the training rows are every evaluation prompt's demonstrations."""
+    rows = training_rows(task, train, seed, data_dir)
+    evaluation = evaluation_rows(task.evaluation, train, data_dir, rows if in_context else ())
+    ids = [r["idx"] for r in rows]
+    redraw = {"all_templates": True} if train.redraw_templates else {}  # the key as before when off
+    key = _key(task, bundle, files_fingerprint(task, data_dir), split="train", rows=ids,
+               max_length=train.max_length, seed=seed, **redraw)
+    features = cached(key, lambda: train_features(task, bundle, rows, train.max_length, seed, **redraw))
+    return TrainingData(rows, features, ids), tokenised(evaluation, bundle, train, data_dir)
+
+
+def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir, demos: list[dict] = ()) -> dict[str, list[EvalSet]]:
+    """{split name ("" = main): [an EvalSet per template]} of the task's evaluation side alone."""
+    return tokenised(evaluation_rows(task.evaluation, train, data_dir, demos), bundle, train, data_dir)
+
+
+def training_rows(task: TaskSpec, train: TrainConfig, seed: int, data_dir) -> list[dict]:
     rows = load_rows(task, "train", data_dir)
     if not rows:
         raise ValueError(f"task '{task.name}' has no training rows")
     for i, row in enumerate(rows):
         row.setdefault("idx", i)
-    rows = subsample(rows, train.shots or train.max_train_samples, seed)
-    ids = [r["idx"] for r in rows]
-    redraw = {"all_templates": True} if train.redraw_templates else {}  # the key as before when off
-    features = cached(_key(task, bundle, data_dir, split="train", rows=ids, max_length=train.max_length, seed=seed,
-                           **redraw), lambda: train_features(task, bundle, rows, train.max_length, seed, **redraw))
-    return TrainingData(rows, features, ids)
+    return subsample(rows, train.shots or train.max_train_samples, seed)
 
 
-def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir, demos: list[dict] = ()) -> dict[str, list[EvalSet]]:
-    """{split name ("" = main): [an EvalSet per template]} of the task's evaluation side."""
-    task = task.evaluation
-    prompts = task.prompts if bundle.head == "lm" and task.prompts else [None]
-    shared = _key(task, bundle, data_dir, n=train.max_eval_samples, max_length=train.max_length,
-                  demos=[d.get("idx") for d in demos])  # fingerprints the tokenizer and data files once
-    out = {}
+def evaluation_rows(task: TaskSpec, train: TrainConfig, data_dir, demos: list[dict] = ()) -> EvaluationRows:
+    splits = {name: (split, load_rows(task, split, data_dir)[: train.max_eval_samples])
+              for name, split in eval_splits(task).items()}
     # a k-shot evaluation split, unless in-context learning brings its own demonstrations
     k_shot = task.demonstrations["eval"] if task.demonstrations and not demos else None
     solved = load_rows(task, "demos", data_dir) if k_shot is not None else []
+    return EvaluationRows(task, splits, list(demos), k_shot, solved)
+
+
+def tokenised(evaluation: EvaluationRows, bundle, train: TrainConfig, data_dir) -> dict[str, list[EvalSet]]:
+    task = evaluation.task
+    prompts = task.prompts if bundle.head == "lm" and task.prompts else [None]
+    shared = _key(task, bundle, files_fingerprint(task, data_dir), n=train.max_eval_samples,
+                  max_length=train.max_length, demos=[d.get("idx") for d in evaluation.demos])
 
     def build(name: str, rows: list[dict], prompt) -> EvalSet:
-        if name == k_shot:
-            return fixed_shot_features(task, bundle, rows, solved, train.max_length, prompt)
-        return eval_features(task, bundle, rows, train.max_length, prompt, demos)
+        if name == evaluation.k_shot:
+            return fixed_shot_features(task, bundle, rows, evaluation.solved, train.max_length, prompt)
+        return eval_features(task, bundle, rows, train.max_length, prompt, evaluation.demos)
 
-    for name, split in eval_splits(task).items():
-        rows = load_rows(task, split, data_dir)[: train.max_eval_samples]
+    out = {}
+    for name, (split, rows) in evaluation.splits.items():
         out[name] = []
         for i, prompt in enumerate(prompts):
             key = {**shared, "split": split, "template": i}
             out[name].append(EvalSet(**cached(key, lambda: asdict(build(name, rows, prompt)))))
     return out
+
+
+def _key(task: TaskSpec, bundle, files: dict, **parts) -> dict:
+    return {"task": task.identity(), "tokenizer": tokenizer_fingerprint(bundle.tokenizer), "head": bundle.head,
+            "kind": bundle.kind, "data": files, **parts}
