@@ -132,8 +132,9 @@ _FIGURES = [
     # time
     Figure("time", "load_s", "s", "timing", "reading data, tokenising, building the model and applying the method."),
     Figure("time", "train_s", "s", "timing", "the sum of training-step times; a step runs from collating its batch "
-           "to the end of the optimizer step (CUDA synchronised). Evaluations during training, the instrumented "
-           "step and the optimizer-state reading are excluded.", tasks="mean"),
+           "to the end of the optimizer step (on CUDA timed by events on the device's timeline, nothing "
+           "synchronised inside the loop). Evaluations during training, the instrumented step and the "
+           "optimizer-state reading are excluded.", tasks="mean"),
     Figure("time", "eval_s", "s", "timing", "the final evaluation.", tasks="mean"),
     Figure("time", "step_s_median", "s", "timing", "median step time."),
     Figure("time", "train_samples_per_s", "1/s", "timing", "training examples processed / `train_s`.", tasks="mean"),

@@ -1,5 +1,7 @@
 """The training loop's parts: schedule, data order, optimizer groups."""
 
+import math
+
 import pytest
 import torch
 
@@ -175,3 +177,61 @@ def test_adamw_is_fused_on_cuda_and_torchs_default_elsewhere():
     model = torch.nn.Linear(4, 2).to(device)
     optimizer = optimizer_for(model, TrainConfig())
     assert optimizer.defaults["fused"] is (True if device == "cuda" else None)
+
+
+def _diverging_training(read_every: int, monkeypatch):
+    """Full fine-tuning of the tiny encoder whose weights turn NaN after its second step, its losses read
+    every `read_every` steps."""
+    from functools import partial
+
+    from bench.cell import train as training
+    from bench.cell.batching import collate
+    from bench.cell.objectives import Objective, lm_loss
+    from tests.adapting import adapt
+
+    monkeypatch.setattr(training, "loss_read_every", lambda cuda: read_every)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, adapted = adapt("tiny-encoder", "full")
+    adapted.model.to(device)
+
+    def poison(step: int) -> None:
+        if step == 1:
+            with torch.no_grad():
+                for p in adapted.model.parameters():
+                    p.fill_(float("nan"))
+
+    adapted.after_step.append(poison)
+    features = [{"input_ids": list(range(1, 4 + i % 5)), "labels": i % 2} for i in range(32)]
+    config = TrainConfig(lr=1e-3, batch_size=4, max_steps=10)
+    return training.train(adapted, features, Objective("head", partial(collate, pad_id=0), lm_loss), config, 0,
+                          device, quiet=True)
+
+
+def test_losses_read_every_few_steps_find_the_step_that_diverged(monkeypatch):
+    """On CUDA losses are read every few steps (a read waits for the device): the step whose loss was first
+    non-finite is still the one recorded, the losses stop there, and training stops at that read; the
+    losses before it are those of reading every step."""
+    every_step = _diverging_training(1, monkeypatch)
+    sampled = _diverging_training(4, monkeypatch)
+    assert every_step.diverged_at_step == sampled.diverged_at_step == 3
+    assert (every_step.steps, sampled.steps) == (3, 4)  # the read after step 4 saw it
+    assert len(every_step.losses) == len(sampled.losses) == 3 and not math.isfinite(sampled.losses[-1])
+    assert every_step.losses[:2] == sampled.losses[:2] and all(map(math.isfinite, sampled.losses[:2]))
+    assert len(sampled.step_s) == sampled.steps and all(s > 0 for s in sampled.step_s)
+
+
+def test_step_clock_times_each_step_on_the_device_it_runs_on():
+    """The host's clock on CPU, the device's timing events on CUDA (read once, at the end): one positive
+    time per step, and a step with more work takes longer."""
+    from bench.cell.train import StepClock
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = StepClock(device == "cuda")
+    x = torch.randn(256, 256, device=device)
+    for n in (1, 200):
+        clock.start()
+        for _ in range(n):
+            x = torch.tanh(x @ x)
+        clock.stop()
+    small, large = clock.seconds()
+    assert 0 < small < large

@@ -43,12 +43,12 @@ class Resolved:
     hub revisions, the training rows drawn (few-shot and subsampled cells), where the weights came from."""
 
     def loaded(self, run, record):
-        cell = run.cell
-        record["train"]["example_ids"] = run.data.example_ids if (cell.train.shots or cell.train.max_train_samples) else None
+        cell, tasks = run.cell, {run.cell.task.name: run.cell.task, run.evaluation.name: run.evaluation}
+        drawn = cell.train.shots or cell.train.max_train_samples
+        record["train"]["example_ids"] = run.data.example_ids if drawn else None
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)
         record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
-        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir)
-                                           for t in {cell.task.name: cell.task, run.evaluation.name: run.evaluation}.values()}
+        record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir) for t in tasks.values()}
         record["cell"]["source"] = "external" if run.adapted.external else "harness"
 
 
@@ -199,5 +199,5 @@ def standard() -> Instruments:
     training window opens (its warm-up must not count in the peaks); the evaluation's peak window
     encloses its timer, so eval_s does not include resetting and reading the peaks; the speed of prediction
     is measured after the stored state's size is read, as merging may change the adapted model."""
-    return Instruments(EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(), InferenceFlops(), TrainingPeak(),
-                       Throughput(), InferenceSpeed())
+    return Instruments(EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(), InferenceFlops(),
+                       TrainingPeak(), Throughput(), InferenceSpeed())

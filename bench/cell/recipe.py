@@ -105,7 +105,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
     objective = objective_for(tcfg.objective, bundle, task.type)
     steps = training.total_steps(tcfg, len(data.features))
-    autocast, compute_dtype = training.autocast_for(device, tcfg.precision), training.compute_dtype(device, tcfg.precision)
+    autocast = training.autocast_for(device, tcfg.precision)
+    compute_dtype = training.compute_dtype(device, tcfg.precision)
 
     def calibration(n_batches: int) -> list[dict]:  # training batches for methods that look at data first
         rows = batches(data.features, tcfg.batch_size, cell.seed)

@@ -112,7 +112,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # {"step": n, "score": main metric}
     best_step: int | None = None
-    diverged_at_step: int | None = None  # the first step (1-based) whose loss was not finite; training stopped there
+    # the first step (1-based) whose loss was not finite; training stopped at the read of it (loss_read_every)
+    diverged_at_step: int | None = None
 
     def summary(self) -> dict:
         tail = self.losses[-10:]
@@ -124,6 +125,47 @@ class TrainResult:
 
 
 PROGRESS_EVERY_S = 2.0  # how often training reports its progress (a killed cell keeps the last report)
+LOSS_READ_EVERY_CUDA = 16  # steps between reads of the losses on CUDA (a read waits for the device)
+
+
+def loss_read_every(cuda: bool) -> int:
+    """Steps between reads of the training losses: each one on CPU (nothing to wait for), every
+    LOSS_READ_EVERY_CUDA on CUDA, so the host queues steps ahead of the device instead of waiting for it."""
+    return LOSS_READ_EVERY_CUDA if cuda else 1
+
+
+class StepClock:
+    """Each training step's seconds, without making the host wait for the device inside the loop. On CPU the
+    host's clock: a step's work is done when its calls return. On CUDA a pair of timing events per step on
+    the device's own timeline, read once after training: a step's start event fires when the device
+    reaches it, so a step runs from when the device could start it (the previous step done, or the host
+    done collating) to the end of its optimizer step."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self._marks: list = []
+        self._start = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._marks.append((self._start, end))
+        else:
+            self._marks.append(time.perf_counter() - self._start)
+
+    def seconds(self) -> list[float]:
+        if not self.cuda:
+            return list(self._marks)
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) / 1000 for start, end in self._marks]
 
 
 def train(adapted: Adapted, features: list[dict], objective: Objective, train: TrainConfig, seed: int, device,
@@ -132,9 +174,11 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     """Train `adapted.model` on `features` with `objective`; `evaluate` (if given) returns the main score;
     `progress` (if given) receives {steps, last_loss, elapsed_s} every PROGRESS_EVERY_S seconds.
 
-    A step's time runs from batch collation to the end of the optimizer step (CUDA synchronised);
-    evaluations during training are not part of it. The optimizer's state is measured after the
-    first step, outside the step's time.
+    A step's time runs from batch collation to the end of the optimizer step (StepClock: on CUDA the
+    device's timeline, nothing synchronised inside the loop); evaluations during training are not part
+    of it. The optimizer's state is measured after the first step, outside the step's time. Losses are
+    read every `loss_read_every` steps; a non-finite one stops training at that read, and the step it
+    came from is `diverged_at_step`.
     """
     result = TrainResult()
     model = adapted.model
@@ -152,11 +196,23 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         first = next(data)
         result.compile_s = compile_model(model, objective.collate(first), objective, autocast, device)
         data = itertools.chain([first], data)
+    clock, pending, read_every = StepClock(cuda), [], loss_read_every(cuda)  # pending: losses not read yet
+
+    def read_losses() -> None:
+        values = torch.stack([loss.float() for loss in pending]).tolist()
+        pending.clear()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:  # every later step trains on non-finite weights
+            result.diverged_at_step = len(result.losses) + bad + 1
+            values = values[: bad + 1]
+        result.losses.extend(values)
+        bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
+
     began = reported = time.monotonic()
     model.train()
     bar = tqdm(total=steps, desc="train", unit="step", disable=quiet, position=1, leave=False, dynamic_ncols=True)
     for step in range(steps):
-        start = time.perf_counter()
+        clock.start()
         rows = next(data)
         batch = objective.collate(rows)
         # counted on the host batch: a count of a device tensor would wait for the device
@@ -175,23 +231,23 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         for hook in adapted.after_step:
             hook(step)
         optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        result.step_s.append(time.perf_counter() - start)
+        clock.stop()
         if step == 0:
             result.optimizer_bytes = optimizer_state_bytes(optimizer)
-        result.losses.append(float(loss.detach()))
+        pending.append(loss.detach())
         result.steps += 1
         result.samples += len(rows)
         bar.update(1)
-        if not math.isfinite(result.losses[-1]):  # every later step would train on non-finite weights
-            result.diverged_at_step = step + 1
-            break
-        if progress and time.monotonic() - reported >= PROGRESS_EVERY_S:
+        report = progress and time.monotonic() - reported >= PROGRESS_EVERY_S
+        evaluating = evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps
+        if len(pending) >= read_every or report or evaluating or step + 1 == steps:
+            read_losses()
+            if result.diverged_at_step is not None:
+                break
+        if report:
             reported = time.monotonic()
             progress({"steps": result.steps, "last_loss": result.losses[-1], "elapsed_s": reported - began})
-        bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
-        if evaluate and train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < steps:
+        if evaluating:
             score = evaluate()
             model.train()
             result.evals.append({"step": step + 1, "score": score})
@@ -201,6 +257,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
                 best_state = {id(p): p.detach().clone() for p in params}
     bar.close()
     source.close()  # here, not whenever the collector finds it
+    result.step_s = clock.seconds()
     result.train_s = sum(result.step_s)
     if best_state is not None and result.diverged_at_step is None:  # compare the end of training with the best checkpoint seen
         final = evaluate()
