@@ -275,6 +275,27 @@ def worker(kind: str, spec: dict, out: Path) -> None:
     write_json(out, result)
 
 
+def harness_loop(bundle, spec: dict, lr: float, steps: int):
+    """What bench.cell.train.train is given in the one-process comparisons: the cell's training settings for
+    `steps` steps at `lr`, and the harness's own objective for a classification head."""
+    from bench.cell.objectives import objective_for
+    from bench.config import TrainConfig
+
+    config = TrainConfig(lr=lr, batch_size=spec["batch_size"], max_steps=steps, max_length=spec["max_length"],
+                         warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
+    return config, objective_for("head", bundle, "classification")
+
+
+def abba(rounds: int, run_a, run_b) -> tuple[list, list]:
+    """One uncounted run of each (warm-up), then `rounds` rounds in ABBA order: what each run returned."""
+    run_a(), run_b()
+    a, b = [], []
+    for r in range(rounds):
+        for variant in ("ab" if r % 2 == 0 else "ba"):
+            (a if variant == "a" else b).append(run_a() if variant == "a" else run_b())
+    return a, b
+
+
 def inprocess(spec: dict, out: Path) -> None:
     """The harness's training loop (bench.cell.train.train) and the plain loop in one process, on one model
     reset to the same weights before each block of `block` steps (ABBA order, one uncounted block of each
@@ -282,18 +303,12 @@ def inprocess(spec: dict, out: Path) -> None:
     reset, not the model deep-copied: a deep copy of a mean-pooled model keeps feeding the original's
     pooling mask, bench.models.use_mean_pooling.)"""
     from bench.cell import train as harness
-    from bench.cell.batching import collate
-    from bench.cell.objectives import Objective, lm_loss
-    from bench.config import TrainConfig
     from bench.methods.base import Adapted
 
     bundle, model, features, _, _ = build(spec)
     pad = bundle.tokenizer.pad_token_id
     block, rounds = spec["block"], spec["rounds"]
-    config = TrainConfig(lr=spec["lr"], batch_size=spec["batch_size"], max_steps=block, max_length=spec["max_length"],
-                         warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
-    objective = Objective("head", lambda rows: collate(rows, pad), lm_loss)
-
+    config, objective = harness_loop(bundle, spec, spec["lr"], block)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def harness_block() -> list[float]:
@@ -304,11 +319,7 @@ def inprocess(spec: dict, out: Path) -> None:
         model.load_state_dict(initial)
         return plain_train(model, features, pad, block, spec["batch_size"], spec["lr"], spec["seed"])[0]
 
-    harness_block(), plain_block()  # warm-up, not counted
-    a, b = [], []
-    for r in range(rounds):
-        for variant in ("ab" if r % 2 == 0 else "ba"):
-            (a if variant == "a" else b).append(harness_block() if variant == "a" else plain_block())
+    a, b = abba(rounds, harness_block, plain_block)
     write_json(out, {"variant": "inprocess", "block": block, "rounds": rounds,
                      "harness_step_s": [s for blk in a for s in blk], "plain_step_s": [s for blk in b for s in blk],
                      "round_ratios": [statistics.median(x) / statistics.median(y) for x, y in zip(a, b)]})
@@ -325,9 +336,6 @@ def null_loop(spec: dict, out: Path) -> None:
     import torch
 
     from bench.cell import train as harness
-    from bench.cell.batching import collate
-    from bench.cell.objectives import Objective, lm_loss
-    from bench.config import TrainConfig
     from bench.methods.base import Adapted
 
     bundle, _, features, _, _ = build({**spec, "method": "full"})
@@ -342,24 +350,19 @@ def null_loop(spec: dict, out: Path) -> None:
             logits = self.head(self.emb(input_ids).mean(1))
             return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits, labels), logits=logits)
 
-    config = TrainConfig(lr=1e-3, batch_size=spec["batch_size"], max_steps=steps, max_length=spec["max_length"],
-                         warmup_ratio=WARMUP_RATIO, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
-    objective = Objective("head", lambda rows: collate(rows, pad), lm_loss)
-    found = {"harness": [], "plain": []}
+    config, objective = harness_loop(bundle, spec, 1e-3, steps)
 
-    def run(variant: str) -> dict:
+    def timed(train_null) -> dict:
         model = Null()
         start = time.perf_counter()
-        if variant == "harness":
-            step_s = harness.train(Adapted(model), features, objective, config, spec["seed"], "cpu", quiet=True).step_s
-        else:
-            step_s = plain_train(model, features, pad, steps, spec["batch_size"], 1e-3, spec["seed"])[0]
+        step_s = train_null(model)
         return {"median_s": statistics.median(step_s), "loop_per_step_s": (time.perf_counter() - start) / steps}
 
-    run("harness"), run("plain")  # warm-up, not counted
-    for r in range(spec["rounds"]):
-        for variant in (("harness", "plain") if r % 2 == 0 else ("plain", "harness")):
-            found[variant].append(run(variant))
+    found = dict(zip(("harness", "plain"), abba(
+        spec["rounds"],
+        lambda: timed(lambda m: harness.train(Adapted(m), features, objective, config, spec["seed"], "cpu",
+                                              quiet=True).step_s),
+        lambda: timed(lambda m: plain_train(m, features, pad, steps, spec["batch_size"], 1e-3, spec["seed"])[0]))))
     write_json(out, {"variant": "null", "steps": steps, "rounds": spec["rounds"], **found})
 
 
