@@ -193,12 +193,13 @@ def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_quest
     """The standard protocol (Hendrycks et al.): header naming the subject, its first 5 dev questions with
     their answers, then the question; the zero-shot evaluation beside it has none; rows keep their order."""
     from bench.config import TrainConfig
-    from bench.tasks.prepare import evaluation_sets
+    from bench.tasks.prepare import evaluation_rows, tokenised
 
     data = _mmlu_dir(tmp_path)
     mmlu = builtin_tasks()["mmlu"]
     bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
-    sets = evaluation_sets(mmlu, bundle, TrainConfig(max_length=1024), data)
+    config = TrainConfig(max_length=1024)
+    sets = tokenised(evaluation_rows(mmlu, config, data), bundle, config, data)
     zero, five = sets[""][0], sets["5shot"][0]
     assert zero.gold == five.gold == [1, 2, 3]
     def words(features):  # the tiny tokenizer's decoding adds spaces at piece joins: compare the words
@@ -220,12 +221,12 @@ def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_quest
 
 def test_mmlu_five_shot_without_enough_solved_questions_says_which_subject(tmp_path):
     from bench.config import TrainConfig
-    from bench.tasks.prepare import evaluation_sets
+    from bench.tasks.prepare import evaluation_rows, tokenised
 
     data = _mmlu_dir(tmp_path, dev_per_subject=4)
     bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
     with pytest.raises(ValueError, match="4 solved rows for subject 'college_physics', 5 needed"):
-        evaluation_sets(builtin_tasks()["mmlu"], bundle, TrainConfig(), data)
+        tokenised(evaluation_rows(builtin_tasks()["mmlu"], TrainConfig(), data), bundle, TrainConfig(), data)
 
 
 @pytest.mark.shared_data

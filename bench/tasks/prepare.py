@@ -52,12 +52,6 @@ def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
     return TrainingData(rows, features, ids), tokenised(evaluation, bundle, train, data_dir)
 
 
-def evaluation_sets(task: TaskSpec, bundle, train: TrainConfig, data_dir,
-                    demos: list[dict] = ()) -> dict[str, list[EvalSet]]:
-    """{split name ("" = main): [an EvalSet per template]} of the task's evaluation side alone."""
-    return tokenised(evaluation_rows(task.evaluation, train, data_dir, demos), bundle, train, data_dir)
-
-
 def training_rows(task: TaskSpec, train: TrainConfig, seed: int, data_dir) -> list[dict]:
     rows = load_rows(task, "train", data_dir)
     if not rows:
