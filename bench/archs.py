@@ -7,7 +7,7 @@ modeling module; the tiny offline model is its config at toy size. Adding an arc
 entry here (and its rows in the tests' closed-form counts).
 
 Module names are matched as peft matches them: a list of name suffixes, or one regular expression
-searched against full module names (sites: bench/methods/sites.py says what each site is).
+searched against full module names (sites: bench/layers/sites.py says what each site is).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ArchSpec:
     # The children under which transformers puts a freshly initialised sequence-classification head:
     # every trained method trains them, and a tiny model re-draws them per seed.
     head_modules: tuple[str, ...]
-    sites: dict = field(default_factory=dict)  # where in-house methods attach (bench/methods/sites.py)
+    sites: dict = field(default_factory=dict)  # where in-house methods attach (bench/layers/sites.py)
     conv1d: bool = False  # linear layers are transformers' Conv1D (weight stored transposed), not nn.Linear
     # Linear layers built without a bias, which BitFit gives zero biases to train (T-Few's BitFit on T0:
     # its `bitfit_layers` "q|k|v|o|wi_[01]|w_o"; `w_o` names no T5 module, so T5's `wo` gets none).

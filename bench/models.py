@@ -11,12 +11,14 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench import tiny
 from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
 from bench.errors import BadInput, Unsupported, did_you_mean
+
+if TYPE_CHECKING:  # the registry needs no torch; loading imports it (bench/layers/__init__.py says why)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
     checkpoint in its own dtype (transformers' dtype="auto") and builds a model from a config in the
     config's `dtype`, else fp32; the others load every weight in that dtype.
     """
+    import torch
     import transformers as tf
 
     head = head_for(spec.kind, task_type)
@@ -245,19 +248,25 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
             tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
             torch.manual_seed(seed)
             model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs,
-                                         dtype="auto" if weights_dtype == "auto" else TORCH_DTYPES[weights_dtype])
+                                         dtype="auto" if weights_dtype == "auto" else torch_dtype(weights_dtype))
     if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 and LLaMA ship without one
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None and tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if head == "classifier" and pooling == "mean":
+        from bench.layers.pooling import use_mean_pooling
+
         use_mean_pooling(model)
     if not meta:
         model.to(device)
     return Bundle(spec, model, tokenizer, head, num_labels if head == "classifier" else None)
 
 
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a weights_dtype name other than `auto` (bench.config.WEIGHTS_DTYPES)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def untie_as_checkpoints_are(model: torch.nn.Module, fields: dict) -> None:
@@ -267,6 +276,8 @@ def untie_as_checkpoints_are(model: torch.nn.Module, fields: dict) -> None:
     `tie_word_embeddings` says (T5Config forces True), while loading a T5 v1.1 / T0 checkpoint keeps its
     separate head: a model built from its config (estimate, dry-run) must count that head as loading does.
     """
+    import torch
+
     out, emb = model.get_output_embeddings(), model.get_input_embeddings()
     if fields.get("tie_word_embeddings") is False and out is not None and out.weight is emb.weight:
         out.weight = torch.nn.Parameter(torch.empty_like(emb.weight), requires_grad=emb.weight.requires_grad)
@@ -274,8 +285,10 @@ def untie_as_checkpoints_are(model: torch.nn.Module, fields: dict) -> None:
 
 def config_dtype(config, weights_dtype: str) -> torch.dtype:
     """The dtype a model built from `config` gets: as asked, or for `auto` the config's own, else fp32."""
+    import torch
+
     if weights_dtype != "auto":
-        return TORCH_DTYPES[weights_dtype]
+        return torch_dtype(weights_dtype)
     own = getattr(config, "dtype", None)
     own = getattr(torch, own) if isinstance(own, str) else own
     return own if isinstance(own, torch.dtype) and own.is_floating_point else torch.float32
@@ -287,22 +300,9 @@ def dtype_name(model: torch.nn.Module) -> str | None:
     counts: dict[torch.dtype, int] = {}
     for p in model.parameters():
         counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    names = {v: k for k, v in TORCH_DTYPES.items()}
+    names = {torch_dtype(k): k for k in ("bf16", "fp16", "fp32")}
     common = max(counts, key=counts.get) if counts else None
     return names.get(common, str(common).replace("torch.", "")) if common is not None else None
-
-
-class MaskedMean(torch.nn.Module):
-    """The mean of an encoder's output vectors over real (unmasked) tokens; no parameters."""
-
-    def __init__(self):
-        super().__init__()
-        self.mask: torch.Tensor | None = None  # [batch, length], set before each forward of the backbone
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask = self.mask if self.mask is not None else hidden.new_ones(hidden.shape[:2])
-        mask = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -319,39 +319,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
             return
     raise Unsupported(f"{type(model).__name__} has no gradient checkpointing (transformers' "
                       "supports_gradient_checkpointing)")
-
-
-def use_mean_pooling(model: torch.nn.Module) -> None:
-    """Make the classification head read the masked mean of the encoder's outputs instead of its first
-    token. BERT's head reads the pooler's output: the pooler (dense + tanh over [CLS]) is replaced by
-    the mean, so its pretrained weights, which mean pooling does not use, are not counted or trained.
-    Heads that read position 0 themselves (RoBERTa) find the mean there. The hooks find the mean through
-    the module they are called on, never a closure, so a copy of the model (a merged copy) pools its own
-    inputs."""
-    backbone = getattr(model, model.base_model_prefix)
-    backbone.register_forward_pre_hook(_stash_mask, with_kwargs=True)
-    if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = MaskedMean()
-        return
-    backbone.add_module("bench_mean_pool", MaskedMean())
-    backbone.register_forward_hook(_mean_at_first_position)
-
-
-def _mean_of(backbone: torch.nn.Module) -> "MaskedMean":
-    return backbone.pooler if isinstance(getattr(backbone, "pooler", None), MaskedMean) else backbone.bench_mean_pool
-
-
-def _stash_mask(backbone, args, kwargs):
-    _mean_of(backbone).mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-
-
-def _mean_at_first_position(backbone, args, output):
-    hidden = output[0]
-    first = torch.cat([_mean_of(backbone)(hidden).unsqueeze(1), hidden[:, 1:]], dim=1)  # the head reads [:, 0]
-    if isinstance(output, tuple):
-        return (first, *output[1:])
-    output.last_hidden_state = first
-    return output
 
 
 def _package_path(spec: ModelSpec) -> str:

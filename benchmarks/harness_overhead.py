@@ -301,7 +301,7 @@ def inprocess(spec: dict, out: Path) -> None:
     reset to the same weights before each block of `block` steps (ABBA order, one uncounted block of each
     first), so that process start, machine load and memory layout weigh on both alike. (The weights are
     reset, not the model deep-copied: a deep copy of a mean-pooled model keeps feeding the original's
-    pooling mask, bench.models.use_mean_pooling.)"""
+    pooling mask, bench.layers.pooling.use_mean_pooling.)"""
     from bench.cell import train as harness
     from bench.methods.base import Adapted
 

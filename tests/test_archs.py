@@ -7,7 +7,7 @@ import pytest
 
 from bench import archs, methods, models, tiny
 from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
-from bench.methods import sites
+from bench.layers import sites
 
 
 def tiny_model(arch: str):

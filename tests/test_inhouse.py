@@ -9,8 +9,8 @@ import transformers
 from packaging.version import Version
 
 from bench.cell.batching import collate
-from bench.methods.attention_prefix import PrefixBank, add_prefix, attention_modules
-from bench.methods.compacter import PHMLinear, PHMRule
+from bench.layers.attention_prefix import PrefixBank, add_prefix, attention_modules
+from bench.layers.phm import PHMLinear, PHMRule
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
 from tests.adapting import adapt

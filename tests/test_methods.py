@@ -20,7 +20,7 @@ from bench.cell.batching import batches, collate
 from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
 from bench.errors import Unsupported
-from bench.methods.attention_prefix import FOLDED
+from bench.layers.attention_prefix import FOLDED
 from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
 from bench.tasks import builtin_tasks

@@ -12,8 +12,8 @@ from bench import methods, tiny
 from bench.cell.measure import stored_size
 from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
+from bench.layers.masks import MaskScores, kept
 from bench.methods.base import ApplyContext
-from bench.methods.propetl import MaskScores, kept
 from bench.models import REGISTRY, load_bundle
 from tests.adapting import adapt
 from tests.test_methods import HEAD, fresh, logits

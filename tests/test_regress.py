@@ -123,10 +123,10 @@ def test_an_injected_regression_fails_the_gate(write_suite, tmp_path, monkeypatc
     unchanged = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
     assert not unchanged.failed and unchanged.compared == 2
 
-    from bench.methods import adapters
+    from bench.layers import bottleneck
 
-    width = adapters.bottleneck_width
-    monkeypatch.setattr(adapters, "bottleneck_width", lambda dim, config: 2 * width(dim, config))  # doubled adapters
+    width = bottleneck.bottleneck_width
+    monkeypatch.setattr(bottleneck, "bottleneck_width", lambda dim, config: 2 * width(dim, config))  # doubled adapters
     broken = gate(suite, baseline, str(tmp_path / "r"), Tolerances(), inline, quiet=True)
     assert broken.failed
     failing = {(f.cell.split(" · ")[0], f.figure) for f in broken.findings if f.level == "fail"}

@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from bench.cell.measure import count_params
 from bench.config import TrainConfig, check_keys, coerce
 from bench.errors import BadInput, Unsupported
+
+if TYPE_CHECKING:  # declaring a method needs no torch (bench/layers/__init__.py says why)
+    import torch
+    from torch import nn
 
 # external: adapters trained elsewhere, evaluated as given (bench/methods/external.py)
 FAMILIES = ("baseline", "additive", "partial", "reparameterized", "hybrid", "unified", "external")
@@ -77,10 +77,12 @@ class Adapted:
         load_by_name(self.model, state)
 
     def params(self) -> dict:
+        from bench.cell.measure import count_params
+
         return count_params(self.model, self.grad_masks)
 
 
-Build = Callable[[nn.Module, dict, ApplyContext], Adapted]
+Build = Callable[["nn.Module", dict, ApplyContext], Adapted]
 
 
 @dataclass(frozen=True)

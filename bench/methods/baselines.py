@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, freeze, register, train_head
 
@@ -34,6 +32,8 @@ def _zero_shot(model, config, ctx):
 
 def _in_context(model, config, ctx):
     """Its "weights" are its demonstrations: the training rows, solved, stored as token ids."""
+    import torch
+
     from bench.tasks.features import demonstration_ids
 
     if ctx.bundle.head != "lm":

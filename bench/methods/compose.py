@@ -11,10 +11,13 @@ most one peft-based part.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from bench.errors import Unsupported
 from bench.methods.base import REGISTRY, Adapted, ApplyContext, load_by_name, trainable_state
+
+if TYPE_CHECKING:
+    import torch
 
 FAMILY = "unified"
 

@@ -16,10 +16,12 @@ entry are not trained at all (no gradient, no optimizer state).
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from bench.methods.base import Adapted, Method, freeze, register, train_head, trainable_state
+
+if TYPE_CHECKING:
+    import torch
 
 LAYER_PARAM = re.compile(r"\.(layer|block|h|layers)\.\d+\.")
 
@@ -32,6 +34,8 @@ def _eligible(model, ctx, layers_only: bool) -> list[tuple[str, torch.nn.Paramet
 
 def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool) -> list[torch.Tensor]:
     """Mean over examples (or batches) of the squared gradient of the loss, per entry."""
+    import torch
+
     for p in params:
         p.requires_grad_(True)
     scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -54,6 +58,8 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
 
 def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tensor]:
     """Masks keeping the `share` highest-scoring entries over all tensors together (round(share·N) entries)."""
+    import torch
+
     flat = torch.cat([s.flatten() for s in scores])
     keep = max(1, int(round(share * flat.numel())))
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
@@ -63,6 +69,8 @@ def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tens
 
 def _masked(model, ctx, masks_for, unmasked=()) -> Adapted:
     """Train the selected entries of masked tensors, the `unmasked` tensors in full, and the head."""
+    import torch
+
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
     named = [(n, p, m) for n, p, m in masks_for() if m.any()]
     freeze(model)

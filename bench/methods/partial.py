@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from bench.archs import ARCHS, targets
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, freeze, register, train_head
@@ -34,6 +31,9 @@ def _bitfit(model, config, ctx):
 def _add_zero_biases(model, names: set[str]) -> None:
     """A zero bias on every bias-free nn.Linear named in `names`: the model computes exactly what it did
     until the biases train."""
+    import torch
+    from torch import nn
+
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.bias is None and name.rsplit(".", 1)[-1] in names:
             w = module.weight

@@ -13,28 +13,9 @@ from __future__ import annotations
 
 import inspect
 
-import torch
-from torch import nn
-
 from bench.errors import Unsupported
-from bench.methods.attention_prefix import add_prefix, prefixed
 from bench.methods.base import Adapted, Method, freeze, register, train_head
 from bench.methods.peft_common import peft_build
-
-
-class FoldedPrompt(nn.Module):
-    """The folded output of a prompt encoder, answering peft's calls the way the encoder did."""
-
-    def __init__(self, rows: int, width: int):
-        super().__init__()
-        self.embedding = nn.Embedding(rows, width)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embedding(tokens)
-
-    def _load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # peft's loading hook
-        with torch.no_grad():
-            self.embedding.weight.copy_(state["prompt_embeddings"])
 
 
 def _folded_loader(build):
@@ -44,7 +25,9 @@ def _folded_loader(build):
         adapted = build(model, config, ctx)
         load_peft_state = adapted.load_stored
 
-        def load(state: dict[str, torch.Tensor]) -> None:
+        def load(state: dict) -> None:
+            from bench.layers.folded_prompt import FoldedPrompt
+
             wrapped = adapted.model
             table = state["prompt_embeddings"]
             encoder = wrapped.prompt_encoder["default"]
@@ -60,6 +43,8 @@ def _folded_loader(build):
 
 
 def _prefix_tuning(model, config, ctx) -> Adapted:
+    from bench.layers.attention_prefix import add_prefix, prefixed
+
     freeze(model)
     bank = add_prefix(model, ctx.bundle.arch, config["num_virtual_tokens"], config["encoder_hidden_size"])
     train_head(model, ctx)

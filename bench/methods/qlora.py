@@ -7,19 +7,23 @@ with double quantisation and bf16 compute, as in the paper; LoRA then adapts all
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bench.archs import unsupported_on_conv1d
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, register
 from bench.methods.peft_common import peft_build
 
+if TYPE_CHECKING:
+    from torch import nn
+
 _LORA = peft_build("LoraConfig")
 
 
 def _quantise(model: nn.Module, keep: tuple[str, ...]) -> int:
     import bitsandbytes as bnb
+    import torch
+    from torch import nn
 
     swapped = 0
     for parent_name, parent in list(model.named_modules()):
@@ -39,6 +43,8 @@ def _quantise(model: nn.Module, keep: tuple[str, ...]) -> int:
 
 
 def _qlora(model, config, ctx) -> Adapted:
+    import torch
+
     if not torch.cuda.is_available():
         raise Unsupported("QLoRA quantises the base model with bitsandbytes, which needs a CUDA device",
                           environment=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import pkgutil
 import sys
 
 import torch
 
+from bench import layers
 from bench.archs import ARCHS
 
 # torch's entry points that initialise CUDA or mark a process unable to fork with it: the lazy
@@ -24,6 +26,7 @@ from bench.archs import ARCHS
 _CUDA_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
 MODULES = (
     "bench.cell.recipe",  # torch, transformers, the harness
+    *(f"bench.layers.{m.name}" for m in pkgutil.iter_modules(layers.__path__)),  # the in-house methods' modules
     *(arch.modeling for arch in ARCHS.values()), "peft.tuners", "safetensors.torch",
     "sklearn.metrics", "scipy.stats", "sacrebleu", "rouge_score.rouge_scorer",
 )

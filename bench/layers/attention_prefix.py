@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.archs import ARCHS
 from bench.errors import Unsupported
-from bench.methods import sites
+from bench.layers import sites
 from bench.methods.base import Adapted, load_by_name, trainable_state
 
 _WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
