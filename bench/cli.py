@@ -113,9 +113,9 @@ def cmd_report(args) -> int:
     from bench.report import write_report
     from bench.run.store import Store
 
-    store, suite = Store(args.results), suite_name(args.suite)
-    print_store_problems(store, store.problems(suite) if store.root.is_dir() else [])
-    paths = write_report(suite_name(args.suite), args.results, args.out, args.format, suite_source=args.suite)
+    paths, unusable = write_report(suite_name(args.suite), args.results, args.out, args.format,
+                                   suite_source=args.suite)
+    print_store_problems(Store(args.results), unusable)
     for path in paths:
         print(path)
     return 0

@@ -114,3 +114,55 @@ def test_planning_from_one_scan_looks_again_at_what_it_would_run(tmp_path, cell)
     store.write(ok_record(cell))  # another runner finished it after the scan
     assert plan([cell], store, retry_failed=True, recorded=recorded) == ([], [cell])
     assert plan([cell], Store(tmp_path / "empty"), recorded={cell.id: ok_record(cell)}) == ([], [cell])
+
+
+def test_scan_reads_each_record_once_and_trusts_only_an_unchanged_file(tmp_path, cell, monkeypatch):
+    """The suite's index (.index) keeps what planning needs of each record under the file's stat: a second
+    scan reads no record; a replaced, corrupt or new file is read again; the index itself is never a record."""
+    import bench.run.store as store_module
+
+    store = Store(tmp_path)
+    failed = rec.finish(rec.new_record(cell), "failed", {"type": "E", "message": "x", "where": None,
+                                                         "traceback": None, "environment": True})
+    store.write(failed)
+    (tmp_path / "tiny" / "broken.json").write_text("{not json")
+    first = store.scan("tiny")
+    assert first[0] == {cell.id: {"status": "failed", "error": {"environment": True}}}
+    assert len(first[1]) == 1 and first[1][0].startswith(f"{tmp_path / 'tiny' / 'broken.json'}: unreadable")
+
+    reads = []
+    verdict = store_module._verdict
+    monkeypatch.setattr(store_module, "_verdict", lambda path: reads.append(path.name) or verdict(path))
+    assert store.scan("tiny") == first and reads == []  # nothing read again, the same answer
+
+    store.write(ok_record(cell))  # replaced (another inode): read again
+    assert store.scan("tiny")[0] == {cell.id: {"status": "ok", "error": None}}
+    assert reads == [f"{cell.id}.json"]
+
+    (tmp_path / "tiny" / ".index").write_text("garbage")  # a corrupt index is rebuilt from the records
+    reads.clear()
+    assert store.scan("tiny")[0][cell.id]["status"] == "ok" and set(reads) == {"broken.json", f"{cell.id}.json"}
+
+    index = json.loads((tmp_path / "tiny" / ".index").read_text())
+    index["checker"] = "another version of the record check"
+    (tmp_path / "tiny" / ".index").write_text(json.dumps(index))
+    reads.clear()
+    store.scan("tiny")
+    assert set(reads) == {"broken.json", f"{cell.id}.json"}
+
+    records, bad = store.records("tiny")  # readers of records never take the index for one
+    assert len(records) == 1 and not any(".index" in line for line in bad)
+
+
+def test_scan_of_a_store_it_cannot_write_still_answers(tmp_path, cell, monkeypatch):
+    import bench.run.store as store_module
+
+    store = Store(tmp_path)
+    store.write(ok_record(cell))
+
+    def refuse(path, data):
+        raise PermissionError(13, "read-only store", str(path))
+
+    monkeypatch.setattr(store_module, "atomic_write", refuse)
+    assert store.scan("tiny")[0] == {cell.id: {"status": "ok", "error": None}}
+    assert not (tmp_path / "tiny" / ".index").exists()

@@ -35,8 +35,10 @@ def parse_formats(value: str | list[str] | None) -> list[str]:
 
 
 def write_report(suite: str, results: str | Path = "results", out: str | Path = "reports",
-                 formats: list[str] | None = None, suite_source: str | None = None) -> list[Path]:
-    """Write the report of `suite`'s records; `suite_source` (a suite name or YAML path) finds the suite file."""
+                 formats: list[str] | None = None, suite_source: str | None = None) -> tuple[list[Path], list[str]]:
+    """Write the report of `suite`'s records; `suite_source` (a suite name or YAML path) finds the suite file.
+    Returns the files written and a line per file of the suite that is not a usable record (the store is
+    read once, for both)."""
     # Imported here: pandas and matplotlib load only when a report is written, not for `peft-bench list`.
     from bench.report import csvfiles, latex, markdown, page
     from bench.report.aggregate import latest_records
@@ -44,9 +46,9 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     from bench.run.store import load_frame
 
     formats = parse_formats(formats)
-    frame, problems = load_frame(results, suite)
+    frame, unusable = load_frame(results, suite)
     frame, superseded = latest_records(frame)
-    problems = problems + superseded
+    problems = unusable + superseded
     if frame.empty and problems:
         raise BadInput(f"no usable records for suite '{suite}' in {Path(results) / suite}: {len(problems)} "
                        f"file(s) could not be used, e.g. {problems[0]}", "--suite")
@@ -67,7 +69,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     if "html" in formats:
         written.append(_write(folder / "index.html", page.document(report, suite_source or suite)))
     _forget_stale(folder, written, formats)
-    return written
+    return written, unusable
 
 
 MANIFEST = ".peft-bench-files.json"  # the files the last report wrote here: the only ones it may remove

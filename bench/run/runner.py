@@ -54,6 +54,7 @@ class GridSummary:
 
 
 def needs_run(record: dict | None, retry_failed: bool) -> bool:
+    """Whether a cell with this record (or none) runs; reads only what `store.plan_view` keeps of a record."""
     if record is None or record["status"] == "interrupted":
         return True
     retryable = record["status"] in RETRYABLE or (record.get("error") or {}).get("environment")
@@ -182,6 +183,8 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
         for _, claim in held.values():
             claim.release()
         bar.close()
+    for suite in sorted({c.suite for c in todo}):  # index what this run wrote: the next run need not read it
+        store.scan(suite)
     return summary
 
 

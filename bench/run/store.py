@@ -5,12 +5,15 @@ leaves one. A record that is replaced (--force, --retry-failed) is first copied 
 `results/<suite>/history/`, so nothing recorded is ever lost. A cell being run holds
 `<id>.lock` (owner and heartbeat: see `Store.acquire`), so runners sharing one store never run the
 same cell twice at once; a runner re-reads a cell's record after claiming it, so none runs a cell
-another runner finished meanwhile.
+another runner finished meanwhile. `results/<suite>/.index` caches what planning needs of each record
+(see `Store.scan`); the records stay the only truth.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import re
@@ -25,6 +28,7 @@ from bench.errors import BadInput
 from bench.record import problems
 
 HISTORY = "history"
+INDEX = ".index"  # not *.json: no reader takes it for a record
 # Suite names and cell ids become file and folder names under the store and the reports folder: one
 # path component, no separator, no leading dot (so no `..` and no hidden file), printable ASCII only.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -86,9 +90,40 @@ class Store:
         return found, bad
 
     def scan(self, suite: str) -> tuple[dict[str, dict], list[str]]:
-        """A suite's usable records by the cell id their file is named for (what `read` would return for
-        it), and a line per unusable file: one pass over the folder for a whole grid's planning."""
-        return self._scan(self.suite_dir(suite))
+        """What planning needs of each usable record of a suite, by the cell id its file is named for
+        (`plan_view`: status and whether its error came from the environment), and a line per unusable
+        file: one pass over the folder for a whole grid's planning.
+
+        A file is read and checked only when the suite's index has no entry for it under its current
+        stat (inode, size, mtime in ns); the index is then rewritten. So a run over a recorded grid reads
+        no record it has read before. A record is only ever replaced by a rename, which gives it a new
+        inode, so an unchanged stat is an unchanged file. The index is a cache: missing, unreadable, or
+        written by another version of the record check (bench/record.py, bench/figures.py), it is
+        rebuilt from the records; two runners rewriting it at once lose at most entries the next scan
+        reads again; a store the user cannot write to is scanned without it.
+        """
+        folder = self.suite_dir(suite)
+        index = folder / INDEX
+        known = _read_index(index)
+        entries, found, bad = {}, {}, []
+        for path in sorted(folder.glob("*.json")):
+            try:
+                st = path.stat()
+            except OSError as e:
+                bad.append(f"{path}: unreadable ({e})")
+                continue
+            key = [st.st_ino, st.st_size, st.st_mtime_ns]
+            entry = known.get(path.name)
+            verdict = entry[3] if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key else _verdict(path)
+            entries[path.name] = key + [verdict]
+            if isinstance(verdict, dict):
+                found[path.stem] = verdict
+            else:
+                bad.append(f"{path}: {verdict}")
+        if entries != known:
+            with contextlib.suppress(OSError):
+                atomic_write(index, json.dumps({"checker": _checker(), "files": entries}).encode())
+        return found, bad
 
     @staticmethod
     def _scan(folder: Path) -> tuple[dict[str, dict], list[str]]:
@@ -117,10 +152,6 @@ class Store:
 
     def lock_path(self, suite: str, cell_id: str) -> Path:
         return self.suite_dir(suite) / f"{checked(cell_id, 'cell id')}.lock"
-
-    def problems(self, suite: str | None = None) -> list[str]:
-        """A line per file of the suite (or the store) that is not a usable record."""
-        return self.records(suite)[1]
 
     def acquire(self, suite: str, cell_id: str) -> "Claim | None":
         """Take the cell's lock to run it, or None when another live runner holds it.
@@ -234,6 +265,40 @@ def _stamp(old: bytes) -> str:
     created = created.get("created_at") if isinstance(created, dict) else None
     stamp = "".join(c for c in created if c.isalnum()) if isinstance(created, str) else ""
     return f"{stamp or 'unknown'}-{time.time_ns()}"  # two replaced records never share a history name
+
+
+def plan_view(record: dict) -> dict:
+    """What planning reads of a record (runner.needs_run): its status, and whether its error came from the
+    environment."""
+    environment = bool((record.get("error") or {}).get("environment"))
+    return {"status": record["status"], "error": {"environment": True} if environment else None}
+
+
+def _verdict(path: Path) -> dict | str:
+    """A record file's plan_view, or why it is not a usable record."""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    issues = problems(loaded)
+    return "; ".join(issues) if issues else plan_view(loaded)
+
+
+@functools.cache
+def _checker() -> str:
+    """A fingerprint of the record check, so an index written under another version of it is not trusted."""
+    from bench import figures, record
+
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (record, figures))).hexdigest()[:16]
+
+
+def _read_index(index: Path) -> dict:
+    try:
+        loaded = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(loaded, dict) and loaded.get("checker") == _checker() and isinstance(loaded.get("files"), dict)
+    return loaded["files"] if ok else {}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
