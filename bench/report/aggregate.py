@@ -1,8 +1,11 @@
 """Records -> the numbers every table and plot shows. Each figure is defined once, here.
 
 `aggregate`: one row per (model, task, method label, shots), over seeds. Only `ok` records enter
-means and standard deviations (sample std, ddof=1), medians and interquartile ranges (few-shot). Cells that did not end ok are counted by status
-and keep their reasons, so a table shows them instead of silently dropping them.
+means and standard deviations (sample std, ddof=1), medians and interquartile ranges (few-shot, as T-Few
+reports them: 75th - 25th percentile, linear interpolation; std and IQR need two or more seeds). A figure
+fixed by the configuration is the first value its ok records hold (all its records, when none is ok). Cells
+that did not end ok are counted by status and keep their reasons, so a table shows them instead of silently
+dropping them.
 
 `method_summary`: one row per (model, method label, shots), across the model's tasks:
 - `score_avg`: the mean over tasks of the per-task means, only when the method has an ok score on
@@ -14,6 +17,7 @@ and keep their reasons, so a table shows them instead of silently dropping them.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from bench import methods
@@ -34,7 +38,8 @@ OVER_TASKS = {f.key: f.tasks for f in FIGURES.values() if f.tasks}
 def measured_columns(frame: pd.DataFrame) -> list[str]:
     """The numeric figures of the measured sections (a text figure such as a source name is not one)."""
     return [c for c in frame.columns if c.startswith(MEASURED_SECTIONS) and c not in FIRST_COLUMNS
-            and frame[c].dropna().map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()]
+            and (frame[c].dtype.kind in "iuf"  # an int or float column: numbers only, no need to look
+                 or frame[c].dropna().map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all())]
 
 
 def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -62,28 +67,39 @@ def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.Da
         return pd.DataFrame()
     # the figures tables and plots read exist as columns (null) even when no record has them
     measured = sorted(set(measured_columns(frame)) | set(OVER_TASKS) - set(FIRST_COLUMNS))
-    rows = []
-    for key, group in frame.groupby(KEYS, sort=False, dropna=False):
-        ok = group[group["status"] == "ok"]
-        row = dict(zip(KEYS, key))
-        row["shots"] = None if missing(row["shots"]) else int(row["shots"])
-        source = ok if len(ok) else group
-        for col in FIRST_COLUMNS:
-            row[col] = _first(source, col)
-        row["n"] = len(ok)
-        row["n_cells"] = len(group)
-        row["seeds"] = sorted(group["seed"].tolist())
-        row["score_mean"], row["score_std"] = _mean_std(ok, "score")
-        row["score_median"], row["score_iqr"] = _median_iqr(ok, "score")
-        for col in [c for c in frame.columns if c.startswith("scores.")]:
-            row[f"{col}.mean"], row[f"{col}.std"] = _mean_std(ok, col)
-        for col in measured:
-            row[col] = _mean_std(ok, col)[0]
-        bad = group[group["status"] != "ok"]
-        row["statuses"] = dict(bad["status"].value_counts()) if len(bad) else {}
-        row["reasons"] = sorted({r for r in bad["error"].dropna()}) if len(bad) else []
-        rows.append(row)
-    out = pd.DataFrame(rows)
+    scores = [c for c in frame.columns if c.startswith("scores.")]
+    # each record's cell, numbered 0, 1, ... in order of first appearance (null shots are a value like any other)
+    cell = frame.groupby(KEYS, sort=False, dropna=False).ngroup().to_numpy()
+    cells, firsts = np.unique(cell, return_index=True)
+    is_ok = (frame["status"] == "ok").to_numpy()
+    n = np.bincount(cell[is_ok], minlength=len(cells))
+    # fixed figures: the first non-null value among the ok records, among all records when none is ok
+    source = is_ok | (n[cell] == 0)
+    first = frame[source].reindex(columns=FIRST_COLUMNS).groupby(cell[source]).first()
+    # means, stds, medians, IQRs: over the ok records' numbers (anything else is null)
+    ok = frame[is_ok]
+    numbers = pd.DataFrame({c: pd.to_numeric(ok[c], errors="coerce") if c in ok else float("nan")
+                            for c in ["score", *scores, *measured]}, index=ok.index, dtype=float)
+    mean, std, median, iqr = _over_seeds(numbers, cell[is_ok], len(cells))
+    bad = frame[~is_ok].groupby(cell[~is_ok])
+    statuses = {i: dict(group["status"].value_counts()) for i, group in bad}
+    reasons = {i: sorted(set(group["error"].dropna())) for i, group in bad}
+    seeds = {i: sorted(group.tolist()) for i, group in frame["seed"].groupby(cell)}
+
+    columns = {k: frame[k].iloc[firsts] for k in KEYS}
+    columns["shots"] = [None if missing(s) else int(s) for s in columns["shots"]]
+    columns |= {c: first[c] for c in FIRST_COLUMNS}
+    columns |= {"n": n, "n_cells": np.bincount(cell), "seeds": [seeds[i] for i in cells],
+                "score_mean": mean["score"], "score_std": std["score"],
+                "score_median": median["score"], "score_iqr": iqr["score"]}
+    for col in scores:
+        columns[f"{col}.mean"], columns[f"{col}.std"] = mean[col], std[col]
+    columns |= {c: mean[c] for c in measured}
+    columns["statuses"] = [statuses.get(i, {}) for i in cells]
+    columns["reasons"] = [reasons.get(i, []) for i in cells]
+    # a dict per row, None for null: each column's type is inferred as for rows built one by one
+    values = ([None if missing(v) else v for v in column] for column in columns.values())
+    out = pd.DataFrame([dict(zip(columns, row)) for row in zip(*values)])
     out["family_order"] = family_order(out["method_family"])
     rank = {task: i for i, task in enumerate(task_order or [])}
     out["task_order"] = out["task"].map(lambda t: (rank.get(t, len(rank)), t))
@@ -153,23 +169,26 @@ def _first(group: pd.DataFrame, col: str):
     return values.iloc[0] if len(values) else None
 
 
-def _median_iqr(group: pd.DataFrame, col: str) -> tuple[float | None, float | None]:
-    """Median and interquartile range (75th - 25th percentile, linear interpolation) over seeds, as
-    T-Few reports few-shot results; the IQR needs two or more seeds."""
-    if col not in group:
-        return None, None
-    values = pd.to_numeric(group[col], errors="coerce").dropna()
-    if values.empty:
-        return None, None
-    iqr = float(values.quantile(0.75) - values.quantile(0.25)) if len(values) > 1 else None
-    return float(values.median()), iqr
-
-
-def _mean_std(group: pd.DataFrame, col: str) -> tuple[float | None, float | None]:
-    if col not in group:
-        return None, None
-    values = pd.to_numeric(group[col], errors="coerce").dropna()
-    if values.empty:
-        return None, None
-    std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return float(values.mean()), std
+def _over_seeds(numbers: pd.DataFrame, cell: np.ndarray, cells: int) -> list[pd.DataFrame]:
+    """Mean, std, median and IQR of each column's non-null numbers in each cell (rows 0 .. cells - 1; null
+    without numbers, std and IQR without two). Computed as pandas does for one Series (numpy's pairwise sum
+    over the values in record order, a two-pass variance, linear percentiles), so that each equals
+    `Series.mean()`, `.std()`, `.median()`, `.quantile(0.75) - .quantile(0.25)` to the last bit, which
+    groupby's own reductions (other summation orders) do not: a value that ends in 5 would round the other way."""
+    x = numbers.to_numpy(dtype=float)
+    row, col = np.nonzero(~np.isnan(x))  # row-major: record after record
+    pair = cell[row] * x.shape[1] + col  # one series per (cell, column)
+    order = np.argsort(pair, kind="stable")  # record order within a series
+    pair, values = pair[order], x[row, col][order]
+    series, start, length = np.unique(pair, return_index=True, return_counts=True)
+    stats = np.full((4, cells * x.shape[1]), np.nan)
+    for n in np.unique(length):
+        at = series[length == n]
+        block = values[start[length == n, None] + np.arange(n)]  # a series per row
+        stats[0, at] = mean = block.sum(axis=1) / n
+        stats[2, at] = np.median(block, axis=1)
+        if n > 1:
+            stats[1, at] = np.sqrt(((mean[:, None] - block) ** 2).sum(axis=1) / (n - 1))
+            low, high = np.percentile(block, [25, 75], axis=1)
+            stats[3, at] = high - low
+    return [pd.DataFrame(s.reshape(cells, -1), columns=numbers.columns) for s in stats]
