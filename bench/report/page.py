@@ -89,33 +89,53 @@ def suite_html(report, suite_source: str) -> str:
         text = f"<p>Suite file <code>{escape(str(path))}</code>:</p><pre>{escape(path.read_text())}</pre>"
     except (BadInput, OSError):
         text = f"<p>The suite file for '{escape(suite_source)}' was not found; the records' configurations follow.</p>"
-    configs: dict[str, Counter] = {}
+    configs: dict[str, list] = {}
     for record in report.frame["record"]:
         cell = record["cell"]
         config = cell.get("config") or {}
         label = cell.get("label") or cell["method"]
         for key, value in ((f"method {label}", {"method": config.get("method"), "train": config.get("train")}),
                            (f"model {cell['model']}", config.get("model")), (f"task {cell['task']}", config.get("task"))):
-            # counted in compact form (json's C encoder; `indent` would leave it): pretty-printed once each below
-            configs.setdefault(key, Counter())[json.dumps(value, sort_keys=True, default=str)] += 1
+            configs.setdefault(key, []).append(value)
     details = []
     for key in sorted(configs):
+        counts = tally(configs[key], lambda value: json.dumps(value, sort_keys=True, default=str))
         variants = "".join(f"<p>{n} record(s):</p><pre>{escape(json.dumps(json.loads(v), indent=1))}</pre>"
-                           for v, n in configs[key].most_common())
+                           for v, n in counts.most_common())
         details.append(f"<details><summary>{escape(key)}</summary>{variants}</details>")
     return text + "<h3>Resolved configurations (from the records)</h3>" + "".join(details)
 
 
 def env_html(report) -> str:
     """Each environment field with its distinct values and how many records have each."""
-    values: dict[str, Counter] = {}
+    fields: dict[str, list] = {}
     for record in report.frame["record"]:
         for key, value in (record.get("env") or {}).items():
-            values.setdefault(key, Counter())[json.dumps(value) if isinstance(value, (dict, list)) else str(value)] += 1
+            fields.setdefault(key, []).append(value)
+    values = {key: tally(found, lambda v: json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+              for key, found in fields.items()}
     rows = "".join(f'<tr><td class="text">{escape(k)}</td><td class="text">'
                    + "<br>".join(escape(v) + (f" ({n} records)" if len(c) > 1 else "") for v, n in c.most_common())
                    + "</td></tr>" for k, c in sorted(values.items()))
     return f"<table><thead><tr><th>field</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def tally(values: list, key) -> Counter:
+    """How many of `values` have each `key(value)`, in order of first appearance. Records repeat a few
+    distinct values thousands of times, so values are first counted by `repr` (fast, in C) and `key` (a JSON
+    dump, say) runs once per distinct one; equal reprs are equal JSON values, so the counts are the same."""
+    by_repr: dict[str, list] = {}
+    for value in values:
+        text = repr(value)
+        entry = by_repr.get(text)
+        if entry is None:
+            by_repr[text] = [value, 1]
+        else:
+            entry[1] += 1
+    counts: Counter = Counter()
+    for value, n in by_repr.values():
+        counts[key(value)] += n
+    return counts
 
 
 def document(report, suite_source: str) -> str:
