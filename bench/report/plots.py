@@ -1,4 +1,5 @@
-"""The report's plots (matplotlib, PNG + SVG), drawn from the same rows as the tables.
+"""The report's plots (matplotlib, PNG + SVG), drawn from the same rows as the tables; built here, written
+to files by bench/report/render.py (several at once).
 
 Readable in greyscale: each family has its own marker shape (and hatch in bars), colour only repeats
 that; heatmap cells print their values. Point labels never overlap (bench.report.labels) and legends
@@ -8,7 +9,7 @@ reason (the report says so); a null is never drawn as zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from bench.env import usable_cores
 from bench.methods.base import FAMILIES
 from bench.report import fmt
 from bench.report.fmt import missing
 from bench.report.labels import place_labels
 from bench.report.pareto import pareto_front
+from bench.report.render import write_all
 from bench.report.tables import MEMORY_PARTS, display_label, flops_column, memory_rows, memory_unit, slug
 
 # Okabe-Ito colours (colour-blind safe) with distinct shapes, so families stay apart in greyscale.
@@ -31,7 +34,6 @@ FAMILY_STYLE = {"baseline": ("s", "#000000"), "additive": ("^", "#E69F00"), "par
 OTHER_STYLE = ("X", "#999999")
 PART_STYLE = {"Weights": ("#404040", ""), "Gradients": ("#808080", "//"), "Optimizer": ("#b0b0b0", "xx"),
               "Activations": ("#e0e0e0", "..")}
-DPI = 150
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Plot:
     png: Path | None = None
     svg: Path | None = None
     skipped: str | None = None  # why it was not drawn
+    figure: Figure | None = field(default=None, repr=False)  # built, until draw_all has written its files
 
 
 def style(family) -> tuple[str, str]:
@@ -59,10 +62,8 @@ def family_legend(ax, families, extra: list | None = None) -> None:
 
 
 def save(fig: Figure, folder: Path, name: str, plot: Plot) -> Plot:
-    folder.mkdir(parents=True, exist_ok=True)
-    plot.png, plot.svg = folder / f"{name}.png", folder / f"{name}.svg"
-    fig.savefig(plot.png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(plot.svg, bbox_inches="tight", metadata={"Date": None})
+    """Name the plot's files and keep its figure; draw_all writes them all at once."""
+    plot.png, plot.svg, plot.figure = folder / f"{name}.png", folder / f"{name}.svg", fig
     return plot
 
 
@@ -239,7 +240,8 @@ def peak_names(rows: pd.DataFrame) -> str:
     return ", ".join(sorted({fmt.peak_name(s) for s in rows["memory.peak_source"].dropna()})) or "source unknown"
 
 
-def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plot]:
+def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path, workers: int | None = None) -> list[Plot]:
+    """Every plot of the report, its files written by `workers` processes (default: the usable cores)."""
     full_data = summary[summary["shots"].isna()]
     plots = scatter_with_front(full_data, folder, "params", "params.trainable",
                                "trainable parameters (count, log scale)", log_x=True)
@@ -248,4 +250,10 @@ def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plo
     plots += memory_breakdown(agg, folder)
     plots += heatmap(summary, agg, folder)
     plots += fewshot(summary, folder)
+    built = [p for p in plots if p.figure is not None]
+    if built:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_all([(p.figure, p.png, p.svg) for p in built], usable_cores() if workers is None else workers)
+    for plot in built:
+        plot.figure = None
     return plots
