@@ -130,28 +130,30 @@ def test_scan_reads_each_record_once_and_trusts_only_an_unchanged_file(tmp_path,
     assert first[0] == {cell.id: {"status": "failed", "error": {"environment": True}}}
     assert len(first[1]) == 1 and first[1][0].startswith(f"{tmp_path / 'tiny' / 'broken.json'}: unreadable")
 
-    reads = []
-    verdict = store_module._verdict
-    monkeypatch.setattr(store_module, "_verdict", lambda path: reads.append(path.name) or verdict(path))
+    reads, load = [], store_module._load
+    monkeypatch.setattr(store_module, "_load", lambda path, checked: reads.append((path.name, checked)) or load(path, checked))
     assert store.scan("tiny") == first and reads == []  # nothing read again, the same answer
 
     store.write(ok_record(cell))  # replaced (another inode): read again
     assert store.scan("tiny")[0] == {cell.id: {"status": "ok", "error": None}}
-    assert reads == [f"{cell.id}.json"]
+    assert reads == [(f"{cell.id}.json", False)]
 
     (tmp_path / "tiny" / ".index").write_text("garbage")  # a corrupt index is rebuilt from the records
     reads.clear()
-    assert store.scan("tiny")[0][cell.id]["status"] == "ok" and set(reads) == {"broken.json", f"{cell.id}.json"}
+    assert store.scan("tiny")[0][cell.id]["status"] == "ok"
+    assert set(reads) == {("broken.json", False), (f"{cell.id}.json", False)}
 
     index = json.loads((tmp_path / "tiny" / ".index").read_text())
     index["checker"] = "another version of the record check"
     (tmp_path / "tiny" / ".index").write_text(json.dumps(index))
     reads.clear()
     store.scan("tiny")
-    assert set(reads) == {"broken.json", f"{cell.id}.json"}
+    assert set(reads) == {("broken.json", False), (f"{cell.id}.json", False)}
 
-    records, bad = store.records("tiny")  # readers of records never take the index for one
-    assert len(records) == 1 and not any(".index" in line for line in bad)
+    reads.clear()  # the records themselves: the usable one read unchecked (the index vouches), the broken one not at all
+    records, bad = store.records("tiny")
+    assert [r["cell"]["id"] for r in records] == [cell.id] and reads == [(f"{cell.id}.json", True)]
+    assert len(bad) == 1 and "broken.json: unreadable" in bad[0]  # never the index itself
 
 
 def test_scan_of_a_store_it_cannot_write_still_answers(tmp_path, cell, monkeypatch):

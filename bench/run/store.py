@@ -80,11 +80,12 @@ class Store:
         return path
 
     def records(self, suite: str | None = None) -> tuple[list[dict], list[str]]:
-        """Every usable record (of one suite, or all), and a line per unusable file."""
+        """Every usable record (of one suite, or all), and a line per unusable file; a record the suite's
+        index vouches for (see `scan`) is not checked again, a file it knows to be unusable not read."""
         folders = [self.suite_dir(suite)] if suite else sorted(p for p in self.root.glob("*") if p.is_dir())
         found, bad = [], []
         for folder in folders:
-            usable, unusable = self._scan(folder)
+            usable, unusable = _read_folder(folder, full=True)
             found += usable.values()
             bad += unusable
         return found, bad
@@ -95,51 +96,14 @@ class Store:
         file: one pass over the folder for a whole grid's planning.
 
         A file is read and checked only when the suite's index has no entry for it under its current
-        stat (inode, size, mtime in ns); the index is then rewritten. So a run over a recorded grid reads
+        stat (inode, size, mtime in ns); the index is then rewritten (here and by `records`). So a run over a recorded grid reads
         no record it has read before. A record is only ever replaced by a rename, which gives it a new
         inode, so an unchanged stat is an unchanged file. The index is a cache: missing, unreadable, or
         written by another version of the record check (bench/record.py, bench/figures.py), it is
         rebuilt from the records; two runners rewriting it at once lose at most entries the next scan
         reads again; a store the user cannot write to is scanned without it.
         """
-        folder = self.suite_dir(suite)
-        index = folder / INDEX
-        known = _read_index(index)
-        entries, found, bad = {}, {}, []
-        for path in sorted(folder.glob("*.json")):
-            try:
-                st = path.stat()
-            except OSError as e:
-                bad.append(f"{path}: unreadable ({e})")
-                continue
-            key = [st.st_ino, st.st_size, st.st_mtime_ns]
-            entry = known.get(path.name)
-            verdict = entry[3] if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key else _verdict(path)
-            entries[path.name] = key + [verdict]
-            if isinstance(verdict, dict):
-                found[path.stem] = verdict
-            else:
-                bad.append(f"{path}: {verdict}")
-        if entries != known:
-            with contextlib.suppress(OSError):
-                atomic_write(index, json.dumps({"checker": _checker(), "files": entries}).encode())
-        return found, bad
-
-    @staticmethod
-    def _scan(folder: Path) -> tuple[dict[str, dict], list[str]]:
-        found, bad = {}, []
-        for path in sorted(folder.glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                bad.append(f"{path}: unreadable ({e})")
-                continue
-            issues = problems(record)
-            if issues:
-                bad.append(f"{path}: " + "; ".join(issues))
-            else:
-                found[path.stem] = record
-        return found, bad
+        return _read_folder(self.suite_dir(suite), full=False)
 
     def stamp(self, suite: str, cell_id: str) -> tuple[int, int] | None:
         """(mtime in ns, size) of a cell's record file, None without one: a cheap way to see that
@@ -274,14 +238,45 @@ def plan_view(record: dict) -> dict:
     return {"status": record["status"], "error": {"environment": True} if environment else None}
 
 
-def _verdict(path: Path) -> dict | str:
-    """A record file's plan_view, or why it is not a usable record."""
+def _read_folder(folder: Path, full: bool) -> tuple[dict[str, dict], list[str]]:
+    """A folder's usable records by file stem (the records when `full`, else their plan_view) and a line per
+    unusable file, through the folder's index (see Store.scan): a file the index knows under its current
+    stat is not read at all when only its plan_view is needed or it is not usable, and read without being
+    checked again when its record is."""
+    known = _read_index(folder / INDEX)
+    entries, found, bad = {}, {}, []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            st = path.stat()
+        except OSError as e:
+            bad.append(f"{path}: unreadable ({e})")
+            continue
+        key = [st.st_ino, st.st_size, st.st_mtime_ns]
+        entry = known.get(path.name)
+        verdict = entry[3] if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key else None
+        loaded = None
+        if verdict is None or (full and isinstance(verdict, dict)):
+            loaded, verdict = _load(path, checked=verdict is not None)
+        entries[path.name] = key + [verdict]
+        if isinstance(verdict, dict):
+            found[path.stem] = loaded if full else verdict
+        else:
+            bad.append(f"{path}: {verdict}")
+    if entries != known:
+        with contextlib.suppress(OSError):  # a store this user cannot write to is read without its index
+            atomic_write(folder / INDEX, json.dumps({"checker": _checker(), "files": entries}).encode())
+    return found, bad
+
+
+def _load(path: Path, checked: bool) -> tuple[dict | None, dict | str]:
+    """(the record, its plan_view), or (None, why the file is not a usable record); `checked`: the index
+    already vouches for the file's shape."""
     try:
         loaded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        return f"unreadable ({e})"
-    issues = problems(loaded)
-    return "; ".join(issues) if issues else plan_view(loaded)
+        return None, f"unreadable ({e})"
+    issues = [] if checked else problems(loaded)
+    return (None, "; ".join(issues)) if issues else (loaded, plan_view(loaded))
 
 
 @functools.cache
