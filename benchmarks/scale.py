@@ -1,7 +1,7 @@
 """Scale benchmark (CPU): the harness's own costs on a 10,000-cell grid, against the performance goals.
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--records N] [--repeats 3] [--template RECORD.json]
-                                                       [--source DIR] [--only report,noop-run,grid,estimate]
+                                                       [--source DIR] [--only report,noop-run-cold,noop-run,grid,estimate]
 
 `--source DIR` measures the `bench` package in DIR instead of this checkout's, e.g. one commit's code
 (`git archive COMMIT bench suites | tar -x -C DIR`) or a proposed change, to compare before and after.
@@ -11,6 +11,8 @@ interpreter), the median of `--repeats` runs (with its CPU time and peak RSS, re
 
 1. `peft-bench report` over N records                         goal <= 10 s
 2. a no-op `peft-bench run` over N already-recorded cells       goal <= 5 s
+   cold: the suite's index (results/<suite>/.index) removed before each run, so every record is read;
+   warm: with the index a run leaves behind (one untimed run first), so no record is read
 3. grid expansion of N cells (load_suite + grid.expand)         goal <= 2 s
 4. `peft-bench estimate --model llama-2-70b --method lora`      goal <= 10 s and < 2 GB peak RSS
 
@@ -74,7 +76,8 @@ TEMPLATE_CELL = ["--methods", "lora", "--models", "tiny-gpt2", "--tasks", "synth
 GB = 2 ** 30
 GOALS = {  # name: (what, seconds, peak RSS bytes or None)
     "report": ("report over {n} records", 10.0, None),
-    "noop-run": ("no-op run over {n} recorded cells", 5.0, None),
+    "noop-run-cold": ("no-op run over {n} recorded cells, cold (no index: every record read)", 5.0, None),
+    "noop-run": ("no-op run over {n} recorded cells, warm (the index a run leaves)", 5.0, None),
     "grid": ("grid expansion of {n} cells", 2.0, None),
     "estimate": ("estimate llama-2-70b (lora)", 10.0, 2 * GB),
 }
@@ -223,6 +226,11 @@ def synthesise(suite_path: Path, results: Path, template: dict) -> int:
 
 # ---------------------------------------------------------------------------------------------- checks
 
+def record_files(folder: Path) -> list:
+    """The store folder's files but its index (a cache), with their size and mtime: what a no-op run must not change."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.name != ".index")
+
+
 def check_noop(child: Child, cells: int) -> None:
     m = re.search(rf"{SUITE_NAME}: (\d+) cells: nothing run; (\d+) already recorded", child.out)
     if not m or int(m.group(1)) != cells or int(m.group(2)) != cells:
@@ -311,7 +319,8 @@ def main() -> int:
     p.add_argument("--template", help="an ok record JSON to copy instead of training one real smoke cell")
     p.add_argument("--source", help="the folder holding the `bench` package to measure, e.g. a `git archive` of a "
                                     "commit or a proposed change (default: this repository)")
-    p.add_argument("--only", help="comma-separated measurements among report,noop-run,grid,estimate (default all)")
+    p.add_argument("--only", help="comma-separated measurements among report,noop-run-cold,noop-run,grid,estimate "
+                                  "(default all)")
     p.add_argument("--no-profile", action="store_true", help="do not profile a missed goal")
     p.add_argument("--top", type=int, default=15, help="functions listed per profile (default 15)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
@@ -334,7 +343,7 @@ def main() -> int:
         suite_path, seeds = write_suite(tmp, args.records)
         results = tmp / "results"
         cells = 0
-        if {"report", "noop-run", "grid"} & set(only):
+        if {"report", "noop-run-cold", "noop-run", "grid"} & set(only):
             template = template_record(tmp, env, args.template)
             start = time.perf_counter()
             cells = synthesise(suite_path, results, template)
@@ -346,6 +355,7 @@ def main() -> int:
             "report": lambda i: cli() + ["report", "--suite", suite_path, "--results", results,
                                          "--out", tmp / f"reports-{i}"],
             "noop-run": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
+            "noop-run-cold": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
             "grid": lambda i: [sys.executable, tmp / "grid_child.py", suite_path],
             "estimate": lambda i: cli() + ["estimate", "--model", "llama-2-70b", "--method", "lora"],
         }
@@ -353,16 +363,22 @@ def main() -> int:
         rows, notes, profiles = [], [], []
         for name in only:
             runs, parts, loads = [], [], []
-            before = sorted(p.name for p in (results / SUITE_NAME).iterdir()) if name == "noop-run" else None
+            noop = name.startswith("noop-run")
+            index = results / SUITE_NAME / ".index"  # a cache of the store (bench/run/store.py: Store.scan)
+            before = record_files(results / SUITE_NAME) if noop else None
+            if name == "noop-run":  # the index a run leaves behind (it indexes what it wrote)
+                run_child(commands[name]("prime"), env, tmp).check(name)
             for i in range(args.repeats):
+                if name == "noop-run-cold":
+                    index.unlink(missing_ok=True)
                 child = run_child(commands[name](i), env, tmp).check(name)
                 if name == "report":
                     check_report(child, tmp / f"reports-{i}", cells)
                     shutil.rmtree(tmp / f"reports-{i}")
-                elif name == "noop-run":
+                elif noop:
                     check_noop(child, cells)
-                    if sorted(p.name for p in (results / SUITE_NAME).iterdir()) != before:
-                        raise SystemExit("the no-op run changed the store's files")
+                    if record_files(results / SUITE_NAME) != before:
+                        raise SystemExit("the no-op run changed the store's records")
                 elif name == "grid":
                     parts.append(check_grid(child, cells))
                 elif name == "estimate" and not ("llama-2-70b" in child.out and "predicted_peak_bytes" in child.out):
@@ -389,6 +405,8 @@ def main() -> int:
             rows.append((name, what.format(n=cells), wall, goal_s, rss, goal_rss, ok, [c.wall for c in runs], cpu))
             notes.append(f"{name}: 1-minute load average after each run: {', '.join(f'{x:.2f}' for x in loads)}")
             if not ok and not args.no_profile:
+                if name == "noop-run-cold":
+                    index.unlink(missing_ok=True)
                 argv = ["GRID", tmp / "grid_child.py", suite_path] if name == "grid" else commands[name]("prof")[len(cli()):]
                 profiles.append(profile(name, argv, env, tmp, args.top))
                 shutil.rmtree(tmp / "reports-prof", ignore_errors=True)
