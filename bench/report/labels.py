@@ -23,32 +23,33 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
         FigureCanvasAgg(fig)
     renderer = fig.canvas.get_renderer()
     ax.autoscale_view()
+    to_px = fig.dpi / 72  # offsets are in points
     markers = [ax.transData.transform(p) for p in points]
     taken = [_box(x - MARKER_PX, y - MARKER_PX, x + MARKER_PX, y + MARKER_PX) for x, y in markers]
     placed = []
-    for (x, y), text in zip(points, labels):
+    for (x, y), (mx, my), text in zip(points, markers, labels):
+        # The label's size is measured once; a candidate's box is that size put at the marker plus the
+        # offset, aligned as the annotation will be (left/right of it, above/below it), which is where
+        # matplotlib draws it: no trial annotation per candidate.
+        probe = ax.annotate(text, (x, y), fontsize=fontsize)
+        size = probe.get_window_extent(renderer)
+        probe.remove()
         best = None
         for dx, dy in OFFSETS:
-            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top")
-            extent = note.get_window_extent(renderer)
-            crowding = sum(extent.overlaps(other) for other in taken)
+            left = mx + dx * to_px - (0 if dx >= 0 else size.width)
+            bottom = my + dy * to_px - (0 if dy >= 0 else size.height)
+            box = _box(left, bottom, left + size.width, bottom + size.height)
+            crowding = sum(box.overlaps(other) for other in taken)
             if best is None or crowding < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (crowding, note, extent)
-            else:
-                note.remove()
+                best = (crowding, (dx, dy), box)
             if crowding == 0:
                 break
-        crowding, note, extent = best
-        if crowding:  # nowhere free nearby: the least crowded spot, with a line back to the point
-            note.arrow_patch = None
-            note.remove()
-            dx, dy = note.xyann
-            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                               ha=note.get_ha(), va=note.get_va(), arrowprops={"arrowstyle": "-", "lw": 0.4})
-        taken.append(extent)
+        crowding, (dx, dy), box = best
+        # nowhere free nearby: the least crowded spot, with a line back to the point
+        note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                           ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                           arrowprops={"arrowstyle": "-", "lw": 0.4} if crowding else None)
+        taken.append(box)
         placed.append(note)
     return placed
 
