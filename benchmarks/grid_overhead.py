@@ -108,7 +108,7 @@ WRAPPED = [
     ("model + head + tokenizer (load_bundle)", "bench.cell.recipe", "load_bundle"),
     ("training data and evaluation sets: read, tokenise or cache (datasets)", "bench.cell.recipe", "datasets"),
     ("method applied (Method.apply)", "bench.methods.base:Method", "apply"),
-    ("data revisions (resolved_revision)", "bench.cell.recipe", "resolved_revision"),
+    ("instrument: what setup resolved (weights dtype, data revisions, example ids)", _I + "Resolved", "loaded"),
     ("instrument: static figures after loading (params, weight bytes)", _I + "StaticFigures", "loaded"),
     ("instrument: probe step (activations, grads, training FLOPs)", _I + "StepProbe", "before_training"),
     ("instrument: inference FLOPs (FlopCounterMode over 8 predictions)", _I + "InferenceFlops", "loaded"),

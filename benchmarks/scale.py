@@ -1,7 +1,8 @@
 """Scale benchmark (CPU): the harness's own costs on a 10,000-cell grid, against the performance goals.
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--records N] [--repeats 3] [--template RECORD.json]
-                                                       [--source DIR] [--only report,noop-run-cold,noop-run,grid,estimate]
+                                                       [--source DIR]
+                                                       [--only report,report-tables,noop-run-cold,noop-run,grid,estimate]
 
 `--source DIR` measures the `bench` package in DIR instead of this checkout's, e.g. one commit's code
 (`git archive COMMIT bench suites | tar -x -C DIR`) or a proposed change, to compare before and after.
@@ -10,6 +11,7 @@ Measures, each as the wall time of a child process started the way a user starts
 interpreter), the median of `--repeats` runs (with its CPU time and peak RSS, read with wait4):
 
 1. `peft-bench report` over N records                         goal <= 10 s
+   and the same with `--format csv,tex` (no plots drawn), to tell the records' cost from the figures'
 2. a no-op `peft-bench run` over N already-recorded cells       goal <= 5 s
    cold: the suite's index (results/<suite>/.index) removed before each run, so every record is read;
    warm: with the index a run leaves behind (one untimed run first), so no record is read
@@ -76,6 +78,7 @@ TEMPLATE_CELL = ["--methods", "lora", "--models", "tiny-gpt2", "--tasks", "synth
 GB = 2 ** 30
 GOALS = {  # name: (what, seconds, peak RSS bytes or None)
     "report": ("report over {n} records", 10.0, None),
+    "report-tables": ("report over {n} records, tables only (--format csv,tex: no plots)", 10.0, None),
     "noop-run-cold": ("no-op run over {n} recorded cells, cold (no index: every record read)", 5.0, None),
     "noop-run": ("no-op run over {n} recorded cells, warm (the index a run leaves)", 5.0, None),
     "grid": ("grid expansion of {n} cells", 2.0, None),
@@ -239,10 +242,10 @@ def check_noop(child: Child, cells: int) -> None:
         raise SystemExit(f"the no-op run found unusable records:\n{child.err[-2000:]}")
 
 
-def check_report(child: Child, out: Path, cells: int) -> None:
+def check_report(child: Child, out: Path, cells: int, markdown: bool = True) -> None:
     folder = out / SUITE_NAME
-    text = (folder / "report.md").read_text()
-    if f"{cells} records ({cells} ok)" not in text:
+    text = (folder / "report.md").read_text() if markdown else ""
+    if markdown and f"{cells} records ({cells} ok)" not in text:
         line = next((ln for ln in text.splitlines() if " records (" in ln), "no summary line")
         raise SystemExit(f"report.md does not hold {cells} ok records: {line}")
     if "## Records not shown" in text:
@@ -319,8 +322,8 @@ def main() -> int:
     p.add_argument("--template", help="an ok record JSON to copy instead of training one real smoke cell")
     p.add_argument("--source", help="the folder holding the `bench` package to measure, e.g. a `git archive` of a "
                                     "commit or a proposed change (default: this repository)")
-    p.add_argument("--only", help="comma-separated measurements among report,noop-run-cold,noop-run,grid,estimate "
-                                  "(default all)")
+    p.add_argument("--only", help="comma-separated measurements among report,report-tables,noop-run-cold,noop-run,"
+                                  "grid,estimate (default all)")
     p.add_argument("--no-profile", action="store_true", help="do not profile a missed goal")
     p.add_argument("--top", type=int, default=15, help="functions listed per profile (default 15)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
@@ -343,7 +346,7 @@ def main() -> int:
         suite_path, seeds = write_suite(tmp, args.records)
         results = tmp / "results"
         cells = 0
-        if {"report", "noop-run-cold", "noop-run", "grid"} & set(only):
+        if {"report", "report-tables", "noop-run-cold", "noop-run", "grid"} & set(only):
             template = template_record(tmp, env, args.template)
             start = time.perf_counter()
             cells = synthesise(suite_path, results, template)
@@ -354,6 +357,8 @@ def main() -> int:
         commands = {
             "report": lambda i: cli() + ["report", "--suite", suite_path, "--results", results,
                                          "--out", tmp / f"reports-{i}"],
+            "report-tables": lambda i: cli() + ["report", "--suite", suite_path, "--results", results,
+                                                "--out", tmp / f"reports-{i}", "--format", "csv,tex"],
             "noop-run": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
             "noop-run-cold": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
             "grid": lambda i: [sys.executable, tmp / "grid_child.py", suite_path],
@@ -372,8 +377,8 @@ def main() -> int:
                 if name == "noop-run-cold":
                     index.unlink(missing_ok=True)
                 child = run_child(commands[name](i), env, tmp).check(name)
-                if name == "report":
-                    check_report(child, tmp / f"reports-{i}", cells)
+                if name.startswith("report"):
+                    check_report(child, tmp / f"reports-{i}", cells, markdown=name == "report")
                     shutil.rmtree(tmp / f"reports-{i}")
                 elif noop:
                     check_noop(child, cells)
