@@ -151,9 +151,14 @@ def test_scan_reads_each_record_once_and_trusts_only_an_unchanged_file(tmp_path,
     assert set(reads) == {("broken.json", False), (f"{cell.id}.json", False)}
 
     reads.clear()  # the records themselves: the usable one read unchecked (the index vouches), the broken one not at all
+    index_before = (tmp_path / "tiny" / ".index").read_bytes()
     records, bad = store.records("tiny")
     assert [r["cell"]["id"] for r in records] == [cell.id] and reads == [(f"{cell.id}.json", True)]
     assert len(bad) == 1 and "broken.json: unreadable" in bad[0]  # never the index itself
+
+    store.write(ok_record(cell, accuracy=50.0))  # reading records (report, compare, merge) never writes the store
+    assert store.records("tiny")[0][0]["scores"]["metrics"]["accuracy"] == 50.0
+    assert (tmp_path / "tiny" / ".index").read_bytes() == index_before
 
 
 def test_scan_of_a_store_it_cannot_write_still_answers(tmp_path, cell, monkeypatch):

@@ -81,11 +81,12 @@ class Store:
 
     def records(self, suite: str | None = None) -> tuple[list[dict], list[str]]:
         """Every usable record (of one suite, or all), and a line per unusable file; a record the suite's
-        index vouches for (see `scan`) is not checked again, a file it knows to be unusable not read."""
+        index vouches for (see `scan`) is not checked again, a file it knows to be unusable not read. Only
+        reads: a store read for a report, a comparison or a merge is left as it was."""
         folders = [self.suite_dir(suite)] if suite else sorted(p for p in self.root.glob("*") if p.is_dir())
         found, bad = [], []
         for folder in folders:
-            usable, unusable = _read_folder(folder, full=True)
+            usable, unusable = _read_folder(folder, full=True, update_index=False)
             found += usable.values()
             bad += unusable
         return found, bad
@@ -96,14 +97,14 @@ class Store:
         file: one pass over the folder for a whole grid's planning.
 
         A file is read and checked only when the suite's index has no entry for it under its current
-        stat (inode, size, mtime in ns); the index is then rewritten (here and by `records`). So a run over a recorded grid reads
+        stat (inode, size, mtime in ns); the index is then rewritten. So a run over a recorded grid reads
         no record it has read before. A record is only ever replaced by a rename, which gives it a new
         inode, so an unchanged stat is an unchanged file. The index is a cache: missing, unreadable, or
         written by another version of the record check (bench/record.py, bench/figures.py), it is
         rebuilt from the records; two runners rewriting it at once lose at most entries the next scan
         reads again; a store the user cannot write to is scanned without it.
         """
-        return _read_folder(self.suite_dir(suite), full=False)
+        return _read_folder(self.suite_dir(suite), full=False, update_index=True)
 
     def stamp(self, suite: str, cell_id: str) -> tuple[int, int] | None:
         """(mtime in ns, size) of a cell's record file, None without one: a cheap way to see that
@@ -238,11 +239,11 @@ def plan_view(record: dict) -> dict:
     return {"status": record["status"], "error": {"environment": True} if environment else None}
 
 
-def _read_folder(folder: Path, full: bool) -> tuple[dict[str, dict], list[str]]:
+def _read_folder(folder: Path, full: bool, update_index: bool) -> tuple[dict[str, dict], list[str]]:
     """A folder's usable records by file stem (the records when `full`, else their plan_view) and a line per
     unusable file, through the folder's index (see Store.scan): a file the index knows under its current
     stat is not read at all when only its plan_view is needed or it is not usable, and read without being
-    checked again when its record is."""
+    checked again when its record is. `update_index`: rewrite the index when it lacks or misstates a file."""
     known = _read_index(folder / INDEX)
     entries, found, bad = {}, {}, []
     for path in sorted(folder.glob("*.json")):
@@ -262,7 +263,7 @@ def _read_folder(folder: Path, full: bool) -> tuple[dict[str, dict], list[str]]:
             found[path.stem] = loaded if full else verdict
         else:
             bad.append(f"{path}: {verdict}")
-    if entries != known:
+    if update_index and entries != known:
         with contextlib.suppress(OSError):  # a store this user cannot write to is read without its index
             atomic_write(folder / INDEX, json.dumps({"checker": _checker(), "files": entries}).encode())
     return found, bad
