@@ -144,6 +144,12 @@ def test_scan_reads_each_record_once_and_trusts_only_an_unchanged_file(tmp_path,
     assert set(reads) == {("broken.json", False), (f"{cell.id}.json", False)}
 
     index = json.loads((tmp_path / "tiny" / ".index").read_text())
+    forged = json.loads(json.dumps(index))  # parseable, right stat, but no plan view: not trusted
+    forged["files"][f"{cell.id}.json"][3] = {"stat": "ok"}
+    (tmp_path / "tiny" / ".index").write_text(json.dumps(forged))
+    reads.clear()
+    assert store.scan("tiny")[0][cell.id] == {"status": "ok", "error": None} and reads == [(f"{cell.id}.json", False)]
+
     index["checker"] = "another version of the record check"
     (tmp_path / "tiny" / ".index").write_text(json.dumps(index))
     reads.clear()

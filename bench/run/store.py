@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BadInput
-from bench.record import problems
+from bench.record import STATUSES, problems
 
 HISTORY = "history"
 INDEX = ".index"  # not *.json: no reader takes it for a record
@@ -253,8 +253,7 @@ def _read_folder(folder: Path, full: bool, update_index: bool) -> tuple[dict[str
             bad.append(f"{path}: unreadable ({e})")
             continue
         key = [st.st_ino, st.st_size, st.st_mtime_ns]
-        entry = known.get(path.name)
-        verdict = entry[3] if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key else None
+        verdict = _indexed(known.get(path.name), key)
         loaded = None
         if verdict is None or (full and isinstance(verdict, dict)):
             loaded, verdict = _load(path, checked=verdict is not None)
@@ -267,6 +266,16 @@ def _read_folder(folder: Path, full: bool, update_index: bool) -> tuple[dict[str
         with contextlib.suppress(OSError):  # a store this user cannot write to is read without its index
             atomic_write(folder / INDEX, json.dumps({"checker": _checker(), "files": entries}).encode())
     return found, bad
+
+
+def _indexed(entry, key: list) -> dict | str | None:
+    """The index's verdict on a file whose stat is `key`: a plan_view or why it is unusable; None when the
+    entry is missing, for another stat, or not of that shape (the index is only a cache)."""
+    if not (isinstance(entry, list) and len(entry) == 4 and entry[:3] == key):
+        return None
+    verdict = entry[3]
+    plan = isinstance(verdict, dict) and verdict.get("status") in STATUSES and set(verdict) == {"status", "error"}
+    return verdict if plan or isinstance(verdict, str) else None
 
 
 def _load(path: Path, checked: bool) -> tuple[dict | None, dict | str]:
