@@ -94,11 +94,10 @@ def _interrupt(signum, frame):
 
 def print_store_problems(store, bad: list[str]) -> None:
     """One line on stderr when the store holds files that are not usable records (they are skipped)."""
+    from bench.run.store import unusable_note
+
     if bad:
-        older = sum("schema_version" in line for line in bad)
-        kinds = f" ({older} of another schema version, which this version cannot read)" if older else ""
-        print(f"note: {len(bad)} file(s) under {store.root} are not usable records and are ignored{kinds}; "
-              f"first: {bad[0]}", file=sys.stderr)
+        print(f"note: under {store.root}, {unusable_note(bad)} (ignored)", file=sys.stderr)
 
 
 def suite_name(name_or_path: str) -> str:

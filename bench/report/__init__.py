@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.run.store import checked
+from bench.run.store import checked, unusable_note
 
 FORMATS = ("md", "tex", "csv", "html")
 PLOT_FORMATS = {"md", "html"}  # the formats that show the plots
@@ -50,8 +50,8 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     frame, superseded = latest_records(frame)
     problems = unusable + superseded
     if frame.empty and problems:
-        raise BadInput(f"no usable records for suite '{suite}' in {Path(results) / suite}: {len(problems)} "
-                       f"file(s) could not be used, e.g. {problems[0]}", "--suite")
+        raise BadInput(f"no usable records for suite '{suite}' in {Path(results) / suite}: {unusable_note(problems)}",
+                       "--suite")
     if frame.empty:
         raise BadInput(f"no records for suite '{suite}' in {Path(results) / suite}; run it first "
                        f"(peft-bench run --suite {suite})", "--suite")

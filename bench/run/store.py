@@ -232,6 +232,13 @@ def _stamp(old: bytes) -> str:
     return f"{stamp or 'unknown'}-{time.time_ns()}"  # two replaced records never share a history name
 
 
+def unusable_note(bad: list[str]) -> str:
+    """How many files are not usable records, how many of those are of another schema version, and the first."""
+    older = sum("schema_version" in line for line in bad)
+    kinds = f" ({older} of another schema version, which this version cannot read)" if older else ""
+    return f"{len(bad)} file(s) are not usable records{kinds}; first: {bad[0]}"
+
+
 def plan_view(record: dict) -> dict:
     """What planning reads of a record (runner.needs_run): its status, and whether its error came from the
     environment."""
