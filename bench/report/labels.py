@@ -45,7 +45,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
             if crowding == 0:
                 break
         crowding, (dx, dy), box = best
-        # nowhere free nearby: the least crowded spot, with a line back to the point
+        # where even the best spot is crowded (none free nearby), a thin line joins the label to its point
         note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                            ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
                            arrowprops={"arrowstyle": "-", "lw": 0.4} if crowding else None)

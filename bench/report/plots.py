@@ -240,8 +240,8 @@ def peak_names(rows: pd.DataFrame) -> str:
     return ", ".join(sorted({fmt.peak_name(s) for s in rows["memory.peak_source"].dropna()})) or "source unknown"
 
 
-def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path, workers: int | None = None) -> list[Plot]:
-    """Every plot of the report, its files written by `workers` processes (default: the usable cores)."""
+def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plot]:
+    """Every plot of the report, its files written by as many processes as this one may use cores."""
     full_data = summary[summary["shots"].isna()]
     plots = scatter_with_front(full_data, folder, "params", "params.trainable",
                                "trainable parameters (count, log scale)", log_x=True)
@@ -253,7 +253,7 @@ def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path, workers: in
     built = [p for p in plots if p.figure is not None]
     if built:
         folder.mkdir(parents=True, exist_ok=True)
-        write_all([(p.figure, p.png, p.svg) for p in built], usable_cores() if workers is None else workers)
+        write_all([(p.figure, p.png, p.svg) for p in built], usable_cores())
     for plot in built:
         plot.figure = None
     return plots

@@ -58,11 +58,7 @@ class Store:
 
     def read(self, suite: str, cell_id: str) -> dict | None:
         """The record of a cell, or None when there is none or it cannot be used."""
-        try:
-            record = json.loads(self.path(suite, cell_id).read_text())
-        except (OSError, ValueError):
-            return None
-        return None if problems(record) else record
+        return _load(self.path(suite, cell_id), checked=False)[0]
 
     def write(self, record: dict) -> Path:
         suite, cell_id = record["cell"]["suite"], record["cell"]["id"]
