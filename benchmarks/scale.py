@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--records N] [--repeats 3] [--template RECORD.json]
                                                        [--source DIR]
-                                                       [--only report,report-tables,noop-run-cold,noop-run,grid,estimate]
+                                                       [--only report,report-tables,report-again,noop-run-cold,noop-run,grid,estimate]
 
 `--source DIR` measures the `bench` package in DIR instead of this checkout's, e.g. one commit's code
 (`git archive COMMIT bench suites | tar -x -C DIR`) or a proposed change, to compare before and after.
@@ -11,7 +11,8 @@ Measures, each as the wall time of a child process started the way a user starts
 interpreter), the median of `--repeats` runs (with its CPU time and peak RSS, read with wait4):
 
 1. `peft-bench report` over N records                         goal <= 10 s
-   and the same with `--format csv,tex` (no plots drawn), to tell the records' cost from the figures'
+   and the same with `--format csv,tex` (no plots drawn), to tell the records' cost from the figures',
+   and again into the folder of an identical earlier report (its figures unchanged, so none is drawn)
 2. a no-op `peft-bench run` over N already-recorded cells       goal <= 5 s
    cold: the suite's index (results/<suite>/.index) removed before each run, so every record is read;
    warm: with the index a run leaves behind (one untimed run first), so no record is read
@@ -79,6 +80,8 @@ GB = 2 ** 30
 GOALS = {  # name: (what, seconds, peak RSS bytes or None)
     "report": ("report over {n} records", 10.0, None),
     "report-tables": ("report over {n} records, tables only (--format csv,tex: no plots)", 10.0, None),
+    "report-again": ("report over {n} records again, into its earlier folder (no figure changed: none drawn)", 10.0,
+                     None),
     "noop-run-cold": ("no-op run over {n} recorded cells, cold (no index: every record read)", 5.0, None),
     "noop-run": ("no-op run over {n} recorded cells, warm (the index a run leaves)", 5.0, None),
     "grid": ("grid expansion of {n} cells", 2.0, None),
@@ -242,6 +245,11 @@ def check_noop(child: Child, cells: int) -> None:
         raise SystemExit(f"the no-op run found unusable records:\n{child.err[-2000:]}")
 
 
+def figure_stamps(out: Path) -> dict[str, int]:
+    """Each plot file of a report folder with its modification time: what a report that reuses them keeps."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / SUITE_NAME / "plots").glob("*.*g")}
+
+
 def check_report(child: Child, out: Path, cells: int, markdown: bool = True) -> None:
     folder = out / SUITE_NAME
     text = (folder / "report.md").read_text() if markdown else ""
@@ -322,8 +330,7 @@ def main() -> int:
     p.add_argument("--template", help="an ok record JSON to copy instead of training one real smoke cell")
     p.add_argument("--source", help="the folder holding the `bench` package to measure, e.g. a `git archive` of a "
                                     "commit or a proposed change (default: this repository)")
-    p.add_argument("--only", help="comma-separated measurements among report,report-tables,noop-run-cold,noop-run,"
-                                  "grid,estimate (default all)")
+    p.add_argument("--only", help=f"comma-separated measurements among {','.join(GOALS)} (default all)")
     p.add_argument("--no-profile", action="store_true", help="do not profile a missed goal")
     p.add_argument("--top", type=int, default=15, help="functions listed per profile (default 15)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
@@ -346,7 +353,7 @@ def main() -> int:
         suite_path, seeds = write_suite(tmp, args.records)
         results = tmp / "results"
         cells = 0
-        if {"report", "report-tables", "noop-run-cold", "noop-run", "grid"} & set(only):
+        if set(only) - {"estimate"}:
             template = template_record(tmp, env, args.template)
             start = time.perf_counter()
             cells = synthesise(suite_path, results, template)
@@ -359,6 +366,8 @@ def main() -> int:
                                          "--out", tmp / f"reports-{i}"],
             "report-tables": lambda i: cli() + ["report", "--suite", suite_path, "--results", results,
                                                 "--out", tmp / f"reports-{i}", "--format", "csv,tex"],
+            "report-again": lambda i: cli() + ["report", "--suite", suite_path, "--results", results,
+                                               "--out", tmp / "reports-again"],
             "noop-run": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
             "noop-run-cold": lambda i: cli() + ["run", "--suite", suite_path, "--results", results, "--quiet"],
             "grid": lambda i: [sys.executable, tmp / "grid_child.py", suite_path],
@@ -373,11 +382,18 @@ def main() -> int:
             before = record_files(results / SUITE_NAME) if noop else None
             if name == "noop-run":  # the index a run leaves behind (it indexes what it wrote)
                 run_child(commands[name]("prime"), env, tmp).check(name)
+            if name == "report-again":  # the earlier report of the same records, whose figures are reused
+                run_child(commands[name]("prime"), env, tmp).check(name)
+                drawn = figure_stamps(tmp / "reports-again")
             for i in range(args.repeats):
                 if name == "noop-run-cold":
                     index.unlink(missing_ok=True)
                 child = run_child(commands[name](i), env, tmp).check(name)
-                if name.startswith("report"):
+                if name == "report-again":
+                    check_report(child, tmp / "reports-again", cells)
+                    if figure_stamps(tmp / "reports-again") != drawn:
+                        raise SystemExit("the report again drew figures whose data had not changed")
+                elif name.startswith("report"):
                     check_report(child, tmp / f"reports-{i}", cells, markdown=name == "report")
                     shutil.rmtree(tmp / f"reports-{i}")
                 elif noop:

@@ -112,6 +112,22 @@ def test_plots_skip_when_figures_are_missing(tmp_path):
     assert not (tmp_path / "reports" / "hand" / "index.html").exists()  # only the formats asked for
 
 
+def test_a_report_rerun_redraws_only_the_figures_whose_records_changed(tmp_path):
+    write_store(tmp_path / "results", survey_records() + fewshot_records())
+    write_report("hand", tmp_path / "results", tmp_path / "reports")
+    folder = tmp_path / "reports" / "hand" / "plots"
+    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.glob("*.*g")}
+    write_report("hand", tmp_path / "results", tmp_path / "reports")
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.glob("*.*g")} == first
+    # one more seed of lora on m1 moves m1's scores: the three figures that show them are redrawn; not m1's memory
+    # breakdown (it shows lora on t2, its task with the largest peak), nor t0's figures
+    write_store(tmp_path / "results", [record("lora", "reparameterized", "m1", "t1", 4, 90, params=params(1050, 50, 200),
+                                              train_s=5)])
+    write_report("hand", tmp_path / "results", tmp_path / "reports")
+    redrawn = sorted(p.name for p in folder.glob("*.*g") if p.stat().st_mtime_ns != first[p.name][0])
+    assert redrawn == sorted(f"{name}-m1.{ext}" for name in ("params", "peak-memory", "heatmap") for ext in ("png", "svg"))
+
+
 def test_pareto_front_on_hand_made_points():
     points = [(1, 10), (2, 20), (2, 15), (3, 20), (0.5, 5), (4, 30), (4, 30), (5, 25)]
     # (2,15) and (3,20) lose to (2,20); (5,25) to (4,30); identical points both stay

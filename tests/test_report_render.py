@@ -1,57 +1,58 @@
-"""Writing plots several at once (bench/report/render.py): the same files as one process writes, a helper's
-failure reported with its error, and a caller's script never run again by a helper."""
+"""Writing plots (bench/report/render.py): several at once, the same files as one process writes; a helper's
+failure reported with its error; a caller's script never run again by a helper; and a figure redrawn only
+when what it depends on changed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from matplotlib.figure import Figure
 
-from bench.report.render import write_all
-
-
-def figures(n: int) -> list[Figure]:
-    out = []
-    for i in range(n):
-        fig = Figure(figsize=(4, 3))
-        ax = fig.subplots()
-        ax.plot([0, 1, 2], [i, i + 1, i * 2], marker="o", label=f"series {i}")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the axes: the tight box must hold it
-        ax.set_title(f"figure {i}")
-        out.append(fig)
-    return out
+from bench.report import render
+from bench.report.render import DRAWN, Job, write_all
 
 
-def jobs(folder: Path, n: int) -> list:
+def job(folder: Path, i: int, score: float = 50.0) -> Job:
+    """A scatter plot of bench.report.draw whose legend sits outside the axes (the tight box must hold it)."""
+    args = [f"figure {i}", "cost (log scale)", True, [[10.0, score], [100.0, score + i + 1]], ["baseline", "hybrid"],
+            ["full", "mam-adapter"], ["baseline", "hybrid"]]
+    return Job("scatter_with_front", args, folder / f"f{i}.png", folder / f"f{i}.svg")
+
+
+def jobs(folder: Path, n: int) -> list[Job]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [(fig, folder / f"f{i}.png", folder / f"f{i}.svg") for i, fig in enumerate(figures(n))]
+    return [job(folder, i) for i in range(n)]
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("f*.*")}
 
 
 def test_helpers_write_what_one_process_writes(tmp_path):
     write_all(jobs(tmp_path / "one", 3), workers=1)
     write_all(jobs(tmp_path / "three", 3), workers=3)
     for i in range(3):
-        assert (tmp_path / "one" / f"f{i}.png").read_bytes() == (tmp_path / "three" / f"f{i}.png").read_bytes()
-        assert (tmp_path / "three" / f"f{i}.svg").read_text().lstrip().startswith("<?xml")
+        for suffix in ("png", "svg"):  # SVG too: its ids are salted with a constant, so it is reproducible
+            assert (tmp_path / "one" / f"f{i}.{suffix}").read_bytes() == \
+                (tmp_path / "three" / f"f{i}.{suffix}").read_bytes()
+    assert (tmp_path / "three" / "f0.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_the_tight_box_holds_a_legend_outside_the_axes(tmp_path):
     from PIL import Image
 
-    (fig, png, svg), = jobs(tmp_path, 1)
-    width_in = fig.get_size_inches()[0]
-    write_all([(fig, png, svg)], workers=1)
-    assert Image.open(png).size[0] > width_in * 150  # wider than the figure: the legend was kept, not cut
+    (work,) = jobs(tmp_path, 1)
+    write_all([work], workers=1)
+    assert Image.open(work.png).size[0] > 6.4 * 150  # wider than the 6.4-inch figure: the legend was kept, not cut
 
 
 def test_a_failing_helper_raises_with_its_error(tmp_path):
     work = jobs(tmp_path, 2)
-    fig, _, svg = work[1]  # the second job goes to the helper
-    work[1] = (fig, tmp_path / "missing-folder" / "f1.png", svg)
+    work[1] = work[1]._replace(png=tmp_path / "missing-folder" / "f1.png")  # the second job goes to the helper
     with pytest.raises(RuntimeError, match="(?s)plot-drawing process .*FileNotFoundError"):
         write_all(work, workers=2)
     assert (tmp_path / "f0.png").is_file()  # this process's share was written
@@ -73,3 +74,50 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("script body ran") == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.png", "f0.svg", "f1.png", "f1.svg"]
+
+
+def test_an_unchanged_figure_is_not_drawn_again(tmp_path):
+    assert write_all(jobs(tmp_path, 3), workers=2, folder=tmp_path) == 3
+    before = stamps(tmp_path)
+    assert write_all(jobs(tmp_path, 3), workers=2, folder=tmp_path) == 0
+    assert stamps(tmp_path) == before  # the files were not even rewritten
+
+
+def test_a_figure_whose_data_changed_is_drawn_again_and_only_it(tmp_path):
+    write_all(jobs(tmp_path, 3), workers=1, folder=tmp_path)
+    before = stamps(tmp_path)
+    changed = jobs(tmp_path, 3)
+    changed[1] = job(tmp_path, 1, score=50.000001)  # a score moved in its sixth decimal: still another figure
+    assert write_all(changed, workers=1, folder=tmp_path) == 1
+    after = stamps(tmp_path)
+    assert [name for name in before if after[name] != before[name]] == ["f1.png", "f1.svg"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_all([job(fresh, 1, score=50.000001)], workers=1)
+    assert (tmp_path / "f1.png").read_bytes() == (fresh / "f1.png").read_bytes()  # what a fresh drawing gives
+
+
+@pytest.mark.parametrize("damage", ["delete", "overwrite", "corrupt-record", "other-code"])
+def test_figures_are_redrawn_when_their_files_or_record_cannot_be_trusted(tmp_path, monkeypatch, damage):
+    write_all(jobs(tmp_path, 2), workers=1, folder=tmp_path)
+    good = (tmp_path / "f0.png").read_bytes()
+    expected = 2
+    if damage == "delete":
+        (tmp_path / "f0.svg").unlink()
+        expected = 1
+    elif damage == "overwrite":  # e.g. a user's edit: another size or modification time
+        (tmp_path / "f0.png").write_bytes(b"not the figure")
+        expected = 1
+    elif damage == "corrupt-record":
+        (tmp_path / DRAWN).write_text('{"f0.png": [1, 2')
+    else:  # drawing code or matplotlib settings that changed since
+        monkeypatch.setattr(render, "_CODE_VERSION", ["another version"])
+    assert write_all(jobs(tmp_path, 2), workers=1, folder=tmp_path) == expected
+    assert (tmp_path / "f0.png").read_bytes() == good and (tmp_path / "f0.svg").is_file()
+    assert set(json.loads((tmp_path / DRAWN).read_text())) == {"f0.png", "f1.png"}
+
+
+def test_a_figure_argument_that_is_not_plain_data_is_refused(tmp_path):
+    bad = job(tmp_path, 0)._replace(args=[object()])
+    with pytest.raises(TypeError, match="plain data, got object"):
+        write_all([bad], workers=1, folder=tmp_path)

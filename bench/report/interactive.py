@@ -23,7 +23,7 @@ import pandas as pd
 from bench.figures import FIGURES
 from bench.report import fmt
 from bench.report.fmt import missing
-from bench.report.plots import FAMILY_STYLE, OTHER_STYLE
+from bench.report.style import FAMILY_STYLE, OTHER_STYLE
 from bench.report.tables import display_label, status_text
 
 FILTERS = ("model", "task", "family", "method")  # the table's text columns a reader filters by
