@@ -128,6 +128,20 @@ def test_a_report_rerun_redraws_only_the_figures_whose_records_changed(tmp_path)
     assert redrawn == sorted(f"{name}-m1.{ext}" for name in ("params", "peak-memory", "heatmap") for ext in ("png", "svg"))
 
 
+def test_a_record_without_a_method_family_is_shown_as_unknown(tmp_path):
+    """The record check lets cell.method_family be null; the report shows it as unknown ('–'), in tables,
+    plot legends (next to a family outside the taxonomy) and the page, instead of crashing on NaN."""
+    records = survey_records()
+    for r in records:
+        r["cell"]["method_family"] = {"lora": None, "full": "mystery"}.get(r["cell"]["label"], r["cell"]["method_family"])
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports")
+    folder = tmp_path / "reports" / "hand"
+    assert "| – | lora | **86.0 ± 1.0 (n=3)** |" in (folder / "report.md").read_text()
+    assert (folder / "plots" / "params-m1.png").is_file()
+    assert '"family": "nan"' not in (folder / "index.html").read_text()
+
+
 def test_pareto_front_on_hand_made_points():
     points = [(1, 10), (2, 20), (2, 15), (3, 20), (0.5, 5), (4, 30), (4, 30), (5, 25)]
     # (2,15) and (3,20) lose to (2,20); (5,25) to (4,30); identical points both stay

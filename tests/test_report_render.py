@@ -4,12 +4,16 @@ when what it depends on changed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
+import matplotlib
 import pytest
 
 from bench.report import render
@@ -52,8 +56,8 @@ def test_the_tight_box_holds_a_legend_outside_the_axes(tmp_path):
 
 def test_a_failing_helper_raises_with_its_error(tmp_path):
     work = jobs(tmp_path, 2)
-    work[1] = work[1]._replace(png=tmp_path / "missing-folder" / "f1.png")  # the second job goes to the helper
-    with pytest.raises(RuntimeError, match="(?s)plot-drawing process .*FileNotFoundError"):
+    work[1] = work[1]._replace(args=work[1].args[:2])  # the second job goes to the helper, and cannot be drawn
+    with pytest.raises(RuntimeError, match="(?s)plot-drawing process .*TypeError: scatter_with_front"):
         write_all(work, workers=2)
     assert (tmp_path / "f0.png").is_file()  # this process's share was written
 
@@ -97,24 +101,59 @@ def test_a_figure_whose_data_changed_is_drawn_again_and_only_it(tmp_path):
     assert (tmp_path / "f1.png").read_bytes() == (fresh / "f1.png").read_bytes()  # what a fresh drawing gives
 
 
-@pytest.mark.parametrize("damage", ["delete", "overwrite", "corrupt-record", "other-code"])
+DAMAGES = {  # what happens to a plots folder between two reports -> how many of its 2 figures must be redrawn
+    "file deleted": 1, "file overwritten, same size and time": 1, "record truncated": 2, "record a list": 2,
+    "record of odd shapes": 2, "record nested too deep to parse": 2, "drawing code changed": 2,
+    "matplotlib settings changed": 2}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_figures_are_redrawn_when_their_files_or_record_cannot_be_trusted(tmp_path, monkeypatch, damage):
     write_all(jobs(tmp_path, 2), workers=1, folder=tmp_path)
     good = (tmp_path / "f0.png").read_bytes()
-    expected = 2
-    if damage == "delete":
+    if damage == "file deleted":
         (tmp_path / "f0.svg").unlink()
-        expected = 1
-    elif damage == "overwrite":  # e.g. a user's edit: another size or modification time
-        (tmp_path / "f0.png").write_bytes(b"not the figure")
-        expected = 1
-    elif damage == "corrupt-record":
+    elif damage == "file overwritten, same size and time":  # e.g. a copy of another figure, with its stat kept
+        st = (tmp_path / "f0.png").stat()
+        (tmp_path / "f0.png").write_bytes(bytes(st.st_size))
+        os.utime(tmp_path / "f0.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif damage == "record truncated":
         (tmp_path / DRAWN).write_text('{"f0.png": [1, 2')
-    else:  # drawing code or matplotlib settings that changed since
-        monkeypatch.setattr(render, "_CODE_VERSION", ["another version"])
-    assert write_all(jobs(tmp_path, 2), workers=1, folder=tmp_path) == expected
-    assert (tmp_path / "f0.png").read_bytes() == good and (tmp_path / "f0.svg").is_file()
+    elif damage == "record a list":
+        (tmp_path / DRAWN).write_text("[1, 2]")
+    elif damage == "record of odd shapes":
+        (tmp_path / DRAWN).write_text('{"f0.png": {"key": [1], "files": 5}, "f1.png": [null]}')
+    elif damage == "record nested too deep to parse":
+        (tmp_path / DRAWN).write_text('{"f0.png": ' + "[" * 100000 + "]" * 100000 + "}")
+    elif damage == "drawing code changed":  # a change to any module that decides how figures look
+        edited = tmp_path / "style.py"
+        edited.write_text(Path(render.__file__).with_name("style.py").read_text() + "\n# edited\n")
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: SimpleNamespace(origin=str(edited))
+                            if name == "bench.report.style" else real(name, *a))
+    else:
+        monkeypatch.setitem(matplotlib.rcParams, "lines.linewidth", 3.0)
+    assert write_all(jobs(tmp_path, 2), workers=1, folder=tmp_path) == DAMAGES[damage]
+    if not damage.startswith("matplotlib"):
+        assert (tmp_path / "f0.png").read_bytes() == good
     assert set(json.loads((tmp_path / DRAWN).read_text())) == {"f0.png", "f1.png"}
+
+
+def test_the_key_covers_every_module_the_drawing_code_imports():
+    """DRAWING_CODE must name each bench module that drawing loads, or a change to it would not redraw."""
+    code = ("import sys; import bench.report; before = set(sys.modules); import bench.report.draw, bench.report.render; "
+            "print(sorted(m for m in set(sys.modules) - before if m.startswith('bench')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert set(eval(out.stdout)) <= set(render.DRAWING_CODE)
+
+
+def test_helpers_draw_under_this_process_s_matplotlib_settings(tmp_path, monkeypatch):
+    monkeypatch.setitem(matplotlib.rcParams, "font.size", 16.0)
+    write_all(jobs(tmp_path / "one", 2), workers=1)
+    write_all(jobs(tmp_path / "two", 2), workers=2)  # f1 is drawn by a helper, which starts with the defaults
+    assert (tmp_path / "one" / "f1.png").read_bytes() == (tmp_path / "two" / "f1.png").read_bytes()
 
 
 def test_a_figure_argument_that_is_not_plain_data_is_refused(tmp_path):

@@ -1,13 +1,15 @@
 """The report's figures drawn from plain data (numbers, strings, lists): one function per kind of plot.
 
 bench/report/plots.py chooses what each figure shows (the rows, titles, captions, what is skipped and
-why) and names a function here with its arguments; bench/report/render.py calls it where the figure is written,
-in this process or a helper. The arguments are all a figure depends on besides this code, so they also
-key the figure's files: a report redraws a figure only when they change (render.py).
+why) and names a function here with its arguments; bench/report/render.py calls it where the figure is
+written, in this process or a helper. Besides the arguments, a figure depends only on the drawing code
+(this module and the ones it imports: render.DRAWING_CODE), the libraries and matplotlib's settings, which
+together key the figure's files: a report redraws a figure only when one of them changes (render.py).
 
 Readable in greyscale (bench/report/style.py): each family has its own marker shape (and hatch in bars),
-colour only repeats that; heatmap cells print their values. Point labels never overlap (bench.report.labels) and legends
-sit outside the axes, so neither hides a marker. A null is never drawn as zero.
+colour only repeats that; heatmap cells print their values. Point labels never overlap
+(bench.report.labels) and legends sit outside the axes, so neither hides a marker. A null is never drawn
+as zero.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from bench.figures import FIGURES
 from bench.report import fmt
 from bench.report.fmt import missing
 from bench.report.style import FAMILY_STYLE, OTHER_STYLE
-from bench.report.tables import display_label, status_text
+from bench.report.tables import display_label, family_name, status_text
 
 FILTERS = ("model", "task", "family", "method")  # the table's text columns a reader filters by
 
@@ -110,7 +110,7 @@ def blob_row(row) -> dict:
     values |= {f.key: number(row.get(f.key)) for f in NUMERIC_COLUMNS if f.key != "score"}
     texts = {f.key: f.show(values[f.key]) for f in NUMERIC_COLUMNS}
     texts["score"] = fmt.score(row["score_mean"], row["score_std"])
-    return {"model": str(row["model"]), "task": str(row["task"]), "family": str(row["method_family"] or ""),
+    return {"model": str(row["model"]), "task": str(row["task"]), "family": family_name(row),
             "method": display_label(row), "metric": str(row["main_metric"] or ""), "values": values,
             "texts": texts}
 

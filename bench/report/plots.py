@@ -20,7 +20,7 @@ from bench.report import fmt
 from bench.report.fmt import missing
 from bench.report.render import Job, write_all
 from bench.report.style import PART_STYLE
-from bench.report.tables import MEMORY_PARTS, display_label, flops_column, memory_rows, memory_unit, slug
+from bench.report.tables import MEMORY_PARTS, display_label, family_name, flops_column, memory_rows, memory_unit, slug
 
 
 @dataclass
@@ -35,10 +35,10 @@ class Plot:
     pending: tuple[str, list] | None = field(default=None, repr=False)
 
 
-def legend_order(families) -> list[str]:
+def legend_order(families: list[str]) -> list[str]:
     """The families present, in FAMILIES order, then any other (sorted): a legend's entries."""
     present = set(families)
-    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES) - {None})
+    return [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
 
 
 def to_draw(plot: Plot, folder: Path, name: str, function: str, *args) -> Plot:
@@ -76,9 +76,10 @@ def scatter_with_front(summary: pd.DataFrame, folder: Path, kind: str, x_col: st
                    "staircase joins the methods no other beats on both cost and score.")
         caption += not_shown(rows[~rows["score_avg"].notna()], "no ok score on every task")
         caption += not_shown(rows[rows["score_avg"].notna() & ~usable], f"no {x_col}" + (" > 0 (log axis)" if log_x else ""))
+        families = [family_name(r) for _, r in shown.iterrows()]
         plots.append(to_draw(Plot(kind, title, caption), folder, f"{kind}-{slug(model)}", "scatter_with_front",
-                             title, x_label, log_x, points, list(shown["method_family"]),
-                             [display_label(r) for _, r in shown.iterrows()], legend_order(shown["method_family"])))
+                             title, x_label, log_x, points, families, [display_label(r) for _, r in shown.iterrows()],
+                             legend_order(families)))
     return plots
 
 
@@ -159,14 +160,14 @@ def fewshot(summary: pd.DataFrame, folder: Path) -> list[Plot]:
                                                 "inference FLOPs")]
     shown = rows[usable]
     in_context = [bool(v) for v in shown["in_context"]]
+    families = [family_name(r) for _, r in shown.iterrows()]
     caption = "Filled markers: fine-tuned few-shot methods; hollow circles: in-context learning."
     caption += not_shown(rows[~usable], "no score on every task or no inference FLOPs")
     return [to_draw(Plot("few-shot", title, caption), folder, "few-shot", "fewshot", title,
                     f"inference FLOPs per example ({how}, log scale)",
                     [list(p) for p in zip(floats(x[usable]), floats(shown["score_avg"]))],
-                    list(shown["method_family"]), in_context,
-                    [f"{display_label(r)}, {r['model']}" for _, r in shown.iterrows()],
-                    legend_order(shown[~shown["in_context"].astype(bool)]["method_family"]))]
+                    families, in_context, [f"{display_label(r)}, {r['model']}" for _, r in shown.iterrows()],
+                    legend_order([f for f, icl in zip(families, in_context) if not icl]))]
 
 
 def peak_names(rows: pd.DataFrame) -> str:

@@ -23,6 +23,12 @@ SPEED_PARTS = [("Train TFLOP/s", "Train FLOP/s", "time.train_flops_per_s", 1e12,
                ("MFU (%)", "MFU (ratio)", "time.mfu", 0.01, 1)]
 
 
+def family_name(row) -> str:
+    """A row's method family; a record may leave it null (NaN in a frame), which shows as unknown."""
+    family = row["method_family"]
+    return family if isinstance(family, str) else DASH
+
+
 def display_label(row) -> str:
     """A method's row name: its suite label, with the shots of a few-shot cell."""
     return row["label"] if missing(row["shots"]) else f"{row['label']} ({int(row['shots'])}-shot)"
@@ -126,7 +132,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             if row["missing_tasks"] and len(row["missing_tasks"]) < len(tasks):
                 method.notes.append(table.note(f"{name}: no ok score on {', '.join(row['missing_tasks'])}; "
                                                "no average, and its costs cover the other tasks only"))
-            cells = [Cell(row["method_family"] or DASH), method]
+            cells = [Cell(family_name(row)), method]
             for t in tasks["task"]:
                 cells += [score_cell(table, row["tasks"].get(t), f"{name} on {t}", metric)
                           for metric in [None, *further[t]]]
@@ -135,7 +141,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells += [figure_cell(row, "params.method"), figure_cell(row, "params.method_pct"),
                       figure_cell(row, "params.stored_bytes"), peak_cell(row, 2**30, name_source),
                       figure_cell(row, "time.train_s")]
-            table.add(row["method_family"] or DASH, cells)
+            table.add(family_name(row), cells)
         table.mark_best()
         tables.append(table)
     return tables
@@ -216,12 +222,12 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
             caption += f" Not recorded: {', '.join(absent)}{reason}."
         table = Table(f"memory-{slug(model)}", f"{model}: memory", columns, caption=caption)
         for _, row in rows.iterrows():
-            cells = [Cell(row["method_family"] or DASH), Cell(display_label(row)), Cell(row["task"])]
+            cells = [Cell(family_name(row)), Cell(display_label(row)), Cell(row["task"])]
             cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
             cells.append(peak_cell(row, scale, name_source))
             cells += [Cell(DASH if missing(row[figure]) else f"{row[figure] / per:.{decimals}f}", row[figure])
                       for _, _, figure, per, decimals in speed]
-            table.add(row["method_family"] or DASH, cells)
+            table.add(family_name(row), cells)
         tables.append(table)
     return tables
 
@@ -251,11 +257,11 @@ def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
                               "of the suite's eval_batch_size. Merged: the method's update folded into the weights "
                               "(mergeable methods). Definitions: docs/measurement.md.")
         for _, row in rows.sort_values(["family_order", "label"], kind="stable").iterrows():
-            cells = [Cell(row["method_family"] or DASH), Cell(display_label(row))]
+            cells = [Cell(family_name(row)), Cell(display_label(row))]
             cells += [Cell(DASH if missing(row.get(figure)) else f"{row[figure] * times:.{decimals}f}", row.get(figure))
                       for _, _, figure, times, decimals in parts]
             cells.append(figure_cell(row, "flops.inference_per_example"))
-            table.add(row["method_family"] or DASH, cells)
+            table.add(family_name(row), cells)
         table.mark_best()
         tables.append(table)
     return tables
@@ -281,7 +287,7 @@ def fewshot_score_tables(summary: pd.DataFrame) -> list[Table]:
                       caption="Median over seeds (interquartile range, seeds); a seed's score is the median over "
                               "the task's templates.")
         for _, method in per_model.iterrows():  # method_summary's order: family, label, shots
-            cells = [Cell(method["method_family"] or DASH), Cell(display_label(method))]
+            cells = [Cell(family_name(method)), Cell(display_label(method))]
             for task in tasks:
                 r = method["tasks"].get(task)
                 cell = score_cell(table, r, f"{display_label(method)} on {task}")
@@ -290,7 +296,7 @@ def fewshot_score_tables(summary: pd.DataFrame) -> list[Table]:
                     cell.value = r["score_median"]
                     cell.extra = {**cell.extra, "iqr": r["score_iqr"]}
                 cells.append(cell)
-            table.add(method["method_family"] or DASH, cells)
+            table.add(family_name(method), cells)
         table.mark_best()
         tables.append(table)
     return tables
@@ -321,8 +327,8 @@ def fewshot_table(summary: pd.DataFrame) -> Table | None:
         if row["missing_tasks"]:
             score.notes.append(table.note(f"{name} on {row['model']}: no ok score on "
                                           f"{', '.join(row['missing_tasks'])}, so no mean over tasks"))
-        table.add(row["method_family"] or DASH, [
-            Cell(row["method_family"] or DASH), Cell(row["label"]), Cell(row["model"]),
+        table.add(family_name(row), [
+            Cell(family_name(row)), Cell(row["label"]), Cell(row["model"]),
             Cell(str(shots), float(shots)),
             figure_cell(row, infer), figure_cell(row, train), figure_cell(row, "params.stored_bytes"), score])
     table.mark_best()
