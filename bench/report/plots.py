@@ -31,8 +31,7 @@ class Plot:
     png: Path | None = None
     svg: Path | None = None
     skipped: str | None = None  # why it was not drawn
-    # the bench.report.draw function that draws it and its arguments, until draw_all has written the files
-    pending: tuple[str, list] | None = field(default=None, repr=False)
+    job: Job | None = field(default=None, repr=False)  # what draws its files (png, svg): None when skipped
 
 
 def legend_order(families: list[str]) -> list[str]:
@@ -43,7 +42,8 @@ def legend_order(families: list[str]) -> list[str]:
 
 def to_draw(plot: Plot, folder: Path, name: str, function: str, *args) -> Plot:
     """Name the plot's files and keep what draws it; draw_all writes them all at once."""
-    plot.png, plot.svg, plot.pending = folder / f"{name}.png", folder / f"{name}.svg", (function, list(args))
+    plot.png, plot.svg = folder / f"{name}.png", folder / f"{name}.svg"
+    plot.job = Job(function, list(args), plot.png, plot.svg)
     return plot
 
 
@@ -185,10 +185,8 @@ def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plo
     plots += memory_breakdown(agg, folder)
     plots += heatmap(summary, agg, folder)
     plots += fewshot(summary, folder)
-    pending = [p for p in plots if p.pending is not None]
-    if pending:
+    jobs = [p.job for p in plots if p.job is not None]
+    if jobs:
         folder.mkdir(parents=True, exist_ok=True)
-        write_all([Job(*p.pending, p.png, p.svg) for p in pending], usable_cores(), folder)
-    for plot in pending:
-        plot.pending = None
+        write_all(jobs, usable_cores(), folder)
     return plots
