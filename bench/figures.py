@@ -157,12 +157,15 @@ _FIGURES = [
            f"split's first {LATENCY_EXAMPLES} examples, after one warm-up prediction, with the trained model.",
            tasks="mean"),
     Figure("time", "infer_examples_per_s", "1/s", "timing", "examples predicted per second in batches of "
-           "`eval_batch_size`, over the main split's first 2 × `eval_batch_size` examples (all, when fewer).",
+           "`eval_batch_size`, over the main split's first 2 × `eval_batch_size` examples (all, when fewer), CUDA "
+           "synchronised, tokenisation excluded. The trained model's are timed inside the final evaluation, which "
+           "predicts those examples first, on their own, and then the rest (the same batches as one pass).",
            tasks="mean"),
     Figure("time", "infer_latency_merged_s", "s", "timing", "`infer_latency_s` with the method's update merged "
            "into the weights (mergeable methods; null for the others, and when the merged copy does not fit in "
            "memory).", tasks="mean"),
-    Figure("time", "infer_examples_per_s_merged", "1/s", "timing", "`infer_examples_per_s` of that merged model.",
+    Figure("time", "infer_examples_per_s_merged", "1/s", "timing", "`infer_examples_per_s` of that merged model: "
+           "the same examples predicted again, by the merged copy, after its latency's predictions.",
            tasks="mean"),
     # flops
     Figure("flops", "train_total", "FLOPs", "versioned", "the instrumented step's forward + backward FLOPs per "

@@ -159,7 +159,7 @@ class InferenceSpeed:
 
     def evaluated(self, run, record):
         args = (run.evalsets[""][0], run.evaluation, run.cell.train.eval_batch_size, run.device, run.autocast)
-        record["time"].update(inference_speed(run.bundle, run.adapted.model, *args))
+        record["time"].update(inference_speed(run.bundle, run.adapted.model, *args, batched_s=run.batched_s))
         if run.adapted.merge is None:
             return
         try:

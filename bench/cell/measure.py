@@ -305,29 +305,67 @@ def utilisation(train_flops: int | None, train_s: float | None, device_name: str
     return {"train_flops_per_s": rate, "mfu": rate / peak if rate is not None and peak else None}
 
 
-def inference_speed(bundle, model, evalset, task, batch_size: int, device, autocast) -> dict:
-    """time.infer_latency_s and time.infer_examples_per_s of `model` (bench/figures.py defines them)."""
+def inference_speed(bundle, model, evalset, task, batch_size: int, device, autocast,
+                    batched_s: float | None = None) -> dict:
+    """time.infer_latency_s and time.infer_examples_per_s of `model` (bench/figures.py defines them).
+    `batched_s`: the seconds the final evaluation took over the batched examples (TimedPrediction), so
+    they are not predicted a second time; None times them here (the merged copy)."""
     from bench.figures import LATENCY_EXAMPLES
     from bench.tasks.evaluate import predict
-    from bench.tasks.features import EvalSet
 
-    def first(start: int, stop: int) -> EvalSet:
-        choices = evalset.choices[start:stop] if evalset.choices is not None else None
-        return EvalSet(evalset.features[start:stop], evalset.gold[start:stop], choices)
-
-    def seconds(sample: EvalSet, size: int) -> float:
-        _synchronize(device)
-        start = time.perf_counter()
-        predict(bundle, model, sample, task, size, device, autocast)
-        _synchronize(device)
-        return time.perf_counter() - start
+    def seconds(sample, size: int) -> float:
+        return _timed(predict, bundle, model, sample, task, size, device, autocast)[1]
 
     n = len(evalset.features)
-    seconds(first(0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
-    singles = [seconds(first(i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
-    batched = min(n, 2 * batch_size)
-    return {"infer_latency_s": statistics.median(singles),
-            "infer_examples_per_s": batched / seconds(first(0, batched), batch_size)}
+    seconds(_rows(evalset, 0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
+    singles = [seconds(_rows(evalset, i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
+    batched = batched_examples(n, batch_size)
+    if batched_s is None:
+        batched_s = seconds(_rows(evalset, 0, batched), batch_size)
+    return {"infer_latency_s": statistics.median(singles), "infer_examples_per_s": batched / batched_s}
+
+
+def batched_examples(n: int, batch_size: int) -> int:
+    """How many of the main split's first examples time.infer_examples_per_s predicts: two batches."""
+    return min(n, 2 * batch_size)
+
+
+class TimedPrediction:
+    """The final evaluation's prediction of the main split, timing the examples of infer_examples_per_s on
+    the way: they are predicted first, on their own, then the rest. Both are whole batches of the same
+    examples as one pass would make, so the predictions are one pass's (for rank classification, as long
+    as every example has as many answer options), and the trained model is not run on them twice. One
+    example is predicted alone first, untimed, as inference_speed warms up the merged copy."""
+
+    def __init__(self):
+        self.seconds: float | None = None  # set by the call
+
+    def __call__(self, bundle, model, evalset, task, batch_size: int, device, autocast) -> list:
+        from bench.tasks.evaluate import predict
+
+        head = batched_examples(len(evalset.features), batch_size)
+        predict(bundle, model, _rows(evalset, 0, 1), task, 1, device, autocast)  # warm-up, as inference_speed's
+        preds, self.seconds = _timed(predict, bundle, model, _rows(evalset, 0, head), task, batch_size, device,
+                                     autocast)
+        if head < len(evalset.features):
+            preds += predict(bundle, model, _rows(evalset, head, None), task, batch_size, device, autocast)
+        return preds
+
+
+def _rows(evalset, start: int, stop: int | None):
+    from bench.tasks.features import EvalSet
+
+    choices = evalset.choices[start:stop] if evalset.choices is not None else None
+    return EvalSet(evalset.features[start:stop], evalset.gold[start:stop], choices)
+
+
+def _timed(predict, bundle, model, sample, task, batch_size: int, device, autocast) -> tuple[list, float]:
+    """predict's predictions and its seconds, the device synchronised at both ends."""
+    _synchronize(device)
+    start = time.perf_counter()
+    preds = predict(bundle, model, sample, task, batch_size, device, autocast)
+    _synchronize(device)
+    return preds, time.perf_counter() - start
 
 
 def _synchronize(device) -> None:
