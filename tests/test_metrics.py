@@ -60,3 +60,54 @@ def test_rouge_hand_computed():
 def test_every_metric_declares_direction_and_definition():
     for name, metric in metrics.METRICS.items():
         assert isinstance(metric.higher_is_better, bool) and metric.definition, name
+
+
+def _label_cases():
+    """Random label sequences (binary and 3-class, short and long, skewed) and degenerate ones."""
+    import random
+
+    rng = random.Random(0)
+    cases = [([0, 0, 0], [0, 0, 0]), ([1, 1], [1, 1]), ([0, 0], [1, 1]), ([1, 0], [1, 0]), ([2, 2, 2], [0, 1, 2]),
+             ([0], [1]), ([1, 1, 1, 1], [0, 0, 0, 1])]
+    for _ in range(300):
+        n, k = rng.choice([1, 2, 5, 17, 200, 1043]), rng.choice([2, 2, 3])
+        skew = rng.random()
+        labels = [rng.randrange(k) if rng.random() > skew else 0 for _ in range(n)]
+        preds = [y if rng.random() < rng.random() else rng.randrange(k) for y in labels]
+        cases.append((preds, labels))
+    return cases
+
+
+def test_label_metrics_agree_with_scikit_learn():
+    """The formulas (bench/tasks/metrics.py) against scikit-learn's implementations, the independent computation:
+    binary F1 of label 1 and MCC exactly (the same integer counts, one division), macro F1 to 1e-12 (its mean
+    is summed exactly rounded, numpy's pairwise)."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    for preds, labels in _label_cases():
+        if set(preds) | set(labels) <= {0, 1}:
+            assert m("f1", preds, labels) == 100.0 * f1_score(labels, preds, pos_label=1, average="binary",
+                                                               zero_division=0), (preds, labels)
+        assert m("mcc", preds, labels) == 100.0 * matthews_corrcoef(labels, preds), (preds, labels)
+        assert m("macro_f1", preds, labels) == pytest.approx(
+            100.0 * f1_score(labels, preds, average="macro", zero_division=0), rel=1e-12, abs=1e-12), (preds, labels)
+
+
+def test_correlations_agree_with_scipy():
+    """Pearson and Spearman (ties averaged) against SciPy's on random scores, with ties, negative and huge values."""
+    import random
+
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = random.Random(1)
+    for _ in range(200):
+        n = rng.choice([2, 3, 10, 300])
+        labels = [rng.choice([0.0, 1.0, 2.5, 5.0]) if rng.random() < 0.5 else rng.uniform(0, 5) for _ in range(n)]
+        preds = [y * rng.uniform(-2, 3) + rng.gauss(0, 1) * rng.choice([1e-3, 1, 1e6]) for y in labels]
+        if rng.random() < 0.3:
+            preds = [round(p) for p in preds]  # many ties
+        if len(set(preds)) < 2 or len(set(labels)) < 2:
+            continue
+        assert m("pearson", preds, labels) == pytest.approx(100 * pearsonr(preds, labels)[0], rel=1e-9, abs=1e-9)
+        assert m("spearman", preds, labels) == pytest.approx(100 * spearmanr(preds, labels)[0], rel=1e-9, abs=1e-9)
+    assert metrics._ranks([3.0, 1.0, 3.0, 2.0, 3.0]) == [4.0, 1.0, 4.0, 2.0, 4.0]  # three tied at ranks 3-5

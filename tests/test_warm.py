@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.run.executors import PRELOAD_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def python(code: str, *paths: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths)])}
+def python(code: str, *paths: Path, **environ: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths)]), **environ}
+    if PRELOAD_ENV not in environ:
+        env.pop(PRELOAD_ENV, None)  # the default preload, whatever this process was given
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
@@ -46,3 +50,73 @@ def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
     assert "touches CUDA" in got["skipped"]["touchy"] and "touches CUDA" in got["skipped"]["swallower"]
     assert got["skipped"]["not_installed_anywhere"].startswith("not installed")
     assert "calm" not in got["skipped"]
+
+
+def test_the_preload_is_the_grids_own_when_the_executor_names_it():
+    """Unnamed, the preload imports every architecture and metric library; named (as the executor does), only
+    the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it."""
+    from bench.run import executors
+
+    code = ("import json, sys, bench.run.warm as w\n"
+            "print(json.dumps({'modules': w.MODULES, 'core': w.CORE, 'loaded': [m for m in ('sklearn', 'nltk',"
+            " 'rouge_score', 'transformers.models.llama.modeling_llama', 'transformers.models.t5.modeling_t5')"
+            " if m in sys.modules]}))")
+    every = python(code)
+    assert "rouge_score.rouge_scorer" in every["modules"] and "sacrebleu" in every["modules"]
+    assert "transformers.models.llama.modeling_llama" in every["loaded"] and "rouge_score" in every["loaded"]
+    named = python(code, **{PRELOAD_ENV: "transformers.models.t5.modeling_t5"})
+    assert named["modules"] == [*named["core"], "transformers.models.t5.modeling_t5"]
+    assert named["loaded"] == ["transformers.models.t5.modeling_t5"]
+    assert python(code, **{PRELOAD_ENV: ""})["modules"] == named["core"]
+    assert executors.PRELOAD == ["bench.run.warm"]  # the fork server's only preload: the guarded imports
+
+
+def test_grid_modules_are_the_cells_architectures_and_metric_libraries():
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.run.executors import grid_modules
+
+    smoke = grid.expand(load_suite("smoke"))
+    assert grid_modules(smoke) == sorted({"transformers.models.roberta.modeling_roberta",
+                                          "transformers.models.t5.modeling_t5",
+                                          "transformers.models.gpt2.modeling_gpt2", "sacrebleu"})  # synth-digits
+    nlg = grid.expand(load_suite("nlg"))
+    assert {"rouge_score.rouge_scorer", "sacrebleu"} <= set(grid_modules(nlg))
+
+
+def test_the_executor_names_the_grids_modules_while_it_starts_cells_and_restores_the_environment(monkeypatch):
+    """The fork server starts with the first cell process and reads PRELOAD_ENV then; the cells are taken one by
+    one (the runner claims each as it is taken), the plan says what they need; afterwards the runner's
+    environment is as it was (set or unset)."""
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.run import executors
+
+    seen = []
+
+    class Started:  # a cell process that has already finished
+        def __init__(self, cell, spool, quiet, device=None, show=True):
+            seen.append(os.environ.get(PRELOAD_ENV))
+            self.cell, self.device = cell, device
+            self.read, write = os.pipe()
+            os.close(write)  # readable at once: the process has ended
+
+        @property
+        def sentinel(self):
+            return self.read
+
+        def poll(self):
+            os.close(self.read)
+            return {"env": {}}
+
+    monkeypatch.setattr(executors, "CellProcess", Started)
+    cells = grid.expand(load_suite("smoke"))[:3]
+    for before in (None, "x,y"):
+        monkeypatch.delenv(PRELOAD_ENV, raising=False) if before is None else monkeypatch.setenv(PRELOAD_ENV, before)
+        seen.clear()
+        done = list(executors.LocalExecutor().submit(iter(cells), lambda cell: None, cells))
+        assert len(done) == 3 and seen == [",".join(executors.grid_modules(cells))] * 3
+        assert os.environ.get(PRELOAD_ENV) == before
+        seen.clear()  # no plan given: everything is preloaded, as before
+        list(executors.LocalExecutor().submit(cells, lambda cell: None))
+        assert seen == [before] * 3 and os.environ.get(PRELOAD_ENV) == before

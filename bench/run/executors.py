@@ -40,6 +40,7 @@ from bench.plan.cellspec import Cell
 from bench.record import finish, new_record
 
 PRELOAD = ["bench.run.warm"]
+PRELOAD_ENV = "PEFT_BENCH_PRELOAD"  # what the fork server preloads besides its core (bench.run.warm)
 EVIDENCE_LINES = 100  # lines of a crashed cell's output kept in its record
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.25  # how often running cells' output and deadlines are looked at
@@ -207,18 +208,25 @@ class LocalExecutor:
         self.slots = 1 if isolation == "inline" else len(self.devices)
         self.threads_per_cell = None  # the cores are shared between the slots (bench.plan.grid.cell_threads)
 
-    def submit(self, cells: Iterable[Cell], spool) -> Iterator[tuple[Cell, dict]]:
-        """Yield (cell, record) as cells finish; `spool(cell)` is the folder its process writes into."""
+    def submit(self, cells: Iterable[Cell], spool,
+               planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]:
+        """Yield (cell, record) as cells finish; `spool(cell)` is the folder its process writes into. `cells` may
+        be lazy (the runner claims each cell as it is taken); `planned`, every cell it may yield, lets the fork
+        server preload only what those need (grid_modules), else it preloads everything."""
         if self.isolation == "inline":  # for debugging: no isolation, no timeout, one at a time
             from bench.cell.recipe import run_cell
 
             for cell in cells:
                 yield cell, run_cell(cell, self.quiet)
             return
-        yield from self._submit_processes(iter(cells), spool)
+        yield from self._submit_processes(iter(cells), spool, planned)
 
-    def _submit_processes(self, cells: Iterator[Cell], spool) -> Iterator[tuple[Cell, dict]]:
+    def _submit_processes(self, cells: Iterator[Cell], spool,
+                          planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
         free, running, overlaps = list(self.devices), [], Overlaps()
+        preload = os.environ.get(PRELOAD_ENV)  # the fork server starts with the first cell and reads it then
+        if planned:
+            os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
         try:
             while True:
                 while free and (cell := next(cells, None)) is not None:
@@ -238,6 +246,10 @@ class LocalExecutor:
         finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
             for proc in running:
                 proc.kill()
+            if preload is None:
+                os.environ.pop(PRELOAD_ENV, None)
+            else:
+                os.environ[PRELOAD_ENV] = preload
 
 
 def tail(path: Path, lines: int = EVIDENCE_LINES) -> str | None:
@@ -291,6 +303,17 @@ def interrupted(cell: Cell) -> dict:
     """The record of a cell the runner stopped (SIGINT/SIGTERM) before it finished."""
     return failure_record(cell, "interrupted", "Interrupted", "the runner was stopped while this cell ran; "
                           "rerun the same command to run it again")
+
+
+def grid_modules(cells: list[Cell]) -> list[str]:
+    """What the fork server preloads for `cells` besides its core: their architectures' model code and the
+    libraries of the metrics they score with. A cell imports whatever else it needs itself."""
+    from bench.archs import ARCHS
+    from bench.tasks.metrics import METRICS
+
+    modeling = {ARCHS[c.model.arch].modeling for c in cells}
+    libraries = {METRICS[m].library for c in cells for m in c.task.evaluation.metrics}
+    return sorted(modeling | (libraries - {None}))
 
 
 _CONTEXT = None

@@ -165,7 +165,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
             show()
             yield cell
 
-    finished = executor.submit(claimed(), lambda cell: _spool(store, cell))
+    finished = executor.submit(claimed(), lambda cell: _spool(store, cell), todo)
     try:
         for cell, record in finished:
             _store(cell, record, store, summary, quiet)

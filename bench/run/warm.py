@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -20,16 +21,27 @@ import torch
 
 from bench import layers
 from bench.archs import ARCHS
+from bench.run.executors import PRELOAD_ENV
+from bench.tasks.metrics import METRICS
 
 # torch's entry points that initialise CUDA or mark a process unable to fork with it: the lazy
 # initialiser, and the device count, which CUDA builds compute by initialising the driver.
 _CUDA_ENTRY_POINTS = ("_cuda_init", "_cuda_getDeviceCount")
-MODULES = (
+CORE = (
     "bench.cell.recipe",  # torch, transformers, the harness
     *(f"bench.layers.{m.name}" for m in pkgutil.iter_modules(layers.__path__)),  # the in-house methods' modules
-    *(arch.modeling for arch in ARCHS.values()), "peft.tuners", "safetensors.torch",
-    "sklearn.metrics", "scipy.stats", "sacrebleu", "rouge_score.rouge_scorer",
+    "peft.tuners", "safetensors.torch",
 )
+# Besides CORE, each architecture's model code and each metric's library. The executor names the ones its
+# cells use (bench.run.executors.grid_modules), so a grid does not pay for the rest (ROUGE's nltk alone
+# brings scikit-learn, about a second); without that list, every one.
+EVERY = (*CORE, *(arch.modeling for arch in ARCHS.values()),
+         *sorted({m.library for m in METRICS.values() if m.library}))
+
+
+def modules_to_preload(environ=os.environ) -> tuple[str, ...]:
+    named = environ.get(PRELOAD_ENV)
+    return EVERY if named is None else (*CORE, *filter(None, named.split(",")))
 
 
 class CudaTouched(RuntimeError):
@@ -63,7 +75,7 @@ def cuda_forbidden(touched: list[str]):
         torch.cuda._lazy_init = saved_lazy
 
 
-def preload(modules=MODULES) -> dict[str, str]:
+def preload(modules: tuple[str, ...]) -> dict[str, str]:
     """Import `modules` with CUDA forbidden; returns the modules left out, with the reason.
 
     A module that touched CUDA, and every module its import brought in, is removed from
@@ -88,7 +100,8 @@ def preload(modules=MODULES) -> dict[str, str]:
     return skipped
 
 
-SKIPPED = preload()
+MODULES = modules_to_preload()
+SKIPPED = preload(MODULES)
 
 from bench import env, tiny  # noqa: E402  (after the guarded imports: both are CUDA-free)
 

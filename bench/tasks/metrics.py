@@ -18,6 +18,7 @@ class Metric:
     higher_is_better: bool
     kind: str  # label | regression | text
     definition: str
+    library: str | None = None  # the module it imports to compute (the fork server preloads it for grids using it)
 
 
 def _finite(value: float) -> float | None:
@@ -29,38 +30,76 @@ def accuracy(preds, labels):
     return 100.0 * sum(int(p == y) for p, y in zip(preds, labels)) / len(labels)
 
 
-def f1(preds, labels):
-    from sklearn.metrics import f1_score
+# Label and correlation metrics are computed here from their formulas, in exact integer counts where they
+# are counts, rather than by scikit-learn and SciPy: importing those costs about a second in every run's
+# fork server. tests/test_metrics.py checks each against the library on random and degenerate inputs.
 
-    return 100.0 * f1_score(labels, preds, pos_label=1, average="binary", zero_division=0)
+def _f1_of(label, preds, labels) -> float:
+    """F1 of one class: 2·TP / (2·TP + FP + FN) = 2·TP / (predicted + actual); 0 when both are 0."""
+    tp = sum(1 for p, y in zip(preds, labels) if p == label and y == label)
+    predicted, actual = sum(1 for p in preds if p == label), sum(1 for y in labels if y == label)
+    return 2 * tp / (predicted + actual) if predicted + actual else 0.0
+
+
+def f1(preds, labels):
+    return 100.0 * _f1_of(1, preds, labels)
 
 
 def macro_f1(preds, labels):
-    from sklearn.metrics import f1_score
-
-    return 100.0 * f1_score(labels, preds, average="macro", zero_division=0)
+    """The mean of per-class F1 over every class that is predicted or gold (the sum exactly rounded)."""
+    classes = sorted(set(labels) | set(preds))
+    return 100.0 * math.fsum(_f1_of(c, preds, labels) for c in classes) / len(classes)
 
 
 def mcc(preds, labels):
-    from sklearn.metrics import matthews_corrcoef
+    """Matthews correlation, multi-class (Gorodkin's R_K): (c·n − Σ t_k·p_k) / sqrt((n² − Σ p_k²)(n² − Σ t_k²)),
+    c correct, n examples, t_k / p_k how often class k is gold / predicted; 0 when either factor is 0."""
+    classes = set(labels) | set(preds)
+    gold = {k: sum(1 for y in labels if y == k) for k in classes}
+    predicted = {k: sum(1 for p in preds if p == k) for k in classes}
+    n, correct = len(labels), sum(1 for p, y in zip(preds, labels) if p == y)
+    spread = (n * n - sum(v * v for v in predicted.values())) * (n * n - sum(v * v for v in gold.values()))
+    if spread == 0:
+        return 0.0
+    return 100.0 * ((correct * n - sum(gold[k] * predicted[k] for k in classes)) / math.sqrt(spread))
 
-    return 100.0 * matthews_corrcoef(labels, preds)
+
+def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's r: Σ dx·dy / sqrt(Σ dx² · Σ dy²) with deviations from the means, sums exactly rounded."""
+    xs, ys = [float(x) for x in xs], [float(y) for y in ys]
+    mx, my = math.fsum(xs) / len(xs), math.fsum(ys) / len(ys)
+    dx, dy = [x - mx for x in xs], [y - my for y in ys]
+    spread = math.fsum(a * a for a in dx) * math.fsum(b * b for b in dy)
+    r = math.fsum(a * b for a, b in zip(dx, dy)) / math.sqrt(spread)
+    return max(-1.0, min(1.0, r))
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, tied values sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        stop = start
+        while stop + 1 < len(order) and values[order[stop + 1]] == values[order[start]]:
+            stop += 1
+        for i in order[start: stop + 1]:
+            ranks[i] = (start + stop) / 2 + 1
+        start = stop + 1
+    return ranks
 
 
 def pearson(preds, labels):
-    from scipy.stats import pearsonr
-
     if len(set(preds)) < 2 or len(set(labels)) < 2:
         return None
-    return _finite(100.0 * pearsonr(preds, labels)[0])
+    return _finite(100.0 * _correlation(preds, labels))
 
 
 def spearman(preds, labels):
-    from scipy.stats import spearmanr
-
+    """Pearson's r of the ranks (ties averaged)."""
     if len(set(preds)) < 2 or len(set(labels)) < 2:
         return None
-    return _finite(100.0 * spearmanr(preds, labels)[0])
+    return _finite(100.0 * _correlation(_ranks(list(preds)), _ranks(list(labels))))
 
 
 def exact_match(preds, refs):
@@ -104,11 +143,15 @@ METRICS: dict[str, Metric] = {
     "pearson": Metric(pearson, True, "regression", "Pearson correlation x 100 (STS-B)"),
     "spearman": Metric(spearman, True, "regression", "Spearman rank correlation x 100 (STS-B)"),
     "exact_match": Metric(exact_match, True, "text", "share of outputs equal to a reference after strip()"),
-    "bleu": Metric(bleu, True, "text", "sacreBLEU corpus BLEU (13a tokenizer), all references"),
-    "chrf": Metric(chrf, True, "text", "sacreBLEU corpus chrF, all references"),
-    "rouge1": Metric(_rouge("rouge1"), True, "text", "ROUGE-1 F, best reference per example, mean x 100"),
-    "rouge2": Metric(_rouge("rouge2"), True, "text", "ROUGE-2 F, best reference per example, mean x 100"),
-    "rougeL": Metric(_rouge("rougeL"), True, "text", "ROUGE-L F, best reference per example, mean x 100"),
+    "bleu": Metric(bleu, True, "text", "sacreBLEU corpus BLEU (13a tokenizer), all references",
+                   "sacrebleu"),
+    "chrf": Metric(chrf, True, "text", "sacreBLEU corpus chrF, all references", "sacrebleu"),
+    "rouge1": Metric(_rouge("rouge1"), True, "text", "ROUGE-1 F, best reference per example, mean x 100",
+                     "rouge_score.rouge_scorer"),
+    "rouge2": Metric(_rouge("rouge2"), True, "text", "ROUGE-2 F, best reference per example, mean x 100",
+                     "rouge_score.rouge_scorer"),
+    "rougeL": Metric(_rouge("rougeL"), True, "text", "ROUGE-L F, best reference per example, mean x 100",
+                     "rouge_score.rouge_scorer"),
 }
 
 
