@@ -14,7 +14,8 @@
    size, inference speed), the loop's bookkeeping between steps, record writing. Goal: <= 15 % on CPU.
 2. Fixed costs of a run: the runner's own start (the same command again once every cell is recorded: imports,
    suite, grid expansion, plan, no cell), and what the fork server imports before the first cell
-   (bench.run.warm), timed in a fresh interpreter, with its heaviest imports (python -X importtime).
+   (bench.run.warm, with the grid's architectures and metric libraries as the executor names them), timed in a
+   fresh interpreter, with its heaviest imports (python -X importtime).
 3. One cell, in a process of its own as the executor runs it (bench.cell.recipe.run_cell on the cell as
    bench.plan.grid.expand makes it; the fork server's imports done first and timed apart), with every phase
    and instrument timed by wrappers (perf_counter, no profiler): once with a cold tokenised-data cache, once
@@ -212,12 +213,35 @@ def _short(filename: str) -> str:
 SOURCE = REPO
 
 
-def child_env(work: Path, cache: Path) -> dict:
+def child_env(work: Path, cache: Path, preload: str | None = None) -> dict:
+    """The environment of a child run from SOURCE; `preload`: the fork server's module list for the grid, as
+    the executor names it (PEFT_BENCH_PRELOAD; None leaves it unset: every module)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SOURCE), *filter(None, [env.get("PYTHONPATH")])])
     env["PEFT_BENCH_CACHE"] = str(cache)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", CI="true")
+    env.pop("PEFT_BENCH_PRELOAD", None)
+    if preload is not None:
+        env["PEFT_BENCH_PRELOAD"] = preload
     return env
+
+
+GRID_PRELOAD = """import sys
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.run.executors import grid_modules
+only = [None if a == "-" else a.split(",") for a in sys.argv[3:6]]
+print(",".join(grid_modules(grid.expand(load_suite(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2]), *only))))
+"""
+
+
+def grid_preload(args, work: Path) -> str | None:
+    """What the executor has the fork server preload for this grid (its architectures and metric libraries);
+    None when SOURCE's executor names nothing (code from before it did: every module is preloaded)."""
+    cmd = [sys.executable, "-c", GRID_PRELOAD, args.suite,
+           *[getattr(args, k) or "-" for k in ("data_dir", "methods", "models", "tasks")]]
+    proc = subprocess.run(cmd, cwd=SOURCE, env=child_env(work, work / "cache-imports"), capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def run_grid(args, work: Path) -> dict:
@@ -292,7 +316,7 @@ def run_worker(mode: str, args, work: Path, cell: dict, cache: Path, tag: str) -
     out = folder / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--spec", json.dumps(spec),
            "--out", str(out), "--source", str(SOURCE)]
-    env = child_env(work, cache)
+    env = child_env(work, cache, args.preload)
     launched = time.time()
     env["GO_LAUNCH"] = repr(launched)
     proc = subprocess.run(cmd, cwd=SOURCE, env=env, capture_output=True, text=True)
@@ -362,11 +386,13 @@ def profile_table(prof: dict, top: int) -> list[str]:
     return lines
 
 
-def import_costs(work: Path, n: int = 12) -> tuple[float, list[str]]:
-    """Wall time of importing bench.run.warm in a fresh interpreter, and its heaviest top-level imports."""
+def import_costs(work: Path, preload: str | None, n: int = 12) -> tuple[float, list[str]]:
+    """Wall time of importing bench.run.warm in a fresh interpreter (as the grid's fork server does), and its
+    heaviest top-level imports."""
     cmd = [sys.executable, "-X", "importtime", "-c", "import bench.run.warm"]
     launched = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=SOURCE, env=child_env(work, work / "cache-imports"), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=SOURCE, env=child_env(work, work / "cache-imports", preload), capture_output=True,
+                          text=True)
     wall = time.perf_counter() - launched
     rows = []
     for line in proc.stderr.splitlines():
@@ -426,6 +452,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         user_cache = Path(os.environ.get("PEFT_BENCH_CACHE", "~/.cache/peft-bench")).expanduser()
         args.cache_dir = user_cache if args.warm_cache else work / "cache-grid"
+        args.preload = grid_preload(args, work)  # what the grid's fork server imports (bench.run.executors)
         if not args.skip_grid:
             grid = run_grid(args, work)
             summary["grid"] = grid
@@ -442,7 +469,7 @@ def main(argv=None) -> int:
                   flush=True)
             summary["share_outside_pct"] = share
 
-        wall, heaviest = import_costs(work)
+        wall, heaviest = import_costs(work, args.preload)
         print("2. Fixed costs, once per run (in the first cell's wall above):")
         if not args.skip_grid:
             print(f"   the runner's own start: the same command again with every cell recorded (imports, suite, grid, "
