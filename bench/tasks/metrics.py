@@ -8,6 +8,7 @@ undefined on the given data (e.g. a correlation with constant predictions) is No
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,34 +35,37 @@ def accuracy(preds, labels):
 # are counts, rather than by scikit-learn and SciPy: importing those costs about a second in every run's
 # fork server. tests/test_metrics.py checks each against the library on random and degenerate inputs.
 
-def _f1_of(label, preds, labels) -> float:
-    """F1 of one class: 2·TP / (2·TP + FP + FN) = 2·TP / (predicted + actual); 0 when both are 0."""
-    tp = sum(1 for p, y in zip(preds, labels) if p == label and y == label)
-    predicted, actual = sum(1 for p in preds if p == label), sum(1 for y in labels if y == label)
-    return 2 * tp / (predicted + actual) if predicted + actual else 0.0
+def _tallies(preds, labels) -> tuple[Counter, Counter, Counter]:
+    """Per class, exact integer counts: how often it is gold, how often predicted, how often both."""
+    return Counter(labels), Counter(preds), Counter(y for p, y in zip(preds, labels) if p == y)
+
+
+def _f1_of(label, gold: Counter, predicted: Counter, hits: Counter) -> float:
+    """F1 of one class: 2·TP / (2·TP + FP + FN) = 2·TP / (predicted + gold); 0 when both are 0."""
+    both = predicted[label] + gold[label]
+    return 2 * hits[label] / both if both else 0.0
 
 
 def f1(preds, labels):
-    return 100.0 * _f1_of(1, preds, labels)
+    return 100.0 * _f1_of(1, *_tallies(preds, labels))
 
 
 def macro_f1(preds, labels):
     """The mean of per-class F1 over every class that is predicted or gold (the sum exactly rounded)."""
-    classes = sorted(set(labels) | set(preds))
-    return 100.0 * math.fsum(_f1_of(c, preds, labels) for c in classes) / len(classes)
+    tallies = _tallies(preds, labels)
+    classes = sorted(set(tallies[0]) | set(tallies[1]))
+    return 100.0 * math.fsum(_f1_of(c, *tallies) for c in classes) / len(classes)
 
 
 def mcc(preds, labels):
     """Matthews correlation, multi-class (Gorodkin's R_K): (c·n − Σ t_k·p_k) / sqrt((n² − Σ p_k²)(n² − Σ t_k²)),
     c correct, n examples, t_k / p_k how often class k is gold / predicted; 0 when either factor is 0."""
-    classes = set(labels) | set(preds)
-    gold = {k: sum(1 for y in labels if y == k) for k in classes}
-    predicted = {k: sum(1 for p in preds if p == k) for k in classes}
-    n, correct = len(labels), sum(1 for p, y in zip(preds, labels) if p == y)
+    gold, predicted, hits = _tallies(preds, labels)
+    n, correct = len(labels), sum(hits.values())
     spread = (n * n - sum(v * v for v in predicted.values())) * (n * n - sum(v * v for v in gold.values()))
     if spread == 0:
         return 0.0
-    return 100.0 * ((correct * n - sum(gold[k] * predicted[k] for k in classes)) / math.sqrt(spread))
+    return 100.0 * ((correct * n - sum(gold[k] * predicted[k] for k in gold)) / math.sqrt(spread))
 
 
 def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
