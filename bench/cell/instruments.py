@@ -24,6 +24,7 @@ import torch
 
 from bench.cell.measure import (
     PeakMemory,
+    TimedPrediction,
     head_elements,
     inference_speed,
     method_params,
@@ -154,12 +155,19 @@ class EvaluationPeak:
 
 
 class InferenceSpeed:
-    """time.infer_*: how fast the trained model predicts, one example at a time and in evaluation batches;
-    then the same with the method's update merged into a copy of the weights (mergeable methods)."""
+    """time.infer_*: how fast the trained model predicts, one example at a time and in evaluation batches
+    (those timed as the final evaluation predicts them); then the same with the method's update merged into
+    a copy of the weights (mergeable methods)."""
+
+    @contextlib.contextmanager
+    def evaluating(self, run, record):
+        self.prediction = run.predict_main = TimedPrediction()
+        yield
 
     def evaluated(self, run, record):
         args = (run.evalsets[""][0], run.evaluation, run.cell.train.eval_batch_size, run.device, run.autocast)
-        record["time"].update(inference_speed(run.bundle, run.adapted.model, *args, batched_s=run.batched_s))
+        record["time"].update(inference_speed(run.bundle, run.adapted.model, *args,
+                                              batched_s=self.prediction.seconds))
         if run.adapted.merge is None:
             return
         try:

@@ -23,7 +23,7 @@ from bench import env, methods
 from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import batches, collate
-from bench.cell.measure import TimedPrediction, count_params, head_elements
+from bench.cell.measure import count_params, head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
@@ -53,7 +53,7 @@ class Run:
     autocast: Callable
     compute_dtype: str  # what matrix products run in (bench.cell.train.compute_dtype)
     result: training.TrainResult | None = None  # set by train
-    batched_s: float | None = None  # set by evaluate: its seconds over time.infer_examples_per_s's examples
+    predict_main: Callable = scoring.predict  # the final evaluation's main-split prediction (InferenceSpeed times it)
 
 
 def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None] | None = None) -> dict:
@@ -143,10 +143,9 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 
 def evaluate(run: Run, record: dict) -> None:
     """Every split under every template; the main split's metrics are the cell's scores."""
-    timed = TimedPrediction()
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
-                                                run.cell.train.eval_batch_size, run.device, run.autocast, timed)
-    run.batched_s = timed.seconds
+                                                run.cell.train.eval_batch_size, run.device, run.autocast,
+                                                run.predict_main)
     record["scores"]["metrics"] = scores
     if len(per_template) > 1:
         record["scores"]["per_template"] = per_template
