@@ -317,11 +317,11 @@ def inference_speed(bundle, model, evalset, task, batch_size: int, device, autoc
         return _timed(predict, bundle, model, sample, task, size, device, autocast)[1]
 
     n = len(evalset.features)
-    seconds(_rows(evalset, 0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
-    singles = [seconds(_rows(evalset, i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
+    seconds(evalset.rows(0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
+    singles = [seconds(evalset.rows(i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
     batched = batched_examples(n, batch_size)
     if batched_s is None:
-        batched_s = seconds(_rows(evalset, 0, batched), batch_size)
+        batched_s = seconds(evalset.rows(0, batched), batch_size)
     return {"infer_latency_s": statistics.median(singles), "infer_examples_per_s": batched / batched_s}
 
 
@@ -344,19 +344,12 @@ class TimedPrediction:
         from bench.tasks.evaluate import predict
 
         head = batched_examples(len(evalset.features), batch_size)
-        predict(bundle, model, _rows(evalset, 0, 1), task, 1, device, autocast)  # warm-up, as inference_speed's
-        preds, self.seconds = _timed(predict, bundle, model, _rows(evalset, 0, head), task, batch_size, device,
+        predict(bundle, model, evalset.rows(0, 1), task, 1, device, autocast)  # warm-up, as inference_speed's
+        preds, self.seconds = _timed(predict, bundle, model, evalset.rows(0, head), task, batch_size, device,
                                      autocast)
         if head < len(evalset.features):
-            preds += predict(bundle, model, _rows(evalset, head, None), task, batch_size, device, autocast)
+            preds += predict(bundle, model, evalset.rows(head, None), task, batch_size, device, autocast)
         return preds
-
-
-def _rows(evalset, start: int, stop: int | None):
-    from bench.tasks.features import EvalSet
-
-    choices = evalset.choices[start:stop] if evalset.choices is not None else None
-    return EvalSet(evalset.features[start:stop], evalset.gold[start:stop], choices)
 
 
 def _timed(predict, bundle, model, sample, task, batch_size: int, device, autocast) -> tuple[list, float]:

@@ -172,9 +172,8 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     the cost model's factor × N × the tokens of those examples (prompt, plus prompt + option for each
     option of rank classification, plus the first reference of generation) / their number."""
     from bench.tasks.evaluate import predict
-    from bench.tasks.features import EvalSet
 
-    sample = EvalSet(evalset.features[:n], evalset.gold[:n], evalset.choices[:n] if evalset.choices else None)
+    sample = evalset.rows(0, n)
     rows = len(sample.features)
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \

@@ -26,6 +26,11 @@ class EvalSet:
     gold: list  # class index / float per example, or a list of reference strings
     choices: list[list[list[int]]] | None = None  # per example, the token ids of each answer option
 
+    def rows(self, start: int, stop: int | None) -> "EvalSet":
+        """The examples from `start` up to `stop` (None: the end), with their gold and options."""
+        choices = self.choices[start:stop] if self.choices is not None else None
+        return EvalSet(self.features[start:stop], self.gold[start:stop], choices)
+
 
 def demonstration_ids(task: TaskSpec, tokenizer, prompt: Prompt, rows: list[dict], header: str = "") -> list[int]:
     """Token ids of the in-context demonstrations (after a header): tokenised once, shared by every evaluated
