@@ -224,7 +224,7 @@ class LocalExecutor:
     def _submit_processes(self, cells: Iterator[Cell], spool,
                           planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
         free, running, overlaps = list(self.devices), [], Overlaps()
-        preload = os.environ.get(PRELOAD_ENV)  # the fork server starts with the first cell and reads it then
+        outer = os.environ.get(PRELOAD_ENV)  # restored after; the fork server reads it as the first cell starts
         if planned:
             os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
         try:
@@ -246,10 +246,10 @@ class LocalExecutor:
         finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
             for proc in running:
                 proc.kill()
-            if preload is None:
+            if outer is None:
                 os.environ.pop(PRELOAD_ENV, None)
             else:
-                os.environ[PRELOAD_ENV] = preload
+                os.environ[PRELOAD_ENV] = outer
 
 
 def tail(path: Path, lines: int = EVIDENCE_LINES) -> str | None:
