@@ -111,3 +111,17 @@ def test_correlations_agree_with_scipy():
         assert m("pearson", preds, labels) == pytest.approx(100 * pearsonr(preds, labels)[0], rel=1e-9, abs=1e-9)
         assert m("spearman", preds, labels) == pytest.approx(100 * spearmanr(preds, labels)[0], rel=1e-9, abs=1e-9)
     assert metrics._ranks([3.0, 1.0, 3.0, 2.0, 3.0]) == [4.0, 1.0, 4.0, 2.0, 4.0]  # three tied at ranks 3-5
+
+
+@pytest.mark.parametrize("preds", [[math.inf, -math.inf, 1.0], [math.nan, 2.0, 3.0], [math.inf, 2.0, 3.0],
+                                   [1.0, 2.0, -math.inf]])
+def test_correlations_of_non_finite_predictions_are_null_where_scipy_has_no_value(preds):
+    """Overflowed outputs (inf, NaN) never score as a correlation SciPy would not give: Pearson is null with any
+    of them; Spearman ranks infinities as SciPy does and is null with a NaN (it once read NaN as 100)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    labels = [1.0, 2.0, 3.0]
+    for name, reference in (("pearson", pearsonr), ("spearman", spearmanr)):
+        expected = float(reference(preds, labels)[0])
+        got = metrics.compute([name], preds, labels)[name]
+        assert got is None if math.isnan(expected) else got == pytest.approx(100 * expected), (name, preds, got)

@@ -75,7 +75,7 @@ def _correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     dx, dy = [x - mx for x in xs], [y - my for y in ys]
     spread = math.fsum(a * a for a in dx) * math.fsum(b * b for b in dy)
     r = math.fsum(a * b for a, b in zip(dx, dy)) / math.sqrt(spread)
-    return max(-1.0, min(1.0, r))
+    return r if math.isnan(r) else max(-1.0, min(1.0, r))  # clamped, but a NaN must stay NaN (then null)
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -94,14 +94,15 @@ def _ranks(values: Sequence[float]) -> list[float]:
 
 
 def pearson(preds, labels):
-    if len(set(preds)) < 2 or len(set(labels)) < 2:
+    """Null where undefined: constant values, or any NaN or infinity (a model whose outputs overflowed)."""
+    if len(set(preds)) < 2 or len(set(labels)) < 2 or not all(map(math.isfinite, [*preds, *labels])):
         return None
     return _finite(100.0 * _correlation(preds, labels))
 
 
 def spearman(preds, labels):
-    """Pearson's r of the ranks (ties averaged)."""
-    if len(set(preds)) < 2 or len(set(labels)) < 2:
+    """Pearson's r of the ranks (ties averaged); infinities have ranks, NaNs do not (null, as constant values)."""
+    if len(set(preds)) < 2 or len(set(labels)) < 2 or any(map(math.isnan, [*preds, *labels])):
         return None
     return _finite(100.0 * _correlation(_ranks(list(preds)), _ranks(list(labels))))
 
