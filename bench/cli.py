@@ -201,7 +201,8 @@ def cmd_estimate(args) -> int:
     from bench.tools.estimate import estimate, render
 
     quiet_libraries()
-    result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype)
+    result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
+                      attention=args.attention)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 
@@ -368,6 +369,8 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
                      help="dtype the weights are built in, the training setting weights_dtype: auto (the checkpoint's "
                           "dtype, from the shipped config; else fp32), bf16, fp16 or fp32 (default: auto)")
+    est.add_argument("--attention", default="auto", help="attention implementation, the training setting attention: "
+                     "auto (transformers' choice: sdpa), sdpa or eager (default: auto)")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
 

@@ -20,6 +20,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # The dtype a model's weights are loaded in: auto = the checkpoint's own (a tiny or config-built model: its
 # config's, else fp32), as users of large checkpoints load them (bench.models.load_bundle).
 WEIGHTS_DTYPES = ("auto", "bf16", "fp16", "fp32")
+# The attention kernels a model runs (transformers' attn_implementation): auto = transformers' choice for the
+# architecture (sdpa wherever the model has it), sdpa = torch's scaled_dot_product_attention (flash and
+# memory-efficient kernels where the inputs allow, which keep no L x L probabilities), eager = the model's own
+# matmul-softmax.
+ATTENTIONS = ("auto", "sdpa", "eager")
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
 OBJECTIVES = ("lm", "tfew", "head")  # see bench/cell/objectives.py; `head` is resolved, not chosen
 POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)
@@ -57,6 +62,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute layers' activations in backward instead of keeping them
     compile: bool = False  # torch.compile the adapted model before training (the probe runs uncompiled)
     group_by_length: bool = False  # batches of similar lengths (less padding), as HF's group_by_length
+    attention: str = "auto"  # see ATTENTIONS; train.attention records what the model ran
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
@@ -69,7 +75,7 @@ class TrainConfig:
 
 # setting -> the value it is left out of the id at
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
-               "gradient_checkpointing": False, "compile": False, "group_by_length": False}
+               "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto"}
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -79,7 +85,7 @@ _TRAIN_TYPES = {
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None), "balanced_batches": bool,
     "redraw_templates": bool, "gradient_checkpointing": bool, "compile": bool, "group_by_length": bool,
-    "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "optimizer": OPTIMIZERS, "shots": (int, None),
+    "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS, "shots": (int, None),
     "objective": ("lm", "tfew"),
     "pooling": POOLINGS,
 }

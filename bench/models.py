@@ -195,14 +195,15 @@ def head_for(kind: str, task_type: str) -> str:
 
 def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: int,
                 device: torch.device | str = "cpu", meta: bool = False, pooling: str | None = None,
-                weights_dtype: str = "auto") -> Bundle:
+                weights_dtype: str = "auto", attention: str = "auto") -> Bundle:
     """Build the model for a task. The head (and any random init) is seeded with `seed`.
 
     meta=True builds on the `meta` device: shapes and dtypes only, no memory for weights.
     pooling: how an encoder's classification head reads the sequence (`cls` or `mean`; None: the
     model's default, `spec.pooling`). weights_dtype (bench.config.WEIGHTS_DTYPES): `auto` loads a
     checkpoint in its own dtype (transformers' dtype="auto") and builds a model from a config in the
-    config's `dtype`, else fp32; the others load every weight in that dtype.
+    config's `dtype`, else fp32; the others load every weight in that dtype. attention
+    (bench.config.ATTENTIONS): the attention implementation, `auto` leaving it to transformers.
     """
     import torch
     import transformers as tf
@@ -215,6 +216,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
     auto = (tf.AutoModelForSequenceClassification if head == "classifier"
             else tf.AutoModelForSeq2SeqLM if spec.kind == "encoder-decoder" else tf.AutoModelForCausalLM)
     head_kwargs = {"num_labels": num_labels} if head == "classifier" else {}
+    kernels = {} if attention == "auto" else {"attn_implementation": attention}
     if head == "classifier" and task_type == "regression":
         head_kwargs["problem_type"] = "regression"
     if spec.source == "tiny":
@@ -224,7 +226,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
             setattr(config, key, value)
         torch.manual_seed(tiny.INIT_SEED)
         with torch.device("meta" if meta else "cpu"):
-            model = auto.from_config(config, dtype=config_dtype(config, weights_dtype))
+            model = auto.from_config(config, dtype=config_dtype(config, weights_dtype), **kernels)
         if not meta:  # a fresh head per seed, as loading a checkpoint gives
             torch.manual_seed(seed)
             for name in ARCHS[spec.arch].head_modules:
@@ -242,12 +244,12 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
                 config = tf.AutoConfig.from_pretrained(ref, revision=spec.revision, **head_kwargs)
             tokenizer = None
             with torch.device("meta"):
-                model = auto.from_config(config, dtype=config_dtype(config, weights_dtype))
+                model = auto.from_config(config, dtype=config_dtype(config, weights_dtype), **kernels)
                 untie_as_checkpoints_are(model, fields)
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
             torch.manual_seed(seed)
-            model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs,
+            model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs, **kernels,
                                          dtype="auto" if weights_dtype == "auto" else torch_dtype(weights_dtype))
     if tokenizer is not None and tokenizer.pad_token is None:  # GPT-2 and LLaMA ship without one
         tokenizer.pad_token = tokenizer.eos_token

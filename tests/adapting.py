@@ -10,11 +10,13 @@ from bench.methods.base import Adapted, ApplyContext
 from bench.models import REGISTRY, Bundle, load_bundle
 
 
-def adapt(model: str, method: str, seed: int = 0, total_steps: int = 10, meta: bool = False) -> tuple[Bundle, Adapted]:
+def adapt(model: str, method: str, seed: int = 0, total_steps: int = 10, meta: bool = False,
+          attention: str = "auto") -> tuple[Bundle, Adapted]:
     """Classification with 2 labels on encoders, generation elsewhere; on `meta`, no weights are allocated."""
     spec = REGISTRY[model]
     encoder = spec.kind == "encoder"
-    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed, meta=meta)
+    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed, meta=meta,
+                         attention=attention)
     chosen = methods.get(method)
     with torch.device("meta" if meta else "cpu"):
         adapted = chosen.apply(bundle.model, chosen.resolve({}, spec.arch, str),

@@ -79,6 +79,27 @@ def test_fake_step_reproduces_a_real_cpu_step(name, method):
     assert fake == real
 
 
+@pytest.mark.parametrize("name,method", [("tiny-llama", "lora"), ("tiny-t5", "full"), ("tiny-encoder", "lora")])
+def test_eager_attention_is_estimated_as_a_real_eager_step_saves(name, method):
+    """`--attention eager` builds the model with its own matmul-softmax attention, which keeps the L×L
+    probabilities for backward: the fake pass matches a real eager CPU step to the byte. Where sdpa can use
+    a flash kernel (LLaMA: causal, no mask, no dropout) eager keeps more; with T5's additive position bias or
+    BERT's attention dropout, sdpa falls back to its math kernel and keeps as much."""
+    rows, length = 3, 10
+    spec, meta_model = REGISTRY[name], adapt(name, method, total_steps=1, meta=True, attention="eager")[1].model
+    real_model = adapt(name, method, total_steps=1, attention="eager")[1].model.train()
+    ids = torch.randint(5, 100, (rows, length))
+    labels = torch.zeros(rows, dtype=torch.long) if spec.kind == "encoder" else ids
+    real = instrumented_step(real_model, {"input_ids": ids, "labels": labels})
+    assert fake_step(meta_model, spec.kind, rows, length) == real
+    eager = estimate(name, method, batch_size=rows, seq_len=length, attention="eager")
+    sdpa = estimate(name, method, batch_size=rows, seq_len=length)
+    assert (eager["attention"], sdpa["attention"]) == ("eager", "sdpa")
+    assert eager["memory"]["activation_bytes"] == real.activation_bytes
+    flash = name == "tiny-llama"
+    assert (eager["memory"]["activation_bytes"] > sdpa["memory"]["activation_bytes"]) == flash
+
+
 @pytest.mark.parametrize("name,method", [("gpt2", "lora"), ("t5-small", "prompt-tuning"),
                                          ("bert-base-uncased", "full")])
 def test_extrapolated_depth_equals_the_full_pass(name, method):
@@ -122,6 +143,8 @@ def test_cli_json_and_text(capsys):
 @pytest.mark.parametrize("args,message", [
     (["--model", "tiny-gpt2", "--method", "lora", "--optimizer", "adam"], "did you mean 'adamw'"),
     (["--model", "tiny-gpt2", "--method", "lora", "--dtype", "fp8"], "valid choices: auto, bf16, fp16, fp32"),
+    (["--model", "tiny-gpt2", "--method", "lora", "--attention", "flash"], "--attention: unknown attention "
+     "implementation 'flash'\n  valid choices: auto, eager, sdpa"),
     (["--model", "llama-2-7", "--method", "lora"], "did you mean 'llama-2-7b'"),
     (["--model", "tiny-gpt2", "--method", "lorra"], "did you mean 'lora'"),
     (["--model", "tiny-gpt2", "--method", "loha"], "does not apply to tiny-gpt2"),

@@ -93,16 +93,17 @@ def test_task_entries_carry_their_own_training_settings(write_suite):
     assert digits["full"].lr == 1e-3
 
 
-def test_weights_dtype_enters_the_id_only_when_set(write_suite):
-    """`weights_dtype` came after cells were first recorded: at `auto` (what loading did before) it is
-    left out of the id, so recorded cells keep theirs; set, it is a new cell."""
+@pytest.mark.parametrize("setting, before_value, other", [("weights_dtype", "auto", "bf16"), ("attention", "auto", "eager")])
+def test_a_later_setting_enters_the_id_only_when_set(write_suite, setting, before_value, other):
+    """Settings that came after cells were first recorded: at the value that behaves as before they are
+    left out of the id, so recorded cells keep theirs; set otherwise, they make a new cell."""
     before = cells_of(write_suite)
-    assert "weights_dtype" not in before[0].config["train"]
-    assert [c.id for c in cells_of(write_suite, SUITE.replace("train: {batch_size", "train: {weights_dtype: auto, batch_size"))] == \
-        [c.id for c in before]
-    bf16 = cells_of(write_suite, SUITE.replace("train: {batch_size", "train: {weights_dtype: bf16, batch_size"))
-    assert bf16[0].config["train"]["weights_dtype"] == "bf16"
-    assert {c.id for c in bf16}.isdisjoint(c.id for c in before)
+    assert setting not in before[0].config["train"]
+    same = cells_of(write_suite, SUITE.replace("train: {batch_size", f"train: {{{setting}: {before_value}, batch_size"))
+    assert [c.id for c in same] == [c.id for c in before]
+    changed = cells_of(write_suite, SUITE.replace("train: {batch_size", f"train: {{{setting}: {other}, batch_size"))
+    assert changed[0].config["train"][setting] == other
+    assert {c.id for c in changed}.isdisjoint(c.id for c in before)
 
 
 def test_balanced_batches_need_classes(write_suite):

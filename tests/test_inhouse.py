@@ -9,7 +9,7 @@ import transformers
 from packaging.version import Version
 
 from bench.cell.batching import collate
-from bench.layers.attention_prefix import PrefixBank, add_prefix, attention_modules
+from bench.layers.attention_prefix import PrefixBank, add_prefix, attention_modules, implementation_of
 from bench.layers.phm import PHMLinear, PHMRule
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY, load_bundle
@@ -55,11 +55,14 @@ def test_inhouse_prefix_equals_peft_prefix_tuning(name, task_type):
 @pytest.mark.parametrize("name,task_type,expected", [
     ("tiny-encoder", "classification", {"self": 2}), ("tiny-t5", "generation", {"self": 4, "cross": 2}),
     ("tiny-gpt2", "generation", {"self": 2}), ("tiny-llama", "generation", {"self": 2})])
-def test_prefix_tuning_reaches_every_attention(name, task_type, expected):
+@pytest.mark.parametrize("attention", ["auto", "eager"])
+def test_prefix_tuning_reaches_every_attention(name, task_type, expected, attention):
     """Every attention module (encoder self, decoder self, decoder cross) reads the prefix: each one's
-    output changes when the prefix changes."""
-    _, adapted = adapt(name, "prefix-tuning")
+    output changes when the prefix changes. The model's implementation, wrapped, is still the one named."""
+    _, adapted = adapt(name, "prefix-tuning", attention=attention)
     model = adapted.model.eval()
+    assert model.config._attn_implementation.startswith("bench_prefix_")
+    assert implementation_of(model) == {"auto": "sdpa", "eager": "eager"}[attention]
     modules = attention_modules(model, REGISTRY[name].arch)
     kinds = {"cross": sum(".EncDecAttention" in n for n, _, _ in modules)}
     kinds["self"] = len(modules) - kinds["cross"]

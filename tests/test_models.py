@@ -8,6 +8,7 @@ import torch
 from bench import tiny
 from bench.cell.measure import count_params
 from bench.errors import BadInput, Unsupported
+from bench.layers.attention_prefix import implementation_of
 from bench.models import REGISTRY, dtype_name, head_for, load_bundle, resolve_model
 from bench.tasks.synthetic import lexicon
 
@@ -139,6 +140,17 @@ def test_weights_dtype_loads_every_weight_in_it(weights_dtype, expected):
     fp32 = load_bundle(resolve_model("tiny-gpt2"), "generation", None, seed=1)
     for (name, a), b in zip(bundle.model.named_parameters(), fp32.model.parameters()):  # the same weights, cast
         assert torch.equal(a, b.to(expected)), name
+
+
+@pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-llama"])
+def test_attention_setting_builds_that_implementation(name):
+    """`auto` leaves the choice to transformers (sdpa for every registry model); the others are asked for."""
+    spec = resolve_model(name)
+    task = "classification" if spec.kind == "encoder" else "generation"
+    built = {a: load_bundle(spec, task, 2, seed=1, attention=a).model for a in ("auto", "sdpa", "eager")}
+    assert {a: implementation_of(m) for a, m in built.items()} == {"auto": "sdpa", "sdpa": "sdpa", "eager": "eager"}
+    meta = load_bundle(resolve_model("llama-2-7b"), "generation", None, seed=0, meta=True, attention="eager")
+    assert implementation_of(meta.model) == "eager"
 
 
 def test_auto_is_the_checkpoints_dtype_as_its_config_says():

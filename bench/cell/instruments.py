@@ -35,19 +35,22 @@ from bench.cell.measure import (
     weight_bytes,
 )
 from bench.cell.probe import first_step, inference_flops, training_flops, workspace_bytes
+from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name
 from bench.tasks.data import resolved_revision
 
 
 class Resolved:
-    """What setup resolved that the cell's configuration leaves open: the weights' dtype (`auto`), the data's
-    hub revisions, the training rows drawn (few-shot and subsampled cells), where the weights came from."""
+    """What setup resolved that the cell's configuration leaves open: the weights' dtype and the attention
+    implementation (`auto`), the data's hub revisions, the training rows drawn (few-shot and subsampled
+    cells), where the weights came from."""
 
     def loaded(self, run, record):
         cell, tasks = run.cell, {run.cell.task.name: run.cell.task, run.evaluation.name: run.evaluation}
         drawn = cell.train.shots or cell.train.max_train_samples
         record["train"]["example_ids"] = run.data.example_ids if drawn else None
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)
+        record["train"]["attention"] = implementation_of(run.bundle.model)
         record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir) for t in tasks.values()}
         record["cell"]["source"] = "external" if run.adapted.external else "harness"

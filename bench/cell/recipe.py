@@ -100,7 +100,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     the previous."""
     task, tcfg = cell.task, cell.train
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
-                         weights_dtype=tcfg.weights_dtype)
+                         weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)

@@ -30,6 +30,13 @@ from bench.methods.base import Adapted, load_by_name, trainable_state
 _WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
 
 
+def implementation_of(model: nn.Module) -> str | None:
+    """The attention implementation `model` runs (transformers' `_attn_implementation`); where a prefix wraps
+    it, the implementation wrapped, which does the work."""
+    name = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return {wrapper: base for base, wrapper in _WRAPPED.items()}.get(name, name)
+
+
 def kv_shape(config, arch: str) -> tuple[int, int]:
     """(key/value heads, head dim) of an attention module, from the model config."""
     if arch == "t5":

@@ -13,7 +13,8 @@ Fake tensors claim the CPU device, so operators are chosen as on a CPU: attentio
 kernel for CPU, which, like CUDA's flash and memory-efficient kernels, saves its output and log-sum-exp
 rather than the L×L probabilities. The batch is B rows of exactly L tokens with no padding (without a
 mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
-classification head, the others their LM head. `--weights-dtype` is the dtype the model is built in, the
+classification head, the others their LM head. `--attention eager` builds the model with its own
+matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does. `--weights-dtype` is the dtype the model is built in, the
 training setting `weights_dtype` (`auto`: the shipped config's `dtype`, as a checkpoint loads; else fp32); gradients
 and optimizer moments follow their parameter's dtype (peft keeps adapter weights in fp32 under a bf16
 base model, as it does in training).
@@ -29,7 +30,7 @@ import torch
 from bench.cell import optimizers
 from bench.cell.measure import count_params, head_elements, method_params, predicted_peak, unique_tensors, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
-from bench.config import WEIGHTS_DTYPES
+from bench.config import ATTENTIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 
@@ -41,7 +42,8 @@ def _needs_data(n_batches: int):
     raise RuntimeError("it needs calibration batches, i.e. real weights and data")
 
 
-def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None = None):
+def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
+                   attention: str):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
@@ -50,7 +52,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     method = methods.get(method_name, "--method")
     encoder = spec.kind == "encoder"
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
-                         meta=True, weights_dtype=dtype)
+                         meta=True, weights_dtype=dtype, attention=attention)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
@@ -155,21 +157,25 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
-             dtype: str = "fp32", settings: dict | None = None) -> dict:
+             dtype: str = "fp32", settings: dict | None = None, attention: str = "auto") -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
-    the method's (default: its defaults)."""
+    the method's (default: its defaults); `attention`: the training setting (bench.config.ATTENTIONS)."""
     from bench import models
+    from bench.layers.attention_prefix import implementation_of
     from bench.models import resolve_model
 
     if optimizer not in optimizers.OPTIMIZERS:
         raise unknown("optimizer", optimizer, optimizers.OPTIMIZERS, "--optimizer")
     if dtype not in WEIGHTS_DTYPES:
         raise unknown("weights dtype", dtype, WEIGHTS_DTYPES, "--weights-dtype")
+    if attention not in ATTENTIONS:
+        raise unknown("attention implementation", attention, ATTENTIONS, "--attention")
     for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value < 1:
             raise BadInput(f"must be a positive integer, got {value}", flag)
     spec = resolve_model(model, "--model")
-    bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings)
+    bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
+                                                          attention)
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     try:
@@ -190,14 +196,16 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
-            "dtype": models.dtype_name(bundle.model), "params": params, "memory": memory, "flops": flops}
+            "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
+            "params": params, "memory": memory, "flops": flops}
 
 
 def render(result: dict) -> str:
     """The estimate as text, each figure under its record name."""
     p, m, f = result["params"], result["memory"], result["flops"]
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
-             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}",
+             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}, "
+             f"{result['attention']} attention",
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
