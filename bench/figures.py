@@ -104,12 +104,15 @@ _FIGURES = [
            "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save."),
     Figure("memory", "workspace_bytes", "bytes", "versioned", "what the busier of a step's two crowded moments adds "
            "to the four parts above: early in backward, a gradient the size of the largest saved storage (e.g. the "
-           "logits' gradient) next to all activations; at the optimizer update, the activations are freed but a "
-           "multi-tensor update (the default on CUDA) holds one temporary per trainable element. So `max(largest "
-           "saved storage, trainable_bytes − activation_bytes)`."),
+           "logits' gradient) next to all activations; at the optimizer update, the activations are freed and the "
+           "update holds its temporaries (`train.optimizer_update`): none when fused (AdamW on CUDA), one per "
+           "trainable element for foreach; a for-loop holds one tensor's at a time (AdamW: two of its size), "
+           "bounded by the same unless one tensor holds most trainable elements. So "
+           "`max(largest saved storage, U − activation_bytes)`, U = 0 fused, else `trainable_bytes`. `estimate` "
+           "predicts the update the optimizer makes on CUDA."),
     Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + grad_bytes + optimizer_bytes + "
            "activation_bytes + workspace_bytes`, i.e. weights + gradients + optimizer state + the larger of "
-           "(activations + largest saved storage) and `trainable_bytes`. High rather than low: it counts all "
+           "(activations + largest saved storage) and the update's temporaries. High rather than low: it counts all "
            "gradients beside all activations, although backward frees activations as gradients appear."),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),

@@ -52,6 +52,8 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
         assert r["scores"]["metrics"]["accuracy"] == pytest.approx(best["score"])  # the best weights are kept
         assert r["env"]["torch"] and r["env"]["device"] == DEVICE
         assert r["train"]["attention"] == "sdpa"  # transformers' choice for `auto`
+        assert r["train"]["compute_dtype"] == ("bf16" if CUDA else "fp32")  # precision: auto
+        assert r["train"]["optimizer_update"] == ("fused" if CUDA else "for-loop")  # AdamW
         assert r["time"]["train_flops_per_s"] == pytest.approx(r["flops"]["train_total"] / r["time"]["train_s"])
         mfu = r["time"]["mfu"]
         assert mfu is None if not CUDA else (mfu is None or 0 < mfu < 1)  # no datasheet peak for a CPU

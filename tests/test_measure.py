@@ -1,6 +1,7 @@
 """Measurements against independent computations."""
 
 import contextlib
+import weakref
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from bench.cell.measure import (
     weight_bytes,
 )
 from bench.cell.objectives import objective_for
+from bench.cell.optimizers import OPTIMIZERS, update_bytes, update_of
 from bench.cell.probe import (
     COST_MODEL,
     StepMeasure,
@@ -84,8 +86,69 @@ def test_predicted_peak_is_the_sum_of_its_parts_or_null():
 def test_workspace_is_the_busier_moment_of_a_step():
     step = StepMeasure(activation_bytes=100, largest_saved_bytes=30, grad_bytes=0, forward_flops=0,
                        backward_flops=0, rows=1, positions=1, tokens=1)
-    assert workspace_bytes(step, trainable_bytes=10) == 30  # backward: activations + the largest one's gradient
-    assert workspace_bytes(step, trainable_bytes=500) == 400  # update: one temporary per trainable element
+    assert workspace_bytes(step, update_bytes("foreach", 10)) == 30  # backward: activations + the largest's gradient
+    assert workspace_bytes(step, update_bytes("foreach", 500)) == 400  # update: one temporary per trainable element
+    assert workspace_bytes(step, update_bytes("fused", 500)) == 30  # a fused update holds none
+
+
+def _update_temporaries_peak(optimizer) -> int:
+    """The most bytes held at once by tensors that `optimizer.step()` creates (its temporaries), tracked
+    operator by operator: an independent count of what update_bytes predicts."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    live, peak = {}, [0]
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)):
+                key = t.untyped_storage().data_ptr()
+                if key not in live and all(key != a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves(
+                        (args, kwargs)) if isinstance(a, torch.Tensor)):  # new storage, not an in-place result
+                    live[key] = t.untyped_storage().nbytes()
+                    weakref.finalize(t.untyped_storage(), live.pop, key, None)
+            peak[0] = max(peak[0], sum(live.values()))
+            return out
+
+    with Track():
+        optimizer.step()
+    return peak[0]
+
+
+@pytest.mark.parametrize("update", ["fused", "foreach", "for-loop"])
+def test_update_bytes_bounds_what_adamws_update_holds(update):
+    """AdamW over real tensors on the CPU (where torch has all three updates): a fused step holds no temporaries
+    beyond scalars, foreach one per trainable element (update_bytes), a for-loop two of its largest tensor."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32)),
+              torch.nn.Parameter(torch.randn(16, 64))]
+    trainable = sum(p.numel() * p.element_size() for p in params)
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[update]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, **flags)
+    assert update_of(optimizer) == update
+    for _ in range(2):  # the second step: the state exists, as in every step after the first
+        for p in params:
+            p.grad = torch.randn_like(p)
+        held = _update_temporaries_peak(optimizer)
+    scalars = 64  # step counters, bias corrections
+    if update == "fused":
+        assert update_bytes(update, trainable) == 0 and held <= scalars
+    if update == "foreach":
+        assert trainable <= held <= update_bytes(update, trainable) + scalars
+    if update == "for-loop":  # one tensor at a time: the sqrt of its second moment, divided into a second
+        largest = max(p.numel() * p.element_size() for p in params)
+        assert 2 * largest <= held <= 2 * largest + scalars
+
+
+def test_optimizer_table_names_the_update_it_makes_on_cuda():
+    """`cuda_update` (what estimate predicts) is what update_of reads off each optimizer built over CUDA
+    parameters, here fake ones, so the check runs on any machine."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        weight = torch.nn.Parameter(torch.empty(8, 4, device="cuda"))
+        for optimizer in OPTIMIZERS.values():
+            assert update_of(optimizer.build([{"params": [weight]}], 1e-3)) == optimizer.cuda_update, optimizer.name
 
 
 def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:

@@ -34,6 +34,7 @@ from bench.cell.measure import (
     utilisation,
     weight_bytes,
 )
+from bench.cell.optimizers import update_bytes
 from bench.cell.probe import first_step, inference_flops, training_flops, workspace_bytes
 from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name
@@ -41,9 +42,9 @@ from bench.tasks.data import resolved_revision
 
 
 class Resolved:
-    """What setup resolved that the cell's configuration leaves open: the weights' dtype and the attention
-    implementation (`auto`), the data's hub revisions, the training rows drawn (few-shot and subsampled
-    cells), where the weights came from."""
+    """What setup resolved that the cell's configuration leaves open: the weights' dtype, the attention
+    implementation and the matrix products' dtype (`auto`), the data's hub revisions, the training rows
+    drawn (few-shot and subsampled cells), where the weights came from."""
 
     def loaded(self, run, record):
         cell, tasks = run.cell, {run.cell.task.name: run.cell.task, run.evaluation.name: run.evaluation}
@@ -51,6 +52,7 @@ class Resolved:
         record["train"]["example_ids"] = run.data.example_ids if drawn else None
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)
         record["train"]["attention"] = implementation_of(run.bundle.model)
+        record["train"]["compute_dtype"] = run.compute_dtype  # what `precision` resolved to
         record["train"]["gradient_checkpointing"] = cell.train.gradient_checkpointing  # shown in the report
         record["env"]["data_revisions"] = {t.name: resolved_revision(t, cell.data_dir) for t in tasks.values()}
         record["cell"]["source"] = "external" if run.adapted.external else "harness"
@@ -97,7 +99,8 @@ class StepProbe:
         memory, result = record["memory"], run.result
         memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
                       optimizer_bytes=result.optimizer_bytes,
-                      workspace_bytes=workspace_bytes(self.step, memory["trainable_bytes"]))
+                      workspace_bytes=workspace_bytes(self.step, update_bytes(result.optimizer_update,
+                                                                              memory["trainable_bytes"])))
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
         memory["predicted_peak_bytes"] = predicted_peak(memory)

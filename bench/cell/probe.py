@@ -146,8 +146,10 @@ def probe_batch(features: list[dict], batch_size: int, seed: int, collate_fn) ->
     return {k: v[:n] for k, v in batch.items()}
 
 
-def workspace_bytes(step: StepMeasure, trainable_bytes: int) -> int:
-    return max(step.largest_saved_bytes, trainable_bytes - step.activation_bytes)
+def workspace_bytes(step: StepMeasure, update_bytes: int) -> int:
+    """memory.workspace_bytes: the busier of backward's start (the largest saved storage's gradient beside
+    every activation) and the optimizer update (`update_bytes` of temporaries, once the activations are freed)."""
+    return max(step.largest_saved_bytes, update_bytes - step.activation_bytes)
 
 
 # T-Few's cost model (Liu et al. 2022): FLOPs per token are (inference, training) × N, N the

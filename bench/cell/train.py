@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bench.cell.batching import batches, positions_in, tokens_in
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
-from bench.cell.optimizers import OPTIMIZERS
+from bench.cell.optimizers import OPTIMIZERS, update_of
 from bench.config import TrainConfig
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
@@ -106,6 +106,7 @@ class TrainResult:
     tokens: int = 0
     positions: int = 0
     optimizer_bytes: int | None = None  # bench.cell.measure.optimizer_state_bytes after the first step
+    optimizer_update: str | None = None  # how the optimizer updates (bench.cell.optimizers.UPDATES)
     compile_s: float | None = None  # train.compile: the warm-up that compiled the model (not in train_s)
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
@@ -121,6 +122,7 @@ class TrainResult:
                 "first_loss": self.losses[0] if self.losses else None,
                 "final_loss": sum(tail) / len(tail) if tail else None,
                 "evals": self.evals, "best_step": self.best_step, "diverged_at_step": self.diverged_at_step,
+                "optimizer_update": self.optimizer_update,
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
 
 
@@ -185,6 +187,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     steps = total_steps(train, len(features))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_for(model, train, {id(p) for p, _ in adapted.grad_masks})
+    result.optimizer_update = update_of(optimizer)
     schedule = linear_schedule(optimizer, int(train.warmup_ratio * steps), steps)
     autocast = autocast_for(device, train.precision)
     cuda = torch.device(device).type == "cuda"

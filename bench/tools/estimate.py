@@ -185,10 +185,11 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
                        f"{type(e).__name__}: {e}", "--method") from None
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
+    update = optimizers.OPTIMIZERS[optimizer].cuda_update  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes,
-                  workspace_bytes=workspace_bytes(step, memory["trainable_bytes"]))
+                  workspace_bytes=workspace_bytes(step, optimizers.update_bytes(update, memory["trainable_bytes"])))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
@@ -196,6 +197,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
+            "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
             "params": params, "memory": memory, "flops": flops}
 
@@ -204,7 +206,8 @@ def render(result: dict) -> str:
     """The estimate as text, each figure under its record name."""
     p, m, f = result["params"], result["memory"], result["flops"]
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
-             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']}, {result['dtype']}, "
+             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
+             f"({result['optimizer_update']} update, as on CUDA), {result['dtype']}, "
              f"{result['attention']} attention",
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
