@@ -172,6 +172,23 @@ def test_compiled_training_keeps_its_compilation_out_of_the_step_times(monkeypat
     assert fast["scores"]["metrics"] == pytest.approx(plain["scores"]["metrics"])
 
 
+def test_batches_go_to_cuda_through_pinned_memory_without_waiting(monkeypatch):
+    """A copy from pageable memory makes the host wait for the device every step; the training loop's
+    copies to CUDA are pinned and non-blocking, and to a CPU they stay as they were. The tensor methods are
+    recorded, so this runs on any machine."""
+    from bench.cell.batching import to_device
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device, **kw: calls.append((str(device), kw)) or self)
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.zeros(2, dtype=torch.long)}
+    assert to_device(batch, torch.device("cuda")).keys() == batch.keys()
+    assert calls == ["pin", ("cuda", {"non_blocking": True})] * 2
+    calls.clear()
+    to_device(batch, "cpu")
+    assert calls == [("cpu", {})] * 2
+
+
 def test_adamw_is_fused_on_cuda_and_torchs_default_elsewhere():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = torch.nn.Linear(4, 2).to(device)

@@ -19,6 +19,15 @@ def lm_example(kind: str, prompt: list[int], target: list[int]) -> dict:
     return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The batch on `device`. To CUDA each tensor goes through pinned memory and is copied without waiting:
+    a copy from pageable memory makes the host wait until the device has run everything queued before it,
+    a synchronisation in every training step."""
+    if torch.device(device).type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """Pad to the longest in the batch (dynamic padding); labels pad with -100."""
     out: dict[str, torch.Tensor] = {}

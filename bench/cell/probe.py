@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import flop_counter
 
-from bench.cell.batching import batches, positions_in, tokens_in
+from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.measure import storage_key, tensor_bytes
 from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
@@ -116,7 +116,7 @@ def first_step(model: torch.nn.Module, features: list[dict], batch_size: int, se
                autocast) -> StepMeasure:
     """The cell's probe: measure_step on the probe batch of its training features (a cell's one call here)."""
     encoder_decoder = is_encoder_decoder(model)
-    batch = {k: v.to(device) for k, v in probe_batch(features, batch_size, seed, objective.collate).items()}
+    batch = to_device(probe_batch(features, batch_size, seed, objective.collate), device)
     return measure_step(model, batch, device, autocast, objective.loss, encoder_decoder)
 
 

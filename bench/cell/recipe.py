@@ -22,7 +22,7 @@ import torch
 from bench import env, methods
 from bench.cell import instruments
 from bench.cell import train as training
-from bench.cell.batching import batches, collate
+from bench.cell.batching import batches, collate, to_device
 from bench.cell.measure import count_params, head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
@@ -111,8 +111,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
 
     def calibration(n_batches: int) -> list[dict]:  # training batches for methods that look at data first
         rows = batches(data.features, tcfg.batch_size, cell.seed)
-        return [{k: v.to(device) for k, v in collate(next(rows), bundle.tokenizer.pad_token_id).items()}
-                for _ in range(n_batches)]
+        return [to_device(collate(next(rows), bundle.tokenizer.pad_token_id), device) for _ in range(n_batches)]
 
     adapted = method.apply(bundle.model, cell.method_config,
                            ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from bench.cell.batching import batches, positions_in, tokens_in
+from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
 from bench.cell.optimizers import OPTIMIZERS, update_of
@@ -64,7 +64,7 @@ def compile_model(model: torch.nn.Module, batch: dict, objective: Objective, aut
     model.compile(dynamic=True)
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
         with autocast():
-            loss = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
+            loss = objective.loss(model, to_device(batch, device))
         loss.backward()
     for p in model.parameters():
         p.grad = None
@@ -221,7 +221,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         # counted on the host batch: a count of a device tensor would wait for the device
         result.tokens += tokens_in(batch, encoder_decoder)
         result.positions += positions_in(batch, encoder_decoder)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)  # without waiting for the device (on CUDA)
         with autocast():
             loss = objective.loss(model, batch)
         loss.backward()

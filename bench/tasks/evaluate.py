@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.cell.batching import IGNORE, collate, lm_example
+from bench.cell.batching import IGNORE, collate, lm_example, to_device
 from bench.models import is_encoder_decoder
 from bench.tasks import TaskSpec, metrics
 from bench.tasks.features import EvalSet
@@ -26,10 +26,6 @@ from bench.tasks.features import EvalSet
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i: i + size]
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -41,7 +37,7 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
     if bundle.head == "classifier":
         for chunk in _batches(evalset.features, batch_size):
             with autocast():
-                logits = model(**_to(collate(chunk, pad), device)).logits.float()
+                logits = model(**to_device(collate(chunk, pad), device)).logits.float()
             preds += logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
         return preds
     if evalset.choices is not None:
@@ -50,7 +46,7 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
         scores: list[float] = []
         for chunk in _batches(pairs, batch_size):
             with autocast():
-                scores += sequence_logprob(model, _to(collate(chunk, pad), device), task.length_normalize)
+                scores += sequence_logprob(model, to_device(collate(chunk, pad), device), task.length_normalize)
         preds, start = [], 0
         for options in evalset.choices:
             row = scores[start: start + len(options)]
@@ -59,7 +55,7 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
         return preds
     left = bundle.kind == "decoder"  # decoders continue the prompt, so pad on the left
     for chunk in _batches(evalset.features, batch_size):
-        batch = _to(collate(chunk, pad, left=left), device)
+        batch = to_device(collate(chunk, pad, left=left), device)
         with autocast():
             out = model.generate(**batch, max_new_tokens=task.generation["max_new_tokens"],
                                  num_beams=task.generation["num_beams"], do_sample=False,
