@@ -98,8 +98,8 @@ def write_suite(folder: Path, name: str, model: Path, methods: list[str], tasks:
 
 def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
     """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU."""
-    lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | step ms | TFLOP/s | MFU |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | ±10 % | step ms | TFLOP/s | MFU |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for suite, order in suites:
         found = [json.loads(path.read_text()) for path in (results / suite).glob("*.json")]
         for r in sorted(found, key=lambda r: order.index(r["cell"]["label"])):
@@ -107,15 +107,34 @@ def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
             measured = m.get("device_peak_allocated_bytes") or m.get("peak_bytes")
             predicted = m.get("predicted_peak_bytes")
             ratio = f"{predicted / measured:.2f}" if predicted and measured else "–"
+            on_device = m.get("device_peak_allocated_bytes") and predicted  # RSS holds the libraries: no verdict
+            verdict = ("yes" if within(predicted, measured) else "**no**") if on_device else "–"
             cells = [suite, (r.get("train") or {}).get("weights_dtype") or "–", r["cell"]["label"], r["status"],
-                     _mb(predicted), _mb(measured), ratio,
+                     _mb(predicted), _mb(measured), ratio, verdict,
                      f"{1000 * t['step_s_median']:.1f}" if t.get("step_s_median") else "–",
                      f"{t['train_flops_per_s'] / 1e12:.3g}" if t.get("train_flops_per_s") else "–",
                      f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "–"]
             lines.append("| " + " | ".join(cells) + " |")
             if r["status"] not in ("ok", "unsupported"):
-                lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | |")
+                lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | | |")
     return "\n".join(lines)
+
+
+def within(predicted: int, measured: int, tolerance: float = 0.10) -> bool:
+    """Issue 12's goal: the predicted peak within ±10 % of the allocator's measured peak."""
+    return abs(predicted / measured - 1) <= tolerance
+
+
+def verdict(results: Path, suites: list[str]) -> str:
+    """How many ok cells on a device have their prediction within ±10 %, naming those that do not."""
+    ok = [json.loads(p.read_text()) for s in suites for p in (results / s).glob("*.json")]
+    ok = [r for r in ok if r["status"] == "ok" and r["memory"].get("device_peak_allocated_bytes")]
+    if not ok:
+        return "memory prediction: no cell measured on a device (no verdict)"
+    off = [f"{r['cell']['model']}/{r['cell']['label']}" for r in ok
+           if not within(r["memory"]["predicted_peak_bytes"], r["memory"]["device_peak_allocated_bytes"])]
+    return (f"memory prediction within ±10 %: {len(ok) - len(off)} of {len(ok)} cells"
+            + (f"; outside: {', '.join(off)}" if off else ""))
 
 
 def _mb(value) -> str:
@@ -157,6 +176,7 @@ def main() -> int:
             f"records in {results}")
     if smoke:
         head += "\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something on a GPU only)"
+    text += "\n\n" + verdict(results, [s[0] for s in suites])
     print(head + "\n\n" + text)
     if args.out:
         Path(args.out).write_text(head + "\n\n" + text + "\n")
