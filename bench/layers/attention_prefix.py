@@ -208,8 +208,20 @@ def add_prefix(model: nn.Module, arch: str, length: int, mid_dim: int = 0, gated
         object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate, decoder_queries))
         module.register_forward_hook(_check_read)
     _register()
-    model.set_attn_implementation(_WRAPPED[implementation])
+    set_attention(model, _WRAPPED[implementation])
     return bank
+
+
+def set_attention(model: nn.Module, name: str) -> None:
+    """`set_attn_implementation` on the model and every submodel. transformers before 5.20 skips a submodel
+    whose config has the top-level config's class, such as T5's encoder and decoder stacks (each holds a
+    copy of the T5Config, which its attention modules read), so their attention never reached the wrapper."""
+    from transformers import PreTrainedModel
+
+    model.set_attn_implementation(name)
+    for sub in model.modules():
+        if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation != name:
+            sub.set_attn_implementation(name)
 
 
 FOLDED = "bench_prefix_bank.prefix"
