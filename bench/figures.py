@@ -106,10 +106,10 @@ _FIGURES = [
            "to the four parts above: early in backward, a gradient the size of the largest saved storage (e.g. the "
            "logits' gradient) next to all activations; at the optimizer update, the activations are freed and the "
            "update holds its temporaries (`train.optimizer_update`): none when fused (AdamW on CUDA), one per "
-           "trainable element for foreach; a for-loop holds one tensor's at a time (AdamW: two of its size), "
-           "bounded by the same unless one tensor holds most trainable elements. So "
-           "`max(largest saved storage, U − activation_bytes)`, U = 0 fused, else `trainable_bytes`. `estimate` "
-           "predicts the update the optimizer makes on CUDA."),
+           "trainable element for AdamW's foreach, one tensor's at a time for a for-loop (AdamW: two of its size). "
+           "So `max(largest saved storage, U − activation_bytes)`, U = 0 fused, `trainable_bytes` foreach, "
+           "`max(trainable_bytes, 2 × largest trainable tensor)` for-loop. `estimate` predicts the update the "
+           "optimizer makes on CUDA."),
     Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + grad_bytes + optimizer_bytes + "
            "activation_bytes + workspace_bytes`, i.e. weights + gradients + optimizer state + the larger of "
            "(activations + largest saved storage) and the update's temporaries. High rather than low: it counts all "

@@ -129,12 +129,16 @@ def verdict(results: Path, suites: list[str]) -> str:
     """How many ok cells on a device have their prediction within ±10 %, naming those that do not."""
     ok = [json.loads(p.read_text()) for s in suites for p in (results / s).glob("*.json")]
     ok = [r for r in ok if r["status"] == "ok" and r["memory"].get("device_peak_allocated_bytes")]
+    unpredicted = [f"{r['cell']['model']}/{r['cell']['label']}" for r in ok
+                   if not r["memory"].get("predicted_peak_bytes")]
+    ok = [r for r in ok if r["memory"].get("predicted_peak_bytes")]
     if not ok:
         return "memory prediction: no cell measured on a device (no verdict)"
     off = [f"{r['cell']['model']}/{r['cell']['label']}" for r in ok
            if not within(r["memory"]["predicted_peak_bytes"], r["memory"]["device_peak_allocated_bytes"])]
     return (f"memory prediction within ±10 %: {len(ok) - len(off)} of {len(ok)} cells"
-            + (f"; outside: {', '.join(off)}" if off else ""))
+            + (f"; outside: {', '.join(off)}" if off else "")
+            + (f"; no prediction: {', '.join(unpredicted)}" if unpredicted else ""))
 
 
 def _mb(value) -> str:

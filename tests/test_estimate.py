@@ -84,7 +84,8 @@ def test_eager_attention_is_estimated_as_a_real_eager_step_saves(name, method):
     """`--attention eager` builds the model with its own matmul-softmax attention, which keeps the L×L
     probabilities for backward: the fake pass matches a real eager CPU step to the byte. Where sdpa can use
     a flash kernel (LLaMA: causal, no mask, no dropout) eager keeps more; with T5's additive position bias or
-    BERT's attention dropout, sdpa falls back to its math kernel and keeps as much."""
+    BERT's attention dropout, sdpa on a CPU (the fake pass's device) falls back to its math kernel and keeps
+    as much."""
     rows, length = 3, 10
     spec, meta_model = REGISTRY[name], adapt(name, method, total_steps=1, meta=True, attention="eager")[1].model
     real_model = adapt(name, method, total_steps=1, attention="eager")[1].model.train()

@@ -57,7 +57,8 @@ def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
 
 def test_the_preload_is_the_grids_own_when_the_executor_names_it():
     """Unnamed, the preload imports every architecture and metric library; named (as the executor does), only
-    the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it."""
+    the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it
+    (transformers before 5.21 imports scikit-learn itself, wherever it is installed)."""
     from bench.run import executors
 
     code = ("import json, sys, bench.run.warm as w\n"

@@ -31,6 +31,7 @@ from bench.cell.measure import (
     predicted_peak,
     stored_size,
     timed,
+    unique_tensors,
     utilisation,
     weight_bytes,
 )
@@ -97,10 +98,10 @@ class StepProbe:
 
     def trained(self, run, record):
         memory, result = record["memory"], run.result
+        trainable = [p.nbytes for p in unique_tensors(run.adapted.model.parameters()) if p.requires_grad]
         memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
                       optimizer_bytes=result.optimizer_bytes,
-                      workspace_bytes=workspace_bytes(self.step, update_bytes(result.optimizer_update,
-                                                                              memory["trainable_bytes"])))
+                      workspace_bytes=workspace_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
         memory["predicted_peak_bytes"] = predicted_peak(memory)

@@ -21,7 +21,7 @@ STEP_COUNTER_BYTES = 4  # torch's AdamW and Adafactor count steps in a float32 s
 
 # How an optimizer applies its update (train.optimizer_update), which decides what the update holds at once:
 # `fused`: one kernel updates every tensor in place, holding no temporaries; `foreach`: multi-tensor ops, whose
-# intermediate results (e.g. AdamW's sqrt of the second moments) cover every trainable element at once;
+# intermediate results (AdamW's: the sqrt of the second moments) cover every trainable element at once;
 # `for-loop`: one tensor after another, so temporaries for one tensor at a time.
 UPDATES = ("fused", "foreach", "for-loop")
 
@@ -32,7 +32,6 @@ class Optimizer:
     description: str
     make: Callable  # (parameter groups, lr) -> a torch optimizer
     state_bytes: Callable  # (trainable tensor) -> bytes of state after the first step
-    cuda_update: str  # the update (UPDATES) it makes on CUDA, what `estimate` predicts for
 
     def build(self, groups, lr: float):
         return self.make(groups, lr)
@@ -77,33 +76,51 @@ def _tfew_adafactor_state(p) -> int:
 
 OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
     Optimizer("adamw", "AdamW (decoupled weight decay; betas 0.9, 0.999; eps 1e-8; fused on CUDA)", _adamw,
-              lambda p: 2 * p.numel() * p.element_size() + STEP_COUNTER_BYTES, "fused"),
+              lambda p: 2 * p.numel() * p.element_size() + STEP_COUNTER_BYTES),
     Optimizer("adafactor", "torch's Adafactor (factored second moments, no first moment; torch's defaults: "
-              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", _torch("Adafactor"), _adafactor_state, "foreach"),
+              "beta2_decay -0.8, eps (None, 1e-3), d 1.0)", _torch("Adafactor"), _adafactor_state),
     Optimizer("adafactor-tfew", "transformers' Adafactor as T-Few runs it: the step scaled by the parameter's "
               "RMS (scale_parameter), the given lr (no relative step, no warmup init), fp32 factored moments",
-              _tfew_adafactor, _tfew_adafactor_state, "for-loop"),
-    Optimizer("sgd", "plain SGD (no momentum: no state)", _torch("SGD"), lambda p: 0, "foreach"),
+              _tfew_adafactor, _tfew_adafactor_state),
+    Optimizer("sgd", "plain SGD (no momentum: no state)", _torch("SGD"), lambda p: 0),
 )}
 
 
 def update_of(optimizer) -> str:
     """The update (UPDATES) a built torch optimizer makes: fused or foreach as asked, else torch's default,
-    which is foreach where every parameter is on CUDA and the optimizer has a foreach implementation."""
+    which is foreach where every parameter is on CUDA, except for torch's Adafactor, whose default is the
+    for-loop (its docstring: foreach only when asked). Optimizers without a foreach setting (transformers'
+    Adafactor) loop."""
+    import torch
+
     settings = optimizer.defaults
     if settings.get("fused"):
         return "fused"
     foreach = settings.get("foreach")
-    if foreach is None and "foreach" in settings:
+    if foreach is None and "foreach" in settings and not isinstance(optimizer, torch.optim.Adafactor):
         foreach = all(p.is_cuda for group in optimizer.param_groups for p in group["params"])
     return "foreach" if foreach else "for-loop"
 
 
-def update_bytes(update: str, trainable_bytes: int) -> int:
-    """What the update holds besides the state at its busiest: nothing when fused; one temporary per trainable
-    element for foreach. A for-loop holds one tensor's at a time (AdamW: two of its size), which this bounds
-    unless a single tensor holds more than half of the trainable elements."""
-    return 0 if update == "fused" else trainable_bytes
+def cuda_update(name: str) -> str:
+    """The update optimizer `name` makes on CUDA (what `estimate` predicts for): update_of the optimizer built
+    over a fake CUDA parameter, so any machine can tell."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        return update_of(OPTIMIZERS[name].build([{"params": [torch.nn.Parameter(torch.empty(2, 2, device="cuda"))]}],
+                                                1e-3))
+
+
+def update_bytes(update: str, tensor_bytes: list[int]) -> int:
+    """What the update holds besides the state at its busiest, given the trainable tensors' sizes: nothing when
+    fused; AdamW's foreach one temporary per trainable element; a for-loop one tensor's temporaries at a time
+    (AdamW: two of its size), bounded here by the larger of the foreach figure and twice the largest tensor."""
+    if update == "fused":
+        return 0
+    total = sum(tensor_bytes)
+    return total if update == "foreach" else max(total, 2 * max(tensor_bytes, default=0))
 
 
 def state_bytes(name: str, trainable) -> int:

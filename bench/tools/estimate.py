@@ -185,11 +185,11 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
                        f"{type(e).__name__}: {e}", "--method") from None
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
-    update = optimizers.OPTIMIZERS[optimizer].cuda_update  # estimates plan GPU memory: the update a CUDA cell makes
+    update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes,
-                  workspace_bytes=workspace_bytes(step, optimizers.update_bytes(update, memory["trainable_bytes"])))
+                  workspace_bytes=workspace_bytes(step, optimizers.update_bytes(update, [p.nbytes for p in trainable])))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
