@@ -31,7 +31,6 @@ from bench.cell.measure import (
     predicted_peak,
     stored_size,
     timed,
-    unique_tensors,
     utilisation,
     weight_bytes,
 )
@@ -98,7 +97,7 @@ class StepProbe:
 
     def trained(self, run, record):
         memory, result = record["memory"], run.result
-        trainable = [p.nbytes for p in unique_tensors(run.adapted.model.parameters()) if p.requires_grad]
+        trainable = [p.nbytes for p in run.adapted.model.parameters() if p.requires_grad]  # each Parameter once
         memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
                       optimizer_bytes=result.optimizer_bytes,
                       workspace_bytes=workspace_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
