@@ -216,10 +216,10 @@ def test_every_way_a_cell_can_fail_is_recorded_as_such(tmp_path, write_suite):
         "fault-raise": "failed", "fault-crash": "failed", "fault-kill": "killed", "fault-exhaust": "oom",
         "fault-nan": "diverged"}
     crash = got["fault-crash"]["error"]
-    assert crash["type"] == "CellCrashed" and "exit code 3" in crash["message"]
+    assert crash["type"] == "CellCrashed" and "exit code 3" in crash["message"] and crash["exit_code"] == 3
     assert "the last words of a crashing cell" in crash["traceback"]  # the child's output is the evidence
     assert any("last output: the last words of a crashing cell" in line for line in summary.problems)
-    assert "SIGKILL" in got["fault-kill"]["error"]["message"]
+    assert "SIGKILL" in got["fault-kill"]["error"]["message"] and got["fault-kill"]["error"]["signal"] == "SIGKILL"
     assert got["fault-nan"]["train"]["diverged_at_step"] == 3  # poisoned after step 2
     assert got["fault-nan"]["scores"]["metrics"] == {}
     assert got["fault-raise"]["error"]["message"] == "injected failure in build"

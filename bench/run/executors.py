@@ -152,13 +152,15 @@ class CellProcess:
         code = self.proc.exitcode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
+            ended = {"signal": name}
             if code == -signal.SIGKILL and oom_kills() not in (None, self.kills_before):
                 return failure_record(cell, "oom", "Killed", "cell process was killed by the kernel's "
-                                      "out-of-memory killer (the cgroup's oom_kill count rose)", evidence, measured)
+                                      "out-of-memory killer (the cgroup's oom_kill count rose)", evidence, measured,
+                                      ended)
             return failure_record(cell, "killed", "Killed", f"cell process was killed by {name} before writing "
-                                  "a record (no out-of-memory kill was counted)", evidence, measured)
+                                  "a record (no out-of-memory kill was counted)", evidence, measured, ended)
         return failure_record(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} "
-                              "before writing a record", evidence, measured)
+                              "before writing a record", evidence, measured, {"exit_code": code})
 
     def _show(self) -> None:
         """Pass the cell's new output (progress bars, warnings) through to the runner's stderr."""
@@ -290,13 +292,16 @@ KEPT_SECTIONS = ("params", "memory", "time", "flops", "train")
 
 
 def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
-                   measured: dict | None = None) -> dict:
+                   measured: dict | None = None, ended: dict | None = None) -> dict:
+    """The record of a cell that wrote none itself; `ended`: how its process ended, for the error's
+    `exit_code` (a crash) or `signal` (a kill)."""
     record = new_record(cell)
     for section in KEPT_SECTIONS:
         if isinstance((measured or {}).get(section), dict):
             record[section].update(measured[section])
     record["env"].update(env.collect(probe_device=False))
-    return finish(record, status, {"type": kind, "message": message, "where": None, "traceback": evidence})
+    return finish(record, status, {"type": kind, "message": message, "where": None, "traceback": evidence,
+                                   **(ended or {})})
 
 
 def interrupted(cell: Cell) -> dict:
