@@ -21,7 +21,7 @@ from bench.figures import Tolerances
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.run import store as store_module
-from bench.run.executors import LocalExecutor
+from bench.run.executors import EVIDENCE_LINES, LocalExecutor, tail
 from bench.run.runner import run_grid
 from bench.run.store import Store, lock_problem
 from bench.tools.regress import compare as gate_compare
@@ -224,6 +224,17 @@ def test_every_way_a_cell_can_fail_is_recorded_as_such(tmp_path, write_suite):
     assert got["fault-nan"]["scores"]["metrics"] == {}
     assert got["fault-raise"]["error"]["message"] == "injected failure in build"
     assert not list((store.root / "faults" / ".incoming").iterdir())  # nothing left in the spool
+
+
+def test_the_evidence_is_the_last_100_lines_of_the_cells_output(tmp_path):
+    """A progress bar's carriage returns count as line ends; undecodable bytes do not stop the reading."""
+    log = tmp_path / "cell.log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(150)) + b"bar 1%\rbar 50%\rbar 99%\xff\n")
+    kept = tail(log).splitlines()
+    assert EVIDENCE_LINES == 100 and len(kept) == 100
+    assert kept[0] == "line 53" and kept[-3:] == ["bar 1%", "bar 50%", "bar 99%\ufffd"]
+    log.write_bytes(b"")
+    assert tail(log) is None and tail(tmp_path / "never-written.log") is None
 
 
 def test_a_hanging_cell_times_out(tmp_path, write_suite):
