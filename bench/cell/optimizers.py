@@ -97,7 +97,8 @@ def update_of(optimizer) -> str:
     if settings.get("fused"):
         return "fused"
     foreach = settings.get("foreach")
-    if foreach is None and "foreach" in settings and not isinstance(optimizer, torch.optim.Adafactor):
+    loops_by_default = getattr(torch.optim, "Adafactor", ())  # torch >= 2.5 has it; the package allows 2.4
+    if foreach is None and "foreach" in settings and not isinstance(optimizer, loops_by_default):
         foreach = all(p.is_cuda for group in optimizer.param_groups for p in group["params"])
     return "foreach" if foreach else "for-loop"
 
