@@ -85,7 +85,8 @@ _TRAIN_TYPES = {
     "eval_batch_size": int, "eval_every": (int, None), "keep_best": bool,
     "max_train_samples": (int, None), "max_eval_samples": (int, None), "balanced_batches": bool,
     "redraw_templates": bool, "gradient_checkpointing": bool, "compile": bool, "group_by_length": bool,
-    "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS, "shots": (int, None),
+    "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS,
+    "shots": (int, None),
     "objective": ("lm", "tfew"),
     "pooling": POOLINGS,
 }

@@ -98,7 +98,8 @@ def write_suite(folder: Path, name: str, model: Path, methods: list[str], tasks:
 
 def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
     """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU."""
-    lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | ±10 % | step ms | TFLOP/s | MFU |",
+    lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | ±10 % | step ms | TFLOP/s "
+             "| MFU |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for suite, order in suites:
         found = [json.loads(path.read_text()) for path in (results / suite).glob("*.json")]

@@ -93,7 +93,8 @@ def test_task_entries_carry_their_own_training_settings(write_suite):
     assert digits["full"].lr == 1e-3
 
 
-@pytest.mark.parametrize("setting, before_value, other", [("weights_dtype", "auto", "bf16"), ("attention", "auto", "eager")])
+@pytest.mark.parametrize("setting, before_value, other",
+                         [("weights_dtype", "auto", "bf16"), ("attention", "auto", "eager")])
 def test_a_later_setting_enters_the_id_only_when_set(write_suite, setting, before_value, other):
     """Settings that came after cells were first recorded: at the value that behaves as before they are
     left out of the id, so recorded cells keep theirs; set otherwise, they make a new cell."""

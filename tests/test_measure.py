@@ -15,6 +15,7 @@ from bench.cell.measure import (
     count_params,
     optimizer_state_bytes,
     predicted_peak,
+    storage_key,
     stored_size,
     weight_bytes,
 )
@@ -104,10 +105,9 @@ def _dispatched(optimizer) -> tuple[str, int]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             names.add(func.overloadpacket.__name__)
             out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs))
-                      if isinstance(a, torch.Tensor)}
+            inputs = {storage_key(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
             for t in (o for o in tree_leaves(out) if isinstance(o, torch.Tensor)):
-                key = t.untyped_storage().data_ptr()
+                key = storage_key(t)
                 if key not in live and key not in inputs:  # a new storage, not an in-place result
                     live[key] = t.untyped_storage().nbytes()
                     weakref.finalize(t.untyped_storage(), live.pop, key, None)
@@ -136,7 +136,7 @@ def test_update_bytes_bounds_what_adamws_update_holds(update):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32)),
               torch.nn.Parameter(torch.randn(16, 64))]
-    sizes = [p.numel() * p.element_size() for p in params]
+    sizes = [p.nbytes for p in params]
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[update]
     optimizer = torch.optim.AdamW(params, lr=1e-3, **flags)
     dispatched, held = _stepped(optimizer, params)

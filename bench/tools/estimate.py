@@ -9,15 +9,16 @@ architecture (width, depth, attention's L², grouped-query heads, vocabulary), w
 exact at full size, deterministic, and uses the very code that measures a cell; on the tiny models it
 reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
 
-Fake tensors claim the CPU device, so operators are chosen as on a CPU: attention uses PyTorch's flash
-kernel for CPU, which, like CUDA's flash and memory-efficient kernels, saves its output and log-sum-exp
-rather than the L×L probabilities. The batch is B rows of exactly L tokens with no padding (without a
+Fake tensors claim the CPU device, so operators are chosen as on a CPU: sdpa attention uses PyTorch's
+flash kernel for CPU where its inputs allow (no additive bias, no dropout), which, like CUDA's flash and
+memory-efficient kernels, saves its output and log-sum-exp rather than the L×L probabilities; otherwise
+its math kernel, which saves them. The batch is B rows of exactly L tokens with no padding (without a
 mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
 classification head, the others their LM head. `--attention eager` builds the model with its own
-matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does. `--weights-dtype` is the dtype the model is built in, the
-training setting `weights_dtype` (`auto`: the shipped config's `dtype`, as a checkpoint loads; else fp32); gradients
-and optimizer moments follow their parameter's dtype (peft keeps adapter weights in fp32 under a bf16
-base model, as it does in training).
+matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
+`--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
+shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
+parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
 """
 
 from __future__ import annotations
