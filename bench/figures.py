@@ -102,18 +102,18 @@ _FIGURES = [
            "`torch.autograd.graph.saved_tensors_hooks` sees, parameter and buffer storages excluded (they exist "
            "anyway). A saved view counts as its whole storage, once. Deterministic for one torch version and "
            "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save."),
-    Figure("memory", "workspace_bytes", "bytes", "versioned", "what the busier of a step's two crowded moments adds "
-           "to the four parts above: early in backward, a gradient the size of the largest saved storage (e.g. the "
-           "logits' gradient) next to all activations; at the optimizer update, the activations are freed and the "
-           "update holds its temporaries (`train.optimizer_update`): none when fused (AdamW on CUDA), one per "
-           "trainable element for AdamW's foreach, one tensor's at a time for a for-loop (AdamW: two of its size). "
-           "So `max(largest saved storage, U − activation_bytes)`, U = 0 fused, `trainable_bytes` foreach, "
-           "`max(trainable_bytes, 2 × largest trainable tensor)` for-loop. `estimate` predicts the update the "
-           "optimizer makes on CUDA."),
-    Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + grad_bytes + optimizer_bytes + "
-           "activation_bytes + workspace_bytes`, i.e. weights + gradients + optimizer state + the larger of "
-           "(activations + largest saved storage) and the update's temporaries. High rather than low: it counts all "
-           "gradients beside all activations, although backward frees activations as gradients appear."),
+    Figure("memory", "step_peak_bytes", "bytes", "versioned", "the most bytes a training step holds at once beside "
+           "the weights and the optimizer state: the batch, plus the larger of (a) the most bytes alive at once in "
+           "the storages the instrumented step's operators create, sampled after every operator of its forward and "
+           "backward passes (saved activations, transients that nothing saves, gradients as backward makes them "
+           "while it frees activations; kernels' internal workspaces are not seen) and (b) the optimizer update: "
+           "every gradient beside the update's temporaries (`train.optimizer_update`): none when fused (AdamW on "
+           "CUDA), `trainable_bytes` for AdamW's foreach, `max(trainable_bytes, 2 × largest trainable tensor)` for "
+           "a for-loop. `estimate` runs the step on fake tensors (a deep model's blocks extrapolated phase by "
+           "phase, checked) and predicts the update the optimizer makes on CUDA."),
+    Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + optimizer_bytes + "
+           "step_peak_bytes`: what training holds at its busiest moment, read off one step before training. "
+           "`grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it)."),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),
     Figure("memory", "device_peak_reserved_bytes", "bytes", "measured", "CUDA only: "

@@ -54,14 +54,15 @@ def mem(peak_gib, **parts_gib) -> dict:
 def survey_records() -> list[dict]:
     full_p, lora_p, bitfit_p, prompt_p = params(1000, 1000, 4000), params(1050, 50, 200), params(1000, 10, 40), \
         params(1020, 20, 80)
-    full_m = dict(weights=1, grad=1, optimizer=0.5, activation=0.5, predicted_peak=3)
+    full_m = dict(weights=1, grad=1, optimizer=0.5, activation=0.5, step_peak=1.5, predicted_peak=3)
     out = []
     for seed, s1, s2, t in ((1, 80, 60, 10), (2, 82, 60, 12), (3, 84, 66, 14)):
         out.append(record("full", "baseline", "m1", "t1", seed, s1, params=full_p, memory=mem(3, **full_m), train_s=t))
         out.append(record("full", "baseline", "m1", "t2", seed, s2, params=full_p, memory=mem(4, **full_m), train_s=20))
     for seed, s1 in ((1, 85), (2, 86), (3, 87)):
         out.append(record("lora", "reparameterized", "m1", "t1", seed, s1, params=lora_p,
-                          memory=mem(1, weights=0.5, grad=0.1, optimizer=0.1, activation=0.2, predicted_peak=1),
+                          memory=mem(1, weights=0.5, grad=0.1, optimizer=0.1, activation=0.2, step_peak=0.4,
+                                     predicted_peak=1),
                           train_s=5))
     for seed, s2 in ((1, 70), (2, 72)):
         out.append(record("lora", "reparameterized", "m1", "t2", seed, s2, params=lora_p, memory=mem(1.5), train_s=5))

@@ -29,8 +29,7 @@ def test_llama_2_7b_lora_known_values():
     assert m["weights_bytes"] == 4 * (LLAMA_2_7B + LLAMA_2_7B_LORA)
     assert m["trainable_bytes"] == m["grad_bytes"] == 4 * LLAMA_2_7B_LORA
     assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + 4 * (32 * 2 * 2)  # + a step counter per A and B
-    assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "grad_bytes", "optimizer_bytes",
-                                                           "activation_bytes", "workspace_bytes"))
+    assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "optimizer_bytes", "step_peak_bytes"))
 
 
 def test_bf16_base_keeps_peft_adapters_in_fp32():
@@ -74,8 +73,10 @@ def test_fake_step_reproduces_a_real_cpu_step(name, method):
     real = instrumented_step(real_model, {"input_ids": ids, "labels": labels})
     if method == "prompt-tuning":
         # peft moves its prompt token ids (expanded to the batch) to the model's device: a copy for the
-        # meta-built model, as on a GPU, but not on a CPU, where the saved view keeps the 20 ids only
+        # meta-built model, as on a GPU, but not on a CPU, where the saved view keeps the 20 ids only; the
+        # copy of all rows' ids is alive at the step's busiest moment
         real.activation_bytes += 8 * 20 * (rows - 1)
+        real.live_peaks = {(): real.live_peaks[()] + 8 * 20 * rows}
     assert fake == real
 
 
@@ -101,11 +102,29 @@ def test_eager_attention_is_estimated_as_a_real_eager_step_saves(name, method):
     assert (eager["memory"]["activation_bytes"] > sdpa["memory"]["activation_bytes"]) == flash
 
 
-@pytest.mark.parametrize("name,method", [("gpt2", "lora"), ("t5-small", "prompt-tuning"),
-                                         ("bert-base-uncased", "full")])
-def test_extrapolated_depth_equals_the_full_pass(name, method):
+@pytest.mark.parametrize("name,method,rows,length", [
+    ("gpt2", "lora", 2, 8), ("t5-small", "prompt-tuning", 2, 8), ("bert-base-uncased", "full", 2, 8),
+    # gradients sent back to the encoder's output from every decoder block: a finished block leaves more
+    # than its own gradients
+    ("t5-small", "full", 4, 64),
+    # the gradients a finished block leaves outgrow its activations: the peak moves to the end of backward
+    ("bert-base-uncased", "full", 4, 64),
+    # peft slices the prefix per layer and runs those slices' backward between the blocks': the account
+    # does not hold, and the step runs at full depth
+    ("gpt2", "prefix-tuning-peft", 4, 64), ("gpt2", "prefix-tuning", 4, 64)])
+def test_extrapolated_depth_equals_the_full_pass(name, method, rows, length):
+    """Every figure, the most bytes alive at once included, as a pass through every block gives it."""
     spec, model = _adapted(name, method, meta=True)
-    assert fake_step(model, spec.kind, 2, 8) == fake_step(model, spec.kind, 2, 8, extrapolate=False)
+    assert fake_step(model, spec.kind, rows, length) == fake_step(model, spec.kind, rows, length, extrapolate=False)
+
+
+def test_a_step_the_phases_cannot_account_for_runs_at_full_depth(monkeypatch):
+    """Where a finished block's share differs between phases (the prefix slices' backward runs between the
+    blocks'), trusting the account would nearly double the bytes; the step runs at full depth instead."""
+    spec, model = _adapted("gpt2", "prefix-tuning", meta=True)
+    exact = max(fake_step(model, spec.kind, 4, 64).live_peaks.values())
+    monkeypatch.setattr("bench.tools.estimate._consistent", lambda *args: True)
+    assert max(fake_step(model, spec.kind, 4, 64).live_peaks.values()) > 1.5 * exact
 
 
 def test_70b_estimates_in_little_memory():

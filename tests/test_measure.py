@@ -1,7 +1,6 @@
 """Measurements against independent computations."""
 
 import contextlib
-import weakref
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from bench.cell.measure import (
     count_params,
     optimizer_state_bytes,
     predicted_peak,
-    storage_key,
     stored_size,
     weight_bytes,
 )
@@ -23,13 +21,14 @@ from bench.cell.objectives import objective_for
 from bench.cell.optimizers import OPTIMIZERS, cuda_update, update_bytes, update_of
 from bench.cell.probe import (
     COST_MODEL,
+    LiveBytes,
     StepMeasure,
     forward_flops_per_example,
     instrumented_step,
     measure_step,
     probe_batch,
+    step_peak_bytes,
     training_flops,
-    workspace_bytes,
 )
 from bench.cell.train import train
 from bench.config import TrainConfig
@@ -79,45 +78,52 @@ def test_stored_size_is_the_safetensors_file():
 
 
 def test_predicted_peak_is_the_sum_of_its_parts_or_null():
-    parts = {"weights_bytes": 1, "grad_bytes": 2, "optimizer_bytes": 4, "activation_bytes": 8, "workspace_bytes": 16}
-    assert predicted_peak(parts) == 31
+    parts = {"weights_bytes": 1, "optimizer_bytes": 4, "step_peak_bytes": 16, "grad_bytes": 2, "activation_bytes": 8}
+    assert predicted_peak(parts) == 21  # gradients and activations are inside the step's peak
     assert predicted_peak({**parts, "optimizer_bytes": None}) is None
 
 
-def test_workspace_is_the_busier_moment_of_a_step():
-    step = StepMeasure(activation_bytes=100, largest_saved_bytes=30, grad_bytes=0, forward_flops=0,
+def test_step_peak_is_the_busier_of_backward_and_the_update():
+    step = StepMeasure(activation_bytes=100, grad_bytes=50, live_peaks={(): 130}, batch_bytes=3, forward_flops=0,
                        backward_flops=0, rows=1, positions=1, tokens=1)
-    assert workspace_bytes(step, update_bytes("foreach", [10])) == 30  # backward: activations + the largest's gradient
-    assert workspace_bytes(step, update_bytes("foreach", [300, 200])) == 400  # update: one temporary per element
-    assert workspace_bytes(step, update_bytes("fused", [300, 200])) == 30  # a fused update holds none
+    assert step_peak_bytes(step, update_bytes("foreach", [10])) == 3 + 130  # forward and backward
+    assert step_peak_bytes(step, update_bytes("foreach", [300, 200])) == 3 + 50 + 500  # gradients + temporaries
+    assert step_peak_bytes(step, update_bytes("fused", [300, 200])) == 3 + 130  # a fused update holds none
     assert update_bytes("for-loop", [300, 200]) == 600 and update_bytes("for-loop", [100, 100, 100]) == 300
+
+
+def test_live_bytes_follow_a_two_layer_network_by_hand():
+    """relu(x W1ᵀ) W2ᵀ summed, on this machine's device. Alive at once, at the busiest moment (ReLU's
+    backward): the ReLU output that both it and the second product saved, the gradient arriving at it, the
+    gradient it makes, W2's gradient, the loss and the loss's gradient (4 bytes each). Forward never holds
+    more than two B × h tensors; the weights and the input existed before and do not count."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b, i, h, o = 16, 8, 512, 4
+    w1, w2 = (torch.nn.Parameter(torch.randn(shape, device=device)) for shape in [(h, i), (o, h)])
+    x = torch.randn(b, i, device=device)
+    with LiveBytes() as live:
+        (torch.relu(x @ w1.t()) @ w2.t()).sum().backward()
+    assert live.peak == 3 * 4 * b * h + 4 * o * h + 4 + 4
+    assert live.current == 4 * (h * i + o * h)  # what outlives the block: the two gradients
+    assert list(live.peaks) == [()]
 
 
 def _dispatched(optimizer) -> tuple[str, int]:
     """(the update `optimizer.step()` really makes, read off the operators it dispatches; the most bytes held
     at once by the tensors it creates, its temporaries): an independent account of update_of and update_bytes."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
 
-    live, peak, names = {}, [0], set()
+    names = set()
 
-    class Track(TorchDispatchMode):
+    class Names(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             names.add(func.overloadpacket.__name__)
-            out = func(*args, **(kwargs or {}))
-            inputs = {storage_key(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-            for t in (o for o in tree_leaves(out) if isinstance(o, torch.Tensor)):
-                key = storage_key(t)
-                if key not in live and key not in inputs:  # a new storage, not an in-place result
-                    live[key] = t.untyped_storage().nbytes()
-                    weakref.finalize(t.untyped_storage(), live.pop, key, None)
-            peak[0] = max(peak[0], sum(live.values()))
-            return out
+            return func(*args, **(kwargs or {}))
 
-    with Track():
+    with Names(), LiveBytes() as live:
         optimizer.step()
     fused, foreach = any("_fused_" in n for n in names), any(n.startswith("_foreach_") for n in names)
-    return ("fused" if fused else "foreach" if foreach else "for-loop"), peak[0]
+    return ("fused" if fused else "foreach" if foreach else "for-loop"), live.peak
 
 
 def _stepped(optimizer, params) -> tuple[str, int]:
@@ -274,7 +280,7 @@ def test_forward_flops_of_the_tiny_encoder_match_its_matrix_products():
 
 
 def test_flop_scaling_and_cost_model():
-    step = StepMeasure(activation_bytes=0, largest_saved_bytes=0, grad_bytes=0, forward_flops=1000,
+    step = StepMeasure(activation_bytes=0, grad_bytes=0, live_peaks={}, batch_bytes=0, forward_flops=1000,
                        backward_flops=2000, rows=4, positions=100, tokens=80)
     assert forward_flops_per_example(step, 50, "decoder") == {"forward_per_example": 250,
                                                               "cost_model_forward_per_example": 2 * 50 * 80 // 4}

@@ -65,8 +65,8 @@ def test_survey_table_csv_holds_the_numbers(report_dir):
 
 def test_memory_table_shows_breakdown_of_the_largest_peak(report_dir):
     rows = md_rows((report_dir / "report.md").read_text(), "m1: memory")
-    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 3.00 | 4.00 |"
-    assert rows[-1] == "| reparameterized | lora | t2 | – | – | – | – | – | 1.50 |"  # t2 recorded no parts
+    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 1.50 | 3.00 | 4.00 |"
+    assert rows[-1] == "| reparameterized | lora | t2 | – | – | – | – | – | – | 1.50 |"  # t2 recorded no parts
 
 
 def test_fewshot_table(report_dir):
@@ -232,7 +232,7 @@ def test_memory_table_shows_the_training_rate_and_mfu_where_recorded(tmp_path):
     write_report("hand", tmp_path / "results", tmp_path / "reports", ["md", "csv"])
     text = (tmp_path / "reports" / "hand" / "report.md").read_text()
     rows = md_rows(text, "m1: memory")
-    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 3.00 | 4.00 | 2.500 | 42.0 |"
+    assert rows[0] == "| baseline | full | t2 | 1.00 | 1.00 | 0.50 | 0.50 | 1.50 | 3.00 | 4.00 | 2.500 | 42.0 |"
     assert rows[-1].endswith("| 1.50 | – | – |")  # lora recorded neither
     (full,) = [r for r in csv_rows(tmp_path / "reports" / "hand" / "csv" / "memory-m1.csv") if r["Method"] == "full"]
     assert float(full["Train FLOP/s"]) == 2.5e12 and float(full["MFU (ratio)"]) == 0.42

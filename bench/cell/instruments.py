@@ -35,7 +35,7 @@ from bench.cell.measure import (
     weight_bytes,
 )
 from bench.cell.optimizers import update_bytes
-from bench.cell.probe import first_step, inference_flops, training_flops, workspace_bytes
+from bench.cell.probe import first_step, inference_flops, step_peak_bytes, training_flops
 from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name
 from bench.tasks.data import resolved_revision
@@ -100,7 +100,7 @@ class StepProbe:
         trainable = [p.nbytes for p in run.adapted.model.parameters() if p.requires_grad]  # each Parameter once
         memory.update(activation_bytes=self.step.activation_bytes, grad_bytes=self.step.grad_bytes,
                       optimizer_bytes=result.optimizer_bytes,
-                      workspace_bytes=workspace_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
+                      step_peak_bytes=step_peak_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
         memory["predicted_peak_bytes"] = predicted_peak(memory)

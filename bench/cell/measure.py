@@ -85,7 +85,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
-PREDICTED_PARTS = ("weights_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes", "workspace_bytes")
+PREDICTED_PARTS = ("weights_bytes", "optimizer_bytes", "step_peak_bytes")
 
 
 def predicted_peak(memory: dict) -> int | None:

@@ -6,17 +6,21 @@ can have. It does not touch training: the random number generators are restored 
 gradients are dropped, the optimizer does not exist yet, and its time counts in no figure.
 `peft-bench estimate` runs the same step on fake tensors (bench/tools/estimate.py).
 
-What it measures (memory.activation_bytes, grad_bytes, workspace_bytes and the counted FLOPs) is
+What it measures (memory.activation_bytes, grad_bytes, step_peak_bytes and the counted FLOPs) is
 defined once, in the figure registry (bench/figures.py; docs/measurement.md writes it out).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import torch
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.measure import storage_key, tensor_bytes
@@ -36,8 +40,9 @@ _CPU_ATTENTION_FLOPS = {
 @dataclass
 class StepMeasure:
     activation_bytes: int
-    largest_saved_bytes: int
     grad_bytes: int
+    live_peaks: dict  # LiveBytes.peaks over forward and backward: by phase (one, `()`, in a cell)
+    batch_bytes: int
     forward_flops: int
     backward_flops: int
     rows: int  # examples in the batch
@@ -80,9 +85,70 @@ class SavedTensors:
         return False
 
 
+# The most bytes the step holds at once in the tensors it creates (memory.step_peak_bytes). Saved
+# activations and gradients are two parts of it; the peak is what is alive together at the busiest
+# moment, which neither sum tells: the forward pass's transients that nothing saves (a frozen layer's
+# intermediate), gradients appearing while backward frees activations. A dispatch mode sees every
+# operator's outputs: a storage that none of the operator's inputs has is new, and a finalizer on it says
+# when it is freed. It cannot see allocations inside a kernel that do not outlive it, nor the allocator's
+# rounding and caching (docs/measurement.md, "Predicted vs measured").
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+class LiveBytes(TorchDispatchMode):
+    """Within the block: `peaks[phase]`, the most bytes held at once by the storages that operators
+    created inside it, sampled after every operator, by the `phase()` the work was in at the time
+    (one phase, `()`, unless the caller tells phases apart: the estimate's depth extrapolation).
+
+    Storages that existed before the block (weights, buffers, the batch) never count, nor do views
+    and in-place results of an operator's inputs. `current` is what is still alive.
+    """
+
+    def __init__(self, phase: Callable[[], Hashable] = tuple):
+        super().__init__()
+        self.phase = phase
+        self.peaks: dict[Hashable, int] = {}
+        self.current = 0
+        self._sizes: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize] = []
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+    def _freed(self, key: int) -> None:
+        self.current -= self._sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {storage_key(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            key = storage_key(t)
+            if key not in self._sizes and key not in inputs:
+                storage = t.untyped_storage()
+                self._sizes[key] = storage.nbytes()
+                self.current += self._sizes[key]
+                self._finalizers.append(weakref.finalize(storage, self._freed, key))
+        phase = self.phase()
+        if self.current > self.peaks.get(phase, -1):
+            self.peaks[phase] = self.current
+        return out
+
+    def __exit__(self, *exc):
+        for finalizer in self._finalizers:  # what outlives the block (gradients) is no longer followed
+            finalizer.detach()
+        self._finalizers.clear()
+        return super().__exit__(*exc)
+
+
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
-                      fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None) -> StepMeasure:
-    """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs.
+                      fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None,
+                      phase=tuple) -> StepMeasure:
+    """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs and the
+    bytes alive at once (LiveBytes, by `phase()`).
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
     step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
@@ -95,9 +161,9 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     if fake_mode is not None:
         batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
     tensors = [*model.parameters(), *model.buffers()]
-    saved = SavedTensors()
+    saved, live = SavedTensors(), LiveBytes(phase)
     with fake_mode or contextlib.nullcontext(), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
+            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops, live:
         with saved, autocast():
             loss = loss_fn(model, batch)
         forward_flops = flops.get_total_flops()
@@ -106,8 +172,8 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         total_flops = flops.get_total_flops()
     activations = saved.sizes_without(tensors)
     return StepMeasure(
-        activation_bytes=sum(activations), largest_saved_bytes=max(activations, default=0),
-        grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
+        activation_bytes=sum(activations), grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
+        live_peaks=live.peaks, batch_bytes=tensor_bytes(batch.values()),
         forward_flops=forward_flops, backward_flops=total_flops - forward_flops,
         rows=rows, positions=positions, tokens=tokens)
 
@@ -146,10 +212,10 @@ def probe_batch(features: list[dict], batch_size: int, seed: int, collate_fn) ->
     return {k: v[:n] for k, v in batch.items()}
 
 
-def workspace_bytes(step: StepMeasure, update_bytes: int) -> int:
-    """memory.workspace_bytes: the busier of backward's start (the largest saved storage's gradient beside
-    every activation) and the optimizer update (`update_bytes` of temporaries, once the activations are freed)."""
-    return max(step.largest_saved_bytes, update_bytes - step.activation_bytes)
+def step_peak_bytes(step: StepMeasure, update_bytes: int) -> int:
+    """memory.step_peak_bytes: the batch, and the busier of forward and backward (the most bytes alive at
+    once, LiveBytes) and the optimizer update (every gradient beside `update_bytes` of temporaries)."""
+    return step.batch_bytes + max(max(step.live_peaks.values(), default=0), step.grad_bytes + update_bytes)
 
 
 # T-Few's cost model (Liu et al. 2022): FLOPs per token are (inference, training) × N, N the

@@ -100,8 +100,9 @@ def memory_breakdown(agg: pd.DataFrame, folder: Path) -> list[Plot]:
         if "memory.predicted_peak_bytes" in rows and rows["memory.predicted_peak_bytes"].notna().any():
             predicted = floats(pd.to_numeric(rows["memory.predicted_peak_bytes"], errors="coerce").to_numpy() / scale)
         missing_parts = [r for _, r in rows.iterrows() if any(missing(r[c]) for c, _ in parts)]
-        caption = ("Bars: the predicted parts of training memory, per method on its task with the largest "
-                   "measured peak; diamond: the measured peak; bar mark: the predicted peak.")
+        caption = ("Bars: weights, gradients, optimizer state and saved activations, per method on its task with "
+                   "the largest measured peak (stacked as if all were held at once); diamond: the measured peak; "
+                   "bar mark: the predicted peak, from what the probe step held at once (memory.step_peak_bytes).")
         caption += not_shown(pd.DataFrame(missing_parts), "some parts not recorded, drawn as missing, not zero") \
             if missing_parts else ""
         plot_title = f"{model}: {title.lower()}"

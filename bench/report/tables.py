@@ -16,7 +16,7 @@ from bench.report.table import Cell, Column, Table
 REASON_CHARS = 300  # footnotes quote an error message up to this length
 MEMORY_PARTS = [("memory.weights_bytes", "Weights"), ("memory.grad_bytes", "Gradients"),
                 ("memory.optimizer_bytes", "Optimizer"), ("memory.activation_bytes", "Activations"),
-                ("memory.predicted_peak_bytes", "Predicted peak")]
+                ("memory.step_peak_bytes", "Step peak"), ("memory.predicted_peak_bytes", "Predicted peak")]
 # Beside the memory of the same cell, the rate its training ran at: counted FLOPs per second and, where the
 # device has a datasheet peak (CUDA), the utilisation. (header, csv header, figure, scale, decimals)
 SPEED_PARTS = [("Train TFLOP/s", "Train FLOP/s", "time.train_flops_per_s", 1e12, 3),

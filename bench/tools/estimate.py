@@ -27,10 +27,11 @@ import contextlib
 import dataclasses
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from bench.cell import optimizers
 from bench.cell.measure import count_params, head_elements, method_params, predicted_peak, unique_tensors, weight_bytes
-from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, training_flops, workspace_bytes
+from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, step_peak_bytes, training_flops
 from bench.config import ATTENTIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
@@ -90,7 +91,7 @@ def _fake_weights(model: torch.nn.Module, mode):
             table[name] = t
 
 
-def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int) -> StepMeasure:
+def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple) -> StepMeasure:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
@@ -98,7 +99,7 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int)
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
     labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
     with _fake_weights(model, mode):
-        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode)
+        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode, phase=phase)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -132,28 +133,134 @@ def _truncated(stacks, depths: list[int]):
             parent._modules[name] = blocks
 
 
+# The depth extrapolation's account of the bytes alive at once. The blocks of a stack after its first
+# are identical; the full model is the cut one with more of them. Where the step is with respect to
+# one of them, the "marker" (StackPhases), tells what each further block holds at that moment: nothing
+# yet (BEFORE its forward), its saved activations (ACTIVATIONS: from its forward until its backward
+# begins), what it leaves once its backward is done, its gradients and the gradients it sends to
+# tensors computed before the stack (GRADIENTS), and while the blocks run backward one after another,
+# the larger of the two (EITHER: the first holds one, the last the other). How much a further block
+# adds in each phase is read off the deeper pass, where the block after the marker ("high", the last)
+# is a second copy (its ACTIVATIONS and EITHER phases have the marker's block in forward-done state),
+# as is the one before ("low", the marker itself: in its EITHER and GRADIENTS phases the copy above it
+# is done). tests/test_estimate.py checks the result against full-depth passes.
+BEFORE, ACTIVATIONS, EITHER, GRADIENTS = range(4)
+
+
+class StackPhases:
+    """Within the block, `()` is the phase (above) of the step at each marker, a flat tuple: module hooks
+    on a marker's forward, tensor hooks on its output's gradient (its backward begins) and on its input's
+    (its backward ends). Hooks change nothing the step computes or keeps."""
+
+    def __init__(self, markers: list[torch.nn.Module]):
+        self.markers, self.state = markers, [BEFORE] * len(markers)
+        self._handles = []
+
+    def __call__(self) -> tuple:
+        return tuple(self.state)
+
+    def _set(self, i: int, phase: int):
+        def hook(*_):
+            self.state[i] = phase
+        return hook
+
+    def _watch(self, i: int):
+        def pre_hook(module, args, kwargs):
+            self.state[i] = ACTIVATIONS
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if torch.is_tensor(hidden) and hidden.requires_grad:
+                hidden.register_hook(self._set(i, GRADIENTS))
+
+        def hook(module, args, kwargs, output):
+            out = next((t for t in tree_leaves(output) if torch.is_tensor(t) and t.requires_grad), None)
+            if out is not None:
+                out.register_hook(self._set(i, EITHER))
+        return pre_hook, hook
+
+    def __enter__(self):
+        for i, marker in enumerate(self.markers):
+            pre_hook, hook = self._watch(i)
+            self._handles += [marker.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                              marker.register_forward_hook(hook, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        return False
+
+
+def _added_by_a_block(base: StepMeasure, deeper: StepMeasure, stack: int, key: tuple) -> dict[int, int]:
+    """What one more block of `stack` adds to the most bytes alive at once in the base pass's phase `key`
+    (markers low and high of each stack, equal in the base pass), read off the deeper pass: as a block
+    whose forward is done (at ACTIVATIONS) and as a block whose backward is done (at GRADIENTS), where
+    the phase has them (EITHER has both)."""
+    def most(high: bool) -> int:
+        others = key[:2 * stack] + key[2 * stack + 2:]
+        return max((v for k, v in deeper.live_peaks.items()
+                    if k[2 * stack + high] == key[2 * stack] and k[:2 * stack] + k[2 * stack + 2:] == others),
+                   default=base.live_peaks[key])
+    phase = key[2 * stack]
+    added = {}
+    if phase in (ACTIVATIONS, EITHER):
+        added[ACTIVATIONS] = most(high=True) - base.live_peaks[key]
+    if phase in (EITHER, GRADIENTS):
+        added[GRADIENTS] = most(high=False) - base.live_peaks[key]
+    return added
+
+
+def _consistent(base: StepMeasure, deeper: StepMeasure, stack: int) -> bool:
+    """Whether a block whose backward is done adds the same in EITHER as in GRADIENTS (the rest of the step
+    in the same phase): if not, work outside the stack runs between its blocks' backward passes."""
+    done = {}
+    for key in base.live_peaks:
+        if key[2 * stack] in (EITHER, GRADIENTS):
+            others = key[:2 * stack] + key[2 * stack + 2:]
+            done.setdefault(others, set()).add(_added_by_a_block(base, deeper, stack, key)[GRADIENTS])
+    return all(len(values) == 1 for values in done.values())
+
+
+def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) -> int:
+    """The most bytes alive at once with `more` further blocks in each stack (`deepers`: (more, its deeper pass))."""
+    return max(value + sum(more * max(_added_by_a_block(base, deeper, i, key).values(), default=0)
+                           for i, (more, deeper) in enumerate(deepers))
+               for key, value in base.live_peaks.items())
+
+
 def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
               extrapolate: bool = True) -> StepMeasure:
     """The instrumented step on fake tensors, at the model's full depth.
 
     Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
     is run with every stack cut to EXTRAPOLATE_FROM blocks, then once per stack with one block more,
-    and each figure is extended linearly to the full depth (the largest saved storage is the largest
-    seen). A 70B model thus costs a few blocks' passes, not 80; tests check this against full passes
-    (extrapolate=False).
+    and each figure is extended linearly to the full depth; the most bytes alive at once, phase by
+    phase (StackPhases). That account holds where the work outside a stack does not run between its
+    blocks' backward passes; it does not, for instance, where a prefix computed before the stack is
+    sliced block by block. So a pass with two blocks more checks it for each stack, and where the
+    account misses that pass's figure, the step is run at full depth instead. A 70B model thus costs
+    a few blocks' passes, not 80; tests check the result against full passes (extrapolate=False).
     """
     stacks = block_stacks(model) if extrapolate else []
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
-    with _truncated(stacks, base_depths):
-        base = _fake_pass(model, kind, batch_size, seq_len)
-    result = dataclasses.replace(base)
+
+    def run(stack: int | None = None, more: int = 0) -> StepMeasure:
+        depths = [d + more * (i == stack) for i, d in enumerate(base_depths)]
+        markers = [block for (_, _, blocks), d in zip(stacks, depths) for block in (blocks[1], blocks[d - 1])]
+        with _truncated(stacks, depths), StackPhases(markers) as phases:
+            return _fake_pass(model, kind, batch_size, seq_len, phases)
+
+    base = run()
+    result, deepers = dataclasses.replace(base), []
     for i, (_, _, blocks) in enumerate(stacks):
-        with _truncated(stacks, [d + (j == i) for j, d in enumerate(base_depths)]):
-            deeper = _fake_pass(model, kind, batch_size, seq_len)
-        more = len(blocks) - EXTRAPOLATE_FROM
+        deeper, more = run(i, 1), len(blocks) - EXTRAPOLATE_FROM
         for field in _LINEAR_FIELDS:
             setattr(result, field, getattr(result, field) + more * (getattr(deeper, field) - getattr(base, field)))
-        result.largest_saved_bytes = max(result.largest_saved_bytes, deeper.largest_saved_bytes)
+        two_more = [(2 * (j == i), deeper if j == i else base) for j in range(len(stacks))]
+        if not _consistent(base, deeper, i) or \
+                more > 2 and _extended_peak(base, two_more) != max(run(i, 2).live_peaks.values()):
+            return fake_step(model, kind, batch_size, seq_len, extrapolate=False)
+        deepers.append((more, deeper))
+    result.live_peaks = {(): _extended_peak(base, deepers)}
     return result
 
 
@@ -190,7 +297,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory = weight_bytes(adapted)
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes,
-                  workspace_bytes=workspace_bytes(step, optimizers.update_bytes(update, [p.nbytes for p in trainable])))
+                  step_peak_bytes=step_peak_bytes(step, optimizers.update_bytes(update, [p.nbytes for p in trainable])))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
