@@ -86,10 +86,11 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
                 m[k] for k in ("weights_bytes", "grad_bytes", "optimizer_bytes"))
             assert m["device_peak_reserved_bytes"] >= m["device_peak_allocated_bytes"]
             assert m["eval_peak_allocated_bytes"] >= m["weights_bytes"]
+            assert m["device_other_bytes"] >= 0  # the buffers, the workspaces of the probe's matrix products
         else:
             assert m["cpu_peak_rss_bytes"] == m["peak_bytes"] > m["predicted_peak_bytes"]  # RSS holds the interpreter
             assert all(m[k] is None for k in ("device_peak_allocated_bytes", "device_peak_reserved_bytes",
-                                              "eval_peak_allocated_bytes", "nvml_peak_bytes"))
+                                              "eval_peak_allocated_bytes", "nvml_peak_bytes", "device_other_bytes"))
         f = r["flops"]
         assert f["cost_model_train_total"] == 6 * r["params"]["total"] * r["train"]["tokens"]  # encoder: 6N per token
         assert 0 < f["inference_per_example"] < f["train_total"]

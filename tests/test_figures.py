@@ -108,7 +108,8 @@ def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
     record = run_cell(cell, quiet=True)
     assert record["status"] == "ok", record["error"]
     cuda_only = {"memory.device_peak_allocated_bytes", "memory.device_peak_reserved_bytes",
-                 "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "time.mfu"}
+                 "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "memory.device_other_bytes",
+                 "time.mfu"}
     if torch.cuda.is_available():
         cuda_only = {"memory.nvml_peak_bytes", "time.mfu"}  # NVML is an extra; MFU needs a known GPU
     optional = {"time.compile_s"}  # only with train.compile (tests/test_train.py)

@@ -118,14 +118,16 @@ class InferenceFlops:
 
 class TrainingPeak:
     """memory.*_peak_* of the training window (bench/cell/measure.py: PeakMemory); evaluations during
-    training are left out."""
+    training are left out. On CUDA, memory.device_other_bytes: what the device held besides the weights
+    as the window opened."""
 
     def __init__(self):
-        self.peak = None
+        self.peak, self.held = None, None
 
     @contextlib.contextmanager
     def training(self, run, record):
         self.peak = PeakMemory(run.device)
+        self.held = torch.cuda.memory_allocated(run.device) if self.peak.cuda else None
         with self.peak:
             yield
 
@@ -133,7 +135,9 @@ class TrainingPeak:
         return self.peak.excluded()
 
     def trained(self, run, record):
-        record["memory"].update(self.peak.figures, peak_bytes=self.peak.peak_bytes, peak_source=self.peak.source)
+        memory = record["memory"]
+        memory.update(self.peak.figures, peak_bytes=self.peak.peak_bytes, peak_source=self.peak.source)
+        memory["device_other_bytes"] = None if self.held is None else self.held - memory["weights_bytes"]
 
 
 class Throughput:
