@@ -104,9 +104,10 @@ _FIGURES = [
            "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save."),
     Figure("memory", "step_peak_bytes", "bytes", "versioned", "the most bytes a training step holds at once beside "
            "the weights and the optimizer state: the batch, plus the larger of (a) the most bytes alive at once in "
-           "the storages the instrumented step's operators create, sampled after every operator of its forward and "
-           "backward passes (saved activations, transients that nothing saves, gradients as backward makes them "
-           "while it frees activations; kernels' internal workspaces are not seen) and (b) the optimizer update: "
+           "the storages the probe step's operators create, sampled after every operator of a forward and backward "
+           "pass that nothing else instruments, the garbage collector paused (saved activations, transients that "
+           "nothing saves, gradients as backward makes them while it frees activations; kernels' internal "
+           "workspaces are not seen) and (b) the optimizer update: "
            "every gradient beside the update's temporaries (`train.optimizer_update`): none when fused (AdamW on "
            "CUDA), `trainable_bytes` for AdamW's foreach, `max(trainable_bytes, 2 × largest trainable tensor)` for "
            "a for-loop. `estimate` runs the step on fake tensors (a deep model's blocks extrapolated phase by "

@@ -9,8 +9,9 @@ encoder in fp32 and a 0.95B LLaMA-shaped decoder in bf16, plus a local classific
 10 methods on the encoder (batch 32 x 256) and 5 on the decoder (batch 8 x 256, QLoRA included).
 It prints, per cell, `memory.predicted_peak_bytes` over the measured `device_peak_allocated_bytes`,
 `memory.device_other_bytes` (what the device held besides the weights as training began: the cuBLAS
-workspaces, a term the prediction leaves out), the median step time, `time.train_flops_per_s` and `time.mfu`. `--device cpu` runs the same path at
-toy size on the CPU (CI runs it), where the measured peak is the process's RSS.
+workspaces, a term the prediction leaves out), the median step time, `time.train_flops_per_s` and
+`time.mfu`. `--device cpu` runs the same path at toy size on the CPU (CI runs it), where the measured
+peak is the process's RSS.
 
 `--wheels DIR` first installs the wheels in DIR into a private folder (a GPU machine with its own
 image and no network: pip install --no-index).

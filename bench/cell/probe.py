@@ -13,6 +13,7 @@ defined once, in the figure registry (bench/figures.py; docs/measurement.md writ
 from __future__ import annotations
 
 import contextlib
+import gc
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Hashable
@@ -147,11 +148,13 @@ class LiveBytes(TorchDispatchMode):
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
                       fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None,
                       phase=tuple) -> StepMeasure:
-    """Forward (with saved-tensor hooks) and backward of `model` on `batch`, counting FLOPs and the
-    bytes alive at once (LiveBytes, by `phase()`).
+    """Two forward and backward passes of `model` on `batch`: a plain one, followed by LiveBytes alone
+    (by `phase()`), then one with saved-tensor hooks, counting FLOPs. Those instruments keep tensors
+    (the saved ones until forward ends, the FLOP counter's module tracker its modules' inputs), which
+    a step whose side graphs die early (peft's DoRA) would have freed: they must not be in its peak.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
-    step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
+    steps run on fake tensors: the batch is converted after its token counts are read. Backward runs
     only when something requires a gradient. `encoder_decoder` is the model's kind if the caller knows it.
     """
     if encoder_decoder is None:
@@ -161,9 +164,12 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     if fake_mode is not None:
         batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
     tensors = [*model.parameters(), *model.buffers()]
-    saved, live = SavedTensors(), LiveBytes(phase)
+    live_peaks = _live_peaks(model, batch, autocast, fake_mode, loss_fn, phase)
+    for t in tensors:
+        t.grad = None  # else the second backward would add into the first's gradients, creating none
+    saved = SavedTensors()
     with fake_mode or contextlib.nullcontext(), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops, live:
+            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
         with saved, autocast():
             loss = loss_fn(model, batch)
         forward_flops = flops.get_total_flops()
@@ -173,9 +179,27 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     activations = saved.sizes_without(tensors)
     return StepMeasure(
         activation_bytes=sum(activations), grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
-        live_peaks=live.peaks, batch_bytes=tensor_bytes(batch.values()),
+        live_peaks=live_peaks, batch_bytes=tensor_bytes(batch.values()),
         forward_flops=forward_flops, backward_flops=total_flops - forward_flops,
         rows=rows, positions=positions, tokens=tokens)
+
+
+def _live_peaks(model, batch: dict, autocast, fake_mode, loss_fn, phase) -> dict:
+    """LiveBytes.peaks of a forward and backward with no other instrument. The garbage collector waits
+    until the end, so that what reference cycles hold is freed at the same moment on every run."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with fake_mode or contextlib.nullcontext(), LiveBytes(phase) as live:
+            with autocast():
+                loss = loss_fn(model, batch)
+            if loss.requires_grad:
+                loss.backward()
+        return live.peaks
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def first_step(model: torch.nn.Module, features: list[dict], batch_size: int, seed: int, objective, device,

@@ -3,8 +3,8 @@
 How: the model is built on the `meta` device from its config (shipped configs need no network), the
 method is applied as in a cell (same registry, same config resolution), and bench.cell.probe's
 instrumented step runs on fake tensors (torch's FakeTensorMode): every operator computes shapes and
-dtypes only, so the storages saved for backward, the gradients and the FLOPs are those of a real step,
-at no memory cost. Why not a real probe on a shrunk copy: scaling it back up needs a rule per
+dtypes only, so the storages saved for backward, the gradients, the bytes alive at once and the FLOPs
+are those of a real step, at no memory cost. Why not a real probe on a shrunk copy: scaling it back up needs a rule per
 architecture (width, depth, attention's L², grouped-query heads, vocabulary), while the fake pass is
 exact at full size, deterministic, and uses the very code that measures a cell; on the tiny models it
 reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
@@ -236,9 +236,11 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     and each figure is extended linearly to the full depth; the most bytes alive at once, phase by
     phase (StackPhases). That account holds where the work outside a stack does not run between its
     blocks' backward passes; it does not, for instance, where a prefix computed before the stack is
-    sliced block by block. So a pass with two blocks more checks it for each stack, and where the
-    account misses that pass's figure, the step is run at full depth instead. A 70B model thus costs
-    a few blocks' passes, not 80; tests check the result against full passes (extrapolate=False).
+    sliced block by block. What guards it: a finished block must add the same in the EITHER and the
+    GRADIENTS phases (_consistent; this also turns away some accounts that hold, e.g. most of T5's),
+    and, a weaker check, a pass with two blocks more must give the figure the account gives it. Where
+    either fails, the step is run at full depth instead. A 70B model thus costs a few blocks' passes,
+    not 80; tests check the result and the path taken against full passes (extrapolate=False).
     """
     stacks = block_stacks(model) if extrapolate else []
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
