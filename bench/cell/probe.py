@@ -95,7 +95,8 @@ class SavedTensors:
 # rounding and caching (docs/measurement.md, "Predicted vs measured").
 
 
-def _tensors(tree) -> list[torch.Tensor]:
+def tensors_in(tree) -> list[torch.Tensor]:
+    """The tensors among a nested structure's leaves (an operator's arguments, a module's output)."""
     return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
 
 
@@ -125,8 +126,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {storage_key(t) for t in _tensors((args, kwargs))}
-        for t in _tensors(out):
+        inputs = {storage_key(t) for t in tensors_in((args, kwargs))}
+        for t in tensors_in(out):
             key = storage_key(t)
             if key not in self._sizes and key not in inputs:
                 storage = t.untyped_storage()
@@ -148,8 +149,8 @@ class LiveBytes(TorchDispatchMode):
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
                       fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None,
                       phase=tuple) -> StepMeasure:
-    """Two forward and backward passes of `model` on `batch`: a plain one, followed by LiveBytes alone
-    (by `phase()`), then one with saved-tensor hooks, counting FLOPs. Those instruments keep tensors
+    """Two forward and backward passes of `model` on `batch`: the first followed by LiveBytes alone (by
+    `phase()`), the second with saved-tensor hooks, counting FLOPs. The second's instruments keep tensors
     (the saved ones until forward ends, the FLOP counter's module tracker its modules' inputs), which
     a step whose side graphs die early (peft's DoRA) would have freed: they must not be in its peak.
 

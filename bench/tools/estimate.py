@@ -27,11 +27,17 @@ import contextlib
 import dataclasses
 
 import torch
-from torch.utils._pytree import tree_leaves
 
 from bench.cell import optimizers
 from bench.cell.measure import count_params, head_elements, method_params, predicted_peak, unique_tensors, weight_bytes
-from bench.cell.probe import StepMeasure, forward_flops_per_example, instrumented_step, step_peak_bytes, training_flops
+from bench.cell.probe import (
+    StepMeasure,
+    forward_flops_per_example,
+    instrumented_step,
+    step_peak_bytes,
+    tensors_in,
+    training_flops,
+)
 from bench.config import ATTENTIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
@@ -172,7 +178,7 @@ class StackPhases:
                 hidden.register_hook(self._set(i, GRADIENTS))
 
         def hook(module, args, kwargs, output):
-            out = next((t for t in tree_leaves(output) if torch.is_tensor(t) and t.requires_grad), None)
+            out = next((t for t in tensors_in(output) if t.requires_grad), None)
             if out is not None:
                 out.register_hook(self._set(i, EITHER))
         return pre_hook, hook
