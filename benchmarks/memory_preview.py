@@ -33,18 +33,18 @@ MEASURED = {"full": (4518, 4220), "lora": (2399, 2570), "bitfit": (2190, 2373), 
 
 def largest_saved_storage(step_fn) -> tuple[probe.StepMeasure, int]:
     """The step, and the largest storage it saved for backward (the old sum's workspace term)."""
-    largest, sizes_without = [0], probe.SavedTensors.sizes_without
+    largest, sizes_without = [0], probe.StepCounters.saved_bytes_without
 
     def spy(self, tensors):
         sizes = sizes_without(self, tensors)
         largest[0] = max(sizes, default=0)
         return sizes
 
-    probe.SavedTensors.sizes_without = spy
+    probe.StepCounters.saved_bytes_without = spy
     try:
         return step_fn(), largest[0]
     finally:
-        probe.SavedTensors.sizes_without = sizes_without
+        probe.StepCounters.saved_bytes_without = sizes_without
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from bench.cell.objectives import objective_for
 from bench.cell.optimizers import update_bytes
 from bench.cell.probe import (
     COST_MODEL,
-    LiveBytes,
     StepMeasure,
     forward_flops_per_example,
     instrumented_step,
@@ -90,59 +89,6 @@ def test_step_peak_is_the_busier_of_backward_and_the_update():
     assert step_peak_bytes(step, update_bytes("foreach", [300, 200])) == 3 + 50 + 500  # gradients + temporaries
     assert step_peak_bytes(step, update_bytes("fused", [300, 200])) == 3 + 130  # a fused update holds none
     assert update_bytes("for-loop", [300, 200]) == 600 and update_bytes("for-loop", [100, 100, 100]) == 300
-
-
-def test_live_bytes_follow_a_two_layer_network_by_hand():
-    """relu(x W1ᵀ) W2ᵀ summed, on this machine's device. Alive at once, at the busiest moment (ReLU's
-    backward): the ReLU output that both it and the second product saved, the gradient arriving at it, the
-    gradient it makes, W2's gradient, the loss and the loss's gradient (4 bytes each). Forward never holds
-    more than two B × h tensors; the weights and the input existed before and do not count."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    b, i, h, o = 16, 8, 512, 4
-    w1, w2 = (torch.nn.Parameter(torch.randn(shape, device=device)) for shape in [(h, i), (o, h)])
-    x = torch.randn(b, i, device=device)
-    with LiveBytes() as live:
-        (torch.relu(x @ w1.t()) @ w2.t()).sum().backward()
-    assert live.peak == 3 * 4 * b * h + 4 * o * h + 4 + 4
-    assert live.current == 4 * (h * i + o * h)  # what outlives the block: the two gradients
-    assert list(live.peaks) == [()]
-
-
-def test_live_bytes_leave_out_views_in_place_results_and_what_existed():
-    """Only storages an operator creates count: not a view, an in-place result, a returned input, nor a
-    tensor made before the block; a new tensor counts until it is freed."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    before = torch.zeros(1000, device=device)
-    with LiveBytes() as live:
-        before.view(10, 100).add_(1).t().detach()
-        new = before * 2
-        assert live.current == 4000
-        del new
-    assert (live.peak, live.current) == (4000, 0)
-
-
-def test_live_bytes_of_a_step_are_what_a_plain_step_holds():
-    """peft's DoRA builds a side graph that a plain step frees at once: the instruments of the probe's other
-    pass (saved-tensor hooks, the FLOP counter) would keep it; the live bytes come from a pass without them,
-    the same on every run."""
-    import gc
-
-    model = adapt("tiny-gpt2", "dora")[1].model.train()
-    ids = torch.randint(5, 100, (4, 16))
-    batch = {"input_ids": ids, "labels": ids}
-    runs = []
-    for _ in range(3):
-        runs.append(instrumented_step(model, batch).live_peaks)
-        for p in model.parameters():
-            p.grad = None
-    gc.collect()
-    gc.disable()
-    try:
-        with LiveBytes() as plain:
-            model(**batch).loss.backward()
-    finally:
-        gc.enable()
-    assert runs == [{(): plain.peak}] * 3
 
 
 def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:

@@ -29,13 +29,15 @@ from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
 
 _aten = torch.ops.aten
-# PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
-_CPU_ATTENTION_FLOPS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
-}
+# The FLOP formulas FlopCounterMode counts with, by operator, and PyTorch's CPU flash attention, which
+# its table misses, counted as the CUDA kernels are.
+_FLOP_FORMULAS = {**flop_counter.flop_registry, **{
+    op: flop_counter.shape_wrapper(formula) for op, formula in {
+        _aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+        _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+    }.items()}}
 
 
 @dataclass
@@ -49,41 +51,6 @@ class StepMeasure:
     rows: int  # examples in the batch
     positions: int  # padded positions computed on (bench.cell.batching.positions_in)
     tokens: int  # non-padding tokens (bench.cell.batching.tokens_in)
-
-
-class SavedTensors:
-    """Within the block: the storages autograd saves for backward, by storage (bench.cell.measure.storage_key).
-
-    References are held until the block ends so that no storage freed inside it can be reused at the
-    same address and be mistaken for one already seen. Which of them are the model's own weights is
-    asked afterwards (`sizes_without`), so the block's only call into measure is the hook's.
-    """
-
-    def __init__(self):
-        self.sizes: dict[int, int] = {}
-        self._held: list[torch.Tensor] = []
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = storage_key(t)
-        if key not in self.sizes:
-            self.sizes[key] = t.untyped_storage().nbytes()
-            self._held.append(t)
-        return t
-
-    def sizes_without(self, tensors) -> list[int]:
-        """Bytes of each saved storage that is not one of `tensors`' (the parameters and buffers)."""
-        own = {storage_key(t) for t in tensors}
-        return [size for key, size in self.sizes.items() if key not in own]
-
-    def __enter__(self):
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-        self._held.clear()
-        return False
 
 
 # The most bytes the step holds at once in the tensors it creates (memory.step_peak_bytes). Saved
@@ -146,16 +113,70 @@ class LiveBytes(TorchDispatchMode):
         return super().__exit__(*exc)
 
 
+class StepCounters(LiveBytes):
+    """LiveBytes, and within the same block the step's two other counts, taken without holding a tensor:
+
+    - `flops`: FLOPs by torch's formula table (`torch.utils.flop_counter`, plus PyTorch's CPU flash
+      attention, which the table lacks), per operator as it runs;
+    - `saved`: the storages autograd saves for backward, each once (`saved_bytes_without` leaves out
+      the model's own weights, asked afterwards).
+
+    The FLOP counter runs no module tracker and the saved-tensor hook keeps no reference: both would
+    keep tensors that a plain step frees (peft's DoRA builds side graphs that die at once), and the
+    live bytes would no longer be a plain step's. The hook hands autograd a detached alias, since the
+    tensor itself would tie a saved output to its own node in a cycle that only the garbage collector
+    frees. A saved storage leaves the seen set when it is freed, so a later storage at the same address
+    is counted as the new one it is.
+    """
+
+    def __init__(self, phase: Callable[[], Hashable] = tuple):
+        super().__init__(phase)
+        self.flops = 0
+        self.saved: list[tuple[int, int]] = []  # (storage key, bytes) of every storage saved in the block
+        self._saved_alive: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in self._saved_alive:
+            storage = t.untyped_storage()
+            self._saved_alive.add(key)
+            self.saved.append((key, storage.nbytes()))
+            self._finalizers.append(weakref.finalize(storage, self._saved_alive.discard, key))
+        return t.detach()
+
+    def saved_bytes_without(self, tensors) -> list[int]:
+        """Bytes of each saved storage that is not one of `tensors`' (the parameters and buffers)."""
+        own = {storage_key(t) for t in tensors}
+        return [size for key, size in self.saved if key not in own]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        formula = _FLOP_FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._hooks.__exit__(*exc)
+
+
 def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.nullcontext,
                       fake_mode=None, loss_fn=lm_loss, encoder_decoder: bool | None = None,
                       phase=tuple) -> StepMeasure:
-    """Two forward and backward passes of `model` on `batch`: the first followed by LiveBytes alone (by
-    `phase()`), the second with saved-tensor hooks, counting FLOPs. The second's instruments keep tensors
-    (the saved ones until forward ends, the FLOP counter's module tracker its modules' inputs), which
-    a step whose side graphs die early (peft's DoRA) would have freed: they must not be in its peak.
+    """One forward and backward pass of `model` on `batch`, followed by StepCounters: the live bytes (by
+    `phase()`), the FLOPs of each pass, the saved storages and the gradients. The garbage collector waits
+    until the end, so that what reference cycles hold is freed at the same moment on every run.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
-    steps run on fake tensors: the batch is converted after its token counts are read. Backward runs
+    step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
     only when something requires a gradient. `encoder_decoder` is the model's kind if the caller knows it.
     """
     if encoder_decoder is None:
@@ -165,42 +186,25 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     if fake_mode is not None:
         batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
     tensors = [*model.parameters(), *model.buffers()]
-    live_peaks = _live_peaks(model, batch, autocast, fake_mode, loss_fn, phase)
-    for t in tensors:
-        t.grad = None  # else the second backward would add into the first's gradients, creating none
-    saved = SavedTensors()
-    with fake_mode or contextlib.nullcontext(), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops:
-        with saved, autocast():
-            loss = loss_fn(model, batch)
-        forward_flops = flops.get_total_flops()
-        if loss.requires_grad:
-            loss.backward()
-        total_flops = flops.get_total_flops()
-    activations = saved.sizes_without(tensors)
-    return StepMeasure(
-        activation_bytes=sum(activations), grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
-        live_peaks=live_peaks, batch_bytes=tensor_bytes(batch.values()),
-        forward_flops=forward_flops, backward_flops=total_flops - forward_flops,
-        rows=rows, positions=positions, tokens=tokens)
-
-
-def _live_peaks(model, batch: dict, autocast, fake_mode, loss_fn, phase) -> dict:
-    """LiveBytes.peaks of a forward and backward with no other instrument. The garbage collector waits
-    until the end, so that what reference cycles hold is freed at the same moment on every run."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:
-        with fake_mode or contextlib.nullcontext(), LiveBytes(phase) as live:
+        with fake_mode or contextlib.nullcontext(), StepCounters(phase) as counters:
             with autocast():
                 loss = loss_fn(model, batch)
+            forward_flops = counters.flops
             if loss.requires_grad:
                 loss.backward()
-        return live.peaks
     finally:
         if enabled:
             gc.enable()
+    return StepMeasure(
+        activation_bytes=sum(counters.saved_bytes_without(tensors)),
+        grad_bytes=tensor_bytes(t.grad for t in tensors if t.grad is not None),
+        live_peaks=counters.peaks, batch_bytes=tensor_bytes(batch.values()),
+        forward_flops=forward_flops, backward_flops=counters.flops - forward_flops,
+        rows=rows, positions=positions, tokens=tokens)
 
 
 def first_step(model: torch.nn.Module, features: list[dict], batch_size: int, seed: int, objective, device,
@@ -269,8 +273,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     sample = evalset.rows(0, n)
     rows = len(sample.features)
     cuda = torch.device(device).type == "cuda"
-    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), StepCounters() as counter:
         predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
     if sample.choices is not None:
@@ -279,7 +282,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
         tokens = sum(prompts) + sum(len(bundle.tokenizer(refs[0])["input_ids"]) for refs in sample.gold)
     else:
         tokens = sum(prompts)
-    return {"inference_per_example": counter.get_total_flops() // rows,
+    return {"inference_per_example": counter.flops // rows,
             "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * n_params * tokens // rows}
 
 

@@ -1,0 +1,171 @@
+"""The probe's counters (bench/cell/probe.py) against independent computations: bytes alive by hand, FLOPs
+by torch's FlopCounterMode, saved storages by a hook that keeps every tensor."""
+
+import gc
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.cell.measure import storage_key
+from bench.cell.probe import LiveBytes, StepCounters, instrumented_step
+from bench.models import REGISTRY
+from tests.adapting import adapt
+
+CELLS = [("tiny-encoder", "dora"), ("tiny-gpt2", "lora"), ("tiny-t5", "prefix-tuning"), ("tiny-llama", "full"),
+         ("tiny-bert", "adapter-houlsby"), ("tiny-gpt2", "prompt-tuning")]
+
+
+def _batch(model: str) -> dict:
+    ids = torch.randint(5, 100, (4, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(4) % 2 if REGISTRY[model].kind == "encoder" else ids
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_live_bytes_follow_a_two_layer_network_by_hand():
+    """relu(x W1ᵀ) W2ᵀ summed, on this machine's device. Alive at once, at the busiest moment (ReLU's
+    backward): the ReLU output that both it and the second product saved, the gradient arriving at it, the
+    gradient it makes, W2's gradient, the loss and the loss's gradient (4 bytes each). Forward never holds
+    more than two B × h tensors; the weights and the input existed before and do not count."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b, i, h, o = 16, 8, 512, 4
+    w1, w2 = (torch.nn.Parameter(torch.randn(shape, device=device)) for shape in [(h, i), (o, h)])
+    x = torch.randn(b, i, device=device)
+    with LiveBytes() as live:
+        (torch.relu(x @ w1.t()) @ w2.t()).sum().backward()
+    assert live.peak == 3 * 4 * b * h + 4 * o * h + 4 + 4
+    assert live.current == 4 * (h * i + o * h)  # what outlives the block: the two gradients
+    assert list(live.peaks) == [()]
+
+
+def test_live_bytes_leave_out_views_in_place_results_and_what_existed():
+    """Only storages an operator creates count: not a view, an in-place result, a returned input, nor a
+    tensor made before the block; a new tensor counts until it is freed."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    before = torch.zeros(1000, device=device)
+    with LiveBytes() as live:
+        before.view(10, 100).add_(1).t().detach()
+        new = before * 2
+        assert live.current == 4000
+        del new
+    assert (live.peak, live.current) == (4000, 0)
+
+
+def test_live_bytes_of_a_step_are_what_a_plain_step_holds():
+    """peft's DoRA builds a side graph that a plain step frees at once. The probe's other counters (saved
+    storages, FLOPs) run in the same pass and must not keep it: a saved-tensor hook that handed autograd the
+    tensor itself, or a FLOP counter's module tracker, would (by 8 % here). The same on every run."""
+    model = adapt("tiny-gpt2", "dora")[1].model.train()
+    ids = torch.randint(5, 100, (4, 16))
+    batch = {"input_ids": ids, "labels": ids}
+    runs = []
+    for _ in range(3):
+        runs.append(instrumented_step(model, batch).live_peaks)
+        for p in model.parameters():
+            p.grad = None
+    gc.collect()
+    gc.disable()
+    try:
+        with LiveBytes() as plain:
+            model(**batch).loss.backward()
+    finally:
+        gc.enable()
+    assert runs == [{(): plain.peak}] * 3
+
+
+@pytest.mark.parametrize("model_name,method", CELLS)
+def test_counted_flops_are_flop_counter_modes(model_name, method):
+    """The counters apply FlopCounterMode's formulas operator by operator, without its module tracker. With
+    the models' own attention (matrix products, no fused kernel) torch's counter is the independent count."""
+    model = adapt(model_name, method, attention="eager")[1].model.train()
+    batch = _batch(model_name)
+    step = instrumented_step(model, batch)
+    for p in model.parameters():
+        p.grad = None
+    with FlopCounterMode(display=False) as torch_count:
+        model(**batch).loss.backward()
+    assert step.forward_flops + step.backward_flops == torch_count.get_total_flops()
+    with FlopCounterMode(display=False) as forward_only, torch.no_grad():
+        model(**batch)
+    assert step.forward_flops == forward_only.get_total_flops() > 0
+
+
+def test_counted_flops_of_a_decoding_loop_are_flop_counter_modes():
+    """Inference FLOPs (flops.inference_per_example) are counted the same way over generation: the KV cache,
+    a growing sequence, no gradient."""
+    bundle, adapted = adapt("tiny-gpt2", "lora", attention="eager")
+    model = adapted.model.eval()
+    ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def generate():
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                           pad_token_id=bundle.tokenizer.pad_token_id)
+
+    with StepCounters() as ours:
+        generate()
+    with FlopCounterMode(display=False) as torch_count:
+        generate()
+    assert ours.flops == torch_count.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("model_name,method", CELLS)
+def test_activation_bytes_are_every_storage_autograd_saves(model_name, method):
+    """memory.activation_bytes, against a saved-tensor hook that keeps every tensor it is given until the end
+    (so no storage can be freed and its address reused) and counts each storage once, weights left out."""
+    model = adapt(model_name, method)[1].model.train()
+    batch = _batch(model_name)
+    with torch.random.fork_rng():
+        step = instrumented_step(model, batch)
+    for p in model.parameters():
+        p.grad = None
+    kept = {}
+
+    def keep(t):
+        kept.setdefault(storage_key(t), t)
+        return t
+
+    with torch.random.fork_rng(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(**batch).loss.backward()
+    own = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+    assert step.activation_bytes == sum(t.untyped_storage().nbytes() for k, t in kept.items() if k not in own) > 0
+
+
+class _SideGraphs(torch.nn.Module):
+    """Graphs that each save a new 1 KiB storage (exp's output, for the weight's gradient); all but the last
+    are dropped at once, so their storages are freed in forward, and the allocator hands some of their
+    addresses to later ones."""
+
+    graphs = 50
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(256))
+
+    def forward(self, x):
+        for _ in range(self.graphs - 1):
+            (x.exp() * self.w).sum()
+        return (x.exp() * self.w).sum()
+
+
+def test_a_saved_storage_freed_in_forward_is_not_taken_for_a_later_one():
+    model = _SideGraphs()
+    step = instrumented_step(model, {"input_ids": torch.zeros(1, 256)}, loss_fn=lambda m, b: m(b["input_ids"][0]))
+    assert step.activation_bytes == _SideGraphs.graphs * 256 * 4
+    assert step.grad_bytes == 256 * 4
+
+
+def test_step_counters_count_a_pass_by_hand_and_stop_at_the_block():
+    """relu(x Wᵀ) summed: the product's FLOPs forward and for W's gradient (x needs none); saved, the input x
+    (for W's gradient) and ReLU's output, W left out. After the block nothing more is counted."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b, i, o = 8, 32, 64
+    w = torch.nn.Parameter(torch.randn(o, i, device=device))
+    x = torch.randn(b, i, device=device)
+    with StepCounters() as counters:
+        (x @ w.t()).relu().sum().backward()
+    assert counters.flops == 2 * (2 * b * i * o)
+    assert counters.saved_bytes_without([w]) == [4 * b * i, 4 * b * o]
+    seen = (counters.flops, len(counters.saved))
+    (x @ w.t()).relu().sum().backward()
+    assert (counters.flops, len(counters.saved)) == seen
