@@ -37,6 +37,14 @@ def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
     assert "bench.cell.recipe" in got["loaded"] and "transformers.models.llama.modeling_llama" in got["loaded"]
 
 
+def test_the_preload_is_frozen_so_the_cells_collections_skip_it():
+    """Objects the imports left are in the collector's permanent generation, which forked cells inherit: a
+    cell's full collection (the probe runs one) walks only what the cell made."""
+    got = python("import gc, json, bench.run.warm\n"
+                 "print(json.dumps({'frozen': gc.get_freeze_count(), 'tracked': len(gc.get_objects())}))")
+    assert got["frozen"] > 100_000 and got["tracked"] < got["frozen"] / 100
+
+
 def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
     (tmp_path / "touchy_dep.py").write_text("VALUE = 1\n")
     (tmp_path / "touchy.py").write_text("import torch, touchy_dep\ntorch.cuda._lazy_init()\n")
