@@ -112,7 +112,7 @@ WRAPPED = [
     ("instrument: what setup resolved (weights dtype, data revisions, example ids)", _I + "Resolved", "loaded"),
     ("instrument: static figures after loading (params, weight bytes)", _I + "StaticFigures", "loaded"),
     ("instrument: probe step (activations, grads, training FLOPs)", _I + "StepProbe", "before_training"),
-    ("instrument: inference FLOPs (counted over 8 predictions)", _I + "InferenceFlops", "loaded"),
+    ("instrument: inference FLOPs (FlopCounterMode over 8 predictions)", _I + "InferenceFlops", "loaded"),
     ("instrument: peak-memory windows (clear_refs, VmHWM)", "bench.cell.measure:PeakMemory", "_start"),
     ("instrument: peak-memory windows (clear_refs, VmHWM) ", "bench.cell.measure:PeakMemory", "_fold"),
     ("training loop (recipe.train)", "bench.cell.recipe", "train"),

@@ -29,15 +29,13 @@ from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
 
 _aten = torch.ops.aten
-# The FLOP formulas FlopCounterMode counts with, by operator, and PyTorch's CPU flash attention, which
-# its table misses, counted as the CUDA kernels are.
-_FLOP_FORMULAS = {**flop_counter.flop_registry, **{
-    op: flop_counter.shape_wrapper(formula) for op, formula in {
-        _aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-        _aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
-    }.items()}}
+# PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
+_CPU_ATTENTION_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+}
 
 
 @dataclass
@@ -116,8 +114,12 @@ class LiveBytes(TorchDispatchMode):
 class StepCounters(LiveBytes):
     """LiveBytes, and within the same block the step's two other counts, taken without holding a tensor:
 
-    - `flops`: FLOPs by torch's formula table (`torch.utils.flop_counter`, plus PyTorch's CPU flash
-      attention, which the table lacks), per operator as it runs;
+    - `flops`: FLOPs by FlopCounterMode's formula table (`torch.utils.flop_counter`, as registered when the
+      block is made, plus PyTorch's CPU flash attention), per operator as it runs. FlopCounterMode also
+      decomposes operators that have no formula; under autograd, as in a training step, composite operators
+      are decomposed before any mode sees them, and what is left to it (inference mode, higher-order
+      operators, Python decompositions of elementwise kernels) is not a training step's matrix products:
+      tests/test_probe.py checks the totals against FlopCounterMode;
     - `saved`: the storages autograd saves for backward, each once (`saved_bytes_without` leaves out
       the model's own weights, asked afterwards).
 
@@ -126,12 +128,15 @@ class StepCounters(LiveBytes):
     live bytes would no longer be a plain step's. The hook hands autograd a detached alias, since the
     tensor itself would tie a saved output to its own node in a cycle that only the garbage collector
     frees. A saved storage leaves the seen set when it is freed, so a later storage at the same address
-    is counted as the new one it is.
+    is counted as the new one it is. (Under a saved-tensor hook autograd does not check a saved tensor's
+    version: a method that modifies one in place fails at its first training step, not here.)
     """
 
     def __init__(self, phase: Callable[[], Hashable] = tuple):
         super().__init__(phase)
         self.flops = 0
+        self._formulas = {**flop_counter.flop_registry,
+                          **{op: flop_counter.shape_wrapper(f) for op, f in _CPU_ATTENTION_FLOPS.items()}}
         self.saved: list[tuple[int, int]] = []  # (storage key, bytes) of every storage saved in the block
         self._saved_alive: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -152,14 +157,18 @@ class StepCounters(LiveBytes):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = super().__torch_dispatch__(func, types, args, kwargs)
-        formula = _FLOP_FORMULAS.get(func._overloadpacket)
+        formula = self._formulas.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **(kwargs or {}), out_val=out)
         return out
 
     def __enter__(self):
         self._hooks.__enter__()
-        return super().__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._hooks.__exit__(None, None, None)
+            raise
 
     def __exit__(self, *exc):
         try:
@@ -273,7 +282,8 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     sample = evalset.rows(0, n)
     rows = len(sample.features)
     cuda = torch.device(device).type == "cuda"
-    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), StepCounters() as counter:
+    with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
+            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
         predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
     if sample.choices is not None:
@@ -282,7 +292,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
         tokens = sum(prompts) + sum(len(bundle.tokenizer(refs[0])["input_ids"]) for refs in sample.gold)
     else:
         tokens = sum(prompts)
-    return {"inference_per_example": counter.flops // rows,
+    return {"inference_per_example": counter.get_total_flops() // rows,
             "cost_model_inference_per_example": COST_MODEL[bundle.kind][0] * n_params * tokens // rows}
 
 
