@@ -22,3 +22,10 @@ def adapt(model: str, method: str, seed: int = 0, total_steps: int = 10, meta: b
         adapted = chosen.apply(bundle.model, chosen.resolve({}, spec.arch, str),
                                ApplyContext(bundle, TrainConfig(), total_steps))
     return bundle, adapted
+
+
+def token_batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
+    """Fixed random token ids, a full attention mask, and labels: alternating classes, or the ids themselves."""
+    ids = torch.randint(5, 100, (rows, length), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(rows) % 2 if classes else ids
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}

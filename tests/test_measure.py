@@ -31,7 +31,7 @@ from bench.cell.probe import (
 )
 from bench.cell.train import train
 from bench.config import TrainConfig
-from tests.adapting import adapt
+from tests.adapting import adapt, token_batch
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
 
@@ -91,12 +91,6 @@ def test_step_peak_is_the_busier_of_backward_and_the_update():
     assert update_bytes("for-loop", [300, 200]) == 600 and update_bytes("for-loop", [100, 100, 100]) == 300
 
 
-def _batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
-    ids = torch.randint(5, 100, (rows, length), generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(rows) % 2 if classes else ids
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-
 def test_lora_optimizer_state_is_two_moments_and_a_step_counter_per_tensor():
     bundle, adapted = adapt("tiny-encoder", "lora", seed=1)
     feats = [{"input_ids": [1, 7, 8, 9, 2], "labels": i % 2} for i in range(8)]
@@ -127,7 +121,7 @@ def steps() -> dict:
     for method in METHODS:
         model = adapt("tiny-encoder", method, seed=1)[1].model
         out[method] = (count_params(model)["trainable"], *(
-            measure_step(model, _batch(), "cpu", contextlib.nullcontext) for _ in range(2)))
+            measure_step(model, token_batch(), "cpu", contextlib.nullcontext) for _ in range(2)))
         assert all(p.grad is None for p in model.parameters())  # the step's gradients are dropped
     return out
 
@@ -186,7 +180,7 @@ def test_forward_flops_of_the_tiny_encoder_match_its_matrix_products():
     attention products (L² per head dimension), the head on the first token; embeddings are lookups."""
     _, adapted = adapt("tiny-encoder", "full", seed=1)
     rows, length = 4, 12
-    step = instrumented_step(adapted.model, _batch(rows, length))
+    step = instrumented_step(adapted.model, token_batch(rows, length))
     tokens = rows * length
     layer = 2 * tokens * (4 * H * H + 2 * H * F) + 2 * 2 * rows * length * length * H
     head = 2 * rows * (H * H + H * 2)

@@ -10,16 +10,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.cell.measure import storage_key
 from bench.cell.probe import _CPU_ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
 from bench.models import REGISTRY
-from tests.adapting import adapt
+from tests.adapting import adapt, token_batch
 
 CELLS = [("tiny-encoder", "dora"), ("tiny-gpt2", "lora"), ("tiny-t5", "prefix-tuning"), ("tiny-llama", "full"),
          ("tiny-bert", "adapter-houlsby"), ("tiny-gpt2", "prompt-tuning")]
-
-
-def _batch(model: str) -> dict:
-    ids = torch.randint(5, 100, (4, 16), generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(4) % 2 if REGISTRY[model].kind == "encoder" else ids
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def test_live_bytes_follow_a_two_layer_network_by_hand():
@@ -80,7 +74,7 @@ def test_counted_flops_are_flop_counter_modes(model_name, method, attention):
     models' own attention (matrix products) torch's counter is the independent count; with SDPA (on a CPU,
     PyTorch's flash kernel, which torch's table lacks) both are given the harness's formula for it."""
     model = adapt(model_name, method, attention=attention)[1].model.train()
-    batch = _batch(model_name)
+    batch = token_batch(4, 16, classes=REGISTRY[model_name].kind == "encoder")
     step = instrumented_step(model, batch)
     for p in model.parameters():
         p.grad = None
@@ -97,7 +91,7 @@ def test_activation_bytes_are_every_storage_autograd_saves(model_name, method):
     """memory.activation_bytes, against a saved-tensor hook that keeps every tensor it is given until the end
     (so no storage can be freed and its address reused) and counts each storage once, weights left out."""
     model = adapt(model_name, method)[1].model.train()
-    batch = _batch(model_name)
+    batch = token_batch(4, 16, classes=REGISTRY[model_name].kind == "encoder")
     with torch.random.fork_rng():
         step = instrumented_step(model, batch)
     for p in model.parameters():
