@@ -167,9 +167,9 @@ _FIGURES = [
            tasks="mean"),
     Figure("time", "infer_examples_per_s", "1/s", "timing", "examples predicted per second in batches of "
            "`eval_batch_size`, over the main split's first 2 × `eval_batch_size` examples (all, when fewer), CUDA "
-           "synchronised, tokenisation excluded. The trained model's are timed inside the final evaluation, which "
-           "predicts those examples first, on their own, and then the rest (the same batches as one pass).",
-           tasks="mean"),
+           "synchronised, tokenisation excluded. Every evaluation predicts those examples first, as a group of "
+           "their own, then the rest, each group in batches taken longest first; the trained model's are timed "
+           "inside the final evaluation.", tasks="mean"),
     Figure("time", "infer_latency_merged_s", "s", "timing", "`infer_latency_s` with the method's update merged "
            "into the weights (mergeable methods; null for the others, and when the merged copy does not fit in "
            "memory).", tasks="mean"),

@@ -269,58 +269,59 @@ def test_inference_speed_is_the_median_single_prediction_and_the_batched_rate(mo
 
     now, calls = [0.0], []
 
-    def predict(bundle, model, sample, task, batch_size, device, autocast):
+    def predict_group(bundle, model, sample, task, batch_size, device, autocast):  # what evaluate.predict runs
         calls.append((len(sample.features), batch_size))
         now[0] += 0.010 + 0.002 * len(sample.features) + (0.5 if len(calls) == 1 else 0)  # a slow first call
+        return [0] * len(sample.features)
 
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "_predict_group", predict_group)
     monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
     evalset = EvalSet([{"input_ids": [i]} for i in range(50)], list(range(50)))
-    speed = measure.inference_speed(None, None, evalset, None, 16, "cpu", None)
+    model = torch.nn.Identity()
+    speed = measure.inference_speed(None, model, evalset, None, 16, "cpu", None)
     assert calls == [(1, 1)] * (1 + LATENCY_EXAMPLES) + [(32, 16)]
     assert speed["infer_latency_s"] == pytest.approx(0.012)
     assert speed["infer_examples_per_s"] == pytest.approx(32 / (0.010 + 0.002 * 32))
     few = EvalSet([{"input_ids": [1]}] * 3, [0] * 3)  # fewer examples than asked for: all of them
     calls.clear()
-    measure.inference_speed(None, None, few, None, 16, "cpu", None)
+    measure.inference_speed(None, model, few, None, 16, "cpu", None)
     assert calls == [(1, 1)] * 4 + [(3, 16)]
     calls.clear()  # the final evaluation timed the batched examples already: they are not predicted again
-    timed = measure.inference_speed(None, None, evalset, None, 16, "cpu", None, batched_s=0.25)
+    timed = measure.inference_speed(None, model, evalset, None, 16, "cpu", None, batched_s=0.25)
     assert calls == [(1, 1)] * (1 + LATENCY_EXAMPLES) and timed["infer_examples_per_s"] == 32 / 0.25
 
 
 @pytest.mark.parametrize("n", [50, 32, 20])
-def test_the_final_evaluation_times_its_first_two_batches_and_predicts_as_one_pass(monkeypatch, n):
-    """TimedPrediction predicts one example alone (a warm-up, untimed), then the first 2 × batch examples on their
-    own (timed), then the rest: every example once more, in the batches one pass makes, the predictions in order;
-    its seconds are those of the 2 × batch examples alone."""
+def test_the_final_evaluation_times_the_group_it_predicts_first(monkeypatch, n):
+    """TimedPrediction predicts one example alone (a warm-up, untimed), then evaluates: the first 2 × batch
+    examples as a group of their own, timed, then the rest, each example once more, the predictions in order;
+    its seconds are those of the first group alone."""
     from bench.cell import measure
     from bench.tasks import evaluate
     from bench.tasks.features import EvalSet
 
-    now, batches = [0.0], []
+    now, groups = [0.0], []
 
-    def predict(bundle, model, sample, task, batch_size, device, autocast):
-        ids = [f["input_ids"][0] for f in sample.features]
-        batches.extend(ids[i: i + batch_size] for i in range(0, len(ids), batch_size))
-        now[0] += 0.010 + 0.002 * len(ids)
-        return [i * 10 for i in ids]
+    def predict_group(bundle, model, sample, task, batch_size, device, autocast):
+        groups.append([f["input_ids"][0] for f in sample.features])
+        now[0] += 0.010 + 0.002 * len(sample.features)
+        return [i * 10 for i in groups[-1]]
 
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "_predict_group", predict_group)
     monkeypatch.setattr(measure.time, "perf_counter", lambda: now[0])
     evalset = EvalSet([{"input_ids": [i]} for i in range(n)], list(range(n)), [[0, 1]] * n)
     timed = measure.TimedPrediction()
-    assert timed(None, None, evalset, None, 16, "cpu", None) == [i * 10 for i in range(n)]
+    assert timed(None, torch.nn.Identity(), evalset, None, 16, "cpu", None) == [i * 10 for i in range(n)]
     ids = list(range(n))
-    assert batches == [[0]] + [ids[i: i + 16] for i in range(0, n, 16)]
+    assert groups == [[0], ids[:32]] + ([ids[32:]] if n > 32 else [])
     assert timed.seconds == pytest.approx(0.010 + 0.002 * min(n, 32))
 
 
 @pytest.mark.parametrize("model_name,task_name", [("tiny-encoder", "synth-polarity"), ("tiny-t5", "synth-choice"),
                                                   ("tiny-gpt2", "synth-digits")])
 def test_the_timed_final_evaluation_predicts_what_one_pass_predicts(model_name, task_name):
-    """On real tiny models, a classifier head, rank classification and generation: predicting the first two
-    batches apart from the rest gives exactly one pass's predictions (the same batches)."""
+    """On real tiny models, a classifier head, rank classification and generation: the timed final evaluation
+    predicts exactly what any evaluation predicts (the same batches)."""
     from bench.cell import measure
     from bench.models import REGISTRY, load_bundle
     from bench.tasks import builtin_tasks

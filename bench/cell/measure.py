@@ -311,31 +311,42 @@ def inference_speed(bundle, model, evalset, task, batch_size: int, device, autoc
     `batched_s`: the seconds the final evaluation took over the batched examples (TimedPrediction), so
     they are not predicted a second time; None times them here (the merged copy)."""
     from bench.figures import LATENCY_EXAMPLES
-    from bench.tasks.evaluate import predict
+    from bench.tasks.evaluate import predict, timed_examples
 
     def seconds(sample, size: int) -> float:
-        return _timed(predict, bundle, model, sample, task, size, device, autocast)[1]
+        watch = Stopwatch(device)
+        predict(bundle, model, sample, task, size, device, autocast, clock=watch)
+        return watch.seconds
 
     n = len(evalset.features)
     seconds(evalset.rows(0, 1), 1)  # warm-up: first-call allocations and kernel choices are not latency
     singles = [seconds(evalset.rows(i, i + 1), 1) for i in range(min(LATENCY_EXAMPLES, n))]
-    batched = batched_examples(n, batch_size)
-    if batched_s is None:
+    batched = timed_examples(n, batch_size)
+    if batched_s is None:  # those examples alone make the same batches as the evaluation's first group
         batched_s = seconds(evalset.rows(0, batched), batch_size)
     return {"infer_latency_s": statistics.median(singles), "infer_examples_per_s": batched / batched_s}
 
 
-def batched_examples(n: int, batch_size: int) -> int:
-    """How many of the main split's first examples time.infer_examples_per_s predicts: two batches."""
-    return min(n, 2 * batch_size)
+class Stopwatch:
+    """`with stopwatch():` times the block into `seconds`, the device synchronised at both ends."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        _synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        _synchronize(self.device)
+        self.seconds = time.perf_counter() - start
 
 
 class TimedPrediction:
-    """The final evaluation's prediction of the main split, timing the examples of infer_examples_per_s on
-    the way: they are predicted first, on their own, then the rest. Both are whole batches of the same
-    examples as one pass would make, so the predictions are one pass's (for rank classification, as long
-    as every example has as many answer options), and the trained model is not run on them twice. One
-    example is predicted alone first, untimed, as inference_speed warms up the merged copy."""
+    """The final evaluation's prediction of the main split, timing on the way the group of examples it
+    predicts first (bench.tasks.evaluate.predict), those of time.infer_examples_per_s: the trained model is
+    not run on them twice. One example is predicted alone first, untimed, as inference_speed warms up the
+    merged copy."""
 
     def __init__(self):
         self.seconds: float | None = None  # set by the call
@@ -343,22 +354,11 @@ class TimedPrediction:
     def __call__(self, bundle, model, evalset, task, batch_size: int, device, autocast) -> list:
         from bench.tasks.evaluate import predict
 
-        head = batched_examples(len(evalset.features), batch_size)
         predict(bundle, model, evalset.rows(0, 1), task, 1, device, autocast)  # warm-up, as inference_speed's
-        preds, self.seconds = _timed(predict, bundle, model, evalset.rows(0, head), task, batch_size, device,
-                                     autocast)
-        if head < len(evalset.features):
-            preds += predict(bundle, model, evalset.rows(head, None), task, batch_size, device, autocast)
+        watch = Stopwatch(device)
+        preds = predict(bundle, model, evalset, task, batch_size, device, autocast, clock=watch)
+        self.seconds = watch.seconds
         return preds
-
-
-def _timed(predict, bundle, model, sample, task, batch_size: int, device, autocast) -> tuple[list, float]:
-    """predict's predictions and its seconds, the device synchronised at both ends."""
-    _synchronize(device)
-    start = time.perf_counter()
-    preds = predict(bundle, model, sample, task, batch_size, device, autocast)
-    _synchronize(device)
-    return preds, time.perf_counter() - start
 
 
 def _synchronize(device) -> None:

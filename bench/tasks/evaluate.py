@@ -23,30 +23,57 @@ from bench.tasks import TaskSpec, metrics
 from bench.tasks.features import EvalSet
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i: i + size]
+def timed_examples(n: int, batch_size: int) -> int:
+    """How many of an evaluation's first examples it predicts as a group of their own: two batches (all,
+    when fewer). The final evaluation times them (time.infer_examples_per_s, bench/cell/measure.py)."""
+    return min(n, 2 * batch_size)
+
+
+def _longest_first(items: list, size: int, length: Callable, predict_batch: Callable) -> list:
+    """predict_batch over batches of `size` items taken longest first (ties in their order), so a batch
+    pads little and the longest comes first (an out-of-memory shows at once); the outputs in the items' order."""
+    order = sorted(range(len(items)), key=lambda i: -length(items[i]))
+    out: list = [None] * len(items)
+    for start in range(0, len(order), size):
+        chunk = order[start: start + size]
+        for i, y in zip(chunk, predict_batch([items[i] for i in chunk]), strict=True):
+            out[i] = y
+    return out
 
 
 @torch.no_grad()
 def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device,
-            autocast=contextlib.nullcontext) -> list:
+            autocast=contextlib.nullcontext, clock=contextlib.nullcontext) -> list:
+    """Predictions for every example of `evalset`, in its order. The first timed_examples(n, batch_size)
+    examples are predicted first, inside `clock()` (the final evaluation times them there), then the rest;
+    each group in batches of `batch_size` taken longest first. Every evaluation of a set thus makes the
+    same batches, and they pad little (benchmarks/eval_order.py measures what that saves)."""
     model.eval()
+    head = timed_examples(len(evalset.features), batch_size)
+    with clock():
+        preds = _predict_group(bundle, model, evalset.rows(0, head), task, batch_size, device, autocast)
+    if head < len(evalset.features):
+        preds += _predict_group(bundle, model, evalset.rows(head, None), task, batch_size, device, autocast)
+    return preds
+
+
+def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device, autocast) -> list:
     pad = bundle.tokenizer.pad_token_id
-    preds: list = []
     if bundle.head == "classifier":
-        for chunk in _batches(evalset.features, batch_size):
+        def classify(chunk):
             with autocast():
                 logits = model(**to_device(collate(chunk, pad), device)).logits.float()
-            preds += logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
-        return preds
+            return logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
+
+        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify)
     if evalset.choices is not None:
+        def score(chunk):
+            with autocast():
+                return sequence_logprob(model, to_device(collate(chunk, pad), device), task.length_normalize)
+
         pairs = [lm_example(bundle.kind, f["input_ids"], c)
                  for f, options in zip(evalset.features, evalset.choices) for c in options]
-        scores: list[float] = []
-        for chunk in _batches(pairs, batch_size):
-            with autocast():
-                scores += sequence_logprob(model, to_device(collate(chunk, pad), device), task.length_normalize)
+        scores = _longest_first(pairs, batch_size, lambda p: len(p["input_ids"]) + len(p["labels"]), score)
         preds, start = [], 0
         for options in evalset.choices:
             row = scores[start: start + len(options)]
@@ -54,7 +81,8 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
             start += len(options)
         return preds
     left = bundle.kind == "decoder"  # decoders continue the prompt, so pad on the left
-    for chunk in _batches(evalset.features, batch_size):
+
+    def generate(chunk):
         batch = to_device(collate(chunk, pad, left=left), device)
         with autocast():
             out = model.generate(**batch, max_new_tokens=task.generation["max_new_tokens"],
@@ -62,8 +90,9 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
                                  pad_token_id=pad, eos_token_id=bundle.tokenizer.eos_token_id)
         if left:
             out = out[:, batch["input_ids"].shape[1]:]
-        preds += [t.strip() for t in bundle.tokenizer.batch_decode(out, skip_special_tokens=True)]
-    return preds
+        return [t.strip() for t in bundle.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), generate)
 
 
 def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
