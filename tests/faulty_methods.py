@@ -1,5 +1,6 @@
 """Methods that fail on purpose, for tests/test_faults.py: each breaks a cell in one way a real run can
-break (an exception, a hang, a diverging loss, a crash with output, a kill, memory exhaustion), plus
+break (an exception, a hang, a diverging loss, a crash with output, a kill, memory exhaustion, a trainable
+parameter that gets no gradient), plus
 one that logs every training it starts, so tests can count trainings rather than records.
 
 A suite names this module in `method_modules`; importing it registers the methods."""
@@ -79,6 +80,14 @@ def _nan(model, config, ctx):
     return adapted
 
 
+def _detached(model, config, ctx):
+    """Full fine-tuning plus a trainable prefix that the forward never reads, as when a library stops taking
+    the keyword a method passes its prefix in."""
+    adapted = _full(model)
+    model.register_parameter("ignored_prefix", torch.nn.Parameter(torch.zeros(4, 8)))
+    return adapted
+
+
 def _slow(model, config, ctx):
     """Full fine-tuning at one step per second: a cell that times out mid-training."""
     adapted = _full(model)
@@ -110,6 +119,8 @@ methods.register(
     Method("fault-kill", "baseline", "SIGKILLs its own process", PAPER, _kill),
     Method("fault-kill-worker", "baseline", "SIGKILLs the Ray worker running it", PAPER, _kill_worker),
     Method("fault-exhaust", "baseline", "allocates until MemoryError", PAPER, _exhaust),
+    Method("fault-detached", "baseline", "full fine-tuning plus a trainable parameter nothing reads", PAPER,
+           _detached),
     Method("fault-slow", "baseline", "full fine-tuning at one step per second", PAPER, _slow),
     Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
     Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,

@@ -208,13 +208,14 @@ def test_report_skips_a_record_of_the_wrong_shape(tmp_path, capsys):
 
 def test_every_way_a_cell_can_fail_is_recorded_as_such(tmp_path, write_suite):
     suite = load_suite(str(write_suite(suite_text(
-        "[fault-raise, fault-crash, fault-kill, fault-exhaust, {name: fault-nan, train: {lr: 1.0e-3}}]"))))
+        "[fault-raise, fault-crash, fault-kill, fault-exhaust, {name: fault-nan, train: {lr: 1.0e-3}}, "
+        "fault-detached]"))))
     store = Store(tmp_path / "results")
     summary = run_grid(grid.expand(suite), store, LocalExecutor(quiet=True), quiet=True)
     got = records(store.root)
     assert {k: r["status"] for k, r in got.items()} == {
         "fault-raise": "failed", "fault-crash": "failed", "fault-kill": "killed", "fault-exhaust": "oom",
-        "fault-nan": "diverged"}
+        "fault-nan": "diverged", "fault-detached": "failed"}
     crash = got["fault-crash"]["error"]
     assert crash["type"] == "CellCrashed" and "exit code 3" in crash["message"] and crash["exit_code"] == 3
     assert "the last words of a crashing cell" in crash["traceback"]  # the child's output is the evidence
@@ -223,6 +224,9 @@ def test_every_way_a_cell_can_fail_is_recorded_as_such(tmp_path, write_suite):
     assert got["fault-nan"]["train"]["diverged_at_step"] == 3  # poisoned after step 2
     assert got["fault-nan"]["scores"]["metrics"] == {}
     assert got["fault-raise"]["error"]["message"] == "injected failure in build"
+    detached = got["fault-detached"]  # it would have trained everything else and been ranked
+    assert detached["error"]["type"] == "NoGradient" and "1 trainable parameter tensor(s)" in detached["error"]["message"]
+    assert ": ignored_prefix." in detached["error"]["message"] and detached["scores"]["metrics"] == {}
     assert not list((store.root / "faults" / ".incoming").iterdir())  # nothing left in the spool
 
 

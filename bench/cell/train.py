@@ -126,6 +126,25 @@ class TrainResult:
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
 
 
+class NoGradient(RuntimeError):
+    """Trainable parameters that the first training step's backward did not reach: training would never
+    change them, so the cell fails instead of reporting the method as trained."""
+
+    def __init__(self, names: list[str]):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(f"{len(names)} trainable parameter tensor(s) got no gradient in the first training step, "
+                         f"so training would never change them: {shown}. The method's parameters are not in "
+                         "the model's computation (a defect of the method, or a library that ignores what the "
+                         "method passes its forward)")
+
+
+def require_gradients(model: torch.nn.Module) -> None:
+    """Raise NoGradient unless backward reached every trainable parameter (each tied one once)."""
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise NoGradient(missing)
+
+
 PROGRESS_EVERY_S = 2.0  # how often training reports its progress (a killed cell keeps the last report)
 LOSS_READ_EVERY_CUDA = 16  # steps between reads of the losses on CUDA (a read waits for the device)
 
@@ -178,7 +197,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
 
     A step's time runs from batch collation to the end of the optimizer step (StepClock: on CUDA the
     device's timeline, nothing synchronised inside the loop); evaluations during training are not part
-    of it. The optimizer's state is measured after the first step, outside the step's time. Losses are
+    of it. The first step's backward must reach every trainable parameter (NoGradient). The optimizer's
+    state is measured after the first step, outside the step's time. Losses are
     read every `loss_read_every` steps; a non-finite one stops training at that read, and the step it
     came from is `diverged_at_step`.
     """
@@ -225,6 +245,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         with autocast():
             loss = objective.loss(model, batch)
         loss.backward()
+        if step == 0:  # the probe step and the compile warm-up dropped their gradients
+            require_gradients(model)
         for hook in adapted.after_backward:
             hook(step)
         if train.max_grad_norm is not None:
