@@ -272,6 +272,28 @@ def test_composition_trains_the_union_of_its_parts():
     assert all(p.grad is not None for p in adapted.model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("model_name,task_name", [("tiny-encoder", "synth-polarity"),
+                                                  ("tiny-llama", "synth-intensity")])  # a decoder's head: regression
+@pytest.mark.parametrize("parts", [("bitfit", "lora"), ("lora", "bitfit"), ("adapter-pfeiffer", "lora"),
+                                   ("prefix-tuning", "ia3")])
+def test_a_composition_with_peft_trains_the_head_copy_not_the_original(parts, model_name, task_name):
+    """peft trains a copy of the task head and never reads the original: an in-house part before it (which
+    trains the original head) or BitFit after it (its biases) must not leave the original trainable, where
+    it would be counted, stored and never given a gradient (a cell would fail with NoGradient)."""
+    from bench.methods.compose import apply_composition
+
+    task = builtin_tasks()[task_name]
+    bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
+    config = [{"name": n, "config": methods.get(n).resolve({}, bundle.arch, str)} for n in parts]
+    adapted = apply_composition(config, bundle.model, ApplyContext(bundle, TrainConfig(), 10))
+    trainable = {n: p for n, p in adapted.model.named_parameters() if p.requires_grad}
+    assert not [n for n in trainable if ".original_module." in n]
+    assert any(head in n for n in trainable for head in bundle.head_modules)  # the head trains
+    feats = train_features(task, bundle, load_rows(task, "train")[:4], 32)
+    adapted.model(**collate(feats, bundle.tokenizer.pad_token_id)).loss.backward()
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+
+
 def test_docs_list_every_method():
     from pathlib import Path
 

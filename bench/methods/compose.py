@@ -57,6 +57,7 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
     for _, trainable in applied:
         for pid in trainable:
             params[pid].requires_grad_(True)
+    _freeze_replaced_originals(model)
     own_state = [(i, a) for i, (a, _) in enumerate(applied) if a.stored_state is not None]
     covered = set().union(*(applied[i][1] for i, _ in own_state))
 
@@ -75,3 +76,16 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
     return Adapted(model, after_backward=[h for a, _ in applied for h in a.after_backward],
                    after_step=[h for a, _ in applied for h in a.after_step], stored_state=stored,
                    load_stored=load, grad_masks=[m for a, _ in applied for m in a.grad_masks])
+
+
+def _freeze_replaced_originals(model: torch.nn.Module) -> None:
+    """peft trains a copy of each module it saves (`modules_to_save`: the task head) and never reads the
+    original again. An in-house part applied before it trained the original head, and BitFit after it
+    picks up the original's biases: the union would make those dead tensors trainable (counted, stored,
+    never given a gradient)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            module.original_module.requires_grad_(False)
+
