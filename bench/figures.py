@@ -181,10 +181,10 @@ _FIGURES = [
            "padded position, × the padded positions trained (`train.positions`). Linear in length: attention's L² "
            "term, measured at the longest width, makes this an upper bound when batches are shorter.", tasks="mean"),
     Figure("flops", "inference_per_example", "FLOPs", "versioned", "FLOPs counted while predicting the first 8 "
-           "evaluation examples exactly as evaluation predicts them (a classifier's forward pass; every answer "
-           "option of rank classification; the whole decoding loop of generation), / 8. In-context demonstrations "
-           "and soft prompts are part of the count, which is what makes in-context learning expensive at "
-           "inference.", tasks="mean"),
+           "evaluation examples as evaluation predicts them, in batches of 8 (a classifier's forward pass; every "
+           "answer option of rank classification, longest first; the whole decoding loop of generation), / 8. "
+           "In-context demonstrations and soft prompts are part of the count, which is what makes in-context "
+           "learning expensive at inference.", tasks="mean"),
     Figure("flops", "cost_model_train_total", "FLOPs", "exact", "T-Few's cost model (Liu et al. 2022): training "
            "factor × N × tokens trained (`train.tokens`, non-padding).", tasks="mean"),
     Figure("flops", "cost_model_inference_per_example", "FLOPs", "exact", "inference factor × N × the tokens of "

@@ -49,7 +49,7 @@ def test_predictions_come_in_groups_then_longest_first_and_back_in_order(monkeyp
 
     monkeypatch.setattr(evaluate, "collate", collate)
     monkeypatch.setattr(evaluate, "to_device", lambda batch, device: {"rows": batches[-1]})
-    bundle = types.SimpleNamespace(head="classifier", tokenizer=types.SimpleNamespace(pad_token_id=0))
+    bundle = types.SimpleNamespace(head="classifier", kind="encoder", tokenizer=types.SimpleNamespace(pad_token_id=0))
     task = types.SimpleNamespace(type="classification")
     features = [{"input_ids": [i] + [0] * (n - 1)} for i, n in enumerate(lengths)]
     preds = evaluate.predict(bundle, Model(), EvalSet(features, [0] * len(lengths)), task, 3, "cpu", clock=Clock)
@@ -60,15 +60,43 @@ def test_predictions_come_in_groups_then_longest_first_and_back_in_order(monkeyp
     assert evaluate.timed_examples(13, 3) == 6 and evaluate.timed_examples(5, 3) == 5
 
 
-@pytest.mark.parametrize("model_name,task_name", [("tiny-encoder", "synth-intensity"),
-                                                  ("tiny-encoder", "synth-polarity"),
-                                                  ("tiny-t5", "synth-choice"), ("tiny-llama", "synth-choice"),
-                                                  ("tiny-gpt2", "synth-digits"), ("tiny-t5", "synth-digits")])
-def test_batched_predictions_are_each_example_predicted_alone(model_name, task_name, monkeypatch):
-    """On real tiny models (a classifier head, for regression and classification; rank classification on an
-    encoder-decoder and a decoder; generation, left-padded on a decoder), predicting in sorted batches of 4
-    gives each example's own prediction (batch 1), in order: the sort is undone and padding changes nothing
-    beyond rounding. The batches really are longest first, which the examples' order is not."""
+def test_one_length_batches_never_mix_lengths_and_stay_within_the_batch_size():
+    lengths = [2, 3, 1, 2, 3, 2, 2, 2, 2, 2]
+    seen = []
+
+    def predict_batch(chunk):
+        seen.append([len(x) for x in chunk])
+        return [x[0] for x in chunk]
+
+    items = [[i] * n for i, n in enumerate(lengths)]
+    assert evaluate._longest_first(items, 4, len, predict_batch, same_length=True) == list(range(len(lengths)))
+    assert seen == [[3, 3], [2, 2, 2, 2], [2, 2, 2], [1]]
+    seen.clear()
+    evaluate._longest_first(items, 4, len, predict_batch)
+    assert seen == [[3, 3, 2, 2], [2, 2, 2, 2], [2, 1]]
+
+
+@pytest.mark.parametrize("model_name,task_name,method", [
+    # classifier heads: regression's outputs vary from example to example, random tiny models' classes do not
+    ("tiny-encoder", "synth-intensity", None), ("tiny-gpt2", "synth-intensity", None),
+    ("tiny-t5", "synth-choice", None), ("tiny-llama", "synth-choice", None), ("tiny-gpt2", "synth-digits", None),
+    ("tiny-t5", "synth-digits", None),
+    # peft's soft prompts on decoders drop the position ids: there a batch holds one length only
+    ("tiny-gpt2", "synth-intensity", "prompt-tuning"), ("tiny-llama", "synth-digits", "prompt-tuning"),
+    ("tiny-gpt2", "synth-digits", "p-tuning"), ("tiny-llama", "synth-digits", "prefix-tuning-peft"),
+    ("tiny-llama", "synth-choice", "prompt-tuning"), ("tiny-gpt2", "synth-digits", "prefix-tuning")])
+def test_batched_predictions_are_each_example_predicted_alone(model_name, task_name, method, monkeypatch):
+    """On real tiny models (a classifier head on an encoder and a decoder; rank classification on an
+    encoder-decoder and a decoder; generation, left-padded on a decoder; soft prompts and prefixes), predicting
+    in sorted batches of 4 gives each example's own prediction (batch 1), in order: the sort is undone and
+    padding changes nothing beyond rounding. Each group's batches really are longest first, which the
+    examples' order is not; where padding would move positions, no batch mixes lengths. The weights are
+    perturbed (seeded) so that predictions differ from example to example."""
+    import torch
+
+    from bench import methods
+    from bench.config import TrainConfig
+    from bench.methods.base import ApplyContext
     from bench.models import REGISTRY, load_bundle
     from bench.tasks import builtin_tasks
     from bench.tasks.data import load_rows
@@ -76,24 +104,39 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
 
     task = builtin_tasks()[task_name]
     bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
+    model = bundle.model
+    if method:
+        chosen = methods.get(method)
+        model = chosen.apply(model, chosen.resolve({}, bundle.arch, str),
+                             ApplyContext(bundle, TrainConfig(), 10, None, "cpu", task, [])).model
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad or not method:
+                p.add_(torch.randn_like(p) * 0.5)
     evalset = eval_features(task, bundle, load_rows(task, "validation")[:23], 32)
-    alone = [evaluate.predict(bundle, bundle.model, evalset.rows(i, i + 1), task, 1, "cpu")[0] for i in range(23)]
-    widths, collate = [], evaluate.collate
+    alone = [evaluate.predict(bundle, model, evalset.rows(i, i + 1), task, 1, "cpu")[0] for i in range(23)]
+    assert len(set(map(str, alone))) > 1  # a model that predicts one thing would prove nothing about order
+    groups, collate, predict_group = [], evaluate.collate, evaluate._predict_group
 
     def width(f):  # what the sort reads: the input, and an answer option's tokens (rank classification)
         return len(f["input_ids"]) + (len(f["labels"]) if isinstance(f.get("labels"), list) else 0)
 
-    monkeypatch.setattr(evaluate, "collate", lambda chunk, *a, **k: widths.append(list(map(width, chunk)))
+    monkeypatch.setattr(evaluate, "_predict_group", lambda *a: groups.append([]) or predict_group(*a))
+    monkeypatch.setattr(evaluate, "collate", lambda chunk, *a, **k: groups[-1].append(list(map(width, chunk)))
                         or collate(chunk, *a, **k))
-    batched = evaluate.predict(bundle, bundle.model, evalset, task, 4, "cpu")
+    batched = evaluate.predict(bundle, model, evalset, task, 4, "cpu")
     if task.type == "regression":
-        assert batched == pytest.approx(alone, abs=1e-5)
+        assert batched == pytest.approx(alone, rel=1e-5, abs=1e-5)
     else:
         assert batched == alone
-    head = len(evalset.features[:8]) if evalset.choices is None else sum(map(len, evalset.choices[:8]))
-    firsts, split = [w[0] for w in widths], -(-head // 4)  # the first group's batches
-    assert all(w == sorted(w, reverse=True) for w in widths)
-    assert firsts[:split] == sorted(firsts[:split], reverse=True)
-    assert firsts[split:] == sorted(firsts[split:], reverse=True)
+    assert len(groups) == 2
+    one_length = evaluate.padding_moves_positions(bundle, model)
+    assert one_length == (bundle.kind == "decoder" and method not in (None, "prefix-tuning"))
+    for widths in groups:
+        assert all(w == sorted(w, reverse=True) for w in widths)
+        assert [w[0] for w in widths] == sorted((w[0] for w in widths), reverse=True)
+        # rank classification pads on the right, after every token a causal model reads: no length rule
+        assert all(len(set(w)) == 1 for w in widths) or not one_length or evalset.choices is not None
     in_order = [len(f["input_ids"]) for f in evalset.features]
     assert in_order != sorted(in_order, reverse=True)  # there was something to sort

@@ -291,6 +291,21 @@ def test_inference_speed_is_the_median_single_prediction_and_the_batched_rate(mo
     assert calls == [(1, 1)] * (1 + LATENCY_EXAMPLES) and timed["infer_examples_per_s"] == 32 / 0.25
 
 
+def test_the_stopwatch_waits_for_its_device_at_both_ends(monkeypatch):
+    """On CUDA a timed block must include the work it queued: the device is synchronised before the clock
+    starts and before it stops (here recorded, with a clock that only the block moves)."""
+    from bench.cell import measure
+
+    now, events = [0.0], []
+    monkeypatch.setattr(measure, "_synchronize", lambda device: events.append(("sync", device)))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: events.append(("clock", now[0])) or now[0])
+    watch = measure.Stopwatch("cuda:1")
+    with watch():
+        now[0] += 2.5
+    assert events == [("sync", "cuda:1"), ("clock", 0.0), ("sync", "cuda:1"), ("clock", 2.5)]
+    assert watch.seconds == 2.5
+
+
 @pytest.mark.parametrize("n", [50, 32, 20])
 def test_the_final_evaluation_times_the_group_it_predicts_first(monkeypatch, n):
     """TimedPrediction predicts one example alone (a warm-up, untimed), then evaluates: the first 2 × batch

@@ -29,16 +29,31 @@ def timed_examples(n: int, batch_size: int) -> int:
     return min(n, 2 * batch_size)
 
 
-def _longest_first(items: list, size: int, length: Callable, predict_batch: Callable) -> list:
-    """predict_batch over batches of `size` items taken longest first (ties in their order), so a batch
-    pads little and the longest comes first (an out-of-memory shows at once); the outputs in the items' order."""
+def _longest_first(items: list, size: int, length: Callable, predict_batch: Callable,
+                   same_length: bool = False) -> list:
+    """predict_batch over batches of up to `size` items taken longest first (ties in their order), so a
+    batch pads little and the longest comes first (an out-of-memory shows at once); the outputs in the items'
+    order. `same_length`: a batch never mixes lengths, so nothing is padded."""
     order = sorted(range(len(items)), key=lambda i: -length(items[i]))
     out: list = [None] * len(items)
-    for start in range(0, len(order), size):
+    start = 0
+    while start < len(order):
         chunk = order[start: start + size]
+        if same_length:  # sorted: the items as long as the first are a prefix of the chunk
+            chunk = [i for i in chunk if length(items[i]) == length(items[chunk[0]])]
         for i, y in zip(chunk, predict_batch([items[i] for i in chunk]), strict=True):
             out[i] = y
+        start += len(chunk)
     return out
+
+
+def padding_moves_positions(bundle, model) -> bool:
+    """peft's soft prompts on a decoder (prompt tuning, p-tuning, its prefix tuning) drop the position ids
+    (it warns so, and bench.cell.recipe silences the warning), so a left-padded row's tokens are predicted from
+    other positions than alone; and a classifier head fed embeddings reads the last position, a pad in a
+    right-padded row. There, rows of different lengths must not share a batch."""
+    config = getattr(model, "active_peft_config", None)
+    return bundle.kind == "decoder" and bool(getattr(config, "is_prompt_learning", False))
 
 
 @torch.no_grad()
@@ -65,7 +80,8 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
                 logits = model(**to_device(collate(chunk, pad), device)).logits.float()
             return logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
 
-        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify)
+        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify,
+                              padding_moves_positions(bundle, model))
     if evalset.choices is not None:
         def score(chunk):
             with autocast():
@@ -92,7 +108,8 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
             out = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in bundle.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), generate)
+    return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), generate,
+                          padding_moves_positions(bundle, model))
 
 
 def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
