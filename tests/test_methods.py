@@ -294,6 +294,20 @@ def test_a_composition_with_peft_trains_the_head_copy_not_the_original(parts, mo
     assert [n for n, p in trainable.items() if p.grad is None] == []
 
 
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
+def test_soft_prompts_on_an_encoder_decoder_classifier_head_are_unsupported_before_training(method):
+    """T5ForSequenceClassification raises NotImplementedError for input embeddings, which is how peft passes a
+    soft prompt (regression gives T5 a classifier head): the cell is `unsupported` with the reason, where it
+    was `failed` at its first step."""
+    from bench.errors import Unsupported
+
+    task = builtin_tasks()["synth-intensity"]
+    bundle = load_bundle(REGISTRY["tiny-t5"], task.type, task.num_labels, seed=0)
+    chosen = methods.get(method)
+    with pytest.raises(Unsupported, match="takes no input embeddings"):
+        chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str), ApplyContext(bundle, TrainConfig(), 10))
+
+
 def test_docs_list_every_method():
     from pathlib import Path
 

@@ -77,10 +77,26 @@ def _unsupported_where_peft_refuses(build):
     return guarded
 
 
+def _refused_by_encoder_decoder_heads(build):
+    """transformers' sequence-classification heads on encoder-decoders (T5, BART) raise NotImplementedError
+    for input embeddings, which is how peft passes a soft prompt: recorded `unsupported` before training,
+    not `failed` at its first step."""
+
+    def guarded(model, config, ctx):
+        if ctx.bundle.head == "classifier" and ctx.bundle.kind == "encoder-decoder":
+            raise Unsupported(f"{type(model).__name__} takes no input embeddings (transformers raises "
+                              "NotImplementedError), and peft passes the soft prompt as input embeddings")
+        return build(model, config, ctx)
+
+    guarded.peft_config_class = build.peft_config_class
+    return guarded
+
+
 register(
     Method("prompt-tuning", "additive", "trainable embeddings prepended to the input (encoder input for T5)",
            "Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning",
-           peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}),
+           _refused_by_encoder_decoder_heads(peft_build("PromptTuningConfig",
+                                                        fixed={"num_transformer_submodules": 1})),
            defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1}),
     Method("prefix-tuning", "additive", "trainable key/value prefixes in every attention (encoder, decoder, cross), "
            "trained through an MLP", "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation",
@@ -93,7 +109,8 @@ register(
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2}, implementation="peft"),
     Method("p-tuning", "additive", "input prompt embeddings produced by a trained MLP prompt encoder",
            "Liu et al. 2021, GPT Understands, Too (P-Tuning)",
-           _folded_loader(peft_build("PromptEncoderConfig", fixed={"num_transformer_submodules": 1})),
+           _refused_by_encoder_decoder_heads(_folded_loader(peft_build("PromptEncoderConfig",
+                                                                       fixed={"num_transformer_submodules": 1}))),
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128, "encoder_reparameterization_type": "MLP"},
            train={"lr": 1e-2}),
 )
