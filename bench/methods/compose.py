@@ -88,4 +88,3 @@ def _freeze_replaced_originals(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, ModulesToSaveWrapper):
             module.original_module.requires_grad_(False)
-
