@@ -81,7 +81,7 @@ def test_one_length_batches_never_mix_lengths_and_stay_within_the_batch_size():
     ("tiny-encoder", "synth-intensity", None), ("tiny-gpt2", "synth-intensity", None),
     ("tiny-t5", "synth-choice", None), ("tiny-llama", "synth-choice", None), ("tiny-gpt2", "synth-digits", None),
     ("tiny-t5", "synth-digits", None),
-    # peft's soft prompts on decoders drop the position ids: there a batch holds one length only
+    # peft's soft prompts on decoders drop the position ids: there a generation batch holds one length only
     ("tiny-gpt2", "synth-intensity", "prompt-tuning"), ("tiny-llama", "synth-digits", "prompt-tuning"),
     ("tiny-gpt2", "synth-digits", "p-tuning"), ("tiny-llama", "synth-digits", "prefix-tuning-peft"),
     ("tiny-llama", "synth-choice", "prompt-tuning"), ("tiny-gpt2", "synth-digits", "prefix-tuning")])
@@ -136,7 +136,10 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
     for widths in groups:
         assert all(w == sorted(w, reverse=True) for w in widths)
         assert [w[0] for w in widths] == sorted((w[0] for w in widths), reverse=True)
-        # rank classification pads on the right, after every token a causal model reads: no length rule
-        assert all(len(set(w)) == 1 for w in widths) or not one_length or evalset.choices is not None
+        # classifier and rank-classification batches pad on the right, after every token a causal model
+        # reads: the length rule is generation's (left-padded) only
+        generation = bundle.head != "classifier" and evalset.choices is None
+        assert all(len(set(w)) == 1 for w in widths) or not (one_length and generation)
+        assert any(len(set(w)) > 1 for w in widths) or one_length and generation
     in_order = [len(f["input_ids"]) for f in evalset.features]
     assert in_order != sorted(in_order, reverse=True)  # there was something to sort

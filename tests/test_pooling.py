@@ -55,6 +55,43 @@ def test_a_copy_of_a_mean_pooled_model_pools_its_own_inputs(name):
         torch.testing.assert_close(twin(**short).logits, expected)
 
 
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
+def test_a_soft_prompt_on_a_decoder_classifier_reads_each_rows_last_token(name, method):
+    """`last` pooling reads a row's last token. peft passes a soft prompt as input embeddings, in which
+    transformers' decoder heads find no padding and read the last position: a pad in a right-padded training
+    or evaluation batch. Each row of a right-padded batch must get the logits, and the loss the gradients, it
+    gets alone."""
+    from bench import methods
+    from bench.config import TrainConfig
+    from bench.methods.base import ApplyContext
+
+    bundle = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    chosen = methods.get(method)
+    model = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),
+                         ApplyContext(bundle, TrainConfig(), 10)).model.eval()  # eval: no dropout
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # outputs that differ by position
+    rows = [{"input_ids": list(range(5, 5 + n)), "labels": 0.5} for n in (9, 4, 6)]
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def logits_and_grads(batch):
+        model.zero_grad()
+        out = model(**collate(batch, bundle.tokenizer.pad_token_id))
+        out.loss.backward()
+        return out.logits.detach().reshape(-1), [p.grad.clone() for p in trained]
+
+    batched, batch_grads = logits_and_grads(rows)
+    alone = [logits_and_grads([row]) for row in rows]
+    torch.testing.assert_close(batched, torch.cat([logits for logits, _ in alone]))
+    assert len(set(batched.tolist())) == 3
+    for got, *each in zip(batch_grads, *(grads for _, grads in alone), strict=True):
+        expected = sum(each) / len(rows)  # MSE: the mean over rows
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+
+
 def test_the_registry_default_and_the_grid_resolve_pooling(write_suite):
     from bench.plan import grid
     from bench.plan.suite import load_suite

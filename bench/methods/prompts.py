@@ -52,22 +52,31 @@ def _prefix_tuning(model, config, ctx) -> Adapted:
 
 
 def _unsupported_where_peft_refuses(build):
-    """peft passes prefixes as past keys/values; for task heads on an encoder (its models with a
-    `_prefix_tuning_forward`) its forward raises ValueError when neither the model's forward nor its
-    backbone's takes them, as under transformers >= 5.24. The same test, made here before training,
-    records that as `unsupported`: a fact about the model and the installed versions."""
+    """peft passes prefixes as past keys/values, which two things refuse; the same tests, made here before
+    training, record them as `unsupported`: facts about the model, its settings and the installed versions.
+    - For task heads on an encoder (its models with a `_prefix_tuning_forward`), its forward raises ValueError
+      when neither the model's forward nor its backbone's takes them, as under transformers >= 5.24.
+    - transformers' gradient checkpointing drops the cache each layer is given (a layer replayed in backward
+      would write to it twice), prefix included, and the attention then fails on the mask's width."""
 
     def takes_past(module) -> bool:
         return "past_key_values" in inspect.signature(module.forward).parameters
 
     def guarded(model, config, ctx):
+        import peft
+        import transformers
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        if ctx.train.gradient_checkpointing and any(
+                isinstance(m, GradientCheckpointingLayer) and not getattr(m, "_can_checkpoint_with_cache", False)
+                for m in model.modules()):
+            raise Unsupported(f"under gradient checkpointing, transformers {transformers.__version__} drops the "
+                              "past keys/values peft's prefix tuning passes the prefix as; `prefix-tuning` is the "
+                              "in-house prefix, which works with it")
         adapted = build(model, config, ctx)
         wrapped, base = adapted.model, adapted.model.base_model
         if (hasattr(wrapped, "_prefix_tuning_forward") and not takes_past(base)
                 and not takes_past(base.get_submodule(wrapped.transformer_backbone_name))):
-            import peft
-            import transformers
-
             raise Unsupported(f"peft {peft.__version__} cannot prefix this model under transformers "
                               f"{transformers.__version__}: its forward takes no past key values; "
                               "`prefix-tuning` is the in-house prefix")
@@ -92,11 +101,50 @@ def _refused_by_encoder_decoder_heads(build):
     return guarded
 
 
+def _classified_at_last_token(build):
+    """transformers' classifier heads on decoders (GPT-2, LLaMA) classify from a row's last token, which they
+    find in the input ids; fed input embeddings, which is how peft passes a soft prompt, they take the last
+    position instead, a pad in a right-padded row (transformers warns so), and would train and predict from
+    it. So on a decoder's classifier head the head's output at the last position is replaced by its output at
+    the row's last attended position, which the attention mask (virtual tokens included) tells."""
+
+    def guarded(model, config, ctx):
+        adapted = build(model, config, ctx)
+        if ctx.bundle.head == "classifier" and ctx.bundle.kind == "decoder":
+            _read_last_attended(adapted.model.base_model, ctx.bundle.head_modules)
+        return adapted
+
+    guarded.peft_config_class = build.peft_config_class
+    return guarded
+
+
+def _read_last_attended(model, head_modules: tuple[str, ...]) -> None:
+    import torch
+
+    masks = {}
+
+    def remember_mask(module, args, kwargs):
+        masks["attention"] = kwargs.get("attention_mask")
+
+    def last_attended(module, args, out):
+        mask = masks.get("attention")
+        if mask is None:  # no padding: the last position is every row's last token
+            return out
+        positions = torch.arange(mask.shape[-1], device=mask.device)
+        last = (mask.long() * positions).argmax(-1)  # the highest attended position; right or left padding
+        rows = torch.arange(out.shape[0], device=out.device)
+        return torch.cat([out[:, :-1], out[rows, last].unsqueeze(1)], dim=1)
+
+    model.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    for name in head_modules:
+        model.get_submodule(name).register_forward_hook(last_attended)
+
+
 register(
     Method("prompt-tuning", "additive", "trainable embeddings prepended to the input (encoder input for T5)",
            "Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning",
-           _refused_by_encoder_decoder_heads(peft_build("PromptTuningConfig",
-                                                        fixed={"num_transformer_submodules": 1})),
+           _classified_at_last_token(_refused_by_encoder_decoder_heads(
+               peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}))),
            defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1}),
     Method("prefix-tuning", "additive", "trainable key/value prefixes in every attention (encoder, decoder, cross), "
            "trained through an MLP", "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation",
@@ -109,8 +157,8 @@ register(
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2}, implementation="peft"),
     Method("p-tuning", "additive", "input prompt embeddings produced by a trained MLP prompt encoder",
            "Liu et al. 2021, GPT Understands, Too (P-Tuning)",
-           _refused_by_encoder_decoder_heads(_folded_loader(peft_build("PromptEncoderConfig",
-                                                                       fixed={"num_transformer_submodules": 1}))),
+           _classified_at_last_token(_refused_by_encoder_decoder_heads(_folded_loader(
+               peft_build("PromptEncoderConfig", fixed={"num_transformer_submodules": 1})))),
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128, "encoder_reparameterization_type": "MLP"},
            train={"lr": 1e-2}),
 )

@@ -49,9 +49,9 @@ def _longest_first(items: list, size: int, length: Callable, predict_batch: Call
 
 def padding_moves_positions(bundle, model) -> bool:
     """peft's soft prompts on a decoder (prompt tuning, p-tuning, its prefix tuning) drop the position ids
-    (it warns so, and bench.cell.recipe silences the warning), so a left-padded row's tokens are predicted from
-    other positions than alone; and a classifier head fed embeddings reads the last position, a pad in a
-    right-padded row. There, rows of different lengths must not share a batch."""
+    (it warns so, and bench.cell.recipe silences the warning), so a left-padded row's tokens are generated
+    from other positions than alone. There, rows of different lengths must not share a generation batch.
+    (Classifier and rank-classification batches pad on the right, after every token a causal model reads.)"""
     config = getattr(model, "active_peft_config", None)
     return bundle.kind == "decoder" and bool(getattr(config, "is_prompt_learning", False))
 
@@ -80,8 +80,7 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
                 logits = model(**to_device(collate(chunk, pad), device)).logits.float()
             return logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
 
-        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify,
-                              padding_moves_positions(bundle, model))
+        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify)
     if evalset.choices is not None:
         def score(chunk):
             with autocast():
