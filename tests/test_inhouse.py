@@ -170,6 +170,22 @@ def test_inhouse_methods_ignore_padding(method):
         torch.testing.assert_close(model(**alone).logits[0], model(**padded).logits[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2"])
+def test_every_unipelt_prefix_gate_parameter_gets_a_gradient_that_is_not_zero(name):
+    """A gate that may not read its input (decoder tokens' queries) is a learned logit pair; it once was a
+    linear layer on a zero summary, whose weights counted as trained but never got a non-zero gradient."""
+    model = _perturbed(name, "unipelt").train()
+    batch = collate([{"input_ids": [1, 5, 6, 7, 8, 2]}, {"input_ids": [1, 9, 10, 2]}], 0)
+    if name == "tiny-encoder":
+        batch["labels"] = torch.tensor([0, 1])
+    else:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model(**batch).loss.backward()
+    gates = {n: p.grad for n, p in model.named_parameters() if "bench_prefix_gate" in n}
+    assert gates and all(g is not None and g.abs().sum() > 0 for g in gates.values()), \
+        [n for n, g in gates.items() if g is None or not g.abs().sum() > 0]
+
+
 def test_compacter_pp_starts_near_the_base_model_and_trains_every_layer_norm():
     """T-Few's initialisation (rules from N(0, 10⁻⁴)) moves the outputs by little, but not by nothing; the
     layer norms of both stacks train, the rest of the body does not."""

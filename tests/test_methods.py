@@ -128,7 +128,9 @@ def expected_trainable(method: str, arch: str, vocab: int) -> int:
         "fourierft": 1000 * len(mods),
         "mam-adapter": prefix_bank(arch, 30, 800) + ffn * bottleneck(H, 512),
         "unipelt": sum(8 * (i + o) + i + 1 for i, o in mods) + prefix_bank(arch, 10, 512)
-        + prefixed_attention(arch) * (2 * H + 2)
+        # a prefix gate reads its input (2 × H weights) in bidirectional self-attention only: decoder tokens'
+        # queries (causal self-attention, cross-attention) get an input-free gate, 2 logits
+        + {"roberta": L, "t5": L, "gpt2": 0, "llama": 0}[arch] * 2 * H + prefixed_attention(arch) * 2
         + ffn * (bottleneck(H, H // 16) + H + 1),
         "compacter": (attn + ffn) * (3 * H + 3 * 4) + 4 ** 3,
         # a rule of its own per PHM layer (4³ each), down H→4 and up 4→H with rank-1 parts and biases

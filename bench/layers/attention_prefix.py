@@ -3,9 +3,9 @@ and decoder self-attention, and an encoder-decoder's cross-attention (Li & Liang
 
 peft passes prefixes as past keys/values, which prefixes only T5's decoder and which transformers
 5.24 no longer accepts on encoders; the hybrids (MAM, UniPELT) also need prefixes that peft cannot
-give them (UniPELT gates them). So the prefix is injected here through transformers' attention interface: the model's attention
-implementation is swapped for a registered wrapper that prepends the module's prefix keys/values,
-opens the attention mask (and T5's position bias) to them, and calls the original implementation.
+give them (UniPELT gates them). So the prefix is injected here through transformers' attention interface:
+the model's attention implementation is swapped for a registered wrapper that prepends the module's prefix
+keys/values, opens the attention mask (and T5's position bias) to them, and calls the original implementation.
 Modules without a prefix pass through untouched; generation with a KV cache keeps working because
 the cache only ever holds token keys.
 
@@ -89,6 +89,16 @@ class PrefixSite:
         self.read = False  # set by the attention wrapper: proof that this module's prefix was used
 
 
+class InputFreeGate(nn.Module):
+    """UniPELT's prefix gate where it may not read the input (see _stash_gate): σ(c), a learned logit for the
+    keys and one for the values, starting at 0 (gates of ½). A linear layer on a zero summary would add weights
+    that never get a gradient and count them as trained."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(2))
+
+
 def _stash_gate(module, args, kwargs):
     """UniPELT's prefix gate, one value for keys and one for values per example.
 
@@ -100,10 +110,10 @@ def _stash_gate(module, args, kwargs):
     site = module.bench_prefix
     hidden = args[0] if args else kwargs["hidden_states"]
     if site.input_free_gate:
-        summary = hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
-    else:
-        valid = _real_tokens(kwargs.get("attention_mask", kwargs.get("mask")), hidden)
-        summary = (hidden * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+        site.gate_values = torch.sigmoid(site.gate.bias).expand(hidden.shape[0], 2)
+        return
+    valid = _real_tokens(kwargs.get("attention_mask", kwargs.get("mask")), hidden)
+    summary = (hidden * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
     site.gate_values = torch.sigmoid(site.gate(summary))
 
 
@@ -202,7 +212,7 @@ def add_prefix(model: nn.Module, arch: str, length: int, mid_dim: int = 0, gated
     for index, (_, module, decoder_queries) in enumerate(attention):
         gate = None
         if gated:
-            gate = sites.place_like(nn.Linear(hidden, 2), module)
+            gate = sites.place_like(InputFreeGate() if decoder_queries else nn.Linear(hidden, 2), module)
             module.add_module("bench_prefix_gate", gate)
             module.register_forward_pre_hook(_stash_gate, with_kwargs=True)
         object.__setattr__(module, "bench_prefix", PrefixSite(bank, index, gate, decoder_queries))
