@@ -107,6 +107,25 @@ def test_a_later_setting_enters_the_id_only_when_set(write_suite, setting, befor
     assert {c.id for c in changed}.isdisjoint(c.id for c in before)
 
 
+def test_a_method_revision_renames_the_cells_it_changed_and_only_those(write_suite, monkeypatch):
+    """A fix that changes what a method computes on some architectures puts its revision into their cells'
+    configs, so their records from before the fix are not reused; the method's other cells keep their ids."""
+    import dataclasses
+
+    from bench import methods
+
+    text = "name: r\nmethods: [prompt-tuning, lora]\nmodels: [tiny-encoder, tiny-gpt2]\ntasks: [synth-intensity]\n"
+    fixed = {(c.method, c.model.name): c for c in cells_of(write_suite, text)}
+    assert methods.get("prompt-tuning").revisions.get("gpt2", 1) > 1
+    monkeypatch.setitem(methods.REGISTRY, "prompt-tuning",
+                        dataclasses.replace(methods.get("prompt-tuning"), revisions={}))
+    before = {(c.method, c.model.name): c for c in cells_of(write_suite, text)}
+    assert fixed[("prompt-tuning", "tiny-gpt2")].config["method"]["config"]["revision"] == 2
+    assert "revision" not in before[("prompt-tuning", "tiny-gpt2")].config["method"]["config"]
+    changed = {key for key in fixed if fixed[key].id != before[key].id}
+    assert changed == {("prompt-tuning", "tiny-gpt2")}
+
+
 def test_balanced_batches_need_classes(write_suite):
     text = TINY_SUITE.replace("train: {batch_size", "train: {balanced_batches: true, batch_size")
     assert all(c.train.balanced_batches for c in cells_of(write_suite, text))  # synth-polarity has classes

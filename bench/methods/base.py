@@ -107,6 +107,10 @@ class Method:
     # Which code runs the method, where two exist for one mechanism; it goes into the resolved config
     # (and so the cell id), so a record of one is never taken for the other.
     implementation: str | None = None
+    # architecture -> this method's revision there, where a fix changed what it computes (1 elsewhere). It goes
+    # into the resolved config (and so the cell id) only there, so records made before the fix are rerun, not
+    # reused, and the report shows the newer (bench/report/aggregate.latest_records); other cells keep their ids.
+    revisions: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -131,6 +135,8 @@ class Method:
             _check_sign(key, config[key], allowed[key], where(key))
         if self.implementation:
             config["implementation"] = self.implementation
+        if arch in self.revisions:
+            config["revision"] = self.revisions[arch]
         return config
 
     def apply(self, model: nn.Module, config: dict, ctx: ApplyContext) -> Adapted:
@@ -140,7 +146,8 @@ class Method:
         if missing:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
                               f"'{ctx.bundle.arch}'; set them in the method's overrides")
-        adapted = self.build(model, {k: v for k, v in config.items() if k != "implementation"}, ctx)
+        adapted = self.build(model, {k: v for k, v in config.items() if k not in ("implementation", "revision")},
+                             ctx)
         # declared here, not by the build
         adapted.trains, adapted.in_context, adapted.external = self.trains, self.in_context, self.external
         return adapted
@@ -151,7 +158,7 @@ class Method:
                 "train": self.train,
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
                 "reference": self.reference, "external": self.external, "unsupported": self.unsupported,
-                "implementation": self.implementation}
+                "implementation": self.implementation, "revisions": self.revisions}
 
 
 # Every method by name. A method module registers its methods when it is imported: the package imports

@@ -51,5 +51,7 @@ register(
     Method("unipelt", "hybrid", "gated LoRA (q, v) + gated prefix + gated sequential adapter (FFN)",
            "Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning", _unipelt,
            defaults={"lora_r": 8, "lora_alpha": 16, "prefix_length": 10, "prefix_mid_dim": 512,
-                     "reduction_factor": 16}, train={"lr": 5e-4}),
+                     "reduction_factor": 16}, train={"lr": 5e-4},
+           # 2: decoder tokens' prefix gates are two learned logits (attention_prefix.InputFreeGate)
+           revisions={"t5": 2, "gpt2": 2, "llama": 2}),
 )

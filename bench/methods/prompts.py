@@ -140,12 +140,16 @@ def _read_last_attended(model, head_modules: tuple[str, ...]) -> None:
         model.get_submodule(name).register_forward_hook(last_attended)
 
 
+# 2: decoders' classifier heads read each row's last token, not the last position (_classified_at_last_token)
+_LAST_TOKEN_FIX = {"gpt2": 2, "llama": 2}
+
 register(
     Method("prompt-tuning", "additive", "trainable embeddings prepended to the input (encoder input for T5)",
            "Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning",
            _classified_at_last_token(_refused_by_encoder_decoder_heads(
                peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}))),
-           defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1}),
+           defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1},
+           revisions=_LAST_TOKEN_FIX),
     Method("prefix-tuning", "additive", "trainable key/value prefixes in every attention (encoder, decoder, cross), "
            "trained through an MLP", "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation",
            _prefix_tuning, defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2},
@@ -160,5 +164,5 @@ register(
            _classified_at_last_token(_refused_by_encoder_decoder_heads(_folded_loader(
                peft_build("PromptEncoderConfig", fixed={"num_transformer_submodules": 1})))),
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128, "encoder_reparameterization_type": "MLP"},
-           train={"lr": 1e-2}),
+           train={"lr": 1e-2}, revisions=_LAST_TOKEN_FIX),
 )
