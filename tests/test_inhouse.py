@@ -186,6 +186,24 @@ def test_every_unipelt_prefix_gate_parameter_gets_a_gradient_that_is_not_zero(na
         [n for n, g in gates.items() if g is None or not g.abs().sum() > 0]
 
 
+def test_unipelt_adapters_stored_with_linear_input_free_gates_load_unchanged():
+    """Before InputFreeGate, an input-free gate was a linear layer on zeros and its weight was stored too:
+    such a state (a random weight beside each stored logit pair) loads, and the model computes the same."""
+    _, adapted = adapt("tiny-gpt2", "unipelt")
+    trained = _perturbed("tiny-gpt2", "unipelt")
+    adapted.model.load_state_dict(trained.state_dict())
+    _, fresh = adapt("tiny-gpt2", "unipelt", seed=1)
+    state = adapted.state_to_store()
+    gates = [k for k in state if k.endswith("bench_prefix_gate.bias")]
+    assert gates
+    hidden = trained.config.hidden_size
+    state.update({k[: -len("bias")] + "weight": torch.randn(2, hidden) for k in gates})
+    fresh.load_state(state)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model.eval()(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
 def test_compacter_pp_starts_near_the_base_model_and_trains_every_layer_norm():
     """T-Few's initialisation (rules from N(0, 10⁻⁴)) moves the outputs by little, but not by nothing; the
     layer norms of both stacks train, the rest of the body does not."""

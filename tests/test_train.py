@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import types
 
 import pytest
 import torch
@@ -170,6 +171,62 @@ def test_peft_prefix_tuning_under_gradient_checkpointing_is_unsupported_and_the_
     assert peft_ckpt["status"] == "unsupported" and "gradient checkpointing" in peft_ckpt["error"]["message"]
     assert peft_plain["status"] == own_ckpt["status"] == own_plain["status"] == "ok"
     assert own_ckpt["train"]["final_loss"] == pytest.approx(own_plain["train"]["final_loss"], rel=1e-5)
+
+
+def test_peft_prefix_tuning_refused_on_a_model_says_so_with_or_without_checkpointing():
+    """Where peft cannot prefix the model at all (encoders under transformers >= 5.24), that reason is given,
+    not checkpointing's, which would suggest the cell runs without it."""
+    from bench import methods
+    from bench.errors import Unsupported
+    from bench.methods.base import ApplyContext
+    from bench.models import REGISTRY, load_bundle
+
+    method, reasons = methods.get("prefix-tuning-peft"), []
+    for checkpointing in (False, True):
+        bundle = load_bundle(REGISTRY["tiny-encoder"], "classification", 2, seed=0)
+        try:
+            method.apply(bundle.model, method.resolve({}, "roberta", str),
+                         ApplyContext(bundle, TrainConfig(gradient_checkpointing=checkpointing), 10))
+            reasons.append(None)
+        except Unsupported as e:
+            reasons.append(str(e))
+    if reasons[0] is not None:
+        assert reasons[1] == reasons[0]
+    else:  # peft prefixes encoders under this transformers: only checkpointing refuses
+        assert "gradient checkpointing" in reasons[1]
+
+
+def test_a_stored_peft_prefix_evaluates_under_gradient_checkpointing(tmp_path):
+    """Only training is refused: a stored prefix-tuning-peft adapter loads for evaluation in a cell with
+    gradient checkpointing on (transformers keeps the cache when no gradient is computed), and predicts as
+    without checkpointing."""
+    from bench import methods
+    from bench.cell.batching import collate
+    from bench.methods import external
+    from bench.methods.base import ApplyContext
+    from bench.models import REGISTRY, enable_gradient_checkpointing, load_bundle
+
+    spec = REGISTRY["tiny-gpt2"]
+    bundle = load_bundle(spec, "generation", None, seed=0)
+    method = methods.get("prefix-tuning-peft")
+    config = method.resolve({}, spec.arch, str)
+    cell = types.SimpleNamespace(method=method.name, method_config=config, family=method.family, model=spec,
+                                 task=types.SimpleNamespace(name="synth-digits"), seed=0, suite="s", id="i",
+                                 label=method.name)
+    external.save_adapter(method.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(), 10)), cell, tmp_path)
+    batch = collate([{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]}, {"input_ids": [9, 10], "labels": [9, 10]}],
+                    0)
+    losses = []
+    for checkpointing in (True, False):
+        fresh = load_bundle(spec, "generation", None, seed=0)
+        loaded = methods.get("external-adapter").apply(
+            fresh.model, {"path": str(tmp_path), "sha256": ""},
+            ApplyContext(fresh, TrainConfig(gradient_checkpointing=checkpointing), 1)).model.eval()
+        if checkpointing:
+            enable_gradient_checkpointing(loaded)
+        with torch.no_grad():
+            losses.append(loaded(**batch).loss)
+    torch.testing.assert_close(losses[0], losses[1])
 
 
 def test_compiled_training_keeps_its_compilation_out_of_the_step_times(monkeypatch):

@@ -97,6 +97,13 @@ class InputFreeGate(nn.Module):
     def __init__(self):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(2))
+        self.register_load_state_dict_pre_hook(_drop_zero_input_weight)
+
+
+def _drop_zero_input_weight(module, state_dict, prefix, *args) -> None:
+    """Adapters stored before InputFreeGate held the linear layer's weight too. It multiplied a zero summary,
+    σ(W·0 + b) = σ(b), so the stored bias is the logit pair and the weight is dropped: they load unchanged."""
+    state_dict.pop(prefix + "weight", None)
 
 
 def _stash_gate(module, args, kwargs):

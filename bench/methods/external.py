@@ -18,6 +18,7 @@ external`. The adapter's tensors keep `requires_grad` as their method sets it, s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -90,7 +91,10 @@ def _load(model, config, ctx):
     if meta is not None:
         from safetensors.torch import load_file
 
-        adapted = methods.for_cell(meta["method"]).apply(model, meta["method_config"], ctx)
+        # nothing trains here: no method is refused for a training setting (prefix-tuning-peft under
+        # gradient checkpointing evaluates, since transformers keeps the cache when no gradient is computed)
+        evaluating = dataclasses.replace(ctx, train=dataclasses.replace(ctx.train, gradient_checkpointing=False))
+        adapted = methods.for_cell(meta["method"]).apply(model, meta["method_config"], evaluating)
         adapted.model.to(ctx.device)
         adapted.load_state(load_file(str(folder / STATE_FILE), device=str(ctx.device)))
         return adapted
