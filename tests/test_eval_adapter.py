@@ -89,3 +89,41 @@ def test_bad_adapters_fail_before_any_work(trained, tmp_path, capsys):
     assert "give another with --label" in capsys.readouterr().err
     assert main(["eval", "--adapter", "../no/such/adapter", "--results", results]) == 2
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
+def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_path):
+    """peft loads soft prompts for inference only (it refuses is_trainable, which once failed every such
+    adapter): loaded from peft's own files, a prompt on a decoder's classifier head predicts what the trained
+    model predicts, in right-padded batches as alone (it reads each row's last token), and counts the prompt
+    table peft stores and the head as trained."""
+    import torch
+
+    from bench import methods
+    from bench.cell.batching import collate
+    from bench.config import TrainConfig
+    from bench.methods.base import ApplyContext
+    from bench.models import REGISTRY, load_bundle
+
+    bundle = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    chosen = methods.get(method)
+    trained = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),
+                           ApplyContext(bundle, TrainConfig(), 10)).model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    trained.save_pretrained(str(tmp_path))  # what a peft user has
+    fresh = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    loaded = methods.get("external-adapter").apply(fresh.model, {"path": str(tmp_path), "sha256": ""},
+                                                   ApplyContext(fresh, TrainConfig(), 1)).model.eval()
+    rows = [{"input_ids": list(range(5, 5 + n))} for n in (9, 4, 6)]
+    with torch.no_grad():
+        expected = torch.cat([trained(**collate([row], 0)).logits for row in rows])
+        torch.testing.assert_close(loaded(**collate(rows, 0)).logits, expected)
+    assert len(set(expected.reshape(-1).tolist())) == 3
+    hidden = trained.config.hidden_size
+    # num_virtual_tokens × hidden, what peft stores of either method; the head: one output, no bias
+    assert sum(p.numel() for p in loaded.parameters() if p.requires_grad) == 20 * hidden + hidden

@@ -105,8 +105,20 @@ def _load_peft(model, source: str, ctx) -> Adapted:
     import peft
 
     from bench.methods.peft_common import merged
+    from bench.methods.prompts import classify_at_last_token
 
-    wrapped = peft.PeftModel.from_pretrained(model, source, is_trainable=True)  # counts as its trainer saw it
+    prompt = peft.PeftConfig.from_pretrained(source).is_prompt_learning
+    # trainable, so counts are as its trainer saw them; peft loads soft prompts for inference only (refusing
+    # is_trainable), as the table they produce: that table and the head copies are what trained
+    wrapped = peft.PeftModel.from_pretrained(model, source, is_trainable=not prompt)
+    if prompt:
+        from peft.utils import ModulesToSaveWrapper
+
+        wrapped.prompt_encoder.requires_grad_(True)
+        for module in wrapped.modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                module.modules_to_save.requires_grad_(True)
+        classify_at_last_token(wrapped, ctx)
     saved = set(wrapped.peft_config["default"].modules_to_save or ())
     missing = [h for h in ctx.bundle.head_modules if h not in saved]
     if missing:

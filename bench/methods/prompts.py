@@ -102,20 +102,28 @@ def _refused_by_encoder_decoder_heads(build):
 
 
 def _classified_at_last_token(build):
-    """transformers' classifier heads on decoders (GPT-2, LLaMA) classify from a row's last token, which they
-    find in the input ids; fed input embeddings, which is how peft passes a soft prompt, they take the last
-    position instead, a pad in a right-padded row (transformers warns so), and would train and predict from
-    it. So on a decoder's classifier head the head's output at the last position is replaced by its output at
-    the row's last attended position, which the attention mask (virtual tokens included) tells."""
+    """Wrap a peft soft-prompt build with classify_at_last_token."""
 
     def guarded(model, config, ctx):
         adapted = build(model, config, ctx)
-        if ctx.bundle.head == "classifier" and ctx.bundle.kind == "decoder":
-            _read_last_attended(adapted.model.base_model, ctx.bundle.head_modules)
+        classify_at_last_token(adapted.model, ctx)
         return adapted
 
     guarded.peft_config_class = build.peft_config_class
     return guarded
+
+
+def classify_at_last_token(wrapped, ctx) -> None:
+    """transformers' classifier heads on decoders (GPT-2, LLaMA) classify from a row's last token, which they
+    find in the input ids; fed input embeddings, which is how peft passes prompt tuning's and p-tuning's
+    prompts, they take the last position instead, a pad in a right-padded row (transformers warns so), and
+    would train and predict from it. So for those on a decoder's classifier head, the head's output at the
+    last position is replaced by its output at the row's last attended position, which the attention mask
+    (virtual tokens included) tells. `wrapped`: a peft model, as built here or loaded (bench/methods/external.py)."""
+    config = wrapped.active_peft_config
+    if (ctx.bundle.head == "classifier" and ctx.bundle.kind == "decoder" and config.is_prompt_learning
+            and config.peft_type in ("PROMPT_TUNING", "P_TUNING")):  # prefix tuning passes the input ids
+        _read_last_attended(wrapped.base_model, ctx.bundle.head_modules)
 
 
 def _read_last_attended(model, head_modules: tuple[str, ...]) -> None:
