@@ -202,7 +202,7 @@ def cmd_estimate(args) -> int:
 
     quiet_libraries()
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
-                      attention=args.attention)
+                      attention=args.attention, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 
@@ -371,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
                           "dtype, from the shipped config; else fp32), bf16, fp16 or fp32 (default: auto)")
     est.add_argument("--attention", default="auto", help="attention implementation, the training setting attention: "
                      "auto (transformers' choice: sdpa), sdpa or eager (default: auto)")
+    est.add_argument("--gradient-checkpointing", action="store_true", help="the training setting "
+                     "gradient_checkpointing: layers' activations recomputed in backward, not kept")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
 

@@ -206,6 +206,29 @@ def test_dry_run_prints_flops_and_time_from_the_estimate(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_dry_run_prices_checkpointed_cells_as_they_run(write_suite, tmp_path, capsys):
+    """A suite with gradient checkpointing: each cell's step is estimated checkpointed (the recomputed
+    forwards counted), and a cell that will be unsupported under it is priced as unknown, with the reason.
+    Methods whose resolved config names their implementation or revision are priced too (they once were
+    `unknown setting 'implementation'`)."""
+    from bench.tools.estimate import estimate
+
+    path = write_suite("name: gc\nmethods: [lora, prefix-tuning-peft, prefix-tuning, prompt-tuning]\n"
+                       "models: [tiny-gpt2]\n"
+                       "tasks: [synth-digits]\ntrain: {max_steps: 10, batch_size: 8, max_length: 16, "
+                       "gradient_checkpointing: true}\n")
+    assert main(["run", "--suite", str(path), "--dry-run", "--tflops", "2", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    step = estimate("tiny-gpt2", "lora", 8, 16, gradient_checkpointing=True)["flops"]["train_step"]
+    assert step > estimate("tiny-gpt2", "lora", 8, 16)["flops"]["train_step"]
+    assert f"train FLOPs {10 * step:.3g} (10 steps)" in next(line for line in out if "method=lora " in line)
+    refused = next(line for line in out if "method=prefix-tuning-peft " in line)
+    assert "train FLOPs unknown" in refused and "gradient checkpointing" in refused
+    for method in ("prefix-tuning", "prompt-tuning"):
+        step = estimate("tiny-gpt2", method, 8, 16, gradient_checkpointing=True)["flops"]["train_step"]
+        assert f"train FLOPs {10 * step:.3g} (10 steps)" in next(line for line in out if f"method={method} " in line)
+
+
 def test_dry_run_rate_is_measured_by_the_suites_records(six_cells, tmp_path, capsys):
     from bench.tools.plan_cost import measured_rate
 

@@ -41,6 +41,12 @@ def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozense
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and id(p) not in skip}
 
 
+def method_settings(config: dict) -> dict:
+    """A resolved method config without the keys Method.resolve derives (which code, which revision): the
+    settings a build takes, and that resolve takes back as overrides."""
+    return {k: v for k, v in config.items() if k not in ("implementation", "revision")}
+
+
 def load_by_name(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load tensors by parameter name; a name the model does not have is an error."""
     unexpected = model.load_state_dict(state, strict=False).unexpected_keys
@@ -146,8 +152,7 @@ class Method:
         if missing:
             raise Unsupported(f"{self.name} declares no {', '.join(sorted(missing))} for architecture "
                               f"'{ctx.bundle.arch}'; set them in the method's overrides")
-        adapted = self.build(model, {k: v for k, v in config.items() if k not in ("implementation", "revision")},
-                             ctx)
+        adapted = self.build(model, method_settings(config), ctx)
         # declared here, not by the build
         adapted.trains, adapted.in_context, adapted.external = self.trains, self.in_context, self.external
         return adapted

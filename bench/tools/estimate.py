@@ -51,7 +51,7 @@ def _needs_data(n_batches: int):
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-                   attention: str):
+                   attention: str, gradient_checkpointing: bool):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
@@ -63,7 +63,8 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
                          meta=True, weights_dtype=dtype, attention=attention)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
-    train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1)
+    train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1,
+                        gradient_checkpointing=gradient_checkpointing)
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
             return bundle, body, method, config, method.apply(bundle.model, config, ApplyContext(
@@ -273,9 +274,11 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
-             dtype: str = "fp32", settings: dict | None = None, attention: str = "auto") -> dict:
+             dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
+             gradient_checkpointing: bool = False) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
-    the method's (default: its defaults); `attention`: the training setting (bench.config.ATTENTIONS)."""
+    the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
+    (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
     from bench.models import resolve_model
@@ -291,7 +294,12 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             raise BadInput(f"must be a positive integer, got {value}", flag)
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
-                                                          attention)
+                                                          attention, gradient_checkpointing)
+    if gradient_checkpointing:
+        try:
+            models.enable_gradient_checkpointing(adapted)
+        except Unsupported as e:
+            raise BadInput(f"{spec.name}: {e}", "--gradient-checkpointing") from None
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     try:
@@ -315,6 +323,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
+            "gradient_checkpointing": gradient_checkpointing,
             "params": params, "memory": memory, "flops": flops}
 
 
@@ -324,7 +333,8 @@ def render(result: dict) -> str:
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
              f"({result['optimizer_update']} update, as on CUDA), {result['dtype']}, "
-             f"{result['attention']} attention",
+             f"{result['attention']} attention"
+             + (", gradient checkpointing" if result["gradient_checkpointing"] else ""),
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:

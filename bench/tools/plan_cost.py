@@ -68,7 +68,7 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
             return None, "unknown: the training split's size (hub offline?)"
         steps = total_steps(cell.train, rows)
     key = ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
-           cell.train.max_length, cell.train.weights_dtype, cell.train.attention)
+           cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
     if key not in known:
         known[key] = _step_flops(cell)
     per_step, why = known[key]
@@ -76,11 +76,13 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
 
 
 def _step_flops(cell: Cell) -> tuple[int | None, str]:
+    from bench.methods.base import method_settings
     from bench.tools.estimate import estimate
 
     try:
         result = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
-                          dtype=cell.train.weights_dtype, settings=cell.method_config, attention=cell.train.attention)
+                          dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
+                          attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing)
     except BadInput as e:
         return None, f"unknown: {e.message.splitlines()[0][:120]}"
     return result["flops"]["train_step"], ""
