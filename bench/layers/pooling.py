@@ -1,4 +1,5 @@
-"""Mean pooling for an encoder's classification head (bench/models.py: an encoder spec's `pooling`)."""
+"""Mean pooling for an encoder's classification head (bench/models.py: an encoder spec's `pooling`), and
+the last-token reading a decoder's head needs when it is fed input embeddings (bench/methods/prompts.py)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,28 @@ def _mean_at_first_position(backbone, args, output):
         return (first, *output[1:])
     output.last_hidden_state = first
     return output
+
+
+def use_last_attended(model: torch.nn.Module, head_modules: tuple[str, ...]) -> None:
+    """Make a decoder's classifier heads read each row's last attended position, as they do when they find
+    the last token in input ids: the heads' output at the last position is replaced by their output there.
+    Hooks, not closures, as above: a copy of the model reads its own mask."""
+    model.bench_classifier_heads = head_modules
+    model.register_forward_pre_hook(_hand_mask_to_heads, with_kwargs=True)
+    for name in head_modules:
+        model.get_submodule(name).register_forward_hook(_at_last_attended)
+
+
+def _hand_mask_to_heads(model, args, kwargs):
+    for name in model.bench_classifier_heads:
+        model.get_submodule(name).bench_attention_mask = kwargs.get("attention_mask")
+
+
+def _at_last_attended(head, args, out):
+    mask, head.bench_attention_mask = getattr(head, "bench_attention_mask", None), None  # one use
+    if mask is None:  # no padding: the last position is every row's last token
+        return out
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    last = (mask.long() * positions).argmax(-1)  # the highest attended position; right or left padding
+    rows = torch.arange(out.shape[0], device=out.device)
+    return torch.cat([out[:, :-1], out[rows, last].unsqueeze(1)], dim=1)

@@ -67,8 +67,9 @@ def _unsupported_where_peft_refuses(build):
         import transformers
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        drops_cache = any(isinstance(m, GradientCheckpointingLayer) and not getattr(m, "_can_checkpoint_with_cache",
-                                                                                    False) for m in model.modules())
+        drops_cache = ctx.train.gradient_checkpointing and any(  # read before peft wraps the layers
+            isinstance(m, GradientCheckpointingLayer) and not getattr(m, "_can_checkpoint_with_cache", False)
+            for m in model.modules())
         adapted = build(model, config, ctx)
         wrapped, base = adapted.model, adapted.model.base_model
         if (hasattr(wrapped, "_prefix_tuning_forward") and not takes_past(base)
@@ -76,7 +77,7 @@ def _unsupported_where_peft_refuses(build):
             raise Unsupported(f"peft {peft.__version__} cannot prefix this model under transformers "
                               f"{transformers.__version__}: its forward takes no past key values; "
                               "`prefix-tuning` is the in-house prefix")
-        if ctx.train.gradient_checkpointing and drops_cache:
+        if drops_cache:
             raise Unsupported(f"under gradient checkpointing, transformers {transformers.__version__} drops the "
                               "past keys/values peft's prefix tuning passes the prefix as; `prefix-tuning` is the "
                               "in-house prefix, which works with it")
@@ -120,35 +121,11 @@ def classify_at_last_token(wrapped, ctx) -> None:
     would train and predict from it. So for those on a decoder's classifier head, the head's output at the
     last position is replaced by its output at the row's last attended position, which the attention mask
     (virtual tokens included) tells. `wrapped`: a peft model, as built here or loaded (bench/methods/external.py)."""
-    config = wrapped.active_peft_config
-    if (ctx.bundle.head == "classifier" and ctx.bundle.kind == "decoder" and config.is_prompt_learning
-            and config.peft_type in ("PROMPT_TUNING", "P_TUNING")):  # prefix tuning passes the input ids
-        _read_last_attended(wrapped.base_model, ctx.bundle.head_modules)
+    from bench.layers.pooling import use_last_attended
 
-
-def _read_last_attended(model, head_modules: tuple[str, ...]) -> None:
-    """Hooks, not closures: a deep copy of the model (a merged copy) carries its own mask."""
-    model.bench_classifier_heads = head_modules
-    model.register_forward_pre_hook(_hand_mask_to_heads, with_kwargs=True)
-    for name in head_modules:
-        model.get_submodule(name).register_forward_hook(_at_last_attended)
-
-
-def _hand_mask_to_heads(module, args, kwargs):
-    for name in module.bench_classifier_heads:
-        module.get_submodule(name).bench_attention_mask = kwargs.get("attention_mask")
-
-
-def _at_last_attended(module, args, out):
-    import torch
-
-    mask, module.bench_attention_mask = getattr(module, "bench_attention_mask", None), None  # one use
-    if mask is None:  # no padding: the last position is every row's last token
-        return out
-    positions = torch.arange(mask.shape[-1], device=mask.device)
-    last = (mask.long() * positions).argmax(-1)  # the highest attended position; right or left padding
-    rows = torch.arange(out.shape[0], device=out.device)
-    return torch.cat([out[:, :-1], out[rows, last].unsqueeze(1)], dim=1)
+    if (ctx.bundle.head == "classifier" and ctx.bundle.kind == "decoder"  # prefix tuning passes the input ids
+            and wrapped.active_peft_config.peft_type in ("PROMPT_TUNING", "P_TUNING")):
+        use_last_attended(wrapped.base_model, ctx.bundle.head_modules)
 
 
 # 2: decoders' classifier heads read each row's last token, not the last position (_classified_at_last_token)
