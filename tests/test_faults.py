@@ -51,7 +51,8 @@ def suite_text(methods: str, name: str = "faults", seeds: str = "[1]", timeout: 
 
 def cli(*args: str, **popen) -> subprocess.Popen:
     """The CLI in a process of its own (a runner that can be killed), run from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "CI": "true"}
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
