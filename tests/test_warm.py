@@ -54,19 +54,63 @@ def test_the_preload_is_frozen_so_the_cells_collections_skip_it():
 def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
     (tmp_path / "touchy_dep.py").write_text("VALUE = 1\n")
     (tmp_path / "touchy.py").write_text("import torch, touchy_dep\ntorch.cuda._lazy_init()\n")
-    # a library that catches the failure and caches "no CUDA" must not stay loaded either
-    (tmp_path / "swallower.py").write_text("import torch\ntry:\n    torch.cuda.init()\nexcept Exception:\n"
+    # a library that catches the failure and caches "no CUDA" must not stay loaded either, nor the module whose
+    # function asked for it on its behalf (it may cache the answer)
+    (tmp_path / "asker.py").write_text("import torch\ndef ask():\n    torch.cuda.init()\n")
+    (tmp_path / "swallower.py").write_text("import asker\ntry:\n    asker.ask()\nexcept Exception:\n"
                                            "    pass\nCUDA = False\n")
     (tmp_path / "calm.py").write_text("import torch\nX = torch.zeros(2)\n")
     got = python("import json, sys, torch\nfrom bench.run.warm import preload\n"
                  "skipped = preload(['touchy', 'swallower', 'calm', 'not_installed_anywhere'])\n"
                  "print(json.dumps({'skipped': skipped, 'cuda': torch.cuda.is_initialized(),"
-                 " 'modules': [m for m in ('touchy', 'touchy_dep', 'swallower', 'calm') if m in sys.modules],"
+                 " 'modules': [m for m in ('touchy', 'touchy_dep', 'swallower', 'asker', 'calm') if m in sys.modules],"
                  " 'lazy_init_restored': torch.cuda._lazy_init.__module__ == 'torch.cuda'}))", tmp_path)
-    assert got["cuda"] is False and got["modules"] == ["calm"] and got["lazy_init_restored"]
+    # touchy_dep never saw the refusal: it stays (a module registering torch operators cannot be imported twice)
+    assert got["cuda"] is False and got["modules"] == ["touchy_dep", "calm"] and got["lazy_init_restored"]
     assert "touches CUDA" in got["skipped"]["touchy"] and "touches CUDA" in got["skipped"]["swallower"]
     assert got["skipped"]["not_installed_anywhere"].startswith("not installed")
     assert "calm" not in got["skipped"]
+
+
+def test_a_library_that_registers_operators_before_touching_cuda_imports_again_in_the_cell(tmp_path):
+    """bitsandbytes defines its torch operators (torch.library) and then asks whether CUDA is available. Unloading
+    every module its import brought in made the cell's import define them a second time, which torch refuses."""
+    package = tmp_path / "opsy"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import _ops, backend\n")
+    (package / "_ops.py").write_text("import torch\ntorch.library.define('opsy_test::double', '(Tensor x) -> Tensor')\n")
+    # refused in the server (CudaTouched); on a CPU build, in the cell, torch's own "not compiled with CUDA"
+    (package / "backend.py").write_text("import torch\ntry:\n    torch.cuda._lazy_init()\n"
+                                        "except AssertionError:\n    pass\n")
+    got = python("import json, sys\nfrom bench.run.warm import preload\n"
+                 "skipped = preload(['opsy'])\n"
+                 "import opsy\n"  # what a cell forked from the server does
+                 "print(json.dumps({'skipped': skipped, 'cell': sorted(m for m in sys.modules if 'opsy' in m)}))",
+                 tmp_path)
+    assert "touches CUDA" in got["skipped"]["opsy"]
+    assert got["cell"] == ["opsy", "opsy._ops", "opsy.backend"]
+
+
+def test_on_a_cuda_build_the_preload_leaves_peft_for_the_cells_which_import_it_with_bitsandbytes(tmp_path):
+    """On a CUDA build bitsandbytes asks for the device while peft imports it, so the server must leave peft for
+    the cells; and the cells' import must work after that (CPU machines have no CUDA entry points, so they are
+    faked here, as a CUDA build without a visible device has them)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert env.lock_state()["status"] != "locked", "the locked environment installs bitsandbytes"
+        pytest.skip("bitsandbytes is not installed, in an environment that is not the lock")
+    (tmp_path / "sitecustomize.py").write_text(  # the device count 0, other CUDA bindings present but failing
+        "import torch\nif not hasattr(torch._C, '_cuda_getDeviceCount'):\n"
+        "    torch._C._cuda_getDeviceCount = lambda: 0\n    torch._C._cuda_init = lambda: None\n"
+        "    def missing(name):\n        if not name.startswith(('_cuda', '_Cuda', '_nccl', '_cudnn', '_gds')):\n"
+        "            raise AttributeError(name)\n"
+        "        def binding(*args, **kwargs):\n            raise RuntimeError(f'no CUDA device: {name}')\n"
+        "        return binding\n    torch._C.__getattr__ = missing\n")
+    got = python("import json, sys, torch, bench.run.warm as w\n"
+                 "server = {'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED, 'peft': 'peft' in sys.modules}\n"
+                 "import peft, bitsandbytes\nfrom peft import LoraConfig\n"  # a cell
+                 "print(json.dumps({**server, 'cell': hasattr(bitsandbytes, 'nn')}))", tmp_path)
+    assert got["cuda"] is False and "touches CUDA" in got["skipped"]["peft.tuners"] and not got["peft"]
+    assert got["cell"]
 
 
 def test_the_preload_is_the_grids_own_when_the_executor_names_it():

@@ -6,7 +6,9 @@ or touch CUDA before the fork. A child of a process that initialised CUDA cannot
 ("Cannot re-initialize CUDA in forked subprocess"), and some libraries touch it on import
 (bitsandbytes, which peft imports when it is installed, asks for the device's capability). So each
 module is imported with CUDA forbidden: one that reaches for CUDA is unloaded again and left for
-the cell to import itself, on a machine where that is fine.
+the cell to import itself, on a machine where that is fine. What it imported on the way, without
+asking for CUDA, stays: torch operators registered by a module's import (bitsandbytes', torch's own
+distributed ones) cannot be registered twice, so such a module must never be imported again.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ class CudaTouched(RuntimeError):
 
 
 @contextlib.contextmanager
-def cuda_forbidden(touched: list[str]):
+def cuda_forbidden(touched: list[str], callers: set[str] | None = None):
     """Within: every CUDA entry point raises CudaTouched and is logged in `touched` (even when the
-    importing library catches the exception and carries on with CUDA marked unavailable).
+    importing library catches the exception and carries on with CUDA marked unavailable), and the
+    modules with code running at that moment (frames on the stack) join `callers`.
 
     Only entry points the torch build has are replaced: on a CPU build `torch.cuda.is_available()`
     answers from their absence, and adding them would change that answer.
@@ -60,6 +63,11 @@ def cuda_forbidden(touched: list[str]):
     def refuse(name: str):
         def call(*args, **kwargs):
             touched.append(name)
+            if callers is not None:
+                frame = sys._getframe(1)
+                while frame is not None:
+                    callers.add(frame.f_globals.get("__name__", ""))
+                    frame = frame.f_back
             raise CudaTouched(f"torch.{name} called while preloading")
         return call
 
@@ -79,23 +87,26 @@ def cuda_forbidden(touched: list[str]):
 def preload(modules: tuple[str, ...]) -> dict[str, str]:
     """Import `modules` with CUDA forbidden; returns the modules left out, with the reason.
 
-    A module that touched CUDA, and every module its import brought in, is removed from
-    sys.modules, so the cell imports it afresh (a library that caught the refusal may have cached
-    "no CUDA"). A module that is not installed is an optional extra the cell reports if it needs it.
+    When an import asks for CUDA, the modules it brought in whose code was running at that moment
+    leave sys.modules, so the cell imports them afresh: a library that caught the refusal may have
+    cached "no CUDA", and one that did not failed to import (Python has dropped it already). The
+    modules it imported before, which never saw the refusal, stay. A module that is not installed is
+    an optional extra the cell reports if it needs it.
     """
     skipped: dict[str, str] = {}
     for name in modules:
         before = set(sys.modules)
         touched: list[str] = []
+        callers: set[str] = set()
         try:
-            with cuda_forbidden(touched):
+            with cuda_forbidden(touched, callers):
                 importlib.import_module(name)
         except ImportError as e:
             skipped[name] = f"not installed ({e})"
         except CudaTouched:
             pass
         if touched:
-            for new in set(sys.modules) - before:
+            for new in (set(sys.modules) - before) & callers:
                 del sys.modules[new]
             skipped[name] = f"touches CUDA on import ({', '.join(sorted(set(touched)))})"
     return skipped
