@@ -68,7 +68,8 @@ _FIGURES = [
     # params
     Figure("params", "total", "elements", "exact", "parameter elements in the adapted model, each tensor counted "
            "once (tied weights once, shared storage once). Frozen copies a method keeps are included (peft's "
-           "`modules_to_save` keeps the original task head beside the trained copy).", "first", "largest"),
+           "`modules_to_save` keeps the original task head beside the trained copy). A 4-bit weight (QLoRA) counts "
+           "the weights it holds, two per stored byte.", "first", "largest"),
     Figure("params", "trainable", "elements", "exact", "elements of the parameters with `requires_grad=True` after "
            "the method is applied (the task head included: every trained method trains it).", "first", "largest"),
     Figure("params", "trainable_pct", "%", "exact", "`100 × trainable / total`.", "first", "largest"),

@@ -45,13 +45,21 @@ def tensor_bytes(tensors) -> int:
     return sum(t.nbytes for t in unique_tensors(tensors))
 
 
+def elements(p: torch.Tensor) -> int:
+    """The weights a parameter holds. A bitsandbytes 4-bit weight stores two in each byte of a flat tensor; its
+    quantisation state keeps the shape of the weight it stands for."""
+    state = getattr(p, "quant_state", None)
+    return state.shape.numel() if state is not None else p.numel()
+
+
 def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
-    """params.total, trainable and trainable_pct, each tensor once; a tensor with a gradient mask
-    ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries that train."""
+    """params.total, trainable and trainable_pct, each tensor once (4-bit weights by the weights they hold); a
+    tensor with a gradient mask ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries
+    that train."""
     params = unique_tensors(model.parameters())
     masked = {id(p) for p, _ in grad_masks}
-    total = sum(p.numel() for p in params)
-    trainable = (sum(p.numel() for p in params if p.requires_grad and id(p) not in masked)
+    total = sum(elements(p) for p in params)
+    trainable = (sum(elements(p) for p in params if p.requires_grad and id(p) not in masked)
                  + sum(int(mask.sum()) for _, mask in grad_masks))
     return {"total": total, "trainable": trainable,
             "trainable_pct": 100.0 * trainable / total if total else None}

@@ -20,16 +20,20 @@ if TYPE_CHECKING:
 _LORA = peft_build("LoraConfig")
 
 
-def _quantise(model: nn.Module, keep: tuple[str, ...]) -> int:
+def _quantise(model: nn.Module, keep: tuple[str, ...], device) -> int:
+    """Every nn.Linear but the heads and the layers the model keeps in fp32 (T5's `wo`, whose input T5 casts
+    to that layer's weight dtype) becomes a 4-bit layer on `device`; returns how many."""
     import bitsandbytes as bnb
     import torch
     from torch import nn
 
+    full_precision = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     swapped = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
-            if not isinstance(child, nn.Linear) or full.startswith(keep) or name == "lm_head":
+            if (not isinstance(child, nn.Linear) or full.startswith(keep) or name == "lm_head"
+                    or full_precision & set(full.split("."))):
                 continue
             q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                                   compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
@@ -37,8 +41,11 @@ def _quantise(model: nn.Module, keep: tuple[str, ...]) -> int:
                                          compress_statistics=True)
             if child.bias is not None:
                 q.bias = nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, name, q.to("cuda"))  # moving to the GPU quantises the weight
+            setattr(parent, name, q.to(device))  # moving to the device quantises the weight
             swapped += 1
+    # as transformers' own 4-bit loading marks a model: peft then wraps these layers in its 4-bit LoRA layer
+    # (which merges by dequantising), and transformers counts each packed weight as its two elements
+    model.is_loaded_in_4bit = True
     return swapped
 
 
@@ -54,7 +61,7 @@ def _qlora(model, config, ctx) -> Adapted:
         raise Unsupported("QLoRA needs bitsandbytes (pip install 'peft-bench[gpu]')", environment=True) from None
     import peft
 
-    if not _quantise(model, tuple(ctx.bundle.head_modules)):
+    if not _quantise(model, tuple(ctx.bundle.head_modules), ctx.device):
         raise Unsupported(f"{ctx.bundle.arch} has no nn.Linear layers to quantise")
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return _LORA(model, config, ctx)
@@ -67,6 +74,8 @@ register(
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", _qlora,
            defaults={"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
            train={"lr": 2e-4},
+           # 2: peft's 4-bit LoRA layer, T5's wo kept in full precision, 4-bit weights counted whole
+           revisions={"roberta": 2, "bert": 2, "t5": 2, "llama": 2},
            unsupported=unsupported_on_conv1d("{arch}'s Conv1D layers are not nn.Linear; load it through "
                                              "transformers' BitsAndBytesConfig for 4-bit")),
 )

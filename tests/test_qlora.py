@@ -1,0 +1,90 @@
+"""QLoRA: which layers are quantised, how peft wraps them, how they are counted, and that a step and a merge work.
+
+On CUDA it runs as in a cell. Elsewhere bitsandbytes' CPU backend stands in for the GPU (quantising on the CPU),
+with `torch.cuda.is_available` answering yes to the method's own check only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import methods
+from bench.cell.measure import count_params
+from bench.config import TrainConfig
+from bench.methods.base import ApplyContext
+from bench.models import REGISTRY, load_bundle
+from tests.adapting import token_batch
+
+bnb = pytest.importorskip("bitsandbytes")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODELS = ["tiny-encoder", "tiny-t5", "tiny-llama"]
+
+
+@pytest.fixture
+def qlora(monkeypatch):
+    """Apply QLoRA at its defaults to a fresh tiny model: (bundle, adapted, parameter elements before)."""
+    if DEVICE == "cpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def apply(model_name: str):
+        spec = REGISTRY[model_name]
+        encoder = spec.kind == "encoder"
+        bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, 0, DEVICE)
+        before = count_params(bundle.model)["total"]
+        method = methods.get("qlora")
+        adapted = method.apply(bundle.model, method.resolve({}, spec.arch, str),
+                               ApplyContext(bundle, TrainConfig(), 10, device=torch.device(DEVICE)))
+        return bundle, adapted.model.to(DEVICE), adapted, before
+
+    return apply
+
+
+def batch_for(bundle) -> dict:
+    batch = token_batch(rows=4, length=8, classes=bundle.spec.kind == "encoder")
+    if bundle.spec.kind == "encoder-decoder":
+        batch["decoder_input_ids"] = batch["labels"]
+    return {k: v.to(DEVICE) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_quantised_layers_are_peft_4bit_lora_layers_and_counted_whole(qlora, model_name):
+    from peft.tuners.lora.bnb import Linear4bit as Lora4bit
+
+    bundle, model, adapted, before = qlora(model_name)
+    keep = set(getattr(bundle.model, "_keep_in_fp32_modules", None) or ())
+    quantised = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert quantised
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not isinstance(module, bnb.nn.Linear4bit):
+            # what stays full precision: the heads, LoRA's own factors, and the layers the model keeps in fp32
+            parts = set(name.split("."))
+            kept = bool(parts & (keep | set(bundle.head_modules) | {"lm_head"})) or "lora_" in name
+            assert kept, f"{name} was not quantised"
+    wrappers = [m for m in model.modules() if isinstance(m, Lora4bit)]
+    assert len(wrappers) == len(quantised)  # peft's 4-bit LoRA layer, which merges by dequantising
+    if "wo" in keep:  # T5 casts wo's input to wo's weight dtype: a 4-bit wo would make it uint8
+        assert not any("wo" in n.split(".") for n in quantised)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    counts = adapted.params()
+    # each 4-bit weight counts the weights it stands for; peft keeps a frozen copy of a classifier's head
+    head_copy = sum(p.numel() for n, p in model.named_parameters() if "original_module" in n)
+    assert counts["total"] == before + lora + head_copy
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_a_step_trains_only_lora_and_the_head_and_the_merged_copy_predicts(qlora, model_name):
+    bundle, model, adapted, _ = qlora(model_name)
+    batch = batch_for(bundle)
+    model.train()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    assert loss.dtype.is_floating_point and torch.isfinite(loss)
+    loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "modules_to_save" in n for n in trained)
+    model.eval()
+    merged = adapted.merge()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert merged(**batch).logits.shape == model(**batch).logits.shape
