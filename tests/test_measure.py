@@ -251,6 +251,7 @@ def test_utilisation_against_the_datasheet_peaks():
 
     assert peak_flops("NVIDIA H200", "bf16") == 989.4e12
     assert peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12  # not the SXM part's figure
+    assert peak_flops("NVIDIA H200 NVL", "bf16") == 835.5e12 and peak_flops("NVIDIA H100 NVL", "fp32") == 60e12
     assert peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
     assert peak_flops("cpu", "fp32") is None and peak_flops(None, "bf16") is None
     assert utilisation(10 ** 15, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == {"train_flops_per_s": 5e14,

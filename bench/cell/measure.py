@@ -286,8 +286,10 @@ def timed(times: dict, key: str):
 # Dense (no sparsity) peak matrix throughput per GPU, FLOP/s, from the vendors' datasheets, by the
 # dtype products run in: bf16 on tensor cores, fp32 without TF32 (torch's default for matmuls).
 # The first entry whose key occurs in the device's name wins, so specific names come first.
-PEAK_FLOPS = (
+PEAK_FLOPS = (  # dense (datasheets give bf16 with sparsity: twice these); a more specific name comes first
     ("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}),
+    ("H100 NVL", {"bf16": 835.5e12, "fp32": 60e12}),
+    ("H200 NVL", {"bf16": 835.5e12, "fp32": 60e12}),
     ("H200", {"bf16": 989.4e12, "fp32": 66.9e12}),
     ("H100", {"bf16": 989.4e12, "fp32": 66.9e12}),
     ("A100", {"bf16": 312e12, "fp32": 19.5e12}),

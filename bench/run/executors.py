@@ -369,6 +369,11 @@ def parse_gpus(value: str) -> list[str]:
     from bench.errors import BadInput
 
     visible = visible_gpus()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        # these are nvidia-smi's numbers, which follow the PCI bus; CUDA numbers the fastest GPU first unless told
+        # otherwise, so on a machine of mixed GPUs a cell pinned to "1" would get another GPU than nvidia-smi's 1
+        # (and NVML, which follows the bus, would watch the wrong one). Set before the fork server starts.
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if value.strip() == "all":
         if not visible:
             raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
