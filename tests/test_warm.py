@@ -34,12 +34,15 @@ def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
     if importlib.util.find_spec("bitsandbytes") is None:
         assert env.lock_state()["status"] != "locked", "the locked environment installs bitsandbytes"
         pytest.skip("bitsandbytes is not installed, in an environment that is not the lock")
-    got = python("import json, sys, torch, bench.run.warm as w\n"
+    got = python("import json, re, sys, torch, bench.run.warm as w\n"
+                 "askers = re.findall(r' from ([\\w.]+)', ' '.join(w.SKIPPED.values()))\n"
                  "print(json.dumps({'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED,"
+                 " 'askers_loaded': [m for m in askers if m in sys.modules],"
                  " 'loaded': sorted(m for m in w.MODULES if m in sys.modules)}))")
     assert got["cuda"] is False
-    touching = {m for m, why in got["skipped"].items() if "touches CUDA" in why}
-    assert not touching & set(got["loaded"])  # what touched CUDA is left for the cell to import
+    # the module that asked for CUDA is left for the cell to import (on a CUDA build: bitsandbytes, imported by
+    # peft; peft's modules imported before it stay)
+    assert got["askers_loaded"] == []
     assert "bench.cell.recipe" in got["loaded"] and "transformers.models.llama.modeling_llama" in got["loaded"]
 
 
@@ -79,9 +82,11 @@ def test_a_library_that_registers_operators_before_touching_cuda_imports_again_i
     package.mkdir()
     (package / "__init__.py").write_text("from . import _ops, backend\n")
     (package / "_ops.py").write_text("import torch\ntorch.library.define('opsy_test::double', '(Tensor x) -> Tensor')\n")
-    # refused in the server (CudaTouched); on a CPU build, in the cell, torch's own "not compiled with CUDA"
+    # refused in the server (CudaTouched: the import fails, as bitsandbytes' does); in the cell, CUDA, or on a
+    # machine without it torch's own error, which the library takes as "no CUDA"
     (package / "backend.py").write_text("import torch\ntry:\n    torch.cuda._lazy_init()\n"
-                                        "except AssertionError:\n    pass\n")
+                                        "except Exception as e:  # a CPU build, or no driver\n"
+                                        "    if type(e).__name__ == 'CudaTouched':\n        raise\n")
     got = python("import json, sys\nfrom bench.run.warm import preload\n"
                  "skipped = preload(['opsy'])\n"
                  "import opsy\n"  # what a cell forked from the server does

@@ -53,21 +53,24 @@ class CudaTouched(RuntimeError):
 
 @contextlib.contextmanager
 def cuda_forbidden(touched: list[str], callers: set[str] | None = None):
-    """Within: every CUDA entry point raises CudaTouched and is logged in `touched` (even when the
-    importing library catches the exception and carries on with CUDA marked unavailable), and the
-    modules with code running at that moment (frames on the stack) join `callers`.
+    """Within: every CUDA entry point raises CudaTouched and is logged in `touched` with the module that
+    called it (even when the importing library catches the exception and carries on with CUDA marked
+    unavailable), and the modules with code running at that moment (frames on the stack) join `callers`.
 
     Only entry points the torch build has are replaced: on a CPU build `torch.cuda.is_available()`
     answers from their absence, and adding them would change that answer.
     """
     def refuse(name: str):
         def call(*args, **kwargs):
-            touched.append(name)
+            running = []
+            frame = sys._getframe(1)
+            while frame is not None:
+                running.append(frame.f_globals.get("__name__", ""))
+                frame = frame.f_back
+            asker = next((m for m in running if m != "torch" and not m.startswith("torch.")), "?")
+            touched.append(f"{name} from {asker}")
             if callers is not None:
-                frame = sys._getframe(1)
-                while frame is not None:
-                    callers.add(frame.f_globals.get("__name__", ""))
-                    frame = frame.f_back
+                callers.update(running)
             raise CudaTouched(f"torch.{name} called while preloading")
         return call
 
