@@ -41,3 +41,50 @@ def test_tfew_loss_matches_its_definition():
             ln += -(means[f["gold"]] - math.log(sum(math.exp(m) for m in means)))
     expected = lm / len(feats) + ul / ul_tokens + ln / len(feats)
     assert got == pytest.approx(expected, rel=1e-4)
+
+
+def loop_tfew(token_logp, mask, example, is_gold):
+    """T-Few's three terms option by option and example by example, with boolean indexing."""
+    mean = token_logp.sum(-1) / mask.sum(-1)
+    gold = torch.tensor(is_gold, dtype=torch.bool)
+    index = torch.tensor(example)
+    lm = -mean[gold].mean()
+    p = token_logp[~gold].exp().clamp(max=1 - 1e-6)
+    ul = -(torch.log1p(-p) * mask[~gold]).sum() / mask[~gold].sum()
+    examples = sorted(set(example))
+    ln = sum(-torch.log_softmax(mean[index == i], 0)[int(gold[index == i].nonzero()[0, 0])] for i in examples)
+    return lm + ul + ln / len(examples)
+
+
+def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_dependent_op(monkeypatch):
+    """Examples with 2, 3 and 1 options, interleaved; padded tokens. No op whose output shape or value the host
+    must read back (nonzero, masked_select, item): on a GPU those make the host wait inside the step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bench.cell import objectives
+
+    torch.manual_seed(0)
+    example, is_gold = [0, 1, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1]
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    logp = (-torch.rand(6, 3) * 3).requires_grad_()
+    monkeypatch.setattr(objectives, "token_logprobs", lambda model, batch: (logp * mask, mask))
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            masks = [t for t in torch.utils._pytree.tree_leaves(args) if torch.is_tensor(t) and t.dtype == torch.bool]
+            self.seen.add(f"{name} by mask" if name.startswith("index") and masks else name)
+            return func(*args, **(kwargs or {}))
+
+    with Ops() as ops:
+        got = tfew_loss(None, {}, torch.tensor(example), torch.tensor(is_gold))
+        (grad,) = torch.autograd.grad(got, logp)
+    assert not ops.seen & {"nonzero", "masked_select", "_local_scalar_dense", "item", "unique", "index by mask",
+                           "index_put by mask"}
+    assert "index" in ops.seen  # integer gathers are seen, and allowed (their shape is the index's)
+    want = loop_tfew(logp * mask, mask.float(), example, is_gold)
+    (want_grad,) = torch.autograd.grad(want, logp)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad, want_grad)

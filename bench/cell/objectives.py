@@ -65,18 +65,27 @@ def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, li
 
 
 def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
-    """`example` and `is_gold`: each option's example and gold flag (lists or tensors, as option_batch made them)."""
+    """`example` and `is_gold`: each option's example and gold flag (lists or tensors, as option_batch made them).
+
+    Written without data-dependent shapes or reads (no boolean indexing, no `.item()`), so on a GPU the host
+    never waits for the device inside a step: per-example sums are scatter-adds over as many slots as options
+    (an upper bound on the examples), the empty slots masked out."""
     token_logp, mask = token_logprobs(model, batch)
-    mean_logp = token_logp.sum(-1) / mask.sum(-1).clamp(min=1)
-    gold = torch.as_tensor(is_gold, device=token_logp.device).bool()
-    l_lm = -mean_logp[gold].mean()
-    wrong_tokens = mask[~gold]
-    p = token_logp[~gold].exp().clamp(max=1 - 1e-6)
-    l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
+    weights = mask.to(token_logp.dtype)
+    mean_logp = token_logp.sum(-1) / weights.sum(-1).clamp(min=1)
     index = torch.as_tensor(example, device=token_logp.device)
-    n_examples = int(index.max()) + 1
-    l_ln = 0.0
-    for i in range(n_examples):  # options per example may differ in number
-        scores = mean_logp[index == i]
-        l_ln = l_ln - torch.log_softmax(scores, dim=0)[gold[index == i].nonzero()[0, 0]]
-    return l_lm + l_ul + l_ln / n_examples
+    gold = torch.as_tensor(is_gold, device=token_logp.device).to(token_logp.dtype)
+    l_lm = -(mean_logp * gold).sum() / gold.sum()  # one gold option per example: the mean over examples
+    wrong_tokens = weights * (1 - gold).unsqueeze(-1)
+    p = token_logp.exp().clamp(max=1 - 1e-6)
+    l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
+    # L_LN: each example's log-softmax over its options (their number may differ), at the gold option
+    slots = torch.zeros_like(mean_logp)
+    present = slots.index_add(0, index, torch.ones_like(mean_logp)) > 0
+    shift = torch.full_like(mean_logp, -torch.inf).scatter_reduce(0, index, mean_logp.detach(), "amax")
+    shift = torch.where(present, shift, 0)  # any constant gives the same log-sum-exp; absent slots stay finite
+    total = slots.index_add(0, index, (mean_logp - shift[index]).exp())
+    log_norm = shift + torch.log(torch.where(present, total, 1))
+    gold_logp = slots.index_add(0, index, mean_logp * gold)
+    l_ln = -torch.where(present, gold_logp - log_norm, 0).sum() / present.sum()
+    return l_lm + l_ul + l_ln
