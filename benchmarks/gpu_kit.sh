@@ -17,11 +17,14 @@ NAMES=(bitsandbytes datasets dill multiprocess nltk)
 BUILT=(rouge-score)
 LIMIT_MB=56  # 64 MiB less room for the working tree
 
-pin() {  # name==version as requirements-lock.txt pins it
-  local line
-  line=$(grep -i -m1 "^$1==" requirements-lock.txt | cut -d';' -f1 | tr -d ' ') || true
-  [ -n "$line" ] || { echo "gpu_kit: $1 is not pinned in requirements-lock.txt" >&2; exit 2; }
-  echo "$line"
+pins() {  # name==version as requirements-lock.txt pins each name, into the array PINNED
+  PINNED=()
+  local name line
+  for name in "$@"; do
+    line=$(grep -i -m1 "^$name==" requirements-lock.txt | cut -d';' -f1 | tr -d ' ') || true
+    [ -n "$line" ] || { echo "gpu_kit: $name is not pinned in requirements-lock.txt" >&2; exit 2; }
+    PINNED+=("$line")
+  done
 }
 
 rm -rf "$DEST" && mkdir -p "$DEST"
@@ -30,12 +33,11 @@ for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 man
            manylinux2014_x86_64 manylinux1_x86_64; do
   platforms+=(--platform "$tag")
 done
+pins "${NAMES[@]}"
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-  --python-version "$PY" --implementation cp "${platforms[@]}" -d "$DEST" \
-  $(for name in "${NAMES[@]}"; do pin "$name"; done)
-# a pure-Python sdist: its wheel is the same on every Python 3
-python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$DEST" \
-  $(for name in "${BUILT[@]}"; do pin "$name"; done)
+  --python-version "$PY" --implementation cp "${platforms[@]}" -d "$DEST" "${PINNED[@]}"
+pins "${BUILT[@]}"  # pure-Python sdists: their wheels are the same on every Python 3
+python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$DEST" "${PINNED[@]}"
 
 count=$(ls "$DEST"/*.whl | wc -l)
 expected=$(( ${#NAMES[@]} + ${#BUILT[@]} ))

@@ -151,32 +151,40 @@ def main() -> int:
            "CI": "true", **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {})}
     start = time.monotonic()
     model, tasks = build(work, smoke)
-    lines = ["| method | weights | tokens/step | harness step ms | plain step ms | harness / plain | MFU, median step "
-             "| MFU, record | load s (harness, plain) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines: list[str] = []
     failed = False
+
+    def show(line: str) -> None:  # row by row, so a run stopped by its time limit keeps the rows it made
+        lines.append(line)
+        print(line, flush=True)
+        if args.out:
+            Path(args.out).write_text(f"gpu_perf ({'cpu smoke' if smoke else 'cuda'}), work folder {work}\n\n"
+                                      + "\n".join(lines) + "\n")
+
+    show("| method | weights | tokens/step | harness step ms | plain step ms | harness / plain | MFU, median step "
+         "| MFU, record | load s (harness, plain) |")
+    show("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for method in METHODS:
         record = harness(work, model, tasks, method, smoke, env)
         out = subprocess.run([sys.executable, __file__, "--device", args.device, "--worker", str(model),
-                              str(tasks.parent), method], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
-        base = json.loads(out.stdout.strip().splitlines()[-1])
+                              str(tasks.parent), method], env=env, cwd=ROOT, capture_output=True, text=True)
+        base = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
         t, s = record["time"], sizes(smoke)
-        if record["status"] != "ok" or not t.get("step_s_median"):
+        if record["status"] != "ok" or not t.get("step_s_median") or base is None:
             failed = True
-            error = (record.get("error") or {}).get("message", "no step time")
-            lines.append(f"| {method} | {record['status']}: {error} | | | {1000 * base['step_s_median']:.1f} | | | | |")
+            why = ((record.get("error") or {}).get("message") or "no step time") if record["status"] != "ok" else \
+                f"the plain loop failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
+            why = " ".join(why.split()).replace("|", "/")[:200]  # one table cell
+            show(f"| {method} | {record['status']}: {why} | | | | | | | |")
             continue
         median = t["step_s_median"]
         # the record's MFU is over the whole training time; the same FLOPs per step over the median step
         per_median = t["mfu"] * t["train_s"] / (record["train"]["steps"] * median) if t.get("mfu") else None
         mfus = [f"{100 * m:.1f} %" if m is not None else "– (no datasheet peak)" for m in (per_median, t.get("mfu"))]
-        lines.append(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
-                     f"{1000 * median:.1f} | {1000 * base['step_s_median']:.1f} | {median / base['step_s_median']:.3f} | "
-                     f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
-    head = f"gpu_perf ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s, work folder {work}"
-    text = head + "\n\n" + "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+        show(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
+             f"{1000 * median:.1f} | {1000 * base['step_s_median']:.1f} | {median / base['step_s_median']:.3f} | "
+             f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
+    print(f"gpu_perf ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s, work folder {work}")
     return 1 if failed else 0
 
 

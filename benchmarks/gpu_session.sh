@@ -2,12 +2,13 @@
 # The GPU checks in one call on a lent GPU machine, from the source, inside a time budget.
 #
 #   here, first:   bash benchmarks/gpu_kit.sh      # .whl/: the wheels the GPU image lacks
-#   device tool:   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#                  run(command="bash benchmarks/gpu_session.sh perf", carry=[".whl"], timeout_s=420)
+#   device tool:   run(command="BUDGET=560 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
 #   rehearsal:     PYTHON=/path/to/a/python/like/the/image bash benchmarks/gpu_session.sh --cpu check tests perf
+# BUDGET must stay under the call's timeout_s, so the script ends each phase itself and its files come back.
+# With 15 device-minutes a session (a machine's start included), one such call is what fits: perf (issue 16)
+# needs a call of its own (BUDGET=360), in a session with that time left or in place of tests.
 #
-# Phases, in the order given (default: check tests, issue 12; then perf, issue 16, in a second call if
-# device time is left):
+# Phases, in the order given (default: check tests, issue 12):
 #   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method
 #   tests   the test suite on the GPU (the tests take their expectations from the device)
 #   perf    benchmarks/gpu_perf.py: MFU and the harness against a plain loop
@@ -16,6 +17,7 @@
 # junit.xml, and the tables as docs/measurements/gpu-DATE.md and gpu-perf-DATE.md should hold them (commit
 # those with the command). --cpu rehearses the same path on a CPU machine (the checks' smoke mode, CUDA hidden).
 set -uo pipefail
+[ -n "${OUT:-}" ] && OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)  # relative to where it was called from
 cd "$(dirname "$0")/.."
 START=$SECONDS
 BUDGET=${BUDGET:-570}
@@ -43,7 +45,8 @@ stamp() { echo "== $(date -u +%H:%M:%S) +$(( SECONDS - START )) s: $*"; }
 # The kit's wheels go first on the path, so a carried version wins over the image's.
 KIT=${KIT-.whl}  # the wheels benchmarks/gpu_kit.sh wrote (KIT= : none)
 SITE=$(mktemp -d -t peft-bench-site-XXXX)
-if ls "$KIT"/*.whl >/dev/null 2>&1; then
+trap 'rm -rf "$SITE"' EXIT
+if [ -n "$KIT" ] && ls "$KIT"/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$KIT"/*.whl \
     || { echo "gpu_session: the wheels in $KIT did not install" >&2; exit 1; }
 fi
@@ -86,8 +89,8 @@ for phase in "${PHASES[@]}"; do
     check) run_phase check "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT/gpu-$DAY.md" ;;
     # -v prints each result as it comes, so a run stopped by the budget still says what passed and failed
     tests) hung=(); "$PYTHON" -c "import pytest_timeout" 2>/dev/null && hung=(--timeout 300)  # one hung test
-           run_phase tests "$PYTHON" -m pytest -p no:cacheprovider -v -rfEs --tb=short -n "$WORKERS" "${hung[@]}" \
-             --junitxml "$OUT/junit.xml" ;;
+           run_phase tests "$PYTHON" -m pytest -p no:cacheprovider -v -rfEs --tb=short -n "$WORKERS" \
+             ${hung[@]+"${hung[@]}"} --junitxml "$OUT/junit.xml" ;;
     perf) run_phase perf "$PYTHON" benchmarks/gpu_perf.py --device "$DEVICE" --out "$OUT/gpu-perf-$DAY.md" ;;
   esac
 done

@@ -56,9 +56,12 @@ def loop_tfew(token_logp, mask, example, is_gold):
     return lm + ul + ln / len(examples)
 
 
-def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_dependent_op(monkeypatch):
-    """Examples with 2, 3 and 1 options, interleaved; padded tokens. No op whose output shape or value the host
-    must read back (nonzero, masked_select, item): on a GPU those make the host wait inside the step."""
+@pytest.mark.parametrize("impossible_token", [False, True])
+def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_dependent_op(monkeypatch,
+                                                                                        impossible_token):
+    """Examples with 2, 3 and 1 options, interleaved; padded tokens; a wrong option may hold a token of
+    probability 0 (log-probability -inf). No op whose output shape or value the host must read back (nonzero,
+    masked_select, item): on a GPU those make the host wait inside the step."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from bench.cell import objectives
@@ -66,7 +69,10 @@ def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_depe
     torch.manual_seed(0)
     example, is_gold = [0, 1, 0, 1, 1, 2], [0, 0, 1, 1, 0, 1]
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
-    logp = (-torch.rand(6, 3) * 3).requires_grad_()
+    values = -torch.rand(6, 3) * 3
+    if impossible_token:
+        values[4, 0] = -torch.inf  # option 2 of example 1, a wrong one
+    logp = values.requires_grad_()
     monkeypatch.setattr(objectives, "token_logprobs", lambda model, batch: (logp * mask, mask))
 
     class Ops(TorchDispatchMode):
@@ -86,5 +92,6 @@ def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_depe
     assert "index" in ops.seen  # integer gathers are seen, and allowed (their shape is the index's)
     want = loop_tfew(logp * mask, mask.float(), example, is_gold)
     (want_grad,) = torch.autograd.grad(want, logp)
+    assert torch.isfinite(got) and torch.isfinite(grad).all()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grad, want_grad)

@@ -1,7 +1,7 @@
 """QLoRA: which layers are quantised, how peft wraps them, how they are counted, and that a step and a merge work.
 
-On CUDA it runs as in a cell. Elsewhere bitsandbytes' CPU backend stands in for the GPU (quantising on the CPU),
-with `torch.cuda.is_available` answering yes to the method's own check only."""
+On CUDA it runs as in a cell. Elsewhere bitsandbytes' CPU backend stands in for the GPU: the method's
+quantising device is the CPU."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ MODELS = ["tiny-encoder", "tiny-t5", "tiny-llama"]
 def qlora(monkeypatch):
     """Apply QLoRA at its defaults to a fresh tiny model: (bundle, adapted, parameter elements before)."""
     if DEVICE == "cpu":
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        from bench.methods import qlora as module
+
+        monkeypatch.setattr(module, "quantising_device", lambda ctx: torch.device("cpu"))
 
     def apply(model_name: str):
         spec = REGISTRY[model_name]

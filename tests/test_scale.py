@@ -92,7 +92,7 @@ def test_gpus_numbered_by_nvidia_smi_are_pinned_in_its_order(monkeypatch):
 
     listing = "GPU 0: NVIDIA L4 (UUID: GPU-a)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-b)\n"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")  # restored (or removed) after the test
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
     assert executors.parse_gpus("all") == ["0", "1"]
     assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
@@ -102,7 +102,8 @@ def test_gpus_pin_each_cell_process_to_its_gpu(six_cells, tmp_path, monkeypatch)
     """On any machine: the cell process sees CUDA_VISIBLE_DEVICES as its slot's GPU (the cells here run
     on CPU, so no GPU is needed to check the pinning), one cell per GPU at a time."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "")  # restored after the test
+    monkeypatch.delenv("CUDA_DEVICE_ORDER")
     assert executors.visible_gpus() == ["3", "5"]
     assert executors.parse_gpus("all") == ["3", "5"] and executors.parse_gpus("5") == ["5"]
     assert "CUDA_DEVICE_ORDER" not in os.environ  # the user's own numbers keep the user's order

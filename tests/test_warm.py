@@ -63,7 +63,7 @@ def test_a_module_that_touches_cuda_on_import_is_unloaded(tmp_path):
     (tmp_path / "swallower.py").write_text("import asker\ntry:\n    asker.ask()\nexcept Exception:\n"
                                            "    pass\nCUDA = False\n")
     (tmp_path / "calm.py").write_text("import torch\nX = torch.zeros(2)\n")
-    got = python("import json, sys, torch\nfrom bench.run.warm import preload\n"
+    got = python("import json, sys, torch\nfrom bench.run.preload import preload\n"
                  "skipped = preload(['touchy', 'swallower', 'calm', 'not_installed_anywhere'])\n"
                  "print(json.dumps({'skipped': skipped, 'cuda': torch.cuda.is_initialized(),"
                  " 'modules': [m for m in ('touchy', 'touchy_dep', 'swallower', 'asker', 'calm') if m in sys.modules],"
@@ -81,13 +81,14 @@ def test_a_library_that_registers_operators_before_touching_cuda_imports_again_i
     package = tmp_path / "opsy"
     package.mkdir()
     (package / "__init__.py").write_text("from . import _ops, backend\n")
-    (package / "_ops.py").write_text("import torch\ntorch.library.define('opsy_test::double', '(Tensor x) -> Tensor')\n")
+    (package / "_ops.py").write_text("import torch\n"
+                                     "torch.library.define('opsy_test::double', '(Tensor x) -> Tensor')\n")
     # refused in the server (CudaTouched: the import fails, as bitsandbytes' does); in the cell, CUDA, or on a
     # machine without it torch's own error, which the library takes as "no CUDA"
     (package / "backend.py").write_text("import torch\ntry:\n    torch.cuda._lazy_init()\n"
                                         "except Exception as e:  # a CPU build, or no driver\n"
                                         "    if type(e).__name__ == 'CudaTouched':\n        raise\n")
-    got = python("import json, sys\nfrom bench.run.warm import preload\n"
+    got = python("import json, sys\nfrom bench.run.preload import preload\n"
                  "skipped = preload(['opsy'])\n"
                  "import opsy\n"  # what a cell forked from the server does
                  "print(json.dumps({'skipped': skipped, 'cell': sorted(m for m in sys.modules if 'opsy' in m)}))",
@@ -111,11 +112,14 @@ def test_on_a_cuda_build_the_preload_leaves_peft_for_the_cells_which_import_it_w
         "        def binding(*args, **kwargs):\n            raise RuntimeError(f'no CUDA device: {name}')\n"
         "        return binding\n    torch._C.__getattr__ = missing\n")
     got = python("import json, sys, torch, bench.run.warm as w\n"
-                 "server = {'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED, 'peft': 'peft' in sys.modules}\n"
+                 "server = {'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED,"
+                 " 'peft': [m for m in sys.modules if m.split('.')[0] in ('peft', 'bitsandbytes')]}\n"
                  "import peft, bitsandbytes\nfrom peft import LoraConfig\n"  # a cell
-                 "print(json.dumps({**server, 'cell': hasattr(bitsandbytes, 'nn')}))", tmp_path)
-    assert got["cuda"] is False and "touches CUDA" in got["skipped"]["peft.tuners"] and not got["peft"]
-    assert got["cell"]
+                 "print(json.dumps({**server, 'cell': [hasattr(bitsandbytes, 'nn'), hasattr(peft.tuners, 'lora'),"
+                 " hasattr(peft.utils, 'other')]}))", tmp_path)
+    assert got["cuda"] is False and "touches CUDA" in got["skipped"]["peft.tuners"]
+    assert got["peft"] == []  # none of it, not half of it: a re-imported package would miss what stayed behind
+    assert got["cell"] == [True, True, True]
 
 
 def test_the_preload_is_the_grids_own_when_the_executor_names_it():

@@ -74,8 +74,10 @@ def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
     weights = mask.to(token_logp.dtype)
     mean_logp = token_logp.sum(-1) / weights.sum(-1).clamp(min=1)
     index = torch.as_tensor(example, device=token_logp.device)
-    gold = torch.as_tensor(is_gold, device=token_logp.device).to(token_logp.dtype)
-    l_lm = -(mean_logp * gold).sum() / gold.sum()  # one gold option per example: the mean over examples
+    is_gold = torch.as_tensor(is_gold, device=token_logp.device).bool()
+    gold = is_gold.to(token_logp.dtype)
+    gold_mean_logp = torch.where(is_gold, mean_logp, 0)  # not a product: a wrong option's -inf × 0 is NaN
+    l_lm = -gold_mean_logp.sum() / gold.sum()  # one gold option per example: the mean over examples
     wrong_tokens = weights * (1 - gold).unsqueeze(-1)
     p = token_logp.exp().clamp(max=1 - 1e-6)
     l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
@@ -86,6 +88,6 @@ def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
     shift = torch.where(present, shift, 0)  # any constant gives the same log-sum-exp; absent slots stay finite
     total = slots.index_add(0, index, (mean_logp - shift[index]).exp())
     log_norm = shift + torch.log(torch.where(present, total, 1))
-    gold_logp = slots.index_add(0, index, mean_logp * gold)
+    gold_logp = slots.index_add(0, index, gold_mean_logp)
     l_ln = -torch.where(present, gold_logp - log_norm, 0).sum() / present.sum()
     return l_lm + l_ul + l_ln

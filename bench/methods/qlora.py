@@ -49,19 +49,27 @@ def _quantise(model: nn.Module, keep: tuple[str, ...], device) -> int:
     return swapped
 
 
-def _qlora(model, config, ctx) -> Adapted:
+def quantising_device(ctx):
+    """Where the 4-bit weights are made and live: the cell's device, which must be a GPU. (The tests stand
+    bitsandbytes' CPU backend in for it where there is none.)"""
     import torch
 
-    if not torch.cuda.is_available():
+    device = torch.device(ctx.device)
+    if device.type != "cuda":
         raise Unsupported("QLoRA quantises the base model with bitsandbytes, which needs a CUDA device",
                           environment=True)
+    return device
+
+
+def _qlora(model, config, ctx) -> Adapted:
+    device = quantising_device(ctx)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise Unsupported("QLoRA needs bitsandbytes (pip install 'peft-bench[gpu]')", environment=True) from None
     import peft
 
-    if not _quantise(model, tuple(ctx.bundle.head_modules), ctx.device):
+    if not _quantise(model, tuple(ctx.bundle.head_modules), device):
         raise Unsupported(f"{ctx.bundle.arch} has no nn.Linear layers to quantise")
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return _LORA(model, config, ctx)
