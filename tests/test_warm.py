@@ -122,6 +122,24 @@ def test_on_a_cuda_build_the_preload_leaves_peft_for_the_cells_which_import_it_w
     assert got["cell"] == [True, True, True]
 
 
+def test_on_a_cuda_build_what_asks_in_the_throwaway_process_is_never_imported_and_a_failed_probe_falls_back(
+        tmp_path):
+    (tmp_path / "touchy_lib.py").write_text("import torch\ntorch.cuda._lazy_init()\n")
+    (tmp_path / "calm_lib.py").write_text("X = 1\n")
+    got = python("import json, sys\nfrom bench.run import preload as p\n"
+                 "p.cuda_build = lambda: True\n"
+                 "asked = p.asking_in_a_child(('calm_lib', 'touchy_lib'))\n"  # a real child process
+                 "server = p.preload_for_server(('calm_lib', 'touchy_lib'))\n"
+                 "loaded = [m for m in ('calm_lib', 'touchy_lib') if m in sys.modules]\n"
+                 "p.asking_in_a_child = lambda modules: None\n"  # the child failed: find out here
+                 "fallback = p.preload_for_server(('touchy_lib',))\n"
+                 "print(json.dumps({'asked': asked, 'server': server, 'loaded': loaded, 'fallback': fallback}))",
+                 tmp_path)
+    assert list(got["asked"]) == ["touchy_lib"] and "touches CUDA" in got["asked"]["touchy_lib"]
+    assert got["server"] == got["asked"] and got["loaded"] == ["calm_lib"]
+    assert "touches CUDA" in got["fallback"]["touchy_lib"]
+
+
 def test_the_preload_is_the_grids_own_when_the_executor_names_it():
     """Unnamed, the preload imports every architecture and metric library; named (as the executor does), only
     the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it

@@ -103,11 +103,11 @@ def cuda_build() -> bool:
 def asking_in_a_child(modules: tuple[str, ...]) -> dict[str, str] | None:
     """The modules whose import asks for CUDA, with the reason, found by importing them in order in a
     throwaway process; None if that process failed (then the caller finds out in-process)."""
-    out = subprocess.run([sys.executable, "-m", "bench.run.preload", *modules], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}, timeout=600)
     try:
+        out = subprocess.run([sys.executable, "-m", "bench.run.preload", *modules], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}, timeout=600)
         return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
-    except (IndexError, ValueError):
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
         return None
 
 
