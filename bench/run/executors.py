@@ -9,7 +9,7 @@ interrupt while waiting on it) stops every running cell. `slots` is how many cel
 crash, OOM kill or hang stays inside it: `jobs` cells at once on CPU, or one cell per GPU with
 `gpus`, each process pinned to its GPU by CUDA_VISIBLE_DEVICES. Processes come from a fork server that
 has already imported torch and transformers, which saves seconds per cell without sharing any state
-(nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.run.warm).
+(nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.run.preload).
 `bench.run.ray_executor` runs the same cell processes on a Ray cluster.
 
 A cell process writes its record and its output (stdout and stderr, which the executor shows as it
