@@ -34,7 +34,6 @@ for arg in "$@"; do
 done
 [ ${#PHASES[@]} -gt 0 ] || PHASES=(check tests)
 OUT=${OUT:-$(mktemp -d -t peft-bench-gpu-session-XXXX)}
-mkdir -p "$OUT"
 DAY=$(date +%Y-%m-%d)
 export PYTHONUNBUFFERED=1 CI=true
 [ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES=""

@@ -30,10 +30,15 @@ def python(code: str, *paths: Path, **environ: str) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
+def needs_bitsandbytes() -> None:
+    """The locked environment installs bitsandbytes; another (a GPU image running the source) may not: skip."""
     if importlib.util.find_spec("bitsandbytes") is None:
         assert env.lock_state()["status"] != "locked", "the locked environment installs bitsandbytes"
         pytest.skip("bitsandbytes is not installed, in an environment that is not the lock")
+
+
+def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
+    needs_bitsandbytes()
     got = python("import json, re, sys, torch, bench.run.warm as w\n"
                  "askers = re.findall(r' from ([\\w.]+)', ' '.join(w.SKIPPED.values()))\n"
                  "print(json.dumps({'cuda': torch.cuda.is_initialized(), 'skipped': w.SKIPPED,"
@@ -41,7 +46,7 @@ def test_the_preload_leaves_cuda_uninitialised_with_bitsandbytes_installed():
                  " 'loaded': sorted(m for m in w.MODULES if m in sys.modules)}))")
     assert got["cuda"] is False
     # the module that asked for CUDA is left for the cell to import (on a CUDA build: bitsandbytes, imported by
-    # peft; peft's modules imported before it stay)
+    # peft, which the server then leaves whole to the cells)
     assert got["askers_loaded"] == []
     assert "bench.cell.recipe" in got["loaded"] and "transformers.models.llama.modeling_llama" in got["loaded"]
 
@@ -101,9 +106,7 @@ def test_on_a_cuda_build_the_preload_leaves_peft_for_the_cells_which_import_it_w
     """On a CUDA build bitsandbytes asks for the device while peft imports it, so the server must leave peft for
     the cells; and the cells' import must work after that (CPU machines have no CUDA entry points, so they are
     faked here, as a CUDA build without a visible device has them)."""
-    if importlib.util.find_spec("bitsandbytes") is None:
-        assert env.lock_state()["status"] != "locked", "the locked environment installs bitsandbytes"
-        pytest.skip("bitsandbytes is not installed, in an environment that is not the lock")
+    needs_bitsandbytes()
     (tmp_path / "sitecustomize.py").write_text(  # the device count 0, other CUDA bindings present but failing
         "import torch\nif not hasattr(torch._C, '_cuda_getDeviceCount'):\n"
         "    torch._C._cuda_getDeviceCount = lambda: 0\n    torch._C._cuda_init = lambda: None\n"

@@ -369,11 +369,6 @@ def parse_gpus(value: str) -> list[str]:
     from bench.errors import BadInput
 
     visible = visible_gpus()
-    if "CUDA_VISIBLE_DEVICES" not in os.environ:
-        # these are nvidia-smi's numbers, which follow the PCI bus; CUDA numbers the fastest GPU first unless told
-        # otherwise, so on a machine of mixed GPUs a cell pinned to "1" would get another GPU than nvidia-smi's 1
-        # (and NVML, which follows the bus, would watch the wrong one). Set before the fork server starts.
-        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if value.strip() == "all":
         if not visible:
             raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
@@ -392,6 +387,10 @@ def visible_gpus() -> list[str]:
     Asked without torch, so the runner never initialises CUDA (its fork server must not inherit it)."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip() and v.strip() != "-1"]
+    # nvidia-smi's numbers follow the PCI bus; CUDA numbers the fastest GPU first unless told otherwise, so on a
+    # machine of mixed GPUs a cell pinned to "1" would get another GPU than nvidia-smi's 1 (and NVML, which
+    # follows the bus, would watch the wrong one). Set here, before the fork server starts, for the cells.
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     import subprocess
 
     try:

@@ -32,7 +32,7 @@ class CudaTouched(RuntimeError):
 
 
 @contextlib.contextmanager
-def cuda_forbidden(touched: list[str], callers: set[str] | None = None):
+def cuda_forbidden(touched: list[str], callers: set[str]):
     """Within: every CUDA entry point raises CudaTouched and is logged in `touched` with the module that
     called it (even when the importing library catches the exception and carries on with CUDA marked
     unavailable), and the modules with code running at that moment (frames on the stack) join `callers`.
@@ -49,8 +49,7 @@ def cuda_forbidden(touched: list[str], callers: set[str] | None = None):
                 frame = frame.f_back
             asker = next((m for m in running if m != "torch" and not m.startswith("torch.")), "?")
             touched.append(f"{name} from {asker}")
-            if callers is not None:
-                callers.update(running)
+            callers.update(running)
             raise CudaTouched(f"torch.{name} called while preloading")
         return call
 
