@@ -154,6 +154,8 @@ def main() -> int:
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     p.add_argument("--workdir", help="keep checkpoints and records here (default: a temporary folder)")
     p.add_argument("--wheels", help="install these wheels (pip --no-index) into the work folder first")
+    p.add_argument("--jobs", type=int, default=1, help="cells at once (run --jobs): on one GPU they share its time, "
+                   "not their allocators, so the memory figures hold and the times do not")
     args = p.parse_args()
     smoke = args.device == "cpu"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="peft-bench-gpu-check-"))
@@ -177,10 +179,10 @@ def main() -> int:
     for name, model, methods, batch in suites:
         suite = write_suite(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
         subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(results),
-                        "--force"], check=True, env=env, cwd=ROOT)
+                        "--force", "--jobs", str(args.jobs)], check=True, env=env, cwd=ROOT)
     text = table(results, [(s[0], s[2]) for s in suites])
     head = (f"gpu_check ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s; "
-            f"records in {results}")
+            f"records in {results}" + (f"; {args.jobs} cells at once (times shared)" if args.jobs > 1 else ""))
     if smoke:
         head += "\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something on a GPU only)"
     text += "\n\n" + verdict(results, [s[0] for s in suites])

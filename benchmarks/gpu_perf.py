@@ -133,25 +133,57 @@ def plain(model_dir: str, tasks_dir: str, method: str, smoke: bool) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         step_s.append(time.perf_counter() - begin)
-    return {"step_s_median": statistics.median(step_s[1:]), "load_s": load_s}
+    return {"step_s_median": statistics.median(step_s[1:]), "load_s": load_s,
+            **(kernels(model, batches[-2:], autocast, optimizer, params) if device == "cuda" else {})}
+
+
+def kernels(model, batches, autocast, optimizer, params) -> dict:
+    """Where a step's GPU time goes (the profiler's kernels over two more steps, most time first), and the bf16
+    matrix-product rate this GPU reaches (8192^3, ten products after three warm-ups), beside the datasheet peak
+    that MFU is taken against."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for batch in batches:
+            with autocast:
+                loss = model(**{k: v.to("cuda") for k, v in batch.items()}).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=70)
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return {"profile": table, "matmul_flops_per_s": 10 * 2 * 8192**3 / (time.perf_counter() - begin)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run at toy size")
     p.add_argument("--out", help="also write the table (Markdown) to this file")
+    p.add_argument("--workdir", help="keep the checkpoint and records here (default: a temporary folder)")
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "TASKS", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     smoke = args.device == "cpu"
     if args.worker:
         print(json.dumps(plain(*args.worker, smoke)))
         return 0
-    work = Path(tempfile.mkdtemp(prefix="peft-bench-gpu-perf-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="peft-bench-gpu-perf-"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "CI": "true", **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {})}
     start = time.monotonic()
     model, tasks = build(work, smoke)
     lines: list[str] = []
+    rates: list[float] = []
     failed = False
 
     def show(line: str) -> None:  # row by row, so a run stopped by its time limit keeps the rows it made
@@ -181,9 +213,15 @@ def main() -> int:
         # the record's MFU is over the whole training time; the same FLOPs per step over the median step
         per_median = t["mfu"] * t["train_s"] / (record["train"]["steps"] * median) if t.get("mfu") else None
         mfus = [f"{100 * m:.1f} %" if m is not None else "– (no datasheet peak)" for m in (per_median, t.get("mfu"))]
+        if base.get("profile"):  # into the log, not the table
+            print(f"{method}: the plain loop's kernels over two steps, most GPU time first\n{base['profile']}")
+            rates.append(base["matmul_flops_per_s"])
         show(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
              f"{1000 * median:.1f} | {1000 * base['step_s_median']:.1f} | {median / base['step_s_median']:.3f} | "
              f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
+    if rates:
+        show(f"\nbf16 matrix products (8192^3) on this GPU: {max(rates) / 1e12:.0f} TFLOP/s measured; MFU above is "
+             "against the datasheet peak (bench/cell/measure.py: peak_flops)")
     print(f"gpu_perf ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s, work folder {work}")
     return 1 if failed else 0
 

@@ -2,25 +2,30 @@
 # The GPU checks in one call on a lent GPU machine, from the source, inside a time budget.
 #
 #   here, first:   bash benchmarks/gpu_kit.sh      # .whl/: the wheels the GPU image lacks
-#   device tool:   run(command="BUDGET=560 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   rehearsal:     PYTHON=/path/to/a/python/like/the/image bash benchmarks/gpu_session.sh --cpu check tests perf
+#   device tool:   run(command="BUDGET=450 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=510)
+#   rehearsal:     PYTHON=/path/to/a/python/like/the/image bash benchmarks/gpu_session.sh --cpu
 # BUDGET must stay under the call's timeout_s, so the script ends each phase itself and its files come back.
-# With 15 device-minutes a session (a machine's start included), one such call is what fits: perf (issue 16)
-# needs a call of its own (BUDGET=360), in a session with that time left or in place of tests.
+# 15 device-minutes a session, a machine's start included, hold one such call and perhaps a short second one.
 #
-# Phases, in the order given (default: check tests, issue 12):
-#   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method
-#   tests   the test suite on the GPU (the tests take their expectations from the device)
-#   perf    benchmarks/gpu_perf.py: MFU and the harness against a plain loop
-# Each phase is stopped when the budget (BUDGET seconds, default 570) runs out. Everything lands in $OUT
-# (the device tool's folder that comes back; a temporary folder elsewhere): env.txt, one log per phase,
-# junit.xml, and the tables as docs/measurements/gpu-DATE.md and gpu-perf-DATE.md should hold them (commit
-# those with the command). --cpu rehearses the same path on a CPU machine (the checks' smoke mode, CUDA hidden).
+# Phases, given in any order (default: all four):
+#   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method, two cells at once
+#   tests   the test suite on the GPU (the tests take their expectations from the device). It runs beside check
+#           and trace, on the machine's other cores: what those two measure on the GPU (each process's own
+#           allocator peaks) is not shared between processes; their step times are, and are not what they check
+#   trace   benchmarks/gpu_memory_trace.py: the allocator's history of the cells check predicted worst (CUDA only)
+#   perf    benchmarks/gpu_perf.py: MFU and the harness against a plain loop. It times steps, so it runs last and
+#           alone; PERF_S seconds of the budget (default 180) are kept for it
+# Each phase is stopped when its share of the budget (BUDGET seconds, default 450) runs out. Into $OUT (the device
+# tool's folder that comes back, 8 files at most; a temporary folder elsewhere): env.txt, a log per phase,
+# gpu-DATE.md and gpu-perf-DATE.md (the tables docs/measurements/ holds: commit them with the command), and
+# extras.tar (junit.xml, the records of check and perf, the traces). --cpu rehearses the same path on a CPU machine
+# (the checks' smoke mode, CUDA hidden).
 set -uo pipefail
 [ -n "${OUT:-}" ] && OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)  # relative to where it was called from
 cd "$(dirname "$0")/.."
 START=$SECONDS
-BUDGET=${BUDGET:-570}
+BUDGET=${BUDGET:-450}
+PERF_S=${PERF_S:-180}
 WORKERS=${WORKERS:-8}  # pytest-xdist processes (the device machine has 16 cores)
 PYTHON=${PYTHON:-python3}
 DEVICE=cuda
@@ -28,36 +33,42 @@ PHASES=()
 for arg in "$@"; do
   case "$arg" in
     --cpu) DEVICE=cpu ;;
-    check|tests|perf) PHASES+=("$arg") ;;
-    *) echo "gpu_session: unknown argument '$arg' (phases: check, tests, perf; option: --cpu)" >&2; exit 2 ;;
+    check|tests|trace|perf) PHASES+=("$arg") ;;
+    *) echo "gpu_session: unknown argument '$arg' (phases: check, tests, trace, perf; option: --cpu)" >&2; exit 2 ;;
   esac
 done
-[ ${#PHASES[@]} -gt 0 ] || PHASES=(check tests)
+[ ${#PHASES[@]} -gt 0 ] || PHASES=(check tests trace perf)
+want() { [[ " ${PHASES[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-$(mktemp -d -t peft-bench-gpu-session-XXXX)}
 DAY=$(date +%Y-%m-%d)
 export PYTHONUNBUFFERED=1 CI=true
 [ "$DEVICE" = cpu ] && export CUDA_VISIBLE_DEVICES=""
 
-left() { echo $(( BUDGET - (SECONDS - START) )); }
-stamp() { echo "== $(date -u +%H:%M:%S) +$(( SECONDS - START )) s: $*"; }
-
 # The kit's wheels go first on the path, so a carried version wins over the image's.
 KIT=${KIT-.whl}  # the wheels benchmarks/gpu_kit.sh wrote (KIT= : none)
-SITE=$(mktemp -d -t peft-bench-site-XXXX)
-trap 'rm -rf "$SITE"' EXIT
+WORK=$(mktemp -d -t peft-bench-gpu-work-XXXX)  # the kit's site, checkpoints, records, rc files
+trap 'rm -rf "$WORK"' EXIT
 if [ -n "$KIT" ] && ls "$KIT"/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$KIT"/*.whl \
-    || { echo "gpu_session: the wheels in $KIT did not install" >&2; exit 1; }
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+    "$KIT"/*.whl || { echo "gpu_session: the wheels in $KIT did not install" >&2; exit 1; }
 fi
-export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+stamp() { echo "== $(date -u +%H:%M:%S) +$(( SECONDS - START )) s: $*"; }
+share() {  # seconds a phase may take: what is left, less perf's reserve unless it is perf
+  local left=$(( BUDGET - (SECONDS - START) ))
+  if [ "$1" != perf ] && want perf; then left=$(( left - PERF_S )); fi
+  echo "$left"
+}
 
 {
   stamp "environment ($DEVICE)"
   git log -1 --format='commit %H %s' 2>/dev/null || echo "commit: unknown (no git)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "nvidia-smi: none"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null \
+    || echo "nvidia-smi: none"
   "$PYTHON" - <<'EOF'
-import importlib.metadata as md, sys
-print("python", sys.version.split()[0])
+import importlib.metadata as md, os, sys
+print("python", sys.version.split()[0], "cores", len(os.sched_getaffinity(0)))
 for name in ("torch", "transformers", "peft", "accelerate", "tokenizers", "huggingface-hub", "bitsandbytes",
              "datasets", "nvidia-ml-py", "numpy", "pytest", "pytest-xdist"):
     try:
@@ -69,29 +80,57 @@ print("cuda available", torch.cuda.is_available())
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-status=0
-run_phase() {  # name, then the command; stopped when the budget runs out
+run_phase() {  # name, then the command: stopped when its share of the budget runs out; its exit code in WORK
   local name=$1; shift
-  local budget; budget=$(left)
+  local budget; budget=$(share "$name")
   if [ "$budget" -lt 30 ]; then
-    stamp "$name: skipped, ${budget} s of the budget left" | tee -a "$OUT/env.txt"; status=1; return
+    stamp "$name: skipped, ${budget} s of its share of the budget left" | tee -a "$OUT/env.txt"
+    echo 1 >"$WORK/$name.rc"; return
   fi
-  stamp "$name (up to $budget s): $*" | tee "$OUT/$name.log"
-  timeout --kill-after=10 "$budget" "$@" 2>&1 | tee -a "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
+  stamp "$name (up to $budget s): $*" >"$OUT/$name.log"
+  timeout --kill-after=10 "$budget" "$@" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$rc" >"$WORK/$name.rc"
   stamp "$name ended: exit $rc$([ "$rc" -eq 124 ] && echo ' (out of budget)')" | tee -a "$OUT/$name.log" "$OUT/env.txt"
-  [ "$rc" -eq 0 ] || status=1
 }
+show() { [ -f "$OUT/$1.log" ] && tail -n "$2" "$OUT/$1.log"; }
 
+if want tests; then  # in the background, beside check and trace (see above); -v: a stopped run still says what ran
+  hung=(); "$PYTHON" -c "import pytest_timeout" 2>/dev/null && hung=(--timeout 300)  # one hung test
+  run_phase tests "$PYTHON" -m pytest -p no:cacheprovider -v -rfEs --tb=short -n "$WORKERS" \
+    ${hung[@]+"${hung[@]}"} --junitxml "$WORK/junit.xml" &
+  TESTS=$!
+fi
+if want check; then
+  run_phase check "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" --jobs 2 --workdir "$WORK/check" \
+    --out "$OUT/gpu-$DAY.md"
+  show check 40
+fi
+if want trace; then
+  if [ "$DEVICE" = cuda ] && [ -d "$WORK/check/results" ]; then
+    run_phase trace "$PYTHON" benchmarks/gpu_memory_trace.py --work "$WORK/check" --out "$WORK/traces.tar"
+    show trace 60
+  else
+    stamp "trace: skipped (it needs CUDA and check's records)" | tee -a "$OUT/env.txt"
+  fi
+fi
+if [ -n "${TESTS:-}" ]; then
+  wait "$TESTS"
+  show tests 25
+fi
+if want perf; then
+  run_phase perf "$PYTHON" benchmarks/gpu_perf.py --device "$DEVICE" --workdir "$WORK/perf" \
+    --out "$OUT/gpu-perf-$DAY.md"
+  show perf 12
+fi
+
+# One file for the rest (the tool brings back 8): junit.xml, the records (no checkpoints) and the traces.
+(cd "$WORK" && tar -cf "$OUT/extras.tar" $(ls -d junit.xml traces.tar check/results perf/results 2>/dev/null))
+status=0
 for phase in "${PHASES[@]}"; do
-  case "$phase" in
-    check) run_phase check "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT/gpu-$DAY.md" ;;
-    # -v prints each result as it comes, so a run stopped by the budget still says what passed and failed
-    tests) hung=(); "$PYTHON" -c "import pytest_timeout" 2>/dev/null && hung=(--timeout 300)  # one hung test
-           run_phase tests "$PYTHON" -m pytest -p no:cacheprovider -v -rfEs --tb=short -n "$WORKERS" \
-             ${hung[@]+"${hung[@]}"} --junitxml "$OUT/junit.xml" ;;
-    perf) run_phase perf "$PYTHON" benchmarks/gpu_perf.py --device "$DEVICE" --out "$OUT/gpu-perf-$DAY.md" ;;
-  esac
+  [ -f "$WORK/$phase.rc" ] && [ "$(cat "$WORK/$phase.rc")" = 0 ] && continue
+  [ "$phase" = trace ] && [ "$DEVICE" = cpu ] && continue
+  status=1
 done
-stamp "done: exit $status; files in $OUT" | tee -a "$OUT/env.txt"
+stamp "done: exit $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/env.txt"
 exit $status

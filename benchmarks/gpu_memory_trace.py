@@ -1,0 +1,180 @@
+"""What the CUDA allocator holds at a cell's training peak, allocation by allocation: the evidence for the terms
+the memory prediction lacks (docs/measurement.md, "Predicted vs measured").
+
+    PYTHONPATH=. python benchmarks/gpu_memory_trace.py --work DIR --out traces.tar   # on a GPU, after gpu_check
+    PYTHONPATH=. python benchmarks/gpu_memory_trace.py --read traces.tar             # anywhere: the breakdown
+
+The first form reads the records gpu_check.py left in DIR (its --workdir), picks the cells whose prediction is
+furthest from the measured peak (--cells, default 3) and runs each again, in a process of its own, with the
+allocator's history on over the training window, the window whose peak the record's
+`memory.device_peak_allocated_bytes` is (torch.cuda.memory._record_memory_history, Python frames only). Each trace
+is cut down to the frames of the harness, transformers, peft and torch.nn and saved with the cell's new record and
+the bytes allocated as the window opened. The second form replays each trace: the allocated bytes after every
+event (the window's opening bytes, plus each allocation's block, minus each block a free request returns: what
+torch.cuda.memory_allocated counts), their peak, and the blocks allocated in the window still alive at that moment,
+grouped by where they were allocated (the innermost kept frame, and whether the probe step or the training loop made
+them). Allocations by autograd's backward thread carry no Python frame: they are grouped as "backward".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import lzma
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEPT = ("/bench/", "/transformers/", "/peft/", "/torch/nn/", "/torch/optim/", "/bitsandbytes/")
+PHASES = (("bench/cell/probe.py", "probe"), ("bench/cell/train.py", "train"))
+FRAMES = 8  # innermost kept frames per event
+
+
+def worst_cells(work: Path, count: int) -> list[tuple[Path, str, str, float]]:
+    """(suite file, cell id, label, predicted/measured) of the ok cells furthest from 1, worst first."""
+    found = []
+    for path in (work / "results").glob("*/*.json"):
+        r = json.loads(path.read_text())
+        m = r["memory"]
+        if r["status"] == "ok" and m.get("device_peak_allocated_bytes") and m.get("predicted_peak_bytes"):
+            ratio = m["predicted_peak_bytes"] / m["device_peak_allocated_bytes"]
+            found.append((work / f"{r['cell']['suite']}.yaml", r["cell"]["id"], r["cell"]["label"], ratio))
+    return sorted(found, key=lambda f: -abs(f[3] - 1))[:count]
+
+
+def reduced(snapshot: dict) -> list[dict]:
+    """Device 0's trace with each allocation's frames cut to the kept ones (strings shared, so the pickle stays small)."""
+    strings: dict[str, str] = {}
+    events = []
+    for e in snapshot["device_traces"][0]:
+        frames = [(strings.setdefault(f["filename"], f["filename"]), f["line"], strings.setdefault(f["name"], f["name"]))
+                  for f in e.get("frames") or () if any(k in f["filename"] for k in KEPT)][:FRAMES]
+        frames = frames if e["action"] == "alloc" else []  # where a block was freed is not asked
+        events.append({"action": e["action"], "addr": e.get("addr"), "size": e.get("size", 0),
+                       "stream": e.get("stream"), "frames": frames})
+    return events
+
+
+def trace_cell(suite: str, cell_id: str, out: str) -> None:
+    """Run one cell in this process, the allocator's history on over its training window; save its record, the
+    bytes allocated as the window opened and the reduced trace."""
+    import torch
+
+    from bench.cell import instruments
+    from bench.cell.recipe import run_cell
+    from bench.plan.grid import expand
+    from bench.plan.suite import load_suite
+
+    (cell,) = [c for c in expand(load_suite(suite)) if c.id == cell_id]
+    captured = {}
+    window = instruments.TrainingPeak.training
+
+    @contextlib.contextmanager
+    def traced(self, run, record):
+        with window(self, run, record):  # the peak is reset as the window opens: the history starts after it
+            captured["opening"] = torch.cuda.memory_allocated()
+            torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+            try:
+                yield
+            finally:
+                captured["events"] = reduced(torch.cuda.memory._snapshot())
+                torch.cuda.memory._record_memory_history(enabled=None)
+
+    instruments.TrainingPeak.training = traced
+    record = run_cell(cell, quiet=True)
+    with lzma.open(out, "wb") as f:
+        pickle.dump({"record": record, **captured}, f)
+
+
+def replay(events: list[dict], opening: int) -> dict:
+    """The window's peak and the blocks allocated in it alive at that moment (see the module's docstring)."""
+    phase, phases = "start", []
+    for e in events:
+        files = [f[0] for f in e["frames"]]
+        phase = next((name for path, name in PHASES if any(path in f for f in files)), phase if not files else "other")
+        phases.append(phase)
+    live: dict[int, int] = {}  # addr -> index of its allocation event
+    allocated, peak, peak_at, peak_live = opening, opening, None, {}
+    for i, e in enumerate(events):
+        if e["action"] == "alloc":
+            live[e["addr"]] = i
+            allocated += e["size"]
+        elif e["action"] == "free_requested":  # a block allocated before the window counts too
+            live.pop(e["addr"], None)
+            allocated -= e["size"]
+        if allocated > peak:
+            peak, peak_at, peak_live = allocated, i, dict(live)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i in peak_live.values():
+        frames = events[i]["frames"]
+        site = "backward" if not frames else f"{frames[0][2]} ({Path(frames[0][0]).name}:{frames[0][1]})"
+        groups[(phases[i] if frames else "backward", site)].append(events[i]["size"])
+    return {"peak": peak, "peak_at": peak_at, "events": len(events), "groups": groups}
+
+
+def read(path: Path, top: int) -> str:
+    lines = []
+    with tarfile.open(path) as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if not member.name.endswith(".pkl.xz"):
+                continue
+            data = pickle.loads(lzma.decompress(tar.extractfile(member).read()))
+            m, found = data["record"]["memory"], replay(data["events"], data["opening"])
+            lines.append(f"## {member.name}: {data['record']['cell']['label']} on "
+                         f"{Path(data['record']['cell']['model']).name} ({data['record']['status']})")
+            lines.append(f"events {found['events']}; opening {data['opening'] / 2**20:.1f} MiB; replayed peak {found['peak'] / 2**20:.1f} MiB "
+                         f"(event {found['peak_at']}); record: device peak {_mb(m.get('device_peak_allocated_bytes'))}"
+                         f", predicted {_mb(m.get('predicted_peak_bytes'))}, weights {_mb(m.get('weights_bytes'))}, "
+                         f"optimizer {_mb(m.get('optimizer_bytes'))}, step peak {_mb(m.get('step_peak_bytes'))}, "
+                         f"other {_mb(m.get('device_other_bytes'))} MiB")
+            ranked = sorted(found["groups"].items(), key=lambda g: -sum(g[1]))
+            for (phase, site), sizes in ranked[:top]:
+                lines.append(f"  {sum(sizes) / 2**20:10.1f} MiB  {len(sizes):5d} blocks  {phase:8s} {site}")
+            rest = sum(sum(s) for _, s in ranked[top:])
+            lines.append(f"  {rest / 2**20:10.1f} MiB  in {max(0, len(ranked) - top)} other sites")
+    return "\n".join(lines)
+
+
+def _mb(value) -> str:
+    return f"{value / 2**20:.1f}" if value else "–"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", help="gpu_check.py's --workdir (its records and suites)")
+    p.add_argument("--cells", type=int, default=3, help="how many of the worst-predicted cells to trace")
+    p.add_argument("--out", help="the tar file of traces to write")
+    p.add_argument("--read", help="a tar file of traces: print each cell's breakdown at its training peak")
+    p.add_argument("--top", type=int, default=25, help="--read: the allocation sites to list per cell")
+    p.add_argument("--worker", nargs=3, metavar=("SUITE", "CELL", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        trace_cell(*args.worker)
+        return 0
+    if args.read:
+        print(read(Path(args.read), args.top))
+        return 0
+    if not (args.work and args.out):
+        p.error("give --work and --out (trace on a GPU), or --read")
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(args.out, "w") as tar:
+        for suite, cell_id, label, ratio in worst_cells(Path(args.work), args.cells):
+            print(f"tracing {label} ({suite.stem}, predicted/measured {ratio:.2f})", flush=True)
+            out = Path(tmp) / f"{suite.stem}-{label}.pkl.xz"
+            done = subprocess.run([sys.executable, __file__, "--worker", str(suite), cell_id, str(out)], cwd=ROOT)
+            if done.returncode or not out.exists():
+                failed += 1
+                continue
+            tar.add(out, arcname=out.name)
+    print(read(Path(args.out), 12), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/gpu_memory_trace.py: the replay of an allocator trace, checked against a trace computed by hand (the
+tracing itself needs CUDA: it runs in benchmarks/gpu_session.sh on a GPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_memory_trace.py"
+spec = importlib.util.spec_from_file_location("gpu_memory_trace", SCRIPT)
+trace = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(trace)
+
+
+def frame(path, name, line=1):
+    return {"filename": path, "line": line, "name": name}
+
+
+def test_reduced_keeps_the_harness_and_library_frames_of_allocations_only():
+    snapshot = {"device_traces": [[
+        {"action": "alloc", "addr": 1, "size": 512, "stream": 0,
+         "frames": [frame("/usr/lib/python3.12/contextlib.py", "__enter__"),
+                    frame("/site/transformers/models/roberta/modeling_roberta.py", "forward", 7),
+                    frame("/repo/bench/cell/train.py", "step", 9)]},
+        {"action": "free_requested", "addr": 1, "size": 512, "stream": 0,
+         "frames": [frame("/repo/bench/cell/train.py", "step", 9)]},
+    ]]}
+    alloc, free = trace.reduced(snapshot)
+    assert alloc["frames"] == [("/site/transformers/models/roberta/modeling_roberta.py", 7, "forward"),
+                               ("/repo/bench/cell/train.py", 9, "step")]
+    assert free["frames"] == [] and free["size"] == 512
+
+
+def test_replay_finds_the_peak_and_what_is_alive_at_it():
+    probe = [("/repo/bench/cell/probe.py", 3, "first_step")]
+    loop = [("/site/torch/nn/functional.py", 5, "linear"), ("/repo/bench/cell/train.py", 9, "step")]
+    events = [
+        {"action": "alloc", "addr": 10, "size": 1000, "frames": probe},      # 1000 + 1000
+        {"action": "alloc", "addr": 11, "size": 300, "frames": []},          # backward thread: 2300
+        {"action": "free_requested", "addr": 99, "size": 200, "frames": []},  # allocated before the window: 2100
+        {"action": "free_completed", "addr": 99, "size": 200, "frames": []},  # already counted at the request
+        {"action": "alloc", "addr": 12, "size": 400, "frames": loop},        # 2500: the peak
+        {"action": "alloc", "addr": 13, "size": 100, "frames": []},          # backward, after a loop frame: 2600
+        {"action": "free_requested", "addr": 10, "size": 1000, "frames": []},  # 1600
+        {"action": "alloc", "addr": 14, "size": 600, "frames": loop},        # 2200
+    ]
+    found = trace.replay(events, opening=1000)
+    assert (found["peak"], found["peak_at"]) == (2600, 5)
+    assert dict(found["groups"]) == {("probe", "first_step (probe.py:3)"): [1000], ("backward", "backward"): [300, 100],
+                                     ("train", "linear (functional.py:5)"): [400]}
+
+
+def test_worst_cells_are_the_furthest_from_the_measured_peak(tmp_path):
+    folder = tmp_path / "results" / "s"
+    folder.mkdir(parents=True)
+    for i, (label, predicted, measured, status) in enumerate([("a", 95, 100, "ok"), ("b", 70, 100, "ok"),
+                                                               ("c", 120, 100, "ok"), ("d", 10, 100, "failed"),
+                                                               ("e", None, 100, "ok")]):
+        (folder / f"{i}.json").write_text(json.dumps({
+            "status": status, "cell": {"suite": "s", "id": f"id{i}", "label": label},
+            "memory": {"predicted_peak_bytes": predicted, "device_peak_allocated_bytes": measured}}))
+    found = trace.worst_cells(tmp_path, 2)
+    assert [(f[2], round(f[3], 2)) for f in found] == [("b", 0.7), ("c", 1.2)]
+    assert found[0][0] == tmp_path / "s.yaml"
