@@ -224,14 +224,21 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
         config = tiny.config(spec.ref, len(tokenizer))
         for key, value in head_kwargs.items():
             setattr(config, key, value)
+        dtype = config_dtype(config, weights_dtype)
         torch.manual_seed(tiny.INIT_SEED)
         with torch.device("meta" if meta else "cpu"):
-            model = auto.from_config(config, dtype=config_dtype(config, weights_dtype), **kernels)
-        if not meta:  # a fresh head per seed, as loading a checkpoint gives
-            torch.manual_seed(seed)
+            model = auto.from_config(config, dtype=dtype, **kernels)
+        if not meta:
+            # The weights are drawn in fp32 and then cast, as a checkpoint's are: draws made in a 16-bit dtype
+            # differ between CPUs (torch's vectorised kernels), so a bf16 tiny model was another model elsewhere.
+            torch.manual_seed(tiny.INIT_SEED)
+            drawn = model if dtype == torch.float32 else auto.from_config(config, dtype=torch.float32, **kernels)
+            torch.manual_seed(seed)  # a fresh head per seed, as loading a checkpoint gives
             for name in ARCHS[spec.arch].head_modules:
-                if hasattr(model, name) and head == "classifier":
-                    getattr(model, name).apply(model._init_weights)
+                if hasattr(drawn, name) and head == "classifier":
+                    getattr(drawn, name).apply(drawn._init_weights)
+            if drawn is not model:
+                model.load_state_dict(drawn.state_dict())  # each weight keeps its dtype (T5's `wo` stays fp32)
     else:
         ref = _package_path(spec) if spec.source == "package" else spec.ref
         if meta:  # shapes only: a shipped config needs no hub and no tokenizer

@@ -142,6 +142,26 @@ def test_weights_dtype_loads_every_weight_in_it(weights_dtype, expected):
         assert torch.equal(a, b.to(expected)), name
 
 
+@pytest.mark.parametrize("name, task", [("tiny-encoder", "classification"), ("tiny-t5", "generation")])
+def test_tiny_weights_are_drawn_in_fp32_whatever_the_weights_dtype(monkeypatch, name, task):
+    """On the GPU machine's CPU, random draws made in bf16 were not fp32's draws cast (torch's vectorised kernels
+    differ between CPUs), so a bf16 tiny model was another model there. Here 16-bit draws are made to differ: the
+    bf16 model, its fresh head included, must still be the fp32 model cast (T5's `wo` stays fp32)."""
+    draw = torch.Tensor.normal_
+
+    def differs_in_16_bit(self, *args, **kwargs):
+        out = draw(self, *args, **kwargs)
+        return out.add_(0.5) if self.dtype in (torch.bfloat16, torch.float16) else out
+
+    monkeypatch.setattr(torch.Tensor, "normal_", differs_in_16_bit)
+    spec = resolve_model(name)
+    fp32 = load_bundle(spec, task, 2, seed=3).model
+    bf16 = load_bundle(spec, task, 2, seed=3, weights_dtype="bf16").model
+    for (key, a), b in zip(bf16.state_dict().items(), fp32.state_dict().values()):
+        assert torch.equal(a, b.to(a.dtype)), key
+    assert dtype_name(bf16) == "bf16"
+
+
 @pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-llama"])
 def test_attention_setting_builds_that_implementation(name):
     """`auto` leaves the choice to transformers (sdpa for every registry model); the others are asked for."""

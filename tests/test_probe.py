@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.cell.measure import storage_key
-from bench.cell.probe import _CPU_ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
+from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
 from bench.models import REGISTRY
 from tests.adapting import adapt, token_batch
 
@@ -78,10 +78,10 @@ def test_counted_flops_are_flop_counter_modes(model_name, method, attention):
     step = instrumented_step(model, batch)
     for p in model.parameters():
         p.grad = None
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as torch_count:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as torch_count:
         model(**batch).loss.backward()
     assert step.forward_flops + step.backward_flops == torch_count.get_total_flops()
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as forward_only, torch.no_grad():
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as forward_only, torch.no_grad():
         model(**batch)
     assert step.forward_flops == forward_only.get_total_flops() > 0
 
@@ -146,3 +146,18 @@ def test_step_counters_count_a_pass_by_hand_and_stop_at_the_block():
     seen = (counters.flops, len(counters.saved))
     (x @ w.t()).relu().sum().backward()
     assert (counters.flops, len(counters.saved)) == seen
+
+
+@pytest.mark.parametrize("op", sorted(ATTENTION_FLOPS, key=str))
+def test_grouped_query_attention_is_counted_as_its_repeated_heads(op):
+    """A fused attention kernel given fewer key/value heads than query heads (grouped-query attention, as CUDA's
+    kernels get it in LLaMA-2-70B, Mistral or TinyLlama) makes the products of the repeated heads:
+    2·b·h·s_q·s_k·d FLOPs for each of QKᵀ and (·)V, and backward recomputes QKᵀ and makes four more. Before torch
+    2.13, torch's own formulas raised on such shapes, and every such cell failed on a GPU."""
+    b, heads, kv_heads, s_q, s_k, d = 2, 8, 2, 16, 24, 32
+    query, key, grad_out = (b, heads, s_q, d), (b, kv_heads, s_k, d), (b, heads, s_q, d)
+    product = 2 * b * heads * s_q * s_k * d
+    if "backward" in str(op):
+        assert ATTENTION_FLOPS[op](grad_out, query, key, key) == 5 * product
+    else:
+        assert ATTENTION_FLOPS[op](query, key, key) == 2 * product

@@ -29,12 +29,37 @@ from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
 
 _aten = torch.ops.aten
-# PyTorch's own table misses CPU flash attention; count it as the CUDA kernels are counted.
-_CPU_ATTENTION_FLOPS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+
+
+def _query_heads(shape, heads: int) -> tuple:
+    """A key or value shape given the query's head count. Under grouped-query attention (LLaMA-2-70B, Mistral,
+    TinyLlama) a fused kernel gets fewer key/value heads than query heads and computes the products of the
+    repeated heads; torch's own formulas count them so from 2.13, and before that raise on such shapes."""
+    return (shape[0], heads, *shape[2:])
+
+
+def _attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(q, _query_heads(k, q[1]), _query_heads(v, q[1]))
+
+
+def _attention_backward_flops(g, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(g, q, _query_heads(k, q[1]), _query_heads(v, q[1]))
+
+
+def _ops(*names: str) -> list:
+    return [getattr(_aten, name) for name in names if hasattr(_aten, name)]  # cudnn's arrived in torch 2.5
+
+
+# Every fused attention kernel (each takes query, key, value first; a backward takes the output's gradient before
+# them), counted the same way on every torch (>= 2.4) and device. PyTorch's table misses CPU flash attention.
+ATTENTION_FLOPS = {
+    **dict.fromkeys(_ops("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                         "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"),
+                    _attention_flops),
+    **dict.fromkeys(_ops("_scaled_dot_product_flash_attention_for_cpu_backward",
+                         "_scaled_dot_product_flash_attention_backward",
+                         "_scaled_dot_product_efficient_attention_backward",
+                         "_scaled_dot_product_cudnn_attention_backward"), _attention_backward_flops),
 }
 
 
@@ -136,7 +161,7 @@ class StepCounters(LiveBytes):
         super().__init__(phase)
         self.flops = 0
         self._formulas = {**flop_counter.flop_registry,
-                          **{op: flop_counter.shape_wrapper(f) for op, f in _CPU_ATTENTION_FLOPS.items()}}
+                          **{op: flop_counter.shape_wrapper(f) for op, f in ATTENTION_FLOPS.items()}}
         self.saved: list[tuple[int, int]] = []  # (storage key, bytes) of every storage saved in the block
         self._saved_alive: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -283,7 +308,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     rows = len(sample.features)
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
+            flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
     if sample.choices is not None:
