@@ -63,7 +63,11 @@ share() {  # seconds a phase may take: what is left, less perf's reserve unless 
 
 {
   stamp "environment ($DEVICE)"
-  git log -1 --format='commit %H %s' 2>/dev/null || echo "commit: unknown (no git)"
+  # The device tool's copy of .git can lag the tree it sends: the digest of the sources names what ran (here:
+  # the same command on a commit's checkout gives the same digest).
+  git log -1 --format='commit (as .git says) %H %s' 2>/dev/null || echo "commit: unknown (no git)"
+  echo "source digest $(find bench benchmarks tests suites -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.sh' \
+    -o -name '*.json' \) -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null \
     || echo "nvidia-smi: none"
   "$PYTHON" - <<'EOF'
