@@ -124,8 +124,8 @@ _FIGURES = [
     Figure("memory", "device_other_bytes", "bytes", "measured", "CUDA only: `torch.cuda.memory_allocated` as the "
            "training window opens, minus `weights_bytes`: what else the device holds through training, chiefly the "
            "cuBLAS and cuBLASLt workspaces that the first matrix products (the probe step's, on each stream and "
-           "thread) allocated, and the model's buffers. Not in `predicted_peak_bytes` (`estimate` has no device to "
-           "ask); `benchmarks/gpu_check.py` prints it beside the prediction's ratio."),
+           "thread) allocated, and the model's buffers (64-82 MiB on an H200). Not in `predicted_peak_bytes` "
+           "(`estimate` has no device to ask); `benchmarks/gpu_check.py` prints the ratio with it added."),
     Figure("memory", "eval_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the final evaluation, "
            "reset at its start."),
     Figure("memory", "nvml_peak_bytes", "bytes", "measured", "CUDA with NVML (the `nvidia-ml-py` distribution's "

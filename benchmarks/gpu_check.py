@@ -9,9 +9,9 @@ encoder in fp32 and a 0.95B LLaMA-shaped decoder in bf16, plus a local classific
 10 methods on the encoder (batch 32 x 256) and 5 on the decoder (batch 8 x 256, QLoRA included).
 It prints, per cell, `memory.predicted_peak_bytes` over the measured `device_peak_allocated_bytes`,
 `memory.device_other_bytes` (what the device held besides the weights as training began: the cuBLAS
-workspaces, a term the prediction leaves out) and the ratio with it added, the median step time, `time.train_flops_per_s` and
-`time.mfu`. `--device cpu` runs the same path at toy size on the CPU (CI runs it), where the measured
-peak is the process's RSS.
+workspaces, a term the prediction leaves out) and the ratio with it added, the median step time,
+`time.train_flops_per_s` and `time.mfu`. `--device cpu` runs the same path at toy size on the CPU (CI runs
+it), where the measured peak is the process's RSS.
 
 `--wheels DIR` first installs the wheels in DIR into a private folder (a GPU machine with its own
 image and no network: pip install --no-index).
@@ -111,7 +111,8 @@ def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
             predicted = m.get("predicted_peak_bytes")
             ratio = f"{predicted / measured:.2f}" if predicted and measured else "–"
             other = m.get("device_other_bytes")  # the workspaces the prediction leaves out (docs/measurement.md)
-            with_other = f"{(predicted + other) / measured:.3f}" if predicted and measured and other is not None else "–"
+            with_other = (f"{(predicted + other) / measured:.3f}" if predicted and measured and other is not None
+                          else "–")
             on_device = m.get("device_peak_allocated_bytes") and predicted  # RSS holds the libraries: no verdict
             verdict = ("yes" if within(predicted, measured) else "**no**") if on_device else "–"
             cells = [suite, (r.get("train") or {}).get("weights_dtype") or "–", r["cell"]["label"], r["status"],
@@ -186,7 +187,8 @@ def main() -> int:
     head = (f"gpu_check ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s; "
             f"records in {results}" + (f"; {args.jobs} cells at once (times shared)" if args.jobs > 1 else ""))
     if smoke:
-        head += "\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something on a GPU only)"
+        head += ("\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something on "
+                 "a GPU only)")
     text += "\n\n" + verdict(results, [s[0] for s in suites])
     print(head + "\n\n" + text)
     if args.out:

@@ -49,12 +49,13 @@ def worst_cells(work: Path, count: int) -> list[tuple[Path, str, str, float]]:
 
 
 def reduced(snapshot: dict) -> list[dict]:
-    """Device 0's trace with each allocation's frames cut to the kept ones (strings shared, so the pickle stays small)."""
+    """Device 0's trace, each allocation's frames cut to the kept ones (strings shared: the pickle stays small)."""
     strings: dict[str, str] = {}
     events = []
     for e in snapshot["device_traces"][0]:
-        frames = [(strings.setdefault(f["filename"], f["filename"]), f["line"], strings.setdefault(f["name"], f["name"]))
-                  for f in e.get("frames") or () if any(k in f["filename"] for k in KEPT)][:FRAMES]
+        kept = [f for f in e.get("frames") or () if any(k in f["filename"] for k in KEPT)][:FRAMES]
+        frames = [(strings.setdefault(f["filename"], f["filename"]), f["line"],
+                   strings.setdefault(f["name"], f["name"])) for f in kept]
         frames = frames if e["action"] == "alloc" else []  # where a block was freed is not asked
         events.append({"action": e["action"], "addr": e.get("addr"), "size": e.get("size", 0),
                        "stream": e.get("stream"), "frames": frames})
@@ -128,7 +129,8 @@ def read(path: Path, top: int) -> str:
             m, found = data["record"]["memory"], replay(data["events"], data["opening"])
             lines.append(f"## {member.name}: {data['record']['cell']['label']} on "
                          f"{Path(data['record']['cell']['model']).name} ({data['record']['status']})")
-            lines.append(f"events {found['events']}; opening {data['opening'] / 2**20:.1f} MiB; replayed peak {found['peak'] / 2**20:.1f} MiB "
+            lines.append(f"events {found['events']}; opening {data['opening'] / 2**20:.1f} MiB; "
+                         f"replayed peak {found['peak'] / 2**20:.1f} MiB "
                          f"(event {found['peak_at']}); record: device peak {_mb(m.get('device_peak_allocated_bytes'))}"
                          f", predicted {_mb(m.get('predicted_peak_bytes'))}, weights {_mb(m.get('weights_bytes'))}, "
                          f"optimizer {_mb(m.get('optimizer_bytes'))}, step peak {_mb(m.get('step_peak_bytes'))}, "

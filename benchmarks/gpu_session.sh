@@ -2,12 +2,12 @@
 # The GPU checks in one call on a lent GPU machine, from the source, inside a time budget.
 #
 #   here, first:   bash benchmarks/gpu_kit.sh      # .whl/: the wheels the GPU image lacks
-#   device tool:   run(command="BUDGET=450 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=510)
+#   device tool:   run(command="BUDGET=460 PERF_S=200 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=520)
 #   rehearsal:     PYTHON=/path/to/a/python/like/the/image bash benchmarks/gpu_session.sh --cpu
 # BUDGET must stay under the call's timeout_s, so the script ends each phase itself and its files come back.
 # 15 device-minutes a session, a machine's start included, hold one such call and perhaps a short second one.
 #
-# Phases, given in any order (default: all four):
+# Phases (default: all four; they run as below, whatever order they are named in):
 #   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method, two cells at once
 #   tests   the test suite on the GPU (the tests take their expectations from the device). It runs beside check
 #           and trace, on the machine's other cores: what those two measure on the GPU (each process's own
