@@ -9,11 +9,16 @@ furthest from the measured peak (--cells, default 3) and runs each again, in a p
 allocator's history on over the training window, the window whose peak the record's
 `memory.device_peak_allocated_bytes` is (torch.cuda.memory._record_memory_history, Python frames only). Each trace
 is cut down to the frames of the harness, transformers, peft and torch.nn and saved with the cell's new record and
-the bytes allocated as the window opened. The second form replays each trace: the allocated bytes after every
-event (the window's opening bytes, plus each allocation's block, minus each block a free request returns: what
-torch.cuda.memory_allocated counts), their peak, and the blocks allocated in the window still alive at that moment,
-grouped by where they were allocated (the innermost kept frame, and whether the probe step or the training loop made
-them). Allocations by autograd's backward thread carry no Python frame: they are grouped as "backward".
+the allocator's requested bytes as the window opened and at its peak.
+
+The second form replays each trace. The history gives each allocation's *requested* size, which is what a
+tensor's storage holds and what the step probe counts; the allocator's `allocated` figures count whole blocks,
+each rounded up to 512 bytes, and a cached block of 1 MiB or more is handed out unsplit when what would remain is
+small. So the replay sums requested bytes: the window's opening bytes, plus each allocation, minus each block a
+free request returns. It prints their peak beside the allocator's own requested peak (they agree when the trace is
+whole) and its allocated peak (the record's), and lists the blocks allocated in the window still alive at the
+peak, grouped by where they were allocated: the innermost kept frame. Allocations by autograd's backward thread
+carry no Python frame: they are grouped as "backward".
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEPT = ("/bench/", "/transformers/", "/peft/", "/torch/nn/", "/torch/optim/", "/bitsandbytes/")
-PHASES = (("bench/cell/probe.py", "probe"), ("bench/cell/train.py", "train"))
 FRAMES = 8  # innermost kept frames per event
 
 
@@ -64,7 +68,7 @@ def reduced(snapshot: dict) -> list[dict]:
 
 def trace_cell(suite: str, cell_id: str, out: str) -> None:
     """Run one cell in this process, the allocator's history on over its training window; save its record, the
-    bytes allocated as the window opened and the reduced trace."""
+    requested bytes as the window opened and at its peak, and the reduced trace."""
     import torch
 
     from bench.cell import instruments
@@ -78,12 +82,13 @@ def trace_cell(suite: str, cell_id: str, out: str) -> None:
 
     @contextlib.contextmanager
     def traced(self, run, record):
-        with window(self, run, record):  # the peak is reset as the window opens: the history starts after it
-            captured["opening"] = torch.cuda.memory_allocated()
+        with window(self, run, record):  # the peaks are reset as the window opens: the history starts after it
+            captured["opening"] = torch.cuda.memory_stats()["requested_bytes.all.current"]
             torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
             try:
                 yield
             finally:
+                captured["requested_peak"] = torch.cuda.memory_stats()["requested_bytes.all.peak"]
                 captured["events"] = reduced(torch.cuda.memory._snapshot())
                 torch.cuda.memory._record_memory_history(enabled=None)
 
@@ -94,28 +99,24 @@ def trace_cell(suite: str, cell_id: str, out: str) -> None:
 
 
 def replay(events: list[dict], opening: int) -> dict:
-    """The window's peak and the blocks allocated in it alive at that moment (see the module's docstring)."""
-    phase, phases = "start", []
-    for e in events:
-        files = [f[0] for f in e["frames"]]
-        phase = next((name for path, name in PHASES if any(path in f for f in files)), phase if not files else "other")
-        phases.append(phase)
+    """The window's peak of requested bytes and the blocks allocated in it alive at that moment (see the module's
+    docstring)."""
     live: dict[int, int] = {}  # addr -> index of its allocation event
-    allocated, peak, peak_at, peak_live = opening, opening, None, {}
+    requested, peak, peak_at, peak_live = opening, opening, None, {}
     for i, e in enumerate(events):
         if e["action"] == "alloc":
             live[e["addr"]] = i
-            allocated += e["size"]
+            requested += e["size"]
         elif e["action"] == "free_requested":  # a block allocated before the window counts too
             live.pop(e["addr"], None)
-            allocated -= e["size"]
-        if allocated > peak:
-            peak, peak_at, peak_live = allocated, i, dict(live)
-    groups: dict[tuple, list[int]] = defaultdict(list)
+            requested -= e["size"]
+        if requested > peak:
+            peak, peak_at, peak_live = requested, i, dict(live)
+    groups: dict[str, list[int]] = defaultdict(list)
     for i in peak_live.values():
         frames = events[i]["frames"]
-        site = "backward" if not frames else f"{frames[0][2]} ({Path(frames[0][0]).name}:{frames[0][1]})"
-        groups[(phases[i] if frames else "backward", site)].append(events[i]["size"])
+        groups["backward" if not frames else f"{frames[0][2]} ({Path(frames[0][0]).name}:{frames[0][1]})"].append(
+            events[i]["size"])
     return {"peak": peak, "peak_at": peak_at, "events": len(events), "groups": groups}
 
 
@@ -129,22 +130,25 @@ def read(path: Path, top: int) -> str:
             m, found = data["record"]["memory"], replay(data["events"], data["opening"])
             lines.append(f"## {member.name}: {data['record']['cell']['label']} on "
                          f"{Path(data['record']['cell']['model']).name} ({data['record']['status']})")
-            lines.append(f"events {found['events']}; opening {data['opening'] / 2**20:.1f} MiB; "
-                         f"replayed peak {found['peak'] / 2**20:.1f} MiB "
-                         f"(event {found['peak_at']}); record: device peak {_mb(m.get('device_peak_allocated_bytes'))}"
-                         f", predicted {_mb(m.get('predicted_peak_bytes'))}, weights {_mb(m.get('weights_bytes'))}, "
+            allocator = data.get("requested_peak")  # absent from the traces of 2026-11-30, opened at allocated bytes
+            lines.append(f"events {found['events']}; opening {_mb(data['opening'])} MiB; replayed peak "
+                         f"{_mb(found['peak'])} MiB (event {found['peak_at']}); the allocator's requested peak "
+                         f"{_mb(allocator)}; record: device (allocated) peak "
+                         f"{_mb(m.get('device_peak_allocated_bytes'))}, "
+                         f"predicted {_mb(m.get('predicted_peak_bytes'))}, "
+                         f"weights {_mb(m.get('weights_bytes'))}, "
                          f"optimizer {_mb(m.get('optimizer_bytes'))}, step peak {_mb(m.get('step_peak_bytes'))}, "
                          f"other {_mb(m.get('device_other_bytes'))} MiB")
             ranked = sorted(found["groups"].items(), key=lambda g: -sum(g[1]))
-            for (phase, site), sizes in ranked[:top]:
-                lines.append(f"  {sum(sizes) / 2**20:10.1f} MiB  {len(sizes):5d} blocks  {phase:8s} {site}")
+            for site, sizes in ranked[:top]:
+                lines.append(f"  {sum(sizes) / 2**20:10.1f} MiB  {len(sizes):5d} blocks  {site}")
             rest = sum(sum(s) for _, s in ranked[top:])
             lines.append(f"  {rest / 2**20:10.1f} MiB  in {max(0, len(ranked) - top)} other sites")
     return "\n".join(lines)
 
 
 def _mb(value) -> str:
-    return f"{value / 2**20:.1f}" if value else "–"
+    return f"{value / 2**20:.3f}" if value else "–"
 
 
 def main() -> int:

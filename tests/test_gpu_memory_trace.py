@@ -31,22 +31,25 @@ def test_reduced_keeps_the_harness_and_library_frames_of_allocations_only():
 
 
 def test_replay_finds_the_peak_and_what_is_alive_at_it():
-    probe = [("/repo/bench/cell/probe.py", 3, "first_step")]
-    loop = [("/site/torch/nn/functional.py", 5, "linear"), ("/repo/bench/cell/train.py", 9, "step")]
+    """Requested bytes (the history's sizes), from the window's opening bytes; a block allocated before the window
+    counts when freed; a free counts at its request, not again at its completion; backward's frameless blocks group
+    together."""
+    linear = [("/site/torch/nn/functional.py", 5, "linear"), ("/repo/bench/cell/train.py", 9, "step")]
+    norm = [("/site/torch/nn/functional.py", 7, "layer_norm"), ("/repo/bench/cell/train.py", 9, "step")]
     events = [
-        {"action": "alloc", "addr": 10, "size": 1000, "frames": probe},      # 1000 + 1000
-        {"action": "alloc", "addr": 11, "size": 300, "frames": []},          # backward thread: 2300
+        {"action": "alloc", "addr": 10, "size": 1000, "frames": norm},        # 1000 + 1000
+        {"action": "alloc", "addr": 11, "size": 300, "frames": []},           # backward thread: 2300
         {"action": "free_requested", "addr": 99, "size": 200, "frames": []},  # allocated before the window: 2100
         {"action": "free_completed", "addr": 99, "size": 200, "frames": []},  # already counted at the request
-        {"action": "alloc", "addr": 12, "size": 400, "frames": loop},        # 2500: the peak
-        {"action": "alloc", "addr": 13, "size": 100, "frames": []},          # backward, after a loop frame: 2600
+        {"action": "alloc", "addr": 12, "size": 400, "frames": linear},       # 2500
+        {"action": "alloc", "addr": 13, "size": 100, "frames": []},           # 2600: the peak
         {"action": "free_requested", "addr": 10, "size": 1000, "frames": []},  # 1600
-        {"action": "alloc", "addr": 14, "size": 600, "frames": loop},        # 2200
+        {"action": "alloc", "addr": 14, "size": 600, "frames": linear},       # 2200
     ]
     found = trace.replay(events, opening=1000)
     assert (found["peak"], found["peak_at"]) == (2600, 5)
-    assert dict(found["groups"]) == {("probe", "first_step (probe.py:3)"): [1000], ("backward", "backward"): [300, 100],
-                                     ("train", "linear (functional.py:5)"): [400]}
+    assert dict(found["groups"]) == {"layer_norm (functional.py:7)": [1000], "backward": [300, 100],
+                                     "linear (functional.py:5)": [400]}
 
 
 def test_worst_cells_are_the_furthest_from_the_measured_peak(tmp_path):

@@ -5,6 +5,7 @@ import gc
 
 import pytest
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.cell.measure import storage_key
@@ -149,11 +150,22 @@ def test_step_counters_count_a_pass_by_hand_and_stop_at_the_block():
 
 
 @pytest.mark.parametrize("op", sorted(ATTENTION_FLOPS, key=str))
-def test_grouped_query_attention_is_counted_as_its_repeated_heads(op):
-    """A fused attention kernel given fewer key/value heads than query heads (grouped-query attention, as CUDA's
-    kernels get it in LLaMA-2-70B, Mistral or TinyLlama) makes the products of the repeated heads:
-    2·b·h·s_q·s_k·d FLOPs for each of QKᵀ and (·)V, and backward recomputes QKᵀ and makes four more. Before torch
-    2.13, torch's own formulas raised on such shapes, and every such cell failed on a GPU."""
+def test_grouped_query_attention_is_counted_as_its_repeated_heads(op, monkeypatch):
+    """A fused attention kernel given fewer key/value heads than query heads (grouped-query attention: LLaMA-2-70B,
+    Mistral, TinyLlama, whenever the batch needs no padding mask) makes the products of the repeated heads:
+    2·b·h·s_q·s_k·d FLOPs for each of QKᵀ and (·)V, and backward recomputes QKᵀ and makes four more. torch's
+    formulas before 2.13 raised on such shapes, so every such cell failed there (on the GPU image's torch 2.11):
+    here they are made as strict again, and the count must not depend on them accepting such shapes."""
+    strict = {name: getattr(flop_counter, name) for name in ("sdpa_flop_count", "sdpa_backward_flop_count")}
+
+    def equal_heads(name):
+        def formula(*shapes):
+            assert len({shape[1] for shape in shapes}) == 1, f"{name}: query/key/value shapes are incompatible"
+            return strict[name](*shapes)
+        return formula
+
+    for name in strict:
+        monkeypatch.setattr(flop_counter, name, equal_heads(name))
     b, heads, kv_heads, s_q, s_k, d = 2, 8, 2, 16, 24, 32
     query, key, grad_out = (b, heads, s_q, d), (b, kv_heads, s_k, d), (b, heads, s_q, d)
     product = 2 * b * heads * s_q * s_k * d

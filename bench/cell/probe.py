@@ -140,10 +140,10 @@ class StepCounters(LiveBytes):
     """LiveBytes, and within the same block the step's two other counts, taken without holding a tensor:
 
     - `flops`: FLOPs by FlopCounterMode's formula table (`torch.utils.flop_counter`, as registered when the
-      block is made, plus PyTorch's CPU flash attention), per operator as it runs. FlopCounterMode also
-      decomposes operators that have no formula; under autograd, as in a training step, composite operators
-      are decomposed before any mode sees them, and what is left to it (inference mode, higher-order
-      operators, Python decompositions of elementwise kernels) is not a training step's matrix products:
+      block is made, with ATTENTION_FLOPS for every fused attention kernel), per operator as it runs.
+      FlopCounterMode also decomposes operators that have no formula; under autograd, as in a training step,
+      composite operators are decomposed before any mode sees them, and what is left to it (inference mode,
+      higher-order operators, Python decompositions of elementwise kernels) is not a training step's matrix products:
       tests/test_probe.py checks the totals against FlopCounterMode;
     - `saved`: the storages autograd saves for backward, each once (`saved_bytes_without` leaves out
       the model's own weights, asked afterwards).
