@@ -120,24 +120,26 @@ def plain(model_dir: str, tasks_dir: str, method: str, smoke: bool) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings["lr"], fused=True if device == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if not smoke else torch.autocast("cpu", enabled=False)
-    step_s = []
-    for batch in batches:
-        begin = time.perf_counter()
-        batch = {k: v.to(device) for k, v in batch.items()}
+    def step(batch: dict) -> None:
         with autocast:
-            loss = model(**batch).loss
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    step_s = []
+    for batch in batches:
+        begin = time.perf_counter()
+        step(batch)
         if device == "cuda":
             torch.cuda.synchronize()
         step_s.append(time.perf_counter() - begin)
     return {"step_s_median": statistics.median(step_s[1:]), "load_s": load_s,
-            **(kernels(model, batches[-2:], autocast, optimizer, params) if device == "cuda" else {})}
+            **(kernels(step, batches[-2:]) if device == "cuda" else {})}
 
 
-def kernels(model, batches, autocast, optimizer, params) -> dict:
+def kernels(step, batches) -> dict:
     """Where a step's GPU time goes (the profiler's kernels over two more steps, most time first), and the bf16
     matrix-product rate this GPU reaches (8192^3, ten products after three warm-ups), beside the datasheet peak
     that MFU is taken against."""
@@ -146,12 +148,7 @@ def kernels(model, batches, autocast, optimizer, params) -> dict:
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for batch in batches:
-            with autocast:
-                loss = model(**{k: v.to("cuda") for k, v in batch.items()}).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(batch)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=70)
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
