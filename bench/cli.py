@@ -196,13 +196,39 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_estimate(args) -> int:
-    from bench.cell.recipe import quiet_libraries
-    from bench.tools.estimate import estimate, render
+def method_sets(pairs: list[str] | None) -> dict:
+    """`--set KEY=VALUE` flags as a method's settings, each value read as a YAML scalar (16, 0.1, true, null,
+    all-linear) or, with commas, a list of them (q,v): the method then checks them as it checks a suite's
+    overrides."""
+    import yaml
 
-    quiet_libraries()
+    settings = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"expected KEY=VALUE, got '{pair}'", "--set")
+        try:
+            items = [yaml.safe_load(v) for v in text.split(",")] if "," in text else None
+            settings[key.strip()] = items if items is not None else yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise BadInput(f"cannot read the value of '{pair}': {e.problem or e}", "--set") from None
+    return settings
+
+
+def cmd_estimate(args) -> int:
+    from bench.methods.base import keep_out_optional_packages
+
+    keep_out_optional_packages([args.method])  # before anything imports peft, which imports bitsandbytes if it can
+    from bench import methods
+    from bench.models import resolve_model
+    from bench.tools.estimate import check_inputs, estimate, prepare_to_count, render
+
+    settings = method_sets(args.set)
+    check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention)
+    methods.get(args.method, "--method")
+    prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
-                      attention=args.attention, gradient_checkpointing=args.gradient_checkpointing)
+                      settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 
@@ -238,13 +264,15 @@ def cmd_figures(args) -> int:
 def cmd_cache(args) -> int:
     from bench.tasks import cache
 
+    where = cache.root().parent
     if args.action == "clear":
         removed, freed = cache.clear()
-        print(f"removed {removed} cached feature file(s), {freed / 2**20:.1f} MB, from {cache.root()}")
-    else:
-        entries = list(cache.root().glob("*.json")) if cache.root().is_dir() else []
-        print(f"{cache.root()}: {len(entries)} file(s), {sum(p.stat().st_size for p in entries) / 2**20:.1f} MB "
-              "(set PEFT_BENCH_CACHE to move it)")
+        print(f"removed {removed} cache file(s) (tokenised features, plan prices), {freed / 2**20:.1f} MB, from {where}")
+        return 0
+    for kind in cache.KINDS:
+        entries = cache.entries(kind)
+        print(f"{cache.root(kind)}: {len(entries)} file(s), {sum(p.stat().st_size for p in entries) / 2**20:.1f} MB")
+    print(f"(set PEFT_BENCH_CACHE to move {where})")
     return 0
 
 
@@ -373,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
                      "auto (transformers' choice: sdpa), sdpa or eager (default: auto)")
     est.add_argument("--gradient-checkpointing", action="store_true", help="the training setting "
                      "gradient_checkpointing: layers' activations recomputed in backward, not kept")
+    est.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting, as a suite's "
+                     "overrides give it (repeatable): --set r=16 --set target_modules=q,v")
     est.add_argument("--json", action="store_true", help="machine-readable output")
     est.set_defaults(func=cmd_estimate)
 
@@ -380,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
     fig.add_argument("--markdown", action="store_true", help="docs/measurement.md's tables")
     fig.set_defaults(func=cmd_figures)
 
-    cch = sub.add_parser("cache", help="the tokenised-data cache: where it is and how big, or clear it")
+    cch = sub.add_parser("cache", help="the cache (tokenised data, plan prices): where it is and how big, or clear it")
     cch.add_argument("action", choices=["info", "clear"])
     cch.set_defaults(func=cmd_cache)
 

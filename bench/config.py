@@ -9,6 +9,7 @@ A layer that sets `max_steps` clears `epochs` from the layers below it, and vice
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -66,6 +67,12 @@ class TrainConfig:
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
+
+    def steps_for(self, n_examples: int) -> int:
+        """Optimizer steps a cell trains for on `n_examples` rows: max_steps, else enough for `epochs` passes."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as the cell id hashes them. A setting added after cells were first recorded is

@@ -59,3 +59,13 @@ tasks: [synth-polarity]
 seeds: [1]
 train: {batch_size: 16, max_steps: 20, max_length: 32, eval_batch_size: 64, max_eval_samples: 64}
 """
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc():
+    """The planning commands freeze what is alive (gc.freeze) because their process ends with them; a test that
+    calls one in this process gives the objects back to the collector afterwards."""
+    import gc
+
+    yield
+    gc.unfreeze()

@@ -58,7 +58,15 @@ def test_cache_clear_removes_only_cache_entries(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))
     cache.cached({"k": 1}, lambda: [1, 2, 3])
+    cache.cached({"k": 2}, lambda: [4], kind="plan")
     (cache.root() / "keep.txt").write_text("not ours")
-    assert main(["cache", "info"]) == 0 and "1 file(s)" in capsys.readouterr().out
-    assert main(["cache", "clear"]) == 0 and "removed 1 cached feature file(s)" in capsys.readouterr().out
-    assert [p.name for p in cache.root().iterdir()] == ["keep.txt"]
+    (cache.root() / "notes.json").write_text("{}")  # a .json the cache did not write
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (cache.root("plan") / ("a" * 24 + ".json")).symlink_to(outside)  # named like an entry, but a link
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "features: 1 file(s)" in out and "plan: 1 file(s)" in out
+    assert main(["cache", "clear"]) == 0 and "removed 2 cache file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.root().iterdir()) == ["keep.txt", "notes.json"]
+    assert [p.name for p in cache.root("plan").iterdir()] == ["a" * 24 + ".json"] and outside.exists()

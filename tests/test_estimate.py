@@ -151,6 +151,10 @@ def test_extrapolated_depth_equals_the_full_pass(monkeypatch, name, method, rows
                         lambda *a, **k: calls.append(k.get("extrapolate", True)) or original(*a, **k))
     assert module.fake_step(model, spec.kind, rows, length) == full
     assert (False not in calls) == extrapolated
+    # the dry-run's FLOPs-only passes (one and two blocks a stack) give the same linear figures on every path
+    linear = fake_step(model, spec.kind, rows, length, flops_only=True)
+    assert (linear.forward_flops, linear.backward_flops, linear.positions, linear.tokens) == \
+        (full.forward_flops, full.backward_flops, full.positions, full.tokens)
 
 
 def test_a_step_the_phases_cannot_account_for_runs_at_full_depth(monkeypatch):
@@ -245,3 +249,28 @@ def test_method_count_is_the_papers_lora_count_without_the_head():
     full = estimate("roberta-base", "full", batch_size=1, seq_len=16)["params"]
     assert full["method_pct"] == 100.0 and full["method"] == full["trainable"] - 592_130
     assert r["method_pct"] == pytest.approx(100 * 294_912 / full["method"])
+
+
+def test_train_step_flops_is_the_estimates_count():
+    """What `run --dry-run` prices a step with is `estimate`'s flops.train_step, on a model whose depth is
+    extrapolated (two stacks: T5) and with a method's settings."""
+    from bench.tools.estimate import train_step_flops
+
+    for model, method, settings in (("t5-small", "lora", {"r": 4}), ("gpt2", "ia3", None)):
+        assert train_step_flops(model, method, 2, 16, settings=settings) == \
+            estimate(model, method, 2, 16, settings=settings)["flops"]["train_step"]
+
+
+def test_estimate_set_gives_method_settings_checked_like_a_suites(capsys):
+    """--set r=16 --set target_modules=query,value: LoRA on roberta-base's q and v at rank 16 holds
+    2 (A, B) × 16 × 768 × 2 modules × 12 layers parameters; a wrong key or value is exit 2 naming --set."""
+    assert main(["estimate", "--model", "roberta-base", "--method", "lora", "--set", "r=16",
+                 "--set", "target_modules=query,value", "--json", "--seq-len", "8", "--batch-size", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["r"] == 16 and result["config"]["target_modules"] == ["query", "value"]
+    assert result["params"]["method"] == 2 * 16 * 768 * 2 * 12
+    for sets, message in ((["rr=16"], "--set rr: unknown lora setting 'rr' (did you mean 'r'?)"),
+                          (["r=abc"], "--set r: 'r' must be int"), (["r"], "--set: expected KEY=VALUE")):
+        assert main(["estimate", "--model", "roberta-base", "--method", "lora",
+                     *[x for v in sets for x in ("--set", v)]]) == 2
+        assert message in capsys.readouterr().err

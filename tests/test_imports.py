@@ -48,3 +48,67 @@ def test_the_watch_sees_a_heavy_import():
                          capture_output=True, text=True, check=True).stdout
     first = json.loads(out.strip().splitlines()[-1])["first"]
     assert "torch" in first and any("bench/layers/bottleneck.py" in frame for frame in first["torch"])
+
+
+# A planning command in a fresh interpreter, then the heavy modules it imported (a module kept out is None there).
+COMMAND = """
+import json, sys
+sys.path.insert(0, %r)
+from bench.cli import main
+code = main(%r)
+sys.stdout.flush()
+print("\\n" + json.dumps({"code": code, "loaded": [m for m in %r if sys.modules.get(m) is not None]}))
+"""
+COMPILER_AND_FRIENDS = ("torch", "transformers", "peft", "bitsandbytes", "torch._dynamo", "torch._inductor")
+
+
+def _loaded_by(args: list[str], env=None) -> list[str]:
+    import os
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    out = subprocess.run([sys.executable, "-c", COMMAND % (tests, args, COMPILER_AND_FRIENDS)], capture_output=True,
+                         text=True, env={**os.environ, **(env or {})})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, out.stderr
+    return result["loaded"]
+
+
+def test_no_planning_command_imports_torch_peft_or_the_compiler(tmp_path):
+    """list, report, compare, results export and a dry-run whose prices are cached import none of torch,
+    transformers, peft, bitsandbytes or torch's compiler: they answer at once."""
+    from handmade import survey_records, write_store
+
+    store = write_store(tmp_path / "r", survey_records())
+    cache = {"PEFT_BENCH_CACHE": str(tmp_path / "cache")}
+    suite = tmp_path / "plan.yaml"
+    suite.write_text("name: plan\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                     "train: {max_steps: 10, batch_size: 4, max_length: 16}\n")
+    dry_run = ["run", "--suite", str(suite), "--dry-run", "--results", str(tmp_path / "plan")]
+    first = _loaded_by(dry_run, cache)  # prices the shapes: builds and counts, as it must
+    assert "peft" in first and "bitsandbytes" not in first  # LoRA needs peft; nothing here needs bitsandbytes
+    for args in (["list", "methods"], ["list", "models"], ["list", "tasks"], ["list", "suites"],
+                 ["report", "--suite", "hand", "--results", str(store), "--out", str(tmp_path / "rep"),
+                  "--format", "md,csv"],
+                 ["compare", str(store), str(store)],
+                 ["results", "export", "--suite", "hand", "--results", str(store), "--out", str(tmp_path / "x.csv")],
+                 dry_run):
+        assert _loaded_by(args, cache) == [], args
+
+
+def test_estimate_keeps_bitsandbytes_out_unless_the_method_needs_it():
+    """peft imports bitsandbytes whenever it is installed (about a second); estimate keeps it out for a method
+    that does not quantise. QLoRA declares it (Method.packages), so its estimate may import it."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        import pytest
+
+        pytest.skip("bitsandbytes is not installed (the `gpu` extra)")
+    assert "bitsandbytes" not in _loaded_by(["estimate", "--model", "tiny-gpt2", "--method", "lora",
+                                             "--batch-size", "1", "--seq-len", "8"])
+    from bench.methods import REGISTRY
+    from bench.methods.base import OPTIONAL_PACKAGES
+
+    assert REGISTRY["qlora"].packages == ("bitsandbytes",)
+    assert all(set(m.packages) <= set(OPTIONAL_PACKAGES) for m in REGISTRY.values())

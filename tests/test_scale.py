@@ -222,6 +222,34 @@ def test_dry_run_prints_flops_and_time_from_the_estimate(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_dry_run_prices_each_shape_once_and_again_from_the_cache(write_suite, tmp_path, monkeypatch, capsys):
+    """The grid's shapes are priced once (two seeds, one shape), cached on disk, and a second dry-run prints the
+    same plan from the cache without counting a step; an entry of other package versions is not used."""
+    import bench.tools.plan_cost as plan_cost
+    from bench.tasks import cache
+
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    path = write_suite("name: once\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                       "seeds: [1, 2]\ntrain: {max_steps: 10, batch_size: 4, max_length: 16}\n")
+    args = ["run", "--suite", str(path), "--dry-run", "--results", str(tmp_path / "r")]
+    monkeypatch.setattr(plan_cost, "pricing_workers", lambda: 2)  # two processes forked to price the shapes
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert len(cache.entries("plan")) == 2
+    cache.clear()
+    monkeypatch.setattr(plan_cost, "pricing_workers", lambda: 1)  # in this process, where counting is seen
+    counted, original = [], plan_cost._step_flops
+    monkeypatch.setattr(plan_cost, "_step_flops", lambda cell: counted.append(cell.method) or original(cell))
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert sorted(counted) == ["bitfit", "lora"] and len(cache.entries("plan")) == 2
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and len(counted) == 2
+    real_version = plan_cost._cache_key
+    monkeypatch.setattr(plan_cost, "_cache_key", lambda cell: {**real_version(cell), "versions": {"torch": "0"}})
+    assert main(args) == 0 and capsys.readouterr().out == first and len(counted) == 4
+
+
 def test_dry_run_prices_checkpointed_cells_as_they_run(write_suite, tmp_path, capsys):
     """A suite with gradient checkpointing: each cell's step is estimated checkpointed (the recomputed
     forwards counted), and a cell that will be unsupported under it is priced as unknown, with the reason.

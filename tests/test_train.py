@@ -9,7 +9,7 @@ import torch
 
 from bench.cell.batching import batches, positions_in, tokens_in
 from bench.cell.optimizers import OPTIMIZERS
-from bench.cell.train import linear_schedule, optimizer_for, total_steps
+from bench.cell.train import linear_schedule, optimizer_for
 from bench.config import TrainConfig
 
 
@@ -36,8 +36,8 @@ def test_batches_are_seeded_and_cover_each_epoch():
 
 
 def test_total_steps_from_epochs():
-    assert total_steps(TrainConfig(max_steps=None, epochs=2.0, batch_size=16), 100) == 13
-    assert total_steps(TrainConfig(max_steps=7), 100) == 7
+    assert TrainConfig(max_steps=None, epochs=2.0, batch_size=16).steps_for(100) == 13
+    assert TrainConfig(max_steps=7).steps_for(100) == 7
 
 
 def test_no_weight_decay_on_biases_and_norms():

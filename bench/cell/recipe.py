@@ -105,7 +105,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
     objective = objective_for(tcfg.objective, bundle, task.type)
-    steps = training.total_steps(tcfg, len(data.features))
+    steps = tcfg.steps_for(len(data.features))
     autocast = training.autocast_for(device, tcfg.precision)
     compute_dtype = training.compute_dtype(device, tcfg.precision)
 

@@ -28,12 +28,6 @@ from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
 
 
-def total_steps(train: TrainConfig, n_examples: int) -> int:
-    if train.max_steps is not None:
-        return train.max_steps
-    return max(1, math.ceil(train.epochs * n_examples / train.batch_size))
-
-
 def compute_dtype(device, precision: str) -> str:
     """The dtype matrix products run in: bf16 under autocast (`bf16`, or `auto` on CUDA), else fp32."""
     return "bf16" if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda") else "fp32"
@@ -204,7 +198,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     """
     result = TrainResult()
     model = adapted.model
-    steps = total_steps(train, len(features))
+    steps = train.steps_for(len(features))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_for(model, train, {id(p) for p, _ in adapted.grad_masks})
     result.optimizer_update = update_of(optimizer)

@@ -117,6 +117,9 @@ class Method:
     # into the resolved config (and so the cell id) only there, so records made before the fix are rerun, not
     # reused, and the report shows the newer (bench/report/aggregate.latest_records); other cells keep their ids.
     revisions: dict[str, int] = field(default_factory=dict)
+    # Optional packages (OPTIONAL_PACKAGES) the method's build needs: planning commands keep the others out of
+    # their process (keep_out_optional_packages), since peft imports bitsandbytes whenever it is installed (~1 s).
+    packages: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -226,4 +229,24 @@ def train_head(model: nn.Module, ctx: ApplyContext) -> None:
             target = getattr(module, "modules_to_save", module)
             for p in target.parameters():
                 p.requires_grad_(True)
+
+
+OPTIONAL_PACKAGES = ("bitsandbytes",)
+
+
+def keep_out_optional_packages(method_names) -> list[str]:
+    """Make every optional package that none of the named methods needs unimportable in this process (libraries
+    that probe for it, as peft does, then take it as absent), and return those kept out. For the planning
+    commands (estimate, dry-run), which build methods on the meta device and exit: a process that runs cells
+    never calls this. An unregistered name (a composition) keeps every package importable."""
+    import sys
+
+    declared = [REGISTRY.get(name) for name in method_names]
+    if any(m is None for m in declared):
+        return []
+    needed = {p for m in declared for p in m.packages}
+    kept_out = [p for p in OPTIONAL_PACKAGES if p not in needed and p not in sys.modules]
+    for package in kept_out:
+        sys.modules[package] = None  # `import` raises ImportError; importlib.util.find_spec answers None
+    return kept_out
 

@@ -1,14 +1,18 @@
-"""A disk cache of tokenised data, so cells that share a (task, split, tokenizer, length, template)
-tokenise once. Keys hash everything the features depend on; entries are JSON (data, never code),
-written atomically, and a damaged entry is rebuilt. Location: $PEFT_BENCH_CACHE, else
-~/.cache/peft-bench.
+"""A disk cache of what is costly to compute again, in two folders (KINDS): `features`, the tokenised data, so cells
+that share a (task, split, tokenizer, length, template) tokenise once; `plan`, the FLOPs of a training step of
+one shape, so `run --dry-run` prices a shape once across runs (keyed by the package versions and this harness's
+source, so a change to either prices it again). Keys hash everything the entry depends on; entries are JSON
+(data, never code) named by that hash, written atomically, and a damaged entry is rebuilt. Location:
+$PEFT_BENCH_CACHE, else ~/.cache/peft-bench.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,32 @@ from bench.run.store import atomic_write
 VERSION = 1  # bump when the feature format changes
 
 
-def root() -> Path:
-    return Path(os.environ.get("PEFT_BENCH_CACHE", "~/.cache/peft-bench")).expanduser() / "features"
+KINDS = ("features", "plan")
+_ENTRY = re.compile(r"[0-9a-f]{24}\.json")  # the names cached() gives: nothing else in a folder is ours
+
+
+def root(kind: str = "features") -> Path:
+    assert kind in KINDS, kind
+    return Path(os.environ.get("PEFT_BENCH_CACHE", "~/.cache/peft-bench")).expanduser() / kind
+
+
+def entries(kind: str) -> list[Path]:
+    """The files cached() wrote in the kind's folder (a regular file named as it names them, not a link)."""
+    folder = root(kind)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _ENTRY.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """A digest of this harness's source (every .py, .json and .yaml file of the bench package): what a
+    computed entry depends on besides its key."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".json", ".yaml") and p.is_file()):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -29,26 +57,45 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached(key: dict, build: Callable[[], Any]) -> Any:
-    """`build()`'s (JSON-able) result, from disk when the same key was built before."""
+def _path(key: dict, kind: str) -> Path:
     digest = hashlib.sha256(json.dumps({"version": VERSION, **key}, sort_keys=True, default=str).encode())
-    path = root() / f"{digest.hexdigest()[:24]}.json"
-    if path.is_file():
+    return root(kind) / f"{digest.hexdigest()[:24]}.json"
+
+
+def lookup(key: dict, kind: str = "features") -> tuple[bool, Any]:
+    """(found, value) of the key's entry; a damaged entry is removed and not found."""
+    path = _path(key, kind)
+    if path.is_file() and not path.is_symlink():
         try:
-            return json.loads(path.read_text())
+            return True, json.loads(path.read_text())
         except (OSError, ValueError):  # damaged: rebuild it
             path.unlink(missing_ok=True)
-    value = build()
-    atomic_write(path, json.dumps(value, separators=(",", ":")).encode())
+    return False, None
+
+
+def store(key: dict, value: Any, kind: str = "features") -> None:
+    try:
+        atomic_write(_path(key, kind), json.dumps(value, separators=(",", ":")).encode())
+    except OSError:  # a cache that cannot be written only costs time
+        pass
+
+
+def cached(key: dict, build: Callable[[], Any], kind: str = "features") -> Any:
+    """`build()`'s (JSON-able) result, from disk when the same key was built before."""
+    found, value = lookup(key, kind)
+    if not found:
+        value = build()
+        store(key, value, kind)
     return value
 
 
 def clear() -> tuple[int, int]:
-    """Remove every cache entry this harness wrote (the `*.json` files in root(), nothing else);
-    returns (files removed, bytes freed)."""
+    """Remove every cache entry this harness wrote (entries(): files named as cached() names them, nothing
+    else in its folders); returns (files removed, bytes freed)."""
     removed = freed = 0
-    for path in root().glob("*.json") if root().is_dir() else []:
-        size = path.stat().st_size
-        path.unlink(missing_ok=True)
-        removed, freed = removed + 1, freed + size
+    for kind in KINDS:
+        for path in entries(kind):
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed, freed = removed + 1, freed + size
     return removed, freed

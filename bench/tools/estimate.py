@@ -62,7 +62,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
                          meta=True, weights_dtype=dtype, attention=attention)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
-    config = method.resolve(settings or {}, spec.arch, lambda key: f"--method {method_name}")
+    config = method.resolve(settings or {}, spec.arch, lambda key: f"--set {key}" if key else "--set")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1,
                         gradient_checkpointing=gradient_checkpointing)
     try:
@@ -235,7 +235,7 @@ def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) ->
 
 
 def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
-              extrapolate: bool = True) -> StepMeasure:
+              extrapolate: bool = True, flops_only: bool = False) -> StepMeasure:
     """The instrumented step on fake tensors, at the model's full depth.
 
     Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
@@ -248,8 +248,13 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     and, a weaker check, a pass with two blocks more must give the figure the account gives it. Where
     either fails, the step is run at full depth instead. A 70B model thus costs a few blocks' passes,
     not 80; tests check the result and the path taken against full passes (extrapolate=False).
+
+    `flops_only`: only the FLOPs (and the other linear figures) are wanted, as `run --dry-run` prices cells:
+    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty).
     """
     stacks = block_stacks(model) if extrapolate else []
+    if flops_only:
+        return _linear_figures(model, kind, batch_size, seq_len, stacks)
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
 
     def run(stack: int | None = None, more: int = 0) -> StepMeasure:
@@ -273,16 +278,48 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     return result
 
 
-def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
-             dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
-             gradient_checkpointing: bool = False) -> dict:
-    """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
-    the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
-    (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them."""
-    from bench import models
-    from bench.layers.attention_prefix import implementation_of
-    from bench.models import resolve_model
+def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks) -> StepMeasure:
+    """fake_step's linear figures (FLOPs, saved and gradient bytes) in the fewest and shortest passes. A block adds
+    the same FLOPs whatever the step's memory holds at that moment, so no phase needs checking, and a stack's
+    first block (which may differ: T5's position bias) is kept alone: the step with one block per stack, then
+    with two in the stacks of one length at a time (T5's encoder and decoder together), each second block
+    counted once per further block. Exact where fake_step's are (tests/test_estimate.py)."""
+    def run(depths: list[int]) -> StepMeasure:
+        with _truncated(stacks, depths):
+            return _fake_pass(model, kind, batch_size, seq_len)
 
+    base = run([1] * len(stacks))
+    result = dataclasses.replace(base, live_peaks={})
+    for length in sorted({len(blocks) for _, _, blocks in stacks}):
+        deeper = run([2 if len(blocks) == length else 1 for _, _, blocks in stacks])
+        for field in _LINEAR_FIELDS:
+            setattr(result, field, getattr(result, field) + (length - 1) * (getattr(deeper, field) - getattr(base, field)))
+    return result
+
+
+def prepare_to_count(archs) -> None:
+    """For a process that counts steps and then ends (`estimate`, `run --dry-run`): quiet the libraries, import
+    what building these architectures' models and methods needs (their modeling code, peft), then freeze what is
+    alive. The probe collects garbage before each pass, which would otherwise traverse every object the imports
+    made (~0.15 s a pass); a forked worker also shares the imports rather than repeating them."""
+    import gc
+    import importlib
+
+    from bench.archs import ARCHS
+    from bench.cell.recipe import quiet_libraries
+
+    quiet_libraries()  # building methods warns of what is not the estimate's news
+    for name in ["peft", *sorted({ARCHS[a].modeling for a in archs if a in ARCHS})]:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # the build says what is missing, where it needs it
+            pass
+    gc.freeze()
+
+
+def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype: str = "fp32",
+                 attention: str = "auto") -> None:
+    """BadInput, naming the flag, for a setting no estimate can take."""
     if optimizer not in optimizers.OPTIMIZERS:
         raise unknown("optimizer", optimizer, optimizers.OPTIMIZERS, "--optimizer")
     if dtype not in WEIGHTS_DTYPES:
@@ -292,6 +329,15 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
         if value < 1:
             raise BadInput(f"must be a positive integer, got {value}", flag)
+
+
+def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
+           attention: str, gradient_checkpointing: bool):
+    """(spec, bundle, body, method, config, adapted model): the checked inputs built on the meta device."""
+    from bench import models
+    from bench.models import resolve_model
+
+    check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
                                                           attention, gradient_checkpointing)
@@ -300,14 +346,33 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             models.enable_gradient_checkpointing(adapted)
         except Unsupported as e:
             raise BadInput(f"{spec.name}: {e}", "--gradient-checkpointing") from None
-    params = count_params(adapted)
-    params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
+    return spec, bundle, body, chosen, config, adapted
+
+
+def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only: bool = False) -> StepMeasure:
     try:
-        step = fake_step(adapted, spec.kind, batch_size, seq_len)
+        return fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
                        f"{type(e).__name__}: {e}", "--method") from None
+
+
+def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
+             dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
+             gradient_checkpointing: bool = False) -> dict:
+    """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
+    the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
+    (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them."""
+    from bench import models
+    from bench.layers.attention_prefix import implementation_of
+
+    check_inputs(batch_size, seq_len, optimizer)
+    spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
+                                                         attention, gradient_checkpointing)
+    params = count_params(adapted)
+    params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
+    step = _step(adapted, spec, method, batch_size, seq_len)
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
@@ -325,6 +390,16 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
             "gradient_checkpointing": gradient_checkpointing,
             "params": params, "memory": memory, "flops": flops}
+
+
+def train_step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
+                     settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False) -> int:
+    """`estimate(...)["flops"]["train_step"]`, the same count, from the FLOPs-only pass (fake_step's
+    flops_only): what `run --dry-run` prices a cell's steps with, without the memory account's extra passes."""
+    spec, _, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
+                                       gradient_checkpointing)
+    step = _step(adapted, spec, method, batch_size, seq_len, flops_only=True)
+    return training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)["train_total"]
 
 
 def render(result: dict) -> str:

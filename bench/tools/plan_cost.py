@@ -2,7 +2,7 @@
 
 A cell's training FLOPs = its optimizer steps × the FLOPs of one training step, as `peft-bench
 estimate` counts them for the cell's model, method settings, batch size and max_length (on the meta
-device: no weights). Steps are `max_steps`, else ceil(epochs × training rows / batch size), the rows
+device: no weights; its FLOPs-only pass, bench.tools.estimate.train_step_flops), once per distinct shape. Steps are `max_steps`, else ceil(epochs × training rows / batch size), the rows
 counted from local files or synthetic tasks, or read from the hub's split sizes; a cell whose rows or
 step cannot be known (hub offline, a composition, a method that needs real weights) is `unknown`,
 never guessed. Time = FLOPs / a rate per cell: `--tflops`, else the median `time.train_flops_per_s` of
@@ -13,6 +13,7 @@ evaluation time of those records. A grid's wall time is the cells' time over the
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 
@@ -56,36 +57,106 @@ def split_rows(task, data_dir) -> int | None:
 
 
 def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
-    """(training FLOPs, how they were found or why unknown). `known` caches what cells share: one estimate
-    per shape, one row count per task."""
-    from bench.cell.train import total_steps
-
+    """(training FLOPs, how they were found or why unknown). `known` caches what cells share: one price
+    per shape (price_shapes fills them in at once), one row count per task."""
     if cell.train.max_steps is not None:
         steps = cell.train.max_steps
     else:
         rows = train_rows(cell, known)
         if rows is None:
             return None, "unknown: the training split's size (hub offline?)"
-        steps = total_steps(cell.train, rows)
-    key = ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
-           cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
-    if key not in known:
-        known[key] = _step_flops(cell)
-    per_step, why = known[key]
+        steps = cell.train.steps_for(rows)
+    if shape_of(cell) not in known:
+        price_shapes([cell], known, workers=1)
+    per_step, why = known[shape_of(cell)]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
+
+
+def shape_of(cell: Cell) -> tuple:
+    """What a training step's FLOPs depend on: cells of one shape are priced once."""
+    return ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
+            cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
+
+
+def _cache_key(cell: Cell) -> dict | None:
+    """The disk cache's key of the cell's shape (bench.tasks.cache, kind `plan`): the shape, this harness's
+    source and the packages that build and count the step. None for a model given by a folder or hub id: its
+    config may change under the same name, so it is priced afresh."""
+    import importlib.metadata as md
+
+    from bench.models import REGISTRY
+    from bench.tasks import cache
+
+    if cell.model.name not in REGISTRY:
+        return None
+    versions = {name: md.version(name) for name in ("torch", "transformers", "peft")}
+    return {"what": "train_step_flops", "shape": repr(shape_of(cell)), "versions": versions,
+            "source": cache.source_digest()}
+
+
+def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
+    """known[shape] = (FLOPs of one training step or None, why unknown) for every shape among the cells: from
+    the disk cache where it priced the shape before, else counted (_step_flops), on up to `workers` processes
+    forked from this one once the libraries are imported (each shape's passes are independent, and this
+    process never touches CUDA: the passes run on fake tensors), and then cached."""
+    import multiprocessing as mp
+
+    from bench.tasks import cache
+
+    pending: dict[tuple, Cell] = {}
+    for cell in cells:
+        shape = shape_of(cell)
+        if shape in known or shape in pending:
+            continue
+        key = _cache_key(cell)
+        found, value = cache.lookup(key, "plan") if key is not None else (False, None)
+        if found and isinstance(value, list) and len(value) == 2:
+            known[shape] = tuple(value)
+        else:
+            pending[shape] = cell
+    if not pending:
+        return
+    from bench.tools.estimate import prepare_to_count
+
+    prepare_to_count({cell.model.arch for cell in pending.values()})
+    workers = min(workers, len(pending))
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+            prices = pool.map(_price, list(pending.values()), chunksize=1)
+    else:
+        prices = [_step_flops(cell) for cell in pending.values()]
+    for (shape, cell), price in zip(pending.items(), prices):
+        known[shape] = price
+        if (key := _cache_key(cell)) is not None:
+            cache.store(key, list(price), "plan")
+
+
+def pricing_workers() -> int:
+    """Processes that price a plan's shapes at once: the cores this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # a worker's fake passes run no kernels worth threads, and the workers share the cores
+
+
+def _price(cell: Cell) -> tuple[int | None, str]:
+    return _step_flops(cell)
 
 
 def _step_flops(cell: Cell) -> tuple[int | None, str]:
     from bench.methods.base import method_settings
-    from bench.tools.estimate import estimate
+    from bench.tools.estimate import train_step_flops
 
     try:
-        result = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
-                          dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
-                          attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing)
+        return train_step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
+                                dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
+                                attention=cell.train.attention,
+                                gradient_checkpointing=cell.train.gradient_checkpointing), ""
     except BadInput as e:
         return None, f"unknown: {e.message.splitlines()[0][:120]}"
-    return result["flops"]["train_step"], ""
 
 
 def measured_rate(store, suite: str) -> tuple[float | None, float, int]:
@@ -100,14 +171,15 @@ def measured_rate(store, suite: str) -> tuple[float | None, float, int]:
 
 def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None:
     """One line per cell (its training FLOPs and time), then the totals, to stdout; notes to stderr."""
-    from bench.cell.recipe import quiet_libraries
+    from bench.methods.base import keep_out_optional_packages
 
     if tflops is not None and not tflops > 0:
         raise BadInput(f"--tflops must be a positive number, got {tflops}", "--tflops")
-    quiet_libraries()  # the estimates build every method once: their warnings are not the plan's news
+    keep_out_optional_packages({cell.method for cell in cells})
     suite = cells[0].suite if cells else None
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
+    price_shapes(cells, known, workers=pricing_workers())
     total_flops, total_s, unknown = 0, 0.0, 0
     for cell in cells:
         flops, how = cell_flops(cell, known)
