@@ -164,3 +164,20 @@ def test_a_bf16_weights_cell_trains_and_records_its_dtype(tmp_path, write_suite,
     assert lora["params"]["trainable"] == lora_params + head
     # peft keeps the LoRA factors in fp32; its trainable copy of the head (modules_to_save) stays bf16
     assert lora["memory"]["weights_bytes"] == 2 * (lora["params"]["total"] - lora_params) + 4 * lora_params
+
+
+def test_a_finished_run_leaves_no_process_behind(tmp_path):
+    """`peft-bench run` waits at exit for the fork server and multiprocessing's resource tracker, which would
+    otherwise outlive it for a moment in its process group (what a job scheduler or `wait` watches)."""
+    import os
+    import subprocess
+    import sys
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE.replace("max_steps: 20", "max_steps: 2").replace("  - {name: full, train: {lr: 1.0e-3}}\n", ""))
+    run = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(tmp_path / "r"),
+                            "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = run.communicate()
+    assert run.returncode == 0, err
+    with pytest.raises(ProcessLookupError):  # the run's process group (its pid) has no member left
+        os.killpg(run.pid, 0)

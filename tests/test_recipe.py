@@ -31,7 +31,7 @@ def test_returns_count_a_callers_second_stretch_in_a_module():
 def test_a_cell_reads_each_module_in_one_stretch_per_phase(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path))  # tokenising too, not only a cache hit
     trace = _cell_trace()
-    cell = next(c for c in grid.expand(load_suite("smoke")) if c.method == "lora")
+    cell = next(c for c in grid.expand(load_suite("ci")) if c.method == "lora" and c.model.name == "tiny-encoder")
     entries = trace.trace(cell)
     phases = {phase for phase, *_ in entries}
     assert {"setup", "train", "evaluate", "measure loaded", "measure before_training", "measure trained",

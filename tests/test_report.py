@@ -331,3 +331,22 @@ def test_gradient_checkpointing_is_named_in_the_survey_and_memory_captions(tmp_p
     write_store(tmp_path / "plain", survey_records())
     write_report("hand", tmp_path / "plain", tmp_path / "plain-reports", ["md"])
     assert "Gradient checkpointing" not in (tmp_path / "plain-reports" / "hand" / "report.md").read_text()
+
+
+def test_the_report_opens_with_what_the_suite_is(tmp_path):
+    """The suite file's description is the report's first line (md, html), escaped: the smoke suite says there
+    that it is toy scale. Without a suite file, no line."""
+    write_store(tmp_path / "results", survey_records())
+    suite = tmp_path / "hand.yaml"
+    suite.write_text("name: hand\ndescription: >-\n  Toy scale <b>only</b>:\n  not a ranking.\nmethods: [full]\n"
+                     "models: [tiny-encoder]\ntasks: [synth-polarity]\n")
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md", "html"], suite_source=str(suite))
+    md = (tmp_path / "reports" / "hand" / "report.md").read_text().splitlines()
+    assert md[:3] == ["# hand", "", "> Toy scale &lt;b&gt;only&lt;/b&gt;: not a ranking."]
+    page = (tmp_path / "reports" / "hand" / "index.html").read_text()
+    assert "<p><em>Toy scale &lt;b&gt;only&lt;/b&gt;: not a ranking.</em></p>" in page
+    write_report("hand", tmp_path / "results", tmp_path / "other", ["md"])  # no suite file named hand
+    assert not (tmp_path / "other" / "hand" / "report.md").read_text().splitlines()[2].startswith(">")
+    from bench.plan.suite import raw_suite
+
+    assert "Toy scale" in raw_suite("smoke")["description"]

@@ -244,7 +244,7 @@ def test_compiled_training_keeps_its_compilation_out_of_the_step_times(monkeypat
 
     compile_module = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager", **kw))
-    cell = next(c for c in grid.expand(load_suite("smoke")) if c.method == "lora" and c.model.name == "tiny-encoder")
+    cell = next(c for c in grid.expand(load_suite("ci")) if c.method == "lora" and c.model.name == "tiny-encoder")
     plain = run_cell(dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_steps=6)), quiet=True)
     fast = run_cell(dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_steps=6, compile=True)),
                     quiet=True)

@@ -58,7 +58,8 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     folder = Path(out) / checked(suite, "suite name")
     folder.mkdir(parents=True, exist_ok=True)
     report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)),
-                   task_order=suite_task_order(suite_source or suite))
+                   task_order=suite_task_order(suite_source or suite),
+                   description=suite_description(suite_source or suite))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
     if "md" in formats:
         written.append(_write(folder / "report.md", markdown.document(report)))
@@ -108,6 +109,14 @@ def suite_task_order(name_or_path: str) -> list[str]:
     tasks = raw_suite(name_or_path).get("tasks")
     entries = tasks if isinstance(tasks, list) else []
     return [t if isinstance(t, str) else t.get("name") for t in entries if isinstance(t, (str, dict))]
+
+
+def suite_description(name_or_path: str) -> str | None:
+    """The suite file's `description`, one paragraph (None without the file or the key)."""
+    from bench.plan.suite import raw_suite
+
+    text = raw_suite(name_or_path).get("description")
+    return " ".join(text.split()) if isinstance(text, str) and text.strip() else None
 
 
 def _write(path: Path, text: str) -> Path:

@@ -26,6 +26,7 @@ class Report:
     inference: list[Table]
     problems: list[str]  # files of the suite that are not usable records
     plots: list[Plot] = field(default_factory=list)
+    description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
     def summary_line(self) -> str:
         counts = self.frame["status"].value_counts()
@@ -46,13 +47,13 @@ class Report:
 
 
 def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool,
-          task_order: list[str] | None = None) -> Report:
+          task_order: list[str] | None = None, description: str | None = None) -> Report:
     agg = aggregate(frame, task_order)
     summary = method_summary(agg)
     devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
     report = Report(suite, folder, frame, agg, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
-                    problems)
+                    problems, description=description)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots")
     return report

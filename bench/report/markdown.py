@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from bench.report.table import Cell, Table
 
 
@@ -26,7 +28,9 @@ def render(table: Table, level: str = "###") -> str:
 
 def document(report) -> str:
     """report.md: the tables, then the plots (linked), the skipped plots and unreadable records."""
-    parts = [f"# {report.suite}\n", report.summary_line() + "\n",
+    description = [f"> {html.escape(report.description, quote=False)}\n"] if report.description else []
+    parts = [f"# {report.suite}\n", *description,
+             report.summary_line() + "\n",
              "Scores are on a 0-100 scale. Each figure is defined in docs/reports.md and docs/measurement.md.\n"]
     for heading, tables in report.sections():
         parts.append(f"## {heading}\n")

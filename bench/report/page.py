@@ -156,5 +156,6 @@ def document(report, suite_source: str) -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<link rel="icon" href="data:,"><title>peft-bench: {escape(report.suite)}</title>'
             f"<style>{CSS}</style></head><body>\n<h1>peft-bench: {escape(report.suite)}</h1>\n"
-            f"<p>{escape(report.summary_line())} Scores are on a 0-100 scale; hover a cell with a dotted "
+            + (f"<p><em>{escape(report.description)}</em></p>\n" if report.description else "")
+            + f"<p>{escape(report.summary_line())} Scores are on a 0-100 scale; hover a cell with a dotted "
             f"underline for its notes.</p>\n<nav>{nav}</nav>\n{body}</body></html>\n")

@@ -25,6 +25,7 @@ of its run, null where unknown), since cells sharing a machine change each other
 
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing as mp
 import multiprocessing.connection
@@ -332,7 +333,22 @@ def _context():
             _CONTEXT.set_forkserver_preload(PRELOAD)
         else:
             _CONTEXT = mp.get_context("spawn")
+        atexit.register(_stop_helpers)
     return _CONTEXT
+
+
+def _stop_helpers() -> None:
+    """At this process's exit, stop the fork server and multiprocessing's resource tracker and wait for them.
+    Each would stop by itself once it sees this process gone, a moment later: a finished `peft-bench run`
+    would leave them behind, in its process group, for whoever waits on the group. (The stop calls are
+    multiprocessing's own, private; where one is missing, the helper stops by itself as before.)"""
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+        try:
+            helper._stop()
+        except (AttributeError, OSError, ChildProcessError):
+            pass
 
 
 EXECUTORS = ("local", "ray")
