@@ -159,8 +159,54 @@ def test_lock_staleness(tmp_path):
     old = time.time() - store_module.LEASE_S - 5
     os.utime(lock, (old, old))
     assert "heartbeat" in lock_problem(lock)  # any host: the lease ran out
-    lock.write_text("{not json")
-    assert lock_problem(lock) == "unreadable lock"
+    lock.write_text("{not json")  # (written now: a fresh heartbeat)
+    assert lock_problem(lock) is None  # perhaps still being written: stale only by its heartbeat
+    lock.write_text("")
+    assert lock_problem(lock) is None
+    os.utime(lock, (old, old))
+    assert "heartbeat" in lock_problem(lock)
+
+
+def _hold_every_lock(root: str, ids: list[str], start, granted) -> None:
+    store = Store(root)
+    start.wait()
+    granted.put([i for i in ids if store.acquire("race", i) is not None])  # held until the process ends
+
+
+def test_two_processes_never_both_hold_a_cells_lock(tmp_path):
+    """Two processes race to lock the same 400 cells, keeping what they get: no cell is granted to both (a lock
+    created empty and filled in afterwards was once taken for a stale one, and granted twice)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ids = [f"cell{i}" for i in range(400)]
+    start, granted = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_hold_every_lock, args=(str(tmp_path), ids, start, granted)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    first, second = granted.get(timeout=120), granted.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    assert set(first) & set(second) == set()
+    assert sorted(first + second) == sorted(ids)  # and every cell went to one of them
+
+
+def test_a_released_lock_that_was_stolen_is_left_to_its_new_owner(tmp_path):
+    store = Store(tmp_path)
+    claim = store.acquire("s", "c1")
+    store.steal("s", "c1")
+    lock_text = json.dumps({"host": "elsewhere", "pid": 42, "started": 1})
+    store.lock_path("s", "c1").write_text(lock_text)  # another runner's, after its --steal-locks
+    claim.release()
+    assert store.lock_path("s", "c1").read_text() == lock_text
+
+
+def test_spool_files_name_their_runner():
+    from bench.run.executors import spool_files
+
+    assert {p.name for p in spool_files(Path("x"), "abc")} == {f"abc.{os.getpid()}.{s}" for s in ("json", "log",
+                                                                                               "partial")}
 
 
 def test_steal_locks_takes_a_live_foreign_lock_and_says_so(tmp_path, write_suite, capsys):

@@ -99,8 +99,8 @@ def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
     """(record, output log, partial record) a cell process of this runner writes into the spool folder.
     The partial record (what the cell measured so far, training progress) is not a `.json`: it is
     never adopted as a result."""
-    stem = spool / f"{cell_id}.{os.getpid()}"
-    return stem.with_suffix(".json"), stem.with_suffix(".log"), stem.with_suffix(".partial")
+    stem = f"{cell_id}.{os.getpid()}"  # the runner's pid: two runners of one cell never share these files
+    return spool / f"{stem}.json", spool / f"{stem}.log", spool / f"{stem}.partial"
 
 
 class CellProcess:

@@ -123,9 +123,12 @@ class Store:
         lock = self.lock_path(suite, cell_id)
         lock.parent.mkdir(parents=True, exist_ok=True)
         if not _try_lock(lock):
-            if lock_problem(lock) is None:
-                return None
-            lock.unlink(missing_ok=True)  # its runner is gone: take over
+            try:
+                seen = lock.stat().st_ino
+            except FileNotFoundError:
+                seen = None
+            if seen is not None and (lock_problem(lock) is None or not _remove_if_same(lock, seen)):
+                return None  # held, or another runner took the stale lock over first
             if not _try_lock(lock):
                 return None
         return Claim(lock)
@@ -158,16 +161,41 @@ def _process_start(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+            "since": time.time()}
+
+
 def _try_lock(lock: Path) -> bool:
+    """Create the lock whole or not at all: the owner is written to a file of this process's own, which is then
+    linked to the lock's name (link never replaces), so no runner ever sees a lock without its owner."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=".tmp", dir=lock.parent)
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(_owner(), f)
+        os.link(tmp, lock)
+        return True
     except FileExistsError:
         return False
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
-             "since": time.time()}
-    with os.fdopen(fd, "w") as f:
-        json.dump(owner, f)
-    return True
+    finally:
+        os.unlink(tmp)
+
+
+def _remove_if_same(lock: Path, inode: int) -> bool:
+    """Remove the stale lock found as `inode`, unless another runner replaced it meanwhile (it took over first):
+    the lock is moved aside atomically, and put back if it is not the one judged stale."""
+    aside = lock.with_name(f".{lock.name}.stale.{os.getpid()}.{time.time_ns()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return True  # someone removed it: try to create ours
+    if aside.stat().st_ino == inode:
+        aside.unlink()
+        return True
+    with contextlib.suppress(FileExistsError):  # a third runner's lock took the name: theirs stands
+        os.link(aside, lock)
+    aside.unlink()
+    return False
 
 
 class Claim:
@@ -187,26 +215,37 @@ class Claim:
     def release(self) -> None:
         self._stop.set()
         self._heart.join()
-        self.lock.unlink(missing_ok=True)
+        try:
+            owner = json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return
+        mine = _owner()
+        if isinstance(owner, dict) and all(owner.get(k) == mine[k] for k in ("host", "pid", "started")):
+            self.lock.unlink(missing_ok=True)  # only our own: one stolen from us (--steal-locks) is another's now
 
 
 def lock_problem(lock: Path, now: float | None = None) -> str | None:
     """Why a lock is stale (its holder is gone), or None while its holder may be running.
 
-    Stale: unreadable; a heartbeat older than LEASE_S (any host); on this host, a process that is gone
-    or whose start time differs from the lock's (the pid was reused, e.g. PID 1 in a container).
+    Stale: a heartbeat older than LEASE_S (any host), whatever the file holds; on this host, a process that
+    is gone or whose start time differs from the lock's (the pid was reused, e.g. PID 1 in a container). A lock
+    that cannot be read is stale only by its heartbeat: it may be one another version is still writing.
     """
     try:
-        owner = json.loads(lock.read_text())
         age = (now or time.time()) - lock.stat().st_mtime
+        text = lock.read_text()
     except FileNotFoundError:
         return "gone"
-    except (OSError, ValueError):
-        return "unreadable lock"
-    if not isinstance(owner, dict):
-        return "unreadable lock"
+    except OSError:
+        text = ""
     if age > LEASE_S:
         return f"heartbeat {age:.0f} s old (lease {LEASE_S:g} s)"
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(owner, dict):
+        return None
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
         started = _process_start(pid) if isinstance(pid, int) else None
