@@ -89,10 +89,12 @@ def problems(record: Any) -> list[str]:
                 out.append(f"cell.{key} is not a string")
         if not isinstance(cell["seed"], int) or isinstance(cell["seed"], bool):
             out.append("cell.seed is not an integer")
-        for key in ("suite", "label", "method_family"):
-            if cell.get(key) is not None and not isinstance(cell[key], str):
-                out.append(f"cell.{key} is not a string")
-        if cell.get("config") is not None and not isinstance(cell["config"], dict):
+        if not isinstance(cell.get("suite"), str):
+            out.append("cell.suite is not a string")
+        for key in ("label", "method_family"):
+            if key not in cell or (cell[key] is not None and not isinstance(cell[key], str)):
+                out.append(f"cell.{key} is neither null nor a string")
+        if not isinstance(cell.get("config"), dict):
             out.append("cell.config is not an object")
     if record.get("status") not in STATUSES:
         out.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
@@ -101,15 +103,16 @@ def problems(record: Any) -> list[str]:
     if record.get("created_at") is not None and not isinstance(record["created_at"], str):
         out.append("'created_at' is neither null nor a string")
     for section in SECTIONS:
-        if section in record and not isinstance(record[section], dict):
+        if not isinstance(record.get(section), dict):
             out.append(f"'{section}' is not an object")
     scores = record.get("scores")
     if isinstance(scores, dict):
         metrics = scores.get("metrics", {})
         if not isinstance(metrics, dict):
             out.append("scores.metrics is not an object")
-        elif not all(_number_or_null(v) for v in metrics.values()):
-            out.append("scores.metrics holds a value that is not a number")
+        else:
+            out += [f"scores.metrics.{name} = {value!r} is not a score (null, or a finite number in [-100, 100])"
+                    for name, value in metrics.items() if not _score_or_null(value)]
         if scores.get("main_metric") is not None and not isinstance(scores["main_metric"], str):
             out.append("scores.main_metric is not a string")
     for section, numeric in _NUMERIC_FIGURES.items():
@@ -125,6 +128,11 @@ def problems(record: Any) -> list[str]:
 # reader loads is checked against them.
 _NUMERIC_FIGURES = {section: frozenset(f.name for f in figures.FIGURES.values()
                                        if f.section == section and f.unit != "text") for section in figures.SECTIONS}
+
+
+def _score_or_null(value: Any) -> bool:
+    """Every metric is on a 0-100 scale (correlations and MCC on -100-100): anything else is not a result."""
+    return value is None or (_number_or_null(value) and math.isfinite(value) and -100 <= value <= 100)
 
 
 def _number_or_null(value: Any) -> bool:

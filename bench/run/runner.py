@@ -92,7 +92,7 @@ def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
                 continue  # a live runner's cell
             try:
                 record = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 record = None
             if record is None or problems(record) or record["cell"].get("suite") != suite \
                     or record["cell"]["id"] != cell_id:

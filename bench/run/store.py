@@ -327,6 +327,8 @@ def _load(path: Path, checked: bool) -> tuple[dict | None, dict | str]:
         loaded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, f"unreadable ({e})"
+    except RecursionError:
+        return None, "unreadable (JSON nested too deep)"
     issues = [] if checked else problems(loaded)
     return (None, "; ".join(issues)) if issues else (loaded, plan_view(loaded))
 

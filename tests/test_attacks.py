@@ -1,0 +1,85 @@
+"""The store and the commands under attack and bad luck (issue 37): files that could stop every command, numbers
+that are not results, symlinks, hostile values. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from bench.cli import main
+from bench.record import problems
+from bench.run.store import Store
+from tests.handmade import survey_records, write_store
+
+
+def _minimal(cell_id: str) -> dict:
+    return {"schema_version": 1, "status": "ok",
+            "cell": {"id": cell_id, "method": "lora", "model": "m1", "task": "t1", "seed": 1}}
+
+
+def _with_score(value, cell_id: str) -> dict:
+    record = copy.deepcopy(next(r for r in survey_records() if r["cell"]["label"] == "lora"))
+    record["cell"]["id"] = cell_id
+    record["cell"]["seed"] = 9
+    record["scores"]["metrics"]["accuracy"] = value
+    return record
+
+
+@pytest.fixture
+def attacked_store(tmp_path):
+    """The hand-made store, plus: a 200 KB JSON nested 100,000 deep, a minimal record that the shape check once
+    passed (schema_version, cell identity, status ok), and records scoring 1e308, NaN and infinity."""
+    root = write_store(tmp_path / "results", survey_records())
+    folder = root / "hand"
+    (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (folder / "minimal.json").write_text(json.dumps(_minimal("minimal")))
+    for name, value in (("huge", 1e308), ("nan", math.nan), ("inf", math.inf)):
+        (folder / f"{name}.json").write_text(json.dumps(_with_score(value, name)))
+    return root
+
+
+BAD = {"deep.json", "minimal.json", "huge.json", "nan.json", "inf.json"}
+
+
+def test_no_file_stops_a_command_and_numbers_that_are_not_results_are_never_ranked(attacked_store, tmp_path, capsys):
+    store = Store(attacked_store)
+    found, bad = store.scan("hand")
+    assert {line.split(":")[0].rsplit("/", 1)[-1] for line in bad} == BAD
+    assert not BAD & {f"{cell_id}.json" for cell_id in found}
+    assert main(["report", "--suite", "hand", "--results", str(attacked_store), "--out", str(tmp_path / "rep"),
+                 "--format", "md,csv"]) == 0
+    text = (tmp_path / "rep" / "hand" / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert not any(word in row.lower() for row in rows for word in ("| inf", "| nan", "1e+308"))
+    lora = next(row for row in rows if "| lora |" in row)
+    assert "86.0 ± 1.0 (n=3)" in lora  # LoRA's three real seeds, as before the attack
+    assert "huge.json" in text and "is not a score" in text  # the report names what it skipped
+    assert main(["compare", str(attacked_store), str(attacked_store)]) == 0
+    assert main(["results", "export", "--suite", "hand", "--results", str(attacked_store),
+                 "--out", str(tmp_path / "x.csv")]) == 0
+    assert main(["results", "merge", str(attacked_store), "--into", str(tmp_path / "merged")]) == 0
+    assert not BAD & {p.name for p in (tmp_path / "merged" / "hand").glob("*.json")}
+    err = capsys.readouterr().err
+    assert "nested too deep" in err or "not usable" in err
+
+
+@pytest.mark.parametrize("key, why", [
+    ("env", "'env' is not an object"), ("config", "cell.config is not an object"),
+    ("suite", "cell.suite is not a string"), ("label", "cell.label is neither null nor a string")])
+def test_the_shape_check_asks_for_what_every_reader_reads(key, why):
+    record = copy.deepcopy(survey_records()[0])
+    assert problems(record) == []
+    if key == "env":
+        del record["env"]
+    else:
+        del record["cell"][key]
+    assert why in problems(record)
+
+
+@pytest.mark.parametrize("value", [1e308, -101.0, math.nan, math.inf, -math.inf])
+def test_a_score_outside_the_scale_is_not_a_result(value):
+    assert any("is not a score" in p for p in problems(_with_score(value, "x")))
+    assert problems(_with_score(-37.5, "x")) == []  # a correlation or MCC may be negative
