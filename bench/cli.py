@@ -112,9 +112,11 @@ def cmd_report(args) -> int:
     from bench.report import write_report
     from bench.run.store import Store
 
-    paths, unusable = write_report(suite_name(args.suite), args.results, args.out, args.format,
-                                   suite_source=args.suite)
+    paths, unusable, notes = write_report(suite_name(args.suite), args.results, args.out, args.format,
+                                          suite_source=args.suite)
     print_store_problems(Store(args.results), unusable)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     for path in paths:
         print(path)
     return 0
@@ -161,7 +163,8 @@ def cmd_results(args) -> int:
         if not args.into or not args.stores:
             raise BadInput("merge needs stores to read and --into DIR", "--into" if not args.into else "DIR")
         summary = exchange.merge(args.stores, args.into)
-        for line in summary.conflicts + [f"skipped: {bad}" for bad in summary.unusable]:
+        for line in summary.conflicts + [f"skipped: {bad}" for bad in summary.unusable] + \
+                [f"refused: {why}" for why in summary.refused]:
             print(line, file=sys.stderr)
         print(summary.line(args.into))
         return 0

@@ -83,3 +83,63 @@ def test_the_shape_check_asks_for_what_every_reader_reads(key, why):
 def test_a_score_outside_the_scale_is_not_a_result(value):
     assert any("is not a score" in p for p in problems(_with_score(value, "x")))
     assert problems(_with_score(-37.5, "x")) == []  # a correlation or MCC may be negative
+
+
+def test_merge_is_idempotent_checks_everything_first_and_names_what_it_refused(tmp_path, capsys):
+    records = survey_records()
+    a = write_store(tmp_path / "a", records)
+    rerun = copy.deepcopy(records[0])
+    rerun["created_at"] = "2026-02-01T00:00:00+00:00"
+    rerun["scores"]["metrics"]["accuracy"] = 81.0
+    b = write_store(tmp_path / "b", [rerun])  # the same cell, recorded differently: a conflict
+    stray = copy.deepcopy(records[1])
+    stray["cell"]["suite"] = "other"  # lies in hand/ but names another suite
+    (b / "hand" / "stray.json").write_text(json.dumps(stray))
+    hostile = copy.deepcopy(records[2])
+    hostile["cell"]["id"] = "../../escaped"
+    (b / "hand" / "hostile.json").write_text(json.dumps(hostile))
+    outside = tmp_path / "secret.json"
+    outside.write_text(json.dumps(records[3]))
+    (b / "hand" / "history").mkdir()
+    (b / "hand" / "history" / "planted.x.json").symlink_to(outside)
+    into = tmp_path / "into"
+    assert main(["results", "merge", str(a), str(b), "--into", str(into)]) == 0
+    err = capsys.readouterr().err
+    history = sorted(p.name for p in (into / "hand" / "history").iterdir())
+    assert len(history) == 1 and "conflict hand/" in err
+    assert "names suite 'other'" in err and "unsafe suite or cell id" in err and "planted.x.json" in err
+    assert not (into / "other").exists() and not (tmp_path / "escaped.json").exists()
+    assert len(list((into / "hand").glob("*.json"))) == len(records)
+    assert main(["results", "merge", str(a), str(b), "--into", str(into)]) == 0  # again: nothing new
+    assert sorted(p.name for p in (into / "hand" / "history").iterdir()) == history
+    assert "0 records added" in capsys.readouterr().out
+
+
+def test_a_symlinked_record_is_not_read(tmp_path):
+    root = write_store(tmp_path / "results", survey_records()[:1])
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps(survey_records()[1]))
+    (root / "hand" / "linked.json").symlink_to(outside)
+    found, bad = Store(root).records("hand")
+    assert len(found) == 1 and any("linked.json: a symbolic link" in line for line in bad)
+
+
+def test_a_report_never_writes_through_a_symlink(tmp_path, capsys):
+    root = write_store(tmp_path / "results", survey_records())
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    folder = tmp_path / "reports" / "hand"
+    (folder / "csv").mkdir(parents=True)
+    (folder / "report.md").symlink_to(target)
+    (folder / "csv" / "survey-m1.csv").symlink_to(target)
+    assert main(["report", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "reports"),
+                 "--format", "md,csv"]) == 0
+    assert target.read_text() == "keep me"
+    assert not (folder / "report.md").is_symlink() and (folder / "report.md").read_text().startswith("# hand")
+    assert "report.md: a symbolic link in the report folder, removed" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "hand").symlink_to(elsewhere)
+    assert main(["report", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "out2")]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err and not any(elsewhere.iterdir())

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.run.store import checked, unusable_note
+from bench.run.store import atomic_write, checked, unusable_note
 
 FORMATS = ("md", "tex", "csv", "html")
 PLOT_FORMATS = {"md", "html"}  # the formats that show the plots
@@ -35,10 +35,11 @@ def parse_formats(value: str | list[str] | None) -> list[str]:
 
 
 def write_report(suite: str, results: str | Path = "results", out: str | Path = "reports",
-                 formats: list[str] | None = None, suite_source: str | None = None) -> tuple[list[Path], list[str]]:
+                 formats: list[str] | None = None,
+                 suite_source: str | None = None) -> tuple[list[Path], list[str], list[str]]:
     """Write the report of `suite`'s records; `suite_source` (a suite name or YAML path) finds the suite file.
-    Returns the files written and a line per file of the suite that is not a usable record (the store is
-    read once, for both)."""
+    Returns the files written, a line per file of the suite that is not a usable record (the store is read
+    once, for both), and a line per symbolic link removed from the report folder."""
     # Imported here: pandas and matplotlib load only when a report is written, not for `peft-bench list`.
     from bench.report import csvfiles, latex, markdown, page
     from bench.report.aggregate import latest_records
@@ -56,7 +57,11 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
         raise BadInput(f"no records for suite '{suite}' in {Path(results) / suite}; run it first "
                        f"(peft-bench run --suite {suite})", "--suite")
     folder = Path(out) / checked(suite, "suite name")
+    if folder.is_symlink():
+        raise BadInput(f"{folder} is a symbolic link: a report is never written through one (remove it, or "
+                       "give another --out)", "--out")
     folder.mkdir(parents=True, exist_ok=True)
+    notes = _remove_links(folder)
     report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)),
                    task_order=suite_task_order(suite_source or suite),
                    description=suite_description(suite_source or suite))
@@ -70,7 +75,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     if "html" in formats:
         written.append(_write(folder / "index.html", page.document(report, suite_source or suite)))
     _forget_stale(folder, written, formats)
-    return written, unusable
+    return written, unusable, notes
 
 
 MANIFEST = ".peft-bench-files.json"  # the files the last report wrote here: the only ones it may remove
@@ -99,7 +104,7 @@ def _forget_stale(folder: Path, written: list[Path], formats: list[str]) -> None
         path = (folder / relative).resolve()
         if path.is_relative_to(folder.resolve()) and path.is_file():
             path.unlink()
-    manifest.write_text(json.dumps(sorted((previous - stale) | now), indent=0) + "\n")
+    atomic_write(manifest, (json.dumps(sorted((previous - stale) | now), indent=0) + "\n").encode())
 
 
 def suite_task_order(name_or_path: str) -> list[str]:
@@ -120,6 +125,16 @@ def suite_description(name_or_path: str) -> str | None:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, text.encode("utf-8"))  # a rename: it replaces a link planted at the path, never its target
     return path
+
+
+def _remove_links(folder: Path) -> list[str]:
+    """Remove every symbolic link inside the report's folder (links only, never what they point to), so that no
+    file of the report is written through one; a line for each."""
+    removed = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            path.unlink()
+            removed.append(f"{path}: a symbolic link in the report folder, removed (its target left as it was)")
+    return removed

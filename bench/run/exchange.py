@@ -32,11 +32,12 @@ class MergeSummary:
     conflicts: list[str] = field(default_factory=list)
     history: int = 0  # history files copied
     unusable: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # usable records or history files not merged, and why
 
     def line(self, into: str) -> str:
         return (f"merged into {into}: {self.added} records added, {self.duplicates} identical ones kept once, "
                 f"{len(self.conflicts)} conflicts (the other record kept in history), {self.history} history "
-                f"files copied, {len(self.unusable)} unusable files skipped")
+                f"files copied, {len(self.unusable)} unusable files skipped, {len(self.refused)} refused")
 
 
 def _preferred(record: dict) -> tuple:
@@ -44,6 +45,9 @@ def _preferred(record: dict) -> tuple:
 
 
 def merge(sources: list[str], into: str) -> MergeSummary:
+    """Check every source first (each record filed under its own suite's folder, with safe names; history files
+    plain files), then write: a refused file is named, never half-merged. Merging the same stores again adds
+    nothing: a conflict whose other record history already holds is not archived twice."""
     target = Store(into)
     for source in sources:
         if not Path(source).is_dir():
@@ -51,15 +55,37 @@ def merge(sources: list[str], into: str) -> MergeSummary:
         if Path(source).resolve() == target.root.resolve():
             raise BadInput(f"{source} is the store merged into (--into {into})", source)
     summary = MergeSummary()
+    records, histories = [], []
     for source in sources:
         store = Store(source)
         for folder in sorted(p for p in store.root.iterdir() if p.is_dir() and safe_name(p.name)):
-            records, bad = store.records(folder.name)
+            if folder.is_symlink():
+                summary.refused.append(f"{folder}: a symbolic link (never followed)")
+                continue
+            usable, bad = store.records(folder.name)
             summary.unusable += bad
-            for record in records:
-                _merge_record(target, record, summary)
-            summary.history += _copy_history(folder / HISTORY, target.suite_dir(folder.name) / HISTORY)
+            for record in usable:
+                why = _refusal(record, folder.name)
+                if why:
+                    summary.refused.append(f"{folder}/{record['cell']['id']}.json: {why}")
+                else:
+                    records.append(record)
+            histories.append((folder / HISTORY, folder.name, summary.refused))
+    for record in records:
+        _merge_record(target, record, summary)
+    for source_history, suite, refused in histories:
+        summary.history += _copy_history(source_history, target.suite_dir(suite) / HISTORY, refused)
     return summary
+
+
+def _refusal(record: dict, folder: str) -> str | None:
+    """Why a usable record may not be merged from a suite's folder, else None."""
+    cell = record["cell"]
+    if not safe_name(cell["suite"]) or not safe_name(cell["id"]):
+        return f"unsafe suite or cell id ({cell['suite']!r}, {cell['id']!r}: not a plain file name)"
+    if cell["suite"] != folder:
+        return f"names suite {cell['suite']!r} but lies in {folder!r}/ (not filed into another suite)"
+    return None
 
 
 def _merge_record(target: Store, record: dict, summary: MergeSummary) -> None:
@@ -75,11 +101,24 @@ def _merge_record(target: Store, record: dict, summary: MergeSummary) -> None:
     winner, loser = (record, current) if _preferred(record) > _preferred(current) else (current, record)
     if winner is record:
         target.write(record)  # the current one goes to history
-    else:
+    elif not _in_history(target, suite, cell_id, record):
         target.archive(suite, cell_id, (json.dumps(record, indent=1) + "\n").encode())
-    summary.conflicts.append(f"conflict {suite}/{cell_id} ({record['cell']['label']} · {record['cell']['model']} "
-                             f"· {record['cell']['task']} · s{record['cell']['seed']}): kept {_describe(winner)}; "
-                             f"{_describe(loser)} is in history")
+    else:
+        summary.duplicates += 1  # merged before: its history copy is there already
+        return
+    summary.conflicts.append(f"conflict {suite}/{cell_id} ({record['cell']['label'] or record['cell']['method']} · "
+                             f"{record['cell']['model']} · {record['cell']['task']} · s{record['cell']['seed']}): "
+                             f"kept {_describe(winner)}; {_describe(loser)} is in history")
+
+
+def _in_history(target: Store, suite: str, cell_id: str, record: dict) -> bool:
+    for path in (target.suite_dir(suite) / HISTORY).glob(f"{cell_id}.*.json"):
+        try:
+            if json.loads(path.read_text()) == record:
+                return True
+        except (OSError, ValueError, RecursionError):
+            continue
+    return False
 
 
 def _describe(record: dict) -> str:
@@ -87,10 +126,16 @@ def _describe(record: dict) -> str:
     return f"{record['status']} of {record.get('created_at')}" + (f" on {host}" if host else "")
 
 
-def _copy_history(source: Path, target: Path) -> int:
+def _copy_history(source: Path, target: Path, refused: list[str]) -> int:
+    """Copy the history files the target lacks; a symbolic link is never copied (nor followed), but named."""
     copied = 0
+    if source.is_symlink():
+        refused.append(f"{source}: a symbolic link (never followed)")
+        return 0
     for path in sorted(source.glob("*.json")) if source.is_dir() else []:
-        if not (target / path.name).exists():
+        if path.is_symlink() or not path.is_file() or not safe_name(path.name):
+            refused.append(f"{path}: not a plain history file (a link or special file: never copied)")
+        elif not (target / path.name).exists():
             atomic_write(target / path.name, path.read_bytes())
             copied += 1
     return copied

@@ -289,6 +289,9 @@ def _read_folder(folder: Path, full: bool, update_index: bool) -> tuple[dict[str
     known = _read_index(folder / INDEX)
     entries, found, bad = {}, {}, []
     for path in sorted(folder.glob("*.json")):
+        if path.is_symlink():  # the store writes no links: one is planted, and never read through
+            bad.append(f"{path}: a symbolic link (not read)")
+            continue
         try:
             st = path.stat()
         except OSError as e:
