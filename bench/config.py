@@ -100,6 +100,8 @@ _TRAIN_TYPES = {
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
              "max_train_samples", "max_eval_samples", "max_grad_norm", "shots"}
 _EXCLUSIVE = {"max_steps": "epochs", "epochs": "max_steps"}
+_NON_NEGATIVE = {"weight_decay"}
+MAX_THREADS = 4096  # torch threads per cell: past any machine's cores, a typo that would start a million threads
 # Upper bounds that catch typos before a cell allocates for them (a batch of 10^11 rows grew one cell
 # to 20 GB before the kernel killed it); each is far beyond any real setting.
 _LIMITS = {"batch_size": 2 ** 16, "eval_batch_size": 2 ** 16, "max_length": 2 ** 20, "shots": 2 ** 20,
@@ -111,12 +113,17 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
     values = TrainConfig().as_dict()
     for mapping, where in layers:
         check_keys(mapping, TRAIN_FIELDS, "training setting", where)
+        if isinstance(mapping.get("max_steps"), (int, float)) and isinstance(mapping.get("epochs"), (int, float)):
+            raise BadInput("'max_steps' and 'epochs' are both given here: training runs for one of them (give "
+                           "one; a later layer, e.g. a task's train, replaces the other)", where("epochs"))
         for key, raw in mapping.items():
             value = coerce(raw, _TRAIN_TYPES[key], where(key), key)
             if key in _POSITIVE and value is not None and value <= 0:
                 raise BadInput(f"'{key}' must be positive, got {raw!r}", where(key))
             if key in _LIMITS and value is not None and value > _LIMITS[key]:
                 raise BadInput(f"'{key}' = {raw!r} is beyond {_LIMITS[key]:,}: a typo?", where(key))
+            if key in _NON_NEGATIVE and value is not None and value < 0:
+                raise BadInput(f"'{key}' must not be negative, got {raw!r}", where(key))
             if key in ("warmup_ratio",) and not 0 <= value < 1:
                 raise BadInput(f"'{key}' must be in [0, 1), got {raw!r}", where(key))
             values[key] = value
@@ -163,10 +170,12 @@ def coerce(value: Any, spec: Any, where: str, key: str) -> Any:
         if s is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if s is float and not isinstance(value, bool):
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-                return float(value)
+            number = float(value) if isinstance(value, (int, float)) else \
+                float(value) if isinstance(value, str) and _FLOAT_RE.match(value.strip()) else None
+            if number is not None:
+                if not math.isfinite(number):  # a NaN slips past every comparison that guards a setting
+                    raise BadInput(f"'{key}' must be a finite number, got {value!r}", where)
+                return number
         if s is str and isinstance(value, str):
             return value
         if s is list and isinstance(value, list):

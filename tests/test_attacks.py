@@ -143,3 +143,109 @@ def test_a_report_never_writes_through_a_symlink(tmp_path, capsys):
     (tmp_path / "out2" / "hand").symlink_to(elsewhere)
     assert main(["report", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "out2")]) == 2
     assert "is a symbolic link" in capsys.readouterr().err and not any(elsewhere.iterdir())
+
+
+def _jsonl_task(tmp_path, train: bytes, name: str = "train.jsonl") -> str:
+    (tmp_path / name).write_bytes(train)
+    (tmp_path / "eval.jsonl").write_text('{"text": "good", "label": 1}\n')
+    (tmp_path / "tasks.yaml").write_text(
+        "tasks:\n  - name: mine\n    type: classification\n"
+        f"    source: {{files: {{train: {name}, eval: eval.jsonl}}}}\n"
+        "    text: [text]\n    label: label\n    labels: [negative, positive]\n    metrics: [accuracy]\n")
+    return str(tmp_path / "tasks.yaml")
+
+
+def _check(tmp_path, tasks: str) -> None:
+    from bench.tasks import registry
+    from bench.tasks.data import check_available
+
+    check_available(registry([tasks])["mine"], None)
+
+
+def test_undecodable_files_are_bad_input_naming_the_file(tmp_path, capsys):
+    import gzip
+
+    from bench.errors import BadInput
+
+    suite = tmp_path / "latin1.yaml"
+    suite.write_bytes("name: x\ndescription: caf\xe9\n".encode("latin-1"))
+    assert main(["run", "--suite", str(suite), "--dry-run"]) == 2
+    assert f"{suite}:2: not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+    suite.write_bytes("name: x\n".encode("utf-16"))
+    assert main(["run", "--suite", str(suite), "--dry-run"]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+    good = b'{"text": "fine", "label": 0}\n'
+    for data, name, message in ((good + b'{"text": "caf\xe9", "label": 1}\n', "train.jsonl", "train.jsonl:2: not UTF-8"),
+                                (good, "train.jsonl.gz", "cannot read this file"),
+                                (gzip.compress(good * 50)[:40], "train.jsonl.gz", "cannot read this file")):
+        with pytest.raises(BadInput) as e:
+            _check(tmp_path, _jsonl_task(tmp_path, data, name))
+        assert message in e.value.render(), e.value.render()
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    suite = tmp_path / "bomb.yaml"
+    suite.write_text("\n".join(lines) + "\nname: bomb\n")
+    assert len(suite.read_bytes()) < 1000
+    assert main(["run", "--suite", str(suite), "--dry-run"]) == 2
+    assert "expands past 200,000 values" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("cell_timeout_s: .nan", "'cell_timeout_s' must be a finite number"),
+    ("train: {max_steps: 2, max_grad_norm: .nan}", "'max_grad_norm' must be a finite number"),
+    ("train: {max_steps: 2, weight_decay: -1}", "'weight_decay' must not be negative"),
+    ("threads: 1000000", "'threads' must be in [1, 4096]"),
+    ("train: {max_steps: 2, lr: .inf}", "'lr' must be a finite number"),
+    ("train: {epochs: .nan}", "'epochs' must be a finite number"),
+    ("train: {max_steps: 2, epochs: 3}", "'max_steps' and 'epochs' are both given here"),
+])
+def test_values_that_would_do_damage_are_refused_before_work(tmp_path, capsys, setting, message):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(f"name: bad\nmethods: [lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n{setting}\n")
+    assert main(["run", "--suite", str(suite), "--dry-run", "--results", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_huge_method_setting_and_bad_tolerances_are_refused(tmp_path, capsys):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("name: bad\nmethods: [{name: lora, overrides: {r: 1000000000}}]\nmodels: [tiny-encoder]\n"
+                     "tasks: [synth-polarity]\ntrain: {max_steps: 2}\n")
+    assert main(["run", "--suite", str(suite), "--dry-run"]) == 2
+    assert "'r' = 1,000,000,000 is beyond" in capsys.readouterr().err
+    from bench.errors import BadInput
+    from bench.tools.regress import load_tolerances
+
+    for text, message in (("score_abs: -1", "'score_abs' must be >= 0"), ("memory_rtol: .nan", "finite number"),
+                          ("time_warn_ratio: 0.5", "a factor >= 1"),
+                          ("score_abs_per_metric: {accuracy: -2}", "'accuracy' must be >= 0")):
+        (tmp_path / "tol.yaml").write_text(text + "\n")
+        with pytest.raises(BadInput, match=message.replace("(", r"\(")):
+            load_tolerances(str(tmp_path / "tol.yaml"))
+
+
+def test_a_short_row_and_a_late_bad_label_are_found_before_work(tmp_path):
+    from bench.errors import BadInput
+
+    rows = "".join(f"{i % 2}\tsentence {i}\n" for i in range(300))
+    (tmp_path / "eval.tsv").write_text(rows)
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("tasks:\n  - name: mine\n    type: classification\n"
+                     "    source: {files: {train: train.tsv, eval: eval.tsv}, header: false, columns: [label, sentence]}\n"
+                     "    text: [sentence]\n    label: label\n    labels: [negative, positive]\n    metrics: [accuracy]\n")
+    (tmp_path / "train.tsv").write_text(rows + "1\n")  # line 301: no text
+    with pytest.raises(BadInput, match=r"train.tsv:301: a row with 1 field\(s\) where the table has 2 columns"):
+        _check(tmp_path, str(tasks))
+    (tmp_path / "train.tsv").write_text(rows + "7\tlate\n")  # a label no class has, after row 100
+    with pytest.raises(BadInput, match="label values 7 are neither"):
+        _check(tmp_path, str(tasks))
+
+
+def test_a_json_row_without_its_text_is_found_before_work(tmp_path):
+    from bench.errors import BadInput
+
+    rows = b'{"text": "good", "label": 1}\n{"text": null, "label": 0}\n'
+    with pytest.raises(BadInput, match=r"train.jsonl:2: row 2 has no value in column 'text'"):
+        _check(tmp_path, _jsonl_task(tmp_path, rows))

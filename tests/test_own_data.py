@@ -100,7 +100,7 @@ def test_a_headerless_tsv_task_runs_end_to_end(tmp_path, capsys):
 
 def test_threads_must_be_positive(tmp_path, capsys):
     assert main(["run", "--suite", suite(tmp_path, tsv_task(tmp_path)), "--threads", "0", "--dry-run"]) == 2
-    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert "--threads must be in [1, 4096]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change,message", [

@@ -188,6 +188,9 @@ def _definition(method: Method) -> tuple:
     return method.family, method.description, method.paper, method.build.__qualname__
 
 
+MAX_SETTING = 2 ** 24  # an integer method setting (rank, bottleneck, prompt length) past this is a typo
+
+
 def _check_sign(key: str, value: Any, default: Any, where: str) -> None:
     """Numeric settings keep the sign of their default: positive where it is positive (ranks, sizes,
     ratios, learning-rate-like scales), not negative where it is zero (dropouts, seeds)."""
@@ -195,6 +198,9 @@ def _check_sign(key: str, value: Any, default: Any, where: str) -> None:
         return
     if default > 0 and not value > 0:
         raise BadInput(f"'{key}' must be positive, got {value!r}", where)
+    if isinstance(value, int) and value > MAX_SETTING:
+        raise BadInput(f"'{key}' = {value:,} is beyond {MAX_SETTING:,}: a typo? (a rank or size that large "
+                       "would only fill the memory)", where)
     if default == 0 and not value >= 0:
         raise BadInput(f"'{key}' must not be negative, got {value!r}", where)
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from bench import methods
-from bench.config import TrainConfig, resolve_train
+from bench.config import MAX_THREADS, TrainConfig, resolve_train
 from bench.env import usable_cores
 from bench.errors import BadInput, Unsupported, did_you_mean
 from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
@@ -64,8 +64,8 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     if only_seeds is not None:
         seeds = list(dict.fromkeys(only_seeds))  # `--seeds 1,1` is seed 1 once
         check_seeds(seeds, lambda i: "--seeds")
-    if threads is not None and threads < 1:
-        raise BadInput(f"--threads must be at least 1, got {threads}", "--threads")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise BadInput(f"--threads must be in [1, {MAX_THREADS}], got {threads}", "--threads")
     per_cell = cell_threads(threads if threads is not None else suite.threads, concurrent)
     cells: list[Cell] = []
     seen: dict[str, str] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import methods, models, tasks
-from bench.config import check_keys, coerce
+from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.run.store import safe_name
 from bench.yamlfile import YamlDoc, load_yaml
@@ -194,9 +194,9 @@ def _check_names(suite: Suite) -> None:
         if not getattr(suite, key):
             raise BadInput(f"'{key}' is empty: a suite needs at least one", suite.where(key))
     check_seeds(suite.seeds, lambda i: suite.where("seeds", i))
-    if suite.threads is not None and suite.threads < 1:
-        raise BadInput(f"'threads' must be at least 1, got {suite.threads}", suite.where("threads"))
-    if suite.cell_timeout_s <= 0:
+    if suite.threads is not None and not 1 <= suite.threads <= MAX_THREADS:
+        raise BadInput(f"'threads' must be in [1, {MAX_THREADS}], got {suite.threads}", suite.where("threads"))
+    if not suite.cell_timeout_s > 0:
         raise BadInput(f"'cell_timeout_s' must be positive, got {suite.cell_timeout_s:g}", suite.where("cell_timeout_s"))
     for key, values in (("models", suite.models), ("tasks", suite.tasks), ("seeds", suite.seeds)):
         for i, value in enumerate(values):

@@ -16,6 +16,7 @@ file, the task definition's file:line and the columns the file has.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -131,13 +132,15 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                 f"{dataset_folder(task, manual_root(data_dir))} "
                 f"({'under --data-dir' if data_dir is not None else f'set {MANUAL_DATA} to keep them elsewhere'}), "
                 "or leave the task out with --tasks", task.origin)
-        check_rows(task, _read_manual(task, path, distributed, HEAD_ROWS), path)
+        check_rows(task, _read_manual(task, path, distributed, _rows_to_check(task)), path,
+                   _header_lines(path, src if distributed else {}))
     elif "files" in src:
         key = split.replace("eval:", "")
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
-        check_rows(task, read_file(Path(path), src, limit=HEAD_ROWS), Path(path))
+        path = Path(path)
+        check_rows(task, read_file(path, src, limit=_rows_to_check(task)), path, _header_lines(path, src))
     elif "dataset" in src:
         if data_dir is not None:
             if local_file(task, split, data_dir) is None:
@@ -146,7 +149,7 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                     f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
                     f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
             path = local_file(task, split, data_dir)
-            check_rows(task, read_file(path, limit=HEAD_ROWS), path)
+            check_rows(task, read_file(path, limit=_rows_to_check(task)), path, _header_lines(path, {}))
         elif hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
@@ -232,9 +235,33 @@ def read_file(path: Path, options: dict | None = None, limit: int | None = None)
                                 names=None if header else options.get("columns"), nrows=limit,
                                 quoting=QUOTING[options.get("quoting", "minimal")], keep_default_na=False,
                                 compression="infer")
-    except (ValueError, OSError, pd.errors.ParserError) as e:
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:  # decoding, gzip, truncation
         raise BadInput(f"cannot read this {kind if kind == 'parquet' else 'table'}: {e}", str(path)) from None
+    if kind != "parquet":
+        _check_field_counts(path, options, limit)
     return frame.to_dict("records")
+
+
+def _check_field_counts(path: Path, options: dict, limit: int | None) -> None:
+    """A table row with fewer fields than the columns, which pandas fills with empty text: BadInput at its line."""
+    import csv
+    import gzip
+
+    header = options.get("header", True)
+    expected = None if header else len(options.get("columns") or [])
+    opened = gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
+        path.open(encoding="utf-8", newline="")
+    with opened as f:
+        reader = csv.reader(f, delimiter=options.get("delimiter", file_format(path)),
+                            quoting=QUOTING[options.get("quoting", "minimal")])
+        for i, fields in enumerate(reader):
+            if limit is not None and i > limit:
+                return
+            if expected is None:
+                expected = len(fields)
+            elif fields and len(fields) < expected:
+                raise BadInput(f"a row with {len(fields)} field(s) where the table has {expected} columns",
+                               f"{path}:{reader.line_num}")
 
 
 def _read_manual(task: TaskSpec, path: Path, distributed: bool, limit: int | None = None) -> list[dict]:
@@ -246,25 +273,35 @@ def _read_manual(task: TaskSpec, path: Path, distributed: bool, limit: int | Non
 def _read_json_lines(path: Path, limit: int | None) -> list[dict]:
     import gzip
 
-    rows = []
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
-        for number, line in enumerate(f, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as e:  # name the user's file and line, not the parser's column in it
-                raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}", f"{path}:{number}") from None
-            if not isinstance(rows[-1], dict):
-                raise BadInput(f"not a JSON object per line: {type(rows[-1]).__name__}", f"{path}:{number}")
+    rows, number = [], 0
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            for number, raw in enumerate(f, 1):  # decoded line by line, so a bad byte is named with its line
+                if limit is not None and len(rows) >= limit:
+                    break
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:  # name the user's file and line, not the parser's column in it
+                    raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}",
+                                   f"{path}:{number}") from None
+                except RecursionError:
+                    raise BadInput("not a JSON object per line: nested too deep", f"{path}:{number}") from None
+                if not isinstance(rows[-1], dict):
+                    raise BadInput(f"not a JSON object per line: {type(rows[-1]).__name__}", f"{path}:{number}")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not UTF-8 text ({e.reason}): save the file as UTF-8", f"{path}:{number}") from None
+    except (OSError, EOFError) as e:  # a .gz that is not gzip, or one cut short
+        raise BadInput(f"cannot read this file: {e or type(e).__name__}", str(path)) from None
     return rows
 
 
-def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
-    """The first rows of a file against what the task reads: non-empty, its columns present, its
-    label values among the class indices or names. BadInput names the file, the task and the columns."""
+def check_rows(task: TaskSpec, rows: list[dict], path: Path, header_lines: int = 0) -> None:
+    """A file's rows (all, or its first) against what the task reads: non-empty, its columns present and filled,
+    its label values among the class indices or names. BadInput names the file (and line: `header_lines` before
+    the first row), the task and the columns."""
     where = f"{path} (task '{task.name}' defined at {task.origin})"
     if not rows:
         raise BadInput("the file has no rows", where)
@@ -274,6 +311,13 @@ def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
     if missing:
         raise BadInput(f"no column {', '.join(map(repr, missing))}; the file's columns are "
                        f"{', '.join(map(repr, columns))}", where)
+    top = sorted({c.split(".")[0] for c in needed if c})
+    for i, row in enumerate(rows):  # a short row of a headerless table leaves its last columns empty (NaN)
+        empty = [c for c in top if row.get(c) is None or (isinstance(row[c], float) and math.isnan(row[c]))]
+        if empty:
+            raise BadInput(f"row {i + 1} has no value in column {', '.join(map(repr, empty))} (a row with fewer "
+                           f"fields than the columns?) (task '{task.name}' defined at {task.origin})",
+                           f"{path}:{i + 1 + header_lines}")
     if task.type == "classification" and task.label and task.labels:
         names, n = set(task.labels), len(task.labels)
         bad = sorted({repr(v) for row in rows for v in [task.value(row, task.label)]
@@ -281,6 +325,17 @@ def check_rows(task: TaskSpec, rows: list[dict], path: Path) -> None:
         if bad:
             raise BadInput(f"label values {', '.join(bad[:5])} are neither class indices 0..{n - 1} nor among "
                            f"the task's labels {list(task.labels)}", where)
+
+
+def _rows_to_check(task: TaskSpec) -> int | None:
+    """Rows the checks before work read: every row where labels are checked (a bad label on row 5,000 would
+    otherwise fail inside the cell), the first HEAD_ROWS elsewhere."""
+    return None if task.type == "classification" and task.label and task.labels else HEAD_ROWS
+
+
+def _header_lines(path: Path, options: dict) -> int:
+    """Lines before a file's first row: a table's header line, unless it is headerless."""
+    return 1 if file_format(path) not in ("json", "parquet") and options.get("header", True) else 0
 
 
 def _class_index(value, n: int) -> bool:

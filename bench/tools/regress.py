@@ -37,12 +37,18 @@ def load_tolerances(path: str | None) -> Tolerances:
     values = {k: coerce(v, _TOLERANCE_KEYS[k], doc.where(k), k) for k, v in doc.data.items()}
     from bench.tasks.metrics import METRICS
 
+    for key, value in values.items():  # coerce already refused NaN and infinities
+        if isinstance(value, float) and not value >= (1 if key == "time_warn_ratio" else 0):
+            raise BadInput(f"'{key}' must be {'a factor >= 1' if key == 'time_warn_ratio' else '>= 0'}, got {value:g}",
+                           doc.where(key))
     per_metric = {}
     for m, v in values.get("score_abs_per_metric", {}).items():
         if m not in METRICS:
             raise BadInput(f"unknown metric '{m}'{did_you_mean(str(m), METRICS)}", doc.where("score_abs_per_metric", m),
                            METRICS)
         per_metric[m] = coerce(v, float, doc.where("score_abs_per_metric", m), m)
+        if per_metric[m] < 0:
+            raise BadInput(f"'{m}' must be >= 0, got {per_metric[m]:g}", doc.where("score_abs_per_metric", m))
     return Tolerances(**{**values, "score_abs_per_metric": per_metric})
 
 
