@@ -249,3 +249,27 @@ def test_a_json_row_without_its_text_is_found_before_work(tmp_path):
     rows = b'{"text": "good", "label": 1}\n{"text": null, "label": 0}\n'
     with pytest.raises(BadInput, match=r"train.jsonl:2: row 2 has no value in column 'text'"):
         _check(tmp_path, _jsonl_task(tmp_path, rows))
+
+
+def test_labels_that_are_formulas_or_html_stay_text_in_every_format(tmp_path):
+    import csv as csv_module
+
+    records = survey_records()
+    for r in records:
+        if r["cell"]["label"] == "lora":
+            r["cell"]["label"] = '=HYPERLINK("http://x","y")<script>'
+    root = write_store(tmp_path / "results", records)
+    assert main(["report", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "rep"),
+                 "--format", "md,csv"]) == 0
+    md = (tmp_path / "rep" / "hand" / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    cells = [c for p in (tmp_path / "rep" / "hand" / "csv").glob("*.csv")
+             for row in csv_module.reader(p.open()) for c in row]
+    assert not any(c.startswith(("=", "+", "@")) for c in cells)
+    assert "'=HYPERLINK(\"http://x\",\"y\")<script>" in cells
+    from bench.report.csvfiles import spreadsheet_safe
+
+    assert spreadsheet_safe("-5.2") == "-5.2" and spreadsheet_safe("-x") == "'-x"  # a negative number stays one
+    assert main(["results", "export", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "x.csv")]) == 0
+    exported = [c for row in csv_module.reader((tmp_path / "x.csv").open()) for c in row]
+    assert not any(c.startswith("=") for c in exported) and "'=HYPERLINK(\"http://x\",\"y\")<script>" in exported

@@ -15,19 +15,34 @@ def render(table: Table) -> str:
     header = []
     for column in table.columns:
         name = column.csv_header or column.header  # CSV holds raw values: its header names their unit
-        header.append(name)
-        header += [f"{name} {extra}" for extra in column.extra]
+        header.append(spreadsheet_safe(name))
+        header += [spreadsheet_safe(f"{name} {extra}") for extra in column.extra]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header + ["notes"])
     for row in table.rows:
         line = []
         for column, cell in zip(table.columns, row):
-            line.append(_value(cell.value) if column.numeric else cell.text)
+            line.append(_value(cell.value) if column.numeric else spreadsheet_safe(cell.text))
             line += [_value(cell.extra.get(name)) for name in column.extra]
         notes = sorted({n for cell in row for n in cell.notes})
-        writer.writerow(line + ["; ".join(table.notes[n - 1] for n in notes)])
+        writer.writerow(line + [spreadsheet_safe("; ".join(table.notes[n - 1] for n in notes))])
     return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text):
+    """Text a spreadsheet shows as text: one that would start a formula (=, +, -, @, a tab or carriage return,
+    as OWASP lists them) gets a leading apostrophe; a number written as text (-5.2) is left as it is."""
+    if not isinstance(text, str) or not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
 
 
 def _value(value) -> str:

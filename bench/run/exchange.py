@@ -162,7 +162,12 @@ def table(results: str, suite: str):
 def export(results: str, suite: str, fmt: str, out: str) -> Path:
     if fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r}", "--format", FORMATS)
+    from bench.report.csvfiles import spreadsheet_safe
+
     frame = table(results, suite)
+    if fmt == "csv":  # text a spreadsheet would take for a formula is kept text (the other formats are data)
+        for column in frame.columns[frame.dtypes == object]:
+            frame[column] = frame[column].map(spreadsheet_safe)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
