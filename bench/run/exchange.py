@@ -162,11 +162,13 @@ def table(results: str, suite: str):
 def export(results: str, suite: str, fmt: str, out: str) -> Path:
     if fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r}", "--format", FORMATS)
+    from pandas.api.types import is_numeric_dtype
+
     from bench.report.csvfiles import spreadsheet_safe
 
     frame = table(results, suite)
     if fmt == "csv":  # text a spreadsheet would take for a formula is kept text (the other formats are data)
-        for column in frame.columns[frame.dtypes == object]:
+        for column in [c for c in frame.columns if not is_numeric_dtype(frame[c])]:
             frame[column] = frame[column].map(spreadsheet_safe)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
