@@ -37,7 +37,7 @@ def cmd_run(args) -> int:
     from bench.plan import grid, suite
     from bench.run.executors import make_executor
     from bench.run.runner import run_grid
-    from bench.run.store import Store
+    from bench.run.store import Store, writable_folder
     from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
@@ -52,7 +52,7 @@ def cmd_run(args) -> int:
         print_plan(cells, executor, args.tflops, Store(args.results))
         return 0
     check_cells(cells)
-    store = Store(args.results)
+    store = Store(writable_folder(args.results, "--results"))
     if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
         cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
@@ -69,14 +69,14 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from bench.run.executors import make_executor
     from bench.run.runner import run_grid
-    from bench.run.store import Store
+    from bench.run.store import Store, writable_folder
     from bench.tasks.data import check_cells
     from bench.tools.eval_adapter import adapter_cells
 
     suite, cells = adapter_cells(args.adapter, args.suite, args.model, args.task, args.seed, args.label,
                                  args.data_dir, args.threads)
     check_cells(cells)
-    store = Store(args.results)
+    store = Store(writable_folder(args.results, "--results"))
     signal.signal(signal.SIGTERM, _interrupt)
     summary = run_grid(cells, store, make_executor("local", _quiet(args)), force=args.force, quiet=_quiet(args))
     for line in summary.notes + summary.problems:
@@ -110,8 +110,9 @@ def suite_name(name_or_path: str) -> str:
 
 def cmd_report(args) -> int:
     from bench.report import write_report
-    from bench.run.store import Store
+    from bench.run.store import Store, writable_folder
 
+    writable_folder(args.out, "--out")
     paths, unusable, notes = write_report(suite_name(args.suite), args.results, args.out, args.format,
                                           suite_source=args.suite)
     print_store_problems(Store(args.results), unusable)
@@ -139,9 +140,13 @@ def cmd_compare(args) -> int:
 
 def cmd_regress(args) -> int:
     from bench.run.executors import LocalExecutor
+    from bench.run.store import writable_file, writable_folder
     from bench.tools.regress import gate, load_tolerances, render
 
     tolerances = load_tolerances(args.tolerances)
+    writable_folder(args.results, "--results")
+    if args.update:
+        writable_file(args.baseline, "--baseline")
     # One cell at a time, always: the baseline's timings were measured so, and cells side by side would
     # change the figures the gate warns on.
     verdict = gate(args.suite, args.baseline, args.results, tolerances, LocalExecutor(quiet=_quiet(args)),
@@ -158,10 +163,12 @@ def cmd_regress(args) -> int:
 
 def cmd_results(args) -> int:
     from bench.run import exchange
+    from bench.run.store import writable_file, writable_folder
 
     if args.action == "merge":
         if not args.into or not args.stores:
             raise BadInput("merge needs stores to read and --into DIR", "--into" if not args.into else "DIR")
+        writable_folder(args.into, "--into")
         summary = exchange.merge(args.stores, args.into)
         for line in summary.conflicts + [f"skipped: {bad}" for bad in summary.unusable] + \
                 [f"refused: {why}" for why in summary.refused]:
@@ -172,6 +179,7 @@ def cmd_results(args) -> int:
         raise BadInput("export takes --suite S (and --results DIR), no store arguments", "--suite")
     name = suite_name(args.suite)
     out = args.out or os.path.join(args.reports, f"{name}-records.{args.format}")
+    writable_file(out, "--out")
     print(exchange.export(args.results, name, args.format, out))
     return 0
 

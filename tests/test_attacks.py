@@ -273,3 +273,92 @@ def test_labels_that_are_formulas_or_html_stay_text_in_every_format(tmp_path):
     assert main(["results", "export", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "x.csv")]) == 0
     exported = [c for row in csv_module.reader((tmp_path / "x.csv").open()) for c in row]
     assert not any(c.startswith("=") for c in exported) and "'=HYPERLINK(\"http://x\",\"y\")<script>" in exported
+
+
+def test_unwritable_outputs_are_exit_2_naming_the_path_before_any_work(tmp_path, capsys):
+    from tests.conftest import TINY_SUITE
+
+    root = write_store(tmp_path / "results", survey_records())
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    for args, flag in ((["run", "--suite", str(suite), "--results", str(a_file)], "--results"),
+                       (["run", "--suite", str(suite), "--results", str(a_file / "below")], "--results"),
+                       (["report", "--suite", "hand", "--results", str(root), "--out", str(a_file)], "--out"),
+                       (["results", "export", "--suite", "hand", "--results", str(root), "--out", str(tmp_path)],
+                        "--out"),
+                       (["results", "export", "--suite", "hand", "--results", str(root), "--format", "parquet",
+                         "--out", str(a_file / "x.parquet")], "--out"),
+                       (["results", "merge", str(root), "--into", str(a_file)], "--into")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"error: {flag}: {a_file if 'export' not in args or 'parquet' in args else tmp_path}" in err, err
+    assert a_file.read_text() == "x"
+
+
+def test_a_store_that_fills_up_keeps_the_finished_record_and_the_rerun_stores_it_without_training(
+        tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tests.conftest import TINY_SUITE
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE.replace("  - {name: full, train: {lr: 1.0e-3}}\n", "").replace("max_steps: 20",
+                                                                                                "max_steps: 2"))
+    results = tmp_path / "results"
+    real_write = Store.write
+
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path(record["cell"]["suite"], "x")))
+
+    monkeypatch.setattr(Store, "write", full)
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the results store: No space left on device" in err and "is kept in" in err
+    assert "Traceback" not in err and not list((results / "tiny").glob("*.json"))
+    monkeypatch.setattr(Store, "write", real_write)  # space again
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "adopted tiny/" in err and "1 already recorded" in out  # stored from the spool, not trained again
+    (record,) = [json.loads(p.read_text()) for p in (results / "tiny").glob("*.json")]
+    assert record["status"] == "ok"
+
+
+def _tmpfs(path, size: str) -> bool:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_or_read_only_disk_is_exit_2_naming_the_path(tmp_path, capsys):
+    """On a real tmpfs (root only: CI runs as root): full, then read-only. No traceback, nothing lost."""
+    import subprocess
+
+    from tests.conftest import TINY_SUITE
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "256k"):
+        pytest.skip("needs root and tmpfs to mount a small disk")
+    try:
+        suite = tmp_path / "tiny.yaml"
+        suite.write_text(TINY_SUITE.replace("max_steps: 20", "max_steps: 2"))
+        (disk / "filler").write_bytes(b"")
+        with pytest.raises(OSError):
+            with (disk / "filler").open("wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+        assert main(["run", "--suite", str(suite), "--results", str(disk / "results"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "Traceback" not in err
+        (disk / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert main(["run", "--suite", str(suite), "--results", str(disk / "results"), "--quiet"]) == 2
+        assert f"--results: cannot write under {disk / 'results'}" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -14,7 +14,9 @@ cell process finished but its runner never stored (the runner was killed) waits 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 from bench.plan.cellspec import Cell
 from bench.record import problems
 from bench.run.executors import interrupted, spool_files
-from bench.run.store import Claim, Store, lock_problem
+from bench.run.store import Claim, Store, StoreUnwritable, atomic_write, lock_problem
 
 RETRYABLE = ("failed", "oom", "timeout", "killed", "diverged")
 INCOMING = ".incoming"
@@ -166,12 +168,19 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
             yield cell
 
     finished = executor.submit(claimed(), lambda cell: _spool(store, cell), todo)
+    storing = None
     try:
         for cell, record in finished:
+            storing = (cell, record)
             _store(cell, record, store, summary, quiet)
+            storing = None
             held.pop(cell.id)[1].release()
             bar.update(1)
             show()
+    except OSError as e:  # the store cannot be written (disk full, read-only): stop, keep what finished
+        if e.errno not in UNWRITABLE:
+            raise
+        raise StoreUnwritable(_unwritable(e, store, storing), e.filename or str(store.root)) from None
     except KeyboardInterrupt:  # SIGINT or SIGTERM: stop the running cells, say so for each, then stop
         finished.close()
         for cell, _ in held.values():
@@ -186,6 +195,27 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
     for suite in sorted({c.suite for c in todo}):  # index what this run wrote: the next run need not read it
         store.scan(suite)
     return summary
+
+
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _unwritable(error: OSError, store: Store, storing: tuple[Cell, dict] | None) -> str:
+    """What stopped the run and what became of the record being stored: kept in the spool when it can be, where
+    the next run adopts it without training again."""
+    what = f"cannot write the results store: {error.strerror or error}"
+    if storing is None:
+        return what + ". Records stored so far are kept; free space or make the store writable, then run again."
+    cell, record = storing
+    kept = next((p for p in _spool(store, cell).glob(f"{cell.id}.*.json")), None)
+    if kept is None:
+        try:
+            kept = _spool(store, cell) / f"{cell.id}.{os.getpid()}.json"
+            atomic_write(kept, json.dumps(record).encode())
+        except OSError:
+            return what + f". The record of {cell.line()} could not be kept: the next run trains it again."
+    return (what + f". The finished record of {cell.line()} is kept in {kept}: once there is space (or the store "
+            "is writable), the same command stores it without training again.")
 
 
 def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: bool) -> None:

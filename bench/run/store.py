@@ -46,6 +46,35 @@ def checked(name, what: str) -> str:
     return name
 
 
+def writable_folder(path: str | Path, flag: str) -> Path:
+    """`path` if this process can create or write the folder there; else BadInput naming the flag and the path
+    (a file in the way, a read-only place), before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{path} is a file, not a folder", flag)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise BadInput(f"{existing} is a file, so {path} cannot be a folder", flag)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write under {existing} (read-only or not yours)", flag)
+    return path
+
+
+def writable_file(path: str | Path, flag: str) -> Path:
+    """`path` if this process can write the file there (its folder created if need be); else BadInput."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: give a file name", flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BadInput(f"cannot write {path} (read-only or not yours)", flag)
+    writable_folder(path.parent, flag)
+    return path
+
+
+class StoreUnwritable(BadInput):
+    """The store could not be written mid-run (disk full, made read-only): the run stops and says so."""
+
+
 class Store:
     def __init__(self, root: str | Path = "results"):
         self.root = Path(root)
