@@ -104,6 +104,16 @@ def _logged(model, config, ctx):
     return _full(model)
 
 
+def _spawn_and_hang(model, config, ctx):
+    """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "600"])
+    with open(config["log"], "a") as f:
+        f.write(f"{child.pid}\n")
+    time.sleep(3600)
+
+
 def _visible_gpus(model, config, ctx):
     """Full fine-tuning that appends the GPUs its process may see (CUDA_VISIBLE_DEVICES) to `config['log']`."""
     with open(config["log"], "a") as f:
@@ -125,6 +135,8 @@ methods.register(
     Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
     Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,
            defaults={"log": "", "sleep_s": 0.0}),
+    Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
+           defaults={"log": ""}),
     Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,
            defaults={"log": ""}),
 )

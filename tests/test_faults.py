@@ -296,6 +296,18 @@ def test_a_hanging_cell_times_out(tmp_path, write_suite):
     assert record["status"] == "timeout"
 
 
+def test_a_hanging_cells_own_children_die_with_it_at_its_timeout(tmp_path, write_suite):
+    """The cell's whole process group is killed, not only the cell: a child it started does not outlive it."""
+    log = tmp_path / "children.log"
+    suite = load_suite(str(write_suite(suite_text(f"[{{name: fault-spawn-hang, overrides: {{log: '{log}'}}}}]",
+                                                   timeout=3))))
+    run_grid(grid.expand(suite), Store(tmp_path / "r"), LocalExecutor(quiet=True), quiet=True)
+    (record,) = records(tmp_path / "r").values()
+    assert record["status"] == "timeout"
+    (child,) = [int(p) for p in log.read_text().split()]
+    assert gone(child), "the cell's child outlived the cell's timeout"
+
+
 def test_a_cell_killed_mid_training_keeps_what_it_measured(tmp_path, write_suite):
     text = suite_text("[fault-slow]", timeout=8).replace("max_steps: 3", "max_steps: 100")
     run_grid(grid.expand(load_suite(str(write_suite(text)))), Store(tmp_path), LocalExecutor(quiet=True), quiet=True)

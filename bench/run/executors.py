@@ -75,6 +75,7 @@ def _die_with_parent() -> None:
 def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
                   device: str | None) -> None:
     _die_with_parent()
+    os.setpgid(0, 0)  # a process group of its own: a kill reaches what the cell started too (CellProcess.kill)
     if device is not None:  # before anything initialises CUDA, which reads it once
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -136,8 +137,13 @@ class CellProcess:
         return self._record(timed_out)
 
     def kill(self) -> None:
+        """Kill the cell and every process it started (its process group, which it leads: while it is alive and
+        not yet reaped, its pid names that group and nothing else)."""
         if self.proc.is_alive():
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):  # not yet its own group: the cell alone
+                self.proc.kill()
             self.proc.join()
 
     def _record(self, timed_out: bool) -> dict:
