@@ -127,3 +127,28 @@ def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_
     hidden = trained.config.hidden_size
     # num_virtual_tokens × hidden, what peft stores of either method; the head: one output, no bias
     assert sum(p.numel() for p in loaded.parameters() if p.requires_grad) == 20 * hidden + hidden
+
+
+def test_malformed_descriptions_and_another_base_model_are_refused_before_any_work(trained, tmp_path, capsys):
+    root, cells = trained
+    folder = root / "results" / "tiny" / "adapters" / cells["lora"]["cell"]["id"]
+    suite, results = str(root / "suite.yaml"), str(tmp_path / "results")
+    meta = json.loads((folder / "peft_bench_adapter.json").read_text())
+    for text, message in (("garbage{", "not a readable adapter description"), ("[1, 2]", "a JSON list, not an object"),
+                          (json.dumps({**meta, "seed": "one"}), "mistyped seed (int)")):
+        copy = tmp_path / f"copy{len(text)}"
+        shutil.copytree(folder, copy)
+        (copy / "peft_bench_adapter.json").write_text(text)
+        assert main(["eval", "--adapter", str(copy), "--suite", suite, "--results", results]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["eval", "--adapter", str(folder), "--suite", suite, "--model", "tiny-gpt2", "--results", results]) == 2
+    assert "trained on 'tiny-encoder', not on 'tiny-gpt2'" in capsys.readouterr().err
+    peft_only = tmp_path / "peft"
+    peft_only.mkdir()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (peft_only / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "gpt2"}))
+    shutil.copy(folder / "adapter_model.safetensors", peft_only)
+    assert main(["eval", "--adapter", str(peft_only), "--suite", suite, "--model", "roberta-base", "--task",
+                 "synth-polarity", "--results", results]) == 2
+    assert "trained on 'gpt2', not on 'roberta-base'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

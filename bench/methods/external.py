@@ -49,10 +49,38 @@ def save_adapter(adapted: Adapted, cell, folder: Path) -> None:
     (folder / HARNESS_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
 
 
+META_FIELDS = {"format_version": int, "method": str, "method_config": dict, "model": str, "task": str, "seed": int,
+               "suite": str, "cell_id": str, "label": str}
+
+
 def read_meta(folder: Path) -> dict | None:
-    """The harness's metadata of an adapter folder, None for a plain peft adapter."""
+    """The harness's metadata of an adapter folder, None for a plain peft adapter; BadInput naming the file
+    when it is not what `run --save-adapters` writes."""
     path = folder / HARNESS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadInput(f"not a readable adapter description ({type(e).__name__}: {e})", str(path)) from None
+    if not isinstance(meta, dict):
+        raise BadInput(f"not an adapter description: a JSON {type(meta).__name__}, not an object", str(path))
+    wrong = [f"{key} ({kind.__name__})" for key, kind in META_FIELDS.items()
+             if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)]
+    if wrong:
+        raise BadInput(f"not an adapter description `run --save-adapters` writes: missing or mistyped "
+                       f"{', '.join(wrong)}", str(path))
+    return meta
+
+
+def peft_base_model(folder: Path) -> str | None:
+    """The base model a peft adapter folder names (adapter_config.json's base_model_name_or_path), if any."""
+    try:
+        config = json.loads((folder / PEFT_FILE).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base if isinstance(base, str) and base else None
 
 
 def fingerprint(source: str, where: str) -> str:

@@ -14,8 +14,23 @@ import dataclasses
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.methods.external import fingerprint, read_meta
+from bench.methods.external import fingerprint, peft_base_model, read_meta
 from bench.plan.suite import MethodEntry
+
+
+def _same_base(folder: Path, meta: dict, model: str) -> None:
+    """BadInput naming both when the adapter was trained on another base model than the one it would be
+    evaluated on: its weights would be read into a model they were not trained for."""
+    from bench.models import REGISTRY
+
+    trained_on = meta.get("model") if meta else peft_base_model(folder) if folder.is_dir() else None
+    if trained_on is None:
+        return
+    spec = REGISTRY.get(model)
+    names = {model, model.split("/")[-1], *([spec.ref, spec.ref.split("/")[-1]] if spec is not None else [])}
+    if trained_on not in names and trained_on.split("/")[-1] not in names:
+        raise BadInput(f"the adapter was trained on '{trained_on}', not on '{model}': evaluate it on its own base "
+                       "model (or leave --model out)", "--model")
 
 
 def adapter_cells(adapter: str, suite_name: str | None, model: str | None, task: str | None, seed: int | None,
@@ -33,6 +48,7 @@ def adapter_cells(adapter: str, suite_name: str | None, model: str | None, task:
     if missing:
         raise BadInput(f"say {', '.join(missing)}: a peft adapter does not record what it was trained on "
                        f"(a folder `run --save-adapters` wrote does)", missing[0])
+    _same_base(folder, meta, chosen["--model"])
     try:
         suite = load_suite(chosen["--suite"], data_dir)
     except BadInput as e:
