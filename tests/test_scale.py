@@ -355,3 +355,49 @@ def test_sigterm_with_two_jobs_records_both_running_cells_interrupted_and_kill_9
     runner.send_signal(signal.SIGKILL)
     runner.communicate()
     assert all(gone(pid) for pid in cells), "a cell outlived its runner"
+
+
+def test_ray_sigterm_records_the_running_cell_interrupted_and_kill_9_leaves_nothing_behind(tmp_path, write_suite,
+                                                                                          monkeypatch):
+    """The local executor's guarantees on Ray: SIGTERM gives exit 130 and an `interrupted` record (Ray's own
+    handler once won: exit 1, no record); after kill -9 of the runner, the local Ray instance's processes and its
+    session folder are gone within seconds (they lingered for a minute, the folder for good)."""
+    _ray_executor()
+    from tests.test_faults import cli, gone, records, suite_text, wait_for
+
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    monkeypatch.setenv("TMPDIR", str(tmp))  # where the runner makes the Ray instance's folder
+    log = tmp_path / "trainings.log"
+    suite = write_suite(suite_text(f"[{{name: logged-full, overrides: {{log: '{log}', sleep_s: 600}}}}]"))
+    results = tmp_path / "results"
+
+    def started() -> int | None:
+        pids = log.read_text().split() if log.exists() else []
+        return int(pids[0]) if pids else None
+
+    runner = cli("run", "--suite", str(suite), "--results", str(results), "--executor", "ray")
+    cell = wait_for(started, within_s=120)
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130, err
+    (record,) = records(results).values()
+    assert record["status"] == "interrupted" and gone(cell)
+    log.unlink()
+    runner = cli("run", "--suite", str(suite), "--results", str(results), "--executor", "ray")
+    cell = wait_for(started, within_s=120)
+    runner.kill()
+    runner.communicate()
+
+    def cleaned() -> bool:
+        from bench.run.ray_executor import _cmdline
+
+        leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp).encode() in _cmdline(p)]
+        return not leftovers and not list(tmp.glob("peft-bench-ray-*"))
+
+    try:
+        assert wait_for(cleaned, within_s=20) and gone(cell)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

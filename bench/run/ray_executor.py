@@ -19,12 +19,17 @@ generated for the run and never written to the home folder.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.connection
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -84,8 +89,11 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             if started is not None:
+                folder, watchdog = started
                 ray.shutdown()
-                shutil.rmtree(started, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)
+                watchdog.stdin.close()  # it wakes, finds nothing left, and ends
+                watchdog.wait()
 
     def _result(self, ref, cell: Cell) -> dict:
         exceptions = self.ray.exceptions
@@ -107,8 +115,17 @@ class RayExecutor:
             room = min(room, int(total.get("GPU", 0) // self.gpus_per_cell))
         return max(1, room)
 
-    def _connect(self) -> str | None:
-        """Join the cluster at `address`, or start a local instance; returns a started instance's folder."""
+    def _connect(self) -> tuple[str, subprocess.Popen] | None:
+        """Join the cluster at `address`, or start a local instance; returns a started instance's folder and its
+        watchdog. Ray's own SIGTERM handler is put back to the runner's (which records the running cells
+        `interrupted`, as locally)."""
+        runner_handler = signal.getsignal(signal.SIGTERM)
+        try:
+            return self._init()
+        finally:
+            signal.signal(signal.SIGTERM, runner_handler)
+
+    def _init(self) -> tuple[str, subprocess.Popen] | None:
         ray = self.ray
         if self.address is not None:
             try:
@@ -124,9 +141,13 @@ class RayExecutor:
         cpus = self.local_cpus or usable_cores()
         # Workers import the suite's method modules as the driver does: give them the driver's path.
         path = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
+        # Started first: if this process is killed (-9), the watchdog stops the instance and removes its folder
+        # at once, where Ray's own processes would linger for a minute and leave the folder behind.
+        watchdog = subprocess.Popen([sys.executable, "-m", "bench.run.ray_executor", "--watch", folder],
+                                    stdin=subprocess.PIPE, start_new_session=True)
         ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
                  logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": path}})
-        return folder
+        return folder, watchdog
 
 
 def _reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -172,3 +193,31 @@ def _unreadable(cell: Cell) -> str | None:
     except Exception as e:  # DataUnavailable, or an OSError reading a folder
         return str(e)
     return None
+
+
+def watch(folder: str) -> None:
+    """The watchdog of a local Ray instance: wait until the driver closes the pipe (it ended, however: even
+    killed), then kill every process still running from the instance's folder and remove the folder."""
+    sys.stdin.buffer.read()
+    for _ in range(3):  # Ray may start a worker while the first ones die
+        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()
+                and folder.encode() in _cmdline(p)]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not pids:
+            break
+        time.sleep(0.2)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+if __name__ == "__main__":  # python -m bench.run.ray_executor --watch FOLDER (started by RayExecutor._init)
+    if sys.argv[1:2] == ["--watch"] and len(sys.argv) == 3:
+        watch(sys.argv[2])
