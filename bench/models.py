@@ -341,3 +341,20 @@ def _package_path(spec: ModelSpec) -> str:
 
 def describe() -> list[dict]:
     return [{**asdict(s), "kind": s.kind} for s in REGISTRY.values()]
+
+
+# Known, harmless messages from libraries that would bury a cell's own output.
+_QUIET_WARNINGS = [r".*is_gradient_checkpointing.*", r"Position ids are not supported.*",
+                   r"fan_in_fan_out is set to False but the target module is `Conv1D`.*"]
+
+
+def quiet_libraries() -> None:
+    """transformers' logging at errors only, no progress bars, and the known warnings above ignored."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.cell.recipe import quiet_libraries
+    from bench.models import quiet_libraries
     from bench.models import load_bundle, resolve_model
     from bench.tasks import builtin_tasks
     from bench.tasks.data import load_rows

@@ -102,7 +102,7 @@ print(json.dumps({"cells": len(cells), "import_s": t1 - t0, "load_suite_s": t2 -
 """
 
 # What `peft-bench estimate --model llama-2-70b --method lora` imports before it computes anything.
-ESTIMATE_IMPORTS = ("from bench.cell.recipe import quiet_libraries; quiet_libraries(); import bench.tools.estimate, "
+ESTIMATE_IMPORTS = ("from bench.models import quiet_libraries; quiet_libraries(); import bench.tools.estimate, "
                     "peft, transformers.models.llama.modeling_llama")
 
 # ---------------------------------------------------------------------------------------------- children

@@ -12,7 +12,6 @@ process of its own.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import save_adapter
-from bench.models import Bundle, enable_gradient_checkpointing, load_bundle
+from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, quiet_libraries
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import TaskSpec, metrics
@@ -171,18 +170,3 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:
         pass
-
-
-# Known, harmless messages from libraries that would bury a cell's own output.
-_QUIET_WARNINGS = [r".*is_gradient_checkpointing.*", r"Position ids are not supported.*",
-                   r"fan_in_fan_out is set to False but the target module is `Conv1D`.*"]
-
-
-def quiet_libraries() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    for pattern in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-

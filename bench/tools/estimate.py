@@ -306,7 +306,7 @@ def prepare_to_count(archs) -> None:
     import importlib
 
     from bench.archs import ARCHS
-    from bench.cell.recipe import quiet_libraries
+    from bench.models import quiet_libraries
 
     quiet_libraries()  # building methods warns of what is not the estimate's news
     for name in ["peft", *sorted({ARCHS[a].modeling for a in archs if a in ARCHS})]:
