@@ -132,7 +132,12 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
 
 
 def pricing_workers() -> int:
-    """Processes that price a plan's shapes at once: the cores this process may use."""
+    """Processes that price a plan's shapes at once: the cores this process may use (one where processes cannot
+    be forked, or the cores cannot be read)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods() or not hasattr(os, "sched_getaffinity"):
+        return 1
     return len(os.sched_getaffinity(0))
 
 
