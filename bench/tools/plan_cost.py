@@ -99,8 +99,6 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
     the disk cache where it priced the shape before, else counted (_step_flops), on up to `workers` processes
     forked from this one once the libraries are imported (each shape's passes are independent, and this
     process never touches CUDA: the passes run on fake tensors), and then cached."""
-    import multiprocessing as mp
-
     from bench.tasks import cache
 
     pending: dict[tuple, Cell] = {}
@@ -120,11 +118,9 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
 
     prepare_to_count({cell.model.arch for cell in pending.values()})
     workers = min(workers, len(pending))
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
-            prices = pool.map(_price, list(pending.values()), chunksize=1)
-    else:
-        prices = [_step_flops(cell) for cell in pending.values()]
+    cells_of_shapes = list(pending.values())
+    prices = _priced_on_workers(cells_of_shapes, workers) if workers > 1 else \
+        [_step_flops(cell) for cell in cells_of_shapes]
     for (shape, cell), price in zip(pending.items(), prices):
         known[shape] = price
         if (key := _cache_key(cell)) is not None:
@@ -141,14 +137,31 @@ def pricing_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _one_thread() -> None:
+def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, str]]:
+    """_step_flops of each cell on `workers` forked processes. The workers end on their own once the work is done,
+    never by a signal (multiprocessing.Pool's terminate could leave one waiting for ever on a lock that a sibling
+    it killed held); a worker that dies breaks the pool, and the shapes are then priced here instead."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_start)
+    try:
+        return list(pool.map(_step_flops, cells))
+    except BrokenProcessPool:
+        return [_step_flops(cell) for cell in cells]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C: the shapes being priced finish, no more
+
+
+def _worker_start() -> None:
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the runner's handler (an interrupt) is not a worker's
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the planning process's to handle: it stops the pool
     torch.set_num_threads(1)  # a worker's fake passes run no kernels worth threads, and the workers share the cores
-
-
-def _price(cell: Cell) -> tuple[int | None, str]:
-    return _step_flops(cell)
 
 
 def _step_flops(cell: Cell) -> tuple[int | None, str]:
