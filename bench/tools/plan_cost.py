@@ -59,17 +59,21 @@ def split_rows(task, data_dir) -> int | None:
 def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     """(training FLOPs, how they were found or why unknown). `known` caches what cells share: one price
     per shape (price_shapes fills them in at once), one row count per task."""
-    if cell.train.max_steps is not None:
-        steps = cell.train.max_steps
-    else:
-        rows = train_rows(cell, known)
-        if rows is None:
-            return None, "unknown: the training split's size (hub offline?)"
-        steps = cell.train.steps_for(rows)
+    steps = cell_steps(cell, known)
+    if steps is None:
+        return None, "unknown: the training split's size (hub offline?)"
     if shape_of(cell) not in known:
         price_shapes([cell], known, workers=1)
     per_step, why = known[shape_of(cell)]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
+
+
+def cell_steps(cell: Cell, known: dict) -> int | None:
+    """The cell's optimizer steps: max_steps, else from its training rows (None when they cannot be known)."""
+    if cell.train.max_steps is not None:
+        return cell.train.max_steps
+    rows = train_rows(cell, known)
+    return None if rows is None else cell.train.steps_for(rows)
 
 
 def shape_of(cell: Cell) -> tuple:
@@ -197,7 +201,8 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     suite = cells[0].suite if cells else None
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
-    price_shapes(cells, known, workers=pricing_workers())
+    # only the shapes of cells whose steps are known: the others are unknown whatever their step costs
+    price_shapes([c for c in cells if cell_steps(c, known) is not None], known, workers=pricing_workers())
     total_flops, total_s, unknown = 0, 0.0, 0
     for cell in cells:
         flops, how = cell_flops(cell, known)
