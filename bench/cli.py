@@ -278,7 +278,8 @@ def cmd_cache(args) -> int:
     where = cache.root().parent
     if args.action == "clear":
         removed, freed = cache.clear()
-        print(f"removed {removed} cache file(s) (tokenised features, plan prices), {freed / 2**20:.1f} MB, from {where}")
+        print(f"removed {removed} cache file(s) (tokenised features, plan prices), {freed / 2**20:.1f} MB, "
+              f"from {where}")
         return 0
     for kind in cache.KINDS:
         entries = cache.entries(kind)

@@ -83,8 +83,9 @@ def table(commands, versions: list[str], times: dict) -> str:
         cells = []
         for v in versions:
             runs = times.get((v, name))
-            cells += [f"{statistics.median(s for s, _ in runs):.2f}", f"{statistics.median(s / t for s, t in runs):.1f}"] \
-                if runs else ["–", "–"]
+            seconds = f"{statistics.median(s for s, _ in runs):.2f}" if runs else "–"
+            ratio = f"{statistics.median(s / t for s, t in runs):.1f}" if runs else "–"
+            cells += [seconds, ratio]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     torch_s = [t for runs in times.values() for _, t in runs]
     lines.append(f"\n`python -c \"import torch\"`: median {statistics.median(torch_s):.2f} s over {len(torch_s)} runs")

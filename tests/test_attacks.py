@@ -175,7 +175,8 @@ def test_undecodable_files_are_bad_input_naming_the_file(tmp_path, capsys):
     assert main(["run", "--suite", str(suite), "--dry-run"]) == 2
     assert "not UTF-8 text" in capsys.readouterr().err
     good = b'{"text": "fine", "label": 0}\n'
-    for data, name, message in ((good + b'{"text": "caf\xe9", "label": 1}\n', "train.jsonl", "train.jsonl:2: not UTF-8"),
+    latin1 = good + b'{"text": "caf\xe9", "label": 1}\n'
+    for data, name, message in ((latin1, "train.jsonl", "train.jsonl:2: not UTF-8"),
                                 (good, "train.jsonl.gz", "cannot read this file"),
                                 (gzip.compress(good * 50)[:40], "train.jsonl.gz", "cannot read this file")):
         with pytest.raises(BadInput) as e:
@@ -233,8 +234,10 @@ def test_a_short_row_and_a_late_bad_label_are_found_before_work(tmp_path):
     (tmp_path / "eval.tsv").write_text(rows)
     tasks = tmp_path / "tasks.yaml"
     tasks.write_text("tasks:\n  - name: mine\n    type: classification\n"
-                     "    source: {files: {train: train.tsv, eval: eval.tsv}, header: false, columns: [label, sentence]}\n"
-                     "    text: [sentence]\n    label: label\n    labels: [negative, positive]\n    metrics: [accuracy]\n")
+                     "    source: {files: {train: train.tsv, eval: eval.tsv}, header: false,\n"
+                     "             columns: [label, sentence]}\n"
+                     "    text: [sentence]\n    label: label\n    labels: [negative, positive]\n"
+                     "    metrics: [accuracy]\n")
     (tmp_path / "train.tsv").write_text(rows + "1\n")  # line 301: no text
     with pytest.raises(BadInput, match=r"train.tsv:301: a row with 1 field\(s\) where the table has 2 columns"):
         _check(tmp_path, str(tasks))

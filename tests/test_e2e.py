@@ -174,9 +174,12 @@ def test_a_finished_run_leaves_no_process_behind(tmp_path):
     import sys
 
     suite = tmp_path / "tiny.yaml"
-    suite.write_text(TINY_SUITE.replace("max_steps: 20", "max_steps: 2").replace("  - {name: full, train: {lr: 1.0e-3}}\n", ""))
-    run = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(tmp_path / "r"),
-                            "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    one_cell = TINY_SUITE.replace("max_steps: 20", "max_steps: 2")
+    one_cell = one_cell.replace("  - {name: full, train: {lr: 1.0e-3}}\n", "")
+    suite.write_text(one_cell)
+    run = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results",
+                            str(tmp_path / "r"), "--quiet"], start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
     _, err = run.communicate()
     assert run.returncode == 0, err
     with pytest.raises(ProcessLookupError):  # the run's process group (its pid) has no member left

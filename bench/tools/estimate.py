@@ -293,7 +293,8 @@ def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len:
     for length in sorted({len(blocks) for _, _, blocks in stacks}):
         deeper = run([2 if len(blocks) == length else 1 for _, _, blocks in stacks])
         for field in _LINEAR_FIELDS:
-            setattr(result, field, getattr(result, field) + (length - 1) * (getattr(deeper, field) - getattr(base, field)))
+            added = getattr(deeper, field) - getattr(base, field)  # what the second block of these stacks adds
+            setattr(result, field, getattr(result, field) + (length - 1) * added)
     return result
 
 
@@ -393,7 +394,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
 
 
 def train_step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
-                     settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False) -> int:
+                     settings: dict | None = None, attention: str = "auto",
+                     gradient_checkpointing: bool = False) -> int:
     """`estimate(...)["flops"]["train_step"]`, the same count, from the FLOPs-only pass (fake_step's
     flops_only): what `run --dry-run` prices a cell's steps with, without the memory account's extra passes."""
     spec, _, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
