@@ -63,8 +63,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     folder.mkdir(parents=True, exist_ok=True)
     notes = _remove_links(folder)
     report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)),
-                   task_order=suite_task_order(suite_source or suite),
-                   description=suite_description(suite_source or suite))
+                   **suite_context(suite_source or suite))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
     if "md" in formats:
         written.append(_write(folder / "report.md", markdown.document(report)))
@@ -107,21 +106,18 @@ def _forget_stale(folder: Path, written: list[Path], formats: list[str]) -> None
     atomic_write(manifest, (json.dumps(sorted((previous - stale) | now), indent=0) + "\n").encode())
 
 
-def suite_task_order(name_or_path: str) -> list[str]:
-    """The task names in the order the suite file lists them (tables follow it); [] without the file."""
+def suite_context(name_or_path: str) -> dict:
+    """What the report takes from the suite file, read once: `task_order`, the task names in the order it lists
+    them (tables follow it), and `description`, one paragraph (the report's first line); [] and None without
+    the file."""
     from bench.plan.suite import raw_suite
 
-    tasks = raw_suite(name_or_path).get("tasks")
+    raw = raw_suite(name_or_path)
+    tasks = raw.get("tasks")
     entries = tasks if isinstance(tasks, list) else []
-    return [t if isinstance(t, str) else t.get("name") for t in entries if isinstance(t, (str, dict))]
-
-
-def suite_description(name_or_path: str) -> str | None:
-    """The suite file's `description`, one paragraph (None without the file or the key)."""
-    from bench.plan.suite import raw_suite
-
-    text = raw_suite(name_or_path).get("description")
-    return " ".join(text.split()) if isinstance(text, str) and text.strip() else None
+    text = raw.get("description")
+    return {"task_order": [t if isinstance(t, str) else t.get("name") for t in entries if isinstance(t, (str, dict))],
+            "description": " ".join(text.split()) if isinstance(text, str) and text.strip() else None}
 
 
 def _write(path: Path, text: str) -> Path:

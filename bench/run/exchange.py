@@ -70,11 +70,11 @@ def merge(sources: list[str], into: str) -> MergeSummary:
                     summary.refused.append(f"{folder}/{record['cell']['id']}.json: {why}")
                 else:
                     records.append(record)
-            histories.append((folder / HISTORY, folder.name, summary.refused))
+            histories.append((folder / HISTORY, folder.name))
     for record in records:
         _merge_record(target, record, summary)
-    for source_history, suite, refused in histories:
-        summary.history += _copy_history(source_history, target.suite_dir(suite) / HISTORY, refused)
+    for source_history, suite in histories:
+        summary.history += _copy_history(source_history, target.suite_dir(suite) / HISTORY, summary.refused)
     return summary
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -207,10 +206,9 @@ def _unwritable(error: OSError, store: Store, storing: tuple[Cell, dict] | None)
     if storing is None:
         return what + ". Records stored so far are kept; free space or make the store writable, then run again."
     cell, record = storing
-    kept = next((p for p in _spool(store, cell).glob(f"{cell.id}.*.json")), None)
-    if kept is None:
+    kept = spool_files(_spool(store, cell), cell.id)[0]  # where this runner's cell process wrote it, if it could
+    if not kept.is_file():
         try:
-            kept = _spool(store, cell) / f"{cell.id}.{os.getpid()}.json"
             atomic_write(kept, json.dumps(record).encode())
         except OSError:
             return what + f". The record of {cell.line()} could not be kept: the next run trains it again."

@@ -132,15 +132,15 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                 f"{dataset_folder(task, manual_root(data_dir))} "
                 f"({'under --data-dir' if data_dir is not None else f'set {MANUAL_DATA} to keep them elsewhere'}), "
                 "or leave the task out with --tasks", task.origin)
-        check_rows(task, _read_manual(task, path, distributed, _rows_to_check(task)), path,
-                   _header_lines(path, src if distributed else {}))
+        _check_file(task, path, src if distributed else {},
+                    _read_manual(task, path, distributed, _rows_to_check(task)))
     elif "files" in src:
         key = split.replace("eval:", "")
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
         path = Path(path)
-        check_rows(task, read_file(path, src, limit=_rows_to_check(task)), path, _header_lines(path, src))
+        _check_file(task, path, src, read_file(path, src, limit=_rows_to_check(task)))
     elif "dataset" in src:
         if data_dir is not None:
             if local_file(task, split, data_dir) is None:
@@ -149,7 +149,7 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                     f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
                     f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
             path = local_file(task, split, data_dir)
-            check_rows(task, read_file(path, limit=_rows_to_check(task)), path, _header_lines(path, {}))
+            _check_file(task, path, {}, read_file(path, limit=_rows_to_check(task)))
         elif hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
@@ -237,8 +237,6 @@ def read_file(path: Path, options: dict | None = None, limit: int | None = None)
                                 compression="infer")
     except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:  # decoding, gzip, truncation
         raise BadInput(f"cannot read this {kind if kind == 'parquet' else 'table'}: {e}", str(path)) from None
-    if kind != "parquet":
-        _check_field_counts(path, options, limit)
     return frame.to_dict("records")
 
 
@@ -312,12 +310,11 @@ def check_rows(task: TaskSpec, rows: list[dict], path: Path, header_lines: int =
         raise BadInput(f"no column {', '.join(map(repr, missing))}; the file's columns are "
                        f"{', '.join(map(repr, columns))}", where)
     top = sorted({c.split(".")[0] for c in needed if c})
-    for i, row in enumerate(rows):  # a short row of a headerless table leaves its last columns empty (NaN)
+    for i, row in enumerate(rows):  # a JSON null, or a NaN a table reader made of a missing value
         empty = [c for c in top if row.get(c) is None or (isinstance(row[c], float) and math.isnan(row[c]))]
         if empty:
-            raise BadInput(f"row {i + 1} has no value in column {', '.join(map(repr, empty))} (a row with fewer "
-                           f"fields than the columns?) (task '{task.name}' defined at {task.origin})",
-                           f"{path}:{i + 1 + header_lines}")
+            raise BadInput(f"row {i + 1} has no value in column {', '.join(map(repr, empty))} "
+                           f"(task '{task.name}' defined at {task.origin})", f"{path}:{i + 1 + header_lines}")
     if task.type == "classification" and task.label and task.labels:
         names, n = set(task.labels), len(task.labels)
         bad = sorted({repr(v) for row in rows for v in [task.value(row, task.label)]
@@ -333,9 +330,13 @@ def _rows_to_check(task: TaskSpec) -> int | None:
     return None if task.type == "classification" and task.label and task.labels else HEAD_ROWS
 
 
-def _header_lines(path: Path, options: dict) -> int:
-    """Lines before a file's first row: a table's header line, unless it is headerless."""
-    return 1 if file_format(path) not in ("json", "parquet") and options.get("header", True) else 0
+def _check_file(task: TaskSpec, path: Path, options: dict, rows: list[dict]) -> None:
+    """The checks before work of one data file read as `rows`: a table's field counts (which its reader cannot
+    tell: it fills a short row with empty text), then check_rows, lines counted past a table's header."""
+    table = file_format(path) not in ("json", "parquet")
+    if table:
+        _check_field_counts(path, options, _rows_to_check(task))
+    check_rows(task, rows, path, 1 if table and options.get("header", True) else 0)
 
 
 def _class_index(value, n: int) -> bool:

@@ -334,11 +334,11 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
            attention: str, gradient_checkpointing: bool):
-    """(spec, bundle, body, method, config, adapted model): the checked inputs built on the meta device."""
+    """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
+    device."""
     from bench import models
     from bench.models import resolve_model
 
-    check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
                                                           attention, gradient_checkpointing)
@@ -368,7 +368,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
-    check_inputs(batch_size, seq_len, optimizer)
+    check_inputs(batch_size, seq_len, optimizer, dtype, attention)
     spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
                                                          attention, gradient_checkpointing)
     params = count_params(adapted)
@@ -398,6 +398,7 @@ def train_step_flops(model: str, method: str, batch_size: int, seq_len: int, dty
                      gradient_checkpointing: bool = False) -> int:
     """`estimate(...)["flops"]["train_step"]`, the same count, from the FLOPs-only pass (fake_step's
     flops_only): what `run --dry-run` prices a cell's steps with, without the memory account's extra passes."""
+    check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec, _, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
                                        gradient_checkpointing)
     step = _step(adapted, spec, method, batch_size, seq_len, flops_only=True)

@@ -106,7 +106,7 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
     process never touches CUDA: the passes run on fake tensors), and then cached."""
     from bench.tasks import cache
 
-    pending: dict[tuple, Cell] = {}
+    pending: dict[tuple, tuple[Cell, dict | None]] = {}  # shape -> a cell of it, its cache key
     for cell in cells:
         shape = shape_of(cell)
         if shape in known or shape in pending:
@@ -116,19 +116,19 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
         if found and isinstance(value, list) and len(value) == 2:
             known[shape] = tuple(value)
         else:
-            pending[shape] = cell
+            pending[shape] = (cell, key)
     if not pending:
         return
     from bench.tools.estimate import prepare_to_count
 
-    prepare_to_count({cell.model.arch for cell in pending.values()})
+    cells_of_shapes = [cell for cell, _ in pending.values()]
+    prepare_to_count({cell.model.arch for cell in cells_of_shapes})
     workers = min(workers, len(pending))
-    cells_of_shapes = list(pending.values())
     prices = _priced_on_workers(cells_of_shapes, workers) if workers > 1 else \
         [_step_flops(cell) for cell in cells_of_shapes]
-    for (shape, cell), price in zip(pending.items(), prices):
+    for (shape, (_, key)), price in zip(pending.items(), prices):
         known[shape] = price
-        if (key := _cache_key(cell)) is not None:
+        if key is not None:
             cache.store(key, list(price), "plan")
 
 
