@@ -401,3 +401,20 @@ def test_ray_sigterm_records_the_running_cell_interrupted_and_kill_9_leaves_noth
         assert wait_for(cleaned, within_s=20) and gone(cell)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_planning_process_that_initialised_cuda_prices_in_itself(monkeypatch, write_suite, tmp_path):
+    """Forked workers only while CUDA is untouched here (QLoRA's bitsandbytes asks for the device on a GPU box)."""
+    import torch
+
+    import bench.tools.plan_cost as plan_cost
+
+    forked = []
+    monkeypatch.setattr(plan_cost, "_priced_on_workers", lambda cells, workers: forked.append(workers) or [])
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    path = write_suite("name: cuda\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                       "train: {max_steps: 10, batch_size: 4, max_length: 16}\n")
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(plan_cost, "pricing_workers", lambda: 2)
+    assert main(["run", "--suite", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    assert forked == []

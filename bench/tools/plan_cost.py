@@ -123,7 +123,7 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
 
     cells_of_shapes = [cell for cell, _ in pending.values()]
     prepare_to_count({cell.model.arch for cell in cells_of_shapes})
-    workers = min(workers, len(pending))
+    workers = min(workers, len(pending)) if not _cuda_initialised() else 1
     prices = _priced_on_workers(cells_of_shapes, workers) if workers > 1 else \
         [_step_flops(cell) for cell in cells_of_shapes]
     for (shape, (_, key)), price in zip(pending.items(), prices):
@@ -140,6 +140,13 @@ def pricing_workers() -> int:
     if "fork" not in mp.get_all_start_methods() or not hasattr(os, "sched_getaffinity"):
         return 1
     return len(os.sched_getaffinity(0))
+
+
+def _cuda_initialised() -> bool:
+    """Whether this process has initialised CUDA (bitsandbytes asks for the device when QLoRA is in a plan on a
+    GPU machine): a process that has must not fork workers, so its shapes are priced here."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, str]]:
