@@ -37,7 +37,8 @@ def cmd_run(args) -> int:
     from bench.plan import grid, suite
     from bench.run.executors import make_executor
     from bench.run.runner import run_grid
-    from bench.run.store import Store, writable_folder
+    from bench.files import writable_folder
+    from bench.run.store import Store
     from bench.tasks.data import check_cells
 
     s = suite.load_suite(args.suite, args.data_dir)
@@ -69,7 +70,8 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from bench.run.executors import make_executor
     from bench.run.runner import run_grid
-    from bench.run.store import Store, writable_folder
+    from bench.files import writable_folder
+    from bench.run.store import Store
     from bench.tasks.data import check_cells
     from bench.tools.eval_adapter import adapter_cells
 
@@ -110,7 +112,8 @@ def suite_name(name_or_path: str) -> str:
 
 def cmd_report(args) -> int:
     from bench.report import write_report
-    from bench.run.store import Store, writable_folder
+    from bench.files import writable_folder
+    from bench.run.store import Store
 
     writable_folder(args.out, "--out")
     paths, unusable, notes = write_report(suite_name(args.suite), args.results, args.out, args.format,
@@ -140,7 +143,7 @@ def cmd_compare(args) -> int:
 
 def cmd_regress(args) -> int:
     from bench.run.executors import LocalExecutor
-    from bench.run.store import writable_file, writable_folder
+    from bench.files import writable_file, writable_folder
     from bench.tools.regress import gate, load_tolerances, render
 
     tolerances = load_tolerances(args.tolerances)
@@ -163,7 +166,7 @@ def cmd_regress(args) -> int:
 
 def cmd_results(args) -> int:
     from bench.run import exchange
-    from bench.run.store import writable_file, writable_folder
+    from bench.files import writable_file, writable_folder
 
     if args.action == "merge":
         if not args.into or not args.stores:
@@ -185,7 +188,8 @@ def cmd_results(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench import methods, models, tasks
+    from bench import methods, models
+    from bench.tasks.registry import builtin_tasks
     from bench.plan import suite
 
     if args.what == "methods":
@@ -195,7 +199,7 @@ def cmd_list(args) -> int:
         entries = models.describe()
         lines = [f"{e['name']:<18} {e['kind']:<16} {e['description']}" for e in entries]
     elif args.what == "tasks":
-        entries = [t.describe() for t in tasks.builtin_tasks().values()]
+        entries = [t.describe() for t in builtin_tasks().values()]
         lines = [f"{e['name']:<18} {e['type']:<16} {e['description']}" for e in entries]
     else:
         entries = []
@@ -404,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
     est.add_argument("--method", required=True, help="registry method name")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
-    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/cell/optimizers.py: "
+    est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/optimizers.py: "
                      "adamw, adafactor, adafactor-tfew or sgd (default: adamw)")
     est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
                      help="dtype the weights are built in, the training setting weights_dtype: auto (the checkpoint's "

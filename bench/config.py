@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench.cell import optimizers
+from bench import optimizers
 from bench.errors import BadInput, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -57,7 +57,7 @@ class TrainConfig:
     balanced_batches: bool = False
     # Every drawn example under a template drawn afresh each step (T-Few), instead of one fixed per row.
     redraw_templates: bool = False
-    optimizer: str = "adamw"  # a name in bench/cell/optimizers.py
+    optimizer: str = "adamw"  # a name in bench/optimizers.py
     # Speed options (docs/performance.md). They change what is measured (memory, time; compile and
     # checkpointing may move the last bits of the losses), so they are part of the cell.
     gradient_checkpointing: bool = False  # recompute layers' activations in backward instead of keeping them

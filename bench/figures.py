@@ -11,7 +11,8 @@ Adding a figure = an entry here + the code that measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
+
+from bench import fmt
 
 SECTIONS = ("params", "memory", "time", "flops")
 # How a change between two records of one cell is judged (`judge`):
@@ -49,18 +50,12 @@ class Figure:
 
     def show(self, value) -> str:
         """The figure as a table shows it: counts '124.6M', sizes '6.9 KB', FLOPs '3.1e12', ..."""
-        fmt = _fmt()
         if fmt.missing(value):
             return fmt.DASH
         writer = {"elements": fmt.count, "%": fmt.pct, "bytes": fmt.size, "s": fmt.seconds, "FLOPs": fmt.flops,
                   "FLOP/s": fmt.flops}.get(self.unit)
         return writer(value) if writer else value if isinstance(value, str) else f"{value:.4g}"
 
-
-def _fmt():
-    """bench.report.fmt, imported when first used: the record (which reads this registry) is written by
-    processes that never render, and the report package imports the store, which imports the record."""
-    return import_module("bench.report.fmt")
 
 LATENCY_EXAMPLES = 8  # single-example predictions timed for time.infer_latency_s
 _CUDA_PEAK = "CUDA only: `torch.cuda.max_memory_allocated`"
@@ -235,7 +230,6 @@ def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str
     """
     rule = rule_of(key)
     soft = rule in ("measured", "timing")
-    fmt = _fmt()
     if a == b or (fmt.missing(a) and fmt.missing(b)):
         return "same", ""
     if fmt.missing(a) or fmt.missing(b) or not all(_number(v) for v in (a, b)):

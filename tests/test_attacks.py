@@ -156,7 +156,7 @@ def _jsonl_task(tmp_path, train: bytes, name: str = "train.jsonl") -> str:
 
 
 def _check(tmp_path, tasks: str) -> None:
-    from bench.tasks import registry
+    from bench.tasks.registry import registry
     from bench.tasks.data import check_available
 
     check_available(registry([tasks])["mine"], None)
@@ -270,7 +270,7 @@ def test_labels_that_are_formulas_or_html_stay_text_in_every_format(tmp_path):
              for row in csv_module.reader(p.open()) for c in row]
     assert not any(c.startswith(("=", "+", "@")) for c in cells)
     assert "'=HYPERLINK(\"http://x\",\"y\")<script>" in cells
-    from bench.report.csvfiles import spreadsheet_safe
+    from bench.fmt import spreadsheet_safe
 
     assert spreadsheet_safe("-5.2") == "-5.2" and spreadsheet_safe("-x") == "'-x"  # a negative number stays one
     assert main(["results", "export", "--suite", "hand", "--results", str(root), "--out", str(tmp_path / "x.csv")]) == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.cell.measure import optimizer_state_bytes
-from bench.cell.optimizers import state_bytes
+from bench.optimizers import state_bytes
 from bench.cell.probe import instrumented_step
 from bench.cli import main
 from bench.errors import BadInput

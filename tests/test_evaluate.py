@@ -1,4 +1,4 @@
-"""bench/tasks/evaluate.py: the batches evaluation predicts in (two groups, each longest first) and that the
+"""bench/cell/evaluate.py: the batches evaluation predicts in (two groups, each longest first) and that the
 predictions come back in the examples' order, equal to predicting each example alone."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from bench.tasks import evaluate
+from bench.cell import evaluate
 from bench.tasks.features import EvalSet
 
 
@@ -98,7 +98,7 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
     from bench.models import REGISTRY, load_bundle
-    from bench.tasks import builtin_tasks
+    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
 

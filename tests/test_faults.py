@@ -20,10 +20,11 @@ from bench.cli import main
 from bench.figures import Tolerances
 from bench.plan import grid
 from bench.plan.suite import load_suite
-from bench.run import store as store_module
+from bench.run import locks
 from bench.run.executors import EVIDENCE_LINES, LocalExecutor, tail
 from bench.run.runner import run_grid
-from bench.run.store import Store, lock_problem
+from bench.run.locks import lock_problem
+from bench.run.store import Store
 from bench.tools.regress import compare as gate_compare
 from bench.tools.regress import make_baseline
 
@@ -150,13 +151,13 @@ def test_repeated_seeds_make_one_cell(write_suite, capsys):
 def test_lock_staleness(tmp_path):
     lock = tmp_path / "c.lock"
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started": store_module._process_start(os.getpid())}))
+                                "started": locks._process_start(os.getpid())}))
     assert lock_problem(lock) is None  # this live process
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "started": -5}))
     assert "another process" in lock_problem(lock)  # PID 1 is alive, but is not the lock's owner
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 1}))
     assert lock_problem(lock) is None  # another host's runner with a fresh heartbeat
-    old = time.time() - store_module.LEASE_S - 5
+    old = time.time() - locks.LEASE_S - 5
     os.utime(lock, (old, old))
     assert "heartbeat" in lock_problem(lock)  # any host: the lease ran out
     lock.write_text("{not json")  # (written now: a fresh heartbeat)

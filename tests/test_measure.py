@@ -18,7 +18,7 @@ from bench.cell.measure import (
     weight_bytes,
 )
 from bench.cell.objectives import objective_for
-from bench.cell.optimizers import update_bytes
+from bench.optimizers import update_bytes
 from bench.cell.probe import (
     COST_MODEL,
     StepMeasure,
@@ -265,7 +265,7 @@ def test_inference_speed_is_the_median_single_prediction_and_the_batched_rate(mo
     of one-example calls after a warm-up, and the rate is 2 × batch examples over one batched pass."""
     from bench.cell import measure
     from bench.figures import LATENCY_EXAMPLES
-    from bench.tasks import evaluate
+    from bench.cell import evaluate
     from bench.tasks.features import EvalSet
 
     now, calls = [0.0], []
@@ -313,7 +313,7 @@ def test_the_final_evaluation_times_the_group_it_predicts_first(monkeypatch, n):
     examples as a group of their own, timed, then the rest, each example once more, the predictions in order;
     its seconds are those of the first group alone."""
     from bench.cell import measure
-    from bench.tasks import evaluate
+    from bench.cell import evaluate
     from bench.tasks.features import EvalSet
 
     now, groups = [0.0], []
@@ -340,9 +340,9 @@ def test_the_timed_final_evaluation_predicts_what_one_pass_predicts(model_name, 
     predicts exactly what any evaluation predicts (the same batches)."""
     from bench.cell import measure
     from bench.models import REGISTRY, load_bundle
-    from bench.tasks import builtin_tasks
+    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
-    from bench.tasks.evaluate import predict
+    from bench.cell.evaluate import predict
     from bench.tasks.features import eval_features
 
     task = builtin_tasks()[task_name]

@@ -20,10 +20,10 @@ from bench.cell.batching import batches, collate
 from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
 from bench.errors import Unsupported
-from bench.layers.attention_prefix import FOLDED
+from bench.methods.prefix_state import FOLDED
 from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle
-from bench.tasks import builtin_tasks
+from bench.tasks.registry import builtin_tasks
 from bench.tasks.data import load_rows
 from bench.tasks.features import train_features
 from tests.adapting import adapt

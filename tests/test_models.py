@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import tiny
-from bench.cell.measure import count_params
+from bench.tensors import count_params
 from bench.errors import BadInput, Unsupported
 from bench.layers.attention_prefix import implementation_of
 from bench.models import REGISTRY, dtype_name, head_for, load_bundle, resolve_model

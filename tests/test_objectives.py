@@ -7,7 +7,7 @@ import torch
 
 from bench.cell.objectives import option_batch, tfew_loss
 from bench.models import REGISTRY, load_bundle
-from bench.tasks import builtin_tasks
+from bench.tasks.registry import builtin_tasks
 from bench.tasks.features import train_features
 
 

@@ -1,9 +1,9 @@
-"""The optimizers' updates (bench/cell/optimizers.py) against what their steps really dispatch and hold."""
+"""The optimizers' updates (bench/optimizers.py) against what their steps really dispatch and hold."""
 
 import pytest
 import torch
 
-from bench.cell.optimizers import OPTIMIZERS, cuda_update, update_bytes, update_of
+from bench.optimizers import OPTIMIZERS, cuda_update, update_bytes, update_of
 from bench.cell.probe import LiveBytes
 
 

@@ -118,9 +118,9 @@ def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_featur
     from bench.cell.train import train
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.tasks import builtin_tasks
+    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
-    from bench.tasks.evaluate import evaluate
+    from bench.cell.evaluate import evaluate
     from bench.tasks.features import eval_features, train_features
 
     task = builtin_tasks()["synth-polarity"]

@@ -8,7 +8,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.cell.measure import storage_key
+from bench.tensors import storage_key
 from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
 from bench.models import REGISTRY
 from tests.adapting import adapt, token_batch

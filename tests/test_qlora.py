@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import methods
-from bench.cell.measure import count_params
+from bench.tensors import count_params
 from bench.config import TrainConfig
 from bench.methods.base import ApplyContext
 from bench.models import REGISTRY, load_bundle

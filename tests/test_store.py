@@ -8,7 +8,8 @@ import pytest
 from bench import record as rec
 from bench.plan import grid
 from bench.plan.suite import load_suite
-from bench.run.store import Store, atomic_write, load_frame
+from bench.files import atomic_write
+from bench.run.store import Store, load_frame
 from tests.conftest import TINY_SUITE
 
 

@@ -5,12 +5,16 @@ import json
 import pytest
 import torch
 
-from bench.cell.batching import IGNORE, collate
+from bench.cell.batching import collate
+
+from bench.tasks.features import IGNORE
 from bench.errors import BadInput
 from bench.models import REGISTRY, load_bundle
-from bench.tasks import builtin_tasks, load_task_file, synthetic
+from bench.tasks import synthetic
+from bench.tasks.registry import builtin_tasks
+from bench.tasks.schema import load_task_file
 from bench.tasks.data import load_rows
-from bench.tasks.evaluate import sequence_logprob
+from bench.cell.evaluate import sequence_logprob
 from bench.tasks.features import eval_features, train_features
 
 
@@ -105,7 +109,7 @@ def test_templates_choices_and_demonstrations():
 
 
 def test_nested_columns_and_string_labels(tmp_path):
-    from bench.tasks import registry
+    from bench.tasks.registry import registry
 
     (tmp_path / "train.jsonl").write_text('{"pair": {"a": "x y", "b": "z"}, "verdict": "no"}\n')
     (tmp_path / "eval.jsonl").write_text('{"pair": {"a": "x", "b": "z z"}, "verdict": "yes"}\n')
@@ -247,7 +251,7 @@ def test_local_data_dir_reads_the_hub_layout(shared_data):
 def test_docs_define_every_task_key():
     from pathlib import Path
 
-    from bench.tasks import _KEYS, _SOURCE_KEYS
+    from bench.tasks.schema import _KEYS, _SOURCE_KEYS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "tasks.md").read_text()
     for key in list(_KEYS) + list(_SOURCE_KEYS):
@@ -255,7 +259,7 @@ def test_docs_define_every_task_key():
 
 
 def test_long_prompts_keep_their_beginning_and_demonstrations_give_way():
-    from bench.tasks import Prompt
+    from bench.tasks.spec import Prompt
 
     bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
     task = builtin_tasks()["synth-polarity"]
@@ -284,7 +288,7 @@ def test_redrawn_templates_change_across_steps_for_the_same_row():
     from bench.cell.batching import batches
     from bench.cell.train import redrawn
     from bench.models import REGISTRY, load_bundle
-    from bench.tasks import builtin_tasks
+    from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()["synth-choice"]
     bundle = load_bundle(REGISTRY["tiny-t5"], task.type, None, seed=0)

@@ -1,22 +1,12 @@
-"""Examples -> batches: the seeded order training draws them in, padding, what a batch holds (tokens,
-positions) and the layout of a text-to-text example; shared by training, the objectives, the step probe
-and evaluation.
-
-A text-to-text example is a prompt and a target: an encoder-decoder reads the prompt and predicts
-the target; a decoder-only model reads both in one sequence, the prompt masked out of the loss.
-"""
+"""Examples -> batches: the seeded order training draws them in, padding and what a batch holds (tokens,
+positions); shared by training, the objectives, the step probe and evaluation. The layout of one text-to-text
+example is bench/tasks/features.py's `lm_example`."""
 
 from __future__ import annotations
 
 import torch
 
-IGNORE = -100  # a label position that no loss counts (prompt tokens, padding)
-
-
-def lm_example(kind: str, prompt: list[int], target: list[int]) -> dict:
-    if kind == "encoder-decoder":
-        return {"input_ids": prompt, "labels": target}
-    return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
+from bench.tasks.features import IGNORE
 
 
 def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from bench.cell.measure import (
     utilisation,
     weight_bytes,
 )
-from bench.cell.optimizers import update_bytes
+from bench.optimizers import update_bytes
 from bench.cell.probe import first_step, inference_flops, step_peak_bytes, training_flops
 from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name

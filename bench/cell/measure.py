@@ -18,51 +18,7 @@ from pathlib import Path
 
 import torch
 
-
-def storage_key(t: torch.Tensor) -> int:
-    """Identity of the storage under a tensor (views share it). Unlike data_ptr this also tells
-    meta and fake tensors apart, which all report address 0."""
-    return t.untyped_storage()._cdata
-
-
-def _key(t: torch.Tensor):
-    """Identity of a tensor's memory: same storage, offset and shape means the same tensor."""
-    return storage_key(t), t.storage_offset(), tuple(t.shape)
-
-
-def unique_tensors(tensors) -> list[torch.Tensor]:
-    seen, out = set(), []
-    for t in tensors:
-        k = _key(t)
-        if k not in seen:
-            seen.add(k)
-            out.append(t)
-    return out
-
-
-def tensor_bytes(tensors) -> int:
-    """Bytes of the distinct tensors among `tensors`, each in its own dtype."""
-    return sum(t.nbytes for t in unique_tensors(tensors))
-
-
-def elements(p: torch.Tensor) -> int:
-    """The weights a parameter holds. A bitsandbytes 4-bit weight stores two in each byte of a flat tensor; its
-    quantisation state keeps the shape of the weight it stands for."""
-    state = getattr(p, "quant_state", None)
-    return state.shape.numel() if state is not None else p.numel()
-
-
-def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
-    """params.total, trainable and trainable_pct, each tensor once (4-bit weights by the weights they hold); a
-    tensor with a gradient mask ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries
-    that train."""
-    params = unique_tensors(model.parameters())
-    masked = {id(p) for p, _ in grad_masks}
-    total = sum(elements(p) for p in params)
-    trainable = (sum(elements(p) for p in params if p.requires_grad and id(p) not in masked)
-                 + sum(int(mask.sum()) for _, mask in grad_masks))
-    return {"total": total, "trainable": trainable,
-            "trainable_pct": 100.0 * trainable / total if total else None}
+from bench.tensors import tensor_bytes, tensor_key, unique_tensors
 
 
 def head_elements(model: torch.nn.Module, head_modules) -> tuple[int, int]:
@@ -108,8 +64,8 @@ def stored_size(state: dict[str, torch.Tensor]) -> dict:
 
     tensors, seen = {}, set()
     for name, t in state.items():
-        if _key(t) not in seen:  # safetensors refuses shared tensors; tied weights are stored once
-            seen.add(_key(t))
+        if tensor_key(t) not in seen:  # safetensors refuses shared tensors; tied weights are stored once
+            seen.add(tensor_key(t))
             tensors[name] = t.detach().to("cpu").contiguous()
     if not tensors:  # nothing to keep (zero-shot): no file, not an empty file's header
         return {"stored": 0, "stored_bytes": 0}
@@ -321,7 +277,7 @@ def inference_speed(bundle, model, evalset, task, batch_size: int, device, autoc
     `batched_s`: the seconds the final evaluation took over the batched examples (TimedPrediction), so
     they are not predicted a second time; None times them here (the merged copy)."""
     from bench.figures import LATENCY_EXAMPLES
-    from bench.tasks.evaluate import predict, timed_examples
+    from bench.cell.evaluate import predict, timed_examples
 
     def seconds(sample, size: int) -> float:
         watch = Stopwatch(device)
@@ -354,7 +310,7 @@ class Stopwatch:
 
 class TimedPrediction:
     """The final evaluation's prediction of the main split, timing on the way the group of examples it
-    predicts first (bench.tasks.evaluate.predict), those of time.infer_examples_per_s: the trained model is
+    predicts first (bench.cell.evaluate.predict), those of time.infer_examples_per_s: the trained model is
     not run on them twice. One example is predicted alone first, untimed, as inference_speed warms up the
     merged copy."""
 
@@ -362,7 +318,7 @@ class TimedPrediction:
         self.seconds: float | None = None  # set by the call
 
     def __call__(self, bundle, model, evalset, task, batch_size: int, device, autocast) -> list:
-        from bench.tasks.evaluate import predict
+        from bench.cell.evaluate import predict
 
         predict(bundle, model, evalset.rows(0, 1), task, 1, device, autocast)  # warm-up, as inference_speed's
         watch = Stopwatch(device)

@@ -15,9 +15,11 @@ from functools import partial
 
 import torch
 
-from bench.cell.batching import collate, lm_example
+from bench.cell.batching import collate
+
+from bench.tasks.features import lm_example
 from bench.errors import Unsupported
-from bench.tasks.evaluate import token_logprobs
+from bench.cell.evaluate import token_logprobs
 
 
 @dataclass(frozen=True)

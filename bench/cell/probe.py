@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
-from bench.cell.measure import storage_key, tensor_bytes
+from bench.tensors import storage_key, tensor_bytes
 from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
 
@@ -302,7 +302,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     demonstrations and soft prompts are part of what is counted. cost_model_inference_per_example:
     the cost model's factor × N × the tokens of those examples (prompt, plus prompt + option for each
     option of rank classification, plus the first reference of generation) / their number."""
-    from bench.tasks.evaluate import predict
+    from bench.cell.evaluate import predict
 
     sample = evalset.rows(0, n)
     rows = len(sample.features)

@@ -22,7 +22,8 @@ from bench import env, methods
 from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
-from bench.cell.measure import count_params, head_elements
+from bench.cell.measure import head_elements
+from bench.tensors import count_params
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
@@ -30,8 +31,9 @@ from bench.methods.external import save_adapter
 from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, quiet_libraries
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
-from bench.tasks import TaskSpec, metrics
-from bench.tasks import evaluate as scoring
+from bench.tasks import metrics
+from bench.tasks.spec import TaskSpec
+from bench.cell import evaluate as scoring
 from bench.tasks.features import EvalSet
 from bench.tasks.prepare import TrainingData, datasets
 

@@ -1,8 +1,8 @@
 """The training loop: plain PyTorch, top to bottom.
 
-The configured optimizer (bench/cell/optimizers.py; no decay on biases and norm weights), linear warmup then linear decay to zero, gradient
-clipping, dynamic padding, a seeded data order, bf16 autocast on CUDA. Methods hook in after
-backward (gradient masks) and after each optimizer step (rank reallocation).
+The configured optimizer (bench/optimizers.py; no decay on biases and norm weights), linear warmup then linear
+decay to zero, gradient clipping, dynamic padding, a seeded data order, bf16 autocast on CUDA. Methods hook in
+after backward (gradient masks) and after each optimizer step (rank reallocation).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
-from bench.cell.optimizers import OPTIMIZERS, update_of
+from bench.optimizers import OPTIMIZERS, update_of
 from bench.config import TrainConfig
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
@@ -68,7 +68,7 @@ def compile_model(model: torch.nn.Module, batch: dict, objective: Objective, aut
 
 
 def optimizer_for(model: torch.nn.Module, train: TrainConfig, no_decay_ids=frozenset()) -> torch.optim.Optimizer:
-    """The configured optimizer (bench/cell/optimizers.py); biases and the weights of normalisation layers
+    """The configured optimizer (bench/optimizers.py); biases and the weights of normalisation layers
     (LayerNorm, RMSNorm, ...) never decay.
 
     `no_decay_ids` are further parameters that must not decay: partly frozen tensors (gradient masks),
@@ -100,7 +100,7 @@ class TrainResult:
     tokens: int = 0
     positions: int = 0
     optimizer_bytes: int | None = None  # bench.cell.measure.optimizer_state_bytes after the first step
-    optimizer_update: str | None = None  # how the optimizer updates (bench.cell.optimizers.UPDATES)
+    optimizer_update: str | None = None  # how the optimizer updates (bench.optimizers.UPDATES)
     compile_s: float | None = None  # train.compile: the warm-up that compiled the model (not in train_s)
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)

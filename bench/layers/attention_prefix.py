@@ -25,7 +25,6 @@ from torch import nn
 from bench.archs import ARCHS
 from bench.errors import Unsupported
 from bench.layers import sites
-from bench.methods.base import Adapted, load_by_name, trainable_state
 
 _WRAPPED = {"sdpa": "bench_prefix_sdpa", "eager": "bench_prefix_eager"}
 
@@ -239,28 +238,3 @@ def set_attention(model: nn.Module, name: str) -> None:
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation != name:
             sub.set_attn_implementation(name)
-
-
-FOLDED = "bench_prefix_bank.prefix"
-
-
-def stored_prefix_state(model: nn.Module, bank: PrefixBank) -> dict[str, torch.Tensor]:
-    """Trainable tensors with the prefix MLP folded into the prefix it produces (what inference needs)."""
-    state = trainable_state(model, skip={id(p) for p in bank.parameters()})
-    state[FOLDED] = bank.folded().detach()
-    return state
-
-
-def load_prefix_state(model: nn.Module, bank: PrefixBank, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of stored_prefix_state: the bank now holds the folded prefix directly (no MLP)."""
-    for name in ("embedding", "mlp"):
-        if hasattr(bank, name):
-            delattr(bank, name)
-    bank.prefix = nn.Parameter(state[FOLDED].clone().to(next(model.parameters()).device))
-    load_by_name(model, {k: v for k, v in state.items() if k != FOLDED})
-
-
-def prefixed(model: nn.Module, bank: PrefixBank) -> Adapted:
-    """The adapted model of a method with a prefix bank: stored with the prefix MLP folded away."""
-    return Adapted(model, stored_state=lambda: stored_prefix_state(model, bank),
-                   load_stored=lambda state: load_prefix_state(model, bank, state))

@@ -83,7 +83,7 @@ class Adapted:
         load_by_name(self.model, state)
 
     def params(self) -> dict:
-        from bench.cell.measure import count_params
+        from bench.tensors import count_params
 
         return count_params(self.model, self.grad_masks)
 

@@ -15,8 +15,9 @@ from bench.methods.base import Method, freeze, register, train_head
 
 
 def _mam(model, config, ctx):
-    from bench.layers.attention_prefix import add_prefix, prefixed
+    from bench.layers.attention_prefix import add_prefix
     from bench.layers.bottleneck import add_parallel
+    from bench.methods.prefix_state import prefixed
 
     freeze(model)
     arch = ctx.bundle.arch
@@ -28,9 +29,10 @@ def _mam(model, config, ctx):
 
 
 def _unipelt(model, config, ctx):
-    from bench.layers.attention_prefix import add_prefix, prefixed
+    from bench.layers.attention_prefix import add_prefix
     from bench.layers.bottleneck import add_sequential
     from bench.layers.gated_lora import add_gated_lora
+    from bench.methods.prefix_state import prefixed
 
     freeze(model)
     arch = ctx.bundle.arch

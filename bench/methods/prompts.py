@@ -43,7 +43,8 @@ def _folded_loader(build):
 
 
 def _prefix_tuning(model, config, ctx) -> Adapted:
-    from bench.layers.attention_prefix import add_prefix, prefixed
+    from bench.layers.attention_prefix import add_prefix
+    from bench.methods.prefix_state import prefixed
 
     freeze(model)
     bank = add_prefix(model, ctx.bundle.arch, config["num_virtual_tokens"], config["encoder_hidden_size"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bench.config import TrainConfig
 from bench.models import ModelSpec
-from bench.tasks import TaskSpec
+from bench.tasks.spec import TaskSpec
 
 ID_LENGTH = 12
 

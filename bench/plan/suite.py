@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import methods, models, tasks
+from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
-from bench.run.store import safe_name
+from bench.files import safe_name
+from bench.tasks.registry import registry as task_registry
 from bench.yamlfile import YamlDoc, load_yaml
 
 SUITE_KEYS = {
@@ -109,7 +110,7 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     method_modules = tuple(_name(m, doc, ("method_modules", i), "method module")
                            for i, m in enumerate(values.get("method_modules", [])))
     methods.import_modules(method_modules, lambda i: doc.where("method_modules", i))
-    registry = tasks.registry(task_files)
+    registry = task_registry(task_files)
     task_entries = [_task_entry(t, doc, ("tasks", i)) for i, t in enumerate(values["tasks"])]
     suite = Suite(
         name=values["name"], description=values.get("description", ""), path=str(path),

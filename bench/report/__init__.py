@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.run.store import atomic_write, checked, unusable_note
+from bench.files import atomic_write, checked
+from bench.run.store import unusable_note
 
 FORMATS = ("md", "tex", "csv", "html")
 PLOT_FORMATS = {"md", "html"}  # the formats that show the plots

@@ -23,7 +23,7 @@ import pandas as pd
 from bench import methods
 from bench.figures import FIGURES
 from bench.methods.base import FAMILIES
-from bench.report.fmt import missing
+from bench.fmt import missing
 
 KEYS = ["model", "task", "label", "shots"]
 # Fixed by the cell's config, so identical across seeds: the first ok value stands for all.

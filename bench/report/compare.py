@@ -15,7 +15,7 @@ from bench.env import environment_difference
 from bench.errors import BadInput
 from bench.figures import SECTIONS as FIGURE_SECTIONS
 from bench.figures import Tolerances, judge, rule_of
-from bench.report.fmt import missing
+from bench.fmt import missing
 from bench.run.store import Store, flatten
 
 SECTIONS = tuple(f"{section}." for section in (*FIGURE_SECTIONS, "scores"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from bench.report.fmt import missing
+from bench.fmt import missing, spreadsheet_safe
 from bench.report.table import Table
 
 
@@ -28,21 +28,6 @@ def render(table: Table) -> str:
         notes = sorted({n for cell in row for n in cell.notes})
         writer.writerow(line + [spreadsheet_safe("; ".join(table.notes[n - 1] for n in notes))])
     return out.getvalue()
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text):
-    """Text a spreadsheet shows as text: one that would start a formula (=, +, -, @, a tab or carriage return,
-    as OWASP lists them) gets a leading apostrophe; a number written as text (-5.2) is left as it is."""
-    if not isinstance(text, str) or not text.startswith(FORMULA_STARTS):
-        return text
-    try:
-        float(text)
-        return text
-    except ValueError:
-        return "'" + text
 
 
 def _value(value) -> str:

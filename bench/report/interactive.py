@@ -21,8 +21,8 @@ from importlib.resources import files
 import pandas as pd
 
 from bench.figures import FIGURES
-from bench.report import fmt
-from bench.report.fmt import missing
+from bench import fmt
+from bench.fmt import missing
 from bench.report.style import FAMILY_STYLE, OTHER_STYLE
 from bench.report.tables import display_label, family_name, status_text
 

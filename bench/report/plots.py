@@ -16,8 +16,8 @@ import pandas as pd
 
 from bench.env import usable_cores
 from bench.methods.base import FAMILIES
-from bench.report import fmt
-from bench.report.fmt import missing
+from bench import fmt
+from bench.fmt import missing
 from bench.report.render import Job, write_all
 from bench.report.style import PART_STYLE
 from bench.report.tables import MEMORY_PARTS, display_label, family_name, flops_column, memory_rows, memory_unit, slug

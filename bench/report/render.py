@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import matplotlib  # not its figures and backends: a report whose figures are all unchanged never draws
 
-from bench.run.store import atomic_write
+from bench.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.report.fmt import DASH, missing
+from bench.fmt import DASH, missing
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.figures import FIGURES
-from bench.report import fmt
-from bench.report.fmt import DASH, missing
+from bench import fmt
+from bench.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
 
 REASON_CHARS = 300  # footnotes quote an error message up to this length

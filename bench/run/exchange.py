@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.run.store import HISTORY, Store, atomic_write, flatten, safe_name
+from bench.files import atomic_write, safe_name
+from bench.run.store import HISTORY, Store, flatten
 
 FORMATS = ("parquet", "csv", "jsonl")
 ENV_COLUMNS = ("device", "device_index", "threads", "cells_beside", "hostname", "git_sha", "torch", "transformers",
@@ -164,7 +165,7 @@ def export(results: str, suite: str, fmt: str, out: str) -> Path:
         raise BadInput(f"unknown format {fmt!r}", "--format", FORMATS)
     from pandas.api.types import is_numeric_dtype
 
-    from bench.report.csvfiles import spreadsheet_safe
+    from bench.fmt import spreadsheet_safe
 
     frame = table(results, suite)
     if fmt == "csv":  # text a spreadsheet would take for a formula is kept text (the other formats are data)

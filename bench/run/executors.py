@@ -87,7 +87,7 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
 
     faulthandler.enable()  # a segfault still leaves a Python traceback in the output
     from bench.cell.recipe import run_cell
-    from bench.run.store import atomic_write
+    from bench.files import atomic_write
 
     def checkpoint(partial: dict) -> None:
         atomic_write(Path(partial_path), json.dumps(partial, default=str).encode())

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from bench.plan.cellspec import Cell
 from bench.record import problems
 from bench.run.executors import interrupted, spool_files
-from bench.run.store import Claim, Store, StoreUnwritable, atomic_write, lock_problem
+from bench.files import atomic_write
+from bench.run.locks import Claim, lock_problem
+from bench.run.store import Store, StoreUnwritable
 
 RETRYABLE = ("failed", "oom", "timeout", "killed", "diverged")
 INCOMING = ".incoming"

@@ -15,60 +15,18 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import re
-import socket
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BadInput
+from bench.files import atomic_write, checked
 from bench.record import STATUSES, problems
+from bench.run import locks
+from bench.run.locks import Claim
 
 HISTORY = "history"
 INDEX = ".index"  # not *.json: no reader takes it for a record
-# Suite names and cell ids become file and folder names under the store and the reports folder: one
-# path component, no separator, no leading dot (so no `..` and no hidden file), printable ASCII only.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def safe_name(name) -> bool:
-    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
-
-
-def checked(name, what: str) -> str:
-    """`name` if it is safe as one file or folder name; else BadInput (a record or suite naming a path)."""
-    if not safe_name(name):
-        raise BadInput(f"{what} {name!r} is not a safe file name (letters, digits, '.', '_', '-'; "
-                       "starting with a letter or digit)", what)
-    return name
-
-
-def writable_folder(path: str | Path, flag: str) -> Path:
-    """`path` if this process can create or write the folder there; else BadInput naming the flag and the path
-    (a file in the way, a read-only place), before any work."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"{path} is a file, not a folder", flag)
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    if not existing.is_dir():
-        raise BadInput(f"{existing} is a file, so {path} cannot be a folder", flag)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write under {existing} (read-only or not yours)", flag)
-    return path
-
-
-def writable_file(path: str | Path, flag: str) -> Path:
-    """`path` if this process can write the file there (its folder created if need be); else BadInput."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{path} is a folder: give a file name", flag)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise BadInput(f"cannot write {path} (read-only or not yours)", flag)
-    writable_folder(path.parent, flag)
-    return path
 
 
 class StoreUnwritable(BadInput):
@@ -143,146 +101,13 @@ class Store:
     def lock_path(self, suite: str, cell_id: str) -> Path:
         return self.suite_dir(suite) / f"{checked(cell_id, 'cell id')}.lock"
 
-    def acquire(self, suite: str, cell_id: str) -> "Claim | None":
-        """Take the cell's lock to run it, or None when another live runner holds it.
-
-        The lock names its owner (host, pid, the process's start time) and its file's mtime is a
-        heartbeat, renewed every HEARTBEAT_S while held: see `lock_problem` for when it is stale.
-        """
-        lock = self.lock_path(suite, cell_id)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        if not _try_lock(lock):
-            try:
-                seen = lock.stat().st_ino
-            except FileNotFoundError:
-                seen = None
-            if seen is not None and (lock_problem(lock) is None or not _remove_if_same(lock, seen)):
-                return None  # held, or another runner took the stale lock over first
-            if not _try_lock(lock):
-                return None
-        return Claim(lock)
+    def acquire(self, suite: str, cell_id: str) -> Claim | None:
+        """Take the cell's lock to run it, or None when another live runner holds it (bench/run/locks.py)."""
+        return locks.acquire(self.lock_path(suite, cell_id))
 
     def steal(self, suite: str, cell_id: str) -> dict | None:
         """Remove a cell's lock whoever holds it (`run --steal-locks`); returns what the lock said of its owner."""
-        lock = self.lock_path(suite, cell_id)
-        try:
-            owner = json.loads(lock.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            owner = {"unreadable": True}
-        lock.unlink(missing_ok=True)
-        return owner if isinstance(owner, dict) else {"unreadable": True}
-
-
-# A runner renews its lock's heartbeat every HEARTBEAT_S; a lock whose heartbeat is older than LEASE_S
-# is stale on any host (its runner died, or its machine did). Documented in README (Results).
-HEARTBEAT_S = 30.0
-LEASE_S = 120.0
-
-
-def _process_start(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _owner() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
-            "since": time.time()}
-
-
-def _try_lock(lock: Path) -> bool:
-    """Create the lock whole or not at all: the owner is written to a file of this process's own, which is then
-    linked to the lock's name (link never replaces), so no runner ever sees a lock without its owner."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=".tmp", dir=lock.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_owner(), f)
-        os.link(tmp, lock)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-
-
-def _remove_if_same(lock: Path, inode: int) -> bool:
-    """Remove the stale lock found as `inode`, unless another runner replaced it meanwhile (it took over first):
-    the lock is moved aside atomically, and put back if it is not the one judged stale."""
-    aside = lock.with_name(f".{lock.name}.stale.{os.getpid()}.{time.time_ns()}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return True  # someone removed it: try to create ours
-    if aside.stat().st_ino == inode:
-        aside.unlink()
-        return True
-    with contextlib.suppress(FileExistsError):  # a third runner's lock took the name: theirs stands
-        os.link(aside, lock)
-    aside.unlink()
-    return False
-
-
-class Claim:
-    """A held cell lock, its heartbeat renewed by a thread of this runner until `release`."""
-
-    def __init__(self, lock: Path):
-        self.lock = lock
-        self._stop = threading.Event()
-        self._heart = threading.Thread(target=self._beat, daemon=True, name="lock-heartbeat")
-        self._heart.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):
-                os.utime(self.lock)
-
-    def release(self) -> None:
-        self._stop.set()
-        self._heart.join()
-        try:
-            owner = json.loads(self.lock.read_text())
-        except (OSError, ValueError):
-            return
-        mine = _owner()
-        if isinstance(owner, dict) and all(owner.get(k) == mine[k] for k in ("host", "pid", "started")):
-            self.lock.unlink(missing_ok=True)  # only our own: one stolen from us (--steal-locks) is another's now
-
-
-def lock_problem(lock: Path, now: float | None = None) -> str | None:
-    """Why a lock is stale (its holder is gone), or None while its holder may be running.
-
-    Stale: a heartbeat older than LEASE_S (any host), whatever the file holds; on this host, a process that
-    is gone or whose start time differs from the lock's (the pid was reused, e.g. PID 1 in a container). A lock
-    that cannot be read is stale only by its heartbeat: it may be one another version is still writing.
-    """
-    try:
-        age = (now or time.time()) - lock.stat().st_mtime
-        text = lock.read_text()
-    except FileNotFoundError:
-        return "gone"
-    except OSError:
-        text = ""
-    if age > LEASE_S:
-        return f"heartbeat {age:.0f} s old (lease {LEASE_S:g} s)"
-    try:
-        owner = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(owner, dict):
-        return None
-    if owner.get("host") == socket.gethostname():
-        pid = owner.get("pid")
-        started = _process_start(pid) if isinstance(pid, int) else None
-        if started is None:
-            return f"process {pid} is gone"
-        if owner.get("started") != started:
-            return f"pid {pid} now belongs to another process"
-    return None
+        return locks.steal(self.lock_path(suite, cell_id))
 
 
 def _stamp(old: bytes) -> str:
@@ -380,26 +205,6 @@ def _read_index(index: Path) -> dict:
         return {}
     ok = isinstance(loaded, dict) and loaded.get("checker") == _checker() and isinstance(loaded.get("files"), dict)
     return loaded["files"] if ok else {}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; records are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def shots_of(record: dict) -> int | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run.store import atomic_write
+from bench.files import atomic_write
 
 VERSION = 1  # bump when the feature format changes
 

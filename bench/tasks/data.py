@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.tasks import TaskSpec
+from bench.tasks.spec import TaskSpec
 from bench.tasks.synthetic import GENERATORS
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the hub layout's (--data-dir)

@@ -14,8 +14,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bench.cell.batching import lm_example
-from bench.tasks import Prompt, TaskSpec
+from bench.tasks.spec import Prompt, TaskSpec
+
+
+# A text-to-text example is a prompt and a target: an encoder-decoder reads the prompt and predicts the target;
+# a decoder-only model reads both in one sequence, the prompt masked out of the loss.
+IGNORE = -100  # a label position that no loss counts (prompt tokens, padding)
+
+
+def lm_example(kind: str, prompt: list[int], target: list[int]) -> dict:
+    if kind == "encoder-decoder":
+        return {"input_ids": prompt, "labels": target}
+    return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
 @dataclass

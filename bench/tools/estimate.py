@@ -28,8 +28,9 @@ import dataclasses
 
 import torch
 
-from bench.cell import optimizers
-from bench.cell.measure import count_params, head_elements, method_params, predicted_peak, unique_tensors, weight_bytes
+from bench import optimizers
+from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
+from bench.tensors import count_params, unique_tensors
 from bench.cell.probe import (
     StepMeasure,
     forward_flops_per_example,

@@ -20,7 +20,7 @@ from bench.errors import BadInput, did_you_mean
 from bench.figures import Tolerances, judge
 from bench.record import SCHEMA_VERSION
 from bench.report.compare import figures, show
-from bench.run.store import atomic_write
+from bench.files import atomic_write
 from bench.yamlfile import load_yaml
 
 BASELINE_VERSION = 1

@@ -1,4 +1,6 @@
-"""Number formatting shared by every report format (and the names of figures shown to readers)."""
+"""How values are written for people: numbers in every report format (and the names of figures shown to
+readers), and text a spreadsheet must not take for a formula. Imports nothing of the harness: every floor may
+use it."""
 
 from __future__ import annotations
 
@@ -91,3 +93,18 @@ def median_iqr(median, iqr=None, n=None) -> str:
 def peak_name(source) -> str:
     """What a peak-memory figure measured, for headers: 'CPU RSS', 'CUDA allocated'."""
     return PEAK_NAMES.get(source, source or "source unknown")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text):
+    """Text a spreadsheet shows as text: one that would start a formula (=, +, -, @, a tab or carriage return,
+    as OWASP lists them) gets a leading apostrophe; a number written as text (-5.2) is left as it is."""
+    if not isinstance(text, str) or not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text

@@ -17,9 +17,12 @@ from collections.abc import Callable
 
 import torch
 
-from bench.cell.batching import IGNORE, collate, lm_example, to_device
+from bench.cell.batching import collate, to_device
+
+from bench.tasks.features import IGNORE, lm_example
 from bench.models import is_encoder_decoder
-from bench.tasks import TaskSpec, metrics
+from bench.tasks import metrics
+from bench.tasks.spec import TaskSpec
 from bench.tasks.features import EvalSet
 
 

@@ -1,0 +1,52 @@
+"""Counting tensors: each tensor once (views, tied and shared weights once), its bytes, the weights it holds,
+and a model's parameter counts. Used by methods (what they add), the cell (params figures) and `estimate`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of the storage under a tensor (views share it). Unlike data_ptr this also tells
+    meta and fake tensors apart, which all report address 0."""
+    return t.untyped_storage()._cdata
+
+
+def tensor_key(t: torch.Tensor):
+    """Identity of a tensor's memory: same storage, offset and shape means the same tensor."""
+    return storage_key(t), t.storage_offset(), tuple(t.shape)
+
+
+def unique_tensors(tensors) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for t in tensors:
+        k = tensor_key(t)
+        if k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the distinct tensors among `tensors`, each in its own dtype."""
+    return sum(t.nbytes for t in unique_tensors(tensors))
+
+
+def elements(p: torch.Tensor) -> int:
+    """The weights a parameter holds. A bitsandbytes 4-bit weight stores two in each byte of a flat tensor; its
+    quantisation state keeps the shape of the weight it stands for."""
+    state = getattr(p, "quant_state", None)
+    return state.shape.numel() if state is not None else p.numel()
+
+
+def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
+    """params.total, trainable and trainable_pct, each tensor once (4-bit weights by the weights they hold); a
+    tensor with a gradient mask ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries
+    that train."""
+    params = unique_tensors(model.parameters())
+    masked = {id(p) for p, _ in grad_masks}
+    total = sum(elements(p) for p in params)
+    trainable = (sum(elements(p) for p in params if p.requires_grad and id(p) not in masked)
+                 + sum(int(mask.sum()) for _, mask in grad_masks))
+    return {"total": total, "trainable": trainable,
+            "trainable_pct": 100.0 * trainable / total if total else None}
