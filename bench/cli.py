@@ -34,16 +34,16 @@ def _quiet(args) -> bool:
 
 
 def cmd_run(args) -> int:
-    from bench.plan import grid, suite
-    from bench.run.executors import make_executor
-    from bench.run.runner import run_grid
     from bench.files import writable_folder
+    from bench.plan import grid, suite
+    from bench.run.executors import given_flags, make_executor
+    from bench.run.runner import run_grid
     from bench.run.store import Store
     from bench.tasks.data import check_cells
+    from bench.tools.plan_cost import predicted_memory
 
     s = suite.load_suite(args.suite, args.data_dir)
-    executor = make_executor(args.executor, _quiet(args), args.jobs, args.gpus, args.ray_address,
-                             args.gpus_per_cell, args.cpus_per_cell)
+    executor = make_executor(args.executor, _quiet(args), given_flags(args), predicted_memory)
     cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
                         args.threads if args.threads is not None else executor.threads_per_cell,
                         executor.slots or 1)
@@ -68,9 +68,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bench.run.executors import make_executor
-    from bench.run.runner import run_grid
     from bench.files import writable_folder
+    from bench.run.executors.local import LocalExecutor
+    from bench.run.runner import run_grid
     from bench.run.store import Store
     from bench.tasks.data import check_cells
     from bench.tools.eval_adapter import adapter_cells
@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
     check_cells(cells)
     store = Store(writable_folder(args.results, "--results"))
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_grid(cells, store, make_executor("local", _quiet(args)), force=args.force, quiet=_quiet(args))
+    summary = run_grid(cells, store, LocalExecutor(quiet=_quiet(args)), force=args.force, quiet=_quiet(args))
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     record = store.read(suite.name, cells[0].id) or {}
@@ -111,8 +111,8 @@ def suite_name(name_or_path: str) -> str:
 
 
 def cmd_report(args) -> int:
-    from bench.report import write_report
     from bench.files import writable_folder
+    from bench.report import write_report
     from bench.run.store import Store
 
     writable_folder(args.out, "--out")
@@ -142,8 +142,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_regress(args) -> int:
-    from bench.run.executors import LocalExecutor
     from bench.files import writable_file, writable_folder
+    from bench.run.executors.local import LocalExecutor
     from bench.tools.regress import gate, load_tolerances, render
 
     tolerances = load_tolerances(args.tolerances)
@@ -165,8 +165,8 @@ def cmd_regress(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from bench.run import exchange
     from bench.files import writable_file, writable_folder
+    from bench.run import exchange
 
     if args.action == "merge":
         if not args.into or not args.stores:
@@ -189,8 +189,8 @@ def cmd_results(args) -> int:
 
 def cmd_list(args) -> int:
     from bench import methods, models
-    from bench.tasks.registry import builtin_tasks
     from bench.plan import suite
+    from bench.tasks.registry import builtin_tasks
 
     if args.what == "methods":
         entries = [m.describe() for m in methods.REGISTRY.values()]
@@ -295,6 +295,7 @@ def cmd_cache(args) -> int:
 def parser() -> argparse.ArgumentParser:
     from bench.report import FORMATS
     from bench.report.compare import DEFAULTS as tolerances
+    from bench.run.executors import add_flags
 
     p = argparse.ArgumentParser(prog="peft-bench", description="Compare parameter-efficient fine-tuning methods.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -307,17 +308,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_seeds, help="these seeds instead of the suite's, e.g. 1,2,3")
     run.add_argument("--results", default="results", help="results store folder (default: results)")
     run.add_argument("--data-dir", help="read datasets from DIR/<dataset>/<config>/<split>.jsonl instead of the hub")
-    run.add_argument("--executor", default="local", help="where cells run: local (this machine) or ray (a Ray "
-                                                         "cluster; needs the `ray` extra)")
-    run.add_argument("--jobs", type=int, default=1, help="local: cells at once on CPU, torch threads shared "
-                                                          "between them (default 1)")
-    run.add_argument("--gpus", help="local: 'all' or GPU indices 0,1,…: one cell per GPU at a time, each pinned "
-                                    "with CUDA_VISIBLE_DEVICES")
-    run.add_argument("--ray-address", help="ray: the cluster to join (auto, or HOST:PORT); default: start a "
-                                           "local Ray instance for this run")
-    run.add_argument("--gpus-per-cell", type=float, help="ray: GPUs one cell asks for (default 0)")
-    run.add_argument("--cpus-per-cell", type=float, help="ray: CPUs one cell asks for, also its torch threads "
-                                                         "(default 1)")
+    add_flags(run)
     run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell, with "
                                                             "its FLOPs and estimated time) and exit")
     run.add_argument("--tflops", type=float, help="--dry-run: the rate (TFLOP/s per cell) to estimate times "

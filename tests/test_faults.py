@@ -21,7 +21,8 @@ from bench.figures import Tolerances
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.run import locks
-from bench.run.executors import EVIDENCE_LINES, LocalExecutor, tail
+from bench.run.executors.cells import EVIDENCE_LINES, tail
+from bench.run.executors.local import LocalExecutor
 from bench.run.runner import run_grid
 from bench.run.locks import lock_problem
 from bench.run.store import Store
@@ -204,7 +205,7 @@ def test_a_released_lock_that_was_stolen_is_left_to_its_new_owner(tmp_path):
 
 
 def test_spool_files_name_their_runner():
-    from bench.run.executors import spool_files
+    from bench.run.executors.cells import spool_files
 
     assert {p.name for p in spool_files(Path("x"), "abc")} == {f"abc.{os.getpid()}.{s}" for s in ("json", "log",
                                                                                                "partial")}

@@ -17,8 +17,9 @@ from bench.cli import main
 from bench.errors import BadInput
 from bench.plan import grid
 from bench.plan.suite import load_suite
-from bench.run import executors
-from bench.run.executors import LocalExecutor, Overlaps, make_executor
+from bench.run.executors import local as executors
+from bench.run.executors import make_executor
+from bench.run.executors.local import LocalExecutor, Overlaps
 from bench.run.runner import run_grid
 from bench.run.store import Store
 
@@ -124,8 +125,12 @@ def test_gpus_pin_each_cell_process_to_its_gpu(six_cells, tmp_path, monkeypatch)
     (["--jobs", "2", "--gpus", "all"], "--jobs"),
     (["--gpus", "7"], "--gpus"),
     (["--cpus-per-cell", "2"], "--cpus-per-cell"),
-    (["--executor", "slurm"], "--executor"),
+    (["--executor", "kubernetes"], "--executor"),
     (["--executor", "ray", "--jobs", "2"], "--jobs"),
+    (["--slurm-max-jobs", "2"], "--slurm-max-jobs"),
+    (["--executor", "slurm", "--gpus-per-cell", "0.5"], "--gpus-per-cell"),
+    (["--executor", "slurm", "--mem-per-cell", "0"], "--mem-per-cell"),
+    (["--executor", "slurm", "--slurm-max-jobs", "0"], "--slurm-max-jobs"),
 ])
 def test_bad_scale_flags_exit_2_before_any_work(args, flag, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -289,7 +294,7 @@ def test_dry_run_rate_is_measured_by_the_suites_records(six_cells, tmp_path, cap
 
 def _ray_executor():
     pytest.importorskip("ray", reason="Ray is installed by the `ray` and `dev` extras")
-    from bench.run.ray_executor import RayExecutor
+    from bench.run.executors.ray import RayExecutor
 
     return RayExecutor(quiet=True, local_cpus=2)
 
@@ -392,7 +397,7 @@ def test_ray_sigterm_records_the_running_cell_interrupted_and_kill_9_leaves_noth
     runner.communicate()
 
     def cleaned() -> bool:
-        from bench.run.ray_executor import _cmdline
+        from bench.run.executors.ray_watchdog import _cmdline
 
         leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp).encode() in _cmdline(p)]
         return not leftovers and not list(tmp.glob("peft-bench-ray-*"))

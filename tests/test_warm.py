@@ -14,7 +14,7 @@ import transformers
 from packaging.version import Version
 
 from bench import env
-from bench.run.executors import PRELOAD_ENV
+from bench.run.executors.cells import PRELOAD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +147,7 @@ def test_the_preload_is_the_grids_own_when_the_executor_names_it():
     """Unnamed, the preload imports every architecture and metric library; named (as the executor does), only
     the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it
     (transformers before 5.21 imports scikit-learn itself, wherever it is installed)."""
-    from bench.run import executors
+    from bench.run.executors import local as executors
 
     code = ("import json, sys, bench.run.warm as w\n"
             "print(json.dumps({'modules': w.MODULES, 'core': w.CORE, 'loaded': [m for m in ('sklearn', 'nltk',"
@@ -172,7 +172,7 @@ def test_the_preload_is_the_grids_own_when_the_executor_names_it():
 def test_grid_modules_are_the_cells_architectures_and_metric_libraries():
     from bench.plan import grid
     from bench.plan.suite import load_suite
-    from bench.run.executors import grid_modules
+    from bench.run.executors.local import grid_modules
 
     smoke = grid.expand(load_suite("smoke"))
     assert grid_modules(smoke) == ["transformers.models.bert.modeling_bert"]  # MiniLM-L6; accuracy needs no library
@@ -189,7 +189,7 @@ def test_the_executor_names_the_grids_modules_while_it_starts_cells_and_restores
     environment is as it was (set or unset)."""
     from bench.plan import grid
     from bench.plan.suite import load_suite
-    from bench.run import executors
+    from bench.run.executors import local as executors
 
     seen = []
 

@@ -1,13 +1,18 @@
 """What a method with a prefix bank (prefix tuning, MAM, UniPELT) stores and loads: the prefix MLP folded into
-the prefix it produces, which is all inference needs."""
+the prefix it produces, which is all inference needs. Like every module of bench/methods/, it imports no torch
+until it is used (planning never loads torch)."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from bench.layers.attention_prefix import PrefixBank
 from bench.methods.base import Adapted, load_by_name, trainable_state
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bench.layers.attention_prefix import PrefixBank
 
 FOLDED = "bench_prefix_bank.prefix"
 
@@ -21,6 +26,8 @@ def stored_prefix_state(model: nn.Module, bank: PrefixBank) -> dict[str, torch.T
 
 def load_prefix_state(model: nn.Module, bank: PrefixBank, state: dict[str, torch.Tensor]) -> None:
     """Inverse of stored_prefix_state: the bank now holds the folded prefix directly (no MLP)."""
+    from torch import nn
+
     for name in ("embedding", "mlp"):
         if hasattr(bank, name):
             delattr(bank, name)

@@ -14,7 +14,7 @@ import pkgutil
 
 from bench import layers
 from bench.archs import ARCHS
-from bench.run.executors import PRELOAD_ENV
+from bench.run.executors.cells import PRELOAD_ENV
 from bench.run.preload import preload_for_server
 from bench.tasks.metrics import METRICS
 

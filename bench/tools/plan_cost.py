@@ -83,10 +83,10 @@ def shape_of(cell: Cell) -> tuple:
             cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
 
 
-def _cache_key(cell: Cell) -> dict | None:
-    """The disk cache's key of the cell's shape (bench.tasks.cache, kind `plan`): the shape, this harness's
-    source and the packages that build and count the step. None for a model given by a folder or hub id: its
-    config may change under the same name, so it is priced afresh."""
+def _cache_key(cell: Cell, what: str = "train_step_flops") -> dict | None:
+    """The disk cache's key of what is known of the cell's shape (bench.tasks.cache, kind `plan`): the shape, this
+    harness's source and the packages that build and count the step. None for a model given by a folder or hub id:
+    its config may change under the same name, so it is priced afresh."""
     import importlib.metadata as md
 
     from bench.models import REGISTRY
@@ -95,7 +95,7 @@ def _cache_key(cell: Cell) -> dict | None:
     if cell.model.name not in REGISTRY:
         return None
     versions = {name: md.version(name) for name in ("torch", "transformers", "peft")}
-    return {"what": "train_step_flops", "shape": repr(shape_of(cell)), "versions": versions,
+    return {"what": what, "shape": repr(shape_of(cell)), "versions": versions,
             "source": cache.source_digest()}
 
 
@@ -187,6 +187,30 @@ def _step_flops(cell: Cell) -> tuple[int | None, str]:
                                 gradient_checkpointing=cell.train.gradient_checkpointing), ""
     except BadInput as e:
         return None, f"unknown: {e.message.splitlines()[0][:120]}"
+
+
+def predicted_memory(cell: Cell) -> dict | None:
+    """The memory section `estimate` predicts for the cell's training (weights, gradients, optimizer state, the
+    step's peak, `predicted_peak_bytes`: docs/measurement.md), None when it cannot be predicted; from the disk
+    cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm)."""
+    from bench.methods.base import method_settings
+    from bench.tasks import cache
+    from bench.tools.estimate import estimate
+
+    key = _cache_key(cell, f"memory with {cell.train.optimizer}")
+    found, value = cache.lookup(key, "plan") if key is not None else (False, None)
+    if found:
+        return value if isinstance(value, dict) else None
+    try:
+        memory = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
+                          optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
+                          settings=method_settings(cell.method_config), attention=cell.train.attention,
+                          gradient_checkpointing=cell.train.gradient_checkpointing)["memory"]
+    except BadInput:  # a model offline, a method that needs real weights: the scheduler's default memory
+        memory = None
+    if key is not None:
+        cache.store(key, memory, "plan")
+    return memory
 
 
 def measured_rate(store, suite: str) -> tuple[float | None, float, int]:

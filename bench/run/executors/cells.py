@@ -1,26 +1,11 @@
-"""Executors run cells and hand back records; the runner decides what to run and stores results.
+"""A cell in a process of its own, as every executor runs it: on this machine (local.py), in a Ray worker
+(ray.py) or in a Slurm job (slurm.py). Its memory peaks are its own, and a crash, OOM kill, hang or timeout
+stays inside it and becomes a failure record.
 
-The interface is one call: `submit(cells)` takes an iterable of cells and yields `(cell, record)` as
-each finishes, in whatever order they finish. It pulls a cell from the iterable only when it has room
-to start it, so the runner can claim each cell just before it starts; closing the iterator (or an
-interrupt while waiting on it) stops every running cell. `slots` is how many cells run at once.
-
-`LocalExecutor` runs each cell in a process of its own, so memory peaks are the cell's own and a
-crash, OOM kill or hang stays inside it: `jobs` cells at once on CPU, or one cell per GPU with
-`gpus`, each process pinned to its GPU by CUDA_VISIBLE_DEVICES. Processes come from a fork server that
-has already imported torch and transformers, which saves seconds per cell without sharing any state
-(nothing has run in the server when it forks, and nothing in it has touched CUDA: see bench.run.preload).
-`bench.run.ray_executor` runs the same cell processes on a Ray cluster.
-
-A cell process writes its record and its output (stdout and stderr, which the executor shows as it
-comes when one cell runs at a time) into the runner's spool folder, `results/<suite>/.incoming/`: a
-record finished just before the runner died is still there for the next run to adopt
-(bench.run.runner), and a crash keeps the end of its output as evidence. The cell dies with the fork
-server, which dies with the runner.
-
-Each record's `env` says where and beside what it ran: `device_index` (the GPU it was pinned to,
-null on CPU), `threads` and `cells_beside` (the most other cells of this executor running at one moment
-of its run, null where unknown), since cells sharing a machine change each other's timings.
+A cell process writes its record and its output (stdout and stderr, which the executor shows as it comes when one
+cell runs at a time) into a spool folder (the runner's `results/<suite>/.incoming/` locally): a record finished
+just before the runner died is still there for the next run to adopt (bench.run.runner), and a crash keeps the
+end of its output as evidence. The cell dies with the fork server, which dies with the runner.
 """
 
 from __future__ import annotations
@@ -31,10 +16,11 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from bench import env
 from bench.plan.cellspec import Cell
@@ -177,88 +163,31 @@ class CellProcess:
             sys.stderr.flush()
 
 
-class Overlaps:
-    """When each cell of one submit ran, to say how many ran beside each (`env.cells_beside`): the most
-    other cells running at any one moment of its run."""
-
-    def __init__(self):
-        self.spans: dict[str, list[float | None]] = {}
-
-    def start(self, cell_id: str) -> None:
-        self.spans[cell_id] = [time.monotonic(), None]
-
-    def end(self, cell_id: str) -> int:
-        span = self.spans[cell_id]
-        span[1] = time.monotonic()
-        events = []  # (moment, +1 starts / -1 ends) of the other cells, clipped to this cell's run
-        for other, (start, end) in self.spans.items():
-            if other != cell_id and start < span[1] and (end is None or end > span[0]):
-                events += [(max(start, span[0]), 1), (min(end if end is not None else span[1], span[1]), -1)]
-        most = running = 0
-        for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at one moment
-            running += change
-            most = max(most, running)
-        return most
+def run_on_worker(cell: Cell, driver_host: str, worker: str, device: str | None) -> dict:
+    """A cell on a cluster's worker (a Ray task, a Slurm job), in a process of its own as locally, its output
+    spooled on the worker: its record. On another host than the driver's, the data is first checked there (the
+    driver checked only its own paths)."""
+    host = socket.gethostname()
+    problem = _unreadable(cell) if host != driver_host else None
+    if problem:
+        return failure_record(cell, "failed", "DataUnavailable", f"{worker} on {host}: {problem}; workers read data "
+                              "and task files at the driver's paths: put them on a filesystem every node mounts at "
+                              "the same path (docs/scale.md)")
+    with tempfile.TemporaryDirectory(prefix="peft-bench-cell-") as spool:
+        process = CellProcess(cell, Path(spool), quiet=True, device=device, show=False)
+        while (record := process.poll()) is None:
+            multiprocessing.connection.wait([process.sentinel], timeout=POLL_S)
+    return record
 
 
-class LocalExecutor:
-    """Cells in processes of this machine: `jobs` at once (CPU), or one per GPU of `gpus`."""
+def _unreadable(cell: Cell) -> str | None:
+    from bench.tasks.data import check_available
 
-    name = "local"
-
-    def __init__(self, isolation: str = "process", quiet: bool = False, jobs: int = 1,
-                 gpus: list[str] | None = None):
-        if isolation not in ("process", "inline"):
-            raise ValueError(isolation)
-        if jobs < 1:
-            raise ValueError(jobs)
-        self.isolation, self.quiet = isolation, quiet
-        self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
-        self.slots = 1 if isolation == "inline" else len(self.devices)
-        self.threads_per_cell = None  # the cores are shared between the slots (bench.plan.grid.cell_threads)
-
-    def submit(self, cells: Iterable[Cell], spool,
-               planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]:
-        """Yield (cell, record) as cells finish; `spool(cell)` is the folder its process writes into. `cells` may
-        be lazy (the runner claims each cell as it is taken); `planned`, every cell it may yield, lets the fork
-        server preload only what those need (grid_modules), else it preloads everything."""
-        if self.isolation == "inline":  # for debugging: no isolation, no timeout, one at a time
-            from bench.cell.recipe import run_cell
-
-            for cell in cells:
-                yield cell, run_cell(cell, self.quiet)
-            return
-        yield from self._submit_processes(iter(cells), spool, planned)
-
-    def _submit_processes(self, cells: Iterator[Cell], spool,
-                          planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
-        free, running, overlaps = list(self.devices), [], Overlaps()
-        outer = os.environ.get(PRELOAD_ENV)  # restored after; the fork server reads it as the first cell starts
-        if planned:
-            os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
-        try:
-            while True:
-                while free and (cell := next(cells, None)) is not None:
-                    running.append(CellProcess(cell, spool(cell), self.quiet, free.pop(0), show=self.slots == 1))
-                    overlaps.start(cell.id)
-                if not running:
-                    return
-                mp.connection.wait([p.sentinel for p in running], timeout=POLL_S)
-                for proc in list(running):
-                    record = proc.poll()
-                    if record is not None:
-                        running.remove(proc)
-                        free.append(proc.device)
-                        record["env"].update(device_index=proc.device, threads=proc.cell.threads,
-                                             cells_beside=overlaps.end(proc.cell.id))
-                        yield proc.cell, record
-        finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
-            for proc in running:
-                proc.kill()
-            if outer is None:
-                os.environ.pop(PRELOAD_ENV, None)
-            else:
-                os.environ[PRELOAD_ENV] = outer
+    try:
+        check_available(cell.task, cell.data_dir)
+    except Exception as e:  # DataUnavailable, or an OSError reading a folder
+        return str(e)
+    return None
 
 
 def tail(path: Path, lines: int = EVIDENCE_LINES) -> str | None:
@@ -317,17 +246,6 @@ def interrupted(cell: Cell) -> dict:
                           "rerun the same command to run it again")
 
 
-def grid_modules(cells: list[Cell]) -> list[str]:
-    """What the fork server preloads for `cells` besides its core: their architectures' model code and the
-    libraries of the metrics they score with. A cell imports whatever else it needs itself."""
-    from bench.archs import ARCHS
-    from bench.tasks.metrics import METRICS
-
-    modeling = {ARCHS[c.model.arch].modeling for c in cells}
-    libraries = {METRICS[m].library for c in cells for m in c.task.evaluation.metrics}
-    return sorted(modeling | (libraries - {None}))
-
-
 _CONTEXT = None
 
 
@@ -357,66 +275,3 @@ def _stop_helpers() -> None:
             pass
 
 
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(name: str, quiet: bool = False, jobs: int = 1, gpus: str | None = None,
-                  ray_address: str | None = None, gpus_per_cell: float | None = None,
-                  cpus_per_cell: float | None = None):
-    """The executor a command line asks for, its options checked before any work (BadInput names the flag)."""
-    from bench.errors import BadInput
-
-    if name not in EXECUTORS:
-        raise BadInput(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}", "--executor")
-    if name == "ray":
-        if jobs != 1 or gpus is not None:
-            raise BadInput("--jobs and --gpus are for the local executor; on Ray say what one cell needs with "
-                           "--cpus-per-cell and --gpus-per-cell", "--jobs" if jobs != 1 else "--gpus")
-        from bench.run.ray_executor import RayExecutor
-
-        return RayExecutor(quiet=quiet, address=ray_address, gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell)
-    for flag, value in (("--ray-address", ray_address), ("--gpus-per-cell", gpus_per_cell),
-                        ("--cpus-per-cell", cpus_per_cell)):
-        if value is not None:
-            raise BadInput(f"{flag} is an option of --executor ray", flag)
-    if jobs < 1:
-        raise BadInput(f"--jobs must be at least 1, got {jobs}", "--jobs")
-    if gpus is not None and jobs != 1:
-        raise BadInput("give --jobs or --gpus, not both: with --gpus one cell runs on each GPU at a time", "--jobs")
-    return LocalExecutor(quiet=quiet, jobs=jobs, gpus=parse_gpus(gpus) if gpus is not None else None)
-
-
-def parse_gpus(value: str) -> list[str]:
-    """`--gpus all` (every GPU this process may use) or `0,1,…` (indices among them), checked against them."""
-    from bench.errors import BadInput
-
-    visible = visible_gpus()
-    if value.strip() == "all":
-        if not visible:
-            raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
-                           "--gpus")
-        return visible
-    wanted = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in wanted if v not in visible]
-    if not wanted or unknown or len(set(wanted)) != len(wanted):
-        raise BadInput(f"--gpus {value!r}: give 'all' or distinct GPU indices among the visible ones: "
-                       f"{', '.join(visible) or 'none (no GPU found)'}", "--gpus")
-    return wanted
-
-
-def visible_gpus() -> list[str]:
-    """The GPU indices cells may be pinned to: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists.
-    Asked without torch, so the runner never initialises CUDA (its fork server must not inherit it)."""
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [v.strip() for v in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if v.strip() and v.strip() != "-1"]
-    # nvidia-smi's numbers follow the PCI bus; CUDA numbers the fastest GPU first unless told otherwise, so on a
-    # machine of mixed GPUs a cell pinned to "1" would get another GPU than nvidia-smi's 1 (and NVML, which
-    # follows the bus, would watch the wrong one). Set here, before the fork server starts, for the cells.
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    import subprocess
-
-    try:
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]

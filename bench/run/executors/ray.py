@@ -1,7 +1,7 @@
 """Cells as Ray tasks: the grid on a Ray cluster, or on a local Ray instance started for the run.
 
 Each cell is one Ray task. The task starts the same cell process a local run starts
-(bench.run.executors.CellProcess) inside its Ray worker and waits for it, so a cell is isolated as it
+(bench/run/executors/cells.py) inside its Ray worker and waits for it, so a cell is isolated as it
 is locally (its own memory peak; a crash, hang or OOM kill stays inside it and becomes a record) and
 its deadline counts from the moment it starts, not from when Ray queued it. The worker returns the
 record and the driver, the runner, writes it: workers need no access to the results store, so a
@@ -19,8 +19,6 @@ generated for the run and never written to the home folder.
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing.connection
 import os
 import secrets
 import shutil
@@ -29,14 +27,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from bench.env import usable_cores
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
-from bench.run.executors import POLL_S, CellProcess, failure_record
+from bench.run.executors.base import ExecutorSpec, Option, register
+from bench.run.executors.cells import POLL_S, failure_record, run_on_worker
 
 INSTALL_HINT = "pip install 'peft-bench[ray]' (from a checkout: pip install -e '.[ray]')"
 
@@ -143,7 +140,7 @@ class RayExecutor:
         path = os.pathsep.join([os.getcwd(), *filter(None, [os.environ.get("PYTHONPATH")])])
         # Started first: if this process is killed (-9), the watchdog stops the instance and removes its folder
         # at once, where Ray's own processes would linger for a minute and leave the folder behind.
-        watchdog = subprocess.Popen([sys.executable, "-m", "bench.run.ray_executor", "--watch", folder],
+        watchdog = subprocess.Popen([sys.executable, "-m", "bench.run.executors.ray_watchdog", folder],
                                     stdin=subprocess.PIPE, start_new_session=True)
         ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=folder, log_to_driver=False,
                  logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -167,57 +164,22 @@ def _cell_on_worker(cell: Cell, driver_host: str) -> dict:
     """The body of a cell's Ray task: the cell in a process of its own, as locally; returns its record."""
     import ray
 
-    host = socket.gethostname()
-    if host != driver_host:  # the driver checked its own paths before any work; this host may see others
-        problem = _unreadable(cell)
-        if problem:
-            return failure_record(cell, "failed", "DataUnavailable", f"Ray worker on {host}: {problem}; workers "
-                                  "read data and task files at the driver's paths: put them on a filesystem every "
-                                  "node mounts at the same path (docs/scale.md)")
     gpus = ray.get_gpu_ids()
     device = ",".join(str(g) for g in gpus) if gpus else None
-    with tempfile.TemporaryDirectory(prefix="peft-bench-cell-") as spool:
-        process = CellProcess(cell, Path(spool), quiet=True, device=device, show=False)
-        while (record := process.poll()) is None:
-            multiprocessing.connection.wait([process.sentinel], timeout=POLL_S)
+    record = run_on_worker(cell, driver_host, "Ray worker", device)
     # cells_beside: Ray places tasks where it likes, so which cells shared this node is not known here.
     record["env"].update(device_index=device, threads=cell.threads, cells_beside=None)
     return record
 
 
-def _unreadable(cell: Cell) -> str | None:
-    from bench.tasks.data import check_available
-
-    try:
-        check_available(cell.task, cell.data_dir)
-    except Exception as e:  # DataUnavailable, or an OSError reading a folder
-        return str(e)
-    return None
+def _build(quiet: bool, ray_address: str | None, gpus_per_cell: float | None,
+           cpus_per_cell: float | None) -> RayExecutor:
+    return RayExecutor(quiet=quiet, address=ray_address, gpus_per_cell=gpus_per_cell, cpus_per_cell=cpus_per_cell)
 
 
-def watch(folder: str) -> None:
-    """The watchdog of a local Ray instance: wait until the driver closes the pipe (it ended, however: even
-    killed), then kill every process still running from the instance's folder and remove the folder."""
-    sys.stdin.buffer.read()
-    for _ in range(3):  # Ray may start a worker while the first ones die
-        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()
-                and folder.encode() in _cmdline(p)]
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        if not pids:
-            break
-        time.sleep(0.2)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-if __name__ == "__main__":  # python -m bench.run.ray_executor --watch FOLDER (started by RayExecutor._init)
-    if sys.argv[1:2] == ["--watch"] and len(sys.argv) == 3:
-        watch(sys.argv[2])
+register(ExecutorSpec("ray", "a Ray cluster, or a local Ray instance; needs the `ray` extra", _build, (
+    Option("--ray-address", str, "the cluster to join (auto, or HOST:PORT); default: start a local Ray instance "
+                                 "for this run"),
+    Option("--gpus-per-cell", float, "GPUs one cell asks for (default 0)"),
+    Option("--cpus-per-cell", float, "CPUs one cell asks for, also its torch threads (default 1)"),
+)))
