@@ -1,6 +1,6 @@
 """How one cell's code path goes through the harness's modules: a readability check of the cell.
 
-    PYTHONPATH=. python benchmarks/cell_trace.py [--suite smoke] [--method lora] [--show]
+    PYTHONPATH=. python benchmarks/cell_trace.py [--suite smoke] [--method lora] [--model M] [--show] [--smoke]
 
 Runs one tiny cell in this process under `sys.setprofile`. An *entry* is a call into a `bench.*`
 module from outside it while that module is not already on the stack (a module calling its own helpers
@@ -100,12 +100,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="smoke")
     parser.add_argument("--method", default="lora")
+    parser.add_argument("--model", help="the model of the cell (default: the suite's first with the method)")
     parser.add_argument("--show", action="store_true", help="print every entry, in order")
+    parser.add_argument("--smoke", action="store_true", help="lora on the tiny encoder of suite ci (the tests' cell)")
     args = parser.parse_args()
+    if args.smoke:
+        args.suite, args.method, args.model = "ci", "lora", "tiny-encoder"
     from bench.plan import grid
     from bench.plan.suite import load_suite
 
-    cell = next(c for c in grid.expand(load_suite(args.suite)) if c.method == args.method)
+    cell = next(c for c in grid.expand(load_suite(args.suite))
+                if c.method == args.method and args.model in (None, c.model.name))
     entries = trace(cell)
     back = returns(entries)
     if args.show:

@@ -2,11 +2,11 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/eval_order.py [--model minilm-l6] [--tasks sst2,cola,rte]
                                                            [--batch-sizes 32,128,256] [--rounds 1]
-                                                           [--max-length 256] [--threads N] [--data-dir DIR]
+                                                           [--max-length 256] [--threads N] [--data-dir DIR] [--smoke]
 
-The harness evaluates (bench.tasks.evaluate.predict) in two groups, the first 2 × batch examples and then the
+The harness evaluates (bench.cell.evaluate.predict) in two groups, the first 2 × batch examples and then the
 rest, each in batches taken longest first, and gives the predictions back in order. "In order" is the same
-function with the sort replaced by the examples' own order (bench.tasks.evaluate._longest_first patched), which
+function with the sort replaced by the examples' own order (bench.cell.evaluate._longest_first patched), which
 is how evaluation batched before. For each (task, batch size), on the task's whole validation split:
 
 - padded positions: rows × width summed over the batches (what the forward passes compute on), counted from
@@ -29,9 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-from benchmarks.machine import loadavg, print_header  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.common import REPO, loadavg, print_header  # noqa: E402
 
 
 def in_order(items, size, length, predict_batch):
@@ -43,7 +41,7 @@ def in_order(items, size, length, predict_batch):
 
 
 def measure(bundle, evalset, task, batch_size: int, rounds: int) -> dict:
-    from bench.tasks import evaluate
+    from bench.cell import evaluate
 
     sorted_plan = evaluate._longest_first
     plans = {"sorted": sorted_plan, "in order": in_order}
@@ -83,7 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=256, help="as suites/glue.yaml (default 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny encoder on synth-polarity, batches of 32, one block (what the tests run)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch_sizes, args.rounds = "32", 1
     if args.rounds < 1:
         parser.error("--rounds: at least 1")
 
@@ -91,18 +93,19 @@ def main(argv=None) -> int:
 
     from bench.models import quiet_libraries
     from bench.models import load_bundle, resolve_model
-    from bench.tasks import builtin_tasks
+    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
 
     print_header("Evaluation batch order: longest first in two groups (the harness) vs the examples' order",
-                 __file__, sys.argv[1:] if argv is None else argv, REPO, REPO)
+                 __file__, sys.argv[1:] if argv is None else argv)
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tasks, data_dir = args.model, args.tasks.split(","), args.data_dir
-    if not (Path(data_dir) / "glue").is_dir():
-        print(f"no GLUE data in {data_dir}: the tiny encoder on synth-polarity instead")
+    if args.smoke or not (Path(data_dir) / "glue").is_dir():
+        why = "--smoke" if args.smoke else f"no GLUE data in {data_dir}"
+        print(f"{why}: the tiny encoder on synth-polarity instead")
         model, tasks, data_dir = "tiny-encoder", ["synth-polarity"], None
     print(f"torch threads: {torch.get_num_threads()}; load average at start: {loadavg()}")
     print(f"{'task':<16}{'rows':>6}{'batch':>7}{'positions in order':>20}{'sorted':>10}{'ratio':>7}"

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--out docs/measurements/gpu-DATE.md]   # one GPU, <= 6 min
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu                           # smoke, any machine
+    PYTHONPATH=. python benchmarks/gpu_check.py --smoke                                # two cells of it (tests)
 
 Builds two random-init models of real size as local checkpoints (no hub): a RoBERTa-base-shaped
 encoder in fp32 and a 0.95B LLaMA-shaped decoder in bf16, plus a local classification task of
@@ -22,17 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, child_env, mib, save_random_model, work_folder, write_long_task, \
+    write_suite  # noqa: E402
+
 ENCODER_METHODS = ["full", "lora", "bitfit", "head-only", "adapter-houlsby", "mam-adapter", "prefix-tuning", "ia3",
                    "dora", "prompt-tuning"]
 DECODER_METHODS = ["full", "lora", "ia3", "prompt-tuning", "qlora"]
+SMOKE_METHODS = {"encoder": ["lora"], "decoder": ["lora"]}  # --smoke: one cell per suite
 # (hidden, layers, heads, kv heads, ffn, vocab): 16 layers of 2048 give 0.95B parameters with 32k vocabulary
 LLAMA_095B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
                   intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
@@ -45,57 +48,29 @@ def build_models(folder: Path, smoke: bool) -> dict[str, Path]:
 
     from bench import tiny
 
-    tokenizer = tiny.tokenizer()
+    vocab = len(tiny.tokenizer())
     if smoke:
-        encoder_config = tiny.config("roberta", len(tokenizer))
-        decoder_config = tiny.config("llama", len(tokenizer))
+        encoder_config, decoder_config = tiny.config("roberta", vocab), tiny.config("llama", vocab)
     else:
-        fields = json.loads((ROOT / "bench" / "configs" / "roberta-base.json").read_text())
+        fields = json.loads((REPO / "bench" / "configs" / "roberta-base.json").read_text())
         encoder_config = tf.AutoConfig.for_model(fields.pop("model_type"), **fields)
         decoder_config = tf.LlamaConfig(**LLAMA_095B, pad_token_id=tiny.PAD, bos_token_id=tiny.BOS,
                                         eos_token_id=tiny.EOS)
     paths = {}
     for name, config, auto, dtype in (("encoder", encoder_config, tf.AutoModelForMaskedLM, torch.float32),
                                       ("decoder", decoder_config, tf.AutoModelForCausalLM, torch.bfloat16)):
-        torch.manual_seed(0)
-        model = auto.from_config(config).to(dtype)
         paths[name] = folder / name
-        model.save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-        print(f"built {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {dtype}",
-              file=sys.stderr)
-        del model
+        count = save_random_model(paths[name], config, auto, dtype)
+        print(f"built {name}: {count / 1e6:.1f}M parameters, {dtype}", file=sys.stderr)
     return paths
 
 
-def write_task(folder: Path, smoke: bool) -> Path:
-    """A binary classification task whose inputs fill the whole length: 300 lexicon words per row."""
-    from bench.tasks.synthetic import lexicon
-
-    words = sorted(set(lexicon()))
-    rng = random.Random(0)
-    for split, n in (("train", 256 if smoke else 1024), ("eval", 32 if smoke else 64)):
-        with (folder / f"{split}.jsonl").open("w") as f:
-            for _ in range(n):
-                row = [rng.choice(words) for _ in range(300)]
-                f.write(json.dumps({"text": " ".join(row), "label": int(row[0] < row[-1])}) + "\n")
-    path = folder / "tasks.yaml"
-    path.write_text("tasks:\n  - name: long-binary\n    description: 300-word rows, binary label\n"
-                    "    type: classification\n    source: {files: {train: train.jsonl, eval: eval.jsonl}}\n"
-                    "    text: [text]\n    label: label\n    labels: ['0', '1']\n    verbalizers: ['no', 'yes']\n"
-                    "    template: '{text} label:'\n    metrics: [accuracy]\n    main_metric: accuracy\n")
-    return path
-
-
-def write_suite(folder: Path, name: str, model: Path, methods: list[str], tasks: Path, batch: int,
-                smoke: bool) -> Path:
+def suite_of(folder: Path, name: str, model: Path, methods: list[str], tasks: Path, batch: int, smoke: bool) -> Path:
     length, steps = (64, 3) if smoke else (256, 12)
-    path = folder / f"{name}.yaml"
-    path.write_text(f"name: {name}\nmethods: {json.dumps(methods)}\nmodels: ['{model}']\ntasks: [long-binary]\n"
-                    f"seeds: [1]\ntask_files: ['{tasks}']\ncell_timeout_s: 600\n"
-                    f"train: {{batch_size: {batch}, max_steps: {steps}, max_length: {length}, "
-                    f"eval_batch_size: {batch}, max_eval_samples: {batch}}}\n")
-    return path
+    return write_suite(folder, name, methods=methods, models=[str(model)], tasks=["long-binary"], seeds=[1],
+                       task_files=[str(tasks)], cell_timeout_s=600,
+                       train={"batch_size": batch, "max_steps": steps, "max_length": length,
+                              "eval_batch_size": batch, "max_eval_samples": batch})
 
 
 def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
@@ -116,7 +91,7 @@ def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
             on_device = m.get("device_peak_allocated_bytes") and predicted  # RSS holds the libraries: no verdict
             verdict = ("yes" if within(predicted, measured) else "**no**") if on_device else "–"
             cells = [suite, (r.get("train") or {}).get("weights_dtype") or "–", r["cell"]["label"], r["status"],
-                     _mb(predicted), _mb(measured), ratio, verdict, _mb(other), with_other,
+                     mib(predicted), mib(measured), ratio, verdict, mib(other), with_other,
                      f"{1000 * t['step_s_median']:.1f}" if t.get("step_s_median") else "–",
                      f"{t['train_flops_per_s'] / 1e12:.3g}" if t.get("train_flops_per_s") else "–",
                      f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "–"]
@@ -147,53 +122,53 @@ def verdict(results: Path, suites: list[str]) -> str:
             + (f"; no prediction: {', '.join(unpredicted)}" if unpredicted else ""))
 
 
-def _mb(value) -> str:
-    return f"{value / 2**20:.0f}" if value else "–"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run at toy size")
+    p.add_argument("--smoke", action="store_true", help="--device cpu with one cell per model (what the tests run)")
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     p.add_argument("--workdir", help="keep checkpoints and records here (default: a temporary folder)")
     p.add_argument("--wheels", help="install these wheels (pip --no-index) into the work folder first")
     p.add_argument("--jobs", type=int, default=1, help="cells at once (run --jobs): on one GPU they share its time, "
                    "not their allocators, so the memory figures hold and the times do not")
     args = p.parse_args()
+    if args.smoke:
+        args.device = "cpu"
     smoke = args.device == "cpu"
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="peft-bench-gpu-check-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "CI": "true"}
-    if args.wheels:
-        site = work / "site"
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
-                        str(site), *map(str, Path(args.wheels).glob("*.whl"))], check=True)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
-        sys.path[:0] = [str(site)]
-    if smoke:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the smoke run is the CPU path, even on a GPU machine
-    start = time.monotonic()
-    models = build_models(work, smoke)
-    tasks = write_task(work, smoke)
-    suites = [("gpu-check-encoder", models["encoder"], ENCODER_METHODS, 32),
-              ("gpu-check-decoder", models["decoder"], DECODER_METHODS, 8)]
-    results = work / "results"
-    for name, model, methods, batch in suites:
-        suite = write_suite(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
-        subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(results),
-                        "--force", "--jobs", str(args.jobs)], check=True, env=env, cwd=ROOT)
-    text = table(results, [(s[0], s[2]) for s in suites])
-    head = (f"gpu_check ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s; "
-            f"records in {results}" + (f"; {args.jobs} cells at once (times shared)" if args.jobs > 1 else ""))
-    if smoke:
-        head += ("\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something on "
-                 "a GPU only)")
-    text += "\n\n" + verdict(results, [s[0] for s in suites])
-    print(head + "\n\n" + text)
-    if args.out:
-        Path(args.out).write_text(head + "\n\n" + text + "\n")
-    statuses = [json.loads(p.read_text())["status"] for s in suites for p in (results / s[0]).glob("*.json")]
+    # the CPU run is the smoke path, even on a GPU machine
+    env = child_env(REPO, **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {}))
+    with work_folder("peft-bench-gpu-check-", keep=not args.smoke, given=args.workdir) as work:
+        if args.wheels:
+            site = work / "site"
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                            str(site), *map(str, Path(args.wheels).glob("*.whl"))], check=True)
+            env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+            sys.path[:0] = [str(site)]
+        start = time.monotonic()
+        models = build_models(work, smoke)
+        tasks = write_long_task(work, 300, {"train": 256 if smoke else 1024, "eval": 32 if smoke else 64},
+                                "300-word rows, binary label")
+        suites = [("gpu-check-encoder", models["encoder"], ENCODER_METHODS, 32),
+                  ("gpu-check-decoder", models["decoder"], DECODER_METHODS, 8)]
+        if args.smoke:
+            suites = [(name, model, SMOKE_METHODS[kind], batch)
+                      for (name, model, _, batch), kind in zip(suites, ("encoder", "decoder"))]
+        results = work / "results"
+        for name, model, methods, batch in suites:
+            suite = suite_of(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
+            subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(results),
+                            "--force", "--jobs", str(args.jobs)], check=True, env=env, cwd=REPO)
+        text = table(results, [(s[0], s[2]) for s in suites])
+        head = (f"gpu_check ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s; "
+                f"records in {results}" + (f"; {args.jobs} cells at once (times shared)" if args.jobs > 1 else ""))
+        if smoke:
+            head += ("\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something "
+                     "on a GPU only)")
+        text += "\n\n" + verdict(results, [s[0] for s in suites])
+        print(head + "\n\n" + text)
+        if args.out:
+            Path(args.out).write_text(head + "\n\n" + text + "\n")
+        statuses = [json.loads(p.read_text())["status"] for s in suites for p in (results / s[0]).glob("*.json")]
     return 0 if all(s in ("ok", "unsupported") for s in statuses) and statuses else 1
 
 

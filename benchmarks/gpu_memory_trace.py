@@ -3,6 +3,7 @@ the memory prediction lacks (docs/measurement.md, "Predicted vs measured").
 
     PYTHONPATH=. python benchmarks/gpu_memory_trace.py --work DIR --out traces.tar   # on a GPU, after gpu_check
     PYTHONPATH=. python benchmarks/gpu_memory_trace.py --read traces.tar             # anywhere: the breakdown
+    PYTHONPATH=. python benchmarks/gpu_memory_trace.py --smoke                       # anywhere: hand-made traces
 
 The first form reads the records gpu_check.py left in DIR (its --workdir), picks the cells whose prediction is
 furthest from the measured peak (--cells, default 3) and runs each again, in a process of its own, with the
@@ -19,6 +20,9 @@ free request returns. It prints their peak beside the allocator's own requested 
 whole) and its allocated peak (the record's), and lists the blocks allocated in the window still alive at the
 peak, grouped by where they were allocated: the innermost kept frame. Allocations by autograd's backward thread
 carry no Python frame: they are grouped as "backward".
+
+Tracing needs CUDA, so `--smoke` (what the tests run) takes the first form's path on records and traces made by
+hand, in a temporary folder: the choice of cells, the trace's reduction, the tar file and its replay.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, mib, work_folder  # noqa: E402
+
 KEPT = ("/bench/", "/transformers/", "/peft/", "/torch/nn/", "/torch/optim/", "/bitsandbytes/")
 FRAMES = 8  # innermost kept frames per event
 
@@ -94,8 +100,66 @@ def trace_cell(suite: str, cell_id: str, out: str) -> None:
 
     instruments.TrainingPeak.training = traced
     record = run_cell(cell, quiet=True)
+    save_trace(out, record, **captured)
+
+
+def save_trace(out: str | Path, record: dict, opening: int, requested_peak: int, events: list[dict]) -> None:
     with lzma.open(out, "wb") as f:
-        pickle.dump({"record": record, **captured}, f)
+        pickle.dump({"record": record, "opening": opening, "requested_peak": requested_peak, "events": events}, f)
+
+
+def trace_worst(work: Path, cells: int, out: str | Path, trace) -> int:
+    """Trace the `cells` worst-predicted cells of gpu_check's folder `work` into the tar file `out` (each by
+    `trace(suite, cell id, trace file)`, True when it wrote the file), then print their breakdowns. Returns the
+    exit code: 1 when a trace failed."""
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(out, "w") as tar:
+        for suite, cell_id, label, ratio in worst_cells(work, cells):
+            print(f"tracing {label} ({suite.stem}, predicted/measured {ratio:.2f})", flush=True)
+            path = Path(tmp) / f"{suite.stem}-{label}.pkl.xz"
+            if not trace(suite, cell_id, path) or not path.exists():
+                failed += 1
+                continue
+            tar.add(path, arcname=path.name)
+    print(read(Path(out), 12), flush=True)
+    return 1 if failed else 0
+
+
+def trace_in_a_process(suite: Path, cell_id: str, out: Path) -> bool:
+    """The cell traced by this script's worker, in a process of its own (the allocator's history is per process)."""
+    done = subprocess.run([sys.executable, __file__, "--worker", str(suite), cell_id, str(out)], cwd=REPO)
+    return done.returncode == 0
+
+
+def smoke_records(work: Path) -> None:
+    """Records as gpu_check.py leaves them: three ok cells of one suite, predicted 0.95, 0.7 and 1.2 of the measured
+    peak, and a failed one."""
+    folder = work / "results" / "gpu-check-smoke"
+    folder.mkdir(parents=True)
+    for i, (label, predicted, status) in enumerate([("lora", 95, "ok"), ("full", 70, "ok"), ("ia3", 120, "ok"),
+                                                     ("dora", 10, "failed")]):
+        record = {"status": status, "cell": {"suite": "gpu-check-smoke", "id": f"cell{i}", "label": label,
+                                             "model": str(work / "decoder")},
+                  "memory": {"predicted_peak_bytes": predicted * 2**20, "device_peak_allocated_bytes": 100 * 2**20,
+                             "weights_bytes": 40 * 2**20}}
+        (folder / f"cell{i}.json").write_text(json.dumps(record))
+
+
+def smoke_trace(suite: Path, cell_id: str, out: Path) -> bool:
+    """trace_cell's result for a hand-made allocator history (torch's snapshot format): weights before the window,
+    then activations in the forward (frames in transformers and the harness), the backward's frameless blocks, and
+    their frees."""
+    record = json.loads((suite.parent / "results" / suite.stem / f"{cell_id}.json").read_text())
+    forward = [{"filename": "/site/transformers/models/llama/modeling_llama.py", "line": 7, "name": "forward"},
+               {"filename": "/repo/bench/cell/train.py", "line": 9, "name": "step"}]
+    snapshot = {"device_traces": [[
+        {"action": "alloc", "addr": 1, "size": 30 * 2**20, "stream": 0, "frames": forward},
+        {"action": "alloc", "addr": 2, "size": 20 * 2**20, "stream": 0, "frames": []},
+        {"action": "free_requested", "addr": 1, "size": 30 * 2**20, "stream": 0, "frames": forward},
+        {"action": "free_completed", "addr": 1, "size": 30 * 2**20, "stream": 0, "frames": []},
+        {"action": "alloc", "addr": 3, "size": 10 * 2**20, "stream": 0, "frames": forward}]]}
+    save_trace(out, record, opening=40 * 2**20, requested_peak=90 * 2**20, events=reduced(snapshot))
+    return True
 
 
 def replay(events: list[dict], opening: int) -> dict:
@@ -131,24 +195,21 @@ def read(path: Path, top: int) -> str:
             lines.append(f"## {member.name}: {data['record']['cell']['label']} on "
                          f"{Path(data['record']['cell']['model']).name} ({data['record']['status']})")
             allocator = data.get("requested_peak")  # absent from the traces of 2026-11-30, opened at allocated bytes
-            lines.append(f"events {found['events']}; opening {_mb(data['opening'])} MiB; replayed peak "
-                         f"{_mb(found['peak'])} MiB (event {found['peak_at']}); the allocator's requested peak "
-                         f"{_mb(allocator)}; record: device (allocated) peak "
-                         f"{_mb(m.get('device_peak_allocated_bytes'))}, "
-                         f"predicted {_mb(m.get('predicted_peak_bytes'))}, "
-                         f"weights {_mb(m.get('weights_bytes'))}, "
-                         f"optimizer {_mb(m.get('optimizer_bytes'))}, step peak {_mb(m.get('step_peak_bytes'))}, "
-                         f"other {_mb(m.get('device_other_bytes'))} MiB")
+            lines.append(f"events {found['events']}; opening {mib(data['opening'], '.3f')} MiB; replayed peak "
+                         f"{mib(found['peak'], '.3f')} MiB (event {found['peak_at']}); the allocator's requested peak "
+                         f"{mib(allocator, '.3f')}; record: device (allocated) peak "
+                         f"{mib(m.get('device_peak_allocated_bytes'), '.3f')}, "
+                         f"predicted {mib(m.get('predicted_peak_bytes'), '.3f')}, "
+                         f"weights {mib(m.get('weights_bytes'), '.3f')}, "
+                         f"optimizer {mib(m.get('optimizer_bytes'), '.3f')}, "
+                         f"step peak {mib(m.get('step_peak_bytes'), '.3f')}, "
+                         f"other {mib(m.get('device_other_bytes'), '.3f')} MiB")
             ranked = sorted(found["groups"].items(), key=lambda g: -sum(g[1]))
             for site, sizes in ranked[:top]:
                 lines.append(f"  {sum(sizes) / 2**20:10.1f} MiB  {len(sizes):5d} blocks  {site}")
             rest = sum(sum(s) for _, s in ranked[top:])
             lines.append(f"  {rest / 2**20:10.1f} MiB  in {max(0, len(ranked) - top)} other sites")
     return "\n".join(lines)
-
-
-def _mb(value) -> str:
-    return f"{value / 2**20:.3f}" if value else "–"
 
 
 def main() -> int:
@@ -158,6 +219,7 @@ def main() -> int:
     p.add_argument("--out", help="the tar file of traces to write")
     p.add_argument("--read", help="a tar file of traces: print each cell's breakdown at its training peak")
     p.add_argument("--top", type=int, default=25, help="--read: the allocation sites to list per cell")
+    p.add_argument("--smoke", action="store_true", help="hand-made records and traces, no CUDA (what the tests run)")
     p.add_argument("--worker", nargs=3, metavar=("SUITE", "CELL", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -166,20 +228,13 @@ def main() -> int:
     if args.read:
         print(read(Path(args.read), args.top))
         return 0
+    if args.smoke:
+        with work_folder("peft-bench-gpu-trace-") as work:
+            smoke_records(work)
+            return trace_worst(work, args.cells, work / "traces.tar", smoke_trace)
     if not (args.work and args.out):
-        p.error("give --work and --out (trace on a GPU), or --read")
-    failed = 0
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(args.out, "w") as tar:
-        for suite, cell_id, label, ratio in worst_cells(Path(args.work), args.cells):
-            print(f"tracing {label} ({suite.stem}, predicted/measured {ratio:.2f})", flush=True)
-            out = Path(tmp) / f"{suite.stem}-{label}.pkl.xz"
-            done = subprocess.run([sys.executable, __file__, "--worker", str(suite), cell_id, str(out)], cwd=ROOT)
-            if done.returncode or not out.exists():
-                failed += 1
-                continue
-            tar.add(out, arcname=out.name)
-    print(read(Path(args.out), 12), flush=True)
-    return 1 if failed else 0
+        p.error("give --work and --out (trace on a GPU), or --read, or --smoke")
+    return trace_worst(Path(args.work), args.cells, args.out, trace_in_a_process)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ harness's step time against a plain PyTorch loop on the same model and batch, an
 
     PYTHONPATH=. python benchmarks/gpu_perf.py [--out docs/measurements/gpu-perf-DATE.md]   # one GPU, <= 6 min
     PYTHONPATH=. python benchmarks/gpu_perf.py --device cpu                                # smoke, any machine
+    PYTHONPATH=. python benchmarks/gpu_perf.py --smoke                                     # its LoRA row (tests)
 
 The model is random-init (TinyLlama's shape: 22 layers of 2048, 4 key/value heads, 32k vocabulary; 1.10B
 parameters) saved as a local bf16 checkpoint, the task a local one of 1,024-token rows, so nothing comes
@@ -19,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, child_env, save_random_model, work_folder, write_long_task, \
+    write_suite  # noqa: E402
+
 TINYLLAMA = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                  intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 METHODS = {"full": {"weights_dtype": "fp32", "lr": 2e-5}, "lora": {"weights_dtype": "bf16", "lr": 2e-4}}
@@ -44,42 +45,27 @@ def build(folder: Path, smoke: bool) -> tuple[Path, Path]:
     import transformers as tf
 
     from bench import tiny
-    from bench.tasks.synthetic import lexicon
 
-    tokenizer = tiny.tokenizer()
-    config = (tiny.config("llama", len(tokenizer)) if smoke else
+    config = (tiny.config("llama", len(tiny.tokenizer())) if smoke else
               tf.LlamaConfig(**TINYLLAMA, pad_token_id=tiny.PAD, bos_token_id=tiny.BOS, eos_token_id=tiny.EOS))
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
-    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters", file=sys.stderr)
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    words, rng = sorted(set(lexicon())), random.Random(0)
-    n_words = sizes(smoke)["length"] + 16  # every lexicon word is one token: rows are cut at the length
-    for split, n in (("train", 512), ("eval", 16)):
-        with (folder / f"{split}.jsonl").open("w") as f:
-            for _ in range(n):
-                row = [rng.choice(words) for _ in range(n_words)]
-                f.write(json.dumps({"text": " ".join(row), "label": int(row[0] < row[-1])}) + "\n")
-    (folder / "tasks.yaml").write_text(
-        "tasks:\n  - name: long-binary\n    description: rows as long as the length, binary label\n"
-        "    type: classification\n    source: {files: {train: train.jsonl, eval: eval.jsonl}}\n"
-        "    text: [text]\n    label: label\n    labels: ['0', '1']\n    verbalizers: ['no', 'yes']\n"
-        "    template: '{text} label:'\n    metrics: [accuracy]\n")
-    return folder / "model", folder / "tasks.yaml"
+    count = save_random_model(folder / "model", config, tf.AutoModelForCausalLM, torch.bfloat16)
+    print(f"built {count / 1e9:.3f}B parameters", file=sys.stderr)
+    # every lexicon word is one token: rows are cut at the length
+    tasks = write_long_task(folder, sizes(smoke)["length"] + 16, {"train": 512, "eval": 16},
+                            "rows as long as the length, binary label", main_metric=False)
+    return folder / "model", tasks
 
 
 def harness(work: Path, model: Path, tasks: Path, method: str, smoke: bool, env: dict) -> dict:
     s, settings = sizes(smoke), METHODS[method]
-    suite = work / f"perf-{method}.yaml"
-    suite.write_text(f"name: perf-{method}\nmethods: [{method}]\nmodels: ['{model}']\ntasks: [long-binary]\n"
-                     f"seeds: [1]\ntask_files: ['{tasks}']\ncell_timeout_s: 900\n"
-                     f"train: {{batch_size: {s['batch']}, max_steps: {s['steps']}, max_length: {s['length']}, "
-                     f"lr: {settings['lr']}, weights_dtype: {settings['weights_dtype']}, "
-                     f"precision: {'fp32' if smoke else 'bf16'}, eval_batch_size: {s['batch']}, "
-                     f"max_eval_samples: {s['batch']}}}\n")
+    suite = write_suite(work, f"perf-{method}", methods=[method], models=[str(model)], tasks=["long-binary"],
+                        seeds=[1], task_files=[str(tasks)], cell_timeout_s=900,
+                        train={"batch_size": s["batch"], "max_steps": s["steps"], "max_length": s["length"],
+                               "lr": settings["lr"], "weights_dtype": settings["weights_dtype"],
+                               "precision": "fp32" if smoke else "bf16", "eval_batch_size": s["batch"],
+                               "max_eval_samples": s["batch"]})
     subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(work / "results"),
-                    "--force", "--quiet"], check=True, env=env, cwd=ROOT)
+                    "--force", "--quiet"], check=True, env=env, cwd=REPO)
     (path,) = (work / "results" / f"perf-{method}").glob("*.json")
     return json.loads(path.read_text())
 
@@ -165,18 +151,25 @@ def kernels(step, batches) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the smoke run at toy size")
+    p.add_argument("--smoke", action="store_true",
+                   help="--device cpu, the LoRA row only, in a folder removed at the end (what the tests run)")
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     p.add_argument("--workdir", help="keep the checkpoint and records here (default: a temporary folder)")
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "TASKS", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.smoke:
+        args.device = "cpu"
     smoke = args.device == "cpu"
     if args.worker:
         print(json.dumps(plain(*args.worker, smoke)))
         return 0
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="peft-bench-gpu-perf-"))
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "CI": "true", **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {})}
+    with work_folder("peft-bench-gpu-perf-", keep=not args.smoke, given=args.workdir) as work:
+        return measure(args, work, smoke)
+
+
+def measure(args, work: Path, smoke: bool) -> int:
+    """The table, row by row: each method's harness cell and plain loop."""
+    env = child_env(REPO, **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {}))
     start = time.monotonic()
     model, tasks = build(work, smoke)
     lines: list[str] = []
@@ -193,10 +186,10 @@ def main() -> int:
     show("| method | weights | tokens/step | harness step ms | plain step ms | harness / plain | MFU, median step "
          "| MFU, record | load s (harness, plain) |")
     show("|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for method in METHODS:
+    for method in ["lora"] if args.smoke else METHODS:
         record = harness(work, model, tasks, method, smoke, env)
         out = subprocess.run([sys.executable, __file__, "--device", args.device, "--worker", str(model),
-                              str(tasks.parent), method], env=env, cwd=ROOT, capture_output=True, text=True)
+                              str(tasks.parent), method], env=env, cwd=REPO, capture_output=True, text=True)
         base = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
         t, s = record["time"], sizes(smoke)
         if record["status"] != "ok" or not t.get("step_s_median") or base is None:

@@ -1,6 +1,7 @@
 """How long the commands a user types before any work take, as ratios to `python -c "import torch"` in the same run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/latency.py                      # this checkout
+    PYTHONPATH=. .venv/bin/python benchmarks/latency.py --smoke              # one command, one round (tests)
     PYTHONPATH=. .venv/bin/python benchmarks/latency.py --before 49b843e     # and a commit before, side by side
 
 Each command runs in a fresh process (the interpreter's start and exit included, as a user waits for them), with
@@ -14,7 +15,6 @@ same command again).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.machine import loadavg, print_header  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, child_env, loadavg, print_header  # noqa: E402
 
 BASELINE = ("import torch", ["-c", "import torch"])
 COMMANDS = [  # (name, arguments to python, cache: "cold" empties the cache folder first, "warm" keeps it)
@@ -38,11 +36,11 @@ COMMANDS = [  # (name, arguments to python, cache: "cold" empties the cache fold
     ("run --suite fewshot --dry-run (cold)", ["-m", "bench", "run", "--suite", "fewshot", "--dry-run"], "cold"),
     ("run --suite fewshot --dry-run (warm)", ["-m", "bench", "run", "--suite", "fewshot", "--dry-run"], "warm"),
 ]
-SMOKE_COMMANDS = [COMMANDS[0], COMMANDS[2]]
+SMOKE_COMMANDS = [COMMANDS[2]]  # the quickest, so that --smoke takes seconds
 
 
 def timed(args: list[str], source: Path, cache: Path, results: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(source), "PEFT_BENCH_CACHE": str(cache), "CI": "true"}
+    env = child_env(source, cache)
     extra = ["--results", str(results)] if "run" in args else []
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *args, *extra], cwd=source, env=env, stdout=subprocess.DEVNULL,
@@ -96,12 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--before", help="a git revision to measure side by side (a temporary worktree)")
     p.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--smoke", action="store_true", help="two quick commands, one round (what the tests run)")
+    p.add_argument("--smoke", action="store_true", help="one quick command, one round (what the tests run)")
     args = p.parse_args(argv)
     commands = SMOKE_COMMANDS if args.smoke else COMMANDS
     repeat = 1 if args.smoke else args.repeat
-    print_header("Latency of the planning commands", Path(__file__), argv if argv is not None else sys.argv[1:],
-                 REPO, REPO)
+    print_header("Latency of the planning commands", __file__, argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="peft-bench-latency-") as tmp:
         tmp = Path(tmp)
         sources = {"now": REPO}

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--records N] [--repeats 3] [--template RECORD.json]
                                                        [--source DIR]
-                                                       [--only report,report-tables,report-again,noop-run-cold,noop-run,grid,estimate]
+                            [--only report,report-tables,report-again,noop-run-cold,noop-run,grid,estimate] [--smoke]
 
 `--source DIR` measures the `bench` package in DIR instead of this checkout's, e.g. one commit's code
 (`git archive COMMIT bench suites | tar -x -C DIR`) or a proposed change, to compare before and after.
@@ -40,42 +40,22 @@ cache of the real cell included (PEFT_BENCH_CACHE); nothing goes into the reposi
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
 import datetime as dt
-import json
-import math
 import os
-import platform
 import pstats
-import random
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO  # the folder whose `bench` package is measured (--source); children find it first on PYTHONPATH
-SUITE_NAME = "scale-bench"
-# The grid: every method a suite may list without extra settings (icl needs `shots`; zero-shot and qlora
-# are left out as baselines / GPU-only; compacter, child-tuning and prefix-tuning-peft to make it 25).
-METHODS = ["full", "head-only", "bitfit", "ln-tuning", "fishmask", "lora", "rslora", "dora", "pissa", "adalora",
-           "fourierft", "loha", "lokr", "oft", "boft", "vera", "ia3", "adapter-houlsby", "adapter-pfeiffer",
-           "adapter-parallel", "prompt-tuning", "prefix-tuning", "p-tuning", "mam-adapter", "unipelt"]
-MODELS = ["tiny-encoder", "tiny-bert", "tiny-t5", "tiny-gpt2", "tiny-llama"]
-TASKS = ["synth-polarity", "synth-intensity", "synth-choice", "synth-digits"]
-EXCLUDE = [{"model": ["tiny-encoder", "tiny-bert"], "task": ["synth-choice", "synth-digits"]}]  # encoders cannot
-GROUPS = len(METHODS) * (len(MODELS) * len(TASKS) - 2 * 2)  # (model, task, method) combinations: 400
-# One smoke cell (the suite by path: children run in the temporary folder, and a suite *name* is looked up in
-# ./suites).
-TEMPLATE_CELL = ["--methods", "lora", "--models", "tiny-gpt2", "--tasks", "synth-polarity"]
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import REPO, child_env, machine, short_path, use_source, work_folder  # noqa: E402
+from benchmarks.scale_store import (METHODS, MODELS, SUITE_NAME, TASKS, check_grid, check_noop,  # noqa: E402
+                                    check_report, cli, figure_stamps, record_files, run_child, scale_suite,
+                                    synthesise, template_record)
 
+SOURCE = REPO  # the folder whose `bench` package is measured (--source); children find it first on PYTHONPATH
 GB = 2 ** 30
 GOALS = {  # name: (what, seconds, peak RSS bytes or None)
     "report": ("report over {n} records", 10.0, None),
@@ -88,6 +68,8 @@ GOALS = {  # name: (what, seconds, peak RSS bytes or None)
     "estimate": ("estimate llama-2-70b (lora)", 10.0, 2 * GB),
 }
 
+# --smoke's: each kind of check; not the reports that draw figures or the estimate (~25 s and ~11 s at any size).
+SMOKE_MEASUREMENTS = ["report-tables", "noop-run-cold", "noop-run", "grid"]
 # What one child process does for the grid measurement: what `run` does before it reads any record.
 GRID_CHILD = """\
 import json, sys, time
@@ -105,176 +87,6 @@ print(json.dumps({"cells": len(cells), "import_s": t1 - t0, "load_suite_s": t2 -
 ESTIMATE_IMPORTS = ("from bench.models import quiet_libraries; quiet_libraries(); import bench.tools.estimate, "
                     "peft, transformers.models.llama.modeling_llama")
 
-# ---------------------------------------------------------------------------------------------- children
-
-class Child:
-    """A finished child process: exit code, wall seconds, CPU seconds (user + system) and peak RSS (bytes) of
-    it and its waited children. On a shared machine the CPU time is the steadier figure (the wall time also
-    holds the time other processes had the cores), though not immune to them (shared caches, SMT siblings)."""
-
-    def __init__(self, cmd, rc, wall, cpu, maxrss, out, err):
-        self.cmd, self.rc, self.wall, self.cpu, self.maxrss, self.out, self.err = cmd, rc, wall, cpu, maxrss, out, err
-
-    def check(self, what: str) -> "Child":
-        if self.rc != 0:
-            raise SystemExit(f"{what} failed (exit {self.rc}): {' '.join(map(str, self.cmd))}\n"
-                             f"--- stdout\n{self.out[-3000:]}\n--- stderr\n{self.err[-3000:]}")
-        return self
-
-
-def run_child(cmd: list, env: dict, cwd: Path, timeout: float = 900) -> Child:
-    """Run `cmd`, timing its wall clock and reading its own peak RSS with wait4 (per child, unlike
-    getrusage(RUSAGE_CHILDREN), which keeps the largest child so far)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env=env, cwd=cwd)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Child(cmd, proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024,  # KiB
-                     out.read().decode(errors="replace"), err.read().decode(errors="replace"))
-
-
-def child_env(tmp: Path) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SOURCE) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PEFT_BENCH_CACHE"] = str(tmp / "cache")  # the real cell's tokenised data stays in the temp folder
-    env.pop("CI", None)
-    return env
-
-
-def cli() -> list[str]:
-    """The console script a user runs, beside this interpreter (else `python -m bench`)."""
-    script = Path(sys.executable).parent / "peft-bench"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bench"]
-
-
-# ---------------------------------------------------------------------------------------------- the data
-
-def template_record(tmp: Path, env: dict, given: str | None) -> dict:
-    """An ok record of a real tiny cell: trained now (one smoke cell), or read from `given`."""
-    if given:
-        record = json.loads(Path(given).read_text())
-        source = given
-    else:
-        store = tmp / "template-results"
-        smoke = SOURCE / "suites" / "smoke.yaml" if (SOURCE / "suites" / "smoke.yaml").is_file() else REPO / "suites" / "smoke.yaml"
-        cell = ["--suite", str(smoke), *TEMPLATE_CELL]
-        print(f"training one real cell for the template record: peft-bench run {' '.join(cell)} --quiet", flush=True)
-        child = run_child(cli() + ["run", *cell, "--results", store, "--quiet"], env, tmp).check("template cell")
-        found = sorted(store.glob("*/*.json"))
-        if len(found) != 1:
-            raise SystemExit(f"expected one record under {store}, found {len(found)}")
-        record, source = json.loads(found[0].read_text()), f"{found[0]} ({child.wall:.0f} s)"
-    if record.get("status") != "ok":
-        raise SystemExit(f"the template record is not ok ({record.get('status')}): {source}")
-    print(f"template record: {source}", flush=True)
-    return record
-
-
-def write_suite(tmp: Path, n: int) -> tuple[Path, int]:
-    seeds = max(1, math.ceil(n / GROUPS))
-    if seeds > 1000:
-        raise SystemExit(f"--records {n} needs {seeds} seeds; a suite allows 1000 (bench/plan/suite.py MAX_SEEDS)")
-    lines = [f"name: {SUITE_NAME}",
-             "description: synthetic scale benchmark (benchmarks/scale.py); its records are copies of one real cell",
-             "methods: [" + ", ".join(METHODS) + "]",
-             "models: [" + ", ".join(MODELS) + "]",
-             "tasks: [" + ", ".join(TASKS) + "]",
-             f"seeds: [{', '.join(str(s) for s in range(1, seeds + 1))}]",
-             "train: {batch_size: 32, max_steps: 300, max_length: 64}",
-             "exclude:"]
-    lines += [f"  - {json.dumps(rule)}" for rule in EXCLUDE]
-    path = tmp / f"{SUITE_NAME}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path, seeds
-
-
-def synthesise(suite_path: Path, results: Path, template: dict) -> int:
-    """One ok record per cell of the suite, from the template, named and identified as the store expects."""
-    from bench.plan import grid, suite
-    from bench.record import new_record
-    from bench.run.runner import needs_run
-    from bench.run.store import Store
-
-    cells = grid.expand(suite.load_suite(str(suite_path)))
-    store = Store(results)
-    created = dt.datetime.fromisoformat(template["created_at"])
-    for i, cell in enumerate(cells):
-        record = copy.deepcopy(template)
-        fresh = new_record(cell)
-        record["cell"] = fresh["cell"]
-        ev = cell.task.evaluation
-        rng = random.Random(f"{cell.id}")
-        base = 40 + 10 * (METHODS.index(cell.label) % 5) + 5 * MODELS.index(cell.model.name)
-        record["scores"] = {"main_metric": ev.main_metric,
-                            "metrics": {m: round(min(100.0, max(0.0, base + rng.gauss(0, 3))), 2) for m in ev.metrics},
-                            "n_examples": (template.get("scores") or {}).get("n_examples")}
-        record["env"] = {**(template.get("env") or {}), "seed": cell.seed}
-        record["created_at"] = (created + dt.timedelta(seconds=i)).isoformat(timespec="seconds")
-        path = store.path(cell.suite, cell.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")  # Store.write's format, no fsync
-    bad = [c.id for c in cells if (r := store.read(c.suite, c.id)) is None or needs_run(r, False)]
-    if bad:
-        raise SystemExit(f"{len(bad)} synthetic records are not usable done records, e.g. {bad[0]}")
-    if len(list(store.suite_dir(SUITE_NAME).glob("*.json"))) != len(cells):
-        raise SystemExit("the store does not hold exactly one record per cell")
-    return len(cells)
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-def record_files(folder: Path) -> list:
-    """The store folder's files but its index (a cache), with their size and mtime: what a no-op run must not change."""
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.name != ".index")
-
-
-def check_noop(child: Child, cells: int) -> None:
-    m = re.search(rf"{SUITE_NAME}: (\d+) cells: nothing run; (\d+) already recorded", child.out)
-    if not m or int(m.group(1)) != cells or int(m.group(2)) != cells:
-        raise SystemExit(f"the no-op run did not skip all {cells} cells:\n{child.out[-2000:]}\n{child.err[-2000:]}")
-    if "not usable records" in child.err:
-        raise SystemExit(f"the no-op run found unusable records:\n{child.err[-2000:]}")
-
-
-def figure_stamps(out: Path) -> dict[str, int]:
-    """Each plot file of a report folder with its modification time: what a report that reuses them keeps."""
-    return {p.name: p.stat().st_mtime_ns for p in (out / SUITE_NAME / "plots").glob("*.*g")}
-
-
-def check_report(child: Child, out: Path, cells: int, markdown: bool = True) -> None:
-    folder = out / SUITE_NAME
-    text = (folder / "report.md").read_text() if markdown else ""
-    if markdown and f"{cells} records ({cells} ok)" not in text:
-        line = next((ln for ln in text.splitlines() if " records (" in ln), "no summary line")
-        raise SystemExit(f"report.md does not hold {cells} ok records: {line}")
-    if "## Records not shown" in text:
-        raise SystemExit("report.md lists records it did not show")
-    total = 0
-    for path in sorted((folder / "csv").glob("survey-*.csv")):
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-        total += sum(int(r[k] or 0) for r in rows for k in r if k.endswith(" n"))
-    if total != cells:
-        raise SystemExit(f"the survey CSVs count {total} ok seeds, not {cells}")
-
-
-def check_grid(child: Child, cells: int) -> dict:
-    info = json.loads(child.out.strip().splitlines()[-1])
-    if info["cells"] != cells:
-        raise SystemExit(f"grid expansion gave {info['cells']} cells, not {cells}")
-    return info
-
-
-# ---------------------------------------------------------------------------------------------- profile
 
 def profile(name: str, args: list, env: dict, tmp: Path, top: int) -> str:
     """Rerun a measurement under cProfile: the harness's functions by cumulative time, the import of torch,
@@ -288,10 +100,7 @@ def profile(name: str, args: list, env: dict, tmp: Path, top: int) -> str:
 
     def where(func) -> str:
         file, line, fn = func
-        file = file.replace(str(SOURCE) + "/", "")
-        file = re.sub(r"^.*/site-packages/", "", file)
-        file = re.sub(r"^.*/lib/python[\d.]+/", "", file)
-        return f"{file}:{line}:{fn}" if line else fn
+        return f"{short_path(file, SOURCE)}:{line}:{fn}" if line else fn
 
     def line(value: float, calls: int, func) -> str:
         return f"    {value:7.2f} s {100 * value / total:5.1f} %  {calls:>9} calls  {where(func)}"
@@ -309,20 +118,6 @@ def profile(name: str, args: list, env: dict, tmp: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- main
-
-def machine() -> str:
-    try:
-        torch = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch = "not installed"
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{usable} usable cores ({os.cpu_count()} online), {cpu}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; torch {torch}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=10000, help="records / cells to measure over (default 10000)")
@@ -334,27 +129,33 @@ def main() -> int:
     p.add_argument("--no-profile", action="store_true", help="do not profile a missed goal")
     p.add_argument("--top", type=int, default=15, help="functions listed per profile (default 15)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one run each of report-tables, noop-run-cold, noop-run and grid (or --only) over 400 records "
+                        "(one seed), a template cell of 2 steps, no profiles; the exit code then ignores the goals, "
+                        "which are for 10,000 (what the tests run)")
     args = p.parse_args()
+    if args.smoke:
+        args.records, args.repeats, args.no_profile = 400, 1, True
+        args.only = args.only or ",".join(SMOKE_MEASUREMENTS)
     global SOURCE
-    if args.source:
-        SOURCE = Path(args.source).resolve()
-        if not (SOURCE / "bench" / "__init__.py").is_file():
-            p.error(f"--source {SOURCE}: no bench/__init__.py there")
-    sys.path.insert(0, str(SOURCE))  # this process's own imports (grid expansion, records) from the same code
+    # this process's own imports (grid expansion, records) from the code it measures
+    SOURCE = use_source(args.source)
+    if not (SOURCE / "bench" / "__init__.py").is_file():
+        p.error(f"--source {SOURCE}: no bench/__init__.py there")
     only = args.only.split(",") if args.only else list(GOALS)
     for name in only:
         if name not in GOALS:
             p.error(f"unknown measurement {name!r}; choose among {', '.join(GOALS)}")
 
-    tmp = Path(tempfile.mkdtemp(prefix="peft-bench-scale-"))
-    env = child_env(tmp)
-    print(f"machine: {machine()}\nmeasuring: {SOURCE / 'bench'}\ntemporary folder: {tmp}", flush=True)
-    try:
-        suite_path, seeds = write_suite(tmp, args.records)
+    with work_folder("peft-bench-scale-", keep=args.keep) as tmp:
+        # the real cell's tokenised data stays in the temporary folder; without CI, as a user runs the commands
+        env = child_env(SOURCE, tmp / "cache", CI=None)
+        print(f"{machine()}\nmeasuring: {SOURCE / 'bench'}\ntemporary folder: {tmp}", flush=True)
+        suite_path, seeds = scale_suite(tmp, args.records)
         results = tmp / "results"
         cells = 0
         if set(only) - {"estimate"}:
-            template = template_record(tmp, env, args.template)
+            template = template_record(tmp, env, args.template, SOURCE, args.smoke)
             start = time.perf_counter()
             cells = synthesise(suite_path, results, template)
             print(f"suite {suite_path.name}: {len(METHODS)} methods x {len(MODELS)} models x {len(TASKS)} tasks "
@@ -430,11 +231,12 @@ def main() -> int:
             if not ok and not args.no_profile:
                 if name == "noop-run-cold":
                     index.unlink(missing_ok=True)
-                argv = ["GRID", tmp / "grid_child.py", suite_path] if name == "grid" else commands[name]("prof")[len(cli()):]
+                argv = (["GRID", tmp / "grid_child.py", suite_path] if name == "grid"
+                        else commands[name]("prof")[len(cli()):])
                 profiles.append(profile(name, argv, env, tmp, args.top))
                 shutil.rmtree(tmp / "reports-prof", ignore_errors=True)
 
-        print(f"\nmachine: {machine()}")
+        print(f"\n{machine()}")
         print(f"date: {dt.date.today().isoformat()}; median of {args.repeats} runs, each a fresh process\n")
         print("| Measurement | Goal | Wall (median) | Runs (s) | CPU (median) | Peak RSS | Ratio to goal | Result |")
         print("|---|---:|---:|---|---:|---:|---:|---|")
@@ -449,12 +251,9 @@ def main() -> int:
             print(line)
         for text in profiles:
             print("\n" + text)
-        return 0 if all(r[6] for r in rows) else 1
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if args.smoke:
+            print(f"--smoke: {cells} records; the goals are for 10,000, so the exit code ignores them")
+        return 0 if args.smoke or all(r[6] for r in rows) else 1
 
 
 if __name__ == "__main__":
