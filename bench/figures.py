@@ -5,7 +5,10 @@ tables are generated from these entries, and a test keeps them equal), how it ag
 over a model's tasks (bench/report/aggregate.py), how a change in it is judged (`judge`: the one rule
 that `compare` and `regress` share) and how it is written for people (`show`).
 
-Adding a figure = an entry here + the code that measures it.
+A figure also says where people see it (`shown`): the report's tables and the explore page are built from
+these entries, and every figure is judged by the regression gate under its rule. Adding a figure = an entry
+here + the instrument that measures it (bench/cell/instruments.py) + `make docs`; a record refuses a figure
+that is not declared here (bench/record.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,36 @@ RULES = {
 }
 
 
+# Where a figure can be shown (Shown.place): the report's tables and the explore page.
+PLACES = {
+    "memory": "the memory table's breakdown (bench/report/tables.py: memory_tables), and its plot",
+    "speed": "the memory table's training rate, beside the peak",
+    "inference": "the inference table (one per model)",
+    "explore": "index.html's explore table and the axes of its Pareto plot",
+}
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How a figure appears in one place: its column header (and the CSV's, when it is in another unit), the
+    factor and decimals the value is written with, and, for the explore page, its axis."""
+
+    place: str  # a key of PLACES
+    header: str
+    csv_header: str | None = None  # None: the header
+    times: float = 1.0  # shown value = recorded value × times (seconds -> ms: 1000)
+    decimals: int | None = None  # None: the figure's own writer (Figure.show)
+    better: str | None = None  # "higher" or "lower": which way is better (best marks, the Pareto front)
+    axis: str | None = None  # explore: its name in the axis pickers; None: a column only
+    log: bool = False  # explore: the axis starts on a log scale (counts spanning decades)
+    unit: str = ""  # explore: the plotted unit, for tick labels ("count" gets K/M/B suffixes)
+
+    def text(self, figure: "Figure", value) -> str:
+        if fmt.missing(value):
+            return fmt.DASH
+        return figure.show(value) if self.decimals is None else f"{value * self.times:.{self.decimals}f}"
+
+
 @dataclass(frozen=True)
 class Figure:
     section: str
@@ -38,6 +71,7 @@ class Figure:
     seeds: str = "mean"  # first: fixed by the cell's configuration, one value stands for all seeds
     # across a model's tasks (method summary): largest | mean | same (the value all agree on) | None (not kept)
     tasks: str | None = None
+    shown: tuple[Shown, ...] = ()
 
     @property
     def key(self) -> str:
@@ -66,13 +100,16 @@ _FIGURES = [
            "`modules_to_save` keeps the original task head beside the trained copy). A 4-bit weight (QLoRA) counts "
            "the weights it holds, two per stored byte.", "first", "largest"),
     Figure("params", "trainable", "elements", "exact", "elements of the parameters with `requires_grad=True` after "
-           "the method is applied (the task head included: every trained method trains it).", "first", "largest"),
+           "the method is applied (the task head included: every trained method trains it).", "first", "largest",
+           shown=(Shown("explore", "Trainable params", axis="trainable params", better="lower", log=True,
+                        unit="count"),)),
     Figure("params", "trainable_pct", "%", "exact", "`100 × trainable / total`.", "first", "largest"),
     Figure("params", "method", "elements", "exact", "trainable elements outside the task head: what the method "
            "adds or unfreezes, as papers count a method (LoRA r=8 on RoBERTa-base's query and value: 294,912). The "
            "head is every parameter under a classifier's head modules (peft's trained copy included); `trainable "
            "− method` is what of it trains. Equal to `trainable` for a model predicting with its LM head.",
-           "first", "largest"),
+           "first", "largest",
+           shown=(Shown("explore", "Method params", axis="method params", better="lower", log=True, unit="count"),)),
     Figure("params", "method_pct", "%", "exact", "`100 × method /` the pretrained model's parameter elements "
            "without its task head, counted before the method is applied (full fine-tuning: 100).", "first",
            "largest"),
@@ -84,20 +121,24 @@ _FIGURES = [
            "file (header included); 0 when there is nothing to store (zero-shot).", "first", "largest"),
     # memory
     Figure("memory", "weights_bytes", "bytes", "exact", "all parameters in their own dtype, each tensor once (tied "
-           "weights once)."),
+           "weights once).",
+           shown=(Shown("memory", "Weights"),)),
     Figure("memory", "trainable_bytes", "bytes", "exact", "the parameters with `requires_grad=True`, whole tensors: "
            "a method that trains masked entries of a tensor (FishMask, Child-Tuning) still holds a whole gradient "
            "and whole optimizer moments for it, so `trainable_bytes` can exceed `4 × params.trainable`."),
     Figure("memory", "grad_bytes", "bytes", "exact", "the distinct gradients that exist after the instrumented "
-           "step's backward pass (a gradient has its parameter's dtype, so fp32 weights give `4 × trainable`)."),
+           "step's backward pass (a gradient has its parameter's dtype, so fp32 weights give `4 × trainable`).",
+           shown=(Shown("memory", "Gradients"),)),
     Figure("memory", "optimizer_bytes", "bytes", "exact", "every tensor in the optimizer's state after its first "
            "step: AdamW's `exp_avg` and `exp_avg_sq` (`2 × 4 × trainable` bytes for fp32 parameters) plus its step "
-           "counters (a 4-byte float32 scalar per parameter tensor)."),
+           "counters (a 4-byte float32 scalar per parameter tensor).",
+           shown=(Shown("memory", "Optimizer"),)),
     Figure("memory", "activation_bytes", "bytes", "versioned", "bytes saved for backward during the instrumented "
            "step's forward pass at the probe batch: the distinct storages that "
            "`torch.autograd.graph.saved_tensors_hooks` sees, parameter and buffer storages excluded (they exist "
            "anyway). A saved view counts as its whole storage, once. Deterministic for one torch version and "
-           "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save."),
+           "device. Under bf16 autocast (CUDA) it includes the bf16 copies of weights that matrix products save.",
+           shown=(Shown("memory", "Activations"),)),
     Figure("memory", "step_peak_bytes", "bytes", "versioned", "the most bytes a training step holds at once beside "
            "the weights and the optimizer state: the batch, plus the larger of (a) the most bytes alive at once in "
            "the storages the probe step's operators create, sampled after every operator of a forward and backward "
@@ -107,10 +148,12 @@ _FIGURES = [
            "every gradient beside the update's temporaries (`train.optimizer_update`): none when fused (AdamW on "
            "CUDA), `trainable_bytes` for AdamW's foreach, `max(trainable_bytes, 2 × largest trainable tensor)` for "
            "a for-loop. `estimate` runs the step on fake tensors (a deep model's blocks extrapolated phase by "
-           "phase, checked) and predicts the update the optimizer makes on CUDA."),
+           "phase, checked) and predicts the update the optimizer makes on CUDA.",
+           shown=(Shown("memory", "Step peak"),)),
     Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "`weights_bytes + optimizer_bytes + "
            "step_peak_bytes`: what training holds at its busiest moment, read off one step before training. "
-           "`grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it)."),
+           "`grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it).",
+           shown=(Shown("memory", "Predicted peak"),)),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),
     Figure("memory", "device_peak_reserved_bytes", "bytes", "measured", "CUDA only: "
@@ -132,14 +175,16 @@ _FIGURES = [
            "window (`VmHWM` after writing `5` to `/proc/self/clear_refs`): interpreter, libraries and, on CPU, "
            "every tensor. Null where `/proc` cannot be reset."),
     Figure("memory", "peak_bytes", "bytes", "measured", "the report's \"measured peak\": "
-           "`device_peak_allocated_bytes` on CUDA, else `cpu_peak_rss_bytes`.", tasks="largest"),
+           "`device_peak_allocated_bytes` on CUDA, else `cpu_peak_rss_bytes`.", tasks="largest",
+           shown=(Shown("explore", "Peak memory", axis="peak memory", better="lower", unit="bytes"),)),
     Figure("memory", "peak_source", "text", "exact", "which of the two `peak_bytes` is.", "first", "same"),
     # time
     Figure("time", "load_s", "s", "timing", "reading data, tokenising, building the model and applying the method."),
     Figure("time", "train_s", "s", "timing", "the sum of training-step times; a step runs from collating its batch "
            "to the end of the optimizer step (on CUDA timed by events on the device's timeline, nothing "
            "synchronised inside the loop). Evaluations during training, the instrumented step and the "
-           "optimizer-state reading are excluded.", tasks="mean"),
+           "optimizer-state reading are excluded.", tasks="mean",
+           shown=(Shown("explore", "Train time (s)", axis="train time (s)", better="lower", unit="s"),)),
     Figure("time", "eval_s", "s", "timing", "the final evaluation.", tasks="mean"),
     Figure("time", "step_s_median", "s", "timing", "median step time."),
     Figure("time", "train_samples_per_s", "1/s", "timing", "training examples processed / `train_s`.", tasks="mean"),
@@ -147,12 +192,14 @@ _FIGURES = [
            "tokens, plus decoder target tokens for encoder-decoders (decided by the model's kind, not by tensor "
            "shapes)."),
     Figure("time", "train_flops_per_s", "FLOP/s", "timing", "`flops.train_total` / `train_s`: the counted training "
-           "FLOPs per second of step time."),
+           "FLOPs per second of step time.",
+           shown=(Shown("speed", "Train TFLOP/s", "Train FLOP/s", times=1e-12, decimals=3),)),
     Figure("time", "mfu", "ratio", "timing", "model FLOPs utilisation: `train_flops_per_s` / the device's datasheet "
            "peak (dense, no sparsity) for the dtype the matrix products ran in (bf16 under autocast, else fp32 "
            "without TF32), from the table `PEAK_FLOPS` in `bench/cell/measure.py`; null on a CPU or a GPU the table "
            "lacks. A datasheet peak rather than a measured matmul rate, so records of one GPU model compare across "
-           "machines."),
+           "machines.",
+           shown=(Shown("speed", "MFU (%)", "MFU (ratio)", times=100, decimals=1),)),
     Figure("time", "compile_s", "s", "timing", "`train.compile` only: seconds of `torch.compile` (dynamic shapes) "
            "and the one warm-up forward and backward on the first training batch that triggers it, before the "
            "timed steps (so not in `train_s`); null without compile."),
@@ -160,18 +207,26 @@ _FIGURES = [
            "as evaluation predicts it (a forward pass; every answer option of rank classification; the whole "
            "decoding loop of generation), CUDA synchronised, tokenisation excluded: the median over the main "
            f"split's first {LATENCY_EXAMPLES} examples, after one warm-up prediction, with the trained model.",
-           tasks="mean"),
+           tasks="mean",
+           shown=(Shown("inference", "Latency, batch 1 (ms)", "Latency, batch 1 (s)", times=1e3, decimals=2,
+                        better="lower"),
+                  Shown("explore", "Latency (ms)", times=1e3, decimals=2, axis="inference latency (ms)",
+                        better="lower", unit="ms"))),
     Figure("time", "infer_examples_per_s", "1/s", "timing", "examples predicted per second in batches of "
            "`eval_batch_size`, over the main split's first 2 × `eval_batch_size` examples (all, when fewer), CUDA "
            "synchronised, tokenisation excluded. Every evaluation predicts those examples first, as a group of "
            "their own, then the rest, each group in batches taken longest first; the trained model's are timed "
-           "inside the final evaluation.", tasks="mean"),
+           "inside the final evaluation.", tasks="mean",
+           shown=(Shown("inference", "Examples/s, eval batch", decimals=1, better="higher"),)),
     Figure("time", "infer_latency_merged_s", "s", "timing", "`infer_latency_s` with the method's update merged "
            "into the weights (mergeable methods; null for the others, and when the merged copy does not fit in "
-           "memory).", tasks="mean"),
+           "memory).", tasks="mean",
+           shown=(Shown("inference", "Merged latency (ms)", "Merged latency (s)", times=1e3, decimals=2,
+                        better="lower"),)),
     Figure("time", "infer_examples_per_s_merged", "1/s", "timing", "`infer_examples_per_s` of that merged model: "
            "the same examples predicted again, by the merged copy, after its latency's predictions.",
-           tasks="mean"),
+           tasks="mean",
+           shown=(Shown("inference", "Merged examples/s", decimals=1, better="higher"),)),
     # flops
     Figure("flops", "train_total", "FLOPs", "versioned", "the instrumented step's forward + backward FLOPs per "
            "padded position, × the padded positions trained (`train.positions`). Linear in length: attention's L² "
@@ -188,7 +243,17 @@ _FIGURES = [
            "generation, plus the first reference.", tasks="mean"),
 ]
 FIGURES: dict[str, Figure] = {f.key: f for f in _FIGURES}
+for _f in _FIGURES:
+    for _where in _f.shown:
+        assert _where.place in PLACES, f"{_f.key}: unknown place {_where.place!r}"
 SCORE = Figure("scores", "<metric>", "points", "score", "the metric on the 0-100 scale (bench/tasks/metrics.py).")
+
+
+def shown_in(place: str) -> list[tuple[Figure, Shown]]:
+    """The figures shown in `place`, in the registry's order, each with how it is shown there."""
+    if place not in PLACES:
+        raise KeyError(f"unknown place {place!r}; places: {', '.join(PLACES)}")
+    return [(f, where) for f in _FIGURES for where in f.shown if where.place == place]
 
 
 def names(section: str) -> tuple[str, ...]:

@@ -24,8 +24,41 @@ STATUSES = ("ok", "failed", "unsupported", "oom", "timeout", "killed", "diverged
 SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
 
 
+class FigureSection(dict):
+    """A record's section of figures (params, memory, time, flops): a dict that takes only the figures the
+    registry declares for it (bench/figures.py), so a misspelt or undeclared figure fails where it is written,
+    not silently in a report. It is written to JSON as the plain object it is."""
+
+    def __init__(self, section: str):
+        super().__init__(dict.fromkeys(figures.names(section)))
+        self.section = section
+
+    def _check(self, keys) -> None:
+        unknown = [k for k in keys if k not in self]
+        if unknown:
+            raise KeyError(f"{', '.join(f'{self.section}.{k}' for k in unknown)}: not a figure of the registry "
+                           f"(bench/figures.py); {self.section} figures: {', '.join(self)}")
+
+    def __setitem__(self, key, value) -> None:
+        self._check([key])
+        super().__setitem__(key, value)
+
+    def update(self, *args, **kwargs) -> None:
+        values = dict(*args, **kwargs)
+        self._check(values)
+        super().update(values)
+
+    def setdefault(self, key, default=None):
+        self._check([key])
+        return super().setdefault(key, default)
+
+    def __reduce__(self):  # pickled (a record returned from a Ray task or a Slurm job): as a plain dict
+        return dict, (dict(self),)
+
+
 def new_record(cell) -> dict[str, Any]:
-    """An empty record for `cell` (a cellspec.Cell): every figure null."""
+    """An empty record for `cell` (a cellspec.Cell): every figure null, each figure section taking only the
+    figures the registry declares."""
     return {
         "schema_version": SCHEMA_VERSION,
         "cell": {"id": cell.id, "suite": cell.suite, "label": cell.label, "method": cell.method,
@@ -33,7 +66,7 @@ def new_record(cell) -> dict[str, Any]:
                  "seed": cell.seed, "config": cell.config},
         "status": None,
         "error": None,
-        **{section: dict.fromkeys(figures.names(section)) for section in figures.SECTIONS},
+        **{section: FigureSection(section) for section in figures.SECTIONS},
         "scores": {"main_metric": cell.task.evaluation.main_metric, "metrics": {}},
         "train": {},
         "env": {"seed": cell.seed},

@@ -11,14 +11,12 @@ from bench.cell.batching import batches, collate
 from bench.cell.measure import (
     PeakMemory,
     Sampler,
-    count_params,
     optimizer_state_bytes,
     predicted_peak,
     stored_size,
     weight_bytes,
 )
 from bench.cell.objectives import objective_for
-from bench.optimizers import update_bytes
 from bench.cell.probe import (
     COST_MODEL,
     StepMeasure,
@@ -31,6 +29,8 @@ from bench.cell.probe import (
 )
 from bench.cell.train import train
 from bench.config import TrainConfig
+from bench.optimizers import update_bytes
+from bench.tensors import count_params
 from tests.adapting import adapt, token_batch
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
@@ -263,9 +263,8 @@ def test_utilisation_against_the_datasheet_peaks():
 def test_inference_speed_is_the_median_single_prediction_and_the_batched_rate(monkeypatch):
     """On a clock that only prediction moves (10 ms per call plus 2 ms per example), the latency is the median
     of one-example calls after a warm-up, and the rate is 2 × batch examples over one batched pass."""
-    from bench.cell import measure
+    from bench.cell import evaluate, measure
     from bench.figures import LATENCY_EXAMPLES
-    from bench.cell import evaluate
     from bench.tasks.features import EvalSet
 
     now, calls = [0.0], []
@@ -312,8 +311,7 @@ def test_the_final_evaluation_times_the_group_it_predicts_first(monkeypatch, n):
     """TimedPrediction predicts one example alone (a warm-up, untimed), then evaluates: the first 2 × batch
     examples as a group of their own, timed, then the rest, each example once more, the predictions in order;
     its seconds are those of the first group alone."""
-    from bench.cell import measure
-    from bench.cell import evaluate
+    from bench.cell import evaluate, measure
     from bench.tasks.features import EvalSet
 
     now, groups = [0.0], []
@@ -339,11 +337,11 @@ def test_the_timed_final_evaluation_predicts_what_one_pass_predicts(model_name, 
     """On real tiny models, a classifier head, rank classification and generation: the timed final evaluation
     predicts exactly what any evaluation predicts (the same batches)."""
     from bench.cell import measure
-    from bench.models import REGISTRY, load_bundle
-    from bench.tasks.registry import builtin_tasks
-    from bench.tasks.data import load_rows
     from bench.cell.evaluate import predict
+    from bench.models import REGISTRY, load_bundle
+    from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
+    from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()[task_name]
     bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)

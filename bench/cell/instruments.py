@@ -13,7 +13,9 @@ the moments it cares about, in the order `standard()` lists them:
     evaluating       (window)  the final evaluation
     evaluated        the scores are in (the stored state's size, then the prediction speed)
 
-An instrument defines any of these as methods taking (run, record); windows are context managers.
+An instrument subclasses `Instrument` and defines any of these as methods taking (run, record); windows are
+context managers. A method that is not a moment (a misspelt one) fails as the class is defined, and a record
+takes only the figures the registry declares (bench/record.py: FigureSection), so neither fails silently.
 """
 
 from __future__ import annotations
@@ -41,7 +43,22 @@ from bench.models import dtype_name
 from bench.tasks.data import resolved_revision
 
 
-class Resolved:
+# The recipe's moments (bench/cell/recipe.py announces them), each a call or a window (a context manager).
+MOMENTS = {"loading": "window", "loaded": "call", "before_training": "call", "training": "window",
+           "paused": "window", "trained": "call", "evaluating": "window", "evaluated": "call"}
+
+
+class Instrument:
+    """What measures a cell at some of the recipe's moments; every public method must be one of MOMENTS."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if callable(value) and not name.startswith("_") and name not in MOMENTS:
+                raise TypeError(f"{cls.__name__}.{name} is not a moment of the recipe; moments: {', '.join(MOMENTS)}")
+
+
+class Resolved(Instrument):
     """What setup resolved that the cell's configuration leaves open: the weights' dtype, the attention
     implementation and the matrix products' dtype (`auto`), the data's hub revisions, the training rows
     drawn (few-shot and subsampled cells), where the weights came from."""
@@ -58,7 +75,7 @@ class Resolved:
         record["cell"]["source"] = "external" if run.adapted.external else "harness"
 
 
-class Timer:
+class Timer(Instrument):
     """time.load_s and time.eval_s: wall-clock seconds of the loading and evaluating windows."""
 
     def loading(self, run, record):
@@ -68,7 +85,7 @@ class Timer:
         return timed(record["time"], "eval_s")
 
 
-class StaticFigures:
+class StaticFigures(Instrument):
     """params.* and the weights' bytes of the adapted model; after evaluation, the stored state's size."""
 
     def loaded(self, run, record):
@@ -81,7 +98,7 @@ class StaticFigures:
         record["params"].update(stored_size(run.adapted.state_to_store()))
 
 
-class StepProbe:
+class StepProbe(Instrument):
     """The instrumented step (bench/cell/probe.py) before training, on the probe batch; it is also the
     warm-up, so the training window's peaks start after it. After training: the memory breakdown,
     the predicted peak and the training FLOPs."""
@@ -106,7 +123,7 @@ class StepProbe:
         memory["predicted_peak_bytes"] = predicted_peak(memory)
 
 
-class InferenceFlops:
+class InferenceFlops(Instrument):
     """flops.inference_per_example (and the cost model's) on the untrained model, once it is loaded:
     generation's decoding length depends on the weights, so every method is counted at the same
     starting point."""
@@ -116,7 +133,7 @@ class InferenceFlops:
                                                run.evaluation, run.device, run.autocast, record["params"]["total"]))
 
 
-class TrainingPeak:
+class TrainingPeak(Instrument):
     """memory.*_peak_* of the training window (bench/cell/measure.py: PeakMemory); evaluations during
     training are left out. On CUDA, memory.device_other_bytes: what the device held besides the weights
     as the window opened."""
@@ -140,7 +157,7 @@ class TrainingPeak:
         memory["device_other_bytes"] = None if self.held is None else self.held - memory["weights_bytes"]
 
 
-class Throughput:
+class Throughput(Instrument):
     """time.train_s, compile_s and the rates over train_s (samples, tokens, FLOPs per second, MFU)."""
 
     def trained(self, run, record):
@@ -154,7 +171,7 @@ class Throughput:
                                  run.compute_dtype))
 
 
-class EvaluationPeak:
+class EvaluationPeak(Instrument):
     """memory.eval_peak_allocated_bytes: the CUDA allocator's peak over the final evaluation."""
 
     @contextlib.contextmanager
@@ -164,7 +181,7 @@ class EvaluationPeak:
         record["memory"]["eval_peak_allocated_bytes"] = peak.figures["device_peak_allocated_bytes"]
 
 
-class InferenceSpeed:
+class InferenceSpeed(Instrument):
     """time.infer_*: how fast the trained model predicts, one example at a time and in evaluation batches
     (those timed as the final evaluation predicts them); then the same with the method's update merged into
     a copy of the weights (mergeable methods)."""
@@ -198,17 +215,25 @@ class Instruments:
         self.items = instruments
 
     def at(self, moment: str, run, record) -> None:
+        _check(moment, "call")
         for instrument in self.items:
             if hasattr(instrument, moment):
                 getattr(instrument, moment)(run, record)
 
     @contextlib.contextmanager
     def window(self, moment: str, run, record):
+        _check(moment, "window")
         with contextlib.ExitStack() as stack:
             for instrument in self.items:
                 if hasattr(instrument, moment):
                     stack.enter_context(getattr(instrument, moment)(run, record))
             yield
+
+
+def _check(moment: str, kind: str) -> None:
+    if MOMENTS.get(moment) != kind:
+        raise ValueError(f"{moment!r} is not a {kind} moment of the recipe; moments: "
+                         f"{', '.join(f'{m} ({k})' for m, k in MOMENTS.items())}")
 
 
 def standard() -> Instruments:

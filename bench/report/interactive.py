@@ -20,8 +20,8 @@ from importlib.resources import files
 
 import pandas as pd
 
-from bench.figures import FIGURES
 from bench import fmt
+from bench.figures import shown_in
 from bench.fmt import missing
 from bench.report.style import FAMILY_STYLE, OTHER_STYLE
 from bench.report.tables import display_label, family_name, status_text
@@ -43,23 +43,15 @@ class NumericColumn:
     unit: str = ""  # the plotted unit, for tick labels: "count" gets K/M/B suffixes
 
 
-def milliseconds(seconds) -> str:
-    """As the inference table writes latencies: ms, two decimals."""
-    return fmt.DASH if missing(seconds) else f"{1000 * seconds:.2f}"
+def _figure_column(f, shown) -> NumericColumn:
+    return NumericColumn(f.key, shown.header, lambda value: shown.text(f, value), axis=shown.axis,
+                         better=shown.better, log=shown.log, factor=shown.times, unit=shown.unit)
 
 
+# The score, then every figure the registry shows on the explore page, in the registry's order.
 NUMERIC_COLUMNS = [
     NumericColumn("score", "Score", fmt.score, axis="score (main metric, 0-100)", better="higher", unit="points"),
-    NumericColumn("params.method", "Method params", FIGURES["params.method"].show, axis="method params",
-                  better="lower", log=True, unit="count"),
-    NumericColumn("params.trainable", "Trainable params", FIGURES["params.trainable"].show,
-                  axis="trainable params", better="lower", log=True, unit="count"),
-    NumericColumn("memory.peak_bytes", "Peak memory", FIGURES["memory.peak_bytes"].show, axis="peak memory",
-                  better="lower", unit="bytes"),
-    NumericColumn("time.train_s", "Train time (s)", FIGURES["time.train_s"].show, axis="train time (s)",
-                  better="lower", unit="s"),
-    NumericColumn("time.infer_latency_s", "Latency (ms)", milliseconds, axis="inference latency (ms)",
-                  better="lower", factor=1000.0, unit="ms"),
+    *(_figure_column(f, shown) for f, shown in shown_in("explore")),
 ]
 DEFAULT_AXES = ("params.trainable", "score")  # as the static params plot: trainable params (log) vs score
 TEXT_COLUMNS = [("model", "Model"), ("task", "Task"), ("family", "Family"), ("method", "Method"),

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.figures import FIGURES
 from bench import fmt
+from bench.figures import FIGURES, shown_in
 from bench.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
 
 REASON_CHARS = 300  # footnotes quote an error message up to this length
-MEMORY_PARTS = [("memory.weights_bytes", "Weights"), ("memory.grad_bytes", "Gradients"),
-                ("memory.optimizer_bytes", "Optimizer"), ("memory.activation_bytes", "Activations"),
-                ("memory.step_peak_bytes", "Step peak"), ("memory.predicted_peak_bytes", "Predicted peak")]
-# Beside the memory of the same cell, the rate its training ran at: counted FLOPs per second and, where the
-# device has a datasheet peak (CUDA), the utilisation. (header, csv header, figure, scale, decimals)
-SPEED_PARTS = [("Train TFLOP/s", "Train FLOP/s", "time.train_flops_per_s", 1e12, 3),
-               ("MFU (%)", "MFU (ratio)", "time.mfu", 0.01, 1)]
+# The memory breakdown's columns, (figure, header), as the figure registry shows them ("memory"); beside them
+# the rate the same cell's training ran at ("speed": counted FLOPs per second and, where the device has a
+# datasheet peak, the utilisation).
+MEMORY_PARTS = [(f.key, shown.header) for f, shown in shown_in("memory")]
+SPEED_PARTS = shown_in("speed")
 
 
 def family_name(row) -> str:
@@ -212,11 +210,11 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
                    Column("Task (largest peak)", numeric=False)]
         columns += [Column(f"{name} ({unit})", csv_header=f"{name} (bytes)") for _, name in parts]
         columns += [Column(peak, csv_header=in_bytes(peak, unit))]
-        speed = [part for part in SPEED_PARTS if not part_absent(rows, part[2])]
-        columns += [Column(header, "higher", csv_header=csv_header) for header, csv_header, *_ in speed]
+        speed = [(f, shown) for f, shown in SPEED_PARTS if not part_absent(rows, f.key)]
+        columns += [Column(shown.header, "higher", csv_header=shown.csv_header) for _, shown in speed]
         caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
                    "Definitions: docs/measurement.md." + checkpointing_caption(agg, model))
-        absent += [header.split(" (")[0] for header, _, figure, *_ in SPEED_PARTS if part_absent(rows, figure)]
+        absent += [shown.header.split(" (")[0] for f, shown in SPEED_PARTS if part_absent(rows, f.key)]
         if absent:
             reason = " (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)" if "MFU" in absent else ""
             caption += f" Not recorded: {', '.join(absent)}{reason}."
@@ -225,18 +223,13 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
             cells = [Cell(family_name(row)), Cell(display_label(row)), Cell(row["task"])]
             cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
             cells.append(peak_cell(row, scale, name_source))
-            cells += [Cell(DASH if missing(row[figure]) else f"{row[figure] / per:.{decimals}f}", row[figure])
-                      for _, _, figure, per, decimals in speed]
+            cells += [Cell(shown.text(f, row[f.key]), row[f.key]) for f, shown in speed]
             table.add(family_name(row), cells)
         tables.append(table)
     return tables
 
 
-# The inference table's figures: (header, csv header, figure, multiplier, decimals); latencies in ms.
-INFERENCE_PARTS = [("Latency, batch 1 (ms)", "Latency, batch 1 (s)", "time.infer_latency_s", 1e3, 2),
-                   ("Examples/s, eval batch", "Examples/s, eval batch", "time.infer_examples_per_s", 1, 1),
-                   ("Merged latency (ms)", "Merged latency (s)", "time.infer_latency_merged_s", 1e3, 2),
-                   ("Merged examples/s", "Merged examples/s", "time.infer_examples_per_s_merged", 1, 1)]
+INFERENCE_PARTS = shown_in("inference")  # the inference table's figures, as the registry shows them there
 
 
 def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
@@ -244,12 +237,11 @@ def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
     the FLOPs one prediction counts: the inference overhead of additive methods, measured."""
     tables = []
     for model, rows in summary.groupby("model", sort=True):
-        parts = [part for part in INFERENCE_PARTS if not part_absent(rows, part[2])]
+        parts = [(f, shown) for f, shown in INFERENCE_PARTS if not part_absent(rows, f.key)]
         if not parts:
             continue
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
-        columns += [Column(header, "lower" if "atency" in header else "higher", csv_header=csv)
-                    for header, csv, *_ in parts]
+        columns += [Column(shown.header, shown.better, csv_header=shown.csv_header) for _, shown in parts]
         columns += [Column("Inference FLOPs per example", "lower")]
         table = Table(f"inference-{slug(model)}", f"{model}: inference speed", columns,
                       caption=f"Measured on {', '.join(devices) or 'an unrecorded device'}; means over tasks and "
@@ -258,8 +250,7 @@ def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
                               "(mergeable methods). Definitions: docs/measurement.md.")
         for _, row in rows.sort_values(["family_order", "label"], kind="stable").iterrows():
             cells = [Cell(family_name(row)), Cell(display_label(row))]
-            cells += [Cell(DASH if missing(row.get(figure)) else f"{row[figure] * times:.{decimals}f}", row.get(figure))
-                      for _, _, figure, times, decimals in parts]
+            cells += [Cell(shown.text(f, row.get(f.key)), row.get(f.key)) for f, shown in parts]
             cells.append(figure_cell(row, "flops.inference_per_example"))
             table.add(family_name(row), cells)
         table.mark_best()
