@@ -2,8 +2,8 @@
 
     python -m bench.tools.docs [DOCS_DIR]
 
-docs/measurement.md: one table per record section and the rules table; docs/regression.md: the rules
-table. Each table is replaced where it stands (found by its header row); the prose around it stays.
+docs/measurement.md: one table per record section and the rules table. Each table is replaced where it stands
+(found by its header row); the prose around it stays. A new figure changes this one file of the docs.
 tests/test_figures.py fails while a table differs from the registry.
 """
 
@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> int:
         measurement = replace_table(measurement, SECTION_HEADER, figures.markdown_table(section), f"## {section}")
     measurement = replace_table(measurement, RULES_HEADER, figures.rules_table())
     (docs / "measurement.md").write_text(measurement)
-    regression = (docs / "regression.md").read_text()
-    (docs / "regression.md").write_text(replace_table(regression, RULES_HEADER, figures.rules_table()))
     return 0
 
 
