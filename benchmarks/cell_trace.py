@@ -42,11 +42,14 @@ def phase_and_stack(frame) -> tuple[str, list[str]]:
 
 
 def not_read(frame) -> bool:
-    """Code a reader does not go and read: a property of an object in hand (`bundle.kind`), or what a
-    dataclass generated (its `__init__`)."""
+    """Code a reader does not go and read: a property of an object in hand (`bundle.kind`), what a
+    dataclass generated (its `__init__`), or a record section taking a figure (bench/record.py: FigureSection,
+    a dict that checks the name it is given)."""
     if not frame.f_code.co_filename.endswith(".py"):
         return True
     owner = frame.f_locals.get("self")
+    if isinstance(owner, dict):
+        return True
     return owner is not None and isinstance(getattr(type(owner), frame.f_code.co_name, None), property)
 
 

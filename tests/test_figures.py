@@ -127,3 +127,86 @@ def test_make_docs_rewrites_a_stale_table_and_keeps_the_prose(tmp_path):
     assert main([str(tmp_path)]) == 0
     assert (tmp_path / "measurement.md").read_text() == (DOCS / "measurement.md").read_text()
     assert (tmp_path / "regression.md").read_text() == (DOCS / "regression.md").read_text()
+
+
+# ---- figures that wire themselves ----
+
+def _cell():
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    return grid.expand(load_suite("ci"))[0]
+
+
+def test_a_record_takes_only_declared_figures():
+    """A misspelt figure fails where it is written, whichever way it is written, naming the section's figures; the
+    record still serialises as plain JSON and pickles (a Ray task or Slurm job returns it) as a plain dict."""
+    import json
+    import pickle
+
+    from bench.record import new_record
+
+    record = new_record(_cell())
+    record["time"]["train_s"] = 1.5
+    record["memory"].update(weights_bytes=4, grad_bytes=8)
+    for write in (lambda: record["time"].__setitem__("train_secs", 1.0),
+                  lambda: record["memory"].update({"weight_bytes": 4}),
+                  lambda: record["flops"].setdefault("train", 1)):
+        with pytest.raises(KeyError, match=r"not a figure of the registry .*figures: "):
+            write()
+    assert json.loads(json.dumps(record))["time"]["train_s"] == 1.5
+    assert "train_secs" not in record["time"] and "weight_bytes" not in record["memory"]
+    back = pickle.loads(pickle.dumps(record))
+    assert type(back["time"]) is dict and back["time"] == record["time"]
+
+
+def test_an_instrument_with_a_moment_the_recipe_lacks_fails_as_it_is_defined():
+    from bench.cell.instruments import MOMENTS, Instrument, Instruments
+
+    with pytest.raises(TypeError, match=r"Late.trainedd is not a moment of the recipe; moments: loading"):
+        class Late(Instrument):
+            def trainedd(self, run, record):
+                pass
+
+    class Fine(Instrument):  # private helpers are allowed beside the moments
+        def trained(self, run, record):
+            record["seen"] = self._note()
+
+        def _note(self):
+            return "trained"
+
+    tools, record = Instruments(Fine()), {}
+    tools.at("trained", None, record)
+    assert record == {"seen": "trained"} and set(MOMENTS) >= {"loading", "trained", "evaluated"}
+    with pytest.raises(ValueError, match="'trainedd' is not a call moment"):
+        tools.at("trainedd", None, record)
+    with pytest.raises(ValueError, match="'trained' is not a window moment"):
+        with tools.window("trained", None, record):
+            pass
+
+
+def test_tables_and_the_explore_page_are_built_from_where_a_figure_is_shown(tmp_path, monkeypatch):
+    """Declaring a figure shown in a place is all it takes: time.eval_s, declared here for the inference table
+    and the explore page, gets a column in both, its value written as declared (× 1000, one decimal)."""
+    import dataclasses
+
+    from bench.report import write_report
+    from tests.handmade import survey_records, write_store
+
+    eval_s = dataclasses.replace(FIGURES["time.eval_s"], shown=(
+        figures.Shown("inference", "Eval time (ms)", "Eval time (s)", times=1e3, decimals=1, better="lower"),
+        figures.Shown("explore", "Eval (ms)", times=1e3, decimals=1, axis="eval time (ms)", better="lower")))
+    monkeypatch.setattr(figures, "_FIGURES", [eval_s if f.key == "time.eval_s" else f for f in figures._FIGURES])
+    records = survey_records()
+    for r in records:
+        if r["status"] == "ok":
+            r["time"]["eval_s"] = 0.25
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md", "html"])
+    report = tmp_path / "reports" / "hand"
+    text = (report / "report.md").read_text()
+    assert "Eval time (ms)" in text and "| **250.0** |" in text  # every method alike: each marked best
+    page = (report / "index.html").read_text()
+    assert ">Eval (ms)</th>" in page and '"label":"eval time (ms)"' in page
+    with pytest.raises(KeyError, match="unknown place 'sidebar'"):
+        figures.shown_in("sidebar")

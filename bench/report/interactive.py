@@ -48,11 +48,11 @@ def _figure_column(f, shown) -> NumericColumn:
                          better=shown.better, log=shown.log, factor=shown.times, unit=shown.unit)
 
 
-# The score, then every figure the registry shows on the explore page, in the registry's order.
-NUMERIC_COLUMNS = [
-    NumericColumn("score", "Score", fmt.score, axis="score (main metric, 0-100)", better="higher", unit="points"),
-    *(_figure_column(f, shown) for f, shown in shown_in("explore")),
-]
+def numeric_columns() -> list[NumericColumn]:
+    """The score, then every figure the registry shows on the explore page, in the registry's order."""
+    score = NumericColumn("score", "Score", fmt.score, axis="score (main metric, 0-100)", better="higher",
+                          unit="points")
+    return [score, *(_figure_column(f, shown) for f, shown in shown_in("explore"))]
 DEFAULT_AXES = ("params.trainable", "score")  # as the static params plot: trainable params (log) vs score
 TEXT_COLUMNS = [("model", "Model"), ("task", "Task"), ("family", "Family"), ("method", "Method"),
                 ("metric", "Metric")]
@@ -99,8 +99,9 @@ def number(value) -> float | None:
 def blob_row(row) -> dict:
     """One table row as the script reads it: filter keys, values to sort and plot, texts for tooltips."""
     values = {"score": number(row["score_mean"]), "seeds": int(row["n"])}
-    values |= {f.key: number(row.get(f.key)) for f in NUMERIC_COLUMNS if f.key != "score"}
-    texts = {f.key: f.show(values[f.key]) for f in NUMERIC_COLUMNS}
+    columns = numeric_columns()
+    values |= {f.key: number(row.get(f.key)) for f in columns if f.key != "score"}
+    texts = {f.key: f.show(values[f.key]) for f in columns}
     texts["score"] = fmt.score(row["score_mean"], row["score_std"])
     return {"model": str(row["model"]), "task": str(row["task"]), "family": family_name(row),
             "method": display_label(row), "metric": str(row["main_metric"] or ""), "values": values,
@@ -124,7 +125,7 @@ def memory_axis(rows: pd.DataFrame) -> dict:
 
 def blob(rows: pd.DataFrame) -> dict:
     axes = []
-    for f in NUMERIC_COLUMNS:
+    for f in numeric_columns():
         axis = {"key": f.key, "label": f.axis, "better": f.better, "log": f.log, "factor": f.factor, "unit": f.unit}
         if f.key == "memory.peak_bytes":
             axis |= memory_axis(rows)
@@ -149,7 +150,8 @@ def script_hash() -> str:
 
 def table_html(rows: pd.DataFrame, data: dict) -> str:
     sources = peak_sources(rows)
-    headers = {f.key: f.header for f in NUMERIC_COLUMNS}
+    columns = numeric_columns()
+    headers = {f.key: f.header for f in columns}
     if len(sources) == 1:  # else each cell names its own, in its tooltip
         headers["memory.peak_bytes"] += f" ({next(iter(sources))})"
     head = "".join(f'<th data-key="{key}" data-type="text">{header}</th>' for key, header in TEXT_COLUMNS)
@@ -158,7 +160,7 @@ def table_html(rows: pd.DataFrame, data: dict) -> str:
     body = []
     for i, ((_, row), item) in enumerate(zip(rows.iterrows(), data["rows"])):
         cells = "".join(f'<td class="text">{escape(item[key])}</td>' for key, _ in TEXT_COLUMNS)
-        for f in NUMERIC_COLUMNS:
+        for f in columns:
             value, text = item["values"][f.key], escape(item["texts"][f.key])
             if f.unit == "count" and not missing(value):  # the exact count, without a note's dotted underline
                 cells += f'<td class="num exact" title="{value:,.0f}">{text}</td>'

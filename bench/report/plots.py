@@ -20,7 +20,7 @@ from bench import fmt
 from bench.fmt import missing
 from bench.report.render import Job, write_all
 from bench.report.style import PART_STYLE
-from bench.report.tables import MEMORY_PARTS, display_label, family_name, flops_column, memory_rows, memory_unit, slug
+from bench.report.tables import display_label, family_name, flops_column, memory_parts, memory_rows, memory_unit, slug
 
 
 @dataclass
@@ -87,7 +87,7 @@ def memory_breakdown(agg: pd.DataFrame, folder: Path) -> list[Plot]:
     """Stacked bars per method (weights, gradients, optimizer, activations), measured peak as a marker."""
     title = "Memory breakdown"
     rows_all = memory_rows(agg)
-    parts = [(c, n) for c, n in MEMORY_PARTS if n in PART_STYLE and c in rows_all and rows_all[c].notna().any()]
+    parts = [(c, n) for c, n in memory_parts() if n in PART_STYLE and c in rows_all and rows_all[c].notna().any()]
     if not parts:
         return [Plot("memory", title, skipped="no record has the memory breakdown (weights, gradients, "
                                               "optimizer, activations bytes)")]

@@ -14,11 +14,12 @@ from bench.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
 
 REASON_CHARS = 300  # footnotes quote an error message up to this length
-# The memory breakdown's columns, (figure, header), as the figure registry shows them ("memory"); beside them
-# the rate the same cell's training ran at ("speed": counted FLOPs per second and, where the device has a
-# datasheet peak, the utilisation).
-MEMORY_PARTS = [(f.key, shown.header) for f, shown in shown_in("memory")]
-SPEED_PARTS = shown_in("speed")
+
+
+def memory_parts() -> list[tuple[str, str]]:
+    """The memory breakdown's columns, (figure, header), as the figure registry shows them ("memory"). Beside
+    them, the memory tables show the rate the same cell's training ran at (the registry's "speed")."""
+    return [(f.key, shown.header) for f, shown in shown_in("memory")]
 
 
 def family_name(row) -> str:
@@ -202,21 +203,23 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
     """One table per model: the memory breakdown next to the predicted and the measured peak."""
     tables = []
     for model, rows in memory_rows(agg).groupby("model", sort=True):
-        parts = [(col, name) for col, name in MEMORY_PARTS if not part_absent(rows, col)]
-        absent = [name.lower() for col, name in MEMORY_PARTS if (col, name) not in parts]
+        every = memory_parts()
+        parts = [(col, name) for col, name in every if not part_absent(rows, col)]
+        absent = [name.lower() for col, name in every if (col, name) not in parts]
         unit, scale = memory_unit(rows, parts)
         peak, name_source = peak_header(rows, unit, "Measured peak")
         columns = [Column("Family", numeric=False), Column("Method", numeric=False),
                    Column("Task (largest peak)", numeric=False)]
         columns += [Column(f"{name} ({unit})", csv_header=f"{name} (bytes)") for _, name in parts]
         columns += [Column(peak, csv_header=in_bytes(peak, unit))]
-        speed = [(f, shown) for f, shown in SPEED_PARTS if not part_absent(rows, f.key)]
+        speed = [(f, shown) for f, shown in shown_in("speed") if not part_absent(rows, f.key)]
         columns += [Column(shown.header, "higher", csv_header=shown.csv_header) for _, shown in speed]
         caption = ("Per method, the cell (task) with the largest measured peak; figures are means over ok seeds. "
                    "Definitions: docs/measurement.md." + checkpointing_caption(agg, model))
-        absent += [shown.header.split(" (")[0] for f, shown in SPEED_PARTS if part_absent(rows, f.key)]
+        absent += [shown.header.split(" (")[0] for f, shown in shown_in("speed") if part_absent(rows, f.key)]
         if absent:
-            reason = " (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)" if "MFU" in absent else ""
+            reason = " (MFU needs a CUDA device with a datasheet peak: bench/cell/measure.py)" \
+                if "MFU" in absent else ""
             caption += f" Not recorded: {', '.join(absent)}{reason}."
         table = Table(f"memory-{slug(model)}", f"{model}: memory", columns, caption=caption)
         for _, row in rows.iterrows():
@@ -229,7 +232,6 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
     return tables
 
 
-INFERENCE_PARTS = shown_in("inference")  # the inference table's figures, as the registry shows them there
 
 
 def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
@@ -237,7 +239,7 @@ def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
     the FLOPs one prediction counts: the inference overhead of additive methods, measured."""
     tables = []
     for model, rows in summary.groupby("model", sort=True):
-        parts = [(f, shown) for f, shown in INFERENCE_PARTS if not part_absent(rows, f.key)]
+        parts = [(f, shown) for f, shown in shown_in("inference") if not part_absent(rows, f.key)]
         if not parts:
             continue
         columns = [Column("Family", numeric=False), Column("Method", numeric=False)]
