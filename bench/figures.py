@@ -180,6 +180,11 @@ _FIGURES = [
     Figure("memory", "peak_source", "text", "exact", "which of the two `peak_bytes` is.", "first", "same"),
     # time
     Figure("time", "load_s", "s", "timing", "reading data, tokenising, building the model and applying the method."),
+    Figure("time", "to_training_s", "s", "timing", "seconds from the start of setup to the start of training: "
+           "`load_s` plus what the harness does before the first training step (the static figures, counting "
+           "inference FLOPs, the instrumented probe step): what a user waits before the first step trains. Null "
+           "for a method that does not train.", tasks="mean",
+           shown=(Shown("explore", "To training (s)", axis="time to training (s)", better="lower", unit="s"),)),
     Figure("time", "train_s", "s", "timing", "the sum of training-step times; a step runs from collating its batch "
            "to the end of the optimizer step (on CUDA timed by events on the device's timeline, nothing "
            "synchronised inside the loop). Evaluations during training, the instrumented step and the "

@@ -210,3 +210,28 @@ def test_tables_and_the_explore_page_are_built_from_where_a_figure_is_shown(tmp_
     assert ">Eval (ms)</th>" in page and '"label":"eval time (ms)"' in page
     with pytest.raises(KeyError, match="unknown place 'sidebar'"):
         figures.shown_in("sidebar")
+
+
+def test_time_to_training_is_setup_and_what_precedes_the_first_step(tmp_path):
+    """time.to_training_s against a clock outside the cell: at least load_s (setup is part of it), and with the
+    training and evaluation that follow it, no more than the whole cell took; null for a method that trains
+    nothing (zero-shot)."""
+    import time
+
+    from bench.cell.recipe import run_cell
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nmethods: [lora, zero-shot]\nmodels: [tiny-t5]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                     "train: {max_steps: 4, batch_size: 8, max_length: 32, max_eval_samples: 16}\n")
+    lora, zero = grid.expand(load_suite(str(suite)))
+    started = time.perf_counter()
+    record = run_cell(lora, quiet=True)
+    whole = time.perf_counter() - started
+    times = record["time"]
+    assert record["status"] == "ok", record["error"]
+    assert times["load_s"] <= times["to_training_s"]
+    assert times["to_training_s"] + times["train_s"] + times["eval_s"] <= whole
+    record = run_cell(zero, quiet=True)
+    assert record["status"] == "ok" and record["time"]["to_training_s"] is None and record["time"]["load_s"] > 0

@@ -21,6 +21,7 @@ takes only the figures the registry declares (bench/record.py: FigureSection), s
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
@@ -83,6 +84,23 @@ class Timer(Instrument):
 
     def evaluating(self, run, record):
         return timed(record["time"], "eval_s")
+
+
+class TimeToTraining(Instrument):
+    """time.to_training_s: wall-clock seconds from the loading window's opening to the training window's."""
+
+    def __init__(self):
+        self.started = None
+
+    @contextlib.contextmanager
+    def loading(self, run, record):
+        self.started = time.perf_counter()
+        yield
+
+    @contextlib.contextmanager
+    def training(self, run, record):
+        record["time"]["to_training_s"] = time.perf_counter() - self.started
+        yield
 
 
 class StaticFigures(Instrument):
@@ -237,10 +255,11 @@ def _check(moment: str, kind: str) -> None:
 
 
 def standard() -> Instruments:
-    """Every cell's instruments. Order matters where one reads another's figures or windows nest: the
-    step probe writes flops.train_total before Throughput divides it by time; the probe runs before the
-    training window opens (its warm-up must not count in the peaks); the evaluation's peak window
-    encloses its timer, so eval_s does not include resetting and reading the peaks; the speed of prediction
-    is measured after the stored state's size is read, as merging may change the adapted model."""
-    return Instruments(EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(), InferenceFlops(),
-                       TrainingPeak(), Throughput(), InferenceSpeed())
+    """Every cell's instruments. Order matters where one reads another's figures or windows nest: the time to
+    training opens first, so it encloses the others' loading; the step probe writes flops.train_total before
+    Throughput divides it by time; the probe runs before the training window opens (its warm-up must not count
+    in the peaks); the evaluation's peak window encloses its timer, so eval_s does not include resetting and
+    reading the peaks; the speed of prediction is measured after the stored state's size is read, as merging
+    may change the adapted model."""
+    return Instruments(TimeToTraining(), EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(),
+                       InferenceFlops(), TrainingPeak(), Throughput(), InferenceSpeed())
