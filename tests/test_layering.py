@@ -28,7 +28,7 @@ FLOORS = [  # lowest first
     {"run/"},
     {"report/"},
     {"tools/"},
-    {"cli", "__main__", "bench"},
+    {"cli/", "__main__", "bench"},
 ]
 
 

@@ -1,0 +1,73 @@
+"""`peft-bench run`: a suite's grid through an executor into the results store."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+
+from bench.cli.common import csv_list, interrupt, print_store_problems, quiet, seed_list
+
+
+def add(sub) -> None:
+    from bench.run.executors import add_flags
+
+    run = sub.add_parser("run", help="run a suite's grid (cells with an ok record are skipped)")
+    run.add_argument("--suite", required=True, help="suite name (suites/NAME.yaml) or path to a YAML file")
+    run.add_argument("--methods", type=csv_list, help="only these methods (suite labels or registry names)")
+    run.add_argument("--models", type=csv_list, help="only these models (registry names, hub ids or folders)")
+    run.add_argument("--tasks", type=csv_list, help="only these tasks")
+    run.add_argument("--seeds", type=seed_list, help="these seeds instead of the suite's, e.g. 1,2,3")
+    run.add_argument("--results", default="results", help="results store folder (default: results)")
+    run.add_argument("--data-dir", help="read datasets from DIR/<dataset>/<config>/<split>.jsonl instead of the hub")
+    add_flags(run)
+    run.add_argument("--dry-run", action="store_true", help="print the expanded grid (one line per cell, with "
+                                                            "its FLOPs and estimated time) and exit")
+    run.add_argument("--tflops", type=float, help="--dry-run: the rate (TFLOP/s per cell) to estimate times "
+                                                  "with (default: measured by this store's records)")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
+    run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells "
+                                                                  "unsupported on this machine only")
+    run.add_argument("--threads", type=int, help="torch threads per cell (default: the suite's `threads`, else the "
+                                                 "cores this process may use); recorded in env.threads")
+    run.add_argument("--steal-locks", action="store_true",
+                     help="remove the locks of this grid's cells whoever holds them (say which), then run")
+    run.add_argument("--save-adapters", action="store_true",
+                     help="write each trained cell's adapter to <results>/<suite>/adapters/<cell id> (peft's format "
+                          "too for peft methods), for `eval --adapter`; with --force for cells already recorded")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
+    run.set_defaults(func=command)
+
+
+def command(args) -> int:
+    from bench.files import writable_folder
+    from bench.plan import grid, suite
+    from bench.run.executors import given_flags, make_executor
+    from bench.run.runner import run_grid
+    from bench.run.store import Store
+    from bench.tasks.data import check_cells
+    from bench.tools.plan_cost import predicted_memory
+
+    s = suite.load_suite(args.suite, args.data_dir)
+    executor = make_executor(args.executor, quiet(args), given_flags(args), predicted_memory)
+    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
+                        args.threads if args.threads is not None else executor.threads_per_cell,
+                        executor.slots or 1)
+    if args.dry_run:
+        from bench.tools.plan_cost import print_plan
+
+        print_plan(cells, executor, args.tflops, Store(args.results))
+        return 0
+    check_cells(cells)
+    store = Store(writable_folder(args.results, "--results"))
+    if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
+        cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
+    recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
+    print_store_problems(store, bad)
+    signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
+    summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
+                       quiet=quiet(args), steal=args.steal_locks, recorded=recorded)
+    for line in summary.notes + summary.problems:
+        print(line, file=sys.stderr)
+    print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
+    return 0
