@@ -233,7 +233,8 @@ def _build(quiet: bool, slurm_partition: str | None, slurm_account: str | None, 
            cpus_per_cell: float | None, gpus_per_cell: float | None, mem_per_cell: float | None,
            predicted_memory: Callable[[Cell], dict | None] | None = None) -> SlurmExecutor:
     return SlurmExecutor(quiet=quiet, partition=slurm_partition, account=slurm_account, max_jobs=slurm_max_jobs,
-                         cpus_per_cell=cpus_per_cell or 1, gpus_per_cell=gpus_per_cell or 0,
+                         cpus_per_cell=1 if cpus_per_cell is None else cpus_per_cell,
+                         gpus_per_cell=0 if gpus_per_cell is None else gpus_per_cell,
                          mem_per_cell=mem_per_cell, predicted_memory=predicted_memory)
 
 
