@@ -48,6 +48,16 @@ def write_suite(tmp_path):
     return write
 
 
+@pytest.fixture
+def tiny_bundle():
+    """A factory of fresh model bundles: `tiny_bundle()` is the tiny encoder classifying 2 labels, and
+    `tiny_bundle("tiny-t5", task=task, seed=1)` or `tiny_bundle("roberta-base", meta=True)` others (the
+    defaults and options: tests/adapting.py's build_bundle)."""
+    from tests.adapting import build_bundle  # imports torch: only where a test asks for a model
+
+    return build_bundle
+
+
 TINY_SUITE = """\
 name: tiny
 description: test suite
