@@ -8,12 +8,16 @@ import pytest
 from bench import archs, methods, models, tiny
 from bench.archs import ARCH_OF_MODEL_TYPE, ARCHS
 from bench.layers import sites
+from tests.adapting import build_bundle
+
+
+def tiny_model_name(arch: str) -> str:
+    return next(s.name for s in models.REGISTRY.values() if s.source == "tiny" and s.arch == arch)
 
 
 def tiny_model(arch: str):
-    spec = next(s for s in models.REGISTRY.values() if s.source == "tiny" and s.arch == arch)
-    task_type = "classification" if spec.kind == "encoder" else "generation"
-    return models.load_bundle(spec, task_type, 2, seed=0).model
+    """The architecture's tiny model at its native task (classification on encoders, generation elsewhere)."""
+    return build_bundle(tiny_model_name(arch)).model
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -65,9 +69,8 @@ def test_targets_helper_covers_every_architecture():
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_the_declared_head_is_the_classification_model_s_new_head(arch):
+def test_the_declared_head_is_the_classification_model_s_new_head(arch, tiny_bundle):
     """A sequence-classification model of each architecture has exactly the declared head children."""
-    spec = next(s for s in models.REGISTRY.values() if s.source == "tiny" and s.arch == arch)
-    task_type = "classification" if spec.kind == "encoder" else "regression"  # the classifier head elsewhere
-    bundle = models.load_bundle(spec, task_type, 2, seed=0)
+    task_type = "classification" if ARCHS[arch].kind == "encoder" else "regression"  # the classifier head elsewhere
+    bundle = tiny_bundle(tiny_model_name(arch), task_type, 2)
     assert bundle.head == "classifier" and bundle.head_modules == list(ARCHS[arch].head_modules)

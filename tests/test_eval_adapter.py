@@ -93,7 +93,7 @@ def test_bad_adapters_fail_before_any_work(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
-def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_path):
+def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_path, tiny_bundle):
     """peft loads soft prompts for inference only (it refuses is_trainable, which once failed every such
     adapter): loaded from peft's own files, a prompt on a decoder's classifier head predicts what the trained
     model predicts, in right-padded batches as alone (it reads each row's last token), and counts the prompt
@@ -104,9 +104,8 @@ def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_
     from bench.cell.batching import collate
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.models import REGISTRY, load_bundle
 
-    bundle = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    bundle = tiny_bundle(name, "regression")
     chosen = methods.get(method)
     trained = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),
                            ApplyContext(bundle, TrainConfig(), 10)).model.eval()
@@ -116,7 +115,7 @@ def test_a_soft_prompt_from_a_peft_folder_predicts_as_trained(name, method, tmp_
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.5)
     trained.save_pretrained(str(tmp_path))  # what a peft user has
-    fresh = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    fresh = tiny_bundle(name, "regression")
     loaded = methods.get("external-adapter").apply(fresh.model, {"path": str(tmp_path), "sha256": ""},
                                                    ApplyContext(fresh, TrainConfig(), 1)).model.eval()
     rows = [{"input_ids": list(range(5, 5 + n))} for n in (9, 4, 6)]

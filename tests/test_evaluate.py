@@ -85,7 +85,8 @@ def test_one_length_batches_never_mix_lengths_and_stay_within_the_batch_size():
     ("tiny-gpt2", "synth-intensity", "prompt-tuning"), ("tiny-llama", "synth-digits", "prompt-tuning"),
     ("tiny-gpt2", "synth-digits", "p-tuning"), ("tiny-llama", "synth-digits", "prefix-tuning-peft"),
     ("tiny-llama", "synth-choice", "prompt-tuning"), ("tiny-gpt2", "synth-digits", "prefix-tuning")])
-def test_batched_predictions_are_each_example_predicted_alone(model_name, task_name, method, monkeypatch):
+def test_batched_predictions_are_each_example_predicted_alone(model_name, task_name, method, monkeypatch,
+                                                              tiny_bundle):
     """On real tiny models (a classifier head on an encoder and a decoder; rank classification on an
     encoder-decoder and a decoder; generation, left-padded on a decoder; soft prompts and prefixes), predicting
     in sorted batches of 4 gives each example's own prediction (batch 1), in order: the sort is undone and
@@ -97,13 +98,12 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.models import REGISTRY, load_bundle
     from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
 
     task = builtin_tasks()[task_name]
-    bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
+    bundle = tiny_bundle(model_name, task=task)
     model = bundle.model
     if method:
         chosen = methods.get(method)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from bench.cell.objectives import option_batch, tfew_loss
-from bench.models import REGISTRY, load_bundle
 from bench.tasks.registry import builtin_tasks
 from bench.tasks.features import train_features
 
@@ -18,8 +17,8 @@ def option_token_logprobs(model, prompt, option):
     return [float(logp[t, y]) for t, y in enumerate(option)]
 
 
-def test_tfew_loss_matches_its_definition():
-    bundle = load_bundle(REGISTRY["tiny-t5"], "multiple_choice", None, seed=0)
+def test_tfew_loss_matches_its_definition(tiny_bundle):
+    bundle = tiny_bundle("tiny-t5", "multiple_choice")
     model = bundle.model.eval()
     task = builtin_tasks()["synth-choice"]
     rows = [{"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0},

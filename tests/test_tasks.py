@@ -9,7 +9,6 @@ from bench.cell.batching import collate
 
 from bench.tasks.features import IGNORE
 from bench.errors import BadInput
-from bench.models import REGISTRY, load_bundle
 from bench.tasks import synthetic
 from bench.tasks.registry import builtin_tasks
 from bench.tasks.schema import load_task_file
@@ -53,8 +52,8 @@ def test_task_file_errors_name_file_and_line(tmp_path):
     assert error.where == f"{tmp_path / 'tasks.yaml'}:8"
 
 
-def test_decoder_features_mask_the_prompt():
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+def test_decoder_features_mask_the_prompt(tiny_bundle):
+    bundle = tiny_bundle("tiny-gpt2", "classification")
     task = builtin_tasks()["synth-polarity"]
     row = {"sentence": "a great movie", "label": 1}
     (feat,) = train_features(task, bundle, [row], 64)
@@ -65,8 +64,8 @@ def test_decoder_features_mask_the_prompt():
     assert tok.decode(feat["input_ids"][1:-len(target)]).strip() == "review: a great movie sentiment:"
 
 
-def test_encoder_decoder_features_put_the_answer_in_labels():
-    bundle = load_bundle(REGISTRY["tiny-t5"], "generation", None, seed=0)
+def test_encoder_decoder_features_put_the_answer_in_labels(tiny_bundle):
+    bundle = tiny_bundle("tiny-t5", "generation")
     task = builtin_tasks()["synth-digits"]
     (feat,) = train_features(task, bundle, [{"digits": "1 2", "words": "one two"}], 64)
     assert bundle.tokenizer.decode(feat["labels"], skip_special_tokens=True).strip() == "one two"
@@ -75,8 +74,8 @@ def test_encoder_decoder_features_put_the_answer_in_labels():
     assert evalset.gold == [["one two"]]
 
 
-def test_sequence_logprob_matches_a_direct_computation():
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+def test_sequence_logprob_matches_a_direct_computation(tiny_bundle):
+    bundle = tiny_bundle("tiny-gpt2", "classification")
     model = bundle.model.eval()
     feats = [{"input_ids": [1, 5, 6, 7, 8], "labels": [IGNORE, IGNORE, IGNORE, 7, 8]},
              {"input_ids": [1, 9, 10], "labels": [IGNORE, IGNORE, 10]}]
@@ -90,8 +89,8 @@ def test_sequence_logprob_matches_a_direct_computation():
             assert value == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_templates_choices_and_demonstrations():
-    bundle = load_bundle(REGISTRY["tiny-t5"], "multiple_choice", None, seed=0)
+def test_templates_choices_and_demonstrations(tiny_bundle):
+    bundle = tiny_bundle("tiny-t5", "multiple_choice")
     task = builtin_tasks()["synth-choice"]
     rows = [{"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0},
             {"sentence": "the dull plot", "choice1": "great", "choice2": "dull", "label": 1}]
@@ -108,7 +107,7 @@ def test_templates_choices_and_demonstrations():
     assert [f["gold"] for f in feats] == [0, 1] and all(len(f["choice_ids"]) == 2 for f in feats)
 
 
-def test_nested_columns_and_string_labels(tmp_path):
+def test_nested_columns_and_string_labels(tmp_path, tiny_bundle):
     from bench.tasks.registry import registry
 
     (tmp_path / "train.jsonl").write_text('{"pair": {"a": "x y", "b": "z"}, "verdict": "no"}\n')
@@ -119,7 +118,7 @@ def test_nested_columns_and_string_labels(tmp_path):
         "    text: [pair]\n    label: verdict\n    labels: ['no', 'yes']\n"
         "    template: 'a: {pair[a]} b: {pair[b]}'\n    metrics: [accuracy]\n")
     task = registry([tmp_path / "tasks.yaml"])["mine"]
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+    bundle = tiny_bundle("tiny-gpt2", "classification")
     evalset = eval_features(task, bundle, load_rows(task, "eval"), 64)
     assert evalset.gold == [1]
     text = bundle.tokenizer.decode(evalset.features[0]["input_ids"], skip_special_tokens=True)
@@ -193,7 +192,7 @@ def _mmlu_dir(tmp_path, dev_per_subject=5):
     return tmp_path
 
 
-def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_question(tmp_path):
+def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_question(tmp_path, tiny_bundle):
     """The standard protocol (Hendrycks et al.): header naming the subject, its first 5 dev questions with
     their answers, then the question; the zero-shot evaluation beside it has none; rows keep their order."""
     from bench.config import TrainConfig
@@ -201,7 +200,7 @@ def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_quest
 
     data = _mmlu_dir(tmp_path)
     mmlu = builtin_tasks()["mmlu"]
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
+    bundle = tiny_bundle("tiny-gpt2", "multiple_choice")
     config = TrainConfig(max_length=1024)
     sets = tokenised(evaluation_rows(mmlu, config, data), bundle, config, data)
     zero, five = sets[""][0], sets["5shot"][0]
@@ -223,18 +222,18 @@ def test_mmlu_five_shot_puts_the_subjects_solved_dev_questions_before_each_quest
     assert five.choices == zero.choices
 
 
-def test_mmlu_five_shot_without_enough_solved_questions_says_which_subject(tmp_path):
+def test_mmlu_five_shot_without_enough_solved_questions_says_which_subject(tmp_path, tiny_bundle):
     from bench.config import TrainConfig
     from bench.tasks.prepare import evaluation_rows, tokenised
 
     data = _mmlu_dir(tmp_path, dev_per_subject=4)
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "multiple_choice", None, seed=0)
+    bundle = tiny_bundle("tiny-gpt2", "multiple_choice")
     with pytest.raises(ValueError, match="4 solved rows for subject 'college_physics', 5 needed"):
         tokenised(evaluation_rows(builtin_tasks()["mmlu"], TrainConfig(), data), bundle, TrainConfig(), data)
 
 
 @pytest.mark.shared_data
-def test_local_data_dir_reads_the_hub_layout(shared_data):
+def test_local_data_dir_reads_the_hub_layout(shared_data, tiny_bundle):
     from bench.tasks.data import check_available
 
     task = builtin_tasks()["rte"]
@@ -243,7 +242,7 @@ def test_local_data_dir_reads_the_hub_layout(shared_data):
     assert len(rows) == 1244 and set(rows[0]) >= {"sentence1", "sentence2", "label"}
     e2e = builtin_tasks()["e2e"]
     check_available(e2e, shared_data)
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "generation", None, seed=0)
+    bundle = tiny_bundle("tiny-gpt2", "generation")
     evalset = eval_features(e2e, bundle, load_rows(e2e, "eval", shared_data)[:200], 64)
     assert len(evalset.features) < 200 and max(len(g) for g in evalset.gold) > 1  # grouped references
 
@@ -258,10 +257,10 @@ def test_docs_define_every_task_key():
         assert f"`{key}`" in text, f"docs/tasks.md does not define {key}"
 
 
-def test_long_prompts_keep_their_beginning_and_demonstrations_give_way():
+def test_long_prompts_keep_their_beginning_and_demonstrations_give_way(tiny_bundle):
     from bench.tasks.spec import Prompt
 
-    bundle = load_bundle(REGISTRY["tiny-gpt2"], "classification", 2, seed=0)
+    bundle = tiny_bundle("tiny-gpt2", "classification")
     task = builtin_tasks()["synth-polarity"]
     row = {"sentence": " ".join(["good"] + ["movie"] * 100), "label": 1}
     evalset = eval_features(task, bundle, [row], 16)
@@ -282,16 +281,15 @@ def test_a_task_without_metrics_is_bad_input(tmp_path):
     assert "lists no metrics" in error.message and error.where.endswith(":7")
 
 
-def test_redrawn_templates_change_across_steps_for_the_same_row():
+def test_redrawn_templates_change_across_steps_for_the_same_row(tiny_bundle):
     """T-Few draws a template per example per step: with `redraw_templates` one row meets every template of
     synth-choice over a few steps (seeded: the same draws again), while the fixed draw shows only one."""
     from bench.cell.batching import batches
     from bench.cell.train import redrawn
-    from bench.models import REGISTRY, load_bundle
     from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()["synth-choice"]
-    bundle = load_bundle(REGISTRY["tiny-t5"], task.type, None, seed=0)
+    bundle = tiny_bundle("tiny-t5", task.type)
     row = {"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0}
     (fixed,) = train_features(task, bundle, [row], 64, seed=3)
     (feature,) = train_features(task, bundle, [row], 64, seed=3, all_templates=True)
@@ -315,7 +313,7 @@ def _hellaswag_row(label: str) -> dict:
             "split_type": "indomain", "label": label}
 
 
-def test_hellaswag_reads_the_hub_schema_and_offers_the_four_endings(tmp_path):
+def test_hellaswag_reads_the_hub_schema_and_offers_the_four_endings(tmp_path, tiny_bundle):
     import json
 
     task = builtin_tasks()["hellaswag"]
@@ -328,7 +326,7 @@ def test_hellaswag_reads_the_hub_schema_and_offers_the_four_endings(tmp_path):
     for prompt in task.prompts:
         assert task.answers(prompt, rows[0]) == rows[0]["endings"]
         assert "Then, the man writes over the snow. then" in task.render(prompt, rows[0])
-    bundle = load_bundle(REGISTRY["tiny-t5"], "multiple_choice", None, seed=0)
+    bundle = tiny_bundle("tiny-t5", "multiple_choice")
     evalset = eval_features(task, bundle, rows, 64, task.prompts[1])
     assert evalset.gold == [3] and len(evalset.choices[0]) == 4
 

@@ -175,17 +175,16 @@ def test_peft_prefix_tuning_under_gradient_checkpointing_is_unsupported_and_the_
     assert own_ckpt["train"]["final_loss"] == pytest.approx(own_plain["train"]["final_loss"], rel=1e-5)
 
 
-def test_peft_prefix_tuning_refused_on_a_model_says_so_with_or_without_checkpointing():
+def test_peft_prefix_tuning_refused_on_a_model_says_so_with_or_without_checkpointing(tiny_bundle):
     """Where peft cannot prefix the model at all (encoders under transformers >= 5.24), that reason is given,
     not checkpointing's, which would suggest the cell runs without it."""
     from bench import methods
     from bench.errors import Unsupported
     from bench.methods.base import ApplyContext
-    from bench.models import REGISTRY, load_bundle
 
     method, reasons = methods.get("prefix-tuning-peft"), []
     for checkpointing in (False, True):
-        bundle = load_bundle(REGISTRY["tiny-encoder"], "classification", 2, seed=0)
+        bundle = tiny_bundle("tiny-encoder")
         try:
             method.apply(bundle.model, method.resolve({}, "roberta", str),
                          ApplyContext(bundle, TrainConfig(gradient_checkpointing=checkpointing), 10))
@@ -198,7 +197,7 @@ def test_peft_prefix_tuning_refused_on_a_model_says_so_with_or_without_checkpoin
         assert "gradient checkpointing" in reasons[1]
 
 
-def test_a_stored_peft_prefix_evaluates_under_gradient_checkpointing(tmp_path):
+def test_a_stored_peft_prefix_evaluates_under_gradient_checkpointing(tmp_path, tiny_bundle):
     """Only training is refused: a stored prefix-tuning-peft adapter loads for evaluation in a cell with
     gradient checkpointing on (transformers keeps the cache when no gradient is computed), and predicts as
     without checkpointing."""
@@ -206,10 +205,10 @@ def test_a_stored_peft_prefix_evaluates_under_gradient_checkpointing(tmp_path):
     from bench.cell.batching import collate
     from bench.methods import external
     from bench.methods.base import ApplyContext
-    from bench.models import REGISTRY, enable_gradient_checkpointing, load_bundle
+    from bench.models import enable_gradient_checkpointing
 
-    spec = REGISTRY["tiny-gpt2"]
-    bundle = load_bundle(spec, "generation", None, seed=0)
+    bundle = tiny_bundle("tiny-gpt2")
+    spec = bundle.spec
     method = methods.get("prefix-tuning-peft")
     config = method.resolve({}, spec.arch, str)
     cell = types.SimpleNamespace(method=method.name, method_config=config, family=method.family, model=spec,
@@ -220,7 +219,7 @@ def test_a_stored_peft_prefix_evaluates_under_gradient_checkpointing(tmp_path):
                     0)
     losses = []
     for checkpointing in (True, False):
-        fresh = load_bundle(spec, "generation", None, seed=0)
+        fresh = tiny_bundle("tiny-gpt2")
         loaded = methods.get("external-adapter").apply(
             fresh.model, {"path": str(tmp_path), "sha256": ""},
             ApplyContext(fresh, TrainConfig(gradient_checkpointing=checkpointing), 1)).model.eval()
