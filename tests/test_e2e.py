@@ -7,6 +7,7 @@ import torch
 
 from bench import tiny
 from bench.cli import main
+from tests import closed_forms
 from tests.conftest import TINY_SUITE
 
 pytestmark = pytest.mark.slow
@@ -24,13 +25,9 @@ def records(results, suite="tiny") -> dict:
     return out
 
 
-def tiny_encoder_params(num_labels=2) -> tuple[int, int]:
+def tiny_encoder_params() -> tuple[int, int]:
     """(body, head) parameter counts of the tiny RoBERTa classifier, from its dimensions."""
-    h, L, f, v = tiny.WIDTH, tiny.DEPTH, tiny.FFN, len(tiny.tokenizer())
-    embeddings = (v + 514 + 1) * h + 2 * h  # word + position + token type, LayerNorm
-    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
-    head = (h * h + h) + (h * num_labels + num_labels)
-    return embeddings + L * layer, head
+    return closed_forms.tiny_body_params("roberta", len(tiny.tokenizer())), closed_forms.TINY_HEAD
 
 
 def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
@@ -62,7 +59,7 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
     assert lora["time"]["infer_latency_merged_s"] > 0 and lora["time"]["infer_examples_per_s_merged"] > 0
     assert full["time"]["infer_latency_merged_s"] is None and full["time"]["infer_examples_per_s_merged"] is None
     assert full["params"]["total"] == full["params"]["trainable"] == body + head
-    lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)  # q and v, r=8: r·(in+out) each
+    lora_params = closed_forms.lora_q_v(tiny.WIDTH, tiny.DEPTH)  # q and v, r=8
     assert lora["params"]["trainable"] == lora_params + head
     assert lora["params"]["total"] == body + head + lora_params + head  # peft keeps the original head too
     assert (lora["params"]["method"], full["params"]["method"]) == (lora_params, body)  # the head is not the method's
@@ -71,8 +68,8 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
     assert lora["params"]["stored"] == lora_params + head
     assert lora["params"]["trainable_pct"] == pytest.approx(100 * (lora_params + head) / lora["params"]["total"])
     # memory breakdown, in fp32; AdamW keeps two moments per element and a 4-byte step counter per tensor
-    tensors = {"full": 5 + tiny.DEPTH * 16 + 4,  # embeddings 3 + LayerNorm 2; per layer 8 linear + 2 LayerNorm
-               "lora": tiny.DEPTH * 2 * 2 + 4}  # lora_A and lora_B per adapted projection; head: 2 weights, 2 biases
+    tensors = {"full": closed_forms.roberta_tensors(tiny.DEPTH) + closed_forms.ROBERTA_HEAD_TENSORS,
+               "lora": closed_forms.lora_q_v_tensors(tiny.DEPTH) + closed_forms.ROBERTA_HEAD_TENSORS}
     for label, r in (("full", full), ("lora", lora)):
         m, trainable = r["memory"], r["params"]["trainable"]
         assert m["weights_bytes"] == 4 * r["params"]["total"]
@@ -160,7 +157,7 @@ def test_a_bf16_weights_cell_trains_and_records_its_dtype(tmp_path, write_suite,
         assert r["status"] == "ok" and r["train"]["weights_dtype"] == "bf16"
         assert r["cell"]["config"]["train"]["weights_dtype"] == "bf16"
     assert full["memory"]["weights_bytes"] == 2 * (body + head)
-    lora_params = tiny.DEPTH * 2 * 8 * (tiny.WIDTH + tiny.WIDTH)
+    lora_params = closed_forms.lora_q_v(tiny.WIDTH, tiny.DEPTH)
     assert lora["params"]["trainable"] == lora_params + head
     # peft keeps the LoRA factors in fp32; its trainable copy of the head (modules_to_save) stays bf16
     assert lora["memory"]["weights_bytes"] == 2 * (lora["params"]["total"] - lora_params) + 4 * lora_params

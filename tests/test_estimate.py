@@ -14,11 +14,12 @@ from bench.cli import main
 from bench.errors import BadInput
 from bench.models import REGISTRY, resolve_model
 from bench.tools.estimate import estimate, fake_step
+from tests import closed_forms
 from tests.adapting import adapt
 from tests.conftest import ROOT
 
-LLAMA_2_7B = 6_738_415_616
-LLAMA_2_7B_LORA = 32 * 2 * 8 * (4096 + 4096)  # 32 layers, q_proj and v_proj (4096 → 4096), r=8: r·(in+out)
+LLAMA_2_7B = closed_forms.CHECKPOINT_TOTALS["llama-2-7b"]
+LLAMA_2_7B_LORA = closed_forms.lora_q_v(4096, 32)  # 32 layers, q_proj and v_proj (4096 → 4096), r=8
 
 
 def test_llama_2_7b_lora_known_values():
@@ -29,7 +30,8 @@ def test_llama_2_7b_lora_known_values():
     m = r["memory"]
     assert m["weights_bytes"] == 4 * (LLAMA_2_7B + LLAMA_2_7B_LORA)
     assert m["trainable_bytes"] == m["grad_bytes"] == 4 * LLAMA_2_7B_LORA
-    assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + 4 * (32 * 2 * 2)  # + a step counter per A and B
+    step_counters = 4 * closed_forms.lora_q_v_tensors(32)  # one per A and B
+    assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + step_counters
     assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "optimizer_bytes", "step_peak_bytes"))
 
 
@@ -173,7 +175,8 @@ def test_70b_estimates_in_little_memory():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"llama-2-70b + lora estimate: {figures['s']:.1f} s, {figures['rss'] / 2**20:.0f} MiB peak RSS")
-    assert figures["total"] == 68_976_648_192 + 80 * 8 * ((8192 + 8192) + (8192 + 1024))  # q: 8192², v: 8192→1024
+    lora = closed_forms.lora_q_v(8192, 80, kv=1024)  # q: 8192², v: 8192 → 1024
+    assert figures["total"] == closed_forms.CHECKPOINT_TOTALS["llama-2-70b"] + lora
     assert figures["rss"] < 2 * 2**30
 
 
@@ -182,8 +185,8 @@ def test_local_config_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": h, "n_layer": layers,
                                                       "n_head": 4, "vocab_size": vocab, "n_positions": positions}))
     r = estimate(str(tmp_path), "full", batch_size=2, seq_len=16)
-    layer = 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + 2 * h + (h * 4 * h + 4 * h) + (4 * h * h + h)
-    assert r["params"]["total"] == r["params"]["trainable"] == vocab * h + positions * h + layers * layer + 2 * h
+    total = closed_forms.gpt2_total(h, layers, 4 * h, vocab, positions)  # GPT-2's FFN: 4 × the width by default
+    assert r["params"]["total"] == r["params"]["trainable"] == total
     assert r["kind"] == "decoder" and resolve_model(str(tmp_path)).source == "path"
 
 
@@ -244,10 +247,11 @@ def test_method_count_is_the_papers_lora_count_without_the_head():
     """LoRA r=8 on RoBERTa-base's query and value: 12 layers × 2 × 8 × (768 + 768) = 294,912 (the LoRA
     paper's 0.3M); the classification head (768·768 + 768 + 768·2 + 2 = 592,130) trains too, outside it."""
     r = estimate("roberta-base", "lora", batch_size=1, seq_len=16)["params"]
-    assert r["method"] == 12 * 2 * 8 * (768 + 768) == 294_912
-    assert r["trainable"] - r["method"] == 768 * 768 + 768 + 768 * 2 + 2
+    head = closed_forms.roberta_classification_head(768)
+    assert r["method"] == closed_forms.lora_q_v(768, 12) == 294_912
+    assert r["trainable"] - r["method"] == head == 592_130
     full = estimate("roberta-base", "full", batch_size=1, seq_len=16)["params"]
-    assert full["method_pct"] == 100.0 and full["method"] == full["trainable"] - 592_130
+    assert full["method_pct"] == 100.0 and full["method"] == full["trainable"] - head
     assert r["method_pct"] == pytest.approx(100 * 294_912 / full["method"])
 
 
@@ -268,7 +272,7 @@ def test_estimate_set_gives_method_settings_checked_like_a_suites(capsys):
                  "--set", "target_modules=query,value", "--json", "--seq-len", "8", "--batch-size", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["config"]["r"] == 16 and result["config"]["target_modules"] == ["query", "value"]
-    assert result["params"]["method"] == 2 * 16 * 768 * 2 * 12
+    assert result["params"]["method"] == closed_forms.lora_q_v(768, 12, r=16)
     for sets, message in ((["rr=16"], "--set rr: unknown lora setting 'rr' (did you mean 'r'?)"),
                           (["r=abc"], "--set r: 'r' must be int"), (["r"], "--set: expected KEY=VALUE")):
         assert main(["estimate", "--model", "roberta-base", "--method", "lora",

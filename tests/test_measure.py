@@ -31,6 +31,7 @@ from bench.cell.train import train
 from bench.config import TrainConfig
 from bench.optimizers import update_bytes
 from bench.tensors import count_params
+from tests import closed_forms
 from tests.adapting import adapt, token_batch
 
 H, F, DEPTH = tiny.WIDTH, tiny.FFN, tiny.DEPTH
@@ -96,9 +97,8 @@ def test_lora_optimizer_state_is_two_moments_and_a_step_counter_per_tensor():
     feats = [{"input_ids": [1, 7, 8, 9, 2], "labels": i % 2} for i in range(8)]
     result = train(adapted, feats, objective_for("lm", bundle, "classification"),
                    TrainConfig(max_steps=1, batch_size=4), seed=0, device="cpu", quiet=True)
-    lora = DEPTH * 2 * 8 * (H + H)  # q and v, r=8: A (8 × in) and B (out × 8)
-    head = (H * H + H) + (H * 2 + 2)
-    tensors = DEPTH * 2 * 2 + 4  # lora_A, lora_B per adapted module; head: dense and out_proj, weight and bias
+    lora, head = closed_forms.lora_q_v(H, DEPTH), closed_forms.TINY_HEAD  # LoRA on q and v, r=8
+    tensors = closed_forms.lora_q_v_tensors(DEPTH) + closed_forms.ROBERTA_HEAD_TENSORS
     assert count_params(adapted.model)["trainable"] == lora + head
     assert result.optimizer_bytes == 2 * 4 * (lora + head) + 4 * tensors
 
@@ -333,18 +333,17 @@ def test_the_final_evaluation_times_the_group_it_predicts_first(monkeypatch, n):
 
 @pytest.mark.parametrize("model_name,task_name", [("tiny-encoder", "synth-polarity"), ("tiny-t5", "synth-choice"),
                                                   ("tiny-gpt2", "synth-digits")])
-def test_the_timed_final_evaluation_predicts_what_one_pass_predicts(model_name, task_name):
+def test_the_timed_final_evaluation_predicts_what_one_pass_predicts(model_name, task_name, tiny_bundle):
     """On real tiny models, a classifier head, rank classification and generation: the timed final evaluation
     predicts exactly what any evaluation predicts (the same batches)."""
     from bench.cell import measure
     from bench.cell.evaluate import predict
-    from bench.models import REGISTRY, load_bundle
     from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
     from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()[task_name]
-    bundle = load_bundle(REGISTRY[model_name], task.type, task.num_labels, seed=0)
+    bundle = tiny_bundle(model_name, task=task)
     evalset = eval_features(task, bundle, load_rows(task, "validation")[:23], 32)
     one_pass = predict(bundle, bundle.model, evalset, task, 4, "cpu")
     timed = measure.TimedPrediction()

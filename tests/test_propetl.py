@@ -8,32 +8,17 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from bench import methods, tiny
+from bench import methods
 from bench.cell.measure import stored_size
 from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
 from bench.layers.masks import MaskScores, kept
 from bench.methods.base import ApplyContext
-from bench.models import REGISTRY, load_bundle
 from tests.adapting import adapt
-from tests.test_methods import HEAD, fresh, logits
+from tests.closed_forms import TINY_HEAD, bottleneck, lora, roberta_classification_head, tiny_propetl
+from tests.test_methods import fresh, logits
 
-H, L = tiny.WIDTH, tiny.DEPTH
-WIDTH = H // 12  # the adapter's bottleneck at reduction factor 12
 ARCH = {"tiny-encoder": "roberta", "tiny-t5": "t5", "tiny-gpt2": "gpt2", "tiny-llama": "llama"}
-# (in, out, adapted modules) of each LoRA prototype: T5's q and v serve encoder self-, decoder self- and
-# cross-attention; GPT-2's fused c_attn is one target; tiny LLaMA's v projects to 2 of 4 heads
-LORA_TARGETS = {"roberta": [(H, H, L)] * 2, "t5": [(H, H, 3 * L)] * 2, "gpt2": [(H, 3 * H, L)],
-                "llama": [(H, H, L), (H, H // 2, L)]}
-FFN_SITES = {"roberta": L, "t5": 2 * L, "gpt2": L, "llama": L}  # one adapter per FFN block
-
-
-def closed_form(method: str, arch: str) -> tuple[int, list[int]]:
-    """(prototype elements, the size of every mask: one per prototype matrix per adapted module)."""
-    if method == "propetl-adapter":
-        return 2 * H * WIDTH + WIDTH + H, [H * WIDTH] * 2 * FFN_SITES[arch]
-    return (sum(32 * (i + o) for i, o, _ in LORA_TARGETS[arch]),
-            [n for i, o, modules in LORA_TARGETS[arch] for n in (32 * i, 32 * o) for _ in range(modules)])
 
 
 def score_modules(model) -> dict[str, MaskScores]:
@@ -53,25 +38,25 @@ def train_steps(adapted, batch, steps: int) -> None:
 @pytest.mark.parametrize("method", ["propetl-adapter", "propetl-lora"])
 def test_counts_are_the_prototype_and_a_score_per_mask_entry(method, model_name):
     bundle, adapted = adapt(model_name, method)
-    prototype, masks = closed_form(method, ARCH[model_name])
+    prototype, masks = tiny_propetl(method, ARCH[model_name])
     scores = score_modules(adapted.model)
     assert sorted(m.scores.numel() for m in scores.values()) == sorted(masks)
     shared = sum(p.numel() for n, p in adapted.model.named_parameters() if n.startswith("propetl_"))
     assert shared == prototype
-    head = HEAD if bundle.head_modules else 0
+    head = TINY_HEAD if bundle.head_modules else 0
     assert adapted.params()["trainable"] == prototype + sum(masks) + head
 
 
-@pytest.mark.parametrize("method,prototype", [("propetl-adapter", 2 * 768 * 64 + 64 + 768),
-                                              ("propetl-lora", 2 * 32 * (768 + 768))])
-def test_roberta_base_counts_as_the_paper_counts_them(method, prototype):
+@pytest.mark.parametrize("method,prototype", [("propetl-adapter", bottleneck(768, 64)),
+                                              ("propetl-lora", lora([(768, 768)] * 2, r=32))])
+def test_roberta_base_counts_as_the_paper_counts_them(method, prototype, tiny_bundle):
     """On the meta device: 12 layers' masks of 2·768·64 bits (adapter, bottleneck 64) or 2·32·1536 bits
     (LoRA on q and v, r 32); the paper counts storage as prototype + bits/32 floats."""
-    bundle = load_bundle(REGISTRY["roberta-base"], "classification", 2, seed=0, meta=True)
+    bundle = tiny_bundle("roberta-base", meta=True)
     m = methods.get(method)
     with torch.device("meta"):
         adapted = m.apply(bundle.model, m.resolve({}, "roberta", str), ApplyContext(bundle, TrainConfig(), 10))
-    head = 768 * 768 + 768 + 768 * 2 + 2
+    head = roberta_classification_head(768)
     bits = 12 * 98_304
     assert adapted.params()["trainable"] - head == prototype + bits
     state = adapted.state_to_store()
@@ -82,11 +67,9 @@ def test_roberta_base_counts_as_the_paper_counts_them(method, prototype):
 
 @pytest.mark.parametrize("model_name", list(ARCH))
 @pytest.mark.parametrize("method", ["propetl-adapter", "propetl-lora"])
-def test_outputs_equal_the_base_model_at_init(method, model_name):
+def test_outputs_equal_the_base_model_at_init(method, model_name, tiny_bundle):
     bundle, adapted = adapt(model_name, method)
-    encoder = bundle.spec.kind == "encoder"
-    base = load_bundle(bundle.spec, "classification" if encoder else "generation", 2 if encoder else None,
-                       seed=0).model.eval()
+    base = tiny_bundle(model_name).model.eval()  # what adapt built, without the method
     ids = torch.tensor([[1, 5, 6, 7, 8, 2]])
     inputs = {"input_ids": ids}
     if bundle.spec.kind == "encoder-decoder":
@@ -141,8 +124,8 @@ def test_stored_state_is_the_prototype_and_boolean_masks_and_restores_the_model(
     trained = logits(adapted.model, batch)
     state = {k: v.clone() for k, v in adapted.state_to_store().items()}
     assert not any(k.endswith(".scores") for k in state)
-    prototype, masks = closed_form(method, ARCH[model_name])
-    head = HEAD if bundle.head_modules else 0
+    prototype, masks = tiny_propetl(method, ARCH[model_name])
+    head = TINY_HEAD if bundle.head_modules else 0
     bools = [t for t in state.values() if t.dtype == torch.bool]
     assert sorted(t.numel() for t in bools) == sorted(masks)
     assert all(int(t.sum()) == kept(t.numel(), methods.get(method).defaults["keep_ratio"]) for t in bools)
