@@ -61,7 +61,7 @@ def grid_env(cache: Path, preload: str | None = None) -> dict:
 GRID_PRELOAD = """import sys
 from bench.plan import grid
 from bench.plan.suite import load_suite
-from bench.run.executors.local import grid_modules
+from bench.run.executors.cells import grid_modules
 only = [None if a == "-" else a.split(",") for a in sys.argv[3:6]]
 print(",".join(grid_modules(grid.expand(load_suite(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2]), *only))))
 """

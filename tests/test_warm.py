@@ -172,7 +172,7 @@ def test_the_preload_is_the_grids_own_when_the_executor_names_it():
 def test_grid_modules_are_the_cells_architectures_and_metric_libraries():
     from bench.plan import grid
     from bench.plan.suite import load_suite
-    from bench.run.executors.local import grid_modules
+    from bench.run.executors.cells import grid_modules
 
     smoke = grid.expand(load_suite("smoke"))
     assert grid_modules(smoke) == ["transformers.models.bert.modeling_bert"]  # MiniLM-L6; accuracy needs no library

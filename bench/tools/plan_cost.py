@@ -194,6 +194,7 @@ def predicted_memory(cell: Cell) -> dict | None:
     step's peak, `predicted_peak_bytes`: docs/measurement.md), None when it cannot be predicted; from the disk
     cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm)."""
     from bench.methods.base import method_settings
+    from bench.models import quiet_libraries
     from bench.tasks import cache
     from bench.tools.estimate import estimate
 
@@ -201,13 +202,14 @@ def predicted_memory(cell: Cell) -> dict | None:
     found, value = cache.lookup(key, "plan") if key is not None else (False, None)
     if found:
         return value if isinstance(value, dict) else None
+    quiet_libraries()  # building the model on the meta device warns of what is not the runner's news
     try:
         memory = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                           optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing)["memory"]
-    except BadInput:  # a model offline, a method that needs real weights: the scheduler's default memory
-        memory = None
+    except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
+        memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:
         cache.store(key, memory, "plan")
     return memory

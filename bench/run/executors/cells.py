@@ -163,6 +163,17 @@ class CellProcess:
             sys.stderr.flush()
 
 
+def grid_modules(cells: list[Cell]) -> list[str]:
+    """What the fork server preloads for `cells` besides its core: their architectures' model code and the
+    libraries of the metrics they score with. A cell imports whatever else it needs itself."""
+    from bench.archs import ARCHS
+    from bench.tasks.metrics import METRICS
+
+    modeling = {ARCHS[c.model.arch].modeling for c in cells}
+    libraries = {METRICS[m].library for c in cells for m in c.task.evaluation.metrics}
+    return sorted(modeling | (libraries - {None}))
+
+
 def run_on_worker(cell: Cell, driver_host: str, worker: str, device: str | None) -> dict:
     """A cell on a cluster's worker (a Ray task, a Slurm job), in a process of its own as locally, its output
     spooled on the worker: its record. On another host than the driver's, the data is first checked there (the
@@ -173,6 +184,7 @@ def run_on_worker(cell: Cell, driver_host: str, worker: str, device: str | None)
         return failure_record(cell, "failed", "DataUnavailable", f"{worker} on {host}: {problem}; workers read data "
                               "and task files at the driver's paths: put them on a filesystem every node mounts at "
                               "the same path (docs/scale.md)")
+    os.environ[PRELOAD_ENV] = ",".join(grid_modules([cell]))  # this worker's fork server: what the cell needs
     with tempfile.TemporaryDirectory(prefix="peft-bench-cell-") as spool:
         process = CellProcess(cell, Path(spool), quiet=True, device=device, show=False)
         while (record := process.poll()) is None:

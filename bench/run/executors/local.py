@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
 from bench.run.executors.base import ExecutorSpec, Option, register
-from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess
+from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, grid_modules
 
 
 class Overlaps:
@@ -107,17 +107,6 @@ class LocalExecutor:
                 os.environ.pop(PRELOAD_ENV, None)
             else:
                 os.environ[PRELOAD_ENV] = outer
-
-
-def grid_modules(cells: list[Cell]) -> list[str]:
-    """What the fork server preloads for `cells` besides its core: their architectures' model code and the
-    libraries of the metrics they score with. A cell imports whatever else it needs itself."""
-    from bench.archs import ARCHS
-    from bench.tasks.metrics import METRICS
-
-    modeling = {ARCHS[c.model.arch].modeling for c in cells}
-    libraries = {METRICS[m].library for c in cells for m in c.task.evaluation.metrics}
-    return sorted(modeling | (libraries - {None}))
 
 
 def parse_gpus(value: str) -> list[str]:

@@ -93,13 +93,14 @@ class SlurmExecutor:
                     return
                 for job in self._ended(list(pending)):
                     cell = pending.pop(job)
-                    yield cell, self._record(job, cell)
-                    shutil.rmtree(job.paths.folder, ignore_errors=True)
+                    record = self._record(job, cell)
+                    _remove_job_files(job)
+                    yield cell, record
                 time.sleep(POLL_S)
         finally:  # interrupted, or the runner stopped asking: no job of this run outlives it
             for job in pending:
                 job.cancel(check=False)
-                shutil.rmtree(job.paths.folder, ignore_errors=True)
+                _remove_job_files(job)
 
     def resources(self, cell: Cell) -> dict:
         """What one cell's job asks Slurm for (submitit's parameter names)."""
@@ -155,6 +156,20 @@ class SlurmExecutor:
         how = state or "how is not known: no accounting, nothing in its log"
         return failure_record(cell, status, "SlurmJobEnded", f"Slurm job {job.job_id} ended ({how}) before the cell "
                               "wrote its record", log)
+
+
+def _remove_job_files(job) -> None:
+    """The job's folder, the links submitit left beside it to its submission script, and the jobs' folder once
+    it holds nothing more."""
+    folder = Path(job.paths.folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    for link in folder.parent.glob(".submission_file_*.sh"):
+        if link.is_symlink() and not link.exists():
+            link.unlink(missing_ok=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:  # other jobs' files are still there
+        pass
 
 
 def _cell_in_job(cell: Cell, driver_host: str, kept: str) -> dict:
