@@ -21,7 +21,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: bench report test real-cpu docs install lock test-latest clean
+.PHONY: bench report test real-cpu slurm-test slurm-down docs install lock test-latest clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ DATA_DIR ?= ../shared/data
 real-cpu: $(STAMP)
 	$(BIN)/peft-bench run --suite real-cpu --data-dir $(DATA_DIR) --results $(RESULTS) $(ARGS)
 	$(BIN)/peft-bench report --suite real-cpu --results $(RESULTS) --out $(REPORTS)
+
+# `--executor slurm` on a real one-node Slurm cluster started here (as root: Debian's slurm-wlm, munge, slurmdbd on
+# MariaDB; scripts/slurm/README.md): its tests, then the smoke suite on Slurm beside a local run, compared. CI runs
+# the tests on the same cluster; `make slurm-down` stops it.
+SLURM_DIR ?= /tmp/peft-bench-slurm
+slurm-test: $(STAMP)
+	PEFT_BENCH_SLURM_DIR=$(SLURM_DIR) bash scripts/slurm/up.sh
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf PEFT_BENCH_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py
+	SLURM_CONF=$(SLURM_DIR)/etc/slurm.conf bash scripts/slurm/smoke.sh
+
+slurm-down:
+	PEFT_BENCH_SLURM_DIR=$(SLURM_DIR) bash scripts/slurm/down.sh
 
 # Rewrite the docs' tables generated from the figure registry (bench/figures.py).
 docs: $(STAMP)

@@ -148,6 +148,9 @@ class SlurmExecutor:
             try:
                 return job.result()
             except self.submitit.core.utils.FailedJobError as e:  # the job's Python failed outside the cell
+                if "timed-out" in str(e):  # submitit's own note on Slurm's warning before the job's time limit
+                    return failure_record(cell, "timeout", "SlurmJobEnded", f"Slurm job {job.job_id} reached its "
+                                          "time limit before the cell wrote its record", str(e)[-4000:])
                 return failure_record(cell, "failed", "SlurmJobFailed", f"Slurm job {job.job_id} failed before the "
                                       "cell could run", str(e)[-4000:])
         log = _log_tail(job)
