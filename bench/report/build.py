@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.plots import Plot, draw_all
+from bench.report.reproduction import reproduction_tables
 from bench.report.table import Table
 from bench.report.tables import fewshot_score_tables, fewshot_table, inference_tables, memory_tables, survey_tables
 
@@ -25,6 +26,7 @@ class Report:
     fewshot_scores: list[Table]
     inference: list[Table]
     problems: list[str]  # files of the suite that are not usable records
+    reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -35,7 +37,10 @@ class Report:
                 f"{self.frame['task'].nunique()} task(s), {self.frame['label'].nunique()} method(s).")
 
     def sections(self) -> list[tuple[str, list[Table]]]:
-        out = [("Methods compared", self.survey), ("Memory", self.memory)]
+        out = [("Methods compared", self.survey)]
+        if self.reproduction:
+            out.append(("Reproduction", self.reproduction))
+        out.append(("Memory", self.memory))
         if self.inference:
             out.append(("Inference speed", self.inference))
         if self.fewshot is not None:
@@ -53,7 +58,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
     devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
     report = Report(suite, folder, frame, agg, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
-                    problems, description=description)
+                    problems, reproduction_tables(agg), description=description)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots")
     return report

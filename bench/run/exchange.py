@@ -8,7 +8,9 @@ is lost; each conflict is reported. Source histories are copied too. Sources are
 
 `export` writes one row per usable record with the columns the report reads (bench.run.store.flatten:
 cell fields, every figure as `section.name`, metrics as `scores.<metric>`), the cell's resolved
-configuration as JSON, and where it ran (`env.*`).
+configuration as JSON, where it ran (`env.*`), and what a paper published for the same model, method, task and
+main metric (`published.value`, `published.spread`, `published.source`: bench/references/; the first such row
+whose stated parameters match the cell's, else the first; null without one).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import references
 from bench.errors import BadInput
 from bench.files import atomic_write, safe_name
 from bench.run.store import HISTORY, Store, flatten
@@ -156,8 +159,19 @@ def table(results: str, suite: str):
         row["config"] = json.dumps(record["cell"]["config"], sort_keys=True)
         env = record.get("env") or {}
         row.update({f"env.{key}": env.get(key) for key in ENV_COLUMNS})
+        row.update(published(record))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def published(record: dict) -> dict:
+    """The published counterpart of a record's main score (see the module's docstring)."""
+    cell, metric = record["cell"], (record.get("scores") or {}).get("main_metric")
+    found = [r for r in references.matching(cell["model"], cell["method"], cell["task"]) if r.metric == metric]
+    found.sort(key=lambda r: r.params_match((record.get("params") or {}).get("method")) is not True)
+    ref = found[0] if found else None
+    return {"published.value": ref.value if ref else None, "published.spread": ref.spread if ref else None,
+            "published.source": ref.source if ref else None}
 
 
 def export(results: str, suite: str, fmt: str, out: str) -> Path:
