@@ -278,6 +278,21 @@ def test_dry_run_prices_checkpointed_cells_as_they_run(write_suite, tmp_path, ca
         assert f"train FLOPs {10 * step:.3g} (10 steps)" in next(line for line in out if f"method={method} " in line)
 
 
+def test_a_method_that_trains_nothing_costs_no_training_flops(write_suite, tmp_path, capsys):
+    """Zero-shot and in-context learning are evaluated as applied: 0 training FLOPs (they were priced as
+    training), and the grid's total is the trained cells' alone."""
+    from bench.tools.estimate import estimate
+
+    path = write_suite("name: nt\nmethods: [zero-shot, icl, lora]\nmodels: [tiny-t5]\ntasks: [synth-polarity]\n"
+                       "train: {max_steps: 10, batch_size: 8, max_length: 16, shots: 4}\n")
+    assert main(["run", "--suite", str(path), "--dry-run", "--tflops", "2", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for method in ("zero-shot", "icl"):
+        assert "train FLOPs 0 (trains nothing)" in next(line for line in out if f"method={method} " in line)
+    lora = 10 * estimate("tiny-t5", "lora", 8, 16)["flops"]["train_step"]
+    assert out[-1].startswith(f"3 cells, {lora:.3g} training FLOPs")
+
+
 def test_dry_run_rate_is_measured_by_the_suites_records(six_cells, tmp_path, capsys):
     from bench.tools.plan_cost import measured_rate
 

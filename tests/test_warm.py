@@ -147,7 +147,7 @@ def test_the_preload_is_the_grids_own_when_the_executor_names_it():
     """Unnamed, the preload imports every architecture and metric library; named (as the executor does), only
     the core and the named modules: a grid without ROUGE never imports nltk, nor scikit-learn through it
     (transformers before 5.21 imports scikit-learn itself, wherever it is installed)."""
-    from bench.run.executors import local as executors
+    from bench.run.executors import cells
 
     code = ("import json, sys, bench.run.warm as w\n"
             "print(json.dumps({'modules': w.MODULES, 'core': w.CORE, 'loaded': [m for m in ('sklearn', 'nltk',"
@@ -166,7 +166,7 @@ def test_the_preload_is_the_grids_own_when_the_executor_names_it():
     assert named["modules"] == [*named["core"], "transformers.models.t5.modeling_t5"]
     named_only = set(named["loaded"]) - set(core["loaded"]) - sklearn_of_transformers
     assert named_only == {"transformers.models.t5.modeling_t5"}
-    assert executors.PRELOAD == ["bench.run.warm"]  # the fork server's only preload: the guarded imports
+    assert cells.PRELOAD == ["bench.run.warm"]  # the fork server's only preload: the guarded imports
 
 
 def test_grid_modules_are_the_cells_architectures_and_metric_libraries():

@@ -4,7 +4,8 @@ A cell's training FLOPs = its optimizer steps × the FLOPs of one training step,
 counts them for the cell's model, method settings, batch size and max_length (on the meta device: no weights;
 its FLOPs-only pass, bench.tools.estimate.train_step_flops), once per distinct shape. Steps are `max_steps`,
 else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic tasks, or read
-from the hub's split sizes; a cell whose rows or step cannot be known (hub offline, a composition, a method
+from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0 training
+FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
 that needs real weights) is `unknown`, never guessed. Time = FLOPs / a rate per cell: `--tflops`, else the
 median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
 the median load and evaluation time of those records. A grid's wall time is the cells' time over the
@@ -60,6 +61,8 @@ def split_rows(task, data_dir) -> int | None:
 def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     """(training FLOPs, how they were found or why unknown). `known` caches what cells share: one price
     per shape (price_shapes fills them in at once), one row count per task."""
+    if not trains(cell):
+        return 0, "trains nothing"
     steps = cell_steps(cell, known)
     if steps is None:
         return None, "unknown: the training split's size (hub offline?)"
@@ -67,6 +70,14 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
         price_shapes([cell], known, workers=1)
     per_step, why = known[shape_of(cell)]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
+
+
+def trains(cell: Cell) -> bool:
+    """Whether the cell's method trains (zero-shot and in-context learning are evaluated as applied)."""
+    from bench import methods
+
+    declared = methods.declared(cell.method)
+    return declared is None or declared.trains
 
 
 def cell_steps(cell: Cell, known: dict) -> int | None:
@@ -236,7 +247,8 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
     # only the shapes of cells whose steps are known: the others are unknown whatever their step costs
-    price_shapes([c for c in cells if cell_steps(c, known) is not None], known, workers=pricing_workers())
+    price_shapes([c for c in cells if trains(c) and cell_steps(c, known) is not None], known,
+                 workers=pricing_workers())
     total_flops, total_s, unknown = 0, 0.0, 0
     for cell in cells:
         flops, how = cell_flops(cell, known)
