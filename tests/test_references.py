@@ -107,3 +107,44 @@ def test_results_export_carries_the_published_value_of_each_records_main_score(t
     assert lora["published.source"].endswith('Table 2, row "RoBERTa base, LoRA (0.3M)"')
     full = frame[frame["method"] == "full"].iloc[0]  # a failed cell still has its counterpart: 94.8, no spread
     assert full["published.value"] == 94.8 and pd.isna(full["published.spread"])
+
+
+# ---- the papers' recipes, priced offline ----
+
+def test_a_hub_tasks_stated_training_rows_are_its_real_ones(shared_data):
+    """CoLA's stated train_rows against the real GLUE CoLA train file (8,551 rows, ../shared/data: the only
+    shipped hub task whose whole training split is there; SST-2's and RTE's there are re-splits)."""
+    from bench.tasks.registry import builtin_tasks
+
+    cola = builtin_tasks()["cola"]
+    with open(shared_data / "glue" / "cola" / "train.jsonl") as f:
+        assert cola.source["train_rows"] == sum(1 for line in f if line.strip()) == 8551
+
+
+def test_the_lora_paper_recipe_is_priced_offline_from_the_stated_split_sizes(capsys, monkeypatch):
+    """Every cell of lora-paper-glue is priced without the hub: SST-2's 60 epochs of 67,349 rows at batch 16 are
+    ceil(60 × 67,349 / 16) = 252,559 steps of the estimate's training step."""
+    import math
+
+    from bench.cli import main
+    from bench.tools.estimate import estimate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["run", "--suite", "lora-paper-glue", "--dry-run", "--tflops", "100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("40 cells, ") and "unknown" not in out[-1]
+    steps = math.ceil(60 * 67_349 / 16)
+    step = estimate("roberta-base", "lora", 16, 512)["flops"]["train_step"]
+    sst2 = next(line for line in out if "task=sst2 seed=1" in line)
+    assert f"train FLOPs {steps * step:.3g} ({steps} steps)" in sst2
+
+
+def test_train_rows_belongs_to_a_hub_dataset(write_suite, tmp_path):
+    from bench.tasks.schema import load_task_file
+
+    tasks = tmp_path / "t.yaml"
+    tasks.write_text("tasks:\n  - {name: x, type: classification, source: {synthetic: polarity, train_rows: 5},\n"
+                     "     metrics: [accuracy]}\n")
+    with pytest.raises(BadInput, match="without a dataset") as caught:
+        load_task_file(tasks)
+    assert "t.yaml:2" in str(caught.value.where)

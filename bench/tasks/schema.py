@@ -18,7 +18,7 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
                 "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
-                "manual": dict, "demo_split": str}
+                "manual": dict, "demo_split": str, "train_rows": int}
 # A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
 # split, and the renaming of their columns to the hub's schema.
 _MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
@@ -61,6 +61,10 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     src = {k: coerce(v, _SOURCE_KEYS[k], where("source", k), k) for k, v in src.items()}
     if len([k for k in ("synthetic", "dataset", "files") if k in src]) != 1:
         raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files", where("source"))
+    if "train_rows" in src and ("dataset" not in src or src["train_rows"] < 1):
+        raise BadInput(f"task '{name}': train_rows states a hub dataset's training rows (a positive count), got "
+                       f"{src['train_rows']}{'' if 'dataset' in src else ' without a dataset'}",
+                       where("source", "train_rows"))
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
     if "manual" in src:
