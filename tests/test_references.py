@@ -112,13 +112,18 @@ def test_results_export_carries_the_published_value_of_each_records_main_score(t
 # ---- the papers' recipes, priced offline ----
 
 def test_a_hub_tasks_stated_training_rows_are_its_real_ones(shared_data):
-    """CoLA's stated train_rows against the real GLUE CoLA train file (8,551 rows, ../shared/data: the only
-    shipped hub task whose whole training split is there; SST-2's and RTE's there are re-splits)."""
+    """Stated split sizes against the real files in ../shared/data that are whole hub splits: GLUE CoLA's train
+    (8,551 rows) and E2E NLG's test (4,693); SST-2's and RTE's there are re-splits, CoLA's validation its
+    in-domain half."""
     from bench.tasks.registry import builtin_tasks
 
-    cola = builtin_tasks()["cola"]
-    with open(shared_data / "glue" / "cola" / "train.jsonl") as f:
-        assert cola.source["train_rows"] == sum(1 for line in f if line.strip()) == 8551
+    def rows(path):
+        with open(path) as f:
+            return sum(1 for line in f if line.strip())
+
+    tasks = builtin_tasks()
+    assert tasks["cola"].source["split_rows"]["train"] == rows(shared_data / "glue" / "cola" / "train.jsonl") == 8551
+    assert tasks["e2e"].source["split_rows"]["test"] == rows(shared_data / "e2e_nlg" / "test.jsonl") == 4693
 
 
 def test_the_lora_paper_recipe_is_priced_offline_from_the_stated_split_sizes(capsys, monkeypatch):
@@ -139,12 +144,13 @@ def test_the_lora_paper_recipe_is_priced_offline_from_the_stated_split_sizes(cap
     assert f"train FLOPs {steps * step:.3g} ({steps} steps)" in sst2
 
 
-def test_train_rows_belongs_to_a_hub_dataset(write_suite, tmp_path):
+@pytest.mark.parametrize("source, says", [("{synthetic: polarity, split_rows: {train: 5}}", "has no dataset"),
+                                          ("{dataset: d, split_rows: {train: 0}}", "split_rows.train must be")])
+def test_split_rows_are_a_hub_datasets_positive_counts(tmp_path, source, says):
     from bench.tasks.schema import load_task_file
 
     tasks = tmp_path / "t.yaml"
-    tasks.write_text("tasks:\n  - {name: x, type: classification, source: {synthetic: polarity, train_rows: 5},\n"
-                     "     metrics: [accuracy]}\n")
-    with pytest.raises(BadInput, match="without a dataset") as caught:
+    tasks.write_text(f"tasks:\n  - {{name: x, type: classification, source: {source},\n     metrics: [accuracy]}}\n")
+    with pytest.raises(BadInput, match=says) as caught:
         load_task_file(tasks)
     assert "t.yaml:2" in str(caught.value.where)

@@ -18,7 +18,7 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
                 "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
-                "manual": dict, "demo_split": str, "train_rows": int}
+                "manual": dict, "demo_split": str, "split_rows": dict}
 # A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
 # split, and the renaming of their columns to the hub's schema.
 _MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
@@ -61,10 +61,8 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     src = {k: coerce(v, _SOURCE_KEYS[k], where("source", k), k) for k, v in src.items()}
     if len([k for k in ("synthetic", "dataset", "files") if k in src]) != 1:
         raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files", where("source"))
-    if "train_rows" in src and ("dataset" not in src or src["train_rows"] < 1):
-        raise BadInput(f"task '{name}': train_rows states a hub dataset's training rows (a positive count), got "
-                       f"{src['train_rows']}{'' if 'dataset' in src else ' without a dataset'}",
-                       where("source", "train_rows"))
+    if "split_rows" in src:
+        _check_split_rows(name, src, where)
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
     if "manual" in src:
@@ -156,6 +154,18 @@ def _check_tables(name: str, src: dict, where) -> None:
     if "delimiter" in src and len(src["delimiter"]) != 1:
         raise BadInput(f"task '{name}': 'delimiter' must be one character, got {src['delimiter']!r}",
                        where("source", "delimiter"))
+
+
+def _check_split_rows(name: str, src: dict, where) -> None:
+    """`split_rows`: a hub dataset's rows per split ({train: 67349, validation: 872}), what the dry-run prices
+    epochs and evaluation with when the hub is out of reach."""
+    if "dataset" not in src:
+        raise BadInput(f"task '{name}': split_rows states a hub dataset's rows per split, and this source has no "
+                       "dataset", where("source", "split_rows"))
+    for split, rows in src["split_rows"].items():
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+            raise BadInput(f"task '{name}': split_rows.{split} must be a positive count of rows, got {rows!r}",
+                           where("source", "split_rows", split))
 
 
 def _tuple(value):

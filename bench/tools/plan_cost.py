@@ -38,13 +38,13 @@ def train_rows(cell: Cell, known: dict) -> int | None:
 
 def split_rows(task, data_dir) -> int | None:
     """Rows of a task's training split: counted where they are local or synthetic; for a hub dataset, the size its
-    definition states (`source.train_rows`: the pinned dataset's, for pricing offline), else the hub's (None
-    offline)."""
+    definition states (`source.split_rows`, for pricing offline), else the hub's (None offline)."""
     from bench.tasks.data import hub_offline, hub_split, load_rows
 
     if "dataset" in task.source and "manual" not in task.source and data_dir is None:
-        if "train_rows" in task.source:
-            return task.source["train_rows"]
+        stated = (task.source.get("split_rows") or {}).get(hub_split(task, "train"))
+        if stated is not None:
+            return stated
         if hub_offline():
             return None
         try:
