@@ -255,14 +255,16 @@ def test_method_count_is_the_papers_lora_count_without_the_head():
     assert r["method_pct"] == pytest.approx(100 * 294_912 / full["method"])
 
 
-def test_train_step_flops_is_the_estimates_count():
-    """What `run --dry-run` prices a step with is `estimate`'s flops.train_step, on a model whose depth is
-    extrapolated (two stacks: T5) and with a method's settings."""
-    from bench.tools.estimate import train_step_flops
+def test_step_flops_are_the_estimates_counts():
+    """What `run --dry-run` prices a step and an evaluation's forward pass with are `estimate`'s
+    flops.train_step and forward_per_example, on a model whose depth is extrapolated (two stacks: T5) and with a
+    method's settings."""
+    from bench.tools.estimate import step_flops
 
     for model, method, settings in (("t5-small", "lora", {"r": 4}), ("gpt2", "ia3", None)):
-        assert train_step_flops(model, method, 2, 16, settings=settings) == \
-            estimate(model, method, 2, 16, settings=settings)["flops"]["train_step"]
+        flops = estimate(model, method, 2, 16, settings=settings)["flops"]
+        assert step_flops(model, method, 2, 16, settings=settings) == \
+            {"train_step": flops["train_step"], "forward_per_example": flops["forward_per_example"]}
 
 
 def test_estimate_set_gives_method_settings_checked_like_a_suites(capsys):

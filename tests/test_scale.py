@@ -293,6 +293,35 @@ def test_a_method_that_trains_nothing_costs_no_training_flops(write_suite, tmp_p
     assert out[-1].startswith(f"3 cells, {lora:.3g} training FLOPs")
 
 
+@pytest.mark.parametrize("model, task, cap, passes", [
+    ("tiny-encoder", "synth-polarity", 64, 1),  # a classifier: one pass per row, max_eval_samples rows of 500
+    ("tiny-t5", "synth-polarity", None, 2),  # rank classification: a pass per answer option (negative, positive)
+    ("tiny-t5", "synth-choice", None, 2),  # per-row options: the template's two answers
+    ("tiny-gpt2", "synth-digits", None, 1 + 12 / 16),  # generation: the prompt, then 12 tokens' share of 16
+])
+def test_evaluation_is_priced_by_its_forward_passes(write_suite, tmp_path, capsys, model, task, cap, passes):
+    """Each cell's evaluation FLOPs against a closed form: its rows (n_eval, or max_eval_samples) × passes per
+    row × the estimate's forward FLOPs of one sequence at the cell's max_length; zero-shot is priced with the
+    pretrained model's forward (it trains nothing)."""
+    from bench.tasks.registry import builtin_tasks
+    from bench.tools.estimate import estimate
+
+    cap_line = f", max_eval_samples: {cap}" if cap else ""
+    path = write_suite(f"name: ev\nmethods: [lora, zero-shot]\nmodels: [{model}]\ntasks: [{task}]\n"
+                       f"train: {{max_steps: 2, batch_size: 4, max_length: 16{cap_line}}}\n")
+    if model == "tiny-encoder":  # a classifier has no zero-shot: its head is new
+        path.write_text(path.read_text().replace("[lora, zero-shot]", "[lora]"))
+    assert main(["run", "--suite", str(path), "--dry-run", "--tflops", "2", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = min(builtin_tasks()[task].source["n_eval"], cap or 10**9)
+    for method in ["lora"] + (["zero-shot"] if model != "tiny-encoder" else []):
+        forward = estimate(model, "zero-shot" if method == "zero-shot" else method, 4, 16)["flops"]
+        expected = round(rows * passes * forward["forward_per_example"])
+        line = next(line for line in out if f"method={method} " in line)
+        assert f"eval FLOPs {expected:.3g} ({rows} rows × " in line, line
+    assert "evaluation FLOPs" in out[-1]
+
+
 def test_dry_run_rate_is_measured_by_the_suites_records(six_cells, tmp_path, capsys):
     from bench.tools.plan_cost import measured_rate
 

@@ -394,16 +394,17 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "params": params, "memory": memory, "flops": flops}
 
 
-def train_step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
-                     settings: dict | None = None, attention: str = "auto",
-                     gradient_checkpointing: bool = False) -> int:
-    """`estimate(...)["flops"]["train_step"]`, the same count, from the FLOPs-only pass (fake_step's
-    flops_only): what `run --dry-run` prices a cell's steps with, without the memory account's extra passes."""
+def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
+               settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False) -> dict:
+    """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
+    (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
+    passes with, without the memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec, _, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
                                        gradient_checkpointing)
     step = _step(adapted, spec, method, batch_size, seq_len, flops_only=True)
-    return training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)["train_total"]
+    train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
+    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}
 
 
 def render(result: dict) -> str:

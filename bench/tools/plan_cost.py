@@ -1,4 +1,4 @@
-"""What a grid will cost before it runs (`run --dry-run`): each cell's training FLOPs and time.
+"""What a grid will cost before it runs (`run --dry-run`): each cell's training and evaluation FLOPs and time.
 
 A cell's training FLOPs = its optimizer steps × the FLOPs of one training step, as `peft-bench estimate`
 counts them for the cell's model, method settings, batch size and max_length (on the meta device: no weights;
@@ -10,10 +10,16 @@ that needs real weights) is `unknown`, never guessed. Time = FLOPs / a rate per 
 median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
 the median load and evaluation time of those records. A grid's wall time is the cells' time over the
 executor's slots.
+
+Evaluation FLOPs (eval_flops): every evaluation split's rows (their sizes counted, stated in the task's
+`split_rows`, or the hub's), each priced as forward passes of one max_length sequence: one for a classifier, one
+per answer option for rank classification, the prompt plus its decoding steps for generation. At max_length it is
+an upper bound, exact for in-context learning's demonstration-filled prompts, loose for short zero-shot ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -36,15 +42,16 @@ def train_rows(cell: Cell, known: dict) -> int | None:
     return min(rows, cap) if cap is not None else rows
 
 
-def split_rows(task, data_dir) -> int | None:
-    """Rows of a task's training split: counted where they are local or synthetic; for a hub dataset, the size its
-    definition states (`source.split_rows`, for pricing offline), else the hub's (None offline)."""
+def split_rows(task, data_dir, split: str = "train") -> int | None:
+    """Rows of a task's split ("train", "eval", "eval:<name>"): counted where they are local or synthetic; for a
+    hub dataset, the size its definition states (`source.split_rows`, for pricing offline), else the hub's (None
+    offline)."""
     from bench.tasks.data import hub_offline, hub_split, load_rows
 
+    stated = (task.source.get("split_rows") or {}).get(hub_split(task, split)) if "dataset" in task.source else None
+    if stated is not None and data_dir is None:
+        return stated
     if "dataset" in task.source and "manual" not in task.source and data_dir is None:
-        stated = (task.source.get("split_rows") or {}).get(hub_split(task, "train"))
-        if stated is not None:
-            return stated
         if hub_offline():
             return None
         try:
@@ -52,11 +59,11 @@ def split_rows(task, data_dir) -> int | None:
 
             info = load_dataset_builder(task.source["dataset"], task.source.get("config"),
                                         revision=task.source.get("revision")).info
-            return info.splits[hub_split(task, "train")].num_examples
+            return info.splits[hub_split(task, split)].num_examples
         except Exception:  # offline, or no split sizes published
             return None
     try:
-        return len(load_rows(task, "train", data_dir))
+        return len(load_rows(task, split, data_dir))
     except Exception:  # a missing file: `run` says so before any work; the plan just cannot count it
         return None
 
@@ -71,8 +78,53 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
         return None, "unknown: the training split's size (hub offline?)"
     if shape_of(cell) not in known:
         price_shapes([cell], known, workers=1)
-    per_step, why = known[shape_of(cell)]
+    per_step, _, why = known[shape_of(cell)]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
+
+
+def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
+    """(evaluation FLOPs, how they were found or why unknown): the forward passes of every evaluation split's rows
+    (capped at max_eval_samples), each priced as a forward of one max_length sequence through the adapted model
+    (the pretrained one for a method that trains nothing; in-context demonstrations fill that length). A row is
+    one pass for a classifier, one per answer option for rank classification, and for generation its prompt plus
+    max_new_tokens decoding steps, each a max_length forward's per-position share."""
+    from bench.archs import ARCHS
+    from bench.errors import Unsupported
+    from bench.models import head_for
+    from bench.tasks.data import eval_splits
+
+    task = cell.task.evaluation
+    rows = 0
+    for split in eval_splits(task).values():
+        key = ("rows", task.name, split, cell.data_dir)
+        if key not in known:
+            known[key] = split_rows(task, cell.data_dir, split)
+        if known[key] is None:
+            return None, "unknown: the evaluation split's size (hub offline?)"
+        rows += min(known[key], cell.train.max_eval_samples or known[key])
+    try:
+        head = head_for(ARCHS[cell.model.arch].kind, task.type)
+    except Unsupported as e:
+        return None, f"unknown: {e}"
+    answers = task.prompts[0].answers if task.prompts else None
+    if head == "classifier":
+        passes, what = 1.0, "1 pass"
+    elif task.type == "generation":
+        passes = 1 + task.generation["max_new_tokens"] / cell.train.max_length
+        what = f"prompt + {task.generation['max_new_tokens']} tokens"
+    else:
+        passes, what = float(len(answers or ()) or 1), f"{len(answers or ()) or 1} options"
+    priced = pricing_cell(cell)
+    if shape_of(priced) not in known:
+        price_shapes([priced], known, workers=1)
+    _, forward, why = known[shape_of(priced)]
+    return (None, why) if forward is None else (round(rows * passes * forward), f"{rows} rows × {what}")
+
+
+def pricing_cell(cell: Cell) -> Cell:
+    """The cell whose model is priced for the cell's evaluation: the cell itself, or for a method that trains
+    nothing (zero-shot, in-context learning: the pretrained model as it is), the cell as zero-shot."""
+    return cell if trains(cell) else dataclasses.replace(cell, method="zero-shot", method_config={})
 
 
 def trains(cell: Cell) -> bool:
@@ -97,7 +149,7 @@ def shape_of(cell: Cell) -> tuple:
             cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
 
 
-def _cache_key(cell: Cell, what: str = "train_step_flops") -> dict | None:
+def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
     """The disk cache's key of what is known of the cell's shape (bench.tasks.cache, kind `plan`): the shape, this
     harness's source and the packages that build and count the step. None for a model given by a folder or hub id:
     its config may change under the same name, so it is priced afresh."""
@@ -114,7 +166,8 @@ def _cache_key(cell: Cell, what: str = "train_step_flops") -> dict | None:
 
 
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
-    """known[shape] = (FLOPs of one training step or None, why unknown) for every shape among the cells: from
+    """known[shape] = (FLOPs of one training step, of one sequence's forward pass (each None when unknown), why
+    unknown) for every shape among the cells: from
     the disk cache where it priced the shape before, else counted (_step_flops), on up to `workers` processes
     forked from this one once the libraries are imported (each shape's passes are independent, and this
     process never touches CUDA: the passes run on fake tensors), and then cached."""
@@ -127,7 +180,7 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
             continue
         key = _cache_key(cell)
         found, value = cache.lookup(key, "plan") if key is not None else (False, None)
-        if found and isinstance(value, list) and len(value) == 2:
+        if found and isinstance(value, list) and len(value) == 3:
             known[shape] = tuple(value)
         else:
             pending[shape] = (cell, key)
@@ -163,7 +216,7 @@ def _cuda_initialised() -> bool:
     return torch is not None and torch.cuda.is_initialized()
 
 
-def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, str]]:
+def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, int | None, str]]:
     """_step_flops of each cell on `workers` forked processes. The workers end on their own once the work is done,
     never by a signal (multiprocessing.Pool's terminate could leave one waiting for ever on a lock that a sibling
     it killed held); a worker that dies breaks the pool, and the shapes are then priced here instead."""
@@ -190,17 +243,17 @@ def _worker_start() -> None:
     torch.set_num_threads(1)  # a worker's fake passes run no kernels worth threads, and the workers share the cores
 
 
-def _step_flops(cell: Cell) -> tuple[int | None, str]:
+def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
     from bench.methods.base import method_settings
-    from bench.tools.estimate import train_step_flops
+    from bench.tools.estimate import step_flops
 
     try:
-        return train_step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
-                                dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
-                                attention=cell.train.attention,
-                                gradient_checkpointing=cell.train.gradient_checkpointing), ""
+        flops = step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
+                           dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
+                           attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing)
+        return flops["train_step"], flops["forward_per_example"], ""
     except BadInput as e:
-        return None, f"unknown: {e.message.splitlines()[0][:120]}"
+        return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
 
 
 def predicted_memory(cell: Cell) -> dict | None:
@@ -240,7 +293,8 @@ def measured_rate(store, suite: str) -> tuple[float | None, float, int]:
 
 
 def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None:
-    """One line per cell (its training FLOPs and time), then the totals, to stdout; notes to stderr."""
+    """One line per cell (its training and evaluation FLOPs, and time), then the totals, to stdout; notes to
+    stderr."""
     from bench.methods.base import keep_out_optional_packages
 
     if tflops is not None and not tflops > 0:
@@ -249,23 +303,27 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     suite = cells[0].suite if cells else None
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
-    # only the shapes of cells whose steps are known: the others are unknown whatever their step costs
-    price_shapes([c for c in cells if trains(c) and cell_steps(c, known) is not None], known,
-                 workers=pricing_workers())
-    total_flops, total_s, unknown = 0, 0.0, 0
+    # the shapes of the cells whose steps are known, and of those that train nothing (their evaluation's model)
+    priced = [pricing_cell(c) for c in cells if not trains(c) or cell_steps(c, known) is not None]
+    price_shapes(priced, known, workers=pricing_workers())
+    total_flops, total_eval, total_s, unknown = 0, 0, 0.0, 0
     for cell in cells:
         flops, how = cell_flops(cell, known)
-        if flops is None:
+        evaluation, evaluated = eval_flops(cell, known)
+        shown = f"  train FLOPs {flops:.3g} ({how})" if flops is not None else f"  train FLOPs {how}"
+        shown += f", eval FLOPs {evaluation:.3g} ({evaluated})" if evaluation is not None else \
+            f", eval FLOPs {evaluated}"
+        if flops is None or evaluation is None:
             unknown += 1
-            print(f"{cell.line()}  train FLOPs {how}")
+            print(f"{cell.line()}{shown}")
             continue
-        seconds = flops / rate + overhead if rate else None
+        seconds = (flops + evaluation) / rate + overhead if rate else None
         total_flops += flops
+        total_eval += evaluation
         total_s += seconds or 0.0
-        shown = f"  ≈ {_duration(seconds)}" if seconds is not None else ""
-        print(f"{cell.line()}  train FLOPs {flops:.3g} ({how}){shown}")
+        print(f"{cell.line()}{shown}" + (f"  ≈ {_duration(seconds)}" if seconds is not None else ""))
     slots = getattr(executor, "slots", None)
-    line = f"{len(cells)} cells, {total_flops:.3g} training FLOPs"
+    line = f"{len(cells)} cells, {total_flops:.3g} training FLOPs + {total_eval:.3g} evaluation FLOPs"
     line += f" ({unknown} cells unknown, not counted)" if unknown else ""
     if rate:
         source = (f"--tflops {tflops:g}" if tflops else
