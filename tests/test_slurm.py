@@ -130,3 +130,11 @@ def test_a_job_outliving_its_killed_runner_is_adopted_by_the_next_run(tmp_path, 
     (record,) = records(tmp_path / "r").values()
     assert record["status"] == "ok" and len(log.read_text().split()) == 1  # trained once, in the first job
     assert time.monotonic() - started < 60
+
+
+def test_a_request_no_node_can_meet_stops_the_run_before_any_work(tmp_path):
+    """500 GB a cell on this node's 21 GB: Slurm's own answer to a test submission, exit 2, no job, no record."""
+    done = _slurm_run("--suite", "ci", "--models", "tiny-encoder", "--methods", "lora", "--results", str(tmp_path),
+                      "--mem-per-cell", "500")
+    assert done.returncode == 2 and "Slurm would refuse the job of" in done.stderr and "--mem=512000M" in done.stderr
+    assert not (tmp_path / "ci").exists() and not _queued("peft-bench-ci-")

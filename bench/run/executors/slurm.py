@@ -83,7 +83,10 @@ class SlurmExecutor:
 
     def submit(self, cells: Iterable[Cell], spool: Callable[[Cell], Path],
                planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]:
-        """Yield (cell, record) as this run's jobs end; `planned` is unused (a job has no fork server)."""
+        """Yield (cell, record) as this run's jobs end. `planned`, every cell it may be given: each distinct request
+        among them is first put to Slurm as a test (`sbatch --test-only`), so a request no node can meet (more
+        memory than any has, an unknown partition) stops the run before any cell is claimed or submitted."""
+        self.check_requests(planned or [])
         source, pending, driver = iter(cells), {}, socket.gethostname()
         try:
             while True:
@@ -117,6 +120,26 @@ class SlurmExecutor:
         if megabytes is not None:  # unknown: the partition's default memory
             wanted["mem"] = f"{math.ceil(megabytes)}M"
         return wanted
+
+    def check_requests(self, cells: list[Cell]) -> None:
+        """BadInput naming the first cell whose job Slurm would refuse, and why (sbatch's own words)."""
+        tried = set()
+        for cell in cells:
+            wanted = {k: v for k, v in self.resources(cell).items() if k != "job_name"}
+            key = tuple(sorted(wanted.items()))
+            if key in tried:
+                continue
+            tried.add(key)
+            flags = [f"--{name.replace('_', '-')}={value}" for name, value in key]
+            try:
+                test = subprocess.run(["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True,
+                                      text=True, timeout=60)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise BadInput(f"cannot ask Slurm whether it can run {cell.line()}: {e}", "--executor") from None
+            if test.returncode != 0:
+                said = " ".join(test.stderr.split())[-600:]
+                raise BadInput(f"Slurm would refuse the job of {cell.line()} ({' '.join(flags)}): {said}",
+                               "--executor") from None
 
     def _submit(self, cell: Cell, spool: Path, driver: str):
         executor = self.submitit.SlurmExecutor(folder=spool.parent / ".slurm" / "%j", max_num_timeout=0)
