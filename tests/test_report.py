@@ -256,6 +256,9 @@ def test_fewshot_cost_table_uses_the_median_and_zero_shot_uses_no_shots(tmp_path
     ia3 = next(r for r in rows if "| ia3 |" in r)
     assert "| t0 | 0 |" in zero and "| **0 B** |" in zero
     assert "| t0 | 32 |" in ia3 and ia3.endswith("| **71.0** |")
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    assert "zero-shot (32-shot)" not in text and "| zero-shot |" in text  # in every table (it was in four)
+    assert "ia3 (32-shot)" in text
 
 
 def test_survey_table_counts_methods_as_papers_do_and_names_the_head(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench import fmt
+from bench import fmt, methods
 from bench.figures import FIGURES, shown_in
 from bench.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
@@ -29,8 +29,11 @@ def family_name(row) -> str:
 
 
 def display_label(row) -> str:
-    """A method's row name: its suite label, with the shots of a few-shot cell."""
-    return row["label"] if missing(row["shots"]) else f"{row['label']} ({int(row['shots'])}-shot)"
+    """A method's row name: its suite label, with the shots of a few-shot cell whose method sees them (zero-shot
+    shares its grid's `shots` setting but sees no example: no shots in its name)."""
+    declared = methods.declared(row["method"])
+    sees_examples = declared is None or declared.trains or declared.in_context
+    return row["label"] if missing(row["shots"]) or not sees_examples else f"{row['label']} ({int(row['shots'])}-shot)"
 
 
 def status_text(statuses: dict) -> str:
