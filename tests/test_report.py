@@ -249,6 +249,7 @@ def test_fewshot_cost_table_uses_the_median_and_zero_shot_uses_no_shots(tmp_path
     scores = {1: 70, 2: 72, 3: 60, 4: 80}  # mean 70.5, median 71
     records = [record("ia3", "additive", "t0", "rte", seed, s, params=p, shots=32) for seed, s in scores.items()]
     records.append(record("zero-shot", "baseline", "t0", "rte", 1, 55, params=params(3000, 0, 0), shots=32))
+    records.append(record("icl", "baseline", "t0", "rte", 1, 58, params=params(3000, 0, 0), shots=32))
     write_store(tmp_path / "results", records)
     write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
     rows = md_rows((tmp_path / "reports" / "hand" / "report.md").read_text(), "Few-shot: cost and accuracy")
@@ -258,7 +259,7 @@ def test_fewshot_cost_table_uses_the_median_and_zero_shot_uses_no_shots(tmp_path
     assert "| t0 | 32 |" in ia3 and ia3.endswith("| **71.0** |")
     text = (tmp_path / "reports" / "hand" / "report.md").read_text()
     assert "zero-shot (32-shot)" not in text and "| zero-shot |" in text  # in every table (it was in four)
-    assert "ia3 (32-shot)" in text
+    assert "ia3 (32-shot)" in text and "icl (32-shot)" in text  # in-context learning does see its shots
 
 
 def test_survey_table_counts_methods_as_papers_do_and_names_the_head(tmp_path):
