@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.cell.objectives import option_batch, tfew_loss
+from bench.cell.objectives import option_batch, tfew_loss, tfew_terms
 from bench.tasks.registry import builtin_tasks
 from bench.tasks.features import train_features
 
@@ -27,6 +27,7 @@ def test_tfew_loss_matches_its_definition(tiny_bundle):
     batch, example, is_gold = option_batch(feats, bundle.kind, bundle.tokenizer.pad_token_id)
     with torch.no_grad():
         got = float(tfew_loss(model, batch, example, is_gold))
+        terms = {name: float(value) for name, value in tfew_terms(model, batch, example, is_gold).items()}
         lm, ul, ul_tokens, ln = 0.0, 0.0, 0, 0.0
         for f in feats:
             per_option = [option_token_logprobs(model, f["prompt_ids"], o) for o in f["choice_ids"]]
@@ -40,6 +41,7 @@ def test_tfew_loss_matches_its_definition(tiny_bundle):
             ln += -(means[f["gold"]] - math.log(sum(math.exp(m) for m in means)))
     expected = lm / len(feats) + ul / ul_tokens + ln / len(feats)
     assert got == pytest.approx(expected, rel=1e-4)
+    assert terms == pytest.approx({"lm": lm / len(feats), "ul": ul / ul_tokens, "ln": ln / len(feats)}, rel=1e-4)
 
 
 def loop_tfew(token_logp, mask, example, is_gold):
@@ -94,3 +96,23 @@ def test_tfew_loss_and_its_gradient_equal_the_per_example_loop_with_no_data_depe
     assert torch.isfinite(got) and torch.isfinite(grad).all()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grad, want_grad)
+
+
+def test_a_record_keeps_each_loss_term(tmp_path):
+    """A T-Few cell's record holds lm, ul and ln at its first step and over its last steps, and they add up to the
+    loss it records; an lm cell's one term is its loss."""
+    from bench.cell.recipe import run_cell
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nmethods: [lora, {name: ia3, label: ia3-tfew, train: {objective: tfew}}]\n"
+                     "models: [tiny-t5]\ntasks: [synth-choice]\nseeds: [1]\n"
+                     "train: {max_steps: 12, batch_size: 4, max_length: 32, max_eval_samples: 8}\n")
+    lm_cell, tfew_cell = grid.expand(load_suite(str(suite)))
+    tfew = run_cell(tfew_cell, quiet=True)["train"]
+    assert set(tfew["first_loss_terms"]) == {"lm", "ul", "ln"}
+    assert sum(tfew["first_loss_terms"].values()) == pytest.approx(tfew["first_loss"], rel=1e-5)
+    assert sum(tfew["final_loss_terms"].values()) == pytest.approx(tfew["final_loss"], rel=1e-5)
+    lm = run_cell(lm_cell, quiet=True)["train"]
+    assert lm["first_loss_terms"] == {"lm": pytest.approx(lm["first_loss"])}

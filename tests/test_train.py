@@ -286,7 +286,7 @@ def _diverging_training(read_every: int, monkeypatch):
 
     from bench.cell import train as training
     from bench.cell.batching import collate
-    from bench.cell.objectives import Objective, lm_loss
+    from bench.cell.objectives import Objective, lm_terms
     from tests.adapting import adapt
 
     monkeypatch.setattr(training, "loss_read_every", lambda cuda: read_every)
@@ -303,7 +303,7 @@ def _diverging_training(read_every: int, monkeypatch):
     adapted.after_step.append(poison)
     features = [{"input_ids": list(range(1, 4 + i % 5)), "labels": i % 2} for i in range(32)]
     config = TrainConfig(lr=1e-3, batch_size=4, max_steps=10)
-    return training.train(adapted, features, Objective("head", partial(collate, pad_id=0), lm_loss), config, 0,
+    return training.train(adapted, features, Objective("head", partial(collate, pad_id=0), lm_terms), config, 0,
                           device, quiet=True)
 
 

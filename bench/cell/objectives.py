@@ -24,25 +24,34 @@ from bench.cell.evaluate import token_logprobs
 
 @dataclass(frozen=True)
 class Objective:
-    """How a training step turns features into a batch, and a batch into the loss."""
+    """How a training step turns features into a batch, and a batch into the loss: the sum of its named terms
+    (lm; or T-Few's lm, ul, ln), which training records one by one (train.first_loss_terms, final_loss_terms)."""
 
     name: str
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
-    loss: Callable[[torch.nn.Module, dict], torch.Tensor]
+    terms: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return sum(self.terms(model, batch).values())
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
+    """The model's own loss: token cross-entropy, or its classification head's."""
     return model(**batch).loss
+
+
+def lm_terms(model, batch: dict) -> dict[str, torch.Tensor]:
+    return {"lm": lm_loss(model, batch)}
 
 
 def objective_for(name: str, bundle, task_type: str) -> Objective:
     pad = bundle.tokenizer.pad_token_id
     if name in ("lm", "head"):  # the model's own loss: token cross-entropy, or its classification head's
-        return Objective(name, partial(collate, pad_id=pad), lm_loss)
+        return Objective(name, partial(collate, pad_id=pad), lm_terms)
     if bundle.head != "lm" or task_type not in ("classification", "multiple_choice"):
         raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
                           "classification or multiple-choice task")
-    return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad), _tfew_loss_of_batch)
+    return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad), _tfew_terms_of_batch)
 
 
 def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, torch.Tensor]:
@@ -50,9 +59,9 @@ def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, tor
     return {**batch, "option_example": torch.tensor(example), "option_gold": torch.tensor(is_gold)}
 
 
-def _tfew_loss_of_batch(model, batch: dict) -> torch.Tensor:
+def _tfew_terms_of_batch(model, batch: dict) -> dict[str, torch.Tensor]:
     batch = dict(batch)
-    return tfew_loss(model, batch, batch.pop("option_example"), batch.pop("option_gold"))
+    return tfew_terms(model, batch, batch.pop("option_example"), batch.pop("option_gold"))
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:
@@ -67,7 +76,13 @@ def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, li
 
 
 def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
-    """`example` and `is_gold`: each option's example and gold flag (lists or tensors, as option_batch made them).
+    """L_LM + L_UL + L_LN (tfew_terms)."""
+    return sum(tfew_terms(model, batch, example, is_gold).values())
+
+
+def tfew_terms(model, batch: dict, example, is_gold) -> dict[str, torch.Tensor]:
+    """T-Few's three terms: lm, ul, ln. `example` and `is_gold`: each option's example and gold flag (lists or
+    tensors, as option_batch made them).
 
     Written without data-dependent shapes or reads (no boolean indexing, no `.item()`), so on a GPU the host
     never waits for the device inside a step: per-example sums are scatter-adds over as many slots as options
@@ -92,4 +107,4 @@ def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
     log_norm = shift + torch.log(torch.where(present, total, 1))
     gold_logp = slots.index_add(0, index, gold_mean_logp)
     l_ln = -torch.where(present, gold_logp - log_norm, 0).sum() / present.sum()
-    return l_lm + l_ul + l_ln
+    return {"lm": l_lm, "ul": l_ul, "ln": l_ln}

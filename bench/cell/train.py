@@ -105,6 +105,7 @@ class TrainResult:
     train_s: float = 0.0
     step_s: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    loss_terms: list[dict[str, float]] = field(default_factory=list)  # each read step's terms (Objective.terms)
     evals: list[dict] = field(default_factory=list)  # {"step": n, "score": main metric}
     best_step: int | None = None
     # the first step (1-based) whose loss was not finite; training stopped at the read of it (loss_read_every)
@@ -115,9 +116,16 @@ class TrainResult:
         return {"steps": self.steps, "samples": self.samples, "tokens": self.tokens, "positions": self.positions,
                 "first_loss": self.losses[0] if self.losses else None,
                 "final_loss": sum(tail) / len(tail) if tail else None,
+                "first_loss_terms": self.loss_terms[0] if self.loss_terms else None,
+                "final_loss_terms": _mean_terms(self.loss_terms[-10:]),
                 "evals": self.evals, "best_step": self.best_step, "diverged_at_step": self.diverged_at_step,
                 "optimizer_update": self.optimizer_update,
                 "step_s_median": statistics.median(self.step_s) if self.step_s else None}
+
+
+def _mean_terms(steps: list[dict[str, float]]) -> dict[str, float] | None:
+    """Each loss term's mean over `steps` (final_loss_terms: the last 10, as final_loss)."""
+    return {name: sum(step[name] for step in steps) / len(steps) for name in steps[0]} if steps else None
 
 
 class NoGradient(RuntimeError):
@@ -215,14 +223,17 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         data = itertools.chain([first], data)
     clock, pending, read_every = StepClock(cuda), [], loss_read_every(cuda)  # pending: losses not read yet
 
-    def read_losses() -> None:
-        values = torch.stack([loss.float() for loss in pending]).tolist()
+    def read_losses() -> None:  # one read of the device for the pending steps' losses and their terms
+        rows = torch.stack([torch.stack([loss, *terms.values()]).float() for loss, terms in pending]).tolist()
+        names = list(pending[0][1])
         pending.clear()
+        values = [row[0] for row in rows]
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if bad is not None:  # every later step trains on non-finite weights
             result.diverged_at_step = len(result.losses) + bad + 1
-            values = values[: bad + 1]
+            values, rows = values[: bad + 1], rows[: bad + 1]
         result.losses.extend(values)
+        result.loss_terms.extend(dict(zip(names, row[1:])) for row in rows)
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
 
     began = reported = time.monotonic()
@@ -237,7 +248,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         result.positions += positions_in(batch, encoder_decoder)
         batch = to_device(batch, device)  # without waiting for the device (on CUDA)
         with autocast():
-            loss = objective.loss(model, batch)
+            terms = objective.terms(model, batch)
+            loss = sum(terms.values())
         loss.backward()
         if step == 0:  # the probe step and the compile warm-up dropped their gradients
             require_gradients(model)
@@ -253,7 +265,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         clock.stop()
         if step == 0:
             result.optimizer_bytes = optimizer_state_bytes(optimizer)
-        pending.append(loss.detach())
+        pending.append((loss.detach(), {name: term.detach() for name, term in terms.items()}))
         result.steps += 1
         result.samples += len(rows)
         bar.update(1)
