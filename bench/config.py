@@ -50,6 +50,11 @@ class TrainConfig:
     max_eval_samples: int | None = None  # the first N evaluation rows
     shots: int | None = None  # few-shot: train on k examples drawn with the seed (same for every method)
     objective: str = "lm"  # lm, or tfew (L_LM + L_UL + L_LN) for tasks with answer options
+    # tfew's details (bench/cell/objectives.py: tfew_terms): L_LM over `examples` (each one's mean log-probability,
+    # then their mean) or over `tokens` (every gold token of the batch at once: T-Few's), and the offset inside
+    # L_UL's log(1 - p + offset) (T-Few's: 0.01)
+    tfew_lm: str = "examples"
+    unlikelihood_offset: float = 0.0
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     weights_dtype: str = "auto"  # see WEIGHTS_DTYPES; train.weights_dtype records what was loaded
     # Batches drawn with replacement, each example weighted by 1 / its class's count (T-Few's sampler);
@@ -82,7 +87,8 @@ class TrainConfig:
 
 # setting -> the value it is left out of the id at
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
-               "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto"}
+               "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto",
+               "tfew_lm": "examples", "unlikelihood_offset": 0.0}
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -94,7 +100,7 @@ _TRAIN_TYPES = {
     "redraw_templates": bool, "gradient_checkpointing": bool, "compile": bool, "group_by_length": bool,
     "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS,
     "shots": (int, None),
-    "objective": ("lm", "tfew"),
+    "objective": ("lm", "tfew"), "tfew_lm": ("examples", "tokens"), "unlikelihood_offset": float,
     "pooling": POOLINGS,
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
@@ -124,7 +130,7 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
                 raise BadInput(f"'{key}' = {raw!r} is beyond {_LIMITS[key]:,}: a typo?", where(key))
             if key in _NON_NEGATIVE and value is not None and value < 0:
                 raise BadInput(f"'{key}' must not be negative, got {raw!r}", where(key))
-            if key in ("warmup_ratio",) and not 0 <= value < 1:
+            if key in ("warmup_ratio", "unlikelihood_offset") and not 0 <= value < 1:
                 raise BadInput(f"'{key}' must be in [0, 1), got {raw!r}", where(key))
             values[key] = value
             if key in _EXCLUSIVE and value is not None:

@@ -44,6 +44,31 @@ def test_tfew_loss_matches_its_definition(tiny_bundle):
     assert terms == pytest.approx({"lm": lm / len(feats), "ul": ul / ul_tokens, "ln": ln / len(feats)}, rel=1e-4)
 
 
+def test_tfews_own_loss_details_are_settings(tiny_bundle):
+    """T-Few's EncoderDecoder.py: L_LM is the cross-entropy over every gold token of the batch at once, and L_UL is
+    -log(1 - p + 0.01); each computed here token by token."""
+    bundle = tiny_bundle("tiny-t5", "multiple_choice")
+    model = bundle.model.eval()
+    task = builtin_tasks()["synth-choice"]
+    rows = [{"sentence": "a great movie", "choice1": "a truly great and lovely film", "choice2": "dull", "label": 0},
+            {"sentence": "the dull plot was boring", "choice1": "a lovely long plot", "choice2": "plot", "label": 1}]
+    feats = train_features(task, bundle, rows, 64, seed=0)
+    batch, example, is_gold = option_batch(feats, bundle.kind, bundle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        terms = {k: float(v) for k, v in tfew_terms(model, batch, example, is_gold, "tokens", 0.01).items()}
+        gold_tokens, ul, ul_tokens = [], 0.0, 0
+        for f in feats:
+            per_option = [option_token_logprobs(model, f["prompt_ids"], o) for o in f["choice_ids"]]
+            gold_tokens += per_option[f["gold"]]
+            for j, lps in enumerate(per_option):
+                if j != f["gold"]:
+                    ul += -sum(math.log(1 - math.exp(lp) + 0.01) for lp in lps)
+                    ul_tokens += len(lps)
+    assert len({len(option_token_logprobs(model, f["prompt_ids"], f["choice_ids"][f["gold"]])) for f in feats}) > 1
+    assert terms["lm"] == pytest.approx(-sum(gold_tokens) / len(gold_tokens), rel=1e-4)
+    assert terms["ul"] == pytest.approx(ul / ul_tokens, rel=1e-4)
+
+
 def loop_tfew(token_logp, mask, example, is_gold):
     """T-Few's three terms option by option and example by example, with boolean indexing."""
     mean = token_logp.sum(-1) / mask.sum(-1)

@@ -44,14 +44,16 @@ def lm_terms(model, batch: dict) -> dict[str, torch.Tensor]:
     return {"lm": lm_loss(model, batch)}
 
 
-def objective_for(name: str, bundle, task_type: str) -> Objective:
+def objective_for(name: str, bundle, task_type: str, tfew_lm: str = "examples",
+                  unlikelihood_offset: float = 0.0) -> Objective:
     pad = bundle.tokenizer.pad_token_id
     if name in ("lm", "head"):  # the model's own loss: token cross-entropy, or its classification head's
         return Objective(name, partial(collate, pad_id=pad), lm_terms)
     if bundle.head != "lm" or task_type not in ("classification", "multiple_choice"):
         raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
                           "classification or multiple-choice task")
-    return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad), _tfew_terms_of_batch)
+    return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad),
+                     partial(_tfew_terms_of_batch, lm_over=tfew_lm, ul_offset=unlikelihood_offset))
 
 
 def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, torch.Tensor]:
@@ -59,9 +61,9 @@ def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, tor
     return {**batch, "option_example": torch.tensor(example), "option_gold": torch.tensor(is_gold)}
 
 
-def _tfew_terms_of_batch(model, batch: dict) -> dict[str, torch.Tensor]:
+def _tfew_terms_of_batch(model, batch: dict, lm_over: str, ul_offset: float) -> dict[str, torch.Tensor]:
     batch = dict(batch)
-    return tfew_terms(model, batch, batch.pop("option_example"), batch.pop("option_gold"))
+    return tfew_terms(model, batch, batch.pop("option_example"), batch.pop("option_gold"), lm_over, ul_offset)
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:
@@ -75,14 +77,17 @@ def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, li
     return collate(pairs, pad_id), example, is_gold
 
 
-def tfew_loss(model, batch: dict, example, is_gold) -> torch.Tensor:
+def tfew_loss(model, batch: dict, example, is_gold, lm_over: str = "examples", ul_offset: float = 0.0) -> torch.Tensor:
     """L_LM + L_UL + L_LN (tfew_terms)."""
-    return sum(tfew_terms(model, batch, example, is_gold).values())
+    return sum(tfew_terms(model, batch, example, is_gold, lm_over, ul_offset).values())
 
 
-def tfew_terms(model, batch: dict, example, is_gold) -> dict[str, torch.Tensor]:
+def tfew_terms(model, batch: dict, example, is_gold, lm_over: str = "examples",
+               ul_offset: float = 0.0) -> dict[str, torch.Tensor]:
     """T-Few's three terms: lm, ul, ln. `example` and `is_gold`: each option's example and gold flag (lists or
-    tensors, as option_batch made them).
+    tensors, as option_batch made them). `lm_over`: "examples" (each gold option's mean log-probability, then
+    their mean) or "tokens" (the mean over every gold token of the batch: T-Few's cross-entropy); `ul_offset`:
+    L_UL's -log(1 - p + offset) (T-Few: 0.01).
 
     Written without data-dependent shapes or reads (no boolean indexing, no `.item()`), so on a GPU the host
     never waits for the device inside a step: per-example sums are scatter-adds over as many slots as options
@@ -94,10 +99,15 @@ def tfew_terms(model, batch: dict, example, is_gold) -> dict[str, torch.Tensor]:
     is_gold = torch.as_tensor(is_gold, device=token_logp.device).bool()
     gold = is_gold.to(token_logp.dtype)
     gold_mean_logp = torch.where(is_gold, mean_logp, 0)  # not a product: a wrong option's -inf × 0 is NaN
-    l_lm = -gold_mean_logp.sum() / gold.sum()  # one gold option per example: the mean over examples
+    if lm_over == "tokens":
+        gold_tokens = weights * gold.unsqueeze(-1)
+        l_lm = -(torch.where(gold_tokens.bool(), token_logp, 0)).sum() / gold_tokens.sum().clamp(min=1)
+    else:  # one gold option per example: the mean over examples
+        l_lm = -gold_mean_logp.sum() / gold.sum()
     wrong_tokens = weights * (1 - gold).unsqueeze(-1)
     p = token_logp.exp().clamp(max=1 - 1e-6)
-    l_ul = -(torch.log1p(-p) * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
+    unlikely = torch.log1p(-p) if ul_offset == 0 else torch.log(1 - p + ul_offset)
+    l_ul = -(unlikely * wrong_tokens).sum() / wrong_tokens.sum().clamp(min=1)
     # L_LN: each example's log-softmax over its options (their number may differ), at the gold option
     slots = torch.zeros_like(mean_logp)
     present = slots.index_add(0, index, torch.ones_like(mean_logp)) > 0
