@@ -17,14 +17,18 @@ def option_token_logprobs(model, prompt, option):
     return [float(logp[t, y]) for t, y in enumerate(option)]
 
 
-def test_tfew_loss_matches_its_definition(tiny_bundle):
+def two_choices(tiny_bundle, first_gold: str):
+    """Two synth-choice examples on tiny-t5, the first's gold option `first_gold`: (model, features, batch,
+    each option's example, each option's gold flag)."""
     bundle = tiny_bundle("tiny-t5", "multiple_choice")
-    model = bundle.model.eval()
-    task = builtin_tasks()["synth-choice"]
-    rows = [{"sentence": "a great movie", "choice1": "great", "choice2": "dull", "label": 0},
-            {"sentence": "the dull plot was boring", "choice1": "lovely", "choice2": "plot", "label": 1}]
-    feats = train_features(task, bundle, rows, 64, seed=0)
-    batch, example, is_gold = option_batch(feats, bundle.kind, bundle.tokenizer.pad_token_id)
+    rows = [{"sentence": "a great movie", "choice1": first_gold, "choice2": "dull", "label": 0},
+            {"sentence": "the dull plot was boring", "choice1": "a lovely long plot", "choice2": "plot", "label": 1}]
+    feats = train_features(builtin_tasks()["synth-choice"], bundle, rows, 64, seed=0)
+    return (bundle.model.eval(), feats, *option_batch(feats, bundle.kind, bundle.tokenizer.pad_token_id))
+
+
+def test_tfew_loss_matches_its_definition(tiny_bundle):
+    model, feats, batch, example, is_gold = two_choices(tiny_bundle, "great")
     with torch.no_grad():
         got = float(tfew_loss(model, batch, example, is_gold))
         terms = {name: float(value) for name, value in tfew_terms(model, batch, example, is_gold).items()}
@@ -47,13 +51,7 @@ def test_tfew_loss_matches_its_definition(tiny_bundle):
 def test_tfews_own_loss_details_are_settings(tiny_bundle):
     """T-Few's EncoderDecoder.py: L_LM is the cross-entropy over every gold token of the batch at once, and L_UL is
     -log(1 - p + 0.01); each computed here token by token."""
-    bundle = tiny_bundle("tiny-t5", "multiple_choice")
-    model = bundle.model.eval()
-    task = builtin_tasks()["synth-choice"]
-    rows = [{"sentence": "a great movie", "choice1": "a truly great and lovely film", "choice2": "dull", "label": 0},
-            {"sentence": "the dull plot was boring", "choice1": "a lovely long plot", "choice2": "plot", "label": 1}]
-    feats = train_features(task, bundle, rows, 64, seed=0)
-    batch, example, is_gold = option_batch(feats, bundle.kind, bundle.tokenizer.pad_token_id)
+    model, feats, batch, example, is_gold = two_choices(tiny_bundle, "a truly great and lovely film")
     with torch.no_grad():
         terms = {k: float(v) for k, v in tfew_terms(model, batch, example, is_gold, "tokens", 0.01).items()}
         gold_tokens, ul, ul_tokens = [], 0.0, 0
