@@ -2,7 +2,7 @@
 
 A cell's training FLOPs = its optimizer steps × the FLOPs of one training step, as `peft-bench estimate`
 counts them for the cell's model, method settings, batch size and max_length (on the meta device: no weights;
-its FLOPs-only pass, bench.tools.estimate.train_step_flops), once per distinct shape. Steps are `max_steps`,
+its FLOPs-only pass, bench.tools.estimate.step_flops), once per distinct shape. Steps are `max_steps`,
 else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic tasks, or read
 from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0 training
 FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
@@ -33,13 +33,18 @@ def train_rows(cell: Cell, known: dict) -> int | None:
     """Training rows the cell trains on (shots or max_train_samples of the split), None when unknown;
     `known` keeps each task's split size, read once per plan."""
     cap = cell.train.shots or cell.train.max_train_samples
-    key = ("rows", cell.task.name, cell.data_dir)
-    if key not in known:
-        known[key] = split_rows(cell.task, cell.data_dir)
-    rows = known[key]
+    rows = known_rows(cell.task, "train", cell.data_dir, known)
     if rows is None:
         return cap if cap is not None and cell.train.shots else None
     return min(rows, cap) if cap is not None else rows
+
+
+def known_rows(task, split: str, data_dir, known: dict) -> int | None:
+    """split_rows, read once per plan for each (task, split, data folder)."""
+    key = ("rows", task.name, split, data_dir)
+    if key not in known:
+        known[key] = split_rows(task, data_dir, split)
+    return known[key]
 
 
 def split_rows(task, data_dir, split: str = "train") -> int | None:
@@ -96,24 +101,22 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     task = cell.task.evaluation
     rows = 0
     for split in eval_splits(task).values():
-        key = ("rows", task.name, split, cell.data_dir)
-        if key not in known:
-            known[key] = split_rows(task, cell.data_dir, split)
-        if known[key] is None:
+        found = known_rows(task, split, cell.data_dir, known)
+        if found is None:
             return None, "unknown: the evaluation split's size (hub offline?)"
-        rows += min(known[key], cell.train.max_eval_samples or known[key])
+        rows += min(found, cell.train.max_eval_samples or found)
     try:
         head = head_for(ARCHS[cell.model.arch].kind, task.type)
     except Unsupported as e:
         return None, f"unknown: {e}"
-    answers = task.prompts[0].answers if task.prompts else None
     if head == "classifier":
         passes, what = 1.0, "1 pass"
     elif task.type == "generation":
         passes = 1 + task.generation["max_new_tokens"] / cell.train.max_length
         what = f"prompt + {task.generation['max_new_tokens']} tokens"
     else:
-        passes, what = float(len(answers or ()) or 1), f"{len(answers or ()) or 1} options"
+        options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
+        passes, what = float(options), f"{options} options"
     priced = pricing_cell(cell)
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
@@ -309,11 +312,14 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     total_flops, total_eval, total_s, unknown = 0, 0, 0.0, 0
     for cell in cells:
         flops, how = cell_flops(cell, known)
+        if flops is None:  # unknown whatever its evaluation costs: its shape was not priced for it
+            unknown += 1
+            print(f"{cell.line()}  train FLOPs {how}")
+            continue
         evaluation, evaluated = eval_flops(cell, known)
-        shown = f"  train FLOPs {flops:.3g} ({how})" if flops is not None else f"  train FLOPs {how}"
-        shown += f", eval FLOPs {evaluation:.3g} ({evaluated})" if evaluation is not None else \
-            f", eval FLOPs {evaluated}"
-        if flops is None or evaluation is None:
+        shown = f"  train FLOPs {flops:.3g} ({how}), eval FLOPs " + (
+            f"{evaluation:.3g} ({evaluated})" if evaluation is not None else evaluated)
+        if evaluation is None:
             unknown += 1
             print(f"{cell.line()}{shown}")
             continue
