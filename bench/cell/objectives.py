@@ -16,10 +16,9 @@ from functools import partial
 import torch
 
 from bench.cell.batching import collate
-
-from bench.tasks.features import lm_example
-from bench.errors import Unsupported
 from bench.cell.evaluate import token_logprobs
+from bench.errors import Unsupported
+from bench.tasks.features import lm_example
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,6 @@ def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, li
             example.append(i)
             is_gold.append(int(j == f["gold"]))
     return collate(pairs, pad_id), example, is_gold
-
-
-def tfew_loss(model, batch: dict, example, is_gold, lm_over: str = "examples", ul_offset: float = 0.0) -> torch.Tensor:
-    """L_LM + L_UL + L_LN (tfew_terms)."""
-    return sum(tfew_terms(model, batch, example, is_gold, lm_over, ul_offset).values())
 
 
 def tfew_terms(model, batch: dict, example, is_gold, lm_over: str = "examples",
