@@ -10,7 +10,6 @@ from bench.methods.base import Adapted, ApplyContext
 from bench.models import REGISTRY, Bundle, load_bundle
 from bench.tasks.spec import TaskSpec
 
-
 # Labels a classifier head gets when a test names none: two classes, or one regressed value.
 DEFAULT_LABELS = {"classification": 2, "regression": 1}
 

@@ -156,8 +156,8 @@ def _jsonl_task(tmp_path, train: bytes, name: str = "train.jsonl") -> str:
 
 
 def _check(tmp_path, tasks: str) -> None:
-    from bench.tasks.registry import registry
     from bench.tasks.data import check_available
+    from bench.tasks.registry import registry
 
     check_available(registry([tasks])["mine"], None)
 

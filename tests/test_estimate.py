@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from bench.cell.measure import optimizer_state_bytes
-from bench.optimizers import state_bytes
 from bench.cell.probe import instrumented_step
 from bench.cli import main
 from bench.errors import BadInput
 from bench.models import REGISTRY, resolve_model
+from bench.optimizers import state_bytes
 from bench.tools.estimate import estimate, fake_step
 from tests import closed_forms
 from tests.adapting import adapt

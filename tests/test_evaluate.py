@@ -98,9 +98,9 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
     from bench.tasks.features import eval_features
+    from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()[task_name]
     bundle = tiny_bundle(model_name, task=task)

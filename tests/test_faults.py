@@ -23,8 +23,8 @@ from bench.plan.suite import load_suite
 from bench.run import locks
 from bench.run.executors.cells import EVIDENCE_LINES, tail
 from bench.run.executors.local import LocalExecutor
-from bench.run.runner import run_grid
 from bench.run.locks import lock_problem
+from bench.run.runner import run_grid
 from bench.run.store import Store
 from bench.tools.regress import compare as gate_compare
 from bench.tools.regress import make_baseline

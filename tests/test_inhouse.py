@@ -8,11 +8,11 @@ import torch
 import transformers
 from packaging.version import Version
 
+from bench import tiny
 from bench.cell.batching import collate
 from bench.layers.attention_prefix import PrefixBank, add_prefix, attention_modules, implementation_of, set_attention
 from bench.layers.phm import PHMLinear, PHMRule
 from bench.methods.fisher import top_share_masks
-from bench import tiny
 from bench.models import REGISTRY
 from tests.adapting import adapt
 from tests.closed_forms import attention_module_counts

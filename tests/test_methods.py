@@ -18,12 +18,12 @@ from bench.cell.batching import batches, collate
 from bench.cell.train import optimizer_for
 from bench.config import TrainConfig
 from bench.errors import Unsupported
-from bench.methods.prefix_state import FOLDED
 from bench.methods.base import ApplyContext
+from bench.methods.prefix_state import FOLDED
 from bench.models import REGISTRY
-from bench.tasks.registry import builtin_tasks
 from bench.tasks.data import load_rows
 from bench.tasks.features import train_features
+from bench.tasks.registry import builtin_tasks
 from tests import closed_forms
 from tests.adapting import adapt, build_bundle
 

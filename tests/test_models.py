@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from bench import tiny
-from bench.tensors import count_params
 from bench.errors import BadInput, Unsupported
 from bench.layers.attention_prefix import implementation_of
 from bench.models import REGISTRY, dtype_name, head_for, resolve_model
 from bench.tasks.synthetic import lexicon
+from bench.tensors import count_params
 from tests import closed_forms
 
 

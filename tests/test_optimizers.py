@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bench.optimizers import OPTIMIZERS, cuda_update, update_bytes, update_of
 from bench.cell.probe import LiveBytes
+from bench.optimizers import OPTIMIZERS, cuda_update, update_bytes, update_of
 
 
 def _dispatched(optimizer) -> tuple[str, int]:

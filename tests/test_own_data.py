@@ -9,9 +9,9 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BadInput
+from bench.tasks.data import check_available, load_rows
 from bench.tasks.registry import registry
 from bench.tasks.schema import load_task_file
-from bench.tasks.data import check_available, load_rows
 
 ROWS = [(0, "bad awful dull"), (1, "good fine great"), (0, "sad\tpoor"), (1, 'nice "kind" warm')]
 

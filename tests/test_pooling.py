@@ -114,14 +114,14 @@ def test_head_only_with_mean_pooling_is_a_logistic_regression_on_the_same_featur
     from sklearn.linear_model import LogisticRegression
 
     from bench import methods
+    from bench.cell.evaluate import evaluate
     from bench.cell.objectives import objective_for
     from bench.cell.train import train
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.tasks.registry import builtin_tasks
     from bench.tasks.data import load_rows
-    from bench.cell.evaluate import evaluate
     from bench.tasks.features import eval_features, train_features
+    from bench.tasks.registry import builtin_tasks
 
     task = builtin_tasks()["synth-polarity"]
     bundle = tiny_bundle("minilm-l6", seed=1, pooling="mean")

@@ -8,9 +8,9 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.tensors import storage_key
 from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
 from bench.models import REGISTRY
+from bench.tensors import storage_key
 from tests.adapting import adapt, token_batch
 
 CELLS = [("tiny-encoder", "dora"), ("tiny-gpt2", "lora"), ("tiny-t5", "prefix-tuning"), ("tiny-llama", "full"),

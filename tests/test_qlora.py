@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench import methods
-from bench.tensors import count_params
 from bench.config import TrainConfig
 from bench.methods.base import ApplyContext
+from bench.tensors import count_params
 from tests.adapting import token_batch
 
 bnb = pytest.importorskip("bitsandbytes")

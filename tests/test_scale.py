@@ -412,10 +412,10 @@ def test_ray_sigterm_records_the_running_cell_interrupted_and_kill_9_leaves_noth
     handler once won: exit 1, no record); after kill -9 of the runner, the local Ray instance's processes and its
     session folder are gone within seconds (they lingered for a minute, the folder for good)."""
     _ray_executor()
-    from tests.test_faults import cli, gone, records, suite_text, wait_for
-
     import shutil
     import tempfile
+
+    from tests.test_faults import cli, gone, records, suite_text, wait_for
 
     tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the runner makes the Ray instance's folder

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from bench import record as rec
+from bench.files import atomic_write
 from bench.plan import grid
 from bench.plan.suite import load_suite
-from bench.files import atomic_write
 from bench.run.store import Store, load_frame
 from tests.conftest import TINY_SUITE
 

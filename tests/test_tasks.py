@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from bench.cell.batching import collate
-
-from bench.tasks.features import IGNORE
+from bench.cell.evaluate import sequence_logprob
 from bench.errors import BadInput
 from bench.tasks import synthetic
+from bench.tasks.data import load_rows
+from bench.tasks.features import IGNORE, eval_features, train_features
 from bench.tasks.registry import builtin_tasks
 from bench.tasks.schema import load_task_file
-from bench.tasks.data import load_rows
-from bench.cell.evaluate import sequence_logprob
-from bench.tasks.features import eval_features, train_features
 
 
 def test_synthetic_data_is_deterministic_and_labelled_by_its_rule():

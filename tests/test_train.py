@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.cell.batching import batches, positions_in, tokens_in
-from bench.optimizers import OPTIMIZERS
 from bench.cell.train import linear_schedule, optimizer_for
 from bench.config import TrainConfig
+from bench.optimizers import OPTIMIZERS
 
 
 def test_linear_schedule_warmup_then_decay():
@@ -64,8 +64,8 @@ def test_every_optimizer_of_the_table_trains_and_holds_the_state_it_declares(nam
     """One table: a suite may name it (the config accepts it), training builds it, and after a step it
     holds the state `estimate` predicts for the same tensors."""
     from bench.cell.measure import optimizer_state_bytes
-    from bench.optimizers import state_bytes
     from bench.config import resolve_train
+    from bench.optimizers import state_bytes
 
     train_config = resolve_train([({"optimizer": name, "lr": 1e-2, "weight_decay": 0.1}, lambda k: k)])
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))

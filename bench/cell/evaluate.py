@@ -18,12 +18,10 @@ from collections.abc import Callable
 import torch
 
 from bench.cell.batching import collate, to_device
-
-from bench.tasks.features import IGNORE, lm_example
 from bench.models import is_encoder_decoder
 from bench.tasks import metrics
+from bench.tasks.features import IGNORE, EvalSet, lm_example
 from bench.tasks.spec import TaskSpec
-from bench.tasks.features import EvalSet
 
 
 def timed_examples(n: int, batch_size: int) -> int:

@@ -37,12 +37,11 @@ from bench.cell.measure import (
     utilisation,
     weight_bytes,
 )
-from bench.optimizers import update_bytes
 from bench.cell.probe import first_step, inference_flops, step_peak_bytes, training_flops
 from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name
+from bench.optimizers import update_bytes
 from bench.tasks.data import resolved_revision
-
 
 # The recipe's moments (bench/cell/recipe.py announces them), each a call or a window (a context manager).
 MOMENTS = {"loading": "window", "loaded": "call", "before_training": "call", "training": "window",

@@ -276,8 +276,8 @@ def inference_speed(bundle, model, evalset, task, batch_size: int, device, autoc
     """time.infer_latency_s and time.infer_examples_per_s of `model` (bench/figures.py defines them).
     `batched_s`: the seconds the final evaluation took over the batched examples (TimedPrediction), so
     they are not predicted a second time; None times them here (the merged copy)."""
-    from bench.figures import LATENCY_EXAMPLES
     from bench.cell.evaluate import predict, timed_examples
+    from bench.figures import LATENCY_EXAMPLES
 
     def seconds(sample, size: int) -> float:
         watch = Stopwatch(device)

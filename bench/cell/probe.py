@@ -24,9 +24,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
-from bench.tensors import storage_key, tensor_bytes
 from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
+from bench.tensors import storage_key, tensor_bytes
 
 _aten = torch.ops.aten
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from bench import env, methods
+from bench.cell import evaluate as scoring
 from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
 from bench.cell.measure import head_elements
-from bench.tensors import count_params
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
@@ -32,10 +32,10 @@ from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, qui
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
-from bench.tasks.spec import TaskSpec
-from bench.cell import evaluate as scoring
 from bench.tasks.features import EvalSet
 from bench.tasks.prepare import TrainingData, datasets
+from bench.tasks.spec import TaskSpec
+from bench.tensors import count_params
 
 
 @dataclass

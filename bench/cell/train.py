@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
-from bench.optimizers import OPTIMIZERS, update_of
 from bench.config import TrainConfig
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
+from bench.optimizers import OPTIMIZERS, update_of
 
 
 def compute_dtype(device, precision: str) -> str:

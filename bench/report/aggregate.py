@@ -22,8 +22,8 @@ import pandas as pd
 
 from bench import methods
 from bench.figures import FIGURES
-from bench.methods.base import FAMILIES
 from bench.fmt import missing
+from bench.methods.base import FAMILIES
 
 KEYS = ["model", "task", "label", "shots"]
 # Fixed by the cell's config, so identical across seeds: the first ok value stands for all.

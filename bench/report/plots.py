@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.env import usable_cores
-from bench.methods.base import FAMILIES
 from bench import fmt
+from bench.env import usable_cores
 from bench.fmt import missing
+from bench.methods.base import FAMILIES
 from bench.report.render import Job, write_all
 from bench.report.style import PART_STYLE
 from bench.report.tables import display_label, family_name, flops_column, memory_parts, memory_rows, memory_unit, slug

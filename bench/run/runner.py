@@ -24,10 +24,10 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
+from bench.files import atomic_write
 from bench.plan.cellspec import Cell
 from bench.record import problems
 from bench.run.executors.cells import interrupted, spool_files
-from bench.files import atomic_write
 from bench.run.locks import Claim, lock_problem
 from bench.run.store import Store, StoreUnwritable
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from bench.tasks.spec import Prompt, TaskSpec
 
-
 # A text-to-text example is a prompt and a target: an encoder-decoder reads the prompt and predicts the target;
 # a decoder-only model reads both in one sequence, the prompt masked out of the loss.
 IGNORE = -100  # a label position that no loss counts (prompt tokens, padding)

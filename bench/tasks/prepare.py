@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bench.config import TrainConfig
-from bench.tasks.spec import TaskSpec
 from bench.tasks.cache import cached, tokenizer_fingerprint
 from bench.tasks.data import eval_splits, files_fingerprint, load_rows, subsample
 from bench.tasks.features import EvalSet, eval_features, fixed_shot_features, train_features
+from bench.tasks.spec import TaskSpec
 
 
 @dataclass

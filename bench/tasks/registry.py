@@ -11,6 +11,7 @@ from bench.errors import BadInput, unknown
 from bench.tasks.schema import load_task_file
 from bench.tasks.spec import TaskSpec
 
+
 def _resolve_eval_tasks(specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
     out = {}
     for name, spec in specs.items():

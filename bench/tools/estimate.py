@@ -30,7 +30,6 @@ import torch
 
 from bench import optimizers
 from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
-from bench.tensors import count_params, unique_tensors
 from bench.cell.probe import (
     StepMeasure,
     forward_flops_per_example,
@@ -42,6 +41,7 @@ from bench.cell.probe import (
 from bench.config import ATTENTIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
+from bench.tensors import count_params, unique_tensors
 
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")

@@ -18,9 +18,9 @@ from bench.config import check_keys, coerce
 from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
 from bench.figures import Tolerances, judge
+from bench.files import atomic_write
 from bench.record import SCHEMA_VERSION
 from bench.report.compare import figures, show
-from bench.files import atomic_write
 from bench.yamlfile import load_yaml
 
 BASELINE_VERSION = 1
