@@ -21,7 +21,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: bench report test real-cpu slurm-test slurm-down docs install lock test-latest clean
+.PHONY: bench report test real-cpu slurm-test slurm-down docs install lock test-latest clean parity
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -92,3 +92,17 @@ test-latest:
 
 clean:
 	rm -rf $(REPORTS) .pytest_cache
+
+# Parity fixtures: each in-house method's outputs, loss and gradients from its reference implementation
+# (scripts/parity), generated in .venv-parity with the reference's own pins, committed under tests/fixtures/parity;
+# then the parity tests, printing each method's largest difference. make test runs the same tests on the committed
+# fixtures, without this environment. GEN=name limits it to one generator.
+PARITY_VENV ?= .venv-parity
+PARITY_PINS ?= adapters==1.3.0 transformers==4.57.6 safetensors==0.8.0
+GEN ?=
+parity: $(STAMP)
+	test -x $(PARITY_VENV)/bin/python || $(PYTHON) -m venv $(PARITY_VENV)
+	$(PARITY_VENV)/bin/python $(PIP) $(TORCH)
+	$(PARITY_VENV)/bin/python $(PIP) $(PARITY_PINS)
+	$(PARITY_VENV)/bin/python scripts/parity/make_fixtures.py $(GEN)
+	$(BIN)/python -m pytest -s -q tests/ -k parity -p no:xdist
