@@ -1,0 +1,174 @@
+"""Parity of the bottleneck adapters and Compacter with AdapterHub `adapters` 1.3.0
+(fixtures: scripts/parity/gen_adapterhub_bottleneck.py, which says how the reference is configured).
+
+Our model is rebuilt from the fixture's config with this environment's transformers, its base weights loaded by
+name, our method applied at its defaults (Compacter: reduction factor 8, as the reference needs at hidden 32), and
+the reference's method weights loaded through the fixture's name map. Then logits, final hidden states, loss,
+every trained parameter's gradient and the parameters after the reference's SGD steps must match to 1e-5.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from bench import methods
+from bench.config import TrainConfig
+from bench.methods.base import ApplyContext
+from bench.models import Bundle, ModelSpec
+from tests.parity import assert_matches, load, relative_difference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASES = ["houlsby-roberta", "pfeiffer-roberta", "parallel-roberta", "compacter-roberta", "houlsby-bert"]
+# Our defaults next to the reference config class's (AdapterHub's key on the right); intended differences below.
+SAME_DEFAULTS = {"adapter-houlsby": {"reduction_factor": "reduction_factor", "activation": "non_linearity"},
+                 "adapter-pfeiffer": {"reduction_factor": "reduction_factor", "activation": "non_linearity"},
+                 "adapter-parallel": {"activation": "non_linearity", "scaling": "scaling"},
+                 "compacter": {"reduction_factor": "reduction_factor", "phm_dim": "phm_dim", "phm_rank": "phm_rank"}}
+# ParBnConfig's reduction factor is 2 (He et al.'s 512-wide bottleneck on a 1024-wide model); ours keeps 16
+# beside the other adapters, and the reference is configured with 16 for the fixture.
+PARALLEL_REDUCTION = {"ours": 16, "reference": 2}
+HOULSBY_NORMS = {"roberta": 2 * 32 * (1 + 2 * 2), "bert": 2 * 32 * (1 + 2 * 2)}  # embeddings' + 2 per layer, hidden 32
+
+
+def base_model(arch: str):
+    """The base model in this environment's transformers, with the fixture's weights and batch."""
+    tensors, meta = load(f"adapterhub-base-{arch}")
+    model_class = getattr(transformers, meta["model_class"])
+    config = model_class.config_class(**meta["config"])
+    torch.manual_seed(0)
+    model = model_class(config)
+    weights = {k.removeprefix("base."): v for k, v in tensors.items() if k.startswith("base.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected, unexpected
+    assert not [n for n, _ in model.named_parameters() if n in missing], "base weights missing from the fixture"
+    inputs = {k: tensors[k].to(DEVICE) for k in ("input_ids", "attention_mask", "labels")}
+    return model.to(DEVICE).eval(), inputs, tensors
+
+
+def ours(case: str):
+    """Our method applied to the base model; returns (model, inputs, fixture tensors, meta, base tensors)."""
+    tensors, meta = load(f"adapterhub-{case}")
+    model, inputs, base = base_model(meta["arch"])
+    bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", meta["arch"], meta["arch"]), model, None,
+                    "classifier", 2)
+    method = methods.get(meta["method"])
+    method.apply(model, method.resolve(meta["overrides"], meta["arch"], str),
+                 ApplyContext(bundle, TrainConfig(), 1, device=DEVICE))
+    return model, inputs, tensors, meta, base
+
+
+def load_reference(model, tensors: dict, meta: dict, prefix: str) -> None:
+    state = {meta["name_map"][k.removeprefix(prefix)]: v.to(DEVICE) for k, v in tensors.items()
+             if k.startswith(prefix)}
+    assert state, f"no {prefix}* tensors in the fixture"
+    assert not model.load_state_dict(state, strict=False).unexpected_keys
+
+
+def run(model, inputs):
+    out = model(**inputs, output_hidden_states=True)
+    return out.logits, out.hidden_states[-1], out.loss
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_grads_and_steps_match_adapterhub(case):
+    model, inputs, tensors, meta, base = ours(case)
+    # not vacuous: the weights used move the reference's logits well away from the base model's
+    assert relative_difference(tensors["logits"], base["logits"]) > 1e-1
+    load_reference(model, tensors, meta, "used.")
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    reverse = {ours_name: theirs for theirs, ours_name in meta["name_map"].items()}
+    differences = {}
+    logits, hidden, loss = run(model, inputs)
+    differences["logits"] = assert_matches("logits", logits, tensors["logits"])
+    differences["hidden"] = assert_matches("hidden", hidden, tensors["hidden"])
+    differences["loss"] = assert_matches("loss", loss, tensors["loss"])
+    loss.backward()
+    differences["grads"] = max(assert_matches(f"grad {n}", p.grad, tensors[f"grad.{reverse[n]}"])
+                               for n, p in trained.items())
+    optimizer = torch.optim.SGD(trained.values(), lr=meta["optimizer"]["lr"])
+    losses = []
+    for _ in range(meta["optimizer"]["steps"]):
+        optimizer.zero_grad()
+        step_loss = run(model, inputs)[2]
+        step_loss.backward()
+        optimizer.step()
+        losses.append(step_loss.detach())
+    differences["step losses"] = assert_matches("step losses", torch.stack(losses), tensors["step_losses"])
+    differences["stepped"] = max(assert_matches(f"stepped {n}", p, tensors[f"stepped.{reverse[n]}"])
+                                 for n, p in trained.items())
+    print(f"\nparity {meta['method']} ({meta['arch']}) vs adapters {meta['pins']['adapters']}: largest relative "
+          f"difference {max(differences.values()):.2e} ("
+          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()) + ")")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_trained_parameters_are_the_reference_ones(case):
+    """Same trained set through the name map, and count; Houlsby also trains the layer norms (AdapterHub not)."""
+    model, _, _, meta, _ = ours(case)
+    trained = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    reference = {meta["name_map"][n] for n in meta["reference_trained"]}
+    norms = {meta["name_map"][n] for n in meta["norms_unfrozen_by_hand"]}
+    assert set(trained) == reference | norms
+    assert sum(trained.values()) == meta["trained_count"]
+    extra = meta["trained_count"] - meta["reference_trained_count"]
+    assert extra == (HOULSBY_NORMS[meta["arch"]] if meta["method"] == "adapter-houlsby" else 0)
+    assert sum(trained[n] for n in norms) == extra
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_init_weights_give_its_init_outputs(case):
+    """With the reference's own init loaded, ours gives its logits at init too; at our init (up projections zero)
+    ours gives the base model's logits, which the reference's init does not (its up projections are not zero)."""
+    model, inputs, tensors, meta, base = ours(case)
+    with torch.no_grad():
+        assert_matches("logits at our init = base logits", run(model, inputs)[0], base["logits"])
+        load_reference(model, tensors, meta, "init.")
+        at_init = assert_matches("logits at the reference's init", run(model, inputs)[0], tensors["logits_init"])
+    # the reference's init: up projections drawn (bert: N(0, 0.02); Compacter: glorot-normal with a N(0, 1e-4) rule),
+    # zero only for ParBnConfig (mam_adapter); so its init logits differ from the base model's by this much
+    moved = relative_difference(tensors["logits_init"], base["logits"])
+    assert (moved == 0) == (meta["method"] == "adapter-parallel")
+    print(f"\nparity {meta['method']} ({meta['arch']}): at the reference's init {at_init:.1e} from it; its init "
+          f"logits are {moved:.1e} from the base model's (ours: 0)")
+
+
+def test_pfeiffer_default_placement_differs_by_a_stated_transformation():
+    """AdapterHub's SeqBnConfig (original_ln_before=True) feeds the adapter LN(h + x) and returns LN(h + x + A(LN(h +
+    x))); ours feeds it h (the FFN output projection) and returns LN(h + A(h) + x). Moving our adapter to the
+    LayerNorm so gives the reference default's logits; where it is, ours differs from them."""
+    model, inputs, tensors, meta, _ = ours("pfeiffer-roberta")
+    load_reference(model, tensors, meta, "used.")
+    with torch.no_grad():
+        difference = assert_matches("pfeiffer (ours) vs reference default", run(model, inputs)[0],
+                                    tensors["logits_reference_default"], rtol=float("inf"))
+        assert difference > 1e-2
+        for layer in model.roberta.encoder.layer:
+            adapter = layer.output.dense.adapter
+            layer.output.dense._forward_hooks.clear()  # our placement off, the reference default's on
+
+            def after_norm(norm, args, out, adapter=adapter):
+                return torch.nn.functional.layer_norm(args[0] + adapter(out), norm.normalized_shape, norm.weight,
+                                                      norm.bias, norm.eps)
+
+            layer.output.LayerNorm.register_forward_hook(after_norm)
+        moved = assert_matches("adapter moved after the LayerNorm", run(model, inputs)[0],
+                               tensors["logits_reference_default"])
+    print(f"\nparity adapter-pfeiffer vs AdapterHub's default SeqBnConfig placement: logits differ by {difference:.2e}"
+          f" relative; with the adapter moved after the LayerNorm {moved:.2e}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_defaults_are_the_reference_config_defaults(case):
+    _, meta = load(f"adapterhub-{case}")
+    ours_defaults = methods.get(meta["method"]).defaults
+    for key, theirs in SAME_DEFAULTS[meta["method"]].items():
+        assert ours_defaults[key] == meta["reference_defaults"][theirs], key
+    if meta["method"] == "adapter-parallel":
+        assert ours_defaults["reduction_factor"] == PARALLEL_REDUCTION["ours"]
+        assert meta["reference_defaults"]["reduction_factor"] == PARALLEL_REDUCTION["reference"]
+    if meta["method"] == "compacter":  # one rule shared by every PHM layer, rank-1 factors, a bias per layer
+        assert meta["reference_defaults"]["shared_phm_rule"] and not meta["reference_defaults"]["shared_W_phm"]
+        assert meta["reference_defaults"]["factorized_phm_W"] and meta["reference_defaults"]["phm_bias"]
+        assert not meta["reference_defaults"]["factorized_phm_rule"]
