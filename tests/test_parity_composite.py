@@ -53,18 +53,23 @@ def base_model(meta: dict, attention: str | None = None):
     return model.to(DEVICE).eval()
 
 
-def ours(method: str, overrides: dict | None = None, attention: str | None = None):
-    """Our method on the base model, the reference's weights as used loaded; (model, fixture tensors, meta)."""
-    tensors, meta = load(f"adapterhub-{method}-roberta")
+def apply(meta: dict, overrides: dict, attention: str | None = None):
+    """Our method (the fixture's) with `overrides` on the base model; the adapted model (peft's wrapper for peft's)."""
     model = base_model(meta, attention)
     bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", meta["arch"], meta["arch"]), model, None,
                     "classifier", 2)
     chosen = methods.get(meta["method"])
-    config = chosen.resolve(meta["overrides"] if overrides is None else overrides, meta["arch"], str)
-    adapted = chosen.apply(model, config, ApplyContext(bundle, TrainConfig(), 1, device=DEVICE))
-    check_init(adapted.model, tensors, meta, INIT_DIFFERENCES.get(method, ()))
-    load_used(adapted.model, tensors, meta["name_map"])
-    return adapted.model, tensors, meta
+    return chosen.apply(model, chosen.resolve(overrides, meta["arch"], str),
+                        ApplyContext(bundle, TrainConfig(), 1, device=DEVICE)).model
+
+
+def ours(method: str, attention: str | None = None):
+    """Our method as the fixture configures it, the reference's weights as used loaded; (model, tensors, meta)."""
+    tensors, meta = load(f"adapterhub-{method}-roberta")
+    model = apply(meta, meta["overrides"], attention)
+    check_init(model, tensors, meta, INIT_DIFFERENCES.get(method, ()))
+    load_used(model, tensors, meta["name_map"])
+    return model, tensors, meta
 
 
 def check_init(model, tensors: dict, meta: dict, differences: tuple[str, ...]) -> None:
@@ -204,12 +209,7 @@ def test_ia3_default_targets_scale_after_the_activation():
     gelu(h ⊙ l): the same count, the same function only where l = 1. Printed: how far apart the same vectors put the
     logits."""
     tensors, meta = load("adapterhub-ia3-roberta")
-    default_targets = {}  # our registry's (IA)³ targets for RoBERTa
-    model = base_model(meta)
-    bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", "roberta", "roberta"), model, None, "classifier", 2)
-    chosen = methods.get("ia3")
-    wrapped = chosen.apply(model, chosen.resolve(default_targets, "roberta", str),
-                           ApplyContext(bundle, TrainConfig(), 1, device=DEVICE)).model
+    wrapped = apply(meta, {})  # our registry's (IA)³ targets for RoBERTa
     name_map = {k: v.replace(".intermediate.dense.", ".output.dense.") for k, v in meta["name_map"].items()}
     load_used(wrapped, tensors, name_map)
     parameters = dict(wrapped.named_parameters())
