@@ -45,7 +45,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables it
     eval_batch_size: int = 64
     eval_every: int | None = None  # steps between evaluations; null = only after training
-    keep_best: bool = False  # with eval_every: restore the best-scoring weights at the end
+    # with eval_every: restore the weights that scored best on the selection split (never the reported one)
+    keep_best: bool = False
     max_train_samples: int | None = None  # a random subset drawn with the seed (same for every method)
     max_eval_samples: int | None = None  # the first N evaluation rows
     shots: int | None = None  # few-shot: train on k examples drawn with the seed (same for every method)
@@ -72,6 +73,11 @@ class TrainConfig:
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
+    # The selection split (the suite's `selection:`, bench/plan/suite.py), which chooses sweep settings and
+    # keep_best checkpoints and is never reported: a stratified slice of the training rows held out with the
+    # cell's seed (`selection_heldout`, a fraction), or a split of the task's own (`selection_split`).
+    selection_heldout: float | None = None
+    selection_split: str | None = None
 
     def steps_for(self, n_examples: int) -> int:
         """Optimizer steps a cell trains for on `n_examples` rows: max_steps, else enough for `epochs` passes."""
@@ -88,10 +94,13 @@ class TrainConfig:
 # setting -> the value it is left out of the id at
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
                "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto",
-               "tfew_lm": "examples", "unlikelihood_offset": 0.0}
+               "tfew_lm": "examples", "unlikelihood_offset": 0.0, "selection_heldout": None,
+               "selection_split": None}
 
 
-TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# the protocol's two settings come from the suite's `selection:` (one protocol for every method), never a `train:`
+SELECTION_FIELDS = ("selection_heldout", "selection_split")
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in SELECTION_FIELDS}
 _TRAIN_TYPES = {
     "lr": float, "batch_size": int, "max_steps": (int, None), "epochs": (float, None),
     "max_length": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": (float, None),
@@ -114,9 +123,11 @@ _LIMITS = {"batch_size": 2 ** 16, "eval_batch_size": 2 ** 16, "max_length": 2 **
            "max_steps": 10 ** 9, "epochs": 10 ** 4}
 
 
-def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> TrainConfig:
-    """Merge override layers (each a mapping and a function giving the location of a key)."""
-    values = TrainConfig().as_dict()
+def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]],
+                  selection: dict[str, Any] | None = None) -> TrainConfig:
+    """Merge override layers (each a mapping and a function giving the location of a key); `selection`: the
+    suite's selection protocol as TrainConfig fields (bench/plan/suite.py checked it)."""
+    values = {**TrainConfig().as_dict(), **(selection or {})}
     for mapping, where in layers:
         check_keys(mapping, TRAIN_FIELDS, "training setting", where)
         if isinstance(mapping.get("max_steps"), (int, float)) and isinstance(mapping.get("epochs"), (int, float)):
@@ -141,9 +152,22 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]]) -> 
     if values["keep_best"] and not values["eval_every"]:
         raise BadInput("'keep_best' needs 'eval_every' (evaluations to choose the best from)",
                        layers[-1][1]("keep_best") if layers else None)
+    if values["keep_best"] and values.get("selection_heldout") is None and values.get("selection_split") is None:
+        raise BadInput("'keep_best' chooses a checkpoint by its score, and without a selection split that score "
+                       "would be the reported split's: selection on the test data. Give the suite a "
+                       "`selection:` ({heldout: 0.1}, or {split: <a split of the task's own>})",
+                       _where_key(layers, "keep_best"))
     if values["max_steps"] is None and values["epochs"] is None:
         raise BadInput("training needs 'max_steps' or 'epochs'", layers[-1][1]("max_steps") if layers else None)
     return TrainConfig(**values)
+
+
+def _where_key(layers, key: str) -> str | None:
+    """The location of the last layer that sets `key` (the first layer's when none does)."""
+    for mapping, where in reversed(layers):
+        if key in mapping:
+            return where(key)
+    return layers[0][1](key) if layers else None
 
 
 def check_keys(mapping: Any, allowed, what: str, where: Callable[[str], str], required=()) -> None:

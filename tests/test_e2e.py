@@ -31,7 +31,8 @@ def tiny_encoder_params() -> tuple[int, int]:
 
 
 def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
-    text = TINY_SUITE.replace("max_steps: 20,", "max_steps: 20, eval_every: 10, keep_best: true,")
+    text = TINY_SUITE.replace("max_steps: 20,", "max_steps: 20, eval_every: 10, keep_best: true,") + \
+        "selection: {heldout: 0.1}\n"
     suite, results = write_suite(text), tmp_path / "results"
     assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
     assert "2 ok" in capsys.readouterr().out
@@ -46,7 +47,10 @@ def test_two_cell_grid_records_and_rerun(tmp_path, write_suite, capsys):
         assert r["time"]["train_s"] > 0 and r["train"]["steps"] == 20
         assert [e["step"] for e in r["train"]["evals"]] == [10, 20]  # every 10 steps, then the end
         best = max(r["train"]["evals"], key=lambda e: e["score"])
-        assert r["scores"]["metrics"]["accuracy"] == pytest.approx(best["score"])  # the best weights are kept
+        # the best weights on the selection split are kept; the reported split played no part in choosing them
+        assert r["train"]["evals_on"] == "selection"
+        assert r["scores"]["selection"]["accuracy"] == pytest.approx(best["score"])
+        assert r["scores"]["n_selection_examples"] == 64  # max_eval_samples of the 10 % held out of the training rows
         assert r["env"]["torch"] and r["env"]["device"] == DEVICE
         assert r["train"]["attention"] == "sdpa"  # transformers' choice for `auto`
         assert r["train"]["compute_dtype"] == ("bf16" if CUDA else "fp32")  # precision: auto

@@ -124,14 +124,18 @@ def setup(cell: Cell, device: torch.device) -> Run:
 
 def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
           checkpoint: Callable[[dict], None] | None) -> training.TrainResult:
-    """The training loop, scoring the main split when `eval_every` asks (outside the measured window);
-    its summary (steps, losses, evaluations) goes into the record."""
+    """The training loop, scoring when `eval_every` asks (outside the measured window): the selection split when
+    the suite has one (keep_best chooses there: bench/config.py refuses it otherwise), else the main split, whose
+    scores then only show how training went. Its summary (steps, losses, evaluations) goes into the record."""
     cell = run.cell
     higher = metrics.METRICS[run.evaluation.main_metric].higher_is_better
+    scored = run.data.selection[0] if run.data.selection else run.evalsets[""][0]
+    if cell.train.eval_every:
+        record["train"]["evals_on"] = "selection" if run.data.selection else "main"
 
     def main_score() -> float | None:
         with tools.window("paused", run, record):
-            return scoring.evaluate(run.bundle, run.adapted.model, run.evalsets[""][0], run.evaluation,
+            return scoring.evaluate(run.bundle, run.adapted.model, scored, run.evaluation,
                                     cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
 
     progress = checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}}))
@@ -142,11 +146,17 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 
 
 def evaluate(run: Run, record: dict) -> None:
-    """Every split under every template; the main split's metrics are the cell's scores."""
+    """Every split under every template; the main split's metrics are the cell's scores. The selection split's
+    go apart (`scores.selection`): they choose a sweep's setting and are never reported."""
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
                                                 run.predict_main)
     record["scores"]["metrics"] = scores
+    if run.data.selection:
+        record["scores"]["selection"] = scoring.evaluate_all(
+            run.bundle, run.adapted.model, {"": run.data.selection}, run.evaluation, run.cell.train.eval_batch_size,
+            run.device, run.autocast)[0]
+        record["scores"]["n_selection_examples"] = len(run.data.selection[0].features)
     if len(per_template) > 1:
         record["scores"]["per_template"] = per_template
     record["scores"]["n_examples"] = len(run.evalsets[""][0].features)

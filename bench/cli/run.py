@@ -50,12 +50,22 @@ def command(args) -> int:
 
     s = suite.load_suite(args.suite, args.data_dir)
     executor = make_executor(args.executor, quiet(args), given_flags(args), predicted_memory)
-    cells = grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
-                        args.threads if args.threads is not None else executor.threads_per_cell,
-                        executor.slots or 1)
+
+    def expand(chosen: dict | None = None) -> list:
+        return grid.expand(s, args.methods, args.models, args.tasks, args.seeds,
+                           args.threads if args.threads is not None else executor.threads_per_cell,
+                           executor.slots or 1, chosen)
+
+    cells = expand()
     if args.dry_run:
         from bench.tools.plan_cost import print_plan
 
+        if s.sweep_seeds is not None:  # the second stage's setting is not chosen yet: priced as the first one
+            stand_in = {(c.label, c.model.name, c.task.name): c.sweep for c in reversed(cells) if c.sweep}
+            second = [c for c in expand(stand_in) if c.sweep_stage == 2]
+            print(f"second stage: {len(second)} cells (the chosen setting on the other seeds), priced here as each "
+                  "sweep's first setting", file=sys.stderr)
+            cells += second
         print_plan(cells, executor, args.tflops, Store(args.results))
         return 0
     check_cells(cells)
@@ -70,4 +80,28 @@ def command(args) -> int:
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
+    if s.sweep_seeds is not None:
+        return second_stage(s.name, cells, expand, store, executor, args)
+    return 0
+
+
+def second_stage(name: str, first: list, expand, store, executor, args) -> int:
+    """Two-stage sweeps: choose each sweep's setting on the selection split of the first stage's records (all of
+    them, recorded now), then run the chosen setting on the suite's other seeds. Resumable like the first: the
+    choice is made from first-stage records only, so it is the same on every rerun."""
+    from bench.plan.selection import choose, chosen_settings
+    from bench.run.runner import run_grid
+
+    records, _ = store.records(name)
+    ran = {c.id for c in first}
+    chosen = chosen_settings(choose([r for r in records if r["cell"]["id"] in ran]))
+    cells = [c for c in expand(chosen) if c.sweep_stage == 2]
+    if not cells:
+        print("second stage: no setting could be chosen (no first-stage cell ended ok)", file=sys.stderr)
+        return 0
+    summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
+                       quiet=quiet(args), steal=args.steal_locks)
+    for line in summary.notes + summary.problems:
+        print(line, file=sys.stderr)
+    print("second stage: " + summary.line(name, str(store.suite_dir(name))))
     return 0

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.config import TrainConfig
 from bench.models import ModelSpec
+from bench.plan.sweep import setting_text
 from bench.tasks.spec import TaskSpec
 
 ID_LENGTH = 12
@@ -36,6 +37,9 @@ class Cell:
     threads: int = 1  # torch's intra-op threads in the cell process (recorded in env.threads)
     # where the trained adapter is written (run --save-adapters); like threads, not part of what is measured
     adapter_dir: str | None = None
+    # the values of the settings its suite sweeps ({} when none): already in the config, here by name for the report
+    sweep: dict = field(default_factory=dict)
+    sweep_stage: int | None = None  # two-stage sweeps: 1 (choosing) or 2 (the chosen setting's further seeds)
 
     @property
     def config(self) -> dict:
@@ -44,7 +48,8 @@ class Cell:
                            self.train.as_dict())
 
     def line(self) -> str:
-        return (f"{self.id}  method={self.label} model={self.model.name} task={self.task.name} "
+        setting = f" [{setting_text(self.sweep)}]" if self.sweep else ""
+        return (f"{self.id}  method={self.label}{setting} model={self.model.name} task={self.task.name} "
                 f"seed={self.seed}")
 
 

@@ -7,21 +7,28 @@ import dataclasses
 import os
 
 from bench import methods
-from bench.config import MAX_THREADS, TrainConfig, resolve_train
+from bench.config import MAX_THREADS, TRAIN_FIELDS, TrainConfig, resolve_train
 from bench.env import usable_cores
 from bench.errors import BadInput, Unsupported, did_you_mean
 from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
 from bench.methods.compose import composition_name
 from bench.models import ModelSpec, head_for, resolve_model
 from bench.plan.cellspec import Cell, cell_config, cell_id
+from bench.plan.selection import SECOND_STAGE
 from bench.plan.suite import MethodEntry, Suite, check_seeds
 
 
-def _resolve_method(entry: MethodEntry, arch: str) -> tuple[str, str, dict, dict]:
-    """(identity name, family, resolved config, recommended train settings) of an entry on `arch`."""
+def _resolve_method(entry: MethodEntry, arch: str, swept: dict | None = None) -> tuple[str, str, dict, dict]:
+    """(identity name, family, resolved config, recommended train settings) of an entry on `arch`; `swept`: the
+    method settings of one sweep variant, on top of the entry's overrides."""
     if entry.name != "compose":
         m = methods.get(entry.name)
-        return m.name, m.family, m.resolve(entry.overrides, arch, lambda k: entry.where("overrides", k)), m.train
+        swept = swept or {}
+
+        def where(key: str) -> str:
+            return entry.sweep.where(key) if key in swept else entry.where("overrides", key)
+
+        return m.name, m.family, m.resolve({**entry.overrides, **swept}, arch, where), m.train
     parts = [_resolve_method(p, arch) for p in entry.parts]
     return (composition_name([p[0] for p in parts]), COMPOSITION_FAMILY,
             {"parts": [{"name": p[0], "config": p[2]} for p in parts]}, {})
@@ -54,9 +61,12 @@ def cell_threads(requested: int | None, concurrent: int = 1) -> int:
 
 
 def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, only_seeds=None,
-           threads: int | None = None, concurrent: int = 1) -> list[Cell]:
+           threads: int | None = None, concurrent: int = 1, chosen: dict | None = None) -> list[Cell]:
     """All cells of the suite, restricted by the CLI's selections, minus the suite's exclusions.
-    `concurrent`: how many cells will run at once, which share the cores when no thread count is asked."""
+    `concurrent`: how many cells will run at once, which share the cores when no thread count is asked.
+    A sweep's every variant is a cell per seed; with two stages (`selection: {sweep_seeds: N}`) only on the first
+    N seeds, and the other seeds' cells are those of the setting `chosen` names per (label, model, task)
+    (bench/plan/selection.py; none before the first stage has chosen)."""
     entries = _select_methods(suite, only_methods)
     model_names = _select(only_models, suite.models, "model", "--models", allow_new=True)
     task_names = _select(only_tasks, suite.tasks, "task", "--tasks", allow_new=suite.task_registry)
@@ -73,8 +83,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     for model_name in model_names:
         spec = resolve_model(model_name, "--models")
         model_identity = spec.identity()
-        for entry in entries:
-            name, family, config, recommended = _resolve_method(entry, spec.arch)
+        for entry, variant in _variants(suite, entries):
+            method_swept = {k: v for k, v in variant.items() if k not in TRAIN_FIELDS}
+            train_swept = {k: v for k, v in variant.items() if k in TRAIN_FIELDS}
+            name, family, config, recommended = _resolve_method(entry, spec.arch, method_swept)
             for task_name in task_names:
                 task = suite.task_registry[task_name]
                 train = resolve_train([
@@ -82,7 +94,8 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     (suite.train, lambda k: suite.where("train", k)),
                     (suite.task_train.get(task_name, {}), lambda k, t=task_name: _task_where(suite, t, k)),
                     (entry.train, lambda k, e=entry: e.where("train", k)),
-                ])
+                    (train_swept, lambda k, e=entry: suite.sweep.merged(e.sweep).where(k)),
+                ], suite.selection)
                 train = head_settings(train, spec, task.type)
                 if train.balanced_batches and task.type not in ("classification", "multiple_choice"):
                     raise BadInput(f"'balanced_batches' draws examples by class, and task '{task_name}' is "
@@ -93,7 +106,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                                    "the prompt (without it, the whole training set would be)", entry.where())
                 task_identity = task_identities.setdefault(task_name, task.identity())
                 train_settings = train.as_dict()
-                for seed in seeds:
+                for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
                     cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings))
@@ -104,8 +117,25 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                         continue
                     seen[cid] = entry.label
                     cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
-                                      suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell))
+                                      suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell,
+                                      sweep=variant, sweep_stage=stage))
     return cells
+
+
+def _variants(suite: Suite, entries: list[MethodEntry]) -> list[tuple[MethodEntry, dict]]:
+    """(entry, one variant of its sweep) pairs; an entry without a sweep is one pair with {}."""
+    return [(entry, variant) for entry in entries for variant in suite.sweep.merged(entry.sweep).variants(entry.label)]
+
+
+def _variant_seeds(suite: Suite, seeds: list[int], variant: dict, key: tuple,
+                   chosen: dict | None) -> list[tuple[int, int | None]]:
+    """A variant's (seed, stage) pairs: every seed (stage None), or with two stages the first `sweep_seeds` (stage
+    1), plus the rest (stage 2) for the variant the first stage chose."""
+    if not variant or suite.sweep_seeds is None:
+        return [(seed, None) for seed in seeds]
+    first, rest = seeds[:suite.sweep_seeds], seeds[suite.sweep_seeds:]
+    chosen_here = chosen is not None and chosen.get(key) == variant
+    return [(seed, 1) for seed in first] + ([(seed, SECOND_STAGE) for seed in rest] if chosen_here else [])
 
 
 def _where_set(suite: Suite, entry, task: str, key: str) -> str:

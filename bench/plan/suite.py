@@ -14,15 +14,17 @@ from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
+from bench.plan.sweep import Sweep, parse_selection, parse_sweep
+from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
 from bench.yamlfile import YamlDoc, load_yaml
 
 SUITE_KEYS = {
     "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
     "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
-    "method_modules": list, "threads": int,
+    "method_modules": list, "threads": int, "sweep": dict, "selection": dict,
 }
-_ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list}
+_ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list, "sweep": dict}
 _EXCLUDE_KEYS = ("method", "model", "task", "seed")
 DEFAULT_CELL_TIMEOUT_S = 3600.0
 SEED_LIMIT = 2 ** 32  # seeds are numpy / torch generator seeds: 0 <= seed < 2^32
@@ -40,6 +42,7 @@ class MethodEntry:
     train: dict = field(default_factory=dict)
     parts: list["MethodEntry"] = field(default_factory=list)
     where: Callable[..., str] = lambda *k: ""
+    sweep: Sweep = field(default_factory=Sweep)  # the entry's own axes (the suite-wide ones merge in the grid)
 
 
 @dataclass
@@ -60,6 +63,13 @@ class Suite:
     doc: YamlDoc
     method_modules: tuple[str, ...] = ()  # importable modules that register methods of their own
     threads: int | None = None  # torch threads per cell; None: the machine's cores (see grid.cell_threads)
+    sweep: Sweep = field(default_factory=Sweep)  # suite-wide axes (training settings)
+    selection: dict = field(default_factory=dict)  # the selection protocol as TrainConfig fields ({} = none)
+    sweep_seeds: int | None = None  # two stages: sweep on the first N seeds, then the chosen setting on the rest
+
+    @property
+    def sweeps(self) -> bool:
+        return bool(self.sweep.axes) or any(m.sweep.axes for m in self.methods)
 
     def where(self, *keys: Any) -> str:
         return self.doc.where(*keys)
@@ -124,8 +134,45 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         data_dir=data_dir or (_relative(path, values["data_dir"]) if "data_dir" in values else None),
         task_registry=registry, doc=doc, method_modules=method_modules, threads=values.get("threads"),
     )
+    if "sweep" in values:
+        suite.sweep = parse_sweep(values["sweep"], lambda *k: doc.where("sweep", *k), None)
+    if "selection" in values:
+        suite.selection, suite.sweep_seeds = parse_selection(values["selection"], lambda *k: doc.where("selection", *k))
     _check_names(suite)
+    _check_protocol(suite)
     return suite
+
+
+def _check_protocol(suite: Suite) -> None:
+    """A sweep needs a selection split; two stages need a sweep and a seed left for the second."""
+    if suite.sweeps and not suite.selection:
+        where = suite.where("sweep") if suite.sweep.axes else next(m.where("sweep") for m in suite.methods
+                                                                     if m.sweep.axes)
+        raise BadInput("a sweep needs the suite's `selection:` protocol ({heldout: 0.1}, or {split: <a split of "
+                       "the task's own>}): the best setting is chosen there, never on the split the report "
+                       "scores", where)
+    if suite.sweep_seeds is not None:
+        if not suite.sweeps:
+            raise BadInput("'sweep_seeds' runs a sweep on its first seeds, and this suite sweeps nothing",
+                           suite.where("selection", "sweep_seeds"))
+        if suite.sweep_seeds >= len(suite.seeds):
+            raise BadInput(f"'sweep_seeds: {suite.sweep_seeds}' leaves none of the suite's {len(suite.seeds)} "
+                           "seeds for the chosen setting's second stage", suite.where("selection", "sweep_seeds"))
+    split = suite.selection.get("selection_split")
+    for name in suite.tasks if suite.selection else ():
+        task = suite.task_registry[name]
+        if split is None and task.eval_task is not None:
+            raise BadInput(f"task '{name}' is scored on task '{task.eval_task.name}': rows held out of its training "
+                           f"data are not {task.eval_task.name}'s examples; choose a split of "
+                           f"'{task.eval_task.name}' instead (selection: {{split: ...}})", suite.where("selection"))
+        if split is None:
+            continue
+        chosen = split_location(task.evaluation, f"split:{split}")
+        for role, key, of in (("reported", "eval", task.evaluation), ("training", "train", task)):
+            if chosen == split_location(of, key):
+                raise BadInput(f"selection split '{split}' is task '{name}''s {role} split: choosing on it "
+                               f"would be selection on the {'test' if role == 'reported' else 'training'} data",
+                               suite.where("selection", "split"))
 
 
 def _relative(suite_path: Path, p: str) -> str:
@@ -167,10 +214,22 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
         if "overrides" in item:
             raise BadInput("set overrides on each part of a composition, not on the composition", where("overrides"))
         label = item.get("label", "+".join(p.label for p in parts))
-        return MethodEntry(label=label, name="compose", train=item.get("train", {}), parts=parts, where=where)
-    methods.get(item["name"], where("name"))
+        return MethodEntry(label=label, name="compose", train=item.get("train", {}), parts=parts, where=where,
+                           sweep=_entry_sweep(item, where, set()))
+    method = methods.get(item["name"], where("name"))
     return MethodEntry(label=item.get("label", item["name"]), name=item["name"],
-                       overrides=item.get("overrides", {}), train=item.get("train", {}), where=where)
+                       overrides=item.get("overrides", {}), train=item.get("train", {}), where=where,
+                       sweep=_entry_sweep(item, where, set(method.defaults) | method.target_keys))
+
+
+def _entry_sweep(item: dict, where: Callable[..., str], method_keys: set[str]) -> Sweep:
+    if "sweep" not in item:
+        return Sweep()
+    sweep = parse_sweep(item["sweep"], lambda *k: where("sweep", *k), method_keys)
+    for key in sweep.axes:
+        if key in item.get("train", {}) or key in item.get("overrides", {}):
+            raise BadInput(f"'{key}' is both swept and set: a swept setting takes the sweep's values", where("sweep", key))
+    return sweep
 
 
 def check_name(name: str, where: str) -> str:

@@ -52,7 +52,8 @@ def latest_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if frame.empty:
         return frame, []
     order = frame.sort_values("created_at", kind="stable", na_position="first")
-    keys = ["model", "task", "label", "shots", "seed"]
+    # a sweep's settings share a label: each is its own configuration, not a newer one of the others
+    keys = ["model", "task", "label", "shots", "seed"] + (["setting"] if "setting" in frame else [])
     newest = order.drop_duplicates(keys, keep="last")
     superseded = order.drop(newest.index)
     notes = [f"{r['id']} ({r['label']} · {r['model']} · {r['task']} · seed {r['seed']}, {r['created_at']}): "

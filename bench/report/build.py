@@ -10,6 +10,7 @@ import pandas as pd
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
+from bench.report.sweeps import select, selection_tables, sensitivity_plots
 from bench.report.table import Table
 from bench.report.tables import fewshot_score_tables, fewshot_table, inference_tables, memory_tables, survey_tables
 
@@ -27,6 +28,7 @@ class Report:
     inference: list[Table]
     problems: list[str]  # files of the suite that are not usable records
     reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
+    selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -38,6 +40,8 @@ class Report:
 
     def sections(self) -> list[tuple[str, list[Table]]]:
         out = [("Methods compared", self.survey)]
+        if self.selection:
+            out.append(("Selected settings", self.selection))
         if self.reproduction:
             out.append(("Reproduction", self.reproduction))
         out.append(("Memory", self.memory))
@@ -53,12 +57,15 @@ class Report:
 
 def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool,
           task_order: list[str] | None = None, description: str | None = None) -> Report:
+    """`frame`: every record; a sweep's settings not chosen on the selection split leave it here (sweeps.select)
+    and appear only in the Selected settings section."""
+    frame, swept, choices = select(frame)
     agg = aggregate(frame, task_order)
     summary = method_summary(agg)
     devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
     report = Report(suite, folder, frame, agg, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
-                    problems, reproduction_tables(agg), description=description)
+                    problems, reproduction_tables(agg), selection_tables(swept, choices), description=description)
     if plots:
-        report.plots = draw_all(agg, summary, folder / "plots")
+        report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots"))
     return report

@@ -130,3 +130,24 @@ def fewshot(title: str, x_label: str, points: list[list[float]], families: list,
                                       markeredgecolor="black", markersize=8, label="in-context learning (no training)")])
     place_labels(ax, points, labels)
     return fig
+
+
+def sensitivity(title: str, x_label: str, log_x: bool, lines: list[list]) -> Figure:
+    """A score against one swept setting: a line per method ([label, xs, ys, chosen x]); a star on the chosen
+    value. A null point is a gap in its line, never a zero."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    markers = "osD^vP*X"
+    for i, (label, xs, ys, chosen) in enumerate(lines):
+        line, = ax.plot(xs, ys, marker=markers[i % len(markers)], linestyle="-", label=label, zorder=2)
+        picked = [(x, y) for x, y in zip(xs, ys) if chosen is not None and x == chosen and not np.isnan(y)]
+        if picked:
+            ax.scatter(*zip(*picked), marker="*", s=220, color=line.get_color(), edgecolors="black", zorder=3)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("reported score, mean over seeds (0-100)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, linewidth=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return fig

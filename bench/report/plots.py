@@ -175,9 +175,10 @@ def peak_names(rows: pd.DataFrame) -> str:
     return ", ".join(sorted({fmt.peak_name(s) for s in rows["memory.peak_source"].dropna()})) or "source unknown"
 
 
-def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plot]:
-    """Every plot of the report; its files written by as many processes as this one may use cores, except
-    where the files of the same figure (same data, same drawing code) are already there."""
+def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path, more: list[Plot] = ()) -> list[Plot]:
+    """Every plot of the report (`more`: those another section chose, e.g. bench/report/sweeps.py); its files
+    written by as many processes as this one may use cores, except where the files of the same figure (same data,
+    same drawing code) are already there."""
     full_data = summary[summary["shots"].isna()]
     plots = scatter_with_front(full_data, folder, "params", "params.trainable",
                                "trainable parameters (count, log scale)", log_x=True)
@@ -186,6 +187,7 @@ def draw_all(agg: pd.DataFrame, summary: pd.DataFrame, folder: Path) -> list[Plo
     plots += memory_breakdown(agg, folder)
     plots += heatmap(summary, agg, folder)
     plots += fewshot(summary, folder)
+    plots += list(more)
     jobs = [p.job for p in plots if p.job is not None]
     if jobs:
         folder.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.errors import BadInput
 from bench.files import atomic_write, checked
+from bench.plan.sweep import setting_text
 from bench.record import STATUSES, problems
 from bench.run import locks
 from bench.run.locks import Claim
@@ -221,6 +222,7 @@ def flatten(record: dict) -> dict[str, Any]:
                                                     "model", "task", "seed")}
     row["label"] = row["label"] or row["method"]
     row["shots"] = shots_of(record)
+    row["setting"] = setting_text(cell["sweep"]) if cell.get("sweep") else None  # a sweep's variant, by name
     row["status"] = record["status"]
     error = record.get("error") or {}
     row["error"] = f"{error.get('type')}: {error.get('message')}" if error else None

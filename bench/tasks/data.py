@@ -53,13 +53,29 @@ def eval_splits(task: TaskSpec) -> dict[str, str]:
 
 
 def hub_split(task: TaskSpec, split: str) -> str:
-    """The dataset's split name for "train", "eval" or "eval:<name>" (a more_eval_splits entry)."""
+    """The dataset's split name for "train", "eval", "eval:<name>" (a more_eval_splits entry) or "split:<name>"
+    (a split named as the dataset names it: a suite's selection split)."""
+    if split.startswith("split:"):
+        return split[6:]
     if split.startswith("eval:"):
         return task.source["more_eval_splits"][split[5:]]
     if split == "demos":  # the solved rows of a k-shot evaluation (task.demonstrations)
         return task.source["demo_split"]
     return task.source.get("train_split" if split == "train" else "eval_split",
                            "train" if split == "train" else "validation")
+
+
+def file_key(split: str) -> str:
+    """A `files:` source's key for a split: train, eval, or the name after "eval:" / "split:"."""
+    return split.split(":", 1)[1] if ":" in split else split
+
+
+def split_location(task: TaskSpec, split: str) -> str:
+    """Where a split's rows come from, comparable between splits: its file for a `files:` source, else the
+    dataset's split name (a synthetic task's splits are separate draws, so its key)."""
+    if "files" in task.source:
+        return task.source["files"].get(file_key(split), f"<no {file_key(split)} file>")
+    return split if "synthetic" in task.source else hub_split(task, split)
 
 
 def dataset_folder(task: TaskSpec, root: str | Path) -> Path:
@@ -117,6 +133,9 @@ def check_cells(cells) -> None:
         first.setdefault(cell.task.name, cell)
     for name in sorted(first):
         check_available(first[name].task, first[name].data_dir)
+    selections = {(c.task.name, c.train.selection_split): c for c in cells if c.train.selection_split}
+    for (_, split), cell in sorted(selections.items()):
+        check_split(cell.task, f"split:{split}", cell.data_dir)
 
 
 def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
@@ -135,7 +154,7 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
         _check_file(task, path, src if distributed else {},
                     _read_manual(task, path, distributed, _rows_to_check(task)))
     elif "files" in src:
-        key = split.replace("eval:", "")
+        key = file_key(split)
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
@@ -174,12 +193,14 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
     src = task.source
     if "synthetic" in src:
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
-        return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + (0 if split == "train" else 1))
+        # each split its own draw: training 0, evaluation 1, a selection split ("split:<name>") 2
+        offset = 0 if split == "train" else 2 if split.startswith("split:") else 1
+        return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + offset)
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
     if "manual" in src:
         return _read_manual(task, *manual_file(task, split, data_dir))
     if "files" in src:
-        return read_file(Path(src["files"][split.replace("eval:", "")]), src)
+        return read_file(Path(src["files"][file_key(split)]), src)
     if data_dir is not None:
         return read_file(local_file(task, split, data_dir))
     import datasets

@@ -10,7 +10,8 @@ made them before.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import random
+from dataclasses import asdict, dataclass, field
 
 from bench.config import TrainConfig
 from bench.tasks.cache import cached, tokenizer_fingerprint
@@ -19,11 +20,17 @@ from bench.tasks.features import EvalSet, eval_features, fixed_shot_features, tr
 from bench.tasks.spec import TaskSpec
 
 
+SELECTION = "selection"  # the selection split's name among the tokenised sets, taken out before scoring
+
+
 @dataclass
 class TrainingData:
     rows: list[dict]
     features: list[dict]
     example_ids: list  # the rows' `idx` (or position) in the training split
+    # the selection split under every template ([] without a protocol): chooses settings and checkpoints, never
+    # reported (TrainConfig.selection_heldout / selection_split)
+    selection: list[EvalSet] = field(default_factory=list)
 
 
 @dataclass
@@ -42,23 +49,54 @@ def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
              in_context: bool = False) -> tuple[TrainingData, dict[str, list[EvalSet]]]:
     """The training data and the evaluation sets ({split name: [an EvalSet per template]}); with
     `in_context`, the training rows are every evaluation prompt's demonstrations."""
-    rows = training_rows(task, train, seed, data_dir)
+    rows, heldout = training_rows(task, train, seed, data_dir)
     evaluation = evaluation_rows(task.evaluation, train, data_dir, rows if in_context else ())
+    if train.selection_heldout is not None:
+        evaluation.splits[SELECTION] = ("train", heldout[: train.max_eval_samples])
+    elif train.selection_split is not None:
+        split = f"split:{train.selection_split}"
+        evaluation.splits[SELECTION] = (split, load_rows(task.evaluation, split, data_dir)[: train.max_eval_samples])
     ids = [r["idx"] for r in rows]
     redraw = {"all_templates": True} if train.redraw_templates else {}  # the key as before when off
     key = _key(task, bundle, files_fingerprint(task, data_dir), split="train", rows=ids,
                max_length=train.max_length, seed=seed, **redraw)
     features = cached(key, lambda: train_features(task, bundle, rows, train.max_length, seed, **redraw))
-    return TrainingData(rows, features, ids), tokenised(evaluation, bundle, train, data_dir)
+    sets = tokenised(evaluation, bundle, train, data_dir, seed)
+    return TrainingData(rows, features, ids, sets.pop(SELECTION, [])), sets
 
 
-def training_rows(task: TaskSpec, train: TrainConfig, seed: int, data_dir) -> list[dict]:
+def training_rows(task: TaskSpec, train: TrainConfig, seed: int, data_dir) -> tuple[list[dict], list[dict]]:
+    """(the rows a cell trains on, the rows held out of them for selection: [] without `selection_heldout`)."""
     rows = load_rows(task, "train", data_dir)
     if not rows:
         raise ValueError(f"task '{task.name}' has no training rows")
     for i, row in enumerate(rows):
         row.setdefault("idx", i)
-    return subsample(rows, train.shots or train.max_train_samples, seed)
+    heldout: list[dict] = []
+    if train.selection_heldout is not None:
+        rows, heldout = hold_out(task, rows, train.selection_heldout, seed)
+    return subsample(rows, train.shots or train.max_train_samples, seed), heldout
+
+
+def hold_out(task: TaskSpec, rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(kept, held out): `fraction` of the rows drawn with `seed`, per class for classification and multiple-choice
+    tasks (stratified: each class held out in its share, at least one row of any class with two or more), order
+    kept. The same rows under a seed for every method and setting, so settings are compared on the same rows."""
+    by_class: dict = {}
+    for i, row in enumerate(rows):
+        stratum = task.value(row, task.label) if task.label and task.type in ("classification", "multiple_choice") \
+            else None
+        by_class.setdefault(str(stratum), []).append(i)
+    draw = random.Random(f"selection-{seed}")  # not the training draw's generator: the slices are independent
+    chosen: set[int] = set()
+    for stratum in sorted(by_class):
+        members = by_class[stratum]
+        n = round(fraction * len(members))
+        chosen.update(draw.sample(members, max(n, 1) if len(members) >= 2 else 0))
+    if not chosen or len(chosen) == len(rows):
+        raise ValueError(f"task '{task.name}': holding out {fraction:g} of {len(rows)} training rows leaves "
+                         f"{'nothing to select on' if not chosen else 'nothing to train on'}")
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
 
 
 def evaluation_rows(task: TaskSpec, train: TrainConfig, data_dir, demos: list[dict] = ()) -> EvaluationRows:
@@ -70,7 +108,8 @@ def evaluation_rows(task: TaskSpec, train: TrainConfig, data_dir, demos: list[di
     return EvaluationRows(task, splits, list(demos), k_shot, solved)
 
 
-def tokenised(evaluation: EvaluationRows, bundle, train: TrainConfig, data_dir) -> dict[str, list[EvalSet]]:
+def tokenised(evaluation: EvaluationRows, bundle, train: TrainConfig, data_dir,
+              seed: int | None = None) -> dict[str, list[EvalSet]]:
     task = evaluation.task
     prompts = task.prompts if bundle.head == "lm" and task.prompts else [None]
     shared = _key(task, bundle, files_fingerprint(task, data_dir), n=train.max_eval_samples,
@@ -86,6 +125,8 @@ def tokenised(evaluation: EvaluationRows, bundle, train: TrainConfig, data_dir) 
         out[name] = []
         for i, prompt in enumerate(prompts):
             key = {**shared, "split": split, "template": i}
+            if name == SELECTION and split == "train":  # the held-out rows: which ones, the seed says
+                key.update(heldout=train.selection_heldout, seed=seed)
             out[name].append(EvalSet(**cached(key, lambda: asdict(build(name, rows, prompt)))))
     return out
 
