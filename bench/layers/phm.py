@@ -58,7 +58,8 @@ class CompacterAdapter(nn.Module):
 
 
 def tfew_phm(in_features: int, out_features: int, config: dict) -> PHMLinear:
-    """A PHM layer with its own rule, initialised as T-Few's PHMLinear (c_init normal, w_init glorot-uniform)."""
+    """A PHM layer with its own rule, initialised as T-Few's PHMLinear (c_init normal, w_init glorot-uniform): the
+    rule from N(0, phm_init_range²), which T-Few's reset_parameters fixes at 0.02 for an unfactorised rule."""
     layer = PHMLinear(in_features, out_features, PHMRule(config["phm_dim"]), config["phm_rank"], shared=False)
     with torch.no_grad():
         nn.init.normal_(layer.rule.a, std=config["phm_init_range"])

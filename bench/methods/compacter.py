@@ -8,15 +8,20 @@ costs d + k parameters plus its bias (and n³ for a rule of its own). Two recipe
   projection starts at zero, so the model starts unchanged. The bottleneck is rounded up to a multiple of n.
 - compacter-pp, as T-Few runs "Compacter++" on T0 (r-three/t-few configs/compacter_pp.json,
   src/models/AdapterVariants): after the FFN only, ReLU, reduction factor 32, n = 4, rank 1, a rule per
-  PHM layer (compacter_shared_phm_rule: false) drawn from N(0, 10⁻⁴), sᵢ and tᵢ Glorot-uniform with
+  PHM layer (compacter_shared_phm_rule: false) drawn from N(0, 0.02²), sᵢ and tᵢ Glorot-uniform with
   gain √2, and every layer norm trains too (trainable_param_names ".*layer_norm.*|.*adapter.*"). Its
-  up projection is not zero, so the model starts within ~10⁻⁸ of the base (T-Few's choice, kept).
+  up projection is not zero, so the model does not start as the base (T-Few's choice, kept).
+  The rule's spread: T-Few's PHMLinear.reset_parameters draws an unfactorised rule (compacter_factorized_phm_rule:
+  false) with c_init "normal" from N(0, 0.02²); its compacter_phm_init_range (10⁻⁴ in compacter_pp.json) only
+  reaches factorised rules. Revision 1 drew the rule with std 10⁻⁴, 200 times narrower, which left the adapters
+  ~4·10⁴ times weaker at the start than T-Few's (tests/test_parity_tfew.py).
 """
 
 from __future__ import annotations
 
 import math
 
+from bench.archs import ARCHS
 from bench.methods.base import Adapted, Method, freeze, register, train_head
 
 
@@ -68,6 +73,7 @@ register(
     Method("compacter-pp", "hybrid", "Compacter++ as T-Few runs it: a PHM adapter after the FFN with a rule per "
            "layer, ReLU, and the layer norms", "Karimi Mahabadi et al. 2021, Compacter; as configured by Liu et al. "
            "2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning",
-           _compacter_pp, defaults={"reduction_factor": 32, "phm_dim": 4, "phm_rank": 1, "phm_init_range": 1e-4,
-                                    "activation": "relu"}, train={"lr": 3e-3}),
+           _compacter_pp, defaults={"reduction_factor": 32, "phm_dim": 4, "phm_rank": 1, "phm_init_range": 0.02,
+                                    "activation": "relu"}, train={"lr": 3e-3},
+           revisions={arch: 2 for arch in ARCHS}),  # 2: the rules from N(0, 0.02²), as T-Few's (was 10⁻⁴)
 )
