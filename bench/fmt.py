@@ -108,3 +108,14 @@ def spreadsheet_safe(text):
         return text
     except ValueError:
         return "'" + text
+
+
+def setting_text(values: dict) -> str:
+    """A sweep's setting as tables and logs show it: `lr=0.0003, r=8`."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def cell_label(cell: dict) -> str:
+    """A record's method label, with its sweep setting when it has one: `lora [lr=0.0003]`."""
+    label = cell.get("label") or cell.get("method")
+    return f"{label} [{setting_text(cell['sweep'])}]" if cell.get("sweep") else label

@@ -206,14 +206,15 @@ def test_unipelt_adapters_stored_with_linear_input_free_gates_load_unchanged():
 
 
 def test_compacter_pp_starts_near_the_base_model_and_trains_every_layer_norm(tiny_bundle):
-    """T-Few's initialisation (rules from N(0, 10⁻⁴)) moves the outputs by little, but not by nothing; the
-    layer norms of both stacks train, the rest of the body does not."""
+    """T-Few's initialisation (rules from N(0, 0.02²), its VariantLayers.py) moves the outputs by little, but not
+    by nothing (3.5e-3 of the logits' largest on tiny-t5); the layer norms of both stacks train, the rest of the
+    body does not."""
     bundle, adapted = adapt("tiny-t5", "compacter-pp")
     base = tiny_bundle(bundle.spec.name).model.eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         ours, theirs = (m(input_ids=ids, decoder_input_ids=ids).logits for m in (adapted.model.eval(), base))
-    assert 0 < (ours - theirs).abs().max() < 1e-4 * theirs.abs().max()
+    assert 0 < (ours - theirs).abs().max() < 1e-2 * theirs.abs().max()
     trainable = {n for n, p in adapted.model.named_parameters() if p.requires_grad}
     norms = {n for n in trainable if "layer_norm" in n}
     assert {n.split(".")[0] for n in norms} == {"encoder", "decoder"} and any("final_layer_norm" in n for n in norms)

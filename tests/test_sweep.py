@@ -126,7 +126,8 @@ def test_the_report_follows_the_selection_split_not_the_reported_one(tmp_path, w
         assert selection[lr] == pytest.approx(100 - reported[lr])
     chosen = max(selection, key=selection.get)
     assert choose(records)[("head-only", "tiny-encoder", "flipped")].chosen == {"lr": chosen}
-    assert main(["report", "--suite", str(suite), "--results", str(results), "--out", str(out), "--format", "md,csv"]) == 0
+    assert main(["report", "--suite", str(suite), "--results", str(results), "--out", str(out),
+                 "--format", "md,csv"]) == 0
     md = (out / "tiny" / "report.md").read_text()
     assert "## Selected settings" in md and f"| flipped | head-only | lr={chosen:g} |" in md
     with open(out / "tiny" / "csv" / "survey-tiny-encoder.csv") as f:

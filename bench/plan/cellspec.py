@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 from bench.config import TrainConfig
+from bench.fmt import setting_text
 from bench.models import ModelSpec
-from bench.plan.sweep import setting_text
 from bench.tasks.spec import TaskSpec
 
 ID_LENGTH = 12

@@ -228,7 +228,8 @@ def _entry_sweep(item: dict, where: Callable[..., str], method_keys: set[str]) -
     sweep = parse_sweep(item["sweep"], lambda *k: where("sweep", *k), method_keys)
     for key in sweep.axes:
         if key in item.get("train", {}) or key in item.get("overrides", {}):
-            raise BadInput(f"'{key}' is both swept and set: a swept setting takes the sweep's values", where("sweep", key))
+            raise BadInput(f"'{key}' is both swept and set: a swept setting takes the sweep's values",
+                           where("sweep", key))
     return sweep
 
 

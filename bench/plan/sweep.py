@@ -146,8 +146,3 @@ def parse_selection(raw: Any, where: Callable[..., str]) -> tuple[dict, int | No
                                     or stage_seeds < 1):
         raise BadInput(f"'sweep_seeds' must be a positive whole number, got {stage_seeds!r}", where("sweep_seeds"))
     return protocol, stage_seeds
-
-
-def setting_text(values: dict) -> str:
-    """A variant as a table shows it: `lr=0.0003, r=8`."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

@@ -15,7 +15,7 @@ from bench.env import environment_difference
 from bench.errors import BadInput
 from bench.figures import SECTIONS as FIGURE_SECTIONS
 from bench.figures import Tolerances, judge, rule_of
-from bench.fmt import missing
+from bench.fmt import cell_label, missing
 from bench.run.store import Store, flatten
 
 SECTIONS = tuple(f"{section}." for section in (*FIGURE_SECTIONS, "scores"))
@@ -70,7 +70,7 @@ def figures(record: dict) -> dict:
 def diff_cell(a: dict, b: dict, tol: Tolerances) -> CellDiff:
     cell = a["cell"]
     fa, fb = figures(a), figures(b)
-    diff = CellDiff(cell.get("suite"), cell["id"], cell.get("label") or cell["method"], cell["model"],
+    diff = CellDiff(cell.get("suite"), cell["id"], cell_label(cell), cell["model"],
                     cell["task"], cell["seed"])
     same_torch = (a.get("env") or {}).get("torch") == (b.get("env") or {}).get("torch")
     for name in sorted(set(fa) | set(fb), key=lambda n: (n != "status", n)):

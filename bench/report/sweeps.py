@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import fmt
+from bench.fmt import setting_text
 from bench.plan.selection import Choice, choose, setting_key
-from bench.plan.sweep import setting_text
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
 from bench.report.tables import slug

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.errors import BadInput
 from bench.files import atomic_write, checked
-from bench.plan.sweep import setting_text
+from bench.fmt import setting_text
 from bench.record import STATUSES, problems
 from bench.run import locks
 from bench.run.locks import Claim

@@ -19,7 +19,6 @@ from bench.tasks.data import eval_splits, files_fingerprint, load_rows, subsampl
 from bench.tasks.features import EvalSet, eval_features, fixed_shot_features, train_features
 from bench.tasks.spec import TaskSpec
 
-
 SELECTION = "selection"  # the selection split's name among the tokenised sets, taken out before scoring
 
 

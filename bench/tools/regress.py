@@ -19,6 +19,7 @@ from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
 from bench.figures import Tolerances, judge
 from bench.files import atomic_write
+from bench.fmt import cell_label
 from bench.record import SCHEMA_VERSION
 from bench.report.compare import figures, show
 from bench.yamlfile import load_yaml
@@ -109,7 +110,7 @@ def summarise(record: dict) -> dict:
     cell = record["cell"]
     kept = {name: value for name, value in figures(record).items()  # every metric; other figures when numeric
             if name.startswith("scores.") or (name != "status" and isinstance(value, (int, float)))}
-    return {"label": cell["label"], "method": cell["method"], "model": cell["model"], "task": cell["task"],
+    return {"label": cell_label(cell), "method": cell["method"], "model": cell["model"], "task": cell["task"],
             "seed": cell["seed"], "status": record["status"], "torch": (record.get("env") or {}).get("torch"),
             "figures": kept}
 
