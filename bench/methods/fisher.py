@@ -9,6 +9,10 @@ weight decay). The task head trains in full.
 - child-tuning (Child-Tuning_D, Xu et al. 2021): squared mini-batch gradients over `fisher_batches`
   batches, top `reserve_ratio` (30 %) of the transformer layers' parameters; as in the authors'
   code, parameters outside the layers (embeddings, final norms) are not masked and train in full.
+  Also as there (ChildTuningD.py, ChildTuningOptimizer.py), with the run's `max_grad_norm`: each layer
+  tensor's gradient is clipped to that norm on its own before it is squared, and in training the whole
+  gradient is clipped before the mask applies (their trainer clips, then their optimizer masks), so the
+  clipping factor is the unmasked gradient's (revision 2; revision 1 did neither).
 Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
 entry are not trained at all (no gradient, no optimizer state).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from bench.archs import ARCHS
 from bench.methods.base import Adapted, Method, freeze, register, train_head, trainable_state
 
 if TYPE_CHECKING:
@@ -32,8 +37,10 @@ def _eligible(model, ctx, layers_only: bool) -> list[tuple[str, torch.nn.Paramet
             if not n.startswith(heads) and (not layers_only or LAYER_PARAM.search(n))]
 
 
-def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool) -> list[torch.Tensor]:
-    """Mean over examples (or batches) of the squared gradient of the loss, per entry."""
+def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool,
+                  clip_norm: float | None = None) -> list[torch.Tensor]:
+    """Mean over examples (or batches) of the squared gradient of the loss, per entry; with `clip_norm`, each
+    tensor's gradient is first clipped to that norm on its own (Child-Tuning's authors do)."""
     import torch
 
     for p in params:
@@ -50,6 +57,8 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
         model(**piece).loss.backward()
         for score, p in zip(scores, params):
             if p.grad is not None:
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(p, clip_norm)
                 score += p.grad.float() ** 2 / len(pieces)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -67,8 +76,10 @@ def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tens
     return [m.view_as(s) for m, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores)]
 
 
-def _masked(model, ctx, masks_for, unmasked=()) -> Adapted:
-    """Train the selected entries of masked tensors, the `unmasked` tensors in full, and the head."""
+def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None = None) -> Adapted:
+    """Train the selected entries of masked tensors, the `unmasked` tensors in full, and the head; with
+    `clip_before_mask`, the whole gradient is clipped to that norm before the masks apply (the training loop's
+    own clipping, after the masks, then finds nothing left to clip)."""
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
@@ -78,8 +89,11 @@ def _masked(model, ctx, masks_for, unmasked=()) -> Adapted:
         p.requires_grad_(True)
     train_head(model, ctx)
     pairs = [(p, m) for _, p, m in named]
+    trained = [p for p in model.parameters() if p.requires_grad]
 
     def mask_gradients(step: int) -> None:
+        if clip_before_mask is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in trained if p.grad is not None], clip_before_mask)
         for p, m in pairs:
             if p.grad is not None:
                 p.grad.mul_(m)
@@ -122,10 +136,10 @@ def _child_tuning(model, config, ctx):
 
     def masks():
         scores = fisher_scores(model, [p for _, p in layers], ctx.calibration(config["fisher_batches"]),
-                               per_example=False)
+                               per_example=False, clip_norm=ctx.train.max_grad_norm)
         return [(n, p, m) for (n, p), m in zip(layers, top_share_masks(scores, config["reserve_ratio"]))]
 
-    return _masked(model, ctx, masks, unmasked=outside)
+    return _masked(model, ctx, masks, unmasked=outside, clip_before_mask=ctx.train.max_grad_norm)
 
 
 register(
@@ -135,5 +149,7 @@ register(
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
-           defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5}),
+           defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5},
+           # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training
+           revisions={arch: 2 for arch in ARCHS}),
 )
