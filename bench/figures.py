@@ -238,14 +238,16 @@ _FIGURES = [
            "term, measured at the longest width, makes this an upper bound when batches are shorter.", tasks="mean"),
     Figure("flops", "inference_per_example", "FLOPs", "versioned", "FLOPs counted while predicting the first 8 "
            "evaluation examples as evaluation predicts them, in batches of 8 (a classifier's forward pass; every "
-           "answer option of rank classification, longest first; the whole decoding loop of generation), / 8. "
+           "answer option of rank classification, longest first, an encoder-decoder's prompt through its encoder "
+           "once and its states repeated over the options; the whole decoding loop of generation), / 8. "
            "In-context demonstrations and soft prompts are part of the count, which is what makes in-context "
            "learning expensive at inference.", tasks="mean"),
     Figure("flops", "cost_model_train_total", "FLOPs", "exact", "T-Few's cost model (Liu et al. 2022): training "
            "factor × N × tokens trained (`train.tokens`, non-padding).", tasks="mean"),
     Figure("flops", "cost_model_inference_per_example", "FLOPs", "exact", "inference factor × N × the tokens of "
-           "those examples / 8: the prompt; for rank classification prompt + option for every option; for "
-           "generation, plus the first reference.", tasks="mean"),
+           "those examples / 8: the prompt; for rank classification on a decoder prompt + option for every "
+           "option, on an encoder-decoder the prompt once plus every option (T-Few's accounting: the encoder reads "
+           "the prompt once); for generation, plus the first reference.", tasks="mean"),
 ]
 FIGURES: dict[str, Figure] = {f.key: f for f in _FIGURES}
 for _f in _FIGURES:

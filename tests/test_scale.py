@@ -295,8 +295,10 @@ def test_a_method_that_trains_nothing_costs_no_training_flops(write_suite, tmp_p
 
 @pytest.mark.parametrize("model, task, cap, passes", [
     ("tiny-encoder", "synth-polarity", 64, 1),  # a classifier: one pass per row, max_eval_samples rows of 500
-    ("tiny-t5", "synth-polarity", None, 2),  # rank classification: a pass per answer option (negative, positive)
-    ("tiny-t5", "synth-choice", None, 2),  # per-row options: the template's two answers
+    # rank classification on an encoder-decoder: half a pass (the encoder) once, half per answer option (the
+    # decoder): negative, positive
+    ("tiny-t5", "synth-polarity", None, 0.5 + 0.5 * 2),
+    ("tiny-t5", "synth-choice", None, 0.5 + 0.5 * 2),  # per-row options: the template's two answers
     ("tiny-gpt2", "synth-digits", None, 1 + 12 / 16),  # generation: the prompt, then 12 tokens' share of 16
 ])
 def test_evaluation_is_priced_by_its_forward_passes(write_suite, tmp_path, capsys, model, task, cap, passes):

@@ -34,6 +34,17 @@ def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict[str, tor
     return out
 
 
+def options_collate(prompts: list[list[int]], options: list[list[list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """An encoder-decoder's rank-classification batch with each prompt once: the encoder's inputs one row per
+    prompt, the decoder's labels one row per (prompt, option), and `encoder_rows`, each label row's prompt row
+    (bench.cell.evaluate.token_logprobs repeats the encoder's states along it, as T-Few's EncoderDecoder does)."""
+    out = collate([{"input_ids": p} for p in prompts], pad_id)
+    labels = [option for opts in options for option in opts]
+    out["labels"] = _pad(labels, max(map(len, labels)), IGNORE, False)
+    out["encoder_rows"] = torch.tensor([i for i, opts in enumerate(options) for _ in opts], dtype=torch.long)
+    return out
+
+
 def _pad(seqs: list[list[int]], width: int, value: int, left: bool) -> torch.Tensor:
     rows = [[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in seqs]
     return torch.tensor(rows, dtype=torch.long)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.cell.batching import collate, to_device
+from bench.cell.batching import collate, options_collate, to_device
 from bench.models import is_encoder_decoder
 from bench.tasks import metrics
 from bench.tasks.features import IGNORE, EvalSet, lm_example
@@ -82,6 +82,21 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
             return logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
 
         return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify)
+    if evalset.choices is not None and bundle.kind == "encoder-decoder":
+        def score_options(chunk):  # each prompt through the encoder once, its options through the decoder
+            batch = options_collate([f["input_ids"] for f, _ in chunk], [options for _, options in chunk], pad)
+            with autocast():
+                flat = sequence_logprob(model, to_device(batch, device), task.length_normalize)
+            rows, start = [], 0
+            for _, options in chunk:
+                rows.append(flat[start: start + len(options)])
+                start += len(options)
+            return rows
+
+        examples = list(zip(evalset.features, evalset.choices))
+        per_batch = max(1, batch_size // max(len(options) for options in evalset.choices))  # label rows <= batch
+        scores = _longest_first(examples, per_batch, lambda e: len(e[0]["input_ids"]), score_options)
+        return [max(range(len(row)), key=row.__getitem__) for row in scores]
     if evalset.choices is not None:
         def score(chunk):
             with autocast():
@@ -112,14 +127,32 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
                           padding_moves_positions(bundle, model))
 
 
+def encodes_once(model) -> bool:
+    """Whether an encoder-decoder's encoder can run apart from its forward, once per prompt: not under peft's soft
+    prompts (prompt tuning, p-tuning, its prefix tuning), which peft's own forward adds to the encoder's input."""
+    config = getattr(model, "active_peft_config", None)
+    return is_encoder_decoder(model) and not getattr(config, "is_prompt_learning", False)
+
+
 def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each labelled token (labels != -100) under the model, and the label mask.
 
     Works for encoder-decoders (labels are the decoder's targets) and decoders (labels align with
-    input_ids; position t predicts token t+1), also when prompt tuning prepends virtual tokens.
+    input_ids; position t predicts token t+1), also when prompt tuning prepends virtual tokens. An
+    encoder-decoder batch with `encoder_rows` (batching.options_collate) holds each prompt once: the encoder runs
+    on them once and its states are repeated along encoder_rows (where encodes_once; else the prompts are).
     """
     batch = dict(batch)
     labels = batch.pop("labels")
+    rows = batch.pop("encoder_rows", None)
+    if rows is not None and encodes_once(model):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        states = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        batch = {"encoder_outputs": BaseModelOutput(last_hidden_state=states.index_select(0, rows)),
+                 "attention_mask": batch["attention_mask"].index_select(0, rows)}
+    elif rows is not None:
+        batch = {key: value.index_select(0, rows) for key, value in batch.items()}
     decoder_only = not is_encoder_decoder(model)
     # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids
     logits = model(**batch, **({} if decoder_only else {"labels": labels})).logits

@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from bench.cell.batching import collate
+from bench.cell.batching import collate, options_collate
 from bench.cell.evaluate import token_logprobs
 from bench.errors import Unsupported
 from bench.tasks.features import lm_example
@@ -66,13 +66,14 @@ def _tfew_terms_of_batch(model, batch: dict, lm_over: str, ul_offset: float) -> 
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:
-    """Every (example, option) pair as one padded batch, with each pair's example and gold flag."""
-    pairs, example, is_gold = [], [], []
-    for i, f in enumerate(features):
-        for j, option in enumerate(f["choice_ids"]):
-            pairs.append(lm_example(kind, f["prompt_ids"], option))
-            example.append(i)
-            is_gold.append(int(j == f["gold"]))
+    """Every (example, option) pair as one padded batch, with each pair's example and gold flag; an
+    encoder-decoder's prompts once each (batching.options_collate: its encoder runs once per example)."""
+    example = [i for i, f in enumerate(features) for _ in f["choice_ids"]]
+    is_gold = [int(j == f["gold"]) for f in features for j in range(len(f["choice_ids"]))]
+    if kind == "encoder-decoder":
+        return options_collate([f["prompt_ids"] for f in features], [f["choice_ids"] for f in features],
+                               pad_id), example, is_gold
+    pairs = [lm_example(kind, f["prompt_ids"], option) for f in features for option in f["choice_ids"]]
     return collate(pairs, pad_id), example, is_gold
 
 

@@ -300,8 +300,9 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     the way evaluation predicts them (the forward pass of a classifier, every answer option of rank
     classification, the whole decoding loop of generation), divided by their number; in-context
     demonstrations and soft prompts are part of what is counted. cost_model_inference_per_example:
-    the cost model's factor × N × the tokens of those examples (prompt, plus prompt + option for each
-    option of rank classification, plus the first reference of generation) / their number."""
+    the cost model's factor × N × the tokens of those examples (prompt; for rank classification prompt + option
+    for each option on a decoder, the prompt once plus every option on an encoder-decoder; plus the first reference
+    of generation) / their number."""
     from bench.cell.evaluate import predict
 
     sample = evalset.rows(0, n)
@@ -311,8 +312,9 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
             flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
-    if sample.choices is not None:
-        tokens = sum(p * len(opts) + sum(map(len, opts)) for p, opts in zip(prompts, sample.choices))
+    if sample.choices is not None:  # an encoder-decoder reads each prompt once (evaluate.encodes_once)
+        repeats = (lambda opts: 1) if bundle.kind == "encoder-decoder" else len
+        tokens = sum(p * repeats(opts) + sum(map(len, opts)) for p, opts in zip(prompts, sample.choices))
     elif bundle.head == "lm":
         tokens = sum(prompts) + sum(len(bundle.tokenizer(refs[0])["input_ids"]) for refs in sample.gold)
     else:

@@ -91,8 +91,10 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     """(evaluation FLOPs, how they were found or why unknown): the forward passes of every evaluation split's rows
     (capped at max_eval_samples), each priced as a forward of one max_length sequence through the adapted model
     (the pretrained one for a method that trains nothing; in-context demonstrations fill that length). A row is
-    one pass for a classifier, one per answer option for rank classification, and for generation its prompt plus
-    max_new_tokens decoding steps, each a max_length forward's per-position share."""
+    one pass for a classifier, one per answer option for rank classification (on an encoder-decoder, whose forward
+    is priced as max_length tokens through each of encoder and decoder, half a pass for the encoder once and half
+    per option through the decoder), and for generation its prompt plus max_new_tokens decoding steps, each a
+    max_length forward's per-position share."""
     from bench.archs import ARCHS
     from bench.errors import Unsupported
     from bench.models import head_for
@@ -117,6 +119,8 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     else:
         options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
         passes, what = float(options), f"{options} options"
+        if ARCHS[cell.model.arch].kind == "encoder-decoder":  # the encoder once, the decoder per option
+            passes, what = 0.5 + 0.5 * options, f"the encoder once + {options} options' decoder"
     priced = pricing_cell(cell)
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
