@@ -49,7 +49,8 @@ class ArchSpec:
 
 _BERT_SITES = {"self_attention": r"layer\.\d+\.attention\.self$",
                "attention_output": r"layer\.\d+\.attention\.output\.dense$",
-               "ffn_output": r"layer\.\d+\.output\.dense$", "ffn_input": r"layer\.\d+\.output$", "ffn_input_arg": 1}
+               "ffn_output": r"layer\.\d+\.output\.dense$", "ffn_input": r"layer\.\d+\.output$", "ffn_input_arg": 1,
+               "ffn_norm": r"layer\.\d+\.output\.LayerNorm$"}
 
 
 def _bert_tiny(positions: int, **extra):
@@ -77,14 +78,16 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
              ["layer_norm", "final_layer_norm"], ("classification_head",),
              {"self_attention": r"\.SelfAttention$", "cross_attention": r"\.EncDecAttention$",
               "attention_output": r"\.SelfAttention\.o$", "ffn_output": r"\.DenseReluDense\.wo$",
-              "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0},
+              "ffn_input": r"\.DenseReluDense$", "ffn_input_arg": 0,
+              # the FF layer: the last of an encoder block's two, of a decoder block's three (self, cross, FF)
+              "ffn_block": r"(encoder\.block\.\d+\.layer\.1|decoder\.block\.\d+\.layer\.2)$"},
              bias_free=("q", "k", "v", "o", "wi_0", "wi_1")),
     ArchSpec("gpt2", "GPT-2", "decoder", ("gpt2",), "transformers.models.gpt2.modeling_gpt2",
              "GPT2Config", lambda w, d, h, f: dict(n_embd=w, n_layer=d, n_head=h, n_inner=f, n_positions=512),
              ["c_attn"], {"target_modules": r".*\.(attn\.c_attn|mlp\.c_proj)", "feedforward_modules": r".*\.mlp\.c_proj"},
              ["ln_1", "ln_2", "ln_f"], ("score",),
              {"self_attention": r"\.attn$", "attention_output": r"\.attn\.c_proj$", "ffn_output": r"\.mlp\.c_proj$",
-              "ffn_input": r"\.mlp$", "ffn_input_arg": 0}, conv1d=True),
+              "ffn_input": r"\.mlp$", "ffn_input_arg": 0, "ffn_block": r"\.h\.\d+$"}, conv1d=True),
     # Mistral and Qwen2 name their modules as LLaMA does (q_proj, v_proj, mlp.down_proj, ...).
     ArchSpec("llama", "LLaMA", "decoder", ("llama", "mistral", "qwen2"), "transformers.models.llama.modeling_llama",
              "LlamaConfig", lambda w, d, h, f: dict(hidden_size=w, num_hidden_layers=d, num_attention_heads=h,
@@ -94,7 +97,8 @@ ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
                                     "feedforward_modules": r".*\.down_proj"},
              ["input_layernorm", "post_attention_layernorm", "norm"], ("score",),
              {"self_attention": r"\.self_attn$", "attention_output": r"\.self_attn\.o_proj$",
-              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0},
+              "ffn_output": r"\.mlp\.down_proj$", "ffn_input": r"\.mlp$", "ffn_input_arg": 0,
+              "ffn_block": r"\.layers\.\d+$"},
              bias_free=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 )}
 ARCH_OF_MODEL_TYPE = {t: a.name for a in ARCHS.values() for t in a.model_types}

@@ -5,6 +5,8 @@ Our model is rebuilt from the fixture's config with this environment's transform
 name, our method applied at its defaults (Compacter: reduction factor 8, as the reference needs at hidden 32), and
 the reference's method weights loaded through the fixture's name map. Then logits, final hidden states, loss,
 every trained parameter's gradient and the parameters after the reference's SGD steps must match to 1e-5.
+adapter-pfeiffer is compared with AdapterHub's default SeqBnConfig() on RoBERTa and BERT (post-LN) and on GPT-2,
+LLaMA and T5 (pre-LN); its revision 1 (after_residual=False) with SeqBnConfig(original_ln_before=False).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from bench.models import Bundle, ModelSpec
 from tests.parity import assert_matches, load, relative_difference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-CASES = ["houlsby-roberta", "pfeiffer-roberta", "parallel-roberta", "compacter-roberta", "houlsby-bert"]
+CASES = ["houlsby-roberta", "pfeiffer-roberta", "parallel-roberta", "compacter-roberta", "houlsby-bert",
+         "pfeiffer-bert", "pfeiffer-gpt2", "pfeiffer-llama", "pfeiffer-t5"]
+PFEIFFER = [c for c in CASES if c.startswith("pfeiffer-")]
 # Our defaults next to the reference config class's (AdapterHub's key on the right); intended differences below.
 SAME_DEFAULTS = {"adapter-houlsby": {"reduction_factor": "reduction_factor", "activation": "non_linearity"},
                  "adapter-pfeiffer": {"reduction_factor": "reduction_factor", "activation": "non_linearity"},
@@ -47,14 +51,15 @@ def base_model(arch: str):
     return model.to(DEVICE).eval(), inputs, tensors
 
 
-def ours(case: str):
-    """Our method applied to the base model; returns (model, inputs, fixture tensors, meta, base tensors)."""
+def ours(case: str, overrides: dict | None = None):
+    """Our method applied to the base model (the fixture's overrides, then `overrides`); returns (model, inputs,
+    fixture tensors, meta, base tensors)."""
     tensors, meta = load(f"adapterhub-{case}")
     model, inputs, base = base_model(meta["arch"])
     bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", meta["arch"], meta["arch"]), model, None,
                     "classifier", 2)
     method = methods.get(meta["method"])
-    method.apply(model, method.resolve(meta["overrides"], meta["arch"], str),
+    method.apply(model, method.resolve({**meta["overrides"], **(overrides or {})}, meta["arch"], str),
                  ApplyContext(bundle, TrainConfig(), 1, device=DEVICE))
     return model, inputs, tensors, meta, base
 
@@ -68,7 +73,8 @@ def load_reference(model, tensors: dict, meta: dict, prefix: str) -> None:
 
 def run(model, inputs):
     out = model(**inputs, output_hidden_states=True)
-    return out.logits, out.hidden_states[-1], out.loss
+    hidden = out.decoder_hidden_states if "decoder_hidden_states" in out else out.hidden_states  # T5's: decoder's
+    return out.logits, hidden[-1], out.loss
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -134,29 +140,25 @@ def test_reference_init_weights_give_its_init_outputs(case):
           f"logits are {moved:.1e} from the base model's (ours: 0)")
 
 
-def test_pfeiffer_default_placement_differs_by_a_stated_transformation():
-    """AdapterHub's SeqBnConfig (original_ln_before=True) feeds the adapter LN(h + x) and returns LN(h + x + A(LN(h +
-    x))); ours feeds it h (the FFN output projection) and returns LN(h + A(h) + x). Moving our adapter to the
-    LayerNorm so gives the reference default's logits; where it is, ours differs from them."""
-    model, inputs, tensors, meta, _ = ours("pfeiffer-roberta")
+@pytest.mark.parametrize("case", PFEIFFER)
+def test_pfeiffer_is_adapterhubs_default_and_its_revision_1_reads_the_ffn_output(case):
+    """The fixture's reference is SeqBnConfig() as it comes: post-LN the adapter reads LN(h + x) and the block
+    returns LN(h + x + A(LN(h + x))), pre-LN s + A(s) with s = h + x. Revision 1 (after_residual=False, what a stored
+    adapter of revision 1 is rebuilt as) read h and gave LN(h + A(h) + x), or s + A(h): exactly AdapterHub's
+    SeqBnConfig(original_ln_before=False), and by more than 1 % of the logits from the default."""
+    _, meta = load(f"adapterhub-{case}")
+    assert meta["reference_config"] == meta["reference_defaults"]
+    assert meta["reference_defaults"]["original_ln_before"] and meta["reference_defaults"]["original_ln_after"]
+    assert methods.get("adapter-pfeiffer").revisions[meta["arch"]] == 2
+    model, inputs, tensors, meta, _ = ours(case, {"after_residual": False})
     load_reference(model, tensors, meta, "used.")
     with torch.no_grad():
-        difference = assert_matches("pfeiffer (ours) vs reference default", run(model, inputs)[0],
-                                    tensors["logits_reference_default"], rtol=float("inf"))
-        assert difference > 1e-2
-        for layer in model.roberta.encoder.layer:
-            adapter = layer.output.dense.adapter
-            layer.output.dense._forward_hooks.clear()  # our placement off, the reference default's on
-
-            def after_norm(norm, args, out, adapter=adapter):
-                return torch.nn.functional.layer_norm(args[0] + adapter(out), norm.normalized_shape, norm.weight,
-                                                      norm.bias, norm.eps)
-
-            layer.output.LayerNorm.register_forward_hook(after_norm)
-        moved = assert_matches("adapter moved after the LayerNorm", run(model, inputs)[0],
-                               tensors["logits_reference_default"])
-    print(f"\nparity adapter-pfeiffer vs AdapterHub's default SeqBnConfig placement: logits differ by {difference:.2e}"
-          f" relative; with the adapter moved after the LayerNorm {moved:.2e}")
+        logits = run(model, inputs)[0]
+    old = assert_matches("revision 1 vs SeqBnConfig(original_ln_before=False)", logits, tensors["logits_old_placement"])
+    apart = relative_difference(logits, tensors["logits"])
+    assert apart > 1e-2
+    print(f"\nparity adapter-pfeiffer revision 1 ({meta['arch']}): {old:.1e} from AdapterHub's "
+          f"original_ln_before=False, {apart:.2e} from its default SeqBnConfig (revision 2 matches that)")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -12,12 +12,17 @@ bench/archs.py (`ArchSpec.sites`):
 - attention_output: the attention block's output projection (Houlsby's first adapter);
 - ffn_output: the feed-forward block's output projection (before dropout, residual and norm);
 - ffn_input: the module whose positional argument `ffn_input_arg` is the feed-forward block's input
-  (BERT's `output` module receives (intermediate, attention_output); elsewhere the FFN block itself).
+  (BERT's `output` module receives (intermediate, attention_output); elsewhere the FFN block itself);
+- ffn_norm (post-LN models) or ffn_block (pre-LN): where the FFN block's output is complete, residual added:
+  the layer norm that follows the residual add (BERT's `output.LayerNorm`), or the module whose output is the
+  residual stream after the FFN's add (T5's FF layer, GPT-2's and LLaMA's decoder layer). Each architecture
+  declares one of the two; AdapterHub's default sequential adapter (Pfeiffer et al.) reads it.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 from torch import nn
@@ -77,6 +82,45 @@ def _add_from_stash(name: str, module, args, output):
     x = branch.stash
     branch.stash = None
     return output + branch(x)
+
+
+def _renormalise(name: str, module, args, output):
+    """Post-LN, after the norm: the branch reads LN(s), s = h + x the norm's input, and the sum passes the same
+    norm again, LN(s + branch(LN(s))). `forward` runs the norm without its hooks, so this one runs once."""
+    return module.forward(args[0] + getattr(module, name)(output))
+
+
+def _add_to_stream(name: str, module, args, output):
+    """Pre-LN, after the block: the branch reads the residual stream s = h + x and adds to it, s + branch(s)."""
+    if isinstance(output, tuple):  # a decoder layer that also returns attention weights or a cache
+        return (output[0] + getattr(module, name)(output[0]),) + output[1:]
+    return output + getattr(module, name)(output)
+
+
+def _closest(name: str, candidates: list[tuple[str, nn.Module]]) -> tuple[str, nn.Module]:
+    """The candidate whose dotted name shares the most leading parts with `name` (the same layer's module)."""
+    return max(candidates, key=lambda c: len(os.path.commonprefix([name.split("."), c[0].split(".")])))
+
+
+def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch) -> None:
+    """A branch `make_branch(width)` per layer at the FFN block's complete output (ffn_norm or ffn_block site):
+    post-LN it reads the layer-normed sum and the norm is applied again to the sum plus its output; pre-LN it
+    reads the residual stream after the FFN's add and adds to it. The branch is a child of the layer's FFN output
+    projection (the module the sequential placement hooks), so its parameters have the same names in both."""
+    post_ln = "ffn_norm" in (ARCHS[arch].sites if arch in ARCHS else {})
+    blocks = find(model, arch, "ffn_norm" if post_ln else "ffn_block")
+    projections = find(model, arch, "ffn_output")
+    paired = {block_name: _closest(block_name, projections) for block_name, _ in blocks}
+    if len({n for n, _ in paired.values()}) != len(projections) or len(blocks) != len(projections):
+        raise Unsupported(f"the {arch} model's FFN blocks ({len(blocks)}) do not pair with its FFN output "
+                          f"projections ({len(projections)})")
+    for block_name, block in blocks:
+        _, projection = paired[block_name]
+        branch = place_like(make_branch(out_features(projection)), projection)
+        projection.add_module(name, branch)
+        # the block holds a reference (not a child) so the branch appears once in state dicts
+        object.__setattr__(block, name, branch)
+        block.register_forward_hook(functools.partial(_renormalise if post_ln else _add_to_stream, name))
 
 
 def attach_sequential(model: nn.Module, arch: str, positions, name: str, make_branch) -> None:

@@ -10,9 +10,11 @@ SGD_STEPS plain SGD steps. Dropout is 0 and the model is in eval mode, so everyt
 The reference is configured as our methods are where its config has the option:
 - adapter-houlsby = DoubleSeqBnConfig (swish, 16). AdapterHub trains no layer norm; ours trains them (Houlsby et
   al. do), so the generator unfreezes the model's LayerNorms by hand and stores which those are.
-- adapter-pfeiffer = SeqBnConfig(original_ln_before=False): ours reads the FFN output projection before residual
-  and layer norm; AdapterHub's default (original_ln_before=True) reads the layer-normed sum, and re-applies the
-  same LayerNorm after. Its logits with the same weights are stored too (`logits_reference_default`).
+- adapter-pfeiffer = SeqBnConfig(), AdapterHub's default, on every architecture of ours it supports: post-LN
+  (RoBERTa, BERT) the adapter reads LN(h + x) and the same LayerNorm is applied again to h + x + adapter; pre-LN
+  (GPT-2, LLaMA, T5) it reads the residual stream after the FFN's add. The logits of SeqBnConfig(
+  original_ln_before=False) with the same weights are stored too (`logits_old_placement`): the adapter reading
+  the FFN output h before residual and norm, our revision 1 (after_residual=False).
 - adapter-parallel = ParBnConfig(reduction_factor=16) (its default is 2; ours is 16), scaling 4.0, ReLU.
 - compacter = CompacterConfig(reduction_factor=8): its bottleneck is int(hidden // factor) and must divide by
   phm_dim, so hidden 32 needs 8 (ours rounds up to a multiple of n instead); the test sets ours to 8 as well.
@@ -31,8 +33,10 @@ from common import save  # noqa: E402
 
 import adapters  # noqa: E402
 from adapters import CompacterConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig  # noqa: E402
-from transformers import RobertaForSequenceClassification  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config  # noqa: E402
+from transformers import GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification  # noqa: E402
+from transformers import RobertaConfig, RobertaForSequenceClassification, T5Config  # noqa: E402
+from transformers import T5ForSequenceClassification  # noqa: E402
 
 ADAPTER = "parity"
 SEED = 0
@@ -41,34 +45,56 @@ NOISE = 0.3  # added to the reference's init to get the weights used (up project
 DIMS = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
             initializer_range=0.1, num_labels=2)
+# pre-LN architectures: the same sizes in their configs' words; pad 0 (the heads of GPT-2 and LLaMA look for it;
+# no row has one), T5 ends every row with its eos (its classification head reads it)
+PRE_LN = dict(vocab_size=32, num_labels=2, pad_token_id=0)
 ARCHS = {
-    "roberta": (RobertaConfig, RobertaForSequenceClassification, dict(max_position_embeddings=20, type_vocab_size=1,
-                                                                        pad_token_id=1, bos_token_id=0,
-                                                                        eos_token_id=2)),
-    "bert": (BertConfig, BertForSequenceClassification, dict(max_position_embeddings=16, pad_token_id=0)),
+    "roberta": (RobertaConfig, RobertaForSequenceClassification, {**DIMS, **dict(
+        max_position_embeddings=20, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)}),
+    "bert": (BertConfig, BertForSequenceClassification, {**DIMS, **dict(max_position_embeddings=16, pad_token_id=0)}),
+    "gpt2": (GPT2Config, GPT2ForSequenceClassification, {**PRE_LN, **dict(
+        n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, initializer_range=0.1)}),
+    "llama": (LlamaConfig, LlamaForSequenceClassification, {**PRE_LN, **dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+        max_position_embeddings=16, initializer_range=0.1)}),
+    "t5": (T5Config, T5ForSequenceClassification, {**PRE_LN, **dict(
+        d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=1, num_heads=2, dropout_rate=0.0,
+        classifier_dropout=0.0,
+        eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="relu")}),
 }
 BATCH, LENGTH = 2, 8
 
 # method -> (reference config, our method, our overrides, our module name, train the layer norms)
 METHODS = {
     "houlsby": (DoubleSeqBnConfig(), "adapter-houlsby", {}, "adapter", True),
-    "pfeiffer": (SeqBnConfig(original_ln_before=False), "adapter-pfeiffer", {}, "adapter", False),
+    "pfeiffer": (SeqBnConfig(), "adapter-pfeiffer", {}, "adapter", False),
     "parallel": (ParBnConfig(reduction_factor=16), "adapter-parallel", {}, "parallel_adapter", False),
     "compacter": (CompacterConfig(reduction_factor=8), "compacter", {"reduction_factor": 8}, "compacter", False),
 }
-# BERT shares RoBERTa's modules and our sites: Houlsby (both sites and the layer norms) checks the names there
-WHICH = {"roberta": ("houlsby", "pfeiffer", "parallel", "compacter"), "bert": ("houlsby",)}
+# BERT shares RoBERTa's modules and our sites: Houlsby (both sites and the layer norms) and Pfeiffer check the
+# names there; the pre-LN architectures check where Pfeiffer's adapter goes on them
+WHICH = {"roberta": ("houlsby", "pfeiffer", "parallel", "compacter"), "bert": ("houlsby", "pfeiffer"),
+         "gpt2": ("pfeiffer",), "llama": ("pfeiffer",), "t5": ("pfeiffer",)}
+# the module AdapterHub's FFN adapter hangs under (its output adapters) -> the one ours is a child of
+OUTPUT_ADAPTER_OWNER = {"gpt2": (r"(.*\.h\.\d+)\.output_adapters", "mlp.c_proj"),
+                        "llama": (r"(.*\.layers\.\d+)\.output_adapters", "mlp.down_proj"),
+                        "t5": (r"(.*\.layer\.\d+)", "DenseReluDense.wo")}
 PHM_NAMES = {"W_left": "s", "W_right": "t", "b": "bias"}
 
 
+def is_norm(name: str) -> bool:
+    return "layernorm" in name.lower() or "layer_norm" in name or ".ln_" in name or name.endswith("norm.weight")
+
+
 def base_model(arch: str):
-    config_class, model_class, extra = ARCHS[arch]
-    config = config_class(**DIMS, **extra)
+    config_class, model_class, settings = ARCHS[arch]
+    config = config_class(**settings)
     torch.manual_seed(SEED)
     model = model_class(config).eval()
     with torch.no_grad():  # layer norms away from 1 and 0, so loading them is tested too
         for name, p in model.named_parameters():
-            if "LayerNorm" in name:
+            if is_norm(name):
                 p.add_(0.1 * torch.randn_like(p))
     return model, config
 
@@ -77,25 +103,32 @@ def batch(config) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(SEED)
     # ids from 3 up: never a pad, bos or eos id, so RoBERTa's position ids count every token
     ids = torch.randint(3, config.vocab_size, (BATCH, LENGTH), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1])}
+    if config.model_type == "t5":
+        ids[:, -1] = config.eos_token_id
+    # one class for both rows: the head bias's gradient is then about -1, not the difference of two near-equal
+    # probabilities, which fp32's rounding of the logits (1e-7) would put 1e-5 apart relative (as it did)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([1, 1])}
 
 
-def our_name(reference: str, module: str) -> str:
+def our_name(reference: str, module: str, arch: str) -> str:
     """AdapterHub's parameter name -> ours: its `adapters.<name>` child of attention.output / output holds what
-    our `<module>` child of that block's dense layer holds; Compacter's shared rule is ours on the model."""
+    our `<module>` child of that block's dense layer holds (pre-LN: of the FFN output projection of the layer
+    whose output adapters hold it); Compacter's shared rule is ours on the model."""
     if reference.endswith(f"shared_parameters.{ADAPTER}.phm_rule"):
         return "compacter_factors.a"
-    match = re.fullmatch(rf"(.*\.(?:attention\.output|output))\.adapters\.{ADAPTER}\.(adapter_down\.0|adapter_up)"
-                         r"\.(\w+)", reference)
+    owner, projection_name = OUTPUT_ADAPTER_OWNER.get(arch, (r"(.*\.(?:attention\.output|output))", "dense"))
+    match = re.fullmatch(rf"{owner}\.adapters\.{ADAPTER}\.(adapter_down\.0|adapter_up)\.(\w+)", reference)
     if not match:
         return reference  # the classifier head and the layer norms keep their transformers names
     block, projection, leaf = match.groups()
-    return f"{block}.dense.{module}.{'down' if projection == 'adapter_down.0' else 'up'}.{PHM_NAMES.get(leaf, leaf)}"
+    part = "down" if projection == "adapter_down.0" else "up"
+    return f"{block}.{projection_name}.{module}.{part}.{PHM_NAMES.get(leaf, leaf)}"
 
 
 def run(model, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out = model(**inputs, output_hidden_states=True)
-    return out.logits, out.hidden_states[-1], out.loss
+    hidden = out.decoder_hidden_states if "decoder_hidden_states" in out else out.hidden_states  # T5's: decoder's
+    return out.logits, hidden[-1], out.loss
 
 
 def generate(arch: str) -> None:
@@ -107,7 +140,7 @@ def generate(arch: str) -> None:
     save(f"adapterhub-base-{arch}", {**{f"base.{n}": p for n, p in base.items()}, **inputs,
                                      "logits": base_logits, "hidden": base_hidden, "loss": base_loss},
          {"reference": "transformers", "arch": arch, "model_class": type(model).__name__,
-          "config": {**DIMS, **ARCHS[arch][2]}, "seed": SEED,
+          "config": ARCHS[arch][2], "seed": SEED,
           "what": "base weights (HF names, the same in transformers 4.57 and 5), the batch, base logits/loss"})
     for method in WHICH[arch]:
         generate_method(arch, method, inputs)
@@ -138,7 +171,7 @@ def generate_method(arch: str, method: str, inputs: dict) -> None:
     reference_trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     if train_norms:  # ours trains the layer norms as Houlsby et al.; AdapterHub has no option for it
         for name, p in model.named_parameters():
-            if "LayerNorm" in name:
+            if is_norm(name):
                 p.requires_grad_(True)
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     added = [n for n in trained if n in reference_trained and not n.startswith("classifier.")]
@@ -153,8 +186,9 @@ def generate_method(arch: str, method: str, inputs: dict) -> None:
     loss.backward()
     tensors.update(logits=logits, hidden=hidden, loss=loss)
     tensors.update({f"grad.{n}": p.grad for n, p in trained.items()})
-    if method == "pfeiffer":  # AdapterHub's default placement with the same weights: how far ours is from it
-        tensors["logits_reference_default"] = reference_logits(arch, SeqBnConfig(), model.state_dict(), inputs)
+    if method == "pfeiffer":  # the adapter on the FFN output before residual and norm (our revision 1)
+        tensors["logits_old_placement"] = reference_logits(arch, SeqBnConfig(original_ln_before=False),
+                                                           model.state_dict(), inputs)
     optimizer = torch.optim.SGD(trained.values(), lr=SGD_LR)
     losses = []
     for _ in range(SGD_STEPS):
@@ -170,7 +204,7 @@ def generate_method(arch: str, method: str, inputs: dict) -> None:
         "reference_config": plain(reference_config),
         "reference_config_class": type(reference_config).__name__,
         "reference_defaults": plain(type(reference_config)()),
-        "name_map": {n: our_name(n, module) for n in trained},
+        "name_map": {n: our_name(n, module, arch) for n in trained},
         "reference_trained": reference_trained, "norms_unfrozen_by_hand": sorted(set(trained) - set(reference_trained)),
         "trained_count": sum(p.numel() for p in trained.values()),
         "reference_trained_count": sum(p.numel() for n, p in trained.items() if n in reference_trained),
