@@ -8,13 +8,16 @@ import torch
 import transformers
 from packaging.version import Version
 
-from bench import tiny
+from bench import methods, tiny
 from bench.cell.batching import collate
+from bench.config import TrainConfig
+from bench.errors import BadInput
 from bench.layers.attention_prefix import PrefixBank, add_prefix, attention_modules, implementation_of, set_attention
 from bench.layers.phm import PHMLinear, PHMRule
+from bench.methods.base import ApplyContext
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY
-from tests.adapting import adapt
+from tests.adapting import adapt, build_bundle
 from tests.closed_forms import attention_module_counts
 
 
@@ -153,7 +156,7 @@ def _perturbed(name, method):
     return adapted.model.eval()
 
 
-@pytest.mark.parametrize("method", ["unipelt", "mam-adapter", "compacter", "adapter-parallel"])
+@pytest.mark.parametrize("method", ["unipelt", "mam-adapter", "compacter", "adapter-parallel", "adapter-pfeiffer"])
 def test_inhouse_methods_keep_decoders_causal(method):
     model = _perturbed("tiny-gpt2", method)
     a, b = torch.tensor([[1, 5, 6, 7, 8, 9]]), torch.tensor([[1, 5, 6, 7, 8, 30]])
@@ -219,3 +222,66 @@ def test_compacter_pp_starts_near_the_base_model_and_trains_every_layer_norm(tin
     norms = {n for n in trainable if "layer_norm" in n}
     assert {n.split(".")[0] for n in norms} == {"encoder", "decoder"} and any("final_layer_norm" in n for n in norms)
     assert trainable - norms and all(".compacter." in n for n in trainable - norms)
+
+
+def _applied(name: str, method: str, config: dict):
+    """`method` with the resolved `config` as given (a stored adapter's, say) on a fresh tiny model."""
+    bundle = build_bundle(name)
+    return methods.get(method).apply(bundle.model, config, ApplyContext(bundle, TrainConfig(), 10))
+
+
+@pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2", "tiny-llama"])
+def test_pfeiffer_adapters_stored_by_revision_1_are_rebuilt_where_they_were_trained(name):
+    """Revision 1 of adapter-pfeiffer read the FFN output projection; revision 2 (AdapterHub's SeqBnConfig) reads
+    the block's output after its residual add (and layer norm). A stored adapter of revision 1 has no
+    after_residual in its config: it is rebuilt as revision 1 (after_residual=False), its tensors load under the
+    same names and give that model's outputs; the current placement gives others with the same tensors."""
+    pfeiffer = methods.get("adapter-pfeiffer")
+    arch = REGISTRY[name].arch
+    current = pfeiffer.resolve({}, arch, str)
+    assert current["after_residual"] and current["revision"] == 2
+    revision_1 = {k: v for k, v in current.items() if k not in ("after_residual", "revision")}
+    trained = _applied(name, "adapter-pfeiffer", pfeiffer.resolve({"after_residual": False}, arch, str))
+    with torch.no_grad():
+        for n, p in trained.model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    state = trained.state_to_store()
+    rebuilt, moved = _applied(name, "adapter-pfeiffer", revision_1), _applied(name, "adapter-pfeiffer", current)
+    rebuilt.load_state(state)
+    moved.load_state(state)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if arch == "t5" else {})}
+    with torch.no_grad():
+        expected, again, elsewhere = (a.model.eval()(**batch).logits for a in (trained, rebuilt, moved))
+    torch.testing.assert_close(again, expected)
+    assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
+
+
+def test_unipelt_gate_replaces_alpha_over_r_and_stored_revision_2_keeps_it():
+    """The gated LoRA is σ(g·x) · B·A·x (the UniPELT authors' lora_layers.py and AdapterHub: the gate takes the
+    place of alpha/r), so unipelt has no lora_alpha. Up to revision 2 it was σ · (alpha/r) · BAx with alpha 16 at
+    r 8: a stored adapter of then carries lora_alpha in its config and is rebuilt with that factor."""
+    from bench.layers.gated_lora import GatedLoRA
+
+    unipelt = methods.get("unipelt")
+    assert "lora_alpha" not in unipelt.defaults
+    with pytest.raises(BadInput, match="lora_alpha"):
+        unipelt.resolve({"lora_alpha": 16}, "roberta", str)
+    current = unipelt.resolve({}, "roberta", str)
+    stored = {**{k: v for k, v in current.items() if k != "revision"}, "lora_alpha": 16}
+    for config, scaling in ((current, 1.0), (stored, 2.0)):
+        branches = [m for m in _applied("tiny-encoder", "unipelt", config).model.modules() if isinstance(m, GatedLoRA)]
+        assert branches and {m.scaling for m in branches} == {scaling}
+
+
+@pytest.mark.parametrize("method", ["mam-adapter", "unipelt", "adapter-parallel", "adapter-houlsby",
+                                    "adapter-pfeiffer"])
+def test_adapter_down_biases_start_at_zero_where_the_references_do(method):
+    """MAM's and UniPELT's references (AdapterHub's "mam_adapter" and "bert" inits) start the adapter's down bias at
+    zero, and so do ours; the other adapters keep nn.Linear's init (their up projection is zero either way)."""
+    from bench.layers.bottleneck import Bottleneck
+
+    _, adapted = adapt("tiny-encoder", method)
+    biases = [m.down.bias for m in adapted.model.modules() if isinstance(m, Bottleneck)]
+    assert biases and all(bool((b == 0).all()) == (method in ("mam-adapter", "unipelt")) for b in biases)

@@ -32,12 +32,12 @@ from tests.parity import assert_matches, load, relative_difference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 METHODS = ["prefix-tuning", "mam-adapter", "unipelt", "ia3", "lora"]
-# Where ours starts elsewhere than the reference's constant init. Our bottleneck (bench/layers/bottleneck.py) keeps
-# nn.Linear's uniform init for the down bias and the gate bias; AdapterHub's "mam_adapter" (He et al.'s code) and
-# "bert" (UniPELT's SeqBnConfig) inits zero them. Our up projection starts at zero, so our adapted model starts as
-# the base model; AdapterHub's UniPELT draws its up projection from N(0, 0.02²) (not constant: not checked).
-INIT_DIFFERENCES = {"mam-adapter": (".adapter_down.0.bias",),
-                    "unipelt": (".adapter_down.0.bias", ".adapters.parity.gate.bias")}
+# Where ours starts elsewhere than the reference's constant init. Our gated adapter keeps nn.Linear's uniform init
+# for its gate's bias; AdapterHub's "bert" init (UniPELT's SeqBnConfig) zeroes it. The adapters' down biases start
+# at zero in both (AdapterHub's "mam_adapter" and "bert" inits; ours since mam-adapter revision 2, unipelt 2/3).
+# Our up projection starts at zero, so our adapted model starts as the base model; AdapterHub's UniPELT draws its
+# up projection from N(0, 0.02²) (not constant: not checked).
+INIT_DIFFERENCES = {"unipelt": (".adapters.parity.gate.bias",)}
 
 
 def base_model(meta: dict, attention: str | None = None):
@@ -137,7 +137,8 @@ def report(method: str, worst: dict[str, float]) -> None:
 @pytest.fixture
 def reference_gates(monkeypatch):
     """UniPELT's gates as AdapterHub computes them (ours otherwise): per example, the mean over every token (padding
-    included) of sigmoid(W x + b); the gated LoRA's gate replaces its alpha/r (the fixture sets alpha = r)."""
+    included) of sigmoid(W x + b). The gated LoRA's gate replaces alpha/r in both (the reference's alpha is 2 at
+    r = 8, so a leftover alpha/r would show)."""
     from bench.layers import attention_prefix
     from bench.layers.bottleneck import Bottleneck
     from bench.layers.gated_lora import GatedLoRA
@@ -179,7 +180,9 @@ def test_prefix_methods_match_adapterhub_under_sdpa(method):
 def test_unipelt_matches_adapterhub_with_its_gate_formula(reference_gates):
     model, tensors, meta = ours("unipelt")
     not_vacuous(tensors, meta)
-    assert meta["overrides"]["lora_alpha"] == meta["overrides"]["lora_r"]  # the reference's gate replaces alpha/r
+    lora = next(c for c in meta["reference_config"]["configs"] if c.get("architecture") == "lora")
+    assert lora["alpha"] != lora["r"] == meta["overrides"]["lora_r"]  # the reference's default LoRA: alpha 2, r 8
+    assert "lora_alpha" not in methods.get("unipelt").defaults  # the gate is the whole scaling
     report("unipelt (reference gate formula)", compare("unipelt", model, tensors, meta))
 
 

@@ -10,22 +10,26 @@ from bench.layers import sites
 
 
 class GatedLoRA(nn.Module):
-    """x -> g(x) · (alpha/r) · B·A·x, with g = σ(w·x + c) per token; B starts at zero."""
+    """x -> g(x) · B·A·x, with g = σ(w·x + c) per token; B starts at zero.
 
-    def __init__(self, in_features: int, out_features: int, r: int, alpha: float):
+    The gate takes the place of LoRA's alpha/r, as in UniPELT's authors' code (their lora_layers.py sets the
+    scaling to the gate) and AdapterHub's gated LoRA. `alpha` is only for adapters stored by unipelt revision
+    2 or earlier, which multiplied by alpha/r too: they are rebuilt computing what they were trained with."""
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float | None = None):
         super().__init__()
         self.a = nn.Linear(in_features, r, bias=False)
         self.b = nn.Linear(r, out_features, bias=False)
         nn.init.kaiming_uniform_(self.a.weight, a=5 ** 0.5)
         nn.init.zeros_(self.b.weight)
-        self.scaling = alpha / r
+        self.scaling = 1.0 if alpha is None else alpha / r
         self.gate = nn.Linear(in_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate(x)) * self.b(self.a(x)) * self.scaling
 
 
-def add_gated_lora(model, arch: str, r: int, alpha: float) -> None:
+def add_gated_lora(model, arch: str, r: int, alpha: float | None = None) -> None:
     targets = tuple("." + t for t in ARCHS[arch].q_v)
     found = [(n, m) for n, m in model.named_modules() if n.endswith(targets) and hasattr(m, "weight")]
     for _, module in found:

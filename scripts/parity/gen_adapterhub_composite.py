@@ -64,16 +64,14 @@ def reference_configs() -> dict[str, tuple]:
         "mam-adapter": (MAMConfig(PrefixTuningConfig(**prefix), ParBnConfig(reduction_factor=hidden // MAM_BOTTLENECK)),
                         "mam-adapter", {"prefix_length": PREFIX_LENGTH, "prefix_mid_dim": PREFIX_MID,
                                         "bottleneck_dim": MAM_BOTTLENECK},
-                        ["default bottleneck: ours 512 (He et al.), AdapterHub hidden/2 (384 on a base model)",
-                         "adapter down bias at init: ours nn.Linear's uniform, AdapterHub zero"]),
+                        ["default bottleneck: ours 512 (He et al.), AdapterHub hidden/2 (384 on a base model)"]),
+        # UniPELTConfig's own LoRA, LoRAConfig(r=8, alpha=2): alpha != r, so a gate times alpha/r would show
         "unipelt": (UniPELTConfig(PrefixTuningConfig(**prefix, shared_gating=False),
-                                  SeqBnConfig(reduction_factor=16, original_ln_before=False),
-                                  LoRAConfig(r=LORA_R, alpha=LORA_R)), "unipelt",
-                    {"lora_r": LORA_R, "lora_alpha": LORA_R, "prefix_length": PREFIX_LENGTH,
-                     "prefix_mid_dim": PREFIX_MID, "reduction_factor": 16},
+                                  SeqBnConfig(reduction_factor=16, original_ln_before=False)), "unipelt",
+                    {"lora_r": 8, "prefix_length": PREFIX_LENGTH, "prefix_mid_dim": PREFIX_MID,
+                     "reduction_factor": 16},
                     ["gates: AdapterHub mean over all tokens of sigmoid(W x + b), per example; ours sigmoid per "
                      "token (LoRA, adapter) and sigmoid(W . mean over real tokens) for the prefix",
-                     "gated LoRA: AdapterHub's gate replaces alpha/r, ours multiplies it (2 at our defaults)",
                      "prefix gate: AdapterHub shares one gate for keys and values by default (shared_gating)",
                      "sequential adapter: AdapterHub's SeqBnConfig reads LN(h + residual) by default "
                      "(original_ln_before=True), ours reads h"]),
