@@ -278,10 +278,12 @@ def test_unipelt_gate_replaces_alpha_over_r_and_stored_revision_2_keeps_it():
 @pytest.mark.parametrize("method", ["mam-adapter", "unipelt", "adapter-parallel", "adapter-houlsby",
                                     "adapter-pfeiffer"])
 def test_adapter_down_biases_start_at_zero_where_the_references_do(method):
-    """MAM's and UniPELT's references (AdapterHub's "mam_adapter" and "bert" inits) start the adapter's down bias at
-    zero, and so do ours; the other adapters keep nn.Linear's init (their up projection is zero either way)."""
+    """The parallel adapter's, MAM's and UniPELT's references (AdapterHub's ParBnConfig and MAM's "mam_adapter",
+    UniPELT's "bert" inits) start the adapter's down bias at zero, and so do ours; Houlsby's and Pfeiffer's keep
+    nn.Linear's init (their up projection is zero either way)."""
     from bench.layers.bottleneck import Bottleneck
 
     _, adapted = adapt("tiny-encoder", method)
     biases = [m.down.bias for m in adapted.model.modules() if isinstance(m, Bottleneck)]
-    assert biases and all(bool((b == 0).all()) == (method in ("mam-adapter", "unipelt")) for b in biases)
+    zero = method in ("mam-adapter", "unipelt", "adapter-parallel")
+    assert biases and all(bool((b == 0).all()) == zero for b in biases)

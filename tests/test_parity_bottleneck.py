@@ -140,6 +140,26 @@ def test_reference_init_weights_give_its_init_outputs(case):
           f"logits are {moved:.1e} from the base model's (ours: 0)")
 
 
+def test_parallel_adapter_starts_where_parbnconfig_starts():
+    """ParBnConfig's "mam_adapter" init: the down weight from kaiming_uniform(a=√5), U(±1/√d) as nn.Linear's, the
+    down bias, up weight and up bias zero. Ours (adapter-parallel revision 2) starts from the same zeros and draws
+    its down weight within the same bound; revision 1 kept nn.Linear's uniform down bias."""
+    model, _, tensors, meta, _ = ours("parallel-roberta")
+    assert meta["reference_config"]["init_weights"] == "mam_adapter"
+    assert methods.get("adapter-parallel").revisions[meta["arch"]] == 2
+    parameters = dict(model.named_parameters())
+    zeros = []
+    for name, init in ((k.removeprefix("init."), v) for k, v in tensors.items() if k.startswith("init.")):
+        mine = parameters[meta["name_map"][name]].detach().cpu()
+        if not init.any():
+            assert torch.equal(mine, init), f"{name}: the reference starts at zero, ours not"
+            zeros.append(name.rsplit(".adapters.", 1)[1])
+        else:  # the down weight: both uniform within 1/√(fan_in)
+            bound = init.shape[1] ** -0.5
+            assert 0.5 * bound < init.abs().max() <= bound and 0.5 * bound < mine.abs().max() <= bound, name
+    assert sorted(set(zeros)) == ["parity.adapter_down.0.bias", "parity.adapter_up.bias", "parity.adapter_up.weight"]
+
+
 @pytest.mark.parametrize("case", PFEIFFER)
 def test_pfeiffer_is_adapterhubs_default_and_its_revision_1_reads_the_ffn_output(case):
     """The fixture's reference is SeqBnConfig() as it comes: post-LN the adapter reads LN(h + x) and the block

@@ -11,7 +11,8 @@ an adapted model starts out computing exactly what the pretrained model computes
   on pre-LN models (T5, GPT-2, LLaMA) it reads the residual stream after the FFN's add, s = h + x, and the
   block returns s + adapter(s). Revision 1 read the FFN output projection h instead (after_residual=False;
   stored adapters of revision 1, whose config lacks the setting, are rebuilt so).
-- adapter-parallel: from the FFN block's input, added to its output, scaled (He et al. 2022).
+- adapter-parallel: from the FFN block's input, added to its output, scaled (He et al. 2022); its down bias
+  starts at zero, as AdapterHub's ParBnConfig ("mam_adapter" init) starts it (revision 2; 1 kept nn.Linear's).
 Houlsby's adapters sit before dropout, residual and layer norm, as in Houlsby et al. (AdapterHub's
 DoubleSeqBnConfig).
 """
@@ -52,7 +53,7 @@ def _parallel(model, config, ctx):
     from bench.layers.bottleneck import add_parallel
 
     freeze(model)
-    add_parallel(model, ctx.bundle.arch, config, "parallel_adapter")
+    add_parallel(model, ctx.bundle.arch, config, "parallel_adapter", zero_down_bias=True)
     train_head(model, ctx)
     return Adapted(model)
 
@@ -73,5 +74,7 @@ register(
     Method("adapter-parallel", "additive", "parallel bottleneck adapter on the FFN, output scaled by s",
            "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning", _parallel,
            defaults={**_BOTTLENECK_DEFAULTS, "activation": "relu", "scaling": 4.0},
-           train={"lr": 1e-3}),
+           train={"lr": 1e-3},
+           # 2: the down bias starts at zero, as ParBnConfig's "mam_adapter" init (was nn.Linear's uniform)
+           revisions={arch: 2 for arch in ARCHS}),
 )
