@@ -258,6 +258,36 @@ def test_pfeiffer_adapters_stored_by_revision_1_are_rebuilt_where_they_were_trai
     assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
 
 
+@pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("method", ["unipelt"])
+def test_adapters_stored_before_after_residual_are_rebuilt_where_they_were_trained(method, name):
+    """UniPELT's gated adapter and ProPETL's masked one read the FFN output projection h until they moved after the
+    FFN block's residual add (and layer norm), where AdapterHub's SeqBnConfig (UniPELTConfig's adapter) and the
+    ProPETL authors' Pfeiffer adapter sit. A stored adapter from before has no after_residual in its config: it is
+    rebuilt reading h, its tensors load under the same names and give its outputs; the new placement, others."""
+    chosen = methods.get(method)
+    arch = REGISTRY[name].arch
+    current = chosen.resolve({}, arch, str)
+    assert current["after_residual"] and current["revision"] == {"unipelt": 3 if arch != "roberta" else 2,
+                                                                 "propetl-adapter": 2}[method]
+    before = {k: v for k, v in current.items() if k != "after_residual"}
+    trained = _applied(name, method, before)
+    with torch.no_grad():
+        for n, p in trained.model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    state = trained.state_to_store()
+    rebuilt, moved = _applied(name, method, before), _applied(name, method, current)
+    rebuilt.load_state(state)
+    moved.load_state(state)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if arch == "t5" else {})}
+    with torch.no_grad():
+        expected, again, elsewhere = (a.model.eval()(**batch).logits for a in (trained, rebuilt, moved))
+    torch.testing.assert_close(again, expected)
+    assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
+
+
 def test_unipelt_gate_replaces_alpha_over_r_and_stored_revision_2_keeps_it():
     """The gated LoRA is σ(g·x) · B·A·x (the UniPELT authors' lora_layers.py and AdapterHub: the gate takes the
     place of alpha/r), so unipelt has no lora_alpha. Up to revision 2 it was σ · (alpha/r) · BAx with alpha 16 at

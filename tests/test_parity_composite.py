@@ -7,6 +7,10 @@ method applied with the fixture's overrides, and the reference's method weights 
 Logits, final hidden states, loss, every trained parameter's gradient and the parameters after the reference's SGD
 steps must match to 1e-5, and so must the set and count of trained parameters.
 
+UniPELT's adapter is UniPELTConfig's own, SeqBnConfig(reduction_factor=16): it reads LN(h + x) and the layer norm
+is applied again to h + x + its output, as ours (unipelt's after_residual); a stored UniPELT adapter without that
+setting is rebuilt reading h, SeqBnConfig(original_ln_before=False), which the test measures against the reference.
+
 Where we differ on purpose, the test says by how much:
 - UniPELT's gates: AdapterHub (like Mao et al.'s code) gates each example by the mean over all its tokens, padding
   included, of sigmoid(W x + b); ours gate LoRA and the adapter per token, and the prefix by sigmoid of W times the
@@ -183,7 +187,31 @@ def test_unipelt_matches_adapterhub_with_its_gate_formula(reference_gates):
     lora = next(c for c in meta["reference_config"]["configs"] if c.get("architecture") == "lora")
     assert lora["alpha"] != lora["r"] == meta["overrides"]["lora_r"]  # the reference's default LoRA: alpha 2, r 8
     assert "lora_alpha" not in methods.get("unipelt").defaults  # the gate is the whole scaling
+    # the reference's default adapter (SeqBnConfig): LN(h + x) in, the same layer norm over h + x + its output
+    adapter = next(c for c in meta["reference_config"]["configs"] if "original_ln_before" in c)
+    assert adapter["original_ln_before"] and adapter["original_ln_after"] and adapter["residual_before_ln"] is True
+    assert methods.get("unipelt").defaults["after_residual"] and "after_residual" not in meta["overrides"]
     report("unipelt (reference gate formula)", compare("unipelt", model, tensors, meta))
+
+
+def test_unipelt_adapters_stored_before_the_placement_read_the_ffn_output(reference_gates):
+    """A stored UniPELT adapter without after_residual (made when ours read the FFN output projection h) is rebuilt
+    there: LN(h + gated adapter(h) + x). With the reference's weights and gate formula that is the printed distance
+    from the reference (SeqBnConfig's LN(h + x + gated adapter(LN(h + x)))), which ours now matches."""
+    tensors, meta = load("adapterhub-unipelt-roberta")
+    unipelt = methods.get("unipelt")
+    stored = {k: v for k, v in unipelt.resolve(meta["overrides"], meta["arch"], str).items() if k != "after_residual"}
+    model = base_model(meta)
+    bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", meta["arch"], meta["arch"]), model, None,
+                    "classifier", 2)
+    old = unipelt.apply(model, stored, ApplyContext(bundle, TrainConfig(), 1, device=DEVICE)).model
+    load_used(old, tensors, meta["name_map"])
+    assert all(".output.dense.gated_adapter." in n for n in meta["name_map"].values() if "adapter.down" in n)
+    with torch.no_grad():
+        logits = old(**inputs_of(tensors)).logits
+    apart = relative_difference(logits, tensors["logits"])
+    assert apart > 1e-2
+    print(f"\nparity unipelt, adapter after h (stored before after_residual): logits {apart:.1e} from AdapterHub's")
 
 
 def test_unipelt_gates_differ_only_through_their_weights():

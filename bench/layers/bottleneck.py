@@ -15,7 +15,7 @@ class Bottleneck(nn.Module):
 
     The up projection starts at zero (the adapted model starts as the base model); the down projection keeps
     nn.Linear's init, its bias too unless `zero_down_bias` (AdapterHub's "mam_adapter" and "bert" inits, which
-    MAM's and UniPELT's references use, zero it)."""
+    the parallel adapter's, MAM's and UniPELT's references use, zero it)."""
 
     def __init__(self, dim: int, bottleneck: int, activation: str = "relu", scaling: float = 1.0,
                  gated: bool = False, zero_down_bias: bool = False):
@@ -48,11 +48,12 @@ def add_sequential(model, arch: str, positions: list[str], config: dict, name: s
         dim, bottleneck_width(dim, config), config["activation"], gated=gated, zero_down_bias=zero_down_bias))
 
 
-def add_after_ffn_block(model, arch: str, config: dict, name: str) -> None:
+def add_after_ffn_block(model, arch: str, config: dict, name: str, gated: bool = False,
+                        zero_down_bias: bool = False) -> None:
     """After each FFN block's residual add (and post-LN its layer norm, applied again to the sum): AdapterHub's
     SeqBnConfig, Pfeiffer et al.'s adapter (bench/layers/sites.attach_after_ffn_block)."""
     sites.attach_after_ffn_block(model, arch, name, lambda dim: Bottleneck(
-        dim, bottleneck_width(dim, config), config["activation"]))
+        dim, bottleneck_width(dim, config), config["activation"], gated=gated, zero_down_bias=zero_down_bias))
 
 
 def add_parallel(model, arch: str, config: dict, name: str, zero_down_bias: bool = False) -> None:

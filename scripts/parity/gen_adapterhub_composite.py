@@ -53,7 +53,7 @@ def batch() -> dict[str, torch.Tensor]:
 
 def reference_configs() -> dict[str, tuple]:
     """fixture suffix -> (AdapterHub config, our method, our overrides, name map function, differences)."""
-    from adapters import IA3Config, LoRAConfig, MAMConfig, ParBnConfig, PrefixTuningConfig, SeqBnConfig, UniPELTConfig
+    from adapters import IA3Config, LoRAConfig, MAMConfig, ParBnConfig, PrefixTuningConfig, UniPELTConfig
 
     hidden = MODEL_CONFIG["hidden_size"]
     prefix = dict(prefix_length=PREFIX_LENGTH, bottleneck_size=PREFIX_MID)
@@ -65,16 +65,14 @@ def reference_configs() -> dict[str, tuple]:
                         "mam-adapter", {"prefix_length": PREFIX_LENGTH, "prefix_mid_dim": PREFIX_MID,
                                         "bottleneck_dim": MAM_BOTTLENECK},
                         ["default bottleneck: ours 512 (He et al.), AdapterHub hidden/2 (384 on a base model)"]),
-        # UniPELTConfig's own LoRA, LoRAConfig(r=8, alpha=2): alpha != r, so a gate times alpha/r would show
-        "unipelt": (UniPELTConfig(PrefixTuningConfig(**prefix, shared_gating=False),
-                                  SeqBnConfig(reduction_factor=16, original_ln_before=False)), "unipelt",
+        # UniPELTConfig's own LoRA, LoRAConfig(r=8, alpha=2): alpha != r, so a gate times alpha/r would show; and its
+        # own adapter, SeqBnConfig(reduction_factor=16): it reads LN(h + x), the layer norm applied again after it
+        "unipelt": (UniPELTConfig(PrefixTuningConfig(**prefix, shared_gating=False)), "unipelt",
                     {"lora_r": 8, "prefix_length": PREFIX_LENGTH, "prefix_mid_dim": PREFIX_MID,
                      "reduction_factor": 16},
                     ["gates: AdapterHub mean over all tokens of sigmoid(W x + b), per example; ours sigmoid per "
                      "token (LoRA, adapter) and sigmoid(W . mean over real tokens) for the prefix",
-                     "prefix gate: AdapterHub shares one gate for keys and values by default (shared_gating)",
-                     "sequential adapter: AdapterHub's SeqBnConfig reads LN(h + residual) by default "
-                     "(original_ln_before=True), ours reads h"]),
+                     "prefix gate: AdapterHub shares one gate for keys and values by default (shared_gating)"]),
         "ia3": (IA3Config(), "ia3",
                 {"target_modules": r".*layer\.\d+\.(attention\.self\.(key|value)|intermediate\.dense)",
                  "feedforward_modules": []},
