@@ -61,11 +61,11 @@ class Instrument:
 class Resolved(Instrument):
     """What setup resolved that the cell's configuration leaves open: the weights' dtype, the attention
     implementation and the matrix products' dtype (`auto`), the data's hub revisions, the training rows
-    drawn (few-shot and subsampled cells), where the weights came from."""
+    drawn (few-shot, subsampled and mixture cells), where the weights came from."""
 
     def loaded(self, run, record):
         cell, tasks = run.cell, {run.cell.task.name: run.cell.task, run.evaluation.name: run.evaluation}
-        drawn = cell.train.shots or cell.train.max_train_samples
+        drawn = cell.train.shots or cell.train.max_train_samples or cell.task.members
         record["train"]["example_ids"] = run.data.example_ids if drawn else None
         record["train"]["weights_dtype"] = dtype_name(run.bundle.model)
         record["train"]["attention"] = implementation_of(run.bundle.model)
@@ -146,6 +146,8 @@ class InferenceFlops(Instrument):
     starting point."""
 
     def loaded(self, run, record):
+        if not run.evalsets:  # a pre-training stage predicts nothing
+            return
         record["flops"].update(inference_flops(run.bundle, run.adapted.model, run.evalsets[""][0],
                                                run.evaluation, run.device, run.autocast, record["params"]["total"]))
 

@@ -27,7 +27,7 @@ from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
-from bench.methods.external import save_adapter
+from bench.methods.external import STATE_FILE, save_adapter
 from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, quiet_libraries
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
@@ -81,9 +81,10 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
             if run.result.diverged_at_step is not None:  # nothing trained is left to evaluate
                 return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
                               f"non-finite at step {run.result.diverged_at_step}", "where": None, "traceback": None})
-        with tools.window("evaluating", run, record):
-            evaluate(run, record)
-        tools.at("evaluated", run, record)
+        if run.evalsets:  # a pre-training stage is scored on nothing: its state is what it makes
+            with tools.window("evaluating", run, record):
+                evaluate(run, record)
+            tools.at("evaluated", run, record)
         if cell.adapter_dir and run.adapted.trains:
             save_adapter(run.adapted, cell, Path(cell.adapter_dir))
         return finish(record, "ok")
@@ -116,6 +117,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
 
     adapted = method.apply(bundle.model, cell.method_config,
                            ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))
+    if cell.init_from:
+        start_from_stage(adapted, cell, device)
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
@@ -126,17 +129,20 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
           checkpoint: Callable[[dict], None] | None) -> training.TrainResult:
     """The training loop, scoring when `eval_every` asks (outside the measured window): the selection split when
     the suite has one (keep_best chooses there: bench/config.py refuses it otherwise), else the main split, whose
-    scores then only show how training went. Its summary (steps, losses, evaluations) goes into the record."""
+    scores then only show how training went (a pre-training stage has neither: bench/plan/stages.py refuses
+    eval_every there). Its summary (steps, losses, evaluations) goes into the record."""
     cell = run.cell
-    higher = metrics.METRICS[run.evaluation.main_metric].higher_is_better
-    scored = run.data.selection[0] if run.data.selection else run.evalsets[""][0]
-    if cell.train.eval_every:
-        record["train"]["evals_on"] = "selection" if run.data.selection else "main"
+    main_score, higher = None, True
+    if run.evalsets:
+        higher = metrics.METRICS[run.evaluation.main_metric].higher_is_better
+        scored = run.data.selection[0] if run.data.selection else run.evalsets[""][0]
+        if cell.train.eval_every:
+            record["train"]["evals_on"] = "selection" if run.data.selection else "main"
 
-    def main_score() -> float | None:
-        with tools.window("paused", run, record):
-            return scoring.evaluate(run.bundle, run.adapted.model, scored, run.evaluation,
-                                    cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
+        def main_score() -> float | None:
+            with tools.window("paused", run, record):
+                return scoring.evaluate(run.bundle, run.adapted.model, scored, run.evaluation,
+                                        cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
 
     progress = checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}}))
     result = training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device, quiet,
@@ -160,6 +166,17 @@ def evaluate(run: Run, record: dict) -> None:
     if len(per_template) > 1:
         record["scores"]["per_template"] = per_template
     record["scores"]["n_examples"] = len(run.evalsets[""][0].features)
+
+
+def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device) -> None:
+    """Load the state a pre-training stage saved (bench/plan/stages.py) into the freshly applied method."""
+    from safetensors.torch import load_file
+
+    path = Path(cell.init_dir or "") / STATE_FILE
+    if not cell.init_dir or not path.is_file():
+        raise FileNotFoundError(f"stage cell {cell.init_from} has no saved state at {path}: it has not run, or it "
+                                "failed (`peft-bench run` runs a suite's stages before the cells that start from them)")
+    adapted.load_state(load_file(str(path), device=str(device)))
 
 
 def device_for_run() -> torch.device:

@@ -72,9 +72,18 @@ def command(args) -> int:
     store = Store(writable_folder(args.results, "--results"))
     if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
         cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
+    cells = [with_stage_folders(c, store) for c in cells]
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
     print_store_problems(store, bad)
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
+    stages = [c for c in cells if c.stage]
+    if stages:  # before the cells that start from their saved states
+        summary = run_grid(stages, store, executor, force=args.force, retry_failed=args.retry_failed,
+                           quiet=quiet(args), steal=args.steal_locks, recorded=recorded)
+        for line in summary.notes + summary.problems:
+            print(line, file=sys.stderr)
+        print("stages: " + summary.line(s.name, str(store.suite_dir(s.name))))
+        cells = [c for c in cells if not c.stage]
     summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
                        quiet=quiet(args), steal=args.steal_locks, recorded=recorded)
     for line in summary.notes + summary.problems:
@@ -83,6 +92,16 @@ def command(args) -> int:
     if s.sweep_seeds is not None:
         return second_stage(s.name, cells, expand, store, executor, args)
     return 0
+
+
+def with_stage_folders(cell, store):
+    """A stage cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>."""
+    stages = store.suite_dir(cell.suite) / "stages"
+    if cell.stage:
+        return dataclasses.replace(cell, adapter_dir=str(stages / cell.id))
+    if cell.init_from:
+        return dataclasses.replace(cell, init_dir=str(stages / cell.init_from))
+    return cell
 
 
 def second_stage(name: str, first: list, expand, store, executor, args) -> int:
@@ -95,7 +114,7 @@ def second_stage(name: str, first: list, expand, store, executor, args) -> int:
     records, _ = store.records(name)
     ran = {c.id for c in first}
     chosen = chosen_settings(choose([r for r in records if r["cell"]["id"] in ran]))
-    cells = [c for c in expand(chosen) if c.sweep_stage == 2]
+    cells = [with_stage_folders(c, store) for c in expand(chosen) if c.sweep_stage == 2]
     if not cells:
         print("second stage: no setting could be chosen (no first-stage cell ended ok)", file=sys.stderr)
         return 0

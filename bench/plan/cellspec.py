@@ -40,12 +40,15 @@ class Cell:
     # the values of the settings its suite sweeps ({} when none): already in the config, here by name for the report
     sweep: dict = field(default_factory=dict)
     sweep_stage: int | None = None  # two-stage sweeps: 1 (choosing) or 2 (the chosen setting's further seeds)
+    stage: str | None = None  # a pre-training stage's cell: the stage's name (bench/plan/stages.py)
+    init_from: str | None = None  # the stage cell whose saved state this cell starts from (in its config and id)
+    init_dir: str | None = None  # where that state is (set by `run`, beside the results)
 
     @property
     def config(self) -> dict:
         """The fully resolved configuration; its hash is the id."""
         return cell_config(self.method, self.method_config, self.model.identity(), self.task.identity(), self.seed,
-                           self.train.as_dict())
+                           self.train.as_dict(), self.init_from)
 
     def line(self) -> str:
         setting = f" [{setting_text(self.sweep)}]" if self.sweep else ""
@@ -54,10 +57,12 @@ class Cell:
 
 
 def cell_config(method: str, method_config: dict, model_identity: dict, task_identity: dict, seed: int,
-                train_settings: dict) -> dict:
-    """A cell's configuration from its parts' identities (the grid computes each part once, not per cell)."""
-    return {"method": {"name": method, "config": method_config}, "model": model_identity, "task": task_identity,
-            "seed": seed, "train": train_settings}
+                train_settings: dict, init_from: str | None = None) -> dict:
+    """A cell's configuration from its parts' identities (the grid computes each part once, not per cell);
+    `init_from` (a stage cell's id) only when set, so other cells keep their ids."""
+    config = {"method": {"name": method, "config": method_config}, "model": model_identity, "task": task_identity,
+              "seed": seed, "train": train_settings}
+    return {**config, "init_from": init_from} if init_from else config
 
 
 def cell_id(config: dict) -> str:

@@ -15,6 +15,7 @@ from bench.methods.compose import composition_name
 from bench.models import ModelSpec, head_for, resolve_model
 from bench.plan.cellspec import Cell, cell_config, cell_id
 from bench.plan.selection import SECOND_STAGE
+from bench.plan.stages import StageEntry, mixture_task, stage_train
 from bench.plan.suite import MethodEntry, Suite, check_seeds
 
 
@@ -83,6 +84,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     for model_name in model_names:
         spec = resolve_model(model_name, "--models")
         model_identity = spec.identity()
+        stage_cells = {name: _stage_cell(suite, suite.stages[name], spec, per_cell)
+                       for name in dict.fromkeys(e.init_from for e in entries if e.init_from)}
+        cells += stage_cells.values()
         for entry, variant in _variants(suite, entries):
             method_swept = {k: v for k, v in variant.items() if k not in TRAIN_FIELDS}
             train_swept = {k: v for k, v in variant.items() if k in TRAIN_FIELDS}
@@ -109,7 +113,8 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
-                    cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings))
+                    start = stage_cells[entry.init_from].id if entry.init_from else None
+                    cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings, start))
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
                                        "configuration; drop one", suite.where("methods"))
@@ -118,8 +123,21 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     seen[cid] = entry.label
                     cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
                                       suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell,
-                                      sweep=variant, sweep_stage=stage))
+                                      sweep=variant, sweep_stage=stage, init_from=start))
     return cells
+
+
+def _stage_cell(suite: Suite, stage: StageEntry, spec: ModelSpec, threads: int) -> Cell:
+    """A pre-training stage on one model, as a cell (bench/plan/stages.py)."""
+    name, family, config, recommended = _resolve_method(stage.method, spec.arch)
+    task = mixture_task(stage, suite.task_registry)
+    # not the suite's `train`: its few-shot settings (shots, balanced batches) would shrink or break the mixture
+    train = resolve_train([(recommended, lambda k: f"method '{name}' recommended settings"),
+                           (stage_train(stage), lambda k: stage.where("train", k))])
+    train = head_settings(train, spec, task.type)
+    cid = cell_id(cell_config(name, config, spec.identity(), task.identity(), stage.seed, train.as_dict()))
+    return Cell(cid, suite.name, f"stage:{stage.name}", name, family, spec, task, stage.seed, config, train,
+                suite.cell_timeout_s, suite.data_dir, suite.method_modules, threads, stage=stage.name)
 
 
 def _variants(suite: Suite, entries: list[MethodEntry]) -> list[tuple[MethodEntry, dict]]:

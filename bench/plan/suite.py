@@ -14,6 +14,7 @@ from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
+from bench.plan.stages import StageEntry, check_init_from, check_stage_tasks, parse_stages
 from bench.plan.sweep import Sweep, parse_selection, parse_sweep
 from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
@@ -22,9 +23,10 @@ from bench.yamlfile import YamlDoc, load_yaml
 SUITE_KEYS = {
     "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
     "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
-    "method_modules": list, "threads": int, "sweep": dict, "selection": dict,
+    "method_modules": list, "threads": int, "sweep": dict, "selection": dict, "stages": list,
 }
-_ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list, "sweep": dict}
+_ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list, "sweep": dict,
+               "init_from": str}
 _EXCLUDE_KEYS = ("method", "model", "task", "seed")
 DEFAULT_CELL_TIMEOUT_S = 3600.0
 SEED_LIMIT = 2 ** 32  # seeds are numpy / torch generator seeds: 0 <= seed < 2^32
@@ -43,6 +45,7 @@ class MethodEntry:
     parts: list["MethodEntry"] = field(default_factory=list)
     where: Callable[..., str] = lambda *k: ""
     sweep: Sweep = field(default_factory=Sweep)  # the entry's own axes (the suite-wide ones merge in the grid)
+    init_from: str | None = None  # a stage's name: the method starts from the state it trained (plan/stages.py)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Suite:
     sweep: Sweep = field(default_factory=Sweep)  # suite-wide axes (training settings)
     selection: dict = field(default_factory=dict)  # the selection protocol as TrainConfig fields ({} = none)
     sweep_seeds: int | None = None  # two stages: sweep on the first N seeds, then the chosen setting on the rest
+    stages: dict[str, StageEntry] = field(default_factory=dict)  # pre-training stages by name
 
     @property
     def sweeps(self) -> bool:
@@ -138,6 +142,13 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         suite.sweep = parse_sweep(values["sweep"], lambda *k: doc.where("sweep", *k), None)
     if "selection" in values:
         suite.selection, suite.sweep_seeds = parse_selection(values["selection"], lambda *k: doc.where("selection", *k))
+    if "stages" in values:
+        suite.stages = parse_stages(values["stages"], lambda *k: doc.where("stages", *k),
+                                    lambda item, i: _method_entry(item, doc, ("stages", i, "method")))
+        check_stage_tasks(suite.stages, registry)
+    for entry in suite.methods:
+        if entry.init_from is not None:
+            check_init_from(entry, suite.stages)
     _check_names(suite)
     _check_protocol(suite)
     return suite
@@ -208,6 +219,9 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
     if ("name" in item) == ("compose" in item):
         raise BadInput("a method entry needs exactly one of 'name' or 'compose'", where())
     if "compose" in item:
+        if "init_from" in item:
+            raise BadInput("a composition cannot start from a stage: give `init_from` to a method entry",
+                           where("init_from"))
         parts = [_method_entry(p, doc, key + ("compose", j)) for j, p in enumerate(item["compose"])]
         if len(parts) < 2:
             raise BadInput("'compose' needs at least two methods", where("compose"))
@@ -219,7 +233,8 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
     method = methods.get(item["name"], where("name"))
     return MethodEntry(label=item.get("label", item["name"]), name=item["name"],
                        overrides=item.get("overrides", {}), train=item.get("train", {}), where=where,
-                       sweep=_entry_sweep(item, where, set(method.defaults) | method.target_keys))
+                       sweep=_entry_sweep(item, where, set(method.defaults) | method.target_keys),
+                       init_from=item.get("init_from"))
 
 
 def _entry_sweep(item: dict, where: Callable[..., str], method_keys: set[str]) -> Sweep:

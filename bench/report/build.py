@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.fmt import DASH, missing
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
 from bench.report.sweeps import select, selection_tables, sensitivity_plots
-from bench.report.table import Table
+from bench.report.table import Cell, Column, Table
 from bench.report.tables import fewshot_score_tables, fewshot_table, inference_tables, memory_tables, survey_tables
 
 
@@ -41,7 +42,7 @@ class Report:
     def sections(self) -> list[tuple[str, list[Table]]]:
         out = [("Methods compared", self.survey)]
         if self.selection:
-            out.append(("Selected settings", self.selection))
+            out.append(("Selected settings and stages", self.selection))
         if self.reproduction:
             out.append(("Reproduction", self.reproduction))
         out.append(("Memory", self.memory))
@@ -55,17 +56,42 @@ class Report:
         return [t for _, tables in self.sections() for t in tables]
 
 
+def stage_tables(stages: pd.DataFrame) -> list[Table]:
+    """The pre-training stages the cells started from (bench/plan/stages.py): scored on nothing, so in no ranking."""
+    if stages.empty:
+        return []
+    table = Table("stages", "Pre-training stages", [
+        Column("Stage", numeric=False), Column("Model", numeric=False), Column("Method", numeric=False),
+        Column("Mixture", numeric=False), Column("Steps"), Column("Final loss"), Column("Train time (s)"),
+        Column("Status", numeric=False)],
+        caption="Each stage trained once per model; the cells that name it in `init_from` start from its saved state.")
+    for _, row in stages.iterrows():
+        cell, train = row["record"]["cell"], row["record"].get("train") or {}
+        mixture = ", ".join(cell["config"]["task"]["source"]["mixture"])
+        table.add(cell["stage"], [Cell(cell["stage"]), Cell(row["model"]), Cell(row["method"]), Cell(mixture),
+                                  _number(train.get("steps"), "{:d}"), _number(train.get("final_loss"), "{:.4f}"),
+                                  _number(row.get("time.train_s"), "{:.1f}"), Cell(row["status"])])
+    return [table]
+
+
+def _number(value, form: str) -> Cell:
+    return Cell(DASH) if missing(value) else Cell(form.format(value), value=value)
+
+
 def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool,
           task_order: list[str] | None = None, description: str | None = None) -> Report:
     """`frame`: every record; a sweep's settings not chosen on the selection split leave it here (sweeps.select)
     and appear only in the Selected settings section."""
+    is_stage = frame["record"].map(lambda r: bool(r["cell"].get("stage"))).astype(bool)
+    stages, frame = frame[is_stage], frame[~is_stage]
     frame, swept, choices = select(frame)
     agg = aggregate(frame, task_order)
     summary = method_summary(agg)
     devices = sorted({r["env"].get("device") or "?" for r in frame["record"] if r["status"] == "ok"})
     report = Report(suite, folder, frame, agg, survey_tables(agg, summary), memory_tables(agg),
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
-                    problems, reproduction_tables(agg), selection_tables(swept, choices), description=description)
+                    problems, reproduction_tables(agg), selection_tables(swept, choices) + stage_tables(stages),
+                    description=description)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots"))
     return report

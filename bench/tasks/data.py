@@ -119,6 +119,10 @@ def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
 
 def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only: bool = False) -> None:
     """Fail before any work when a task's data cannot be read (local files missing, hub offline)."""
+    if task.members:  # a stage's mixture: its members' training data
+        for member in task.members:
+            check_split(member, "train", data_dir)
+        return
     for split in needed_splits(task, evaluation_only):
         check_split(task, split, data_dir)
     if task.eval_task is not None:

@@ -47,7 +47,10 @@ class EvaluationRows:
 def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
              in_context: bool = False) -> tuple[TrainingData, dict[str, list[EvalSet]]]:
     """The training data and the evaluation sets ({split name: [an EvalSet per template]}); with
-    `in_context`, the training rows are every evaluation prompt's demonstrations."""
+    `in_context`, the training rows are every evaluation prompt's demonstrations. A pre-training stage's
+    mixture (task.members) is trained on and scored on nothing: no evaluation sets."""
+    if task.members:
+        return mixture_data(task, bundle, train, seed, data_dir), {}
     rows, heldout = training_rows(task, train, seed, data_dir)
     evaluation = evaluation_rows(task.evaluation, train, data_dir, rows if in_context else ())
     if train.selection_heldout is not None:
@@ -62,6 +65,37 @@ def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
     features = cached(key, lambda: train_features(task, bundle, rows, train.max_length, seed, **redraw))
     sets = tokenised(evaluation, bundle, train, data_dir, seed)
     return TrainingData(rows, features, ids, sets.pop(SELECTION, [])), sets
+
+
+def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir) -> TrainingData:
+    """A stage's mixture: each member's rows in the count its mixing rule gives (bench/plan/stages.py:
+    mixture_counts; a member whose count exceeds its rows repeats them), each tokenised under its own templates;
+    example ids are `task:idx`."""
+    rows = {m.name: training_rows(m, train, seed, data_dir)[0] for m in task.members}
+    counts = mixture_counts({name: len(r) for name, r in rows.items()}, task.source["mixing"])
+    redraw = {"all_templates": True} if train.redraw_templates else {}
+    data = TrainingData([], [], [])
+    for member in task.members:
+        pool = rows[member.name]
+        chosen = pool * (counts[member.name] // len(pool)) + subsample(pool, counts[member.name] % len(pool), seed)
+        ids = [r["idx"] for r in chosen]
+        key = _key(member, bundle, files_fingerprint(member, data_dir), split="train", rows=ids,
+                   max_length=train.max_length, seed=seed, **redraw)
+        data.features += cached(key, lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
+        data.rows += chosen
+        data.example_ids += [f"{member.name}:{i}" for i in ids]
+    return data
+
+
+def mixture_counts(sizes: dict[str, int], mixing: dict) -> dict[str, int]:
+    """Rows drawn from each task of a mixture (bench/plan/stages.py says the rules), by task name."""
+    capped = {name: min(n, mixing["cap"]) for name, n in sizes.items()}
+    if mixing["rule"] == "proportional":
+        return capped
+    total = sum(capped.values())
+    weights = {name: n ** (1 / mixing["temperature"]) for name, n in capped.items()}
+    scale = total / sum(weights.values())
+    return {name: max(1, round(w * scale)) if capped[name] else 0 for name, w in weights.items()}
 
 
 def training_rows(task: TaskSpec, train: TrainConfig, seed: int, data_dir) -> tuple[list[dict], list[dict]]:

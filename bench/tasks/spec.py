@@ -39,6 +39,7 @@ class TaskSpec:
     length_normalize: bool = False  # rank classification by mean (not total) log-likelihood per token
     eval_task: "TaskSpec | None" = None  # evaluate on another task (instruction tuning -> MMLU)
     demonstrations: dict | None = None  # a fixed k-shot evaluation (_DEMONSTRATION_KEYS)
+    members: tuple["TaskSpec", ...] = ()  # a pre-training stage's mixture (bench/plan/stages.py): trained, not scored
     origin: str = ""  # the file:line that defined it
 
     @property
@@ -104,6 +105,10 @@ class TaskSpec:
             ident.pop("demonstrations")
         if self.eval_task is not None:
             ident["eval_task"] = self.eval_task.identity()
+        if self.members:
+            ident["members"] = [m.identity() for m in self.members]
+        else:  # added later: other tasks keep their cells' ids
+            ident.pop("members")
         return ident
 
     def describe(self) -> dict:

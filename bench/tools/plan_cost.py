@@ -101,6 +101,8 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     from bench.tasks.data import eval_splits
 
     task = cell.task.evaluation
+    if task.members:
+        return 0, "a pre-training stage: scored on nothing"
     rows = 0
     for split in eval_splits(task).values():
         found = known_rows(task, split, cell.data_dir, known)

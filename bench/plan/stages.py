@@ -1,0 +1,126 @@
+"""Pre-training stages: a method trained on a mixture of tasks, saved, then the start of other cells.
+
+```yaml
+stages:
+  - name: t0-mixture                     # what `init_from` names
+    method: ia3                          # a registry name, or {name, overrides}
+    tasks: [synth-polarity, synth-choice]  # the mixture; each example under its own task's templates
+    mixing: {rule: proportional, cap: 500000}   # or {rule: temperature, temperature: 2.0, cap: ...}
+    train: {max_steps: 1000, lr: 3.0e-3}   # over the method's recommended settings (not the suite's train)
+    seed: 0
+methods:
+  - {name: ia3, init_from: t0-mixture, label: ia3+pre-training}
+```
+
+A stage is a cell of its own per model (its task the mixture: `TaskSpec.members`), trained with the LM loss on
+each example's answer, evaluated on nothing, its trained state saved under results/<suite>/stages/<its id>/. A
+cell with `init_from` applies its method, then loads that state before training; its configuration holds the
+stage's cell id, so its id hashes the stage's whole configuration. `peft-bench run` runs the stages first, each
+once however many cells start from it; the dry-run lists and prices each once.
+
+Mixing (T5 / T0's rules): `proportional` takes each task's training rows up to `cap` (T0: 500,000 examples per
+dataset); `temperature` then rescales each task's share to its capped size to the power 1/T (T > 1 flattens the
+mixture), keeping the total, a task repeating its rows where its share exceeds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bench.config import check_keys, coerce
+from bench.errors import BadInput, unknown
+from bench.files import safe_name
+from bench.tasks.spec import TaskSpec
+
+STAGE_KEYS = {"name": str, "method": (str, dict), "tasks": list, "mixing": dict, "train": dict, "seed": int}
+MIXING_KEYS = {"rule": ("proportional", "temperature"), "cap": int, "temperature": float}
+DEFAULT_MIXING = {"rule": "proportional", "cap": 500_000}
+
+
+@dataclass
+class StageEntry:
+    name: str
+    method: Any  # a suite.MethodEntry
+    tasks: list[str]
+    mixing: dict
+    train: dict
+    seed: int
+    where: Callable[..., str]
+
+
+def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -> dict[str, StageEntry]:
+    """The suite's `stages:` checked; `method_entry(item, key)` parses a method as the suite's entries are."""
+    stages: dict[str, StageEntry] = {}
+    for i, item in enumerate(raw):
+        def at(*k, i=i):
+            return where(i, *k)
+
+        check_keys(item, STAGE_KEYS, "stage key", at, required=("name", "method", "tasks"))
+        name = coerce(item["name"], str, at("name"), "name")
+        if not safe_name(name):
+            raise BadInput(f"stage name {name!r} cannot be a folder name: letters, digits, '.', '_' or '-'", at("name"))
+        if name in stages:
+            raise BadInput(f"stage '{name}' is defined twice", at("name"))
+        method = method_entry(item["method"], i)
+        if method.name == "compose" or method.train or method.sweep.axes:
+            raise BadInput("a stage's method is a registry name or {name, overrides}; its training settings are "
+                           "the stage's `train`", at("method"))
+        tasks = [coerce(t, str, at("tasks", j), "task") for j, t in enumerate(coerce(item["tasks"], list,
+                                                                                      at("tasks"), "tasks"))]
+        if not tasks:
+            raise BadInput("a stage's mixture needs at least one task", at("tasks"))
+        mixing = {**DEFAULT_MIXING, **coerce(item.get("mixing", {}), dict, at("mixing"), "mixing")}
+        check_keys(mixing, MIXING_KEYS, "mixing key", lambda k: at("mixing", k))
+        mixing = {k: coerce(v, MIXING_KEYS[k], at("mixing", k), k) for k, v in mixing.items()}
+        if mixing["cap"] < 1:
+            raise BadInput(f"'cap' must be a positive whole number, got {mixing['cap']}", at("mixing", "cap"))
+        if mixing["rule"] == "temperature":
+            if not mixing.get("temperature", 0) > 0:
+                raise BadInput("temperature mixing needs 'temperature' > 0", at("mixing"))
+        elif "temperature" in mixing:
+            raise BadInput("'temperature' is a setting of the temperature rule", at("mixing", "temperature"))
+        train = coerce(item.get("train", {}), dict, at("train"), "train")
+        if "epochs" in train or "max_steps" not in train:
+            raise BadInput("a stage trains for `max_steps` (its mixture's size is known only once read)", at("train"))
+        for key in ("eval_every", "keep_best"):
+            if key in train:
+                raise BadInput(f"a stage is scored on nothing, so '{key}' has nothing to do", at("train", key))
+        stages[name] = StageEntry(name, method, tasks, mixing, train, coerce(item.get("seed", 0), int, at("seed"),
+                                                                            "seed"), at)
+    return stages
+
+
+def check_stage_tasks(stages: dict[str, StageEntry], registry: dict) -> None:
+    for stage in stages.values():
+        for j, name in enumerate(stage.tasks):
+            if name not in registry:
+                raise unknown("task", name, registry, stage.where("tasks", j))
+            if registry[name].eval_task is not None:
+                raise BadInput(f"task '{name}' is scored on another task; a mixture takes training tasks",
+                               stage.where("tasks", j))
+
+
+def check_init_from(entry, stages: dict[str, StageEntry]) -> None:
+    """A method entry's `init_from` names a stage of the same method and settings (so its state loads)."""
+    stage = stages.get(entry.init_from)
+    if stage is None:
+        raise unknown("stage", entry.init_from, stages, entry.where("init_from"))
+    if (stage.method.name, stage.method.overrides) != (entry.name, entry.overrides):
+        raise BadInput(f"'{entry.label}' starts from stage '{stage.name}', which trains {stage.method.name} "
+                       f"with {stage.method.overrides or 'its defaults'}: the state loads only into the same method "
+                       "with the same settings", entry.where("init_from"))
+
+
+def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
+    """The stage's mixture as one task: its members' training rows under their own templates."""
+    members = tuple(registry[name] for name in stage.tasks)
+    return TaskSpec(name=f"mixture-{stage.name}", description=f"stage '{stage.name}': a mixture of "
+                    f"{', '.join(stage.tasks)}", type="generation", source={"mixture": list(stage.tasks),
+                                                                           "mixing": stage.mixing},
+                    text=(), metrics=(), main_metric="", members=members)
+
+
+def stage_train(stage: StageEntry) -> dict:
+    """The stage's own training settings as a layer: the answer's LM loss unless it names another objective."""
+    return {"objective": "lm", **stage.train}
