@@ -170,6 +170,12 @@ def phm_adapter(dim: int, width: int, own_rules: bool) -> int:
     return phm_linear(dim, width, own_rule=own_rules) + phm_linear(width, dim, own_rule=own_rules)
 
 
+def input_prompts(d_model: int, length: int, stacks: int) -> int:
+    """Prompt tuning's trainable embeddings: `length` of width d_model in front of each prompted stack's input.
+    T-Few's (encoder and decoder, 10 each) on T0-3B (d_model 2048): 40,960."""
+    return stacks * length * d_model
+
+
 def lokr(fan_in: int, fan_out: int) -> int:
     """LoKr's two Kronecker factors of a projection, each split as peft splits it."""
     def split(n):  # peft's factorization(n, -1): the factor pair closest to sqrt(n), smaller first
@@ -248,6 +254,7 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "adapter-pfeiffer": ffn * bottleneck(H, H // 16),
         "adapter-parallel": ffn * bottleneck(H, H // 16),
         "prompt-tuning": 20 * H,
+        "prompt-tuning-tfew": input_prompts(H, 10, stacks=2),
         "prefix-tuning": tiny_prefix_bank(arch, 20, 512),
         # peft: an embedding of the key/value width, an MLP to 2 keys/values per decoder layer
         "prefix-tuning-peft": 20 * peft_token_dim + linear(peft_token_dim, 512) + linear(512, L * 2 * peft_token_dim),

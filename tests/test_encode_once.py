@@ -35,7 +35,7 @@ def both_ways(model, pad: int):
 
 
 @pytest.mark.parametrize("method", ["zero-shot", "lora", "ia3", "bitfit", "compacter-pp", "adapter-houlsby",
-                                    "prefix-tuning", "unipelt", "prompt-tuning"])
+                                    "prefix-tuning", "unipelt", "prompt-tuning", "prompt-tuning-tfew"])
 def test_the_shared_encoder_gives_the_option_by_option_log_likelihoods_and_gradients(method):
     bundle, model = perturbed(method)
     shared, repeated = both_ways(model, bundle.tokenizer.pad_token_id)

@@ -37,6 +37,7 @@ UNSUPPORTED = {
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
     # it loads a saved adapter, so it needs a path (tests/test_eval_adapter.py runs it with one)
     **{("external-adapter", a): "--adapter" for a in ("roberta", "t5", "gpt2", "llama")},
+    **{("prompt-tuning-tfew", a): "encoder-decoder" for a in ("roberta", "gpt2", "llama")},  # T-Few's: T5 only
 }
 if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
     UNSUPPORTED.update({("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")})
@@ -270,3 +271,12 @@ def test_compacter_pp_counts_on_t0_3b_as_t_few_configures_it():
     adapters = 48 * closed_forms.phm_adapter(2048, 64, own_rules=True)
     t0 = estimate("t0-3b", "compacter-pp", batch_size=1, seq_len=8)["params"]
     assert t0["trainable"] == t0["method"] == adapters + closed_forms.t5_norms(2048, 24, 24) == 560_128
+
+
+def test_prompt_tuning_tfew_counts_on_t0_3b_as_t_few_configures_it():
+    """T-Few's prompt tuning on T0-3B (d_model 2048): 10 prompts in front of the encoder's input and 10 in front
+    of the decoder's (configs/prompt_tuning-10_prompts.json, Config's prompt_tuning_encoder and _decoder)."""
+    from bench.tools.estimate import estimate
+
+    t0 = estimate("t0-3b", "prompt-tuning-tfew", batch_size=1, seq_len=8)["params"]
+    assert t0["trainable"] == t0["method"] == closed_forms.input_prompts(2048, 10, stacks=2) == 40_960

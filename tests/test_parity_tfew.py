@@ -1,14 +1,16 @@
-"""Parity of (IA)³, BitFit, Compacter++ and prompt tuning with T-Few's code (r-three/t-few at the fixtures' commit;
-fixtures: scripts/parity/gen_tfew.py, which says how each method is configured there).
+"""Parity of (IA)³, BitFit, Compacter++ and both prompt tunings with T-Few's code (r-three/t-few at the fixtures'
+commit; fixtures: scripts/parity/gen_tfew.py, which says how each method is configured there).
 
 Our model is a T5 v1.1-shaped toy (gated-GELU FFN, untied head) rebuilt from tfew-t5-base's config with this
 environment's transformers, its base weights loaded by name; our method is applied (Compacter++ at reduction factor
-4, as T-Few's PHM layers need at d_model 32; prompt tuning with T-Few's 10 prompts) and T-Few's tensors loaded
+4, as T-Few's PHM layers need at d_model 32; prompt tuning with T-Few's 10 prompts; prompt-tuning-tfew seeded as
+T-Few was, so it draws T-Few's vocabulary rows) and T-Few's tensors loaded
 through the fixture's name map. The batch is prepared as T-Few's training_step prepares it. Logits, encoder states,
 loss, every trained tensor's gradient, the losses and tensors over T-Few's SGD steps must match to 1e-5.
 
 Where we differ on purpose, the difference is measured: BitFit trains no layer norms (T-Few's config trains them
-too), and prompt tuning has no decoder prompt and starts from N(0, 1), not from vocabulary rows.
+too), and prompt tuning (peft's) has no decoder prompt and starts from N(0, 1), not from vocabulary rows;
+prompt-tuning-tfew is T-Few's default (encoder and decoder prompts from vocabulary rows) and matches it.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from bench.models import Bundle, ModelSpec, untie_as_checkpoints_are
 from tests.parity import assert_matches, load, relative_difference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-CASES = ["ia3", "bitfit", "compacter-pp", "prompt-tuning"]
+CASES = ["ia3", "bitfit", "compacter-pp", "prompt-tuning", "prompt-tuning-tfew"]
 # Our settings for the fixture's model, beside T-Few's (tfew_overrides in the fixture's meta).
 OVERRIDES = {"ia3": {}, "bitfit": {}, "compacter-pp": {"reduction_factor": 4},
-             "prompt-tuning": {"num_virtual_tokens": 10}}
+             "prompt-tuning": {"num_virtual_tokens": 10}, "prompt-tuning-tfew": {}}
 
 
 def base_model():
@@ -57,14 +59,15 @@ def tfew_batch(tensors: dict, pad: int) -> dict:
             "labels": target_ids + -100 * (target_ids == pad).long()}
 
 
-def ours(case: str):
-    """Our method on the base model: (model, batch, fixture tensors, meta)."""
-    tensors, meta = load(f"tfew-{case}")
+def ours(case: str, fixture: str | None = None, overrides: dict | None = None):
+    """Our method on the base model: (model, batch, fixture tensors, meta); by default the case's fixture and
+    settings, seeded as the fixture's reference was where it says so."""
+    tensors, meta = load(f"tfew-{fixture or case}")
     model, batch = base_model()
     bundle = Bundle(ModelSpec("parity", "fixture model", "tiny", "t5", "t5"), model, None, "lm", None)
-    method = methods.get(meta["method"])
-    torch.manual_seed(0)
-    adapted = method.apply(model, method.resolve(OVERRIDES[case], "t5", str),
+    method = methods.get(case)
+    torch.manual_seed(meta.get("seed", 0))
+    adapted = method.apply(model, method.resolve(OVERRIDES[case] if overrides is None else overrides, "t5", str),
                            ApplyContext(bundle, TrainConfig(), 1, device=DEVICE))
     return adapted.model.to(DEVICE), batch, tensors, meta
 
@@ -236,5 +239,34 @@ def test_defaults_are_tfews_config(case):
         assert settings["compacter_phm_c_init"] == "normal"
     if case == "prompt-tuning":
         assert settings["prompt_tuning_num_prefix_emb"] == 10  # ours 20 (the suite sets T-Few's 10)
+    if case == "prompt-tuning-tfew":
+        assert method.defaults == {"num_virtual_tokens": settings["prompt_tuning_num_prefix_emb"],
+                                   "decoder_prompt": True}  # T-Few's Config: prompt_tuning_decoder true
     # BitFit: ours 1e-3 beside the other partial methods; T-Few's 3e-4 is set by the fewshot suite
     assert train_lr == (1e-3 if case == "bitfit" else settings["lr"])
+
+
+def test_prompt_tuning_tfew_starts_from_tfews_vocabulary_rows():
+    """Seeded as T-Few was, ours draws T-Few's ids (torch.randint(3, 5003) on the CPU generator, encoder first)
+    and each prompt row is the vocabulary embedding's row at its id."""
+    model, _, tensors, meta = ours("prompt-tuning-tfew")
+    params = dict(model.named_parameters())
+    vocabulary = load("tfew-t5-base")[0]["base.shared.weight"].float() * 2.0 ** -6
+    for theirs, name in meta["name_map"].items():
+        compared(f"init {name}", params[name], tensors[f"init.{theirs}"], rtol=0)
+        ids = meta["drawn_ids"][theirs.split(".")[0]]
+        assert all(3 <= i < 32 for i in ids)
+        assert torch.equal(params[name].detach().cpu(), vocabulary[ids])
+
+
+def test_prompt_tuning_tfew_without_its_decoder_prompt_is_tfews_encoder_prompt():
+    """decoder_prompt false is T-Few's wrapper with prompt_tuning_decoder off (the tfew-prompt-tuning fixture):
+    the same logits, encoder states and loss on the same encoder prompt."""
+    model, batch, tensors, _ = ours("prompt-tuning-tfew", "prompt-tuning", {"decoder_prompt": False})
+    prompt = dict(model.named_parameters())["encoder.bench_prompt.weight"]
+    with torch.no_grad():
+        prompt.copy_(tensors["used.encoder.prompt_embedding"])
+        logits, encoder_states, loss = run(model, batch)
+    compared("logits", logits, tensors["logits"])
+    compared("encoder states", encoder_states, tensors["encoder_states"])
+    compared("loss", loss, tensors["loss"])

@@ -154,6 +154,7 @@ def test_fewshot_suite_is_t_fews_regime():
     assert {(c.train.objective, c.train.batch_size, c.train.weights_dtype) for c in trained} == {("tfew", 8, "bf16")}
     settings = {c.label: (c.train.max_steps, c.train.lr) for c in trained}
     assert settings == {"ia3": (1000, 3e-3), "lora": (1000, 3e-3), "prompt-tuning": (1000, 0.3),
+                        "prompt-tuning-tfew": (1000, 0.3),
                         "prefix-tuning": (1000, 1e-2), "bitfit": (1000, 3e-4), "compacter-pp": (500, 3e-3),
                         "full": (300, 3e-4)}
     lora = next(c for c in trained if c.label == "lora").method_config

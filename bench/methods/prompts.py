@@ -7,12 +7,17 @@ loading puts that folded table where the encoder was.
 `prefix-tuning` is the in-house attention prefix (every attention of every architecture: encoder
 self, decoder self, decoder cross); `prefix-tuning-peft` is peft's, which prefixes only T5's decoder
 and which peft refuses on encoders under transformers >= 5.24 (recorded `unsupported` there).
+
+`prompt-tuning-tfew` is T-Few's prompt tuning (in-house, bench/layers/input_prompt.py): prompts in front of both
+an encoder-decoder's encoder and decoder inputs, started from vocabulary rows. A method of its own rather than
+settings of `prompt-tuning`, whose defaults are in every recorded prompt-tuning cell's id and which is peft's code.
 """
 
 from __future__ import annotations
 
 import inspect
 
+from bench.archs import ARCHS
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, Method, freeze, register, train_head
 from bench.methods.peft_common import peft_build
@@ -50,6 +55,15 @@ def _prefix_tuning(model, config, ctx) -> Adapted:
     bank = add_prefix(model, ctx.bundle.arch, config["num_virtual_tokens"], config["encoder_hidden_size"])
     train_head(model, ctx)
     return prefixed(model, bank)
+
+
+def _tfew_prompt_tuning(model, config, ctx) -> Adapted:
+    from bench.layers.input_prompt import add_prompts
+
+    freeze(model)
+    add_prompts(model, config["num_virtual_tokens"], config["decoder_prompt"])
+    train_head(model, ctx)
+    return Adapted(model)
 
 
 def _unsupported_where_peft_refuses(build):
@@ -139,6 +153,14 @@ register(
                peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}))),
            defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1},
            revisions=_LAST_TOKEN_FIX),
+    Method("prompt-tuning-tfew", "additive", "T-Few's prompt tuning: trainable embeddings prepended to the encoder "
+           "input and the decoder input, started from vocabulary rows (encoder-decoders)",
+           "Liu et al. 2022, T-Few (prompt tuning: Lester et al. 2021)", _tfew_prompt_tuning,
+           # T-Few's configs/prompt_tuning-10_prompts.json; its Config's prompt_tuning_decoder default
+           defaults={"num_virtual_tokens": 10, "decoder_prompt": True}, train={"lr": 3e-1},
+           unsupported={a.name: f"T-Few's prompt tuning prompts an encoder-decoder's encoder and decoder; {a.title} "
+                                f"is {'an' if a.kind == 'encoder' else 'a'} {a.kind}: `prompt-tuning` prompts its input"
+                        for a in ARCHS.values() if a.kind != "encoder-decoder"}),
     Method("prefix-tuning", "additive", "trainable key/value prefixes in every attention (encoder, decoder, cross), "
            "trained through an MLP", "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation",
            _prefix_tuning, defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2},

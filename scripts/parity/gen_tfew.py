@@ -17,6 +17,7 @@ the count as T-Few configures the method, and the name map from T-Few's names to
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -46,6 +47,7 @@ CONFIG = dict(vocab_size=32, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_deco
 SCALE_LOG2 = -6
 SEED = 0
 SGD_LR, SGD_STEPS = 0.5, 2
+PROMPT_SEED = SEED + 3  # before T-Few draws its prompts' vocabulary rows
 # Shared by encoder and decoder: the duplicates of `shared.weight` are not stored.
 TIED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
@@ -263,15 +265,23 @@ def generate_compacter_pp(base, inputs) -> None:
         rule_init_std=float(rules.std())))
 
 
+@contextlib.contextmanager
+def vocabulary_sized_prompts():
+    """T-Few's sample_embed draws rows 3..5002 of the vocabulary, past this one's 32 rows: rows 3..31 instead."""
+    sample = tfew_prompt_tuning.sample_embed
+    tfew_prompt_tuning.sample_embed = lambda embed, sample_size, start_idx, end_idx: sample(
+        embed, sample_size, start_idx, min(end_idx, CONFIG["vocab_size"]))
+    try:
+        yield
+    finally:
+        tfew_prompt_tuning.sample_embed = sample
+
+
+@vocabulary_sized_prompts()
 def generate_prompt_tuning(base, inputs) -> None:
     """The part that corresponds to ours (peft, encoder prompts only) is T-Few's wrapper with its decoder prompt
     off; its default (prompts in encoder and decoder) is run on the same encoder prompt to measure the gap."""
-    vocab = CONFIG["vocab_size"]
-    sample = tfew_prompt_tuning.sample_embed
-    # sample_embed draws rows 3..5003 of the vocabulary, past this one's 32 rows: rows 3..32 are drawn instead
-    tfew_prompt_tuning.sample_embed = lambda embed, sample_size, start_idx, end_idx: sample(
-        embed, sample_size, start_idx, min(end_idx, vocab))
-    torch.manual_seed(SEED + 3)
+    torch.manual_seed(PROMPT_SEED)
     overrides = {"prompt_tuning_decoder": False}
     model = modify_transformer(copy.deepcopy(base), config := tfew_config("prompt_tuning-10_prompts.json", overrides))
     tensors, trained = run(model, config, inputs, leave)
@@ -286,7 +296,6 @@ def generate_prompt_tuning(base, inputs) -> None:
     tensors.update({"default.logits": default.logits, "default.loss": default.loss.reshape(1)})
     shared = base.shared.weight
     from_vocab = all(any(torch.equal(row, v) for v in shared) for row in tensors["init.encoder.prompt_embedding"])
-    tfew_prompt_tuning.sample_embed = sample
     save("tfew-prompt-tuning", tensors, method_meta(
         "prompt-tuning", "prompt_tuning-10_prompts.json", overrides, trained, prompts, tensors,
         what="prompt tuning as T-Few's src/models/prompt_tuning.py wraps T5, with prompt_tuning_decoder off (the "
@@ -299,12 +308,38 @@ def generate_prompt_tuning(base, inputs) -> None:
              "decoder each; ours: peft's RANDOM init, N(0, 1)"))
 
 
+@vocabulary_sized_prompts()
+def generate_prompt_tuning_tfew(base, inputs) -> None:
+    """T-Few's prompt tuning as its Config has it by default (prompt_tuning_encoder and _decoder true): ours,
+    prompt-tuning-tfew. Seeded as generate_prompt_tuning: the same draws give the same prompts."""
+    torch.manual_seed(PROMPT_SEED)
+    model = modify_transformer(copy.deepcopy(base), config := tfew_config("prompt_tuning-10_prompts.json", {}))
+    assert config.prompt_tuning_encoder and config.prompt_tuning_decoder
+    tensors, trained = run(model, config, inputs, leave)
+    # the ids sample_embed drew: replaying its two torch.randint calls from the same seed
+    torch.manual_seed(PROMPT_SEED)
+    drawn = [torch.randint(3, CONFIG["vocab_size"], (config.prompt_tuning_num_prefix_emb,)) for _ in range(2)]
+    for stack, rows in zip(("encoder", "decoder"), drawn):
+        assert torch.equal(tensors[f"init.{stack}.prompt_embedding"], base.shared.weight[rows])
+    save("tfew-prompt-tuning-tfew", tensors, method_meta(
+        "prompt-tuning-tfew", "prompt_tuning-10_prompts.json", {}, trained,
+        {f"{stack}.prompt_embedding": f"{stack}.bench_prompt.weight" for stack in ("encoder", "decoder")}, tensors,
+        what="prompt tuning as T-Few's src/models/prompt_tuning.py wraps T5 by default: prompts prepended to the "
+             "encoder input (attention mask opened to them) and to the decoder input (decoder mask opened, the "
+             "encoder mask opened for cross-attention, the prompt positions cut from the decoder's output)",
+        seed=PROMPT_SEED, num_prefix_emb=config.prompt_tuning_num_prefix_emb,
+        drawn_ids={stack: rows.tolist() for stack, rows in zip(("encoder", "decoder"), drawn)},
+        receives_gradient=sorted(n[len("grad."):] for n in tensors if n.startswith("grad.")),
+        init="rows of the input embedding at ids torch.randint(3, 5003) (here 3..31), the encoder's drawn first"))
+
+
 def main() -> None:
     torch.set_grad_enabled(True)
     base, stored = base_model()
     inputs = batch()
     generate_base(stored, inputs)
-    for generate in (generate_ia3, generate_bitfit, generate_compacter_pp, generate_prompt_tuning):
+    for generate in (generate_ia3, generate_bitfit, generate_compacter_pp, generate_prompt_tuning,
+                     generate_prompt_tuning_tfew):
         generate(base, inputs)
         print(f"  {generate.__name__.removeprefix('generate_')}: written", flush=True)
 
