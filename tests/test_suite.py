@@ -143,7 +143,8 @@ def test_fewshot_suite_is_t_fews_regime():
     from bench.plan import grid
     from bench.plan.suite import load_suite
 
-    cells = grid.expand(load_suite("fewshot"), threads=1)
+    everything = grid.expand(load_suite("fewshot"), threads=1)
+    cells = [c for c in everything if not c.stage]
     trained = [c for c in cells if c.label not in ("zero-shot", "icl")]
     assert {c.train.optimizer for c in trained} == {"adafactor-tfew"}
     assert {c.task.name: c.train.shots for c in cells} == {
@@ -153,9 +154,17 @@ def test_fewshot_suite_is_t_fews_regime():
     assert all(c.train.balanced_batches and c.train.redraw_templates for c in trained)
     assert {(c.train.objective, c.train.batch_size, c.train.weights_dtype) for c in trained} == {("tfew", 8, "bf16")}
     settings = {c.label: (c.train.max_steps, c.train.lr) for c in trained}
-    assert settings == {"ia3": (1000, 3e-3), "lora": (1000, 3e-3), "prompt-tuning": (1000, 0.3),
+    assert settings == {"ia3": (1000, 3e-3), "ia3+pre-training": (1000, 3e-3), "lora": (1000, 3e-3),
+                        "prompt-tuning": (1000, 0.3),
                         "prompt-tuning-tfew": (1000, 0.3),
                         "prefix-tuning": (1000, 1e-2), "bitfit": (1000, 3e-4), "compacter-pp": (500, 3e-3),
                         "full": (300, 3e-4)}
+    # T-Few's (IA)³ + pre-training: one stage per model (configs/pretrain.json), none of the held-out tasks in it
+    stages = [c for c in everything if c.stage]
+    assert len(stages) == 2 and {c.model.name for c in stages} == {"t0-3b", "t0"}
+    assert {m.name for m in stages[0].task.members} == {"qqp", "mrpc", "xsum"}
+    assert not {m.name for m in stages[0].task.members} & {c.task.name for c in cells}
+    assert (stages[0].train.max_steps, stages[0].train.lr, stages[0].train.objective) == (100_000, 3e-4, "lm")
+    assert {c.init_from for c in cells if c.label == "ia3+pre-training"} == {c.id for c in stages}
     lora = next(c for c in trained if c.label == "lora").method_config
     assert (lora["r"], lora["lora_alpha"], lora["target_modules"]) == (4, 1, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
