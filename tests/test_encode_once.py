@@ -75,6 +75,31 @@ def test_the_encoder_runs_once_per_prompt_so_fewer_flops_are_counted(method):
     assert counted_flops(model, repeated) - counted_flops(model, shared) == saved
 
 
+def test_every_method_declares_whether_it_lets_the_encoder_run_once():
+    """Method.encodes_in_forward (what the dry-run prices by) says what encodes_once finds on the built model."""
+    from bench import methods
+    from bench.errors import Unsupported
+
+    checked = 0
+    for name, method in sorted(methods.REGISTRY.items()):
+        if method.external or name in ("fishmask", "child-tuning"):  # these two need calibration batches to build
+            continue
+        try:
+            _, adapted = adapt("tiny-t5", name)
+        except Unsupported:
+            continue
+        assert encodes_once(adapted.model) is not method.encodes_in_forward, name
+        checked += 1
+    assert checked >= 25
+
+
+def test_the_dry_run_prices_soft_prompt_methods_with_the_encoder_per_option():
+    from bench.tools.plan_cost import encodes_in_forward
+
+    assert encodes_in_forward("prompt-tuning") and encodes_in_forward("compose(prompt-tuning+bitfit)")
+    assert not encodes_in_forward("lora") and not encodes_in_forward("compose(lora+bitfit)")
+
+
 def test_peft_soft_prompts_keep_the_repeated_prompts():
     """peft adds its soft prompt inside its own forward, which a separate encoder call would skip."""
     _, model = perturbed("prompt-tuning")

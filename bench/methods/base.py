@@ -120,6 +120,10 @@ class Method:
     # Optional packages (OPTIONAL_PACKAGES) the method's build needs: planning commands keep the others out of
     # their process (keep_out_optional_packages), since peft imports bitsandbytes whenever it is installed (~1 s).
     packages: tuple[str, ...] = ()
+    # The method adds to an encoder-decoder's input inside the model's own forward (peft's soft prompts), so the
+    # encoder cannot run apart from it, once per prompt (bench/cell/evaluate.py: encodes_once): rank classification
+    # then encodes the prompt once per answer option, and the dry-run prices it so.
+    encodes_in_forward: bool = False
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -166,7 +170,8 @@ class Method:
                 "train": self.train,
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
                 "reference": self.reference, "external": self.external, "unsupported": self.unsupported,
-                "implementation": self.implementation, "revisions": self.revisions}
+                "implementation": self.implementation, "revisions": self.revisions,
+                "encodes_in_forward": self.encodes_in_forward}
 
 
 # Every method by name. A method module registers its methods when it is imported: the package imports

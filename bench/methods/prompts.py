@@ -152,7 +152,7 @@ register(
            _classified_at_last_token(_refused_by_encoder_decoder_heads(
                peft_build("PromptTuningConfig", fixed={"num_transformer_submodules": 1}))),
            defaults={"num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}, train={"lr": 3e-1},
-           revisions=_LAST_TOKEN_FIX),
+           revisions=_LAST_TOKEN_FIX, encodes_in_forward=True),
     Method("prompt-tuning-tfew", "additive", "T-Few's prompt tuning: trainable embeddings prepended to the encoder "
            "input and the decoder input, started from vocabulary rows (encoder-decoders)",
            "Liu et al. 2022, T-Few (prompt tuning: Lester et al. 2021)", _tfew_prompt_tuning,
@@ -169,11 +169,12 @@ register(
            "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation",
            _unsupported_where_peft_refuses(_folded_loader(peft_build("PrefixTuningConfig",
                                                                      fixed={"prefix_projection": True}))),
-           defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2}, implementation="peft"),
+           defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 512}, train={"lr": 1e-2}, implementation="peft",
+           encodes_in_forward=True),
     Method("p-tuning", "additive", "input prompt embeddings produced by a trained MLP prompt encoder",
            "Liu et al. 2021, GPT Understands, Too (P-Tuning)",
            _classified_at_last_token(_refused_by_encoder_decoder_heads(_folded_loader(
                peft_build("PromptEncoderConfig", fixed={"num_transformer_submodules": 1})))),
            defaults={"num_virtual_tokens": 20, "encoder_hidden_size": 128, "encoder_reparameterization_type": "MLP"},
-           train={"lr": 1e-2}, revisions=_LAST_TOKEN_FIX),
+           train={"lr": 1e-2}, revisions=_LAST_TOKEN_FIX, encodes_in_forward=True),
 )

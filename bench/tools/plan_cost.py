@@ -121,13 +121,22 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     else:
         options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
         passes, what = float(options), f"{options} options"
-        if ARCHS[cell.model.arch].kind == "encoder-decoder":  # the encoder once, the decoder per option
+        if ARCHS[cell.model.arch].kind == "encoder-decoder" and not encodes_in_forward(cell.method):
+            # the encoder once, the decoder per option
             passes, what = 0.5 + 0.5 * options, f"the encoder once + {options} options' decoder"
     priced = pricing_cell(cell)
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
     _, forward, why = known[shape_of(priced)]
     return (None, why) if forward is None else (round(rows * passes * forward), f"{rows} rows × {what}")
+
+
+def encodes_in_forward(method: str) -> bool:
+    """Whether a method (or a part of a composition) keeps an encoder-decoder from encoding each prompt once."""
+    from bench import methods
+
+    names = method.removeprefix("compose(").removesuffix(")").split("+")
+    return any(name in methods.REGISTRY and methods.get(name).encodes_in_forward for name in names)
 
 
 def pricing_cell(cell: Cell) -> Cell:
