@@ -259,7 +259,7 @@ def test_pfeiffer_adapters_stored_by_revision_1_are_rebuilt_where_they_were_trai
 
 
 @pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2", "tiny-llama"])
-@pytest.mark.parametrize("method", ["unipelt"])
+@pytest.mark.parametrize("method", ["unipelt", "propetl-adapter"])
 def test_adapters_stored_before_after_residual_are_rebuilt_where_they_were_trained(method, name):
     """UniPELT's gated adapter and ProPETL's masked one read the FFN output projection h until they moved after the
     FFN block's residual add (and layer norm), where AdapterHub's SeqBnConfig (UniPELTConfig's adapter) and the

@@ -11,12 +11,17 @@ of them they use. Where the paper's text leaves a detail open, the authors' code
   paper's "sparsity" is this kept share in their code: 0.5 for the adapter, 0.1 for LoRA.
 - Scores: real-valued, kaiming_uniform(a=√5) as the authors' (U(±1/√fan)), trained by a straight-through
   estimator: the forward pass uses the 0/1 mask, the backward pass passes the mask's gradient on to |score|.
-- propetl-adapter: one Pfeiffer adapter (sequential, after the FFN output projection, ReLU; the
-  authors' `adapter_config=pfeiffer`), reduction factor 12 (bottleneck 64 on RoBERTa-base); as every
-  adapter here it sits before dropout, residual and layer norm, its down projection has nn.Linear's
-  init and its up projection starts at zero (the authors': BERT's N(0, 0.02)), so the adapted model
-  starts as the pretrained one (and mask scores get gradients from the second step on). One
-  prototype serves every layer, an encoder-decoder's encoder and decoder alike.
+- propetl-adapter: one Pfeiffer adapter (sequential, once per layer after the FFN block, ReLU; the
+  authors' `adapter_config=pfeiffer`), reduction factor 12 (bottleneck 64 on RoBERTa-base), placed where
+  the authors' code places it, as adapter-pfeiffer: post-LN (propetl-roberta, adapter-transformers'
+  PfeifferConfig) it reads LN(h + x) and the same layer norm is applied again to h + x + adapter(LN(h + x));
+  pre-LN (propetl-t5's "preiffer": the adapter reads the FFN output plus the block's input) it reads the
+  residual stream s = h + x after the FFN's add and the block returns s + adapter(s). Revision 1 read the FFN
+  output projection h (after_residual=False; a stored adapter of revision 1, whose config lacks the setting,
+  is rebuilt so). Its down projection has nn.Linear's init and its up projection starts at zero (the
+  authors': BERT's N(0, 0.02)), so the adapted model starts as the pretrained one (and mask scores get
+  gradients from the second step on). One prototype serves every layer, an encoder-decoder's encoder and
+  decoder alike.
 - propetl-lora: one LoRA prototype per target (q and v: ArchSpec.q_v), each shared by that target in
   every layer (self- and cross-attention alike), r = 32, alpha = 48, A kaiming, B zero.
 - Learning rates: prototype 1e-4; masks 3e-3 (adapter), 3e-2 (LoRA). One learning rate trains
@@ -79,8 +84,13 @@ def _propetl_adapter(model, config, ctx):
     prototype = sites.place_like(AdapterPrototype(dim, bottleneck_width(dim, config), config["activation"]), first)
     model.add_module("propetl_adapter", prototype)
     scale = _score_scale(config, ctx)
-    sites.attach_sequential(model, arch, ["ffn_output"], "propetl",
-                            lambda _: LayerMasks(prototype, config["keep_ratio"], scale))
+    def layer_masks(_width: int) -> LayerMasks:
+        return LayerMasks(prototype, config["keep_ratio"], scale)
+
+    if config.get("after_residual", False):  # absent from a stored adapter of revision 1
+        sites.attach_after_ffn_block(model, arch, "propetl", layer_masks)
+    else:
+        sites.attach_sequential(model, arch, ["ffn_output"], "propetl", layer_masks)
     train_head(model, ctx)
     return _adapted(model)
 
@@ -105,9 +115,12 @@ def _propetl_lora(model, config, ctx):
 register(
     Method("propetl-adapter", "additive", "one sequential FFN adapter shared by every layer, each layer using "
            "it through its own learned binary mask (half of its weights)", PAPER, _propetl_adapter,
+           # after_residual: the adapter reads the FFN block's output after its residual add (and layer norm)
            defaults={"reduction_factor": 12, "bottleneck_dim": 0, "activation": "relu", "keep_ratio": 0.5,
-                     "mask_lr": 3e-3},
-           train={"lr": 1e-4}),
+                     "mask_lr": 3e-3, "after_residual": True},
+           train={"lr": 1e-4},
+           # 2: after the FFN block's residual add and layer norm, as the authors' Pfeiffer adapter (was after h)
+           revisions={arch: 2 for arch in ARCHS}),
     Method("propetl-lora", "reparameterized", "one LoRA per target (q, v) shared by every layer, each layer "
            "using it through its own learned binary mask (10 % of its entries)", PAPER, _propetl_lora,
            defaults={"r": 32, "lora_alpha": 48, "keep_ratio": 0.1, "mask_lr": 3e-2}, train={"lr": 1e-4}),
