@@ -56,6 +56,7 @@ class TrainConfig:
     # L_UL's log(1 - p + offset) (T-Few's: 0.01)
     tfew_lm: str = "examples"
     unlikelihood_offset: float = 0.0
+    unlikelihood: bool = True  # false: L_LM + L_LN only (T-Few's prompt tuning: `unlikely_loss: 0`)
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     weights_dtype: str = "auto"  # see WEIGHTS_DTYPES; train.weights_dtype records what was loaded
     # Batches drawn with replacement, each example weighted by 1 / its class's count (T-Few's sampler);
@@ -94,7 +95,7 @@ class TrainConfig:
 # setting -> the value it is left out of the id at
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
                "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto",
-               "tfew_lm": "examples", "unlikelihood_offset": 0.0, "selection_heldout": None,
+               "tfew_lm": "examples", "unlikelihood_offset": 0.0, "unlikelihood": True, "selection_heldout": None,
                "selection_split": None}
 
 
@@ -110,6 +111,7 @@ _TRAIN_TYPES = {
     "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS,
     "shots": (int, None),
     "objective": ("lm", "tfew"), "tfew_lm": ("examples", "tokens"), "unlikelihood_offset": float,
+    "unlikelihood": bool,
     "pooling": POOLINGS,
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",

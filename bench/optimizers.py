@@ -54,10 +54,10 @@ def _adamw(groups, lr: float):
     return torch.optim.AdamW(groups, lr=lr, fused=True if on_cuda else None)
 
 
-def _tfew_adafactor(groups, lr: float):
+def _tfew_adafactor(groups, lr: float, scale_parameter: bool = True):
     from transformers.optimization import Adafactor
 
-    return Adafactor(groups, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False)
+    return Adafactor(groups, lr=lr, scale_parameter=scale_parameter, relative_step=False, warmup_init=False)
 
 
 def _adafactor_state(p) -> int:
@@ -82,6 +82,9 @@ OPTIMIZERS: dict[str, Optimizer] = {o.name: o for o in (
     Optimizer("adafactor-tfew", "transformers' Adafactor as T-Few runs it: the step scaled by the parameter's "
               "RMS (scale_parameter), the given lr (no relative step, no warmup init), fp32 factored moments",
               _tfew_adafactor, _tfew_adafactor_state),
+    Optimizer("adafactor-tfew-unscaled", "adafactor-tfew without the RMS scaling (scale_parameter false: T-Few's "
+              "prompt tuning config)", lambda groups, lr: _tfew_adafactor(groups, lr, scale_parameter=False),
+              _tfew_adafactor_state),
     Optimizer("sgd", "plain SGD (no momentum: no state)", _torch("SGD"), lambda p: 0),
 )}
 

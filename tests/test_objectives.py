@@ -139,3 +139,18 @@ def test_a_record_keeps_each_loss_term(tmp_path):
     assert sum(tfew["final_loss_terms"].values()) == pytest.approx(tfew["final_loss"], rel=1e-5)
     lm = run_cell(lm_cell, quiet=True)["train"]
     assert lm["first_loss_terms"] == {"lm": pytest.approx(lm["first_loss"])}
+
+
+def test_without_unlikelihood_the_loss_is_lm_plus_ln(tiny_bundle):
+    """T-Few's prompt tuning (`unlikely_loss: 0`): L_UL leaves the loss and the recorded terms."""
+    from bench.cell.objectives import objective_for
+
+    model, feats, batch, example, is_gold = two_choices(tiny_bundle, "great")
+    bundle = tiny_bundle("tiny-t5", "multiple_choice")
+    full = objective_for("tfew", bundle, "multiple_choice")
+    without = objective_for("tfew", bundle, "multiple_choice", unlikelihood=False)
+    tensors = {**batch, "option_example": torch.tensor(example), "option_gold": torch.tensor(is_gold)}
+    with torch.no_grad():
+        every, some = full.terms(model, tensors), without.terms(model, tensors)
+        assert set(some) == {"lm", "ln"} and set(every) == {"lm", "ul", "ln"}
+        assert float(without.loss(model, tensors)) == pytest.approx(float(every["lm"] + every["ln"]), rel=1e-6)

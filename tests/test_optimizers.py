@@ -69,4 +69,12 @@ def test_estimate_predicts_the_update_torch_makes_on_cuda():
     """cuda_update, from fake CUDA parameters, follows torch's defaults: AdamW fused (the harness asks for it),
     SGD foreach, torch's Adafactor a for-loop unless foreach is asked for, transformers' Adafactor a for-loop."""
     assert {name: cuda_update(name) for name in OPTIMIZERS} == {
-        "adamw": "fused", "sgd": "foreach", "adafactor": "for-loop", "adafactor-tfew": "for-loop"}
+        "adamw": "fused", "sgd": "foreach", "adafactor": "for-loop", "adafactor-tfew": "for-loop",
+        "adafactor-tfew-unscaled": "for-loop"}
+
+
+def test_t_few_prompt_tunings_adafactor_does_not_scale_by_the_parameters_rms():
+    """configs/prompt_tuning-10_prompts.json sets scale_parameter false; T-Few's other configs keep it true."""
+    params = [{"params": [torch.nn.Parameter(torch.ones(2, 2))]}]
+    assert OPTIMIZERS["adafactor-tfew"].build(params, 0.1).defaults["scale_parameter"] is True
+    assert OPTIMIZERS["adafactor-tfew-unscaled"].build(params, 0.1).defaults["scale_parameter"] is False

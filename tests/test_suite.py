@@ -146,7 +146,11 @@ def test_fewshot_suite_is_t_fews_regime():
     everything = grid.expand(load_suite("fewshot"), threads=1)
     cells = [c for c in everything if not c.stage]
     trained = [c for c in cells if c.label not in ("zero-shot", "icl")]
-    assert {c.train.optimizer for c in trained} == {"adafactor-tfew"}
+    prompted = {"prompt-tuning", "prompt-tuning-tfew"}  # T-Few's prompt tuning: no L_UL, Adafactor unscaled
+    assert {c.train.optimizer for c in trained if c.label not in prompted} == {"adafactor-tfew"}
+    assert {(c.train.optimizer, c.train.unlikelihood) for c in trained if c.label in prompted} == {
+        ("adafactor-tfew-unscaled", False)}
+    assert all(c.train.unlikelihood for c in trained if c.label not in prompted)
     assert {c.task.name: c.train.shots for c in cells} == {
         "rte-fewshot": 32, "cb": 32, "copa": 32, "anli-r1": 50, "anli-r2": 50, "anli-r3": 50, "wic": 32, "wsc": 32,
         "winogrande": 32, "hellaswag": 20, "story-cloze": 70}

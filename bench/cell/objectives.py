@@ -44,7 +44,7 @@ def lm_terms(model, batch: dict) -> dict[str, torch.Tensor]:
 
 
 def objective_for(name: str, bundle, task_type: str, tfew_lm: str = "examples",
-                  unlikelihood_offset: float = 0.0) -> Objective:
+                  unlikelihood_offset: float = 0.0, unlikelihood: bool = True) -> Objective:
     pad = bundle.tokenizer.pad_token_id
     if name in ("lm", "head"):  # the model's own loss: token cross-entropy, or its classification head's
         return Objective(name, partial(collate, pad_id=pad), lm_terms)
@@ -52,7 +52,8 @@ def objective_for(name: str, bundle, task_type: str, tfew_lm: str = "examples",
         raise Unsupported("the tfew objective scores answer options: it needs a text-to-text model and a "
                           "classification or multiple-choice task")
     return Objective("tfew", partial(_tfew_collate, kind=bundle.kind, pad_id=pad),
-                     partial(_tfew_terms_of_batch, lm_over=tfew_lm, ul_offset=unlikelihood_offset))
+                     partial(_tfew_terms_of_batch, lm_over=tfew_lm, ul_offset=unlikelihood_offset,
+                             unlikelihood=unlikelihood))
 
 
 def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, torch.Tensor]:
@@ -60,9 +61,14 @@ def _tfew_collate(features: list[dict], kind: str, pad_id: int) -> dict[str, tor
     return {**batch, "option_example": torch.tensor(example), "option_gold": torch.tensor(is_gold)}
 
 
-def _tfew_terms_of_batch(model, batch: dict, lm_over: str, ul_offset: float) -> dict[str, torch.Tensor]:
+def _tfew_terms_of_batch(model, batch: dict, lm_over: str, ul_offset: float,
+                         unlikelihood: bool = True) -> dict[str, torch.Tensor]:
+    """The terms of a batch; without `unlikelihood`, L_UL is left out of the loss and of the recorded terms."""
     batch = dict(batch)
-    return tfew_terms(model, batch, batch.pop("option_example"), batch.pop("option_gold"), lm_over, ul_offset)
+    terms = tfew_terms(model, batch, batch.pop("option_example"), batch.pop("option_gold"), lm_over, ul_offset)
+    if not unlikelihood:
+        del terms["ul"]
+    return terms
 
 
 def option_batch(features: list[dict], kind: str, pad_id: int) -> tuple[dict, list[int], list[int]]:

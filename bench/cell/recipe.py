@@ -106,7 +106,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
-    objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset)
+    objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset,
+                              tcfg.unlikelihood)
     steps = tcfg.steps_for(len(data.features))
     autocast = training.autocast_for(device, tcfg.precision)
     compute_dtype = training.compute_dtype(device, tcfg.precision)
