@@ -164,6 +164,15 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
         path = Path(path)
         _check_file(task, path, src, read_file(path, src, limit=_rows_to_check(task)))
+    elif "p3" in src:
+        from bench.tasks import p3
+
+        if data_dir is None and hub_offline():
+            raise DataUnavailable(f"task '{task.name}' needs {p3.P3} from the hub, and the hub is offline here; pass "
+                                  "--data-dir DIR with DIR/P3/<subset>/<split>.jsonl")
+        if data_dir is not None and not p3.subsets(src["p3"], data_dir):
+            raise DataUnavailable(f"task '{task.name}': no {p3.P3} subset starting with '{src['p3']}_' in "
+                                  f"{Path(data_dir) / 'P3'}")
     elif "dataset" in src:
         if data_dir is not None:
             if local_file(task, split, data_dir) is None:
@@ -201,6 +210,10 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
         offset = 0 if split == "train" else 2 if split.startswith("split:") else 1
         return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + offset)
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
+    if "p3" in src:
+        from bench.tasks import p3
+
+        return p3.rows(src["p3"], hub_split(task, split), data_dir, src.get("revision"))
     if "manual" in src:
         return _read_manual(task, *manual_file(task, split, data_dir))
     if "files" in src:

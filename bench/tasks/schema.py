@@ -18,7 +18,7 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
                 "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
-                "manual": dict, "demo_split": str, "split_rows": dict}
+                "manual": dict, "demo_split": str, "split_rows": dict, "p3": str}
 # A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
 # split, and the renaming of their columns to the hub's schema.
 _MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
@@ -59,8 +59,9 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
     src = values["source"]
     check_keys(src, _SOURCE_KEYS, "source key", lambda k: where("source", k))
     src = {k: coerce(v, _SOURCE_KEYS[k], where("source", k), k) for k, v in src.items()}
-    if len([k for k in ("synthetic", "dataset", "files") if k in src]) != 1:
-        raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files", where("source"))
+    if len([k for k in ("synthetic", "dataset", "files", "p3") if k in src]) != 1:
+        raise BadInput(f"task '{name}': source needs exactly one of synthetic, dataset, files, p3 (a bigscience/P3 "
+                       "dataset prefix: bench/tasks/p3.py)", where("source"))
     if "split_rows" in src:
         _check_split_rows(name, src, where)
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
