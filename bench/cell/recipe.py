@@ -23,6 +23,7 @@ from bench.cell import evaluate as scoring
 from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
+from bench.cell.curves import CurveWriter
 from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
@@ -142,12 +143,18 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 
         def main_score() -> float | None:
             with tools.window("paused", run, record):
-                return scoring.evaluate(run.bundle, run.adapted.model, scored, run.evaluation,
-                                        cell.train.eval_batch_size, run.device, run.autocast)[run.evaluation.main_metric]
+                scores = scoring.evaluate(run.bundle, run.adapted.model, scored, run.evaluation,
+                                          cell.train.eval_batch_size, run.device, run.autocast)
+                return scores[run.evaluation.main_metric]
 
     progress = checkpoint and (lambda p: checkpoint({**record, "train": {**record["train"], **p}}))
-    result = training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device, quiet,
-                            main_score, higher, progress=progress)
+    curve = CurveWriter(cell.curve_path, cell.train.steps_for(len(run.data.features)), cell.id,
+                        "selection" if run.data.selection else "main")
+    try:
+        result = training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device,
+                                quiet, main_score, higher, progress=progress, curve=curve)
+    finally:  # a failed step keeps the curve up to its last read
+        curve.close(0)
     record["train"].update(result.summary())
     return result
 

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
+from bench.cell.curves import CurveWriter
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
 from bench.config import TrainConfig
@@ -193,9 +194,12 @@ class StepClock:
 
 def train(adapted: Adapted, features: list[dict], objective: Objective, train: TrainConfig, seed: int, device,
           quiet: bool = False, evaluate: Callable[[], float | None] | None = None,
-          higher_is_better: bool = True, progress: Callable[[dict], None] | None = None) -> TrainResult:
+          higher_is_better: bool = True, progress: Callable[[dict], None] | None = None,
+          curve: CurveWriter | None = None) -> TrainResult:
     """Train `adapted.model` on `features` with `objective`; `evaluate` (if given) returns the main score;
-    `progress` (if given) receives {steps, last_loss, elapsed_s} every PROGRESS_EVERY_S seconds.
+    `progress` (if given) receives {steps, last_loss, elapsed_s} every PROGRESS_EVERY_S seconds; `curve` (if given)
+    receives the steps' losses, learning rates, gradient norms and tokens at each read of the losses, and the
+    evaluations (bench/cell/curves.py).
 
     A step's time runs from batch collation to the end of the optimizer step (StepClock: on CUDA the
     device's timeline, nothing synchronised inside the loop); evaluations during training are not part
@@ -222,16 +226,26 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         result.compile_s = compile_model(model, objective.collate(first), objective, autocast, device)
         data = itertools.chain([first], data)
     clock, pending, read_every = StepClock(cuda), [], loss_read_every(cuda)  # pending: losses not read yet
+    curve = curve or CurveWriter(None, steps, "")
+    read_at = time.monotonic()  # the last read of the losses (curve's tokens/s), evaluations excluded
 
-    def read_losses() -> None:  # one read of the device for the pending steps' losses and their terms
-        rows = torch.stack([torch.stack([loss, *terms.values()]).float() for loss, terms in pending]).tolist()
+    def read_losses() -> None:  # one read of the device for the pending steps' losses, terms and gradient norms
+        nonlocal read_at
+        rows = torch.stack([torch.stack([t.float() for t in (loss, *terms.values(),
+                                                              norm if norm is not None else loss.new_zeros(()))])
+                            for loss, terms, norm, _, _ in pending]).tolist()
         names = list(pending[0][1])
+        lrs, counted = [p[3] for p in pending], [p[4] for p in pending]
+        norms = [row[-1] if pending[i][2] is not None else None for i, row in enumerate(rows)]
+        rows = [row[:-1] for row in rows]
         pending.clear()
         values = [row[0] for row in rows]
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if bad is not None:  # every later step trains on non-finite weights
             result.diverged_at_step = len(result.losses) + bad + 1
             values, rows = values[: bad + 1], rows[: bad + 1]
+        curve.steps(len(result.losses) + 1, values, lrs, norms, counted, time.monotonic() - read_at)
+        read_at = time.monotonic()
         result.losses.extend(values)
         result.loss_terms.extend(dict(zip(names, row[1:])) for row in rows)
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
@@ -244,7 +258,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         rows = next(data)
         batch = objective.collate(rows)
         # counted on the host batch: a count of a device tensor would wait for the device
-        result.tokens += tokens_in(batch, encoder_decoder)
+        step_tokens = tokens_in(batch, encoder_decoder)
+        result.tokens += step_tokens
         result.positions += positions_in(batch, encoder_decoder)
         batch = to_device(batch, device)  # without waiting for the device (on CUDA)
         with autocast():
@@ -255,8 +270,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
             require_gradients(model)
         for hook in adapted.after_backward:
             hook(step)
-        if train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm) if train.max_grad_norm is not None else None
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step takes (the schedule moves it after)
         optimizer.step()
         schedule.step()
         for hook in adapted.after_step:
@@ -265,7 +280,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
         clock.stop()
         if step == 0:
             result.optimizer_bytes = optimizer_state_bytes(optimizer)
-        pending.append((loss.detach(), {name: term.detach() for name, term in terms.items()}))
+        pending.append((loss.detach(), {name: term.detach() for name, term in terms.items()},
+                        None if norm is None else norm.detach(), lr, step_tokens))
         result.steps += 1
         result.samples += len(rows)
         bar.update(1)
@@ -282,17 +298,21 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
             score = evaluate()
             model.train()
             result.evals.append({"step": step + 1, "score": score})
+            curve.evaluation(step + 1, score)
+            read_at = time.monotonic()
             if train.keep_best and score is not None and (
                     best is None or (score > best if higher_is_better else score < best)):
                 best, result.best_step = score, step + 1
                 best_state = {id(p): p.detach().clone() for p in params}
     bar.close()
+    curve.close(result.steps)
     source.close()  # here, not whenever the collector finds it
     result.step_s = clock.seconds()
     result.train_s = sum(result.step_s)
     if best_state is not None and result.diverged_at_step is None:  # compare the end of training with the best checkpoint seen
         final = evaluate()
         result.evals.append({"step": steps, "score": final})
+        curve.evaluation(steps, final)
         if final is None or (final < best if higher_is_better else final > best):
             with torch.no_grad():
                 for p in params:

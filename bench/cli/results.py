@@ -19,6 +19,9 @@ def add(sub) -> None:
     res.add_argument("--format", default="csv", choices=["parquet", "csv", "jsonl"], help="export: file format")
     res.add_argument("--out", help="export: the file to write (default: REPORTS/<suite>-records.<format>)")
     res.add_argument("--reports", default="reports", help="export: reports folder of the default --out")
+    res.add_argument("--curves", action="store_true",
+                     help="export: the training curves (a row per point: step, loss, lr, grad_norm, tokens_per_s, "
+                          "eval) instead of the records; default --out REPORTS/<suite>-curves.<format>")
     res.set_defaults(func=command)
 
 
@@ -39,7 +42,8 @@ def command(args) -> int:
     if not args.suite or args.stores:
         raise BadInput("export takes --suite S (and --results DIR), no store arguments", "--suite")
     name = suite_name(args.suite)
-    out = args.out or os.path.join(args.reports, f"{name}-records.{args.format}")
+    kind = "curves" if args.curves else "records"
+    out = args.out or os.path.join(args.reports, f"{name}-{kind}.{args.format}")
     writable_file(out, "--out")
-    print(exchange.export(args.results, name, args.format, out))
+    print(exchange.export(args.results, name, args.format, out, curves=args.curves))
     return 0

@@ -72,7 +72,7 @@ def command(args) -> int:
     store = Store(writable_folder(args.results, "--results"))
     if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
         cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
-    cells = [with_stage_folders(c, store) for c in cells]
+    cells = [with_store_paths(c, store) for c in cells]
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
     print_store_problems(store, bad)
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
@@ -94,13 +94,17 @@ def command(args) -> int:
     return 0
 
 
-def with_stage_folders(cell, store):
-    """A stage cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>."""
-    stages = store.suite_dir(cell.suite) / "stages"
+def with_store_paths(cell, store):
+    """Where a cell writes beside its record: its training curve in results/<suite>/curves/<id>.jsonl; a stage
+    cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>."""
+    folder = store.suite_dir(cell.suite)
+    from bench.run.store import CURVES
+
+    cell = dataclasses.replace(cell, curve_path=str(folder / CURVES / f"{cell.id}.jsonl"))
     if cell.stage:
-        return dataclasses.replace(cell, adapter_dir=str(stages / cell.id))
+        return dataclasses.replace(cell, adapter_dir=str(folder / "stages" / cell.id))
     if cell.init_from:
-        return dataclasses.replace(cell, init_dir=str(stages / cell.init_from))
+        return dataclasses.replace(cell, init_dir=str(folder / "stages" / cell.init_from))
     return cell
 
 
@@ -114,7 +118,7 @@ def second_stage(name: str, first: list, expand, store, executor, args) -> int:
     records, _ = store.records(name)
     ran = {c.id for c in first}
     chosen = chosen_settings(choose([r for r in records if r["cell"]["id"] in ran]))
-    cells = [with_stage_folders(c, store) for c in expand(chosen) if c.sweep_stage == 2]
+    cells = [with_store_paths(c, store) for c in expand(chosen) if c.sweep_stage == 2]
     if not cells:
         print("second stage: no setting could be chosen (no first-stage cell ended ok)", file=sys.stderr)
         return 0

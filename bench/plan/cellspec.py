@@ -43,6 +43,7 @@ class Cell:
     stage: str | None = None  # a pre-training stage's cell: the stage's name (bench/plan/stages.py)
     init_from: str | None = None  # the stage cell whose saved state this cell starts from (in its config and id)
     init_dir: str | None = None  # where that state is (set by `run`, beside the results)
+    curve_path: str | None = None  # where the cell writes its training curve (set by `run`; bench/cell/curves.py)
 
     @property
     def config(self) -> dict:

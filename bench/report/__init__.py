@@ -45,7 +45,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     from bench.report import csvfiles, latex, markdown, page
     from bench.report.aggregate import latest_records
     from bench.report.build import build
-    from bench.run.store import load_frame
+    from bench.run.store import load_curves, load_frame
 
     formats = parse_formats(formats)
     frame, unusable = load_frame(results, suite)
@@ -64,7 +64,7 @@ def write_report(suite: str, results: str | Path = "results", out: str | Path = 
     folder.mkdir(parents=True, exist_ok=True)
     notes = _remove_links(folder)
     report = build(suite, frame, problems, folder, plots=bool(PLOT_FORMATS & set(formats)),
-                   **suite_context(suite_source or suite))
+                   curves=load_curves(results, suite, frame["id"]), **suite_context(suite_source or suite))
     written = [p for plot in report.plots for p in (plot.png, plot.svg) if p is not None]
     if "md" in formats:
         written.append(_write(folder / "report.md", markdown.document(report)))

@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.fmt import DASH, missing
 from bench.report.aggregate import aggregate, method_summary
+from bench.report.curves import curve_plots, curve_tables
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
 from bench.report.sweeps import select, selection_tables, sensitivity_plots
@@ -30,6 +31,7 @@ class Report:
     problems: list[str]  # files of the suite that are not usable records
     reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
     selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
+    curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -46,6 +48,8 @@ class Report:
         if self.reproduction:
             out.append(("Reproduction", self.reproduction))
         out.append(("Memory", self.memory))
+        if self.curves:
+            out.append(("Training curves", self.curves))
         if self.inference:
             out.append(("Inference speed", self.inference))
         if self.fewshot is not None:
@@ -79,9 +83,10 @@ def _number(value, form: str) -> Cell:
 
 
 def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, plots: bool,
-          task_order: list[str] | None = None, description: str | None = None) -> Report:
+          task_order: list[str] | None = None, description: str | None = None,
+          curves: dict[str, dict] | None = None) -> Report:
     """`frame`: every record; a sweep's settings not chosen on the selection split leave it here (sweeps.select)
-    and appear only in the Selected settings section."""
+    and appear only in the Selected settings section. `curves`: the cells' training curves by id."""
     is_stage = frame["record"].map(lambda r: bool(r["cell"].get("stage"))).astype(bool)
     stages, frame = frame[is_stage], frame[~is_stage]
     frame, swept, choices = select(frame)
@@ -92,6 +97,8 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     fewshot_table(summary), fewshot_score_tables(summary), inference_tables(summary, devices),
                     problems, reproduction_tables(agg), selection_tables(swept, choices) + stage_tables(stages),
                     description=description)
+    report.curves = curve_tables(frame, curves or {})
     if plots:
-        report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots"))
+        report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
+                                + curve_plots(frame, curves or {}, folder / "plots"))
     return report

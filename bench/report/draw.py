@@ -132,9 +132,9 @@ def fewshot(title: str, x_label: str, points: list[list[float]], families: list,
     return fig
 
 
-def sensitivity(title: str, x_label: str, log_x: bool, lines: list[list]) -> Figure:
-    """A score against one swept setting: a line per method ([label, xs, ys, chosen x]); a star on the chosen
-    value. A null point is a gap in its line, never a zero."""
+def line_plot(title: str, x_label: str, y_label: str, log_x: bool, lines: list[list]) -> Figure:
+    """A line per method ([label, xs, ys, starred x or None]): a swept setting's sensitivity (the chosen value
+    starred), a training curve. A null point is a gap in its line, never a zero."""
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     markers = "osD^vP*X"
@@ -146,7 +146,7 @@ def sensitivity(title: str, x_label: str, log_x: bool, lines: list[list]) -> Fig
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("reported score, mean over seeds (0-100)")
+    ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
     ax.grid(True, linewidth=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)

@@ -115,8 +115,9 @@ def sensitivity_plots(swept: pd.DataFrame, choices: dict[tuple, Choice], folder:
         title = f"{model} · {task}: reported score against {key}"
         plot = Plot("sensitivity", title, caption=f"Each line: a method; a star marks the {key} chosen on the "
                     "selection split. Points: the evaluation split's mean over seeds.")
-        plots.append(to_draw(plot, folder, f"sensitivity-{slug(model)}-{slug(task)}-{slug(key)}", "sensitivity",
-                             title, f"{key}{' (log scale)' if log_x else ''}", log_x, drawn))
+        plots.append(to_draw(plot, folder, f"sensitivity-{slug(model)}-{slug(task)}-{slug(key)}", "line_plot",
+                             title, f"{key}{' (log scale)' if log_x else ''}",
+                             "reported score, mean over seeds (0-100)", log_x, drawn))
     return plots
 
 

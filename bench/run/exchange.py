@@ -22,7 +22,7 @@ from pathlib import Path
 from bench import references
 from bench.errors import BadInput
 from bench.files import atomic_write, safe_name
-from bench.run.store import HISTORY, Store, flatten
+from bench.run.store import CURVES, HISTORY, Store, flatten
 
 FORMATS = ("parquet", "csv", "jsonl")
 ENV_COLUMNS = ("device", "device_index", "threads", "cells_beside", "hostname", "git_sha", "torch", "transformers",
@@ -73,10 +73,11 @@ def merge(sources: list[str], into: str) -> MergeSummary:
                 if why:
                     summary.refused.append(f"{folder}/{record['cell']['id']}.json: {why}")
                 else:
-                    records.append(record)
+                    records.append((record, folder / CURVES / f"{record['cell']['id']}.jsonl"))
             histories.append((folder / HISTORY, folder.name))
-    for record in records:
-        _merge_record(target, record, summary)
+    for record, curve in records:
+        if _merge_record(target, record, summary):  # the record merged in brings its training curve
+            _copy_curve(curve, target.suite_dir(record["cell"]["suite"]) / CURVES / curve.name, summary.refused)
     for source_history, suite in histories:
         summary.history += _copy_history(source_history, target.suite_dir(suite) / HISTORY, summary.refused)
     return summary
@@ -92,16 +93,17 @@ def _refusal(record: dict, folder: str) -> str | None:
     return None
 
 
-def _merge_record(target: Store, record: dict, summary: MergeSummary) -> None:
+def _merge_record(target: Store, record: dict, summary: MergeSummary) -> bool:
+    """Whether `record` is now the target's record of its cell (added, or preferred to the one there)."""
     suite, cell_id = record["cell"]["suite"], record["cell"]["id"]
     current = target.read(suite, cell_id)
     if current is None:
         target.write(record)
         summary.added += 1
-        return
+        return True
     if current == record:
         summary.duplicates += 1
-        return
+        return False
     winner, loser = (record, current) if _preferred(record) > _preferred(current) else (current, record)
     if winner is record:
         target.write(record)  # the current one goes to history
@@ -109,10 +111,19 @@ def _merge_record(target: Store, record: dict, summary: MergeSummary) -> None:
         target.archive(suite, cell_id, (json.dumps(record, indent=1) + "\n").encode())
     else:
         summary.duplicates += 1  # merged before: its history copy is there already
-        return
+        return False
     summary.conflicts.append(f"conflict {suite}/{cell_id} ({record['cell']['label'] or record['cell']['method']} · "
                              f"{record['cell']['model']} · {record['cell']['task']} · s{record['cell']['seed']}): "
                              f"kept {_describe(winner)}; {_describe(loser)} is in history")
+    return winner is record
+
+
+def _copy_curve(source: Path, target: Path, refused: list[str]) -> None:
+    """A merged record's curve file, when its store has one; a symbolic link is never copied (nor followed)."""
+    if source.is_symlink():
+        refused.append(f"{source}: a symbolic link (never followed)")
+    elif source.is_file():
+        atomic_write(target, source.read_bytes())
 
 
 def _in_history(target: Store, suite: str, cell_id: str, record: dict) -> bool:
@@ -164,6 +175,30 @@ def table(results: str, suite: str):
     return pd.DataFrame(rows)
 
 
+CURVE_COLUMNS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "eval", "split"]
+
+
+def curve_table(results: str, suite: str):
+    """Every point of the suite's training curves (bench/cell/curves.py), one row each, with its cell's names."""
+    import pandas as pd
+
+    from bench.run.store import load_curves
+
+    records, _ = Store(results).records(suite)
+    curves = load_curves(results, suite, [r["cell"]["id"] for r in records])
+    if not curves:
+        raise BadInput(f"no training curves of suite {suite!r} under {results} (cells write them as they train)",
+                       "--suite")
+    rows = []
+    for record in records:
+        cell = record["cell"]
+        curve = curves.get(cell["id"])
+        for point in (curve["train"] + curve["evals"]) if curve else []:
+            rows.append({"id": cell["id"], "label": cell.get("label") or cell["method"], "model": cell["model"],
+                         "task": cell["task"], "seed": cell["seed"], **{c: point.get(c) for c in CURVE_COLUMNS}})
+    return pd.DataFrame(rows, columns=["id", "label", "model", "task", "seed", *CURVE_COLUMNS])
+
+
 def published(record: dict) -> dict:
     """The published counterpart of a record's main score (see the module's docstring)."""
     cell, metric = record["cell"], (record.get("scores") or {}).get("main_metric")
@@ -174,14 +209,15 @@ def published(record: dict) -> dict:
             "published.source": ref.source if ref else None}
 
 
-def export(results: str, suite: str, fmt: str, out: str) -> Path:
+def export(results: str, suite: str, fmt: str, out: str, curves: bool = False) -> Path:
+    """The suite's records (or, with `curves`, their training curves) as one table file."""
     if fmt not in FORMATS:
         raise BadInput(f"unknown format {fmt!r}", "--format", FORMATS)
     from pandas.api.types import is_numeric_dtype
 
     from bench.fmt import spreadsheet_safe
 
-    frame = table(results, suite)
+    frame = curve_table(results, suite) if curves else table(results, suite)
     if fmt == "csv":  # text a spreadsheet would take for a formula is kept text (the other formats are data)
         for column in [c for c in frame.columns if not is_numeric_dtype(frame[c])]:
             frame[column] = frame[column].map(spreadsheet_safe)

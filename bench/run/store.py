@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BadInput
-from bench.files import atomic_write, checked
+from bench.files import atomic_write, checked, safe_name
 from bench.fmt import setting_text
 from bench.record import STATUSES, problems
 from bench.run import locks
 from bench.run.locks import Claim
 
 HISTORY = "history"
+CURVES = "curves"  # <suite>/curves/<cell id>.jsonl: each cell's training curve (bench/cell/curves.py)
 INDEX = ".index"  # not *.json: no reader takes it for a record
 
 
@@ -238,6 +239,15 @@ def flatten(record: dict) -> dict[str, Any]:
     row["created_at"] = record.get("created_at")
     row["record"] = record
     return row
+
+
+def load_curves(results: str | Path, suite: str, ids) -> dict[str, dict]:
+    """The training curves of these cells that the store holds, by cell id (bench/cell/curves.read_curve)."""
+    from bench.cell.curves import read_curve
+
+    folder = Store(results).suite_dir(suite) / CURVES
+    found = {cell_id: read_curve(folder / f"{cell_id}.jsonl") for cell_id in ids if safe_name(str(cell_id))}
+    return {cell_id: curve for cell_id, curve in found.items() if curve is not None}
 
 
 def load_frame(results: str | Path, suite: str | None = None):

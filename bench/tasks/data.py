@@ -213,7 +213,11 @@ def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) ->
     if "p3" in src:
         from bench.tasks import p3
 
-        return p3.rows(src["p3"], hub_split(task, split), data_dir, src.get("revision"))
+        names = p3.subsets(src["p3"], data_dir)
+        if not names:
+            raise DataUnavailable(f"task '{task.name}': no {p3.P3} subset starting with '{src['p3']}_' in "
+                                  f"{Path(data_dir) / 'P3' if data_dir is not None else p3.P3}")
+        return p3.rows(names, hub_split(task, split), data_dir, read_file, src.get("revision"))
     if "manual" in src:
         return _read_manual(task, *manual_file(task, split, data_dir))
     if "files" in src:

@@ -31,14 +31,10 @@ def subsets(prefix: str, data_dir: str | Path | None) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix + "_") and not n.endswith("_score_eval"))
 
 
-def rows(prefix: str, split: str, data_dir: str | Path | None, revision: str | None = None) -> list[dict]:
-    """A dataset's rows over its templates ("train" capped per template; "validation" whole)."""
-    from bench.tasks.data import DataUnavailable, read_file
-
-    names = subsets(prefix, data_dir)
-    if not names:
-        where = f"{Path(data_dir) / 'P3'}" if data_dir is not None else P3
-        raise DataUnavailable(f"no {P3} subset starts with '{prefix}_' in {where}")
+def rows(names: list[str], split: str, data_dir: str | Path | None, read_file, revision: str | None = None,
+         ) -> list[dict]:
+    """A dataset's rows over its templates (`names`: its subsets; "train" capped per template, "validation" whole);
+    `read_file` reads a local file (bench/tasks/data.py's)."""
     cap = MAX_EXAMPLES_PER_DATASET // len(names) if split == "train" else None
     out: list[dict] = []
     for name in names:
