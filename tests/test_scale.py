@@ -469,3 +469,17 @@ def test_a_planning_process_that_initialised_cuda_prices_in_itself(monkeypatch, 
     monkeypatch.setattr(plan_cost, "pricing_workers", lambda: 2)
     assert main(["run", "--suite", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
     assert forked == []
+
+
+def test_a_named_gpu_prices_at_its_measured_rate(write_suite, tmp_path, capsys):
+    """--gpu h200: the full fine-tuning rate docs/measurements/gpu-perf-2026-11-30.md measured (35.1 % of 989.4)."""
+    from bench.tools.plan_cost import GPU_RATES
+
+    assert GPU_RATES["h200"][0] == pytest.approx(347.3e12, rel=1e-3)
+    path = write_suite("name: g\nmethods: [lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                       "train: {max_steps: 2, batch_size: 4, max_length: 16}\n")
+    assert main(["run", "--suite", str(path), "--dry-run", "--gpu", "h200", "--results", str(tmp_path / "r")]) == 0
+    assert "at 347 TFLOP/s per cell (--gpu h200: H200 SXM" in capsys.readouterr().out
+    assert main(["run", "--suite", str(path), "--dry-run", "--gpu", "h200", "--tflops", "2",
+                 "--results", str(tmp_path)]) == 2
+    assert "--gpu and --tflops both give the rate" in capsys.readouterr().err

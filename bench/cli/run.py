@@ -25,6 +25,8 @@ def add(sub) -> None:
                                                             "its FLOPs and estimated time) and exit")
     run.add_argument("--tflops", type=float, help="--dry-run: the rate (TFLOP/s per cell) to estimate times "
                                                   "with (default: measured by this store's records)")
+    run.add_argument("--gpu", help="--dry-run: estimate times at the training rate measured on this GPU "
+                                   "(bench/tools/plan_cost.py GPU_RATES: h200)")
     run.add_argument("--force", action="store_true", help="rerun cells that already have an ok record")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed, oom and timeout cells, and cells "
                                                                   "unsupported on this machine only")
@@ -66,7 +68,7 @@ def command(args) -> int:
             print(f"second stage: {len(second)} cells (the chosen setting on the other seeds), priced here as each "
                   "sweep's first setting", file=sys.stderr)
             cells += second
-        print_plan(cells, executor, args.tflops, Store(args.results))
+        print_plan(cells, executor, args.tflops, Store(args.results), args.gpu)
         return 0
     check_cells(cells)
     store = Store(writable_folder(args.results, "--results"))

@@ -300,6 +300,15 @@ def predicted_memory(cell: Cell) -> dict | None:
     return memory
 
 
+# Training rates the harness measured on a named GPU (--gpu), with where: a cell's time is its FLOPs at this rate.
+# Measured on the largest shape timed (full fine-tuning of a 1.1B LLaMA, 16 x 1,024 tokens per step, bf16): smaller
+# models and shorter sequences run below it, so times at it are a lower bound.
+GPU_RATES = {
+    "h200": (0.351 * 989.4e12, "H200 SXM: 35.1 % MFU of its 989.4 TFLOP/s bf16 peak, docs/measurements/"
+                               "gpu-perf-2026-11-30.md"),
+}
+
+
 def measured_rate(store, suite: str) -> tuple[float | None, float, int]:
     """(median training FLOP/s, median load + evaluation seconds, records) of the suite's ok records."""
     records = [r for r in store.records(suite)[0] if r["status"] == "ok"] if store.suite_dir(suite).is_dir() else []
@@ -310,15 +319,21 @@ def measured_rate(store, suite: str) -> tuple[float | None, float, int]:
             len(rates))
 
 
-def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None:
+def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: str | None = None) -> None:
     """One line per cell (its training and evaluation FLOPs, and time), then the totals, to stdout; notes to
-    stderr."""
+    stderr. The rate: --tflops, else a named GPU's measured rate (--gpu, GPU_RATES), else this store's records'."""
     from bench.methods.base import keep_out_optional_packages
 
     if tflops is not None and not tflops > 0:
         raise BadInput(f"--tflops must be a positive number, got {tflops}", "--tflops")
+    if gpu is not None and gpu not in GPU_RATES:
+        raise BadInput(f"no measured rate for GPU '{gpu}'", "--gpu", GPU_RATES)
+    if gpu is not None and tflops is not None:
+        raise BadInput("--gpu and --tflops both give the rate: give one", "--gpu")
     keep_out_optional_packages({cell.method for cell in cells})
     suite = cells[0].suite if cells else None
+    if gpu is not None:
+        tflops = GPU_RATES[gpu][0] / 1e12
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
     # the shapes of the cells whose steps are known, and of those that train nothing (their evaluation's model)
@@ -347,7 +362,7 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store) -> None
     line = f"{len(cells)} cells, {total_flops:.3g} training FLOPs + {total_eval:.3g} evaluation FLOPs"
     line += f" ({unknown} cells unknown, not counted)" if unknown else ""
     if rate:
-        source = (f"--tflops {tflops:g}" if tflops else
+        source = (f"--gpu {gpu}: {GPU_RATES[gpu][1]}" if gpu else f"--tflops {tflops:g}" if tflops else
                   f"the median of {n} ok records of {suite} in {store.root}, plus their median load and "
                   f"evaluation time {overhead:.1f} s per cell")
         line += f"; ≈ {_duration(total_s)} of cell time at {rate / 1e12:.3g} TFLOP/s per cell ({source})"
