@@ -105,4 +105,4 @@ parity: $(STAMP)
 	$(PARITY_VENV)/bin/python $(PIP) $(TORCH)
 	$(PARITY_VENV)/bin/python $(PIP) $(PARITY_PINS)
 	$(PARITY_VENV)/bin/python scripts/parity/make_fixtures.py $(GEN)
-	$(BIN)/python -m pytest -s -q tests/ -k parity -p no:xdist
+	$(BIN)/python -m pytest -s -q -p no:xdist tests/test_parity_*.py
