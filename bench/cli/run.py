@@ -37,6 +37,9 @@ def add(sub) -> None:
     run.add_argument("--save-adapters", action="store_true",
                      help="write each trained cell's adapter to <results>/<suite>/adapters/<cell id> (peft's format "
                           "too for peft methods), for `eval --adapter`; with --force for cells already recorded")
+    run.add_argument("--log-to", type=csv_list, metavar="TRACKER[,..]",
+                     help="also log each cell, as it is stored, as a run of these trackers (tensorboard, mlflow, "
+                          "wandb, trackio; offline, under <results>/<suite>/; one extra each: docs/trackers.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (also when CI=true)")
     run.set_defaults(func=command)
 
@@ -47,6 +50,7 @@ def command(args) -> int:
     from bench.run.executors import given_flags, make_executor
     from bench.run.runner import run_grid
     from bench.run.store import Store
+    from bench.run.trackers import open_trackers
     from bench.tasks.data import check_cells
     from bench.tools.plan_cost import predicted_memory
 
@@ -77,22 +81,23 @@ def command(args) -> int:
     cells = [with_store_paths(c, store) for c in cells]
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
     print_store_problems(store, bad)
+    trackers = open_trackers(args.log_to, store.suite_dir(s.name), s.name, quiet(args))  # BadInput before any cell
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
     stages = [c for c in cells if c.stage]
     if stages:  # before the cells that start from their saved states
         summary = run_grid(stages, store, executor, force=args.force, retry_failed=args.retry_failed,
-                           quiet=quiet(args), steal=args.steal_locks, recorded=recorded)
+                           quiet=quiet(args), steal=args.steal_locks, recorded=recorded, trackers=trackers)
         for line in summary.notes + summary.problems:
             print(line, file=sys.stderr)
         print("stages: " + summary.line(s.name, str(store.suite_dir(s.name))))
         cells = [c for c in cells if not c.stage]
     summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
-                       quiet=quiet(args), steal=args.steal_locks, recorded=recorded)
+                       quiet=quiet(args), steal=args.steal_locks, recorded=recorded, trackers=trackers)
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
     if s.sweep_seeds is not None:
-        return second_stage(s.name, cells, expand, store, executor, args)
+        return second_stage(s.name, cells, expand, store, executor, args, trackers)
     return 0
 
 
@@ -110,7 +115,7 @@ def with_store_paths(cell, store):
     return cell
 
 
-def second_stage(name: str, first: list, expand, store, executor, args) -> int:
+def second_stage(name: str, first: list, expand, store, executor, args, trackers=None) -> int:
     """Two-stage sweeps: choose each sweep's setting on the selection split of the first stage's records (all of
     them, recorded now), then run the chosen setting on the suite's other seeds. Resumable like the first: the
     choice is made from first-stage records only, so it is the same on every rerun."""
@@ -125,7 +130,7 @@ def second_stage(name: str, first: list, expand, store, executor, args) -> int:
         print("second stage: no setting could be chosen (no first-stage cell ended ok)", file=sys.stderr)
         return 0
     summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
-                       quiet=quiet(args), steal=args.steal_locks)
+                       quiet=quiet(args), steal=args.steal_locks, trackers=trackers)
     for line in summary.notes + summary.problems:
         print(line, file=sys.stderr)
     print("second stage: " + summary.line(name, str(store.suite_dir(name))))

@@ -129,9 +129,12 @@ def steal_locks(cells: list[Cell], store: Store) -> list[str]:
 
 
 def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, retry_failed: bool = False,
-             quiet: bool = False, steal: bool = False, recorded: dict[str, dict] | None = None) -> GridSummary:
+             quiet: bool = False, steal: bool = False, recorded: dict[str, dict] | None = None,
+             trackers=None) -> GridSummary:
     """Run the cells that need it through `executor` (as many at once as it has slots), storing each
-    record as it arrives. A cell runs only under its lock, taken just before the executor starts it."""
+    record as it arrives. A cell runs only under its lock, taken just before the executor starts it.
+    `trackers` (bench/run/trackers: Trackers): each stored record is logged to them too, here in the runner's
+    process, never in a cell's."""
     summary = GridSummary(total=len(cells))
     if steal:
         summary.notes += steal_locks(cells, store)
@@ -173,7 +176,7 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
     try:
         for cell, record in finished:
             storing = (cell, record)
-            _store(cell, record, store, summary, quiet)
+            _store(cell, record, store, summary, quiet, trackers)
             storing = None
             held.pop(cell.id)[1].release()
             bar.update(1)
@@ -193,6 +196,8 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
         for _, claim in held.values():
             claim.release()
         bar.close()
+    if trackers:
+        summary.notes += trackers.notes()
     for suite in sorted({c.suite for c in todo}):  # index what this run wrote: the next run need not read it
         store.scan(suite)
     return summary
@@ -218,9 +223,11 @@ def _unwritable(error: OSError, store: Store, storing: tuple[Cell, dict] | None)
             "is writable), the same command stores it without training again.")
 
 
-def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: bool) -> None:
+def _store(cell: Cell, record: dict, store: Store, summary: GridSummary, quiet: bool, trackers=None) -> None:
     store.write(record)
     _clear_spool(_spool(store, cell), cell.id)
+    if trackers:  # after the write: a tracker sees only stored records, and its failure never reaches the store
+        trackers.log(record)
     status = record["status"]
     summary.statuses[status] += 1
     if quiet:  # no bars: one line per finished cell instead, so a long quiet grid still shows it is alive
