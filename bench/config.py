@@ -9,9 +9,11 @@ A layer that sets `max_steps` clears `epochs` from the layers below it, and vice
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from bench import optimizers
@@ -79,6 +81,10 @@ class TrainConfig:
     # cell's seed (`selection_heldout`, a fraction), or a split of the task's own (`selection_split`).
     selection_heldout: float | None = None
     selection_split: str | None = None
+    # The model's LM loss on general text before and after training (forgetting.* in bench/figures.py): the
+    # packaged text, or the UTF-8 file `forgetting_text` names (a path from where peft-bench runs, or absolute).
+    forgetting: bool = False
+    forgetting_text: str | None = None
 
     def steps_for(self, n_examples: int) -> int:
         """Optimizer steps a cell trains for on `n_examples` rows: max_steps, else enough for `epochs` passes."""
@@ -96,7 +102,7 @@ class TrainConfig:
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
                "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto",
                "tfew_lm": "examples", "unlikelihood_offset": 0.0, "unlikelihood": True, "selection_heldout": None,
-               "selection_split": None}
+               "selection_split": None, "forgetting": False, "forgetting_text": None}
 
 
 # the protocol's two settings come from the suite's `selection:` (one protocol for every method), never a `train:`
@@ -113,6 +119,7 @@ _TRAIN_TYPES = {
     "objective": ("lm", "tfew"), "tfew_lm": ("examples", "tokens"), "unlikelihood_offset": float,
     "unlikelihood": bool,
     "pooling": POOLINGS,
+    "forgetting": bool, "forgetting_text": (str, None),
 }
 _POSITIVE = {"lr", "batch_size", "max_steps", "epochs", "max_length", "eval_batch_size", "eval_every",
              "max_train_samples", "max_eval_samples", "max_grad_norm", "shots"}
@@ -159,9 +166,31 @@ def resolve_train(layers: list[tuple[dict[str, Any], Callable[[str], str]]],
                        "would be the reported split's: selection on the test data. Give the suite a "
                        "`selection:` ({heldout: 0.1}, or {split: <a split of the task's own>})",
                        _where_key(layers, "keep_best"))
+    if values.get("forgetting_text") is not None:
+        if not values.get("forgetting"):
+            raise BadInput("'forgetting_text' is the text 'forgetting' measures the loss on: set 'forgetting: true'",
+                           _where_key(layers, "forgetting_text"))
+        check_forgetting_text(values["forgetting_text"], _where_key(layers, "forgetting_text"))
     if values["max_steps"] is None and values["epochs"] is None:
         raise BadInput("training needs 'max_steps' or 'epochs'", layers[-1][1]("max_steps") if layers else None)
     return TrainConfig(**values)
+
+
+def check_forgetting_text(path: str, where: str | None) -> None:
+    """A readable UTF-8 file with some text in it, checked as the suite is planned, before any cell runs."""
+    problem = _forgetting_text_problem(path)
+    if problem:
+        raise BadInput(f"'forgetting_text': {problem}", where)
+
+
+@functools.lru_cache(maxsize=16)
+def _forgetting_text_problem(path: str) -> str | None:
+    """Why `path` cannot be the forgetting text (None: it can); read once per planning, not once per cell."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot read {path!r} as UTF-8 text ({e})"
+    return None if text.strip() else f"{path!r} holds no text"
 
 
 def _where_key(layers, key: str) -> str | None:

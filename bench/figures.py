@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from bench import fmt
 
-SECTIONS = ("params", "memory", "time", "flops")
+# forgetting: the model's loss on general text before and after training (optional: train setting `forgetting`)
+SECTIONS = ("params", "memory", "time", "flops", "forgetting")
 # How a change between two records of one cell is judged (`judge`):
 RULES = {
     "exact": "equal: a function of code and configuration; any change is a regression",
@@ -28,6 +29,7 @@ RULES = {
                 "first value it warns",
     "timing": "wall-clock, so it moves with the machine and its load: when one is `time_warn_ratio` times the "
               "other it warns",
+    "loss": "a loss in nats: within `loss_abs` (training on a GPU is not bit-reproducible)",
 }
 
 
@@ -65,7 +67,7 @@ class Shown:
 class Figure:
     section: str
     name: str
-    unit: str  # elements, %, bytes, text, s, 1/s, tokens/s, FLOPs, FLOP/s, ratio
+    unit: str  # elements, %, bytes, text, s, 1/s, tokens, tokens/s, FLOPs, FLOP/s, ratio, nats, readings
     rule: str  # a key of RULES
     definition: str
     seeds: str = "mean"  # first: fixed by the cell's configuration, one value stands for all seeds
@@ -92,6 +94,13 @@ class Figure:
 
 
 LATENCY_EXAMPLES = 8  # single-example predictions timed for time.infer_latency_s
+MEMORY_SAMPLE_INTERVAL_S = 0.05  # memory.train_*: seconds between readings of the training window's memory
+FORGETTING_CHUNK_TOKENS = 128  # forgetting.*: the general text is scored in pieces of this many tokens
+_SAMPLED = (f"read every {MEMORY_SAMPLE_INTERVAL_S * 1000:g} ms by a thread of its own, and once at each end of "
+            "the training window and of each evaluation during training it leaves out (those are not sampled), "
+            "never synchronising the device (bench/cell/memory_trace.py)")
+_P99 = ("the 99th percentile of those readings: numpy's `percentile(readings, 99)` with linear interpolation, the "
+        "value at rank 0.99 × (n − 1) of the sorted readings; means and percentiles are rounded to the byte")
 _CUDA_PEAK = "CUDA only: `torch.cuda.max_memory_allocated`"
 _FIGURES = [
     # params
@@ -174,6 +183,32 @@ _FIGURES = [
     Figure("memory", "cpu_peak_rss_bytes", "bytes", "measured", "the process's peak resident set over the training "
            "window (`VmHWM` after writing `5` to `/proc/self/clear_refs`): interpreter, libraries and, on CPU, "
            "every tensor. Null where `/proc` cannot be reset."),
+    Figure("memory", "train_memory_samples", "readings", "measured", "how many times the training window's memory "
+           f"was read for the `train_*_bytes` figures below: {_SAMPLED}. A counter that could not be read at an "
+           "instant (NVML) has fewer readings; a training window shorter than the interval has the two at its ends."),
+    Figure("memory", "train_reserved_mean_bytes", "bytes", "measured", "CUDA only: the mean of the caching "
+           "allocator's reserved bytes (`torch.cuda.memory_reserved`, read with `memory_allocated` from one "
+           "`torch.cuda.memory_stats`) over the training window's readings (`train_memory_samples`)."),
+    Figure("memory", "train_reserved_p99_bytes", "bytes", "measured", f"CUDA only: {_P99}, of the reserved bytes."),
+    Figure("memory", "train_reserved_max_bytes", "bytes", "measured", "CUDA only: the largest reading of the reserved "
+           "bytes; at most `device_peak_reserved_bytes` (the exact peak, which sees between readings)."),
+    Figure("memory", "train_allocated_mean_bytes", "bytes", "measured", "CUDA only: the mean of "
+           "`torch.cuda.memory_allocated` (bytes of live tensors, as the host has enqueued the work that allocates "
+           "and frees them) over the training window's readings."),
+    Figure("memory", "train_allocated_p99_bytes", "bytes", "measured", f"CUDA only: {_P99}, of the allocated "
+           "bytes."),
+    Figure("memory", "train_allocated_max_bytes", "bytes", "measured", "CUDA only: the largest reading of the "
+           "allocated bytes; at most `device_peak_allocated_bytes`, which a reading every 50 ms rarely catches (a "
+           "step's peak lasts microseconds to milliseconds)."),
+    Figure("memory", "train_nvml_mean_bytes", "bytes", "measured", "CUDA with NVML: the mean of the readings whose "
+           "largest is `nvml_peak_bytes` (this process's device memory as the driver reports it)."),
+    Figure("memory", "train_nvml_p99_bytes", "bytes", "measured", f"CUDA with NVML: {_P99}, of NVML's readings."),
+    Figure("memory", "train_rss_mean_bytes", "bytes", "measured", "the mean of the process's resident set (the "
+           "second field of `/proc/self/statm` × the page size: what `VmHWM` peaks over) over the training "
+           "window's readings; on CUDA too (host memory). Null without `/proc`."),
+    Figure("memory", "train_rss_p99_bytes", "bytes", "measured", f"{_P99}, of the resident set."),
+    Figure("memory", "train_rss_max_bytes", "bytes", "measured", "the largest reading of the resident set; at most "
+           "`cpu_peak_rss_bytes` up to the kernel's approximate per-CPU counting (a few hundred KB: see below)."),
     Figure("memory", "peak_bytes", "bytes", "measured", "the report's \"measured peak\": "
            "`device_peak_allocated_bytes` on CUDA, else `cpu_peak_rss_bytes`.", tasks="largest",
            shown=(Shown("explore", "Peak memory", axis="peak memory", better="lower", unit="bytes"),)),
@@ -248,6 +283,32 @@ _FIGURES = [
            "those examples / 8: the prompt; for rank classification on a decoder prompt + option for every "
            "option, on an encoder-decoder the prompt once plus every option (T-Few's accounting: the encoder reads "
            "the prompt once); for generation, plus the first reference.", tasks="mean"),
+    # forgetting
+    Figure("forgetting", "lm_loss_before", "nats", "loss", "with `train.forgetting` on a model predicting with its "
+           "LM head (a decoder, or an encoder-decoder; null under a classifier head, which has no LM head to ask: "
+           "an encoder's masked-LM head is not loaded with it): the mean cross-entropy, in nats per predicted "
+           "token, of the adapted model before its first training step (`before_training`: the method applied, "
+           "untrained, so a soft prompt's random init is part of it) on a fixed general text (`text_sha256`). The "
+           "text is tokenised whole by the model's tokenizer without special tokens and cut into consecutive "
+           f"pieces of {FORGETTING_CHUNK_TOKENS} tokens (a last, shorter piece kept from 2 tokens); `objective` "
+           "says what is predicted of each piece. The sum of −log p over every predicted token of every piece, "
+           "over their number (`tokens`). The model in eval mode (no dropout), under `torch.no_grad`, on the "
+           "cell's device and autocast, `eval_batch_size` pieces at once, log-softmax in fp32; outside the "
+           "training window. Null for a method that does not train.", tasks="mean"),
+    Figure("forgetting", "lm_loss_after", "nats", "loss", "`lm_loss_before` of the trained model (`trained`: after "
+           "the last step, `keep_best` applied): the same pieces, computed the same way. Null when training "
+           "diverged.", tasks="mean"),
+    Figure("forgetting", "delta", "nats", "loss", "`lm_loss_after − lm_loss_before`: how much fine-tuning raised "
+           "the model's loss on general text (negative: it fell).", tasks="mean"),
+    Figure("forgetting", "objective", "text", "exact", "`causal` for a decoder: each piece is the input and every "
+           "token after its first is predicted from those before it; `prefix` for an encoder-decoder (the T5 "
+           "paper's prefix LM, not its span corruption): the encoder reads the piece's first ⌈n/2⌉ tokens, the "
+           "decoder predicts the other ⌊n/2⌋ from its start token on, teacher-forced.", "first", "same"),
+    Figure("forgetting", "tokens", "tokens", "exact", "the predicted tokens that `lm_loss_before` and "
+           "`lm_loss_after` average over.", "first"),
+    Figure("forgetting", "text_sha256", "text", "exact", "the first 16 hex digits of the SHA-256 of the text's "
+           "bytes: the packaged `bench/texts/general.txt` (written for this harness, Apache-2.0 like it), or the "
+           "file `train.forgetting_text` names.", "first", "same"),
 ]
 FIGURES: dict[str, Figure] = {f.key: f for f in _FIGURES}
 for _f in _FIGURES:
@@ -288,6 +349,7 @@ class Tolerances:
     versioned_rtol: float = 0.05  # fraction of the first value, across torch versions
     memory_rtol: float = 0.10  # fraction of the first value
     time_warn_ratio: float = 1.5
+    loss_abs: float = 0.05  # nats per token
 
     def score(self, metric: str) -> float:
         return self.score_abs_per_metric.get(metric, self.score_abs)
@@ -318,6 +380,8 @@ def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str
     if rule == "measured":
         return ("ok", "") if abs(b - a) <= tol.memory_rtol * abs(a) else \
             ("warn", f"beyond ±{tol.memory_rtol:.0%} (machine-dependent: warns)")
+    if rule == "loss":
+        return ("ok", "") if abs(b - a) <= tol.loss_abs else ("flag", f"beyond ±{tol.loss_abs:g} nats")
     low, high = sorted((abs(a), abs(b)))
     if low == 0 or high / low >= tol.time_warn_ratio:
         return "warn", f"×{b / a:.2f} (machine-dependent: warns)" if a else "from zero (machine-dependent: warns)"

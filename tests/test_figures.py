@@ -57,6 +57,8 @@ def test_every_entry_is_well_formed():
     ("time.train_s", 10.0, 15.0, True, "warn"),
     ("time.train_s", 10.0, 6.6, True, "warn"),  # faster by ×1.5 too
     ("time.mfu", 0.0, 0.1, True, "warn"),
+    ("forgetting.delta", 0.10, 0.15, True, "ok"),  # 0.05 nats
+    ("forgetting.lm_loss_after", 3.0, 3.06, True, "flag"),
     ("train.unregistered", 1, 2, True, "flag"),  # unknown figures are compared exactly
 ])
 def test_judge_applies_each_rule(key, a, b, same_torch, verdict):
@@ -107,12 +109,14 @@ def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
     cell = next(c for c in grid.expand(load_suite("ci")) if c.method == "lora" and c.model.name == "tiny-encoder")
     record = run_cell(cell, quiet=True)
     assert record["status"] == "ok", record["error"]
+    nvml = {"memory.nvml_peak_bytes", "memory.train_nvml_mean_bytes", "memory.train_nvml_p99_bytes"}
     cuda_only = {"memory.device_peak_allocated_bytes", "memory.device_peak_reserved_bytes",
-                 "memory.eval_peak_allocated_bytes", "memory.nvml_peak_bytes", "memory.device_other_bytes",
-                 "time.mfu"}
+                 "memory.eval_peak_allocated_bytes", "memory.device_other_bytes", "time.mfu", *nvml,
+                 *(f"memory.train_{c}_{s}_bytes" for c in ("reserved", "allocated") for s in ("mean", "p99", "max"))}
     if torch.cuda.is_available():
-        cuda_only = {"memory.nvml_peak_bytes", "time.mfu"}  # NVML is an extra; MFU needs a known GPU
-    optional = {"time.compile_s"}  # only with train.compile (tests/test_train.py)
+        cuda_only = {"time.mfu", *nvml}  # NVML is an extra; MFU needs a known GPU
+    # only with train.compile (tests/test_train.py); only with train.forgetting (tests/test_forgetting.py)
+    optional = {"time.compile_s", *(f.key for f in FIGURES.values() if f.section == "forgetting")}
     missing = {key for key, f in FIGURES.items() if record[f.section][f.name] is None} - cuda_only - optional
     assert not missing, f"no instrument wrote {sorted(missing)}"
 

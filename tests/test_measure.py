@@ -10,7 +10,6 @@ from bench import tiny
 from bench.cell.batching import batches, collate
 from bench.cell.measure import (
     PeakMemory,
-    Sampler,
     optimizer_state_bytes,
     predicted_peak,
     stored_size,
@@ -220,16 +219,6 @@ def test_peak_memory_leaves_out_excluded_work():
             block = torch.ones(256 * 2 ** 20 // 4)  # 256 MiB, touched and freed inside the exclusion
             del block
     assert peak.peak_bytes - outer.peak_bytes < 128 * 2 ** 20
-
-
-def test_sampler_keeps_the_largest_reading():
-    readings = iter([5, None, 9, 3, 7])
-    sampler = Sampler(lambda: next(readings, None), interval_s=3600)
-    sampler.start()  # reads once now
-    for _ in range(3):
-        sampler.sample()
-    sampler.stop()  # and once at the end
-    assert sampler.peak == 9
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from bench.cell.forgetting import general_text, lm_loss
 from bench.cell.measure import (
     PeakMemory,
     TimedPrediction,
@@ -153,16 +154,16 @@ class InferenceFlops(Instrument):
 
 
 class TrainingPeak(Instrument):
-    """memory.*_peak_* of the training window (bench/cell/measure.py: PeakMemory); evaluations during
-    training are left out. On CUDA, memory.device_other_bytes: what the device held besides the weights
-    as the window opened."""
+    """memory.*_peak_* of the training window (bench/cell/measure.py: PeakMemory), and its memory sampled over
+    time (memory.train_*: bench/cell/memory_trace.py); evaluations during training are left out. On CUDA,
+    memory.device_other_bytes: what the device held besides the weights as the window opened."""
 
     def __init__(self):
         self.peak, self.held = None, None
 
     @contextlib.contextmanager
     def training(self, run, record):
-        self.peak = PeakMemory(run.device)
+        self.peak = PeakMemory(run.device, trace=True)
         self.held = torch.cuda.memory_allocated(run.device) if self.peak.cuda else None
         with self.peak:
             yield
@@ -173,7 +174,40 @@ class TrainingPeak(Instrument):
     def trained(self, run, record):
         memory = record["memory"]
         memory.update(self.peak.figures, peak_bytes=self.peak.peak_bytes, peak_source=self.peak.source)
+        memory.update(self.peak.trace_figures)
         memory["device_other_bytes"] = None if self.held is None else self.held - memory["weights_bytes"]
+
+
+class Forgetting(Instrument):
+    """forgetting.* with `train.forgetting`: the LM loss on general text (bench/cell/forgetting.py) of the
+    untrained model just before training, and of the trained model once training ended; both outside the
+    training window. On CUDA the allocator's cache is emptied after the first, so that the training window
+    does not start with the blocks of its logits cached (the probe step, after it, warms the allocator up)."""
+
+    def __init__(self):
+        self.text = None
+
+    def before_training(self, run, record):
+        if not (run.cell.train.forgetting and run.adapted.trains):
+            return
+        self.text = general_text(run.bundle, run.cell.train.forgetting_text)
+        if self.text is None:  # a classifier head: no LM loss to measure
+            return
+        record["forgetting"].update(objective=self.text.objective, tokens=self.text.tokens,
+                                    text_sha256=self.text.sha256, lm_loss_before=self._loss(run))
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def trained(self, run, record):
+        if self.text is None or run.result.diverged_at_step is not None:  # nothing trained to measure
+            return
+        section = record["forgetting"]
+        section["lm_loss_after"] = self._loss(run)
+        section["delta"] = section["lm_loss_after"] - section["lm_loss_before"]
+
+    def _loss(self, run) -> float:
+        return lm_loss(run.adapted.model, self.text, run.bundle.tokenizer.pad_token_id,
+                       run.cell.train.eval_batch_size, run.device, run.autocast)
 
 
 class Throughput(Instrument):
@@ -261,6 +295,7 @@ def standard() -> Instruments:
     Throughput divides it by time; the probe runs before the training window opens (its warm-up must not count
     in the peaks); the evaluation's peak window encloses its timer, so eval_s does not include resetting and
     reading the peaks; the speed of prediction is measured after the stored state's size is read, as merging
-    may change the adapted model."""
-    return Instruments(TimeToTraining(), EvaluationPeak(), Timer(), Resolved(), StaticFigures(), StepProbe(),
-                       InferenceFlops(), TrainingPeak(), Throughput(), InferenceSpeed())
+    may change the adapted model; the untrained model's loss on general text is measured before the probe
+    step, so that the probe warms up what training runs with."""
+    return Instruments(TimeToTraining(), EvaluationPeak(), Timer(), Resolved(), StaticFigures(), Forgetting(),
+                       StepProbe(), InferenceFlops(), TrainingPeak(), Throughput(), InferenceSpeed())

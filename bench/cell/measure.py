@@ -12,12 +12,12 @@ import os
 import re
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from bench.cell.memory_trace import MemorySampler, allocator_bytes, rss_bytes
 from bench.tensors import tensor_bytes, tensor_key, unique_tensors
 
 
@@ -122,37 +122,6 @@ def nvml_process_bytes(device: torch.device):
     return read
 
 
-class Sampler:
-    """The largest value `read()` returns, polled every `interval_s` on a thread while running."""
-
-    def __init__(self, read, interval_s: float = 0.05):
-        self.read, self.interval_s = read, interval_s
-        self.peak: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sample(self) -> None:
-        value = self.read()
-        if value is not None and (self.peak is None or value > self.peak):
-            self.peak = value
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def start(self) -> None:
-        self.sample()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
-
 PEAK_FIELDS = ("device_peak_allocated_bytes", "device_peak_reserved_bytes", "nvml_peak_bytes", "cpu_peak_rss_bytes")
 
 
@@ -166,15 +135,31 @@ class PeakMemory:
     cpu_peak_rss_bytes           the process's peak resident set (VmHWM after resetting it through
                                  /proc/self/clear_refs): interpreter, libraries and CPU tensors
     Work inside `excluded()` (evaluations during training) does not count towards the peaks.
+
+    `trace`: the same sampling thread also reads the allocator's reserved and allocated bytes (CUDA) and the
+    RSS (bench/cell/memory_trace.py), for `trace_figures`. It reads inside the window the peaks are reset for,
+    so no reading exceeds the exact peak of its counter.
     """
 
-    def __init__(self, device):
+    def __init__(self, device, trace: bool = False):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.figures: dict[str, int | None] = dict.fromkeys(PEAK_FIELDS)
         self._rss_reset = False
-        read = nvml_process_bytes(self.device) if self.cuda else None
-        self._nvml = Sampler(read) if read else None
+        read = _memory_reader(self.device, trace)
+        self._sampler = MemorySampler(read) if read else None
+        self.counters = ("reserved", "allocated", "nvml", "rss") if trace else ()
+
+    @property
+    def trace_figures(self) -> dict[str, int | None]:
+        """memory.train_<counter>_{mean,p99,max}_bytes and train_memory_samples (bench/figures.py); NVML's
+        maximum is nvml_peak_bytes."""
+        out: dict[str, int | None] = {"train_memory_samples": self._sampler.instants if self.counters else None}
+        for counter in self.counters:
+            stats = self._sampler.summary(counter)
+            out.update({f"train_{counter}_{stat}_bytes": value for stat, value in stats.items()
+                        if not (counter == "nvml" and stat == "max")})
+        return out
 
     @property
     def peak_bytes(self) -> int | None:
@@ -193,19 +178,19 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         self._rss_reset = _reset_peak_rss()
-        if self._nvml:
-            self._nvml.start()
+        if self._sampler:
+            self._sampler.start()
 
     def _fold(self) -> None:
-        """Merge the peaks since the last start into the window's figures."""
-        readings = {}
+        """Merge the peaks since the last start into the window's figures. The sampling thread stops first,
+        whatever the rest raises (a CUDA error in synchronize), so it never outlives its window."""
+        if self._sampler:
+            self._sampler.stop()
+        readings = {"nvml_peak_bytes": self._sampler.peak("nvml") if self._sampler else None}
         if self.cuda:
             torch.cuda.synchronize(self.device)
             readings["device_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
             readings["device_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(self.device)
-        if self._nvml:
-            self._nvml.stop()
-            readings["nvml_peak_bytes"] = self._nvml.peak
         if self._rss_reset:  # without a reset, VmHWM would include everything before the window
             readings["cpu_peak_rss_bytes"] = _peak_rss_bytes()
         for key, value in readings.items():
@@ -228,6 +213,25 @@ class PeakMemory:
             yield
         finally:
             self._start()
+
+
+def _memory_reader(device: torch.device, trace: bool):
+    """What PeakMemory's thread reads at each instant: NVML's bytes (CUDA, where pynvml imports); with `trace`,
+    the allocator's reserved and allocated bytes (CUDA) and the RSS too (where no counter can be read, the
+    instants are still counted). None without `trace` when there is nothing to read."""
+    cuda = device.type == "cuda"
+    readers = {"nvml": nvml_process_bytes(device) if cuda else None, "rss": rss_bytes if trace else None}
+    readers = {counter: reader for counter, reader in readers.items() if reader}
+    # the thread must read this device: a bare "cuda" would be the thread's own current device
+    index = (torch.cuda.current_device() if device.index is None else device.index) if trace and cuda else None
+    if not (readers or trace):
+        return None
+
+    def read() -> dict:
+        values = {counter: reader() for counter, reader in readers.items()}
+        return values if index is None else {**allocator_bytes(index), **values}
+
+    return read
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from bench.yamlfile import load_yaml
 BASELINE_VERSION = 1
 
 _TOLERANCE_KEYS = {"score_abs": float, "score_abs_per_metric": dict, "versioned_rtol": float,
-                   "memory_rtol": float, "time_warn_ratio": float}
+                   "memory_rtol": float, "time_warn_ratio": float, "loss_abs": float}
 
 
 def load_tolerances(path: str | None) -> Tolerances:
