@@ -82,7 +82,7 @@ class TrainConfig:
     selection_heldout: float | None = None
     selection_split: str | None = None
     # The model's LM loss on general text before and after training (forgetting.* in bench/figures.py): the
-    # packaged text, or the UTF-8 file `forgetting_text` names (a path from where peft-bench runs, or absolute).
+    # packaged text, or the UTF-8 file `forgetting_text` names (in a suite: from the suite file's folder).
     forgetting: bool = False
     forgetting_text: str | None = None
 

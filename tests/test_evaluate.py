@@ -125,6 +125,9 @@ def test_batched_predictions_are_each_example_predicted_alone(model_name, task_n
     monkeypatch.setattr(evaluate, "_predict_group", lambda *a: groups.append([]) or predict_group(*a))
     monkeypatch.setattr(evaluate, "collate", lambda chunk, *a, **k: groups[-1].append(list(map(width, chunk)))
                         or collate(chunk, *a, **k))
+    options_collate = evaluate.options_collate  # an encoder-decoder's rank classification: each prompt once
+    monkeypatch.setattr(evaluate, "options_collate", lambda prompts, *a, **k: groups[-1].append(list(map(len, prompts)))
+                        or options_collate(prompts, *a, **k))
     batched = evaluate.predict(bundle, model, evalset, task, 4, "cpu")
     if task.type == "regression":
         assert batched == pytest.approx(alone, rel=1e-5, abs=1e-5)

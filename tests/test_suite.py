@@ -172,3 +172,18 @@ def test_fewshot_suite_is_t_fews_regime():
     assert {c.init_from for c in cells if c.label == "ia3+pre-training"} == {c.id for c in stages}
     lora = next(c for c in trained if c.label == "lora").method_config
     assert (lora["r"], lora["lora_alpha"], lora["target_modules"]) == (4, 1, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+
+
+def test_a_forgetting_text_is_found_from_the_suite_files_folder(tmp_path, monkeypatch):
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from tests.conftest import TINY_SUITE
+
+    folder = tmp_path / "suites"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("a text of one's own, for the loss before and after training\n")
+    (folder / "s.yaml").write_text(TINY_SUITE.replace("max_steps: 20,", "max_steps: 20, forgetting: true, "
+                                                                       "forgetting_text: mine.txt,"))
+    monkeypatch.chdir(tmp_path)  # not the suite's folder
+    cells = grid.expand(load_suite(str(folder / "s.yaml")))
+    assert {c.train.forgetting_text for c in cells} == {str((folder / "mine.txt").resolve())}

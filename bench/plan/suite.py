@@ -138,6 +138,9 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         data_dir=data_dir or (_relative(path, values["data_dir"]) if "data_dir" in values else None),
         task_registry=registry, doc=doc, method_modules=method_modules, threads=values.get("threads"),
     )
+    for train in [suite.train, *suite.task_train.values(), *(m.train for m in suite.methods)]:
+        if isinstance(train.get("forgetting_text"), str):  # a file named in the suite: from the suite's folder
+            train["forgetting_text"] = _relative(path, train["forgetting_text"])
     if "sweep" in values:
         suite.sweep = parse_sweep(values["sweep"], lambda *k: doc.where("sweep", *k), None)
     if "selection" in values:

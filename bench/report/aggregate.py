@@ -30,7 +30,7 @@ KEYS = ["model", "task", "label", "shots"]
 FIRST_COLUMNS = ["method", "method_family", "main_metric", "train.gradient_checkpointing"] + [
     f.key for f in FIGURES.values() if f.seeds == "first"]
 # Every other numeric figure of these sections is a mean over the ok seeds.
-MEASURED_SECTIONS = ("memory.", "time.", "flops.")
+MEASURED_SECTIONS = ("memory.", "time.", "flops.", "forgetting.")
 # Cross-task rule per figure in method_summary (see the module docstring).
 OVER_TASKS = {f.key: f.tasks for f in FIGURES.values() if f.tasks}
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import env
+from bench import env, figures
 from bench.plan.cellspec import Cell
 from bench.record import finish, new_record
 
@@ -236,7 +236,7 @@ def _read_partial(path: Path) -> dict:
 
 # What a killed cell's record keeps of its partial record: the figures it measured before the kill
 # (parameters, static memory, FLOPs at inference, training progress: steps, last_loss, elapsed_s).
-KEPT_SECTIONS = ("params", "memory", "time", "flops", "train")
+KEPT_SECTIONS = (*figures.SECTIONS, "train")  # a killed cell keeps every figure it measured before
 
 
 def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
