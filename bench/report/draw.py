@@ -139,7 +139,9 @@ def line_plot(title: str, x_label: str, y_label: str, log_x: bool, lines: list[l
     ax = fig.subplots()
     markers = "osD^vP*X"
     for i, (label, xs, ys, chosen) in enumerate(lines):
-        line, = ax.plot(xs, ys, marker=markers[i % len(markers)], linestyle="-", label=label, zorder=2)
+        # a marker every twentieth of a long line (a curve of 500 points): the line stays readable, the shape named
+        line, = ax.plot(xs, ys, marker=markers[i % len(markers)], markevery=max(1, len(xs) // 20), linestyle="-",
+                        label=label, zorder=2)
         picked = [(x, y) for x, y in zip(xs, ys) if chosen is not None and x == chosen and not np.isnan(y)]
         if picked:
             ax.scatter(*zip(*picked), marker="*", s=220, color=line.get_color(), edgecolors="black", zorder=3)
