@@ -145,8 +145,10 @@ def test_two_stages_choose_on_the_first_seed_then_run_the_choice_on_the_rest_and
     suite, results = write_suite(text), tmp_path / "results"
     assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet", "--dry-run"]) == 0
     assert "second stage: 2 cells" in capsys.readouterr().err
-    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet"]) == 0
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet", "--save-adapters"]) == 0
     records = [json.loads(p.read_text()) for p in (results / "tiny").glob("*.json")]
+    # --save-adapters reaches both stages: every trained cell's adapter is there for `eval --adapter`
+    assert {p.name for p in (results / "tiny" / "adapters").iterdir()} == {r["cell"]["id"] for r in records}
     lora = [r for r in records if r["cell"]["label"] == "lora"]
     first = [r for r in lora if r["cell"]["sweep_stage"] == 1]
     second = [r for r in lora if r["cell"]["sweep_stage"] == 2]

@@ -76,62 +76,59 @@ def command(args) -> int:
         return 0
     check_cells(cells)
     store = Store(writable_folder(args.results, "--results"))
-    if args.save_adapters:  # results/<suite>/adapters/<cell id>/: what `eval --adapter` reads back
-        cells = [dataclasses.replace(c, adapter_dir=str(store.suite_dir(c.suite) / "adapters" / c.id)) for c in cells]
-    cells = [with_store_paths(c, store) for c in cells]
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
     print_store_problems(store, bad)
     trackers = open_trackers(args.log_to, store.suite_dir(s.name), s.name, quiet(args))  # BadInput before any cell
     signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the running cells are recorded `interrupted`
-    stages = [c for c in cells if c.stage]
-    if stages:  # before the cells that start from their saved states
-        summary = run_grid(stages, store, executor, force=args.force, retry_failed=args.retry_failed,
-                           quiet=quiet(args), steal=args.steal_locks, recorded=recorded, trackers=trackers)
+
+    def run(part: str, some: list, known: dict | None = None) -> None:
+        """Run cells through the executor into the store, and say how it went (`part`: which part of the run)."""
+        summary = run_grid([placed(c, store, args.save_adapters) for c in some], store, executor, force=args.force,
+                           retry_failed=args.retry_failed, quiet=quiet(args), steal=args.steal_locks,
+                           recorded=known, trackers=trackers)
         for line in summary.notes + summary.problems:
             print(line, file=sys.stderr)
-        print("stages: " + summary.line(s.name, str(store.suite_dir(s.name))))
+        print(part + summary.line(s.name, str(store.suite_dir(s.name))))
+
+    stages = [c for c in cells if c.stage]
+    if stages:  # before the cells that start from their saved states
+        run("stages: ", stages, recorded)
         cells = [c for c in cells if not c.stage]
-    summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
-                       quiet=quiet(args), steal=args.steal_locks, recorded=recorded, trackers=trackers)
-    for line in summary.notes + summary.problems:
-        print(line, file=sys.stderr)
-    print(summary.line(s.name, str(Store(args.results).suite_dir(s.name))))
+    run("", cells, recorded)
     if s.sweep_seeds is not None:
-        return second_stage(s.name, cells, expand, store, executor, args, trackers)
+        second_stage(s.name, cells, expand, store, run)
     return 0
 
 
-def with_store_paths(cell, store):
+def placed(cell, store, save_adapters: bool):
     """Where a cell writes beside its record: its training curve in results/<suite>/curves/<id>.jsonl; a stage
-    cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>."""
-    folder = store.suite_dir(cell.suite)
+    cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>; with
+    --save-adapters, any other trained cell its adapter in results/<suite>/adapters/<id> (what `eval --adapter`
+    reads back)."""
     from bench.run.store import CURVES
 
+    folder = store.suite_dir(cell.suite)
     cell = dataclasses.replace(cell, curve_path=str(folder / CURVES / f"{cell.id}.jsonl"))
     if cell.stage:
         return dataclasses.replace(cell, adapter_dir=str(folder / "stages" / cell.id))
     if cell.init_from:
-        return dataclasses.replace(cell, init_dir=str(folder / "stages" / cell.init_from))
+        cell = dataclasses.replace(cell, init_dir=str(folder / "stages" / cell.init_from))
+    if save_adapters:
+        cell = dataclasses.replace(cell, adapter_dir=str(folder / "adapters" / cell.id))
     return cell
 
 
-def second_stage(name: str, first: list, expand, store, executor, args, trackers=None) -> int:
+def second_stage(name: str, first: list, expand, store, run) -> None:
     """Two-stage sweeps: choose each sweep's setting on the selection split of the first stage's records (all of
     them, recorded now), then run the chosen setting on the suite's other seeds. Resumable like the first: the
     choice is made from first-stage records only, so it is the same on every rerun."""
     from bench.plan.selection import choose, chosen_settings
-    from bench.run.runner import run_grid
 
     records, _ = store.records(name)
     ran = {c.id for c in first}
     chosen = chosen_settings(choose([r for r in records if r["cell"]["id"] in ran]))
-    cells = [with_store_paths(c, store) for c in expand(chosen) if c.sweep_stage == 2]
+    cells = [c for c in expand(chosen) if c.sweep_stage == 2]
     if not cells:
         print("second stage: no setting could be chosen (no first-stage cell ended ok)", file=sys.stderr)
-        return 0
-    summary = run_grid(cells, store, executor, force=args.force, retry_failed=args.retry_failed,
-                       quiet=quiet(args), steal=args.steal_locks, trackers=trackers)
-    for line in summary.notes + summary.problems:
-        print(line, file=sys.stderr)
-    print("second stage: " + summary.line(name, str(store.suite_dir(name))))
-    return 0
+        return
+    run("second stage: ", cells)
