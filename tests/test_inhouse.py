@@ -230,6 +230,27 @@ def _applied(name: str, method: str, config: dict):
     return methods.get(method).apply(bundle.model, config, ApplyContext(bundle, TrainConfig(), 10))
 
 
+def _check_rebuilt_where_trained(name: str, method: str, trained_config: dict, stored_config: dict, current: dict):
+    """An adapter trained under `trained_config` (its tensors moved off their start), stored, and loaded into the
+    method built from `stored_config` (what its stored config resolves to) gives its outputs; loaded into the
+    `current` placement, others."""
+    trained = _applied(name, method, trained_config)
+    with torch.no_grad():
+        for p in trained.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    state = trained.state_to_store()
+    rebuilt, moved = _applied(name, method, stored_config), _applied(name, method, current)
+    rebuilt.load_state(state)
+    moved.load_state(state)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if REGISTRY[name].arch == "t5" else {})}
+    with torch.no_grad():
+        expected, again, elsewhere = (a.model.eval()(**batch).logits for a in (trained, rebuilt, moved))
+    torch.testing.assert_close(again, expected)
+    assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
+
+
 @pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2", "tiny-llama"])
 def test_pfeiffer_adapters_stored_by_revision_1_are_rebuilt_where_they_were_trained(name):
     """Revision 1 of adapter-pfeiffer read the FFN output projection; revision 2 (AdapterHub's SeqBnConfig) reads
@@ -241,21 +262,8 @@ def test_pfeiffer_adapters_stored_by_revision_1_are_rebuilt_where_they_were_trai
     current = pfeiffer.resolve({}, arch, str)
     assert current["after_residual"] and current["revision"] == 2
     revision_1 = {k: v for k, v in current.items() if k not in ("after_residual", "revision")}
-    trained = _applied(name, "adapter-pfeiffer", pfeiffer.resolve({"after_residual": False}, arch, str))
-    with torch.no_grad():
-        for n, p in trained.model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
-    state = trained.state_to_store()
-    rebuilt, moved = _applied(name, "adapter-pfeiffer", revision_1), _applied(name, "adapter-pfeiffer", current)
-    rebuilt.load_state(state)
-    moved.load_state(state)
-    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
-    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if arch == "t5" else {})}
-    with torch.no_grad():
-        expected, again, elsewhere = (a.model.eval()(**batch).logits for a in (trained, rebuilt, moved))
-    torch.testing.assert_close(again, expected)
-    assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
+    _check_rebuilt_where_trained(name, "adapter-pfeiffer", pfeiffer.resolve({"after_residual": False}, arch, str),
+                                 revision_1, current)
 
 
 @pytest.mark.parametrize("name", ["tiny-encoder", "tiny-t5", "tiny-gpt2", "tiny-llama"])
@@ -271,21 +279,7 @@ def test_adapters_stored_before_after_residual_are_rebuilt_where_they_were_train
     assert current["after_residual"] and current["revision"] == {"unipelt": 3 if arch != "roberta" else 2,
                                                                  "propetl-adapter": 2}[method]
     before = {k: v for k, v in current.items() if k != "after_residual"}
-    trained = _applied(name, method, before)
-    with torch.no_grad():
-        for n, p in trained.model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
-    state = trained.state_to_store()
-    rebuilt, moved = _applied(name, method, before), _applied(name, method, current)
-    rebuilt.load_state(state)
-    moved.load_state(state)
-    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
-    batch = {"input_ids": ids, **({"decoder_input_ids": ids} if arch == "t5" else {})}
-    with torch.no_grad():
-        expected, again, elsewhere = (a.model.eval()(**batch).logits for a in (trained, rebuilt, moved))
-    torch.testing.assert_close(again, expected)
-    assert (elsewhere - expected).abs().max() > 1e-3 * expected.abs().max()
+    _check_rebuilt_where_trained(name, method, before, before, current)
 
 
 def test_unipelt_gate_replaces_alpha_over_r_and_stored_revision_2_keeps_it():
