@@ -72,12 +72,23 @@ def _choice(key: tuple, settings: dict[str, list[dict]]) -> Choice:
         values = [v for v in values if v is not None]
         choice.tried.append(Tried(json.loads(text), statistics.median(values) if values else None,
                                   sum(r.get("status") == "ok" for r in records), len(records)))
-    scored = [t for t in choice.tried if t.selection is not None]
-    if scored:
-        higher = METRICS[metric].higher_is_better if metric in METRICS else True
-        best = (max if higher else min)(scored, key=lambda t: t.selection)  # first of equals: sorted order
-        choice.chosen = best.setting
+    best = best_tried(choice.tried, metric)
+    choice.chosen = best.setting if best else None
     return choice
+
+
+def higher_is_better(metric: str | None) -> bool:
+    """The metric's direction (a metric the registry does not know counts as higher-is-better)."""
+    return METRICS[metric].higher_is_better if metric in METRICS else True
+
+
+def best_tried(tried: list[Tried], metric: str | None) -> Tried | None:
+    """The setting with the best selection median in the metric's direction (the first of equals, in `tried`'s
+    order); None when none has one."""
+    scored = [t for t in tried if t.selection is not None]
+    if not scored:
+        return None
+    return (max if higher_is_better(metric) else min)(scored, key=lambda t: t.selection)
 
 
 def chosen_settings(choices: dict[tuple, Choice]) -> dict[tuple[str, str, str], dict]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.plan.selection import higher_is_better
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
 from bench.report.tables import slug
@@ -61,8 +62,6 @@ def _groups(frame: pd.DataFrame, curves: dict[str, dict]):
 def curve_tables(frame: pd.DataFrame, curves: dict[str, dict]) -> list[Table]:
     if frame.empty or not curves:
         return []
-    from bench.tasks.metrics import METRICS
-
     tables: dict[str, Table] = {}
     for (model, task, label), rows in _groups(frame, curves):
         table = tables.setdefault(model, Table(f"curves-{slug(model)}", f"{model}: how fast each method learns", [
@@ -73,8 +72,7 @@ def curve_tables(frame: pd.DataFrame, curves: dict[str, dict]) -> list[Table]:
                     "(first − final). Final score: the last evaluation during training (eval_every), on the split "
                     "those evaluations used; — without evaluations during training."))
         cells = [curves[i] for i in rows["id"]]
-        metric = rows["main_metric"].iloc[0]
-        higher = METRICS[metric].higher_is_better if metric in METRICS else True
+        higher = higher_is_better(rows["main_metric"].iloc[0])
         drops = [s for s in (loss_drop_step(c["train"]) for c in cells) if s is not None]
         reached = [s for s in (score_step(c["evals"], higher) for c in cells) if s is not None]
         table.add(task, [Cell(task), Cell(label), _median(c["steps"] for c in cells), _median(drops),

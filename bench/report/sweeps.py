@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench import fmt
 from bench.fmt import setting_text
-from bench.plan.selection import Choice, choose, setting_key
+from bench.plan.selection import Choice, best_tried, choose, setting_key
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
 from bench.report.tables import slug
@@ -123,15 +123,5 @@ def sensitivity_plots(swept: pd.DataFrame, choices: dict[tuple, Choice], folder:
 
 def _profile(swept: pd.DataFrame, c: Choice, key: str, value) -> float | None:
     """The reported mean of the setting with `key` = `value` that scored best on the selection split."""
-    candidates = [t for t in c.tried if t.setting.get(key) == value and t.selection is not None]
-    if not candidates:
-        return None
-    higher = c.metric is None or _higher(c.metric)
-    best = (max if higher else min)(candidates, key=lambda t: t.selection)
-    return _reported(_of_setting(swept, c, best.setting))[0]
-
-
-def _higher(metric: str) -> bool:
-    from bench.tasks.metrics import METRICS
-
-    return METRICS[metric].higher_is_better if metric in METRICS else True
+    best = best_tried([t for t in c.tried if t.setting.get(key) == value], c.metric)
+    return _reported(_of_setting(swept, c, best.setting))[0] if best else None
