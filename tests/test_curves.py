@@ -16,7 +16,7 @@ def test_points_are_window_means_and_bounded(tmp_path):
     writer.steps(1, losses[:7], [0.1] * 7, [2.0] * 7, [10] * 7, 7.0)  # one read of 7 steps
     writer.steps(8, losses[7:], [0.2] * (steps - 7), [None] * (steps - 7), [10] * (steps - 7), float(steps - 7))
     writer.evaluation(500, 71.5)
-    writer.close(steps)
+    writer.close()
     curve = read_curve(path)
     assert curve["every"] == 3 and len(curve["train"]) == 334 <= MAX_POINTS  # 333 full windows + the last step
     first = curve["train"][0]
@@ -24,6 +24,16 @@ def test_points_are_window_means_and_bounded(tmp_path):
     assert curve["train"][2]["step"] == 9 and curve["train"][2]["grad_norm"] == 2.0  # steps 7 (2.0), 8, 9 (none)
     assert curve["train"][3]["grad_norm"] is None and curve["train"][-1]["step"] == steps
     assert curve["evals"] == [{"step": 500, "eval": 71.5, "split": "main"}]
+
+
+def test_a_curve_closed_mid_window_puts_its_last_point_at_the_last_step_read(tmp_path):
+    """A cell whose training fails closes its curve: the partial window is a point at the last step it read."""
+    path = tmp_path / "c.jsonl"
+    writer = CurveWriter(path, 3 * MAX_POINTS, "abc")  # a point every 3 steps
+    writer.steps(1, [1.0, 0.5], [0.1, 0.1], [None, None], [4, 4], 1.0)
+    writer.close()
+    writer.close()  # the cell closes it again after train() did: nothing more is written
+    assert read_curve(path)["train"] == [{"step": 2, "loss": 0.75, "lr": 0.1, "grad_norm": None, "tokens_per_s": 8.0}]
 
 
 def test_a_torn_last_line_leaves_the_rest_readable(tmp_path):

@@ -31,6 +31,7 @@ class CurveWriter:
         self.every = max(1, math.ceil(steps / MAX_POINTS))
         self.eval_split = eval_split
         self.window: list[tuple[float, float, float | None, int, float]] = []
+        self.last_step = 0  # the last step handed over: where a partial window's point sits
         self.file = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -43,16 +44,18 @@ class CurveWriter:
         share = seconds / len(losses) if losses else 0.0
         for i, loss in enumerate(losses):
             self.window.append((loss, lrs[i], norms[i], tokens[i], share))
-            if (first + i) % self.every == 0:
-                self._point(first + i)
+            self.last_step = first + i
+            if self.last_step % self.every == 0:
+                self._point(self.last_step)
 
     def evaluation(self, step: int, score: float | None) -> None:
         self._write({"step": step, "eval": score, "split": self.eval_split})
 
-    def close(self, last_step: int) -> None:
-        """The last partial window, then the file closed (also when training stopped early)."""
+    def close(self) -> None:
+        """The last partial window, at the last step handed over, then the file closed (also when training stopped
+        early, or failed: then again by the cell, which does nothing once closed)."""
         if self.window:
-            self._point(last_step)
+            self._point(self.last_step)
         if self.file is not None:
             self.file.close()
             self.file = None

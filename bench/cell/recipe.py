@@ -154,7 +154,7 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
         result = training.train(run.adapted, run.data.features, run.objective, cell.train, cell.seed, run.device,
                                 quiet, main_score, higher, progress=progress, curve=curve)
     finally:  # a failed step keeps the curve up to its last read
-        curve.close(0)
+        curve.close()
     record["train"].update(result.summary())
     return result
 

@@ -305,7 +305,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
                 best, result.best_step = score, step + 1
                 best_state = {id(p): p.detach().clone() for p in params}
     bar.close()
-    curve.close(result.steps)
+    curve.close()
     source.close()  # here, not whenever the collector finds it
     result.step_s = clock.seconds()
     result.train_s = sum(result.step_s)
