@@ -96,8 +96,13 @@ def test_every_method_declares_whether_it_lets_the_encoder_run_once():
 def test_the_dry_run_prices_soft_prompt_methods_with_the_encoder_per_option():
     from bench.tools.plan_cost import encodes_in_forward
 
-    assert encodes_in_forward("prompt-tuning") and encodes_in_forward("compose(prompt-tuning+bitfit)")
-    assert not encodes_in_forward("lora") and not encodes_in_forward("compose(lora+bitfit)")
+    def parts(*names):
+        return {"parts": [{"name": name, "config": {}} for name in names]}
+
+    assert encodes_in_forward("prompt-tuning", {})
+    assert encodes_in_forward("compose(prompt-tuning+bitfit)", parts("prompt-tuning", "bitfit"))
+    assert not encodes_in_forward("lora", {})
+    assert not encodes_in_forward("compose(lora+bitfit)", parts("lora", "bitfit"))
 
 
 def test_peft_soft_prompts_keep_the_repeated_prompts():

@@ -121,7 +121,7 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     else:
         options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
         passes, what = float(options), f"{options} options"
-        if ARCHS[cell.model.arch].kind == "encoder-decoder" and not encodes_in_forward(cell.method):
+        if ARCHS[cell.model.arch].kind == "encoder-decoder" and not encodes_in_forward(cell.method, cell.method_config):
             # the encoder once, the decoder per option
             passes, what = 0.5 + 0.5 * options, f"the encoder once + {options} options' decoder"
     priced = pricing_cell(cell)
@@ -131,11 +131,13 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     return (None, why) if forward is None else (round(rows * passes * forward), f"{rows} rows × {what}")
 
 
-def encodes_in_forward(method: str) -> bool:
-    """Whether a method (or a part of a composition) keeps an encoder-decoder from encoding each prompt once."""
+def encodes_in_forward(method: str, config: dict) -> bool:
+    """Whether a method (or a part of a composition: its resolved config's parts) keeps an encoder-decoder from
+    encoding each prompt once."""
     from bench import methods
+    from bench.methods.compose import is_composition
 
-    names = method.removeprefix("compose(").removesuffix(")").split("+")
+    names = [part["name"] for part in config["parts"]] if is_composition(method) else [method]
     return any(name in methods.REGISTRY and methods.get(name).encodes_in_forward for name in names)
 
 
