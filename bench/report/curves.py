@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.fmt import DASH
 from bench.plan.selection import higher_is_better
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
@@ -64,13 +65,7 @@ def curve_tables(frame: pd.DataFrame, curves: dict[str, dict]) -> list[Table]:
         return []
     tables: dict[str, Table] = {}
     for (model, task, label), rows in _groups(frame, curves):
-        table = tables.setdefault(model, Table(f"curves-{slug(model)}", f"{model}: how fast each method learns", [
-            Column("Task", numeric=False), Column("Method", numeric=False), Column("Steps"),
-            Column("Steps to 90 % of the loss drop", better="lower"),
-            Column("Steps to 90 % of the final score", better="lower"), Column("Seeds")],
-            caption="Medians over the ok seeds with a curve. Loss drop: first curve point with loss ≤ final + 0.1 × "
-                    "(first − final). Final score: the last evaluation during training (eval_every), on the split "
-                    "those evaluations used; — without evaluations during training."))
+        table = tables.get(model) or tables.setdefault(model, _curve_table(model))
         cells = [curves[i] for i in rows["id"]]
         higher = higher_is_better(rows["main_metric"].iloc[0])
         drops = [s for s in (loss_drop_step(c["train"]) for c in cells) if s is not None]
@@ -82,10 +77,20 @@ def curve_tables(frame: pd.DataFrame, curves: dict[str, dict]) -> list[Table]:
     return list(tables.values())
 
 
+def _curve_table(model: str) -> Table:
+    return Table(f"curves-{slug(model)}", f"{model}: how fast each method learns", [
+        Column("Task", numeric=False), Column("Method", numeric=False), Column("Steps"),
+        Column("Steps to 90 % of the loss drop", better="lower"),
+        Column("Steps to 90 % of the final score", better="lower"), Column("Seeds")],
+        caption="Medians over the ok seeds with a curve. Loss drop: first curve point with loss ≤ final + 0.1 × "
+                "(first − final). Final score: the last evaluation during training (eval_every), on the split "
+                f"those evaluations used; {DASH} without evaluations during training.")
+
+
 def _median(values) -> Cell:
     values = [v for v in values if v is not None]
     if not values:
-        return Cell("—")
+        return Cell(DASH)
     value = statistics.median(values)
     return Cell(f"{value:,.0f}", value=value)
 
