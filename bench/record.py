@@ -22,6 +22,9 @@ SCHEMA_VERSION = 1
 # non-finite (`train.diverged_at_step`); interrupted: the runner was stopped (SIGINT/SIGTERM) mid-cell.
 STATUSES = ("ok", "failed", "unsupported", "oom", "timeout", "killed", "diverged", "interrupted")
 SECTIONS = ("params", "memory", "time", "flops", "scores", "train", "env")
+# The sections of a cell's measured numbers: every figure section and `train` (a flattened row's `section.name`
+# columns, what trackers log, what a killed cell's record keeps of what it measured).
+NUMBER_SECTIONS = (*figures.SECTIONS, "train")
 
 
 class FigureSection(dict):

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import figures
 from bench.errors import BadInput
 from bench.files import atomic_write, checked, safe_name
 from bench.fmt import setting_text
-from bench.record import STATUSES, problems
+from bench.record import NUMBER_SECTIONS, STATUSES, problems
 from bench.run import locks
 from bench.run.locks import Claim
 
@@ -196,7 +195,7 @@ def _load(path: Path, checked: bool) -> tuple[dict | None, dict | str]:
 @functools.cache
 def _checker() -> str:
     """A fingerprint of the record check, so an index written under another version of it is not trusted."""
-    from bench import record
+    from bench import figures, record
 
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (record, figures))).hexdigest()[:16]
 
@@ -228,7 +227,7 @@ def flatten(record: dict) -> dict[str, Any]:
     row["status"] = record["status"]
     error = record.get("error") or {}
     row["error"] = f"{error.get('type')}: {error.get('message')}" if error else None
-    for section in (*figures.SECTIONS, "train"):
+    for section in NUMBER_SECTIONS:
         for key, value in (record.get(section) or {}).items():
             if not isinstance(value, (dict, list)):
                 row[f"{section}.{key}"] = value

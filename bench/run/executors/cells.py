@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import env, figures
+from bench import env
 from bench.plan.cellspec import Cell
-from bench.record import finish, new_record
+from bench.record import NUMBER_SECTIONS, finish, new_record
 
 PRELOAD = ["bench.run.warm"]
 PRELOAD_ENV = "PEFT_BENCH_PRELOAD"  # what the fork server preloads besides its core (bench.run.warm)
@@ -234,17 +234,13 @@ def _read_partial(path: Path) -> dict:
     return partial if isinstance(partial, dict) else {}
 
 
-# What a killed cell's record keeps of its partial record: the figures it measured before the kill
-# (parameters, static memory, FLOPs at inference, training progress: steps, last_loss, elapsed_s).
-KEPT_SECTIONS = (*figures.SECTIONS, "train")  # a killed cell keeps every figure it measured before
-
-
 def failure_record(cell: Cell, status: str, kind: str, message: str, evidence: str | None = None,
                    measured: dict | None = None, ended: dict | None = None) -> dict:
     """The record of a cell that wrote none itself; `ended`: how its process ended, for the error's
-    `exit_code` (a crash) or `signal` (a kill)."""
+    `exit_code` (a crash) or `signal` (a kill). It keeps what the cell measured before it ended (`measured`: its
+    partial record's number sections: parameters, static memory, FLOPs at inference, training progress)."""
     record = new_record(cell)
-    for section in KEPT_SECTIONS:
+    for section in NUMBER_SECTIONS:
         if isinstance((measured or {}).get(section), dict):
             record[section].update(measured[section])
     record["env"].update(env.collect(probe_device=False))

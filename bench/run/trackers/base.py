@@ -26,9 +26,8 @@ from typing import Any, Protocol
 
 from bench.errors import BadInput, unknown
 from bench.files import writable_folder
+from bench.record import NUMBER_SECTIONS
 from bench.run.store import CURVES, flatten
-
-FIGURE_SECTIONS = ("params", "memory", "time", "flops", "train")  # the sections `flatten` spreads into columns
 
 
 class Tracker(Protocol):
@@ -176,7 +175,7 @@ def figures(record: dict) -> dict[str, float]:
     found = {}
     for key, value in row.items():
         section, _, figure = key.partition(".")
-        if figure and (section in FIGURE_SECTIONS or section == "scores") and _number(value):
+        if figure and (section in NUMBER_SECTIONS or section == "scores") and _number(value):
             found[f"{section}/{figure}"] = float(value)
     return found
 
