@@ -97,6 +97,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _hub("llama-2-13b", "meta-llama/Llama-2-13b-hf", "llama", "LLaMA-2 13B"),
     _hub("llama-2-70b", "meta-llama/Llama-2-70b-hf", "llama", "LLaMA-2 70B"),
     _hub("llama-3-8b", "meta-llama/Meta-Llama-3-8B", "llama", "LLaMA-3 8B"),
+    _hub("llama-3.2-3b", "meta-llama/Llama-3.2-3B", "llama", "LLaMA-3.2 3B, tied embeddings (peft's benchmark)"),
     _hub("mistral-7b", "mistralai/Mistral-7B-v0.1", "llama", "Mistral 7B v0.1 (LLaMA-style module names)"),
 ]}
 

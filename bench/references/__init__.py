@@ -6,6 +6,13 @@ beside them (±), the row's average (the paper's Avg column, which tests/test_re
 values: a second reading of every one), the trainable parameters the paper states and the setting it was run
 under. A table also says what its statistic is (median of 5 seeds, ...) and how the paper's measurement differs
 from a cell's, so a comparison names every difference instead of hiding it.
+
+A file says where its numbers were read (`source`: a url or repo@commit; a row's own `source` where rows come
+from separate files). A table says how the paper aggregates runs (`aggregate`: median, mean, or single, one run,
+over `seeds` runs), so a report computes ours the same way; which of its names the harness does not ship
+(`not_in_harness`: such references never match a cell); and what each cost figure its rows carry means
+(`costs`: name -> definition, e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's
+rounded count ("0.3M") or an exact count (9175040).
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from bench.config import check_keys, coerce
 from bench.errors import BadInput
 from bench.yamlfile import load_yaml
 
-_FILE_KEYS = {"paper": str, "arxiv": str, "tables": list}
-_TABLE_KEYS = {"table": str, "split": str, "statistic": str, "tasks": list, "differences": list, "task_notes": dict,
-               "rows": list}
+_FILE_KEYS = {"paper": str, "arxiv": str, "source": str, "tables": list}
+_TABLE_KEYS = {"table": str, "split": str, "statistic": str, "aggregate": str, "seeds": int, "tasks": list,
+               "differences": list, "task_notes": dict, "not_in_harness": list, "costs": dict, "rows": list}
 _ROW_KEYS = {"row": str, "model": str, "method": str, "params": str, "values": list, "spreads": list, "avg": float,
-             "setting": str}
-_PARAMS = re.compile(r"(\d+(?:\.\d+)?)([KMB])")
+             "setting": str, "costs": dict, "source": str}
+# How a paper aggregates its runs; "single": one run, whose value a mean over our seeds is compared with.
+AGGREGATES = ("median", "mean", "single")
+_PARAMS = re.compile(r"(\d+(?:\.\d+)?)([KMB])?")
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9}
 
 
@@ -41,11 +50,16 @@ class Reference:
     metric: str
     value: float  # 0-100, as the paper prints it
     spread: float | None  # the ± the paper prints beside the value; None where it prints none
-    statistic: str
+    statistic: str  # the paper's words for it
+    aggregate: str  # one of AGGREGATES
+    seeds: int | None  # how many runs the aggregate is over (None: not stated)
     split: str
-    params: str | None  # the trainable parameters the paper states ("0.3M")
+    params: str | None  # the trainable parameters the paper states ("0.3M", or an exact count "9175040")
     setting: str | None
     differences: tuple[str, ...]
+    costs: tuple[tuple[str, float, str], ...] = ()  # (name, value, definition) of each cost figure the row gives
+    read_from: str = ""  # where the number was read: a url or repo@commit[:path]
+    not_in_harness: tuple[str, ...] = ()  # the table's names (model, method, task) the harness does not ship
 
     @property
     def source(self) -> str:
@@ -53,11 +67,20 @@ class Reference:
 
     def params_match(self, method_params) -> bool | None:
         """Whether a count of method parameters rounds to the one the paper states (None: either is unknown)."""
-        stated = _PARAMS.fullmatch(self.params or "")
+        stated = _PARAMS.fullmatch(str(self.params or ""))
         if stated is None or not isinstance(method_params, (int, float)):
             return None
+        if stated.group(2) is None:  # an exact count
+            return int(method_params) == int(stated.group(1))
         digits = len(stated.group(1).partition(".")[2])
         return round(method_params / _SCALE[stated.group(2)], digits) == float(stated.group(1))
+
+    @property
+    def statistic_name(self) -> str:
+        """"median of 5", "mean of 3", "single run": the aggregate in a few words."""
+        if self.aggregate == "single":
+            return "single run"
+        return f"{self.aggregate} of {self.seeds}" if self.seeds else self.aggregate
 
 
 def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float], float]]]:
@@ -66,15 +89,28 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
     data = doc.data
     if not isinstance(data, dict):
         raise BadInput("a references file is a mapping with paper, arxiv and tables", doc.where())
-    check_keys(data, _FILE_KEYS, "references key", lambda k: doc.where(k), required=tuple(_FILE_KEYS))
+    check_keys(data, _FILE_KEYS, "references key", lambda k: doc.where(k), required=("paper", "arxiv", "tables"))
     found, averages = [], []
     for t, table in enumerate(data["tables"]):
         where = lambda *keys, t=t: doc.where("tables", t, *keys)  # noqa: E731
-        check_keys(table, _TABLE_KEYS, "table key", where, required=("table", "statistic", "tasks", "rows"))
+        check_keys(table, _TABLE_KEYS, "table key", where,
+                   required=("table", "statistic", "aggregate", "tasks", "rows"))
+        aggregate = coerce(table["aggregate"], AGGREGATES, where("aggregate"), "aggregate")
+        seeds = coerce(table.get("seeds"), (int, None), where("seeds"), "seeds")
+        cost_names = table.get("costs") or {}
+        absent = tuple(str(name) for name in table.get("not_in_harness") or ())
         tasks = [(str(task), str(metric)) for task, metric in table["tasks"]]
         for r, row in enumerate(table["rows"]):
             at = lambda *keys, r=r: where("rows", r, *keys)  # noqa: E731
             check_keys(row, _ROW_KEYS, "row key", at, required=("row", "model", "method", "values"))
+            costs = row.get("costs") or {}
+            check_keys(costs, cost_names, "cost (declare it in the table's costs)", lambda k, r=r: at("costs", k))
+            costs = tuple((str(name), coerce(value, float, at("costs", name), name), str(cost_names[name]))
+                          for name, value in costs.items())
+            read_from = row.get("source") or data.get("source")
+            if not read_from:
+                raise BadInput(f"row '{row['row']}' does not say where it was read: give the file or the row a "
+                               "source (a url or repo@commit)", at())
             values = [coerce(v, float, at("values"), "values") for v in row["values"]]
             spreads = row.get("spreads") or [None] * len(values)
             if len(values) != len(tasks) or len(spreads) != len(tasks):
@@ -89,8 +125,9 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
                 found.append(Reference(str(data["paper"]), str(data["arxiv"]), str(table["table"]), str(row["row"]),
                                        str(row["model"]), str(row["method"]), task, metric, value,
                                        None if spread is None else float(spread), str(table["statistic"]),
-                                       str(table.get("split", "")), row.get("params"), row.get("setting"),
-                                       differences))
+                                       aggregate, seeds, str(table.get("split", "")),
+                                       None if row.get("params") is None else str(row["params"]),
+                                       row.get("setting"), differences, costs, str(read_from), absent))
     return found, averages
 
 
