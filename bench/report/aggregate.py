@@ -95,6 +95,7 @@ def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.Da
                 "score_median": median["score"], "score_iqr": iqr["score"]}
     for col in scores:
         columns[f"{col}.mean"], columns[f"{col}.std"] = mean[col], std[col]
+        columns[f"{col}.median"] = median[col]  # a paper's statistic beside ours (report/reproduction.py)
     columns |= {c: mean[c] for c in measured}
     columns["statuses"] = [statuses.get(i, {}) for i in cells]
     columns["reasons"] = [reasons.get(i, []) for i in cells]

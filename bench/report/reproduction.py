@@ -4,6 +4,10 @@ setting named.
 
 A row is a (model, task, method label) of the aggregate with at least one ok seed and a published counterpart for
 its registry method; one row per published counterpart (a paper may give a method twice, in two settings).
+
+Ours is computed as the paper computes its value: the median over our ok seeds where the paper reports a median
+(the LoRA paper's median of 5), the mean where it reports a mean or a single run; the other statistic stands
+beside it, and the statistics column names both (kind and number of runs), with a note where they differ.
 """
 
 from __future__ import annotations
@@ -36,19 +40,30 @@ def reproduction_tables(agg: pd.DataFrame) -> list[Table]:
 
 def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> Table:
     columns = [Column("Task", numeric=False), Column("Method", numeric=False), Column("Metric", numeric=False),
-               Column("Ours", extra=("std", "n")), Column("Published", extra=("spread",)), Column("Δ"),
-               Column("Within", numeric=False), Column("Method params (ours / paper)", numeric=False),
-               Column("Source", numeric=False)]
-    statistics = sorted({ref.statistic for _, ref in pairs})
+               Column("Ours", extra=("n",)), Column("Statistic (paper / ours)", numeric=False),
+               Column("Published", extra=("spread",)), Column("Δ"), Column("Within", numeric=False),
+               Column("Ours, other statistic", extra=("std",)),
+               Column("Method params (ours / paper)", numeric=False), Column("Source", numeric=False)]
     table = Table(f"reproduction-{slug(model)}", f"{model}: beside the published results", columns,
-                  caption="Ours: mean ± std over the ok seeds (n), 0-100, under this suite's recipe. Published: "
-                          f"the paper's value ± the spread it prints ({'; '.join(statistics)}). Δ = ours − "
+                  caption="Ours: over the ok seeds (n), 0-100, under this suite's recipe, computed as the paper "
+                          "computes its value (the median where it reports a median, else the mean); the other "
+                          "statistic beside it. Published: the paper's value ± the spread it prints. Δ = ours − "
                           "published. Within: |Δ| no larger than the spread, or than "
                           f"{NO_SPREAD_POINTS:g} point where the paper prints none. Differences of setting are in "
                           "the notes.")
     for row, ref in pairs:
-        ours = float(row[f"scores.{ref.metric}.mean"])
-        std = row.get(f"scores.{ref.metric}.std")
+        n = int(row["n"])
+        mean, std = row[f"scores.{ref.metric}.mean"], row.get(f"scores.{ref.metric}.std")
+        median = row.get(f"scores.{ref.metric}.median")
+        by_median = ref.aggregate == "median"
+        ours = float(median if by_median else mean)
+        ours_name = f"{'median' if by_median else 'mean'} of {n}"
+        statistic = Cell(f"{ref.statistic_name} / {ours_name}")
+        if (by_median and ref.seeds and ref.seeds != n) or (ref.aggregate == "single" and n > 1):
+            statistic.notes.append(table.note(f"{ref.row}: the published {ref.statistic_name}, ours the {ours_name} "
+                                              "seeds: a different number of runs"))
+        other = Cell(f"mean {fmt.score(mean, std)}", float(mean), extra={"std": std}) if by_median else \
+            Cell(f"median {fmt.score(median)}", None if missing(median) else float(median), extra={"std": None})
         delta = ours - ref.value
         limit = ref.spread if ref.spread is not None else NO_SPREAD_POINTS
         within = Cell("yes" if abs(delta) <= limit + 1e-9 else "no")
@@ -56,19 +71,38 @@ def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> T
             within.notes.append(table.note(f"{ref.row}: the paper prints no spread; within {NO_SPREAD_POINTS:g} "
                                            "point counts as reproduced"))
         source = Cell(f"{ref.table}: {ref.row}")
-        source.notes += [table.note(f"{ref.paper} (arXiv {ref.arxiv}), {ref.split}.")]
+        source.notes += [table.note(f"{ref.paper} ({_where(ref)}), {ref.split}.")]
         source.notes += [table.note(d) for d in ref.differences]
         if ref.setting:
             source.notes.append(table.note(f"{ref.row}: {ref.setting}"))
+        if ref.costs:
+            source.notes.append(table.note(f"{ref.row}, published costs: " + "; ".join(
+                f"{name} {_number(value)} ({definition})" for name, value, definition in ref.costs)))
         params = row.get("params.method")
         matched = ref.params_match(params)
-        shown_params = f"{fmt.count(params)} / {ref.params or DASH}"
+        shown_params = f"{fmt.count(params)} / {_shown_params(ref.params)}"
         if matched is False:
             shown_params += " (differs)"
         table.add(ref.table, [
             Cell(row["task"]), Cell(display_label(row)), Cell(ref.metric),
-            Cell(fmt.score(ours, std, int(row["n"])), ours, extra={"std": std, "n": int(row["n"])}),
+            Cell(f"{ours:.1f} (n={n})", ours, extra={"n": n}), statistic,
             Cell(f"{ref.value:.1f}" + (f" ± {ref.spread:g}" if ref.spread is not None else ""), ref.value,
                  extra={"spread": ref.spread}),
-            Cell(fmt.signed(delta), delta), within, Cell(shown_params), source])
+            Cell(fmt.signed(delta), delta), within, other, Cell(shown_params), source])
     return table
+
+
+def _where(ref: references.Reference) -> str:
+    return f"arXiv {ref.arxiv}; read from {ref.read_from}" if ref.arxiv[:1].isdigit() else f"read from {ref.read_from}"
+
+
+def _number(value: float) -> str:
+    """A published figure as it was read: 22,292,725,760 bytes, 942.0 s."""
+    return f"{value:,.0f}" if value == int(value) and abs(value) >= 1e4 else f"{value:,}"
+
+
+def _shown_params(stated: str | None) -> str:
+    """The paper's count as it prints it ("0.3M"), an exact count in the report's own format."""
+    if stated is None:
+        return DASH
+    return fmt.count(int(stated)) if stated.isdigit() else stated

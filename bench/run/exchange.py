@@ -9,8 +9,9 @@ is lost; each conflict is reported. Source histories are copied too. Sources are
 `export` writes one row per usable record with the columns the report reads (bench.run.store.flatten:
 cell fields, every figure as `section.name`, metrics as `scores.<metric>`), the cell's resolved
 configuration as JSON, where it ran (`env.*`), and what a paper published for the same model, method, task and
-main metric (`published.value`, `published.spread`, `published.source`: bench/references/; the first such row
-whose stated parameters match the cell's, else the first; null without one).
+main metric (`published.value`, `published.spread`, `published.statistic` such as "median of 5",
+`published.source`: bench/references/; the first such row whose stated parameters match the cell's, else the
+first; null without one).
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def published(record: dict) -> dict:
     found.sort(key=lambda r: r.params_match((record.get("params") or {}).get("method")) is not True)
     ref = found[0] if found else None
     return {"published.value": ref.value if ref else None, "published.spread": ref.spread if ref else None,
+            "published.statistic": ref.statistic_name if ref else None,
             "published.source": ref.source if ref else None}
 
 
