@@ -139,9 +139,12 @@ def test_a_single_published_run_is_compared_with_our_mean_and_its_costs_are_show
     from bench.report import write_report
 
     write_store(tmp_path / "results", _records())
-    write_report("repro", tmp_path / "results", tmp_path / "reports", ["md", "csv"])
+    write_report("repro", tmp_path / "results", tmp_path / "reports", ["md", "csv", "tex", "html"])
     text = (tmp_path / "reports" / "repro" / "report.md").read_text()
     assert "llama-3.2-3b: beside the published results" in text
+    for other in ("tables.tex", "index.html"):  # every format shows the same statistics and costs
+        written = (tmp_path / "reports" / "repro" / other).read_text()
+        assert "single run / mean of 2" in written and "22,292,725,760" in written, other
     r32, r64 = (next(line for line in text.splitlines() if line.startswith("| gsm8k |") and row in line)
                 for row in ("lora/llama-3.2-3B-rank32 ", "lora/llama-3.2-3B-rank64 "))
     assert "| 47.0 (n=2) | single run / mean of 2 [" in r32 and "| 47.8 | -0.8 | yes [" in r32
