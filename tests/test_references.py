@@ -69,7 +69,7 @@ GOOD_TABLE = ("paper: p\narxiv: '1'\nsource: https://example.org/p\ntables:\n  -
     (("values: [1.0]", "values: [1.0, 2.0]"), "2 values", 12),
     (("aggregate: median", "aggregate: best"), "'aggregate' must be one of median, mean, single", 7),
     (("values: [1.0]", "values: [1.0], costs: {memory_bytes: 3}"), "unknown cost (declare it", 12),
-    (("source: https://example.org/p\n", ""), "does not say where it was read", 12),
+    (("source: https://example.org/p\n", ""), "missing required references key (every file says where", 1),
     (("seeds: 5", "seeds: five"), "seeds", 8),
 ])
 def test_a_malformed_references_file_is_refused_naming_where(tmp_path, edit, says, line):
@@ -80,7 +80,7 @@ def test_a_malformed_references_file_is_refused_naming_where(tmp_path, edit, say
     bad.write_text(GOOD_TABLE.replace(*edit))
     with pytest.raises(BadInput) as caught:
         references.read(bad)
-    assert says in caught.value.message and f"bad.yaml:{line - (edit[1] == '')}" in str(caught.value.where)
+    assert says in caught.value.message and f"bad.yaml:{line}" in str(caught.value.where)
 
 
 def _records():

@@ -7,12 +7,12 @@ values: a second reading of every one), the trainable parameters the paper state
 under. A table also says what its statistic is (median of 5 seeds, ...) and how the paper's measurement differs
 from a cell's, so a comparison names every difference instead of hiding it.
 
-A file says where its numbers were read (`source`: a url or repo@commit; a row's own `source` where rows come
-from separate files). A table says how the paper aggregates runs (`aggregate`: median, mean, or single, one run,
-over `seeds` runs), so a report computes ours the same way; which of its names the harness does not ship
-(`not_in_harness`: such references never match a cell); and what each cost figure its rows carry means
-(`costs`: name -> definition, e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's
-rounded count ("0.3M") or an exact count (9175040).
+A file says where its numbers were read (`source`: a url, or repo@commit and the path of each row's file). A
+table says how the paper aggregates runs (`aggregate`: median, mean, or single, one run, over `seeds` runs), so a
+report computes ours the same way; which of its names the harness does not ship (`not_in_harness`: such
+references never match a cell); and what each cost figure its rows carry means (`costs`: name -> definition,
+e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's rounded count ("0.3M") or an
+exact count (9175040).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _FILE_KEYS = {"paper": str, "arxiv": str, "source": str, "tables": list}
 _TABLE_KEYS = {"table": str, "split": str, "statistic": str, "aggregate": str, "seeds": int, "tasks": list,
                "differences": list, "task_notes": dict, "not_in_harness": list, "costs": dict, "rows": list}
 _ROW_KEYS = {"row": str, "model": str, "method": str, "params": str, "values": list, "spreads": list, "avg": float,
-             "setting": str, "costs": dict, "source": str}
+             "setting": str, "costs": dict}
 # How a paper aggregates its runs; "single": one run, whose value a mean over our seeds is compared with.
 AGGREGATES = ("median", "mean", "single")
 _PARAMS = re.compile(r"(\d+(?:\.\d+)?)([KMB])?")
@@ -89,7 +89,8 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
     data = doc.data
     if not isinstance(data, dict):
         raise BadInput("a references file is a mapping with paper, arxiv and tables", doc.where())
-    check_keys(data, _FILE_KEYS, "references key", lambda k: doc.where(k), required=("paper", "arxiv", "tables"))
+    check_keys(data, _FILE_KEYS, "references key (every file says where its numbers were read: source)",
+               lambda k: doc.where(k), required=tuple(_FILE_KEYS))
     found, averages = [], []
     for t, table in enumerate(data["tables"]):
         where = lambda *keys, t=t: doc.where("tables", t, *keys)  # noqa: E731
@@ -107,10 +108,6 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
             check_keys(costs, cost_names, "cost (declare it in the table's costs)", lambda k, r=r: at("costs", k))
             costs = tuple((str(name), coerce(value, float, at("costs", name), name), str(cost_names[name]))
                           for name, value in costs.items())
-            read_from = row.get("source") or data.get("source")
-            if not read_from:
-                raise BadInput(f"row '{row['row']}' does not say where it was read: give the file or the row a "
-                               "source (a url or repo@commit)", at())
             values = [coerce(v, float, at("values"), "values") for v in row["values"]]
             spreads = row.get("spreads") or [None] * len(values)
             if len(values) != len(tasks) or len(spreads) != len(tasks):
@@ -127,7 +124,7 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
                                        None if spread is None else float(spread), str(table["statistic"]),
                                        aggregate, seeds, str(table.get("split", "")),
                                        None if row.get("params") is None else str(row["params"]),
-                                       row.get("setting"), differences, costs, str(read_from), absent))
+                                       row.get("setting"), differences, costs, str(data["source"]), absent))
     return found, averages
 
 
