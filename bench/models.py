@@ -255,7 +255,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
                 model = auto.from_config(config, dtype=config_dtype(config, weights_dtype), **kernels)
                 untie_as_checkpoints_are(model, fields)
         else:
-            tokenizer = tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
+            tokenizer = load_tokenizer(spec)
             torch.manual_seed(seed)
             model = auto.from_pretrained(ref, revision=spec.revision, **head_kwargs, **kernels,
                                          dtype="auto" if weights_dtype == "auto" else torch_dtype(weights_dtype))
@@ -270,6 +270,17 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
     if not meta:
         model.to(device)
     return Bundle(spec, model, tokenizer, head, num_labels if head == "classifier" else None)
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The model's tokenizer alone (a plan measures prompts with it before any model is built): the tiny
+    models' own, else what transformers finds for the checkpoint (its cache, or the hub)."""
+    if spec.source == "tiny":
+        return tiny.tokenizer()
+    import transformers as tf
+
+    ref = _package_path(spec) if spec.source == "package" else spec.ref
+    return tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
 
 
 def torch_dtype(name: str) -> torch.dtype:

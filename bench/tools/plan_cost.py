@@ -14,7 +14,9 @@ executor's slots.
 Evaluation FLOPs (eval_flops): every evaluation split's rows (their sizes counted, stated in the task's
 `split_rows`, or the hub's), each priced as forward passes of one max_length sequence: one for a classifier, one
 per answer option for rank classification, the prompt plus its decoding steps for generation. At max_length it is
-an upper bound, exact for in-context learning's demonstration-filled prompts, loose for short zero-shot ones.
+an upper bound. A few-shot cell (one with `shots`) is priced, training and evaluation, at its task's measured
+prompt length instead (bench/tools/prompt_lengths.py: the templates filled with the task's rows, with the cell's
+tokenizer; (shots + 1) examples for in-context learning), where its rows are on this machine.
 """
 
 from __future__ import annotations
@@ -81,16 +83,18 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     steps = cell_steps(cell, known)
     if steps is None:
         return None, "unknown: the training split's size (hub offline?)"
-    if shape_of(cell) not in known:
-        price_shapes([cell], known, workers=1)
-    per_step, _, why = known[shape_of(cell)]
+    priced = at_priced_length(cell, known)
+    if shape_of(priced) not in known:
+        price_shapes([priced], known, workers=1)
+    per_step, _, why = known[shape_of(priced)]
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
 
 
 def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     """(evaluation FLOPs, how they were found or why unknown): the forward passes of every evaluation split's rows
     (capped at max_eval_samples), each priced as a forward of one max_length sequence through the adapted model
-    (the pretrained one for a method that trains nothing; in-context demonstrations fill that length). A row is
+    (the pretrained one for a method that trains nothing), a few-shot cell's at its priced length
+    (at_priced_length). A row is
     one pass for a classifier, one per answer option for rank classification (on an encoder-decoder, whose forward
     is priced as max_length tokens through each of encoder and decoder, half a pass for the encoder once and half
     per option through the decoder), and for generation its prompt plus max_new_tokens decoding steps, each a
@@ -113,10 +117,11 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
         head = head_for(ARCHS[cell.model.arch].kind, task.type)
     except Unsupported as e:
         return None, f"unknown: {e}"
+    priced = pricing_cell(at_priced_length(cell, known))
     if head == "classifier":
         passes, what = 1.0, "1 pass"
     elif task.type == "generation":
-        passes = 1 + task.generation["max_new_tokens"] / cell.train.max_length
+        passes = 1 + task.generation["max_new_tokens"] / priced.train.max_length
         what = f"prompt + {task.generation['max_new_tokens']} tokens"
     else:
         options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
@@ -124,7 +129,6 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
         if ARCHS[cell.model.arch].kind == "encoder-decoder" and not encodes_in_forward(cell.method, cell.method_config):
             # the encoder once, the decoder per option
             passes, what = 0.5 + 0.5 * options, f"the encoder once + {options} options' decoder"
-    priced = pricing_cell(cell)
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
     _, forward, why = known[shape_of(priced)]
@@ -139,6 +143,17 @@ def encodes_in_forward(method: str, config: dict) -> bool:
 
     names = [part["name"] for part in config["parts"]] if is_composition(method) else [method]
     return any(name in methods.REGISTRY and methods.get(name).encodes_in_forward for name in names)
+
+
+def at_priced_length(cell: Cell, known: dict) -> Cell:
+    """The cell with its max_length at the length it is priced at (prompt_lengths.priced_length: a few-shot cell's
+    measured prompts; any other cell as it is)."""
+    from bench.tools.prompt_lengths import priced_length
+
+    length, _ = priced_length(cell, known)
+    if length == cell.train.max_length:
+        return cell
+    return dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_length=length))
 
 
 def pricing_cell(cell: Cell) -> Cell:
@@ -325,6 +340,7 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
     """One line per cell (its training and evaluation FLOPs, and time), then the totals, to stdout; notes to
     stderr. The rate: --tflops, else a named GPU's measured rate (--gpu, GPU_RATES), else this store's records'."""
     from bench.methods.base import keep_out_optional_packages
+    from bench.tools.prompt_lengths import priced_length
 
     if tflops is not None and not tflops > 0:
         raise BadInput(f"--tflops must be a positive number, got {tflops}", "--tflops")
@@ -339,7 +355,8 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
     rate, overhead, n = (tflops * 1e12, 0.0, 0) if tflops else measured_rate(store, suite) if suite else (None, 0.0, 0)
     known: dict = {}
     # the shapes of the cells whose steps are known, and of those that train nothing (their evaluation's model)
-    priced = [pricing_cell(c) for c in cells if not trains(c) or cell_steps(c, known) is not None]
+    priced = [pricing_cell(at_priced_length(c, known)) for c in cells
+              if not trains(c) or cell_steps(c, known) is not None]
     price_shapes(priced, known, workers=pricing_workers())
     total_flops, total_eval, total_s, unknown = 0, 0, 0.0, 0
     for cell in cells:
@@ -359,7 +376,9 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
         total_flops += flops
         total_eval += evaluation
         total_s += seconds or 0.0
-        print(f"{cell.line()}{shown}" + (f"  ≈ {_duration(seconds)}" if seconds is not None else ""))
+        length = priced_length(cell, known)[1]
+        print(f"{cell.line()}{shown}" + (f"; priced at {length}" if length else "") +
+              (f"  ≈ {_duration(seconds)}" if seconds is not None else ""))
     slots = getattr(executor, "slots", None)
     line = f"{len(cells)} cells, {total_flops:.3g} training FLOPs + {total_eval:.3g} evaluation FLOPs"
     line += f" ({unknown} cells unknown, not counted)" if unknown else ""

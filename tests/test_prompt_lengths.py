@@ -1,0 +1,114 @@
+"""A few-shot cell's dry-run price at its task's measured prompt length (bench/tools/prompt_lengths.py), against
+closed forms: the templates filled and tokenised here, independently of bench/tasks/features.py, and `estimate`'s
+FLOPs at the length that gives."""
+
+import json
+import math
+
+import pytest
+
+from bench.cli import main
+from bench.tasks.registry import builtin_tasks
+from bench.tiny import tokenizer as tiny_tokenizer
+from bench.tools.estimate import estimate
+from bench.tools.prompt_lengths import MEASURED_ROWS
+
+SHOTS, BATCH, STEPS = 4, 8, 10
+
+
+def mean_example_tokens(task, rows, kind: str, max_length: int) -> float:
+    """One example's tokens, by hand: every template filled with each row and its gold answer, tokenised by the tiny
+    tokenizer; an encoder-decoder reads the prompt (with </s>) and decodes the answer (with </s>), the longer priced;
+    a decoder-only model reads <s>, the prompt and ' ' + the answer and </s> in one sequence."""
+    tok = tiny_tokenizer()
+    lengths = []
+    for row in rows:
+        for prompt in task.prompts:
+            text, answer = task.render(prompt, row), task.answers(prompt, row)[task.gold(row)]
+            if kind == "encoder-decoder":
+                source = tok(text, truncation=True, max_length=max_length)["input_ids"]
+                target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                lengths.append(max(len(source), len(target)))
+            else:
+                ids = tok(text, add_special_tokens=False)["input_ids"] + tok(" " + answer, add_special_tokens=False)[
+                    "input_ids"]
+                lengths.append(1 + len(ids) + 1)
+    return sum(lengths) / len(lengths)
+
+
+def dry_run(write_suite, tmp_path, capsys, text: str, *extra: str) -> list[str]:
+    path = write_suite(text)
+    assert main(["run", "--suite", str(path), "--dry-run", "--tflops", "2", "--results", str(tmp_path / "r"),
+                 *extra]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def line_of(out: list[str], method: str) -> str:
+    return next(line for line in out if f"method={method} " in line)
+
+
+@pytest.mark.parametrize("model, kind, passes", [("tiny-t5", "encoder-decoder", 0.5 + 0.5 * 2),
+                                                 ("tiny-gpt2", "decoder", 2.0)])
+def test_few_shot_cells_are_priced_at_their_tasks_measured_prompts(write_suite, tmp_path, capsys, model, kind,
+                                                                   passes):
+    """synth-choice (two templates, two options a row): LoRA's 10 steps at BATCH sequences of the mean example's
+    length (rounded up), its evaluation at 300 rows × the options' passes of one such sequence; zero-shot trains
+    nothing and is evaluated at that length too; in-context learning's prompts hold SHOTS + 1 examples."""
+    from bench.tasks.data import load_rows
+
+    task = builtin_tasks()["synth-choice"]
+    mean = mean_example_tokens(task, load_rows(task, "train")[:MEASURED_ROWS], kind, 256)
+    out = dry_run(write_suite, tmp_path, capsys,
+                  f"name: fs\nmethods: [lora, zero-shot, icl]\nmodels: [{model}]\ntasks: [synth-choice]\n"
+                  f"train: {{max_steps: {STEPS}, batch_size: {BATCH}, max_length: 256, shots: {SHOTS}}}\n")
+    rows = task.source["n_eval"]
+    one, icl = math.ceil(mean), math.ceil((SHOTS + 1) * mean)
+    assert one < icl < 256  # neither is the max_length the cells were priced at before
+    lora = estimate(model, "lora", BATCH, one)["flops"]
+    line = line_of(out, "lora")
+    assert f"train FLOPs {STEPS * lora['train_step']:.3g} ({STEPS} steps)" in line
+    assert f"eval FLOPs {round(rows * passes * lora['forward_per_example']):.3g} ({rows} rows × " in line
+    assert f"priced at {one} tokens (an example of {mean:.1f} tokens, measured on {MEASURED_ROWS} rows × 2 " \
+           "templates)" in line
+    for method, length in (("zero-shot", one), ("icl", icl)):
+        forward = estimate(model, "zero-shot", BATCH, length)["flops"]["forward_per_example"]
+        line = line_of(out, method)
+        assert "train FLOPs 0 (trains nothing)" in line
+        assert f"eval FLOPs {round(rows * passes * forward):.3g} ({rows} rows × " in line
+        assert f"priced at {length} tokens" in line
+    assert f"priced at {icl} tokens ({SHOTS + 1} examples of {mean:.1f} tokens" in line_of(out, "icl")
+
+
+@pytest.mark.shared_data
+def test_real_rte_prompts_are_measured_from_the_data_dir(write_suite, tmp_path, capsys, shared_data):
+    """GLUE RTE's shipped sample (--data-dir): its template filled with the real sentence pairs of the first
+    MEASURED_ROWS training rows, on the tiny encoder-decoder."""
+    task = builtin_tasks()["rte"]
+    with open(shared_data / "glue" / "rte" / "train.jsonl") as f:
+        rows = [json.loads(line) for line, _ in zip(f, range(MEASURED_ROWS))]
+    mean = mean_example_tokens(task, rows, "encoder-decoder", 512)
+    out = dry_run(write_suite, tmp_path, capsys,
+                  f"name: fs\nmethods: [lora]\nmodels: [tiny-t5]\ntasks: [rte]\n"
+                  f"train: {{max_steps: {STEPS}, batch_size: {BATCH}, max_length: 512, shots: 32}}\n",
+                  "--data-dir", str(shared_data))
+    step = estimate("tiny-t5", "lora", BATCH, math.ceil(mean))["flops"]["train_step"]
+    line = line_of(out, "lora")
+    assert 40 < mean < 512 and f"priced at {math.ceil(mean)} tokens (an example of {mean:.1f} tokens" in line
+    assert f"train FLOPs {STEPS * step:.3g} ({STEPS} steps)" in line
+
+
+def test_few_shot_cells_whose_rows_are_on_the_hub_are_priced_at_max_length_saying_so(write_suite, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """The plan downloads no dataset: CB's rows are on the hub, so its cells keep the max_length bound, and say why;
+    a cell that is not few-shot says nothing of it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = dry_run(write_suite, tmp_path, capsys,
+                  "name: fs\nmethods: [lora]\nmodels: [tiny-t5]\ntasks: [cb, synth-polarity]\n"
+                  "train: {max_steps: 10, batch_size: 8, max_length: 64, shots: 4}\n")
+    step = estimate("tiny-t5", "lora", 8, 64)["flops"]["train_step"]
+    cb = next(line for line in out if "task=cb " in line)
+    assert f"train FLOPs {10 * step:.3g} (10 steps)" in cb
+    assert "priced at max_length 64 (its rows are on the hub; --data-dir measures a local copy)" in cb
+    out = dry_run(write_suite, tmp_path, capsys, "name: full\nmethods: [lora]\nmodels: [tiny-t5]\n"
+                  "tasks: [synth-polarity]\ntrain: {max_steps: 10, batch_size: 8, max_length: 64}\n")
+    assert "priced at" not in line_of(out, "lora")
