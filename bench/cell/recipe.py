@@ -120,7 +120,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     adapted = method.apply(bundle.model, cell.method_config,
                            ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))
     if cell.init_from:
-        start_from_stage(adapted, cell, device)
+        start_from_stage(adapted, cell, device, bundle.head_modules)
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
@@ -176,15 +176,24 @@ def evaluate(run: Run, record: dict) -> None:
     record["scores"]["n_examples"] = len(run.evalsets[""][0].features)
 
 
-def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device) -> None:
-    """Load the state a pre-training stage saved (bench/plan/stages.py) into the freshly applied method."""
+def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_modules=()) -> None:
+    """Load the state a pre-training stage or another task's cell saved (bench/plan/stages.py) into the freshly
+    applied method, all but a classifier's task head (`head_modules`): the head is the new task's own."""
     from safetensors.torch import load_file
 
     path = Path(cell.init_dir or "") / STATE_FILE
     if not cell.init_dir or not path.is_file():
-        raise FileNotFoundError(f"stage cell {cell.init_from} has no saved state at {path}: it has not run, or it "
-                                "failed (`peft-bench run` runs a suite's stages before the cells that start from them)")
-    adapted.load_state(load_file(str(path), device=str(device)))
+        raise FileNotFoundError(f"cell {cell.init_from} has no saved state at {path}: it has not run, or it failed "
+                                "(`peft-bench run` runs the cells others start from before them)")
+    heads = set(head_modules)
+
+    def in_head(name: str) -> bool:
+        return bool(heads & set(name.split(".")))
+
+    # the fresh head's own tensors in its place: some methods' loaders (peft's) want every tensor they store
+    fresh = {name: t for name, t in adapted.state_to_store().items() if in_head(name)}
+    saved = load_file(str(path), device=str(device))
+    adapted.load_state({**{name: t for name, t in saved.items() if not in_head(name)}, **fresh})
 
 
 def device_for_run() -> torch.device:

@@ -94,6 +94,10 @@ def command(args) -> int:
     if stages:  # before the cells that start from their saved states
         run("stages: ", stages, recorded)
         cells = [c for c in cells if not c.stage]
+    kept = [c for c in cells if c.keeps_state]
+    if kept and len(kept) < len(cells):  # the cells other tasks start from, before those
+        run("cells other tasks start from: ", kept, recorded)
+        cells = [c for c in cells if not c.keeps_state]
     run("", cells, recorded)
     if s.sweep_seeds is not None:
         second_stage(s.name, cells, expand, store, run)
@@ -104,16 +108,16 @@ def placed(cell, store, save_adapters: bool):
     """Where a cell writes beside its record: its training curve in results/<suite>/curves/<id>.jsonl; a stage
     cell saves its state, and a cell starting from it reads it, in results/<suite>/stages/<stage id>; with
     --save-adapters, any other trained cell its adapter in results/<suite>/adapters/<id> (what `eval --adapter`
-    reads back)."""
+    reads back). A cell other tasks start from saves its state as a stage does."""
     from bench.run.store import CURVES
 
     folder = store.suite_dir(cell.suite)
     cell = dataclasses.replace(cell, curve_path=str(folder / CURVES / f"{cell.id}.jsonl"))
-    if cell.stage:
-        return dataclasses.replace(cell, adapter_dir=str(folder / "stages" / cell.id))
+    if cell.stage or cell.keeps_state:
+        cell = dataclasses.replace(cell, adapter_dir=str(folder / "stages" / cell.id))
     if cell.init_from:
         cell = dataclasses.replace(cell, init_dir=str(folder / "stages" / cell.init_from))
-    if save_adapters:
+    if save_adapters and not cell.adapter_dir:
         cell = dataclasses.replace(cell, adapter_dir=str(folder / "adapters" / cell.id))
     return cell
 

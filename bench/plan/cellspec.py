@@ -41,7 +41,8 @@ class Cell:
     sweep: dict = field(default_factory=dict)
     sweep_stage: int | None = None  # two-stage sweeps: 1 (choosing) or 2 (the chosen setting's further seeds)
     stage: str | None = None  # a pre-training stage's cell: the stage's name (bench/plan/stages.py)
-    init_from: str | None = None  # the stage cell whose saved state this cell starts from (in its config and id)
+    init_from: str | None = None  # the cell whose saved state this cell starts from (in its config and id)
+    keeps_state: bool = False  # cells of another task start from its trained state (a task's `init_from`)
     init_dir: str | None = None  # where that state is (set by `run`, beside the results)
     curve_path: str | None = None  # where the cell writes its training curve (set by `run`; bench/cell/curves.py)
 

@@ -80,6 +80,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
     per_cell = cell_threads(threads if threads is not None else suite.threads, concurrent)
     cells: list[Cell] = []
     seen: dict[str, str] = {}
+    # a task that others start from comes first: its cells' ids are in theirs (bench/plan/stages.py)
+    task_names = sorted(task_names, key=lambda t: t in suite.task_init)
+    kept = set(suite.task_init.values())
     task_identities: dict[str, dict] = {}  # each identity once: 10,000 cells share a few dozen parts
     for model_name in model_names:
         spec = resolve_model(model_name, "--models")
@@ -88,6 +91,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                        for name in dict.fromkeys(e.init_from for e in entries if e.init_from)}
         cells += stage_cells.values()
         for entry, variant in _variants(suite, entries):
+            started: dict[tuple, str] = {}  # (task, seed) -> the id of the cell its trained state starts others from
             method_swept = {k: v for k, v in variant.items() if k not in TRAIN_FIELDS}
             train_swept = {k: v for k, v in variant.items() if k in TRAIN_FIELDS}
             name, family, config, recommended = _resolve_method(entry, spec.arch, method_swept)
@@ -113,7 +117,8 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
-                    start = stage_cells[entry.init_from].id if entry.init_from else None
+                    start = stage_cells[entry.init_from].id if entry.init_from else \
+                        _task_start(suite, task_name, seed, started, (entry.label, model_name))
                     cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings, start))
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
@@ -121,10 +126,26 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     if cid in seen:  # the same cell named twice on the command line: run it once
                         continue
                     seen[cid] = entry.label
+                    started[(task_name, seed)] = cid
                     cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
                                       suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell,
-                                      sweep=variant, sweep_stage=stage, init_from=start))
+                                      sweep=variant, sweep_stage=stage, init_from=start,
+                                      keeps_state=task_name in kept))
     return cells
+
+
+def _task_start(suite: Suite, task: str, seed: int, started: dict, what: tuple) -> str | None:
+    """The id of the cell whose trained state the task's cell of this seed starts from (its `init_from` task's
+    cell of the same method entry, setting, model and seed), None for a task that starts from nothing."""
+    start = suite.task_init.get(task)
+    if start is None:
+        return None
+    if (start, seed) not in started:
+        label, model = what
+        raise BadInput(f"task '{task}' starts from the state task '{start}' trains, and this plan has no '{start}' "
+                       f"cell of method '{label}', model '{model}', seed {seed} (--tasks, --seeds or `exclude` left "
+                       "it out)", suite.where("tasks", suite.tasks.index(task), "init_from"))
+    return started[(start, seed)]
 
 
 def _stage_cell(suite: Suite, stage: StageEntry, spec: ModelSpec, threads: int) -> Cell:

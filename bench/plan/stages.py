@@ -18,6 +18,19 @@ cell with `init_from` applies its method, then loads that state before training;
 stage's cell id, so its id hashes the stage's whole configuration. `peft-bench run` runs the stages first, each
 once however many cells start from it; the dry-run lists and prices each once.
 
+A task can start from another task's trained state instead (the LoRA paper starts MRPC, RTE and STS-B from its
+MNLI-adapted LoRA weights):
+
+```yaml
+tasks:
+  - mnli
+  - {name: mrpc, init_from: mnli}   # each cell starts from the MNLI cell of its method, model, seed and setting
+```
+
+That MNLI cell is an ordinary cell of the suite (trained, scored, reported) that also saves its trained state under
+results/<suite>/stages/<its id>/; `peft-bench run` runs it before the cells that start from it, which load all of
+its state but the task head (a classifier's head is its own task's: its labels). Their configuration holds its id.
+
 Mixing (T5 / T0's rules): `proportional` takes each task's training rows up to `cap` (T0: 500,000 examples per
 dataset); `temperature` then rescales each task's share to its capped size to the power 1/T (T > 1 flattens the
 mixture), keeping the total, a task repeating its rows where its share exceeds them.
@@ -124,3 +137,26 @@ def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
 def stage_train(stage: StageEntry) -> dict:
     """The stage's own training settings as a layer: the answer's LM loss unless it names another objective."""
     return {"objective": "lm", **stage.train}
+
+
+def check_task_starts(suite) -> None:
+    """Each task's `init_from` names another task of the suite that starts from nothing itself, in a suite whose
+    cells can find theirs: no method entry starting from a stage too (a cell starts from one state), no two-stage
+    sweep (the setting each task chose may differ)."""
+    for name, start in suite.task_init.items():
+        where = suite.where("tasks", suite.tasks.index(name), "init_from")
+        if start not in suite.tasks:
+            raise unknown("task", start, suite.tasks, where)
+        if start == name:
+            raise BadInput(f"task '{name}' cannot start from its own trained state", where)
+        if start in suite.task_init:
+            raise BadInput(f"task '{name}' starts from '{start}', which starts from '{suite.task_init[start]}': "
+                           "start from a task that starts from nothing", where)
+        if suite.sweep_seeds is not None:
+            raise BadInput(f"task '{name}' starts from '{start}''s trained state, and a two-stage sweep may choose "
+                           "another setting for each task: sweep without 'sweep_seeds'", where)
+        for entry in suite.methods:
+            if entry.init_from is not None:
+                raise BadInput(f"task '{name}' starts from '{start}''s trained state, and method entry "
+                               f"'{entry.label}' from stage '{entry.init_from}': a cell starts from one state",
+                               where)

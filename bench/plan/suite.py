@@ -14,7 +14,7 @@ from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
-from bench.plan.stages import StageEntry, check_init_from, check_stage_tasks, parse_stages
+from bench.plan.stages import StageEntry, check_init_from, check_stage_tasks, check_task_starts, parse_stages
 from bench.plan.sweep import Sweep, parse_selection, parse_sweep
 from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
@@ -70,6 +70,7 @@ class Suite:
     selection: dict = field(default_factory=dict)  # the selection protocol as TrainConfig fields ({} = none)
     sweep_seeds: int | None = None  # two stages: sweep on the first N seeds, then the chosen setting on the rest
     stages: dict[str, StageEntry] = field(default_factory=dict)  # pre-training stages by name
+    task_init: dict[str, str] = field(default_factory=dict)  # task -> the task whose trained state its cells start from
 
     @property
     def sweeps(self) -> bool:
@@ -130,8 +131,9 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
         name=values["name"], description=values.get("description", ""), path=str(path),
         methods=[_method_entry(item, doc, ("methods", i)) for i, item in enumerate(values["methods"])],
         models=[_name(m, doc, ("models", i), "model") for i, m in enumerate(values["models"])],
-        tasks=[name for name, _ in task_entries],
-        task_train={name: train for name, train in task_entries if train},
+        tasks=[name for name, _, _ in task_entries],
+        task_train={name: train for name, train, _ in task_entries if train},
+        task_init={name: start for name, _, start in task_entries if start},
         seeds=[coerce(s, int, doc.where("seeds", i), "seed") for i, s in enumerate(values.get("seeds", [1]))],
         train=values.get("train", {}), exclude=values.get("exclude", []),
         cell_timeout_s=values.get("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S),
@@ -154,6 +156,7 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
             check_init_from(entry, suite.stages)
     _check_names(suite)
     _check_protocol(suite)
+    check_task_starts(suite)
     return suite
 
 
@@ -200,14 +203,16 @@ def _name(value: Any, doc: YamlDoc, key: tuple, what: str) -> str:
     return value
 
 
-def _task_entry(item: Any, doc: YamlDoc, key: tuple) -> tuple[str, dict]:
-    """A `tasks:` item: a name, or {name, train} with training settings for that task."""
+def _task_entry(item: Any, doc: YamlDoc, key: tuple) -> tuple[str, dict, str | None]:
+    """A `tasks:` item: a name, or {name, train, init_from} with training settings for that task and the task
+    whose trained state its cells start from (bench/plan/stages.py: check_task_starts)."""
     if isinstance(item, str):
-        return item, {}
-    check_keys(item, {"name": str, "train": dict}, "task entry key", lambda k: doc.where(*key, k),
+        return item, {}, None
+    check_keys(item, {"name": str, "train": dict, "init_from": str}, "task entry key", lambda k: doc.where(*key, k),
                required=("name",))
-    return _name(item["name"], doc, key + ("name",), "task"), coerce(item.get("train", {}), dict,
-                                                                     doc.where(*key, "train"), "train")
+    start = coerce(item["init_from"], str, doc.where(*key, "init_from"), "init_from") if "init_from" in item else None
+    return (_name(item["name"], doc, key + ("name",), "task"),
+            coerce(item.get("train", {}), dict, doc.where(*key, "train"), "train"), start)
 
 
 def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
