@@ -47,3 +47,14 @@ def test_the_lora_paper_suites_are_priced_offline(suite, capsys, monkeypatch):
     steps = math.ceil(rte.train.epochs * 2490 / batch)
     step = estimate(model, "lora", batch, length)["flops"]["train_step"]
     assert f"train FLOPs {steps * step:.3g} ({steps} steps)" in next(line for line in out if "task=rte seed=1" in line)
+
+
+@pytest.mark.parametrize("suite", ["lora-paper-glue", "lora-paper-glue-large"])
+def test_mrpc_rte_and_stsb_start_from_the_mnli_cell_of_their_seed(suite):
+    """The authors' scripts start MRPC, RTE and STS-B from their MNLI-adapted LoRA weights (--lora_path)."""
+    cells = expand(load_suite(suite))
+    mnli = {c.seed: c for c in cells if c.task.name == "mnli"}
+    assert all(c.keeps_state for c in mnli.values())
+    for cell in cells:
+        started = cell.task.name in ("mrpc", "rte", "stsb")
+        assert cell.init_from == (mnli[cell.seed].id if started else None), (cell.task.name, cell.seed)
