@@ -29,6 +29,7 @@ import sys
 
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
+from bench.tools.prompt_lengths import at_priced_length, priced_length
 
 
 def train_rows(cell: Cell, known: dict) -> int | None:
@@ -143,17 +144,6 @@ def encodes_in_forward(method: str, config: dict) -> bool:
 
     names = [part["name"] for part in config["parts"]] if is_composition(method) else [method]
     return any(name in methods.REGISTRY and methods.get(name).encodes_in_forward for name in names)
-
-
-def at_priced_length(cell: Cell, known: dict) -> Cell:
-    """The cell with its max_length at the length it is priced at (prompt_lengths.priced_length: a few-shot cell's
-    measured prompts; any other cell as it is)."""
-    from bench.tools.prompt_lengths import priced_length
-
-    length, _ = priced_length(cell, known)
-    if length == cell.train.max_length:
-        return cell
-    return dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_length=length))
 
 
 def pricing_cell(cell: Cell) -> Cell:
@@ -340,7 +330,6 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
     """One line per cell (its training and evaluation FLOPs, and time), then the totals, to stdout; notes to
     stderr. The rate: --tflops, else a named GPU's measured rate (--gpu, GPU_RATES), else this store's records'."""
     from bench.methods.base import keep_out_optional_packages
-    from bench.tools.prompt_lengths import priced_length
 
     if tflops is not None and not tflops > 0:
         raise BadInput(f"--tflops must be a positive number, got {tflops}", "--tflops")

@@ -18,6 +18,7 @@ an upper bound, and its line says why.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -81,3 +82,11 @@ def priced_length(cell, known: dict) -> tuple[int, str]:
     what = f"{examples} examples" if in_context else "an example"
     capped = f", capped at max_length {limit}" if length == limit else ""
     return length, f"{length} tokens ({what} of {mean:.1f} tokens, {how}{capped})"
+
+
+def at_priced_length(cell, known: dict):
+    """The cell with its max_length at the length it is priced at (priced_length), or the cell itself."""
+    length, _ = priced_length(cell, known)
+    if length == cell.train.max_length:
+        return cell
+    return dataclasses.replace(cell, train=dataclasses.replace(cell.train, max_length=length))
