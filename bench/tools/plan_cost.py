@@ -125,7 +125,8 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
         passes = 1 + task.generation["max_new_tokens"] / priced.train.max_length
         what = f"prompt + {task.generation['max_new_tokens']} tokens"
     else:
-        options = len((task.prompts[0].answers if task.prompts else None) or ()) or 1
+        # the template's answers, else the label names (TaskSpec.answers: what rank classification scores)
+        options = len((task.prompts[0].answers if task.prompts else None) or task.labels or ()) or 1
         passes, what = float(options), f"{options} options"
         if ARCHS[cell.model.arch].kind == "encoder-decoder" and not encodes_in_forward(cell.method, cell.method_config):
             # the encoder once, the decoder per option
