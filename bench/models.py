@@ -77,6 +77,13 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
               pooling="mean"),
     _hub("roberta-base", "FacebookAI/roberta-base", "roberta", "RoBERTa base, 125M"),
     _hub("roberta-large", "FacebookAI/roberta-large", "roberta", "RoBERTa large, 355M"),
+    # multilingual: XLM-R (Conneau et al. 2020) is RoBERTa's architecture with a 250,002-piece vocabulary, mT5
+    # (Xue et al. 2021) T5 v1.1's (gated GELU, untied LM head) with 250,112
+    _hub("xlm-roberta-base", "FacebookAI/xlm-roberta-base", "roberta", "XLM-RoBERTa base, 278M, 100 languages"),
+    _hub("xlm-roberta-large", "FacebookAI/xlm-roberta-large", "roberta", "XLM-RoBERTa large, 560M, 100 languages"),
+    _hub("mt5-small", "google/mt5-small", "t5", "mT5 small, 300M, 101 languages"),
+    _hub("mt5-base", "google/mt5-base", "t5", "mT5 base, 582M, 101 languages"),
+    _hub("mt5-large", "google/mt5-large", "t5", "mT5 large, 1.2B, 101 languages"),
     _hub("bert-base-uncased", "google-bert/bert-base-uncased", "bert", "BERT base uncased, 110M"),
     _hub("bert-large-uncased", "google-bert/bert-large-uncased", "bert", "BERT large uncased, 335M"),
     _hub("t5-small", "google-t5/t5-small", "t5", "T5 v1.0 small, 60M"),
