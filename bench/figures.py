@@ -315,6 +315,14 @@ for _f in _FIGURES:
     for _where in _f.shown:
         assert _where.place in PLACES, f"{_f.key}: unknown place {_where.place!r}"
 SCORE = Figure("scores", "<metric>", "points", "score", "the metric on the 0-100 scale (bench/tasks/metrics.py).")
+# A cross-lingual task's further scores (bench/tasks/crosslingual.py; `figure()` finds them as scores, under SCORE).
+CROSSLINGUAL_SCORES = (
+    Figure("scores", "<metric>_<language>", "points", "score", "the metric on one target language's evaluation "
+           "split, scored by the model trained on the task's `train_language` (whose own score is `<metric>`)."),
+    Figure("scores", "<metric>_transfer", "points", "score", "the mean of `<metric>_<language>` over the task's "
+           "target languages (every language but the training one: zero-shot transfer, XTREME's average less its "
+           "source language); null when any of them is null."),
+)
 
 
 def shown_in(place: str) -> list[tuple[Figure, Shown]]:

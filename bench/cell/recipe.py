@@ -32,7 +32,7 @@ from bench.methods.external import STATE_FILE, save_adapter
 from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, quiet_libraries
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
-from bench.tasks import metrics
+from bench.tasks import crosslingual, metrics
 from bench.tasks.features import EvalSet
 from bench.tasks.prepare import TrainingData, datasets
 from bench.tasks.spec import TaskSpec
@@ -165,6 +165,7 @@ def evaluate(run: Run, record: dict) -> None:
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
                                                 run.predict_main)
+    scores.update(crosslingual.transfer_scores(run.evaluation, scores))  # a cross-lingual task's mean over targets
     record["scores"]["metrics"] = scores
     if run.data.selection:
         record["scores"]["selection"] = scoring.evaluate_all(

@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 
 from bench.errors import BadInput
+from bench.tasks import crosslingual
 from bench.tasks.spec import TaskSpec
 from bench.tasks.synthetic import GENERATORS
 
@@ -49,12 +50,14 @@ class DataUnavailable(BadInput):
 def eval_splits(task: TaskSpec) -> dict[str, str]:
     """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI), each its split key
     for load_rows ("eval", "eval:<name>")."""
-    return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})}}
+    return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})},
+            **crosslingual.language_splits(task)}
 
 
 def hub_split(task: TaskSpec, split: str) -> str:
     """The dataset's split name for "train", "eval", "eval:<name>" (a more_eval_splits entry) or "split:<name>"
     (a split named as the dataset names it: a suite's selection split)."""
+    task, split = crosslingual.view(task, split)
     if split.startswith("split:"):
         return split[6:]
     if split.startswith("eval:"):
@@ -84,6 +87,7 @@ def dataset_folder(task: TaskSpec, root: str | Path) -> Path:
 
 
 def local_file(task: TaskSpec, split: str, data_dir: str | Path) -> Path | None:
+    task, split = crosslingual.view(task, split)
     folder = dataset_folder(task, data_dir)
     for suffix in SUFFIXES:
         path = folder / f"{hub_split(task, split)}{suffix}"
@@ -144,6 +148,7 @@ def check_cells(cells) -> None:
 
 def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
     """Raise DataUnavailable when one split of a task cannot be read."""
+    task, split = crosslingual.view(task, split)
     src = task.source
     if "manual" in src:
         path, distributed = manual_file(task, split, data_dir)
@@ -203,12 +208,14 @@ def hub_offline() -> bool:
 
 def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[dict]:
     """All rows of a split ("train", "eval" or "eval:<name>"), in the hub's column schema."""
+    task, split = crosslingual.view(task, split)
     src = task.source
     if "synthetic" in src:
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
         # each split its own draw: training 0, evaluation 1, a selection split ("split:<name>") 2
         offset = 0 if split == "train" else 2 if split.startswith("split:") else 1
-        return GENERATORS[src["synthetic"]](n, src.get("seed", 0) + offset)
+        rows = GENERATORS[src["synthetic"]](n, src.get("seed", 0) + offset)
+        return crosslingual.translate(rows, task.text, src["language"]) if "language" in src else rows
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
     if "p3" in src:
         from bench.tasks import p3

@@ -1,4 +1,5 @@
-"""Every task a run can name: the built-in definitions (bench/tasks/defs/*.yaml) and a suite's `task_files`."""
+"""Every task a run can name: the built-in definitions (bench/tasks/defs/*.yaml) and a suite's `task_files`, and
+each cross-lingual task trained on another of its languages (`xnli@de`, bench/tasks/crosslingual.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from bench.errors import BadInput, unknown
+from bench.tasks import crosslingual
 from bench.tasks.schema import load_task_file
 from bench.tasks.spec import TaskSpec
 
@@ -44,4 +46,5 @@ def registry(task_files: list[str | Path] = ()) -> dict[str, TaskSpec]:
             if name in specs:
                 raise BadInput(f"task '{name}' is already defined at {specs[name].origin}", spec.origin)
             specs[name] = spec
+    specs.update(crosslingual.variants(specs))  # xnli@de: not listed, but any suite may name it
     return _resolve_eval_tasks(specs)

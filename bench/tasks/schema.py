@@ -18,7 +18,8 @@ _KEYS = {"name": str, "description": str, "type": TASK_TYPES, "source": dict, "t
 _SOURCE_KEYS = {"synthetic": str, "n_train": int, "n_eval": int, "seed": int, "dataset": str, "config": str,
                 "revision": str, "train_split": str, "eval_split": str, "more_eval_splits": dict, "files": dict,
                 "delimiter": str, "header": bool, "columns": list, "quoting": ("minimal", "all", "nonnumeric", "none"),
-                "manual": dict, "demo_split": str, "split_rows": dict, "p3": str}
+                "manual": dict, "demo_split": str, "split_rows": dict, "p3": str,
+                "languages": list, "train_language": str}
 # A dataset the hub cannot serve (its licence asks users to request it): where to get it, its files by
 # split, and the renaming of their columns to the hub's schema.
 _MANUAL_KEYS = {"url": str, "files": dict, "rename": dict}
@@ -64,6 +65,8 @@ def parse_task(raw: dict, where, base_dir: Path) -> TaskSpec:
                        "dataset prefix: bench/tasks/p3.py)", where("source"))
     if "split_rows" in src:
         _check_split_rows(name, src, where)
+    if "languages" in src or "train_language" in src:
+        _check_languages(name, src, where)
     if "synthetic" in src and src["synthetic"] not in GENERATORS:
         raise unknown("synthetic generator", src["synthetic"], GENERATORS, where("source", "synthetic"))
     if "manual" in src:
@@ -155,6 +158,26 @@ def _check_tables(name: str, src: dict, where) -> None:
     if "delimiter" in src and len(src["delimiter"]) != 1:
         raise BadInput(f"task '{name}': 'delimiter' must be one character, got {src['delimiter']!r}",
                        where("source", "delimiter"))
+
+
+def _check_languages(name: str, src: dict, where) -> None:
+    """A cross-lingual source (bench/tasks/crosslingual.py): distinct language codes, one hub config each (so no
+    `config` of its own), the training language among them, no other evaluation splits beside the languages'."""
+    from bench.tasks.crosslingual import DEFAULT_TRAIN_LANGUAGE
+
+    langs = [str(lang) for lang in src.get("languages", [])]
+    if len(langs) < 2 or len(set(langs)) != len(langs) or not all(lang.replace("-", "").isalnum() for lang in langs):
+        raise BadInput(f"task '{name}': 'languages' lists two or more distinct language codes (letters, digits, "
+                       f"'-'), got {langs}", where("source", "languages"))
+    if not ("dataset" in src or "synthetic" in src) or "config" in src or "more_eval_splits" in src:
+        raise BadInput(f"task '{name}': a cross-lingual source is a hub dataset (one config per language, so no "
+                       "'config' of its own) or a synthetic generator, and its evaluation splits are its languages' "
+                       "(no 'more_eval_splits')", where("source"))
+    train = src.get("train_language", DEFAULT_TRAIN_LANGUAGE)
+    if train not in langs:
+        raise BadInput(f"task '{name}': train_language '{train}' is not one of its languages {langs}",
+                       where("source", "train_language" if "train_language" in src else "languages"), langs)
+    src["languages"] = langs
 
 
 def _check_split_rows(name: str, src: dict, where) -> None:
