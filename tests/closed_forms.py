@@ -253,6 +253,7 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "adapter-houlsby": (attn + ffn) * bottleneck(H, H // 16) + norms,  # Houlsby et al. train the norms
         "adapter-pfeiffer": ffn * bottleneck(H, H // 16),
         "adapter-parallel": ffn * bottleneck(H, H // 16),
+        "madx": ffn * bottleneck(H, H // 16),  # the task adapter; the language adapter and invertible one are frozen
         "prompt-tuning": 20 * H,
         "prompt-tuning-tfew": input_prompts(H, 10, stacks=2),
         "prefix-tuning": tiny_prefix_bank(arch, 20, 512),

@@ -97,16 +97,36 @@ def _add_to_stream(name: str, module, args, output):
     return output + getattr(module, name)(output)
 
 
+def _renormalise_stack(name: str, module, args, output):
+    """Post-LN, a stack of branches in order (AdapterHub's Stack): each reads the layer-normed stream the one before
+    left, s' = s + branch(LN(s)), and the block returns LN of the last stream (one branch: `_renormalise`)."""
+    stream, normed = args[0], output
+    for branch in getattr(module, name).values():
+        stream = stream + branch(normed)
+        normed = module.forward(stream)
+    return normed
+
+
+def _add_to_stream_stack(name: str, module, args, output):
+    """Pre-LN, a stack of branches in order: s' = s + branch(s) for each (one branch: `_add_to_stream`)."""
+    stream = output[0] if isinstance(output, tuple) else output
+    for branch in getattr(module, name).values():
+        stream = stream + branch(stream)
+    return (stream,) + output[1:] if isinstance(output, tuple) else stream
+
+
 def _closest(name: str, candidates: list[tuple[str, nn.Module]]) -> tuple[str, nn.Module]:
     """The candidate whose dotted name shares the most leading parts with `name` (the same layer's module)."""
     return max(candidates, key=lambda c: len(os.path.commonprefix([name.split("."), c[0].split(".")])))
 
 
-def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch) -> None:
+def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch, stack: bool = False) -> None:
     """A branch `make_branch(width)` per layer at the FFN block's complete output (ffn_norm or ffn_block site):
     post-LN it reads the layer-normed sum and the norm is applied again to the sum plus its output; pre-LN it
     reads the residual stream after the FFN's add and adds to it. The branch is a child of the layer's FFN output
-    projection (the module the sequential placement hooks), so its parameters have the same names in both."""
+    projection (the module the sequential placement hooks), so its parameters have the same names in both.
+    `stack`: the branch is an nn.ModuleDict of branches applied in its order, each on the stream the one before
+    left (bench/methods/madx.py's language adapter, then the task adapter)."""
     post_ln = "ffn_norm" in (ARCHS[arch].sites if arch in ARCHS else {})
     blocks = find(model, arch, "ffn_norm" if post_ln else "ffn_block")
     projections = find(model, arch, "ffn_output")
@@ -120,7 +140,9 @@ def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch) 
         projection.add_module(name, branch)
         # the block holds a reference (not a child) so the branch appears once in state dicts
         object.__setattr__(block, name, branch)
-        block.register_forward_hook(functools.partial(_renormalise if post_ln else _add_to_stream, name))
+        hook = (_renormalise_stack if post_ln else _add_to_stream_stack) if stack else \
+            (_renormalise if post_ln else _add_to_stream)
+        block.register_forward_hook(functools.partial(hook, name))
 
 
 def attach_sequential(model: nn.Module, arch: str, positions, name: str, make_branch) -> None:
