@@ -162,7 +162,7 @@ class Bundle:
     spec: ModelSpec
     model: torch.nn.Module
     tokenizer: object
-    head: str  # "classifier" (a new sequence-classification head) or "lm" (text-to-text)
+    head: str  # "classifier" (a new sequence-classification head), "lm" (text-to-text) or "mlm" (masked-LM)
     num_labels: int | None
 
     @property
@@ -193,7 +193,13 @@ def is_encoder_decoder(model: torch.nn.Module) -> bool:
 
 
 def head_for(kind: str, task_type: str) -> str:
-    """Which head a (model kind, task type) uses; encoders cannot generate."""
+    """Which head a (model kind, task type) uses; encoders cannot generate; masked-LM (a stage's `mlm` mixture)
+    is an encoder's."""
+    if task_type == "mlm":
+        if kind != "encoder":
+            raise Unsupported(f"masked-LM trains an encoder's MLM head; a{'n' if kind[0] == 'e' else ''} {kind} "
+                              "has none")
+        return "mlm"
     if kind == "encoder":
         if task_type in ("classification", "regression"):
             return "classifier"
@@ -222,6 +228,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
         raise Unsupported(f"a classification head on {spec.name} ({spec.kind}) pools "
                           f"{'cls or mean' if spec.kind == 'encoder' else spec.native_pooling}, not {pooling}")
     auto = (tf.AutoModelForSequenceClassification if head == "classifier"
+            else tf.AutoModelForMaskedLM if head == "mlm"
             else tf.AutoModelForSeq2SeqLM if spec.kind == "encoder-decoder" else tf.AutoModelForCausalLM)
     head_kwargs = {"num_labels": num_labels} if head == "classifier" else {}
     kernels = {} if attention == "auto" else {"attn_implementation": attention}

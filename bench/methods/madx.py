@@ -7,9 +7,12 @@ s2 = s1 + task(LN(s1)), the block returning LN(s2) (pre-LN: s + language(s), the
 SeqBnInvConfig). The language parts are MAD-X's defaults (reduction factor 2 for the language adapter and for the
 invertible adapter's subnets); the task adapter is adapter-pfeiffer's (16), ReLU throughout.
 
-A cell trains the task adapter (and the task head) with the language parts frozen; they are stored with it (the
-trained model is not rebuilt without them) and `language_state` / `load_language` take them out and put another
-language's in: MAD-X's zero-shot transfer swaps the target language's adapters in at test time.
+On a masked-LM stage (a stage with `objective: mlm` on a language's text, bench/plan/stages.py) the language
+parts train and the task adapter stays out of the way (its up projection at zero, frozen): that is how a language's
+adapters are made. Every other cell trains the task adapter (and the task head) with the language parts frozen,
+started from such a stage with `init_from`; they are stored with it (the trained model is not rebuilt without
+them) and `language_state` / `load_language` take them out and put another language's in: MAD-X's zero-shot
+transfer swaps the target language's adapters in at test time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bench.methods.base import Adapted, Method, freeze, load_by_name, register, train_head, trainable_state
+from bench.tasks.masked_lm import MLM
 
 if TYPE_CHECKING:
     import torch
@@ -61,10 +65,12 @@ def _madx(model, config, ctx):
         TASK: Bottleneck(dim, bottleneck_width(dim, config), config["activation"])}), stack=True)
     if config["invertible"]:
         attach_invertible(model, INVERTIBLE, config["invertible_reduction_factor"], config["activation"])
+    language_stage = ctx.task is not None and ctx.task.type == MLM
     for name, p in model.named_parameters():  # the new modules' parameters are created trainable
-        if is_language_part(name):
-            p.requires_grad_(False)
-    train_head(model, ctx)
+        if f".{STACK}." in name or f"{INVERTIBLE}." in name:
+            p.requires_grad_(is_language_part(name) == language_stage)
+    if not language_stage:
+        train_head(model, ctx)
     return Adapted(model, stored_state=lambda: {**language_state(model), **trainable_state(model)},
                    load_stored=lambda state: load_by_name(model, state))
 

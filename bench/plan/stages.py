@@ -13,10 +13,12 @@ methods:
 ```
 
 A stage is a cell of its own per model (its task the mixture: `TaskSpec.members`), trained with the LM loss on
-each example's answer, evaluated on nothing, its trained state saved under results/<suite>/stages/<its id>/. A
-cell with `init_from` applies its method, then loads that state before training; its configuration holds the
-stage's cell id, so its id hashes the stage's whole configuration. `peft-bench run` runs the stages first, each
-once however many cells start from it; the dry-run lists and prices each once.
+each example's answer (or, with `objective: mlm`, an encoder's masked-LM loss on the tasks' text, 15 % of its
+tokens masked as BERT's: bench/tasks/masked_lm.py; MAD-X's language adapters are trained so), evaluated on
+nothing, its trained state saved under results/<suite>/stages/<its id>/. A cell with `init_from` applies its
+method, then loads that state before training; its configuration holds the stage's cell id, so its id hashes
+the stage's whole configuration. `peft-bench run` runs the stages first, each once however many cells start
+from it; the dry-run lists and prices each once.
 
 A task can start from another task's trained state instead (the LoRA paper starts MRPC, RTE and STS-B from its
 MNLI-adapted LoRA weights):
@@ -44,9 +46,11 @@ from typing import Any, Callable
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, unknown
 from bench.files import safe_name
+from bench.tasks.masked_lm import MLM
 from bench.tasks.spec import TaskSpec
 
-STAGE_KEYS = {"name": str, "method": (str, dict), "tasks": list, "mixing": dict, "train": dict, "seed": int}
+STAGE_KEYS = {"name": str, "method": (str, dict), "tasks": list, "mixing": dict, "train": dict, "seed": int,
+              "objective": ("lm", "mlm")}
 MIXING_KEYS = {"rule": ("proportional", "temperature"), "cap": int, "temperature": float}
 DEFAULT_MIXING = {"rule": "proportional", "cap": 500_000}
 
@@ -60,6 +64,7 @@ class StageEntry:
     train: dict
     seed: int
     where: Callable[..., str]
+    objective: str = "lm"  # lm: each example's answer; mlm: masked-LM on the tasks' text (an encoder's)
 
 
 def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -> dict[str, StageEntry]:
@@ -100,7 +105,9 @@ def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -
             if key in train:
                 raise BadInput(f"a stage is scored on nothing, so '{key}' has nothing to do", at("train", key))
         stages[name] = StageEntry(name, method, tasks, mixing, train, coerce(item.get("seed", 0), int, at("seed"),
-                                                                            "seed"), at)
+                                                                            "seed"), at,
+                                  coerce(item.get("objective", "lm"), STAGE_KEYS["objective"], at("objective"),
+                                         "objective"))
     return stages
 
 
@@ -129,8 +136,8 @@ def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
     """The stage's mixture as one task: its members' training rows under their own templates."""
     members = tuple(registry[name] for name in stage.tasks)
     return TaskSpec(name=f"mixture-{stage.name}", description=f"stage '{stage.name}': a mixture of "
-                    f"{', '.join(stage.tasks)}", type="generation", source={"mixture": list(stage.tasks),
-                                                                           "mixing": stage.mixing},
+                    f"{', '.join(stage.tasks)}", type=MLM if stage.objective == MLM else "generation",
+                    source={"mixture": list(stage.tasks), "mixing": stage.mixing},
                     text=(), metrics=(), main_metric="", members=members)
 
 

@@ -17,6 +17,7 @@ from bench.config import TrainConfig
 from bench.tasks.cache import cached, tokenizer_fingerprint
 from bench.tasks.data import eval_splits, files_fingerprint, load_rows, subsample
 from bench.tasks.features import EvalSet, eval_features, fixed_shot_features, train_features
+from bench.tasks.masked_lm import MLM, masked_features
 from bench.tasks.spec import TaskSpec
 
 SELECTION = "selection"  # the selection split's name among the tokenised sets, taken out before scoring
@@ -69,8 +70,8 @@ def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
 
 def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir) -> TrainingData:
     """A stage's mixture: each member's rows in the count its mixing rule gives (bench/plan/stages.py:
-    mixture_counts; a member whose count exceeds its rows repeats them), each tokenised under its own templates;
-    example ids are `task:idx`."""
+    mixture_counts; a member whose count exceeds its rows repeats them), each tokenised under its own templates
+    (a masked-LM mixture: its text, masked; bench/tasks/masked_lm.py); example ids are `task:idx`."""
     rows = {m.name: training_rows(m, train, seed, data_dir)[0] for m in task.members}
     counts = mixture_counts({name: len(r) for name, r in rows.items()}, task.source["mixing"])
     redraw = {"all_templates": True} if train.redraw_templates else {}
@@ -81,7 +82,9 @@ def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir
         ids = [r["idx"] for r in chosen]
         key = _key(member, bundle, files_fingerprint(member, data_dir), split="train", rows=ids,
                    max_length=train.max_length, seed=seed, **redraw)
-        data.features += cached(key, lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
+        make = (lambda: masked_features(member, bundle, chosen, train.max_length, seed)) if task.type == MLM else \
+            (lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
+        data.features += cached({**key, "mlm": True} if task.type == MLM else key, make)
         data.rows += chosen
         data.example_ids += [f"{member.name}:{i}" for i in ids]
     return data
