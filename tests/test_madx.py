@@ -2,10 +2,17 @@
 (bench/tasks/masked_lm.py), a task adapter trained on top of the training language's, and the target languages'
 adapters swapped in to score them."""
 
+import json
 import random
 
+import pytest
+
+from bench.cli import main
+from bench.config import TrainConfig
+from bench.methods.base import ApplyContext
 from bench.tasks.features import IGNORE
 from bench.tasks.masked_lm import mask_tokens
+from tests import closed_forms
 
 
 def test_masking_follows_bert_s_recipe_by_hand():
@@ -23,3 +30,104 @@ def test_masking_follows_bert_s_recipe_by_hand():
     assert out["labels"] == [ids[i] if i in chosen else IGNORE for i in range(len(ids))]
     assert mask_tokens([0, 2], {0, 2}, 4, 50, random.Random(0))["labels"] == [IGNORE, IGNORE]
     assert sum(v != IGNORE for v in mask_tokens([0, 11, 2], {0, 2}, 4, 50, random.Random(0))["labels"]) == 1
+
+
+SUITE = """\
+name: mx
+stages:
+  - {name: lang-en, method: madx, tasks: [synth-xpolarity], objective: mlm, train: {max_steps: 20, lr: 1.0e-3}}
+  - {name: lang-xa, method: madx, tasks: [synth-xpolarity@xa], objective: mlm, train: {max_steps: 20, lr: 1.0e-3}}
+methods:
+  - {name: madx, init_from: lang-en, language_stages: {xa: lang-xa}, train: {lr: 5.0e-3}}
+models: [tiny-encoder]
+tasks: [synth-xpolarity]
+seeds: [1]
+train: {batch_size: 16, max_steps: 20, max_length: 24, eval_batch_size: 64, max_eval_samples: 48}
+"""
+
+
+def accuracy_by_hand(model, tokenizer, rows: list[dict]) -> float:
+    import torch
+
+    enc = tokenizer([r["sentence"] for r in rows], truncation=True, max_length=24, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model.eval()(**enc).logits.argmax(-1).tolist()
+    return 100.0 * sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+
+
+@pytest.mark.slow
+def test_language_stages_train_by_masked_lm_and_are_swapped_in_to_score(write_suite, tmp_path):
+    """Two masked-LM stages train the en and xa language adapters (only them); the MAD-X cell starts from en's,
+    trains its task adapter with them frozen, and scores xa with xa's swapped in: its recorded accuracy_xa is what
+    the saved task adapter with the xa stage's language state gives by hand, and not what it gives with en's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bench import methods
+    from bench.methods.madx import language_state, load_language
+    from bench.tasks.data import load_rows
+    from bench.tasks.registry import registry
+    from tests.adapting import build_bundle
+
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(SUITE)), "--results", str(results), "--quiet",
+                 "--save-adapters"]) == 0
+    records = {r["cell"]["label"]: r for r in (json.loads(p.read_text()) for p in (results / "mx").glob("*.json"))}
+    assert all(r["status"] == "ok" for r in records.values()), [r["error"] for r in records.values()]
+    stages = {label.split(":")[1]: r for label, r in records.items() if label.startswith("stage:")}
+    cell = records["madx"]
+    assert cell["cell"]["config"]["language_stages"] == {"xa": stages["lang-xa"]["cell"]["id"]}
+    language = 2 * closed_forms.bottleneck(closed_forms.H, closed_forms.H // 2) + 2 * (
+        closed_forms.linear(closed_forms.H // 2, closed_forms.H // 4) + closed_forms.linear(closed_forms.H // 4,
+                                                                                              closed_forms.H // 2))
+    assert all(s["params"]["trainable"] == language for s in stages.values())  # masked-LM trains the language parts
+    en, xa = (load_file(str(results / "mx" / "stages" / stages[n]["cell"]["id"] / "state.safetensors"))
+              for n in ("lang-en", "lang-xa"))
+    assert all(state[k].any() for state in (en, xa) for k in state if k.endswith("language.up.weight"))  # trained
+
+    task = registry()["synth-xpolarity"]
+    bundle = build_bundle("tiny-encoder", task=task, seed=1)
+    madx = methods.get("madx")
+    adapted = madx.apply(bundle.model, madx.resolve({}, bundle.arch, str),
+                         ApplyContext(bundle, TrainConfig(), 1, task=task))
+    adapted.load_state(load_file(str(results / "mx" / "adapters" / cell["cell"]["id"] / "state.safetensors")))
+    saved = language_state(adapted.model)
+    assert all(torch.equal(saved[k], en[k]) for k in en)  # frozen through training, and saved as en's
+    rows = load_rows(task, "eval:xa")[:48]
+    load_language(adapted.model, xa)
+    with_xa = accuracy_by_hand(adapted.model, bundle.tokenizer, rows)
+    assert cell["scores"]["metrics"]["accuracy_xa"] == pytest.approx(with_xa)
+    load_language(adapted.model, en)
+    assert cell["scores"]["metrics"]["accuracy"] == pytest.approx(accuracy_by_hand(
+        adapted.model, bundle.tokenizer, load_rows(task, "eval")[:48]))
+    logits = [adapted.model(**bundle.tokenizer([rows[0]["sentence"]], return_tensors="pt")).logits]
+    load_language(adapted.model, xa)
+    logits.append(adapted.model(**bundle.tokenizer([rows[0]["sentence"]], return_tensors="pt")).logits)
+    assert not torch.allclose(*logits)  # the swap changes the model
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{name: lora, language_stages: {xa: lang-xa}}", "swaps language adapters"),
+    ("{name: madx, language_stages: {xa: lang-xa}}", "needs `init_from`"),
+    ("{name: madx, init_from: lang-en, language_stages: {xa: lang-xq}}", "unknown stage 'lang-xq'"),
+    ("{name: madx, init_from: lang-en, language_stages: {xa: lang-lm}}", "by masked-LM"),
+])
+def test_bad_language_stages_are_refused_before_any_work(write_suite, entry, message):
+    from bench.errors import BadInput
+    from bench.plan.suite import load_suite
+
+    suite = SUITE.replace("{name: madx, init_from: lang-en, language_stages: {xa: lang-xa}, train: {lr: 5.0e-3}}",
+                          entry).replace("stages:\n", "stages:\n  - {name: lang-lm, method: madx, tasks: "
+                                         "[synth-xpolarity], train: {max_steps: 20}}\n", 1)
+    with pytest.raises(BadInput, match=message):
+        load_suite(str(write_suite(suite)))
+
+
+def test_language_stages_must_be_target_languages(write_suite):
+    from bench.errors import BadInput
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    suite = load_suite(str(write_suite(SUITE.replace("{xa: lang-xa}", "{en: lang-xa}"))))
+    with pytest.raises(BadInput, match=r"task 'synth-xpolarity' is scored in \['xa', 'xb'\]"):
+        grid.expand(suite)

@@ -183,17 +183,21 @@ def evaluate(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, d
 
 
 def evaluate_all(bundle, model, evalsets: dict[str, list[EvalSet]], task: TaskSpec, batch_size: int, device,
-                 autocast=contextlib.nullcontext, predict_main: Callable = predict) -> tuple[dict, list[dict]]:
+                 autocast=contextlib.nullcontext, predict_main: Callable = predict,
+                 before_split: Callable[[str], None] | None = None) -> tuple[dict, list[dict]]:
     """Scores over every evaluation split and template.
 
     Returns ({metric: median over templates} for the main split plus {metric_<split>: ...} for more
     splits (MNLI's mismatched), [{"split", "template", "metrics"}] for every evaluation).
     `predict_main` predicts the main split under its first template (a cell times it there:
-    bench.cell.measure.TimedPrediction); `predict` predicts every other evaluation.
+    bench.cell.measure.TimedPrediction); `predict` predicts every other evaluation. `before_split(name)` runs
+    before each split is scored (MAD-X swaps that language's adapters in: bench/cell/languages.py).
     """
     merged: dict = {}
     details = []
     for split, sets in evalsets.items():
+        if before_split is not None:
+            before_split(split)
         runs = [evaluate(bundle, model, es, task, batch_size, device, autocast,
                          predict_main if split == "" and i == 0 else predict) for i, es in enumerate(sets)]
         details += [{"split": split or "main", "template": i, "metrics": r} for i, r in enumerate(runs)]

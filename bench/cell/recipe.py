@@ -24,6 +24,7 @@ from bench.cell import instruments
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
 from bench.cell.curves import CurveWriter
+from bench.cell.languages import language_swaps
 from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
 from bench.errors import Unsupported
@@ -162,9 +163,12 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 def evaluate(run: Run, record: dict) -> None:
     """Every split under every template; the main split's metrics are the cell's scores. The selection split's
     go apart (`scores.selection`): they choose a sweep's setting and are never reported."""
+    swap = language_swaps(run.cell, run.adapted.model, run.device)  # MAD-X: each language its own adapters
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
-                                                run.predict_main)
+                                                run.predict_main, swap)
+    if swap is not None:
+        swap("")  # the training language's own adapters back, as trained (and saved)
     scores.update(crosslingual.transfer_scores(run.evaluation, scores))  # a cross-lingual task's mean over targets
     record["scores"]["metrics"] = scores
     if run.data.selection:

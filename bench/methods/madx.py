@@ -75,6 +75,9 @@ def _madx(model, config, ctx):
                    load_stored=lambda state: load_by_name(model, state))
 
 
+_madx.swaps_languages = True  # a suite entry may name language_stages (bench/plan/stages.check_language_stages)
+
+
 register(
     Method("madx", "additive", "a frozen language adapter (with an invertible adapter on the embeddings) and a "
            "task adapter stacked after each FFN block; the task adapter trains",

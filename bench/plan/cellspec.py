@@ -44,13 +44,16 @@ class Cell:
     init_from: str | None = None  # the cell whose saved state this cell starts from (in its config and id)
     keeps_state: bool = False  # cells of another task start from its trained state (a task's `init_from`)
     init_dir: str | None = None  # where that state is (set by `run`, beside the results)
+    # a target language -> the stage cell that trained its language adapter (in its config and id; their states
+    # lie beside init_dir's): MAD-X scores each language with its own (bench/cell/languages.py)
+    language_stages: dict[str, str] = field(default_factory=dict)
     curve_path: str | None = None  # where the cell writes its training curve (set by `run`; bench/cell/curves.py)
 
     @property
     def config(self) -> dict:
         """The fully resolved configuration; its hash is the id."""
         return cell_config(self.method, self.method_config, self.model.identity(), self.task.identity(), self.seed,
-                           self.train.as_dict(), self.init_from)
+                           self.train.as_dict(), self.init_from, self.language_stages)
 
     def line(self) -> str:
         setting = f" [{setting_text(self.sweep)}]" if self.sweep else ""
@@ -59,11 +62,13 @@ class Cell:
 
 
 def cell_config(method: str, method_config: dict, model_identity: dict, task_identity: dict, seed: int,
-                train_settings: dict, init_from: str | None = None) -> dict:
+                train_settings: dict, init_from: str | None = None, language_stages: dict | None = None) -> dict:
     """A cell's configuration from its parts' identities (the grid computes each part once, not per cell);
-    `init_from` (a stage cell's id) only when set, so other cells keep their ids."""
+    `init_from` (a stage cell's id) and `language_stages` only when set, so other cells keep their ids."""
     config = {"method": {"name": method, "config": method_config}, "model": model_identity, "task": task_identity,
               "seed": seed, "train": train_settings}
+    if language_stages:
+        config["language_stages"] = dict(sorted(language_stages.items()))
     return {**config, "init_from": init_from} if init_from else config
 
 

@@ -17,6 +17,7 @@ from bench.plan.cellspec import Cell, cell_config, cell_id
 from bench.plan.selection import SECOND_STAGE
 from bench.plan.stages import StageEntry, mixture_task, stage_train
 from bench.plan.suite import MethodEntry, Suite, check_seeds
+from bench.tasks import crosslingual
 
 
 def _resolve_method(entry: MethodEntry, arch: str, swept: dict | None = None) -> tuple[str, str, dict, dict]:
@@ -88,7 +89,8 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
         spec = resolve_model(model_name, "--models")
         model_identity = spec.identity()
         stage_cells = {name: _stage_cell(suite, suite.stages[name], spec, per_cell)
-                       for name in dict.fromkeys(e.init_from for e in entries if e.init_from)}
+                       for name in dict.fromkeys([e.init_from for e in entries if e.init_from]
+                                                 + [s for e in entries for s in e.language_stages.values()])}
         cells += stage_cells.values()
         for entry, variant in _variants(suite, entries):
             started: dict[tuple, str] = {}  # (task, seed) -> the id of the cell its trained state starts others from
@@ -112,6 +114,10 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 if entry.name in methods.REGISTRY and methods.get(entry.name).in_context and train.shots is None:
                     raise BadInput(f"{name} needs 'shots' in its training settings: the examples it shows in "
                                    "the prompt (without it, the whole training set would be)", entry.where())
+                if set(entry.language_stages) - set(crosslingual.target_languages(task)):
+                    raise BadInput(f"'{entry.label}': language_stages name languages {sorted(entry.language_stages)}; "
+                                   f"task '{task_name}' is scored in {crosslingual.target_languages(task) or 'one'}",
+                                   entry.where("language_stages"))
                 task_identity = task_identities.setdefault(task_name, task.identity())
                 train_settings = train.as_dict()
                 for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
@@ -119,7 +125,9 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                         continue
                     start = stage_cells[entry.init_from].id if entry.init_from else \
                         _task_start(suite, task_name, seed, started, (entry.label, model_name))
-                    cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings, start))
+                    swaps = {lang: stage_cells[s].id for lang, s in entry.language_stages.items()}
+                    cid = cell_id(cell_config(name, config, model_identity, task_identity, seed, train_settings, start,
+                                              swaps))
                     if cid in seen and seen[cid] != entry.label:
                         raise BadInput(f"method entries '{seen[cid]}' and '{entry.label}' resolve to the same "
                                        "configuration; drop one", suite.where("methods"))
@@ -130,7 +138,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
                                       suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell,
                                       sweep=variant, sweep_stage=stage, init_from=start,
-                                      keeps_state=task_name in kept))
+                                      keeps_state=task_name in kept, language_stages=swaps))
     return cells
 
 

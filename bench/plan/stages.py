@@ -132,6 +132,25 @@ def check_init_from(entry, stages: dict[str, StageEntry]) -> None:
                        "with the same settings", entry.where("init_from"))
 
 
+def check_language_stages(entry, stages: dict[str, StageEntry]) -> None:
+    """A method entry's `language_stages` ({language: stage}): masked-LM stages of its method and settings, the
+    entry starting (init_from) from its training language's; the entry's method swaps them in to score each
+    language (bench/cell/languages.py)."""
+    from bench import methods
+
+    if entry.init_from is None or not getattr(methods.get(entry.name).build, "swaps_languages", False):
+        raise BadInput(f"'{entry.label}': language_stages give a method that swaps language adapters (madx) the "
+                       "target languages' adapters; it needs `init_from`, the training language's stage",
+                       entry.where("language_stages"))
+    for language, name in entry.language_stages.items():
+        stage = stages.get(name)
+        if stage is None:
+            raise unknown("stage", name, stages, entry.where("language_stages", language))
+        if stage.objective != MLM or (stage.method.name, stage.method.overrides) != (entry.name, entry.overrides):
+            raise BadInput(f"stage '{name}' must train {entry.name}'s language adapter with the same settings by "
+                           "masked-LM (`objective: mlm`)", entry.where("language_stages", language))
+
+
 def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
     """The stage's mixture as one task: its members' training rows under their own templates."""
     members = tuple(registry[name] for name in stage.tasks)

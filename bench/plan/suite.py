@@ -14,7 +14,14 @@ from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
-from bench.plan.stages import StageEntry, check_init_from, check_stage_tasks, check_task_starts, parse_stages
+from bench.plan.stages import (
+    StageEntry,
+    check_init_from,
+    check_language_stages,
+    check_stage_tasks,
+    check_task_starts,
+    parse_stages,
+)
 from bench.plan.sweep import Sweep, parse_selection, parse_sweep
 from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
@@ -26,7 +33,7 @@ SUITE_KEYS = {
     "method_modules": list, "threads": int, "sweep": dict, "selection": dict, "stages": list,
 }
 _ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list, "sweep": dict,
-               "init_from": str}
+               "init_from": str, "language_stages": dict}
 _EXCLUDE_KEYS = ("method", "model", "task", "seed")
 DEFAULT_CELL_TIMEOUT_S = 3600.0
 SEED_LIMIT = 2 ** 32  # seeds are numpy / torch generator seeds: 0 <= seed < 2^32
@@ -46,6 +53,8 @@ class MethodEntry:
     where: Callable[..., str] = lambda *k: ""
     sweep: Sweep = field(default_factory=Sweep)  # the entry's own axes (the suite-wide ones merge in the grid)
     init_from: str | None = None  # a stage's name: the method starts from the state it trained (plan/stages.py)
+    # a cross-lingual task's target language -> the stage that trained its language adapter (MAD-X's swap at test)
+    language_stages: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,6 +163,8 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     for entry in suite.methods:
         if entry.init_from is not None:
             check_init_from(entry, suite.stages)
+        if entry.language_stages:
+            check_language_stages(entry, suite.stages)
     _check_names(suite)
     _check_protocol(suite)
     check_task_starts(suite)
@@ -242,7 +253,8 @@ def _method_entry(item: Any, doc: YamlDoc, key: tuple) -> MethodEntry:
     return MethodEntry(label=item.get("label", item["name"]), name=item["name"],
                        overrides=item.get("overrides", {}), train=item.get("train", {}), where=where,
                        sweep=_entry_sweep(item, where, set(method.defaults) | method.target_keys),
-                       init_from=item.get("init_from"))
+                       init_from=item.get("init_from"),
+                       language_stages={str(k): str(v) for k, v in item.get("language_stages", {}).items()})
 
 
 def _entry_sweep(item: dict, where: Callable[..., str], method_keys: set[str]) -> Sweep:

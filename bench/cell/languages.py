@@ -1,0 +1,45 @@
+"""MAD-X's zero-shot transfer at test time (Pfeiffer et al. 2020, §3.3): each target language of a cross-lingual
+task is scored with that language's adapters swapped in, the task adapter kept.
+
+A cell whose method entry names `language_stages` ({language: masked-LM stage}, bench/plan/stages.py) holds the
+stage cells' ids (`Cell.language_stages`); their saved states lie beside the one it started from (`init_dir`).
+Before a split is scored its language's state is loaded (`load_language`), the training language's own for the
+main split and for languages without a stage; the cell ends with its own back in place (what it saves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.methods.external import STATE_FILE
+from bench.methods.madx import language_state, load_language
+from bench.plan.cellspec import Cell
+from bench.tasks import crosslingual
+
+
+def language_swaps(cell: Cell, model, device) -> Callable[[str], None] | None:
+    """`before(split)`: puts the split's language adapters into `model`; None for a cell without language_stages.
+    A stage's missing state, or a language that is not one of the task's targets, raises before any scoring."""
+    if not cell.language_stages:
+        return None
+    from safetensors.torch import load_file
+
+    targets = crosslingual.target_languages(cell.task.evaluation)
+    unknown = sorted(set(cell.language_stages) - set(targets))
+    if unknown:
+        raise ValueError(f"language_stages name {unknown}, which are not target languages of task "
+                         f"'{cell.task.name}' ({', '.join(targets)})")
+    folder = Path(cell.init_dir or "").parent
+    states = {}
+    for language, stage in cell.language_stages.items():
+        path = folder / stage / STATE_FILE
+        if not cell.init_dir or not path.is_file():
+            raise FileNotFoundError(f"stage cell {stage} (language {language}) has no saved state at {path}")
+        states[language] = load_file(str(path), device=str(device))
+    own = {k: v.clone() for k, v in language_state(model).items()}
+
+    def before(split: str) -> None:
+        load_language(model, states.get(split, own))
+
+    return before
