@@ -126,3 +126,29 @@ def test_the_cross_lingual_scores_are_documented_as_registered():
     for f in figures.CROSSLINGUAL_SCORES:
         assert f"| `{f.key}` | {f.definition} |" in text
         assert figures.figure(f.key).rule == f.rule == "score"
+
+
+def test_the_crosslingual_xnli_suite_expands_offline():
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    cells = grid.expand(load_suite("crosslingual-xnli"))
+    stages = [c for c in cells if c.stage]
+    assert sorted(c.stage for c in stages) == sorted(f"lang-{lang}" for lang in XNLI_LANGUAGES)
+    assert all(c.task.type == "mlm" and c.model.name == "xlm-roberta-base" for c in stages)
+    runs = [c for c in cells if not c.stage]
+    assert {(c.label, c.task.name) for c in runs} == {(m, t) for m in ("full", "lora", "adapter-pfeiffer")
+                                                      for t in ("xnli", "xnli@de", "xnli@sw")} | {("madx", "xnli")}
+    ids = {c.stage: c.id for c in stages}
+    madx = [c for c in runs if c.label == "madx"]
+    assert len(madx) == 3 and all(c.init_from == ids["lang-en"] for c in madx)
+    assert all(c.language_stages == {lang: ids[f"lang-{lang}"] for lang in XNLI_LANGUAGES[1:]} for c in madx)
+
+
+@pytest.mark.slow
+def test_the_crosslingual_xnli_suite_prices_in_the_dry_run_offline(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["run", "--suite", "crosslingual-xnli", "--dry-run", "--gpu", "h200"]) == 0
+    out = capsys.readouterr().out
+    assert "45 cells" in out and "unknown" not in out
+    assert "75150 rows" in out  # 15 languages' test splits, 5,010 rows each

@@ -114,15 +114,16 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 if entry.name in methods.REGISTRY and methods.get(entry.name).in_context and train.shots is None:
                     raise BadInput(f"{name} needs 'shots' in its training settings: the examples it shows in "
                                    "the prompt (without it, the whole training set would be)", entry.where())
-                if set(entry.language_stages) - set(crosslingual.target_languages(task)):
-                    raise BadInput(f"'{entry.label}': language_stages name languages {sorted(entry.language_stages)}; "
-                                   f"task '{task_name}' is scored in {crosslingual.target_languages(task) or 'one'}",
-                                   entry.where("language_stages"))
                 task_identity = task_identities.setdefault(task_name, task.identity())
                 train_settings = train.as_dict()
                 for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
+                    if set(entry.language_stages) - set(crosslingual.target_languages(task)):
+                        targets = crosslingual.target_languages(task) or "one language"
+                        raise BadInput(f"'{entry.label}': language_stages name languages "
+                                       f"{sorted(entry.language_stages)}; task '{task_name}' is scored in {targets}",
+                                       entry.where("language_stages"))
                     start = stage_cells[entry.init_from].id if entry.init_from else \
                         _task_start(suite, task_name, seed, started, (entry.label, model_name))
                     swaps = {lang: stage_cells[s].id for lang, s in entry.language_stages.items()}
