@@ -29,7 +29,7 @@ def test_transfer_is_the_mean_over_the_target_languages_by_hand():
     scores = {"accuracy": 90.0, "accuracy_en": 50.0, "accuracy_b": 60.0, "accuracy_c": 76.0,
               "f1": 80.0, "f1_en": 40.0, "f1_b": None, "f1_c": 10.0}
     assert crosslingual.transfer_scores(task, scores) == {"accuracy_transfer": 62.0, "f1_transfer": None}
-    assert crosslingual.per_language(task, scores, "accuracy") == {"en": 50.0, "a": 90.0, "b": 60.0, "c": 76.0}
+    assert crosslingual.per_language(task.source, scores, "accuracy") == {"en": 50.0, "a": 90.0, "b": 60.0, "c": 76.0}
     assert crosslingual.transfer_scores(builtin_tasks()["synth-polarity"], scores) == {}
 
 
@@ -152,3 +152,34 @@ def test_the_crosslingual_xnli_suite_prices_in_the_dry_run_offline(monkeypatch, 
     out = capsys.readouterr().out
     assert "45 cells" in out and "unknown" not in out
     assert "75150 rows" in out  # 15 languages' test splits, 5,010 rows each
+
+
+def test_the_report_s_transfer_table_and_heatmap_by_hand(tmp_path):
+    """Two ok seeds of full trained in en, one in xa, and a failed seed (in no mean): each cell is the mean of the
+    ok seeds' per-language scores; a language no ok record scored is a dash, and a NaN in the heatmap."""
+    import pandas as pd
+
+    from bench.report.crosslingual import transfer_plots, transfer_tables
+
+    def record(train, status, **scores):
+        source = {"synthetic": "polarity", "languages": ["en", "xa", "xb"], "train_language": train}
+        return {"status": status, "cell": {"config": {"task": {"source": source}}},
+                "scores": {"main_metric": "accuracy", "metrics": scores}}
+
+    rows = [("synth-xpolarity", record("en", "ok", accuracy=90.0, accuracy_xa=50.0, accuracy_xb=40.0,
+                                       accuracy_transfer=45.0)),
+            ("synth-xpolarity", record("en", "ok", accuracy=80.0, accuracy_xa=60.0, accuracy_xb=None,
+                                       accuracy_transfer=None)),
+            ("synth-xpolarity", record("en", "failed")),
+            ("synth-xpolarity@xa", record("xa", "ok", accuracy=70.0, accuracy_en=55.0, accuracy_xb=45.0,
+                                          accuracy_transfer=50.0))]
+    frame = pd.DataFrame([{"model": "tiny-encoder", "task": t, "label": "full", "status": r["status"], "record": r}
+                          for t, r in rows])
+    [table] = transfer_tables(frame)
+    assert [c.header for c in table.columns] == ["Method", "Train", "en", "xa", "xb", "Transfer"]
+    assert [[c.text for c in row] for row in table.rows] == [["full", "en", "85.0", "55.0", "40.0", "45.0"],
+                                                            ["full", "xa", "55.0", "70.0", "45.0", "50.0"]]
+    [plot] = transfer_plots(frame, tmp_path)
+    title, tests, trains, grid, text, metric = plot.job.args
+    assert (tests, trains, metric) == (["en", "xa", "xb"], ["en", "xa"], "accuracy")
+    assert grid == [[85.0, 55.0, 40.0], [55.0, 70.0, 45.0]] and text[0] == ["85.0", "55.0", "40.0"]

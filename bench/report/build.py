@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.fmt import DASH, missing
 from bench.report.aggregate import aggregate, method_summary
+from bench.report.crosslingual import transfer_plots, transfer_tables
 from bench.report.curves import curve_plots, curve_tables
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
@@ -32,6 +33,7 @@ class Report:
     reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
     selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
     curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
+    crosslingual: list[Table] = field(default_factory=list)  # by train and test language (report/crosslingual.py)
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -43,6 +45,8 @@ class Report:
 
     def sections(self) -> list[tuple[str, list[Table]]]:
         out = [("Methods compared", self.survey)]
+        if self.crosslingual:
+            out.append(("Cross-lingual transfer", self.crosslingual))
         if self.selection:
             out.append(("Selected settings and stages", self.selection))
         if self.reproduction:
@@ -98,7 +102,9 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     problems, reproduction_tables(agg), selection_tables(swept, choices) + stage_tables(stages),
                     description=description)
     report.curves = curve_tables(frame, curves or {})
+    report.crosslingual = transfer_tables(frame)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
-                                + curve_plots(frame, curves or {}, folder / "plots"))
+                                + curve_plots(frame, curves or {}, folder / "plots")
+                                + transfer_plots(frame, folder / "plots"))
     return report

@@ -111,6 +111,34 @@ def heatmap(title: str, tasks: list[str], row_labels: list[str], grid: list[list
     return fig
 
 
+def language_heatmap(title: str, test_languages: list[str], train_languages: list[str], grid: list[list[float]],
+                     text: list[list[str]], metric: str) -> Figure:
+    """A cross-lingual score, train language (rows) × test language (columns), on a sequential scale (NaN: not
+    known, hatched), `text` printed in each cell; the in-language cells outlined."""
+    grid = np.asarray(grid, dtype=float).reshape(len(train_languages), len(test_languages))
+    fig = Figure(figsize=(0.55 * len(test_languages) + 2.6, 0.45 * len(train_languages) + 1.6))
+    ax = fig.subplots()
+    cmap = colormaps["viridis"].with_extremes(bad="#eeeeee")
+    low, high = (float(np.nanmin(grid)), float(np.nanmax(grid))) if not np.isnan(grid).all() else (0.0, 100.0)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=low, vmax=max(high, low + 1e-9), aspect="auto")
+    for i, train in enumerate(train_languages):
+        for j, test in enumerate(test_languages):
+            if np.isnan(grid[i, j]):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#bbbbbb",
+                                       linewidth=0))
+            if train == test:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+            bright = not np.isnan(grid[i, j]) and grid[i, j] > low + 0.6 * (high - low)
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color="black" if bright else "white")
+    ax.set_xticks(range(len(test_languages)), test_languages, fontsize=8)
+    ax.set_yticks(range(len(train_languages)), train_languages, fontsize=8)
+    ax.set_xlabel("test language", fontsize=8)
+    ax.set_ylabel("train language", fontsize=8)
+    fig.colorbar(image, ax=ax, label=f"{metric} (points)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
 def fewshot(title: str, x_label: str, points: list[list[float]], families: list, in_context: list[bool],
             labels: list[str], legend: list[str]) -> Figure:
     """Few-shot score against inference FLOPs (log x): fine-tuned methods filled, in-context learning hollow."""

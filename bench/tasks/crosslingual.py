@@ -92,11 +92,11 @@ def transfer_scores(task: TaskSpec, scores: dict) -> dict:
     return out
 
 
-def per_language(task: TaskSpec, scores: dict, metric: str) -> dict[str, float | None]:
-    """A record's `metric` by language: the main score for the training language, `<metric>_<language>` for
-    the others (the report's heatmap row)."""
-    return {lang: scores.get(metric if lang == train_language(task) else f"{metric}_{lang}")
-            for lang in languages(task)}
+def per_language(source: dict, scores: dict, metric: str) -> dict[str, float | None]:
+    """A record's `metric` by language, from its task's source (a TaskSpec's, or as a record's configuration holds
+    it): the main score for the training language, `<metric>_<language>` for the others (a heatmap row)."""
+    train = source.get("train_language", DEFAULT_TRAIN_LANGUAGE)
+    return {lang: scores.get(metric if lang == train else f"{metric}_{lang}") for lang in source.get("languages", ())}
 
 
 def lexicon_map(language: str) -> dict[str, str]:
