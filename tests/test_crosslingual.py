@@ -173,6 +173,7 @@ def test_the_report_s_transfer_table_and_heatmap_by_hand(tmp_path):
             ("synth-xpolarity", record("en", "failed")),
             ("synth-xpolarity@xa", record("xa", "ok", accuracy=70.0, accuracy_en=55.0, accuracy_xb=45.0,
                                           accuracy_transfer=50.0))]
+    rows.append(("synth-polarity", {"status": "ok", "cell": {}, "scores": {"main_metric": "accuracy"}}))  # no config
     frame = pd.DataFrame([{"model": "tiny-encoder", "task": t, "label": "full", "status": r["status"], "record": r}
                           for t, r in rows])
     [table] = transfer_tables(frame)

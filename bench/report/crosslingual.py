@@ -26,7 +26,8 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
     out: dict[tuple[str, str], dict] = {}
     for _, row in frame.iterrows():
         record = row["record"]
-        source = record["cell"]["config"]["task"]["source"]
+        # a record whose configuration does not say its task's source (hand-made, or older) is in no language table
+        source = ((record["cell"].get("config") or {}).get("task") or {}).get("source") or {}
         if not source.get("languages"):
             continue
         group = out.setdefault((row["model"], crosslingual.base_name(row["task"])),
