@@ -38,6 +38,7 @@ UNSUPPORTED = {
     # it loads a saved adapter, so it needs a path (tests/test_eval_adapter.py runs it with one)
     **{("external-adapter", a): "--adapter" for a in ("roberta", "t5", "gpt2", "llama")},
     **{("prompt-tuning-tfew", a): "encoder-decoder" for a in ("roberta", "gpt2", "llama")},  # T-Few's: T5 only
+    **{("madx", a): "encoders" for a in ("t5", "gpt2", "llama")},  # MAD-X's invertible adapter: an encoder's
 }
 if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
     UNSUPPORTED.update({("qlora", a): "CUDA" for a in ("roberta", "t5", "llama")})

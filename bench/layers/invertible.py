@@ -17,6 +17,7 @@ import functools
 import torch
 from torch import nn
 
+from bench.errors import Unsupported
 from bench.layers.bottleneck import ACTIVATIONS
 from bench.layers.sites import place_like
 
@@ -59,11 +60,14 @@ def _inverse_pre_hook(name: str, owner: nn.Module, module, args):
 
 
 def attach_invertible(model: nn.Module, name: str, reduction_factor: float, activation: str) -> NiceCoupling:
-    """A NiceCoupling on the output of the model's input embeddings module (BERT/RoBERTa's `embeddings`, whose
-    output is layer-normed; elsewhere the token embedding itself), child of that module as `name`; its inverse
-    runs on the input of the output embeddings (an LM head's decoder) where the model has one."""
+    """A NiceCoupling on the output of an encoder's embeddings module (BERT/RoBERTa's `embeddings`: word, position
+    and token-type embeddings, layer-normed), child of that module as `name`; its inverse runs on the input of the
+    output embeddings (the MLM head's decoder) where the model has one."""
     embeddings = model.get_input_embeddings()
-    owner = next((m for m in model.modules() if getattr(m, "word_embeddings", None) is embeddings), embeddings)
+    owner = next((m for m in model.modules() if getattr(m, "word_embeddings", None) is embeddings), None)
+    if owner is None:
+        raise Unsupported(f"{type(model).__name__} has no embeddings module holding its word embeddings (an "
+                          "encoder's), where the invertible adapter goes")
     block = place_like(NiceCoupling(embeddings.embedding_dim, reduction_factor, activation), embeddings)
     owner.add_module(name, block)
     owner.register_forward_hook(functools.partial(_forward_hook, name))

@@ -107,14 +107,6 @@ def _renormalise_stack(name: str, module, args, output):
     return normed
 
 
-def _add_to_stream_stack(name: str, module, args, output):
-    """Pre-LN, a stack of branches in order: s' = s + branch(s) for each (one branch: `_add_to_stream`)."""
-    stream = output[0] if isinstance(output, tuple) else output
-    for branch in getattr(module, name).values():
-        stream = stream + branch(stream)
-    return (stream,) + output[1:] if isinstance(output, tuple) else stream
-
-
 def _closest(name: str, candidates: list[tuple[str, nn.Module]]) -> tuple[str, nn.Module]:
     """The candidate whose dotted name shares the most leading parts with `name` (the same layer's module)."""
     return max(candidates, key=lambda c: len(os.path.commonprefix([name.split("."), c[0].split(".")])))
@@ -125,9 +117,11 @@ def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch, 
     post-LN it reads the layer-normed sum and the norm is applied again to the sum plus its output; pre-LN it
     reads the residual stream after the FFN's add and adds to it. The branch is a child of the layer's FFN output
     projection (the module the sequential placement hooks), so its parameters have the same names in both.
-    `stack`: the branch is an nn.ModuleDict of branches applied in its order, each on the stream the one before
-    left (bench/methods/madx.py's language adapter, then the task adapter)."""
+    `stack` (post-LN models): the branch is an nn.ModuleDict of branches applied in its order, each on the stream
+    the one before left (bench/methods/madx.py's language adapter, then the task adapter)."""
     post_ln = "ffn_norm" in (ARCHS[arch].sites if arch in ARCHS else {})
+    if stack and not post_ln:
+        raise Unsupported(f"a stack of adapters is placed on post-LN models (BERT, RoBERTa) only, not {arch}")
     blocks = find(model, arch, "ffn_norm" if post_ln else "ffn_block")
     projections = find(model, arch, "ffn_output")
     paired = {block_name: _closest(block_name, projections) for block_name, _ in blocks}
@@ -140,8 +134,7 @@ def attach_after_ffn_block(model: nn.Module, arch: str, name: str, make_branch, 
         projection.add_module(name, branch)
         # the block holds a reference (not a child) so the branch appears once in state dicts
         object.__setattr__(block, name, branch)
-        hook = (_renormalise_stack if post_ln else _add_to_stream_stack) if stack else \
-            (_renormalise if post_ln else _add_to_stream)
+        hook = _renormalise_stack if stack else _renormalise if post_ln else _add_to_stream
         block.register_forward_hook(functools.partial(hook, name))
 
 

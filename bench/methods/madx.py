@@ -1,8 +1,8 @@
 """MAD-X (Pfeiffer et al. 2020): a language adapter and a task adapter stacked, language adapters swapped per language.
 
 Per layer, at the FFN block's complete output (where adapter-pfeiffer sits: AdapterHub's SeqBnConfig), two
-bottlenecks in turn (AdapterHub's `Stack(language, task)`): post-LN, s1 = s + language(LN(s)),
-s2 = s1 + task(LN(s1)), the block returning LN(s2) (pre-LN: s + language(s), then + task(·)); and, with
+bottlenecks in turn (AdapterHub's `Stack(language, task)`): s1 = s + language(LN(s)), s2 = s1 + task(LN(s1)),
+the block returning LN(s2) (encoders only: MAD-X's are post-LN); and, with
 `invertible`, the language's invertible adapter on the embeddings (bench/layers/invertible.py; AdapterHub's
 SeqBnInvConfig). The language parts are MAD-X's defaults (reduction factor 2 for the language adapter and for the
 invertible adapter's subnets); the task adapter is adapter-pfeiffer's (16), ReLU throughout.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bench.archs import ARCHS
 from bench.methods.base import Adapted, Method, freeze, load_by_name, register, train_head, trainable_state
 from bench.tasks.masked_lm import MLM
 
@@ -84,5 +85,10 @@ register(
            "Pfeiffer et al. 2020, MAD-X: An Adapter-Based Framework for Multi-Task Cross-Lingual Transfer", _madx,
            defaults={"reduction_factor": 16, "bottleneck_dim": 0, "language_reduction_factor": 2,
                      "invertible": True, "invertible_reduction_factor": 2, "activation": "relu"},
-           train={"lr": 1e-4}),
+           train={"lr": 1e-4},
+           # MAD-X and AdapterHub's placement of the invertible adapter (on the embeddings module's output, under
+           # the tied MLM head) are an encoder's; AdapterHub puts it elsewhere on T5 (its encoder only) and GPT-2
+           # (after the position embeddings), which this build does not follow
+           unsupported={a.name: f"MAD-X is built here for encoders (BERT, RoBERTa, XLM-R), not {a.title}"
+                        for a in ARCHS.values() if a.kind != "encoder"}),
 )
