@@ -10,10 +10,10 @@ import pytest
 from bench.cli import main
 from bench.errors import BadInput
 from bench.tasks import crosslingual
-from bench.tasks.data import DataUnavailable, check_split, eval_splits, hub_split, load_rows
+from bench.tasks.data import DataUnavailable, check_split, eval_splits, hub_split, language_view, load_rows
 from bench.tasks.registry import builtin_tasks, registry
 from bench.tasks.schema import load_task_file
-from bench.tasks.synthetic import NEGATIVE, NEUTRAL, POSITIVE
+from bench.tasks.synthetic import NEGATIVE, NEUTRAL, POSITIVE, lexicon_map
 
 XNLI_LANGUAGES = ["en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur"]
 
@@ -42,9 +42,9 @@ def test_xnli_and_paws_x_read_one_hub_config_per_language():
     german = tasks["xnli@de"]
     assert crosslingual.train_language(german) == "de"
     assert "de" not in eval_splits(german) and "en" in eval_splits(german)
-    assert crosslingual.view(german, "train")[0].source["config"] == "de"
-    assert crosslingual.view(german, "eval")[0].source["config"] == "de"
-    swahili, split = crosslingual.view(german, "eval:sw")
+    assert language_view(german, "train")[0].source["config"] == "de"
+    assert language_view(german, "eval")[0].source["config"] == "de"
+    swahili, split = language_view(german, "eval:sw")
     assert (swahili.source["config"], split, swahili.labels) == ("sw", "eval", german.labels)
     paws = tasks["paws-x"]
     assert paws.source["dataset"] == "google-research-datasets/paws-x" and len(crosslingual.languages(paws)) == 7
@@ -69,7 +69,7 @@ def test_synthetic_languages_are_the_same_rows_word_by_word():
     task = registry()["synth-xpolarity"]
     en, xa = load_rows(task, "eval"), load_rows(task, "eval:xa")
     words = POSITIVE + NEGATIVE + NEUTRAL
-    mapping = crosslingual.lexicon_map("xa")
+    mapping = lexicon_map("xa")
     assert sorted(mapping.values()) == sorted(words) and mapping != {w: w for w in words}  # a permutation
     assert [r["label"] for r in en] == [r["label"] for r in xa]
     assert all(b["sentence"] == " ".join(mapping[w] for w in a["sentence"].split()) for a, b in zip(en, xa))

@@ -15,6 +15,7 @@ file, the task definition's file:line and the columns the file has.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,9 +23,8 @@ import random
 from pathlib import Path
 
 from bench.errors import BadInput
-from bench.tasks import crosslingual
 from bench.tasks.spec import TaskSpec
-from bench.tasks.synthetic import GENERATORS
+from bench.tasks.synthetic import GENERATORS, translate
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the hub layout's (--data-dir)
 # Every table a task's `files` may name: suffix -> the reader and its default delimiter.
@@ -47,17 +47,51 @@ class DataUnavailable(BadInput):
     """The data a task needs cannot be read here; the message says how to provide it."""
 
 
+# Cross-lingual tasks (bench/tasks/crosslingual.py): a source's `languages`, one hub config each.
+DEFAULT_TRAIN_LANGUAGE = "en"
+
+
+def languages(task: TaskSpec) -> tuple[str, ...]:
+    """The task's languages in its definition's order; () for a task in one language."""
+    return tuple(task.source.get("languages", ()))
+
+
+def train_language(task: TaskSpec) -> str | None:
+    return task.source.get("train_language", DEFAULT_TRAIN_LANGUAGE) if languages(task) else None
+
+
+def target_languages(task: TaskSpec) -> list[str]:
+    """Every language of the task but the one it trains on: those zero-shot transfer is scored on."""
+    return [lang for lang in languages(task) if lang != train_language(task)]
+
+
+def language_view(task: TaskSpec, split: str) -> tuple[TaskSpec, str]:
+    """(the task in one language, the split in it) for a split key of a cross-lingual task: `eval:<language>`
+    is that language's evaluation split, every other key (train, eval, a selection split) the training
+    language's. A task in one language is returned as it is."""
+    if not languages(task):
+        return task, split
+    language = train_language(task)
+    if split.startswith("eval:") and split[5:] in languages(task):
+        language, split = split[5:], "eval"
+    source = {k: v for k, v in task.source.items() if k not in ("languages", "train_language")}
+    source["language"] = language
+    if "dataset" in source:
+        source["config"] = language
+    return dataclasses.replace(task, source=source), split
+
+
 def eval_splits(task: TaskSpec) -> dict[str, str]:
     """Evaluation splits by name: "" for the main one, then e.g. "mismatched" (MNLI), each its split key
     for load_rows ("eval", "eval:<name>")."""
     return {"": "eval", **{name: f"eval:{name}" for name in task.source.get("more_eval_splits", {})},
-            **crosslingual.language_splits(task)}
+            **{lang: f"eval:{lang}" for lang in target_languages(task)}}
 
 
 def hub_split(task: TaskSpec, split: str) -> str:
     """The dataset's split name for "train", "eval", "eval:<name>" (a more_eval_splits entry) or "split:<name>"
     (a split named as the dataset names it: a suite's selection split)."""
-    task, split = crosslingual.view(task, split)
+    task, split = language_view(task, split)
     if split.startswith("split:"):
         return split[6:]
     if split.startswith("eval:"):
@@ -87,7 +121,7 @@ def dataset_folder(task: TaskSpec, root: str | Path) -> Path:
 
 
 def local_file(task: TaskSpec, split: str, data_dir: str | Path) -> Path | None:
-    task, split = crosslingual.view(task, split)
+    task, split = language_view(task, split)
     folder = dataset_folder(task, data_dir)
     for suffix in SUFFIXES:
         path = folder / f"{hub_split(task, split)}{suffix}"
@@ -148,7 +182,7 @@ def check_cells(cells) -> None:
 
 def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None:
     """Raise DataUnavailable when one split of a task cannot be read."""
-    task, split = crosslingual.view(task, split)
+    task, split = language_view(task, split)
     src = task.source
     if "manual" in src:
         path, distributed = manual_file(task, split, data_dir)
@@ -208,14 +242,14 @@ def hub_offline() -> bool:
 
 def load_rows(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[dict]:
     """All rows of a split ("train", "eval" or "eval:<name>"), in the hub's column schema."""
-    task, split = crosslingual.view(task, split)
+    task, split = language_view(task, split)
     src = task.source
     if "synthetic" in src:
         n = src.get("n_train" if split == "train" else "n_eval", 1000)
         # each split its own draw: training 0, evaluation 1, a selection split ("split:<name>") 2
         offset = 0 if split == "train" else 2 if split.startswith("split:") else 1
         rows = GENERATORS[src["synthetic"]](n, src.get("seed", 0) + offset)
-        return crosslingual.translate(rows, task.text, src["language"]) if "language" in src else rows
+        return translate(rows, task.text, src["language"]) if "language" in src else rows
     check_split(task, split, data_dir)  # only this split: an evaluation-only task has no training data
     if "p3" in src:
         from bench.tasks import p3

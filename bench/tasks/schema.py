@@ -163,7 +163,7 @@ def _check_tables(name: str, src: dict, where) -> None:
 def _check_languages(name: str, src: dict, where) -> None:
     """A cross-lingual source (bench/tasks/crosslingual.py): distinct language codes, one hub config each (so no
     `config` of its own), the training language among them, no other evaluation splits beside the languages'."""
-    from bench.tasks.crosslingual import DEFAULT_TRAIN_LANGUAGE
+    from bench.tasks.data import DEFAULT_TRAIN_LANGUAGE
 
     langs = [str(lang) for lang in src.get("languages", [])]
     if len(langs) < 2 or len(set(langs)) != len(langs) or not all(lang.replace("-", "").isalnum() for lang in langs):

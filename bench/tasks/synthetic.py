@@ -7,6 +7,7 @@ suite separates methods that learn from methods that do not, in minutes.
 from __future__ import annotations
 
 import random
+import zlib
 
 POSITIVE = ["good", "great", "excellent", "superb", "lovely", "brilliant", "wonderful", "delightful"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "dull", "horrible", "boring", "dreadful"]
@@ -81,6 +82,27 @@ def choice(n: int, seed: int) -> list[dict]:
         options = [present, absent] if label == 0 else [absent, present]
         rows.append({"idx": i, "sentence": sentence, "choice1": options[0], "choice2": options[1], "label": label})
     return rows
+
+
+# A synthetic cross-lingual task (bench/tasks/crosslingual.py) renders its generator's rows in each language: `en`
+# as drawn, any other code through a fixed permutation of the lexicon drawn from the code, the same rows
+# translated word by word in every language (a parallel evaluation set, as XNLI's).
+def lexicon_map(language: str) -> dict[str, str]:
+    """A synthetic language: every word of the synthetic lexicon sent to another, by a permutation drawn from the
+    language's code (CRC-32 seeded); `en` keeps the words."""
+    words = POSITIVE + NEGATIVE + NEUTRAL
+    if language == "en":
+        return {w: w for w in words}
+    shuffled = list(words)
+    random.Random(zlib.crc32(language.encode())).shuffle(shuffled)
+    return dict(zip(words, shuffled))
+
+
+def translate(rows: list[dict], columns: tuple[str, ...], language: str) -> list[dict]:
+    """The rows with each text column rendered word by word in a synthetic language (labels kept)."""
+    mapping = lexicon_map(language)
+    return [{**row, **{c: " ".join(mapping.get(w, w) for w in str(row[c]).split()) for c in columns}}
+            for row in rows]
 
 
 GENERATORS = {"polarity": polarity, "intensity": intensity, "digits": digits, "choice": choice}

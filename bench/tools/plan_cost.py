@@ -54,10 +54,9 @@ def split_rows(task, data_dir, split: str = "train") -> int | None:
     """Rows of a task's split ("train", "eval", "eval:<name>"): counted where they are local or synthetic; for a
     hub dataset, the size its definition states (`source.split_rows`, for pricing offline), else the hub's (None
     offline)."""
-    from bench.tasks import crosslingual
-    from bench.tasks.data import hub_offline, hub_split, load_rows
+    from bench.tasks.data import hub_offline, hub_split, language_view, load_rows
 
-    task, split = crosslingual.view(task, split)  # a cross-lingual task's split: its language's config
+    task, split = language_view(task, split)  # a cross-lingual task's split: its language's config
     stated = (task.source.get("split_rows") or {}).get(hub_split(task, split)) if "dataset" in task.source else None
     if stated is not None and data_dir is None:
         return stated
