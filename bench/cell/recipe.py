@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bench import env, methods
 from bench.cell import evaluate as scoring
-from bench.cell import instruments
+from bench.cell import instruments, multitask
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
 from bench.cell.curves import CurveWriter
@@ -34,6 +34,7 @@ from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import metrics
 from bench.tasks.features import EvalSet
+from bench.tasks.mixture import is_multitask
 from bench.tasks.prepare import TrainingData, datasets
 from bench.tasks.spec import TaskSpec
 from bench.tensors import count_params
@@ -55,6 +56,7 @@ class Run:
     autocast: Callable
     compute_dtype: str  # what matrix products run in (bench.cell.train.compute_dtype)
     result: training.TrainResult | None = None  # set by train
+    member_evalsets: dict = field(default_factory=dict)  # a multi-task cell's, per task (bench/cell/multitask.py)
     predict_main: Callable = scoring.predict  # the final evaluation's main-split prediction (InferenceSpeed times it)
 
 
@@ -82,7 +84,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
             if run.result.diverged_at_step is not None:  # nothing trained is left to evaluate
                 return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
                               f"non-finite at step {run.result.diverged_at_step}", "where": None, "traceback": None})
-        if run.evalsets:  # a pre-training stage is scored on nothing: its state is what it makes
+        if run.evalsets or run.member_evalsets:  # a pre-training stage is scored on nothing: its state is what it makes
             with tools.window("evaluating", run, record):
                 evaluate(run, record)
             tools.at("evaluated", run, record)
@@ -104,11 +106,14 @@ def setup(cell: Cell, device: torch.device) -> Run:
     task, tcfg = cell.task, cell.train
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
+    if task.members:  # a mixture: a head per task on a classifier model
+        multitask.install_heads(bundle, task, cell.seed)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
-    objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset,
-                              tcfg.unlikelihood)
+    objective = (task.members and multitask.objective(bundle, task)) or objective_for(
+        tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset, tcfg.unlikelihood)
+    members = multitask.member_evalsets(task, bundle, tcfg, cell.data_dir, cell.seed) if is_multitask(task) else {}
     steps = tcfg.steps_for(len(data.features))
     autocast = training.autocast_for(device, tcfg.precision)
     compute_dtype = training.compute_dtype(device, tcfg.precision)
@@ -124,7 +129,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
-    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype)
+    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype,
+               member_evalsets=members)
 
 
 def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
@@ -161,7 +167,11 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 
 def evaluate(run: Run, record: dict) -> None:
     """Every split under every template; the main split's metrics are the cell's scores. The selection split's
-    go apart (`scores.selection`): they choose a sweep's setting and are never reported."""
+    go apart (`scores.selection`): they choose a sweep's setting and are never reported. A multi-task cell scores
+    each of its tasks (bench/cell/multitask.py)."""
+    if run.member_evalsets:
+        return multitask.evaluate(run.bundle, run.adapted.model, run.cell.task, run.member_evalsets,
+                                  run.cell.train.eval_batch_size, run.device, run.autocast, record)
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
                                                 run.predict_main)

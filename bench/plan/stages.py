@@ -44,6 +44,7 @@ from typing import Any, Callable
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, unknown
 from bench.files import safe_name
+from bench.tasks.mixture import mixture_spec
 from bench.tasks.spec import TaskSpec
 
 STAGE_KEYS = {"name": str, "method": (str, dict), "tasks": list, "mixing": dict, "train": dict, "seed": int}
@@ -83,16 +84,7 @@ def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -
                                                                                       at("tasks"), "tasks"))]
         if not tasks:
             raise BadInput("a stage's mixture needs at least one task", at("tasks"))
-        mixing = {**DEFAULT_MIXING, **coerce(item.get("mixing", {}), dict, at("mixing"), "mixing")}
-        check_keys(mixing, MIXING_KEYS, "mixing key", lambda k: at("mixing", k))
-        mixing = {k: coerce(v, MIXING_KEYS[k], at("mixing", k), k) for k, v in mixing.items()}
-        if mixing["cap"] < 1:
-            raise BadInput(f"'cap' must be a positive whole number, got {mixing['cap']}", at("mixing", "cap"))
-        if mixing["rule"] == "temperature":
-            if not mixing.get("temperature", 0) > 0:
-                raise BadInput("temperature mixing needs 'temperature' > 0", at("mixing"))
-        elif "temperature" in mixing:
-            raise BadInput("'temperature' is a setting of the temperature rule", at("mixing", "temperature"))
+        mixing = parse_mixing(item.get("mixing", {}), lambda *k: at("mixing", *k))
         train = coerce(item.get("train", {}), dict, at("train"), "train")
         if "epochs" in train or "max_steps" not in train:
             raise BadInput("a stage trains for `max_steps` (its mixture's size is known only once read)", at("train"))
@@ -102,6 +94,21 @@ def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -
         stages[name] = StageEntry(name, method, tasks, mixing, train, coerce(item.get("seed", 0), int, at("seed"),
                                                                             "seed"), at)
     return stages
+
+
+def parse_mixing(raw, at: Callable[..., str]) -> dict:
+    """A mixture's `mixing:` checked, over DEFAULT_MIXING; `at(*keys)` names where (a stage's, a suite mixture's)."""
+    mixing = {**DEFAULT_MIXING, **coerce(raw, dict, at(), "mixing")}
+    check_keys(mixing, MIXING_KEYS, "mixing key", lambda k: at(k))
+    mixing = {k: coerce(v, MIXING_KEYS[k], at(k), k) for k, v in mixing.items()}
+    if mixing["cap"] < 1:
+        raise BadInput(f"'cap' must be a positive whole number, got {mixing['cap']}", at("cap"))
+    if mixing["rule"] == "temperature":
+        if not mixing.get("temperature", 0) > 0:
+            raise BadInput("temperature mixing needs 'temperature' > 0", at())
+    elif "temperature" in mixing:
+        raise BadInput("'temperature' is a setting of the temperature rule", at("temperature"))
+    return mixing
 
 
 def check_stage_tasks(stages: dict[str, StageEntry], registry: dict) -> None:
@@ -127,11 +134,8 @@ def check_init_from(entry, stages: dict[str, StageEntry]) -> None:
 
 def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
     """The stage's mixture as one task: its members' training rows under their own templates."""
-    members = tuple(registry[name] for name in stage.tasks)
-    return TaskSpec(name=f"mixture-{stage.name}", description=f"stage '{stage.name}': a mixture of "
-                    f"{', '.join(stage.tasks)}", type="generation", source={"mixture": list(stage.tasks),
-                                                                           "mixing": stage.mixing},
-                    text=(), metrics=(), main_metric="", members=members)
+    return mixture_spec(f"mixture-{stage.name}", f"stage '{stage.name}': a mixture of {', '.join(stage.tasks)}",
+                        [registry[name] for name in stage.tasks], stage.mixing, scored=False)
 
 
 def stage_train(stage: StageEntry) -> dict:

@@ -47,8 +47,9 @@ class EvaluationRows:
 def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
              in_context: bool = False) -> tuple[TrainingData, dict[str, list[EvalSet]]]:
     """The training data and the evaluation sets ({split name: [an EvalSet per template]}); with
-    `in_context`, the training rows are every evaluation prompt's demonstrations. A pre-training stage's
-    mixture (task.members) is trained on and scored on nothing: no evaluation sets."""
+    `in_context`, the training rows are every evaluation prompt's demonstrations. A mixture (task.members) has
+    no evaluation sets of its own: a stage's is scored on nothing, a multi-task cell's members each on their own
+    (bench/cell/multitask.py)."""
     if task.members:
         return mixture_data(task, bundle, train, seed, data_dir), {}
     rows, heldout = training_rows(task, train, seed, data_dir)
@@ -75,13 +76,14 @@ def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir
     counts = mixture_counts({name: len(r) for name, r in rows.items()}, task.source["mixing"])
     redraw = {"all_templates": True} if train.redraw_templates else {}
     data = TrainingData([], [], [])
-    for member in task.members:
+    for index, member in enumerate(task.members):
         pool = rows[member.name]
         chosen = pool * (counts[member.name] // len(pool)) + subsample(pool, counts[member.name] % len(pool), seed)
         ids = [r["idx"] for r in chosen]
         key = _key(member, bundle, files_fingerprint(member, data_dir), split="train", rows=ids,
                    max_length=train.max_length, seed=seed, **redraw)
-        data.features += cached(key, lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
+        made = cached(key, lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
+        data.features += [{**f, "task": index} for f in made]  # which head reads it (bench/layers/task_heads.py)
         data.rows += chosen
         data.example_ids += [f"{member.name}:{i}" for i in ids]
     return data

@@ -106,8 +106,12 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     from bench.tasks.data import eval_splits
 
     task = cell.task.evaluation
-    if task.members:
+    if task.members and not task.source.get("scored"):
         return 0, "a pre-training stage: scored on nothing"
+    if task.members:  # a multi-task cell: each task's evaluation, as its own cell's
+        parts = [eval_flops(dataclasses.replace(cell, task=member), known) for member in task.members]
+        unknown = [why for flops, why in parts if flops is None]
+        return (None, unknown[0]) if unknown else (sum(f for f, _ in parts), " + ".join(why for _, why in parts))
     rows = 0
     for split in eval_splits(task).values():
         found = known_rows(task, split, cell.data_dir, known)
