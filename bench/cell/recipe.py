@@ -123,7 +123,8 @@ def setup(cell: Cell, device: torch.device) -> Run:
         return [to_device(collate(next(rows), bundle.tokenizer.pad_token_id), device) for _ in range(n_batches)]
 
     adapted = method.apply(bundle.model, cell.method_config,
-                           ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))
+                           ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows,
+                                        [stage_state(cell, ref, device) for ref in cell.stage_refs]))
     if cell.init_from:
         start_from_stage(adapted, cell, device, bundle.head_modules)
     adapted.model.to(device)
@@ -189,12 +190,6 @@ def evaluate(run: Run, record: dict) -> None:
 def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_modules=()) -> None:
     """Load the state a pre-training stage or another task's cell saved (bench/plan/stages.py) into the freshly
     applied method, all but a classifier's task head (`head_modules`): the head is the new task's own."""
-    from safetensors.torch import load_file
-
-    path = Path(cell.init_dir or "") / STATE_FILE
-    if not cell.init_dir or not path.is_file():
-        raise FileNotFoundError(f"cell {cell.init_from} has no saved state at {path}: it has not run, or it failed "
-                                "(`peft-bench run` runs the cells others start from before them)")
     heads = set(head_modules)
 
     def in_head(name: str) -> bool:
@@ -202,8 +197,24 @@ def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_mo
 
     # the fresh head's own tensors in its place: some methods' loaders (peft's) want every tensor they store
     fresh = {name: t for name, t in adapted.state_to_store().items() if in_head(name)}
-    saved = load_file(str(path), device=str(device))
+    saved = saved_state(cell.init_dir, cell.init_from, device)
     adapted.load_state({**{name: t for name, t in saved.items() if not in_head(name)}, **fresh})
+
+
+def stage_state(cell: Cell, ref: str, device: torch.device) -> dict:
+    """The state a stage cell that the method's settings name saved (Method.stage_settings)."""
+    return saved_state(str(Path(cell.stages_dir) / ref) if cell.stages_dir else None, ref, device)
+
+
+def saved_state(folder: str | None, cell_id: str | None, device: torch.device) -> dict:
+    """The state the cell `cell_id` saved in `folder`; FileNotFoundError when it has not (it failed, or has not run)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder or "") / STATE_FILE
+    if not folder or not path.is_file():
+        raise FileNotFoundError(f"cell {cell_id} has no saved state at {path}: it has not run, or it failed "
+                                "(`peft-bench run` runs the cells others start from before them)")
+    return load_file(str(path), device=str(device))
 
 
 def device_for_run() -> torch.device:

@@ -45,6 +45,10 @@ class Cell:
     keeps_state: bool = False  # cells of another task start from its trained state (a task's `init_from`)
     init_dir: str | None = None  # where that state is (set by `run`, beside the results)
     curve_path: str | None = None  # where the cell writes its training curve (set by `run`; bench/cell/curves.py)
+    # the stage cells whose saved states the method's settings name (Method.stage_settings; their ids are in the
+    # method's config, so in this cell's id), and the folder of stage states (set by `run`, beside the results)
+    stage_refs: tuple[str, ...] = ()
+    stages_dir: str | None = None
 
     @property
     def config(self) -> dict:

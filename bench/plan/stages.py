@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bench import methods
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, unknown
 from bench.files import safe_name
@@ -130,6 +131,30 @@ def check_init_from(entry, stages: dict[str, StageEntry]) -> None:
         raise BadInput(f"'{entry.label}' starts from stage '{stage.name}', which trains {stage.method.name} "
                        f"with {stage.method.overrides or 'its defaults'}: the state loads only into the same method "
                        "with the same settings", entry.where("init_from"))
+
+
+def check_stage_settings(entry, stages: dict[str, StageEntry], method) -> None:
+    """A method entry's settings that name stages (Method.stage_settings): each a list of stages of the method the
+    setting takes, trained with the same values of every setting the two methods share (so the states load)."""
+    for key, trains in method.stage_settings.items():
+        names = entry.overrides.get(key, [])
+        if not isinstance(names, list) or not names:
+            raise BadInput(f"{method.name}'s '{key}' names the stages that train its {trains} states: a list",
+                           entry.where("overrides", key))
+        for j, name in enumerate(names):
+            stage = stages.get(name)
+            if stage is None:
+                raise unknown("stage", name, stages, entry.where("overrides", key, j))
+            if stage.method.name != trains:
+                raise BadInput(f"stage '{name}' trains {stage.method.name}; {method.name}'s '{key}' takes stages of "
+                               f"{trains}", entry.where("overrides", key, j))
+            theirs = methods.get(trains)
+            shared = (set(method.defaults) & set(theirs.defaults)) - {key}
+            ours_values = {k: entry.overrides.get(k, method.defaults[k]) for k in shared}
+            stage_values = {k: stage.method.overrides.get(k, theirs.defaults[k]) for k in shared}
+            if ours_values != stage_values:
+                raise BadInput(f"stage '{name}' trains {trains} with {stage_values}, and {entry.label} reads it with "
+                               f"{ours_values}: the settings must agree", entry.where("overrides", key, j))
 
 
 def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:

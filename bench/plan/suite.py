@@ -15,7 +15,8 @@ from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
 from bench.plan.mixtures import check_mixture_train, parse_mixtures
-from bench.plan.stages import StageEntry, check_init_from, check_stage_tasks, check_task_starts, parse_stages
+from bench.plan.stages import (StageEntry, check_init_from, check_stage_settings, check_stage_tasks,
+                                check_task_starts, parse_stages)
 from bench.plan.sweep import Sweep, parse_selection, parse_sweep
 from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
@@ -157,6 +158,8 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     for entry in suite.methods:
         if entry.init_from is not None:
             check_init_from(entry, suite.stages)
+        if entry.name in methods.REGISTRY and methods.get(entry.name).stage_settings:
+            check_stage_settings(entry, suite.stages, methods.get(entry.name))
     _check_names(suite)
     _check_protocol(suite)
     check_task_starts(suite)
