@@ -37,6 +37,8 @@ UNSUPPORTED = {
     **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
     # it loads a saved adapter, so it needs a path (tests/test_eval_adapter.py runs it with one)
     **{("external-adapter", a): "--adapter" for a in ("roberta", "t5", "gpt2", "llama")},
+    # it composes adapters that stage cells saved (tests/test_fusion.py runs it with them)
+    **{("adapter-fusion", a): "saved adapters" for a in ("roberta", "t5", "gpt2", "llama")},
     **{("prompt-tuning-tfew", a): "encoder-decoder" for a in ("roberta", "gpt2", "llama")},  # T-Few's: T5 only
 }
 if not torch.cuda.is_available():  # QLoRA quantises on the GPU: unsupported only where there is none
