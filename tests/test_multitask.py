@@ -1,0 +1,133 @@
+"""Multi-task cells (a suite's `mixtures:`): the suite's checks, the mixture's draw, a head per task and the mixed
+loss against each row computed alone, the per-task scores and their average, and a tiny suite end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from bench.cell import multitask
+from bench.cli import main
+from bench.config import TrainConfig
+from bench.errors import BadInput
+from bench.figures import TASK_AVERAGE, TASK_SCORE, figure
+from bench.layers import task_heads
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.tasks.prepare import mixture_data
+from bench.tasks.registry import builtin_tasks
+from bench.tasks.spec import TaskSpec
+from tests import closed_forms
+from tests.adapting import build_bundle
+
+MIXED = """\
+name: mixed
+methods: [lora]
+models: [tiny-encoder]
+mixtures:
+  - {name: synth-mix, tasks: [synth-polarity, synth-intensity], mixing: {rule: proportional, cap: 12}}
+tasks: [synth-polarity, synth-mix]
+seeds: [1]
+train: {batch_size: 4, max_steps: 2, max_length: 32, eval_batch_size: 32, max_eval_samples: 16, max_train_samples: 20}
+"""
+
+
+def mixture(write_suite) -> TaskSpec:
+    return load_suite(str(write_suite(MIXED))).task_registry["synth-mix"]
+
+
+def test_a_mixture_is_a_task_of_the_suite_whose_id_holds_its_members(write_suite):
+    suite = load_suite(str(write_suite(MIXED)))
+    cells = grid.expand(suite)
+    (mixed,) = [c for c in cells if c.task.name == "synth-mix"]
+    assert [m.name for m in mixed.task.members] == ["synth-polarity", "synth-intensity"]
+    assert mixed.task.type == "classification" and mixed.task.main_metric == "task_average"
+    assert mixed.config["task"]["members"][0]["name"] == "synth-polarity"
+    other = grid.expand(load_suite(str(write_suite(MIXED.replace("cap: 12", "cap: 10"), "other.yaml"))))
+    assert mixed.id not in {c.id for c in other}  # the mixing rule is in the id
+    assert {c.id for c in cells if c.task.name == "synth-polarity"} == \
+        {c.id for c in other if c.task.name == "synth-polarity"}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t.replace("synth-intensity]", "synth-intnsity]"), "unknown task 'synth-intnsity'"),
+    (lambda t: t.replace("[synth-polarity, synth-intensity]", "[synth-polarity]"), "two or more different"),
+    (lambda t: t.replace("name: synth-mix,", "name: synth-polarity,"), "already a task name"),
+    (lambda t: t.replace("rule: proportional", "rule: temperature"), "needs 'temperature' > 0"),
+    (lambda t: t.replace("max_steps: 2,", "max_steps: 2, eval_every: 1,"), "one per task"),
+    (lambda t: t.replace("mixing:", "mixin:"), "unknown mixture key 'mixin'"),
+])
+def test_bad_mixtures_are_one_error_with_the_line(write_suite, change, message):
+    path = write_suite(change(MIXED))
+    with pytest.raises(BadInput, match=message) as e:
+        load_suite(str(path))
+    assert str(path) in e.value.where
+
+
+def test_the_draw_is_examples_proportional_with_the_cap_and_the_same_under_a_seed(write_suite):
+    """Each member min(its rows, cap) rows, drawn with the seed, each feature marked with its member's index."""
+    task = mixture(write_suite)
+    bundle = build_bundle(task=task)
+    train = TrainConfig(max_train_samples=20, max_length=32)
+    data = mixture_data(task, bundle, train, 1, None)
+    members = [i.split(":")[0] for i in data.example_ids]
+    assert members.count("synth-polarity") == members.count("synth-intensity") == 12  # min(20, cap 12)
+    assert [f["task"] for f in data.features] == [0] * 12 + [1] * 12
+    assert mixture_data(task, bundle, train, 1, None).example_ids == data.example_ids
+    assert mixture_data(task, bundle, train, 2, None).example_ids != data.example_ids
+
+
+def test_each_task_has_its_head_and_a_mixed_batch_loss_is_the_mean_of_each_rows_own_loss(write_suite):
+    task = mixture(write_suite)
+    bundle = build_bundle(task=task)
+    multitask.install_heads(bundle, task, seed=3)
+    heads = bundle.model.classifier
+    assert isinstance(heads, task_heads.TaskHeads) and heads.widths == [2, 1]
+    assert [h.out_proj.out_features for h in heads.heads] == [2, 1]
+    objective = multitask.objective(bundle, task)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 60, (4, 10))
+    features = [{"input_ids": ids[i].tolist(), "labels": label, "task": t}
+                for i, (label, t) in enumerate([(1, 0), (3.125, 1), (0, 0), (1.25, 1)])]
+    loss = objective.loss(bundle.model.eval(), objective.collate(features))
+    by_hand = []
+    for f in features:  # each row alone, through its own task's head, with transformers' loss for that head
+        task_heads.select(bundle.model, f["task"])
+        out = bundle.model(input_ids=torch.tensor([f["input_ids"]])).logits
+        by_hand.append(torch.nn.functional.cross_entropy(out, torch.tensor([f["labels"]])) if f["task"] == 0
+                       else (out[0, 0] - f["labels"]) ** 2)
+    torch.testing.assert_close(loss, torch.stack(by_hand).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_task_average_is_the_mean_of_each_tasks_main_metric_and_null_when_one_is(write_suite):
+    task = mixture(write_suite)
+    metrics = {"synth-polarity:accuracy": 80.0, "synth-polarity:f1": 10.0, "synth-intensity:pearson": 50.0}
+    assert multitask.task_average(metrics, task) == 65.0
+    assert multitask.task_average({**metrics, "synth-intensity:pearson": None}, task) is None
+    assert figure("scores.task_average") is TASK_AVERAGE and figure("scores.synth-polarity:accuracy") is TASK_SCORE
+
+
+@pytest.mark.slow
+def test_a_mixture_trains_once_and_is_scored_on_every_task(tmp_path, write_suite):
+    suite, results = write_suite(MIXED), tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet", "--threads", "1"]) == 0
+    records = {json.loads(p.read_text())["cell"]["task"]: json.loads(p.read_text())
+               for p in (results / "mixed").glob("*.json")}
+    mixed, alone = records["synth-mix"], records["synth-polarity"]
+    assert mixed["status"] == alone["status"] == "ok" and mixed["scores"]["main_metric"] == "task_average"
+    scores = mixed["scores"]["metrics"]
+    assert set(scores) == {"synth-polarity:accuracy", "synth-polarity:f1", "synth-intensity:pearson",
+                           "synth-intensity:spearman", "task_average"}
+    assert scores["task_average"] == pytest.approx(statistics.fmean(
+        [scores["synth-polarity:accuracy"], scores["synth-intensity:pearson"]]))
+    assert mixed["scores"]["tasks"]["synth-intensity"] == {"main_metric": "pearson", "n_examples": 16}
+    # one LoRA for both tasks: the method's parameters are those of the single-task cell; the heads add up
+    assert mixed["params"]["method"] == alone["params"]["method"]
+    assert mixed["params"]["trainable"] - mixed["params"]["method"] == closed_forms.TINY_HEAD + \
+        closed_forms.TINY_HEAD - 1 * (64 + 1)  # a 2-label head and a 1-output head
+    assert mixed["train"]["steps"] == 2 and mixed["time"]["infer_latency_s"] is None
+    assert main(["report", "--suite", str(suite), "--results", str(results), "--out", str(tmp_path / "r"),
+                 "--format", "md"]) == 0
