@@ -35,6 +35,11 @@ from bench.tools.prompt_lengths import at_priced_length, priced_length
 def train_rows(cell: Cell, known: dict) -> int | None:
     """Training rows the cell trains on (shots or max_train_samples of the split), None when unknown;
     `known` keeps each task's split size, read once per plan."""
+    if cell.task.members:  # a mixture: each member's rows as its own cell would take them, then the mixing rule
+        from bench.tasks.prepare import mixture_counts
+
+        sizes = {m.name: train_rows(dataclasses.replace(cell, task=m), known) for m in cell.task.members}
+        return None if None in sizes.values() else sum(mixture_counts(sizes, cell.task.source["mixing"]).values())
     cap = cell.train.shots or cell.train.max_train_samples
     rows = known_rows(cell.task, "train", cell.data_dir, known)
     if rows is None:
