@@ -18,7 +18,6 @@ from bench.layers import task_heads
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.tasks.prepare import mixture_data
-from bench.tasks.registry import builtin_tasks
 from bench.tasks.spec import TaskSpec
 from tests import closed_forms
 from tests.adapting import build_bundle
@@ -131,3 +130,35 @@ def test_a_mixture_trains_once_and_is_scored_on_every_task(tmp_path, write_suite
     assert mixed["train"]["steps"] == 2 and mixed["time"]["infer_latency_s"] is None
     assert main(["report", "--suite", str(suite), "--results", str(results), "--out", str(tmp_path / "r"),
                  "--format", "md"]) == 0
+
+
+def _record(label, task, seed, metrics, stored, stored_bytes, tasks=None, refs=None):
+    cell = {"id": f"{label}-{task}-{seed}", "label": label, "model": "m", "task": task, "seed": seed,
+            **({"stage_refs": refs} if refs else {})}
+    scores = {"metrics": metrics, **({"tasks": tasks} if tasks else {})}
+    return {"cell": cell, "status": "ok", "scores": scores,
+            "params": {"stored": stored, "stored_bytes": stored_bytes, "method": None}}
+
+
+def test_the_report_puts_the_mixture_beside_per_task_cells_with_their_storage():
+    """Scores: the mean over seeds; storage: the per-task cells' sum (a fusion's task adapters once), or one cell."""
+    import pandas as pd
+
+    from bench.report.multitask import multitask_tables
+
+    tasks = {"a": {"main_metric": "accuracy", "n_examples": 10}, "b": {"main_metric": "pearson", "n_examples": 10}}
+    records = [
+        _record("lora", "a", 1, {"accuracy": 80.0}, 100, 400), _record("lora", "a", 2, {"accuracy": 90.0}, 100, 400),
+        _record("lora", "b", 1, {"pearson": 40.0}, 90, 360), _record("lora", "b", 2, {"pearson": 60.0}, 90, 360),
+        *(_record("lora", "mix", s, {"a:accuracy": v, "b:pearson": w, "task_average": (v + w) / 2}, 150, 600, tasks)
+          for s, v, w in ((1, 70.0, 30.0), (2, 76.0, 34.0))),
+        _record("adapter-fusion", "a", 1, {"accuracy": 85.0}, 30, 120, refs=["s1", "s2"]),
+        _record("adapter-fusion", "b", 1, {"pearson": 55.0}, 20, 80, refs=["s1", "s2"]),
+    ]
+    stages = pd.DataFrame({"record": [{"cell": {"id": i}, "params": {"method": 7}} for i in ("s1", "s2")]})
+    (table,) = multitask_tables(pd.DataFrame({"record": records}), stages)
+    rows = {(row[0].text, row[1].text): [c.value for c in row[2:]] for row in table.rows}
+    assert rows[("lora", "per task (2 cells)")] == [85.0, 50.0, 67.5, 190, 760, 2]
+    assert rows[("lora", "one mixture")] == [73.0, 32.0, 52.5, 150, 600, 1]
+    # the fusion cells keep 30 + 20, and read the two stage adapters (7 each) once: 64; bytes of those unknown
+    assert rows[("adapter-fusion", "per task (2 cells, over 2 task adapters)")] == [85.0, 55.0, 70.0, 64, None, 4]

@@ -10,6 +10,7 @@ import pandas as pd
 from bench.fmt import DASH, missing
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.curves import curve_plots, curve_tables
+from bench.report.multitask import multitask_tables
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
 from bench.report.sweeps import select, selection_tables, sensitivity_plots
@@ -32,6 +33,7 @@ class Report:
     reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
     selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
     curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
+    multitask: list[Table] = field(default_factory=list)  # mixtures beside per-task training (report/multitask.py)
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -47,6 +49,8 @@ class Report:
             out.append(("Selected settings and stages", self.selection))
         if self.reproduction:
             out.append(("Reproduction", self.reproduction))
+        if self.multitask:
+            out.append(("Multi-task", self.multitask))
         out.append(("Memory", self.memory))
         if self.curves:
             out.append(("Training curves", self.curves))
@@ -98,6 +102,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     problems, reproduction_tables(agg), selection_tables(swept, choices) + stage_tables(stages),
                     description=description)
     report.curves = curve_tables(frame, curves or {})
+    report.multitask = multitask_tables(frame, stages)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
                                 + curve_plots(frame, curves or {}, folder / "plots"))

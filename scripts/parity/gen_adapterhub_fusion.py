@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
-from gen_adapterhub_bottleneck import SEED, SGD_LR, SGD_STEPS, base_model, batch, plain, run  # noqa: E402
-
 import adapters  # noqa: E402
 from adapters import SeqBnConfig  # noqa: E402
 from adapters.composition import Fuse  # noqa: E402
 from adapters.configuration import DynamicAdapterFusionConfig  # noqa: E402
+from common import save  # noqa: E402
+from gen_adapterhub_bottleneck import SEED, SGD_LR, SGD_STEPS, base_model, batch, plain, run  # noqa: E402
 
 ARCH = "roberta"
 NAMES = ("a", "b")
