@@ -24,7 +24,7 @@ from tests.adapting import build_bundle
 
 MIXED = """\
 name: mixed
-methods: [lora]
+methods: [lora, poly]
 models: [tiny-encoder]
 mixtures:
   - {name: synth-mix, tasks: [synth-polarity, synth-intensity], mixing: {rule: proportional, cap: 12}}
@@ -41,7 +41,7 @@ def mixture(write_suite) -> TaskSpec:
 def test_a_mixture_is_a_task_of_the_suite_whose_id_holds_its_members(write_suite):
     suite = load_suite(str(write_suite(MIXED)))
     cells = grid.expand(suite)
-    (mixed,) = [c for c in cells if c.task.name == "synth-mix"]
+    (mixed,) = [c for c in cells if c.task.name == "synth-mix" and c.label == "lora"]
     assert [m.name for m in mixed.task.members] == ["synth-polarity", "synth-intensity"]
     assert mixed.task.type == "classification" and mixed.task.main_metric == "task_average"
     assert mixed.config["task"]["members"][0]["name"] == "synth-polarity"
@@ -86,7 +86,7 @@ def test_each_task_has_its_head_and_a_mixed_batch_loss_is_the_mean_of_each_rows_
     heads = bundle.model.classifier
     assert isinstance(heads, task_heads.TaskHeads) and heads.widths == [2, 1]
     assert [h.out_proj.out_features for h in heads.heads] == [2, 1]
-    objective = multitask.objective(bundle, task)
+    objective = multitask.objective(bundle, task, None)
     torch.manual_seed(0)
     ids = torch.randint(5, 60, (4, 10))
     features = [{"input_ids": ids[i].tolist(), "labels": label, "task": t}
@@ -113,9 +113,10 @@ def test_task_average_is_the_mean_of_each_tasks_main_metric_and_null_when_one_is
 def test_a_mixture_trains_once_and_is_scored_on_every_task(tmp_path, write_suite):
     suite, results = write_suite(MIXED), tmp_path / "results"
     assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet", "--threads", "1"]) == 0
-    records = {json.loads(p.read_text())["cell"]["task"]: json.loads(p.read_text())
-               for p in (results / "mixed").glob("*.json")}
-    mixed, alone = records["synth-mix"], records["synth-polarity"]
+    records = {(r["cell"]["label"], r["cell"]["task"]): r
+               for r in (json.loads(p.read_text()) for p in (results / "mixed").glob("*.json"))}
+    assert {r["status"] for r in records.values()} == {"ok"}
+    mixed, alone = records[("lora", "synth-mix")], records[("lora", "synth-polarity")]
     assert mixed["status"] == alone["status"] == "ok" and mixed["scores"]["main_metric"] == "task_average"
     scores = mixed["scores"]["metrics"]
     assert set(scores) == {"synth-polarity:accuracy", "synth-polarity:f1", "synth-intensity:pearson",
@@ -128,6 +129,9 @@ def test_a_mixture_trains_once_and_is_scored_on_every_task(tmp_path, write_suite
     assert mixed["params"]["trainable"] - mixed["params"]["method"] == closed_forms.TINY_HEAD + \
         closed_forms.TINY_HEAD - 1 * (64 + 1)  # a 2-label head and a 1-output head
     assert mixed["train"]["steps"] == 2 and mixed["time"]["infer_latency_s"] is None
+    # Poly's router: a row per task of the mixture (4 skills each), one on the single-task cell
+    routed, single = records[("poly", "synth-mix")], records[("poly", "synth-polarity")]
+    assert routed["params"]["method"] - single["params"]["method"] == 4 * 4 * (2 - 1)  # 4 projections × 4 skills
     assert main(["report", "--suite", str(suite), "--results", str(results), "--out", str(tmp_path / "r"),
                  "--format", "md"]) == 0
 
@@ -162,3 +166,43 @@ def test_the_report_puts_the_mixture_beside_per_task_cells_with_their_storage():
     assert rows[("lora", "one mixture")] == [73.0, 32.0, 52.5, 150, 600, 1]
     # the fusion cells keep 30 + 20, and read the two stage adapters (7 each) once: 64; bytes of those unknown
     assert rows[("adapter-fusion", "per task (2 cells, over 2 task adapters)")] == [85.0, 55.0, 70.0, 64, None, 4]
+
+
+def test_poly_routes_each_row_by_its_task(write_suite):
+    """A mixed batch through Poly gives each row what the row gives alone under its own task's router row (and the
+    two tasks' rows differ): the rows' tasks reach the router."""
+    from bench import methods
+    from bench.methods.base import ApplyContext
+
+    task = mixture(write_suite)
+    bundle = build_bundle(task=task)
+    multitask.install_heads(bundle, task, seed=0)
+    method = methods.get("poly")
+    adapted = method.apply(bundle.model, method.resolve({}, "roberta", str),
+                           ApplyContext(bundle, TrainConfig(), 1, task=task))
+    routers = [p for n, p in adapted.model.named_parameters() if n.endswith("module_logits")]
+    assert routers and all(p.shape == (2, 4) for p in routers)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapted.model.named_parameters():
+            if "poly_lora_B" in name or name.endswith("module_logits"):
+                p.normal_(0, 1.0)
+    model = adapted.model.eval()
+    ids = torch.randint(5, 60, (2, 10))
+    task_heads.select(model, torch.tensor([0, 1]))
+    together = model(input_ids=ids).logits
+    alone = []
+    for row, t in enumerate((0, 1)):
+        task_heads.select(model, t)
+        alone.append(model(input_ids=ids[row:row + 1]).logits[0, : [2, 1][t]])
+    torch.testing.assert_close(together[0, :2], alone[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together[1, :1], alone[1], rtol=1e-5, atol=1e-6)
+    task_heads.select(model, 0)
+    with_task_0 = model(input_ids=ids[1:2]).logits
+    task_heads.select(model, 1)
+    assert not torch.allclose(model(input_ids=ids[1:2]).logits[0, :1], with_task_0[0, :1])  # heads differ too
+    # the router itself: the same head (task 1's) with task 0's routing gives another output
+    for module in model.modules():
+        if hasattr(module, "task_rows") and not isinstance(module, task_heads.TaskHeads):
+            module.task_rows = 0
+    assert not torch.allclose(model(input_ids=ids[1:2]).logits[0, :1], alone[1])

@@ -5,7 +5,8 @@ On a classifier model every member has its own head (bench/layers/task_heads.py)
 tasks as the mixture's draw gives them (examples-proportional mixing mixes examples, not batches): each row's loss
 is its own task's (cross-entropy over its labels, or the squared error of a regression task's output, as
 transformers' heads compute them) and the batch's loss is the mean over its rows. On a text-to-text model every
-member is text-to-text and the method's own objective serves the mixture.
+member is text-to-text and the suite's objective serves the mixture, each row's task told to a method that
+routes by task (bench/methods/poly.py).
 
 A multi-task cell is scored on each member's evaluation split as a cell of that task alone would be (its templates,
 its metrics, the median over templates); `scores.metrics` holds `<task>:<metric>` for each, and `task_average`,
@@ -37,13 +38,25 @@ def install_heads(bundle, task: TaskSpec, seed: int) -> None:
         task_heads.install(bundle.model, name, member_widths(task), seed)
 
 
-def objective(bundle, task: TaskSpec) -> Objective | None:
-    """The mixed per-row loss on a classifier model; None on a text-to-text one (the suite's objective serves)."""
+def objective(bundle, task: TaskSpec, suite_objective: Objective) -> Objective:
+    """The mixed per-row loss on a classifier model; on a text-to-text one the suite's objective, told each row's
+    task first (a method that routes by task reads it: bench/layers/task_heads.select)."""
     if bundle.head != "classifier":
-        return None
+        return Objective(suite_objective.name, partial(_tagged, collate=suite_objective.collate),
+                         partial(_routed, terms=suite_objective.terms))
     regression = torch.tensor([m.type == "regression" for m in task.members])
     return Objective("multitask", partial(_collate, pad_id=bundle.tokenizer.pad_token_id),
                      partial(_terms, regression=regression))
+
+
+def _tagged(features: list[dict], collate) -> dict[str, torch.Tensor]:
+    return {**collate(features), "task": torch.tensor([f["task"] for f in features], dtype=torch.long)}
+
+
+def _routed(model, batch: dict, terms) -> dict[str, torch.Tensor]:
+    batch = dict(batch)
+    task_heads.select(model, batch.pop("task"))
+    return terms(model, batch)
 
 
 def _collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -111,8 +111,10 @@ def setup(cell: Cell, device: torch.device) -> Run:
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
-    objective = (task.members and multitask.objective(bundle, task)) or objective_for(
-        tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset, tcfg.unlikelihood)
+    objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset,
+                              tcfg.unlikelihood)
+    if task.members:  # a mixture: each row's own task (its head, a router's choice)
+        objective = multitask.objective(bundle, task, objective)
     members = multitask.member_evalsets(task, bundle, tcfg, cell.data_dir, cell.seed) if is_multitask(task) else {}
     steps = tcfg.steps_for(len(data.features))
     autocast = training.autocast_for(device, tcfg.precision)

@@ -7,7 +7,8 @@ was, under the head's name, so everything that finds the head by name (train_hea
 head counts) finds every task's head. Which head reads a row is set before each forward (`select`): one task
 index for a whole evaluation set, or a tensor of per-row indices for a mixed training batch, where each row's
 logits are its own head's outputs, the columns past its labels filled with -inf (no probability under a
-softmax; a regression row reads column 0).
+softmax; a regression row reads column 0). Other modules that route by task (a multi-task method's router) are
+told the same way (`select`).
 """
 
 from __future__ import annotations
@@ -23,19 +24,19 @@ class TaskHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(heads)
         self.widths = list(widths)  # each head's outputs (its labels; 1 for regression)
-        self.rows: int | torch.Tensor | None = None  # set by select(): which head reads which row
+        self.task_rows: int | torch.Tensor | None = None  # set by select(): which head reads which row
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        if self.rows is None:
+        if self.task_rows is None:
             raise RuntimeError("TaskHeads: no task selected (bench.layers.task_heads.select before the forward)")
-        if isinstance(self.rows, int):
-            return self.heads[self.rows](*args, **kwargs)
+        if isinstance(self.task_rows, int):
+            return self.heads[self.task_rows](*args, **kwargs)
         outputs = [head(*args, **kwargs) for head in self.heads]
         first = outputs[0]
         logits = first.new_full((first.shape[0], max(self.widths)), -torch.inf)
         for k, out in enumerate(outputs):
             padded = nn.functional.pad(out, (0, logits.shape[1] - out.shape[1]), value=-torch.inf)
-            logits = torch.where((self.rows == k).unsqueeze(-1), padded, logits)
+            logits = torch.where((self.task_rows == k).unsqueeze(-1), padded, logits)
         return logits
 
 
@@ -65,8 +66,9 @@ def install(model: nn.Module, head_name: str, widths: list[int], seed: int) -> T
 
 
 def select(model: nn.Module, rows: int | torch.Tensor) -> None:
-    """Make every TaskHeads of the model (peft keeps a trained copy beside the original) read `rows`: a task index,
-    or each row's task index."""
+    """Tell every module of the model that reads each row's task (it has a `task_rows` attribute: TaskHeads, of
+    which peft keeps a trained copy beside the original; a method's task router, bench/methods/poly.py) which task
+    the rows of the next forward are: one task index, or each row's."""
     for module in model.modules():
-        if isinstance(module, TaskHeads):
-            module.rows = rows
+        if hasattr(module, "task_rows"):
+            module.task_rows = rows
