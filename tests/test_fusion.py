@@ -128,6 +128,9 @@ train: {batch_size: 4, max_steps: 2, max_length: 32, eval_batch_size: 32, max_ev
      "takes stages of adapter-pfeiffer"),
     (lambda t: t.replace("{adapters: [ad-pol, ad-int]}", "{adapters: [ad-pol, ad-int], reduction_factor: 8}"),
      "the settings must agree"),
+    (lambda t: t.replace("{name: ad-int, method: adapter-pfeiffer,",
+                         "{name: ad-int, method: {name: adapter-pfeiffer, overrides: {after_residual: false}},"),
+     "sets after_residual"),
 ])
 def test_bad_fused_stages_are_one_error_with_the_line(write_suite, change, message):
     path = write_suite(change(FUSED))

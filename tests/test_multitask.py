@@ -58,6 +58,8 @@ def test_a_mixture_is_a_task_of_the_suite_whose_id_holds_its_members(write_suite
     (lambda t: t.replace("rule: proportional", "rule: temperature"), "needs 'temperature' > 0"),
     (lambda t: t.replace("max_steps: 2,", "max_steps: 2, eval_every: 1,"), "one per task"),
     (lambda t: t.replace("mixing:", "mixin:"), "unknown mixture key 'mixin'"),
+    (lambda t: t.replace("tasks: [synth-polarity, synth-mix]", "tasks: [synth-polarity, {name: synth-mix, train: "
+                         "{keep_best: true}}]"), "one per task"),
 ])
 def test_bad_mixtures_are_one_error_with_the_line(write_suite, change, message):
     path = write_suite(change(MIXED))

@@ -155,6 +155,12 @@ def check_stage_settings(entry, stages: dict[str, StageEntry], method) -> None:
             if ours_values != stage_values:
                 raise BadInput(f"stage '{name}' trains {trains} with {stage_values}, and {entry.label} reads it with "
                                f"{ours_values}: the settings must agree", entry.where("overrides", key, j))
+            # a setting the reader does not share (where the adapter sits) it takes at the default: so must the stage
+            changed = sorted(k for k, v in stage.method.overrides.items()
+                             if k not in shared and v != theirs.defaults[k])
+            if changed:
+                raise BadInput(f"stage '{name}' sets {', '.join(changed)}, which {method.name} reads at "
+                               f"{trains}'s defaults", entry.where("overrides", key, j))
 
 
 def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:

@@ -165,7 +165,8 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
     check_task_starts(suite)
     used = [name for name in suite.tasks if name in mixtures]
     settings = [(suite.train, lambda k: doc.where("train", k)), (suite.selection, lambda k: doc.where("selection")),
-                *((m.train, lambda k, m=m: m.where("train", k)) for m in suite.methods)]
+                *((m.train, lambda k, m=m: m.where("train", k)) for m in suite.methods),
+                *((suite.task_train.get(name, {}), lambda k: doc.where("tasks")) for name in used)]
     for train, at in settings:
         check_mixture_train(used, train, at)
     return suite
