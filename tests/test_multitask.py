@@ -18,6 +18,7 @@ from bench.layers import task_heads
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.tasks.prepare import mixture_data
+from bench.tasks.registry import builtin_tasks
 from bench.tasks.spec import TaskSpec
 from tests import closed_forms
 from tests.adapting import build_bundle
@@ -79,6 +80,19 @@ def test_the_draw_is_examples_proportional_with_the_cap_and_the_same_under_a_see
     assert [f["task"] for f in data.features] == [0] * 12 + [1] * 12
     assert mixture_data(task, bundle, train, 1, None).example_ids == data.example_ids
     assert mixture_data(task, bundle, train, 2, None).example_ids != data.example_ids
+
+
+def test_template_variants_keep_their_task():
+    """redraw_templates draws one of an example's template variants per step (text-to-text): each keeps its task."""
+    from bench.tasks.mixture import mixture_spec
+
+    registry = builtin_tasks()
+    task = mixture_spec("t", "", [registry["synth-polarity"], registry["synth-choice"]], {"rule": "proportional",
+                        "cap": 8}, scored=True)
+    bundle = build_bundle("tiny-t5", task=task)
+    data = mixture_data(task, bundle, TrainConfig(max_train_samples=8, max_length=32, redraw_templates=True), 1, None)
+    variants = [(f["task"], v["task"]) for f in data.features for v in f.get("variants", [])]
+    assert {t for t, _ in variants} == {1} and all(t == v for t, v in variants)  # synth-choice has two templates
 
 
 def test_each_task_has_its_head_and_a_mixed_batch_loss_is_the_mean_of_each_rows_own_loss(write_suite):

@@ -83,10 +83,18 @@ def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir
         key = _key(member, bundle, files_fingerprint(member, data_dir), split="train", rows=ids,
                    max_length=train.max_length, seed=seed, **redraw)
         made = cached(key, lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
-        data.features += [{**f, "task": index} for f in made]  # which head reads it (bench/layers/task_heads.py)
+        data.features += [_tagged(f, index) for f in made]
         data.rows += chosen
         data.example_ids += [f"{member.name}:{i}" for i in ids]
     return data
+
+
+def _tagged(feature: dict, index: int) -> dict:
+    """A mixture's feature marked with its member's index (which head reads it, which task a router takes:
+    bench/layers/task_heads.py), its template variants too (redraw_templates draws one of them per step)."""
+    if "variants" in feature:
+        return {**feature, "task": index, "variants": [{**v, "task": index} for v in feature["variants"]]}
+    return {**feature, "task": index}
 
 
 def mixture_counts(sizes: dict[str, int], mixing: dict) -> dict[str, int]:
