@@ -222,3 +222,29 @@ def test_poly_routes_each_row_by_its_task(write_suite):
         if hasattr(module, "task_rows") and not isinstance(module, task_heads.TaskHeads):
             module.task_rows = 0
     assert not torch.allclose(model(input_ids=ids[1:2]).logits[0, :1], alone[1])
+
+
+TEXT_TO_TEXT = """\
+name: t2t
+methods: [lora, poly]
+models: [tiny-t5]
+mixtures:
+  - {name: synth-t2t, tasks: [synth-polarity, synth-choice], mixing: {rule: proportional, cap: 8}}
+tasks: [synth-t2t]
+seeds: [1]
+train: {batch_size: 4, max_steps: 2, max_length: 32, eval_batch_size: 32, max_eval_samples: 8, max_train_samples: 8}
+"""
+
+
+@pytest.mark.slow
+def test_a_text_to_text_mixture_scores_every_task_by_its_own_templates(tmp_path, write_suite):
+    suite, results = write_suite(TEXT_TO_TEXT), tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--quiet", "--threads", "1"]) == 0
+    records = [json.loads(p.read_text()) for p in (results / "t2t").glob("*.json")]
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    for r in records:
+        scores = r["scores"]["metrics"]
+        assert set(scores) == {"synth-polarity:accuracy", "synth-polarity:f1", "synth-choice:accuracy",
+                               "task_average"}
+        assert scores["task_average"] == pytest.approx((scores["synth-polarity:accuracy"]
+                                                        + scores["synth-choice:accuracy"]) / 2)
