@@ -15,8 +15,14 @@ from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
 from bench.plan.mixtures import check_mixture_train, parse_mixtures
-from bench.plan.stages import (StageEntry, check_init_from, check_stage_settings, check_stage_tasks,
-                                check_task_starts, parse_stages)
+from bench.plan.stages import (
+    StageEntry,
+    check_init_from,
+    check_stage_settings,
+    check_stage_tasks,
+    check_task_starts,
+    parse_stages,
+)
 from bench.plan.sweep import Sweep, parse_selection, parse_sweep
 from bench.tasks.data import split_location
 from bench.tasks.registry import registry as task_registry
