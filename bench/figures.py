@@ -323,6 +323,14 @@ CROSSLINGUAL_SCORES = (
            "target languages (every language but the training one: zero-shot transfer, XTREME's average less its "
            "source language); null when any of them is null."),
 )
+# A multi-task cell's scores (bench/cell/multitask.py): each task's metrics under its name, and their average.
+TASK_SCORE = Figure("scores", "<task>:<metric>", "points", "score", "a multi-task cell's metric on one task of its "
+                    "mixture: that task's evaluation split under its templates (median over templates), as a cell "
+                    "of that task alone scores it.")
+TASK_AVERAGE = Figure("scores", "task_average", "points", "score", "a multi-task cell's main score: the unweighted "
+                      "mean over the tasks of its mixture of each task's main metric (`scores.<task>:<main "
+                      "metric>`); null when any of them is null.")
+SCORES = (SCORE, TASK_SCORE, TASK_AVERAGE)
 
 
 def shown_in(place: str) -> list[tuple[Figure, Shown]]:
@@ -339,7 +347,10 @@ def names(section: str) -> tuple[str, ...]:
 
 def figure(key: str) -> Figure | None:
     """The registered figure behind a flattened name ('memory.peak_bytes', 'scores.accuracy')."""
-    return SCORE if key.startswith("scores.") else FIGURES.get(key)
+    if not key.startswith("scores."):
+        return FIGURES.get(key)
+    name = key.removeprefix("scores.")
+    return TASK_AVERAGE if name == TASK_AVERAGE.name else TASK_SCORE if ":" in name else SCORE
 
 
 def rule_of(key: str) -> str:
@@ -410,7 +421,7 @@ def rules_table() -> str:
     """The rules `compare` and `regress` apply, with the figures each one covers."""
     rows = []
     for rule, meaning in RULES.items():
-        covered = "`scores.<metric>`" if rule == "score" else \
+        covered = ", ".join(f"`{f.key}`" for f in SCORES) if rule == "score" else \
             ", ".join(f"`{f.key}`" for f in _FIGURES if f.rule == rule)
         rows.append(f"| {rule} | {covered} | {meaning} |")
     return "\n".join(["| rule | figures | how a change is judged |", "|---|---|---|", *rows])

@@ -277,6 +277,8 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "adalora": lora(projections, r=12) + 12 * len(projections),  # r = 12 and a singular value per rank
         "vera": sum(256 + fan_out for _, fan_out in projections),
         "loha": 2 * lora(projections),
+        # 4 LoRA skills of rank 8 per projection, and a router row (one task, one split, 4 skills)
+        "poly": sum(4 * 8 * (fan_in + fan_out) + 1 * 1 * 4 for fan_in, fan_out in projections),
         "lokr": sum(lokr(fan_in, fan_out) for fan_in, fan_out in projections),
         "oft": sum((fan_in // 32) * 32 * 31 // 2 for fan_in, _ in projections),
         "boft": sum(fan_in * 4 + fan_out for fan_in, fan_out in projections),

@@ -34,9 +34,11 @@ FAST = {"fishmask": {"fisher_samples": 16}, "child-tuning": {"fisher_batches": 2
 # (method, architecture) pairs that cannot work, with a word the reason must contain.
 UNSUPPORTED = {
     ("head-only", "t5"): "tied", ("head-only", "gpt2"): "tied", ("icl", "roberta"): "text-to-text",
-    **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora")},
+    **{(m, "gpt2"): "Conv1D" for m in ("loha", "lokr", "oft", "boft", "qlora", "poly")},
     # it loads a saved adapter, so it needs a path (tests/test_eval_adapter.py runs it with one)
     **{("external-adapter", a): "--adapter" for a in ("roberta", "t5", "gpt2", "llama")},
+    # it composes adapters that stage cells saved (tests/test_fusion.py runs it with them)
+    **{("adapter-fusion", a): "saved adapters" for a in ("roberta", "t5", "gpt2", "llama")},
     **{("prompt-tuning-tfew", a): "encoder-decoder" for a in ("roberta", "gpt2", "llama")},  # T-Few's: T5 only
     **{("madx", a): "encoders" for a in ("t5", "gpt2", "llama")},  # MAD-X's invertible adapter: an encoder's
 }

@@ -245,6 +245,8 @@ class InferenceSpeed(Instrument):
         yield
 
     def evaluated(self, run, record):
+        if not run.evalsets:  # a multi-task cell: its tasks' heads predict apart; no one speed stands for them
+            return
         args = (run.evalsets[""][0], run.evaluation, run.cell.train.eval_batch_size, run.device, run.autocast)
         record["time"].update(inference_speed(run.bundle, run.adapted.model, *args,
                                               batched_s=self.prediction.seconds))

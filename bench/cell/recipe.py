@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bench import env, methods
 from bench.cell import evaluate as scoring
-from bench.cell import instruments
+from bench.cell import instruments, multitask
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
 from bench.cell.curves import CurveWriter
@@ -35,6 +35,7 @@ from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
 from bench.tasks import crosslingual, metrics
 from bench.tasks.features import EvalSet
+from bench.tasks.mixture import is_multitask
 from bench.tasks.prepare import TrainingData, datasets
 from bench.tasks.spec import TaskSpec
 from bench.tensors import count_params
@@ -56,6 +57,7 @@ class Run:
     autocast: Callable
     compute_dtype: str  # what matrix products run in (bench.cell.train.compute_dtype)
     result: training.TrainResult | None = None  # set by train
+    member_evalsets: dict = field(default_factory=dict)  # a multi-task cell's, per task (bench/cell/multitask.py)
     predict_main: Callable = scoring.predict  # the final evaluation's main-split prediction (InferenceSpeed times it)
 
 
@@ -83,7 +85,7 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
             if run.result.diverged_at_step is not None:  # nothing trained is left to evaluate
                 return finish(record, "diverged", {"type": "Diverged", "message": "the training loss became "
                               f"non-finite at step {run.result.diverged_at_step}", "where": None, "traceback": None})
-        if run.evalsets:  # a pre-training stage is scored on nothing: its state is what it makes
+        if run.evalsets or run.member_evalsets:  # a pre-training stage is scored on nothing: its state is what it makes
             with tools.window("evaluating", run, record):
                 evaluate(run, record)
             tools.at("evaluated", run, record)
@@ -105,11 +107,16 @@ def setup(cell: Cell, device: torch.device) -> Run:
     task, tcfg = cell.task, cell.train
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
+    if task.members:  # a mixture: a head per task on a classifier model
+        multitask.install_heads(bundle, task, cell.seed)
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
     objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset,
                               tcfg.unlikelihood)
+    if task.members:  # a mixture: each row's own task (its head, a router's choice)
+        objective = multitask.objective(bundle, task, objective)
+    members = multitask.member_evalsets(task, bundle, tcfg, cell.data_dir, cell.seed) if is_multitask(task) else {}
     steps = tcfg.steps_for(len(data.features))
     autocast = training.autocast_for(device, tcfg.precision)
     compute_dtype = training.compute_dtype(device, tcfg.precision)
@@ -119,13 +126,15 @@ def setup(cell: Cell, device: torch.device) -> Run:
         return [to_device(collate(next(rows), bundle.tokenizer.pad_token_id), device) for _ in range(n_batches)]
 
     adapted = method.apply(bundle.model, cell.method_config,
-                           ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows))
+                           ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows,
+                                        [stage_state(cell, ref, device) for ref in cell.stage_refs]))
     if cell.init_from:
         start_from_stage(adapted, cell, device, bundle.head_modules)
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
-    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype)
+    return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype,
+               member_evalsets=members)
 
 
 def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
@@ -162,7 +171,11 @@ def train(run: Run, record: dict, tools: instruments.Instruments, quiet: bool,
 
 def evaluate(run: Run, record: dict) -> None:
     """Every split under every template; the main split's metrics are the cell's scores. The selection split's
-    go apart (`scores.selection`): they choose a sweep's setting and are never reported."""
+    go apart (`scores.selection`): they choose a sweep's setting and are never reported. A multi-task cell scores
+    each of its tasks (bench/cell/multitask.py)."""
+    if run.member_evalsets:
+        return multitask.evaluate(run.bundle, run.adapted.model, run.cell.task, run.member_evalsets,
+                                  run.cell.train.eval_batch_size, run.device, run.autocast, record)
     swap = language_swaps(run.cell, run.adapted.model, run.device)  # MAD-X: each language its own adapters
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
@@ -184,12 +197,6 @@ def evaluate(run: Run, record: dict) -> None:
 def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_modules=()) -> None:
     """Load the state a pre-training stage or another task's cell saved (bench/plan/stages.py) into the freshly
     applied method, all but a classifier's task head (`head_modules`): the head is the new task's own."""
-    from safetensors.torch import load_file
-
-    path = Path(cell.init_dir or "") / STATE_FILE
-    if not cell.init_dir or not path.is_file():
-        raise FileNotFoundError(f"cell {cell.init_from} has no saved state at {path}: it has not run, or it failed "
-                                "(`peft-bench run` runs the cells others start from before them)")
     heads = set(head_modules)
 
     def in_head(name: str) -> bool:
@@ -197,8 +204,24 @@ def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_mo
 
     # the fresh head's own tensors in its place: some methods' loaders (peft's) want every tensor they store
     fresh = {name: t for name, t in adapted.state_to_store().items() if in_head(name)}
-    saved = load_file(str(path), device=str(device))
+    saved = saved_state(cell.init_dir, cell.init_from, device)
     adapted.load_state({**{name: t for name, t in saved.items() if not in_head(name)}, **fresh})
+
+
+def stage_state(cell: Cell, ref: str, device: torch.device) -> dict:
+    """The state a stage cell that the method's settings name saved (Method.stage_settings)."""
+    return saved_state(str(Path(cell.stages_dir) / ref) if cell.stages_dir else None, ref, device)
+
+
+def saved_state(folder: str | None, cell_id: str | None, device: torch.device) -> dict:
+    """The state the cell `cell_id` saved in `folder`; FileNotFoundError when it has not (it failed, or has not run)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder or "") / STATE_FILE
+    if not folder or not path.is_file():
+        raise FileNotFoundError(f"cell {cell_id} has no saved state at {path}: it has not run, or it failed "
+                                "(`peft-bench run` runs the cells others start from before them)")
+    return load_file(str(path), device=str(device))
 
 
 def device_for_run() -> torch.device:

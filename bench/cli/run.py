@@ -117,6 +117,8 @@ def placed(cell, store, save_adapters: bool):
         cell = dataclasses.replace(cell, adapter_dir=str(folder / "stages" / cell.id))
     if cell.init_from:
         cell = dataclasses.replace(cell, init_dir=str(folder / "stages" / cell.init_from))
+    if cell.stage_refs:
+        cell = dataclasses.replace(cell, stages_dir=str(folder / "stages"))
     if save_adapters and not cell.adapter_dir:
         cell = dataclasses.replace(cell, adapter_dir=str(folder / "adapters" / cell.id))
     return cell

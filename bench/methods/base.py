@@ -34,6 +34,8 @@ class ApplyContext:
     device: Any = "cpu"
     task: Any = None  # tasks.TaskSpec of the cell (in-context learning renders its demonstrations)
     train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
+    # the states saved by the stage cells a method's settings name (Method.stage_settings), in their order
+    stage_states: Any = ()
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
@@ -124,6 +126,10 @@ class Method:
     # encoder cannot run apart from it, once per prompt (bench/cell/evaluate.py: encodes_once): rank classification
     # then encodes the prompt once per answer option, and the dry-run prices it so.
     encodes_in_forward: bool = False
+    # Settings whose values name stages of the suite (bench/plan/stages.py), each with the method those stages must
+    # train: the grid runs those stage cells first, puts their cell ids in the resolved config (so in the id), and
+    # the cell receives their saved states (ApplyContext.stage_states); AdapterFusion's task adapters.
+    stage_settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -171,7 +177,7 @@ class Method:
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
                 "reference": self.reference, "external": self.external, "unsupported": self.unsupported,
                 "implementation": self.implementation, "revisions": self.revisions,
-                "encodes_in_forward": self.encodes_in_forward}
+                "encodes_in_forward": self.encodes_in_forward, "stage_settings": self.stage_settings}
 
 
 # Every method by name. A method module registers its methods when it is imported: the package imports

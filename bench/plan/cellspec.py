@@ -48,6 +48,10 @@ class Cell:
     # lie beside init_dir's): MAD-X scores each language with its own (bench/cell/languages.py)
     language_stages: dict[str, str] = field(default_factory=dict)
     curve_path: str | None = None  # where the cell writes its training curve (set by `run`; bench/cell/curves.py)
+    # the stage cells whose saved states the method's settings name (Method.stage_settings; their ids are in the
+    # method's config, so in this cell's id), and the folder of stage states (set by `run`, beside the results)
+    stage_refs: tuple[str, ...] = ()
+    stages_dir: str | None = None
 
     @property
     def config(self) -> dict:

@@ -89,14 +89,17 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
         spec = resolve_model(model_name, "--models")
         model_identity = spec.identity()
         stage_cells = {name: _stage_cell(suite, suite.stages[name], spec, per_cell)
-                       for name in dict.fromkeys([e.init_from for e in entries if e.init_from]
-                                                 + [s for e in entries for s in e.language_stages.values()])}
+                       for name in dict.fromkeys([*(e.init_from for e in entries if e.init_from),
+                                                  *(s for e in entries for s in e.language_stages.values()),
+                                                  *(n for e in entries for n in stage_names(e))])}
         cells += stage_cells.values()
         for entry, variant in _variants(suite, entries):
             started: dict[tuple, str] = {}  # (task, seed) -> the id of the cell its trained state starts others from
             method_swept = {k: v for k, v in variant.items() if k not in TRAIN_FIELDS}
             train_swept = {k: v for k, v in variant.items() if k in TRAIN_FIELDS}
             name, family, config, recommended = _resolve_method(entry, spec.arch, method_swept)
+            refs = tuple(stage_cells[n].id for n in stage_names(entry))
+            config = {**config, **{key: [stage_cells[n].id for n in config[key]] for key in stage_keys(entry)}}
             for task_name in task_names:
                 task = suite.task_registry[task_name]
                 train = resolve_train([
@@ -139,7 +142,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                     cells.append(Cell(cid, suite.name, entry.label, name, family, spec, task, seed, config, train,
                                       suite.cell_timeout_s, suite.data_dir, suite.method_modules, per_cell,
                                       sweep=variant, sweep_stage=stage, init_from=start,
-                                      keeps_state=task_name in kept, language_stages=swaps))
+                                      keeps_state=task_name in kept, language_stages=swaps, stage_refs=refs))
     return cells
 
 
@@ -155,6 +158,16 @@ def _task_start(suite: Suite, task: str, seed: int, started: dict, what: tuple) 
                        f"cell of method '{label}', model '{model}', seed {seed} (--tasks, --seeds or `exclude` left "
                        "it out)", suite.where("tasks", suite.tasks.index(task), "init_from"))
     return started[(start, seed)]
+
+
+def stage_keys(entry: MethodEntry) -> tuple[str, ...]:
+    """The entry's settings that name stages (Method.stage_settings)."""
+    return tuple(methods.get(entry.name).stage_settings) if entry.name in methods.REGISTRY else ()
+
+
+def stage_names(entry: MethodEntry) -> list[str]:
+    """The stages an entry's settings name, in order (bench/plan/stages.py: check_stage_settings checked them)."""
+    return [name for key in stage_keys(entry) for name in entry.overrides.get(key, [])]
 
 
 def _stage_cell(suite: Suite, stage: StageEntry, spec: ModelSpec, threads: int) -> Cell:

@@ -40,13 +40,16 @@ mixture), keeping the total, a task repeating its rows where its share exceeds t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bench import methods
 from bench.config import check_keys, coerce
 from bench.errors import BadInput, unknown
 from bench.files import safe_name
 from bench.tasks.masked_lm import MLM
+from bench.tasks.mixture import mixture_spec
 from bench.tasks.spec import TaskSpec
 
 STAGE_KEYS = {"name": str, "method": (str, dict), "tasks": list, "mixing": dict, "train": dict, "seed": int,
@@ -88,16 +91,7 @@ def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -
                                                                                       at("tasks"), "tasks"))]
         if not tasks:
             raise BadInput("a stage's mixture needs at least one task", at("tasks"))
-        mixing = {**DEFAULT_MIXING, **coerce(item.get("mixing", {}), dict, at("mixing"), "mixing")}
-        check_keys(mixing, MIXING_KEYS, "mixing key", lambda k: at("mixing", k))
-        mixing = {k: coerce(v, MIXING_KEYS[k], at("mixing", k), k) for k, v in mixing.items()}
-        if mixing["cap"] < 1:
-            raise BadInput(f"'cap' must be a positive whole number, got {mixing['cap']}", at("mixing", "cap"))
-        if mixing["rule"] == "temperature":
-            if not mixing.get("temperature", 0) > 0:
-                raise BadInput("temperature mixing needs 'temperature' > 0", at("mixing"))
-        elif "temperature" in mixing:
-            raise BadInput("'temperature' is a setting of the temperature rule", at("mixing", "temperature"))
+        mixing = parse_mixing(item.get("mixing", {}), lambda *k: at("mixing", *k))
         train = coerce(item.get("train", {}), dict, at("train"), "train")
         if "epochs" in train or "max_steps" not in train:
             raise BadInput("a stage trains for `max_steps` (its mixture's size is known only once read)", at("train"))
@@ -109,6 +103,21 @@ def parse_stages(raw: list, where: Callable[..., str], method_entry: Callable) -
                                   coerce(item.get("objective", "lm"), STAGE_KEYS["objective"], at("objective"),
                                          "objective"))
     return stages
+
+
+def parse_mixing(raw, at: Callable[..., str]) -> dict:
+    """A mixture's `mixing:` checked, over DEFAULT_MIXING; `at(*keys)` names where (a stage's, a suite mixture's)."""
+    mixing = {**DEFAULT_MIXING, **coerce(raw, dict, at(), "mixing")}
+    check_keys(mixing, MIXING_KEYS, "mixing key", lambda k: at(k))
+    mixing = {k: coerce(v, MIXING_KEYS[k], at(k), k) for k, v in mixing.items()}
+    if mixing["cap"] < 1:
+        raise BadInput(f"'cap' must be a positive whole number, got {mixing['cap']}", at("cap"))
+    if mixing["rule"] == "temperature":
+        if not mixing.get("temperature", 0) > 0:
+            raise BadInput("temperature mixing needs 'temperature' > 0", at())
+    elif "temperature" in mixing:
+        raise BadInput("'temperature' is a setting of the temperature rule", at("temperature"))
+    return mixing
 
 
 def check_stage_tasks(stages: dict[str, StageEntry], registry: dict) -> None:
@@ -136,8 +145,6 @@ def check_language_stages(entry, stages: dict[str, StageEntry]) -> None:
     """A method entry's `language_stages` ({language: stage}): masked-LM stages of its method and settings, the
     entry starting (init_from) from its training language's; the entry's method swaps them in to score each
     language (bench/cell/languages.py)."""
-    from bench import methods
-
     if entry.init_from is None or not getattr(methods.get(entry.name).build, "swaps_languages", False):
         raise BadInput(f"'{entry.label}': language_stages give a method that swaps language adapters (madx) the "
                        "target languages' adapters; it needs `init_from`, the training language's stage",
@@ -151,13 +158,41 @@ def check_language_stages(entry, stages: dict[str, StageEntry]) -> None:
                            "masked-LM (`objective: mlm`)", entry.where("language_stages", language))
 
 
+def check_stage_settings(entry, stages: dict[str, StageEntry], method) -> None:
+    """A method entry's settings that name stages (Method.stage_settings): each a list of stages of the method the
+    setting takes, trained with the same values of every setting the two methods share (so the states load)."""
+    for key, trains in method.stage_settings.items():
+        names = entry.overrides.get(key, [])
+        if not isinstance(names, list) or not names:
+            raise BadInput(f"{method.name}'s '{key}' names the stages that train its {trains} states: a list",
+                           entry.where("overrides", key))
+        for j, name in enumerate(names):
+            stage = stages.get(name)
+            if stage is None:
+                raise unknown("stage", name, stages, entry.where("overrides", key, j))
+            if stage.method.name != trains:
+                raise BadInput(f"stage '{name}' trains {stage.method.name}; {method.name}'s '{key}' takes stages of "
+                               f"{trains}", entry.where("overrides", key, j))
+            theirs = methods.get(trains)
+            shared = (set(method.defaults) & set(theirs.defaults)) - {key}
+            ours_values = {k: entry.overrides.get(k, method.defaults[k]) for k in shared}
+            stage_values = {k: stage.method.overrides.get(k, theirs.defaults[k]) for k in shared}
+            if ours_values != stage_values:
+                raise BadInput(f"stage '{name}' trains {trains} with {stage_values}, and {entry.label} reads it with "
+                               f"{ours_values}: the settings must agree", entry.where("overrides", key, j))
+            # a setting the reader does not share (where the adapter sits) it takes at the default: so must the stage
+            changed = sorted(k for k, v in stage.method.overrides.items()
+                             if k not in shared and v != theirs.defaults[k])
+            if changed:
+                raise BadInput(f"stage '{name}' sets {', '.join(changed)}, which {method.name} reads at "
+                               f"{trains}'s defaults", entry.where("overrides", key, j))
+
+
 def mixture_task(stage: StageEntry, registry: dict) -> TaskSpec:
     """The stage's mixture as one task: its members' training rows under their own templates."""
-    members = tuple(registry[name] for name in stage.tasks)
-    return TaskSpec(name=f"mixture-{stage.name}", description=f"stage '{stage.name}': a mixture of "
-                    f"{', '.join(stage.tasks)}", type=MLM if stage.objective == MLM else "generation",
-                    source={"mixture": list(stage.tasks), "mixing": stage.mixing},
-                    text=(), metrics=(), main_metric="", members=members)
+    spec = mixture_spec(f"mixture-{stage.name}", f"stage '{stage.name}': a mixture of {', '.join(stage.tasks)}",
+                        [registry[name] for name in stage.tasks], stage.mixing, scored=False)
+    return dataclasses.replace(spec, type=MLM) if stage.objective == MLM else spec
 
 
 def stage_train(stage: StageEntry) -> dict:

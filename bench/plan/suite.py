@@ -14,10 +14,12 @@ from bench import methods, models
 from bench.config import MAX_THREADS, check_keys, coerce
 from bench.errors import BadInput, did_you_mean, unknown
 from bench.files import safe_name
+from bench.plan.mixtures import check_mixture_train, parse_mixtures
 from bench.plan.stages import (
     StageEntry,
     check_init_from,
     check_language_stages,
+    check_stage_settings,
     check_stage_tasks,
     check_task_starts,
     parse_stages,
@@ -30,7 +32,7 @@ from bench.yamlfile import YamlDoc, load_yaml
 SUITE_KEYS = {
     "name": str, "description": str, "methods": list, "models": list, "tasks": list, "seeds": list,
     "train": dict, "exclude": list, "cell_timeout_s": float, "data_dir": str, "task_files": list,
-    "method_modules": list, "threads": int, "sweep": dict, "selection": dict, "stages": list,
+    "method_modules": list, "threads": int, "sweep": dict, "selection": dict, "stages": list, "mixtures": list,
 }
 _ENTRY_KEYS = {"name": str, "label": str, "overrides": dict, "train": dict, "compose": list, "sweep": dict,
                "init_from": str, "language_stages": dict}
@@ -135,6 +137,8 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
                            for i, m in enumerate(values.get("method_modules", [])))
     methods.import_modules(method_modules, lambda i: doc.where("method_modules", i))
     registry = task_registry(task_files)
+    mixtures = parse_mixtures(values.get("mixtures", []), lambda *k: doc.where("mixtures", *k), registry)
+    registry.update(mixtures)
     task_entries = [_task_entry(t, doc, ("tasks", i)) for i, t in enumerate(values["tasks"])]
     suite = Suite(
         name=values["name"], description=values.get("description", ""), path=str(path),
@@ -165,9 +169,17 @@ def load_suite(name_or_path: str, data_dir: str | None = None) -> Suite:
             check_init_from(entry, suite.stages)
         if entry.language_stages:
             check_language_stages(entry, suite.stages)
+        if entry.name in methods.REGISTRY and methods.get(entry.name).stage_settings:
+            check_stage_settings(entry, suite.stages, methods.get(entry.name))
     _check_names(suite)
     _check_protocol(suite)
     check_task_starts(suite)
+    used = [name for name in suite.tasks if name in mixtures]
+    settings = [(suite.train, lambda k: doc.where("train", k)), (suite.selection, lambda k: doc.where("selection")),
+                *((m.train, lambda k, m=m: m.where("train", k)) for m in suite.methods),
+                *((suite.task_train.get(name, {}), lambda k: doc.where("tasks")) for name in used)]
+    for train, at in settings:
+        check_mixture_train(used, train, at)
     return suite
 
 

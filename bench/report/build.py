@@ -11,6 +11,7 @@ from bench.fmt import DASH, missing
 from bench.report.aggregate import aggregate, method_summary
 from bench.report.crosslingual import transfer_plots, transfer_tables
 from bench.report.curves import curve_plots, curve_tables
+from bench.report.multitask import multitask_tables
 from bench.report.plots import Plot, draw_all
 from bench.report.reproduction import reproduction_tables
 from bench.report.sweeps import select, selection_tables, sensitivity_plots
@@ -34,6 +35,7 @@ class Report:
     selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
     curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
     crosslingual: list[Table] = field(default_factory=list)  # by train and test language (report/crosslingual.py)
+    multitask: list[Table] = field(default_factory=list)  # mixtures beside per-task training (report/multitask.py)
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -51,6 +53,8 @@ class Report:
             out.append(("Selected settings and stages", self.selection))
         if self.reproduction:
             out.append(("Reproduction", self.reproduction))
+        if self.multitask:
+            out.append(("Multi-task", self.multitask))
         out.append(("Memory", self.memory))
         if self.curves:
             out.append(("Training curves", self.curves))
@@ -103,6 +107,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     description=description)
     report.curves = curve_tables(frame, curves or {})
     report.crosslingual = transfer_tables(frame)
+    report.multitask = multitask_tables(frame, stages)
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
                                 + curve_plots(frame, curves or {}, folder / "plots")

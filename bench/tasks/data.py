@@ -157,9 +157,12 @@ def needed_splits(task: TaskSpec, evaluation_only: bool = False) -> list[str]:
 
 def check_available(task: TaskSpec, data_dir: str | Path | None, evaluation_only: bool = False) -> None:
     """Fail before any work when a task's data cannot be read (local files missing, hub offline)."""
-    if task.members:  # a stage's mixture: its members' training data
+    if task.members:  # a stage's mixture: its members' training data; a multi-task cell's: all their data
         for member in task.members:
-            check_split(member, "train", data_dir)
+            if task.source.get("scored"):
+                check_available(member, data_dir, evaluation_only)
+            else:
+                check_split(member, "train", data_dir)
         return
     for split in needed_splits(task, evaluation_only):
         check_split(task, split, data_dir)

@@ -48,8 +48,9 @@ class EvaluationRows:
 def datasets(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir,
              in_context: bool = False) -> tuple[TrainingData, dict[str, list[EvalSet]]]:
     """The training data and the evaluation sets ({split name: [an EvalSet per template]}); with
-    `in_context`, the training rows are every evaluation prompt's demonstrations. A pre-training stage's
-    mixture (task.members) is trained on and scored on nothing: no evaluation sets."""
+    `in_context`, the training rows are every evaluation prompt's demonstrations. A mixture (task.members) has
+    no evaluation sets of its own: a stage's is scored on nothing, a multi-task cell's members each on their own
+    (bench/cell/multitask.py)."""
     if task.members:
         return mixture_data(task, bundle, train, seed, data_dir), {}
     rows, heldout = training_rows(task, train, seed, data_dir)
@@ -76,7 +77,7 @@ def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir
     counts = mixture_counts({name: len(r) for name, r in rows.items()}, task.source["mixing"])
     redraw = {"all_templates": True} if train.redraw_templates else {}
     data = TrainingData([], [], [])
-    for member in task.members:
+    for index, member in enumerate(task.members):
         pool = rows[member.name]
         chosen = pool * (counts[member.name] // len(pool)) + subsample(pool, counts[member.name] % len(pool), seed)
         ids = [r["idx"] for r in chosen]
@@ -84,10 +85,19 @@ def mixture_data(task: TaskSpec, bundle, train: TrainConfig, seed: int, data_dir
                    max_length=train.max_length, seed=seed, **redraw)
         make = (lambda: masked_features(member, bundle, chosen, train.max_length, seed)) if task.type == MLM else \
             (lambda: train_features(member, bundle, chosen, train.max_length, seed, **redraw))
-        data.features += cached({**key, "mlm": True} if task.type == MLM else key, make)
+        made = cached({**key, "mlm": True} if task.type == MLM else key, make)
+        data.features += [_tagged(f, index) for f in made]
         data.rows += chosen
         data.example_ids += [f"{member.name}:{i}" for i in ids]
     return data
+
+
+def _tagged(feature: dict, index: int) -> dict:
+    """A mixture's feature marked with its member's index (which head reads it, which task a router takes:
+    bench/layers/task_heads.py), its template variants too (redraw_templates draws one of them per step)."""
+    if "variants" in feature:
+        return {**feature, "task": index, "variants": [{**v, "task": index} for v in feature["variants"]]}
+    return {**feature, "task": index}
 
 
 def mixture_counts(sizes: dict[str, int], mixing: dict) -> dict[str, int]:

@@ -44,6 +44,8 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int | None:
+        if self.members:  # a mixture's model is built with its widest head (each task then gets its own)
+            return max(m.num_labels or 1 for m in self.members)
         if self.type == "regression":
             return 1
         return len(self.labels) if self.labels else None

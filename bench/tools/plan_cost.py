@@ -35,6 +35,11 @@ from bench.tools.prompt_lengths import at_priced_length, priced_length
 def train_rows(cell: Cell, known: dict) -> int | None:
     """Training rows the cell trains on (shots or max_train_samples of the split), None when unknown;
     `known` keeps each task's split size, read once per plan."""
+    if cell.task.members:  # a mixture: each member's rows as its own cell would take them, then the mixing rule
+        from bench.tasks.prepare import mixture_counts
+
+        sizes = {m.name: train_rows(dataclasses.replace(cell, task=m), known) for m in cell.task.members}
+        return None if None in sizes.values() else sum(mixture_counts(sizes, cell.task.source["mixing"]).values())
     cap = cell.train.shots or cell.train.max_train_samples
     rows = known_rows(cell.task, "train", cell.data_dir, known)
     if rows is None:
@@ -107,8 +112,12 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     from bench.tasks.data import eval_splits
 
     task = cell.task.evaluation
-    if task.members:
+    if task.members and not task.source.get("scored"):
         return 0, "a pre-training stage: scored on nothing"
+    if task.members:  # a multi-task cell: each task's evaluation, as its own cell's
+        parts = [eval_flops(dataclasses.replace(cell, task=member), known) for member in task.members]
+        unknown = [why for flops, why in parts if flops is None]
+        return (None, unknown[0]) if unknown else (sum(f for f, _ in parts), " + ".join(why for _, why in parts))
     rows = 0
     for split in eval_splits(task).values():
         found = known_rows(task, split, cell.data_dir, known)
