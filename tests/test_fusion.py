@@ -73,10 +73,11 @@ def test_adapters_load_frozen_and_only_the_fusion_and_head_train():
         assert torch.equal(p, before[name]) == (name not in trainable), name
 
 
-def test_count_on_roberta_base_is_the_closed_form():
-    """RoBERTa-base (hidden 768, 12 layers): 12 · (3 · 768² + 2 · 768) = 21,252,096 beside the head. XLM-R base has
-    the same hidden size and depth (its 250,002-word vocabulary is frozen), so the same count."""
-    bundle = build_bundle("roberta-base", meta=True)
+@pytest.mark.parametrize("model", ["roberta-base", "xlm-roberta-base"])
+def test_count_is_the_closed_form(model):
+    """RoBERTa-base and XLM-R base (hidden 768, 12 layers; XLM-R's 250,002-word vocabulary is frozen):
+    12 · (3 · 768² + 2 · 768) = 21,252,096 beside the head."""
+    bundle = build_bundle(model, meta=True)
     method = methods.get("adapter-fusion")
     with torch.device("meta"):
         adapted = method.apply(bundle.model, method.resolve({"adapters": ["a", "b"]}, "roberta", str),
