@@ -32,6 +32,7 @@ class Report:
     reproduction: list[Table] = field(default_factory=list)  # beside published results (bench/references/)
     selection: list[Table] = field(default_factory=list)  # sweeps: the settings chosen, and all tried
     curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
+    training_curves: dict[str, dict] = field(default_factory=dict)  # by cell id: bench/cell/curves.read_curve
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -98,6 +99,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     problems, reproduction_tables(agg), selection_tables(swept, choices) + stage_tables(stages),
                     description=description)
     report.curves = curve_tables(frame, curves or {})
+    report.training_curves = curves or {}
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
                                 + curve_plots(frame, curves or {}, folder / "plots"))
