@@ -70,5 +70,5 @@ def test_a_700_cell_grid_embeds_a_bounded_blob():
     assert all(c["curve"]["step"][-1] == 1000 and c["curve"]["eval_step"] == list(range(10, 101, 10))
                for c in cells)  # the last step kept; all ten evaluations kept
     size = len(script_json(cells))
-    assert size < 1_500_000, size  # 350,000 stored points would be about 25 MB
+    assert size < 1_500_000, size  # its 350,000 stored points as JSON: about 32 MB
     assert cells[0]["curve"]["loss"][0] == pytest.approx(8.5)  # 500 points in 28 runs: the first holds 0..17
