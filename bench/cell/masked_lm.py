@@ -56,7 +56,13 @@ def checkpoint_mlm_head(bundle) -> torch.nn.Module | None:
     ref = pretrained_ref(bundle.spec)
     if ref is None or bundle.tokenizer.mask_token_id is None:
         return None
-    mlm, info = tf.AutoModelForMaskedLM.from_pretrained(ref, revision=bundle.spec.revision, output_loading_info=True)
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()  # a checkpoint without the head is an answer here, not a warning for the log
+    try:
+        mlm, info = tf.AutoModelForMaskedLM.from_pretrained(ref, revision=bundle.spec.revision,
+                                                            output_loading_info=True)
+    finally:
+        tf.logging.set_verbosity(verbosity)
     heads = [name for name, _ in mlm.named_children() if name != mlm.base_model_prefix]
     if len(heads) != 1 or any(key.split(".")[0] in heads for key in info["missing_keys"]):
         return None  # the checkpoint does not hold the head: a fresh random one would measure nothing
