@@ -85,6 +85,7 @@ CSS = """
 .explore-plot .point.on-front circle.ring { fill: none; stroke: #d00; stroke-width: 1.5; }
 .explore-plot .point:hover path { stroke-width: 2.5; }
 .curve-panels { display: flex; flex-wrap: wrap; gap: 0.5em 1em; }
+.explore-controls #explore-curve-pick { max-width: none; }
 .curve-panel text { font: 11px system-ui, sans-serif; fill: #1a1a1a; } .curve-panel .grid { stroke: #e4e4e4; }
 .curve-panel .frame { fill: none; stroke: #333; }
 .curve-panel .curve-line { fill: none; stroke: #1f5fa8; stroke-width: 1.5; } .curve-panel .curve-dot { fill: #1f5fa8; }

@@ -54,7 +54,8 @@
     root.append(svg("rect", { class: "frame", x: x0, y: y1, width: x1 - x0, height: y0 - y1 }));
     const known = ys.map((y, k) => [xs[k], y]).filter(([, y]) => isNumber(y));
     if (!known.length) {
-      root.append(svg("text", { x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle" }, "not recorded"));
+      root.append(svg("text", { x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle" },
+        series === "eval" ? "no evaluation during training (eval_every)" : "not recorded"));
       return root;
     }
     const sx = makeScale(known.map(([x]) => x), false, x0, x1);
