@@ -279,8 +279,7 @@ def load_tokenizer(spec: ModelSpec):
         return tiny.tokenizer()
     import transformers as tf
 
-    ref = _package_path(spec) if spec.source == "package" else spec.ref
-    return tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
+    return tf.AutoTokenizer.from_pretrained(pretrained_ref(spec), revision=spec.revision)
 
 
 def torch_dtype(name: str) -> torch.dtype:
