@@ -96,6 +96,8 @@ class Figure:
 LATENCY_EXAMPLES = 8  # single-example predictions timed for time.infer_latency_s
 MEMORY_SAMPLE_INTERVAL_S = 0.05  # memory.train_*: seconds between readings of the training window's memory
 FORGETTING_CHUNK_TOKENS = 128  # forgetting.*: the general text is scored in pieces of this many tokens
+FORGETTING_MASK_SHARE = 0.15  # an encoder's masked-LM loss: the share of each piece's tokens masked (BERT's)
+FORGETTING_MASK_SEED = 0  # and the seed that draws them (bench/cell/masked_lm.py)
 _SAMPLED = (f"read every {MEMORY_SAMPLE_INTERVAL_S * 1000:g} ms by a thread of its own, and once at each end of "
             "the training window and of each evaluation during training it leaves out (those are not sampled), "
             "never synchronising the device (bench/cell/memory_trace.py)")
@@ -285,12 +287,15 @@ _FIGURES = [
            "the prompt once); for generation, plus the first reference.", tasks="mean"),
     # forgetting
     Figure("forgetting", "lm_loss_before", "nats", "loss", "with `train.forgetting` on a model predicting with its "
-           "LM head (a decoder, or an encoder-decoder; null under a classifier head, which has no LM head to ask: "
-           "an encoder's masked-LM head is not loaded with it): the mean cross-entropy, in nats per predicted "
-           "token, of the adapted model before its first training step (`before_training`: the method applied, "
-           "untrained, so a soft prompt's random init is part of it) on a fixed general text (`text_sha256`). The "
+           "LM head (a decoder, or an encoder-decoder), or on an encoder whose checkpoint has a masked-LM head "
+           "(read with that head, frozen, on the cell's last hidden states; null for a checkpoint without one, as "
+           "MiniLM-L6's, a tiny model, and a decoder or encoder-decoder under a classifier head): the mean "
+           "cross-entropy, in nats per predicted token, of the adapted model before its first training step "
+           "(`before_training`: the method applied, untrained, so a soft prompt's random init is part of it) on a "
+           "fixed general text (`text_sha256`). The "
            "text is tokenised whole by the model's tokenizer without special tokens and cut into consecutive "
-           f"pieces of {FORGETTING_CHUNK_TOKENS} tokens (a last, shorter piece kept from 2 tokens); `objective` "
+           f"pieces of {FORGETTING_CHUNK_TOKENS} tokens (a last, shorter piece kept from 2 tokens; an encoder's as "
+           "`objective` says); `objective` "
            "says what is predicted of each piece. The sum of −log p over every predicted token of every piece, "
            "over their number (`tokens`). The model in eval mode (no dropout), under `torch.no_grad`, on the "
            "cell's device and autocast, `eval_batch_size` pieces at once, log-softmax in fp32; outside the "
@@ -303,7 +308,11 @@ _FIGURES = [
     Figure("forgetting", "objective", "text", "exact", "`causal` for a decoder: each piece is the input and every "
            "token after its first is predicted from those before it; `prefix` for an encoder-decoder (the T5 "
            "paper's prefix LM, not its span corruption): the encoder reads the piece's first ⌈n/2⌉ tokens, the "
-           "decoder predicts the other ⌊n/2⌋ from its start token on, teacher-forced.", "first", "same"),
+           "decoder predicts the other ⌊n/2⌋ from its start token on, teacher-forced; `masked` for an encoder: "
+           f"pieces of {FORGETTING_CHUNK_TOKENS} − 2 tokens wrapped in its [CLS] and [SEP] (<s>, </s>), of "
+           f"each piece's n tokens ⌊{FORGETTING_MASK_SHARE} n + 0.5⌋ (at least 1) replaced by the mask token "
+           f"and predicted, drawn by Python's random.Random({FORGETTING_MASK_SEED}).sample piece by piece "
+           "(no 80/10/10 replacement): the same positions in every cell.", "first", "same"),
     Figure("forgetting", "tokens", "tokens", "exact", "the predicted tokens that `lm_loss_before` and "
            "`lm_loss_after` average over.", "first"),
     Figure("forgetting", "text_sha256", "text", "exact", "the first 16 hex digits of the SHA-256 of the text's "

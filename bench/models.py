@@ -255,7 +255,7 @@ def load_bundle(spec: ModelSpec, task_type: str, num_labels: int | None, seed: i
             if drawn is not model:
                 model.load_state_dict(drawn.state_dict())  # each weight keeps its dtype (T5's `wo` stays fp32)
     else:
-        ref = _package_path(spec) if spec.source == "package" else spec.ref
+        ref = pretrained_ref(spec)
         if meta:  # shapes only: a shipped config needs no hub and no tokenizer
             shipped = spec.config_path()
             if shipped:
@@ -293,8 +293,7 @@ def load_tokenizer(spec: ModelSpec):
         return tiny.tokenizer()
     import transformers as tf
 
-    ref = _package_path(spec) if spec.source == "package" else spec.ref
-    return tf.AutoTokenizer.from_pretrained(ref, revision=spec.revision)
+    return tf.AutoTokenizer.from_pretrained(pretrained_ref(spec), revision=spec.revision)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -354,6 +353,14 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
             return
     raise Unsupported(f"{type(model).__name__} has no gradient checkpointing (transformers' "
                       "supports_gradient_checkpointing)")
+
+
+def pretrained_ref(spec: ModelSpec) -> str | None:
+    """What from_pretrained loads the model from (a package's folder, a hub id, a folder); None for a tiny model,
+    which has no checkpoint (built from its config with a fixed random init)."""
+    if spec.source == "tiny":
+        return None
+    return _package_path(spec) if spec.source == "package" else spec.ref
 
 
 def _package_path(spec: ModelSpec) -> str:

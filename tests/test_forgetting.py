@@ -128,3 +128,16 @@ def test_tiny_cells_record_forgetting(tmp_path, tiny_bundle):
     for figures in (lora, full):
         assert figures["delta"] == figures["lm_loss_after"] - figures["lm_loss_before"]
     assert all(v is None for v in records["full", "tiny-encoder"]["forgetting"].values())
+
+
+@pytest.mark.parametrize("suite", ["smoke", "real-cpu"])
+def test_the_default_suites_record_forgetting(suite):
+    """Every cell measures it; MiniLM-L6 has no masked-LM head (tests/test_forgetting_masked.py), so the tiny
+    decoder's cells are those whose records hold the figures."""
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    cells = grid.expand(load_suite(suite))
+    assert all(c.train.forgetting for c in cells)
+    decoders = {c.method for c in cells if c.model.kind == "decoder"}
+    assert decoders == {"full", "lora"}

@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+from bench.cell.curves import CurveWriter
 from bench.report import write_report
 from bench.report.interactive import script_json
 from bench.report.pareto import pareto_front
@@ -272,5 +273,91 @@ def test_explore_in_chromium(browser, tmp_path):
                                               False, False)
     assert len(plotted(browser)) == 4
 
+    assert console_errors(browser) == []
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+
+def write_curves(results, ids: list[str], steps: int = 40) -> None:
+    """A curve per cell through the cells' own writer: loss 2·0.9^step (+ the cell's index), lr decaying
+    linearly, a gradient norm only for the first cell, evaluations every 10 steps."""
+    for n, cell_id in enumerate(ids):
+        curve = CurveWriter(results / "hand" / "curves" / f"{cell_id}.jsonl", steps, cell_id, "selection")
+        for step in range(1, steps + 1):
+            norm = 0.5 + step / 100 if n == 0 else None
+            curve.steps(step, [2 * 0.9 ** step + n], [1e-3 * (1 - step / steps)], [norm], [64], 0.01)
+            if step % 10 == 0:
+                curve.evaluation(step, 50 + step / 2 + n)
+        curve.close()
+
+
+def drawn_points(driver, series: str) -> list[tuple[float, float]]:
+    """The (x, y) pixels of the curve line of one picker panel, each checked to lie inside the panel's frame."""
+    panel = f'#explore-curves svg[data-series="{series}"]'
+    d, frame = driver.execute_script(
+        "const p = document.querySelector(arguments[0] + ' path.curve-line'), "
+        "f = document.querySelector(arguments[0] + ' rect.frame'); "
+        "return [p ? p.getAttribute('d') : null, ['x', 'y', 'width', 'height'].map(a => Number(f.getAttribute(a)))]",
+        panel)
+    pixels = [] if d is None else [tuple(map(float, xy.split(","))) for xy in re.findall(r"[-\d.]+,[-\d.]+", d)]
+    x, y, width, height = frame
+    assert all(x <= px <= x + width and y <= py <= y + height for px, py in pixels), (series, frame, pixels)
+    return pixels
+
+
+def assert_affine(pixels, xs, ys) -> None:
+    """Each pixel is the same increasing map of its step and the same decreasing map of its value (SVG's y grows
+    down), fixed by the first and last points: the line draws these values at these steps, in order."""
+    assert len(pixels) == len(xs) == len(ys) >= 2
+    (px0, py0), (px1, py1) = pixels[0], pixels[-1]
+    for (px, py), x, y in zip(pixels, xs, ys):
+        assert px == pytest.approx(px0 + (x - xs[0]) * (px1 - px0) / (xs[-1] - xs[0]), abs=0.02)
+        if ys[-1] != ys[0]:
+            assert py == pytest.approx(py0 + (y - ys[0]) * (py1 - py0) / (ys[-1] - ys[0]), abs=0.02)
+    assert px1 > px0 and (ys[-1] == ys[0] or (py1 - py0) * (ys[-1] - ys[0]) < 0)
+
+
+def test_curve_picker_in_chromium(browser, tmp_path):
+    """Picking a cell draws its loss, lr and evaluation curves from the blob; the picker follows the filters."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    ids = ["lora-m1-t1-1", "lora-m1-t1-2", "full-m1-t1-1", "lora-m1-t2-1"]
+    write_store(tmp_path / "results", survey_records())
+    write_curves(tmp_path / "results", ids)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["html"])
+    data = explore_data((tmp_path / "reports" / "hand" / "index.html").read_text())
+    assert sorted(c["id"] for c in data["cells"]) == sorted(ids)
+    browser.get((tmp_path / "reports" / "hand" / "index.html").as_uri())
+    pick = Select(browser.find_element(By.ID, "explore-curve-pick"))
+    assert sorted(data["cells"][int(o.get_attribute("value"))]["id"] for o in pick.options) == sorted(ids)
+
+    first = next(k for k, c in enumerate(data["cells"]) if c["id"] == "lora-m1-t1-1")
+    pick.select_by_value(str(first))
+    curve = data["cells"][first]["curve"]
+    assert curve["step"] == list(range(1, 41)) and curve["stored"] == 40  # 40 steps: one point each
+    for series in ("loss", "lr", "grad_norm", "tokens_per_s"):
+        assert_affine(drawn_points(browser, series), curve["step"], curve[series])
+    assert curve["loss"][-1] == pytest.approx(2 * 0.9 ** 40, rel=1e-3)
+    assert_affine(drawn_points(browser, "eval"), curve["eval_step"], curve["eval"])
+    assert curve["eval"] == [55.0, 60.0, 65.0, 70.0]
+    title = browser.find_element(By.CSS_SELECTOR, '#explore-curves svg[data-series="eval"]').get_attribute("aria-label")
+    assert title == "main metric during training (selection split)"
+
+    other = next(k for k, c in enumerate(data["cells"]) if c["id"] == "lora-m1-t1-2")
+    pick.select_by_value(str(other))  # the second cell: its loss is the first's + 1, and it has no gradient norm
+    second = data["cells"][other]["curve"]
+    assert second["loss"] == pytest.approx([v + 1 for v in curve["loss"]], abs=2e-3)  # both to 4 digits
+    assert_affine(drawn_points(browser, "loss"), second["step"], second["loss"])
+    assert drawn_points(browser, "grad_norm") == []
+    assert "not recorded" in browser.find_element(By.CSS_SELECTOR, '#explore-curves svg[data-series="grad_norm"]').text
+    assert "lora-m1-t1-2: 40 training points from the 40" in browser.find_element(By.ID, "explore-curve-note").text
+
+    # the filters narrow the picker to the cells of the rows shown; its choice stays while listed
+    Select(browser.find_element(By.ID, "explore-filter-task")).select_by_value("t1")
+    assert sorted(data["cells"][int(o.get_attribute("value"))]["id"] for o in pick.options) == sorted(ids[:3])
+    assert pick.first_selected_option.get_attribute("value") == str(other)
+    Select(browser.find_element(By.ID, "explore-filter-method")).select_by_value("full")
+    assert [data["cells"][int(o.get_attribute("value"))]["id"] for o in pick.options] == ["full-m1-t1-1"]
+    assert len(drawn_points(browser, "loss")) == 40
     assert console_errors(browser) == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0

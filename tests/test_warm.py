@@ -175,7 +175,8 @@ def test_grid_modules_are_the_cells_architectures_and_metric_libraries():
     from bench.run.executors.cells import grid_modules
 
     smoke = grid.expand(load_suite("smoke"))
-    assert grid_modules(smoke) == ["transformers.models.bert.modeling_bert"]  # MiniLM-L6; accuracy needs no library
+    # MiniLM-L6 and the tiny GPT-2 (its forgetting cells); accuracy needs no library
+    assert grid_modules(smoke) == ["transformers.models.bert.modeling_bert", "transformers.models.gpt2.modeling_gpt2"]
     ci = grid.expand(load_suite("ci"))
     assert grid_modules(ci) == sorted({"transformers.models.roberta.modeling_roberta",
                                        "transformers.models.t5.modeling_t5", "transformers.models.gpt2.modeling_gpt2"})

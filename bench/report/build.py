@@ -36,6 +36,7 @@ class Report:
     curves: list[Table] = field(default_factory=list)  # how fast each method learns (bench/report/curves.py)
     crosslingual: list[Table] = field(default_factory=list)  # by train and test language (report/crosslingual.py)
     multitask: list[Table] = field(default_factory=list)  # mixtures beside per-task training (report/multitask.py)
+    training_curves: dict[str, dict] = field(default_factory=dict)  # by cell id: bench/cell/curves.read_curve
     plots: list[Plot] = field(default_factory=list)
     description: str | None = None  # the suite file's `description`: what the suite is and is not, said first
 
@@ -108,6 +109,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
     report.curves = curve_tables(frame, curves or {})
     report.crosslingual = transfer_tables(frame)
     report.multitask = multitask_tables(frame, stages)
+    report.training_curves = curves or {}
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")
                                 + curve_plots(frame, curves or {}, folder / "plots")

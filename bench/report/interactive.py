@@ -1,10 +1,11 @@
 """index.html's Explore section: every ok result in one table a reader can sort and filter (by model, task,
-family and method), and a Pareto plot of the rows shown, on two axes the reader picks.
+family and method), a Pareto plot of the rows shown, on two axes the reader picks, and the training curves of
+a cell the reader picks among the rows shown (bench/report/explore_curves.py).
 
 A row is an aggregate of bench/report/aggregate.py (one per model, task, method label and shots: means over
 the ok seeds), never a raw record; a cell without an ok seed is left out and named under the table. The
 table is rendered here in full, so without JavaScript the page shows it as a static table. The data goes
-into the page once, as a JSON blob; assets/explore.js, embedded inline, sorts, filters and draws from it.
+into the page once, as a JSON blob; assets/*.js (SCRIPTS), embedded inline, sort, filter and draw from it.
 Nothing is fetched when the page is viewed.
 """
 
@@ -23,6 +24,7 @@ import pandas as pd
 from bench import fmt
 from bench.figures import shown_in
 from bench.fmt import missing
+from bench.report.explore_curves import curve_blob
 from bench.report.style import FAMILY_STYLE, OTHER_STYLE
 from bench.report.tables import display_label, family_name, status_text
 
@@ -56,9 +58,12 @@ def numeric_columns() -> list[NumericColumn]:
 DEFAULT_AXES = ("params.trainable", "score")  # as the static params plot: trainable params (log) vs score
 TEXT_COLUMNS = [("model", "Model"), ("task", "Task"), ("family", "Family"), ("method", "Method"),
                 ("metric", "Metric")]
-SCRIPT = files("bench.report").joinpath("assets/explore.js").read_text(encoding="utf-8")
+# One inline script: the shared helpers, the curve picker (listening before the explorer announces its rows),
+# the explorer.
+SCRIPTS = ("plotkit.js", "curves.js", "explore.js")
+SCRIPT = "\n".join(files("bench.report").joinpath("assets", name).read_text(encoding="utf-8") for name in SCRIPTS)
 if "</script" in SCRIPT.lower():  # inlined verbatim, it would end its element early
-    raise RuntimeError("bench/report/assets/explore.js must not contain '</script'")
+    raise RuntimeError("bench/report/assets/*.js must not contain '</script'")
 
 CSS = """
 .explore-controls { display: flex; flex-wrap: wrap; gap: 0.4em 1.2em; align-items: center; margin: 0.6em 0; }
@@ -79,6 +84,11 @@ CSS = """
 .explore-plot .point.on-front path { stroke-width: 2; }
 .explore-plot .point.on-front circle.ring { fill: none; stroke: #d00; stroke-width: 1.5; }
 .explore-plot .point:hover path { stroke-width: 2.5; }
+.curve-panels { display: flex; flex-wrap: wrap; gap: 0.5em 1em; }
+.explore-controls #explore-curve-pick { max-width: none; }
+.curve-panel text { font: 11px system-ui, sans-serif; fill: #1a1a1a; } .curve-panel .grid { stroke: #e4e4e4; }
+.curve-panel .frame { fill: none; stroke: #333; }
+.curve-panel .curve-line { fill: none; stroke: #1f5fa8; stroke-width: 1.5; } .curve-panel .curve-dot { fill: #1f5fa8; }
 """
 
 
@@ -198,14 +208,18 @@ def explore_html(report) -> str:
     if rows.empty:
         return "<p>No cell has an ok seed yet: nothing to explore.</p>" + left_out_html(no_ok)
     data = blob(rows)
+    data["cells"], cells_of = curve_blob(report.frame, rows, report.training_curves)
+    for item, cells in zip(data["rows"], cells_of):
+        item["cells"] = cells
     caption = ("One row per model, task, method and shots: means over the seeds that ended ok (Score: mean ± "
                "std of the task's main metric, 0-100). A dash is a figure no record has, never a zero.")
-    hint = ("Click a header to sort (empty values stay last); the selects filter the table and the Pareto plot "
-            "below it.")
+    hint = ("Click a header to sort (empty values stay last); the selects filter the table, the Pareto plot "
+            "below it and the cells whose training curves you can pick.")
     # Elements of class needs-script stay hidden unless the script runs (and fills them in).
     return (f'<p class="caption">{escape(caption)} <span class="needs-script" hidden>{escape(hint)}</span></p>\n'
             '<div id="explore-controls" class="explore-controls needs-script" hidden></div>\n'
             f"{table_html(rows, data)}\n{left_out_html(no_ok)}"
             '<div id="explore-plot" class="explore-plot needs-script" hidden></div>\n'
-            f'<script type="application/json" id="explore-data">{script_json(data)}</script>\n'
+            + ('<div id="explore-curves" class="explore-plot needs-script" hidden></div>\n' if data["cells"] else "")
+            + f'<script type="application/json" id="explore-data">{script_json(data)}</script>\n'
             f"<script>{SCRIPT}</script>\n")

@@ -79,14 +79,14 @@ def plan(cells: list[Cell], store: Store, force: bool = False, retry_failed: boo
     return todo, skip
 
 
-def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
-    """Store the records cell processes finished while their runner died; returns (count, notes).
+def adopt_incoming(store: Store, suites: set[str]) -> tuple[list[str], list[str]]:
+    """Store the records cell processes finished while their runner died; returns (their cell ids, notes).
 
     A leftover whose cell is locked by a live runner is that runner's and stays. A record is adopted
     only where the store has none or an older one (history keeps the replaced one); output logs and
     partial records of cells no runner holds are removed once their record is settled.
     """
-    adopted, notes = 0, []
+    adopted, notes = [], []
     for suite in sorted(suites):
         folder = store.suite_dir(suite) / INCOMING
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -106,7 +106,7 @@ def adopt_incoming(store: Store, suites: set[str]) -> tuple[int, list[str]]:
             if current is None or needs_run(current, False) or \
                     str(current.get("created_at") or "") < str(record.get("created_at") or ""):
                 store.write(record)
-                adopted += 1
+                adopted.append(cell_id)
                 notes.append(f"adopted {suite}/{cell_id} ({record['status']}), finished after its runner died")
             path.unlink(missing_ok=True)
         for leftover in sorted([*folder.glob("*.log"), *folder.glob("*.partial")]) if folder.is_dir() else []:
@@ -138,10 +138,14 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
     summary = GridSummary(total=len(cells))
     if steal:
         summary.notes += steal_locks(cells, store)
-    summary.adopted, notes = adopt_incoming(store, {c.suite for c in cells})
+    adopted, notes = adopt_incoming(store, {c.suite for c in cells})
+    summary.adopted = len(adopted)
     summary.notes += notes
     todo, skip = plan(cells, store, force, retry_failed, recorded)
     summary.skipped = len(skip)
+    if trackers:  # the cells this run does not run are in the trackers too (bench/run/trackers/base.py: ORIGINS)
+        trackers.log_stored([(r, "adopted" if c.id in adopted else "recorded") for c in skip
+                             if (r := store.read(c.suite, c.id)) is not None])
     planned = {c.id: store.stamp(c.suite, c.id) for c in todo}  # what each record was when planned
     bar = tqdm(total=len(cells), initial=len(skip), desc="grid", unit="cell", disable=quiet, position=0,
                dynamic_ncols=True)

@@ -2,10 +2,11 @@
 // Reads the JSON blob #explore-data; sorts and filters the server-rendered #explore-table (rows keep
 // their data-row index into the blob) and draws a Pareto plot of the rows shown as inline SVG.
 // Without JavaScript the table stays as rendered, so only sorting, filtering and this plot are lost.
+// Its helpers come from plotkit.js, embedded before it in the same script element.
 (function () {
   "use strict";
-  const SVG = "http://www.w3.org/2000/svg";
-  const data = JSON.parse(document.getElementById("explore-data").textContent);
+  const { isNumber, element, svg, makeScale, tickText } = Plotkit;
+  const data = Plotkit.exploreData();
   const table = document.getElementById("explore-table");
   const tbody = table.tBodies[0];
   const controls = document.getElementById("explore-controls");
@@ -17,21 +18,6 @@
   let shown = []; // blob indices of the rows the filters let through
 
   const rowOf = (tr) => data.rows[Number(tr.dataset.row)];
-  const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
-
-  function element(tag, attrs, text) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
 
   // ---- sorting: numbers as numbers, text in natural order; empty values last in both directions
   function sortValue(tr, key, numeric) {
@@ -131,60 +117,6 @@
     const dominates = (a, b) => a[0] <= b[0] && a[1] >= b[1] && (a[0] < b[0] || a[1] > b[1]);
     const front = p.map((_, i) => i).filter((i) => !p.some((q) => dominates(q, p[i])));
     return front.sort((i, j) => p[i][0] - p[j][0] || p[j][1] - p[i][1]);
-  }
-
-  // ---- scales and ticks
-  function niceStep(span) {
-    const raw = span / 5;
-    const power = Math.pow(10, Math.floor(Math.log10(raw)));
-    const m = raw / power;
-    return (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10) * power;
-  }
-
-  function makeScale(values, log, from, to) {
-    const t = log ? Math.log10 : (v) => v;
-    let lo = Math.min(...values.map(t));
-    let hi = Math.max(...values.map(t));
-    if (hi === lo) { // one value: a window around it
-      const pad = log ? 0.5 : Math.abs(lo) * 0.1 || 1;
-      lo -= pad; hi += pad;
-    } else {
-      const pad = (hi - lo) * 0.06;
-      lo -= pad; hi += pad;
-    }
-    const map = (v) => from + ((t(v) - lo) / (hi - lo)) * (to - from);
-    return { map, ticks: log ? logTicks(lo, hi) : linearTicks(lo, hi) };
-  }
-
-  function linearTicks(lo, hi) {
-    const step = niceStep(hi - lo);
-    const ticks = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
-    return ticks;
-  }
-
-  function logTicks(lo, hi) { // lo, hi: log10 of the ends
-    let ticks = [];
-    for (const mantissas of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
-      ticks = [];
-      for (let k = Math.floor(lo); k <= Math.ceil(hi); k++) {
-        for (const m of mantissas) {
-          const v = m * Math.pow(10, k);
-          if (Math.log10(v) >= lo && Math.log10(v) <= hi) ticks.push(Number(v.toPrecision(12)));
-        }
-      }
-      if (ticks.length >= 3) break;
-    }
-    return ticks.length >= 2 ? ticks : linearTicks(Math.pow(10, lo), Math.pow(10, hi)).filter((v) => v > 0);
-  }
-
-  function tickText(v, unit) {
-    if (unit === "count") {
-      for (const [suffix, size] of [["B", 1e9], ["M", 1e6], ["K", 1e3]]) {
-        if (Math.abs(v) >= size) return Number((v / size).toPrecision(3)) + suffix;
-      }
-    }
-    return String(Number(v.toPrecision(4)));
   }
 
   // ---- markers: the static plots' shape per family (greyscale-readable), filled with its colour
@@ -322,6 +254,8 @@
   function update() {
     applyFilters();
     draw();
+    // curves.js lists the cells of the rows shown
+    document.dispatchEvent(new CustomEvent("explore-shown", { detail: shown }));
   }
 
   makeSortable();

@@ -15,6 +15,7 @@ sees them).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib.util
 import json
 import math
@@ -31,9 +32,18 @@ from bench.run.store import CURVES, flatten
 
 
 class Tracker(Protocol):
-    def log_cell(self, record: dict, curve: dict | None) -> None: ...
+    def log_cell(self, record: dict, curve: dict | None, origin: str) -> None: ...
+
+    def logged_keys(self) -> set[str]:
+        """The record_key of every record this tracker's folder holds a run of (read once per run_grid)."""
 
     def close(self) -> None: ...
+
+
+# Where a logged record comes from: this run ran its cell; this run stored it from the spool of a runner that died
+# (adopted); or the store held it before this run, which skipped its cell (recorded). A resumed grid so shows
+# every cell in the tracker, the ones it did not run included, each run's `origin` saying which.
+ORIGINS = ("ran", "adopted", "recorded")
 
 
 @dataclass(frozen=True)
@@ -67,32 +77,57 @@ class Trackers:
         self.curves = curves
         self.failed: set[str] = set()  # trackers whose first failure was printed
         self.missed = {name: 0 for name, _ in opened}  # cells each tracker missed since the last `notes()`
+        self.known = {name: 0 for name, _ in opened}  # records not ran here that each tracker already held
 
     def __bool__(self) -> bool:
         return bool(self.opened)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict, origin: str = "ran", skip: set[str] | None = None) -> None:
+        """Log `record` to each tracker, but to those named in `skip` (they hold it already)."""
         curve = None
         if self.curves is not None:
             from bench.cell.curves import read_curve
 
             curve = read_curve(self.curves / f"{record['cell']['id']}.jsonl")
         for name, tracker in self.opened:
-            try:
-                tracker.log_cell(record, curve)
-            except Exception as e:  # noqa: BLE001 (a tracker's failure is never the grid's)
-                self.missed[name] += 1
-                if name not in self.failed:
-                    self.failed.add(name)
-                    print(f"--log-to {name}: could not log cell {record['cell']['id']} ({type(e).__name__}: {e}); "
-                          "the grid goes on, its records are stored, and the cells this tracker misses are "
-                          "counted at the end", file=sys.stderr, flush=True)
+            if skip and name in skip:
+                self.known[name] += 1
+                continue
+            self._call(name, record["cell"]["id"], tracker.log_cell, record, curve, origin)
+
+    def log_stored(self, records: list[tuple[dict, str]]) -> None:
+        """Records of cells this run does not run, with their origin (ORIGINS): each logged to every tracker that
+        does not hold a run of it yet (by record_key), so rerunning a grid logs nothing twice where a tracker can
+        tell, and a grid resumed with a new --log-to fills the tracker with its earlier cells."""
+        if not (self.opened and records):
+            return
+        held = {name: self._call(name, "(reading what it holds)", tracker.logged_keys) or set()
+                for name, tracker in self.opened}
+        for record, origin in records:
+            key = record_key(record)
+            self.log(record, origin, {name for name, keys in held.items() if key in keys})
+
+    def _call(self, name: str, cell_id: str, function, *args):
+        try:
+            return function(*args)
+        except Exception as e:  # noqa: BLE001 (a tracker's failure is never the grid's)
+            self.missed[name] += 1
+            if name not in self.failed:
+                self.failed.add(name)
+                print(f"--log-to {name}: could not log cell {cell_id} ({type(e).__name__}: {e}); the grid goes "
+                      "on, its records are stored, and the cells this tracker misses are counted at the end",
+                      file=sys.stderr, flush=True)
+            return None
 
     def notes(self) -> list[str]:
-        """A line per tracker that missed cells since the last call (the runner adds them to its summary)."""
+        """A line per tracker that missed cells, or already held cells recorded earlier, since the last call (the
+        runner adds them to its summary)."""
         lines = [f"--log-to {name}: {n} cell(s) not logged (the first error is printed above)"
                  for name, n in self.missed.items() if n]
+        lines += [f"--log-to {name}: {n} cell(s) recorded earlier were logged already, not logged again"
+                  for name, n in self.known.items() if n]
         self.missed = dict.fromkeys(self.missed, 0)
+        self.known = dict.fromkeys(self.known, 0)
         return lines
 
     def close(self) -> None:
@@ -144,9 +179,16 @@ def _importable(package: str) -> bool:
         return False
 
 
-def config_params(record: dict) -> dict[str, Any]:
+def record_key(record: dict) -> str:
+    """What tells one record from every other: 16 hex digits of the SHA-256 of its cell id and creation time
+    (a rerun of a cell is another record, and is logged again)."""
+    text = f"{record['cell']['id']}\n{record.get('created_at')}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def config_params(record: dict, origin: str) -> dict[str, Any]:
     """The cell's resolved config flattened: `train.lr`, `method.config.r`, ...; lists as JSON text, and the
-    cell's own fields (label, method, model, task, seed, status) beside it."""
+    cell's own fields (label, method, model, task, seed, status), `origin` (ORIGINS) and `record_key` beside it."""
     cell = record["cell"]
     params: dict[str, Any] = {}
 
@@ -163,6 +205,8 @@ def config_params(record: dict) -> dict[str, Any]:
     for key in ("id", "label", "method", "model", "task", "seed"):
         params[f"cell.{key}"] = cell.get(key)
     params["status"] = record["status"]
+    params["origin"] = origin
+    params["record_key"] = record_key(record)
     return params
 
 

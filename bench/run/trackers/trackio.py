@@ -2,7 +2,8 @@
 results/<suite>/trackio/<suite>.db (`TRACKIO_DIR=results/<suite>/trackio trackio show --project <suite>`). Local
 mode: no Space, no server (TRACKIO_SPACE_ID and TRACKIO_SERVER_URL are ignored), no CPU/GPU sampling threads.
 
-trackio has no tags nor summary: the status is in the run's config (and `cell/ok`, 1 or 0, at step 0), the curve
+trackio has no tags nor summary: the status, origin and record_key (how the tracker tells which records it holds)
+are in the run's config (and `cell/ok`, 1 or 0, at step 0), the curve
 is logged at its steps and the figures at the cell's last step. trackio reads TRACKIO_DIR once, when imported, into
 module globals; a process that imported it before (another results folder) has those globals pointed at this
 folder.
@@ -30,10 +31,10 @@ class TrackioTracker:
         self.trackio = trackio
         self.suite = suite
 
-    def log_cell(self, record: dict, curve: dict | None) -> None:
+    def log_cell(self, record: dict, curve: dict | None, origin: str) -> None:
         trackio = self.trackio
         with contextlib.redirect_stdout(io.StringIO()):  # trackio prints a banner per run: the grid's output wins
-            run = trackio.init(project=self.suite, name=record["cell"]["id"], config=config_params(record),
+            run = trackio.init(project=self.suite, name=record["cell"]["id"], config=config_params(record, origin),
                                auto_log_cpu=False, auto_log_gpu=False, embed=False)
             try:  # trackio keeps a run only once it has a log: cell/ok makes one of a cell that never trained
                 run.log({"cell/ok": float(record["status"] == "ok")}, step=0)
@@ -43,6 +44,11 @@ class TrackioTracker:
                     run.log(figures(record), step=last_step(record, curve))
             finally:
                 trackio.finish()
+
+    def logged_keys(self) -> set[str]:
+        from trackio.sqlite_storage import SQLiteStorage
+
+        return {c["record_key"] for c in SQLiteStorage.get_all_run_configs(self.suite).values() if "record_key" in c}
 
     def close(self) -> None:
         pass

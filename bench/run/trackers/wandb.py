@@ -1,5 +1,6 @@
 """`--log-to wandb`: each cell an offline W&B run in results/<suite>/wandb/offline-run-*/ (project: the suite, name:
-the cell id; `wandb sync` uploads them later, if ever). Nothing reaches the network.
+the cell id, id: its record_key, so the folder's name tells which records it holds; `wandb sync` uploads them
+later, if ever). Nothing reaches the network.
 
 A run holds the config (flattened, as the other trackers do) with the status as its tag, the curve as history at
 its steps, and the figures in the run's summary (W&B's place for a run's final values); a cell that is not ok has
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.run.trackers.base import TrackerSpec, config_params, curve_steps, figures, register
+from bench.run.trackers.base import TrackerSpec, config_params, curve_steps, figures, record_key, register
 
 
 class WandbTracker:
@@ -32,10 +33,11 @@ class WandbTracker:
         self.settings = wandb.Settings(mode="offline", console="off", silent=True, x_disable_stats=True,
                                        save_code=False, disable_git=True, disable_job_creation=True)
 
-    def log_cell(self, record: dict, curve: dict | None) -> None:
+    def log_cell(self, record: dict, curve: dict | None, origin: str) -> None:
         hook = sys.excepthook  # wandb.init installs its own and leaves it: the runner's process keeps its own
-        run = self.wandb.init(project=self.suite, name=record["cell"]["id"], dir=str(self.folder.parent),
-                              config=config_params(record), tags=[record["status"]], settings=self.settings)
+        run = self.wandb.init(project=self.suite, name=record["cell"]["id"], id=record_key(record),
+                              dir=str(self.folder.parent), config=config_params(record, origin),
+                              tags=[record["status"], origin], settings=self.settings)
         try:
             for step, values in curve_steps(curve):
                 run.log(values, step=step)
@@ -43,6 +45,9 @@ class WandbTracker:
         finally:
             run.finish(exit_code=0 if record["status"] == "ok" else 1)
             sys.excepthook = hook
+
+    def logged_keys(self) -> set[str]:
+        return {path.name.rsplit("-", 1)[-1] for path in self.folder.glob("offline-run-*")}
 
     def close(self) -> None:
         try:  # stops wandb's service process now; at interpreter exit wandb's own hook may have done it first
