@@ -304,7 +304,9 @@ _FIGURES = [
            "the last step, `keep_best` applied): the same pieces, computed the same way. Null when training "
            "diverged.", tasks="mean"),
     Figure("forgetting", "delta", "nats", "loss", "`lm_loss_after − lm_loss_before`: how much fine-tuning raised "
-           "the model's loss on general text (negative: it fell).", tasks="mean"),
+           "the model's loss on general text (negative: it fell).", tasks="mean",
+           shown=(Shown("explore", "Forgetting (nats)", axis="forgetting (Δ loss, nats)", better="lower",
+                        unit="nats"),)),
     Figure("forgetting", "objective", "text", "exact", "`causal` for a decoder: each piece is the input and every "
            "token after its first is predicted from those before it; `prefix` for an encoder-decoder (the T5 "
            "paper's prefix LM, not its span corruption): the encoder reads the piece's first ⌈n/2⌉ tokens, the "

@@ -75,7 +75,8 @@ def test_explore_rows_are_the_ok_aggregates(tmp_path):
     table = html[html.index('<table id="explore-table">'):]
     table = table[:table.index("</table>")]
     assert table.count("<tr data-row=") == 10
-    assert table.count('<td class="num">–</td>') == 20  # no latency, no time to training recorded: a dash, never 0
+    # no latency, no time to training, no forgetting recorded: a dash, never 0
+    assert table.count('<td class="num">–</td>') == 30
     assert '<td class="num">2 of 3 (failed)</td>' not in table and "2 of 3 (failed)" in table
     assert 'id="explore-controls" class="explore-controls needs-script" hidden' in html  # the script reveals it
     assert 'id="explore-plot" class="explore-plot needs-script" hidden' in html
@@ -361,3 +362,14 @@ def test_curve_picker_in_chromium(browser, tmp_path):
     assert len(drawn_points(browser, "loss")) == 40
     assert console_errors(browser) == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+
+def test_explore_shows_forgetting_as_the_mean_over_ok_seeds(tmp_path):
+    """forgetting.delta (train.forgetting) is an explore column and axis: the mean of the ok seeds' deltas."""
+    records = [r for r in survey_records() if r["cell"]["label"] == "lora" and r["cell"]["task"] == "t1"]
+    for r, delta in zip(records, (0.25, 0.5, 0.75)):
+        r["forgetting"] = {"lm_loss_before": 3.0, "lm_loss_after": 3.0 + delta, "delta": delta}
+    data = explore_data(render(tmp_path, records))
+    (row,) = data["rows"]
+    assert row["values"]["forgetting.delta"] == pytest.approx(0.5)
+    assert "forgetting (Δ loss, nats)" in json.dumps(data, ensure_ascii=False)
