@@ -59,7 +59,7 @@ def _die_with_parent() -> None:
 
 
 def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
-                  device: str | None) -> None:
+                  device: str | None, budget: int | None) -> None:
     _die_with_parent()
     os.setpgid(0, 0)  # a process group of its own: a kill reaches what the cell started too (CellProcess.kill)
     if device is not None:  # before anything initialises CUDA, which reads it once
@@ -72,6 +72,10 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
     import faulthandler
 
     faulthandler.enable()  # a segfault still leaves a Python traceback in the output
+    if budget is not None:  # before the cell allocates anything on its device
+        from bench.cell.device_budget import hold_to_budget
+
+        hold_to_budget(budget)
     from bench.cell.recipe import run_cell
     from bench.files import atomic_write
 
@@ -93,14 +97,16 @@ def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
 class CellProcess:
     """One cell running in a process of its own: start it, `poll` until it gives its record, or `kill`."""
 
-    def __init__(self, cell: Cell, spool: Path, quiet: bool, device: str | None = None, show: bool = True):
+    def __init__(self, cell: Cell, spool: Path, quiet: bool, device: str | None = None, show: bool = True,
+                 budget: int | None = None):
+        """`budget`: the bytes the cell's CUDA allocator is held to (bench.run.packing); None: its whole device."""
         self.cell, self.device, self.quiet, self.show = cell, device, quiet, show
         spool.mkdir(parents=True, exist_ok=True)
         self.out, self.log, self.partial = spool_files(spool, cell.id)
         self.log.write_bytes(b"")
         self.kills_before = oom_kills()
         self.proc = _context().Process(target=_run_in_child, name=f"cell-{cell.id}", args=(
-            cell, quiet, str(self.out), str(self.log), str(self.partial), device))
+            cell, quiet, str(self.out), str(self.log), str(self.partial), device, budget))
         self.output = open(self.log, "rb")
         self.proc.start()  # returns once the fork server has forked the cell: the deadline starts now
         self.started = time.monotonic()
