@@ -354,3 +354,19 @@ def test_the_report_opens_with_what_the_suite_is(tmp_path):
     from bench.plan.suite import raw_suite
 
     assert "Toy scale" in raw_suite("smoke")["description"]
+
+
+def test_a_time_measured_beside_other_cells_on_its_device_is_marked_shared(tmp_path):
+    records = survey_records()
+    for r in records:
+        r["env"] = {**r["env"], "cells_beside": 0}
+        if r["cell"]["label"] == "lora" and r["cell"]["task"] == "t1" and r["cell"]["seed"] == 2:
+            r["env"]["cells_beside"] = 3  # packed with three others on its GPU
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    rows = {row.split(" | ")[1]: row for row in md_rows(text, "m1: methods compared")}
+    assert rows["lora"].endswith("| 5.0 (shared) [6] |")
+    assert rows["bitfit [3]"].endswith("| **4.0** |") and rows["full"].endswith("| 16.0 |")
+    assert "[6] lora: trained beside up to 3 other cell(s) on the same device (env.cells_beside), so its time is " \
+           "not a time alone" in text

@@ -83,6 +83,18 @@ def figure_cell(row, key: str) -> Cell:
     return Cell(FIGURES[key].show(value), value)
 
 
+def time_cell(table: Table, row, name: str) -> Cell:
+    """The train time, with a note when some of its records ran beside other cells on their device (packed on a
+    GPU, or CPU jobs at once): such a time is slower than alone, and comparable only with times measured alike."""
+    cell = figure_cell(row, "time.train_s")
+    beside = row.get("cells_beside")
+    if not missing(beside) and beside > 0 and not missing(cell.value):
+        cell.text += " (shared)"
+        cell.notes.append(table.note(f"{name}: trained beside up to {int(beside)} other cell(s) on the same device "
+                                     "(env.cells_beside), so its time is not a time alone"))
+    return cell
+
+
 def peak_header(rows: pd.DataFrame, unit: str, name: str = "Peak memory") -> tuple[str, bool]:
     """The peak-memory header naming its figure, and whether cells must name theirs (mixed sources)."""
     sources = set(rows["memory.peak_source"].dropna())
@@ -142,7 +154,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells += [delta_cell(row, references[i])] if with_delta else []
             cells += [figure_cell(row, "params.method"), figure_cell(row, "params.method_pct"),
                       figure_cell(row, "params.stored_bytes"), peak_cell(row, 2**30, name_source),
-                      figure_cell(row, "time.train_s")]
+                      time_cell(table, row, name)]
             table.add(family_name(row), cells)
         table.mark_best()
         tables.append(table)
