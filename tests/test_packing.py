@@ -16,8 +16,16 @@ from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.run.executors import local
 from bench.run.executors.local import LocalExecutor
-from bench.run.packing import CONTEXT_BYTES, MEMORY_MARGIN, MIB, OTHER_BYTES, Packer, Placement, cell_budget
-from bench.run.packing import packing_order
+from bench.run.packing import (
+    CONTEXT_BYTES,
+    MEMORY_MARGIN,
+    MIB,
+    OTHER_BYTES,
+    Packer,
+    Placement,
+    cell_budget,
+    packing_order,
+)
 from bench.run.runner import run_grid
 from bench.run.store import Store
 
@@ -222,3 +230,33 @@ def test_a_cell_is_claimed_only_when_it_can_start(cells_of, tmp_path):
     for cell, record in executor.submit(handed(), lambda c: tmp_path / "spool", cells):
         events.append(("done", cell.label))
     assert events == [("taken", "full"), ("done", "full"), ("taken", "lora"), ("done", "lora")]
+
+
+def test_a_cell_holds_its_allocator_to_its_budget(monkeypatch):
+    """The fraction set is budget / the device's memory (at most 1); without CUDA there is nothing to hold."""
+    import torch
+
+    from bench.cell.device_budget import hold_to_budget
+
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * GIB}))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: set_to.append((f, d)))
+    assert hold_to_budget(20 * GIB) == 0.25 and hold_to_budget(100 * GIB) == 1.0
+    assert set_to == [(0.25, 0), (1.0, 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hold_to_budget(20 * GIB) is None and len(set_to) == 2
+    with pytest.raises(ValueError):
+        hold_to_budget(0)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_a_cell_past_its_budget_runs_out_of_memory_alone():
+    """In a process of its own (the fraction is the process's): 256 MiB of budget, a 512 MiB tensor refused."""
+    import subprocess
+
+    code = ("import torch; from bench.cell.device_budget import hold_to_budget; hold_to_budget(256 * 2**20)\n"
+            "try:\n    torch.empty(512 * 2**20, dtype=torch.uint8, device='cuda')\nexcept torch.OutOfMemoryError:\n"
+            "    print('refused')\nx = torch.empty(128 * 2**20, dtype=torch.uint8, device='cuda'); print('held')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["refused", "held"], done.stderr
