@@ -84,14 +84,19 @@ def figure_cell(row, key: str) -> Cell:
 
 
 def time_cell(table: Table, row, name: str) -> Cell:
-    """The train time, with a note when some of its records ran beside other cells on their device (packed on a
-    GPU, or CPU jobs at once): such a time is slower than alone, and comparable only with times measured alike."""
-    cell = figure_cell(row, "time.train_s")
+    """The train time, marked where it was measured beside other cells (`shared`)."""
+    return shared(table, row, name, figure_cell(row, "time.train_s"))
+
+
+def shared(table: Table, row, name: str, cell: Cell) -> Cell:
+    """A timing `cell` of `row`, with a note when some of its records ran beside other cells on their device
+    (packed on a GPU, or CPU jobs at once): such a timing is slower than alone, and comparable only with timings
+    measured alike."""
     beside = row.get("cells_beside")
     if not missing(beside) and beside > 0 and not missing(cell.value):
         cell.text += " (shared)"
         cell.notes.append(table.note(f"{name}: trained beside up to {int(beside)} other cell(s) on the same device "
-                                     "(env.cells_beside), so its time is not a time alone"))
+                                     "(env.cells_beside), so its timings are not timings alone"))
     return cell
 
 
@@ -241,7 +246,8 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
             cells = [Cell(family_name(row)), Cell(display_label(row)), Cell(row["task"])]
             cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
             cells.append(peak_cell(row, scale, name_source))
-            cells += [Cell(shown.text(f, row[f.key]), row[f.key]) for f, shown in speed]
+            where = f"{display_label(row)} on {row['task']}"
+            cells += [shared(table, row, where, Cell(shown.text(f, row[f.key]), row[f.key])) for f, shown in speed]
             table.add(family_name(row), cells)
         tables.append(table)
     return tables
