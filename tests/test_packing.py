@@ -114,10 +114,13 @@ def test_the_room_is_asked_of_nvidia_smi_never_of_cuda(monkeypatch):
     assert "torch" not in sys.modules or not __import__("torch").cuda.is_initialized()
 
 
-def test_pack_must_be_memory_or_off():
+def test_pack_must_be_memory_or_off_and_comes_with_gpus():
     with pytest.raises(BadInput, match="--pack 'tight': give one of memory, off") as error:
         local._build(quiet=True, jobs=1, gpus=None, pack="tight")
     assert error.value.where == "--pack"  # the flag is named as where the input was wrong
+    with pytest.raises(BadInput, match="--pack places cells on GPUs: give --gpus too"):
+        local._build(quiet=True, jobs=2, gpus=None, pack="off")
+    assert local._build(quiet=True, jobs=2, gpus=None, pack=None).rooms is None
 
 
 # Real cell processes, pinned to GPUs no machine has, packed by a stated prediction.
@@ -260,3 +263,18 @@ def test_on_a_gpu_a_cell_past_its_budget_runs_out_of_memory_alone():
             "    print('refused')\nx = torch.empty(128 * 2**20, dtype=torch.uint8, device='cuda'); print('held')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["refused", "held"], done.stderr
+
+
+def test_gpus_pack_by_memory_unless_told_off_or_nvidia_smi_cannot_say(monkeypatch, capsys):
+    import subprocess
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90,91")
+    monkeypatch.setattr(subprocess, "run", lambda args, **k: subprocess.CompletedProcess(args, 0, "81559, 559\n", ""))
+    memory = lambda cell: None  # noqa: E731 (the prediction is not asked for while building)
+    packed_executor = local._build(quiet=True, jobs=1, gpus="all", pack=None, predicted_memory=memory)
+    assert packed_executor.rooms == {"90": 81000 * MIB, "91": 81000 * MIB} and packed_executor.devices == NO_GPU
+    assert local._build(quiet=True, jobs=1, gpus="all", pack="off", predicted_memory=memory).rooms is None
+    monkeypatch.setattr(subprocess, "run", lambda args, **k: subprocess.CompletedProcess(args, 6, "", "no such GPU"))
+    assert local._build(quiet=True, jobs=1, gpus="all", pack="memory", predicted_memory=memory).rooms is None
+    said = capsys.readouterr().err
+    assert "nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time" in said

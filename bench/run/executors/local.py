@@ -239,17 +239,20 @@ def device_rooms(devices: list[str]) -> dict[str, int] | None:
     return rooms
 
 
-def _build(quiet: bool, jobs: int, gpus: str | None, pack: str,
+def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None,
            predicted_memory: Callable[[Cell], dict | None] | None = None) -> LocalExecutor:
     if jobs < 1:
         raise BadInput(f"--jobs must be at least 1, got {jobs}", "--jobs")
     if gpus is not None and jobs != 1:
         raise BadInput("give --jobs or --gpus, not both: with --gpus the cells' predicted memory decides how many run "
                        "on each GPU (--pack)", "--jobs")
-    if pack not in PACKING:
+    if pack is not None and pack not in PACKING:
         raise BadInput(f"--pack {pack!r}: give one of {', '.join(PACKING)}", "--pack")
     if gpus is None:
+        if pack is not None:
+            raise BadInput("--pack places cells on GPUs: give --gpus too", "--pack")
         return LocalExecutor(quiet=quiet, jobs=jobs)
+    pack = pack or PACKING[0]
     devices = parse_gpus(gpus)
     rooms = device_rooms(devices) if pack == "memory" and predicted_memory is not None else None
     if pack == "memory" and rooms is None:
@@ -262,6 +265,6 @@ register(ExecutorSpec("local", "this machine, a process per cell", _build, (
     Option("--jobs", int, "cells at once on CPU, torch threads shared between them", 1),
     Option("--gpus", str, "'all' or GPU indices 0,1,…: cells pinned with CUDA_VISIBLE_DEVICES, as many on each as "
                           "--pack lets"),
-    Option("--pack", str, "with --gpus: 'memory' runs as many cells on a GPU as their predicted memory fits, each held "
-                          "to its budget (docs/scale.md); 'off' one cell per GPU at a time", "memory"),
+    Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
+                          "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
 ), needs_memory=True))
