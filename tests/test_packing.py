@@ -160,6 +160,9 @@ def test_three_cells_share_one_gpu_each_held_to_its_budget(cells_of, tmp_path):
     assert {r["env"]["device_index"] for r in records.values()} == {NO_GPU[0]}
     assert {r["env"]["device_budget_bytes"] for r in records.values()} == {budget}
     assert max(r["env"]["cells_beside"] for r in records.values()) >= 1  # started together: they overlapped
+    from bench.run.exchange import table
+
+    assert set(table(str(store.root), "packing")["env.device_budget_bytes"]) == {budget}  # exported as recorded
 
 
 def test_cells_beside_counts_only_the_cells_on_the_same_gpu(cells_of, tmp_path):
