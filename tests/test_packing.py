@@ -81,6 +81,20 @@ def test_a_cell_larger_than_any_device_runs_alone_on_the_largest_empty_one():
     assert packer.place(budget_of(60 * GIB)).device == "1"
 
 
+def test_a_cell_larger_than_any_device_takes_gpus_per_cell_empty_ones():
+    packer = Packer({"0": 40 * GIB, "1": 80 * GIB, "2": 80 * GIB}, gpus_per_cell=2)
+    huge, small = budget_of(100 * GIB), budget_of(1 * GIB)
+    assert packer.place(small).device == "0"
+    sharded = packer.place(huge)
+    assert sharded == Placement("1,2", None) and sharded.alone  # the two largest empty devices, whole
+    assert packer.place(small).device == "0" and packer.place(huge) is None  # "1" and "2" are held
+    packer.release(sharded)
+    assert packer.place(None).device == "1"  # unknown: alone on one device, not sharded
+    assert packer.place(huge) is None  # two empty devices needed, one left
+    with pytest.raises(ValueError):
+        Packer({"0": GIB}, gpus_per_cell=2)
+
+
 def test_an_unknown_prediction_and_a_retry_run_alone():
     packer = Packer({"0": 80 * GIB})
     assert packer.place(None) == Placement("0", None)
@@ -281,3 +295,26 @@ def test_gpus_pack_by_memory_unless_told_off_or_nvidia_smi_cannot_say(monkeypatc
     assert local._build(quiet=True, jobs=1, gpus="all", pack="memory", predicted_memory=memory).rooms is None
     said = capsys.readouterr().err
     assert "nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time" in said
+
+
+def test_a_cell_larger_than_any_gpu_runs_sharded_over_gpus_per_cell(tmp_path):
+    """Two fake GPUs too small for the cell, --gpus-per-cell 2: the cell runs over both (FSDP2, two ranks on gloo
+    here), and every rank computes the same batch's gradients, so its record is the unsharded one's."""
+    path = tmp_path / "sharded.yaml"
+    path.write_text(f"name: packing\nmethods: [full, lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    f"seeds: [1]\ntrain: {TRAIN}\ncell_timeout_s: 300\n")
+    cells = grid.expand(load_suite(str(path)), threads=1)
+    sharded, alone = Store(tmp_path / "sharded"), Store(tmp_path / "alone")
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, GIB),
+                             predicted_memory=lambda cell: {"predicted_peak_bytes": 2 * GIB}, gpus_per_cell=2)
+    assert run_grid(cells, sharded, executor, quiet=True).statuses == {"ok": 2}
+    run_grid(cells, alone, LocalExecutor(quiet=True), quiet=True)
+    for label, record in stored(sharded).items():
+        assert record["env"]["shards"] == 2 and record["env"]["device_index"] == ",".join(NO_GPU)
+        assert record["env"]["device_budget_bytes"] is None and record["env"]["cells_beside"] == 0
+        unsharded = stored(alone)[label]
+        assert record["params"] == unsharded["params"], label
+        assert record["scores"] == unsharded["scores"], label
+        # the mean of two equal gradients is exact in floating point: the same steps, bit for bit
+        assert record["train"]["final_loss"] == unsharded["train"]["final_loss"], label
+        assert record["time"].get("infer_latency_merged_s") is None  # FSDP refuses a merged copy

@@ -28,6 +28,7 @@ from bench.cell.kernels import apply_kernels
 from bench.cell.languages import language_swaps
 from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
+from bench.cell.sharded import shard
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import STATE_FILE, save_adapter
@@ -135,6 +136,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
+    shard(adapted.model)  # a rank of a cell sharded over several GPUs (bench/cell/sharded.py); else nothing
     return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype,
                member_evalsets=members)
 

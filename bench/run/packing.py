@@ -16,8 +16,9 @@ benchmarks/gpu_packing.py measures reserved peak / budget on the GPU, to confirm
 still runs out is retried alone with the whole device (bench/run/executors/local.py), never lost.
 
 Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that needs
-real weights to build) and a cell whose budget exceeds every device's room run alone on an empty device, with no
-limit but the device's own, as every cell ran before packing.
+real weights to build) runs alone on an empty device, with no limit but the device's own, as every cell ran before
+packing. So does a cell whose budget exceeds every device's room, unless `gpus_per_cell` > 1: then it takes that
+many empty devices and runs sharded over them (bench/cell/sharded.py); its placement names them all ("0,1").
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
@@ -52,7 +53,8 @@ def footprint(budget: int) -> int:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a cell runs: its device, and the budget its allocator is held to (None: the whole device, alone)."""
+    """Where a cell runs: its device ("0,1": the devices a sharded cell runs over), and the budget its allocator is
+    held to (None: the whole device, or devices, alone)."""
 
     device: str
     budget: int | None
@@ -67,10 +69,10 @@ class Packer:
     as the run starts). `place` answers where a cell starts now (None: wait for a cell to end), `release` gives
     its room back when it ends."""
 
-    def __init__(self, rooms: dict[str, int]):
-        if not rooms:
-            raise ValueError("no device to pack cells onto")
-        self.rooms = dict(rooms)
+    def __init__(self, rooms: dict[str, int], gpus_per_cell: int = 1):
+        if not rooms or not 1 <= gpus_per_cell <= len(rooms):
+            raise ValueError(f"{gpus_per_cell} GPUs per cell on {len(rooms)} devices")
+        self.rooms, self.gpus_per_cell = dict(rooms), gpus_per_cell
         self.used = {device: 0 for device in rooms}  # bytes of the footprints of the cells running there
         self.cells = {device: 0 for device in rooms}  # cells running there
         self.exclusive: set[str] = set()  # devices a cell holds alone
@@ -82,10 +84,12 @@ class Packer:
     def where(self, budget: int | None, alone: bool = False) -> Placement | None:
         """Where a cell of this budget would start now, or None while no device has room; nothing is taken. A cell
         that shares goes to the device its footprint fills best (the least room left that still fits: big gaps stay
-        for big cells); a cell that runs alone (`alone`, or it cannot share) takes an empty device, the largest."""
+        for big cells); a cell that runs alone (`alone`, or it cannot share) takes an empty device, the largest; one
+        larger than any device takes `gpus_per_cell` empty ones, the largest first."""
         if alone or not self.shares(budget):
-            empty = [d for d in self.rooms if self.cells[d] == 0]
-            return Placement(max(empty, key=lambda d: self.rooms[d]), None) if empty else None
+            count = self.gpus_per_cell if budget is not None and not self.shares(budget) else 1
+            empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
+            return Placement(",".join(empty[:count]), None) if len(empty) >= count else None
         need = footprint(budget)
         fitting = [d for d in self.rooms if d not in self.exclusive and self.used[d] + need <= self.rooms[d]]
         if not fitting:
@@ -98,20 +102,23 @@ class Packer:
         placement = self.where(budget, alone)
         if placement is None:
             return None
-        self.cells[placement.device] += 1
         if placement.alone:
-            self.exclusive.add(placement.device)
+            for device in placement.device.split(","):
+                self.cells[device] += 1
+                self.exclusive.add(device)
         else:
+            self.cells[placement.device] += 1
             self.used[placement.device] += footprint(budget)
         return placement
 
     def release(self, placement: Placement) -> None:
-        device = placement.device
-        self.cells[device] -= 1
         if placement.alone:
-            self.exclusive.discard(device)
+            for device in placement.device.split(","):
+                self.cells[device] -= 1
+                self.exclusive.discard(device)
         else:
-            self.used[device] -= footprint(placement.budget)
+            self.cells[placement.device] -= 1
+            self.used[placement.device] -= footprint(placement.budget)
 
 
 def packing_order(cells: list, budgets: dict[str, int | None]) -> list:

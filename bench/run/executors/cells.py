@@ -11,6 +11,7 @@ end of its output as evidence. The cell dies with the fork server, which dies wi
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import multiprocessing as mp
 import multiprocessing.connection
@@ -76,14 +77,26 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
         from bench.cell.device_budget import hold_to_budget
 
         hold_to_budget(budget)
-    from bench.cell.recipe import run_cell
     from bench.files import atomic_write
 
-    def checkpoint(partial: dict) -> None:
-        atomic_write(Path(partial_path), json.dumps(partial, default=str).encode())
+    checkpoint = functools.partial(write_partial, Path(partial_path))
+    shards = len(device.split(",")) if device else 1
+    if shards > 1:  # a cell larger than one GPU: one rank per device (bench/cell/sharded.py)
+        from bench.cell.sharded import run_ranks
 
-    record = run_cell(cell, quiet, checkpoint)
+        record = run_ranks(cell, quiet, checkpoint, shards)
+    else:
+        from bench.cell.recipe import run_cell
+
+        record = run_cell(cell, quiet, checkpoint)
     atomic_write(Path(out_path), json.dumps(record).encode())
+
+
+def write_partial(path: Path, partial: dict) -> None:
+    """A cell's partial record (what it measured so far), which a killed cell leaves as evidence."""
+    from bench.files import atomic_write
+
+    atomic_write(path, json.dumps(partial, default=str).encode())
 
 
 def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:

@@ -83,7 +83,7 @@ class LocalExecutor:
 
     def __init__(self, isolation: str = "process", quiet: bool = False, jobs: int = 1,
                  gpus: list[str] | None = None, rooms: dict[str, int] | None = None,
-                 predicted_memory: Callable[[Cell], dict | None] | None = None):
+                 predicted_memory: Callable[[Cell], dict | None] | None = None, gpus_per_cell: int = 1):
         if isolation not in ("process", "inline"):
             raise ValueError(isolation)
         if jobs < 1:
@@ -91,7 +91,7 @@ class LocalExecutor:
         self.isolation, self.quiet = isolation, quiet
         self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
         self.rooms = rooms if gpus and rooms and predicted_memory else None
-        self.predicted_memory = predicted_memory
+        self.predicted_memory, self.gpus_per_cell = predicted_memory, gpus_per_cell
         self.budgets: dict[str, int | None] = {}  # cell id -> allocator budget, as each is first asked
         # Packed, more cells than GPUs may run at once: the cores are still shared as between one cell per GPU (a
         # cell on a GPU spends little CPU time); --threads sets it otherwise.
@@ -126,7 +126,7 @@ class LocalExecutor:
 
     def _submit_processes(self, cells: Iterator[Cell], spool,
                           planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
-        slots = Packer(self.rooms) if self.rooms else OneEach(self.devices)
+        slots = Packer(self.rooms, self.gpus_per_cell) if self.rooms else OneEach(self.devices)
         waiting: deque[tuple[Cell, bool]] = deque()  # (cell, to run alone): taken, not started (a packed retry)
         upcoming = deque(planned or [])  # the cells the runner may still hand over, in the order it hands them
         running: list[tuple[CellProcess, Placement]] = []
@@ -239,7 +239,7 @@ def device_rooms(devices: list[str]) -> dict[str, int] | None:
     return rooms
 
 
-def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None,
+def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None, gpus_per_cell: float | None = None,
            predicted_memory: Callable[[Cell], dict | None] | None = None) -> LocalExecutor:
     if jobs < 1:
         raise BadInput(f"--jobs must be at least 1, got {jobs}", "--jobs")
@@ -254,11 +254,16 @@ def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None,
         return LocalExecutor(quiet=quiet, jobs=jobs)
     pack = pack or PACKING[0]
     devices = parse_gpus(gpus)
+    if gpus_per_cell is not None and (gpus_per_cell != int(gpus_per_cell) or not 1 <= gpus_per_cell <= len(devices)
+                                      or pack != "memory"):
+        raise BadInput(f"--gpus-per-cell {gpus_per_cell:g}: with --pack memory, a whole number of GPUs from 1 to the "
+                       f"{len(devices)} of --gpus, over which a cell larger than one GPU is sharded", "--gpus-per-cell")
     rooms = device_rooms(devices) if pack == "memory" and predicted_memory is not None else None
     if pack == "memory" and rooms is None:
         print("--pack memory: nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time",
               file=sys.stderr)
-    return LocalExecutor(quiet=quiet, gpus=devices, rooms=rooms, predicted_memory=predicted_memory)
+    return LocalExecutor(quiet=quiet, gpus=devices, rooms=rooms, predicted_memory=predicted_memory,
+                         gpus_per_cell=int(gpus_per_cell or 1))
 
 
 register(ExecutorSpec("local", "this machine, a process per cell", _build, (
@@ -267,4 +272,6 @@ register(ExecutorSpec("local", "this machine, a process per cell", _build, (
                           "--pack lets"),
     Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
                           "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
+    Option("--gpus-per-cell", float, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
+                                     "(default 1: alone on the largest)"),
 ), needs_memory=True))
