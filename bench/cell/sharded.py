@@ -9,13 +9,10 @@ The record is rank 0's: its scores, parameter counts (a sharded parameter counts
 figures, which are per device; `env.shards` says over how many devices it ran. The merged model's inference
 speed (time.infer_*_merged) stays null: FSDP refuses the copy of the model a merge is made in. On CUDA the
 ranks talk through NCCL, each on its own device (torch.cuda.set_device); without CUDA through gloo on the CPU,
-which is how the tests run it.
+which is how the tests run it. bench/cell/ranks.py starts the ranks; this module is what the recipe calls in each.
 """
 
 from __future__ import annotations
-
-import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -54,38 +51,3 @@ def whole(tensor: torch.Tensor | None) -> torch.Tensor | None:
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
-    """Run the cell on `shards` ranks, one process each (this process waits for them), and return rank 0's record
-    with `env.shards`. A rank that fails ends the others (the process group's error) and rank 0's record says why.
-    `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a module's function): rank 0 calls
-    it."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:  # a free port on this host for the group's rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, queue), nprocs=shards,
-                       start_method="spawn")
-    record = queue.get()
-    record["env"]["shards"] = shards
-    return record
-
-
-def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, queue) -> None:
-    from bench.cell.recipe import run_cell
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(shards))
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=shards)
-    try:
-        record = run_cell(cell, quiet or rank > 0, checkpoint if rank == 0 else None)
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        queue.put(record)

@@ -81,8 +81,8 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
 
     checkpoint = functools.partial(write_partial, Path(partial_path))
     shards = len(device.split(",")) if device else 1
-    if shards > 1:  # a cell larger than one GPU: one rank per device (bench/cell/sharded.py)
-        from bench.cell.sharded import run_ranks
+    if shards > 1:  # a cell larger than one GPU: one rank per device (bench/cell/ranks.py)
+        from bench.cell.ranks import run_ranks
 
         record = run_ranks(cell, quiet, checkpoint, shards)
     else:
