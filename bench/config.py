@@ -29,6 +29,9 @@ WEIGHTS_DTYPES = ("auto", "bf16", "fp16", "fp32")
 # matmul-softmax.
 ATTENTIONS = ("auto", "sdpa", "eager")
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
+# The kernels a LLaMA-family model's elementwise layers run (docs/performance.md, "Speed options"): torch = the
+# model's own; liger = Liger's fused RMSNorm, SwiGLU and rotary kernels (bench/cell/kernels.py; CUDA only).
+KERNELS = ("torch", "liger")
 OBJECTIVES = ("lm", "tfew", "head")  # see bench/cell/objectives.py; `head` is resolved, not chosen
 POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)
 
@@ -73,6 +76,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the adapted model before training (the probe runs uncompiled)
     group_by_length: bool = False  # batches of similar lengths (less padding), as HF's group_by_length
     attention: str = "auto"  # see ATTENTIONS; train.attention records what the model ran
+    kernels: str = "torch"  # see KERNELS
     # How a classification head reads the sequence; `auto` resolves per model in the grid (cls, mean for
     # sentence-embedding encoders, last for decoders' heads), so a cell records what it used.
     pooling: str = "auto"
@@ -102,7 +106,7 @@ class TrainConfig:
 ADDED_LATER = {"weights_dtype": "auto", "balanced_batches": False, "redraw_templates": False,
                "gradient_checkpointing": False, "compile": False, "group_by_length": False, "attention": "auto",
                "tfew_lm": "examples", "unlikelihood_offset": 0.0, "unlikelihood": True, "selection_heldout": None,
-               "selection_split": None, "forgetting": False, "forgetting_text": None}
+               "selection_split": None, "forgetting": False, "forgetting_text": None, "kernels": "torch"}
 
 
 # the protocol's two settings come from the suite's `selection:` (one protocol for every method), never a `train:`
@@ -115,6 +119,7 @@ _TRAIN_TYPES = {
     "max_train_samples": (int, None), "max_eval_samples": (int, None), "balanced_batches": bool,
     "redraw_templates": bool, "gradient_checkpointing": bool, "compile": bool, "group_by_length": bool,
     "precision": PRECISIONS, "weights_dtype": WEIGHTS_DTYPES, "attention": ATTENTIONS, "optimizer": OPTIMIZERS,
+    "kernels": KERNELS,
     "shots": (int, None),
     "objective": ("lm", "tfew"), "tfew_lm": ("examples", "tokens"), "unlikelihood_offset": float,
     "unlikelihood": bool,

@@ -15,6 +15,9 @@ PY=${PY:-3.12}
 DEST=${DEST:-.whl}
 NAMES=(bitsandbytes datasets dill multiprocess nltk)
 BUILT=(rouge-score)
+# Not in the lock, pinned here: Liger's kernels, the speed option train.kernels: liger (docs/performance.md), a
+# pure-Python wheel whose Triton comes with the image's CUDA torch.
+EXTRA=(liger-kernel==0.8.5)
 LIMIT_MB=56  # 64 MiB less room for the working tree
 
 pins() {  # name==version as requirements-lock.txt pins each name, into the array PINNED
@@ -38,9 +41,10 @@ python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-bin
   --python-version "$PY" --implementation cp "${platforms[@]}" -d "$DEST" "${PINNED[@]}"
 pins "${BUILT[@]}"  # pure-Python sdists: their wheels are the same on every Python 3
 python3 -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$DEST" "${PINNED[@]}"
+python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d "$DEST" "${EXTRA[@]}"
 
 count=$(ls "$DEST"/*.whl | wc -l)
-expected=$(( ${#NAMES[@]} + ${#BUILT[@]} ))
+expected=$(( ${#NAMES[@]} + ${#BUILT[@]} + ${#EXTRA[@]} ))
 [ "$count" -eq "$expected" ] || { echo "gpu_kit: $count wheels in $DEST, expected $expected" >&2; exit 1; }
 size_mb=$(du -sm "$DEST" | cut -f1)
 ls -1 "$DEST"

@@ -4,6 +4,7 @@ harness's step time against a plain PyTorch loop on the same model and batch, an
     PYTHONPATH=. python benchmarks/gpu_perf.py [--out docs/measurements/gpu-perf-DATE.md]   # one GPU, <= 6 min
     PYTHONPATH=. python benchmarks/gpu_perf.py --device cpu                                # smoke, any machine
     PYTHONPATH=. python benchmarks/gpu_perf.py --smoke                                     # its LoRA row (tests)
+    PYTHONPATH=. python benchmarks/gpu_perf.py --options compile,liger     # + a harness row per method and option
 
 The model is random-init (TinyLlama's shape: 22 layers of 2048, 4 key/value heads, 32k vocabulary; 1.10B
 parameters) saved as a local bf16 checkpoint, the task a local one of 1,024-token rows, so nothing comes
@@ -14,6 +15,12 @@ does (CUDA synchronised). MFU is given twice: the record's `time.mfu` (the count
 training time, the first step's warm-up included: bench/figures.py) and the same FLOPs per step over the median
 step, which is what the goal is about; both against the device's datasheet peak (bench/cell/measure.py). Goals
 (docs/performance.md): MFU >= 40 % for full fine-tuning, harness step <= 1.03 x plain.
+
+`--options`: speed options (docs/performance.md, "Speed options") measured as more harness cells, one per method
+and option: `compile` (train.compile: torch.compile, its warm-up not in the step times) and `liger`
+(train.kernels: liger, Liger's fused kernels; it needs liger-kernel, carried as a wheel, and CUDA: a machine
+without them gets the run's refusal in the row). Their plain-loop columns are empty: the plain loop runs
+without options.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from benchmarks.common import REPO, child_env, save_random_model, work_folder, w
 TINYLLAMA = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                  intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 METHODS = {"full": {"weights_dtype": "fp32", "lr": 2e-5}, "lora": {"weights_dtype": "bf16", "lr": 2e-4}}
+OPTIONS = {"compile": {"compile": True}, "liger": {"kernels": "liger"}}  # --options: each one's train settings
 
 
 def sizes(smoke: bool) -> dict:
@@ -56,18 +64,41 @@ def build(folder: Path, smoke: bool) -> tuple[Path, Path]:
     return folder / "model", tasks
 
 
-def harness(work: Path, model: Path, tasks: Path, method: str, smoke: bool, env: dict) -> dict:
+def harness(work: Path, model: Path, tasks: Path, method: str, smoke: bool, env: dict, option: str | None = None) \
+        -> dict:
+    """The harness cell's record; with `option`, under that speed option (a refused run: SystemExit with why)."""
     s, settings = sizes(smoke), METHODS[method]
-    suite = write_suite(work, f"perf-{method}", methods=[method], models=[str(model)], tasks=["long-binary"],
+    name = f"perf-{method}" + (f"-{option}" if option else "")
+    suite = write_suite(work, name, methods=[method], models=[str(model)], tasks=["long-binary"],
                         seeds=[1], task_files=[str(tasks)], cell_timeout_s=900,
                         train={"batch_size": s["batch"], "max_steps": s["steps"], "max_length": s["length"],
                                "lr": settings["lr"], "weights_dtype": settings["weights_dtype"],
                                "precision": "fp32" if smoke else "bf16", "eval_batch_size": s["batch"],
-                               "max_eval_samples": s["batch"]})
-    subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(work / "results"),
-                    "--force", "--quiet"], check=True, env=env, cwd=REPO)
-    (path,) = (work / "results" / f"perf-{method}").glob("*.json")
+                               "max_eval_samples": s["batch"], **OPTIONS.get(option, {})})
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results",
+                           str(work / "results"), "--force", "--quiet"], env=env, cwd=REPO, capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # 2: the run refused the cell before any work (an option this machine cannot run)
+        said = " ".join((done.stderr.strip().splitlines() or ["no output"])[-1].split())
+        raise (Refused if done.returncode == 2 else SystemExit)(f"the run ended with exit {done.returncode}: {said}")
+    (path,) = (work / "results" / name).glob("*.json")
     return json.loads(path.read_text())
+
+
+class Refused(Exception):
+    """The harness refused a cell before any work (`peft-bench run` exit 2): what it said."""
+
+
+def mfu_cells(record: dict) -> list[str]:
+    """The two MFU columns: the record's FLOPs per step over the median step, and the record's own `time.mfu`."""
+    t = record["time"]
+    # the record's MFU is over the whole training time; the same FLOPs per step over the median step
+    per_median = t["mfu"] * t["train_s"] / (record["train"]["steps"] * t["step_s_median"]) if t.get("mfu") else None
+    return [f"{100 * m:.1f} %" if m is not None else "– (no datasheet peak)" for m in (per_median, t.get("mfu"))]
+
+
+def one_cell(text) -> str:
+    return " ".join(str(text).split()).replace("|", "/")[:200]
 
 
 def plain(model_dir: str, tasks_dir: str, method: str, smoke: bool) -> dict:
@@ -155,6 +186,8 @@ def main() -> int:
                    help="--device cpu, the LoRA row only, in a folder removed at the end (what the tests run)")
     p.add_argument("--out", help="also write the table (Markdown) to this file")
     p.add_argument("--workdir", help="keep the checkpoint and records here (default: a temporary folder)")
+    p.add_argument("--options", default="", help="speed options to add rows for, comma-separated: "
+                   + ", ".join(OPTIONS))
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "TASKS", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smoke:
@@ -171,6 +204,9 @@ def measure(args, work: Path, smoke: bool) -> int:
     """The table, row by row: each method's harness cell and plain loop."""
     env = child_env(REPO, **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {}))
     start = time.monotonic()
+    options = [o for o in args.options.split(",") if o]
+    if set(options) - set(OPTIONS):
+        raise SystemExit(f"--options {args.options!r}: give some of {', '.join(OPTIONS)}, comma-separated")
     model, tasks = build(work, smoke)
     lines: list[str] = []
     rates: list[float] = []
@@ -196,19 +232,32 @@ def measure(args, work: Path, smoke: bool) -> int:
             failed = True
             why = ((record.get("error") or {}).get("message") or "no step time") if record["status"] != "ok" else \
                 f"the plain loop failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
-            why = " ".join(why.split()).replace("|", "/")[:200]  # one table cell
-            show(f"| {method} | {record['status']}: {why} | | | | | | | |")
+            show(f"| {method} | {record['status']}: {one_cell(why)} | | | | | | | |")
             continue
-        median = t["step_s_median"]
-        # the record's MFU is over the whole training time; the same FLOPs per step over the median step
-        per_median = t["mfu"] * t["train_s"] / (record["train"]["steps"] * median) if t.get("mfu") else None
-        mfus = [f"{100 * m:.1f} %" if m is not None else "– (no datasheet peak)" for m in (per_median, t.get("mfu"))]
+        median, mfus = t["step_s_median"], mfu_cells(record)
         if base.get("profile"):  # into the log, not the table
             print(f"{method}: the plain loop's kernels over two steps, most GPU time first\n{base['profile']}")
             rates.append(base["matmul_flops_per_s"])
         show(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
              f"{1000 * median:.1f} | {1000 * base['step_s_median']:.1f} | {median / base['step_s_median']:.3f} | "
              f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
+    for option in options:  # harness cells only: the plain loop runs without options
+        for method in METHODS:
+            try:
+                record = harness(work, model, tasks, method, smoke, env, option)
+            except Refused as e:  # this machine cannot run the option: said, not failed
+                show(f"| {method} + {option} | refused: {one_cell(e)} | | | | | | | |")
+                continue
+            t, s = record["time"], sizes(smoke)
+            if record["status"] != "ok" or not t.get("step_s_median"):
+                failed = True
+                show(f"| {method} + {option} | {record['status']}: "
+                     f"{one_cell((record.get('error') or {}).get('message') or 'no step time')} | | | | | | | |")
+                continue
+            compiled = f", compile {t['compile_s']:.0f} s" if t.get("compile_s") else ""
+            show(f"| {method} + {option} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
+                 f"{1000 * t['step_s_median']:.1f} | – | – | {' | '.join(mfu_cells(record))} | "
+                 f"{t['load_s']:.1f}{compiled} |")
     if rates:
         show(f"\nbf16 matrix products (8192^3) on this GPU: {max(rates) / 1e12:.0f} TFLOP/s measured; MFU above is "
              "against the datasheet peak (bench/cell/measure.py: peak_flops)")

@@ -3,18 +3,25 @@
 #
 #   here, first:   bash benchmarks/gpu_kit.sh      # .whl/: the wheels the GPU image lacks
 #   device tool:   run(command="BUDGET=460 PERF_S=200 bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=520)
+#   issue 45:      run(command="BUDGET=550 PACK_S=140 PERF_S=400 PERF_OPTIONS=compile,liger
+#                  bash benchmarks/gpu_session.sh pack perf", carry=[".whl"], timeout_s=590): packing, then MFU
+#                  with compile and with Liger's kernels
 #   rehearsal:     PYTHON=/path/to/a/python/like/the/image bash benchmarks/gpu_session.sh --cpu
 # BUDGET must stay under the call's timeout_s, so the script ends each phase itself and its files come back.
 # 15 device-minutes a session, a machine's start included, hold one such call and perhaps a short second one.
 #
-# Phases (default: all four; they run as below, whatever order they are named in):
+# Phases (default: check, tests, trace, perf; they run as below, whatever order they are named in):
 #   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method, two cells at once
 #   tests   the test suite on the GPU (the tests take their expectations from the device). It runs beside check
 #           and trace, on the machine's other cores: what those two measure on the GPU (each process's own
 #           allocator peaks) is not shared between processes; their step times are, and are not what they check
 #   trace   benchmarks/gpu_memory_trace.py: the allocator's history of the cells check predicted worst (CUDA only)
-#   perf    benchmarks/gpu_perf.py: MFU and the harness against a plain loop. It times steps, so it runs last and
-#           alone; PERF_S seconds of the budget (default 180) are kept for it
+#   pack    benchmarks/gpu_packing.py: cells/hour packed by predicted memory vs one cell per GPU at a time, and each
+#           packed cell's reserved peak / budget. It times whole cells, so it runs alone, after the tests; PACK_S
+#           seconds of the budget (default 150) are kept for it
+#   perf    benchmarks/gpu_perf.py: MFU and the harness against a plain loop, plus a row per speed option of
+#           PERF_OPTIONS (compile, liger: harness cells only). It times steps, so it runs last and alone; PERF_S
+#           seconds of the budget (default 180) are kept for it
 # Each phase is stopped when its share of the budget (BUDGET seconds, default 450) runs out. Into $OUT (the device
 # tool's folder that comes back, 8 files at most; a temporary folder elsewhere): env.txt, a log per phase,
 # gpu-DATE.md and gpu-perf-DATE.md (the tables docs/measurements/ holds: commit them with the command), and
@@ -26,6 +33,8 @@ cd "$(dirname "$0")/.."
 START=$SECONDS
 BUDGET=${BUDGET:-450}
 PERF_S=${PERF_S:-180}
+PACK_S=${PACK_S:-150}
+PERF_OPTIONS=${PERF_OPTIONS:-}  # e.g. compile,liger: gpu_perf.py's --options
 WORKERS=${WORKERS:-8}  # pytest-xdist processes (the device machine has 16 cores)
 PYTHON=${PYTHON:-python3}
 DEVICE=cuda
@@ -33,8 +42,9 @@ PHASES=()
 for arg in "$@"; do
   case "$arg" in
     --cpu) DEVICE=cpu ;;
-    check|tests|trace|perf) PHASES+=("$arg") ;;
-    *) echo "gpu_session: unknown argument '$arg' (phases: check, tests, trace, perf; option: --cpu)" >&2; exit 2 ;;
+    check|tests|trace|pack|perf) PHASES+=("$arg") ;;
+    *) echo "gpu_session: unknown argument '$arg' (phases: check, tests, trace, pack, perf; option: --cpu)" >&2
+       exit 2 ;;
   esac
 done
 [ ${#PHASES[@]} -gt 0 ] || PHASES=(check tests trace perf)
@@ -55,9 +65,10 @@ fi
 export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 stamp() { echo "== $(date -u +%H:%M:%S) +$(( SECONDS - START )) s: $*"; }
-share() {  # seconds a phase may take: what is left, less perf's reserve unless it is perf
+share() {  # seconds a phase may take: what is left, less the reserves of pack and perf, which run after it
   local left=$(( BUDGET - (SECONDS - START) ))
   if [ "$1" != perf ] && want perf; then left=$(( left - PERF_S )); fi
+  if [ "$1" != perf ] && [ "$1" != pack ] && want pack; then left=$(( left - PACK_S )); fi
   echo "$left"
 }
 
@@ -122,14 +133,20 @@ if [ -n "${TESTS:-}" ]; then
   wait "$TESTS"
   show tests 25
 fi
+if want pack; then
+  run_phase pack "$PYTHON" benchmarks/gpu_packing.py --device "$DEVICE" --workdir "$WORK/pack" \
+    --out "$OUT/gpu-packing-$DAY.md"
+  show pack 30
+fi
 if want perf; then
   run_phase perf "$PYTHON" benchmarks/gpu_perf.py --device "$DEVICE" --workdir "$WORK/perf" \
-    --out "$OUT/gpu-perf-$DAY.md"
+    ${PERF_OPTIONS:+--options "$PERF_OPTIONS"} --out "$OUT/gpu-perf-$DAY.md"
   show perf 12
 fi
 
 # One file for the rest (the tool brings back 8): junit.xml, the records (no checkpoints) and the traces.
-(cd "$WORK" && tar -cf "$OUT/extras.tar" $(ls -d junit.xml traces.tar check/results perf/results 2>/dev/null))
+(cd "$WORK" && tar -cf "$OUT/extras.tar" $(ls -d junit.xml traces.tar check/results perf/results pack/results-* \
+  2>/dev/null))
 status=0
 for phase in "${PHASES[@]}"; do
   [ -f "$WORK/$phase.rc" ] && [ "$(cat "$WORK/$phase.rc")" = 0 ] && continue

@@ -104,6 +104,17 @@ def _logged(model, config, ctx):
     return _full(model)
 
 
+def _oom_at_first(model, config, ctx):
+    """Full fine-tuning whose first `times` builds raise CUDA's out-of-memory error (each build appends a line to
+    `config['log']`): a cell that runs out of memory packed beside others, then fits alone."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    with open(config["log"]) as f:
+        if len(f.readlines()) <= config["times"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    return _full(model)
+
+
 def _spawn_and_hang(model, config, ctx):
     """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
     import subprocess
@@ -135,6 +146,8 @@ methods.register(
     Method("fault-nan", "baseline", "full fine-tuning whose weights become NaN after step 2", PAPER, _nan),
     Method("logged-full", "baseline", "full fine-tuning that logs each training", PAPER, _logged,
            defaults={"log": "", "sleep_s": 0.0}),
+    Method("fault-oom-at-first", "baseline", "raises CUDA's out-of-memory error in its first builds", PAPER,
+           _oom_at_first, defaults={"log": "", "times": 1}),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
            defaults={"log": ""}),
     Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,

@@ -28,6 +28,10 @@ OUTPUT = {
                          r"## gpu-check-smoke-full\.pkl\.xz: full on decoder \(ok\)\nevents 5; opening 40\.000 MiB; "
                          r"replayed peak 90\.000 MiB \(event 1\); the allocator's requested peak 90\.000",
                          r"30\.0 MiB +1 blocks +forward \(modeling_llama\.py:7\)"],
+    "gpu_packing": [r"\| packed \| 2 \| 2 \| [\d.]+ \| \d+ \| 1 \|",
+                    r"\| one at a time \| 2 \| 2 \| [\d.]+ \| \d+ \| 0 \|",
+                    r"packed / one at a time: [\d.]+ x the cells per hour",
+                    r"\| lora \| 1 \| ok \| \d+ \| \d+ \| – \| – \| – \| – \| 1 \|"],
     "gpu_perf": [r"\| method \| weights \| tokens/step \| harness step ms",
                  r"\| lora \| bf16 \| 128 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|"],
     "grid_overhead": [r"1\. The grid: 1 cells, [\d.]+ s wall", r"=> outside training and evaluation: [\d.]+ s of",

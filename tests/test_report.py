@@ -354,3 +354,26 @@ def test_the_report_opens_with_what_the_suite_is(tmp_path):
     from bench.plan.suite import raw_suite
 
     assert "Toy scale" in raw_suite("smoke")["description"]
+
+
+def test_a_time_measured_beside_other_cells_on_its_device_is_marked_shared(tmp_path):
+    records = survey_records()
+    for r in records:
+        r["env"] = {**r["env"], "cells_beside": 0}
+        if r["cell"]["label"] == "lora" and r["cell"]["task"] == "t1" and r["cell"]["seed"] == 2:
+            r["env"]["cells_beside"] = 3  # packed with three others on its GPU
+        if r["cell"]["label"] == "full" and r["status"] == "ok":
+            r["time"].update(train_flops_per_s=2.5e12, mfu=0.42)
+            r["env"]["cells_beside"] = 1 if r["cell"]["task"] == "t2" else 0
+    write_store(tmp_path / "results", records)
+    write_report("hand", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "hand" / "report.md").read_text()
+    rows = {row.split(" | ")[1]: row for row in md_rows(text, "m1: methods compared")}
+    assert rows["lora"].endswith("| 5.0 (shared) [7] |")
+    assert rows["bitfit [4]"].endswith("| **4.0** |")
+    assert "[7] lora: trained beside up to 3 other cell(s) on the same device (env.cells_beside), so its timings " \
+           "are not timings alone" in text
+    assert rows["full"].endswith("| 16.0 (shared) [1] |")  # its t2 seeds ran beside one other cell
+    memory = md_rows(text, "m1: memory")  # the rate and MFU of the cell shown (full on t2): shared too
+    assert memory[0].endswith("| 2.500 (shared) [1] | 42.0 (shared) [1] |")
+    assert "[1] full on t2: trained beside up to 1 other cell(s) on the same device" in text

@@ -195,7 +195,7 @@ def test_the_executor_names_the_grids_modules_while_it_starts_cells_and_restores
     seen = []
 
     class Started:  # a cell process that has already finished
-        def __init__(self, cell, spool, quiet, device=None, show=True):
+        def __init__(self, cell, spool, quiet, device=None, show=True, budget=None):
             seen.append(os.environ.get(PRELOAD_ENV))
             self.cell, self.device = cell, device
             self.read, write = os.pipe()

@@ -39,6 +39,7 @@ from bench.cell.measure import (
     weight_bytes,
 )
 from bench.cell.probe import first_step, inference_flops, step_peak_bytes, training_flops
+from bench.cell.sharded import sharded
 from bench.layers.attention_prefix import implementation_of
 from bench.models import dtype_name
 from bench.optimizers import update_bytes
@@ -250,7 +251,7 @@ class InferenceSpeed(Instrument):
         args = (run.evalsets[""][0], run.evaluation, run.cell.train.eval_batch_size, run.device, run.autocast)
         record["time"].update(inference_speed(run.bundle, run.adapted.model, *args,
                                               batched_s=self.prediction.seconds))
-        if run.adapted.merge is None:
+        if run.adapted.merge is None or sharded(run.adapted.model):  # FSDP refuses the copy a merge is made in
             return
         try:
             merged = run.adapted.merge()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.cell.memory_trace import MemorySampler, allocator_bytes, rss_bytes
+from bench.cell.sharded import whole
 from bench.tensors import tensor_bytes, tensor_key, unique_tensors
 
 
@@ -66,7 +67,7 @@ def stored_size(state: dict[str, torch.Tensor]) -> dict:
     for name, t in state.items():
         if tensor_key(t) not in seen:  # safetensors refuses shared tensors; tied weights are stored once
             seen.add(tensor_key(t))
-            tensors[name] = t.detach().to("cpu").contiguous()
+            tensors[name] = whole(t.detach()).to("cpu").contiguous()  # a sharded cell's: gathered whole
     if not tensors:  # nothing to keep (zero-shot): no file, not an empty file's header
         return {"stored": 0, "stored_bytes": 0}
     with tempfile.TemporaryDirectory() as tmp:

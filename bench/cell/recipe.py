@@ -24,9 +24,11 @@ from bench.cell import instruments, multitask
 from bench.cell import train as training
 from bench.cell.batching import batches, collate, to_device
 from bench.cell.curves import CurveWriter
+from bench.cell.kernels import apply_kernels
 from bench.cell.languages import language_swaps
 from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
+from bench.cell.sharded import shard
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import STATE_FILE, save_adapter
@@ -109,6 +111,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
                          weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
     if task.members:  # a mixture: a head per task on a classifier model
         multitask.install_heads(bundle, task, cell.seed)
+    apply_kernels(bundle.model, tcfg.kernels)  # before the method adapts the model: every method runs on them
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
@@ -133,6 +136,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
     adapted.model.to(device)
     if tcfg.gradient_checkpointing:
         enable_gradient_checkpointing(adapted.model)
+    shard(adapted.model)  # a rank of a cell sharded over several GPUs (bench/cell/sharded.py); else nothing
     return Run(cell, device, bundle, body, data, objective, adapted, task.evaluation, evalsets, autocast, compute_dtype,
                member_evalsets=members)
 

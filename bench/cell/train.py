@@ -23,6 +23,7 @@ from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.curves import CurveWriter
 from bench.cell.measure import optimizer_state_bytes
 from bench.cell.objectives import Objective
+from bench.cell.sharded import whole
 from bench.config import TrainConfig
 from bench.methods.base import Adapted
 from bench.models import is_encoder_decoder
@@ -270,7 +271,8 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
             require_gradients(model)
         for hook in adapted.after_backward:
             hook(step)
-        norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm) if train.max_grad_norm is not None else None
+        norm = whole(torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)) \
+            if train.max_grad_norm is not None else None  # whole: a sharded cell's norm is over all its shards
         lr = optimizer.param_groups[0]["lr"]  # the rate this step takes (the schedule moves it after)
         optimizer.step()
         schedule.step()

@@ -47,6 +47,7 @@ def add(sub) -> None:
 def command(args) -> int:
     from bench.files import writable_folder
     from bench.plan import grid, suite
+    from bench.plan.kernels import check_kernels
     from bench.run.executors import given_flags, make_executor
     from bench.run.runner import run_grid
     from bench.run.store import Store
@@ -75,6 +76,7 @@ def command(args) -> int:
         print_plan(cells, executor, args.tflops, Store(args.results), args.gpu)
         return 0
     check_cells(cells)
+    check_kernels(cells, s.path)
     store = Store(writable_folder(args.results, "--results"))
     recorded, bad = store.scan(s.name) if store.suite_dir(s.name).is_dir() else ({}, [])  # read once, used twice
     print_store_problems(store, bad)

@@ -12,7 +12,9 @@ dropping them.
   every task of that model (else null, with the missing tasks in `missing_tasks`);
 - each figure as its registry entry says (`Figure.tasks` in bench/figures.py): params, stored bytes and
   the measured peak the largest over tasks (what the most demanding task needs); time and FLOPs the mean
-  over the tasks that have the figure (a cost per training run); the peak's source when all tasks agree.
+  over the tasks that have the figure (a cost per training run); the peak's source when all tasks agree;
+- `cells_beside`: the most other cells that ran on the same device beside one of its ok records (`env.cells_beside`,
+  the largest over seeds, then over tasks; null where no record knows), so a table can mark shared-device timings.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.Da
     statuses = {i: dict(group["status"].value_counts()) for i, group in bad}
     reasons = {i: sorted(set(group["error"].dropna())) for i, group in bad}
     seeds = {i: sorted(group.tolist()) for i, group in frame["seed"].groupby(cell)}
+    beside = _cells_beside(frame[is_ok]).groupby(cell[is_ok]).max()
 
     columns = {k: frame[k].iloc[firsts] for k in KEYS}
     columns["shots"] = [None if missing(s) else int(s) for s in columns["shots"]]
@@ -97,6 +100,7 @@ def aggregate(frame: pd.DataFrame, task_order: list[str] | None = None) -> pd.Da
         columns[f"{col}.mean"], columns[f"{col}.std"] = mean[col], std[col]
         columns[f"{col}.median"] = median[col]  # a paper's statistic beside ours (report/reproduction.py)
     columns |= {c: mean[c] for c in measured}
+    columns["cells_beside"] = [beside.get(i) for i in cells]
     columns["statuses"] = [statuses.get(i, {}) for i in cells]
     columns["reasons"] = [reasons.get(i, []) for i in cells]
     # a dict per row, None for null: each column's type is inferred as for rows built one by one
@@ -140,11 +144,19 @@ def method_summary(agg: pd.DataFrame) -> pd.DataFrame:
             row["score_median_avg"] = sum(medians) / len(medians) if not row["missing_tasks"] else None
             for col, rule in OVER_TASKS.items():
                 row[col] = _over_tasks(group, col, rule)
+            row["cells_beside"] = max(_values(group, "cells_beside"), default=None)
             rows.append(row)
     out = pd.DataFrame(rows)
     out["family_order"] = family_order(out["method_family"])
     return out.sort_values(["model", "family_order", "label", "shots"], kind="stable",
                            na_position="first").reset_index(drop=True)
+
+
+def _cells_beside(frame: pd.DataFrame) -> pd.Series:
+    """Each record's `env.cells_beside` (other cells on its device while it ran; null where unknown), as floats."""
+    if "record" not in frame:
+        return pd.Series(np.nan, index=frame.index)
+    return frame["record"].map(lambda r: (r.get("env") or {}).get("cells_beside")).astype(float)
 
 
 def _over_tasks(group: pd.DataFrame, col: str, rule: str):

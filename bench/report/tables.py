@@ -83,6 +83,23 @@ def figure_cell(row, key: str) -> Cell:
     return Cell(FIGURES[key].show(value), value)
 
 
+def time_cell(table: Table, row, name: str) -> Cell:
+    """The train time, marked where it was measured beside other cells (`shared`)."""
+    return shared(table, row, name, figure_cell(row, "time.train_s"))
+
+
+def shared(table: Table, row, name: str, cell: Cell) -> Cell:
+    """A timing `cell` of `row`, with a note when some of its records ran beside other cells on their device
+    (packed on a GPU, or CPU jobs at once): such a timing is slower than alone, and comparable only with timings
+    measured alike."""
+    beside = row.get("cells_beside")
+    if not missing(beside) and beside > 0 and not missing(cell.value):
+        cell.text += " (shared)"
+        cell.notes.append(table.note(f"{name}: trained beside up to {int(beside)} other cell(s) on the same device "
+                                     "(env.cells_beside), so its timings are not timings alone"))
+    return cell
+
+
 def peak_header(rows: pd.DataFrame, unit: str, name: str = "Peak memory") -> tuple[str, bool]:
     """The peak-memory header naming its figure, and whether cells must name theirs (mixed sources)."""
     sources = set(rows["memory.peak_source"].dropna())
@@ -142,7 +159,7 @@ def survey_tables(agg: pd.DataFrame, summary: pd.DataFrame) -> list[Table]:
             cells += [delta_cell(row, references[i])] if with_delta else []
             cells += [figure_cell(row, "params.method"), figure_cell(row, "params.method_pct"),
                       figure_cell(row, "params.stored_bytes"), peak_cell(row, 2**30, name_source),
-                      figure_cell(row, "time.train_s")]
+                      time_cell(table, row, name)]
             table.add(family_name(row), cells)
         table.mark_best()
         tables.append(table)
@@ -229,7 +246,8 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
             cells = [Cell(family_name(row)), Cell(display_label(row)), Cell(row["task"])]
             cells += [Cell(fmt.in_unit(row[col], scale), row[col]) for col, _ in parts]
             cells.append(peak_cell(row, scale, name_source))
-            cells += [Cell(shown.text(f, row[f.key]), row[f.key]) for f, shown in speed]
+            where = f"{display_label(row)} on {row['task']}"
+            cells += [shared(table, row, where, Cell(shown.text(f, row[f.key]), row[f.key])) for f, shown in speed]
             table.add(family_name(row), cells)
         tables.append(table)
     return tables

@@ -26,8 +26,8 @@ from bench.files import atomic_write, safe_name
 from bench.run.store import CURVES, HISTORY, Store, flatten
 
 FORMATS = ("parquet", "csv", "jsonl")
-ENV_COLUMNS = ("device", "device_index", "threads", "cells_beside", "hostname", "git_sha", "torch", "transformers",
-               "peft")
+ENV_COLUMNS = ("device", "device_index", "threads", "cells_beside", "device_budget_bytes", "hostname", "git_sha",
+               "torch", "transformers", "peft")
 
 
 @dataclass

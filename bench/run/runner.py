@@ -142,6 +142,8 @@ def run_grid(cells: list[Cell], store: Store, executor, force: bool = False, ret
     summary.adopted = len(adopted)
     summary.notes += notes
     todo, skip = plan(cells, store, force, retry_failed, recorded)
+    if hasattr(executor, "order"):  # an executor that packs cells by memory claims the largest first
+        todo = executor.order(todo)
     summary.skipped = len(skip)
     if trackers:  # the cells this run does not run are in the trackers too (bench/run/trackers/base.py: ORIGINS)
         trackers.log_stored([(r, "adopted" if c.id in adopted else "recorded") for c in skip

@@ -42,6 +42,7 @@ from bench.config import ATTENTIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
+from bench.tools.sharding import largest_block, sharded_memory
 
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
@@ -362,10 +363,11 @@ def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only:
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
-             gradient_checkpointing: bool = False) -> dict:
+             gradient_checkpointing: bool = False, shards: int = 1) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
-    (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them."""
+    (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
+    `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
@@ -378,10 +380,13 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
+    temporaries = optimizers.update_bytes(update, [p.nbytes for p in trainable])
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
-                  activation_bytes=step.activation_bytes,
-                  step_peak_bytes=step_peak_bytes(step, optimizers.update_bytes(update, [p.nbytes for p in trainable])))
+                  activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
+    if shards > 1:
+        memory = sharded_memory(memory, shards, largest_block(adapted, block_stacks(adapted)), step.batch_bytes,
+                                max(step.live_peaks.values(), default=0), temporaries)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
@@ -421,5 +426,8 @@ def render(result: dict) -> str:
         lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
+    if m.get("shards"):
+        lines.append(f"memory   per device of {m['shards']} (FSDP2), with {m['gathered_bytes']:,} bytes of gathered "
+                     "blocks in the step peak: bench/tools/sharding.py")
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 An executor runs cells and hands back records; the runner decides what to run and stores the records
 (bench/run/runner.py). Its one call is `submit(cells, spool, planned)`: it takes cells from the iterable only when
 it has room to start one (so the runner claims each cell just before it starts), yields `(cell, record)` as each
-finishes, in whatever order, and stops every cell it started when the iterator is closed or interrupted. Every
+finishes, in whatever order, and stops every cell it started when the iterator is closed or interrupted. An executor
+may also have `order(cells) -> cells`, the order the runner claims them in (local.py packs the largest first). Every
 cell yields exactly one record: a cell that crashed, ran out of memory, passed its deadline or was lost with its
 machine yields a failure record (bench/run/executors/cells.py: failure_record), never nothing.
 

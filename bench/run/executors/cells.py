@@ -11,6 +11,7 @@ end of its output as evidence. The cell dies with the fork server, which dies wi
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import multiprocessing as mp
 import multiprocessing.connection
@@ -59,7 +60,7 @@ def _die_with_parent() -> None:
 
 
 def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
-                  device: str | None) -> None:
+                  device: str | None, budget: int | None) -> None:
     _die_with_parent()
     os.setpgid(0, 0)  # a process group of its own: a kill reaches what the cell started too (CellProcess.kill)
     if device is not None:  # before anything initialises CUDA, which reads it once
@@ -72,14 +73,30 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
     import faulthandler
 
     faulthandler.enable()  # a segfault still leaves a Python traceback in the output
-    from bench.cell.recipe import run_cell
+    if budget is not None:  # before the cell allocates anything on its device
+        from bench.cell.device_budget import hold_to_budget
+
+        hold_to_budget(budget)
     from bench.files import atomic_write
 
-    def checkpoint(partial: dict) -> None:
-        atomic_write(Path(partial_path), json.dumps(partial, default=str).encode())
+    checkpoint = functools.partial(write_partial, Path(partial_path))
+    shards = len(device.split(",")) if device else 1
+    if shards > 1:  # a cell larger than one GPU: one rank per device (bench/cell/ranks.py)
+        from bench.cell.ranks import run_ranks
 
-    record = run_cell(cell, quiet, checkpoint)
+        record = run_ranks(cell, quiet, checkpoint, shards)
+    else:
+        from bench.cell.recipe import run_cell
+
+        record = run_cell(cell, quiet, checkpoint)
     atomic_write(Path(out_path), json.dumps(record).encode())
+
+
+def write_partial(path: Path, partial: dict) -> None:
+    """A cell's partial record (what it measured so far), which a killed cell leaves as evidence."""
+    from bench.files import atomic_write
+
+    atomic_write(path, json.dumps(partial, default=str).encode())
 
 
 def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
@@ -93,14 +110,16 @@ def spool_files(spool: Path, cell_id: str) -> tuple[Path, Path, Path]:
 class CellProcess:
     """One cell running in a process of its own: start it, `poll` until it gives its record, or `kill`."""
 
-    def __init__(self, cell: Cell, spool: Path, quiet: bool, device: str | None = None, show: bool = True):
+    def __init__(self, cell: Cell, spool: Path, quiet: bool, device: str | None = None, show: bool = True,
+                 budget: int | None = None):
+        """`budget`: the bytes the cell's CUDA allocator is held to (bench.run.packing); None: its whole device."""
         self.cell, self.device, self.quiet, self.show = cell, device, quiet, show
         spool.mkdir(parents=True, exist_ok=True)
         self.out, self.log, self.partial = spool_files(spool, cell.id)
         self.log.write_bytes(b"")
         self.kills_before = oom_kills()
         self.proc = _context().Process(target=_run_in_child, name=f"cell-{cell.id}", args=(
-            cell, quiet, str(self.out), str(self.log), str(self.partial), device))
+            cell, quiet, str(self.out), str(self.log), str(self.partial), device, budget))
         self.output = open(self.log, "rb")
         self.proc.start()  # returns once the fork server has forked the cell: the deadline starts now
         self.started = time.monotonic()

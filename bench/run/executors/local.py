@@ -1,4 +1,4 @@
-"""Cells in processes of this machine: `--jobs N` at once on CPU, or one per GPU of `--gpus`.
+"""Cells in processes of this machine: `--jobs N` at once on CPU, or on the GPUs of `--gpus`, packed by memory.
 
 Each cell runs in a process of its own (bench/run/executors/cells.py), so memory peaks are the cell's own and a
 crash, OOM kill or hang stays inside it; each process on a GPU is pinned to it by CUDA_VISIBLE_DEVICES. Processes
@@ -6,9 +6,14 @@ come from a fork server that has already imported torch and transformers, which 
 sharing any state (nothing has run in the server when it forks, and nothing in it has touched CUDA: see
 bench.run.preload).
 
+With `--gpus` (and `--pack memory`, the default), as many cells run on a GPU at once as their predicted memory
+fits, each held to its budget (bench/run/packing.py); a packed cell that runs out of memory all the same is run
+again alone on a whole device, and only that run's record is yielded. `--pack off`: one cell per GPU at a time.
+
 Each record's `env` says where and beside what it ran: `device_index` (the GPU it was pinned to, null on CPU),
-`threads` and `cells_beside` (the most other cells of this executor running at one moment of its run), since
-cells sharing a machine change each other's timings.
+`device_budget_bytes` (the allocator budget it was held to, null when it had the whole device), `threads` and
+`cells_beside` (the most other cells of this executor running at one moment of its run, on its GPU when it had
+one), since cells sharing a machine or a device change each other's timings.
 """
 
 from __future__ import annotations
@@ -16,31 +21,36 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import sys
 import time
-from typing import Iterable, Iterator
+from collections import deque
+from typing import Callable, Iterable, Iterator
 
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
 from bench.run.executors.base import ExecutorSpec, Option, register
-from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, grid_modules
+from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, grid_modules, spool_files
+from bench.run.packing import Packer, Placement, cell_budget, packing_order
+
+PACKING = ("memory", "off")
 
 
 class Overlaps:
     """When each cell of one submit ran, to say how many ran beside each (`env.cells_beside`): the most
-    other cells running at any one moment of its run."""
+    other cells running at any one moment of its run; on a GPU, of the cells on the same GPU."""
 
     def __init__(self):
-        self.spans: dict[str, list[float | None]] = {}
+        self.spans: dict[str, list] = {}  # cell id -> [start, end or None, device]
 
-    def start(self, cell_id: str) -> None:
-        self.spans[cell_id] = [time.monotonic(), None]
+    def start(self, cell_id: str, device: str | None = None) -> None:
+        self.spans[cell_id] = [time.monotonic(), None, device]
 
     def end(self, cell_id: str) -> int:
         span = self.spans[cell_id]
         span[1] = time.monotonic()
         events = []  # (moment, +1 starts / -1 ends) of the other cells, clipped to this cell's run
-        for other, (start, end) in self.spans.items():
-            if other != cell_id and start < span[1] and (end is None or end > span[0]):
+        for other, (start, end, device) in self.spans.items():
+            if other != cell_id and device == span[2] and start < span[1] and (end is None or end > span[0]):
                 events += [(max(start, span[0]), 1), (min(end if end is not None else span[1], span[1]), -1)]
         most = running = 0
         for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at one moment
@@ -49,21 +59,57 @@ class Overlaps:
         return most
 
 
+class OneEach:
+    """One cell per slot at a time (`--jobs`, or `--pack off`): the packer's interface, budgets ignored."""
+
+    def __init__(self, devices: list[str | None]):
+        self.free = list(devices)
+
+    def where(self, budget: int | None, alone: bool = False) -> Placement | None:
+        return Placement(self.free[0], None) if self.free else None
+
+    def place(self, budget: int | None, alone: bool = False) -> Placement | None:
+        return Placement(self.free.pop(0), None) if self.free else None
+
+    def release(self, placement: Placement) -> None:
+        self.free.append(placement.device)
+
+
 class LocalExecutor:
-    """Cells in processes of this machine: `jobs` at once (CPU), or one per GPU of `gpus`."""
+    """Cells in processes of this machine: `jobs` at once (CPU), or on the GPUs of `gpus`: packed by predicted
+    memory when `rooms` (each GPU's bytes for cells) and `predicted_memory` are given, else one per GPU."""
 
     name = "local"
 
     def __init__(self, isolation: str = "process", quiet: bool = False, jobs: int = 1,
-                 gpus: list[str] | None = None):
+                 gpus: list[str] | None = None, rooms: dict[str, int] | None = None,
+                 predicted_memory: Callable[[Cell], dict | None] | None = None, gpus_per_cell: int = 1):
         if isolation not in ("process", "inline"):
             raise ValueError(isolation)
         if jobs < 1:
             raise ValueError(jobs)
         self.isolation, self.quiet = isolation, quiet
         self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
+        self.rooms = rooms if gpus and rooms and predicted_memory else None
+        self.predicted_memory, self.gpus_per_cell = predicted_memory, gpus_per_cell
+        self.budgets: dict[str, int | None] = {}  # cell id -> allocator budget, as each is first asked
+        # Packed, more cells than GPUs may run at once: the cores are still shared as between one cell per GPU (a
+        # cell on a GPU spends little CPU time); --threads sets it otherwise.
         self.slots = 1 if isolation == "inline" else len(self.devices)
         self.threads_per_cell = None  # the cores are shared between the slots (bench.plan.grid.cell_threads)
+
+    def budget(self, cell: Cell) -> int | None:
+        if self.rooms is None:
+            return None
+        if cell.id not in self.budgets:
+            self.budgets[cell.id] = cell_budget(self.predicted_memory(cell))
+        return self.budgets[cell.id]
+
+    def order(self, cells: list[Cell]) -> list[Cell]:
+        """The order the runner claims cells in: packed, largest budget first (bench.run.packing); else as given."""
+        if self.rooms is None or self.isolation == "inline":
+            return cells
+        return packing_order(cells, {c.id: self.budget(c) for c in cells})
 
     def submit(self, cells: Iterable[Cell], spool,
                planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]:
@@ -80,28 +126,56 @@ class LocalExecutor:
 
     def _submit_processes(self, cells: Iterator[Cell], spool,
                           planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
-        free, running, overlaps = list(self.devices), [], Overlaps()
+        slots = Packer(self.rooms, self.gpus_per_cell) if self.rooms else OneEach(self.devices)
+        waiting: deque[tuple[Cell, bool]] = deque()  # (cell, to run alone): taken, not started (a packed retry)
+        upcoming = deque(planned or [])  # the cells the runner may still hand over, in the order it hands them
+        running: list[tuple[CellProcess, Placement]] = []
+        overlaps = Overlaps()
         outer = os.environ.get(PRELOAD_ENV)  # restored after; the fork server reads it as the first cell starts
         if planned:
             os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
         try:
             while True:
-                while free and (cell := next(cells, None)) is not None:
-                    running.append(CellProcess(cell, spool(cell), self.quiet, free.pop(0), show=self.slots == 1))
-                    overlaps.start(cell.id)
+                while True:
+                    if not waiting:  # a new cell is taken (the runner claims it) only when it can start now:
+                        nearest = self.budget(upcoming[0]) if upcoming else None  # judged by the next planned one
+                        if slots.where(nearest) is None or (cell := next(cells, None)) is None:
+                            break
+                        while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
+                            pass
+                        waiting.append((cell, False))
+                    cell, alone = waiting[0]
+                    placement = slots.place(self.budget(cell), alone)
+                    if placement is None:  # no room until a cell ends
+                        break
+                    waiting.popleft()
+                    show = self.slots == 1 and not self.rooms  # one cell at a time: its output shows as it comes
+                    proc = CellProcess(cell, spool(cell), self.quiet, placement.device, show, placement.budget)
+                    running.append((proc, placement))
+                    overlaps.start(cell.id, placement.device)
                 if not running:
+                    if waiting:  # every cell fits an empty machine (Packer.place): a cell left here would be lost
+                        raise RuntimeError(f"no device can start {waiting[0][0].line()} on an idle machine")
                     return
-                mp.connection.wait([p.sentinel for p in running], timeout=POLL_S)
-                for proc in list(running):
+                mp.connection.wait([proc.sentinel for proc, _ in running], timeout=POLL_S)
+                for proc, placement in list(running):
                     record = proc.poll()
-                    if record is not None:
-                        running.remove(proc)
-                        free.append(proc.device)
-                        record["env"].update(device_index=proc.device, threads=proc.cell.threads,
-                                             cells_beside=overlaps.end(proc.cell.id))
-                        yield proc.cell, record
+                    if record is None:
+                        continue
+                    running.remove((proc, placement))
+                    slots.release(placement)
+                    beside = overlaps.end(proc.cell.id)
+                    if self.rooms and record["status"] == "oom" and not placement.alone:
+                        print(f"retrying alone on a whole GPU, after it ran out of memory packed: "
+                              f"{proc.cell.line()}", file=sys.stderr, flush=True)
+                        spool_files(spool(proc.cell), proc.cell.id)[0].unlink(missing_ok=True)
+                        waiting.appendleft((proc.cell, True))
+                        continue
+                    record["env"].update(device_index=placement.device, device_budget_bytes=placement.budget,
+                                         threads=proc.cell.threads, cells_beside=beside)
+                    yield proc.cell, record
         finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
-            for proc in running:
+            for proc, _ in running:
                 proc.kill()
             if outer is None:
                 os.environ.pop(PRELOAD_ENV, None)
@@ -145,16 +219,59 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
 
 
-def _build(quiet: bool, jobs: int, gpus: str | None) -> LocalExecutor:
+def device_rooms(devices: list[str]) -> dict[str, int] | None:
+    """Each GPU's memory free for cells as the run starts (its total less what other processes use), in bytes, asked
+    of nvidia-smi (`-i` takes an index or a UUID, as CUDA_VISIBLE_DEVICES does): never through CUDA, which the runner
+    must not initialise. None when nvidia-smi cannot say for every one of them."""
+    import subprocess
+
+    rooms = {}
+    for device in devices:
+        try:
+            out = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=memory.total,memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+            total, used = (int(v) for v in out.stdout.strip().split(","))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        if out.returncode != 0 or total <= used:
+            return None
+        rooms[device] = (total - used) * 1024**2
+    return rooms
+
+
+def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None, gpus_per_cell: float | None = None,
+           predicted_memory: Callable[[Cell], dict | None] | None = None) -> LocalExecutor:
     if jobs < 1:
         raise BadInput(f"--jobs must be at least 1, got {jobs}", "--jobs")
     if gpus is not None and jobs != 1:
-        raise BadInput("give --jobs or --gpus, not both: with --gpus one cell runs on each GPU at a time", "--jobs")
-    return LocalExecutor(quiet=quiet, jobs=jobs, gpus=parse_gpus(gpus) if gpus is not None else None)
+        raise BadInput("give --jobs or --gpus, not both: with --gpus the cells' predicted memory decides how many run "
+                       "on each GPU (--pack)", "--jobs")
+    if pack is not None and pack not in PACKING:
+        raise BadInput(f"--pack {pack!r}: give one of {', '.join(PACKING)}", "--pack")
+    if gpus is None:
+        if pack is not None:
+            raise BadInput("--pack places cells on GPUs: give --gpus too", "--pack")
+        return LocalExecutor(quiet=quiet, jobs=jobs)
+    pack = pack or PACKING[0]
+    devices = parse_gpus(gpus)
+    if gpus_per_cell is not None and (gpus_per_cell != int(gpus_per_cell) or not 1 <= gpus_per_cell <= len(devices)
+                                      or pack != "memory"):
+        raise BadInput(f"--gpus-per-cell {gpus_per_cell:g}: with --pack memory, a whole number of GPUs from 1 to the "
+                       f"{len(devices)} of --gpus, over which a cell larger than one GPU is sharded", "--gpus-per-cell")
+    rooms = device_rooms(devices) if pack == "memory" and predicted_memory is not None else None
+    if pack == "memory" and rooms is None:
+        print("--pack memory: nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time",
+              file=sys.stderr)
+    return LocalExecutor(quiet=quiet, gpus=devices, rooms=rooms, predicted_memory=predicted_memory,
+                         gpus_per_cell=int(gpus_per_cell or 1))
 
 
 register(ExecutorSpec("local", "this machine, a process per cell", _build, (
     Option("--jobs", int, "cells at once on CPU, torch threads shared between them", 1),
-    Option("--gpus", str, "'all' or GPU indices 0,1,…: one cell per GPU at a time, each pinned with "
-                          "CUDA_VISIBLE_DEVICES"),
-)))
+    Option("--gpus", str, "'all' or GPU indices 0,1,…: cells pinned with CUDA_VISIBLE_DEVICES, as many on each as "
+                          "--pack lets"),
+    Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
+                          "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
+    Option("--gpus-per-cell", float, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
+                                     "(default 1: alone on the largest)"),
+), needs_memory=True))

@@ -168,7 +168,7 @@ def _cell_on_worker(cell: Cell, driver_host: str) -> dict:
     device = ",".join(str(g) for g in gpus) if gpus else None
     record = run_on_worker(cell, driver_host, "Ray worker", device)
     # cells_beside: Ray places tasks where it likes, so which cells shared this node is not known here.
-    record["env"].update(device_index=device, threads=cell.threads, cells_beside=None)
+    record["env"].update(device_index=device, device_budget_bytes=None, threads=cell.threads, cells_beside=None)
     return record
 
 

@@ -204,7 +204,7 @@ def _cell_in_job(cell: Cell, driver_host: str, kept: str) -> dict:
     device = os.environ.get("CUDA_VISIBLE_DEVICES") or None  # the GPUs Slurm gave the job
     record = run_on_worker(cell, driver_host, "Slurm job", device)
     # cells_beside: Slurm places jobs where it likes, so which cells shared this node is not known here.
-    record["env"].update(device_index=device, threads=cell.threads, cells_beside=None)
+    record["env"].update(device_index=device, device_budget_bytes=None, threads=cell.threads, cells_beside=None)
     try:
         atomic_write(Path(kept), json.dumps(record).encode())
     except OSError:  # the spool is not reachable from this node: the record still returns through submitit

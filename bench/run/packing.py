@@ -1,0 +1,132 @@
+"""Packing cells onto GPUs by their predicted memory (`run --gpus`): as many cells on a device as their budgets fit.
+
+A cell's budget is its predicted peak (`memory.predicted_peak_bytes`, what `peft-bench estimate` computes) with
+MEMORY_MARGIN and OTHER_BYTES on top; the cell process holds its CUDA caching allocator to that budget
+(`torch.cuda.set_per_process_memory_fraction`, bench/cell/device_budget.py), so a cell that outgrows its
+prediction fails alone instead of starving the cells beside it. Each process also holds CONTEXT_BYTES outside the
+allocator (its CUDA context and loaded kernels), which no fraction limits: the device's room counts it per cell.
+
+Why these numbers (docs/measurements/gpu-2026-11-30.md, 15 cells on an H200, and the two 1.1B cells of
+gpu-perf-2026-11-30.md): the measured allocator peak was at most 1/0.91 = 1.10 × the prediction (head-only, whose
+gap is the 66 MiB of cuBLAS workspaces the prediction leaves out), and at most 1.036 × the prediction plus that
+"other" memory (IA³: one 132 MiB kernel buffer no probe sees). The measured "other" was 64-82 MiB. So a budget of
+1.10 × (predicted + 128 MiB) covers the worst allocated peak seen with 6 % to spare for what the fraction really
+limits, the allocator's reserved bytes (cached, partly used blocks), which those runs did not tabulate:
+benchmarks/gpu_packing.py measures reserved peak / budget on the GPU, to confirm or move the margin. A cell that
+still runs out is retried alone with the whole device (bench/run/executors/local.py), never lost.
+
+Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that needs
+real weights to build) runs alone on an empty device, with no limit but the device's own, as every cell ran before
+packing. So does a cell whose budget exceeds every device's room, unless `gpus_per_cell` > 1: then it takes that
+many empty devices and runs sharded over them (bench/cell/sharded.py); its placement names them all ("0,1").
+
+Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
+scheduler is tested with fake devices (tests/test_packing.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MIB = 1024**2
+MEMORY_MARGIN = 1.10  # over (predicted peak + OTHER_BYTES): see the module's docstring
+OTHER_BYTES = 128 * MIB  # cuBLAS workspaces and kernels' own buffers the prediction leaves out (measured 64-82 MiB)
+# Device memory a cell process holds outside its allocator: the CUDA context with torch's kernels loaded (typically
+# 0.5-0.9 GiB on Hopper; benchmarks/gpu_packing.py measures it as NVML's peak minus the allocator's reserved peak).
+CONTEXT_BYTES = 1024 * MIB
+
+
+def cell_budget(memory: dict | None) -> int | None:
+    """The allocator budget of a cell, in bytes, from its predicted memory section (bench.tools.plan_cost:
+    predicted_memory); None when the prediction is unknown (then the cell runs alone)."""
+    predicted = (memory or {}).get("predicted_peak_bytes")
+    if not isinstance(predicted, int) or isinstance(predicted, bool) or predicted <= 0:
+        return None
+    return math.ceil(MEMORY_MARGIN * (predicted + OTHER_BYTES))
+
+
+def footprint(budget: int) -> int:
+    """What a cell with this budget takes of a device's room: its budget and its process's CUDA context."""
+    return budget + CONTEXT_BYTES
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a cell runs: its device ("0,1": the devices a sharded cell runs over), and the budget its allocator is
+    held to (None: the whole device, or devices, alone)."""
+
+    device: str
+    budget: int | None
+
+    @property
+    def alone(self) -> bool:
+        return self.budget is None
+
+
+class Packer:
+    """The devices' room, and which cells hold it. `rooms`: the bytes each device has for cells (its free memory
+    as the run starts). `place` answers where a cell starts now (None: wait for a cell to end), `release` gives
+    its room back when it ends."""
+
+    def __init__(self, rooms: dict[str, int], gpus_per_cell: int = 1):
+        if not rooms or not 1 <= gpus_per_cell <= len(rooms):
+            raise ValueError(f"{gpus_per_cell} GPUs per cell on {len(rooms)} devices")
+        self.rooms, self.gpus_per_cell = dict(rooms), gpus_per_cell
+        self.used = {device: 0 for device in rooms}  # bytes of the footprints of the cells running there
+        self.cells = {device: 0 for device in rooms}  # cells running there
+        self.exclusive: set[str] = set()  # devices a cell holds alone
+
+    def shares(self, budget: int | None) -> bool:
+        """Whether a cell of this budget can share a device at all: it is known and fits some device's room."""
+        return budget is not None and any(footprint(budget) <= room for room in self.rooms.values())
+
+    def where(self, budget: int | None, alone: bool = False) -> Placement | None:
+        """Where a cell of this budget would start now, or None while no device has room; nothing is taken. A cell
+        that shares goes to the device its footprint fills best (the least room left that still fits: big gaps stay
+        for big cells); a cell that runs alone (`alone`, or it cannot share) takes an empty device, the largest; one
+        larger than any device takes `gpus_per_cell` empty ones, the largest first."""
+        if alone or not self.shares(budget):
+            count = self.gpus_per_cell if budget is not None and not self.shares(budget) else 1
+            empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
+            return Placement(",".join(empty[:count]), None) if len(empty) >= count else None
+        need = footprint(budget)
+        fitting = [d for d in self.rooms if d not in self.exclusive and self.used[d] + need <= self.rooms[d]]
+        if not fitting:
+            return None
+        order = list(self.rooms)
+        return Placement(min(fitting, key=lambda d: (self.rooms[d] - self.used[d] - need, order.index(d))), budget)
+
+    def place(self, budget: int | None, alone: bool = False) -> Placement | None:
+        """`where`, and the room it names taken until `release`."""
+        placement = self.where(budget, alone)
+        if placement is None:
+            return None
+        if placement.alone:
+            for device in placement.device.split(","):
+                self.cells[device] += 1
+                self.exclusive.add(device)
+        else:
+            self.cells[placement.device] += 1
+            self.used[placement.device] += footprint(budget)
+        return placement
+
+    def release(self, placement: Placement) -> None:
+        if placement.alone:
+            for device in placement.device.split(","):
+                self.cells[device] -= 1
+                self.exclusive.discard(device)
+        else:
+            self.cells[placement.device] -= 1
+            self.used[placement.device] -= footprint(placement.budget)
+
+
+def packing_order(cells: list, budgets: dict[str, int | None]) -> list:
+    """The order cells are started in, by their budgets (cell id -> bytes or None): the cells that run alone first
+    (each needs an empty device, which is easiest to find at the start), then the rest largest first (first fit
+    decreasing: small cells fill the gaps big ones leave). Equal budgets keep the grid's order."""
+    def key(cell) -> tuple[int, int]:
+        budget = budgets.get(cell.id)
+        return (0, 0) if budget is None else (1, -budget)
+
+    return sorted(cells, key=key)

@@ -1,0 +1,100 @@
+"""`train.kernels` (bench/plan/kernels.py, bench/cell/kernels.py): Liger's fused kernels as a speed option of a
+cell, refused before any work where the model is not LLaMA-family or the package is missing, part of the cell's
+configuration (so of its id) where it is asked for, and patched into the model the way Liger's API takes it.
+liger-kernel itself needs Triton and CUDA and is not in the lock: its patch is a stand-in module here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import pytest
+
+from bench.cli import main
+from bench.errors import BadInput
+from bench.plan import grid
+from bench.plan.kernels import check_kernels
+from bench.plan.suite import load_suite
+
+TRAIN = "{batch_size: 4, max_steps: 2, max_length: 16, eval_batch_size: 16, max_eval_samples: 16"
+
+
+def suite_file(tmp_path, models: str, kernels: str | None) -> str:
+    setting = f", kernels: {kernels}" if kernels else ""
+    path = tmp_path / "kernels.yaml"
+    path.write_text(f"name: kernels\nmethods: [lora]\nmodels: {models}\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    f"train: {TRAIN}{setting}}}\n")
+    return str(path)
+
+
+def cells_of(path: str) -> list:
+    return grid.expand(load_suite(path), threads=1)
+
+
+def with_liger(monkeypatch, installed: bool) -> None:
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (object() if installed else None) if name == "liger_kernel" else found(name, *a)))
+
+
+def test_liger_on_a_model_that_is_not_llama_family_is_refused_naming_it(tmp_path, monkeypatch):
+    with_liger(monkeypatch, installed=True)
+    path = suite_file(tmp_path, "[tiny-llama, tiny-encoder]", "liger")
+    with pytest.raises(BadInput) as error:
+        check_kernels(cells_of(path), path)
+    message = str(error.value)
+    assert "liger fuses the layers of LLaMA-family models only, and tiny-encoder is RoBERTa (1 cell(s)" in message
+    assert error.value.where == path and error.value.choices == ["liger (models of llama)", "torch"]
+
+
+def test_liger_without_the_package_is_refused_with_how_to_install_it(tmp_path, monkeypatch):
+    with_liger(monkeypatch, installed=False)
+    path = suite_file(tmp_path, "[tiny-llama]", "liger")
+    with pytest.raises(BadInput, match="liger needs the liger-kernel package, which is not installed: pip install "
+                                       "liger-kernel"):
+        check_kernels(cells_of(path), path)
+    with_liger(monkeypatch, installed=True)
+    check_kernels(cells_of(path), path)  # installed, on a LLaMA: nothing to say
+    check_kernels(cells_of(suite_file(tmp_path, "[tiny-encoder]", None)), path)  # not asked for: nothing checked
+
+
+def test_run_refuses_before_any_work(tmp_path, monkeypatch, capsys):
+    with_liger(monkeypatch, installed=False)
+    results = tmp_path / "results"
+    code = main(["run", "--suite", suite_file(tmp_path, "[tiny-llama]", "liger"), "--results", str(results),
+                 "--quiet"])
+    assert code == 2 and "liger-kernel package" in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_the_kernels_are_part_of_the_cell_and_the_default_keeps_every_id(tmp_path):
+    (plain,) = cells_of(suite_file(tmp_path, "[tiny-llama]", None))
+    (torch_,) = cells_of(suite_file(tmp_path, "[tiny-llama]", "torch"))
+    (liger,) = cells_of(suite_file(tmp_path, "[tiny-llama]", "liger"))
+    assert plain.id == torch_.id and "kernels" not in plain.config["train"]
+    assert liger.config["train"]["kernels"] == "liger" and liger.id != plain.id
+    with pytest.raises(BadInput, match="triton"):
+        cells_of(suite_file(tmp_path, "[tiny-llama]", "triton"))
+
+
+def test_liger_is_patched_into_the_built_model_as_its_api_takes_it(monkeypatch):
+    from bench import tiny
+    from bench.cell.kernels import apply_kernels
+
+    calls = []
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake.apply_liger_kernel_to_llama = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    import transformers as tf
+
+    model = tf.LlamaForCausalLM(tiny.config("llama", 64))
+    apply_kernels(model, "torch")
+    assert calls == []
+    apply_kernels(model, "liger")
+    assert calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                      "fused_linear_cross_entropy": False, "model": model}]
+    model.config.model_type = "gemma"
+    with pytest.raises(ValueError, match="no patch for model_type 'gemma'"):
+        apply_kernels(model, "liger")
