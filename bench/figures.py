@@ -341,7 +341,7 @@ TASK_SCORE = Figure("scores", "<task>:<metric>", "points", "score", "a multi-tas
 TASK_AVERAGE = Figure("scores", "task_average", "points", "score", "a multi-task cell's main score: the unweighted "
                       "mean over the tasks of its mixture of each task's main metric (`scores.<task>:<main "
                       "metric>`); null when any of them is null.")
-SCORES = (SCORE, TASK_SCORE, TASK_AVERAGE)
+SCORES = (SCORE, *CROSSLINGUAL_SCORES, TASK_SCORE, TASK_AVERAGE)
 
 
 def shown_in(place: str) -> list[tuple[Figure, Shown]]:

@@ -239,3 +239,12 @@ def test_time_to_training_is_setup_and_what_precedes_the_first_step(tmp_path):
     assert times["to_training_s"] + times["train_s"] + times["eval_s"] <= whole
     record = run_cell(zero, quiet=True)
     assert record["status"] == "ok" and record["time"]["to_training_s"] is None and record["time"]["load_s"] > 0
+
+
+def test_every_score_figure_is_in_the_rules_table():
+    """figures.SCORES is what the compare/regress rules table lists for the score rule: every score figure the
+    registry declares (single, cross-lingual, multi-task) must be in it."""
+    declared = [v for v in vars(figures).values() if isinstance(v, figures.Figure) and v.section == "scores"]
+    declared += [f for v in vars(figures).values() if isinstance(v, tuple) for f in v
+                 if isinstance(f, figures.Figure) and f.section == "scores"]
+    assert {f.key for f in declared} == {f.key for f in figures.SCORES}
