@@ -13,7 +13,8 @@ methods:
 ```
 
 A stage is a cell of its own per model (its task the mixture: `TaskSpec.members`), trained with the LM loss on
-each example's answer (or, with `objective: mlm`, an encoder's masked-LM loss on the tasks' text, 15 % of its
+each example's answer (on a classifier model whose tasks are all classification or regression: each task's own
+head and loss, bench/cell/multitask.py; or, with `objective: mlm`, an encoder's masked-LM loss on the tasks' text, 15 % of its
 tokens masked as BERT's: bench/tasks/masked_lm.py; MAD-X's language adapters are trained so), evaluated on
 nothing, its trained state saved under results/<suite>/stages/<its id>/. A cell with `init_from` applies its
 method, then loads that state before training; its configuration holds the stage's cell id, so its id hashes

@@ -22,7 +22,10 @@ def mixture_spec(name: str, description: str, members: list[TaskSpec], mixing: d
     the members' metrics, its main score TASK_AVERAGE), else a stage's, scored on nothing."""
     kind = "classification" if all(m.type in CLASSIFIER_TYPES for m in members) else "generation"
     source = {"mixture": [m.name for m in members], "mixing": dict(mixing)}
-    if not scored:  # a stage's mixture as it always was (its cells keep their ids)
+    # A stage's mixture: scored on nothing. Its type is `classification` when every member is one (a head per member
+    # on a classifier model); before multi-task cells every stage mixture was `generation`, so such stages got new
+    # ids (and are trained again) while every other stage kept its id.
+    if not scored:
         return TaskSpec(name=name, description=description, type=kind, source=source, text=(), metrics=(),
                         main_metric="", members=tuple(members), origin=origin)
     metrics = tuple(dict.fromkeys(metric for m in members for metric in m.evaluation.metrics))
