@@ -219,3 +219,18 @@ def test_split_rows_are_a_hub_datasets_positive_counts(tmp_path, source, says):
     with pytest.raises(BadInput, match=says) as caught:
         load_task_file(tasks)
     assert "t.yaml:2" in str(caught.value.where)
+
+
+def test_a_published_mean_over_other_runs_than_ours_is_named(tmp_path, monkeypatch):
+    """A paper's mean of 5 beside our mean of 3: the same statistic, a different number of runs, named in a note."""
+    import dataclasses
+
+    from bench.report import write_report
+
+    lora = next(r for r in references.shipped() if (r.model, r.method, r.task) == ("roberta-base", "lora", "sst2"))
+    monkeypatch.setattr(references, "shipped", lambda: (dataclasses.replace(lora, aggregate="mean", seeds=5),))
+    write_store(tmp_path / "results", _records())
+    write_report("repro", tmp_path / "results", tmp_path / "reports", ["md"])
+    text = (tmp_path / "reports" / "repro" / "report.md").read_text()
+    assert "mean of 5 / mean of 3" in text
+    assert "RoBERTa base, LoRA (0.3M): the published mean of 5, ours the mean of 3 seeds" in text

@@ -9,8 +9,9 @@ from a cell's, so a comparison names every difference instead of hiding it.
 
 A file says where its numbers were read (`source`: a url, or repo@commit and the path of each row's file). A
 table says how the paper aggregates runs (`aggregate`: median, mean, or single, one run, over `seeds` runs), so a
-report computes ours the same way; which of its names the harness does not ship (`not_in_harness`: such
-references never match a cell); and what each cost figure its rows carry means (`costs`: name -> definition,
+report computes ours the same way; which of its names the harness does not ship (`not_in_harness`: checked
+against the registries, so a name the harness comes to ship must leave the list; a cell of a user's own task or
+model of that name still matches, its differences named); and what each cost figure its rows carry means (`costs`: name -> definition,
 e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's rounded count ("0.3M") or an
 exact count (9175040).
 """

@@ -59,7 +59,7 @@ def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> T
         ours = float(median if by_median else mean)
         ours_name = f"{'median' if by_median else 'mean'} of {n}"
         statistic = Cell(f"{ref.statistic_name} / {ours_name}")
-        if (by_median and ref.seeds and ref.seeds != n) or (ref.aggregate == "single" and n > 1):
+        if (ref.aggregate != "single" and ref.seeds and ref.seeds != n) or (ref.aggregate == "single" and n > 1):
             statistic.notes.append(table.note(f"{ref.row}: the published {ref.statistic_name}, ours the {ours_name} "
                                               "seeds: a different number of runs"))
         other = Cell(f"mean {fmt.score(mean, std)}", float(mean), extra={"std": std}) if by_median else \
