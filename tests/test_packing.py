@@ -6,7 +6,9 @@ checked without a GPU."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +127,22 @@ def test_the_room_is_asked_of_nvidia_smi_never_of_cuda(monkeypatch):
     assert [a[1:3] for a in asked] == [["-i", "3"], ["-i", "5"]]
     monkeypatch.setattr(subprocess, "run", lambda args, **k: subprocess.CompletedProcess(args, 9, "", "no GPU"))
     assert local.device_rooms(["3"]) is None
-    assert "torch" not in sys.modules or not __import__("torch").cuda.is_initialized()
+
+
+def test_building_a_packed_executor_never_imports_torch():
+    """The runner forks cells, so it must never initialise CUDA: choosing the GPUs and asking their room (a fake
+    nvidia-smi here) does not even import torch. In a fresh interpreter, as this test's own may have imported it."""
+    import subprocess
+
+    code = ("import subprocess, sys\n"
+            "subprocess.run = lambda args, **k: subprocess.CompletedProcess(args, 0, '81559, 559\\n', '')\n"
+            "from bench.run.executors import local\n"
+            "executor = local._build(quiet=True, jobs=1, gpus='all', pack=None, predicted_memory=lambda c: None)\n"
+            "assert executor.rooms == {'90': 81000 * 2**20, '91': 81000 * 2**20}, executor.rooms\n"
+            "print('torch' in sys.modules)")
+    visible = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(NO_GPU)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=visible)
+    assert done.stdout.split() == ["False"], done.stderr
 
 
 def test_pack_must_be_memory_or_off_and_comes_with_gpus():
@@ -318,3 +335,26 @@ def test_a_cell_larger_than_any_gpu_runs_sharded_over_gpus_per_cell(tmp_path):
         # the mean of two equal gradients is exact in floating point: the same steps, bit for bit
         assert record["train"]["final_loss"] == unsharded["train"]["final_loss"], label
         assert record["time"].get("infer_latency_merged_s") is None  # FSDP refuses a merged copy
+
+
+def test_a_cell_that_saves_its_state_is_refused_sharded_before_it_starts(tmp_path):
+    """A stage, a task other cells start from, or --save-adapters (each gives the cell an adapter_dir,
+    bench/cli/run.py: placed): sharded, every rank would write the same files and the adapter is not gathered from
+    the shards, so the cell is recorded unsupported, no process started and nothing written."""
+    import dataclasses
+
+    path = tmp_path / "sharded.yaml"
+    path.write_text(f"name: packing\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    f"seeds: [1]\ntrain: {TRAIN}\ncell_timeout_s: 300\n")
+    saves = tmp_path / "adapters"
+    cells = [dataclasses.replace(c, adapter_dir=str(saves / c.id))
+             for c in grid.expand(load_suite(str(path)), threads=1)]
+    store = Store(tmp_path / "sharded")
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, GIB),
+                             predicted_memory=lambda cell: {"predicted_peak_bytes": 2 * GIB}, gpus_per_cell=2)
+    started = time.monotonic()
+    assert run_grid(cells, store, executor, quiet=True).statuses == {"unsupported": 1}
+    assert time.monotonic() - started < 5  # refused at placement: no cell process, no rank, no model loaded
+    (record,) = stored(store).values()
+    assert "sharded over GPUs 90,91" in record["error"]["message"] and "--save-adapters" in record["error"]["message"]
+    assert not saves.exists()

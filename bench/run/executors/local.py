@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
 from bench.run.executors.base import ExecutorSpec, Option, register
-from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, grid_modules, spool_files
+from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, failure_record, grid_modules, spool_files
 from bench.run.packing import Packer, Placement, cell_budget, packing_order
 
 PACKING = ("memory", "off")
@@ -149,6 +149,10 @@ class LocalExecutor:
                     if placement is None:  # no room until a cell ends
                         break
                     waiting.popleft()
+                    if cell.adapter_dir and "," in (placement.device or ""):  # refused before its ranks start
+                        slots.release(placement)
+                        yield cell, sharded_save_refused(cell, placement)
+                        continue
                     show = self.slots == 1 and not self.rooms  # one cell at a time: its output shows as it comes
                     proc = CellProcess(cell, spool(cell), self.quiet, placement.device, show, placement.budget)
                     running.append((proc, placement))
@@ -181,6 +185,16 @@ class LocalExecutor:
                 os.environ.pop(PRELOAD_ENV, None)
             else:
                 os.environ[PRELOAD_ENV] = outer
+
+
+def sharded_save_refused(cell: Cell, placement: Placement) -> dict:
+    """The record of a cell that would run sharded and save a state (a stage, a task other cells start from, or
+    --save-adapters): every rank would write the same files at once, and the saved adapter is not gathered from
+    the ranks' shards, so it is refused (`unsupported`) rather than left a corrupt file."""
+    return failure_record(cell, "unsupported", "Unsupported", f"this cell fits no single GPU, so it would run "
+                          f"sharded over GPUs {placement.device} (--gpus-per-cell), and it saves its state to "
+                          f"{cell.adapter_dir}, which a sharded cell cannot do yet: run it on a GPU it fits, or "
+                          "without --save-adapters (a stage, or a task other cells start from, always saves)")
 
 
 def parse_gpus(value: str) -> list[str]:
