@@ -37,7 +37,7 @@ def test_one_device_of_n_holds_a_share_of_the_states_and_two_gathered_blocks():
     assert out["weights_bytes"] == out["grad_bytes"] == 20 * GIB and out["optimizer_bytes"] == 40 * GIB
     assert out["gathered_bytes"] == 6 * GIB and out["step_peak_bytes"] == 47 * GIB
     assert out["predicted_peak_bytes"] == (20 + 40 + 47) * GIB and out["shards"] == 4
-    assert out["activation_bytes"] == 30 * GIB  # a device's own batch: as given
+    assert out["activation_bytes"] == 30 * GIB  # every device runs the cell's whole batch: as given
     # the activations alone, at the end of the forward, bound the passes from below
     low = sharded_memory(memory, 4, block, batch_bytes=0, live_peak=31 * GIB, update_bytes=0)
     assert low["step_peak_bytes"] == (30 + 6) * GIB
@@ -113,5 +113,8 @@ def test_estimate_shards_gives_one_devices_memory_and_refuses_fewer_than_one(cap
     shared = estimate("tiny-llama", "full", batch_size=2, seq_len=16, shards=2)["memory"]
     assert shared["weights_bytes"] == math.ceil(alone["weights_bytes"] / 2) and shared["shards"] == 2
     assert shared["gathered_bytes"] == 3 * alone["weights_bytes"]  # two layers, no stack: the model gathered whole
+    # every rank runs the cell's whole batch (bench/cell/sharded.py), so a device's activations are the unsharded
+    # cell's, not those of 1/N of its batch
+    assert shared["activation_bytes"] == alone["activation_bytes"]
     assert main(["estimate", "--model", "tiny-llama", "--method", "lora", "--shards", "0"]) == 2
     assert "--shards must be at least 1, got 0" in capsys.readouterr().err

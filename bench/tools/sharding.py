@@ -1,9 +1,10 @@
 """Per-device memory of a cell sharded over several GPUs with FSDP2 (`torch.distributed.fsdp.fully_shard` on each
 block of the model's layer stacks, then on the model): `peft-bench estimate --shards N`.
 
-FSDP2 is data parallel: each of the N devices runs its own batch (`--batch-size` is per device) and holds 1/N of
-every parameter, gradient and optimizer state; a block's parameters are gathered whole just before its forward and
-its backward, and its gradients reduced and scattered right after its backward. So, per device:
+As the runner shards a cell (bench/cell/sharded.py), each of the N devices runs the same, whole batch (`--batch-size`
+is the cell's batch, which every device holds; not data parallel) and holds 1/N of every parameter, gradient and
+optimizer state; a block's parameters are gathered whole just before its forward and its backward, and its
+gradients reduced and scattered right after its backward. So, per device:
 
 - weights_bytes, grad_bytes, optimizer_bytes: the unsharded figures / N, rounded up (the shards of an uneven
   tensor are padded to equal size; the padding, under N elements a tensor, is left out);
