@@ -96,7 +96,7 @@ class Figure:
 LATENCY_EXAMPLES = 8  # single-example predictions timed for time.infer_latency_s
 MEMORY_SAMPLE_INTERVAL_S = 0.05  # memory.train_*: seconds between readings of the training window's memory
 FORGETTING_CHUNK_TOKENS = 128  # forgetting.*: the general text is scored in pieces of this many tokens
-FORGETTING_MASK_SHARE = 0.15  # an encoder's masked-LM loss: the share of each piece's tokens masked (BERT's)
+MASK_SHARE = 0.15  # BERT's share of masked tokens: an encoder's forgetting and a masked-LM stage's examples
 FORGETTING_MASK_SEED = 0  # and the seed that draws them (bench/cell/masked_lm.py)
 _SAMPLED = (f"read every {MEMORY_SAMPLE_INTERVAL_S * 1000:g} ms by a thread of its own, and once at each end of "
             "the training window and of each evaluation during training it leaves out (those are not sampled), "
@@ -312,7 +312,7 @@ _FIGURES = [
            "paper's prefix LM, not its span corruption): the encoder reads the piece's first ⌈n/2⌉ tokens, the "
            "decoder predicts the other ⌊n/2⌋ from its start token on, teacher-forced; `masked` for an encoder: "
            f"pieces of {FORGETTING_CHUNK_TOKENS} − 2 tokens wrapped in its [CLS] and [SEP] (<s>, </s>), of "
-           f"each piece's n tokens ⌊{FORGETTING_MASK_SHARE} n + 0.5⌋ (at least 1) replaced by the mask token "
+           f"each piece's n tokens ⌊{MASK_SHARE} n + 0.5⌋ (at least 1) replaced by the mask token "
            f"and predicted, drawn by Python's random.Random({FORGETTING_MASK_SEED}).sample piece by piece "
            "(no 80/10/10 replacement): the same positions in every cell.", "first", "same"),
     Figure("forgetting", "tokens", "tokens", "exact", "the predicted tokens that `lm_loss_before` and "

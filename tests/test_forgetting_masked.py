@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from bench.cell.forgetting import DEFAULT_TEXT, general_text, lm_loss
-from bench.cell.masked_lm import masked_count, masked_pieces
-from bench.figures import FORGETTING_MASK_SEED, FORGETTING_MASK_SHARE
+from bench.cell.masked_lm import masked_pieces
+from bench.figures import FORGETTING_MASK_SEED, MASK_SHARE
 from bench.tasks.features import IGNORE
+from bench.tasks.masked_lm import masked_count
 
 CLS, SEP, MASK = 1, 2, 3
 
 
 def test_masked_count_rounds_half_up_to_at_least_one():
-    assert (FORGETTING_MASK_SHARE, FORGETTING_MASK_SEED) == (0.15, 0)
+    assert (MASK_SHARE, FORGETTING_MASK_SEED) == (0.15, 0)
     assert [masked_count(n) for n in (1, 3, 7, 10, 30, 100, 126)] == [1, 1, 1, 2, 5, 15, 19]  # 0.15 n + 0.5, floor
 
 

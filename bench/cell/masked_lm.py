@@ -18,13 +18,9 @@ import random
 import torch
 
 from bench.cell.batching import IGNORE
-from bench.figures import FORGETTING_CHUNK_TOKENS, FORGETTING_MASK_SEED, FORGETTING_MASK_SHARE
+from bench.figures import FORGETTING_CHUNK_TOKENS, FORGETTING_MASK_SEED
 from bench.models import pretrained_ref
-
-
-def masked_count(n: int) -> int:
-    """How many of a piece's n text tokens are masked: FORGETTING_MASK_SHARE of them rounded half up, at least 1."""
-    return max(1, int(FORGETTING_MASK_SHARE * n + 0.5))
+from bench.tasks.masked_lm import masked_count
 
 
 def masked_pieces(ids: list[int], tokenizer) -> list[dict]:

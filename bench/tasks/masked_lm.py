@@ -2,7 +2,7 @@
 `objective: mlm`, bench/plan/stages.py), BERT's recipe (Devlin et al. 2019, §3.1).
 
 Each row's text columns are tokenised together (as a classifier reads them, truncated to max_length); of its
-non-special tokens, MASK_RATE (rounded, at least one) are chosen, drawn from a generator seeded by the cell's seed
+non-special tokens, masked_count of them are chosen, drawn from a generator seeded by the cell's seed
 and the row's position, so every method sees the same masks under a seed. A chosen token becomes the mask token
 with probability 0.8, a uniformly drawn vocabulary token with 0.1, and stays itself with 0.1; `labels` hold the
 original ids at the chosen positions and IGNORE elsewhere, so the model's own loss is the masked-LM loss.
@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import random
 
+from bench.figures import MASK_SHARE
 from bench.tasks.features import IGNORE
 from bench.tasks.spec import TaskSpec
 
 MLM = "mlm"  # the type of a stage mixture trained by masked-LM (not a task type a definition may give)
-MASK_RATE = 0.15
 REPLACE = (0.8, 0.1)  # of the chosen tokens: the mask token, a random token (the rest stay)
+
+
+def masked_count(n: int) -> int:
+    """How many of n maskable tokens are masked: MASK_SHARE of them rounded half up, at least 1."""
+    return max(1, int(MASK_SHARE * n + 0.5))
 
 
 def mask_tokens(ids: list[int], special: set[int], mask_id: int, vocab: int, draw: random.Random) -> dict:
@@ -25,7 +30,7 @@ def mask_tokens(ids: list[int], special: set[int], mask_id: int, vocab: int, dra
     candidates = [i for i, t in enumerate(ids) if t not in special]
     if not candidates:
         return {"input_ids": list(ids), "labels": [IGNORE] * len(ids)}
-    chosen = sorted(draw.sample(candidates, max(1, round(MASK_RATE * len(candidates)))))
+    chosen = sorted(draw.sample(candidates, masked_count(len(candidates))))
     inputs, labels = list(ids), [IGNORE] * len(ids)
     for i in chosen:
         labels[i] = ids[i]
