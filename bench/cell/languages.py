@@ -12,31 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.methods.external import STATE_FILE
+from bench.methods.external import saved_state
 from bench.methods.madx import language_state, load_language
 from bench.plan.cellspec import Cell
-from bench.tasks import crosslingual
 
 
 def language_swaps(cell: Cell, model, device) -> Callable[[str], None] | None:
     """`before(split)`: puts the split's language adapters into `model`; None for a cell without language_stages.
-    A stage's missing state, or a language that is not one of the task's targets, raises before any scoring."""
+    A stage's missing state raises before any scoring (the grid checked that each language is a target one)."""
     if not cell.language_stages:
         return None
-    from safetensors.torch import load_file
-
-    targets = crosslingual.target_languages(cell.task.evaluation)
-    unknown = sorted(set(cell.language_stages) - set(targets))
-    if unknown:
-        raise ValueError(f"language_stages name {unknown}, which are not target languages of task "
-                         f"'{cell.task.name}' ({', '.join(targets)})")
-    folder = Path(cell.init_dir or "").parent
-    states = {}
-    for language, stage in cell.language_stages.items():
-        path = folder / stage / STATE_FILE
-        if not cell.init_dir or not path.is_file():
-            raise FileNotFoundError(f"stage cell {stage} (language {language}) has no saved state at {path}")
-        states[language] = load_file(str(path), device=str(device))
+    folder = Path(cell.init_dir).parent if cell.init_dir else None  # the stages' folder
+    states = {language: saved_state(str(folder / stage) if folder else None, stage, device)
+              for language, stage in cell.language_stages.items()}
     own = {k: v.clone() for k, v in language_state(model).items()}
 
     def before(split: str) -> None:

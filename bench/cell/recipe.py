@@ -31,7 +31,7 @@ from bench.cell.objectives import Objective, objective_for
 from bench.cell.sharded import shard
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
-from bench.methods.external import STATE_FILE, save_adapter
+from bench.methods.external import save_adapter, saved_state
 from bench.models import Bundle, enable_gradient_checkpointing, load_bundle, quiet_libraries
 from bench.plan.cellspec import Cell
 from bench.record import error_info, finish, new_record
@@ -215,17 +215,6 @@ def start_from_stage(adapted: Adapted, cell: Cell, device: torch.device, head_mo
 def stage_state(cell: Cell, ref: str, device: torch.device) -> dict:
     """The state a stage cell that the method's settings name saved (Method.stage_settings)."""
     return saved_state(str(Path(cell.stages_dir) / ref) if cell.stages_dir else None, ref, device)
-
-
-def saved_state(folder: str | None, cell_id: str | None, device: torch.device) -> dict:
-    """The state the cell `cell_id` saved in `folder`; FileNotFoundError when it has not (it failed, or has not run)."""
-    from safetensors.torch import load_file
-
-    path = Path(folder or "") / STATE_FILE
-    if not folder or not path.is_file():
-        raise FileNotFoundError(f"cell {cell_id} has no saved state at {path}: it has not run, or it failed "
-                                "(`peft-bench run` runs the cells others start from before them)")
-    return load_file(str(path), device=str(device))
 
 
 def device_for_run() -> torch.device:

@@ -53,6 +53,17 @@ META_FIELDS = {"format_version": int, "method": str, "method_config": dict, "mod
                "suite": str, "cell_id": str, "label": str}
 
 
+def saved_state(folder: str | None, cell_id: str | None, device) -> dict:
+    """The state the cell `cell_id` saved in `folder`; FileNotFoundError when it has not (it failed, or has not run)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder or "") / STATE_FILE
+    if not folder or not path.is_file():
+        raise FileNotFoundError(f"cell {cell_id} has no saved state at {path}: it has not run, or it failed "
+                                "(`peft-bench run` runs the cells others start from before them)")
+    return load_file(str(path), device=str(device))
+
+
 def read_meta(folder: Path) -> dict | None:
     """The harness's metadata of an adapter folder, None for a plain peft adapter; BadInput naming the file
     when it is not what `run --save-adapters` writes."""
