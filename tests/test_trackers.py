@@ -263,3 +263,35 @@ def test_an_unknown_tracker_names_the_choices(tmp_path, write_suite, capsys):
                  "--log-to", "tensorbord"]) == 2
     err = capsys.readouterr().err
     assert "unknown tracker 'tensorbord'" in err and "tensorboard" in err and "trackio" in err
+
+
+def test_a_tracker_that_cannot_say_what_it_holds_gets_no_earlier_record():
+    """Its logged_keys raising, the records this run did not run are not logged to it (it may hold them all: they
+    would be logged twice), and the summary says so once; a tracker that can say gets those it lacks."""
+    from bench.run.trackers.base import Trackers, record_key
+
+    class Keeper:
+        def __init__(self, keys=None):
+            self.keys, self.logged = keys, []
+
+        def log_cell(self, record, curve, origin):
+            self.logged.append(record["cell"]["id"])
+
+        def logged_keys(self):
+            if self.keys is None:
+                raise OSError("the tracker's store is locked")
+            return self.keys
+
+        def close(self):
+            pass
+
+    records = [({"cell": {"id": cell_id}, "created_at": "2026-12-07T09:00:00"}, "recorded") for cell_id in "ab"]
+    unreadable, reading = Keeper(), Keeper({record_key(records[0][0])})
+    trackers = Trackers([("unreadable", unreadable), ("reading", reading)])
+    trackers.log_stored(records)
+    assert unreadable.logged == [] and reading.logged == ["b"]
+    assert trackers.notes() == [
+        "--log-to reading: 1 cell(s) recorded earlier were logged already, not logged again",
+        "--log-to unreadable: 2 cell(s) recorded earlier not logged: which cells it holds could not be read "
+        "(OSError: the tracker's store is locked), and logging them could log some twice"]
+    assert trackers.notes() == []

@@ -78,34 +78,44 @@ class Trackers:
         self.failed: set[str] = set()  # trackers whose first failure was printed
         self.missed = {name: 0 for name, _ in opened}  # cells each tracker missed since the last `notes()`
         self.known = {name: 0 for name, _ in opened}  # records not ran here that each tracker already held
+        # records not ran here kept from a tracker that could not say what it held: (how many, why), by tracker
+        self.unread: dict[str, tuple[int, str]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.opened)
 
-    def log(self, record: dict, origin: str = "ran", skip: set[str] | None = None) -> None:
-        """Log `record` to each tracker, but to those named in `skip` (they hold it already)."""
+    def log(self, record: dict, origin: str = "ran", skip: set[str] = frozenset()) -> None:
+        """Log `record` to each tracker but those named in `skip`."""
         curve = None
         if self.curves is not None:
             from bench.cell.curves import read_curve
 
             curve = read_curve(self.curves / f"{record['cell']['id']}.jsonl")
         for name, tracker in self.opened:
-            if skip and name in skip:
-                self.known[name] += 1
-                continue
-            self._call(name, record["cell"]["id"], tracker.log_cell, record, curve, origin)
+            if name not in skip:
+                self._call(name, record["cell"]["id"], tracker.log_cell, record, curve, origin)
 
     def log_stored(self, records: list[tuple[dict, str]]) -> None:
         """Records of cells this run does not run, with their origin (ORIGINS): each logged to every tracker that
-        does not hold a run of it yet (by record_key), so rerunning a grid logs nothing twice where a tracker can
-        tell, and a grid resumed with a new --log-to fills the tracker with its earlier cells."""
+        does not hold a run of it yet (by record_key), so rerunning a grid logs nothing twice, and a grid resumed
+        with a new --log-to fills the tracker with its earlier cells. A tracker that cannot say what it holds gets
+        none of them (it may hold them all), which the summary says."""
         if not (self.opened and records):
             return
-        held = {name: self._call(name, "(reading what it holds)", tracker.logged_keys) or set()
-                for name, tracker in self.opened}
+        held: dict[str, set[str]] = {}
+        unread: set[str] = set()
+        for name, tracker in self.opened:
+            try:
+                held[name] = tracker.logged_keys()
+            except Exception as e:  # noqa: BLE001 (a tracker's failure is never the grid's)
+                unread.add(name)
+                self.unread[name] = (self.unread.get(name, (0, ""))[0] + len(records), f"{type(e).__name__}: {e}")
         for record, origin in records:
             key = record_key(record)
-            self.log(record, origin, {name for name, keys in held.items() if key in keys})
+            holding = {name for name, keys in held.items() if key in keys}
+            for name in holding:
+                self.known[name] += 1
+            self.log(record, origin, holding | unread)
 
     def _call(self, name: str, cell_id: str, function, *args):
         try:
@@ -126,6 +136,9 @@ class Trackers:
                  for name, n in self.missed.items() if n]
         lines += [f"--log-to {name}: {n} cell(s) recorded earlier were logged already, not logged again"
                   for name, n in self.known.items() if n]
+        lines += [f"--log-to {name}: {n} cell(s) recorded earlier not logged: which cells it holds could not be "
+                  f"read ({why}), and logging them could log some twice" for name, (n, why) in self.unread.items()]
+        self.unread = {}
         self.missed = dict.fromkeys(self.missed, 0)
         self.known = dict.fromkeys(self.known, 0)
         return lines
