@@ -17,6 +17,7 @@ from bench.plan import grid
 from bench.plan.kernels import check_kernels
 from bench.plan.suite import load_suite
 
+ON_GPU = lambda: True  # noqa: E731 (the run's cells have a GPU)
 TRAIN = "{batch_size: 4, max_steps: 2, max_length: 16, eval_batch_size: 16, max_eval_samples: 16"
 
 
@@ -42,7 +43,7 @@ def test_liger_on_a_model_that_is_not_llama_family_is_refused_naming_it(tmp_path
     with_liger(monkeypatch, installed=True)
     path = suite_file(tmp_path, "[tiny-llama, tiny-encoder]", "liger")
     with pytest.raises(BadInput) as error:
-        check_kernels(cells_of(path), path)
+        check_kernels(cells_of(path), path, ON_GPU)
     message = str(error.value)
     assert "liger fuses the layers of LLaMA-family models only, and tiny-encoder is RoBERTa (1 cell(s)" in message
     assert error.value.where == path and error.value.choices == ["liger (models of llama)", "torch"]
@@ -53,10 +54,27 @@ def test_liger_without_the_package_is_refused_with_how_to_install_it(tmp_path, m
     path = suite_file(tmp_path, "[tiny-llama]", "liger")
     with pytest.raises(BadInput, match="liger needs the liger-kernel package, which is not installed: pip install "
                                        "liger-kernel"):
-        check_kernels(cells_of(path), path)
+        check_kernels(cells_of(path), path, ON_GPU)
     with_liger(monkeypatch, installed=True)
-    check_kernels(cells_of(path), path)  # installed, on a LLaMA: nothing to say
-    check_kernels(cells_of(suite_file(tmp_path, "[tiny-encoder]", None)), path)  # not asked for: nothing checked
+    check_kernels(cells_of(path), path, ON_GPU)  # installed, on a LLaMA with a GPU: nothing to say
+    # not asked for: nothing checked, the GPUs not even asked about
+    check_kernels(cells_of(suite_file(tmp_path, "[tiny-encoder]", None)), path, lambda: 1 / 0)
+
+
+def test_liger_where_the_cells_have_no_gpu_is_refused_from_the_executors_settings(tmp_path, monkeypatch):
+    """Decided from the executor's settings (--gpus, what nvidia-smi or CUDA_VISIBLE_DEVICES shows), never through
+    CUDA: the runner forks cells."""
+    from bench.run.executors.local import LocalExecutor
+
+    with_liger(monkeypatch, installed=True)
+    path = suite_file(tmp_path, "[tiny-llama]", "liger")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this process sees no GPU, whatever the machine has
+    with pytest.raises(BadInput, match="liger runs on CUDA GPUs only, and this run's cells have none") as error:
+        check_kernels(cells_of(path), path, LocalExecutor(quiet=True).cells_on_gpu)
+    assert error.value.where == path and error.value.choices == ["torch"]
+    check_kernels(cells_of(path), path, LocalExecutor(quiet=True, gpus=["0"]).cells_on_gpu)  # pinned to a GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    check_kernels(cells_of(path), path, LocalExecutor(quiet=True).cells_on_gpu)  # not pinned: sees GPU 0
 
 
 def test_run_refuses_before_any_work(tmp_path, monkeypatch, capsys):
@@ -65,6 +83,28 @@ def test_run_refuses_before_any_work(tmp_path, monkeypatch, capsys):
     code = main(["run", "--suite", suite_file(tmp_path, "[tiny-llama]", "liger"), "--results", str(results),
                  "--quiet"])
     assert code == 2 and "liger-kernel package" in capsys.readouterr().err
+    assert not results.exists()
+
+
+
+def test_run_on_cpu_refuses_liger_before_any_work_without_touching_cuda(tmp_path):
+    """A run whose cells see no GPU exits 2 before any cell (it failed inside the cell, after loading the model),
+    and the runner never imported torch to decide it. In a fresh interpreter: this one may have imported torch."""
+    import os
+    import subprocess
+
+    results = tmp_path / "results"
+    code = ("import importlib.util, sys\n"
+            "found = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: object() if name == 'liger_kernel' else found(name, *a)\n"
+            "from bench.cli import main\n"
+            f"code = main(['run', '--suite', {suite_file(tmp_path, '[tiny-llama]', 'liger')!r}, '--results', "
+            f"{str(results)!r}, '--quiet'])\n"
+            "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "liger runs on CUDA GPUs only" in done.stderr
     assert not results.exists()
 
 

@@ -1,10 +1,12 @@
 """The `train.kernels` speed option, checked before any work: Liger's fused kernels (`kernels: liger`) exist for
 LLaMA-family models only and need the liger-kernel package (Linux with CUDA: it is written in Triton), which the
-lock does not hold. Planning never imports it (nor torch): the package is looked up, not loaded."""
+lock does not hold, and a run whose cells have a GPU. Planning never imports it (nor torch): the package is looked
+up, not loaded, and the GPUs are the executor's settings, not asked of CUDA."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 from bench.archs import ARCHS
 from bench.errors import BadInput
@@ -13,9 +15,10 @@ LIGER_ARCHS = ("llama",)  # the architectures (bench/archs.py) whose layers benc
 LIGER_INSTALL = "pip install liger-kernel (a Linux machine with CUDA: it needs Triton); it is not in the lock"
 
 
-def check_kernels(cells: list, where: str | None) -> None:
+def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], bool]) -> None:
     """BadInput before any work when a cell asks for kernels its model cannot run or this machine lacks.
-    `where`: the suite file, for the message."""
+    `where`: the suite file, for the message; `cells_on_gpu`: whether the run's cells have a GPU (the executor's
+    cells_on_gpu), asked only when a cell wants liger."""
     asked = [c for c in cells if c.train.kernels != "torch"]
     if not asked:
         return
@@ -28,3 +31,7 @@ def check_kernels(cells: list, where: str | None) -> None:
     if importlib.util.find_spec("liger_kernel") is None:
         raise BadInput(f"train.kernels: liger needs the liger-kernel package, which is not installed: {LIGER_INSTALL}",
                        where)
+    if not cells_on_gpu():
+        raise BadInput(f"train.kernels: liger runs on CUDA GPUs only, and this run's cells have none ({len(asked)} "
+                       f"cell(s) ask for it, first: {asked[0].line()}): give them GPUs (local: --gpus, or a visible "
+                       "GPU; slurm, ray: --gpus-per-cell), or give those cells kernels: torch", where, ("torch",))

@@ -33,6 +33,10 @@ class Executor(Protocol):
     def submit(self, cells: Iterable[Cell], spool: Callable[[Cell], Path],
                planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]: ...
 
+    def cells_on_gpu(self) -> bool:
+        """Whether its cells run with a GPU, decided from its settings and never through CUDA (the runner forks
+        cells): what GPU-only options (train.kernels) are checked against before any work."""
+
 
 @dataclass(frozen=True)
 class Option:

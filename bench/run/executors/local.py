@@ -105,6 +105,10 @@ class LocalExecutor:
             self.budgets[cell.id] = cell_budget(self.predicted_memory(cell))
         return self.budgets[cell.id]
 
+    def cells_on_gpu(self) -> bool:
+        """Those of --gpus; without it, a cell is pinned to none and sees every GPU this process does."""
+        return any(self.devices) or bool(visible_gpus())
+
     def order(self, cells: list[Cell]) -> list[Cell]:
         """The order the runner claims cells in: packed, largest budget first (bench.run.packing); else as given."""
         if self.rooms is None or self.isolation == "inline":

@@ -64,6 +64,9 @@ class RayExecutor:
         self.threads_per_cell = int(self.cpus_per_cell)  # torch threads of a cell: the CPUs Ray gives it
         self.slots = None  # as many as the cluster has room for
 
+    def cells_on_gpu(self) -> bool:
+        return self.gpus_per_cell > 0
+
     def submit(self, cells: Iterable[Cell], spool=None, planned=None) -> Iterator[tuple[Cell, dict]]:
         """Yield (cell, record) as cells finish on the cluster; `spool` is unused (records come back), and so is
         `planned` (a Ray worker has no fork server to preload: each cell imports what it needs)."""

@@ -105,6 +105,9 @@ class SlurmExecutor:
                 job.cancel(check=False)
                 _remove_job_files(job)
 
+    def cells_on_gpu(self) -> bool:
+        return self.gpus > 0
+
     def resources(self, cell: Cell) -> dict:
         """What one cell's job asks Slurm for (submitit's parameter names)."""
         wanted = {"cpus_per_task": self.cpus, "time": math.ceil((cell.timeout_s + START_MARGIN_S) / 60),
