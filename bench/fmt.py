@@ -14,6 +14,13 @@ def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def mean_of_all(values) -> float | None:
+    """The mean of the values, None when there are none or any is missing: a figure averaged over its parts (a
+    mixture's tasks, a task's target languages) is unknown when one part is."""
+    values = list(values)
+    return None if not values or any(missing(v) for v in values) else math.fsum(values) / len(values)
+
+
 def count(value) -> str:
     """Parameter counts: 294,912 -> '294.9K', 124,645,632 -> '124.6M'."""
     if missing(value):

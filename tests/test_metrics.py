@@ -125,3 +125,11 @@ def test_correlations_of_non_finite_predictions_are_null_where_scipy_has_no_valu
         expected = float(reference(preds, labels)[0])
         got = metrics.compute([name], preds, labels)[name]
         assert got is None if math.isnan(expected) else got == pytest.approx(100 * expected), (name, preds, got)
+
+
+def test_mean_of_all_is_unknown_when_a_part_is():
+    from bench.fmt import mean_of_all
+
+    assert mean_of_all([80.0, 90.0, 100.0]) == 90.0
+    assert mean_of_all([80.0, None]) is None and mean_of_all([80.0, float("nan")]) is None
+    assert mean_of_all([]) is None

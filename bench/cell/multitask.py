@@ -16,7 +16,6 @@ tasks would not be the same figure).
 
 from __future__ import annotations
 
-import statistics
 from functools import partial
 
 import torch
@@ -24,6 +23,7 @@ import torch
 from bench.cell import evaluate as scoring
 from bench.cell.batching import collate
 from bench.cell.objectives import Objective
+from bench.fmt import mean_of_all
 from bench.layers import task_heads
 from bench.tasks.features import EvalSet
 from bench.tasks.mixture import TASK_AVERAGE, member_key, member_widths
@@ -101,6 +101,5 @@ def evaluate(bundle, model, task: TaskSpec, evalsets: dict, batch_size: int, dev
 
 def task_average(metrics: dict, task: TaskSpec) -> float | None:
     """The mean over the members of each one's main metric; None when any member's is unknown."""
-    mains = [metrics.get(member_key(m.name, m.main_metric)) for m in task.members]
-    return None if any(v is None for v in mains) else statistics.fmean(mains)
+    return mean_of_all(metrics.get(member_key(m.name, m.main_metric)) for m in task.members)
 

@@ -12,18 +12,11 @@ average and storage of that row are then unknown.
 
 from __future__ import annotations
 
-import statistics
-
 import pandas as pd
 
 from bench import fmt
 from bench.report.table import Cell, Column, Table
 from bench.tasks.mixture import TASK_AVERAGE, member_key
-
-
-def _mean(values: list) -> float | None:
-    known = [v for v in values if not fmt.missing(v)]
-    return statistics.fmean(known) if known and len(known) == len(values) else None
 
 
 def _score(value) -> Cell:
@@ -32,7 +25,7 @@ def _score(value) -> Cell:
 
 def _stored(params: list[dict], key: str) -> float | None:
     """The mean over seeds of one record field (params.stored / params.stored_bytes); None when any is unknown."""
-    return _mean([p.get(key) for p in params]) if params else None
+    return fmt.mean_of_all([p.get(key) for p in params]) if params else None
 
 
 def multitask_tables(frame: pd.DataFrame, stages: pd.DataFrame) -> list[Table]:
@@ -65,7 +58,7 @@ def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[di
         mine = [r for r in ok if r["cell"]["model"] == model and r["cell"]["label"] == label]
         per_task = {name: [r for r in mine if r["cell"]["task"] == name] for name in names}
         if any(per_task.values()):
-            scores = [_mean([r["scores"]["metrics"].get(metric) for r in per_task[name]]) if per_task[name] else None
+            scores = [fmt.mean_of_all(r["scores"]["metrics"].get(metric) for r in per_task[name])
                       for name, metric in members]
             stored = [_stored([r["params"] for r in per_task[name]], "stored") for name in names]
             stored_bytes = [_stored([r["params"] for r in per_task[name]], "stored_bytes") for name in names]
@@ -76,14 +69,14 @@ def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[di
             total_bytes = None if None in stored_bytes or shared else sum(stored_bytes)
             kept = len(names) + len(shared)
             trained = f"per task ({len(names)} cells" + (f", over {len(shared)} task adapters)" if shared else ")")
-            table.add(label, [Cell(label), Cell(trained), *map(_score, scores),
-                              _score(_mean(scores)), _count(total), _bytes(total_bytes), Cell(str(kept), value=kept)])
+            table.add(label, [Cell(label), Cell(trained), *map(_score, scores), _score(fmt.mean_of_all(scores)),
+                              _count(total), _bytes(total_bytes), Cell(str(kept), value=kept)])
         mixed = [r for r in mine if r["cell"]["task"] == mixture]
         if mixed:
-            scores = [_mean([r["scores"]["metrics"].get(member_key(name, metric)) for r in mixed])
+            scores = [fmt.mean_of_all([r["scores"]["metrics"].get(member_key(name, metric)) for r in mixed])
                       for name, metric in members]
             table.add(label, [Cell(label), Cell("one mixture"), *map(_score, scores),
-                              _score(_mean([r["scores"]["metrics"].get(TASK_AVERAGE) for r in mixed])),
+                              _score(fmt.mean_of_all([r["scores"]["metrics"].get(TASK_AVERAGE) for r in mixed])),
                               _count(_stored([r["params"] for r in mixed], "stored")),
                               _bytes(_stored([r["params"] for r in mixed], "stored_bytes")), Cell("1", value=1)])
     return table

@@ -15,9 +15,14 @@ a synthetic task's languages are bench/tasks/synthetic.py's (`translate`).
 from __future__ import annotations
 
 import dataclasses
-import statistics
 
-from bench.tasks.data import DEFAULT_TRAIN_LANGUAGE, languages, target_languages, train_language
+from bench.fmt import mean_of_all
+from bench.tasks.data import (
+    DEFAULT_TRAIN_LANGUAGE,
+    languages,
+    target_languages,
+    train_language,
+)
 from bench.tasks.spec import TaskSpec
 
 VARIANT = "@"  # xnli@de: XNLI trained on German
@@ -48,8 +53,7 @@ def transfer_scores(task: TaskSpec, scores: dict) -> dict:
         return {}
     out = {}
     for metric in task.metrics:
-        values = [scores.get(f"{metric}_{lang}") for lang in targets]
-        out[f"{metric}_{TRANSFER}"] = None if any(v is None for v in values) else statistics.fmean(values)
+        out[f"{metric}_{TRANSFER}"] = mean_of_all(scores.get(f"{metric}_{lang}") for lang in targets)
     return out
 
 
