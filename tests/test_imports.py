@@ -76,23 +76,29 @@ def _loaded_by(args: list[str], env=None) -> list[str]:
 
 def test_no_planning_command_imports_torch_peft_or_the_compiler(tmp_path):
     """list, report, compare, results export and a dry-run whose prices are cached import none of torch,
-    transformers, peft, bitsandbytes or torch's compiler: they answer at once."""
+    transformers, peft, bitsandbytes or torch's compiler: they answer at once. A few-shot suite's dry-run too: the
+    prompt lengths it is priced at (measured with the model's tokenizer, from transformers) are cached with the
+    prices."""
     from handmade import survey_records, write_store
 
     store = write_store(tmp_path / "r", survey_records())
     cache = {"PEFT_BENCH_CACHE": str(tmp_path / "cache")}
-    suite = tmp_path / "plan.yaml"
+    suite, few_shot = tmp_path / "plan.yaml", tmp_path / "few-shot.yaml"
     suite.write_text("name: plan\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
                      "train: {max_steps: 10, batch_size: 4, max_length: 16}\n")
-    dry_run = ["run", "--suite", str(suite), "--dry-run", "--results", str(tmp_path / "plan")]
+    few_shot.write_text("name: few-shot\nmethods: [lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                        "train: {max_steps: 10, batch_size: 4, max_length: 64, shots: 8}\n")
+    dry_run, few_shot_dry_run = (["run", "--suite", str(path), "--dry-run", "--results", str(tmp_path / "plan")]
+                                 for path in (suite, few_shot))
     first = _loaded_by(dry_run, cache)  # prices the shapes: builds and counts, as it must
     assert "peft" in first and "bitsandbytes" not in first  # LoRA needs peft; nothing here needs bitsandbytes
+    assert "transformers" in _loaded_by(few_shot_dry_run, cache)  # measures the prompts with the tokenizer
     for args in (["list", "methods"], ["list", "models"], ["list", "tasks"], ["list", "suites"],
                  ["report", "--suite", "hand", "--results", str(store), "--out", str(tmp_path / "rep"),
                   "--format", "md,csv"],
                  ["compare", str(store), str(store)],
                  ["results", "export", "--suite", "hand", "--results", str(store), "--out", str(tmp_path / "x.csv")],
-                 dry_run):
+                 dry_run, few_shot_dry_run):
         assert _loaded_by(args, cache) == [], args
 
 

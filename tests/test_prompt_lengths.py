@@ -112,3 +112,43 @@ def test_few_shot_cells_whose_rows_are_on_the_hub_are_priced_at_max_length_sayin
     out = dry_run(write_suite, tmp_path, capsys, "name: full\nmethods: [lora]\nmodels: [tiny-t5]\n"
                   "tasks: [synth-polarity]\ntrain: {max_steps: 10, batch_size: 8, max_length: 64}\n")
     assert "priced at" not in line_of(out, "lora")
+
+
+def test_a_measurement_is_cached_until_its_rows_template_or_max_length_change(write_suite, tmp_path, capsys,
+                                                                             monkeypatch):
+    """A dry-run again loads no tokenizer (a cached dry-run imports no transformers: test_imports.py): its prompt
+    lengths come from the disk cache. New rows in the task's file, a new template or another max_length measure
+    them again, at the new length."""
+    import bench.models
+
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    loads = []
+    real_load = bench.models.load_tokenizer
+    monkeypatch.setattr(bench.models, "load_tokenizer", lambda spec: loads.append(spec.name) or real_load(spec))
+
+    def task_file(words: int, template: str) -> None:
+        rows = [{"sentence": " ".join(["good"] * words), "label": "positive"}] * 4
+        for split in ("train", "eval"):
+            (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (tmp_path / "tasks.yaml").write_text(
+            "tasks:\n  - name: mine\n    type: classification\n"
+            f"    source: {{files: {{train: {tmp_path / 'train.jsonl'}, eval: {tmp_path / 'eval.jsonl'}}}}}\n"
+            f"    text: [sentence]\n    label: label\n    labels: [negative, positive]\n    template: '{template}'\n"
+            "    metrics: [accuracy]\n")
+
+    def priced(max_length: int = 64) -> int:
+        out = dry_run(write_suite, tmp_path, capsys,
+                      f"name: mine\nmethods: [lora]\nmodels: [tiny-gpt2]\ntasks: [mine]\n"
+                      f"task_files: [{tmp_path / 'tasks.yaml'}]\n"
+                      f"train: {{max_steps: 2, batch_size: 4, max_length: {max_length}, shots: 4}}\n")
+        return int(line_of(out, "lora").split("; priced at ")[1].split(" tokens")[0])
+
+    task_file(4, "{sentence} ?")
+    first = priced()
+    assert loads == ["tiny-gpt2"]
+    assert priced() == first and len(loads) == 1  # cached: no tokenizer loaded
+    task_file(8, "{sentence} ?")  # four words more a row: the file's size changes
+    assert priced() == first + 4 and len(loads) == 2
+    task_file(8, "good {sentence} ?")  # one word more in the template
+    assert priced() == first + 5 and len(loads) == 3
+    assert priced(max_length=first) == first and len(loads) == 4  # each example cut at the new max_length

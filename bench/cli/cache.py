@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add(sub) -> None:
-    cch = sub.add_parser("cache", help="the cache (tokenised data, plan prices): where it is and how big, or clear it")
+    cch = sub.add_parser("cache", help="the cache (tokenised data, plan prices and prompt lengths): where it is and "
+                                       "how big, or clear it")
     cch.add_argument("action", choices=["info", "clear"])
     cch.set_defaults(func=command)
 
@@ -15,8 +16,8 @@ def command(args) -> int:
     where = cache.root().parent
     if args.action == "clear":
         removed, freed = cache.clear()
-        print(f"removed {removed} cache file(s) (tokenised features, plan prices), {freed / 2**20:.1f} MB, "
-              f"from {where}")
+        print(f"removed {removed} cache file(s) (tokenised features, plan prices and prompt lengths), "
+              f"{freed / 2**20:.1f} MB, from {where}")
         return 0
     for kind in cache.KINDS:
         entries = cache.entries(kind)

@@ -29,7 +29,7 @@ import sys
 
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
-from bench.tools.prompt_lengths import at_priced_length, priced_length
+from bench.tools.prompt_lengths import at_priced_length, plan_cache_key, priced_length
 
 
 def train_rows(cell: Cell, known: dict) -> int | None:
@@ -186,19 +186,9 @@ def shape_of(cell: Cell) -> tuple:
 
 
 def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
-    """The disk cache's key of what is known of the cell's shape (bench.tasks.cache, kind `plan`): the shape, this
-    harness's source and the packages that build and count the step. None for a model given by a folder or hub id:
-    its config may change under the same name, so it is priced afresh."""
-    import importlib.metadata as md
-
-    from bench.models import REGISTRY
-    from bench.tasks import cache
-
-    if cell.model.name not in REGISTRY:
-        return None
-    versions = {name: md.version(name) for name in ("torch", "transformers", "peft")}
-    return {"what": what, "shape": repr(shape_of(cell)), "versions": versions,
-            "source": cache.source_digest()}
+    """The disk cache's key of what is known of the cell's shape (plan_cache_key: with the packages that build and
+    count the step)."""
+    return plan_cache_key(cell.model.name, ("torch", "transformers", "peft"), what=what, shape=repr(shape_of(cell)))
 
 
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:

@@ -14,6 +14,12 @@ length, and an evaluation pass (plan_cost.eval_flops: one per answer option) at 
 Only rows already on this machine are measured (synthetic tasks, local files, --data-dir, a task's manual files):
 the plan downloads no dataset. Where the rows or the tokenizer cannot be read, the cell is priced at max_length,
 an upper bound, and its line says why.
+
+A measurement is kept in the disk cache with the plan's prices (kind `plan`, plan_cache_key), so a dry-run of the same
+plan again loads no tokenizer (transformers alone takes most of a second to import): keyed by the task's definition
+(its templates), its data files' sizes and times, the model's identity (the tiny tokenizer's digest, a hub
+checkpoint's id and revision), max_length, the tokenizer packages' versions and this harness's source. A model given
+by a folder or hub id is measured afresh each time, as its prices are.
 """
 
 from __future__ import annotations
@@ -25,15 +31,51 @@ from types import SimpleNamespace
 MEASURED_ROWS = 256  # enough for a stable mean (a few-shot task's prompts vary by tens of tokens), fast to tokenise
 
 
+def plan_cache_key(model_name: str, packages: tuple[str, ...], **subject) -> dict | None:
+    """The disk cache's key (bench.tasks.cache, kind `plan`) of what a plan computed for a model: `subject`, the
+    versions of the packages that compute it and this harness's source. None for a model given by a folder or hub id
+    (not a registered name): what it is may change under the same name, so it is computed afresh."""
+    import importlib.metadata as md
+
+    from bench.models import REGISTRY
+    from bench.tasks import cache
+
+    if model_name not in REGISTRY:
+        return None
+    return {**subject, "versions": {name: md.version(name) for name in packages}, "source": cache.source_digest()}
+
+
 def example_tokens(task, spec, data_dir, max_length: int) -> tuple[float | None, str]:
     """(mean tokens of one example of the task as the model reads it, each cut at max_length as a cell cuts it, or
-    None; how it was measured or why not)."""
+    None; how it was measured or why not): from the disk cache where this plan measured it before, else measured
+    (measured_tokens) and, where that succeeded, cached."""
+    from bench.tasks import cache
+    from bench.tasks.data import files_fingerprint
+
+    if data_dir is None and not {"synthetic", "files", "manual"} & set(task.source):
+        return None, "its rows are on the hub; --data-dir measures a local copy"
+    try:
+        files = files_fingerprint(task, data_dir)
+    except OSError:  # a data file is missing: measured_tokens says so
+        key = None
+    else:
+        key = plan_cache_key(spec.name, ("transformers", "tokenizers"), what="example tokens", task=task.identity(),
+                             data=files, model=spec.identity(), max_length=max_length)
+    found, value = cache.lookup(key, "plan") if key is not None else (False, None)
+    if found and isinstance(value, list) and len(value) == 2:
+        return value[0], value[1]
+    mean, how = measured_tokens(task, spec, data_dir, max_length)
+    if mean is not None and key is not None:  # a failure (rows unread, tokenizer offline) may pass: measured again
+        cache.store(key, [mean, how], "plan")
+    return mean, how
+
+
+def measured_tokens(task, spec, data_dir, max_length: int) -> tuple[float | None, str]:
+    """example_tokens measured on the task's first MEASURED_ROWS training rows with the model's tokenizer."""
     from bench.models import head_for, load_tokenizer
     from bench.tasks.data import load_rows
     from bench.tasks.features import train_features
 
-    if data_dir is None and not {"synthetic", "files", "manual"} & set(task.source):
-        return None, "its rows are on the hub; --data-dir measures a local copy"
     try:
         rows = load_rows(task, "train", data_dir)[:MEASURED_ROWS]
     except Exception as e:  # missing files: `run` says so before any work; the plan prices at the bound
