@@ -1,6 +1,6 @@
 """A disk cache of what is costly to compute again, in two folders (KINDS): `features`, the tokenised data, so cells
 that share a (task, split, tokenizer, length, template) tokenise once; `plan`, the FLOPs of a training step of
-one shape, so `run --dry-run` prices a shape once across runs (keyed by the package versions and this harness's
+one shape and a few-shot task's measured prompt length, so `run --dry-run` prices each once across runs (keyed by the package versions and this harness's
 source, so a change to either prices it again). Keys hash everything the entry depends on; entries are JSON
 (data, never code) named by that hash, written atomically, and a damaged entry is rebuilt. Location:
 $PEFT_BENCH_CACHE, else ~/.cache/peft-bench.
