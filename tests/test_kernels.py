@@ -138,3 +138,20 @@ def test_liger_is_patched_into_the_built_model_as_its_api_takes_it(monkeypatch):
     model.config.model_type = "gemma"
     with pytest.raises(ValueError, match="no patch for model_type 'gemma'"):
         apply_kernels(model, "liger")
+
+
+def test_an_executor_that_cannot_say_whether_its_cells_have_a_gpu_is_not_asked():
+    """cells_on_gpu is optional in the executor contract (bench/run/executors/base.py): without it, liger is not
+    refused up front; the cell finds out itself."""
+    import sys
+    import types
+
+    fake = types.ModuleType("liger_kernel")
+    fake.__spec__ = importlib.machinery.ModuleSpec("liger_kernel", None)
+    cell = types.SimpleNamespace(train=types.SimpleNamespace(kernels="liger"),
+                                 model=types.SimpleNamespace(arch="llama", name="tiny-llama"), line=lambda: "a cell")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "liger_kernel", fake)
+        check_kernels([cell], "suite.yaml", None)
+        with pytest.raises(BadInput, match="CUDA GPUs only"):
+            check_kernels([cell], "suite.yaml", lambda: False)

@@ -15,10 +15,11 @@ LIGER_ARCHS = ("llama",)  # the architectures (bench/archs.py) whose layers benc
 LIGER_INSTALL = "pip install liger-kernel (a Linux machine with CUDA: it needs Triton); it is not in the lock"
 
 
-def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], bool]) -> None:
+def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], bool] | None) -> None:
     """BadInput before any work when a cell asks for kernels its model cannot run or this machine lacks.
     `where`: the suite file, for the message; `cells_on_gpu`: whether the run's cells have a GPU (the executor's
-    cells_on_gpu), asked only when a cell wants liger."""
+    cells_on_gpu), asked only when a cell wants liger; None for an executor that cannot say (its cells then find
+    out themselves, recorded failed with the reason)."""
     asked = [c for c in cells if c.train.kernels != "torch"]
     if not asked:
         return
@@ -31,7 +32,7 @@ def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], boo
     if importlib.util.find_spec("liger_kernel") is None:
         raise BadInput(f"train.kernels: liger needs the liger-kernel package, which is not installed: {LIGER_INSTALL}",
                        where)
-    if not cells_on_gpu():
+    if cells_on_gpu is not None and not cells_on_gpu():
         raise BadInput(f"train.kernels: liger runs on CUDA GPUs only, and this run's cells have none ({len(asked)} "
                        f"cell(s) ask for it, first: {asked[0].line()}): give them GPUs (local: --gpus, or a visible "
                        "GPU; slurm, ray: --gpus-per-cell), or give those cells kernels: torch", where, ("torch",))

@@ -4,7 +4,9 @@ An executor runs cells and hands back records; the runner decides what to run an
 (bench/run/runner.py). Its one call is `submit(cells, spool, planned)`: it takes cells from the iterable only when
 it has room to start one (so the runner claims each cell just before it starts), yields `(cell, record)` as each
 finishes, in whatever order, and stops every cell it started when the iterator is closed or interrupted. An executor
-may also have `order(cells) -> cells`, the order the runner claims them in (local.py packs the largest first). Every
+may also have `order(cells) -> cells`, the order the runner claims them in (local.py packs the largest first), and
+`cells_on_gpu() -> bool`, which GPU-only options are checked against before any work (without it, a cell finds out
+itself). Every
 cell yields exactly one record: a cell that crashed, ran out of memory, passed its deadline or was lost with its
 machine yields a failure record (bench/run/executors/cells.py: failure_record), never nothing.
 
@@ -32,10 +34,6 @@ class Executor(Protocol):
 
     def submit(self, cells: Iterable[Cell], spool: Callable[[Cell], Path],
                planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]: ...
-
-    def cells_on_gpu(self) -> bool:
-        """Whether its cells run with a GPU, decided from its settings and never through CUDA (the runner forks
-        cells): what GPU-only options (train.kernels) are checked against before any work."""
 
 
 @dataclass(frozen=True)
