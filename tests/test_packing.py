@@ -85,14 +85,14 @@ def test_a_cell_larger_than_any_device_runs_alone_on_the_largest_empty_one():
 
 def test_a_cell_larger_than_any_device_takes_gpus_per_cell_empty_ones():
     packer = Packer({"0": 40 * GIB, "1": 80 * GIB, "2": 80 * GIB}, gpus_per_cell=2)
-    huge, small = budget_of(100 * GIB), budget_of(1 * GIB)
+    per_device, small = budget_of(30 * GIB), budget_of(1 * GIB)  # its budget sharded over two (Packer.demand)
     assert packer.place(small).device == "0"
-    sharded = packer.place(huge)
+    sharded = packer.place(per_device, devices=2)
     assert sharded == Placement("1,2", None) and sharded.alone  # the two largest empty devices, whole
-    assert packer.place(small).device == "0" and packer.place(huge) is None  # "1" and "2" are held
+    assert packer.place(small).device == "0" and packer.place(per_device, devices=2) is None  # "1", "2" held
     packer.release(sharded)
     assert packer.place(None).device == "1"  # unknown: alone on one device, not sharded
-    assert packer.place(huge) is None  # two empty devices needed, one left
+    assert packer.place(per_device, devices=2) is None  # two empty devices needed, one left
     with pytest.raises(ValueError):
         Packer({"0": GIB}, gpus_per_cell=2)
 
@@ -314,6 +314,11 @@ def test_gpus_pack_by_memory_unless_told_off_or_nvidia_smi_cannot_say(monkeypatc
     assert "nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time" in said
 
 
+def halved(cell, shards: int = 1) -> dict:
+    """A prediction of 2 GiB on one device, 2 / N GiB on each of N: a cell that fits 3 GiB devices only sharded."""
+    return {"predicted_peak_bytes": 2 * GIB // shards}
+
+
 def test_a_cell_larger_than_any_gpu_runs_sharded_over_gpus_per_cell(tmp_path):
     """Two fake GPUs too small for the cell, --gpus-per-cell 2: the cell runs over both (FSDP2, two ranks on gloo
     here), and every rank computes the same batch's gradients, so its record is the unsharded one's."""
@@ -322,8 +327,8 @@ def test_a_cell_larger_than_any_gpu_runs_sharded_over_gpus_per_cell(tmp_path):
                     f"seeds: [1]\ntrain: {TRAIN}\ncell_timeout_s: 300\n")
     cells = grid.expand(load_suite(str(path)), threads=1)
     sharded, alone = Store(tmp_path / "sharded"), Store(tmp_path / "alone")
-    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, GIB),
-                             predicted_memory=lambda cell: {"predicted_peak_bytes": 2 * GIB}, gpus_per_cell=2)
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
+                             predicted_memory=halved, gpus_per_cell=2)
     assert run_grid(cells, sharded, executor, quiet=True).statuses == {"ok": 2}
     run_grid(cells, alone, LocalExecutor(quiet=True), quiet=True)
     for label, record in stored(sharded).items():
@@ -350,8 +355,8 @@ def test_a_cell_that_saves_its_state_is_refused_sharded_before_it_starts(tmp_pat
     cells = [dataclasses.replace(c, adapter_dir=str(saves / c.id))
              for c in grid.expand(load_suite(str(path)), threads=1)]
     store = Store(tmp_path / "sharded")
-    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, GIB),
-                             predicted_memory=lambda cell: {"predicted_peak_bytes": 2 * GIB}, gpus_per_cell=2)
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
+                             predicted_memory=halved, gpus_per_cell=2)
     started = time.monotonic()
     assert run_grid(cells, store, executor, quiet=True).statuses == {"unsupported": 1}
     assert time.monotonic() - started < 5  # refused at placement: no cell process, no rank, no model loaded

@@ -17,8 +17,11 @@ still runs out is retried alone with the whole device (bench/run/executors/local
 
 Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that needs
 real weights to build) runs alone on an empty device, with no limit but the device's own, as every cell ran before
-packing. So does a cell whose budget exceeds every device's room, unless `gpus_per_cell` > 1: then it takes that
-many empty devices and runs sharded over them (bench/cell/sharded.py); its placement names them all ("0,1").
+packing. A cell whose budget exceeds every device's room runs sharded over `gpus_per_cell` > 1 empty devices
+(bench/cell/sharded.py; its placement names them all, "0,1") when its per-device prediction sharded over that many
+(bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
+A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
+fit either, is refused before any cell starts (Packer.demand): it could only run out of memory.
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
@@ -27,7 +30,11 @@ scheduler is tested with fake devices (tests/test_packing.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from bench.errors import BadInput
+from bench.fmt import size
 
 MIB = 1024**2
 MEMORY_MARGIN = 1.10  # over (predicted peak + OTHER_BYTES): see the module's docstring
@@ -81,15 +88,43 @@ class Packer:
         """Whether a cell of this budget can share a device at all: it is known and fits some device's room."""
         return budget is not None and any(footprint(budget) <= room for room in self.rooms.values())
 
-    def where(self, budget: int | None, alone: bool = False) -> Placement | None:
+    def fits(self, budget: int, devices: int) -> bool:
+        """Whether `devices` of the devices each have room for a cell of this budget (per device)."""
+        return sum(footprint(budget) <= room for room in self.rooms.values()) >= devices
+
+    def demand(self, memory: Callable[[int], dict | None], cell: str) -> tuple[int | None, int]:
+        """(budget per device, devices) a cell runs with, from `memory(shards)`, its predicted memory section on
+        each of that many devices (bench.tools.plan_cost: predicted_memory): (its budget, 1) when it can share a
+        device, when its prediction is unknown or when it runs alone on one; (its per-device budget sharded,
+        gpus_per_cell) when it cannot share and that budget fits gpus_per_cell devices. BadInput, naming `cell`
+        and the numbers, when neither its sharded budget fits nor its bare prediction fits the largest device."""
+        unsharded = memory(1)
+        budget = cell_budget(unsharded)
+        if budget is None or self.shares(budget):
+            return budget, 1
+        sharded = None
+        if self.gpus_per_cell > 1:
+            sharded = memory(self.gpus_per_cell)
+            sharded_budget = cell_budget(sharded)
+            if sharded_budget is not None and self.fits(sharded_budget, self.gpus_per_cell):
+                return sharded_budget, self.gpus_per_cell
+        largest = max(self.rooms.values())
+        if unsharded["predicted_peak_bytes"] + CONTEXT_BYTES <= largest:
+            return budget, 1
+        raise BadInput(_too_large(cell, unsharded, sharded, self.gpus_per_cell, sorted(self.rooms.values())),
+                       "--gpus-per-cell", _SMALLER)
+
+    def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         """Where a cell of this budget would start now, or None while no device has room; nothing is taken. A cell
         that shares goes to the device its footprint fills best (the least room left that still fits: big gaps stay
-        for big cells); a cell that runs alone (`alone`, or it cannot share) takes an empty device, the largest; one
-        larger than any device takes `gpus_per_cell` empty ones, the largest first."""
-        if alone or not self.shares(budget):
-            count = self.gpus_per_cell if budget is not None and not self.shares(budget) else 1
+        for big cells); a cell that runs alone (`alone`, or it cannot share) takes an empty device, the largest; a
+        sharded one (`devices` > 1, `budget` per device: Packer.demand) takes that many empty devices its budget
+        fits, the largest first, each whole."""
+        if devices > 1 or alone or not self.shares(budget):
             empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
-            return Placement(",".join(empty[:count]), None) if len(empty) >= count else None
+            if devices > 1:
+                empty = [d for d in empty if footprint(budget) <= self.rooms[d]]
+            return Placement(",".join(empty[:devices]), None) if len(empty) >= devices else None
         need = footprint(budget)
         fitting = [d for d in self.rooms if d not in self.exclusive and self.used[d] + need <= self.rooms[d]]
         if not fitting:
@@ -97,9 +132,9 @@ class Packer:
         order = list(self.rooms)
         return Placement(min(fitting, key=lambda d: (self.rooms[d] - self.used[d] - need, order.index(d))), budget)
 
-    def place(self, budget: int | None, alone: bool = False) -> Placement | None:
+    def place(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         """`where`, and the room it names taken until `release`."""
-        placement = self.where(budget, alone)
+        placement = self.where(budget, alone, devices)
         if placement is None:
             return None
         if placement.alone:
@@ -119,6 +154,27 @@ class Packer:
         else:
             self.cells[placement.device] -= 1
             self.used[placement.device] -= footprint(placement.budget)
+
+
+# What lowers a cell's memory per device, for the refusal of a cell that fits no device (Packer.demand)
+_SMALLER = ("--gpus-per-cell G (more GPUs to shard over)", "train.gradient_checkpointing: true",
+            "train.weights_dtype: bf16", "a smaller train.batch_size or max_length", "GPUs with more free memory")
+
+
+def _too_large(cell: str, unsharded: dict, sharded: dict | None, gpus_per_cell: int, rooms: list[int]) -> str:
+    """Why a cell fits no device: its predictions against the devices' rooms, all in bytes and GB."""
+    def peak(memory: dict | None) -> str:
+        value = (memory or {}).get("predicted_peak_bytes")
+        return "unknown" if cell_budget(memory) is None else f"{size(value)} ({value:,} B)"
+
+    shown = f"its predicted peak is {peak(unsharded)} on one GPU"
+    if gpus_per_cell > 1:
+        shown += f" and {peak(sharded)} on each of {gpus_per_cell} sharded over them (FSDP2)"
+        if cell_budget(sharded) is not None:
+            shown += f", a budget of {size(cell_budget(sharded))} with the margins"
+    return (f"{cell} fits no GPU of --gpus: {shown}, and with {size(CONTEXT_BYTES)} of CUDA context a cell "
+            f"has at most {size(rooms[-1] - CONTEXT_BYTES)} of the largest GPU's {size(rooms[-1])} free "
+            f"({len(rooms)} GPU(s); docs/scale.md). Shard it over more GPUs, or make it smaller")
 
 
 def packing_order(cells: list, budgets: dict[str, int | None]) -> list:

@@ -282,16 +282,17 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
         return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
 
 
-def predicted_memory(cell: Cell) -> dict | None:
+def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
     """The memory section `estimate` predicts for the cell's training (weights, gradients, optimizer state, the
     step's peak, `predicted_peak_bytes`: docs/measurement.md), None when it cannot be predicted; from the disk
-    cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm)."""
+    cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm).
+    `shards` > 1: one device's, the cell sharded over that many (estimate --shards, bench/tools/sharding.py)."""
     from bench.methods.base import method_settings
     from bench.models import quiet_libraries
     from bench.tasks import cache
     from bench.tools.estimate import estimate
 
-    key = _cache_key(cell, f"memory with {cell.train.optimizer}")
+    key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else ""))
     found, value = cache.lookup(key, "plan") if key is not None else (False, None)
     if found:
         return value if isinstance(value, dict) else None
@@ -300,7 +301,7 @@ def predicted_memory(cell: Cell) -> dict | None:
         memory = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                           optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
-                          gradient_checkpointing=cell.train.gradient_checkpointing)["memory"]
+                          gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards)["memory"]
     except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

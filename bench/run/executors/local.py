@@ -65,10 +65,10 @@ class OneEach:
     def __init__(self, devices: list[str | None]):
         self.free = list(devices)
 
-    def where(self, budget: int | None, alone: bool = False) -> Placement | None:
+    def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         return Placement(self.free[0], None) if self.free else None
 
-    def place(self, budget: int | None, alone: bool = False) -> Placement | None:
+    def place(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         return Placement(self.free.pop(0), None) if self.free else None
 
     def release(self, placement: Placement) -> None:
@@ -92,27 +92,47 @@ class LocalExecutor:
         self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
         self.rooms = rooms if gpus and rooms and predicted_memory else None
         self.predicted_memory, self.gpus_per_cell = predicted_memory, gpus_per_cell
-        self.budgets: dict[str, int | None] = {}  # cell id -> allocator budget, as each is first asked
+        # (cell id, devices) -> its predicted memory section on each of that many devices, as first asked
+        self.memories: dict[tuple[str, int], dict | None] = {}
+        self.demands: dict[str, tuple[int | None, int]] = {}  # cell id -> (budget per device, devices): Packer.demand
         # Packed, more cells than GPUs may run at once: the cores are still shared as between one cell per GPU (a
         # cell on a GPU spends little CPU time); --threads sets it otherwise.
         self.slots = 1 if isolation == "inline" else len(self.devices)
         self.threads_per_cell = None  # the cores are shared between the slots (bench.plan.grid.cell_threads)
 
+    def memory(self, cell: Cell, shards: int = 1) -> dict | None:
+        """The cell's predicted memory on each of `shards` devices (sharded: `predicted_memory(cell, shards=N)`,
+        which a scheduler's prediction, asked for one device only, need not take)."""
+        if (cell.id, shards) not in self.memories:
+            self.memories[cell.id, shards] = self.predicted_memory(cell) if shards == 1 else \
+                self.predicted_memory(cell, shards=shards)
+        return self.memories[cell.id, shards]
+
     def budget(self, cell: Cell) -> int | None:
+        """The cell's allocator budget on one device (what orders the cells), None when not packing."""
+        return None if self.rooms is None else cell_budget(self.memory(cell))
+
+    def demand(self, cell: Cell) -> tuple[int | None, int]:
+        """(budget per device, devices) the cell runs with (Packer.demand: BadInput when it fits no device)."""
         if self.rooms is None:
-            return None
-        if cell.id not in self.budgets:
-            self.budgets[cell.id] = cell_budget(self.predicted_memory(cell))
-        return self.budgets[cell.id]
+            return None, 1
+        if cell.id not in self.demands:
+            packer = Packer(self.rooms, self.gpus_per_cell)
+            self.demands[cell.id] = packer.demand(lambda shards: self.memory(cell, shards), cell.line())
+        return self.demands[cell.id]
 
     def cells_on_gpu(self) -> bool:
         """Those of --gpus; without it, a cell is pinned to none and sees every GPU this process does."""
         return any(self.devices) or bool(visible_gpus())
 
     def order(self, cells: list[Cell]) -> list[Cell]:
-        """The order the runner claims cells in: packed, largest budget first (bench.run.packing); else as given."""
+        """The order the runner claims cells in: packed, largest budget first (bench.run.packing); else as given.
+        Packed, each cell's demand is settled here, before any cell starts: a cell that fits no device stops the
+        run with BadInput now rather than running out of memory later."""
         if self.rooms is None or self.isolation == "inline":
             return cells
+        for cell in cells:
+            self.demand(cell)
         return packing_order(cells, {c.id: self.budget(c) for c in cells})
 
     def submit(self, cells: Iterable[Cell], spool,
@@ -142,14 +162,15 @@ class LocalExecutor:
             while True:
                 while True:
                     if not waiting:  # a new cell is taken (the runner claims it) only when it can start now:
-                        nearest = self.budget(upcoming[0]) if upcoming else None  # judged by the next planned one
-                        if slots.where(nearest) is None or (cell := next(cells, None)) is None:
+                        nearest = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
+                        if slots.where(nearest[0], devices=nearest[1]) is None or (cell := next(cells, None)) is None:
                             break
                         while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
                             pass
                         waiting.append((cell, False))
                     cell, alone = waiting[0]
-                    placement = slots.place(self.budget(cell), alone)
+                    budget, devices = self.demand(cell)
+                    placement = slots.place(budget, alone, devices)
                     if placement is None:  # no room until a cell ends
                         break
                     waiting.popleft()

@@ -1,0 +1,124 @@
+"""Which cells run sharded (bench/run/packing.py: Packer.demand, the local executor's `--gpus-per-cell`): the decision
+and the devices' rooms take the prediction per device sharded over them (bench/tools/sharding.py), not the unsharded
+one, and a cell that fits no device even sharded is refused before any cell starts. Fake devices and predictions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.errors import BadInput
+from bench.plan import grid
+from bench.plan.suite import load_suite
+from bench.run.executors.local import LocalExecutor
+from bench.run.packing import CONTEXT_BYTES, Packer, Placement, cell_budget, footprint
+from bench.run.runner import run_grid
+from bench.run.store import Store
+
+GIB = 1024**3
+NO_GPU = ["90", "91"]  # GPU indices no machine has: a cell pinned to one sees no CUDA device
+
+
+def budget_of(predicted: int) -> int:
+    return cell_budget({"predicted_peak_bytes": predicted})
+
+
+def predictions(by_shards: dict[int, int]):
+    """memory(shards) of a cell predicted `by_shards[N]` bytes per device over N devices; the N asked are kept."""
+    asked = []
+
+    def memory(shards: int) -> dict:
+        asked.append(shards)
+        return {"predicted_peak_bytes": by_shards[shards]}
+
+    return memory, asked
+
+
+def test_a_cell_that_shares_a_device_is_never_priced_sharded():
+    memory, asked = predictions({1: 10 * GIB})
+    assert Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2).demand(memory, "c") == (budget_of(10 * GIB), 1)
+    assert asked == [1]
+
+
+def test_a_cell_too_large_for_one_device_takes_its_budget_sharded():
+    memory, asked = predictions({1: 100 * GIB, 2: 30 * GIB})
+    packer = Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2)
+    assert packer.demand(memory, "c") == (budget_of(30 * GIB), 2) and asked == [1, 2]
+
+
+def test_a_sharded_cell_takes_only_devices_its_sharded_budget_fits():
+    # 25 GiB per device: a budget of 1.1 x (25 + 0.125) GiB = 27.64 GiB, 28.64 GiB with its context; "2" is too small
+    per_device = budget_of(25 * GIB)
+    assert footprint(per_device) == pytest.approx(28.6375 * GIB, abs=1)
+    packer = Packer({"0": 40 * GIB, "1": 30 * GIB, "2": 24 * GIB}, gpus_per_cell=2)
+    assert packer.where(per_device, devices=2) == Placement("0,1", None)
+    small = packer.place(budget_of(1 * GIB))
+    assert small.device == "2"  # best fit
+    packer.release(small)
+    held = packer.place(budget_of(22 * GIB))  # 25.3 GiB with its context: fits "1" best, not "2"
+    assert held.device == "1"
+    assert packer.where(per_device, devices=2) is None  # "0" and "2" are empty, but 24 GiB holds no 28.64 GiB
+
+
+def test_a_cell_whose_sharded_budget_does_not_fit_runs_alone_if_its_prediction_fits_one_device():
+    # 38 GiB on one: its budget with the margins (42.9 GiB with the context) fits no 40 GiB device, the prediction
+    # itself (39 GiB with the context) does; sharded it is 39 GiB a device (activations dominate): no better
+    memory, _ = predictions({1: 38 * GIB, 2: 39 * GIB})
+    assert Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2).demand(memory, "c") == (budget_of(38 * GIB), 1)
+
+
+def test_a_cell_that_fits_no_device_even_sharded_is_refused_with_the_numbers():
+    memory, _ = predictions({1: 100 * GIB, 2: 45 * GIB})
+    with pytest.raises(BadInput) as refused:
+        Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2).demand(memory, "c0ffee  method=lora")
+    said = refused.value
+    assert said.where == "--gpus-per-cell"
+    assert "c0ffee  method=lora fits no GPU of --gpus" in said.message
+    assert f"100.0 GB ({100 * GIB:,} B) on one GPU" in said.message
+    assert f"45.0 GB ({45 * GIB:,} B) on each of 2 sharded over them" in said.message
+    assert f"a budget of {budget_of(45 * GIB) / GIB:.1f} GB with the margins" in said.message
+    assert f"at most {(40 * GIB - CONTEXT_BYTES) / GIB:.1f} GB of the largest GPU's 40.0 GB free" in said.message
+    assert {"train.gradient_checkpointing: true", "train.weights_dtype: bf16"} <= set(said.choices)
+    # one device per cell: the prediction itself past the largest device's room, so nothing to shard over
+    memory, asked = predictions({1: 40 * GIB})
+    with pytest.raises(BadInput, match="predicted peak is 40.0 GB .* on one GPU, and with 1.0 GB of CUDA context"):
+        Packer(dict.fromkeys("01", 40 * GIB)).demand(memory, "c")
+    assert asked == [1]
+
+
+def test_the_runner_refuses_a_cell_too_large_even_sharded_before_any_cell_starts(tmp_path):
+    """Two 3 GiB fake GPUs, a cell of 8 GiB on one and 4 GiB a device over two: before the fix it was sharded on
+    its unsharded prediction alone and started; now the run stops with the numbers, and nothing is recorded."""
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethods: [full, lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+    cells = grid.expand(load_suite(str(path)), threads=1)
+    store = Store(tmp_path / "results")
+    asked = []
+
+    def memory(cell, shards: int = 1) -> dict:
+        asked.append((cell.label, shards))
+        return {"predicted_peak_bytes": (8 if cell.label == "lora" else 1) * GIB // shards}
+
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
+                             predicted_memory=memory, gpus_per_cell=2)
+    started = time.monotonic()
+    with pytest.raises(BadInput, match=r"method=lora model=tiny-llama task=synth-polarity seed=1 fits no GPU"):
+        run_grid(cells, store, executor, quiet=True)
+    assert time.monotonic() - started < 5  # no cell process, no rank, no model loaded
+    assert not list(store.root.rglob("*.json"))
+    assert ("lora", 2) in asked and ("full", 2) not in asked  # the small cell shares a device: never priced sharded
+
+
+def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
+    from bench.tools.estimate import estimate
+    from bench.tools.plan_cost import predicted_memory
+
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethods: [full]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    sharded = estimate("tiny-llama", "full", 8, 16, shards=2)["memory"]
+    assert predicted_memory(cell, shards=2) == sharded and sharded["shards"] == 2
+    assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16)["memory"]  # cached apart from it
