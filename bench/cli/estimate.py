@@ -22,6 +22,8 @@ def add(sub) -> None:
                      "auto (transformers' choice: sdpa), sdpa or eager (default: auto)")
     est.add_argument("--gradient-checkpointing", action="store_true", help="the training setting "
                      "gradient_checkpointing: layers' activations recomputed in backward, not kept")
+    est.add_argument("--kernels", default="torch", help="the training setting kernels: torch, or liger (Liger's "
+                     "fused kernels' memory, bench/tools/liger_memory.py; LLaMA-family models; default: torch)")
     est.add_argument("--shards", type=int, default=1, help="the memory of one of this many GPUs the cell is sharded "
                      "over with FSDP2, --batch-size per GPU (docs/scale.md; default: 1, unsharded)")
     est.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting, as a suite's "
@@ -60,11 +62,11 @@ def command(args) -> int:
     settings = method_sets(args.set)
     if args.shards < 1:
         raise BadInput(f"--shards must be at least 1, got {args.shards}", "--shards")
-    check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention)
+    check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention, args.kernels)
     methods.get(args.method, "--method")
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
                       settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
-                      shards=args.shards)
+                      shards=args.shards, kernels=args.kernels)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

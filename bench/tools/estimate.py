@@ -16,6 +16,9 @@ its math kernel, which saves them. The batch is B rows of exactly L tokens with 
 mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
 classification head, the others their LM head. `--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
+`--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
+the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
+[tokens, vocab] logits for a causal LM, and RMSNorm's and SwiGLU's own saved tensors.
 `--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
 shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
@@ -38,7 +41,7 @@ from bench.cell.probe import (
     tensors_in,
     training_flops,
 )
-from bench.config import ATTENTIONS, WEIGHTS_DTYPES
+from bench.config import ATTENTIONS, KERNELS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
@@ -53,7 +56,7 @@ def _needs_data(n_batches: int):
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-                   attention: str, gradient_checkpointing: bool):
+                   attention: str, gradient_checkpointing: bool, kernels: str = "torch"):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
@@ -63,6 +66,13 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     encoder = spec.kind == "encoder"
     bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
                          meta=True, weights_dtype=dtype, attention=attention)
+    if kernels == "liger":  # as the cell binds Liger's kernels: before the method adapts the model
+        from bench.tools.liger_memory import bind_twins
+
+        try:
+            bind_twins(bundle.model)
+        except ValueError as e:
+            raise BadInput(f"{spec.name}: {e}", "--kernels", KERNELS) from None
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
     config = method.resolve(settings or {}, spec.arch, lambda key: f"--set {key}" if key else "--set")
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1,
@@ -321,8 +331,10 @@ def prepare_to_count(archs) -> None:
 
 
 def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype: str = "fp32",
-                 attention: str = "auto") -> None:
+                 attention: str = "auto", kernels: str = "torch") -> None:
     """BadInput, naming the flag, for a setting no estimate can take."""
+    if kernels not in KERNELS:
+        raise unknown("kernels", kernels, KERNELS, "--kernels")
     if optimizer not in optimizers.OPTIMIZERS:
         raise unknown("optimizer", optimizer, optimizers.OPTIMIZERS, "--optimizer")
     if dtype not in WEIGHTS_DTYPES:
@@ -335,7 +347,7 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 
 
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-           attention: str, gradient_checkpointing: bool):
+           attention: str, gradient_checkpointing: bool, kernels: str = "torch"):
     """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
     device."""
     from bench import models
@@ -343,7 +355,7 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
 
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
-                                                          attention, gradient_checkpointing)
+                                                          attention, gradient_checkpointing, kernels)
     if gradient_checkpointing:
         try:
             models.enable_gradient_checkpointing(adapted)
@@ -363,17 +375,19 @@ def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only:
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
-             gradient_checkpointing: bool = False, shards: int = 1) -> dict:
+             gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch") -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
-    `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding)."""
+    `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding);
+    `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the FLOPs are the same
+    products, the fused loss's all counted in the forward)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
-    check_inputs(batch_size, seq_len, optimizer, dtype, attention)
+    check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels)
     spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
-                                                         attention, gradient_checkpointing)
+                                                         attention, gradient_checkpointing, kernels)
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     step = _step(adapted, spec, method, batch_size, seq_len)
@@ -395,7 +409,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
-            "gradient_checkpointing": gradient_checkpointing,
+            "gradient_checkpointing": gradient_checkpointing, "kernels": kernels,
             "params": params, "memory": memory, "flops": flops}
 
 
@@ -419,7 +433,8 @@ def render(result: dict) -> str:
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
              f"({result['optimizer_update']} update, as on CUDA), {result['dtype']}, "
              f"{result['attention']} attention"
-             + (", gradient checkpointing" if result["gradient_checkpointing"] else ""),
+             + (", gradient checkpointing" if result["gradient_checkpointing"] else "")
+             + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else ""),
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:

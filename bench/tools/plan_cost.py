@@ -292,7 +292,8 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
     from bench.tasks import cache
     from bench.tools.estimate import estimate
 
-    key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else ""))
+    key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
+                     + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else ""))
     found, value = cache.lookup(key, "plan") if key is not None else (False, None)
     if found:
         return value if isinstance(value, dict) else None
@@ -301,7 +302,8 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
         memory = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                           optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
-                          gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards)["memory"]
+                          gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
+                          kernels=cell.train.kernels)["memory"]
     except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

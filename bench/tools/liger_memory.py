@@ -1,0 +1,161 @@
+"""Liger's kernels in the memory prediction (`estimate --kernels liger`, a cell with `train.kernels: liger`).
+
+Liger's kernels are Triton, so neither the estimate's fake tensors nor a CPU can run them. What the prediction needs
+of them is what they allocate and what they save for backward; the kernels themselves allocate nothing (they write
+into tensors allocated in Python before they launch). So each kernel is stood in for by a memory twin: an autograd
+function that allocates, saves and frees the tensors Liger's Python code does, in the same order, and computes no
+values (it runs on the estimate's fake tensors only, which have none). The fake-tensor step
+(bench/tools/estimate.py) then accounts them as it accounts any operator. Each line below names the line of Liger it
+follows: linkedin/Liger-Kernel at ead96b61 (2026-08-21), src/liger_kernel/.
+
+The twins are bound where bench/cell/kernels.py has Liger bind its kernels, on the built model before a method
+adapts it (transformers/monkey_patch.py:221-285, apply_liger_kernel_to_llama with `model=`):
+
+- RMSNorm (ops/rms_norm.py): forward allocates Y [rows, H] in X's dtype (:449) and RSTD [rows] in fp32 (llama
+  casting, :452-453), and saves X itself, W and RSTD (:657). torch's LlamaRMSNorm saves an fp32 copy of X instead,
+  and, where the weight trains, the normalised X in X's dtype. Backward writes dX into dY (in_place, :541) and
+  sums dW from an fp32 [SMs, H] buffer (:529, :605).
+- SwiGLU MLP (transformers/swiglu.py:20, ops/swiglu.py): gate and up projections as before; SiLU(gate) × up is one
+  kernel that allocates its output (:155) and saves gate and up (:262); backward writes their gradients into them
+  (:191-227), so it allocates nothing. torch saves gate, SiLU(gate) and up, and allocates the gradients.
+- Rotary embedding (ops/rope.py): rotates q and k in place and saves cos and sin (:226), what torch's
+  apply_rotary_pos_emb saves too; not stood in for, so the forward's transient rotated copies torch makes (a few
+  q- and k-sized tensors of one layer at a time) stay in the prediction: slightly high in the forward, if anywhere.
+- Fused linear cross-entropy (transformers/model/llama.py lce_forward, model/loss_utils.py, ops/
+  fused_linear_cross_entropy.py), what a causal LM's training forward with labels runs: the [tokens, vocab] logits
+  are never made. The tokens go through in chunks of chunk_size = next_power_of_2(ceil(BT / ceil(V / H))) rows
+  (:68-70): each chunk's logits [chunk, V] in the hidden states' dtype (:114), whose gradient the kernel writes in
+  place (:163), then chunk @ W for the input's gradient [chunk, H] (:231) and, where the head trains, its weight's
+  gradient added to a [V, H] buffer (:77; via torch.mm(...).float() [V, H] twice, :257, unless CUDA's addmm into
+  fp32 applies, :236-255). The input's gradient [BT, H] (:72) and the weight's [V, H] are made in the forward and
+  saved for backward (:431-435), which only scales them (:292-336). torch instead keeps the logits, their fp32 copy
+  and log-softmax, each [BT, V].
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+SM_COUNT = 132  # streaming multiprocessors of an H100/H200 SXM: the rows of RMSNorm's dW buffer (rms_norm.py:521)
+LIGER_MODEL_TYPES = ("llama", "mistral", "qwen2")  # bench/cell/kernels.py: LIGER_PATCHES
+
+
+def _fake_only(*tensors: torch.Tensor) -> None:
+    if not all(isinstance(t, FakeTensor) for t in tensors):
+        raise TypeError("a memory twin of a Liger kernel computes no values: it runs on fake tensors only "
+                        "(bench/tools/estimate.py)")
+
+
+class RMSNormTwin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        _fake_only(x)
+        rows = x.contiguous().view(-1, x.shape[-1])  # ensure_contiguous, then X.view(-1, dim) (rms_norm.py:445)
+        y = torch.empty_like(rows)  # Y (:449)
+        rstd = torch.empty(rows.shape[0], dtype=torch.float32, device=x.device)  # RSTD, llama casting (:452-453)
+        ctx.save_for_backward(rows, weight, rstd)  # (:657)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, weight, _ = ctx.saved_tensors
+        dy = dy.contiguous()  # ensure_contiguous
+        dw = None
+        if ctx.needs_input_grad[1]:
+            partial = torch.empty(SM_COUNT, rows.shape[1], dtype=torch.float32, device=dy.device)  # _dW (:529)
+            dw = partial.sum(dim=0).to(weight.dtype)  # (:605)
+        return dy, dw  # dX written into dY (in_place, :541)
+
+
+class SiLUMulTwin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        _fake_only(gate, up)
+        gate, up = gate.contiguous(), up.contiguous()  # ensure_contiguous
+        ctx.save_for_backward(gate, up)  # (swiglu.py:262)
+        return torch.empty_like(gate)  # c (:155)
+
+    @staticmethod
+    def backward(ctx, dc):
+        return ctx.saved_tensors  # the gradients written into the saved gate and up (:191-227)
+
+
+class FusedLinearCrossEntropyTwin(torch.autograd.Function):
+    """The mean token cross-entropy of `hidden @ weight.T` against `target` ([BT, H], [V, H], [BT]), as Liger's
+    fused_linear_cross_entropy_forward allocates it (reduction mean, no bias, no softcap: lce_forward's call)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target):
+        _fake_only(hidden)
+        tokens, chunk_rows, chunks = chunking(*hidden.shape, weight.shape[0])
+        gets_grad = hidden.requires_grad  # input_requires_grad (:54)
+        grad_input = torch.zeros_like(hidden)  # (:72)
+        grad_weight = torch.zeros_like(weight) if gets_grad and weight.requires_grad else None  # (:77)
+        loss = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)  # loss_1d (:86)
+        for i in range(chunks):
+            rows = hidden[i * chunk_rows:(i + 1) * chunk_rows]
+            logits = (rows @ weight.t()).contiguous()  # (:114, :159); the kernel writes its gradient into it
+            if gets_grad:
+                grad_input[i * chunk_rows:(i + 1) * chunk_rows] = logits @ weight  # (:231)
+            if grad_weight is not None:
+                grad_weight += torch.mm(logits.t(), rows).float()  # (:257)
+            del logits
+        ctx.save_for_backward(grad_input, grad_weight)  # (:431-435)
+        return loss.sum()  # (:278); already the mean: the kernel divides by the tokens counted
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_input, grad_weight = ctx.saved_tensors  # scaled in place unless grad_output is 1 (:292-336)
+        return grad_input, grad_weight, None
+
+
+def chunking(tokens: int, hidden: int, vocab: int) -> tuple[int, int, int]:
+    """(tokens, rows per chunk, chunks) of Liger's fused linear cross-entropy (fused_linear_cross_entropy.py:68-70):
+    chunks of about as many logits as the hidden states hold, a power of two rows each."""
+    increase = math.ceil(vocab / hidden)
+    rows = 1 << max(0, math.ceil(tokens / increase) - 1).bit_length()  # triton.next_power_of_2
+    return tokens, rows, math.ceil(tokens / rows)
+
+
+def _rms_norm_forward(self, hidden_states):
+    return RMSNormTwin.apply(hidden_states, self.weight)
+
+
+def _swiglu_forward(self, x):
+    return self.down_proj(SiLUMulTwin.apply(self.gate_proj(x), self.up_proj(x)))  # transformers/swiglu.py:20
+
+
+def _lce_forward(self, input_ids=None, labels=None, **kwargs):
+    """lce_forward (transformers/model/llama.py) in training with labels: the model's body, then the fused loss on
+    labels shifted by padding (loss_utils.py LigerForCausalLMLoss); otherwise the model's own forward."""
+    if not (self.training and labels is not None):
+        return type(self).forward(self, input_ids=input_ids, labels=labels, **kwargs)
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    hidden = self.model(input_ids=input_ids, **kwargs)[0]
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+    loss = FusedLinearCrossEntropyTwin.apply(hidden.view(-1, self.config.hidden_size), self.lm_head.weight,
+                                             shifted.view(-1))
+    return CausalLMOutputWithPast(loss=loss)
+
+
+def bind_twins(model: torch.nn.Module) -> None:
+    """Bind the twins into `model` where apply_liger_kernel_to_llama(model=...) binds Liger's kernels
+    (monkey_patch.py:265-285): every RMSNorm and MLP of the base model, and a causal LM's forward (lce_forward,
+    which bench/cell/kernels.py has Liger bind for causal LMs only). ValueError for a model Liger has no patch for."""
+    model_type = model.config.model_type
+    if model_type not in LIGER_MODEL_TYPES:
+        raise ValueError(f"kernels: liger has no patch for model_type {model_type!r} (it has: "
+                         f"{', '.join(LIGER_MODEL_TYPES)})")
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = types.MethodType(_rms_norm_forward, module)
+        elif name.endswith("MLP"):
+            module.forward = types.MethodType(_swiglu_forward, module)
+    if type(model).__name__.endswith("ForCausalLM"):
+        model.forward = types.MethodType(_lce_forward, model)

@@ -1,0 +1,93 @@
+"""Liger's kernels in the memory prediction (bench/tools/liger_memory.py, `estimate --kernels liger`): the fused
+loss's chunks by Liger's rule, its peak and saved bytes against closed forms, and the 1.1B LLaMA shape at 16 x 1,024
+tokens against the saved bytes of torch and of Liger counted by hand, term by term."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from bench.cell.probe import StepCounters
+from bench.errors import BadInput
+from bench.tools.estimate import estimate
+from bench.tools.liger_memory import FusedLinearCrossEntropyTwin, RMSNormTwin, chunking
+
+# TinyLlama's shape (benchmarks/gpu_perf.py: the MFU cells): 1.10B parameters
+TINYLLAMA = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                 intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
+BT, H, I, V, L = 16 * 1024, 2048, 5632, 32000, 22
+
+
+def test_the_loss_is_chunked_by_liger_rule():
+    # fused_linear_cross_entropy.py:60-63's own example: BT = 4096*4, V = 32000, H = 4096 -> 8, chunks of 2048
+    assert chunking(4096 * 4, 4096, 32000) == (16384, 2048, 8)
+    # the 1.1B shape: ceil(32000 / 2048) = 16, 16384 / 16 = 1024 rows a chunk, 16 chunks
+    assert chunking(BT, H, V) == (16384, 1024, 16)
+    # ceil(1000 / 64) = 16; ceil(1000 / 16) = 63 -> the next power of two, 64 rows; ceil(1000 / 64) = 16 chunks
+    assert chunking(1000, 64, 1000) == (1000, 64, 16)
+    assert chunking(3, 64, 32) == (3, 4, 1)  # fewer tokens than the factor: one chunk of 4 rows
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_the_fused_loss_holds_one_chunk_of_logits_never_all_of_them(weight_trains):
+    """The twin's forward alone, fp32 (the estimate's frame without autocast), at the 1.1B shape: its most bytes
+    alive at once and what it saves, against the allocations of fused_linear_cross_entropy_forward by hand."""
+    tokens, rows, chunks = chunking(BT, H, V)
+    with FakeTensorMode() as mode:
+        hidden = torch.empty(BT, H, requires_grad=True)
+        weight = torch.nn.Parameter(torch.empty(V, H), requires_grad=weight_trains)
+        target = torch.zeros(BT, dtype=torch.long)
+    with mode, StepCounters() as counters:
+        FusedLinearCrossEntropyTwin.apply(hidden, weight, target)
+    grad_input, loss_1d, logits = 4 * BT * H, 4 * BT, 4 * rows * V
+    if weight_trains:  # + grad_weight; each chunk then adds torch.mm(...).float(): one [V, H] (fp32: .float() is it)
+        peak = grad_input + loss_1d + 4 * V * H + logits + max(4 * rows * H, 4 * V * H)
+        saved = grad_input + 4 * V * H
+    else:  # each chunk: its logits, and chunk @ W [rows, H] while they are alive
+        peak, saved = grad_input + loss_1d + logits + 4 * rows * H, grad_input
+    assert counters.peak == peak
+    assert sum(size for _, size in counters.saved) == saved
+    assert logits == 4 * 1024 * 32000  # 131 MB, where torch's fp32 logits are 16 x as many: 2.1 GB, three times
+
+
+def test_the_1_1b_shape_saves_what_liger_saves_term_by_term(tmp_path):
+    """Saved bytes of one step, torch minus liger, bf16 weights, 16 x 1,024 tokens, counted by hand (bytes):
+    - each RMSNorm whose input carries a gradient: torch saves an fp32 copy of X (4 BT H) and rstd (4 BT), and with
+      a trainable weight the normalised X in bf16 (2 BT H); Liger X itself (2 BT H) and RSTD (4 BT). With LoRA the
+      embeddings are frozen, so the first layer's norm saves nothing either way: 2L norms, not 2L + 1;
+    - each MLP: torch saves gate, SiLU(gate) and up, Liger gate and up: SiLU(gate) less, 2 BT I;
+    - the loss: torch saves the fp32 log-softmax (4 BT V), the shifted labels (8 BT) and the total weight (4), and
+      with a trainable head its input (2 BT H); Liger the input's gradient (2 BT H) and, with a trainable head, the
+      head's gradient (2 V H)."""
+    tf.LlamaConfig(**TINYLLAMA).save_pretrained(tmp_path)
+    logits_term = 4 * BT * V + 8 * BT + 4
+    assert logits_term == 2_097_283_076  # the "2 GB of fp32 logits" of docs/measurements/gpu-perf-2026-11-30.md
+    by_hand = {"lora": 2 * L * 2 * BT * H + L * 2 * BT * I + logits_term - 2 * BT * H,
+               "full": (2 * L + 1) * 4 * BT * H + L * 2 * BT * I + logits_term - 2 * V * H}
+    for method, saved_less in by_hand.items():
+        torch_, liger = (estimate(str(tmp_path), method, 16, 1024, dtype="bf16", kernels=k)["memory"]
+                         for k in ("torch", "liger"))
+        assert torch_["activation_bytes"] - liger["activation_bytes"] == saved_less, method
+        assert liger["weights_bytes"] == torch_["weights_bytes"] and liger["grad_bytes"] == torch_["grad_bytes"]
+        assert liger["step_peak_bytes"] < torch_["step_peak_bytes"] - logits_term, method  # the logits' peak is gone
+    assert by_hand["lora"] == 9_043_050_500 and by_hand["full"] == 12_066_095_108
+
+
+def test_liger_is_refused_by_name_where_it_has_no_kernels(capsys):
+    with pytest.raises(BadInput) as refused:
+        estimate("tiny-encoder", "lora", 2, 16, kernels="liger")
+    assert refused.value.where == "--kernels" and "no patch for model_type 'roberta'" in refused.value.message
+    with pytest.raises(BadInput, match="unknown kernels 'triton'"):
+        estimate("tiny-llama", "lora", 2, 16, kernels="triton")
+    from bench.cli import main
+
+    assert main(["estimate", "--model", "tiny-llama", "--method", "lora", "--batch-size", "2", "--seq-len", "16",
+                 "--kernels", "liger"]) == 0
+    assert "liger kernels" in capsys.readouterr().out
+
+
+def test_a_twin_computes_no_values_so_it_refuses_real_tensors():
+    with pytest.raises(TypeError, match="runs on fake tensors only"):
+        RMSNormTwin.apply(torch.ones(2, 4), torch.ones(4))
