@@ -30,7 +30,8 @@ WEIGHTS_DTYPES = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("auto", "sdpa", "eager")
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
 # The kernels a LLaMA-family model's elementwise layers run (docs/performance.md, "Speed options"): torch = the
-# model's own; liger = Liger's fused RMSNorm, SwiGLU and rotary kernels (bench/cell/kernels.py; CUDA only).
+# model's own; liger = Liger's fused RMSNorm, SwiGLU, rotary and (causal LMs) linear cross-entropy kernels
+# (bench/cell/kernels.py; CUDA only).
 KERNELS = ("torch", "liger")
 OBJECTIVES = ("lm", "tfew", "head")  # see bench/cell/objectives.py; `head` is resolved, not chosen
 POOLINGS = ("auto", "cls", "mean", "last")  # auto: the model's convention (bench.models.ModelSpec.pooling)

@@ -132,9 +132,12 @@ def test_liger_is_patched_into_the_built_model_as_its_api_takes_it(monkeypatch):
     model = tf.LlamaForCausalLM(tiny.config("llama", 64))
     apply_kernels(model, "torch")
     assert calls == []
-    apply_kernels(model, "liger")
+    apply_kernels(model, "liger")  # a causal LM: its loss fused with its head too, no logits in training
     assert calls == [{"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                      "fused_linear_cross_entropy": False, "model": model}]
+                      "fused_linear_cross_entropy": True, "model": model}]
+    classifier = tf.LlamaForSequenceClassification(tiny.config("llama", 64))
+    apply_kernels(classifier, "liger")  # no LM head to fuse, and Liger's forward would replace the classifier's
+    assert calls[-1] == {**calls[0], "fused_linear_cross_entropy": False, "model": classifier}
     model.config.model_type = "gemma"
     with pytest.raises(ValueError, match="no patch for model_type 'gemma'"):
         apply_kernels(model, "liger")

@@ -1,7 +1,11 @@
 """Fused kernels for a LLaMA-family model (`train.kernels: liger`): Liger's RMSNorm, SwiGLU MLP and rotary
 embedding, patched into the built model before a method adapts it, so every method of a cell with this setting
-trains on the same kernels. Liger's fused linear cross-entropy is not applied: it replaces the model's own loss,
-and the harness computes its losses from the logits (bench/cell/objectives.py). bench/plan/kernels.py checked the
+trains on the same kernels; and, for a causal LM, its fused linear cross-entropy, which never makes the
+[tokens, vocab] logits. Liger binds that one as the model's forward (lce_forward), which skips the logits only in
+training with labels, where the harness reads nothing but the loss (bench/cell/objectives.py: lm_loss); a forward
+without labels (tfew's token log-probabilities, evaluation, forgetting) still returns them. A classifier (LLaMA with
+a sequence-classification head) has no LM head to fuse, and Liger's forward would replace its own, so it is left
+out there. bench/tools/liger_memory.py predicts the memory of the same choice. bench/plan/kernels.py checked the
 model and the package before any work; liger-kernel is imported here, in the cell, only when asked for."""
 
 from __future__ import annotations
@@ -24,4 +28,5 @@ def apply_kernels(model, kernels: str) -> None:
         raise ValueError(f"kernels: liger has no patch for model_type {model_type!r} (it has: "
                          f"{', '.join(LIGER_PATCHES)})")
     patch = getattr(importlib.import_module("liger_kernel.transformers"), LIGER_PATCHES[model_type])
-    patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+    patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+          fused_linear_cross_entropy=type(model).__name__.endswith("ForCausalLM"), model=model)
