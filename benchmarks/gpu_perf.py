@@ -21,6 +21,13 @@ and option: `compile` (train.compile: torch.compile, its warm-up not in the step
 (train.kernels: liger, Liger's fused kernels; it needs liger-kernel, carried as a wheel, and CUDA: a machine
 without them gets the run's refusal in the row). Their plain-loop columns are empty: the plain loop runs
 without options.
+
+Memory, every harness row: the peak the runner predicts for the cell (`estimate` with the cell's shape, weights
+dtype and kernels: what `--gpus` packs by, bench/tools/plan_cost.py; Liger's kernels as bench/tools/liger_memory.py
+models them), the cell's own probe (`memory.predicted_peak_bytes`) and the allocator's measured peak, in GiB, and
+then, per method, what liger saved against torch, predicted and measured. The estimate runs in fp32 where a cell
+with fp32 weights trains under bf16 autocast (full fine-tuning here), so that row's estimate is high; the saving,
+a difference of two cells under the same autocast, is what checks the Liger model.
 """
 
 from __future__ import annotations
@@ -87,6 +94,43 @@ def harness(work: Path, model: Path, tasks: Path, method: str, smoke: bool, env:
 
 class Refused(Exception):
     """The harness refused a cell before any work (`peft-bench run` exit 2): what it said."""
+
+
+GIB = 1024**3
+
+
+def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: str | None,
+                 predictions: dict) -> list[str]:
+    """The peak predicted by the runner's estimate, by the cell's probe, and measured (the allocator), GiB, and
+    measured / estimated. `predictions` keeps each (method, kernels) estimate: compile does not change it."""
+    from bench.tools.estimate import estimate
+
+    kernels, s = OPTIONS.get(option, {}).get("kernels", "torch"), sizes(smoke)
+    if (method, kernels) not in predictions:
+        predictions[method, kernels] = estimate(str(model), method, s["batch"], s["length"], kernels=kernels,
+                                                dtype=METHODS[method]["weights_dtype"])["memory"]["predicted_peak_bytes"]
+    estimated, memory = predictions[method, kernels], record.get("memory") or {}
+    probed, measured = memory.get("predicted_peak_bytes"), memory.get("device_peak_allocated_bytes")
+
+    def gib(value) -> str:
+        return f"{value / GIB:.2f}" if value else "–"
+
+    return [gib(estimated), gib(probed), gib(measured), f"{measured / estimated:.3f}" if measured else "–"]
+
+
+def savings(rows: dict, predictions: dict) -> list[str]:
+    """Per method with a torch and a liger row: the peak liger saved, predicted (memory_cells' estimates) and
+    measured."""
+    lines = []
+    for method in METHODS:
+        plain, liger = rows.get((method, None)), rows.get((method, "liger"))
+        if plain is None or liger is None:
+            continue
+        predicted = predictions[method, "torch"] - predictions[method, "liger"]
+        allocated = [(r.get("memory") or {}).get("device_peak_allocated_bytes") for r in (plain, liger)]
+        measured = f"{(allocated[0] - allocated[1]) / GIB:.2f} GiB" if all(allocated) else "– (no device peak)"
+        lines.append(f"{method}: liger's peak saving, predicted {predicted / GIB:.2f} GiB, measured {measured}")
+    return lines
 
 
 def mfu_cells(record: dict) -> list[str]:
@@ -220,8 +264,11 @@ def measure(args, work: Path, smoke: bool) -> int:
                                       + "\n".join(lines) + "\n")
 
     show("| method | weights | tokens/step | harness step ms | plain step ms | harness / plain | MFU, median step "
-         "| MFU, record | load s (harness, plain) |")
-    show("|---|---|---:|---:|---:|---:|---:|---:|---|")
+         "| MFU, record | load s (harness, plain) | peak GiB, estimate | peak GiB, cell probe | peak GiB, measured "
+         "| measured / estimate |")
+    show("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    predictions: dict = {}
+    rows: dict = {}  # (method, option) -> the ok record
     for method in ["lora"] if args.smoke else METHODS:
         record = harness(work, model, tasks, method, smoke, env)
         out = subprocess.run([sys.executable, __file__, "--device", args.device, "--worker", str(model),
@@ -232,7 +279,7 @@ def measure(args, work: Path, smoke: bool) -> int:
             failed = True
             why = ((record.get("error") or {}).get("message") or "no step time") if record["status"] != "ok" else \
                 f"the plain loop failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}"
-            show(f"| {method} | {record['status']}: {one_cell(why)} | | | | | | | |")
+            show(f"| {method} | {record['status']}: {one_cell(why)} | | | | | | | | | | | |")
             continue
         median, mfus = t["step_s_median"], mfu_cells(record)
         if base.get("profile"):  # into the log, not the table
@@ -240,24 +287,31 @@ def measure(args, work: Path, smoke: bool) -> int:
             rates.append(base["matmul_flops_per_s"])
         show(f"| {method} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
              f"{1000 * median:.1f} | {1000 * base['step_s_median']:.1f} | {median / base['step_s_median']:.3f} | "
-             f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} |")
+             f"{mfus[0]} | {mfus[1]} | {t['load_s']:.1f}, {base['load_s']:.1f} | "
+             f"{' | '.join(memory_cells(record, model, method, smoke, None, predictions))} |")
+        rows[method, None] = record
     for option in options:  # harness cells only: the plain loop runs without options
         for method in METHODS:
             try:
                 record = harness(work, model, tasks, method, smoke, env, option)
             except Refused as e:  # this machine cannot run the option: said, not failed
-                show(f"| {method} + {option} | refused: {one_cell(e)} | | | | | | | |")
+                show(f"| {method} + {option} | refused: {one_cell(e)} | | | | | | | | | | | |")
                 continue
             t, s = record["time"], sizes(smoke)
             if record["status"] != "ok" or not t.get("step_s_median"):
                 failed = True
                 show(f"| {method} + {option} | {record['status']}: "
-                     f"{one_cell((record.get('error') or {}).get('message') or 'no step time')} | | | | | | | |")
+                     f"{one_cell((record.get('error') or {}).get('message') or 'no step time')} | | | | | | | | | | "
+                     "| |")
                 continue
             compiled = f", compile {t['compile_s']:.0f} s" if t.get("compile_s") else ""
             show(f"| {method} + {option} | {record['train'].get('weights_dtype')} | {s['batch'] * s['length']} | "
                  f"{1000 * t['step_s_median']:.1f} | – | – | {' | '.join(mfu_cells(record))} | "
-                 f"{t['load_s']:.1f}{compiled} |")
+                 f"{t['load_s']:.1f}{compiled} | "
+                 f"{' | '.join(memory_cells(record, model, method, smoke, option, predictions))} |")
+            rows[method, option] = record
+    for line in savings(rows, predictions):
+        show(line)
     if rates:
         show(f"\nbf16 matrix products (8192^3) on this GPU: {max(rates) / 1e12:.0f} TFLOP/s measured; MFU above is "
              "against the datasheet peak (bench/cell/measure.py: peak_flops)")

@@ -32,8 +32,9 @@ OUTPUT = {
                     r"\| one at a time \| 2 \| 2 \| [\d.]+ \| \d+ \| 0 \|",
                     r"packed / one at a time: [\d.]+ x the cells per hour",
                     r"\| lora \| 1 \| ok \| \d+ \| \d+ \| – \| – \| – \| – \| 1 \|"],
-    "gpu_perf": [r"\| method \| weights \| tokens/step \| harness step ms",
-                 r"\| lora \| bf16 \| 128 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|"],
+    "gpu_perf": [r"\| method \| weights \| tokens/step \| harness step ms.* \| peak GiB, estimate \| peak GiB, cell "
+                 r"probe \| peak GiB, measured \| measured / estimate \|",
+                 r"\| lora \| bf16 \| 128 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|[^\n]* \| [\d.]+ \| [\d.]+ \| – \| – \|\n"],
     "grid_overhead": [r"1\. The grid: 1 cells, [\d.]+ s wall", r"=> outside training and evaluation: [\d.]+ s of",
                       r"run_cell total +[\d.]+ +[\d.]+ +100\.0%", r"under cProfile, the training loop not profiled"],
     "harness_overhead": [r"tiny-encoder / lora: task synth-polarity, 4 steps",
