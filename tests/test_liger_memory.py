@@ -21,35 +21,36 @@ BT, H, I, V, L = 16 * 1024, 2048, 5632, 32000, 22
 
 
 def test_the_loss_is_chunked_by_liger_rule():
-    # fused_linear_cross_entropy.py:60-63's own example: BT = 4096*4, V = 32000, H = 4096 -> 8, chunks of 2048
+    # fused_linear_cross_entropy.py:96-98's own example: BT = 4096*4, V = 32000, H = 4096 -> 8, chunks of 2048
     assert chunking(4096 * 4, 4096, 32000) == (16384, 2048, 8)
     # the 1.1B shape: ceil(32000 / 2048) = 16, 16384 / 16 = 1024 rows a chunk, 16 chunks
     assert chunking(BT, H, V) == (16384, 1024, 16)
     # ceil(1000 / 64) = 16; ceil(1000 / 16) = 63 -> the next power of two, 64 rows; ceil(1000 / 64) = 16 chunks
     assert chunking(1000, 64, 1000) == (1000, 64, 16)
-    assert chunking(3, 64, 32) == (3, 4, 1)  # fewer tokens than the factor: one chunk of 4 rows
+    assert chunking(3, 64, 32) == (3, 3, 1)  # the next power of two, 4, is cut to the 3 tokens (:105)
 
 
-@pytest.mark.parametrize("weight_trains", [False, True])
-def test_the_fused_loss_holds_one_chunk_of_logits_never_all_of_them(weight_trains):
-    """The twin's forward alone, fp32 (the estimate's frame without autocast), at the 1.1B shape: its most bytes
-    alive at once and what it saves, against the allocations of fused_linear_cross_entropy_forward by hand."""
+@pytest.mark.parametrize("dtype, weight_trains", [(torch.float32, False), (torch.float32, True),
+                                                   (torch.bfloat16, True)])
+def test_the_fused_loss_holds_one_chunk_of_logits_never_all_of_them(dtype, weight_trains):
+    """The twin's forward alone at the 1.1B shape: its most bytes alive at once and what it saves, against the
+    allocations of fused_linear_cross_entropy_forward on CUDA by hand (`size`: bytes an element)."""
     tokens, rows, chunks = chunking(BT, H, V)
+    size = 4 if dtype == torch.float32 else 2
     with FakeTensorMode() as mode:
-        hidden = torch.empty(BT, H, requires_grad=True)
-        weight = torch.nn.Parameter(torch.empty(V, H), requires_grad=weight_trains)
+        hidden = torch.empty(BT, H, dtype=dtype, requires_grad=True)
+        weight = torch.nn.Parameter(torch.empty(V, H, dtype=dtype), requires_grad=weight_trains)
         target = torch.zeros(BT, dtype=torch.long)
     with mode, StepCounters() as counters:
         FusedLinearCrossEntropyTwin.apply(hidden, weight, target)
-    grad_input, loss_1d, logits = 4 * BT * H, 4 * BT, 4 * rows * V
-    if weight_trains:  # + grad_weight; each chunk then adds torch.mm(...).float(): one [V, H] (fp32: .float() is it)
-        peak = grad_input + loss_1d + 4 * V * H + logits + max(4 * rows * H, 4 * V * H)
-        saved = grad_input + 4 * V * H
-    else:  # each chunk: its logits, and chunk @ W [rows, H] while they are alive
-        peak, saved = grad_input + loss_1d + logits + 4 * rows * H, grad_input
-    assert counters.peak == peak
-    assert sum(size for _, size in counters.saved) == saved
-    assert logits == 4 * 1024 * 32000  # 131 MB, where torch's fp32 logits are 16 x as many: 2.1 GB, three times
+    grad_input, loss_1d, logits = size * BT * H, 4 * BT, size * rows * V  # logits: one [chunk, V] buffer, reused
+    grad_weight = size * V * H if weight_trains else 0
+    # fp32 logits add each chunk's weight gradient through torch.mm(...).float(): one [V, H] fp32 at a time (:375);
+    # bf16 ones add it in place (addmm, :364)
+    temporary = 4 * V * H if weight_trains and dtype == torch.float32 else 0
+    assert counters.peak == grad_input + loss_1d + grad_weight + logits + temporary
+    assert sum(size for _, size in counters.saved) == grad_input + grad_weight
+    assert rows * V == 1024 * 32000  # 1/16 of torch's [BT, V] logits, held three times (bf16, fp32, log-softmax)
 
 
 def test_the_1_1b_shape_saves_what_liger_saves_term_by_term(tmp_path):
