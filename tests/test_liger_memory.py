@@ -92,3 +92,17 @@ def test_liger_is_refused_by_name_where_it_has_no_kernels(capsys):
 def test_a_twin_computes_no_values_so_it_refuses_real_tensors():
     with pytest.raises(TypeError, match="runs on fake tensors only"):
         RMSNormTwin.apply(torch.ones(2, 4), torch.ones(4))
+
+
+def test_the_runners_prediction_of_a_liger_cell_is_the_liger_estimate(tmp_path):
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.tools.plan_cost import predicted_memory
+
+    path = tmp_path / "liger.yaml"
+    path.write_text("name: liger\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 4, max_steps: 2, max_length: 32, kernels: liger}\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    liger = estimate("tiny-llama", "lora", 4, 32, kernels="liger")["memory"]
+    assert predicted_memory(cell) == liger  # what --gpus packs it by
+    assert liger["predicted_peak_bytes"] < estimate("tiny-llama", "lora", 4, 32)["memory"]["predicted_peak_bytes"]
