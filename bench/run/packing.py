@@ -158,7 +158,8 @@ class Packer:
 
 # What lowers a cell's memory per device, for the refusal of a cell that fits no device (Packer.demand)
 _SMALLER = ("--gpus-per-cell G (more GPUs to shard over)", "train.gradient_checkpointing: true",
-            "train.weights_dtype: bf16", "a smaller train.batch_size or max_length", "GPUs with more free memory")
+            "train.weights_dtype: bf16", "train.kernels: liger (LLaMA-family models)",
+            "a smaller train.batch_size or max_length", "GPUs with more free memory")
 
 
 def _too_large(cell: str, unsharded: dict, sharded: dict | None, gpus_per_cell: int, rooms: list[int]) -> str:
