@@ -107,8 +107,9 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
 
     kernels, s = OPTIONS.get(option, {}).get("kernels", "torch"), sizes(smoke)
     if (method, kernels) not in predictions:
-        predictions[method, kernels] = estimate(str(model), method, s["batch"], s["length"], kernels=kernels,
-                                                dtype=METHODS[method]["weights_dtype"])["memory"]["predicted_peak_bytes"]
+        predicted = estimate(str(model), method, s["batch"], s["length"], dtype=METHODS[method]["weights_dtype"],
+                             kernels=kernels)["memory"]
+        predictions[method, kernels] = predicted["predicted_peak_bytes"]
     estimated, memory = predictions[method, kernels], record.get("memory") or {}
     probed, measured = memory.get("predicted_peak_bytes"), memory.get("device_peak_allocated_bytes")
 
