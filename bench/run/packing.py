@@ -172,7 +172,9 @@ def _too_large(cell: str, unsharded: dict, sharded: dict | None, gpus_per_cell: 
     if gpus_per_cell > 1:
         shown += f" and {peak(sharded)} on each of {gpus_per_cell} sharded over them (FSDP2)"
         if cell_budget(sharded) is not None:
-            shown += f", a budget of {size(cell_budget(sharded))} with the margins"
+            shown += (f", a budget of {size(cell_budget(sharded))} with the margins, which with its context "
+                      f"{gpus_per_cell} GPUs must each have room for (the {gpus_per_cell} with the most room have "
+                      f"{size(rooms[-gpus_per_cell])} or more)")
     return (f"{cell} fits no GPU of --gpus: {shown}, and with {size(CONTEXT_BYTES)} of CUDA context a cell "
             f"has at most {size(rooms[-1] - CONTEXT_BYTES)} of the largest GPU's {size(rooms[-1])} free "
             f"({len(rooms)} GPU(s); docs/scale.md). Shard it over more GPUs, or make it smaller")
