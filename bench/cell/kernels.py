@@ -17,16 +17,20 @@ LIGER_PATCHES = {"llama": "apply_liger_kernel_to_llama", "mistral": "apply_liger
                  "qwen2": "apply_liger_kernel_to_qwen2"}
 
 
+def liger_patch(model_type: str) -> str:
+    """The name of Liger's patch for a config's model_type; ValueError, naming those it has, where it has none."""
+    if model_type not in LIGER_PATCHES:
+        raise ValueError(f"kernels: liger has no patch for model_type {model_type!r} (it has: "
+                         f"{', '.join(LIGER_PATCHES)})")
+    return LIGER_PATCHES[model_type]
+
+
 def apply_kernels(model, kernels: str) -> None:
     """Patch `model` in place with the kernels a cell asked for ('torch': the model's own, nothing to do)."""
     if kernels == "torch":
         return
     if kernels != "liger":
         raise ValueError(f"unknown kernels {kernels!r}")
-    model_type = model.config.model_type
-    if model_type not in LIGER_PATCHES:
-        raise ValueError(f"kernels: liger has no patch for model_type {model_type!r} (it has: "
-                         f"{', '.join(LIGER_PATCHES)})")
-    patch = getattr(importlib.import_module("liger_kernel.transformers"), LIGER_PATCHES[model_type])
+    patch = getattr(importlib.import_module("liger_kernel.transformers"), liger_patch(model.config.model_type))
     patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
           fused_linear_cross_entropy=type(model).__name__.endswith("ForCausalLM"), model=model)

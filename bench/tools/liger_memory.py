@@ -42,7 +42,7 @@ import types
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from bench.cell.kernels import LIGER_PATCHES
+from bench.cell.kernels import liger_patch
 
 SM_COUNT = 132  # streaming multiprocessors of an H100/H200 SXM: the rows of RMSNorm's dW buffer (rms_norm.py:534)
 
@@ -157,10 +157,7 @@ def bind_twins(model: torch.nn.Module) -> None:
     """Bind the twins into `model` where apply_liger_kernel_to_llama(model=...) binds Liger's kernels
     (monkey_patch.py:302-323): every RMSNorm and MLP of the base model, and a causal LM's forward (lce_forward,
     which bench/cell/kernels.py has Liger bind for causal LMs only). ValueError for a model Liger has no patch for."""
-    model_type = model.config.model_type
-    if model_type not in LIGER_PATCHES:  # the model types the cell has Liger patch
-        raise ValueError(f"kernels: liger has no patch for model_type {model_type!r} (it has: "
-                         f"{', '.join(LIGER_PATCHES)})")
+    liger_patch(model.config.model_type)  # the model types the cell has Liger patch
     for module in model.modules():
         name = type(module).__name__
         if name.endswith("RMSNorm"):
