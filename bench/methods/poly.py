@@ -18,7 +18,6 @@ from __future__ import annotations
 from bench.methods.base import Method, register
 from bench.methods.lora import QV_TARGETS
 from bench.methods.peft_common import peft_build
-from bench.tensors import with_values
 
 
 def _with_tasks(config: dict, ctx) -> dict:
@@ -31,6 +30,8 @@ def _route(wrapped):
     """Give every Poly layer the rows' task ids from its `task_rows` (task 0 until a mixture's cell sets it)."""
     import torch
     from peft.tuners.poly.layer import Linear
+
+    from bench.tensors import with_values
 
     def task_ids(module, args, kwargs):
         x = args[0] if args else kwargs["x"]
