@@ -41,8 +41,8 @@ def _route(wrapped):
                              "per answer option cannot route them)")
         # peft's router reads the ids' values (its check that each is below n_tasks): on the dry-run's fake pass
         # they are handed over with their values, so the router runs there whole, its check included
-        ids = with_values(lambda: torch.full((x.shape[0],), rows, dtype=torch.long) if isinstance(rows, int)
-                          else rows, x)
+        ids = with_values(lambda device: torch.full((x.shape[0],), rows, dtype=torch.long, device=device)
+                          if isinstance(rows, int) else rows.to(device), x)
         return args, {**kwargs, "task_ids": ids}
 
     for module in wrapped.modules():
