@@ -13,6 +13,7 @@ import pytest
 from bench import tiny
 from bench.models import REGISTRY, untie_as_checkpoints_are
 from bench.tasks.synthetic import choice
+from tests import closed_forms
 
 TASKS = """\
 tasks:
@@ -96,6 +97,12 @@ def test_trained_in_one_language_scored_in_each_from_its_predictions(tiny_mt5, t
     monkeypatch.setattr(scoring, "evaluate", one_split)
     record = run_cell(cell, quiet=True)
     assert record["status"] == "ok", record["error"]
+    # the cell loaded the checkpoint as mT5 (gated GELU, its own LM head), LoRA on q and v of the encoder's
+    # self-attention and the decoder's self- and cross-attention
+    mt5 = closed_forms.t5_total(tiny.WIDTH, tiny.WIDTH, tiny.FFN, tiny.DEPTH, tiny.DEPTH, tiny.HEADS, 32,
+                                len(tiny.tokenizer()), gated=True, tied=False)
+    lora = closed_forms.lora([(tiny.WIDTH, tiny.WIDTH)] * 2 * 3 * tiny.DEPTH)
+    assert (record["params"]["total"], record["params"]["trainable"]) == (mt5 + lora, lora)
     scores = record["scores"]["metrics"]
     assert set(scores) == {"accuracy", "accuracy_en", "accuracy_xb", "accuracy_transfer"}
 
