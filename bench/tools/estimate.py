@@ -107,23 +107,8 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     model.train()
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
     labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
-    with _fake_weights(model, mode), _distributions_unchecked():
+    with _fake_weights(model, mode):
         return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode, phase=phase)
-
-
-@contextlib.contextmanager
-def _distributions_unchecked():
-    """torch.distributions' argument checks off within the block (a random draw's distribution, e.g. the relaxed
-    Bernoulli of peft's Poly router, checks its parameters' values, which fake tensors lack: the check reads them
-    and keeps and counts nothing). Set, not left to chance: torch._dynamo, once imported, turns them off for good."""
-    from torch.distributions import Distribution
-
-    checked = Distribution._validate_args
-    Distribution.set_default_validate_args(False)
-    try:
-        yield
-    finally:
-        Distribution.set_default_validate_args(checked)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
