@@ -130,6 +130,12 @@ _FIGURES = [
            "count in `stored_bytes` only.", "first", "largest"),
     Figure("params", "stored_bytes", "bytes", "exact", "size in bytes of those tensors written as one safetensors "
            "file (header included); 0 when there is nothing to store (zero-shot).", "first", "largest"),
+    Figure("params", "composed", "elements", "exact", "parameter elements of what the model reads of states other "
+           "cells saved, which it needs beside `stored` (AdapterFusion: its task adapters, without the heads their "
+           "stages trained); null for a method that reads none.", "first", "largest"),
+    Figure("params", "composed_bytes", "bytes", "exact", "size in bytes of those tensors, each state's written as "
+           "its own safetensors file (header included), summed; null for a method that reads none.", "first",
+           "largest"),
     # memory
     Figure("memory", "weights_bytes", "bytes", "exact", "all parameters in their own dtype, each tensor once (tied "
            "weights once).",

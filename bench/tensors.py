@@ -50,3 +50,17 @@ def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
                  + sum(int(mask.sum()) for _, mask in grad_masks))
     return {"total": total, "trainable": trainable,
             "trainable_pct": 100.0 * trainable / total if total else None}
+
+
+def with_values(make, like: torch.Tensor) -> torch.Tensor:
+    """The tensor `make(device)` builds on `like`'s device. Where `like` is a fake tensor (`estimate`'s and the
+    dry-run's fake pass, bench/tools/estimate.py) it is built for real and handed over as a fake that keeps its
+    values (the fake mode's constant): code that reads them (`.item()`, as peft's Poly router checks its task ids)
+    then runs on the fake pass as on real tensors, where a plain fake, whose values are unknown, would stop it."""
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+
+    if not isinstance(like, FakeTensor):
+        return make(like.device)
+    with unset_fake_temporarily():
+        values = make(like.device)  # the device the fakes claim (the estimate's: the CPU)
+    return like.fake_mode.fake_tensor_converter.from_real_tensor(like.fake_mode, values, make_constant=True)

@@ -296,3 +296,13 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         **{name: prototype + sum(masks) for name, (prototype, masks) in propetl.items()},
     }
     return table[method]
+
+
+def poly_mixture_flops(projections: list[tuple[int, int]], rows: int, skills: int, r: int = 8) -> dict[str, int]:
+    """FLOPs Poly (Ponti et al. 2023) spends beyond a LoRA of its rank on the same projections: per row, the skills'
+    A (in × r each) and B (r × out each) mixed by the row's router weights, 2·skills·r·(in + out) multiply-adds
+    forward, whatever the row's length or the splits; backward twice that (the gradients of the weights and of the
+    skills). The router (indexing its logits, the relaxed-Bernoulli draw, the normalisation) is elementwise: 0
+    FLOPs as the harness counts them (matrix products and attention only)."""
+    forward = rows * sum(2 * skills * r * (fan_in + fan_out) for fan_in, fan_out in projections)
+    return {"forward": forward, "train": 3 * forward}

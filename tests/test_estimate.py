@@ -280,3 +280,34 @@ def test_estimate_set_gives_method_settings_checked_like_a_suites(capsys):
         assert main(["estimate", "--model", "roberta-base", "--method", "lora",
                      *[x for v in sets for x in ("--set", v)]]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model,width,layers", [("tiny-encoder", closed_forms.H, closed_forms.L),
+                                                ("roberta-base", 768, 12)])
+def test_poly_is_priced_with_its_skill_mixture_in_closed_form(model, width, layers):
+    """Poly runs whole on the fake pass (peft's router, its check of the task ids and its relaxed-Bernoulli draw
+    included): its step costs a LoRA of its rank plus the mixing of its skills, in closed form, with 4 skills and 2,
+    in 1 split and in 2 (the split changes the blocks, not the FLOPs)."""
+    from bench.tools.estimate import step_flops
+
+    rows, projections = 2, [(width, width)] * 2 * layers  # query and value in every layer
+    lora = step_flops(model, "lora", rows, 16, settings={"r": 8})
+    for skills, splits in ((4, 1), (2, 1), (4, 2)):
+        poly = step_flops(model, "poly", rows, 16, settings={"r": 8, "n_skills": skills, "n_splits": splits})
+        mixture = closed_forms.poly_mixture_flops(projections, rows, skills)
+        assert poly["train_step"] - lora["train_step"] == mixture["train"]
+        assert rows * (poly["forward_per_example"] - lora["forward_per_example"]) == mixture["forward"]
+
+
+def test_poly_router_checks_the_task_ids_on_the_fake_pass():
+    """The ids reach peft's router with their values on the fake pass: its own check refuses a task id the router
+    has no row for, as on real tensors (a skipped router could not)."""
+    from bench.layers import task_heads
+    from bench.tools import estimate as estimating
+
+    spec = resolve_model("tiny-encoder", "--model")
+    *_, adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)
+    estimating.fake_step(adapted, spec.kind, 2, 8, flops_only=True)  # task 0: the router's one row
+    task_heads.select(adapted, 1)
+    with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
+        estimating.fake_step(adapted, spec.kind, 2, 8, flops_only=True)

@@ -434,7 +434,7 @@ def test_a_store_of_unreadable_records_says_so(tmp_path, capsys):
 
 def test_a_data_file_error_names_the_file_and_line(tmp_path):
     from bench.errors import BadInput
-    from bench.tasks.data import read_file
+    from bench.tasks.datafiles import read_file
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"a": 1}\n' * 40 + '{"a": \n')

@@ -5,20 +5,25 @@ end (two adapter-pfeiffer stages saved, then fused)."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bench import methods
+from bench.cell.measure import composed_size, stored_size
 from bench.cli import main
 from bench.config import TrainConfig
-from bench.errors import BadInput
 from bench.layers.fusion import REGULARIZATION, Fusion
 from bench.methods.base import ApplyContext
+from bench.methods.external import STATE_FILE
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from tests import closed_forms
 from tests.adapting import build_bundle, token_batch
+from tests.refusals import refused
 
 
 def fusion_count(hidden: int, layers: int) -> int:
@@ -102,6 +107,30 @@ def test_the_regulariser_gradient_is_that_of_its_loss_term():
     assert not off.after_backward
 
 
+def adapter_file_bytes(states: list[dict[str, torch.Tensor]]) -> int:
+    """Each state's adapter tensors (its head left out) written as their own safetensors file: the bytes."""
+    from safetensors.torch import save_file
+
+    total = 0
+    for i, state in enumerate(states):
+        path = Path(tempfile.mkdtemp()) / f"adapter-{i}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items() if not k.startswith("classifier.")}, str(path))
+        total += path.stat().st_size
+    return total
+
+
+def test_what_it_keeps_beside_its_state_is_the_task_adapters_in_closed_form():
+    """params.composed: the two Pfeiffer adapters it reads, one bottleneck (64 → 4 → 64) in each of the 2 layers,
+    without the heads their stages trained (which it never reads); composed_bytes: each written as its own file."""
+    states = [pfeiffer_state(1), pfeiffer_state(2)]
+    _, adapted = fused(states)
+    composed = composed_size(adapted.composed)
+    assert composed["composed"] == 2 * closed_forms.L * closed_forms.bottleneck(64, 64 // 16) == 2 * 2 * 580
+    assert composed["composed_bytes"] == adapter_file_bytes(states)
+    assert stored_size(adapted.state_to_store())["stored"] == fusion_count(64, 2) + closed_forms.TINY_HEAD
+    assert composed_size([]) == {"composed": None, "composed_bytes": None}  # a method that reads none
+
+
 def test_without_its_saved_adapters_it_is_unsupported_with_the_reason():
     with pytest.raises(Exception, match="2 adapters and was given 1"):
         fused([pfeiffer_state(1)], {"adapters": ["a", "b"]})
@@ -134,10 +163,7 @@ train: {batch_size: 4, max_steps: 2, max_length: 32, eval_batch_size: 32, max_ev
      "sets after_residual"),
 ])
 def test_bad_fused_stages_are_one_error_with_the_line(write_suite, change, message):
-    path = write_suite(change(FUSED))
-    with pytest.raises(BadInput, match=message) as e:
-        load_suite(str(path))
-    assert str(path) in e.value.where
+    refused(write_suite(change(FUSED)), message)
 
 
 def test_the_fused_stages_ids_are_in_the_cells_config(write_suite):
@@ -162,4 +188,8 @@ def test_fusion_over_two_saved_adapters_end_to_end(tmp_path, write_suite):
     assert sorted(r["status"] for r in records) == ["ok"] * 3
     (cell,) = [r for r in records if not r["cell"].get("stage")]
     assert cell["params"]["trainable"] - closed_forms.TINY_HEAD == fusion_count(64, 2)
+    assert cell["params"]["stored"] == fusion_count(64, 2) + closed_forms.TINY_HEAD
+    assert cell["params"]["composed"] == 2 * closed_forms.L * closed_forms.bottleneck(64, 64 // 16)
+    saved = [load_file(str(results / "fused" / "stages" / ref / STATE_FILE)) for ref in cell["cell"]["stage_refs"]]
+    assert cell["params"]["composed_bytes"] == adapter_file_bytes(saved)
     assert cell["scores"]["metrics"]["accuracy"] is not None and cell["train"]["steps"] == 2

@@ -12,7 +12,6 @@ import torch
 from bench.cell import multitask
 from bench.cli import main
 from bench.config import TrainConfig
-from bench.errors import BadInput
 from bench.figures import TASK_AVERAGE, TASK_SCORE, figure
 from bench.layers import task_heads
 from bench.plan import grid
@@ -22,6 +21,7 @@ from bench.tasks.registry import builtin_tasks
 from bench.tasks.spec import TaskSpec
 from tests import closed_forms
 from tests.adapting import build_bundle
+from tests.refusals import refused
 
 MIXED = """\
 name: mixed
@@ -63,10 +63,7 @@ def test_a_mixture_is_a_task_of_the_suite_whose_id_holds_its_members(write_suite
                          "{keep_best: true}}]"), "one per task"),
 ])
 def test_bad_mixtures_are_one_error_with_the_line(write_suite, change, message):
-    path = write_suite(change(MIXED))
-    with pytest.raises(BadInput, match=message) as e:
-        load_suite(str(path))
-    assert str(path) in e.value.where
+    refused(write_suite(change(MIXED)), message)
 
 
 def test_the_draw_is_examples_proportional_with_the_cap_and_the_same_under_a_seed(write_suite):
@@ -152,36 +149,49 @@ def test_a_mixture_trains_once_and_is_scored_on_every_task(tmp_path, write_suite
                  "--format", "md"]) == 0
 
 
-def _record(label, task, seed, metrics, stored, stored_bytes, tasks=None, refs=None):
+def _record(label, task, seed, metrics, stored, stored_bytes, tasks=None, refs=None, composed=(None, None)):
     cell = {"id": f"{label}-{task}-{seed}", "label": label, "model": "m", "task": task, "seed": seed,
             **({"stage_refs": refs} if refs else {})}
     scores = {"metrics": metrics, **({"tasks": tasks} if tasks else {})}
     return {"cell": cell, "status": "ok", "scores": scores,
-            "params": {"stored": stored, "stored_bytes": stored_bytes, "method": None}}
+            "params": {"stored": stored, "stored_bytes": stored_bytes, "method": None,
+                       "composed": composed[0], "composed_bytes": composed[1]}}
 
 
 def test_the_report_puts_the_mixture_beside_per_task_cells_with_their_storage():
     """Scores: the mean over seeds; storage: the per-task cells' sum (a fusion's task adapters once), or one cell."""
-    import pandas as pd
-
-    from bench.report.multitask import multitask_tables
-
     tasks = {"a": {"main_metric": "accuracy", "n_examples": 10}, "b": {"main_metric": "pearson", "n_examples": 10}}
     records = [
         _record("lora", "a", 1, {"accuracy": 80.0}, 100, 400), _record("lora", "a", 2, {"accuracy": 90.0}, 100, 400),
         _record("lora", "b", 1, {"pearson": 40.0}, 90, 360), _record("lora", "b", 2, {"pearson": 60.0}, 90, 360),
         *(_record("lora", "mix", s, {"a:accuracy": v, "b:pearson": w, "task_average": (v + w) / 2}, 150, 600, tasks)
           for s, v, w in ((1, 70.0, 30.0), (2, 76.0, 34.0))),
-        _record("adapter-fusion", "a", 1, {"accuracy": 85.0}, 30, 120, refs=["s1", "s2"]),
-        _record("adapter-fusion", "b", 1, {"pearson": 55.0}, 20, 80, refs=["s1", "s2"]),
+        *(_record("adapter-fusion", task, 1, {metric: value}, stored, stored_bytes, refs=["s1", "s2"],
+                  composed=(14, 200)) for task, metric, value, stored, stored_bytes in (
+            ("a", "accuracy", 85.0, 30, 120), ("b", "pearson", 55.0, 20, 80))),
     ]
-    stages = pd.DataFrame({"record": [{"cell": {"id": i}, "params": {"method": 7}} for i in ("s1", "s2")]})
-    (table,) = multitask_tables(pd.DataFrame({"record": records}), stages)
-    rows = {(row[0].text, row[1].text): [c.value for c in row[2:]] for row in table.rows}
+    rows = _rows(records)
     assert rows[("lora", "per task (2 cells)")] == [85.0, 50.0, 67.5, 190, 760, 2]
     assert rows[("lora", "one mixture")] == [73.0, 32.0, 52.5, 150, 600, 1]
-    # the fusion cells keep 30 + 20, and read the two stage adapters (7 each) once: 64; bytes of those unknown
-    assert rows[("adapter-fusion", "per task (2 cells, over 2 task adapters)")] == [85.0, 55.0, 70.0, 64, None, 4]
+    # the fusion cells keep 30 + 20 (fusion and head), and read the two stage adapters (14, 200 bytes) once
+    fusion = ("adapter-fusion", "per task (2 cells, over 2 task adapters)")
+    assert rows[fusion] == [85.0, 55.0, 70.0, 30 + 20 + 14, 120 + 80 + 200, 4]
+    # a record from before params.composed: its storage unknown, never the fusion's own state alone
+    records[-1]["params"].update(composed=None, composed_bytes=None)
+    assert _rows(records)[fusion][3:5] == [None, None]
+    # fusion cells that read different adapters may share some: unknown
+    records[-1]["params"].update(composed=14, composed_bytes=200)
+    records[-1]["cell"]["stage_refs"] = ["s1", "s3"]
+    assert _rows(records)[("adapter-fusion", "per task (2 cells, over 3 task adapters)")][3:5] == [None, None]
+
+
+def _rows(records: list[dict]) -> dict:
+    import pandas as pd
+
+    from bench.report.multitask import multitask_tables
+
+    (table,) = multitask_tables(pd.DataFrame({"record": records}))
+    return {(row[0].text, row[1].text): [c.value for c in row[2:]] for row in table.rows}
 
 
 def test_poly_routes_each_row_by_its_task(write_suite):

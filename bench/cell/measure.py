@@ -78,6 +78,14 @@ def stored_size(state: dict[str, torch.Tensor]) -> dict:
     return {"stored": sum(t.numel() for t in tensors.values() if t.is_floating_point()), "stored_bytes": size}
 
 
+def composed_size(states: list[dict[str, torch.Tensor]]) -> dict:
+    """params.composed and composed_bytes: stored_size of each state a model reads of other cells' (each its own
+    file), summed; null for a model that reads none."""
+    sizes = [stored_size(state) for state in states]
+    return {"composed": sum(s["stored"] for s in sizes) if sizes else None,
+            "composed_bytes": sum(s["stored_bytes"] for s in sizes) if sizes else None}
+
+
 _HWM = re.compile(r"VmHWM:\s+(\d+) kB")
 
 

@@ -210,8 +210,9 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     until the end, so that what reference cycles hold is freed at the same moment on every run.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
-    step runs on fake tensors: the batch is converted after its token counts are read. Backward runs
-    only when something requires a gradient. `encoder_decoder` is the model's kind if the caller knows it.
+    step runs on fake tensors: the batch is converted after its token counts are read, and torch.distributions'
+    argument checks are off (_unchecked_distributions). Backward runs only when something requires a gradient.
+    `encoder_decoder` is the model's kind if the caller knows it.
     """
     if encoder_decoder is None:
         encoder_decoder = is_encoder_decoder(model)
@@ -224,7 +225,9 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     enabled = gc.isenabled()
     gc.disable()
     try:
-        with fake_mode or contextlib.nullcontext(), StepCounters(phase) as counters:
+        with (fake_mode or contextlib.nullcontext()), \
+                (_unchecked_distributions() if fake_mode is not None else contextlib.nullcontext()), \
+                StepCounters(phase) as counters:
             with autocast():
                 loss = loss_fn(model, batch)
             forward_flops = counters.flops
@@ -239,6 +242,21 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         live_peaks=counters.peaks, batch_bytes=tensor_bytes(batch.values()),
         forward_flops=forward_flops, backward_flops=counters.flops - forward_flops,
         rows=rows, positions=positions, tokens=tokens)
+
+
+@contextlib.contextmanager
+def _unchecked_distributions():
+    """torch.distributions' argument checks off within the block: a random draw's distribution (the relaxed
+    Bernoulli of peft's Poly router) checks its parameters' values, which fake tensors lack, and the check keeps
+    and counts nothing. Set, not left to chance: torch._dynamo, once imported, turns them off for good."""
+    from torch.distributions import Distribution
+
+    checked = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(checked)
 
 
 def first_step(model: torch.nn.Module, features: list[dict], batch_size: int, seed: int, objective, device,

@@ -81,13 +81,20 @@ def add_fusion(model, arch: str, config: dict, n_adapters: int, name: str, dropo
     return [m for m in model.modules() if isinstance(m, Fusion)]
 
 
-def fused_state(states: list[dict[str, torch.Tensor]], adapter: str, name: str) -> dict[str, torch.Tensor]:
-    """The task adapters' tensors from the states their cells saved, under the fused model's names: adapter i's
-    `<site>.<adapter>.<rest>` becomes `<site>.<name>.adapters.<i>.<rest>` (their heads are left behind)."""
-    out = {}
+def adapter_tensors(states: list[dict[str, torch.Tensor]], adapter: str) -> list[dict[str, torch.Tensor]]:
+    """The task adapters' tensors in the states their cells saved, under those cells' names (their heads are left
+    behind): what a fusion reads of each."""
+    out = []
     for i, state in enumerate(states):
         found = {key: value for key, value in state.items() if f".{adapter}." in key}
         if not found:
             raise ValueError(f"the state of fused adapter {i} holds no '{adapter}' tensors: not a Pfeiffer adapter")
-        out.update({key.replace(f".{adapter}.", f".{name}.adapters.{i}.", 1): value for key, value in found.items()})
+        out.append(found)
     return out
+
+
+def fused_state(adapters: list[dict[str, torch.Tensor]], adapter: str, name: str) -> dict[str, torch.Tensor]:
+    """adapter_tensors under the fused model's names: adapter i's `<site>.<adapter>.<rest>` becomes
+    `<site>.<name>.adapters.<i>.<rest>`."""
+    return {key.replace(f".{adapter}.", f".{name}.adapters.{i}.", 1): value
+            for i, found in enumerate(adapters) for key, value in found.items()}

@@ -71,6 +71,9 @@ class Adapted:
     merge: Callable[[], nn.Module] | None = None  # mergeable methods: the model with the update folded in
     # Methods that update only some entries of a tensor: (parameter, bool mask of the entries that train).
     grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
+    # What the model reads of states other cells saved, one per such state (AdapterFusion's task adapters): the
+    # fine-tuned model needs them beside its own stored state
+    composed: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     def state_to_store(self) -> dict[str, torch.Tensor]:
         """The tensors that must be saved to restore the fine-tuned model (task head included)."""

@@ -12,6 +12,8 @@ methods:
 
 The adapters' settings (reduction_factor, bottleneck_dim, activation) must be those of the stages' adapters (the
 suite checks). Trainable: per layer query and key d×d with bias and value d×d without, 3d² + 2d, plus the head.
+Kept: those and the head (params.stored), and beside them the task adapters it reads, without their stages' heads
+(params.composed: Adapted.composed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ NAME = "adapter_fusion"  # the module each layer's fused adapters hang under
 
 
 def _fusion(model, config, ctx):
-    from bench.layers.fusion import add_fusion, fused_state
+    from bench.layers.fusion import adapter_tensors, add_fusion, fused_state
 
     states, count = list(ctx.stage_states), len(config["adapters"])
     if count < 2:
@@ -35,10 +37,11 @@ def _fusion(model, config, ctx):
     freeze(model)
     dropout = float(getattr(model.config, "attention_probs_dropout_prob", 0.0) or 0.0)  # AdapterHub's choice
     fusions = add_fusion(model, ctx.bundle.arch, config, count, NAME, dropout)
-    if not shapes_only:
-        load_by_name(model, fused_state(states, "adapter", NAME))
+    adapters = [] if shapes_only else adapter_tensors(states, "adapter")
+    if adapters:
+        load_by_name(model, fused_state(adapters, "adapter", NAME))
     train_head(model, ctx)
-    adapted = Adapted(model)
+    adapted = Adapted(model, composed=adapters)  # the task adapters: kept beside the fusion and head it stores
     if config["regularization"]:
         adapted.after_backward.append(lambda step: [fusion.regularization_grad() for fusion in fusions])
     return adapted

@@ -8,6 +8,12 @@ cell's mixture (bench/plan/mixtures.py), one on a single-task cell. Each row's t
 bench/layers/task_heads.select: a pre-hook on every Poly layer hands peft the rows' `task_ids`.
 
 Trainable per adapted d_in × d_out projection: n_skills · r · (d_in + d_out) + n_tasks · n_splits · n_skills.
+Its authors' code (microsoft/mttl, configs/t0/poly_lora.json) trains the skills at 1e-3 and the router's logits at
+0.1, Ponti et al.'s "two-speed learning rate"; a cell has one rate for every parameter, so the router trains at the
+skills' rate here (multitask-glue: 1e-3).
+The dry-run prices it whole on its fake pass (bench/tools/estimate.py): per row, the skills mixed by the router's
+weights, 2 · n_skills · r · (d_in + d_out) FLOPs forward, beside the LoRA products of every token; the router's own
+work is elementwise (0 counted FLOPs), so its number of task rows (one there) leaves the price unchanged.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ def _route(wrapped):
     import torch
     from peft.tuners.poly.layer import Linear
 
+    from bench.tensors import with_values
+
     def task_ids(module, args, kwargs):
         x = args[0] if args else kwargs["x"]
         rows = module.task_rows
-        if isinstance(rows, int):
-            ids = torch.full((x.shape[0],), rows, dtype=torch.long, device=x.device)
-        elif rows.shape[0] != x.shape[0]:
+        if not isinstance(rows, int) and rows.shape[0] != x.shape[0]:
             raise ValueError(f"poly: {rows.shape[0]} task ids for {x.shape[0]} rows (an objective that repeats rows "
                              "per answer option cannot route them)")
-        else:
-            ids = rows.to(x.device)
+        # peft's router reads the ids' values (its check that each is below n_tasks): on the dry-run's fake pass
+        # they are handed over with their values, so the router runs there whole, its check included
+        ids = with_values(lambda device: torch.full((x.shape[0],), rows, dtype=torch.long, device=device)
+                          if isinstance(rows, int) else rows.to(device), x)
         return args, {**kwargs, "task_ids": ids}
 
     for module in wrapped.modules():

@@ -108,7 +108,7 @@ def build(suite: str, frame: pd.DataFrame, problems: list[str], folder: Path, pl
                     description=description)
     report.curves = curve_tables(frame, curves or {})
     report.crosslingual = transfer_tables(frame)
-    report.multitask = multitask_tables(frame, stages)
+    report.multitask = multitask_tables(frame)
     report.training_curves = curves or {}
     if plots:
         report.plots = draw_all(agg, summary, folder / "plots", sensitivity_plots(swept, choices, folder / "plots")

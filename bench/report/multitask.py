@@ -5,9 +5,10 @@ one adapter for N tasks, or N adapters).
 One table per (model, mixture): a row per way of training a method, a column per task of the mixture (its main
 metric: the mixture cell's `scores.<task>:<metric>`, or the task's own cell's score; the mean over seeds), their
 average, and the storage: the parameters (and bytes) the cells keep to serve every task of the mixture (the sum
-over the per-task cells, or the one mixture cell; a fusion cell also needs the task adapters its stages trained,
-counted from their records' `params.method`). Only ok records count; a task without one shows a dash, and the
-average and storage of that row are then unknown.
+over the per-task cells, or the one mixture cell; fusion cells also need the task adapters they read, without the
+heads their stages trained: their records' `params.composed` and `composed_bytes`, counted once for the cells that
+read the same adapters). Only ok records count; a task without one shows a dash, and the average and storage of that
+row are then unknown, as is the storage of fusion cells that read different adapters.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _stored(params: list[dict], key: str) -> float | None:
     return fmt.mean_of_all([p.get(key) for p in params]) if params else None
 
 
-def multitask_tables(frame: pd.DataFrame, stages: pd.DataFrame) -> list[Table]:
+def multitask_tables(frame: pd.DataFrame) -> list[Table]:
     """The section's tables (none when the suite has no multi-task cell)."""
     ok = [r for r in frame["record"] if r["status"] == "ok"]
     mixtures = {}  # (model, mixture) -> [(member, main metric)]
@@ -37,11 +38,10 @@ def multitask_tables(frame: pd.DataFrame, stages: pd.DataFrame) -> list[Table]:
         if tasks:
             mixtures.setdefault((r["cell"]["model"], r["cell"]["task"]),
                                 [(name, t["main_metric"]) for name, t in tasks.items()])
-    stage_params = {r["cell"]["id"]: r["params"].get("method") for r in stages["record"]} if not stages.empty else {}
-    return [_table(model, mixture, members, ok, stage_params) for (model, mixture), members in sorted(mixtures.items())]
+    return [_table(model, mixture, members, ok) for (model, mixture), members in sorted(mixtures.items())]
 
 
-def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[dict], stage_params: dict) -> Table:
+def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[dict]) -> Table:
     names = [name for name, _ in members]
     table = Table(f"multitask-{model}-{mixture}", f"Multi-task: {mixture} on {model}", [
         Column("Method", numeric=False), Column("Trained", numeric=False),
@@ -60,13 +60,12 @@ def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[di
         if any(per_task.values()):
             scores = [fmt.mean_of_all(r["scores"]["metrics"].get(metric) for r in per_task[name])
                       for name, metric in members]
+            cells = [r for name in names for r in per_task[name]]
             stored = [_stored([r["params"] for r in per_task[name]], "stored") for name in names]
             stored_bytes = [_stored([r["params"] for r in per_task[name]], "stored_bytes") for name in names]
-            adapters = [ref for name in names for r in per_task[name][:1] for ref in r["cell"].get("stage_refs", [])]
-            shared = sorted(set(adapters))  # a fusion's task adapters, kept once whichever task reads them
-            shared_params = [stage_params.get(ref) for ref in shared]
-            total = None if None in stored or None in shared_params else sum(stored) + sum(shared_params)
-            total_bytes = None if None in stored_bytes or shared else sum(stored_bytes)
+            shared = sorted({ref for r in cells for ref in r["cell"].get("stage_refs", [])})  # a fusion's adapters
+            total = _with_composed(stored, cells, "composed")
+            total_bytes = _with_composed(stored_bytes, cells, "composed_bytes")
             kept = len(names) + len(shared)
             trained = f"per task ({len(names)} cells" + (f", over {len(shared)} task adapters)" if shared else ")")
             table.add(label, [Cell(label), Cell(trained), *map(_score, scores), _score(fmt.mean_of_all(scores)),
@@ -80,6 +79,20 @@ def _table(model: str, mixture: str, members: list[tuple[str, str]], ok: list[di
                               _count(_stored([r["params"] for r in mixed], "stored")),
                               _bytes(_stored([r["params"] for r in mixed], "stored_bytes")), Cell("1", value=1)])
     return table
+
+
+def _with_composed(stored: list, cells: list[dict], key: str) -> float | None:
+    """What the per-task cells keep: their own states, plus once what they read of other cells' (a fusion's task
+    adapters, the same for every cell that reads the same stages: else unknown, as they may share some)."""
+    if None in stored:
+        return None
+    if len({tuple(r["cell"].get("stage_refs", [])) for r in cells}) > 1:
+        return None
+    readers = [r["params"] for r in cells if r["cell"].get("stage_refs")]
+    if not readers:
+        return sum(stored)
+    composed = _stored(readers, key)  # equal in every cell that reads the same stages; None when one is unknown
+    return None if composed is None else sum(stored) + composed
 
 
 def _count(value) -> Cell:

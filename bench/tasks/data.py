@@ -5,8 +5,8 @@ where <dataset> is the last part of the hub id (nyu-mll/glue -> glue), so the sa
 `--data-dir ../shared/data` and the hub. A `manual` source (a dataset users must request, StoryCloze)
 is read from the same folder under --data-dir, else under $PEFT_BENCH_MANUAL_DATA (default
 ~/.cache/peft-bench/manual): its files as distributed, renamed to the hub's columns, or the hub layout.
-A task's own `files` may also be TSV or plain text tables (tab-separated), any of them gzip'd, read with
-the source's table options (`delimiter`, `header`, `columns`, `quoting`).
+A task's own `files` may also be TSV or plain text tables, any of them gzip'd (reading one file, and checking
+its rows: bench/tasks/datafiles.py).
 
 Before any work, `check_cells` reads the first rows of every local file a grid needs and checks the
 columns the task names and the label values, so a wrong column or label fails at once, naming the
@@ -16,33 +16,16 @@ file, the task definition's file:line and the columns the file has.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import random
 from pathlib import Path
 
 from bench.errors import BadInput
+from bench.tasks.datafiles import check_file, read_file, rows_to_check
 from bench.tasks.spec import TaskSpec
 from bench.tasks.synthetic import GENERATORS, translate
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the hub layout's (--data-dir)
-# Every table a task's `files` may name: suffix -> the reader and its default delimiter.
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": ",", ".tsv": "\t", ".txt": "\t", ".parquet": "parquet"}
-QUOTING = {"minimal": 0, "all": 1, "nonnumeric": 2, "none": 3}  # csv.QUOTE_* by name
-HEAD_ROWS = 100  # rows read from each file by the checks before work
-
-
-def file_format(path: str | Path) -> str | None:
-    """The reader of a data file by its suffix (a `.gz` after it is allowed), None when unsupported."""
-    suffixes = Path(path).suffixes
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-        if suffixes and suffixes[-1] == ".parquet":
-            return None  # parquet compresses inside the file
-    return FORMATS.get(suffixes[-1]) if suffixes else None
-
-
 class DataUnavailable(BadInput):
     """The data a task needs cannot be read here; the message says how to provide it."""
 
@@ -197,15 +180,15 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                 f"{dataset_folder(task, manual_root(data_dir))} "
                 f"({'under --data-dir' if data_dir is not None else f'set {MANUAL_DATA} to keep them elsewhere'}), "
                 "or leave the task out with --tasks", task.origin)
-        _check_file(task, path, src if distributed else {},
-                    _read_manual(task, path, distributed, _rows_to_check(task)))
+        check_file(task, path, src if distributed else {},
+                    _read_manual(task, path, distributed, rows_to_check(task)))
     elif "files" in src:
         key = file_key(split)
         path = src["files"].get(key)
         if path is None or not Path(path).is_file():
             raise DataUnavailable(f"task '{task.name}': {key} file not found: {path}", task.origin)
         path = Path(path)
-        _check_file(task, path, src, read_file(path, src, limit=_rows_to_check(task)))
+        check_file(task, path, src, read_file(path, src, limit=rows_to_check(task)))
     elif "p3" in src:
         from bench.tasks import p3
 
@@ -223,7 +206,7 @@ def check_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> None
                     f"task '{task.name}': no {hub_split(task, split)}.{{jsonl,csv,parquet}} in {folder} "
                     f"(layout DIR/<dataset>/<config>/<split>, hub columns of {src['dataset']})")
             path = local_file(task, split, data_dir)
-            _check_file(task, path, {}, read_file(path, limit=_rows_to_check(task)))
+            check_file(task, path, {}, read_file(path, limit=rows_to_check(task)))
         elif hub_offline():
             raise DataUnavailable(
                 f"task '{task.name}' needs hub dataset {src['dataset']}"
@@ -302,135 +285,10 @@ def resolved_revision(task: TaskSpec, data_dir) -> str | None:
         return src.get("revision")
 
 
-def read_file(path: Path, options: dict | None = None, limit: int | None = None) -> list[dict]:
-    """The rows of a data file (the first `limit` only, when given); `options` are a task source's
-    table options. Malformed content is BadInput naming the file (and the line, for JSON lines)."""
-    options = options or {}
-    kind = file_format(path)
-    if kind == "json":
-        return _read_json_lines(path, limit)
-    import pandas as pd
-
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(path)
-            frame = frame.head(limit) if limit else frame
-        else:
-            header = options.get("header", True)
-            frame = pd.read_csv(path, sep=options.get("delimiter", kind), header=0 if header else None,
-                                names=None if header else options.get("columns"), nrows=limit,
-                                quoting=QUOTING[options.get("quoting", "minimal")], keep_default_na=False,
-                                compression="infer")
-    except (ValueError, OSError, EOFError, pd.errors.ParserError) as e:  # decoding, gzip, truncation
-        raise BadInput(f"cannot read this {kind if kind == 'parquet' else 'table'}: {e}", str(path)) from None
-    return frame.to_dict("records")
-
-
-def _check_field_counts(path: Path, options: dict, limit: int | None) -> None:
-    """A table row with fewer fields than the columns, which pandas fills with empty text: BadInput at its line."""
-    import csv
-    import gzip
-
-    header = options.get("header", True)
-    expected = None if header else len(options.get("columns") or [])
-    opened = gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
-        path.open(encoding="utf-8", newline="")
-    with opened as f:
-        reader = csv.reader(f, delimiter=options.get("delimiter", file_format(path)),
-                            quoting=QUOTING[options.get("quoting", "minimal")])
-        for i, fields in enumerate(reader):
-            if limit is not None and i > limit:
-                return
-            if expected is None:
-                expected = len(fields)
-            elif fields and len(fields) < expected:
-                raise BadInput(f"a row with {len(fields)} field(s) where the table has {expected} columns",
-                               f"{path}:{reader.line_num}")
-
-
 def _read_manual(task: TaskSpec, path: Path, distributed: bool, limit: int | None = None) -> list[dict]:
     rows = read_file(path, task.source if distributed else None, limit)
     rename = task.source["manual"].get("rename", {}) if distributed else {}
     return [{rename.get(k, k): v for k, v in row.items()} for row in rows]
-
-
-def _read_json_lines(path: Path, limit: int | None) -> list[dict]:
-    import gzip
-
-    rows, number = [], 0
-    try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
-            for number, raw in enumerate(f, 1):  # decoded line by line, so a bad byte is named with its line
-                if limit is not None and len(rows) >= limit:
-                    break
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:  # name the user's file and line, not the parser's column in it
-                    raise BadInput(f"not a JSON object per line: {e.msg} at column {e.colno}",
-                                   f"{path}:{number}") from None
-                except RecursionError:
-                    raise BadInput("not a JSON object per line: nested too deep", f"{path}:{number}") from None
-                if not isinstance(rows[-1], dict):
-                    raise BadInput(f"not a JSON object per line: {type(rows[-1]).__name__}", f"{path}:{number}")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"not UTF-8 text ({e.reason}): save the file as UTF-8", f"{path}:{number}") from None
-    except (OSError, EOFError) as e:  # a .gz that is not gzip, or one cut short
-        raise BadInput(f"cannot read this file: {e or type(e).__name__}", str(path)) from None
-    return rows
-
-
-def check_rows(task: TaskSpec, rows: list[dict], path: Path, header_lines: int = 0) -> None:
-    """A file's rows (all, or its first) against what the task reads: non-empty, its columns present and filled,
-    its label values among the class indices or names. BadInput names the file (and line: `header_lines` before
-    the first row), the task and the columns."""
-    where = f"{path} (task '{task.name}' defined at {task.origin})"
-    if not rows:
-        raise BadInput("the file has no rows", where)
-    columns = list(rows[0])
-    needed = [*task.text, task.label, task.target, task.group_by, (task.demonstrations or {}).get("per")]
-    missing = sorted({c.split(".")[0] for c in needed if c} - set(columns))
-    if missing:
-        raise BadInput(f"no column {', '.join(map(repr, missing))}; the file's columns are "
-                       f"{', '.join(map(repr, columns))}", where)
-    top = sorted({c.split(".")[0] for c in needed if c})
-    for i, row in enumerate(rows):  # a JSON null, or a NaN a table reader made of a missing value
-        empty = [c for c in top if row.get(c) is None or (isinstance(row[c], float) and math.isnan(row[c]))]
-        if empty:
-            raise BadInput(f"row {i + 1} has no value in column {', '.join(map(repr, empty))} "
-                           f"(task '{task.name}' defined at {task.origin})", f"{path}:{i + 1 + header_lines}")
-    if task.type == "classification" and task.label and task.labels:
-        names, n = set(task.labels), len(task.labels)
-        bad = sorted({repr(v) for row in rows for v in [task.value(row, task.label)]
-                      if str(v) not in names and not _class_index(v, n)})
-        if bad:
-            raise BadInput(f"label values {', '.join(bad[:5])} are neither class indices 0..{n - 1} nor among "
-                           f"the task's labels {list(task.labels)}", where)
-
-
-def _rows_to_check(task: TaskSpec) -> int | None:
-    """Rows the checks before work read: every row where labels are checked (a bad label on row 5,000 would
-    otherwise fail inside the cell), the first HEAD_ROWS elsewhere."""
-    return None if task.type == "classification" and task.label and task.labels else HEAD_ROWS
-
-
-def _check_file(task: TaskSpec, path: Path, options: dict, rows: list[dict]) -> None:
-    """The checks before work of one data file read as `rows`: a table's field counts (which its reader cannot
-    tell: it fills a short row with empty text), then check_rows, lines counted past a table's header."""
-    table = file_format(path) not in ("json", "parquet")
-    if table:
-        _check_field_counts(path, options, _rows_to_check(task))
-    check_rows(task, rows, path, 1 if table and options.get("header", True) else 0)
-
-
-def _class_index(value, n: int) -> bool:
-    try:
-        index = int(value)
-    except (TypeError, ValueError):
-        return False
-    return str(index) == str(value).strip() and 0 <= index < n
 
 
 def subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:

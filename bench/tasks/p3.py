@@ -34,7 +34,7 @@ def subsets(prefix: str, data_dir: str | Path | None) -> list[str]:
 def rows(names: list[str], split: str, data_dir: str | Path | None, read_file, revision: str | None = None,
          ) -> list[dict]:
     """A dataset's rows over its templates (`names`: its subsets; "train" capped per template, "validation" whole);
-    `read_file` reads a local file (bench/tasks/data.py's)."""
+    `read_file` reads a local file (bench/tasks/datafiles.py's)."""
     cap = MAX_EXAMPLES_PER_DATASET // len(names) if split == "train" else None
     out: list[dict] = []
     for name in names:

@@ -142,7 +142,7 @@ def _demonstrations(values: dict, src: dict, name: str, where) -> dict | None:
 
 def _check_tables(name: str, src: dict, where) -> None:
     """Local files in a format we read, with consistent table options (header: false needs columns)."""
-    from bench.tasks.data import FORMATS, file_format
+    from bench.tasks.datafiles import FORMATS, file_format
 
     for split, path in src["files"].items():
         if file_format(path) is None:
