@@ -13,7 +13,8 @@ from bench.cli import main
 from bench.errors import BadInput
 from bench.models import REGISTRY, resolve_model
 from bench.optimizers import state_bytes
-from bench.tools.estimate import estimate, fake_step
+from bench.tools.estimate import estimate
+from bench.tools.fake_pass import fake_step
 from tests import closed_forms
 from tests.adapting import adapt
 from tests.conftest import ROOT
@@ -144,7 +145,7 @@ def test_gradient_checkpointing_is_estimated_as_a_real_checkpointed_step(name, m
 def test_extrapolated_depth_equals_the_full_pass(monkeypatch, name, method, rows, length, extrapolated):
     """Every figure, the most bytes alive at once included, as a pass through every block gives it; and
     the path taken: extrapolated, or the step run again at full depth."""
-    import bench.tools.estimate as module
+    import bench.tools.fake_pass as module
 
     spec, model = _adapted(name, method, meta=True)
     full = fake_step(model, spec.kind, rows, length, extrapolate=False)
@@ -164,7 +165,7 @@ def test_a_step_the_phases_cannot_account_for_runs_at_full_depth(monkeypatch):
     blocks'), trusting the account would nearly double the bytes; the step runs at full depth instead."""
     spec, model = _adapted("gpt2", "prefix-tuning", meta=True)
     exact = max(fake_step(model, spec.kind, 4, 64).live_peaks.values())
-    monkeypatch.setattr("bench.tools.estimate._consistent", lambda *args: True)
+    monkeypatch.setattr("bench.tools.fake_pass._consistent", lambda *args: True)
     assert max(fake_step(model, spec.kind, 4, 64).live_peaks.values()) > 1.5 * exact
 
 
@@ -218,12 +219,12 @@ def test_bad_input_exits_2_naming_the_flag(args, message, capsys):
 
 
 def test_a_step_that_cannot_run_on_fake_tensors_is_refused(monkeypatch, capsys):
-    import bench.tools.estimate
+    import bench.tools.fake_pass
 
     def reads_a_value(*args, **kwargs):  # what a forward branching on a tensor's value raises
         raise RuntimeError("aten._local_scalar_dense.default")
 
-    monkeypatch.setattr(bench.tools.estimate, "fake_step", reads_a_value)
+    monkeypatch.setattr(bench.tools.fake_pass, "fake_step", reads_a_value)
     assert main(["estimate", "--model", "tiny-gpt2", "--method", "lora"]) == 2
     err = capsys.readouterr().err
     assert "--method: method 'lora' on tiny-gpt2 cannot run a training step on fake tensors" in err
@@ -307,7 +308,7 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
 
     spec = resolve_model("tiny-encoder", "--model")
     *_, adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)
-    estimating.fake_step(adapted, spec.kind, 2, 8, flops_only=True)  # task 0: the router's one row
+    fake_step(adapted, spec.kind, 2, 8, flops_only=True)  # task 0: the router's one row
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
-        estimating.fake_step(adapted, spec.kind, 2, 8, flops_only=True)
+        fake_step(adapted, spec.kind, 2, 8, flops_only=True)

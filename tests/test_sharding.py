@@ -13,7 +13,7 @@ import torch
 import transformers as tf
 
 from bench import tiny
-from bench.tools.estimate import block_stacks
+from bench.tools.fake_pass import block_stacks
 from bench.tools.sharding import largest_block, sharded_memory
 
 GIB = 1024**3

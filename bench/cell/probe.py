@@ -4,7 +4,7 @@ A cell runs it once before training, on the probe batch: the rows of the first t
 padded to the longest example of the training set, which is the largest shape any training step
 can have. It does not touch training: the random number generators are restored afterwards, its
 gradients are dropped, the optimizer does not exist yet, and its time counts in no figure.
-`peft-bench estimate` runs the same step on fake tensors (bench/tools/estimate.py).
+`peft-bench estimate` runs the same step on fake tensors (bench/tools/fake_pass.py).
 
 What it measures (memory.activation_bytes, grad_bytes, step_peak_bytes and the counted FLOPs) is
 defined once, in the figure registry (bench/figures.py; docs/measurement.md writes it out).

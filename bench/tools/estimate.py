@@ -2,19 +2,15 @@
 
 How: the model is built on the `meta` device from its config (shipped configs need no network), the
 method is applied as in a cell (same registry, same config resolution), and bench.cell.probe's
-instrumented step runs on fake tensors (torch's FakeTensorMode): every operator computes shapes and
-dtypes only, so the storages saved for backward, the gradients, the bytes alive at once and the FLOPs
-are those of a real step, at no memory cost. Why not a real probe on a shrunk copy: scaling it back up needs a rule per
+instrumented step runs on fake tensors at the model's full depth (bench/tools/fake_pass.py: shapes and
+dtypes only, so the bytes saved and alive at once and the FLOPs are a real step's, at no memory cost).
+Why not a real probe on a shrunk copy: scaling it back up needs a rule per
 architecture (width, depth, attention's L², grouped-query heads, vocabulary), while the fake pass is
 exact at full size, deterministic, and uses the very code that measures a cell; on the tiny models it
 reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
 
-Fake tensors claim the CPU device, so operators are chosen as on a CPU: sdpa attention uses PyTorch's
-flash kernel for CPU where its inputs allow (no additive bias, no dropout), which, like CUDA's flash and
-memory-efficient kernels, saves its output and log-sum-exp rather than the L×L probabilities; otherwise
-its math kernel, which saves them. The batch is B rows of exactly L tokens with no padding (without a
-mask the models skip building one); encoder-decoders decode L target tokens; encoders get a 2-way
-classification head, the others their LM head. `--attention eager` builds the model with its own
+The batch is B rows of exactly L tokens with no padding; encoder-decoders decode L target tokens; encoders get a
+2-way classification head, the others their LM head. `--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
 the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
@@ -26,29 +22,17 @@ parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, a
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-
 import torch
 
 from bench import optimizers
 from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
-from bench.cell.probe import (
-    StepMeasure,
-    forward_flops_per_example,
-    instrumented_step,
-    step_peak_bytes,
-    tensors_in,
-    training_flops,
-)
+from bench.cell.probe import StepMeasure, forward_flops_per_example, step_peak_bytes, training_flops
 from bench.config import ATTENTIONS, KERNELS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
+from bench.tools import fake_pass
 from bench.tools.sharding import largest_block, sharded_memory
-
-EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
-_LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
 
 
 def _needs_data(n_batches: int):
@@ -87,227 +71,6 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
         raise BadInput(f"method '{method_name}' cannot be built on {spec.name} without weights (on the meta "
                        f"device): {type(e).__name__}: {e}", "--method") from None
 
-
-@contextlib.contextmanager
-def _fake_weights(model: torch.nn.Module, mode):
-    """Every parameter and buffer of the meta `model` replaced by a fake CPU tensor within the block
-    (one fake per tensor, so tied weights stay tied)."""
-    fakes, originals = {}, []
-    for module in model.modules():
-        for table in (module._parameters, module._buffers):
-            for name, t in table.items():
-                if t is not None:
-                    if id(t) not in fakes:
-                        fake = mode.fake_tensor_converter.from_meta_and_device(mode, t, torch.device("cpu"))
-                        fakes[id(t)] = torch.nn.Parameter(fake, t.requires_grad) if table is module._parameters \
-                            else fake
-                    originals.append((table, name, t))
-                    table[name] = fakes[id(t)]
-    try:
-        yield
-    finally:
-        for table, name, t in originals:
-            table[name] = t
-
-
-def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple) -> StepMeasure:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
-    model.train()
-    ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
-    labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
-    with _fake_weights(model, mode):
-        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode, phase=phase)
-
-
-def _signature(block: torch.nn.Module) -> tuple:
-    return tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in block.named_parameters())
-
-
-def block_stacks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.ModuleList]]:
-    """The model's stacks of repeated blocks (parent, name, list): ModuleLists of at least
-    EXTRAPOLATE_FROM + 2 modules of one class whose blocks after the first have identical parameters
-    (names, shapes, dtypes, trainability), i.e. the layers of a Transformer's encoder or decoder as a
-    method left them. A method adapting only some layers leaves no such stack."""
-    stacks = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, torch.nn.ModuleList) and len(child) >= EXTRAPOLATE_FROM + 2 \
-                    and len({type(block) for block in child}) == 1 \
-                    and len({_signature(block) for block in list(child)[1:]}) == 1:
-                stacks.append((parent, name, child))
-    return stacks
-
-
-@contextlib.contextmanager
-def _truncated(stacks, depths: list[int]):
-    """The stacks cut to their first `depths` blocks for the duration of the block."""
-    for (parent, name, blocks), depth in zip(stacks, depths):
-        parent._modules[name] = torch.nn.ModuleList(list(blocks)[:depth])
-    try:
-        yield
-    finally:
-        for parent, name, blocks in stacks:
-            parent._modules[name] = blocks
-
-
-# The depth extrapolation's account of the bytes alive at once. The blocks of a stack after its first
-# are identical; the full model is the cut one with more of them. Where the step is with respect to
-# one of them, the "marker" (StackPhases), tells what each further block holds at that moment: nothing
-# yet (BEFORE its forward), its saved activations (ACTIVATIONS: from its forward until its backward
-# begins), what it leaves once its backward is done, its gradients and the gradients it sends to
-# tensors computed before the stack (GRADIENTS), and while the blocks run backward one after another,
-# the larger of the two (EITHER: the first holds one, the last the other). How much a further block
-# adds in each phase is read off the deeper pass, where the block after the marker ("high", the last)
-# is a second copy (its ACTIVATIONS and EITHER phases have the marker's block in forward-done state),
-# as is the one before ("low", the marker itself: in its EITHER and GRADIENTS phases the copy above it
-# is done). tests/test_estimate.py checks the result against full-depth passes.
-BEFORE, ACTIVATIONS, EITHER, GRADIENTS = range(4)
-
-
-class StackPhases:
-    """Within the block, `()` is the phase (above) of the step at each marker, a flat tuple: module hooks
-    on a marker's forward, tensor hooks on its output's gradient (its backward begins) and on its input's
-    (its backward ends). Hooks change nothing the step computes or keeps."""
-
-    def __init__(self, markers: list[torch.nn.Module]):
-        self.markers, self.state = markers, [BEFORE] * len(markers)
-        self._handles = []
-
-    def __call__(self) -> tuple:
-        return tuple(self.state)
-
-    def _set(self, i: int, phase: int):
-        def hook(*_):
-            self.state[i] = phase
-        return hook
-
-    def _watch(self, i: int):
-        def pre_hook(module, args, kwargs):
-            self.state[i] = ACTIVATIONS
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            if torch.is_tensor(hidden) and hidden.requires_grad:
-                hidden.register_hook(self._set(i, GRADIENTS))
-
-        def hook(module, args, kwargs, output):
-            out = next((t for t in tensors_in(output) if t.requires_grad), None)
-            if out is not None:
-                out.register_hook(self._set(i, EITHER))
-        return pre_hook, hook
-
-    def __enter__(self):
-        for i, marker in enumerate(self.markers):
-            pre_hook, hook = self._watch(i)
-            self._handles += [marker.register_forward_pre_hook(pre_hook, with_kwargs=True),
-                              marker.register_forward_hook(hook, with_kwargs=True)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        return False
-
-
-def _added_by_a_block(base: StepMeasure, deeper: StepMeasure, stack: int, key: tuple) -> dict[int, int]:
-    """What one more block of `stack` adds to the most bytes alive at once in the base pass's phase `key`
-    (markers low and high of each stack, equal in the base pass), read off the deeper pass: as a block
-    whose forward is done (at ACTIVATIONS) and as a block whose backward is done (at GRADIENTS), where
-    the phase has them (EITHER has both)."""
-    def most(high: bool) -> int:
-        others = key[:2 * stack] + key[2 * stack + 2:]
-        return max((v for k, v in deeper.live_peaks.items()
-                    if k[2 * stack + high] == key[2 * stack] and k[:2 * stack] + k[2 * stack + 2:] == others),
-                   default=base.live_peaks[key])
-    phase = key[2 * stack]
-    added = {}
-    if phase in (ACTIVATIONS, EITHER):
-        added[ACTIVATIONS] = most(high=True) - base.live_peaks[key]
-    if phase in (EITHER, GRADIENTS):
-        added[GRADIENTS] = most(high=False) - base.live_peaks[key]
-    return added
-
-
-def _consistent(base: StepMeasure, deeper: StepMeasure, stack: int) -> bool:
-    """Whether a block whose backward is done adds the same in EITHER as in GRADIENTS (the rest of the step
-    in the same phase): if not, work outside the stack runs between its blocks' backward passes."""
-    done = {}
-    for key in base.live_peaks:
-        if key[2 * stack] in (EITHER, GRADIENTS):
-            others = key[:2 * stack] + key[2 * stack + 2:]
-            done.setdefault(others, set()).add(_added_by_a_block(base, deeper, stack, key)[GRADIENTS])
-    return all(len(values) == 1 for values in done.values())
-
-
-def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) -> int:
-    """The most bytes alive at once with `more` further blocks in each stack (`deepers`: (more, its deeper pass))."""
-    return max(value + sum(more * max(_added_by_a_block(base, deeper, i, key).values(), default=0)
-                           for i, (more, deeper) in enumerate(deepers))
-               for key, value in base.live_peaks.items())
-
-
-def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
-              extrapolate: bool = True, flops_only: bool = False) -> StepMeasure:
-    """The instrumented step on fake tensors, at the model's full depth.
-
-    Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
-    is run with every stack cut to EXTRAPOLATE_FROM blocks, then once per stack with one block more,
-    and each figure is extended linearly to the full depth; the most bytes alive at once, phase by
-    phase (StackPhases). That account holds where the work outside a stack does not run between its
-    blocks' backward passes; it does not, for instance, where a prefix computed before the stack is
-    sliced block by block. What guards it: a finished block must add the same in the EITHER and the
-    GRADIENTS phases (_consistent; this also turns away some accounts that hold, e.g. most of T5's),
-    and, a weaker check, a pass with two blocks more must give the figure the account gives it. Where
-    either fails, the step is run at full depth instead. A 70B model thus costs a few blocks' passes,
-    not 80; tests check the result and the path taken against full passes (extrapolate=False).
-
-    `flops_only`: only the FLOPs (and the other linear figures) are wanted, as `run --dry-run` prices cells:
-    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty).
-    """
-    stacks = block_stacks(model) if extrapolate else []
-    if flops_only:
-        return _linear_figures(model, kind, batch_size, seq_len, stacks)
-    base_depths = [EXTRAPOLATE_FROM] * len(stacks)
-
-    def run(stack: int | None = None, more: int = 0) -> StepMeasure:
-        depths = [d + more * (i == stack) for i, d in enumerate(base_depths)]
-        markers = [block for (_, _, blocks), d in zip(stacks, depths) for block in (blocks[1], blocks[d - 1])]
-        with _truncated(stacks, depths), StackPhases(markers) as phases:
-            return _fake_pass(model, kind, batch_size, seq_len, phases)
-
-    base = run()
-    result, deepers = dataclasses.replace(base), []
-    for i, (_, _, blocks) in enumerate(stacks):
-        deeper, more = run(i, 1), len(blocks) - EXTRAPOLATE_FROM
-        for field in _LINEAR_FIELDS:
-            setattr(result, field, getattr(result, field) + more * (getattr(deeper, field) - getattr(base, field)))
-        two_more = [(2 * (j == i), deeper if j == i else base) for j in range(len(stacks))]
-        if not _consistent(base, deeper, i) or \
-                more > 2 and _extended_peak(base, two_more) != max(run(i, 2).live_peaks.values()):
-            return fake_step(model, kind, batch_size, seq_len, extrapolate=False)
-        deepers.append((more, deeper))
-    result.live_peaks = {(): _extended_peak(base, deepers)}
-    return result
-
-
-def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks) -> StepMeasure:
-    """fake_step's linear figures (FLOPs, saved and gradient bytes) in the fewest and shortest passes. A block adds
-    the same FLOPs whatever the step's memory holds at that moment, so no phase needs checking, and a stack's
-    first block (which may differ: T5's position bias) is kept alone: the step with one block per stack, then
-    with two in the stacks of one length at a time (T5's encoder and decoder together), each second block
-    counted once per further block. Exact where fake_step's are (tests/test_estimate.py)."""
-    def run(depths: list[int]) -> StepMeasure:
-        with _truncated(stacks, depths):
-            return _fake_pass(model, kind, batch_size, seq_len)
-
-    base = run([1] * len(stacks))
-    result = dataclasses.replace(base, live_peaks={})
-    for length in sorted({len(blocks) for _, _, blocks in stacks}):
-        deeper = run([2 if len(blocks) == length else 1 for _, _, blocks in stacks])
-        for field in _LINEAR_FIELDS:
-            added = getattr(deeper, field) - getattr(base, field)  # what the second block of these stacks adds
-            setattr(result, field, getattr(result, field) + (length - 1) * added)
-    return result
 
 
 def prepare_to_count(archs) -> None:
@@ -366,7 +129,7 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
 
 def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only: bool = False) -> StepMeasure:
     try:
-        return fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only)
+        return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
@@ -399,8 +162,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
                   activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     if shards > 1:
-        memory = sharded_memory(memory, shards, largest_block(adapted, block_stacks(adapted)), step.batch_bytes,
-                                max(step.live_peaks.values(), default=0), temporaries)
+        block = largest_block(adapted, fake_pass.block_stacks(adapted))
+        memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
+                                temporaries)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}

@@ -5,7 +5,7 @@ of them is what they allocate and what they save for backward; the kernels thems
 into tensors allocated in Python before they launch). So each kernel is stood in for by a memory twin: an autograd
 function that allocates, saves and frees the tensors Liger's Python code does, in the same order, and computes no
 values (it runs on the estimate's fake tensors only, which have none). The fake-tensor step
-(bench/tools/estimate.py) then accounts them as it accounts any operator. Each line below names the line of Liger it
+(bench/tools/fake_pass.py) then accounts them as it accounts any operator. Each line below names the line of Liger it
 follows, in liger-kernel 0.8.5 (the wheel benchmarks/gpu_kit.sh carries to the GPU; liger_kernel/ in the wheel):
 where Liger's Python code branches on the device, the twin takes the branch of a CUDA GPU of compute capability 8
 or more with torch >= 2.8, with no autocast (the estimate's frame: a cell's weights dtype throughout).
@@ -50,7 +50,7 @@ SM_COUNT = 132  # streaming multiprocessors of an H100/H200 SXM: the rows of RMS
 def _fake_only(*tensors: torch.Tensor) -> None:
     if not all(isinstance(t, FakeTensor) for t in tensors):
         raise TypeError("a memory twin of a Liger kernel computes no values: it runs on fake tensors only "
-                        "(bench/tools/estimate.py)")
+                        "(bench/tools/fake_pass.py)")
 
 
 class RMSNormTwin(torch.autograd.Function):

@@ -21,7 +21,7 @@ gradients reduced and scattered right after its backward. So, per device:
 
 Not counted: NCCL's own buffers (a few hundred MiB per device), the CUDA context, and the allocator's
 fragmentation under FSDP's varying block sizes. The figures come from the same fake-tensor step the unsharded
-prediction uses (bench/tools/estimate.py), which the GPU checks measured within a few % on one device; the
+prediction uses (bench/tools/fake_pass.py), which the GPU checks measured within a few % on one device; the
 sharded figures have not been measured on several GPUs.
 """
 
@@ -36,7 +36,7 @@ from bench.tensors import unique_tensors
 
 def largest_block(model: torch.nn.Module, stacks: list) -> tuple[int, int]:
     """(parameter bytes, trainable parameter bytes) of the largest block of the model's layer stacks (`stacks`:
-    bench.tools.estimate.block_stacks); the whole model's when it has no stack (FSDP then gathers it whole)."""
+    bench.tools.fake_pass.block_stacks); the whole model's when it has no stack (FSDP then gathers it whole)."""
     blocks = [block for _, _, stack in stacks for block in stack] or [model]
 
     def sizes(block: torch.nn.Module) -> tuple[int, int]:
