@@ -122,3 +122,51 @@ def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
     sharded = estimate("tiny-llama", "full", 8, 16, shards=2)["memory"]
     assert predicted_memory(cell, shards=2) == sharded and sharded["shards"] == 2
     assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16)["memory"]  # cached apart from it
+
+
+@pytest.fixture
+def two_fake_gpus(monkeypatch, tmp_path):
+    """`--gpus 90,91` of 3 GiB each (CUDA_VISIBLE_DEVICES, nvidia-smi's rooms), and each cell's predicted peak by
+    its method label: 8 GiB on one device, 4 GiB a device over two, for lora and bitfit (fit no device even sharded),
+    1 GiB for full. Returns the suite and the run's flags."""
+    import bench.run.executors.local as local
+    import bench.tools.plan_cost as plan_cost
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(NO_GPU))
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(local, "device_rooms", lambda devices: dict.fromkeys(devices, 3 * GIB))
+    monkeypatch.setattr(plan_cost, "predicted_memory", lambda cell, shards=1: {
+        "predicted_peak_bytes": (1 if cell.label == "full" else 8) * GIB // shards})
+    path = tmp_path / "big.yaml"
+    path.write_text("name: packing\nmethods: [full, lora, bitfit]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+    return path, ["--gpus", ",".join(NO_GPU), "--gpus-per-cell", "2", "--results", str(tmp_path / "results")]
+
+
+def test_the_dry_run_lists_every_cell_the_run_would_refuse(two_fake_gpus, capsys):
+    """The plan says what `run` would say before it starts, for every such cell (the run stops at the first), with
+    the run's own words, and exits 2 as the run does."""
+    from bench.cli import main
+
+    path, flags = two_fake_gpus
+    assert main(["run", "--suite", str(path), "--dry-run", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if "model=tiny-llama" in line]) == 3  # the plan, every cell
+    refused = [line.removeprefix("refused: ") for line in err.splitlines() if line.startswith("refused: ")]
+    assert [line.split("  ")[1].split(" fits no GPU")[0] for line in refused] == [
+        "method=lora model=tiny-llama task=synth-polarity seed=1", "method=bitfit model=tiny-llama task=synth-polarity "
+        "seed=1"]
+    assert "its predicted peak is 8.0 GB (8,589,934,592 B) on one GPU and 4.0 GB" in refused[0]
+    assert "--gpus-per-cell: 2 of 3 cells would be refused (above): `run` stops before any cell starts" in err
+    assert main(["run", "--suite", str(path), *flags]) == 2
+    said = capsys.readouterr().err
+    assert refused[0] in said and refused[1] not in said  # the run names the first, in the same words
+    assert not list((path.parent / "results").rglob("*.json"))
+
+
+def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
+    from bench.cli import main
+
+    path, flags = two_fake_gpus
+    assert main(["run", "--suite", str(path), "--dry-run", "--methods", "full", *flags]) == 0
+    assert "refused" not in capsys.readouterr().err

@@ -45,6 +45,7 @@ def add(sub) -> None:
 
 
 def command(args) -> int:
+    from bench.errors import BadInput
     from bench.files import writable_folder
     from bench.plan import grid, suite
     from bench.plan.kernels import check_kernels
@@ -74,6 +75,12 @@ def command(args) -> int:
                   "sweep's first setting", file=sys.stderr)
             cells += second
         print_plan(cells, executor, args.tflops, Store(args.results), args.gpu)
+        refused = getattr(executor, "refusals", lambda cells: [])(cells)  # optional in the contract
+        for error in refused:  # every one, where the run stops at the first
+            print(f"refused: {error.message}", file=sys.stderr)
+        if refused:
+            raise BadInput(f"{len(refused)} of {len(cells)} cells would be refused (above): `run` stops before any "
+                           "cell starts", refused[0].where, refused[0].choices)
         return 0
     check_cells(cells)
     check_kernels(cells, s.path, getattr(executor, "cells_on_gpu", None))  # optional in the contract

@@ -6,7 +6,8 @@ it has room to start one (so the runner claims each cell just before it starts),
 finishes, in whatever order, and stops every cell it started when the iterator is closed or interrupted. An executor
 may also have `order(cells) -> cells`, the order the runner claims them in (local.py packs the largest first), and
 `cells_on_gpu() -> bool`, which GPU-only options are checked against before any work (without it, a cell finds out
-itself). Every
+itself), and `refusals(cells) -> list[BadInput]`, each cell's error that `order` or `submit` would stop the run with
+before any work, which `run --dry-run` lists (without it, the dry-run lists none). Every
 cell yields exactly one record: a cell that crashed, ran out of memory, passed its deadline or was lost with its
 machine yields a failure record (bench/run/executors/cells.py: failure_record), never nothing.
 

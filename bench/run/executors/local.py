@@ -121,6 +121,19 @@ class LocalExecutor:
             self.demands[cell.id] = packer.demand(lambda shards: self.memory(cell, shards), cell.line())
         return self.demands[cell.id]
 
+    def refusals(self, cells: list[Cell]) -> list[BadInput]:
+        """What `order` would stop the run with, for every cell rather than the first: the BadInput of each cell that
+        fits no device even sharded (Packer.demand). `run --dry-run` lists them, so a plan says so before a run."""
+        if self.rooms is None or self.isolation == "inline":
+            return []
+        refused = []
+        for cell in cells:
+            try:
+                self.demand(cell)
+            except BadInput as e:
+                refused.append(e)
+        return refused
+
     def cells_on_gpu(self) -> bool:
         """Those of --gpus; without it, a cell is pinned to none and sees every GPU this process does."""
         return any(self.devices) or bool(visible_gpus())
