@@ -62,7 +62,7 @@ print("\\n" + json.dumps({"code": code, "loaded": [m for m in %r if sys.modules.
 COMPILER_AND_FRIENDS = ("torch", "transformers", "peft", "bitsandbytes", "torch._dynamo", "torch._inductor")
 
 
-def _loaded_by(args: list[str], env=None) -> list[str]:
+def _loaded_by(args: list[str], env=None, code: int = 0) -> list[str]:
     import os
     from pathlib import Path
 
@@ -70,7 +70,7 @@ def _loaded_by(args: list[str], env=None) -> list[str]:
     out = subprocess.run([sys.executable, "-c", COMMAND % (tests, args, COMPILER_AND_FRIENDS)], capture_output=True,
                          text=True, env={**os.environ, **(env or {})})
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["code"] == 0, out.stderr
+    assert result["code"] == code, out.stderr
     return result["loaded"]
 
 
@@ -100,6 +100,26 @@ def test_no_planning_command_imports_torch_peft_or_the_compiler(tmp_path):
                  ["results", "export", "--suite", "hand", "--results", str(store), "--out", str(tmp_path / "x.csv")],
                  dry_run, few_shot_dry_run):
         assert _loaded_by(args, cache) == [], args
+
+
+def test_a_dry_run_on_gpus_refuses_from_cached_predictions_without_torch(tmp_path):
+    """`run --dry-run --gpus` asks each cell's predicted memory, as the run does, to say which cells fit no GPU: from
+    the cache once predicted, so without torch. Two fake GPUs (CUDA_VISIBLE_DEVICES, and an nvidia-smi on PATH
+    whose 1,024 MiB free are all a cell's CUDA context, so every cell is refused: exit 2)."""
+    import os
+
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho '1024, 0'\n")  # memory.total, memory.used (MiB), whichever GPU is asked
+    smi.chmod(0o755)
+    suite = tmp_path / "plan.yaml"
+    suite.write_text("name: plan\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                     "train: {max_steps: 10, batch_size: 4, max_length: 16}\n")
+    env = {"PEFT_BENCH_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": "0,1",
+           "PATH": f"{smi.parent}{os.pathsep}{os.environ['PATH']}"}
+    dry_run = ["run", "--suite", str(suite), "--dry-run", "--gpus", "0,1", "--results", str(tmp_path / "r")]
+    assert "torch" in _loaded_by(dry_run, env, code=2)  # predicts the cells' memory: builds and counts
+    assert _loaded_by(dry_run, env, code=2) == []
 
 
 def test_estimate_keeps_bitsandbytes_out_unless_the_method_needs_it():

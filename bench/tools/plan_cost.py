@@ -287,16 +287,17 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
     step's peak, `predicted_peak_bytes`: docs/measurement.md), None when it cannot be predicted; from the disk
     cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm).
     `shards` > 1: one device's, the cell sharded over that many (estimate --shards, bench/tools/sharding.py)."""
-    from bench.methods.base import method_settings
-    from bench.models import quiet_libraries
     from bench.tasks import cache
-    from bench.tools.estimate import estimate
 
     key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
                      + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else ""))
     found, value = cache.lookup(key, "plan") if key is not None else (False, None)
     if found:
         return value if isinstance(value, dict) else None
+    from bench.methods.base import method_settings
+    from bench.models import quiet_libraries
+    from bench.tools.estimate import estimate  # torch: only to predict, never to read the cache
+
     quiet_libraries()  # building the model on the meta device warns of what is not the runner's news
     try:
         memory = estimate(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
