@@ -61,6 +61,19 @@ def test_a_sharded_cell_takes_only_devices_its_sharded_budget_fits():
     assert packer.where(per_device, devices=2) is None  # "0" and "2" are empty, but 24 GiB holds no 28.64 GiB
 
 
+def test_no_cell_packs_beside_a_sharded_cells_ranks():
+    """A sharded cell's GPUs are held whole however much room its per-GPU budget leaves (docs/scale.md says why):
+    a small cell waits rather than join them, though each has room for it past the ranks' footprints."""
+    packer = Packer({"0": 2 * GIB, "1": 80 * GIB, "2": 80 * GIB}, gpus_per_cell=2)
+    small = budget_of(1 * GIB)
+    assert footprint(small) > 2 * GIB and footprint(budget_of(30 * GIB)) + footprint(small) < 80 * GIB
+    sharded = packer.place(budget_of(30 * GIB), devices=2)
+    assert sharded == Placement("1,2", None)
+    assert packer.place(small) is None
+    packer.release(sharded)
+    assert packer.place(small).device == "1"
+
+
 def test_a_cell_whose_sharded_budget_does_not_fit_runs_alone_if_its_prediction_fits_one_device():
     # 38 GiB on one: its budget with the margins (42.9 GiB with the context) fits no 40 GiB device, the prediction
     # itself (39 GiB with the context) does; sharded it is 39 GiB a device (activations dominate): no better
