@@ -115,6 +115,14 @@ def _oom_at_first(model, config, ctx):
     return _full(model)
 
 
+def _oom_on_rank_1(model, config, ctx):
+    """Full fine-tuning whose build raises CUDA's out-of-memory error on a sharded cell's second rank only (RANK 1,
+    bench/cell/ranks.py), as one GPU of several running out would."""
+    if os.environ.get("RANK") == "1":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory on rank 1 (injected)")
+    return _full(model)
+
+
 def _spawn_and_hang(model, config, ctx):
     """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
     import subprocess
@@ -148,6 +156,8 @@ methods.register(
            defaults={"log": "", "sleep_s": 0.0}),
     Method("fault-oom-at-first", "baseline", "raises CUDA's out-of-memory error in its first builds", PAPER,
            _oom_at_first, defaults={"log": "", "times": 1}),
+    Method("fault-oom-on-rank-1", "baseline", "raises CUDA's out-of-memory error on rank 1 only", PAPER,
+           _oom_on_rank_1),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
            defaults={"log": ""}),
     Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,

@@ -183,3 +183,22 @@ def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
     path, flags = two_fake_gpus
     assert main(["run", "--suite", str(path), "--dry-run", "--methods", "full", *flags]) == 0
     assert "refused" not in capsys.readouterr().err
+
+
+def test_a_rank_that_runs_out_of_memory_makes_the_cell_oom(tmp_path):
+    """Rank 1 of a cell sharded over two fake GPUs (gloo) runs out of memory: rank 0, its peer gone, ends with a lost
+    connection. Before the fix that was the cell's record (`failed`, the cause hidden); now the cell is `oom` with
+    rank 1's error, as an out-of-memory on one GPU is."""
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [fault-oom-on-rank-1]\n"
+                    "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 300\n")
+    cells = grid.expand(load_suite(str(path)), threads=1)
+    store = Store(tmp_path / "results")
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
+                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 2 * GIB // shards},
+                             gpus_per_cell=2)
+    assert run_grid(cells, store, executor, quiet=True).statuses == {"oom": 1}
+    (record,) = store.records("packing")[0]
+    assert record["env"]["shards"] == 2 and record["error"]["type"] == "OutOfMemoryError"
+    assert record["error"]["message"] == "rank 1 of 2: CUDA out of memory on rank 1 (injected)"
