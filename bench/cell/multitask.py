@@ -43,10 +43,16 @@ def objective(bundle, task: TaskSpec, suite_objective: Objective) -> Objective:
     task first (a method that routes by task reads it: bench/layers/task_heads.select)."""
     if bundle.head != "classifier":
         return Objective(suite_objective.name, partial(_tagged, collate=suite_objective.collate),
-                         partial(_routed, terms=suite_objective.terms))
-    regression = torch.tensor([m.type == "regression" for m in task.members])
-    return Objective("multitask", partial(_collate, pad_id=bundle.tokenizer.pad_token_id),
-                     partial(_terms, regression=regression))
+                         mixed_terms(bundle, task, suite_objective.terms))
+    return Objective("multitask", partial(_collate, pad_id=bundle.tokenizer.pad_token_id), mixed_terms(bundle, task))
+
+
+def mixed_terms(bundle, task: TaskSpec, suite_terms=None):
+    """The loss terms of a mixed batch, each row's task under its "task" key: `objective`'s, and the fake step's
+    that prices a mixture's cell (bench/tools/priced_task.py)."""
+    if bundle.head != "classifier":
+        return partial(_routed, terms=suite_terms)
+    return partial(_terms, regression=torch.tensor([m.type == "regression" for m in task.members]))
 
 
 def _tagged(features: list[dict], collate) -> dict[str, torch.Tensor]:

@@ -11,9 +11,10 @@ Trainable per adapted d_in × d_out projection: n_skills · r · (d_in + d_out) 
 Its authors' code (microsoft/mttl, configs/t0/poly_lora.json) trains the skills at 1e-3 and the router's logits at
 0.1, Ponti et al.'s "two-speed learning rate"; a cell has one rate for every parameter, so the router trains at the
 skills' rate here (multitask-glue: 1e-3).
-The dry-run prices it whole on its fake pass (bench/tools/estimate.py): per row, the skills mixed by the router's
-weights, 2 · n_skills · r · (d_in + d_out) FLOPs forward, beside the LoRA products of every token; the router's own
-work is elementwise (0 counted FLOPs), so its number of task rows (one there) leaves the price unchanged.
+The dry-run prices it whole on its fake pass (bench/tools/estimate.py), built with the cell's task as the cell
+builds it (bench/tools/priced_task.py: the router a row per task of the mixture, each batch row one task's): per
+row, the skills mixed by the router's weights, 2 · n_skills · r · (d_in + d_out) FLOPs forward, beside the LoRA
+products of every token; the router's own work is elementwise (0 counted FLOPs).
 """
 
 from __future__ import annotations

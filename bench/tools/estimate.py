@@ -10,7 +10,9 @@ exact at full size, deterministic, and uses the very code that measures a cell; 
 reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
 
 The batch is B rows of exactly L tokens with no padding; encoder-decoders decode L target tokens; encoders get a
-2-way classification head, the others their LM head. `--attention eager` builds the model with its own
+2-way classification head, the others their LM head; a cell is priced with its task's instead
+(bench/tools/priced_task.py: the task's head, a mixture's heads and router rows, each row of the batch one task's).
+`--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
 the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
@@ -22,6 +24,8 @@ parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, a
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from bench import optimizers
@@ -32,6 +36,7 @@ from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
+from bench.tools.priced_task import fake_batch, task_bundle
 from bench.tools.sharding import largest_block, sharded_memory
 
 
@@ -40,16 +45,16 @@ def _needs_data(n_batches: int):
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-                   attention: str, gradient_checkpointing: bool, kernels: str = "torch"):
+                   attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
-    from bench.models import load_bundle
 
     method = methods.get(method_name, "--method")
-    encoder = spec.kind == "encoder"
-    bundle = load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
-                         meta=True, weights_dtype=dtype, attention=attention)
+    try:
+        bundle = task_bundle(spec, task, dtype, attention)
+    except Unsupported as e:
+        raise BadInput(f"{spec.name} cannot take task '{task.name}': {e}", "--model") from None
     if kernels == "liger":  # as the cell binds Liger's kernels: before the method adapts the model
         from bench.tools.liger_memory import bind_twins
 
@@ -64,7 +69,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
             return bundle, body, method, config, method.apply(bundle.model, config, ApplyContext(
-                bundle, train, total_steps=1, calibration=_needs_data, device="meta")).model
+                bundle, train, total_steps=1, calibration=_needs_data, device="meta", task=task)).model
     except Unsupported as e:
         raise BadInput(f"method '{method_name}' does not apply to {spec.name}: {e}", "--method") from None
     except Exception as e:  # the method's own reason, said plainly
@@ -110,15 +115,15 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 
 
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-           attention: str, gradient_checkpointing: bool, kernels: str = "torch"):
+           attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None):
     """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
-    device."""
+    device, for the cell's `task` where one is given (bench/tools/priced_task.py)."""
     from bench import models
     from bench.models import resolve_model
 
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
-                                                          attention, gradient_checkpointing, kernels)
+                                                          attention, gradient_checkpointing, kernels, task)
     if gradient_checkpointing:
         try:
             models.enable_gradient_checkpointing(adapted)
@@ -127,9 +132,12 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
     return spec, bundle, body, chosen, config, adapted
 
 
-def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only: bool = False) -> StepMeasure:
+def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int,
+          flops_only: bool = False) -> StepMeasure:
+    batch_for = partial(fake_batch, bundle.head, task, bundle=bundle)
     try:
-        return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only)
+        return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only,
+                                   batch_for=batch_for)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
@@ -138,22 +146,23 @@ def _step(adapted, spec, method: str, batch_size: int, seq_len: int, flops_only:
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
-             gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch") -> dict:
+             gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
     `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding);
     `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the FLOPs are the same
-    products, the fused loss's all counted in the forward)."""
+    products, the fused loss's all counted in the forward); `task`: a cell's (tasks.TaskSpec), whose head, mixture
+    and routing the model and its step then have as the cell's (bench/tools/priced_task.py)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels)
     spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
-                                                         attention, gradient_checkpointing, kernels)
+                                                         attention, gradient_checkpointing, kernels, task)
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
-    step = _step(adapted, spec, method, batch_size, seq_len)
+    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len)
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
@@ -178,14 +187,15 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
 
 
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
-               settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False) -> dict:
+               settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
+               task=None) -> dict:
     """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
     (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
     passes with, without the memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
-    spec, _, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
-                                       gradient_checkpointing)
-    step = _step(adapted, spec, method, batch_size, seq_len, flops_only=True)
+    spec, bundle, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
+                                            gradient_checkpointing, task=task)
+    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True)
     train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
     return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}
 

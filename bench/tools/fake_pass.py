@@ -3,7 +3,8 @@
 bench.cell.probe's instrumented step runs on fake tensors (torch's FakeTensorMode): every operator computes shapes
 and dtypes only, so the storages saved for backward, the gradients, the bytes alive at once and the FLOPs are those
 of a real step, at no memory cost. The batch is B rows of exactly L tokens with no padding (without a mask the
-models skip building one); encoders are given class labels, the others their own tokens as labels.
+models skip building one); encoders are given class labels, the others their own tokens as labels, but where the
+caller gives the batch (`batch_for`: a cell's task's, bench/tools/priced_task.py).
 
 Fake tensors claim the CPU device, so operators are chosen as on a CPU: sdpa attention uses PyTorch's flash kernel
 for CPU where its inputs allow (no additive bias, no dropout), which, like CUDA's flash and memory-efficient
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from functools import partial
 
 import torch
 
 from bench.cell.probe import StepMeasure, instrumented_step, tensors_in
+from bench.tools.priced_task import default_head, fake_batch
 
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
@@ -49,15 +52,17 @@ def _fake_weights(model: torch.nn.Module, mode):
             table[name] = t
 
 
-def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple) -> StepMeasure:
+def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple,
+               batch_for=None) -> StepMeasure:
+    """The step on fake tensors; `batch_for(batch_size, seq_len)`: its (batch, loss), by default a model's of
+    `kind` without a task (bench/tools/priced_task.fake_batch)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
     model.train()
-    ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
-    labels = torch.zeros(batch_size, dtype=torch.long) if kind == "encoder" else ids
+    batch, loss = (batch_for or partial(fake_batch, default_head(kind), None))(batch_size, seq_len)
     with _fake_weights(model, mode):
-        return instrumented_step(model, {"input_ids": ids, "labels": labels}, fake_mode=mode, phase=phase)
+        return instrumented_step(model, batch, fake_mode=mode, phase=phase, loss_fn=loss)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -186,7 +191,7 @@ def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) ->
 
 
 def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
-              extrapolate: bool = True, flops_only: bool = False) -> StepMeasure:
+              extrapolate: bool = True, flops_only: bool = False, batch_for=None) -> StepMeasure:
     """The instrumented step on fake tensors, at the model's full depth.
 
     Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
@@ -201,18 +206,19 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     not 80; tests check the result and the path taken against full passes (extrapolate=False).
 
     `flops_only`: only the FLOPs (and the other linear figures) are wanted, as `run --dry-run` prices cells:
-    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty).
+    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty). `batch_for`: the
+    step's batch and loss (_fake_pass).
     """
     stacks = block_stacks(model) if extrapolate else []
     if flops_only:
-        return _linear_figures(model, kind, batch_size, seq_len, stacks)
+        return _linear_figures(model, kind, batch_size, seq_len, stacks, batch_for)
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
 
     def run(stack: int | None = None, more: int = 0) -> StepMeasure:
         depths = [d + more * (i == stack) for i, d in enumerate(base_depths)]
         markers = [block for (_, _, blocks), d in zip(stacks, depths) for block in (blocks[1], blocks[d - 1])]
         with _truncated(stacks, depths), StackPhases(markers) as phases:
-            return _fake_pass(model, kind, batch_size, seq_len, phases)
+            return _fake_pass(model, kind, batch_size, seq_len, phases, batch_for)
 
     base = run()
     result, deepers = dataclasses.replace(base), []
@@ -223,13 +229,14 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
         two_more = [(2 * (j == i), deeper if j == i else base) for j in range(len(stacks))]
         if not _consistent(base, deeper, i) or \
                 more > 2 and _extended_peak(base, two_more) != max(run(i, 2).live_peaks.values()):
-            return fake_step(model, kind, batch_size, seq_len, extrapolate=False)
+            return fake_step(model, kind, batch_size, seq_len, extrapolate=False, batch_for=batch_for)
         deepers.append((more, deeper))
     result.live_peaks = {(): _extended_peak(base, deepers)}
     return result
 
 
-def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks) -> StepMeasure:
+def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks,
+                    batch_for=None) -> StepMeasure:
     """fake_step's linear figures (FLOPs, saved and gradient bytes) in the fewest and shortest passes. A block adds
     the same FLOPs whatever the step's memory holds at that moment, so no phase needs checking, and a stack's
     first block (which may differ: T5's position bias) is kept alone: the step with one block per stack, then
@@ -237,7 +244,7 @@ def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len:
     counted once per further block. Exact where fake_step's are (tests/test_estimate.py)."""
     def run(depths: list[int]) -> StepMeasure:
         with _truncated(stacks, depths):
-            return _fake_pass(model, kind, batch_size, seq_len)
+            return _fake_pass(model, kind, batch_size, seq_len, batch_for=batch_for)
 
     base = run([1] * len(stacks))
     result = dataclasses.replace(base, live_peaks={})

@@ -97,7 +97,7 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
 
 
-def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
+def eval_flops(cell: Cell, known: dict, model_of: Cell | None = None) -> tuple[int | None, str]:
     """(evaluation FLOPs, how they were found or why unknown): the forward passes of every evaluation split's rows
     (capped at max_eval_samples), each priced as a forward of one max_length sequence through the adapted model
     (the pretrained one for a method that trains nothing), a few-shot cell's at its priced length
@@ -105,7 +105,8 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     one pass for a classifier, one per answer option for rank classification (on an encoder-decoder, whose forward
     is priced as max_length tokens through each of encoder and decoder, half a pass for the encoder once and half
     per option through the decoder), and for generation its prompt plus max_new_tokens decoding steps, each a
-    max_length forward's per-position share."""
+    max_length forward's per-position share. A multi-task cell's members are each priced so, through the mixture's
+    model (`model_of`: its heads, its router)."""
     from bench.archs import ARCHS
     from bench.errors import Unsupported
     from bench.models import head_for
@@ -115,7 +116,7 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     if task.members and not task.source.get("scored"):
         return 0, "a pre-training stage: scored on nothing"
     if task.members:  # a multi-task cell: each task's evaluation, as its own cell's
-        parts = [eval_flops(dataclasses.replace(cell, task=member), known) for member in task.members]
+        parts = [eval_flops(dataclasses.replace(cell, task=member), known, cell) for member in task.members]
         unknown = [why for flops, why in parts if flops is None]
         return (None, unknown[0]) if unknown else (sum(f for f, _ in parts), " + ".join(why for _, why in parts))
     rows = 0
@@ -129,6 +130,8 @@ def eval_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     except Unsupported as e:
         return None, f"unknown: {e}"
     priced = pricing_cell(at_priced_length(cell, known))
+    if model_of is not None:
+        priced = dataclasses.replace(priced, task=model_of.task)
     if head == "classifier":
         passes, what = 1.0, "1 pass"
     elif task.type == "generation":
@@ -181,8 +184,11 @@ def cell_steps(cell: Cell, known: dict) -> int | None:
 
 def shape_of(cell: Cell) -> tuple:
     """What a training step's FLOPs depend on: cells of one shape are priced once."""
+    from bench.tools.priced_task import task_key
+
     return ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
-            cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing)
+            cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing,
+            task_key(cell.task, cell.model.kind))
 
 
 def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
@@ -276,7 +282,8 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
     try:
         flops = step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                            dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
-                           attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing)
+                           attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing,
+                           task=cell.task)
         return flops["train_step"], flops["forward_per_example"], ""
     except BadInput as e:
         return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
@@ -304,7 +311,7 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
                           optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
-                          kernels=cell.train.kernels)["memory"]
+                          kernels=cell.train.kernels, task=cell.task)["memory"]
     except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

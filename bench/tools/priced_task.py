@@ -1,0 +1,87 @@
+"""The cell's task in what the pricing builds and steps (`estimate`'s `task`: `run --dry-run`'s FLOPs and the
+memory a scheduler is asked for, bench/tools/plan_cost.py), as the cell's setup makes them (bench/cell/recipe.py):
+
+- the model's head is the task's: a classifier with the task's labels (one output for regression), a masked-LM
+  stage's MLM head, the LM head of a text-to-text model;
+- a mixture on a classifier model has a head per member (bench/cell/multitask.install_heads);
+- the method is built with the task in its ApplyContext, so what it sizes by the mixture's tasks (Poly's router, a
+  task embedding per task) is the cell's, and what a masked-LM stage builds (MAD-X's language parts) is the stage's;
+- the fake batch's rows are each one task's, as a mixed training batch's are (row i: member i mod n), through the
+  loss the cell trains on (bench/cell/multitask.mixed_terms).
+
+Without a task (`peft-bench estimate`, which names none): a 2-way classifier on an encoder, the LM head elsewhere,
+one task.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from bench.errors import Unsupported
+
+
+def task_key(task, kind: str) -> tuple:
+    """What of a cell's task its priced step depends on, for a model of `kind` (part of plan_cost.shape_of, so cells
+    of one model, method and training shape but another head or mixture are priced apart): the head and, on a
+    classifier, its outputs (each member's on a mixture, with the members' types); a mixture's number of tasks."""
+    from bench.models import head_for
+    from bench.tasks.mixture import member_widths
+
+    if task is None:
+        return ()
+    try:
+        head = head_for(kind, task.type)
+    except Unsupported:  # the cell is refused when it is built; its price is then unknown
+        return (task.type,)
+    if head != "classifier":
+        return head, len(task.members)
+    if task.members:
+        return head, tuple(member_widths(task)), tuple(m.type for m in task.members)
+    return head, task.type, task.num_labels
+
+
+def task_bundle(spec, task, dtype: str, attention: str):
+    """The model on the meta device with the head the cell's task gives it (a head per member of a mixture on a
+    classifier model); without a task, estimate's default head."""
+    from bench.cell import multitask
+    from bench.models import load_bundle
+
+    if task is None:
+        encoder = spec.kind == "encoder"
+        return load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
+                           meta=True, weights_dtype=dtype, attention=attention)
+    bundle = load_bundle(spec, task.type, task.num_labels, seed=0, meta=True, weights_dtype=dtype,
+                         attention=attention)
+    if task.members:
+        multitask.install_heads(bundle, task, seed=0)
+    return bundle
+
+
+def fake_batch(head: str, task, batch_size: int, seq_len: int, bundle=None):
+    """(batch, loss function) of the fake step: `batch_size` rows of `seq_len` tokens, labels as the `head` takes
+    them (a class index, a regression target, or the tokens), and the model's own loss; on a mixture (`task` with
+    members, `bundle` its model's), each row one member's and the mixed loss."""
+    import torch
+
+    from bench.cell.multitask import mixed_terms
+    from bench.cell.objectives import lm_loss, lm_terms
+
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    regression = task is not None and (task.type == "regression" or bool(task.members))  # a mixture's are floats
+    labels = ids if head != "classifier" else torch.zeros(batch_size, dtype=torch.float if regression else torch.long)
+    batch = {"input_ids": ids, "labels": labels}
+    if task is None or not task.members:
+        return batch, lm_loss
+    # the rows' tasks stay real tensors (not in the batch the fake mode converts): a router reads their values
+    rows = torch.arange(batch_size) % len(task.members)
+    terms = mixed_terms(bundle, task, lm_terms)
+    return batch, partial(_mixed_loss, terms=terms, rows=rows)
+
+
+def _mixed_loss(model, batch: dict, terms, rows):
+    return sum(terms(model, {**batch, "task": rows}).values())
+
+
+def default_head(kind: str) -> str:
+    """estimate's head without a task: a classifier on an encoder, the LM head elsewhere."""
+    return "classifier" if kind == "encoder" else "lm"
