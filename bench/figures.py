@@ -132,7 +132,9 @@ _FIGURES = [
            "file (header included); 0 when there is nothing to store (zero-shot).", "first", "largest"),
     Figure("params", "composed", "elements", "exact", "parameter elements of what the model reads of states other "
            "cells saved, which it needs beside `stored` (AdapterFusion: its task adapters, without the heads their "
-           "stages trained); null for a method that reads none.", "first", "largest"),
+           "stages trained; MAD-X: the language adapters, invertible adapters included, of the target languages it "
+           "swaps in to score them, its language stages' states, its training language's being in `stored`); null "
+           "for a method that reads none.", "first", "largest"),
     Figure("params", "composed_bytes", "bytes", "exact", "size in bytes of those tensors, each state's written as "
            "its own safetensors file (header included), summed; null for a method that reads none.", "first",
            "largest"),

@@ -156,14 +156,16 @@ def test_the_crosslingual_xnli_suite_prices_in_the_dry_run_offline(monkeypatch, 
 
 def test_the_report_s_transfer_table_and_heatmap_by_hand(tmp_path):
     """Two ok seeds of full trained in en, one in xa, and a failed seed (in no mean): each cell is the mean of the
-    ok seeds' per-language scores; a language no ok record scored is a dash, and a NaN in the heatmap."""
+    ok seeds' per-language scores; a language no ok record scored is a dash, and a NaN in the heatmap. Storage: a
+    cell's stored state, plus the language stages' states it reads (params.composed)."""
     import pandas as pd
 
     from bench.report.crosslingual import transfer_plots, transfer_tables
 
-    def record(train, status, **scores):
+    def record(train, status, params=None, stages=None, **scores):
         source = {"synthetic": "polarity", "languages": ["en", "xa", "xb"], "train_language": train}
-        return {"status": status, "cell": {"config": {"task": {"source": source}}},
+        config = {"task": {"source": source}, **({"language_stages": stages} if stages else {})}
+        return {"status": status, "cell": {"config": config}, "params": params or {"stored": 100, "stored_bytes": 500},
                 "scores": {"main_metric": "accuracy", "metrics": scores}}
 
     rows = [("synth-xpolarity", record("en", "ok", accuracy=90.0, accuracy_xa=50.0, accuracy_xb=40.0,
@@ -171,15 +173,22 @@ def test_the_report_s_transfer_table_and_heatmap_by_hand(tmp_path):
             ("synth-xpolarity", record("en", "ok", accuracy=80.0, accuracy_xa=60.0, accuracy_xb=None,
                                        accuracy_transfer=None)),
             ("synth-xpolarity", record("en", "failed")),
-            ("synth-xpolarity@xa", record("xa", "ok", accuracy=70.0, accuracy_en=55.0, accuracy_xb=45.0,
-                                          accuracy_transfer=50.0))]
+            ("synth-xpolarity@xa", record("xa", "ok", {"stored": 100, "stored_bytes": 500, "composed": 40,
+                                                       "composed_bytes": 300}, {"en": "lang-en"}, accuracy=70.0,
+                                          accuracy_en=55.0, accuracy_xb=45.0, accuracy_transfer=50.0))]
     rows.append(("synth-polarity", {"status": "ok", "cell": {}, "scores": {"main_metric": "accuracy"}}))  # no config
     frame = pd.DataFrame([{"model": "tiny-encoder", "task": t, "label": "full", "status": r["status"], "record": r}
                           for t, r in rows])
     [table] = transfer_tables(frame)
-    assert [c.header for c in table.columns] == ["Method", "Train", "en", "xa", "xb", "Transfer"]
-    assert [[c.text for c in row] for row in table.rows] == [["full", "en", "85.0", "55.0", "40.0", "45.0"],
-                                                            ["full", "xa", "55.0", "70.0", "45.0", "50.0"]]
+    assert [c.header for c in table.columns] == ["Method", "Train", "en", "xa", "xb", "Transfer", "Stored params",
+                                                 "Stored"]
+    assert [[c.text for c in row][:6] for row in table.rows] == [["full", "en", "85.0", "55.0", "40.0", "45.0"],
+                                                                ["full", "xa", "55.0", "70.0", "45.0", "50.0"]]
+    assert [[c.value for c in row][6:] for row in table.rows] == [[100, 500], [140, 800]]
+    # a cell that reads language stages, recorded before their size was: its storage is unknown
+    rows[-2][1]["params"].update(composed=None, composed_bytes=None)
+    frame["record"] = [r for _, r in rows]
+    assert [c.text for c in transfer_tables(frame)[0].rows[1]][6:] == ["–", "–"]
     [plot] = transfer_plots(frame, tmp_path)
     title, tests, trains, grid, text, metric = plot.job.args
     assert (tests, trains, metric) == (["en", "xa", "xb"], ["en", "xa"], "accuracy")

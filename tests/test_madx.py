@@ -81,8 +81,14 @@ def test_language_stages_train_by_masked_lm_and_are_swapped_in_to_score(write_su
         closed_forms.linear(closed_forms.H // 2, closed_forms.H // 4) + closed_forms.linear(closed_forms.H // 4,
                                                                                               closed_forms.H // 2))
     assert all(s["params"]["trainable"] == language for s in stages.values())  # masked-LM trains the language parts
-    en, xa = (load_file(str(results / "mx" / "stages" / stages[n]["cell"]["id"] / "state.safetensors"))
-              for n in ("lang-en", "lang-xa"))
+    states = {n: results / "mx" / "stages" / stages[n]["cell"]["id"] / "state.safetensors" for n in stages}
+    en, xa = (load_file(str(states[n])) for n in ("lang-en", "lang-xa"))
+    # what the cell keeps: its task adapter, head and training language's adapters; what it reads beside them: the
+    # target language's, as its stage saved them (4-byte elements and a safetensors header)
+    assert cell["params"]["stored"] == closed_forms.tiny_trainable("madx", "roberta", 0) + closed_forms.TINY_HEAD \
+        + language
+    assert cell["params"]["composed"] == language == sum(t.numel() for t in xa.values())
+    assert cell["params"]["composed_bytes"] == states["lang-xa"].stat().st_size > 4 * language
     assert all(state[k].any() for state in (en, xa) for k in state if k.endswith("language.up.weight"))  # trained
 
     task = registry()["synth-xpolarity"]

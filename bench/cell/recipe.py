@@ -180,7 +180,7 @@ def evaluate(run: Run, record: dict) -> None:
     if run.member_evalsets:
         return multitask.evaluate(run.bundle, run.adapted.model, run.cell.task, run.member_evalsets,
                                   run.cell.train.eval_batch_size, run.device, run.autocast, record)
-    swap = language_swaps(run.cell, run.adapted.model, run.device)  # MAD-X: each language its own adapters
+    swap = language_swaps(run.cell, run.adapted, run.device)  # MAD-X: each language its own adapters
     scores, per_template = scoring.evaluate_all(run.bundle, run.adapted.model, run.evalsets, run.evaluation,
                                                 run.cell.train.eval_batch_size, run.device, run.autocast,
                                                 run.predict_main, swap)

@@ -5,6 +5,11 @@ mean over its ok seeds, beside the transfer mean (`<metric>_transfer`); and a he
 A record's training language and languages are read from its task's configuration, its scores from its record:
 the main metric for the training language, `<metric>_<language>` for each other (crosslingual.per_language). A
 failed cell is in no cell's mean; a language no ok record scored is a dash (hatched in the heatmap).
+
+Beside the scores, what a row's cells keep to be scored in every language, the mean over its ok seeds: each cell's
+stored state (`params.stored`, `stored_bytes`) plus the states of other cells it reads (`params.composed`,
+`composed_bytes`: MAD-X's target languages' adapters, which it swaps in); unknown (a dash) where a cell that reads
+language stages has no composed size (a record from before it was recorded), or any is unknown.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import fmt
 from bench.fmt import DASH, missing
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
@@ -37,8 +43,21 @@ def _groups(frame: pd.DataFrame) -> dict[tuple[str, str], dict]:
         if record["status"] == "ok":
             scores.append({**crosslingual.per_language(source, record["scores"]["metrics"], group["metric"]),
                            crosslingual.TRANSFER: record["scores"]["metrics"].get(
-                               f"{group['metric']}_{crosslingual.TRANSFER}")})
+                               f"{group['metric']}_{crosslingual.TRANSFER}"),
+                           **{key: _kept(record, key) for key in KEPT}})
     return out
+
+
+KEPT = ("stored", "stored_bytes")  # a run's storage, beside its per-language scores
+
+
+def _kept(record: dict, key: str) -> float | None:
+    """What one cell keeps to be scored in every language (`key`: elements, or bytes): its stored state, plus the
+    language stages' states it reads (params.composed / composed_bytes); None where one is unknown."""
+    params = record.get("params") or {}
+    reads = bool((record["cell"].get("config") or {}).get("language_stages"))
+    parts = [params.get(key), params.get(key.replace("stored", "composed")) if reads else 0]
+    return None if None in parts else sum(parts)
 
 
 def _order(languages: list[str], language: str) -> int:
@@ -60,14 +79,21 @@ def transfer_tables(frame: pd.DataFrame) -> list[Table]:
         metric, languages = group["metric"], group["languages"]
         table = Table(f"crosslingual-{slug(model)}-{slug(task)}", f"{model} on {task}: {metric} by test language",
                       [Column("Method", numeric=False), Column("Train", numeric=False)]
-                      + [Column(lang) for lang in languages] + [Column("Transfer")],
+                      + [Column(lang) for lang in languages] + [Column("Transfer"),
+                                                                 Column("Stored params", better="lower"),
+                                                                 Column("Stored", better="lower",
+                                                                        csv_header="Stored (bytes)")],
                       caption="Each row: trained in one language, scored in every one (mean over ok seeds); "
-                              "Transfer: the mean over the languages it was not trained in.")
+                              "Transfer: the mean over the languages it was not trained in; Stored: what a cell "
+                              "keeps to be scored in every language (its state, plus the language adapters it "
+                              "swaps in).")
         for (label, train), runs in sorted(group["rows"].items(),
                                            key=lambda kv: (kv[0][0], _order(languages, kv[0][1]))):
             means = [_mean([r[lang] for r in runs]) for lang in languages]
+            stored, stored_bytes = (fmt.mean_of_all(r[key] for r in runs) for key in KEPT)
             table.add(label, [Cell(label), Cell(train), *map(_cell, means),
-                              _cell(_mean([r[crosslingual.TRANSFER] for r in runs]))])
+                              _cell(_mean([r[crosslingual.TRANSFER] for r in runs])),
+                              Cell(fmt.count(stored), value=stored), Cell(fmt.size(stored_bytes), value=stored_bytes)])
         tables.append(table)
     return tables
 
