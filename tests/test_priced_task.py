@@ -67,6 +67,29 @@ def test_a_mixture_cell_is_priced_with_a_router_row_and_a_head_per_task(write_su
     assert plan_cost.shape_of(cells["five-mix"]) != plan_cost.shape_of(cells["synth-polarity"])
 
 
+def test_a_mixture_s_member_evaluations_are_priced_through_the_mixture_s_model(write_suite):
+    """Each member's rows through the model the cell trained (its heads, its router): no shape of a member's own."""
+    mixed = five_cells(write_suite)["five-mix"]
+    known: dict = {}
+    flops, how = plan_cost.eval_flops(mixed, known)
+    assert flops > 0 and how.count("rows × 1 pass") == 5
+    assert [key for key in known if key[0] == "step"] == [plan_cost.shape_of(mixed)]
+
+
+def test_a_text_to_text_mixture_is_priced_with_its_router_rows():
+    """On T5 (no heads: the LM head serves every task) the router has a row per task; each row of the fake batch is
+    routed to its own task through the suite's loss (a row's task past the router's rows would be refused)."""
+    from bench.tasks.mixture import mixture_spec
+    from bench.tasks.registry import builtin_tasks
+
+    registry = builtin_tasks()
+    task = mixture_spec("t", "", [registry["synth-polarity"], registry["synth-choice"]],
+                        {"rule": "proportional", "cap": 8}, scored=True)
+    routed = estimate("tiny-t5", "poly", 4, 16, task=task)["params"]["method"]
+    projections = closed_forms.tiny_adapted_projections("t5")
+    assert routed == sum(4 * 8 * (fan_in + fan_out) + 2 * 4 for fan_in, fan_out in projections)
+
+
 @pytest.mark.slow
 def test_the_price_of_a_mixture_cell_is_what_the_real_cell_records(tmp_path, write_suite):
     cells = five_cells(write_suite)
