@@ -102,7 +102,7 @@ def test_the_price_of_a_mixture_cell_is_what_the_real_cell_records(tmp_path, wri
     assert {k: record["params"][k] for k in params} == params
     assert record["params"]["method"] == poly_closed_form(5)
     memory = plan_cost.predicted_memory(cells["five-mix"])
-    for key in ("weights_bytes", "trainable_bytes"):
+    for key in ("weights_bytes", "trainable_bytes", "grad_bytes", "optimizer_bytes"):
         assert memory[key] == record["memory"][key]
 
 
