@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import fmt
-from bench.fmt import DASH, missing
+from bench.fmt import DASH, count, mean_of_all, missing, size
 from bench.report.plots import Plot, floats, to_draw
 from bench.report.table import Cell, Column, Table
 from bench.report.tables import slug
@@ -90,10 +89,10 @@ def transfer_tables(frame: pd.DataFrame) -> list[Table]:
         for (label, train), runs in sorted(group["rows"].items(),
                                            key=lambda kv: (kv[0][0], _order(languages, kv[0][1]))):
             means = [_mean([r[lang] for r in runs]) for lang in languages]
-            stored, stored_bytes = (fmt.mean_of_all(r[key] for r in runs) for key in KEPT)
+            stored, stored_bytes = (mean_of_all(r[key] for r in runs) for key in KEPT)
             table.add(label, [Cell(label), Cell(train), *map(_cell, means),
                               _cell(_mean([r[crosslingual.TRANSFER] for r in runs])),
-                              Cell(fmt.count(stored), value=stored), Cell(fmt.size(stored_bytes), value=stored_bytes)])
+                              Cell(count(stored), value=stored), Cell(size(stored_bytes), value=stored_bytes)])
         tables.append(table)
     return tables
 
