@@ -32,6 +32,29 @@ def tensor_bytes(tensors) -> int:
     return sum(t.nbytes for t in unique_tensors(tensors))
 
 
+def safetensors_size(state: dict[str, torch.Tensor], gather=None) -> tuple[int, int]:
+    """Parameter elements and bytes of `state` written as one safetensors file (header included), each tensor once
+    (safetensors refuses shared ones; tied weights are stored once), each `gather`ed first where given (a sharded
+    cell's: whole). Index tensors (sparse updates) are saved, so they count in bytes, but they are not parameters.
+    Nothing to write (zero-shot): 0 and 0, no file, not an empty file's header."""
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for name, t in state.items():
+        if tensor_key(t) not in seen:
+            seen.add(tensor_key(t))
+            tensors[name] = (gather(t.detach()) if gather else t.detach()).to("cpu").contiguous()
+    if not tensors:
+        return 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adapter.safetensors"
+        save_file(tensors, str(path))
+        return sum(t.numel() for t in tensors.values() if t.is_floating_point()), path.stat().st_size
+
+
 def elements(p: torch.Tensor) -> int:
     """The weights a parameter holds. A bitsandbytes 4-bit weight stores two in each byte of a flat tensor; its
     quantisation state keeps the shape of the weight it stands for."""

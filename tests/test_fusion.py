@@ -4,8 +4,10 @@ end (two adapter-pfeiffer stages saved, then fused)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
+import weakref
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from bench import methods
-from bench.cell.measure import composed_size, stored_size
+from bench.cell.measure import stored_size
 from bench.cli import main
 from bench.config import TrainConfig
 from bench.layers.fusion import REGULARIZATION, Fusion
-from bench.methods.base import ApplyContext
+from bench.methods.base import ApplyContext, composed_size
 from bench.methods.external import STATE_FILE
 from bench.plan import grid
 from bench.plan.suite import load_suite
@@ -124,11 +126,24 @@ def test_what_it_keeps_beside_its_state_is_the_task_adapters_in_closed_form():
     without the heads their stages trained (which it never reads); composed_bytes: each written as its own file."""
     states = [pfeiffer_state(1), pfeiffer_state(2)]
     _, adapted = fused(states)
-    composed = composed_size(adapted.composed)
+    composed = adapted.composed
     assert composed["composed"] == 2 * closed_forms.L * closed_forms.bottleneck(64, 64 // 16) == 2 * 2 * 580
     assert composed["composed_bytes"] == adapter_file_bytes(states)
     assert stored_size(adapted.state_to_store())["stored"] == fusion_count(64, 2) + closed_forms.TINY_HEAD
     assert composed_size([]) == {"composed": None, "composed_bytes": None}  # a method that reads none
+
+
+def test_the_fused_model_holds_no_second_copy_of_the_task_adapters():
+    """The adapters' tensors are copied into the fusion's modules; the saved states they came from are freed once the
+    cell lets go of them (Adapted.composed keeps only their sizes), so the cell never holds them twice, outside
+    what its memory prediction counts."""
+    states = [pfeiffer_state(1), pfeiffer_state(2)]
+    loaded = [weakref.ref(t) for state in states for name, t in state.items() if ".adapter." in name]
+    _, adapted = fused(states)
+    del states
+    gc.collect()
+    assert loaded and all(ref() is None for ref in loaded)
+    assert all(isinstance(size, int) for size in adapted.composed.values())
 
 
 def test_without_its_saved_adapters_it_is_unsupported_with_the_reason():

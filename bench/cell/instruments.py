@@ -29,7 +29,6 @@ from bench.cell.forgetting import general_text, lm_loss
 from bench.cell.measure import (
     PeakMemory,
     TimedPrediction,
-    composed_size,
     head_elements,
     inference_speed,
     method_params,
@@ -116,7 +115,7 @@ class StaticFigures(Instrument):
 
     def evaluated(self, run, record):
         record["params"].update(stored_size(run.adapted.state_to_store()))
-        record["params"].update(composed_size(run.adapted.composed))
+        record["params"].update(run.adapted.composed)
 
 
 class StepProbe(Instrument):

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from bench.cell.memory_trace import MemorySampler, allocator_bytes, rss_bytes
 from bench.cell.sharded import whole
-from bench.tensors import tensor_bytes, tensor_key, unique_tensors
+from bench.tensors import safetensors_size, tensor_bytes, unique_tensors
 
 
 def head_elements(model: torch.nn.Module, head_modules) -> tuple[int, int]:
@@ -60,30 +59,9 @@ def predicted_peak(memory: dict) -> int | None:
 
 
 def stored_size(state: dict[str, torch.Tensor]) -> dict:
-    """Elements and safetensors bytes of the state a fine-tuned model must keep."""
-    from safetensors.torch import save_file
-
-    tensors, seen = {}, set()
-    for name, t in state.items():
-        if tensor_key(t) not in seen:  # safetensors refuses shared tensors; tied weights are stored once
-            seen.add(tensor_key(t))
-            tensors[name] = whole(t.detach()).to("cpu").contiguous()  # a sharded cell's: gathered whole
-    if not tensors:  # nothing to keep (zero-shot): no file, not an empty file's header
-        return {"stored": 0, "stored_bytes": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "adapter.safetensors"
-        save_file(tensors, str(path))
-        size = path.stat().st_size
-    # index tensors (sparse updates) are saved, so they count in bytes, but they are not parameters
-    return {"stored": sum(t.numel() for t in tensors.values() if t.is_floating_point()), "stored_bytes": size}
-
-
-def composed_size(states: list[dict[str, torch.Tensor]]) -> dict:
-    """params.composed and composed_bytes: stored_size of each state a model reads of other cells' (each its own
-    file), summed; null for a model that reads none."""
-    sizes = [stored_size(state) for state in states]
-    return {"composed": sum(s["stored"] for s in sizes) if sizes else None,
-            "composed_bytes": sum(s["stored_bytes"] for s in sizes) if sizes else None}
+    """Elements and safetensors bytes of the state a fine-tuned model must keep (a sharded cell's gathered whole)."""
+    stored, stored_bytes = safetensors_size(state, whole)
+    return {"stored": stored, "stored_bytes": stored_bytes}
 
 
 _HWM = re.compile(r"VmHWM:\s+(\d+) kB")

@@ -56,6 +56,16 @@ def load_by_name(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"stored tensors not in the model: {unexpected}")
 
 
+def composed_size(states: list[dict[str, torch.Tensor]]) -> dict[str, int | None]:
+    """params.composed and composed_bytes: the parameter elements and safetensors bytes of each state a model reads
+    of other cells' (each its own file), summed; null for a model that reads none."""
+    from bench.tensors import safetensors_size
+
+    sizes = [safetensors_size(state) for state in states]
+    return {"composed": sum(n for n, _ in sizes) if sizes else None,
+            "composed_bytes": sum(b for _, b in sizes) if sizes else None}
+
+
 @dataclass
 class Adapted:
     """A model after a method was applied, with what the harness needs to train, store and check it."""
@@ -71,9 +81,10 @@ class Adapted:
     merge: Callable[[], nn.Module] | None = None  # mergeable methods: the model with the update folded in
     # Methods that update only some entries of a tensor: (parameter, bool mask of the entries that train).
     grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
-    # What the model reads of states other cells saved, one per such state (AdapterFusion's task adapters): the
-    # fine-tuned model needs them beside its own stored state
-    composed: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # params.composed and composed_bytes of what the model reads of states other cells saved (AdapterFusion's task
+    # adapters, MAD-X's target languages' adapters), which it needs beside its own stored state: composed_size of
+    # them, taken when they are read, so the cell holds their sizes, never a second copy of their tensors
+    composed: dict[str, int | None] = field(default_factory=lambda: composed_size([]))
 
     def state_to_store(self) -> dict[str, torch.Tensor]:
         """The tensors that must be saved to restore the fine-tuned model (task head included)."""

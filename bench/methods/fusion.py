@@ -13,13 +13,13 @@ methods:
 The adapters' settings (reduction_factor, bottleneck_dim, activation) must be those of the stages' adapters (the
 suite checks). Trainable: per layer query and key d×d with bias and value d×d without, 3d² + 2d, plus the head.
 Kept: those and the head (params.stored), and beside them the task adapters it reads, without their stages' heads
-(params.composed: Adapted.composed).
+(params.composed: Adapted.composed, sized as they are loaded).
 """
 
 from __future__ import annotations
 
 from bench.errors import Unsupported
-from bench.methods.base import Adapted, Method, freeze, load_by_name, register, train_head
+from bench.methods.base import Adapted, Method, composed_size, freeze, load_by_name, register, train_head
 
 NAME = "adapter_fusion"  # the module each layer's fused adapters hang under
 
@@ -41,7 +41,8 @@ def _fusion(model, config, ctx):
     if adapters:
         load_by_name(model, fused_state(adapters, "adapter", NAME))
     train_head(model, ctx)
-    adapted = Adapted(model, composed=adapters)  # the task adapters: kept beside the fusion and head it stores
+    # the task adapters, kept beside the fusion and head it stores: their sizes only (their tensors are in the model)
+    adapted = Adapted(model, composed=composed_size(adapters))
     if config["regularization"]:
         adapted.after_backward.append(lambda step: [fusion.regularization_grad() for fusion in fusions])
     return adapted
