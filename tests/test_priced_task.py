@@ -129,3 +129,31 @@ def test_a_masked_lm_stage_is_priced_with_its_head_and_the_parts_it_trains(write
     assert stage["head"] == "mlm" and stage["params"]["trainable"] == language
     assert task["head"] == "classifier"
     assert task["params"]["trainable"] == closed_forms.tiny_trainable("madx", "roberta", 0) + closed_forms.TINY_HEAD
+
+
+POOLED = """\
+name: pooled
+methods: [lora]
+models: [tiny-bert]
+tasks: [synth-polarity]
+seeds: [1]
+train: {batch_size: 4, max_steps: 1, max_length: 32, pooling: POOLING}
+"""
+
+
+def test_a_cell_is_priced_with_its_pooling(write_suite, monkeypatch, tmp_path):
+    """Mean pooling replaces BERT's pooler (a frozen H×H dense layer with bias over [CLS]) by the mean: the priced
+    weights lose it, each example's forward its H×H product (2H² FLOPs), and the training step, the pooler frozen
+    under LoRA, that product in the forward and its input gradient in the backward, for each of the batch's rows."""
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))  # priced here, never read from a cache
+    cells = {}
+    for pooling in ("cls", "mean"):
+        (cells[pooling],) = grid.expand(load_suite(str(write_suite(POOLED.replace("POOLING", pooling)))))
+        assert cells[pooling].train.pooling == pooling
+    assert plan_cost.shape_of(cells["cls"]) != plan_cost.shape_of(cells["mean"])
+    (cls_step, cls_forward, _), (mean_step, mean_forward, _) = [plan_cost._step_flops(c) for c in cells.values()]
+    h, rows = closed_forms.H, cells["cls"].train.batch_size
+    assert cls_forward - mean_forward == 2 * h * h
+    assert cls_step - mean_step == 2 * rows * 2 * h * h
+    weights = {pooling: plan_cost.predicted_memory(cell)["weights_bytes"] for pooling, cell in cells.items()}
+    assert weights["cls"] - weights["mean"] == 4 * (h * h + h)  # fp32

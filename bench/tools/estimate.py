@@ -45,14 +45,15 @@ def _needs_data(n_batches: int):
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-                   attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None):
+                   attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None,
+                   pooling: str | None = None):
     from bench import methods
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
 
     method = methods.get(method_name, "--method")
     try:
-        bundle = task_bundle(spec, task, dtype, attention)
+        bundle = task_bundle(spec, task, dtype, attention, pooling)
     except Unsupported as e:
         raise BadInput(f"{spec.name} cannot take task '{task.name}': {e}", "--model") from None
     if kernels == "liger":  # as the cell binds Liger's kernels: before the method adapts the model
@@ -115,15 +116,17 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 
 
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
-           attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None):
+           attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None,
+           pooling: str | None = None):
     """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
-    device, for the cell's `task` where one is given (bench/tools/priced_task.py)."""
+    device, for the cell's `task` and `pooling` where given (bench/tools/priced_task.py)."""
     from bench import models
     from bench.models import resolve_model
 
     spec = resolve_model(model, "--model")
     bundle, body, chosen, config, adapted = _adapted_model(spec, method, batch_size, seq_len, dtype, settings,
-                                                          attention, gradient_checkpointing, kernels, task)
+                                                          attention, gradient_checkpointing, kernels, task,
+                                                          pooling)
     if gradient_checkpointing:
         try:
             models.enable_gradient_checkpointing(adapted)
@@ -146,20 +149,22 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
-             gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None) -> dict:
+             gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
+             pooling: str | None = None) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
     `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding);
     `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the FLOPs are the same
     products, the fused loss's all counted in the forward); `task`: a cell's (tasks.TaskSpec), whose head, mixture
-    and routing the model and its step then have as the cell's (bench/tools/priced_task.py)."""
+    and routing the model and its step then have as the cell's (bench/tools/priced_task.py); `pooling`: the
+    training setting as the grid resolved it (cls or mean on an encoder's classifier; None: the model's own)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels)
     spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
-                                                         attention, gradient_checkpointing, kernels, task)
+                                                         attention, gradient_checkpointing, kernels, task, pooling)
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     step = _step(adapted, spec, bundle, task, method, batch_size, seq_len)
@@ -188,13 +193,13 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
 
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
-               task=None) -> dict:
+               task=None, pooling: str | None = None) -> dict:
     """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
     (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
     passes with, without the memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec, bundle, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
-                                            gradient_checkpointing, task=task)
+                                            gradient_checkpointing, task=task, pooling=pooling)
     step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True)
     train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
     return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}

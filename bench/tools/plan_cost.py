@@ -188,7 +188,7 @@ def shape_of(cell: Cell) -> tuple:
 
     return ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
             cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing,
-            task_key(cell.task, cell.model.kind))
+            task_key(cell.task, cell.model.kind), cell.train.pooling)
 
 
 def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
@@ -283,7 +283,7 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
         flops = step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                            dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
                            attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing,
-                           task=cell.task)
+                           task=cell.task, pooling=cell.train.pooling)
         return flops["train_step"], flops["forward_per_example"], ""
     except BadInput as e:
         return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
@@ -311,7 +311,7 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
                           optimizer=cell.train.optimizer, dtype=cell.train.weights_dtype,
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
-                          kernels=cell.train.kernels, task=cell.task)["memory"]
+                          kernels=cell.train.kernels, task=cell.task, pooling=cell.train.pooling)["memory"]
     except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

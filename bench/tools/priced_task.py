@@ -40,17 +40,18 @@ def task_key(task, kind: str) -> tuple:
     return head, task.type, task.num_labels
 
 
-def task_bundle(spec, task, dtype: str, attention: str):
+def task_bundle(spec, task, dtype: str, attention: str, pooling: str | None = None):
     """The model on the meta device with the head the cell's task gives it (a head per member of a mixture on a
-    classifier model); without a task, estimate's default head."""
+    classifier model), reading the sequence as the cell's `pooling` says (None: the model's convention); without a
+    task, estimate's default head."""
     from bench.cell import multitask
     from bench.models import load_bundle
 
     if task is None:
         encoder = spec.kind == "encoder"
         return load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
-                           meta=True, weights_dtype=dtype, attention=attention)
-    bundle = load_bundle(spec, task.type, task.num_labels, seed=0, meta=True, weights_dtype=dtype,
+                           meta=True, pooling=pooling, weights_dtype=dtype, attention=attention)
+    bundle = load_bundle(spec, task.type, task.num_labels, seed=0, meta=True, pooling=pooling, weights_dtype=dtype,
                          attention=attention)
     if task.members:
         multitask.install_heads(bundle, task, seed=0)
