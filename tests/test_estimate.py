@@ -312,3 +312,23 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
         fake_step(adapted, spec.kind, 2, 8, flops_only=True)
+
+
+@pytest.mark.parametrize("task,labels", [("sst2", 2), ("xnli@de", 3), ("stsb", 1)])
+def test_task_gives_the_model_the_head_a_cell_on_it_has(task, labels, capsys):
+    """`--task`: the task's classifier (its labels; one output for regression), as a cell on it has."""
+    assert main(["estimate", "--model", "tiny-encoder", "--method", "lora", "--batch-size", "2", "--seq-len", "8",
+                 "--task", task, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == task and result["head"] == "classifier"
+    params = result["params"]
+    assert params["trainable"] - params["method"] == closed_forms.roberta_classification_head(closed_forms.H, labels)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "sts-b"], "--task: unknown task 'sts-b' (did you mean 'stsb'?)\n  valid choices: "),
+    (["--task", "e2e"], "--model: tiny-encoder cannot take task 'e2e'"),
+])
+def test_a_task_the_registry_or_the_model_lacks_exits_2(args, message, capsys):
+    assert main(["estimate", "--model", "tiny-encoder", "--method", "lora", *args]) == 2
+    assert message in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.errors import BadInput
+from bench.errors import BadInput, unknown
 
 
 def add(sub) -> None:
@@ -26,6 +26,9 @@ def add(sub) -> None:
                      "fused kernels' memory, bench/tools/liger_memory.py; LLaMA-family models; default: torch)")
     est.add_argument("--shards", type=int, default=1, help="the memory of one of this many GPUs the cell is sharded "
                      "over with FSDP2, --batch-size per GPU (docs/scale.md; default: 1, unsharded)")
+    est.add_argument("--task", help="a task of the registry (peft-bench list tasks; xnli@de: XNLI trained in German), "
+                     "whose head the model has, as a cell on it does (default: a 2-way classifier on an encoder, "
+                     "the LM head elsewhere)")
     est.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting, as a suite's "
                      "overrides give it (repeatable): --set r=16 --set target_modules=q,v")
     est.add_argument("--json", action="store_true", help="machine-readable output")
@@ -51,6 +54,18 @@ def method_sets(pairs: list[str] | None) -> dict:
     return settings
 
 
+def registry_task(name: str | None):
+    """The task `--task` names (tasks.TaskSpec), None without one; an unknown name: BadInput listing the tasks."""
+    if name is None:
+        return None
+    from bench.tasks.registry import registry
+
+    tasks = registry()
+    if name not in tasks:
+        raise unknown("task", name, tasks, "--task")
+    return tasks[name]
+
+
 def command(args) -> int:
     from bench.methods.base import keep_out_optional_packages
 
@@ -64,9 +79,10 @@ def command(args) -> int:
         raise BadInput(f"--shards must be at least 1, got {args.shards}", "--shards")
     check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention, args.kernels)
     methods.get(args.method, "--method")
+    task = registry_task(args.task)
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
                       settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
-                      shards=args.shards, kernels=args.kernels)
+                      shards=args.shards, kernels=args.kernels, task=task)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

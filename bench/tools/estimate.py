@@ -10,8 +10,9 @@ exact at full size, deterministic, and uses the very code that measures a cell; 
 reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.py).
 
 The batch is B rows of exactly L tokens with no padding; encoder-decoders decode L target tokens; encoders get a
-2-way classification head, the others their LM head; a cell is priced with its task's instead
-(bench/tools/priced_task.py: the task's head, a mixture's heads and router rows, each row of the batch one task's).
+2-way classification head, the others their LM head; a cell is priced with its task's instead, as `--task` asks
+(bench/tools/priced_task.py: the task's head, a mixture's heads and router rows, each row of the batch one task's),
+and with its pooling.
 `--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
@@ -183,6 +184,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
+            "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
             "optimizer_update": update,
@@ -208,7 +210,9 @@ def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: st
 def render(result: dict) -> str:
     """The estimate as text, each figure under its record name."""
     p, m, f = result["params"], result["memory"], result["flops"]
-    lines = [f"{result['model']} ({result['kind']}, {result['head']} head) + {result['method']} ({result['family']}); "
+    task = f" for {result['task']}" if result["task"] else ""
+    lines = [f"{result['model']} ({result['kind']}, {result['head']} head{task}) + {result['method']} "
+             f"({result['family']}); "
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
              f"({result['optimizer_update']} update, as on CUDA), {result['dtype']}, "
              f"{result['attention']} attention"

@@ -9,7 +9,7 @@ memory a scheduler is asked for, bench/tools/plan_cost.py), as the cell's setup 
 - the fake batch's rows are each one task's, as a mixed training batch's are (row i: member i mod n), through the
   loss the cell trains on (bench/cell/multitask.mixed_terms).
 
-Without a task (`peft-bench estimate`, which names none): a 2-way classifier on an encoder, the LM head elsewhere,
+Without a task (`peft-bench estimate` without `--task`): a 2-way classifier on an encoder, the LM head elsewhere,
 one task.
 """
 
