@@ -137,3 +137,34 @@ def test_language_stages_must_be_target_languages(write_suite):
     suite = load_suite(str(write_suite(SUITE.replace("{xa: lang-xa}", "{en: lang-xa}"))))
     with pytest.raises(BadInput, match=r"task 'synth-xpolarity' is scored in \['xa', 'xb'\]"):
         grid.expand(suite)
+
+
+def test_the_cell_keeps_the_sizes_of_the_languages_it_swaps_in_not_their_tensors(tmp_path):
+    """Adapted.composed after language_swaps: the target language's state's elements and file bytes, as its stage
+    saved it; the tensors themselves stay with the swap, which lives only while the cell scores."""
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from bench import methods
+    from bench.cell.languages import language_swaps
+    from bench.methods.external import STATE_FILE
+    from bench.methods.madx import language_state
+    from bench.tasks.registry import registry
+    from tests.adapting import build_bundle
+
+    task = registry()["synth-xpolarity"]
+    bundle = build_bundle("tiny-encoder", task=task, seed=1)
+    madx = methods.get("madx")
+    adapted = madx.apply(bundle.model, madx.resolve({}, bundle.arch, str), ApplyContext(bundle, TrainConfig(), 1,
+                                                                                        task=task))
+    xa = {name: torch.randn_like(t) for name, t in language_state(adapted.model).items()}
+    (tmp_path / "lang-xa").mkdir()
+    save_file(xa, str(tmp_path / "lang-xa" / STATE_FILE))
+    cell = SimpleNamespace(language_stages={"xa": "lang-xa"}, init_dir=str(tmp_path / "lang-en"))
+    swap = language_swaps(cell, adapted, "cpu")
+    assert adapted.composed == {"composed": sum(t.numel() for t in xa.values()),
+                                "composed_bytes": (tmp_path / "lang-xa" / STATE_FILE).stat().st_size}
+    swap("xa")
+    assert all(torch.equal(language_state(adapted.model)[name], t) for name, t in xa.items())
