@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from bench.archs import ARCHS
 from bench.errors import BadInput
+from bench.methods import declared
+from bench.models import head_for
 
 LIGER_ARCHS = ("llama",)  # the architectures (bench/archs.py) whose layers bench/cell/kernels.py patches
 LIGER_INSTALL = "pip install liger-kernel (a Linux machine with CUDA: it needs Triton); it is not in the lock"
@@ -29,6 +31,14 @@ def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], boo
         raise BadInput(f"train.kernels: liger fuses the layers of LLaMA-family models only, and {cell.model.name} is "
                        f"{ARCHS[cell.model.arch].title} ({len(other)} cell(s), first: {cell.line()}); give those "
                        "cells kernels: torch", where, ("torch", *(f"liger (models of {a})" for a in LIGER_ARCHS)))
+    head_only = [c for c in asked if not getattr(declared(c.method), "trains_below_head", True)
+                 and head_for(c.model.kind, c.task.type) == "lm"]
+    if head_only:  # liger-kernel 0.8.5 ops/fused_linear_cross_entropy.py:89,114-123: grad_weight needs grad_input
+        cell = head_only[0]
+        raise BadInput(f"train.kernels: liger fuses a causal LM's head with its loss, which computes the head's "
+                       f"gradient only when the layers below it train, and {cell.label} trains the LM head alone "
+                       f"({len(head_only)} cell(s), first: {cell.line()}): it would record no gradient; give those "
+                       "cells kernels: torch", where, ("torch",))
     if importlib.util.find_spec("liger_kernel") is None:
         raise BadInput(f"train.kernels: liger needs the liger-kernel package, which is not installed: {LIGER_INSTALL}",
                        where)
