@@ -4,8 +4,6 @@ one, and a cell that fits no device even sharded is refused before any cell star
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from bench.errors import BadInput
@@ -116,10 +114,11 @@ def test_the_runner_refuses_a_cell_too_large_even_sharded_before_any_cell_starts
 
     executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
                              predicted_memory=memory, gpus_per_cell=2)
-    started = time.monotonic()
+    submitted = []
+    executor.submit = lambda cells, *rest: submitted.append(list(cells))  # a spy: would start cell processes
     with pytest.raises(BadInput, match=r"method=lora model=tiny-llama task=synth-polarity seed=1 fits no GPU"):
         run_grid(cells, store, executor, quiet=True)
-    assert time.monotonic() - started < 5  # no cell process, no rank, no model loaded
+    assert submitted == []  # no cell process, no rank, no model loaded
     assert not list(store.root.rglob("*.json"))
     assert ("lora", 2) in asked and ("full", 2) not in asked  # the small cell shares a device: never priced sharded
 
@@ -170,11 +169,32 @@ def test_the_dry_run_lists_every_cell_the_run_would_refuse(two_fake_gpus, capsys
         "method=lora model=tiny-llama task=synth-polarity seed=1", "method=bitfit model=tiny-llama task=synth-polarity "
         "seed=1"]
     assert "its predicted peak is 8.0 GB (8,589,934,592 B) on one GPU and 4.0 GB" in refused[0]
-    assert "--gpus-per-cell: 2 of 3 cells would be refused (above): `run` stops before any cell starts" in err
+    assert "--gpus-per-cell: 2 of 3 cells to run would be refused (above): `run` stops before any cell starts" in err
     assert main(["run", "--suite", str(path), *flags]) == 2
     said = capsys.readouterr().err
     assert refused[0] in said and refused[1] not in said  # the run names the first, in the same words
     assert not list((path.parent / "results").rglob("*.json"))
+
+
+def test_the_dry_run_refuses_only_cells_the_run_would_run(two_fake_gpus, capsys):
+    """lora is recorded ok: the run skips it, so it cannot be refused; before the fix the dry-run refused it too
+    (every expanded cell), and --force brings it back."""
+    from handmade import record
+
+    from bench.cli import main
+
+    path, flags = two_fake_gpus
+    lora = next(c for c in grid.expand(load_suite(str(path)), threads=1) if c.label == "lora")
+    done = record("lora", "reparameterized", "tiny-llama", "t1", 1, score=80.0, params={}, suite="packing")
+    done["cell"]["id"] = lora.id
+    Store(path.parent / "results").write(done)
+    assert main(["run", "--suite", str(path), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    refused = [line for line in err.splitlines() if line.startswith("refused: ")]
+    assert len(refused) == 1 and "method=bitfit" in refused[0]
+    assert "1 of 2 cells to run would be refused" in err
+    assert main(["run", "--suite", str(path), "--dry-run", "--force", *flags]) == 2
+    assert "2 of 3 cells to run would be refused" in capsys.readouterr().err
 
 
 def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
