@@ -79,6 +79,40 @@ def test_a_cell_whose_sharded_budget_does_not_fit_runs_alone_if_its_prediction_f
     assert Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2).demand(memory, "c") == (budget_of(38 * GIB), 1)
 
 
+def test_a_cell_whose_sharded_prediction_is_unknown_runs_sharded_on_any_empty_devices():
+    """Unknown is no verdict: before the fix such a cell was refused (its bare prediction past every device)."""
+    packer = Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2)
+    memory, asked = predictions({1: 100 * GIB, 2: None})
+    assert packer.demand(memory, "c") == (None, 2) and asked == [1, 2]
+    assert packer.place(None, devices=2) == Placement("0,1", None)
+
+
+def test_a_prediction_that_may_run_high_refuses_nothing_the_cell_runs_alone():
+    """bound=False (fp32 weights under bf16 autocast, predicted in fp32): run alone on the largest, as before
+    the refusal existed; the refusal offers --pack off, which refuses nothing."""
+    memory, _ = predictions({1: 100 * GIB, 2: 45 * GIB})
+    packer = Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2)
+    assert packer.demand(memory, "c", bound=False) == (budget_of(100 * GIB), 1)
+    with pytest.raises(BadInput) as refused:
+        packer.demand(memory, "c")
+    assert "--pack off (every cell alone on a GPU, unrefused)" in refused.value.choices
+
+
+def test_the_executor_bounds_the_peak_by_the_prediction_only_where_it_runs_the_cells_arithmetic(tmp_path):
+    from bench.run.executors.local import predicted_as_run
+
+    def cell(train: str):
+        path = tmp_path / "dtypes.yaml"
+        path.write_text("name: dtypes\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                        f"seeds: [1]\ntrain: {{batch_size: 8, max_steps: 2, max_length: 16{train}}}\n")
+        (only,) = grid.expand(load_suite(str(path)), threads=1)
+        return only
+
+    assert [predicted_as_run(cell(train)) for train in ("", ", weights_dtype: fp32", ", precision: bf16",
+                                                       ", weights_dtype: bf16", ", weights_dtype: fp16",
+                                                       ", precision: fp32")] == [False, False, False, True, True, True]
+
+
 def test_a_cell_that_fits_no_device_even_sharded_is_refused_with_the_numbers():
     memory, _ = predictions({1: 100 * GIB, 2: 45 * GIB})
     with pytest.raises(BadInput) as refused:
@@ -103,7 +137,7 @@ def test_the_runner_refuses_a_cell_too_large_even_sharded_before_any_cell_starts
     its unsharded prediction alone and started; now the run stops with the numbers, and nothing is recorded."""
     path = tmp_path / "sharded.yaml"
     path.write_text("name: packing\nmethods: [full, lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
-                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
     cells = grid.expand(load_suite(str(path)), threads=1)
     store = Store(tmp_path / "results")
     asked = []
@@ -140,7 +174,7 @@ def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
 def two_fake_gpus(monkeypatch, tmp_path):
     """`--gpus 90,91` of 3 GiB each (CUDA_VISIBLE_DEVICES, nvidia-smi's rooms), and each cell's predicted peak by
     its method label: 8 GiB on one device, 4 GiB a device over two, for lora and bitfit (fit no device even sharded),
-    1 GiB for full. Returns the suite and the run's flags."""
+    1 GiB for full; bf16 weights, so the predictions bound the peaks. Returns the suite and the run's flags."""
     import bench.run.executors.local as local
     import bench.tools.plan_cost as plan_cost
 
@@ -151,7 +185,7 @@ def two_fake_gpus(monkeypatch, tmp_path):
         "predicted_peak_bytes": (1 if cell.label == "full" else 8) * GIB // shards})
     path = tmp_path / "big.yaml"
     path.write_text("name: packing\nmethods: [full, lora, bitfit]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
-                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
     return path, ["--gpus", ",".join(NO_GPU), "--gpus-per-cell", "2", "--results", str(tmp_path / "results")]
 
 
@@ -202,6 +236,10 @@ def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
 
     path, flags = two_fake_gpus
     assert main(["run", "--suite", str(path), "--dry-run", "--methods", "full", *flags]) == 0
+    assert "refused" not in capsys.readouterr().err
+    # fp32 weights under autocast: the 8 GiB predictions may run high, so those cells run alone, unrefused
+    path.write_text(path.read_text().replace(", weights_dtype: bf16", ""))
+    assert main(["run", "--suite", str(path), "--dry-run", *flags]) == 0
     assert "refused" not in capsys.readouterr().err
 
 
