@@ -243,20 +243,56 @@ def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
     assert "refused" not in capsys.readouterr().err
 
 
-def test_a_rank_that_runs_out_of_memory_makes_the_cell_oom(tmp_path):
-    """Rank 1 of a cell sharded over two fake GPUs (gloo) runs out of memory: rank 0, its peer gone, ends with a lost
-    connection. Before the fix that was the cell's record (`failed`, the cause hidden); now the cell is `oom` with
-    rank 1's error, as an out-of-memory on one GPU is."""
+def sharded_run(tmp_path, method: str) -> dict:
+    """The record of tiny-llama with `method`, sharded over two fake GPUs (gloo ranks)."""
     path = tmp_path / "sharded.yaml"
-    path.write_text("name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [fault-oom-on-rank-1]\n"
+    path.write_text(f"name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [{method}]\n"
                     "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
-                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 300\n")
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 120\n")
     cells = grid.expand(load_suite(str(path)), threads=1)
     store = Store(tmp_path / "results")
     executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
                              predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 2 * GIB // shards},
                              gpus_per_cell=2)
-    assert run_grid(cells, store, executor, quiet=True).statuses == {"oom": 1}
+    run_grid(cells, store, executor, quiet=True)
     (record,) = store.records("packing")[0]
+    return record
+
+
+def test_a_failed_rank_stops_its_peers_and_its_error_is_the_cells(tmp_path):
+    """Rank 1 fails (not out of memory) while rank 0 hangs, as it waits on NCCL for a stopped peer: before the fix
+    the cell waited for rank 0 until its deadline and ended `timeout`, the cause lost; now rank 0 is stopped as soon
+    as rank 1's record says it failed, and the cell is `failed` with rank 1's error."""
+    record = sharded_run(tmp_path, "fault-raise-on-rank-1-hang-on-rank-0")
+    assert record["status"] == "failed" and record["env"]["shards"] == 2
+    assert record["error"]["type"] == "ValueError"
+    assert record["error"]["message"] == "rank 1 of 2: rank 1's build failed (injected)"
+
+
+def test_the_cells_record_takes_the_rank_that_failed_first():
+    from bench.cell.ranks import cell_record
+
+    def rank(status: str, message: str | None = None) -> dict:
+        error = message and {"type": "E", "message": message}
+        return {"status": status, "error": error, "env": {}}
+
+    lost = "connection closed by peer"
+    oom = cell_record([(rank("failed", lost), 20), (rank("oom", "out of memory"), 10)])
+    assert (oom["status"], oom["error"]["message"]) == ("oom", "rank 1 of 2: out of memory")
+    first = cell_record([(rank("diverged", "loss nan"), 10), (rank("failed", lost), 20)])
+    assert (first["status"], first["error"]["message"]) == ("diverged", "loss nan")  # rank 0 failed first
+    stopped = cell_record([(None, 0), (rank("failed", "bad batch"), 10), (None, 0)])  # ranks 0, 2 stopped
+    assert (stopped["status"], stopped["error"]["message"]) == ("failed", "rank 1 of 3: bad batch")
+    same_tick = cell_record([(rank("failed", lost), 10), (rank("oom", "out of memory"), 10)])
+    assert same_tick["status"] == "oom"
+    assert cell_record([(rank("ok"), 20), (rank("ok"), 10)]) == rank("ok")
+
+
+def test_a_rank_that_runs_out_of_memory_makes_the_cell_oom(tmp_path):
+    """Rank 1 of a cell sharded over two fake GPUs (gloo) runs out of memory: rank 0, its peer gone, ends with a lost
+    connection. Before the fix that was the cell's record (`failed`, the cause hidden); now the cell is `oom` with
+    rank 1's error, as an out-of-memory on one GPU is."""
+    record = sharded_run(tmp_path, "fault-oom-on-rank-1")
+    assert record["status"] == "oom"
     assert record["env"]["shards"] == 2 and record["error"]["type"] == "OutOfMemoryError"
     assert record["error"]["message"] == "rank 1 of 2: CUDA out of memory on rank 1 (injected)"
