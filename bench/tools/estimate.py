@@ -77,7 +77,6 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
                        f"device): {type(e).__name__}: {e}", "--method") from None
 
 
-
 def prepare_to_count(archs) -> None:
     """For a process that counts steps and then ends (`estimate`, `run --dry-run`): quiet the libraries, import
     what building these architectures' models and methods needs (their modeling code, peft), then freeze what is
