@@ -75,6 +75,26 @@ def test_liger_on_a_causal_lm_whose_method_trains_only_the_lm_head_is_refused(tm
     check_kernels(cells_of(suite_file(tmp_path, "[tiny-llama]", "torch", "[head-only]")), path, ON_GPU)
 
 
+def test_a_liger_version_other_than_the_modelled_one_is_noted_and_recorded(tmp_path, monkeypatch, capsys):
+    """The memory twins follow liger-kernel 0.8.5 line by line: another version's cells run, with a note that their
+    prediction may be off; every record's env names the installed version (null where none is)."""
+    import bench.plan.kernels as kernels
+    from bench.env import collect
+
+    with_liger(monkeypatch, installed=True)
+    path = suite_file(tmp_path, "[tiny-llama]", "liger")
+    monkeypatch.setattr(kernels, "installed_version", lambda dist: {"liger-kernel": "0.9.0"}[dist])
+    check_kernels(cells_of(path), path, ON_GPU)
+    assert ("note: liger-kernel 0.9.0 is installed; the memory prediction models 0.8.5 (bench/tools/liger_memory.py)"
+            ", so packing may misjudge liger cells: pip install liger-kernel==0.8.5") in capsys.readouterr().err
+    monkeypatch.setattr(kernels, "installed_version", lambda dist: {"liger-kernel": "0.8.5"}[dist])
+    check_kernels(cells_of(path), path, ON_GPU)
+    assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    recorded = collect(probe_device=False)["liger-kernel"]
+    assert (recorded is None) == (importlib.util.find_spec("liger_kernel") is None)
+
+
 def test_liger_where_the_cells_have_no_gpu_is_refused_from_the_executors_settings(tmp_path, monkeypatch):
     """Decided from the executor's settings (--gpus, what nvidia-smi or CUDA_VISIBLE_DEVICES shows), never through
     CUDA: the runner forks cells."""
