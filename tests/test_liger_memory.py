@@ -94,6 +94,14 @@ def test_a_twin_computes_no_values_so_it_refuses_real_tensors():
         RMSNormTwin.apply(torch.ones(2, 4), torch.ones(4))
 
 
+def test_the_flops_are_the_same_with_either_kernels():
+    """liger's fused loss runs the head's gradient products in its forward: the twin's forward counted them, and
+    before the fix forward_per_example (what prices evaluation's forwards, which run no fused loss) was 9,535,488
+    for LoRA of tiny-llama at 4 x 32 against torch's 7,503,872."""
+    torch_, liger = (estimate("tiny-llama", "lora", 4, 32, kernels=k)["flops"] for k in ("torch", "liger"))
+    assert liger == torch_ and torch_["forward_per_example"] == 7_503_872
+
+
 def test_the_runners_prediction_of_a_liger_cell_is_the_liger_estimate(tmp_path):
     from bench.plan import grid
     from bench.plan.suite import load_suite

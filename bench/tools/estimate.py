@@ -150,9 +150,10 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
     `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding);
-    `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the FLOPs are the same
-    products, the fused loss's all counted in the forward); `task`: a cell's (tasks.TaskSpec), whose head, mixture
-    and routing the model and its step then have as the cell's (bench/tools/priced_task.py)."""
+    `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the step's FLOPs are the
+    same products; the forward per example is the torch step's, the forward evaluation runs); `task`: a cell's
+    (tasks.TaskSpec), whose head, mixture and routing the model and its step then have as the cell's
+    (bench/tools/priced_task.py)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
@@ -176,6 +177,10 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
+    if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
+        # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
+        flops["forward_per_example"] = step_flops(model, method, batch_size, seq_len, dtype, settings, attention,
+                                                  gradient_checkpointing, task)["forward_per_example"]
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "method": chosen.name, "family": chosen.family, "config": config,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
