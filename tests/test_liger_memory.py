@@ -82,6 +82,8 @@ def test_liger_is_refused_by_name_where_it_has_no_kernels(capsys):
     assert refused.value.where == "--kernels" and "no patch for model_type 'roberta'" in refused.value.message
     with pytest.raises(BadInput, match="unknown kernels 'triton'"):
         estimate("tiny-llama", "lora", 2, 16, kernels="triton")
+    with pytest.raises(BadInput, match="head-only trains the LM head alone"):  # priced silently before the fix
+        estimate("tiny-llama", "head-only", 2, 16, kernels="liger")
     from bench.cli import main
 
     assert main(["estimate", "--model", "tiny-llama", "--method", "lora", "--batch-size", "2", "--seq-len", "16",

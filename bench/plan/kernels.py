@@ -40,10 +40,8 @@ def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], boo
                  and head_for(c.model.kind, c.task.type) == "lm"]
     if head_only:  # liger-kernel 0.8.5 ops/fused_linear_cross_entropy.py:89,114-123: grad_weight needs grad_input
         cell = head_only[0]
-        raise BadInput(f"train.kernels: liger fuses a causal LM's head with its loss, which computes the head's "
-                       f"gradient only when the layers below it train, and {cell.label} trains the LM head alone "
-                       f"({len(head_only)} cell(s), first: {cell.line()}): it would record no gradient; give those "
-                       "cells kernels: torch", where, ("torch",))
+        raise BadInput(f"train.kernels: {head_alone(cell.label)} ({len(head_only)} cell(s), first: {cell.line()}): "
+                       "it would record no gradient; give those cells kernels: torch", where, ("torch",))
     if importlib.util.find_spec("liger_kernel") is None:
         raise BadInput(f"train.kernels: liger needs the liger-kernel package, which is not installed: {LIGER_INSTALL}",
                        where)
@@ -57,3 +55,9 @@ def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], boo
                        f"cell(s) ask for it, first: {asked[0].line()}): give them GPUs (local: --gpus, or a visible "
                        "GPU; slurm, ray: --gpus-per-cell), or give those cells kernels: torch", where, ("torch",))
 
+
+
+def head_alone(method: str) -> str:
+    """Why liger cannot train a causal LM's head alone (check_kernels, and estimate --kernels liger)."""
+    return (f"liger fuses a causal LM's head with its loss, which computes the head's gradient only when the layers "
+            f"below it train, and {method} trains the LM head alone")

@@ -56,7 +56,11 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     except Unsupported as e:
         raise BadInput(f"{spec.name} cannot take task '{task.name}': {e}", "--model") from None
     if kernels == "liger":  # as the cell binds Liger's kernels: before the method adapts the model
+        from bench.plan.kernels import head_alone
         from bench.tools.liger_memory import bind_twins
+
+        if bundle.head == "lm" and not method.trains_below_head:  # as run refuses it (bench/plan/kernels.py)
+            raise BadInput(f"{spec.name}: {head_alone(method_name)}", "--kernels", KERNELS)
 
         try:
             bind_twins(bundle.model)
