@@ -87,6 +87,19 @@ def test_a_cell_whose_sharded_prediction_is_unknown_runs_sharded_on_any_empty_de
     assert packer.place(None, devices=2) == Placement("0,1", None)
 
 
+def test_the_executor_says_a_sharded_cells_memory_is_unknown(tmp_path, capsys):
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethods: [full]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB), gpus_per_cell=2,
+                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 8 * GIB} if shards == 1
+                             else None)
+    assert executor.demand(cell) == (None, 2)
+    assert (f"{cell.line()}: its memory sharded over 2 GPUs is unknown (no prediction): it runs sharded over 2 "
+            "empty GPUs without a budget") in capsys.readouterr().err
+
+
 def test_a_prediction_that_may_run_high_refuses_nothing_the_cell_runs_alone():
     """bound=False (fp32 weights under bf16 autocast, predicted in fp32): run alone on the largest, as before
     the refusal existed; the refusal offers --pack off, which refuses nothing."""
