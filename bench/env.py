@@ -13,13 +13,14 @@ import socket
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "peft", "datasets", "tokenizers", "accelerate", "numpy")
+# liger-kernel: optional (train.kernels: liger), null where not installed
+PACKAGES = ("torch", "transformers", "peft", "datasets", "tokenizers", "accelerate", "numpy", "liger-kernel")
 # The tested environment (`make lock`): exact versions of every dependency but torch, whose build
 # (CPU or CUDA) belongs to the machine and is pinned by the Makefile instead.
 LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements-lock.txt"
 
 
-def _version(dist: str) -> str | None:
+def installed_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -73,7 +74,7 @@ def lock_state() -> dict:
     """
     pins = locked_versions()
     names = sorted({*(pins or _declared()), "torch"})
-    installed = {name: _version(name) for name in names}
+    installed = {name: installed_version(name) for name in names}
     differs = {name: {"locked": version, "installed": installed[name]}
                for name, version in (pins or {}).items() if installed[name] != version}
     status = "unknown" if pins is None else ("unlocked" if differs else "locked")
@@ -150,7 +151,7 @@ def collect(probe_device: bool = True) -> dict:
     props = torch.cuda.get_device_properties(0) if cuda else None
     return {
         "python": platform.python_version(),
-        **{name: _version(name) for name in PACKAGES},
+        **{name: installed_version(name) for name in PACKAGES},
         "cuda": torch.version.cuda if cuda else None,
         "device": props.name if props else ("cpu" if probe_device else None),
         "device_memory_bytes": props.total_memory if props else None,

@@ -25,9 +25,9 @@ without options.
 Memory, every harness row: the peak the runner predicts for the cell (`estimate` with the cell's shape, weights
 dtype and kernels: what `--gpus` packs by, bench/tools/plan_cost.py; Liger's kernels as bench/tools/liger_memory.py
 models them), the cell's own probe (`memory.predicted_peak_bytes`) and the allocator's measured peak, in GiB, and
-then, per method, what liger saved against torch, predicted and measured. The estimate runs in fp32 where a cell
-with fp32 weights trains under bf16 autocast (full fine-tuning here), so that row's estimate is high; the saving,
-a difference of two cells under the same autocast, is what checks the Liger model.
+then, per method, what liger saved against torch, measured, and predicted for bf16 weights (LoRA). The estimate
+runs in fp32 where a cell with fp32 weights trains under bf16 autocast (full fine-tuning here), so that row's
+estimate is high, and its liger saving is not predicted: liger's fused loss takes another path under autocast.
 """
 
 from __future__ import annotations
@@ -121,15 +121,22 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
 
 def savings(rows: dict, predictions: dict) -> list[str]:
     """Per method with a torch and a liger row: the peak liger saved, predicted (memory_cells' estimates) and
-    measured."""
+    measured. Predicted only for bf16 weights: the estimate runs fp32 weights without autocast, where liger 0.8.5's
+    fused loss takes another path than under a cell's bf16 autocast (no mm out=, bf16 logits and input gradient,
+    the head's gradient through addmm: fused_linear_cross_entropy.py:43-47, 168, 322, 326-347), so the twin's
+    saving is not the one such a cell makes."""
     lines = []
-    for method in METHODS:
+    for method, settings in METHODS.items():
         plain, liger = rows.get((method, None)), rows.get((method, "liger"))
         if plain is None or liger is None:
             continue
-        predicted = predictions[method, "torch"] - predictions[method, "liger"]
         allocated = [(r.get("memory") or {}).get("device_peak_allocated_bytes") for r in (plain, liger)]
         measured = f"{(allocated[0] - allocated[1]) / GIB:.2f} GiB" if all(allocated) else "– (no device peak)"
+        if settings["weights_dtype"] != "bf16":
+            lines.append(f"{method}: liger's peak saving, measured {measured}; not predicted for "
+                         f"{settings['weights_dtype']} weights under autocast (the estimate models no autocast)")
+            continue
+        predicted = predictions[method, "torch"] - predictions[method, "liger"]
         lines.append(f"{method}: liger's peak saving, predicted {predicted / GIB:.2f} GiB, measured {measured}")
     return lines
 

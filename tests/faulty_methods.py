@@ -123,6 +123,14 @@ def _oom_on_rank_1(model, config, ctx):
     return _full(model)
 
 
+def _raise_on_rank_1_hang_on_rank_0(model, config, ctx):
+    """A sharded cell's rank 1 raises in its build while rank 0 hangs, as rank 0 waits on NCCL in its next
+    collective for a peer that has stopped (until NCCL's timeout, minutes)."""
+    if os.environ.get("RANK") == "1":
+        raise ValueError("rank 1's build failed (injected)")
+    time.sleep(3600)
+
+
 def _spawn_and_hang(model, config, ctx):
     """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
     import subprocess
@@ -158,6 +166,8 @@ methods.register(
            _oom_at_first, defaults={"log": "", "times": 1}),
     Method("fault-oom-on-rank-1", "baseline", "raises CUDA's out-of-memory error on rank 1 only", PAPER,
            _oom_on_rank_1),
+    Method("fault-raise-on-rank-1-hang-on-rank-0", "baseline", "raises on rank 1, hangs on rank 0", PAPER,
+           _raise_on_rank_1_hang_on_rank_0),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
            defaults={"log": ""}),
     Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,

@@ -114,7 +114,7 @@ def test_a_dry_run_on_gpus_refuses_from_cached_predictions_without_torch(tmp_pat
     smi.chmod(0o755)
     suite = tmp_path / "plan.yaml"
     suite.write_text("name: plan\nmethods: [lora, bitfit]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
-                     "train: {max_steps: 10, batch_size: 4, max_length: 16}\n")
+                     "train: {max_steps: 10, batch_size: 4, max_length: 16, precision: fp32}\n")  # bounds the peak
     env = {"PEFT_BENCH_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": "0,1",
            "PATH": f"{smi.parent}{os.pathsep}{os.environ['PATH']}"}
     dry_run = ["run", "--suite", str(suite), "--dry-run", "--gpus", "0,1", "--results", str(tmp_path / "r")]

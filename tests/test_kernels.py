@@ -21,10 +21,10 @@ ON_GPU = lambda: True  # noqa: E731 (the run's cells have a GPU)
 TRAIN = "{batch_size: 4, max_steps: 2, max_length: 16, eval_batch_size: 16, max_eval_samples: 16"
 
 
-def suite_file(tmp_path, models: str, kernels: str | None) -> str:
+def suite_file(tmp_path, models: str, kernels: str | None, methods: str = "[lora]") -> str:
     setting = f", kernels: {kernels}" if kernels else ""
     path = tmp_path / "kernels.yaml"
-    path.write_text(f"name: kernels\nmethods: [lora]\nmodels: {models}\ntasks: [synth-polarity]\nseeds: [1]\n"
+    path.write_text(f"name: kernels\nmethods: {methods}\nmodels: {models}\ntasks: [synth-polarity]\nseeds: [1]\n"
                     f"train: {TRAIN}{setting}}}\n")
     return str(path)
 
@@ -61,6 +61,40 @@ def test_liger_without_the_package_is_refused_with_how_to_install_it(tmp_path, m
     check_kernels(cells_of(suite_file(tmp_path, "[tiny-encoder]", None)), path, lambda: 1 / 0)
 
 
+def test_liger_on_a_causal_lm_whose_method_trains_only_the_lm_head_is_refused(tmp_path, monkeypatch):
+    """Liger's fused linear cross-entropy (0.8.5, ops/fused_linear_cross_entropy.py:89,114-123) computes the head's
+    gradient only when its input needs one: head-only on a causal LM would train nothing, found on the GPU after
+    loading. Refused before any work; the methods that train below the head are not."""
+    with_liger(monkeypatch, installed=True)
+    path = suite_file(tmp_path, "[tiny-llama]", "liger", "[lora, head-only]")
+    with pytest.raises(BadInput, match="computes the head's gradient only when the layers below it train, and "
+                                       r"head-only trains the LM head alone \(1 cell\(s\)") as error:
+        check_kernels(cells_of(path), path, ON_GPU)
+    assert error.value.where == path and error.value.choices == ["torch"]
+    check_kernels(cells_of(suite_file(tmp_path, "[tiny-llama]", "liger", "[lora, full]")), path, ON_GPU)
+    check_kernels(cells_of(suite_file(tmp_path, "[tiny-llama]", "torch", "[head-only]")), path, ON_GPU)
+
+
+def test_a_liger_version_other_than_the_modelled_one_is_noted_and_recorded(tmp_path, monkeypatch, capsys):
+    """The memory twins follow liger-kernel 0.8.5 line by line: another version's cells run, with a note that their
+    prediction may be off; every record's env names the installed version (null where none is)."""
+    import bench.plan.kernels as kernels
+    from bench.env import collect
+
+    with_liger(monkeypatch, installed=True)
+    path = suite_file(tmp_path, "[tiny-llama]", "liger")
+    monkeypatch.setattr(kernels, "installed_version", lambda dist: {"liger-kernel": "0.9.0"}[dist])
+    check_kernels(cells_of(path), path, ON_GPU)
+    assert ("note: liger-kernel 0.9.0 is installed; the memory prediction models 0.8.5 (bench/tools/liger_memory.py)"
+            ", so packing may misjudge liger cells: pip install liger-kernel==0.8.5") in capsys.readouterr().err
+    monkeypatch.setattr(kernels, "installed_version", lambda dist: {"liger-kernel": "0.8.5"}[dist])
+    check_kernels(cells_of(path), path, ON_GPU)
+    assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    recorded = collect(probe_device=False)["liger-kernel"]
+    assert (recorded is None) == (importlib.util.find_spec("liger_kernel") is None)
+
+
 def test_liger_where_the_cells_have_no_gpu_is_refused_from_the_executors_settings(tmp_path, monkeypatch):
     """Decided from the executor's settings (--gpus, what nvidia-smi or CUDA_VISIBLE_DEVICES shows), never through
     CUDA: the runner forks cells."""
@@ -84,7 +118,6 @@ def test_run_refuses_before_any_work(tmp_path, monkeypatch, capsys):
                  "--quiet"])
     assert code == 2 and "liger-kernel package" in capsys.readouterr().err
     assert not results.exists()
-
 
 
 def test_run_on_cpu_refuses_liger_before_any_work_without_touching_cuda(tmp_path):
@@ -151,8 +184,9 @@ def test_an_executor_that_cannot_say_whether_its_cells_have_a_gpu_is_not_asked()
 
     fake = types.ModuleType("liger_kernel")
     fake.__spec__ = importlib.machinery.ModuleSpec("liger_kernel", None)
-    cell = types.SimpleNamespace(train=types.SimpleNamespace(kernels="liger"),
-                                 model=types.SimpleNamespace(arch="llama", name="tiny-llama"), line=lambda: "a cell")
+    cell = types.SimpleNamespace(train=types.SimpleNamespace(kernels="liger"), method="lora",
+                                 model=types.SimpleNamespace(arch="llama", name="tiny-llama", kind="decoder"),
+                                 task=types.SimpleNamespace(type="classification"), line=lambda: "a cell")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "liger_kernel", fake)
         check_kernels([cell], "suite.yaml", None)

@@ -82,6 +82,8 @@ def test_liger_is_refused_by_name_where_it_has_no_kernels(capsys):
     assert refused.value.where == "--kernels" and "no patch for model_type 'roberta'" in refused.value.message
     with pytest.raises(BadInput, match="unknown kernels 'triton'"):
         estimate("tiny-llama", "lora", 2, 16, kernels="triton")
+    with pytest.raises(BadInput, match="head-only trains the LM head alone"):  # priced silently before the fix
+        estimate("tiny-llama", "head-only", 2, 16, kernels="liger")
     from bench.cli import main
 
     assert main(["estimate", "--model", "tiny-llama", "--method", "lora", "--batch-size", "2", "--seq-len", "16",
@@ -92,6 +94,14 @@ def test_liger_is_refused_by_name_where_it_has_no_kernels(capsys):
 def test_a_twin_computes_no_values_so_it_refuses_real_tensors():
     with pytest.raises(TypeError, match="runs on fake tensors only"):
         RMSNormTwin.apply(torch.ones(2, 4), torch.ones(4))
+
+
+def test_the_flops_are_the_same_with_either_kernels():
+    """liger's fused loss runs the head's gradient products in its forward: the twin's forward counted them, and
+    before the fix forward_per_example (what prices evaluation's forwards, which run no fused loss) was 9,535,488
+    for LoRA of tiny-llama at 4 x 32 against torch's 7,503,872."""
+    torch_, liger = (estimate("tiny-llama", "lora", 4, 32, kernels=k)["flops"] for k in ("torch", "liger"))
+    assert liger == torch_ and torch_["forward_per_example"] == 7_503_872
 
 
 def test_the_runners_prediction_of_a_liger_cell_is_the_liger_estimate(tmp_path):
@@ -106,3 +116,19 @@ def test_the_runners_prediction_of_a_liger_cell_is_the_liger_estimate(tmp_path):
     liger = estimate("tiny-llama", "lora", 4, 32, kernels="liger")["memory"]
     assert predicted_memory(cell) == liger  # what --gpus packs it by
     assert liger["predicted_peak_bytes"] < estimate("tiny-llama", "lora", 4, 32)["memory"]["predicted_peak_bytes"]
+
+
+def test_gpu_perfs_liger_saving_is_predicted_only_where_the_estimate_runs_the_cells_path():
+    """fp32 weights train under bf16 autocast, which the estimate does not model and which takes liger's fused
+    loss down another path: full fine-tuning's saving is measured only; LoRA's (bf16 weights) predicted too."""
+    from benchmarks.gpu_perf import GIB, savings
+
+    def row(peak_gib: float) -> dict:
+        return {"memory": {"device_peak_allocated_bytes": int(peak_gib * GIB)}}
+
+    rows = {("full", None): row(60), ("full", "liger"): row(48), ("lora", None): row(30), ("lora", "liger"): row(22)}
+    predictions = {("full", "torch"): 70 * GIB, ("full", "liger"): 55 * GIB, ("lora", "torch"): 31 * GIB,
+                   ("lora", "liger"): 22.5 * GIB}
+    assert savings(rows, predictions) == [
+        "full: liger's peak saving, measured 12.00 GiB; not predicted for fp32 weights under autocast (the estimate "
+        "models no autocast)", "lora: liger's peak saving, predicted 8.50 GiB, measured 8.00 GiB"]

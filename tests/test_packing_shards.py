@@ -4,8 +4,6 @@ one, and a cell that fits no device even sharded is refused before any cell star
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from bench.errors import BadInput
@@ -81,6 +79,53 @@ def test_a_cell_whose_sharded_budget_does_not_fit_runs_alone_if_its_prediction_f
     assert Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2).demand(memory, "c") == (budget_of(38 * GIB), 1)
 
 
+def test_a_cell_whose_sharded_prediction_is_unknown_runs_sharded_on_any_empty_devices():
+    """Unknown is no verdict: before the fix such a cell was refused (its bare prediction past every device)."""
+    packer = Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2)
+    memory, asked = predictions({1: 100 * GIB, 2: None})
+    assert packer.demand(memory, "c") == (None, 2) and asked == [1, 2]
+    assert packer.place(None, devices=2) == Placement("0,1", None)
+
+
+def test_the_executor_says_a_sharded_cells_memory_is_unknown(tmp_path, capsys):
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethods: [full]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB), gpus_per_cell=2,
+                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 8 * GIB} if shards == 1
+                             else None)
+    assert executor.demand(cell) == (None, 2)
+    assert (f"{cell.line()}: its memory sharded over 2 GPUs is unknown (no prediction): it runs sharded over 2 "
+            "empty GPUs without a budget") in capsys.readouterr().err
+
+
+def test_a_prediction_that_may_run_high_refuses_nothing_the_cell_runs_alone():
+    """bound=False (fp32 weights under bf16 autocast, predicted in fp32): run alone on the largest, as before
+    the refusal existed; the refusal offers --pack off, which refuses nothing."""
+    memory, _ = predictions({1: 100 * GIB, 2: 45 * GIB})
+    packer = Packer(dict.fromkeys("01", 40 * GIB), gpus_per_cell=2)
+    assert packer.demand(memory, "c", bound=False) == (budget_of(100 * GIB), 1)
+    with pytest.raises(BadInput) as refused:
+        packer.demand(memory, "c")
+    assert "--pack off (every cell alone on a GPU, unrefused)" in refused.value.choices
+
+
+def test_the_executor_bounds_the_peak_by_the_prediction_only_where_it_runs_the_cells_arithmetic(tmp_path):
+    from bench.run.executors.local import predicted_as_run
+
+    def cell(train: str):
+        path = tmp_path / "dtypes.yaml"
+        path.write_text("name: dtypes\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                        f"seeds: [1]\ntrain: {{batch_size: 8, max_steps: 2, max_length: 16{train}}}\n")
+        (only,) = grid.expand(load_suite(str(path)), threads=1)
+        return only
+
+    assert [predicted_as_run(cell(train)) for train in ("", ", weights_dtype: fp32", ", precision: bf16",
+                                                       ", weights_dtype: bf16", ", weights_dtype: fp16",
+                                                       ", precision: fp32")] == [False, False, False, True, True, True]
+
+
 def test_a_cell_that_fits_no_device_even_sharded_is_refused_with_the_numbers():
     memory, _ = predictions({1: 100 * GIB, 2: 45 * GIB})
     with pytest.raises(BadInput) as refused:
@@ -105,7 +150,7 @@ def test_the_runner_refuses_a_cell_too_large_even_sharded_before_any_cell_starts
     its unsharded prediction alone and started; now the run stops with the numbers, and nothing is recorded."""
     path = tmp_path / "sharded.yaml"
     path.write_text("name: packing\nmethods: [full, lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
-                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
     cells = grid.expand(load_suite(str(path)), threads=1)
     store = Store(tmp_path / "results")
     asked = []
@@ -116,10 +161,11 @@ def test_the_runner_refuses_a_cell_too_large_even_sharded_before_any_cell_starts
 
     executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
                              predicted_memory=memory, gpus_per_cell=2)
-    started = time.monotonic()
+    submitted = []
+    executor.submit = lambda cells, *rest: submitted.append(list(cells))  # a spy: would start cell processes
     with pytest.raises(BadInput, match=r"method=lora model=tiny-llama task=synth-polarity seed=1 fits no GPU"):
         run_grid(cells, store, executor, quiet=True)
-    assert time.monotonic() - started < 5  # no cell process, no rank, no model loaded
+    assert submitted == []  # no cell process, no rank, no model loaded
     assert not list(store.root.rglob("*.json"))
     assert ("lora", 2) in asked and ("full", 2) not in asked  # the small cell shares a device: never priced sharded
 
@@ -141,7 +187,7 @@ def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
 def two_fake_gpus(monkeypatch, tmp_path):
     """`--gpus 90,91` of 3 GiB each (CUDA_VISIBLE_DEVICES, nvidia-smi's rooms), and each cell's predicted peak by
     its method label: 8 GiB on one device, 4 GiB a device over two, for lora and bitfit (fit no device even sharded),
-    1 GiB for full. Returns the suite and the run's flags."""
+    1 GiB for full; bf16 weights, so the predictions bound the peaks. Returns the suite and the run's flags."""
     import bench.run.executors.local as local
     import bench.tools.plan_cost as plan_cost
 
@@ -152,7 +198,7 @@ def two_fake_gpus(monkeypatch, tmp_path):
         "predicted_peak_bytes": (1 if cell.label == "full" else 8) * GIB // shards})
     path = tmp_path / "big.yaml"
     path.write_text("name: packing\nmethods: [full, lora, bitfit]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
-                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16, weights_dtype: bf16}\n")
     return path, ["--gpus", ",".join(NO_GPU), "--gpus-per-cell", "2", "--results", str(tmp_path / "results")]
 
 
@@ -170,11 +216,32 @@ def test_the_dry_run_lists_every_cell_the_run_would_refuse(two_fake_gpus, capsys
         "method=lora model=tiny-llama task=synth-polarity seed=1", "method=bitfit model=tiny-llama task=synth-polarity "
         "seed=1"]
     assert "its predicted peak is 8.0 GB (8,589,934,592 B) on one GPU and 4.0 GB" in refused[0]
-    assert "--gpus-per-cell: 2 of 3 cells would be refused (above): `run` stops before any cell starts" in err
+    assert "--gpus-per-cell: 2 of 3 cells to run would be refused (above): `run` stops before any cell starts" in err
     assert main(["run", "--suite", str(path), *flags]) == 2
     said = capsys.readouterr().err
     assert refused[0] in said and refused[1] not in said  # the run names the first, in the same words
     assert not list((path.parent / "results").rglob("*.json"))
+
+
+def test_the_dry_run_refuses_only_cells_the_run_would_run(two_fake_gpus, capsys):
+    """lora is recorded ok: the run skips it, so it cannot be refused; before the fix the dry-run refused it too
+    (every expanded cell), and --force brings it back."""
+    from handmade import record
+
+    from bench.cli import main
+
+    path, flags = two_fake_gpus
+    lora = next(c for c in grid.expand(load_suite(str(path)), threads=1) if c.label == "lora")
+    done = record("lora", "reparameterized", "tiny-llama", "t1", 1, score=80.0, params={}, suite="packing")
+    done["cell"]["id"] = lora.id
+    Store(path.parent / "results").write(done)
+    assert main(["run", "--suite", str(path), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    refused = [line for line in err.splitlines() if line.startswith("refused: ")]
+    assert len(refused) == 1 and "method=bitfit" in refused[0]
+    assert "1 of 2 cells to run would be refused" in err
+    assert main(["run", "--suite", str(path), "--dry-run", "--force", *flags]) == 2
+    assert "2 of 3 cells to run would be refused" in capsys.readouterr().err
 
 
 def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
@@ -183,22 +250,62 @@ def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
     path, flags = two_fake_gpus
     assert main(["run", "--suite", str(path), "--dry-run", "--methods", "full", *flags]) == 0
     assert "refused" not in capsys.readouterr().err
+    # fp32 weights under autocast: the 8 GiB predictions may run high, so those cells run alone, unrefused
+    path.write_text(path.read_text().replace(", weights_dtype: bf16", ""))
+    assert main(["run", "--suite", str(path), "--dry-run", *flags]) == 0
+    assert "refused" not in capsys.readouterr().err
+
+
+def sharded_run(tmp_path, method: str) -> dict:
+    """The record of tiny-llama with `method`, sharded over two fake GPUs (gloo ranks)."""
+    path = tmp_path / "sharded.yaml"
+    path.write_text(f"name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [{method}]\n"
+                    "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 120\n")
+    cells = grid.expand(load_suite(str(path)), threads=1)
+    store = Store(tmp_path / "results")
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
+                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 2 * GIB // shards},
+                             gpus_per_cell=2)
+    run_grid(cells, store, executor, quiet=True)
+    (record,) = store.records("packing")[0]
+    return record
+
+
+def test_a_failed_rank_stops_its_peers_and_its_error_is_the_cells(tmp_path):
+    """Rank 1 fails (not out of memory) while rank 0 hangs, as it waits on NCCL for a stopped peer: before the fix
+    the cell waited for rank 0 until its deadline and ended `timeout`, the cause lost; now rank 0 is stopped as soon
+    as rank 1's record says it failed, and the cell is `failed` with rank 1's error."""
+    record = sharded_run(tmp_path, "fault-raise-on-rank-1-hang-on-rank-0")
+    assert record["status"] == "failed" and record["env"]["shards"] == 2
+    assert record["error"]["type"] == "ValueError"
+    assert record["error"]["message"] == "rank 1 of 2: rank 1's build failed (injected)"
+
+
+def test_the_cells_record_takes_the_rank_that_failed_first():
+    from bench.cell.ranks import cell_record
+
+    def rank(status: str, message: str | None = None) -> dict:
+        error = message and {"type": "E", "message": message}
+        return {"status": status, "error": error, "env": {}}
+
+    lost = "connection closed by peer"
+    oom = cell_record([(rank("failed", lost), 20), (rank("oom", "out of memory"), 10)])
+    assert (oom["status"], oom["error"]["message"]) == ("oom", "rank 1 of 2: out of memory")
+    first = cell_record([(rank("diverged", "loss nan"), 10), (rank("failed", lost), 20)])
+    assert (first["status"], first["error"]["message"]) == ("diverged", "loss nan")  # rank 0 failed first
+    stopped = cell_record([(None, 0), (rank("failed", "bad batch"), 10), (None, 0)])  # ranks 0, 2 stopped
+    assert (stopped["status"], stopped["error"]["message"]) == ("failed", "rank 1 of 3: bad batch")
+    same_tick = cell_record([(rank("failed", lost), 10), (rank("oom", "out of memory"), 10)])
+    assert same_tick["status"] == "oom"
+    assert cell_record([(rank("ok"), 20), (rank("ok"), 10)]) == rank("ok")
 
 
 def test_a_rank_that_runs_out_of_memory_makes_the_cell_oom(tmp_path):
     """Rank 1 of a cell sharded over two fake GPUs (gloo) runs out of memory: rank 0, its peer gone, ends with a lost
     connection. Before the fix that was the cell's record (`failed`, the cause hidden); now the cell is `oom` with
     rank 1's error, as an out-of-memory on one GPU is."""
-    path = tmp_path / "sharded.yaml"
-    path.write_text("name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [fault-oom-on-rank-1]\n"
-                    "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
-                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 300\n")
-    cells = grid.expand(load_suite(str(path)), threads=1)
-    store = Store(tmp_path / "results")
-    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
-                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 2 * GIB // shards},
-                             gpus_per_cell=2)
-    assert run_grid(cells, store, executor, quiet=True).statuses == {"oom": 1}
-    (record,) = store.records("packing")[0]
+    record = sharded_run(tmp_path, "fault-oom-on-rank-1")
+    assert record["status"] == "oom"
     assert record["env"]["shards"] == 2 and record["error"]["type"] == "OutOfMemoryError"
     assert record["error"]["message"] == "rank 1 of 2: CUDA out of memory on rank 1 (injected)"

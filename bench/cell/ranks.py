@@ -1,9 +1,10 @@
 """A sharded cell's ranks (bench/cell/sharded.py says how a sharded cell runs): started by the cell's process, one
-per device, torchrun-style, each running the recipe; rank 0's record is the cell's, `oom` where any rank's is
-(cell_record)."""
+per device, torchrun-style, each running the recipe; rank 0's record is the cell's, with the status and error of
+the rank that failed first where one did (cell_record)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -14,14 +15,23 @@ import torch
 import torch.distributed as dist
 
 from bench.cell.recipe import run_cell
+from bench.files import atomic_write
 from bench.record import finish
+
+POLL_S = 0.5  # how often the ranks' records are looked at while they run
+# A collective that waits this long has lost a peer (a step's all-gathers take seconds); NCCL's default is 10
+# minutes. The ranks' process stops the peers of a failed rank at once (run_ranks), so this bounds only the wait of a
+# rank whose peer died without a record.
+COLLECTIVE_TIMEOUT = dt.timedelta(minutes=5)
 
 
 def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
-    """Run the cell on `shards` ranks, one process each (this process waits for them all), and return its record
-    (cell_record) with `env.shards`. A rank that crashes ends the group, and this process with it (the executor's
-    failure record keeps the output). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a
-    module's function): rank 0 calls it."""
+    """Run the cell on `shards` ranks, one process each (this process waits for them), and return its record
+    (cell_record) with `env.shards`. As soon as a rank's record says it failed, the ranks still running are stopped:
+    on NCCL they would wait in their next collective until its timeout, and the cell end `timeout` with the cause
+    lost. A rank that crashes without a record ends the group, and this process with it (the executor's failure
+    record keeps the output). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a module's
+    function): rank 0 calls it."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port on this host for the group's rendezvous
@@ -29,28 +39,53 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="peft-bench-ranks-") as folder:
         # files, not pipes: a large record never blocks a rank while we join
-        mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder), nprocs=shards,
-                           start_method="spawn")
-        record = cell_record([json.loads(_record_path(folder, rank).read_text()) for rank in range(shards)])
+        context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder), nprocs=shards,
+                                     start_method="spawn", join=False)
+        while not context.join(POLL_S):
+            if any(r["status"] != "ok" for r, _ in _records(folder, shards) if r is not None):
+                for process in context.processes:
+                    if process.is_alive():
+                        process.terminate()
+                for process in context.processes:
+                    process.join()
+                break
+        record = cell_record(_records(folder, shards))
     record["env"]["shards"] = shards
     return record
 
 
-def cell_record(records: list[dict]) -> dict:
-    """The cell's record from its ranks' (in rank order): rank 0's, but where a rank ran out of memory, the cell did
-    (status `oom`, that rank's error, named), whatever rank 0 ended with: the ranks it waited on having stopped,
-    rank 0 ends `failed` with a lost connection, which would hide the cause and keep an out-of-memory from reading
-    as one."""
-    record = records[0]
-    rank = next((i for i, r in enumerate(records) if r["status"] == "oom"), 0)
-    if rank == 0:
+def cell_record(records: list[tuple[dict | None, int]]) -> dict:
+    """The cell's record from its ranks' (in rank order, each with when it was written; None: the rank was stopped
+    before it wrote one): rank 0's (the first rank's written where rank 0 was stopped), but with the status and
+    error of the rank that failed first, named, where one did. The ranks failing after it (rank 0 with a lost
+    connection to it, on gloo) fail because it stopped, which would hide the cause, and keep an out-of-memory from
+    reading as one (no retry alone)."""
+    written = [(when, rank, r) for rank, (r, when) in enumerate(records) if r is not None]
+    if not written:
+        raise RuntimeError(f"none of the {len(records)} ranks wrote a record")
+    record = records[0][0] or min(written, key=lambda w: w[1])[2]
+    # written at once: the ranks' clock ticks in jiffies, and a rank other than 0 is the likelier cause
+    failed = sorted((when, rank == 0, rank) for when, rank, r in written if r["status"] != "ok")
+    if not failed or failed[0][2] == 0:
         return record
-    error = records[rank]["error"]
-    return finish(record, "oom", {**error, "message": f"rank {rank} of {len(records)}: {error['message']}"})
+    rank = failed[0][2]
+    first = records[rank][0]
+    error = first["error"]
+    return finish(record, first["status"],
+                  error and {**error, "message": f"rank {rank} of {len(records)}: {error['message']}"})
 
 
 def _record_path(folder: str, rank: int) -> Path:
     return Path(folder) / f"record-{rank}.json"
+
+
+def _records(folder: str, shards: int) -> list[tuple[dict | None, int]]:
+    """Each rank's record and when it was written (ns), or (None, 0) where it has not written one."""
+    found = []
+    for rank in range(shards):
+        path = _record_path(folder, rank)
+        found.append((json.loads(path.read_text()), path.stat().st_mtime_ns) if path.exists() else (None, 0))
+    return found
 
 
 def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, folder: str) -> None:
@@ -59,9 +94,10 @@ def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, fold
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=shards)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=shards, timeout=COLLECTIVE_TIMEOUT)
     try:
         record = run_cell(cell, quiet or rank > 0, checkpoint if rank == 0 else None)
+        # written before the group ends (ending it may wait on peers), atomically: run_ranks reads it meanwhile
+        atomic_write(_record_path(folder, rank), json.dumps(record).encode())
     finally:
         dist.destroy_process_group()
-    _record_path(folder, rank).write_text(json.dumps(record))

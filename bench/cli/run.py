@@ -50,7 +50,7 @@ def command(args) -> int:
     from bench.plan import grid, suite
     from bench.plan.kernels import check_kernels
     from bench.run.executors import given_flags, make_executor
-    from bench.run.runner import run_grid
+    from bench.run.runner import plan, run_grid
     from bench.run.store import Store
     from bench.run.trackers import open_trackers
     from bench.tasks.data import check_cells
@@ -74,13 +74,15 @@ def command(args) -> int:
             print(f"second stage: {len(second)} cells (the chosen setting on the other seeds), priced here as each "
                   "sweep's first setting", file=sys.stderr)
             cells += second
-        print_plan(cells, executor, args.tflops, Store(args.results), args.gpu)
-        refused = getattr(executor, "refusals", lambda cells: [])(cells)  # optional in the contract
+        store = Store(args.results)
+        print_plan(cells, executor, args.tflops, store, args.gpu)
+        todo = plan(cells, store, args.force, args.retry_failed)[0]  # the run refuses among these only
+        refused = getattr(executor, "refusals", lambda cells: [])(todo)  # optional in the contract
         for error in refused:  # every one, where the run stops at the first
             print(f"refused: {error.message}", file=sys.stderr)
         if refused:
-            raise BadInput(f"{len(refused)} of {len(cells)} cells would be refused (above): `run` stops before any "
-                           "cell starts", refused[0].where, refused[0].choices)
+            raise BadInput(f"{len(refused)} of {len(todo)} cells to run would be refused (above): `run` stops before "
+                           "any cell starts", refused[0].where, refused[0].choices)
         return 0
     check_cells(cells)
     check_kernels(cells, s.path, getattr(executor, "cells_on_gpu", None))  # optional in the contract

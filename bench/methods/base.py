@@ -122,6 +122,9 @@ class Method:
     train: dict = field(default_factory=dict)  # recommended training settings, e.g. its learning rate
     mergeable: bool = False
     trains: bool = True  # False: evaluated as applied (zero-shot, in-context learning)
+    # False: only the head trains, nothing below it needs a gradient (head-only); Liger's fused linear cross-entropy
+    # then computes no gradient for an LM head (bench/plan/kernels.py refuses it)
+    trains_below_head: bool = True
     in_context: bool = False  # evaluation prompts start with the training examples, solved (needs `shots`)
     reference: bool = False  # the row other methods of a model are compared with (full fine-tuning)
     external: bool = False  # loads weights trained elsewhere: the record's cell.source is "external"

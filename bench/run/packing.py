@@ -21,7 +21,10 @@ packing. A cell whose budget exceeds every device's room runs sharded over `gpus
 (bench/cell/sharded.py; its placement names them all, "0,1") when its per-device prediction sharded over that many
 (bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
-fit either, is refused before any cell starts (Packer.demand): it could only run out of memory.
+fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
+prediction bounds the peak from below (every measured peak above was at least its prediction): a cell of fp32
+weights under bf16 autocast is predicted in fp32 (its estimate runs high, by an amount not yet measured), so it
+runs alone on the largest device instead; a cell whose sharded prediction is unknown runs sharded, unbudgeted.
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
@@ -92,12 +95,16 @@ class Packer:
         """Whether `devices` of the devices each have room for a cell of this budget (per device)."""
         return sum(footprint(budget) <= room for room in self.rooms.values()) >= devices
 
-    def demand(self, memory: Callable[[int], dict | None], cell: str) -> tuple[int | None, int]:
+    def demand(self, memory: Callable[[int], dict | None], cell: str, bound: bool = True) -> tuple[int | None, int]:
         """(budget per device, devices) a cell runs with, from `memory(shards)`, its predicted memory section on
         each of that many devices (bench.tools.plan_cost: predicted_memory): (its budget, 1) when it can share a
         device, when its prediction is unknown or when it runs alone on one; (its per-device budget sharded,
-        gpus_per_cell) when it cannot share and that budget fits gpus_per_cell devices. BadInput, naming `cell`
-        and the numbers, when neither its sharded budget fits nor its bare prediction fits the largest device."""
+        gpus_per_cell) when it cannot share and that budget fits gpus_per_cell devices, (None, gpus_per_cell) when
+        that budget is unknown (sharded as it asks: unknown is no verdict). BadInput, naming `cell` and the
+        numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
+        prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
+        prediction that may run high (bound False: fp32 weights under bf16 autocast, which the estimate does not
+        model) refuses nothing, the cell runs alone on the largest device."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):
@@ -106,10 +113,12 @@ class Packer:
         if self.gpus_per_cell > 1:
             sharded = memory(self.gpus_per_cell)
             sharded_budget = cell_budget(sharded)
-            if sharded_budget is not None and self.fits(sharded_budget, self.gpus_per_cell):
+            if sharded_budget is None:
+                return None, self.gpus_per_cell
+            if self.fits(sharded_budget, self.gpus_per_cell):
                 return sharded_budget, self.gpus_per_cell
         largest = max(self.rooms.values())
-        if unsharded["predicted_peak_bytes"] + CONTEXT_BYTES <= largest:
+        if not bound or unsharded["predicted_peak_bytes"] + CONTEXT_BYTES <= largest:
             return budget, 1
         raise BadInput(_too_large(cell, unsharded, sharded, self.gpus_per_cell, sorted(self.rooms.values())),
                        "--gpus-per-cell", _SMALLER)
@@ -122,7 +131,7 @@ class Packer:
         fits, the largest first, each whole."""
         if devices > 1 or alone or not self.shares(budget):
             empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
-            if devices > 1:
+            if devices > 1 and budget is not None:  # an unknown sharded budget takes any empty devices
                 empty = [d for d in empty if footprint(budget) <= self.rooms[d]]
             return Placement(",".join(empty[:devices]), None) if len(empty) >= devices else None
         need = footprint(budget)
@@ -157,7 +166,8 @@ class Packer:
 
 
 # What lowers a cell's memory per device, for the refusal of a cell that fits no device (Packer.demand)
-_SMALLER = ("--gpus-per-cell G (more GPUs to shard over)", "train.gradient_checkpointing: true",
+_SMALLER = ("--gpus-per-cell G (more GPUs to shard over)", "--pack off (every cell alone on a GPU, unrefused)",
+            "train.gradient_checkpointing: true",
             "train.weights_dtype: bf16", "train.kernels: liger (LLaMA-family models)",
             "a smaller train.batch_size or max_length", "GPUs with more free memory")
 

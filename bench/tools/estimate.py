@@ -58,7 +58,11 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     except Unsupported as e:
         raise BadInput(f"{spec.name} cannot take task '{task.name}': {e}", "--model") from None
     if kernels == "liger":  # as the cell binds Liger's kernels: before the method adapts the model
+        from bench.plan.kernels import head_alone
         from bench.tools.liger_memory import bind_twins
+
+        if bundle.head == "lm" and not method.trains_below_head:  # as run refuses it (bench/plan/kernels.py)
+            raise BadInput(f"{spec.name}: {head_alone(method_name)}", "--kernels", KERNELS)
 
         try:
             bind_twins(bundle.model)
@@ -77,7 +81,6 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     except Exception as e:  # the method's own reason, said plainly
         raise BadInput(f"method '{method_name}' cannot be built on {spec.name} without weights (on the meta "
                        f"device): {type(e).__name__}: {e}", "--method") from None
-
 
 
 def prepare_to_count(archs) -> None:
@@ -156,10 +159,11 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
     `shards` > 1: the memory of one of that many devices under FSDP2, `batch_size` per device (bench.tools.sharding);
-    `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the FLOPs are the same
-    products, the fused loss's all counted in the forward); `task`: a cell's (tasks.TaskSpec), whose head, mixture
-    and routing the model and its step then have as the cell's (bench/tools/priced_task.py); `pooling`: the
-    training setting as the grid resolved it (cls or mean on an encoder's classifier; None: the model's own)."""
+    `kernels`: the training setting, liger's memory as bench.tools.liger_memory models it (the step's FLOPs are the
+    same products; the forward per example is the torch step's, the forward evaluation runs); `task`: a cell's
+    (tasks.TaskSpec), whose head, mixture and routing the model and its step then have as the cell's
+    (bench/tools/priced_task.py); `pooling`: the training setting as the grid resolved it (cls or mean on an
+    encoder's classifier; None: the model's own)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
@@ -183,6 +187,10 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
+    if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
+        # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
+        flops["forward_per_example"] = step_flops(model, method, batch_size, seq_len, dtype, settings, attention,
+                                                  gradient_checkpointing, task, pooling)["forward_per_example"]
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,

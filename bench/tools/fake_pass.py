@@ -30,6 +30,7 @@ from bench.tools.priced_task import default_head, fake_batch
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
 _LINEAR_FIELDS = ("activation_bytes", "grad_bytes", "forward_flops", "backward_flops")
 
+
 @contextlib.contextmanager
 def _fake_weights(model: torch.nn.Module, mode):
     """Every parameter and buffer of the meta `model` replaced by a fake CPU tensor within the block

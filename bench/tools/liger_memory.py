@@ -44,7 +44,11 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from bench.cell.kernels import liger_patch
 
-SM_COUNT = 132  # streaming multiprocessors of an H100/H200 SXM: the rows of RMSNorm's dW buffer (rms_norm.py:534)
+# The rows of RMSNorm's dW buffer (rms_norm.py:534) are the device's streaming multiprocessors, so the buffer is
+# device-specific: 132 on an H100/H200 SXM, the GPUs these predictions are made for (an A100 has 108, an H100 PCIe
+# 114); the estimate runs on CPU, with no device to ask. The buffer is [SM_COUNT, hidden] fp32 per RMSNorm backward,
+# so an A100's count moves the peak by 24 x hidden x 4 B: under a megabyte up to hidden 8192.
+SM_COUNT = 132
 
 
 def _fake_only(*tensors: torch.Tensor) -> None:

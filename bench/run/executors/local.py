@@ -35,6 +35,13 @@ from bench.run.packing import Packer, Placement, cell_budget, packing_order
 PACKING = ("memory", "off")
 
 
+def predicted_as_run(cell: Cell) -> bool:
+    """Whether the runner's estimate runs the cell's arithmetic, so its prediction bounds the peak from below
+    (Packer.demand): fp32 throughout (precision fp32), or 16-bit weights, whose products autocast leaves in their
+    dtype. fp32 weights (or `auto`, which may load them) under bf16 autocast are predicted in fp32: high."""
+    return cell.train.precision == "fp32" or cell.train.weights_dtype in ("bf16", "fp16")
+
+
 class Overlaps:
     """When each cell of one submit ran, to say how many ran beside each (`env.cells_beside`): the most
     other cells running at any one moment of its run; on a GPU, of the cells on the same GPU."""
@@ -118,7 +125,12 @@ class LocalExecutor:
             return None, 1
         if cell.id not in self.demands:
             packer = Packer(self.rooms, self.gpus_per_cell)
-            self.demands[cell.id] = packer.demand(lambda shards: self.memory(cell, shards), cell.line())
+            budget, devices = packer.demand(lambda shards: self.memory(cell, shards), cell.line(),
+                                            bound=predicted_as_run(cell))
+            if budget is None and devices > 1:
+                print(f"{cell.line()}: its memory sharded over {devices} GPUs is unknown (no prediction): it runs "
+                      f"sharded over {devices} empty GPUs without a budget", file=sys.stderr)
+            self.demands[cell.id] = budget, devices
         return self.demands[cell.id]
 
     def refusals(self, cells: list[Cell]) -> list[BadInput]:
@@ -325,5 +337,6 @@ register(ExecutorSpec("local", "this machine, a process per cell", _build, (
     Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
                           "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
     Option("--gpus-per-cell", float, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
-                                     "(default 1: alone on the largest)"),
+                                     "(default 1: no sharding; a cell predicted larger than the largest GPU is "
+                                     "refused, or runs alone there where its prediction may run high)"),
 ), needs_memory=True))
