@@ -227,6 +227,19 @@ def tiny_prefix_bank(arch: str, length: int, mid: int) -> int:
     return length * H + linear(H, mid) + linear(mid, width)
 
 
+def hyperformer(dim: int, stacks: list[int], n_tasks: int, reduction: int = 32, embedding: int = 64,
+                projected: int = 64, hidden: int = 128) -> int:
+    """HyperFormer++ (its reference's hyperformer++.json): the task embeddings and their projection MLP once, and
+    per stack of `layers` layers its layer-id and block-type embeddings, the code MLP and its layer norm, and the
+    generators of the adapter's down/up weights and biases and of its layer norm's weight and bias."""
+    width = dim // reduction
+    tasks = n_tasks * embedding + linear(embedding, hidden) + linear(hidden, projected)
+    generated = 2 * dim * width + width + 3 * dim  # down (b × d) + b, up (d × b) + d, the norm's weight and bias
+    per_stack = (2 * embedding + linear(projected + 2 * embedding, hidden) + linear(hidden, projected)
+                 + 2 * projected + linear(projected, generated))
+    return tasks + sum(layers * embedding + per_stack for layers in stacks)
+
+
 def tiny_propetl(method: str, arch: str) -> tuple[int, list[int]]:
     """ProPETL (Zeng et al. 2023): (prototype elements, the size of every mask: one per prototype matrix per
     adapted module). The adapter's bottleneck is H // 12 (reduction 12), the LoRA prototype's rank 32."""
@@ -278,6 +291,8 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "vera": sum(256 + fan_out for _, fan_out in projections),
         "loha": 2 * lora(projections),
         # 4 LoRA skills of rank 8 per projection, and a router row (one task, one split, 4 skills)
+        # T5: a hypernetwork per stack; the layer norms train too (the reference's unfreeze_layer_norms)
+        "hyperformer": hyperformer(H, [L, L] if arch == "t5" else [L], n_tasks=1) + norms,
         "poly": sum(4 * 8 * (fan_in + fan_out) + 1 * 1 * 4 for fan_in, fan_out in projections),
         "lokr": sum(lokr(fan_in, fan_out) for fan_in, fan_out in projections),
         "oft": sum((fan_in // 32) * 32 * 31 // 2 for fan_in, _ in projections),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from bench.layers import sites
 
-ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+               "gelu_new": functools.partial(nn.GELU, approximate="tanh")}  # transformers' gelu_new
 
 
 class Bottleneck(nn.Module):
