@@ -21,7 +21,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: bench report test real-cpu slurm-test slurm-down docs install lock test-latest clean parity
+.PHONY: bench report test real-cpu slurm-test slurm-down docs install lock test-latest clean parity \
+	parity-hyperformer
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -106,3 +107,17 @@ parity: $(STAMP)
 	$(PARITY_VENV)/bin/python $(PIP) $(PARITY_PINS)
 	$(PARITY_VENV)/bin/python scripts/parity/make_fixtures.py $(GEN)
 	$(BIN)/python -m pytest -s -q -p no:xdist tests/test_parity_*.py
+
+# HyperFormer++'s reference runs on the transformers it was written for (3.5.1, without its dependencies, which
+# its T5 does not need; its tokenizers pin has no wheel for this Python) beside this torch, with what the authors'
+# utils import (scripts/parity/gen_hyperformer.py).
+HYPERFORMER_VENV ?= .venv-hyperformer
+HYPERFORMER_PINS ?= numpy filelock requests tqdm regex packaging sentencepiece sacremoses six safetensors \
+	gitpython rouge_score sacrebleu
+parity-hyperformer: $(STAMP)
+	test -x $(HYPERFORMER_VENV)/bin/python || $(PYTHON) -m venv $(HYPERFORMER_VENV)
+	$(HYPERFORMER_VENV)/bin/python $(PIP) $(TORCH)
+	$(HYPERFORMER_VENV)/bin/python $(PIP) --no-deps transformers==3.5.1
+	$(HYPERFORMER_VENV)/bin/python $(PIP) $(HYPERFORMER_PINS)
+	$(HYPERFORMER_VENV)/bin/python scripts/parity/make_fixtures.py hyperformer
+	$(BIN)/python -m pytest -s -q -p no:xdist tests/test_parity_hyperformer.py

@@ -229,13 +229,13 @@ def tiny_prefix_bank(arch: str, length: int, mid: int) -> int:
 
 def hyperformer(dim: int, stacks: list[int], n_tasks: int, reduction: int = 32, embedding: int = 64,
                 projected: int = 64, hidden: int = 128) -> int:
-    """HyperFormer++ (its reference's hyperformer++.json): the task embeddings and their projection MLP once, and
+    """HyperFormer++ (its reference's hyperformer++.json): the task embeddings once, and
     per stack of `layers` layers its layer-id and block-type embeddings, the code MLP and its layer norm, and the
     generators of the adapter's down/up weights and biases and of its layer norm's weight and bias."""
     width = dim // reduction
-    tasks = n_tasks * embedding + linear(embedding, hidden) + linear(hidden, projected)
+    tasks = n_tasks * embedding
     generated = 2 * dim * width + width + 3 * dim  # down (b × d) + b, up (d × b) + d, the norm's weight and bias
-    per_stack = (2 * embedding + linear(projected + 2 * embedding, hidden) + linear(hidden, projected)
+    per_stack = (2 * embedding + linear(3 * embedding, hidden) + linear(hidden, projected)
                  + 2 * projected + linear(projected, generated))
     return tasks + sum(layers * embedding + per_stack for layers in stacks)
 

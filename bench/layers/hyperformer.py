@@ -1,11 +1,11 @@
 """HyperFormer++'s shared hypernetwork and the adapters it generates (bench/methods/hyperformer.py).
 
-Per model, `TaskEmbeddings`: a learned embedding per task, projected by an MLP (Linear-ReLU-Linear). Per stack
-of layers (T5's encoder and its decoder each have one; an encoder or a decoder-only model has one),
-`StackHyperNet`: a layer-id embedding per layer and a block-type embedding (0 feed-forward, 1 self-attention),
-an MLP from [projected task embedding; layer embedding; block embedding] to a layer-and-task code, a layer norm
-over it, and one linear generator per generated tensor: the adapter's down (b × d) and up (d × b) weights and
-biases, and the weight and bias of the layer norm that follows the adapter. At every site a `GeneratedAdapter`
+Per model, `TaskEmbeddings`: a learned embedding per task. Per stack of layers (T5's encoder and its decoder
+each have one; an encoder or a decoder-only model has one), `StackHyperNet`: a layer-id embedding per layer and a
+block-type embedding (0 feed-forward, 1 self-attention), an MLP (Linear-ReLU-Linear) from [task embedding; layer
+embedding; block embedding] to a layer-and-task code, a layer norm over it, and one linear generator per generated
+tensor: the adapter's down (b × d) and up (d × b) weights and biases, and the weight and bias of the layer norm
+that follows the adapter. At every site a `GeneratedAdapter`
 holds no parameters: it asks its stack's hypernetwork for its layer's and block's tensors, for every task, and
 maps a sublayer output y to LN_gen(up(act(down(y)))), which the site adds to y (before dropout and residual).
 
@@ -46,36 +46,31 @@ def _mlp(fan_in: int, hidden: int, fan_out: int) -> nn.Sequential:
 
 
 class TaskEmbeddings(nn.Module):
-    """A learned N(0, 1) embedding per task, each projected by an MLP; `task_rows` says which rows are which task."""
+    """A learned N(0, 1) embedding per task; `task_rows` says which rows of the next forward are which task."""
 
-    def __init__(self, n_tasks: int, dim: int, hidden: int, projected: int):
+    def __init__(self, n_tasks: int, dim: int):
         super().__init__()
         self.embeddings = nn.Parameter(torch.randn(n_tasks, dim))
-        self.project = _mlp(dim, hidden, projected)
         self.task_rows: int | torch.Tensor = 0  # task 0 until bench.layers.task_heads.select says otherwise
-
-    def forward(self) -> torch.Tensor:
-        """Every task's projected embedding, [n_tasks, projected]."""
-        return self.project(self.embeddings)
 
 
 class StackHyperNet(nn.Module):
-    """Generates every adapter of one stack of layers from the tasks' projected embeddings."""
+    """Generates every adapter of one stack of layers from the task embeddings."""
 
-    def __init__(self, n_layers: int, dim: int, bottleneck: int, task_dim: int, embedding_dim: int, hidden: int,
-                 code_dim: int):
+    def __init__(self, n_layers: int, dim: int, bottleneck: int, embedding_dim: int, hidden: int, code_dim: int):
         super().__init__()
         self.dim, self.bottleneck = dim, bottleneck
         self.layer_embeddings = nn.Embedding(n_layers, embedding_dim)
         self.block_embeddings = nn.Embedding(2, embedding_dim)
-        self.code = _mlp(task_dim + 2 * embedding_dim, hidden, code_dim)
+        self.code = _mlp(3 * embedding_dim, hidden, code_dim)
         self.code_norm = nn.LayerNorm(code_dim, eps=CODE_NORM_EPS)
         sizes = {"down_weight": bottleneck * dim, "down_bias": bottleneck, "up_weight": dim * bottleneck,
                  "up_bias": dim, "norm_weight": dim, "norm_bias": dim}
         self.generators = nn.ModuleDict({name: _linear(code_dim, sizes[name]) for name in GENERATED})
 
     def forward(self, tasks: torch.Tensor, layer: int, block: int) -> dict[str, torch.Tensor]:
-        """Each task's tensors for the adapter of `layer`'s `block`, with the tasks along the first dimension."""
+        """Each task's tensors for the adapter of `layer`'s `block` (`tasks`: the task embeddings), the tasks along
+        the first dimension."""
         n = tasks.shape[0]
         ids = torch.tensor([layer, block], device=tasks.device)
         position = torch.cat([self.layer_embeddings(ids[:1]), self.block_embeddings(ids[1:])], dim=-1)
@@ -98,7 +93,7 @@ class GeneratedAdapter(nn.Module):
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        made = self.hypernet(self.tasks(), self.layer, self.block)
+        made = self.hypernet(self.tasks.embeddings, self.layer, self.block)
         rows, dim = self.tasks.task_rows, self.hypernet.dim
         if isinstance(rows, int):
             t = {name: tensor[rows] for name, tensor in made.items()}
@@ -133,16 +128,14 @@ def attach(model: nn.Module, arch: str, n_tasks: int, config: dict) -> None:
     """The task embeddings (a child of the model), a hypernetwork per stack (a child of the module holding the
     stack's layers) and a generated adapter after every self-attention and feed-forward output projection."""
     first = sites.find(model, arch, "ffn_output")[0][1]
-    tasks = sites.place_like(TaskEmbeddings(n_tasks, config["task_embedding_dim"], config["task_hidden_dim"],
-                                            config["projected_task_embedding_dim"]), first)
+    tasks = sites.place_like(TaskEmbeddings(n_tasks, config["task_embedding_dim"]), first)
     model.add_module(TASK_EMBEDDINGS, tasks)
     adapters = {}
     for stack, members in _stacks(model, arch).items():
         dim = sites.out_features(model.get_submodule(members[0][0]))
         hypernet = sites.place_like(StackHyperNet(
             1 + max(layer for _, layer, _ in members), dim, max(1, dim // config["reduction_factor"]),
-            config["projected_task_embedding_dim"], config["task_embedding_dim"], config["task_hidden_dim"],
-            config["projected_task_embedding_dim"]), first)
+            config["task_embedding_dim"], config["task_hidden_dim"], config["projected_task_embedding_dim"]), first)
         holder = model.get_submodule(stack.rpartition(".")[0]) if "." in stack else model
         holder.add_module(HYPERNET, hypernet)
         adapters.update({name: GeneratedAdapter(tasks, hypernet, layer, block, config["activation"])

@@ -2,27 +2,28 @@
 
 The reference is the authors' code (rabeehk/hyperformer, hyperformer/configs/hyperformer++.json: the "meta-adapter"
 config with `efficient_unique_hyper_net`), built here in-house (bench/layers/hyperformer.py). A learned embedding
-per task is projected by an MLP (64 -> 128 -> 64); per stack of layers (T5's encoder and decoder each have their
-own, as there; an encoder or a decoder-only model has one), an MLP maps [projected task embedding; layer-id
-embedding; block-type embedding] (64 each) to a code, layer-normed, from which linear generators make the adapter's
-down and up weights and biases (reduction factor 32, gelu_new) and the weight and bias of the layer norm after the
-adapter. The adapter sits after the self-attention output projection and after the FFN output projection of every
-layer (not T5's cross-attention), before dropout and the residual: y + LN_gen(up(gelu(down(y)))). The hypernetworks,
-the task embeddings and every layer norm of the model train (`unfreeze_layer_norms`); T5's LM head does not
-(`unfreeze_lm_head` false), a classifier's task head does (as every method's here).
+per task (64 wide, trained; that config leaves `train_task_embeddings` off, so no MLP projects it); per stack of
+layers (T5's encoder and decoder each have their own, as there; an encoder or a decoder-only model has one), an MLP
+(192 -> 128 -> 64) maps [task embedding; layer-id embedding; block-type embedding] (64 each) to a code, layer-normed,
+from which linear generators make the adapter's down and up weights and biases (reduction factor 32, gelu_new) and
+the weight and bias of the layer norm after the adapter (the reference's conditional post-adapter layer norm; none
+before it). The adapter sits after the self-attention output projection and after the FFN output projection of
+every layer (not T5's cross-attention), before dropout and the residual: y + LN_gen(up(gelu(down(y)))). The
+hypernetworks, the task embeddings and every layer norm of the model train (`unfreeze_layer_norms`); T5's LM head
+does not (`unfreeze_lm_head` false), a classifier's task head does (as every method's here). Every hypernetwork
+linear layer starts N(0, 0.01²) with zero biases, the embeddings N(0, 1), as there: the generated layer norm's
+weight starts near 0.08, not 1, so the adapted model does not start as the base model.
 
 The tasks are those of the cell's mixture (bench/plan/mixtures.py), one on a single-task cell; each row reads its
 own task's adapters (bench/layers/task_heads.select tells the task embeddings which rows are which task).
 
 Where this differs from the reference: a batch may mix tasks (the reference's batches hold one task each, so it
-generates one adapter per forward; here each row gets its task's); the code MLP's input is the projected task
-embedding's width plus twice the layer-embedding width (the reference sizes it 3 × task_embedding_dim, which is
-the same number when, as in its config, the two widths are equal); on encoders and decoder-only models (which the
+generates one adapter per forward; here each row gets its task's); on encoders and decoder-only models (which the
 reference does not adapt) the sites are the same two per layer.
 
-Trainable, per stack of L layers with width d and bottleneck b = d // 32 (E = P = 64 the embedding widths,
-h = 128): L·E + 2·E + (P + 2E + 1)·h + (h + 1)·P + 2P + (P + 1)·(2·d·b + b + 3·d); once per model:
-n_tasks·E + (E + 1)·h + (h + 1)·P; and the layer norms.
+Trainable, per stack of L layers with width d and bottleneck b = d // 32 (E = P = 64 the embedding and code
+widths, h = 128): L·E + 2·E + (3E + 1)·h + (h + 1)·P + 2P + (P + 1)·(2·d·b + b + 3·d); once per model n_tasks·E;
+and the layer norms.
 """
 
 from __future__ import annotations
