@@ -1,10 +1,12 @@
 """HyperFormer++ (bench/methods/hyperformer.py): its trainable count in closed form on T5-base (two stacks, as the
-paper's model) and RoBERTa-base (one), the number of tasks a term; and a 2-task mixture on a tiny encoder, where
-rows of both tasks share each batch: every row is computed with its own task's generated adapters.
-(Parity with the authors' code: tests/test_parity_hyperformer.py.)"""
+paper's model) and RoBERTa-base (one), the number of tasks a term; a 2-task mixture on a tiny encoder, where
+rows of both tasks share each batch: every row is computed with its own task's generated adapters; and mixtures
+run end to end on a tiny encoder and a tiny T5 (text-to-text). (Parity with the authors' code:
+tests/test_parity_hyperformer.py.)"""
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from bench import methods
 from bench.cell import multitask
+from bench.cli import main
 from bench.config import TrainConfig
 from bench.layers import task_heads
 from bench.layers.hyperformer import ADAPTER, BLOCKS, HYPERNET, TASK_EMBEDDINGS
@@ -106,3 +109,34 @@ def test_each_row_of_a_mixed_batch_reads_its_own_tasks_adapters(write_suite):
             # the adapters matter: the other task's adapters under the same head give another output
             tasks.task_rows = 1 - t
             assert not torch.allclose(model(input_ids=ids[r:r + 1]).logits[0, :width], alone, atol=1e-4)
+
+
+RUN = """\
+name: hyper
+methods: [hyperformer]
+models: [tiny-encoder, tiny-t5]
+mixtures:
+  - {name: synth-mix, tasks: [synth-polarity, synth-intensity], mixing: {rule: proportional, cap: 12}}
+  - {name: synth-t2t, tasks: [synth-polarity, synth-choice], mixing: {rule: proportional, cap: 8}}
+tasks: [synth-polarity, synth-mix, synth-t2t]
+exclude:
+  - {model: tiny-t5, task: synth-mix}
+  - {model: tiny-encoder, task: synth-t2t}
+seeds: [1]
+train: {batch_size: 4, max_steps: 2, max_length: 32, eval_batch_size: 32, max_eval_samples: 16, max_train_samples: 20}
+"""
+
+
+@pytest.mark.slow
+def test_mixtures_train_once_and_are_scored_on_every_task(tmp_path, write_suite):
+    """On both models the mixture's cell stores one task embedding (64) more than the single-task cell."""
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(write_suite(RUN)), "--results", str(results), "--quiet", "--threads", "1"]) == 0
+    records = {(r["cell"]["model"], r["cell"]["task"]): r
+               for r in (json.loads(p.read_text()) for p in (results / "hyper").glob("*.json"))}
+    assert len(records) == 4 and {r["status"] for r in records.values()} == {"ok"}
+    for model, mixed in (("tiny-encoder", "synth-mix"), ("tiny-t5", "synth-t2t")):
+        scores = records[(model, mixed)]["scores"]["metrics"]
+        assert scores["task_average"] is not None and "synth-polarity:accuracy" in scores
+        assert records[(model, mixed)]["params"]["method"] - records[(model, "synth-polarity")]["params"]["method"] \
+            == 64

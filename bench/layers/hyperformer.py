@@ -72,8 +72,8 @@ class StackHyperNet(nn.Module):
         """Each task's tensors for the adapter of `layer`'s `block` (`tasks`: the task embeddings), the tasks along
         the first dimension."""
         n = tasks.shape[0]
-        ids = torch.tensor([layer, block], device=tasks.device)
-        position = torch.cat([self.layer_embeddings(ids[:1]), self.block_embeddings(ids[1:])], dim=-1)
+        # rows of the embedding tables, read by index (a lookup without a host-to-device copy of the ids)
+        position = torch.cat([self.layer_embeddings.weight[layer], self.block_embeddings.weight[block]])
         code = self.code_norm(self.code(torch.cat([tasks, position.expand(n, -1)], dim=-1)))
         made = {name: generator(code) for name, generator in self.generators.items()}
         made["down_weight"] = made["down_weight"].view(n, self.bottleneck, self.dim)
@@ -99,7 +99,8 @@ class GeneratedAdapter(nn.Module):
             t = {name: tensor[rows] for name, tensor in made.items()}
             hidden = self.act(nn.functional.linear(y, t["down_weight"], t["down_bias"]))
             out = nn.functional.linear(hidden, t["up_weight"], t["up_bias"])
-            return nn.functional.layer_norm(out, (dim,), t["norm_weight"], t["norm_bias"])
+            # in the stream's dtype: under autocast the layer norm computes in fp32
+            return nn.functional.layer_norm(out, (dim,), t["norm_weight"], t["norm_bias"]).to(y.dtype)
         if rows.shape[0] != y.shape[0]:
             raise ValueError(f"hyperformer: {rows.shape[0]} task ids for {y.shape[0]} rows (an objective that "
                              "repeats rows per answer option cannot route them)")
@@ -108,7 +109,7 @@ class GeneratedAdapter(nn.Module):
         hidden = self.act(torch.einsum("rpd,rbd->rpb", flat, t["down_weight"]) + t["down_bias"][:, None])
         out = torch.einsum("rpb,rdb->rpd", hidden, t["up_weight"]) + t["up_bias"][:, None]
         out = nn.functional.layer_norm(out, (dim,)) * t["norm_weight"][:, None] + t["norm_bias"][:, None]
-        return out.reshape(y.shape)
+        return out.reshape(y.shape).to(y.dtype)
 
 
 def _stacks(model: nn.Module, arch: str) -> dict[str, list[tuple[str, int, int]]]:
