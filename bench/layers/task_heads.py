@@ -67,8 +67,9 @@ def install(model: nn.Module, head_name: str, widths: list[int], seed: int) -> T
 
 def select(model: nn.Module, rows: int | torch.Tensor) -> None:
     """Tell every module of the model that reads each row's task (it has a `task_rows` attribute: TaskHeads, of
-    which peft keeps a trained copy beside the original; a method's task router, bench/methods/poly.py) which task
-    the rows of the next forward are: one task index, or each row's."""
+    which peft keeps a trained copy beside the original; a method's task router, bench/methods/poly.py; the task
+    embeddings of bench/methods/hyperformer.py) which task the rows of the next forward are: one task index, or
+    each row's."""
     for module in model.modules():
         if hasattr(module, "task_rows"):
             module.task_rows = rows

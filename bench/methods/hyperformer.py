@@ -12,7 +12,7 @@ every layer (not T5's cross-attention), before dropout and the residual: y + LN_
 hypernetworks, the task embeddings and every layer norm of the model train (`unfreeze_layer_norms`); T5's LM head
 does not (`unfreeze_lm_head` false), a classifier's task head does (as every method's here). Every hypernetwork
 linear layer starts N(0, 0.01²) with zero biases, the embeddings N(0, 1), as there: the generated layer norm's
-weight starts near 0.08, not 1, so the adapted model does not start as the base model.
+weight starts near zero (spread about 0.08), not at one, so the adapted model starts close to, not at, the base.
 
 The tasks are those of the cell's mixture (bench/plan/mixtures.py), one on a single-task cell; each row reads its
 own task's adapters (bench/layers/task_heads.select tells the task embeddings which rows are which task).
