@@ -111,6 +111,14 @@ def test_each_row_of_a_mixed_batch_reads_its_own_tasks_adapters(write_suite):
             assert not torch.allclose(model(input_ids=ids[r:r + 1]).logits[0, :width], alone, atol=1e-4)
 
 
+
+def test_task_ids_for_other_rows_than_the_batchs_are_refused():
+    """An objective that repeats each row per answer option would hand the adapters one id per original row."""
+    _, adapted = applied("tiny-encoder", 2)
+    task_heads.select(adapted.model, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="3 task ids for 2 rows"):
+        adapted.model(input_ids=torch.randint(5, 60, (2, 10)))
+
 RUN = """\
 name: hyper
 methods: [hyperformer]
