@@ -24,19 +24,18 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import reference_checkout, save  # noqa: E402
 
 HYPERFORMER_REPO = "https://github.com/rabeehk/hyperformer"
 HYPERFORMER_COMMIT = "56b0f993eeec62f5a8c962704739912b5f039a9b"
-ROOT = Path(__file__).resolve().parents[2]
 # transformers 3.5.1's trainer imports a name torch has since removed; the model never reads it
 torch.optim.lr_scheduler.SAVE_STATE_WARNING = ""
 
@@ -56,27 +55,10 @@ SGD_LR, SGD_STEPS = 0.5, 2
 NOISE = 0.2  # added to every trained tensor (the init's N(0, 0.01²) generators make adapters of little effect)
 
 
-def checkout() -> Path:
-    """A directory holding the authors' hyperformer/ package at HYPERFORMER_COMMIT."""
-    given = os.environ.get("PARITY_HYPERFORMER_DIR")
-    if given:
-        return Path(given)
-    target = ROOT / ".cache" / "parity" / f"hyperformer-{HYPERFORMER_COMMIT[:12]}"
-    if (target / "hyperformer" / "adapters" / "adapter_modeling.py").is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    mirror = os.environ.get("PARITY_HYPERFORMER_MIRROR")
-    if mirror:
-        archive = subprocess.run(["git", f"--git-dir={mirror}", "archive", HYPERFORMER_COMMIT, "hyperformer"],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    else:
-        subprocess.run(["git", "clone", "--quiet", HYPERFORMER_REPO, str(target)], check=True)
-        subprocess.run(["git", "-C", str(target), "checkout", "--quiet", HYPERFORMER_COMMIT], check=True)
-    return target
-
-
-CHECKOUT = checkout()
+# importing the authors' code (transformers 3.5.1) leaves an empty `.lock` in the working directory: not ours
+os.chdir(tempfile.mkdtemp(prefix="parity-hyperformer-"))
+CHECKOUT = reference_checkout("HYPERFORMER", HYPERFORMER_REPO, HYPERFORMER_COMMIT, ["hyperformer"],
+                              "hyperformer/adapters/adapter_modeling.py")
 sys.path.insert(0, str(CHECKOUT))
 # hyperformer/utils/utils.py (freezing_params) imports their data package for its task table, which needs the
 # `datasets` library; nothing here reads it

@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,13 +29,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import reference_checkout, save  # noqa: E402
 
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 TFEW_REPO = "https://github.com/r-three/t-few"
 TFEW_COMMIT = "114deced63ae722a368e06cb08ea956b20c393a6"
-ROOT = Path(__file__).resolve().parents[2]
 
 # T5 v1.1 / T0's shape at toy size: gated-GELU FFN (wi_0, wi_1, wo), untied LM head; inner attention width
 # (heads × d_kv = 16) unlike d_model (32) and d_ff (48), so a transposed or misplaced vector cannot fit.
@@ -52,27 +50,7 @@ PROMPT_SEED = SEED + 3  # before T-Few draws its prompts' vocabulary rows
 TIED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-def tfew_checkout() -> Path:
-    """A directory holding T-Few's src/ and configs/ at TFEW_COMMIT."""
-    given = os.environ.get("PARITY_TFEW_DIR")
-    if given:
-        return Path(given)
-    target = ROOT / ".cache" / "parity" / f"t-few-{TFEW_COMMIT[:12]}"
-    if (target / "src" / "models" / "lora.py").is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    mirror = os.environ.get("PARITY_TFEW_MIRROR")
-    if mirror:
-        archive = subprocess.run(["git", f"--git-dir={mirror}", "archive", TFEW_COMMIT, "src", "configs"],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    else:
-        subprocess.run(["git", "clone", "--quiet", TFEW_REPO, str(target)], check=True)
-        subprocess.run(["git", "-C", str(target), "checkout", "--quiet", TFEW_COMMIT], check=True)
-    return target
-
-
-CHECKOUT = tfew_checkout()
+CHECKOUT = reference_checkout("TFEW", TFEW_REPO, TFEW_COMMIT, ["src", "configs"], "src/models/lora.py")
 sys.path.insert(0, str(CHECKOUT))
 from src.models import prompt_tuning as tfew_prompt_tuning  # noqa: E402
 from src.models.modify_model import modify_transformer  # noqa: E402
