@@ -56,7 +56,6 @@ def check_kernels(cells: list, where: str | None, cells_on_gpu: Callable[[], boo
                        "GPU; slurm, ray: --gpus-per-cell), or give those cells kernels: torch", where, ("torch",))
 
 
-
 def head_alone(method: str) -> str:
     """Why liger cannot train a causal LM's head alone (check_kernels, and estimate --kernels liger)."""
     return (f"liger fuses a causal LM's head with its loss, which computes the head's gradient only when the layers "

@@ -253,8 +253,6 @@ def memory_tables(agg: pd.DataFrame) -> list[Table]:
     return tables
 
 
-
-
 def inference_tables(summary: pd.DataFrame, devices: list[str]) -> list[Table]:
     """One table per model: how fast each trained method predicts, unmerged and (where it can) merged, beside
     the FLOPs one prediction counts: the inference overhead of additive methods, measured."""
