@@ -48,8 +48,8 @@ def task_bundle(spec, task, dtype: str, attention: str, pooling: str | None = No
     from bench.models import load_bundle
 
     if task is None:
-        encoder = spec.kind == "encoder"
-        return load_bundle(spec, "classification" if encoder else "generation", 2 if encoder else None, seed=0,
+        classifier = default_head(spec.kind) == "classifier"
+        return load_bundle(spec, "classification" if classifier else "generation", 2 if classifier else None, seed=0,
                            meta=True, pooling=pooling, weights_dtype=dtype, attention=attention)
     bundle = load_bundle(spec, task.type, task.num_labels, seed=0, meta=True, pooling=pooling, weights_dtype=dtype,
                          attention=attention)
