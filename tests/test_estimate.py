@@ -98,8 +98,8 @@ def test_eager_attention_is_estimated_as_a_real_eager_step_saves(name, method):
     labels = torch.zeros(rows, dtype=torch.long) if spec.kind == "encoder" else ids
     real = instrumented_step(real_model, {"input_ids": ids, "labels": labels})
     assert fake_step(meta_model, spec.kind, rows, length) == real
-    eager = estimate(name, method, batch_size=rows, seq_len=length, attention="eager")
-    sdpa = estimate(name, method, batch_size=rows, seq_len=length)
+    eager = estimate(name, method, batch_size=rows, seq_len=length, attention="eager", step_device="cpu")
+    sdpa = estimate(name, method, batch_size=rows, seq_len=length, step_device="cpu")
     assert (eager["attention"], sdpa["attention"]) == ("eager", "sdpa")
     assert eager["memory"]["activation_bytes"] == real.activation_bytes
     flash = name == "tiny-llama"
@@ -120,8 +120,9 @@ def test_gradient_checkpointing_is_estimated_as_a_real_checkpointed_step(name, m
     ids = torch.randint(5, 100, (rows, length))
     labels = torch.zeros(rows, dtype=torch.long) if spec.kind == "encoder" else ids
     real = instrumented_step(real_model, {"input_ids": ids, "labels": labels})
-    checkpointed = estimate(name, method, batch_size=rows, seq_len=length, gradient_checkpointing=True)
-    plain = estimate(name, method, batch_size=rows, seq_len=length)
+    checkpointed = estimate(name, method, batch_size=rows, seq_len=length, gradient_checkpointing=True,
+                            step_device="cpu")
+    plain = estimate(name, method, batch_size=rows, seq_len=length, step_device="cpu")
     assert checkpointed["gradient_checkpointing"] and not plain["gradient_checkpointing"]
     assert checkpointed["memory"]["activation_bytes"] == real.activation_bytes
     assert checkpointed["memory"]["activation_bytes"] < plain["memory"]["activation_bytes"]

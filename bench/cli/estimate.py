@@ -18,6 +18,8 @@ def add(sub) -> None:
     est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
                      help="dtype the weights are built in, the training setting weights_dtype: auto (the checkpoint's "
                           "dtype, from the shipped config; else fp32), bf16, fp16 or fp32 (default: auto)")
+    est.add_argument("--precision", default="auto", help="the training setting precision, of a cell on a GPU: auto "
+                     "or bf16 (bf16 autocast, CUDA's lists of what runs in bf16), fp32 (default: auto)")
     est.add_argument("--attention", default="auto", help="attention implementation, the training setting attention: "
                      "auto (transformers' choice: sdpa), sdpa or eager (default: auto)")
     est.add_argument("--gradient-checkpointing", action="store_true", help="the training setting "
@@ -77,12 +79,13 @@ def command(args) -> int:
     settings = method_sets(args.set)
     if args.shards < 1:
         raise BadInput(f"--shards must be at least 1, got {args.shards}", "--shards")
-    check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention, args.kernels)
+    check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention, args.kernels,
+                 args.precision)
     methods.get(args.method, "--method")
     task = registry_task(args.task)
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
                       settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
-                      shards=args.shards, kernels=args.kernels, task=task)
+                      shards=args.shards, kernels=args.kernels, task=task, precision=args.precision)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

@@ -32,7 +32,8 @@ import torch
 from bench import optimizers
 from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, step_peak_bytes, training_flops
-from bench.config import ATTENTIONS, KERNELS, WEIGHTS_DTYPES
+from bench.cell.train import compute_dtype
+from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
@@ -104,8 +105,10 @@ def prepare_to_count(archs) -> None:
 
 
 def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype: str = "fp32",
-                 attention: str = "auto", kernels: str = "torch") -> None:
+                 attention: str = "auto", kernels: str = "torch", precision: str = "auto") -> None:
     """BadInput, naming the flag, for a setting no estimate can take."""
+    if precision not in PRECISIONS:
+        raise unknown("precision", precision, PRECISIONS, "--precision")
     if kernels not in KERNELS:
         raise unknown("kernels", kernels, KERNELS, "--kernels")
     if optimizer not in optimizers.OPTIMIZERS:
@@ -139,12 +142,12 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
     return spec, bundle, body, chosen, config, adapted
 
 
-def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int,
-          flops_only: bool = False) -> StepMeasure:
+def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int, flops_only: bool = False,
+          device: str = "cpu", autocast: bool = False) -> StepMeasure:
     batch_for = partial(fake_batch, bundle.head, task, bundle=bundle)
     try:
         return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only,
-                                   batch_for=batch_for)
+                                   batch_for=batch_for, device=device, autocast=autocast)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
@@ -154,7 +157,7 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
              gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
-             pooling: str | None = None) -> dict:
+             pooling: str | None = None, precision: str = "auto", step_device: str = "cuda") -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
@@ -163,16 +166,21 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     same products; the forward per example is the torch step's, the forward evaluation runs); `task`: a cell's
     (tasks.TaskSpec), whose head, mixture and routing the model and its step then have as the cell's
     (bench/tools/priced_task.py); `pooling`: the training setting as the grid resolved it (cls or mean on an
-    encoder's classifier; None: the model's own)."""
+    encoder's classifier; None: the model's own); `precision`: the training setting, the step's as on `step_device`
+    (cuda, what estimates plan: a GPU cell's kernels and, under `auto` or `bf16`, its bf16 autocast,
+    bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
+    CUDA's either way)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
-    check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels)
+    check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
     spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
                                                          attention, gradient_checkpointing, kernels, task, pooling)
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
-    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len)
+    compute = compute_dtype(step_device, precision)
+    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
+                 autocast=compute == "bf16")
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
@@ -190,10 +198,12 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
         # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
         flops["forward_per_example"] = step_flops(model, method, batch_size, seq_len, dtype, settings, attention,
-                                                  gradient_checkpointing, task, pooling)["forward_per_example"]
+                                                  gradient_checkpointing, task, pooling,
+                                                  step_device)["forward_per_example"]
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,
+            "precision": precision, "compute_dtype": compute, "step_device": step_device,
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
@@ -203,14 +213,14 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
 
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
-               task=None, pooling: str | None = None) -> dict:
+               task=None, pooling: str | None = None, step_device: str = "cuda") -> dict:
     """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
     (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
     passes with, without the memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec, bundle, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
                                             gradient_checkpointing, task=task, pooling=pooling)
-    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True)
+    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
     train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
     return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}
 
@@ -222,7 +232,8 @@ def render(result: dict) -> str:
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head{task}) + {result['method']} "
              f"({result['family']}); "
              f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
-             f"({result['optimizer_update']} update, as on CUDA), {result['dtype']}, "
+             f"({result['optimizer_update']} update), {result['dtype']} weights"
+             + (", bf16 autocast" if result["compute_dtype"] == "bf16" else "") + f", {result['step_device']} kernels, "
              f"{result['attention']} attention"
              + (", gradient checkpointing" if result["gradient_checkpointing"] else "")
              + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else ""),

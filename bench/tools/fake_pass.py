@@ -7,9 +7,10 @@ models skip building one); encoders are given class labels, the others their own
 caller gives the batch (`batch_for`: a cell's task's, bench/tools/priced_task.py).
 
 Fake tensors claim the CPU device, so operators are chosen as on a CPU: sdpa attention uses PyTorch's flash kernel
-for CPU where its inputs allow (no additive bias, no dropout), which, like CUDA's flash and memory-efficient
-kernels, saves its output and log-sum-exp rather than the L×L probabilities; otherwise its math kernel, which saves
-them.
+for CPU where its inputs allow (no dropout), which, like CUDA's flash and memory-efficient kernels, saves its output
+and log-sum-exp rather than the L×L probabilities; otherwise its math kernel, which saves them. The step of a cell
+on a GPU is modelled on them (`device` "cuda": bench/tools/cuda_step.py): sdpa as CUDA's fused kernels run it, and
+the forward under bf16 autocast with CUDA's lists of what runs in bf16 and what in fp32.
 
 A Transformer's blocks after the first of a stack are identical, so the step is run on the model cut to a few
 blocks per stack and extended to the full depth (fake_step): a 70B model costs a few blocks' passes, not 80.
@@ -25,6 +26,7 @@ from functools import partial
 import torch
 
 from bench.cell.probe import StepMeasure, instrumented_step, tensors_in
+from bench.tools.cuda_step import step_on
 from bench.tools.priced_task import default_head, fake_batch
 
 EXTRAPOLATE_FROM = 2  # blocks kept per stack; the first block of a stack may differ (T5's position bias)
@@ -54,16 +56,17 @@ def _fake_weights(model: torch.nn.Module, mode):
 
 
 def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple,
-               batch_for=None) -> StepMeasure:
+               batch_for=None, device: str = "cpu", autocast: bool = False) -> StepMeasure:
     """The step on fake tensors; `batch_for(batch_size, seq_len)`: its (batch, loss), by default a model's of
-    `kind` without a task (bench/tools/priced_task.fake_batch)."""
+    `kind` without a task (bench/tools/priced_task.fake_batch); as on `device` (cpu, or cuda: its fused attention
+    kernels), its forward under bf16 autocast with `autocast`, as a cell's (bench/tools/cuda_step.py)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
     model.train()
     batch, loss = (batch_for or partial(fake_batch, default_head(kind), None))(batch_size, seq_len)
-    with _fake_weights(model, mode):
-        return instrumented_step(model, batch, fake_mode=mode, phase=phase, loss_fn=loss)
+    with _fake_weights(model, mode), step_on(device, autocast) as region:
+        return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -192,7 +195,8 @@ def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) ->
 
 
 def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
-              extrapolate: bool = True, flops_only: bool = False, batch_for=None) -> StepMeasure:
+              extrapolate: bool = True, flops_only: bool = False, batch_for=None, device: str = "cpu",
+              autocast: bool = False) -> StepMeasure:
     """The instrumented step on fake tensors, at the model's full depth.
 
     Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
@@ -207,19 +211,20 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     not 80; tests check the result and the path taken against full passes (extrapolate=False).
 
     `flops_only`: only the FLOPs (and the other linear figures) are wanted, as `run --dry-run` prices cells:
-    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty). `batch_for`: the
-    step's batch and loss (_fake_pass).
+    see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty), and the step runs
+    without autocast, which changes what is saved, not the products (a device's attention kernels change both).
+    `batch_for`: the step's batch and loss; `device` and `autocast`: whose step, in which precision (_fake_pass).
     """
     stacks = block_stacks(model) if extrapolate else []
     if flops_only:
-        return _linear_figures(model, kind, batch_size, seq_len, stacks, batch_for)
+        return _linear_figures(model, kind, batch_size, seq_len, stacks, batch_for, device)
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
 
     def run(stack: int | None = None, more: int = 0) -> StepMeasure:
         depths = [d + more * (i == stack) for i, d in enumerate(base_depths)]
         markers = [block for (_, _, blocks), d in zip(stacks, depths) for block in (blocks[1], blocks[d - 1])]
         with _truncated(stacks, depths), StackPhases(markers) as phases:
-            return _fake_pass(model, kind, batch_size, seq_len, phases, batch_for)
+            return _fake_pass(model, kind, batch_size, seq_len, phases, batch_for, device, autocast)
 
     base = run()
     result, deepers = dataclasses.replace(base), []
@@ -230,14 +235,15 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
         two_more = [(2 * (j == i), deeper if j == i else base) for j in range(len(stacks))]
         if not _consistent(base, deeper, i) or \
                 more > 2 and _extended_peak(base, two_more) != max(run(i, 2).live_peaks.values()):
-            return fake_step(model, kind, batch_size, seq_len, extrapolate=False, batch_for=batch_for)
+            return fake_step(model, kind, batch_size, seq_len, extrapolate=False, batch_for=batch_for,
+                             device=device, autocast=autocast)
         deepers.append((more, deeper))
     result.live_peaks = {(): _extended_peak(base, deepers)}
     return result
 
 
 def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks,
-                    batch_for=None) -> StepMeasure:
+                    batch_for=None, device: str = "cpu") -> StepMeasure:
     """fake_step's linear figures (FLOPs, saved and gradient bytes) in the fewest and shortest passes. A block adds
     the same FLOPs whatever the step's memory holds at that moment, so no phase needs checking, and a stack's
     first block (which may differ: T5's position bias) is kept alone: the step with one block per stack, then
@@ -245,7 +251,7 @@ def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len:
     counted once per further block. Exact where fake_step's are (tests/test_estimate.py)."""
     def run(depths: list[int]) -> StepMeasure:
         with _truncated(stacks, depths):
-            return _fake_pass(model, kind, batch_size, seq_len, batch_for=batch_for)
+            return _fake_pass(model, kind, batch_size, seq_len, batch_for=batch_for, device=device)
 
     base = run([1] * len(stacks))
     result = dataclasses.replace(base, live_peaks={})
