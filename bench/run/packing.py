@@ -22,8 +22,9 @@ packing. A cell whose budget exceeds every device's room runs sharded over `gpus
 (bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
 fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
-prediction bounds the peak from below (every measured peak above was at least its prediction): a cell of fp32
-weights under bf16 autocast is predicted in fp32 (its estimate runs high, by an amount not yet measured), so it
+prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate
+models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a Liger
+cell of fp32 weights under autocast, whose memory the estimate does not model (executors/local.predicted_as_run),
 runs alone on the largest device instead; a cell whose sharded prediction is unknown runs sharded, unbudgeted.
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
@@ -103,8 +104,8 @@ class Packer:
         that budget is unknown (sharded as it asks: unknown is no verdict). BadInput, naming `cell` and the
         numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
-        prediction that may run high (bound False: fp32 weights under bf16 autocast, which the estimate does not
-        model) refuses nothing, the cell runs alone on the largest device."""
+        prediction that may run high (bound False: executors/local.predicted_as_run) refuses nothing, the cell runs
+        alone on the largest device."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):
