@@ -66,6 +66,23 @@ def test_bad_mixtures_are_one_error_with_the_line(write_suite, change, message):
     refused(write_suite(change(MIXED)), message)
 
 
+def test_a_regression_member_in_a_text_to_text_models_mixture_is_refused_before_any_cell(write_suite):
+    """A text-to-text model trains every member of a mixture on its text target, and a regression task has none (it
+    is scored through a regression head): such a cell failed in setup, after the grid had been planned and priced.
+    A stage's mixture is refused alike; an encoder (a head per member) still takes it."""
+    from tests.refusals import planned
+
+    t5 = MIXED.replace("models: [tiny-encoder]", "models: [tiny-encoder, tiny-t5]")
+    error = refused(write_suite(t5), "mixture 'synth-mix' on tiny-t5: synth-intensity is a regression task",
+                    planned)
+    assert "drop it from the mixture" in error.message and "an encoder" in error.message
+    stage = ("name: staged\nmethods: [{name: ia3, init_from: pre}]\nmodels: [tiny-t5]\nstages:\n  - {name: pre, "
+             "method: ia3, tasks: [synth-polarity, synth-intensity], train: {max_steps: 1}}\ntasks: [synth-polarity]\n"
+             "seeds: [1]\n")
+    refused(write_suite(stage, "stage.yaml"), "stage 'pre' on tiny-t5: synth-intensity is a regression task", planned)
+    assert any(c.task.name == "synth-mix" for c in planned(str(write_suite(MIXED, "encoder.yaml"))))
+
+
 def test_the_draw_is_examples_proportional_with_the_cap_and_the_same_under_a_seed(write_suite):
     """Each member min(its rows, cap) rows, drawn with the seed, each feature marked with its member's index."""
     task = mixture(write_suite)

@@ -58,3 +58,74 @@ def test_mrpc_rte_and_stsb_start_from_the_mnli_cell_of_their_seed(suite):
     for cell in cells:
         started = cell.task.name in ("mrpc", "rte", "stsb")
         assert cell.init_from == (mnli[cell.seed].id if started else None), (cell.task.name, cell.seed)
+
+
+# A second transcription of rabeehk/hyperformer@56b0f99 hyperformer/configs (read again for this test): the keys
+# every config shares, and HyperFormer++'s and the adapters' own (hyperformer++.json, adapters.json). The README
+# runs every script on 4 GPUs (torch.distributed.launch --nproc_per_node=4).
+HYPERFORMER_CONFIGS = {"learning_rate": 3e-4, "max_source_length": 128, "warmup_steps": 500, "max_steps": 65536,
+                       "per_device_train_batch_size": 32, "temperature": 10,
+                       "tasks": ["rte", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "cola"]}
+HYPERFORMER_PP = {"reduction_factor": 32, "task_embedding_dim": 64, "projected_task_embedding_dim": 64,
+                  "non_linearity": "gelu_new"}
+GPUS = 4
+
+
+def test_the_hyperformer_recipe_is_the_authors_configs():
+    """48 cells: HyperFormer++ and T5 fine-tuning on the mixture of the authors' GLUE tasks but STS-B (3 seeds),
+    T5 fine-tuning and Houlsby adapters on each of those 7 tasks alone (3 seeds), every one at the configs' learning
+    rate, 65,536 steps of 4 × 32 rows, 500 warmup steps and 128 input tokens."""
+    cells = expand(load_suite("hyperformer-paper-glue"))
+    assert len(cells) == 48 and {c.model.name for c in cells} == {"t5-base"} and {c.seed for c in cells} == {1, 2, 3}
+    seven = [t for t in HYPERFORMER_CONFIGS["tasks"] if t != "stsb"]
+    (mixture,) = {c.task.name: c.task for c in cells if c.task.members}.values()
+    assert [m.name for m in mixture.members] == seven
+    assert mixture.source["mixing"]["rule"] == "temperature"
+    assert mixture.source["mixing"]["temperature"] == HYPERFORMER_CONFIGS["temperature"]
+    by_method = {}
+    for cell in cells:
+        by_method.setdefault(cell.method, set()).add(cell.task.name)
+        t = cell.train
+        assert (t.lr, t.batch_size, t.max_steps) == (HYPERFORMER_CONFIGS["learning_rate"],
+                                                     GPUS * HYPERFORMER_CONFIGS["per_device_train_batch_size"],
+                                                     HYPERFORMER_CONFIGS["max_steps"]), cell.id
+        assert int(t.warmup_ratio * t.max_steps) == HYPERFORMER_CONFIGS["warmup_steps"]
+        assert t.max_length == HYPERFORMER_CONFIGS["max_source_length"] and t.weight_decay == 0.0
+    assert by_method == {"hyperformer": {mixture.name}, "full": {*seven, mixture.name}, "adapter-houlsby": set(seven)}
+    hyper = next(c for c in cells if c.method == "hyperformer").method_config
+    adapter = next(c for c in cells if c.method == "adapter-houlsby").method_config
+    assert (hyper["reduction_factor"], hyper["task_embedding_dim"], hyper["projected_task_embedding_dim"],
+            hyper["activation"]) == tuple(HYPERFORMER_PP.values())
+    assert (adapter["reduction_factor"], adapter["activation"]) == (32, "gelu_new")
+
+
+def test_the_mixtures_shares_are_the_authors_temperature_sampling():
+    """The authors' MultiTaskBatchSampler draws a task with probability (n_i / N)^(1/T) normalised (T = 10, N the
+    rows of every task): the mixture's rows per task are those shares of its total, to the row, on the GLUE
+    training splits' stated sizes."""
+    from bench.tasks.prepare import mixture_counts
+
+    (mixture,) = {c.task.name: c.task for c in expand(load_suite("hyperformer-paper-glue")) if c.task.members}.values()
+    sizes = {m.name: m.source["split_rows"]["train"] for m in mixture.members}
+    total, t = sum(sizes.values()), HYPERFORMER_CONFIGS["temperature"]
+    weights = {name: (n / total) ** (1 / t) for name, n in sizes.items()}
+    expected = {name: w / sum(weights.values()) * total for name, w in weights.items()}
+    counts = mixture_counts(sizes, mixture.source["mixing"])
+    assert all(abs(counts[name] - expected[name]) <= 0.5 for name in sizes), (counts, expected)
+    assert sizes["mnli"] == 392_702 and counts["rte"] > 40 * sizes["rte"]  # RTE's 2,490 rows repeat 40 times over
+
+
+def test_the_hyperformer_recipe_is_priced_offline(capsys, monkeypatch):
+    """Every cell priced without the hub: HyperFormer++'s cell is 65,536 steps of its step on the 7-task mixture at
+    batch 128 and length 128."""
+    from bench.cli import main
+    from bench.tools.estimate import estimate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["run", "--suite", "hyperformer-paper-glue", "--dry-run", "--gpu", "h200"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("48 cells, ") and "unknown" not in out[-1] and "--gpu h200" in out[-1]
+    cell = next(c for c in expand(load_suite("hyperformer-paper-glue")) if c.method == "hyperformer")
+    step = estimate("t5-base", "hyperformer", 128, 128, task=cell.task, settings=cell.method_config)
+    line = next(line for line in out if line.startswith(cell.id))
+    assert f"train FLOPs {65536 * step['flops']['train_step']:.3g} (65536 steps)" in line

@@ -71,6 +71,7 @@ GOOD_TABLE = ("paper: p\narxiv: '1'\nsource: https://example.org/p\ntables:\n  -
     (("values: [1.0]", "values: [1.0], costs: {memory_bytes: 3}"), "unknown cost (declare it", 12),
     (("source: https://example.org/p\n", ""), "missing required references key (every file says where", 1),
     (("seeds: 5", "seeds: five"), "seeds", 8),
+    (("seeds: 5", "seeds: 5\n    multitask: mixture"), "multitask", 9),
 ])
 def test_a_malformed_references_file_is_refused_naming_where(tmp_path, edit, says, line):
     good = tmp_path / "good.yaml"
@@ -234,3 +235,76 @@ def test_a_published_mean_over_other_runs_than_ours_is_named(tmp_path, monkeypat
     text = (tmp_path / "reports" / "repro" / "report.md").read_text()
     assert "mean of 5 / mean of 3" in text
     assert "RoBERTa base, LoRA (0.3M): the published mean of 5, ours the mean of 3 seeds" in text
+
+
+MULTITASK = """paper: a multi-task paper
+arxiv: "1"
+source: https://example.org/p
+tables:
+  - table: Table 1
+    multitask: true
+    split: the tasks' validation sets
+    aggregate: single
+    seeds: 1
+    statistic: one run
+    tasks: [[rte, accuracy], [mrpc, f1]]
+    rows:
+      - {row: "one model, hypernetwork", model: t5-base, method: hyperformer, values: [80.0, 92.0]}
+      - {row: "one model, fine-tuned", model: t5-base, method: full, values: [75.0, 90.0]}
+  - table: Table 1
+    aggregate: single
+    seeds: 1
+    statistic: one run
+    tasks: [[rte, accuracy]]
+    rows:
+      - {row: "a model per task, fine-tuned", model: t5-base, method: full, values: [70.0]}
+"""
+
+
+def _mixture_record(label, seed, scores, suite="repro"):
+    """A mixture cell on t5-base: its tasks' scores under `<task>:<metric>` (bench/cell/multitask.py)."""
+    r = record(label, "additive", "t5-base", "rte", seed, params=params(1000, 10, 40), suite=suite)
+    r["cell"].update(id=f"{label}-mix-{seed}", task="glue-mix")
+    r["scores"] = {"main_metric": "task_average", "metrics": {**scores, "task_average": 0.0},
+                   "tasks": {"rte": {"main_metric": "accuracy"}, "mrpc": {"main_metric": "f1"}}}
+    return r
+
+
+def test_a_multi_task_table_is_compared_with_the_mixture_cells_scores_on_each_task(tmp_path, monkeypatch):
+    """HyperFormer++'s kind of table (`multitask: true`): a mixture cell's `rte:accuracy` (82.0, the mean of 80 and
+    84) beside the published 80.0 (Δ +2.0, outside the 1 point allowed without a spread), its `mrpc:f1` (92.0)
+    beside 92.0; fine-tuning's mixture cell (rte 76.0) beside the multi-task row's 75.0 only, and its single-task
+    cell (71.0) beside the single-task row's 70.0 only."""
+    from bench.report import write_report
+
+    path = tmp_path / "multitask.yaml"
+    path.write_text(MULTITASK)
+    found = references.read(path)[0]
+    assert [r.multitask for r in found] == [True] * 4 + [False]
+    monkeypatch.setattr(references, "shipped", lambda: tuple(found))
+    assert [r.row for r in references.matching("t5-base", "full", "rte")] == ["a model per task, fine-tuned"]
+    assert [r.row for r in references.matching("t5-base", "full", "rte", multitask=True)] == ["one model, fine-tuned"]
+    records = [_mixture_record("hyperformer", s, {"rte:accuracy": v, "mrpc:accuracy": 88.0, "mrpc:f1": w})
+               for s, v, w in ((1, 80.0, 91.0), (2, 84.0, 93.0))]
+    records.append(_mixture_record("full", 1, {"rte:accuracy": 76.0, "mrpc:f1": 89.0}))
+    records.append(record("full", "baseline", "t5-base", "rte", 1, 71.0, params=params(1000, 1000, 4000),
+                          suite="repro"))
+    write_store(tmp_path / "results", records)
+    write_report("repro", tmp_path / "results", tmp_path / "reports", ["md", "csv"])
+    text = (tmp_path / "reports" / "repro" / "report.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith(("| rte", "| mrpc"))]
+    hyper_rte, hyper_mrpc = (next(line for line in lines if line.startswith(f"| {task} (in glue-mix) | hyperformer |"))
+                             for task in ("rte", "mrpc"))
+    assert "| accuracy | 82.0 (n=2) | single run / mean of 2" in hyper_rte and "| 80.0 | +2.0 | no" in hyper_rte
+    assert "| f1 | 92.0 (n=2) |" in hyper_mrpc and "| 92.0 | +0.0 | yes" in hyper_mrpc
+    assert "Table 1: one model, hypernetwork" in hyper_rte
+    full_mixture = [line for line in lines if line.startswith("| rte (in glue-mix) | full |")]
+    full_alone = [line for line in lines if line.startswith("| rte | full |")]
+    assert len(full_mixture) == len(full_alone) == 1
+    assert "| 76.0 (n=1) |" in full_mixture[0] and "| 75.0 | +1.0 | yes" in full_mixture[0]
+    assert "| 71.0 (n=1) |" in full_alone[0] and "| 70.0 | +1.0 | yes" in full_alone[0]
+    assert not any("hypernetwork" in line for line in full_mixture + full_alone)
+    with open(tmp_path / "reports" / "repro" / "csv" / "reproduction-t5-base.csv") as f:
+        rows = {(r["Task"], r["Method"]): r for r in csv.DictReader(f)}
+    assert float(rows[("rte (in glue-mix)", "hyperformer")]["Ours"]) == 82.0
+    assert float(rows[("rte (in glue-mix)", "hyperformer")]["Δ"]) == pytest.approx(2.0)

@@ -14,6 +14,7 @@ from bench.methods.compose import FAMILY as COMPOSITION_FAMILY
 from bench.methods.compose import composition_name
 from bench.models import ModelSpec, head_for, resolve_model
 from bench.plan.cellspec import Cell, cell_config, cell_id
+from bench.plan.mixtures import check_text_targets
 from bench.plan.selection import SECOND_STAGE
 from bench.plan.stages import StageEntry, mixture_task, stage_train
 from bench.plan.suite import MethodEntry, Suite, check_seeds
@@ -102,6 +103,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
             config = {**config, **{key: [stage_cells[n].id for n in config[key]] for key in stage_keys(entry)}}
             for task_name in task_names:
                 task = suite.task_registry[task_name]
+                check_text_targets(task, spec, f"mixture '{task_name}'", task.origin)
                 train = resolve_train([
                     (recommended, lambda k: f"method '{name}' recommended settings"),
                     (suite.train, lambda k: suite.where("train", k)),
@@ -174,6 +176,7 @@ def _stage_cell(suite: Suite, stage: StageEntry, spec: ModelSpec, threads: int) 
     """A pre-training stage on one model, as a cell (bench/plan/stages.py)."""
     name, family, config, recommended = _resolve_method(stage.method, spec.arch)
     task = mixture_task(stage, suite.task_registry)
+    check_text_targets(task, spec, f"stage '{stage.name}'", stage.where("tasks"))
     # not the suite's `train`: its few-shot settings (shots, balanced batches) would shrink or break the mixture
     train = resolve_train([(recommended, lambda k: f"method '{name}' recommended settings"),
                            (stage_train(stage), lambda k: stage.where("train", k))])

@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Callable
 
 from bench.config import check_keys, coerce
-from bench.errors import BadInput, unknown
+from bench.errors import BadInput, Unsupported, unknown
 from bench.files import safe_name
+from bench.models import ModelSpec, head_for
 from bench.plan.stages import parse_mixing
 from bench.tasks.mixture import mixture_spec
 from bench.tasks.spec import TaskSpec
@@ -67,3 +68,19 @@ def check_mixture_train(used: list[str], train: dict, where: Callable[..., str])
     for key in ("eval_every", "keep_best", "selection_heldout", "selection_split", "shots"):
         if used and train.get(key) is not None and train.get(key) is not False:
             raise BadInput(f"'{key}' needs one task's score; a multi-task cell has one per task", where(key))
+
+
+def check_text_targets(task: TaskSpec, spec: ModelSpec, what: str, where: str) -> None:
+    """A mixture (`what`: "mixture 'x'" or "stage 'x'") on a text-to-text model trains every member on its text
+    target, and a regression task has none (a number, read through a regression head): BadInput at `where` before
+    any cell runs (such a cell used to fail in its setup, after the grid was planned and priced)."""
+    try:
+        text_to_text = bool(task.members) and head_for(spec.kind, task.type) == "lm"
+    except Unsupported:  # the cell records why it cannot run
+        return
+    regression = [m.name for m in task.members if m.type == "regression"] if text_to_text else []
+    if regression:
+        raise BadInput(f"{what} on {spec.name}: {', '.join(regression)} {'is a' if len(regression) == 1 else 'are'} "
+                       f"regression task{'s' * (len(regression) > 1)}, which a text-to-text model cannot train "
+                       "(no text target); drop it from the mixture, or train the mixture on an encoder (a head per "
+                       "task)", where)

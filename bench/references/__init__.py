@@ -11,9 +11,14 @@ A file says where its numbers were read (`source`: a url, or repo@commit and the
 table says how the paper aggregates runs (`aggregate`: median, mean, or single, one run, over `seeds` runs), so a
 report computes ours the same way; which of its names the harness does not ship (`not_in_harness`: checked
 against the registries, so a name the harness comes to ship must leave the list; a cell of a user's own task or
-model of that name still matches, its differences named); and what each cost figure its rows carry means (`costs`: name -> definition,
-e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's rounded count ("0.3M") or an
-exact count (9175040).
+model of that name still matches, its differences named); and what each cost figure its rows carry means
+(`costs`: name -> definition, e.g. a run's peak accelerator memory in bytes). A row's `params` is the paper's
+rounded count ("0.3M") or an exact count (9175040).
+
+A table whose rows are each one model trained on a mixture of the table's tasks and scored on each of them (a
+multi-task paper's rows, HyperFormer++'s) says `multitask: true`: its values compare with a suite's mixture cells'
+per-task scores (`scores.<task>:<metric>`), never with a cell trained on one task, and a single-task table's never
+with a mixture cell (a paper that prints both kinds in one table is transcribed as two tables of that name).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from bench.yamlfile import load_yaml
 
 _FILE_KEYS = {"paper": str, "arxiv": str, "source": str, "tables": list}
 _TABLE_KEYS = {"table": str, "split": str, "statistic": str, "aggregate": str, "seeds": int, "tasks": list,
-               "differences": list, "task_notes": dict, "not_in_harness": list, "costs": dict, "rows": list}
+               "differences": list, "task_notes": dict, "not_in_harness": list, "costs": dict, "rows": list,
+               "multitask": bool}
 _ROW_KEYS = {"row": str, "model": str, "method": str, "params": str, "values": list, "spreads": list, "avg": float,
              "setting": str, "costs": dict}
 # How a paper aggregates its runs; "single": one run, whose value a mean over our seeds is compared with.
@@ -61,6 +67,7 @@ class Reference:
     costs: tuple[tuple[str, float, str], ...] = ()  # (name, value, definition) of each cost figure the row gives
     read_from: str = ""  # where the number was read: a url or repo@commit[:path]
     not_in_harness: tuple[str, ...] = ()  # the table's names (model, method, task) the harness does not ship
+    multitask: bool = False  # one model trained on the table's tasks together, scored on each
 
     @property
     def source(self) -> str:
@@ -99,6 +106,7 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
                    required=("table", "statistic", "aggregate", "tasks", "rows"))
         aggregate = coerce(table["aggregate"], AGGREGATES, where("aggregate"), "aggregate")
         seeds = coerce(table.get("seeds"), (int, None), where("seeds"), "seeds")
+        multitask = coerce(table.get("multitask", False), bool, where("multitask"), "multitask")
         cost_names = table.get("costs") or {}
         absent = tuple(str(name) for name in table.get("not_in_harness") or ())
         tasks = [(str(task), str(metric)) for task, metric in table["tasks"]]
@@ -125,7 +133,8 @@ def read(path: str | Path) -> tuple[list[Reference], list[tuple[str, list[float]
                                        None if spread is None else float(spread), str(table["statistic"]),
                                        aggregate, seeds, str(table.get("split", "")),
                                        None if row.get("params") is None else str(row["params"]),
-                                       row.get("setting"), differences, costs, str(data["source"]), absent))
+                                       row.get("setting"), differences, costs, str(data["source"]), absent,
+                                       multitask))
     return found, averages
 
 
@@ -140,6 +149,7 @@ def shipped() -> tuple[Reference, ...]:
     return tuple(ref for path in files() for ref in read(path)[0])
 
 
-def matching(model: str, method: str, task: str) -> list[Reference]:
-    """The published results for a cell's model, method and task (any metric), in the files' order."""
-    return [r for r in shipped() if (r.model, r.method, r.task) == (model, method, task)]
+def matching(model: str, method: str, task: str, multitask: bool = False) -> list[Reference]:
+    """The published results for a cell's model, method and task (any metric), in the files' order: a single-task
+    cell's, or (`multitask`) those of a model trained on a mixture, for a mixture cell's score on `task`."""
+    return [r for r in shipped() if (r.model, r.method, r.task, r.multitask) == (model, method, task, multitask)]

@@ -3,7 +3,9 @@ and task (bench/references/), the difference, whether it is within the paper's s
 setting named.
 
 A row is a (model, task, method label) of the aggregate with at least one ok seed and a published counterpart for
-its registry method; one row per published counterpart (a paper may give a method twice, in two settings).
+its registry method; one row per published counterpart (a paper may give a method twice, in two settings). A
+mixture cell (bench/plan/mixtures.py) has a row per task it was scored on (`scores.<task>:<metric>`) that a
+multi-task table publishes (bench/references: `multitask`), shown as "<task> (in <mixture>)".
 
 Ours is computed as the paper computes its value: the median over our ok seeds where the paper reports a median
 (the LoRA paper's median of 5), the mean where it reports a mean or a single run; the other statistic stands
@@ -18,6 +20,7 @@ from bench import fmt, references
 from bench.fmt import DASH, missing
 from bench.report.table import Cell, Column, Table
 from bench.report.tables import display_label, slug
+from bench.tasks.mixture import member_key
 
 # Where the paper prints no spread for a row, a difference within this many points counts as reproduced: the
 # regression gate's default score tolerance (bench/figures.py: Tolerances.score_abs). Documented in docs/reproduce.md.
@@ -30,15 +33,32 @@ def reproduction_tables(agg: pd.DataFrame) -> list[Table]:
         return []
     tables = []
     for model, rows in agg.groupby("model", sort=True):
-        pairs = [(row, ref) for _, row in rows.iterrows() if row["n"] > 0
-                 for ref in references.matching(model, row["method"], row["task"])
-                 if not missing(row.get(f"scores.{ref.metric}.mean"))]
+        pairs = [(row, ref, key, shown) for _, row in rows.iterrows() if row["n"] > 0
+                 for ref, key, shown in _counterparts(model, row)
+                 if not missing(row.get(f"scores.{key}.mean"))]
         if pairs:
             tables.append(_table(model, pairs))
     return tables
 
 
-def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> Table:
+def _counterparts(model: str, row: pd.Series) -> list[tuple[references.Reference, str, str]]:
+    """(reference, the row's score key, the task as shown) for each published value a row compares with: a
+    single-task cell's under its metric, a mixture cell's under each task it was scored on."""
+    members = _members(row)
+    if not members:
+        return [(ref, ref.metric, row["task"]) for ref in references.matching(model, row["method"], row["task"])]
+    return [(ref, member_key(task, ref.metric), f"{task} (in {row['task']})") for task in members
+            for ref in references.matching(model, row["method"], task, multitask=True)]
+
+
+def _members(row: pd.Series) -> list[str]:
+    """The tasks a mixture cell was scored on: those of its `scores.<task>:<metric>.mean` columns with a value."""
+    keys = [column[len("scores."):-len(".mean")] for column, value in row.items()
+            if column.startswith("scores.") and column.endswith(".mean") and not missing(value)]
+    return list(dict.fromkeys(key.partition(":")[0] for key in keys if ":" in key))
+
+
+def _table(model: str, pairs: list[tuple[pd.Series, references.Reference, str, str]]) -> Table:
     columns = [Column("Task", numeric=False), Column("Method", numeric=False), Column("Metric", numeric=False),
                Column("Ours", extra=("n",)), Column("Statistic (paper / ours)", numeric=False),
                Column("Published", extra=("spread",)), Column("Δ"), Column("Within", numeric=False),
@@ -51,10 +71,10 @@ def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> T
                           "published. Within: |Δ| no larger than the spread, or than "
                           f"{NO_SPREAD_POINTS:g} point where the paper prints none. Differences of setting are in "
                           "the notes.")
-    for row, ref in pairs:
+    for row, ref, key, task in pairs:
         n = int(row["n"])
-        mean, std = row[f"scores.{ref.metric}.mean"], row.get(f"scores.{ref.metric}.std")
-        median = row.get(f"scores.{ref.metric}.median")
+        mean, std = row[f"scores.{key}.mean"], row.get(f"scores.{key}.std")
+        median = row.get(f"scores.{key}.median")
         by_median = ref.aggregate == "median"
         ours = float(median if by_median else mean)
         ours_name = f"{'median' if by_median else 'mean'} of {n}"
@@ -84,7 +104,7 @@ def _table(model: str, pairs: list[tuple[pd.Series, references.Reference]]) -> T
         if matched is False:
             shown_params += " (differs)"
         table.add(ref.table, [
-            Cell(row["task"]), Cell(display_label(row)), Cell(ref.metric),
+            Cell(task), Cell(display_label(row)), Cell(ref.metric),
             Cell(f"{ours:.1f} (n={n})", ours, extra={"n": n}), statistic,
             Cell(f"{ref.value:.1f}" + (f" ± {ref.spread:g}" if ref.spread is not None else ""), ref.value,
                  extra={"spread": ref.spread}),
