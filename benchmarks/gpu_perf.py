@@ -26,8 +26,8 @@ Memory, every harness row: the peak the runner predicts for the cell (`estimate`
 dtype and kernels: what `--gpus` packs by, bench/tools/plan_cost.py; Liger's kernels as bench/tools/liger_memory.py
 models them), the cell's own probe (`memory.predicted_peak_bytes`) and the allocator's measured peak, in GiB, and
 then, per method, what liger saved against torch, measured, and predicted for bf16 weights (LoRA). The estimate
-runs in fp32 where a cell with fp32 weights trains under bf16 autocast (full fine-tuning here), so that row's
-estimate is high, and its liger saving is not predicted: liger's fused loss takes another path under autocast.
+models the cell's bf16 autocast (bench/tools/cuda_step.py), but not the other path liger's fused loss takes over
+fp32 weights under autocast (full fine-tuning here): that row's liger saving is not predicted.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
     kernels, s = OPTIONS.get(option, {}).get("kernels", "torch"), sizes(smoke)
     if (method, kernels) not in predictions:
         predicted = estimate(str(model), method, s["batch"], s["length"], dtype=METHODS[method]["weights_dtype"],
-                             kernels=kernels)["memory"]
+                             kernels=kernels, precision="fp32" if smoke else "bf16")["memory"]
         predictions[method, kernels] = predicted["predicted_peak_bytes"]
     estimated, memory = predictions[method, kernels], record.get("memory") or {}
     probed, measured = memory.get("predicted_peak_bytes"), memory.get("device_peak_allocated_bytes")
@@ -121,8 +121,8 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
 
 def savings(rows: dict, predictions: dict) -> list[str]:
     """Per method with a torch and a liger row: the peak liger saved, predicted (memory_cells' estimates) and
-    measured. Predicted only for bf16 weights: the estimate runs fp32 weights without autocast, where liger 0.8.5's
-    fused loss takes another path than under a cell's bf16 autocast (no mm out=, bf16 logits and input gradient,
+    measured. Predicted only for bf16 weights: over fp32 weights under a cell's bf16 autocast liger 0.8.5's fused
+    loss takes another path than its memory twin models (no mm out=, bf16 logits and input gradient,
     the head's gradient through addmm: fused_linear_cross_entropy.py:43-47, 168, 322, 326-347), so the twin's
     saving is not the one such a cell makes."""
     lines = []
@@ -134,7 +134,7 @@ def savings(rows: dict, predictions: dict) -> list[str]:
         measured = f"{(allocated[0] - allocated[1]) / GIB:.2f} GiB" if all(allocated) else "– (no device peak)"
         if settings["weights_dtype"] != "bf16":
             lines.append(f"{method}: liger's peak saving, measured {measured}; not predicted for "
-                         f"{settings['weights_dtype']} weights under autocast (the estimate models no autocast)")
+                         f"{settings['weights_dtype']} weights under autocast (Liger's path there is not modelled)")
             continue
         predicted = predictions[method, "torch"] - predictions[method, "liger"]
         lines.append(f"{method}: liger's peak saving, predicted {predicted / GIB:.2f} GiB, measured {measured}")
