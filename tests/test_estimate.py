@@ -65,8 +65,10 @@ def _adapted(name: str, method: str, meta: bool):
 
 @pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),
                                          ("tiny-t5", "full"), ("tiny-t5", "ia3"), ("tiny-gpt2", "prompt-tuning"),
-                                         ("tiny-llama", "lora")])
+                                         ("tiny-llama", "lora"), ("tiny-encoder", "loha"), ("tiny-encoder", "lokr")])
 def test_fake_step_reproduces_a_real_cpu_step(name, method):
+    """LoHa and LoKr draw `torch.rand(1)` and branch on it: the fake pass makes that draw for real
+    (probe._ScalarDraws); before, their cells were priced unknown."""
     rows, length = 3, 10
     spec, model = _adapted(name, method, meta=True)
     fake = fake_step(model, spec.kind, rows, length)

@@ -116,6 +116,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func is _aten.lift_fresh.default:  # torch.tensor(data): made outside any operator, as the batch is; on
+            return out  # fake tensors its fake is a new storage, on real ones the very one (a step's scalars)
         inputs = {storage_key(t) for t in tensors_in((args, kwargs))}
         for t in tensors_in(out):
             key = storage_key(t)
@@ -210,8 +212,8 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     until the end, so that what reference cycles hold is freed at the same moment on every run.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
-    step runs on fake tensors: the batch is converted after its token counts are read, and torch.distributions'
-    argument checks are off (_unchecked_distributions). Backward runs only when something requires a gradient.
+    step runs on fake tensors: the batch is converted after its token counts are read, a draw of one random number
+    is made for real (_ScalarDraws), and torch.distributions' argument checks are off (_unchecked_distributions). Backward runs only when something requires a gradient.
     `encoder_decoder` is the model's kind if the caller knows it.
     """
     if encoder_decoder is None:
@@ -226,6 +228,7 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     gc.disable()
     try:
         with (fake_mode or contextlib.nullcontext()), \
+                (_ScalarDraws(fake_mode) if fake_mode is not None else contextlib.nullcontext()), \
                 (_unchecked_distributions() if fake_mode is not None else contextlib.nullcontext()), \
                 StepCounters(phase) as counters:
             with autocast():
@@ -242,6 +245,31 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         live_peaks=counters.peaks, batch_bytes=tensor_bytes(batch.values()),
         forward_flops=forward_flops, backward_flops=counters.flops - forward_flops,
         rows=rows, positions=positions, tokens=tokens)
+
+
+class _ScalarDraws(TorchDispatchMode):
+    """On the fake pass, a random draw of at most one element is made for real, from a generator seeded alike on
+    every pass, and handed over as a fake that keeps its value: a forward that branches on one (peft's LoHa and LoKr
+    apply their adapter when `torch.rand(1) > module_dropout`) then runs as on real tensors, where a plain fake, whose
+    value is unknown, would stop it. Larger draws stay fake: what they fill is computed with, never read."""
+
+    DRAWS = {torch.ops.aten.rand.default: torch.rand, torch.ops.aten.randn.default: torch.randn,
+             torch.ops.aten.randint.default: torch.randint, torch.ops.aten.randint.low: torch.randint}
+
+    def __init__(self, fake_mode):
+        super().__init__()
+        self.fake_mode, self.generator = fake_mode, torch.Generator().manual_seed(0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.DRAWS and torch.Size(args[-1]).numel() <= 1:
+            from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+            with unset_fake_temporarily():  # on the CPU, the device the fakes claim
+                value = self.DRAWS[func](*args, generator=self.generator,
+                                         **{k: v for k, v in kwargs.items() if k not in ("device", "pin_memory")})
+            return self.fake_mode.fake_tensor_converter.from_real_tensor(self.fake_mode, value, make_constant=True)
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
