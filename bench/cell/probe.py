@@ -213,8 +213,9 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
     step runs on fake tensors: the batch is converted after its token counts are read, a draw of one random number
-    is made for real (_ScalarDraws), and torch.distributions' argument checks are off (_unchecked_distributions). Backward runs only when something requires a gradient.
-    `encoder_decoder` is the model's kind if the caller knows it.
+    is made for real (_ScalarDraws), and torch.distributions' argument checks are off (_unchecked_distributions).
+    Backward runs only when something requires a gradient. `encoder_decoder` is the model's kind if the caller
+    knows it.
     """
     if encoder_decoder is None:
         encoder_decoder = is_encoder_decoder(model)
