@@ -34,7 +34,7 @@ def adapt(model: str, method: str, seed: int = 0, total_steps: int = 10, meta: b
           attention: str = "auto") -> tuple[Bundle, Adapted]:
     """Classification with 2 labels on encoders, generation elsewhere; on `meta`, no weights are allocated."""
     bundle = build_bundle(model, seed=seed, meta=meta, attention=attention)
-    chosen = methods.get(method)
+    chosen = methods.for_cell(method)  # a registered method, or a composition of them at their defaults
     with torch.device("meta" if meta else "cpu"):
         adapted = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),
                                ApplyContext(bundle, TrainConfig(), total_steps))

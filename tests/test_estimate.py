@@ -65,10 +65,11 @@ def _adapted(name: str, method: str, meta: bool):
 
 @pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),
                                          ("tiny-t5", "full"), ("tiny-t5", "ia3"), ("tiny-gpt2", "prompt-tuning"),
-                                         ("tiny-llama", "lora"), ("tiny-encoder", "loha"), ("tiny-encoder", "lokr")])
+                                         ("tiny-llama", "lora"), ("tiny-encoder", "loha"), ("tiny-encoder", "lokr"),
+                                         ("tiny-encoder", "compose(prefix-tuning+adapter-parallel)")])
 def test_fake_step_reproduces_a_real_cpu_step(name, method):
     """LoHa and LoKr draw `torch.rand(1)` and branch on it: the fake pass makes that draw for real
-    (probe._ScalarDraws); before, their cells were priced unknown."""
+    (probe._ScalarDraws); before, their cells were priced unknown, as compositions were (no registry name)."""
     rows, length = 3, 10
     spec, model = _adapted(name, method, meta=True)
     fake = fake_step(model, spec.kind, rows, length)
@@ -335,3 +336,17 @@ def test_task_gives_the_model_the_head_a_cell_on_it_has(task, labels, capsys):
 def test_a_task_the_registry_or_the_model_lacks_exits_2(args, message, capsys):
     assert main(["estimate", "--model", "tiny-encoder", "--method", "lora", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_composition_is_estimated_as_its_parts_added():
+    """A composition's method parameters are its parts' (each adds its own tensors), and `estimate --method` takes
+    one by its cell's name, an unknown part refused with the registry's names."""
+    parts = ["prefix-tuning", "adapter-parallel"]
+    composed = estimate("tiny-encoder", f"compose({'+'.join(parts)})", batch_size=2, seq_len=8)
+    assert (composed["method"], composed["family"]) == ("compose(prefix-tuning+adapter-parallel)", "unified")
+    assert composed["params"]["method"] == sum(estimate("tiny-encoder", part, batch_size=2, seq_len=8)["params"]
+                                               ["method"] for part in parts)
+    assert [p["name"] for p in composed["config"]["parts"]] == parts
+    with pytest.raises(BadInput, match="unknown method 'nope'") as refused:
+        estimate("tiny-encoder", "compose(prefix-tuning+nope)", batch_size=2, seq_len=8)
+    assert refused.value.where == "--method"

@@ -10,7 +10,8 @@ from bench.errors import BadInput, unknown
 def add(sub) -> None:
     est = sub.add_parser("estimate", help="parameters, memory and FLOPs of a training step, without weights")
     est.add_argument("--model", required=True, help="registry name, local folder with config.json, or hub id")
-    est.add_argument("--method", required=True, help="registry method name")
+    est.add_argument("--method", required=True, help="registry method name, or a composition of them: "
+                     "'compose(prefix-tuning+adapter-parallel)', its parts at their defaults")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
     est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/optimizers.py: "
@@ -81,7 +82,7 @@ def command(args) -> int:
         raise BadInput(f"--shards must be at least 1, got {args.shards}", "--shards")
     check_inputs(args.batch_size, args.seq_len, args.optimizer, args.weights_dtype, args.attention, args.kernels,
                  args.precision)
-    methods.get(args.method, "--method")
+    methods.for_cell(args.method, "--method")
     task = registry_task(args.task)
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,

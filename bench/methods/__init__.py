@@ -35,10 +35,16 @@ def declared(name: str) -> Method | None:
     return REGISTRY.get(name)
 
 
-def for_cell(name: str) -> Method | Composition:
+def for_cell(name: str, where: str | None = None) -> Method | Composition:
     """What applies the method (or composition) a cell names: `.apply(model, resolved config, ctx)`,
-    and `.in_context`, which the cell's evaluation sets need before it is applied."""
-    return Composition() if is_composition(name) else get(name)
+    and `.in_context`, which the cell's evaluation sets need before it is applied. An unknown name, or part of
+    a composition's: BadInput at `where` with the registry's names."""
+    if not is_composition(name):
+        return get(name, where)
+    composition = Composition(name)
+    for part in composition.parts:
+        get(part, where)
+    return composition
 
 
 __all__ = ["FAMILIES", "Method", "REGISTRY", "declared", "for_cell", "get", "import_modules", "register"]

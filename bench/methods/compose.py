@@ -32,9 +32,26 @@ def is_composition(name: str) -> bool:
 
 
 class Composition:
-    """What applies a compose(a+b) cell's method, as a registered Method applies its own."""
+    """What applies a compose(a+b) cell's method, as a registered Method applies its own; `estimate` also asks for
+    its name, family and resolved config, as of a Method."""
 
     in_context = False
+    family = FAMILY
+
+    def __init__(self, name: str):
+        self.name = name
+        self.parts = name[len("compose("):-1].split("+")
+
+    @property
+    def trains_below_head(self) -> bool:
+        return any(REGISTRY[part].trains_below_head for part in self.parts)
+
+    def resolve(self, overrides: dict, arch: str, where) -> dict:
+        """The config a cell of this composition carries (bench/plan/grid.py): `overrides` where they are one (its
+        parts resolved), else every part at its defaults on `arch`."""
+        if "parts" in overrides:
+            return overrides
+        return {"parts": [{"name": part, "config": REGISTRY[part].resolve({}, arch, where)} for part in self.parts]}
 
     def apply(self, model, config: dict, ctx: ApplyContext) -> Adapted:
         return apply_composition(config["parts"], model, ctx)

@@ -53,7 +53,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     from bench.config import TrainConfig
     from bench.methods.base import ApplyContext
 
-    method = methods.get(method_name, "--method")
+    method = methods.for_cell(method_name, "--method")
     try:
         bundle = task_bundle(spec, task, dtype, attention, pooling)
     except Unsupported as e:
