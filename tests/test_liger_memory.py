@@ -119,8 +119,8 @@ def test_the_runners_prediction_of_a_liger_cell_is_the_liger_estimate(tmp_path):
 
 
 def test_gpu_perfs_liger_saving_is_predicted_only_where_the_estimate_runs_the_cells_path():
-    """fp32 weights train under bf16 autocast, which the estimate does not model and which takes liger's fused
-    loss down another path: full fine-tuning's saving is measured only; LoRA's (bf16 weights) predicted too."""
+    """fp32 weights under bf16 autocast take liger's fused loss down another path, which its twin does not model:
+    full fine-tuning's saving is measured only; LoRA's (bf16 weights) predicted too."""
     from benchmarks.gpu_perf import GIB, savings
 
     def row(peak_gib: float) -> dict:
@@ -130,5 +130,5 @@ def test_gpu_perfs_liger_saving_is_predicted_only_where_the_estimate_runs_the_ce
     predictions = {("full", "torch"): 70 * GIB, ("full", "liger"): 55 * GIB, ("lora", "torch"): 31 * GIB,
                    ("lora", "liger"): 22.5 * GIB}
     assert savings(rows, predictions) == [
-        "full: liger's peak saving, measured 12.00 GiB; not predicted for fp32 weights under autocast (the estimate "
-        "models no autocast)", "lora: liger's peak saving, predicted 8.50 GiB, measured 8.00 GiB"]
+        "full: liger's peak saving, measured 12.00 GiB; not predicted for fp32 weights under autocast (Liger's path "
+        "there is not modelled)", "lora: liger's peak saving, predicted 8.50 GiB, measured 8.00 GiB"]

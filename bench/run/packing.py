@@ -23,9 +23,10 @@ packing. A cell whose budget exceeds every device's room runs sharded over `gpus
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
 fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
 prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate
-models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a Liger
-cell of fp32 weights under autocast, whose memory the estimate does not model (executors/local.predicted_as_run),
-runs alone on the largest device instead; a cell whose sharded prediction is unknown runs sharded, unbudgeted.
+models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a cell
+whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
+weights under autocast, a trained attention bias) runs alone on the largest device instead; a cell whose sharded
+prediction is unknown runs sharded, unbudgeted.
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
@@ -104,8 +105,8 @@ class Packer:
         that budget is unknown (sharded as it asks: unknown is no verdict). BadInput, naming `cell` and the
         numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
-        prediction that may run high (bound False: executors/local.predicted_as_run) refuses nothing, the cell runs
-        alone on the largest device."""
+        prediction that may run other than the peak (bound False: its `not_modelled` says where) refuses nothing,
+        the cell runs alone on the largest device."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):

@@ -1,22 +1,25 @@
-"""CUDA's autocast on the estimate's fake CPU tensors: the step a GPU cell trains under bf16 autocast.
+"""The training step of a GPU cell on the estimate's fake CPU tensors: CUDA's autocast lists and CUDA's kernels.
 
 A cell on a GPU runs its forward under `torch.autocast("cuda", bfloat16)` (precision `auto` or `bf16`:
 bench/cell/train.py). Under autocast a matrix product casts its inputs to bf16 before autograd records it, so it
 saves them in bf16; an fp32 weight that trains is cast once per forward and its copy cached until autocast exits;
-ops that need range (softmax, layer norm, exp, pow, sums) run in fp32. What the step saves and holds at once
-depends on all of it: a RoBERTa-base full fine-tuning step at 32 x 256 tokens holds half the activation bytes in
-fp32 that it holds in mixed precision.
+ops that need range (softmax, layer norm, exp, pow, sums) run in fp32. And CUDA runs dropout and attention with
+other kernels than a CPU, which keep other tensors for backward (_register_cuda_kernels). What the step saves and
+holds at once depends on all of it: for the RoBERTa-base cells of docs/measurements/estimate-vs-gpu-2026-12-07.md
+the step as a CPU runs it, in fp32, is 1.4 to 2.7 times the GPU's.
 
 The estimate's fake tensors claim the CPU (bench/tools/fake_pass.py), where CUDA autocast cannot run: autograd
 refuses a CUDA tensor in a torch without CUDA. So the fake step runs under CPU autocast, whose machinery is
 CUDA's (aten/src/ATen/autocast_mode.h, the same WrapFunction_ casts and cached_cast), with CUDA's op lists:
 CPU autocast registers its own, shorter lists (autocast_mode.cpp, TORCH_LIBRARY_IMPL(aten, AutocastCPU)); within
-as_on_cuda every op of CUDA's lists that CPU autocast leaves to fall through gets a kernel on the AutocastCPU
+step_on every op of CUDA's lists that CPU autocast leaves to fall through gets a kernel on the AutocastCPU
 key doing what CUDA's does for it. The lists are AT_FORALL_LOWER_PRECISION_FP, AT_FORALL_FP32,
 AT_FORALL_FP32_SET_OPT_DTYPE, AT_FORALL_DIFFERENT_REDISPATCH_SIGNATURE and AT_FORALL_PROMOTE of autocast_mode.h
-(PyTorch 2.13, the lock's). Where CPU autocast lists an op under another policy than CUDA's it keeps its own: the
-losses (cross_entropy_loss in fp32 on CPU; on CUDA its log_softmax and nll_loss each in fp32, which computes and
-saves the same fp32 tensors) and ops no Transformer's step calls (grid_sampler, binary_cross_entropy).
+(PyTorch 2.13, the lock's; tests/test_cuda_step.py checks them against the AutocastCUDA kernels this torch
+registers, which its CPU build registers too). Where CPU autocast lists an op under another policy than CUDA's it
+keeps its own: the losses (cross_entropy_loss in fp32 on CPU; on CUDA its log_softmax and nll_loss each in fp32,
+which computes and saves the same fp32 tensors) and ops no Transformer's step calls (grid_sampler,
+binary_cross_entropy).
 
 What differs from a CUDA step, and is left so: a bf16 cast made by one of the added lower-precision ops (einsum,
 mv, addmv, addr, chain_matmul, linalg_multi_dot, the RNN cells, convolution) is not cached, where CUDA caches an
@@ -27,7 +30,9 @@ choices (cuBLAS workspaces, flash attention's layout) are outside any autocast p
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 
@@ -47,7 +52,7 @@ FP32 = (
     ("expm1", "default"), ("log", "default"), ("log10", "default"), ("log2", "default"), ("log1p", "default"),
     ("reciprocal", "default"), ("rsqrt", "default"), ("sinh", "default"), ("tan", "default"),
     ("pow", "Tensor_Scalar"), ("pow", "Tensor_Tensor"), ("pow", "Scalar"), ("softplus", "default"),
-    ("layer_norm", "default"), ("native_layer_norm", "default"), ("group_norm", "default"),
+    ("layer_norm", "default"), ("native_layer_norm", "default"), ("rms_norm", "default"), ("group_norm", "default"),
     ("frobenius_norm", "dim"), ("nuclear_norm", "default"), ("nuclear_norm", "dim"), ("cosine_similarity", "default"),
     ("poisson_nll_loss", "default"), ("cosine_embedding_loss", "default"), ("nll_loss", "default"),
     ("nll_loss2d", "default"), ("hinge_embedding_loss", "default"), ("kl_div", "default"), ("l1_loss", "default"),
@@ -62,15 +67,12 @@ FP32 = (
     ("_upsample_bilinear2d_aa", "default"), ("upsample_trilinear3d", "default"), ("upsample_bicubic2d", "default"),
     ("_upsample_bicubic2d_aa", "default"))
 FP32_SET_OPT_DTYPE = (
-    ("prod", "default"), ("prod", "dim_int"), ("prod", "dim_Dimname"), ("softmax", "int"), ("softmax", "Dimname"),
-    ("log_softmax", "int"), ("log_softmax", "Dimname"), ("cumprod", "default"), ("cumprod", "dimname"),
-    ("cumsum", "default"), ("cumsum", "dimname"), ("linalg_vector_norm", "default"),
-    ("linalg_matrix_norm", "default"), ("linalg_matrix_norm", "str_ord"), ("sum", "default"),
-    ("sum", "dim_IntList"), ("sum", "dim_DimnameList"))
+    ("prod", "default"), ("prod", "dim_int"), ("softmax", "int"), ("log_softmax", "int"), ("cumprod", "default"),
+    ("cumsum", "default"), ("linalg_vector_norm", "default"), ("linalg_matrix_norm", "default"),
+    ("linalg_matrix_norm", "str_ord"), ("sum", "default"), ("sum", "dim_IntList"))
 # fp32_append_dtype: the overload without a dtype redispatched to the one with it, dtype fp32
 FP32_APPEND_DTYPE = {("norm", "Scalar"): ("norm", "ScalarOpt_dtype"),
-                     ("norm", "ScalarOpt_dim"): ("norm", "ScalarOpt_dim_dtype"),
-                     ("norm", "names_ScalarOpt_dim"): ("norm", "names_ScalarOpt_dim_dtype")}
+                     ("norm", "ScalarOpt_dim"): ("norm", "ScalarOpt_dim_dtype")}
 PROMOTE = (("addcdiv", "default"), ("addcmul", "default"), ("atan2", "default"), ("bilinear", "default"),
            ("cross", "default"), ("dot", "default"), ("vdot", "default"), ("grid_sampler", "default"),
            ("index_put", "default"), ("tensordot", "default"), ("scatter_add", "default"))
@@ -101,6 +103,17 @@ def _widest(values) -> torch.dtype:
         else torch.get_autocast_dtype("cpu")
 
 
+def _with_defaults(op, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """`args` with the positional arguments the dispatcher left out (trailing ones equal to their defaults) put back
+    from `op`'s schema, and those given by name moved in among them."""
+    args, kwargs = list(args), dict(kwargs)
+    for argument in op._schema.arguments[len(args):]:
+        if argument.kwarg_only:
+            break
+        args.append(kwargs.pop(argument.name) if argument.name in kwargs else argument.default_value)
+    return tuple(args), kwargs
+
+
 def _kernel(policy: str, op, redispatch=None):
     """A Python kernel on the AutocastCPU key doing what CUDA's WrapFunction_ does for `policy`, then running `op`
     (or `redispatch`, fp32_append_dtype's) with autocast excluded, as CUDA's wrapper does."""
@@ -116,7 +129,8 @@ def _kernel(policy: str, op, redispatch=None):
             if policy == "promote":
                 target = _widest([*args, *kwargs.values()])
                 return op(*_cast(args, target), **{k: _cast(v, target) for k, v in kwargs.items()})
-            if policy == "fp32_append_dtype":
+            if policy == "fp32_append_dtype":  # every positional argument given: the dtype overload has no defaults
+                args, kwargs = _with_defaults(op, args, kwargs)
                 return redispatch(*args, **kwargs, dtype=torch.float32 if _eligible(args[0]) else args[0].dtype)
             if _eligible(args[0]):  # fp32_set_opt_dtype: an explicit dtype is respected
                 if dtype_at is not None and dtype_at < len(args):
@@ -165,6 +179,27 @@ def _argument(op, args: tuple, kwargs: dict, name: str, default):
     return args[at] if at < len(args) else kwargs.get(name, default)
 
 
+_DEPARTURES: ContextVar[list[str] | None] = ContextVar("departures", default=None)
+
+
+@contextlib.contextmanager
+def departures() -> Iterator[list[str]]:
+    """Within the block, the list of where the modelled step is known to depart from a GPU's (`depart`), each
+    said once: the estimate's `memory.not_modelled`, whose prediction is then no lower bound of the GPU's peak."""
+    token = _DEPARTURES.set([])
+    try:
+        yield _DEPARTURES.get()
+    finally:
+        _DEPARTURES.reset(token)
+
+
+def depart(reason: str) -> None:
+    """Say, within `departures`, that the step runs other than a GPU's here (elsewhere: nothing)."""
+    found = _DEPARTURES.get()
+    if found is not None and reason not in found:
+        found.append(reason)
+
+
 def _register_cuda_kernels(library) -> None:
     """Where CUDA runs another kernel than the CPU, and the two keep different tensors for backward, the call goes
     to a CPU kernel that keeps what CUDA's does and computes the same products (kernels on the AutogradCPU key, above
@@ -178,9 +213,12 @@ def _register_cuda_kernels(library) -> None:
       math kernel, which keeps the probabilities: here sdpa runs without its dropout, which changes no FLOP and
       nothing kept. Where CPU's flash kernel cannot take the inputs all the same (a mask that needs a gradient: T5's
       trained position bias), the math kernel keeps the probabilities CUDA's memory-efficient kernel does not: that
-      estimate runs high."""
+      step departs (`depart`: its estimate runs high). Grouped-query attention in fp32 (enable_gqa, no mask): only
+      CUDA's flash kernel takes grouped heads and it takes no fp32, so CUDA runs its math kernel, which keeps the
+      probabilities; the CPU's flash kernel would not, so here it is the math kernel too, dropout and all."""
     dropout, native_dropout = torch.ops.aten.dropout.default, torch.ops.aten.native_dropout.default
     sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    math_attention = torch.ops.aten._scaled_dot_product_attention_math.default
 
     def fused_dropout(*args, **kwargs):
         x, p, train = (_argument(dropout, args, kwargs, name, None) for name in ("input", "p", "train"))
@@ -189,6 +227,12 @@ def _register_cuda_kernels(library) -> None:
         return dropout.decompose(*args, **kwargs)
 
     def attention_without_dropout(*args, **kwargs):
+        query, mask = args[0], _argument(sdpa, args, kwargs, "attn_mask", None)
+        if _argument(sdpa, args, kwargs, "enable_gqa", False) and query.dtype == torch.float32:
+            return math_attention(*args, **kwargs)[0]
+        if torch.is_tensor(mask) and mask.requires_grad:
+            depart("sdpa with a mask that needs a gradient (a trained position bias) runs the CPU's math kernel, "
+                   "which keeps the L x L probabilities CUDA's memory-efficient kernel does not: high")
         at = next(i for i, a in enumerate(sdpa._schema.arguments) if a.name == "dropout_p")
         if at < len(args):
             args = (*args[:at], 0.0, *args[at + 1:])
@@ -200,19 +244,27 @@ def _register_cuda_kernels(library) -> None:
     library.impl("scaled_dot_product_attention", attention_without_dropout, "AutogradCPU")
 
 
+# The kernels are registered for the whole process: one thread's step at a time runs under them. (Any other thread
+# would too, while they last: the estimate runs in the runner's main thread or a forked pricing worker.)
+_REGISTERING = threading.RLock()
+
+
 @contextlib.contextmanager
 def step_on(device: str, autocast: bool):
     """Within the block, a training step on the fake pass's CPU tensors runs as on `device` ("cuda" or "cpu"): on
     "cuda", with CUDA's kernels for dropout and sdpa and, with `autocast`, CUDA's autocast policy (registered on the
-    dispatcher for the process while the block lasts, removed when it ends). Yields the autocast region of the step's
-    forward (a context factory: bf16 CPU autocast, or none)."""
-    library = torch.library.Library("aten", "IMPL") if device == "cuda" else None
-    try:
-        if library is not None:
+    dispatcher while the block lasts, removed when it ends). Yields the autocast region of the step's forward (a
+    context factory: bf16 CPU autocast, or none)."""
+    region = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    if device != "cuda":
+        yield region
+        return
+    with _REGISTERING:
+        library = torch.library.Library("aten", "IMPL")
+        try:
             _register_cuda_kernels(library)
             if autocast:
                 _register_cuda_policy(library)
-        yield (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
-    finally:
-        if library is not None:
+            yield region
+        finally:
             library._destroy()

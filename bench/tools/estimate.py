@@ -38,6 +38,7 @@ from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
+from bench.tools.cuda_step import departures
 from bench.tools.priced_task import fake_batch, task_bundle
 from bench.tools.sharding import largest_block, sharded_memory
 
@@ -179,8 +180,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     params = count_params(adapted)
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     compute = compute_dtype(step_device, precision)
-    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
-                 autocast=compute == "bf16")
+    with departures() as not_modelled:
+        step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
+                     autocast=compute == "bf16")
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
@@ -188,6 +190,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
+    memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
@@ -246,5 +249,6 @@ def render(result: dict) -> str:
     if m.get("shards"):
         lines.append(f"memory   per device of {m['shards']} (FSDP2), with {m['gathered_bytes']:,} bytes of gathered "
                      "blocks in the step peak: bench/tools/sharding.py")
+    lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)

@@ -8,7 +8,9 @@ values (it runs on the estimate's fake tensors only, which have none). The fake-
 (bench/tools/fake_pass.py) then accounts them as it accounts any operator. Each line below names the line of Liger it
 follows, in liger-kernel 0.8.5 (the wheel benchmarks/gpu_kit.sh carries to the GPU; liger_kernel/ in the wheel):
 where Liger's Python code branches on the device, the twin takes the branch of a CUDA GPU of compute capability 8
-or more with torch >= 2.8, with no autocast (the estimate's frame: a cell's weights dtype throughout).
+or more with torch >= 2.8, the hidden states and the head in one dtype, as under no autocast or an autocast of the
+weights' dtype (bf16 weights under a cell's bf16 autocast); elsewhere the fused loss takes another path, which the
+twin says (bench/tools/cuda_step.depart: the estimate's `memory.not_modelled`).
 
 The twins are bound where bench/cell/kernels.py has Liger bind its kernels, on the built model before a method
 adapts it (transformers/monkey_patch.py:259-323, apply_liger_kernel_to_llama with `model=`):
@@ -43,6 +45,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from bench.cell.kernels import liger_patch
+from bench.tools.cuda_step import depart
 
 # The rows of RMSNorm's dW buffer (rms_norm.py:534) are the device's streaming multiprocessors, so the buffer is
 # device-specific: 132 on an H100/H200 SXM, the GPUs these predictions are made for (an A100 has 108, an H100 PCIe
@@ -99,6 +102,10 @@ class FusedLinearCrossEntropyTwin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, target):
         _fake_only(hidden)
+        if hidden.dtype != weight.dtype or (torch.is_autocast_enabled(hidden.device.type)
+                                            and torch.get_autocast_dtype(hidden.device.type) != weight.dtype):
+            depart("Liger's fused loss over hidden states or an autocast of another dtype than the head's takes a "
+                   "path of Liger's code its memory twin does not model (fused_linear_cross_entropy.py:43-47)")
         tokens, chunk_rows, chunks = chunking(*hidden.shape, weight.shape[0])
         gets_grad = hidden.requires_grad  # input_requires_grad (:89)
         grad_input = torch.zeros_like(hidden)  # (:108)

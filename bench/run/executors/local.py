@@ -35,15 +35,6 @@ from bench.run.packing import Packer, Placement, cell_budget, packing_order
 PACKING = ("memory", "off")
 
 
-def predicted_as_run(cell: Cell) -> bool:
-    """Whether the runner's estimate models the cell's step as a GPU runs it, so its prediction bounds the peak from
-    below (Packer.demand; the measured peaks were never below it: docs/measurements): it does (CUDA's kernels and
-    autocast, bench/tools/cuda_step.py), but for Liger's kernels over fp32 weights under bf16 autocast, a path
-    through Liger's code its memory model leaves out (bench/tools/liger_memory.py)."""
-    return not (cell.train.kernels == "liger" and cell.train.precision != "fp32"
-                and cell.train.weights_dtype not in ("bf16", "fp16"))
-
-
 class Overlaps:
     """When each cell of one submit ran, to say how many ran beside each (`env.cells_beside`): the most
     other cells running at any one moment of its run; on a GPU, of the cells on the same GPU."""
@@ -127,8 +118,9 @@ class LocalExecutor:
             return None, 1
         if cell.id not in self.demands:
             packer = Packer(self.rooms, self.gpus_per_cell)
-            budget, devices = packer.demand(lambda shards: self.memory(cell, shards), cell.line(),
-                                            bound=predicted_as_run(cell))
+            # the prediction bounds the peak from below unless the estimate says where it departs from a GPU's step
+            bound = not (self.memory(cell) or {}).get("not_modelled")
+            budget, devices = packer.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound)
             if budget is None and devices > 1:
                 print(f"{cell.line()}: its memory sharded over {devices} GPUs is unknown (no prediction): it runs "
                       f"sharded over {devices} empty GPUs without a budget", file=sys.stderr)
