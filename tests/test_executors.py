@@ -95,7 +95,14 @@ def _slurm(monkeypatch, **options):
     from bench.run.executors import slurm
 
     monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")  # no cluster needed to plan a job
-    return slurm, make_executor("slurm", quiet=True, given=options, predicted_memory=lambda cell: PREDICTED)
+    def predicted(cell, step_device="cuda"):
+        ASKED.append(step_device)
+        return PREDICTED
+
+    return slurm, make_executor("slurm", quiet=True, given=options, predicted_memory=predicted)
+
+
+ASKED: list[str] = []  # the step device each prediction was asked for
 
 
 PREDICTED = {"weights_bytes": 3 * 2**20, "optimizer_bytes": 6 * 2**20, "step_peak_bytes": 7 * 2**20,
@@ -123,6 +130,8 @@ def test_a_slurm_job_asks_for_the_cells_predicted_memory_and_deadline(monkeypatc
     _, on_gpu = _slurm(monkeypatch, gpus_per_cell=1)
     wanted = on_gpu.resources(cell)  # on a GPU only the weights pass through host memory
     assert wanted["gpus_per_node"] == 1 and wanted["mem"] == f"{math.ceil(2048 + 1.25 * 3)}M"
+    # a CPU job's step is predicted as a CPU runs it (fp32, its kernels), a GPU job's as a GPU does
+    assert ASKED[-2:] == ["cpu", "cuda"]
     _, fixed = _slurm(monkeypatch, mem_per_cell=1.5)
     assert fixed.resources(cell)["mem"] == "1536M"
     assert slurm.host_megabytes(None, on_gpu=False) is None  # unknown: the partition's default, no guess

@@ -289,17 +289,17 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
         return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
 
 
-def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
+def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> dict | None:
     """The memory section `estimate` predicts for the cell's training (weights, gradients, optimizer state, the
-    step's peak, `predicted_peak_bytes`: docs/measurement.md) of its step as a GPU runs it, in the cell's precision
-    (bench/tools/cuda_step.py), None when it cannot be predicted; from the disk
+    step's peak, `predicted_peak_bytes`: docs/measurement.md) of its step as a GPU runs it (`step_device` "cpu": as a
+    CPU does), in the cell's precision (bench/tools/cuda_step.py), None when it cannot be predicted; from the disk
     cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm).
     `shards` > 1: one device's, the cell sharded over that many (estimate --shards, bench/tools/sharding.py)."""
     from bench.tasks import cache
 
     key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
                      + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else "")
-                     + f", precision {cell.train.precision}")
+                     + f", precision {cell.train.precision} on {step_device}")
     found, value = cache.lookup(key, "plan") if key is not None else (False, None)
     if found:
         return value if isinstance(value, dict) else None
@@ -314,7 +314,7 @@ def predicted_memory(cell: Cell, shards: int = 1) -> dict | None:
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
                           kernels=cell.train.kernels, task=cell.task, pooling=cell.train.pooling,
-                          precision=cell.train.precision)["memory"]
+                          precision=cell.train.precision, step_device=step_device)["memory"]
     except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

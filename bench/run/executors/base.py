@@ -59,7 +59,8 @@ class ExecutorSpec:
     options: tuple[Option, ...] = ()
     # Asks a scheduler for each cell's memory: `build` also takes `predicted_memory(cell)`, the memory section
     # `estimate` predicts for the cell (None when unknown), given by the command line (bench/tools/plan_cost.py);
-    # `predicted_memory(cell, shards=N)`: one device's of N the cell is sharded over (the local executor asks it).
+    # `predicted_memory(cell, shards=N)`: one device's of N the cell is sharded over (the local executor asks it);
+    # `predicted_memory(cell, step_device="cpu")`: its step on a CPU (a Slurm job without GPUs asks it).
     needs_memory: bool = False
 
 

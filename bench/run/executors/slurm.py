@@ -118,8 +118,10 @@ class SlurmExecutor:
             wanted["partition"] = self.partition
         if self.account:
             wanted["account"] = self.account
+        on_gpu = self.gpus > 0  # a job without GPUs trains on the host's CPU, in its precision and kernels
         megabytes = self.mem_gb * 1024 if self.mem_gb is not None else host_megabytes(
-            self.predicted_memory(cell) if self.predicted_memory else None, on_gpu=self.gpus > 0)
+            self.predicted_memory(cell, step_device="cuda" if on_gpu else "cpu") if self.predicted_memory else None,
+            on_gpu=on_gpu)
         if megabytes is not None:  # unknown: the partition's default memory
             wanted["mem"] = f"{math.ceil(megabytes)}M"
         return wanted
