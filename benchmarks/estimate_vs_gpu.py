@@ -3,6 +3,7 @@ table (docs/measurements/gpu-*.md: a RoBERTa-base-shaped encoder, fp32 weights u
 a 0.95B LLaMA-shaped decoder, bf16 weights, batch 8 x 256).
 
     PYTHONPATH=. python benchmarks/estimate_vs_gpu.py [docs/measurements/gpu-2026-11-30.md]
+    PYTHONPATH=. python benchmarks/estimate_vs_gpu.py --smoke      # its head-only encoder row (tests)
 
 Per cell: the estimate (the GPU's step: bench/tools/cuda_step.py), the same in fp32 on the CPU's kernels (what it
 was before the GPU's step was modelled), the probe's prediction and the allocator's measured peak from the table, in
@@ -36,8 +37,10 @@ def decoder_config(folder: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", nargs="?", default=str(REPO / "docs" / "measurements" / "gpu-2026-11-30.md"))
+    parser.add_argument("--smoke", action="store_true", help="the head-only encoder row only (the quickest)")
     args = parser.parse_args()
-    rows = ROW.findall(Path(args.table).read_text())
+    rows = [row for row in ROW.findall(Path(args.table).read_text())
+            if not args.smoke or row[:3] == ("encoder", "fp32", "head-only")]
     if not rows:
         print(f"{args.table}: no gpu-check rows", file=sys.stderr)
         return 2

@@ -108,7 +108,8 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
     kernels, s = OPTIONS.get(option, {}).get("kernels", "torch"), sizes(smoke)
     if (method, kernels) not in predictions:
         predicted = estimate(str(model), method, s["batch"], s["length"], dtype=METHODS[method]["weights_dtype"],
-                             kernels=kernels, precision="fp32" if smoke else "bf16")["memory"]
+                             kernels=kernels, precision="fp32" if smoke else "bf16",
+                             step_device="cpu" if smoke else "cuda")["memory"]
         predictions[method, kernels] = predicted["predicted_peak_bytes"]
     estimated, memory = predictions[method, kernels], record.get("memory") or {}
     probed, measured = memory.get("predicted_peak_bytes"), memory.get("device_peak_allocated_bytes")

@@ -20,6 +20,7 @@ BENCHMARKS = REPO / "benchmarks"
 # What each script's smoke output must hold: its result table or lines (regular expressions, each searched).
 OUTPUT = {
     "cell_trace": [r"lora · tiny-encoder · synth-polarity: \d+ entries into \d+ modules, \d+ returns"],
+    "estimate_vs_gpu": [r"\| encoder \| fp32 \| head-only \| 660 \| 912 \| 660 \| 726 \| 1\.0002 \| 0\.909 \|"],
     "eval_order": [r"positions in order +sorted +ratio", r"synth-polarity +500 +32 +[\d,]+ +[\d,]+ +0\.\d\d .* yes"],
     "gpu_check": [r"\| gpu-check-encoder \| fp32 \| lora \| ok \| \d+ \| \d+ \|",
                   r"\| gpu-check-decoder \| bf16 \| lora \| ok \| \d+ \| \d+ \|",
