@@ -103,7 +103,6 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
             config = {**config, **{key: [stage_cells[n].id for n in config[key]] for key in stage_keys(entry)}}
             for task_name in task_names:
                 task = suite.task_registry[task_name]
-                check_text_targets(task, spec, f"mixture '{task_name}'", task.origin)
                 train = resolve_train([
                     (recommended, lambda k: f"method '{name}' recommended settings"),
                     (suite.train, lambda k: suite.where("train", k)),
@@ -124,6 +123,7 @@ def expand(suite: Suite, only_methods=None, only_models=None, only_tasks=None, o
                 for seed, stage in _variant_seeds(suite, seeds, variant, (entry.label, model_name, task_name), chosen):
                     if _excluded(suite, entry.label, model_name, task_name, seed):
                         continue
+                    check_text_targets(task, spec, f"mixture '{task_name}'", task.origin)  # of cells it makes only
                     if set(entry.language_stages) - set(crosslingual.target_languages(task)):
                         targets = crosslingual.target_languages(task) or "one language"
                         raise BadInput(f"'{entry.label}': language_stages name languages "
