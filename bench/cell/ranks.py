@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,13 +26,22 @@ POLL_S = 0.5  # how often the ranks' records are looked at while they run
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=5)
 
 
+class RankLost(Exception):
+    """A rank of a sharded cell ended without a record (killed by a signal, or an error outside the recipe); its
+    peers were stopped. `exit_code`: the rank process's (negative: minus the signal that killed it)."""
+
+    def __init__(self, rank: int, shards: int, exit_code: int):
+        super().__init__(f"rank {rank} of {shards}")
+        self.rank, self.shards, self.exit_code = rank, shards, exit_code
+
+
 def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
     """Run the cell on `shards` ranks, one process each (this process waits for them), and return its record
     (cell_record) with `env.shards`. As soon as a rank's record says it failed, the ranks still running are stopped:
     on NCCL they would wait in their next collective until its timeout, and the cell end `timeout` with the cause
-    lost. A rank that crashes without a record ends the group, and this process with it (the executor's failure
-    record keeps the output). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a module's
-    function): rank 0 calls it."""
+    lost. A rank that ends without a record (killed, or crashed) is seen as it ends: its peers are stopped and
+    RankLost names it (the cell process records it as its own end: bench/run/executors/cells.py). `checkpoint`: as
+    run_cell takes it, but picklable (a functools.partial of a module's function): rank 0 calls it."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port on this host for the group's rendezvous
@@ -41,14 +51,19 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
         # files, not pipes: a large record never blocks a rank while we join
         context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder), nprocs=shards,
                                      start_method="spawn", join=False)
-        while not context.join(POLL_S):
-            if any(r["status"] != "ok" for r, _ in _records(folder, shards) if r is not None):
-                for process in context.processes:
-                    if process.is_alive():
-                        process.terminate()
-                for process in context.processes:
-                    process.join()
-                break
+        try:
+            while not context.join(POLL_S):
+                if _failed(_records(folder, shards)):
+                    for process in context.processes:
+                        if process.is_alive():
+                            process.terminate()
+                    for process in context.processes:
+                        process.join()
+                    break
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:  # torch has stopped the others
+            if not _failed(_records(folder, shards)):  # else a failed rank's record says why (cell_record)
+                print(e, file=sys.stderr, flush=True)  # a crashed rank's traceback, kept as the evidence
+                raise RankLost(e.error_index, shards, context.processes[e.error_index].exitcode) from None
         record = cell_record(_records(folder, shards))
     record["env"]["shards"] = shards
     return record
@@ -73,6 +88,11 @@ def cell_record(records: list[tuple[dict | None, int]]) -> dict:
     error = first["error"]
     return finish(record, first["status"],
                   error and {**error, "message": f"rank {rank} of {len(records)}: {error['message']}"})
+
+
+def _failed(records: list[tuple[dict | None, int]]) -> bool:
+    """Whether a rank's record says it failed."""
+    return any(r["status"] != "ok" for r, _ in records if r is not None)
 
 
 def _record_path(folder: str, rank: int) -> Path:
