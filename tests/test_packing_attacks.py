@@ -79,6 +79,21 @@ def test_bad_gpus_are_one_bad_input_naming_the_flag_before_any_work(smi_gpus, tm
     assert not results.exists()
 
 
+@pytest.mark.parametrize("flags", [["--gpus", "all", "--gpus-per-cell", "nan"],
+                                   ["--gpus", "all", "--gpus-per-cell", "inf"],
+                                   ["--executor", "slurm", "--mem-per-cell", "inf"],
+                                   ["--executor", "ray", "--cpus-per-cell", "nan"]])
+def test_a_flag_of_a_number_that_is_not_finite_is_refused_by_name(smi_gpus, tmp_path, capsys, flags):
+    """Before the fix argparse's float took 'nan' and 'inf', and --gpus-per-cell then crashed (ValueError, OverflowError
+    in int()) as an unexpected error instead of naming the flag."""
+    smi_gpus(*TWO)
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--suite", "smoke", "--dry-run", "--results", str(tmp_path / "results"), *flags])
+    assert stopped.value.code == 2
+    assert f"argument {flags[-2]}: invalid number value: '{flags[-1]}'" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("garbage", ["[N/A], [N/A]", "81559 MiB, 559 MiB", "80000, -100", "0, 0", "-5, -10",
                                      "81559, 559, 3", "81559, 559\n81559, 559", "", "\x00\xff"])
 def test_nvidia_smi_garbage_is_no_reading_and_the_gpus_run_one_cell_each(smi_gpus, tmp_path, capsys, garbage):
@@ -93,6 +108,7 @@ def test_nvidia_smi_garbage_is_no_reading_and_the_gpus_run_one_cell_each(smi_gpu
     assert "nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time" in said
 
 
+@pytest.mark.slow
 def test_a_sharded_cell_whose_rank_is_killed_ends_killed_naming_the_rank_and_leaves_no_rank_behind(tmp_path):
     """Rank 1 of a cell sharded over two fake GPUs (gloo) is SIGKILLed in its build, rank 0 waits for it in a
     collective. Before the fix the cell process died of torch's ProcessExitedException: `failed`, "cell process ended

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 from bench.errors import BadInput
 from bench.fmt import size
 from bench.plan.cellspec import Cell
-from bench.run.executors.base import ExecutorSpec, Option, register
+from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, failure_record, grid_modules, spool_files
 from bench.run.packing import CONTEXT_BYTES, Packer, Placement, cell_budget, packing_order
 
@@ -345,7 +345,7 @@ register(ExecutorSpec("local", "this machine, a process per cell", _build, (
                           "--pack lets"),
     Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
                           "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
-    Option("--gpus-per-cell", float, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
+    Option("--gpus-per-cell", number, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
                                      "(default 1: no sharding; a cell predicted larger than the largest GPU is "
                                      "refused, or runs alone there where its prediction may run high)"),
 ), needs_memory=True))
