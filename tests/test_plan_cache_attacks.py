@@ -129,3 +129,16 @@ def test_a_plan_folder_that_is_a_link_is_neither_read_nor_written_nor_cleared(ce
     assert plan_cost.cell_flops(cell, {})[0] > 0
     assert cache.entries("plan") == [] and cache.clear() == (0, 0)
     assert sorted(p.name for p in outside.iterdir()) == before and planted.read_text() == '{"predicted_peak_bytes": 7}'
+
+
+def test_an_empty_cache_variable_is_the_default_folder_not_the_current_one(cell, tmp_path, monkeypatch):
+    """PEFT_BENCH_CACHE='' (an export left empty): before the fix the cache was `./plan` and `./features`, written
+    into whatever folder the command ran in (a repository, a results folder); now it is the default folder."""
+    monkeypatch.setenv("PEFT_BENCH_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cache.root("plan") == tmp_path / "home" / ".cache" / "peft-bench" / "plan"
+    plan_cost.predicted_memory(cell)
+    assert list(work.iterdir()) == [] and len(cache.entries("plan")) == 1

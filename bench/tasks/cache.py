@@ -32,7 +32,8 @@ _ENTRY = re.compile(r"[0-9a-f]{24}\.json")  # the names cached() gives: nothing 
 
 def root(kind: str = "features") -> Path:
     assert kind in KINDS, kind
-    return Path(os.environ.get("PEFT_BENCH_CACHE", "~/.cache/peft-bench")).expanduser() / kind
+    # an empty PEFT_BENCH_CACHE is unset: as a path it would be the current folder, written into unasked
+    return Path(os.environ.get("PEFT_BENCH_CACHE") or "~/.cache/peft-bench").expanduser() / kind
 
 
 def usable(kind: str) -> bool:
