@@ -145,6 +145,15 @@ def _kill_on_rank_1(model, config, ctx):
     return _full(model)
 
 
+def _deaf_and_hang(model, config, ctx):
+    """Appends "<rank> <pid>" to `config['log']`, then ignores SIGINT and hangs: a process that an interrupt does not
+    stop, as a rank is while it waits inside a collective (NCCL's wait returns to Python only at its timeout)."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.environ.get('RANK')} {os.getpid()}\n")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(3600)
+
+
 def _spawn_and_hang(model, config, ctx):
     """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
     import subprocess
@@ -183,6 +192,8 @@ methods.register(
     Method("fault-raise-on-rank-1-hang-on-rank-0", "baseline", "raises on rank 1, hangs on rank 0", PAPER,
            _raise_on_rank_1_hang_on_rank_0),
     Method("fault-kill-on-rank-1", "baseline", "SIGKILLs its own process on rank 1 only", PAPER, _kill_on_rank_1,
+           defaults={"log": ""}),
+    Method("fault-deaf-hang", "baseline", "logs its rank and pid, ignores SIGINT, hangs", PAPER, _deaf_and_hang,
            defaults={"log": ""}),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
            defaults={"log": ""}),

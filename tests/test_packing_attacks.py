@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from bench.run.locks import lock_problem
 from bench.run.packing import MIB
 from bench.run.runner import run_grid
 from bench.run.store import Store
-from tests.test_faults import cli, gone, registry_as_shipped, suite_text, wait_for  # noqa: F401
+from tests.test_faults import ROOT, cli, gone, registry_as_shipped, suite_text, wait_for  # noqa: F401
 from tests.test_packing_shards import sharded_run
 
 GIB = 1024**3
@@ -166,3 +168,32 @@ def test_kill_9_of_a_packed_runner_leaves_exactly_its_unfinished_cells_to_the_ne
     assert sorted(json.loads(r)["cell"]["id"] for r in kept.values()) == sorted(f"{c.id}" for c in cells)
     assert {name: kept[name] for name in finished} == finished
     assert {json.loads(r)["status"] for r in kept.values()} == {"ok"} and not list(folder.glob("*.lock"))
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_runner_takes_a_sharded_cells_ranks_along(tmp_path):
+    """The runner of a cell sharded over two fake GPUs (gloo) is SIGKILLed while both ranks hang deaf to SIGINT, as
+    ranks waiting inside an NCCL collective are. Before the fix the kernel sent the ranks only the SIGINT torch asks
+    for when their cell process died: they ran on, orphans holding their GPUs (until NCCL's timeout on a GPU box,
+    for ever here). Now each rank dies with its cell process."""
+    import psutil
+
+    log = tmp_path / "ranks.log"
+    code = (f"from tests.test_packing_shards import sharded_run\nfrom pathlib import Path\n"
+            f"sharded_run(Path({str(tmp_path)!r}), \"{{name: fault-deaf-hang, overrides: {{log: '{log}'}}}}\")\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    ranks: list[int] = []
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2, within_s=120)
+        ranks = [int(line.split()[1]) for line in log.read_text().splitlines()]
+        started = psutil.Process(runner.pid).children(recursive=True)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        assert all(gone(p.pid) for p in started), "a process of the runner outlived it"
+    finally:
+        for pid in ranks:  # what the test may have left: never an orphan on the test machine
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

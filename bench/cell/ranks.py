@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bench.cell.lifeline import die_with_parent
 from bench.cell.recipe import run_cell
 from bench.files import atomic_write
 from bench.record import finish
@@ -49,8 +50,8 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="peft-bench-ranks-") as folder:
         # files, not pipes: a large record never blocks a rank while we join
-        context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder), nprocs=shards,
-                                     start_method="spawn", join=False)
+        context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder, os.getpid()),
+                                     nprocs=shards, start_method="spawn", join=False)
         try:
             while not context.join(POLL_S):
                 if _failed(_records(folder, shards)):
@@ -108,7 +109,8 @@ def _records(folder: str, shards: int) -> list[tuple[dict | None, int]]:
     return found
 
 
-def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, folder: str) -> None:
+def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, folder: str, parent: int) -> None:
+    die_with_parent(parent)  # the cell process (`parent`) killed with its runner: this rank too, even in a collective
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(shards))
     cuda = torch.cuda.is_available()

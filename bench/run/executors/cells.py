@@ -30,7 +30,6 @@ from bench.record import NUMBER_SECTIONS, finish, new_record
 PRELOAD = ["bench.run.warm"]
 PRELOAD_ENV = "PEFT_BENCH_PRELOAD"  # what the fork server preloads besides its core (bench.run.warm)
 EVIDENCE_LINES = 100  # lines of a crashed cell's output kept in its record
-PR_SET_PDEATHSIG = 1
 POLL_S = 0.25  # how often running cells' output and deadlines are looked at
 
 
@@ -39,24 +38,19 @@ def _die_with_parent() -> None:
 
     The fork server exits when its runner does (its "alive" pipe reaches EOF), but multiprocessing
     hands every forked child a write end of that pipe too, which would keep the server, and so the
-    cell, running after the runner is killed: close it. Then ask the kernel to SIGKILL this process
-    when its parent, the fork server, exits (Linux).
+    cell, running after the runner is killed: close it. Then this process dies with its parent, the
+    fork server (bench/cell/lifeline.py).
     """
     from multiprocessing import forkserver
+
+    from bench.cell.lifeline import die_with_parent
 
     server = getattr(forkserver, "_forkserver", None)
     alive = getattr(server, "_forkserver_alive_fd", None)
     if alive is not None:
         os.close(alive)
         server._forkserver_alive_fd = None
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: orphans are possible there
-        return
-    if os.getppid() == 1:  # the parent died before the request: nobody is waiting for this cell
-        os._exit(1)
+    die_with_parent()
 
 
 def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
