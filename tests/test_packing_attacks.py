@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.errors import BadInput
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.run.executors import local
@@ -79,6 +80,16 @@ def test_bad_gpus_are_one_bad_input_naming_the_flag_before_any_work(smi_gpus, tm
     err = capsys.readouterr().err
     assert code == 2 and f"{flag}: " in err and said in err, err
     assert not results.exists()
+
+
+def test_gpus_all_refuses_a_gpu_listed_twice_in_cuda_visible_devices(monkeypatch, capsys):
+    """CUDA_VISIBLE_DEVICES=0,0: before the fix `--gpus all` took GPU 0 twice, as two slots (with --pack off, two
+    cells at once on one GPU; its threads halved)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90,91,90")
+    with pytest.raises(BadInput, match="CUDA_VISIBLE_DEVICES lists GPU 90 more than once") as refused:
+        local._build(quiet=True, jobs=1, gpus="all", pack="off")
+    assert refused.value.where == "--gpus"
+    assert local._build(quiet=True, jobs=1, gpus="90,91", pack="off").devices == ["90", "91"]  # distinct: as asked
 
 
 @pytest.mark.parametrize("flags", [["--gpus", "all", "--gpus-per-cell", "nan"],

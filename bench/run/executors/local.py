@@ -251,6 +251,11 @@ def parse_gpus(value: str) -> list[str]:
         if not visible:
             raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
                            "--gpus")
+        twice = sorted({v for v in visible if visible.count(v) > 1})
+        if twice:  # it would be two slots, two cells at once on one GPU
+            raise BadInput(f"--gpus all: CUDA_VISIBLE_DEVICES lists GPU {', '.join(twice)} more than once "
+                           f"({os.environ.get('CUDA_VISIBLE_DEVICES')}): list each GPU once, or give --gpus with "
+                           "distinct indices", "--gpus")
         return visible
     wanted = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in visible]
