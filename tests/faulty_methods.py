@@ -145,6 +145,14 @@ def _kill_on_rank_1(model, config, ctx):
     return _full(model)
 
 
+def _exit_on_rank_1(model, config, ctx):
+    """A sharded cell's rank 1 exits with code 0 in its build (no record: as a library calling exit would), rank 0
+    builds on and waits in its first collective for the lost peer."""
+    if os.environ.get("RANK") == "1":
+        os._exit(0)
+    return _full(model)
+
+
 def _deaf_and_hang(model, config, ctx):
     """Appends "<rank> <pid>" to `config['log']`, then ignores SIGINT and hangs: a process that an interrupt does not
     stop, as a rank is while it waits inside a collective (NCCL's wait returns to Python only at its timeout)."""
@@ -193,6 +201,7 @@ methods.register(
            _raise_on_rank_1_hang_on_rank_0),
     Method("fault-kill-on-rank-1", "baseline", "SIGKILLs its own process on rank 1 only", PAPER, _kill_on_rank_1,
            defaults={"log": ""}),
+    Method("fault-exit-on-rank-1", "baseline", "exits with code 0 on rank 1 only", PAPER, _exit_on_rank_1),
     Method("fault-deaf-hang", "baseline", "logs its rank and pid, ignores SIGINT, hangs", PAPER, _deaf_and_hang,
            defaults={"log": ""}),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,

@@ -139,6 +139,18 @@ def test_a_sharded_cell_whose_rank_is_killed_ends_killed_naming_the_rank_and_lea
 
 
 @pytest.mark.slow
+def test_a_sharded_cell_whose_rank_exits_quietly_ends_at_once_naming_the_rank(tmp_path):
+    """Rank 1 exits with code 0 and no record. torch counts that as a success, so before the fix the cell was rank 0's
+    record: on gloo `failed` with "Connection closed by peer", the cause hidden (on NCCL rank 0 would wait in its
+    collective until the timeout). Now the cell ends as soon as the rank is gone: `failed`, the rank named."""
+    started = time.monotonic()
+    record = sharded_run(tmp_path, "fault-exit-on-rank-1")
+    assert time.monotonic() - started < 60
+    assert record["status"] == "failed" and record["env"]["shards"] == 2 and record["error"]["exit_code"] == 0
+    assert record["error"]["message"] == "rank 1 of 2 ended with exit code 0 before writing a record"
+
+
+@pytest.mark.slow
 def test_kill_9_of_a_packed_runner_leaves_exactly_its_unfinished_cells_to_the_next(tmp_path, monkeypatch):
     """Two fake GPUs (nvidia-smi on PATH), four cells packed at once: two finish, two (a second per step) are
     running when the runner is SIGKILLed. Every process it started dies with it, nothing of the two is stored or

@@ -40,9 +40,10 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
     """Run the cell on `shards` ranks, one process each (this process waits for them), and return its record
     (cell_record) with `env.shards`. As soon as a rank's record says it failed, the ranks still running are stopped:
     on NCCL they would wait in their next collective until its timeout, and the cell end `timeout` with the cause
-    lost. A rank that ends without a record (killed, or crashed) is seen as it ends: its peers are stopped and
-    RankLost names it (the cell process records it as its own end: bench/run/executors/cells.py). `checkpoint`: as
-    run_cell takes it, but picklable (a functools.partial of a module's function): rank 0 calls it."""
+    lost. A rank that ends without a record (killed, crashed, or even exited with code 0) is seen as it ends: its
+    peers are stopped and RankLost names it (the cell process records it as its own end:
+    bench/run/executors/cells.py). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a
+    module's function): rank 0 calls it."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port on this host for the group's rendezvous
@@ -53,13 +54,16 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
         context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder, os.getpid()),
                                      nprocs=shards, start_method="spawn", join=False)
         try:
-            while not context.join(POLL_S):
+            while True:
+                done = context.join(POLL_S)
+                quit = _quit(context.processes, folder)  # torch counts exit code 0 a success, record or not
+                if quit is not None:
+                    _stop(context.processes)
+                    raise RankLost(quit, shards, 0)
+                if done:
+                    break
                 if _failed(_records(folder, shards)):
-                    for process in context.processes:
-                        if process.is_alive():
-                            process.terminate()
-                    for process in context.processes:
-                        process.join()
+                    _stop(context.processes)
                     break
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:  # torch has stopped the others
             if not _failed(_records(folder, shards)):  # else a failed rank's record says why (cell_record)
@@ -89,6 +93,21 @@ def cell_record(records: list[tuple[dict | None, int]]) -> dict:
     error = first["error"]
     return finish(record, first["status"],
                   error and {**error, "message": f"rank {rank} of {len(records)}: {error['message']}"})
+
+
+def _quit(processes: list, folder: str) -> int | None:
+    """The first rank that exited with code 0 without writing a record (each writes its record before it exits)."""
+    exited = [rank for rank, process in enumerate(processes) if process.exitcode == 0]  # before the records are read
+    return next((rank for rank in exited if not _record_path(folder, rank).exists()), None)
+
+
+def _stop(processes: list) -> None:
+    """Stop the ranks still running, and wait for every rank."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _failed(records: list[tuple[dict | None, int]]) -> bool:
