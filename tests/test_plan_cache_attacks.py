@@ -44,11 +44,14 @@ def memory_entry(cell) -> tuple[dict, Path]:
 @pytest.mark.parametrize("damage", [
     '{"predicted_peak_bytes": NaN}', '{"predicted_peak_bytes": -5}', '{"predicted_peak_bytes": Infinity}',
     '{"predicted_peak_bytes": "9"}', '{"predicted_peak_bytes": true}',
-    '{"weights_bytes": -1, "predicted_peak_bytes": 9}', '[1, 2]', '"x"', '{"weights_bytes": 5', ''])
+    '{"weights_bytes": -1, "predicted_peak_bytes": 9}', '[1, 2]', '"x"', '{"weights_bytes": 5', '',
+    "[" * 100_000 + "]" * 100_000, '{"predicted_peak_bytes": 1' + "0" * 5000 + "}", b"\xff\xfe".decode("latin-1")],
+    ids=lambda damage: damage[:40])
 def test_a_damaged_memory_prediction_is_predicted_again(cell, damage):
     """Before the fix, a dict entry was used whatever it held (a NaN or negative peak went on to the packer and to
-    Slurm's memory request) and another JSON type made the prediction unknown: now each is predicted again and
-    stored over the damaged entry."""
+    Slurm's memory request), another JSON type made the prediction unknown, and JSON nested past Python's recursion
+    limit, or an integer past its digit limit, crashed the run: now each is predicted again and stored over the
+    damaged entry."""
     predicted, path = memory_entry(cell)
     assert plan_entries.count(predicted["predicted_peak_bytes"], positive=True)
     path.write_text(damage)

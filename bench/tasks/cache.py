@@ -80,7 +80,7 @@ def lookup(key: dict, kind: str = "features", valid: Callable[[Any], bool] | Non
         return False, None
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON (or not text), nested past Python's limit
         value, damaged = None, True
     else:
         damaged = valid is not None and not valid(value)
