@@ -131,6 +131,37 @@ def _raise_on_rank_1_hang_on_rank_0(model, config, ctx):
     time.sleep(3600)
 
 
+def _kill_on_rank_1(model, config, ctx):
+    """A sharded cell's rank 1 SIGKILLs its own process in its build (no record, no traceback: as the kernel's OOM
+    killer would end it) once rank 0 is in its build too; rank 0 builds on and waits in its first collective for the
+    lost peer. Each rank first appends "<rank> <pid>" to `config['log']`."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.environ.get('RANK')} {os.getpid()}\n")
+    if os.environ.get("RANK") == "1":
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "0" not in [line.split()[0] for line in open(config["log"])]:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _full(model)
+
+
+def _exit_on_rank_1(model, config, ctx):
+    """A sharded cell's rank 1 exits with code 0 in its build (no record: as a library calling exit would), rank 0
+    builds on and waits in its first collective for the lost peer."""
+    if os.environ.get("RANK") == "1":
+        os._exit(0)
+    return _full(model)
+
+
+def _deaf_and_hang(model, config, ctx):
+    """Appends "<rank> <pid>" to `config['log']`, then ignores SIGINT and hangs: a process that an interrupt does not
+    stop, as a rank is while it waits inside a collective (NCCL's wait returns to Python only at its timeout)."""
+    with open(config["log"], "a") as f:
+        f.write(f"{os.environ.get('RANK')} {os.getpid()}\n")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(3600)
+
+
 def _spawn_and_hang(model, config, ctx):
     """Starts a child process (as a data loader's worker or a tool would), logs its pid, and hangs."""
     import subprocess
@@ -168,6 +199,11 @@ methods.register(
            _oom_on_rank_1),
     Method("fault-raise-on-rank-1-hang-on-rank-0", "baseline", "raises on rank 1, hangs on rank 0", PAPER,
            _raise_on_rank_1_hang_on_rank_0),
+    Method("fault-kill-on-rank-1", "baseline", "SIGKILLs its own process on rank 1 only", PAPER, _kill_on_rank_1,
+           defaults={"log": ""}),
+    Method("fault-exit-on-rank-1", "baseline", "exits with code 0 on rank 1 only", PAPER, _exit_on_rank_1),
+    Method("fault-deaf-hang", "baseline", "logs its rank and pid, ignores SIGINT, hangs", PAPER, _deaf_and_hang,
+           defaults={"log": ""}),
     Method("fault-spawn-hang", "baseline", "starts a child process, logs its pid, hangs", PAPER, _spawn_and_hang,
            defaults={"log": ""}),
     Method("visible-gpus-full", "baseline", "full fine-tuning that logs CUDA_VISIBLE_DEVICES", PAPER, _visible_gpus,

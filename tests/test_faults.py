@@ -169,6 +169,21 @@ def test_lock_staleness(tmp_path):
     assert "heartbeat" in lock_problem(lock)
 
 
+def test_a_lock_of_garbage_is_stale_only_by_its_heartbeat(tmp_path):
+    """A lock file of bytes that are not text, or JSON nested past Python's recursion limit (planted in a shared
+    store): before the fix lock_problem raised UnicodeDecodeError or RecursionError out of every runner that met it,
+    and steal the latter; now it is a lock that cannot be read, stale only by its heartbeat, and --steal-locks takes
+    it."""
+    lock = tmp_path / "c.lock"
+    for garbage in (b"\xff\xfe{", b"[" * 100_000):
+        lock.write_bytes(garbage)
+        assert lock_problem(lock) is None
+        old = time.time() - locks.LEASE_S - 5
+        os.utime(lock, (old, old))
+        assert "heartbeat" in lock_problem(lock)
+        assert locks.steal(lock) == {"unreadable": True} and not lock.exists()
+
+
 def _hold_every_lock(root: str, ids: list[str], start, granted) -> None:
     store = Store(root)
     start.wait()

@@ -8,12 +8,14 @@ import datetime as dt
 import json
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from bench.cell.lifeline import die_with_parent
 from bench.cell.recipe import run_cell
 from bench.files import atomic_write
 from bench.record import finish
@@ -25,13 +27,23 @@ POLL_S = 0.5  # how often the ranks' records are looked at while they run
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=5)
 
 
+class RankLost(Exception):
+    """A rank of a sharded cell ended without a record (killed by a signal, or an error outside the recipe); its
+    peers were stopped. `exit_code`: the rank process's (negative: minus the signal that killed it)."""
+
+    def __init__(self, rank: int, shards: int, exit_code: int):
+        super().__init__(f"rank {rank} of {shards}")
+        self.rank, self.shards, self.exit_code = rank, shards, exit_code
+
+
 def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
     """Run the cell on `shards` ranks, one process each (this process waits for them), and return its record
     (cell_record) with `env.shards`. As soon as a rank's record says it failed, the ranks still running are stopped:
     on NCCL they would wait in their next collective until its timeout, and the cell end `timeout` with the cause
-    lost. A rank that crashes without a record ends the group, and this process with it (the executor's failure
-    record keeps the output). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a module's
-    function): rank 0 calls it."""
+    lost. A rank that ends without a record (killed, crashed, or even exited with code 0) is seen as it ends: its
+    peers are stopped and RankLost names it (the cell process records it as its own end:
+    bench/run/executors/cells.py). `checkpoint`: as run_cell takes it, but picklable (a functools.partial of a
+    module's function): rank 0 calls it."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port on this host for the group's rendezvous
@@ -39,16 +51,24 @@ def run_ranks(cell, quiet: bool, checkpoint, shards: int) -> dict:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="peft-bench-ranks-") as folder:
         # files, not pipes: a large record never blocks a rank while we join
-        context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder), nprocs=shards,
-                                     start_method="spawn", join=False)
-        while not context.join(POLL_S):
-            if any(r["status"] != "ok" for r, _ in _records(folder, shards) if r is not None):
-                for process in context.processes:
-                    if process.is_alive():
-                        process.terminate()
-                for process in context.processes:
-                    process.join()
-                break
+        context = mp.start_processes(_rank, args=(shards, port, cell, quiet, checkpoint, folder, os.getpid()),
+                                     nprocs=shards, start_method="spawn", join=False)
+        try:
+            while True:
+                done = context.join(POLL_S)
+                quit = _quit(context.processes, folder)  # torch counts exit code 0 a success, record or not
+                if quit is not None:
+                    _stop(context.processes)
+                    raise RankLost(quit, shards, 0)
+                if done:
+                    break
+                if _failed(_records(folder, shards)):
+                    _stop(context.processes)
+                    break
+        except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:  # torch has stopped the others
+            if not _failed(_records(folder, shards)):  # else a failed rank's record says why (cell_record)
+                print(e, file=sys.stderr, flush=True)  # a crashed rank's traceback, kept as the evidence
+                raise RankLost(e.error_index, shards, context.processes[e.error_index].exitcode) from None
         record = cell_record(_records(folder, shards))
     record["env"]["shards"] = shards
     return record
@@ -75,6 +95,26 @@ def cell_record(records: list[tuple[dict | None, int]]) -> dict:
                   error and {**error, "message": f"rank {rank} of {len(records)}: {error['message']}"})
 
 
+def _quit(processes: list, folder: str) -> int | None:
+    """The first rank that exited with code 0 without writing a record (each writes its record before it exits)."""
+    exited = [rank for rank, process in enumerate(processes) if process.exitcode == 0]  # before the records are read
+    return next((rank for rank in exited if not _record_path(folder, rank).exists()), None)
+
+
+def _stop(processes: list) -> None:
+    """Stop the ranks still running, and wait for every rank."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
+
+
+def _failed(records: list[tuple[dict | None, int]]) -> bool:
+    """Whether a rank's record says it failed."""
+    return any(r["status"] != "ok" for r, _ in records if r is not None)
+
+
 def _record_path(folder: str, rank: int) -> Path:
     return Path(folder) / f"record-{rank}.json"
 
@@ -88,7 +128,8 @@ def _records(folder: str, shards: int) -> list[tuple[dict | None, int]]:
     return found
 
 
-def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, folder: str) -> None:
+def _rank(rank: int, shards: int, port: int, cell, quiet: bool, checkpoint, folder: str, parent: int) -> None:
+    die_with_parent(parent)  # the cell process (`parent`) killed with its runner: this rank too, even in a collective
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(shards))
     cuda = torch.cuda.is_available()

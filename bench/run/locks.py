@@ -86,7 +86,7 @@ class Claim:
         self._heart.join()
         try:
             owner = json.loads(self.lock.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return
         mine = _owner()
         if isinstance(owner, dict) and all(owner.get(k) == mine[k] for k in ("host", "pid", "started")):
@@ -105,13 +105,13 @@ def lock_problem(lock: Path, now: float | None = None) -> str | None:
         text = lock.read_text()
     except FileNotFoundError:
         return "gone"
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not text: only its heartbeat can say
         text = ""
     if age > LEASE_S:
         return f"heartbeat {age:.0f} s old (lease {LEASE_S:g} s)"
     try:
         owner = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(owner, dict):
         return None
@@ -150,7 +150,7 @@ def steal(lock: Path) -> dict | None:
         owner = json.loads(lock.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         owner = {"unreadable": True}
     lock.unlink(missing_ok=True)
     return owner if isinstance(owner, dict) else {"unreadable": True}

@@ -29,6 +29,7 @@ import sys
 
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
+from bench.tools import plan_entries
 from bench.tools.prompt_lengths import at_priced_length, plan_cache_key, priced_length
 
 
@@ -211,8 +212,8 @@ def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
         if shape in known or shape in pending:
             continue
         key = _cache_key(cell)
-        found, value = cache.lookup(key, "plan") if key is not None else (False, None)
-        if found and isinstance(value, list) and len(value) == 3:
+        found, value = cache.lookup(key, "plan", plan_entries.step_price) if key is not None else (False, None)
+        if found:
             known[shape] = tuple(value)
         else:
             pending[shape] = (cell, key)
@@ -300,9 +301,9 @@ def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> 
     key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
                      + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else "")
                      + f", precision {cell.train.precision} on {step_device}")
-    found, value = cache.lookup(key, "plan") if key is not None else (False, None)
+    found, value = cache.lookup(key, "plan", plan_entries.memory) if key is not None else (False, None)
     if found:
-        return value if isinstance(value, dict) else None
+        return value
     from bench.methods.base import method_settings
     from bench.models import quiet_libraries
     from bench.tools.estimate import estimate  # torch: only to predict, never to read the cache

@@ -51,6 +51,7 @@ def example_tokens(task, spec, data_dir, max_length: int) -> tuple[float | None,
     (measured_tokens) and, where that succeeded, cached."""
     from bench.tasks import cache
     from bench.tasks.data import files_fingerprint
+    from bench.tools import plan_entries
 
     if data_dir is None and not {"synthetic", "files", "manual"} & set(task.source):
         return None, "its rows are on the hub; --data-dir measures a local copy"
@@ -61,8 +62,8 @@ def example_tokens(task, spec, data_dir, max_length: int) -> tuple[float | None,
     else:
         key = plan_cache_key(spec.name, ("transformers", "tokenizers"), what="example tokens", task=task.identity(),
                              data=files, model=spec.identity(), max_length=max_length)
-    found, value = cache.lookup(key, "plan") if key is not None else (False, None)
-    if found and isinstance(value, list) and len(value) == 2:
+    found, value = cache.lookup(key, "plan", plan_entries.example_tokens) if key is not None else (False, None)
+    if found:
         return value[0], value[1]
     mean, how = measured_tokens(task, spec, data_dir, max_length)
     if mean is not None and key is not None:  # a failure (rows unread, tokenizer offline) may pass: measured again

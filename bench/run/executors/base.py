@@ -19,6 +19,7 @@ before any work, and its `build` imports what the executor needs only when it is
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,15 @@ class Executor(Protocol):
 
     def submit(self, cells: Iterable[Cell], spool: Callable[[Cell], Path],
                planned: list[Cell] | None = None) -> Iterator[tuple[Cell, dict]]: ...
+
+
+def number(text: str) -> float:
+    """A flag's number (an Option's type): a finite float. argparse's float takes 'nan' and 'inf', which no count
+    of GPUs, CPUs or gigabytes is: refused by argparse, naming the flag, like any value it cannot read."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from bench.record import NUMBER_SECTIONS, finish, new_record
 PRELOAD = ["bench.run.warm"]
 PRELOAD_ENV = "PEFT_BENCH_PRELOAD"  # what the fork server preloads besides its core (bench.run.warm)
 EVIDENCE_LINES = 100  # lines of a crashed cell's output kept in its record
-PR_SET_PDEATHSIG = 1
 POLL_S = 0.25  # how often running cells' output and deadlines are looked at
 
 
@@ -39,24 +38,19 @@ def _die_with_parent() -> None:
 
     The fork server exits when its runner does (its "alive" pipe reaches EOF), but multiprocessing
     hands every forked child a write end of that pipe too, which would keep the server, and so the
-    cell, running after the runner is killed: close it. Then ask the kernel to SIGKILL this process
-    when its parent, the fork server, exits (Linux).
+    cell, running after the runner is killed: close it. Then this process dies with its parent, the
+    fork server (bench/cell/lifeline.py).
     """
     from multiprocessing import forkserver
+
+    from bench.cell.lifeline import die_with_parent
 
     server = getattr(forkserver, "_forkserver", None)
     alive = getattr(server, "_forkserver_alive_fd", None)
     if alive is not None:
         os.close(alive)
         server._forkserver_alive_fd = None
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: orphans are possible there
-        return
-    if os.getppid() == 1:  # the parent died before the request: nobody is waiting for this cell
-        os._exit(1)
+    die_with_parent()
 
 
 def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial_path: str,
@@ -82,9 +76,15 @@ def _run_in_child(cell: Cell, quiet: bool, out_path: str, log_path: str, partial
     checkpoint = functools.partial(write_partial, Path(partial_path))
     shards = len(device.split(",")) if device else 1
     if shards > 1:  # a cell larger than one GPU: one rank per device (bench/cell/ranks.py)
-        from bench.cell.ranks import run_ranks
+        from bench.cell.ranks import RankLost, run_ranks
 
-        record = run_ranks(cell, quiet, checkpoint, shards)
+        kills_before = oom_kills()
+        try:
+            record = run_ranks(cell, quiet, checkpoint, shards)
+        except RankLost as lost:  # the cell ends as its lost rank did, named
+            record = ended_record(cell, lost.exit_code, kills_before, str(lost), tail(Path(log_path)),
+                                  _read_partial(Path(partial_path)))
+            record["env"]["shards"] = shards
     else:
         from bench.cell.recipe import run_cell
 
@@ -161,18 +161,7 @@ class CellProcess:
         if timed_out:
             return failure_record(cell, "timeout", "Timeout", f"cell ran longer than its {cell.timeout_s:g} s "
                                   "limit (suite key cell_timeout_s) and was killed", evidence, measured)
-        code = self.proc.exitcode
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name
-            ended = {"signal": name}
-            if code == -signal.SIGKILL and oom_kills() not in (None, self.kills_before):
-                return failure_record(cell, "oom", "Killed", "cell process was killed by the kernel's "
-                                      "out-of-memory killer (the cgroup's oom_kill count rose)", evidence, measured,
-                                      ended)
-            return failure_record(cell, "killed", "Killed", f"cell process was killed by {name} before writing "
-                                  "a record (no out-of-memory kill was counted)", evidence, measured, ended)
-        return failure_record(cell, "failed", "CellCrashed", f"cell process ended with exit code {code} "
-                              "before writing a record", evidence, measured, {"exit_code": code})
+        return ended_record(cell, self.proc.exitcode, self.kills_before, "cell process", evidence, measured)
 
     def _show(self) -> None:
         """Pass the cell's new output (progress bars, warnings) through to the runner's stderr."""
@@ -180,6 +169,23 @@ class CellProcess:
         if data and self.show and not self.quiet:
             sys.stderr.buffer.write(data)
             sys.stderr.flush()
+
+
+def ended_record(cell: Cell, code: int | None, kills_before: int | None, process: str, evidence: str | None,
+                 measured: dict) -> dict:
+    """The record of a cell whose `process` (the cell's, or a sharded cell's rank) ended with exit `code` before
+    writing a record: `oom` when SIGKILL came with a rise of the cgroup's OOM kills since `kills_before`, `killed`
+    by another signal, else `failed`."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        ended = {"signal": name}
+        if code == -signal.SIGKILL and oom_kills() not in (None, kills_before):
+            return failure_record(cell, "oom", "Killed", f"{process} was killed by the kernel's out-of-memory "
+                                  "killer (the cgroup's oom_kill count rose)", evidence, measured, ended)
+        return failure_record(cell, "killed", "Killed", f"{process} was killed by {name} before writing a record "
+                              "(no out-of-memory kill was counted)", evidence, measured, ended)
+    return failure_record(cell, "failed", "CellCrashed", f"{process} ended with exit code {code} before writing "
+                          "a record", evidence, measured, {"exit_code": code})
 
 
 def grid_modules(cells: list[Cell]) -> list[str]:

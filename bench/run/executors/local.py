@@ -27,10 +27,11 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from bench.errors import BadInput
+from bench.fmt import size
 from bench.plan.cellspec import Cell
-from bench.run.executors.base import ExecutorSpec, Option, register
+from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, failure_record, grid_modules, spool_files
-from bench.run.packing import Packer, Placement, cell_budget, packing_order
+from bench.run.packing import CONTEXT_BYTES, Packer, Placement, cell_budget, packing_order
 
 PACKING = ("memory", "off")
 
@@ -250,6 +251,11 @@ def parse_gpus(value: str) -> list[str]:
         if not visible:
             raise BadInput("--gpus all: no GPU found (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES is empty)",
                            "--gpus")
+        twice = sorted({v for v in visible if visible.count(v) > 1})
+        if twice:  # it would be two slots, two cells at once on one GPU
+            raise BadInput(f"--gpus all: CUDA_VISIBLE_DEVICES lists GPU {', '.join(twice)} more than once "
+                           f"({os.environ.get('CUDA_VISIBLE_DEVICES')}): list each GPU once, or give --gpus with "
+                           "distinct indices", "--gpus")
         return visible
     wanted = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in wanted if v not in visible]
@@ -278,9 +284,10 @@ def visible_gpus() -> list[str]:
 
 
 def device_rooms(devices: list[str]) -> dict[str, int] | None:
-    """Each GPU's memory free for cells as the run starts (its total less what other processes use), in bytes, asked
-    of nvidia-smi (`-i` takes an index or a UUID, as CUDA_VISIBLE_DEVICES does): never through CUDA, which the runner
-    must not initialise. None when nvidia-smi cannot say for every one of them."""
+    """Each GPU's memory free for cells as the run starts (its total less what other processes use, 0 when they use
+    it all), in bytes, asked of nvidia-smi (`-i` takes an index or a UUID, as CUDA_VISIBLE_DEVICES does): never
+    through CUDA, which the runner must not initialise. None when nvidia-smi cannot say for every one of them (no
+    answer, or not a total above 0 and a used amount of at least 0)."""
     import subprocess
 
     rooms = {}
@@ -291,9 +298,9 @@ def device_rooms(devices: list[str]) -> dict[str, int] | None:
             total, used = (int(v) for v in out.stdout.strip().split(","))
         except (OSError, subprocess.SubprocessError, ValueError):
             return None
-        if out.returncode != 0 or total <= used:
+        if out.returncode != 0 or total <= 0 or used < 0:
             return None
-        rooms[device] = (total - used) * 1024**2
+        rooms[device] = max(total - used, 0) * 1024**2
     return rooms
 
 
@@ -320,8 +327,21 @@ def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None, gpus_per_
     if pack == "memory" and rooms is None:
         print("--pack memory: nvidia-smi did not give every GPU's memory, so one cell runs on each GPU at a time",
               file=sys.stderr)
+    refuse_full_gpus(gpus, rooms)
     return LocalExecutor(quiet=quiet, gpus=devices, rooms=rooms, predicted_memory=predicted_memory,
                          gpus_per_cell=int(gpus_per_cell or 1))
+
+
+def refuse_full_gpus(gpus: str, rooms: dict[str, int] | None) -> None:
+    """BadInput naming --gpus when a GPU has less memory free than one cell's CUDA context (packing.CONTEXT_BYTES):
+    any cell placed there could only run out of memory (other processes hold the rest)."""
+    full = {device: room for device, room in (rooms or {}).items() if room < CONTEXT_BYTES}
+    if full:
+        rest = [device for device in rooms if device not in full]
+        raise BadInput(f"--gpus {gpus}: " + ", ".join(f"GPU {d} has {size(room)} free" for d, room in full.items())
+                       + f" (nvidia-smi: the rest is used by other processes), less than one cell's CUDA context "
+                       f"({size(CONTEXT_BYTES)}): give GPUs with room ({', '.join(rest) or 'none of these'}), or free "
+                       "them", "--gpus")
 
 
 register(ExecutorSpec("local", "this machine, a process per cell", _build, (
@@ -330,7 +350,7 @@ register(ExecutorSpec("local", "this machine, a process per cell", _build, (
                           "--pack lets"),
     Option("--pack", str, "with --gpus: 'memory' (the default) runs as many cells on a GPU as their predicted memory "
                           "fits, each held to its budget (docs/scale.md); 'off' one cell per GPU at a time"),
-    Option("--gpus-per-cell", float, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
+    Option("--gpus-per-cell", number, "with --gpus: a cell larger than any GPU runs sharded (FSDP2) over this many "
                                      "(default 1: no sharding; a cell predicted larger than the largest GPU is "
                                      "refused, or runs alone there where its prediction may run high)"),
 ), needs_memory=True))

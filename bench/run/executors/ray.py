@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 from bench.env import usable_cores
 from bench.errors import BadInput
 from bench.plan.cellspec import Cell
-from bench.run.executors.base import ExecutorSpec, Option, register
+from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import POLL_S, failure_record, run_on_worker
 
 INSTALL_HINT = "pip install 'peft-bench[ray]' (from a checkout: pip install -e '.[ray]')"
@@ -183,6 +183,6 @@ def _build(quiet: bool, ray_address: str | None, gpus_per_cell: float | None,
 register(ExecutorSpec("ray", "a Ray cluster, or a local Ray instance; needs the `ray` extra", _build, (
     Option("--ray-address", str, "the cluster to join (auto, or HOST:PORT); default: start a local Ray instance "
                                  "for this run"),
-    Option("--gpus-per-cell", float, "GPUs one cell asks for (default 0)"),
-    Option("--cpus-per-cell", float, "CPUs one cell asks for, also its torch threads (default 1)"),
+    Option("--gpus-per-cell", number, "GPUs one cell asks for (default 0)"),
+    Option("--cpus-per-cell", number, "CPUs one cell asks for, also its torch threads (default 1)"),
 )))

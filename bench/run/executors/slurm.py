@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 from bench.errors import BadInput
 from bench.files import atomic_write
 from bench.plan.cellspec import Cell
-from bench.run.executors.base import ExecutorSpec, Option, register
+from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import failure_record, run_on_worker, spool_files
 
 INSTALL_HINT = "pip install 'peft-bench[slurm]' (from a checkout: pip install -e '.[slurm]')"
@@ -288,8 +288,8 @@ register(ExecutorSpec("slurm", "a Slurm cluster, a job per cell, through submiti
     Option("--slurm-partition", str, "the partition jobs go to (default: the cluster's default partition)"),
     Option("--slurm-account", str, "the account jobs are charged to"),
     Option("--slurm-max-jobs", int, "this run's jobs queued or running at once", 16),
-    Option("--gpus-per-cell", float, "GPUs one cell asks for (default 0)"),
-    Option("--cpus-per-cell", float, "CPUs one cell asks for, also its torch threads (default 1)"),
-    Option("--mem-per-cell", float, "host memory one cell's job asks for, in GB (default: the cell's predicted peak "
+    Option("--gpus-per-cell", number, "GPUs one cell asks for (default 0)"),
+    Option("--cpus-per-cell", number, "CPUs one cell asks for, also its torch threads (default 1)"),
+    Option("--mem-per-cell", number, "host memory one cell's job asks for, in GB (default: the cell's predicted peak "
                                     "plus a process's own, see docs/scale.md)"),
 ), needs_memory=True))

@@ -1,0 +1,44 @@
+"""What an entry of the disk cache's `plan` folder (bench/tasks/cache.py) must be to be read: the shape its writer
+stores. An entry that is not (edited by hand, a number turned NaN, infinite or negative, a list where a section was
+stored) is damaged: cache.lookup drops it and the plan computes it again, so no price, prompt length or memory
+prediction (a packed cell's budget, a Slurm job's memory) is ever taken from a damaged entry.
+
+Each check takes the JSON value as read (json.loads, which reads NaN and Infinity as floats) and says whether it is
+what its writer stores; plan_cost and prompt_lengths pass them to cache.lookup.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def count(value, positive: bool = False) -> bool:
+    """A count of bytes or FLOPs: an int (not a bool), at least 0 (above 0 where `positive`)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (1 if positive else 0)
+
+
+def step_price(value) -> bool:
+    """plan_cost.price_shapes' entry: [FLOPs of a training step, of one sequence's forward pass, why unknown], the
+    FLOPs each a count or null (unknown, with its reason)."""
+    return (isinstance(value, list) and len(value) == 3 and isinstance(value[2], str)
+            and all(v is None or count(v) for v in value[:2]))
+
+
+def memory(value) -> bool:
+    """plan_cost.predicted_memory's entry: null (no prediction), or the memory section `estimate` predicts: its
+    `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, and `shards`,
+    where sharded, a count above 0."""
+    if value is None:
+        return True
+    if not isinstance(value, dict) or "predicted_peak_bytes" not in value:
+        return False
+    peak = value["predicted_peak_bytes"]
+    return ((peak is None or count(peak, positive=True)) and ("shards" not in value or count(value["shards"], True))
+            and all(v is None or count(v) for k, v in value.items() if k.endswith("_bytes")))
+
+
+def example_tokens(value) -> bool:
+    """prompt_lengths.example_tokens' entry: [mean tokens of one example (a finite number above 0), how measured]."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)
+            and isinstance(value[0], (int, float)) and not isinstance(value[0], bool)
+            and math.isfinite(value[0]) and value[0] > 0)
