@@ -26,14 +26,16 @@ def step_price(value) -> bool:
 
 def memory(value) -> bool:
     """plan_cost.predicted_memory's entry: null (no prediction), or the memory section `estimate` predicts: its
-    `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, and `shards`,
-    where sharded, a count above 0."""
+    `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, `shards`,
+    where sharded, a count above 0, and `not_modelled` a list of texts (where the step departs from a GPU's)."""
     if value is None:
         return True
     if not isinstance(value, dict) or "predicted_peak_bytes" not in value:
         return False
     peak = value["predicted_peak_bytes"]
+    departs = value.get("not_modelled", [])
     return ((peak is None or count(peak, positive=True)) and ("shards" not in value or count(value["shards"], True))
+            and isinstance(departs, list) and all(isinstance(reason, str) for reason in departs)
             and all(v is None or count(v) for k, v in value.items() if k.endswith("_bytes")))
 
 
