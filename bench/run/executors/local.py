@@ -92,6 +92,8 @@ class LocalExecutor:
         self.isolation, self.quiet = isolation, quiet
         self.devices: list[str | None] = list(gpus) if gpus else [None] * jobs
         self.rooms = rooms if gpus and rooms and predicted_memory else None
+        # what each cell demands of the devices' rooms (Packer.demand reads the rooms only, never what is placed)
+        self.sizing = Packer(self.rooms, gpus_per_cell) if self.rooms is not None else None
         self.predicted_memory, self.gpus_per_cell = predicted_memory, gpus_per_cell
         # (cell id, devices) -> its predicted memory section on each of that many devices, as first asked
         self.memories: dict[tuple[str, int], dict | None] = {}
@@ -118,10 +120,9 @@ class LocalExecutor:
         if self.rooms is None:
             return None, 1
         if cell.id not in self.demands:
-            packer = Packer(self.rooms, self.gpus_per_cell)
             # the prediction bounds the peak from below unless the estimate says where it departs from a GPU's step
             bound = not (self.memory(cell) or {}).get("not_modelled")
-            budget, devices = packer.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound)
+            budget, devices = self.sizing.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound)
             if budget is None and devices > 1:
                 print(f"{cell.line()}: its memory sharded over {devices} GPUs is unknown (no prediction): it runs "
                       f"sharded over {devices} empty GPUs without a budget", file=sys.stderr)
