@@ -133,8 +133,12 @@ def test_a_job_outliving_its_killed_runner_is_adopted_by_the_next_run(tmp_path, 
 
 
 def test_a_request_no_node_can_meet_stops_the_run_before_any_work(tmp_path):
-    """500 GB a cell on this node's 21 GB: Slurm's own answer to a test submission, exit 2, no job, no record."""
-    done = _slurm_run("--suite", "ci", "--models", "tiny-encoder", "--methods", "lora", "--results", str(tmp_path),
-                      "--mem-per-cell", "500")
+    """500 GB a cell on this node's 21 GB: Slurm's own answer to a test submission, exit 2, no job, no record. The
+    suite has a name of its own: its jobs' names are then this test's alone, where the ci suite's were also those
+    of the grid another test submits at the same moment (make test runs two at once)."""
+    suite = tmp_path / "refused.yaml"
+    suite.write_text("name: slurm-refused\nmethods: [lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                     "seeds: [1]\ntrain: {batch_size: 4, max_steps: 2, max_length: 16}\n")
+    done = _slurm_run("--suite", str(suite), "--results", str(tmp_path / "results"), "--mem-per-cell", "500")
     assert done.returncode == 2 and "Slurm would refuse the job of" in done.stderr and "--mem=512000M" in done.stderr
-    assert not (tmp_path / "ci").exists() and not _queued("peft-bench-ci-")
+    assert not (tmp_path / "results" / "slurm-refused").exists() and not _queued("peft-bench-slurm-refused-")
