@@ -80,10 +80,19 @@ def with_values(make, like: torch.Tensor) -> torch.Tensor:
     dry-run's fake pass, bench/tools/estimate.py) it is built for real and handed over as a fake that keeps its
     values (the fake mode's constant): code that reads them (`.item()`, as peft's Poly router checks its task ids)
     then runs on the fake pass as on real tensors, where a plain fake, whose values are unknown, would stop it."""
-    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+    from torch._subclasses.fake_tensor import FakeTensor
 
     if not isinstance(like, FakeTensor):
         return make(like.device)
+    return constant_fake(like.fake_mode, lambda: make(like.device))  # the device the fakes claim (the CPU)
+
+
+def constant_fake(fake_mode, make) -> torch.Tensor:
+    """`make()` run for real, outside `fake_mode`, and handed over as a fake of that mode that keeps its values (the
+    mode's constant), so code that reads them runs on the fake pass as on real tensors (with_values; a fake pass's
+    random draw of one number, bench/cell/probe._ScalarDraws)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     with unset_fake_temporarily():
-        values = make(like.device)  # the device the fakes claim (the estimate's: the CPU)
-    return like.fake_mode.fake_tensor_converter.from_real_tensor(like.fake_mode, values, make_constant=True)
+        values = make()
+    return fake_mode.fake_tensor_converter.from_real_tensor(fake_mode, values, make_constant=True)

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 from bench.cell.batching import batches, positions_in, to_device, tokens_in
 from bench.cell.objectives import lm_loss
 from bench.models import is_encoder_decoder
-from bench.tensors import storage_key, tensor_bytes
+from bench.tensors import constant_fake, storage_key, tensor_bytes
 
 _aten = torch.ops.aten
 
@@ -263,13 +263,10 @@ class _ScalarDraws(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in self.DRAWS and torch.Size(args[-1]).numel() <= 1:
-            from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-            with unset_fake_temporarily():  # on the CPU, the device the fakes claim
-                value = self.DRAWS[func](*args, generator=self.generator,
-                                         **{k: v for k, v in kwargs.items() if k not in ("device", "pin_memory")})
-            return self.fake_mode.fake_tensor_converter.from_real_tensor(self.fake_mode, value, make_constant=True)
+        if func in self.DRAWS and torch.Size(args[-1]).numel() <= 1:  # on the CPU, the device the fakes claim
+            settings = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory")}
+            return constant_fake(self.fake_mode,
+                                 lambda: self.DRAWS[func](*args, generator=self.generator, **settings))
         return func(*args, **kwargs)
 
 
