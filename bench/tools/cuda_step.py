@@ -142,23 +142,17 @@ def _kernel(policy: str, op, redispatch=None):
     return kernel
 
 
-def _policies() -> Iterator[tuple[str, tuple[str, str], tuple[str, str] | None]]:
-    for policy, ops in (("lower_precision_fp", LOWER_PRECISION_FP), ("fp32", FP32),
-                        ("fp32_set_opt_dtype", FP32_SET_OPT_DTYPE), ("promote", PROMOTE)):
-        for name in ops:
-            yield policy, name, None
-    for name, redispatch in FP32_APPEND_DTYPE.items():
-        yield "fp32_append_dtype", name, redispatch
-
-
 def added_ops() -> list[tuple[str, str, str]]:
     """(policy, op, overload) of every op of CUDA's lists that this torch has and CPU autocast does not register:
     what step_on adds."""
+    lists = (("lower_precision_fp", LOWER_PRECISION_FP), ("fp32", FP32), ("fp32_set_opt_dtype", FP32_SET_OPT_DTYPE),
+             ("promote", PROMOTE), ("fp32_append_dtype", tuple(FP32_APPEND_DTYPE)))
     added = []
-    for policy, (op, overload), _ in _policies():
-        found = _overload(op, overload)
-        if found is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(found.name(), _KEY):
-            added.append((policy, op, overload))
+    for policy, ops in lists:
+        for op, overload in ops:
+            found = _overload(op, overload)
+            if found is not None and not torch._C._dispatch_has_kernel_for_dispatch_key(found.name(), _KEY):
+                added.append((policy, op, overload))
     return added
 
 
@@ -166,10 +160,8 @@ def _register_cuda_policy(library) -> None:
     """CPU autocast casting as CUDA autocast does (the module's docstring): kernels on the AutocastCPU key for the
     ops of CUDA's lists CPU autocast leaves alone. Outside an autocast region they do nothing (its key is then
     off)."""
-    redispatches = {name: redispatch for _, name, redispatch in _policies() if redispatch}
     for policy, op, overload in added_ops():
-        found = _overload(op, overload)
-        redispatch = redispatches.get((op, overload))
+        found, redispatch = _overload(op, overload), FP32_APPEND_DTYPE.get((op, overload))
         library.impl(found.name().split("::", 1)[1], _kernel(policy, found, redispatch and _overload(*redispatch)),
                      _KEY)
 
