@@ -138,3 +138,16 @@ def test_tiny_t5s_estimate_saves_what_the_twin_keeps_instead_of_cudas_math_kerne
     attentions = 2 * tiny.DEPTH
     assert on_math["memory"]["activation_bytes"] - twin["memory"]["activation_bytes"] == \
         attentions * (math_keeps - twin_keeps)
+
+
+def test_the_depth_extrapolation_holds_with_the_twin():
+    """t5-small's step as a GPU runs it (the twin in each self-attention), extended from a few blocks per stack,
+    equals the pass through all of them, the most bytes alive at once included."""
+    from bench.tools.fake_pass import fake_step
+    from tests.adapting import adapt
+
+    model = adapt("t5-small", "full", total_steps=1, meta=True)[1].model
+    with departures() as departed:
+        full = fake_step(model, "encoder-decoder", 2, 8, extrapolate=False, device="cuda", autocast=True)
+        assert fake_step(model, "encoder-decoder", 2, 8, device="cuda", autocast=True) == full
+    assert departed == []
