@@ -112,8 +112,8 @@ def test_a_prediction_that_may_run_high_refuses_nothing_the_cell_runs_alone():
 
 
 def test_the_executor_bounds_the_peak_by_the_prediction_unless_the_estimate_says_where_it_departs(tmp_path):
-    """A prediction whose `not_modelled` names where the estimate's step departs from a GPU's (Liger's other path, a
-    trained attention bias: bench/tools/cuda_step.py) refuses nothing: its cell runs alone on the largest device."""
+    """A prediction whose `not_modelled` names where the estimate's step departs from a GPU's (Liger's other path:
+    bench/tools/liger_memory.py) refuses nothing: its cell runs alone on the largest device."""
     path = tmp_path / "one.yaml"
     path.write_text("name: one\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
                     "train: {batch_size: 8, max_steps: 2, max_length: 16}\n")

@@ -25,7 +25,7 @@ fit either, is refused before any cell starts (Packer.demand): it could only run
 prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate
 models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a cell
 whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
-weights under autocast, a trained attention bias) runs alone on the largest device instead; a cell whose sharded
+weights under autocast) runs alone on the largest device instead; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the

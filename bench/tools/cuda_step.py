@@ -35,6 +35,9 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+from bench.tools import efficient_attention
 
 # CUDA's lists, as (op, overload) pairs; "default" is an op's overload without a name.
 LOWER_PRECISION_FP = (
@@ -203,9 +206,11 @@ def _register_cuda_kernels(library) -> None:
       the inputs, output and log-sum-exp, never the L x L probabilities, dropout included (drawn inside the kernel
       from a saved seed). CPU's flash kernel keeps the same but takes no dropout, and with dropout the CPU runs its
       math kernel, which keeps the probabilities: here sdpa runs without its dropout, which changes no FLOP and
-      nothing kept. Where CPU's flash kernel cannot take the inputs all the same (a mask that needs a gradient: T5's
-      trained position bias), the math kernel keeps the probabilities CUDA's memory-efficient kernel does not: that
-      step departs (`depart`: its estimate runs high). Grouped-query attention in fp32 (enable_gqa, no mask): only
+      nothing kept. A mask that needs a gradient (T5's trained position bias) no flash kernel takes: CUDA runs its
+      memory-efficient kernel, here its twin (bench/tools/efficient_attention.py) on the fake tensors, or where that
+      kernel does not take the inputs its math kernel, here the CPU's, dropout and all; on real tensors, which the
+      twin cannot run, the math kernel keeps the probabilities CUDA's does not: that step departs (`depart`: its
+      estimate runs high). Grouped-query attention in fp32 (enable_gqa, no mask): only
       CUDA's flash kernel takes grouped heads and it takes no fp32, so CUDA runs its math kernel, which keeps the
       probabilities; the CPU's flash kernel would not, so here it is the math kernel too, dropout and all."""
     dropout, native_dropout = torch.ops.aten.dropout.default, torch.ops.aten.native_dropout.default
@@ -219,12 +224,19 @@ def _register_cuda_kernels(library) -> None:
         return dropout.decompose(*args, **kwargs)
 
     def attention_without_dropout(*args, **kwargs):
-        query, mask = args[0], _argument(sdpa, args, kwargs, "attn_mask", None)
+        query, key, value, mask, dropout_p, is_causal, scale = (
+            _argument(sdpa, args, kwargs, name, default) for name, default in (
+                ("query", None), ("key", None), ("value", None), ("attn_mask", None), ("dropout_p", 0.0),
+                ("is_causal", False), ("scale", None)))
         if _argument(sdpa, args, kwargs, "enable_gqa", False) and query.dtype == torch.float32:
             return math_attention(*args, **kwargs)[0]
         if torch.is_tensor(mask) and mask.requires_grad:
-            depart("sdpa with a mask that needs a gradient (a trained position bias) runs the CPU's math kernel, "
-                   "which keeps the L x L probabilities CUDA's memory-efficient kernel does not: high")
+            if not efficient_attention.takes(query, key, value, mask):
+                return math_attention(*args, **kwargs)[0]
+            if isinstance(query, FakeTensor):
+                return efficient_attention.attention(query, key, value, mask, dropout_p, is_causal, scale)
+            depart("sdpa with a mask that needs a gradient (a trained position bias) on real tensors runs the CPU's "
+                   "math kernel, which keeps the L x L probabilities CUDA's memory-efficient kernel does not: high")
         at = next(i for i, a in enumerate(sdpa._schema.arguments) if a.name == "dropout_p")
         if at < len(args):
             args = (*args[:at], 0.0, *args[at + 1:])
