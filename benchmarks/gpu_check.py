@@ -4,10 +4,12 @@
     PYTHONPATH=. python benchmarks/gpu_check.py --device cpu                           # smoke, any machine
     PYTHONPATH=. python benchmarks/gpu_check.py --smoke                                # two cells of it (tests)
 
-Builds two random-init models of real size as local checkpoints (no hub): a RoBERTa-base-shaped
-encoder in fp32 and a 0.95B LLaMA-shaped decoder in bf16, plus a local classification task of
-256-token inputs, then runs them through the harness (each cell in its own process, as always):
-10 methods on the encoder (batch 32 x 256) and 5 on the decoder (batch 8 x 256, QLoRA included).
+Builds three random-init models of real size as local checkpoints (no hub): a RoBERTa-base-shaped
+encoder in fp32, a 0.95B LLaMA-shaped decoder in bf16 and a T5-base-shaped encoder-decoder in fp32, plus a
+local classification task of 256-token inputs, then runs them through the harness (each cell in its own
+process, as always): 10 methods on the encoder (batch 32 x 256), 5 on the decoder (batch 8 x 256, QLoRA
+included), and full fine-tuning and LoRA on the encoder-decoder (batch 32 x 256; full fine-tuning trains T5's
+position bias, which the estimate prices as CUDA's memory-efficient attention kernel runs it).
 It prints, per cell, `memory.predicted_peak_bytes` over the measured `device_peak_allocated_bytes`,
 `memory.device_other_bytes` (what the device held besides the weights as training began: the cuBLAS
 workspaces, a term the prediction leaves out) and the ratio with it added, the median step time,
@@ -35,7 +37,10 @@ from benchmarks.common import REPO, child_env, mib, save_random_model, work_fold
 ENCODER_METHODS = ["full", "lora", "bitfit", "head-only", "adapter-houlsby", "mam-adapter", "prefix-tuning", "ia3",
                    "dora", "prompt-tuning"]
 DECODER_METHODS = ["full", "lora", "ia3", "prompt-tuning", "qlora"]
-SMOKE_METHODS = {"encoder": ["lora"], "decoder": ["lora"]}  # --smoke: one cell per suite
+# T5's trained position bias reaches sdpa as a mask that needs a gradient: full fine-tuning trains it (CUDA's
+# memory-efficient kernel, which the estimate twins: bench/tools/efficient_attention.py), LoRA leaves it frozen
+SEQ2SEQ_METHODS = ["full", "lora"]
+SMOKE_METHODS = {"encoder": ["lora"], "decoder": ["lora"], "seq2seq": ["full"]}  # --smoke: one cell per suite
 # (hidden, layers, heads, kv heads, ffn, vocab): 16 layers of 2048 give 0.95B parameters with 32k vocabulary
 LLAMA_095B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16,
                   intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
@@ -51,18 +56,33 @@ def build_models(folder: Path, smoke: bool) -> dict[str, Path]:
     vocab = len(tiny.tokenizer())
     if smoke:
         encoder_config, decoder_config = tiny.config("roberta", vocab), tiny.config("llama", vocab)
+        seq2seq_config = tiny.config("t5", vocab)
     else:
-        fields = json.loads((REPO / "bench" / "configs" / "roberta-base.json").read_text())
-        encoder_config = tf.AutoConfig.for_model(fields.pop("model_type"), **fields)
+        encoder_config, seq2seq_config = (real_shape(name, vocab) for name in ("roberta-base", "t5-base"))
         decoder_config = tf.LlamaConfig(**LLAMA_095B, pad_token_id=tiny.PAD, bos_token_id=tiny.BOS,
                                         eos_token_id=tiny.EOS)
     paths = {}
     for name, config, auto, dtype in (("encoder", encoder_config, tf.AutoModelForMaskedLM, torch.float32),
-                                      ("decoder", decoder_config, tf.AutoModelForCausalLM, torch.bfloat16)):
+                                      ("decoder", decoder_config, tf.AutoModelForCausalLM, torch.bfloat16),
+                                      ("seq2seq", seq2seq_config, tf.AutoModelForSeq2SeqLM, torch.float32)):
         paths[name] = folder / name
         count = save_random_model(paths[name], config, auto, dtype)
         print(f"built {name}: {count / 1e6:.1f}M parameters, {dtype}", file=sys.stderr)
     return paths
+
+
+def real_shape(name: str, vocab: int):
+    """The shipped config of `name` (bench/configs): the real shape, with the offline tokenizer's special tokens
+    where T5's differ (its end of sequence; its padding and decoder start are both 0 already)."""
+    import transformers as tf
+
+    from bench import tiny
+
+    fields = json.loads((REPO / "bench" / "configs" / f"{name}.json").read_text())
+    if fields["model_type"] == "t5":
+        assert vocab <= fields["vocab_size"] and fields["pad_token_id"] == tiny.PAD
+        fields.update(eos_token_id=tiny.EOS)
+    return tf.AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def suite_of(folder: Path, name: str, model: Path, methods: list[str], tasks: Path, batch: int, smoke: bool) -> Path:
@@ -149,10 +169,11 @@ def main() -> int:
         tasks = write_long_task(work, 300, {"train": 256 if smoke else 1024, "eval": 32 if smoke else 64},
                                 "300-word rows, binary label")
         suites = [("gpu-check-encoder", models["encoder"], ENCODER_METHODS, 32),
-                  ("gpu-check-decoder", models["decoder"], DECODER_METHODS, 8)]
+                  ("gpu-check-decoder", models["decoder"], DECODER_METHODS, 8),
+                  ("gpu-check-seq2seq", models["seq2seq"], SEQ2SEQ_METHODS, 32)]
         if args.smoke:
             suites = [(name, model, SMOKE_METHODS[kind], batch)
-                      for (name, model, _, batch), kind in zip(suites, ("encoder", "decoder"))]
+                      for (name, model, _, batch), kind in zip(suites, ("encoder", "decoder", "seq2seq"))]
         results = work / "results"
         for name, model, methods, batch in suites:
             suite = suite_of(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
