@@ -13,8 +13,9 @@ position bias, which the estimate prices as CUDA's memory-efficient attention ke
 It prints, per cell, `memory.predicted_peak_bytes` over the measured `device_peak_allocated_bytes`,
 `memory.device_other_bytes` (what the device held besides the weights as training began: the cuBLAS
 workspaces, a term the prediction leaves out) and the ratio with it added, the median step time,
-`time.train_flops_per_s` and `time.mfu`. `--device cpu` runs the same path at toy size on the CPU (CI runs
-it), where the measured peak is the process's RSS.
+`time.train_flops_per_s` and `time.mfu`, and `estimate`'s prediction of the same cell (what the packer
+budgets by: the GPU's step modelled on fake CPU tensors) over the probe's. `--device cpu` runs the same path at
+toy size on the CPU (CI runs it), where the measured peak is the process's RSS.
 
 `--wheels DIR` first installs the wheels in DIR into a private folder (a GPU machine with its own
 image and no network: pip install --no-index).
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
@@ -93,11 +96,29 @@ def suite_of(folder: Path, name: str, model: Path, methods: list[str], tasks: Pa
                               "eval_batch_size": batch, "max_eval_samples": batch})
 
 
-def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
-    """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU."""
+def estimated_peaks(suites: list[Path]) -> dict[tuple[str, str], int | None]:
+    """(suite, method label) -> `estimate`'s predicted peak of that cell, as the packer asks it
+    (plan_cost.predicted_memory: the GPU's step on fake tensors, with the cell's own task; no device). The table's
+    "predicted" is the cell's own probe, which on a GPU runs CUDA's kernels: the two side by side check the
+    estimate's models of those kernels (bench/tools/cuda_step.py, efficient_attention.py) on the cells measured."""
+    from bench.plan.grid import expand
+    from bench.plan.suite import load_suite
+    from bench.tools.plan_cost import predicted_memory
+
+    peaks = {}
+    for path in suites:
+        suite = load_suite(str(path))
+        for cell in expand(suite):
+            peaks[suite.name, cell.label] = (predicted_memory(cell) or {}).get("predicted_peak_bytes")
+    return peaks
+
+
+def table(results: Path, suites: list[tuple[str, list[str]]], estimates: dict[tuple[str, str], int | None]) -> str:
+    """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU; the estimate's
+    predicted peak of the cell (`estimated_peaks`) over the probe's."""
     lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | ±10 % | other MB "
-             "| ratio with other | step ms | TFLOP/s | MFU |",
-             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| ratio with other | step ms | TFLOP/s | MFU | estimate MB | estimate / predicted |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for suite, order in suites:
         found = [json.loads(path.read_text()) for path in (results / suite).glob("*.json")]
         for r in sorted(found, key=lambda r: order.index(r["cell"]["label"])):
@@ -115,9 +136,11 @@ def table(results: Path, suites: list[tuple[str, list[str]]]) -> str:
                      f"{1000 * t['step_s_median']:.1f}" if t.get("step_s_median") else "–",
                      f"{t['train_flops_per_s'] / 1e12:.3g}" if t.get("train_flops_per_s") else "–",
                      f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "–"]
+            estimated = estimates.get((suite, r["cell"]["label"]))
+            cells += [mib(estimated), f"{estimated / predicted:.4f}" if estimated and predicted else "–"]
             lines.append("| " + " | ".join(cells) + " |")
             if r["status"] not in ("ok", "unsupported"):
-                lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | | | | |")
+                lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -175,16 +198,21 @@ def main() -> int:
             suites = [(name, model, SMOKE_METHODS[kind], batch)
                       for (name, model, _, batch), kind in zip(suites, ("encoder", "decoder", "seq2seq"))]
         results = work / "results"
-        for name, model, methods, batch in suites:
-            suite = suite_of(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
-            subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--results", str(results),
-                            "--force", "--jobs", str(args.jobs)], check=True, env=env, cwd=REPO)
-        text = table(results, [(s[0], s[2]) for s in suites])
+        paths = [suite_of(work, name, model, methods, tasks, 4 if smoke else batch, smoke)
+                 for name, model, methods, batch in suites]
+        # the estimates run on the CPU beside the cells (a fresh process: this one never initialises CUDA)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            estimates = pool.submit(estimated_peaks, paths)
+            for path in paths:
+                subprocess.run([sys.executable, "-m", "bench", "run", "--suite", str(path), "--results",
+                                str(results), "--force", "--jobs", str(args.jobs)], check=True, env=env, cwd=REPO)
+            estimates = estimates.result()
+        text = table(results, [(s[0], s[2]) for s in suites], estimates)
         head = (f"gpu_check ({'cpu smoke' if smoke else 'cuda'}), {time.monotonic() - start:.0f} s; "
                 f"records in {results}" + (f"; {args.jobs} cells at once (times shared)" if args.jobs > 1 else ""))
         if smoke:
             head += ("\n(CPU: the measured peak is the process's RSS, libraries included: the ratio means something "
-                     "on a GPU only)")
+                     "on a GPU only; so does the estimate over the probe, which on a CPU runs the CPU's kernels)")
         text += "\n\n" + verdict(results, [s[0] for s in suites])
         print(head + "\n\n" + text)
         if args.out:

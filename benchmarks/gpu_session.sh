@@ -11,7 +11,8 @@
 # 15 device-minutes a session, a machine's start included, hold one such call and perhaps a short second one.
 #
 # Phases (default: check, tests, trace, perf; they run as below, whatever order they are named in):
-#   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method, two cells at once
+#   check   benchmarks/gpu_check.py: predicted vs measured peak memory and MFU per method, two cells at once, and
+#           the estimate (no GPU) beside each cell probe's prediction (RoBERTa, LLaMA and T5 shapes)
 #   tests   the test suite on the GPU (the tests take their expectations from the device). It runs beside check
 #           and trace, on the machine's other cores: what those two measure on the GPU (each process's own
 #           allocator peaks) is not shared between processes; their step times are, and are not what they check

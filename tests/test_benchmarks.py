@@ -24,7 +24,7 @@ OUTPUT = {
     "eval_order": [r"positions in order +sorted +ratio", r"synth-polarity +500 +32 +[\d,]+ +[\d,]+ +0\.\d\d .* yes"],
     "gpu_check": [r"\| gpu-check-encoder \| fp32 \| lora \| ok \| \d+ \| \d+ \|",
                   r"\| gpu-check-decoder \| bf16 \| lora \| ok \| \d+ \| \d+ \|",
-                  r"\| gpu-check-seq2seq \| fp32 \| full \| ok \| \d+ \| \d+ \|",
+                  r"\| gpu-check-seq2seq \| fp32 \| full \| ok \| \d+ \| \d+ \|.* \| \d+ \| \d\.\d{4} \|\n",
                   r"memory prediction: no cell measured on a device"],
     "gpu_memory_trace": [r"tracing full \(gpu-check-smoke, predicted/measured 0\.70\)",
                          r"## gpu-check-smoke-full\.pkl\.xz: full on decoder \(ok\)\nevents 5; opening 40\.000 MiB; "
