@@ -151,3 +151,40 @@ def test_the_depth_extrapolation_holds_with_the_twin():
         full = fake_step(model, "encoder-decoder", 2, 8, extrapolate=False, device="cuda", autocast=True)
         assert fake_step(model, "encoder-decoder", 2, 8, device="cuda", autocast=True) == full
     assert departed == []
+
+
+def _inputs(length=16, heads_k=H, offset=0, mask_dtype=torch.bfloat16, mask_transposed=False):
+    """q, k, v (B, H, L, D; k and v with `heads_k` heads; q at storage `offset`) and a (1, H, L, L) mask."""
+    q = torch.randn(B * H * length * D + offset, dtype=torch.bfloat16)[offset:].view(B, H, length, D)
+    k, v = (torch.randn(B, heads_k, length, D, dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.randn(1, H, length, length, dtype=mask_dtype)
+    return q, k, v, mask.transpose(-1, -2) if mask_transposed else mask
+
+
+@pytest.mark.parametrize("inputs, taken", [
+    (dict(), True), (dict(length=0), False), (dict(heads_k=H // 2), False), (dict(offset=1), False),
+    (dict(offset=8), True), (dict(mask_dtype=torch.float32), False), (dict(mask_transposed=True), False)],
+    ids=["dense", "empty", "grouped heads", "offset 1", "offset 8", "fp32 mask", "mask's last stride"])
+def test_the_kernel_takes_inputs_by_its_own_rules(inputs, taken):
+    """can_use_mem_efficient_attention's checks, each on inputs built to break one: an empty sequence, grouped heads
+    (this torch's kernel takes one head count), q's storage not 8-element aligned (8 is), a mask of another dtype
+    than q's, a mask whose last dimension is not contiguous."""
+    assert efficient_attention.takes(*_inputs(**inputs)) is taken
+
+
+@pytest.mark.parametrize("columns, padded_to", [(16, None), (20, 24), (24, None)])
+def test_the_mask_is_padded_by_its_strides_as_the_composite_pads_it(columns, padded_to):
+    """preprocess_mask pads a mask whose row stride is not a multiple of 8 elements by 8 - S mod 8 (a new tensor the
+    kernel keeps), whatever its size: a (1, H, 16, 20) mask sliced to 16 columns (stride 20) is copied at 24 columns;
+    a contiguous 16, or one sliced from 24 columns, is not copied. Without a gradient the kernel computes no
+    log-sum-exp (width 0)."""
+    length = 16
+    with FakeTensorMode():
+        q, k, v = (torch.randn(B, H, length, D, dtype=torch.bfloat16) for _ in range(3))
+        mask = torch.randn(1, H, length, columns, dtype=torch.bfloat16)[..., :length]
+        with torch.no_grad(), _Outputs() as outputs:
+            efficient_attention.attention(q, k, v, mask, 0.0, False, None)
+    pad = outputs.bytes.get(torch.ops.aten.constant_pad_nd.default)
+    assert pad == (None if padded_to is None else [H * length * padded_to * BF16])
+    forward = outputs.bytes[torch.ops.aten._scaled_dot_product_efficient_attention.default]
+    assert forward[:2] == [B * H * length * D * BF16, 0]

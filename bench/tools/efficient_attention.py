@@ -15,7 +15,9 @@ branch of sdpa's composite (attention.cpp, scaled_dot_product_attention) does:
   (two 8-byte scalars: host memory on CUDA, counted here); its backward (..._efficient_attention_backward) returns
   the gradients of q, k, v and of the mask: (B, H, L, S rounded up to 16) in the mask's dtype, sliced to S, which
   autograd then sums over what the expansion broadcast. What the kernels allocate and free within one call (the
-  backward's workspace) is not followed, as for every fused kernel (bench.cell.probe.LiveBytes).
+  backward's workspace: on sm80 and newer an fp32 accumulator of dQ, 4 B H L D bytes, 24 MiB for t5-base at
+  32 x 256) is not followed, as for every fused kernel (bench.cell.probe.LiveBytes): the packer's OTHER_BYTES and
+  margin cover it (bench/run/packing.py).
 
 Both operators run as torch's meta kernels (torch/_meta_registrations.py) under the fake mode, whose CPU fakes they
 accept; the FLOP counter counts them as every fused attention kernel (bench.cell.probe.ATTENTION_FLOPS). They have no
@@ -38,13 +40,14 @@ def gemm_alignment(dtype: torch.dtype) -> int:
 
 def takes(query, key, value, mask: torch.Tensor) -> bool:
     """Whether CUDA's memory-efficient kernel takes these dense inputs (can_use_mem_efficient_attention on sm80 and
-    newer): 4-D q, k, v of one batch, one head count and one of its dtypes; q and k of one head dimension, that and
+    newer): 4-D q, k, v of one batch, one head count and one of its dtypes, the mask's too (under autocast it is
+    cast with them); q and k of one head dimension, that and
     v's a multiple of the GEMM alignment; storage offsets aligned alike; last dimensions (the mask's too) of stride 1;
     no empty sequence. Not grouped heads: in this torch only flash and math take them (sdpa's documentation)."""
     if not all(torch.is_tensor(t) and t.dim() == 4 for t in (query, key, value)):
         return False
-    if query.dtype not in _DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
-        return False
+    if query.dtype not in _DTYPES or not key.dtype == value.dtype == mask.dtype == query.dtype:
+        return False  # the kernel checks the bias's dtype too ("should match query's dtype")
     align = gemm_alignment(query.dtype)
     head, head_v = query.size(-1), value.size(-1)
     return (key.size(-1) == head and 0 < head and head % align == 0 and 0 < head_v and head_v % align == 0
