@@ -79,7 +79,8 @@ class Placement:
 class Packer:
     """The devices' room, and which cells hold it. `rooms`: the bytes each device has for cells (its free memory
     as the run starts). `place` answers where a cell starts now (None: wait for a cell to end), `release` gives
-    its room back when it ends."""
+    its room back when it ends. Room that other runners hold (`elsewhere`) is not there: a device they hold any
+    of is not empty."""
 
     def __init__(self, rooms: dict[str, int], gpus_per_cell: int = 1):
         if not rooms or not 1 <= gpus_per_cell <= len(rooms):
@@ -88,6 +89,9 @@ class Packer:
         self.used = {device: 0 for device in rooms}  # bytes of the footprints of the cells running there
         self.cells = {device: 0 for device in rooms}  # cells running there
         self.exclusive: set[str] = set()  # devices a cell holds alone
+        # bytes other runners on this machine hold on each device (its room: held whole), as their ledger said at
+        # this answer (bench/run/gpu_ledger.py sets it before each one): the Packer itself reads nothing
+        self.elsewhere: dict[str, int] = {}
 
     def shares(self, budget: int | None) -> bool:
         """Whether a cell of this budget can share a device at all: it is known and fits some device's room."""
@@ -132,16 +136,18 @@ class Packer:
         sharded one (`devices` > 1, `budget` per device: Packer.demand) takes that many empty devices its budget
         fits, the largest first, each whole."""
         if devices > 1 or alone or not self.shares(budget):
-            empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
+            empty = sorted((d for d in self.rooms if self.cells[d] == 0 and not self.elsewhere.get(d)),
+                           key=lambda d: -self.rooms[d])
             if devices > 1 and budget is not None:  # an unknown sharded budget takes any empty devices
                 empty = [d for d in empty if footprint(budget) <= self.rooms[d]]
             return Placement(",".join(empty[:devices]), None) if len(empty) >= devices else None
         need = footprint(budget)
-        fitting = [d for d in self.rooms if d not in self.exclusive and self.used[d] + need <= self.rooms[d]]
+        left = {d: self.rooms[d] - self.used[d] - self.elsewhere.get(d, 0) - need for d in self.rooms}
+        fitting = [d for d in self.rooms if d not in self.exclusive and left[d] >= 0]
         if not fitting:
             return None
         order = list(self.rooms)
-        return Placement(min(fitting, key=lambda d: (self.rooms[d] - self.used[d] - need, order.index(d))), budget)
+        return Placement(min(fitting, key=lambda d: (left[d], order.index(d))), budget)
 
     def place(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         """`where`, and the room it names taken until `release`."""
