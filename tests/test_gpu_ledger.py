@@ -298,3 +298,22 @@ def test_a_packed_runner_waits_for_the_room_another_runner_holds(tmp_path, monke
     said = capsys.readouterr().err
     assert f"waiting for GPU room other runners on this machine hold: GPU {NO_GPU[0]}: big-cell" in said
     assert not (tmp_path / "ledger" / f"{UUIDS['0']}.ledger").read_text()  # its cell ended: nothing held
+
+
+def test_a_packing_runner_gets_the_ledger_of_its_gpus_when_nvidia_smi_gives_their_uuids(monkeypatch, capsys):
+    from bench.run.executors import local
+
+    uuids = {"90": UUIDS["0"], "91": UUIDS["1"]}
+
+    def smi(args, **kwargs):
+        answer = uuids[args[2]] if "--query-gpu=uuid" in args else "81559, 559"
+        return subprocess.CompletedProcess(args, 0, answer + "\n", "")
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90,91")
+    monkeypatch.setattr(subprocess, "run", smi)
+    memory = lambda cell: None  # noqa: E731 (the prediction is not asked for while building)
+    assert local._build(quiet=True, jobs=1, gpus="all", pack=None, predicted_memory=memory).ledger.uuids == uuids
+    assert local._build(quiet=True, jobs=1, gpus="all", pack="off", predicted_memory=memory).ledger is None
+    uuids["91"] = "No devices were found"
+    assert local._build(quiet=True, jobs=1, gpus="all", pack=None, predicted_memory=memory).ledger is None
+    assert "nvidia-smi did not give every GPU's UUID, so this runner cannot see" in capsys.readouterr().err

@@ -211,7 +211,7 @@ class Shared:
 
     def __init__(self, packer: Packer, ledger: Ledger | None):
         self.packer, self.ledger = packer, ledger
-        self.blocked = False  # the last answer was None while other runners held room: wait for them, never fail
+        self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
         self.others: dict[str, list[dict]] = {}  # their entries by device, as last read
 
     def _step(self, decide: Callable[[], Placement | None]) -> Placement | None:
@@ -233,17 +233,21 @@ class Shared:
             self.ledger, self.packer.elsewhere, self.others = None, {}, {}
             return decide()
 
-    def _answer(self, decide: Callable[[], Placement | None]) -> Placement | None:
+    def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
+                devices: int) -> Placement | None:
         placement = self._step(decide)
-        blocked = placement is None and any(self.packer.elsewhere.values())
+        elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
+        # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
+        blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
+        self.packer.elsewhere = elsewhere
         if blocked and not self.blocked:
             print(f"waiting for GPU room other runners on this machine hold: {_holders(self.others)}",
                   file=sys.stderr, flush=True)
-        self.blocked = blocked
+        self.blocked = bool(blocked)
         return placement
 
     def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
-        return self._answer(lambda: self.packer.where(budget, alone, devices))
+        return self._answer(lambda: self.packer.where(budget, alone, devices), budget, alone, devices)
 
     def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
         def take() -> Placement | None:
@@ -252,7 +256,7 @@ class Shared:
                 for device in placement.device.split(","):  # a cell alone holds its devices whole (None)
                     self.ledger.mine[device][cell] = None if placement.alone else footprint(placement.budget)
             return placement
-        return self._answer(take)
+        return self._answer(take, budget, alone, devices)
 
     def release(self, placement: Placement, cell: str = "") -> None:
         self.packer.release(placement)
