@@ -28,6 +28,12 @@ whose estimate says where its step departs from a GPU's (`memory.not_modelled`: 
 weights under autocast) runs alone on the largest device instead; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
+Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
+read the same free memory from nvidia-smi as they start, which cannot see each other's budgets (a cell just started
+has allocated little yet): every placement counts what they hold (`Packer.elsewhere`), read from the machine's GPU
+ledger and written back in one locked step (bench/run/gpu_ledger.py; docs/scale.md), so together they never place
+past a room, and a runner whose next cell only the others' cells keep out waits for them.
+
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
 """
