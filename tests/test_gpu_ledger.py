@@ -18,7 +18,7 @@ import pytest
 
 from bench.errors import BadInput
 from bench.run.gpu_ledger import LEDGER_ENV, MAX_BYTES, Ledger, Shared, gpu_uuids, ledger_folder
-from bench.run.locks import LEASE_S, process_start
+from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
 from bench.run.packing import Packer, footprint
 from tests.test_faults import ROOT
 
@@ -174,6 +174,20 @@ def test_only_live_runners_entries_count(tmp_path):
     assert pidns != "pid:[1]"
 
 
+def test_a_runner_renews_its_entries_for_runners_in_another_pid_namespace(tmp_path):
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    path = tmp_path / "ledger" / f"{UUIDS['0']}.ledger"
+    packing.renew()
+    assert not path.exists()  # nothing held: nothing to write
+    packing.place(BUDGET, cell="long")
+    beat = json.loads(path.read_text())["beat"]
+    packing.renew()
+    assert json.loads(path.read_text())["beat"] == beat  # renewed every HEARTBEAT_S, not on every call
+    packing.ledger.written -= HEARTBEAT_S
+    packing.renew()
+    assert json.loads(path.read_text())["beat"] > beat
+
+
 def test_garbage_in_the_ledger_counts_for_nothing_and_never_crashes(tmp_path):
     parent, started = os.getppid(), process_start(os.getppid())
     garbage = [b"\x00\xff not json\n", b"[1, 2]\n", b'"text"\n', b"{}\n", b"[" * 100000 + b"\n",
@@ -219,6 +233,16 @@ def test_planted_links_and_open_folders_are_refused_never_written_through(tmp_pa
     (folder / f"{UUIDS['0']}.ledger").unlink()
     os.chmod(folder, 0o777)
     assert "writable by others without the sticky bit (mode 777)" in refused(folder)
+
+
+def test_a_ledger_locked_too_long_is_refused_never_waited_for_forever(tmp_path, monkeypatch):
+    from bench.run import gpu_ledger
+
+    monkeypatch.setattr(gpu_ledger, "LOCK_WAIT_S", 0.2)
+    ledger_file(tmp_path / "ledger", [])
+    with open(tmp_path / "ledger" / f"{UUIDS['0']}.ledger") as stopped:  # a runner stopped (Ctrl-Z) mid-step
+        fcntl.flock(stopped, fcntl.LOCK_EX)
+        assert "locked by another process for over 0.2 s" in refused(tmp_path / "ledger")
 
 
 def test_a_ledger_spoiled_during_a_run_is_left_with_a_warning_never_a_crash(tmp_path, capsys):

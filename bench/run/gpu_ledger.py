@@ -17,14 +17,15 @@ live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
   reads the others' live entries, decides, writes them back with its own, then unlocks. The kernel drops a flock with
   its process, so a runner killed with -9 blocks nothing.
 - **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
-  not: bench/run/locks.py's test); from another namespace (another container sharing the folder), its pids mean
-  nothing here, so while its owner renewed it within LEASE_S. Dead entries are dropped at the next write.
+  not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
+  sharing the folder), its pids mean nothing here, so while its owner renewed it within LEASE_S. Dead entries are
+  dropped at the next write.
 - **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
   counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
   heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
-  the sticky bit, and a ledger file that is a symlink, a hard link or not a regular file, are refused (BadInput,
-  before any cell starts; files are opened relative to the checked folder, never through a link); later in a run,
-  the runner says so and packs on without the ledger rather than kill its cells.
+  the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
+  LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
+  through a link); later in a run, the runner says so and packs on without the ledger rather than kill its cells.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from bench.run.packing import Packer, Placement, footprint
 
 LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
 MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
+LOCK_WAIT_S = 30.0
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
 
@@ -163,6 +165,19 @@ class Ledger:
             raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
         return fd
 
+    def _lock(self, fd: int, device: str) -> None:
+        """An exclusive flock on the open file, waited for at most LOCK_WAIT_S: a step takes milliseconds, so a
+        lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LedgerError(f"{self.folder / (self.uuids[device] + '.ledger')}: locked by another process "
+                                      f"for over {LOCK_WAIT_S:g} s") from None
+                time.sleep(0.005)
+
     def _live(self, entry: dict, now: float) -> bool:
         if entry["pidns"] != self.me["pidns"]:  # its pids mean nothing here: only its renewals can say
             return now - entry["beat"] <= LEASE_S
@@ -192,12 +207,12 @@ class Ledger:
             for device in sorted(self.uuids, key=self.uuids.get):
                 files[device] = self._file(folder, device)
                 stack.callback(os.close, files[device])  # closing it unlocks it
-                fcntl.flock(files[device], fcntl.LOCK_EX)
+                self._lock(files[device], device)
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
             for device, fd in files.items():
-                own = [{**self.me, "cell": cell, "bytes": held, "beat": now} 
+                own = [{**self.me, "cell": cell, "bytes": held, "beat": now}
                        for cell, held in self.mine[device].items()]
                 text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
                 os.pwrite(fd, text, 0)
