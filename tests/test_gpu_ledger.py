@@ -341,3 +341,45 @@ def test_a_packing_runner_gets_the_ledger_of_its_gpus_when_nvidia_smi_gives_thei
     uuids["91"] = "No devices were found"
     assert local._build(quiet=True, jobs=1, gpus="all", pack=None, predicted_memory=memory).ledger is None
     assert "nvidia-smi did not give every GPU's UUID, so this runner cannot see" in capsys.readouterr().err
+
+
+def test_two_runners_sharing_a_suite_on_one_gpu_never_run_more_cells_than_it_has_room_for(tmp_path, monkeypatch):
+    """The command line as users run it: two runners of one suite (sharing its cells through cell locks) on one GPU
+    with room for one cell (a fake nvidia-smi on PATH; the cells run on the CPU). Which cells run at once is read
+    from the processes themselves: each cell writes its pid as it starts training, and lives until it ends."""
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.run.packing import cell_budget
+    from bench.tools.plan_cost import predicted_memory
+    from tests.test_faults import cli, suite_text
+
+    log = tmp_path / "trainings.log"
+    suite = tmp_path / "ledger.yaml"
+    suite.write_text(suite_text(f"[{{name: logged-full, overrides: {{log: '{log}', sleep_s: 2}}}}]", name="ledger",
+                                seeds="[1, 2, 3, 4]", timeout=300))
+    cells = grid.expand(load_suite(str(suite)), threads=1)
+    room_mib = footprint(cell_budget(predicted_memory(cells[0]))) // 2**20 + 1  # one cell's footprint, not two
+    log.unlink(missing_ok=True)  # the prediction built the method (on no device) in this process
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(f'#!/bin/sh\ncase "$*" in\n*uuid*) echo {UUIDS["0"]};;\n*memory*) echo "{room_mib}, 0";;\n'
+                   f'*) echo "GPU 0: Fake GPU (UUID: {UUIDS["0"]})";;\nesac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90")  # a GPU index no machine has: the cells run on the CPU
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger"))
+    runners = [cli("run", "--suite", str(suite), "--results", str(tmp_path / "results"), "--gpus", "all")
+               for _ in range(2)]
+    predicting = {r.pid for r in runners}  # a runner whose prediction is not cached builds the method too
+
+    def trainings() -> set[int]:
+        return {int(pid) for pid in log.read_text().split()} - predicting if log.exists() else set()
+
+    most = 0
+    while any(r.poll() is None for r in runners):
+        most = max(most, sum(process_start(pid) is not None for pid in trainings()))
+        time.sleep(0.05)
+    said = [r.communicate()[1] for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], said
+    assert len(trainings()) == 4 and most == 1
+    assert any("waiting for GPU room other runners on this machine hold: GPU 90" in s for s in said)
