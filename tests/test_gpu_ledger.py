@@ -254,6 +254,19 @@ def test_a_ledger_spoiled_during_a_run_is_left_with_a_warning_never_a_crash(tmp_
     assert "cannot be used safely any more" in capsys.readouterr().err
 
 
+def test_a_write_that_fails_after_the_placement_keeps_it_taken_once(tmp_path, monkeypatch, capsys):
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    packing.place(BUDGET, cell="first")
+
+    def full_disk(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    second = packing.place(BUDGET, cell="second")
+    assert second.device == "0" and packing.packer.used["0"] == 2 * footprint(BUDGET)  # not taken twice
+    assert packing.ledger is None and "No space left on device" in capsys.readouterr().err
+
+
 def test_the_folder_and_its_files_are_open_to_every_user_of_the_machine(tmp_path, monkeypatch):
     old = os.umask(0o077)
     try:

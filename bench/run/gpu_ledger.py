@@ -233,12 +233,13 @@ class Shared:
         """`decide()` inside the ledger's locked step, the Packer told what the others hold."""
         if self.ledger is None:
             return decide()
-        first = not self.ledger.written
+        first, decided = not self.ledger.written, []
         try:
             with self.ledger.step() as self.others:
                 self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None for e in entries)
                                          else sum(e["bytes"] for e in entries) for d, entries in self.others.items()}
-                return decide()
+                decided.append(decide())
+            return decided[0]
         except (LedgerError, OSError) as e:  # OSError: the file could not be read or written (a full disk)
             if first:
                 raise BadInput(f"the GPU ledger cannot be used safely: {e}. Remove it, or set {LEDGER_ENV} to a "
@@ -246,7 +247,7 @@ class Shared:
             print(f"the GPU ledger cannot be used safely any more ({e}): packing on without it, blind to other "
                   "runners on these GPUs", file=sys.stderr, flush=True)
             self.ledger, self.packer.elsewhere, self.others = None, {}, {}
-            return decide()
+            return decided[0] if decided else decide()  # taken once: a write that failed after it does not undo it
 
     def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
                 devices: int) -> Placement | None:
