@@ -91,7 +91,14 @@ def test_two_runners_in_two_processes_never_pack_past_a_room(tmp_path, blind):
         assert any(most[d] > ROOMS[d] for d in ROOMS), most
     else:
         assert all(most[d] <= ROOMS[d] for d in ROOMS), most
-        assert most["0"] == ROOMS["0"]  # and the room was used whole
+
+
+def test_two_runners_fill_the_rooms_together_exactly(tmp_path):
+    first, second = shared(tmp_path / "ledger"), shared(tmp_path / "ledger")
+    assert [first.place(BUDGET, cell=f"a{i}").device for i in range(3)] == ["1", "1", "0"]  # best fit, as alone
+    assert [second.place(BUDGET, cell=f"b{i}").device for i in range(2)] == ["0", "0"]  # what is left: no less
+    assert second.place(BUDGET, cell="b2") is None and second.blocked
+    assert second.packer.elsewhere == {"0": footprint(BUDGET), "1": 2 * footprint(BUDGET)}
 
 
 HOLD_ALONE = ("import sys, time\nfrom pathlib import Path\nfrom bench.run.gpu_ledger import Ledger, Shared\n"
@@ -233,6 +240,21 @@ def test_planted_links_and_open_folders_are_refused_never_written_through(tmp_pa
     (folder / f"{UUIDS['0']}.ledger").unlink()
     os.chmod(folder, 0o777)
     assert "writable by others without the sticky bit (mode 777)" in refused(folder)
+
+
+def test_a_ledger_file_another_runner_makes_at_the_same_moment_is_opened(tmp_path, monkeypatch):
+    """Two runners starting together: both find no file, one makes it first; the other opens that one."""
+    real_open, made = os.open, []
+
+    def first_to_make(path, flags, mode=0o777, *, dir_fd=None):
+        if str(path).endswith(".ledger") and not flags & os.O_CREAT and not made:  # it looks: none yet
+            made.append(real_open(path, os.O_CREAT | os.O_WRONLY, 0o666, dir_fd=dir_fd))  # the other makes it
+            os.close(made[0])
+            raise FileNotFoundError(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", first_to_make)
+    assert shared(tmp_path / "ledger", {"0": 80 * GIB}).place(BUDGET, cell="mine").device == "0" and made
 
 
 def test_a_ledger_locked_too_long_is_refused_never_waited_for_forever(tmp_path, monkeypatch):

@@ -154,8 +154,11 @@ class Ledger:
             try:  # without O_CREAT first: another user's file in a sticky folder opens (protected_regular)
                 fd = os.open(name, flags, dir_fd=folder)
             except FileNotFoundError:
-                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
-                os.fchmod(fd, 0o666)  # the other users' runners write it too
+                try:
+                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
+                    os.fchmod(fd, 0o666)  # the other users' runners write it too
+                except FileExistsError:  # another runner made it in between
+                    fd = os.open(name, flags, dir_fd=folder)
         except OSError as e:
             raise LedgerError(f"{self.folder / name}: " + ("a symlink, never followed" if e.errno == errno.ELOOP
                                                            else e.strerror)) from e
