@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -318,45 +317,6 @@ def test_gpus_are_known_by_their_uuids_asked_of_nvidia_smi(monkeypatch):
     assert gpu_uuids(["0", "3"]) is None  # not a UUID: no ledger, rather than a wrong one
     with pytest.raises(BadInput, match=f"--gpus names one GPU twice: 0 and 2 are all {UUIDS['0']}"):
         gpu_uuids(["0", "2"])
-
-
-def test_a_packed_runner_waits_for_the_room_another_runner_holds(tmp_path, monkeypatch, capsys):
-    """A real cell on a fake GPU another runner holds alone: the run waits (never fails, never returns early) until
-    that runner is killed with -9, then runs it."""
-    from bench.plan import grid
-    from bench.plan.suite import load_suite
-    from bench.run.executors.local import LocalExecutor
-    from bench.run.runner import run_grid
-    from bench.run.store import Store
-    from tests.test_packing import NO_GPU, TRAIN
-
-    suite = tmp_path / "ledger.yaml"
-    suite.write_text(f"name: ledger\nmethods: [lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\nseeds: [1]\n"
-                     f"train: {TRAIN}\ncell_timeout_s: 300\n")
-    cells = grid.expand(load_suite(str(suite)), threads=1)
-    holder = hold_alone(tmp_path / "ledger")
-    killed = []
-
-    def kill() -> None:
-        killed.append(time.monotonic())
-        holder.send_signal(signal.SIGKILL)
-
-    timer = threading.Timer(3.0, kill)
-    timer.start()
-    try:
-        executor = LocalExecutor(quiet=True, gpus=[NO_GPU[0]], rooms={NO_GPU[0]: 80 * GIB},
-                                 predicted_memory=lambda cell: {"predicted_peak_bytes": GIB},
-                                 ledger=Ledger({NO_GPU[0]: UUIDS["0"]}, tmp_path / "ledger"))
-        summary = run_grid(cells, Store(tmp_path / "results"), executor, quiet=True)
-        done = time.monotonic()
-    finally:
-        timer.cancel()
-        holder.kill()
-        holder.wait()
-    assert summary.statuses == {"ok": 1} and killed and done > killed[0]
-    said = capsys.readouterr().err
-    assert f"waiting for GPU room other runners on this machine hold: GPU {NO_GPU[0]}: big-cell" in said
-    assert not (tmp_path / "ledger" / f"{UUIDS['0']}.ledger").read_text()  # its cell ended: nothing held
 
 
 def test_a_packing_runner_gets_the_ledger_of_its_gpus_when_nvidia_smi_gives_their_uuids(monkeypatch, capsys):
