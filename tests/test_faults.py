@@ -152,7 +152,7 @@ def test_repeated_seeds_make_one_cell(write_suite, capsys):
 def test_lock_staleness(tmp_path):
     lock = tmp_path / "c.lock"
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                "started": locks._process_start(os.getpid())}))
+                                "started": locks.process_start(os.getpid())}))
     assert lock_problem(lock) is None  # this live process
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "started": -5}))
     assert "another process" in lock_problem(lock)  # PID 1 is alive, but is not the lock's owner

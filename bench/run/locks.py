@@ -21,17 +21,19 @@ HEARTBEAT_S = 30.0
 LEASE_S = 120.0
 
 
-def _process_start(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone."""
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), None if it is gone. A zombie
+    (state Z or X: killed, its parent not yet waiting for it) is gone: it holds no file, lock or memory any more."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _owner() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
             "since": time.time()}
 
 
@@ -117,7 +119,7 @@ def lock_problem(lock: Path, now: float | None = None) -> str | None:
         return None
     if owner.get("host") == socket.gethostname():
         pid = owner.get("pid")
-        started = _process_start(pid) if isinstance(pid, int) else None
+        started = process_start(pid) if isinstance(pid, int) else None
         if started is None:
             return f"process {pid} is gone"
         if owner.get("started") != started:

@@ -28,6 +28,12 @@ whose estimate says where its step departs from a GPU's (`memory.not_modelled`: 
 weights under autocast) runs alone on the largest device instead; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
+Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
+read the same free memory from nvidia-smi as they start, which cannot see each other's budgets (a cell just started
+has allocated little yet): every placement counts what they hold (`Packer.elsewhere`), read from the machine's GPU
+ledger and written back in one locked step (bench/run/gpu_ledger.py; docs/scale.md), so together they never place
+past a room, and a runner whose next cell only the others' cells keep out waits for them.
+
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
 """
@@ -79,7 +85,8 @@ class Placement:
 class Packer:
     """The devices' room, and which cells hold it. `rooms`: the bytes each device has for cells (its free memory
     as the run starts). `place` answers where a cell starts now (None: wait for a cell to end), `release` gives
-    its room back when it ends."""
+    its room back when it ends. Room that other runners hold (`elsewhere`) is not there: a device they hold any
+    of is not empty."""
 
     def __init__(self, rooms: dict[str, int], gpus_per_cell: int = 1):
         if not rooms or not 1 <= gpus_per_cell <= len(rooms):
@@ -88,6 +95,9 @@ class Packer:
         self.used = {device: 0 for device in rooms}  # bytes of the footprints of the cells running there
         self.cells = {device: 0 for device in rooms}  # cells running there
         self.exclusive: set[str] = set()  # devices a cell holds alone
+        # bytes other runners on this machine hold on each device (its room: held whole), as their ledger said at
+        # this answer (bench/run/gpu_ledger.py sets it before each one): the Packer itself reads nothing
+        self.elsewhere: dict[str, int] = {}
 
     def shares(self, budget: int | None) -> bool:
         """Whether a cell of this budget can share a device at all: it is known and fits some device's room."""
@@ -132,16 +142,18 @@ class Packer:
         sharded one (`devices` > 1, `budget` per device: Packer.demand) takes that many empty devices its budget
         fits, the largest first, each whole."""
         if devices > 1 or alone or not self.shares(budget):
-            empty = sorted((d for d in self.rooms if self.cells[d] == 0), key=lambda d: -self.rooms[d])
+            empty = sorted((d for d in self.rooms if self.cells[d] == 0 and not self.elsewhere.get(d)),
+                           key=lambda d: -self.rooms[d])
             if devices > 1 and budget is not None:  # an unknown sharded budget takes any empty devices
                 empty = [d for d in empty if footprint(budget) <= self.rooms[d]]
             return Placement(",".join(empty[:devices]), None) if len(empty) >= devices else None
         need = footprint(budget)
-        fitting = [d for d in self.rooms if d not in self.exclusive and self.used[d] + need <= self.rooms[d]]
+        left = {d: self.rooms[d] - self.used[d] - self.elsewhere.get(d, 0) - need for d in self.rooms}
+        fitting = [d for d in self.rooms if d not in self.exclusive and left[d] >= 0]
         if not fitting:
             return None
         order = list(self.rooms)
-        return Placement(min(fitting, key=lambda d: (self.rooms[d] - self.used[d] - need, order.index(d))), budget)
+        return Placement(min(fitting, key=lambda d: (left[d], order.index(d))), budget)
 
     def place(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         """`where`, and the room it names taken until `release`."""

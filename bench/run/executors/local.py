@@ -31,6 +31,7 @@ from bench.fmt import size
 from bench.plan.cellspec import Cell
 from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, failure_record, grid_modules, spool_files
+from bench.run.gpu_ledger import Ledger, Shared, machine_ledger
 from bench.run.packing import CONTEXT_BYTES, Packer, Placement, cell_budget, packing_order
 
 PACKING = ("memory", "off")
@@ -63,28 +64,35 @@ class Overlaps:
 class OneEach:
     """One cell per slot at a time (`--jobs`, or `--pack off`): the packer's interface, budgets ignored."""
 
+    blocked = False  # its slots are this runner's alone: none is held by another
+
     def __init__(self, devices: list[str | None]):
         self.free = list(devices)
 
     def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         return Placement(self.free[0], None) if self.free else None
 
-    def place(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
+    def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
         return Placement(self.free.pop(0), None) if self.free else None
 
-    def release(self, placement: Placement) -> None:
+    def release(self, placement: Placement, cell: str = "") -> None:
         self.free.append(placement.device)
+
+    def renew(self) -> None:
+        """Nothing to renew: no ledger holds its slots."""
 
 
 class LocalExecutor:
     """Cells in processes of this machine: `jobs` at once (CPU), or on the GPUs of `gpus`: packed by predicted
-    memory when `rooms` (each GPU's bytes for cells) and `predicted_memory` are given, else one per GPU."""
+    memory when `rooms` (each GPU's bytes for cells) and `predicted_memory` are given, else one per GPU; with a
+    `ledger`, counting what other runners on this machine hold of those GPUs (bench/run/gpu_ledger.py)."""
 
     name = "local"
 
     def __init__(self, isolation: str = "process", quiet: bool = False, jobs: int = 1,
                  gpus: list[str] | None = None, rooms: dict[str, int] | None = None,
-                 predicted_memory: Callable[[Cell], dict | None] | None = None, gpus_per_cell: int = 1):
+                 predicted_memory: Callable[[Cell], dict | None] | None = None, gpus_per_cell: int = 1,
+                 ledger: Ledger | None = None):
         if isolation not in ("process", "inline"):
             raise ValueError(isolation)
         if jobs < 1:
@@ -95,6 +103,7 @@ class LocalExecutor:
         # what each cell demands of the devices' rooms (Packer.demand reads the rooms only, never what is placed)
         self.sizing = Packer(self.rooms, gpus_per_cell) if self.rooms is not None else None
         self.predicted_memory, self.gpus_per_cell = predicted_memory, gpus_per_cell
+        self.ledger = ledger if self.rooms is not None else None
         # (cell id, devices) -> its predicted memory section on each of that many devices, as first asked
         self.memories: dict[tuple[str, int], dict | None] = {}
         self.demands: dict[str, tuple[int | None, int]] = {}  # cell id -> (budget per device, devices): Packer.demand
@@ -171,7 +180,7 @@ class LocalExecutor:
 
     def _submit_processes(self, cells: Iterator[Cell], spool,
                           planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
-        slots = Packer(self.rooms, self.gpus_per_cell) if self.rooms else OneEach(self.devices)
+        slots = Shared(Packer(self.rooms, self.gpus_per_cell), self.ledger) if self.rooms else OneEach(self.devices)
         waiting: deque[tuple[Cell, bool]] = deque()  # (cell, to run alone): taken, not started (a packed retry)
         upcoming = deque(planned or [])  # the cells the runner may still hand over, in the order it hands them
         running: list[tuple[CellProcess, Placement]] = []
@@ -191,12 +200,12 @@ class LocalExecutor:
                         waiting.append((cell, False))
                     cell, alone = waiting[0]
                     budget, devices = self.demand(cell)
-                    placement = slots.place(budget, alone, devices)
+                    placement = slots.place(budget, alone, devices, cell.id)
                     if placement is None:  # no room until a cell ends
                         break
                     waiting.popleft()
                     if cell.adapter_dir and "," in (placement.device or ""):  # refused before its ranks start
-                        slots.release(placement)
+                        slots.release(placement, cell.id)
                         yield cell, sharded_save_refused(cell, placement)
                         continue
                     show = self.slots == 1 and not self.rooms  # one cell at a time: its output shows as it comes
@@ -204,16 +213,20 @@ class LocalExecutor:
                     running.append((proc, placement))
                     overlaps.start(cell.id, placement.device)
                 if not running:
+                    if slots.blocked:  # other runners on this machine hold the room: wait for it, never fail
+                        time.sleep(POLL_S)
+                        continue
                     if waiting:  # every cell fits an empty machine (Packer.place): a cell left here would be lost
                         raise RuntimeError(f"no device can start {waiting[0][0].line()} on an idle machine")
                     return
                 mp.connection.wait([proc.sentinel for proc, _ in running], timeout=POLL_S)
+                slots.renew()
                 for proc, placement in list(running):
                     record = proc.poll()
                     if record is None:
                         continue
                     running.remove((proc, placement))
-                    slots.release(placement)
+                    slots.release(placement, proc.cell.id)
                     beside = overlaps.end(proc.cell.id)
                     if self.rooms and record["status"] == "oom" and not placement.alone:
                         print(f"retrying alone on a whole GPU, after it ran out of memory packed: "
@@ -225,8 +238,9 @@ class LocalExecutor:
                                          threads=proc.cell.threads, cells_beside=beside)
                     yield proc.cell, record
         finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
-            for proc, _ in running:
+            for proc, placement in running:
                 proc.kill()
+                slots.release(placement, proc.cell.id)
             if outer is None:
                 os.environ.pop(PRELOAD_ENV, None)
             else:
@@ -330,7 +344,7 @@ def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None, gpus_per_
               file=sys.stderr)
     refuse_full_gpus(gpus, rooms)
     return LocalExecutor(quiet=quiet, gpus=devices, rooms=rooms, predicted_memory=predicted_memory,
-                         gpus_per_cell=int(gpus_per_cell or 1))
+                         gpus_per_cell=int(gpus_per_cell or 1), ledger=machine_ledger(devices) if rooms else None)
 
 
 def refuse_full_gpus(gpus: str, rooms: dict[str, int] | None) -> None:

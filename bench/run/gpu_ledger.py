@@ -1,0 +1,300 @@
+"""The machine's GPU ledger: what every packing runner on this machine (`run --gpus --pack memory`) holds of each GPU.
+
+Each runner reads a GPU's room from nvidia-smi once, as it starts, and nvidia-smi cannot see another runner's
+reservations (a cell that just started has allocated little of its budget yet), so two runners on the same GPUs
+(two users, two suites in two shells, or two runners sharing one suite through cell locks) would each place a whole
+room's worth of cells. So every placement is made and written here in one locked step, counting what the other
+live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
+
+- **Where**: one file per GPU, `<uuid>.ledger`, named by the GPU's UUID from nvidia-smi (an index means another GPU
+  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger: a folder
+  every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split the ledger and over-pack
+  silently), on a tmpfs that a reboot empties, as it ends every process whose entries it holds. Created mode 1777
+  (anyone may add a file, only its owner may replace it) and its files 0666 (both users write the one file).
+- **Entries**: one JSON line per (runner, cell, GPU): the runner's pid, its process's start time and pid namespace,
+  a nonce of the runner, the cell, and its footprint in bytes (null: the cell holds the GPU alone, so others count
+  it as full). A placement holds an exclusive flock on each GPU's file (in UUID order: no two runners deadlock),
+  reads the others' live entries, decides, writes them back with its own, then unlocks. The kernel drops a flock with
+  its process, so a runner killed with -9 blocks nothing.
+- **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
+  not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
+  sharing the folder), its pids mean nothing here, so while its owner renewed it within LEASE_S. Dead entries are
+  dropped at the next write.
+- **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
+  counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
+  heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
+  the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
+  LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
+  through a link); later in a run, the runner says so and packs on without the ledger rather than kill its cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bench.errors import BadInput
+from bench.fmt import size
+from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
+from bench.run.packing import Packer, Placement, footprint
+
+LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
+MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
+LOCK_WAIT_S = 30.0
+UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
+_FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used safely (its folder or a file is not what this module makes)."""
+
+
+def ledger_folder() -> Path:
+    given = os.environ.get(LEDGER_ENV)
+    if given:
+        return Path(given)
+    return Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()) / "peft-bench-gpu-ledger"
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace ("pid:[4026531836]"), "" where /proc cannot say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def gpu_uuids(devices: list[str]) -> dict[str, str] | None:
+    """Each device's UUID (a UUID given as the device is its own), asked of nvidia-smi, never of CUDA; None when
+    nvidia-smi cannot say for every one. BadInput when two devices are one GPU (aliased by CUDA_VISIBLE_DEVICES)."""
+    import subprocess
+
+    uuids = {}
+    for device in devices:
+        if not UUID.fullmatch(device):
+            try:
+                device_uuid = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=uuid", "--format=csv,noheader"],
+                                             capture_output=True, text=True, timeout=30).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                return None
+            if not UUID.fullmatch(device_uuid):
+                return None
+        uuids[device] = device if UUID.fullmatch(device) else device_uuid
+    twice = {u for u in uuids.values() if list(uuids.values()).count(u) > 1}
+    if twice:
+        raise BadInput("--gpus names one GPU twice: " + "; ".join(
+            f"{' and '.join(d for d in uuids if uuids[d] == u)} are all {u}" for u in sorted(twice)), "--gpus")
+    return uuids
+
+
+def machine_ledger(devices: list[str]) -> Ledger | None:
+    """The ledger of these GPUs, None (said on stderr) when nvidia-smi gives not every one's UUID."""
+    uuids = gpu_uuids(devices)
+    if uuids is None:
+        print("--pack memory: nvidia-smi did not give every GPU's UUID, so this runner cannot see what other runners "
+              "on this machine hold of them (docs/scale.md)", file=sys.stderr)
+    return None if uuids is None else Ledger(uuids)
+
+
+def _valid(entry) -> dict | None:
+    """The entry, if it is one: every field of its type, bytes a positive int or null, a beat not in the future."""
+    if not isinstance(entry, dict) or not all(type(entry.get(k)) is t or t is float and type(entry.get(k)) is int
+                                              for k, t in _FIELDS.items()):
+        return None
+    held = entry.get("bytes", 0)
+    if held is not None and (type(held) is not int or held <= 0) or entry["beat"] > time.time() + HEARTBEAT_S:
+        return None
+    return entry
+
+
+class Ledger:
+    """This runner's side of the ledger of `uuids` (device -> GPU UUID): its own entries, and the locked step."""
+
+    def __init__(self, uuids: dict[str, str], folder: Path | None = None):
+        self.uuids, self.folder = dict(uuids), Path(folder or ledger_folder())
+        pid = os.getpid()
+        self.me = {"runner": os.urandom(8).hex(), "pid": pid, "started": process_start(pid) or 0,
+                   "pidns": _pid_namespace()}
+        self.mine: dict[str, dict[str, int | None]] = {d: {} for d in uuids}  # device -> cell -> bytes (None: whole)
+        self.written = 0.0  # when this runner last wrote its entries (their beat)
+
+    def _folder(self) -> int:
+        """The checked folder, open (made 1777 when missing): every file is opened relative to it."""
+        made = False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.folder, 0o1777)
+            made = True
+        try:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            link = e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.folder)
+            raise LedgerError(f"{self.folder}: {'a symlink, never followed' if link else e.strerror}") from e
+        if made:
+            os.fchmod(fd, 0o1777)  # what the umask took off: every user's runner adds its files here
+        mode = os.fstat(fd).st_mode
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            os.close(fd)
+            raise LedgerError(f"{self.folder}: writable by others without the sticky bit (mode {mode & 0o7777:o}), "
+                              "so anyone could replace a runner's entries")
+        return fd
+
+    def _file(self, folder: int, device: str) -> int:
+        name, flags = f"{self.uuids[device]}.ledger", os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            try:  # without O_CREAT first: another user's file in a sticky folder opens (protected_regular)
+                fd = os.open(name, flags, dir_fd=folder)
+            except FileNotFoundError:
+                try:
+                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
+                    os.fchmod(fd, 0o666)  # the other users' runners write it too
+                except FileExistsError:  # another runner made it in between
+                    fd = os.open(name, flags, dir_fd=folder)
+        except OSError as e:
+            raise LedgerError(f"{self.folder / name}: " + ("a symlink, never followed" if e.errno == errno.ELOOP
+                                                           else e.strerror)) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
+        return fd
+
+    def _lock(self, fd: int, device: str) -> None:
+        """An exclusive flock on the open file, waited for at most LOCK_WAIT_S: a step takes milliseconds, so a
+        lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LedgerError(f"{self.folder / (self.uuids[device] + '.ledger')}: locked by another process "
+                                      f"for over {LOCK_WAIT_S:g} s") from None
+                time.sleep(0.005)
+
+    def _live(self, entry: dict, now: float) -> bool:
+        if entry["pidns"] != self.me["pidns"]:  # its pids mean nothing here: only its renewals can say
+            return now - entry["beat"] <= LEASE_S
+        return process_start(entry["pid"]) == entry["started"]
+
+    def _others(self, fd: int, now: float) -> list[dict]:
+        """The live entries of other runners in the open file: each line checked, garbage dropped."""
+        text = os.pread(fd, MAX_BYTES + 1, 0)
+        if len(text) > MAX_BYTES:
+            return []
+        others = {}
+        for line in text.decode("utf-8", "replace").splitlines():
+            with contextlib.suppress(ValueError, RecursionError):
+                entry = _valid(json.loads(line))
+                if entry and entry["runner"] != self.me["runner"] and self._live(entry, now):
+                    others[entry["runner"], entry["cell"]] = entry  # a torn rewrite may repeat a line
+        return list(others.values())
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[dict[str, list[dict]]]:
+        """Every device's file locked: yields the other live runners' entries by device; what `mine` holds when
+        the block ends is written back with them (the block raising writes nothing)."""
+        with contextlib.ExitStack() as stack:
+            folder = self._folder()
+            stack.callback(os.close, folder)
+            files = {}
+            for device in sorted(self.uuids, key=self.uuids.get):
+                files[device] = self._file(folder, device)
+                stack.callback(os.close, files[device])  # closing it unlocks it
+                self._lock(files[device], device)
+            now = time.time()
+            others = {device: self._others(fd, now) for device, fd in files.items()}
+            yield others
+            for device, fd in files.items():
+                own = [{**self.me, "cell": cell, "bytes": held, "beat": now}
+                       for cell, held in self.mine[device].items()]
+                text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
+                os.pwrite(fd, text, 0)
+                os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
+            self.written = now
+
+
+class Shared:
+    """A Packer whose devices other runners on this machine pack too: each answer counts what the ledger says they
+    hold, and each placement enters the ledger in the same locked step. Without a ledger, the Packer alone."""
+
+    def __init__(self, packer: Packer, ledger: Ledger | None):
+        self.packer, self.ledger = packer, ledger
+        self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
+        self.others: dict[str, list[dict]] = {}  # their entries by device, as last read
+
+    def _step(self, decide: Callable[[], Placement | None]) -> Placement | None:
+        """`decide()` inside the ledger's locked step, the Packer told what the others hold."""
+        if self.ledger is None:
+            return decide()
+        first, decided = not self.ledger.written, []
+        try:
+            with self.ledger.step() as self.others:
+                self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None for e in entries)
+                                         else sum(e["bytes"] for e in entries) for d, entries in self.others.items()}
+                decided.append(decide())
+            return decided[0]
+        except (LedgerError, OSError) as e:  # OSError: the file could not be read or written (a full disk)
+            if first:
+                raise BadInput(f"the GPU ledger cannot be used safely: {e}. Remove it, or set {LEDGER_ENV} to a "
+                               "folder of your own that the runners on these GPUs share", LEDGER_ENV) from e
+            print(f"the GPU ledger cannot be used safely any more ({e}): packing on without it, blind to other "
+                  "runners on these GPUs", file=sys.stderr, flush=True)
+            self.ledger, self.packer.elsewhere, self.others = None, {}, {}
+            return decided[0] if decided else decide()  # taken once: a write that failed after it does not undo it
+
+    def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
+                devices: int) -> Placement | None:
+        placement = self._step(decide)
+        elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
+        # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
+        blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
+        self.packer.elsewhere = elsewhere
+        if blocked and not self.blocked:
+            print(f"waiting for GPU room other runners on this machine hold: {_holders(self.others)}",
+                  file=sys.stderr, flush=True)
+        self.blocked = bool(blocked)
+        return placement
+
+    def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
+        return self._answer(lambda: self.packer.where(budget, alone, devices), budget, alone, devices)
+
+    def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
+        def take() -> Placement | None:
+            placement = self.packer.place(budget, alone, devices)
+            if placement is not None and self.ledger is not None:
+                for device in placement.device.split(","):  # a cell alone holds its devices whole (None)
+                    self.ledger.mine[device][cell] = None if placement.alone else footprint(placement.budget)
+            return placement
+        return self._answer(take, budget, alone, devices)
+
+    def release(self, placement: Placement, cell: str = "") -> None:
+        self.packer.release(placement)
+        if self.ledger is not None:
+            for device in placement.device.split(","):
+                self.ledger.mine[device].pop(cell, None)
+            self._step(lambda: None)
+
+    def renew(self) -> None:
+        """Write this runner's entries again once their beat is HEARTBEAT_S old: runners in another pid namespace
+        judge them by it."""
+        if self.ledger is not None and any(self.ledger.mine.values()) and \
+                time.time() - self.ledger.written >= HEARTBEAT_S:
+            self._step(lambda: None)
+
+
+def _holders(others: dict[str, list[dict]]) -> str:
+    """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole)"."""
+    def entry(e: dict) -> str:
+        return f"{e['cell']} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
+
+    return "; ".join(f"GPU {device}: " + ", ".join(map(entry, held)) for device, held in others.items() if held)
