@@ -66,10 +66,12 @@ def _adapted(name: str, method: str, meta: bool):
 @pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),
                                          ("tiny-t5", "full"), ("tiny-t5", "ia3"), ("tiny-gpt2", "prompt-tuning"),
                                          ("tiny-llama", "lora"), ("tiny-encoder", "loha"), ("tiny-encoder", "lokr"),
+                                         ("tiny-encoder", "boft"),
                                          ("tiny-encoder", "compose(prefix-tuning+adapter-parallel)")])
 def test_fake_step_reproduces_a_real_cpu_step(name, method):
     """LoHa and LoKr draw `torch.rand(1)` and branch on it: the fake pass makes that draw for real
-    (probe._ScalarDraws); before, their cells were priced unknown, as compositions were (no registry name)."""
+    (probe._ScalarDraws); before, their cells were priced unknown, as compositions were (no registry name), and
+    BOFT, whose build reads its permutation's indices (bench/methods/orthogonal.py)."""
     rows, length = 3, 10
     spec, model = _adapted(name, method, meta=True)
     fake = fake_step(model, spec.kind, rows, length)
@@ -316,6 +318,21 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
         fake_step(adapted, spec.kind, 2, 8, flops_only=True)
+
+
+@pytest.mark.parametrize("settings,block_size", [({}, 4), ({"boft_block_size": 16}, 16),
+                                                 ({"boft_block_size": 8, "boft_n_butterfly_factor": 2}, 8)])
+def test_boft_is_priced_with_its_blocks_in_closed_form(settings, block_size):
+    """BOFT builds on the meta device (its butterfly indices computed for real): on roberta-base's query and value
+    its parameters are its skew blocks and output scales in closed form, with as many butterfly factors as peft
+    builds here (the configured number where its CUDA extension loads, else one)."""
+    from peft.tuners.boft.layer import get_fbd_cuda
+
+    butterfly = settings.get("boft_n_butterfly_factor", 1) if get_fbd_cuda() is not None else 1
+    r = estimate("roberta-base", "boft", batch_size=2, seq_len=8, settings=settings)
+    assert r["params"]["method"] == 2 * 12 * closed_forms.boft(768, 768, block_size, butterfly=butterfly)
+    head_only = estimate("roberta-base", "head-only", batch_size=2, seq_len=8)
+    assert r["flops"]["train_step"] > head_only["flops"]["train_step"]
 
 
 @pytest.mark.parametrize("task,labels", [("sst2", 2), ("xnli@de", 3), ("stsb", 1)])
