@@ -89,6 +89,29 @@ def test_fake_step_reproduces_a_real_cpu_step(name, method):
     assert fake == real
 
 
+def test_an_encoder_decoder_regression_step_reproduces_a_real_cpu_step():
+    """T5 regresses (STS-B) through a classifier on each row's end-of-sequence token, after checking that every row
+    has as many: that check and the selection read the token ids' values, which the fake pass keeps (the batch's
+    values and what is computed from them alone: fake_pass._BatchValues); before, such a cell was priced unknown."""
+    from functools import partial
+
+    from bench.tasks.registry import builtin_tasks
+    from bench.tools.priced_task import fake_batch
+
+    rows, length, task = 3, 10, builtin_tasks()["stsb"]
+    meta_bundle, meta_adapted = adapt("tiny-t5", "lora", total_steps=1, meta=True, task=task)
+    batch_for = partial(fake_batch, meta_bundle.head, task, bundle=meta_bundle)
+    fake = fake_step(meta_adapted.model, "encoder-decoder", rows, length, batch_for=batch_for)
+    real_model = adapt("tiny-t5", "lora", total_steps=1, task=task)[1].model.train()
+    batch, loss = batch_for(rows, length)
+    assert meta_bundle.head == "classifier" and batch["labels"].dtype == torch.float
+    real = instrumented_step(real_model, batch, loss_fn=loss)
+    # the CPU's mse_loss leaves its mean in the storage of the rows' squared errors (4 bytes a row), alive until the
+    # step ends; the fake's mean has one element's storage
+    real.live_peaks = {(): real.live_peaks[()] - 4 * (rows - 1)}
+    assert fake == real
+
+
 @pytest.mark.parametrize("name,method", [("tiny-llama", "lora"), ("tiny-t5", "full"), ("tiny-encoder", "lora")])
 def test_eager_attention_is_estimated_as_a_real_eager_step_saves(name, method):
     """`--attention eager` builds the model with its own matmul-softmax attention, which keeps the L×L
