@@ -213,8 +213,8 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
     step runs on fake tensors: the batch is converted, keeping its values, after its token counts are read, a draw
-    of one random number
-    is made for real (_ScalarDraws), and torch.distributions' argument checks are off (_unchecked_distributions).
+    of one random number is made for real (_ScalarDraws), and torch.distributions' argument checks are off
+    (_unchecked_distributions).
     Backward runs only when something requires a gradient. `encoder_decoder` is the model's kind if the caller
     knows it.
     """

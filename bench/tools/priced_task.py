@@ -60,9 +60,9 @@ def task_bundle(spec, task, dtype: str, attention: str, pooling: str | None = No
 
 def fake_batch(head: str, task, batch_size: int, seq_len: int, bundle=None):
     """(batch, loss function) of the fake step: `batch_size` rows of `seq_len` tokens (the last the model's
-    end-of-sequence token where `bundle` gives one), labels as the `head` takes
-    them (a class index, a regression target, or the tokens), and the model's own loss; on a mixture (`task` with
-    members, `bundle` its model's), each row one member's and the mixed loss."""
+    end-of-sequence token where `bundle` gives one), labels as the `head` takes them (a class index, a regression
+    target, or the tokens), and the model's own loss; on a mixture (`task` with members, `bundle` its model's),
+    each row one member's and the mixed loss."""
     import torch
 
     from bench.cell.multitask import mixed_terms
