@@ -31,9 +31,10 @@ def build_bundle(model: str = "tiny-encoder", task_type: str | None = None, num_
 
 
 def adapt(model: str, method: str, seed: int = 0, total_steps: int = 10, meta: bool = False,
-          attention: str = "auto") -> tuple[Bundle, Adapted]:
-    """Classification with 2 labels on encoders, generation elsewhere; on `meta`, no weights are allocated."""
-    bundle = build_bundle(model, seed=seed, meta=meta, attention=attention)
+          attention: str = "auto", task: TaskSpec | None = None) -> tuple[Bundle, Adapted]:
+    """The `task`'s head, else classification with 2 labels on encoders, generation elsewhere; on `meta`, no weights
+    are allocated."""
+    bundle = build_bundle(model, seed=seed, meta=meta, attention=attention, task=task)
     chosen = methods.for_cell(method)  # a registered method, or a composition of them at their defaults
     with torch.device("meta" if meta else "cpu"):
         adapted = chosen.apply(bundle.model, chosen.resolve({}, bundle.arch, str),

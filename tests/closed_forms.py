@@ -185,6 +185,15 @@ def lokr(fan_in: int, fan_out: int) -> int:
     return out_small * in_small + out_large * in_large
 
 
+def boft(fan_in: int, fan_out: int, block_size: int = 0, block_num: int = 0, butterfly: int = 1) -> int:
+    """BOFT's parameters on a projection: `butterfly` factors of block_num skew blocks of block_size × block_size
+    each (one of block_size and block_num given, the other fan_in / it), and one output scale per output. peft
+    builds `butterfly` factors only where its CUDA extension loads; without it, one (its warning: "Setting
+    boft_n_butterfly_factor to 1")."""
+    block_size, block_num = (block_size, fan_in // block_size) if block_size else (fan_in // block_num, block_num)
+    return butterfly * block_num * block_size ** 2 + fan_out
+
+
 # --- the tiny models -------------------------------------------------------------------------------------------
 
 TINY_HEAD = roberta_classification_head(H)  # the tiny encoder's 2-label head, which every trained method trains
@@ -296,7 +305,7 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "poly": sum(4 * 8 * (fan_in + fan_out) + 1 * 1 * 4 for fan_in, fan_out in projections),
         "lokr": sum(lokr(fan_in, fan_out) for fan_in, fan_out in projections),
         "oft": sum((fan_in // 32) * 32 * 31 // 2 for fan_in, _ in projections),
-        "boft": sum(fan_in * 4 + fan_out for fan_in, fan_out in projections),
+        "boft": sum(boft(fan_in, fan_out, block_size=4) for fan_in, fan_out in projections),
         "fourierft": 1000 * len(projections),
         "mam-adapter": tiny_prefix_bank(arch, 30, 800) + ffn * bottleneck(H, 512),
         "unipelt": lora(projections) + sum(fan_in + 1 for fan_in, _ in projections) + tiny_prefix_bank(arch, 10, 512)

@@ -66,10 +66,12 @@ def _adapted(name: str, method: str, meta: bool):
 @pytest.mark.parametrize("name,method", [("tiny-encoder", "lora"), ("tiny-encoder", "head-only"),
                                          ("tiny-t5", "full"), ("tiny-t5", "ia3"), ("tiny-gpt2", "prompt-tuning"),
                                          ("tiny-llama", "lora"), ("tiny-encoder", "loha"), ("tiny-encoder", "lokr"),
+                                         ("tiny-encoder", "boft"),
                                          ("tiny-encoder", "compose(prefix-tuning+adapter-parallel)")])
 def test_fake_step_reproduces_a_real_cpu_step(name, method):
     """LoHa and LoKr draw `torch.rand(1)` and branch on it: the fake pass makes that draw for real
-    (probe._ScalarDraws); before, their cells were priced unknown, as compositions were (no registry name)."""
+    (probe._ScalarDraws); before, their cells were priced unknown, as compositions were (no registry name), and
+    BOFT, whose build reads its permutation's indices (bench/methods/orthogonal.py)."""
     rows, length = 3, 10
     spec, model = _adapted(name, method, meta=True)
     fake = fake_step(model, spec.kind, rows, length)
@@ -84,6 +86,29 @@ def test_fake_step_reproduces_a_real_cpu_step(name, method):
         # copy of all rows' ids is alive at the step's busiest moment
         real.activation_bytes += 8 * 20 * (rows - 1)
         real.live_peaks = {(): real.live_peaks[()] + 8 * 20 * rows}
+    assert fake == real
+
+
+def test_an_encoder_decoder_regression_step_reproduces_a_real_cpu_step():
+    """T5 regresses (STS-B) through a classifier on each row's end-of-sequence token, after checking that every row
+    has as many: that check and the selection read the token ids' values, which the fake pass keeps (the batch's
+    values and what is computed from them alone: fake_pass._BatchValues); before, such a cell was priced unknown."""
+    from functools import partial
+
+    from bench.tasks.registry import builtin_tasks
+    from bench.tools.priced_task import fake_batch
+
+    rows, length, task = 3, 10, builtin_tasks()["stsb"]
+    meta_bundle, meta_adapted = adapt("tiny-t5", "lora", total_steps=1, meta=True, task=task)
+    batch_for = partial(fake_batch, meta_bundle.head, task, bundle=meta_bundle)
+    fake = fake_step(meta_adapted.model, "encoder-decoder", rows, length, batch_for=batch_for)
+    real_model = adapt("tiny-t5", "lora", total_steps=1, task=task)[1].model.train()
+    batch, loss = batch_for(rows, length)
+    assert meta_bundle.head == "classifier" and batch["labels"].dtype == torch.float
+    real = instrumented_step(real_model, batch, loss_fn=loss)
+    # the CPU's mse_loss leaves its mean in the storage of the rows' squared errors (4 bytes a row), alive until the
+    # step ends; the fake's mean has one element's storage
+    real.live_peaks = {(): real.live_peaks[()] - 4 * (rows - 1)}
     assert fake == real
 
 
@@ -316,6 +341,21 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
         fake_step(adapted, spec.kind, 2, 8, flops_only=True)
+
+
+@pytest.mark.parametrize("settings,block_size", [({}, 4), ({"boft_block_size": 16}, 16),
+                                                 ({"boft_block_size": 8, "boft_n_butterfly_factor": 2}, 8)])
+def test_boft_is_priced_with_its_blocks_in_closed_form(settings, block_size):
+    """BOFT builds on the meta device (its butterfly indices computed for real): on roberta-base's query and value
+    its parameters are its skew blocks and output scales in closed form, with as many butterfly factors as peft
+    builds here (the configured number where its CUDA extension loads, else one)."""
+    from peft.tuners.boft.layer import get_fbd_cuda
+
+    butterfly = settings.get("boft_n_butterfly_factor", 1) if get_fbd_cuda() is not None else 1
+    r = estimate("roberta-base", "boft", batch_size=2, seq_len=8, settings=settings)
+    assert r["params"]["method"] == 2 * 12 * closed_forms.boft(768, 768, block_size, butterfly=butterfly)
+    head_only = estimate("roberta-base", "head-only", batch_size=2, seq_len=8)
+    assert r["flops"]["train_step"] > head_only["flops"]["train_step"]
 
 
 @pytest.mark.parametrize("task,labels", [("sst2", 2), ("xnli@de", 3), ("stsb", 1)])

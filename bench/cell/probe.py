@@ -212,8 +212,9 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
     until the end, so that what reference cycles hold is freed at the same moment on every run.
 
     With a `fake_mode` (the estimate's FakeTensorMode, the model's tensors already fake in it) the
-    step runs on fake tensors: the batch is converted after its token counts are read, a draw of one random number
-    is made for real (_ScalarDraws), and torch.distributions' argument checks are off (_unchecked_distributions).
+    step runs on fake tensors: the batch is converted, keeping its values, after its token counts are read, a draw
+    of one random number is made for real (_ScalarDraws), and torch.distributions' argument checks are off
+    (_unchecked_distributions).
     Backward runs only when something requires a gradient. `encoder_decoder` is the model's kind if the caller
     knows it.
     """
@@ -221,8 +222,8 @@ def instrumented_step(model: torch.nn.Module, batch: dict, autocast=contextlib.n
         encoder_decoder = is_encoder_decoder(model)
     rows, positions = batch["input_ids"].shape[0], positions_in(batch, encoder_decoder)
     tokens = tokens_in(batch, encoder_decoder)
-    if fake_mode is not None:
-        batch = {k: fake_mode.from_tensor(v) for k, v in batch.items()}
+    if fake_mode is not None:  # constants: a forward that reads the ids (T5's classifier) reads them as on real ones
+        batch = {k: constant_fake(fake_mode, lambda v=v: v) for k, v in batch.items()}
     tensors = [*model.parameters(), *model.buffers()]
     gc.collect()
     enabled = gc.isenabled()

@@ -200,9 +200,11 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
              **forward_flops_per_example(step, params["total"], spec.kind)}
     if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
         # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
-        flops["forward_per_example"] = step_flops(model, method, batch_size, seq_len, dtype, settings, attention,
-                                                  gradient_checkpointing, task, pooling,
-                                                  step_device)["forward_per_example"]
+        from bench.tools.liger_memory import twins_unbound
+
+        with twins_unbound(adapted):
+            own = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
+        flops["forward_per_example"] = own.forward_flops // own.rows
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,

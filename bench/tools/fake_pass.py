@@ -24,6 +24,8 @@ import dataclasses
 from functools import partial
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_leaves
 
 from bench.cell.probe import StepMeasure, instrumented_step, tensors_in
 from bench.tools.cuda_step import step_on
@@ -55,16 +57,42 @@ def _fake_weights(model: torch.nn.Module, mode):
             table[name] = t
 
 
+class _BatchValues(FakeTensorMode):
+    """The fake pass's mode: the batch comes in with its values (bench.cell.probe.instrumented_step), and what is
+    computed from values alone keeps them, up to the batch's largest tensor's size, where torch's fake mode keeps
+    one-element results only. A forward that reads its token ids then runs as on real tensors: T5's classifier
+    checks that every row has as many end-of-sequence tokens (`unique_consecutive`, whose output shape is its
+    input's values) and takes each row's last one (a boolean mask). Nothing the model's weights enter has values,
+    and nothing larger than the batch is computed for real. A result's storage is as large as the real kernel left
+    it (`unique_consecutive` keeps room for its whole input), so the bytes alive are a real step's. Accepts tensors
+    a method keeps outside its module tree (real ones)."""
+
+    def __init__(self, largest: int):
+        super().__init__(allow_non_fake_inputs=True)
+        self.largest = largest
+
+    def may_turn_const(self, t: torch.Tensor) -> bool:
+        return t.numel() <= self.largest and t.layout == torch.strided and not self.is_our_fake(t) \
+            and t.device.type != "meta"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        for t in tree_leaves(out):
+            if getattr(t, "constant", None) is not None:
+                real = t.constant.untyped_storage().nbytes()
+                if real > t.untyped_storage().nbytes():
+                    t.untyped_storage().resize_(real)
+        return out
+
+
 def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple,
                batch_for=None, device: str = "cpu", autocast: bool = False) -> StepMeasure:
     """The step on fake tensors; `batch_for(batch_size, seq_len)`: its (batch, loss), by default a model's of
     `kind` without a task (bench/tools/priced_task.fake_batch); as on `device` (cpu, or cuda: its fused attention
     kernels), its forward under bf16 autocast with `autocast`, as a cell's (bench/tools/cuda_step.py)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)  # tensors a method keeps outside its module tree
     model.train()
     batch, loss = (batch_for or partial(fake_batch, default_head(kind), None))(batch_size, seq_len)
+    mode = _BatchValues(max(t.numel() for t in batch.values()))
     with _fake_weights(model, mode), step_on(device, autocast) as region:
         return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
 

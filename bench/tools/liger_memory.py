@@ -38,6 +38,7 @@ adapts it (transformers/monkey_patch.py:259-323, apply_liger_kernel_to_llama wit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 
@@ -162,6 +163,20 @@ def _lce_forward(self, input_ids=None, labels=None, **kwargs):
     loss = FusedLinearCrossEntropyTwin.apply(hidden.view(-1, self.config.hidden_size), self.lm_head.weight,
                                              shifted.view(-1))
     return CausalLMOutputWithPast(loss=loss)
+
+
+@contextlib.contextmanager
+def twins_unbound(model: torch.nn.Module):
+    """Within the block, every module of `model` (an adapted model holds the one bind_twins bound) runs its own
+    forward again: the torch step's, which evaluation's forwards run (no labels, no fused loss)."""
+    twins = (_rms_norm_forward, _swiglu_forward, _lce_forward)
+    bound = [(module, module.__dict__.pop("forward")) for module in model.modules()
+             if getattr(module.__dict__.get("forward"), "__func__", None) in twins]
+    try:
+        yield
+    finally:
+        for module, forward in bound:
+            module.forward = forward
 
 
 def bind_twins(model: torch.nn.Module) -> None:

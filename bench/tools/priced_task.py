@@ -59,15 +59,19 @@ def task_bundle(spec, task, dtype: str, attention: str, pooling: str | None = No
 
 
 def fake_batch(head: str, task, batch_size: int, seq_len: int, bundle=None):
-    """(batch, loss function) of the fake step: `batch_size` rows of `seq_len` tokens, labels as the `head` takes
-    them (a class index, a regression target, or the tokens), and the model's own loss; on a mixture (`task` with
-    members, `bundle` its model's), each row one member's and the mixed loss."""
+    """(batch, loss function) of the fake step: `batch_size` rows of `seq_len` tokens (the last the model's
+    end-of-sequence token where `bundle` gives one), labels as the `head` takes them (a class index, a regression
+    target, or the tokens), and the model's own loss; on a mixture (`task` with members, `bundle` its model's),
+    each row one member's and the mixed loss."""
     import torch
 
     from bench.cell.multitask import mixed_terms
     from bench.cell.objectives import lm_loss, lm_terms
 
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    eos = getattr(bundle.model.config, "eos_token_id", None) if bundle is not None else None
+    if isinstance(eos, int):  # a tokenized row ends with it; T5's classifier reads each row there
+        ids[:, -1] = eos
     regression = task is not None and (task.type == "regression" or bool(task.members))  # a mixture's are floats
     labels = ids if head != "classifier" else torch.zeros(batch_size, dtype=torch.float if regression else torch.long)
     batch = {"input_ids": ids, "labels": labels}
