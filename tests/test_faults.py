@@ -184,10 +184,13 @@ def test_a_lock_of_garbage_is_stale_only_by_its_heartbeat(tmp_path):
         assert locks.steal(lock) == {"unreadable": True} and not lock.exists()
 
 
-def _hold_every_lock(root: str, ids: list[str], start, granted) -> None:
+def _hold_every_lock(root: str, ids: list[str], start, granted, done) -> None:
     store = Store(root)
     start.wait()
-    granted.put([i for i in ids if store.acquire("race", i) is not None])  # held until the process ends
+    granted.put([i for i in ids if store.acquire("race", i) is not None])
+    # held until both have tried every cell: a process that ended holds nothing (its locks are stale, even while it
+    # is a zombie its parent has not waited for), so the other may then take them, rightly
+    done.wait(120)
 
 
 def test_two_processes_never_both_hold_a_cells_lock(tmp_path):
@@ -197,12 +200,13 @@ def test_two_processes_never_both_hold_a_cells_lock(tmp_path):
 
     ctx = mp.get_context("fork")
     ids = [f"cell{i}" for i in range(400)]
-    start, granted = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_hold_every_lock, args=(str(tmp_path), ids, start, granted)) for _ in range(2)]
+    start, granted, done = ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_hold_every_lock, args=(str(tmp_path), ids, start, granted, done)) for _ in range(2)]
     for p in procs:
         p.start()
     start.set()
     first, second = granted.get(timeout=120), granted.get(timeout=120)
+    done.set()
     for p in procs:
         p.join(timeout=60)
     assert set(first) & set(second) == set()
