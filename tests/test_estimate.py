@@ -347,11 +347,16 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
                                                  ({"boft_block_size": 8, "boft_n_butterfly_factor": 2}, 8)])
 def test_boft_is_priced_with_its_blocks_in_closed_form(settings, block_size):
     """BOFT builds on the meta device (its butterfly indices computed for real): on roberta-base's query and value
-    its parameters are its skew blocks and output scales in closed form, with as many butterfly factors as peft
-    builds here (the configured number where its CUDA extension loads, else one)."""
+    its parameters are its skew blocks and output scales in closed form, with the butterfly factors configured.
+    More than one takes peft's CUDA extension: where it does not load, peft would build one instead, and the
+    method is refused as unsupported here, never priced (nor recorded) as the other."""
     from peft.tuners.boft.layer import get_fbd_cuda
 
-    butterfly = settings.get("boft_n_butterfly_factor", 1) if get_fbd_cuda() is not None else 1
+    butterfly = settings.get("boft_n_butterfly_factor", 1)
+    if butterfly > 1 and get_fbd_cuda() is None:
+        with pytest.raises(BadInput, match="boft_n_butterfly_factor 2 needs peft's CUDA extension"):
+            estimate("roberta-base", "boft", batch_size=2, seq_len=8, settings=settings)
+        return
     r = estimate("roberta-base", "boft", batch_size=2, seq_len=8, settings=settings)
     assert r["params"]["method"] == 2 * 12 * closed_forms.boft(768, 768, block_size, butterfly=butterfly)
     head_only = estimate("roberta-base", "head-only", batch_size=2, seq_len=8)

@@ -38,7 +38,23 @@ def _butterfly_indices_on_the_cpu():
 
 def _boft(model, config, ctx):
     with _butterfly_indices_on_the_cpu():
-        return _BOFT(model, config, ctx)
+        adapted = _BOFT(model, config, ctx)
+    _refuse_a_butterfly_peft_dropped(adapted.model, config)
+    return adapted
+
+
+def _refuse_a_butterfly_peft_dropped(model, config) -> None:
+    """More than one butterfly factor takes peft's CUDA extension (fbd_cuda, built with nvcc and ninja): where it
+    does not load, peft warns and builds one factor instead, so the cell would train another method than its
+    record's config names. Unsupported here, not recorded as that other method; a machine with the extension
+    runs it (environment: `--retry-failed` reruns the cell there)."""
+    from bench.errors import Unsupported
+
+    factor = config.get("boft_n_butterfly_factor", 1)
+    if factor > 1 and any(getattr(m, "fbd_cuda_available", True) is False for m in model.modules()):
+        raise Unsupported(f"boft_n_butterfly_factor {factor} needs peft's CUDA extension (fbd_cuda: a GPU, nvcc and "
+                          "ninja), which did not load here; peft would build 1 butterfly factor instead",
+                          environment=True)
 
 
 _boft.peft_config_class = _BOFT.peft_config_class
