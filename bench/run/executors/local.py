@@ -191,9 +191,12 @@ class LocalExecutor:
         try:
             while True:
                 while True:
-                    if not waiting:  # a new cell is taken (the runner claims it) only when it can start now:
+                    # a new cell is taken (the runner claims it) only when it can start now, or when nothing runs:
+                    # then it waits for the room other runners hold, or the runner has none left and this ends
+                    if not waiting:
                         nearest = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
-                        if slots.where(nearest[0], devices=nearest[1]) is None or (cell := next(cells, None)) is None:
+                        if running and slots.where(nearest[0], devices=nearest[1]) is None or \
+                                (cell := next(cells, None)) is None:
                             break
                         while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
                             pass
@@ -213,7 +216,7 @@ class LocalExecutor:
                     running.append((proc, placement))
                     overlaps.start(cell.id, placement.device)
                 if not running:
-                    if slots.blocked:  # other runners on this machine hold the room: wait for it, never fail
+                    if waiting and slots.blocked:  # other runners on this machine hold its room: wait, never fail
                         time.sleep(POLL_S)
                         continue
                     if waiting:  # every cell fits an empty machine (Packer.place): a cell left here would be lost
