@@ -7,10 +7,11 @@ room's worth of cells. So every placement is made and written here in one locked
 live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
 
 - **Where**: one file per GPU, `<uuid>.ledger`, named by the GPU's UUID from nvidia-smi (an index means another GPU
-  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger: a folder
-  every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split the ledger and over-pack
-  silently), on a tmpfs that a reboot empties, as it ends every process whose entries it holds. Created mode 1777
-  (anyone may add a file, only its owner may replace it) and its files 0666 (both users write the one file).
+  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger (/tmp/… where
+  there is no /dev/shm): a folder every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split
+  the ledger and over-pack silently), on a tmpfs that a reboot empties, as it ends every process whose entries it
+  holds. Created mode 1777 (anyone may add a file, only its owner may replace it) and its files 0666 (both users
+  write the one file).
 - **Entries**: one JSON line per (runner, cell, GPU): the runner's pid, its process's start time and pid namespace,
   a nonce of the runner, the cell, and its footprint in bytes (null: the cell holds the GPU alone, so others count
   it as full). A placement holds an exclusive flock on each GPU's file (in UUID order: no two runners deadlock),
@@ -18,14 +19,16 @@ live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
   its process, so a runner killed with -9 blocks nothing.
 - **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
-  sharing the folder), its pids mean nothing here, so while its owner renewed it within LEASE_S. Dead entries are
-  dropped at the next write.
+  sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
+  kill(pid, 0) says exists: those while their owner renewed them within LEASE_S (a thread renews them). Dead
+  entries are dropped at the next write.
 - **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
   counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
   heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
   the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
   LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
-  through a link); later in a run, the runner says so and packs on without the ledger rather than kill its cells.
+  through a link); later in a run, the runner says so, decides that step blind rather than kill its cells, and
+  tries the ledger again at the next: its entries never outlive its cells.
 """
 
 from __future__ import annotations
