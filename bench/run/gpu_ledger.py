@@ -7,10 +7,11 @@ room's worth of cells. So every placement is made and written here in one locked
 live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
 
 - **Where**: one file per GPU, `<uuid>.ledger`, named by the GPU's UUID from nvidia-smi (an index means another GPU
-  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger: a folder
-  every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split the ledger and over-pack
-  silently), on a tmpfs that a reboot empties, as it ends every process whose entries it holds. Created mode 1777
-  (anyone may add a file, only its owner may replace it) and its files 0666 (both users write the one file).
+  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger (/tmp/… where
+  there is no /dev/shm): a folder every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split
+  the ledger and over-pack silently), on a tmpfs that a reboot empties, as it ends every process whose entries it
+  holds. Created mode 1777 (anyone may add a file, only its owner may replace it) and its files 0666 (both users
+  write the one file).
 - **Entries**: one JSON line per (runner, cell, GPU): the runner's pid, its process's start time and pid namespace,
   a nonce of the runner, the cell, and its footprint in bytes (null: the cell holds the GPU alone, so others count
   it as full). A placement holds an exclusive flock on each GPU's file (in UUID order: no two runners deadlock),
@@ -18,14 +19,16 @@ live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
   its process, so a runner killed with -9 blocks nothing.
 - **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
-  sharing the folder), its pids mean nothing here, so while its owner renewed it within LEASE_S. Dead entries are
-  dropped at the next write.
+  sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
+  kill(pid, 0) says exists: those while their owner renewed them within LEASE_S (a thread renews them). Dead
+  entries are dropped at the next write.
 - **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
   counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
   heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
   the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
   LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
-  through a link); later in a run, the runner says so and packs on without the ledger rather than kill its cells.
+  through a link); later in a run, the runner says so, decides that step blind rather than kill its cells, and
+  tries the ledger again at the next: its entries never outlive its cells.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import stat
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -51,7 +55,11 @@ from bench.run.packing import Packer, Placement, footprint
 LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
 MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
 LOCK_WAIT_S = 30.0
+RENEW_CHECK_S = 1.0  # how often the renewing thread looks: a lost ledger is tried again within it
+MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger number is not a footprint
+MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never printed from a file any local user may write
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
 
 
@@ -63,7 +71,8 @@ def ledger_folder() -> Path:
     given = os.environ.get(LEDGER_ENV)
     if given:
         return Path(given)
-    return Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()) / "peft-bench-gpu-ledger"
+    # never tempfile.gettempdir(): it follows TMPDIR, and a per-user TMPDIR would split the ledger per user
+    return Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / "peft-bench-gpu-ledger"
 
 
 def _pid_namespace() -> str:
@@ -107,12 +116,14 @@ def machine_ledger(devices: list[str]) -> Ledger | None:
 
 
 def _valid(entry) -> dict | None:
-    """The entry, if it is one: every field of its type, bytes a positive int or null, a beat not in the future."""
+    """The entry, if it is one: every field of its type, a pid of one process, bytes a positive int up to MAX_HELD
+    or null, a finite beat not in the future."""
     if not isinstance(entry, dict) or not all(type(entry.get(k)) is t or t is float and type(entry.get(k)) is int
                                               for k, t in _FIELDS.items()):
         return None
     held = entry.get("bytes", 0)
-    if held is not None and (type(held) is not int or held <= 0) or entry["beat"] > time.time() + HEARTBEAT_S:
+    if held is not None and (type(held) is not int or not 0 < held <= MAX_HELD) or not 0 < entry["pid"] <= MAX_PID \
+            or not math.isfinite(entry["beat"]) or entry["beat"] > time.time() + HEARTBEAT_S:
         return None
     return entry
 
@@ -168,6 +179,31 @@ class Ledger:
             raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
         return fd
 
+    def _locked(self, folder: int, device: str) -> int:
+        """The device's file, open and locked, and still the one its name gives: a file unlinked or replaced while
+        this runner waited for its lock is no ledger any more (the runners after it use the new one)."""
+        for _ in range(100):
+            fd = self._file(folder, device)
+            try:
+                self._lock(fd, device)
+                if self._named(fd, folder, device):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: replaced again and again while this runner "
+                          "waited for its lock")
+
+    def _named(self, fd: int, folder: int, device: str) -> bool:
+        """Whether the open file is the one the device's name gives in the folder now."""
+        try:
+            named = os.stat(f"{self.uuids[device]}.ledger", dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:  # unlinked, not yet made again
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
     def _lock(self, fd: int, device: str) -> None:
         """An exclusive flock on the open file, waited for at most LOCK_WAIT_S: a step takes milliseconds, so a
         lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
@@ -182,9 +218,13 @@ class Ledger:
                 time.sleep(0.005)
 
     def _live(self, entry: dict, now: float) -> bool:
-        if entry["pidns"] != self.me["pidns"]:  # its pids mean nothing here: only its renewals can say
-            return now - entry["beat"] <= LEASE_S
-        return process_start(entry["pid"]) == entry["started"]
+        if entry["pidns"] == self.me["pidns"]:
+            started = process_start(entry["pid"])
+            if started is not None or not _hidden(entry["pid"]):
+                return started == entry["started"]
+        # from another pid namespace its pids mean nothing here, and a process /proc hides (mounted hidepid: another
+        # user's) cannot be told from a reused pid: only its renewals can say
+        return now - entry["beat"] <= LEASE_S
 
     def _others(self, fd: int, now: float) -> list[dict]:
         """The live entries of other runners in the open file: each line checked, garbage dropped."""
@@ -208,9 +248,8 @@ class Ledger:
             stack.callback(os.close, folder)
             files = {}
             for device in sorted(self.uuids, key=self.uuids.get):
-                files[device] = self._file(folder, device)
+                files[device] = self._locked(folder, device)
                 stack.callback(os.close, files[device])  # closing it unlocks it
-                self._lock(files[device], device)
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
@@ -220,7 +259,22 @@ class Ledger:
                 text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
                 os.pwrite(fd, text, 0)
                 os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
+                if not self._named(fd, folder, device):  # unlinked mid-step: what others read now lacks these
+                    raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: removed or replaced during this "
+                                      "runner's step (its entries are written to the new file at the next)")
             self.written = now
+
+
+def _hidden(pid: int) -> bool:
+    """Whether process `pid` exists though /proc shows nothing of it: another user's, /proc mounted hidepid. Only
+    "no such process" (ESRCH) says it is gone; a process of this user /proc says nothing of is a zombie."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Shared:
@@ -231,6 +285,8 @@ class Shared:
         self.packer, self.ledger = packer, ledger
         self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
         self.others: dict[str, list[dict]] = {}  # their entries by device, as last read
+        self.lost = False  # the last step could not use the ledger: said once, and the next step tries it again
+        self.guard = threading.RLock()  # one step at a time: the scheduling loop's or the renewing thread's
 
     def _step(self, decide: Callable[[], Placement | None]) -> Placement | None:
         """`decide()` inside the ledger's locked step, the Packer told what the others hold."""
@@ -242,28 +298,33 @@ class Shared:
                 self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None for e in entries)
                                          else sum(e["bytes"] for e in entries) for d, entries in self.others.items()}
                 decided.append(decide())
-            return decided[0]
         except (LedgerError, OSError) as e:  # OSError: the file could not be read or written (a full disk)
             if first:
                 raise BadInput(f"the GPU ledger cannot be used safely: {e}. Remove it, or set {LEDGER_ENV} to a "
                                "folder of your own that the runners on these GPUs share", LEDGER_ENV) from e
-            print(f"the GPU ledger cannot be used safely any more ({e}): packing on without it, blind to other "
-                  "runners on these GPUs", file=sys.stderr, flush=True)
-            self.ledger, self.packer.elsewhere, self.others = None, {}, {}
+            if not self.lost:  # never for good: its entries would outlive its cells, blocking the other runners
+                print(f"the GPU ledger cannot be used safely now ({e}): packing blind to other runners on these GPUs "
+                      "until it can be again (tried at each step)", file=sys.stderr, flush=True)
+            self.lost, self.packer.elsewhere, self.others = True, {}, {}
             return decided[0] if decided else decide()  # taken once: a write that failed after it does not undo it
+        if self.lost:
+            print("the GPU ledger is in use again", file=sys.stderr, flush=True)
+            self.lost = False
+        return decided[0]
 
     def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
                 devices: int) -> Placement | None:
-        placement = self._step(decide)
-        elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
-        # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
-        blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
-        self.packer.elsewhere = elsewhere
-        if blocked and not self.blocked:
-            print(f"waiting for GPU room other runners on this machine hold: {_holders(self.others)}",
-                  file=sys.stderr, flush=True)
-        self.blocked = bool(blocked)
-        return placement
+        with self.guard:
+            placement = self._step(decide)
+            elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
+            # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
+            blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
+            self.packer.elsewhere = elsewhere
+            if blocked and not self.blocked:
+                print(f"waiting for GPU room other runners on this machine hold: {_holders(self.others)}",
+                      file=sys.stderr, flush=True)
+            self.blocked = bool(blocked)
+            return placement
 
     def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
         return self._answer(lambda: self.packer.where(budget, alone, devices), budget, alone, devices)
@@ -278,23 +339,45 @@ class Shared:
         return self._answer(take, budget, alone, devices)
 
     def release(self, placement: Placement, cell: str = "") -> None:
-        self.packer.release(placement)
-        if self.ledger is not None:
-            for device in placement.device.split(","):
-                self.ledger.mine[device].pop(cell, None)
-            self._step(lambda: None)
+        with self.guard:
+            self.packer.release(placement)
+            if self.ledger is not None:
+                for device in placement.device.split(","):
+                    self.ledger.mine[device].pop(cell, None)
+                self._step(lambda: None)
 
     def renew(self) -> None:
-        """Write this runner's entries again once their beat is HEARTBEAT_S old: runners in another pid namespace
-        judge them by it."""
-        if self.ledger is not None and any(self.ledger.mine.values()) and \
-                time.time() - self.ledger.written >= HEARTBEAT_S:
-            self._step(lambda: None)
+        """Write this runner's entries again once their beat is HEARTBEAT_S old (runners in another pid namespace,
+        or whose /proc hides this process, judge them by it), and at once after a step that could not write them."""
+        with self.guard:
+            if self.ledger is not None and (self.lost or any(self.ledger.mine.values()) and
+                                            time.time() - self.ledger.written >= HEARTBEAT_S):
+                self._step(lambda: None)
+
+    @contextlib.contextmanager
+    def renewing(self) -> Iterator[None]:
+        """`renew` every RENEW_CHECK_S from a thread of its own (no CUDA, no fork) while the block runs: the runner's
+        loop stands still at each record it hands over (stored, sent to trackers) for as long as that takes."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(RENEW_CHECK_S):
+                self.renew()
+
+        thread = threading.Thread(target=beat, name="gpu-ledger-renewal", daemon=True)
+        if self.ledger is not None:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
 
 
 def _holders(others: dict[str, list[dict]]) -> str:
     """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole)"."""
     def entry(e: dict) -> str:
-        return f"{e['cell']} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
+        return f"{CONTROL.sub('?', e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
 
     return "; ".join(f"GPU {device}: " + ", ".join(map(entry, held)) for device, held in others.items() if held)

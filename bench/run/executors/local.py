@@ -18,6 +18,7 @@ one), since cells sharing a machine or a device change each other's timings.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -78,8 +79,9 @@ class OneEach:
     def release(self, placement: Placement, cell: str = "") -> None:
         self.free.append(placement.device)
 
-    def renew(self) -> None:
+    def renewing(self) -> contextlib.nullcontext:
         """Nothing to renew: no ledger holds its slots."""
+        return contextlib.nullcontext()
 
 
 class LocalExecutor:
@@ -181,7 +183,6 @@ class LocalExecutor:
     def _submit_processes(self, cells: Iterator[Cell], spool,
                           planned: list[Cell] | None) -> Iterator[tuple[Cell, dict]]:
         slots = Shared(Packer(self.rooms, self.gpus_per_cell), self.ledger) if self.rooms else OneEach(self.devices)
-        waiting: deque[tuple[Cell, bool]] = deque()  # (cell, to run alone): taken, not started (a packed retry)
         upcoming = deque(planned or [])  # the cells the runner may still hand over, in the order it hands them
         running: list[tuple[CellProcess, Placement]] = []
         overlaps = Overlaps()
@@ -189,54 +190,8 @@ class LocalExecutor:
         if planned:
             os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
         try:
-            while True:
-                while True:
-                    if not waiting:  # a new cell is taken (the runner claims it) only when it can start now:
-                        nearest = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
-                        if slots.where(nearest[0], devices=nearest[1]) is None or (cell := next(cells, None)) is None:
-                            break
-                        while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
-                            pass
-                        waiting.append((cell, False))
-                    cell, alone = waiting[0]
-                    budget, devices = self.demand(cell)
-                    placement = slots.place(budget, alone, devices, cell.id)
-                    if placement is None:  # no room until a cell ends
-                        break
-                    waiting.popleft()
-                    if cell.adapter_dir and "," in (placement.device or ""):  # refused before its ranks start
-                        slots.release(placement, cell.id)
-                        yield cell, sharded_save_refused(cell, placement)
-                        continue
-                    show = self.slots == 1 and not self.rooms  # one cell at a time: its output shows as it comes
-                    proc = CellProcess(cell, spool(cell), self.quiet, placement.device, show, placement.budget)
-                    running.append((proc, placement))
-                    overlaps.start(cell.id, placement.device)
-                if not running:
-                    if slots.blocked:  # other runners on this machine hold the room: wait for it, never fail
-                        time.sleep(POLL_S)
-                        continue
-                    if waiting:  # every cell fits an empty machine (Packer.place): a cell left here would be lost
-                        raise RuntimeError(f"no device can start {waiting[0][0].line()} on an idle machine")
-                    return
-                mp.connection.wait([proc.sentinel for proc, _ in running], timeout=POLL_S)
-                slots.renew()
-                for proc, placement in list(running):
-                    record = proc.poll()
-                    if record is None:
-                        continue
-                    running.remove((proc, placement))
-                    slots.release(placement, proc.cell.id)
-                    beside = overlaps.end(proc.cell.id)
-                    if self.rooms and record["status"] == "oom" and not placement.alone:
-                        print(f"retrying alone on a whole GPU, after it ran out of memory packed: "
-                              f"{proc.cell.line()}", file=sys.stderr, flush=True)
-                        spool_files(spool(proc.cell), proc.cell.id)[0].unlink(missing_ok=True)
-                        waiting.appendleft((proc.cell, True))
-                        continue
-                    record["env"].update(device_index=placement.device, device_budget_bytes=placement.budget,
-                                         threads=proc.cell.threads, cells_beside=beside)
-                    yield proc.cell, record
+            with slots.renewing():  # the ledger's entries stay renewed while this generator waits at a yield
+                yield from self._schedule(cells, spool, slots, upcoming, running, overlaps)
         finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
             for proc, placement in running:
                 proc.kill()
@@ -245,6 +200,62 @@ class LocalExecutor:
                 os.environ.pop(PRELOAD_ENV, None)
             else:
                 os.environ[PRELOAD_ENV] = outer
+
+    def _schedule(self, cells: Iterator[Cell], spool, slots: Shared | OneEach, upcoming: deque[Cell],
+                  running: list[tuple[CellProcess, Placement]], overlaps: Overlaps) -> Iterator[tuple[Cell, dict]]:
+        """Start cells as they fit and yield each one's record as it ends; `running` is the caller's, so what still
+        runs when this stops is killed there."""
+        waiting: deque[tuple[Cell, bool]] = deque()  # (cell, to run alone): taken, not started (a packed retry)
+        while True:
+            while True:
+                # a new cell is taken (the runner claims it) only when it can start now, or when nothing runs:
+                # then it waits for the room other runners hold, or the runner has none left and this ends
+                if not waiting:
+                    nearest = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
+                    if running and slots.where(nearest[0], devices=nearest[1]) is None or \
+                            (cell := next(cells, None)) is None:
+                        break
+                    while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
+                        pass
+                    waiting.append((cell, False))
+                cell, alone = waiting[0]
+                budget, devices = self.demand(cell)
+                placement = slots.place(budget, alone, devices, cell.id)
+                if placement is None:  # no room until a cell ends
+                    break
+                waiting.popleft()
+                if cell.adapter_dir and "," in (placement.device or ""):  # refused before its ranks start
+                    slots.release(placement, cell.id)
+                    yield cell, sharded_save_refused(cell, placement)
+                    continue
+                show = self.slots == 1 and not self.rooms  # one cell at a time: its output shows as it comes
+                proc = CellProcess(cell, spool(cell), self.quiet, placement.device, show, placement.budget)
+                running.append((proc, placement))
+                overlaps.start(cell.id, placement.device)
+            if not running:
+                if waiting and slots.blocked:  # other runners on this machine hold its room: wait, never fail
+                    time.sleep(POLL_S)
+                    continue
+                if waiting:  # every cell fits an empty machine (Packer.place): a cell left here would be lost
+                    raise RuntimeError(f"no device can start {waiting[0][0].line()} on an idle machine")
+                return
+            mp.connection.wait([proc.sentinel for proc, _ in running], timeout=POLL_S)
+            for proc, placement in list(running):
+                record = proc.poll()
+                if record is None:
+                    continue
+                running.remove((proc, placement))
+                slots.release(placement, proc.cell.id)
+                beside = overlaps.end(proc.cell.id)
+                if self.rooms and record["status"] == "oom" and not placement.alone:
+                    print(f"retrying alone on a whole GPU, after it ran out of memory packed: "
+                          f"{proc.cell.line()}", file=sys.stderr, flush=True)
+                    spool_files(spool(proc.cell), proc.cell.id)[0].unlink(missing_ok=True)
+                    waiting.appendleft((proc.cell, True))
+                    continue
+                record["env"].update(device_index=placement.device, device_budget_bytes=placement.budget,
+                                     threads=proc.cell.threads, cells_beside=beside)
+                yield proc.cell, record
 
 
 def sharded_save_refused(cell: Cell, placement: Placement) -> dict:

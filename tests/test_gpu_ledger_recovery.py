@@ -1,0 +1,136 @@
+"""The machine's GPU ledger (bench/run/gpu_ledger.py) where the host or other users get in its way: /proc mounted
+hidepid, a ledger that cannot be used for a step, lines any local user may write, a file replaced under a runner,
+a runner's loop standing still, and a host without /dev/shm."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.run import gpu_ledger
+from bench.run.gpu_ledger import Ledger, ledger_folder
+from bench.run.locks import LEASE_S, process_start
+from tests.test_gpu_ledger import BUDGET, GIB, UUIDS, entry, held_elsewhere, ledger_file, shared
+
+HIDDEN = 2**22 + 7  # above any pid_max: no process of ours, so what /proc and kill say of it is the test's
+
+
+def test_a_process_proc_hides_is_judged_by_its_lease_never_counted_dead(tmp_path, monkeypatch):
+    """/proc mounted hidepid: another user's runner reads as no process, yet kill(pid, 0) says it exists
+    (EPERM); only "no such process" (ESRCH) is dead."""
+    real_kill = os.kill
+
+    def kill(pid: int, signal: int) -> None:
+        if pid == HIDDEN:
+            raise PermissionError(1, "Operation not permitted")
+        real_kill(pid, signal)
+
+    monkeypatch.setattr(os, "kill", kill)
+    renewed = entry(HIDDEN, 1, "renewed", 3 * GIB)
+    stale = entry(HIDDEN, 1, "stale", GIB, beat=time.time() - LEASE_S - 1)
+    gone = entry(2**22 + 1, 1, "gone", 5 * GIB)  # ESRCH
+    path = ledger_file(tmp_path / "ledger", [renewed, stale, gone])
+    assert process_start(HIDDEN) is None
+    assert held_elsewhere(tmp_path / "ledger") == 3 * GIB
+    assert [json.loads(line)["cell"] for line in path.open()] == ["renewed"]
+
+
+def test_a_runner_that_could_not_use_the_ledger_for_a_step_clears_its_entries_when_it_can(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A stall (a runner stopped mid-step) costs one blind decision, never the ledger for the rest of the run:
+    its entries of cells that ended would block the other runners for as long as it lives."""
+    monkeypatch.setattr(gpu_ledger, "LOCK_WAIT_S", 0.2)
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    ended = packing.place(BUDGET, cell="ended")
+    path = tmp_path / "ledger" / f"{UUIDS['0']}.ledger"
+    with path.open() as stalled:
+        fcntl.flock(stalled, fcntl.LOCK_EX)
+        blind = packing.place(BUDGET, cell="blind")
+    assert blind.device == "0" and packing.lost
+    assert "packing blind to other runners on these GPUs until it can be again" in capsys.readouterr().err
+    packing.release(ended, "ended")
+    assert not packing.lost and "in use again" in capsys.readouterr().err
+    assert [json.loads(line)["cell"] for line in path.open()] == ["blind"]  # placed blind, yet entered since
+
+    with path.open() as stalled:  # the release's own step stalls: the next renewal writes what is left
+        fcntl.flock(stalled, fcntl.LOCK_EX)
+        packing.release(blind, "blind")
+    assert packing.lost and "blind" in path.read_text()
+    packing.renew()
+    assert path.read_text() == "" and not packing.lost
+
+
+def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path, capsys):
+    parent, started = os.getppid(), process_start(os.getppid())
+    spoiled = [entry(parent, started, "huge", 10**400), entry(parent, started, "peta", 2**50 + 1),
+               entry(0, started, "group"), entry(-1, started, "everyone"), entry(2**63, started, "wide"),
+               entry(parent, started, "nan", beat=math.nan), entry(parent, started, "inf", beat=-math.inf)]
+    path = ledger_file(tmp_path / "ledger", [*spoiled, entry(parent, started, "\x1b[2Jbell\x07\nname", None)])
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    assert packing.place(BUDGET, cell="mine") is None and packing.blocked  # only the last, held whole, counts
+    said = capsys.readouterr().err
+    assert f"GPU 0: ?[2Jbell??name of pid {parent} (whole)" in said and "\x1b" not in said and "\x07" not in said
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_a_ledger_file_replaced_while_a_runner_waits_for_its_lock_is_read_anew(tmp_path, monkeypatch):
+    """Locked, a file its name no longer gives is no ledger: the runners after it read and write the new one."""
+    parent, started = os.getppid(), process_start(os.getppid())
+    path = ledger_file(tmp_path / "ledger", [])
+    real_lock, replaced = Ledger._lock, []
+
+    def lock_after_a_replace(self, fd, device):
+        if not replaced:  # while this runner waited: the file unlinked, made again, another runner's entry in it
+            path.unlink()
+            ledger_file(tmp_path / "ledger", [entry(parent, started, "theirs", 2 * GIB)])
+            replaced.append(True)
+        real_lock(self, fd, device)
+
+    monkeypatch.setattr(Ledger, "_lock", lock_after_a_replace)
+    assert held_elsewhere(tmp_path / "ledger") == 2 * GIB and replaced
+
+
+def test_a_ledger_file_removed_during_a_step_gets_the_runners_entries_again_at_its_next(tmp_path, capsys):
+    first, second = shared(tmp_path / "ledger", {"0": 80 * GIB}), shared(tmp_path / "ledger", {"0": 80 * GIB})
+    path = tmp_path / "ledger" / f"{UUIDS['0']}.ledger"
+    first.where(BUDGET)
+    real_place = first.packer.place
+
+    def place_as_the_file_is_removed(*args):
+        path.unlink()  # a tidy user's rm, mid-step
+        assert second.place(BUDGET, cell="theirs") is not None
+        return real_place(*args)
+
+    first.packer.place = place_as_the_file_is_removed
+    assert first.place(BUDGET, cell="mine") is not None and first.lost
+    assert "removed or replaced during this runner's step" in capsys.readouterr().err
+    first.renew()
+    assert sorted(json.loads(line)["cell"] for line in path.open()) == ["mine", "theirs"]
+
+
+def test_entries_are_renewed_while_the_runners_loop_stands_still(tmp_path, monkeypatch):
+    """The runner's loop stops at each record it hands over (stored, sent to trackers): a thread renews."""
+    monkeypatch.setattr(gpu_ledger, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(gpu_ledger, "RENEW_CHECK_S", 0.05)
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    packing.place(BUDGET, cell="long")
+    path = tmp_path / "ledger" / f"{UUIDS['0']}.ledger"
+    beat = json.loads(path.read_text())["beat"]
+    with packing.renewing():
+        deadline = time.monotonic() + 30
+        while json.loads(path.read_text() or "{}").get("beat", beat) <= beat:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert json.loads(path.read_text())["cell"] == "long"
+
+
+def test_without_dev_shm_the_ledger_is_one_folder_whatever_each_users_tmpdir(monkeypatch):
+    monkeypatch.delenv(gpu_ledger.LEDGER_ENV, raising=False)
+    monkeypatch.setattr(os.path, "isdir", lambda path: False)  # no /dev/shm
+    monkeypatch.setattr(tempfile, "tempdir", "/scratch/job-123")  # a per-job TMPDIR
+    assert ledger_folder() == Path("/tmp/peft-bench-gpu-ledger")
