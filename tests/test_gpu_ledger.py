@@ -356,6 +356,7 @@ def test_two_runners_sharing_a_suite_on_one_gpu_never_run_more_cells_than_it_has
     from bench.run.packing import cell_budget
     from bench.tools.plan_cost import predicted_memory
     from tests.test_faults import cli, suite_text
+    from tests.test_gpu_ledger_runs import one_fake_gpu
 
     log = tmp_path / "trainings.log"
     suite = tmp_path / "ledger.yaml"
@@ -364,14 +365,7 @@ def test_two_runners_sharing_a_suite_on_one_gpu_never_run_more_cells_than_it_has
     cells = grid.expand(load_suite(str(suite)), threads=1)
     room_mib = footprint(cell_budget(predicted_memory(cells[0]))) // 2**20 + 1  # one cell's footprint, not two
     log.unlink(missing_ok=True)  # the prediction built the method (on no device) in this process
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text(f'#!/bin/sh\ncase "$*" in\n*uuid*) echo {UUIDS["0"]};;\n*memory*) echo "{room_mib}, 0";;\n'
-                   f'*) echo "GPU 0: Fake GPU (UUID: {UUIDS["0"]})";;\nesac\n')
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90")  # a GPU index no machine has: the cells run on the CPU
-    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger"))
+    one_fake_gpu(tmp_path, monkeypatch, UUIDS["0"], room_mib)
     runners = [cli("run", "--suite", str(suite), "--results", str(tmp_path / "results"), "--gpus", "all")
                for _ in range(2)]
     predicting = {r.pid for r in runners}  # a runner whose prediction is not cached builds the method too

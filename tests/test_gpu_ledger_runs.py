@@ -39,15 +39,21 @@ def one_cell_suite(tmp_path, monkeypatch) -> tuple[Path, int]:
     suite.write_text(suite_text(f"[{{name: logged-full, overrides: {{log: '{tmp_path / 'log'}', sleep_s: 1}}}}]",
                                 name="one", timeout=300))
     room = 4 * footprint(cell_budget(predicted_memory(grid.expand(load_suite(str(suite)), threads=1)[0])))
+    one_fake_gpu(tmp_path, monkeypatch, UUID, room // 2**20)
+    return suite, room
+
+
+def one_fake_gpu(tmp_path: Path, monkeypatch, uuid: str, free_mib: int) -> None:
+    """A fake nvidia-smi on PATH stating one GPU of `uuid` with `free_mib` free, CUDA_VISIBLE_DEVICES naming an
+    index no machine has (the cells run on the CPU), and the machine's ledger in tmp_path/ledger."""
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
-    smi.write_text(f'#!/bin/sh\ncase "$*" in\n*uuid*) echo {UUID};;\n*memory*) echo "{room // 2**20}, 0";;\n'
-                   f'*) echo "GPU 0: Fake GPU (UUID: {UUID})";;\nesac\n')
+    smi.write_text(f'#!/bin/sh\ncase "$*" in\n*uuid*) echo {uuid};;\n*memory*) echo "{free_mib}, 0";;\n'
+                   f'*) echo "GPU 0: Fake GPU (UUID: {uuid})";;\nesac\n')
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "90")
     monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "ledger"))
-    return suite, room
 
 
 def holder(folder: Path, room: int, how: str) -> subprocess.Popen:
