@@ -69,7 +69,8 @@ def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path
     parent, started = os.getppid(), process_start(os.getppid())
     spoiled = [entry(parent, started, "huge", 10**400), entry(parent, started, "peta", 2**50 + 1),
                entry(0, started, "group"), entry(-1, started, "everyone"), entry(2**63, started, "wide"),
-               entry(parent, started, "nan", beat=math.nan), entry(parent, started, "inf", beat=-math.inf)]
+               entry(parent, started, "nan", beat=math.nan), entry(parent, started, "inf", beat=-math.inf),
+               entry(parent, started, "long beat", beat=10**400)]  # JSON, and float() of it overflows
     path = ledger_file(tmp_path / "ledger", [*spoiled, entry(parent, started, "\x1b[2Jbell\x07\nname", None)])
     packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
     assert packing.place(BUDGET, cell="mine") is None and packing.blocked  # only the last, held whole, counts
@@ -111,6 +112,46 @@ def test_a_ledger_file_removed_during_a_step_gets_the_runners_entries_again_at_i
     assert "removed or replaced during this runner's step" in capsys.readouterr().err
     first.renew()
     assert sorted(json.loads(line)["cell"] for line in path.open()) == ["mine", "theirs"]
+
+
+def test_a_failed_write_after_the_decision_leaves_the_runner_waiting_not_failing(tmp_path, monkeypatch):
+    """A runner kept out by another's cell decides to wait; its write then fails (a full /dev/shm): it still waits
+    for the other (blocked), since the scheduler fails a runner with nothing running that is not blocked."""
+    import errno
+
+    other = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    other.place(None, alone=True, cell="theirs, whole")
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    assert packing.place(BUDGET, cell="mine") is None and packing.blocked
+
+    def full(fd, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    assert packing.place(BUDGET, cell="mine") is None and packing.blocked and packing.lost
+
+
+def test_the_renewing_thread_outlives_a_step_that_raises(tmp_path, monkeypatch, capsys):
+    """Whatever a shared file makes a step raise, the thread says so once and renews again afterwards."""
+    monkeypatch.setattr(gpu_ledger, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(gpu_ledger, "RENEW_CHECK_S", 0.02)
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    packing.place(BUDGET, cell="long")
+    calls, step = [], packing._step
+
+    def failing_once(decide):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OverflowError("a value the ledger did not foresee")
+        return step(decide)
+
+    monkeypatch.setattr(packing, "_step", failing_once)
+    with packing.renewing():
+        deadline = time.monotonic() + 30
+        while len(calls) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert "the GPU ledger could not be renewed (OverflowError" in capsys.readouterr().err
 
 
 def test_entries_are_renewed_while_the_runners_loop_stands_still(tmp_path, monkeypatch):

@@ -122,10 +122,14 @@ def _valid(entry) -> dict | None:
                                               for k, t in _FIELDS.items()):
         return None
     held = entry.get("bytes", 0)
-    if held is not None and (type(held) is not int or not 0 < held <= MAX_HELD) or not 0 < entry["pid"] <= MAX_PID \
-            or not math.isfinite(entry["beat"]) or entry["beat"] > time.time() + HEARTBEAT_S:
+    try:  # an integer beat of 400 digits is JSON too: float() refuses it (OverflowError), and so does this
+        beat = float(entry["beat"])
+    except OverflowError:
         return None
-    return entry
+    if held is not None and (type(held) is not int or not 0 < held <= MAX_HELD) or not 0 < entry["pid"] <= MAX_PID \
+            or not math.isfinite(beat) or beat > time.time() + HEARTBEAT_S:
+        return None
+    return {**entry, "beat": beat}
 
 
 class Ledger:
@@ -305,8 +309,11 @@ class Shared:
             if not self.lost:  # never for good: its entries would outlive its cells, blocking the other runners
                 print(f"the GPU ledger cannot be used safely now ({e}): packing blind to other runners on these GPUs "
                       "until it can be again (tried at each step)", file=sys.stderr, flush=True)
-            self.lost, self.packer.elsewhere, self.others = True, {}, {}
-            return decided[0] if decided else decide()  # taken once: a write that failed after it does not undo it
+            self.lost = True
+            if decided:  # the write after it failed: the decision stands (taken once), made with what others held
+                return decided[0]
+            self.packer.elsewhere, self.others = {}, {}
+            return decide()
         if self.lost:
             print("the GPU ledger is in use again", file=sys.stderr, flush=True)
             self.lost = False
@@ -362,7 +369,13 @@ class Shared:
 
         def beat() -> None:
             while not stop.wait(RENEW_CHECK_S):
-                self.renew()
+                try:
+                    self.renew()
+                except Exception as e:  # noqa: BLE001 - the thread must outlive what a shared file can do to a step
+                    if not self.lost:
+                        print(f"the GPU ledger could not be renewed ({type(e).__name__}: {e}): tried again in "
+                              f"{RENEW_CHECK_S:g} s", file=sys.stderr, flush=True)
+                    self.lost = True
 
         thread = threading.Thread(target=beat, name="gpu-ledger-renewal", daemon=True)
         if self.ledger is not None:

@@ -191,10 +191,13 @@ class LocalExecutor:
             os.environ[PRELOAD_ENV] = ",".join(grid_modules(planned))
         try:
             with slots.renewing():  # the ledger's entries stay renewed while this generator waits at a yield
-                yield from self._schedule(cells, spool, slots, upcoming, running, overlaps)
-        finally:  # interrupted, or the runner stopped asking: no cell outlives its wait
+                try:
+                    yield from self._schedule(cells, spool, slots, upcoming, running, overlaps)
+                finally:  # interrupted, or the runner stopped asking: no cell outlives its wait, and every one is
+                    for proc, _ in running:  # killed before anything waits (the renewal's end, the ledger's lock)
+                        proc.kill()
+        finally:
             for proc, placement in running:
-                proc.kill()
                 slots.release(placement, proc.cell.id)
             if outer is None:
                 os.environ.pop(PRELOAD_ENV, None)
