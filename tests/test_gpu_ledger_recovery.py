@@ -65,6 +65,24 @@ def test_a_runner_that_could_not_use_the_ledger_for_a_step_clears_its_entries_wh
     assert path.read_text() == "" and not packing.lost
 
 
+def test_while_the_ledger_is_lost_a_step_tries_its_lock_briefly(tmp_path, monkeypatch):
+    """One step finds the lock held (LOCK_WAIT_S, here made long); while it stays held, each later step tries it
+    for LOST_LOCK_WAIT_S only, so the runner's loop (a step per cell it starts or ends) is not slowed to a crawl."""
+    monkeypatch.setattr(gpu_ledger, "LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(gpu_ledger, "LOST_LOCK_WAIT_S", 0.01)
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    packing.place(BUDGET, cell="first")
+    waits = []
+    real_lock = Ledger._lock
+    monkeypatch.setattr(Ledger, "_lock", lambda self, fd, device, wait: waits.append(wait) or
+                        real_lock(self, fd, device, wait))
+    with (tmp_path / "ledger" / f"{UUIDS['0']}.ledger").open() as stalled:
+        fcntl.flock(stalled, fcntl.LOCK_EX)
+        for cell in ("second", "third", "fourth"):
+            packing.place(BUDGET, cell=cell)
+    assert waits == [0.5, 0.01, 0.01] and packing.lost
+
+
 def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path, capsys):
     parent, started = os.getppid(), process_start(os.getppid())
     spoiled = [entry(parent, started, "huge", 10**400), entry(parent, started, "peta", 2**50 + 1),
@@ -85,12 +103,12 @@ def test_a_ledger_file_replaced_while_a_runner_waits_for_its_lock_is_read_anew(t
     path = ledger_file(tmp_path / "ledger", [])
     real_lock, replaced = Ledger._lock, []
 
-    def lock_after_a_replace(self, fd, device):
+    def lock_after_a_replace(self, fd, device, wait):
         if not replaced:  # while this runner waited: the file unlinked, made again, another runner's entry in it
             path.unlink()
             ledger_file(tmp_path / "ledger", [entry(parent, started, "theirs", 2 * GIB)])
             replaced.append(True)
-        real_lock(self, fd, device)
+        real_lock(self, fd, device, wait)
 
     monkeypatch.setattr(Ledger, "_lock", lock_after_a_replace)
     assert held_elsewhere(tmp_path / "ledger") == 2 * GIB and replaced

@@ -55,6 +55,7 @@ from bench.run.packing import Packer, Placement, footprint
 LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
 MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
 LOCK_WAIT_S = 30.0
+LOST_LOCK_WAIT_S = 0.1  # while the ledger is lost: each step tries it briefly, so a stalled lock slows nothing
 RENEW_CHECK_S = 1.0  # how often the renewing thread looks: a lost ledger is tried again within it
 MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger number is not a footprint
 MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
@@ -183,13 +184,13 @@ class Ledger:
             raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
         return fd
 
-    def _locked(self, folder: int, device: str) -> int:
+    def _locked(self, folder: int, device: str, wait: float) -> int:
         """The device's file, open and locked, and still the one its name gives: a file unlinked or replaced while
         this runner waited for its lock is no ledger any more (the runners after it use the new one)."""
         for _ in range(100):
             fd = self._file(folder, device)
             try:
-                self._lock(fd, device)
+                self._lock(fd, device, wait)
                 if self._named(fd, folder, device):
                     return fd
             except BaseException:
@@ -208,17 +209,17 @@ class Ledger:
         held = os.fstat(fd)
         return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
-    def _lock(self, fd: int, device: str) -> None:
-        """An exclusive flock on the open file, waited for at most LOCK_WAIT_S: a step takes milliseconds, so a
+    def _lock(self, fd: int, device: str, wait: float) -> None:
+        """An exclusive flock on the open file, waited for at most `wait` s: a step takes milliseconds, so a
         lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + wait
         while True:
             try:
                 return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise LedgerError(f"{self.folder / (self.uuids[device] + '.ledger')}: locked by another process "
-                                      f"for over {LOCK_WAIT_S:g} s") from None
+                                      f"for over {wait:g} s") from None
                 time.sleep(0.005)
 
     def _live(self, entry: dict, now: float) -> bool:
@@ -244,15 +245,17 @@ class Ledger:
         return list(others.values())
 
     @contextlib.contextmanager
-    def step(self) -> Iterator[dict[str, list[dict]]]:
-        """Every device's file locked: yields the other live runners' entries by device; what `mine` holds when
-        the block ends is written back with them (the block raising writes nothing)."""
+    def step(self, wait: float | None = None) -> Iterator[dict[str, list[dict]]]:
+        """Every device's file locked (each lock waited for at most `wait` s): yields the other live runners' entries
+        by device; what `mine` holds when the block ends is written back with them (the block raising writes
+        nothing). By default each lock is waited for LOCK_WAIT_S."""
+        wait = LOCK_WAIT_S if wait is None else wait
         with contextlib.ExitStack() as stack:
             folder = self._folder()
             stack.callback(os.close, folder)
             files = {}
             for device in sorted(self.uuids, key=self.uuids.get):
-                files[device] = self._locked(folder, device)
+                files[device] = self._locked(folder, device, wait)
                 stack.callback(os.close, files[device])  # closing it unlocks it
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
@@ -298,7 +301,7 @@ class Shared:
             return decide()
         first, decided = not self.ledger.written, []
         try:
-            with self.ledger.step() as self.others:
+            with self.ledger.step(LOST_LOCK_WAIT_S if self.lost else LOCK_WAIT_S) as self.others:
                 self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None for e in entries)
                                          else sum(e["bytes"] for e in entries) for d, entries in self.others.items()}
                 decided.append(decide())
