@@ -44,6 +44,7 @@ import stat
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -91,16 +92,17 @@ def gpu_uuids(devices: list[str]) -> dict[str, str] | None:
 
     uuids = {}
     for device in devices:
+        uuid = device
         if not UUID.fullmatch(device):
             try:
-                device_uuid = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=uuid", "--format=csv,noheader"],
-                                             capture_output=True, text=True, timeout=30).stdout.strip()
+                uuid = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=uuid", "--format=csv,noheader"],
+                                      capture_output=True, text=True, timeout=30).stdout.strip()
             except (OSError, subprocess.SubprocessError):
                 return None
-            if not UUID.fullmatch(device_uuid):
+            if not UUID.fullmatch(uuid):
                 return None
-        uuids[device] = device if UUID.fullmatch(device) else device_uuid
-    twice = {u for u in uuids.values() if list(uuids.values()).count(u) > 1}
+        uuids[device] = uuid
+    twice = {u for u, n in Counter(uuids.values()).items() if n > 1}
     if twice:
         raise BadInput("--gpus names one GPU twice: " + "; ".join(
             f"{' and '.join(d for d in uuids if uuids[d] == u)} are all {u}" for u in sorted(twice)), "--gpus")
@@ -245,11 +247,10 @@ class Ledger:
         return list(others.values())
 
     @contextlib.contextmanager
-    def step(self, wait: float | None = None) -> Iterator[dict[str, list[dict]]]:
+    def step(self, wait: float) -> Iterator[dict[str, list[dict]]]:
         """Every device's file locked (each lock waited for at most `wait` s): yields the other live runners' entries
         by device; what `mine` holds when the block ends is written back with them (the block raising writes
-        nothing). By default each lock is waited for LOCK_WAIT_S."""
-        wait = LOCK_WAIT_S if wait is None else wait
+        nothing)."""
         with contextlib.ExitStack() as stack:
             folder = self._folder()
             stack.callback(os.close, folder)
@@ -280,7 +281,7 @@ def _hidden(pid: int) -> bool:
     except PermissionError:
         return True
     except OSError:
-        return False
+        pass
     return False
 
 
