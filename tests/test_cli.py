@@ -37,6 +37,7 @@ def test_list_methods_json_has_families(capsys):
     names = {e["name"]: e for e in entries}
     assert {"full", "lora", "bitfit", "ia3", "prompt-tuning"} <= set(names)
     assert names["lora"]["family"] == "reparameterized" and names["bitfit"]["family"] == "partial"
+    assert names["oft"]["one_nonzero"] == [["oft_block_size", "r"]] and names["lora"]["one_nonzero"] == []
     assert all(e["description"] and e["paper"] for e in entries)
 
 
