@@ -128,6 +128,30 @@ def test_the_room_is_asked_of_nvidia_smi_never_of_cuda(monkeypatch):
     assert local.device_rooms(["3"]) is None
 
 
+GPU_0, GPU_1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
+
+
+@pytest.mark.parametrize("code, uuid, memory", [(9, GPU_0, "81559, 559"),  # a failing exit, a well-formed answer
+                                                (0, f"{GPU_0}\n{GPU_1}", "81559, 559\n81559, 559"),  # two lines
+                                                (0, f"{GPU_0}, 5", "81559, 559, 3")])  # more values than asked
+def test_both_questions_to_nvidia_smi_take_one_answer_policy(monkeypatch, code, uuid, memory):
+    """The room (device_rooms) and the UUID (gpu_ledger.gpu_uuids) are asked through one query (query_gpus): an exit
+    status other than 0, or other than one line of the values asked, is no answer for either. Before, the UUID's
+    question took an answer whatever nvidia-smi's exit status."""
+    import subprocess
+
+    from bench.run.gpu_ledger import gpu_uuids
+
+    def smi(answers: dict[bool, str], code: int):
+        return lambda args, **kwargs: subprocess.CompletedProcess(args, code, answers["--query-gpu=uuid" in args]
+                                                                  + "\n", "")
+
+    monkeypatch.setattr(subprocess, "run", smi({True: GPU_0, False: "81559, 559"}, 0))
+    assert local.device_rooms(["0"]) == {"0": 81000 * MIB} and gpu_uuids(["0"]) == {"0": GPU_0}
+    monkeypatch.setattr(subprocess, "run", smi({True: uuid, False: memory}, code))
+    assert local.device_rooms(["0"]) is None and gpu_uuids(["0"]) is None
+
+
 def test_building_a_packed_executor_never_imports_torch():
     """The runner forks cells, so it must never initialise CUDA: choosing the GPUs and asking their room (a fake
     nvidia-smi here) does not even import torch. In a fresh interpreter, as this test's own may have imported it."""

@@ -51,6 +51,7 @@ from typing import Callable, Iterator
 from bench.errors import BadInput
 from bench.fmt import size
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
+from bench.run.nvidia_smi import query_gpus
 from bench.run.packing import Packer, Placement, footprint
 
 LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
@@ -88,20 +89,10 @@ def _pid_namespace() -> str:
 def gpu_uuids(devices: list[str]) -> dict[str, str] | None:
     """Each device's UUID (a UUID given as the device is its own), asked of nvidia-smi, never of CUDA; None when
     nvidia-smi cannot say for every one. BadInput when two devices are one GPU (aliased by CUDA_VISIBLE_DEVICES)."""
-    import subprocess
-
-    uuids = {}
-    for device in devices:
-        uuid = device
-        if not UUID.fullmatch(device):
-            try:
-                uuid = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=uuid", "--format=csv,noheader"],
-                                      capture_output=True, text=True, timeout=30).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                return None
-            if not UUID.fullmatch(uuid):
-                return None
-        uuids[device] = uuid
+    asked = query_gpus([device for device in devices if not UUID.fullmatch(device)], ["uuid"])
+    if asked is None or not all(UUID.fullmatch(uuid) for uuid, in asked.values()):
+        return None
+    uuids = {device: asked[device][0] if device in asked else device for device in devices}
     twice = {u for u, n in Counter(uuids.values()).items() if n > 1}
     if twice:
         raise BadInput("--gpus names one GPU twice: " + "; ".join(
