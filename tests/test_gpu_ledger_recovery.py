@@ -97,6 +97,20 @@ def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path
     assert len(path.read_text().splitlines()) == 1
 
 
+def test_a_cell_name_from_the_ledger_is_printed_without_format_characters(tmp_path, capsys):
+    """Bidi controls (U+202E RIGHT-TO-LEFT OVERRIDE, the isolates U+2066..U+2069, U+200E/U+200F marks) and other
+    format characters (Unicode category Cf: U+200B ZERO WIDTH SPACE, U+FEFF) reorder or hide what follows them on
+    a terminal, so a name could print as another; a line separator (U+2028) breaks the line. Before the fix only
+    C0/C1 controls were replaced."""
+    parent, started = os.getppid(), process_start(os.getppid())
+    name = "sst2\u202egpj.exe\u2066a\u2069\u200e\u200f\u200b\ufeff\u2028b\u061c"
+    ledger_file(tmp_path / "ledger", [entry(parent, started, name, None)])
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    assert packing.place(BUDGET, cell="mine") is None and packing.blocked
+    said = capsys.readouterr().err
+    assert f"GPU 0: sst2?gpj.exe?a??????b? of pid {parent} (whole)" in said, said
+
+
 def test_a_ledger_file_replaced_while_a_runner_waits_for_its_lock_is_read_anew(tmp_path, monkeypatch):
     """Locked, a file its name no longer gives is no ledger: the runners after it read and write the new one."""
     parent, started = os.getppid(), process_start(os.getppid())

@@ -44,6 +44,7 @@ import stat
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
@@ -62,7 +63,6 @@ RENEW_CHECK_S = 1.0  # how often the renewing thread looks: a lost ledger is tri
 MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger number is not a footprint
 MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never printed from a file any local user may write
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
 
 
@@ -386,6 +386,15 @@ class Shared:
 def _holders(others: dict[str, list[dict]]) -> str:
     """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole)"."""
     def entry(e: dict) -> str:
-        return f"{CONTROL.sub('?', e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
+        return f"{_printable(e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
 
     return "; ".join(f"GPU {device}: " + ", ".join(map(entry, held)) for device, held in others.items() if held)
+
+
+def _printable(name: str) -> str:
+    """A name read from a file any local user may write, as it may be printed: each character of Unicode's "other"
+    categories (C: controls, and format characters such as the bidi overrides and isolates, which reorder what
+    follows them so a name could print as another; surrogates, private-use and unassigned ones) or a line or
+    paragraph separator replaced by '?'."""
+    return "".join("?" if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") else c
+                   for c in name)
