@@ -252,15 +252,18 @@ class Ledger:
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
-            for device, fd in files.items():
+            lost = []  # files unlinked mid-step: what others read now lacks these entries
+            for device, fd in files.items():  # every file written, whichever of them was replaced
                 own = [{**self.me, "cell": cell, "bytes": held, "beat": now}
                        for cell, held in self.mine[device].items()]
                 text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
                 os.pwrite(fd, text, 0)
                 os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
-                if not self._named(fd, folder, device):  # unlinked mid-step: what others read now lacks these
-                    raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: removed or replaced during this "
-                                      "runner's step (its entries are written to the new file at the next)")
+                if not self._named(fd, folder, device):
+                    lost.append(f"{self.folder / self.uuids[device]}.ledger")
+            if lost:
+                raise LedgerError(f"{', '.join(lost)}: removed or replaced during this runner's step (its entries "
+                                  "are written to the new file at the next)")
             self.written = now
 
 
