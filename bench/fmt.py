@@ -32,6 +32,11 @@ def count(value) -> str:
     return f"{value:.0f}"
 
 
+def counted(n: int, noun: str) -> str:
+    """A number of things in words: counted(1, "cell") -> '1 cell', counted(3, "cell") -> '3 cells'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def pct(value) -> str:
     if missing(value):
         return DASH

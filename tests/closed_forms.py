@@ -185,6 +185,14 @@ def lokr(fan_in: int, fan_out: int) -> int:
     return out_small * in_small + out_large * in_large
 
 
+def oft(fan_in: int, block_size: int = 0, blocks: int = 0) -> int:
+    """OFT's parameters on a projection: `blocks` skew-symmetric blocks of block_size × block_size, each stored as
+    its block_size·(block_size − 1)/2 entries above the diagonal (one of block_size and blocks given, the other
+    fan_in / it)."""
+    block_size, blocks = (block_size, fan_in // block_size) if block_size else (fan_in // blocks, blocks)
+    return blocks * block_size * (block_size - 1) // 2
+
+
 def boft(fan_in: int, fan_out: int, block_size: int = 0, block_num: int = 0, butterfly: int = 1) -> int:
     """BOFT's parameters on a projection: `butterfly` factors of block_num skew blocks of block_size × block_size
     each (one of block_size and block_num given, the other fan_in / it), and one output scale per output. peft
@@ -304,7 +312,7 @@ def tiny_trainable(method: str, arch: str, vocab: int) -> int:
         "hyperformer": hyperformer(H, [L, L] if arch == "t5" else [L], n_tasks=1) + norms,
         "poly": sum(4 * 8 * (fan_in + fan_out) + 1 * 1 * 4 for fan_in, fan_out in projections),
         "lokr": sum(lokr(fan_in, fan_out) for fan_in, fan_out in projections),
-        "oft": sum((fan_in // 32) * 32 * 31 // 2 for fan_in, _ in projections),
+        "oft": sum(oft(fan_in, block_size=32) for fan_in, _ in projections),
         "boft": sum(boft(fan_in, fan_out, block_size=4) for fan_in, fan_out in projections),
         "fourierft": 1000 * len(projections),
         "mam-adapter": tiny_prefix_bank(arch, 30, 800) + ffn * bottleneck(H, 512),

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.cli import main
 from tests.conftest import TINY_SUITE
 
@@ -31,12 +33,31 @@ def test_dry_run_prints_one_line_per_cell(write_suite, capsys):
     assert total.startswith("4 cells, ")
 
 
+@pytest.mark.parametrize("methods, cells, records", [("[prefix-tuning-peft]", "1 cell", "1 ok record"),
+                                                     ("[lora, prefix-tuning-peft]", "2 cells", "2 ok records")])
+def test_the_plans_summary_counts_in_words(write_suite, tmp_path, capsys, monkeypatch, methods, cells, records):
+    """The dry-run's last line says '1 cell', '1 cell unknown', '1 ok record' (it said '1 cells unknown': `run
+    --suite llm --dry-run --gpu h200`). Prefix tuning (peft's) is unknown under gradient checkpointing; the rate is
+    the records' (as many as the cells, the reading made up here)."""
+    from bench.tools import plan_cost
+
+    path = write_suite(f"name: words\nmethods: {methods}\nmodels: [tiny-gpt2]\ntasks: [synth-digits]\n"
+                       "train: {max_steps: 10, batch_size: 8, max_length: 16, gradient_checkpointing: true}\n")
+    n = int(cells.split()[0])
+    monkeypatch.setattr(plan_cost, "measured_rate", lambda store, suite: (1e12, 2.0, n))
+    assert main(["run", "--suite", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    total = capsys.readouterr().out.splitlines()[-1]
+    assert total.startswith(f"{cells}, ") and "(1 cell unknown, not counted); " in total, total
+    assert f"(the median of {records} of words in " in total, total
+
+
 def test_list_methods_json_has_families(capsys):
     assert main(["list", "methods", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
     names = {e["name"]: e for e in entries}
     assert {"full", "lora", "bitfit", "ia3", "prompt-tuning"} <= set(names)
     assert names["lora"]["family"] == "reparameterized" and names["bitfit"]["family"] == "partial"
+    assert names["oft"]["one_nonzero"] == [["oft_block_size", "r"]] and names["lora"]["one_nonzero"] == []
     assert all(e["description"] and e["paper"] for e in entries)
 
 

@@ -330,13 +330,20 @@ def test_a_hanging_cells_own_children_die_with_it_at_its_timeout(tmp_path, write
 
 
 def test_a_cell_killed_mid_training_keeps_what_it_measured(tmp_path, write_suite):
+    """`train.elapsed_s` is bounded by its definition, not a clock here: training reports its progress once
+    PROGRESS_EVERY_S have passed since it began, and it began after the cell's process started, which was killed at
+    the cell's timeout (so the last report came before it)."""
+    from bench.cell.train import PROGRESS_EVERY_S
+
     text = suite_text("[fault-slow]", timeout=8).replace("max_steps: 3", "max_steps: 100")
-    run_grid(grid.expand(load_suite(str(write_suite(text)))), Store(tmp_path), LocalExecutor(quiet=True), quiet=True)
+    (cell,) = grid.expand(load_suite(str(write_suite(text))))
+    run_grid([cell], Store(tmp_path), LocalExecutor(quiet=True), quiet=True)
     (record,) = records(tmp_path).values()
     assert record["status"] == "timeout"
     assert record["params"]["total"] > 0 and record["memory"]["weights_bytes"] == 4 * record["params"]["total"]
     progress = record["train"]
-    assert 1 <= progress["steps"] < 100 and progress["last_loss"] > 0 and 0 < progress["elapsed_s"] < 8
+    assert 1 <= progress["steps"] < 100 and progress["last_loss"] > 0
+    assert PROGRESS_EVERY_S <= progress["elapsed_s"] <= cell.timeout_s
 
 
 def test_a_diverged_cell_is_never_a_result(tmp_path):
@@ -372,7 +379,8 @@ def test_kill_9_of_the_runner_takes_its_cells_along_and_a_rerun_resumes(tmp_path
     assert lock_problem(store.lock_path(cell.suite, cell.id)) == f"process {runner.pid} is gone"
     fast = grid.expand(load_suite(str(suite)))[0].method_config | {"sleep_s": 0.0}  # the same cell, no sleep
     summary = run_grid([dataclass_replace(cell, method_config=fast)], store, LocalExecutor(quiet=True), quiet=True)
-    assert summary.statuses == {"ok": 1} and store.read(cell.suite, cell.id)["status"] == "ok"  # the lock was taken over
+    # the lock was taken over
+    assert summary.statuses == {"ok": 1} and store.read(cell.suite, cell.id)["status"] == "ok"
 
 
 def test_sigterm_stops_the_grid_and_records_the_running_cell_as_interrupted(tmp_path, write_suite):

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.run import gpu_ledger
 from bench.run.gpu_ledger import Ledger, ledger_folder
 from bench.run.locks import LEASE_S, process_start
@@ -97,6 +99,20 @@ def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path
     assert len(path.read_text().splitlines()) == 1
 
 
+def test_a_cell_name_from_the_ledger_is_printed_without_format_characters(tmp_path, capsys):
+    """Bidi controls (U+202E RIGHT-TO-LEFT OVERRIDE, the isolates U+2066..U+2069, U+200E/U+200F marks) and other
+    format characters (Unicode category Cf: U+200B ZERO WIDTH SPACE, U+FEFF) reorder or hide what follows them on
+    a terminal, so a name could print as another; a line separator (U+2028) breaks the line. Before the fix only
+    C0/C1 controls were replaced."""
+    parent, started = os.getppid(), process_start(os.getppid())
+    name = "sst2\u202egpj.exe\u2066a\u2069\u200e\u200f\u200b\ufeff\u2028b\u061c"
+    ledger_file(tmp_path / "ledger", [entry(parent, started, name, None)])
+    packing = shared(tmp_path / "ledger", {"0": 80 * GIB})
+    assert packing.place(BUDGET, cell="mine") is None and packing.blocked
+    said = capsys.readouterr().err
+    assert f"GPU 0: sst2?gpj.exe?a??????b? of pid {parent} (whole)" in said, said
+
+
 def test_a_ledger_file_replaced_while_a_runner_waits_for_its_lock_is_read_anew(tmp_path, monkeypatch):
     """Locked, a file its name no longer gives is no ledger: the runners after it read and write the new one."""
     parent, started = os.getppid(), process_start(os.getppid())
@@ -114,22 +130,39 @@ def test_a_ledger_file_replaced_while_a_runner_waits_for_its_lock_is_read_anew(t
     assert held_elsewhere(tmp_path / "ledger") == 2 * GIB and replaced
 
 
-def test_a_ledger_file_removed_during_a_step_gets_the_runners_entries_again_at_its_next(tmp_path, capsys):
-    first, second = shared(tmp_path / "ledger", {"0": 80 * GIB}), shared(tmp_path / "ledger", {"0": 80 * GIB})
-    path = tmp_path / "ledger" / f"{UUIDS['0']}.ledger"
+@pytest.mark.parametrize("removed", [("0",), ("1",), ("0", "1")])
+def test_ledger_files_removed_during_a_step_are_each_named_and_get_the_runners_entries(tmp_path, capsys, removed):
+    """A runner's step over two GPUs writes each file, then checks each is still the one its name gives: a file
+    removed (or replaced) meanwhile lost what was written to it, and the other runners read the new one. Every such
+    file is named, every other file keeps this step's entries, and the next step writes them into the new files.
+    Before the fix the check stopped at the first such file: the files after it went unwritten in that step (a cell
+    started on them missing there until the next), and the others replaced unnamed."""
+    folder, rooms = tmp_path / "ledger", {"0": 80 * GIB, "1": 80 * GIB}
+    first, second = shared(folder, rooms), shared(folder, rooms)
+    paths = {device: folder / f"{UUIDS[device]}.ledger" for device in rooms}
     first.where(BUDGET)
     real_place = first.packer.place
 
-    def place_as_the_file_is_removed(*args):
-        path.unlink()  # a tidy user's rm, mid-step
-        assert second.place(BUDGET, cell="theirs") is not None
+    def place_as_files_are_removed(*args):
+        for device in removed:
+            paths[device].unlink()  # a tidy user's rm, mid-step
+        if len(removed) == len(rooms):  # every file new, so unlocked: another runner steps meanwhile
+            assert second.place(BUDGET, cell="theirs") is not None
         return real_place(*args)
 
-    first.packer.place = place_as_the_file_is_removed
-    assert first.place(BUDGET, cell="mine") is not None and first.lost
-    assert "removed or replaced during this runner's step" in capsys.readouterr().err
+    def cells(device: str) -> list[str]:
+        return sorted(json.loads(line)["cell"] for line in paths[device].open())
+
+    first.packer.place = place_as_files_are_removed
+    assert first.place(None, alone=True, devices=2, cell="mine").device in ("0,1", "1,0") and first.lost
+    said = capsys.readouterr().err
+    assert "removed or replaced during this runner's step" in said
+    assert [device for device in rooms if str(paths[device]) in said] == list(removed), said
+    assert all("mine" in cells(device) for device in rooms if device not in removed)
     first.renew()
-    assert sorted(json.loads(line)["cell"] for line in path.open()) == ["mine", "theirs"]
+    assert not first.lost and all("mine" in cells(device) for device in rooms)
+    assert sorted(cell for device in rooms for cell in cells(device)) == \
+        sorted(["mine", "mine"] + (["theirs"] if len(removed) == len(rooms) else []))
 
 
 def test_a_failed_write_after_the_decision_leaves_the_runner_waiting_not_failing(tmp_path, monkeypatch):

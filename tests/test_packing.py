@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +126,30 @@ def test_the_room_is_asked_of_nvidia_smi_never_of_cuda(monkeypatch):
     assert [a[1:3] for a in asked] == [["-i", "3"], ["-i", "5"]]
     monkeypatch.setattr(subprocess, "run", lambda args, **k: subprocess.CompletedProcess(args, 9, "", "no GPU"))
     assert local.device_rooms(["3"]) is None
+
+
+GPU_0, GPU_1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-00000000-0000-4000-8000-000000000001"
+
+
+@pytest.mark.parametrize("code, uuid, memory", [(9, GPU_0, "81559, 559"),  # a failing exit, a well-formed answer
+                                                (0, f"{GPU_0}\n{GPU_1}", "81559, 559\n81559, 559"),  # two lines
+                                                (0, f"{GPU_0}, 5", "81559, 559, 3")])  # more values than asked
+def test_both_questions_to_nvidia_smi_take_one_answer_policy(monkeypatch, code, uuid, memory):
+    """The room (device_rooms) and the UUID (gpu_ledger.gpu_uuids) are asked through one query (query_gpus): an exit
+    status other than 0, or other than one line of the values asked, is no answer for either. Before, the UUID's
+    question took an answer whatever nvidia-smi's exit status."""
+    import subprocess
+
+    from bench.run.gpu_ledger import gpu_uuids
+
+    def smi(answers: dict[bool, str], code: int):
+        return lambda args, **kwargs: subprocess.CompletedProcess(args, code, answers["--query-gpu=uuid" in args]
+                                                                  + "\n", "")
+
+    monkeypatch.setattr(subprocess, "run", smi({True: GPU_0, False: "81559, 559"}, 0))
+    assert local.device_rooms(["0"]) == {"0": 81000 * MIB} and gpu_uuids(["0"]) == {"0": GPU_0}
+    monkeypatch.setattr(subprocess, "run", smi({True: uuid, False: memory}, code))
+    assert local.device_rooms(["0"]) is None and gpu_uuids(["0"]) is None
 
 
 def test_building_a_packed_executor_never_imports_torch():
@@ -342,7 +365,7 @@ def test_a_cell_larger_than_any_gpu_runs_sharded_over_gpus_per_cell(tmp_path):
         assert record["time"].get("infer_latency_merged_s") is None  # FSDP refuses a merged copy
 
 
-def test_a_cell_that_saves_its_state_is_refused_sharded_before_it_starts(tmp_path):
+def test_a_cell_that_saves_its_state_is_refused_sharded_before_it_starts(tmp_path, monkeypatch):
     """A stage, a task other cells start from, or --save-adapters (each gives the cell an adapter_dir,
     bench/cli/run.py: placed): sharded, every rank would write the same files and the adapter is not gathered from
     the shards, so the cell is recorded unsupported, no process started and nothing written."""
@@ -357,9 +380,12 @@ def test_a_cell_that_saves_its_state_is_refused_sharded_before_it_starts(tmp_pat
     store = Store(tmp_path / "sharded")
     executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
                              predicted_memory=halved, gpus_per_cell=2)
-    started = time.monotonic()
+
+    def no_cell_process(*args, **kwargs):  # refused at placement: no cell process, so no rank and no model loaded
+        raise AssertionError("a cell process was started for a cell refused at placement")
+
+    monkeypatch.setattr(local, "CellProcess", no_cell_process)
     assert run_grid(cells, store, executor, quiet=True).statuses == {"unsupported": 1}
-    assert time.monotonic() - started < 5  # refused at placement: no cell process, no rank, no model loaded
     (record,) = stored(store).values()
     assert "sharded over GPUs 90,91" in record["error"]["message"] and "--save-adapters" in record["error"]["message"]
     assert not saves.exists()

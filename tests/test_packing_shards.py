@@ -16,6 +16,9 @@ from bench.run.store import Store
 
 GIB = 1024**3
 NO_GPU = ["90", "91"]  # GPU indices no machine has: a cell pinned to one sees no CUDA device
+# sharded_run's cell_timeout_s: below the ranks' collective timeout (bench/cell/ranks.py COLLECTIVE_TIMEOUT), so a
+# cell whose rank 0 waited for a lost peer would end at this one, recorded `timeout`
+SHARDED_CELL_TIMEOUT_S = 120
 
 
 def budget_of(predicted: int) -> int:
@@ -263,8 +266,8 @@ def sharded_run(tmp_path, method: str) -> dict:
     """The record of tiny-llama with `method`, sharded over two fake GPUs (gloo ranks)."""
     path = tmp_path / "sharded.yaml"
     path.write_text(f"name: packing\nmethod_modules: [tests.faulty_methods]\nmethods: [{method}]\n"
-                    "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
-                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\ncell_timeout_s: 120\n")
+                    "models: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\ntrain: {batch_size: 8, max_steps: 2, "
+                    f"max_length: 16}}\ncell_timeout_s: {SHARDED_CELL_TIMEOUT_S}\n")
     cells = grid.expand(load_suite(str(path)), threads=1)
     store = Store(tmp_path / "results")
     executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),

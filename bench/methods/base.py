@@ -147,6 +147,10 @@ class Method:
     # train: the grid runs those stage cells first, puts their cell ids in the resolved config (so in the id), and
     # the cell receives their saved states (ApplyContext.stage_states); AdapterFusion's task adapters.
     stage_settings: dict[str, str] = field(default_factory=dict)
+    # Pairs of settings that give one size two ways (OFT's block size or its number of blocks `r`, since block size
+    # × blocks = the layer's input features): exactly one of a pair is nonzero, the other 0, as peft's configs
+    # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero).
+    one_nonzero: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -164,11 +168,14 @@ class Method:
         config.update({k: None for k in self.target_keys})
         config.update(copy.deepcopy(self.targets.get(arch, {})))
         config.update(copy.deepcopy(self.arch_defaults.get(arch, {})))
+        paired = {key for pair in self.one_nonzero for key in pair}
         for key, value in overrides.items():
             # module names are a list, or one regular expression / peft keyword ("all-linear")
             spec = (list, str) if key in per_arch or key == "target_modules" else _type_of(allowed[key])
             config[key] = coerce(value, spec, where(key), key)
-            _check_sign(key, config[key], allowed[key], where(key))
+            _check_sign(key, config[key], 0 if key in paired else allowed[key], where(key))
+        for pair in self.one_nonzero:
+            _check_one_nonzero(pair, config, [k for k in overrides if k in pair], where)
         if self.implementation:
             config["implementation"] = self.implementation
         if arch in self.revisions:
@@ -194,7 +201,8 @@ class Method:
                 "mergeable": self.mergeable, "trains": self.trains, "in_context": self.in_context,
                 "reference": self.reference, "external": self.external, "unsupported": self.unsupported,
                 "implementation": self.implementation, "revisions": self.revisions,
-                "encodes_in_forward": self.encodes_in_forward, "stage_settings": self.stage_settings}
+                "encodes_in_forward": self.encodes_in_forward, "stage_settings": self.stage_settings,
+                "one_nonzero": [list(pair) for pair in self.one_nonzero]}
 
 
 # Every method by name. A method module registers its methods when it is imported: the package imports
@@ -231,6 +239,19 @@ def _check_sign(key: str, value: Any, default: Any, where: str) -> None:
                        "would only fill the memory)", where)
     if default == 0 and not value >= 0:
         raise BadInput(f"'{key}' must not be negative, got {value!r}", where)
+
+
+def _check_one_nonzero(pair: tuple[str, str], config: dict, given: list[str], where: Callable[[str], str]) -> None:
+    """BadInput naming both settings of a Method.one_nonzero pair unless exactly one is nonzero, at the last of
+    them the overrides gave (`given`)."""
+    nonzero = [key for key in pair if config[key]]
+    if len(nonzero) == 1:
+        return
+    first, second = pair
+    raise BadInput(f"'{first}' and '{second}' give one size two ways: set exactly one of them nonzero and the other "
+                   f"0 (e.g. {second}: N with {first}: 0); got {first} = {config[first]!r}, {second} = "
+                   f"{config[second]!r}, {'both' if nonzero else 'neither'} nonzero",
+                   where(given[-1]) if given else None)
 
 
 def _type_of(default: Any):

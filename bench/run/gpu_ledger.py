@@ -44,6 +44,7 @@ import stat
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
@@ -51,6 +52,7 @@ from typing import Callable, Iterator
 from bench.errors import BadInput
 from bench.fmt import size
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
+from bench.run.nvidia_smi import query_gpus
 from bench.run.packing import Packer, Placement, footprint
 
 LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
@@ -61,7 +63,6 @@ RENEW_CHECK_S = 1.0  # how often the renewing thread looks: a lost ledger is tri
 MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger number is not a footprint
 MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never printed from a file any local user may write
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
 
 
@@ -88,20 +89,10 @@ def _pid_namespace() -> str:
 def gpu_uuids(devices: list[str]) -> dict[str, str] | None:
     """Each device's UUID (a UUID given as the device is its own), asked of nvidia-smi, never of CUDA; None when
     nvidia-smi cannot say for every one. BadInput when two devices are one GPU (aliased by CUDA_VISIBLE_DEVICES)."""
-    import subprocess
-
-    uuids = {}
-    for device in devices:
-        uuid = device
-        if not UUID.fullmatch(device):
-            try:
-                uuid = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=uuid", "--format=csv,noheader"],
-                                      capture_output=True, text=True, timeout=30).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                return None
-            if not UUID.fullmatch(uuid):
-                return None
-        uuids[device] = uuid
+    asked = query_gpus([device for device in devices if not UUID.fullmatch(device)], ["uuid"])
+    if asked is None or not all(UUID.fullmatch(uuid) for uuid, in asked.values()):
+        return None
+    uuids = {device: asked[device][0] if device in asked else device for device in devices}
     twice = {u for u, n in Counter(uuids.values()).items() if n > 1}
     if twice:
         raise BadInput("--gpus names one GPU twice: " + "; ".join(
@@ -261,15 +252,18 @@ class Ledger:
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
-            for device, fd in files.items():
+            lost = []  # files unlinked mid-step: what others read now lacks these entries
+            for device, fd in files.items():  # every file written, whichever of them was replaced
                 own = [{**self.me, "cell": cell, "bytes": held, "beat": now}
                        for cell, held in self.mine[device].items()]
                 text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
                 os.pwrite(fd, text, 0)
                 os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
-                if not self._named(fd, folder, device):  # unlinked mid-step: what others read now lacks these
-                    raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: removed or replaced during this "
-                                      "runner's step (its entries are written to the new file at the next)")
+                if not self._named(fd, folder, device):
+                    lost.append(f"{self.folder / self.uuids[device]}.ledger")
+            if lost:
+                raise LedgerError(f"{', '.join(lost)}: removed or replaced during this runner's step (its entries "
+                                  "are written to the new file at the next)")
             self.written = now
 
 
@@ -395,6 +389,15 @@ class Shared:
 def _holders(others: dict[str, list[dict]]) -> str:
     """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole)"."""
     def entry(e: dict) -> str:
-        return f"{CONTROL.sub('?', e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
+        return f"{_printable(e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
 
     return "; ".join(f"GPU {device}: " + ", ".join(map(entry, held)) for device, held in others.items() if held)
+
+
+def _printable(name: str) -> str:
+    """A name read from a file any local user may write, as it may be printed: each character of Unicode's "other"
+    categories (C: controls, and format characters such as the bidi overrides and isolates, which reorder what
+    follows them so a name could print as another; surrogates, private-use and unassigned ones) or a line or
+    paragraph separator replaced by '?'."""
+    return "".join("?" if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") else c
+                   for c in name)

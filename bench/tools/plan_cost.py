@@ -28,6 +28,7 @@ import statistics
 import sys
 
 from bench.errors import BadInput
+from bench.fmt import counted
 from bench.plan.cellspec import Cell
 from bench.tools import plan_entries
 from bench.tools.prompt_lengths import at_priced_length, plan_cache_key, priced_length
@@ -385,11 +386,11 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
         print(f"{cell.line()}{shown}" + (f"; priced at {length}" if length else "") +
               (f"  ≈ {_duration(seconds)}" if seconds is not None else ""))
     slots = getattr(executor, "slots", None)
-    line = f"{len(cells)} cells, {total_flops:.3g} training FLOPs + {total_eval:.3g} evaluation FLOPs"
-    line += f" ({unknown} cells unknown, not counted)" if unknown else ""
+    line = f"{counted(len(cells), 'cell')}, {total_flops:.3g} training FLOPs + {total_eval:.3g} evaluation FLOPs"
+    line += f" ({counted(unknown, 'cell')} unknown, not counted)" if unknown else ""
     if rate:
         source = (f"--gpu {gpu}: {GPU_RATES[gpu][1]}" if gpu else f"--tflops {tflops:g}" if tflops else
-                  f"the median of {n} ok records of {suite} in {store.root}, plus their median load and "
+                  f"the median of {counted(n, 'ok record')} of {suite} in {store.root}, plus their median load and "
                   f"evaluation time {overhead:.1f} s per cell")
         line += f"; ≈ {_duration(total_s)} of cell time at {rate / 1e12:.3g} TFLOP/s per cell ({source})"
         if slots:

@@ -33,6 +33,7 @@ from bench.plan.cellspec import Cell
 from bench.run.executors.base import ExecutorSpec, Option, number, register
 from bench.run.executors.cells import POLL_S, PRELOAD_ENV, CellProcess, failure_record, grid_modules, spool_files
 from bench.run.gpu_ledger import Ledger, Shared, machine_ledger
+from bench.run.nvidia_smi import query_gpus
 from bench.run.packing import CONTEXT_BYTES, Packer, Placement, cell_budget, packing_order
 
 PACKING = ("memory", "off")
@@ -317,20 +318,16 @@ def device_rooms(devices: list[str]) -> dict[str, int] | None:
     it all), in bytes, asked of nvidia-smi (`-i` takes an index or a UUID, as CUDA_VISIBLE_DEVICES does): never
     through CUDA, which the runner must not initialise. None when nvidia-smi cannot say for every one of them (no
     answer, or not a total above 0 and a used amount of at least 0)."""
-    import subprocess
-
-    rooms = {}
-    for device in devices:
-        try:
-            out = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=memory.total,memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
-            total, used = (int(v) for v in out.stdout.strip().split(","))
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
-        if out.returncode != 0 or total <= 0 or used < 0:
-            return None
-        rooms[device] = max(total - used, 0) * 1024**2
-    return rooms
+    answers = query_gpus(devices, ["memory.total", "memory.used"])
+    if answers is None:
+        return None
+    try:
+        memories = {device: (int(total), int(used)) for device, (total, used) in answers.items()}
+    except ValueError:
+        return None
+    if any(total <= 0 or used < 0 for total, used in memories.values()):
+        return None
+    return {device: max(total - used, 0) * 1024**2 for device, (total, used) in memories.items()}
 
 
 def _build(quiet: bool, jobs: int, gpus: str | None, pack: str | None, gpus_per_cell: float | None = None,
