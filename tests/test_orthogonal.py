@@ -3,6 +3,8 @@ of blocks (OFT's `r`, BOFT's `boft_block_num`) with the block size 0, since bloc
 features. peft takes exactly one of them nonzero; before the fix the number-of-blocks form was refused ("must be
 positive", the block size kept its positive default's sign), and both given reached peft's ValueError in the cell."""
 
+import re
+
 import pytest
 
 from bench.cli import main
@@ -78,3 +80,22 @@ def test_both_or_neither_form_is_one_bad_input_naming_both_keys_before_any_work(
     flags = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
     assert main(["estimate", "--model", "tiny-encoder", "--method", method, *flags]) == 2
     assert f"--set {given}: '{pair[0]}' and '{pair[1]}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("defaults,declared", [
+    ({"block_size": 4}, "{'block_size': 4, 'blocks': '(absent)'}"),  # before the fix: a KeyError in resolve
+    ({"block_size": 4, "blocks": 2}, "{'block_size': 4, 'blocks': 2}"),
+    ({"block_size": 0, "blocks": 0}, "{'block_size': 0, 'blocks': 0}"),
+])
+def test_a_pair_is_checked_where_its_method_is_declared(defaults, declared):
+    from bench.methods.base import Method
+
+    def declare(defaults: dict) -> Method:
+        return Method("paired", "reparameterized", "d", "p", lambda *args: None, defaults=defaults,
+                      one_nonzero=(("block_size", "blocks"),))
+
+    with pytest.raises(ValueError, match=f"method 'paired': one_nonzero pair \\('block_size', 'blocks'\\) needs "
+                                         f"both keys in its defaults, exactly one of them nonzero; its defaults "
+                                         f"give {re.escape(declared)}"):
+        declare(defaults)
+    assert declare({"block_size": 0, "blocks": 2}).resolve({}, "roberta", str)["blocks"] == 2

@@ -149,11 +149,17 @@ class Method:
     stage_settings: dict[str, str] = field(default_factory=dict)
     # Pairs of settings that give one size two ways (OFT's block size or its number of blocks `r`, since block size
     # × blocks = the layer's input features): exactly one of a pair is nonzero, the other 0, as peft's configs
-    # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero).
+    # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero). Both are in
+    # `defaults`, exactly one of them nonzero (checked where the Method is made).
     one_nonzero: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
+        for pair in self.one_nonzero:  # resolve reads both keys of a pair: a method module's mistake shows here
+            declared = {key: self.defaults.get(key, "(absent)") for key in pair}
+            if "(absent)" in declared.values() or sum(bool(value) for value in declared.values()) != 1:
+                raise ValueError(f"method '{self.name}': one_nonzero pair {pair} needs both keys in its defaults, "
+                                 f"exactly one of them nonzero; its defaults give {declared}")
 
     @property
     def target_keys(self) -> set[str]:
