@@ -72,14 +72,21 @@ def test_both_or_neither_form_is_one_bad_input_naming_both_keys_before_any_work(
     with pytest.raises(BadInput) as refused:
         grid.expand(load_suite(str(path)))
     message = refused.value.message
-    assert f"'{pair[0]}' and '{pair[1]}' give one size two ways" in message and f"{which} nonzero" in message
+    # each value as it came: set, or the default (marked so, since the user did not write it)
+    got = ", ".join(f"{key} = {merged[key]!r}{'' if key in settings else ' (its default)'}" for key in pair)
+    assert f"'{pair[0]}' and '{pair[1]}' give one size two ways" in message
+    assert message.endswith(f"; got {got}, {which} nonzero")
+    assert f"(e.g. `{pair[1]}: N, {pair[0]}: 0` in the method's overrides)" in message  # YAML, as in the suite
     assert refused.value.where.startswith(f"{path}:")
     results = tmp_path / "results"
     assert main(["run", "--suite", str(path), "--results", str(results), "--quiet"]) == 2
     assert f"{which} nonzero" in capsys.readouterr().err and not results.exists()
     flags = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
     assert main(["estimate", "--model", "tiny-encoder", "--method", method, *flags]) == 2
-    assert f"--set {given}: '{pair[0]}' and '{pair[1]}'" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"--set {given}: '{pair[0]}' and '{pair[1]}'" in said and f"; got {got}, {which} nonzero" in said
+    # spelled as the flags it came from; before the fix as YAML (`r: N with oft_block_size: 0`)
+    assert f"(e.g. --set {pair[1]}=N --set {pair[0]}=0)" in said
 
 
 @pytest.mark.parametrize("defaults,declared", [

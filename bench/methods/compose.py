@@ -46,12 +46,13 @@ class Composition:
     def trains_below_head(self) -> bool:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 
-    def resolve(self, overrides: dict, arch: str, where) -> dict:
+    def resolve(self, overrides: dict, arch: str, where, flags: bool = False) -> dict:
         """The config a cell of this composition carries (bench/plan/grid.py): `overrides` where they are one (its
         parts resolved), else every part at its defaults on `arch`."""
         if "parts" in overrides:
             return overrides
-        return {"parts": [{"name": part, "config": REGISTRY[part].resolve({}, arch, where)} for part in self.parts]}
+        return {"parts": [{"name": part, "config": REGISTRY[part].resolve({}, arch, where, flags)}
+                          for part in self.parts]}
 
     def apply(self, model, config: dict, ctx: ApplyContext) -> Adapted:
         return apply_composition(config["parts"], model, ctx)
