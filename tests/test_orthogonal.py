@@ -106,3 +106,29 @@ def test_a_pair_is_checked_where_its_method_is_declared(defaults, declared):
                                          f"give {re.escape(declared)}"):
         declare(defaults)
     assert declare({"block_size": 0, "blocks": 2}).resolve({}, "roberta", str)["blocks"] == 2
+
+
+@pytest.mark.parametrize("method,settings,key", [
+    ("oft", {"r": 3, "oft_block_size": 0}, "r"),  # before the fix: trained r = 2 (3,968 parameters), recorded r = 3
+    ("oft", {"oft_block_size": 3}, "oft_block_size"),  # trained a block size of 4
+    ("boft", {"boft_block_num": 3, "boft_block_size": 0}, "boft_block_num"),  # peft's ValueError in the cell
+    ("boft", {"boft_block_size": 3}, "boft_block_size"),
+])
+def test_a_size_that_does_not_divide_a_layer_is_refused_naming_it_before_any_work(write_suite, capsys, method,
+                                                                                  settings, key):
+    """WIDTH = 64 input features of each adapted layer: 3 divides none. `estimate` (the meta device) refuses it,
+    and a cell is `unsupported` with the same reason, not a record of another size or a peft ValueError."""
+    from bench.cell.recipe import run_cell
+
+    assert WIDTH == 64
+    reason = (f"{key} = 3 does not divide the 64 input features of layer 'roberta.encoder.layer.0.attention.self."
+              "query' (block size × blocks = its input features; peft ")
+    valid = "): valid values there are the divisors of 64: 1, 2, 4, 8, 16, 32, 64"
+    flags = [part for k, value in settings.items() for part in ("--set", f"{k}={value}")]
+    assert main(["estimate", "--model", "tiny-encoder", "--method", method, *flags]) == 2
+    said = capsys.readouterr().err
+    assert f"--method: method '{method}' does not apply to tiny-encoder: {reason}" in said and valid in said
+    (cell,) = grid.expand(load_suite(str(write_suite(suite_of(method, settings)))))
+    record = run_cell(cell, quiet=True)
+    assert record["status"] == "unsupported"
+    assert reason in record["error"]["message"] and valid in record["error"]["message"]
