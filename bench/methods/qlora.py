@@ -4,7 +4,7 @@ Quantisation needs CUDA and bitsandbytes; anywhere else the cell is recorded `un
 reason. The frozen linear layers (task head and LM head excepted) become bitsandbytes Linear4bit
 with double quantisation and bf16 compute, as in the paper; LoRA then adapts all of them. On the meta device
 (`estimate`, `run --dry-run`) each becomes the twin of what bitsandbytes stores and runs on a GPU
-(bench/methods/nf4_twin.py), so the estimate is of the CUDA path.
+(bench/layers/nf4_twin.py), so the estimate is of the CUDA path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _quantised(child: nn.Linear, device) -> nn.Module:
     from torch import nn
 
     if device.type == "meta":
-        from bench.methods.nf4_twin import Linear4bitTwin
+        from bench.layers.nf4_twin import Linear4bitTwin
 
         return Linear4bitTwin(child)
     q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,

@@ -157,17 +157,17 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
 
 def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> str | None:
     """What the estimate of a 4-bit base (QLoRA) is of, which the estimate prints: bitsandbytes' CUDA path, whose
-    twins the model holds (bench/methods/nf4_twin.py); with `rows` (tokens a linear layer multiplies) few enough that
+    twins the model holds (bench/layers/nf4_twin.py); with `rows` (tokens a linear layer multiplies) few enough that
     CUDA may run bitsandbytes' fused kernel, which dequantises no weight, added to `not_modelled`. None: no 4-bit
     layers."""
     if not getattr(adapted, "is_loaded_in_4bit", False):
         return None
-    from bench.methods.nf4_twin import FUSED_MAX_ROWS
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS
 
     if rows <= FUSED_MAX_ROWS:
         not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
                             "on a GPU, which dequantises no weight in the forward: high")
-    return "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/methods/nf4_twin.py)"
+    return "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)"
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
