@@ -117,6 +117,9 @@ def test_estimate_params_are_a_real_qlora_models(monkeypatch, model_name):
     parameters = {id(p): p for p in adapted.model.parameters()}.values()
     assert result["memory"]["weights_bytes"] == sum(p.nbytes for p in parameters)
     assert result["memory"]["trainable_bytes"] == sum(p.nbytes for p in parameters if p.requires_grad)
+    state = [t for m in adapted.model.modules() if isinstance(m, bnb.nn.Linear4bit)
+             for name, t in stored(m).items() if name != "weight"]
+    assert result["quantised"]["state_bytes"] == sum(t.nbytes for t in state)
 
 
 def one_layer_step_peak(weights_dtype: torch.dtype, rows: int, out_features: int, in_features: int,
@@ -159,7 +162,7 @@ def test_the_step_holds_the_dequantised_weights_in_closed_form(weights_dtype):
 def test_the_estimate_says_it_is_of_the_cuda_path_and_when_the_fused_kernel_may_run():
     few = estimate("tiny-llama", "qlora", batch_size=2, seq_len=8)
     many = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)
-    assert "CUDA path" in few["quantised"] and few["quantised"] == many["quantised"]
+    assert "CUDA path" in few["quantised"]["path"] and few["quantised"] == many["quantised"]
     assert any("fused kernel" in reason for reason in few["memory"]["not_modelled"])
     assert not any("fused kernel" in reason for reason in many["memory"]["not_modelled"])
     assert estimate("tiny-llama", "lora", batch_size=2, seq_len=8)["quantised"] is None

@@ -155,19 +155,22 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
                        f"{type(e).__name__}: {e}", "--method") from None
 
 
-def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> str | None:
+def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
     """What the estimate of a 4-bit base (QLoRA) is of, which the estimate prints: bitsandbytes' CUDA path, whose
-    twins the model holds (bench/layers/nf4_twin.py); with `rows` (tokens a linear layer multiplies) few enough that
+    twins the model holds (bench/layers/nf4_twin.py), and the bytes of their quantisation state (buffers, in no
+    figure: on a GPU, part of device_other_bytes); with `rows` (tokens a linear layer multiplies) few enough that
     CUDA may run bitsandbytes' fused kernel, which dequantises no weight, added to `not_modelled`. None: no 4-bit
     layers."""
     if not getattr(adapted, "is_loaded_in_4bit", False):
         return None
-    from bench.layers.nf4_twin import FUSED_MAX_ROWS
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS, Linear4bitTwin
 
     if rows <= FUSED_MAX_ROWS:
         not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
                             "on a GPU, which dequantises no weight in the forward: high")
-    return "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)"
+    state = sum(b.nbytes for m in adapted.modules() if isinstance(m, Linear4bitTwin) for b in m.buffers())
+    return {"path": "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)",
+            "state_bytes": state}
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
@@ -268,7 +271,8 @@ def render(result: dict) -> str:
         lines.append(f"memory   per device of {m['shards']} (FSDP2), with {m['gathered_bytes']:,} bytes of gathered "
                      "blocks in the step peak: bench/tools/sharding.py")
     if result["quantised"]:
-        lines.append(f"4-bit base: {result['quantised']}")
+        lines.append(f"4-bit base: {result['quantised']['path']}; its quantisation state, "
+                     f"{result['quantised']['state_bytes']:,} bytes, is in no figure above")
     lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)
