@@ -25,7 +25,8 @@ gemm_4bit with more than FUSED_MAX_ROWS rows (every training batch of B x L > 15
 offset (as many again), the weight dequantised in the input's dtype (2n bytes in bf16), then F.linear; all freed
 when the product is done. Backward computes the input's gradient with the weight dequantised again
 (functional.dequantize_4bit: absmax to fp32 with the offset added in place, the weight in its quantisation dtype,
-the original weight's, then `.to` the gradient's dtype, a copy where they differ) and no gradient for the weight.
+the original weight's, then `.to` the gradient's dtype, a copy where they differ) and none for the weight or the
+bias, which QLoRA freezes.
 The twin runs those very operators (bitsandbytes' own fake kernels give their outputs on the fake pass), so the fake
 step's peak holds the transients as the GPU's does. With at most FUSED_MAX_ROWS rows, CUDA may run its fused kernel
 instead, which allocates only the output: `estimate` then says so (its prediction is high by the forward's
@@ -70,13 +71,11 @@ class _MatMul4BitOnCuda(torch.autograd.Function):
         return F.linear(A, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        grad_A = grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_A = torch.matmul(grad_output, bnb_functional.dequantize_4bit(ctx.B, ctx.state).to(grad_output.dtype))
-        return grad_A, None, grad_bias, None
+    def backward(ctx, grad_output):  # QLoRA's weight and bias are frozen: only the input's gradient
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        weight = bnb_functional.dequantize_4bit(ctx.B, ctx.state).to(grad_output.dtype)
+        return torch.matmul(grad_output, weight), None, None, None
 
 
 class Linear4bitTwin(bnb.nn.Linear4bit):
