@@ -18,6 +18,8 @@ matmul-softmax attention instead, which saves the L×L probabilities as a real e
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
 the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
 [tokens, vocab] logits for a causal LM, and RMSNorm's and SwiGLU's own saved tensors.
+QLoRA's 4-bit layers, which bitsandbytes makes only on a device, are built as twins of what it stores and runs on a
+GPU (bench/layers/nf4_twin.py): the estimate is of its CUDA path, and says so.
 `--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
 shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
