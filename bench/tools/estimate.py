@@ -18,6 +18,8 @@ matmul-softmax attention instead, which saves the L×L probabilities as a real e
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
 the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
 [tokens, vocab] logits for a causal LM, and RMSNorm's and SwiGLU's own saved tensors.
+QLoRA's 4-bit layers, which bitsandbytes makes only on a device, are built as twins of what it stores and runs on a
+GPU (bench/layers/nf4_twin.py): the estimate is of its CUDA path, and says so.
 `--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
 shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
@@ -155,6 +157,24 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
                        f"{type(e).__name__}: {e}", "--method") from None
 
 
+def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
+    """What the estimate of a 4-bit base (QLoRA) is of, which the estimate prints: bitsandbytes' CUDA path, whose
+    twins the model holds (bench/layers/nf4_twin.py), and the bytes of their quantisation state (buffers, in no
+    figure: on a GPU, part of device_other_bytes); with `rows` (tokens a linear layer multiplies) few enough that
+    CUDA may run bitsandbytes' fused kernel, which dequantises no weight, added to `not_modelled`. None: no 4-bit
+    layers."""
+    if not getattr(adapted, "is_loaded_in_4bit", False):
+        return None
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS, Linear4bitTwin
+
+    if rows <= FUSED_MAX_ROWS:
+        not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
+                            "on a GPU, which dequantises no weight in the forward: high")
+    state = sum(b.nbytes for m in adapted.modules() if isinstance(m, Linear4bitTwin) for b in m.buffers())
+    return {"path": "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)",
+            "state_bytes": state}
+
+
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
              gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
@@ -191,6 +211,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
                   activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
     memory["predicted_peak_bytes"] = predicted_peak(memory)
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
+    quantised = _quantised_path(adapted, batch_size * seq_len, not_modelled)
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
@@ -212,7 +233,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
-            "gradient_checkpointing": gradient_checkpointing, "kernels": kernels,
+            "gradient_checkpointing": gradient_checkpointing, "kernels": kernels, "quantised": quantised,
             "params": params, "memory": memory, "flops": flops}
 
 
@@ -251,6 +272,9 @@ def render(result: dict) -> str:
     if m.get("shards"):
         lines.append(f"memory   per device of {m['shards']} (FSDP2), with {m['gathered_bytes']:,} bytes of gathered "
                      "blocks in the step peak: bench/tools/sharding.py")
+    if result["quantised"]:
+        lines.append(f"4-bit base: {result['quantised']['path']}; its quantisation state, "
+                     f"{result['quantised']['state_bytes']:,} bytes, is in no figure above")
     lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)

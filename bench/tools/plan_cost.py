@@ -195,8 +195,12 @@ def shape_of(cell: Cell) -> tuple:
 
 def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
     """The disk cache's key of what is known of the cell's shape (plan_cache_key: with the packages that build and
-    count the step)."""
-    return plan_cache_key(cell.model.name, ("torch", "transformers", "peft"), what=what, shape=repr(shape_of(cell)))
+    count the step, those the method declares among them: bitsandbytes, whose 4-bit layer QLoRA's estimate twins)."""
+    from bench import methods
+
+    declared = getattr(methods.declared(cell.method), "packages", ())  # none for a composition
+    return plan_cache_key(cell.model.name, ("torch", "transformers", "peft", *declared), what=what,
+                          shape=repr(shape_of(cell)))
 
 
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
