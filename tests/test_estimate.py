@@ -336,7 +336,7 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
     from bench.tools import estimate as estimating
 
     spec = resolve_model("tiny-encoder", "--model")
-    *_, adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)
+    adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)[-1].model
     fake_step(adapted, spec.kind, 2, 8, flops_only=True)  # task 0: the router's one row
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):
