@@ -77,6 +77,9 @@ def test_each_plan_entry_check_takes_what_its_writer_stores_and_nothing_else():
     assert plan_entries.step_price([None, None, None, "unknown: x"])
     assert plan_entries.memory(None) and plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": None})
     assert plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 7, "shards": 2})
+    assert plan_entries.memory({"predicted_peak_bytes": 7, "selection_peak_bytes": 6, "upper_bound": ["x"]})
+    assert not plan_entries.memory({"predicted_peak_bytes": 7, "upper_bound": "x"})
+    assert not plan_entries.memory({"predicted_peak_bytes": 7, "upper_bound": [1]})
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 7, "shards": 0})
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 0})
     assert not plan_entries.memory({"weights_bytes": 5})  # no prediction stored: not the estimate's section

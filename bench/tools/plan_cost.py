@@ -3,12 +3,12 @@
 A cell's training FLOPs = its optimizer steps × the FLOPs of one training step, as `peft-bench estimate`
 counts them for the cell's model, method settings, batch size and max_length (on the meta device: no weights;
 its FLOPs-only pass, bench.tools.estimate.step_flops), once per distinct shape, plus the passes a method that
-chooses its trained entries from data makes before training (fishmask, child-tuning: `flops.selection`). Steps are `max_steps`,
-else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic tasks, or read
-from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0 training
-FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
-that cannot be built on the meta device) is `unknown`, never guessed. Time = FLOPs / a rate per cell: `--tflops`, else the
-median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
+chooses its trained entries from data makes before training (fishmask, child-tuning: `flops.selection`). Steps
+are `max_steps`, else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic
+tasks, or read from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0
+training FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
+that cannot be built on the meta device) is `unknown`, never guessed. Time = FLOPs / a rate per cell: `--tflops`,
+else the median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
 the median load and evaluation time of those records. A grid's wall time is the cells' time over the
 executor's slots.
 
