@@ -9,6 +9,7 @@ from bench import methods
 from bench.cell.measure import weight_bytes
 from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, instrumented_step
 from bench.config import TrainConfig
+from bench.errors import BadInput
 from bench.methods.base import ApplyContext
 from bench.tasks.registry import builtin_tasks
 from bench.tools import estimate as estimating
@@ -153,3 +154,15 @@ def test_the_dry_run_prices_the_selection_with_the_training_steps(write_suite, t
         assert flops == 3 * priced["train_step"] + priced["selection"] and "selecting" in how
         memory = plan_cost.predicted_memory(cell)
         assert memory["upper_bound"] and memory["predicted_peak_bytes"] >= memory["selection_peak_bytes"]
+
+
+def test_a_composition_with_a_fisher_masked_part_is_priced_and_two_are_refused():
+    """Before, the composition's twin reached count_params with meta masks and crashed (Tensor.item() on meta): the
+    composition carries its part's closed-form count and selection; two selections are refused, naming why."""
+    vocab = len(build_bundle("tiny-encoder").tokenizer)
+    result = estimate("tiny-encoder", "compose(fishmask+adapter-pfeiffer)", 2, 8, step_device="cpu")
+    assert result["params"]["method"] == sum(closed_forms.tiny_trainable(m, "roberta", vocab)
+                                             for m in ("fishmask", "adapter-pfeiffer"))
+    assert result["flops"]["selection"] > 0 and result["memory"]["upper_bound"]
+    with pytest.raises(BadInput, match="prices one selection before training"):
+        estimate("tiny-encoder", "compose(fishmask+child-tuning)", 2, 8)
