@@ -286,15 +286,18 @@ def test_method_count_is_the_papers_lora_count_without_the_head():
 
 
 def test_step_flops_are_the_estimates_counts():
-    """What `run --dry-run` prices a step and an evaluation's forward pass with are `estimate`'s
-    flops.train_step and forward_per_example, on a model whose depth is extrapolated (two stacks: T5) and with a
-    method's settings."""
+    """What `run --dry-run` prices a step, the selection before training and an evaluation's forward pass with are
+    `estimate`'s flops.train_step, selection (none: 0) and forward_per_example, on a model whose depth is extrapolated
+    (two stacks: T5) and with a method's settings."""
     from bench.tools.estimate import step_flops
 
-    for model, method, settings in (("t5-small", "lora", {"r": 4}), ("gpt2", "ia3", None)):
+    for model, method, settings in (("t5-small", "lora", {"r": 4}), ("gpt2", "ia3", None),
+                                    ("tiny-encoder", "child-tuning", {"fisher_batches": 2})):
         flops = estimate(model, method, 2, 16, settings=settings)["flops"]
         assert step_flops(model, method, 2, 16, settings=settings) == \
-            {"train_step": flops["train_step"], "forward_per_example": flops["forward_per_example"]}
+            {"train_step": flops["train_step"], "forward_per_example": flops["forward_per_example"],
+             "selection": flops.get("selection", 0)}
+    assert flops["selection"] > 0
 
 
 def test_estimate_set_gives_method_settings_checked_like_a_suites(capsys):
@@ -336,7 +339,7 @@ def test_poly_router_checks_the_task_ids_on_the_fake_pass():
     from bench.tools import estimate as estimating
 
     spec = resolve_model("tiny-encoder", "--model")
-    *_, adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)
+    adapted = estimating._adapted_model(spec, "poly", 2, 8, "fp32", None, "auto", False)[-1].model
     fake_step(adapted, spec.kind, 2, 8, flops_only=True)  # task 0: the router's one row
     task_heads.select(adapted, 1)
     with pytest.raises(ValueError, match="Only 1 tasks available. Found task id = 1"):

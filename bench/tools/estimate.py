@@ -23,10 +23,15 @@ GPU (bench/layers/nf4_twin.py): the estimate is of its CUDA path, and says so.
 `--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
 shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
+A method that chooses what trains from data (fishmask, child-tuning) builds its meta-device twin (bench/methods/
+fisher.py), which trains every tensor that may get a selected entry: its memory is then an upper bound
+(`memory.upper_bound` says why), and its scoring passes before training are priced too (_selection: FLOPs
+`flops.selection`, memory `memory.selection_peak_bytes`; the predicted peak is the larger phase's).
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -38,15 +43,12 @@ from bench.cell.train import compute_dtype
 from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
+from bench.fmt import size
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
 from bench.tools.cuda_step import departures
 from bench.tools.priced_task import fake_batch, task_bundle
 from bench.tools.sharding import largest_block, sharded_memory
-
-
-def _needs_data(n_batches: int):
-    raise RuntimeError("it needs calibration batches, i.e. real weights and data")
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
@@ -79,7 +81,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
             return bundle, body, method, config, method.apply(bundle.model, config, ApplyContext(
-                bundle, train, total_steps=1, calibration=_needs_data, device="meta", task=task)).model
+                bundle, train, total_steps=1, device="meta", task=task))
     except Unsupported as e:
         raise BadInput(f"method '{method_name}' does not apply to {spec.name}: {e}", "--method") from None
     except Exception as e:  # the method's own reason, said plainly
@@ -128,8 +130,8 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
            attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None,
            pooling: str | None = None):
-    """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
-    device, for the cell's `task` and `pooling` where given (bench/tools/priced_task.py)."""
+    """(spec, bundle, body, method, config, Adapted): the inputs (checked by the caller) built on the meta device, for
+    the cell's `task` and `pooling` where given (bench/tools/priced_task.py)."""
     from bench import models
     from bench.models import resolve_model
 
@@ -139,18 +141,18 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
                                                           pooling)
     if gradient_checkpointing:
         try:
-            models.enable_gradient_checkpointing(adapted)
+            models.enable_gradient_checkpointing(adapted.model)
         except Unsupported as e:
             raise BadInput(f"{spec.name}: {e}", "--gradient-checkpointing") from None
     return spec, bundle, body, chosen, config, adapted
 
 
 def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int, flops_only: bool = False,
-          device: str = "cpu", autocast: bool = False) -> StepMeasure:
+          device: str = "cpu", autocast: bool = False, training: bool = True) -> StepMeasure:
     batch_for = partial(fake_batch, bundle.head, task, bundle=bundle)
     try:
         return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only,
-                                   batch_for=batch_for, device=device, autocast=autocast)
+                                   batch_for=batch_for, device=device, autocast=autocast, training=training)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
@@ -195,9 +197,10 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
-    spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
-                                                         attention, gradient_checkpointing, kernels, task, pooling)
-    params = count_params(adapted)
+    spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
+                                                       attention, gradient_checkpointing, kernels, task, pooling)
+    adapted = built.model
+    params = built.params()
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     compute = compute_dtype(step_device, precision)
     with departures() as not_modelled:
@@ -219,6 +222,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
+    if built.selection is not None:
+        flops["selection"], selection_peak = _selection(built, spec, bundle, task, method, seq_len, step_device)
+        memory = _with_selection(memory, built.selection, selection_peak)
     if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
         # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
         from bench.tools.liger_memory import twins_unbound
@@ -237,18 +243,66 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "params": params, "memory": memory, "flops": flops}
 
 
+@contextlib.contextmanager
+def _scoring(model: torch.nn.Module, scored: list):
+    """Within the block, only the `scored` tensors require a gradient, as in the passes that score them."""
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    chosen = {id(p) for p in scored}
+    for p, _ in before:
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, required in before:
+            p.requires_grad_(required)
+
+
+def _selection(built, spec, bundle, task, method: str, seq_len: int, step_device: str,
+               flops_only: bool = False) -> tuple[int, int | None]:
+    """(flops.selection, memory.selection_peak_bytes; None with `flops_only`) of a twin's Selection (methods.base):
+    its passes, each the fake step of `rows` unpadded rows of `seq_len` tokens in eval mode without autocast (as
+    fisher_scores runs them) with only the scored tensors requiring a gradient, forward + backward FLOPs × passes;
+    the peak: the weights, the calibration batches (the step's batch per row and, as collate adds it, an int64
+    attention mask), and the busier of a pass (the scores, the pass's most bytes alive at once, or its gradients with
+    the Selection's temporaries) and the choice."""
+    selection = built.selection
+    with _scoring(built.model, selection.scored):
+        one = _step(built.model, spec, bundle, task, method, selection.rows, seq_len, flops_only=flops_only,
+                    device=step_device, training=False)
+    flops = selection.passes * (one.forward_flops + one.backward_flops)
+    if flops_only:
+        return flops, None
+    calibration = selection.calibration_rows * (one.batch_bytes // selection.rows + 8 * seq_len)
+    passes = selection.held_bytes + max(max(one.live_peaks.values(), default=0), one.grad_bytes + selection.pass_bytes)
+    return flops, weight_bytes(built.model)["weights_bytes"] + calibration + max(passes, selection.choice_bytes)
+
+
+def _with_selection(memory: dict, selection, selection_peak: int) -> dict:
+    """The memory section with a Selection's figures: `mask_bytes` (held through training), `selection_peak_bytes`,
+    `upper_bound` (why the twin's figures bound the cell's from above), and `predicted_peak_bytes` the larger of
+    training's peak with the masks and the selection's (which runs on the whole model before any sharding)."""
+    trained = memory["predicted_peak_bytes"]
+    return {**memory, "mask_bytes": selection.mask_bytes, "selection_peak_bytes": selection_peak,
+            "predicted_peak_bytes": None if trained is None else max(trained + selection.mask_bytes, selection_peak),
+            "upper_bound": [selection.upper_bound]}
+
+
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
                task=None, pooling: str | None = None, step_device: str = "cuda") -> dict:
-    """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
-    (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
-    passes with, without the memory account's extra passes."""
+    """`estimate(...)["flops"]`'s train_step, forward_per_example and selection (0 for a method that scores nothing
+    before training), the same counts, from the FLOPs-only pass (fake_step's flops_only): what `run --dry-run`
+    prices a cell's training steps, its selection passes and its evaluation's forward passes with, without the
+    memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
-    spec, bundle, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
-                                            gradient_checkpointing, task=task, pooling=pooling)
-    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
-    train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
-    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}
+    spec, bundle, _, _, _, built = _built(model, method, batch_size, seq_len, dtype, settings, attention,
+                                          gradient_checkpointing, task=task, pooling=pooling)
+    step = _step(built.model, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
+    train = training_flops(step, count_params(built.model)["total"], spec.kind, step.positions, step.tokens)
+    selection = 0 if built.selection is None else \
+        _selection(built, spec, bundle, task, method, seq_len, step_device, flops_only=True)[0]
+    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows,
+            "selection": selection}
 
 
 def render(result: dict) -> str:
@@ -267,6 +321,9 @@ def render(result: dict) -> str:
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
         lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
+    if "selection_peak_bytes" in m:
+        lines += [f"memory   {key:<22}{size(m[key]):>14}  ({m[key]:,} bytes)" for key in ("mask_bytes",
+                                                                                         "selection_peak_bytes")]
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
     if m.get("shards"):
@@ -276,5 +333,6 @@ def render(result: dict) -> str:
         lines.append(f"4-bit base: {result['quantised']['path']}; its quantisation state, "
                      f"{result['quantised']['state_bytes']:,} bytes, is in no figure above")
     lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
+    lines += [f"upper bound: {reason}" for reason in m.get("upper_bound", [])]
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)
