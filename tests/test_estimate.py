@@ -395,3 +395,12 @@ def test_a_composition_is_estimated_as_its_parts_added():
     with pytest.raises(BadInput, match="unknown method 'nope'") as refused:
         estimate("tiny-encoder", "compose(prefix-tuning+nope)", batch_size=2, seq_len=8)
     assert refused.value.where == "--method"
+
+
+def test_in_context_learning_builds_on_the_meta_device():
+    """ICL's demonstrations are tokenised when its state is stored: the weightless build has no tokenizer (before,
+    `estimate --method icl` failed with "TypeError: 'NoneType' object is not callable")."""
+    from bench.tasks.registry import builtin_tasks
+
+    r = estimate("t5-small", "icl", batch_size=2, seq_len=16, task=builtin_tasks()["rte"])
+    assert r["params"]["trainable"] == 0 and r["memory"]["weights_bytes"] == 4 * r["params"]["total"]
