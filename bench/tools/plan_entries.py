@@ -27,7 +27,8 @@ def step_price(value) -> bool:
 def memory(value) -> bool:
     """plan_cost.predicted_memory's entry: null (no prediction), or the memory section `estimate` predicts: its
     `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, `shards`,
-    where sharded, a count above 0, and `not_modelled` a list of texts (where the step departs from a GPU's)."""
+    where sharded, a count above 0, `not_modelled` a list of texts (where the step departs from a GPU's) and
+    `eval_unknown` a text or null (why eval_peak_bytes is unknown)."""
     if value is None:
         return True
     if not isinstance(value, dict) or "predicted_peak_bytes" not in value:
@@ -36,6 +37,7 @@ def memory(value) -> bool:
     departs = value.get("not_modelled", [])
     return ((peak is None or count(peak, positive=True)) and ("shards" not in value or count(value["shards"], True))
             and isinstance(departs, list) and all(isinstance(reason, str) for reason in departs)
+            and isinstance(value.get("eval_unknown"), (str, type(None)))
             and all(v is None or count(v) for k, v in value.items() if k.endswith("_bytes")))
 
 

@@ -1,0 +1,133 @@
+"""memory.eval_peak_bytes: the estimate's fake evaluation batch against a real CPU one; the predicted peak's phases."""
+
+import pytest
+
+from bench.cell import eval_probe
+from bench.cell.measure import predicted_peak
+from bench.tasks.registry import builtin_tasks
+from bench.tools.estimate import estimate
+from bench.tools.fake_pass import fake_eval
+from tests.adapting import adapt
+
+ROWS, LENGTH = 5, 12
+
+
+def _batches(bundle, task, rows: int = ROWS, length: int = LENGTH) -> list[dict]:
+    """The estimate's batches with the last row's last prompt token padded: transformers skips an attention mask of
+    all ones on real tensors, which it cannot tell on fake ones (it makes the mask a padded batch has, the cell's
+    usual batch)."""
+    config = bundle.model.config
+    batches = eval_probe.shaped_batches(bundle.kind, eval_probe.way_of(bundle.head, task), task, rows, length,
+                                        config.pad_token_id if isinstance(config.pad_token_id, int) else 0,
+                                        config.eos_token_id)
+    for batch in batches:
+        batch["attention_mask"][-1, -1] = 0
+    return batches
+
+
+@pytest.mark.parametrize("name,method,task", [
+    ("tiny-encoder", "lora", "rte"),  # a classifier
+    ("tiny-encoder", "head-only", "stsb"),  # a regression classifier
+    ("tiny-t5", "ia3", "cb"),  # rank classification: each prompt encoded once, its 3 options decoded
+    ("tiny-t5", "prompt-tuning", "copa"),  # soft prompts: the encoder runs on each option's row
+    ("tiny-gpt2", "lora", "copa"),  # a decoder's (prompt, option) rows, the options a row fills in
+    ("tiny-gpt2", "prompt-tuning", "rte"),  # virtual tokens before each row
+    ("tiny-llama", "lora", "cb"),
+])
+def test_fake_evaluation_batch_reproduces_a_real_cpu_one(name, method, task):
+    """The estimate's pass (fake tensors, meta-built model) and the cell's (real tensors) are the same instrumented
+    forward (eval_probe.eval_peak) on the same batch: the bytes must agree to the byte."""
+    spec = builtin_tasks()[task]
+    meta_bundle, meta_adapted = adapt(name, method, total_steps=1, meta=True, task=spec)
+    real_bundle, real_adapted = adapt(name, method, total_steps=1, task=spec)
+    way = eval_probe.way_of(meta_bundle.head, spec)
+    for batch in _batches(meta_bundle, spec):
+        fake = fake_eval(meta_adapted.model, batch, way)
+        real = eval_peak(real_adapted.model, batch, way)
+        assert fake == real > sum(t.nbytes for t in batch.values())
+
+
+def eval_peak(model, batch, way):
+    model.train()  # the probe puts it in eval mode (no dropout) and back
+    peak = eval_probe.eval_peak(model, batch, way)
+    assert model.training
+    return peak
+
+
+def test_the_logits_in_fp32_are_inside_a_decoders_peak():
+    """A closed form under the measured figure: a decoder's rank-classification batch holds at least its logits and
+    their log-softmax, both [rows, tokens, vocabulary] in fp32 (tiny-gpt2 is fp32), beside the batch."""
+    spec = builtin_tasks()["rte"]
+    bundle, adapted = adapt("tiny-gpt2", "lora", total_steps=1, task=spec)
+    (batch,) = _batches(bundle, spec)
+    rows, tokens = batch["input_ids"].shape
+    vocab = bundle.model.config.vocab_size
+    logits = rows * tokens * vocab * 4
+    assert eval_peak(adapted.model, batch, eval_probe.OPTIONS) >= 2 * logits - 4 * rows * vocab  # the shifted copy
+
+
+def test_estimate_predicts_the_evaluation_a_real_cpu_batch_holds():
+    """Through `estimate` (its meta build, its batch shapes at --eval-batch-size and --seq-len): the same bytes as
+    the real model's evaluation of those batches; the predicted peak is the larger phase."""
+    spec = builtin_tasks()["cb"]
+    result = estimate("tiny-t5", "lora", batch_size=2, seq_len=LENGTH, task=spec, eval_batch_size=ROWS,
+                      step_device="cpu", precision="fp32")
+    bundle, adapted = adapt("tiny-t5", "lora", total_steps=1, task=spec)
+    real = max(eval_peak(adapted.model, b, eval_probe.OPTIONS) for b in _batches(bundle, spec))
+    m = result["memory"]
+    assert m["eval_peak_bytes"] == real and m["eval_unknown"] is None
+    assert m["predicted_peak_bytes"] == m["weights_bytes"] + m["optimizer_bytes"] + max(m["step_peak_bytes"], real)
+
+
+def test_a_cell_that_trains_nothing_is_predicted_by_its_evaluation_alone():
+    spec = builtin_tasks()["rte"]
+    m = estimate("tiny-gpt2", "zero-shot", batch_size=2, seq_len=LENGTH, task=spec, eval_batch_size=ROWS,
+                 step_device="cpu")["memory"]
+    assert m["predicted_peak_bytes"] == m["weights_bytes"] + m["eval_peak_bytes"]
+
+
+def test_generation_is_unknown_with_its_reason():
+    m = estimate("tiny-t5", "lora", batch_size=2, seq_len=LENGTH, task=builtin_tasks()["xsum"],
+                 step_device="cpu")["memory"]
+    assert m["eval_peak_bytes"] is None and m["predicted_peak_bytes"] is None
+    assert m["eval_unknown"] == eval_probe.UNMODELLED
+
+
+def test_predicted_peak_is_the_larger_phase_and_unknown_with_either():
+    memory = {"weights_bytes": 10, "optimizer_bytes": 3, "step_peak_bytes": 5, "eval_peak_bytes": 7}
+    assert predicted_peak(memory, trains=True) == 20
+    assert predicted_peak({**memory, "eval_peak_bytes": 2}, trains=True) == 18
+    assert predicted_peak({**memory, "step_peak_bytes": None}, trains=False) == 17
+    assert predicted_peak({**memory, "eval_peak_bytes": None}, trains=True) is None
+
+
+def test_option_tokens_bound_fixed_answers_and_leave_filled_ones_at_max_length():
+    tasks = builtin_tasks()
+    assert eval_probe.option_tokens(tasks["rte"], 64) == len(" not_entailment") + 2
+    assert eval_probe.option_tokens(tasks["copa"], 64) == 64  # {choice1}: a row's text
+    assert eval_probe.option_tokens(tasks["rte"], 4) == 4
+    assert eval_probe.answer_counts(tasks["cb"]) == [3]
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-t5"])
+def test_option_tokens_bound_what_a_tokenizer_makes_of_every_fixed_answer(name):
+    """Every built-in task's fixed answers, encoded as a cell encodes them (features._encode_target)."""
+    from bench.models import REGISTRY, load_tokenizer
+    from bench.tasks.features import _encode_target
+
+    tokenizer, kind = load_tokenizer(REGISTRY[name]), REGISTRY[name].kind
+    checked = 0
+    for task in builtin_tasks().values():
+        bound = eval_probe.option_tokens(task, 512)
+        if task.type in ("classification", "multiple_choice") and bound < 512:
+            texts = [a for prompt in task.prompts for a in (prompt.answers or task.labels)]
+            assert max(len(_encode_target(tokenizer, kind, a, 512)) for a in texts) <= bound, task.name
+            checked += 1
+    assert checked >= 5
+
+
+def test_the_eval_batch_size_must_be_positive():
+    from bench.errors import BadInput
+
+    with pytest.raises(BadInput, match="eval-batch-size"):
+        estimate("tiny-encoder", "lora", eval_batch_size=0)
