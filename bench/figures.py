@@ -177,14 +177,15 @@ _FIGURES = [
            "template); `estimate` runs it on fake tensors with every prompt and answer option at `max_length` "
            "tokens, the most a cell's are cut to. Null for generation (not modelled: `generate` stops on its "
            "tokens' values and its key-value cache grows with each token) and for a cell with no evaluation set "
-           "of its own (a mixture, a pre-training stage); a sharded cell measures none (`estimate --shards` adds the "
-           "gathered blocks: bench/tools/sharding.py)."),
+           "of its own (a multi-task cell's members, a pre-training stage); a sharded cell measures none "
+           "(`estimate --shards` adds the gathered blocks: bench/tools/sharding.py)."),
     Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "what the cell holds at its busiest moment: the "
            "larger of training's `weights_bytes + optimizer_bytes + step_peak_bytes` (read off one step before "
            "training) and evaluation's `weights_bytes + optimizer_bytes + eval_peak_bytes` (evaluations during "
            "training hold the optimizer's state); a cell that trains nothing (zero-shot, in-context learning) "
-           "only evaluates: `weights_bytes + eval_peak_bytes`. Null when a part of either is (a generation task's "
-           "evaluation). `grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it).",
+           "only evaluates: `weights_bytes + eval_peak_bytes`; a pre-training stage (scored on nothing) only "
+           "trains. Null when a part of a phase the cell runs is (a generation task's evaluation, a multi-task "
+           "cell's). `grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it).",
            shown=(Shown("memory", "Predicted peak"),)),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),

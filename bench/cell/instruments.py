@@ -143,7 +143,12 @@ class StepProbe(Instrument):
                       step_peak_bytes=step_peak_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
-        memory["predicted_peak_bytes"] = predicted_peak(memory, trains=True)
+        memory["predicted_peak_bytes"] = predicted_peak(memory, trains=True, evaluates=evaluates(run))
+
+
+def evaluates(run) -> bool:
+    """Whether the cell evaluates: all but a pre-training stage, scored on nothing (bench/cell/recipe.py)."""
+    return bool(run.evalsets or run.member_evalsets)
 
 
 class EvalProbe(Instrument):
@@ -160,7 +165,7 @@ class EvalProbe(Instrument):
             memory["eval_peak_bytes"] = max(eval_peak(model, to_device(batch, run.device), way, run.autocast)
                                             for batch in batches)
         if not run.adapted.trains:
-            memory["predicted_peak_bytes"] = predicted_peak(memory, trains=False)
+            memory["predicted_peak_bytes"] = predicted_peak(memory, trains=False, evaluates=evaluates(run))
 
 
 class InferenceFlops(Instrument):

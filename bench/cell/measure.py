@@ -55,10 +55,12 @@ TRAINING_PARTS = ("weights_bytes", "optimizer_bytes", "step_peak_bytes")
 EVALUATION_PARTS = ("weights_bytes", "optimizer_bytes", "eval_peak_bytes")
 
 
-def predicted_peak(memory: dict, trains: bool) -> int | None:
+def predicted_peak(memory: dict, trains: bool, evaluates: bool = True) -> int | None:
     """memory.predicted_peak_bytes: the larger of the sums of TRAINING_PARTS (a cell that `trains`) and of
-    EVALUATION_PARTS (without the optimizer's state for one that does not), null if a part of either is unknown."""
-    phases = [TRAINING_PARTS, EVALUATION_PARTS] if trains else [("weights_bytes", "eval_peak_bytes")]
+    EVALUATION_PARTS (a cell that `evaluates`: all but a pre-training stage; without the optimizer's state for one
+    that does not train), null if a part of either is unknown."""
+    evaluation = EVALUATION_PARTS if trains else ("weights_bytes", "eval_peak_bytes")
+    phases = [TRAINING_PARTS] * trains + [evaluation] * evaluates
     sums = [[memory.get(k) for k in parts] for parts in phases]
     return None if any(p is None for parts in sums for p in parts) else max(sum(parts) for parts in sums)
 

@@ -17,10 +17,11 @@ benchmarks/gpu_packing.py measures reserved peak / budget on the GPU, to confirm
 still runs out is retried alone with the whole device (bench/run/executors/local.py), never lost.
 
 Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that needs
-real weights to build, a generation task, whose evaluation is not modelled) runs alone on an empty device, with no limit but the device's own, as every cell ran before
-packing. A cell whose budget exceeds every device's room runs sharded over `gpus_per_cell` > 1 empty devices
-(bench/cell/sharded.py; its placement names them all, "0,1") when its per-device prediction sharded over that many
-(bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
+real weights to build, a generation task, whose evaluation is not modelled) runs alone on an empty device, with no
+limit but the device's own, as every cell ran before packing. A cell whose budget exceeds every device's room runs
+sharded over `gpus_per_cell` > 1 empty devices (bench/cell/sharded.py; its placement names them all, "0,1") when
+its per-device prediction sharded over that many (bench/tools/sharding.py) gives a budget their rooms fit; otherwise
+it runs alone on the largest empty device, whole.
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
 fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
 prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate

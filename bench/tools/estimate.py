@@ -163,6 +163,9 @@ def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, s
 
     if task is None and bundle.head != "classifier":
         return None, "no task (--task): how an LM head's evaluation predicts is its task's"
+    if task is not None and task.members:
+        return None, "a multi-task cell's members are each evaluated with their own head: not modelled"
+    task = task.evaluation if task is not None else None
     way = eval_probe.way_of(bundle.head, task)
     if way is None:
         return None, eval_probe.UNMODELLED
@@ -175,6 +178,13 @@ def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, s
     except Exception as e:  # as _step: a forward fake tensors cannot run
         raise BadInput(f"method '{method}' on {spec.name} cannot run an evaluation batch on fake tensors: "
                        f"{type(e).__name__}: {e}", "--method") from None
+
+
+def evaluates(task) -> bool:
+    """Whether a cell on `task` evaluates: all but a pre-training stage's mixture (scored on nothing)."""
+    from bench.tasks.mixture import is_multitask
+
+    return task is None or not task.members or is_multitask(task)
 
 
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
@@ -218,13 +228,13 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries),
                   eval_peak_bytes=eval_peak)
-    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains)
+    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluates(task))
     memory["eval_unknown"] = eval_unknown  # why eval_peak_bytes is null
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
-                                temporaries, chosen.trains)
+                                temporaries, chosen.trains, evaluates(task))
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}

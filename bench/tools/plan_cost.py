@@ -201,7 +201,7 @@ def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
 def eval_shape(cell: Cell) -> tuple:
     """What the evaluation's predicted peak depends on beyond the training step's shape (bench/cell/eval_probe.py:
     its batch size, how it predicts, its answer options), read without torch: part of the memory's cache key."""
-    task = cell.task
+    task = cell.task.evaluation
     return cell.train.eval_batch_size, task.type, tuple(p.answers for p in task.prompts), tuple(task.labels or ())
 
 

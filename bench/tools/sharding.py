@@ -51,11 +51,11 @@ def largest_block(model: torch.nn.Module, stacks: list) -> tuple[int, int]:
 
 
 def sharded_memory(memory: dict, shards: int, block: tuple[int, int], batch_bytes: int, live_peak: int,
-                   update_bytes: int, trains: bool = True) -> dict:
+                   update_bytes: int, trains: bool = True, evaluates: bool = True) -> dict:
     """The memory section of one of `shards` devices (see the module's docstring), from the unsharded one and its
     step's parts: `block`, largest_block's; `batch_bytes`, `live_peak` (the most bytes alive at once in the
-    passes) and `update_bytes` (the optimizer update's temporaries), unsharded (bench/cell/probe.py); `trains`:
-    whether the cell trains (predicted_peak's phases)."""
+    passes) and `update_bytes` (the optimizer update's temporaries), unsharded (bench/cell/probe.py); `trains`,
+    `evaluates`: the phases the cell runs (predicted_peak's)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     per_device = {key: math.ceil(memory[key] / shards) for key in ("weights_bytes", "trainable_bytes",
@@ -69,4 +69,4 @@ def sharded_memory(memory: dict, shards: int, block: tuple[int, int], batch_byte
     evaluation = memory.get("eval_peak_bytes")
     sharded = {**memory, **per_device, "shards": shards, "gathered_bytes": gathered, "step_peak_bytes": step_peak,
                "eval_peak_bytes": None if evaluation is None else evaluation + 2 * block_bytes * (shards > 1)}
-    return {**sharded, "predicted_peak_bytes": predicted_peak(sharded, trains)}
+    return {**sharded, "predicted_peak_bytes": predicted_peak(sharded, trains, evaluates)}
