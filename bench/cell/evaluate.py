@@ -199,8 +199,9 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     elif rows is not None:
         batch = {key: value.index_select(0, rows) for key, value in batch.items()}
     decoder_only = not is_encoder_decoder(model)
-    # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids
-    logits = model(**batch, **({} if decoder_only else {"labels": labels})).logits
+    # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids. No key-value
+    # cache: nothing decodes after this forward, and the cache would hold every layer's keys and values at once
+    logits = model(**batch, use_cache=False, **({} if decoder_only else {"labels": labels})).logits
     if logits.shape[1] != labels.shape[1]:  # decoder: prompt tuning prepends virtual tokens
         logits = logits[:, -labels.shape[1]:]
     if decoder_only:
