@@ -93,6 +93,20 @@ def test_generation_is_unknown_with_its_reason():
     assert m["eval_unknown"] == eval_probe.UNMODELLED
 
 
+def test_a_stage_only_trains_and_a_multi_task_cells_evaluation_is_unknown(write_suite):
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from tests.test_priced_task import five_cells
+
+    stage = next(c for c in grid.expand(load_suite("fewshot")) if c.task.members).task  # T0's mixture: a stage
+    m = estimate("tiny-t5", "ia3", 2, LENGTH, task=stage, step_device="cpu")["memory"]
+    assert m["eval_peak_bytes"] is None and "scored on nothing" in m["eval_unknown"]
+    assert m["predicted_peak_bytes"] == m["weights_bytes"] + m["optimizer_bytes"] + m["step_peak_bytes"]
+    mixed = five_cells(write_suite)["five-mix"].task  # scored on each member
+    m = estimate("tiny-encoder", "poly", 2, LENGTH, task=mixed, step_device="cpu")["memory"]
+    assert m["predicted_peak_bytes"] is None and "multi-task" in m["eval_unknown"]
+
+
 def test_option_tokens_bound_fixed_answers_and_leave_filled_ones_at_max_length():
     tasks = builtin_tasks()
     assert eval_probe.option_tokens(tasks["rte"], 64) == len(" not_entailment") + 2

@@ -164,7 +164,8 @@ def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, s
     if task is None and bundle.head != "classifier":
         return None, "no task (--task): how an LM head's evaluation predicts is its task's"
     if task is not None and task.members:
-        return None, "a multi-task cell's members are each evaluated with their own head: not modelled"
+        return None, ("a multi-task cell's members are each evaluated with their own head: not modelled"
+                      if evaluates(task) else "a pre-training stage's mixture is scored on nothing")
     task = task.evaluation if task is not None else None
     way = eval_probe.way_of(bundle.head, task)
     if way is None:
