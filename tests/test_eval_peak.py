@@ -28,6 +28,7 @@ def _batches(bundle, task, rows: int = ROWS, length: int = LENGTH) -> list[dict]
 @pytest.mark.parametrize("name,method,task", [
     ("tiny-encoder", "lora", "rte"),  # a classifier
     ("tiny-encoder", "head-only", "stsb"),  # a regression classifier
+    ("tiny-t5", "lora", "stsb"),  # T5's classifier reads each row's end-of-sequence token
     ("tiny-t5", "ia3", "cb"),  # rank classification: each prompt encoded once, its 3 options decoded
     ("tiny-t5", "prompt-tuning", "copa"),  # soft prompts: the encoder runs on each option's row
     ("tiny-gpt2", "lora", "copa"),  # a decoder's (prompt, option) rows, the options a row fills in
