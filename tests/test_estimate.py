@@ -33,7 +33,8 @@ def test_llama_2_7b_lora_known_values():
     assert m["trainable_bytes"] == m["grad_bytes"] == 4 * LLAMA_2_7B_LORA
     step_counters = 4 * closed_forms.lora_q_v_tensors(32)  # one per A and B
     assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + step_counters
-    assert m["predicted_peak_bytes"] == sum(m[k] for k in ("weights_bytes", "optimizer_bytes", "step_peak_bytes"))
+    # without a task, what an LM head's evaluation runs is unknown, and so is the cell's busiest phase
+    assert m["eval_peak_bytes"] is None and m["predicted_peak_bytes"] is None and "no task" in m["eval_unknown"]
 
 
 def test_bf16_base_keeps_peft_adapters_in_fp32():
@@ -398,3 +399,12 @@ def test_a_composition_is_estimated_as_its_parts_added():
     with pytest.raises(BadInput, match="unknown method 'nope'") as refused:
         estimate("tiny-encoder", "compose(prefix-tuning+nope)", batch_size=2, seq_len=8)
     assert refused.value.where == "--method"
+
+
+def test_in_context_learning_builds_on_the_meta_device():
+    """ICL's demonstrations are tokenised when its state is stored: the weightless build has no tokenizer (before,
+    `estimate --method icl` failed with "TypeError: 'NoneType' object is not callable")."""
+    from bench.tasks.registry import builtin_tasks
+
+    r = estimate("t5-small", "icl", batch_size=2, seq_len=16, task=builtin_tasks()["rte"])
+    assert r["params"]["trainable"] == 0 and r["memory"]["weights_bytes"] == 4 * r["params"]["total"]

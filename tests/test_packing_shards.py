@@ -185,9 +185,10 @@ def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
     path.write_text("name: packing\nmethods: [full]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
                     "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
     (cell,) = grid.expand(load_suite(str(path)), threads=1)
-    sharded = estimate("tiny-llama", "full", 8, 16, shards=2)["memory"]
+    as_the_cell = {"task": cell.task, "eval_batch_size": cell.train.eval_batch_size}
+    sharded = estimate("tiny-llama", "full", 8, 16, shards=2, **as_the_cell)["memory"]
     assert predicted_memory(cell, shards=2) == sharded and sharded["shards"] == 2
-    assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16)["memory"]  # cached apart from it
+    assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16, **as_the_cell)["memory"]  # cached apart
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ def memory_entry(cell) -> tuple[dict, Path]:
     '{"predicted_peak_bytes": NaN}', '{"predicted_peak_bytes": -5}', '{"predicted_peak_bytes": Infinity}',
     '{"predicted_peak_bytes": "9"}', '{"predicted_peak_bytes": true}',
     '{"predicted_peak_bytes": 9, "not_modelled": "x"}', '{"predicted_peak_bytes": 9, "not_modelled": [1]}',
+    '{"predicted_peak_bytes": 9, "eval_unknown": 5}',
     '{"weights_bytes": -1, "predicted_peak_bytes": 9}', '[1, 2]', '"x"', '{"weights_bytes": 5', '',
     "[" * 100_000 + "]" * 100_000, '{"predicted_peak_bytes": 1' + "0" * 5000 + "}", b"\xff\xfe".decode("latin-1")],
     ids=lambda damage: damage[:40])

@@ -36,6 +36,7 @@ class Composition:
     its name, family and resolved config, as of a Method."""
 
     in_context = False
+    trains = True  # every part trains: a part that trains nothing is refused (parts_of)
     family = FAMILY
 
     def __init__(self, name: str):

@@ -40,7 +40,7 @@ from bench import optimizers
 from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, step_peak_bytes, training_flops
 from bench.cell.train import compute_dtype
-from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES
+from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES, TrainConfig
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
 from bench.fmt import size
@@ -177,10 +177,44 @@ def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
             "state_bytes": state}
 
 
+def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, seq_len: int, device: str,
+               autocast: bool) -> tuple[int | None, str | None]:
+    """(memory.eval_peak_bytes, None), or (None, why it is unknown): the largest of the evaluation's batches that
+    eval_probe.shaped_batches makes, each on fake tensors (fake_pass.fake_eval)."""
+    from bench.cell import eval_probe
+
+    if task is None and bundle.head != "classifier":
+        return None, "no task (--task): how an LM head's evaluation predicts is its task's"
+    if task is not None and task.members:
+        return None, ("a multi-task cell's members are each evaluated with their own head: not modelled"
+                      if evaluates(task) else "a pre-training stage's mixture is scored on nothing")
+    task = task.evaluation if task is not None else None
+    way = eval_probe.way_of(bundle.head, task)
+    if way is None:
+        return None, eval_probe.UNMODELLED
+    pad = getattr(bundle.model.config, "pad_token_id", None)
+    batches = eval_probe.shaped_batches(spec.kind, way, task, eval_batch_size, seq_len,
+                                        pad if isinstance(pad, int) else 0,
+                                        getattr(bundle.model.config, "eos_token_id", None))
+    try:
+        return max(fake_pass.fake_eval(adapted, batch, way, device, autocast) for batch in batches), None
+    except Exception as e:  # as _step: a forward fake tensors cannot run
+        raise BadInput(f"method '{method}' on {spec.name} cannot run an evaluation batch on fake tensors: "
+                       f"{type(e).__name__}: {e}", "--method") from None
+
+
+def evaluates(task) -> bool:
+    """Whether a cell on `task` evaluates: all but a pre-training stage's mixture (scored on nothing)."""
+    from bench.tasks.mixture import is_multitask
+
+    return task is None or not task.members or is_multitask(task)
+
+
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
              gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
-             pooling: str | None = None, precision: str = "auto", step_device: str = "cuda") -> dict:
+             pooling: str | None = None, precision: str = "auto", step_device: str = "cuda",
+             eval_batch_size: int = TrainConfig.eval_batch_size) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
@@ -192,11 +226,14 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     encoder's classifier; None: the model's own); `precision`: the training setting, the step's as on `step_device`
     (cuda, what estimates plan: a GPU cell's kernels and, under `auto` or `bf16`, its bf16 autocast,
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
-    CUDA's either way)."""
+    CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
+    (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
+    if eval_batch_size < 1:
+        raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
     spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
                                                        attention, gradient_checkpointing, kernels, task, pooling)
     adapted = built.model
@@ -206,19 +243,23 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     with departures() as not_modelled:
         step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
                      autocast=compute == "bf16")
+        eval_peak, eval_unknown = _eval_peak(adapted, spec, bundle, task, method, eval_batch_size, seq_len,
+                                             step_device, compute == "bf16")
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
     temporaries = optimizers.update_bytes(update, [p.nbytes for p in trainable])
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
-                  activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
-    memory["predicted_peak_bytes"] = predicted_peak(memory)
+                  activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries),
+                  eval_peak_bytes=eval_peak)
+    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluates(task))
+    memory["eval_unknown"] = eval_unknown  # why eval_peak_bytes is null
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
     quantised = _quantised_path(adapted, batch_size * seq_len, not_modelled)
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
-                                temporaries)
+                                temporaries, chosen.trains, evaluates(task))
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
@@ -236,7 +277,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,
             "precision": precision, "compute_dtype": compute, "step_device": step_device,
-            "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
+            "batch_size": batch_size, "eval_batch_size": eval_batch_size, "seq_len": seq_len, "tokens": step.tokens,
+            "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
             "gradient_checkpointing": gradient_checkpointing, "kernels": kernels, "quantised": quantised,
@@ -311,7 +353,8 @@ def render(result: dict) -> str:
     task = f" for {result['task']}" if result["task"] else ""
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head{task}) + {result['method']} "
              f"({result['family']}); "
-             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
+             f"batch {result['batch_size']} × {result['seq_len']} tokens (evaluation's {result['eval_batch_size']}), "
+             f"{result['optimizer']} "
              f"({result['optimizer_update']} update), {result['dtype']} weights"
              + (", bf16 autocast" if result["compute_dtype"] == "bf16" else "") + f", {result['step_device']} kernels, "
              f"{result['attention']} attention"
@@ -320,7 +363,9 @@ def render(result: dict) -> str:
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
-        lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
+        value = m[fig.name]
+        lines.append(f"memory   {fig.name:<22}" + (f"{fig.show(value):>14}  ({value:,} bytes)" if value is not None
+                                                   else f"{'unknown':>14}"))
     if "selection_peak_bytes" in m:
         lines += [f"memory   {key:<22}{size(m[key]):>14}  ({m[key]:,} bytes)" for key in ("mask_bytes",
                                                                                          "selection_peak_bytes")]
@@ -334,5 +379,7 @@ def render(result: dict) -> str:
                      f"{result['quantised']['state_bytes']:,} bytes, is in no figure above")
     lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
     lines += [f"upper bound: {reason}" for reason in m.get("upper_bound", [])]
+    if m["eval_unknown"]:
+        lines.append(f"eval_peak_bytes unknown: {m['eval_unknown']}")
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)

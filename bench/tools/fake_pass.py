@@ -98,6 +98,18 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
         return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
 
 
+def fake_eval(model: torch.nn.Module, batch: dict, way: str, device: str = "cpu", autocast: bool = False) -> int:
+    """memory.eval_peak_bytes of the evaluation's forward (`way`, bench/cell/eval_probe.py) on `batch`, on fake
+    tensors as on `device` (its attention kernels; bf16 autocast with `autocast`), at the model's full depth: a
+    forward without gradients keeps nothing per block but what the model returns (a decoder's key-value cache),
+    and one pass costs little."""
+    from bench.cell.eval_probe import eval_peak
+
+    mode = _BatchValues(max(t.numel() for t in batch.values()))
+    with _fake_weights(model, mode), step_on(device, autocast) as region:
+        return eval_peak(model, batch, way, autocast=region, fake_mode=mode)
+
+
 def _signature(block: torch.nn.Module) -> tuple:
     return tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in block.named_parameters())
 

@@ -206,6 +206,13 @@ def _cache_key(cell: Cell, what: str = "step and selection flops") -> dict | Non
                           shape=repr(shape_of(cell)))
 
 
+def eval_shape(cell: Cell) -> tuple:
+    """What the evaluation's predicted peak depends on beyond the training step's shape (bench/cell/eval_probe.py:
+    its batch size, how it predicts, its answer options), read without torch: part of the memory's cache key."""
+    task = cell.task.evaluation
+    return cell.train.eval_batch_size, task.type, tuple(p.answers for p in task.prompts), tuple(task.labels or ())
+
+
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
     """known[shape] = (FLOPs of one training step, of one sequence's forward pass, of the selection before training
     (each None when unknown), why unknown) for every shape among the cells: from
@@ -299,16 +306,17 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, int | None, str]:
 
 
 def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> dict | None:
-    """The memory section `estimate` predicts for the cell's training (weights, gradients, optimizer state, the
-    step's peak, `predicted_peak_bytes`: docs/measurement.md) of its step as a GPU runs it (`step_device` "cpu": as a
-    CPU does), in the cell's precision (bench/tools/cuda_step.py), None when it cannot be predicted; from the disk
-    cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm).
+    """The memory section `estimate` predicts for the cell (weights, gradients, optimizer state, the training
+    step's peak, the evaluation batch's, `predicted_peak_bytes`: docs/measurement.md) as a GPU runs it
+    (`step_device` "cpu": as a CPU does), in the cell's precision (bench/tools/cuda_step.py), None when it cannot be
+    predicted; from the disk cache where this shape, optimizer and evaluation (eval_shape) were predicted before. What
+    a scheduler is asked for (--executor slurm) and what packing budgets (bench/run/packing.py).
     `shards` > 1: one device's, the cell sharded over that many (estimate --shards, bench/tools/sharding.py)."""
     from bench.tasks import cache
 
     key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
                      + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else "")
-                     + f", precision {cell.train.precision} on {step_device}")
+                     + f", precision {cell.train.precision} on {step_device}, evaluation {eval_shape(cell)!r}")
     found, value = cache.lookup(key, "plan", plan_entries.memory) if key is not None else (False, None)
     if found:
         return value
@@ -323,7 +331,8 @@ def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> 
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
                           kernels=cell.train.kernels, task=cell.task, pooling=cell.train.pooling,
-                          precision=cell.train.precision, step_device=step_device)["memory"]
+                          precision=cell.train.precision, step_device=step_device,
+                          eval_batch_size=cell.train.eval_batch_size)["memory"]
     except Exception:  # a model offline, a method that fails to build on the meta device: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:

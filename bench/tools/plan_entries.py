@@ -27,8 +27,9 @@ def step_price(value) -> bool:
 def memory(value) -> bool:
     """plan_cost.predicted_memory's entry: null (no prediction), or the memory section `estimate` predicts: its
     `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, `shards`,
-    where sharded, a count above 0, and `not_modelled` and `upper_bound` lists of texts (where the step departs from
-    a GPU's; why the prediction bounds the peak from above)."""
+    where sharded, a count above 0, `not_modelled` and `upper_bound` lists of texts (where the step departs from
+    a GPU's; why the prediction bounds the peak from above) and `eval_unknown` a text or null (why eval_peak_bytes is
+    unknown)."""
     if value is None:
         return True
     if not isinstance(value, dict) or "predicted_peak_bytes" not in value:
@@ -37,6 +38,7 @@ def memory(value) -> bool:
     reasons = [value.get("not_modelled", []), value.get("upper_bound", [])]
     return ((peak is None or count(peak, positive=True)) and ("shards" not in value or count(value["shards"], True))
             and all(isinstance(found, list) and all(isinstance(reason, str) for reason in found) for found in reasons)
+            and isinstance(value.get("eval_unknown"), (str, type(None)))
             and all(v is None or count(v) for k, v in value.items() if k.endswith("_bytes")))
 
 
