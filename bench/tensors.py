@@ -62,15 +62,15 @@ def elements(p: torch.Tensor) -> int:
     return state.shape.numel() if state is not None else p.numel()
 
 
-def count_params(model: torch.nn.Module, grad_masks=()) -> dict:
+def count_params(model: torch.nn.Module, grad_masks=(), selected: int | None = None) -> dict:
     """params.total, trainable and trainable_pct, each tensor once (4-bit weights by the weights they hold); a
     tensor with a gradient mask ((parameter, bool mask) pairs: FishMask, Child-Tuning) counts only the entries
-    that train."""
+    that train: the masks' True entries, or `selected` of them where given (a meta-device mask has no values)."""
     params = unique_tensors(model.parameters())
     masked = {id(p) for p, _ in grad_masks}
     total = sum(elements(p) for p in params)
     trainable = (sum(elements(p) for p in params if p.requires_grad and id(p) not in masked)
-                 + sum(int(mask.sum()) for _, mask in grad_masks))
+                 + (selected if selected is not None else sum(int(mask.sum()) for _, mask in grad_masks)))
     return {"total": total, "trainable": trainable,
             "trainable_pct": 100.0 * trainable / total if total else None}
 

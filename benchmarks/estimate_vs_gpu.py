@@ -61,7 +61,7 @@ def main() -> int:
 
             try:
                 now, before = peak(), peak(precision="fp32", step_device="cpu")
-            except BadInput as e:  # QLoRA's 4-bit weights are built by bitsandbytes on a GPU only
+            except BadInput as e:  # a method the estimate cannot build without weights
                 print(f"| {kind} | {weights} | {method} | – ({e.message.splitlines()[0][:80]}) | | {probed} "
                       f"| {measured} | | |")
                 continue

@@ -141,9 +141,12 @@ def test_the_estimate_is_what_the_gpus_own_probe_recorded(method):
     assert len(recorded) == 10
     result = estimate("roberta-base", method, batch_size=32, seq_len=256, dtype="fp32")
     assert (result["precision"], result["compute_dtype"]) == ("auto", "bf16")
-    assert round(result["memory"]["predicted_peak_bytes"] / 2**20) == recorded[method]
+    # those records predate the evaluation's phase: their prediction is training's (head-only's evaluation of 64 rows
+    # is now its busier phase)
+    m = result["memory"]
+    assert round((m["weights_bytes"] + m["optimizer_bytes"] + m["step_peak_bytes"]) / 2**20) == recorded[method]
     in_fp32 = estimate("roberta-base", method, batch_size=32, seq_len=256, dtype="fp32", precision="fp32")
-    assert in_fp32["memory"]["predicted_peak_bytes"] > result["memory"]["predicted_peak_bytes"]
+    assert in_fp32["memory"]["step_peak_bytes"] > m["step_peak_bytes"]
 
 
 @pytest.mark.parametrize("model, method, settings, said", [
@@ -187,6 +190,7 @@ def test_a_cpu_job_is_predicted_as_a_cpu_runs_it(monkeypatch, tmp_path):
     on_cpu, on_gpu = predicted_memory(cell, step_device="cpu"), predicted_memory(cell)
     assert on_cpu["predicted_peak_bytes"] == estimate(
         cell.model.name, "full", cell.train.batch_size, cell.train.max_length, dtype=cell.train.weights_dtype,
-        task=cell.task, pooling=cell.train.pooling, step_device="cpu")["memory"]["predicted_peak_bytes"]
+        task=cell.task, pooling=cell.train.pooling, step_device="cpu",
+        eval_batch_size=cell.train.eval_batch_size)["memory"]["predicted_peak_bytes"]
     assert on_cpu["predicted_peak_bytes"] > on_gpu["predicted_peak_bytes"]
     assert predicted_memory(cell, step_device="cpu") == on_cpu  # from the cache, under its own key

@@ -76,10 +76,15 @@ def test_stored_size_is_the_safetensors_file():
     assert out["stored_bytes"] == len(save({"a": a, "b": b}))
 
 
-def test_predicted_peak_is_the_sum_of_its_parts_or_null():
-    parts = {"weights_bytes": 1, "optimizer_bytes": 4, "step_peak_bytes": 16, "grad_bytes": 2, "activation_bytes": 8}
-    assert predicted_peak(parts) == 21  # gradients and activations are inside the step's peak
-    assert predicted_peak({**parts, "optimizer_bytes": None}) is None
+def test_predicted_peak_is_the_busier_phase_or_null():
+    parts = {"weights_bytes": 1, "optimizer_bytes": 4, "step_peak_bytes": 16, "grad_bytes": 2, "activation_bytes": 8,
+             "eval_peak_bytes": 12}
+    assert predicted_peak(parts, trains=True) == 21  # gradients and activations are inside the step's peak
+    assert predicted_peak({**parts, "eval_peak_bytes": 20}, trains=True) == 25  # evaluating beside the optimizer
+    assert predicted_peak({**parts, "step_peak_bytes": None}, trains=False) == 13  # zero-shot, ICL: no optimizer
+    assert predicted_peak({**parts, "eval_peak_bytes": None}, trains=True, evaluates=False) == 21  # a stage
+    assert predicted_peak({**parts, "optimizer_bytes": None}, trains=True) is None
+    assert predicted_peak({**parts, "eval_peak_bytes": None}, trains=True) is None  # generation
 
 
 def test_step_peak_is_the_busier_of_backward_and_the_update():

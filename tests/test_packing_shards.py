@@ -114,18 +114,19 @@ def test_a_prediction_that_may_run_high_refuses_nothing_the_cell_runs_alone():
     assert "--pack off (every cell alone on a GPU, unrefused)" in refused.value.choices
 
 
-def test_the_executor_bounds_the_peak_by_the_prediction_unless_the_estimate_says_where_it_departs(tmp_path):
+@pytest.mark.parametrize("why", ["not_modelled", "upper_bound"])
+def test_the_executor_bounds_the_peak_by_the_prediction_unless_the_estimate_says_where_it_departs(tmp_path, why):
     """A prediction whose `not_modelled` names where the estimate's step departs from a GPU's (Liger's other path:
-    bench/tools/liger_memory.py) refuses nothing: its cell runs alone on the largest device."""
+    bench/tools/liger_memory.py), or whose `upper_bound` says it bounds the peak from above (fishmask, child-tuning:
+    bench/methods/fisher.py), refuses nothing: its cell runs alone on the largest device."""
     path = tmp_path / "one.yaml"
     path.write_text("name: one\nmethods: [lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
                     "train: {batch_size: 8, max_steps: 2, max_length: 16}\n")
     (cell,) = grid.expand(load_suite(str(path)), threads=1)
 
-    def executor(not_modelled: list[str]) -> LocalExecutor:
+    def executor(reasons: list[str]) -> LocalExecutor:
         return LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 3 * GIB),
-                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 8 * GIB,
-                                                                      "not_modelled": not_modelled})
+                             predicted_memory=lambda cell, shards=1: {"predicted_peak_bytes": 8 * GIB, why: reasons})
 
     assert executor(["Liger's fused loss ... another path"]).demand(cell) == (budget_of(8 * GIB), 1)
     with pytest.raises(BadInput, match="fits no GPU of --gpus"):
@@ -184,9 +185,10 @@ def test_the_runs_prediction_per_device_is_the_estimates_sharded_one(tmp_path):
     path.write_text("name: packing\nmethods: [full]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
                     "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
     (cell,) = grid.expand(load_suite(str(path)), threads=1)
-    sharded = estimate("tiny-llama", "full", 8, 16, shards=2)["memory"]
+    as_the_cell = {"task": cell.task, "eval_batch_size": cell.train.eval_batch_size}
+    sharded = estimate("tiny-llama", "full", 8, 16, shards=2, **as_the_cell)["memory"]
     assert predicted_memory(cell, shards=2) == sharded and sharded["shards"] == 2
-    assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16)["memory"]  # cached apart from it
+    assert predicted_memory(cell) == estimate("tiny-llama", "full", 8, 16, **as_the_cell)["memory"]  # cached apart
 
 
 @pytest.fixture

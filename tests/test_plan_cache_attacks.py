@@ -45,6 +45,7 @@ def memory_entry(cell) -> tuple[dict, Path]:
     '{"predicted_peak_bytes": NaN}', '{"predicted_peak_bytes": -5}', '{"predicted_peak_bytes": Infinity}',
     '{"predicted_peak_bytes": "9"}', '{"predicted_peak_bytes": true}',
     '{"predicted_peak_bytes": 9, "not_modelled": "x"}', '{"predicted_peak_bytes": 9, "not_modelled": [1]}',
+    '{"predicted_peak_bytes": 9, "eval_unknown": 5}',
     '{"weights_bytes": -1, "predicted_peak_bytes": 9}', '[1, 2]', '"x"', '{"weights_bytes": 5', '',
     "[" * 100_000 + "]" * 100_000, '{"predicted_peak_bytes": 1' + "0" * 5000 + "}", b"\xff\xfe".decode("latin-1")],
     ids=lambda damage: damage[:40])
@@ -60,8 +61,8 @@ def test_a_damaged_memory_prediction_is_predicted_again(cell, damage):
     assert json.loads(path.read_text()) == predicted
 
 
-@pytest.mark.parametrize("damage", ['["a", "b", ""]', '[NaN, NaN, ""]', '[-1, -2, ""]', '[1.5, 2, ""]',
-                                    '[1, 2]', '[1, 2, 3]', '{"train_step": 1}'])
+@pytest.mark.parametrize("damage", ['["a", "b", 0, ""]', '[NaN, NaN, 0, ""]', '[-1, -2, 0, ""]', '[1.5, 2, 0, ""]',
+                                    '[1, 2, ""]', '[1, 2, 3, 4]', '[1, 2, -3, ""]', '{"train_step": 1}'])
 def test_a_damaged_step_price_is_priced_again(cell, damage):
     """Before the fix, a 3-item list was taken as the price: strings crashed the dry-run (TypeError), NaN crashed it
     (ValueError), a negative or fractional price was printed and summed."""
@@ -73,9 +74,13 @@ def test_a_damaged_step_price_is_priced_again(cell, damage):
 
 
 def test_each_plan_entry_check_takes_what_its_writer_stores_and_nothing_else():
-    assert plan_entries.step_price([36378624, 2367744, ""]) and plan_entries.step_price([None, None, "unknown: x"])
+    assert plan_entries.step_price([36378624, 2367744, 0, ""])
+    assert plan_entries.step_price([None, None, None, "unknown: x"])
     assert plan_entries.memory(None) and plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": None})
     assert plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 7, "shards": 2})
+    assert plan_entries.memory({"predicted_peak_bytes": 7, "selection_peak_bytes": 6, "upper_bound": ["x"]})
+    assert not plan_entries.memory({"predicted_peak_bytes": 7, "upper_bound": "x"})
+    assert not plan_entries.memory({"predicted_peak_bytes": 7, "upper_bound": [1]})
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 7, "shards": 0})
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 0})
     assert not plan_entries.memory({"weights_bytes": 5})  # no prediction stored: not the estimate's section

@@ -151,7 +151,7 @@ def test_a_cell_is_priced_with_its_pooling(write_suite, monkeypatch, tmp_path):
         (cells[pooling],) = grid.expand(load_suite(str(write_suite(POOLED.replace("POOLING", pooling)))))
         assert cells[pooling].train.pooling == pooling
     assert plan_cost.shape_of(cells["cls"]) != plan_cost.shape_of(cells["mean"])
-    (cls_step, cls_forward, _), (mean_step, mean_forward, _) = [plan_cost._step_flops(c) for c in cells.values()]
+    (cls_step, cls_forward, _, _), (mean_step, mean_forward, _, _) = [plan_cost._step_flops(c) for c in cells.values()]
     h, rows = closed_forms.H, cells["cls"].train.batch_size
     assert cls_forward - mean_forward == 2 * h * h
     assert cls_step - mean_step == 2 * rows * 2 * h * h

@@ -483,3 +483,27 @@ def test_a_named_gpu_prices_at_its_measured_rate(write_suite, tmp_path, capsys):
     assert main(["run", "--suite", str(path), "--dry-run", "--gpu", "h200", "--tflops", "2",
                  "--results", str(tmp_path)]) == 2
     assert "--gpu and --tflops both give the rate" in capsys.readouterr().err
+
+
+def test_a_plan_cache_key_names_the_packages_the_method_declares(write_suite, monkeypatch):
+    """QLoRA's price comes from the twin of bitsandbytes' 4-bit layer: a cached price of another bitsandbytes version
+    must not be used (the key named torch, transformers and peft only). A package not installed keys as null."""
+    import importlib.metadata as md
+
+    from bench.tools import plan_cost
+
+    pytest.importorskip("bitsandbytes")
+    path = write_suite("name: k\nmethods: [qlora, lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                       "train: {max_steps: 10}\n")
+    cells = {c.method: c for c in grid.expand(load_suite(str(path)), threads=1)}
+    assert set(plan_cost._cache_key(cells["lora"])["versions"]) == {"torch", "transformers", "peft"}
+    assert plan_cost._cache_key(cells["qlora"])["versions"]["bitsandbytes"] == md.version("bitsandbytes")
+    real = md.version
+
+    def without_bitsandbytes(name):
+        if name == "bitsandbytes":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "version", without_bitsandbytes)
+    assert plan_cost._cache_key(cells["qlora"])["versions"]["bitsandbytes"] is None

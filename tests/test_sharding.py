@@ -29,7 +29,7 @@ def llama(layers: int = 4) -> torch.nn.Module:
 def test_one_device_of_n_holds_a_share_of_the_states_and_two_gathered_blocks():
     memory = {"weights_bytes": 80 * GIB, "trainable_bytes": 80 * GIB, "grad_bytes": 80 * GIB,
               "optimizer_bytes": 160 * GIB, "activation_bytes": 30 * GIB, "step_peak_bytes": 200 * GIB,
-              "predicted_peak_bytes": 440 * GIB}
+              "eval_peak_bytes": 30 * GIB, "predicted_peak_bytes": 440 * GIB}
     block = (2 * GIB, 2 * GIB)
     # passes: max(activations 30, live 100 - grads sharded away (80 - 20 = 60) = 40) = 40 GiB;
     # update: grads 20 + temporaries 8 / 4 = 22 GiB; step peak = batch 1 + 40 + gathered (2 x 2 + 2 = 6) = 47 GiB
@@ -37,6 +37,13 @@ def test_one_device_of_n_holds_a_share_of_the_states_and_two_gathered_blocks():
     assert out["weights_bytes"] == out["grad_bytes"] == 20 * GIB and out["optimizer_bytes"] == 40 * GIB
     assert out["gathered_bytes"] == 6 * GIB and out["step_peak_bytes"] == 47 * GIB
     assert out["predicted_peak_bytes"] == (20 + 40 + 47) * GIB and out["shards"] == 4
+    # an evaluation batch gathers two blocks' parameters (no gradient): 30 + 2 x 2; the busier phase is the peak
+    assert out["eval_peak_bytes"] == 34 * GIB
+    busy = sharded_memory({**memory, "eval_peak_bytes": 50 * GIB}, 4, block, 1 * GIB, 100 * GIB, 8 * GIB)
+    assert busy["predicted_peak_bytes"] == (20 + 40 + 54) * GIB
+    assert sharded_memory({**memory, "eval_peak_bytes": None}, 4, block, 0, 0, 0)["predicted_peak_bytes"] is None
+    evaluates = sharded_memory(memory, 4, block, 1 * GIB, 100 * GIB, 8 * GIB, trains=False)  # zero-shot, ICL
+    assert evaluates["predicted_peak_bytes"] == (20 + 34) * GIB
     assert out["activation_bytes"] == 30 * GIB  # every device runs the cell's whole batch: as given
     # the activations alone, at the end of the forward, bound the passes from below
     low = sharded_memory(memory, 4, block, batch_bytes=0, live_peak=31 * GIB, update_bytes=0)

@@ -73,18 +73,65 @@ def predict(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, de
     return preds
 
 
+def classifier_logits(model, batch: dict) -> torch.Tensor:
+    """A classifier's evaluation forward: its logits, in fp32."""
+    return model(**batch).logits.float()
+
+
+def _input_length(feature: dict) -> int:
+    return len(feature["input_ids"])
+
+
+def _prompt_length(example: tuple) -> int:  # an encoder-decoder's (prompt feature, options) example
+    return len(example[0]["input_ids"])
+
+
+def _pair_length(pair: dict) -> int:
+    return len(pair["input_ids"]) + len(pair["labels"])
+
+
+def _options_batch(chunk: list[tuple], pad: int) -> dict:
+    return options_collate([f["input_ids"] for f, _ in chunk], [options for _, options in chunk], pad)
+
+
+def prompts_per_batch(choices: list[list], batch_size: int) -> int:
+    """An encoder-decoder's prompts per rank-classification batch: as many as keep its option rows within the
+    batch size."""
+    return max(1, batch_size // max(len(options) for options in choices))
+
+
+def option_pairs(kind: str, evalset: EvalSet) -> list[dict]:
+    """A decoder's rank-classification rows: each (prompt, answer option) of every example, in order."""
+    return [lm_example(kind, f["input_ids"], c) for f, options in zip(evalset.features, evalset.choices)
+            for c in options]
+
+
+def longest_batch(bundle, evalset: EvalSet, batch_size: int) -> dict | None:
+    """The batch of the evaluation's longest examples, collated as predict collates a batch (its busiest, as
+    bench/cell/eval_probe.py measures it): None for generation, whose batches are predicted by generate."""
+    pad = bundle.tokenizer.pad_token_id
+    if bundle.head == "classifier":
+        return collate(sorted(evalset.features, key=lambda f: -_input_length(f))[:batch_size], pad)
+    if evalset.choices is None:
+        return None
+    if bundle.kind == "encoder-decoder":
+        examples = sorted(zip(evalset.features, evalset.choices), key=lambda e: -_prompt_length(e))
+        return _options_batch(examples[:prompts_per_batch(evalset.choices, batch_size)], pad)
+    return collate(sorted(option_pairs(bundle.kind, evalset), key=lambda p: -_pair_length(p))[:batch_size], pad)
+
+
 def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: int, device, autocast) -> list:
     pad = bundle.tokenizer.pad_token_id
     if bundle.head == "classifier":
         def classify(chunk):
             with autocast():
-                logits = model(**to_device(collate(chunk, pad), device)).logits.float()
+                logits = classifier_logits(model, to_device(collate(chunk, pad), device))
             return logits.squeeze(-1).tolist() if task.type == "regression" else logits.argmax(-1).tolist()
 
-        return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), classify)
+        return _longest_first(evalset.features, batch_size, _input_length, classify)
     if evalset.choices is not None and bundle.kind == "encoder-decoder":
         def score_options(chunk):  # each prompt through the encoder once, its options through the decoder
-            batch = options_collate([f["input_ids"] for f, _ in chunk], [options for _, options in chunk], pad)
+            batch = _options_batch(chunk, pad)
             with autocast():
                 flat = sequence_logprob(model, to_device(batch, device), task.length_normalize)
             rows, start = [], 0
@@ -94,17 +141,15 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
             return rows
 
         examples = list(zip(evalset.features, evalset.choices))
-        per_batch = max(1, batch_size // max(len(options) for options in evalset.choices))  # label rows <= batch
-        scores = _longest_first(examples, per_batch, lambda e: len(e[0]["input_ids"]), score_options)
+        scores = _longest_first(examples, prompts_per_batch(evalset.choices, batch_size), _prompt_length,
+                                score_options)
         return [max(range(len(row)), key=row.__getitem__) for row in scores]
     if evalset.choices is not None:
         def score(chunk):
             with autocast():
                 return sequence_logprob(model, to_device(collate(chunk, pad), device), task.length_normalize)
 
-        pairs = [lm_example(bundle.kind, f["input_ids"], c)
-                 for f, options in zip(evalset.features, evalset.choices) for c in options]
-        scores = _longest_first(pairs, batch_size, lambda p: len(p["input_ids"]) + len(p["labels"]), score)
+        scores = _longest_first(option_pairs(bundle.kind, evalset), batch_size, _pair_length, score)
         preds, start = [], 0
         for options in evalset.choices:
             row = scores[start: start + len(options)]
@@ -123,7 +168,7 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
             out = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in bundle.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    return _longest_first(evalset.features, batch_size, lambda f: len(f["input_ids"]), generate,
+    return _longest_first(evalset.features, batch_size, _input_length, generate,
                           padding_moves_positions(bundle, model))
 
 
@@ -154,8 +199,9 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     elif rows is not None:
         batch = {key: value.index_select(0, rows) for key, value in batch.items()}
     decoder_only = not is_encoder_decoder(model)
-    # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids
-    logits = model(**batch, **({} if decoder_only else {"labels": labels})).logits
+    # encoder-decoders need the labels to build decoder inputs; decoders read them from input_ids. No key-value
+    # cache: nothing decodes after this forward, and the cache would hold every layer's keys and values at once
+    logits = model(**batch, use_cache=False, **({} if decoder_only else {"labels": labels})).logits
     if logits.shape[1] != labels.shape[1]:  # decoder: prompt tuning prepends virtual tokens
         logits = logits[:, -labels.shape[1]:]
     if decoder_only:

@@ -25,6 +25,9 @@ import time
 
 import torch
 
+from bench.cell.batching import to_device
+from bench.cell.eval_probe import eval_peak, way_of
+from bench.cell.evaluate import longest_batch
 from bench.cell.forgetting import general_text, lm_loss
 from bench.cell.measure import (
     PeakMemory,
@@ -140,7 +143,29 @@ class StepProbe(Instrument):
                       step_peak_bytes=step_peak_bytes(self.step, update_bytes(result.optimizer_update, trainable)))
         record["flops"].update(training_flops(self.step, record["params"]["total"], run.bundle.kind,
                                               result.positions, result.tokens))
-        memory["predicted_peak_bytes"] = predicted_peak(memory)
+        memory["predicted_peak_bytes"] = predicted_peak(memory, trains=True, evaluates=evaluates(run))
+
+
+def evaluates(run) -> bool:
+    """Whether the cell evaluates: all but a pre-training stage, scored on nothing (bench/cell/recipe.py)."""
+    return bool(run.evalsets or run.member_evalsets)
+
+
+class EvalProbe(Instrument):
+    """memory.eval_peak_bytes: the longest batch of each evaluation split and template through the forward the
+    evaluation predicts with (bench/cell/eval_probe.py), before training (training changes no shape); then, for a
+    cell that trains nothing, memory.predicted_peak_bytes (a training cell's: StepProbe, once trained)."""
+
+    def before_training(self, run, record):
+        memory, model = record["memory"], run.adapted.model
+        way = way_of(run.bundle.head, run.evaluation)
+        if way is not None and run.evalsets and not sharded(model):
+            batches = [longest_batch(run.bundle, evalset, run.cell.train.eval_batch_size)
+                       for sets in run.evalsets.values() for evalset in sets]
+            memory["eval_peak_bytes"] = max(eval_peak(model, to_device(batch, run.device), way, run.autocast)
+                                            for batch in batches)
+        if not run.adapted.trains:
+            memory["predicted_peak_bytes"] = predicted_peak(memory, trains=False, evaluates=evaluates(run))
 
 
 class InferenceFlops(Instrument):
@@ -299,7 +324,8 @@ def standard() -> Instruments:
     Throughput divides it by time; the probe runs before the training window opens (its warm-up must not count
     in the peaks); the evaluation's peak window encloses its timer, so eval_s does not include resetting and
     reading the peaks; the speed of prediction is measured after the stored state's size is read, as merging
-    may change the adapted model; the untrained model's loss on general text is measured before the probe
-    step, so that the probe warms up what training runs with."""
+    may change the adapted model; the untrained model's loss on general text and the evaluation's longest batch are
+    measured before the probe step, so that the probe warms up what training runs with; the evaluation's probe
+    writes eval_peak_bytes before the step probe's predicted peak reads it."""
     return Instruments(TimeToTraining(), EvaluationPeak(), Timer(), Resolved(), StaticFigures(), Forgetting(),
-                       StepProbe(), InferenceFlops(), TrainingPeak(), Throughput(), InferenceSpeed())
+                       EvalProbe(), StepProbe(), InferenceFlops(), TrainingPeak(), Throughput(), InferenceSpeed())

@@ -49,13 +49,20 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
 
 
-PREDICTED_PARTS = ("weights_bytes", "optimizer_bytes", "step_peak_bytes")
+# What each phase of a cell holds at its busiest: a training step, and an evaluation batch (during training, beside
+# the optimizer's state; a cell that trains nothing has none)
+TRAINING_PARTS = ("weights_bytes", "optimizer_bytes", "step_peak_bytes")
+EVALUATION_PARTS = ("weights_bytes", "optimizer_bytes", "eval_peak_bytes")
 
 
-def predicted_peak(memory: dict) -> int | None:
-    """memory.predicted_peak_bytes: the sum of PREDICTED_PARTS, null if any part is unknown."""
-    parts = [memory.get(k) for k in PREDICTED_PARTS]
-    return None if any(p is None for p in parts) else sum(parts)
+def predicted_peak(memory: dict, trains: bool, evaluates: bool = True) -> int | None:
+    """memory.predicted_peak_bytes: the larger of the sums of TRAINING_PARTS (a cell that `trains`) and of
+    EVALUATION_PARTS (a cell that `evaluates`: all but a pre-training stage; without the optimizer's state for one
+    that does not train), null if a part of either is unknown."""
+    evaluation = EVALUATION_PARTS if trains else ("weights_bytes", "eval_peak_bytes")
+    phases = [TRAINING_PARTS] * trains + [evaluation] * evaluates
+    sums = [[memory.get(k) for k in parts] for parts in phases]
+    return None if any(p is None for parts in sums for p in parts) else max(sum(parts) for parts in sums)
 
 
 def stored_size(state: dict[str, torch.Tensor]) -> dict:

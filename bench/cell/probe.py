@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Hashable
@@ -61,6 +63,21 @@ ATTENTION_FLOPS = {
                          "_scaled_dot_product_efficient_attention_backward",
                          "_scaled_dot_product_cudnn_attention_backward"), _attention_backward_flops),
 }
+
+
+def _gemm_4bit_flops(a_shape, b_shape, shape_b, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(a_shape) * shape_b[0]  # A [..., K] times the [N, K] weight: a linear layer's 2 M K N
+
+
+def custom_flops() -> dict:
+    """The formulas the probe and evaluation's count add to FlopCounterMode's table: ATTENTION_FLOPS, and where
+    bitsandbytes is imported (QLoRA) its 4-bit matrix product, one operator (`gemm_4bit`, which dequantises the weight
+    inside, on a GPU or its CPU backend) counted as the linear layer it computes; the dequantisation, elementwise,
+    counts nothing, as no elementwise work does."""
+    formulas = dict(ATTENTION_FLOPS)
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is not None:
+        formulas[torch.ops.bitsandbytes.gemm_4bit] = _gemm_4bit_flops
+    return formulas
 
 
 @dataclass
@@ -142,7 +159,8 @@ class StepCounters(LiveBytes):
     """LiveBytes, and within the same block the step's two other counts, taken without holding a tensor:
 
     - `flops`: FLOPs by FlopCounterMode's formula table (`torch.utils.flop_counter`, as registered when the
-      block is made, with ATTENTION_FLOPS for every fused attention kernel), per operator as it runs.
+      block is made, with custom_flops: every fused attention kernel, bitsandbytes' 4-bit product), per operator
+      as it runs.
       FlopCounterMode also decomposes operators that have no formula; under autograd, as in a training step,
       composite operators are decomposed before any mode sees them, and what is left to it (inference mode,
       higher-order operators, Python decompositions of elementwise kernels) is not a training step's matrix products:
@@ -163,7 +181,7 @@ class StepCounters(LiveBytes):
         super().__init__(phase)
         self.flops = 0
         self._formulas = {**flop_counter.flop_registry,
-                          **{op: flop_counter.shape_wrapper(f) for op, f in ATTENTION_FLOPS.items()}}
+                          **{op: flop_counter.shape_wrapper(f) for op, f in custom_flops().items()}}
         self.saved: list[tuple[int, int]] = []  # (storage key, bytes) of every storage saved in the block
         self._saved_alive: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -354,7 +372,7 @@ def inference_flops(bundle, model, evalset, task, device, autocast, n_params: in
     rows = len(sample.features)
     cuda = torch.device(device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []), \
-            flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
+            flop_counter.FlopCounterMode(display=False, custom_mapping=custom_flops()) as counter:
         predict(bundle, model, sample, task, rows, device, autocast)
     prompts = [len(f["input_ids"]) for f in sample.features]
     if sample.choices is not None:  # an encoder-decoder reads each prompt once (evaluate.encodes_once)

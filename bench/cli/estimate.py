@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from bench.config import TrainConfig
 from bench.errors import BadInput, unknown
 
 
@@ -14,6 +15,8 @@ def add(sub) -> None:
                      "'compose(prefix-tuning+adapter-parallel)', its parts at their defaults")
     est.add_argument("--batch-size", type=int, default=8, help="rows per step (default: 8)")
     est.add_argument("--seq-len", type=int, default=512, help="tokens per row (default: 512)")
+    est.add_argument("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size, help="rows per evaluation "
+                     f"batch, the training setting eval_batch_size (default: {TrainConfig.eval_batch_size})")
     est.add_argument("--optimizer", default="adamw", help="an optimizer of bench/optimizers.py: "
                      "adamw, adafactor, adafactor-tfew or sgd (default: adamw)")
     est.add_argument("--weights-dtype", "--dtype", dest="weights_dtype", default="auto",
@@ -87,6 +90,7 @@ def command(args) -> int:
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
                       settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
-                      shards=args.shards, kernels=args.kernels, task=task, precision=args.precision)
+                      shards=args.shards, kernels=args.kernels, task=task, precision=args.precision,
+                      eval_batch_size=args.eval_batch_size)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

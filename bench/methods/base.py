@@ -67,6 +67,27 @@ def composed_size(states: list[dict[str, torch.Tensor]]) -> dict[str, int | None
 
 
 @dataclass
+class Selection:
+    """What a method that chooses its trained entries from data (Fisher scores) does before training, as its
+    meta-device twin declares it for `estimate` (bench/tools/estimate.py prices it): `passes` forward and backward
+    passes of `rows` rows each at the model's eval mode, computing the gradients of `scored` only, while the
+    calibration batches (`calibration_rows` rows) and `held_bytes` of scores are alive, with `pass_bytes` of
+    temporaries beside the gradients after each backward; then the choice itself, holding `choice_bytes` at its
+    busiest. The twin trains every tensor that may get a selected entry: `upper_bound` says why that bounds the
+    cell's trained tensors from above."""
+
+    scored: list
+    passes: int
+    rows: int
+    calibration_rows: int
+    held_bytes: int
+    pass_bytes: int
+    choice_bytes: int
+    mask_bytes: int  # the masks, held through training
+    upper_bound: str
+
+
+@dataclass
 class Adapted:
     """A model after a method was applied, with what the harness needs to train, store and check it."""
 
@@ -85,6 +106,9 @@ class Adapted:
     # adapters, MAD-X's target languages' adapters), which it needs beside its own stored state: composed_size of
     # them, taken when they are read, so the cell holds their sizes, never a second copy of their tensors
     composed: dict[str, int | None] = field(default_factory=lambda: composed_size([]))
+    # A meta-device twin's masks have no values: the entries they select, known in closed form (None: counted)
+    selected_entries: int | None = None
+    selection: Selection | None = None  # a meta-device twin's phase before training (Fisher scoring)
 
     def state_to_store(self) -> dict[str, torch.Tensor]:
         """The tensors that must be saved to restore the fine-tuned model (task head included)."""
@@ -101,7 +125,7 @@ class Adapted:
     def params(self) -> dict:
         from bench.tensors import count_params
 
-        return count_params(self.model, self.grad_masks)
+        return count_params(self.model, self.grad_masks, self.selected_entries)
 
 
 Build = Callable[["nn.Module", dict, ApplyContext], Adapted]

@@ -44,9 +44,13 @@ def _in_context(model, config, ctx):
         raise Unsupported("in-context demonstrations come from the task's own training rows, and "
                           f"{ctx.task.name} is evaluated on another task ({ctx.task.evaluation.name})")
     freeze(model)
-    demos = torch.tensor(demonstration_ids(ctx.task, ctx.bundle.tokenizer, ctx.task.prompts[0], ctx.train_rows),
-                         dtype=torch.int32)
-    return Adapted(model, stored_state=lambda: {"demonstrations": demos})
+
+    def demonstrations():  # tokenised when stored: a weightless build (estimate's, on the meta device) has no
+        # tokenizer and stores nothing, and what it evaluates is priced at its prompts' length
+        ids = demonstration_ids(ctx.task, ctx.bundle.tokenizer, ctx.task.prompts[0], ctx.train_rows)
+        return {"demonstrations": torch.tensor(ids, dtype=torch.int32)}
+
+    return Adapted(model, stored_state=demonstrations)
 
 
 register(

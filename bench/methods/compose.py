@@ -36,6 +36,7 @@ class Composition:
     its name, family and resolved config, as of a Method."""
 
     in_context = False
+    trains = True  # every part trains: a part that trains nothing is refused (parts_of)
     family = FAMILY
 
     def __init__(self, name: str):
@@ -101,9 +102,16 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
         rest = {k: v for k, v in state.items() if "/" not in k}  # parameter names never hold a "/"
         load_by_name(model, rest)
 
+    # meta-device twins of Fisher-masked parts (bench/methods/fisher.py): their closed-form counts, their selection
+    twins = [a for a, _ in applied if a.selected_entries is not None]
+    if len(twins) > 1:
+        raise Unsupported("the estimate prices one selection before training, and this composition makes "
+                          f"{len(twins)} (its Fisher-masked parts)")
     return Adapted(model, after_backward=[h for a, _ in applied for h in a.after_backward],
                    after_step=[h for a, _ in applied for h in a.after_step], stored_state=stored,
-                   load_stored=load, grad_masks=[m for a, _ in applied for m in a.grad_masks])
+                   load_stored=load, grad_masks=[m for a, _ in applied for m in a.grad_masks],
+                   selected_entries=twins[0].selected_entries if twins else None,
+                   selection=twins[0].selection if twins else None)
 
 
 def _freeze_replaced_originals(model: torch.nn.Module) -> None:

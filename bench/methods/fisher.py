@@ -15,6 +15,12 @@ weight decay). The task head trains in full.
   clipping factor is the unmasked gradient's (revision 2; revision 1 did neither).
 Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
 entry are not trained at all (no gradient, no optimizer state).
+
+On the meta device (`estimate`, `run --dry-run`) there are no weights to score: each method builds its twin
+(_twin), whose masks have the eligible tensors' shapes and no values, which trains every tensor that may get a
+selected entry (an upper bound of what the cell trains: the data decide which do), counts round(share·N) selected
+entries as the cell's masks hold, and declares the scoring passes and the choice (base.Selection) for the estimate
+to price.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import re
 from typing import TYPE_CHECKING
 
 from bench.archs import ARCHS
-from bench.methods.base import Adapted, Method, freeze, register, train_head, trainable_state
+from bench.methods.base import Adapted, Method, Selection, freeze, register, train_head, trainable_state
 
 if TYPE_CHECKING:
     import torch
@@ -65,25 +71,51 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
     return scores
 
 
+def kept_entries(share: float, eligible: int) -> int:
+    """The entries top_share_masks keeps of `eligible`: round(share·N), at least one."""
+    return max(1, int(round(share * eligible)))
+
+
 def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tensor]:
     """Masks keeping the `share` highest-scoring entries over all tensors together (round(share·N) entries)."""
     import torch
 
     flat = torch.cat([s.flatten() for s in scores])
-    keep = max(1, int(round(share * flat.numel())))
+    keep = kept_entries(share, flat.numel())
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     chosen[torch.topk(flat, keep, sorted=False).indices] = True
     return [m.view_as(s) for m, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores)]
 
 
-def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None = None) -> Adapted:
+def _twin(named, share: float, passes: int, rows: int, calibration_rows: int, why: str):
+    """The meta-device twin's masks (every eligible tensor's shape, no values) and its Selection: `passes` passes of
+    `rows` rows scoring the `named` tensors, with the memory fisher_scores and top_share_masks hold (fp32 scores of
+    every entry; after each backward, the largest tensor's squared gradient and its share, fp32; in the choice, the
+    scores, their concatenation, the bool `chosen` over all entries and topk's fp32 values and int64 indices of the
+    kept ones); `why`: what the twin's trained tensors assume."""
+    import torch
+
+    eligible = sum(p.numel() for _, p in named)
+    kept = kept_entries(share, eligible)
+    masks = [(n, p, torch.empty_like(p, dtype=torch.bool, device="meta")) for n, p in named]
+    return masks, kept, Selection(
+        scored=[p for _, p, _ in masks], passes=passes, rows=rows, calibration_rows=calibration_rows,
+        held_bytes=4 * eligible, pass_bytes=2 * 4 * max(p.numel() for _, p in named),
+        choice_bytes=(4 + 4 + 1) * eligible + (4 + 8) * kept, mask_bytes=eligible,
+        upper_bound=f"{why}: every one is taken to have a selected entry, so it trains (gradient, optimizer state); "
+                    "which do is the Fisher scores' choice, so this is an upper bound of the memory the cell's trained "
+                    "tensors take, exact where each has one")
+
+
+def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None = None, twin=None) -> Adapted:
     """Train the selected entries of masked tensors, the `unmasked` tensors in full, and the head; with
     `clip_before_mask`, the whole gradient is clipped to that norm before the masks apply (the training loop's
-    own clipping, after the masks, then finds nothing left to clip)."""
+    own clipping, after the masks, then finds nothing left to clip). `twin`: the meta-device twin's (masks, kept
+    entries, Selection) from _twin, in place of `masks_for`."""
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
-    named = [(n, p, m) for n, p, m in masks_for() if m.any()]
+    named = twin[0] if twin else [(n, p, m) for n, p, m in masks_for() if m.any()]
     freeze(model)
     for p in [p for _, p, _ in named] + list(unmasked):
         p.requires_grad_(True)
@@ -116,17 +148,22 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
                 elif not key.endswith(".indices"):
                     params[key].copy_(values)
 
-    return Adapted(model, after_backward=[mask_gradients], stored_state=stored, load_stored=load, grad_masks=pairs)
+    return Adapted(model, after_backward=[mask_gradients], stored_state=stored, load_stored=load, grad_masks=pairs,
+                   selected_entries=twin[1] if twin else None, selection=twin[2] if twin else None)
 
 
 def _fishmask(model, config, ctx):
+    n_batches = -(-config["fisher_samples"] // ctx.train.batch_size)
+
     def masks():
         named = _eligible(model, ctx, layers_only=False)
-        batches = ctx.calibration(-(-config["fisher_samples"] // ctx.train.batch_size))
-        scores = fisher_scores(model, [p for _, p in named], batches, per_example=True)
+        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(n_batches), per_example=True)
         return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
 
-    return _masked(model, ctx, masks)
+    rows = n_batches * ctx.train.batch_size  # scored one by one
+    twin = _twin(_eligible(model, ctx, layers_only=False), config["keep_ratio"], rows, 1, rows,
+                 "fishmask masks every parameter tensor but the head's") if ctx.device == "meta" else None
+    return _masked(model, ctx, masks, twin=twin)
 
 
 def _child_tuning(model, config, ctx):
@@ -139,7 +176,10 @@ def _child_tuning(model, config, ctx):
                                per_example=False, clip_norm=ctx.train.max_grad_norm)
         return [(n, p, m) for (n, p), m in zip(layers, top_share_masks(scores, config["reserve_ratio"]))]
 
-    return _masked(model, ctx, masks, unmasked=outside, clip_before_mask=ctx.train.max_grad_norm)
+    rows = config["fisher_batches"] * ctx.train.batch_size
+    twin = _twin(layers, config["reserve_ratio"], config["fisher_batches"], ctx.train.batch_size, rows,
+                 "child-tuning masks every tensor of the transformer layers") if ctx.device == "meta" else None
+    return _masked(model, ctx, masks, unmasked=outside, clip_before_mask=ctx.train.max_grad_norm, twin=twin)
 
 
 register(

@@ -2,7 +2,9 @@
 
 Quantisation needs CUDA and bitsandbytes; anywhere else the cell is recorded `unsupported` with the
 reason. The frozen linear layers (task head and LM head excepted) become bitsandbytes Linear4bit
-with double quantisation and bf16 compute, as in the paper; LoRA then adapts all of them.
+with double quantisation and bf16 compute, as in the paper; LoRA then adapts all of them. On the meta device
+(`estimate`, `run --dry-run`) each becomes the twin of what bitsandbytes stores and runs on a GPU
+(bench/layers/nf4_twin.py), so the estimate is of the CUDA path.
 """
 
 from __future__ import annotations
@@ -20,11 +22,28 @@ if TYPE_CHECKING:
 _LORA = peft_build("LoraConfig")
 
 
+def _quantised(child: nn.Linear, device) -> nn.Module:
+    """`child` as a bitsandbytes 4-bit layer on `device` (on the meta device: its twin)."""
+    import bitsandbytes as bnb
+    import torch
+    from torch import nn
+
+    if device.type == "meta":
+        from bench.layers.nf4_twin import Linear4bitTwin
+
+        return Linear4bitTwin(child)
+    q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                          compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+    q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4",
+                                 compress_statistics=True)
+    if child.bias is not None:
+        q.bias = nn.Parameter(child.bias.data, requires_grad=False)
+    return q.to(device)  # moving to the device quantises the weight
+
+
 def _quantise(model: nn.Module, keep: tuple[str, ...], device) -> int:
     """Every nn.Linear but the heads and the layers the model keeps in fp32 (T5's `wo`, whose input T5 casts
     to that layer's weight dtype) becomes a 4-bit layer on `device`; returns how many."""
-    import bitsandbytes as bnb
-    import torch
     from torch import nn
 
     full_precision = set(getattr(model, "_keep_in_fp32_modules", None) or ())
@@ -35,13 +54,7 @@ def _quantise(model: nn.Module, keep: tuple[str, ...], device) -> int:
             if (not isinstance(child, nn.Linear) or full.startswith(keep) or name == "lm_head"
                     or full_precision & set(full.split("."))):
                 continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                  compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
-            q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)
-            if child.bias is not None:
-                q.bias = nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, name, q.to(device))  # moving to the device quantises the weight
+            setattr(parent, name, _quantised(child, device))
             swapped += 1
     # as transformers' own 4-bit loading marks a model: peft then wraps these layers in its 4-bit LoRA layer
     # (which merges by dequantising), and transformers counts each packed weight as its two elements
@@ -50,12 +63,12 @@ def _quantise(model: nn.Module, keep: tuple[str, ...], device) -> int:
 
 
 def quantising_device(ctx):
-    """Where the 4-bit weights are made and live: the cell's device, which must be a GPU. (The tests stand
-    bitsandbytes' CPU backend in for it where there is none.)"""
+    """Where the 4-bit weights are made and live: the cell's device, which must be a GPU, or the meta device, where
+    the estimate builds their twins. (The tests stand bitsandbytes' CPU backend in for it where there is none.)"""
     import torch
 
     device = torch.device(ctx.device)
-    if device.type != "cuda":
+    if device.type not in ("cuda", "meta"):
         raise Unsupported("QLoRA quantises the base model with bitsandbytes, which needs a CUDA device",
                           environment=True)
     return device

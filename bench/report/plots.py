@@ -102,7 +102,8 @@ def memory_breakdown(agg: pd.DataFrame, folder: Path) -> list[Plot]:
         missing_parts = [r for _, r in rows.iterrows() if any(missing(r[c]) for c, _ in parts)]
         caption = ("Bars: weights, gradients, optimizer state and saved activations, per method on its task with "
                    "the largest measured peak (stacked as if all were held at once); diamond: the measured peak; "
-                   "bar mark: the predicted peak, from what the probe step held at once (memory.step_peak_bytes).")
+                   "bar mark: the predicted peak, the busier of what the probe step and the evaluation's longest "
+                   "batch held at once (memory.predicted_peak_bytes).")
         caption += not_shown(pd.DataFrame(missing_parts), "some parts not recorded, drawn as missing, not zero") \
             if missing_parts else ""
         plot_title = f"{model}: {title.lower()}"

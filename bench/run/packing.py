@@ -1,7 +1,8 @@
 """Packing cells onto GPUs by their predicted memory (`run --gpus`): as many cells on a device as their budgets fit.
 
-A cell's budget is its predicted peak (`memory.predicted_peak_bytes`, what `peft-bench estimate` computes) with
-MEMORY_MARGIN and OTHER_BYTES on top; the cell process holds its CUDA caching allocator to that budget
+A cell's budget is its predicted peak (`memory.predicted_peak_bytes`, what `peft-bench estimate` computes: the
+larger of its training step's and its evaluation batch's, the evaluation's alone for a cell that trains nothing)
+with MEMORY_MARGIN and OTHER_BYTES on top; the cell process holds its CUDA caching allocator to that budget
 (`torch.cuda.set_per_process_memory_fraction`, bench/cell/device_budget.py), so a cell that outgrows its
 prediction fails alone instead of starving the cells beside it. Each process also holds CONTEXT_BYTES outside the
 allocator (its CUDA context and loaded kernels), which no fraction limits: the device's room counts it per cell.
@@ -15,17 +16,20 @@ limits, the allocator's reserved bytes (cached, partly used blocks), which those
 benchmarks/gpu_packing.py measures reserved peak / budget on the GPU, to confirm or move the margin. A cell that
 still runs out is retried alone with the whole device (bench/run/executors/local.py), never lost.
 
-Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that needs
-real weights to build) runs alone on an empty device, with no limit but the device's own, as every cell ran before
-packing. A cell whose budget exceeds every device's room runs sharded over `gpus_per_cell` > 1 empty devices
-(bench/cell/sharded.py; its placement names them all, "0,1") when its per-device prediction sharded over that many
-(bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
+Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that cannot be
+built on the meta device, a generation task, whose evaluation is not modelled) runs alone on an empty device, with no
+limit but the device's own, as every cell ran before packing. A cell whose budget exceeds every device's room runs
+sharded over `gpus_per_cell` > 1 empty devices (bench/cell/sharded.py; its placement names them all, "0,1") when
+its per-device prediction sharded over that many (bench/tools/sharding.py) gives a budget their rooms fit; otherwise
+it runs alone on the largest empty device, whole.
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
 fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
 prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate
 models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a cell
 whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
-weights under autocast) runs alone on the largest device instead; a cell whose sharded
+weights under autocast), or says that its prediction bounds the peak from above (`memory.upper_bound`: fishmask and
+child-tuning, whose trained tensors the data choose; a safe budget to share a device with), is never refused: it runs
+alone on the largest device instead when it fits no device; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
 Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
@@ -115,8 +119,8 @@ class Packer:
         that budget is unknown (sharded as it asks: unknown is no verdict). BadInput, naming `cell` and the
         numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
-        prediction that may run other than the peak (bound False: its `not_modelled` says where) refuses nothing,
-        the cell runs alone on the largest device."""
+        prediction that may run other than the peak (bound False: its `not_modelled` or `upper_bound` says why) refuses
+        nothing, the cell runs alone on the largest device."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):

@@ -18,13 +18,20 @@ matmul-softmax attention instead, which saves the L×L probabilities as a real e
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
 the kernels themselves, so the step allocates and saves what Liger's do (bench/tools/liger_memory.py): no
 [tokens, vocab] logits for a causal LM, and RMSNorm's and SwiGLU's own saved tensors.
+QLoRA's 4-bit layers, which bitsandbytes makes only on a device, are built as twins of what it stores and runs on a
+GPU (bench/layers/nf4_twin.py): the estimate is of its CUDA path, and says so.
 `--weights-dtype` is the dtype the model is built in, the training setting `weights_dtype` (`auto`: the
 shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optimizer moments follow their
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
+A method that chooses what trains from data (fishmask, child-tuning) builds its meta-device twin (bench/methods/
+fisher.py), which trains every tensor that may get a selected entry: its memory is then an upper bound
+(`memory.upper_bound` says why), and its scoring passes before training are priced too (_selection: FLOPs
+`flops.selection`, memory `memory.selection_peak_bytes`; the predicted peak is the larger phase's).
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -33,18 +40,15 @@ from bench import optimizers
 from bench.cell.measure import head_elements, method_params, predicted_peak, weight_bytes
 from bench.cell.probe import StepMeasure, forward_flops_per_example, step_peak_bytes, training_flops
 from bench.cell.train import compute_dtype
-from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES
+from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES, TrainConfig
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
+from bench.fmt import size
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
 from bench.tools.cuda_step import departures
 from bench.tools.priced_task import fake_batch, task_bundle
 from bench.tools.sharding import largest_block, sharded_memory
-
-
-def _needs_data(n_batches: int):
-    raise RuntimeError("it needs calibration batches, i.e. real weights and data")
 
 
 def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
@@ -77,7 +81,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
     try:
         with torch.device("meta"):  # what a method creates is meta too (peft builds adapters on the CPU first)
             return bundle, body, method, config, method.apply(bundle.model, config, ApplyContext(
-                bundle, train, total_steps=1, calibration=_needs_data, device="meta", task=task)).model
+                bundle, train, total_steps=1, device="meta", task=task))
     except Unsupported as e:
         raise BadInput(f"method '{method_name}' does not apply to {spec.name}: {e}", "--method") from None
     except Exception as e:  # the method's own reason, said plainly
@@ -126,8 +130,8 @@ def check_inputs(batch_size: int, seq_len: int, optimizer: str = "adamw", dtype:
 def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, settings: dict | None,
            attention: str, gradient_checkpointing: bool, kernels: str = "torch", task=None,
            pooling: str | None = None):
-    """(spec, bundle, body, method, config, adapted model): the inputs (checked by the caller) built on the meta
-    device, for the cell's `task` and `pooling` where given (bench/tools/priced_task.py)."""
+    """(spec, bundle, body, method, config, Adapted): the inputs (checked by the caller) built on the meta device, for
+    the cell's `task` and `pooling` where given (bench/tools/priced_task.py)."""
     from bench import models
     from bench.models import resolve_model
 
@@ -137,28 +141,80 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
                                                           pooling)
     if gradient_checkpointing:
         try:
-            models.enable_gradient_checkpointing(adapted)
+            models.enable_gradient_checkpointing(adapted.model)
         except Unsupported as e:
             raise BadInput(f"{spec.name}: {e}", "--gradient-checkpointing") from None
     return spec, bundle, body, chosen, config, adapted
 
 
 def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int, flops_only: bool = False,
-          device: str = "cpu", autocast: bool = False) -> StepMeasure:
+          device: str = "cpu", autocast: bool = False, training: bool = True) -> StepMeasure:
     batch_for = partial(fake_batch, bundle.head, task, bundle=bundle)
     try:
         return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only,
-                                   batch_for=batch_for, device=device, autocast=autocast)
+                                   batch_for=batch_for, device=device, autocast=autocast, training=training)
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
                        f"{type(e).__name__}: {e}", "--method") from None
 
 
+def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
+    """What the estimate of a 4-bit base (QLoRA) is of, which the estimate prints: bitsandbytes' CUDA path, whose
+    twins the model holds (bench/layers/nf4_twin.py), and the bytes of their quantisation state (buffers, in no
+    figure: on a GPU, part of device_other_bytes); with `rows` (tokens a linear layer multiplies) few enough that
+    CUDA may run bitsandbytes' fused kernel, which dequantises no weight, added to `not_modelled`. None: no 4-bit
+    layers."""
+    if not getattr(adapted, "is_loaded_in_4bit", False):
+        return None
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS, Linear4bitTwin
+
+    if rows <= FUSED_MAX_ROWS:
+        not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
+                            "on a GPU, which dequantises no weight in the forward: high")
+    state = sum(b.nbytes for m in adapted.modules() if isinstance(m, Linear4bitTwin) for b in m.buffers())
+    return {"path": "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)",
+            "state_bytes": state}
+
+
+def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, seq_len: int, device: str,
+               autocast: bool) -> tuple[int | None, str | None]:
+    """(memory.eval_peak_bytes, None), or (None, why it is unknown): the largest of the evaluation's batches that
+    eval_probe.shaped_batches makes, each on fake tensors (fake_pass.fake_eval)."""
+    from bench.cell import eval_probe
+
+    if task is None and bundle.head != "classifier":
+        return None, "no task (--task): how an LM head's evaluation predicts is its task's"
+    if task is not None and task.members:
+        return None, ("a multi-task cell's members are each evaluated with their own head: not modelled"
+                      if evaluates(task) else "a pre-training stage's mixture is scored on nothing")
+    task = task.evaluation if task is not None else None
+    way = eval_probe.way_of(bundle.head, task)
+    if way is None:
+        return None, eval_probe.UNMODELLED
+    pad = getattr(bundle.model.config, "pad_token_id", None)
+    batches = eval_probe.shaped_batches(spec.kind, way, task, eval_batch_size, seq_len,
+                                        pad if isinstance(pad, int) else 0,
+                                        getattr(bundle.model.config, "eos_token_id", None))
+    try:
+        return max(fake_pass.fake_eval(adapted, batch, way, device, autocast) for batch in batches), None
+    except Exception as e:  # as _step: a forward fake tensors cannot run
+        raise BadInput(f"method '{method}' on {spec.name} cannot run an evaluation batch on fake tensors: "
+                       f"{type(e).__name__}: {e}", "--method") from None
+
+
+def evaluates(task) -> bool:
+    """Whether a cell on `task` evaluates: all but a pre-training stage's mixture (scored on nothing)."""
+    from bench.tasks.mixture import is_multitask
+
+    return task is None or not task.members or is_multitask(task)
+
+
 def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, optimizer: str = "adamw",
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
              gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
-             pooling: str | None = None, precision: str = "auto", step_device: str = "cuda") -> dict:
+             pooling: str | None = None, precision: str = "auto", step_device: str = "cuda",
+             eval_batch_size: int = TrainConfig.eval_batch_size) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
@@ -170,34 +226,46 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     encoder's classifier; None: the model's own); `precision`: the training setting, the step's as on `step_device`
     (cuda, what estimates plan: a GPU cell's kernels and, under `auto` or `bf16`, its bf16 autocast,
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
-    CUDA's either way)."""
+    CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
+    (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
     from bench import models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
-    spec, bundle, body, chosen, config, adapted = _built(model, method, batch_size, seq_len, dtype, settings,
-                                                         attention, gradient_checkpointing, kernels, task, pooling)
-    params = count_params(adapted)
+    if eval_batch_size < 1:
+        raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
+    spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
+                                                       attention, gradient_checkpointing, kernels, task, pooling)
+    adapted = built.model
+    params = built.params()
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     compute = compute_dtype(step_device, precision)
     with departures() as not_modelled:
         step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
                      autocast=compute == "bf16")
+        eval_peak, eval_unknown = _eval_peak(adapted, spec, bundle, task, method, eval_batch_size, seq_len,
+                                             step_device, compute == "bf16")
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
     temporaries = optimizers.update_bytes(update, [p.nbytes for p in trainable])
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
-                  activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries))
-    memory["predicted_peak_bytes"] = predicted_peak(memory)
+                  activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries),
+                  eval_peak_bytes=eval_peak)
+    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluates(task))
+    memory["eval_unknown"] = eval_unknown  # why eval_peak_bytes is null
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
+    quantised = _quantised_path(adapted, batch_size * seq_len, not_modelled)
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
-                                temporaries)
+                                temporaries, chosen.trains, evaluates(task))
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
+    if built.selection is not None:
+        flops["selection"], selection_peak = _selection(built, spec, bundle, task, method, seq_len, step_device)
+        memory = _with_selection(memory, built.selection, selection_peak)
     if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
         # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
         from bench.tools.liger_memory import twins_unbound
@@ -209,25 +277,74 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,
             "precision": precision, "compute_dtype": compute, "step_device": step_device,
-            "batch_size": batch_size, "seq_len": seq_len, "tokens": step.tokens, "optimizer": optimizer,
+            "batch_size": batch_size, "eval_batch_size": eval_batch_size, "seq_len": seq_len, "tokens": step.tokens,
+            "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
-            "gradient_checkpointing": gradient_checkpointing, "kernels": kernels,
+            "gradient_checkpointing": gradient_checkpointing, "kernels": kernels, "quantised": quantised,
             "params": params, "memory": memory, "flops": flops}
+
+
+@contextlib.contextmanager
+def _scoring(model: torch.nn.Module, scored: list):
+    """Within the block, only the `scored` tensors require a gradient, as in the passes that score them."""
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    chosen = {id(p) for p in scored}
+    for p, _ in before:
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, required in before:
+            p.requires_grad_(required)
+
+
+def _selection(built, spec, bundle, task, method: str, seq_len: int, step_device: str,
+               flops_only: bool = False) -> tuple[int, int | None]:
+    """(flops.selection, memory.selection_peak_bytes; None with `flops_only`) of a twin's Selection (methods.base):
+    its passes, each the fake step of `rows` unpadded rows of `seq_len` tokens in eval mode without autocast (as
+    fisher_scores runs them) with only the scored tensors requiring a gradient, forward + backward FLOPs × passes;
+    the peak: the weights, the calibration batches (the step's batch per row and, as collate adds it, an int64
+    attention mask), and the busier of a pass (the scores, the pass's most bytes alive at once, or its gradients with
+    the Selection's temporaries) and the choice."""
+    selection = built.selection
+    with _scoring(built.model, selection.scored):
+        one = _step(built.model, spec, bundle, task, method, selection.rows, seq_len, flops_only=flops_only,
+                    device=step_device, training=False)
+    flops = selection.passes * (one.forward_flops + one.backward_flops)
+    if flops_only:
+        return flops, None
+    calibration = selection.calibration_rows * (one.batch_bytes // selection.rows + 8 * seq_len)
+    passes = selection.held_bytes + max(max(one.live_peaks.values(), default=0), one.grad_bytes + selection.pass_bytes)
+    return flops, weight_bytes(built.model)["weights_bytes"] + calibration + max(passes, selection.choice_bytes)
+
+
+def _with_selection(memory: dict, selection, selection_peak: int) -> dict:
+    """The memory section with a Selection's figures: `mask_bytes` (held through training), `selection_peak_bytes`,
+    `upper_bound` (why the twin's figures bound the cell's from above), and `predicted_peak_bytes` the larger of
+    training's peak with the masks and the selection's (which runs on the whole model before any sharding)."""
+    trained = memory["predicted_peak_bytes"]
+    return {**memory, "mask_bytes": selection.mask_bytes, "selection_peak_bytes": selection_peak,
+            "predicted_peak_bytes": None if trained is None else max(trained + selection.mask_bytes, selection_peak),
+            "upper_bound": [selection.upper_bound]}
 
 
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
                task=None, pooling: str | None = None, step_device: str = "cuda") -> dict:
-    """`estimate(...)["flops"]`'s train_step and forward_per_example, the same counts, from the FLOPs-only pass
-    (fake_step's flops_only): what `run --dry-run` prices a cell's training steps and its evaluation's forward
-    passes with, without the memory account's extra passes."""
+    """`estimate(...)["flops"]`'s train_step, forward_per_example and selection (0 for a method that scores nothing
+    before training), the same counts, from the FLOPs-only pass (fake_step's flops_only): what `run --dry-run`
+    prices a cell's training steps, its selection passes and its evaluation's forward passes with, without the
+    memory account's extra passes."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
-    spec, bundle, _, _, _, adapted = _built(model, method, batch_size, seq_len, dtype, settings, attention,
-                                            gradient_checkpointing, task=task, pooling=pooling)
-    step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
-    train = training_flops(step, count_params(adapted)["total"], spec.kind, step.positions, step.tokens)
-    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows}
+    spec, bundle, _, _, _, built = _built(model, method, batch_size, seq_len, dtype, settings, attention,
+                                          gradient_checkpointing, task=task, pooling=pooling)
+    step = _step(built.model, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
+    train = training_flops(step, count_params(built.model)["total"], spec.kind, step.positions, step.tokens)
+    selection = 0 if built.selection is None else \
+        _selection(built, spec, bundle, task, method, seq_len, step_device, flops_only=True)[0]
+    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows,
+            "selection": selection}
 
 
 def render(result: dict) -> str:
@@ -236,7 +353,8 @@ def render(result: dict) -> str:
     task = f" for {result['task']}" if result["task"] else ""
     lines = [f"{result['model']} ({result['kind']}, {result['head']} head{task}) + {result['method']} "
              f"({result['family']}); "
-             f"batch {result['batch_size']} × {result['seq_len']} tokens, {result['optimizer']} "
+             f"batch {result['batch_size']} × {result['seq_len']} tokens (evaluation's {result['eval_batch_size']}), "
+             f"{result['optimizer']} "
              f"({result['optimizer_update']} update), {result['dtype']} weights"
              + (", bf16 autocast" if result["compute_dtype"] == "bf16" else "") + f", {result['step_device']} kernels, "
              f"{result['attention']} attention"
@@ -245,12 +363,23 @@ def render(result: dict) -> str:
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
-        lines.append(f"memory   {fig.name:<22}{fig.show(m[fig.name]):>14}  ({m[fig.name]:,} bytes)")
+        value = m[fig.name]
+        lines.append(f"memory   {fig.name:<22}" + (f"{fig.show(value):>14}  ({value:,} bytes)" if value is not None
+                                                   else f"{'unknown':>14}"))
+    if "selection_peak_bytes" in m:
+        lines += [f"memory   {key:<22}{size(m[key]):>14}  ({m[key]:,} bytes)" for key in ("mask_bytes",
+                                                                                         "selection_peak_bytes")]
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
     if m.get("shards"):
         lines.append(f"memory   per device of {m['shards']} (FSDP2), with {m['gathered_bytes']:,} bytes of gathered "
                      "blocks in the step peak: bench/tools/sharding.py")
+    if result["quantised"]:
+        lines.append(f"4-bit base: {result['quantised']['path']}; its quantisation state, "
+                     f"{result['quantised']['state_bytes']:,} bytes, is in no figure above")
     lines += [f"not modelled: {reason}" for reason in m["not_modelled"]]
+    lines += [f"upper bound: {reason}" for reason in m.get("upper_bound", [])]
+    if m["eval_unknown"]:
+        lines.append(f"eval_peak_bytes unknown: {m['eval_unknown']}")
     lines.append("(activations from a fake-tensor pass of one unpadded step; definitions: docs/measurement.md)")
     return "\n".join(lines)

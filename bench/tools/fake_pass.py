@@ -86,15 +86,28 @@ class _BatchValues(FakeTensorMode):
 
 
 def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple,
-               batch_for=None, device: str = "cpu", autocast: bool = False) -> StepMeasure:
+               batch_for=None, device: str = "cpu", autocast: bool = False, training: bool = True) -> StepMeasure:
     """The step on fake tensors; `batch_for(batch_size, seq_len)`: its (batch, loss), by default a model's of
     `kind` without a task (bench/tools/priced_task.fake_batch); as on `device` (cpu, or cuda: its fused attention
-    kernels), its forward under bf16 autocast with `autocast`, as a cell's (bench/tools/cuda_step.py)."""
-    model.train()
+    kernels), its forward under bf16 autocast with `autocast`, as a cell's (bench/tools/cuda_step.py); in eval mode
+    where not `training` (no dropout: the passes that score weights before training, bench/methods/fisher.py)."""
+    model.train(training)
     batch, loss = (batch_for or partial(fake_batch, default_head(kind), None))(batch_size, seq_len)
     mode = _BatchValues(max(t.numel() for t in batch.values()))
     with _fake_weights(model, mode), step_on(device, autocast) as region:
         return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
+
+
+def fake_eval(model: torch.nn.Module, batch: dict, way: str, device: str = "cpu", autocast: bool = False) -> int:
+    """memory.eval_peak_bytes of the evaluation's forward (`way`, bench/cell/eval_probe.py) on `batch`, on fake
+    tensors as on `device` (its attention kernels; bf16 autocast with `autocast`), at the model's full depth: a
+    forward without gradients keeps nothing per block but what the model returns (a decoder's key-value cache),
+    and one pass costs little."""
+    from bench.cell.eval_probe import eval_peak
+
+    mode = _BatchValues(max(t.numel() for t in batch.values()))
+    with _fake_weights(model, mode), step_on(device, autocast) as region:
+        return eval_peak(model, batch, way, autocast=region, fake_mode=mode)
 
 
 def _signature(block: torch.nn.Module) -> tuple:
@@ -224,7 +237,7 @@ def _extended_peak(base: StepMeasure, deepers: list[tuple[int, StepMeasure]]) ->
 
 def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
               extrapolate: bool = True, flops_only: bool = False, batch_for=None, device: str = "cpu",
-              autocast: bool = False) -> StepMeasure:
+              autocast: bool = False, training: bool = True) -> StepMeasure:
     """The instrumented step on fake tensors, at the model's full depth.
 
     Blocks of a stack are identical, so each adds the same saved bytes, gradients and FLOPs: the step
@@ -241,18 +254,19 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     `flops_only`: only the FLOPs (and the other linear figures) are wanted, as `run --dry-run` prices cells:
     see _linear_figures. The bytes alive at once are then left unaccounted (`live_peaks` empty), and the step runs
     without autocast, which changes what is saved, not the products (a device's attention kernels change both).
-    `batch_for`: the step's batch and loss; `device` and `autocast`: whose step, in which precision (_fake_pass).
+    `batch_for`: the step's batch and loss; `device` and `autocast`: whose step, in which precision; `training`: the
+    model's mode (_fake_pass).
     """
     stacks = block_stacks(model) if extrapolate else []
     if flops_only:
-        return _linear_figures(model, kind, batch_size, seq_len, stacks, batch_for, device)
+        return _linear_figures(model, kind, batch_size, seq_len, stacks, batch_for, device, training)
     base_depths = [EXTRAPOLATE_FROM] * len(stacks)
 
     def run(stack: int | None = None, more: int = 0) -> StepMeasure:
         depths = [d + more * (i == stack) for i, d in enumerate(base_depths)]
         markers = [block for (_, _, blocks), d in zip(stacks, depths) for block in (blocks[1], blocks[d - 1])]
         with _truncated(stacks, depths), StackPhases(markers) as phases:
-            return _fake_pass(model, kind, batch_size, seq_len, phases, batch_for, device, autocast)
+            return _fake_pass(model, kind, batch_size, seq_len, phases, batch_for, device, autocast, training)
 
     base = run()
     result, deepers = dataclasses.replace(base), []
@@ -264,14 +278,14 @@ def fake_step(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
         if not _consistent(base, deeper, i) or \
                 more > 2 and _extended_peak(base, two_more) != max(run(i, 2).live_peaks.values()):
             return fake_step(model, kind, batch_size, seq_len, extrapolate=False, batch_for=batch_for,
-                             device=device, autocast=autocast)
+                             device=device, autocast=autocast, training=training)
         deepers.append((more, deeper))
     result.live_peaks = {(): _extended_peak(base, deepers)}
     return result
 
 
 def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, stacks,
-                    batch_for=None, device: str = "cpu") -> StepMeasure:
+                    batch_for=None, device: str = "cpu", training: bool = True) -> StepMeasure:
     """fake_step's linear figures (FLOPs, saved and gradient bytes) in the fewest and shortest passes. A block adds
     the same FLOPs whatever the step's memory holds at that moment, so no phase needs checking, and a stack's
     first block (which may differ: T5's position bias) is kept alone: the step with one block per stack, then
@@ -279,7 +293,7 @@ def _linear_figures(model: torch.nn.Module, kind: str, batch_size: int, seq_len:
     counted once per further block. Exact where fake_step's are (tests/test_estimate.py)."""
     def run(depths: list[int]) -> StepMeasure:
         with _truncated(stacks, depths):
-            return _fake_pass(model, kind, batch_size, seq_len, batch_for=batch_for, device=device)
+            return _fake_pass(model, kind, batch_size, seq_len, batch_for=batch_for, device=device, training=training)
 
     base = run([1] * len(stacks))
     result = dataclasses.replace(base, live_peaks={})

@@ -2,12 +2,13 @@
 
 A cell's training FLOPs = its optimizer steps × the FLOPs of one training step, as `peft-bench estimate`
 counts them for the cell's model, method settings, batch size and max_length (on the meta device: no weights;
-its FLOPs-only pass, bench.tools.estimate.step_flops), once per distinct shape. Steps are `max_steps`,
-else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic tasks, or read
-from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0 training
-FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
-that needs real weights) is `unknown`, never guessed. Time = FLOPs / a rate per cell: `--tflops`, else the
-median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
+its FLOPs-only pass, bench.tools.estimate.step_flops), once per distinct shape, plus the passes a method that
+chooses its trained entries from data makes before training (fishmask, child-tuning: `flops.selection`). Steps
+are `max_steps`, else ceil(epochs × training rows / batch size), the rows counted from local files or synthetic
+tasks, or read from the hub's split sizes; a method that trains nothing (zero-shot, in-context learning) costs 0
+training FLOPs, whatever its task; a cell whose rows or step cannot be known (hub offline, a composition, a method
+that cannot be built on the meta device) is `unknown`, never guessed. Time = FLOPs / a rate per cell: `--tflops`,
+else the median `time.train_flops_per_s` of the suite's ok records in the store (this machine's measured rate), plus
 the median load and evaluation time of those records. A grid's wall time is the cells' time over the
 executor's slots.
 
@@ -95,8 +96,10 @@ def cell_flops(cell: Cell, known: dict) -> tuple[int | None, str]:
     priced = at_priced_length(cell, known)
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
-    per_step, _, why = known[shape_of(priced)]
-    return (None, why) if per_step is None else (steps * per_step, f"{steps} steps")
+    per_step, _, selection, why = known[shape_of(priced)]
+    if per_step is None:
+        return None, why
+    return steps * per_step + selection, f"{steps} steps" + (f" + {selection:.3g} selecting" if selection else "")
 
 
 def eval_flops(cell: Cell, known: dict, model_of: Cell | None = None) -> tuple[int | None, str]:
@@ -148,7 +151,7 @@ def eval_flops(cell: Cell, known: dict, model_of: Cell | None = None) -> tuple[i
             passes, what = 0.5 + 0.5 * options, f"the encoder once + {options} options' decoder"
     if shape_of(priced) not in known:
         price_shapes([priced], known, workers=1)
-    _, forward, why = known[shape_of(priced)]
+    _, forward, _, why = known[shape_of(priced)]
     return (None, why) if forward is None else (round(rows * passes * forward), f"{rows} rows × {what}")
 
 
@@ -193,15 +196,26 @@ def shape_of(cell: Cell) -> tuple:
             task_key(cell.task, cell.model.kind), cell.train.pooling)
 
 
-def _cache_key(cell: Cell, what: str = "step_flops") -> dict | None:
+def _cache_key(cell: Cell, what: str = "step and selection flops") -> dict | None:
     """The disk cache's key of what is known of the cell's shape (plan_cache_key: with the packages that build and
-    count the step)."""
-    return plan_cache_key(cell.model.name, ("torch", "transformers", "peft"), what=what, shape=repr(shape_of(cell)))
+    count the step, those the method declares among them: bitsandbytes, whose 4-bit layer QLoRA's estimate twins)."""
+    from bench import methods
+
+    declared = getattr(methods.declared(cell.method), "packages", ())  # none for a composition
+    return plan_cache_key(cell.model.name, ("torch", "transformers", "peft", *declared), what=what,
+                          shape=repr(shape_of(cell)))
+
+
+def eval_shape(cell: Cell) -> tuple:
+    """What the evaluation's predicted peak depends on beyond the training step's shape (bench/cell/eval_probe.py:
+    its batch size, how it predicts, its answer options), read without torch: part of the memory's cache key."""
+    task = cell.task.evaluation
+    return cell.train.eval_batch_size, task.type, tuple(p.answers for p in task.prompts), tuple(task.labels or ())
 
 
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
-    """known[shape] = (FLOPs of one training step, of one sequence's forward pass (each None when unknown), why
-    unknown) for every shape among the cells: from
+    """known[shape] = (FLOPs of one training step, of one sequence's forward pass, of the selection before training
+    (each None when unknown), why unknown) for every shape among the cells: from
     the disk cache where it priced the shape before, else counted (_step_flops), on up to `workers` processes
     forked from this one once the libraries are imported (each shape's passes are independent, and this
     process never touches CUDA: the passes run on fake tensors), and then cached."""
@@ -250,7 +264,7 @@ def _cuda_initialised() -> bool:
     return torch is not None and torch.cuda.is_initialized()
 
 
-def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, int | None, str]]:
+def _priced_on_workers(cells: list[Cell], workers: int) -> list[tuple[int | None, int | None, int | None, str]]:
     """_step_flops of each cell on `workers` forked processes. The workers end on their own once the work is done,
     never by a signal (multiprocessing.Pool's terminate could leave one waiting for ever on a lock that a sibling
     it killed held); a worker that dies breaks the pool, and the shapes are then priced here instead."""
@@ -277,7 +291,7 @@ def _worker_start() -> None:
     torch.set_num_threads(1)  # a worker's fake passes run no kernels worth threads, and the workers share the cores
 
 
-def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
+def _step_flops(cell: Cell) -> tuple[int | None, int | None, int | None, str]:
     from bench.methods.base import method_settings
     from bench.tools.estimate import step_flops
 
@@ -286,22 +300,23 @@ def _step_flops(cell: Cell) -> tuple[int | None, int | None, str]:
                            dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
                            attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing,
                            task=cell.task, pooling=cell.train.pooling)
-        return flops["train_step"], flops["forward_per_example"], ""
+        return flops["train_step"], flops["forward_per_example"], flops["selection"], ""
     except BadInput as e:
-        return None, None, f"unknown: {e.message.splitlines()[0][:120]}"
+        return None, None, None, f"unknown: {e.message.splitlines()[0][:120]}"
 
 
 def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> dict | None:
-    """The memory section `estimate` predicts for the cell's training (weights, gradients, optimizer state, the
-    step's peak, `predicted_peak_bytes`: docs/measurement.md) of its step as a GPU runs it (`step_device` "cpu": as a
-    CPU does), in the cell's precision (bench/tools/cuda_step.py), None when it cannot be predicted; from the disk
-    cache where this shape and optimizer were predicted before. What a scheduler is asked for (--executor slurm).
+    """The memory section `estimate` predicts for the cell (weights, gradients, optimizer state, the training
+    step's peak, the evaluation batch's, `predicted_peak_bytes`: docs/measurement.md) as a GPU runs it
+    (`step_device` "cpu": as a CPU does), in the cell's precision (bench/tools/cuda_step.py), None when it cannot be
+    predicted; from the disk cache where this shape, optimizer and evaluation (eval_shape) were predicted before. What
+    a scheduler is asked for (--executor slurm) and what packing budgets (bench/run/packing.py).
     `shards` > 1: one device's, the cell sharded over that many (estimate --shards, bench/tools/sharding.py)."""
     from bench.tasks import cache
 
     key = _cache_key(cell, f"memory with {cell.train.optimizer}" + (f" over {shards} shards" if shards > 1 else "")
                      + (f", {cell.train.kernels} kernels" if cell.train.kernels != "torch" else "")
-                     + f", precision {cell.train.precision} on {step_device}")
+                     + f", precision {cell.train.precision} on {step_device}, evaluation {eval_shape(cell)!r}")
     found, value = cache.lookup(key, "plan", plan_entries.memory) if key is not None else (False, None)
     if found:
         return value
@@ -316,8 +331,9 @@ def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> 
                           settings=method_settings(cell.method_config), attention=cell.train.attention,
                           gradient_checkpointing=cell.train.gradient_checkpointing, shards=shards,
                           kernels=cell.train.kernels, task=cell.task, pooling=cell.train.pooling,
-                          precision=cell.train.precision, step_device=step_device)["memory"]
-    except Exception:  # a model offline, a method that needs real weights or fails to build: no prediction, so the
+                          precision=cell.train.precision, step_device=step_device,
+                          eval_batch_size=cell.train.eval_batch_size)["memory"]
+    except Exception:  # a model offline, a method that fails to build on the meta device: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:
         cache.store(key, memory, "plan")

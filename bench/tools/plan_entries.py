@@ -18,24 +18,27 @@ def count(value, positive: bool = False) -> bool:
 
 
 def step_price(value) -> bool:
-    """plan_cost.price_shapes' entry: [FLOPs of a training step, of one sequence's forward pass, why unknown], the
-    FLOPs each a count or null (unknown, with its reason)."""
-    return (isinstance(value, list) and len(value) == 3 and isinstance(value[2], str)
-            and all(v is None or count(v) for v in value[:2]))
+    """plan_cost.price_shapes' entry: [FLOPs of a training step, of one sequence's forward pass, of the selection
+    before training, why unknown], the FLOPs each a count or null (unknown, with its reason)."""
+    return (isinstance(value, list) and len(value) == 4 and isinstance(value[3], str)
+            and all(v is None or count(v) for v in value[:3]))
 
 
 def memory(value) -> bool:
     """plan_cost.predicted_memory's entry: null (no prediction), or the memory section `estimate` predicts: its
     `*_bytes` counts (each a count or null), `predicted_peak_bytes` among them and above 0 where known, `shards`,
-    where sharded, a count above 0, and `not_modelled` a list of texts (where the step departs from a GPU's)."""
+    where sharded, a count above 0, `not_modelled` and `upper_bound` lists of texts (where the step departs from
+    a GPU's; why the prediction bounds the peak from above) and `eval_unknown` a text or null (why eval_peak_bytes is
+    unknown)."""
     if value is None:
         return True
     if not isinstance(value, dict) or "predicted_peak_bytes" not in value:
         return False
     peak = value["predicted_peak_bytes"]
-    departs = value.get("not_modelled", [])
+    reasons = [value.get("not_modelled", []), value.get("upper_bound", [])]
     return ((peak is None or count(peak, positive=True)) and ("shards" not in value or count(value["shards"], True))
-            and isinstance(departs, list) and all(isinstance(reason, str) for reason in departs)
+            and all(isinstance(found, list) and all(isinstance(reason, str) for reason in found) for found in reasons)
+            and isinstance(value.get("eval_unknown"), (str, type(None)))
             and all(v is None or count(v) for k, v in value.items() if k.endswith("_bytes")))
 
 

@@ -33,16 +33,23 @@ MEASURED_ROWS = 256  # enough for a stable mean (a few-shot task's prompts vary 
 
 def plan_cache_key(model_name: str, packages: tuple[str, ...], **subject) -> dict | None:
     """The disk cache's key (bench.tasks.cache, kind `plan`) of what a plan computed for a model: `subject`, the
-    versions of the packages that compute it and this harness's source. None for a model given by a folder or hub id
-    (not a registered name): what it is may change under the same name, so it is computed afresh."""
+    versions of the packages that compute it (null: not installed) and this harness's source. None for a model given
+    by a folder or hub id (not a registered name): what it is may change under the same name, so it is computed
+    afresh."""
     import importlib.metadata as md
 
     from bench.models import REGISTRY
     from bench.tasks import cache
 
+    def version(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:  # an optional package (bitsandbytes): the plan says what it lacks
+            return None
+
     if model_name not in REGISTRY:
         return None
-    return {**subject, "versions": {name: md.version(name) for name in packages}, "source": cache.source_digest()}
+    return {**subject, "versions": {name: version(name) for name in packages}, "source": cache.source_digest()}
 
 
 def example_tokens(task, spec, data_dir, max_length: int) -> tuple[float | None, str]:

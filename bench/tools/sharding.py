@@ -17,7 +17,10 @@ gradients reduced and scattered right after its backward. So, per device:
   with no gradient yet). Where fewer gradients are alive at the peak, the figure is low by up to (1 - 1/N) of
   those not alive: next to nothing for LoRA and other small adapters, up to grad_bytes x (1 - 1/N) for full
   fine-tuning; an estimate, not a bound;
-- predicted_peak_bytes: weights + optimizer + step peak, per device, as unsharded (bench/cell/measure.py).
+- eval_peak_bytes: the unsharded one and the largest block's parameters twice (an evaluation batch's forward
+  gathers blocks as training's does, and makes no gradient); null where the unsharded one is;
+- predicted_peak_bytes: of these per-device parts, as unsharded (bench/cell/measure.py: the larger of training's
+  and evaluation's).
 
 Not counted: NCCL's own buffers (a few hundred MiB per device), the CUDA context, and the allocator's
 fragmentation under FSDP's varying block sizes. The figures come from the same fake-tensor step the unsharded
@@ -31,6 +34,7 @@ import math
 
 import torch
 
+from bench.cell.measure import predicted_peak
 from bench.tensors import unique_tensors
 
 
@@ -47,10 +51,11 @@ def largest_block(model: torch.nn.Module, stacks: list) -> tuple[int, int]:
 
 
 def sharded_memory(memory: dict, shards: int, block: tuple[int, int], batch_bytes: int, live_peak: int,
-                   update_bytes: int) -> dict:
+                   update_bytes: int, trains: bool = True, evaluates: bool = True) -> dict:
     """The memory section of one of `shards` devices (see the module's docstring), from the unsharded one and its
     step's parts: `block`, largest_block's; `batch_bytes`, `live_peak` (the most bytes alive at once in the
-    passes) and `update_bytes` (the optimizer update's temporaries), unsharded (bench/cell/probe.py)."""
+    passes) and `update_bytes` (the optimizer update's temporaries), unsharded (bench/cell/probe.py); `trains`,
+    `evaluates`: the phases the cell runs (predicted_peak's)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     per_device = {key: math.ceil(memory[key] / shards) for key in ("weights_bytes", "trainable_bytes",
@@ -61,5 +66,7 @@ def sharded_memory(memory: dict, shards: int, block: tuple[int, int], batch_byte
     passes = max(memory["activation_bytes"], live_peak - sharded_away)
     update = per_device["grad_bytes"] + math.ceil(update_bytes / shards)
     step_peak = batch_bytes + max(passes, update) + gathered
-    return {**memory, **per_device, "shards": shards, "gathered_bytes": gathered, "step_peak_bytes": step_peak,
-            "predicted_peak_bytes": per_device["weights_bytes"] + per_device["optimizer_bytes"] + step_peak}
+    evaluation = memory.get("eval_peak_bytes")
+    sharded = {**memory, **per_device, "shards": shards, "gathered_bytes": gathered, "step_peak_bytes": step_peak,
+               "eval_peak_bytes": None if evaluation is None else evaluation + 2 * block_bytes * (shards > 1)}
+    return {**sharded, "predicted_peak_bytes": predicted_peak(sharded, trains, evaluates)}

@@ -132,8 +132,11 @@ class LocalExecutor:
         if self.rooms is None:
             return None, 1
         if cell.id not in self.demands:
-            # the prediction bounds the peak from below unless the estimate says where it departs from a GPU's step
-            bound = not (self.memory(cell) or {}).get("not_modelled")
+            # the prediction bounds the peak from below unless the estimate says where it departs from a GPU's step,
+            # or that it bounds the peak from above (a method whose trained tensors the data choose: its upper bound is
+            # a safe budget, but no reason to refuse the cell)
+            memory = self.memory(cell) or {}
+            bound = not (memory.get("not_modelled") or memory.get("upper_bound"))
             budget, devices = self.sizing.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound)
             if budget is None and devices > 1:
                 print(f"{cell.line()}: its memory sharded over {devices} GPUs is unknown (no prediction): it runs "
