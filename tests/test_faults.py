@@ -331,8 +331,10 @@ def test_a_hanging_cells_own_children_die_with_it_at_its_timeout(tmp_path, write
 
 def test_a_cell_killed_mid_training_keeps_what_it_measured(tmp_path, write_suite):
     """`train.elapsed_s` is bounded by its definition, not a clock here: training reports its progress once
-    PROGRESS_EVERY_S have passed since it began, and it began after the cell's process started, which was killed at
-    the cell's timeout (so the last report came before it)."""
+    PROGRESS_EVERY_S have passed since it began, so the last report is at least that. The executor kills the cell
+    once it sees the deadline passed (cell.timeout_s after its process started), up to POLL_S after it, and the
+    last report came before the kill; training's clock starts only after the process has imported torch and built
+    the model, which takes longer than POLL_S, so the report is within cell.timeout_s of that clock's start."""
     from bench.cell.train import PROGRESS_EVERY_S
 
     text = suite_text("[fault-slow]", timeout=8).replace("max_steps: 3", "max_steps: 100")

@@ -3,6 +3,8 @@ of blocks (OFT's `r`, BOFT's `boft_block_num`) with the block size 0, since bloc
 features. peft takes exactly one of them nonzero; before the fix the number-of-blocks form was refused ("must be
 positive", the block size kept its positive default's sign), and both given reached peft's ValueError in the cell."""
 
+import re
+
 import pytest
 
 from bench.cli import main
@@ -70,11 +72,63 @@ def test_both_or_neither_form_is_one_bad_input_naming_both_keys_before_any_work(
     with pytest.raises(BadInput) as refused:
         grid.expand(load_suite(str(path)))
     message = refused.value.message
-    assert f"'{pair[0]}' and '{pair[1]}' give one size two ways" in message and f"{which} nonzero" in message
+    # each value as it came: set, or the default (marked so, since the user did not write it)
+    got = ", ".join(f"{key} = {merged[key]!r}{'' if key in settings else ' (its default)'}" for key in pair)
+    assert f"'{pair[0]}' and '{pair[1]}' give one size two ways" in message
+    assert message.endswith(f"; got {got}, {which} nonzero")
+    assert f"(e.g. `{pair[1]}: N, {pair[0]}: 0` in the method's overrides)" in message  # YAML, as in the suite
     assert refused.value.where.startswith(f"{path}:")
     results = tmp_path / "results"
     assert main(["run", "--suite", str(path), "--results", str(results), "--quiet"]) == 2
     assert f"{which} nonzero" in capsys.readouterr().err and not results.exists()
     flags = [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
     assert main(["estimate", "--model", "tiny-encoder", "--method", method, *flags]) == 2
-    assert f"--set {given}: '{pair[0]}' and '{pair[1]}'" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"--set {given}: '{pair[0]}' and '{pair[1]}'" in said and f"; got {got}, {which} nonzero" in said
+    # spelled as the flags it came from; before the fix as YAML (`r: N with oft_block_size: 0`)
+    assert f"(e.g. --set {pair[1]}=N --set {pair[0]}=0)" in said
+
+
+@pytest.mark.parametrize("defaults,declared", [
+    ({"block_size": 4}, "{'block_size': 4, 'blocks': '(absent)'}"),  # before the fix: a KeyError in resolve
+    ({"block_size": 4, "blocks": 2}, "{'block_size': 4, 'blocks': 2}"),
+    ({"block_size": 0, "blocks": 0}, "{'block_size': 0, 'blocks': 0}"),
+])
+def test_a_pair_is_checked_where_its_method_is_declared(defaults, declared):
+    from bench.methods.base import Method
+
+    def declare(defaults: dict) -> Method:
+        return Method("paired", "reparameterized", "d", "p", lambda *args: None, defaults=defaults,
+                      one_nonzero=(("block_size", "blocks"),))
+
+    with pytest.raises(ValueError, match=f"method 'paired': one_nonzero pair \\('block_size', 'blocks'\\) needs "
+                                         f"both keys in its defaults, exactly one of them nonzero; its defaults "
+                                         f"give {re.escape(declared)}"):
+        declare(defaults)
+    assert declare({"block_size": 0, "blocks": 2}).resolve({}, "roberta", str)["blocks"] == 2
+
+
+@pytest.mark.parametrize("method,settings,key", [
+    ("oft", {"r": 3, "oft_block_size": 0}, "r"),  # before the fix: trained r = 2 (3,968 parameters), recorded r = 3
+    ("oft", {"oft_block_size": 3}, "oft_block_size"),  # trained a block size of 4
+    ("boft", {"boft_block_num": 3, "boft_block_size": 0}, "boft_block_num"),  # peft's ValueError in the cell
+    ("boft", {"boft_block_size": 3}, "boft_block_size"),
+])
+def test_a_size_that_does_not_divide_a_layer_is_refused_naming_it_before_any_work(write_suite, capsys, method,
+                                                                                  settings, key):
+    """WIDTH = 64 input features of each adapted layer: 3 divides none. `estimate` (the meta device) refuses it,
+    and a cell is `unsupported` with the same reason, not a record of another size or a peft ValueError."""
+    from bench.cell.recipe import run_cell
+
+    assert WIDTH == 64
+    reason = (f"{key} = 3 does not divide the 64 input features of layer 'roberta.encoder.layer.0.attention.self."
+              "query' (block size × blocks = its input features; peft ")
+    valid = "): valid values there are the divisors of 64: 1, 2, 4, 8, 16, 32, 64"
+    flags = [part for k, value in settings.items() for part in ("--set", f"{k}={value}")]
+    assert main(["estimate", "--model", "tiny-encoder", "--method", method, *flags]) == 2
+    said = capsys.readouterr().err
+    assert f"--method: method '{method}' does not apply to tiny-encoder: {reason}" in said and valid in said
+    (cell,) = grid.expand(load_suite(str(write_suite(suite_of(method, settings)))))
+    record = run_cell(cell, quiet=True)
+    assert record["status"] == "unsupported"
+    assert reason in record["error"]["message"] and valid in record["error"]["message"]

@@ -252,6 +252,20 @@ def test_the_dry_run_refuses_only_cells_the_run_would_run(two_fake_gpus, capsys)
     assert "2 of 3 cells to run would be refused" in capsys.readouterr().err
 
 
+def test_the_refusals_count_their_cells_and_gpus_in_words(two_fake_gpus, capsys):
+    """One cell to run and one GPU: before the fix the dry-run said '1 of 1 cells' and '(1 GPU(s); ...)'."""
+    from bench.cli import main
+
+    path, flags = two_fake_gpus
+    assert main(["run", "--suite", str(path), "--dry-run", "--methods", "lora", *flags]) == 2
+    assert "1 of 1 cell to run would be refused (above)" in capsys.readouterr().err
+    memory, _ = predictions({1: 40 * GIB})
+    with pytest.raises(BadInput, match=r"of the largest GPU's 40.0 GB free \(1 GPU; docs/scale.md\)"):
+        Packer({"0": 40 * GIB}).demand(memory, "c")
+    with pytest.raises(BadInput, match=r"free \(2 GPUs; docs/scale.md\)"):
+        Packer(dict.fromkeys("01", 40 * GIB)).demand(memory, "c")
+
+
 def test_a_dry_run_whose_cells_all_fit_refuses_nothing(two_fake_gpus, capsys):
     from bench.cli import main
 

@@ -132,6 +132,15 @@ def test_the_report_follows_the_selection_split_not_the_reported_one(tmp_path, w
     assert reported[chosen] == min(reported.values())
 
 
+def test_the_dry_run_counts_one_second_stage_cell_in_words(write_suite, tmp_path, capsys):
+    """Two seeds, one chosen on: one cell in the second stage; before the fix the dry-run said '1 cells'."""
+    text = SWEEP.replace(", r: [4, 8]", "").replace("heldout: 0.1", "heldout: 0.1, sweep_seeds: 1").replace(
+        "seeds: [1]", "seeds: [1, 2]")
+    assert main(["run", "--suite", str(write_suite(text)), "--results", str(tmp_path / "results"), "--quiet",
+                 "--dry-run"]) == 0
+    assert "second stage: 1 cell (the chosen setting on the other seeds)" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_stages_choose_on_the_first_seed_then_run_the_choice_on_the_rest_and_resume(tmp_path, write_suite, capsys):
     text = SWEEP.replace("seeds: [1]", "seeds: [1, 2, 3]").replace(", r: [4, 8]", "").replace(

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from bench.cli.common import csv_list, interrupt, print_store_problems, quiet, seed_list
+from bench.fmt import counted
 
 
 def add(sub) -> None:
@@ -71,8 +72,8 @@ def command(args) -> int:
         if s.sweep_seeds is not None:  # the second stage's setting is not chosen yet: priced as the first one
             stand_in = {(c.label, c.model.name, c.task.name): c.sweep for c in reversed(cells) if c.sweep}
             second = [c for c in expand(stand_in) if c.sweep_stage == 2]
-            print(f"second stage: {len(second)} cells (the chosen setting on the other seeds), priced here as each "
-                  "sweep's first setting", file=sys.stderr)
+            print(f"second stage: {counted(len(second), 'cell')} (the chosen setting on the other seeds), priced "
+                  "here as each sweep's first setting", file=sys.stderr)
             cells += second
         store = Store(args.results)
         print_plan(cells, executor, args.tflops, store, args.gpu)
@@ -81,8 +82,8 @@ def command(args) -> int:
         for error in refused:  # every one, where the run stops at the first
             print(f"refused: {error.message}", file=sys.stderr)
         if refused:
-            raise BadInput(f"{len(refused)} of {len(todo)} cells to run would be refused (above): `run` stops before "
-                           "any cell starts", refused[0].where, refused[0].choices)
+            raise BadInput(f"{len(refused)} of {counted(len(todo), 'cell')} to run would be refused (above): `run` "
+                           "stops before any cell starts", refused[0].where, refused[0].choices)
         return 0
     check_cells(cells)
     check_kernels(cells, s.path, getattr(executor, "cells_on_gpu", None))  # optional in the contract

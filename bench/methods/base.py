@@ -173,18 +173,25 @@ class Method:
     stage_settings: dict[str, str] = field(default_factory=dict)
     # Pairs of settings that give one size two ways (OFT's block size or its number of blocks `r`, since block size
     # × blocks = the layer's input features): exactly one of a pair is nonzero, the other 0, as peft's configs
-    # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero).
+    # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero). Both are in
+    # `defaults`, exactly one of them nonzero (checked where the Method is made).
     one_nonzero: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
+        for pair in self.one_nonzero:  # resolve reads both keys of a pair: a method module's mistake shows here
+            declared = {key: self.defaults.get(key, "(absent)") for key in pair}
+            if "(absent)" in declared.values() or sum(bool(value) for value in declared.values()) != 1:
+                raise ValueError(f"method '{self.name}': one_nonzero pair {pair} needs both keys in its defaults, "
+                                 f"exactly one of them nonzero; its defaults give {declared}")
 
     @property
     def target_keys(self) -> set[str]:
         return {k for t in self.targets.values() for k in t}
 
-    def resolve(self, overrides: dict, arch: str, where: Callable[[str], str]) -> dict:
-        """Defaults, then this architecture's targets, then the suite's overrides (type-checked)."""
+    def resolve(self, overrides: dict, arch: str, where: Callable[[str], str], flags: bool = False) -> dict:
+        """Defaults, then this architecture's targets, then the suite's overrides (type-checked); `flags`: the
+        overrides are `--set` flags (`estimate`), so an error's example is spelled as flags, not as YAML."""
         per_arch = self.target_keys | {k for d in self.arch_defaults.values() for k in d}
         allowed = {**self.defaults, **{k: None for k in per_arch}}
         check_keys(overrides, allowed, f"{self.name} setting", where)
@@ -199,7 +206,7 @@ class Method:
             config[key] = coerce(value, spec, where(key), key)
             _check_sign(key, config[key], 0 if key in paired else allowed[key], where(key))
         for pair in self.one_nonzero:
-            _check_one_nonzero(pair, config, [k for k in overrides if k in pair], where)
+            _check_one_nonzero(pair, config, [k for k in overrides if k in pair], where, flags)
         if self.implementation:
             config["implementation"] = self.implementation
         if arch in self.revisions:
@@ -265,16 +272,19 @@ def _check_sign(key: str, value: Any, default: Any, where: str) -> None:
         raise BadInput(f"'{key}' must not be negative, got {value!r}", where)
 
 
-def _check_one_nonzero(pair: tuple[str, str], config: dict, given: list[str], where: Callable[[str], str]) -> None:
+def _check_one_nonzero(pair: tuple[str, str], config: dict, given: list[str], where: Callable[[str], str],
+                       flags: bool) -> None:
     """BadInput naming both settings of a Method.one_nonzero pair unless exactly one is nonzero, at the last of
-    them the overrides gave (`given`)."""
+    them the overrides gave (`given`), each value not given marked as the default; its example is spelled as
+    `--set` flags (`flags`) or as a suite's YAML."""
     nonzero = [key for key in pair if config[key]]
     if len(nonzero) == 1:
         return
     first, second = pair
+    example = f"--set {second}=N --set {first}=0" if flags else f"`{second}: N, {first}: 0` in the method's overrides"
+    got = ", ".join(f"{key} = {config[key]!r}{'' if key in given else ' (its default)'}" for key in pair)
     raise BadInput(f"'{first}' and '{second}' give one size two ways: set exactly one of them nonzero and the other "
-                   f"0 (e.g. {second}: N with {first}: 0); got {first} = {config[first]!r}, {second} = "
-                   f"{config[second]!r}, {'both' if nonzero else 'neither'} nonzero",
+                   f"0 (e.g. {example}); got {got}, {'both' if nonzero else 'neither'} nonzero",
                    where(given[-1]) if given else None)
 
 

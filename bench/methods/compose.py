@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.errors import Unsupported
-from bench.methods.base import REGISTRY, Adapted, ApplyContext, load_by_name, trainable_state
+from bench.errors import BadInput, Unsupported
+from bench.methods.base import REGISTRY, Adapted, ApplyContext, load_by_name, method_settings, trainable_state
 
 if TYPE_CHECKING:
     import torch
@@ -47,12 +47,23 @@ class Composition:
     def trains_below_head(self) -> bool:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 
-    def resolve(self, overrides: dict, arch: str, where) -> dict:
-        """The config a cell of this composition carries (bench/plan/grid.py): `overrides` where they are one (its
-        parts resolved), else every part at its defaults on `arch`."""
-        if "parts" in overrides:
-            return overrides
-        return {"parts": [{"name": part, "config": REGISTRY[part].resolve({}, arch, where)} for part in self.parts]}
+    def resolve(self, overrides: dict, arch: str, where, flags: bool = False) -> dict:
+        """The config a cell of this composition carries: every part at its defaults on `arch`, or `overrides` when
+        they are one (`parts`: each part's name and config, as bench/plan/grid.py resolves a suite's `compose:`
+        entry and the dry-run prices its cells), each part's config checked as that part's overrides. A part takes
+        its settings on its own entry of the suite's `compose:` list, so any other key is refused, never dropped."""
+        for key in overrides:
+            if key != "parts":
+                raise BadInput(f"{self.name} takes no setting '{key}': a composition's settings are its parts', each "
+                               f"given on its own entry of a suite's `compose:` list (compose: [{{name: "
+                               f"{self.parts[0]}, overrides: {{...}}}}, {self.parts[1]}]); the one key here is "
+                               "`parts`, every part's name and config", where(key), ["parts"])
+        given = overrides.get("parts", [{"name": part, "config": {}} for part in self.parts])
+        if not isinstance(given, list) or [p.get("name") if isinstance(p, dict) else p for p in given] != self.parts:
+            raise BadInput(f"'parts' of {self.name} must be its parts in order, each a mapping of its name and "
+                           f"config ({{name: {self.parts[0]}, config: {{...}}}}), got {given!r}", where("parts"))
+        return {"parts": [{"name": p["name"], "config": REGISTRY[p["name"]].resolve(
+            method_settings(p.get("config", {})), arch, lambda key: where("parts"), flags)} for p in given]}
 
     def apply(self, model, config: dict, ctx: ApplyContext) -> Adapted:
         return apply_composition(config["parts"], model, ctx)

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.errors import BadInput
-from bench.fmt import size
+from bench.fmt import counted, size
 
 MIB = 1024**2
 MEMORY_MARGIN = 1.10  # over (predicted peak + OTHER_BYTES): see the module's docstring
@@ -205,7 +205,7 @@ def _too_large(cell: str, unsharded: dict, sharded: dict | None, gpus_per_cell: 
                       f"{size(rooms[-gpus_per_cell])} or more)")
     return (f"{cell} fits no GPU of --gpus: {shown}, and with {size(CONTEXT_BYTES)} of CUDA context a cell "
             f"has at most {size(rooms[-1] - CONTEXT_BYTES)} of the largest GPU's {size(rooms[-1])} free "
-            f"({len(rooms)} GPU(s); docs/scale.md). Shard it over more GPUs, or make it smaller")
+            f"({counted(len(rooms), 'GPU')}; docs/scale.md). Shard it over more GPUs, or make it smaller")
 
 
 def packing_order(cells: list, budgets: dict[str, int | None]) -> list:

@@ -75,7 +75,7 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
         except ValueError as e:
             raise BadInput(f"{spec.name}: {e}", "--kernels", KERNELS) from None
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
-    config = method.resolve(settings or {}, spec.arch, lambda key: f"--set {key}" if key else "--set")
+    config = method.resolve(settings or {}, spec.arch, lambda key: f"--set {key}" if key else "--set", flags=True)
     train = TrainConfig(batch_size=batch_size, max_length=seq_len, max_steps=1,
                         gradient_checkpointing=gradient_checkpointing)
     try:
