@@ -123,3 +123,18 @@ def test_estimate_prices_generation_and_says_it_is_an_upper_bound(name, task):
         cache = config.n_layer * layer[0]
     assert m["eval_peak_bytes"] >= cache + max(layer)
 
+
+def test_the_memory_cache_key_tells_generation_settings_apart(tmp_path):
+    """Before the fix, two generation cells differing only in num_beams (or max_new_tokens) had one memory cache key
+    (plan_cost.eval_shape): the second read the first's evaluation peak, priced at other rows and lengths."""
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+    from bench.tools.plan_cost import eval_shape
+
+    path = tmp_path / "gen.yaml"
+    path.write_text("name: gen\nmethods: [lora]\nmodels: [tiny-gpt2]\ntasks: [synth-digits]\nseeds: [1]\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    shapes = {eval_shape(dataclasses.replace(cell, task=dataclasses.replace(cell.task, generation=settings)))
+              for settings in ({"max_new_tokens": 12, "num_beams": 1}, {"max_new_tokens": 12, "num_beams": 2},
+                               {"max_new_tokens": 24, "num_beams": 1})}
+    assert len(shapes) == 3
