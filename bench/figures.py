@@ -172,11 +172,14 @@ _FIGURES = [
     Figure("memory", "eval_peak_bytes", "bytes", "versioned", "the most bytes an evaluation batch holds at once "
            "beside the weights: the batch, plus the most bytes alive at once in the storages its forward creates "
            "(eval mode, no gradient; sampled as for `step_peak_bytes`): a classifier's logits in fp32, or rank "
-           "classification's log-probabilities over the vocabulary in fp32 of every (prompt, answer option) row. "
+           "classification's log-probabilities over the vocabulary in fp32 of every (prompt, answer option) row; "
+           "for generation, what `generate` creates (its key-value cache, its forwards, its scores and sequences). "
            "The cell measures its evaluation sets' longest batch of `eval_batch_size` rows (each split and "
-           "template); `estimate` runs it on fake tensors with every prompt and answer option at `max_length` "
-           "tokens, the most a cell's are cut to. Null for generation (not modelled: `generate` stops on its "
-           "tokens' values and its key-value cache grows with each token) and for a cell with no evaluation set "
+           "template; generation decoding every row to `max_new_tokens`); `estimate` runs it on fake tensors with "
+           "every prompt and answer option at `max_length` tokens, the most a cell's are cut to, and bounds "
+           "generation's from above (`memory.upper_bound`): one forward of `eval_batch_size` × `num_beams` rows at "
+           "prompt + `max_new_tokens` tokens with its cache kept, plus one layer's keys and values and generate's own "
+           "tensors (bench/cell/eval_probe.py). Null for a cell with no evaluation set "
            "of its own (a multi-task cell's members, a pre-training stage); a sharded cell measures none "
            "(`estimate --shards` adds the gathered blocks: bench/tools/sharding.py)."),
     Figure("memory", "predicted_peak_bytes", "bytes", "versioned", "what the cell holds at its busiest moment: the "
@@ -184,8 +187,8 @@ _FIGURES = [
            "training) and evaluation's `weights_bytes + optimizer_bytes + eval_peak_bytes` (evaluations during "
            "training hold the optimizer's state); a cell that trains nothing (zero-shot, in-context learning) "
            "only evaluates: `weights_bytes + eval_peak_bytes`; a pre-training stage (scored on nothing) only "
-           "trains. Null when a part of a phase the cell runs is (a generation task's evaluation, a multi-task "
-           "cell's). `grad_bytes` and `activation_bytes` are inside `step_peak_bytes` (not added to it).",
+           "trains. Null when a part of a phase the cell runs is (a multi-task cell's evaluation). `grad_bytes` and "
+           "`activation_bytes` are inside `step_peak_bytes` (not added to it).",
            shown=(Shown("memory", "Predicted peak"),)),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),

@@ -87,13 +87,6 @@ def test_a_cell_that_trains_nothing_is_predicted_by_its_evaluation_alone():
     assert m["predicted_peak_bytes"] == m["weights_bytes"] + m["eval_peak_bytes"]
 
 
-def test_generation_is_unknown_with_its_reason():
-    m = estimate("tiny-t5", "lora", batch_size=2, seq_len=LENGTH, task=builtin_tasks()["xsum"],
-                 step_device="cpu")["memory"]
-    assert m["eval_peak_bytes"] is None and m["predicted_peak_bytes"] is None
-    assert m["eval_unknown"] == eval_probe.UNMODELLED
-
-
 def test_a_stage_only_trains_and_a_multi_task_cells_evaluation_is_unknown(write_suite):
     from bench.plan import grid
     from bench.plan.suite import load_suite

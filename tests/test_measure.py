@@ -84,7 +84,7 @@ def test_predicted_peak_is_the_busier_phase_or_null():
     assert predicted_peak({**parts, "step_peak_bytes": None}, trains=False) == 13  # zero-shot, ICL: no optimizer
     assert predicted_peak({**parts, "eval_peak_bytes": None}, trains=True, evaluates=False) == 21  # a stage
     assert predicted_peak({**parts, "optimizer_bytes": None}, trains=True) is None
-    assert predicted_peak({**parts, "eval_peak_bytes": None}, trains=True) is None  # generation
+    assert predicted_peak({**parts, "eval_peak_bytes": None}, trains=True) is None  # a multi-task cell
 
 
 def test_step_peak_is_the_busier_of_backward_and_the_update():

@@ -106,14 +106,14 @@ def option_pairs(kind: str, evalset: EvalSet) -> list[dict]:
             for c in options]
 
 
-def longest_batch(bundle, evalset: EvalSet, batch_size: int) -> dict | None:
+def longest_batch(bundle, evalset: EvalSet, batch_size: int) -> dict:
     """The batch of the evaluation's longest examples, collated as predict collates a batch (its busiest, as
-    bench/cell/eval_probe.py measures it): None for generation, whose batches are predicted by generate."""
+    bench/cell/eval_probe.py measures it); for generation, its longest prompts, padded as generate's (left on a
+    decoder). Where padding_moves_positions, predict's first batch may be fewer of them: this one is no smaller."""
     pad = bundle.tokenizer.pad_token_id
-    if bundle.head == "classifier":
-        return collate(sorted(evalset.features, key=lambda f: -_input_length(f))[:batch_size], pad)
-    if evalset.choices is None:
-        return None
+    if bundle.head == "classifier" or evalset.choices is None:
+        longest = sorted(evalset.features, key=lambda f: -_input_length(f))[:batch_size]
+        return collate(longest, pad, left=bundle.head != "classifier" and bundle.kind == "decoder")
     if bundle.kind == "encoder-decoder":
         examples = sorted(zip(evalset.features, evalset.choices), key=lambda e: -_prompt_length(e))
         return _options_batch(examples[:prompts_per_batch(evalset.choices, batch_size)], pad)
@@ -161,15 +161,22 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
     def generate(chunk):
         batch = to_device(collate(chunk, pad, left=left), device)
         with autocast():
-            out = model.generate(**batch, max_new_tokens=task.generation["max_new_tokens"],
-                                 num_beams=task.generation["num_beams"], do_sample=False,
-                                 pad_token_id=pad, eos_token_id=bundle.tokenizer.eos_token_id)
+            out = generate_ids(model, batch, task.generation, pad, bundle.tokenizer.eos_token_id)
         if left:
             out = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in bundle.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     return _longest_first(evalset.features, batch_size, _input_length, generate,
                           padding_moves_positions(bundle, model))
+
+
+def generate_ids(model, batch: dict, generation: dict, pad: int, eos, full_length: bool = False) -> torch.Tensor:
+    """Generation's decoding of a batch: greedy or beam search as the task's `generation` settings say, up to their
+    max_new_tokens. `full_length`: every row runs all max_new_tokens (its end-of-sequence token forbidden until
+    then), the longest decoding the settings allow (bench/cell/eval_probe.py measures it)."""
+    steps = generation["max_new_tokens"]
+    return model.generate(**batch, max_new_tokens=steps, num_beams=generation["num_beams"], do_sample=False,
+                          pad_token_id=pad, eos_token_id=eos, **({"min_new_tokens": steps} if full_length else {}))
 
 
 def encodes_once(model) -> bool:

@@ -26,7 +26,7 @@ import time
 import torch
 
 from bench.cell.batching import to_device
-from bench.cell.eval_probe import eval_peak, way_of
+from bench.cell.eval_probe import GENERATE, eval_peak, generation_peak, way_of
 from bench.cell.evaluate import longest_batch
 from bench.cell.forgetting import general_text, lm_loss
 from bench.cell.measure import (
@@ -153,17 +153,21 @@ def evaluates(run) -> bool:
 
 class EvalProbe(Instrument):
     """memory.eval_peak_bytes: the longest batch of each evaluation split and template through the forward the
-    evaluation predicts with (bench/cell/eval_probe.py), before training (training changes no shape); then, for a
+    evaluation predicts with (bench/cell/eval_probe.py; generation's decoding, every row to max_new_tokens), before
+    training (training changes no shape, and generation runs its longest whatever the weights); then, for a
     cell that trains nothing, memory.predicted_peak_bytes (a training cell's: StepProbe, once trained)."""
 
     def before_training(self, run, record):
-        memory, model = record["memory"], run.adapted.model
-        way = way_of(run.bundle.head, run.evaluation)
-        if way is not None and run.evalsets and not sharded(model):
-            batches = [longest_batch(run.bundle, evalset, run.cell.train.eval_batch_size)
+        memory, model, task = record["memory"], run.adapted.model, run.evaluation
+        way = way_of(run.bundle.head, task)
+        if run.evalsets and not sharded(model):
+            batches = [to_device(longest_batch(run.bundle, evalset, run.cell.train.eval_batch_size), run.device)
                        for sets in run.evalsets.values() for evalset in sets]
-            memory["eval_peak_bytes"] = max(eval_peak(model, to_device(batch, run.device), way, run.autocast)
-                                            for batch in batches)
+            tokenizer = run.bundle.tokenizer
+            memory["eval_peak_bytes"] = max(
+                generation_peak(model, batch, task.generation, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                run.autocast) if way == GENERATE else eval_peak(model, batch, way, run.autocast)
+                for batch in batches)
         if not run.adapted.trains:
             memory["predicted_peak_bytes"] = predicted_peak(memory, trains=False, evaluates=evaluates(run))
 

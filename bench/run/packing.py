@@ -17,8 +17,10 @@ benchmarks/gpu_packing.py measures reserved peak / budget on the GPU, to confirm
 still runs out is retried alone with the whole device (bench/run/executors/local.py), never lost.
 
 Cells that cannot share: a cell with no prediction (a model only on the hub while offline, a method that cannot be
-built on the meta device, a generation task, whose evaluation is not modelled) runs alone on an empty device, with no
-limit but the device's own, as every cell ran before packing. A cell whose budget exceeds every device's room runs
+built on the meta device, a multi-task cell, whose members' evaluations are not modelled) runs alone on an empty
+device, with no limit but the device's own, as every cell ran before packing. A generation task's cell shares: its
+evaluation's prediction bounds generate's peak from above (`memory.upper_bound`, bench/cell/eval_probe.py).
+A cell whose budget exceeds every device's room runs
 sharded over `gpus_per_cell` > 1 empty devices (bench/cell/sharded.py; its placement names them all, "0,1") when
 its per-device prediction sharded over that many (bench/tools/sharding.py) gives a budget their rooms fit; otherwise
 it runs alone on the largest empty device, whole.
@@ -28,7 +30,8 @@ prediction bounds the peak from below (every measured peak above was at least it
 models the GPU's step, autocast included, to the MiB of those runs' own probes: bench/tools/cuda_step.py): a cell
 whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
 weights under autocast), or says that its prediction bounds the peak from above (`memory.upper_bound`: fishmask and
-child-tuning, whose trained tensors the data choose; a safe budget to share a device with), is never refused: it runs
+child-tuning, whose trained tensors the data choose; a generation task's evaluation; a safe budget to share a device
+with), is never refused: it runs
 alone on the largest device instead when it fits no device; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 

@@ -178,9 +178,10 @@ def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
 
 
 def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, seq_len: int, device: str,
-               autocast: bool) -> tuple[int | None, str | None]:
+               autocast: bool, upper_bound: list[str]) -> tuple[int | None, str | None]:
     """(memory.eval_peak_bytes, None), or (None, why it is unknown): the largest of the evaluation's batches that
-    eval_probe.shaped_batches makes, each on fake tensors (fake_pass.fake_eval)."""
+    eval_probe.shaped_batches makes, each on fake tensors (fake_pass.fake_eval); generation's bounds the peak from
+    above, which `upper_bound` is then told (eval_probe.GENERATION_BOUND)."""
     from bench.cell import eval_probe
 
     if task is None and bundle.head != "classifier":
@@ -190,14 +191,16 @@ def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, s
                       if evaluates(task) else "a pre-training stage's mixture is scored on nothing")
     task = task.evaluation if task is not None else None
     way = eval_probe.way_of(bundle.head, task)
-    if way is None:
-        return None, eval_probe.UNMODELLED
     pad = getattr(bundle.model.config, "pad_token_id", None)
-    batches = eval_probe.shaped_batches(spec.kind, way, task, eval_batch_size, seq_len,
-                                        pad if isinstance(pad, int) else 0,
-                                        getattr(bundle.model.config, "eos_token_id", None))
+    eos = getattr(bundle.model.config, "eos_token_id", None)
+    batches = eval_probe.shaped_batches(spec.kind, way, task, eval_batch_size, seq_len, pad if isinstance(pad, int)
+                                        else 0, eos, eval_probe.reinjected_tokens(adapted))
+    generation = task.generation if way == eval_probe.GENERATE else None
+    if generation is not None:
+        upper_bound.append(eval_probe.GENERATION_BOUND)
     try:
-        return max(fake_pass.fake_eval(adapted, batch, way, device, autocast) for batch in batches), None
+        return max(fake_pass.fake_eval(adapted, batch, way, device, autocast, generation, eos)
+                   for batch in batches), None
     except Exception as e:  # as _step: a forward fake tensors cannot run
         raise BadInput(f"method '{method}' on {spec.name} cannot run an evaluation batch on fake tensors: "
                        f"{type(e).__name__}: {e}", "--method") from None
@@ -240,11 +243,12 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     params = built.params()
     params.update(method_params(params, head_elements(adapted, bundle.head_modules)[1], body))
     compute = compute_dtype(step_device, precision)
+    upper_bound: list[str] = []  # why the prediction bounds the peak from above
     with departures() as not_modelled:
         step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
                      autocast=compute == "bf16")
         eval_peak, eval_unknown = _eval_peak(adapted, spec, bundle, task, method, eval_batch_size, seq_len,
-                                             step_device, compute == "bf16")
+                                             step_device, compute == "bf16", upper_bound)
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
     update = optimizers.cuda_update(optimizer)  # estimates plan GPU memory: the update a CUDA cell makes
     memory = weight_bytes(adapted)
@@ -255,6 +259,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluates(task))
     memory["eval_unknown"] = eval_unknown  # why eval_peak_bytes is null
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
+    if upper_bound:
+        memory["upper_bound"] = upper_bound
     quantised = _quantised_path(adapted, batch_size * seq_len, not_modelled)
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
@@ -326,7 +332,7 @@ def _with_selection(memory: dict, selection, selection_peak: int) -> dict:
     trained = memory["predicted_peak_bytes"]
     return {**memory, "mask_bytes": selection.mask_bytes, "selection_peak_bytes": selection_peak,
             "predicted_peak_bytes": None if trained is None else max(trained + selection.mask_bytes, selection_peak),
-            "upper_bound": [selection.upper_bound]}
+            "upper_bound": [*memory.get("upper_bound", []), selection.upper_bound]}
 
 
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",

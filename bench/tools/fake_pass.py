@@ -98,15 +98,19 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
         return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
 
 
-def fake_eval(model: torch.nn.Module, batch: dict, way: str, device: str = "cpu", autocast: bool = False) -> int:
+def fake_eval(model: torch.nn.Module, batch: dict, way: str, device: str = "cpu", autocast: bool = False,
+              generation: dict | None = None, eos=None) -> int:
     """memory.eval_peak_bytes of the evaluation's forward (`way`, bench/cell/eval_probe.py) on `batch`, on fake
     tensors as on `device` (its attention kernels; bf16 autocast with `autocast`), at the model's full depth: a
     forward without gradients keeps nothing per block but what the model returns (a decoder's key-value cache),
-    and one pass costs little."""
-    from bench.cell.eval_probe import eval_peak
+    and one pass costs little. Generation's (eval_probe.generation_bound) with the task's `generation` settings and
+    the end-of-sequence id or ids `eos`."""
+    from bench.cell.eval_probe import GENERATE, eval_peak, generation_bound
 
     mode = _BatchValues(max(t.numel() for t in batch.values()))
     with _fake_weights(model, mode), step_on(device, autocast) as region:
+        if way == GENERATE:
+            return generation_bound(model, batch, generation, eos, autocast=region, fake_mode=mode)
         return eval_peak(model, batch, way, autocast=region, fake_mode=mode)
 
 

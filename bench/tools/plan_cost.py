@@ -208,9 +208,12 @@ def _cache_key(cell: Cell, what: str = "step and selection flops") -> dict | Non
 
 def eval_shape(cell: Cell) -> tuple:
     """What the evaluation's predicted peak depends on beyond the training step's shape (bench/cell/eval_probe.py:
-    its batch size, how it predicts, its answer options), read without torch: part of the memory's cache key."""
+    its batch size, how it predicts, its answer options, generation's max_new_tokens and num_beams), read without
+    torch: part of the memory's cache key."""
     task = cell.task.evaluation
-    return cell.train.eval_batch_size, task.type, tuple(p.answers for p in task.prompts), tuple(task.labels or ())
+    generation = tuple(sorted(task.generation.items())) if task.type == "generation" else ()
+    return (cell.train.eval_batch_size, task.type, tuple(p.answers for p in task.prompts), tuple(task.labels or ()),
+            generation)
 
 
 def price_shapes(cells: list[Cell], known: dict, workers: int) -> None:
