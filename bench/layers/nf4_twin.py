@@ -22,11 +22,11 @@ runs MatMul4Bit where the input or bias needs a gradient (else the same product 
 forward calls the gemm_4bit op and keeps the packed weight and quantisation state (no new tensor). On CUDA,
 gemm_4bit with more than FUSED_MAX_ROWS rows (every training batch of B x L > 1536 tokens) runs its fallback
 (backends/cuda/ops.py, _dequant_linear_fallback): the absmax dequantised to fp32 (4 ceil(n / 64) bytes), plus the
-offset (as many again), the weight dequantised in the input's dtype (2n bytes in bf16), then F.linear; all freed
-when the product is done. Backward computes the input's gradient with the weight dequantised again
-(functional.dequantize_4bit: absmax to fp32 with the offset added in place, the weight in its quantisation dtype,
-the original weight's, then `.to` the gradient's dtype, a copy where they differ) and none for the weight or the
-bias, which QLoRA freezes.
+offset (as many again; both kept until the function returns), the weight dequantised in the input's dtype (2n bytes
+in bf16), then F.linear; all freed when the product is done. Backward computes the input's gradient with the
+weight dequantised again (functional.dequantize_4bit: absmax to fp32 with the offset added in place, the weight in
+its quantisation dtype, the original weight's, then `.to` the gradient's dtype, a copy where they differ) and none
+for the weight or the bias, which QLoRA freezes.
 The twin runs those very operators (bitsandbytes' own fake kernels give their outputs on the fake pass), so the fake
 step's peak holds the transients as the GPU's does. With at most FUSED_MAX_ROWS rows, CUDA may run its fused kernel
 instead, which allocates only the output: `estimate` then says so (its prediction is high by the forward's
@@ -62,9 +62,12 @@ class _MatMul4BitOnCuda(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, B, bias, state):
+        # _dequant_linear_fallback line for line: absmax_dq stays alive beside absmax + offset until the product ends
         nested = state.state2
-        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-            state.absmax, nested.absmax, nested.code, nested.blocksize, torch.float32) + state.offset
+        absmax_dq = torch.empty_like(state.absmax, dtype=torch.float32)
+        torch.ops.bitsandbytes.dequantize_blockwise.out(state.absmax, nested.absmax, nested.code, nested.blocksize,
+                                                        torch.float32, out=absmax_dq)
+        absmax = absmax_dq + state.offset
         weight = torch.ops.bitsandbytes.dequantize_4bit.default(B, absmax, state.blocksize, state.quant_type,
                                                                 list(state.shape), A.dtype)
         ctx.state, ctx.B = state, B  # as MatMul4Bit keeps them: attributes, no saved tensor
