@@ -168,6 +168,15 @@ def test_the_estimate_says_it_is_of_the_cuda_path_and_when_the_fused_kernel_may_
     assert estimate("tiny-llama", "lora", batch_size=2, seq_len=8)["quantised"] is None
 
 
+def test_the_estimate_says_when_the_installed_bitsandbytes_is_not_the_twinned_release(monkeypatch):
+    """pyproject allows bitsandbytes >= 0.45; the twin is 0.50's CUDA path, another release's may differ."""
+    assert not any("installed one" in reason for reason in
+                   estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)["memory"]["not_modelled"])
+    monkeypatch.setattr(bnb, "__version__", "0.45.5")
+    reasons = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)["memory"]["not_modelled"]
+    assert any("bitsandbytes 0.50's" in reason and "installed one is 0.45.5" in reason for reason in reasons)
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_the_step_counts_the_products_of_bf16_lora_with_qlora_settings(model_name):
     """Dequantising is elementwise (0 FLOPs, as the probe counts every elementwise operator); the products are those

@@ -45,6 +45,7 @@ from torch import nn
 BLOCKSIZE = 64  # quantize_4bit's default, the weight's blocks
 NESTED_BLOCKSIZE = 256  # quantize_4bit's double quantisation of the absmax
 FUSED_MAX_ROWS = 1536  # backends/cuda/ops.py _gemm_4bit_custom_max_m: past it gemm_4bit always dequantises
+TWINNED_RELEASE = "0.50"  # the bitsandbytes release whose path the twin was read from (others: estimate says so)
 
 
 def stored_shapes(out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -167,8 +167,13 @@ def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
     layers."""
     if not getattr(adapted, "is_loaded_in_4bit", False):
         return None
-    from bench.layers.nf4_twin import FUSED_MAX_ROWS, Linear4bitTwin
+    import bitsandbytes
 
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS, TWINNED_RELEASE, Linear4bitTwin
+
+    if bitsandbytes.__version__.split(".")[:2] != TWINNED_RELEASE.split("."):
+        not_modelled.append(f"the 4-bit layers are bitsandbytes {TWINNED_RELEASE}'s (bench/layers/nf4_twin.py), the "
+                            f"installed one is {bitsandbytes.__version__}: its CUDA path may hold other transients")
     if rows <= FUSED_MAX_ROWS:
         not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
                             "on a GPU, which dequantises no weight in the forward: high")
