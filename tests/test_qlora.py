@@ -70,6 +70,26 @@ def test_quantised_layers_are_peft_4bit_lora_layers_and_counted_whole(qlora, mod
     assert counts["total"] == before + lora + head_copy
 
 
+def test_each_4bit_layer_holds_its_weights_quantisation_state(qlora):
+    """As Linear4bit's own weight: the Params4bit names its module, which quantising gives the state too (what
+    bitsandbytes' fix_4bit_weight_quant_state_from_module restores a weight's state from)."""
+    _, model, _, _ = qlora("tiny-llama")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.module is m and m.quant_state is m.weight.quant_state is not None for m in layers)
+
+
+def test_estimate_refuses_to_shard_a_4bit_base():
+    """FSDP2 makes a Params4bit a DTensor without its quant_state: the estimate priced --shards 2 regardless."""
+    from bench.errors import BadInput
+    from bench.tools.estimate import estimate
+
+    for method in ("qlora", "compose(qlora+bitfit)"):
+        with pytest.raises(BadInput, match="cannot be sharded: FSDP2") as refused:
+            estimate("tiny-llama", method, batch_size=2, seq_len=8, shards=2)
+        assert refused.value.where == "--shards"
+    assert estimate("tiny-llama", "qlora", batch_size=2, seq_len=8, shards=1)["memory"]["step_peak_bytes"]
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_a_step_trains_only_lora_and_the_head_and_the_merged_copy_predicts(qlora, model_name):
     bundle, model, adapted, _ = qlora(model_name)

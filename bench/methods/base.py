@@ -175,6 +175,9 @@ class Method:
     # × blocks = the layer's input features): exactly one of a pair is nonzero, the other 0, as peft's configs
     # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero).
     one_nonzero: tuple[tuple[str, str], ...] = ()
+    # False: FSDP2 cannot shard the model the method builds (QLoRA: a bitsandbytes Params4bit sharded becomes a DTensor
+    # without its quant_state): `estimate --shards` > 1 refuses it and packing runs it whole (Packer.demand)
+    shardable: bool = True
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family

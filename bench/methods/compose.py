@@ -47,6 +47,10 @@ class Composition:
     def trains_below_head(self) -> bool:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 
+    @property
+    def shardable(self) -> bool:
+        return all(REGISTRY[part].shardable for part in self.parts)
+
     def resolve(self, overrides: dict, arch: str, where) -> dict:
         """The config a cell of this composition carries (bench/plan/grid.py): `overrides` where they are one (its
         parts resolved), else every part at its defaults on `arch`."""

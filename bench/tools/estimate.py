@@ -233,10 +233,14 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
     CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
     (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
-    from bench import models
+    from bench import methods, models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
+    if shards > 1 and not methods.for_cell(method, "--method").shardable:
+        raise BadInput(f"method '{method}' cannot be sharded: FSDP2 makes its 4-bit weights (bitsandbytes Params4bit) "
+                       "DTensors without their quantisation state, so its cell runs whole on one GPU", "--shards",
+                       ("1",))
     if eval_batch_size < 1:
         raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
     spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
