@@ -159,6 +159,28 @@ def test_the_step_holds_the_dequantised_weights_in_closed_form(weights_dtype):
     assert expected == y + (6 * n if weights_dtype == torch.float32 else 2 * n + 8 * b)  # which moment is the peak
 
 
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_the_forward_alone_holds_cudas_fallback_transient(weights_dtype):
+    """The forward on its own (no backward to set the peak): CUDA's _dequant_linear_fallback holds the fp32 absmax
+    twice (8 b, b = n / 64) and the weight dequantised in bf16 (2 n) as it makes the bf16 output y (2 R N), whatever
+    the weight's dtype (the forward dequantises in the input's). A forward that dequantised nothing (the fused kernel)
+    would hold y alone."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.tools.fake_pass import _fake_weights
+
+    rows, out_features, in_features = 3, 256, 128
+    n, b, y = out_features * in_features, out_features * in_features // 64, 2 * rows * out_features
+    layer = nf4_twin.Linear4bitTwin(torch.nn.Linear(in_features, out_features, bias=False, device="meta",
+                                                    dtype=weights_dtype))
+    mode = FakeTensorMode()
+    with _fake_weights(layer, mode), mode:
+        x = torch.empty(rows, in_features, dtype=torch.bfloat16, requires_grad=True)
+        with LiveBytes() as live:
+            layer(x)
+    assert live.peak == 8 * b + 2 * n + y
+
+
 def test_the_estimate_says_it_is_of_the_cuda_path_and_when_the_fused_kernel_may_run():
     few = estimate("tiny-llama", "qlora", batch_size=2, seq_len=8)
     many = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)
