@@ -51,6 +51,10 @@ class Composition:
     def shardable(self) -> bool:
         return all(REGISTRY[part].shardable for part in self.parts)
 
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(sorted({package for part in self.parts for package in REGISTRY[part].packages}))
+
     def resolve(self, overrides: dict, arch: str, where) -> dict:
         """The config a cell of this composition carries (bench/plan/grid.py): `overrides` where they are one (its
         parts resolved), else every part at its defaults on `arch`."""
