@@ -182,12 +182,19 @@ def test_the_forward_alone_holds_cudas_fallback_transient(weights_dtype):
 
 
 def test_the_estimate_says_it_is_of_the_cuda_path_and_when_the_fused_kernel_may_run():
+    """The note names the rows the twins' forwards multiplied (gemm_4bit's M, what CUDA chooses its kernel by), not
+    batch x seq_len: an input's every leading dimension counts, and only forwards that ran."""
     few = estimate("tiny-llama", "qlora", batch_size=2, seq_len=8)
     many = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)
     assert "CUDA path" in few["quantised"]["path"] and few["quantised"] == many["quantised"]
-    assert any("fused kernel" in reason for reason in few["memory"]["not_modelled"])
+    assert any("multiply 16 rows, at most 1536" in reason and "above the GPU's peak" in reason
+               for reason in few["memory"]["not_modelled"])
     assert not any("fused kernel" in reason for reason in many["memory"]["not_modelled"])
     assert estimate("tiny-llama", "lora", batch_size=2, seq_len=8)["quantised"] is None
+    layer = nf4_twin.Linear4bitTwin(torch.nn.Linear(64, 32, device="meta"))
+    layer(torch.empty(3, 5, 64, device="meta"))
+    layer(torch.empty(7, 64, device="meta"))
+    assert layer.rows_multiplied == {15, 7}
 
 
 def test_the_estimate_says_when_the_installed_bitsandbytes_is_not_the_twinned_release(monkeypatch):

@@ -29,9 +29,11 @@ its quantisation dtype, the original weight's, then `.to` the gradient's dtype, 
 for the weight or the bias, which QLoRA freezes.
 The twin runs those very operators (bitsandbytes' own fake kernels give their outputs on the fake pass), so the fake
 step's peak holds the transients as the GPU's does. With at most FUSED_MAX_ROWS rows, CUDA may run its fused kernel
-instead, which allocates only the output: `estimate` then says so (its prediction is high by the forward's
-transient). FLOPs: the products are F.linear and matmul, counted as any (2 n per row each way, as bf16 LoRA's frozen
-linear layer); dequantising is elementwise, which the FLOP counter, like for every elementwise operator, counts as 0.
+instead, which allocates only the output: the twin keeps the rows each of its forwards multiplied
+(`rows_multiplied`), and `estimate` says where some are that few (its prediction may then be above the GPU's peak
+by one layer's forward transient). FLOPs: the products are F.linear and matmul, counted as any (2 n per row each
+way, as bf16 LoRA's frozen linear layer); dequantising is elementwise, which the FLOP counter, like for every
+elementwise operator, counts as 0.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Linear4bitTwin(bnb.nn.Linear4bit):
                                         quant_type="nf4", module=self, bnb_quantized=True)
         if linear.bias is not None:
             self.bias = nn.Parameter(torch.empty_like(linear.bias, device=meta), requires_grad=False)
+        self.rows_multiplied: set[int] = set()  # the rows of every input the forward was given (FUSED_MAX_ROWS)
 
     def nf4_state(self) -> bnb_functional.QuantState:
         """The QuantState of the buffers as they are now (the fake pass swaps them for fakes)."""
@@ -111,6 +114,7 @@ class Linear4bitTwin(bnb.nn.Linear4bit):
                                          dtype=self.weights_dtype, offset=self.offset, state2=nested)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows_multiplied.add(x.numel() // x.shape[-1])  # gemm_4bit's M: what chooses CUDA's kernel
         inp_dtype = x.dtype
         x = x.to(self.compute_dtype)
         bias = self.bias
