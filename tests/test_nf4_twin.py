@@ -143,10 +143,10 @@ def one_layer_step_peak(weights_dtype: torch.dtype, rows: int, out_features: int
 
 @pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
 def test_the_step_holds_the_dequantised_weights_in_closed_form(weights_dtype):
-    """bf16 output y (2 R N), input gradient (2 R K); absmax dequantised in fp32 (4 b, b = n / 64). Forward: absmax
-    and absmax + offset (8 b), then absmax and the weight in bf16 (4 b + 2 n) with y. Backward, beside y: absmax
-    and the weight in its quantisation dtype (4 b + s n), then that and its bf16 copy where the dtypes differ (6 n),
-    then the copy and the input's gradient (2 n + 2 R K)."""
+    """bf16 output y (2 R N), input gradient (2 R K); absmax dequantised in fp32 (4 b, b = n / 64). Forward, as CUDA's
+    _dequant_linear_fallback: absmax and absmax + offset (8 b), both kept while the weight in bf16 (2 n) and y are
+    made (8 b + 2 n + y). Backward, beside y: absmax and the weight in its quantisation dtype (4 b + s n), then that
+    and its bf16 copy where the dtypes differ (6 n), then the copy and the input's gradient (2 n + 2 R K)."""
     rows, out_features, in_features = 2, 128, 128
     n, b, y, grad_x = out_features * in_features, out_features * in_features // 64, 2 * rows * out_features, \
         2 * rows * in_features
@@ -154,18 +154,56 @@ def test_the_step_holds_the_dequantised_weights_in_closed_form(weights_dtype):
     assert plain == y + grad_x
     size = weights_dtype.itemsize
     copy = 2 * n if weights_dtype != torch.bfloat16 else 0
-    expected = max(8 * b, 4 * b + 2 * n + y, y + 4 * b + size * n, y + size * n + copy, y + 2 * n + grad_x)
+    expected = max(8 * b + 2 * n + y, y + 4 * b + size * n, y + size * n + copy, y + 2 * n + grad_x)
     assert one_layer_step_peak(weights_dtype, rows, out_features, in_features, twin=True) == expected
-    assert expected == y + (6 * n if weights_dtype == torch.float32 else 2 * n + 4 * b)  # which moment is the peak
+    assert expected == y + (6 * n if weights_dtype == torch.float32 else 2 * n + 8 * b)  # which moment is the peak
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_the_forward_alone_holds_cudas_fallback_transient(weights_dtype):
+    """The forward on its own (no backward to set the peak): CUDA's _dequant_linear_fallback holds the fp32 absmax
+    twice (8 b, b = n / 64) and the weight dequantised in bf16 (2 n) as it makes the bf16 output y (2 R N), whatever
+    the weight's dtype (the forward dequantises in the input's). A forward that dequantised nothing (the fused kernel)
+    would hold y alone."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.tools.fake_pass import _fake_weights
+
+    rows, out_features, in_features = 3, 256, 128
+    n, b, y = out_features * in_features, out_features * in_features // 64, 2 * rows * out_features
+    layer = nf4_twin.Linear4bitTwin(torch.nn.Linear(in_features, out_features, bias=False, device="meta",
+                                                    dtype=weights_dtype))
+    mode = FakeTensorMode()
+    with _fake_weights(layer, mode), mode:
+        x = torch.empty(rows, in_features, dtype=torch.bfloat16, requires_grad=True)
+        with LiveBytes() as live:
+            layer(x)
+    assert live.peak == 8 * b + 2 * n + y
 
 
 def test_the_estimate_says_it_is_of_the_cuda_path_and_when_the_fused_kernel_may_run():
+    """The note names the rows the twins' forwards multiplied (gemm_4bit's M, what CUDA chooses its kernel by), not
+    batch x seq_len: an input's every leading dimension counts, and only forwards that ran."""
     few = estimate("tiny-llama", "qlora", batch_size=2, seq_len=8)
     many = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)
     assert "CUDA path" in few["quantised"]["path"] and few["quantised"] == many["quantised"]
-    assert any("fused kernel" in reason for reason in few["memory"]["not_modelled"])
+    assert any("multiply 16 rows, at most 1536" in reason and "above the GPU's peak" in reason
+               for reason in few["memory"]["not_modelled"])
     assert not any("fused kernel" in reason for reason in many["memory"]["not_modelled"])
     assert estimate("tiny-llama", "lora", batch_size=2, seq_len=8)["quantised"] is None
+    layer = nf4_twin.Linear4bitTwin(torch.nn.Linear(64, 32, device="meta"))
+    layer(torch.empty(3, 5, 64, device="meta"))
+    layer(torch.empty(7, 64, device="meta"))
+    assert layer.rows_multiplied == {15, 7}
+
+
+def test_the_estimate_says_when_the_installed_bitsandbytes_is_not_the_twinned_release(monkeypatch):
+    """pyproject allows bitsandbytes >= 0.45; the twin is 0.50's CUDA path, another release's may differ."""
+    assert not any("installed one" in reason for reason in
+                   estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)["memory"]["not_modelled"])
+    monkeypatch.setattr(bnb, "__version__", "0.45.5")
+    reasons = estimate("tiny-llama", "qlora", batch_size=4, seq_len=512)["memory"]["not_modelled"]
+    assert any("bitsandbytes 0.50's" in reason and "installed one is 0.45.5" in reason for reason in reasons)
 
 
 @pytest.mark.parametrize("model_name", MODELS)

@@ -331,3 +331,30 @@ def test_a_rank_that_runs_out_of_memory_makes_the_cell_oom(tmp_path):
     assert record["status"] == "oom"
     assert record["env"]["shards"] == 2 and record["error"]["type"] == "OutOfMemoryError"
     assert record["error"]["message"] == "rank 1 of 2: CUDA out of memory on rank 1 (injected)"
+
+
+def test_a_qlora_cell_is_never_sharded(tmp_path):
+    """FSDP2 cannot shard a 4-bit base (a Params4bit sharded becomes a DTensor without its quant_state): a QLoRA cell
+    too large for one device is sized as without --gpus-per-cell, its sharded memory never asked; it runs whole on
+    the largest device where its prediction may be above its peak, and is refused where the prediction bounds it."""
+    path = tmp_path / "sharded.yaml"
+    path.write_text("name: packing\nmethods: [qlora, lora]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\n"
+                    "seeds: [1]\ntrain: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+    cells = {cell.label: cell for cell in grid.expand(load_suite(str(path)), threads=1)}
+    asked = []
+
+    def memory(bound: bool):
+        def predicted(cell, shards: int = 1) -> dict:
+            asked.append((cell.label, shards))
+            return {"predicted_peak_bytes": 8 * GIB // shards, "not_modelled": [] if bound else ["a departure"]}
+        return predicted
+
+    rooms = dict.fromkeys(NO_GPU, 6 * GIB)
+    loose = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=rooms, predicted_memory=memory(False), gpus_per_cell=2)
+    assert loose.demand(cells["qlora"]) == (budget_of(8 * GIB), 1)
+    assert loose.demand(cells["lora"]) == (budget_of(4 * GIB), 2)
+    assert asked == [("qlora", 1), ("lora", 1), ("lora", 2)]
+    tight = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=rooms, predicted_memory=memory(True), gpus_per_cell=2)
+    with pytest.raises(BadInput) as refused:
+        tight.demand(cells["qlora"])
+    assert "method=qlora" in refused.value.message and "sharded" not in refused.value.message

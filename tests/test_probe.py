@@ -2,13 +2,15 @@
 by torch's FlopCounterMode, saved storages by a hook that keeps every tensor."""
 
 import gc
+import sys
+import types
 
 import pytest
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, StepCounters, instrumented_step
+from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, StepCounters, custom_flops, instrumented_step
 from bench.models import REGISTRY
 from bench.tensors import storage_key
 from tests.adapting import adapt, token_batch
@@ -173,3 +175,11 @@ def test_grouped_query_attention_is_counted_as_its_repeated_heads(op, monkeypatc
         assert ATTENTION_FLOPS[op](grad_out, query, key, key) == 5 * product
     else:
         assert ATTENTION_FLOPS[op](query, key, key) == 2 * product
+
+
+def test_custom_flops_with_a_bitsandbytes_that_has_no_gemm_4bit(monkeypatch):
+    """peft imports bitsandbytes in every cell where it is installed, and pyproject allows releases whose 4-bit
+    product is F.linear, with no gemm_4bit operator: reading it raised AttributeError in every cell's probe."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))
+    monkeypatch.setattr(torch.ops, "bitsandbytes", types.SimpleNamespace(), raising=False)
+    assert custom_flops() == ATTENTION_FLOPS

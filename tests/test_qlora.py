@@ -70,6 +70,47 @@ def test_quantised_layers_are_peft_4bit_lora_layers_and_counted_whole(qlora, mod
     assert counts["total"] == before + lora + head_copy
 
 
+def test_each_4bit_layer_holds_its_weights_quantisation_state(qlora):
+    """As Linear4bit's own weight: the Params4bit names its module, which quantising gives the state too (what
+    bitsandbytes' fix_4bit_weight_quant_state_from_module restores a weight's state from)."""
+    _, model, _, _ = qlora("tiny-llama")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.module is m and m.quant_state is m.weight.quant_state is not None for m in layers)
+
+
+def test_qlora_composed_with_bottleneck_adapters_builds_and_steps(monkeypatch, tiny_bundle):
+    """The adapters were placed in the 4-bit layer's packed weight dtype (`nn.Module.to ... uint8`) and sized by its
+    packed shape, on the meta device and in a real cell alike: they now take the layer's widths and its first
+    floating-point parameter's dtype (peft's LoRA factors)."""
+    from bench.tools.estimate import estimate
+
+    name = "compose(qlora+adapter-houlsby)"
+    assert estimate("tiny-llama", name, batch_size=2, seq_len=8)["memory"]["step_peak_bytes"] > 0
+    if DEVICE == "cpu":  # bitsandbytes' CPU backend stands in for CUDA (not on the meta device: the estimate's)
+        from bench.methods import qlora as module
+
+        monkeypatch.setattr(module, "quantising_device", lambda ctx: torch.device("cpu"))
+    bundle = tiny_bundle("tiny-llama", device=DEVICE)
+    method = methods.for_cell(name)
+    model = method.apply(bundle.model, method.resolve({}, bundle.arch, str),
+                         ApplyContext(bundle, TrainConfig(), 10, device=torch.device(DEVICE))).model.to(DEVICE)
+    model(**batch_for(bundle)).loss.backward()
+    adapters = {n: p for n, p in model.named_parameters() if ".adapter." in n}
+    assert adapters and all(p.dtype == torch.float32 and p.grad is not None for p in adapters.values())
+
+
+def test_estimate_refuses_to_shard_a_4bit_base():
+    """FSDP2 makes a Params4bit a DTensor without its quant_state: the estimate priced --shards 2 regardless."""
+    from bench.errors import BadInput
+    from bench.tools.estimate import estimate
+
+    for method in ("qlora", "compose(qlora+bitfit)"):
+        with pytest.raises(BadInput, match="cannot be sharded: FSDP2") as refused:
+            estimate("tiny-llama", method, batch_size=2, seq_len=8, shards=2)
+        assert refused.value.where == "--shards"
+    assert estimate("tiny-llama", "qlora", batch_size=2, seq_len=8, shards=1)["memory"]["step_peak_bytes"]
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 def test_a_step_trains_only_lora_and_the_head_and_the_merged_copy_predicts(qlora, model_name):
     bundle, model, adapted, _ = qlora(model_name)

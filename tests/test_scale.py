@@ -493,11 +493,12 @@ def test_a_plan_cache_key_names_the_packages_the_method_declares(write_suite, mo
     from bench.tools import plan_cost
 
     pytest.importorskip("bitsandbytes")
-    path = write_suite("name: k\nmethods: [qlora, lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
-                       "train: {max_steps: 10}\n")
+    path = write_suite("name: k\nmethods: [qlora, lora, {compose: [qlora, adapter-houlsby]}]\nmodels: [tiny-encoder]\n"
+                       "tasks: [synth-polarity]\ntrain: {max_steps: 10}\n")
     cells = {c.method: c for c in grid.expand(load_suite(str(path)), threads=1)}
     assert set(plan_cost._cache_key(cells["lora"])["versions"]) == {"torch", "transformers", "peft"}
-    assert plan_cost._cache_key(cells["qlora"])["versions"]["bitsandbytes"] == md.version("bitsandbytes")
+    for method in ("qlora", "compose(qlora+adapter-houlsby)"):  # a composition's: its parts' packages
+        assert plan_cost._cache_key(cells[method])["versions"]["bitsandbytes"] == md.version("bitsandbytes")
     real = md.version
 
     def without_bitsandbytes(name):

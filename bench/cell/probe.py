@@ -73,10 +73,13 @@ def custom_flops() -> dict:
     """The formulas the probe and evaluation's count add to FlopCounterMode's table: ATTENTION_FLOPS, and where
     bitsandbytes is imported (QLoRA) its 4-bit matrix product, one operator (`gemm_4bit`, which dequantises the weight
     inside, on a GPU or its CPU backend) counted as the linear layer it computes; the dequantisation, elementwise,
-    counts nothing, as no elementwise work does."""
+    counts nothing, as no elementwise work does. An older bitsandbytes without that operator multiplies with
+    F.linear, which the table counts already."""
     formulas = dict(ATTENTION_FLOPS)
-    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is not None:
-        formulas[torch.ops.bitsandbytes.gemm_4bit] = _gemm_4bit_flops
+    if sys.modules.get("bitsandbytes") is not None:
+        gemm_4bit = getattr(torch.ops.bitsandbytes, "gemm_4bit", None)
+        if gemm_4bit is not None:
+            formulas[gemm_4bit] = _gemm_4bit_flops
     return formulas
 
 

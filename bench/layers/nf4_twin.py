@@ -22,16 +22,18 @@ runs MatMul4Bit where the input or bias needs a gradient (else the same product 
 forward calls the gemm_4bit op and keeps the packed weight and quantisation state (no new tensor). On CUDA,
 gemm_4bit with more than FUSED_MAX_ROWS rows (every training batch of B x L > 1536 tokens) runs its fallback
 (backends/cuda/ops.py, _dequant_linear_fallback): the absmax dequantised to fp32 (4 ceil(n / 64) bytes), plus the
-offset (as many again), the weight dequantised in the input's dtype (2n bytes in bf16), then F.linear; all freed
-when the product is done. Backward computes the input's gradient with the weight dequantised again
-(functional.dequantize_4bit: absmax to fp32 with the offset added in place, the weight in its quantisation dtype,
-the original weight's, then `.to` the gradient's dtype, a copy where they differ) and none for the weight or the
-bias, which QLoRA freezes.
+offset (as many again; both kept until the function returns), the weight dequantised in the input's dtype (2n bytes
+in bf16), then F.linear; all freed when the product is done. Backward computes the input's gradient with the
+weight dequantised again (functional.dequantize_4bit: absmax to fp32 with the offset added in place, the weight in
+its quantisation dtype, the original weight's, then `.to` the gradient's dtype, a copy where they differ) and none
+for the weight or the bias, which QLoRA freezes.
 The twin runs those very operators (bitsandbytes' own fake kernels give their outputs on the fake pass), so the fake
 step's peak holds the transients as the GPU's does. With at most FUSED_MAX_ROWS rows, CUDA may run its fused kernel
-instead, which allocates only the output: `estimate` then says so (its prediction is high by the forward's
-transient). FLOPs: the products are F.linear and matmul, counted as any (2 n per row each way, as bf16 LoRA's frozen
-linear layer); dequantising is elementwise, which the FLOP counter, like for every elementwise operator, counts as 0.
+instead, which allocates only the output: the twin keeps the rows each of its forwards multiplied
+(`rows_multiplied`), and `estimate` says where some are that few (its prediction may then be above the GPU's peak
+by one layer's forward transient). FLOPs: the products are F.linear and matmul, counted as any (2 n per row each
+way, as bf16 LoRA's frozen linear layer); dequantising is elementwise, which the FLOP counter, like for every
+elementwise operator, counts as 0.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import nn
 BLOCKSIZE = 64  # quantize_4bit's default, the weight's blocks
 NESTED_BLOCKSIZE = 256  # quantize_4bit's double quantisation of the absmax
 FUSED_MAX_ROWS = 1536  # backends/cuda/ops.py _gemm_4bit_custom_max_m: past it gemm_4bit always dequantises
+TWINNED_RELEASE = "0.50"  # the bitsandbytes release whose path the twin was read from (others: estimate says so)
 
 
 def stored_shapes(out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -62,9 +65,12 @@ class _MatMul4BitOnCuda(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, B, bias, state):
+        # _dequant_linear_fallback line for line: absmax_dq stays alive beside absmax + offset until the product ends
         nested = state.state2
-        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
-            state.absmax, nested.absmax, nested.code, nested.blocksize, torch.float32) + state.offset
+        absmax_dq = torch.empty_like(state.absmax, dtype=torch.float32)
+        torch.ops.bitsandbytes.dequantize_blockwise.out(state.absmax, nested.absmax, nested.code, nested.blocksize,
+                                                        torch.float32, out=absmax_dq)
+        absmax = absmax_dq + state.offset
         weight = torch.ops.bitsandbytes.dequantize_4bit.default(B, absmax, state.blocksize, state.quant_type,
                                                                 list(state.shape), A.dtype)
         ctx.state, ctx.B = state, B  # as MatMul4Bit keeps them: attributes, no saved tensor
@@ -97,6 +103,7 @@ class Linear4bitTwin(bnb.nn.Linear4bit):
                                         quant_type="nf4", module=self, bnb_quantized=True)
         if linear.bias is not None:
             self.bias = nn.Parameter(torch.empty_like(linear.bias, device=meta), requires_grad=False)
+        self.rows_multiplied: set[int] = set()  # the rows of every input the forward was given (FUSED_MAX_ROWS)
 
     def nf4_state(self) -> bnb_functional.QuantState:
         """The QuantState of the buffers as they are now (the fake pass swaps them for fakes)."""
@@ -107,6 +114,7 @@ class Linear4bitTwin(bnb.nn.Linear4bit):
                                          dtype=self.weights_dtype, offset=self.offset, state2=nested)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows_multiplied.add(x.numel() // x.shape[-1])  # gemm_4bit's M: what chooses CUDA's kernel
         inp_dtype = x.dtype
         x = x.to(self.compute_dtype)
         bias = self.bias

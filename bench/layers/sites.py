@@ -25,6 +25,7 @@ import functools
 import os
 import re
 
+import torch
 from torch import nn
 
 from bench.archs import ARCHS
@@ -44,22 +45,27 @@ def find(model: nn.Module, arch: str, site: str) -> list[tuple[str, nn.Module]]:
 
 
 def out_features(module: nn.Module) -> int:
-    """Output width of a Linear or transformers' Conv1D (GPT-2 stores its weight transposed)."""
-    if isinstance(module, nn.Linear):
+    """Output width of a Linear, of peft's layer wrapping one (whose weight may be 4-bit packed, ((n + 1) // 2, 1),
+    no width), or of transformers' Conv1D (GPT-2 stores its weight transposed)."""
+    if hasattr(module, "out_features"):
         return module.out_features
     return module.weight.shape[-1]
 
 
 def in_features(module: nn.Module) -> int:
-    """Input width of a Linear or transformers' Conv1D."""
-    if isinstance(module, nn.Linear):
+    """Input width of a Linear, of peft's layer wrapping one, or of transformers' Conv1D."""
+    if hasattr(module, "in_features"):
         return module.in_features
     return module.weight.shape[0]
 
 
 def place_like(new: nn.Module, module: nn.Module) -> nn.Module:
+    """`new` on `module`'s device in its weights' dtype. A 4-bit layer's packed weight (uint8) is no dtype to compute
+    in: then its first floating-point parameter's (peft's LoRA factors on QLoRA's layers), else fp32, what peft's
+    kbit preparation casts the model's other parameters to."""
     weight = next(module.parameters())
-    return new.to(device=weight.device, dtype=weight.dtype)
+    floating = (p.dtype for p in module.parameters() if p.is_floating_point())
+    return new.to(device=weight.device, dtype=next(floating, torch.float32))
 
 
 def _add_output(name: str, module, args, output):

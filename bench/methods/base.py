@@ -176,6 +176,9 @@ class Method:
     # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero). Both are in
     # `defaults`, exactly one of them nonzero (checked where the Method is made).
     one_nonzero: tuple[tuple[str, str], ...] = ()
+    # False: FSDP2 cannot shard the model the method builds (QLoRA: a bitsandbytes Params4bit sharded becomes a DTensor
+    # without its quant_state): `estimate --shards` > 1 refuses it and packing runs it whole (Packer.demand)
+    shardable: bool = True
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family

@@ -47,6 +47,14 @@ class Composition:
     def trains_below_head(self) -> bool:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 
+    @property
+    def shardable(self) -> bool:
+        return all(REGISTRY[part].shardable for part in self.parts)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(sorted({package for part in self.parts for package in REGISTRY[part].packages}))
+
     def resolve(self, overrides: dict, arch: str, where, flags: bool = False) -> dict:
         """The config a cell of this composition carries: every part at its defaults on `arch`, or `overrides` when
         they are one (`parts`: each part's name and config, as bench/plan/grid.py resolves a suite's `compose:`

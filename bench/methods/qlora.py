@@ -35,7 +35,7 @@ def _quantised(child: nn.Linear, device) -> nn.Module:
     q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                           compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
     q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4",
-                                 compress_statistics=True)
+                                 compress_statistics=True, module=q)  # as Linear4bit's own: q.quant_state kept
     if child.bias is not None:
         q.bias = nn.Parameter(child.bias.data, requires_grad=False)
     return q.to(device)  # moving to the device quantises the weight
@@ -94,7 +94,7 @@ register(
     Method("qlora", "reparameterized", "LoRA on all linear layers of a 4-bit NF4 base (double quantisation)",
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", _qlora,
            defaults={"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
-           train={"lr": 2e-4}, packages=("bitsandbytes",),
+           train={"lr": 2e-4}, packages=("bitsandbytes",), shardable=False,
            # 2: peft's 4-bit LoRA layer, T5's wo kept in full precision, 4-bit weights counted whole
            revisions={"roberta": 2, "bert": 2, "t5": 2, "llama": 2},
            unsupported=unsupported_on_conv1d("{arch}'s Conv1D layers are not nn.Linear; load it through "

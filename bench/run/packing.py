@@ -114,7 +114,8 @@ class Packer:
         """Whether `devices` of the devices each have room for a cell of this budget (per device)."""
         return sum(footprint(budget) <= room for room in self.rooms.values()) >= devices
 
-    def demand(self, memory: Callable[[int], dict | None], cell: str, bound: bool = True) -> tuple[int | None, int]:
+    def demand(self, memory: Callable[[int], dict | None], cell: str, bound: bool = True,
+               shardable: bool = True) -> tuple[int | None, int]:
         """(budget per device, devices) a cell runs with, from `memory(shards)`, its predicted memory section on
         each of that many devices (bench.tools.plan_cost: predicted_memory): (its budget, 1) when it can share a
         device, when its prediction is unknown or when it runs alone on one; (its per-device budget sharded,
@@ -123,13 +124,15 @@ class Packer:
         numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
         prediction that may run other than the peak (bound False: its `not_modelled` or `upper_bound` says why) refuses
-        nothing, the cell runs alone on the largest device."""
+        nothing, the cell runs alone on the largest device. A cell that cannot be sharded (not `shardable`: a method
+        whose model FSDP2 cannot shard, QLoRA) is sized as with gpus_per_cell 1: its sharded memory is never asked."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):
             return budget, 1
         sharded = None
-        if self.gpus_per_cell > 1:
+        shards = self.gpus_per_cell if shardable else 1
+        if shards > 1:
             sharded = memory(self.gpus_per_cell)
             sharded_budget = cell_budget(sharded)
             if sharded_budget is None:
@@ -139,7 +142,7 @@ class Packer:
         largest = max(self.rooms.values())
         if not bound or unsharded["predicted_peak_bytes"] + CONTEXT_BYTES <= largest:
             return budget, 1
-        raise BadInput(_too_large(cell, unsharded, sharded, self.gpus_per_cell, sorted(self.rooms.values())),
+        raise BadInput(_too_large(cell, unsharded, sharded, shards, sorted(self.rooms.values())),
                        "--gpus-per-cell", _SMALLER)
 
     def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:

@@ -159,20 +159,29 @@ def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: in
                        f"{type(e).__name__}: {e}", "--method") from None
 
 
-def _quantised_path(adapted, rows: int, not_modelled: list[str]) -> dict | None:
+def _quantised_path(adapted, not_modelled: list[str]) -> dict | None:
     """What the estimate of a 4-bit base (QLoRA) is of, which the estimate prints: bitsandbytes' CUDA path, whose
     twins the model holds (bench/layers/nf4_twin.py), and the bytes of their quantisation state (buffers, in no
-    figure: on a GPU, part of device_other_bytes); with `rows` (tokens a linear layer multiplies) few enough that
-    CUDA may run bitsandbytes' fused kernel, which dequantises no weight, added to `not_modelled`. None: no 4-bit
-    layers."""
+    figure: on a GPU, part of device_other_bytes). Added to `not_modelled` where a twin's forward (training's or
+    evaluation's) multiplied few enough rows that CUDA may run bitsandbytes' fused kernel, which dequantises no
+    weight: the prediction, which holds the fallback's dequantised weight, may then be above the GPU's peak, so it is
+    no lower bound (the packer refuses nothing on it). None: no 4-bit layers."""
     if not getattr(adapted, "is_loaded_in_4bit", False):
         return None
-    from bench.layers.nf4_twin import FUSED_MAX_ROWS, Linear4bitTwin
+    import bitsandbytes
 
-    if rows <= FUSED_MAX_ROWS:
-        not_modelled.append(f"4-bit layers with {rows} <= {FUSED_MAX_ROWS} rows may run bitsandbytes' fused kernel "
-                            "on a GPU, which dequantises no weight in the forward: high")
-    state = sum(b.nbytes for m in adapted.modules() if isinstance(m, Linear4bitTwin) for b in m.buffers())
+    from bench.layers.nf4_twin import FUSED_MAX_ROWS, TWINNED_RELEASE, Linear4bitTwin
+
+    if bitsandbytes.__version__.split(".")[:2] != TWINNED_RELEASE.split("."):
+        not_modelled.append(f"the 4-bit layers are bitsandbytes {TWINNED_RELEASE}'s (bench/layers/nf4_twin.py), the "
+                            f"installed one is {bitsandbytes.__version__}: its CUDA path may hold other transients")
+    twins = [m for m in adapted.modules() if isinstance(m, Linear4bitTwin)]
+    few = sorted({rows for m in twins for rows in m.rows_multiplied if rows <= FUSED_MAX_ROWS})
+    if few:
+        not_modelled.append(f"4-bit layers multiply {', '.join(map(str, few))} rows, at most {FUSED_MAX_ROWS}: a GPU "
+                            "may run bitsandbytes' fused kernel there, which dequantises no weight, so the prediction "
+                            "may be above the GPU's peak by one layer's dequantised weight and absmax")
+    state = sum(b.nbytes for m in twins for b in m.buffers())
     return {"path": "bitsandbytes NF4 with double quantisation, as on a GPU (its CUDA path: bench/layers/nf4_twin.py)",
             "state_bytes": state}
 
@@ -231,10 +240,14 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
     CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
     (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
-    from bench import models
+    from bench import methods, models
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
+    if shards > 1 and not methods.for_cell(method, "--method").shardable:
+        raise BadInput(f"method '{method}' cannot be sharded: FSDP2 makes its 4-bit weights (bitsandbytes Params4bit) "
+                       "DTensors without their quantisation state, so its cell runs whole on one GPU", "--shards",
+                       ("1",))
     if eval_batch_size < 1:
         raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
     spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
@@ -261,7 +274,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
     if upper_bound:
         memory["upper_bound"] = upper_bound
-    quantised = _quantised_path(adapted, batch_size * seq_len, not_modelled)
+    quantised = _quantised_path(adapted, not_modelled)
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
