@@ -33,8 +33,9 @@ def test_llama_2_7b_lora_known_values():
     assert m["trainable_bytes"] == m["grad_bytes"] == 4 * LLAMA_2_7B_LORA
     step_counters = 4 * closed_forms.lora_q_v_tensors(32)  # one per A and B
     assert m["optimizer_bytes"] == 2 * 4 * LLAMA_2_7B_LORA + step_counters
-    # without a task, what an LM head's evaluation runs is unknown, and so is the cell's busiest phase
-    assert m["eval_peak_bytes"] is None and m["predicted_peak_bytes"] is None and "no task" in m["eval_unknown"]
+    # without a task, what an LM head's evaluation runs is unknown: the prediction is training's alone, and says so
+    assert m["eval_peak_bytes"] is None and "no task" in m["eval_unknown"] and "training's alone" in m["eval_unknown"]
+    assert m["predicted_peak_bytes"] == m["weights_bytes"] + m["optimizer_bytes"] + m["step_peak_bytes"]
 
 
 def test_bf16_base_keeps_peft_adapters_in_fp32():

@@ -58,11 +58,11 @@ EVALUATION_PARTS = ("weights_bytes", "optimizer_bytes", "eval_peak_bytes")
 def predicted_peak(memory: dict, trains: bool, evaluates: bool = True) -> int | None:
     """memory.predicted_peak_bytes: the larger of the sums of TRAINING_PARTS (a cell that `trains`) and of
     EVALUATION_PARTS (a cell that `evaluates`: all but a pre-training stage; without the optimizer's state for one
-    that does not train), null if a part of either is unknown."""
+    that does not train), null if a part of either is unknown, or if the cell runs neither."""
     evaluation = EVALUATION_PARTS if trains else ("weights_bytes", "eval_peak_bytes")
     phases = [TRAINING_PARTS] * trains + [evaluation] * evaluates
     sums = [[memory.get(k) for k in parts] for parts in phases]
-    return None if any(p is None for parts in sums for p in parts) else max(sum(parts) for parts in sums)
+    return None if not sums or any(p is None for parts in sums for p in parts) else max(sum(p) for p in sums)
 
 
 def stored_size(state: dict[str, torch.Tensor]) -> dict:

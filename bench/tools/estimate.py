@@ -269,7 +269,12 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     memory.update(grad_bytes=step.grad_bytes, optimizer_bytes=optimizers.state_bytes(optimizer, trainable),
                   activation_bytes=step.activation_bytes, step_peak_bytes=step_peak_bytes(step, temporaries),
                   eval_peak_bytes=eval_peak)
-    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluates(task))
+    # without --task an LM head's evaluation is no cell's to price: the estimate is then of training alone, which
+    # eval_unknown says (a user asking whether a model trains on a GPU gets the number)
+    evaluated = evaluates(task) and not (task is None and eval_peak is None)
+    if not evaluated and task is None and chosen.trains:
+        eval_unknown += ", so predicted_peak_bytes is training's alone"
+    memory["predicted_peak_bytes"] = predicted_peak(memory, chosen.trains, evaluated)
     memory["eval_unknown"] = eval_unknown  # why eval_peak_bytes is null
     memory["not_modelled"] = not_modelled  # where the step departs from the device's: then no lower bound
     if upper_bound:
@@ -278,7 +283,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     if shards > 1:
         block = largest_block(adapted, fake_pass.block_stacks(adapted))
         memory = sharded_memory(memory, shards, block, step.batch_bytes, max(step.live_peaks.values(), default=0),
-                                temporaries, chosen.trains, evaluates(task))
+                                temporaries, chosen.trains, evaluated)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
