@@ -176,6 +176,10 @@ class Method:
     # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero). Both are in
     # `defaults`, exactly one of them nonzero (checked where the Method is made).
     one_nonzero: tuple[tuple[str, str], ...] = ()
+    # Its Adapted keeps per-parameter gradient masks (grad_masks, applied by after_backward hooks bound to the
+    # parameters): a cell of it is never sharded, since fully_shard replaces the parameters the masks are bound to
+    # (bench/cell/sharded.py: refuse_unshardable; bench/run/packing.py: Packer.demand's `shardable`).
+    masks_gradients: bool = False
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family

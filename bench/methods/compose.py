@@ -44,6 +44,10 @@ class Composition:
         self.parts = name[len("compose("):-1].split("+")
 
     @property
+    def masks_gradients(self) -> bool:
+        return any(REGISTRY[part].masks_gradients for part in self.parts)
+
+    @property
     def trains_below_head(self) -> bool:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 

@@ -185,11 +185,11 @@ def _child_tuning(model, config, ctx):
 register(
     Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
-           defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}),
+           defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}, masks_gradients=True),
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
-           defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5},
+           defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5}, masks_gradients=True,
            # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training
            revisions={arch: 2 for arch in ARCHS}),
 )

@@ -29,7 +29,8 @@ models the GPU's step, autocast included, to the MiB of those runs' own probes: 
 whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
 weights under autocast), or says that its prediction bounds the peak from above (`memory.upper_bound`: fishmask and
 child-tuning, whose trained tensors the data choose; a safe budget to share a device with), is never refused: it runs
-alone on the largest device instead when it fits no device; a cell whose sharded
+alone on the largest device instead when it fits no device; a cell whose method keeps per-parameter gradient masks
+(fishmask, child-tuning: sharding would leave them on replaced parameters) is never sharded; a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
 Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
@@ -111,7 +112,8 @@ class Packer:
         """Whether `devices` of the devices each have room for a cell of this budget (per device)."""
         return sum(footprint(budget) <= room for room in self.rooms.values()) >= devices
 
-    def demand(self, memory: Callable[[int], dict | None], cell: str, bound: bool = True) -> tuple[int | None, int]:
+    def demand(self, memory: Callable[[int], dict | None], cell: str, bound: bool = True,
+               shardable: bool = True) -> tuple[int | None, int]:
         """(budget per device, devices) a cell runs with, from `memory(shards)`, its predicted memory section on
         each of that many devices (bench.tools.plan_cost: predicted_memory): (its budget, 1) when it can share a
         device, when its prediction is unknown or when it runs alone on one; (its per-device budget sharded,
@@ -120,13 +122,14 @@ class Packer:
         numbers, when neither its sharded budget fits nor its bare prediction fits the largest device, and the
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
         prediction that may run other than the peak (bound False: its `not_modelled` or `upper_bound` says why) refuses
-        nothing, the cell runs alone on the largest device."""
+        nothing, the cell runs alone on the largest device. A cell that is not `shardable` (its method keeps
+        per-parameter gradient masks: Method.masks_gradients) is never sharded: decided as with one GPU per cell."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):
             return budget, 1
         sharded = None
-        if self.gpus_per_cell > 1:
+        if self.gpus_per_cell > 1 and shardable:
             sharded = memory(self.gpus_per_cell)
             sharded_budget = cell_budget(sharded)
             if sharded_budget is None:

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
+from bench import methods
 from bench.errors import BadInput
 from bench.fmt import size
 from bench.plan.cellspec import Cell
@@ -137,7 +138,8 @@ class LocalExecutor:
             # a safe budget, but no reason to refuse the cell)
             memory = self.memory(cell) or {}
             bound = not (memory.get("not_modelled") or memory.get("upper_bound"))
-            budget, devices = self.sizing.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound)
+            budget, devices = self.sizing.demand(lambda shards: self.memory(cell, shards), cell.line(), bound=bound,
+                                                 shardable=not methods.for_cell(cell.method).masks_gradients)
             if budget is None and devices > 1:
                 print(f"{cell.line()}: its memory sharded over {devices} GPUs is unknown (no prediction): it runs "
                       f"sharded over {devices} empty GPUs without a budget", file=sys.stderr)
