@@ -102,6 +102,9 @@ class Adapted:
     merge: Callable[[], nn.Module] | None = None  # mergeable methods: the model with the update folded in
     # Methods that update only some entries of a tensor: (parameter, bool mask of the entries that train).
     grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
+    # Parameters the method chose not to train among those it could have (a Fisher-masked method's eligible tensors
+    # with no selected entry): a composition keeps them frozen unless a later part trains them (compose.py)
+    untrained: list[nn.Parameter] = field(default_factory=list)
     # params.composed and composed_bytes of what the model reads of states other cells saved (AdapterFusion's task
     # adapters, MAD-X's target languages' adapters), which it needs beside its own stored state: composed_size of
     # them, taken when they are read, so the cell holds their sizes, never a second copy of their tensors

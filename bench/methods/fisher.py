@@ -169,7 +169,8 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
-    named = twin[0] if twin else [(n, p, m) for n, p, m in masks_for() if m.any()]
+    candidates = twin[0] if twin else masks_for()
+    named = [(n, p, m) for n, p, m in candidates if twin or m.any()]
     freeze(model)
     for p in [p for _, p, _ in named] + list(unmasked):
         p.requires_grad_(True)
@@ -203,6 +204,7 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
                     params[key].copy_(values)
 
     return Adapted(model, after_backward=[mask_gradients], stored_state=stored, load_stored=load, grad_masks=pairs,
+                   untrained=[p for _, p, m in candidates if not twin and not m.any()],
                    selected_entries=twin[1] if twin else None, selection=twin[2] if twin else None)
 
 
