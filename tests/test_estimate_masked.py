@@ -170,3 +170,17 @@ def test_a_composition_with_a_fisher_masked_part_is_priced_and_two_are_refused()
     assert result["flops"]["selection"] > 0 and result["memory"]["upper_bound"]
     with pytest.raises(BadInput, match="prices one selection before training"):
         estimate("tiny-encoder", "compose(fishmask+child-tuning)", 2, 8)
+
+
+def test_fishmasks_upper_bound_says_what_it_masks():
+    """Before the fix it said "every parameter tensor but the head's" on a language model too, whose LM head it masks
+    (mask_bytes is every parameter's there: llama-2-7b's params.total)."""
+    lm = estimate("tiny-llama", "fishmask", ROWS, LENGTH, settings=FAST["fishmask"], task=builtin_tasks()["e2e"],
+                  step_device="cpu")
+    assert lm["memory"]["mask_bytes"] == lm["params"]["total"]
+    assert lm["memory"]["upper_bound"][0].startswith("fishmask masks every parameter tensor, the LM head's included")
+    classifier = estimate("tiny-encoder", "fishmask", ROWS, LENGTH, settings=FAST["fishmask"],
+                          task=builtin_tasks()["synth-polarity"], step_device="cpu")
+    assert classifier["memory"]["mask_bytes"] < classifier["params"]["total"]
+    assert classifier["memory"]["upper_bound"][0].startswith("fishmask masks every parameter tensor but the task "
+                                                             "head's (classifier)")

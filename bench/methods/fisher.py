@@ -217,8 +217,11 @@ def _fishmask(model, config, ctx):
         return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
 
     rows = n_batches * ctx.train.batch_size  # scored one by one
+    heads = ctx.bundle.head_modules  # none on a language model: its LM head is masked as any other tensor
+    masked = f"every parameter tensor but the task head's ({', '.join(heads)})" if heads else \
+        "every parameter tensor, the LM head's included (a language model has no task head that trains in full)"
     twin = _twin(_eligible(model, ctx, layers_only=False), config["keep_ratio"], rows, 1, rows,
-                 "fishmask masks every parameter tensor but the head's") if ctx.device == "meta" else None
+                 f"fishmask masks {masked}") if ctx.device == "meta" else None
     return _masked(model, ctx, masks, twin=twin)
 
 
