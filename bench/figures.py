@@ -74,6 +74,7 @@ class Figure:
     # across a model's tasks (method summary): largest | mean | same (the value all agree on) | None (not kept)
     tasks: str | None = None
     shown: tuple[Shown, ...] = ()
+    recorded: bool = True  # False: only `estimate` computes it (a prediction's part); no record holds it
 
     @property
     def key(self) -> str:
@@ -190,6 +191,15 @@ _FIGURES = [
            "trains. Null when a part of a phase the cell runs is (a multi-task cell's evaluation). `grad_bytes` and "
            "`activation_bytes` are inside `step_peak_bytes` (not added to it).",
            shown=(Shown("memory", "Predicted peak"),)),
+    Figure("memory", "mask_bytes", "bytes", "versioned", "`estimate` only, for a method that chooses what trains "
+           "from data (fishmask, child-tuning): the bool gradient masks held through training and evaluation, one "
+           "byte per eligible entry, in `predicted_peak_bytes`; an upper bound of the cell's (a tensor with no "
+           "selected entry keeps none).", recorded=False),
+    Figure("memory", "selection_peak_bytes", "bytes", "versioned", "`estimate` only, for a method that chooses "
+           "what trains from data (fishmask, child-tuning): the most its selection before training holds at once "
+           "(weights, calibration batches, and the larger of a scoring pass and the choice: "
+           "docs/measurement.md's methods that choose what trains); `predicted_peak_bytes` is at least this.",
+           recorded=False),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "
            "the most bytes held by live tensors at once (the caching allocator rounds each block up to 512 bytes)."),
     Figure("memory", "device_peak_reserved_bytes", "bytes", "measured", "CUDA only: "
@@ -377,8 +387,8 @@ def shown_in(place: str) -> list[tuple[Figure, Shown]]:
 
 
 def names(section: str) -> tuple[str, ...]:
-    """The figures of a record section, in the registry's order."""
-    return tuple(f.name for f in _FIGURES if f.section == section)
+    """The figures of a record section, in the registry's order (those a record holds)."""
+    return tuple(f.name for f in _FIGURES if f.section == section and f.recorded)
 
 
 def figure(key: str) -> Figure | None:

@@ -97,8 +97,9 @@ def suite_of(folder: Path, name: str, model: Path, methods: list[str], tasks: Pa
                               "eval_batch_size": batch, "max_eval_samples": batch})
 
 
-def estimated_peaks(suites: list[Path]) -> dict[tuple[str, str], int | None]:
-    """(suite, method label) -> `estimate`'s predicted peak of that cell, as the packer asks it
+def estimated_peaks(suites: list[Path]) -> dict[tuple[str, str], tuple[int | None, bool]]:
+    """(suite, method label) -> (`estimate`'s predicted peak of that cell, whether it is an upper bound: its
+    `memory.upper_bound`, a Fisher-masked method's, never a prediction of the peak itself), as the packer asks it
     (plan_cost.predicted_memory: the GPU's step on fake tensors, with the cell's own task; no device). The table's
     "predicted" is the cell's own probe, which on a GPU runs CUDA's kernels: the two side by side check the
     estimate's models of those kernels (bench/tools/cuda_step.py, efficient_attention.py) on the cells measured."""
@@ -110,13 +111,15 @@ def estimated_peaks(suites: list[Path]) -> dict[tuple[str, str], int | None]:
     for path in suites:
         suite = load_suite(str(path))
         for cell in expand(suite):
-            peaks[suite.name, cell.label] = (predicted_memory(cell) or {}).get("predicted_peak_bytes")
+            memory = predicted_memory(cell) or {}
+            peaks[suite.name, cell.label] = memory.get("predicted_peak_bytes"), bool(memory.get("upper_bound"))
     return peaks
 
 
-def table(results: Path, suites: list[tuple[str, list[str]]], estimates: dict[tuple[str, str], int | None]) -> str:
+def table(results: Path, suites: list[tuple[str, list[str]]],
+          estimates: dict[tuple[str, str], tuple[int | None, bool]]) -> str:
     """A row per cell, in the suites' method order; measured = CUDA allocated peak, or RSS on a CPU; the estimate's
-    predicted peak of the cell (`estimated_peaks`) over the probe's."""
+    predicted peak of the cell (`estimated_peaks`) over the probe's, marked "(upper bound)" where it is one."""
     lines = ["| model | weights | method | status | predicted MB | measured MB | ratio | ±10 % | other MB "
              "| ratio with other | step ms | TFLOP/s | MFU | estimate MB | estimate / predicted |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -137,8 +140,9 @@ def table(results: Path, suites: list[tuple[str, list[str]]], estimates: dict[tu
                      f"{1000 * t['step_s_median']:.1f}" if t.get("step_s_median") else "–",
                      f"{t['train_flops_per_s'] / 1e12:.3g}" if t.get("train_flops_per_s") else "–",
                      f"{100 * t['mfu']:.1f} %" if t.get("mfu") is not None else "–"]
-            estimated = estimates.get((suite, r["cell"]["label"]))
-            cells += [mib(estimated), f"{estimated / predicted:.4f}" if estimated and predicted else "–"]
+            estimated, upper = estimates.get((suite, r["cell"]["label"]), (None, False))
+            cells += [mib(estimated), f"{estimated / predicted:.4f}" + (" (upper bound)" if upper else "")
+                      if estimated and predicted else "–"]
             lines.append("| " + " | ".join(cells) + " |")
             if r["status"] not in ("ok", "unsupported"):
                 lines.append(f"|  | | ({(r.get('error') or {}).get('message', '')[:120]}) | | | | | | | | | | | | |")

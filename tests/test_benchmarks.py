@@ -80,3 +80,20 @@ def test_smoke(script, tmp_path):
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     for pattern in OUTPUT[script]:
         assert re.search(pattern, done.stdout), f"no {pattern!r} in:\n{done.stdout[-4000:]}"
+
+
+def test_gpu_check_marks_an_estimate_that_is_an_upper_bound(tmp_path):
+    """A Fisher-masked cell's estimate is an upper bound of its peak (`memory.upper_bound`): its ratio to the probe's
+    prediction says so, where before it read as a prediction that missed."""
+    import json
+
+    from benchmarks.gpu_check import table
+
+    (tmp_path / "s").mkdir()
+    for label in ("lora", "fishmask"):
+        record = {"cell": {"label": label}, "status": "ok", "train": {"weights_dtype": "fp32"}, "time": {},
+                  "memory": {"predicted_peak_bytes": 100 * 2**20, "device_peak_allocated_bytes": 100 * 2**20}}
+        (tmp_path / "s" / f"{label}.json").write_text(json.dumps(record))
+    text = table(tmp_path, [("s", ["lora", "fishmask"])],
+                 {("s", "lora"): (100 * 2**20, False), ("s", "fishmask"): (150 * 2**20, True)})
+    assert "| 150 | 1.5000 (upper bound) |" in text and "| 100 | 1.0000 |" in text

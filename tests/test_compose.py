@@ -39,3 +39,26 @@ def test_a_compositions_parts_settings_reach_its_estimate_as_the_dry_run_passes_
     assert composed["params"]["method"] == sum(part["params"]["method"] for part in parts)
     assert composed["params"]["method"] != estimate("tiny-encoder", cell.method, batch_size=2, seq_len=8)[
         "params"]["method"]  # r = 4 blocks, not the default block size 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-encoder", "tiny-llama"])
+def test_a_later_fisher_parts_choice_not_to_train_an_earlier_parts_tensor_holds(write_suite, model):
+    """compose(lora+child-tuning): child-tuning leaves the LoRA matrices its scores give no entry untrained; before
+    the fix the union trained them again, whole and unmasked (3,072 more trainable entries than the twin counts on
+    either model). The real CPU cell's counts are now the twin's."""
+    from bench.cell.recipe import run_cell
+    from bench.methods.base import method_settings
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    path = write_suite("name: c\nmethods:\n  - {compose: [lora, {name: child-tuning, overrides: {fisher_batches: 2}}]}"
+                       f"\nmodels: [{model}]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                       "train: {batch_size: 4, max_steps: 1, max_length: 16, max_eval_samples: 8}\n")
+    (cell,) = grid.expand(load_suite(str(path)))
+    record = run_cell(cell, quiet=True)
+    assert record["status"] == "ok", record["error"]
+    twin = estimate(model, cell.method, batch_size=4, seq_len=16, settings=method_settings(cell.method_config),
+                    step_device="cpu")["params"]
+    assert {k: record["params"][k] for k in ("total", "trainable", "method")} == \
+        {k: twin[k] for k in ("total", "trainable", "method")}

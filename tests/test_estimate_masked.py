@@ -92,9 +92,11 @@ def test_child_tuning_step_is_a_real_cpu_steps_where_every_layer_tensor_is_selec
     ids = torch.randint(5, 100, (ROWS, LENGTH))
     batch = {"input_ids": ids, "labels": torch.zeros(ROWS, dtype=torch.long)}
     fake = fake_step(twin.model, spec.kind, ROWS, LENGTH)
+    held = {}  # the bytes of the masks each real cell keeps through training, by whether every tensor has one
     for share, every in ((1.0, True), (0.3, False)):
         _, _, apply = real_selection("child-tuning", {"reserve_ratio": share})
         real = apply()
+        held[every] = sum(mask.untyped_storage().nbytes() for _, mask in real.grad_masks)  # each its own bool
         in_layers = [n for n, _ in real.model.named_parameters() if ".layer." in n]
         assert (len(real.grad_masks) == len(in_layers)) == every
         real.model.train()
@@ -107,8 +109,8 @@ def test_child_tuning_step_is_a_real_cpu_steps_where_every_layer_tensor_is_selec
             assert weight_bytes(real.model)["trainable_bytes"] < weight_bytes(twin.model)["trainable_bytes"]
     memory = estimate("tiny-encoder", "child-tuning", ROWS, LENGTH, settings=settings, step_device="cpu")["memory"]
     assert memory["activation_bytes"] == fake.activation_bytes and memory["grad_bytes"] == fake.grad_bytes
-    masks = {mask.untyped_storage()._cdata: mask.untyped_storage().nbytes() for _, mask in real.grad_masks}
-    assert memory["mask_bytes"] == sum(masks.values())  # the views of one bool `chosen`, whatever the share
+    # a tensor with no selected entry keeps no mask: the twin's, one per eligible tensor, bound the cell's from above
+    assert memory["mask_bytes"] == held[True] > held[False]
     # the masks are held through training and the evaluation after it, whichever phase is the larger
     phases = [sum(memory[k] for k in ("weights_bytes", "optimizer_bytes", peak))
               for peak in ("step_peak_bytes", "eval_peak_bytes")]
@@ -168,3 +170,17 @@ def test_a_composition_with_a_fisher_masked_part_is_priced_and_two_are_refused()
     assert result["flops"]["selection"] > 0 and result["memory"]["upper_bound"]
     with pytest.raises(BadInput, match="prices one selection before training"):
         estimate("tiny-encoder", "compose(fishmask+child-tuning)", 2, 8)
+
+
+def test_fishmasks_upper_bound_says_what_it_masks():
+    """Before the fix it said "every parameter tensor but the head's" on a language model too, whose LM head it masks
+    (mask_bytes is every parameter's there: llama-2-7b's params.total)."""
+    lm = estimate("tiny-llama", "fishmask", ROWS, LENGTH, settings=FAST["fishmask"], task=builtin_tasks()["e2e"],
+                  step_device="cpu")
+    assert lm["memory"]["mask_bytes"] == lm["params"]["total"]
+    assert lm["memory"]["upper_bound"][0].startswith("fishmask masks every parameter tensor, the LM head's included")
+    classifier = estimate("tiny-encoder", "fishmask", ROWS, LENGTH, settings=FAST["fishmask"],
+                          task=builtin_tasks()["synth-polarity"], step_device="cpu")
+    assert classifier["memory"]["mask_bytes"] < classifier["params"]["total"]
+    assert classifier["memory"]["upper_bound"][0].startswith("fishmask masks every parameter tensor but the task "
+                                                             "head's (classifier)")

@@ -119,7 +119,8 @@ def test_the_instruments_write_every_figure_a_cpu_cell_can_have():
     # for a method that reads other cells' saved states (AdapterFusion: tests/test_fusion.py)
     optional = {"time.compile_s", *(f.key for f in FIGURES.values() if f.section == "forgetting"),
                 "params.composed", "params.composed_bytes"}
-    missing = {key for key, f in FIGURES.items() if record[f.section][f.name] is None} - cuda_only - optional
+    missing = {key for key, f in FIGURES.items() if f.recorded and record[f.section][f.name] is None} - cuda_only \
+        - optional
     assert not missing, f"no instrument wrote {sorted(missing)}"
 
 
@@ -250,3 +251,17 @@ def test_every_score_figure_is_in_the_rules_table():
     declared += [f for v in vars(figures).values() if isinstance(v, tuple) for f in v
                  if isinstance(f, figures.Figure) and f.section == "scores"]
     assert {f.key for f in declared} == {f.key for f in figures.SCORES}
+
+
+def test_every_byte_figure_estimate_gives_is_declared_those_no_record_holds_as_estimate_only():
+    """Before, fishmask's memory.mask_bytes and memory.selection_peak_bytes were printed by `estimate` but declared
+    nowhere (every figure is declared once): now declared, and kept out of records (`recorded` False)."""
+    from bench.tools.estimate import estimate, render
+
+    result = estimate("tiny-encoder", "fishmask", 2, 8, settings={"fisher_samples": 2}, step_device="cpu")
+    given = {name for name, value in result["memory"].items() if name.endswith("_bytes") and isinstance(value, int)}
+    assert given <= {f.name for f in FIGURES.values() if f.section == "memory"}
+    assert {"mask_bytes", "selection_peak_bytes"} <= given
+    assert not FIGURES["memory.mask_bytes"].recorded and "mask_bytes" not in figures.names("memory")
+    printed = render(result)
+    assert f"({result['memory']['selection_peak_bytes']:,} bytes)" in printed

@@ -358,3 +358,56 @@ def test_a_qlora_cell_is_never_sharded(tmp_path):
     with pytest.raises(BadInput) as refused:
         tight.demand(cells["qlora"])
     assert "method=qlora" in refused.value.message and "sharded" not in refused.value.message
+
+
+def one_cell(tmp_path, method: str):
+    path = tmp_path / "one.yaml"
+    entry = "{compose: [" + method[len("compose("):-1].replace("+", ", ") + "]}" if method.startswith("compose(") \
+        else method
+    path.write_text(f"name: one\nmethods: [{entry}]\nmodels: [tiny-llama]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                    "train: {batch_size: 8, max_steps: 2, max_length: 16}\n")
+    (cell,) = grid.expand(load_suite(str(path)), threads=1)
+    return cell
+
+
+@pytest.mark.parametrize("method", ["fishmask", "child-tuning", "compose(lora+child-tuning)"])
+def test_a_cell_whose_method_masks_gradients_is_never_sharded(tmp_path, method):
+    """fully_shard replaces the parameters a Fisher method's masks and hooks hold, so sharded it would train every
+    entry: too big for one device, it runs whole on the largest (its upper bound refuses nothing), never sharded,
+    and its sharded memory is not even asked. Before the fix the executor sharded it."""
+    cell = one_cell(tmp_path, method)
+    asked = []
+
+    def predicted(cell, shards=1):
+        asked.append(shards)
+        return {"predicted_peak_bytes": 8 * GIB // shards, "upper_bound": ["the data choose"]}
+
+    executor = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 6 * GIB),
+                             predicted_memory=predicted, gpus_per_cell=2)
+    assert executor.demand(cell) == (budget_of(8 * GIB), 1) and asked == [1]
+    lora = LocalExecutor(quiet=True, gpus=NO_GPU, rooms=dict.fromkeys(NO_GPU, 6 * GIB), predicted_memory=predicted,
+                         gpus_per_cell=2)
+    assert lora.demand(one_cell(tmp_path, "lora")) == (budget_of(4 * GIB), 2)  # the same numbers shard a LoRA cell
+
+
+def test_a_sharded_rank_refuses_a_method_with_gradient_masks_before_loading_the_model(tmp_path, monkeypatch):
+    """A rank of a sharded cell (a gloo process group of one, as bench/cell/ranks.py starts) of child-tuning is
+    `unsupported`, naming why, before its model is loaded: before the fix it trained every entry of its masked
+    tensors (/tmp/review-h1/shard_masks.py: no gradient entry was masked after fully_shard)."""
+    import torch.distributed as dist
+
+    from bench.cell import recipe
+
+    cell = one_cell(tmp_path, "child-tuning")
+    loaded = []
+    monkeypatch.setattr(recipe, "load_bundle", lambda *a, **k: loaded.append(a) or pytest.fail("model loaded"))
+    store = tmp_path / "store"
+    store.mkdir()
+    dist.init_process_group("gloo", init_method=f"file://{store / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        record = recipe.run_cell(cell, quiet=True)
+    finally:
+        dist.destroy_process_group()
+    assert record["status"] == "unsupported" and not loaded
+    assert record["error"]["message"].startswith(
+        "child-tuning cannot run sharded: it keeps per-parameter gradient masks")

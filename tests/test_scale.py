@@ -42,7 +42,8 @@ def by_id(results: Path, suite: str = "scale") -> dict[str, dict]:
 
 def determined(record: dict) -> dict:
     """What must not depend on how cells were scheduled: every exact or versioned figure, and the scores."""
-    out = {key: record[fig.section][fig.name] for key, fig in figures.FIGURES.items() if fig.determined}
+    out = {key: record[fig.section][fig.name] for key, fig in figures.FIGURES.items()
+           if fig.determined and fig.recorded}
     return {**out, "scores": record["scores"], "status": record["status"]}
 
 

@@ -28,7 +28,7 @@ from bench.cell.kernels import apply_kernels
 from bench.cell.languages import language_swaps
 from bench.cell.measure import head_elements
 from bench.cell.objectives import Objective, objective_for
-from bench.cell.sharded import shard
+from bench.cell.sharded import refuse_unshardable, shard
 from bench.errors import Unsupported
 from bench.methods.base import Adapted, ApplyContext
 from bench.methods.external import save_adapter, saved_state
@@ -107,13 +107,14 @@ def setup(cell: Cell, device: torch.device) -> Run:
     """Model, method, data, objective and evaluation sets, then the method applied: in the order each needs
     the previous."""
     task, tcfg = cell.task, cell.train
+    method = methods.for_cell(cell.method)
+    refuse_unshardable(method)  # before any work: a sharded rank of a method with gradient masks would train unmasked
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
     if task.members:  # a mixture: a head per task on a classifier model
         multitask.install_heads(bundle, task, cell.seed)
     apply_kernels(bundle.model, tcfg.kernels)  # before the method adapts the model: every method runs on them
     body = count_params(bundle.model)["total"] - head_elements(bundle.model, bundle.head_modules)[0]
-    method = methods.for_cell(cell.method)
     data, evalsets = datasets(task, bundle, tcfg, cell.seed, cell.data_dir, method.in_context)
     objective = objective_for(tcfg.objective, bundle, task.type, tcfg.tfew_lm, tcfg.unlikelihood_offset,
                               tcfg.unlikelihood)

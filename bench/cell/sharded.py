@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from bench.errors import Unsupported
+
 
 def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's transformer blocks: the modules of the classes its transformers model declares it must not split
@@ -25,10 +27,25 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [module for module in model.modules() if type(module).__name__ in names]
 
 
+def in_rank() -> bool:
+    """Whether this process is a rank of a sharded cell (it has a process group)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def refuse_unshardable(method) -> None:
+    """Unsupported in a sharded cell's rank when FSDP2 cannot run `method` (Method.unshardable says why: QLoRA's
+    4-bit weights lose their quantisation state; the Fisher-masked methods' gradient masks stay on the parameters
+    fully_shard replaces, so every entry would train). The packer never shards such a cell (Packer.demand's
+    `shardable`); this stops one sharded by hand before the model is even loaded."""
+    if in_rank() and method.unshardable:
+        raise Unsupported(f"{method.name} cannot run sharded: {method.unshardable}; run it whole on one GPU "
+                          "(--gpus-per-cell 1)")
+
+
 def shard(model: torch.nn.Module) -> None:
     """Shard `model` in place over the process group, when there is one (a sharded cell's rank): each block,
     then the model (its embeddings, head and what no block holds)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not in_rank():
         return
     from torch.distributed.fsdp import fully_shard
 

@@ -102,6 +102,9 @@ class Adapted:
     merge: Callable[[], nn.Module] | None = None  # mergeable methods: the model with the update folded in
     # Methods that update only some entries of a tensor: (parameter, bool mask of the entries that train).
     grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
+    # Parameters the method chose not to train among those it could have (a Fisher-masked method's eligible tensors
+    # with no selected entry): a composition keeps them frozen unless a later part trains them (compose.py)
+    untrained: list[nn.Parameter] = field(default_factory=list)
     # params.composed and composed_bytes of what the model reads of states other cells saved (AdapterFusion's task
     # adapters, MAD-X's target languages' adapters), which it needs beside its own stored state: composed_size of
     # them, taken when they are read, so the cell holds their sizes, never a second copy of their tensors
@@ -176,9 +179,11 @@ class Method:
     # require; each may be 0 whatever its default's sign (resolve refuses both or neither nonzero). Both are in
     # `defaults`, exactly one of them nonzero (checked where the Method is made).
     one_nonzero: tuple[tuple[str, str], ...] = ()
-    # False: FSDP2 cannot shard the model the method builds (QLoRA: a bitsandbytes Params4bit sharded becomes a DTensor
-    # without its quant_state): `estimate --shards` > 1 refuses it and packing runs it whole (Packer.demand)
-    shardable: bool = True
+    # Why FSDP2 cannot run a cell of it, "" where it can (QLoRA: a sharded Params4bit becomes a DTensor without its
+    # quant_state; the Fisher-masked methods: fully_shard replaces the parameters their gradient masks are bound to):
+    # `estimate --shards` > 1 refuses it, packing sizes it whole (Packer.demand's `shardable`) and a sharded rank
+    # refuses it before loading the model (bench/cell/sharded.py refuse_unshardable)
+    unshardable: str = ""
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -187,6 +192,10 @@ class Method:
             if "(absent)" in declared.values() or sum(bool(value) for value in declared.values()) != 1:
                 raise ValueError(f"method '{self.name}': one_nonzero pair {pair} needs both keys in its defaults, "
                                  f"exactly one of them nonzero; its defaults give {declared}")
+
+    @property
+    def shardable(self) -> bool:
+        return not self.unshardable
 
     @property
     def target_keys(self) -> set[str]:

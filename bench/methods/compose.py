@@ -4,7 +4,9 @@ Parts are applied in order to the same model. A part may freeze the whole model 
 own parameters, so what trains afterwards is the union of what each part left trainable. Each part
 keeps what it declared: its gradient masks, and its own stored state (a folded prefix, a sparse
 update), saved under `part<i>/`; trainable tensors no part stores its own way are saved by name. A
-tensor two parts train keeps the mask of the part that masks it (the stricter rule wins).
+tensor two parts train keeps the mask of the part that masks it (the stricter rule wins). A tensor a part chose not
+to train among those it could have (Adapted.untrained: a Fisher-masked part's tensor with no selected entry, an
+earlier part's LoRA matrix included) stays frozen unless a later part trains it.
 peft wraps the model it adapts and cannot adapt its own wrapper again, so a composition holds at
 most one peft-based part.
 """
@@ -48,8 +50,12 @@ class Composition:
         return any(REGISTRY[part].trains_below_head for part in self.parts)
 
     @property
+    def unshardable(self) -> str:
+        return "; ".join(f"{part}: {REGISTRY[part].unshardable}" for part in self.parts if REGISTRY[part].unshardable)
+
+    @property
     def shardable(self) -> bool:
-        return all(REGISTRY[part].shardable for part in self.parts)
+        return not self.unshardable
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -91,9 +97,11 @@ def apply_composition(parts: list[dict], model, ctx: ApplyContext) -> Adapted:
         model = adapted.model
         applied.append((adapted, {id(p) for p in model.parameters() if p.requires_grad}))
     params = {id(p): p for p in model.parameters()}
-    for _, trainable in applied:
-        for pid in trainable:
-            params[pid].requires_grad_(True)
+    trained: set[int] = set()
+    for adapted, trainable in applied:  # a part's choice not to train a tensor holds until a later part trains it
+        trained = (trained - {id(p) for p in adapted.untrained}) | trainable
+    for pid in trained:
+        params[pid].requires_grad_(True)
     _freeze_replaced_originals(model)
     own_state = [(i, a) for i, (a, _) in enumerate(applied) if a.stored_state is not None]
     covered = set().union(*(applied[i][1] for i, _ in own_state))

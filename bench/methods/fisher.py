@@ -76,32 +76,86 @@ def kept_entries(share: float, eligible: int) -> int:
     return max(1, int(round(share * eligible)))
 
 
+# Entries compared and counted at once by the selection: counting a bool comparison (`.sum()`) first casts it to
+# int64 inside the operator (make_reduction's `self.to(int64)`, on CPU and CUDA alike), 8 bytes per entry that no
+# operator-level instrument sees, so each count covers at most this many entries (9 MiB of transients at most).
+SELECTION_CHUNK = 2**20
+
+
+def _chunks(t: torch.Tensor) -> list[torch.Tensor]:
+    """`t` flat, in views of at most SELECTION_CHUNK entries, in order."""
+    return list(t.view(-1).split(SELECTION_CHUNK))
+
+
+def _count(entries: torch.Tensor) -> int:
+    return int(entries.sum())
+
+
 def top_share_masks(scores: list[torch.Tensor], share: float) -> list[torch.Tensor]:
-    """Masks keeping the `share` highest-scoring entries over all tensors together (round(share·N) entries)."""
+    """Masks keeping the k = round(share·N) highest-scoring entries over all tensors together (at least one).
+
+    The scores are non-negative fp32 (mean squared gradients), whose int32 bit patterns order as the floats do, so
+    the k-th largest score is found by bisection over those bit patterns, each step counting the entries at or above
+    a candidate chunk by chunk; every entry above it is kept, then the first entries equal to it (in tensor order,
+    then flat index order) until exactly k are. So it keeps what torch.topk would, up to which of tied entries, and
+    chooses those deterministically. Nothing is sorted or concatenated: besides the masks (N bytes) it holds, at
+    once, one chunk's comparison (1 byte an entry), its count's hidden int64 cast (8 bytes an entry) and the count
+    (8 bytes), whatever N (selection_bytes prices it; a flat topk held ~16 hidden bytes an entry on CPU, and on
+    CUDA sorts all N and refuses more than 2^31 - 1)."""
     import torch
 
-    flat = torch.cat([s.flatten() for s in scores])
-    keep = kept_entries(share, flat.numel())
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    chosen[torch.topk(flat, keep, sorted=False).indices] = True
-    return [m.view_as(s) for m, s in zip(torch.split(chosen, [s.numel() for s in scores]), scores)]
+    bits = [_chunks(s.view(torch.int32)) for s in scores]
+    keep = kept_entries(share, sum(s.numel() for s in scores))
+    low, high = 0, 2**31 - 1  # the largest bit pattern with at least `keep` entries at or above it lies in here
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(_count(chunk >= middle) for chunks in bits for chunk in chunks) >= keep:
+            low = middle
+        else:
+            high = middle - 1
+    masks = [s.view(torch.int32) > low for s in scores]
+    ties = keep - sum(_count(chunk) for mask in masks for chunk in _chunks(mask))
+    for chunks, mask in zip(bits, masks):
+        for chunk, kept in zip(chunks, _chunks(mask)):
+            equal = chunk == low
+            found = _count(equal)  # counted even once `ties` is 0: the peak is the same whatever the scores
+            if ties and found <= ties:
+                kept.logical_or_(equal)
+                ties -= found
+            elif ties:  # the shortest prefix holding `ties` equal entries, by bisection over its length
+                short, long = 1, chunk.numel()
+                while short < long:
+                    middle = (short + long) // 2
+                    short, long = (short, middle) if _count(equal[:middle]) >= ties else (middle + 1, long)
+                kept[:short].logical_or_(equal[:short])
+                ties = 0
+            del equal  # before the next chunk's comparison: one chunk's at a time
+    return masks
+
+
+def selection_bytes(eligible: int, largest: int) -> int:
+    """The most top_share_masks holds at once, beside the fp32 scores of the `eligible` entries (4 bytes each) that
+    it reads: the bool masks (1 byte an eligible entry), one chunk's comparison and its count's int64 cast (1 + 8
+    bytes an entry of the largest chunk: SELECTION_CHUNK entries, or the `largest` tensor's when smaller) and the
+    count (one int64)."""
+    return 4 * eligible + eligible + 9 * min(SELECTION_CHUNK, largest) + 8
 
 
 def _twin(named, share: float, passes: int, rows: int, calibration_rows: int, why: str):
     """The meta-device twin's masks (every eligible tensor's shape, no values) and its Selection: `passes` passes of
     `rows` rows scoring the `named` tensors, with the memory fisher_scores and top_share_masks hold (fp32 scores of
-    every entry; after each backward, the largest tensor's squared gradient and its share, fp32; in the choice, the
-    scores, their concatenation, the bool `chosen` over all entries and topk's fp32 values and int64 indices of the
-    kept ones); `why`: what the twin's trained tensors assume."""
+    every entry; after each backward, the largest tensor's squared gradient and its share, fp32; in the choice,
+    selection_bytes); `why`: what the twin's trained tensors assume."""
     import torch
 
     eligible = sum(p.numel() for _, p in named)
+    largest = max(p.numel() for _, p in named)
     kept = kept_entries(share, eligible)
     masks = [(n, p, torch.empty_like(p, dtype=torch.bool, device="meta")) for n, p in named]
     return masks, kept, Selection(
         scored=[p for _, p, _ in masks], passes=passes, rows=rows, calibration_rows=calibration_rows,
-        held_bytes=4 * eligible, pass_bytes=2 * 4 * max(p.numel() for _, p in named),
-        choice_bytes=(4 + 4 + 1) * eligible + (4 + 8) * kept, mask_bytes=eligible,
+        held_bytes=4 * eligible, pass_bytes=2 * 4 * largest, choice_bytes=selection_bytes(eligible, largest),
+        mask_bytes=eligible,
         upper_bound=f"{why}: every one is taken to have a selected entry, so it trains (gradient, optimizer state); "
                     "which do is the Fisher scores' choice, so this is an upper bound of the memory the cell's trained "
                     "tensors take, exact where each has one")
@@ -115,7 +169,8 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
-    named = twin[0] if twin else [(n, p, m) for n, p, m in masks_for() if m.any()]
+    candidates = twin[0] if twin else masks_for()
+    named = [(n, p, m) for n, p, m in candidates if twin or m.any()]
     freeze(model)
     for p in [p for _, p, _ in named] + list(unmasked):
         p.requires_grad_(True)
@@ -149,6 +204,7 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
                     params[key].copy_(values)
 
     return Adapted(model, after_backward=[mask_gradients], stored_state=stored, load_stored=load, grad_masks=pairs,
+                   untrained=[p for _, p, m in candidates if not twin and not m.any()],
                    selected_entries=twin[1] if twin else None, selection=twin[2] if twin else None)
 
 
@@ -161,8 +217,11 @@ def _fishmask(model, config, ctx):
         return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
 
     rows = n_batches * ctx.train.batch_size  # scored one by one
+    heads = ctx.bundle.head_modules  # none on a language model: its LM head is masked as any other tensor
+    masked = f"every parameter tensor but the task head's ({', '.join(heads)})" if heads else \
+        "every parameter tensor, the LM head's included (a language model has no task head that trains in full)"
     twin = _twin(_eligible(model, ctx, layers_only=False), config["keep_ratio"], rows, 1, rows,
-                 "fishmask masks every parameter tensor but the head's") if ctx.device == "meta" else None
+                 f"fishmask masks {masked}") if ctx.device == "meta" else None
     return _masked(model, ctx, masks, twin=twin)
 
 
@@ -182,14 +241,20 @@ def _child_tuning(model, config, ctx):
     return _masked(model, ctx, masks, unmasked=outside, clip_before_mask=ctx.train.max_grad_norm, twin=twin)
 
 
+# Why a Fisher-masked cell cannot run sharded (Method.unshardable)
+MASKS_BOUND = ("it keeps per-parameter gradient masks, which sharding (FSDP2's fully_shard replaces every parameter) "
+               "would leave on the old parameters, training every entry")
+
 register(
     Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
-           defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4}),
+           defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4},
+           unshardable=MASKS_BOUND),
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
            defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5},
+           unshardable=MASKS_BOUND,
            # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training
            revisions={arch: 2 for arch in ARCHS}),
 )

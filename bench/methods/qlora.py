@@ -94,7 +94,9 @@ register(
     Method("qlora", "reparameterized", "LoRA on all linear layers of a 4-bit NF4 base (double quantisation)",
            "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs", _qlora,
            defaults={"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
-           train={"lr": 2e-4}, packages=("bitsandbytes",), shardable=False,
+           train={"lr": 2e-4}, packages=("bitsandbytes",),
+           unshardable="FSDP2 makes its 4-bit weights (bitsandbytes Params4bit) DTensors without their quantisation "
+                       "state",
            # 2: peft's 4-bit LoRA layer, T5's wo kept in full precision, 4-bit weights counted whole
            revisions={"roberta": 2, "bert": 2, "t5": 2, "llama": 2},
            unsupported=unsupported_on_conv1d("{arch}'s Conv1D layers are not nn.Linear; load it through "

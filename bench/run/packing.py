@@ -31,8 +31,9 @@ models the GPU's step, autocast included, to the MiB of those runs' own probes: 
 whose estimate says where its step departs from a GPU's (`memory.not_modelled`: Liger's fused loss over fp32 or fp16
 weights under autocast), or says that its prediction bounds the peak from above (`memory.upper_bound`: fishmask and
 child-tuning, whose trained tensors the data choose; a generation task's evaluation; a safe budget to share a device
-with), is never refused: it runs
-alone on the largest device instead when it fits no device; a cell whose sharded
+with), is never refused: it runs alone on the largest device instead when it fits no device; a cell whose method FSDP2
+cannot run (Method.unshardable: QLoRA's 4-bit weights, the Fisher-masked methods' gradient masks) is never sharded;
+a cell whose sharded
 prediction is unknown runs sharded, unbudgeted.
 
 Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
@@ -125,7 +126,7 @@ class Packer:
         prediction is a lower `bound` of its peak (the measured peaks were never below it: docs/scale.md); a
         prediction that may run other than the peak (bound False: its `not_modelled` or `upper_bound` says why) refuses
         nothing, the cell runs alone on the largest device. A cell that cannot be sharded (not `shardable`: a method
-        whose model FSDP2 cannot shard, QLoRA) is sized as with gpus_per_cell 1: its sharded memory is never asked."""
+        FSDP2 cannot run, Method.unshardable) is sized as with gpus_per_cell 1: its sharded memory is never asked."""
         unsharded = memory(1)
         budget = cell_budget(unsharded)
         if budget is None or self.shares(budget):

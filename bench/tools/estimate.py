@@ -43,7 +43,6 @@ from bench.cell.train import compute_dtype
 from bench.config import ATTENTIONS, KERNELS, PRECISIONS, WEIGHTS_DTYPES, TrainConfig
 from bench.errors import BadInput, Unsupported, unknown
 from bench.figures import FIGURES
-from bench.fmt import size
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
 from bench.tools.cuda_step import departures
@@ -244,10 +243,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
-    if shards > 1 and not methods.for_cell(method, "--method").shardable:
-        raise BadInput(f"method '{method}' cannot be sharded: FSDP2 makes its 4-bit weights (bitsandbytes Params4bit) "
-                       "DTensors without their quantisation state, so its cell runs whole on one GPU", "--shards",
-                       ("1",))
+    if shards > 1 and methods.for_cell(method, "--method").unshardable:
+        raise BadInput(f"method '{method}' cannot be sharded: {methods.for_cell(method).unshardable}; its cell runs "
+                       "whole on one GPU", "--shards", ("1",))
     if eval_batch_size < 1:
         raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
     spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
@@ -386,13 +384,11 @@ def render(result: dict) -> str:
              + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else ""),
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
-    for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"]:
+    for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"
+                and (fig.recorded or fig.name in m)]:  # an estimate-only figure where the method has it
         value = m[fig.name]
         lines.append(f"memory   {fig.name:<22}" + (f"{fig.show(value):>14}  ({value:,} bytes)" if value is not None
                                                    else f"{'unknown':>14}"))
-    if "selection_peak_bytes" in m:
-        lines += [f"memory   {key:<22}{size(m[key]):>14}  ({m[key]:,} bytes)" for key in ("mask_bytes",
-                                                                                         "selection_peak_bytes")]
     for key, value in f.items():
         lines.append(f"flops    {key:<34}{value:>12.4g}")
     if m.get("shards"):
