@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from bench.cell.batching import collate, options_collate, to_device
+from bench.methods.peft_common import cache_named_for_peft
 from bench.models import is_encoder_decoder
 from bench.tasks import metrics
 from bench.tasks.features import IGNORE, EvalSet, lm_example
@@ -160,7 +161,7 @@ def _predict_group(bundle, model, evalset: EvalSet, task: TaskSpec, batch_size: 
 
     def generate(chunk):
         batch = to_device(collate(chunk, pad, left=left), device)
-        with autocast():
+        with autocast(), cache_named_for_peft(model):
             out = model.generate(**batch, max_new_tokens=task.generation["max_new_tokens"],
                                  num_beams=task.generation["num_beams"], do_sample=False,
                                  pad_token_id=pad, eos_token_id=bundle.tokenizer.eos_token_id)
