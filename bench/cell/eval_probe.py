@@ -30,7 +30,6 @@ import torch
 from bench.cell.batching import collate, options_collate
 from bench.cell.evaluate import classifier_logits, generate_ids, token_logprobs
 from bench.cell.probe import instrumented_step
-from bench.models import is_encoder_decoder
 from bench.tasks.features import lm_example
 
 CLASSIFIER, OPTIONS, GENERATE = "classifier", "options", "generate"
@@ -44,8 +43,7 @@ SCORE_COPIES, SEQUENCE_COPIES = 4, 10
 GENERATION_BOUND = (
     "generation's evaluation peak bounds generate's from above: one forward of the batch's rows × num_beams at the "
     "length generation ends at (prompt + max_new_tokens; an encoder-decoder's encoder at the prompt, its decoder at "
-    "max_new_tokens; a decoder under peft's soft prompts also the virtual tokens each step feeds again: "
-    "reinjected_tokens), its key-value cache kept and its logits only the last token's where the model computes only "
+    "max_new_tokens), its key-value cache kept and its logits only the last token's where the model computes only "
     "those (logits_to_keep), holds at its last block the cache at full size and what that block creates on every "
     "position, while each of generate's forwards holds a cache no longer and what a block creates on fewer positions "
     "(the prefill: the prompt; a step: one token; an encoder-decoder's encoder on the rows without beams); added "
@@ -152,19 +150,17 @@ def option_tokens(task, length: int) -> int:
     return min(length, max(len((" " + a).encode()) + 2 for a in texts))
 
 
-def shaped_batches(kind: str, way: str, task, batch_size: int, length: int, pad: int, eos,
-                   reinjected: int = 0) -> list[dict]:
+def shaped_batches(kind: str, way: str, task, batch_size: int, length: int, pad: int, eos) -> list[dict]:
     """The estimate's batches: the longest a cell evaluating at `batch_size` with its prompts cut at `length`
     tokens (max_length) and its answer options at option_tokens can make, one per number of answer options its
-    templates have (an encoder-decoder's prompts a batch depend on it); for generation, generation_batch's (with
-    `reinjected` tokens a step: reinjected_tokens). Token ids are the pad id, the last of each
-    the end-of-sequence token where the model has one (`eos`)."""
+    templates have (an encoder-decoder's prompts a batch depend on it); for generation, generation_batch's. Token
+    ids are the pad id, the last of each the end-of-sequence token where the model has one (`eos`)."""
     def tokens(n: int) -> list[int]:
         return [pad] * (n - 1) + [eos if isinstance(eos, int) else pad]
 
     prompt = tokens(length)
     if way == GENERATE:
-        return [generation_batch(kind, batch_size, length, task.generation, pad, eos, reinjected)]
+        return [generation_batch(kind, batch_size, length, task.generation, pad, eos)]
     if way == CLASSIFIER:
         return [collate([{"input_ids": prompt}] * batch_size, pad)]
     option = tokens(option_tokens(task, length))
@@ -174,29 +170,13 @@ def shaped_batches(kind: str, way: str, task, batch_size: int, length: int, pad:
     return [collate([lm_example(kind, prompt, option)] * batch_size, pad)]
 
 
-def generation_batch(kind: str, rows: int, length: int, generation: dict, pad: int, eos, reinjected: int = 0) -> dict:
+def generation_batch(kind: str, rows: int, length: int, generation: dict, pad: int, eos) -> dict:
     """generation_bound's batch for `rows` prompts of `length` tokens: rows × num_beams rows at the length generation
-    ends at, a decoder's prompt + max_new_tokens tokens (and `reinjected` more for each decoding step after the
-    first: reinjected_tokens), an encoder-decoder's prompt and max_new_tokens decoder tokens (ids as
-    shaped_batches')."""
+    ends at, a decoder's prompt + max_new_tokens tokens, an encoder-decoder's prompt and max_new_tokens decoder tokens
+    (ids as shaped_batches')."""
     steps, rows = generation["max_new_tokens"], rows * generation["num_beams"]
     last = eos if isinstance(eos, int) else pad
     if kind == "encoder-decoder":
         batch = collate([{"input_ids": [pad] * (length - 1) + [last]}] * rows, pad)
         return {**batch, "decoder_input_ids": torch.full((rows, steps), pad, dtype=torch.long)}
-    decoded = steps + (steps - 1) * reinjected
-    return collate([{"input_ids": [pad] * (length + decoded - 1) + [last]}] * rows, pad)
-
-
-def reinjected_tokens(model) -> int:
-    """The soft prompt's tokens that each decoding step after the first feeds a decoder again: peft (0.21) injects
-    prompt tuning's and p-tuning's virtual tokens wherever it finds no cache under `past_key_values`, which
-    transformers 5's generate passes as `cache`, so each step adds num_virtual_tokens + 1 positions to the cache
-    (tests/test_generation_peak.py measures it). 0 elsewhere (prefix tuning writes its prefix into the cache once)."""
-    from peft import PeftType
-
-    config = getattr(model, "active_peft_config", None)
-    if is_encoder_decoder(model) or not getattr(config, "is_prompt_learning", False) \
-            or config.peft_type in (PeftType.PREFIX_TUNING, PeftType.CARTRIDGE):
-        return 0
-    return config.num_virtual_tokens
+    return collate([{"input_ids": [pad] * (length + steps - 1) + [last]}] * rows, pad)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from bench.cell.batching import collate, options_collate, to_device
+from bench.methods.peft_common import cache_named_for_peft
 from bench.models import is_encoder_decoder
 from bench.tasks import metrics
 from bench.tasks.features import IGNORE, EvalSet, lm_example
@@ -175,8 +176,9 @@ def generate_ids(model, batch: dict, generation: dict, pad: int, eos, full_lengt
     max_new_tokens. `full_length`: every row runs all max_new_tokens (its end-of-sequence token forbidden until
     then), the longest decoding the settings allow (bench/cell/eval_probe.py measures it)."""
     steps = generation["max_new_tokens"]
-    return model.generate(**batch, max_new_tokens=steps, num_beams=generation["num_beams"], do_sample=False,
-                          pad_token_id=pad, eos_token_id=eos, **({"min_new_tokens": steps} if full_length else {}))
+    with cache_named_for_peft(model):  # peft's soft prompts read the cache (bench/methods/peft_common.py)
+        return model.generate(**batch, max_new_tokens=steps, num_beams=generation["num_beams"], do_sample=False,
+                              pad_token_id=pad, eos_token_id=eos, **({"min_new_tokens": steps} if full_length else {}))
 
 
 def encodes_once(model) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 from bench.methods.base import Adapted
@@ -57,3 +58,56 @@ def _load(peft, wrapped, state) -> None:
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if k != "prompt_embeddings"]
     if unexpected:
         raise ValueError(f"stored tensors not in the model: {unexpected}")
+
+
+def _generation_cache_names() -> tuple[str, str]:
+    """(the keyword transformers' `generate` hands the key-value cache to prepare_inputs_for_generation under, the
+    one peft's soft-prompt generation reads it under): transformers >= 5.24 hands `cache`; peft 0.21 reads
+    `past_key_values`, peft 0.22 asks transformers."""
+    import inspect
+
+    from transformers.generation.utils import GenerationMixin
+
+    handed = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
+        else "past_key_values"
+    try:
+        from peft.import_utils import get_transformers_cache_name
+    except ImportError:  # peft before 0.22 reads one name
+        return handed, "past_key_values"
+    return handed, get_transformers_cache_name()
+
+
+@contextlib.contextmanager
+def cache_named_for_peft(model):
+    """Inside it, `model.generate` (a peft soft-prompt model: prompt tuning, p-tuning, peft's prefix tuning) hands
+    peft the key-value cache under the name peft reads, where that is not the name transformers hands it under.
+    Missing it, peft takes every decoding step for the first: it feeds the virtual tokens (or prefix) again, so the
+    cache grows by them each step and the tokens generated are wrong. The prepared inputs go back to the model
+    under transformers' name. Only this model's two methods are wrapped, and only while the block runs; where the
+    names agree (or the model has no soft prompt) nothing changes."""
+    handed, read = _generation_cache_names()
+    config = getattr(model, "active_peft_config", None)
+    if handed == read or not getattr(config, "is_prompt_learning", False):
+        yield
+        return
+    base_prepare, prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
+
+    def base_prepare_named_for_peft(*args, **kwargs):
+        inputs = base_prepare(*args, **kwargs)
+        if inputs.get(handed) is not None:
+            inputs[read] = inputs.pop(handed)
+        return inputs
+
+    def prepare_named_for_transformers(*args, **kwargs):
+        inputs = prepare(*args, **kwargs)
+        if read in inputs:
+            inputs[handed] = inputs.pop(read)
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = base_prepare_named_for_peft
+    model.prepare_inputs_for_generation = prepare_named_for_transformers
+    try:
+        yield
+    finally:  # peft's generate leaves its base model's method as base_model_prepare_inputs_for_generation
+        model.base_model_prepare_inputs_for_generation = model.base_model.prepare_inputs_for_generation = base_prepare
+        del model.prepare_inputs_for_generation  # the class's again

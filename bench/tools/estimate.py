@@ -202,7 +202,7 @@ def _eval_peak(adapted, spec, bundle, task, method: str, eval_batch_size: int, s
     pad = getattr(bundle.model.config, "pad_token_id", None)
     eos = getattr(bundle.model.config, "eos_token_id", None)
     batches = eval_probe.shaped_batches(spec.kind, way, task, eval_batch_size, seq_len, pad if isinstance(pad, int)
-                                        else 0, eos, eval_probe.reinjected_tokens(adapted))
+                                        else 0, eos)
     generation = task.generation if way == eval_probe.GENERATE else None
     if generation is not None:
         upper_bound.append(eval_probe.GENERATION_BOUND)
