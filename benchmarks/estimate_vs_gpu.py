@@ -44,6 +44,7 @@ def main() -> int:
     if not rows:
         print(f"{args.table}: no gpu-check rows", file=sys.stderr)
         return 2
+    from bench.cell.measure import training_peak
     from bench.errors import BadInput
     from bench.tools.estimate import estimate, prepare_to_count
 
@@ -58,7 +59,8 @@ def main() -> int:
                 """(the predicted peak in MiB, " (upper bound)" where it is one: a Fisher-masked method's)."""
                 dtype = "bf16" if weights == "uint8" else weights  # the table names QLoRA's 4-bit container's
                 memory = estimate(models[kind], method, *SHAPES[kind], dtype=dtype, **how)["memory"]
-                return memory["predicted_peak_bytes"] / 2**20, " (upper bound)" if memory.get("upper_bound") else ""
+                # training's phase: the H200 rows measured training's window
+                return training_peak(memory) / 2**20, " (upper bound)" if memory.get("upper_bound") else ""
 
             try:
                 (now, upper), (before, _) = peak(), peak(precision="fp32", step_device="cpu")

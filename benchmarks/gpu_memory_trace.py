@@ -47,13 +47,16 @@ FRAMES = 8  # innermost kept frames per event
 
 
 def worst_cells(work: Path, count: int) -> list[tuple[Path, str, str, float]]:
-    """(suite file, cell id, label, predicted/measured) of the ok cells furthest from 1, worst first."""
+    """(suite file, cell id, label, predicted/measured) of the ok cells furthest from 1, worst first: training's
+    phase of the prediction over training's measured peak."""
+    from bench.cell.measure import training_peak
+
     found = []
     for path in (work / "results").glob("*/*.json"):
         r = json.loads(path.read_text())
         m = r["memory"]
-        if r["status"] == "ok" and m.get("device_peak_allocated_bytes") and m.get("predicted_peak_bytes"):
-            ratio = m["predicted_peak_bytes"] / m["device_peak_allocated_bytes"]
+        if r["status"] == "ok" and m.get("device_peak_allocated_bytes") and training_peak(m):
+            ratio = training_peak(m) / m["device_peak_allocated_bytes"]  # both training's window
             found.append((work / f"{r['cell']['suite']}.yaml", r["cell"]["id"], r["cell"]["label"], ratio))
     return sorted(found, key=lambda f: -abs(f[3] - 1))[:count]
 
@@ -141,7 +144,8 @@ def smoke_records(work: Path) -> None:
         record = {"status": status, "cell": {"suite": "gpu-check-smoke", "id": f"cell{i}", "label": label,
                                              "model": str(work / "decoder")},
                   "memory": {"predicted_peak_bytes": predicted * 2**20, "device_peak_allocated_bytes": 100 * 2**20,
-                             "weights_bytes": 40 * 2**20}}
+                             "weights_bytes": 40 * 2**20, "optimizer_bytes": 0,
+                             "step_peak_bytes": (predicted - 40) * 2**20}}
         (folder / f"cell{i}.json").write_text(json.dumps(record))
 
 

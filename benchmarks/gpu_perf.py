@@ -24,7 +24,8 @@ without options.
 
 Memory, every harness row: the peak the runner predicts for the cell (`estimate` with the cell's shape, weights
 dtype and kernels: what `--gpus` packs by, bench/tools/plan_cost.py; Liger's kernels as bench/tools/liger_memory.py
-models them), the cell's own probe (`memory.predicted_peak_bytes`) and the allocator's measured peak, in GiB, and
+models them), the cell's own probe (training's phase of `memory.predicted_peak_bytes`, as the measured peak is
+training's window: bench/cell/measure.py training_peak) and the allocator's measured peak, in GiB, and
 then, per method, what liger saved against torch, measured, and predicted for bf16 weights (LoRA). The estimate
 models the cell's bf16 autocast (bench/tools/cuda_step.py), but not the other path liger's fused loss takes over
 fp32 weights under autocast (full fine-tuning here): that row's liger saving is not predicted.
@@ -103,6 +104,7 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
                  predictions: dict) -> list[str]:
     """The peak predicted by the runner's estimate, by the cell's probe, and measured (the allocator), GiB, and
     measured / estimated. `predictions` keeps each (method, kernels) estimate: compile does not change it."""
+    from bench.cell.measure import training_peak
     from bench.tools.estimate import estimate
 
     kernels, s = OPTIONS.get(option, {}).get("kernels", "torch"), sizes(smoke)
@@ -110,9 +112,9 @@ def memory_cells(record: dict, model: Path, method: str, smoke: bool, option: st
         predicted = estimate(str(model), method, s["batch"], s["length"], dtype=METHODS[method]["weights_dtype"],
                              kernels=kernels, precision="fp32" if smoke else "bf16",
                              step_device="cpu" if smoke else "cuda")["memory"]
-        predictions[method, kernels] = predicted["predicted_peak_bytes"]
+        predictions[method, kernels] = training_peak(predicted)  # device_peak_allocated_bytes is training's
     estimated, memory = predictions[method, kernels], record.get("memory") or {}
-    probed, measured = memory.get("predicted_peak_bytes"), memory.get("device_peak_allocated_bytes")
+    probed, measured = training_peak(memory), memory.get("device_peak_allocated_bytes")
 
     def gib(value) -> str:
         return f"{value / GIB:.2f}" if value else "–"

@@ -65,6 +65,13 @@ def predicted_peak(memory: dict, trains: bool, evaluates: bool = True) -> int | 
     return None if not sums or any(p is None for parts in sums for p in parts) else max(sum(p) for p in sums)
 
 
+def training_peak(memory: dict) -> int | None:
+    """The training phase of memory.predicted_peak_bytes (the sum of TRAINING_PARTS, null if a part is): what a
+    training window's measured peak (device_peak_allocated_bytes) is compared with."""
+    parts = [memory.get(k) for k in TRAINING_PARTS]
+    return None if any(p is None for p in parts) else sum(parts)
+
+
 def stored_size(state: dict[str, torch.Tensor]) -> dict:
     """Elements and safetensors bytes of the state a fine-tuned model must keep (a sharded cell's gathered whole)."""
     stored, stored_bytes = safetensors_size(state, whole)
