@@ -144,7 +144,7 @@ def test_two_runners_train_each_cell_once(tmp_path, write_suite):
 def test_repeated_seeds_make_one_cell(write_suite, capsys):
     suite = write_suite(suite_text("[full]"))
     assert main(["run", "--suite", str(suite), "--seeds", "1,1", "--dry-run"]) == 0
-    assert "1 cells" in capsys.readouterr().out
+    assert "1 cell," in capsys.readouterr().out
 
 
 # 3. stale locks

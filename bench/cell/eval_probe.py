@@ -27,8 +27,8 @@ import string
 
 import torch
 
-from bench.cell.batching import collate, options_collate
-from bench.cell.evaluate import classifier_logits, generate_ids, token_logprobs
+from bench.cell.batching import collate, options_collate, to_device
+from bench.cell.evaluate import classifier_logits, generate_ids, longest_batch, token_logprobs
 from bench.cell.probe import instrumented_step
 from bench.tasks.features import lm_example
 
@@ -130,6 +130,18 @@ def generation_peak(model: torch.nn.Module, batch: dict, generation: dict, pad: 
     generate creates from it, every row decoding all max_new_tokens (evaluate.generate_ids, full_length)."""
     return _forward_peak(model, batch, lambda m, b: generate_ids(m, b, generation, pad, eos, full_length=True),
                          autocast, None)
+
+
+def measured_eval_peak(bundle, model: torch.nn.Module, evalsets, task, batch_size: int, device, autocast) -> int:
+    """memory.eval_peak_bytes as a cell measures it: the longest batch of each evaluation split and template
+    (`evalsets`: the cell's, split -> sets) through the forward its evaluation predicts with (generation: decoding
+    every row to max_new_tokens), the most of them. One entry from the cell's instruments, so a reader of the cell
+    reads this module in one stretch."""
+    way, tokenizer = way_of(bundle.head, task), bundle.tokenizer
+    batches = [to_device(longest_batch(bundle, evalset, batch_size), device)
+               for sets in evalsets.values() for evalset in sets]
+    return max(generation_peak(model, batch, task.generation, tokenizer.pad_token_id, tokenizer.eos_token_id, autocast)
+               if way == GENERATE else eval_peak(model, batch, way, autocast) for batch in batches)
 
 
 def answer_counts(task) -> list[int]:

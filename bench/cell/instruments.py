@@ -25,9 +25,7 @@ import time
 
 import torch
 
-from bench.cell.batching import to_device
-from bench.cell.eval_probe import GENERATE, eval_peak, generation_peak, way_of
-from bench.cell.evaluate import longest_batch
+from bench.cell.eval_probe import measured_eval_peak
 from bench.cell.forgetting import general_text, lm_loss
 from bench.cell.measure import (
     PeakMemory,
@@ -158,16 +156,10 @@ class EvalProbe(Instrument):
     cell that trains nothing, memory.predicted_peak_bytes (a training cell's: StepProbe, once trained)."""
 
     def before_training(self, run, record):
-        memory, model, task = record["memory"], run.adapted.model, run.evaluation
-        way = way_of(run.bundle.head, task)
+        memory, model = record["memory"], run.adapted.model
         if run.evalsets and not sharded(model):
-            batches = [to_device(longest_batch(run.bundle, evalset, run.cell.train.eval_batch_size), run.device)
-                       for sets in run.evalsets.values() for evalset in sets]
-            tokenizer = run.bundle.tokenizer
-            memory["eval_peak_bytes"] = max(
-                generation_peak(model, batch, task.generation, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                                run.autocast) if way == GENERATE else eval_peak(model, batch, way, run.autocast)
-                for batch in batches)
+            memory["eval_peak_bytes"] = measured_eval_peak(run.bundle, model, run.evalsets, run.evaluation,
+                                                           run.cell.train.eval_batch_size, run.device, run.autocast)
         if not run.adapted.trains:
             memory["predicted_peak_bytes"] = predicted_peak(memory, trains=False, evaluates=evaluates(run))
 

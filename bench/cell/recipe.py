@@ -69,8 +69,9 @@ def run_cell(cell: Cell, quiet: bool = False, checkpoint: Callable[[dict], None]
     prepare_process(cell)
     record = new_record(cell)
     record["env"].update(env.collect(), threads=torch.get_num_threads())  # collect() is cached per process
-    tools = instruments.standard()
     try:
+        refuse_unshardable(cell.method)  # before any work: a sharded rank of a method FSDP2 cannot run
+        tools = instruments.standard()
         seed_everything(cell.seed)
         with tools.window("loading", None, record):
             run = setup(cell, device_for_run())
@@ -108,7 +109,6 @@ def setup(cell: Cell, device: torch.device) -> Run:
     the previous."""
     task, tcfg = cell.task, cell.train
     method = methods.for_cell(cell.method)
-    refuse_unshardable(method)  # before any work: a sharded rank of a method with gradient masks would train unmasked
     bundle = load_bundle(cell.model, task.type, task.num_labels, cell.seed, device, pooling=tcfg.pooling,
                          weights_dtype=tcfg.weights_dtype, attention=tcfg.attention)
     if task.members:  # a mixture: a head per task on a classifier model

@@ -32,11 +32,14 @@ def in_rank() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def refuse_unshardable(method) -> None:
-    """Unsupported in a sharded cell's rank when FSDP2 cannot run `method` (Method.unshardable says why: QLoRA's
+def refuse_unshardable(method_name: str) -> None:
+    """Unsupported in a sharded cell's rank when FSDP2 cannot run the method named (Method.unshardable says why: QLoRA's
     4-bit weights lose their quantisation state; the Fisher-masked methods' gradient masks stay on the parameters
     fully_shard replaces, so every entry would train). The packer never shards such a cell (Packer.demand's
     `shardable`); this stops one sharded by hand before the model is even loaded."""
+    from bench import methods
+
+    method = methods.for_cell(method_name)
     if in_rank() and method.unshardable:
         raise Unsupported(f"{method.name} cannot run sharded: {method.unshardable}; run it whole on one GPU "
                           "(--gpus-per-cell 1)")
