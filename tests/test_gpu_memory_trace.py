@@ -60,7 +60,9 @@ def test_worst_cells_are_the_furthest_from_the_measured_peak(tmp_path):
                                                                ("e", None, 100, "ok")]):
         (folder / f"{i}.json").write_text(json.dumps({
             "status": status, "cell": {"suite": "s", "id": f"id{i}", "label": label},
-            "memory": {"predicted_peak_bytes": predicted, "device_peak_allocated_bytes": measured}}))
+            # training's phase of the prediction (weights + optimizer + step peak) against training's measured peak
+            "memory": {"predicted_peak_bytes": predicted, "device_peak_allocated_bytes": measured,
+                       "weights_bytes": 0, "optimizer_bytes": 0, "step_peak_bytes": predicted}}))
     found = trace.worst_cells(tmp_path, 2)
     assert [(f[2], round(f[3], 2)) for f in found] == [("b", 0.7), ("c", 1.2)]
     assert found[0][0] == tmp_path / "s.yaml"
