@@ -55,8 +55,9 @@ def worst_cells(work: Path, count: int) -> list[tuple[Path, str, str, float]]:
     for path in (work / "results").glob("*/*.json"):
         r = json.loads(path.read_text())
         m = r["memory"]
-        if r["status"] == "ok" and m.get("device_peak_allocated_bytes") and training_peak(m):
-            ratio = training_peak(m) / m["device_peak_allocated_bytes"]  # both training's window
+        predicted = training_peak(m)  # against training's window, as device_peak_allocated_bytes is
+        if r["status"] == "ok" and m.get("device_peak_allocated_bytes") and predicted:
+            ratio = predicted / m["device_peak_allocated_bytes"]
             found.append((work / f"{r['cell']['suite']}.yaml", r["cell"]["id"], r["cell"]["label"], ratio))
     return sorted(found, key=lambda f: -abs(f[3] - 1))[:count]
 

@@ -68,8 +68,7 @@ def predicted_peak(memory: dict, trains: bool, evaluates: bool = True) -> int | 
 def training_peak(memory: dict) -> int | None:
     """The training phase of memory.predicted_peak_bytes (the sum of TRAINING_PARTS, null if a part is): what a
     training window's measured peak (device_peak_allocated_bytes) is compared with."""
-    parts = [memory.get(k) for k in TRAINING_PARTS]
-    return None if any(p is None for p in parts) else sum(parts)
+    return predicted_peak(memory, trains=True, evaluates=False)
 
 
 def stored_size(state: dict[str, torch.Tensor]) -> dict:

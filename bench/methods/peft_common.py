@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 
 from bench.methods.base import Adapted
 
@@ -60,6 +61,7 @@ def _load(peft, wrapped, state) -> None:
         raise ValueError(f"stored tensors not in the model: {unexpected}")
 
 
+@functools.cache  # the installed libraries' answer, asked once a process, not at every generate call
 def _generation_cache_names() -> tuple[str, str]:
     """(the keyword transformers' `generate` hands the key-value cache to prepare_inputs_for_generation under, the
     one peft's soft-prompt generation reads it under): transformers >= 5.24 hands `cache`; peft 0.21 reads

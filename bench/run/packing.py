@@ -20,10 +20,9 @@ Cells that cannot share: a cell with no prediction (a model only on the hub whil
 built on the meta device, a multi-task cell, whose members' evaluations are not modelled) runs alone on an empty
 device, with no limit but the device's own, as every cell ran before packing. A generation task's cell shares: its
 evaluation's prediction bounds generate's peak from above (`memory.upper_bound`, bench/cell/eval_probe.py).
-A cell whose budget exceeds every device's room runs
-sharded over `gpus_per_cell` > 1 empty devices (bench/cell/sharded.py; its placement names them all, "0,1") when
-its per-device prediction sharded over that many (bench/tools/sharding.py) gives a budget their rooms fit; otherwise
-it runs alone on the largest empty device, whole.
+A cell whose budget exceeds every device's room runs sharded over `gpus_per_cell` > 1 empty devices
+(bench/cell/sharded.py; its placement names them all, "0,1") when its per-device prediction sharded over that many
+(bench/tools/sharding.py) gives a budget their rooms fit; otherwise it runs alone on the largest empty device, whole.
 A cell whose prediction itself (no margin) with its CUDA context fits no device, and whose sharded budget does not
 fit either, is refused before any cell starts (Packer.demand): it could only run out of memory. Only where the
 prediction bounds the peak from below (every measured peak above was at least its prediction, and the estimate
@@ -33,8 +32,7 @@ weights under autocast), or says that its prediction bounds the peak from above 
 child-tuning, whose trained tensors the data choose; a generation task's evaluation; a safe budget to share a device
 with), is never refused: it runs alone on the largest device instead when it fits no device; a cell whose method FSDP2
 cannot run (Method.unshardable: QLoRA's 4-bit weights, the Fisher-masked methods' gradient masks) is never sharded;
-a cell whose sharded
-prediction is unknown runs sharded, unbudgeted.
+a cell whose sharded prediction is unknown runs sharded, unbudgeted.
 
 Other runners on the same GPUs (another user, another suite, a second runner sharing a suite through cell locks)
 read the same free memory from nvidia-smi as they start, which cannot see each other's budgets (a cell just started
@@ -134,12 +132,12 @@ class Packer:
         sharded = None
         shards = self.gpus_per_cell if shardable else 1
         if shards > 1:
-            sharded = memory(self.gpus_per_cell)
+            sharded = memory(shards)
             sharded_budget = cell_budget(sharded)
             if sharded_budget is None:
-                return None, self.gpus_per_cell
-            if self.fits(sharded_budget, self.gpus_per_cell):
-                return sharded_budget, self.gpus_per_cell
+                return None, shards
+            if self.fits(sharded_budget, shards):
+                return sharded_budget, shards
         largest = max(self.rooms.values())
         if not bound or unsharded["predicted_peak_bytes"] + CONTEXT_BYTES <= largest:
             return budget, 1

@@ -243,9 +243,10 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     from bench.layers.attention_prefix import implementation_of
 
     check_inputs(batch_size, seq_len, optimizer, dtype, attention, kernels, precision)
-    if shards > 1 and methods.for_cell(method, "--method").unshardable:
-        raise BadInput(f"method '{method}' cannot be sharded: {methods.for_cell(method).unshardable}; its cell runs "
-                       "whole on one GPU", "--shards", ("1",))
+    unshardable = methods.for_cell(method, "--method").unshardable
+    if shards > 1 and unshardable:
+        raise BadInput(f"method '{method}' cannot be sharded: {unshardable}; its cell runs whole on one GPU",
+                       "--shards", ("1",))
     if eval_batch_size < 1:
         raise BadInput(f"must be a positive integer, got {eval_batch_size}", "--eval-batch-size")
     spec, bundle, body, chosen, config, built = _built(model, method, batch_size, seq_len, dtype, settings,
