@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench.run import gpu_ledger
-from bench.run.gpu_ledger import Ledger, ledger_folder
+from bench.run.gpu_ledger import Ledger
+from bench.run.ledger_files import ledger_folder
 from bench.run.locks import LEASE_S, process_start
 from tests.test_gpu_ledger import BUDGET, GIB, UUIDS, entry, held_elsewhere, ledger_file, shared
 

@@ -4,19 +4,13 @@ Each runner reads a GPU's room from nvidia-smi once, as it starts, and nvidia-sm
 reservations (a cell that just started has allocated little of its budget yet), so two runners on the same GPUs
 (two users, two suites in two shells, or two runners sharing one suite through cell locks) would each place a whole
 room's worth of cells. So every placement is made and written here in one locked step, counting what the other
-live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
+live runners hold (`Shared`, around the pure Packer: bench/run/packing.py). The files, their folder, their locks
+and what is refused of them: bench/run/ledger_files.py.
 
-- **Where**: one file per GPU, `<uuid>.ledger`, named by the GPU's UUID from nvidia-smi (an index means another GPU
-  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger (/tmp/… where
-  there is no /dev/shm): a folder every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split
-  the ledger and over-pack silently), on a tmpfs that a reboot empties, as it ends every process whose entries it
-  holds. Created mode 1777 (anyone may add a file, only its owner may replace it) and its files 0666 (both users
-  write the one file).
 - **Entries**: one JSON line per (runner, cell, GPU): the runner's pid, its process's start time and pid namespace,
   a nonce of the runner, the cell, and its footprint in bytes (null: the cell holds the GPU alone, so others count
-  it as full). A placement holds an exclusive flock on each GPU's file (in UUID order: no two runners deadlock),
-  reads the others' live entries, decides, writes them back with its own, then unlocks. The kernel drops a flock with
-  its process, so a runner killed with -9 blocks nothing.
+  it as full). A placement locks every GPU's file of the runner, reads the others' live lines, decides, writes them
+  back with its own, then unlocks.
 - **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
   sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
@@ -24,23 +18,18 @@ live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
   entries are dropped at the next write.
 - **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
   counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
-  heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
-  the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
-  LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
-  through a link); later in a run, the runner says so, decides that step blind rather than kill its cells, and
-  tries the ledger again at the next: its entries never outlive its cells.
+  heals at the live runners' next steps. A ledger refused as it starts is BadInput, before any cell starts; later
+  in a run, the runner says so, decides that step blind rather than kill its cells, and tries the ledger again at
+  the next: its entries never outlive its cells.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -51,11 +40,11 @@ from typing import Callable, Iterator
 
 from bench.errors import BadInput
 from bench.fmt import size
+from bench.run.ledger_files import LEDGER_ENV, LedgerError, LedgerFiles
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
 from bench.run.nvidia_smi import query_gpus
 from bench.run.packing import Packer, Placement, footprint
 
-LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
 MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
 LOCK_WAIT_S = 30.0
 LOST_LOCK_WAIT_S = 0.1  # while the ledger is lost: each step tries it briefly, so a stalled lock slows nothing
@@ -64,18 +53,6 @@ MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger numb
 MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
-
-
-class LedgerError(Exception):
-    """The ledger cannot be used safely (its folder or a file is not what this module makes)."""
-
-
-def ledger_folder() -> Path:
-    given = os.environ.get(LEDGER_ENV)
-    if given:
-        return Path(given)
-    # never tempfile.gettempdir(): it follows TMPDIR, and a per-user TMPDIR would split the ledger per user
-    return Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / "peft-bench-gpu-ledger"
 
 
 def _pid_namespace() -> str:
@@ -126,94 +103,16 @@ def _valid(entry) -> dict | None:
     return {**entry, "beat": beat}
 
 
-class Ledger:
+class Ledger(LedgerFiles):
     """This runner's side of the ledger of `uuids` (device -> GPU UUID): its own entries, and the locked step."""
 
     def __init__(self, uuids: dict[str, str], folder: Path | None = None):
-        self.uuids, self.folder = dict(uuids), Path(folder or ledger_folder())
+        super().__init__(uuids, folder)
         pid = os.getpid()
         self.me = {"runner": os.urandom(8).hex(), "pid": pid, "started": process_start(pid) or 0,
                    "pidns": _pid_namespace()}
         self.mine: dict[str, dict[str, int | None]] = {d: {} for d in uuids}  # device -> cell -> bytes (None: whole)
         self.written = 0.0  # when this runner last wrote its entries (their beat)
-
-    def _folder(self) -> int:
-        """The checked folder, open (made 1777 when missing): every file is opened relative to it."""
-        made = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.folder, 0o1777)
-            made = True
-        try:
-            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            link = e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.folder)
-            raise LedgerError(f"{self.folder}: {'a symlink, never followed' if link else e.strerror}") from e
-        if made:
-            os.fchmod(fd, 0o1777)  # what the umask took off: every user's runner adds its files here
-        mode = os.fstat(fd).st_mode
-        if mode & 0o022 and not mode & stat.S_ISVTX:
-            os.close(fd)
-            raise LedgerError(f"{self.folder}: writable by others without the sticky bit (mode {mode & 0o7777:o}), "
-                              "so anyone could replace a runner's entries")
-        return fd
-
-    def _file(self, folder: int, device: str) -> int:
-        name, flags = f"{self.uuids[device]}.ledger", os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            try:  # without O_CREAT first: another user's file in a sticky folder opens (protected_regular)
-                fd = os.open(name, flags, dir_fd=folder)
-            except FileNotFoundError:
-                try:
-                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
-                    os.fchmod(fd, 0o666)  # the other users' runners write it too
-                except FileExistsError:  # another runner made it in between
-                    fd = os.open(name, flags, dir_fd=folder)
-        except OSError as e:
-            raise LedgerError(f"{self.folder / name}: " + ("a symlink, never followed" if e.errno == errno.ELOOP
-                                                           else e.strerror)) from e
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            os.close(fd)
-            raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
-        return fd
-
-    def _locked(self, folder: int, device: str, wait: float) -> int:
-        """The device's file, open and locked, and still the one its name gives: a file unlinked or replaced while
-        this runner waited for its lock is no ledger any more (the runners after it use the new one)."""
-        for _ in range(100):
-            fd = self._file(folder, device)
-            try:
-                self._lock(fd, device, wait)
-                if self._named(fd, folder, device):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-        raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: replaced again and again while this runner "
-                          "waited for its lock")
-
-    def _named(self, fd: int, folder: int, device: str) -> bool:
-        """Whether the open file is the one the device's name gives in the folder now."""
-        try:
-            named = os.stat(f"{self.uuids[device]}.ledger", dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:  # unlinked, not yet made again
-            return False
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-    def _lock(self, fd: int, device: str, wait: float) -> None:
-        """An exclusive flock on the open file, waited for at most `wait` s: a step takes milliseconds, so a
-        lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LedgerError(f"{self.folder / (self.uuids[device] + '.ledger')}: locked by another process "
-                                      f"for over {wait:g} s") from None
-                time.sleep(0.005)
 
     def _live(self, entry: dict, now: float) -> bool:
         if entry["pidns"] == self.me["pidns"]:
@@ -242,13 +141,7 @@ class Ledger:
         """Every device's file locked (each lock waited for at most `wait` s): yields the other live runners' entries
         by device; what `mine` holds when the block ends is written back with them (the block raising writes
         nothing)."""
-        with contextlib.ExitStack() as stack:
-            folder = self._folder()
-            stack.callback(os.close, folder)
-            files = {}
-            for device in sorted(self.uuids, key=self.uuids.get):
-                files[device] = self._locked(folder, device, wait)
-                stack.callback(os.close, files[device])  # closing it unlocks it
+        with self.locked(wait) as (folder, files):
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
@@ -259,8 +152,8 @@ class Ledger:
                 text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
                 os.pwrite(fd, text, 0)
                 os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
-                if not self._named(fd, folder, device):
-                    lost.append(f"{self.folder / self.uuids[device]}.ledger")
+                if not self.named(fd, folder, device):
+                    lost.append(str(self.path(device)))
             if lost:
                 raise LedgerError(f"{', '.join(lost)}: removed or replaced during this runner's step (its entries "
                                   "are written to the new file at the next)")
