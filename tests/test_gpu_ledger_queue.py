@@ -213,3 +213,21 @@ def test_claims_any_user_may_write_are_checked_like_entries(tmp_path):
     packing = shared(tmp_path / "ledger", {"0": ROOM})
     assert packing.where(BUDGET) is None and packing.packer.elsewhere == {"0": ROOM}  # the claims: held whole
     assert [json.loads(line)["cell"] for line in path.open()] == ["renewed", "kept"]
+
+
+def test_a_cell_sharded_over_two_gpus_claims_both_and_is_placed_once_both_drain(tmp_path):
+    folder = tmp_path / "ledger"
+    small = Runner(folder, ("0", "1"))
+    try:
+        assert [small.place("s0", 60 * GIB), small.place("s1", 60 * GIB)] == ["0", "1"]
+        waiting = shared(folder, {"0": ROOM, "1": ROOM})
+        assert waiting.place(BUDGET, devices=2, cell="sharded") is None and waiting.blocked
+        assert all(("sharded", True) in lines(folder, d) for d in ("0", "1"))
+        assert small.place("s2") == "None"  # room on both, each held for it
+        small.release("s0")
+        assert waiting.place(BUDGET, devices=2, cell="sharded") is None  # GPU 1 still has s1
+        small.release("s1")
+        placement = waiting.place(BUDGET, devices=2, cell="sharded")
+        assert placement.device == "0,1" and lines(folder, "0") == lines(folder, "1") == [("sharded", False)]
+    finally:
+        small.close()
