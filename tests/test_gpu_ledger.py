@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench.errors import BadInput
-from bench.run.gpu_ledger import LEDGER_ENV, MAX_BYTES, Ledger, Shared, gpu_uuids, ledger_folder
+from bench.run.gpu_ledger import LEDGER_ENV, MAX_BYTES, Ledger, Shared, gpu_uuids
+from bench.run.ledger_files import ledger_folder
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
 from bench.run.packing import Packer, footprint
 from tests.test_faults import ROOT

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench.run import gpu_ledger
-from bench.run.gpu_ledger import Ledger, ledger_folder
+from bench.run.gpu_ledger import Ledger
+from bench.run.ledger_files import ledger_folder
 from bench.run.locks import LEASE_S, process_start
 from tests.test_gpu_ledger import BUDGET, GIB, UUIDS, entry, held_elsewhere, ledger_file, shared
 
@@ -96,7 +97,8 @@ def test_lines_any_user_may_write_never_crash_a_runner_nor_its_terminal(tmp_path
     assert packing.place(BUDGET, cell="mine") is None and packing.blocked  # only the last, held whole, counts
     said = capsys.readouterr().err
     assert f"GPU 0: ?[2Jbell??name of pid {parent} (whole)" in said and "\x1b" not in said and "\x07" not in said
-    assert len(path.read_text().splitlines()) == 1
+    kept = [json.loads(line) for line in path.read_text().splitlines()]  # the whole one, and the waiter's claim
+    assert [(line["cell"], "waits" in line) for line in kept] == [("\x1b[2Jbell\x07\nname", False), ("mine", True)]
 
 
 def test_a_cell_name_from_the_ledger_is_printed_without_format_characters(tmp_path, capsys):

@@ -1,46 +1,49 @@
-"""The machine's GPU ledger: what every packing runner on this machine (`run --gpus --pack memory`) holds of each GPU.
+"""The machine's GPU ledger: what every packing runner on this machine (`run --gpus --pack memory`) holds of each GPU,
+and what each waits for.
 
 Each runner reads a GPU's room from nvidia-smi once, as it starts, and nvidia-smi cannot see another runner's
 reservations (a cell that just started has allocated little of its budget yet), so two runners on the same GPUs
 (two users, two suites in two shells, or two runners sharing one suite through cell locks) would each place a whole
 room's worth of cells. So every placement is made and written here in one locked step, counting what the other
-live runners hold (`Shared`, around the pure Packer: bench/run/packing.py).
+live runners hold (`Shared`, around the pure Packer: bench/run/packing.py). The files, their folder, their locks
+and what is refused of them: bench/run/ledger_files.py.
 
-- **Where**: one file per GPU, `<uuid>.ledger`, named by the GPU's UUID from nvidia-smi (an index means another GPU
-  under another CUDA_VISIBLE_DEVICES), in `$PEFT_BENCH_GPU_LEDGER`, else /dev/shm/peft-bench-gpu-ledger (/tmp/… where
-  there is no /dev/shm): a folder every user of the machine sees whatever their TMPDIR (a per-job TMPDIR would split
-  the ledger and over-pack silently), on a tmpfs that a reboot empties, as it ends every process whose entries it
-  holds. Created mode 1777 (anyone may add a file, only its owner may replace it) and its files 0666 (both users
-  write the one file).
 - **Entries**: one JSON line per (runner, cell, GPU): the runner's pid, its process's start time and pid namespace,
   a nonce of the runner, the cell, and its footprint in bytes (null: the cell holds the GPU alone, so others count
-  it as full). A placement holds an exclusive flock on each GPU's file (in UUID order: no two runners deadlock),
-  reads the others' live entries, decides, writes them back with its own, then unlocks. The kernel drops a flock with
-  its process, so a runner killed with -9 blocks nothing.
-- **Live**: in this pid namespace, an entry counts while its pid runs with the same start time (a reused pid does
+  it as full). A placement locks every GPU's file of the runner, reads the others' live lines, decides, writes them
+  back with its own, then unlocks.
+- **Waiting claims (the queue)**: a runner whose cell only the other runners keep out (its own Packer would place it
+  were their cells gone) writes a claim line with its entries' fields, the cell, its footprint (null: whole) and
+  `waits`, the time this runner first waited (kept until it is placed), on each GPU that placement names: the GPUs
+  it waits for, none other. A request of another runner made later than that (its own `waits`, else now; equal
+  times ordered by nonce) counts each such GPU as held whole: it places nothing new there, so the cells there
+  drain and the waiter is placed, whatever each runner read as its room. A request never counts claims newer than
+  its own, so the oldest waiter is held back by cells alone, which end: waiters are placed in the order they came,
+  and none waits for ever (no cycle: the order is total). A claim is decided again at each of its runner's steps
+  (an older claim counts whole there too, so it waits for other GPUs, or for none until that one is placed), is
+  removed in the step that places its cell, and leaves the ledger as its runner stops asking (`renewing`'s end).
+  Its GPUs are always ones its runner's Packer places the cell on once the other runners' cells are gone: a cell
+  that could never fit (Packer.demand refuses it before any cell starts) never claims anything. The price of the
+  order: a newer request waits behind an older one even where the room beside the draining cells would fit it.
+- **Live**: in this pid namespace, a line counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
   sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
-  kill(pid, 0) says exists: those while their owner renewed them within LEASE_S (a thread renews them). Dead
-  entries are dropped at the next write.
-- **Never trusted**: a line that is not a whole, well-typed entry, a beat in the future, a file over MAX_BYTES
-  counts for nothing (and is dropped); each runner writes its own entries back on every write, so a torn file
-  heals at the live runners' next steps. A folder that is a symlink, not a folder, or writable by others without
-  the sticky bit, a ledger file that is a symlink, a hard link or not a regular file, and one locked for over
-  LOCK_WAIT_S are refused (BadInput, before any cell starts; files are opened relative to the checked folder, never
-  through a link); later in a run, the runner says so, decides that step blind rather than kill its cells, and
-  tries the ledger again at the next: its entries never outlive its cells.
+  kill(pid, 0) says exists: those while their owner renewed them within LEASE_S (a thread renews them, claims
+  too). Dead lines are dropped at the next write: a dead waiter's claim counts for nothing.
+- **Never trusted**: a line that is not a whole, well-typed entry or claim (`_valid`), a beat or a claim's `waits`
+  in the future, a file over MAX_BYTES counts for nothing (and is dropped); each runner writes its own lines back on
+  every write, so a torn file heals at the live runners' next steps. A ledger refused as it starts is BadInput,
+  before any cell starts; later in a run, the runner says so, decides that step blind rather than kill its cells,
+  and tries the ledger again at the next: its lines never outlive its cells.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -51,11 +54,11 @@ from typing import Callable, Iterator
 
 from bench.errors import BadInput
 from bench.fmt import size
+from bench.run.ledger_files import LEDGER_ENV, LedgerError, LedgerFiles
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
 from bench.run.nvidia_smi import query_gpus
 from bench.run.packing import Packer, Placement, footprint
 
-LEDGER_ENV = "PEFT_BENCH_GPU_LEDGER"
 MAX_BYTES = 1024**2  # far above any real ledger (a line is ~200 B): a larger file is not one
 LOCK_WAIT_S = 30.0
 LOST_LOCK_WAIT_S = 0.1  # while the ledger is lost: each step tries it briefly, so a stalled lock slows nothing
@@ -64,18 +67,6 @@ MAX_HELD = 2**50  # bytes of one entry: far above any GPU (1 PiB); a larger numb
 MAX_PID = 2**31 - 1  # pid_t: a larger pid (or 0, -1: a process group, every process) is not one process
 UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,64}")
 _FIELDS = {"runner": str, "pid": int, "started": int, "pidns": str, "cell": str, "beat": float}
-
-
-class LedgerError(Exception):
-    """The ledger cannot be used safely (its folder or a file is not what this module makes)."""
-
-
-def ledger_folder() -> Path:
-    given = os.environ.get(LEDGER_ENV)
-    if given:
-        return Path(given)
-    # never tempfile.gettempdir(): it follows TMPDIR, and a per-user TMPDIR would split the ledger per user
-    return Path("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp") / "peft-bench-gpu-ledger"
 
 
 def _pid_namespace() -> str:
@@ -109,158 +100,98 @@ def machine_ledger(devices: list[str]) -> Ledger | None:
     return None if uuids is None else Ledger(uuids)
 
 
-def _valid(entry) -> dict | None:
-    """The entry, if it is one: every field of its type, a pid of one process, bytes a positive int up to MAX_HELD
-    or null, a finite beat not in the future."""
-    if not isinstance(entry, dict) or not all(type(entry.get(k)) is t or t is float and type(entry.get(k)) is int
-                                              for k, t in _FIELDS.items()):
+def _time(value) -> float | None:
+    """A time read from a line: a finite number (an integer of 400 digits is JSON too: float() refuses it)."""
+    if type(value) not in (int, float):
         return None
-    held = entry.get("bytes", 0)
-    try:  # an integer beat of 400 digits is JSON too: float() refuses it (OverflowError), and so does this
-        beat = float(entry["beat"])
+    try:
+        moment = float(value)
     except OverflowError:
         return None
-    if held is not None and (type(held) is not int or not 0 < held <= MAX_HELD) or not 0 < entry["pid"] <= MAX_PID \
-            or not math.isfinite(beat) or beat > time.time() + HEARTBEAT_S:
+    return moment if math.isfinite(moment) else None
+
+
+def _valid(line) -> dict | None:
+    """The entry or claim, if the line is one: every field of its type, a pid of one process, bytes a positive int
+    up to MAX_HELD or null, a finite beat not in the future, and a claim's `waits` a finite time after 0, not in the
+    future either."""
+    if not isinstance(line, dict) or not all(type(line.get(k)) is t or t is float and type(line.get(k)) is int
+                                             for k, t in _FIELDS.items()):
         return None
-    return {**entry, "beat": beat}
+    held, beat = line.get("bytes", 0), _time(line["beat"])
+    if held is not None and (type(held) is not int or not 0 < held <= MAX_HELD) or not 0 < line["pid"] <= MAX_PID \
+            or beat is None or beat > time.time() + HEARTBEAT_S:
+        return None
+    if "waits" in line:
+        waits = _time(line["waits"])
+        if waits is None or not 0 < waits <= time.time() + HEARTBEAT_S:
+            return None
+        return {**line, "beat": beat, "waits": waits}
+    return {**line, "beat": beat}
 
 
-class Ledger:
-    """This runner's side of the ledger of `uuids` (device -> GPU UUID): its own entries, and the locked step."""
+class Ledger(LedgerFiles):
+    """This runner's side of the ledger of `uuids` (device -> GPU UUID): its own entries and waiting claim, and the
+    locked step."""
 
     def __init__(self, uuids: dict[str, str], folder: Path | None = None):
-        self.uuids, self.folder = dict(uuids), Path(folder or ledger_folder())
+        super().__init__(uuids, folder)
         pid = os.getpid()
         self.me = {"runner": os.urandom(8).hex(), "pid": pid, "started": process_start(pid) or 0,
                    "pidns": _pid_namespace()}
         self.mine: dict[str, dict[str, int | None]] = {d: {} for d in uuids}  # device -> cell -> bytes (None: whole)
-        self.written = 0.0  # when this runner last wrote its entries (their beat)
+        # what this runner waits for ({"cell", "bytes", "waits", "devices"}: Shared decides it), None: nothing
+        self.claim: dict | None = None
+        self.written = 0.0  # when this runner last wrote its lines (their beat)
 
-    def _folder(self) -> int:
-        """The checked folder, open (made 1777 when missing): every file is opened relative to it."""
-        made = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.folder, 0o1777)
-            made = True
-        try:
-            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            link = e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.folder)
-            raise LedgerError(f"{self.folder}: {'a symlink, never followed' if link else e.strerror}") from e
-        if made:
-            os.fchmod(fd, 0o1777)  # what the umask took off: every user's runner adds its files here
-        mode = os.fstat(fd).st_mode
-        if mode & 0o022 and not mode & stat.S_ISVTX:
-            os.close(fd)
-            raise LedgerError(f"{self.folder}: writable by others without the sticky bit (mode {mode & 0o7777:o}), "
-                              "so anyone could replace a runner's entries")
-        return fd
-
-    def _file(self, folder: int, device: str) -> int:
-        name, flags = f"{self.uuids[device]}.ledger", os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            try:  # without O_CREAT first: another user's file in a sticky folder opens (protected_regular)
-                fd = os.open(name, flags, dir_fd=folder)
-            except FileNotFoundError:
-                try:
-                    fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
-                    os.fchmod(fd, 0o666)  # the other users' runners write it too
-                except FileExistsError:  # another runner made it in between
-                    fd = os.open(name, flags, dir_fd=folder)
-        except OSError as e:
-            raise LedgerError(f"{self.folder / name}: " + ("a symlink, never followed" if e.errno == errno.ELOOP
-                                                           else e.strerror)) from e
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            os.close(fd)
-            raise LedgerError(f"{self.folder / name}: not a regular file of one link, never written")
-        return fd
-
-    def _locked(self, folder: int, device: str, wait: float) -> int:
-        """The device's file, open and locked, and still the one its name gives: a file unlinked or replaced while
-        this runner waited for its lock is no ledger any more (the runners after it use the new one)."""
-        for _ in range(100):
-            fd = self._file(folder, device)
-            try:
-                self._lock(fd, device, wait)
-                if self._named(fd, folder, device):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-        raise LedgerError(f"{self.folder / self.uuids[device]}.ledger: replaced again and again while this runner "
-                          "waited for its lock")
-
-    def _named(self, fd: int, folder: int, device: str) -> bool:
-        """Whether the open file is the one the device's name gives in the folder now."""
-        try:
-            named = os.stat(f"{self.uuids[device]}.ledger", dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:  # unlinked, not yet made again
-            return False
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-    def _lock(self, fd: int, device: str, wait: float) -> None:
-        """An exclusive flock on the open file, waited for at most `wait` s: a step takes milliseconds, so a
-        lock held longer is a stopped process's (Ctrl-Z mid-step) or another user's doing, never to hang on."""
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LedgerError(f"{self.folder / (self.uuids[device] + '.ledger')}: locked by another process "
-                                      f"for over {wait:g} s") from None
-                time.sleep(0.005)
-
-    def _live(self, entry: dict, now: float) -> bool:
-        if entry["pidns"] == self.me["pidns"]:
-            started = process_start(entry["pid"])
-            if started is not None or not _hidden(entry["pid"]):
-                return started == entry["started"]
+    def _live(self, line: dict, now: float) -> bool:
+        if line["pidns"] == self.me["pidns"]:
+            started = process_start(line["pid"])
+            if started is not None or not _hidden(line["pid"]):
+                return started == line["started"]
         # from another pid namespace its pids mean nothing here, and a process /proc hides (mounted hidepid: another
         # user's) cannot be told from a reused pid: only its renewals can say
-        return now - entry["beat"] <= LEASE_S
+        return now - line["beat"] <= LEASE_S
 
     def _others(self, fd: int, now: float) -> list[dict]:
-        """The live entries of other runners in the open file: each line checked, garbage dropped."""
+        """The live entries and claims of other runners in the open file: each line checked, garbage dropped."""
         text = os.pread(fd, MAX_BYTES + 1, 0)
         if len(text) > MAX_BYTES:
             return []
         others = {}
-        for line in text.decode("utf-8", "replace").splitlines():
+        for text_line in text.decode("utf-8", "replace").splitlines():
             with contextlib.suppress(ValueError, RecursionError):
-                entry = _valid(json.loads(line))
-                if entry and entry["runner"] != self.me["runner"] and self._live(entry, now):
-                    others[entry["runner"], entry["cell"]] = entry  # a torn rewrite may repeat a line
+                line = _valid(json.loads(text_line))
+                if line and line["runner"] != self.me["runner"] and self._live(line, now):
+                    # a torn rewrite may repeat a line
+                    others[line["runner"], line["cell"], "waits" in line] = line
         return list(others.values())
+
+    def _own(self, device: str, now: float) -> list[dict]:
+        """This runner's lines for the device's file: an entry per cell it holds there, and its claim if it waits for
+        the device."""
+        own = [{**self.me, "cell": cell, "bytes": held, "beat": now} for cell, held in self.mine[device].items()]
+        if self.claim is not None and device in self.claim["devices"]:
+            own.append({**self.me, "cell": self.claim["cell"], "bytes": self.claim["bytes"], "beat": now,
+                        "waits": self.claim["waits"]})
+        return own
 
     @contextlib.contextmanager
     def step(self, wait: float) -> Iterator[dict[str, list[dict]]]:
         """Every device's file locked (each lock waited for at most `wait` s): yields the other live runners' entries
-        by device; what `mine` holds when the block ends is written back with them (the block raising writes
-        nothing)."""
-        with contextlib.ExitStack() as stack:
-            folder = self._folder()
-            stack.callback(os.close, folder)
-            files = {}
-            for device in sorted(self.uuids, key=self.uuids.get):
-                files[device] = self._locked(folder, device, wait)
-                stack.callback(os.close, files[device])  # closing it unlocks it
+        and claims by device; what `mine` and `claim` hold when the block ends is written back with them (the block
+        raising writes nothing)."""
+        with self.locked(wait) as (folder, files):
             now = time.time()
             others = {device: self._others(fd, now) for device, fd in files.items()}
             yield others
-            lost = []  # files unlinked mid-step: what others read now lacks these entries
+            lost = []  # files unlinked mid-step: what others read now lacks these lines
             for device, fd in files.items():  # every file written, whichever of them was replaced
-                own = [{**self.me, "cell": cell, "bytes": held, "beat": now}
-                       for cell, held in self.mine[device].items()]
-                text = "".join(json.dumps(e) + "\n" for e in others[device] + own).encode()
+                text = "".join(json.dumps(e) + "\n" for e in others[device] + self._own(device, now)).encode()
                 os.pwrite(fd, text, 0)
                 os.ftruncate(fd, len(text))  # killed before this: the old tail's lines are repeats or dead
-                if not self._named(fd, folder, device):
-                    lost.append(f"{self.folder / self.uuids[device]}.ledger")
+                if not self.named(fd, folder, device):
+                    lost.append(str(self.path(device)))
             if lost:
                 raise LedgerError(f"{', '.join(lost)}: removed or replaced during this runner's step (its entries "
                                   "are written to the new file at the next)")
@@ -281,12 +212,15 @@ def _hidden(pid: int) -> bool:
 
 class Shared:
     """A Packer whose devices other runners on this machine pack too: each answer counts what the ledger says they
-    hold, and each placement enters the ledger in the same locked step. Without a ledger, the Packer alone."""
+    hold and the GPUs their older waiting claims wait for, and each placement, or claim, enters the ledger in the
+    same locked step. Without a ledger, the Packer alone."""
 
     def __init__(self, packer: Packer, ledger: Ledger | None):
         self.packer, self.ledger = packer, ledger
         self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
-        self.others: dict[str, list[dict]] = {}  # their entries by device, as last read
+        self.others: dict[str, list[dict]] = {}  # their entries and claims by device, as last read
+        self.holding: dict[str, list[dict]] = {}  # of those, what the last answer counted: entries, older claims
+        self.since: float | None = None  # when this runner's cell first went unplaced (its place in the queue)
         self.lost = False  # the last step could not use the ledger: said once, and the next step tries it again
         self.guard = threading.RLock()  # one step at a time: the scheduling loop's or the renewing thread's
 
@@ -297,8 +231,7 @@ class Shared:
         first, decided = not self.ledger.written, []
         try:
             with self.ledger.step(LOST_LOCK_WAIT_S if self.lost else LOCK_WAIT_S) as self.others:
-                self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None for e in entries)
-                                         else sum(e["bytes"] for e in entries) for d, entries in self.others.items()}
+                self._count()
                 decided.append(decide())
         except (LedgerError, OSError) as e:  # OSError: the file could not be read or written (a full disk)
             if first:
@@ -310,12 +243,35 @@ class Shared:
             self.lost = True
             if decided:  # the write after it failed: the decision stands (taken once), made with what others held
                 return decided[0]
-            self.packer.elsewhere, self.others = {}, {}
+            self.others = {}
+            self._count()
             return decide()
         if self.lost:
             print("the GPU ledger is in use again", file=sys.stderr, flush=True)
             self.lost = False
         return decided[0]
+
+    def _count(self) -> None:
+        """The Packer told what the others hold for this runner's request (`holding`, `Packer.elsewhere`): on each
+        device, their cells' footprints, or its whole room where a cell of theirs runs alone or where a claim older
+        than this request waits for it. The request is as old as `since` (else now); equal times go by nonce."""
+        request = (self.since or time.time(), self.ledger.me["runner"])
+        self.holding = {d: [e for e in lines if "waits" not in e or (e["waits"], e["runner"]) < request]
+                        for d, lines in self.others.items()}
+        self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None or "waits" in e for e in held)
+                                 else sum(e["bytes"] for e in held) for d, held in self.holding.items()}
+
+    def _claim(self, budget: int | None, alone: bool, devices: int, cell: str) -> dict | None:
+        """What this runner, whose cell the Packer could not place, waits for: the devices its Packer places the cell
+        on were the other runners' cells gone (the devices older claims wait for still held whole); None where there
+        are none (its own cells, or an older waiter, keep it out: it claims nothing until they are gone)."""
+        counted = self.packer.elsewhere
+        self.packer.elsewhere = {d: self.packer.rooms[d] for d, held in self.holding.items()
+                                 if any("waits" in e for e in held)}
+        target = self.packer.where(budget, alone, devices)
+        self.packer.elsewhere = counted
+        return None if target is None else {"cell": cell, "bytes": None if target.alone else footprint(budget),
+                                            "waits": self.since, "devices": target.device.split(",")}
 
     def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
                 devices: int) -> Placement | None:
@@ -326,7 +282,7 @@ class Shared:
             blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
             self.packer.elsewhere = elsewhere
             if blocked and not self.blocked:
-                print(f"waiting for GPU room other runners on this machine hold: {_holders(self.others)}",
+                print(f"waiting for GPU room other runners on this machine hold: {_holders(self.holding)}",
                       file=sys.stderr, flush=True)
             self.blocked = bool(blocked)
             return placement
@@ -337,9 +293,15 @@ class Shared:
     def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
         def take() -> Placement | None:
             placement = self.packer.place(budget, alone, devices)
-            if placement is not None and self.ledger is not None:
-                for device in placement.device.split(","):  # a cell alone holds its devices whole (None)
-                    self.ledger.mine[device][cell] = None if placement.alone else footprint(placement.budget)
+            if self.ledger is None:
+                return placement
+            if placement is None:  # it waits: from now on (or since it first did), in the queue
+                self.since = self.since or time.time()
+                self.ledger.claim = self._claim(budget, alone, devices, cell)
+                return None
+            for device in placement.device.split(","):  # a cell alone holds its devices whole (None)
+                self.ledger.mine[device][cell] = None if placement.alone else footprint(placement.budget)
+            self.since = self.ledger.claim = None  # placed: its claim leaves the ledger in this step
             return placement
         return self._answer(take, budget, alone, devices)
 
@@ -352,17 +314,27 @@ class Shared:
                 self._step(lambda: None)
 
     def renew(self) -> None:
-        """Write this runner's entries again once their beat is HEARTBEAT_S old (runners in another pid namespace,
-        or whose /proc hides this process, judge them by it), and at once after a step that could not write them."""
+        """Write this runner's entries and claim again once their beat is HEARTBEAT_S old (runners in another pid
+        namespace, or whose /proc hides this process, judge them by it), and at once after a step that could not
+        write them."""
         with self.guard:
-            if self.ledger is not None and (self.lost or any(self.ledger.mine.values()) and
+            if self.ledger is not None and (self.lost or (any(self.ledger.mine.values()) or self.ledger.claim) and
                                             time.time() - self.ledger.written >= HEARTBEAT_S):
+                self._step(lambda: None)
+
+    def withdraw(self) -> None:
+        """This runner asks for no more room (it stops): its claim leaves the ledger now, not as its process ends."""
+        with self.guard:
+            self.since = None
+            if self.ledger is not None and self.ledger.claim is not None:
+                self.ledger.claim = None
                 self._step(lambda: None)
 
     @contextlib.contextmanager
     def renewing(self) -> Iterator[None]:
         """`renew` every RENEW_CHECK_S from a thread of its own (no CUDA, no fork) while the block runs: the runner's
-        loop stands still at each record it hands over (stored, sent to trackers) for as long as that takes."""
+        loop stands still at each record it hands over (stored, sent to trackers) for as long as that takes. As the
+        block ends, the runner stops asking: `withdraw`."""
         stop = threading.Event()
 
         def beat() -> None:
@@ -384,12 +356,15 @@ class Shared:
             stop.set()
             if thread.is_alive():
                 thread.join()
+            self.withdraw()
 
 
 def _holders(others: dict[str, list[dict]]) -> str:
-    """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole)"."""
+    """Who holds what of each device: "GPU 0: <cell> of pid 123 (2.1 GB), <cell> of pid 456 (whole), <cell> of pid
+    789 (waits for 3.1 GB)"."""
     def entry(e: dict) -> str:
-        return f"{_printable(e['cell'])} of pid {e['pid']} ({size(e['bytes']) if e['bytes'] else 'whole'})"
+        held = size(e["bytes"]) if e["bytes"] else "whole"
+        return f"{_printable(e['cell'])} of pid {e['pid']} ({'waits for ' + held if 'waits' in e else held})"
 
     return "; ".join(f"GPU {device}: " + ", ".join(map(entry, held)) for device, held in others.items() if held)
 

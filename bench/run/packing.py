@@ -38,7 +38,8 @@ Other runners on the same GPUs (another user, another suite, a second runner sha
 read the same free memory from nvidia-smi as they start, which cannot see each other's budgets (a cell just started
 has allocated little yet): every placement counts what they hold (`Packer.elsewhere`), read from the machine's GPU
 ledger and written back in one locked step (bench/run/gpu_ledger.py; docs/scale.md), so together they never place
-past a room, and a runner whose next cell only the others' cells keep out waits for them.
+past a room, and a runner whose next cell only the others' cells keep out waits for them, in the order the runners
+came to wait (the ledger's waiting claims: this runner's own order of cells is unchanged).
 
 Everything here is pure (no torch, no CUDA): the runner, which forks cells, must never initialise CUDA, and the
 scheduler is tested with fake devices (tests/test_packing.py).
