@@ -7,6 +7,7 @@ library's defaults: each method lists them per architecture, and the resolved co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class ApplyContext:
     train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
     # the states saved by the stage cells a method's settings name (Method.stage_settings), in their order
     stage_states: Any = ()
+    # the cell's autocast (bench/cell/train.py autocast_for), under which its training steps' forwards run: the Fisher
+    # methods' scoring passes run under it too, so they score the model as it trains
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
