@@ -238,7 +238,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     encoder's classifier; None: the model's own); `precision`: the training setting, the step's as on `step_device`
     (cuda, what estimates plan: a GPU cell's kernels and, under `auto` or `bf16`, its bf16 autocast,
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
-    CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
+    CUDA's either way; a Fisher-masked method's scoring passes run under the step's autocast, as a cell's do);
+    `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
     (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
     from bench import methods, models
     from bench.layers.attention_prefix import implementation_of
