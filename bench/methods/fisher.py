@@ -69,7 +69,7 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
         with autocast():
             loss = model(**piece).loss
         loss.backward()
-        del loss  # freed before the squared gradients are made, as the estimate's pass frees it (selection_cost)
+        del loss  # not held while the squared gradients are summed: the estimate's pass holds none then
         for score, p in zip(scores, params):
             if p.grad is not None:
                 if clip_norm is not None:
