@@ -197,7 +197,8 @@ _FIGURES = [
            "selected entry keeps none).", recorded=False),
     Figure("memory", "selection_peak_bytes", "bytes", "versioned", "`estimate` only, for a method that chooses "
            "what trains from data (fishmask, child-tuning): the most its selection before training holds at once "
-           "(weights, calibration batches, and the larger of a scoring pass and the choice: "
+           "(weights, calibration batches, and the larger of a scoring pass, under the training step's autocast, "
+           "and the choice: "
            "docs/measurement.md's methods that choose what trains); `predicted_peak_bytes` is at least this.",
            recorded=False),
     Figure("memory", "device_peak_allocated_bytes", "bytes", "measured", f"{_CUDA_PEAK} over the training window: "

@@ -8,6 +8,7 @@ from torch.utils import flop_counter
 from bench import methods
 from bench.cell.measure import weight_bytes
 from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, instrumented_step
+from bench.cell.train import autocast_for
 from bench.config import TrainConfig
 from bench.errors import BadInput
 from bench.methods.base import ApplyContext
@@ -24,9 +25,10 @@ FAST = {"child-tuning": {"fisher_batches": 2}, "fishmask": {"fisher_samples": 8}
 SCORED_ROWS = {"child-tuning": 2 * ROWS, "fishmask": 8}
 
 
-def real_selection(method: str, settings: dict | None = None):
+def real_selection(method: str, settings: dict | None = None, precision: str = "fp32"):
     """The tiny encoder's bundle, its calibration batches (unpadded: ROWS rows of LENGTH tokens, no attention mask,
-    as the fake pass's) and a call applying the method (FAST, then `settings`) for real on the CPU with them."""
+    as the fake pass's) and a call applying the method (FAST, then `settings`) for real on the CPU with them, under
+    the autocast a CPU cell of `precision` has."""
     bundle = build_bundle("tiny-encoder")
     chosen = methods.get(method)
     generator = torch.Generator().manual_seed(0)
@@ -35,8 +37,8 @@ def real_selection(method: str, settings: dict | None = None):
 
     def apply():
         return chosen.apply(bundle.model, chosen.resolve({**FAST[method], **(settings or {})}, bundle.arch, str),
-                            ApplyContext(
-                                bundle, TrainConfig(batch_size=ROWS, max_length=LENGTH), 1, lambda n: made[:n]))
+                            ApplyContext(bundle, TrainConfig(batch_size=ROWS, max_length=LENGTH), 1,
+                                         lambda n: made[:n], autocast=autocast_for("cpu", precision)))
     return bundle, made, apply
 
 
@@ -118,18 +120,21 @@ def test_child_tuning_step_is_a_real_cpu_steps_where_every_layer_tensor_is_selec
     assert memory["upper_bound"] and memory["upper_bound"][0].startswith("child-tuning masks every tensor")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", ["child-tuning", "fishmask"])
-def test_selection_flops_and_peak_are_a_real_cpu_selections(method):
+def test_selection_flops_and_peak_are_a_real_cpu_selections(method, precision):
     """flops.selection: the FLOPs counted over the real selection's passes (child-tuning: 2 batches; fishmask: 8 rows
     one by one). memory.selection_peak_bytes: the weights, the calibration batches and the most bytes the real
     selection's operators held at once (LiveBytes: the scores, each pass's activations and gradients and the squared
-    gradient's temporaries, then the choice's concatenation, `chosen` and topk's results), to the byte."""
-    result = estimate("tiny-encoder", method, ROWS, LENGTH, settings=FAST[method], step_device="cpu", precision="fp32")
-    _, _, apply = real_selection(method)
+    gradient's temporaries, then the choice's masks, comparisons and counts), to the byte. Under bf16 autocast (a
+    bf16 CPU cell) both as the cell's: the passes then save bf16 activations and the weights' bf16 copies."""
+    result = estimate("tiny-encoder", method, ROWS, LENGTH, settings=FAST[method], step_device="cpu",
+                      precision=precision)
+    _, _, apply = real_selection(method, precision=precision)
     with flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         apply()
     assert result["flops"]["selection"] == counter.get_total_flops() > 0
-    bundle, made, apply = real_selection(method)  # a fresh model: its scores counted from zero
+    bundle, made, apply = real_selection(method, precision=precision)  # a fresh model: its scores counted from zero
     with LiveBytes() as live:
         apply()
     calibration = sum(t.nbytes for batch in made for t in batch.values())
@@ -186,3 +191,38 @@ def test_fishmasks_upper_bound_says_what_it_masks():
     assert classifier["memory"]["mask_bytes"] < classifier["params"]["total"]
     assert classifier["memory"]["upper_bound"][0].startswith("fishmask masks every parameter tensor but the task "
                                                              "head's (classifier)")
+
+
+@pytest.mark.parametrize("method", ["child-tuning", "fishmask"])
+def test_a_cells_fisher_is_scored_under_its_autocast(method, write_suite, tmp_path, monkeypatch):
+    """Before the fix the scoring passes ran without the cell's autocast: a bf16 cell trained in bf16 but scored its
+    Fisher in fp32 (every Linear's output fp32), at fp32's memory and, on a GPU, far below the bf16 rate the dry-run
+    priced them at. A cell's setup runs no forward but the scoring passes': there every Linear's output is in the
+    dtype the cell's training steps compute in (bench/cell/train.py compute_dtype)."""
+    from bench.cell import recipe
+    from bench.plan import grid
+    from bench.plan.suite import load_suite
+
+    monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
+    outputs = []  # the dtype of each Linear's output, in the order the passes made them
+    loaded = recipe.load_bundle
+
+    def load_bundle(*args, **kwargs):
+        bundle = loaded(*args, **kwargs)
+        for module in bundle.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+        return bundle
+
+    monkeypatch.setattr(recipe, "load_bundle", load_bundle)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = ", ".join(f"{k}: {v}" for k, v in FAST[method].items())
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        suite = write_suite(f"name: s\nmethods: [{{name: {method}, overrides: {{{overrides}}}}}]\n"
+                            f"models: [tiny-encoder]\ntasks: [synth-polarity]\nseeds: [1]\n"
+                            f"train: {{max_steps: 1, batch_size: {ROWS}, max_length: {LENGTH}, "
+                            f"precision: {precision}}}\n", f"{precision}.yaml")
+        (cell,) = grid.expand(load_suite(str(suite)))
+        outputs.clear()
+        recipe.setup(cell, device)
+        assert outputs and set(outputs) == {dtype}, precision

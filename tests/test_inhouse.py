@@ -311,3 +311,51 @@ def test_adapter_down_biases_start_at_zero_where_the_references_do(method):
     biases = [m.down.bias for m in adapted.model.modules() if isinstance(m, Bottleneck)]
     zero = method in ("mam-adapter", "unipelt", "adapter-parallel")
     assert biases and all(bool((b == 0).all()) == zero for b in biases)
+
+
+@pytest.mark.parametrize("method,earlier", [("fishmask", None), ("child-tuning", 2)])
+def test_fisher_masked_adapters_of_the_revision_before_autocast_scoring_still_load(method, earlier, tmp_path):
+    """fishmask 2 and child-tuning 3 score their Fisher under the cell's autocast. An adapter stored by the revision
+    before (fishmask's had no `revision` key) loads through `eval --adapter` (external-adapter) into a bf16 cell,
+    whose own selection then runs under bf16 autocast (its masks may differ from the trained cell's), and predicts as
+    the trained model: the selected values are stored at their indices, which load whatever masks the loading cell
+    picks."""
+    from types import SimpleNamespace
+
+    from bench.cell.train import autocast_for
+    from bench.methods import external
+
+    chosen = methods.get(method)
+    current = chosen.resolve({"fishmask": {"fisher_samples": 8}, "child-tuning": {"fisher_batches": 2}}[method],
+                             "roberta", str)
+    assert current["revision"] == {"fishmask": 2, "child-tuning": 3}[method]
+    stored = {k: v for k, v in current.items() if k != "revision"} | ({"revision": earlier} if earlier else {})
+    generator = torch.Generator().manual_seed(0)
+    made = [{"input_ids": torch.randint(5, 100, (4, 16), generator=generator), "labels": torch.arange(4) % 2}
+            for _ in range(2)]
+    bundle = build_bundle("tiny-encoder")
+    trained = chosen.apply(bundle.model, stored,
+                           ApplyContext(bundle, TrainConfig(batch_size=4), 10, lambda n: made[:n]))
+    with torch.no_grad():
+        for p, mask in trained.grad_masks:  # selected entries move, the others stay the base model's
+            p.add_(torch.randn(p.shape, generator=generator) * mask)
+        for p in _trained_in_full(trained):
+            p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+    cell = SimpleNamespace(method=method, method_config=stored, family=chosen.family, model=bundle.spec,
+                           task=SimpleNamespace(name="synth-polarity"), seed=1, suite="s", id="i", label=method)
+    external.save_adapter(trained, cell, tmp_path)
+    fresh = build_bundle("tiny-encoder")
+    loaded = methods.get("external-adapter").apply(
+        fresh.model, {"path": str(tmp_path), "sha256": ""},
+        ApplyContext(fresh, TrainConfig(batch_size=4), 1, lambda n: made[:n], autocast=autocast_for("cpu", "bf16")))
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 7, 8, 9]])}
+    with torch.no_grad():
+        expected = trained.model.eval()(**batch).logits
+        torch.testing.assert_close(loaded.model.eval()(**batch).logits, expected)
+        assert not torch.equal(build_bundle("tiny-encoder").model.eval()(**batch).logits, expected)  # it loaded
+
+
+def _trained_in_full(adapted) -> list[torch.Tensor]:
+    """The tensors an adapter trains in full (head, child-tuning's embeddings): trainable, with no gradient mask."""
+    masked = {id(p) for p, _ in adapted.grad_masks}
+    return [p for p in adapted.model.parameters() if p.requires_grad and id(p) not in masked]

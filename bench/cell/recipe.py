@@ -131,7 +131,7 @@ def setup(cell: Cell, device: torch.device) -> Run:
 
     adapted = method.apply(bundle.model, cell.method_config,
                            ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows,
-                                        [stage_state(cell, ref, device) for ref in cell.stage_refs]))
+                                        [stage_state(cell, ref, device) for ref in cell.stage_refs], autocast))
     if cell.init_from:
         start_from_stage(adapted, cell, device, bundle.head_modules)
     adapted.model.to(device)

@@ -7,6 +7,7 @@ library's defaults: each method lists them per architecture, and the resolved co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class ApplyContext:
     train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
     # the states saved by the stage cells a method's settings name (Method.stage_settings), in their order
     stage_states: Any = ()
+    # the cell's autocast (bench/cell/train.py autocast_for), under which its training steps' forwards run: the Fisher
+    # methods' scoring passes run under it too, so they score the model as it trains
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
@@ -69,12 +73,12 @@ def composed_size(states: list[dict[str, torch.Tensor]]) -> dict[str, int | None
 @dataclass
 class Selection:
     """What a method that chooses its trained entries from data (Fisher scores) does before training, as its
-    meta-device twin declares it for `estimate` (bench/tools/estimate.py prices it): `passes` forward and backward
-    passes of `rows` rows each at the model's eval mode, computing the gradients of `scored` only, while the
-    calibration batches (`calibration_rows` rows) and `held_bytes` of scores are alive, with `pass_bytes` of
-    temporaries beside the gradients after each backward; then the choice itself, holding `choice_bytes` at its
-    busiest. The twin trains every tensor that may get a selected entry: `upper_bound` says why that bounds the
-    cell's trained tensors from above."""
+    meta-device twin declares it for `estimate` (bench/tools/selection_cost.py prices it): `passes` forward and
+    backward passes of `rows` rows each at the model's eval mode under the cell's autocast (ApplyContext.autocast),
+    computing the gradients of `scored` only, while the calibration batches (`calibration_rows` rows) and
+    `held_bytes` of scores are alive, with `pass_bytes` of temporaries beside the gradients after each backward;
+    then the choice itself, holding `choice_bytes` at its busiest. The twin trains every tensor that may get a
+    selected entry: `upper_bound` says why that bounds the cell's trained tensors from above."""
 
     scored: list
     passes: int

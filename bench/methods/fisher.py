@@ -13,6 +13,8 @@ weight decay). The task head trains in full.
   tensor's gradient is clipped to that norm on its own before it is squared, and in training the whole
   gradient is clipped before the mask applies (their trainer clips, then their optimizer masks), so the
   clipping factor is the unmasked gradient's (revision 2; revision 1 did neither).
+Both score under the cell's autocast, as its training steps run (child-tuning's revision 3, fishmask's 2; before,
+the scoring passes ran in fp32 in a bf16 cell too).
 Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
 entry are not trained at all (no gradient, no optimizer state).
 
@@ -25,6 +27,7 @@ to price.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
@@ -44,9 +47,12 @@ def _eligible(model, ctx, layers_only: bool) -> list[tuple[str, torch.nn.Paramet
 
 
 def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool,
-                  clip_norm: float | None = None) -> list[torch.Tensor]:
+                  clip_norm: float | None = None, autocast=contextlib.nullcontext) -> list[torch.Tensor]:
     """Mean over examples (or batches) of the squared gradient of the loss, per entry; with `clip_norm`, each
-    tensor's gradient is first clipped to that norm on its own (Child-Tuning's authors do)."""
+    tensor's gradient is first clipped to that norm on its own (Child-Tuning's authors do). The forward and its loss
+    run under `autocast` (the cell's, ApplyContext.autocast), as its training steps' do: the Fisher of the model as
+    it trains, its products in the dtype training's run in (revision 3 of child-tuning, 2 of fishmask; before, always
+    in fp32). The scores are fp32 whatever the autocast: the gradients are of the weights, not of their bf16 copies."""
     import torch
 
     for p in params:
@@ -60,7 +66,10 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
         if per_example else batches
     for piece in pieces:
         model.zero_grad(set_to_none=True)
-        model(**piece).loss.backward()
+        with autocast():
+            loss = model(**piece).loss
+        loss.backward()
+        del loss  # not held while the squared gradients are summed: the estimate's pass holds none then
         for score, p in zip(scores, params):
             if p.grad is not None:
                 if clip_norm is not None:
@@ -213,7 +222,8 @@ def _fishmask(model, config, ctx):
 
     def masks():
         named = _eligible(model, ctx, layers_only=False)
-        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(n_batches), per_example=True)
+        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(n_batches), per_example=True,
+                               autocast=ctx.autocast)
         return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
 
     rows = n_batches * ctx.train.batch_size  # scored one by one
@@ -232,7 +242,7 @@ def _child_tuning(model, config, ctx):
 
     def masks():
         scores = fisher_scores(model, [p for _, p in layers], ctx.calibration(config["fisher_batches"]),
-                               per_example=False, clip_norm=ctx.train.max_grad_norm)
+                               per_example=False, clip_norm=ctx.train.max_grad_norm, autocast=ctx.autocast)
         return [(n, p, m) for (n, p), m in zip(layers, top_share_masks(scores, config["reserve_ratio"]))]
 
     rows = config["fisher_batches"] * ctx.train.batch_size
@@ -249,12 +259,15 @@ register(
     Method("fishmask", "partial", "FISH mask: the top 0.5 % of parameters by per-example empirical Fisher train",
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
            defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4},
-           unshardable=MASKS_BOUND),
+           unshardable=MASKS_BOUND,
+           # 2: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too)
+           revisions={arch: 2 for arch in ARCHS}),
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
            defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5},
            unshardable=MASKS_BOUND,
-           # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training
-           revisions={arch: 2 for arch in ARCHS}),
+           # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training;
+           # 3: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too)
+           revisions={arch: 3 for arch in ARCHS}),
 )

@@ -25,13 +25,13 @@ shipped config's `dtype`, as a checkpoint loads; else fp32); gradients and optim
 parameter's dtype (peft keeps adapter weights in fp32 under a bf16 base model, as it does in training).
 A method that chooses what trains from data (fishmask, child-tuning) builds its meta-device twin (bench/methods/
 fisher.py), which trains every tensor that may get a selected entry: its memory is then an upper bound
-(`memory.upper_bound` says why), and its scoring passes before training are priced too (_selection: FLOPs
-`flops.selection`, memory `memory.selection_peak_bytes`; the predicted peak is the larger phase's).
+(`memory.upper_bound` says why), and its scoring passes before training are priced too, under the training step's
+autocast as the cell runs them (bench/tools/selection_cost.py: FLOPs `flops.selection`, memory
+`memory.selection_peak_bytes`; the predicted peak is the larger phase's).
 """
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 
 import torch
@@ -47,6 +47,7 @@ from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
 from bench.tools.cuda_step import departures
 from bench.tools.priced_task import fake_batch, task_bundle
+from bench.tools.selection_cost import selection_cost, with_selection
 from bench.tools.sharding import largest_block, sharded_memory
 
 
@@ -237,7 +238,8 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     encoder's classifier; None: the model's own); `precision`: the training setting, the step's as on `step_device`
     (cuda, what estimates plan: a GPU cell's kernels and, under `auto` or `bf16`, its bf16 autocast,
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
-    CUDA's either way); `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
+    CUDA's either way; a Fisher-masked method's scoring passes run under the step's autocast, as a cell's do);
+    `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
     (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
     from bench import methods, models
     from bench.layers.attention_prefix import implementation_of
@@ -286,9 +288,11 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
              **forward_flops_per_example(step, params["total"], spec.kind)}
-    if built.selection is not None:
-        flops["selection"], selection_peak = _selection(built, spec, bundle, task, method, seq_len, step_device)
-        memory = _with_selection(memory, built.selection, selection_peak)
+    if built.selection is not None:  # its passes under the autocast of the step priced above, as the cell's run
+        flops["selection"], selection_peak = selection_cost(
+            built, partial(_step, adapted, spec, bundle, task, method, device=step_device, autocast=compute == "bf16"),
+            seq_len)
+        memory = with_selection(memory, built.selection, selection_peak)
     if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
         # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
         from bench.tools.liger_memory import twins_unbound
@@ -308,50 +312,6 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "params": params, "memory": memory, "flops": flops}
 
 
-@contextlib.contextmanager
-def _scoring(model: torch.nn.Module, scored: list):
-    """Within the block, only the `scored` tensors require a gradient, as in the passes that score them."""
-    before = [(p, p.requires_grad) for p in model.parameters()]
-    chosen = {id(p) for p in scored}
-    for p, _ in before:
-        p.requires_grad_(id(p) in chosen)
-    try:
-        yield
-    finally:
-        for p, required in before:
-            p.requires_grad_(required)
-
-
-def _selection(built, spec, bundle, task, method: str, seq_len: int, step_device: str,
-               flops_only: bool = False) -> tuple[int, int | None]:
-    """(flops.selection, memory.selection_peak_bytes; None with `flops_only`) of a twin's Selection (methods.base):
-    its passes, each the fake step of `rows` unpadded rows of `seq_len` tokens in eval mode without autocast (as
-    fisher_scores runs them) with only the scored tensors requiring a gradient, forward + backward FLOPs × passes;
-    the peak: the weights, the calibration batches (the step's batch per row and, as collate adds it, an int64
-    attention mask), and the busier of a pass (the scores, the pass's most bytes alive at once, or its gradients with
-    the Selection's temporaries) and the choice."""
-    selection = built.selection
-    with _scoring(built.model, selection.scored):
-        one = _step(built.model, spec, bundle, task, method, selection.rows, seq_len, flops_only=flops_only,
-                    device=step_device, training=False)
-    flops = selection.passes * (one.forward_flops + one.backward_flops)
-    if flops_only:
-        return flops, None
-    calibration = selection.calibration_rows * (one.batch_bytes // selection.rows + 8 * seq_len)
-    passes = selection.held_bytes + max(max(one.live_peaks.values(), default=0), one.grad_bytes + selection.pass_bytes)
-    return flops, weight_bytes(built.model)["weights_bytes"] + calibration + max(passes, selection.choice_bytes)
-
-
-def _with_selection(memory: dict, selection, selection_peak: int) -> dict:
-    """The memory section with a Selection's figures: `mask_bytes` (held through training), `selection_peak_bytes`,
-    `upper_bound` (why the twin's figures bound the cell's from above), and `predicted_peak_bytes` the larger of
-    training's peak with the masks and the selection's (which runs on the whole model before any sharding)."""
-    trained = memory["predicted_peak_bytes"]
-    return {**memory, "mask_bytes": selection.mask_bytes, "selection_peak_bytes": selection_peak,
-            "predicted_peak_bytes": None if trained is None else max(trained + selection.mask_bytes, selection_peak),
-            "upper_bound": [*memory.get("upper_bound", []), selection.upper_bound]}
-
-
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
                task=None, pooling: str | None = None, step_device: str = "cuda") -> dict:
@@ -364,8 +324,8 @@ def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: st
                                           gradient_checkpointing, task=task, pooling=pooling)
     step = _step(built.model, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
     train = training_flops(step, count_params(built.model)["total"], spec.kind, step.positions, step.tokens)
-    selection = 0 if built.selection is None else \
-        _selection(built, spec, bundle, task, method, seq_len, step_device, flops_only=True)[0]
+    selection = 0 if built.selection is None else selection_cost(
+        built, partial(_step, built.model, spec, bundle, task, method, device=step_device), seq_len, flops_only=True)[0]
     return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows,
             "selection": selection}
 
