@@ -2,8 +2,8 @@
 
 A figure's entry says where it lives (`section.name`), its unit, its definition (docs/measurement.md's
 tables are generated from these entries, and a test keeps them equal), how it aggregates over seeds and
-over a model's tasks (bench/report/aggregate.py), how a change in it is judged (`judge`: the one rule
-that `compare` and `regress` share) and how it is written for people (`show`).
+over a model's tasks (bench/report/aggregate.py), the rule a change in it is judged by (bench/judging.py: the
+one rule that `compare` and `regress` share) and how it is written for people (`show`).
 
 A figure also says where people see it (`shown`): the report's tables and the explore page are built from
 these entries, and every figure is judged by the regression gate under its rule. Adding a figure = an entry
@@ -13,25 +13,12 @@ that is not declared here (bench/record.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench import fmt
 
 # forgetting: the model's loss on general text before and after training (optional: train setting `forgetting`)
 SECTIONS = ("params", "memory", "time", "flops", "forgetting")
-# How a change between two records of one cell is judged (`judge`):
-RULES = {
-    "exact": "equal: a function of code and configuration; any change is a regression",
-    "versioned": "equal on the same torch version; within `versioned_rtol` across versions (kernels differ in "
-                 "what they save and count)",
-    "score": "within `score_abs` points (per metric: `score_abs_per_metric`)",
-    "measured": "read from the allocator or the OS, so it moves with the machine: beyond `memory_rtol` of the "
-                "first value it warns",
-    "timing": "wall-clock, so it moves with the machine and its load: when one is `time_warn_ratio` times the "
-              "other it warns",
-    "loss": "a loss in nats: within `loss_abs` (training on a GPU is not bit-reproducible)",
-}
-
 
 # Where a figure can be shown (Shown.place): the report's tables and the explore page.
 PLACES = {
@@ -68,7 +55,7 @@ class Figure:
     section: str
     name: str
     unit: str  # elements, %, bytes, text, s, 1/s, tokens, tokens/s, FLOPs, FLOP/s, ratio, nats, readings
-    rule: str  # a key of RULES
+    rule: str  # a key of bench.judging.RULES
     definition: str
     seeds: str = "mean"  # first: fixed by the cell's configuration, one value stands for all seeds
     # across a model's tasks (method summary): largest | mean | same (the value all agree on) | None (not kept)
@@ -400,75 +387,7 @@ def figure(key: str) -> Figure | None:
     return TASK_AVERAGE if name == TASK_AVERAGE.name else TASK_SCORE if ":" in name else SCORE
 
 
-def rule_of(key: str) -> str:
-    """The rule that judges a flattened figure name; unregistered names (status, ...) are exact."""
-    registered = figure(key)
-    return registered.rule if registered else "exact"
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """The numbers the rules use; `compare` takes them from flags, `regress` from a tolerance file."""
-
-    score_abs: float = 1.0  # points on the 0-100 scale
-    score_abs_per_metric: dict = field(default_factory=dict)
-    versioned_rtol: float = 0.05  # fraction of the first value, across torch versions
-    memory_rtol: float = 0.10  # fraction of the first value
-    time_warn_ratio: float = 1.5
-    loss_abs: float = 0.05  # nats per token
-
-    def score(self, metric: str) -> float:
-        return self.score_abs_per_metric.get(metric, self.score_abs)
-
-
-def judge(key: str, a, b, tol: Tolerances, same_torch: bool = True) -> tuple[str, str]:
-    """(verdict, why) for a figure that is `a` in the first record and `b` in the second.
-
-    Verdicts: same; ok (within tolerance); flag (a change the figure's rule does not allow: a regression
-    for `regress`); warn (a machine-dependent figure moved). A figure present on one side only is
-    flagged, or warned about for machine-dependent figures. Unregistered figures are compared exactly.
-    """
-    rule = rule_of(key)
-    soft = rule in ("measured", "timing")
-    if a == b or (fmt.missing(a) and fmt.missing(b)):
-        return "same", ""
-    if fmt.missing(a) or fmt.missing(b) or not all(_number(v) for v in (a, b)):
-        why = "appeared" if fmt.missing(a) else "vanished" if fmt.missing(b) else "changed"
-        return ("warn" if soft else "flag"), why
-    if rule == "exact" or (rule == "versioned" and same_torch):
-        return "flag", "must be equal" if rule == "exact" else "must be equal on the same torch version"
-    if rule == "versioned":
-        return ("ok", "") if abs(b - a) <= tol.versioned_rtol * abs(a) else \
-            ("flag", f"beyond ±{tol.versioned_rtol:.0%} across torch versions")
-    if rule == "score":
-        limit = tol.score(key[len("scores."):])
-        return ("ok", "") if abs(b - a) <= limit else ("flag", f"beyond ±{limit:g} points")
-    if rule == "measured":
-        return ("ok", "") if abs(b - a) <= tol.memory_rtol * abs(a) else \
-            ("warn", f"beyond ±{tol.memory_rtol:.0%} (machine-dependent: warns)")
-    if rule == "loss":
-        return ("ok", "") if abs(b - a) <= tol.loss_abs else ("flag", f"beyond ±{tol.loss_abs:g} nats")
-    low, high = sorted((abs(a), abs(b)))
-    if low == 0 or high / low >= tol.time_warn_ratio:
-        return "warn", f"×{b / a:.2f} (machine-dependent: warns)" if a else "from zero (machine-dependent: warns)"
-    return "ok", ""
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def markdown_table(section: str) -> str:
     """docs/measurement.md's table of a section (tests/test_figures.py keeps the docs equal to it)."""
     rows = [f"| `{f.name}` | {f.unit} | {f.rule} | {f.definition} |" for f in _FIGURES if f.section == section]
     return "\n".join(["| figure | unit | rule | definition |", "|---|---|---|---|", *rows])
-
-
-def rules_table() -> str:
-    """The rules `compare` and `regress` apply, with the figures each one covers."""
-    rows = []
-    for rule, meaning in RULES.items():
-        covered = ", ".join(f"`{f.key}`" for f in SCORES) if rule == "score" else \
-            ", ".join(f"`{f.key}`" for f in _FIGURES if f.rule == rule)
-        rows.append(f"| {rule} | {covered} | {meaning} |")
-    return "\n".join(["| rule | figures | how a change is judged |", "|---|---|---|", *rows])

@@ -4,7 +4,7 @@ import copy
 import json
 
 from bench.cli import main
-from bench.figures import Tolerances
+from bench.judging import Tolerances
 from bench.report.compare import compare
 from tests.handmade import survey_records, write_store
 

@@ -137,9 +137,9 @@ def test_compare_and_regress_warn_when_environments_differ(tmp_path, capsys):
 
     records = [r for r in _with_packages(survey_records(), new) if r["status"] == "ok"]
     baseline = make_baseline("hand", records, {"lock": {"packages": old}})
-    verdict = gate_compare(baseline, records, __import__("bench.figures").figures.Tolerances())
+    verdict = gate_compare(baseline, records, __import__("bench.judging").judging.Tolerances())
     assert verdict.environment.endswith("transformers 5.23.0 -> 5.24.0, uv absent -> 1")
     assert not verdict.failed
     old_baseline = make_baseline("hand", records, {"torch": "2.13.0"})  # made before env.lock existed
     assert "cannot be compared" in gate_compare(old_baseline, records,
-                                                __import__("bench.figures").figures.Tolerances()).environment
+                                                __import__("bench.judging").judging.Tolerances()).environment

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.figures import Tolerances
+from bench.judging import Tolerances
 from bench.plan import grid
 from bench.plan.suite import load_suite
 from bench.run import locks

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import figures
-from bench.figures import FIGURES, Tolerances, judge
+from bench import figures, judging
+from bench.figures import FIGURES
+from bench.judging import Tolerances, judge
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -15,7 +16,7 @@ def test_the_docs_tables_are_the_registry():
     text = (DOCS / "measurement.md").read_text()
     for section in figures.SECTIONS:
         assert figures.markdown_table(section) in text, f"docs/measurement.md: {section} table out of date (make docs)"
-    assert figures.rules_table() in text
+    assert judging.rules_table() in text
     documented = set(re.findall(r"^\| `(\w+)` \|", text, flags=re.M))
     assert documented == {f.name for f in FIGURES.values()}
 
@@ -33,7 +34,7 @@ def test_a_new_record_holds_exactly_the_registered_figures():
 
 def test_every_entry_is_well_formed():
     for f in FIGURES.values():
-        assert f.section in figures.SECTIONS and f.rule in figures.RULES
+        assert f.section in figures.SECTIONS and f.rule in judging.RULES
         assert f.seeds in ("first", "mean") and f.tasks in (None, "largest", "mean", "same")
         assert f.definition.endswith(".") and f.unit
         assert f.unit != "bytes" or f.name.endswith("_bytes")

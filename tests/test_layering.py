@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 FLOORS = [  # lowest first
     {"errors", "fmt", "files", "yamlfile", "tensors", "env"},  # ground: no harness knowledge
-    {"archs", "optimizers", "config", "figures", "record", "references/"},  # the tables every stage reads
+    {"archs", "optimizers", "config", "figures", "judging", "record", "references/"},  # the tables every stage reads
     {"tasks/", "layers/"},  # what a cell is made of
     {"tiny", "models"},
     {"methods/"},

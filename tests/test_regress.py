@@ -4,7 +4,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BadInput
-from bench.figures import Tolerances
+from bench.judging import Tolerances
 from bench.run.executors.local import LocalExecutor
 from bench.tools.regress import compare, gate, is_fresh, load_tolerances, make_baseline, read_baseline
 

@@ -26,7 +26,7 @@ def add(sub) -> None:
 
 
 def command(args) -> int:
-    from bench.figures import Tolerances
+    from bench.judging import Tolerances
     from bench.report.compare import compare, render
 
     for flag, value in (("--score-tol", args.score_tol), ("--memory-rtol", args.memory_rtol)):

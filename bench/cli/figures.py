@@ -10,11 +10,11 @@ def add(sub) -> None:
 
 
 def command(args) -> int:
-    from bench import figures
+    from bench import figures, judging
 
     if args.markdown:
         print("\n\n".join([f"## {s}\n\n{figures.markdown_table(s)}" for s in figures.SECTIONS]
-                          + [f"## How a change is judged\n\n{figures.rules_table()}"]))
+                          + [f"## How a change is judged\n\n{judging.rules_table()}"]))
         return 0
     for f in figures.FIGURES.values():
         print(f"{f.key:<42} {f.unit:<9} {f.rule:<10} {f.definition.split('. ')[0].rstrip('.')}")

@@ -1,7 +1,7 @@
 """Compare two results stores cell by cell: two library versions, two machines, before and after a change.
 
 For every cell id present in both, each figure (params, memory, scores, time, flops) is judged by its
-rule in the figure registry (`bench.figures.judge`, the same rule the regression gate applies): exact
+rule in the figure registry (`bench.judging.judge`, the same rule the regression gate applies): exact
 and versioned figures and scores beyond their tolerance are flagged; machine-dependent figures
 (measured memory, times) only warn. A status change (ok -> failed, ...) is always flagged.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from bench.env import environment_difference
 from bench.errors import BadInput
 from bench.figures import SECTIONS as FIGURE_SECTIONS
-from bench.figures import Tolerances, judge, rule_of
 from bench.fmt import cell_label, missing
+from bench.judging import Tolerances, judge, rule_of
 from bench.run.store import Store, flatten
 
 SECTIONS = tuple(f"{section}." for section in (*FIGURE_SECTIONS, "scores"))
@@ -27,7 +27,7 @@ class Change:
     figure: str
     a: object
     b: object
-    rule: str  # the figure's rule (bench.figures.RULES)
+    rule: str  # the figure's rule (bench.judging.RULES)
     verdict: str  # same | ok (within tolerance) | flag | warn
 
 
@@ -54,9 +54,9 @@ class Comparison:
     environment: str | None = None  # a warning naming the packages whose versions differ between A and B
 
     def to_json(self) -> dict:
-        return {"tolerances": asdict(self.tolerances), "environment": self.environment, "only_a": self.only_a, "only_b": self.only_b,
-                "flagged": sum(c.count("flag") for c in self.cells), "warnings": sum(c.count("warn") for c in self.cells),
-                "cells": [asdict(c) for c in self.cells]}
+        return {"tolerances": asdict(self.tolerances), "environment": self.environment, "only_a": self.only_a,
+                "only_b": self.only_b, "flagged": sum(c.count("flag") for c in self.cells),
+                "warnings": sum(c.count("warn") for c in self.cells), "cells": [asdict(c) for c in self.cells]}
 
 
 def figures(record: dict) -> dict:
@@ -122,8 +122,8 @@ def render(comparison: Comparison) -> str:
     """Per cell, every figure that changed (FLAG beyond tolerance, warn for time); then a summary."""
     tol = comparison.tolerances
     lines = [f"tolerances: scores ±{tol.score_abs:g} points, measured memory warns beyond ±{100 * tol.memory_rtol:g}%, "
-             f"time warns at ×{tol.time_warn_ratio:g}, activation bytes and FLOPs within ±{100 * tol.versioned_rtol:g}% "
-             "across torch versions, everything else exact"]
+             f"time warns at ×{tol.time_warn_ratio:g}, activation bytes and FLOPs within "
+             f"±{100 * tol.versioned_rtol:g}% across torch versions, everything else exact"]
     if comparison.environment:
         lines.insert(0, comparison.environment)
     for cell in comparison.cells:

@@ -23,7 +23,7 @@ from bench.report.tables import display_label, slug
 from bench.tasks.mixture import member_key
 
 # Where the paper prints no spread for a row, a difference within this many points counts as reproduced: the
-# regression gate's default score tolerance (bench/figures.py: Tolerances.score_abs). Documented in docs/reproduce.md.
+# regression gate's default score tolerance (bench/judging.py: Tolerances.score_abs). Documented in docs/reproduce.md.
 NO_SPREAD_POINTS = 1.0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import figures
+from bench import figures, judging
 
 SECTION_HEADER = "| figure | unit | rule | definition |"
 RULES_HEADER = "| rule | figures | how a change is judged |"
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     measurement = (docs / "measurement.md").read_text()
     for section in figures.SECTIONS:
         measurement = replace_table(measurement, SECTION_HEADER, figures.markdown_table(section), f"## {section}")
-    measurement = replace_table(measurement, RULES_HEADER, figures.rules_table())
+    measurement = replace_table(measurement, RULES_HEADER, judging.rules_table())
     (docs / "measurement.md").write_text(measurement)
     return 0
 

@@ -92,8 +92,9 @@ def _adapted_model(spec, method_name: str, batch_size: int, seq_len: int, dtype:
 def prepare_to_count(archs) -> None:
     """For a process that counts steps and then ends (`estimate`, `run --dry-run`): quiet the libraries, import
     what building these architectures' models and methods needs (their modeling code, peft), then freeze what is
-    alive. The probe collects garbage before each pass, which would otherwise traverse every object the imports
-    made (~0.15 s a pass); a forked worker also shares the imports rather than repeating them."""
+    alive: the collector's own collections, which the passes' allocations set off, no longer traverse every object
+    the imports made, and a forked worker shares the imports rather than repeating them (a collection writes to
+    the pages it traverses)."""
     import gc
     import importlib
 

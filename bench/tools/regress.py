@@ -1,6 +1,6 @@
 """The regression gate: run a suite, compare every cell with a committed baseline, fail on regressions.
 
-Each figure is judged by its rule in the figure registry (`bench.figures.judge`, shared with
+Each figure is judged by its rule in the figure registry (`bench.judging.judge`, shared with
 `compare`): a flagged change is a regression, a machine-dependent figure (times, measured memory)
 only warns. A baseline cell that is missing or did not end ok now is a regression; a new cell is
 reported only.
@@ -17,9 +17,9 @@ from pathlib import Path
 from bench.config import check_keys, coerce
 from bench.env import environment_difference
 from bench.errors import BadInput, did_you_mean
-from bench.figures import Tolerances, judge
 from bench.files import atomic_write
 from bench.fmt import cell_label
+from bench.judging import Tolerances, judge
 from bench.record import SCHEMA_VERSION
 from bench.report.compare import figures, show
 from bench.yamlfile import load_yaml
