@@ -205,7 +205,8 @@ def test_claims_any_user_may_write_are_checked_like_entries(tmp_path):
     parent, started = os.getppid(), process_start(os.getppid())
     spoiled = [entry(parent, started, f"bad-{i}", None, waits=waits)
                for i, waits in enumerate(["1", None, 0, -1.0, 10**400, time.time() + 3600, True])]
-    spoiled.append(json.dumps(entry(parent, started, "nan", None)).encode()[:-1] + b', "waits": NaN}\n')
+    spoiled += [json.dumps(entry(parent, started, name, None)).encode()[:-1] + b', "waits": ' + name.encode() + b'}\n'
+                for name in ("NaN", "Infinity", "-Infinity")]  # Python's json reads all three as floats
     kept = entry(parent, started, "kept", None, waits=time.time() - 1)
     stale = entry(7, 1, "stale", None, pidns="pid:[1]", waits=time.time() - LEASE_S - 9, beat=time.time() - LEASE_S - 1)
     renewed = entry(7, 1, "renewed", None, pidns="pid:[1]", waits=time.time() - LEASE_S - 9)
