@@ -264,17 +264,23 @@ class Shared:
         self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None or "waits" in e for e in held)
                                  else sum(e["bytes"] for e in held) for d, held in self.holding.items()}
 
+    def _where_if(self, elsewhere: dict[str, int], budget: int | None, alone: bool,
+                  devices: int) -> Placement | None:
+        """Where the Packer would place the cell were the others to hold `elsewhere` instead; nothing is taken."""
+        counted, self.packer.elsewhere = self.packer.elsewhere, elsewhere
+        try:
+            return self.packer.where(budget, alone, devices)
+        finally:
+            self.packer.elsewhere = counted
+
     def _queue(self, budget: int | None, alone: bool, devices: int, cell: str) -> None:
         """This runner's `cell` found no room: it waits, in the queue from now on (or since it first did), and claims
         what it waits for: the devices its Packer places the cell on were the other runners' cells gone (the devices
         older claims wait for still held whole); none where there are none (its own cells, or an older waiter, keep
         it out: it claims nothing until they are gone)."""
         self.since = self.since or time.time()
-        counted = self.packer.elsewhere
-        self.packer.elsewhere = {d: self.packer.rooms[d] for d, held in self.holding.items()
-                                 if any("waits" in e for e in held)}
-        target = self.packer.where(budget, alone, devices)
-        self.packer.elsewhere = counted
+        older = {d: self.packer.rooms[d] for d, held in self.holding.items() if any("waits" in e for e in held)}
+        target = self._where_if(older, budget, alone, devices)
         self.ledger.claim = None if target is None else {
             "cell": cell, "bytes": None if target.alone else footprint(budget), "waits": self.since,
             "devices": target.device.split(",")}
@@ -283,10 +289,9 @@ class Shared:
                 devices: int) -> Placement | None:
         with self.guard:
             placement = self._step(decide)
-            elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
             # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
-            blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
-            self.packer.elsewhere = elsewhere
+            blocked = placement is None and any(self.packer.elsewhere.values()) and \
+                self._where_if({}, budget, alone, devices)
             if blocked and not self.blocked:
                 print(f"waiting for GPU room other runners on this machine hold: {_holders(self.holding)}",
                       file=sys.stderr, flush=True)
