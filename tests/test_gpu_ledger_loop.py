@@ -45,25 +45,62 @@ class FakeCellProcess:
         self.end()
 
 
+class Loop:
+    """A runner's executor loop in a thread, over two GPUs of ROOM, beside the other runner (`other`, a process): two
+    cells that each run alone (no prediction), the fake processes started for them by label, and its records."""
+
+    def __init__(self, tmp_path: Path):
+        path = tmp_path / "loop.yaml"
+        path.write_text("name: loop\nmethods: [full, lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
+                        "seeds: [1]\ncell_timeout_s: 300\n")
+        self.cells = grid.expand(load_suite(str(path)), threads=1)
+        self.folder, self.spool = tmp_path / "ledger", tmp_path / "spool"
+        self.started: dict[str, FakeCellProcess] = {}
+        self.done: list = []
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.other = Runner(self.folder, DEVICES)
+
+    def start(self, handed: list) -> None:
+        """The loop, planning every cell and handed those of `handed` (the others: taken by another runner)."""
+        def takes():
+            for cell in handed:
+                if not self.stopping.is_set():
+                    yield cell
+
+        executor = LocalExecutor(quiet=True, gpus=list(DEVICES), rooms=dict.fromkeys(DEVICES, ROOM),
+                                 predicted_memory=lambda cell: None,
+                                 ledger=Ledger({d: UUIDS[d] for d in DEVICES}, self.folder))
+        self.thread = threading.Thread(target=lambda: self.done.extend(
+            executor.submit(takes(), lambda cell: self.spool, self.cells)), daemon=True)
+        self.thread.start()
+
+    def end(self) -> None:
+        """Every cell it runs ends, and any it starts meanwhile; the loop ends with them (its records in `done`)."""
+        deadline = time.monotonic() + 20  # a hang guard
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            for fake in list(self.started.values()):
+                fake.end()
+            self.thread.join(timeout=0.1)
+        assert not self.thread.is_alive()
+
+    def close(self) -> None:
+        """No cell handed any more, the other runner gone, every cell ended: no loop outlives its test."""
+        self.stopping.set()
+        self.other.close()
+        if self.thread is not None:
+            self.end()
+        for fake in self.started.values():
+            os.close(fake.sentinel)
+            os.close(fake.ending)
+
+
 @pytest.fixture
-def two_cells(tmp_path, monkeypatch) -> tuple[list, dict]:
-    """Two cells that each run alone (no prediction), and the fake processes started for them, by label."""
-    path = tmp_path / "loop.yaml"
-    path.write_text("name: loop\nmethods: [full, lora]\nmodels: [tiny-encoder]\ntasks: [synth-polarity]\n"
-                    "seeds: [1]\ncell_timeout_s: 300\n")
-    started: dict[str, FakeCellProcess] = {}
-    monkeypatch.setattr(local, "CellProcess", lambda *a, **k: FakeCellProcess(started, *a, **k))
-    return grid.expand(load_suite(str(path)), threads=1), started
-
-
-def runner(folder: Path, cells: list, handed, spool: Path) -> tuple[threading.Thread, list]:
-    """The executor's loop in a thread, over two GPUs of ROOM, the cells it takes from `handed`: its records."""
-    executor = LocalExecutor(quiet=True, gpus=list(DEVICES), rooms=dict.fromkeys(DEVICES, ROOM),
-                             predicted_memory=lambda cell: None, ledger=Ledger({d: UUIDS[d] for d in DEVICES}, folder))
-    done: list = []
-    thread = threading.Thread(target=lambda: done.extend(executor.submit(handed, lambda c: spool, cells)), daemon=True)
-    thread.start()
-    return thread, done
+def loop(tmp_path, monkeypatch) -> Loop:
+    runs = Loop(tmp_path)
+    monkeypatch.setattr(local, "CellProcess", lambda *a, **k: FakeCellProcess(runs.started, *a, **k))
+    yield runs
+    runs.close()
 
 
 def until(condition, what: str) -> None:
@@ -89,54 +126,40 @@ def beats(folder: Path, device: str) -> set[float]:
     return {line["beat"] for line in read(folder, device)}
 
 
-def test_a_runner_waiting_in_where_beside_its_own_cell_claims_and_is_placed_once_the_gpu_drains(tmp_path, two_cells):
+def test_a_runner_waiting_in_where_beside_its_own_cell_claims_and_is_placed_once_the_gpu_drains(loop):
     """Its own cell runs on GPU 1, its next one needs a GPU whole: before, it claimed nothing until its own cell
     ended, so the other runner kept refilling GPU 0 for as long as that cell ran (hours, for a long cell)."""
-    cells, started = two_cells
-    folder = tmp_path / "ledger"
-    other = Runner(folder, DEVICES)
-    try:
-        assert other.place("s0") == "0"
-        thread, done = runner(folder, cells, iter(cells), tmp_path / "spool")
-        until(lambda: cells[0].label in started, "the first cell starts")
-        assert started[cells[0].label].device == "1"
-        until(lambda: (cells[1].id, True) in lines(folder, "0"), "the runner claims GPU 0 for its next cell")
-        assert other.place("s1") == "None"  # GPU 0 is held for it: s0's room is not taken again
-        other.release("s0")
-        until(lambda: cells[1].label in started, "the next cell starts once GPU 0 drains")
-        assert started[cells[1].label].device == "0" and not select.select([started[cells[0].label].sentinel], [], [],
-                                                                             0)[0]  # the first one still runs
-        assert (cells[1].id, True) not in lines(folder, "0")
-        for cell in cells:
-            started[cell.label].end()
-        thread.join(timeout=20)
-        assert not thread.is_alive() and {c.label for c, _ in done} == {c.label for c in cells}
-    finally:
-        other.close()
+    first, second = loop.cells
+    assert loop.other.place("s0") == "0"
+    loop.start(loop.cells)
+    until(lambda: first.label in loop.started, "the first cell starts")
+    assert loop.started[first.label].device == "1"
+    until(lambda: (second.id, True) in lines(loop.folder, "0"), "the runner claims GPU 0 for its next cell")
+    assert loop.other.place("s1") == "None"  # GPU 0 is held for it: s0's room is not taken again
+    loop.other.release("s0")
+    until(lambda: second.label in loop.started, "the next cell starts once GPU 0 drains")
+    assert loop.started[second.label].device == "0"
+    assert loop.started[first.label].poll() is None  # while the first one still runs
+    assert (second.id, True) not in lines(loop.folder, "0")
+    loop.end()
+    assert {c.label for c, _ in loop.done} == {first.label, second.label}
 
 
-def test_a_runner_whose_planned_cell_another_runner_took_withdraws_its_claim_and_claims_for_it_no_more(tmp_path,
-                                                                                                        two_cells):
+def test_a_runner_whose_planned_cell_another_runner_took_withdraws_its_claim_and_claims_for_it_no_more(loop):
     """The runner plans both cells but is handed only the first (another runner sharing the suite took the second):
     once it finds no cell left its claim leaves the ledger, while its own cell runs on, and is never written again."""
-    cells, started = two_cells
-    folder = tmp_path / "ledger"
-    other = Runner(folder, DEVICES)
-    try:
-        assert other.place("s0") == "0"
-        thread, done = runner(folder, cells, iter(cells[:1]), tmp_path / "spool")
-        until(lambda: (cells[1].id, True) in lines(folder, "0"), "the runner claims GPU 0 for its next planned cell")
-        other.release("s0")
-        until(lambda: (cells[1].id, True) not in lines(folder, "0"), "the claim leaves as the runner has no cell left")
-        assert other.place("s1") == "0"  # nothing holds GPU 0 now
-        seen = beats(folder, "1")
-        until(lambda: len(beats(folder, "1") - seen) >= 1, "the runner steps again")  # its probe beside s1 on GPU 0
-        seen = beats(folder, "1")
-        until(lambda: len(beats(folder, "1") - seen) >= 1, "and again")
-        assert all(not claim for d in DEVICES for _, claim in lines(folder, d))
-        assert other.place("s2") == "0"
-        started[cells[0].label].end()
-        thread.join(timeout=20)
-        assert not thread.is_alive() and [c.label for c, _ in done] == [cells[0].label]
-    finally:
-        other.close()
+    first, second = loop.cells
+    assert loop.other.place("s0") == "0"
+    loop.start([first])
+    until(lambda: (second.id, True) in lines(loop.folder, "0"), "the runner claims GPU 0 for its next planned cell")
+    loop.other.release("s0")
+    until(lambda: (second.id, True) not in lines(loop.folder, "0"), "the claim leaves as the runner has no cell left")
+    assert loop.other.place("s1") == "0"  # nothing holds GPU 0 now
+    for _ in range(2):  # two more steps of its loop, each asking where beside s1 on GPU 0
+        seen = beats(loop.folder, "1")
+        until(lambda: beats(loop.folder, "1") - seen, "the runner steps again")
+    assert all(not claim for d in DEVICES for _, claim in lines(loop.folder, d))
+    assert loop.other.place("s2") == "0"
+    assert loop.started[first.label].poll() is None
+    loop.end()
+    assert [c.label for c, _ in loop.done] == [first.label]
