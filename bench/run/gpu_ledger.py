@@ -15,19 +15,18 @@ and what is refused of them: bench/run/ledger_files.py.
 - **Waiting claims (the queue)**: a runner whose cell only the other runners keep out (its own Packer would place it
   were their cells gone), as it asks to place it or, while cells of its own run, asks `where` its next one would go
   (the local executor takes a cell only once it can start), writes a claim line with its entries' fields, the cell,
-  its footprint (null: whole) and `waits`, the time this runner first waited (kept until it places a cell), on each
-  GPU that placement names: the GPUs it waits for, none other. A request of another runner made later than that
-  (its runner's first wait, else now; equal times ordered by nonce) counts each such GPU as held whole: it places
-  nothing new there, so the cells there drain and the waiter is placed, whatever each runner read as its room. A
-  request never counts claims newer than its own, so the oldest waiter is held back by cells alone, which end:
-  waiters are placed in the order they came, and none waits for ever (no cycle: the order is total). A claim is
-  decided again at each of its runner's requests that finds no room (an older claim counts whole there too, so it
-  waits for other GPUs, or for none until that one is placed; the steps between write it unchanged), is removed in
-  the step that places a cell of its runner, and leaves the ledger as its runner has no cell left to take or stops
-  asking (`withdraw`). Its GPUs are always ones its runner's Packer places the cell on once the other runners'
-  cells are gone: a cell that could never fit (Packer.demand refuses it before any cell starts) never claims
-  anything. The price of the order: a newer request waits behind an older one even where the room beside the
-  draining cells would fit it.
+  its footprint (null: whole) and `waits`, when the others first kept it out (kept until it places a cell), on each
+  GPU that placement names: the GPUs it waits for, none other. A request of another runner made later than that (its
+  runner's first such wait, else now; ties by nonce) counts each such GPU as held whole: it places nothing new
+  there, so the cells there drain and the waiter is placed, whatever each runner read as its room. A request never
+  counts claims newer than its own, so the oldest waiter is held back by cells alone, which end: waiters are placed
+  in the order they came, and none waits for ever (no cycle: the order is total). A claim is decided again at each
+  of its runner's requests that finds no room (an older claim counts whole there too, so it waits for other GPUs, or
+  for none until that one is placed; the steps between write it unchanged), is removed in the step that places a
+  cell of its runner, and leaves the ledger as its runner has no cell left to take or stops asking (`withdraw`). Its
+  GPUs are always ones its runner's Packer places the cell on once the other runners' cells are gone: a cell that
+  could never fit (Packer.demand refuses it before any cell starts) never claims anything. The price of the order: a
+  newer request waits behind an older one even where the room beside the draining cells would fit it.
 - **Live**: in this pid namespace, a line counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
   sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
@@ -223,7 +222,7 @@ class Shared:
         self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
         self.others: dict[str, list[dict]] = {}  # their entries and claims by device, as last read
         self.holding: dict[str, list[dict]] = {}  # of those, what the last answer counted: entries, older claims
-        self.since: float | None = None  # when this runner's cell first went unplaced (its place in the queue)
+        self.since: float | None = None  # when the others first kept this runner's cell out (its place in the queue)
         self.lost = False  # the last step could not use the ledger: said once, and the next step tries it again
         self.guard = threading.RLock()  # one step at a time: the scheduling loop's or the renewing thread's
 
@@ -274,10 +273,12 @@ class Shared:
             self.packer.elsewhere = counted
 
     def _queue(self, budget: int | None, alone: bool, devices: int, cell: str) -> None:
-        """This runner's `cell` found no room: it waits, in the queue from now on (or since it first did), and claims
-        what it waits for: the devices its Packer places the cell on were the other runners' cells gone (the devices
-        older claims wait for still held whole); none where there are none (its own cells, or an older waiter, keep
-        it out: it claims nothing until they are gone)."""
+        """This runner's `cell` found no room. Kept out by the others (its Packer alone would place it; its own cells
+        end without them, so waiting for those earns no place), it is in their queue from now on (or since it first
+        was), and claims the devices its Packer places the cell on were the others' cells gone (older claims' devices
+        still held whole); none where there are none (its own cells, or an older waiter, keep it out)."""
+        if self.since is None and self._where_if({}, budget, alone, devices) is None:
+            return
         self.since = self.since or time.time()
         older = {d: self.packer.rooms[d] for d, held in self.holding.items() if any("waits" in e for e in held)}
         target = self._where_if(older, budget, alone, devices)
