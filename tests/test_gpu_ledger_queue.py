@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.run.locks import HEARTBEAT_S, LEASE_S, process_start
 from tests.test_faults import ROOT
 from tests.test_gpu_ledger import BUDGET, GIB, UUIDS, entry, ledger_file, shared
@@ -205,7 +207,8 @@ def test_claims_any_user_may_write_are_checked_like_entries(tmp_path):
     parent, started = os.getppid(), process_start(os.getppid())
     spoiled = [entry(parent, started, f"bad-{i}", None, waits=waits)
                for i, waits in enumerate(["1", None, 0, -1.0, 10**400, time.time() + 3600, True])]
-    spoiled.append(json.dumps(entry(parent, started, "nan", None)).encode()[:-1] + b', "waits": NaN}\n')
+    spoiled += [json.dumps(entry(parent, started, name, None)).encode()[:-1] + b', "waits": ' + name.encode() + b'}\n'
+                for name in ("NaN", "Infinity", "-Infinity")]  # Python's json reads all three as floats
     kept = entry(parent, started, "kept", None, waits=time.time() - 1)
     stale = entry(7, 1, "stale", None, pidns="pid:[1]", waits=time.time() - LEASE_S - 9, beat=time.time() - LEASE_S - 1)
     renewed = entry(7, 1, "renewed", None, pidns="pid:[1]", waits=time.time() - LEASE_S - 9)
@@ -231,3 +234,22 @@ def test_a_cell_sharded_over_two_gpus_claims_both_and_is_placed_once_both_drain(
         assert placement.device == "0,1" and lines(folder, "0") == lines(folder, "1") == [("sharded", False)]
     finally:
         small.close()
+
+
+@pytest.mark.parametrize("ask", ["where", "place"])
+def test_a_runner_kept_out_by_its_own_cell_takes_no_place_in_the_queue_before_a_waiter_the_others_keep_out(tmp_path,
+                                                                                                          ask):
+    """Waiting for its own cell is no waiting for the others: before, its request dated from then, so once its cell
+    ended it went ahead of a runner that had claimed the GPU meanwhile (which had waited for that very cell)."""
+    folder = tmp_path / "ledger"
+    mine = shared(folder, {"0": ROOM})
+    own = mine.place(60 * GIB, cell="own")
+    assert getattr(mine, ask)(30 * GIB, cell="next") is None and not mine.blocked
+    waiter = Runner(folder)
+    try:
+        assert waiter.place("big", "alone") == "None" and ("big", True) in lines(folder)
+        mine.release(own, "own")
+        assert getattr(mine, ask)(30 * GIB, cell="next") is None and mine.blocked  # the waiter goes first
+        assert mine.since is not None and mine.ledger.claim is None  # in the queue now, behind it
+    finally:
+        waiter.close()

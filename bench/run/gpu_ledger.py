@@ -13,18 +13,20 @@ and what is refused of them: bench/run/ledger_files.py.
   it as full). A placement locks every GPU's file of the runner, reads the others' live lines, decides, writes them
   back with its own, then unlocks.
 - **Waiting claims (the queue)**: a runner whose cell only the other runners keep out (its own Packer would place it
-  were their cells gone) writes a claim line with its entries' fields, the cell, its footprint (null: whole) and
-  `waits`, the time this runner first waited (kept until it is placed), on each GPU that placement names: the GPUs
-  it waits for, none other. A request of another runner made later than that (its own `waits`, else now; equal
-  times ordered by nonce) counts each such GPU as held whole: it places nothing new there, so the cells there
-  drain and the waiter is placed, whatever each runner read as its room. A request never counts claims newer than
-  its own, so the oldest waiter is held back by cells alone, which end: waiters are placed in the order they came,
-  and none waits for ever (no cycle: the order is total). A claim is decided again at each of its runner's steps
-  (an older claim counts whole there too, so it waits for other GPUs, or for none until that one is placed), is
-  removed in the step that places its cell, and leaves the ledger as its runner stops asking (`renewing`'s end).
-  Its GPUs are always ones its runner's Packer places the cell on once the other runners' cells are gone: a cell
-  that could never fit (Packer.demand refuses it before any cell starts) never claims anything. The price of the
-  order: a newer request waits behind an older one even where the room beside the draining cells would fit it.
+  were their cells gone), as it asks to place it or, while cells of its own run, asks `where` its next one would go
+  (the local executor takes a cell only once it can start), writes a claim line with its entries' fields, the cell,
+  its footprint (null: whole) and `waits`, when the others first kept it out (kept until it places a cell), on each
+  GPU that placement names: the GPUs it waits for, none other. A request of another runner made later than that (its
+  runner's first such wait, else now; ties by nonce) counts each such GPU as held whole: it places nothing new
+  there, so the cells there drain and the waiter is placed, whatever each runner read as its room. A request never
+  counts claims newer than its own, so the oldest waiter is held back by cells alone, which end: waiters are placed
+  in the order they came, and none waits for ever (no cycle: the order is total). A claim is decided again at each
+  of its runner's requests that finds no room (an older claim counts whole there too, so it waits for other GPUs, or
+  for none until that one is placed; the steps between write it unchanged), is removed in the step that places a
+  cell of its runner, and leaves the ledger as its runner has no cell left to take or stops asking (`withdraw`). Its
+  GPUs are always ones its runner's Packer places the cell on once the other runners' cells are gone: a cell that
+  could never fit (Packer.demand refuses it before any cell starts) never claims anything. The price of the order: a
+  newer request waits behind an older one even where the room beside the draining cells would fit it.
 - **Live**: in this pid namespace, a line counts while its pid runs with the same start time (a reused pid does
   not, nor a killed runner's zombie: bench.run.locks.process_start); from another namespace (another container
   sharing the folder), its pids mean nothing here, and /proc mounted hidepid hides another user's process that
@@ -220,7 +222,7 @@ class Shared:
         self.blocked = False  # the last answer was None for the room other runners hold: wait, never fail
         self.others: dict[str, list[dict]] = {}  # their entries and claims by device, as last read
         self.holding: dict[str, list[dict]] = {}  # of those, what the last answer counted: entries, older claims
-        self.since: float | None = None  # when this runner's cell first went unplaced (its place in the queue)
+        self.since: float | None = None  # when the others first kept this runner's cell out (its place in the queue)
         self.lost = False  # the last step could not use the ledger: said once, and the next step tries it again
         self.guard = threading.RLock()  # one step at a time: the scheduling loop's or the renewing thread's
 
@@ -261,43 +263,60 @@ class Shared:
         self.packer.elsewhere = {d: self.packer.rooms[d] if any(e["bytes"] is None or "waits" in e for e in held)
                                  else sum(e["bytes"] for e in held) for d, held in self.holding.items()}
 
-    def _claim(self, budget: int | None, alone: bool, devices: int, cell: str) -> dict | None:
-        """What this runner, whose cell the Packer could not place, waits for: the devices its Packer places the cell
-        on were the other runners' cells gone (the devices older claims wait for still held whole); None where there
-        are none (its own cells, or an older waiter, keep it out: it claims nothing until they are gone)."""
-        counted = self.packer.elsewhere
-        self.packer.elsewhere = {d: self.packer.rooms[d] for d, held in self.holding.items()
-                                 if any("waits" in e for e in held)}
-        target = self.packer.where(budget, alone, devices)
-        self.packer.elsewhere = counted
-        return None if target is None else {"cell": cell, "bytes": None if target.alone else footprint(budget),
-                                            "waits": self.since, "devices": target.device.split(",")}
+    def _where_if(self, elsewhere: dict[str, int], budget: int | None, alone: bool,
+                  devices: int) -> Placement | None:
+        """Where the Packer would place the cell were the others to hold `elsewhere` instead; nothing is taken."""
+        counted, self.packer.elsewhere = self.packer.elsewhere, elsewhere
+        try:
+            return self.packer.where(budget, alone, devices)
+        finally:
+            self.packer.elsewhere = counted
+
+    def _queue(self, budget: int | None, alone: bool, devices: int, cell: str) -> None:
+        """This runner's `cell` found no room. Kept out by the others (its Packer alone would place it; its own cells
+        end without them, so waiting for those earns no place), it is in their queue from now on (or since it first
+        was), and claims the devices its Packer places the cell on were the others' cells gone (older claims' devices
+        still held whole); none where there are none (its own cells, or an older waiter, keep it out)."""
+        if self.since is None and self._where_if({}, budget, alone, devices) is None:
+            return
+        self.since = self.since or time.time()
+        older = {d: self.packer.rooms[d] for d, held in self.holding.items() if any("waits" in e for e in held)}
+        target = self._where_if(older, budget, alone, devices)
+        self.ledger.claim = None if target is None else {
+            "cell": cell, "bytes": None if target.alone else footprint(budget), "waits": self.since,
+            "devices": target.device.split(",")}
 
     def _answer(self, decide: Callable[[], Placement | None], budget: int | None, alone: bool,
                 devices: int) -> Placement | None:
         with self.guard:
             placement = self._step(decide)
-            elsewhere, self.packer.elsewhere = self.packer.elsewhere, {}
             # blocked: only what the others hold stops it (its own cells would not): say so once, and wait for them
-            blocked = placement is None and any(elsewhere.values()) and self.packer.where(budget, alone, devices)
-            self.packer.elsewhere = elsewhere
+            blocked = placement is None and any(self.packer.elsewhere.values()) and \
+                self._where_if({}, budget, alone, devices)
             if blocked and not self.blocked:
                 print(f"waiting for GPU room other runners on this machine hold: {_holders(self.holding)}",
                       file=sys.stderr, flush=True)
             self.blocked = bool(blocked)
             return placement
 
-    def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
-        return self._answer(lambda: self.packer.where(budget, alone, devices), budget, alone, devices)
+    def where(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
+        """Where a cell would start now, nothing taken. With `cell`, the runner's next cell (the local executor asks
+        before it takes one, while cells of its own run), a None answer queues it as `place`'s does: its claim stays
+        until a placement of this runner, or `withdraw`."""
+        def ask() -> Placement | None:
+            placement = self.packer.where(budget, alone, devices)
+            if placement is None and cell and self.ledger is not None:
+                self._queue(budget, alone, devices, cell)
+            return placement
+        return self._answer(ask, budget, alone, devices)
 
     def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
         def take() -> Placement | None:
             placement = self.packer.place(budget, alone, devices)
             if self.ledger is None:
                 return placement
-            if placement is None:  # it waits: from now on (or since it first did), in the queue
-                self.since = self.since or time.time()
-                self.ledger.claim = self._claim(budget, alone, devices, cell)
+            if placement is None:
+                self._queue(budget, alone, devices, cell)
                 return None
             for device in placement.device.split(","):  # a cell alone holds its devices whole (None)
                 self.ledger.mine[device][cell] = None if placement.alone else footprint(placement.budget)

@@ -72,7 +72,7 @@ class OneEach:
     def __init__(self, devices: list[str | None]):
         self.free = list(devices)
 
-    def where(self, budget: int | None, alone: bool = False, devices: int = 1) -> Placement | None:
+    def where(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
         return Placement(self.free[0], None) if self.free else None
 
     def place(self, budget: int | None, alone: bool = False, devices: int = 1, cell: str = "") -> Placement | None:
@@ -84,6 +84,9 @@ class OneEach:
     def renewing(self) -> contextlib.nullcontext:
         """Nothing to renew: no ledger holds its slots."""
         return contextlib.nullcontext()
+
+    def withdraw(self) -> None:
+        """Nothing to withdraw: it never waits for another runner."""
 
 
 class LocalExecutor:
@@ -220,9 +223,14 @@ class LocalExecutor:
                 # a new cell is taken (the runner claims it) only when it can start now, or when nothing runs:
                 # then it waits for the room other runners hold, or the runner has none left and this ends
                 if not waiting:
-                    nearest = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
-                    if running and slots.where(nearest[0], devices=nearest[1]) is None or \
-                            (cell := next(cells, None)) is None:
+                    budget, devices = self.demand(upcoming[0]) if upcoming else (None, 1)  # the next planned one's
+                    # asked for by name: kept out by other runners, it queues for their room as a placement would
+                    if running and slots.where(budget, devices=devices, cell=upcoming[0].id if upcoming else "") \
+                            is None:
+                        break
+                    if (cell := next(cells, None)) is None:  # none left (others took the rest): it waits for nothing
+                        upcoming.clear()
+                        slots.withdraw()
                         break
                     while upcoming and upcoming.popleft().id != cell.id:  # cells before it: another runner's
                         pass
