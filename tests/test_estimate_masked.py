@@ -17,7 +17,7 @@ from bench.tools import estimate as estimating
 from bench.tools.estimate import estimate
 from bench.tools.fake_pass import fake_step
 from tests import closed_forms
-from tests.adapting import build_bundle
+from tests.adapting import build_bundle, calibration_of
 
 ROWS, LENGTH = 4, 16
 # settings that keep the real selections short: 2 batches (child-tuning), 2 batches of 4 rows scored one by one
@@ -38,7 +38,7 @@ def real_selection(method: str, settings: dict | None = None, precision: str = "
     def apply():
         return chosen.apply(bundle.model, chosen.resolve({**FAST[method], **(settings or {})}, bundle.arch, str),
                             ApplyContext(bundle, TrainConfig(batch_size=ROWS, max_length=LENGTH), 1,
-                                         lambda n: made[:n], autocast=autocast_for("cpu", precision)))
+                                         calibration_of(lambda n: made[:n]), autocast=autocast_for("cpu", precision)))
     return bundle, made, apply
 
 

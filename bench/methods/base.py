@@ -31,7 +31,9 @@ class ApplyContext:
     bundle: Any  # models.Bundle
     train: TrainConfig
     total_steps: int
-    calibration: Callable[[int], list[dict]] | None = None  # n training batches (Fisher-based methods)
+    # calibration(n, per_example=False): the cell's first n training batches, collated as its objective collates them
+    # for training, on its device; with per_example, each of their examples a batch of its own (Fisher-based methods)
+    calibration: Callable[..., list[dict]] | None = None
     device: Any = "cpu"
     task: Any = None  # tasks.TaskSpec of the cell (in-context learning renders its demonstrations)
     train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
@@ -40,6 +42,9 @@ class ApplyContext:
     # the cell's autocast (bench/cell/train.py autocast_for), under which its training steps' forwards run: the Fisher
     # methods' scoring passes run under it too, so they score the model as it trains
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # the loss the cell trains, of (model, a calibration batch): its objective's (bench/cell/objectives.py
+    # Objective.loss: T-Few's terms, a mixture's rows through their task heads); None: the model's own
+    loss: Callable[[Any, dict], Any] | None = None
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
