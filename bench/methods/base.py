@@ -79,7 +79,8 @@ def composed_size(states: list[dict[str, torch.Tensor]]) -> dict[str, int | None
 class Selection:
     """What a method that chooses its trained entries from data (Fisher scores) does before training, as its
     meta-device twin declares it for `estimate` (bench/tools/selection_cost.py prices it): `passes` forward and
-    backward passes of `rows` rows each at the model's eval mode under the cell's autocast (ApplyContext.autocast),
+    backward passes of `rows` rows each at the model's eval mode under the cell's autocast (ApplyContext.autocast)
+    and gradient checkpointing,
     computing the gradients of `scored` only, while the calibration batches (`calibration_rows` rows) and
     `held_bytes` of scores are alive, with `pass_bytes` of temporaries beside the gradients after each backward;
     then the choice itself, holding `choice_bytes` at its busiest. The twin trains every tensor that may get a

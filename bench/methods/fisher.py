@@ -180,6 +180,10 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
+    if ctx.train.gradient_checkpointing and not twin:  # the scoring passes recompute each layer in backward, as the
+        from bench.models import enable_gradient_checkpointing  # cell's steps will (and as the estimate prices them)
+
+        enable_gradient_checkpointing(model)
     candidates = twin[0] if twin else masks_for()
     named = [(n, p, m) for n, p, m in candidates if twin or m.any()]
     freeze(model)
