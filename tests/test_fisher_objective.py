@@ -1,8 +1,9 @@
 """The Fisher methods (fishmask, child-tuning) score the loss the cell trains: its objective's (T-Few's lm + ul + ln
-over the answer options; a mixture's per-row loss through each row's task head), on batches collated as training
-collates them. Before, the scoring passes took the model's own loss on batches collated for it: a T-Few cell's masks
-were chosen by the gold answer's cross-entropy alone, and a classifier mixture's cell failed in setup (no task head
-selected)."""
+over the answer options; a mixture's per-row loss through each row's task head; a routing method's rows through
+their task's route), on batches collated as training collates them. Before, the scoring passes took the model's own
+loss on batches collated for it: a T-Few cell's masks were chosen by the gold answer's cross-entropy alone, a
+classifier mixture's cell failed in setup (no task head selected), and Poly's rows in a mixture were not routed by
+their task."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ CELLS = {  # a suite's lines for each kind of cell whose objective is not the mo
     "tfew": "models: [tiny-t5]\ntasks: [synth-choice]\n",
     "mixture": "models: [tiny-encoder]\nmixtures:\n  - {name: synth-mix, tasks: [synth-polarity, synth-intensity], "
                "mixing: {rule: proportional, cap: 12}}\ntasks: [synth-mix]\n",
+    # Poly's router picks each row's skills by its task (bench/layers/task_heads.select, which the objective calls)
+    "routed": "models: [tiny-t5]\nmixtures:\n  - {name: synth-mix, tasks: [synth-polarity, synth-choice], "
+              "mixing: {rule: proportional, cap: 12}}\ntasks: [synth-mix]\n",
 }
 ROWS = 4  # one training batch: fishmask scores its rows one by one, child-tuning the batch at once
 SETTINGS = {"fishmask": f"{{fisher_samples: {ROWS}, keep_ratio: 0.1}}", "child-tuning": "{fisher_batches: 1}"}
@@ -26,7 +30,7 @@ SETTINGS = {"fishmask": f"{{fisher_samples: {ROWS}, keep_ratio: 0.1}}", "child-t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fishmask", "child-tuning"])
-@pytest.mark.parametrize("kind", ["tfew", "mixture"])
+@pytest.mark.parametrize("kind", ["tfew", "mixture", "routed"])
 def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_suite, tmp_path, monkeypatch):
     """Each scored tensor's score is the mean, over the cell's first training batch's examples (fishmask) or over
     that batch (child-tuning), of the squared gradient of the cell's objective's loss (max_grad_norm null: no
@@ -42,7 +46,9 @@ def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_s
 
     monkeypatch.setattr(fisher, "fisher_scores", recording)
     objective = "{objective: tfew, " if kind == "tfew" else "{"
-    suite = write_suite(f"name: s\nmethods: [{{name: {method}, overrides: {SETTINGS[method]}}}]\n{CELLS[kind]}"
+    entry = f"{{name: {method}, overrides: {SETTINGS[method]}}}"
+    entry = f"{{compose: [poly, {entry}]}}" if kind == "routed" else entry
+    suite = write_suite(f"name: s\nmethods: [{entry}]\n{CELLS[kind]}"
                         f"seeds: [1]\ntrain: {objective}max_steps: 1, batch_size: {ROWS}, max_length: 32, "
                         "max_train_samples: 12, max_eval_samples: 8, max_grad_norm: null}\n")
     (cell,) = grid.expand(load_suite(str(suite)))
