@@ -11,13 +11,16 @@ import pytest
 import torch
 
 from bench.cell import recipe
-from bench.cell.batching import batches, to_device
+from bench.cell.batching import to_device
+from bench.cell.train import training_batches
 from bench.methods import fisher
 from bench.plan import grid
 from bench.plan.suite import load_suite
 
 CELLS = {  # a suite's lines for each kind of cell whose objective is not the model's own loss
     "tfew": "models: [tiny-t5]\ntasks: [synth-choice]\n",
+    # T-Few's own draw: balanced by class, each example under a template drawn afresh (the scored batch is training's)
+    "tfew-balanced": "models: [tiny-t5]\ntasks: [synth-choice]\n",
     "mixture": "models: [tiny-encoder]\nmixtures:\n  - {name: synth-mix, tasks: [synth-polarity, synth-intensity], "
                "mixing: {rule: proportional, cap: 12}}\ntasks: [synth-mix]\n",
     # Poly's router picks each row's skills by its task (bench/layers/task_heads.select, which the objective calls)
@@ -30,7 +33,7 @@ SETTINGS = {"fishmask": f"{{fisher_samples: {ROWS}, keep_ratio: 0.1}}", "child-t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["fishmask", "child-tuning"])
-@pytest.mark.parametrize("kind", ["tfew", "mixture", "routed"])
+@pytest.mark.parametrize("kind", ["tfew", "tfew-balanced", "mixture", "routed"])
 def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_suite, tmp_path, monkeypatch):
     """Each scored tensor's score is the mean, over the cell's first training batch's examples (fishmask) or over
     that batch (child-tuning), of the squared gradient of the cell's objective's loss (max_grad_norm null: no
@@ -45,7 +48,8 @@ def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_s
         return scores
 
     monkeypatch.setattr(fisher, "fisher_scores", recording)
-    objective = "{objective: tfew, " if kind == "tfew" else "{"
+    objective = {"tfew": "{objective: tfew, ", "tfew-balanced": "{objective: tfew, balanced_batches: true, "
+                 "redraw_templates: true, "}.get(kind, "{")
     entry = f"{{name: {method}, overrides: {SETTINGS[method]}}}"
     entry = f"{{compose: [poly, {entry}]}}" if kind == "routed" else entry
     suite = write_suite(f"name: s\nmethods: [{entry}]\n{CELLS[kind]}"
@@ -55,7 +59,7 @@ def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_s
     device = torch.device("cpu")
     run = recipe.setup(cell, device)
     ((params, scores),) = scored
-    first = next(batches(run.data.features, ROWS, cell.seed))
+    first = next(training_batches(run.data.features, cell.train, cell.seed))
     pieces = [[row] for row in first] if method == "fishmask" else [first]
     model = run.adapted.model.eval()  # the methods change no weight before training
     for p in params:  # a tensor with no selected entry trains no more

@@ -31,8 +31,8 @@ class ApplyContext:
     bundle: Any  # models.Bundle
     train: TrainConfig
     total_steps: int
-    # calibration(n, per_example=False): the cell's first n training batches, collated as its objective collates them
-    # for training, on its device; with per_example, each of their examples a batch of its own (Fisher-based methods)
+    # calibration(n, per_example=False): the cell's first n training batches, drawn and collated as training does
+    # (train.training_batches, its objective), on its device; per_example: each example a batch of its own
     calibration: Callable[..., list[dict]] | None = None
     device: Any = "cpu"
     task: Any = None  # tasks.TaskSpec of the cell (in-context learning renders its demonstrations)

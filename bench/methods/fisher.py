@@ -15,9 +15,10 @@ weight decay). The task head trains in full.
   clipping factor is the unmasked gradient's (revision 2; revision 1 did neither).
 Both score under the cell's autocast, as its training steps run (child-tuning's revision 3, fishmask's 2; before,
 the scoring passes ran in fp32 in a bf16 cell too), and the loss the cell trains: its objective's (T-Few's terms over
-the answer options, a mixture's rows through their task heads), on batches collated as training collates them,
-fishmask's examples each collated alone (child-tuning's revision 4, fishmask's 3; before, the model's own loss on
-one-row slices of padded batches: not a T-Few cell's loss, and no task head chosen in a mixture's cell).
+the answer options, a mixture's rows through their task heads), on the cell's first training batches as training
+draws and collates them, fishmask's examples each collated alone (child-tuning's revision 4, fishmask's 3; before,
+the model's own loss on one-row slices of padded batches of a uniform draw: not a T-Few cell's loss nor its balanced
+draw or redrawn templates, and no task head chosen in a mixture's cell).
 Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
 entry are not trained at all (no gradient, no optimizer state).
 
@@ -267,7 +268,7 @@ register(
            defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4},
            unshardable=MASKS_BOUND,
            # 2: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too);
-           # 3: they score the cell's objective, its examples collated alone (before: the model's own loss)
+           # 3: they score the cell's objective on training's draw, each example alone (before: the model's own loss)
            revisions={arch: 3 for arch in ARCHS}),
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
@@ -276,6 +277,6 @@ register(
            unshardable=MASKS_BOUND,
            # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training;
            # 3: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too);
-           # 4: they score the cell's objective on batches collated as training's (before: the model's own loss)
+           # 4: they score the cell's objective on training's batches (before: the model's own loss, a uniform draw)
            revisions={arch: 4 for arch in ARCHS}),
 )
