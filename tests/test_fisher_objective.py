@@ -37,7 +37,8 @@ SETTINGS = {"fishmask": f"{{fisher_samples: {ROWS}, keep_ratio: 0.1}}", "child-t
 def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_suite, tmp_path, monkeypatch):
     """Each scored tensor's score is the mean, over the cell's first training batch's examples (fishmask) or over
     that batch (child-tuning), of the squared gradient of the cell's objective's loss (max_grad_norm null: no
-    clipping), each computed here by autograd apart from the method."""
+    clipping; fp32, so that the two computations agree to rounding on CUDA too), each computed here by autograd apart
+    from the method."""
     monkeypatch.setenv("PEFT_BENCH_CACHE", str(tmp_path / "cache"))
     scored = []  # (tensors, scores) of each fisher_scores call
     scores_of = fisher.fisher_scores
@@ -54,9 +55,9 @@ def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_s
     entry = f"{{compose: [poly, {entry}]}}" if kind == "routed" else entry
     suite = write_suite(f"name: s\nmethods: [{entry}]\n{CELLS[kind]}"
                         f"seeds: [1]\ntrain: {objective}max_steps: 1, batch_size: {ROWS}, max_length: 32, "
-                        "max_train_samples: 12, max_eval_samples: 8, max_grad_norm: null}\n")
+                        "max_train_samples: 12, max_eval_samples: 8, max_grad_norm: null, precision: fp32}\n")
     (cell,) = grid.expand(load_suite(str(suite)))
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = recipe.setup(cell, device)
     ((params, scores),) = scored
     first = next(training_batches(run.data.features, cell.train, cell.seed))
