@@ -31,7 +31,6 @@ ROWS = 4  # one training batch: fishmask scores its rows one by one, child-tunin
 SETTINGS = {"fishmask": f"{{fisher_samples: {ROWS}, keep_ratio: 0.1}}", "child-tuning": "{fisher_batches: 1}"}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fishmask", "child-tuning"])
 @pytest.mark.parametrize("kind", ["tfew", "tfew-balanced", "mixture", "routed"])
 def test_the_fisher_scores_are_of_the_loss_the_cell_trains(method, kind, write_suite, tmp_path, monkeypatch):
