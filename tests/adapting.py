@@ -47,3 +47,15 @@ def token_batch(rows: int = 8, length: int = 16, classes: bool = True) -> dict:
     ids = torch.randint(5, 100, (rows, length), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(rows) % 2 if classes else ids
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def calibration_of(draw):
+    """An ApplyContext.calibration from `draw(n)`, the first n collated training batches (each tensor one row an
+    example): those, or with per_example one-row slices of each, as a cell collates each example alone."""
+
+    def calibration(n: int, per_example: bool = False) -> list[dict]:
+        drawn = draw(n)
+        return [{k: v[i: i + 1] for k, v in b.items()} for b in drawn for i in range(len(b["input_ids"]))] \
+            if per_example else drawn
+
+    return calibration

@@ -17,7 +17,7 @@ from bench.tools import estimate as estimating
 from bench.tools.estimate import estimate
 from bench.tools.fake_pass import fake_step
 from tests import closed_forms
-from tests.adapting import build_bundle
+from tests.adapting import build_bundle, calibration_of
 
 ROWS, LENGTH = 4, 16
 # settings that keep the real selections short: 2 batches (child-tuning), 2 batches of 4 rows scored one by one
@@ -25,10 +25,10 @@ FAST = {"child-tuning": {"fisher_batches": 2}, "fishmask": {"fisher_samples": 8}
 SCORED_ROWS = {"child-tuning": 2 * ROWS, "fishmask": 8}
 
 
-def real_selection(method: str, settings: dict | None = None, precision: str = "fp32"):
+def real_selection(method: str, settings: dict | None = None, precision: str = "fp32", checkpointing: bool = False):
     """The tiny encoder's bundle, its calibration batches (unpadded: ROWS rows of LENGTH tokens, no attention mask,
     as the fake pass's) and a call applying the method (FAST, then `settings`) for real on the CPU with them, under
-    the autocast a CPU cell of `precision` has."""
+    the autocast a CPU cell of `precision` has, in a cell with gradient `checkpointing` or without."""
     bundle = build_bundle("tiny-encoder")
     chosen = methods.get(method)
     generator = torch.Generator().manual_seed(0)
@@ -37,8 +37,9 @@ def real_selection(method: str, settings: dict | None = None, precision: str = "
 
     def apply():
         return chosen.apply(bundle.model, chosen.resolve({**FAST[method], **(settings or {})}, bundle.arch, str),
-                            ApplyContext(bundle, TrainConfig(batch_size=ROWS, max_length=LENGTH), 1,
-                                         lambda n: made[:n], autocast=autocast_for("cpu", precision)))
+                            ApplyContext(bundle, TrainConfig(batch_size=ROWS, max_length=LENGTH,
+                                                             gradient_checkpointing=checkpointing), 1,
+                                         calibration_of(lambda n: made[:n]), autocast=autocast_for("cpu", precision)))
     return bundle, made, apply
 
 
@@ -120,21 +121,23 @@ def test_child_tuning_step_is_a_real_cpu_steps_where_every_layer_tensor_is_selec
     assert memory["upper_bound"] and memory["upper_bound"][0].startswith("child-tuning masks every tensor")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision,checkpointing", [("fp32", False), ("bf16", False), ("fp32", True)])
 @pytest.mark.parametrize("method", ["child-tuning", "fishmask"])
-def test_selection_flops_and_peak_are_a_real_cpu_selections(method, precision):
+def test_selection_flops_and_peak_are_a_real_cpu_selections(method, precision, checkpointing):
     """flops.selection: the FLOPs counted over the real selection's passes (child-tuning: 2 batches; fishmask: 8 rows
     one by one). memory.selection_peak_bytes: the weights, the calibration batches and the most bytes the real
     selection's operators held at once (LiveBytes: the scores, each pass's activations and gradients and the squared
     gradient's temporaries, then the choice's masks, comparisons and counts), to the byte. Under bf16 autocast (a
-    bf16 CPU cell) both as the cell's: the passes then save bf16 activations and the weights' bf16 copies."""
+    bf16 CPU cell) both as the cell's: the passes then save bf16 activations and the weights' bf16 copies. In a cell
+    with gradient checkpointing the passes recompute each layer in backward, as its training steps do (before, the
+    cell's ran without it, while the estimate priced them with it)."""
     result = estimate("tiny-encoder", method, ROWS, LENGTH, settings=FAST[method], step_device="cpu",
-                      precision=precision)
-    _, _, apply = real_selection(method, precision=precision)
+                      precision=precision, gradient_checkpointing=checkpointing)
+    _, _, apply = real_selection(method, precision=precision, checkpointing=checkpointing)
     with flop_counter.FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOPS) as counter:
         apply()
     assert result["flops"]["selection"] == counter.get_total_flops() > 0
-    bundle, made, apply = real_selection(method, precision=precision)  # a fresh model: its scores counted from zero
+    bundle, made, apply = real_selection(method, precision=precision, checkpointing=checkpointing)  # scores from 0
     with LiveBytes() as live:
         apply()
     calibration = sum(t.nbytes for batch in made for t in batch.values())

@@ -17,7 +17,7 @@ from bench.layers.phm import PHMLinear, PHMRule
 from bench.methods.base import ApplyContext
 from bench.methods.fisher import top_share_masks
 from bench.models import REGISTRY
-from tests.adapting import adapt, build_bundle
+from tests.adapting import adapt, build_bundle, calibration_of
 from tests.closed_forms import attention_module_counts
 
 
@@ -313,10 +313,12 @@ def test_adapter_down_biases_start_at_zero_where_the_references_do(method):
     assert biases and all(bool((b == 0).all()) == zero for b in biases)
 
 
-@pytest.mark.parametrize("method,earlier", [("fishmask", None), ("child-tuning", 2)])
-def test_fisher_masked_adapters_of_the_revision_before_autocast_scoring_still_load(method, earlier, tmp_path):
-    """fishmask 2 and child-tuning 3 score their Fisher under the cell's autocast. An adapter stored by the revision
-    before (fishmask's had no `revision` key) loads through `eval --adapter` (external-adapter) into a bf16 cell,
+@pytest.mark.parametrize("method,earlier", [("fishmask", None), ("fishmask", 2), ("child-tuning", 2),
+                                            ("child-tuning", 3)])
+def test_fisher_masked_adapters_of_earlier_revisions_still_load(method, earlier, tmp_path):
+    """fishmask 2 and child-tuning 3 score their Fisher under the cell's autocast, fishmask 3 and child-tuning 4 the
+    cell's objective. An adapter stored by an earlier revision (fishmask's first had no `revision` key) loads through
+    `eval --adapter` (external-adapter) into a bf16 cell,
     whose own selection then runs under bf16 autocast (its masks may differ from the trained cell's), and predicts as
     the trained model: the selected values are stored at their indices, which load whatever masks the loading cell
     picks."""
@@ -328,14 +330,14 @@ def test_fisher_masked_adapters_of_the_revision_before_autocast_scoring_still_lo
     chosen = methods.get(method)
     current = chosen.resolve({"fishmask": {"fisher_samples": 8}, "child-tuning": {"fisher_batches": 2}}[method],
                              "roberta", str)
-    assert current["revision"] == {"fishmask": 2, "child-tuning": 3}[method]
+    assert current["revision"] == {"fishmask": 3, "child-tuning": 4}[method]
     stored = {k: v for k, v in current.items() if k != "revision"} | ({"revision": earlier} if earlier else {})
     generator = torch.Generator().manual_seed(0)
     made = [{"input_ids": torch.randint(5, 100, (4, 16), generator=generator), "labels": torch.arange(4) % 2}
             for _ in range(2)]
     bundle = build_bundle("tiny-encoder")
     trained = chosen.apply(bundle.model, stored,
-                           ApplyContext(bundle, TrainConfig(batch_size=4), 10, lambda n: made[:n]))
+                           ApplyContext(bundle, TrainConfig(batch_size=4), 10, calibration_of(lambda n: made[:n])))
     with torch.no_grad():
         for p, mask in trained.grad_masks:  # selected entries move, the others stay the base model's
             p.add_(torch.randn(p.shape, generator=generator) * mask)
@@ -347,7 +349,8 @@ def test_fisher_masked_adapters_of_the_revision_before_autocast_scoring_still_lo
     fresh = build_bundle("tiny-encoder")
     loaded = methods.get("external-adapter").apply(
         fresh.model, {"path": str(tmp_path), "sha256": ""},
-        ApplyContext(fresh, TrainConfig(batch_size=4), 1, lambda n: made[:n], autocast=autocast_for("cpu", "bf16")))
+        ApplyContext(fresh, TrainConfig(batch_size=4), 1, calibration_of(lambda n: made[:n]),
+                     autocast=autocast_for("cpu", "bf16")))
     batch = {"input_ids": torch.tensor([[1, 5, 6, 7, 8, 9]])}
     with torch.no_grad():
         expected = trained.model.eval()(**batch).logits

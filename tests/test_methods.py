@@ -25,7 +25,7 @@ from bench.tasks.data import load_rows
 from bench.tasks.features import train_features
 from bench.tasks.registry import builtin_tasks
 from tests import closed_forms
-from tests.adapting import adapt, build_bundle
+from tests.adapting import adapt, build_bundle, calibration_of
 
 MODELS = {"tiny-encoder": "synth-polarity", "tiny-t5": "synth-digits", "tiny-gpt2": "synth-digits",
           "tiny-llama": "synth-digits"}
@@ -54,7 +54,7 @@ def fresh(model_name: str, method: str):
     rows = load_rows(task, "train")[:64]
     feats = train_features(task, bundle, rows, 32)
 
-    def calibration(n):
+    def drawn(n):
         data = batches(feats, 8, 0)
         return [collate(next(data), bundle.tokenizer.pad_token_id) for _ in range(n)]
 
@@ -62,8 +62,8 @@ def fresh(model_name: str, method: str):
     device = "cuda" if method == "qlora" and torch.cuda.is_available() else "cpu"  # QLoRA's base lives on the GPU
     bundle.model.to(device)
     config = m.resolve(FAST.get(method, {}), bundle.arch, lambda k: k)
-    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration, device,
-                                                         task, rows[:4]))
+    adapted = m.apply(bundle.model, config, ApplyContext(bundle, TrainConfig(batch_size=8), 10, calibration_of(drawn),
+                                                         device, task, rows[:4]))
     adapted.model.to(device)
     batch = {k: v.to(device) for k, v in collate(feats[:4], bundle.tokenizer.pad_token_id).items()}
     return bundle, adapted, batch
@@ -224,7 +224,7 @@ def test_composition_keeps_what_its_parts_declare(parts, tiny_bundle):
     def build():
         bundle = tiny_bundle("tiny-encoder", task.type, 2)
         feats = train_features(task, bundle, load_rows(task, "train")[:32], 32)
-        calibration = lambda n: [collate(feats[8 * i: 8 * i + 8], 0) for i in range(n)]  # noqa: E731
+        calibration = calibration_of(lambda n: [collate(feats[8 * i: 8 * i + 8], 0) for i in range(n)])
         config = [{"name": n, "config": methods.get(n).resolve(FAST.get(n, {}), "roberta", str)} for n in parts]
         return apply_composition(config, bundle.model, ApplyContext(bundle, TrainConfig(), 10, calibration)), feats
 

@@ -31,6 +31,7 @@ from bench.config import TrainConfig
 from bench.layers.masks import MaskScores
 from bench.methods.base import ApplyContext
 from bench.methods.fisher import fisher_scores
+from tests.adapting import calibration_of
 from tests.parity import assert_matches, load
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -240,13 +241,14 @@ def test_fishmask_matches_the_authors():
     model, _ = base_model(meta["base"])
     params = dict(model.named_parameters())
     # the importance: the authors sum per-example squared gradients (batch size 1, unpadded); we average them
-    scores = fisher_scores(model, [params[n] for n in body], [padded(rows)], per_example=True)
+    examples = calibration_of(lambda n: [padded(rows)])(1, per_example=True)  # one-row slices of the padded batch
+    scores = fisher_scores(model, [params[n] for n in body], examples)
     largest = {"fisher": max(assert_matches(f"fisher {n}", s, t[f"fisher.{n}"] / settings["examples"])
                              for n, s in zip(body, scores))}
     batch_size = 4
 
-    def calibration(n: int) -> list[dict]:
-        return [padded(rows[i: i + batch_size]) for i in range(0, len(rows), batch_size)][:n]
+    calibration = calibration_of(lambda n: [padded(rows[i: i + batch_size])
+                                            for i in range(0, len(rows), batch_size)][:n])
 
     train = TrainConfig(lr=settings["lr"], weight_decay=0.0, max_grad_norm=settings["max_grad_norm"],
                         batch_size=batch_size)
@@ -278,8 +280,7 @@ def test_child_tuning_matches_the_authors():
     model, _ = base_model(meta["base"])
     params = dict(model.named_parameters())
     # mini-batch squared gradients, each layer tensor's clipped to max_grad_norm on its own first
-    scores = fisher_scores(model, [params[n] for n in layers], batches, per_example=False,
-                           clip_norm=settings["max_grad_norm"])
+    scores = fisher_scores(model, [params[n] for n in layers], batches, clip_norm=settings["max_grad_norm"])
     largest = {"fisher": max(assert_matches(f"fisher {n}", s, t[f"fisher.{n}"]) for n, s in zip(layers, scores))}
     assert meta["clipped_in_fisher"]["clipped"] > 0, "clipping must bind for this check to mean anything"
     train = TrainConfig(lr=settings["lr"], weight_decay=0.0, max_grad_norm=settings["max_grad_norm"],

@@ -22,7 +22,7 @@ from bench import env, methods
 from bench.cell import evaluate as scoring
 from bench.cell import instruments, multitask
 from bench.cell import train as training
-from bench.cell.batching import batches, collate, to_device
+from bench.cell.batching import to_device
 from bench.cell.curves import CurveWriter
 from bench.cell.kernels import apply_kernels
 from bench.cell.languages import language_swaps
@@ -125,13 +125,16 @@ def setup(cell: Cell, device: torch.device) -> Run:
     autocast = training.autocast_for(device, tcfg.precision)
     compute_dtype = training.compute_dtype(device, tcfg.precision)
 
-    def calibration(n_batches: int) -> list[dict]:  # training batches for methods that look at data first
-        rows = batches(data.features, tcfg.batch_size, cell.seed)
-        return [to_device(collate(next(rows), bundle.tokenizer.pad_token_id), device) for _ in range(n_batches)]
+    def calibration(n_batches: int, per_example: bool = False) -> list[dict]:  # for methods that look at data first
+        rows = training.training_batches(data.features, tcfg, cell.seed)
+        drawn = [next(rows) for _ in range(n_batches)]
+        return [to_device(objective.collate(group), device)
+                for group in ([[row] for batch in drawn for row in batch] if per_example else drawn)]
 
     adapted = method.apply(bundle.model, cell.method_config,
                            ApplyContext(bundle, tcfg, steps, calibration, device, task, data.rows,
-                                        [stage_state(cell, ref, device) for ref in cell.stage_refs], autocast))
+                                        [stage_state(cell, ref, device) for ref in cell.stage_refs], autocast,
+                                        objective.loss))
     if cell.init_from:
         start_from_stage(adapted, cell, device, bundle.head_modules)
     adapted.model.to(device)

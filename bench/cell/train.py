@@ -41,6 +41,13 @@ def autocast_for(device, precision: str) -> Callable[[], contextlib.AbstractCont
     return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def training_batches(features: list[dict], train: TrainConfig, seed: int):
+    """The batches training draws from `features`, endless: the sampler `train` chooses (uniform, balanced by class,
+    or grouped by length), each example under a template drawn afresh where `redraw_templates` says."""
+    source = batches(features, train.batch_size, seed, train.balanced_batches, train.group_by_length)
+    return redrawn(source, seed) if train.redraw_templates else source
+
+
 def redrawn(data, seed: int):
     """The batches of `data` with each example under a template drawn afresh (seeded) from its
     `variants` (bench.tasks.features.train_features with all_templates), as T-Few draws one per
@@ -220,8 +227,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     cuda = torch.device(device).type == "cuda"
     encoder_decoder = is_encoder_decoder(model)
     best, best_state = None, None
-    source = batches(features, train.batch_size, seed, train.balanced_batches, train.group_by_length)
-    data = redrawn(source, seed) if train.redraw_templates else source
+    source = data = training_batches(features, train, seed)
     if train.compile:
         first = next(data)
         result.compile_s = compile_model(model, objective.collate(first), objective, autocast, device)
@@ -311,7 +317,7 @@ def train(adapted: Adapted, features: list[dict], objective: Objective, train: T
     source.close()  # here, not whenever the collector finds it
     result.step_s = clock.seconds()
     result.train_s = sum(result.step_s)
-    if best_state is not None and result.diverged_at_step is None:  # compare the end of training with the best checkpoint seen
+    if best_state is not None and result.diverged_at_step is None:  # the end of training against the best checkpoint
         final = evaluate()
         result.evals.append({"step": steps, "score": final})
         curve.evaluation(steps, final)

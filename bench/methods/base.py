@@ -31,7 +31,9 @@ class ApplyContext:
     bundle: Any  # models.Bundle
     train: TrainConfig
     total_steps: int
-    calibration: Callable[[int], list[dict]] | None = None  # n training batches (Fisher-based methods)
+    # calibration(n, per_example=False): the cell's first n training batches, drawn and collated as training does
+    # (train.training_batches, its objective), on its device; per_example: each example a batch of its own
+    calibration: Callable[..., list[dict]] | None = None
     device: Any = "cpu"
     task: Any = None  # tasks.TaskSpec of the cell (in-context learning renders its demonstrations)
     train_rows: Any = ()  # the rows training draws from (the k shots of a few-shot cell)
@@ -40,6 +42,9 @@ class ApplyContext:
     # the cell's autocast (bench/cell/train.py autocast_for), under which its training steps' forwards run: the Fisher
     # methods' scoring passes run under it too, so they score the model as it trains
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # the loss the cell trains, of (model, a calibration batch): its objective's (bench/cell/objectives.py
+    # Objective.loss: T-Few's terms, a mixture's rows through their task heads); None: the model's own
+    loss: Callable[[Any, dict], Any] | None = None
 
 
 def trainable_state(model: nn.Module, skip: frozenset[int] | set[int] = frozenset()) -> dict[str, torch.Tensor]:
@@ -74,7 +79,8 @@ def composed_size(states: list[dict[str, torch.Tensor]]) -> dict[str, int | None
 class Selection:
     """What a method that chooses its trained entries from data (Fisher scores) does before training, as its
     meta-device twin declares it for `estimate` (bench/tools/selection_cost.py prices it): `passes` forward and
-    backward passes of `rows` rows each at the model's eval mode under the cell's autocast (ApplyContext.autocast),
+    backward passes of `rows` rows each at the model's eval mode under the cell's autocast (ApplyContext.autocast)
+    and gradient checkpointing,
     computing the gradients of `scored` only, while the calibration batches (`calibration_rows` rows) and
     `held_bytes` of scores are alive, with `pass_bytes` of temporaries beside the gradients after each backward;
     then the choice itself, holding `choice_bytes` at its busiest. The twin trains every tensor that may get a

@@ -14,7 +14,11 @@ weight decay). The task head trains in full.
   gradient is clipped before the mask applies (their trainer clips, then their optimizer masks), so the
   clipping factor is the unmasked gradient's (revision 2; revision 1 did neither).
 Both score under the cell's autocast, as its training steps run (child-tuning's revision 3, fishmask's 2; before,
-the scoring passes ran in fp32 in a bf16 cell too).
+the scoring passes ran in fp32 in a bf16 cell too), and the loss the cell trains: its objective's (T-Few's terms over
+the answer options, a mixture's rows through their task heads), on the cell's first training batches as training
+draws and collates them, fishmask's examples each collated alone (child-tuning's revision 4, fishmask's 3; before,
+the model's own loss on one-row slices of padded batches of a uniform draw: not a T-Few cell's loss nor its balanced
+draw or redrawn templates, and no task head chosen in a mixture's cell).
 Only the selected values (and their indices) of masked tensors are stored; tensors with no selected
 entry are not trained at all (no gradient, no optimizer state).
 
@@ -46,13 +50,16 @@ def _eligible(model, ctx, layers_only: bool) -> list[tuple[str, torch.nn.Paramet
             if not n.startswith(heads) and (not layers_only or LAYER_PARAM.search(n))]
 
 
-def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], per_example: bool,
+def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], loss=None,
                   clip_norm: float | None = None, autocast=contextlib.nullcontext) -> list[torch.Tensor]:
-    """Mean over examples (or batches) of the squared gradient of the loss, per entry; with `clip_norm`, each
-    tensor's gradient is first clipped to that norm on its own (Child-Tuning's authors do). The forward and its loss
-    run under `autocast` (the cell's, ApplyContext.autocast), as its training steps' do: the Fisher of the model as
-    it trains, its products in the dtype training's run in (revision 3 of child-tuning, 2 of fishmask; before, always
-    in fp32). The scores are fp32 whatever the autocast: the gradients are of the weights, not of their bf16 copies."""
+    """Mean over `batches` (each one example for fishmask, a training batch for child-tuning) of the squared gradient
+    of `loss` (the cell's objective's, ApplyContext.loss; None: the model's own), per entry: the loss the cell trains,
+    as the authors score theirs (revision 3 of fishmask, 4 of child-tuning; before, always the model's own, which is
+    not a T-Few cell's and fails on a mixture's task heads). With `clip_norm`, each tensor's gradient is first clipped
+    to that norm on its own (Child-Tuning's authors do). The forward and its loss run under `autocast` (the cell's,
+    ApplyContext.autocast), as its training steps' do: the Fisher of the model as it trains, its products in the dtype
+    training's run in (revision 3 of child-tuning, 2 of fishmask; before, always in fp32). The scores are fp32
+    whatever the autocast: the gradients are of the weights, not of their bf16 copies."""
     import torch
 
     for p in params:
@@ -60,21 +67,17 @@ def fisher_scores(model, params: list[torch.nn.Parameter], batches: list[dict], 
     scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     was_training = model.training
     model.eval()  # no dropout: the score of the model as it is
-    # One-row slices keep their batch's right padding, which the attention mask and the -100
-    # labels make irrelevant to the loss.
-    pieces = [{k: v[i: i + 1] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))] \
-        if per_example else batches
-    for piece in pieces:
+    for piece in batches:
         model.zero_grad(set_to_none=True)
         with autocast():
-            loss = model(**piece).loss
-        loss.backward()
-        del loss  # not held while the squared gradients are summed: the estimate's pass holds none then
+            value = loss(model, piece) if loss else model(**piece).loss
+        value.backward()
+        del value  # not held while the squared gradients are summed: the estimate's pass holds none then
         for score, p in zip(scores, params):
             if p.grad is not None:
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(p, clip_norm)
-                score += p.grad.float() ** 2 / len(pieces)
+                score += p.grad.float() ** 2 / len(batches)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return scores
@@ -178,6 +181,10 @@ def _masked(model, ctx, masks_for, unmasked=(), clip_before_mask: float | None =
     import torch
 
     freeze(model)  # Fisher scores need gradients of the eligible tensors only
+    if ctx.train.gradient_checkpointing and not twin:  # the scoring passes recompute each layer in backward, as the
+        from bench.models import enable_gradient_checkpointing  # cell's steps will (and as the estimate prices them)
+
+        enable_gradient_checkpointing(model)
     candidates = twin[0] if twin else masks_for()
     named = [(n, p, m) for n, p, m in candidates if twin or m.any()]
     freeze(model)
@@ -222,7 +229,7 @@ def _fishmask(model, config, ctx):
 
     def masks():
         named = _eligible(model, ctx, layers_only=False)
-        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(n_batches), per_example=True,
+        scores = fisher_scores(model, [p for _, p in named], ctx.calibration(n_batches, per_example=True), ctx.loss,
                                autocast=ctx.autocast)
         return [(n, p, m) for (n, p), m in zip(named, top_share_masks(scores, config["keep_ratio"]))]
 
@@ -242,7 +249,7 @@ def _child_tuning(model, config, ctx):
 
     def masks():
         scores = fisher_scores(model, [p for _, p in layers], ctx.calibration(config["fisher_batches"]),
-                               per_example=False, clip_norm=ctx.train.max_grad_norm, autocast=ctx.autocast)
+                               ctx.loss, clip_norm=ctx.train.max_grad_norm, autocast=ctx.autocast)
         return [(n, p, m) for (n, p), m in zip(layers, top_share_masks(scores, config["reserve_ratio"]))]
 
     rows = config["fisher_batches"] * ctx.train.batch_size
@@ -260,14 +267,16 @@ register(
            "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks", _fishmask,
            defaults={"keep_ratio": 0.005, "fisher_samples": 1024}, train={"lr": 1e-4},
            unshardable=MASKS_BOUND,
-           # 2: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too)
-           revisions={arch: 2 for arch in ARCHS}),
+           # 2: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too);
+           # 3: they score the cell's objective on training's draw, each example alone (before: the model's own loss)
+           revisions={arch: 3 for arch in ARCHS}),
     Method("child-tuning", "partial", "Child-Tuning_D: a Fisher-selected child network (30 % of layer weights) "
            "trains, embeddings in full",
            "Xu et al. 2021, Raise a Child in Large Language Model", _child_tuning,
            defaults={"reserve_ratio": 0.3, "fisher_batches": 64}, train={"lr": 2e-5},
            unshardable=MASKS_BOUND,
            # 2: the authors' gradient clipping, per tensor in the Fisher estimate and before the mask in training;
-           # 3: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too)
-           revisions={arch: 3 for arch in ARCHS}),
+           # 3: the scoring passes under the cell's autocast, as training's (before: in fp32 in a bf16 cell too);
+           # 4: they score the cell's objective on training's batches (before: the model's own loss, a uniform draw)
+           revisions={arch: 4 for arch in ARCHS}),
 )

@@ -1,7 +1,8 @@
 """The estimate's price of a Fisher-masked method's phase before training (its meta-device twin's Selection,
 bench/methods/base.py): the scoring passes' FLOPs (`flops.selection`) and the phase's memory
 (`memory.selection_peak_bytes`), each pass a fake step (bench/tools/fake_pass.py) run as bench/methods/fisher.py
-fisher_scores runs it: eval mode, under the step's autocast, with only the scored tensors requiring a gradient."""
+fisher_scores runs it: eval mode, under the step's autocast and gradient checkpointing, with only the scored tensors
+requiring a gradient."""
 
 from __future__ import annotations
 
