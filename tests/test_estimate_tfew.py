@@ -5,6 +5,7 @@ options_batch), as the cell's real step is: the estimate, `run --dry-run`'s FLOP
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 
 import pytest
@@ -14,6 +15,7 @@ from torch.utils import flop_counter
 from bench import methods
 from bench.cell.measure import weight_bytes
 from bench.cell.probe import ATTENTION_FLOPS, LiveBytes, instrumented_step, training_flops
+from bench.cli import main
 from bench.config import TrainConfig
 from bench.methods.base import ApplyContext
 from bench.plan import grid
@@ -147,3 +149,22 @@ def test_the_selection_of_a_tfew_cell_is_priced_with_its_options_batches():
     assert result["memory"]["selection_peak_bytes"] == \
         weight_bytes(bundle.model)["weights_bytes"] + calibration_bytes + live.peak
     assert torch.is_tensor(one["attention_mask"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "tfw", "--task", "synth-choice"], "unknown objective 'tfw'"),
+    (["--objective", "tfew"], "give the task (--task)"),
+    (["--objective", "tfew", "--task", "stsb"], "cannot train task 'stsb' with the tfew objective")])
+def test_a_tfew_estimate_the_cell_would_refuse_exits_2_naming_the_flag(args, message, capsys):
+    assert main(["estimate", "--model", "tiny-t5", "--method", "ia3", *args]) == 2
+    err = capsys.readouterr().err
+    assert "--objective" in err and message in err
+
+
+def test_the_cli_prices_the_options_step(capsys):
+    assert main(["estimate", "--model", "tiny-t5", "--method", "ia3", "--task", "synth-choice", "--objective", "tfew",
+                 "--batch-size", "2", "--seq-len", "8", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["objective"] == {"options": 2, "tfew_lm": "examples", "unlikelihood": True,
+                                    "unlikelihood_offset": 0.0}
+    assert printed["tokens"] == 2 * 8 + 2 * 2 * 8  # two prompts through the encoder, four options through the decoder

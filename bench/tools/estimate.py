@@ -12,7 +12,8 @@ reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.p
 The batch is B rows of exactly L tokens with no padding; encoder-decoders decode L target tokens; encoders get a
 2-way classification head, the others their LM head; a cell is priced with its task's instead, as `--task` asks
 (bench/tools/priced_task.py: the task's head, a mixture's heads and router rows, each row of the batch one task's),
-and with its pooling.
+and with its pooling; a T-Few-objective cell's step (`--objective tfew`) on an options batch, every answer option of
+each example a row, through tfew's terms (priced_task.options_batch).
 `--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
@@ -367,7 +368,9 @@ def render(result: dict) -> str:
              + (", bf16 autocast" if result["compute_dtype"] == "bf16" else "") + f", {result['step_device']} kernels, "
              f"{result['attention']} attention"
              + (", gradient checkpointing" if result["gradient_checkpointing"] else "")
-             + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else ""),
+             + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else "")
+             + (f", tfew objective ({result['objective']['options']} answer options an example, a row each)"
+                if result["objective"] else ""),
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"

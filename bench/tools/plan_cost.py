@@ -17,7 +17,10 @@ Evaluation FLOPs (eval_flops): every evaluation split's rows (their sizes counte
 per answer option for rank classification, the prompt plus its decoding steps for generation. At max_length it is
 an upper bound. A few-shot cell (one with `shots`) is priced, training and evaluation, at its task's measured
 prompt length instead (bench/tools/prompt_lengths.py: the templates filled with the task's rows, with the cell's
-tokenizer; (shots + 1) examples for in-context learning), where its rows are on this machine.
+tokenizer; (shots + 1) examples for in-context learning), where its rows are on this machine. A cell whose objective is
+T-Few's (`objective: tfew`) is priced as the step it runs: an options batch of batch_size examples, each with its
+task's answer options, at that length (bench/tools/priced_task.py options_batch); its shape (shape_of) names the
+objective, so it never shares an LM cell's price.
 """
 
 from __future__ import annotations
