@@ -70,8 +70,10 @@ def test_the_fake_tfew_step_is_a_real_cpu_step(model, method):
 
 
 def test_the_fake_tfew_step_of_llama_counts_a_real_steps_flops():
-    """LLaMA's FLOPs as a real step's (its bytes: see the report of branch hD; the fake pass departs from a real
-    CPU step for a LLaMA forward with use_cache=False, tfew's and the rank scoring's)."""
+    """LLaMA's FLOPs and gradients as a real step's. Its saved bytes are not compared: for a LLaMA forward with
+    use_cache=False (token_logprobs', which tfew's terms and rank scoring read) the fake pass saves more than a real
+    CPU step (17,760 bytes at 3 rows of 10 tokens on tiny-llama, with an LM-loss forward as with tfew's), a
+    departure of the fake pass not yet explained; with the model's own cache (the LM loss's forward) they agree."""
     bundle, adapted = adapt("tiny-llama", "ia3", total_steps=1, meta=True, task=TASK)
     fake = fake_step(adapted.model, bundle.kind, ROWS, LENGTH, batch_for=partial(options_batch, bundle, TASK, TFEW))
     real = real_step("tiny-llama", "ia3")[0]
