@@ -35,6 +35,9 @@ def add(sub) -> None:
     est.add_argument("--task", help="a task of the registry (peft-bench list tasks; xnli@de: XNLI trained in German), "
                      "whose head the model has, as a cell on it does (default: a 2-way classifier on an encoder, "
                      "the LM head elsewhere)")
+    est.add_argument("--objective", default="lm", help="the training setting objective: lm, or tfew (T-Few's loss "
+                     "on every answer option of --batch-size examples of --task, the other tfew settings at their "
+                     "defaults; bench/tools/priced_task.py options_batch; default: lm)")
     est.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method setting, as a suite's "
                      "overrides give it (repeatable): --set r=16 --set target_modules=q,v")
     est.add_argument("--json", action="store_true", help="machine-readable output")
@@ -72,6 +75,18 @@ def registry_task(name: str | None):
     return tasks[name]
 
 
+def training_objective(name: str, task):
+    """The options step `--objective` asks for (priced_task.objective_of, the tfew settings at TrainConfig's
+    defaults), None for lm; BadInput for another name, or tfew without a --task to take answer options from."""
+    from bench.tools.priced_task import objective_of
+
+    if name not in ("lm", "tfew"):
+        raise unknown("objective", name, ("lm", "tfew"), "--objective")
+    if name == "tfew" and task is None:
+        raise BadInput("tfew scores a task's answer options: give the task (--task)", "--objective", ("lm", "tfew"))
+    return objective_of(TrainConfig(objective=name), task)
+
+
 def command(args) -> int:
     from bench.methods.base import keep_out_optional_packages
 
@@ -87,10 +102,11 @@ def command(args) -> int:
                  args.precision)
     methods.for_cell(args.method, "--method")
     task = registry_task(args.task)
+    objective = training_objective(args.objective, task)
     prepare_to_count([resolve_model(args.model, "--model").arch])  # the imports, once the input is known good
     result = estimate(args.model, args.method, args.batch_size, args.seq_len, args.optimizer, args.weights_dtype,
                       settings=settings, attention=args.attention, gradient_checkpointing=args.gradient_checkpointing,
                       shards=args.shards, kernels=args.kernels, task=task, precision=args.precision,
-                      eval_batch_size=args.eval_batch_size)
+                      eval_batch_size=args.eval_batch_size, objective=objective)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0

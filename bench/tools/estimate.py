@@ -12,7 +12,8 @@ reproduces a real CPU step's activation bytes to the byte (tests/test_estimate.p
 The batch is B rows of exactly L tokens with no padding; encoder-decoders decode L target tokens; encoders get a
 2-way classification head, the others their LM head; a cell is priced with its task's instead, as `--task` asks
 (bench/tools/priced_task.py: the task's head, a mixture's heads and router rows, each row of the batch one task's),
-and with its pooling.
+and with its pooling; a T-Few-objective cell's step (`--objective tfew`) on an options batch, every answer option of
+each example a row, through tfew's terms (priced_task.options_batch).
 `--attention eager` builds the model with its own
 matmul-softmax attention instead, which saves the L×L probabilities as a real eager step does.
 `--kernels liger` (the training setting `kernels`) binds memory twins of Liger's fused kernels where a cell binds
@@ -32,6 +33,7 @@ autocast as the cell runs them (bench/tools/selection_cost.py: FLOPs `flops.sele
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -46,7 +48,7 @@ from bench.figures import FIGURES
 from bench.tensors import count_params, unique_tensors
 from bench.tools import fake_pass
 from bench.tools.cuda_step import departures
-from bench.tools.priced_task import fake_batch, task_bundle
+from bench.tools.priced_task import OptionsObjective, collate_mask_bytes, fake_batch, options_batch, task_bundle
 from bench.tools.selection_cost import selection_cost, with_selection
 from bench.tools.sharding import largest_block, sharded_memory
 
@@ -149,11 +151,17 @@ def _built(model: str, method: str, batch_size: int, seq_len: int, dtype: str, s
 
 
 def _step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int, flops_only: bool = False,
-          device: str = "cpu", autocast: bool = False, training: bool = True) -> StepMeasure:
-    batch_for = partial(fake_batch, bundle.head, task, bundle=bundle)
+          device: str = "cpu", autocast: bool = False, training: bool = True,
+          objective: OptionsObjective | None = None) -> StepMeasure:
+    """The fake step of `batch_size` rows (examples, with an `objective`'s options: priced_task.options_batch)."""
+    batch_for = partial(fake_batch, bundle.head, task, bundle=bundle) if objective is None else \
+        partial(options_batch, bundle, task, objective)
     try:
         return fake_pass.fake_step(adapted, spec.kind, batch_size, seq_len, flops_only=flops_only,
                                    batch_for=batch_for, device=device, autocast=autocast, training=training)
+    except Unsupported as e:  # the objective the cell would refuse (objective_for)
+        raise BadInput(f"{spec.name} cannot train task '{task.name}' with the tfew objective: {e}",
+                       "--objective", ("lm", "tfew")) from None
     except Exception as e:  # e.g. a forward that branches on a tensor's value, which fake tensors lack
         hint = " (the forward reads a tensor's value, e.g. a random draw)" if "local_scalar_dense" in str(e) else ""
         raise BadInput(f"method '{method}' on {spec.name} cannot run a training step on fake tensors{hint}: "
@@ -227,7 +235,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
              dtype: str = "fp32", settings: dict | None = None, attention: str = "auto",
              gradient_checkpointing: bool = False, shards: int = 1, kernels: str = "torch", task=None,
              pooling: str | None = None, precision: str = "auto", step_device: str = "cuda",
-             eval_batch_size: int = TrainConfig.eval_batch_size) -> dict:
+             eval_batch_size: int = TrainConfig.eval_batch_size, objective: OptionsObjective | None = None) -> dict:
     """Everything `peft-bench estimate` prints, keyed as in a record (docs/measurement.md); `settings`:
     the method's (default: its defaults); `attention` and `gradient_checkpointing`: the training settings
     (bench.config), checkpointing's recomputed forwards counted in the FLOPs as the records' probe counts them;
@@ -241,7 +249,9 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     bench/tools/cuda_step.py; cpu: the CPU's kernels, which tests compare with real CPU steps; the optimizer's update is
     CUDA's either way; a Fisher-masked method's scoring passes run under the step's autocast, as a cell's do);
     `eval_batch_size`: the training setting, the batches the cell's evaluation predicts in
-    (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py)."""
+    (memory.eval_peak_bytes at prompts and answer options of `seq_len` tokens, bench/cell/eval_probe.py); `objective`:
+    a T-Few-objective cell's (priced_task.objective_of), whose step, and Fisher scoring passes, run on options batches
+    of `batch_size` examples (priced_task.options_batch), `tokens` then the options batch's."""
     from bench import methods, models
     from bench.layers.attention_prefix import implementation_of
 
@@ -261,7 +271,7 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
     upper_bound: list[str] = []  # why the prediction bounds the peak from above
     with departures() as not_modelled:
         step = _step(adapted, spec, bundle, task, method, batch_size, seq_len, device=step_device,
-                     autocast=compute == "bf16")
+                     autocast=compute == "bf16", objective=objective)
         eval_peak, eval_unknown = _eval_peak(adapted, spec, bundle, task, method, eval_batch_size, seq_len,
                                              step_device, compute == "bf16", upper_bound)
     trainable = [p for p in unique_tensors(adapted.parameters()) if p.requires_grad]
@@ -288,24 +298,20 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
                                 temporaries, chosen.trains, evaluated)
     one_step = training_flops(step, params["total"], spec.kind, step.positions, step.tokens)
     flops = {"train_step": one_step["train_total"], "cost_model_train_step": one_step["cost_model_train_total"],
-             **forward_flops_per_example(step, params["total"], spec.kind)}
+             **forward_flops_per_example(_forward_step(adapted, spec, bundle, task, method, batch_size, seq_len,
+                                                       step_device, kernels, objective, step),
+                                         params["total"], spec.kind)}
     if built.selection is not None:  # its passes under the autocast of the step priced above, as the cell's run
         flops["selection"], selection_peak = selection_cost(
-            built, partial(_step, adapted, spec, bundle, task, method, device=step_device, autocast=compute == "bf16"),
-            seq_len)
+            built, partial(_step, adapted, spec, bundle, task, method, device=step_device, autocast=compute == "bf16",
+                           objective=objective), seq_len, mask_bytes=collate_mask_bytes(spec.kind, objective, seq_len))
         memory = with_selection(memory, built.selection, selection_peak)
-    if kernels != "torch":  # liger's fused loss runs the head's gradient products in its forward; a forward
-        # without labels (evaluation's, what forward_per_example prices) runs the model's own head: the torch step's
-        from bench.tools.liger_memory import twins_unbound
-
-        with twins_unbound(adapted):
-            own = _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
-        flops["forward_per_example"] = own.forward_flops // own.rows
     return {"model": spec.name, "kind": spec.kind, "arch": spec.arch, "head": bundle.head,
             "task": task.name if task is not None else None,
             "method": chosen.name, "family": chosen.family, "config": config,
             "precision": precision, "compute_dtype": compute, "step_device": step_device,
             "batch_size": batch_size, "eval_batch_size": eval_batch_size, "seq_len": seq_len, "tokens": step.tokens,
+            "objective": objective._asdict() if objective is not None else None,
             "optimizer": optimizer,
             "optimizer_update": update,
             "dtype": models.dtype_name(bundle.model), "attention": implementation_of(bundle.model),
@@ -313,21 +319,40 @@ def estimate(model: str, method: str, batch_size: int = 8, seq_len: int = 512, o
             "params": params, "memory": memory, "flops": flops}
 
 
+def _forward_step(adapted, spec, bundle, task, method: str, batch_size: int, seq_len: int, device: str, kernels: str,
+                  objective: OptionsObjective | None, step: StepMeasure) -> StepMeasure:
+    """The step whose forward prices one evaluated sequence (flops.forward_per_example): the training `step` where it
+    is the LM loss's on the model's own head; else an LM-loss step of as many rows, FLOPs only. Liger's fused loss
+    runs the head's gradient products in its forward, while a forward without labels (evaluation's) runs the model's
+    own head; an options step's rows are options, not sequences (an encoder-decoder's decoder rows)."""
+    if kernels == "torch" and objective is None:
+        return step
+    from bench.tools.liger_memory import twins_unbound
+
+    with twins_unbound(adapted) if kernels != "torch" else contextlib.nullcontext():
+        return _step(adapted, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=device)
+
+
 def step_flops(model: str, method: str, batch_size: int, seq_len: int, dtype: str = "fp32",
                settings: dict | None = None, attention: str = "auto", gradient_checkpointing: bool = False,
-               task=None, pooling: str | None = None, step_device: str = "cuda") -> dict:
+               task=None, pooling: str | None = None, step_device: str = "cuda",
+               objective: OptionsObjective | None = None) -> dict:
     """`estimate(...)["flops"]`'s train_step, forward_per_example and selection (0 for a method that scores nothing
     before training), the same counts, from the FLOPs-only pass (fake_step's flops_only): what `run --dry-run`
     prices a cell's training steps, its selection passes and its evaluation's forward passes with, without the
-    memory account's extra passes."""
+    memory account's extra passes; `objective`: as estimate's."""
     check_inputs(batch_size, seq_len, dtype=dtype, attention=attention)
     spec, bundle, _, _, _, built = _built(model, method, batch_size, seq_len, dtype, settings, attention,
                                           gradient_checkpointing, task=task, pooling=pooling)
-    step = _step(built.model, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device)
+    step = _step(built.model, spec, bundle, task, method, batch_size, seq_len, flops_only=True, device=step_device,
+                 objective=objective)
     train = training_flops(step, count_params(built.model)["total"], spec.kind, step.positions, step.tokens)
     selection = 0 if built.selection is None else selection_cost(
-        built, partial(_step, built.model, spec, bundle, task, method, device=step_device), seq_len, flops_only=True)[0]
-    return {"train_step": train["train_total"], "forward_per_example": step.forward_flops // step.rows,
+        built, partial(_step, built.model, spec, bundle, task, method, device=step_device, objective=objective),
+        seq_len, flops_only=True)[0]
+    forward = _forward_step(built.model, spec, bundle, task, method, batch_size, seq_len, step_device, "torch",
+                            objective, step)
+    return {"train_step": train["train_total"], "forward_per_example": forward.forward_flops // forward.rows,
             "selection": selection}
 
 
@@ -343,7 +368,9 @@ def render(result: dict) -> str:
              + (", bf16 autocast" if result["compute_dtype"] == "bf16" else "") + f", {result['step_device']} kernels, "
              f"{result['attention']} attention"
              + (", gradient checkpointing" if result["gradient_checkpointing"] else "")
-             + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else ""),
+             + (f", {result['kernels']} kernels" if result["kernels"] != "torch" else "")
+             + (f", tfew objective ({result['objective']['options']} answer options an example, a row each)"
+                if result["objective"] else ""),
              f"params   total {p['total']:,}  trainable {p['trainable']:,} ({p['trainable_pct']:.4g} %)  "
              f"method {p['method']:,} ({p['method_pct']:.4g} % of the model without its head)"]
     for fig in [fig for fig in FIGURES.values() if fig.section == "memory" and fig.determined and fig.unit == "bytes"

@@ -7,7 +7,10 @@ memory a scheduler is asked for, bench/tools/plan_cost.py), as the cell's setup 
 - the method is built with the task in its ApplyContext, so what it sizes by the mixture's tasks (Poly's router, a
   task embedding per task) is the cell's, and what a masked-LM stage builds (MAD-X's language parts) is the stage's;
 - the fake batch's rows are each one task's, as a mixed training batch's are (row i: member i mod n), through the
-  loss the cell trains on (bench/cell/multitask.mixed_terms).
+  loss the cell trains on (bench/cell/multitask.mixed_terms);
+- a cell whose objective is T-Few's (`train: {objective: tfew}`) steps on an options batch, as
+  bench/cell/objectives.py's option_batch makes it (options_batch): every (example, answer option) pair a row, each
+  example with its task's most answer options (answer_options), through tfew's terms with the cell's settings.
 
 Without a task (`peft-bench estimate` without `--task`): a 2-way classifier on an encoder, the LM head elsewhere,
 one task.
@@ -16,8 +19,35 @@ one task.
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
+from typing import NamedTuple
 
 from bench.errors import Unsupported
+
+
+class OptionsObjective(NamedTuple):
+    """What of a T-Few-objective cell's training its priced step depends on (part of plan_cost.shape_of): the answer
+    options of each example (answer_options) and the terms' settings (bench/config.py TrainConfig)."""
+
+    options: int
+    tfew_lm: str
+    unlikelihood: bool
+    unlikelihood_offset: float
+
+
+def objective_of(train, task) -> OptionsObjective | None:
+    """The options step a cell with training settings `train` on `task` runs, or None: its step is the LM loss's
+    (objective lm, or no task to take answer options from)."""
+    if train.objective != "tfew" or task is None:
+        return None
+    return OptionsObjective(answer_options(task), train.tfew_lm, train.unlikelihood, train.unlikelihood_offset)
+
+
+def answer_options(task) -> int:
+    """The most answer options an example of `task` has: each template's answers (TaskSpec.answers: the template's
+    own, else the label names), the largest over the templates, since training may draw any template for any example
+    (redraw_templates): an upper bound where templates differ, the number itself where they agree."""
+    return max((len(p.answers or task.labels or ()) for p in task.prompts), default=len(task.labels or ()))
 
 
 def task_key(task, kind: str) -> tuple:
@@ -81,6 +111,46 @@ def fake_batch(head: str, task, batch_size: int, seq_len: int, bundle=None):
     rows = torch.arange(batch_size) % len(task.members)
     terms = mixed_terms(bundle, task, lm_terms)
     return batch, partial(_mixed_loss, terms=terms, rows=rows)
+
+
+def options_batch(bundle, task, objective: OptionsObjective, batch_size: int, seq_len: int):
+    """(batch, loss function) of a T-Few-objective cell's fake step: `batch_size` examples, each with
+    `objective.options` answer options, collated and scored by the cell's own Objective (objectives.objective_for:
+    option_batch's layout, tfew's terms with the cell's settings). On a decoder each (example, option) pair is one row
+    of `seq_len` tokens, its last (the model's end-of-sequence token) the option's: the priced length is prompt and
+    answer in one sequence (bench/tools/prompt_lengths.py). On an encoder-decoder each prompt is one encoder row of
+    `seq_len` tokens and each option one decoder row of `seq_len` tokens: the priced length is the longer of prompt and
+    answer, run through both stacks, an upper bound for the options as it is for the lm step's target. No padding:
+    every row is as long; a decoder's batch then has no attention mask (a decoder drops an all-ones one: a real step
+    on the batch with its mask is the same step), an encoder-decoder's has the encoder's, all ones, as collate makes
+    it (token_logprobs encodes each prompt once with it). Unsupported where the cell is refused
+    (objective_for: a classifier head, a task without answer options)."""
+    from bench.cell.objectives import objective_for
+
+    eos = getattr(bundle.model.config, "eos_token_id", None)
+    end = [eos if isinstance(eos, int) else 0]
+    if bundle.kind == "encoder-decoder":
+        prompt, option = [0] * (seq_len - 1) + end, [0] * (seq_len - 1) + end
+    else:  # lm_example puts prompt and option in one row
+        prompt, option = [0] * (seq_len - 1), end
+    features = [{"prompt_ids": prompt, "choice_ids": [option] * objective.options, "gold": 0}] * batch_size
+    # the pad id pads nothing here (every row is as long), and a meta-built bundle has no tokenizer
+    reader = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0), head=bundle.head, kind=bundle.kind)
+    chosen = objective_for("tfew", reader, task.type, objective.tfew_lm, objective.unlikelihood_offset,
+                           objective.unlikelihood)  # Unsupported where the cell refuses the objective
+    batch = chosen.collate(features)
+    if bundle.kind != "encoder-decoder":  # all ones: the model drops it (an unpadded step's, as fake_batch's)
+        del batch["attention_mask"]
+    return batch, chosen.loss
+
+
+def collate_mask_bytes(kind: str, objective: OptionsObjective | None, seq_len: int) -> int:
+    """The bytes per example of collate's int64 attention mask that the fake batch (fake_batch, options_batch) leaves
+    out and a cell's collated batch holds: one row of `seq_len` per example; an options batch's, one per option on a
+    decoder, none on an encoder-decoder (its batch keeps the encoder's mask, which token_logprobs reads)."""
+    if objective is None:
+        return 8 * seq_len
+    return 0 if kind == "encoder-decoder" else 8 * seq_len * objective.options
 
 
 def _mixed_loss(model, batch: dict, terms, rows):

@@ -9,7 +9,9 @@ decoder-only model's filled template and gold answer in one sequence; for an enc
 prompt (the encoder's) and its answer (the decoder's), since `estimate` runs one length through both stacks: an
 upper bound, tight for the encoder. In-context learning shows `shots` solved examples before each query: (shots
 + 1) examples' tokens, capped at max_length. A training step is then priced at batch_size sequences of that
-length, and an evaluation pass (plan_cost.eval_flops: one per answer option) at one.
+length (a T-Few-objective cell's: batch_size examples with every answer option a row, each prompt and option at that
+length, bench/tools/priced_task.py options_batch), and an evaluation pass (plan_cost.eval_flops: one per answer
+option) at one.
 
 Only rows already on this machine are measured (synthetic tasks, local files, --data-dir, a task's manual files):
 the plan downloads no dataset. Where the rows or the tokenizer cannot be read, the cell is priced at max_length,

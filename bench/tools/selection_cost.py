@@ -29,22 +29,24 @@ def _scoring(model: torch.nn.Module, scored: list):
             p.requires_grad_(required)
 
 
-def selection_cost(built, step: Callable[..., StepMeasure], seq_len: int,
-                   flops_only: bool = False) -> tuple[int, int | None]:
+def selection_cost(built, step: Callable[..., StepMeasure], seq_len: int, flops_only: bool = False,
+                   mask_bytes: int | None = None) -> tuple[int, int | None]:
     """(flops.selection, memory.selection_peak_bytes; None with `flops_only`) of the twin `built`'s Selection: its
     passes, each `step(rows, seq_len, flops_only=, training=False)` (the estimate's fake step of `rows` unpadded rows
     of `seq_len` tokens, on the device and under the autocast of the training step it prices, as fisher_scores runs
     the cell's) in eval mode with only the scored tensors requiring a gradient, forward + backward FLOPs × passes;
-    the peak: the weights, the calibration batches (the step's batch per row and, as collate adds it, an int64
-    attention mask), and the busier of a pass (the scores, the pass's most bytes alive at once, or its gradients with
-    the Selection's temporaries) and the choice."""
+    the peak: the weights, the calibration batches (the step's batch per example and `mask_bytes`, the bytes per
+    example of the attention mask collate adds to it, priced_task.collate_mask_bytes; None: an int64 row of `seq_len`),
+    and the busier of a pass (the scores, the pass's most bytes alive at once, or its gradients with the Selection's
+    temporaries) and the choice."""
     selection = built.selection
     with _scoring(built.model, selection.scored):
         one = step(selection.rows, seq_len, flops_only=flops_only, training=False)
     flops = selection.passes * (one.forward_flops + one.backward_flops)
     if flops_only:
         return flops, None
-    calibration = selection.calibration_rows * (one.batch_bytes // selection.rows + 8 * seq_len)
+    mask = 8 * seq_len if mask_bytes is None else mask_bytes
+    calibration = selection.calibration_rows * (one.batch_bytes // selection.rows + mask)
     passes = selection.held_bytes + max(max(one.live_peaks.values(), default=0), one.grad_bytes + selection.pass_bytes)
     return flops, weight_bytes(built.model)["weights_bytes"] + calibration + max(passes, selection.choice_bytes)
 
