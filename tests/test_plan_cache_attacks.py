@@ -84,8 +84,11 @@ def test_each_plan_entry_check_takes_what_its_writer_stores_and_nothing_else():
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 7, "shards": 0})
     assert not plan_entries.memory({"weights_bytes": 5, "predicted_peak_bytes": 0})
     assert not plan_entries.memory({"weights_bytes": 5})  # no prediction stored: not the estimate's section
-    assert plan_entries.example_tokens([12.5, "measured"]) and plan_entries.example_tokens([12, "measured"])
-    for bad in ([float("nan"), "x"], [float("inf"), "x"], [-3.0, "x"], [0, "x"], [True, "x"], ["12", "x"], [12.5]):
+    assert plan_entries.example_tokens([12.5, None, None, "measured"])
+    assert plan_entries.example_tokens([12, 10.5, 3, "measured"])
+    for bad in ([float("nan"), None, None, "x"], [float("inf"), None, None, "x"], [-3.0, None, None, "x"],
+                [0, None, None, "x"], [True, None, None, "x"], ["12", None, None, "x"], [12.5, None, None],
+                [12.5, "x"], [12, 10.5, None, "x"], [12, 10.5, float("nan"), "x"], [12, 0, 3, "x"]):
         assert not plan_entries.example_tokens(bad), bad
 
 

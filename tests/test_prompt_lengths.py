@@ -152,3 +152,67 @@ def test_a_measurement_is_cached_until_its_rows_template_or_max_length_change(wr
     task_file(8, "good {sentence} ?")  # one word more in the template
     assert priced() == first + 5 and len(loads) == 3
     assert priced(max_length=first) == first and len(loads) == 4  # each example cut at the new max_length
+
+
+def prompt_and_option_tokens(task, rows, kind: str) -> tuple[float, float]:
+    """(a prompt's mean tokens, an example's longest answer option's), by hand over every row and template: an
+    encoder-decoder's prompt with </s>, a decoder's with <s> before it; an option its answer's tokens (a decoder's
+    after a space) and </s>."""
+    tok = tiny_tokenizer()
+    prompts, options = [], []
+    for row in rows:
+        for prompt in task.prompts:
+            text = task.render(prompt, row)
+            prompts.append(len(tok(text)["input_ids"]) if kind == "encoder-decoder" else
+                           1 + len(tok(text, add_special_tokens=False)["input_ids"]))
+            space = "" if kind == "encoder-decoder" else " "
+            options.append(max(len(tok(space + answer, add_special_tokens=False)["input_ids"]) + 1
+                               for answer in task.answers(prompt, row)))
+    return sum(prompts) / len(prompts), sum(options) / len(options)
+
+
+@pytest.mark.parametrize("model, kind", [("tiny-t5", "encoder-decoder"), ("tiny-gpt2", "decoder")])
+def test_a_tfew_cell_is_priced_at_its_prompts_and_options_measured_apart(write_suite, tmp_path, capsys, model, kind):
+    """A T-Few-objective cell's steps: on the encoder-decoder the encoder's rows at the prompts' measured length and
+    the decoder's at the options' (before: every option's decoder row at the prompt's length, 23 tokens where an
+    option is 2); on a decoder rows of the two summed, the option the last of them."""
+    from bench.tasks.data import load_rows
+    from bench.tools.estimate import step_flops
+    from bench.tools.priced_task import OptionsObjective
+
+    task = builtin_tasks()["synth-choice"]
+    prompt_mean, option_mean = prompt_and_option_tokens(task, load_rows(task, "train")[:MEASURED_ROWS], kind)
+    prompt, option = math.ceil(prompt_mean), math.ceil(option_mean)
+    out = dry_run(write_suite, tmp_path, capsys,
+                  f"name: fs\nmethods: [ia3]\nmodels: [{model}]\ntasks: [synth-choice]\n"
+                  f"train: {{max_steps: {STEPS}, batch_size: {BATCH}, max_length: 256, shots: {SHOTS}, "
+                  "objective: tfew, tfew_lm: tokens, unlikelihood_offset: 0.01}\n")
+    line = line_of(out, "ia3")
+    objective = OptionsObjective(2, "tokens", True, 0.01, option)
+    length = prompt if kind == "encoder-decoder" else prompt + option
+    step = step_flops(model, "ia3", BATCH, length, task=task, objective=objective)["train_step"]
+    assert f"train FLOPs {STEPS * step:.3g} ({STEPS} steps)" in line
+    means = f"prompts of {prompt_mean:.1f} tokens, an example's longest answer option of {option_mean:.1f}, " \
+            f"measured on {MEASURED_ROWS} rows × 2 templates"
+    assert (f"priced at {prompt} tokens a prompt, {option} an answer option ({means})" if kind == "encoder-decoder"
+            else f"priced at {length} tokens a row, {option} of them the answer option's ({means})") in line
+    bound = step_flops(model, "ia3", BATCH, length, task=task, objective=objective._replace(option_tokens=None))
+    if kind == "encoder-decoder":
+        assert option < prompt and step < bound["train_step"]
+
+
+def test_a_tfew_cell_whose_rows_are_on_the_hub_keeps_the_bound_saying_so(write_suite, tmp_path, capsys, monkeypatch):
+    """CB's rows are on the hub: its tfew cell is priced at max_length, prompt and answer options, and says why."""
+    from bench.tools.estimate import step_flops
+    from bench.tools.priced_task import OptionsObjective
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = dry_run(write_suite, tmp_path, capsys,
+                  "name: fs\nmethods: [ia3]\nmodels: [tiny-t5]\ntasks: [cb]\n"
+                  "train: {max_steps: 10, batch_size: 8, max_length: 64, shots: 4, objective: tfew}\n")
+    step = step_flops("tiny-t5", "ia3", 8, 64, task=builtin_tasks()["cb"],
+                      objective=OptionsObjective(3, "examples", True, 0.0))["train_step"]
+    line = line_of(out, "ia3")
+    assert f"train FLOPs {10 * step:.3g} (10 steps)" in line
+    assert "priced at max_length 64, its answer options too (its rows are on the hub; --data-dir measures a local " \
+           "copy)" in line

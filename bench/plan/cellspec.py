@@ -52,6 +52,9 @@ class Cell:
     # method's config, so in this cell's id), and the folder of stage states (set by `run`, beside the results)
     stage_refs: tuple[str, ...] = ()
     stages_dir: str | None = None
+    # a T-Few-objective cell as the plan prices it: its answer options' measured length (prompt_lengths.priced_length;
+    # None: at the row's, an upper bound); not part of its config
+    option_tokens: int | None = None
 
     @property
     def config(self) -> dict:

@@ -19,8 +19,9 @@ an upper bound. A few-shot cell (one with `shots`) is priced, training and evalu
 prompt length instead (bench/tools/prompt_lengths.py: the templates filled with the task's rows, with the cell's
 tokenizer; (shots + 1) examples for in-context learning), where its rows are on this machine. A cell whose objective is
 T-Few's (`objective: tfew`) is priced as the step it runs: an options batch of batch_size examples, each with its
-task's answer options, at that length (bench/tools/priced_task.py options_batch); its shape (shape_of) names the
-objective, so it never shares an LM cell's price.
+task's answer options (bench/tools/priced_task.py options_batch), a few-shot one's prompts and options at their
+lengths measured apart (prompt_lengths.priced_length: an encoder-decoder's decoder rows at the options', not the
+prompt's); its shape (shape_of) names the objective and the options' length, so it never shares an LM cell's price.
 """
 
 from __future__ import annotations
@@ -143,13 +144,13 @@ def cell_steps(cell: Cell, known: dict) -> int | None:
 
 def shape_of(cell: Cell) -> tuple:
     """What a training step's FLOPs depend on: cells of one shape are priced once. A T-Few-objective cell's options
-    step (its answer options and terms' settings, priced_task.objective_of) is part of it, so it is never served an
-    LM-loss cell's price."""
-    from bench.tools.priced_task import objective_of, task_key
+    step (its answer options, their priced length and the terms' settings, priced_task.cell_objective) is part of it,
+    so it is never served an LM-loss cell's price, nor one of options priced at another length."""
+    from bench.tools.priced_task import cell_objective, task_key
 
     return ("step", cell.model.name, cell.method, repr(sorted(cell.method_config.items())), cell.train.batch_size,
             cell.train.max_length, cell.train.weights_dtype, cell.train.attention, cell.train.gradient_checkpointing,
-            task_key(cell.task, cell.model.kind), cell.train.pooling, objective_of(cell.train, cell.task))
+            task_key(cell.task, cell.model.kind), cell.train.pooling, cell_objective(cell))
 
 
 def _cache_key(cell: Cell, what: str = "step and selection flops") -> dict | None:
@@ -254,13 +255,13 @@ def _worker_start() -> None:
 def _step_flops(cell: Cell) -> tuple[int | None, int | None, int | None, str]:
     from bench.methods.base import method_settings
     from bench.tools.estimate import step_flops
-    from bench.tools.priced_task import objective_of
+    from bench.tools.priced_task import cell_objective
 
     try:
         flops = step_flops(cell.model.name, cell.method, cell.train.batch_size, cell.train.max_length,
                            dtype=cell.train.weights_dtype, settings=method_settings(cell.method_config),
                            attention=cell.train.attention, gradient_checkpointing=cell.train.gradient_checkpointing,
-                           task=cell.task, pooling=cell.train.pooling, objective=objective_of(cell.train, cell.task))
+                           task=cell.task, pooling=cell.train.pooling, objective=cell_objective(cell))
         return flops["train_step"], flops["forward_per_example"], flops["selection"], ""
     except BadInput as e:
         return None, None, None, f"unknown: {e.message.splitlines()[0][:120]}"
@@ -284,7 +285,7 @@ def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> 
     from bench.methods.base import method_settings
     from bench.models import quiet_libraries
     from bench.tools.estimate import estimate  # torch: only to predict, never to read the cache
-    from bench.tools.priced_task import objective_of
+    from bench.tools.priced_task import cell_objective
 
     quiet_libraries()  # building the model on the meta device warns of what is not the runner's news
     try:
@@ -295,7 +296,7 @@ def predicted_memory(cell: Cell, shards: int = 1, step_device: str = "cuda") -> 
                           kernels=cell.train.kernels, task=cell.task, pooling=cell.train.pooling,
                           precision=cell.train.precision, step_device=step_device,
                           eval_batch_size=cell.train.eval_batch_size,
-                          objective=objective_of(cell.train, cell.task))["memory"]
+                          objective=cell_objective(cell))["memory"]
     except Exception:  # a model offline, a method that fails to build on the meta device: no prediction, so the
         memory = None  # scheduler's default memory; the cell itself then says what is wrong
     if key is not None:
@@ -361,7 +362,7 @@ def print_plan(cells: list[Cell], executor, tflops: float | None, store, gpu: st
         total_flops += flops
         total_eval += evaluation
         total_s += seconds or 0.0
-        length = priced_length(cell, known)[1]
+        length = priced_length(cell, known)[2]
         print(f"{cell.line()}{shown}" + (f"; priced at {length}" if length else "") +
               (f"  ≈ {_duration(seconds)}" if seconds is not None else ""))
     slots = getattr(executor, "slots", None)

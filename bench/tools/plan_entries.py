@@ -43,7 +43,11 @@ def memory(value) -> bool:
 
 
 def example_tokens(value) -> bool:
-    """prompt_lengths.example_tokens' entry: [mean tokens of one example (a finite number above 0), how measured]."""
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)
-            and isinstance(value[0], (int, float)) and not isinstance(value[0], bool)
-            and math.isfinite(value[0]) and value[0] > 0)
+    """prompt_lengths.example_tokens' entry: [mean tokens of one example, of a prompt alone, of an example's longest
+    answer option (each a finite number above 0; the last two null for a task without answer options), how
+    measured]."""
+    def mean(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    return (isinstance(value, list) and len(value) == 4 and isinstance(value[3], str) and mean(value[0])
+            and ((value[1] is None and value[2] is None) or (mean(value[1]) and mean(value[2]))))

@@ -10,7 +10,9 @@ memory a scheduler is asked for, bench/tools/plan_cost.py), as the cell's setup 
   loss the cell trains on (bench/cell/multitask.mixed_terms);
 - a cell whose objective is T-Few's (`train: {objective: tfew}`) steps on an options batch, as
   bench/cell/objectives.py's option_batch makes it (options_batch): every (example, answer option) pair a row, each
-  example with its task's most answer options (answer_options), through tfew's terms with the cell's settings.
+  example with its task's most answer options (answer_options), through tfew's terms with the cell's settings; an
+  option's tokens are its measured length where the plan measured them (bench/tools/prompt_lengths.py: the
+  objective's option_tokens, from the priced cell through cell_objective), else the row's (an upper bound).
 
 Without a task (`peft-bench estimate` without `--task`): a 2-way classifier on an encoder, the LM head elsewhere,
 one task.
@@ -27,12 +29,15 @@ from bench.errors import Unsupported
 
 class OptionsObjective(NamedTuple):
     """What of a T-Few-objective cell's training its priced step depends on (part of plan_cost.shape_of): the answer
-    options of each example (answer_options) and the terms' settings (bench/config.py TrainConfig)."""
+    options of each example (answer_options), the terms' settings (bench/config.py TrainConfig) and the tokens of
+    an answer option as priced (bench/tools/prompt_lengths.py: the measured longest option of an example; None: as
+    long as the row, options_batch's upper bound)."""
 
     options: int
     tfew_lm: str
     unlikelihood: bool
     unlikelihood_offset: float
+    option_tokens: int | None = None
 
 
 def objective_of(train, task) -> OptionsObjective | None:
@@ -41,6 +46,13 @@ def objective_of(train, task) -> OptionsObjective | None:
     if train.objective != "tfew" or task is None:
         return None
     return OptionsObjective(answer_options(task), train.tfew_lm, train.unlikelihood, train.unlikelihood_offset)
+
+
+def cell_objective(cell) -> OptionsObjective | None:
+    """objective_of the cell's training and task, its answer options at the length the plan priced them
+    (Cell.option_tokens, set by prompt_lengths.at_priced_length)."""
+    objective = objective_of(cell.train, cell.task)
+    return objective if objective is None else objective._replace(option_tokens=cell.option_tokens)
 
 
 def answer_options(task) -> int:
@@ -117,22 +129,25 @@ def options_batch(bundle, task, objective: OptionsObjective, batch_size: int, se
     """(batch, loss function) of a T-Few-objective cell's fake step: `batch_size` examples, each with
     `objective.options` answer options, collated and scored by the cell's own Objective (objectives.objective_for:
     option_batch's layout, tfew's terms with the cell's settings). On a decoder each (example, option) pair is one row
-    of `seq_len` tokens, its last (the model's end-of-sequence token) the option's: the priced length is prompt and
-    answer in one sequence (bench/tools/prompt_lengths.py). On an encoder-decoder each prompt is one encoder row of
-    `seq_len` tokens and each option one decoder row of `seq_len` tokens: the priced length is the longer of prompt and
-    answer, run through both stacks, an upper bound for the options as it is for the lm step's target. No padding:
-    every row is as long; a decoder's batch then has no attention mask (a decoder drops an all-ones one: a real step
-    on the batch with its mask is the same step), an encoder-decoder's has the encoder's, all ones, as collate makes
-    it (token_logprobs encodes each prompt once with it). Unsupported where the cell is refused
-    (objective_for: a classifier head, a task without answer options)."""
+    of `seq_len` tokens, prompt and option in one sequence (bench/tools/prompt_lengths.py prices it at their measured
+    lengths' sum), its last `objective.option_tokens` the option's (at least one prompt token; None: one), ending in
+    the model's end-of-sequence token. On an encoder-decoder each prompt is one encoder row of `seq_len` tokens and
+    each option one decoder row of `objective.option_tokens` (None: `seq_len`, an upper bound for a few-token option,
+    the bound where the options were not measured). No padding: the rows of a kind are as long (a real batch pads
+    each option to its batch's longest: the measured length is an example's longest option); a decoder's batch then
+    has no attention mask (a decoder drops an all-ones one: a real step on the batch with its mask is the same
+    step), an encoder-decoder's has the encoder's, all ones, as collate makes it (token_logprobs encodes each prompt
+    once with it). Unsupported where the cell is refused (objective_for: a classifier head, a task without answer
+    options)."""
     from bench.cell.objectives import objective_for
 
     eos = getattr(bundle.model.config, "eos_token_id", None)
     end = [eos if isinstance(eos, int) else 0]
     if bundle.kind == "encoder-decoder":
-        prompt, option = [0] * (seq_len - 1) + end, [0] * (seq_len - 1) + end
+        prompt, option = [0] * (seq_len - 1) + end, [0] * ((objective.option_tokens or seq_len) - 1) + end
     else:  # lm_example puts prompt and option in one row
-        prompt, option = [0] * (seq_len - 1), end
+        option_tokens = min(objective.option_tokens or 1, seq_len - 1)
+        prompt, option = [0] * (seq_len - option_tokens), [0] * (option_tokens - 1) + end
     features = [{"prompt_ids": prompt, "choice_ids": [option] * objective.options, "gold": 0}] * batch_size
     # the pad id pads nothing here (every row is as long), and a meta-built bundle has no tokenizer
     reader = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0), head=bundle.head, kind=bundle.kind)
