@@ -74,24 +74,16 @@ def test_the_options_batch_is_option_batchs_layout():
 
 
 @pytest.mark.parametrize("model,method", [("tiny-t5", "ia3"), ("tiny-t5", "lora"), ("tiny-gpt2", "lora"),
-                                          ("tiny-gpt2", "ia3")])
+                                          ("tiny-gpt2", "ia3"), ("tiny-llama", "ia3")])
 def test_the_fake_tfew_step_is_a_real_cpu_step(model, method):
-    """Bytes saved, alive at once, gradients, batch and FLOPs of the fake options step, to the byte and FLOP."""
+    """Bytes saved, alive at once, gradients, batch and FLOPs of the fake options step, to the byte and FLOP. On
+    LLaMA the options forward (token_logprobs': no mask, use_cache=False) has transformers check its positions for
+    packed sequences; before fake_pass._read_values the fake pass built the causal mask that check lets a real step
+    skip, and saved 35,520 bytes more on this batch of 6 rows (2,960 a row and layer: the mask in fp32, and keys and
+    values repeated to the query heads)."""
     bundle, adapted = adapt(model, method, total_steps=1, meta=True, task=TASK)
     fake = fake_step(adapted.model, bundle.kind, ROWS, LENGTH, batch_for=partial(options_batch, bundle, TASK, TFEW))
     assert fake == real_step(model, method)[0]
-
-
-def test_the_fake_tfew_step_of_llama_counts_a_real_steps_flops():
-    """LLaMA's FLOPs and gradients as a real step's. Its saved bytes are not compared: for a LLaMA forward with
-    use_cache=False (token_logprobs', which tfew's terms and rank scoring read) the fake pass saves more than a real
-    CPU step (17,760 bytes at 3 rows of 10 tokens on tiny-llama, with an LM-loss forward as with tfew's), a
-    departure of the fake pass not yet explained; with the model's own cache (the LM loss's forward) they agree."""
-    bundle, adapted = adapt("tiny-llama", "ia3", total_steps=1, meta=True, task=TASK)
-    fake = fake_step(adapted.model, bundle.kind, ROWS, LENGTH, batch_for=partial(options_batch, bundle, TASK, TFEW))
-    real = real_step("tiny-llama", "ia3")[0]
-    assert (fake.forward_flops, fake.backward_flops, fake.grad_bytes) == \
-        (real.forward_flops, real.backward_flops, real.grad_bytes)
 
 
 @pytest.mark.parametrize("model,method", [("tiny-t5", "ia3"), ("tiny-gpt2", "lora")])

@@ -27,11 +27,10 @@ def _prompts(bundle) -> dict:
 
 
 def _bound_batch(bundle, task, adapted) -> dict:
-    """The estimate's batch at the same rows and prompt length, its last row's last prompt token padded (transformers
-    skips an attention mask of all ones on real tensors, which it cannot tell on fake ones)."""
+    """The estimate's batch at the same rows and prompt length (its last row's last prompt token padded)."""
     (batch,) = eval_probe.shaped_batches(bundle.kind, eval_probe.GENERATE, task, ROWS, PROMPT,
                                          bundle.tokenizer.pad_token_id, bundle.tokenizer.eos_token_id)
-    batch["attention_mask"][-1, -1] = 0
+    assert batch["attention_mask"][-1, -1] == 0 and batch["attention_mask"].sum() == batch["attention_mask"].numel() - 1
     return batch
 
 
@@ -100,7 +99,6 @@ def test_the_cells_probe_measures_its_longest_generation_batch():
     pad, eos = bundle.tokenizer.pad_token_id, bundle.tokenizer.eos_token_id
     measured = eval_probe.generation_peak(adapted.model, batch, task.generation, pad, eos)
     (bound_batch,) = eval_probe.shaped_batches("decoder", eval_probe.GENERATE, task, 4, longest, pad, eos)
-    bound_batch["attention_mask"][-1, -1] = 0
     assert eval_probe.generation_bound(adapted.model, bound_batch, task.generation, eos) >= measured > 0
 
 

@@ -166,20 +166,26 @@ def shaped_batches(kind: str, way: str, task, batch_size: int, length: int, pad:
     """The estimate's batches: the longest a cell evaluating at `batch_size` with its prompts cut at `length`
     tokens (max_length) and its answer options at option_tokens can make, one per number of answer options its
     templates have (an encoder-decoder's prompts a batch depend on it); for generation, generation_batch's. Token
-    ids are the pad id, the last of each the end-of-sequence token where the model has one (`eos`)."""
+    ids are the pad id, the last of each the end-of-sequence token where the model has one (`eos`). The attention
+    mask is a padded batch's, as a cell's longest-first batches are: its last row's last position masked, so the
+    forward builds the attention mask a padded batch's does (an all-ones one it skips, on fake tensors as on real
+    ones: bench/tools/fake_pass._read_values)."""
     def tokens(n: int) -> list[int]:
         return [pad] * (n - 1) + [eos if isinstance(eos, int) else pad]
 
     prompt = tokens(length)
     if way == GENERATE:
-        return [generation_batch(kind, batch_size, length, task.generation, pad, eos)]
-    if way == CLASSIFIER:
-        return [collate([{"input_ids": prompt}] * batch_size, pad)]
-    option = tokens(option_tokens(task, length))
-    if kind == "encoder-decoder":
-        return [options_collate([prompt] * max(1, batch_size // n), [[option] * n] * max(1, batch_size // n), pad)
-                for n in answer_counts(task)]
-    return [collate([lm_example(kind, prompt, option)] * batch_size, pad)]
+        batches = [generation_batch(kind, batch_size, length, task.generation, pad, eos)]
+    elif way == CLASSIFIER:
+        batches = [collate([{"input_ids": prompt}] * batch_size, pad)]
+    else:
+        option = tokens(option_tokens(task, length))
+        batches = [options_collate([prompt] * max(1, batch_size // n), [[option] * n] * max(1, batch_size // n), pad)
+                   for n in answer_counts(task)] if kind == "encoder-decoder" else \
+            [collate([lm_example(kind, prompt, option)] * batch_size, pad)]
+    for batch in batches:
+        batch["attention_mask"][-1, -1] = 0
+    return batches
 
 
 def generation_batch(kind: str, rows: int, length: int, generation: dict, pad: int, eos) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from functools import partial
 
 import torch
@@ -28,6 +29,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
 from bench.cell.probe import StepMeasure, instrumented_step, tensors_in
+from bench.tensors import constant_fake
 from bench.tools.cuda_step import step_on
 from bench.tools.priced_task import default_head, fake_batch
 
@@ -57,25 +59,54 @@ def _fake_weights(model: torch.nn.Module, mode):
             table[name] = t
 
 
+# What a forward reads the values of are the batch's masks and positions, a few positions longer (a prepended
+# column, a soft prompt's virtual tokens) and gathered to more rows (an encoder-decoder's prompts to their options):
+# 2.7 times the batch's largest tensor on tiny-t5's soft-prompted copa batch. An attention mask built from them is
+# L times the batch: at a real length it stays fake, never computed on this machine's CPU.
+VALUES_PER_BATCH_ELEMENT = 16
+_RANGES = {torch.ops.aten.arange.default: lambda end, **_: (0, end, 1),
+           torch.ops.aten.arange.start: lambda start, end, **_: (start, end, 1),
+           torch.ops.aten.arange.start_step: lambda start, end, step=1, **_: (start, end, step)}
+_FILLS = {torch.ops.aten.ones.default, torch.ops.aten.zeros.default, torch.ops.aten.full.default}  # shape first
+
+
+def _numbers_made(func, args, kwargs) -> int | None:
+    """How many numbers `func` makes from numbers alone, with no tensor in: a range, or a tensor of ones, zeros or
+    one value; None for any other operator."""
+    if str(kwargs.get("device", "cpu")) == "meta":
+        return None
+    if func in _RANGES:
+        start, end, step = _RANGES[func](*args, **kwargs)
+        return math.ceil((end - start) / step)
+    return math.prod(args[0]) if func in _FILLS else None
+
+
 class _BatchValues(FakeTensorMode):
     """The fake pass's mode: the batch comes in with its values (bench.cell.probe.instrumented_step), and what is
-    computed from values alone keeps them, up to the batch's largest tensor's size, where torch's fake mode keeps
-    one-element results only. A forward that reads its token ids then runs as on real tensors: T5's classifier
-    checks that every row has as many end-of-sequence tokens (`unique_consecutive`, whose output shape is its
-    input's values) and takes each row's last one (a boolean mask). Nothing the model's weights enter has values,
-    and nothing larger than the batch is computed for real. A result's storage is as large as the real kernel left
-    it (`unique_consecutive` keeps room for its whole input), so the bytes alive are a real step's. Accepts tensors
-    a method keeps outside its module tree (real ones)."""
+    computed from values alone keeps them, as does what is made from numbers alone (_numbers_made: the positions a
+    model counts its tokens by, the ones of a soft prompt's attention mask), where torch's fake mode keeps
+    one-element results only: up to VALUES_PER_BATCH_ELEMENT times the batch's largest tensor's size. A forward that
+    reads its token ids then runs as on real tensors: T5's classifier checks that every row has as many
+    end-of-sequence tokens (`unique_consecutive`, whose output shape is its input's values) and takes each row's last
+    one (a boolean mask); transformers' attention masks read the padding mask and the positions (_read_values).
+    Nothing the model's weights enter has values. A result's storage is as large as the real kernel left it
+    (`unique_consecutive` keeps room for its whole input), so the bytes alive are a real step's. Accepts tensors a
+    method keeps outside its module tree (real ones)."""
 
     def __init__(self, largest: int):
         super().__init__(allow_non_fake_inputs=True)
-        self.largest = largest
+        self.largest = VALUES_PER_BATCH_ELEMENT * largest
 
     def may_turn_const(self, t: torch.Tensor) -> bool:
         return t.numel() <= self.largest and t.layout == torch.strided and not self.is_our_fake(t) \
             and t.device.type != "meta"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        made = _numbers_made(func, args, kwargs)
+        if made is not None and made <= self.largest:  # the fakes claim the CPU: made there
+            settings = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory")}
+            return constant_fake(self, lambda: func(*args, **settings))
         out = super().__torch_dispatch__(func, types, args, kwargs)
         for t in tree_leaves(out):
             if getattr(t, "constant", None) is not None:
@@ -83,6 +114,27 @@ class _BatchValues(FakeTensorMode):
                 if real > t.untyped_storage().nbytes():
                     t.untyped_storage().resize_(real)
         return out
+
+
+@contextlib.contextmanager
+def _read_values():
+    """transformers' attention masks made as on real tensors within the block. Whether an SDPA forward may skip
+    its mask for the kernel's own causal one depends on values: that the padding mask is all ones, and (with no
+    mask and no cache: a forward with use_cache=False, as token_logprobs runs) that the positions hold one sequence
+    per row, not several packed ones. transformers does not read them from a fake tensor (`is_tracing`: it might
+    be compiled) and builds the [rows, 1, L, L] mask, which the attention kernel then saves for backward, where the
+    real step, on a CPU as on a GPU, skips it. A fake that holds its values (_BatchValues) is read as a real one."""
+    from transformers import masking_utils
+
+    def is_tracing(tensor=None) -> bool:
+        return traced(None if getattr(tensor, "constant", None) is not None else tensor)
+
+    traced = masking_utils.is_tracing
+    masking_utils.is_tracing = is_tracing
+    try:
+        yield
+    finally:
+        masking_utils.is_tracing = traced
 
 
 def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int, phase=tuple,
@@ -94,7 +146,7 @@ def _fake_pass(model: torch.nn.Module, kind: str, batch_size: int, seq_len: int,
     model.train(training)
     batch, loss = (batch_for or partial(fake_batch, default_head(kind), None))(batch_size, seq_len)
     mode = _BatchValues(max(t.numel() for t in batch.values()))
-    with _fake_weights(model, mode), step_on(device, autocast) as region:
+    with _fake_weights(model, mode), _read_values(), step_on(device, autocast) as region:
         return instrumented_step(model, batch, autocast=region, fake_mode=mode, phase=phase, loss_fn=loss)
 
 
@@ -108,7 +160,7 @@ def fake_eval(model: torch.nn.Module, batch: dict, way: str, device: str = "cpu"
     from bench.cell.eval_probe import GENERATE, eval_peak, generation_bound
 
     mode = _BatchValues(max(t.numel() for t in batch.values()))
-    with _fake_weights(model, mode), step_on(device, autocast) as region:
+    with _fake_weights(model, mode), _read_values(), step_on(device, autocast) as region:
         if way == GENERATE:
             return generation_bound(model, batch, generation, eos, autocast=region, fake_mode=mode)
         return eval_peak(model, batch, way, autocast=region, fake_mode=mode)
