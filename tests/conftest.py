@@ -79,3 +79,19 @@ def _unfreeze_gc():
 
     yield
     gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _registry_as_shipped():
+    """A suite's `method_modules` register their methods in the process that loads the suite: after each test, the
+    registry is as it was before it and the module is forgotten, so a later test in this worker (test_methods' docs
+    check walks the whole registry) sees the package's methods only, whatever order xdist gives the tests."""
+    import sys
+
+    from bench import methods
+
+    saved = dict(methods.REGISTRY)
+    yield
+    methods.REGISTRY.clear()
+    methods.REGISTRY.update(saved)
+    sys.modules.pop("tests.faulty_methods", None)

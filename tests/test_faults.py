@@ -33,19 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "{batch_size: 8, max_steps: 3, max_length: 16, eval_batch_size: 64, max_eval_samples: 32}"
 
 
-@pytest.fixture(autouse=True)
-def registry_as_shipped():
-    """The fault methods register themselves when a suite imports their module: unregister them after
-    each test, so other tests in this process see the package's methods only."""
-    from bench import methods
-
-    saved = dict(methods.REGISTRY)
-    yield
-    methods.REGISTRY.clear()
-    methods.REGISTRY.update(saved)
-    sys.modules.pop("tests.faulty_methods", None)
-
-
 def suite_text(methods: str, name: str = "faults", seeds: str = "[1]", timeout: float = 120) -> str:
     return (f"name: {name}\nmethod_modules: [tests.faulty_methods]\nmethods: {methods}\nmodels: [tiny-encoder]\n"
             f"tasks: [synth-polarity]\nseeds: {seeds}\ntrain: {TRAIN}\ncell_timeout_s: {timeout}\n")
