@@ -24,7 +24,7 @@ from bench.run.locks import lock_problem
 from bench.run.packing import MIB
 from bench.run.runner import run_grid
 from bench.run.store import Store
-from tests.test_faults import ROOT, cli, gone, registry_as_shipped, suite_text, wait_for  # noqa: F401
+from tests.test_faults import ROOT, cli, gone, suite_text, wait_for
 from tests.test_packing_shards import SHARDED_CELL_TIMEOUT_S, sharded_run
 
 GIB = 1024**3

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from tests.test_faults import cli, records, registry_as_shipped, suite_text, wait_for  # noqa: F401
+from tests.test_faults import cli, records, suite_text, wait_for
 
 
 def _cluster_answers() -> bool:
