@@ -108,7 +108,7 @@ def test_option_tokens_bound_fixed_answers_and_leave_filled_ones_at_max_length()
     assert eval_probe.option_tokens(tasks["rte"], 64) == len(" not_entailment") + 2
     assert eval_probe.option_tokens(tasks["copa"], 64) == 64  # {choice1}: a row's text
     assert eval_probe.option_tokens(tasks["rte"], 4) == 4
-    assert eval_probe.answer_counts(tasks["cb"]) == [3]
+    assert tasks["cb"].answer_counts() == [3]
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-t5"])

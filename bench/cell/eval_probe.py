@@ -144,12 +144,6 @@ def measured_eval_peak(bundle, model: torch.nn.Module, evalsets, task, batch_siz
                if way == GENERATE else eval_peak(model, batch, way, autocast) for batch in batches)
 
 
-def answer_counts(task) -> list[int]:
-    """The distinct numbers of answer options of the task's templates (its label names where a template gives
-    none), as TaskSpec.answers lists them."""
-    return sorted({len(prompt.answers or task.labels or ()) for prompt in task.prompts}) or [len(task.labels or ())]
-
-
 def option_tokens(task, length: int) -> int:
     """The most tokens an answer option of the task can have (features._encode_target: cut at `length`, then its
     end-of-sequence token), without a tokenizer: a fixed answer text (no `{column}` in it) is at most its UTF-8
@@ -181,7 +175,7 @@ def shaped_batches(kind: str, way: str, task, batch_size: int, length: int, pad:
     else:
         option = tokens(option_tokens(task, length))
         batches = [options_collate([prompt] * max(1, batch_size // n), [[option] * n] * max(1, batch_size // n), pad)
-                   for n in answer_counts(task)] if kind == "encoder-decoder" else \
+                   for n in task.answer_counts()] if kind == "encoder-decoder" else \
             [collate([lm_example(kind, prompt, option)] * batch_size, pad)]
     for batch in batches:
         batch["attention_mask"][-1, -1] = 0

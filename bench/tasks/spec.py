@@ -50,6 +50,11 @@ class TaskSpec:
             return 1
         return len(self.labels) if self.labels else None
 
+    def answer_counts(self) -> list[int]:
+        """The distinct numbers of answer options of the task's templates (its label names where a template gives
+        none), ascending: what rank classification scores per example under each template."""
+        return sorted({len(prompt.answers or self.labels or ()) for prompt in self.prompts}) or [len(self.labels or ())]
+
     @property
     def evaluation(self) -> "TaskSpec":
         return self.eval_task or self

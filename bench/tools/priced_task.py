@@ -59,7 +59,7 @@ def answer_options(task) -> int:
     """The most answer options an example of `task` has: each template's answers (TaskSpec.answers: the template's
     own, else the label names), the largest over the templates, since training may draw any template for any example
     (redraw_templates): an upper bound where templates differ, the number itself where they agree."""
-    return max((len(p.answers or task.labels or ()) for p in task.prompts), default=len(task.labels or ()))
+    return max(task.answer_counts())
 
 
 def task_key(task, kind: str) -> tuple:
